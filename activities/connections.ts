@@ -1,0 +1,41 @@
+import { open, type EncryptionKeys } from '../lib/crypto.ts';
+import type { Db } from '../lib/db/index.ts';
+import { loadConnectionSecrets, markConnectionActive, markConnectionDisconnected, markConnectionFailed } from '../lib/db/repositories/connections.ts';
+import type { Logger } from '../lib/logger.ts';
+import { ApplicationFailure } from '@temporalio/common';
+import { classified } from './errors.ts';
+import type { ProviderFactory, ValidationOutcome } from './providers/port.ts';
+
+export interface ConnectionActivityDeps {
+  db: Db;
+  keys: EncryptionKeys;
+  providers: ProviderFactory;
+  logger: Logger;
+}
+
+export function createConnectionActivities({ db, keys, providers, logger }: ConnectionActivityDeps) {
+  return {
+    /** Checks the credential awaiting validation (or the stored one) against the provider. */
+    async validateConnection({ connectionId }: { connectionId: string }): Promise<ValidationOutcome> {
+      const row = await loadConnectionSecrets(db, connectionId);
+      if (!row) throw ApplicationFailure.create({ type: 'ConnectionNotFound', message: `connection ${connectionId} does not exist`, nonRetryable: true });
+      const sealed = row.pending_credential ?? row.credential;
+      const secret = sealed ? open(keys, sealed, row.id) : undefined;
+      const adapter = providers({ connectionId: row.id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
+      const outcome = await classified(() => adapter.validate());
+      logger.info({ connectionId, provider: row.provider, ok: outcome.ok, reason: outcome.ok ? undefined : outcome.reason }, 'connection validated');
+      return outcome;
+    },
+
+    /** Records the validation outcome; safe to repeat. */
+    async recordConnectionOutcome({ connectionId, outcome }: { connectionId: string; outcome: ValidationOutcome }): Promise<void> {
+      if (outcome.ok) await markConnectionActive(db, connectionId, outcome.identity.account);
+      else await markConnectionFailed(db, connectionId, outcome.reason);
+    },
+
+    async markConnectionDisconnected({ connectionId }: { connectionId: string }): Promise<void> {
+      await markConnectionDisconnected(db, connectionId);
+      logger.info({ connectionId }, 'connection disconnected; credential deleted');
+    },
+  };
+}

@@ -1,0 +1,55 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { ProviderHttpError } from './providers/port.ts';
+
+/** Failure types an operator sees in the Temporal UI. */
+export const FailureTypes = {
+  authRejected: 'ProviderAuthRejected',
+  forbidden: 'ProviderForbidden',
+  notFound: 'ProviderNotFound',
+  invalid: 'ProviderRejectedRequest',
+  throttled: 'ProviderThrottled',
+  unavailable: 'ProviderUnavailable',
+} as const;
+
+const NON_RETRYABLE: Record<number, string> = {
+  400: FailureTypes.invalid,
+  401: FailureTypes.authRejected,
+  403: FailureTypes.forbidden,
+  404: FailureTypes.notFound,
+  410: FailureTypes.notFound,
+  422: FailureTypes.invalid,
+};
+
+/** Longest Retry-After we wait inside one activity retry; longer waits come back on the next retry. */
+const MAX_RETRY_DELAY_SECONDS = 15 * 60;
+
+/**
+ * Maps a provider error to the Temporal failure the retry policy acts on: 400/401/403/404/422 are
+ * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After.
+ */
+export function toActivityFailure(error: unknown): Error {
+  if (error instanceof ApplicationFailure) return error;
+  if (error instanceof ProviderHttpError) {
+    const type = NON_RETRYABLE[error.status];
+    const message = `${error.provider} answered ${error.status}: ${error.message}`;
+    if (type) return ApplicationFailure.create({ type, message, nonRetryable: true, details: [{ status: error.status }] });
+    const retryAfter = error.retryAfterSeconds;
+    return ApplicationFailure.create({
+      type: error.status === 429 ? FailureTypes.throttled : FailureTypes.unavailable,
+      message,
+      nonRetryable: false,
+      nextRetryDelay: retryAfter !== undefined ? `${Math.min(retryAfter, MAX_RETRY_DELAY_SECONDS)}s` : undefined,
+      details: [{ status: error.status }],
+    });
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
+}
+
+export async function classified<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    throw toActivityFailure(error);
+  }
+}

@@ -1,0 +1,119 @@
+import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
+
+/**
+ * The seam between forgelink and a Git provider. Each provider (GitHub App, GitLab, Bitbucket Data
+ * Center, Azure DevOps) implements it with its own client library; activities only ever talk to this
+ * interface, so retries, compensation and bookkeeping are written once.
+ *
+ * Implementations throw ProviderHttpError for HTTP failures (with the status and any Retry-After),
+ * so activities can classify them into retryable and non-retryable failures in one place.
+ */
+export interface ProviderAdapter {
+  readonly provider: Provider;
+  /** Proves the credential works and carries what forgelink needs; a refusal is an outcome, not a throw. */
+  validate(): Promise<ValidationOutcome>;
+  /**
+   * One page of the repositories the connection can reach (for the cache), using the provider's
+   * largest page size. `cursor` is opaque and comes from the previous page's `nextCursor`; absent
+   * on the first call. `etag` enables conditional requests where the provider supports them
+   * (GitHub): an unchanged page answers `{ notModified: true }` without repositories.
+   */
+  listRepositoriesPage(request: { cursor?: string; etag?: string }): Promise<RepositoryPage>;
+  /** One repository by its provider external id, or null when it is gone or not visible. */
+  getRepository(ref: RepositoryRef): Promise<ProviderRepository | null>;
+  /** Every hook of the repository (all pages). GitHub (App-delivered) returns []. */
+  listHooks(ref: RepositoryRef): Promise<ProviderHook[]>;
+  /** Creates one hook; returns it as stored by the provider. */
+  createHook(ref: RepositoryRef, spec: HookSpec): Promise<ProviderHook>;
+  /** Reconciles an existing hook to the spec (re-enables it, fixes events/secret). */
+  updateHook(ref: RepositoryRef, hookId: string, spec: HookSpec): Promise<ProviderHook>;
+  /** Deletes a hook; a hook that is already gone is not an error (returns false). */
+  deleteHook(ref: RepositoryRef, hookId: string): Promise<boolean>;
+}
+
+export interface ProviderRepository {
+  externalId: string;
+  fullName: string;
+  /** Azure DevOps project name (the picker groups by it); Bitbucket project key. */
+  project?: string;
+  /** Azure DevOps project id, needed to scope service hook subscriptions. */
+  projectId?: string;
+  defaultBranch?: string;
+  webUrl?: string;
+}
+
+export interface RepositoryPage {
+  repositories: ProviderRepository[];
+  nextCursor?: string;
+  notModified?: boolean;
+  etag?: string;
+  /** Calls made to produce this page (for the refresh benchmark). */
+  apiCalls?: number;
+}
+
+/** Enough to address one repository at its provider. */
+export interface RepositoryRef {
+  externalId: string;
+  fullName: string;
+  projectId?: string;
+}
+
+/** The hook forgelink wants: where it delivers, which events, and the delivery credential. */
+export interface HookSpec {
+  url: string;
+  /** Provider-native event names (GitLab flags, Bitbucket event keys, Azure DevOps eventType). */
+  events: string[];
+  /** GitLab token / Bitbucket secret / Azure DevOps basic-auth password: lives only in activity memory. */
+  secret?: string;
+  basicAuthUser?: string;
+  /** Azure DevOps: extra publisher inputs (e.g. notificationType filter). */
+  filters?: Record<string, string>;
+}
+
+export interface ProviderHook {
+  id: string;
+  url: string;
+  events: string[];
+  /** False when the provider disabled it (GitLab alert_status, Azure DevOps disabledBySystem/onProbation). */
+  healthy: boolean;
+  filters?: Record<string, string>;
+}
+
+export type ValidationOutcome =
+  | { ok: true; identity: ConnectionIdentity }
+  | { ok: false; reason: string };
+
+/** What an adapter needs to reach one connection's provider. The secret lives only in activity memory. */
+export interface ProviderTarget {
+  connectionId: string;
+  provider: Provider;
+  baseUrl: string;
+  /** GitHub installation id, Azure DevOps organization URL: what the connection is bound to. */
+  externalKey: string | null;
+  /** Plaintext credential (PAT, access token); undefined for GitHub, whose tokens are minted per call. */
+  secret?: string;
+}
+
+export type ProviderFactory = (target: ProviderTarget) => ProviderAdapter;
+
+export class ProviderHttpError extends Error {
+  override name = 'ProviderHttpError';
+  constructor(
+    readonly provider: Provider,
+    readonly status: number,
+    message: string,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Parses Retry-After (seconds or HTTP date) into seconds; undefined when absent or unparsable. */
+export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds) && seconds >= 0) return seconds;
+  const date = Date.parse(value);
+  if (!Number.isNaN(date)) return Math.max(0, Math.ceil((date - now) / 1000));
+  return undefined;
+}

@@ -1,0 +1,64 @@
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { sql } from 'kysely';
+import { requireAuth } from './auth.ts';
+import type { ApiDeps, AppEnv } from './context.ts';
+import { Problem, problemJson } from './problem.ts';
+import { connectionRoutes } from './routes/connections.ts';
+import { organizationRoutes } from './routes/organizations.ts';
+import { workflowRoutes } from './routes/workflows.ts';
+
+export function createApp(deps: ApiDeps) {
+  const app = new OpenAPIHono<AppEnv>({
+    defaultHook: (result, c) => {
+      if (!result.success) {
+        const detail = result.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ');
+        return problemJson(c, new Problem(400, 'Bad Request', detail));
+      }
+    },
+  });
+
+  app.use('*', async (c, next) => {
+    c.set('deps', deps);
+    await next();
+  });
+
+  app.onError((error, c) => {
+    if (error instanceof Problem) return problemJson(c, error);
+    const status = (error as { status?: number }).status;
+    // Hono's own errors (e.g. a body that is not JSON) carry a 4xx status: they are the client's.
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      return problemJson(c, new Problem(status as 400, 'Bad Request', error.message || 'invalid request'));
+    }
+    deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'unhandled error');
+    return problemJson(c, new Problem(500, 'Internal Server Error', 'an unexpected error occurred; it has been logged'));
+  });
+  app.notFound((c) => problemJson(c, new Problem(404, 'Not Found', `no route for ${c.req.method} ${c.req.path}`)));
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.get('/readyz', async (c) => {
+    const checks: Record<string, string> = {};
+    await sql`select 1`.execute(deps.db).then(
+      () => (checks.database = 'ok'),
+      (e: Error) => (checks.database = e.message),
+    );
+    await deps.temporal.connection.workflowService.getSystemInfo({}).then(
+      () => (checks.temporal = 'ok'),
+      (e: Error) => (checks.temporal = e.message),
+    );
+    const ready = Object.values(checks).every((v) => v === 'ok');
+    return c.json({ status: ready ? 'ready' : 'not ready', checks }, ready ? 200 : 503);
+  });
+
+  app.use('/api/v1/*', requireAuth);
+  app.route('/api/v1/orgs', organizationRoutes());
+  app.route('/api/v1/orgs', connectionRoutes());
+  app.route('/api/v1/workflows', workflowRoutes());
+
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  app.doc31('/openapi.json', {
+    openapi: '3.1.0',
+    info: { title: 'forgelink', version: '0.1.0', description: 'Connects organizations to their Git providers.' },
+    security: [{ bearer: [] }],
+  });
+  return app;
+}

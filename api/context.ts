@@ -1,0 +1,23 @@
+import type { Client } from '@temporalio/client';
+import type { EncryptionKeys } from '../lib/crypto.ts';
+import type { Db } from '../lib/db/index.ts';
+import type { Logger } from '../lib/logger.ts';
+
+export interface ApiDeps {
+  db: Db;
+  temporal: Client;
+  keys: EncryptionKeys;
+  logger: Logger;
+  adminToken: string;
+  taskQueue: string;
+  namespace: string;
+  /** Base URL of the Temporal UI, for links to runs. */
+  temporalUiUrl: string;
+  allowHttpHosts: string[];
+  /** Resolves host names when checking provider URLs; tests may substitute it. */
+  resolveHost?: (host: string) => Promise<string[]>;
+}
+
+export type Principal = { kind: 'admin' } | { kind: 'organization'; organizationId: string };
+
+export type AppEnv = { Variables: { deps: ApiDeps; principal: Principal } };

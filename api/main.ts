@@ -1,0 +1,47 @@
+import { serve } from '@hono/node-server';
+import { Client, Connection } from '@temporalio/client';
+import { loadConfig } from '../lib/config.ts';
+import { keysFromConfig } from '../lib/crypto.ts';
+import { createDb } from '../lib/db/index.ts';
+import { createLogger } from '../lib/logger.ts';
+import { createApp } from './app.ts';
+
+/** The API's composition root. */
+export async function runApi(options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
+  const config = loadConfig();
+  const logger = createLogger('api');
+  const databaseUrl = options.databaseUrl ?? config.database.url;
+  if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
+  const db = createDb(databaseUrl);
+  const connection = await Connection.connect({ address: options.address ?? config.temporal.address ?? '127.0.0.1:7233' });
+  const temporal = new Client({ connection, namespace: config.temporal.namespace });
+  const app = createApp({
+    db,
+    temporal,
+    keys: keysFromConfig(config.encryption),
+    logger,
+    adminToken: config.auth.adminToken,
+    taskQueue: config.temporal.taskQueue,
+    namespace: config.temporal.namespace,
+    temporalUiUrl: options.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
+    allowHttpHosts: config.security.allowHttpHosts,
+  });
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port }, () => resolve(s));
+  });
+  const url = `http://${config.api.host}:${config.api.port}`;
+  logger.info({ url }, 'API listening');
+  return {
+    url,
+    async shutdown() {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await connection.close();
+      await db.destroy();
+    },
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const handle = await runApi();
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
+}

@@ -1,0 +1,36 @@
+import { z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+
+/** RFC 9457 problem details; every error the API answers has this shape. */
+export class Problem extends Error {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly title: string,
+    readonly detail: string,
+    readonly type = 'about:blank',
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(detail);
+  }
+}
+
+export const ProblemSchema = z
+  .object({ type: z.string(), title: z.string(), status: z.number().int(), detail: z.string() })
+  .openapi('Problem');
+
+export const problemResponse = (description: string) => ({
+  description,
+  content: { 'application/problem+json': { schema: ProblemSchema } },
+});
+
+export function problemJson(c: Context, problem: Problem): Response {
+  return c.body(
+    JSON.stringify({ type: problem.type, title: problem.title, status: problem.status, detail: problem.detail, ...problem.extra }),
+    problem.status,
+    { 'content-type': 'application/problem+json' },
+  );
+}
+
+export const notFound = (what: string) => new Problem(404, 'Not Found', `${what} does not exist`);
+export const badRequest = (detail: string) => new Problem(400, 'Bad Request', detail);

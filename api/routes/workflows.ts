@@ -1,0 +1,85 @@
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { parseWorkflowId } from '../../workflows/contract.ts';
+import { mayAccessOrganization } from '../auth.ts';
+import type { AppEnv } from '../context.ts';
+import { notFound, problemResponse } from '../problem.ts';
+
+const RunSchema = z
+  .object({
+    workflowId: z.string(),
+    runId: z.string(),
+    type: z.string(),
+    status: z.string().openapi({ example: 'COMPLETED', description: 'Temporal execution status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, CONTINUED_AS_NEW, TIMED_OUT' }),
+    startedAt: z.string(),
+    closedAt: z.string().optional(),
+    result: z.unknown().optional(),
+    failure: z.object({ message: z.string(), type: z.string().optional() }).optional(),
+    uiUrl: z.string(),
+  })
+  .openapi('WorkflowRun');
+
+function failureOf(error: unknown): { message: string; type?: string } {
+  let cause: unknown = error instanceof WorkflowFailedError ? error.cause : error;
+  // The innermost cause says what actually went wrong (an activity's ApplicationFailure).
+  while (cause instanceof Error && cause.cause instanceof Error) cause = cause.cause;
+  const err = cause as Error & { type?: string };
+  return { message: err?.message ?? String(error), ...(err?.type ? { type: err.type } : {}) };
+}
+
+export function workflowRoutes() {
+  const app = new OpenAPIHono<AppEnv>();
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/{workflowId}',
+      summary: "A run's status, result or failure, and its Temporal UI link",
+      request: { params: z.object({ workflowId: z.string().min(1) }) },
+      responses: {
+        200: { description: 'OK', content: { 'application/json': { schema: RunSchema } } },
+        401: problemResponse('Missing or bad token'),
+        404: problemResponse('No such run visible to the caller'),
+      },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const { workflowId } = c.req.valid('param');
+      const parsed = parseWorkflowId(workflowId);
+      if (!parsed || !mayAccessOrganization(c, parsed.organizationId)) throw notFound(`workflow ${workflowId}`);
+      const handle = deps.temporal.workflow.getHandle(workflowId);
+      let description;
+      try {
+        description = await handle.describe();
+      } catch (error) {
+        if (error instanceof WorkflowNotFoundError) throw notFound(`workflow ${workflowId}`);
+        throw error;
+      }
+      const status = description.status.name;
+      let result: unknown;
+      let failure: { message: string; type?: string } | undefined;
+      if (status === 'COMPLETED') result = await handle.result();
+      else if (status === 'FAILED' || status === 'TIMED_OUT' || status === 'TERMINATED' || status === 'CANCELLED') {
+        failure = await handle.result().then(
+          () => undefined,
+          (error: unknown) => failureOf(error),
+        );
+      }
+      const uiUrl = `${deps.temporalUiUrl}/namespaces/${encodeURIComponent(deps.namespace)}/workflows/${encodeURIComponent(workflowId)}/${description.runId}/history`;
+      return c.json(
+        {
+          workflowId,
+          runId: description.runId,
+          type: description.type,
+          status,
+          startedAt: description.startTime.toISOString(),
+          ...(description.closeTime ? { closedAt: description.closeTime.toISOString() } : {}),
+          ...(result !== undefined ? { result } : {}),
+          ...(failure ? { failure } : {}),
+          uiUrl,
+        },
+        200,
+      );
+    },
+  );
+  return app;
+}

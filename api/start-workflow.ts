@@ -1,0 +1,27 @@
+import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
+import type { SearchAttributePair } from '@temporalio/common';
+import type { ApiDeps } from './context.ts';
+
+/**
+ * Starts a workflow by name with a deterministic id. A start that finds the run already there is
+ * success (a retried request or a redelivery), not an error.
+ */
+export async function startWorkflow(
+  deps: ApiDeps,
+  workflowType: string,
+  options: { workflowId: string; input: object; searchAttributes: SearchAttributePair[]; allowRerun?: boolean },
+): Promise<{ workflowId: string; alreadyStarted: boolean }> {
+  try {
+    await deps.temporal.workflow.start(workflowType, {
+      taskQueue: deps.taskQueue,
+      workflowId: options.workflowId,
+      args: [options.input],
+      typedSearchAttributes: options.searchAttributes,
+      workflowIdReusePolicy: options.allowRerun ? WorkflowIdReusePolicy.ALLOW_DUPLICATE : WorkflowIdReusePolicy.REJECT_DUPLICATE,
+    });
+    return { workflowId: options.workflowId, alreadyStarted: false };
+  } catch (error) {
+    if (error instanceof WorkflowExecutionAlreadyStartedError) return { workflowId: options.workflowId, alreadyStarted: true };
+    throw error;
+  }
+}

@@ -1,0 +1,163 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+const secret = z.string().min(1);
+const hostPort = z.coerce.number().int().min(0).max(65535);
+
+const providerToggle = z.object({ enabled: z.boolean().default(false) });
+
+export const configSchema = z
+  .object({
+    publicUrl: z.url({ protocol: /^https?$/ }),
+    api: z.object({ host: z.string().default('127.0.0.1'), port: hostPort.default(8080) }).prefault({}),
+    database: z.object({ url: z.string().min(1).optional() }).prefault({}),
+    temporal: z
+      .object({
+        address: z.string().min(1).optional(),
+        namespace: z.string().min(1).default('default'),
+        taskQueue: z.string().min(1).default('forgelink'),
+        uiUrl: z.url().optional(),
+      })
+      .prefault({}),
+    auth: z.object({ adminToken: z.string().min(24, 'must be at least 24 characters') }),
+    encryption: z.object({
+      key: z.string().refine((v) => Buffer.from(v, 'base64').length === 32, 'must be the base64 of 32 random bytes'),
+      keyId: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/).default('k1'),
+      previousKeys: z
+        .array(z.object({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: z.string() }))
+        .default([]),
+    }),
+    gitProviders: z
+      .object({
+        github: providerToggle
+          .extend({
+            appId: z.coerce.string().optional(),
+            appName: z.string().optional(),
+            clientId: z.string().optional(),
+            clientSecret: z.string().optional(),
+            privateKey: z.string().optional(),
+            webhookSecret: z.string().optional(),
+            previousWebhookSecret: z.string().optional(),
+            baseUrl: z.url().default('https://api.github.com'),
+          })
+          .superRefine((gh, ctx) => {
+            if (!gh.enabled) return;
+            for (const key of ['appId', 'privateKey', 'webhookSecret'] as const) {
+              if (!gh[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required when github is enabled' });
+            }
+          })
+          .prefault({}),
+        gitlab: providerToggle
+          .extend({ webhookSecret: z.string().optional(), previousWebhookSecret: z.string().optional() })
+          .superRefine(requireWhenEnabled('webhookSecret'))
+          .prefault({}),
+        bitbucket: providerToggle
+          .extend({ webhookSecret: z.string().optional(), previousWebhookSecret: z.string().optional() })
+          .superRefine(requireWhenEnabled('webhookSecret'))
+          .prefault({}),
+        azureDevOps: providerToggle
+          .extend({
+            webhookBasicAuthUser: z.string().optional(),
+            webhookBasicAuthPass: z.string().optional(),
+            previousWebhookBasicAuthPass: z.string().optional(),
+          })
+          .superRefine(requireWhenEnabled('webhookBasicAuthUser', 'webhookBasicAuthPass'))
+          .prefault({}),
+      })
+      .prefault({}),
+    repositoryCache: z
+      .object({
+        schedule: z.string().min(1).default('0 2 * * *'),
+        timeZone: z.string().min(1).default('UTC'),
+      })
+      .prefault({}),
+    security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),
+    webhooks: z.object({ maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024) }).prefault({}),
+  })
+  .strict();
+
+function requireWhenEnabled<K extends string>(...keys: K[]) {
+  return (value: { enabled: boolean } & Partial<Record<K, string | undefined>>, ctx: z.RefinementCtx) => {
+    if (!value.enabled) return;
+    for (const key of keys) {
+      if (!value[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required when the provider is enabled' });
+    }
+  };
+}
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Environment variables that override single keys; values are strings, coerced by the schema. */
+const ENV_OVERRIDES: Record<string, string[]> = {
+  PORT: ['api', 'port'],
+  FORGELINK_PUBLIC_URL: ['publicUrl'],
+  FORGELINK_API_HOST: ['api', 'host'],
+  FORGELINK_DATABASE_URL: ['database', 'url'],
+  DATABASE_URL: ['database', 'url'],
+  FORGELINK_TEMPORAL_ADDRESS: ['temporal', 'address'],
+  FORGELINK_TEMPORAL_NAMESPACE: ['temporal', 'namespace'],
+  FORGELINK_TEMPORAL_TASK_QUEUE: ['temporal', 'taskQueue'],
+  FORGELINK_ADMIN_TOKEN: ['auth', 'adminToken'],
+  FORGELINK_ENCRYPTION_KEY: ['encryption', 'key'],
+  FORGELINK_GITHUB_PRIVATE_KEY: ['gitProviders', 'github', 'privateKey'],
+  FORGELINK_GITHUB_WEBHOOK_SECRET: ['gitProviders', 'github', 'webhookSecret'],
+  FORGELINK_GITHUB_CLIENT_SECRET: ['gitProviders', 'github', 'clientSecret'],
+  FORGELINK_GITLAB_WEBHOOK_SECRET: ['gitProviders', 'gitlab', 'webhookSecret'],
+  FORGELINK_BITBUCKET_WEBHOOK_SECRET: ['gitProviders', 'bitbucket', 'webhookSecret'],
+  FORGELINK_AZURE_DEVOPS_WEBHOOK_PASS: ['gitProviders', 'azureDevOps', 'webhookBasicAuthPass'],
+};
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== 'object' || next === null) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+/** Validates a raw config object; throws ConfigError naming every bad key. */
+export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Config {
+  const merged: Record<string, unknown> =
+    typeof raw === 'object' && raw !== null ? structuredClone(raw as Record<string, unknown>) : {};
+  for (const [name, path] of Object.entries(ENV_OVERRIDES)) {
+    const value = env[name];
+    if (value !== undefined && value !== '') setPath(merged, path, value);
+  }
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const lines = result.error.issues.map((issue) => {
+      const key = issue.path.join('.') || '(root)';
+      const message =
+        issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+      return `  ${key}: ${message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return result.data;
+}
+
+/** Reads the YAML file named by FORGELINK_CONFIG (or `path`) and applies environment overrides. */
+export function loadConfig(path = process.env.FORGELINK_CONFIG, env: NodeJS.ProcessEnv = process.env): Config {
+  let raw: unknown = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (error) {
+      throw new ConfigError(`cannot read config file ${path}: ${(error as Error).message}`);
+    }
+    try {
+      raw = parseYaml(text) ?? {};
+    } catch (error) {
+      throw new ConfigError(`config file ${path} is not valid YAML: ${(error as Error).message}`);
+    }
+  }
+  return parseConfig(raw, env);
+}

@@ -1,0 +1,67 @@
+import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+
+export interface EncryptionKeys {
+  /** The key new ciphertexts are sealed with. */
+  current: { id: string; key: Buffer };
+  /** Older keys still accepted for opening, so keys can be rotated without re-encrypting at once. */
+  previous?: { id: string; key: Buffer }[];
+}
+
+export function keysFromConfig(encryption: {
+  key: string;
+  keyId: string;
+  previousKeys: { id: string; key: string }[];
+}): EncryptionKeys {
+  return {
+    current: { id: encryption.keyId, key: Buffer.from(encryption.key, 'base64') },
+    previous: encryption.previousKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64') })),
+  };
+}
+
+const VERSION = 'v1';
+
+/**
+ * Seals a secret with AES-256-GCM. The output `v1.<keyId>.<iv>.<tag>.<ciphertext>` (base64url parts)
+ * carries the key id so a rotated key can still open it. `context` (e.g. the connection id) is bound
+ * as additional authenticated data: a ciphertext copied onto another row will not open.
+ */
+export function seal(keys: EncryptionKeys, plaintext: string, context: string): string {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', keys.current.key, iv);
+  cipher.setAAD(Buffer.from(context, 'utf8'));
+  const ciphertext = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
+  const tag = cipher.getAuthTag();
+  return [VERSION, keys.current.id, iv.toString('base64url'), tag.toString('base64url'), ciphertext.toString('base64url')].join('.');
+}
+
+export function open(keys: EncryptionKeys, sealed: string, context: string): string {
+  const parts = sealed.split('.');
+  if (parts.length !== 5 || parts[0] !== VERSION) throw new Error('sealed value has an unknown format');
+  const [, keyId, iv, tag, ciphertext] = parts as [string, string, string, string, string];
+  const key = [keys.current, ...(keys.previous ?? [])].find((k) => k.id === keyId);
+  if (!key) throw new Error(`sealed value uses unknown encryption key id "${keyId}"`);
+  const decipher = createDecipheriv('aes-256-gcm', key.key, Buffer.from(iv, 'base64url'));
+  decipher.setAAD(Buffer.from(context, 'utf8'));
+  decipher.setAuthTag(Buffer.from(tag, 'base64url'));
+  return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8');
+}
+
+export function sealedKeyId(sealed: string): string | undefined {
+  return sealed.split('.')[1];
+}
+
+/** API tokens are random, shown once, and stored only as their SHA-256 (they carry 256 bits of entropy). */
+export function generateApiToken(): string {
+  return `fl_${randomBytes(32).toString('base64url')}`;
+}
+
+export function hashApiToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/** Constant-time string comparison that does not leak length through early exit. */
+export function safeEqual(a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a, 'utf8').digest();
+  const hb = createHash('sha256').update(b, 'utf8').digest();
+  return timingSafeEqual(ha, hb) && a.length === b.length;
+}

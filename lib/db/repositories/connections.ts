@@ -1,0 +1,73 @@
+import type { Kysely, Transaction } from 'kysely';
+import type { Connection, Database, NewConnection } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+/** Columns safe to return from the API: never a credential. */
+export const PUBLIC_CONNECTION_COLUMNS = ['id', 'organization_id', 'provider', 'base_url', 'external_key', 'account', 'status', 'reason', 'created_at', 'updated_at'] as const;
+export type PublicConnection = Pick<Connection, (typeof PUBLIC_CONNECTION_COLUMNS)[number]>;
+
+export async function insertConnection(db: Executor, values: NewConnection & { id: string }): Promise<void> {
+  await db.insertInto('connections').values(values).execute();
+}
+
+export async function listConnections(db: Executor, organizationId: string): Promise<PublicConnection[]> {
+  return db
+    .selectFrom('connections')
+    .select(PUBLIC_CONNECTION_COLUMNS)
+    .where('organization_id', '=', organizationId)
+    .orderBy('created_at')
+    .orderBy('id')
+    .execute();
+}
+
+export async function findConnection(db: Executor, organizationId: string, id: string): Promise<PublicConnection | undefined> {
+  return db
+    .selectFrom('connections')
+    .select(PUBLIC_CONNECTION_COLUMNS)
+    .where('organization_id', '=', organizationId)
+    .where('id', '=', id)
+    .executeTakeFirst();
+}
+
+/** The sealed credentials of a connection, for activities only. */
+export async function loadConnectionSecrets(db: Executor, id: string) {
+  return db
+    .selectFrom('connections')
+    .select(['id', 'organization_id', 'provider', 'base_url', 'external_key', 'status', 'credential', 'pending_credential'])
+    .where('id', '=', id)
+    .executeTakeFirst();
+}
+
+export async function markConnectionActive(db: Executor, id: string, account: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set((eb) => ({
+      credential: eb.fn.coalesce('pending_credential', 'credential'),
+      pending_credential: null,
+      status: 'active',
+      account,
+      reason: null,
+      updated_at: new Date(),
+    }))
+    .where('id', '=', id)
+    .where('status', '<>', 'disconnected')
+    .execute();
+}
+
+export async function markConnectionFailed(db: Executor, id: string, reason: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set({ pending_credential: null, status: 'failed', reason, updated_at: new Date() })
+    .where('id', '=', id)
+    .where('status', '<>', 'disconnected')
+    .execute();
+}
+
+export async function markConnectionDisconnected(db: Executor, id: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set({ credential: null, pending_credential: null, status: 'disconnected', reason: null, updated_at: new Date() })
+    .where('id', '=', id)
+    .execute();
+}

@@ -1,0 +1,33 @@
+import type { Kysely, Transaction } from 'kysely';
+import type { Database, Organization } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export async function createOrganization(db: Executor, input: { slug: string; name: string }): Promise<Organization | undefined> {
+  return db
+    .insertInto('organizations')
+    .values(input)
+    .onConflict((oc) => oc.column('slug').doNothing())
+    .returning(['id', 'slug', 'name', 'created_at'])
+    .executeTakeFirst();
+}
+
+/** Finds an organization by slug, or by id when the reference is a UUID. */
+export async function findOrganization(db: Executor, ref: string): Promise<Organization | undefined> {
+  return db
+    .selectFrom('organizations')
+    .select(['id', 'slug', 'name', 'created_at'])
+    .where((eb) => (UUID.test(ref) ? eb.or([eb('id', '=', ref), eb('slug', '=', ref)]) : eb('slug', '=', ref)))
+    .executeTakeFirst();
+}
+
+export async function insertApiToken(db: Executor, organizationId: string, tokenHash: string): Promise<void> {
+  await db.insertInto('api_tokens').values({ organization_id: organizationId, token_hash: tokenHash }).execute();
+}
+
+export async function findOrganizationIdByTokenHash(db: Executor, tokenHash: string): Promise<string | undefined> {
+  const row = await db.selectFrom('api_tokens').select('organization_id').where('token_hash', '=', tokenHash).executeTakeFirst();
+  return row?.organization_id;
+}

@@ -1,0 +1,123 @@
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
+import type { AttachmentStatus, ConnectionStatus, EventKind, NormalizedEvent, Provider } from '../domain.ts';
+
+type CreatedAt = ColumnType<Date, Date | string | undefined, never>;
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type Json<T> = ColumnType<T, string, string>;
+
+export interface OrganizationsTable {
+  id: Generated<string>;
+  slug: string;
+  name: string;
+  created_at: CreatedAt;
+}
+
+export interface ApiTokensTable {
+  id: Generated<string>;
+  organization_id: string;
+  token_hash: string;
+  created_at: CreatedAt;
+}
+
+export interface ConnectionsTable {
+  id: Generated<string>;
+  organization_id: string;
+  provider: Provider;
+  base_url: string;
+  external_key: string | null;
+  account: string | null;
+  credential: string | null;
+  pending_credential: string | null;
+  status: ColumnType<ConnectionStatus, ConnectionStatus | undefined, ConnectionStatus>;
+  reason: string | null;
+  created_at: CreatedAt;
+  updated_at: Timestamp;
+}
+
+export interface RepositoriesTable {
+  id: Generated<string>;
+  organization_id: string;
+  connection_id: string;
+  provider: Provider;
+  external_id: string;
+  full_name: string;
+  project: string | null;
+  default_branch: string | null;
+  web_url: string | null;
+  last_seen_at: Timestamp;
+  vanished_at: Date | null;
+  created_at: CreatedAt;
+}
+
+export interface AttachmentsTable {
+  id: Generated<string>;
+  organization_id: string;
+  repository_id: string;
+  status: AttachmentStatus;
+  reason: string | null;
+  repository_vanished: Generated<boolean>;
+  created_at: CreatedAt;
+  updated_at: Timestamp;
+}
+
+export interface HooksTable {
+  id: Generated<string>;
+  attachment_id: string;
+  provider_hook_id: string;
+  events: Json<string[]>;
+  created_at: CreatedAt;
+}
+
+export interface EventsTable {
+  id: Generated<string>;
+  organization_id: string | null;
+  repository_id: string | null;
+  provider: Provider;
+  delivery_id: string;
+  sequence: number;
+  kind: EventKind;
+  event: Json<NormalizedEvent>;
+  received_at: CreatedAt;
+}
+
+export interface SubscribersTable {
+  id: Generated<string>;
+  organization_id: string;
+  url: string;
+  secret: string;
+  kinds: Json<EventKind[]>;
+  ref_globs: Json<string[]>;
+  created_at: CreatedAt;
+}
+
+export interface DispatchAttemptsTable {
+  id: Generated<string>;
+  subscriber_id: string;
+  event_id: string;
+  attempt: number;
+  status_code: number | null;
+  error: string | null;
+  succeeded: boolean;
+  attempted_at: CreatedAt;
+}
+
+export interface Database {
+  organizations: OrganizationsTable;
+  api_tokens: ApiTokensTable;
+  connections: ConnectionsTable;
+  repositories: RepositoriesTable;
+  attachments: AttachmentsTable;
+  hooks: HooksTable;
+  events: EventsTable;
+  subscribers: SubscribersTable;
+  dispatch_attempts: DispatchAttemptsTable;
+}
+
+export type Organization = Selectable<OrganizationsTable>;
+export type Connection = Selectable<ConnectionsTable>;
+export type NewConnection = Insertable<ConnectionsTable>;
+export type ConnectionUpdate = Updateable<ConnectionsTable>;
+export type Repository = Selectable<RepositoriesTable>;
+export type Attachment = Selectable<AttachmentsTable>;
+export type Hook = Selectable<HooksTable>;
+export type EventRow = Selectable<EventsTable>;

@@ -1,0 +1,42 @@
+/** Domain types shared by api, workflows and activities. No I/O here: workflow code imports this file. */
+
+export const PROVIDERS = ['github', 'gitlab', 'bitbucket', 'azure-devops'] as const;
+export type Provider = (typeof PROVIDERS)[number];
+
+export const CONNECTION_STATUSES = ['pending', 'active', 'failed', 'disconnected'] as const;
+export type ConnectionStatus = (typeof CONNECTION_STATUSES)[number];
+
+export const ATTACHMENT_STATUSES = ['attaching', 'attached', 'detaching', 'detached', 'failed'] as const;
+export type AttachmentStatus = (typeof ATTACHMENT_STATUSES)[number];
+
+export type EventKind =
+  | 'push'
+  | 'branch.created'
+  | 'branch.deleted'
+  | 'tag.created'
+  | 'tag.updated'
+  | 'tag.deleted'
+  | 'pull_request.opened'
+  | 'pull_request.updated'
+  | 'pull_request.merged'
+  | 'pull_request.closed'
+  | 'repository.added'
+  | 'repository.removed';
+
+export interface NormalizedEvent {
+  provider: Provider;
+  deliveryId: string;
+  kind: EventKind;
+  repository: { externalId: string; fullName: string; project?: string };
+  ref?: { type: 'branch' | 'tag'; name: string; before: string | null; after: string | null };
+  pullRequest?: { number: number; sourceBranch: string; targetBranch: string; headSha?: string; title?: string };
+  commitCount?: number;
+  sender?: string;
+}
+
+/** What a connection's validation found out about the credential's owner. */
+export interface ConnectionIdentity {
+  account: string;
+  accountId?: string;
+  detail?: string;
+}

@@ -1,0 +1,75 @@
+import { readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { defineSearchAttributeKey, type SearchAttributeType } from '@temporalio/common';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { findOrBuildTemporalCli } from './cli.ts';
+
+const devServerSettings = z.object({
+  namespace: z.string().default('default'),
+  ip: z.string().default('127.0.0.1'),
+  port: z.number().int().optional(),
+  uiPort: z.number().int().optional(),
+  dbFilename: z.string().optional(),
+  logLevel: z.string().default('warn'),
+  searchAttributes: z.record(z.string(), z.enum(['Keyword', 'Text', 'Int', 'Double', 'Bool', 'Datetime', 'KeywordList'])).default({}),
+});
+export type DevServerSettings = z.infer<typeof devServerSettings>;
+
+export function readDevServerSettings(file = 'temporal-dev.yml'): DevServerSettings {
+  const parsed = devServerSettings.safeParse(parseYaml(readFileSync(file, 'utf8')));
+  if (!parsed.success) {
+    throw new Error(`${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  return parsed.data;
+}
+
+const SA_TYPES: Record<string, SearchAttributeType> = {
+  Keyword: 'KEYWORD',
+  Text: 'TEXT',
+  Int: 'INT',
+  Double: 'DOUBLE',
+  Bool: 'BOOL',
+  Datetime: 'DATETIME',
+  KeywordList: 'KEYWORD_LIST',
+} as Record<string, SearchAttributeType>;
+
+export interface DevServer {
+  address: string;
+  namespace: string;
+  uiUrl?: string;
+  stop(): Promise<void>;
+}
+
+/** Starts `temporal server start-dev` (the CLI found or built by findOrBuildTemporalCli, else the SDK's download). */
+export async function startDevServer(
+  settings: DevServerSettings,
+  log: (line: string) => void = () => {},
+): Promise<DevServer> {
+  const cliPath = findOrBuildTemporalCli(log);
+  if (!cliPath) log('no Temporal CLI and no Go found: letting the Temporal SDK download the dev server');
+  if (settings.dbFilename) mkdirSync(path.dirname(path.resolve(settings.dbFilename)), { recursive: true });
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: cliPath ? { type: 'existing-path', path: cliPath } : { type: 'cached-download' },
+      namespace: settings.namespace,
+      ip: settings.ip,
+      port: settings.port,
+      ui: settings.uiPort !== undefined,
+      uiPort: settings.uiPort,
+      dbFilename: settings.dbFilename ? path.resolve(settings.dbFilename) : undefined,
+      log: { format: 'pretty', level: settings.logLevel },
+      searchAttributes: Object.entries(settings.searchAttributes).map(([name, type]) =>
+        defineSearchAttributeKey(name, SA_TYPES[type]!),
+      ),
+    },
+  });
+  return {
+    address: env.address,
+    namespace: settings.namespace,
+    uiUrl: settings.uiPort !== undefined ? `http://${settings.ip}:${settings.uiPort}` : undefined,
+    stop: () => env.teardown(),
+  };
+}

@@ -1,0 +1,38 @@
+import { NativeConnection } from '@temporalio/worker';
+import { createProviderFactory } from '../activities/providers/index.ts';
+import { loadConfig } from '../lib/config.ts';
+import { keysFromConfig } from '../lib/crypto.ts';
+import { createDb } from '../lib/db/index.ts';
+import { createLogger } from '../lib/logger.ts';
+import { createWorker } from './create-worker.ts';
+
+/** The worker's composition root: config, database, provider clients, activities, Worker. */
+export async function runWorker(options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
+  const config = loadConfig();
+  const logger = createLogger('worker');
+  const databaseUrl = options.databaseUrl ?? config.database.url;
+  if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
+  const db = createDb(databaseUrl);
+  const connection = await NativeConnection.connect({ address: options.address ?? config.temporal.address ?? '127.0.0.1:7233' });
+  const worker = await createWorker({
+    connection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(), logger },
+  });
+  const running = worker.run();
+  logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
+  return {
+    async shutdown() {
+      worker.shutdown();
+      await running;
+      await connection.close();
+      await db.destroy();
+    },
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const handle = await runWorker();
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
+}

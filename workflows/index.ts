@@ -1,0 +1,2 @@
+export { connectWorkflow } from './connect.ts';
+export { disconnectWorkflow } from './disconnect.ts';
