@@ -1,0 +1,66 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { bundleWorkflowCode } from '@temporalio/worker';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import type {} from 'vitest';
+import type { TestProject } from 'vitest/node';
+import { migrateToLatest } from '../../lib/db/migrate.ts';
+import { readDevServerSettings, startDevServer } from '../../lib/temporal/dev-server.ts';
+import { WORKFLOWS_PATH } from '../../worker/create-worker.ts';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    databaseUrl: string;
+    temporalAddress: string;
+    workflowBundlePath: string;
+  }
+}
+
+/** Where the test suite finds a real PostgreSQL server (as a superuser that may create databases). */
+const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+/**
+ * One Temporal dev server (random port, in memory) and one fresh database per test run; every test
+ * file then uses its own task queue. The workflow bundle is built once here instead of per worker.
+ */
+export default async function setup(project: TestProject) {
+  const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ADMIN_URL, max: 1 }) }) });
+  try {
+    await sql`select 1`.execute(admin);
+  } catch (error) {
+    await admin.destroy();
+    throw new Error(`the integration tests need PostgreSQL at ${ADMIN_URL} (set TEST_DATABASE_URL); .ci/run starts it. ${(error as Error).message}`);
+  }
+  const database = `forgelink_test_${process.pid}_${Date.now()}`;
+  await sql`create database ${sql.id(database)}`.execute(admin);
+  const databaseUrl = withDatabase(ADMIN_URL, database);
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl, max: 1 }) }) });
+  await migrateToLatest(db);
+  await db.destroy();
+
+  const settings = readDevServerSettings();
+  const temporal = await startDevServer({ ...settings, port: undefined, uiPort: undefined, dbFilename: undefined }, (l) => console.log(l));
+
+  const { code } = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: { info() {}, warn() {}, error: console.error, debug() {}, trace() {}, log() {} } as never });
+  const bundleDir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-bundle-'));
+  const workflowBundlePath = path.join(bundleDir, 'workflows.js');
+  writeFileSync(workflowBundlePath, code);
+
+  project.provide('databaseUrl', databaseUrl);
+  project.provide('temporalAddress', temporal.address);
+  project.provide('workflowBundlePath', workflowBundlePath);
+
+  return async () => {
+    await temporal.stop();
+    await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
+    await admin.destroy();
+  };
+}
