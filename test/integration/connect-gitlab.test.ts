@@ -1,0 +1,182 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { open } from '../../lib/crypto.ts';
+import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { createOrgWithToken, historyText, resultOf, startHarness, type Harness } from '../support/harness.ts';
+
+const ALL_SCOPES = ['api', 'read_user', 'read_repository'];
+
+describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)', () => {
+  let h: Harness;
+  let gitlab: FakeGitlab;
+  let org: { id: string; slug: string };
+  let orgToken: string;
+  let n = 0;
+
+  beforeAll(async () => {
+    [h, gitlab] = await Promise.all([startHarness(), startFakeGitlab()]);
+    ({ org, token: orgToken } = await createOrgWithToken(h));
+  });
+  afterAll(async () => {
+    await h?.close();
+    await gitlab?.close();
+  });
+
+  /** A token unique to the test, so no assertion can pass on another test's data. */
+  function newToken(options: { scopes?: string[]; revoked?: boolean; expiresAt?: string } = {}) {
+    const token = `glpat-${++n}-${Math.random().toString(36).slice(2)}SECRET`;
+    gitlab.addToken({ token, username: `user${n}`, scopes: options.scopes ?? ALL_SCOPES, revoked: options.revoked, expiresAt: options.expiresAt });
+    return token;
+  }
+
+  async function connect(token: string) {
+    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, {
+      token: orgToken,
+      body: { provider: 'gitlab', baseUrl: gitlab.url, token },
+    });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { id: string; status: string; workflowId: string };
+    expect(body.status).toBe('pending');
+    const result = await resultOf<{ status: string; reason?: string }>(h, body.workflowId);
+    return { ...body, result };
+  }
+
+  async function getConnection(id: string) {
+    const res = await h.request('GET', `/api/v1/orgs/${org.slug}/connections/${id}`, { token: orgToken });
+    expect(res.status).toBe(200);
+    return (await res.json()) as Record<string, unknown>;
+  }
+
+  it('becomes active, stores the token sealed, and never leaks it', async () => {
+    const token = newToken();
+    const { id, workflowId, result } = await connect(token);
+    expect(result.status).toBe('active');
+    const connection = await getConnection(id);
+    expect(connection).toMatchObject({ id, provider: 'gitlab', baseUrl: gitlab.url, status: 'active' });
+    expect(connection).not.toHaveProperty('reason');
+
+    // Sealed in the database: not plaintext, but it opens to the token with the connection as context.
+    const row = await h.db.selectFrom('connections').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+    expect(row.pending_credential).toBeNull();
+    expect(row.credential).not.toContain(token);
+    expect(open(h.keys, row.credential!, id)).toBe(token);
+    const dump = JSON.stringify(await h.db.selectFrom('connections').selectAll().execute());
+    expect(dump).not.toContain(token);
+
+    // Not in the run's full history, not in any log line, not in any API answer.
+    expect(await historyText(h, workflowId)).not.toContain(token);
+    expect(h.logs.join('\n')).not.toContain(token);
+    const list = await h.request('GET', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken });
+    expect(await list.text()).not.toContain(token);
+
+    // The run, with its Temporal UI link.
+    const run = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token: orgToken });
+    expect(run.status).toBe(200);
+    const runBody = (await run.json()) as { status: string; result: { status: string }; uiUrl: string };
+    expect(runBody.status).toBe('COMPLETED');
+    expect(runBody.result.status).toBe('active');
+    expect(runBody.uiUrl).toMatch(new RegExp(`/namespaces/default/workflows/${encodeURIComponent(workflowId)}/[0-9a-f-]+/history$`));
+    expect(JSON.stringify(runBody)).not.toContain(token);
+  });
+
+  it('fails naming the missing scope', async () => {
+    const { id, result } = await connect(newToken({ scopes: ['api', 'read_repository'] }));
+    expect(result.status).toBe('failed');
+    const connection = await getConnection(id);
+    expect(connection.status).toBe('failed');
+    expect(connection.reason).toContain('read_user');
+    expect(connection.reason).not.toContain('read_repository');
+  });
+
+  it('fails on a revoked token (401) without retrying', async () => {
+    const before = gitlab.server.count('tokenSelf');
+    const token = newToken();
+    gitlab.revokeToken(token);
+    const { id, result } = await connect(token);
+    expect(result.status).toBe('failed');
+    expect((await getConnection(id)).reason).toMatch(/revoked/);
+    expect(gitlab.server.count('tokenSelf') - before).toBe(1);
+  });
+
+  it('fails on an unknown token with a 401 reason', async () => {
+    const { id } = await connect('glpat-never-issued');
+    const connection = await getConnection(id);
+    expect(connection.status).toBe('failed');
+    expect(connection.reason).toMatch(/rejected by GitLab \(401\)/);
+  });
+
+  it('fails on an expired token', async () => {
+    const { id, result } = await connect(newToken({ expiresAt: '2020-01-31' }));
+    expect(result.status).toBe('failed');
+    expect((await getConnection(id)).reason).toMatch(/expired/);
+  });
+
+  it('retries 5xx until GitLab answers', async () => {
+    const before = gitlab.server.count('tokenSelf');
+    gitlab.server.failNext('tokenSelf', 2, { status: 502, text: 'Bad Gateway' });
+    const { id, result } = await connect(newToken());
+    expect(result.status).toBe('active');
+    expect((await getConnection(id)).status).toBe('active');
+    expect(gitlab.server.count('tokenSelf') - before).toBe(3);
+  });
+
+  it('waits for Retry-After on 429 and then succeeds', async () => {
+    const before = gitlab.server.count('tokenSelf');
+    gitlab.server.failNext('tokenSelf', 1, {
+      status: 429,
+      text: 'Retry later',
+      headers: { 'retry-after': '3', 'ratelimit-resettime': new Date(Date.now() + 3000).toUTCString() },
+    });
+    const { workflowId, result } = await connect(newToken());
+    expect(result.status).toBe('active');
+    expect(gitlab.server.count('tokenSelf') - before).toBe(2);
+    const description = await h.client.workflow.getHandle(workflowId).describe();
+    const elapsed = description.closeTime!.getTime() - description.startTime.getTime();
+    // gitbeaker alone would retry within ~0.3 s; the activity honours the 3 s Retry-After instead.
+    expect(elapsed).toBeGreaterThanOrEqual(3000);
+  });
+
+  it("hides one organization's connections and runs from another", async () => {
+    const { id, workflowId } = await connect(newToken());
+    const other = await createOrgWithToken(h);
+    const asOther = (path: string) => h.request('GET', path, { token: other.token });
+    expect((await asOther(`/api/v1/orgs/${org.slug}/connections/${id}`)).status).toBe(404);
+    expect((await asOther(`/api/v1/orgs/${org.slug}/connections`)).status).toBe(404);
+    expect((await asOther(`/api/v1/orgs/${other.org.slug}/connections/${id}`)).status).toBe(404);
+    expect((await asOther(`/api/v1/workflows/${encodeURIComponent(workflowId)}`)).status).toBe(404);
+    // The admin (break glass) sees everything.
+    expect((await h.request('GET', `/api/v1/orgs/${org.slug}/connections/${id}`, { token: h.adminToken })).status).toBe(200);
+  });
+
+  it('rejects bad input with problem+json and stores nothing', async () => {
+    const count = async () => Number((await h.db.selectFrom('connections').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+    const before = await count();
+    const cases: [unknown, RegExp][] = [
+      [{ provider: 'gitlab', baseUrl: 'ftp://gitlab.example.com', token: 'x' }, /ftp: URLs are not allowed/],
+      [{ provider: 'gitlab', baseUrl: 'http://gitlab.example.com', token: 'x' }, /plain http/],
+      [{ provider: 'gitlab', baseUrl: 'https://169.254.169.254', token: 'x' }, /link-local or metadata/],
+      [{ provider: 'gitlab', baseUrl: gitlab.url }, /token/],
+      [{ provider: 'gitea', token: 'x' }, /provider/],
+    ];
+    for (const [body, detail] of cases) {
+      const res = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken, body });
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+      const problem = (await res.json()) as { status: number; title: string; detail: string };
+      expect(problem.status).toBe(400);
+      expect(problem.detail).toMatch(detail);
+    }
+    const notJson = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken, body: '{"provider":' });
+    expect(notJson.status).toBe(400);
+    expect(notJson.headers.get('content-type')).toBe('application/problem+json');
+    expect(await count()).toBe(before);
+  });
+
+  it('answers 401 without a valid token', async () => {
+    expect((await h.request('GET', `/api/v1/orgs/${org.slug}/connections`)).status).toBe(401);
+    const bad = await h.request('GET', `/api/v1/orgs/${org.slug}/connections`, { token: 'fl_not-a-token' });
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get('content-type')).toBe('application/problem+json');
+    // Organization tokens cannot create organizations.
+    expect((await h.request('POST', '/api/v1/orgs', { token: orgToken, body: { slug: 'x', name: 'x' } })).status).toBe(403);
+  });
+});

@@ -1,0 +1,132 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Writable } from 'node:stream';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import { inject } from 'vitest';
+import { createProviderFactory } from '../../activities/providers/index.ts';
+import type { ProviderFactory } from '../../activities/providers/port.ts';
+import { createApp } from '../../api/app.ts';
+import type { EncryptionKeys } from '../../lib/crypto.ts';
+import { createDb, type Db } from '../../lib/db/index.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { createWorker } from '../../worker/create-worker.ts';
+
+export interface Harness {
+  db: Db;
+  client: Client;
+  app: ReturnType<typeof createApp>;
+  taskQueue: string;
+  keys: EncryptionKeys;
+  adminToken: string;
+  /** Every log line the API and the worker wrote during the test. */
+  logs: string[];
+  worker: Worker;
+  /** Stops the worker (as a crash would) and starts a fresh one on the same task queue. */
+  restartWorker(): Promise<void>;
+  request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
+  close(): Promise<void>;
+}
+
+/**
+ * A real worker (on a task queue of its own) and the real API app, wired to the run's Temporal dev
+ * server and database. Providers default to the production factory pointed at whatever base URLs
+ * the test stores on its connections (the fake servers).
+ */
+export async function startHarness(options: { providers?: ProviderFactory } = {}): Promise<Harness> {
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(String(chunk));
+      cb();
+    },
+  });
+  const logger = createLogger('test', 'debug', sink);
+  const db = createDb(inject('databaseUrl'), { max: 5 });
+  const address = inject('temporalAddress');
+  const taskQueue = `test-${randomUUID()}`;
+  const keys: EncryptionKeys = { current: { id: 'test', key: randomBytes(32) } };
+  const adminToken = `admin-${randomBytes(24).toString('hex')}`;
+  const connection = await Connection.connect({ address });
+  const client = new Client({ connection, namespace: 'default' });
+  const nativeConnection = await NativeConnection.connect({ address });
+  const workflowBundle = { code: readFileSync(inject('workflowBundlePath'), 'utf8') };
+  const deps = { db, keys, providers: options.providers ?? createProviderFactory(), logger };
+
+  const launch = async () => {
+    const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle });
+    const running = worker.run();
+    return { worker, running };
+  };
+  let current = await launch();
+
+  const app = createApp({
+    db,
+    temporal: client,
+    keys,
+    logger,
+    adminToken,
+    taskQueue,
+    namespace: 'default',
+    temporalUiUrl: 'http://127.0.0.1:8233',
+    allowHttpHosts: ['127.0.0.1', 'localhost'],
+    resolveHost: async () => ['127.0.0.1'],
+  });
+
+  const harness: Harness = {
+    db,
+    client,
+    app,
+    taskQueue,
+    keys,
+    adminToken,
+    logs,
+    get worker() {
+      return current.worker;
+    },
+    async restartWorker() {
+      current.worker.shutdown();
+      await current.running;
+      current = await launch();
+    },
+    async request(method, path, opts = {}) {
+      const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+      if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+      let body: string | undefined;
+      if (opts.body !== undefined) {
+        body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+        headers['content-type'] ??= 'application/json';
+      }
+      return app.request(path, { method, headers, body });
+    },
+    async close() {
+      current.worker.shutdown();
+      await current.running;
+      await nativeConnection.close();
+      await connection.close();
+      await db.destroy();
+    },
+  };
+  return harness;
+}
+
+/** Creates an organization and an organization token through the API. */
+export async function createOrgWithToken(h: Harness, slug = `org-${randomUUID().slice(0, 8)}`) {
+  const created = await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: `Org ${slug}` } });
+  if (created.status !== 201) throw new Error(`create org: ${created.status} ${await created.text()}`);
+  const org = (await created.json()) as { id: string; slug: string; name: string };
+  const issued = await h.request('POST', `/api/v1/orgs/${slug}/tokens`, { token: h.adminToken });
+  const { token } = (await issued.json()) as { token: string };
+  return { org, token };
+}
+
+/** Waits for a workflow through Temporal itself (no polling of our own). */
+export async function resultOf<T = unknown>(h: Harness, workflowId: string): Promise<T> {
+  return h.client.workflow.getHandle(workflowId).result() as Promise<T>;
+}
+
+/** The run's full history as JSON text, for secret checks. */
+export async function historyText(h: Harness, workflowId: string): Promise<string> {
+  const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+  return JSON.stringify(history, (_k, v) => (typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? Buffer.from(v).toString('utf8') : v));
+}

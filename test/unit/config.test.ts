@@ -1,0 +1,74 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, parseConfig } from '../../lib/config.ts';
+
+const KEY = Buffer.alloc(32, 7).toString('base64');
+const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: KEY } };
+
+function errorOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('config', () => {
+  it('fills defaults for a minimal config', () => {
+    const config = parseConfig(minimal);
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(config.temporal).toMatchObject({ namespace: 'default', taskQueue: 'forgelink' });
+    expect(config.temporal.address).toBeUndefined();
+    expect(config.gitProviders.github.baseUrl).toBe('https://api.github.com');
+    expect(config.repositoryCache.schedule).toBe('0 2 * * *');
+    expect(config.security.allowHttpHosts).toEqual([]);
+  });
+
+  it('names a missing key', () => {
+    expect(errorOf(() => parseConfig({ ...minimal, auth: undefined }))).toMatch(/^\s+auth: is required$/m);
+  });
+
+  it('names every bad key at once', () => {
+    const message = errorOf(() => parseConfig({ ...minimal, publicUrl: 'not a url', encryption: { key: 'c2hvcnQ=' }, api: { port: 'x' } }));
+    expect(message).toMatch(/publicUrl:/);
+    expect(message).toMatch(/encryption\.key: must be the base64 of 32 random bytes/);
+    expect(message).toMatch(/api\.port:/);
+  });
+
+  it('rejects unknown top-level keys (typos must not pass silently)', () => {
+    expect(errorOf(() => parseConfig({ ...minimal, gitProvider: {} }))).toMatch(/gitProvider/);
+  });
+
+  it('requires the secrets of an enabled provider', () => {
+    const message = errorOf(() => parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'u' } } }));
+    expect(message).toMatch(/gitProviders\.gitlab\.webhookSecret: is required when the provider is enabled/);
+    expect(message).toMatch(/gitProviders\.azureDevOps\.webhookBasicAuthPass: is required/);
+    expect(message).not.toMatch(/webhookBasicAuthUser/);
+    expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { github: { enabled: true, appId: 1 } } }))).toMatch(/gitProviders\.github\.privateKey/);
+  });
+
+  it('lets the environment override keys (PORT wins over api.port)', () => {
+    const config = parseConfig({ ...minimal, api: { port: 9000 } }, { PORT: '7000', FORGELINK_DATABASE_URL: 'postgres://db/x' });
+    expect(config.api.port).toBe(7000);
+    expect(config.database.url).toBe('postgres://db/x');
+  });
+
+  it('loads YAML from FORGELINK_CONFIG and reports bad YAML and missing files', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-config-'));
+    const file = path.join(dir, 'forgelink.yml');
+    writeFileSync(file, `publicUrl: https://x.example\nauth:\n  adminToken: ${'b'.repeat(30)}\nencryption:\n  key: ${KEY}\n`);
+    expect(loadConfig(file, {}).publicUrl).toBe('https://x.example');
+    writeFileSync(file, 'publicUrl: [unclosed');
+    expect(errorOf(() => loadConfig(file, {}))).toMatch(/not valid YAML/);
+    expect(errorOf(() => loadConfig(path.join(dir, 'missing.yml'), {}))).toMatch(/cannot read config file/);
+  });
+
+  it('accepts the example config shipped in the repo', () => {
+    const config = loadConfig('config/forgelink.example.yml', {});
+    expect(config.gitProviders.gitlab.enabled).toBe(true);
+  });
+});
