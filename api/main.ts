@@ -1,14 +1,13 @@
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
-import { loadConfig } from '../lib/config.ts';
+import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createApp } from './app.ts';
 
 /** The API's composition root. */
-export async function runApi(options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
-  const config = loadConfig();
+export async function runApi(config: Config, options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
   const logger = createLogger('api');
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
@@ -42,6 +41,6 @@ export async function runApi(options: { address?: string; databaseUrl?: string; 
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const handle = await runApi();
+  const handle = await runApi(loadConfig());
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
 }

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
 
 export const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'workflows', 'index.ts');
@@ -21,7 +21,17 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     namespace: params.namespace,
     taskQueue: params.taskQueue,
     activities: createActivities(params.deps),
-    ...(params.workflowBundle ? { workflowBundle: params.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
-    identity: params.identity,
+    workflowBundle: params.workflowBundle ?? (await bundleWorkflows()),
+    ...(params.identity ? { identity: params.identity } : {}),
   });
+}
+
+/** Bundles the workflow code once, without webpack's per-module chatter. */
+export async function bundleWorkflows(): Promise<{ code: string }> {
+  const quiet = () => {};
+  const { code } = await bundleWorkflowCode({
+    workflowsPath: WORKFLOWS_PATH,
+    logger: { info: quiet, debug: quiet, trace: quiet, log: quiet, warn: console.warn, error: console.error },
+  });
+  return { code };
 }

@@ -1,14 +1,13 @@
 import { NativeConnection } from '@temporalio/worker';
 import { createProviderFactory } from '../activities/providers/index.ts';
-import { loadConfig } from '../lib/config.ts';
+import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createWorker } from './create-worker.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
-export async function runWorker(options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
-  const config = loadConfig();
+export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
   const logger = createLogger('worker');
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
@@ -33,6 +32,6 @@ export async function runWorker(options: { address?: string; databaseUrl?: strin
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const handle = await runWorker();
+  const handle = await runWorker(loadConfig());
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
 }

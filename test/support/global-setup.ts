@@ -1,14 +1,13 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { readDevServerSettings, startDevServer } from '../../lib/temporal/dev-server.ts';
-import { WORKFLOWS_PATH } from '../../worker/create-worker.ts';
+import { bundleWorkflows } from '../../worker/create-worker.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -49,7 +48,7 @@ export default async function setup(project: TestProject) {
   const settings = readDevServerSettings();
   const temporal = await startDevServer({ ...settings, port: undefined, uiPort: undefined, dbFilename: undefined }, (l) => console.log(l));
 
-  const { code } = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: { info() {}, warn() {}, error: console.error, debug() {}, trace() {}, log() {} } as never });
+  const { code } = await bundleWorkflows();
   const bundleDir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-bundle-'));
   const workflowBundlePath = path.join(bundleDir, 'workflows.js');
   writeFileSync(workflowBundlePath, code);
