@@ -1,3 +1,4 @@
+import type { Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -9,6 +10,29 @@ export interface ActivityDeps {
   keys: EncryptionKeys;
   providers: ProviderFactory;
   logger: Logger;
+  settings: ActivitySettings;
+}
+
+/** Configuration activities need; secrets here stay in activity memory, never in workflow history. */
+export interface ActivitySettings {
+  /** Base of webhook delivery URLs: `${publicUrl}/api/events-handler/v1/events/${provider}`. */
+  publicUrl: string;
+  gitlabWebhookSecret?: string;
+  bitbucketWebhookSecret?: string;
+  azureDevOps?: { basicAuthUser: string; basicAuthPass: string };
+}
+
+export function settingsFromConfig(config: Config): ActivitySettings {
+  const p = config.gitProviders;
+  return {
+    publicUrl: config.publicUrl.replace(/\/+$/, ''),
+    gitlabWebhookSecret: p.gitlab.webhookSecret,
+    bitbucketWebhookSecret: p.bitbucket.webhookSecret,
+    azureDevOps:
+      p.azureDevOps.webhookBasicAuthUser && p.azureDevOps.webhookBasicAuthPass
+        ? { basicAuthUser: p.azureDevOps.webhookBasicAuthUser, basicAuthPass: p.azureDevOps.webhookBasicAuthPass }
+        : undefined,
+  };
 }
 
 /** Every activity the worker registers; workflows import only this function's type. */

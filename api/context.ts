@@ -14,6 +14,7 @@ export interface ApiDeps {
   /** Base URL of the Temporal UI, for links to runs. */
   temporalUiUrl: string;
   allowHttpHosts: string[];
+  webhooks: WebhookSecrets;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }
@@ -21,3 +22,12 @@ export interface ApiDeps {
 export type Principal = { kind: 'admin' } | { kind: 'organization'; organizationId: string };
 
 export type AppEnv = { Variables: { deps: ApiDeps; principal: Principal } };
+
+/** Secrets the webhook receivers verify against; each list is [current, previous?] for rotation. */
+export interface WebhookSecrets {
+  github: string[];
+  gitlab: string[];
+  bitbucket: string[];
+  azureDevOps: { user: string; passwords: string[] } | undefined;
+  maxBodyBytes: number;
+}

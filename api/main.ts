@@ -5,6 +5,7 @@ import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createApp } from './app.ts';
+import type { WebhookSecrets } from './context.ts';
 
 /** The API's composition root. */
 export async function runApi(config: Config, options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
@@ -24,6 +25,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     namespace: config.temporal.namespace,
     temporalUiUrl: options.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
     allowHttpHosts: config.security.allowHttpHosts,
+    webhooks: webhookSecretsFromConfig(config),
   });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port }, () => resolve(s));
@@ -43,4 +45,19 @@ export async function runApi(config: Config, options: { address?: string; databa
 if (import.meta.url === `file://${process.argv[1]}`) {
   const handle = await runApi(loadConfig());
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
+}
+
+export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
+  const p = config.gitProviders;
+  const list = (...values: (string | undefined)[]) => values.filter((v): v is string => Boolean(v));
+  return {
+    github: p.github.enabled ? list(p.github.webhookSecret, p.github.previousWebhookSecret) : [],
+    gitlab: p.gitlab.enabled ? list(p.gitlab.webhookSecret, p.gitlab.previousWebhookSecret) : [],
+    bitbucket: p.bitbucket.enabled ? list(p.bitbucket.webhookSecret, p.bitbucket.previousWebhookSecret) : [],
+    azureDevOps:
+      p.azureDevOps.enabled && p.azureDevOps.webhookBasicAuthUser
+        ? { user: p.azureDevOps.webhookBasicAuthUser, passwords: list(p.azureDevOps.webhookBasicAuthPass, p.azureDevOps.previousWebhookBasicAuthPass) }
+        : undefined,
+    maxBodyBytes: config.webhooks.maxBodyBytes,
+  };
 }

@@ -1,4 +1,5 @@
 import { NativeConnection } from '@temporalio/worker';
+import { settingsFromConfig } from '../activities/index.ts';
 import { createProviderFactory } from '../activities/providers/index.ts';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
@@ -17,7 +18,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
-    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(), logger },
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(), logger, settings: settingsFromConfig(config) },
   });
   const running = worker.run();
   logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');

@@ -5,6 +5,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
+import type { ActivitySettings } from '../../activities/index.ts';
 import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
@@ -33,7 +34,16 @@ export interface Harness {
  * server and database. Providers default to the production factory pointed at whatever base URLs
  * the test stores on its connections (the fake servers).
  */
-export async function startHarness(options: { providers?: ProviderFactory } = {}): Promise<Harness> {
+export const TEST_WEBHOOK_SECRETS = {
+  github: 'gh-webhook-secret-current',
+  gitlab: 'gl-webhook-token-current',
+  bitbucket: 'bb-webhook-secret-current',
+  azureDevOps: { user: 'forgelink', pass: 'ado-basic-pass-current' },
+  previous: 'previous-webhook-secret',
+};
+export const TEST_PUBLIC_URL = 'https://forgelink.test';
+
+export async function startHarness(options: { providers?: ProviderFactory; settings?: Partial<ActivitySettings> } = {}): Promise<Harness> {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
@@ -51,7 +61,14 @@ export async function startHarness(options: { providers?: ProviderFactory } = {}
   const client = new Client({ connection, namespace: 'default' });
   const nativeConnection = await NativeConnection.connect({ address });
   const workflowBundle = { code: readFileSync(inject('workflowBundlePath'), 'utf8') };
-  const deps = { db, keys, providers: options.providers ?? createProviderFactory(), logger };
+  const settings: ActivitySettings = {
+    publicUrl: TEST_PUBLIC_URL,
+    gitlabWebhookSecret: TEST_WEBHOOK_SECRETS.gitlab,
+    bitbucketWebhookSecret: TEST_WEBHOOK_SECRETS.bitbucket,
+    azureDevOps: { basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user, basicAuthPass: TEST_WEBHOOK_SECRETS.azureDevOps.pass },
+    ...options.settings,
+  };
+  const deps = { db, keys, providers: options.providers ?? createProviderFactory(), logger, settings };
 
   const launch = async () => {
     const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle });
@@ -71,6 +88,13 @@ export async function startHarness(options: { providers?: ProviderFactory } = {}
     temporalUiUrl: 'http://127.0.0.1:8233',
     allowHttpHosts: ['127.0.0.1', 'localhost'],
     resolveHost: async () => ['127.0.0.1'],
+    webhooks: {
+      github: [TEST_WEBHOOK_SECRETS.github, TEST_WEBHOOK_SECRETS.previous],
+      gitlab: [TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.previous],
+      bitbucket: [TEST_WEBHOOK_SECRETS.bitbucket, TEST_WEBHOOK_SECRETS.previous],
+      azureDevOps: { user: TEST_WEBHOOK_SECRETS.azureDevOps.user, passwords: [TEST_WEBHOOK_SECRETS.azureDevOps.pass, TEST_WEBHOOK_SECRETS.previous] },
+      maxBodyBytes: 1024 * 1024,
+    },
   });
 
   const harness: Harness = {
