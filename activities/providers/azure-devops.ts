@@ -1,0 +1,280 @@
+import * as azdev from 'azure-devops-node-api';
+import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
+import type { GitApi } from 'azure-devops-node-api/GitApi.js';
+import type { GitRepository } from 'azure-devops-node-api/interfaces/GitInterfaces.js';
+import {
+  ProviderHttpError,
+  parseRetryAfter,
+  type HookSpec,
+  type ProviderAdapter,
+  type ProviderHook,
+  type ProviderRepository,
+  type ProviderTarget,
+  type RepositoryPage,
+  type RepositoryRef,
+  type ValidationOutcome,
+} from './port.ts';
+
+const API_VERSION = '7.1';
+const REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * Projects per repository page. Azure DevOps lists a project's repositories unpaged, so a page is a
+ * batch of projects: small enough that each page (and its heartbeat) stays quick in large organizations.
+ */
+const DEFAULT_PROJECTS_PER_PAGE = 10;
+/** Publisher inputs that identify the scope or are added by the service, not filters we asked for. */
+const SCOPE_INPUTS = new Set(['projectId', 'repository', 'hostId', 'tfsSubscriptionId']);
+
+/** The wire shape of a service hook subscription (the SDK ships no ServiceHooks types). */
+interface Subscription {
+  id: string;
+  status?: string;
+  eventType: string;
+  publisherInputs?: Record<string, string>;
+  consumerInputs?: Record<string, string>;
+}
+
+interface StatusCarrier {
+  statusCode?: unknown;
+  message?: string;
+  responseHeaders?: Record<string, string | string[] | undefined>;
+  rateLimit?: { retryAfter?: number };
+}
+
+/** typed-rest-client rejects with an Error carrying statusCode/responseHeaders; make it ours. */
+function fromSdkError(error: unknown): unknown {
+  const e = error as StatusCarrier;
+  if (typeof e?.statusCode !== 'number') return error;
+  const header = e.responseHeaders?.['retry-after'];
+  const retryAfter = parseRetryAfter(Array.isArray(header) ? header[0] : header) ?? e.rateLimit?.retryAfter;
+  return new ProviderHttpError('azure-devops', e.statusCode, e.message ?? `HTTP ${e.statusCode}`, retryAfter);
+}
+
+async function sdk<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw fromSdkError(error);
+  }
+}
+
+/** Runs `load` once; a failure is not remembered, so the next call tries again. */
+function once<T>(load: () => Promise<T>): () => Promise<T> {
+  let pending: Promise<T> | undefined;
+  return () => {
+    pending ??= load().catch((error: unknown) => {
+      pending = undefined;
+      throw error;
+    });
+    return pending;
+  };
+}
+
+function toRepository(repo: GitRepository): ProviderRepository {
+  const project = repo.project?.name;
+  return {
+    externalId: repo.id!,
+    fullName: `${project}/${repo.name}`,
+    project,
+    projectId: repo.project?.id,
+    defaultBranch: repo.defaultBranch?.replace(/^refs\/heads\//, ''),
+    webUrl: repo.webUrl,
+  };
+}
+
+function toHook(subscription: Subscription): ProviderHook {
+  const filters = Object.fromEntries(
+    Object.entries(subscription.publisherInputs ?? {}).filter(([key, value]) => !SCOPE_INPUTS.has(key) && value !== ''),
+  );
+  return {
+    id: subscription.id,
+    url: subscription.consumerInputs?.url ?? '',
+    events: [subscription.eventType],
+    // Lists leave `status` out for enabled subscriptions; probation and any disabled state are unhealthy.
+    healthy: (subscription.status ?? 'enabled') === 'enabled',
+    ...(Object.keys(filters).length > 0 ? { filters } : {}),
+  };
+}
+
+/**
+ * Azure DevOps (Services or Server) through a PAT. Identity, projects and repositories go through
+ * azure-devops-node-api; service hook subscriptions through raw REST, since the SDK has no hooks client.
+ * The SDK resolves 404 as null and drops continuation tokens, so projects are paged with $top/$skip.
+ */
+export function createAzureDevOpsAdapter(target: ProviderTarget, options: { projectsPerPage?: number } = {}): ProviderAdapter {
+  const pat = target.secret;
+  if (!pat) throw new Error('an Azure DevOps connection needs a personal access token');
+  const organizationUrl = target.baseUrl.replace(/\/+$/, '');
+  const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
+  // allowRetries stays off: the activity's retry policy decides, honouring Retry-After.
+  const webApi = new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS });
+  const coreApi = once<CoreApi>(() => sdk(() => webApi.getCoreApi()));
+  const gitApi = once<GitApi>(() => sdk(() => webApi.getGitApi()));
+  const authorization = `Basic ${Buffer.from(`:${pat}`).toString('base64')}`;
+
+  async function hooksRequest<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const response = await fetch(`${organizationUrl}/_apis/hooks/${path}?api-version=${API_VERSION}`, {
+      method,
+      headers: {
+        authorization,
+        accept: 'application/json',
+        // Without it a refused PAT gets a 203 sign-in page instead of a 401.
+        'x-tfs-fedauthredirect': 'Suppress',
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    if (!response.ok) {
+      const message = (parsed as { message?: unknown } | undefined)?.message;
+      throw new ProviderHttpError(
+        'azure-devops',
+        response.status,
+        typeof message === 'string' ? message : text.trim().slice(0, 500) || `HTTP ${response.status}`,
+        parseRetryAfter(response.headers.get('retry-after')),
+      );
+    }
+    if (response.status === 203 || (text && parsed === undefined)) {
+      throw new ProviderHttpError('azure-devops', 401, 'Azure DevOps answered with a sign-in page: the PAT was not accepted');
+    }
+    return parsed as T;
+  }
+
+  /** Our kind of webhook subscriptions, those scoped to one repository when given (query results are not paged). */
+  async function webhookSubscriptions(repositoryId?: string): Promise<Subscription[]> {
+    const body = await hooksRequest<{ results?: Subscription[] }>('POST', 'subscriptionsquery', {
+      publisherId: 'tfs',
+      consumerId: 'webHooks',
+      consumerActionId: 'httpRequest',
+      ...(repositoryId
+        ? { publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: repositoryId, caseSensitive: false }] }] }
+        : {}),
+    });
+    return body.results ?? [];
+  }
+
+  function subscriptionBody(ref: RepositoryRef, spec: HookSpec) {
+    if (!ref.projectId) throw new Error(`repository ${ref.fullName} has no Azure DevOps project id`);
+    if (spec.events.length !== 1) throw new Error(`an Azure DevOps subscription carries exactly one event type, got ${spec.events.length}`);
+    return {
+      publisherId: 'tfs',
+      eventType: spec.events[0],
+      resourceVersion: '1.0',
+      consumerId: 'webHooks',
+      consumerActionId: 'httpRequest',
+      publisherInputs: { ...spec.filters, projectId: ref.projectId, repository: ref.externalId },
+      consumerInputs: {
+        url: spec.url,
+        ...(spec.basicAuthUser !== undefined ? { basicAuthUsername: spec.basicAuthUser } : {}),
+        ...(spec.secret !== undefined ? { basicAuthPassword: spec.secret } : {}),
+        resourceDetailsToSend: 'all',
+        messagesToSend: 'none',
+        detailedMessagesToSend: 'none',
+      },
+    };
+  }
+
+  /** The reason a refused permission check gives, or undefined when the step passed. */
+  async function refusal(step: () => Promise<unknown>, reason: string): Promise<string | undefined> {
+    try {
+      await step();
+      return undefined;
+    } catch (error) {
+      if (error instanceof ProviderHttpError && (error.status === 401 || error.status === 403)) return `${reason} (Azure DevOps said ${error.status}: ${error.message})`;
+      throw error;
+    }
+  }
+
+  return {
+    provider: 'azure-devops',
+
+    async validate(): Promise<ValidationOutcome> {
+      let connection;
+      try {
+        connection = await sdk(() => webApi.connect());
+      } catch (error) {
+        if (error instanceof ProviderHttpError && (error.status === 401 || error.status === 403)) {
+          return { ok: false, reason: `PAT rejected by Azure DevOps (${error.status}): ${error.message}` };
+        }
+        throw error;
+      }
+      // A 404 (unknown organization) or a sign-in page both resolve to null in the SDK.
+      const user = connection?.authenticatedUser;
+      if (!user?.id) return { ok: false, reason: `Azure DevOps did not identify the PAT's owner at ${organizationUrl}: check the organization URL and the token` };
+      const reason =
+        (await refusal(async () => {
+          const core = await coreApi();
+          await sdk(() => core.getProjects(undefined, 1, 0));
+        }, 'PAT cannot read projects: it needs the Project and Team (Read) scope')) ??
+        (await refusal(async () => {
+          const git = await gitApi();
+          await sdk(() => git.getRepositories());
+        }, 'PAT cannot read repositories: it needs the Code (Read) scope')) ??
+        (await refusal(
+          () => webhookSubscriptions(),
+          'PAT cannot manage service hook subscriptions: the owner must be Project Administrator or hold Edit subscriptions, and the PAT needs the Service Hooks (Read & write) scope',
+        ));
+      if (reason) return { ok: false, reason };
+      return { ok: true, identity: { account: user.providerDisplayName ?? user.id, accountId: user.id } };
+    },
+
+    async listRepositoriesPage({ cursor }): Promise<RepositoryPage> {
+      const offset = cursor ? Number(cursor) : 0;
+      if (!Number.isInteger(offset) || offset < 0) throw new Error(`invalid Azure DevOps repository cursor ${cursor}`);
+      const core = await coreApi();
+      const git = await gitApi();
+      // One project beyond the batch tells whether another page exists (the SDK hides the continuation token).
+      const projects = (await sdk(() => core.getProjects(undefined, projectsPerPage + 1, offset))) ?? [];
+      const batch = projects.slice(0, projectsPerPage);
+      const perProject = await Promise.all(batch.map((project) => sdk(() => git.getRepositories(project.id!))));
+      return {
+        // A project deleted between the two calls answers 404, which the SDK turns into null.
+        repositories: perProject.flatMap((repos) => (repos ?? []).map(toRepository)),
+        ...(projects.length > projectsPerPage ? { nextCursor: String(offset + projectsPerPage) } : {}),
+        apiCalls: 1 + batch.length,
+      };
+    },
+
+    async getRepository(ref) {
+      const git = await gitApi();
+      const repo = await sdk(() => git.getRepository(ref.externalId, ref.projectId));
+      return repo ? toRepository(repo) : null;
+    },
+
+    async listHooks(ref) {
+      return (await webhookSubscriptions(ref.externalId)).map(toHook);
+    },
+
+    async createHook(ref, spec) {
+      const body = await hooksRequest<Subscription>('POST', 'subscriptions', subscriptionBody(ref, spec));
+      return toHook(body);
+    },
+
+    async updateHook(ref, hookId, spec) {
+      const body = await hooksRequest<Subscription>('PUT', `subscriptions/${encodeURIComponent(hookId)}`, {
+        ...subscriptionBody(ref, spec),
+        id: hookId,
+        // Replacing with status enabled is how a subscription on probation or disabled by the system comes back.
+        status: 'enabled',
+      });
+      return toHook(body);
+    },
+
+    async deleteHook(_ref, hookId) {
+      try {
+        await hooksRequest('DELETE', `subscriptions/${encodeURIComponent(hookId)}`);
+        return true;
+      } catch (error) {
+        if (error instanceof ProviderHttpError && error.status === 404) return false;
+        throw error;
+      }
+    },
+  };
+}

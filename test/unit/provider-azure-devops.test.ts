@@ -1,0 +1,202 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
+import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
+import { startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+
+const PAT = 'ado-pat-5f1c2e9a7b';
+const SECRET = 'basic-auth-pass-93ad';
+const DELIVERY_URL = 'https://forgelink.example/api/events-handler/v1/events/azure-devops';
+
+/** The hook set attach creates for one repository (DESIGN.md): three subscriptions. */
+const HOOK_SET: HookSpec[] = [
+  { url: DELIVERY_URL, events: ['git.push'], basicAuthUser: 'forgelink', secret: SECRET },
+  { url: DELIVERY_URL, events: ['git.pullrequest.created'], basicAuthUser: 'forgelink', secret: SECRET },
+  { url: DELIVERY_URL, events: ['git.pullrequest.updated'], basicAuthUser: 'forgelink', secret: SECRET, filters: { notificationType: 'PushNotification' } },
+];
+
+let fake: FakeAzureDevOps;
+let ref: RepositoryRef;
+
+beforeEach(async () => {
+  fake = await startFakeAzureDevOps({ organization: 'contoso' });
+  fake.addPat({ pat: PAT, displayName: 'Ada Lovelace' });
+  const alpha = fake.addProject({ name: 'Alpha' });
+  const api = fake.addRepository({ projectName: 'Alpha', name: 'api', defaultBranch: 'refs/heads/main' });
+  ref = { externalId: api.id, fullName: 'Alpha/api', projectId: alpha.id };
+});
+
+afterEach(async () => {
+  await fake.close();
+});
+
+const adapter = (secret = PAT, options?: { projectsPerPage?: number }) =>
+  createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: `${fake.url}/`, externalKey: fake.url, secret }, options);
+
+async function rejection(promise: Promise<unknown>): Promise<ProviderHttpError> {
+  const error = await promise.then(() => undefined, (e: unknown) => e);
+  expect(error).toBeInstanceOf(ProviderHttpError);
+  return error as ProviderHttpError;
+}
+
+describe('Azure DevOps adapter: validate', () => {
+  it('returns the PAT owner once projects, repositories and subscriptions are all readable', async () => {
+    const outcome = await adapter().validate();
+    expect(outcome).toEqual({ ok: true, identity: { account: 'Ada Lovelace', accountId: expect.stringMatching(/^[0-9a-f-]{36}$/) } });
+    expect(fake.server.count('querySubscriptions')).toBe(1);
+  });
+
+  it('refuses a PAT Azure DevOps rejects', async () => {
+    const outcome = await adapter('not-a-pat').validate();
+    expect(outcome.ok).toBe(false);
+    expect(!outcome.ok && outcome.reason).toMatch(/PAT rejected by Azure DevOps \(401\): TF400813/);
+  });
+
+  it('names the missing hook permission', async () => {
+    fake.addPat({ pat: 'reader', displayName: 'Reader', canManageHooks: false });
+    const outcome = await adapter('reader').validate();
+    expect(outcome.ok).toBe(false);
+    expect(!outcome.ok && outcome.reason).toContain(
+      'PAT cannot manage service hook subscriptions: the owner must be Project Administrator or hold Edit subscriptions',
+    );
+  });
+
+  it('names the missing code read', async () => {
+    fake.addPat({ pat: 'no-code', displayName: 'No Code', canReadCode: false });
+    const outcome = await adapter('no-code').validate();
+    expect(!outcome.ok && outcome.reason).toMatch(/^PAT cannot read repositories/);
+  });
+
+  it('throws on a server failure instead of calling the PAT bad', async () => {
+    fake.server.failNext('connectionData', 1, vssError(500, 'VS402375: internal error', 'InternalServerErrorException'));
+    expect((await rejection(adapter().validate())).status).toBe(500);
+    fake.server.failNext('querySubscriptions', 1, tooManyRequests(30));
+    const throttled = await rejection(adapter().validate());
+    expect(throttled).toMatchObject({ status: 429, retryAfterSeconds: 30 });
+  });
+});
+
+describe('Azure DevOps adapter: repositories', () => {
+  it("pages every project's repositories, including an empty project", async () => {
+    fake.addProject({ name: 'Empty' });
+    fake.addProject({ name: 'Gamma' });
+    fake.addRepository({ projectName: 'Alpha', name: 'web' });
+    const tool = fake.addRepository({ projectName: 'Gamma', name: 'tool', defaultBranch: 'refs/heads/develop' });
+    const ado = adapter(PAT, { projectsPerPage: 2 });
+
+    const first = await ado.listRepositoriesPage({});
+    expect(first.repositories.map((r) => r.fullName).sort()).toEqual(['Alpha/api', 'Alpha/web']);
+    expect(first.repositories.find((r) => r.fullName === 'Alpha/api')).toEqual({
+      externalId: ref.externalId,
+      fullName: 'Alpha/api',
+      project: 'Alpha',
+      projectId: ref.projectId,
+      defaultBranch: 'main',
+      webUrl: `${fake.url}/Alpha/_git/api`,
+    });
+    // An empty repository has no default branch yet.
+    expect(first.repositories.find((r) => r.fullName === 'Alpha/web')?.defaultBranch).toBeUndefined();
+    expect(first.nextCursor).toBe('2');
+    expect(first.apiCalls).toBe(3);
+
+    const second = await ado.listRepositoriesPage({ cursor: first.nextCursor });
+    expect(second.repositories).toEqual([expect.objectContaining({ externalId: tool.id, fullName: 'Gamma/tool', project: 'Gamma', defaultBranch: 'develop' })]);
+    expect(second.nextCursor).toBeUndefined();
+  });
+
+  it('ends without an empty extra page when the projects fill the last page exactly', async () => {
+    fake.addProject({ name: 'Beta' });
+    const page = await adapter(PAT, { projectsPerPage: 2 }).listRepositoriesPage({});
+    expect(page.nextCursor).toBeUndefined();
+    expect(fake.server.count('listProjects')).toBe(1);
+  });
+
+  it('maps a throttled project listing to ProviderHttpError with Retry-After', async () => {
+    fake.server.failNext('listProjects', 1, tooManyRequests(12));
+    expect(await rejection(adapter().listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 12 });
+  });
+
+  it('gets a repository by id, following renames, and null once it is gone', async () => {
+    const ado = adapter();
+    expect(await ado.getRepository(ref)).toMatchObject({ externalId: ref.externalId, fullName: 'Alpha/api' });
+    fake.renameRepository(ref.externalId, 'api-v2');
+    expect((await ado.getRepository(ref))?.fullName).toBe('Alpha/api-v2');
+    fake.removeRepository(ref.externalId);
+    expect(await ado.getRepository(ref)).toBeNull();
+  });
+});
+
+describe('Azure DevOps adapter: service hook subscriptions', () => {
+  it('creates one subscription per event type, scoped to the repository, with basic auth', async () => {
+    const ado = adapter();
+    const hooks = [];
+    for (const spec of HOOK_SET) hooks.push(await ado.createHook(ref, spec));
+    expect(hooks.map((h) => h.events)).toEqual([['git.push'], ['git.pullrequest.created'], ['git.pullrequest.updated']]);
+    expect(hooks.every((h) => h.healthy && h.url === DELIVERY_URL)).toBe(true);
+    expect(hooks[2]!.filters).toEqual({ notificationType: 'PushNotification' });
+    expect(hooks[0]!.filters).toBeUndefined();
+
+    const stored = fake.subscriptions();
+    expect(stored).toHaveLength(3);
+    for (const subscription of stored) {
+      expect(subscription).toMatchObject({
+        publisherId: 'tfs',
+        consumerId: 'webHooks',
+        consumerActionId: 'httpRequest',
+        publisherInputs: { projectId: ref.projectId, repository: ref.externalId },
+        consumerInputs: { url: DELIVERY_URL, basicAuthUsername: 'forgelink', basicAuthPassword: SECRET },
+      });
+    }
+    expect(stored.map((s) => s.publisherInputs.notificationType)).toEqual([undefined, undefined, 'PushNotification']);
+  });
+
+  it("lists only this repository's subscriptions, unhealthy when on probation or disabled, without secrets", async () => {
+    const ado = adapter();
+    const created = [];
+    for (const spec of HOOK_SET) created.push(await ado.createHook(ref, spec));
+    const other = fake.addRepository({ projectName: 'Alpha', name: 'web' });
+    await ado.createHook({ externalId: other.id, fullName: 'Alpha/web', projectId: ref.projectId }, HOOK_SET[0]!);
+    fake.setSubscriptionStatus(created[0]!.id, 'onProbation');
+    fake.setSubscriptionStatus(created[1]!.id, 'disabledBySystem');
+
+    const hooks = await ado.listHooks(ref);
+    expect(hooks.map((h) => h.id).sort()).toEqual(created.map((h) => h.id).sort());
+    expect(Object.fromEntries(hooks.map((h) => [h.events[0], h.healthy]))).toEqual({
+      'git.push': false,
+      'git.pullrequest.created': false,
+      'git.pullrequest.updated': true,
+    });
+    const serialized = JSON.stringify(hooks);
+    expect(serialized).not.toContain(PAT);
+    expect(serialized).not.toContain(SECRET);
+  });
+
+  it('re-enables and reconciles a subscription with updateHook', async () => {
+    const ado = adapter();
+    const hook = await ado.createHook(ref, HOOK_SET[2]!);
+    fake.setSubscriptionStatus(hook.id, 'disabledBySystem');
+    const updated = await ado.updateHook(ref, hook.id, { ...HOOK_SET[2]!, secret: 'rotated-pass' });
+    expect(updated).toMatchObject({ id: hook.id, healthy: true, events: ['git.pullrequest.updated'], filters: { notificationType: 'PushNotification' } });
+    expect(fake.subscriptions()[0]).toMatchObject({ status: 'enabled', consumerInputs: { basicAuthPassword: 'rotated-pass' } });
+    expect((await rejection(ado.updateHook(ref, '00000000-0000-0000-0000-000000000000', HOOK_SET[0]!))).status).toBe(404);
+  });
+
+  it('deletes a subscription and treats an already-gone one as deleted', async () => {
+    const ado = adapter();
+    const first = await ado.createHook(ref, HOOK_SET[0]!);
+    const second = await ado.createHook(ref, HOOK_SET[1]!);
+    expect(await ado.deleteHook(ref, first.id)).toBe(true);
+    expect(await ado.deleteHook(ref, first.id)).toBe(false);
+    fake.deleteSubscriptionByHand(second.id);
+    expect(await ado.deleteHook(ref, second.id)).toBe(false);
+    expect(fake.subscriptions()).toEqual([]);
+  });
+
+  it('surfaces refusals and throttling as ProviderHttpError', async () => {
+    const ado = adapter();
+    fake.server.failNext('createSubscription', 1, tooManyRequests(45));
+    expect(await rejection(ado.createHook(ref, HOOK_SET[0]!))).toMatchObject({ status: 429, retryAfterSeconds: 45 });
+    fake.addPat({ pat: 'reader', displayName: 'Reader', canManageHooks: false });
+    expect((await rejection(adapter('reader').listHooks(ref))).status).toBe(403);
+    expect((await rejection(adapter('reader').deleteHook(ref, 'any'))).status).toBe(403);
+  });
+});
