@@ -3,7 +3,7 @@ import { sql } from 'kysely';
 import { requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
-import { connectionRoutes } from './routes/connections.ts';
+import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
 import { organizationRoutes } from './routes/organizations.ts';
 import { workflowRoutes } from './routes/workflows.ts';
 
@@ -48,6 +48,9 @@ export function createApp(deps: ApiDeps) {
     const ready = Object.values(checks).every((v) => v === 'ok');
     return c.json({ status: ready ? 'ready' : 'not ready', checks }, ready ? 200 : 503);
   });
+
+  // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
+  app.route('/api/github', githubSetupRoutes());
 
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());

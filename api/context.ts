@@ -1,6 +1,7 @@
 import type { Client } from '@temporalio/client';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
+import type { Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 
 export interface ApiDeps {
@@ -15,6 +16,12 @@ export interface ApiDeps {
   temporalUiUrl: string;
   allowHttpHosts: string[];
   webhooks: WebhookSecrets;
+  /** Providers enabled in config (gitProviders.*.enabled); connecting another answers 400. */
+  enabledProviders: Provider[];
+  /** The GitHub App, for the install redirect; undefined when GitHub is not configured. */
+  githubApp?: { appName: string; webUrl: string };
+  /** GitHub REST base URL stored on GitHub connections (GHES: https://HOST/api/v3). */
+  githubApiUrl?: string;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

@@ -6,6 +6,7 @@ import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createApp } from './app.ts';
 import type { WebhookSecrets } from './context.ts';
+import type { Provider } from '../lib/domain.ts';
 
 /** The API's composition root. */
 export async function runApi(config: Config, options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
@@ -26,6 +27,11 @@ export async function runApi(config: Config, options: { address?: string; databa
     temporalUiUrl: options.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
     allowHttpHosts: config.security.allowHttpHosts,
     webhooks: webhookSecretsFromConfig(config),
+    enabledProviders: enabledProviders(config),
+    githubApp: config.gitProviders.github.appName
+      ? { appName: config.gitProviders.github.appName, webUrl: githubWebUrl(config.gitProviders.github.baseUrl) }
+      : undefined,
+    githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
   });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port }, () => resolve(s));
@@ -60,4 +66,21 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,
   };
+}
+
+export function enabledProviders(config: Config): Provider[] {
+  const p = config.gitProviders;
+  return [
+    ...(p.github.enabled ? (['github'] as const) : []),
+    ...(p.gitlab.enabled ? (['gitlab'] as const) : []),
+    ...(p.bitbucket.enabled ? (['bitbucket'] as const) : []),
+    ...(p.azureDevOps.enabled ? (['azure-devops'] as const) : []),
+  ];
+}
+
+/** github.com for api.github.com; https://HOST for GitHub Enterprise Server's https://HOST/api/v3. */
+export function githubWebUrl(apiBaseUrl: string): string {
+  const url = new URL(apiBaseUrl);
+  if (url.hostname === 'api.github.com') return 'https://github.com';
+  return `${url.protocol}//${url.host}${url.pathname.replace(/\/api\/v3\/?$/, '')}`.replace(/\/+$/, '');
 }

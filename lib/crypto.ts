@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 
 export interface EncryptionKeys {
   /** The key new ciphertexts are sealed with. */
@@ -64,4 +64,32 @@ export function safeEqual(a: string, b: string): boolean {
   const ha = createHash('sha256').update(a, 'utf8').digest();
   const hb = createHash('sha256').update(b, 'utf8').digest();
   return timingSafeEqual(ha, hb) && a.length === b.length;
+}
+
+/**
+ * A signed, expiring value for round trips through a browser (the GitHub App install `state`):
+ * `base64url(json).base64url(hmac)`. The HMAC key is derived from the encryption key.
+ */
+export function signState(keys: EncryptionKeys, payload: object, ttlSeconds: number, now = Date.now()): string {
+  const body = Buffer.from(JSON.stringify({ ...payload, exp: Math.floor(now / 1000) + ttlSeconds })).toString('base64url');
+  return `${body}.${stateMac(keys.current.key, body)}`;
+}
+
+export function verifyState<T extends object>(keys: EncryptionKeys, state: string, now = Date.now()): (T & { exp: number }) | undefined {
+  const [body, mac] = state.split('.');
+  if (!body || !mac) return undefined;
+  const valid = [keys.current, ...(keys.previous ?? [])].some((k) => safeEqual(stateMac(k.key, body), mac));
+  if (!valid) return undefined;
+  let payload: T & { exp: number };
+  try {
+    payload = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  return typeof payload.exp === 'number' && payload.exp * 1000 > now ? payload : undefined;
+}
+
+function stateMac(key: Buffer, body: string): string {
+  const derived = createHmac('sha256', key).update('forgelink:state').digest();
+  return createHmac('sha256', derived).update(body).digest('base64url');
 }

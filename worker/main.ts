@@ -1,6 +1,6 @@
 import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
-import { createProviderFactory } from '../activities/providers/index.ts';
+import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
@@ -18,7 +18,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
-    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(), logger, settings: settingsFromConfig(config) },
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(providerSettings(config)), logger, settings: settingsFromConfig(config) },
   });
   const running = worker.run();
   logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
@@ -35,4 +35,9 @@ export async function runWorker(config: Config, options: { address?: string; dat
 if (import.meta.url === `file://${process.argv[1]}`) {
   const handle = await runWorker(loadConfig());
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
+}
+
+function providerSettings(config: Config): ProviderSettings {
+  const gh = config.gitProviders.github;
+  return gh.enabled && gh.appId && gh.privateKey ? { github: { appId: gh.appId, privateKey: gh.privateKey } } : {};
 }

@@ -1,14 +1,27 @@
-import type { ProviderAdapter, ProviderFactory } from './port.ts';
+import { createAzureDevOpsAdapter } from './azure-devops.ts';
+import { createBitbucketAdapter } from './bitbucket.ts';
+import { createGithubAdapter } from './github.ts';
 import { createGitlabAdapter } from './gitlab.ts';
+import type { ProviderAdapter, ProviderFactory } from './port.ts';
 
-/** Builds the adapter for a connection's provider. Providers not wired yet fail loudly, never silently. */
-export function createProviderFactory(): ProviderFactory {
-  return (target) => {
+export interface ProviderSettings {
+  /** The GitHub App's credentials; GitHub connections fail validation clearly without them. */
+  github?: { appId: string; privateKey: string };
+}
+
+/** Builds the adapter for a connection's provider, pointed at the connection's base URL. */
+export function createProviderFactory(settings: ProviderSettings = {}): ProviderFactory {
+  return (target): ProviderAdapter => {
     switch (target.provider) {
       case 'gitlab':
         return createGitlabAdapter(target) as ProviderAdapter;
-      default:
-        throw new Error(`provider ${target.provider} is not supported yet`);
+      case 'bitbucket':
+        return createBitbucketAdapter(target);
+      case 'azure-devops':
+        return createAzureDevOpsAdapter(target);
+      case 'github':
+        if (!settings.github) throw new Error('the GitHub App is not configured (gitProviders.github.appId / privateKey)');
+        return createGithubAdapter(target, { ...settings.github, baseUrl: target.baseUrl });
     }
   };
 }

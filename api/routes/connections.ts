@@ -1,10 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
-import { seal } from '../../lib/crypto.ts';
-import { findConnection, insertConnection, listConnections, type PublicConnection } from '../../lib/db/repositories/connections.ts';
-import { CONNECTION_STATUSES, PROVIDERS } from '../../lib/domain.ts';
-import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
+import type { Context } from 'hono';
 import { GITLAB_DEFAULT_BASE_URL } from '../../activities/providers/gitlab.ts';
+import { seal, signState, verifyState } from '../../lib/crypto.ts';
+import {
+  findConnection,
+  findLiveConnectionByExternalKey,
+  insertConnection,
+  listConnections,
+  setPendingCredential,
+  type PublicConnection,
+} from '../../lib/db/repositories/connections.ts';
+import { findOrganization } from '../../lib/db/repositories/organizations.ts';
+import type { Organization } from '../../lib/db/schema.ts';
+import { CONNECTION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
+import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds } from '../../workflows/contract.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
@@ -19,20 +29,41 @@ const ConnectionSchema = z
     status: z.enum(CONNECTION_STATUSES),
     reason: z.string().optional(),
     account: z.string().optional(),
+    installationId: z.string().optional(),
     createdAt: z.string(),
     updatedAt: z.string(),
   })
   .openapi('Connection');
 
-const GitlabConnect = z.object({
-  provider: z.literal('gitlab'),
-  baseUrl: z.string().optional().openapi({ description: 'GitLab instance URL; default https://gitlab.com' }),
-  token: z.string().min(1).max(1024).openapi({ description: 'Personal access token with api, read_user, read_repository' }),
-});
-const ConnectBody = z.discriminatedUnion('provider', [GitlabConnect]).openapi('ConnectRequest');
+const token = z.string().min(1).max(4096);
+const ConnectBody = z
+  .discriminatedUnion('provider', [
+    z.object({
+      provider: z.literal('gitlab'),
+      baseUrl: z.string().optional().openapi({ description: 'GitLab instance URL; default https://gitlab.com' }),
+      token: token.openapi({ description: 'Personal access token with api, read_user, read_repository' }),
+    }),
+    z.object({
+      provider: z.literal('bitbucket'),
+      baseUrl: z.string().openapi({ description: 'Bitbucket Data Center URL, e.g. https://bitbucket.example.com' }),
+      token: token.openapi({ description: 'HTTP access token with PROJECT_READ and REPO_ADMIN' }),
+    }),
+    z.object({
+      provider: z.literal('azure-devops'),
+      organizationUrl: z.string().openapi({ description: 'https://dev.azure.com/{org}, or https://{server}/{collection}' }),
+      token: token.openapi({ description: 'PAT able to read code and manage service hook subscriptions' }),
+    }),
+    z.object({
+      provider: z.literal('github'),
+      installationId: z.union([z.number().int().positive(), z.string().regex(/^[1-9][0-9]{0,18}$/)]).transform(String),
+    }),
+  ])
+  .openapi('ConnectRequest');
+type ConnectBody = z.infer<typeof ConnectBody>;
 
 const OrgParam = z.object({ org: z.string().min(1) });
 const ConnParam = OrgParam.extend({ id: z.uuid() });
+const Accepted = z.object({ id: z.uuid(), status: z.literal('pending'), workflowId: z.string() });
 
 function toApi(row: PublicConnection) {
   return {
@@ -42,6 +73,7 @@ function toApi(row: PublicConnection) {
     status: row.status,
     ...(row.reason ? { reason: row.reason } : {}),
     ...(row.account ? { account: row.account } : {}),
+    ...(row.provider === 'github' && row.external_key ? { installationId: row.external_key } : {}),
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString(),
   };
@@ -53,6 +85,90 @@ const errors = {
   404: problemResponse('No such organization or connection'),
 };
 
+async function checkedUrl(c: Context<AppEnv>, field: string, raw: string): Promise<string> {
+  try {
+    return await normalizeProviderUrl(raw, { allowHttpHosts: c.var.deps.allowHttpHosts, resolve: c.var.deps.resolveHost });
+  } catch (error) {
+    if (error instanceof UnsafeUrlError) throw badRequest(`${field}: ${error.message}`);
+    throw error;
+  }
+}
+
+/** Where the connection points and what it is bound to, from the request body. */
+async function targetOf(c: Context<AppEnv>, body: ConnectBody): Promise<{ baseUrl: string; externalKey: string | null; secret?: string }> {
+  switch (body.provider) {
+    case 'gitlab':
+      return { baseUrl: await checkedUrl(c, 'baseUrl', body.baseUrl ?? GITLAB_DEFAULT_BASE_URL), externalKey: null, secret: body.token };
+    case 'bitbucket':
+      return { baseUrl: await checkedUrl(c, 'baseUrl', body.baseUrl), externalKey: null, secret: body.token };
+    case 'azure-devops': {
+      const url = await checkedUrl(c, 'organizationUrl', body.organizationUrl);
+      // One connection per Azure DevOps organization per forgelink organization.
+      return { baseUrl: url, externalKey: url.toLowerCase(), secret: body.token };
+    }
+    case 'github':
+      return { baseUrl: c.var.deps.githubApiUrl ?? 'https://api.github.com', externalKey: body.installationId };
+  }
+}
+
+async function startConnect(c: Context<AppEnv>, org: Organization, connectionId: string, provider: Provider, onFailure: () => Promise<void>) {
+  const { deps } = c.var;
+  const workflowId = workflowIds.connect(org.id, connectionId);
+  let started;
+  try {
+    started = await startWorkflow(deps, 'connectWorkflow', {
+      workflowId,
+      input: { organizationId: org.id, connectionId },
+      allowRerun: true,
+      searchAttributes: [
+        { key: SA_ORGANIZATION, value: org.id },
+        { key: SA_PROVIDER, value: provider },
+        { key: SA_CONNECTION, value: connectionId },
+      ],
+    });
+  } catch (error) {
+    await onFailure();
+    deps.logger.error({ err: error, workflowId }, 'could not start the connect workflow');
+    throw new Problem(503, 'Service Unavailable', 'the workflow engine is not reachable; nothing was changed, try again');
+  }
+  if (started.alreadyStarted) {
+    await onFailure();
+    throw new Problem(409, 'Conflict', `a connect run for connection ${connectionId} is still in progress (${workflowId})`);
+  }
+  return workflowId;
+}
+
+async function createConnection(c: Context<AppEnv>, org: Organization, body: ConnectBody) {
+  const { deps } = c.var;
+  if (!deps.enabledProviders.includes(body.provider)) throw badRequest(`provider ${body.provider} is not enabled in this forgelink (gitProviders config)`);
+  const target = await targetOf(c, body);
+  if (target.externalKey) {
+    const existing = await findLiveConnectionByExternalKey(deps.db, org.id, body.provider, target.externalKey);
+    if (existing) {
+      throw new Problem(
+        409,
+        'Conflict',
+        `connection ${existing.id} already connects this ${body.provider === 'github' ? 'installation' : 'organization'}; rotate its credential with PUT .../connections/${existing.id}/credential`,
+        'about:blank',
+        { connectionId: existing.id },
+      );
+    }
+  }
+  const id = randomUUID();
+  await insertConnection(deps.db, {
+    id,
+    organization_id: org.id,
+    provider: body.provider,
+    base_url: target.baseUrl,
+    external_key: target.externalKey,
+    pending_credential: target.secret ? seal(deps.keys, target.secret, id) : null,
+    status: 'pending',
+  });
+  // Nothing half-written: without a workflow the pending row would never leave `pending`.
+  const workflowId = await startConnect(c, org, id, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}));
+  return { id, status: 'pending' as const, workflowId };
+}
+
 export function connectionRoutes() {
   const app = new OpenAPIHono<AppEnv>();
 
@@ -60,60 +176,63 @@ export function connectionRoutes() {
     createRoute({
       method: 'post',
       path: '/{org}/connections',
-      summary: 'Connect a provider; validation runs in the connect workflow',
+      summary: 'Connect a provider; the connect workflow validates the credential',
       request: { params: OrgParam, body: { required: true, content: { 'application/json': { schema: ConnectBody } } } },
       responses: {
-        202: {
-          description: 'Accepted',
-          content: { 'application/json': { schema: z.object({ id: z.uuid(), status: z.literal('pending'), workflowId: z.string() }) } },
-        },
+        202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
         409: problemResponse('Already connected'),
         503: problemResponse('Temporal unavailable'),
         ...errors,
       },
     }),
     async (c) => {
+      const org = await resolveOrganization(c, c.req.valid('param').org);
+      return c.json(await createConnection(c, org, c.req.valid('json')), 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'put',
+      path: '/{org}/connections/{id}/credential',
+      summary: 'Rotate the credential of a GitLab, Bitbucket or Azure DevOps connection; the connect workflow validates it',
+      request: { params: ConnParam, body: { required: true, content: { 'application/json': { schema: z.object({ token }) } } } },
+      responses: {
+        202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
+        409: problemResponse('A connect run is in progress, or the connection is disconnected'),
+        503: problemResponse('Temporal unavailable'),
+        ...errors,
+      },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const params = c.req.valid('param');
+      const org = await resolveOrganization(c, params.org);
+      const row = await findConnection(deps.db, org.id, params.id);
+      if (!row) throw notFound(`connection ${params.id}`);
+      if (row.provider === 'github') throw badRequest('GitHub connections have no stored credential: installation tokens are minted per call');
+      if (row.status === 'disconnected') throw new Problem(409, 'Conflict', `connection ${row.id} is disconnected; create a new connection`);
+      await setPendingCredential(deps.db, row.id, seal(deps.keys, c.req.valid('json').token, row.id));
+      const workflowId = await startConnect(c, org, row.id, row.provider, () => setPendingCredential(deps.db, row.id, null));
+      return c.json({ id: row.id, status: 'pending' as const, workflowId }, 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/{org}/connections/github/install',
+      summary: "Redirect to the GitHub App's install page with a signed, expiring state",
+      request: { params: OrgParam },
+      responses: { 302: { description: 'Redirect to GitHub' }, ...errors },
+    }),
+    async (c) => {
       const { deps } = c.var;
       const org = await resolveOrganization(c, c.req.valid('param').org);
-      const body = c.req.valid('json');
-      let baseUrl: string;
-      try {
-        baseUrl = await normalizeProviderUrl(body.baseUrl ?? GITLAB_DEFAULT_BASE_URL, {
-          allowHttpHosts: deps.allowHttpHosts,
-          resolve: deps.resolveHost,
-        });
-      } catch (error) {
-        if (error instanceof UnsafeUrlError) throw badRequest(`baseUrl: ${error.message}`);
-        throw error;
-      }
-      const id = randomUUID();
-      await insertConnection(deps.db, {
-        id,
-        organization_id: org.id,
-        provider: body.provider,
-        base_url: baseUrl,
-        external_key: null,
-        pending_credential: seal(deps.keys, body.token, id),
-        status: 'pending',
-      });
-      const workflowId = workflowIds.connect(org.id, id);
-      try {
-        await startWorkflow(deps, 'connectWorkflow', {
-          workflowId,
-          input: { organizationId: org.id, connectionId: id },
-          searchAttributes: [
-            { key: SA_ORGANIZATION, value: org.id },
-            { key: SA_PROVIDER, value: body.provider },
-            { key: SA_CONNECTION, value: id },
-          ],
-        });
-      } catch (error) {
-        // Nothing half-written: without a workflow the pending row would never leave `pending`.
-        await deps.db.deleteFrom('connections').where('id', '=', id).execute();
-        deps.logger.error({ err: error, workflowId }, 'could not start the connect workflow');
-        throw new Problem(503, 'Service Unavailable', 'the workflow engine is not reachable; nothing was stored, try again');
-      }
-      return c.json({ id, status: 'pending' as const, workflowId }, 202);
+      if (!deps.githubApp || !deps.enabledProviders.includes('github')) throw badRequest('the GitHub App is not configured (gitProviders.github)');
+      const state = signState(deps.keys, { org: org.id }, 15 * 60);
+      const url = `${deps.githubApp.webUrl}/apps/${encodeURIComponent(deps.githubApp.appName)}/installations/new?state=${encodeURIComponent(state)}`;
+      return c.redirect(url, 302);
     },
   );
 
@@ -181,5 +300,37 @@ export function connectionRoutes() {
     },
   );
 
+  return app;
+}
+
+/**
+ * The GitHub App's setup URL (`/api/github/setup?installation_id=…&state=…`): GitHub sends the
+ * user's browser here after an install. No bearer token can come along, so the signed state from
+ * the install redirect is what authorizes binding the installation to the organization.
+ */
+export function githubSetupRoutes() {
+  const app = new OpenAPIHono<AppEnv>();
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/setup',
+      summary: 'GitHub App setup callback: binds the installation to the organization named in the signed state',
+      request: { query: z.object({ installation_id: z.string().regex(/^[1-9][0-9]{0,18}$/), state: z.string().min(1), setup_action: z.string().optional() }) },
+      responses: {
+        202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
+        400: problemResponse('Bad or expired state'),
+        409: problemResponse('Installation already connected'),
+      },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const query = c.req.valid('query');
+      const state = verifyState<{ org: string }>(deps.keys, query.state);
+      if (!state) throw badRequest('state is invalid or expired; start again from /connections/github/install');
+      const org = await findOrganization(deps.db, state.org);
+      if (!org) throw badRequest('the organization in the state no longer exists');
+      return c.json(await createConnection(c, org, { provider: 'github', installationId: query.installation_id }), 202);
+    },
+  );
   return app;
 }

@@ -43,7 +43,14 @@ export const TEST_WEBHOOK_SECRETS = {
 };
 export const TEST_PUBLIC_URL = 'https://forgelink.test';
 
-export async function startHarness(options: { providers?: ProviderFactory; settings?: Partial<ActivitySettings> } = {}): Promise<Harness> {
+export interface HarnessOptions {
+  providers?: ProviderFactory;
+  settings?: Partial<ActivitySettings>;
+  /** The (fake) GitHub App: its REST URL and credentials. */
+  github?: { url: string; appId: string; privateKeyPem: string; appName?: string };
+}
+
+export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
@@ -68,7 +75,7 @@ export async function startHarness(options: { providers?: ProviderFactory; setti
     azureDevOps: { basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user, basicAuthPass: TEST_WEBHOOK_SECRETS.azureDevOps.pass },
     ...options.settings,
   };
-  const deps = { db, keys, providers: options.providers ?? createProviderFactory(), logger, settings };
+  const deps = { db, keys, providers: options.providers ?? createProviderFactory(options.github ? { github: { appId: options.github.appId, privateKey: options.github.privateKeyPem } } : {}), logger, settings };
 
   const launch = async () => {
     const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle });
@@ -95,6 +102,9 @@ export async function startHarness(options: { providers?: ProviderFactory; setti
       azureDevOps: { user: TEST_WEBHOOK_SECRETS.azureDevOps.user, passwords: [TEST_WEBHOOK_SECRETS.azureDevOps.pass, TEST_WEBHOOK_SECRETS.previous] },
       maxBodyBytes: 1024 * 1024,
     },
+    enabledProviders: ['github', 'gitlab', 'bitbucket', 'azure-devops'],
+    githubApp: { appName: options.github?.appName ?? 'forgelink-test', webUrl: 'https://github.test' },
+    githubApiUrl: options.github?.url,
   });
 
   const harness: Harness = {

@@ -71,3 +71,19 @@ export async function markConnectionDisconnected(db: Executor, id: string): Prom
     .where('id', '=', id)
     .execute();
 }
+
+/** The connection (not disconnected) already bound to this installation / Azure DevOps organization. */
+export async function findLiveConnectionByExternalKey(db: Executor, organizationId: string, provider: Connection['provider'], externalKey: string) {
+  return db
+    .selectFrom('connections')
+    .select(['id', 'status'])
+    .where('organization_id', '=', organizationId)
+    .where('provider', '=', provider)
+    .where('external_key', '=', externalKey)
+    .where('status', '<>', 'disconnected')
+    .executeTakeFirst();
+}
+
+export async function setPendingCredential(db: Executor, id: string, sealed: string | null): Promise<void> {
+  await db.updateTable('connections').set({ pending_credential: sealed, status: sealed ? 'pending' : undefined, updated_at: new Date() }).where('id', '=', id).execute();
+}
