@@ -1,0 +1,242 @@
+import { createAppAuth } from '@octokit/auth-app';
+import { Octokit } from '@octokit/rest';
+import {
+  ProviderHttpError,
+  parseRetryAfter,
+  type ProviderAdapter,
+  type ProviderRepository,
+  type ProviderTarget,
+  type RepositoryPage,
+  type ValidationOutcome,
+} from './port.ts';
+import type { Logger } from '../../lib/logger.ts';
+
+/** GitHub's largest page size for page-number listings. */
+const PAGE_SIZE = 100;
+const REQUEST_TIMEOUT_MS = 30_000;
+/** Below this share of a budget we start spacing requests out. */
+const LOW_BUDGET_SHARE = 0.1;
+/** Longest pause per request, so a paced page never outlasts an activity heartbeat. */
+const MAX_PACING_MS = 5_000;
+/** GitHub's advice when a secondary limit response carries no Retry-After. */
+const SECONDARY_LIMIT_FALLBACK_SECONDS = 60;
+
+export interface GithubApp {
+  appId: string;
+  privateKey: string;
+  /** REST base URL: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server. */
+  baseUrl: string;
+}
+
+export interface GithubAdapterOptions {
+  /** Receives Octokit's warnings (clock-skew corrections, token replication retries, deprecations). */
+  logger?: Pick<Logger, 'warn'>;
+  /** Injected so tests observe pacing without waiting. */
+  sleep?: (ms: number) => Promise<void>;
+  now?: () => number;
+}
+
+interface OctokitResponseError {
+  status: number;
+  message: string;
+  response: { status: number; headers: Record<string, string | number | undefined>; data: unknown };
+}
+
+/** Octokit's RequestError, by shape: @octokit/request-error is not a direct dependency. */
+function isResponseError(error: unknown): error is OctokitResponseError {
+  return error instanceof Error && typeof (error as { status?: unknown }).status === 'number' && typeof (error as { response?: unknown }).response === 'object';
+}
+
+function header(headers: Record<string, string | number | undefined>, name: string): string | undefined {
+  const value = headers[name];
+  return value === undefined ? undefined : String(value);
+}
+
+/**
+ * GitHub signals both rate limits with 403 as well as 429. They are reported as 429 so activities
+ * retry them after the wait GitHub asks for, instead of treating them as a permission refusal.
+ */
+function toProviderError(error: unknown, now: number): unknown {
+  if (!isResponseError(error)) return error;
+  const { status, headers, data } = error.response;
+  const message = typeof (data as { message?: unknown })?.message === 'string' ? (data as { message: string }).message : error.message;
+  const budgetExhausted = header(headers, 'x-ratelimit-remaining') === '0';
+  const secondaryLimit = /secondary rate limit/i.test(message);
+  const throttled = (status === 403 || status === 429) && (budgetExhausted || secondaryLimit);
+  const resetSeconds = Number(header(headers, 'x-ratelimit-reset'));
+  const retryAfterSeconds =
+    parseRetryAfter(header(headers, 'retry-after'), now) ??
+    (budgetExhausted && Number.isFinite(resetSeconds) ? Math.max(0, Math.ceil(resetSeconds - now / 1000)) : undefined) ??
+    (secondaryLimit ? SECONDARY_LIMIT_FALLBACK_SECONDS : undefined);
+  if (throttled && status === 403) return new ProviderHttpError('github', 429, `${message} (GitHub answered 403)`, retryAfterSeconds);
+  return new ProviderHttpError('github', status, message, retryAfterSeconds);
+}
+
+function nextPageFromLink(link: string | undefined): string | undefined {
+  const next = link?.split(',').find((part) => /rel="next"/.test(part));
+  const url = next && /<([^>]+)>/.exec(next)?.[1];
+  return url ? (new URL(url).searchParams.get('page') ?? undefined) : undefined;
+}
+
+interface GithubRepository {
+  id: number;
+  full_name: string;
+  default_branch?: string;
+  html_url: string;
+}
+
+function toRepository(repo: GithubRepository): ProviderRepository {
+  return { externalId: String(repo.id), fullName: repo.full_name, defaultBranch: repo.default_branch, webUrl: repo.html_url };
+}
+
+/**
+ * GitHub through the App installation bound to the connection (`target.externalKey`). auth-app
+ * signs App JWTs and mints installation tokens inside this adapter; no token leaves it.
+ *
+ * Neither plugin-retry nor plugin-throttling is used: the activity's Temporal retry policy is the
+ * one retry loop and honours Retry-After, so a 429/5xx surfaces at once as ProviderHttpError
+ * instead of being retried blindly in-process or held for up to an hour until a limit resets.
+ * What we do in-process is pace: when a rate-limit budget runs low, each request pauses (bounded)
+ * so the remaining budget spreads over the time left until the reset.
+ */
+export function createGithubAdapter(target: ProviderTarget, app: GithubApp, options: GithubAdapterOptions = {}): ProviderAdapter {
+  const installationId = Number(target.externalKey);
+  if (!Number.isSafeInteger(installationId) || installationId <= 0) {
+    throw new Error(`a GitHub connection needs a numeric installation id, got ${JSON.stringify(target.externalKey)}`);
+  }
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const now = options.now ?? Date.now;
+  let apiCalls = 0;
+
+  /** Every HTTP call, token minting included: counted, bounded in time, paced when the budget is low. */
+  const githubFetch: typeof fetch = async (input, init) => {
+    apiCalls++;
+    const response = await fetch(input, { ...init, signal: init?.signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+    // Each answer reports its own budget (the App's for /app calls, the installation's otherwise).
+    await paceForBudget(response.headers);
+    return response;
+  };
+
+  async function paceForBudget(headers: Headers): Promise<void> {
+    const remaining = Number(headers.get('x-ratelimit-remaining'));
+    const limit = Number(headers.get('x-ratelimit-limit'));
+    const reset = Number(headers.get('x-ratelimit-reset'));
+    if (!(remaining > 0 && limit > 0 && reset > 0) || remaining >= limit * LOW_BUDGET_SHARE) return;
+    const pause = Math.min(MAX_PACING_MS, Math.ceil((reset * 1000 - now()) / remaining));
+    if (pause > 0) await sleep(pause);
+  }
+
+  const octokit = new Octokit({
+    baseUrl: app.baseUrl,
+    userAgent: 'forgelink',
+    authStrategy: createAppAuth,
+    auth: { appId: app.appId, privateKey: app.privateKey, installationId },
+    request: { fetch: githubFetch },
+    // Failed requests surface as ProviderHttpError; Octokit's per-request error lines would only repeat them.
+    log: { debug: () => {}, info: () => {}, error: () => {}, warn: (message: string) => (options.logger ?? console).warn(message) },
+  });
+
+  async function call<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (error) {
+      throw toProviderError(error, now());
+    }
+  }
+
+  return {
+    provider: 'github',
+
+    async validate(): Promise<ValidationOutcome> {
+      let installation;
+      try {
+        ({ data: installation } = await call(() => octokit.rest.apps.getInstallation({ installation_id: installationId })));
+      } catch (error) {
+        if (error instanceof ProviderHttpError && error.status === 404) {
+          return { ok: false, reason: `GitHub App installation ${installationId} not found (uninstalled?)` };
+        }
+        if (error instanceof ProviderHttpError && error.status === 401) {
+          return {
+            ok: false,
+            reason: `GitHub rejected the App credentials (App ID ${app.appId}): ${error.message}; check that gitProviders.github.appId and privateKey belong to the same App`,
+          };
+        }
+        throw error;
+      }
+      const account = installation.account;
+      const login = account && ('login' in account ? account.login : account.slug);
+      if (installation.suspended_at) {
+        return { ok: false, reason: `GitHub App installation ${installationId}${login ? ` on ${login}` : ''} is suspended (since ${installation.suspended_at})` };
+      }
+      if (!account || !login) return { ok: false, reason: `GitHub App installation ${installationId} has no account` };
+      return {
+        ok: true,
+        identity: {
+          account: login,
+          accountId: String(account.id),
+          detail: `${installation.target_type} installation, ${installation.repository_selection} repositories`,
+        },
+      };
+    },
+
+    async listRepositoriesPage({ cursor, etag }): Promise<RepositoryPage> {
+      const page = cursor === undefined ? 1 : Number(cursor);
+      if (!Number.isSafeInteger(page) || page < 1) throw new Error(`invalid GitHub repository cursor ${JSON.stringify(cursor)}`);
+      const callsBefore = apiCalls;
+      try {
+        const response = await octokit.rest.apps.listReposAccessibleToInstallation({
+          per_page: PAGE_SIZE,
+          page,
+          headers: etag ? { 'if-none-match': etag } : {},
+        });
+        return {
+          repositories: response.data.repositories.map(toRepository),
+          nextCursor: nextPageFromLink(response.headers.link),
+          etag: response.headers.etag,
+          apiCalls: apiCalls - callsBefore,
+        };
+      } catch (error) {
+        // A 304 carries no Link header, so the walk goes on to the following page; past the
+        // last page GitHub answers an empty page without rel="next", which ends it.
+        if (isResponseError(error) && error.status === 304) {
+          return {
+            repositories: [],
+            notModified: true,
+            nextCursor: String(page + 1),
+            etag: header(error.response.headers, 'etag') ?? etag,
+            apiCalls: apiCalls - callsBefore,
+          };
+        }
+        throw toProviderError(error, now());
+      }
+    },
+
+    async getRepository(ref) {
+      const [owner, repo] = ref.fullName.split('/', 2);
+      if (!owner || !repo) throw new Error(`"${ref.fullName}" is not a GitHub owner/name`);
+      try {
+        // A renamed repository answers 301 to /repositories/{id}; fetch follows it.
+        const { data } = await call(() => octokit.rest.repos.get({ owner, repo }));
+        // The name may now belong to a different repository than the one we know.
+        if (ref.externalId && String(data.id) !== ref.externalId) return null;
+        return toRepository(data);
+      } catch (error) {
+        if (error instanceof ProviderHttpError && error.status === 404) return null;
+        throw error;
+      }
+    },
+
+    async listHooks() {
+      return [];
+    },
+    async createHook() {
+      throw new Error('GitHub has no per-repository hooks in forgelink: the GitHub App delivers events');
+    },
+    async updateHook() {
+      throw new Error('GitHub has no per-repository hooks in forgelink: the GitHub App delivers events');
+    },
+    async deleteHook() {
+      return false;
+    },
+  };
+}

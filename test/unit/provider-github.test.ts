@@ -1,0 +1,220 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createGithubAdapter, type GithubAdapterOptions } from '../../activities/providers/github.ts';
+import { ProviderHttpError, type RepositoryPage } from '../../activities/providers/port.ts';
+import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+
+describe('GitHub adapter against the fake GitHub', () => {
+  let github: FakeGithub;
+  let orgs = 0;
+
+  beforeAll(async () => {
+    github = await startFakeGithub();
+  });
+  afterAll(async () => {
+    await github?.close();
+  });
+  afterEach(() => {
+    github.server.clearFaults();
+    github.setSecondaryRateLimit(null);
+    github.setRateLimit({ remaining: 5000, reset: Math.floor(Date.now() / 1000) + 3600 });
+  });
+
+  function adapterFor(installationId: number, options: GithubAdapterOptions = {}, privateKey = github.privateKeyPem) {
+    return createGithubAdapter(
+      { connectionId: 'conn-1', provider: 'github', baseUrl: github.url, externalKey: String(installationId) },
+      { appId: github.appId, privateKey, baseUrl: github.url },
+      options,
+    );
+  }
+  function installationWith(repoCount: number) {
+    const login = `org-${++orgs}`;
+    const installation = github.addInstallation({ account: { login } });
+    for (let i = 0; i < repoCount; i++) github.addRepository(installation.id, { fullName: `${login}/repo-${i}` });
+    return installation;
+  }
+  async function rejection(promise: Promise<unknown>): Promise<ProviderHttpError> {
+    const error = await promise.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(ProviderHttpError);
+    return error as ProviderHttpError;
+  }
+  async function walk(adapter: ReturnType<typeof adapterFor>): Promise<RepositoryPage[]> {
+    const pages: RepositoryPage[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await adapter.listRepositoriesPage({ cursor });
+      pages.push(page);
+      cursor = page.nextCursor;
+    } while (cursor !== undefined);
+    return pages;
+  }
+
+  describe('validate', () => {
+    it('reads the installation with the App JWT and names its account', async () => {
+      const installation = installationWith(0);
+      const outcome = await adapterFor(installation.id).validate();
+      expect(outcome).toEqual({
+        ok: true,
+        identity: { account: installation.account.login, accountId: String(installation.account.id), detail: 'Organization installation, selected repositories' },
+      });
+      expect(github.server.calls.at(-1)).toMatchObject({ operation: 'getInstallation', status: 200 });
+    });
+
+    it('refuses an unknown installation, a suspended one and App credentials GitHub rejects', async () => {
+      expect(await adapterFor(123).validate()).toEqual({ ok: false, reason: 'GitHub App installation 123 not found (uninstalled?)' });
+
+      const frozen = installationWith(0);
+      github.suspendInstallation(frozen.id);
+      const suspended = await adapterFor(frozen.id).validate();
+      expect(suspended.ok).toBe(false);
+      expect(!suspended.ok && suspended.reason).toMatch(new RegExp(`^GitHub App installation ${frozen.id} on ${frozen.account.login} is suspended`));
+
+      const otherApp = await startFakeGithub();
+      try {
+        const badKey = await adapterFor(installationWith(0).id, {}, otherApp.privateKeyPem).validate();
+        expect(badKey).toEqual({
+          ok: false,
+          reason: expect.stringMatching(new RegExp(`^GitHub rejected the App credentials \\(App ID ${github.appId}\\): A JSON web token could not be decoded`)),
+        });
+      } finally {
+        await otherApp.close();
+      }
+    });
+
+    it('throws ProviderHttpError on a 500, so the activity retries', async () => {
+      github.server.failNext('getInstallation', 1, { status: 500, body: { message: 'Server Error' } });
+      const error = await rejection(adapterFor(installationWith(0).id).validate());
+      expect(error).toMatchObject({ provider: 'github', status: 500, message: 'Server Error' });
+    });
+  });
+
+  describe('listRepositoriesPage', () => {
+    it.each([
+      { repos: 0, sizes: [0] },
+      { repos: 1, sizes: [1] },
+      { repos: 100, sizes: [100] },
+      { repos: 250, sizes: [100, 100, 50] },
+    ])('walks $repos repositories in pages of 100', async ({ repos, sizes }) => {
+      const installation = installationWith(repos);
+      const pages = await walk(adapterFor(installation.id));
+      expect(pages.map((p) => p.repositories.length)).toEqual(sizes);
+      expect(pages.map((p) => p.nextCursor)).toEqual([...sizes.slice(1).map((_, i) => String(i + 2)), undefined]);
+      expect(pages.flatMap((p) => p.repositories.map((r) => r.fullName))).toEqual(
+        Array.from({ length: repos }, (_, i) => `${installation.account.login}/repo-${i}`),
+      );
+      // One token minted, one page read: the token never leaves the adapter.
+      expect(pages[0]!.apiCalls).toBe(2);
+      expect(JSON.stringify(pages)).not.toContain('ghs_');
+    });
+
+    it('maps GitHub repositories to the port shape', async () => {
+      const installation = github.addInstallation({ account: { login: 'mapped' } });
+      const repo = github.addRepository(installation.id, { fullName: 'mapped/api', defaultBranch: 'trunk' });
+      const page = await adapterFor(installation.id).listRepositoriesPage({});
+      expect(page.repositories).toEqual([{ externalId: String(repo.id), fullName: 'mapped/api', defaultBranch: 'trunk', webUrl: 'https://github.com/mapped/api' }]);
+      expect(page.etag).toMatch(/^W\/"/);
+    });
+
+    it('turns a 304 into notModified and still leads the walk on to its end', async () => {
+      const installation = installationWith(1);
+      const adapter = adapterFor(installation.id);
+      const first = await adapter.listRepositoriesPage({});
+      const again = await adapter.listRepositoriesPage({ etag: first.etag });
+      expect(again).toMatchObject({ repositories: [], notModified: true, nextCursor: '2', etag: first.etag });
+      expect(github.server.calls.at(-1)).toMatchObject({ operation: 'listInstallationRepos', status: 304 });
+      const beyond = await adapter.listRepositoriesPage({ cursor: again.nextCursor });
+      expect(beyond.repositories).toEqual([]);
+      expect(beyond.nextCursor).toBeUndefined();
+
+      github.addRepository(installation.id, { fullName: `${installation.account.login}/new` });
+      const changed = await adapter.listRepositoriesPage({ etag: first.etag });
+      expect(changed.notModified).toBeUndefined();
+      expect(changed.repositories).toHaveLength(2);
+      expect(changed.etag).not.toBe(first.etag);
+    });
+
+    it('reports a 429 with Retry-After as ProviderHttpError without retrying in-process', async () => {
+      const installation = installationWith(1);
+      github.server.failNext('listInstallationRepos', 1, {
+        status: 429,
+        headers: { 'retry-after': '30' },
+        body: { message: 'Too many requests', documentation_url: 'https://docs.github.com/rest', status: '429' },
+      });
+      const before = github.server.count('listInstallationRepos');
+      const error = await rejection(adapterFor(installation.id).listRepositoriesPage({}));
+      expect(error).toMatchObject({ status: 429, retryAfterSeconds: 30, message: 'Too many requests' });
+      expect(github.server.count('listInstallationRepos') - before).toBe(1);
+    });
+
+    it('reports a 403 primary-limit exhaustion as a 429 retryable at the reset', async () => {
+      const installation = installationWith(1);
+      const now = Math.floor(Date.now() / 1000) * 1000;
+      github.setRateLimit({ remaining: 0, reset: now / 1000 + 120 });
+      const error = await rejection(adapterFor(installation.id, { now: () => now }).listRepositoriesPage({}));
+      expect(error).toMatchObject({ status: 429, retryAfterSeconds: 120 });
+      expect(error.message).toMatch(/^API rate limit exceeded for installation ID \d+\. \(GitHub answered 403\)$/);
+    });
+
+    it('reports a 403 secondary limit as a 429, waiting a minute when GitHub gives no Retry-After', async () => {
+      const installation = installationWith(1);
+      github.setSecondaryRateLimit({});
+      expect(await rejection(adapterFor(installation.id).listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 60 });
+      github.setSecondaryRateLimit({ retryAfterSeconds: 7 });
+      expect(await rejection(adapterFor(installation.id).listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 7 });
+    });
+
+    it('spreads a low remaining budget over the time to the reset, never pausing longer than 5 s', async () => {
+      const installation = installationWith(1);
+      const now = Math.floor(Date.now() / 1000) * 1000;
+      const pauses: number[] = [];
+      const options = { now: () => now, sleep: async (ms: number) => void pauses.push(ms) };
+
+      await adapterFor(installation.id, options).listRepositoriesPage({});
+      expect(pauses).toEqual([]);
+
+      // 50 left, one spent by this page: 98 s over the remaining 49 requests.
+      github.setRateLimit({ remaining: 50, reset: now / 1000 + 98 });
+      await adapterFor(installation.id, options).listRepositoriesPage({});
+      expect(pauses).toEqual([2000]);
+
+      github.setRateLimit({ remaining: 50, reset: now / 1000 + 3000 });
+      await adapterFor(installation.id, options).listRepositoriesPage({});
+      expect(pauses).toEqual([2000, 5000]);
+    });
+  });
+
+  describe('getRepository', () => {
+    it('finds a repository by full name, follows a rename, and returns null when it is not visible', async () => {
+      const installation = github.addInstallation({ account: { login: 'lookup' } });
+      const repo = github.addRepository(installation.id, { fullName: 'lookup/service' });
+      const adapter = adapterFor(installation.id);
+      expect(await adapter.getRepository({ externalId: String(repo.id), fullName: 'lookup/service' })).toMatchObject({
+        externalId: String(repo.id),
+        fullName: 'lookup/service',
+        defaultBranch: 'main',
+      });
+      expect(await adapter.getRepository({ externalId: '1', fullName: 'lookup/missing' })).toBeNull();
+
+      github.renameRepository(repo.id, 'lookup/service-v2');
+      expect(await adapter.getRepository({ externalId: String(repo.id), fullName: 'lookup/service' })).toMatchObject({ fullName: 'lookup/service-v2' });
+
+      // The old name now belongs to another repository: not the one we asked about.
+      github.addRepository(installation.id, { fullName: 'lookup/service' });
+      expect(await adapter.getRepository({ externalId: String(repo.id), fullName: 'lookup/service' })).toBeNull();
+    });
+  });
+
+  describe('hooks', () => {
+    it('has none per repository: the App delivers events', async () => {
+      const adapter = adapterFor(installationWith(0).id);
+      const ref = { externalId: '1', fullName: 'x/y' };
+      expect(await adapter.listHooks(ref)).toEqual([]);
+      await expect(adapter.createHook(ref, { url: 'https://ci.example/hook', events: ['push'] })).rejects.toThrow(/no per-repository hooks/);
+      await expect(adapter.updateHook(ref, '1', { url: 'https://ci.example/hook', events: ['push'] })).rejects.toThrow(/no per-repository hooks/);
+      expect(await adapter.deleteHook(ref, '1')).toBe(false);
+      expect(github.server.calls.filter((c) => c.path.includes('x/y'))).toEqual([]);
+    });
+  });
+});
