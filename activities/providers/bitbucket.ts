@@ -1,0 +1,281 @@
+import {
+  ProviderHttpError,
+  parseRetryAfter,
+  type HookSpec,
+  type ProviderAdapter,
+  type ProviderHook,
+  type ProviderRepository,
+  type ProviderTarget,
+  type RepositoryRef,
+  type ValidationOutcome,
+} from './port.ts';
+
+/** The events of forgelink's one repository webhook: pushes, and pull requests opened, source-updated, merged, declined. */
+export const BITBUCKET_HOOK_EVENTS = ['repo:refs_changed', 'pr:opened', 'pr:from_ref_updated', 'pr:merged', 'pr:declined'] as const;
+export const BITBUCKET_HOOK_NAME = 'forgelink';
+
+/** Bitbucket's default `page.max.*`; a server configured lower clamps and echoes its own limit. */
+const PAGE_LIMIT = 1000;
+/** Below this many tokens left in the server's rate-limit bucket, calls are spaced out until it refills. */
+const RATE_LIMIT_LOW_WATER = 5;
+
+/** The paged envelope of every Bitbucket list (provider-contracts.md §3.2). */
+export interface BitbucketPage<T> {
+  size: number;
+  limit: number;
+  isLastPage: boolean;
+  start: number;
+  nextPageStart?: number;
+  values: T[];
+}
+
+export interface BitbucketRepository {
+  id: number;
+  slug: string;
+  name: string;
+  defaultBranch?: string;
+  project: { key: string; id: number; name: string };
+  links?: { self?: Array<{ href: string }> };
+}
+
+export interface BitbucketWebhook {
+  id: number;
+  name: string;
+  url: string;
+  active?: boolean;
+  events?: string[];
+  configuration?: Record<string, string>;
+  sslVerificationRequired?: boolean;
+  createdDate?: number;
+  updatedDate?: number;
+  scopeType?: string;
+}
+
+export interface BitbucketApplicationProperties {
+  version: string;
+  buildNumber?: string;
+  displayName?: string;
+}
+
+export interface BitbucketResponse<T> {
+  body: T;
+  /** The authenticated user (X-AUSERNAME, decoded); absent when Bitbucket treated the call as anonymous. */
+  username?: string;
+}
+
+export interface BitbucketClientOptions {
+  /** Waits between calls while the rate-limit bucket is low (injected by tests). */
+  sleep?: (ms: number) => Promise<void>;
+  timeoutMs?: number;
+}
+
+export interface BitbucketClient {
+  request<T>(method: string, path: string, init?: { query?: Record<string, string | number>; body?: unknown }): Promise<BitbucketResponse<T>>;
+  /** Every value of a paged list, following nextPageStart until isLastPage. */
+  all<T>(path: string, query?: Record<string, string | number>): Promise<T[]>;
+}
+
+function errorMessage(body: unknown, status: number): string {
+  const first = (body as { errors?: Array<{ message?: unknown }> } | null)?.errors?.[0]?.message;
+  if (typeof first === 'string' && first) return first;
+  if (typeof body === 'string' && body.trim()) return body.trim().slice(0, 500);
+  return `HTTP ${status}`;
+}
+
+async function readBody(response: Response): Promise<unknown> {
+  if (response.status === 204) return undefined;
+  const text = await response.text();
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** Where the next page starts, or undefined on the last one. */
+function nextPageStart(page: BitbucketPage<unknown>): number | undefined {
+  if (page.isLastPage) return undefined;
+  // Never infer the end from size < limit: the server clamps limit, and isLastPage is the only truth.
+  if (typeof page.nextPageStart !== 'number') throw new Error('Bitbucket said more pages follow but gave no nextPageStart');
+  return page.nextPageStart;
+}
+
+/**
+ * A minimal Bitbucket Data Center REST client over fetch: Bearer auth, one attempt per call (the
+ * activity's retry policy decides about 429/5xx, with Retry-After), and pacing when the
+ * server's X-RateLimit-Remaining runs low.
+ */
+export function createBitbucketClient(baseUrl: string, token: string, options: BitbucketClientOptions = {}): BitbucketClient {
+  const root = `${baseUrl.replace(/\/+$/, '')}/rest/api/latest`;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  let pauseMs = 0;
+
+  /** Time for the bucket to regain what it lacks below the low-water mark, from the server's fill rate. */
+  function pauseAfter(headers: Headers): number {
+    const remaining = Number(headers.get('x-ratelimit-remaining') ?? Number.NaN);
+    if (!Number.isFinite(remaining) || remaining >= RATE_LIMIT_LOW_WATER) return 0;
+    const fillRate = Number(headers.get('x-ratelimit-fillrate')) || 1;
+    const intervalSeconds = Number(headers.get('x-ratelimit-interval-seconds')) || 1;
+    return Math.ceil(((RATE_LIMIT_LOW_WATER - Math.max(0, remaining)) * intervalSeconds * 1000) / fillRate);
+  }
+
+  async function request<T>(method: string, path: string, init: { query?: Record<string, string | number>; body?: unknown } = {}): Promise<BitbucketResponse<T>> {
+    if (pauseMs > 0) {
+      const wait = pauseMs;
+      pauseMs = 0;
+      await sleep(wait);
+    }
+    const url = new URL(`${root}${path}`);
+    for (const [key, value] of Object.entries(init.query ?? {})) url.searchParams.set(key, String(value));
+    const headers: Record<string, string> = { authorization: `Bearer ${token}`, accept: 'application/json' };
+    if (init.body !== undefined) headers['content-type'] = 'application/json';
+    const response = await fetch(url, {
+      method,
+      headers,
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    pauseMs = pauseAfter(response.headers);
+    const body = await readBody(response);
+    if (!response.ok) {
+      throw new ProviderHttpError('bitbucket', response.status, errorMessage(body, response.status), parseRetryAfter(response.headers.get('retry-after')));
+    }
+    const username = response.headers.get('x-ausername');
+    return { body: body as T, ...(username ? { username: decodeURIComponent(username) } : {}) };
+  }
+
+  return {
+    request,
+    async all<T>(path: string, query: Record<string, string | number> = {}) {
+      const values: T[] = [];
+      let start: number | undefined = 0;
+      while (start !== undefined) {
+        const { body } = await request<BitbucketPage<T>>('GET', path, { query: { ...query, limit: PAGE_LIMIT, start } });
+        values.push(...body.values);
+        start = nextPageStart(body);
+      }
+      return values;
+    },
+  };
+}
+
+/** "KEY/slug" → the parts of a repository's REST path, encoded. */
+function repositoryPath(ref: RepositoryRef): string {
+  const slash = ref.fullName.indexOf('/');
+  if (slash <= 0 || slash === ref.fullName.length - 1) throw new Error(`Bitbucket repository name "${ref.fullName}" is not PROJECT/slug`);
+  const projectKey = ref.fullName.slice(0, slash);
+  const slug = ref.fullName.slice(slash + 1);
+  return `/projects/${encodeURIComponent(projectKey)}/repos/${encodeURIComponent(slug)}`;
+}
+
+function toRepository(repo: BitbucketRepository): ProviderRepository {
+  const webUrl = repo.links?.self?.[0]?.href;
+  return {
+    externalId: String(repo.id),
+    fullName: `${repo.project.key}/${repo.slug}`,
+    project: repo.project.key,
+    ...(repo.defaultBranch ? { defaultBranch: repo.defaultBranch.replace(/^refs\/heads\//, '') } : {}),
+    ...(webUrl ? { webUrl } : {}),
+  };
+}
+
+/** The hook as forgelink sees it: never its configuration, which holds the secret. */
+function toHook(hook: BitbucketWebhook): ProviderHook {
+  return { id: String(hook.id), url: hook.url, events: hook.events ?? [], healthy: hook.active !== false };
+}
+
+/** The full webhook body: always active, so an update also re-enables a hook someone switched off. */
+function webhookBody(spec: HookSpec) {
+  return {
+    name: BITBUCKET_HOOK_NAME,
+    url: spec.url,
+    active: true,
+    events: spec.events,
+    configuration: spec.secret ? { secret: spec.secret } : {},
+    sslVerificationRequired: true,
+  };
+}
+
+function isStatus(error: unknown, status: number): boolean {
+  return error instanceof ProviderHttpError && error.status === status;
+}
+
+export function createBitbucketAdapter(target: ProviderTarget, options: BitbucketClientOptions = {}): ProviderAdapter {
+  if (!target.secret) throw new Error('a Bitbucket connection needs an HTTP access token');
+  const api = createBitbucketClient(target.baseUrl, target.secret, options);
+
+  return {
+    provider: 'bitbucket',
+
+    /**
+     * Bitbucket has no "token self" endpoint: the permission-filtered listings show what the token
+     * may do, and X-AUSERNAME on them proves Bitbucket authenticated it (an anonymous caller also
+     * gets 200 with empty lists).
+     */
+    async validate(): Promise<ValidationOutcome> {
+      let projects: BitbucketResponse<BitbucketPage<unknown>>;
+      let repos: BitbucketResponse<BitbucketPage<unknown>>;
+      try {
+        projects = await api.request('GET', '/projects', { query: { permission: 'PROJECT_READ', limit: 1 } });
+        repos = await api.request('GET', '/repos', { query: { permission: 'REPO_ADMIN', limit: 1 } });
+      } catch (error) {
+        if (isStatus(error, 401)) return { ok: false, reason: `token rejected by Bitbucket (401): ${(error as Error).message}` };
+        throw error;
+      }
+      const account = projects.username ?? repos.username;
+      if (!account) return { ok: false, reason: 'Bitbucket answered the token as an anonymous caller (no X-AUSERNAME): it is not a valid HTTP access token' };
+      const missing: string[] = [];
+      if (projects.body.values.length === 0) missing.push('PROJECT_READ (Bitbucket lists no project it can read)');
+      if (repos.body.values.length === 0) missing.push('REPO_ADMIN (Bitbucket lists no repository it administers; webhooks need it)');
+      if (missing.length > 0) return { ok: false, reason: `token lacks ${missing.join(' and ')}` };
+      const { body: properties } = await api.request<BitbucketApplicationProperties>('GET', '/application-properties');
+      return { ok: true, identity: { account, detail: `Bitbucket Data Center ${properties.version}` } };
+    },
+
+    async listRepositoriesPage({ cursor }) {
+      const start = cursor === undefined ? 0 : Number(cursor);
+      if (!Number.isInteger(start) || start < 0) throw new Error(`invalid Bitbucket repository cursor "${cursor}"`);
+      const { body } = await api.request<BitbucketPage<BitbucketRepository>>('GET', '/repos', { query: { permission: 'REPO_ADMIN', limit: PAGE_LIMIT, start } });
+      const next = nextPageStart(body);
+      return { repositories: body.values.map(toRepository), ...(next === undefined ? {} : { nextCursor: String(next) }), apiCalls: 1 };
+    },
+
+    async getRepository(ref) {
+      try {
+        const { body } = await api.request<BitbucketRepository>('GET', repositoryPath(ref));
+        // Another repository can take a deleted one's name: the id tells them apart.
+        return String(body.id) === ref.externalId ? toRepository(body) : null;
+      } catch (error) {
+        if (isStatus(error, 404)) return null;
+        throw error;
+      }
+    },
+
+    async listHooks(ref) {
+      const hooks = await api.all<BitbucketWebhook>(`${repositoryPath(ref)}/webhooks`);
+      return hooks.map(toHook);
+    },
+
+    async createHook(ref, spec) {
+      const { body } = await api.request<BitbucketWebhook>('POST', `${repositoryPath(ref)}/webhooks`, { body: webhookBody(spec) });
+      return toHook(body);
+    },
+
+    async updateHook(ref, hookId, spec) {
+      const { body } = await api.request<BitbucketWebhook>('PUT', `${repositoryPath(ref)}/webhooks/${encodeURIComponent(hookId)}`, { body: webhookBody(spec) });
+      return toHook(body);
+    },
+
+    async deleteHook(ref, hookId) {
+      try {
+        await api.request('DELETE', `${repositoryPath(ref)}/webhooks/${encodeURIComponent(hookId)}`);
+        return true;
+      } catch (error) {
+        if (isStatus(error, 404)) return false;
+        throw error;
+      }
+    },
+  };
+}
