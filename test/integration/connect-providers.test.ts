@@ -21,6 +21,9 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
 
   beforeAll(async () => {
     [github, bitbucket, azure] = await Promise.all([startFakeGithub(), startFakeBitbucket(), startFakeAzureDevOps({ organization: 'contoso' })]);
+    // A token's permissions show through what it can list, so the instance has a project with a repository.
+    bitbucket.addProject({ key: 'CI', name: 'CI' });
+    bitbucket.addRepository({ projectKey: 'CI', slug: 'app' });
     h = await startHarness({ github: { url: github.url, appId: github.appId, privateKeyPem: github.privateKeyPem, appName: 'forgelink-test' } });
     ({ org, token: orgToken } = await createOrgWithToken(h));
   });
@@ -111,7 +114,7 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       const token = unique('bbtoken');
       bitbucket.addToken({ token, username: 'ci-bot', projectPermission: 'PROJECT_READ', repoPermission: 'REPO_ADMIN' });
       const { id, connection, workflowId } = await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token });
-      expect(connection).toMatchObject({ status: 'active', account: 'ci-bot' });
+      expect(connection, connection.reason).toMatchObject({ status: 'active', account: 'ci-bot' });
       await expectNoLeak(token, workflowId);
       const row = await disconnect(id);
       expect(row).toMatchObject({ status: 'disconnected', credential: null, pending_credential: null });

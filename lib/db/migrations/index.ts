@@ -1,0 +1,12 @@
+import type { Migration } from 'kysely';
+import * as initial from './2026-11-25T00-initial.ts';
+import * as eventsPerOrganization from './2026-11-25T20-events-per-organization.ts';
+
+/**
+ * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
+ * rather than read from the folder so they load the same under tsx, vitest and a bundler.
+ */
+export const migrations: Record<string, Migration> = {
+  '2026-11-25T00-initial': initial,
+  '2026-11-25T20-events-per-organization': eventsPerOrganization,
+};
