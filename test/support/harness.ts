@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type Worker } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import type { ActivitySettings } from '../../activities/index.ts';
@@ -50,7 +50,14 @@ export interface HarnessOptions {
   github?: { url: string; appId: string; privateKeyPem: string; appName?: string };
 }
 
+let runtimeInstalled = false;
+
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
+  if (!runtimeInstalled) {
+    // Worker state changes at INFO would drown the test output.
+    Runtime.install({ logger: new DefaultLogger('WARN') });
+    runtimeInstalled = true;
+  }
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
