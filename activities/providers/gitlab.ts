@@ -1,10 +1,56 @@
 import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-utils';
 import { Gitlab } from '@gitbeaker/rest';
-import { ProviderHttpError, parseRetryAfter, type ProviderAdapter, type ProviderTarget, type ValidationOutcome } from './port.ts';
+import {
+  ProviderHttpError,
+  parseRetryAfter,
+  type HookSpec,
+  type ProviderAdapter,
+  type ProviderHook,
+  type ProviderRepository,
+  type ProviderTarget,
+  type RepositoryPage,
+  type ValidationOutcome,
+} from './port.ts';
 
 export const GITLAB_DEFAULT_BASE_URL = 'https://gitlab.com';
 /** Scopes a GitLab token needs: hooks and project listing (api), identity (read_user), repository metadata. */
 export const GITLAB_REQUIRED_SCOPES = ['api', 'read_user', 'read_repository'] as const;
+
+/** Project hook event flags; a hook spec names the ones to turn on, every other one is turned off. */
+const HOOK_EVENT_FLAGS = [
+  'push_events',
+  'tag_push_events',
+  'merge_requests_events',
+  'issues_events',
+  'confidential_issues_events',
+  'note_events',
+  'confidential_note_events',
+  'job_events',
+  'pipeline_events',
+  'wiki_page_events',
+  'deployment_events',
+  'releases_events',
+  'feature_flag_events',
+  'resource_access_token_events',
+] as const;
+
+/** Maintainer: the lowest role that may manage project hooks. */
+const HOOK_ADMIN_ACCESS_LEVEL = 40;
+/** GitLab's largest page size. */
+const MAX_PER_PAGE = 100;
+/** Below this share of the window's budget, the next call waits for the window to reset. */
+const RATE_LIMIT_RESERVE = 0.05;
+/**
+ * GitLab's throttle windows are a minute by default. A longer wait would come from a bad header;
+ * rather than stall the activity, make the call and let a 429 reach the retry policy.
+ */
+const MAX_RATE_LIMIT_WAIT_MS = 60_000;
+
+export interface GitlabClientOptions {
+  /** How the client waits out an exhausted rate-limit window (tests pass a fake clock's). */
+  sleep?: (ms: number) => Promise<void>;
+  now?: () => number;
+}
 
 async function readBody(response: Response): Promise<unknown> {
   if (response.status === 204) return null;
@@ -25,36 +71,113 @@ function gitlabErrorMessage(body: unknown, status: number): string {
   return `HTTP ${status}`;
 }
 
+/** Reads RateLimit-* from every answer and holds the next call back once the window is nearly spent. */
+function rateLimitGate(sleep: (ms: number) => Promise<void>, now: () => number) {
+  let resumeAt = 0;
+  return {
+    async beforeCall(): Promise<void> {
+      const wait = resumeAt - now();
+      if (wait > 0) await sleep(Math.min(wait, MAX_RATE_LIMIT_WAIT_MS));
+    },
+    observe(headers: Headers): void {
+      const limit = Number(headers.get('ratelimit-limit'));
+      const remaining = Number(headers.get('ratelimit-remaining'));
+      const reset = Number(headers.get('ratelimit-reset'));
+      // Only throttled endpoints carry the headers; the others leave the gate as it is.
+      if (!(limit > 0) || !headers.has('ratelimit-remaining') || !Number.isFinite(remaining) || !(reset > 0)) return;
+      resumeAt = remaining < limit * RATE_LIMIT_RESERVE ? reset * 1000 : 0;
+    },
+  };
+}
+
 /**
  * gitbeaker's own handler retries 429 and 502 ten times within ~0.3 s and ignores Retry-After.
  * This one makes a single attempt and throws ProviderHttpError with Retry-After, so the activity's
  * retry policy decides when to try again.
  */
-async function singleAttemptHandler(endpoint: string, options?: RequestOptions): Promise<{ body: unknown; headers: Record<string, string>; status: number }> {
-  const { prefixUrl, searchParams, method, rateLimiters: _limiters, agent: _agent, asStream: _asStream, ...rest } = (options ?? {}) as RequestOptions & {
-    rateLimiters?: unknown;
-    agent?: unknown;
+function singleAttemptHandler(gate: ReturnType<typeof rateLimitGate>) {
+  return async (endpoint: string, options?: RequestOptions): Promise<{ body: unknown; headers: Record<string, string>; status: number }> => {
+    const { prefixUrl, searchParams, method, rateLimiters: _limiters, agent: _agent, asStream: _asStream, ...rest } = (options ?? {}) as RequestOptions & {
+      rateLimiters?: unknown;
+      agent?: unknown;
+    };
+    const base = prefixUrl ? (prefixUrl.endsWith('/') ? prefixUrl : `${prefixUrl}/`) : undefined;
+    const url = new URL(endpoint, base);
+    url.search = (searchParams as string | undefined) ?? '';
+    await gate.beforeCall();
+    const response = await fetch(url, { ...(rest as RequestInit), method });
+    gate.observe(response.headers);
+    const body = await readBody(response);
+    if (!response.ok) {
+      throw new ProviderHttpError('gitlab', response.status, gitlabErrorMessage(body, response.status), parseRetryAfter(response.headers.get('retry-after')));
+    }
+    return { body, headers: Object.fromEntries(response.headers.entries()), status: response.status };
   };
-  const base = prefixUrl ? (prefixUrl.endsWith('/') ? prefixUrl : `${prefixUrl}/`) : undefined;
-  const url = new URL(endpoint, base);
-  url.search = (searchParams as string | undefined) ?? '';
-  const response = await fetch(url, { ...(rest as RequestInit), method });
-  const body = await readBody(response);
-  if (!response.ok) {
-    throw new ProviderHttpError('gitlab', response.status, gitlabErrorMessage(body, response.status), parseRetryAfter(response.headers.get('retry-after')));
-  }
-  return { body, headers: Object.fromEntries(response.headers.entries()), status: response.status };
 }
 
-const requesterFn = createRequesterFn((_, reqo) => Promise.resolve(reqo), singleAttemptHandler as never);
-
-export function createGitlabClient(baseUrl: string, token: string) {
+export function createGitlabClient(baseUrl: string, token: string, options: GitlabClientOptions = {}) {
+  const gate = rateLimitGate(options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms))), options.now ?? Date.now);
+  const requesterFn = createRequesterFn((_, reqo) => Promise.resolve(reqo), singleAttemptHandler(gate) as never);
   return new Gitlab({ host: baseUrl, token, requesterFn, queryTimeout: 30_000 });
 }
 
-export function createGitlabAdapter(target: ProviderTarget): Pick<ProviderAdapter, "provider" | "validate"> {
+interface GitlabProject extends Record<string, unknown> {
+  id: number;
+  path_with_namespace: string;
+  default_branch?: string | null;
+  web_url?: string;
+}
+
+interface GitlabHook extends Record<string, unknown> {
+  id: number;
+  url: string;
+  alert_status?: string;
+}
+
+function toRepository(project: GitlabProject): ProviderRepository {
+  return {
+    externalId: String(project.id),
+    fullName: project.path_with_namespace,
+    ...(project.default_branch ? { defaultBranch: project.default_branch } : {}),
+    ...(project.web_url ? { webUrl: project.web_url } : {}),
+  };
+}
+
+function toHook(hook: GitlabHook): ProviderHook {
+  return {
+    id: String(hook.id),
+    url: hook.url,
+    events: HOOK_EVENT_FLAGS.filter((flag) => hook[flag] === true),
+    // Auto-disabling is off on many self-managed instances, which then omit the field.
+    healthy: hook.alert_status === undefined || hook.alert_status === 'executable',
+  };
+}
+
+/**
+ * The full hook body. `token` is always sent: GitLab clears the stored token when the URL changes
+ * without one, and a spec without a secret means no token.
+ */
+function hookBody(spec: HookSpec) {
+  const unknown = spec.events.filter((e) => !(HOOK_EVENT_FLAGS as readonly string[]).includes(e));
+  if (unknown.length > 0) throw new Error(`not GitLab hook events: ${unknown.join(', ')}`);
+  return {
+    ...Object.fromEntries(HOOK_EVENT_FLAGS.map((flag) => [flag, spec.events.includes(flag)])),
+    enable_ssl_verification: true,
+    token: spec.secret ?? '',
+  };
+}
+
+/** The id_after of a keyset page's `Link: <…>; rel="next"`, which GitLab sends whenever the page was non-empty. */
+function nextIdAfter(link: string | undefined): string | undefined {
+  const href = /<([^>]+)>;\s*rel="next"/.exec(link ?? '')?.[1];
+  return href ? (new URL(href).searchParams.get('id_after') ?? undefined) : undefined;
+}
+
+const isNotFound = (error: unknown) => error instanceof ProviderHttpError && error.status === 404;
+
+export function createGitlabAdapter(target: ProviderTarget, options: GitlabClientOptions = {}): ProviderAdapter {
   if (!target.secret) throw new Error('a GitLab connection needs a token');
-  const api = createGitlabClient(target.baseUrl, target.secret);
+  const api = createGitlabClient(target.baseUrl, target.secret, options);
   return {
     provider: 'gitlab',
     async validate(): Promise<ValidationOutcome> {
@@ -82,6 +205,58 @@ export function createGitlabAdapter(target: ProviderTarget): Pick<ProviderAdapte
       }
       const user = await api.Users.showCurrentUser();
       return { ok: true, identity: { account: String(user.username), accountId: String(user.id) } };
+    },
+
+    async listRepositoriesPage({ cursor }): Promise<RepositoryPage> {
+      // Projects.all would walk every page; the cache refresh wants one page per call and the next link's cursor.
+      const response = await api.requester.get<GitlabProject[]>('projects', {
+        searchParams: {
+          membership: true,
+          minAccessLevel: HOOK_ADMIN_ACCESS_LEVEL,
+          simple: true,
+          pagination: 'keyset',
+          orderBy: 'id',
+          sort: 'asc',
+          perPage: MAX_PER_PAGE,
+          ...(cursor ? { idAfter: cursor } : {}),
+        },
+        signal: AbortSignal.timeout(30_000),
+      });
+      const nextCursor = nextIdAfter(response.headers.link);
+      return { repositories: response.body.map(toRepository), ...(nextCursor ? { nextCursor } : {}), apiCalls: 1 };
+    },
+
+    async getRepository(ref) {
+      try {
+        return toRepository((await api.Projects.show(ref.externalId)) as GitlabProject);
+      } catch (error) {
+        if (isNotFound(error)) return null;
+        throw error;
+      }
+    },
+
+    async listHooks(ref) {
+      const hooks = await api.ProjectHooks.all(ref.externalId, { perPage: MAX_PER_PAGE });
+      return (hooks as GitlabHook[]).map(toHook);
+    },
+
+    async createHook(ref, spec) {
+      return toHook((await api.ProjectHooks.add(ref.externalId, spec.url, hookBody(spec))) as GitlabHook);
+    },
+
+    async updateHook(ref, hookId, spec) {
+      // Saving the whole hook also re-enables one GitLab auto-disabled.
+      return toHook((await api.ProjectHooks.edit(ref.externalId, Number(hookId), spec.url, hookBody(spec))) as GitlabHook);
+    },
+
+    async deleteHook(ref, hookId) {
+      try {
+        await api.ProjectHooks.remove(ref.externalId, Number(hookId));
+        return true;
+      } catch (error) {
+        if (isNotFound(error)) return false;
+        throw error;
+      }
     },
   };
 }

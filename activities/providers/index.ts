@@ -14,7 +14,7 @@ export function createProviderFactory(settings: ProviderSettings = {}): Provider
   return (target): ProviderAdapter => {
     switch (target.provider) {
       case 'gitlab':
-        return createGitlabAdapter(target) as ProviderAdapter;
+        return createGitlabAdapter(target);
       case 'bitbucket':
         return createBitbucketAdapter(target);
       case 'azure-devops':
