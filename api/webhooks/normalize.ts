@@ -1,0 +1,478 @@
+import type { EventKind, NormalizedEvent, Provider } from '../../lib/domain.ts';
+
+/** Header names in lower case, as Node and Hono hand them over. */
+export type WebhookHeaders = Readonly<Record<string, string | undefined>>;
+export type RawBody = string | Uint8Array;
+
+/** A delivery that is not the provider's JSON, or lacks what its event needs. The receiver answers 400. */
+export class WebhookPayloadError extends Error {
+  override name = 'WebhookPayloadError';
+}
+
+/**
+ * Turns one provider delivery into the events the service acts on: one per ref change, none for an event it
+ * ignores. Pure, so the receiver can call it before anything durable happens and tests can feed it recorded payloads.
+ */
+export function normalizeWebhook(provider: Provider, headers: WebhookHeaders, rawBody: RawBody): NormalizedEvent[] {
+  const payload = new PayloadReader(parseBody(rawBody), providerLabel[provider]);
+  switch (provider) {
+    case 'github':
+      return normalizeGithub(headers, payload);
+    case 'gitlab':
+      return normalizeGitlab(headers, payload);
+    case 'bitbucket':
+      return normalizeBitbucket(headers, payload);
+    case 'azure-devops':
+      return normalizeAzureDevOps(payload);
+  }
+}
+
+/**
+ * A provider's connectivity check rather than an event. Bitbucket's `diagnostics:ping` arrives unsigned, so the
+ * receiver asks this before verifying. GitLab test deliveries are real-looking events and Azure DevOps has none.
+ */
+export function isPing(provider: Provider, headers: WebhookHeaders, body: RawBody): boolean {
+  switch (provider) {
+    case 'github':
+      return headers['x-github-event'] === 'ping';
+    case 'bitbucket':
+      return bitbucketEventKey(headers, new PayloadReader(tryParseBody(body), providerLabel.bitbucket)) === 'diagnostics:ping';
+    case 'gitlab':
+    case 'azure-devops':
+      return false;
+  }
+}
+
+const providerLabel: Record<Provider, string> = {
+  github: 'GitHub',
+  gitlab: 'GitLab',
+  bitbucket: 'Bitbucket',
+  'azure-devops': 'Azure DevOps',
+};
+
+function parseBody(rawBody: RawBody): unknown {
+  let text: string;
+  try {
+    text = typeof rawBody === 'string' ? rawBody : new TextDecoder('utf-8', { fatal: true }).decode(rawBody);
+  } catch {
+    throw new WebhookPayloadError('webhook body is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new WebhookPayloadError(`webhook body is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new WebhookPayloadError('webhook body is not a JSON object');
+  }
+  return value;
+}
+
+function tryParseBody(rawBody: RawBody): unknown {
+  try {
+    return parseBody(rawBody);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads a payload's fields; a field the event needs but the payload lacks fails naming the event and the field. */
+class PayloadReader {
+  constructor(
+    private readonly value: unknown,
+    readonly context: string,
+    private readonly prefix = '',
+  ) {}
+
+  within(context: string): PayloadReader {
+    return new PayloadReader(this.value, `${this.context} ${context}`, this.prefix);
+  }
+
+  string(path: string): string {
+    const value = this.get(path);
+    if (typeof value !== 'string' || value === '') this.fail(path, 'is missing or not a string');
+    return value;
+  }
+
+  optionalString(path: string): string | undefined {
+    const value = this.get(path);
+    return typeof value === 'string' && value !== '' ? value : undefined;
+  }
+
+  /** Providers give ids as numbers (GitHub, GitLab, Bitbucket) or GUID strings (Azure DevOps); both become strings. */
+  id(path: string): string {
+    const value = this.get(path);
+    if (typeof value === 'number' && Number.isSafeInteger(value)) return String(value);
+    if (typeof value === 'string' && value !== '') return value;
+    this.fail(path, 'is missing or not an id');
+  }
+
+  optionalId(path: string): string | undefined {
+    return this.get(path) === undefined ? undefined : this.id(path);
+  }
+
+  integer(path: string): number {
+    const value = this.get(path);
+    if (typeof value !== 'number' || !Number.isSafeInteger(value)) this.fail(path, 'is missing or not an integer');
+    return value;
+  }
+
+  isTrue(path: string): boolean {
+    return this.get(path) === true;
+  }
+
+  list(path: string): PayloadReader[] {
+    const value = this.get(path);
+    if (!Array.isArray(value)) this.fail(path, 'is missing or not an array');
+    return value.map((item, index) => new PayloadReader(item, this.context, `${this.prefix}${path}[${index}].`));
+  }
+
+  optionalList(path: string): PayloadReader[] {
+    return this.get(path) == null ? [] : this.list(path);
+  }
+
+  private get(path: string): unknown {
+    let current = this.value;
+    for (const key of path.split('.')) {
+      if (typeof current !== 'object' || current === null) return undefined;
+      current = (current as Record<string, unknown>)[key];
+    }
+    return current;
+  }
+
+  private fail(path: string, problem: string): never {
+    throw new WebhookPayloadError(`${this.context}: "${this.prefix}${path}" ${problem}`);
+  }
+}
+
+interface Delivery {
+  provider: Provider;
+  deliveryId: string;
+  repository: NormalizedEvent['repository'];
+  sender: string | undefined;
+}
+
+type EventDetail = Pick<NormalizedEvent, 'ref' | 'pullRequest' | 'commitCount'>;
+
+function toEvent(delivery: Delivery, kind: EventKind, detail: EventDetail = {}): NormalizedEvent {
+  const { provider, deliveryId, repository, sender } = delivery;
+  return withoutUndefined({ provider, deliveryId, kind, repository, ...detail, sender });
+}
+
+function withoutUndefined<T extends object>(value: T): T {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
+}
+
+function requireHeader(headers: WebhookHeaders, provider: Provider, ...names: string[]): string {
+  for (const name of names) {
+    const value = headers[name];
+    if (value) return value;
+  }
+  throw new WebhookPayloadError(`${providerLabel[provider]} delivery has no ${names.join(' or ')} header`);
+}
+
+// Zeros only: Azure DevOps documentation samples use dashed zero GUIDs as placeholder object ids, which are values.
+const ZERO_OBJECT_ID = /^0+$/;
+
+/** A fully qualified ref we act on; other namespaces (refs/notes, refs/pull, …) give undefined. */
+function parseRef(fullName: string): { type: 'branch' | 'tag'; name: string } | undefined {
+  if (fullName.startsWith('refs/heads/')) return { type: 'branch', name: fullName.slice('refs/heads/'.length) };
+  if (fullName.startsWith('refs/tags/')) return { type: 'tag', name: fullName.slice('refs/tags/'.length) };
+  return undefined;
+}
+
+function branchName(fullName: string): string {
+  return fullName.startsWith('refs/heads/') ? fullName.slice('refs/heads/'.length) : fullName;
+}
+
+/** One ref change as an event: all-zero before is a creation, all-zero after a deletion. */
+function refChangeEvent(
+  delivery: Delivery,
+  fullName: string,
+  before: string,
+  after: string,
+  commitCount: () => number | undefined,
+): NormalizedEvent | undefined {
+  const ref = parseRef(fullName);
+  if (!ref) return undefined;
+  const created = ZERO_OBJECT_ID.test(before);
+  const deleted = ZERO_OBJECT_ID.test(after);
+  const kind: EventKind = created
+    ? `${ref.type}.created`
+    : deleted
+      ? `${ref.type}.deleted`
+      : ref.type === 'branch'
+        ? 'push'
+        : 'tag.updated';
+  return toEvent(delivery, kind, {
+    ref: { ...ref, before: created ? null : before, after: deleted ? null : after },
+    commitCount: kind === 'push' ? commitCount() : undefined,
+  });
+}
+
+// GitHub: the App delivers every event of every installation; the event name is only in X-GitHub-Event.
+function normalizeGithub(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+  const eventName = requireHeader(headers, 'github', 'x-github-event');
+  const payload = body.within(eventName);
+  const delivery = (repository: Delivery['repository']): Delivery => ({
+    provider: 'github',
+    deliveryId: requireHeader(headers, 'github', 'x-github-delivery'),
+    repository,
+    sender: payload.optionalString('sender.login'),
+  });
+  const repository = () => ({ externalId: payload.id('repository.id'), fullName: payload.string('repository.full_name') });
+  const action = payload.optionalString('action');
+
+  switch (eventName) {
+    case 'push': {
+      const event = refChangeEvent(
+        delivery(repository()),
+        payload.string('ref'),
+        payload.string('before'),
+        payload.string('after'),
+        () => payload.list('commits').length,
+      );
+      return event ? [event] : [];
+    }
+    case 'pull_request': {
+      const kind = githubPullRequestKind(action, payload.isTrue('pull_request.merged'));
+      if (!kind) return [];
+      return [
+        toEvent(delivery(repository()), kind, {
+          pullRequest: withoutUndefined({
+            number: payload.integer('pull_request.number'),
+            sourceBranch: payload.string('pull_request.head.ref'),
+            targetBranch: payload.string('pull_request.base.ref'),
+            headSha: payload.optionalString('pull_request.head.sha'),
+            title: payload.optionalString('pull_request.title'),
+          }),
+        }),
+      ];
+    }
+    case 'installation_repositories':
+      if (action === 'added') return githubRepositoryAccess(payload, delivery, 'repositories_added', 'repository.added');
+      if (action === 'removed') return githubRepositoryAccess(payload, delivery, 'repositories_removed', 'repository.removed');
+      return [];
+    case 'installation':
+      if (action === 'created') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.added');
+      if (action === 'deleted') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.removed');
+      return [];
+    default:
+      // `create`/`delete` repeat what `push` already said; `ping` and the rest are not acted on.
+      return [];
+  }
+}
+
+function githubPullRequestKind(action: string | undefined, merged: boolean): EventKind | undefined {
+  switch (action) {
+    case 'opened':
+    case 'reopened':
+      return 'pull_request.opened';
+    case 'synchronize':
+      return 'pull_request.updated';
+    case 'closed':
+      return merged ? 'pull_request.merged' : 'pull_request.closed';
+    default:
+      return undefined;
+  }
+}
+
+function githubRepositoryAccess(
+  payload: PayloadReader,
+  delivery: (repository: Delivery['repository']) => Delivery,
+  listPath: string,
+  kind: 'repository.added' | 'repository.removed',
+): NormalizedEvent[] {
+  // GitHub's schema makes `repositories` of installation events optional.
+  return payload
+    .optionalList(listPath)
+    .map((repo) => toEvent(delivery({ externalId: repo.id('id'), fullName: repo.string('full_name') }), kind));
+}
+
+// GitLab: one project hook per repository; object_kind names the event in the body itself.
+function normalizeGitlab(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+  const objectKind = body.string('object_kind');
+  const payload = body.within(objectKind);
+  const delivery = (sender: string | undefined): Delivery => ({
+    provider: 'gitlab',
+    // Idempotency-Key (GitLab 17.4+) stays the same across retries; older versions only send the event UUID.
+    deliveryId: requireHeader(headers, 'gitlab', 'idempotency-key', 'x-gitlab-event-uuid'),
+    repository: {
+      externalId: payload.optionalId('project.id') ?? payload.id('project_id'),
+      fullName: payload.string('project.path_with_namespace'),
+    },
+    sender,
+  });
+
+  switch (objectKind) {
+    case 'push':
+    case 'tag_push': {
+      const event = refChangeEvent(
+        delivery(payload.optionalString('user_username')),
+        payload.string('ref'),
+        payload.string('before'),
+        payload.string('after'),
+        () => payload.integer('total_commits_count'),
+      );
+      return event ? [event] : [];
+    }
+    case 'merge_request': {
+      const kind = gitlabMergeRequestKind(
+        payload.optionalString('object_attributes.action'),
+        payload.optionalString('object_attributes.oldrev') !== undefined,
+      );
+      if (!kind) return [];
+      return [
+        toEvent(delivery(payload.optionalString('user.username')), kind, {
+          pullRequest: withoutUndefined({
+            number: payload.integer('object_attributes.iid'),
+            sourceBranch: payload.string('object_attributes.source_branch'),
+            targetBranch: payload.string('object_attributes.target_branch'),
+            headSha: payload.optionalString('object_attributes.last_commit.id'),
+            title: payload.optionalString('object_attributes.title'),
+          }),
+        }),
+      ];
+    }
+    default:
+      return [];
+  }
+}
+
+function gitlabMergeRequestKind(action: string | undefined, sourcePushed: boolean): EventKind | undefined {
+  switch (action) {
+    case 'open':
+    case 'reopen':
+      return 'pull_request.opened';
+    case 'update':
+      // oldrev is present only when the update brought new commits; title, label or reviewer edits lack it.
+      return sourcePushed ? 'pull_request.updated' : undefined;
+    case 'merge':
+      return 'pull_request.merged';
+    case 'close':
+      return 'pull_request.closed';
+    default:
+      return undefined;
+  }
+}
+
+function bitbucketEventKey(headers: WebhookHeaders, payload: PayloadReader): string | undefined {
+  return headers['x-event-key'] || payload.optionalString('eventKey');
+}
+
+const bitbucketPullRequestKinds: Record<string, EventKind> = {
+  'pr:opened': 'pull_request.opened',
+  'pr:from_ref_updated': 'pull_request.updated',
+  'pr:merged': 'pull_request.merged',
+  'pr:declined': 'pull_request.closed',
+};
+
+// Bitbucket Data Center: one repository webhook; a push of several refs arrives as one repo:refs_changed.
+function normalizeBitbucket(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+  const eventKey = bitbucketEventKey(headers, body);
+  if (!eventKey) throw new WebhookPayloadError('Bitbucket delivery has no x-event-key header and no eventKey');
+  const payload = body.within(eventKey);
+  const delivery = (repositoryPath: string): Delivery => ({
+    provider: 'bitbucket',
+    deliveryId: requireHeader(headers, 'bitbucket', 'x-request-id'),
+    repository: {
+      externalId: payload.id(`${repositoryPath}.id`),
+      fullName: `${payload.string(`${repositoryPath}.project.key`)}/${payload.string(`${repositoryPath}.slug`)}`,
+    },
+    sender: payload.optionalString('actor.name'),
+  });
+
+  if (eventKey === 'repo:refs_changed') {
+    const push = delivery('repository');
+    return payload
+      .list('changes')
+      .map((change) =>
+        // The payload carries no commit count for a ref change.
+        refChangeEvent(push, change.string('refId'), change.string('fromHash'), change.string('toHash'), () => undefined),
+      )
+      .filter((event) => event !== undefined);
+  }
+
+  const kind = bitbucketPullRequestKinds[eventKey];
+  if (!kind) return [];
+  return [
+    // The pull request belongs to its target repository; the source may be a fork.
+    toEvent(delivery('pullRequest.toRef.repository'), kind, {
+      pullRequest: withoutUndefined({
+        number: payload.integer('pullRequest.id'),
+        sourceBranch: branchName(payload.string('pullRequest.fromRef.id')),
+        targetBranch: branchName(payload.string('pullRequest.toRef.id')),
+        headSha: payload.optionalString('pullRequest.fromRef.latestCommit'),
+        title: payload.optionalString('pullRequest.title'),
+      }),
+    }),
+  ];
+}
+
+// Azure DevOps: Service Hook subscriptions post the event with its own id; no header identifies the delivery.
+function normalizeAzureDevOps(body: PayloadReader): NormalizedEvent[] {
+  const eventType = body.string('eventType');
+  const payload = body.within(eventType);
+  const delivery = (sender: string | undefined): Delivery => {
+    const project = payload.string('resource.repository.project.name');
+    return {
+      provider: 'azure-devops',
+      deliveryId: payload.id('id'),
+      repository: {
+        externalId: payload.id('resource.repository.id'),
+        fullName: `${project}/${payload.string('resource.repository.name')}`,
+        project,
+      },
+      sender,
+    };
+  };
+
+  if (eventType === 'git.push') {
+    const push = delivery(payload.optionalString('resource.pushedBy.uniqueName'));
+    const refUpdates = payload.list('resource.refUpdates');
+    // `commits` describes the whole push, so it counts a ref's commits only when the push moved that ref alone.
+    const commitCount = () => (refUpdates.length === 1 ? payload.optionalList('resource.commits').length : undefined);
+    return refUpdates
+      .map((update) =>
+        refChangeEvent(push, update.string('name'), update.string('oldObjectId'), update.string('newObjectId'), commitCount),
+      )
+      .filter((event) => event !== undefined);
+  }
+
+  const kind = azurePullRequestKind(eventType, payload.optionalString('resource.status'));
+  if (!kind) return [];
+  const sender =
+    kind === 'pull_request.opened'
+      ? payload.optionalString('resource.createdBy.uniqueName')
+      : payload.optionalString('resource.closedBy.uniqueName');
+  return [
+    toEvent(delivery(sender), kind, {
+      pullRequest: withoutUndefined({
+        number: payload.integer('resource.pullRequestId'),
+        sourceBranch: branchName(payload.string('resource.sourceRefName')),
+        targetBranch: branchName(payload.string('resource.targetRefName')),
+        headSha: payload.optionalString('resource.lastMergeSourceCommit.commitId'),
+        title: payload.optionalString('resource.title'),
+      }),
+    }),
+  ];
+}
+
+function azurePullRequestKind(eventType: string, status: string | undefined): EventKind | undefined {
+  switch (eventType) {
+    case 'git.pullrequest.created':
+      return 'pull_request.opened';
+    case 'git.pullrequest.updated':
+      // The subscription is filtered to source-branch pushes (the payload does not say what changed), but a
+      // completion or abandonment reaches it too: the status tells those apart.
+      if (status === 'completed') return 'pull_request.merged';
+      if (status === 'abandoned') return 'pull_request.closed';
+      return 'pull_request.updated';
+    case 'git.pullrequest.merged':
+      // Also sent for merge attempts (conflicts, test merges of an active pull request): only a completed one counts.
+      return status === 'completed' ? 'pull_request.merged' : undefined;
+    default:
+      return undefined;
+  }
+}

@@ -1,0 +1,66 @@
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { RawBody } from './normalize.ts';
+
+/*
+ * Every check takes a list of acceptable secrets (the current one first, then those being rotated out) and compares
+ * against each of them: SHA-256 digests of both sides have equal length, so timingSafeEqual never exits early on a
+ * length difference, and no secret is skipped after a match, so timing does not tell which one matched. Empty
+ * secrets are ignored: an empty HMAC key or token is one anybody can produce. A missing or garbled header is false.
+ */
+
+/** `sha256=<hex>` HMAC-SHA256 of the exact bytes, the form of GitHub's X-Hub-Signature-256 and Bitbucket's X-Hub-Signature. */
+export function signHmacSha256(secret: string, body: RawBody): string {
+  return `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
+}
+
+/** GitHub App deliveries: X-Hub-Signature-256 over the raw body, keyed with the App's webhook secret. */
+export function verifyGithubSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {
+  return verifyHmacSignature(rawBody, header, secrets);
+}
+
+/** Bitbucket Data Center deliveries: X-Hub-Signature over the raw body, keyed with the webhook's secret. */
+export function verifyBitbucketSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {
+  return verifyHmacSignature(rawBody, header, secrets);
+}
+
+/** GitLab deliveries: X-Gitlab-Token carries the hook's secret token as is. */
+export function verifyGitlabToken(header: string | undefined, secrets: readonly string[]): boolean {
+  if (typeof header !== 'string' || header === '') return false;
+  return matchesAny(header, usable(secrets));
+}
+
+/** Azure DevOps Service Hooks: `Authorization: Basic base64(user:password)` set on the subscription. */
+export function verifyAzureBasicAuth(
+  authorizationHeader: string | undefined,
+  user: string,
+  passwords: readonly string[],
+): boolean {
+  const match = typeof authorizationHeader === 'string' ? /^basic\s+(\S+)\s*$/i.exec(authorizationHeader) : null;
+  if (!match || user === '') return false;
+  const credentials = Buffer.from(match[1]!, 'base64').toString('utf8');
+  return matchesAny(credentials, usable(passwords).map((password) => `${user}:${password}`));
+}
+
+function verifyHmacSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {
+  if (typeof header !== 'string' || header === '') return false;
+  // Hex digits are case-insensitive; the expected value is lower case.
+  const given = header.trim().toLowerCase();
+  return matchesAny(given, usable(secrets).map((secret) => signHmacSha256(secret, rawBody)));
+}
+
+function matchesAny(given: string, expected: readonly string[]): boolean {
+  const givenDigest = sha256(given);
+  let matched = false;
+  for (const candidate of expected) {
+    matched = timingSafeEqual(givenDigest, sha256(candidate)) || matched;
+  }
+  return matched;
+}
+
+function usable(secrets: readonly string[]): string[] {
+  return secrets.filter((secret) => secret !== '');
+}
+
+function sha256(value: string): Buffer {
+  return createHash('sha256').update(value, 'utf8').digest();
+}
