@@ -78,6 +78,16 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect(JSON.stringify(runBody)).not.toContain(token);
   });
 
+  it('disconnects: the credential is deleted and the status is disconnected', async () => {
+    const { id } = await connect(newToken());
+    const res = await h.request('DELETE', `/api/v1/orgs/${org.slug}/connections/${id}`, { token: orgToken });
+    expect(res.status).toBe(202);
+    await resultOf(h, ((await res.json()) as { workflowId: string }).workflowId);
+    expect((await getConnection(id)).status).toBe('disconnected');
+    const row = await h.db.selectFrom('connections').select(['credential', 'pending_credential']).where('id', '=', id).executeTakeFirstOrThrow();
+    expect(row).toEqual({ credential: null, pending_credential: null });
+  });
+
   it('fails naming the missing scope', async () => {
     const { id, result } = await connect(newToken({ scopes: ['api', 'read_repository'] }));
     expect(result.status).toBe('failed');

@@ -1,0 +1,68 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startHarness, type Harness } from '../support/harness.ts';
+
+describe('organizations, tokens, health and OpenAPI', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it('creates an organization once; a taken slug is a 409', async () => {
+    const slug = `acme-${Date.now().toString(36)}`;
+    const created = await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'Acme' } });
+    expect(created.status).toBe(201);
+    const org = (await created.json()) as { id: string; slug: string; name: string };
+    expect(org).toMatchObject({ slug, name: 'Acme' });
+    const again = await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'Other' } });
+    expect(again.status).toBe(409);
+    expect(((await again.json()) as { detail: string }).detail).toContain(slug);
+    const invalid = await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug: 'Not A Slug', name: '' } });
+    expect(invalid.status).toBe(400);
+    const problem = (await invalid.json()) as { detail: string };
+    expect(problem.detail).toMatch(/slug/);
+    expect(problem.detail).toMatch(/name/);
+  });
+
+  it('issues organization tokens shown once and stored only hashed; the org is reachable by slug or id', async () => {
+    const slug = `tok-${Date.now().toString(36)}`;
+    const org = (await (await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'T' } })).json()) as { id: string };
+    const issued = await h.request('POST', `/api/v1/orgs/${org.id}/tokens`, { token: h.adminToken });
+    expect(issued.status).toBe(201);
+    const { token } = (await issued.json()) as { token: string };
+    const stored = await h.db.selectFrom('api_tokens').select('token_hash').where('organization_id', '=', org.id).execute();
+    expect(stored).toHaveLength(1);
+    expect(stored[0]!.token_hash).not.toContain(token);
+    expect((await h.request('GET', `/api/v1/orgs/${slug}/connections`, { token })).status).toBe(200);
+    expect((await h.request('GET', `/api/v1/orgs/${org.id}/connections`, { token })).status).toBe(200);
+    // Organization tokens cannot issue tokens; unknown organizations are 404 for the admin.
+    expect((await h.request('POST', `/api/v1/orgs/${slug}/tokens`, { token })).status).toBe(403);
+    expect((await h.request('POST', '/api/v1/orgs/no-such-org/tokens', { token: h.adminToken })).status).toBe(404);
+  });
+
+  it('answers liveness and readiness (database and Temporal reachable)', async () => {
+    expect((await h.request('GET', '/healthz')).status).toBe(200);
+    const ready = await h.request('GET', '/readyz');
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ status: 'ready', checks: { database: 'ok', temporal: 'ok' } });
+  });
+
+  it('serves an OpenAPI document of the API', async () => {
+    const res = await h.request('GET', '/openapi.json');
+    expect(res.status).toBe(200);
+    const doc = (await res.json()) as { openapi: string; paths: Record<string, unknown> };
+    expect(doc.openapi).toMatch(/^3\./);
+    for (const path of ['/api/v1/orgs', '/api/v1/orgs/{org}/tokens', '/api/v1/orgs/{org}/connections', '/api/v1/orgs/{org}/connections/{id}', '/api/v1/workflows/{workflowId}']) {
+      expect(Object.keys(doc.paths)).toContain(path);
+    }
+  });
+
+  it('answers unknown routes and unknown runs with problem+json 404', async () => {
+    const res = await h.request('GET', '/api/v1/nothing-here', { token: h.adminToken });
+    expect(res.status).toBe(404);
+    expect(res.headers.get('content-type')).toBe('application/problem+json');
+    expect((await h.request('GET', '/api/v1/workflows/connect:00000000-0000-0000-0000-000000000000:x', { token: h.adminToken })).status).toBe(404);
+  });
+});
