@@ -111,6 +111,13 @@ async function targetOf(c: Context<AppEnv>, body: ConnectBody): Promise<{ baseUr
   }
 }
 
+/** Lets an operator find a connection's runs in the Temporal UI by organization, provider or connection. */
+const connectionSearchAttributes = (organizationId: string, provider: Provider, connectionId: string) => [
+  { key: SA_ORGANIZATION, value: organizationId },
+  { key: SA_PROVIDER, value: provider },
+  { key: SA_CONNECTION, value: connectionId },
+];
+
 async function startConnect(c: Context<AppEnv>, org: Organization, connectionId: string, provider: Provider, onFailure: () => Promise<void>) {
   const { deps } = c.var;
   const workflowId = workflowIds.connect(org.id, connectionId);
@@ -120,11 +127,7 @@ async function startConnect(c: Context<AppEnv>, org: Organization, connectionId:
       workflowId,
       input: { organizationId: org.id, connectionId },
       allowRerun: true,
-      searchAttributes: [
-        { key: SA_ORGANIZATION, value: org.id },
-        { key: SA_PROVIDER, value: provider },
-        { key: SA_CONNECTION, value: connectionId },
-      ],
+      searchAttributes: connectionSearchAttributes(org.id, provider, connectionId),
     });
   } catch (error) {
     await onFailure();
@@ -290,11 +293,7 @@ export function connectionRoutes() {
       await startWorkflow(deps, 'disconnectWorkflow', {
         workflowId,
         input: { organizationId: org.id, connectionId: row.id },
-        searchAttributes: [
-          { key: SA_ORGANIZATION, value: org.id },
-          { key: SA_PROVIDER, value: row.provider },
-          { key: SA_CONNECTION, value: row.id },
-        ],
+        searchAttributes: connectionSearchAttributes(org.id, row.provider, row.id),
       });
       return c.json({ workflowId }, 202);
     },
