@@ -3,6 +3,9 @@ import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createConnectionActivities } from './connections.ts';
+import { createDispatchActivities } from './dispatch.ts';
+import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
+import { createHookActivities } from './hooks.ts';
 import type { ProviderFactory } from './providers/port.ts';
 
 export interface ActivityDeps {
@@ -20,6 +23,8 @@ export interface ActivitySettings {
   gitlabWebhookSecret?: string;
   bitbucketWebhookSecret?: string;
   azureDevOps?: { basicAuthUser: string; basicAuthPass: string };
+  /** How long the event workflow retries a subscriber (subscribers.deliveryDeadlineSeconds). */
+  subscriberDeliveryDeadlineSeconds?: number;
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
@@ -32,6 +37,7 @@ export function settingsFromConfig(config: Config): ActivitySettings {
       p.azureDevOps.webhookBasicAuthUser && p.azureDevOps.webhookBasicAuthPass
         ? { basicAuthUser: p.azureDevOps.webhookBasicAuthUser, basicAuthPass: p.azureDevOps.webhookBasicAuthPass }
         : undefined,
+    subscriberDeliveryDeadlineSeconds: config.subscribers.deliveryDeadlineSeconds,
   };
 }
 
@@ -39,6 +45,9 @@ export function settingsFromConfig(config: Config): ActivitySettings {
 export function createActivities(deps: ActivityDeps) {
   return {
     ...createConnectionActivities(deps),
+    ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
+    ...createDispatchActivities(deps),
+    ...createHookActivities(deps),
   };
 }
 

@@ -3,8 +3,12 @@ import { sql } from 'kysely';
 import { requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
+import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
+import { eventRoutes } from './routes/events.ts';
 import { organizationRoutes } from './routes/organizations.ts';
+import { subscriberRoutes } from './routes/subscribers.ts';
+import { webhookRoutes } from './routes/webhooks.ts';
 import { workflowRoutes } from './routes/workflows.ts';
 
 export function createApp(deps: ApiDeps) {
@@ -51,10 +55,15 @@ export function createApp(deps: ApiDeps) {
 
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
   app.route('/api/github', githubSetupRoutes());
+  // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
+  app.route('/api/events-handler/v1/events', webhookRoutes());
 
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());
   app.route('/api/v1/orgs', connectionRoutes());
+  app.route('/api/v1/orgs', attachmentRoutes());
+  app.route('/api/v1/orgs', eventRoutes());
+  app.route('/api/v1/orgs', subscriberRoutes());
   app.route('/api/v1/workflows', workflowRoutes());
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });

@@ -1,6 +1,7 @@
 /** Workflow names, inputs, ids and search attributes shared by api, worker and workflows. No Node imports. */
 import { defineSearchAttributeKey } from '@temporalio/common';
-import type { ConnectionStatus, Provider } from '../lib/domain.ts';
+import { defineSignal } from '@temporalio/workflow';
+import type { ConnectionStatus, NormalizedEvent, Provider } from '../lib/domain.ts';
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
@@ -27,6 +28,68 @@ export interface DisconnectInput {
 export interface DisconnectResult {
   status: 'disconnected';
   detachedRepositories: number;
+  /** Repositories whose detach failed (their hooks may remain at the provider); the credential is deleted anyway. */
+  notDetached?: { repositoryId: string; reason: string }[];
+}
+
+export type AttachmentAction = 'attach' | 'detach';
+/** A request to the repository workflow, sent with signalWithStart by the API (or by disconnect). */
+export interface AttachmentRequest {
+  action: AttachmentAction;
+  /** Workflows to signal `attachmentSettled` once this request is carried out (disconnect waits on it). */
+  replyTo?: string[];
+}
+/**
+ * The repository workflow (id `repository:<org>:<repositoryId>`): carries out attach and detach
+ * requests for one repository one at a time, in the order they arrive, and ends when none is left.
+ */
+export interface RepositoryWorkflowInput {
+  organizationId: string;
+  repositoryId: string;
+  /** Requests not yet carried out: empty from the API (the signal brings the request), carried over by continue-as-new. */
+  pending: AttachmentRequest[];
+}
+export interface RepositoryWorkflowResult {
+  /** The state the last request left the repository in. */
+  status: 'attached' | 'detached';
+  /** Provider hook / subscription ids in place when attached; empty when detached. */
+  hookIds: string[];
+  /** Requests carried out by this run. */
+  requests: number;
+}
+export interface AttachmentSettled {
+  repositoryId: string;
+  action: AttachmentAction;
+  status: 'attached' | 'detached' | 'failed';
+  reason?: string;
+}
+export const attachmentRequested = defineSignal<[AttachmentRequest]>('attachmentRequested');
+export const attachmentSettled = defineSignal<[AttachmentSettled]>('attachmentSettled');
+
+/** How an attach or a detach that could not be carried out fails the repository workflow. */
+export const AttachmentFailureTypes = {
+  attachFailed: 'RepositoryAttachFailed',
+  detachFailed: 'RepositoryDetachFailed',
+} as const;
+
+/** One provider delivery, as the webhook receiver verified and normalized it (never the raw body). */
+export interface EventInput {
+  provider: Provider;
+  deliveryId: string;
+  /** The delivery's events in order (one per ref change); their position is their sequence. */
+  events: NormalizedEvent[];
+  /** GitHub App installation the delivery came from: installation events update its connections' cache. */
+  installationId?: string;
+  /** ISO time the receiver acknowledged the delivery. */
+  receivedAt: string;
+}
+export interface EventResult {
+  /** Event rows for this delivery, one per organization and ref change. */
+  recorded: number;
+  /** Subscriber deliveries acknowledged (now or by an earlier run). */
+  delivered: number;
+  /** Subscriber deliveries given up on when the dispatch deadline passed. */
+  undelivered: { eventId: string; subscriberId: string; reason: string }[];
 }
 
 /**
@@ -36,7 +99,19 @@ export interface DisconnectResult {
 export const workflowIds = {
   connect: (organizationId: string, connectionId: string) => `connect:${organizationId}:${connectionId}`,
   disconnect: (organizationId: string, connectionId: string) => `disconnect:${organizationId}:${connectionId}`,
+  /** Attach and detach of one repository, serialized: PUT and DELETE .../attachment and disconnect all use it. */
+  repository: (organizationId: string, repositoryId: string) => `repository:${organizationId}:${repositoryId}`,
+  /**
+   * The exception to the rule above: a delivery can concern several organizations, and its id must
+   * be known before any lookup so a redelivery maps onto the same run (exactly once).
+   */
+  event: (provider: Provider, deliveryId: string) => `event:${provider}:${deliveryId}`,
 };
+
+export function parseEventWorkflowId(workflowId: string): { provider: Provider; deliveryId: string } | undefined {
+  const match = /^event:(github|gitlab|bitbucket|azure-devops):(.+)$/s.exec(workflowId);
+  return match ? { provider: match[1] as Provider, deliveryId: match[2]! } : undefined;
+}
 
 export interface ParsedWorkflowId {
   kind: string;
@@ -46,7 +121,7 @@ export interface ParsedWorkflowId {
 
 export function parseWorkflowId(workflowId: string): ParsedWorkflowId | undefined {
   const [kind, organizationId, ...rest] = workflowId.split(':');
-  if (!kind || !organizationId || rest.length === 0) return undefined;
+  if (!kind || !organizationId || rest.length === 0 || kind === 'event') return undefined;
   return { kind, organizationId, subject: rest.join(':') };
 }
 

@@ -1,2 +1,4 @@
 export { connectWorkflow } from './connect.ts';
 export { disconnectWorkflow } from './disconnect.ts';
+export { eventWorkflow } from './event.ts';
+export { repositoryWorkflow } from './repository.ts';

@@ -169,5 +169,18 @@ export async function resultOf<T = unknown>(h: Harness, workflowId: string): Pro
 /** The run's full history as JSON text, for secret checks. */
 export async function historyText(h: Harness, workflowId: string): Promise<string> {
   const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
-  return JSON.stringify(history, (_k, v) => (typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? Buffer.from(v).toString('utf8') : v));
+  return JSON.stringify(decodedBytes(history));
+}
+
+/**
+ * The history with every payload's bytes as text. JSON.stringify alone would call the protobuf
+ * messages' toJSON, which turns bytes into base64 before a replacer sees them: a secret inside a
+ * payload would then never match.
+ */
+function decodedBytes(value: unknown): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('utf8');
+  if (typeof value === 'bigint') return value.toString();
+  if (Array.isArray(value)) return value.map(decodedBytes);
+  if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, decodedBytes(v)]));
+  return value;
 }

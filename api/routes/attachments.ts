@@ -1,0 +1,135 @@
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import { findAttachment, findOrganizationRepository } from '../../lib/db/repositories/attachments.ts';
+import { ATTACHMENT_STATUSES } from '../../lib/domain.ts';
+import {
+  attachmentRequested,
+  SA_ORGANIZATION,
+  SA_PROVIDER,
+  SA_REPOSITORY,
+  workflowIds,
+  type AttachmentAction,
+  type RepositoryWorkflowInput,
+} from '../../workflows/contract.ts';
+import { resolveOrganization } from '../auth.ts';
+import type { AppEnv } from '../context.ts';
+import { notFound, Problem, problemResponse } from '../problem.ts';
+
+const AttachmentSchema = z
+  .object({
+    status: z.enum(ATTACHMENT_STATUSES),
+    reason: z.string().optional(),
+    hooks: z.array(z.object({ providerHookId: z.string(), events: z.array(z.string()) })),
+    workflowId: z.string().openapi({ description: "The repository's attach/detach workflow (GET /api/v1/workflows/{workflowId})" }),
+  })
+  .openapi('Attachment');
+
+const Accepted = z.object({ workflowId: z.string() });
+const RepositoryParam = z.object({ org: z.string().min(1), id: z.uuid() });
+
+const errors = {
+  400: problemResponse('Invalid request'),
+  401: problemResponse('Missing or bad token'),
+  404: problemResponse('No such organization or repository'),
+};
+
+/**
+ * Queues an attach or a detach on the repository's workflow with signalWithStart: it starts the
+ * workflow, or adds the request to the run already there, which carries requests out in order.
+ */
+async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryId: string, action: AttachmentAction) {
+  const { deps } = c.var;
+  const org = await resolveOrganization(c, orgRef);
+  const repository = await findOrganizationRepository(deps.db, org.id, repositoryId);
+  if (!repository) throw notFound(`repository ${repositoryId}`);
+  if (action === 'attach' && repository.connection_status !== 'active') {
+    throw new Problem(409, 'Conflict', `connection ${repository.connection_id} is ${repository.connection_status}: attaching needs an active connection`);
+  }
+  const workflowId = workflowIds.repository(org.id, repository.id);
+  const input: RepositoryWorkflowInput = { organizationId: org.id, repositoryId: repository.id, pending: [] };
+  try {
+    await deps.temporal.workflow.signalWithStart('repositoryWorkflow', {
+      taskQueue: deps.taskQueue,
+      workflowId,
+      args: [input],
+      signal: attachmentRequested,
+      signalArgs: [{ action }],
+      typedSearchAttributes: [
+        { key: SA_ORGANIZATION, value: org.id },
+        { key: SA_PROVIDER, value: repository.provider },
+        { key: SA_REPOSITORY, value: repository.id },
+      ],
+    });
+  } catch (error) {
+    deps.logger.error({ err: error, workflowId }, 'could not queue the attachment request');
+    throw new Problem(503, 'Service Unavailable', 'the workflow engine is not reachable; nothing was changed, try again');
+  }
+  return workflowId;
+}
+
+export function attachmentRoutes() {
+  const app = new OpenAPIHono<AppEnv>();
+  const accepted = {
+    202: { description: 'Accepted: the request is queued on the repository workflow', content: { 'application/json': { schema: Accepted } } },
+    503: problemResponse('Temporal unavailable'),
+    ...errors,
+  };
+
+  app.openapi(
+    createRoute({
+      method: 'put',
+      path: '/{org}/repositories/{id}/attachment',
+      summary: 'Attach the repository: create its hook set (idempotent; on an attached repository, reconciles its hooks)',
+      request: { params: RepositoryParam },
+      responses: { ...accepted, 409: problemResponse('The connection is not active') },
+    }),
+    async (c) => {
+      const { org, id } = c.req.valid('param');
+      return c.json({ workflowId: await requestAttachment(c, org, id, 'attach') }, 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/{org}/repositories/{id}/attachment',
+      summary: 'Detach the repository: delete its hooks (idempotent)',
+      request: { params: RepositoryParam },
+      responses: accepted,
+    }),
+    async (c) => {
+      const { org, id } = c.req.valid('param');
+      return c.json({ workflowId: await requestAttachment(c, org, id, 'detach') }, 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/{org}/repositories/{id}/attachment',
+      summary: "The repository's attachment state and the hooks recorded for it",
+      request: { params: RepositoryParam },
+      responses: { 200: { description: 'OK', content: { 'application/json': { schema: AttachmentSchema } } }, ...errors },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const params = c.req.valid('param');
+      const org = await resolveOrganization(c, params.org);
+      const repository = await findOrganizationRepository(deps.db, org.id, params.id);
+      if (!repository) throw notFound(`repository ${params.id}`);
+      // A repository never attached is simply detached.
+      const attachment = (await findAttachment(deps.db, repository.id)) ?? { status: 'detached' as const, reason: null, hooks: [] };
+      return c.json(
+        {
+          status: attachment.status,
+          ...(attachment.reason ? { reason: attachment.reason } : {}),
+          hooks: attachment.hooks,
+          workflowId: workflowIds.repository(org.id, repository.id),
+        },
+        200,
+      );
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,162 @@
+import type { Kysely, Transaction } from 'kysely';
+import type { AttachmentStatus, Provider } from '../../domain.ts';
+import type { Database } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+export interface RecordedHook {
+  providerHookId: string;
+  events: string[];
+}
+
+export interface AttachmentView {
+  status: AttachmentStatus;
+  reason: string | null;
+  hooks: RecordedHook[];
+}
+
+/** A cached repository of an organization, with what the API needs to know about its connection. */
+export async function findOrganizationRepository(db: Executor, organizationId: string, repositoryId: string) {
+  return db
+    .selectFrom('repositories as r')
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
+    .select(['r.id', 'r.organization_id', 'r.provider', 'r.full_name', 'r.connection_id', 'c.status as connection_status'])
+    .where('r.organization_id', '=', organizationId)
+    .where('r.id', '=', repositoryId)
+    .executeTakeFirst();
+}
+
+/** The repository and its connection's sealed credential, for activities only. */
+export async function loadRepositoryTarget(db: Executor, organizationId: string, repositoryId: string) {
+  return db
+    .selectFrom('repositories as r')
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
+    .select([
+      'r.id',
+      'r.organization_id',
+      'r.provider',
+      'r.external_id',
+      'r.full_name',
+      'c.id as connection_id',
+      'c.base_url',
+      'c.external_key',
+      'c.status as connection_status',
+      'c.credential',
+    ])
+    .where('r.organization_id', '=', organizationId)
+    .where('r.id', '=', repositoryId)
+    .executeTakeFirst();
+}
+
+/** The attachment of a repository and its recorded hooks; undefined when it was never attached. */
+export async function findAttachment(db: Executor, repositoryId: string): Promise<AttachmentView | undefined> {
+  const row = await db.selectFrom('attachments').select(['id', 'status', 'reason']).where('repository_id', '=', repositoryId).executeTakeFirst();
+  if (!row) return undefined;
+  const hooks = await db
+    .selectFrom('hooks')
+    .select(['provider_hook_id', 'events'])
+    .where('attachment_id', '=', row.id)
+    .orderBy('created_at')
+    .orderBy('provider_hook_id')
+    .execute();
+  return { status: row.status, reason: row.reason, hooks: hooks.map((h) => ({ providerHookId: h.provider_hook_id, events: h.events })) };
+}
+
+/**
+ * Sets the attachment's status (creating the row on first use) and returns its id. `keepAttached`
+ * leaves an attached repository attached: re-attaching reconciles its hooks while events keep flowing.
+ */
+export async function setAttachmentStatus(
+  db: Executor,
+  values: { organizationId: string; repositoryId: string; status: AttachmentStatus; reason?: string | null; keepAttached?: boolean },
+): Promise<string> {
+  const reason = values.reason ?? null;
+  const row = await db
+    .insertInto('attachments')
+    .values({ organization_id: values.organizationId, repository_id: values.repositoryId, status: values.status, reason })
+    .onConflict((oc) =>
+      oc.column('repository_id').doUpdateSet((eb) => ({
+        status: values.keepAttached
+          ? eb.case().when('attachments.status', '=', 'attached').then('attached' as AttachmentStatus).else(values.status).end()
+          : values.status,
+        reason,
+        updated_at: new Date(),
+      })),
+    )
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return row.id;
+}
+
+export async function attachmentIdOf(db: Executor, repositoryId: string): Promise<string | undefined> {
+  return (await db.selectFrom('attachments').select('id').where('repository_id', '=', repositoryId).executeTakeFirst())?.id;
+}
+
+export async function recordedHookIds(db: Executor, repositoryId: string): Promise<string[]> {
+  const rows = await db
+    .selectFrom('hooks')
+    .innerJoin('attachments', 'attachments.id', 'hooks.attachment_id')
+    .select('hooks.provider_hook_id')
+    .where('attachments.repository_id', '=', repositoryId)
+    .orderBy('hooks.created_at')
+    .execute();
+  return rows.map((r) => r.provider_hook_id);
+}
+
+export async function recordHook(db: Executor, attachmentId: string, hook: RecordedHook): Promise<void> {
+  await db
+    .insertInto('hooks')
+    .values({ attachment_id: attachmentId, provider_hook_id: hook.providerHookId, events: JSON.stringify(hook.events) })
+    .onConflict((oc) => oc.columns(['attachment_id', 'provider_hook_id']).doUpdateSet({ events: JSON.stringify(hook.events) }))
+    .execute();
+}
+
+export async function forgetHooks(db: Executor, repositoryId: string, providerHookIds: string[]): Promise<void> {
+  if (providerHookIds.length === 0) return;
+  await db
+    .deleteFrom('hooks')
+    .where('attachment_id', 'in', (eb) => eb.selectFrom('attachments').select('id').where('repository_id', '=', repositoryId))
+    .where('provider_hook_id', 'in', providerHookIds)
+    .execute();
+}
+
+/** Drops every recorded hook of the repository except `keep`. */
+export async function forgetHooksExcept(db: Executor, repositoryId: string, keep: string[]): Promise<void> {
+  let query = db.deleteFrom('hooks').where('attachment_id', 'in', (eb) => eb.selectFrom('attachments').select('id').where('repository_id', '=', repositoryId));
+  if (keep.length > 0) query = query.where('provider_hook_id', 'not in', keep);
+  await query.execute();
+}
+
+/**
+ * Whether another cached repository row for the same provider repository (another organization, or
+ * another connection to the same instance) holds an attachment that is attached or being attached.
+ * Hooks point at one delivery URL per provider, so such an attachment relies on the same hooks.
+ */
+export async function hooksSharedWithAnotherAttachment(db: Executor, repositoryId: string): Promise<boolean> {
+  const row = await db
+    .selectFrom('repositories as r')
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
+    .innerJoin('repositories as other', (join) => join.onRef('other.provider', '=', 'r.provider').onRef('other.external_id', '=', 'r.external_id').onRef('other.id', '<>', 'r.id'))
+    .innerJoin('connections as oc', 'oc.id', 'other.connection_id')
+    .innerJoin('attachments as a', 'a.repository_id', 'other.id')
+    .select('a.id')
+    .where('r.id', '=', repositoryId)
+    .whereRef('oc.base_url', '=', 'c.base_url')
+    .where('a.status', 'in', ['attaching', 'attached'])
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+/** Repositories of a connection that are not detached (attached, in flight, or failed with hooks possibly left). */
+export async function listUndetachedRepositories(db: Executor, connectionId: string): Promise<{ repositoryId: string; provider: Provider }[]> {
+  const rows = await db
+    .selectFrom('attachments as a')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select(['r.id', 'r.provider'])
+    .where('r.connection_id', '=', connectionId)
+    .where('a.status', '<>', 'detached')
+    .orderBy('r.full_name')
+    .orderBy('r.id')
+    .execute();
+  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider }));
+}

@@ -1,0 +1,248 @@
+import type { temporal } from '@temporalio/proto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
+import {
+  attachmentOf,
+  deliveryUrlOf,
+  expectExactHookSet,
+  expectRecorded,
+  gitlabWorld,
+  HOOK_WORLDS,
+  outcomeOf,
+  requestAttachment,
+  seedConnection,
+  seedRepository,
+  type HookWorld,
+  type Org,
+} from '../support/attachments.ts';
+import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+
+const PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
+
+/**
+ * An attachment over time: hooks deleted or disabled at the provider and restored by re-attach,
+ * copies adopted, attach and detach of one repository serialized, detach of hooks already gone,
+ * hooks shared with another organization, and disconnect detaching every repository first.
+ */
+describe('attachment lifecycle', () => {
+  let h: Harness;
+  let org: Org;
+  const worlds = {} as Record<(typeof PROVIDERS)[number], HookWorld>;
+
+  beforeAll(async () => {
+    h = await startHarness();
+    const created = await createOrgWithToken(h);
+    org = { id: created.org.id, slug: created.org.slug, token: created.token };
+    for (const provider of PROVIDERS) worlds[provider] = await HOOK_WORLDS[provider](h, org);
+  });
+  afterEach(() => {
+    for (const world of Object.values(worlds)) world.proxy.fault = () => undefined;
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(Object.values(worlds).map((w) => w.close()));
+  });
+
+  /** A rule applying `fault` to the next hook creation only. */
+  function onFirstCreation(world: HookWorld, fault: ProxyFault) {
+    let applied = false;
+    return (request: ProxiedRequest): ProxyFault | undefined => {
+      if (applied || !world.isCreate(request)) return undefined;
+      applied = true;
+      return fault;
+    };
+  }
+  const createCalls = (world: HookWorld, from: number) => world.server.calls.slice(from).filter((c) => c.operation === world.ops.create);
+
+  async function attached(world: HookWorld) {
+    const repo = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    return { repo, hooks: expectExactHookSet(world, repo) };
+  }
+
+  /** Waits, on the server's long poll (no sleeping), until the run's history holds a signal `name` sent by `from`. */
+  async function signalReceived(workflowId: string, name: string, from: string): Promise<void> {
+    let nextPageToken: Uint8Array | undefined;
+    for (;;) {
+      const page = await h.client.workflowService.getWorkflowExecutionHistory({ namespace: 'default', execution: { workflowId }, nextPageToken, waitNewEvent: true });
+      const events: temporal.api.history.v1.IHistoryEvent[] = page.history?.events ?? [];
+      if (events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === name && e.workflowExecutionSignaledEventAttributes.externalWorkflowExecution?.workflowId === from)) return;
+      if (!page.nextPageToken?.length) throw new Error(`${workflowId} closed without signal ${name} from ${from}`);
+      nextPageToken = page.nextPageToken;
+    }
+  }
+
+  it.each(PROVIDERS)('%s: a hook deleted by hand is restored by re-attach, and the records follow', async (provider) => {
+    const world = worlds[provider];
+    const { repo, hooks } = await attached(world);
+    const removed = hooks.at(-1)!;
+    repo.deleteByHand(removed.id);
+    const from = world.server.calls.length;
+    const { result } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'));
+
+    expect(result?.status).toBe('attached');
+    const restored = expectExactHookSet(world, repo);
+    expect(createCalls(world, from).map((c) => c.status)).toEqual([world.provider === 'gitlab' ? 201 : 200]);
+    expect(restored.map((hook) => hook.id)).not.toContain(removed.id);
+    const attachment = await attachmentOf(h, org, repo.repositoryId);
+    expect(attachment.status).toBe('attached');
+    expectRecorded(attachment, restored);
+  });
+
+  it('GitLab: a hook the provider disabled is re-enabled in place by re-attach', async () => {
+    const world = worlds.gitlab;
+    const { repo, hooks } = await attached(world);
+    world.disableByProvider!(repo, hooks[0]!.id);
+    expect(repo.hooks()[0]!.enabled).toBe(false);
+    const from = world.server.calls.length;
+    await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'));
+    expect(expectExactHookSet(world, repo).map((hook) => hook.id)).toEqual([hooks[0]!.id]);
+    expect(createCalls(world, from)).toHaveLength(0);
+  });
+
+  it('Azure DevOps: subscriptions disabled by the system or on probation are replaced (enabled again) by re-attach', async () => {
+    const world = worlds['azure-devops'];
+    const { repo, hooks } = await attached(world);
+    world.disableByProvider!(repo, hooks[0]!.id, 'disabledBySystem');
+    world.disableByProvider!(repo, hooks[2]!.id, 'onProbation');
+    expect(repo.hooks().filter((hook) => !hook.enabled)).toHaveLength(2);
+    const from = world.server.calls.length;
+    await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'));
+    const after = expectExactHookSet(world, repo);
+    expect(after.map((hook) => hook.id).sort()).toEqual(hooks.map((hook) => hook.id).sort());
+    expect(createCalls(world, from)).toHaveLength(0);
+    // Replaced with our full subscription, status enabled, Basic password included.
+    const replaced = world.server.calls.slice(from).filter((c) => c.operation === world.ops.update).map((c) => c.body as { status: string; consumerInputs: Record<string, string> });
+    expect(replaced).toHaveLength(3);
+    for (const body of replaced) expect(body).toMatchObject({ status: 'enabled', consumerInputs: { basicAuthPassword: TEST_WEBHOOK_SECRETS.azureDevOps.pass } });
+  });
+
+  it.each(PROVIDERS)('%s: copies of the hook set at our delivery URL are deleted, the recorded hooks kept with our secret', async (provider) => {
+    const world = worlds[provider];
+    const { repo, hooks } = await attached(world);
+    await repo.addCopyOfHookSet();
+    expect(repo.hooks()).toHaveLength(2 * world.hookSet.length);
+    const from = world.server.calls.length;
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    expect(expectExactHookSet(world, repo).map((hook) => hook.id).sort()).toEqual(hooks.map((hook) => hook.id).sort());
+    expect(createCalls(world, from)).toHaveLength(0);
+    expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
+  });
+
+  it.each(PROVIDERS)('%s: with no record of the hooks (a crash before recording), attach adopts what is there and fixes its secret', async (provider) => {
+    const world = worlds[provider];
+    const repo = await world.newRepository();
+    await repo.addCopyOfHookSet();
+    const from = world.server.calls.length;
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = expectExactHookSet(world, repo);
+    expect(createCalls(world, from)).toHaveLength(0);
+    expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
+  });
+
+  it.each(PROVIDERS)('%s: a detach sent while an attach is creating hooks runs after it and ends with no hooks', async (provider) => {
+    const world = worlds[provider];
+    const repo = await world.newRepository();
+    const hold = manualHold();
+    world.proxy.fault = onFirstCreation(world, hold.fault);
+    const attachId = await requestAttachment(h, org, repo.repositoryId, 'PUT');
+    await hold.held;
+    // Accepted means the request is in the run's history: it is queued behind the attach in flight.
+    const detachId = await requestAttachment(h, org, repo.repositoryId, 'DELETE');
+    expect(detachId).toBe(attachId);
+    expect((await attachmentOf(h, org, repo.repositoryId)).status).toBe('attaching');
+    hold.release('answer');
+
+    expect((await outcomeOf(h, detachId)).result).toEqual({ status: 'detached', hookIds: [], requests: 2 });
+    expect(repo.hooks()).toEqual([]);
+    expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
+    // One run did both, in order: the attach completed before the detach began.
+    const history = await h.client.workflow.getHandle(detachId).fetchHistory();
+    const activities = (history.events ?? []).map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(activities.indexOf('completeAttachment')).toBeLessThan(activities.indexOf('beginDetachment'));
+  });
+
+  it.each(PROVIDERS)('%s: detach succeeds when the hooks are already gone', async (provider) => {
+    const world = worlds[provider];
+    const { repo, hooks } = await attached(world);
+    for (const hook of hooks) repo.deleteByHand(hook.id);
+    const from = world.server.calls.length;
+    const { result } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+    expect(result?.status).toBe('detached');
+    expect(repo.hooks()).toEqual([]);
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete).map((c) => c.status)).toEqual(hooks.map(() => 404));
+    expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
+  });
+
+  it('detach sweeps a hook at our delivery URL that was never recorded, and leaves other hooks alone', async () => {
+    const world = worlds.gitlab;
+    const { repo } = await attached(world);
+    // Someone else's hook on the same repository, and a copy of ours our records never knew about.
+    const api = `${world.proxy.url}/api/v4/projects/${repo.externalId}/hooks`;
+    const headers = { 'private-token': world.credential, 'content-type': 'application/json' };
+    await fetch(api, { method: 'POST', headers, body: JSON.stringify({ url: 'https://ci.example.com/hook', push_events: true }) });
+    await fetch(api, { method: 'POST', headers, body: JSON.stringify({ url: deliveryUrlOf('gitlab'), push_events: true }) });
+    expect(repo.hooks()).toHaveLength(3);
+    await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+    expect(repo.hooks().map((hook) => hook.url)).toEqual(['https://ci.example.com/hook']);
+  });
+
+  it('hooks another organization relies on stay until its attachment is detached too', async () => {
+    const world = worlds.gitlab;
+    const { repo } = await attached(world);
+    const created = await createOrgWithToken(h);
+    const second: Org = { id: created.org.id, slug: created.org.slug, token: created.token };
+    const connectionId = await seedConnection(h, { organizationId: second.id, provider: 'gitlab', baseUrl: world.proxy.url, secret: world.credential });
+    const sameProject = await seedRepository(h, { organizationId: second.id, connectionId, provider: 'gitlab', externalId: repo.externalId, fullName: repo.fullName });
+
+    expect((await outcomeOf(h, await requestAttachment(h, second, sameProject, 'PUT'))).result?.status).toBe('attached');
+    const [hook] = expectExactHookSet(world, repo);
+    expect((await attachmentOf(h, second, sameProject)).hooks.map((r) => r.providerHookId)).toEqual([hook!.id]);
+
+    // The first organization detaches: the second still relies on the hook.
+    await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+    expect(expectExactHookSet(world, repo).map((r) => r.id)).toEqual([hook!.id]);
+    expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
+
+    await outcomeOf(h, await requestAttachment(h, second, sameProject, 'DELETE'));
+    expect(repo.hooks()).toEqual([]);
+  });
+
+  it('disconnect detaches every repository of the connection first, waiting for an attach in flight, then deletes the credential', async () => {
+    const world = await gitlabWorld(h, org);
+    try {
+      const first = await attached(world);
+      const second = await attached(world);
+      const failedRepo = await world.newRepository();
+      world.proxy.fault = onFirstCreation(world, world.refusal);
+      expect((await outcomeOf(h, await requestAttachment(h, org, failedRepo.repositoryId, 'PUT'))).failure).toBeDefined();
+      const untouched = await world.newRepository();
+
+      // An attach in flight when disconnect starts: disconnect queues its detach on the same run.
+      const inFlight = await world.newRepository();
+      const hold = manualHold();
+      world.proxy.fault = onFirstCreation(world, hold.fault);
+      const inFlightId = await requestAttachment(h, org, inFlight.repositoryId, 'PUT');
+      await hold.held;
+
+      const res = await h.request('DELETE', `/api/v1/orgs/${org.slug}/connections/${world.connectionId}`, { token: org.token });
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      await signalReceived(inFlightId, 'attachmentRequested', workflowId);
+      hold.release('answer');
+
+      const result = await resultOf<{ status: string; detachedRepositories: number; notDetached?: unknown }>(h, workflowId);
+      // Three attached (one in flight) and one failed attach: all detached; the never-attached one not touched.
+      expect(result).toEqual({ status: 'disconnected', detachedRepositories: 4 });
+      for (const repo of [first.repo, second.repo, failedRepo, inFlight, untouched]) expect(repo.hooks()).toEqual([]);
+      for (const repo of [first.repo, second.repo, failedRepo, inFlight]) expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
+      expect((await attachmentOf(h, org, untouched.repositoryId)).status).toBe('detached');
+      // The in-flight run did its attach, then the detach the disconnect asked for.
+      expect((await outcomeOf(h, inFlightId)).result).toEqual({ status: 'detached', hookIds: [], requests: 2 });
+      const row = await h.db.selectFrom('connections').select(['status', 'credential']).where('id', '=', world.connectionId).executeTakeFirstOrThrow();
+      expect(row).toEqual({ status: 'disconnected', credential: null });
+    } finally {
+      await world.close();
+    }
+  });
+});

@@ -1,0 +1,127 @@
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+/**
+ * A reverse proxy in front of a fake provider that injects the network faults a fake's own
+ * `failNext` cannot: an answer lost after the provider acted on the request (the provider stored
+ * the hook, the client saw the connection drop), or an answer withheld until the test releases it
+ * (a step caught in flight, e.g. while the worker is restarted or another request is queued).
+ */
+export interface ProxiedRequest {
+  method: string;
+  /** Path and query string. */
+  url: string;
+  body: string;
+}
+
+export type ProxyFault =
+  /** Answered by the proxy; the provider never sees the request. */
+  | { kind: 'answer'; status: number; headers?: Record<string, string>; body?: string }
+  /** Forwarded; the provider acts on it, then the connection is destroyed instead of answering. */
+  | { kind: 'lose-answer' }
+  /** Forwarded; the answer waits for `release`, then is sent ('answer') or the connection destroyed ('drop'). */
+  | { kind: 'hold'; onHeld: () => void; release: Promise<'answer' | 'drop'> };
+
+export interface FlakyProxy {
+  url: string;
+  /** Decides each request's fate; undefined (the default) forwards it untouched. */
+  fault: (request: ProxiedRequest) => ProxyFault | undefined;
+  /** Every request the proxy received, in order. */
+  readonly requests: ProxiedRequest[];
+  close(): Promise<void>;
+}
+
+const HOP_BY_HOP = new Set(['host', 'connection', 'content-length', 'transfer-encoding', 'keep-alive', 'accept-encoding']);
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export async function startFlakyProxy(upstream: string): Promise<FlakyProxy> {
+  const origin = new URL(upstream).origin;
+  const sockets = new Set<Socket>();
+  const requests: ProxiedRequest[] = [];
+  const proxy: FlakyProxy = { url: '', fault: () => undefined, requests, close };
+
+  const server: Server = createServer(async (req, res) => {
+    const request: ProxiedRequest = { method: req.method ?? 'GET', url: req.url ?? '/', body: await readBody(req) };
+    requests.push(request);
+    const fault = proxy.fault(request);
+    if (fault?.kind === 'answer') {
+      res.writeHead(fault.status, { 'content-type': 'application/json', ...fault.headers });
+      res.end(fault.body ?? JSON.stringify({ message: `injected ${fault.status}` }));
+      return;
+    }
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (!HOP_BY_HOP.has(name) && value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    let answer: Response;
+    let payload: Buffer;
+    try {
+      answer = await fetch(`${origin}${request.url}`, {
+        method: request.method,
+        headers,
+        body: request.method === 'GET' || request.method === 'HEAD' ? undefined : request.body,
+        redirect: 'manual',
+      });
+      payload = Buffer.from(await answer.arrayBuffer());
+    } catch (error) {
+      res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end(`proxy could not reach ${origin}: ${(error as Error).message}`);
+      return;
+    }
+    if (fault?.kind === 'lose-answer') {
+      req.socket.destroy();
+      return;
+    }
+    if (fault?.kind === 'hold') {
+      fault.onHeld();
+      if ((await fault.release) === 'drop') {
+        req.socket.destroy();
+        return;
+      }
+    }
+    const answerHeaders: Record<string, string> = {};
+    answer.headers.forEach((value, name) => {
+      if (!HOP_BY_HOP.has(name) && name !== 'content-encoding') answerHeaders[name] = value;
+    });
+    res.writeHead(answer.status, answerHeaders);
+    res.end(payload);
+  });
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  proxy.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  async function close(): Promise<void> {
+    for (const socket of sockets) socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+  return proxy;
+}
+
+/** A fault rule that fails the first attempt of every distinct request (method, URL and body) with the next of `faults`, in turn. */
+export function failEachRequestOnce(faults: ProxyFault[]): (request: ProxiedRequest) => ProxyFault | undefined {
+  const seen = new Set<string>();
+  let next = 0;
+  return (request) => {
+    const key = `${request.method} ${request.url} ${request.body}`;
+    if (seen.has(key)) return undefined;
+    seen.add(key);
+    return faults[next++ % faults.length];
+  };
+}
+
+/** A hold the test releases by hand; `held` resolves once the provider has acted on the request. */
+export function manualHold(): { fault: ProxyFault; held: Promise<void>; release: (how: 'answer' | 'drop') => void } {
+  let onHeld!: () => void;
+  let release!: (how: 'answer' | 'drop') => void;
+  const held = new Promise<void>((resolve) => (onHeld = resolve));
+  const released = new Promise<'answer' | 'drop'>((resolve) => (release = resolve));
+  return { fault: { kind: 'hold', onHeld, release: released }, held, release };
+}

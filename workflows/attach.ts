@@ -1,0 +1,80 @@
+import { ApplicationFailure, CancellationScope, log, proxyActivities } from '@temporalio/workflow';
+import type { RepositoryKey } from '../activities/hooks.ts';
+import type { Activities } from '../activities/index.ts';
+import { AttachmentFailureTypes } from './contract.ts';
+import { failureReason } from './failure-reason.ts';
+
+/** Database bookkeeping: retried until the database answers. */
+const { beginAttachment, completeAttachment, failAttachment } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+/**
+ * Provider calls: 429/5xx/timeouts retried with backoff (a Retry-After sets the next delay), for a
+ * few minutes; 400/401/403/404/422 fail at once. Compensations use the same policy.
+ */
+const { verifyRepository, ensureHook, pruneHooks, removeHook } = proxyActivities<Activities>({
+  startToCloseTimeout: '2 minutes',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
+
+interface Compensation {
+  hookKey: string;
+  undo: () => Promise<unknown>;
+}
+
+/** Runs compensations in the order given; a failed one is logged and reported, never rethrown. */
+async function compensate(compensations: Compensation[]): Promise<string[]> {
+  const failed: string[] = [];
+  for (const { hookKey, undo } of compensations) {
+    try {
+      await undo();
+    } catch (error) {
+      log.error('compensation failed: the hook stays recorded so that a detach removes it', { hookKey, reason: failureReason(error) });
+      failed.push(hookKey);
+    }
+  }
+  return failed;
+}
+
+/**
+ * Attach as a saga: each hook of the repository's hook set is ensured by its own activity (listed
+ * first, adopted if it exists, created otherwise). Each step's compensation is registered before
+ * the step runs, so a permanent failure removes, in reverse order, every hook this attach created,
+ * even one whose creation answer was lost. The attachment is `attached` only once every hook is in
+ * place; otherwise it ends `failed` with the provider's reason and this throws a typed failure.
+ */
+export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
+  const compensations: Compensation[] = [];
+  const hookIds: string[] = [];
+  let fullName = key.repositoryId;
+  try {
+    const plan = await beginAttachment(key);
+    fullName = plan.fullName;
+    const { projectId } = await verifyRepository(key);
+    for (const hookKey of plan.hookKeys) {
+      // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
+      compensations.unshift({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
+      const hook = await ensureHook({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
+      hookIds.push(hook.providerHookId);
+    }
+    await pruneHooks({ ...key, keepHookIds: hookIds });
+    await completeAttachment(key);
+    return { hookIds };
+  } catch (error) {
+    const cause = failureReason(error);
+    // Undo even when the run is being cancelled: a half-made hook set must not stay behind.
+    const reason = await CancellationScope.nonCancellable(async () => {
+      const notUndone = await compensate(compensations);
+      const full = notUndone.length > 0 ? `${cause} (could not remove hook ${notUndone.join(', ')}: it stays recorded, a detach removes it)` : cause;
+      await failAttachment({ ...key, reason: full });
+      return full;
+    });
+    throw ApplicationFailure.create({
+      type: AttachmentFailureTypes.attachFailed,
+      message: `attaching ${fullName} failed: ${reason}`,
+      nonRetryable: true,
+      details: [{ repositoryId: key.repositoryId, reason }],
+    });
+  }
+}
