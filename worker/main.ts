@@ -1,3 +1,4 @@
+import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
@@ -6,6 +7,7 @@ import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createWorker } from './create-worker.ts';
+import { ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
 export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
@@ -13,7 +15,14 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl);
-  const connection = await NativeConnection.connect({ address: options.address ?? config.temporal.address ?? '127.0.0.1:7233' });
+  const address = options.address ?? config.temporal.address ?? '127.0.0.1:7233';
+  const connection = await NativeConnection.connect({ address });
+  const clientConnection = await Connection.connect({ address });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  const { cron, timeZone } = { cron: config.repositoryCache.schedule, timeZone: config.repositoryCache.timeZone };
+  const scheduled = await ensureRefreshSchedule(client, { cron, timeZone, taskQueue: config.temporal.taskQueue });
+  logger.info({ cron, timeZone, scheduled }, 'nightly repository refresh schedule in place');
+  await clientConnection.close();
   const worker = await createWorker({
     connection,
     namespace: config.temporal.namespace,

@@ -106,7 +106,51 @@ export const workflowIds = {
    * be known before any lookup so a redelivery maps onto the same run (exactly once).
    */
   event: (provider: Provider, deliveryId: string) => `event:${provider}:${deliveryId}`,
+  /** One organization's refresh on demand; one run at a time (a second request joins the running one). */
+  refreshOrganization: (organizationId: string) => `refresh:${organizationId}:now`,
+  /** A connection's listing: one at a time whoever asks (nightly or on demand). */
+  refreshConnection: (organizationId: string, connectionId: string) => `refresh:${organizationId}:connection:${connectionId}`,
 };
+
+/** The nightly Schedule; its runs are `refresh:all:<scheduled time>` (admin only through the API). */
+export const REFRESH_SCHEDULE_ID = 'forgelink-repository-refresh';
+export const REFRESH_ALL_WORKFLOW_ID_PREFIX = 'refresh:all';
+
+export interface RefreshInput {
+  /** Absent: every organization (the nightly run). */
+  organizationId?: string;
+}
+export interface RefreshResult {
+  connections: number;
+  refreshed: number;
+  failed: { connectionId: string; reason: string }[];
+}
+export interface ConnectionRefreshInput {
+  organizationId: string;
+  connectionId: string;
+  /** Carried over continue-as-new so a long listing goes on where it was. */
+  progress?: ListingProgress;
+}
+
+/** Where a connection's listing stands; heartbeated after every page so a retry resumes there. */
+export interface ListingProgress {
+  /** Cursor of the next page to fetch; undefined before the first page. */
+  cursor?: string;
+  pages: number;
+  apiCalls: number;
+  rowsWritten: number;
+  notModifiedPages: number;
+  /** Page keys visited so far in this listing (a page's key is the cursor that fetched it). */
+  visitedPageKeys: string[];
+}
+export interface ConnectionRefreshResult {
+  connectionId: string;
+  pages: number;
+  apiCalls: number;
+  rowsWritten: number;
+  notModifiedPages: number;
+  vanished: number;
+}
 
 export function parseEventWorkflowId(workflowId: string): { provider: Provider; deliveryId: string } | undefined {
   const match = /^event:(github|gitlab|bitbucket|azure-devops):(.+)$/s.exec(workflowId);

@@ -2,3 +2,4 @@ export { connectWorkflow } from './connect.ts';
 export { disconnectWorkflow } from './disconnect.ts';
 export { eventWorkflow } from './event.ts';
 export { repositoryWorkflow } from './repository.ts';
+export { refreshConnectionWorkflow, refreshRepositoriesWorkflow } from './refresh.ts';

@@ -1,0 +1,132 @@
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { Provider } from '../../domain.ts';
+import type { Database } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+export interface CachedRepository {
+  externalId: string;
+  fullName: string;
+  project?: string;
+  defaultBranch?: string;
+  webUrl?: string;
+}
+
+/**
+ * Inserts new repositories and updates changed ones (renamed, moved, new default branch, back from
+ * vanished); an unchanged row is not written at all. Returns the number of rows written.
+ */
+export async function upsertRepositories(
+  db: Executor,
+  scope: { organizationId: string; connectionId: string; provider: Provider },
+  repositories: CachedRepository[],
+): Promise<number> {
+  if (repositories.length === 0) return 0;
+  const unique = [...new Map(repositories.map((r) => [r.externalId, r])).values()];
+  const result = await db
+    .insertInto('repositories')
+    .values(
+      unique.map((r) => ({
+        organization_id: scope.organizationId,
+        connection_id: scope.connectionId,
+        provider: scope.provider,
+        external_id: r.externalId,
+        full_name: r.fullName,
+        project: r.project ?? null,
+        default_branch: r.defaultBranch ?? null,
+        web_url: r.webUrl ?? null,
+      })),
+    )
+    .onConflict((oc) =>
+      oc
+        .columns(['connection_id', 'external_id'])
+        .doUpdateSet((eb) => ({
+          full_name: eb.ref('excluded.full_name'),
+          project: eb.ref('excluded.project'),
+          default_branch: eb.ref('excluded.default_branch'),
+          web_url: eb.ref('excluded.web_url'),
+          vanished_at: null,
+          last_seen_at: sql<Date>`now()`,
+        }))
+        .where(
+          sql<boolean>`(repositories.full_name, repositories.project, repositories.default_branch, repositories.web_url, repositories.vanished_at)
+            is distinct from (excluded.full_name, excluded.project, excluded.default_branch, excluded.web_url, null::timestamptz)`,
+        ),
+    )
+    .executeTakeFirst();
+  return Number(result.numInsertedOrUpdatedRows ?? 0n);
+}
+
+/**
+ * Marks the connection's repositories that are not in `seen` as vanished, and flags their
+ * attachments (an attached repository is never dropped silently). Returns how many vanished.
+ */
+export async function markVanishedExcept(db: Executor, connectionId: string, seen: Set<string>): Promise<number> {
+  const live = await db.selectFrom('repositories').select(['id', 'external_id']).where('connection_id', '=', connectionId).where('vanished_at', 'is', null).execute();
+  const gone = live.filter((r) => !seen.has(r.external_id)).map((r) => r.id);
+  if (gone.length === 0) return 0;
+  await db.updateTable('repositories').set({ vanished_at: sql<Date>`now()` }).where('id', 'in', gone).execute();
+  await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', gone).execute();
+  return gone.length;
+}
+
+/** Marks single repositories vanished (an access change event said so). */
+export async function markRepositoriesVanished(db: Executor, connectionId: string, externalIds: string[]): Promise<number> {
+  if (externalIds.length === 0) return 0;
+  const rows = await db
+    .updateTable('repositories')
+    .set({ vanished_at: sql<Date>`now()` })
+    .where('connection_id', '=', connectionId)
+    .where('external_id', 'in', externalIds)
+    .where('vanished_at', 'is', null)
+    .returning('id')
+    .execute();
+  if (rows.length > 0) {
+    await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', rows.map((r) => r.id)).execute();
+  }
+  return rows.length;
+}
+
+export async function listingPage(db: Executor, connectionId: string, pageKey: string) {
+  return db.selectFrom('repository_listing_pages').select(['etag', 'external_ids']).where('connection_id', '=', connectionId).where('page_key', '=', pageKey).executeTakeFirst();
+}
+
+/** Remembers what a page held; an unchanged page is not written. */
+export async function saveListingPage(db: Executor, connectionId: string, pageKey: string, etag: string | undefined, externalIds: string[]): Promise<void> {
+  await db
+    .insertInto('repository_listing_pages')
+    .values({ connection_id: connectionId, page_key: pageKey, etag: etag ?? null, external_ids: JSON.stringify(externalIds) })
+    .onConflict((oc) =>
+      oc
+        .columns(['connection_id', 'page_key'])
+        .doUpdateSet((eb) => ({ etag: eb.ref('excluded.etag'), external_ids: eb.ref('excluded.external_ids') }))
+        .where(sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids) is distinct from (excluded.etag, excluded.external_ids)`),
+    )
+    .execute();
+}
+
+/** Every repository id the connection's listing saw, over the pages visited in this listing; forgets other pages. */
+export async function seenInListing(db: Executor, connectionId: string, visitedPageKeys: string[]): Promise<Set<string>> {
+  await db
+    .deleteFrom('repository_listing_pages')
+    .where('connection_id', '=', connectionId)
+    .$if(visitedPageKeys.length > 0, (q) => q.where('page_key', 'not in', visitedPageKeys))
+    .execute();
+  const pages = await db.selectFrom('repository_listing_pages').select('external_ids').where('connection_id', '=', connectionId).execute();
+  return new Set(pages.flatMap((p) => p.external_ids));
+}
+
+export async function recordRefreshOutcome(db: Executor, connectionId: string, error: string | null): Promise<void> {
+  await db.updateTable('connections').set({ refreshed_at: sql<Date>`now()`, refresh_error: error }).where('id', '=', connectionId).execute();
+}
+
+export async function activeConnectionIds(db: Executor, organizationId?: string): Promise<{ id: string; organizationId: string; provider: Provider }[]> {
+  const rows = await db
+    .selectFrom('connections')
+    .select(['id', 'organization_id', 'provider'])
+    .where('status', '=', 'active')
+    .$if(organizationId !== undefined, (q) => q.where('organization_id', '=', organizationId!))
+    .orderBy('id')
+    .execute();
+  return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, provider: r.provider }));
+}

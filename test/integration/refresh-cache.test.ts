@@ -1,0 +1,198 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
+import { workflowIds } from '../../workflows/contract.ts';
+import { ensureRefreshSchedule } from '../../worker/schedule.ts';
+import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { startFakeBitbucket } from '../fakes/bitbucket.ts';
+import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { startFakeGitlab } from '../fakes/gitlab.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { startFlakyProxy } from '../support/flaky-proxy.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
+
+interface PickerItem {
+  id: string;
+  connectionId: string;
+  provider: string;
+  externalId: string;
+  fullName: string;
+  project?: string;
+  attached: boolean;
+}
+
+describe('repository cache: refresh workflow, picker, schedule', () => {
+  let h: Harness;
+  let github: FakeGithub;
+  const closers: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    github = await startFakeGithub();
+    closers.push(() => github.close());
+    h = await startHarness({ github: { url: github.url, appId: github.appId, privateKeyPem: github.privateKeyPem } });
+  });
+  afterAll(async () => {
+    await h?.close();
+    for (const close of closers) await close();
+  });
+
+  async function newOrg() {
+    const { org, token } = await createOrgWithToken(h);
+    return { ...org, token };
+  }
+  async function refresh(org: { slug: string; token: string }): Promise<RefreshResult> {
+    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
+    expect(res.status).toBe(202);
+    return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
+  }
+  /** The last listing of a connection, as its workflow reported it. */
+  const listingOf = (organizationId: string, connectionId: string) => resultOf<ConnectionRefreshResult>(h, workflowIds.refreshConnection(organizationId, connectionId));
+  async function picker(org: { slug: string; token: string }, query = ''): Promise<PickerItem[]> {
+    const items: PickerItem[] = [];
+    let cursor: string | undefined;
+    do {
+      const qs = new URLSearchParams(query);
+      qs.set('limit', '40');
+      if (cursor) qs.set('cursor', cursor);
+      const res = await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?${qs}`, { token: org.token });
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { items: PickerItem[]; nextCursor?: string };
+      items.push(...body.items);
+      cursor = body.nextCursor;
+    } while (cursor);
+    return items;
+  }
+
+  it.each([
+    [0, 1],
+    [1, 2],
+    [100, 2],
+    [250, 4],
+  ])('GitLab: %i projects are cached through keyset pages (%i listing calls); an unchanged second run writes nothing', async (count, calls) => {
+    const gitlab = await startFakeGitlab();
+    closers.push(() => gitlab.close());
+    const org = await newOrg();
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    for (let i = 0; i < count; i++) gitlab.addProject({ pathWithNamespace: `group/project-${String(i).padStart(3, '0')}` });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token });
+
+    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [] });
+    expect(gitlab.server.count('listProjects')).toBe(calls);
+    const items = await picker(org);
+    expect(items).toHaveLength(count);
+    expect(new Set(items.map((i) => i.fullName)).size).toBe(count);
+    expect(items.every((i) => i.provider === 'gitlab' && i.connectionId === connectionId && !i.attached)).toBe(true);
+    expect((await listingOf(org.id, connectionId)).rowsWritten).toBe(count);
+
+    await refresh(org);
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ rowsWritten: 0, vanished: 0 });
+  });
+
+  it('GitHub: unchanged pages come back 304; removed and renamed repositories are reflected, an attached one flagged', async () => {
+    const org = await newOrg();
+    const installation = github.addInstallation({ account: { login: `acct-${randomUUID().slice(0, 6)}` } });
+    const repos = Array.from({ length: 150 }, (_, i) => github.addRepository(installation.id, { fullName: `acct/repo-${String(i).padStart(3, '0')}` }));
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'github', baseUrl: github.url, externalKey: String(installation.id) });
+
+    await refresh(org);
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ rowsWritten: 150, notModifiedPages: 0 });
+    expect(await picker(org)).toHaveLength(150);
+
+    await refresh(org);
+    const second = await listingOf(org.id, connectionId);
+    expect(second.rowsWritten).toBe(0);
+    expect(second.notModifiedPages).toBeGreaterThanOrEqual(2);
+
+    // Attach the one that will disappear, then change the installation.
+    const gone = repos[10]!;
+    const goneRow = await h.db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).where('external_id', '=', String(gone.id)).executeTakeFirstOrThrow();
+    await h.db.insertInto('attachments').values({ organization_id: org.id, repository_id: goneRow.id, status: 'attached' }).execute();
+    github.removeRepository(installation.id, gone.id);
+    github.renameRepository(repos[20]!.id, 'acct/renamed-repo');
+
+    await refresh(org);
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ vanished: 1, rowsWritten: 1 });
+    const items = await picker(org);
+    expect(items).toHaveLength(149);
+    expect(items.map((i) => i.fullName)).toContain('acct/renamed-repo');
+    expect(items.map((i) => i.externalId)).not.toContain(String(gone.id));
+    const attachment = await h.db.selectFrom('attachments').select(['status', 'repository_vanished']).where('repository_id', '=', goneRow.id).executeTakeFirstOrThrow();
+    expect(attachment).toEqual({ status: 'attached', repository_vanished: true });
+  });
+
+  it('one failing connection is recorded and does not stop the others; Azure DevOps repositories group by project', async () => {
+    const org = await newOrg();
+    const azure = await startFakeAzureDevOps({ organization: 'fabrikam' });
+    const bitbucket = await startFakeBitbucket();
+    closers.push(() => azure.close(), () => bitbucket.close());
+    azure.addPat({ pat: 'pat-ok', displayName: 'Lister', canManageHooks: true });
+    for (const project of ['Zeta', 'Alpha']) {
+      azure.addProject({ name: project });
+      for (const name of ['web', 'api']) azure.addRepository({ projectName: project, name });
+    }
+    const azureId = await seedConnection(h, { organizationId: org.id, provider: 'azure-devops', baseUrl: azure.url, externalKey: azure.url, secret: 'pat-ok' });
+    const brokenId = await seedConnection(h, { organizationId: org.id, provider: 'bitbucket', baseUrl: bitbucket.url, secret: 'revoked-token' });
+
+    const result = await refresh(org);
+    expect(result.connections).toBe(2);
+    expect(result.refreshed).toBe(1);
+    expect(result.failed).toEqual([{ connectionId: brokenId, reason: expect.stringMatching(/401/) }]);
+    const broken = await h.db.selectFrom('connections').select(['refresh_error', 'refreshed_at']).where('id', '=', brokenId).executeTakeFirstOrThrow();
+    expect(broken.refresh_error).toMatch(/401/);
+    const healthy = await h.db.selectFrom('connections').select(['refresh_error', 'refreshed_at']).where('id', '=', azureId).executeTakeFirstOrThrow();
+    expect(healthy.refresh_error).toBeNull();
+    expect(healthy.refreshed_at).not.toBeNull();
+
+    const items = await picker(org);
+    expect(items.map((i) => `${i.project}|${i.fullName}`)).toEqual(['Alpha|Alpha/api', 'Alpha|Alpha/web', 'Zeta|Zeta/api', 'Zeta|Zeta/web']);
+    // Search and the connection filter, and organization isolation.
+    expect((await picker(org, 'q=ZETA/')).map((i) => i.fullName)).toEqual(['Zeta/api', 'Zeta/web']);
+    expect(await picker(org, `connection=${brokenId}`)).toEqual([]);
+    const other = await newOrg();
+    expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories`, { token: other.token })).status).toBe(404);
+    expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=bogus`, { token: org.token })).status).toBe(400);
+  });
+
+  it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
+    const gitlab = await startFakeGitlab();
+    const proxy = await startFlakyProxy(gitlab.url);
+    closers.push(() => proxy.close(), () => gitlab.close());
+    const org = await newOrg();
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    for (let i = 0; i < 350; i++) gitlab.addProject({ pathWithNamespace: `big/p-${String(i).padStart(3, '0')}` });
+    let listings = 0;
+    proxy.fault = (request) => {
+      if (!request.url.includes('/projects?')) return undefined;
+      listings++;
+      if (listings === 2) return { kind: 'answer', status: 429, headers: { 'retry-after': '1', 'content-type': 'text/plain' }, body: 'Retry later' };
+      if (listings === 4) return { kind: 'lose-answer' };
+      return undefined;
+    };
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+
+    expect(await refresh(org)).toMatchObject({ refreshed: 1, failed: [] });
+    expect(await picker(org)).toHaveLength(350);
+    const firstPageRequests = proxy.requests.filter((r) => r.url.includes('/projects?') && !r.url.includes('id_after='));
+    // The retries resumed from the last heartbeated cursor: the first page was never fetched again.
+    expect(firstPageRequests).toHaveLength(1);
+    expect((await listingOf(org.id, connectionId)).pages).toBe(5);
+  });
+
+  it('keeps exactly one Schedule with the configured spec across worker restarts', async () => {
+    const scheduleId = `test-refresh-${randomUUID()}`;
+    const settings = { cron: '0 3 * * *', timeZone: 'Europe/Berlin', taskQueue: h.taskQueue, scheduleId };
+    expect(await ensureRefreshSchedule(h.client, settings)).toBe('created');
+    expect(await ensureRefreshSchedule(h.client, settings)).toBe('updated');
+    expect(await ensureRefreshSchedule(h.client, { ...settings, cron: '30 1 * * *' })).toBe('updated');
+    const description = await h.client.schedule.getHandle(scheduleId).describe();
+    expect(description.spec.timezone).toBe('Europe/Berlin');
+    expect(JSON.stringify(description.spec)).toContain('"minute":[{"start":30');
+    expect(description.policies.overlap).toBe('SKIP');
+    const ids: string[] = [];
+    for await (const s of h.client.schedule.list()) if (s.scheduleId === scheduleId) ids.push(s.scheduleId);
+    expect(ids).toEqual([scheduleId]);
+    await h.client.schedule.getHandle(scheduleId).delete();
+  });
+});
