@@ -6,6 +6,7 @@ import { createConnectionActivities } from './connections.ts';
 import { createDispatchActivities } from './dispatch.ts';
 import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
 import { createHookActivities } from './hooks.ts';
+import { createRepositoryCacheActivities } from './repository-cache.ts';
 import type { ProviderFactory } from './providers/port.ts';
 
 export interface ActivityDeps {
@@ -48,6 +49,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...createDispatchActivities(deps),
     ...createHookActivities(deps),
+    ...createRepositoryCacheActivities(deps),
   };
 }
 

@@ -5,6 +5,7 @@ import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
+import { repositoryPickerRoutes } from './routes/repository-picker.ts';
 import { eventRoutes } from './routes/events.ts';
 import { organizationRoutes } from './routes/organizations.ts';
 import { subscriberRoutes } from './routes/subscribers.ts';
@@ -62,6 +63,7 @@ export function createApp(deps: ApiDeps) {
   app.route('/api/v1/orgs', organizationRoutes());
   app.route('/api/v1/orgs', connectionRoutes());
   app.route('/api/v1/orgs', attachmentRoutes());
+  app.route('/api/v1/orgs', repositoryPickerRoutes());
   app.route('/api/v1/orgs', eventRoutes());
   app.route('/api/v1/orgs', subscriberRoutes());
   app.route('/api/v1/workflows', workflowRoutes());

@@ -30,8 +30,17 @@ export interface ConnectionsTable {
   pending_credential: string | null;
   status: ColumnType<ConnectionStatus, ConnectionStatus | undefined, ConnectionStatus>;
   reason: string | null;
+  refreshed_at: Date | null;
+  refresh_error: string | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
+}
+
+export interface RepositoryListingPagesTable {
+  connection_id: string;
+  page_key: string;
+  etag: string | null;
+  external_ids: Json<string[]>;
 }
 
 export interface RepositoriesTable {
@@ -70,7 +79,7 @@ export interface HooksTable {
 
 export interface EventsTable {
   id: Generated<string>;
-  organization_id: string | null;
+  organization_id: string;
   repository_id: string | null;
   provider: Provider;
   delivery_id: string;
@@ -98,6 +107,7 @@ export interface DispatchAttemptsTable {
   status_code: number | null;
   error: string | null;
   succeeded: boolean;
+  duration_ms: number | null;
   attempted_at: CreatedAt;
 }
 
@@ -105,6 +115,7 @@ export interface Database {
   organizations: OrganizationsTable;
   api_tokens: ApiTokensTable;
   connections: ConnectionsTable;
+  repository_listing_pages: RepositoryListingPagesTable;
   repositories: RepositoriesTable;
   attachments: AttachmentsTable;
   hooks: HooksTable;
