@@ -124,6 +124,8 @@ export interface RefreshResult {
   connections: number;
   refreshed: number;
   failed: { connectionId: string; reason: string }[];
+  /** Connections another refresh was listing at the time (the nightly run and an on-demand one met). */
+  alreadyRunning: string[];
 }
 export interface ConnectionRefreshInput {
   organizationId: string;

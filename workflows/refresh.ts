@@ -7,6 +7,7 @@ import {
   ParentClosePolicy,
   proxyActivities,
 } from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities/index.ts';
 import {
   type ConnectionRefreshInput,
@@ -41,6 +42,7 @@ const { listRepositoriesChunk } = proxyActivities<Activities>({
 export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<RefreshResult> {
   const connections = await listConnectionsToRefresh({ organizationId: input.organizationId });
   const failed: RefreshResult['failed'] = [];
+  const alreadyRunning: string[] = [];
   let refreshed = 0;
   const queue = [...connections];
   const lane = async () => {
@@ -59,6 +61,11 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
         });
         refreshed++;
       } catch (error) {
+        if (error instanceof WorkflowExecutionAlreadyStartedError) {
+          // Another refresh (nightly or on demand) is listing this connection right now: not a failure.
+          alreadyRunning.push(connection.id);
+          continue;
+        }
         // One connection's failure (revoked token, provider down, a listing already running) never stops the others.
         const reason = error instanceof ChildWorkflowFailure ? failureReason(error.cause ?? error) : failureReason(error);
         failed.push({ connectionId: connection.id, reason });
@@ -66,7 +73,7 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
-  return { connections: connections.length, refreshed, failed };
+  return { connections: connections.length, refreshed, failed, alreadyRunning };
 }
 
 /** Lists one connection's repositories page by page into the cache, then marks what vanished. */

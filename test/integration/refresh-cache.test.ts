@@ -77,7 +77,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     for (let i = 0; i < count; i++) gitlab.addProject({ pathWithNamespace: `group/project-${String(i).padStart(3, '0')}` });
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token });
 
-    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [] });
+    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [], alreadyRunning: [] });
     expect(gitlab.server.count('listProjects')).toBe(calls);
     const items = await picker(org);
     expect(items).toHaveLength(count);
