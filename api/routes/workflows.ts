@@ -1,6 +1,8 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
-import { parseWorkflowId } from '../../workflows/contract.ts';
+import { deliveryConcernsOrganization } from '../../lib/db/repositories/events.ts';
+import { parseEventWorkflowId, parseWorkflowId } from '../../workflows/contract.ts';
+import type { Context } from 'hono';
 import { mayAccessOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, problemResponse } from '../problem.ts';
@@ -27,6 +29,17 @@ function failureOf(error: unknown): { message: string; type?: string } {
   return { message: err?.message ?? String(error), ...(err?.type ? { type: err.type } : {}) };
 }
 
+/** Whether the caller may see the run: by the organization in its id, or for an event run, the organizations its delivery concerns. */
+async function mayAccessRun(c: Context<AppEnv>, workflowId: string): Promise<boolean> {
+  const event = parseEventWorkflowId(workflowId);
+  if (event) {
+    const principal = c.var.principal;
+    return principal.kind === 'admin' || deliveryConcernsOrganization(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId);
+  }
+  const parsed = parseWorkflowId(workflowId);
+  return parsed !== undefined && mayAccessOrganization(c, parsed.organizationId);
+}
+
 export function workflowRoutes() {
   const app = new OpenAPIHono<AppEnv>();
   app.openapi(
@@ -44,8 +57,7 @@ export function workflowRoutes() {
     async (c) => {
       const { deps } = c.var;
       const { workflowId } = c.req.valid('param');
-      const parsed = parseWorkflowId(workflowId);
-      if (!parsed || !mayAccessOrganization(c, parsed.organizationId)) throw notFound(`workflow ${workflowId}`);
+      if (!(await mayAccessRun(c, workflowId))) throw notFound(`workflow ${workflowId}`);
       const handle = deps.temporal.workflow.getHandle(workflowId);
       let description;
       try {

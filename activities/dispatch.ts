@@ -1,0 +1,99 @@
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { signHmacSha256 } from '../api/webhooks/verify.ts';
+import { open, type EncryptionKeys } from '../lib/crypto.ts';
+import type { Db } from '../lib/db/index.ts';
+import { findEvent } from '../lib/db/repositories/events.ts';
+import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
+import type { Logger } from '../lib/logger.ts';
+import { parseRetryAfter } from './providers/port.ts';
+import type { Dispatch } from './events.ts';
+
+export interface DispatchActivityDeps {
+  db: Db;
+  keys: EncryptionKeys;
+  logger: Logger;
+}
+
+export const DispatchFailureTypes = {
+  rejected: 'SubscriberRejected',
+  unreachable: 'SubscriberUnreachable',
+} as const;
+
+export interface DispatchOutcome {
+  delivered: boolean;
+  statusCode?: number;
+  /** Why nothing was sent: the subscriber or the event is gone, or an earlier attempt succeeded. */
+  skipped?: 'subscriber deleted' | 'event deleted' | 'already delivered';
+}
+
+/** One attempt may take this long; a slow subscriber counts as failed and is retried. */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Longest Retry-After honoured within the dispatch deadline. */
+const MAX_RETRY_AFTER_SECONDS = 60 * 60;
+
+export function createDispatchActivities({ db, keys, logger }: DispatchActivityDeps) {
+  return {
+    /**
+     * Sends one event to one subscriber, signed with the subscriber's secret
+     * (`X-Forgelink-Signature: sha256=<hex HMAC-SHA256 of the body>`), and records the attempt's
+     * outcome. A non-2xx answer or a network error fails the attempt so the workflow's retry
+     * policy tries again with backoff until the dispatch deadline; an event the subscriber already
+     * acknowledged is not sent again. Subscribers deduplicate on X-Forgelink-Event-Id, which stays
+     * the same across attempts (an acknowledgement lost in transit means a second send).
+     */
+    async dispatchEvent({ eventId, subscriberId }: Dispatch): Promise<DispatchOutcome> {
+      const { attempt } = Context.current().info;
+      const subscriber = await loadSubscriberForDispatch(db, subscriberId);
+      if (!subscriber) return { delivered: false, skipped: 'subscriber deleted' };
+      const event = await findEvent(db, subscriber.organization_id, eventId);
+      if (!event) return { delivered: false, skipped: 'event deleted' };
+      if (await hasSucceededDispatch(db, subscriberId, eventId)) return { delivered: true, skipped: 'already delivered' };
+
+      const body = JSON.stringify({ id: event.id, receivedAt: event.receivedAt.toISOString(), ...event.event });
+      const headers = {
+        'content-type': 'application/json',
+        'user-agent': 'forgelink-dispatch',
+        'x-forgelink-signature': signHmacSha256(open(keys, subscriber.secret, subscriber.id), body),
+        'x-forgelink-event': event.event.kind,
+        'x-forgelink-event-id': event.id,
+        'x-forgelink-attempt': String(attempt),
+      };
+      const started = performance.now();
+      const record = (outcome: { succeeded: boolean; statusCode?: number; error?: string }) =>
+        recordDispatchAttempt(db, { subscriberId, eventId, attempt, durationMs: Math.round(performance.now() - started), ...outcome });
+
+      let response: Response;
+      try {
+        // Redirects are not followed: the registered URL is the one that was checked.
+        response = await fetch(subscriber.url, { method: 'POST', headers, body, redirect: 'manual', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+        await response.arrayBuffer();
+      } catch (error) {
+        const reason = describeNetworkError(error);
+        await record({ succeeded: false, error: reason });
+        logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
+        throw ApplicationFailure.create({ type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}` });
+      }
+      if (response.status >= 200 && response.status < 300) {
+        await record({ succeeded: true, statusCode: response.status });
+        return { delivered: true, statusCode: response.status };
+      }
+      const error = response.status >= 300 && response.status < 400 ? 'redirects are not followed' : `answered ${response.status}`;
+      await record({ succeeded: false, statusCode: response.status, error });
+      logger.warn({ eventId, subscriberId, attempt, status: response.status }, 'subscriber rejected the event');
+      const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
+      throw ApplicationFailure.create({
+        type: DispatchFailureTypes.rejected,
+        message: `subscriber ${subscriberId} ${error}`,
+        nextRetryDelay: retryAfter !== undefined ? `${Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS)}s` : undefined,
+        details: [{ status: response.status }],
+      });
+    },
+  };
+}
+
+function describeNetworkError(error: unknown): string {
+  if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
+  const cause = error instanceof Error ? (error.cause as { code?: string; message?: string } | undefined) : undefined;
+  return cause?.code ?? cause?.message ?? (error instanceof Error ? error.message : String(error));
+}

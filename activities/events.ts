@@ -1,0 +1,123 @@
+import type { Db } from '../lib/db/index.ts';
+import {
+  findAttachedRepositories,
+  findConnectionsByExternalKey,
+  insertDeliveryEvents,
+  markCachedRepositoryVanished,
+  renameCachedRepository,
+  upsertCachedRepository,
+  type NewEventRow,
+} from '../lib/db/repositories/events.ts';
+import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
+import type { NormalizedEvent } from '../lib/domain.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { EventInput } from '../workflows/contract.ts';
+
+export interface EventActivityDeps {
+  db: Db;
+  logger: Logger;
+  /** subscribers.deliveryDeadlineSeconds. */
+  deliveryDeadlineSeconds: number;
+}
+
+export const DEFAULT_DELIVERY_DEADLINE_SECONDS = 24 * 60 * 60;
+
+/** One event to send to one subscriber. */
+export interface Dispatch {
+  eventId: string;
+  subscriberId: string;
+}
+
+export interface RecordedDelivery {
+  recorded: number;
+  dispatches: Dispatch[];
+  /** How long the workflow keeps retrying each dispatch. */
+  deliveryDeadlineSeconds: number;
+}
+
+/** An installation gaining or losing a repository: it concerns the connections bound to the installation. */
+export const isAccessChange = (event: NormalizedEvent) => event.kind === 'repository.added' || event.kind === 'repository.removed';
+
+export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: EventActivityDeps) {
+  return {
+    /**
+     * Records a delivery's events once per organization they concern and applies the repository
+     * cache changes they carry, in one transaction so the cache and the event log agree: an
+     * installation gaining or losing a repository upserts it or marks it vanished for every
+     * connection bound to the installation; any event naming an attached repository under a new
+     * name renames it. Returns the (event, subscriber) pairs to dispatch. Safe to repeat: a second
+     * run finds the rows already there and returns the same pairs.
+     */
+    async recordEvent(input: EventInput): Promise<RecordedDelivery> {
+      const { provider, deliveryId, events } = input;
+      const result = await db.transaction().execute(async (trx) => {
+        const attached = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
+        const installationConnections =
+          input.installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, input.installationId) : [];
+        const renamed = new Set<string>();
+        const rows: NewEventRow[] = [];
+        for (const [sequence, event] of events.entries()) {
+          // Organization → the repository (cache row) the event is about there.
+          const targets = new Map<string, string | null>();
+          if (isAccessChange(event)) {
+            for (const connection of installationConnections) {
+              const repositoryId =
+                event.kind === 'repository.added'
+                  ? await upsertCachedRepository(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider, ...event.repository })
+                  : ((await markCachedRepositoryVanished(trx, connection.id, event.repository.externalId)) ?? null);
+              if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
+            }
+          }
+          for (const repository of attached) {
+            if (repository.externalId !== event.repository.externalId) continue;
+            if (event.kind !== 'repository.removed' && !renamed.has(repository.repositoryId)) {
+              renamed.add(repository.repositoryId);
+              const project = event.repository.project ?? repository.project;
+              if (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project)) {
+                logger.info({ repositoryId: repository.repositoryId, from: repository.fullName, to: event.repository.fullName }, 'repository renamed');
+              }
+            }
+            if (!targets.has(repository.organizationId)) targets.set(repository.organizationId, repository.repositoryId);
+          }
+          for (const [organizationId, repositoryId] of targets) rows.push({ organizationId, repositoryId, sequence, event });
+        }
+        const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, receivedAt: new Date(input.receivedAt) }, rows);
+        const subscribers = await listSubscribersOf(trx, recorded.map((r) => r.organizationId));
+        const dispatches = recorded.flatMap((r) =>
+          subscribers
+            .filter((s) => s.organizationId === r.organizationId && subscriberWants(s, events[r.sequence]!))
+            .map((s) => ({ eventId: r.id, subscriberId: s.id })),
+        );
+        return { recorded: recorded.length, dispatches };
+      });
+      logger.info({ provider, deliveryId, events: events.length, recorded: result.recorded, dispatches: result.dispatches.length }, 'event recorded');
+      return { ...result, deliveryDeadlineSeconds };
+    },
+  };
+}
+
+/**
+ * A subscriber's filters: an empty list lets everything through. Ref globs match the branch or tag
+ * name (`main`, `release/*`, `v*`), or a pull request's target branch; `*` stays within one path
+ * segment, `**` crosses them. Events without a ref (repository access) pass only when no glob is set.
+ */
+export function subscriberWants(subscriber: Pick<PublicSubscriber, 'kinds' | 'refGlobs'>, event: NormalizedEvent): boolean {
+  if (subscriber.kinds.length > 0 && !subscriber.kinds.includes(event.kind)) return false;
+  if (subscriber.refGlobs.length === 0) return true;
+  const ref = event.ref?.name ?? event.pullRequest?.targetBranch;
+  return ref !== undefined && subscriber.refGlobs.some((glob) => globToRegExp(glob).test(ref));
+}
+
+export function globToRegExp(glob: string): RegExp {
+  let pattern = '';
+  for (let i = 0; i < glob.length; i++) {
+    const char = glob[i]!;
+    if (char === '*' && glob[i + 1] === '*') {
+      pattern += '.*';
+      i++;
+    } else if (char === '*') pattern += '[^/]*';
+    else if (char === '?') pattern += '[^/]';
+    else pattern += char.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${pattern}$`);
+}

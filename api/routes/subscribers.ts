@@ -1,0 +1,139 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { seal } from '../../lib/crypto.ts';
+import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
+import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
+import { resolveOrganization } from '../auth.ts';
+import type { AppEnv } from '../context.ts';
+import { badRequest, notFound, problemResponse } from '../problem.ts';
+import { EVENT_KINDS } from './events.ts';
+
+const SubscriberSchema = z
+  .object({
+    id: z.uuid(),
+    url: z.string(),
+    kinds: z.array(z.enum(EVENT_KINDS)),
+    refGlobs: z.array(z.string()),
+    createdAt: z.string(),
+  })
+  .openapi('Subscriber');
+
+const CreatedSubscriberSchema = SubscriberSchema.extend({
+  secret: z.string().openapi({ description: 'HMAC-SHA256 key of X-Forgelink-Signature; shown only in this answer' }),
+}).openapi('CreatedSubscriber');
+
+const CreateBody = z
+  .object({
+    url: z.string().min(1).max(2048).openapi({ description: 'HTTPS endpoint events are POSTed to (http only for hosts in security.allowHttpHosts)' }),
+    kinds: z.array(z.enum(EVENT_KINDS)).max(EVENT_KINDS.length).default([]).openapi({ description: 'Event kinds to receive; empty or absent: all' }),
+    refGlobs: z
+      .array(z.string().min(1).max(255))
+      .max(50)
+      .default([])
+      .openapi({
+        description:
+          'Branch / tag names to receive (a pull request counts by its target branch); `*` within a path segment, `**` across. Empty or absent: all, including events without a ref',
+        example: ['main', 'release/**', 'v*'],
+      }),
+  })
+  .openapi('CreateSubscriberRequest');
+
+const OrgParam = z.object({ org: z.string().min(1) });
+const SubscriberParam = OrgParam.extend({ id: z.uuid() });
+
+const errors = {
+  400: problemResponse('Invalid request'),
+  401: problemResponse('Missing or bad token'),
+  404: problemResponse('No such organization or subscriber'),
+};
+
+function toApi(row: PublicSubscriber) {
+  return { id: row.id, url: row.url, kinds: row.kinds, refGlobs: row.refGlobs, createdAt: row.createdAt.toISOString() };
+}
+
+/** Endpoints an organization registers to receive its events, each signed with the subscriber's own secret. */
+export function subscriberRoutes() {
+  const app = new OpenAPIHono<AppEnv>();
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/{org}/subscribers',
+      summary: "Register an endpoint for the organization's events; the signing secret is shown once",
+      request: { params: OrgParam, body: { required: true, content: { 'application/json': { schema: CreateBody } } } },
+      responses: { 201: { description: 'Created', content: { 'application/json': { schema: CreatedSubscriberSchema } } }, ...errors },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const org = await resolveOrganization(c, c.req.valid('param').org);
+      const body = c.req.valid('json');
+      let url: string;
+      try {
+        url = await normalizeProviderUrl(body.url, { allowHttpHosts: deps.allowHttpHosts, resolve: deps.resolveHost });
+      } catch (error) {
+        if (error instanceof UnsafeUrlError) throw badRequest(`url: ${error.message}`);
+        throw error;
+      }
+      const id = randomUUID();
+      const secret = `whsec_${randomBytes(32).toString('base64url')}`;
+      const row = await insertSubscriber(deps.db, {
+        id,
+        organizationId: org.id,
+        url,
+        sealedSecret: seal(deps.keys, secret, id),
+        kinds: [...new Set(body.kinds)],
+        refGlobs: [...new Set(body.refGlobs)],
+      });
+      return c.json({ ...toApi(row), secret }, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/{org}/subscribers',
+      summary: "The organization's subscribers (never their secrets)",
+      request: { params: OrgParam },
+      responses: { 200: { description: 'OK', content: { 'application/json': { schema: z.object({ items: z.array(SubscriberSchema) }) } } }, ...errors },
+    }),
+    async (c) => {
+      const org = await resolveOrganization(c, c.req.valid('param').org);
+      return c.json({ items: (await listSubscribers(c.var.deps.db, org.id)).map(toApi) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/{org}/subscribers/{id}',
+      summary: 'One subscriber',
+      request: { params: SubscriberParam },
+      responses: { 200: { description: 'OK', content: { 'application/json': { schema: SubscriberSchema } } }, ...errors },
+    }),
+    async (c) => {
+      const params = c.req.valid('param');
+      const org = await resolveOrganization(c, params.org);
+      const row = await findSubscriber(c.var.deps.db, org.id, params.id);
+      if (!row) throw notFound(`subscriber ${params.id}`);
+      return c.json(toApi(row), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/{org}/subscribers/{id}',
+      summary: 'Remove a subscriber; events in flight to it are dropped',
+      request: { params: SubscriberParam },
+      responses: { 204: { description: 'Deleted' }, ...errors },
+    }),
+    async (c) => {
+      const params = c.req.valid('param');
+      const org = await resolveOrganization(c, params.org);
+      if (!(await deleteSubscriber(c.var.deps.db, org.id, params.id))) throw notFound(`subscriber ${params.id}`);
+      return c.body(null, 204);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,174 @@
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import { isAccessChange } from '../../activities/events.ts';
+import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
+import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
+import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../../workflows/contract.ts';
+import type { AppEnv, WebhookSecrets } from '../context.ts';
+import { badRequest, Problem, problemResponse } from '../problem.ts';
+import { startWorkflow } from '../start-workflow.ts';
+import { isPing, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../webhooks/normalize.ts';
+import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
+
+const Acknowledged = z
+  .object({
+    status: z.enum(['accepted', 'ignored', 'pong']),
+    workflowId: z.string().optional(),
+    events: z.number().int().optional(),
+    reason: z.string().optional(),
+  })
+  .openapi('WebhookAcknowledgement');
+
+const VERIFICATION: Record<Provider, string> = {
+  github: 'X-Hub-Signature-256: HMAC-SHA256 of the raw body with the App webhook secret',
+  gitlab: 'X-Gitlab-Token: the hook secret token',
+  bitbucket: 'X-Hub-Signature: sha256= HMAC of the raw body with the webhook secret (diagnostics:ping arrives unsigned)',
+  'azure-devops': 'Authorization: Basic with the Service Hook user and password',
+};
+
+/** The current secret and the one being rotated out are both accepted; all checks are constant time. */
+function verified(provider: Provider, headers: WebhookHeaders, body: Uint8Array, secrets: WebhookSecrets): boolean {
+  switch (provider) {
+    case 'github':
+      return verifyGithubSignature(body, headers['x-hub-signature-256'], secrets.github);
+    case 'gitlab':
+      return verifyGitlabToken(headers['x-gitlab-token'], secrets.gitlab);
+    case 'bitbucket':
+      return verifyBitbucketSignature(body, headers['x-hub-signature'], secrets.bitbucket);
+    case 'azure-devops':
+      return secrets.azureDevOps !== undefined && verifyAzureBasicAuth(headers.authorization, secrets.azureDevOps.user, secrets.azureDevOps.passwords);
+  }
+}
+
+function headerRecord(headers: Headers): Record<string, string> {
+  const record: Record<string, string> = {};
+  headers.forEach((value, name) => (record[name] = value));
+  return record;
+}
+
+const MAX_DELIVERY_ID_LENGTH = 200;
+
+/** The installation of a GitHub App delivery; only installation events need it, to find the connections. */
+function githubInstallationId(body: Uint8Array): string | undefined {
+  const id = (JSON.parse(Buffer.from(body).toString('utf8')) as { installation?: { id?: unknown } }).installation?.id;
+  return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
+}
+
+/** Who the delivery concerns: organizations with the repository attached, or bound to the installation. */
+async function targetsOf(c: Context<AppEnv>, provider: Provider, events: NormalizedEvent[], installationId: string | undefined) {
+  const { db } = c.var.deps;
+  const [attached, connections] = await Promise.all([
+    findAttachedRepositories(db, provider, events.map((e) => e.repository.externalId)),
+    installationId ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
+  ]);
+  return {
+    organizationIds: [...new Set([...attached.map((a) => a.organizationId), ...connections.map((cn) => cn.organizationId)])],
+    repositoryIds: [...new Set(attached.map((a) => a.repositoryId))],
+  };
+}
+
+const tooLarge = (max: number) => new Problem(413, 'Content Too Large', `the body exceeds ${max} bytes`);
+
+/**
+ * The raw body, refused past `max` bytes. With a Content-Length (every provider sends one) the
+ * check comes before reading and the body is read in one piece, which @hono/node-server does
+ * straight from the socket; a chunked body is counted as it streams in.
+ */
+async function readBody(c: Context<AppEnv>, max: number): Promise<Uint8Array> {
+  const declared = c.req.header('content-length');
+  if (declared !== undefined && /^\d+$/.test(declared)) {
+    if (Number(declared) > max) throw tooLarge(max);
+    return new Uint8Array(await c.req.arrayBuffer());
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = c.req.raw.body?.getReader();
+  for (let chunk = await reader?.read(); chunk && !chunk.done; chunk = await reader!.read()) {
+    size += chunk.value.byteLength;
+    if (size > max) {
+      await reader!.cancel();
+      throw tooLarge(max);
+    }
+    chunks.push(chunk.value);
+  }
+  return new Uint8Array(Buffer.concat(chunks));
+}
+
+async function receive(c: Context<AppEnv>, provider: Provider) {
+  const { deps } = c.var;
+  const headers = headerRecord(c.req.raw.headers);
+  const body = await readBody(c, deps.webhooks.maxBodyBytes);
+  // Before verification: Bitbucket's ping is unsigned, and a ping starts nothing.
+  if (isPing(provider, headers, body)) return c.json({ status: 'pong' as const }, 200);
+  if (!verified(provider, headers, body, deps.webhooks)) {
+    throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
+  }
+  if (!/^application\/json\s*(;|$)/i.test(headers['content-type'] ?? '')) {
+    throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
+  }
+  let events: NormalizedEvent[];
+  try {
+    events = normalizeWebhook(provider, headers, body);
+  } catch (error) {
+    if (error instanceof WebhookPayloadError) throw badRequest(error.message);
+    throw error;
+  }
+  if (events.length === 0) return c.json({ status: 'ignored' as const, reason: 'event kind not handled' }, 200);
+
+  const deliveryId = events[0]!.deliveryId;
+  // It becomes part of the workflow id; no provider sends one anywhere near this long.
+  if (deliveryId.length > MAX_DELIVERY_ID_LENGTH) throw badRequest(`the delivery id is longer than ${MAX_DELIVERY_ID_LENGTH} characters`);
+  const installationId = provider === 'github' && events.some(isAccessChange) ? githubInstallationId(body) : undefined;
+  const workflowId = workflowIds.event(provider, deliveryId);
+  try {
+    const targets = await targetsOf(c, provider, events, installationId);
+    if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
+    const input: EventInput = { provider, deliveryId, events, receivedAt: new Date().toISOString(), ...(installationId ? { installationId } : {}) };
+    await startWorkflow(deps, 'eventWorkflow', {
+      workflowId,
+      input,
+      searchAttributes: [
+        { key: SA_PROVIDER, value: provider },
+        // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
+        ...(targets.organizationIds.length === 1 ? [{ key: SA_ORGANIZATION, value: targets.organizationIds[0]! }] : []),
+        ...(targets.repositoryIds.length === 1 ? [{ key: SA_REPOSITORY, value: targets.repositoryIds[0]! }] : []),
+      ],
+    });
+  } catch (error) {
+    // Not the sender's fault, and not acknowledged: an error status makes the provider deliver again.
+    deps.logger.error({ err: error, provider, deliveryId }, 'could not start the event workflow');
+    throw new Problem(503, 'Service Unavailable', 'the delivery could not be stored durably; deliver it again');
+  }
+  // A redelivery finds the run already there: acknowledged the same way, nothing new started.
+  return c.json({ status: 'accepted' as const, workflowId, events: events.length }, 202);
+}
+
+/**
+ * `POST /api/events-handler/v1/events/{provider}`: the delivery URL attach registers. Verifies,
+ * normalizes and answers fast; everything else happens in the event workflow. A valid delivery
+ * never gets a 4xx (GitLab and Azure DevOps disable hooks that fail): what is not acted on is 200.
+ */
+export function webhookRoutes() {
+  const app = new OpenAPIHono<AppEnv>();
+  for (const provider of PROVIDERS) {
+    app.openapi(
+      createRoute({
+        method: 'post',
+        path: `/${provider}`,
+        summary: `Webhook receiver for ${provider}`,
+        description: `Verification: ${VERIFICATION[provider]}. The body is the provider's JSON, verified over its exact bytes.`,
+        security: [],
+        responses: {
+          200: { description: 'A ping, or a valid delivery that is not acted on', content: { 'application/json': { schema: Acknowledged } } },
+          202: { description: 'The event workflow is durably started (or already was: a redelivery)', content: { 'application/json': { schema: Acknowledged } } },
+          400: problemResponse("The body is not the provider's JSON"),
+          401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
+          413: problemResponse('The body is over the size limit'),
+          503: problemResponse('The event could not be stored durably; the provider should deliver it again'),
+        },
+      }),
+      (c) => receive(c, provider),
+    );
+  }
+  return app;
+}

@@ -1,0 +1,299 @@
+/**
+ * Webhook ingestion: signed push deliveries across the four providers, sent at a fixed concurrency
+ * to the running API (real HTTP server) while the worker runs the event workflows they start
+ * (record, dispatch to a subscriber), side by side with bare `client.workflow.start` calls of the
+ * same workflow with the same inputs, measured in the same run on the same stack. Their ratio is
+ * what the receiver (HTTP, verification, normalization, attachment lookup) costs on top of the
+ * start itself, including its CPU on a machine every process shares. Repeated with the worker
+ * frozen (the acknowledgement path alone), and open-loop at fixed rates for the latency a
+ * delivery sees at a given rate (closed-loop latency is concurrency ÷ throughput by construction).
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { normalizeWebhook } from '../api/webhooks/normalize.ts';
+import { PROVIDERS, type Provider } from '../lib/domain.ts';
+import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../workflows/contract.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
+import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
+import type { BenchStack, CpuSeconds } from './stack.ts';
+
+export interface IngestOptions {
+  deliveries: number;
+  concurrency: number;
+  /** Attached repositories per provider the deliveries are spread over. */
+  repositoriesPerProvider: number;
+  warmup: number;
+  /** Subscriber endpoints of the organization (0 or more); each push is dispatched to every one. */
+  subscribers: number;
+}
+
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1 };
+
+const TARGETS = { throughputRatio: 0.8, p99AckMs: 100 };
+
+interface Repo {
+  organizationId: string;
+  repositoryId: string;
+  externalId: string;
+  fullName: string;
+}
+
+async function api(stack: BenchStack, method: string, path: string, token: string, body?: unknown) {
+  const res = await fetch(`${stack.apiUrl}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+  return res.json() as Promise<Record<string, any>>;
+}
+
+/** An organization with a connection per provider, attached repositories and its subscriber endpoints. */
+async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: string): Promise<Record<Provider, Repo[]>> {
+  const slug = `bench-${Date.now()}`;
+  const org = await api(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name: 'Benchmark' });
+  for (let i = 0; i < options.subscribers; i++) await api(stack, 'POST', `/api/v1/orgs/${slug}/subscribers`, stack.adminToken, { url: subscriberUrl });
+  const repos = {} as Record<Provider, Repo[]>;
+  for (const provider of PROVIDERS) {
+    // Written directly: connect and attach would call the providers, which this benchmark leaves out.
+    const connection = await stack.db
+      .insertInto('connections')
+      .values({ organization_id: org.id, provider, base_url: `https://${provider}.bench.test`, status: 'active' })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    repos[provider] = [];
+    for (let i = 0; i < options.repositoriesPerProvider; i++) {
+      const externalId = provider === 'azure-devops' ? randomUUID() : String(1_000_000 + i);
+      const fullName = provider === 'azure-devops' ? `Bench/repo-${i}` : provider === 'bitbucket' ? `BENCH/repo-${i}` : `bench/repo-${i}`;
+      const { id } = await stack.db
+        .insertInto('repositories')
+        .values({ organization_id: org.id, connection_id: connection.id, provider, external_id: externalId, full_name: fullName })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      await stack.db.insertInto('attachments').values({ organization_id: org.id, repository_id: id, status: 'attached' }).execute();
+      repos[provider].push({ organizationId: org.id, repositoryId: id, externalId, fullName });
+    }
+  }
+  return repos;
+}
+
+interface Prepared {
+  delivery: Delivery;
+  repo: Repo;
+}
+
+function prepare(stack: BenchStack, repos: Record<Provider, Repo[]>, count: number): Prepared[] {
+  const payloads = Object.fromEntries(PROVIDERS.map((p) => [p, fixture(PUSH_FIXTURES[p])]));
+  const secret: Record<Provider, string> = { github: stack.secrets.github, gitlab: stack.secrets.gitlab, bitbucket: stack.secrets.bitbucket, 'azure-devops': stack.secrets.azureDevOps.pass };
+  return Array.from({ length: count }, (_, i) => {
+    const provider = PROVIDERS[i % PROVIDERS.length]!;
+    const list = repos[provider];
+    const repo = list[Math.floor(i / PROVIDERS.length) % list.length]!;
+    const d = delivery(provider, withRepository(provider, payloads[provider]!, repo), {
+      deliveryId: randomUUID(),
+      secret: secret[provider],
+      basicAuthUser: stack.secrets.azureDevOps.user,
+    });
+    return { delivery: d, repo };
+  });
+}
+
+/** What the receiver would start for the delivery: the same workflow, id, input and search attributes. */
+function startOptions(stack: BenchStack, p: Prepared) {
+  const { provider, headers, body } = p.delivery;
+  const events = normalizeWebhook(provider, headers, body);
+  const input: EventInput = { provider, deliveryId: p.delivery.deliveryId, events, receivedAt: new Date().toISOString() };
+  return {
+    taskQueue: stack.taskQueue,
+    workflowId: workflowIds.event(provider, p.delivery.deliveryId),
+    args: [input] as [EventInput],
+    typedSearchAttributes: [
+      { key: SA_PROVIDER, value: provider },
+      { key: SA_ORGANIZATION, value: p.repo.organizationId },
+      { key: SA_REPOSITORY, value: p.repo.repositoryId },
+    ],
+  };
+}
+
+const PACED_FRACTIONS = [0.2, 0.4, 0.6, TARGETS.throughputRatio];
+
+const BLOCK_ORDER = ['bare', 'ingest', 'ingest', 'bare', 'bare', 'ingest', 'ingest', 'bare'] as const;
+
+/** One kind of load (bare starts or deliveries) accumulated over its blocks. */
+function emptyPhase() {
+  const latenciesMs: number[] = [];
+  const outcomes: unknown[] = [];
+  let loadMs = 0;
+  let drainMs = 0;
+  const cpu: CpuSeconds = { api: 0, worker: 0, temporal: 0, bench: 0 };
+  return {
+    latenciesMs,
+    outcomes,
+    add(result: LoadResult<unknown>, drainedMs: number, before: CpuSeconds, after: CpuSeconds) {
+      latenciesMs.push(...result.latenciesMs);
+      outcomes.push(...result.outcomes);
+      loadMs += result.durationMs;
+      drainMs += drainedMs;
+      for (const key of Object.keys(cpu) as (keyof CpuSeconds)[]) cpu[key] += after[key] - before[key];
+    },
+    summary() {
+      const round = (v: number) => Math.round(v * 10) / 10;
+      const perThousand = (v: number) => round((v / latenciesMs.length) * 1000);
+      return {
+        count: latenciesMs.length,
+        throughputPerSecond: round((latenciesMs.length / loadMs) * 1000),
+        latencyMs: latencySummary(latenciesMs),
+        durationMs: Math.round(loadMs),
+        // From a block's first request to its last event recorded and dispatched to the subscriber.
+        endToEndEventsPerSecond: round((latenciesMs.length / (loadMs + drainMs)) * 1000),
+        // Everything one thousand of them cost, through recording and dispatch.
+        cpuSecondsPerThousand: { api: perThousand(cpu.api), worker: perThousand(cpu.worker), temporal: perThousand(cpu.temporal), bench: perThousand(cpu.bench) },
+      };
+    },
+  };
+}
+
+async function count(stack: BenchStack) {
+  const [events, delivered] = await Promise.all([
+    stack.db.selectFrom('events').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow(),
+    stack.db.selectFrom('dispatch_attempts').select((eb) => eb.fn.countAll<string>().as('n')).where('succeeded', '=', true).executeTakeFirstOrThrow(),
+  ]);
+  return { events: Number(events.n), delivered: Number(delivered.n) };
+}
+
+export async function runIngestBench(stack: BenchStack, options: IngestOptions = DEFAULT_INGEST_OPTIONS, log: (line: string) => void = console.log) {
+  let received = 0;
+  const subscriber = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => subscriber.listen(0, '127.0.0.1', resolve));
+  const subscriberUrl = `http://127.0.0.1:${(subscriber.address() as AddressInfo).port}/events`;
+
+  try {
+    const repos = await seed(stack, options, subscriberUrl);
+    // Every push delivery carries one ref change: one event, and one dispatch per subscriber.
+    let expected = 0;
+    const drain = (label: string) =>
+      waitUntil(
+        async () => {
+          const c = await count(stack);
+          return c.events >= expected && c.delivered >= expected * options.subscribers;
+        },
+        10 * 60_000,
+        `${label}: ${expected} events recorded and dispatched`,
+      );
+
+    const post = async ({ delivery: d }: Prepared) => {
+      const res = await fetch(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    const ingest = async (items: Prepared[]) => {
+      const result = await runConcurrently(items, options.concurrency, post);
+      expected += items.length;
+      return result;
+    };
+    const bareStart = async (items: ReturnType<typeof startOptions>[]) => {
+      const result = await runConcurrently(items, options.concurrency, async (start) => {
+        await stack.temporal.workflow.start('eventWorkflow', start);
+        return 'started';
+      });
+      expected += items.length;
+      return result;
+    };
+
+    log(`warming up with ${options.warmup} deliveries and ${options.warmup} bare starts`);
+    await ingest(prepare(stack, repos, options.warmup));
+    await bareStart(prepare(stack, repos, options.warmup).map((p) => startOptions(stack, p)));
+    await drain('warm-up');
+    stack.resetPeakRss();
+
+    /**
+     * Bare starts against deliveries, in blocks in ABBA order so a drift over the run (the dev
+     * server's store grows, other load on the machine) weighs on both alike. Each block is drained
+     * before the next: both kinds start from an idle worker. With `workerPaused`, the worker is
+     * frozen during the blocks and resumed for the drain.
+     */
+    const compare = async (label: string, workerPaused: boolean) => {
+      const blockSize = Math.ceil(options.deliveries / (BLOCK_ORDER.length / 2));
+      const phases = { bare: emptyPhase(), ingest: emptyPhase() };
+      const ingestItems: Prepared[] = [];
+      for (const [i, kind] of BLOCK_ORDER.entries()) {
+        const items = prepare(stack, repos, blockSize);
+        log(`${label}, block ${i + 1}/${BLOCK_ORDER.length}: ${kind === 'bare' ? 'bare client.workflow.start' : 'signed deliveries to the API'} ×${blockSize} at concurrency ${options.concurrency}`);
+        const cpuBefore = stack.cpuSeconds();
+        stack.setWorkerPaused(workerPaused);
+        const result = kind === 'bare' ? await bareStart(items.map((p) => startOptions(stack, p))) : await ingest(items);
+        stack.setWorkerPaused(false);
+        const drainMs = await drain(`${label} ${kind}`);
+        phases[kind].add(result, drainMs, cpuBefore, stack.cpuSeconds());
+        if (kind === 'ingest') ingestItems.push(...items);
+      }
+      const { latencyMs: ackLatencyMs, ...ingestion } = phases.ingest.summary();
+      const bare = phases.bare.summary();
+      const statuses: Record<string, number> = {};
+      for (const status of phases.ingest.outcomes) statuses[String(status)] = (statuses[String(status)] ?? 0) + 1;
+      const ackLatencyMsByProvider = Object.fromEntries(
+        PROVIDERS.map((provider) => [provider, latencySummary(phases.ingest.latenciesMs.filter((_, i) => ingestItems[i]!.delivery.provider === provider))]),
+      );
+      return {
+        ingestion: { ...ingestion, ackLatencyMs, ackLatencyMsByProvider, statuses },
+        bareStart: bare,
+        throughputRatio: Math.round((ingestion.throughputPerSecond / bare.throughputPerSecond) * 1000) / 1000,
+      };
+    };
+
+    /**
+     * Closed loop, latency is concurrency / throughput by construction. Paced at the target rate
+     * (80 % of the bare starts), it shows what one delivery waits for at that rate.
+     */
+    const paced = async (label: string, rate: number, workerPaused: boolean) => {
+      const items = prepare(stack, repos, Math.ceil(options.deliveries / 4));
+      log(`${label}: ${items.length} deliveries paced at ${rate.toFixed(0)}/s (at most ${options.concurrency} in flight)`);
+      stack.setWorkerPaused(workerPaused);
+      const result = await runPaced(items, rate, options.concurrency, post);
+      stack.setWorkerPaused(false);
+      expected += items.length;
+      await drain(label);
+      return {
+        targetRatePerSecond: Math.round(rate),
+        achievedRatePerSecond: Math.round(result.throughputPerSecond),
+        ackLatencyMs: latencySummary(result.latenciesMs),
+        non202: result.outcomes.filter((status) => status !== 202).length,
+      };
+    };
+
+    const withWorker = await compare('worker running', false);
+    const alone = await compare('worker paused', true);
+    // The target rate, and lower ones: where the acknowledgement latency stays low on this machine.
+    const pacedWithWorker = [];
+    for (const fraction of PACED_FRACTIONS) {
+      pacedWithWorker.push({ fractionOfBareStarts: fraction, ...(await paced(`paced at ${fraction * 100} % of bare starts, worker running`, withWorker.bareStart.throughputPerSecond * fraction, false)) });
+    }
+    const pacedAlone = await paced('paced at 80 % of bare starts, worker paused', alone.bareStart.throughputPerSecond * TARGETS.throughputRatio, true);
+    const pacedAtTarget = pacedWithWorker.find((p) => p.fractionOfBareStarts === TARGETS.throughputRatio)!;
+
+    return {
+      options,
+      // As specified: the API and the worker both running, event workflows processed while deliveries arrive.
+      workerRunning: { ...withWorker, paced: pacedWithWorker },
+      // The acknowledgement path alone (receiver + workflow start) on this machine; the backlog is processed afterwards.
+      workerPaused: { ...alone, paced: pacedAlone },
+      peakRssMiB: stack.peakRssMiB(),
+      // Every event of the run (warm-up, bare starts, deliveries) the subscriber acknowledged.
+      subscriberReceived: received,
+      targets: {
+        throughputRatio: { target: TARGETS.throughputRatio, workerRunning: withWorker.throughputRatio, workerPaused: alone.throughputRatio },
+        p99AckMsAtTargetRate: { target: TARGETS.p99AckMs, workerRunning: pacedAtTarget.ackLatencyMs.p99, workerPaused: pacedAlone.ackLatencyMs.p99 },
+      },
+    };
+  } finally {
+    subscriber.closeAllConnections();
+    await new Promise<void>((resolve) => subscriber.close(() => resolve()));
+  }
+}

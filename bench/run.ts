@@ -1,0 +1,59 @@
+/**
+ * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N]`: starts the benchmark stack
+ * (bench/stack.ts), runs each named benchmark (all by default) against it, and writes each
+ * result to bench/results/<name>.json. A benchmark is a function of the stack returning a
+ * JSON-able result: add one to BENCHMARKS.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
+import { startBenchStack, type BenchStack } from './stack.ts';
+
+type Flags = Record<string, number>;
+
+const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<object>> = {
+  ingest: (stack, flags) => runIngestBench(stack, { ...DEFAULT_INGEST_OPTIONS, ...flags }),
+};
+
+const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
+
+function parseArgs(argv: string[]): { names: string[]; flags: Flags } {
+  const names: string[] = [];
+  const flags: Flags = {};
+  for (const arg of argv) {
+    const flag = /^--([a-zA-Z]+)=(\d+)$/.exec(arg);
+    if (flag) flags[flag[1]!] = Number(flag[2]);
+    else if (arg in BENCHMARKS) names.push(arg);
+    else throw new Error(`unknown argument ${arg}; benchmarks: ${Object.keys(BENCHMARKS).join(', ')}; flags: --name=<number>`);
+  }
+  return { names: names.length ? names : Object.keys(BENCHMARKS), flags };
+}
+
+const { names, flags } = parseArgs(process.argv.slice(2));
+const stack = await startBenchStack();
+let failed = false;
+try {
+  mkdirSync(RESULTS, { recursive: true });
+  for (const name of names) {
+    stack.resetPeakRss();
+    const started = new Date();
+    const result = await BENCHMARKS[name]!(stack, flags);
+    const report = {
+      benchmark: name,
+      startedAt: started.toISOString(),
+      machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+      ...result,
+    };
+    const file = path.join(RESULTS, `${name}.json`);
+    writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`${name}: ${JSON.stringify(result, null, 2)}\nwritten to ${path.relative(process.cwd(), file)}`);
+  }
+} catch (error) {
+  failed = true;
+  console.error(error);
+} finally {
+  await stack.stop();
+}
+process.exit(failed ? 1 : 0);

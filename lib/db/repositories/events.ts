@@ -1,0 +1,199 @@
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { EventKind, NormalizedEvent, Provider } from '../../domain.ts';
+import type { Database } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+/** An attached repository a delivery names, in one organization. */
+export interface AttachedRepository {
+  organizationId: string;
+  repositoryId: string;
+  connectionId: string;
+  externalId: string;
+  fullName: string;
+  project: string | null;
+}
+
+/**
+ * Repositories attached (status `attached`) in any organization that match the provider's ids.
+ * The receiver asks this on every delivery, so it is one indexed read.
+ */
+export async function findAttachedRepositories(db: Executor, provider: Provider, externalIds: readonly string[]): Promise<AttachedRepository[]> {
+  if (externalIds.length === 0) return [];
+  return db
+    .selectFrom('repositories as r')
+    .innerJoin('attachments as a', 'a.repository_id', 'r.id')
+    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project'])
+    .where('r.provider', '=', provider)
+    .where('r.external_id', 'in', [...new Set(externalIds)])
+    .where('a.status', '=', 'attached')
+    .orderBy('r.organization_id')
+    .orderBy('r.id')
+    .execute();
+}
+
+/** Connections (not disconnected) bound to a provider-side key: for GitHub, the App installation id. */
+export async function findConnectionsByExternalKey(db: Executor, provider: Provider, externalKey: string) {
+  return db
+    .selectFrom('connections')
+    .select(['id', 'organization_id as organizationId'])
+    .where('provider', '=', provider)
+    .where('external_key', '=', externalKey)
+    .where('status', '<>', 'disconnected')
+    .orderBy('organization_id')
+    .orderBy('id')
+    .execute();
+}
+
+/** Adds (or brings back) a repository in a connection's cache; returns its id. */
+export async function upsertCachedRepository(
+  db: Executor,
+  row: { organizationId: string; connectionId: string; provider: Provider; externalId: string; fullName: string; project?: string },
+): Promise<string> {
+  const now = new Date();
+  const inserted = await db
+    .insertInto('repositories')
+    .values({
+      organization_id: row.organizationId,
+      connection_id: row.connectionId,
+      provider: row.provider,
+      external_id: row.externalId,
+      full_name: row.fullName,
+      project: row.project ?? null,
+      last_seen_at: now,
+    })
+    .onConflict((oc) =>
+      oc.columns(['connection_id', 'external_id']).doUpdateSet({ full_name: row.fullName, last_seen_at: now, vanished_at: null }),
+    )
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return inserted.id;
+}
+
+/** Marks a repository gone from a connection's reach (and its attachment, if any); returns its id if cached. */
+export async function markCachedRepositoryVanished(db: Executor, connectionId: string, externalId: string): Promise<string | undefined> {
+  const row = await db
+    .updateTable('repositories')
+    .set((eb) => ({ vanished_at: eb.fn.coalesce('vanished_at', sql<Date>`now()`) }))
+    .where('connection_id', '=', connectionId)
+    .where('external_id', '=', externalId)
+    .returning('id')
+    .executeTakeFirst();
+  if (row) await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', '=', row.id).execute();
+  return row?.id;
+}
+
+/** Follows a rename the provider reported (the event names the repository as it is now). */
+export async function renameCachedRepository(db: Executor, repositoryId: string, fullName: string, project: string | null): Promise<boolean> {
+  const result = await db
+    .updateTable('repositories')
+    .set({ full_name: fullName, project, last_seen_at: new Date() })
+    .where('id', '=', repositoryId)
+    .where((eb) => eb.or([eb('full_name', '<>', fullName), eb('project', 'is distinct from', project)]))
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
+}
+
+export interface NewEventRow {
+  organizationId: string;
+  repositoryId: string | null;
+  sequence: number;
+  event: NormalizedEvent;
+}
+
+export interface RecordedEvent {
+  id: string;
+  organizationId: string;
+  sequence: number;
+  kind: EventKind;
+}
+
+/**
+ * Records a delivery's events, one row per organization and ref change. A repeat (redelivery,
+ * activity retry) inserts nothing and returns the rows already there.
+ */
+export async function insertDeliveryEvents(
+  db: Executor,
+  delivery: { provider: Provider; deliveryId: string; receivedAt: Date },
+  rows: readonly NewEventRow[],
+): Promise<RecordedEvent[]> {
+  if (rows.length === 0) return [];
+  await db
+    .insertInto('events')
+    .values(
+      rows.map((r) => ({
+        organization_id: r.organizationId,
+        repository_id: r.repositoryId,
+        provider: delivery.provider,
+        delivery_id: delivery.deliveryId,
+        sequence: r.sequence,
+        kind: r.event.kind,
+        event: JSON.stringify(r.event),
+        received_at: delivery.receivedAt,
+      })),
+    )
+    .onConflict((oc) => oc.columns(['provider', 'delivery_id', 'sequence', 'organization_id']).doNothing())
+    .execute();
+  return db
+    .selectFrom('events')
+    .select(['id', 'organization_id as organizationId', 'sequence', 'kind'])
+    .where('provider', '=', delivery.provider)
+    .where('delivery_id', '=', delivery.deliveryId)
+    .orderBy('sequence')
+    .orderBy('organization_id')
+    .execute();
+}
+
+export interface EventListItem {
+  id: string;
+  repositoryId: string | null;
+  receivedAt: Date;
+  event: NormalizedEvent;
+}
+
+export interface EventPageCursor {
+  receivedAt: Date;
+  id: string;
+}
+
+/** An organization's events, newest first, keyset-paged on (received_at, id). */
+export async function listEvents(
+  db: Executor,
+  organizationId: string,
+  filter: { repositoryId?: string; repositoryFullName?: string; kind?: EventKind; after?: EventPageCursor; limit: number },
+): Promise<EventListItem[]> {
+  let query = db
+    .selectFrom('events')
+    .select(['id', 'repository_id as repositoryId', 'received_at as receivedAt', 'event'])
+    .where('organization_id', '=', organizationId);
+  if (filter.repositoryId) query = query.where('repository_id', '=', filter.repositoryId);
+  if (filter.repositoryFullName) query = query.where(sql<string>`event->'repository'->>'fullName'`, '=', filter.repositoryFullName);
+  if (filter.kind) query = query.where('kind', '=', filter.kind);
+  if (filter.after) {
+    const { receivedAt, id } = filter.after;
+    query = query.where((eb) => eb.or([eb('received_at', '<', receivedAt), eb.and([eb('received_at', '=', receivedAt), eb('id', '<', id)])]));
+  }
+  return query.orderBy('received_at', 'desc').orderBy('id', 'desc').limit(filter.limit).execute();
+}
+
+export async function findEvent(db: Executor, organizationId: string, id: string): Promise<EventListItem | undefined> {
+  return db
+    .selectFrom('events')
+    .select(['id', 'repository_id as repositoryId', 'received_at as receivedAt', 'event'])
+    .where('organization_id', '=', organizationId)
+    .where('id', '=', id)
+    .executeTakeFirst();
+}
+
+/** Whether the organization has events from this delivery: who may look at its event run. */
+export async function deliveryConcernsOrganization(db: Executor, provider: Provider, deliveryId: string, organizationId: string): Promise<boolean> {
+  const row = await db
+    .selectFrom('events')
+    .select('id')
+    .where('provider', '=', provider)
+    .where('delivery_id', '=', deliveryId)
+    .where('organization_id', '=', organizationId)
+    .limit(1)
+    .executeTakeFirst();
+  return row !== undefined;
+}

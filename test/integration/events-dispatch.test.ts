@@ -1,0 +1,356 @@
+import { randomInt, randomUUID } from 'node:crypto';
+import { createRequire } from 'node:module';
+import type { WebhookDefinition } from '@octokit/webhooks-examples';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { open } from '../../lib/crypto.ts';
+import type { Provider } from '../../lib/domain.ts';
+import { normalizeWebhook } from '../../api/webhooks/normalize.ts';
+import type { EventInput, EventResult } from '../../workflows/contract.ts';
+import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+
+/** Short, so giving up on a subscriber that never answers takes seconds: attempts at 0, 1 and 3 s, none at 7 s. */
+const DEADLINE_SECONDS = 6;
+
+const githubExamples: WebhookDefinition[] = createRequire(import.meta.url)('@octokit/webhooks-examples');
+
+interface Org {
+  org: { id: string; slug: string };
+  token: string;
+}
+
+describe('event workflow: subscribers, dispatch, events API, repository cache', () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+
+  beforeAll(async () => {
+    h = await startHarness({ settings: { subscriberDeliveryDeadlineSeconds: DEADLINE_SECONDS } });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(subscribers.map((s) => s.close()));
+  });
+
+  async function newSubscriber() {
+    const subscriber = await startFakeSubscriber();
+    subscribers.push(subscriber);
+    return subscriber;
+  }
+
+  async function subscribe(o: Org, subscriber: FakeSubscriber, filters: { kinds?: string[]; refGlobs?: string[] } = {}) {
+    const res = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url, ...filters } });
+    expect(res.status, await res.clone().text()).toBe(201);
+    const created = (await res.json()) as { id: string; secret: string; url: string; kinds: string[]; refGlobs: string[] };
+    subscriber.verifyWith(created.secret);
+    return created;
+  }
+
+  async function attachedRepository(o: Org, provider: Provider, fullName = `acme/${randomUUID().slice(0, 8)}`) {
+    const repository = { externalId: uniqueExternalId(provider), fullName };
+    return { ...repository, ...(await seedAttachedRepository(h, { organizationId: o.org.id, provider, ...repository })) };
+  }
+
+  /** Sends a signed GitLab / Bitbucket delivery and waits for its event run to finish. */
+  async function deliver(provider: 'gitlab' | 'bitbucket', payload: Payload) {
+    const secret = provider === 'gitlab' ? TEST_WEBHOOK_SECRETS.gitlab : TEST_WEBHOOK_SECRETS.bitbucket;
+    const d = delivery(provider, payload, { deliveryId: randomUUID(), secret });
+    const res = await send(h, d);
+    expect(res.status, await res.clone().text()).toBe(202);
+    const { workflowId } = (await res.json()) as { workflowId: string };
+    return { delivery: d, workflowId, result: await resultOf<EventResult>(h, workflowId) };
+  }
+
+  const gitlabPush = (repository: { externalId: string; fullName: string }, ref = 'refs/heads/master') => ({
+    ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository),
+    ref,
+  });
+
+  describe('subscribers API', () => {
+    it('registers an endpoint, shows its secret once and stores it sealed', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      const created = await subscribe(o, subscriber, { kinds: ['push', 'tag.created'], refGlobs: ['main', 'release/**'] });
+      expect(created).toMatchObject({ url: subscriber.url, kinds: ['push', 'tag.created'], refGlobs: ['main', 'release/**'] });
+      expect(created.secret).toMatch(/^whsec_[A-Za-z0-9_-]{43}$/);
+
+      const listed = await h.request('GET', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token });
+      const text = await listed.text();
+      expect(JSON.parse(text)).toEqual({ items: [expect.objectContaining({ id: created.id, url: subscriber.url })] });
+      expect(text).not.toContain(created.secret);
+      const one = await h.request('GET', `/api/v1/orgs/${o.org.slug}/subscribers/${created.id}`, { token: o.token });
+      expect(await one.json()).not.toHaveProperty('secret');
+
+      const row = await h.db.selectFrom('subscribers').selectAll().where('id', '=', created.id).executeTakeFirstOrThrow();
+      expect(row.secret).not.toContain(created.secret);
+      expect(open(h.keys, row.secret, created.id)).toBe(created.secret);
+      expect(h.logs.join('\n')).not.toContain(created.secret);
+    });
+
+    it('accepts https, and http only for security.allowHttpHosts; rejects bad filters', async () => {
+      const o = await createOrgWithToken(h);
+      const post = (body: unknown) => h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body });
+      expect((await post({ url: 'https://ci.example.com/hooks/forgelink' })).status).toBe(201);
+      const cases: [unknown, RegExp][] = [
+        [{ url: 'http://ci.example.com/hooks' }, /plain http/],
+        [{ url: 'https://169.254.169.254/latest' }, /link-local or metadata/],
+        [{ url: 'https://user:pass@ci.example.com/' }, /credentials/],
+        [{ url: 'ftp://ci.example.com/' }, /not allowed/],
+        [{ url: 'https://ci.example.com/', kinds: ['issue.opened'] }, /kinds/],
+        [{ url: 'https://ci.example.com/', refGlobs: [''] }, /refGlobs/],
+      ];
+      for (const [body, detail] of cases) {
+        const res = await post(body);
+        expect(res.status, JSON.stringify(body)).toBe(400);
+        expect(((await res.json()) as { detail: string }).detail).toMatch(detail);
+      }
+    });
+
+    it("hides one organization's subscribers from another and deletes", async () => {
+      const o = await createOrgWithToken(h);
+      const other = await createOrgWithToken(h);
+      const created = await subscribe(o, await newSubscriber());
+      expect((await h.request('GET', `/api/v1/orgs/${o.org.slug}/subscribers/${created.id}`, { token: other.token })).status).toBe(404);
+      expect((await h.request('DELETE', `/api/v1/orgs/${other.org.slug}/subscribers/${created.id}`, { token: other.token })).status).toBe(404);
+      expect((await h.request('DELETE', `/api/v1/orgs/${o.org.slug}/subscribers/${created.id}`, { token: o.token })).status).toBe(204);
+      expect((await h.request('GET', `/api/v1/orgs/${o.org.slug}/subscribers/${created.id}`, { token: o.token })).status).toBe(404);
+    });
+  });
+
+  describe('dispatch', () => {
+    it('retries a subscriber that fails twice, then delivers once, signed, and records every attempt', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      const { id: subscriberId, secret } = await subscribe(o, subscriber);
+      const repository = await attachedRepository(o, 'gitlab');
+      subscriber.server.failNext('deliver', 2, { status: 503, text: 'warming up' });
+
+      const { result, workflowId } = await deliver('gitlab', gitlabPush(repository));
+      expect(result).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+      expect(subscriber.server.calls.map((c) => c.status)).toEqual([503, 503, 204]);
+      expect(subscriber.received).toHaveLength(1);
+      const [received] = subscriber.received;
+      expect(received!.signatureValid).toBe(true);
+      expect(received!.body).toMatchObject({ kind: 'push', provider: 'gitlab', repository: { externalId: repository.externalId }, ref: { name: 'master' } });
+      expect(received!.headers['x-forgelink-event']).toBe('push');
+      expect(received!.headers['x-forgelink-event-id']).toBe(received!.body.id);
+      expect(received!.headers['x-forgelink-attempt']).toBe('3');
+
+      const res = await h.request('GET', `/api/v1/orgs/${o.org.slug}/events/${received!.body.id}/deliveries`, { token: o.token });
+      expect(res.status).toBe(200);
+      const { items } = (await res.json()) as { items: { subscriberId: string; attempt: number; succeeded: boolean; statusCode?: number; error?: string }[] };
+      expect(items.map(({ subscriberId: s, attempt, succeeded, statusCode, error }) => ({ s, attempt, succeeded, statusCode, error }))).toEqual([
+        { s: subscriberId, attempt: 1, succeeded: false, statusCode: 503, error: 'answered 503' },
+        { s: subscriberId, attempt: 2, succeeded: false, statusCode: 503, error: 'answered 503' },
+        { s: subscriberId, attempt: 3, succeeded: true, statusCode: 204, error: undefined },
+      ]);
+      // The subscriber's secret never enters the run.
+      expect(await historyText(h, workflowId)).not.toContain(secret);
+    });
+
+    it('gives up when the dispatch deadline passes, recording each failed attempt', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      const { id: subscriberId } = await subscribe(o, subscriber);
+      const repository = await attachedRepository(o, 'gitlab');
+      subscriber.server.failNext('deliver', 100, { status: 500 });
+
+      const { result } = await deliver('gitlab', gitlabPush(repository));
+      subscriber.server.clearFaults();
+      expect(result.recorded).toBe(1);
+      expect(result.delivered).toBe(0);
+      expect(result.undelivered).toEqual([{ eventId: expect.any(String), subscriberId, reason: expect.any(String) }]);
+      const attempts = await h.db.selectFrom('dispatch_attempts').selectAll().where('subscriber_id', '=', subscriberId).orderBy('attempt').execute();
+      expect(attempts.length).toBeGreaterThanOrEqual(3);
+      expect(attempts.every((a) => !a.succeeded && a.status_code === 500)).toBe(true);
+      expect(attempts.map((a) => a.attempt)).toEqual(attempts.map((_, i) => i + 1));
+      expect(subscriber.received).toHaveLength(0);
+    });
+
+    it('sends nothing again when a delivery runs a second time (after Temporal forgot the first run)', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      await subscribe(o, subscriber);
+      const repository = await attachedRepository(o, 'gitlab');
+      const { delivery: d, workflowId } = await deliver('gitlab', gitlabPush(repository));
+      expect(subscriber.received).toHaveLength(1);
+
+      // The receiver refuses a duplicate id; past the namespace's retention the id is free again.
+      const input: EventInput = { provider: 'gitlab', deliveryId: d.deliveryId, events: normalizeWebhook('gitlab', d.headers, d.body), receivedAt: new Date().toISOString() };
+      const rerun = await h.client.workflow.execute('eventWorkflow', { taskQueue: h.taskQueue, workflowId, args: [input] });
+      expect(rerun).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+      expect(subscriber.received).toHaveLength(1);
+      expect(await eventsOfDelivery(h.db, 'gitlab', d.deliveryId)).toHaveLength(1);
+    });
+
+    it('records an unreachable subscriber as an attempt with the network error', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      const { id: subscriberId } = await subscribe(o, subscriber);
+      const repository = await attachedRepository(o, 'gitlab');
+      subscriber.server.dropNext('deliver', 1);
+
+      const { result } = await deliver('gitlab', gitlabPush(repository));
+      expect(result.delivered).toBe(1);
+      const attempts = await h.db.selectFrom('dispatch_attempts').selectAll().where('subscriber_id', '=', subscriberId).orderBy('attempt').execute();
+      expect(attempts.map((a) => [a.attempt, a.succeeded, a.status_code])).toEqual([
+        [1, false, null],
+        [2, true, 204],
+      ]);
+      expect(attempts[0]!.error).toBeTruthy();
+    });
+
+    it("sends each event only to subscribers whose kinds and ref globs match, in the event's organization", async () => {
+      const o = await createOrgWithToken(h);
+      const elsewhere = await createOrgWithToken(h);
+      const [everything, masterOnly, featureBranches, tags, otherOrg] = await Promise.all([1, 2, 3, 4, 5].map(() => newSubscriber()));
+      await subscribe(o, everything!);
+      await subscribe(o, masterOnly!, { refGlobs: ['master'] });
+      await subscribe(o, featureBranches!, { kinds: ['branch.created'], refGlobs: ['feature/*'] });
+      await subscribe(o, tags!, { kinds: ['tag.created', 'tag.deleted'] });
+      await subscribe(elsewhere, otherOrg!);
+      const repository = await attachedRepository(o, 'bitbucket', 'PROJ/three-refs');
+
+      const { result } = await deliver('bitbucket', withRepository('bitbucket', fixture('bitbucket/repo-refs-changed-three-refs.json'), repository));
+      expect(result).toEqual({ recorded: 3, delivered: 6, undelivered: [] });
+      const kinds = (s: FakeSubscriber) => s.received.map((r) => `${r.body.kind} ${(r.body.ref as { name: string }).name}`).sort();
+      expect(kinds(everything!)).toEqual(['branch.created feature/login', 'push master', 'tag.deleted v0.9']);
+      expect(kinds(masterOnly!)).toEqual(['push master']);
+      expect(kinds(featureBranches!)).toEqual(['branch.created feature/login']);
+      expect(kinds(tags!)).toEqual(['tag.deleted v0.9']);
+      expect(otherOrg!.received).toEqual([]);
+      expect([everything, masterOnly, featureBranches, tags].every((s) => s!.received.every((r) => r.signatureValid))).toBe(true);
+    });
+
+    it('records and dispatches once per organization when several attach the same repository', async () => {
+      const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
+      const [subA, subB] = [await newSubscriber(), await newSubscriber()];
+      await subscribe(a, subA);
+      await subscribe(b, subB);
+      const externalId = uniqueExternalId('gitlab');
+      const fullName = 'shared/monorepo';
+      const repoA = await seedAttachedRepository(h, { organizationId: a.org.id, provider: 'gitlab', externalId, fullName });
+      const repoB = await seedAttachedRepository(h, { organizationId: b.org.id, provider: 'gitlab', externalId, fullName });
+
+      const { delivery: d, result } = await deliver('gitlab', gitlabPush({ externalId, fullName }));
+      expect(result).toEqual({ recorded: 2, delivered: 2, undelivered: [] });
+      const rows = await eventsOfDelivery(h.db, 'gitlab', d.deliveryId);
+      expect(rows.map((r) => [r.organization_id, r.repository_id]).sort()).toEqual(
+        [
+          [a.org.id, repoA.repositoryId],
+          [b.org.id, repoB.repositoryId],
+        ].sort(),
+      );
+      expect(subA.received.map((r) => r.body.id)).toEqual([rows.find((r) => r.organization_id === a.org.id)!.id]);
+      expect(subB.received.map((r) => r.body.id)).toEqual([rows.find((r) => r.organization_id === b.org.id)!.id]);
+    });
+  });
+
+  describe('events API and event runs', () => {
+    it('lists events newest first with kind, repository and cursor paging, per organization', async () => {
+      const o = await createOrgWithToken(h);
+      const other = await createOrgWithToken(h);
+      const repository = await attachedRepository(o, 'gitlab');
+      const second = await attachedRepository(o, 'gitlab');
+      const ids: string[] = [];
+      for (const ref of ['refs/heads/a', 'refs/heads/b', 'refs/heads/c']) {
+        const { delivery: d } = await deliver('gitlab', gitlabPush(repository, ref));
+        ids.unshift((await eventsOfDelivery(h.db, 'gitlab', d.deliveryId))[0]!.id);
+      }
+      const { delivery: tagDelivery } = await deliver('gitlab', withRepository('gitlab', fixture('gitlab/tag-push.json'), second));
+      const tagId = (await eventsOfDelivery(h.db, 'gitlab', tagDelivery.deliveryId))[0]!.id;
+
+      const get = async (query: string, token = o.token) => {
+        const res = await h.request('GET', `/api/v1/orgs/${o.org.slug}/events${query}`, { token });
+        return { status: res.status, body: (await res.json()) as { items: { id: string; kind: string; receivedAt: string; repositoryId?: string; ref?: { name: string } }[]; nextCursor?: string } };
+      };
+      const all = await get('');
+      expect(all.body.items.map((i) => i.id)).toEqual([tagId, ...ids]);
+      expect(all.body.items[1]).toMatchObject({ kind: 'push', ref: { name: 'c' }, repositoryId: repository.repositoryId, provider: 'gitlab', deliveryId: expect.any(String) });
+      expect(Date.parse(all.body.items[0]!.receivedAt)).toBeGreaterThanOrEqual(Date.parse(all.body.items[1]!.receivedAt));
+
+      const page1 = await get(`?repository=${repository.repositoryId}&limit=2`);
+      expect(page1.body.items.map((i) => i.id)).toEqual(ids.slice(0, 2));
+      const page2 = await get(`?repository=${repository.repositoryId}&limit=2&cursor=${page1.body.nextCursor}`);
+      expect(page2.body.items.map((i) => i.id)).toEqual(ids.slice(2));
+      expect(page2.body.nextCursor).toBeUndefined();
+
+      expect((await get('?kind=tag.created')).body.items.map((i) => i.id)).toEqual([tagId]);
+      expect((await get(`?repository=${encodeURIComponent(second.fullName)}`)).body.items.map((i) => i.id)).toEqual([tagId]);
+      expect((await get('?cursor=not-a-cursor')).status).toBe(400);
+      expect((await get('?kind=issue.opened')).status).toBe(400);
+      expect((await get('', other.token)).status).toBe(404);
+      expect((await h.request('GET', `/api/v1/orgs/${o.org.slug}/events/${tagId}`, { token: o.token })).status).toBe(200);
+      expect((await h.request('GET', `/api/v1/orgs/${other.org.slug}/events/${tagId}`, { token: other.token })).status).toBe(404);
+    });
+
+    it('shows an event run to the organizations it concerns and to the admin only', async () => {
+      const o = await createOrgWithToken(h);
+      const other = await createOrgWithToken(h);
+      const repository = await attachedRepository(o, 'gitlab');
+      const { workflowId } = await deliver('gitlab', gitlabPush(repository));
+      const path = `/api/v1/workflows/${encodeURIComponent(workflowId)}`;
+      const mine = await h.request('GET', path, { token: o.token });
+      expect(mine.status).toBe(200);
+      expect(await mine.json()).toMatchObject({ type: 'eventWorkflow', status: 'COMPLETED', result: { recorded: 1 } });
+      expect((await h.request('GET', path, { token: other.token })).status).toBe(404);
+      expect((await h.request('GET', path, { token: h.adminToken })).status).toBe(200);
+    });
+  });
+
+  describe('repository cache', () => {
+    function installationRepositories(action: 'added' | 'removed', installationId: number, repository: { id: number; full_name: string }): Payload {
+      const examples = githubExamples.find((d) => d.name === 'installation_repositories')!.examples as Payload[];
+      const example = structuredClone(examples.find((e) => e.action === action)!);
+      example.installation.id = installationId;
+      const repo = { id: repository.id, node_id: 'R_test', name: repository.full_name.split('/')[1], full_name: repository.full_name, private: true };
+      example.repositories_added = action === 'added' ? [repo] : [];
+      example.repositories_removed = action === 'removed' ? [repo] : [];
+      return example;
+    }
+
+    async function deliverGithub(payload: Payload, event: string) {
+      const d = delivery('github', payload, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github, githubEvent: event });
+      const res = await send(h, d);
+      return { res, delivery: d };
+    }
+
+    it('adds and removes repositories an installation gains and loses, for connections bound to it', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      await subscribe(o, subscriber, { kinds: ['repository.added', 'repository.removed'] });
+      const installationId = randomInt(1_000_000, 2_000_000_000);
+      const connectionId = await seedConnection(h, { organizationId: o.org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: String(installationId) });
+      const repo = { id: Number(uniqueExternalId('github')), full_name: 'octo-org/new-service' };
+      const cached = () => h.db.selectFrom('repositories').selectAll().where('connection_id', '=', connectionId).where('external_id', '=', String(repo.id)).executeTakeFirst();
+
+      const added = await deliverGithub(installationRepositories('added', installationId, repo), 'installation_repositories');
+      expect(added.res.status).toBe(202);
+      const addedRun = await resultOf<EventResult>(h, ((await added.res.json()) as { workflowId: string }).workflowId);
+      expect(addedRun).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+      expect(await cached()).toMatchObject({ organization_id: o.org.id, provider: 'github', full_name: 'octo-org/new-service', vanished_at: null });
+      const [addedEvent] = await eventsOfDelivery(h.db, 'github', added.delivery.deliveryId);
+      expect(addedEvent).toMatchObject({ kind: 'repository.added', organization_id: o.org.id, repository_id: (await cached())!.id });
+
+      const removed = await deliverGithub(installationRepositories('removed', installationId, repo), 'installation_repositories');
+      expect(removed.res.status).toBe(202);
+      await resultOf(h, ((await removed.res.json()) as { workflowId: string }).workflowId);
+      expect((await cached())!.vanished_at).toBeInstanceOf(Date);
+      expect(subscriber.received.map((r) => r.body.kind)).toEqual(['repository.added', 'repository.removed']);
+
+      // An installation no connection is bound to: acknowledged, nothing started.
+      const stranger = await deliverGithub(installationRepositories('added', installationId + 1, repo), 'installation_repositories');
+      expect(stranger.res.status).toBe(200);
+    });
+
+    it('follows a rename that an event of an attached repository reports', async () => {
+      const o = await createOrgWithToken(h);
+      const repository = await attachedRepository(o, 'gitlab', 'team/old-name');
+      await deliver('gitlab', gitlabPush({ externalId: repository.externalId, fullName: 'team/new-name' }));
+      const row = await h.db.selectFrom('repositories').select('full_name').where('id', '=', repository.repositoryId).executeTakeFirstOrThrow();
+      expect(row.full_name).toBe('team/new-name');
+    });
+  });
+});

@@ -1,0 +1,223 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PROVIDERS, type Provider } from '../../lib/domain.ts';
+import type { EventResult } from '../../workflows/contract.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository, type DeliveryOptions, type Payload } from '../fakes/webhook-deliveries.ts';
+import { eventRunExists, eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+
+/** The secret the harness's API verifies each provider against (the current one of [current, previous]). */
+const CURRENT: Record<Provider, string> = {
+  github: TEST_WEBHOOK_SECRETS.github,
+  gitlab: TEST_WEBHOOK_SECRETS.gitlab,
+  bitbucket: TEST_WEBHOOK_SECRETS.bitbucket,
+  'azure-devops': TEST_WEBHOOK_SECRETS.azureDevOps.pass,
+};
+
+const FULL_NAMES: Record<Provider, string> = {
+  github: 'octo-org/receiver',
+  gitlab: 'group/sub/receiver',
+  bitbucket: 'PROJ/receiver',
+  'azure-devops': 'Fabrikam/receiver',
+};
+
+describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
+  let h: Harness;
+  let org: { id: string; slug: string };
+  let orgToken: string;
+  const attached = {} as Record<Provider, { externalId: string; fullName: string; repositoryId: string }>;
+
+  beforeAll(async () => {
+    h = await startHarness();
+    ({ org, token: orgToken } = await createOrgWithToken(h));
+    for (const provider of PROVIDERS) {
+      const repository = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
+      const { repositoryId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
+      attached[provider] = { ...repository, repositoryId };
+    }
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  function pushTo(provider: Provider, repository: { externalId: string; fullName: string }, options: Partial<DeliveryOptions> & { payload?: Payload } = {}) {
+    const payload = withRepository(provider, options.payload ?? fixture(PUSH_FIXTURES[provider]), repository);
+    return delivery(provider, payload, {
+      deliveryId: randomUUID(),
+      secret: CURRENT[provider],
+      basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
+      ...options,
+    });
+  }
+
+  async function expectProblem(res: Response, status: number) {
+    expect(res.status).toBe(status);
+    expect(res.headers.get('content-type')).toBe('application/problem+json');
+    const problem = (await res.json()) as { status: number; detail: string };
+    expect(problem.status).toBe(status);
+    return problem;
+  }
+
+  describe.each(PROVIDERS)('%s', (provider) => {
+    it('acknowledges a valid delivery with 202 once the event run is started, which records the push', async () => {
+      const push = pushTo(provider, attached[provider]);
+      const { deliveryId } = push;
+      const res = await send(h, push);
+      expect(res.status).toBe(202);
+      const ack = (await res.json()) as { status: string; workflowId: string };
+      expect(ack).toMatchObject({ status: 'accepted', workflowId: `event:${provider}:${deliveryId}` });
+      const result = await resultOf<EventResult>(h, ack.workflowId);
+      expect(result).toMatchObject({ recorded: 1, delivered: 0, undelivered: [] });
+
+      const events = await eventsOfDelivery(h.db, provider, deliveryId);
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ organization_id: org.id, repository_id: attached[provider].repositoryId, sequence: 0, kind: 'push' });
+      expect(events[0]!.event).toMatchObject({ provider, deliveryId, kind: 'push', repository: { externalId: attached[provider].externalId, fullName: attached[provider].fullName } });
+
+      // The run carries the normalized event, never the raw body or a credential.
+      const history = await historyText(h, ack.workflowId);
+      expect(history).toContain(attached[provider].externalId);
+      expect(history).not.toContain(push.body.slice(0, 60));
+      expect(history).not.toContain(CURRENT[provider]);
+    });
+
+    it('answers 401 to a forged credential and starts nothing', async () => {
+      const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
+      const problem = await expectProblem(await send(h, forged), 401);
+      expect(problem.detail).not.toContain(CURRENT[provider]);
+      expect(await eventRunExists(h, provider, forged.deliveryId)).toBe(false);
+      expect(await eventsOfDelivery(h.db, provider, forged.deliveryId)).toEqual([]);
+    });
+
+    it('answers 401 to a delivery without credentials and starts nothing', async () => {
+      const unsigned = pushTo(provider, attached[provider], { secret: undefined });
+      await expectProblem(await send(h, unsigned), 401);
+      expect(await eventRunExists(h, provider, unsigned.deliveryId)).toBe(false);
+    });
+
+    it('accepts the previous secret while it is configured (rotation)', async () => {
+      const res = await send(h, pushTo(provider, attached[provider], { secret: TEST_WEBHOOK_SECRETS.previous }));
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      expect((await resultOf<EventResult>(h, workflowId)).recorded).toBe(1);
+    });
+
+    it('answers 200 and starts nothing for a repository that is not attached', async () => {
+      const unknown = pushTo(provider, { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] });
+      const res = await send(h, unknown);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toMatchObject({ status: 'ignored', reason: 'repository not attached' });
+      expect(await eventRunExists(h, provider, unknown.deliveryId)).toBe(false);
+    });
+
+    it('answers 202 to a redelivery without starting anything new', async () => {
+      const push = pushTo(provider, attached[provider]);
+      const first = await send(h, push);
+      expect(first.status).toBe(202);
+      const { workflowId } = (await first.json()) as { workflowId: string };
+      await resultOf(h, workflowId);
+      const { runId } = await h.client.workflow.getHandle(workflowId).describe();
+
+      const again = await send(h, push);
+      expect(again.status).toBe(202);
+      expect(await again.json()).toMatchObject({ status: 'accepted', workflowId });
+      const after = await h.client.workflow.getHandle(workflowId).describe();
+      expect(after.runId).toBe(runId);
+      expect(after.status.name).toBe('COMPLETED');
+      expect(await eventsOfDelivery(h.db, provider, push.deliveryId)).toHaveLength(1);
+    });
+
+    it('answers 400 to a correctly signed body that is not JSON, and starts nothing', async () => {
+      const broken = pushTo(provider, attached[provider], { rawBody: '{"object_kind": "push", "ref": ' });
+      const problem = await expectProblem(await send(h, broken), 400);
+      expect(problem.detail).toMatch(/not JSON/);
+      expect(await eventRunExists(h, provider, broken.deliveryId)).toBe(false);
+    });
+
+    it('answers 400 to a signed delivery with another content type', async () => {
+      const push = pushTo(provider, attached[provider]);
+      const problem = await expectProblem(await send(h, { ...push, headers: { ...push.headers, 'content-type': 'application/x-www-form-urlencoded' } }), 400);
+      expect(problem.detail).toMatch(/content-type/);
+    });
+
+    it('answers 413 to a body over the size limit, declared or streamed, and starts nothing', async () => {
+      const payload = withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]);
+      payload.padding = 'x'.repeat(1024 * 1024);
+      const big = delivery(provider, payload, { deliveryId: randomUUID(), secret: CURRENT[provider], basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user });
+      await expectProblem(await send(h, { ...big, headers: { ...big.headers, 'content-length': String(Buffer.byteLength(big.body)) } }), 413);
+      await expectProblem(await send(h, big), 413);
+      expect(await eventRunExists(h, provider, big.deliveryId)).toBe(false);
+      // Close to the limit (1 MiB in the harness) is fine.
+      payload.padding = 'x'.repeat(1024 * 1024 - 16 * 1024);
+      const fits = delivery(provider, payload, { deliveryId: randomUUID(), secret: CURRENT[provider], basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user });
+      expect(Buffer.byteLength(fits.body)).toBeGreaterThan(1000 * 1000);
+      expect((await send(h, { ...fits, headers: { ...fits.headers, 'content-length': String(Buffer.byteLength(fits.body)) } })).status).toBe(202);
+    });
+  });
+
+  it('rejects a GitHub or Bitbucket body changed after signing', async () => {
+    for (const provider of ['github', 'bitbucket'] as const) {
+      const push = pushTo(provider, attached[provider]);
+      const tampered = { ...push, body: push.body.replace('refs/heads/master', 'refs/heads/evil') };
+      expect(tampered.body).not.toBe(push.body);
+      await expectProblem(await send(h, tampered), 401);
+    }
+  });
+
+  it('answers 200 to pings: Bitbucket diagnostics:ping unsigned, GitHub ping', async () => {
+    const bitbucketPing = delivery('bitbucket', fixture('bitbucket/diagnostics-ping.json'), { deliveryId: randomUUID() });
+    bitbucketPing.headers['x-event-key'] = 'diagnostics:ping';
+    const bb = await send(h, bitbucketPing);
+    expect(bb.status).toBe(200);
+    expect(await bb.json()).toEqual({ status: 'pong' });
+
+    const githubPing = delivery('github', { zen: 'Keep it logically awesome.', hook_id: 1 }, { deliveryId: randomUUID(), secret: CURRENT.github, githubEvent: 'ping' });
+    expect((await send(h, githubPing)).status).toBe(200);
+    expect(await eventRunExists(h, 'github', githubPing.headers['x-github-delivery']!)).toBe(false);
+  });
+
+  it('answers 200 to valid deliveries of event kinds it does not act on', async () => {
+    const issue = delivery('github', { action: 'opened', repository: { id: Number(attached.github.externalId), full_name: attached.github.fullName } }, { deliveryId: randomUUID(), secret: CURRENT.github, githubEvent: 'issues' });
+    const res = await send(h, issue);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: 'ignored', reason: 'event kind not handled' });
+
+    const prModified = withRepository('bitbucket', fixture('bitbucket/pr-modified.json'), attached.bitbucket);
+    expect((await send(h, delivery('bitbucket', prModified, { deliveryId: randomUUID(), secret: CURRENT.bitbucket }))).status).toBe(200);
+  });
+
+  it('records every ref change of a Bitbucket delivery with three, in order', async () => {
+    const push = pushTo('bitbucket', attached.bitbucket, { payload: fixture('bitbucket/repo-refs-changed-three-refs.json') });
+    const res = await send(h, push);
+    expect(res.status).toBe(202);
+    const { workflowId, events: count } = (await res.json()) as { workflowId: string; events: number };
+    expect(count).toBe(3);
+    expect((await resultOf<EventResult>(h, workflowId)).recorded).toBe(3);
+    const events = await eventsOfDelivery(h.db, 'bitbucket', push.headers['x-request-id']!);
+    expect(events.map((e) => [e.sequence, e.kind, e.event.ref?.name])).toEqual([
+      [0, 'push', 'master'],
+      [1, 'branch.created', 'feature/login'],
+      [2, 'tag.deleted', 'v0.9'],
+    ]);
+    expect(new Set(events.map((e) => e.organization_id))).toEqual(new Set([org.id]));
+
+    // Listed through the API, newest first (all three share the delivery's receipt time).
+    const listed = await h.request('GET', `/api/v1/orgs/${org.slug}/events?repository=${attached.bitbucket.repositoryId}&kind=branch.created`, { token: orgToken });
+    expect(listed.status).toBe(200);
+    const body = (await listed.json()) as { items: { id: string; kind: string; receivedAt: string }[] };
+    expect(body.items.map((i) => i.id)).toEqual([events[1]!.id]);
+  });
+
+  it('answers 400 to a delivery id too long to name a run', async () => {
+    const res = await send(h, pushTo('gitlab', attached.gitlab, { deliveryId: 'x'.repeat(201) }));
+    expect((await expectProblem(res, 400)).detail).toMatch(/delivery id/);
+  });
+
+  it('documents the receivers, events and subscribers in the OpenAPI document', async () => {
+    const doc = (await (await h.request('GET', '/openapi.json')).json()) as { paths: Record<string, Record<string, { security?: unknown[] }>> };
+    for (const provider of PROVIDERS) expect(doc.paths[`/api/events-handler/v1/events/${provider}`]?.post?.security).toEqual([]);
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining(['/api/v1/orgs/{org}/events', '/api/v1/orgs/{org}/events/{id}/deliveries', '/api/v1/orgs/{org}/subscribers', '/api/v1/orgs/{org}/subscribers/{id}']),
+    );
+  });
+});
