@@ -9,12 +9,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
+import { DEFAULT_REFRESH_OPTIONS, runRefreshBench } from './refresh.ts';
 import { startBenchStack, type BenchStack } from './stack.ts';
 
 type Flags = Record<string, number>;
 
 const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<object>> = {
   ingest: (stack, flags) => runIngestBench(stack, { ...DEFAULT_INGEST_OPTIONS, ...flags }),
+  refresh: (stack, flags) => runRefreshBench(stack, { ...DEFAULT_REFRESH_OPTIONS, ...flags }),
 };
 
 const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
