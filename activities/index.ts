@@ -1,6 +1,7 @@
 import type { Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
+import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createConnectionActivities } from './connections.ts';
 import { createDispatchActivities } from './dispatch.ts';
@@ -26,6 +27,9 @@ export interface ActivitySettings {
   azureDevOps?: { basicAuthUser: string; basicAuthPass: string };
   /** How long the event workflow retries a subscriber (subscribers.deliveryDeadlineSeconds). */
   subscriberDeliveryDeadlineSeconds?: number;
+  /** repositoryCache.callsPerConnection / callsPerWorker: listing calls in flight at once. */
+  listingCallsPerConnection?: number;
+  listingCallsPerWorker?: number;
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
@@ -39,17 +43,21 @@ export function settingsFromConfig(config: Config): ActivitySettings {
         ? { basicAuthUser: p.azureDevOps.webhookBasicAuthUser, basicAuthPass: p.azureDevOps.webhookBasicAuthPass }
         : undefined,
     subscriberDeliveryDeadlineSeconds: config.subscribers.deliveryDeadlineSeconds,
+    listingCallsPerConnection: config.repositoryCache.callsPerConnection,
+    listingCallsPerWorker: config.repositoryCache.callsPerWorker,
   };
 }
 
 /** Every activity the worker registers; workflows import only this function's type. */
 export function createActivities(deps: ActivityDeps) {
+  // One per worker: every connection listed by this worker shares it.
+  const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? 8);
   return {
     ...createConnectionActivities(deps),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...createDispatchActivities(deps),
     ...createHookActivities(deps),
-    ...createRepositoryCacheActivities(deps),
+    ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? 4, limiter: listingLimiter }),
   };
 }
 

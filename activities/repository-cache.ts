@@ -4,7 +4,7 @@ import { open } from '../lib/crypto.ts';
 import { loadConnectionSecrets } from '../lib/db/repositories/connections.ts';
 import {
   activeConnectionIds,
-  listingPage,
+  listingPages,
   markVanishedExcept,
   recordRefreshOutcome,
   saveListingPage,
@@ -13,27 +13,37 @@ import {
 } from '../lib/db/repositories/repository-cache.ts';
 import type { ActivityDeps } from './index.ts';
 import { classified } from './errors.ts';
-import type { ListingProgress } from '../workflows/contract.ts';
-
+import type { RepositoryPage } from './providers/port.ts';
+import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
+import type { Limiter } from '../lib/limiter.ts';
 
 export interface ListingChunkResult {
   progress: ListingProgress;
   done: boolean;
+  /** Repositories marked vanished when the listing completed (0 until then). */
+  vanished: number;
 }
 
-const FIRST_PAGE = 'first';
+/** How many listing calls run at once: per connection, and for the whole worker. */
+export interface ListingConcurrency {
+  callsPerConnection: number;
+  limiter: Limiter;
+}
 
-export function createRepositoryCacheActivities({ db, keys, providers, logger }: ActivityDeps) {
+export function createRepositoryCacheActivities({ db, keys, providers, logger }: ActivityDeps, concurrency: ListingConcurrency) {
   return {
     async listConnectionsToRefresh({ organizationId }: { organizationId?: string }) {
       return activeConnectionIds(db, organizationId);
     },
 
     /**
-     * Lists up to `maxPages` pages of one connection's repositories and upserts them, heartbeating
-     * the cursor after each page: a retry (after a crash or a throttled call) resumes from the last
-     * page it recorded instead of the first. GitHub pages are fetched conditionally with the ETag
-     * stored for them; a 304 costs no rate limit and still counts the page's repositories as seen.
+     * Lists up to `maxPages` pages of one connection's repositories and upserts them. Pages whose
+     * cursors are known fetch in parallel (at most `callsPerConnection` for this connection and the
+     * worker-wide limit for all); the frontier of pending cursors is heartbeated after each page, so
+     * a retry (after a crash or a throttled call) resumes there instead of at the first page. GitHub
+     * pages are fetched conditionally with the ETag stored for them: a 304 costs no rate limit and
+     * the stored page (its repositories and the pages it led to) stands. When nothing is pending,
+     * the listing is complete: what no visited page holds is marked vanished.
      */
     async listRepositoriesChunk({ connectionId, progress, maxPages }: { connectionId: string; progress: ListingProgress; maxPages: number }): Promise<ListingChunkResult> {
       const ctx = Context.current();
@@ -51,33 +61,92 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
         secret: row.credential ? open(keys, row.credential, row.id) : undefined,
       });
       const scope = { organizationId: row.organization_id, connectionId, provider: row.provider };
-      for (let fetched = 0; fetched < maxPages; fetched++) {
-        const pageKey = state.cursor ?? FIRST_PAGE;
-        const stored = await listingPage(db, connectionId, pageKey);
-        const page = await classified(() => adapter.listRepositoriesPage({ cursor: state.cursor, etag: stored?.etag ?? undefined }));
+      const stored = await listingPages(db, connectionId);
+      const queue = [...state.pending];
+      const known = new Set([...state.visitedPageKeys, ...queue]);
+      const inFlight = new Set<string>();
+      const enqueue = (cursor: string) => {
+        if (known.has(cursor)) return;
+        known.add(cursor);
+        queue.push(cursor);
+      };
+      const beat = () => {
+        state.pending = [...inFlight, ...queue];
+        ctx.heartbeat(state);
+      };
+
+      /**
+       * One page: the call (within both limits), then its cursors join the queue at once so the next
+       * calls start while this page is written; the page counts as visited once it is written.
+       */
+      let fetching = 0;
+      let pump = () => {};
+      const fetchPage = async (pageKey: string) => {
+        const previous = stored.get(pageKey);
+        const cursor = pageKey === FIRST_LISTING_PAGE ? undefined : pageKey;
+        let page: RepositoryPage;
+        try {
+          page = await concurrency.limiter.run(() => classified(() => adapter.listRepositoriesPage({ cursor, etag: previous?.etag ?? undefined })));
+        } finally {
+          fetching--;
+        }
         state.apiCalls += page.apiCalls ?? 1;
-        if (page.notModified && stored) {
+        let links = { nextCursor: page.nextCursor, fanOut: page.fanOut ?? [] };
+        if (page.notModified) {
+          if (!previous) throw new Error(`page ${pageKey} answered 304 to a request that sent no ETag`);
           state.notModifiedPages++;
-        } else {
-          state.rowsWritten += await upsertRepositories(db, scope, page.repositories);
-          await saveListingPage(db, connectionId, pageKey, page.etag, page.repositories.map((r) => r.externalId));
+          links = { nextCursor: previous.nextCursor ?? undefined, fanOut: previous.fanOut };
+        }
+        for (const next of links.fanOut) enqueue(next);
+        if (links.nextCursor) enqueue(links.nextCursor);
+        pump();
+        if (!page.notModified) {
+          const [written] = await Promise.all([
+            upsertRepositories(db, scope, page.repositories),
+            saveListingPage(db, connectionId, pageKey, { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links }),
+          ]);
+          state.rowsWritten += written;
         }
         state.pages++;
         state.visitedPageKeys.push(pageKey);
-        state.cursor = page.nextCursor;
-        ctx.heartbeat(state);
-        if (!page.nextCursor) return { progress: state, done: true };
-      }
-      return { progress: state, done: false };
-    },
+      };
 
-    /** Ends a complete listing: what no visited page holds any more is marked vanished. */
-    async finishListing({ connectionId, visitedPageKeys }: { connectionId: string; visitedPageKeys: string[] }): Promise<{ vanished: number }> {
-      const seen = await seenInListing(db, connectionId, visitedPageKeys);
+      // Pages fetched but not yet written, at most: bounds the memory a slow database can hold up.
+      const maxUnwritten = concurrency.callsPerConnection * 2;
+      let started = 0;
+      await new Promise<void>((resolve, reject) => {
+        let failure: { error: unknown } | undefined;
+        pump = () => {
+          while (!failure && fetching < concurrency.callsPerConnection && inFlight.size < maxUnwritten && queue.length > 0 && started < maxPages) {
+            const pageKey = queue.shift()!;
+            started++;
+            fetching++;
+            inFlight.add(pageKey);
+            fetchPage(pageKey)
+              .catch((error: unknown) => {
+                failure ??= { error };
+                // Still pending: the heartbeat keeps it for the retry.
+                queue.unshift(pageKey);
+              })
+              .finally(() => {
+                inFlight.delete(pageKey);
+                beat();
+                pump();
+              });
+          }
+          // Pages already in flight finish (and are recorded) before the chunk ends or fails.
+          if (inFlight.size === 0) (failure ? reject(failure.error) : resolve());
+        };
+        pump();
+      });
+      state.pending = queue;
+      if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
+
+      const seen = await seenInListing(db, connectionId, state.visitedPageKeys);
       const vanished = await markVanishedExcept(db, connectionId, seen);
       await recordRefreshOutcome(db, connectionId, null);
-      logger.info({ connectionId, seen: seen.size, vanished }, 'repository listing finished');
-      return { vanished };
+      logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, seen: seen.size, vanished }, 'repository listing finished');
+      return { progress: state, done: true, vanished };
     },
 
     async recordRefreshFailure({ connectionId, reason }: { connectionId: string; reason: string }): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N]`: starts the benchmark stack
+ * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N] [--callsPerWorker=N] [--callsPerConnection=N]`: starts the benchmark stack
  * (bench/stack.ts), runs each named benchmark (all by default) against it, and writes each
  * result to bench/results/<name>.json. A benchmark is a function of the stack returning a
  * JSON-able result: add one to BENCHMARKS.
@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
 import { DEFAULT_REFRESH_OPTIONS, runRefreshBench } from './refresh.ts';
-import { startBenchStack, type BenchStack } from './stack.ts';
+import { DEFAULT_LISTING_CONCURRENCY, startBenchStack, type BenchStack } from './stack.ts';
 
 type Flags = Record<string, number>;
 
@@ -34,7 +34,10 @@ function parseArgs(argv: string[]): { names: string[]; flags: Flags } {
 }
 
 const { names, flags } = parseArgs(process.argv.slice(2));
-const stack = await startBenchStack();
+const stack = await startBenchStack(console.log, {
+  callsPerConnection: flags.callsPerConnection ?? DEFAULT_LISTING_CONCURRENCY.callsPerConnection,
+  callsPerWorker: flags.callsPerWorker ?? DEFAULT_LISTING_CONCURRENCY.callsPerWorker,
+});
 let failed = false;
 try {
   mkdirSync(RESULTS, { recursive: true });

@@ -36,6 +36,8 @@ export interface BenchStack {
   secrets: BenchSecrets;
   /** The GitHub App the worker is configured with, for a fake GitHub that must accept its JWTs. */
   githubApp: { appId: string; privateKeyPem: string };
+  /** The worker's repositoryCache listing concurrency. */
+  listing: ListingConcurrencyOptions;
   db: Db;
   /** A Temporal client of the benchmark's own, for comparisons that bypass the API. */
   temporal: Client;
@@ -145,7 +147,15 @@ function peakRssMiB(pid: number | undefined): number {
   return Math.round((kib / 1024) * 10) / 10;
 }
 
-export async function startBenchStack(log: (line: string) => void = console.log): Promise<BenchStack> {
+export interface ListingConcurrencyOptions {
+  callsPerConnection: number;
+  callsPerWorker: number;
+}
+
+/** The configuration defaults (lib/config.ts), unless a benchmark flag overrides them. */
+export const DEFAULT_LISTING_CONCURRENCY: ListingConcurrencyOptions = { callsPerConnection: 4, callsPerWorker: 8 };
+
+export async function startBenchStack(log: (line: string) => void = console.log, listing: ListingConcurrencyOptions = DEFAULT_LISTING_CONCURRENCY): Promise<BenchStack> {
   const stops: (() => Promise<void>)[] = [];
   const stop = async () => {
     for (const fn of stops.splice(0)) await fn().catch((error: Error) => log(`cleanup: ${error.message}`));
@@ -196,6 +206,7 @@ export async function startBenchStack(log: (line: string) => void = console.log)
         azureDevOps: { enabled: true, webhookBasicAuthUser: secrets.azureDevOps.user, webhookBasicAuthPass: secrets.azureDevOps.pass },
       },
       security: { allowHttpHosts: ['127.0.0.1'] },
+      repositoryCache: listing,
     };
     const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-bench-'));
     stops.push(async () => rmSync(dir, { recursive: true, force: true }));
@@ -222,6 +233,7 @@ export async function startBenchStack(log: (line: string) => void = console.log)
       taskQueue,
       secrets,
       githubApp,
+      listing,
       db,
       temporal,
       resetPeakRss() {

@@ -70,6 +70,10 @@ export const configSchema = z
       .object({
         schedule: z.string().min(1).default('0 2 * * *'),
         timeZone: z.string().min(1).default('UTC'),
+        // Listing calls in flight at once: for one connection (providers' limits are per credential),
+        // and for every listing of one worker.
+        callsPerConnection: z.number().int().min(1).max(32).default(4),
+        callsPerWorker: z.number().int().min(1).max(256).default(8),
       })
       .prefault({}),
     security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),

@@ -134,17 +134,25 @@ export interface ConnectionRefreshInput {
   progress?: ListingProgress;
 }
 
-/** Where a connection's listing stands; heartbeated after every page so a retry resumes there. */
+/** The page key of a listing's first page, fetched without a cursor. */
+export const FIRST_LISTING_PAGE = 'first';
+
+/**
+ * Where a connection's listing stands; heartbeated after every page so a retry resumes there. Pages
+ * are fetched several at a time where the provider allows it, so the listing is a frontier of
+ * cursors rather than one cursor: the pages still to fetch, and those done.
+ */
 export interface ListingProgress {
-  /** Cursor of the next page to fetch; undefined before the first page. */
-  cursor?: string;
+  /** Page keys (cursors; FIRST_LISTING_PAGE for the first page) still to fetch. */
+  pending: string[];
   pages: number;
   apiCalls: number;
   rowsWritten: number;
   notModifiedPages: number;
-  /** Page keys visited so far in this listing (a page's key is the cursor that fetched it). */
+  /** Page keys visited so far in this listing. */
   visitedPageKeys: string[];
 }
+export const newListingProgress = (): ListingProgress => ({ pending: [FIRST_LISTING_PAGE], pages: 0, apiCalls: 0, rowsWritten: 0, notModifiedPages: 0, visitedPageKeys: [] });
 export interface ConnectionRefreshResult {
   connectionId: string;
   pages: number;

@@ -6,6 +6,7 @@ import {
   log,
   ParentClosePolicy,
   proxyActivities,
+  proxyLocalActivities,
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities/index.ts';
@@ -13,6 +14,7 @@ import {
   type ConnectionRefreshInput,
   type ConnectionRefreshResult,
   type ListingProgress,
+  newListingProgress,
   type RefreshInput,
   type RefreshResult,
   SA_CONNECTION,
@@ -28,8 +30,13 @@ const CONCURRENT_CONNECTIONS = 8;
 const PAGES_PER_CHUNK = 50;
 const CHUNKS_PER_RUN = 40;
 
-const { listConnectionsToRefresh, finishListing, recordRefreshFailure } = proxyActivities<Activities>({
+const { recordRefreshFailure } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+// One short query: run inside the workflow task, which saves two round trips through the server.
+const { listConnectionsToRefresh } = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
 const { listRepositoriesChunk } = proxyActivities<Activities>({
@@ -76,17 +83,16 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
   return { connections: connections.length, refreshed, failed, alreadyRunning };
 }
 
-/** Lists one connection's repositories page by page into the cache, then marks what vanished. */
+/** Lists one connection's repositories into the cache, in chunks of pages; the last chunk marks what vanished. */
 export async function refreshConnectionWorkflow(input: ConnectionRefreshInput): Promise<ConnectionRefreshResult> {
-  let progress: ListingProgress = input.progress ?? { pages: 0, apiCalls: 0, rowsWritten: 0, notModifiedPages: 0, visitedPageKeys: [] };
+  let progress: ListingProgress = input.progress ?? newListingProgress();
   try {
     for (let chunk = 0; chunk < CHUNKS_PER_RUN; chunk++) {
       const result = await listRepositoriesChunk({ connectionId: input.connectionId, progress, maxPages: PAGES_PER_CHUNK });
       progress = result.progress;
       if (result.done) {
-        const { vanished } = await finishListing({ connectionId: input.connectionId, visitedPageKeys: progress.visitedPageKeys });
-        const { visitedPageKeys: _keys, cursor: _cursor, ...counts } = progress;
-        return { connectionId: input.connectionId, ...counts, vanished };
+        const { visitedPageKeys: _keys, pending: _pending, ...counts } = progress;
+        return { connectionId: input.connectionId, ...counts, vanished: result.vanished };
       }
     }
   } catch (error) {

@@ -21,7 +21,7 @@ const REQUEST_TIMEOUT_MS = 30_000;
  * Projects per repository page. Azure DevOps lists a project's repositories unpaged, so a page is a
  * batch of projects: small enough that each page (and its heartbeat) stays quick in large organizations.
  */
-const DEFAULT_PROJECTS_PER_PAGE = 10;
+const DEFAULT_PROJECTS_PER_PAGE = 100;
 /** Publisher inputs that identify the scope or are added by the service, not filters we asked for. */
 const SCOPE_INPUTS = new Set(['projectId', 'repository', 'hostId', 'tfsSubscriptionId']);
 
@@ -225,20 +225,31 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { proj
       return { ok: true, identity: { account: user.providerDisplayName ?? user.id, accountId: user.id } };
     },
 
+    /**
+     * Two kinds of page: a page of projects (cursor absent or `projects:<skip>`), whose projects
+     * fan out, and one project's repositories (`repos:<projectId>`); the listing fetches the
+     * projects' repositories in parallel.
+     */
     async listRepositoriesPage({ cursor }): Promise<RepositoryPage> {
-      const offset = cursor ? Number(cursor) : 0;
+      const repos = cursor?.startsWith('repos:') ? cursor.slice('repos:'.length) : undefined;
+      if (repos !== undefined) {
+        if (!repos) throw new Error(`invalid Azure DevOps repository cursor ${cursor}`);
+        const git = await gitApi();
+        // A project deleted since its page was listed answers 404, which the SDK turns into null.
+        const repositories = (await sdk(() => git.getRepositories(repos))) ?? [];
+        return { repositories: repositories.map(toRepository), apiCalls: 1 };
+      }
+      const offset = cursor === undefined ? 0 : Number(cursor.replace(/^projects:/, ''));
       if (!Number.isInteger(offset) || offset < 0) throw new Error(`invalid Azure DevOps repository cursor ${cursor}`);
       const core = await coreApi();
-      const git = await gitApi();
       // One project beyond the batch tells whether another page exists (the SDK hides the continuation token).
       const projects = (await sdk(() => core.getProjects(undefined, projectsPerPage + 1, offset))) ?? [];
       const batch = projects.slice(0, projectsPerPage);
-      const perProject = await Promise.all(batch.map((project) => sdk(() => git.getRepositories(project.id!))));
       return {
-        // A project deleted between the two calls answers 404, which the SDK turns into null.
-        repositories: perProject.flatMap((repos) => (repos ?? []).map(toRepository)),
-        ...(projects.length > projectsPerPage ? { nextCursor: String(offset + projectsPerPage) } : {}),
-        apiCalls: 1 + batch.length,
+        repositories: [],
+        fanOut: batch.map((project) => `repos:${project.id}`),
+        ...(projects.length > projectsPerPage ? { nextCursor: `projects:${offset + projectsPerPage}` } : {}),
+        apiCalls: 1,
       };
     },
 

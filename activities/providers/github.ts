@@ -72,10 +72,17 @@ function toProviderError(error: unknown, now: number): unknown {
   return new ProviderHttpError('github', status, message, retryAfterSeconds);
 }
 
-function nextPageFromLink(link: string | undefined): string | undefined {
-  const next = link?.split(',').find((part) => /rel="next"/.test(part));
-  const url = next && /<([^>]+)>/.exec(next)?.[1];
+/** The `page` of the Link header's `rel` entry (next, last). */
+function pageFromLink(link: string | undefined, rel: 'next' | 'last'): string | undefined {
+  const entry = link?.split(',').find((part) => part.includes(`rel="${rel}"`));
+  const url = entry && /<([^>]+)>/.exec(entry)?.[1];
   return url ? (new URL(url).searchParams.get('page') ?? undefined) : undefined;
+}
+
+/** Pages after the first up to the Link header's last: known once the first page is in, fetched in parallel. */
+function pagesAfterFirst(link: string | undefined): string[] {
+  const last = Number(pageFromLink(link, 'last'));
+  return Number.isSafeInteger(last) && last > 1 ? Array.from({ length: last - 1 }, (_, i) => String(i + 2)) : [];
 }
 
 interface GithubRepository {
@@ -191,21 +198,15 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
         });
         return {
           repositories: response.data.repositories.map(toRepository),
-          nextCursor: nextPageFromLink(response.headers.link),
+          nextCursor: pageFromLink(response.headers.link, 'next'),
+          ...(page === 1 ? { fanOut: pagesAfterFirst(response.headers.link) } : {}),
           etag: response.headers.etag,
           apiCalls: apiCalls - callsBefore,
         };
       } catch (error) {
-        // A 304 carries no Link header, so the walk goes on to the following page; past the
-        // last page GitHub answers an empty page without rel="next", which ends it.
+        // A 304 carries no Link header: the page and where it leads are as the listing stored them.
         if (isResponseError(error) && error.status === 304) {
-          return {
-            repositories: [],
-            notModified: true,
-            nextCursor: String(page + 1),
-            etag: header(error.response.headers, 'etag') ?? etag,
-            apiCalls: apiCalls - callsBefore,
-          };
+          return { repositories: [], notModified: true, etag: header(error.response.headers, 'etag') ?? etag, apiCalls: apiCalls - callsBefore };
         }
         throw toProviderError(error, now());
       }

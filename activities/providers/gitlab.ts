@@ -173,6 +173,43 @@ function nextIdAfter(link: string | undefined): string | undefined {
   return href ? (new URL(href).searchParams.get('id_after') ?? undefined) : undefined;
 }
 
+/**
+ * Repository-listing cursors. `ids:<after>-<before>`: a keyset walk over project ids in
+ * (after, before), `before` empty for the walk to the end (a plain number is the first version's
+ * id_after cursor). `split:<firstId>-<lastId>`: after a full first page that held those ids, find
+ * the highest id and split the rest of the id space into ranges walked in parallel.
+ */
+type ListingCursor = { kind: 'ids'; after: number; before?: number } | { kind: 'split'; firstId: number; lastId: number };
+
+function parseListingCursor(cursor: string | undefined): ListingCursor {
+  if (cursor === undefined) return { kind: 'ids', after: 0 };
+  const split = /^split:(\d+)-(\d+)$/.exec(cursor);
+  if (split) return { kind: 'split', firstId: Number(split[1]), lastId: Number(split[2]) };
+  const ids = /^(?:ids:)?(\d+)(?:-(\d*))?$/.exec(cursor);
+  if (!ids) throw new Error(`invalid GitLab repository cursor ${JSON.stringify(cursor)}`);
+  return { kind: 'ids', after: Number(ids[1]), ...(ids[2] ? { before: Number(ids[2]) } : {}) };
+}
+
+const idsCursor = (after: number, before?: number) => `ids:${after}-${before ?? ''}`;
+
+/** Id ranges a listing splits the rest of the projects into, at most. */
+const MAX_RANGES = 8;
+
+/**
+ * The ids after a full first page (`firstId`..`lastId`) up to the highest, split into ranges of
+ * about the same number of projects judging by the first page's density; the last range is
+ * open-ended so projects created meanwhile are not missed.
+ */
+function splitRemaining(firstId: number, lastId: number, maxId: number): string[] {
+  const estimatedPages = Math.ceil((maxId - lastId) / Math.max(1, lastId - firstId + 1));
+  const count = Math.max(1, Math.min(MAX_RANGES, estimatedPages));
+  const step = Math.ceil((maxId - lastId) / count);
+  return Array.from({ length: count }, (_, i) => {
+    const after = lastId + i * step;
+    return i === count - 1 ? idsCursor(after) : idsCursor(after, after + step + 1);
+  });
+}
+
 const isNotFound = (error: unknown) => error instanceof ProviderHttpError && error.status === 404;
 
 export function createGitlabAdapter(target: ProviderTarget, options: GitlabClientOptions = {}): ProviderAdapter {
@@ -207,23 +244,43 @@ export function createGitlabAdapter(target: ProviderTarget, options: GitlabClien
       return { ok: true, identity: { account: String(user.username), accountId: String(user.id) } };
     },
 
+    /**
+     * Keyset pages ordered by id. After a full first page, one call finds the highest id and the
+     * rest of the id space is split into ranges (`id_after`/`id_before` are filters of
+     * GET /projects), each walked with its own keyset cursor, in parallel.
+     */
     async listRepositoriesPage({ cursor }): Promise<RepositoryPage> {
+      const parsed = parseListingCursor(cursor);
       // Projects.all would walk every page; the cache refresh wants one page per call and the next link's cursor.
-      const response = await api.requester.get<GitlabProject[]>('projects', {
-        searchParams: {
-          membership: true,
-          minAccessLevel: HOOK_ADMIN_ACCESS_LEVEL,
-          simple: true,
-          pagination: 'keyset',
-          orderBy: 'id',
-          sort: 'asc',
-          perPage: MAX_PER_PAGE,
-          ...(cursor ? { idAfter: cursor } : {}),
-        },
-        signal: AbortSignal.timeout(30_000),
-      });
-      const nextCursor = nextIdAfter(response.headers.link);
-      return { repositories: response.body.map(toRepository), ...(nextCursor ? { nextCursor } : {}), apiCalls: 1 };
+      const projects = (sort: 'asc' | 'desc', perPage: number, after: number, before?: number) =>
+        api.requester.get<GitlabProject[]>('projects', {
+          searchParams: {
+            membership: true,
+            minAccessLevel: HOOK_ADMIN_ACCESS_LEVEL,
+            simple: true,
+            pagination: 'keyset',
+            orderBy: 'id',
+            sort,
+            perPage,
+            ...(after > 0 ? { idAfter: after } : {}),
+            ...(before !== undefined ? { idBefore: before } : {}),
+          },
+          signal: AbortSignal.timeout(30_000),
+        });
+      if (parsed.kind === 'split') {
+        const highest = (await projects('desc', 1, parsed.lastId)).body[0]?.id;
+        return { repositories: [], ...(highest === undefined ? {} : { fanOut: splitRemaining(parsed.firstId, parsed.lastId, highest) }), apiCalls: 1 };
+      }
+      const { after, before } = parsed;
+      const response = await projects('asc', MAX_PER_PAGE, after, before);
+      const page = { repositories: response.body.map(toRepository), apiCalls: 1 };
+      const firstId = response.body[0]?.id;
+      const lastId = response.body.at(-1)?.id;
+      // GitLab links onward from any non-empty page; a range is also done once its last id is reached.
+      if (!nextIdAfter(response.headers.link) || firstId === undefined || lastId === undefined) return page;
+      if (before !== undefined && lastId >= before - 1) return page;
+      if (cursor === undefined && response.body.length === MAX_PER_PAGE) return { ...page, nextCursor: `split:${firstId}-${lastId}` };
+      return { ...page, nextCursor: idsCursor(lastId, before) };
     },
 
     async getRepository(ref) {

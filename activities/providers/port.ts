@@ -45,6 +45,13 @@ export interface ProviderRepository {
 export interface RepositoryPage {
   repositories: ProviderRepository[];
   nextCursor?: string;
+  /**
+   * Cursors of further pages that can be fetched right away, independently of each other (GitHub
+   * page numbers up to the Link header's last page, GitLab id ranges, Azure DevOps projects): the
+   * listing fetches them in parallel. Each is its own chain: its pages carry their own nextCursor.
+   */
+  fanOut?: string[];
+  /** A conditional request answered 304: the page, its nextCursor and fanOut are as stored. */
   notModified?: boolean;
   etag?: string;
   /** Calls made to produce this page (for the refresh benchmark). */

@@ -41,6 +41,8 @@ export interface RepositoryListingPagesTable {
   page_key: string;
   etag: string | null;
   external_ids: Json<string[]>;
+  next_cursor: string | null;
+  fan_out: ColumnType<string[], string | undefined, string>;
 }
 
 export interface RepositoriesTable {

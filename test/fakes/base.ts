@@ -40,6 +40,9 @@ export interface RecordedCall {
   path: string;
   status: number;
   body: unknown;
+  /** performance.now() when the request arrived and when it was answered. */
+  receivedAt: number;
+  answeredAt: number;
 }
 
 type Fault = { kind: 'respond'; response: FakeResponse } | { kind: 'drop' };
@@ -53,6 +56,12 @@ export class FakeHttpServer {
   readonly calls: RecordedCall[] = [];
   /** Added before every answer (simulates provider latency). */
   latencyMs = 0;
+  /** Requests being answered right now, and the most there have been at once (since the last reset). */
+  inFlight = 0;
+  peakInFlight = 0;
+  /** The same over every fake server of the process (the refresh benchmark's concurrency). */
+  static inFlightAll = 0;
+  static peakInFlightAll = 0;
   url = '';
 
   constructor(private readonly fallback?: FakeHandler) {}
@@ -111,6 +120,19 @@ export class FakeHttpServer {
 
   async start(): Promise<string> {
     this.server = createServer((req, res) => {
+      const receivedAt = performance.now();
+      this.inFlight++;
+      this.peakInFlight = Math.max(this.peakInFlight, this.inFlight);
+      FakeHttpServer.inFlightAll++;
+      FakeHttpServer.peakInFlightAll = Math.max(FakeHttpServer.peakInFlightAll, FakeHttpServer.inFlightAll);
+      let answered = false;
+      const done = () => {
+        if (answered) return;
+        answered = true;
+        this.inFlight--;
+        FakeHttpServer.inFlightAll--;
+      };
+      res.on('close', done);
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', async () => {
@@ -129,7 +151,7 @@ export class FakeHttpServer {
         if (this.latencyMs > 0) await new Promise((r) => setTimeout(r, this.latencyMs));
         const fault = this.takeFault(operation);
         if (fault?.kind === 'drop') {
-          this.calls.push({ operation, method, path: url.pathname, status: 0, body });
+          this.calls.push({ operation, method, path: url.pathname, status: 0, body, receivedAt, answeredAt: performance.now() });
           req.socket.destroy();
           return;
         }
@@ -142,7 +164,7 @@ export class FakeHttpServer {
         } catch (error) {
           response = { status: 500, body: { message: (error as Error).message } };
         }
-        this.calls.push({ operation, method, path: url.pathname, status: response.status, body });
+        this.calls.push({ operation, method, path: url.pathname, status: response.status, body, receivedAt, answeredAt: performance.now() });
         const headers: Record<string, string> = { ...(response.headers ?? {}) };
         let payload: string | undefined;
         if (response.text !== undefined) {

@@ -405,13 +405,13 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
       const ascending = req.query.get('sort') === 'asc';
       const after = Number(req.query.get('id_after') ?? 0);
       const before = Number(req.query.get('id_before') ?? Infinity);
-      visible = ascending ? visible.filter((p) => p.id > after).sort((a, b) => a.id - b.id) : visible.filter((p) => p.id < before).sort((a, b) => b.id - a.id);
+      // id_after / id_before are filters of GET /projects in either order; the keyset cursor is the one the sort moves.
+      visible = visible.filter((p) => p.id > after && p.id < before).sort((a, b) => (ascending ? a.id - b.id : b.id - a.id));
       const page = visible.slice(0, perPageOf(req));
       // The pager links onward whenever the page is non-empty; an empty page ends the walk.
       const last = page.at(-1);
-      const headers: Record<string, string> = last
-        ? { link: linkHeader({ next: pageUrl(req, { [ascending ? 'id_after' : 'id_before']: String(last.id) }, ['id_after', 'id_before', 'page']) }) }
-        : {};
+      const cursorParam = ascending ? 'id_after' : 'id_before';
+      const headers: Record<string, string> = last ? { link: linkHeader({ next: pageUrl(req, { [cursorParam]: String(last.id) }, [cursorParam, 'page']) }) } : {};
       return { status: 200, headers, body: page.map((p) => projectJson(p, simple)) };
     }
 

@@ -67,7 +67,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     [0, 1],
     [1, 2],
     [100, 2],
-    [250, 4],
+    [250, 5],
   ])('GitLab: %i projects are cached through keyset pages (%i listing calls); an unchanged second run writes nothing', async (count, calls) => {
     const gitlab = await startFakeGitlab();
     closers.push(() => gitlab.close());
@@ -175,9 +175,10 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(await refresh(org)).toMatchObject({ refreshed: 1, failed: [] });
     expect(await picker(org)).toHaveLength(350);
     const firstPageRequests = proxy.requests.filter((r) => r.url.includes('/projects?') && !r.url.includes('id_after='));
-    // The retries resumed from the last heartbeated cursor: the first page was never fetched again.
+    // The retries resumed from the last heartbeated frontier: the first page was never fetched again.
     expect(firstPageRequests).toHaveLength(1);
-    expect((await listingOf(org.id, connectionId)).pages).toBe(5);
+    // The first page, the split (highest id), three id ranges, and the open-ended range's empty end.
+    expect((await listingOf(org.id, connectionId)).pages).toBe(6);
   });
 
   it('keeps exactly one Schedule with the configured spec across worker restarts', async () => {

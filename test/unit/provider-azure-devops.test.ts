@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { walkListing } from '../support/listing.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
 const SECRET = 'basic-auth-pass-93ad';
@@ -83,9 +84,14 @@ describe('Azure DevOps adapter: repositories', () => {
     const tool = fake.addRepository({ projectName: 'Gamma', name: 'tool', defaultBranch: 'refs/heads/develop' });
     const ado = adapter(PAT, { projectsPerPage: 2 });
 
-    const first = await ado.listRepositoriesPage({});
-    expect(first.repositories.map((r) => r.fullName).sort()).toEqual(['Alpha/api', 'Alpha/web']);
-    expect(first.repositories.find((r) => r.fullName === 'Alpha/api')).toEqual({
+    const pages = await walkListing(ado);
+    // A page of projects fans out to each project's repositories; the next page of projects follows.
+    expect(pages[0]).toMatchObject({ repositories: [], nextCursor: 'projects:2', apiCalls: 1 });
+    expect(pages[0]!.fanOut).toHaveLength(2);
+    expect(pages[0]!.fanOut!.every((c) => c.startsWith('repos:'))).toBe(true);
+    const repositories = pages.flatMap((p) => p.repositories);
+    expect(repositories.map((r) => r.fullName).sort()).toEqual(['Alpha/api', 'Alpha/web', 'Gamma/tool']);
+    expect(repositories.find((r) => r.fullName === 'Alpha/api')).toEqual({
       externalId: ref.externalId,
       fullName: 'Alpha/api',
       project: 'Alpha',
@@ -94,13 +100,11 @@ describe('Azure DevOps adapter: repositories', () => {
       webUrl: `${fake.url}/Alpha/_git/api`,
     });
     // An empty repository has no default branch yet.
-    expect(first.repositories.find((r) => r.fullName === 'Alpha/web')?.defaultBranch).toBeUndefined();
-    expect(first.nextCursor).toBe('2');
-    expect(first.apiCalls).toBe(3);
-
-    const second = await ado.listRepositoriesPage({ cursor: first.nextCursor });
-    expect(second.repositories).toEqual([expect.objectContaining({ externalId: tool.id, fullName: 'Gamma/tool', project: 'Gamma', defaultBranch: 'develop' })]);
-    expect(second.nextCursor).toBeUndefined();
+    expect(repositories.find((r) => r.fullName === 'Alpha/web')?.defaultBranch).toBeUndefined();
+    expect(repositories.find((r) => r.fullName === 'Gamma/tool')).toEqual(expect.objectContaining({ externalId: tool.id, project: 'Gamma', defaultBranch: 'develop' }));
+    // Three projects: two pages of projects and one page per project, the empty one included.
+    expect(pages).toHaveLength(5);
+    expect(pages.every((p) => p.apiCalls === 1)).toBe(true);
   });
 
   it('ends without an empty extra page when the projects fill the last page exactly', async () => {

@@ -2,6 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createGithubAdapter, type GithubAdapterOptions } from '../../activities/providers/github.ts';
 import { ProviderHttpError, type RepositoryPage } from '../../activities/providers/port.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { walkListing } from '../support/listing.ts';
 
 describe('GitHub adapter against the fake GitHub', () => {
   let github: FakeGithub;
@@ -117,14 +118,23 @@ describe('GitHub adapter against the fake GitHub', () => {
       expect(page.etag).toMatch(/^W\/"/);
     });
 
-    it('turns a 304 into notModified and still leads the walk on to its end', async () => {
+    it('fans out from the first page to every page up to the Link header\'s last', async () => {
+      const pages = await walkListing(adapterFor(installationWith(350).id));
+      expect(pages[0]!.fanOut).toEqual(['2', '3', '4']);
+      expect(pages.map((p) => p.cursor)).toEqual([undefined, '2', '3', '4']);
+      expect(pages.slice(1).every((p) => p.fanOut === undefined)).toBe(true);
+      expect(pages.flatMap((p) => p.repositories)).toHaveLength(350);
+    });
+
+    it('turns a 304 into notModified, leaving where the page leads to the stored page', async () => {
       const installation = installationWith(1);
       const adapter = adapterFor(installation.id);
       const first = await adapter.listRepositoriesPage({});
       const again = await adapter.listRepositoriesPage({ etag: first.etag });
-      expect(again).toMatchObject({ repositories: [], notModified: true, nextCursor: '2', etag: first.etag });
+      // A 304 has no Link header: the page, its next page and its fan-out are what the listing stored.
+      expect(again).toEqual({ repositories: [], notModified: true, etag: first.etag, apiCalls: 1 });
       expect(github.server.calls.at(-1)).toMatchObject({ operation: 'listInstallationRepos', status: 304 });
-      const beyond = await adapter.listRepositoriesPage({ cursor: again.nextCursor });
+      const beyond = await adapter.listRepositoriesPage({ cursor: '2' });
       expect(beyond.repositories).toEqual([]);
       expect(beyond.nextCursor).toBeUndefined();
 

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createGitlabAdapter, type GitlabClientOptions } from '../../activities/providers/gitlab.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { retryLater, startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { walkListing } from '../support/listing.ts';
 
 const ALL_SCOPES = ['api', 'read_user', 'read_repository'];
 const SPEC: HookSpec = { url: 'https://ci.example/hooks/gitlab', events: ['push_events', 'tag_push_events', 'merge_requests_events'], secret: 'hook-secret-1' };
@@ -64,17 +65,16 @@ describe('GitLab adapter: validate', () => {
 
 describe('GitLab adapter: repositories', () => {
   async function walk(adapter: ReturnType<typeof adapterFor>) {
-    const pages: { size: number; nextCursor?: string }[] = [];
-    const ids: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await adapter.listRepositoriesPage(cursor ? { cursor } : {});
-      expect(page.apiCalls).toBe(1);
-      pages.push({ size: page.repositories.length, ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) });
-      ids.push(...page.repositories.map((r) => r.externalId));
-      cursor = page.nextCursor;
-    } while (cursor);
-    return { pages, ids };
+    const walked = await walkListing(adapter);
+    for (const page of walked) expect(page.apiCalls).toBe(1);
+    return {
+      pages: walked.map((page) => ({
+        size: page.repositories.length,
+        ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}),
+        ...(page.fanOut ? { fanOut: page.fanOut } : {}),
+      })),
+      ids: walked.flatMap((page) => page.repositories.map((r) => r.externalId)),
+    };
   }
 
   it('ends at once when the token administers no project', async () => {
@@ -83,14 +83,34 @@ describe('GitLab adapter: repositories', () => {
   });
 
   it.each([
-    [1, [{ size: 1, nextCursor: '1' }, { size: 0 }]],
-    [100, [{ size: 100, nextCursor: '100' }, { size: 0 }]],
-    [250, [{ size: 100, nextCursor: '100' }, { size: 100, nextCursor: '200' }, { size: 50, nextCursor: '250' }, { size: 0 }]],
+    [1, [{ size: 1, nextCursor: 'ids:1-' }, { size: 0 }]],
+    // A full first page asks for the highest id beyond it: there is none.
+    [100, [{ size: 100, nextCursor: 'split:1-100' }, { size: 0 }]],
+    // The rest splits into id ranges walked in parallel; the last is open-ended, so it ends on an empty page.
+    [250, [{ size: 100, nextCursor: 'split:1-100' }, { size: 0, fanOut: ['ids:100-176', 'ids:175-'] }, { size: 75 }, { size: 75, nextCursor: 'ids:250-' }, { size: 0 }]],
   ])('pages %i projects 100 at a time by keyset cursor', async (count, pages) => {
     for (let i = 0; i < count; i++) gitlab.addProject({ pathWithNamespace: `acme/p${i}` });
     const walked = await walk(adapterFor());
     expect(walked.pages).toEqual(pages);
     expect(walked.ids).toEqual(Array.from({ length: count }, (_, i) => String(i + 1)));
+  });
+
+  it('splits a sparse id space into ranges and still lists every project once', async () => {
+    for (let i = 0; i < 130; i++) gitlab.addProject({ id: 1 + i, pathWithNamespace: `acme/low${i}` });
+    for (let i = 0; i < 500; i++) gitlab.addProject({ id: 90_000 + i * 7, pathWithNamespace: `acme/high${i}` });
+    const walked = await walk(adapterFor());
+    expect(walked.pages[1]!.fanOut).toHaveLength(8);
+    expect(walked.ids.map(Number).sort((a, b) => a - b)).toEqual([
+      ...Array.from({ length: 130 }, (_, i) => 1 + i),
+      ...Array.from({ length: 500 }, (_, i) => 90_000 + i * 7),
+    ]);
+  });
+
+  it('accepts the first version\'s plain id_after cursor', async () => {
+    for (let i = 0; i < 3; i++) gitlab.addProject({ pathWithNamespace: `acme/p${i}` });
+    const page = await adapterFor().listRepositoriesPage({ cursor: '1' });
+    expect(page.repositories.map((r) => r.externalId)).toEqual(['2', '3']);
+    await expect(adapterFor().listRepositoriesPage({ cursor: 'ids:x' })).rejects.toThrow(/invalid GitLab repository cursor/);
   });
 
   it('lists only projects the token may add hooks to, mapped to the cache shape', async () => {

@@ -87,20 +87,49 @@ export async function markRepositoriesVanished(db: Executor, connectionId: strin
   return rows.length;
 }
 
-export async function listingPage(db: Executor, connectionId: string, pageKey: string) {
-  return db.selectFrom('repository_listing_pages').select(['etag', 'external_ids']).where('connection_id', '=', connectionId).where('page_key', '=', pageKey).executeTakeFirst();
+/** What one page of a connection's last listing held, and where it led. */
+export interface StoredListingPage {
+  etag: string | null;
+  externalIds: string[];
+  nextCursor: string | null;
+  fanOut: string[];
 }
 
-/** Remembers what a page held; an unchanged page is not written. */
-export async function saveListingPage(db: Executor, connectionId: string, pageKey: string, etag: string | undefined, externalIds: string[]): Promise<void> {
+/** Every page the connection's last listing stored, by page key: one query per listing, not per page. */
+export async function listingPages(db: Executor, connectionId: string): Promise<Map<string, StoredListingPage>> {
+  const rows = await db
+    .selectFrom('repository_listing_pages')
+    .select(['page_key', 'etag', 'external_ids', 'next_cursor', 'fan_out'])
+    .where('connection_id', '=', connectionId)
+    .execute();
+  return new Map(rows.map((r) => [r.page_key, { etag: r.etag, externalIds: r.external_ids, nextCursor: r.next_cursor, fanOut: r.fan_out }]));
+}
+
+/** Remembers what a page held and where it led; an unchanged page is not written. */
+export async function saveListingPage(db: Executor, connectionId: string, pageKey: string, page: { etag?: string; externalIds: string[]; nextCursor?: string; fanOut?: string[] }): Promise<void> {
   await db
     .insertInto('repository_listing_pages')
-    .values({ connection_id: connectionId, page_key: pageKey, etag: etag ?? null, external_ids: JSON.stringify(externalIds) })
+    .values({
+      connection_id: connectionId,
+      page_key: pageKey,
+      etag: page.etag ?? null,
+      external_ids: JSON.stringify(page.externalIds),
+      next_cursor: page.nextCursor ?? null,
+      fan_out: JSON.stringify(page.fanOut ?? []),
+    })
     .onConflict((oc) =>
       oc
         .columns(['connection_id', 'page_key'])
-        .doUpdateSet((eb) => ({ etag: eb.ref('excluded.etag'), external_ids: eb.ref('excluded.external_ids') }))
-        .where(sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids) is distinct from (excluded.etag, excluded.external_ids)`),
+        .doUpdateSet((eb) => ({
+          etag: eb.ref('excluded.etag'),
+          external_ids: eb.ref('excluded.external_ids'),
+          next_cursor: eb.ref('excluded.next_cursor'),
+          fan_out: eb.ref('excluded.fan_out'),
+        }))
+        .where(
+          sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out)
+            is distinct from (excluded.etag, excluded.external_ids, excluded.next_cursor, excluded.fan_out)`,
+        ),
     )
     .execute();
 }
