@@ -37,4 +37,6 @@ export interface WebhookSecrets {
   bitbucket: string[];
   azureDevOps: { user: string; passwords: string[] } | undefined;
   maxBodyBytes: number;
+  /** How long a repository found attached is remembered by the receivers (0: always look it up). */
+  attachedCacheSeconds?: number;
 }

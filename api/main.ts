@@ -65,6 +65,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
         ? { user: p.azureDevOps.webhookBasicAuthUser, passwords: list(p.azureDevOps.webhookBasicAuthPass, p.azureDevOps.previousWebhookBasicAuthPass) }
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,
+    attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
   };
 }
 

@@ -77,7 +77,13 @@ export const configSchema = z
       })
       .prefault({}),
     security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),
-    webhooks: z.object({ maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024) }).prefault({}),
+    webhooks: z
+      .object({
+        maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        // How long the receivers remember a repository found attached (0: look it up on every delivery).
+        attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
+      })
+      .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
   })

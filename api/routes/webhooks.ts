@@ -7,6 +7,7 @@ import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInp
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
+import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { isPing, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../webhooks/normalize.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
 
@@ -54,13 +55,29 @@ function githubInstallationId(body: Uint8Array): string | undefined {
   return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
 }
 
-/** Who the delivery concerns: organizations with the repository attached, or bound to the installation. */
-async function targetsOf(c: Context<AppEnv>, provider: Provider, events: NormalizedEvent[], installationId: string | undefined) {
-  const { db } = c.var.deps;
-  const [attached, connections] = await Promise.all([
-    findAttachedRepositories(db, provider, events.map((e) => e.repository.externalId)),
-    installationId ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
-  ]);
+/**
+ * Who the delivery concerns: organizations with the repository attached, or bound to the
+ * installation. A delivery for repositories known to be attached is answered from `cache`; any
+ * other is looked up (and what is found attached remembered).
+ */
+async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined) {
+  const externalIds = events.map((e) => e.repository.externalId);
+  const cached = installationId || cache.ttlMs === 0 ? undefined : cache.get(provider, externalIds);
+  let attached: AttachedTarget[];
+  let connections: { organizationId: string }[] = [];
+  if (cached) attached = cached;
+  else {
+    const { db } = c.var.deps;
+    const [rows, bound] = await Promise.all([
+      findAttachedRepositories(db, provider, externalIds),
+      installationId ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
+    ]);
+    for (const externalId of new Set(externalIds)) {
+      cache.set(provider, externalId, rows.filter((r) => r.externalId === externalId).map(({ organizationId, repositoryId }) => ({ organizationId, repositoryId })));
+    }
+    attached = rows;
+    connections = bound;
+  }
   return {
     organizationIds: [...new Set([...attached.map((a) => a.organizationId), ...connections.map((cn) => cn.organizationId)])],
     repositoryIds: [...new Set(attached.map((a) => a.repositoryId))],
@@ -94,7 +111,7 @@ async function readBody(c: Context<AppEnv>, max: number): Promise<Uint8Array> {
   return new Uint8Array(Buffer.concat(chunks));
 }
 
-async function receive(c: Context<AppEnv>, provider: Provider) {
+async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provider) {
   const { deps } = c.var;
   const headers = headerRecord(c.req.raw.headers);
   const body = await readBody(c, deps.webhooks.maxBodyBytes);
@@ -121,7 +138,7 @@ async function receive(c: Context<AppEnv>, provider: Provider) {
   const installationId = provider === 'github' && events.some(isAccessChange) ? githubInstallationId(body) : undefined;
   const workflowId = workflowIds.event(provider, deliveryId);
   try {
-    const targets = await targetsOf(c, provider, events, installationId);
+    const targets = await targetsOf(c, cache, provider, events, installationId);
     if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
     const input: EventInput = { provider, deliveryId, events, receivedAt: new Date().toISOString(), ...(installationId ? { installationId } : {}) };
     await startWorkflow(deps, 'eventWorkflow', {
@@ -148,8 +165,9 @@ async function receive(c: Context<AppEnv>, provider: Provider) {
  * normalizes and answers fast; everything else happens in the event workflow. A valid delivery
  * never gets a 4xx (GitLab and Azure DevOps disable hooks that fail): what is not acted on is 200.
  */
-export function webhookRoutes() {
+export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
   const app = new OpenAPIHono<AppEnv>();
+  const cache = createAttachedCache({ ttlMs: (options.attachedCacheSeconds ?? 30) * 1000 });
   for (const provider of PROVIDERS) {
     app.openapi(
       createRoute({
@@ -167,7 +185,7 @@ export function webhookRoutes() {
           503: problemResponse('The event could not be stored durably; the provider should deliver it again'),
         },
       }),
-      (c) => receive(c, provider),
+      (c) => receive(c, cache, provider),
     );
   }
   return app;

@@ -110,6 +110,24 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       expect(await eventRunExists(h, provider, unknown.deliveryId)).toBe(false);
     });
 
+    it('acts on a repository attached right after a delivery for it was ignored; one detached since it was seen starts a run that records nothing', async () => {
+      const repository = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
+      expect((await send(h, pushTo(provider, repository))).status).toBe(200);
+      // Not attached is never remembered: the attach counts from the next delivery on.
+      const { repositoryId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
+      const accepted = await send(h, pushTo(provider, repository));
+      expect(accepted.status).toBe(202);
+      expect((await resultOf<EventResult>(h, ((await accepted.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+
+      // The receiver remembers it attached for a while; the event workflow reads the attachments itself.
+      await h.db.updateTable('attachments').set({ status: 'detached' }).where('repository_id', '=', repositoryId).execute();
+      const late = pushTo(provider, repository);
+      const res = await send(h, late);
+      expect(res.status).toBe(202);
+      expect(await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).toMatchObject({ recorded: 0, delivered: 0 });
+      expect(await eventsOfDelivery(h.db, provider, late.deliveryId)).toEqual([]);
+    });
+
     it('answers 202 to a redelivery without starting anything new', async () => {
       const push = pushTo(provider, attached[provider]);
       const first = await send(h, push);
