@@ -1,7 +1,6 @@
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { signHmacSha256 } from '../api/webhooks/verify.ts';
-import { open, type EncryptionKeys } from '../lib/crypto.ts';
+import { open, signHmacSha256, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { findEvent } from '../lib/db/repositories/events.ts';
 import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
@@ -42,8 +41,8 @@ export function createDispatchActivities({ db, keys, logger }: DispatchActivityD
      * acknowledged is not sent again. Subscribers deduplicate on X-Forgelink-Event-Id, which stays
      * the same across attempts (an acknowledgement lost in transit means a second send).
      */
-    async dispatchEvent({ eventId, subscriberId }: Dispatch): Promise<DispatchOutcome> {
-      const { attempt } = Context.current().info;
+    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1 }: Dispatch): Promise<DispatchOutcome> {
+      const attempt = Context.current().info.attempt + firstAttempt - 1;
       const subscriber = await loadSubscriberForDispatch(db, subscriberId);
       if (!subscriber) return { delivered: false, skipped: 'subscriber deleted' };
       const event = await findEvent(db, subscriber.organization_id, eventId);

@@ -3,11 +3,10 @@ import {
   findAttachedRepositories,
   findConnectionsByExternalKey,
   insertDeliveryEvents,
-  markCachedRepositoryVanished,
   renameCachedRepository,
-  upsertCachedRepository,
   type NewEventRow,
 } from '../lib/db/repositories/events.ts';
+import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import type { NormalizedEvent } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -26,6 +25,8 @@ export const DEFAULT_DELIVERY_DEADLINE_SECONDS = 24 * 60 * 60;
 export interface Dispatch {
   eventId: string;
   subscriberId: string;
+  /** The attempt number this activity's first attempt has (the inline first attempt is 1). */
+  firstAttempt?: number;
 }
 
 export interface RecordedDelivery {
@@ -61,10 +62,13 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
           const targets = new Map<string, string | null>();
           if (isAccessChange(event)) {
             for (const connection of installationConnections) {
-              const repositoryId =
-                event.kind === 'repository.added'
-                  ? await upsertCachedRepository(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider, ...event.repository })
-                  : ((await markCachedRepositoryVanished(trx, connection.id, event.repository.externalId)) ?? null);
+              const { externalId, fullName, project } = event.repository;
+              if (event.kind === 'repository.added') {
+                await upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true });
+              } else {
+                await markRepositoriesVanished(trx, connection.id, [externalId]);
+              }
+              const repositoryId = (await cachedRepositoryId(trx, connection.id, externalId)) ?? null;
               if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
             }
           }

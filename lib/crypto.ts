@@ -60,6 +60,14 @@ export function hashApiToken(token: string): string {
 }
 
 /** Constant-time string comparison that does not leak length through early exit. */
+/**
+ * `sha256=<hex>` HMAC-SHA256 of the exact bytes: the form of GitHub's X-Hub-Signature-256 and
+ * Bitbucket's X-Hub-Signature, and of the signature forgelink puts on what it sends subscribers.
+ */
+export function signHmacSha256(secret: string, body: string | Uint8Array): string {
+  return `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
+}
+
 export function safeEqual(a: string, b: string): boolean {
   const ha = createHash('sha256').update(a, 'utf8').digest();
   const hb = createHash('sha256').update(b, 'utf8').digest();

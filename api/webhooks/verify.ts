@@ -1,4 +1,5 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { signHmacSha256 } from '../../lib/crypto.ts';
 import type { RawBody } from './normalize.ts';
 
 /*
@@ -7,11 +8,6 @@ import type { RawBody } from './normalize.ts';
  * length difference, and no secret is skipped after a match, so timing does not tell which one matched. Empty
  * secrets are ignored: an empty HMAC key or token is one anybody can produce. A missing or garbled header is false.
  */
-
-/** `sha256=<hex>` HMAC-SHA256 of the exact bytes, the form of GitHub's X-Hub-Signature-256 and Bitbucket's X-Hub-Signature. */
-export function signHmacSha256(secret: string, body: RawBody): string {
-  return `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
-}
 
 /** GitHub App deliveries: X-Hub-Signature-256 over the raw body, keyed with the App's webhook secret. */
 export function verifyGithubSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {

@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { failEachRequestOnce, manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
 import {
   attachmentOf,
@@ -7,12 +7,13 @@ import {
   HOOK_WORLDS,
   outcomeOf,
   requestAttachment,
+  HOOK_PROVIDERS,
+  useHookWorlds,
+  type HookProvider,
   type HookWorld,
   type Org,
 } from '../support/attachments.ts';
-import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
-
-const PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
+import type { Harness } from '../support/harness.ts';
 
 /**
  * Attach under faults: permanent refusals (the saga removes what it made), transient 5xx/429 on
@@ -22,21 +23,8 @@ const PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
 describe('attach under faults', () => {
   let h: Harness;
   let org: Org;
-  const worlds = {} as Record<(typeof PROVIDERS)[number], HookWorld>;
-
-  beforeAll(async () => {
-    h = await startHarness();
-    const created = await createOrgWithToken(h);
-    org = { id: created.org.id, slug: created.org.slug, token: created.token };
-    for (const provider of PROVIDERS) worlds[provider] = await HOOK_WORLDS[provider](h, org);
-  });
-  afterEach(() => {
-    for (const world of Object.values(worlds)) world.proxy.fault = () => undefined;
-  });
-  afterAll(async () => {
-    await h?.close();
-    await Promise.all(Object.values(worlds).map((w) => w.close()));
-  });
+  let worlds: Record<HookProvider, HookWorld>;
+  useHookWorlds((setup) => ({ h, org, worlds } = setup));
 
   /** A rule applying `fault` to the n-th hook creation (1-based) only. */
   function onCreation(world: HookWorld, n: number, fault: ProxyFault) {
@@ -105,7 +93,7 @@ describe('attach under faults', () => {
     expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringMatching(/ProviderRejectedRequest: \S+ answered (400|422)/) });
   });
 
-  it.each(PROVIDERS)('%s: transient 503 and 429 (Retry-After) on every call still end with exactly the hook set', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: transient 503 and 429 (Retry-After) on every call still end with exactly the hook set', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
     world.proxy.fault = failEachRequestOnce([
@@ -125,7 +113,7 @@ describe('attach under faults', () => {
     for (const request of new Set(seen)) expect(seen.filter((s) => s === request).length, request).toBeGreaterThanOrEqual(2);
   });
 
-  it.each(PROVIDERS)('%s: an answer lost after the provider stored the hook is adopted on retry, never duplicated', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: an answer lost after the provider stored the hook is adopted on retry, never duplicated', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
     // The last hook of the set: for Azure DevOps the two before it are already recorded.
@@ -140,7 +128,7 @@ describe('attach under faults', () => {
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
   });
 
-  it.each(PROVIDERS)('%s: the worker stopped right after a hook was stored; a new worker ends with exactly the hook set', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: the worker stopped right after a hook was stored; a new worker ends with exactly the hook set', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
     const hold = manualHold();

@@ -1,5 +1,5 @@
 import type { temporal } from '@temporalio/proto';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
 import {
   attachmentOf,
@@ -12,12 +12,13 @@ import {
   requestAttachment,
   seedConnection,
   seedRepository,
+  HOOK_PROVIDERS,
+  useHookWorlds,
+  type HookProvider,
   type HookWorld,
   type Org,
 } from '../support/attachments.ts';
-import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
-
-const PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
+import { createOrgWithToken, resultOf, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
 
 /**
  * An attachment over time: hooks deleted or disabled at the provider and restored by re-attach,
@@ -27,21 +28,8 @@ const PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
 describe('attachment lifecycle', () => {
   let h: Harness;
   let org: Org;
-  const worlds = {} as Record<(typeof PROVIDERS)[number], HookWorld>;
-
-  beforeAll(async () => {
-    h = await startHarness();
-    const created = await createOrgWithToken(h);
-    org = { id: created.org.id, slug: created.org.slug, token: created.token };
-    for (const provider of PROVIDERS) worlds[provider] = await HOOK_WORLDS[provider](h, org);
-  });
-  afterEach(() => {
-    for (const world of Object.values(worlds)) world.proxy.fault = () => undefined;
-  });
-  afterAll(async () => {
-    await h?.close();
-    await Promise.all(Object.values(worlds).map((w) => w.close()));
-  });
+  let worlds: Record<HookProvider, HookWorld>;
+  useHookWorlds((setup) => ({ h, org, worlds } = setup));
 
   /** A rule applying `fault` to the next hook creation only. */
   function onFirstCreation(world: HookWorld, fault: ProxyFault) {
@@ -72,7 +60,7 @@ describe('attachment lifecycle', () => {
     }
   }
 
-  it.each(PROVIDERS)('%s: a hook deleted by hand is restored by re-attach, and the records follow', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: a hook deleted by hand is restored by re-attach, and the records follow', async (provider) => {
     const world = worlds[provider];
     const { repo, hooks } = await attached(world);
     const removed = hooks.at(-1)!;
@@ -117,7 +105,7 @@ describe('attachment lifecycle', () => {
     for (const body of replaced) expect(body).toMatchObject({ status: 'enabled', consumerInputs: { basicAuthPassword: TEST_WEBHOOK_SECRETS.azureDevOps.pass } });
   });
 
-  it.each(PROVIDERS)('%s: copies of the hook set at our delivery URL are deleted, the recorded hooks kept with our secret', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: copies of the hook set at our delivery URL are deleted, the recorded hooks kept with our secret', async (provider) => {
     const world = worlds[provider];
     const { repo, hooks } = await attached(world);
     await repo.addCopyOfHookSet();
@@ -129,7 +117,7 @@ describe('attachment lifecycle', () => {
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
   });
 
-  it.each(PROVIDERS)('%s: with no record of the hooks (a crash before recording), attach adopts what is there and fixes its secret', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: with no record of the hooks (a crash before recording), attach adopts what is there and fixes its secret', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
     await repo.addCopyOfHookSet();
@@ -140,7 +128,7 @@ describe('attachment lifecycle', () => {
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
   });
 
-  it.each(PROVIDERS)('%s: a detach sent while an attach is creating hooks runs after it and ends with no hooks', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: a detach sent while an attach is creating hooks runs after it and ends with no hooks', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
     const hold = manualHold();
@@ -162,7 +150,7 @@ describe('attachment lifecycle', () => {
     expect(activities.indexOf('completeAttachment')).toBeLessThan(activities.indexOf('beginDetachment'));
   });
 
-  it.each(PROVIDERS)('%s: detach succeeds when the hooks are already gone', async (provider) => {
+  it.each(HOOK_PROVIDERS)('%s: detach succeeds when the hooks are already gone', async (provider) => {
     const world = worlds[provider];
     const { repo, hooks } = await attached(world);
     for (const hook of hooks) repo.deleteByHand(hook.id);

@@ -1,3 +1,4 @@
+import { temporal } from '@temporalio/proto';
 import { randomInt, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { WebhookDefinition } from '@octokit/webhooks-examples';
@@ -120,6 +121,32 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
   });
 
   describe('dispatch', () => {
+    it('delivers to subscribers that answer at once within one workflow task; a retry goes on in a durable activity', async () => {
+      const o = await createOrgWithToken(h);
+      const [quick, flaky] = [await newSubscriber(), await newSubscriber()];
+      await subscribe(o, quick);
+      await subscribe(o, flaky);
+      const repository = await attachedRepository(o, 'gitlab');
+
+      const eventTypes = async (workflowId: string) => {
+        const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+        return (history.events ?? []).map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]);
+      };
+      const first = await deliver('gitlab', gitlabPush(repository));
+      expect(first.result).toEqual({ recorded: 1, delivered: 2, undelivered: [] });
+      const types = await eventTypes(first.workflowId);
+      expect(types.filter((t) => t === 'EVENT_TYPE_WORKFLOW_TASK_COMPLETED')).toHaveLength(1);
+      expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(3);
+      expect(types).not.toContain('EVENT_TYPE_ACTIVITY_TASK_SCHEDULED');
+
+      flaky.server.failNext('deliver', 1, { status: 503 });
+      const second = await deliver('gitlab', gitlabPush(repository));
+      expect(second.result).toEqual({ recorded: 1, delivered: 2, undelivered: [] });
+      expect(await eventTypes(second.workflowId)).toEqual(expect.arrayContaining(['EVENT_TYPE_TIMER_FIRED', 'EVENT_TYPE_ACTIVITY_TASK_COMPLETED']));
+      expect(quick.received).toHaveLength(2);
+      expect(flaky.received).toHaveLength(2);
+    });
+
     it('retries a subscriber that fails twice, then delivers once, signed, and records every attempt', async () => {
       const o = await createOrgWithToken(h);
       const subscriber = await newSubscriber();

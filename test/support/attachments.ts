@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { seal } from '../../lib/crypto.ts';
 import type { Provider } from '../../lib/domain.ts';
 import type { RepositoryWorkflowResult } from '../../workflows/contract.ts';
@@ -9,7 +9,7 @@ import type { FakeHttpServer } from '../fakes/base.ts';
 import { bitbucketError, startFakeBitbucket } from '../fakes/bitbucket.ts';
 import { HOOK_EVENT_FLAGS, startFakeGitlab } from '../fakes/gitlab.ts';
 import { startFlakyProxy, type FlakyProxy, type ProxiedRequest, type ProxyFault } from './flaky-proxy.ts';
-import { TEST_PUBLIC_URL, TEST_WEBHOOK_SECRETS, type Harness } from './harness.ts';
+import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, TEST_WEBHOOK_SECRETS, type Harness } from './harness.ts';
 
 /**
  * Attach / detach test support: connections and cached repositories seeded straight into the
@@ -358,4 +358,31 @@ export function expectRecorded(answer: AttachmentAnswer, hooks: HookState[]): vo
   const sort = (ids: string[]) => [...ids].sort();
   expect(sort(answer.hooks.map((hook) => hook.providerHookId))).toEqual(sort(hooks.map((hook) => hook.id)));
   for (const recorded of answer.hooks) expect(recorded.events).toEqual(hooks.find((hook) => hook.id === recorded.providerHookId)!.events);
+}
+
+/** The providers with per-repository hooks (GitHub's App delivers without them). */
+export const HOOK_PROVIDERS = ['gitlab', 'bitbucket', 'azure-devops'] as const;
+export type HookProvider = (typeof HOOK_PROVIDERS)[number];
+
+/**
+ * Registers, in the calling describe block, a harness, an organization and a hook world per
+ * provider (faults cleared after each test, all closed at the end), handed to `ready` once set up.
+ */
+export function useHookWorlds(ready: (setup: { h: Harness; org: Org; worlds: Record<HookProvider, HookWorld> }) => void): void {
+  let h: Harness | undefined;
+  const worlds = {} as Record<HookProvider, HookWorld>;
+  beforeAll(async () => {
+    h = await startHarness();
+    const created = await createOrgWithToken(h);
+    const org = { id: created.org.id, slug: created.org.slug, token: created.token };
+    for (const provider of HOOK_PROVIDERS) worlds[provider] = await HOOK_WORLDS[provider](h, org);
+    ready({ h, org, worlds });
+  });
+  afterEach(() => {
+    for (const world of Object.values(worlds)) world.proxy.fault = () => undefined;
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(Object.values(worlds).map((w) => w.close()));
+  });
 }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { signHmacSha256 } from '../../lib/crypto.ts';
 import {
-  signHmacSha256,
   verifyAzureBasicAuth,
   verifyBitbucketSignature,
   verifyGithubSignature,

@@ -45,44 +45,6 @@ export async function findConnectionsByExternalKey(db: Executor, provider: Provi
     .execute();
 }
 
-/** Adds (or brings back) a repository in a connection's cache; returns its id. */
-export async function upsertCachedRepository(
-  db: Executor,
-  row: { organizationId: string; connectionId: string; provider: Provider; externalId: string; fullName: string; project?: string },
-): Promise<string> {
-  const now = new Date();
-  const inserted = await db
-    .insertInto('repositories')
-    .values({
-      organization_id: row.organizationId,
-      connection_id: row.connectionId,
-      provider: row.provider,
-      external_id: row.externalId,
-      full_name: row.fullName,
-      project: row.project ?? null,
-      last_seen_at: now,
-    })
-    .onConflict((oc) =>
-      oc.columns(['connection_id', 'external_id']).doUpdateSet({ full_name: row.fullName, last_seen_at: now, vanished_at: null }),
-    )
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  return inserted.id;
-}
-
-/** Marks a repository gone from a connection's reach (and its attachment, if any); returns its id if cached. */
-export async function markCachedRepositoryVanished(db: Executor, connectionId: string, externalId: string): Promise<string | undefined> {
-  const row = await db
-    .updateTable('repositories')
-    .set((eb) => ({ vanished_at: eb.fn.coalesce('vanished_at', sql<Date>`now()`) }))
-    .where('connection_id', '=', connectionId)
-    .where('external_id', '=', externalId)
-    .returning('id')
-    .executeTakeFirst();
-  if (row) await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', '=', row.id).execute();
-  return row?.id;
-}
-
 /** Follows a rename the provider reported (the event names the repository as it is now). */
 export async function renameCachedRepository(db: Executor, repositoryId: string, fullName: string, project: string | null): Promise<boolean> {
   const result = await db

@@ -14,15 +14,20 @@ export interface CachedRepository {
 
 /**
  * Inserts new repositories and updates changed ones (renamed, moved, new default branch, back from
- * vanished); an unchanged row is not written at all. Returns the number of rows written.
+ * vanished); an unchanged row is not written at all. Returns the number of rows written. `partial`
+ * rows (from an event, which names a repository without its default branch or URL) leave what they
+ * do not carry as it was; a listing's rows are complete, so an absent value is cleared.
  */
 export async function upsertRepositories(
   db: Executor,
   scope: { organizationId: string; connectionId: string; provider: Provider },
   repositories: CachedRepository[],
+  { partial = false } = {},
 ): Promise<number> {
   if (repositories.length === 0) return 0;
   const unique = [...new Map(repositories.map((r) => [r.externalId, r])).values()];
+  const incoming = (column: 'project' | 'default_branch' | 'web_url') =>
+    partial ? sql<string | null>`coalesce(excluded.${sql.ref(column)}, repositories.${sql.ref(column)})` : sql<string | null>`excluded.${sql.ref(column)}`;
   const result = await db
     .insertInto('repositories')
     .values(
@@ -42,15 +47,15 @@ export async function upsertRepositories(
         .columns(['connection_id', 'external_id'])
         .doUpdateSet((eb) => ({
           full_name: eb.ref('excluded.full_name'),
-          project: eb.ref('excluded.project'),
-          default_branch: eb.ref('excluded.default_branch'),
-          web_url: eb.ref('excluded.web_url'),
+          project: incoming('project'),
+          default_branch: incoming('default_branch'),
+          web_url: incoming('web_url'),
           vanished_at: null,
           last_seen_at: sql<Date>`now()`,
         }))
         .where(
           sql<boolean>`(repositories.full_name, repositories.project, repositories.default_branch, repositories.web_url, repositories.vanished_at)
-            is distinct from (excluded.full_name, excluded.project, excluded.default_branch, excluded.web_url, null::timestamptz)`,
+            is distinct from (excluded.full_name, ${incoming('project')}, ${incoming('default_branch')}, ${incoming('web_url')}, null::timestamptz)`,
         ),
     )
     .executeTakeFirst();
@@ -68,6 +73,12 @@ export async function markVanishedExcept(db: Executor, connectionId: string, see
   await db.updateTable('repositories').set({ vanished_at: sql<Date>`now()` }).where('id', 'in', gone).execute();
   await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', gone).execute();
   return gone.length;
+}
+
+/** The cache row of a connection's repository, if there is one. */
+export async function cachedRepositoryId(db: Executor, connectionId: string, externalId: string): Promise<string | undefined> {
+  const row = await db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).where('external_id', '=', externalId).executeTakeFirst();
+  return row?.id;
 }
 
 /** Marks single repositories vanished (an access change event said so). */
