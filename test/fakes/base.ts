@@ -54,7 +54,7 @@ export class FakeHttpServer {
   private server?: Server;
   /** Every call in arrival order, with the status answered. */
   readonly calls: RecordedCall[] = [];
-  /** Added before every answer (simulates provider latency). */
+  /** How long after a request arrives its answer leaves, at the earliest (simulates provider latency). */
   latencyMs = 0;
   /** Requests being answered right now, and the most there have been at once (since the last reset). */
   inFlight = 0;
@@ -148,9 +148,15 @@ export class FakeHttpServer {
         const matched = this.match(method, url.pathname);
         const operation = matched?.route.operation ?? 'unmatched';
         const request: FakeRequest = { method, path: url.pathname, url, query: url.searchParams, headers: req.headers, params: matched?.params ?? {}, rawBody, body };
-        if (this.latencyMs > 0) await new Promise((r) => setTimeout(r, this.latencyMs));
+        // The answer leaves `latencyMs` after the request arrived (or when ready, if later): the
+        // provider's own work is part of its latency, not added to it.
+        const waitOutLatency = async () => {
+          const remaining = receivedAt + this.latencyMs - performance.now();
+          if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
+        };
         const fault = this.takeFault(operation);
         if (fault?.kind === 'drop') {
+          await waitOutLatency();
           this.calls.push({ operation, method, path: url.pathname, status: 0, body, receivedAt, answeredAt: performance.now() });
           req.socket.destroy();
           return;
@@ -164,6 +170,7 @@ export class FakeHttpServer {
         } catch (error) {
           response = { status: 500, body: { message: (error as Error).message } };
         }
+        await waitOutLatency();
         this.calls.push({ operation, method, path: url.pathname, status: response.status, body, receivedAt, answeredAt: performance.now() });
         const headers: Record<string, string> = { ...(response.headers ?? {}) };
         let payload: string | undefined;
