@@ -9,6 +9,7 @@
  * delivery sees at a given rate (closed-loop latency is concurrency ÷ throughput by construction).
  */
 import { randomUUID } from 'node:crypto';
+import { WorkflowIdReusePolicy } from '@temporalio/client';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { normalizeWebhook } from '../api/webhooks/normalize.ts';
@@ -107,6 +108,8 @@ function startOptions(stack: BenchStack, p: Prepared) {
   return {
     taskQueue: stack.taskQueue,
     workflowId: workflowIds.event(provider, p.delivery.deliveryId),
+    // As the receiver starts it (api/start-workflow.ts): a delivery id never runs twice.
+    workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
     args: [input] as [EventInput],
     typedSearchAttributes: [
       { key: SA_PROVIDER, value: provider },
