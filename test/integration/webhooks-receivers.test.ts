@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import type { EventResult } from '../../workflows/contract.ts';
@@ -238,4 +240,30 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       expect.arrayContaining(['/api/v1/orgs/{org}/events', '/api/v1/orgs/{org}/events/{id}/deliveries', '/api/v1/orgs/{org}/subscribers', '/api/v1/orgs/{org}/subscribers/{id}']),
     );
   });
+
+  it('reads headers from Node\'s parsed request behind a real HTTP server (as the API runs)', async () => {
+    const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+      const s = serve({ fetch: h.app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+    });
+    try {
+      const { port } = server.address() as AddressInfo;
+      const post = (d: { path: string; headers: Record<string, string>; body: string | Uint8Array }) =>
+        fetch(`http://127.0.0.1:${port}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
+      for (const provider of PROVIDERS) {
+        const valid = pushTo(provider, attached[provider]);
+        const accepted = await post(valid);
+        expect(accepted.status, provider).toBe(202);
+        expect(await accepted.json()).toMatchObject({ status: 'accepted', events: 1 });
+        const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
+        expect((await post(forged)).status, provider).toBe(401);
+        expect(await eventRunExists(h, provider, forged.deliveryId)).toBe(false);
+      }
+      const oversized = pushTo('gitlab', attached.gitlab);
+      const big = await post({ ...oversized, body: `${' '.repeat(1024 * 1024)}${String(oversized.body)}` });
+      expect(big.status).toBe(413);
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
 });
+
