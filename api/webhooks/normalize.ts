@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { EventKind, NormalizedEvent, Provider } from '../../lib/domain.ts';
 
 /** Header names in lower case, as Node and Hono hand them over. */
@@ -19,7 +20,7 @@ export function normalizeWebhook(provider: Provider, headers: WebhookHeaders, ra
     case 'github':
       return normalizeGithub(headers, payload);
     case 'gitlab':
-      return normalizeGitlab(headers, payload);
+      return normalizeGitlab(headers, payload, rawBody);
     case 'bitbucket':
       return normalizeBitbucket(headers, payload);
     case 'azure-devops':
@@ -291,13 +292,15 @@ function githubRepositoryAccess(
 }
 
 // GitLab: one project hook per repository; object_kind names the event in the body itself.
-function normalizeGitlab(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+function normalizeGitlab(headers: WebhookHeaders, body: PayloadReader, rawBody: RawBody): NormalizedEvent[] {
   const objectKind = body.string('object_kind');
   const payload = body.within(objectKind);
   const delivery = (sender: string | undefined): Delivery => ({
     provider: 'gitlab',
-    // Idempotency-Key (GitLab 17.4+) stays the same across retries; older versions only send the event UUID.
-    deliveryId: requireHeader(headers, 'gitlab', 'idempotency-key', 'x-gitlab-event-uuid'),
+    // Idempotency-Key (GitLab 17.4+) stays the same across retries; older versions only send the
+    // event UUID, and the oldest neither: then the body's digest, which a retry repeats exactly (a
+    // valid delivery must not be refused, or GitLab disables the hook).
+    deliveryId: headers['idempotency-key'] || headers['x-gitlab-event-uuid'] || `sha256-${createHash('sha256').update(rawBody).digest('hex')}`,
     repository: {
       externalId: payload.optionalId('project.id') ?? payload.id('project_id'),
       fullName: payload.string('project.path_with_namespace'),

@@ -241,6 +241,20 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     );
   });
 
+  it('accepts a GitLab delivery with neither Idempotency-Key nor X-Gitlab-Event-UUID (older GitLab), once', async () => {
+    const push = pushTo('gitlab', attached.gitlab);
+    const { 'idempotency-key': _key, 'x-gitlab-event-uuid': _uuid, ...headers } = push.headers;
+    const first = await send(h, { ...push, headers });
+    expect(first.status).toBe(202);
+    const { workflowId } = (await first.json()) as { workflowId: string };
+    expect(workflowId).toMatch(/^event:gitlab:sha256-[0-9a-f]{64}$/);
+    const again = await send(h, { ...push, headers });
+    expect(again.status).toBe(202);
+    expect(((await again.json()) as { workflowId: string }).workflowId).toBe(workflowId);
+    expect((await resultOf<EventResult>(h, workflowId)).recorded).toBe(1);
+    expect(await eventsOfDelivery(h.db, 'gitlab', workflowId.slice('event:gitlab:'.length))).toHaveLength(1);
+  });
+
   it('reads headers from Node\'s parsed request behind a real HTTP server (as the API runs)', async () => {
     const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
       const s = serve({ fetch: h.app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
