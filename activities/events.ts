@@ -9,6 +9,7 @@ import {
 import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import type { NormalizedEvent } from '../lib/domain.ts';
+import { attachmentsOfInstance } from '../lib/instance.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
 
@@ -52,7 +53,11 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
     async recordEvent(input: EventInput): Promise<RecordedDelivery> {
       const { provider, deliveryId, events } = input;
       const result = await db.transaction().execute(async (trx) => {
-        const attached = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
+        const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
+        const { kept: attached, ambiguous } = attachmentsOfInstance(found, input.instanceUrl);
+        if (ambiguous.length > 0) {
+          logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl: input.instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
+        }
         const installationConnections =
           input.installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, input.installationId) : [];
         const renamed = new Set<string>();

@@ -80,6 +80,8 @@ export interface EventInput {
   events: NormalizedEvent[];
   /** GitHub App installation the delivery came from: installation events update its connections' cache. */
   installationId?: string;
+  /** A URL of the repository on the instance that sent the delivery (GitLab, Bitbucket): ids are unique per instance only. */
+  instanceUrl?: string;
   /** ISO time the receiver acknowledged the delivery. */
   receivedAt: string;
 }

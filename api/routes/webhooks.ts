@@ -9,7 +9,8 @@ import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
-import { isPing, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../webhooks/normalize.ts';
+import { isPing, normalizeDelivery, WebhookPayloadError, type WebhookHeaders } from '../webhooks/normalize.ts';
+import { attachmentsOfInstance } from '../../lib/instance.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
 
 const Acknowledged = z
@@ -73,7 +74,7 @@ function githubInstallationId(body: Uint8Array): string | undefined {
  * installation. A delivery for repositories known to be attached is answered from `cache`; any
  * other is looked up (and what is found attached remembered).
  */
-async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined) {
+async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined, instanceUrl: string | undefined) {
   const externalIds = events.map((e) => e.repository.externalId);
   const cached = installationId || cache.ttlMs === 0 ? undefined : cache.get(provider, externalIds);
   let attached: AttachedTarget[];
@@ -85,15 +86,17 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
       findAttachedRepositories(db, provider, externalIds),
       installationId ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
     ]);
-    for (const externalId of new Set(externalIds)) {
-      cache.set(provider, externalId, rows.filter((r) => r.externalId === externalId).map(({ organizationId, repositoryId }) => ({ organizationId, repositoryId })));
-    }
-    attached = rows;
+    attached = rows.map(({ organizationId, repositoryId, externalId, baseUrl }) => ({ organizationId, repositoryId, externalId, baseUrl }));
+    for (const externalId of new Set(externalIds)) cache.set(provider, externalId, attached.filter((r) => r.externalId === externalId));
     connections = bound;
   }
+  const { kept, ambiguous } = attachmentsOfInstance(attached, instanceUrl);
+  if (ambiguous.length > 0) {
+    c.var.deps.logger.warn({ provider, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none of their base URLs: not acted on');
+  }
   return {
-    organizationIds: [...new Set([...attached.map((a) => a.organizationId), ...connections.map((cn) => cn.organizationId)])],
-    repositoryIds: [...new Set(attached.map((a) => a.repositoryId))],
+    organizationIds: [...new Set([...kept.map((a) => a.organizationId), ...connections.map((cn) => cn.organizationId)])],
+    repositoryIds: [...new Set(kept.map((a) => a.repositoryId))],
   };
 }
 
@@ -137,8 +140,9 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
     throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
   }
   let events: NormalizedEvent[];
+  let instanceUrl: string | undefined;
   try {
-    events = normalizeWebhook(provider, headers, body);
+    ({ events, instanceUrl } = normalizeDelivery(provider, headers, body));
   } catch (error) {
     if (error instanceof WebhookPayloadError) throw badRequest(error.message);
     throw error;
@@ -151,9 +155,16 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   const installationId = provider === 'github' && events.some(isAccessChange) ? githubInstallationId(body) : undefined;
   const workflowId = workflowIds.event(provider, deliveryId);
   try {
-    const targets = await targetsOf(c, cache, provider, events, installationId);
+    const targets = await targetsOf(c, cache, provider, events, installationId, instanceUrl);
     if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
-    const input: EventInput = { provider, deliveryId, events, receivedAt: new Date().toISOString(), ...(installationId ? { installationId } : {}) };
+    const input: EventInput = {
+      provider,
+      deliveryId,
+      events,
+      receivedAt: new Date().toISOString(),
+      ...(installationId ? { installationId } : {}),
+      ...(instanceUrl ? { instanceUrl } : {}),
+    };
     await startWorkflow(deps, 'eventWorkflow', {
       workflowId,
       input,

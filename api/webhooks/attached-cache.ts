@@ -3,6 +3,9 @@ import type { Provider } from '../../lib/domain.ts';
 export interface AttachedTarget {
   organizationId: string;
   repositoryId: string;
+  externalId: string;
+  /** The connection's base URL: the instance the repository lives on. */
+  baseUrl: string;
 }
 
 /**

@@ -15,17 +15,62 @@ export class WebhookPayloadError extends Error {
  * ignores. Pure, so the receiver can call it before anything durable happens and tests can feed it recorded payloads.
  */
 export function normalizeWebhook(provider: Provider, headers: WebhookHeaders, rawBody: RawBody): NormalizedEvent[] {
-  const payload = new PayloadReader(parseBody(rawBody), providerLabel[provider]);
+  return normalizeDelivery(provider, headers, rawBody).events;
+}
+
+export interface NormalizedDelivery {
+  events: NormalizedEvent[];
+  /**
+   * A URL of the repository on the instance that sent the delivery (GitLab `project.web_url`,
+   * Bitbucket's `links.self`): GitLab and Bitbucket ids are unique per instance only.
+   */
+  instanceUrl?: string;
+}
+
+/** normalizeWebhook, plus where the delivery came from, from one parse of the body. */
+export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, rawBody: RawBody): NormalizedDelivery {
+  const parsed = parseBody(rawBody);
+  const payload = new PayloadReader(parsed, providerLabel[provider]);
+  let events: NormalizedEvent[];
   switch (provider) {
     case 'github':
-      return normalizeGithub(headers, payload);
+      events = normalizeGithub(headers, payload);
+      break;
     case 'gitlab':
-      return normalizeGitlab(headers, payload, rawBody);
+      events = normalizeGitlab(headers, payload, rawBody);
+      break;
     case 'bitbucket':
-      return normalizeBitbucket(headers, payload);
+      events = normalizeBitbucket(headers, payload);
+      break;
     case 'azure-devops':
-      return normalizeAzureDevOps(payload);
+      events = normalizeAzureDevOps(payload);
+      break;
   }
+  const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
+  return instanceUrl ? { events, instanceUrl } : { events };
+}
+
+const INSTANCE_URL_PATHS: Record<Provider, (string | number)[][]> = {
+  github: [],
+  gitlab: [
+    ['project', 'web_url'],
+    ['repository', 'homepage'],
+  ],
+  bitbucket: [
+    ['repository', 'links', 'self', 0, 'href'],
+    ['pullRequest', 'toRef', 'repository', 'links', 'self', 0, 'href'],
+    ['pullRequest', 'links', 'self', 0, 'href'],
+  ],
+  'azure-devops': [],
+};
+
+function instanceUrlOf(provider: Provider, parsed: unknown): string | undefined {
+  for (const path of INSTANCE_URL_PATHS[provider]) {
+    let value = parsed;
+    for (const key of path) value = typeof value === 'object' && value !== null ? (value as Record<string | number, unknown>)[key] : undefined;
+    if (typeof value === 'string' && /^https?:\/\//i.test(value)) return value;
+  }
+  return undefined;
 }
 
 /**

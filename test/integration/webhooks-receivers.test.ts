@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import type { EventResult } from '../../workflows/contract.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type DeliveryOptions, type Payload } from '../fakes/webhook-deliveries.ts';
+import { seedConnection } from '../support/attachments.ts';
 import { eventRunExists, eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
 
@@ -41,6 +42,14 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   afterAll(async () => {
     await h?.close();
   });
+
+  /** GitLab's push fixture as sent by the instance at `webUrl`'s origin. */
+  function gitlabPushAt(webUrl: string): Payload {
+    const payload = structuredClone(fixture(PUSH_FIXTURES.gitlab));
+    payload.project.web_url = webUrl;
+    payload.repository.homepage = webUrl;
+    return payload;
+  }
 
   function pushTo(provider: Provider, repository: { externalId: string; fullName: string }, options: Partial<DeliveryOptions> & { payload?: Payload } = {}) {
     const payload = withRepository(provider, options.payload ?? fixture(PUSH_FIXTURES[provider]), repository);
@@ -239,6 +248,29 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     expect(Object.keys(doc.paths)).toEqual(
       expect.arrayContaining(['/api/v1/orgs/{org}/events', '/api/v1/orgs/{org}/events/{id}/deliveries', '/api/v1/orgs/{org}/subscribers', '/api/v1/orgs/{org}/subscribers/{id}']),
     );
+  });
+
+  it('tells apart one GitLab project id attached on two instances by the URL the delivery carries', async () => {
+    const externalId = uniqueExternalId('gitlab');
+    const orgs = [];
+    for (const baseUrl of ['https://gitlab.one.test', 'https://gitlab.two.test/']) {
+      const { org: o } = await createOrgWithToken(h);
+      const connectionId = await seedConnection(h, { organizationId: o.id, provider: 'gitlab', baseUrl });
+      await seedAttachedRepository(h, { organizationId: o.id, provider: 'gitlab', externalId, fullName: 'team/app', connectionId });
+      orgs.push(o.id);
+    }
+    const fromTwo = pushTo('gitlab', { externalId, fullName: 'team/app' }, { payload: gitlabPushAt('https://gitlab.two.test/team/app') });
+    const res = await send(h, fromTwo);
+    expect(res.status).toBe(202);
+    expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+    expect((await eventsOfDelivery(h.db, 'gitlab', fromTwo.deliveryId)).map((e) => e.organization_id)).toEqual([orgs[1]]);
+
+    // A delivery from neither instance is not handed to either organization.
+    const fromElsewhere = pushTo('gitlab', { externalId, fullName: 'team/app' }, { payload: gitlabPushAt('https://gitlab.three.test/team/app') });
+    const ignored = await send(h, fromElsewhere);
+    expect(ignored.status).toBe(200);
+    expect(await ignored.json()).toMatchObject({ status: 'ignored', reason: 'repository not attached' });
+    expect(await eventRunExists(h, 'gitlab', fromElsewhere.deliveryId)).toBe(false);
   });
 
   it('accepts a GitLab delivery with neither Idempotency-Key nor X-Gitlab-Event-UUID (older GitLab), once', async () => {

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { WebhookDefinition } from '@octokit/webhooks-examples';
 import { describe, expect, it } from 'vitest';
-import { isPing, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
+import { isPing, normalizeDelivery, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
 import type { NormalizedEvent, Provider } from '../../lib/domain.ts';
 
 // Payloads are mutated into variants, so they are handled as plain JSON.
@@ -606,3 +606,20 @@ describe('bad input', () => {
     expect(() => normalize('azure-devops', {}, { id: 'x' })).toThrow('Azure DevOps: "eventType" is missing or not a string');
   });
 });
+
+describe('normalizeDelivery: the instance a delivery came from', () => {
+  const body = (path: string) => JSON.stringify(fixture(path));
+  it('reads GitLab\'s project.web_url and Bitbucket\'s links.self; other providers name none', () => {
+    expect(normalizeDelivery('gitlab', { 'x-gitlab-event-uuid': 'u-1' }, body('gitlab/push.json')).instanceUrl).toBe('http://example.com/mike/diaspora');
+    // Bitbucket's REST representation of a repository links to it; the documentation's samples leave it out.
+    const linked = fixture('bitbucket/repo-refs-changed.json') as { repository: Record<string, unknown> };
+    linked.repository.links = { self: [{ href: 'https://bitbucket.acme.test/projects/PRJ/repos/app/browse' }] };
+    expect(normalizeDelivery('bitbucket', { 'x-request-id': 'r-1', 'x-event-key': 'repo:refs_changed' }, JSON.stringify(linked)).instanceUrl).toBe(
+      'https://bitbucket.acme.test/projects/PRJ/repos/app/browse',
+    );
+    // The documentation's push sample carries no link: the instance stays unknown.
+    expect(normalizeDelivery('bitbucket', { 'x-request-id': 'r-2', 'x-event-key': 'repo:refs_changed' }, body('bitbucket/repo-refs-changed.json')).instanceUrl).toBeUndefined();
+    expect(normalizeDelivery('azure-devops', {}, body('azure-devops/git-push.json')).instanceUrl).toBeUndefined();
+  });
+});
+

@@ -12,6 +12,8 @@ export interface AttachedRepository {
   externalId: string;
   fullName: string;
   project: string | null;
+  /** The connection's base URL: which provider instance the repository lives on. */
+  baseUrl: string;
 }
 
 /**
@@ -23,7 +25,8 @@ export async function findAttachedRepositories(db: Executor, provider: Provider,
   return db
     .selectFrom('repositories as r')
     .innerJoin('attachments as a', 'a.repository_id', 'r.id')
-    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project'])
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
+    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl'])
     .where('r.provider', '=', provider)
     .where('r.external_id', 'in', [...new Set(externalIds)])
     .where('a.status', '=', 'attached')
