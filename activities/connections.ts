@@ -1,6 +1,6 @@
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
-import { loadConnectionSecrets, markConnectionActive, markConnectionDisconnected, markConnectionFailed } from '../lib/db/repositories/connections.ts';
+import { loadConnectionSecrets, markConnectionActive, markConnectionDisconnected, markConnectionFailed, markDisconnectRequested } from '../lib/db/repositories/connections.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
 import { classified } from './errors.ts';
@@ -31,6 +31,12 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
     async recordConnectionOutcome({ connectionId, outcome }: { connectionId: string; outcome: ValidationOutcome }): Promise<void> {
       if (outcome.ok) await markConnectionActive(db, connectionId, outcome.identity.account);
       else await markConnectionFailed(db, connectionId, outcome.reason);
+    },
+
+    /** First step of a disconnect: from now on the connection takes no new attach. */
+    async beginDisconnect({ connectionId }: { connectionId: string }): Promise<void> {
+      await markDisconnectRequested(db, connectionId);
+      logger.info({ connectionId }, 'disconnect requested: no new attach from now on');
     },
 
     async markConnectionDisconnected({ connectionId }: { connectionId: string }): Promise<void> {

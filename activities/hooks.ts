@@ -115,6 +115,9 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     if (requireActive && row.connection_status !== 'active') {
       throw nonRetryable(HookFailureTypes.connectionNotActive, `connection ${row.connection_id} is ${row.connection_status}: attaching needs an active connection`);
     }
+    if (requireActive && row.disconnect_requested_at) {
+      throw nonRetryable(HookFailureTypes.connectionNotActive, `connection ${row.connection_id} is being disconnected: it takes no new attach`);
+    }
     return row;
   }
   type RepositoryRow = Awaited<ReturnType<typeof repository>>;

@@ -16,7 +16,7 @@ import {
 } from './contract.ts';
 import { repositoryWorkflow } from './repository.ts';
 
-const { listUndetachedRepositories, markConnectionDisconnected } = proxyActivities<Activities>({
+const { beginDisconnect, listUndetachedRepositories, markConnectionDisconnected } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
@@ -59,8 +59,14 @@ async function requestDetach(organizationId: string, repository: { repositoryId:
   return `neither start nor signal reached ${workflowId}`;
 }
 
-/** Detaches every repository of the connection that is not detached, waits for each outcome, then deletes the credential. */
+/**
+ * Closes the connection to new attaches, then detaches every repository of the connection that is
+ * not detached, waits for each outcome, then deletes the credential. An attach in flight when the
+ * list is taken is `attaching` and gets its detach queued behind it; one that had not yet marked
+ * itself attaching fails its next step, which checks the connection, and undoes what it made.
+ */
 export async function disconnectWorkflow(input: DisconnectInput): Promise<DisconnectResult> {
+  await beginDisconnect({ connectionId: input.connectionId });
   const repositories = await listUndetachedRepositories({ connectionId: input.connectionId });
   const settled = new Map<string, AttachmentSettled>();
   setHandler(attachmentSettled, (outcome) => {

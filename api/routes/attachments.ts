@@ -45,6 +45,9 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
   if (action === 'attach' && repository.connection_status !== 'active') {
     throw new Problem(409, 'Conflict', `connection ${repository.connection_id} is ${repository.connection_status}: attaching needs an active connection`);
   }
+  if (action === 'attach' && repository.disconnect_requested_at) {
+    throw new Problem(409, 'Conflict', `connection ${repository.connection_id} is being disconnected: it takes no new attach`);
+  }
   const workflowId = workflowIds.repository(org.id, repository.id);
   const input: RepositoryWorkflowInput = { organizationId: org.id, repositoryId: repository.id, pending: [] };
   try {

@@ -30,6 +30,7 @@ const ConnectionSchema = z
     reason: z.string().optional(),
     account: z.string().optional(),
     installationId: z.string().optional(),
+    disconnectRequestedAt: z.string().optional().openapi({ description: 'Set while a disconnect is under way: the connection takes no new attach' }),
     createdAt: z.string(),
     updatedAt: z.string(),
   })
@@ -74,6 +75,8 @@ function toApi(row: PublicConnection) {
     ...(row.reason ? { reason: row.reason } : {}),
     ...(row.account ? { account: row.account } : {}),
     ...(row.provider === 'github' && row.external_key ? { installationId: row.external_key } : {}),
+    // A disconnect is under way (the status turns disconnected when it ends): no new attach.
+    ...(row.disconnect_requested_at && row.status !== 'disconnected' ? { disconnectRequestedAt: row.disconnect_requested_at.toISOString() } : {}),
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString(),
   };
@@ -202,7 +205,7 @@ export function connectionRoutes() {
       request: { params: ConnParam, body: { required: true, content: { 'application/json': { schema: z.object({ token }) } } } },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
-        409: problemResponse('A connect run is in progress, or the connection is disconnected'),
+        409: problemResponse('A connect run is in progress, or the connection is disconnected or being disconnected'),
         503: problemResponse('Temporal unavailable'),
         ...errors,
       },
@@ -215,6 +218,7 @@ export function connectionRoutes() {
       if (!row) throw notFound(`connection ${params.id}`);
       if (row.provider === 'github') throw badRequest('GitHub connections have no stored credential: installation tokens are minted per call');
       if (row.status === 'disconnected') throw new Problem(409, 'Conflict', `connection ${row.id} is disconnected; create a new connection`);
+      if (row.disconnect_requested_at) throw new Problem(409, 'Conflict', `connection ${row.id} is being disconnected; create a new connection`);
       await setPendingCredential(deps.db, row.id, seal(deps.keys, c.req.valid('json').token, row.id));
       const workflowId = await startConnect(c, org, row.id, row.provider, () => setPendingCredential(deps.db, row.id, null));
       return c.json({ id: row.id, status: 'pending' as const, workflowId }, 202);

@@ -32,6 +32,8 @@ export interface ConnectionsTable {
   reason: string | null;
   refreshed_at: Date | null;
   refresh_error: string | null;
+  /** Set when a disconnect began: no new attach from then on. */
+  disconnect_requested_at: Date | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }

@@ -19,6 +19,7 @@ import {
   type Org,
 } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { AttachmentFailureTypes, attachmentRequested, workflowIds } from '../../workflows/contract.ts';
 
 /**
  * An attachment over time: hooks deleted or disabled at the provider and restored by re-attach,
@@ -233,4 +234,44 @@ describe('attachment lifecycle', () => {
       await world.close();
     }
   });
+
+  it('a disconnect under way takes no new attach: the API answers 409, and an attach queued past it fails without creating hooks', async () => {
+    const world = await gitlabWorld(h, org);
+    try {
+      const first = await attached(world);
+      const late = await world.newRepository();
+      // The detach of the attached repository is held at the provider: the disconnect stays under way.
+      const hold = manualHold();
+      world.proxy.fault = (request) => (request.method === 'DELETE' ? hold.fault : undefined);
+      const res = await h.request('DELETE', `/api/v1/orgs/${org.slug}/connections/${world.connectionId}`, { token: org.token });
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      await hold.held;
+
+      const refused = await h.request('PUT', `/api/v1/orgs/${org.slug}/repositories/${late.repositoryId}/attachment`, { token: org.token });
+      expect(refused.status).toBe(409);
+      expect(((await refused.json()) as { detail: string }).detail).toMatch(/being disconnected/);
+      const connection = await h.request('GET', `/api/v1/orgs/${org.slug}/connections/${world.connectionId}`, { token: org.token });
+      expect(await connection.json()).toMatchObject({ status: 'active', disconnectRequestedAt: expect.any(String) });
+
+      // An attach request that passed the API just before the disconnect began reaches the workflow anyway.
+      const lateRun = workflowIds.repository(org.id, late.repositoryId);
+      await h.client.workflow.signalWithStart('repositoryWorkflow', {
+        taskQueue: h.taskQueue,
+        workflowId: lateRun,
+        args: [{ organizationId: org.id, repositoryId: late.repositoryId, pending: [] }],
+        signal: attachmentRequested,
+        signalArgs: [{ action: 'attach' }],
+      });
+      expect((await outcomeOf(h, lateRun)).failure).toMatchObject({ type: AttachmentFailureTypes.attachFailed, message: expect.stringMatching(/being disconnected/) });
+      expect(late.hooks()).toEqual([]);
+
+      hold.release('answer');
+      expect(await resultOf(h, workflowId)).toEqual({ status: 'disconnected', detachedRepositories: 1 });
+      expect(first.repo.hooks()).toEqual([]);
+    } finally {
+      await world.close();
+    }
+  });
 });
+

@@ -3,6 +3,7 @@ import * as initial from './2026-11-25T00-initial.ts';
 import * as eventsPerOrganization from './2026-11-25T20-events-per-organization.ts';
 import * as repositoryListing from './2026-11-25T31-repository-listing.ts';
 import * as listingPageLinks from './2026-11-26T10-listing-page-links.ts';
+import * as disconnectRequested from './2026-11-26T20-disconnect-requested.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -13,4 +14,5 @@ export const migrations: Record<string, Migration> = {
   '2026-11-25T20-events-per-organization': eventsPerOrganization,
   '2026-11-25T31-repository-listing': repositoryListing,
   '2026-11-26T10-listing-page-links': listingPageLinks,
+  '2026-11-26T20-disconnect-requested': disconnectRequested,
 };

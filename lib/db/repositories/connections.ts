@@ -1,10 +1,10 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Connection, Database, NewConnection } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
 /** Columns safe to return from the API: never a credential. */
-export const PUBLIC_CONNECTION_COLUMNS = ['id', 'organization_id', 'provider', 'base_url', 'external_key', 'account', 'status', 'reason', 'created_at', 'updated_at'] as const;
+export const PUBLIC_CONNECTION_COLUMNS = ['id', 'organization_id', 'provider', 'base_url', 'external_key', 'account', 'status', 'reason', 'disconnect_requested_at', 'created_at', 'updated_at'] as const;
 export type PublicConnection = Pick<Connection, (typeof PUBLIC_CONNECTION_COLUMNS)[number]>;
 
 export async function insertConnection(db: Executor, values: NewConnection & { id: string }): Promise<void> {
@@ -61,6 +61,15 @@ export async function markConnectionFailed(db: Executor, id: string, reason: str
     .set({ pending_credential: null, status: 'failed', reason, updated_at: new Date() })
     .where('id', '=', id)
     .where('status', '<>', 'disconnected')
+    .execute();
+}
+
+/** A disconnect began: the connection takes no new attach from now on (the first request's time stays). */
+export async function markDisconnectRequested(db: Executor, id: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set((eb) => ({ disconnect_requested_at: eb.fn.coalesce('disconnect_requested_at', sql<Date>`now()`), updated_at: new Date() }))
+    .where('id', '=', id)
     .execute();
 }
 

@@ -165,6 +165,7 @@ export async function activeConnectionIds(db: Executor, organizationId?: string)
     .selectFrom('connections')
     .select(['id', 'organization_id', 'provider'])
     .where('status', '=', 'active')
+    .where('disconnect_requested_at', 'is', null)
     .$if(organizationId !== undefined, (q) => q.where('organization_id', '=', organizationId!))
     .orderBy('id')
     .execute();
