@@ -5,10 +5,9 @@ import { loadConnectionSecrets } from '../lib/db/repositories/connections.ts';
 import {
   activeConnectionIds,
   listingPages,
-  markVanishedExcept,
+  finishListingInDb,
   recordRefreshOutcome,
   saveListingPage,
-  seenInListing,
   upsertRepositories,
 } from '../lib/db/repositories/repository-cache.ts';
 import type { ActivityDeps } from './index.ts';
@@ -142,10 +141,9 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
       state.pending = queue;
       if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
 
-      const seen = await seenInListing(db, connectionId, state.visitedPageKeys);
-      const vanished = await markVanishedExcept(db, connectionId, seen);
+      const { vanished } = await finishListingInDb(db, connectionId, state.visitedPageKeys);
       await recordRefreshOutcome(db, connectionId, null);
-      logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, seen: seen.size, vanished }, 'repository listing finished');
+      logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, rowsWritten: state.rowsWritten, vanished }, 'repository listing finished');
       return { progress: state, done: true, vanished };
     },
 

@@ -63,16 +63,32 @@ export async function upsertRepositories(
 }
 
 /**
- * Marks the connection's repositories that are not in `seen` as vanished, and flags their
+ * Ends a complete listing in the database: forgets the pages this listing did not visit, then marks
+ * the connection's repositories that no remaining page holds as vanished, and flags their
  * attachments (an attached repository is never dropped silently). Returns how many vanished.
+ * Runs in SQL: the ids never travel to the worker.
  */
-export async function markVanishedExcept(db: Executor, connectionId: string, seen: Set<string>): Promise<number> {
-  const live = await db.selectFrom('repositories').select(['id', 'external_id']).where('connection_id', '=', connectionId).where('vanished_at', 'is', null).execute();
-  const gone = live.filter((r) => !seen.has(r.external_id)).map((r) => r.id);
-  if (gone.length === 0) return 0;
-  await db.updateTable('repositories').set({ vanished_at: sql<Date>`now()` }).where('id', 'in', gone).execute();
-  await db.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', gone).execute();
-  return gone.length;
+export async function finishListingInDb(db: Kysely<Database>, connectionId: string, visitedPageKeys: string[]): Promise<{ vanished: number }> {
+  return db.transaction().execute(async (trx) => {
+    await trx
+      .deleteFrom('repository_listing_pages')
+      .where('connection_id', '=', connectionId)
+      .$if(visitedPageKeys.length > 0, (q) => q.where('page_key', 'not in', visitedPageKeys))
+      .execute();
+    const seenIds = sql<string>`(select jsonb_array_elements_text(p.external_ids) from repository_listing_pages p where p.connection_id = ${connectionId})`;
+    const gone = await trx
+      .updateTable('repositories')
+      .set({ vanished_at: sql<Date>`now()` })
+      .where('connection_id', '=', connectionId)
+      .where('vanished_at', 'is', null)
+      .where(sql<boolean>`external_id not in ${seenIds}`)
+      .returning('id')
+      .execute();
+    if (gone.length > 0) {
+      await trx.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', gone.map((r) => r.id)).execute();
+    }
+    return { vanished: gone.length };
+  });
 }
 
 /** The cache row of a connection's repository, if there is one. */
@@ -143,17 +159,6 @@ export async function saveListingPage(db: Executor, connectionId: string, pageKe
         ),
     )
     .execute();
-}
-
-/** Every repository id the connection's listing saw, over the pages visited in this listing; forgets other pages. */
-export async function seenInListing(db: Executor, connectionId: string, visitedPageKeys: string[]): Promise<Set<string>> {
-  await db
-    .deleteFrom('repository_listing_pages')
-    .where('connection_id', '=', connectionId)
-    .$if(visitedPageKeys.length > 0, (q) => q.where('page_key', 'not in', visitedPageKeys))
-    .execute();
-  const pages = await db.selectFrom('repository_listing_pages').select('external_ids').where('connection_id', '=', connectionId).execute();
-  return new Set(pages.flatMap((p) => p.external_ids));
 }
 
 export async function recordRefreshOutcome(db: Executor, connectionId: string, error: string | null): Promise<void> {
