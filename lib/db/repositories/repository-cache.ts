@@ -27,39 +27,28 @@ export async function upsertRepositories(
   if (repositories.length === 0) return 0;
   const unique = [...new Map(repositories.map((r) => [r.externalId, r])).values()];
   const incoming = (column: 'project' | 'default_branch' | 'web_url') =>
-    partial ? sql<string | null>`coalesce(excluded.${sql.ref(column)}, repositories.${sql.ref(column)})` : sql<string | null>`excluded.${sql.ref(column)}`;
-  const result = await db
-    .insertInto('repositories')
-    .values(
-      unique.map((r) => ({
-        organization_id: scope.organizationId,
-        connection_id: scope.connectionId,
-        provider: scope.provider,
-        external_id: r.externalId,
-        full_name: r.fullName,
-        project: r.project ?? null,
-        default_branch: r.defaultBranch ?? null,
-        web_url: r.webUrl ?? null,
-      })),
-    )
-    .onConflict((oc) =>
-      oc
-        .columns(['connection_id', 'external_id'])
-        .doUpdateSet((eb) => ({
-          full_name: eb.ref('excluded.full_name'),
-          project: incoming('project'),
-          default_branch: incoming('default_branch'),
-          web_url: incoming('web_url'),
-          vanished_at: null,
-          last_seen_at: sql<Date>`now()`,
-        }))
-        .where(
-          sql<boolean>`(repositories.full_name, repositories.project, repositories.default_branch, repositories.web_url, repositories.vanished_at)
-            is distinct from (excluded.full_name, ${incoming('project')}, ${incoming('default_branch')}, ${incoming('web_url')}, null::timestamptz)`,
-        ),
-    )
-    .executeTakeFirst();
-  return Number(result.numInsertedOrUpdatedRows ?? 0n);
+    partial ? sql`coalesce(excluded.${sql.ref(column)}, repositories.${sql.ref(column)})` : sql`excluded.${sql.ref(column)}`;
+  // One array per column (unnest): the statement and its parameters stay the same size however
+  // many rows a page holds, which costs far less to build, send and parse than a VALUES row each.
+  const column = (pick: (r: CachedRepository) => string | undefined) => unique.map((r) => pick(r) ?? null);
+  const result = await sql`
+    insert into repositories (organization_id, connection_id, provider, external_id, full_name, project, default_branch, web_url)
+    select ${scope.organizationId}::uuid, ${scope.connectionId}::uuid, ${scope.provider}, r.external_id, r.full_name, r.project, r.default_branch, r.web_url
+    from unnest(
+      ${column((r) => r.externalId)}::text[], ${column((r) => r.fullName)}::text[], ${column((r) => r.project)}::text[],
+      ${column((r) => r.defaultBranch)}::text[], ${column((r) => r.webUrl)}::text[]
+    ) as r(external_id, full_name, project, default_branch, web_url)
+    on conflict (connection_id, external_id) do update set
+      full_name = excluded.full_name,
+      project = ${incoming('project')},
+      default_branch = ${incoming('default_branch')},
+      web_url = ${incoming('web_url')},
+      vanished_at = null,
+      last_seen_at = now()
+    where (repositories.full_name, repositories.project, repositories.default_branch, repositories.web_url, repositories.vanished_at)
+      is distinct from (excluded.full_name, ${incoming('project')}, ${incoming('default_branch')}, ${incoming('web_url')}, null::timestamptz)
+  `.execute(db);
+  return Number(result.numAffectedRows ?? 0n);
 }
 
 /**
