@@ -26,6 +26,13 @@ export interface DispatchOutcome {
   skipped?: 'subscriber deleted' | 'event deleted' | 'already delivered';
 }
 
+/** The details of a SubscriberRejected failure. */
+export interface DispatchRejection {
+  status: number;
+  /** The subscriber's Retry-After, capped. */
+  retryAfterSeconds?: number;
+}
+
 /** One attempt may take this long; a slow subscriber counts as failed and is retried. */
 const REQUEST_TIMEOUT_MS = 10_000;
 /** Longest Retry-After honoured within the dispatch deadline. */
@@ -81,11 +88,15 @@ export function createDispatchActivities({ db, keys, logger }: DispatchActivityD
       await record({ succeeded: false, statusCode: response.status, error });
       logger.warn({ eventId, subscriberId, attempt, status: response.status }, 'subscriber rejected the event');
       const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
+      const retryAfterSeconds = retryAfter !== undefined ? Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS) : undefined;
+      const details: DispatchRejection = { status: response.status, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
       throw ApplicationFailure.create({
         type: DispatchFailureTypes.rejected,
         message: `subscriber ${subscriberId} ${error}`,
-        nextRetryDelay: retryAfter !== undefined ? `${Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS)}s` : undefined,
-        details: [{ status: response.status }],
+        // Honoured by the retry policy of a regular activity; the workflow reads the details after
+        // the inline first attempt (a failure reaching workflow code does not carry nextRetryDelay).
+        nextRetryDelay: retryAfterSeconds !== undefined ? `${retryAfterSeconds}s` : undefined,
+        details: [details],
       });
     },
   };

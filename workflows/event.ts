@@ -1,4 +1,5 @@
 import { ActivityFailure, ApplicationFailure, log, proxyActivities, proxyLocalActivities, sleep } from '@temporalio/workflow';
+import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Activities } from '../activities/index.ts';
 import type { EventInput, EventResult } from './contract.ts';
 
@@ -31,19 +32,11 @@ function reasonFrom(error: unknown): string {
   return cause instanceof Error ? cause.message : String(error);
 }
 
-/** How long the subscriber asked to wait (Retry-After), carried by the failed attempt. */
+/** How long the subscriber asked to wait (Retry-After), from the failed attempt's details. */
 function retryAfterMs(error: unknown): number {
   const cause = error instanceof ActivityFailure ? error.cause : error;
-  const delay = cause instanceof ApplicationFailure ? cause.nextRetryDelay : undefined;
-  if (delay === undefined || delay === null) return 0;
-  return typeof delay === 'number' ? delay : typeof delay === 'string' ? msOf(delay) : 0;
-}
-
-function msOf(duration: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(duration.trim());
-  if (!match) return 0;
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(match[2] ?? 'ms') as 'ms' | 's' | 'm' | 'h'];
-  return Number(match[1]) * unit;
+  const details = cause instanceof ApplicationFailure ? (cause.details?.[0] as DispatchRejection | undefined) : undefined;
+  return (details?.retryAfterSeconds ?? 0) * 1000;
 }
 
 /**

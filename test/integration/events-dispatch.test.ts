@@ -147,6 +147,20 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(flaky.received).toHaveLength(2);
     });
 
+    it('waits out the Retry-After of a refused first attempt before the second', async () => {
+      const o = await createOrgWithToken(h);
+      const subscriber = await newSubscriber();
+      await subscribe(o, subscriber);
+      const repository = await attachedRepository(o, 'gitlab');
+      subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '2' }, text: 'slow down' });
+
+      const { result, workflowId } = await deliver('gitlab', gitlabPush(repository));
+      expect(result).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+      const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+      const timers = (history.events ?? []).flatMap((e) => (e.timerStartedEventAttributes ? [e.timerStartedEventAttributes.startToFireTimeout] : []));
+      expect(timers.map((t) => Number(t?.seconds ?? 0) * 1000 + Math.round((t?.nanos ?? 0) / 1e6))).toEqual([2000]);
+    });
+
     it('retries a subscriber that fails twice, then delivers once, signed, and records every attempt', async () => {
       const o = await createOrgWithToken(h);
       const subscriber = await newSubscriber();
