@@ -158,7 +158,9 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
   });
 
   it('rejects bad input with problem+json and stores nothing', async () => {
-    const count = async () => Number((await h.db.selectFrom('connections').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+    // This organization's connections: other test files write connections of their own meanwhile.
+    const count = async () =>
+      Number((await h.db.selectFrom('connections').select((eb) => eb.fn.countAll().as('n')).where('organization_id', '=', org.id).executeTakeFirstOrThrow()).n);
     const before = await count();
     const cases: [unknown, RegExp][] = [
       [{ provider: 'gitlab', baseUrl: 'ftp://gitlab.example.com', token: 'x' }, /ftp: URLs are not allowed/],
