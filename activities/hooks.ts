@@ -5,6 +5,7 @@ import { ProviderHttpError, type HookSpec, type ProviderAdapter, type ProviderFa
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import {
+  attachRefusal,
   attachmentIdOf,
   forgetHooks,
   forgetHooksExcept,
@@ -112,12 +113,8 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
   async function repository(key: RepositoryKey, { requireActive }: { requireActive: boolean }) {
     const row = await loadRepositoryTarget(db, key.organizationId, key.repositoryId);
     if (!row) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${key.repositoryId} is not in the repository cache of organization ${key.organizationId}`);
-    if (requireActive && row.connection_status !== 'active') {
-      throw nonRetryable(HookFailureTypes.connectionNotActive, `connection ${row.connection_id} is ${row.connection_status}: attaching needs an active connection`);
-    }
-    if (requireActive && row.disconnect_requested_at) {
-      throw nonRetryable(HookFailureTypes.connectionNotActive, `connection ${row.connection_id} is being disconnected: it takes no new attach`);
-    }
+    const refusal = requireActive ? attachRefusal(row) : undefined;
+    if (refusal) throw nonRetryable(HookFailureTypes.connectionNotActive, refusal);
     return row;
   }
   type RepositoryRow = Awaited<ReturnType<typeof repository>>;

@@ -17,7 +17,7 @@ import { PROVIDERS, type Provider } from '../lib/domain.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../workflows/contract.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
-import type { BenchStack, CpuSeconds } from './stack.ts';
+import { callApi, type BenchStack, type CpuSeconds } from './stack.ts';
 
 export interface IngestOptions {
   deliveries: number;
@@ -40,21 +40,11 @@ interface Repo {
   fullName: string;
 }
 
-async function api(stack: BenchStack, method: string, path: string, token: string, body?: unknown) {
-  const res = await fetch(`${stack.apiUrl}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
-  return res.json() as Promise<Record<string, any>>;
-}
-
 /** An organization with a connection per provider, attached repositories and its subscriber endpoints. */
 async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: string): Promise<Record<Provider, Repo[]>> {
   const slug = `bench-${Date.now()}`;
-  const org = await api(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name: 'Benchmark' });
-  for (let i = 0; i < options.subscribers; i++) await api(stack, 'POST', `/api/v1/orgs/${slug}/subscribers`, stack.adminToken, { url: subscriberUrl });
+  const org = await callApi(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name: 'Benchmark' });
+  for (let i = 0; i < options.subscribers; i++) await callApi(stack, 'POST', `/api/v1/orgs/${slug}/subscribers`, stack.adminToken, { url: subscriberUrl });
   const repos = {} as Record<Provider, Repo[]>;
   for (const provider of PROVIDERS) {
     // Written directly: connect and attach would call the providers, which this benchmark leaves out.

@@ -14,7 +14,7 @@ import { FakeHttpServer } from '../test/fakes/base.ts';
 import { startFakeBitbucket } from '../test/fakes/bitbucket.ts';
 import { startFakeGithub } from '../test/fakes/github.ts';
 import { startFakeGitlab } from '../test/fakes/gitlab.ts';
-import type { BenchStack } from './stack.ts';
+import { callApi, type BenchStack } from './stack.ts';
 
 export const DEFAULT_REFRESH_OPTIONS = { repositories: 10_000, latencyMs: 20 };
 
@@ -42,15 +42,7 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       for (let i = p * reposPerProject; i < Math.min(perProvider, (p + 1) * reposPerProject); i++) azure.addRepository({ projectName: `Project-${p}`, name: `ado-${i}` });
     }
 
-    const api = async (method: string, path: string, token: string, body?: unknown) => {
-      const res = await fetch(`${stack.apiUrl}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
-      if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
-      return res.json() as Promise<Record<string, string>>;
-    };
+    const api = (method: string, path: string, token: string, body?: unknown) => callApi(stack, method, path, token, body);
     const org = await api('POST', '/api/v1/orgs', stack.adminToken, { slug: `refresh-bench-${Date.now()}`, name: 'Refresh bench' });
     const { token } = await api('POST', `/api/v1/orgs/${org.slug}/tokens`, stack.adminToken);
     const connect = async (body: object) => {
@@ -99,10 +91,6 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       const calls = Object.entries(servers).flatMap(([p, s]) => s.calls.slice(callsBefore[p]!));
       const firstCallMs = Math.min(...calls.map((c) => c.receivedAt)) - started;
       const lastAnswerMs = Math.max(...calls.map((c) => c.answeredAt)) - started;
-      if (process.env.BENCH_CALLS_DUMP) {
-        const rows = Object.entries(servers).flatMap(([p, s]) => s.calls.slice(callsBefore[p]!).map((c) => `${p}\t${c.method} ${c.path}\t${Math.round(c.receivedAt - started)}\t${Math.round(c.answeredAt - started)}`));
-        (await import('node:fs')).appendFileSync(process.env.BENCH_CALLS_DUMP, `${rows.join('\n')}\n---\n`);
-      }
       const timeline = {
         untilFirstCallMs: Math.round(firstCallMs),
         callsSpanMs: Math.round(lastAnswerMs - firstCallMs),

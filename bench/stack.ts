@@ -147,6 +147,17 @@ function peakRssMiB(pid: number | undefined): number {
   return Math.round((kib / 1024) * 10) / 10;
 }
 
+/** A JSON call to the bench stack's API with a bearer token; a non-2xx answer throws with its body. */
+export async function callApi(stack: Pick<BenchStack, 'apiUrl'>, method: string, path: string, token: string, body?: unknown): Promise<Record<string, any>> {
+  const res = await fetch(`${stack.apiUrl}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+  return res.json() as Promise<Record<string, any>>;
+}
+
 export interface ListingConcurrencyOptions {
   callsPerConnection: number;
   callsPerWorker: number;

@@ -1,6 +1,6 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { findAttachment, findOrganizationRepository } from '../../lib/db/repositories/attachments.ts';
+import { attachRefusal, findAttachment, findOrganizationRepository } from '../../lib/db/repositories/attachments.ts';
 import { ATTACHMENT_STATUSES } from '../../lib/domain.ts';
 import {
   attachmentRequested,
@@ -42,12 +42,8 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
   const org = await resolveOrganization(c, orgRef);
   const repository = await findOrganizationRepository(deps.db, org.id, repositoryId);
   if (!repository) throw notFound(`repository ${repositoryId}`);
-  if (action === 'attach' && repository.connection_status !== 'active') {
-    throw new Problem(409, 'Conflict', `connection ${repository.connection_id} is ${repository.connection_status}: attaching needs an active connection`);
-  }
-  if (action === 'attach' && repository.disconnect_requested_at) {
-    throw new Problem(409, 'Conflict', `connection ${repository.connection_id} is being disconnected: it takes no new attach`);
-  }
+  const refusal = action === 'attach' ? attachRefusal(repository) : undefined;
+  if (refusal) throw new Problem(409, 'Conflict', refusal);
   const workflowId = workflowIds.repository(org.id, repository.id);
   const input: RepositoryWorkflowInput = { organizationId: org.id, repositoryId: repository.id, pending: [] };
   try {

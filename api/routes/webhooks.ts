@@ -76,7 +76,7 @@ function githubInstallationId(body: Uint8Array): string | undefined {
  */
 async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined, instanceUrl: string | undefined) {
   const externalIds = events.map((e) => e.repository.externalId);
-  const cached = installationId || cache.ttlMs === 0 ? undefined : cache.get(provider, externalIds);
+  const cached = installationId ? undefined : cache.get(provider, externalIds);
   let attached: AttachedTarget[];
   let connections: { organizationId: string }[] = [];
   if (cached) attached = cached;
@@ -191,7 +191,7 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
  */
 export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
   const app = new OpenAPIHono<AppEnv>();
-  const cache = createAttachedCache({ ttlMs: (options.attachedCacheSeconds ?? 30) * 1000 });
+  const cache = createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 });
   for (const provider of PROVIDERS) {
     app.openapi(
       createRoute({

@@ -21,7 +21,6 @@ export function createAttachedCache({ ttlMs = 30_000, maxEntries = 100_000, now 
   const entries = new Map<string, { targets: AttachedTarget[]; expiresAt: number }>();
   const key = (provider: Provider, externalId: string) => `${provider}\u0000${externalId}`;
   return {
-    ttlMs,
     /** The cached targets of every id, or undefined when any of them is not (or no longer) cached. */
     get(provider: Provider, externalIds: readonly string[]): AttachedTarget[] | undefined {
       const found: AttachedTarget[] = [];

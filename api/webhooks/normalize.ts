@@ -82,6 +82,8 @@ export function isPing(provider: Provider, headers: WebhookHeaders, body: RawBod
     case 'github':
       return headers['x-github-event'] === 'ping';
     case 'bitbucket':
+      // Bitbucket sends X-Event-Key; only without it does the body have to be read for the key.
+      if (headers['x-event-key']) return headers['x-event-key'] === 'diagnostics:ping';
       return bitbucketEventKey(headers, new PayloadReader(tryParseBody(body), providerLabel.bitbucket)) === 'diagnostics:ping';
     case 'gitlab':
     case 'azure-devops':

@@ -15,6 +15,16 @@ export interface AttachmentView {
   hooks: RecordedHook[];
 }
 
+/**
+ * Why the repository's connection takes no attach now (not active, or a disconnect under way), or
+ * undefined when it does. The API answers it as a 409; attach activities fail with it.
+ */
+export function attachRefusal(row: { connection_id: string; connection_status: string; disconnect_requested_at: Date | null }): string | undefined {
+  if (row.connection_status !== 'active') return `connection ${row.connection_id} is ${row.connection_status}: attaching needs an active connection`;
+  if (row.disconnect_requested_at) return `connection ${row.connection_id} is being disconnected: it takes no new attach`;
+  return undefined;
+}
+
 /** A cached repository of an organization, with what the API needs to know about its connection. */
 export async function findOrganizationRepository(db: Executor, organizationId: string, repositoryId: string) {
   return db
