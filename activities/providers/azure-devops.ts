@@ -22,6 +22,8 @@ const REQUEST_TIMEOUT_MS = 30_000;
  * batch of projects: small enough that each page (and its heartbeat) stays quick in large organizations.
  */
 const DEFAULT_PROJECTS_PER_PAGE = 100;
+/** The git area's "repositories" route, which GitApi.getRepositories/getRepository resolve. */
+const GIT_REPOSITORIES_LOCATION_ID = '225f7195-f9c7-4d14-ab28-a83f7ff77e1f';
 /** Publisher inputs that identify the scope or are added by the service, not filters we asked for. */
 const SCOPE_INPUTS = new Set(['projectId', 'repository', 'hostId', 'tfsSubscriptionId']);
 
@@ -109,7 +111,13 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { proj
   // allowRetries stays off: the activity's retry policy decides, honouring Retry-After.
   const webApi = new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS });
   const coreApi = once<CoreApi>(() => sdk(() => webApi.getCoreApi()));
-  const gitApi = once<GitApi>(() => sdk(() => webApi.getGitApi()));
+  const gitApi = once<GitApi>(async () => {
+    const git = await sdk(() => webApi.getGitApi());
+    // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
+    // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
+    await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));
+    return git;
+  });
   const authorization = `Basic ${Buffer.from(`:${pat}`).toString('base64')}`;
 
   async function hooksRequest<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -114,6 +114,20 @@ describe('Azure DevOps adapter: repositories', () => {
     expect(fake.server.count('listProjects')).toBe(1);
   });
 
+  it("asks for the git routes once when the projects' repositories are fetched in parallel", async () => {
+    fake.addProject({ name: 'Beta' });
+    fake.addProject({ name: 'Gamma' });
+    fake.addRepository({ projectName: 'Gamma', name: 'tool' });
+    fake.server.latencyMs = 20;
+    const ado = adapter();
+    const { fanOut } = await ado.listRepositoriesPage({});
+    expect(fanOut).toHaveLength(3);
+    const pages = await Promise.all(fanOut!.map((cursor) => ado.listRepositoriesPage({ cursor })));
+    expect(pages.flatMap((p) => p.repositories.map((r) => r.fullName)).sort()).toEqual(['Alpha/api', 'Gamma/tool']);
+    // The SDK caches an area's routes only once they arrive: three first calls would each ask.
+    expect(fake.server.count('discoverGit')).toBe(1);
+  });
+
   it('maps a throttled project listing to ProviderHttpError with Retry-After', async () => {
     fake.server.failNext('listProjects', 1, tooManyRequests(12));
     expect(await rejection(adapter().listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 12 });
