@@ -15,6 +15,8 @@ const devServerSettings = z.object({
   dbFilename: z.string().optional(),
   logLevel: z.string().default('warn'),
   searchAttributes: z.record(z.string(), z.enum(['Keyword', 'Text', 'Int', 'Double', 'Bool', 'Datetime', 'KeywordList'])).default({}),
+  /** Server dynamic config (`--dynamic-config-value KEY=JSON`), e.g. system.enableActivityEagerExecution. */
+  dynamicConfig: z.record(z.string(), z.union([z.boolean(), z.number(), z.string()])).default({}),
 });
 export type DevServerSettings = z.infer<typeof devServerSettings>;
 
@@ -64,6 +66,7 @@ export async function startDevServer(
       searchAttributes: Object.entries(settings.searchAttributes).map(([name, type]) =>
         defineSearchAttributeKey(name, SA_TYPES[type]!),
       ),
+      extraArgs: Object.entries(settings.dynamicConfig).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
     },
   });
   return {
