@@ -119,7 +119,7 @@ function emptyPhase() {
   const outcomes: unknown[] = [];
   let loadMs = 0;
   let drainMs = 0;
-  const cpu: CpuSeconds = { api: 0, worker: 0, temporal: 0, bench: 0 };
+  const cpu: CpuSeconds = { api: 0, worker: 0, temporal: 0, bench: 0, postgres: 0 };
   return {
     latenciesMs,
     outcomes,
@@ -141,7 +141,7 @@ function emptyPhase() {
         // From a block's first request to its last event recorded and dispatched to the subscriber.
         endToEndEventsPerSecond: round((latenciesMs.length / (loadMs + drainMs)) * 1000),
         // Everything one thousand of them cost, through recording and dispatch.
-        cpuSecondsPerThousand: { api: perThousand(cpu.api), worker: perThousand(cpu.worker), temporal: perThousand(cpu.temporal), bench: perThousand(cpu.bench) },
+        cpuSecondsPerThousand: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, perThousand(v)])),
       };
     },
   };

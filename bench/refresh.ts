@@ -14,11 +14,48 @@ import { FakeHttpServer } from '../test/fakes/base.ts';
 import { startFakeBitbucket } from '../test/fakes/bitbucket.ts';
 import { startFakeGithub } from '../test/fakes/github.ts';
 import { startFakeGitlab } from '../test/fakes/gitlab.ts';
-import { callApi, type BenchStack } from './stack.ts';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ProviderTarget } from '../activities/providers/port.ts';
+import type { BareListingRequest, BareListingResult } from './bare-listing.ts';
+import { benchNodeArgs, callApi, type BenchStack } from './stack.ts';
 
-export const DEFAULT_REFRESH_OPTIONS = { repositories: 10_000, latencyMs: 20 };
+/** Runs bench/bare-listing.ts in a process of its own (as the worker is): `runs` walks, one after another. */
+async function bareListing<T>(request: BareListingRequest, runs: number, measure: (walk: () => Promise<BareListingResult>) => Promise<T>): Promise<T[]> {
+  const entry = path.join(path.dirname(fileURLToPath(import.meta.url)), 'bare-listing.ts');
+  const child = spawn(process.execPath, [...benchNodeArgs(), '--import', 'tsx', entry], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`bare listing exited with ${code}`))));
+  exited.catch(() => {});
+  const next = () => Promise.race([new Promise<unknown>((resolve) => child.once('message', resolve)), exited]);
+  try {
+    if ((await next()) !== 'ready') throw new Error('bare listing did not start');
+    const results: T[] = [];
+    for (let run = 0; run < runs; run++) {
+      results.push(await measure(async () => {
+        child.send(request);
+        return (await next()) as BareListingResult;
+      }));
+    }
+    return results;
+  } finally {
+    if (child.connected) child.disconnect();
+    const timer = setTimeout(() => child.kill(), 5000);
+    await exited.catch(() => {});
+    clearTimeout(timer);
+  }
+}
 
-export async function runRefreshBench(stack: BenchStack, options: { repositories: number; latencyMs: number }) {
+export const DEFAULT_REFRESH_OPTIONS = { repositories: 10_000, latencyMs: 20, rounds: 3 };
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
+/** The wall times of several runs and their median, in ms and against the lower bound. */
+function spread(runs: { wallMs: number }[], lowerBoundMs: number) {
+  const wallMs = runs.map((r) => r.wallMs);
+  return { wallMs, medianMs: median(wallMs), medianRatioToLowerBound: Math.round((median(wallMs) / lowerBoundMs) * 100) / 100 };
+}
+
+export async function runRefreshBench(stack: BenchStack, options: { repositories: number; latencyMs: number; rounds: number }) {
   const perProvider = Math.floor(options.repositories / 4);
   const [github, gitlab, bitbucket, azure] = await Promise.all([
     startFakeGithub({ appId: stack.githubApp.appId, privateKeyPem: stack.githubApp.privateKeyPem }),
@@ -43,36 +80,46 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
     }
 
     const api = (method: string, path: string, token: string, body?: unknown) => callApi(stack, method, path, token, body);
-    const org = await api('POST', '/api/v1/orgs', stack.adminToken, { slug: `refresh-bench-${Date.now()}`, name: 'Refresh bench' });
-    const { token } = await api('POST', `/api/v1/orgs/${org.slug}/tokens`, stack.adminToken);
-    const connect = async (body: object) => {
-      const { id, workflowId } = await api('POST', `/api/v1/orgs/${org.slug}/connections`, token!, body);
-      const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as { status: string; reason?: string };
-      if (result.status !== 'active') throw new Error(`connect ${JSON.stringify(body)} failed: ${result.reason}`);
-      return id!;
+    /** An organization of its own with one connection to each fake provider. */
+    const setUpOrganization = async (name: string) => {
+      const org = await api('POST', '/api/v1/orgs', stack.adminToken, { slug: `refresh-${name}-${Date.now()}`, name: `Refresh ${name}` });
+      const { token } = await api('POST', `/api/v1/orgs/${org.slug}/tokens`, stack.adminToken);
+      const connect = async (body: object) => {
+        const { id, workflowId } = await api('POST', `/api/v1/orgs/${org.slug}/connections`, token!, body);
+        const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as { status: string; reason?: string };
+        if (result.status !== 'active') throw new Error(`connect ${JSON.stringify(body)} failed: ${result.reason}`);
+        return id!;
+      };
+      // The stack's API sends GitHub connections to api.github.com; this one is bound to the fake
+      // directly (a GitHub connection holds no secret: installation tokens are minted per call).
+      const githubConnection = await stack.db
+        .insertInto('connections')
+        .values({ organization_id: org.id!, provider: 'github', base_url: github.url, external_key: String(installation.id), account: 'bench', status: 'active' })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      const connections: Record<string, string> = {
+        github: githubConnection.id,
+        gitlab: await connect({ provider: 'gitlab', baseUrl: gitlab.url, token: 'glpat-bench' }),
+        bitbucket: await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token: 'bb-bench' }),
+        'azure-devops': await connect({ provider: 'azure-devops', organizationUrl: azure.url, token: 'ado-bench' }),
+      };
+      return { id: org.id as string, slug: org.slug as string, token: token as string, connections };
     };
-    // The stack's API sends GitHub connections to api.github.com; this one is bound to the fake
-    // directly (a GitHub connection holds no secret: installation tokens are minted per call).
-    const githubConnection = await stack.db
-      .insertInto('connections')
-      .values({ organization_id: org.id!, provider: 'github', base_url: github.url, external_key: String(installation.id), account: 'bench', status: 'active' })
-      .returning('id')
-      .executeTakeFirstOrThrow();
-    const connections = {
-      github: githubConnection.id,
-      gitlab: await connect({ provider: 'gitlab', baseUrl: gitlab.url, token: 'glpat-bench' }),
-      bitbucket: await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token: 'bb-bench' }),
-      'azure-devops': await connect({ provider: 'azure-devops', organizationUrl: azure.url, token: 'ado-bench' }),
-    };
+    type BenchOrganization = Awaited<ReturnType<typeof setUpOrganization>>;
+    const warmUp = await setUpOrganization('warm-up');
+    // Each round is an organization of its own: a first refresh (everything new), then a second.
+    const organizations: BenchOrganization[] = [];
+    for (let round = 0; round < options.rounds; round++) organizations.push(await setUpOrganization(`bench-${round}`));
+    const org = organizations[0]!;
     for (const server of Object.values(servers)) server.latencyMs = options.latencyMs;
 
-    const configured = Math.min(stack.listing.callsPerWorker, stack.listing.callsPerConnection * Object.keys(connections).length);
-    const measure = async () => {
+    const configured = Math.min(stack.listing.callsPerWorker, stack.listing.callsPerConnection * Object.keys(org.connections).length);
+    const measure = async ({ slug, token, id, connections }: BenchOrganization) => {
       const callsBefore = Object.fromEntries(Object.entries(servers).map(([p, s]) => [p, s.calls.length]));
       FakeHttpServer.peakInFlightAll = 0;
       const cpuBefore = stack.cpuSeconds();
       const started = performance.now();
-      const { workflowId } = await api('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, token!);
+      const { workflowId } = await api('POST', `/api/v1/orgs/${slug}/repositories/refresh`, token);
       const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as RefreshResult;
       const wallMs = performance.now() - started;
       const cpuAfter = stack.cpuSeconds();
@@ -80,7 +127,7 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       if (result.failed.length > 0) throw new Error(`refresh failed: ${JSON.stringify(result.failed)}`);
       const perConnection: Record<string, ConnectionRefreshResult & { httpCalls: number }> = {};
       for (const [provider, connectionId] of Object.entries(connections)) {
-        const listing = (await stack.temporal.workflow.getHandle(workflowIds.refreshConnection(org.id!, connectionId)).result()) as ConnectionRefreshResult;
+        const listing = (await stack.temporal.workflow.getHandle(workflowIds.refreshConnection(id, connectionId)).result()) as ConnectionRefreshResult;
         perConnection[provider] = { ...listing, httpCalls: servers[provider]!.calls.length - callsBefore[provider]! };
       }
       const listings = Object.values(perConnection);
@@ -122,19 +169,54 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       };
     };
 
-    const first = await measure();
-    const second = await measure();
-    const cached = await stack.db.selectFrom('repositories').select((eb) => eb.fn.countAll<string>().as('n')).where('organization_id', '=', org.id!).executeTakeFirstOrThrow();
+    // A worker runs for days: a refresh of another organization (same fakes, its own rows) first, so
+    // what is measured is a warm worker's refresh, not the JIT compiling the client libraries.
+    const warmUpRun = await measure(warmUp);
+    const rounds = [];
+    for (const organization of organizations) {
+      const first = await measure(organization);
+      const second = await measure(organization);
+      rounds.push({ first, second });
+    }
+    const { first, second } = rounds[0]!;
+    // The strictest of the runs' bounds (the most calls seen in flight at once) judges them all.
+    const lowerBoundMs = Math.min(...rounds.flatMap((r) => [r.first.lowerBoundMs, r.second.lowerBoundMs]));
+
+    // The floor: the same walks by the same adapters and limits, without Temporal or the database.
+    const rows = await stack.db.selectFrom('connections').select(['id', 'provider', 'base_url', 'external_key']).where('organization_id', '=', org.id).execute();
+    const secrets: Record<string, string | undefined> = { gitlab: 'glpat-bench', bitbucket: 'bb-bench', 'azure-devops': 'ado-bench' };
+    const targets: ProviderTarget[] = rows.map((r) => ({ connectionId: r.id, provider: r.provider, baseUrl: r.base_url, externalKey: r.external_key, secret: secrets[r.provider] }));
+    const bare = await bareListing({ targets, github: { appId: stack.githubApp.appId, privateKey: stack.githubApp.privateKeyPem }, ...stack.listing }, 1 + options.rounds, async (walk) => {
+      const callsBefore = Object.fromEntries(Object.entries(servers).map(([p, s]) => [p, s.calls.length]));
+      const result = await walk();
+      const calls = Object.entries(servers).flatMap(([p, s]) => s.calls.slice(callsBefore[p]!));
+      const callsSpanMs = Math.max(...calls.map((c) => c.answeredAt)) - Math.min(...calls.map((c) => c.receivedAt));
+      return { ...result, apiCalls: calls.length, callsSpanMs: Math.round(callsSpanMs), ratioToLowerBound: Math.round((result.wallMs / lowerBoundMs) * 100) / 100 };
+    });
+
+    const cached = await stack.db.selectFrom('repositories').select((eb) => eb.fn.countAll<string>().as('n')).where('organization_id', '=', org.id).executeTakeFirstOrThrow();
+    const firstRuns = spread(rounds.map((r) => r.first), lowerBoundMs);
+    const secondRuns = spread(rounds.map((r) => r.second), lowerBoundMs);
+    // The bare process's first walk compiles the client libraries; the warm-up did that for the worker.
+    const bareWarm = spread(bare.slice(1), lowerBoundMs);
     return {
       options: { ...options, ...stack.listing },
       repositoriesCached: Number(cached.n),
+      lowerBoundMs,
+      summary: { first: firstRuns, second: secondRuns, bareListingWarm: bareWarm },
+      warmUp: { wallMs: warmUpRun.wallMs, ratioToLowerBound: warmUpRun.ratioToLowerBound },
+      // Every round in full; the first round's run also as `first` and `second`.
+      rounds,
       first,
       second,
+      // Same calls, no forgelink around them: what the client libraries and fakes cost on this machine.
+      bareListing: bare,
       targets: {
-        firstWithin1_5xLowerBound: first.ratioToLowerBound <= 1.5,
-        secondWithin1_5xLowerBound: second.ratioToLowerBound <= 1.5,
-        secondWroteNoRows: second.rowsWritten === 0,
-        githubAnswered304: second.githubNotModifiedPages > 0,
+        firstWithin1_5xLowerBound: firstRuns.medianRatioToLowerBound <= 1.5,
+        secondWithin1_5xLowerBound: secondRuns.medianRatioToLowerBound <= 1.5,
+        bareListingWithin1_5xLowerBound: bareWarm.medianRatioToLowerBound <= 1.5,
+        secondWroteNoRows: rounds.every((r) => r.second.rowsWritten === 0),
+        githubAnswered304: rounds.every((r) => r.second.githubNotModifiedPages > 0),
       },
       peakRssMiB: stack.peakRssMiB(),
     };

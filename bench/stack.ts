@@ -61,6 +61,11 @@ export interface CpuSeconds {
   temporal: number;
   /** This process: the load generator. */
   bench: number;
+  /**
+   * Every PostgreSQL process on the machine (server and backends alive now: the stack's pools keep
+   * theirs open). Only meaningful as a difference over a run, on a machine with nothing else on it.
+   */
+  postgres: number;
 }
 
 interface ServiceProcess {
@@ -85,11 +90,14 @@ function withDatabase(url: string, database: string): string {
   return u.toString();
 }
 
+/** BENCH_NODE_ARGS, e.g. `--cpu-prof --cpu-prof-dir=/tmp/profiles`, to look inside the processes a benchmark starts. */
+export function benchNodeArgs(): string[] {
+  return process.env.BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+}
+
 /** Starts `node --import tsx <entry>` and resolves once it logs `readyMessage`. */
 async function startService(name: string, entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ServiceProcess> {
-  // BENCH_NODE_ARGS, e.g. `--cpu-prof --cpu-prof-dir=/tmp/profiles`, to look inside the services.
-  const nodeArgs = process.env.BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...benchNodeArgs(), '--import', 'tsx', path.join(ROOT, entry)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let tail = '';
   await new Promise<void>((resolve, reject) => {
@@ -124,6 +132,19 @@ function cpuSecondsOf(pid: number | undefined): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+function postgresCpuSeconds(): number {
+  let total = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'postgres') total += cpuSecondsOf(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return total;
 }
 
 /** The dev server's process: the SDK starts it and does not say its pid. */
@@ -261,6 +282,7 @@ export async function startBenchStack(log: (line: string) => void = console.log,
         worker: cpuSecondsOf(worker.child.pid),
         temporal: cpuSecondsOf(temporalPid),
         bench: cpuSecondsOf(process.pid),
+        postgres: postgresCpuSeconds(),
       }),
       stop,
     };
