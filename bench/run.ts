@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
+import { DEFAULT_PICKER_OPTIONS, runPickerBench } from './picker.ts';
 import { DEFAULT_REFRESH_OPTIONS, runRefreshBench } from './refresh.ts';
 import { DEFAULT_LISTING_CONCURRENCY, startBenchStack, type BenchStack } from './stack.ts';
 
@@ -17,6 +18,7 @@ type Flags = Record<string, number>;
 const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<object>> = {
   ingest: (stack, flags) => runIngestBench(stack, { ...DEFAULT_INGEST_OPTIONS, ...flags }),
   refresh: (stack, flags) => runRefreshBench(stack, { ...DEFAULT_REFRESH_OPTIONS, ...flags }),
+  picker: (stack, flags) => runPickerBench(stack, { ...DEFAULT_PICKER_OPTIONS, ...flags }),
 };
 
 const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
