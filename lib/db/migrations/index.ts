@@ -4,6 +4,7 @@ import * as eventsPerOrganization from './2026-11-25T20-events-per-organization.
 import * as repositoryListing from './2026-11-25T31-repository-listing.ts';
 import * as listingPageLinks from './2026-11-26T10-listing-page-links.ts';
 import * as disconnectRequested from './2026-11-26T20-disconnect-requested.ts';
+import * as pickerIndex from './2026-11-26T30-picker-index.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -15,4 +16,5 @@ export const migrations: Record<string, Migration> = {
   '2026-11-25T31-repository-listing': repositoryListing,
   '2026-11-26T10-listing-page-links': listingPageLinks,
   '2026-11-26T20-disconnect-requested': disconnectRequested,
+  '2026-11-26T30-picker-index': pickerIndex,
 };
