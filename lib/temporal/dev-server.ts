@@ -28,6 +28,11 @@ export function readDevServerSettings(file = 'temporal-dev.yml'): DevServerSetti
   return parsed.data;
 }
 
+/** `temporal server start-dev` arguments for the settings' dynamic config (values as JSON). */
+export function dynamicConfigArgs(settings: Pick<DevServerSettings, 'dynamicConfig'>): string[] {
+  return Object.entries(settings.dynamicConfig).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]);
+}
+
 const SA_TYPES: Record<string, SearchAttributeType> = {
   Keyword: 'KEYWORD',
   Text: 'TEXT',
@@ -66,7 +71,7 @@ export async function startDevServer(
       searchAttributes: Object.entries(settings.searchAttributes).map(([name, type]) =>
         defineSearchAttributeKey(name, SA_TYPES[type]!),
       ),
-      extraArgs: Object.entries(settings.dynamicConfig).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
+      extraArgs: dynamicConfigArgs(settings),
     },
   });
   return {

@@ -1,0 +1,36 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { dynamicConfigArgs, readDevServerSettings } from '../../lib/temporal/dev-server.ts';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-dev-server-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let files = 0;
+
+function settingsFile(yaml: string): string {
+  const file = path.join(dir, `temporal-dev-${files++}.yml`);
+  writeFileSync(file, yaml);
+  return file;
+}
+
+describe('dev server settings', () => {
+  it("turn the project's dynamic config into start-dev arguments, eager activities on", () => {
+    const settings = readDevServerSettings('temporal-dev.yml');
+    expect(settings.dynamicConfig).toMatchObject({ 'system.enableActivityEagerExecution': true });
+    expect(dynamicConfigArgs(settings)).toContain('system.enableActivityEagerExecution=true');
+  });
+
+  it('quote string values as JSON, as the CLI expects', () => {
+    const settings = readDevServerSettings(settingsFile('dynamicConfig:\n  limit.maxIDLength: 255\n  frontend.namespaceRPS.visibility: "x"\n'));
+    expect(dynamicConfigArgs(settings)).toEqual(['--dynamic-config-value', 'limit.maxIDLength=255', '--dynamic-config-value', 'frontend.namespaceRPS.visibility="x"']);
+  });
+
+  it('name the key of a value that is not a boolean, number or string', () => {
+    expect(() => readDevServerSettings(settingsFile('dynamicConfig:\n  system.enableActivityEagerExecution: [1, 2]\n'))).toThrow(/dynamicConfig\.system\.enableActivityEagerExecution/);
+  });
+
+  it('default to no dynamic config', () => {
+    expect(dynamicConfigArgs(readDevServerSettings(settingsFile('namespace: default\n')))).toEqual([]);
+  });
+});
