@@ -48,7 +48,8 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
       const ctx = Context.current();
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
       const state: ListingProgress = resumed && resumed.pages >= progress.pages ? structuredClone(resumed) : structuredClone(progress);
-      const row = await loadConnectionSecrets(db, connectionId);
+      // The page memory is read alongside the connection: one round trip less before the first call.
+      const [row, stored] = await Promise.all([loadConnectionSecrets(db, connectionId), listingPages(db, connectionId)]);
       if (!row || row.status !== 'active') {
         throw ApplicationFailure.create({ type: 'ConnectionNotActive', message: `connection ${connectionId} is ${row?.status ?? 'gone'}`, nonRetryable: true });
       }
@@ -60,7 +61,6 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
         secret: row.credential ? open(keys, row.credential, row.id) : undefined,
       });
       const scope = { organizationId: row.organization_id, connectionId, provider: row.provider };
-      const stored = await listingPages(db, connectionId);
       const queue = [...state.pending];
       const known = new Set([...state.visitedPageKeys, ...queue]);
       const inFlight = new Set<string>();
