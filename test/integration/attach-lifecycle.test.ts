@@ -20,6 +20,7 @@ import {
 } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
 import { AttachmentFailureTypes, attachmentRequested, workflowIds } from '../../workflows/contract.ts';
+import { recordHistory } from '../support/histories.ts';
 
 /**
  * An attachment over time: hooks deleted or disabled at the provider and restored by re-attach,
@@ -230,6 +231,8 @@ describe('attachment lifecycle', () => {
       expect((await outcomeOf(h, inFlightId)).result).toEqual({ status: 'detached', hookIds: [], requests: 2 });
       const row = await h.db.selectFrom('connections').select(['status', 'credential']).where('id', '=', world.connectionId).executeTakeFirstOrThrow();
       expect(row).toEqual({ status: 'disconnected', credential: null });
+      await recordHistory(h.client, workflowId, 'disconnect-with-attach-in-flight');
+      await recordHistory(h.client, inFlightId, 'repository-attach-then-detach');
     } finally {
       await world.close();
     }

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../../lib/crypto.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, type Harness } from '../support/harness.ts';
+import { recordHistory } from '../support/histories.ts';
 
 const ALL_SCOPES = ['api', 'read_user', 'read_repository'];
 
@@ -76,6 +77,7 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect(runBody.result.status).toBe('active');
     expect(runBody.uiUrl).toMatch(new RegExp(`/namespaces/default/workflows/${encodeURIComponent(workflowId)}/[0-9a-f-]+/history$`));
     expect(JSON.stringify(runBody)).not.toContain(token);
+    await recordHistory(h.client, workflowId, 'connect-active');
   });
 
   it('disconnects: the credential is deleted and the status is disconnected', async () => {

@@ -12,6 +12,7 @@ import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '
 import { seedConnection } from '../support/attachments.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { recordHistory } from '../support/histories.ts';
 
 /** Short, so giving up on a subscriber that never answers takes seconds: attempts at 0, 1 and 3 s, none at 7 s. */
 const DEADLINE_SECONDS = 6;
@@ -145,6 +146,8 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(await eventTypes(second.workflowId)).toEqual(expect.arrayContaining(['EVENT_TYPE_TIMER_FIRED', 'EVENT_TYPE_ACTIVITY_TASK_COMPLETED']));
       expect(quick.received).toHaveLength(2);
       expect(flaky.received).toHaveLength(2);
+      await recordHistory(h.client, first.workflowId, 'event-delivered-inline');
+      await recordHistory(h.client, second.workflowId, 'event-retried-after-inline-failure');
     });
 
     it('waits out the Retry-After of a refused first attempt before the second', async () => {
@@ -189,6 +192,7 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       ]);
       // The subscriber's secret never enters the run.
       expect(await historyText(h, workflowId)).not.toContain(secret);
+      await recordHistory(h.client, workflowId, 'event-retried-twice');
     });
 
     it('gives up when the dispatch deadline passes, recording each failed attempt', async () => {

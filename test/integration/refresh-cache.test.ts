@@ -10,6 +10,7 @@ import { startFakeGitlab } from '../fakes/gitlab.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { startFlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
+import { recordHistory } from '../support/histories.ts';
 
 interface PickerItem {
   id: string;
@@ -152,6 +153,9 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const other = await newOrg();
     expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories`, { token: other.token })).status).toBe(404);
     expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=bogus`, { token: org.token })).status).toBe(400);
+    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-one-failing');
+    await recordHistory(h.client, workflowIds.refreshConnection(org.id, azureId), 'refresh-connection-azure-devops');
+    await recordHistory(h.client, workflowIds.refreshConnection(org.id, brokenId), 'refresh-connection-failed');
   });
 
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
