@@ -1,3 +1,5 @@
+import http from 'node:http';
+import https from 'node:https';
 import * as azdev from 'azure-devops-node-api';
 import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
 import type { GitApi } from 'azure-devops-node-api/GitApi.js';
@@ -60,6 +62,35 @@ async function sdk<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * typed-rest-client (under azure-devops-node-api) opens a new connection, TCP and TLS handshakes
+ * included, for every request unless `keepAlive` is on; with it on, it keeps one pool per client
+ * object, and the SDK makes several client objects per adapter, one adapter per activity. So every
+ * SDK client of this worker shares one keep-alive pool per protocol instead. A connection idle for
+ * IDLE_CONNECTION_MS is closed by us, before servers usually close theirs (Node's default is 5 s),
+ * so a request is not sent down a connection the server is closing.
+ */
+const IDLE_CONNECTION_MS = 4_000;
+const SHARED_AGENTS = {
+  https: new https.Agent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS }),
+  http: new http.Agent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS }),
+};
+
+/** The typed-rest-client HttpClients inside an SDK client; `_agent` is the pool a keepAlive client reuses. */
+interface SdkHttpClients {
+  http?: { _agent?: http.Agent };
+  rest?: { client?: { _agent?: http.Agent } };
+}
+
+/** Points the SDK client's HTTP clients at the shared pool for the organization's protocol. */
+function shareConnections<T extends object>(client: T, organizationUrl: string): T {
+  const agent = organizationUrl.startsWith('https:') ? SHARED_AGENTS.https : SHARED_AGENTS.http;
+  const { http: direct, rest } = client as SdkHttpClients;
+  if (direct) direct._agent = agent;
+  if (rest?.client) rest.client._agent = agent;
+  return client;
+}
+
 /** Runs `load` once; a failure is not remembered, so the next call tries again. */
 function once<T>(load: () => Promise<T>): () => Promise<T> {
   let pending: Promise<T> | undefined;
@@ -109,10 +140,16 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { proj
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   // allowRetries stays off: the activity's retry policy decides, honouring Retry-After.
-  const webApi = new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS });
-  const coreApi = once<CoreApi>(() => sdk(() => webApi.getCoreApi()));
+  const webApi = shareConnections(
+    new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true }),
+    organizationUrl,
+  );
+  // The SDK makes a locations client of its own to discover resource areas: it shares the pool too.
+  const getLocationsApi = webApi.getLocationsApi.bind(webApi);
+  webApi.getLocationsApi = async (...args) => shareConnections(await getLocationsApi(...args), organizationUrl);
+  const coreApi = once<CoreApi>(async () => shareConnections(await sdk(() => webApi.getCoreApi()), organizationUrl));
   const gitApi = once<GitApi>(async () => {
-    const git = await sdk(() => webApi.getGitApi());
+    const git = shareConnections(await sdk(() => webApi.getGitApi()), organizationUrl);
     // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
     // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
     await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));

@@ -62,6 +62,8 @@ export class FakeHttpServer {
   /** The same over every fake server of the process (the refresh benchmark's concurrency). */
   static inFlightAll = 0;
   static peakInFlightAll = 0;
+  /** TCP connections accepted so far: fewer than calls when the client keeps connections alive. */
+  connectionsAccepted = 0;
   url = '';
 
   constructor(private readonly fallback?: FakeHandler) {}
@@ -186,6 +188,7 @@ export class FakeHttpServer {
       });
     });
     this.server.on('connection', (socket) => {
+      this.connectionsAccepted++;
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
     });

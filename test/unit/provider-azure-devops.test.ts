@@ -128,6 +128,20 @@ describe('Azure DevOps adapter: repositories', () => {
     expect(fake.server.count('discoverGit')).toBe(1);
   });
 
+  it('keeps connections alive: calls share connections, within an adapter and across adapters', async () => {
+    fake.addProject({ name: 'Beta' });
+    fake.addProject({ name: 'Gamma' });
+    await walkListing(adapter());
+    const calls = fake.server.calls.length;
+    // Discovery (3), the projects page, the git routes, three projects' repositories: one at a time.
+    expect(calls).toBe(8);
+    expect(fake.server.connectionsAccepted).toBe(1);
+    // The next activity's adapter for the same organization reuses the idle connection.
+    await adapter().listRepositoriesPage({});
+    expect(fake.server.calls.length).toBeGreaterThan(calls);
+    expect(fake.server.connectionsAccepted).toBe(1);
+  });
+
   it('maps a throttled project listing to ProviderHttpError with Retry-After', async () => {
     fake.server.failNext('listProjects', 1, tooManyRequests(12));
     expect(await rejection(adapter().listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 12 });
