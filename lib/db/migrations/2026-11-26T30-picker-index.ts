@@ -6,7 +6,7 @@ import { type Kysely, sql } from 'kysely';
  * keyset cursor; none of the earlier indexes had that order (the project column was not wrapped in
  * the coalesce the query sorts by), so every page scanned and sorted the whole table. This one has
  * the exact order and holds only visible rows, so a page is a range read of `limit` entries.
- * Dropping the three also makes each repository written during a refresh update half as many indexes.
+ * Dropping the three also means a repository written during a refresh updates four indexes, not six.
  */
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`create index repositories_picker on repositories (organization_id, (coalesce(project, '')), full_name, id) where vanished_at is null`.execute(db);
