@@ -19,6 +19,10 @@ const AttachmentSchema = z
   .object({
     status: z.enum(ATTACHMENT_STATUSES),
     reason: z.string().optional(),
+    repositoryVanished: z.boolean().openapi({
+      description:
+        "The connection no longer sees the repository (its last listing or an access event said so), so its hooks may be gone with it; false again once the repository is seen again.",
+    }),
     hooks: z.array(z.object({ providerHookId: z.string(), events: z.array(z.string()) })),
     workflowId: z.string().openapi({ description: "The repository's attach/detach workflow (GET /api/v1/workflows/{workflowId})" }),
   })
@@ -122,6 +126,7 @@ export function attachmentRoutes() {
         {
           status: attachment.status,
           ...(attachment.reason ? { reason: attachment.reason } : {}),
+          repositoryVanished: repository.vanished_at !== null,
           hooks: attachment.hooks,
           workflowId: workflowIds.repository(org.id, repository.id),
         },

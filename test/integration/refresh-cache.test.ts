@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
+import { markRepositoriesVanished } from '../../lib/db/repositories/repository-cache.ts';
 import { ensureRefreshSchedule } from '../../worker/schedule.ts';
 import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeBitbucket } from '../fakes/bitbucket.ts';
@@ -120,6 +121,30 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(items.map((i) => i.externalId)).not.toContain(String(gone.id));
     const attachment = await h.db.selectFrom('attachments').select(['status', 'repository_vanished']).where('repository_id', '=', goneRow.id).executeTakeFirstOrThrow();
     expect(attachment).toEqual({ status: 'attached', repository_vanished: true });
+    const attachmentOf = async (repositoryId: string) => {
+      const res = await h.request('GET', `/api/v1/orgs/${org.slug}/repositories/${repositoryId}/attachment`, { token: org.token });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { status: string; repositoryVanished: boolean };
+    };
+    expect(await attachmentOf(goneRow.id)).toMatchObject({ status: 'attached', repositoryVanished: true });
+
+    // Access comes back: the next listing shows it again and the attachment is no longer flagged.
+    github.addRepository(installation.id, { id: gone.id, fullName: gone.fullName });
+    await refresh(org);
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ vanished: 0, rowsWritten: 1 });
+    expect((await picker(org)).map((i) => i.externalId)).toContain(String(gone.id));
+    expect(await attachmentOf(goneRow.id)).toMatchObject({ status: 'attached', repositoryVanished: false });
+    expect(await h.db.selectFrom('attachments').select('repository_vanished').where('repository_id', '=', goneRow.id).executeTakeFirstOrThrow()).toEqual({ repository_vanished: false });
+
+    // An event marked it vanished, but GitHub's pages did not change (all 304): the listing is the truth.
+    await markRepositoriesVanished(h.db, connectionId, [String(gone.id)]);
+    expect(await attachmentOf(goneRow.id)).toMatchObject({ repositoryVanished: true });
+    await refresh(org);
+    const unchanged = await listingOf(org.id, connectionId);
+    expect(unchanged).toMatchObject({ rowsWritten: 0, vanished: 0 });
+    expect(unchanged.notModifiedPages).toBe(unchanged.pages);
+    expect(await attachmentOf(goneRow.id)).toMatchObject({ status: 'attached', repositoryVanished: false });
+    expect((await picker(org)).map((i) => i.externalId)).toContain(String(gone.id));
   });
 
   it('one failing connection is recorded and does not stop the others; Azure DevOps repositories group by project', async () => {

@@ -30,7 +30,7 @@ export async function findOrganizationRepository(db: Executor, organizationId: s
   return db
     .selectFrom('repositories as r')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
-    .select(['r.id', 'r.organization_id', 'r.provider', 'r.full_name', 'r.connection_id', 'c.status as connection_status', 'c.disconnect_requested_at'])
+    .select(['r.id', 'r.organization_id', 'r.provider', 'r.full_name', 'r.connection_id', 'r.vanished_at', 'c.status as connection_status', 'c.disconnect_requested_at'])
     .where('r.organization_id', '=', organizationId)
     .where('r.id', '=', repositoryId)
     .executeTakeFirst();

@@ -31,7 +31,9 @@ export async function upsertRepositories(
   // One array per column (unnest): the statement and its parameters stay the same size however
   // many rows a page holds, which costs far less to build, send and parse than a VALUES row each.
   const column = (pick: (r: CachedRepository) => string | undefined) => unique.map((r) => pick(r) ?? null);
-  const result = await sql`
+  // A written row is visible again: an attachment flagged when it vanished is unflagged with it.
+  const result = await sql<{ written: number }>`
+    with written as (
     insert into repositories (organization_id, connection_id, provider, external_id, full_name, project, default_branch, web_url)
     select ${scope.organizationId}::uuid, ${scope.connectionId}::uuid, ${scope.provider}, r.external_id, r.full_name, r.project, r.default_branch, r.web_url
     from unnest(
@@ -47,14 +49,21 @@ export async function upsertRepositories(
       last_seen_at = now()
     where (repositories.full_name, repositories.project, repositories.default_branch, repositories.web_url, repositories.vanished_at)
       is distinct from (excluded.full_name, ${incoming('project')}, ${incoming('default_branch')}, ${incoming('web_url')}, null::timestamptz)
+    returning id
+    ), unflagged as (
+      update attachments set repository_vanished = false, updated_at = now()
+      where repository_vanished and repository_id in (select id from written)
+    )
+    select count(*)::int as written from written
   `.execute(db);
-  return Number(result.numAffectedRows ?? 0n);
+  return result.rows[0]?.written ?? 0;
 }
 
 /**
- * Ends a complete listing in the database: forgets the pages this listing did not visit, then marks
- * the connection's repositories that no remaining page holds as vanished, and flags their
- * attachments (an attached repository is never dropped silently). Returns how many vanished.
+ * Ends a complete listing in the database: forgets the pages this listing did not visit, makes the
+ * repositories the remaining pages hold visible (unflagging their attachments), then marks the
+ * connection's repositories that no remaining page holds as vanished, and flags their attachments
+ * (an attached repository is never dropped silently). Returns how many vanished.
  * Runs in SQL: the ids never travel to the worker.
  */
 export async function finishListingInDb(db: Kysely<Database>, connectionId: string, visitedPageKeys: string[]): Promise<{ vanished: number }> {
@@ -65,6 +74,19 @@ export async function finishListingInDb(db: Kysely<Database>, connectionId: stri
       .$if(visitedPageKeys.length > 0, (q) => q.where('page_key', 'not in', visitedPageKeys))
       .execute();
     const seenIds = sql<string>`(select jsonb_array_elements_text(p.external_ids) from repository_listing_pages p where p.connection_id = ${connectionId})`;
+    // The listing is the truth: a repository it saw is visible, even one an event marked vanished
+    // since and whose page answered 304 (so no upsert brought it back).
+    const back = await trx
+      .updateTable('repositories')
+      .set({ vanished_at: null })
+      .where('connection_id', '=', connectionId)
+      .where('vanished_at', 'is not', null)
+      .where(sql<boolean>`external_id in ${seenIds}`)
+      .returning('id')
+      .execute();
+    if (back.length > 0) {
+      await trx.updateTable('attachments').set({ repository_vanished: false, updated_at: new Date() }).where('repository_id', 'in', back.map((r) => r.id)).execute();
+    }
     const gone = await trx
       .updateTable('repositories')
       .set({ vanished_at: sql<Date>`now()` })
