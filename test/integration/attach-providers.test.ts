@@ -179,7 +179,7 @@ describe('attach and detach per provider', () => {
     expect((await outcomeOf(h, workflowId)).result).toEqual({ status: 'detached', hookIds: [], requests: 1 });
     expect(repo.hooks()).toEqual([]);
     expect(world.server.calls.slice(before).filter((c) => c.operation === world.ops.delete && c.status === 204)).toHaveLength(world.hookSet.length);
-    expect(await attachmentOf(h, org, repo.repositoryId)).toEqual({ status: 'detached', hooks: [], workflowId });
+    expect(await attachmentOf(h, org, repo.repositoryId)).toEqual({ status: 'detached', repositoryVanished: false, hooks: [], workflowId });
   });
 
   describe('GitHub App', () => {
