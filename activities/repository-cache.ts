@@ -7,6 +7,7 @@ import {
   listingPages,
   finishListingInDb,
   recordRefreshOutcome,
+  repositoriesDigest,
   saveListingPage,
   upsertRepositories,
 } from '../lib/db/repositories/repository-cache.ts';
@@ -100,11 +101,25 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
         if (links.nextCursor) enqueue(links.nextCursor);
         pump();
         if (!page.notModified) {
-          const [written] = await Promise.all([
-            upsertRepositories(db, scope, page.repositories),
-            saveListingPage(db, connectionId, pageKey, { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links }),
-          ]);
+          // The same repositories as stored: no upsert (it would lock every row it met). The page row
+          // is written only if where it led or its ETag changed.
+          const contentHash = repositoriesDigest(page.repositories);
+          const unchanged = previous?.contentHash === contentHash;
+          const sameLinks =
+            previous !== undefined &&
+            previous.etag === (page.etag ?? null) &&
+            previous.nextCursor === (links.nextCursor ?? null) &&
+            JSON.stringify(previous.fanOut) === JSON.stringify(links.fanOut);
+          // In this order: a stored digest vouches for rows already committed, so a retry after a
+          // failed upsert writes them again.
+          // (Read the count after the await: pages run concurrently, `state.rowsWritten += await …` would lose some.)
+          const written = unchanged ? 0 : await upsertRepositories(db, scope, page.repositories);
           state.rowsWritten += written;
+          if (!(unchanged && sameLinks)) {
+            await saveListingPage(db, connectionId, pageKey, { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links, contentHash });
+          }
+          // Progress heartbeated by a worker from before this count existed lacks it.
+          if (unchanged) state.unchangedPages = (state.unchangedPages ?? 0) + 1;
         }
         state.pages++;
         state.visitedPageKeys.push(pageKey);

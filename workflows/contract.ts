@@ -151,16 +151,28 @@ export interface ListingProgress {
   apiCalls: number;
   rowsWritten: number;
   notModifiedPages: number;
+  /** Pages answered in full whose repositories were as stored: nothing was written for them. */
+  unchangedPages: number;
   /** Page keys visited so far in this listing. */
   visitedPageKeys: string[];
 }
-export const newListingProgress = (): ListingProgress => ({ pending: [FIRST_LISTING_PAGE], pages: 0, apiCalls: 0, rowsWritten: 0, notModifiedPages: 0, visitedPageKeys: [] });
+export const newListingProgress = (): ListingProgress => ({
+  pending: [FIRST_LISTING_PAGE],
+  pages: 0,
+  apiCalls: 0,
+  rowsWritten: 0,
+  notModifiedPages: 0,
+  unchangedPages: 0,
+  visitedPageKeys: [],
+});
 export interface ConnectionRefreshResult {
   connectionId: string;
   pages: number;
   apiCalls: number;
   rowsWritten: number;
   notModifiedPages: number;
+  /** Absent from listings that ran before it was counted. */
+  unchangedPages?: number;
   vanished: number;
 }
 

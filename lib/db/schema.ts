@@ -45,6 +45,8 @@ export interface RepositoryListingPagesTable {
   external_ids: Json<string[]>;
   next_cursor: string | null;
   fan_out: ColumnType<string[], string | undefined, string>;
+  /** Digest of the page's repositories as last written (null for pages stored before it existed). */
+  content_hash: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface RepositoriesTable {

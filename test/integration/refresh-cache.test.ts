@@ -76,7 +76,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const org = await newOrg();
     const token = `glpat-${randomUUID()}`;
     gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
-    for (let i = 0; i < count; i++) gitlab.addProject({ pathWithNamespace: `group/project-${String(i).padStart(3, '0')}` });
+    const projects = Array.from({ length: count }, (_, i) => gitlab.addProject({ pathWithNamespace: `group/project-${String(i).padStart(3, '0')}` }));
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token });
 
     expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [], alreadyRunning: [] });
@@ -88,7 +88,18 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect((await listingOf(org.id, connectionId)).rowsWritten).toBe(count);
 
     await refresh(org);
-    expect(await listingOf(org.id, connectionId)).toMatchObject({ rowsWritten: 0, vanished: 0 });
+    const second = await listingOf(org.id, connectionId);
+    expect(second).toMatchObject({ rowsWritten: 0, vanished: 0 });
+    // GitLab has no conditional requests: every page answers in full, and none is written again.
+    expect(second.unchangedPages).toBe(second.pages);
+
+    // One project renamed: only its page is written.
+    if (count > 0) {
+      gitlab.renameProject(projects[0]!.id, `group/renamed-${randomUUID().slice(0, 6)}`);
+      await refresh(org);
+      const third = await listingOf(org.id, connectionId);
+      expect(third).toMatchObject({ rowsWritten: 1, vanished: 0, unchangedPages: third.pages - 1 });
+    }
   });
 
   it('GitHub: unchanged pages come back 304; removed and renamed repositories are reflected, an attached one flagged', async () => {

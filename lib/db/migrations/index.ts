@@ -5,6 +5,7 @@ import * as repositoryListing from './2026-11-25T31-repository-listing.ts';
 import * as listingPageLinks from './2026-11-26T10-listing-page-links.ts';
 import * as disconnectRequested from './2026-11-26T20-disconnect-requested.ts';
 import * as pickerIndex from './2026-11-26T30-picker-index.ts';
+import * as listingPageContentHash from './2026-11-26T40-listing-page-content-hash.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -17,4 +18,5 @@ export const migrations: Record<string, Migration> = {
   '2026-11-26T10-listing-page-links': listingPageLinks,
   '2026-11-26T20-disconnect-requested': disconnectRequested,
   '2026-11-26T30-picker-index': pickerIndex,
+  '2026-11-26T40-listing-page-content-hash': listingPageContentHash,
 };

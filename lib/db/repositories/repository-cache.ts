@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
@@ -131,20 +132,34 @@ export interface StoredListingPage {
   externalIds: string[];
   nextCursor: string | null;
   fanOut: string[];
+  /** Digest of the repositories the page held (see repositoriesDigest). */
+  contentHash: string | null;
+}
+
+/** A digest of a page's repositories, as the provider adapter mapped them: equal when nothing changed. */
+export function repositoriesDigest(repositories: CachedRepository[]): string {
+  return createHash('sha256').update(JSON.stringify(repositories)).digest('base64url');
 }
 
 /** Every page the connection's last listing stored, by page key: one query per listing, not per page. */
 export async function listingPages(db: Executor, connectionId: string): Promise<Map<string, StoredListingPage>> {
   const rows = await db
     .selectFrom('repository_listing_pages')
-    .select(['page_key', 'etag', 'external_ids', 'next_cursor', 'fan_out'])
+    .select(['page_key', 'etag', 'external_ids', 'next_cursor', 'fan_out', 'content_hash'])
     .where('connection_id', '=', connectionId)
     .execute();
-  return new Map(rows.map((r) => [r.page_key, { etag: r.etag, externalIds: r.external_ids, nextCursor: r.next_cursor, fanOut: r.fan_out }]));
+  return new Map(
+    rows.map((r) => [r.page_key, { etag: r.etag, externalIds: r.external_ids, nextCursor: r.next_cursor, fanOut: r.fan_out, contentHash: r.content_hash }]),
+  );
 }
 
 /** Remembers what a page held and where it led; an unchanged page is not written. */
-export async function saveListingPage(db: Executor, connectionId: string, pageKey: string, page: { etag?: string; externalIds: string[]; nextCursor?: string; fanOut?: string[] }): Promise<void> {
+export async function saveListingPage(
+  db: Executor,
+  connectionId: string,
+  pageKey: string,
+  page: { etag?: string; externalIds: string[]; nextCursor?: string; fanOut?: string[]; contentHash?: string },
+): Promise<void> {
   await db
     .insertInto('repository_listing_pages')
     .values({
@@ -154,6 +169,7 @@ export async function saveListingPage(db: Executor, connectionId: string, pageKe
       external_ids: JSON.stringify(page.externalIds),
       next_cursor: page.nextCursor ?? null,
       fan_out: JSON.stringify(page.fanOut ?? []),
+      content_hash: page.contentHash ?? null,
     })
     .onConflict((oc) =>
       oc
@@ -163,10 +179,11 @@ export async function saveListingPage(db: Executor, connectionId: string, pageKe
           external_ids: eb.ref('excluded.external_ids'),
           next_cursor: eb.ref('excluded.next_cursor'),
           fan_out: eb.ref('excluded.fan_out'),
+          content_hash: eb.ref('excluded.content_hash'),
         }))
         .where(
-          sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out)
-            is distinct from (excluded.etag, excluded.external_ids, excluded.next_cursor, excluded.fan_out)`,
+          sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out, repository_listing_pages.content_hash)
+            is distinct from (excluded.etag, excluded.external_ids, excluded.next_cursor, excluded.fan_out, excluded.content_hash)`,
         ),
     )
     .execute();
