@@ -163,8 +163,10 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
         apiCalls,
         rowsWritten: listings.reduce((n, l) => n + l.rowsWritten, 0),
         githubNotModifiedPages: perConnection.github!.notModifiedPages,
+        // Pages answered in full with the repositories already stored: nothing written for them.
+        unchangedPages: listings.reduce((n, l) => n + (l.unchangedPages ?? 0), 0),
         perConnection: Object.fromEntries(
-          Object.entries(perConnection).map(([p, l]) => [p, { pages: l.pages, apiCalls: l.httpCalls, rowsWritten: l.rowsWritten, notModifiedPages: l.notModifiedPages, vanished: l.vanished }]),
+          Object.entries(perConnection).map(([p, l]) => [p, { pages: l.pages, apiCalls: l.httpCalls, rowsWritten: l.rowsWritten, notModifiedPages: l.notModifiedPages, unchangedPages: l.unchangedPages, vanished: l.vanished }]),
         ),
       };
     };
