@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
+import { renameCachedRepository } from '../../lib/db/repositories/events.ts';
 import { markRepositoriesVanished } from '../../lib/db/repositories/repository-cache.ts';
 import { ensureRefreshSchedule } from '../../worker/schedule.ts';
 import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
@@ -95,10 +96,19 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
 
     // One project renamed: only its page is written.
     if (count > 0) {
-      gitlab.renameProject(projects[0]!.id, `group/renamed-${randomUUID().slice(0, 6)}`);
+      const newName = `group/renamed-${randomUUID().slice(0, 6)}`;
+      gitlab.renameProject(projects[0]!.id, newName);
       await refresh(org);
       const third = await listingOf(org.id, connectionId);
       expect(third).toMatchObject({ rowsWritten: 1, vanished: 0, unchangedPages: third.pages - 1 });
+
+      // A late event renames it back in the cache; GitLab's pages have not changed, yet the next
+      // listing writes that page again and the cache shows GitLab's name.
+      const row = await h.db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).where('external_id', '=', String(projects[0]!.id)).executeTakeFirstOrThrow();
+      expect(await renameCachedRepository(h.db, row.id, projects[0]!.pathWithNamespace, null)).toBe(true);
+      await refresh(org);
+      expect(await listingOf(org.id, connectionId)).toMatchObject({ rowsWritten: 1, unchangedPages: third.pages - 1 });
+      expect(await h.db.selectFrom('repositories').select('full_name').where('id', '=', row.id).executeTakeFirstOrThrow()).toEqual({ full_name: newName });
     }
   });
 

@@ -56,7 +56,15 @@ export async function renameCachedRepository(db: Executor, repositoryId: string,
     .where('id', '=', repositoryId)
     .where((eb) => eb.or([eb('full_name', '<>', fullName), eb('project', 'is distinct from', project)]))
     .executeTakeFirst();
-  return result.numUpdatedRows > 0n;
+  if (result.numUpdatedRows === 0n) return false;
+  // The row no longer is what its listing page last wrote: the next listing writes that page again
+  // even if the provider answers it unchanged (an event can carry a name the listing has moved past).
+  await sql`
+    update repository_listing_pages p set content_hash = null
+    from repositories r
+    where r.id = ${repositoryId} and p.connection_id = r.connection_id and p.external_ids ? r.external_id
+  `.execute(db);
+  return true;
 }
 
 export interface NewEventRow {
