@@ -1,4 +1,4 @@
-import type { Config } from '../lib/config.ts';
+import { LISTING_CONCURRENCY_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -51,13 +51,13 @@ export function settingsFromConfig(config: Config): ActivitySettings {
 /** Every activity the worker registers; workflows import only this function's type. */
 export function createActivities(deps: ActivityDeps) {
   // One per worker: every connection listed by this worker shares it.
-  const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? 8);
+  const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? LISTING_CONCURRENCY_DEFAULTS.callsPerWorker);
   return {
     ...createConnectionActivities(deps),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...createDispatchActivities(deps),
     ...createHookActivities(deps),
-    ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? 4, limiter: listingLimiter }),
+    ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
   };
 }
 

@@ -15,6 +15,7 @@ import { Client, Connection } from '@temporalio/client';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { stringify as toYaml } from 'yaml';
+import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
 import { readDevServerSettings, startDevServer } from '../lib/temporal/dev-server.ts';
@@ -185,7 +186,7 @@ export interface ListingConcurrencyOptions {
 }
 
 /** The configuration defaults (lib/config.ts), unless a benchmark flag overrides them. */
-export const DEFAULT_LISTING_CONCURRENCY: ListingConcurrencyOptions = { callsPerConnection: 4, callsPerWorker: 8 };
+export const DEFAULT_LISTING_CONCURRENCY: ListingConcurrencyOptions = LISTING_CONCURRENCY_DEFAULTS;
 
 export async function startBenchStack(log: (line: string) => void = console.log, listing: ListingConcurrencyOptions = DEFAULT_LISTING_CONCURRENCY): Promise<BenchStack> {
   const stops: (() => Promise<void>)[] = [];

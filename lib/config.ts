@@ -7,6 +7,9 @@ const hostPort = z.coerce.number().int().min(0).max(65535);
 
 const providerToggle = z.object({ enabled: z.boolean().default(false) });
 
+/** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
+export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
+
 export const configSchema = z
   .object({
     publicUrl: z.url({ protocol: /^https?$/ }),
@@ -72,8 +75,8 @@ export const configSchema = z
         timeZone: z.string().min(1).default('UTC'),
         // Listing calls in flight at once: for one connection (providers' limits are per credential),
         // and for every listing of one worker.
-        callsPerConnection: z.number().int().min(1).max(32).default(4),
-        callsPerWorker: z.number().int().min(1).max(256).default(8),
+        callsPerConnection: z.number().int().min(1).max(32).default(LISTING_CONCURRENCY_DEFAULTS.callsPerConnection),
+        callsPerWorker: z.number().int().min(1).max(256).default(LISTING_CONCURRENCY_DEFAULTS.callsPerWorker),
       })
       .prefault({}),
     security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),
