@@ -8,7 +8,7 @@ import {
 } from '../lib/db/repositories/events.ts';
 import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
-import type { NormalizedEvent } from '../lib/domain.ts';
+import { isAccessChange, type NormalizedEvent } from '../lib/domain.ts';
 import { attachmentsOfInstance } from '../lib/instance.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
@@ -37,8 +37,6 @@ export interface RecordedDelivery {
   deliveryDeadlineSeconds: number;
 }
 
-/** An installation gaining or losing a repository: it concerns the connections bound to the installation. */
-export const isAccessChange = (event: NormalizedEvent) => event.kind === 'repository.added' || event.kind === 'repository.removed';
 
 export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: EventActivityDeps) {
   return {

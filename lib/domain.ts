@@ -40,3 +40,6 @@ export interface ConnectionIdentity {
   accountId?: string;
   detail?: string;
 }
+
+/** An installation gaining or losing a repository (GitHub): it concerns the connections bound to the installation. */
+export const isAccessChange = (event: NormalizedEvent) => event.kind === 'repository.added' || event.kind === 'repository.removed';

@@ -1,7 +1,6 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
-import { isAccessChange } from '../../activities/events.ts';
 import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
 import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../../workflows/contract.ts';
@@ -9,7 +8,7 @@ import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
-import { isPing, normalizeDelivery, WebhookPayloadError, type WebhookHeaders } from '../webhooks/normalize.ts';
+import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
 import { attachmentsOfInstance } from '../../lib/instance.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
 
@@ -62,12 +61,6 @@ function headerRecord(c: Context<AppEnv>): Record<string, string> {
 }
 
 const MAX_DELIVERY_ID_LENGTH = 200;
-
-/** The installation of a GitHub App delivery; only installation events need it, to find the connections. */
-function githubInstallationId(body: Uint8Array): string | undefined {
-  const id = (JSON.parse(Buffer.from(body).toString('utf8')) as { installation?: { id?: unknown } }).installation?.id;
-  return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
-}
 
 /**
  * Who the delivery concerns: organizations with the repository attached, or bound to the
@@ -139,20 +132,19 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   if (!/^application\/json\s*(;|$)/i.test(headers['content-type'] ?? '')) {
     throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
   }
-  let events: NormalizedEvent[];
-  let instanceUrl: string | undefined;
+  let delivery: NormalizedDelivery;
   try {
-    ({ events, instanceUrl } = normalizeDelivery(provider, headers, body));
+    delivery = normalizeDelivery(provider, headers, body);
   } catch (error) {
     if (error instanceof WebhookPayloadError) throw badRequest(error.message);
     throw error;
   }
+  const { events, instanceUrl, installationId } = delivery;
   if (events.length === 0) return c.json({ status: 'ignored' as const, reason: 'event kind not handled' }, 200);
 
   const deliveryId = events[0]!.deliveryId;
   // It becomes part of the workflow id; no provider sends one anywhere near this long.
   if (deliveryId.length > MAX_DELIVERY_ID_LENGTH) throw badRequest(`the delivery id is longer than ${MAX_DELIVERY_ID_LENGTH} characters`);
-  const installationId = provider === 'github' && events.some(isAccessChange) ? githubInstallationId(body) : undefined;
   const workflowId = workflowIds.event(provider, deliveryId);
   try {
     const targets = await targetsOf(c, cache, provider, events, installationId, instanceUrl);

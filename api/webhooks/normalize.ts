@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { EventKind, NormalizedEvent, Provider } from '../../lib/domain.ts';
+import { isAccessChange, type EventKind, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 
 /** Header names in lower case, as Node and Hono hand them over. */
 export type WebhookHeaders = Readonly<Record<string, string | undefined>>;
@@ -25,6 +25,8 @@ export interface NormalizedDelivery {
    * Bitbucket's `links.self`): GitLab and Bitbucket ids are unique per instance only.
    */
   instanceUrl?: string;
+  /** The GitHub App installation of an installation event: its connections' cache changes. */
+  installationId?: string;
 }
 
 /** normalizeWebhook, plus where the delivery came from, from one parse of the body. */
@@ -47,7 +49,13 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
       break;
   }
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
-  return instanceUrl ? { events, instanceUrl } : { events };
+  const installationId = events.some(isAccessChange) ? installationIdOf(parsed) : undefined;
+  return { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) };
+}
+
+function installationIdOf(parsed: unknown): string | undefined {
+  const id = (parsed as { installation?: { id?: unknown } } | null)?.installation?.id;
+  return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
 }
 
 const INSTANCE_URL_PATHS: Record<Provider, (string | number)[][]> = {

@@ -621,5 +621,14 @@ describe('normalizeDelivery: the instance a delivery came from', () => {
     expect(normalizeDelivery('bitbucket', { 'x-request-id': 'r-2', 'x-event-key': 'repo:refs_changed' }, body('bitbucket/repo-refs-changed.json')).instanceUrl).toBeUndefined();
     expect(normalizeDelivery('azure-devops', {}, body('azure-devops/git-push.json')).instanceUrl).toBeUndefined();
   });
+
+  it("names a GitHub installation event's installation, from the same parse; other events name none", () => {
+    const headers = (event: string) => ({ 'x-github-event': event, 'x-github-delivery': 'd-1' });
+    const added = githubExample('installation_repositories', (p) => p.action === 'added');
+    const { installationId } = normalizeDelivery('github', headers('installation_repositories'), JSON.stringify(added));
+    expect(installationId).toBe(String((added.installation as { id: number }).id));
+    const push = githubExample('push', () => true);
+    expect(normalizeDelivery('github', headers('push'), JSON.stringify(push)).installationId).toBeUndefined();
+  });
 });
 
