@@ -2,6 +2,7 @@ import { ActivityFailure, ApplicationFailure, log, proxyActivities, proxyLocalAc
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Activities } from '../activities/index.ts';
 import type { EventInput, EventResult } from './contract.ts';
+import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
 // round trip through the server on every delivery (the ingestion hot path). It still shows in the
@@ -25,12 +26,6 @@ const { dispatchEvent: dispatchFirstAttempt } = proxyLocalActivities<Activities>
 
 /** Backoff before the second attempt; each later one waits twice as long (so attempts at 0, 1, 3, 7 s…). */
 const FIRST_RETRY_MS = 1000;
-
-function reasonFrom(error: unknown): string {
-  const cause = error instanceof ActivityFailure ? error.cause : error;
-  if (cause instanceof ApplicationFailure) return `${cause.type ?? 'Error'}: ${cause.message}`;
-  return cause instanceof Error ? cause.message : String(error);
-}
 
 /** How long the subscriber asked to wait (Retry-After), from the failed attempt's details. */
 function retryAfterMs(error: unknown): number {
@@ -77,7 +72,7 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
       return;
     }
     const { eventId, subscriberId } = dispatches[i]!;
-    const reason = reasonFrom(outcome.reason);
+    const reason = failureReason(outcome.reason);
     log.warn('event not delivered before the dispatch deadline', { eventId, subscriberId, reason });
     undelivered.push({ eventId, subscriberId, reason });
   });
