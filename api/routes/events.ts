@@ -4,7 +4,8 @@ import { listDispatchAttempts } from '../../lib/db/repositories/subscribers.ts';
 import { PROVIDERS, type EventKind } from '../../lib/domain.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, notFound, problemResponse } from '../problem.ts';
+import { decodeCursor, encodeCursor, notOurs } from '../cursor.ts';
+import { notFound, problemResponse } from '../problem.ts';
 
 // A record, so the compiler names any kind lib/domain.ts gains and this list lacks.
 const KINDS: Record<EventKind, true> = {
@@ -67,19 +68,13 @@ function toApi(row: EventListItem) {
   return { ...row.event, id: row.id, receivedAt: row.receivedAt.toISOString(), ...(row.repositoryId ? { repositoryId: row.repositoryId } : {}) };
 }
 
-function encodeCursor(row: EventListItem): string {
-  return Buffer.from(JSON.stringify([row.receivedAt.toISOString(), row.id])).toString('base64url');
-}
+const eventCursor = (row: EventListItem) => encodeCursor([row.receivedAt.toISOString(), row.id]);
 
-function decodeCursor(cursor: string): EventPageCursor {
-  try {
-    const [receivedAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [string, string];
-    const date = new Date(receivedAt);
-    if (!Number.isNaN(date.getTime()) && typeof id === 'string' && UUID.test(id)) return { receivedAt: date, id };
-  } catch {
-    // Falls through to the 400 below.
-  }
-  throw badRequest('cursor is not one this API handed out');
+function eventPageAfter(cursor: string): EventPageCursor {
+  const [receivedAt, id] = decodeCursor(cursor, 2) as [string, string];
+  const date = new Date(receivedAt);
+  if (Number.isNaN(date.getTime())) throw notOurs();
+  return { receivedAt: date, id };
 }
 
 export function eventRoutes() {
@@ -110,11 +105,11 @@ export function eventRoutes() {
       const rows = await listEvents(c.var.deps.db, org.id, {
         ...(query.repository ? (UUID.test(query.repository) ? { repositoryId: query.repository } : { repositoryFullName: query.repository }) : {}),
         kind: query.kind,
-        after: query.cursor ? decodeCursor(query.cursor) : undefined,
+        after: query.cursor ? eventPageAfter(query.cursor) : undefined,
         limit: query.limit + 1,
       });
       const page = rows.slice(0, query.limit);
-      const nextCursor = rows.length > query.limit ? encodeCursor(page[page.length - 1]!) : undefined;
+      const nextCursor = rows.length > query.limit ? eventCursor(page[page.length - 1]!) : undefined;
       return c.json({ items: page.map(toApi), ...(nextCursor ? { nextCursor } : {}) }, 200);
     },
   );

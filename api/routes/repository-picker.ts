@@ -4,7 +4,8 @@ import { PROVIDERS } from '../../lib/domain.ts';
 import { SA_ORGANIZATION, workflowIds } from '../../workflows/contract.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, problemResponse } from '../problem.ts';
+import { decodeCursor, encodeCursor } from '../cursor.ts';
+import { problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 
 const RepositorySchema = z
@@ -24,17 +25,6 @@ const RepositorySchema = z
 const OrgParam = z.object({ org: z.string().min(1) });
 const errors = { 400: problemResponse('Invalid request'), 401: problemResponse('Missing or bad token'), 404: problemResponse('No such organization') };
 
-type Cursor = [project: string, fullName: string, id: string];
-const encodeCursor = (c: Cursor) => Buffer.from(JSON.stringify(c)).toString('base64url');
-function decodeCursor(raw: string): Cursor {
-  try {
-    const value = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as unknown;
-    if (Array.isArray(value) && value.length === 3 && value.every((v) => typeof v === 'string')) return value as Cursor;
-  } catch {
-    // fall through to the 400 below
-  }
-  throw badRequest('cursor: not a cursor this API returned');
-}
 
 /** The repository picker (served from the cache only) and the on-demand refresh of that cache. */
 export function repositoryPickerRoutes() {
@@ -63,7 +53,8 @@ export function repositoryPickerRoutes() {
       const { db } = c.var.deps;
       const org = await resolveOrganization(c, c.req.valid('param').org);
       const query = c.req.valid('query');
-      const after = query.cursor ? decodeCursor(query.cursor) : undefined;
+      // (project or '', full name, id) of the previous page's last row.
+      const after = query.cursor ? decodeCursor(query.cursor, 3) : undefined;
       const projectKey = sql<string>`coalesce(r.project, '')`;
       const rows = await db
         .selectFrom('repositories as r')

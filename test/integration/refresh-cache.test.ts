@@ -199,6 +199,11 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const other = await newOrg();
     expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories`, { token: other.token })).status).toBe(404);
     expect((await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=bogus`, { token: org.token })).status).toBe(400);
+    // A cursor of the right shape whose id is not one: still the client's mistake, not a 500.
+    const forged = Buffer.from(JSON.stringify(['Alpha', 'Alpha/api', 'not-a-uuid'])).toString('base64url');
+    const forgedRes = await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=${forged}`, { token: org.token });
+    expect(forgedRes.status).toBe(400);
+    expect(forgedRes.headers.get('content-type')).toMatch(/application\/problem\+json/);
     await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-one-failing');
     await recordHistory(h.client, workflowIds.refreshConnection(org.id, azureId), 'refresh-connection-azure-devops');
     await recordHistory(h.client, workflowIds.refreshConnection(org.id, brokenId), 'refresh-connection-failed');
