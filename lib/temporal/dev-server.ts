@@ -29,7 +29,7 @@ export function readDevServerSettings(file = 'temporal-dev.yml'): DevServerSetti
 }
 
 /** `temporal server start-dev` arguments for the settings' dynamic config (values as JSON). */
-export function dynamicConfigArgs(settings: Pick<DevServerSettings, 'dynamicConfig'>): string[] {
+function dynamicConfigArgs(settings: Pick<DevServerSettings, 'dynamicConfig'>): string[] {
   return Object.entries(settings.dynamicConfig).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]);
 }
 
@@ -50,6 +50,22 @@ export interface DevServer {
   stop(): Promise<void>;
 }
 
+/** The `start-dev` options for the settings: what startDevServer runs (the CLI at `cliPath`, else the SDK's download). */
+export function localServerOptions(settings: DevServerSettings, cliPath?: string) {
+  return {
+    executable: cliPath ? { type: 'existing-path' as const, path: cliPath } : { type: 'cached-download' as const },
+    namespace: settings.namespace,
+    ip: settings.ip,
+    port: settings.port,
+    ui: settings.uiPort !== undefined,
+    uiPort: settings.uiPort,
+    dbFilename: settings.dbFilename ? path.resolve(settings.dbFilename) : undefined,
+    log: { format: 'pretty', level: settings.logLevel },
+    searchAttributes: Object.entries(settings.searchAttributes).map(([name, type]) => defineSearchAttributeKey(name, SA_TYPES[type]!)),
+    extraArgs: dynamicConfigArgs(settings),
+  };
+}
+
 /** Starts `temporal server start-dev` (the CLI found or built by findOrBuildTemporalCli, else the SDK's download). */
 export async function startDevServer(
   settings: DevServerSettings,
@@ -58,22 +74,7 @@ export async function startDevServer(
   const cliPath = findOrBuildTemporalCli(log);
   if (!cliPath) log('no Temporal CLI and no Go found: letting the Temporal SDK download the dev server');
   if (settings.dbFilename) mkdirSync(path.dirname(path.resolve(settings.dbFilename)), { recursive: true });
-  const env = await TestWorkflowEnvironment.createLocal({
-    server: {
-      executable: cliPath ? { type: 'existing-path', path: cliPath } : { type: 'cached-download' },
-      namespace: settings.namespace,
-      ip: settings.ip,
-      port: settings.port,
-      ui: settings.uiPort !== undefined,
-      uiPort: settings.uiPort,
-      dbFilename: settings.dbFilename ? path.resolve(settings.dbFilename) : undefined,
-      log: { format: 'pretty', level: settings.logLevel },
-      searchAttributes: Object.entries(settings.searchAttributes).map(([name, type]) =>
-        defineSearchAttributeKey(name, SA_TYPES[type]!),
-      ),
-      extraArgs: dynamicConfigArgs(settings),
-    },
-  });
+  const env = await TestWorkflowEnvironment.createLocal({ server: localServerOptions(settings, cliPath) });
   return {
     address: env.address,
     namespace: settings.namespace,

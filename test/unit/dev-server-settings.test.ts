@@ -2,7 +2,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { dynamicConfigArgs, readDevServerSettings } from '../../lib/temporal/dev-server.ts';
+import { localServerOptions, readDevServerSettings } from '../../lib/temporal/dev-server.ts';
+
+/** The dynamic-config arguments startDevServer passes to `temporal server start-dev`. */
+const dynamicConfigArgs = (settings: Parameters<typeof localServerOptions>[0]) => localServerOptions(settings).extraArgs;
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-dev-server-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
