@@ -119,12 +119,14 @@ function toHook(subscription: Subscription): ProviderHook {
   const filters = Object.fromEntries(
     Object.entries(subscription.publisherInputs ?? {}).filter(([key, value]) => !SCOPE_INPUTS.has(key) && value !== ''),
   );
+  // Lists leave `status` out for enabled subscriptions; probation and any disabled state are unhealthy.
+  const status = subscription.status ?? 'enabled';
   return {
     id: subscription.id,
     url: subscription.consumerInputs?.url ?? '',
     events: [subscription.eventType],
-    // Lists leave `status` out for enabled subscriptions; probation and any disabled state are unhealthy.
-    healthy: (subscription.status ?? 'enabled') === 'enabled',
+    healthy: status === 'enabled',
+    ...(status === 'enabled' ? {} : { disabledReason: `status ${status}` }),
     ...(Object.keys(filters).length > 0 ? { filters } : {}),
   };
 }

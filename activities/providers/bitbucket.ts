@@ -183,7 +183,8 @@ function toRepository(repo: BitbucketRepository): ProviderRepository {
 
 /** The hook as forgelink sees it: never its configuration, which holds the secret. */
 function toHook(hook: BitbucketWebhook): ProviderHook {
-  return { id: String(hook.id), url: hook.url, events: hook.events ?? [], healthy: hook.active !== false };
+  const healthy = hook.active !== false;
+  return { id: String(hook.id), url: hook.url, events: hook.events ?? [], healthy, ...(healthy ? {} : { disabledReason: 'active false' }) };
 }
 
 /** The full webhook body: always active, so an update also re-enables a hook someone switched off. */

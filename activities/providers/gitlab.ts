@@ -132,6 +132,7 @@ interface GitlabHook extends Record<string, unknown> {
   id: number;
   url: string;
   alert_status?: string;
+  disabled_until?: string | null;
 }
 
 function toRepository(project: GitlabProject): ProviderRepository {
@@ -144,12 +145,14 @@ function toRepository(project: GitlabProject): ProviderRepository {
 }
 
 function toHook(hook: GitlabHook): ProviderHook {
+  // Auto-disabling is off on many self-managed instances, which then omit the field.
+  const healthy = hook.alert_status === undefined || hook.alert_status === 'executable';
   return {
     id: String(hook.id),
     url: hook.url,
     events: HOOK_EVENT_FLAGS.filter((flag) => hook[flag] === true),
-    // Auto-disabling is off on many self-managed instances, which then omit the field.
-    healthy: hook.alert_status === undefined || hook.alert_status === 'executable',
+    healthy,
+    ...(healthy ? {} : { disabledReason: `alert_status ${hook.alert_status}${hook.disabled_until ? ` until ${hook.disabled_until}` : ''}` }),
   };
 }
 

@@ -25,7 +25,7 @@ export interface ProviderAdapter {
   listHooks(ref: RepositoryRef): Promise<ProviderHook[]>;
   /** Creates one hook; returns it as stored by the provider. */
   createHook(ref: RepositoryRef, spec: HookSpec): Promise<ProviderHook>;
-  /** Reconciles an existing hook to the spec (re-enables it, fixes events/secret). */
+  /** Saves the whole spec over an existing hook: re-enables it and fixes URL, events, filters and secret. */
   updateHook(ref: RepositoryRef, hookId: string, spec: HookSpec): Promise<ProviderHook>;
   /** Deletes a hook; a hook that is already gone is not an error (returns false). */
   deleteHook(ref: RepositoryRef, hookId: string): Promise<boolean>;
@@ -81,8 +81,10 @@ export interface ProviderHook {
   id: string;
   url: string;
   events: string[];
-  /** False when the provider disabled it (GitLab alert_status, Azure DevOps disabledBySystem/onProbation). */
+  /** False when the provider disabled it (GitLab alert_status, Azure DevOps disabledBySystem/onProbation, Bitbucket active). */
   healthy: boolean;
+  /** When not healthy: the provider's own words for the state, e.g. `alert_status temporarily_disabled until …`. */
+  disabledReason?: string;
   filters?: Record<string, string>;
 }
 

@@ -353,7 +353,10 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
 
   function hookJson(h: StoredHook) {
     const { token: _writeOnly, ...visible } = h;
-    return { ...visible, repository_update_events: false, url_variables: [], custom_headers: [], custom_webhook_template: null };
+    // Once the backoff is over GitLab delivers again, and says so (WebHooks::AutoDisabling#alert_status).
+    const backoffOver = h.alert_status === 'temporarily_disabled' && h.disabled_until !== null && Date.parse(h.disabled_until) <= now();
+    const alert = backoffOver ? { alert_status: 'executable' } : {};
+    return { ...visible, ...alert, repository_update_events: false, url_variables: [], custom_headers: [], custom_webhook_template: null };
   }
 
   function pageUrl(req: FakeRequest, changes: Record<string, string>, drop: string[] = []): string {

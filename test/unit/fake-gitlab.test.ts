@@ -299,6 +299,8 @@ describe('fake GitLab: project hooks', () => {
 
     gitlab.setHookAlertStatus(project.id, hook.id, 'temporarily_disabled');
     expect(await api.ProjectHooks.show(project.id, hook.id)).toMatchObject({ alert_status: 'temporarily_disabled', disabled_until: '2030-01-01T12:01:00.000Z' });
+    clock += 60_000;
+    expect(await api.ProjectHooks.show(project.id, hook.id)).toMatchObject({ alert_status: 'executable', disabled_until: '2030-01-01T12:01:00.000Z' });
     gitlab.setHookAlertStatus(project.id, hook.id, 'disabled');
     expect(await api.ProjectHooks.show(project.id, hook.id)).toMatchObject({ alert_status: 'disabled', disabled_until: null });
     clock += 1000;

@@ -197,6 +197,11 @@ describe('Azure DevOps adapter: service hook subscriptions', () => {
       'git.pullrequest.created': false,
       'git.pullrequest.updated': true,
     });
+    expect(Object.fromEntries(hooks.map((h) => [h.events[0], h.disabledReason]))).toEqual({
+      'git.push': 'status onProbation',
+      'git.pullrequest.created': 'status disabledBySystem',
+      'git.pullrequest.updated': undefined,
+    });
     const serialized = JSON.stringify(hooks);
     expect(serialized).not.toContain(PAT);
     expect(serialized).not.toContain(SECRET);

@@ -193,6 +193,7 @@ describe('Bitbucket adapter: hooks', () => {
     const listed = await a.listHooks(ref);
     expect(listed.map((h) => h.id)).toEqual(created.map((h) => h.id));
     expect(listed.map((h) => h.healthy)).toEqual([true, true, true, false, true]);
+    expect(listed[3]!.disabledReason).toBe('active false');
     expect(f.server.count('listWebhooks')).toBe(3);
   });
 

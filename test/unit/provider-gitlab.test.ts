@@ -177,6 +177,8 @@ describe('GitLab adapter: hooks', () => {
     expect(gitlab.server.count('listHooks') - before).toBe(2);
     expect(hooks.map((h) => h.id)).toEqual(created.map((h) => h.id));
     expect(hooks.filter((h) => !h.healthy).map((h) => h.url)).toEqual(['https://ci.example/hooks/3', 'https://ci.example/hooks/4']);
+    expect(hooks[3]!.disabledReason).toMatch(/^alert_status temporarily_disabled until \d{4}-\d\d-\d\dT/);
+    expect(hooks[4]!.disabledReason).toBe('alert_status disabled');
     expect(hooks[0]).toEqual({ id: created[0]!.id, url: 'https://ci.example/hooks/0', events: SPEC.events, healthy: true });
     expect(JSON.stringify(hooks)).not.toContain('hook-secret-1');
   });
