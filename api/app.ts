@@ -24,6 +24,8 @@ export function createApp(deps: ApiDeps) {
 
   app.use('*', async (c, next) => {
     c.set('deps', deps);
+    // PostgreSQL text cannot hold a NUL: a path or query parameter with one is refused here, not by the database.
+    if (c.req.url.includes('%00')) return problemJson(c, new Problem(400, 'Bad Request', 'the URL holds a NUL character (%00)'));
     await next();
   });
 

@@ -124,11 +124,13 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   const { deps } = c.var;
   const headers = headerRecord(c);
   const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);
-  // Before verification: Bitbucket's ping is unsigned, and a ping starts nothing.
-  if (isPing(provider, headers, body)) return c.json({ status: 'pong' as const }, 200);
+  const ping = isPing(provider, headers, body);
+  // Bitbucket's diagnostics:ping arrives unsigned; GitHub signs its ping like any delivery. A ping starts nothing.
+  if (ping && provider === 'bitbucket') return c.json({ status: 'pong' as const }, 200);
   if (!verified(provider, headers, body, deps.webhooks)) {
     throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
   }
+  if (ping) return c.json({ status: 'pong' as const }, 200);
   if (!/^application\/json\s*(;|$)/i.test(headers['content-type'] ?? '')) {
     throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
   }

@@ -59,6 +59,17 @@ describe('organizations, tokens, health and OpenAPI', () => {
     }
   });
 
+  it('answers 400, not a database error, to a NUL character (%00) in a path or query parameter', async () => {
+    const slug = `nul-${Date.now().toString(36)}`;
+    const org = (await (await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'N' } })).json()) as { id: string };
+    const { token } = (await (await h.request('POST', `/api/v1/orgs/${org.id}/tokens`, { token: h.adminToken })).json()) as { token: string };
+    for (const path of ['/api/v1/orgs/%00/repositories', `/api/v1/orgs/${slug}/repositories?q=a%00b`, `/api/v1/orgs/${slug}/events?repository=x%00`, '/api/v1/workflows/event:github:%00']) {
+      const res = await h.request('GET', path, { token });
+      expect(res.status, path).toBe(400);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+    }
+  });
+
   it('answers unknown routes and unknown runs with problem+json 404', async () => {
     const res = await h.request('GET', '/api/v1/nothing-here', { token: h.adminToken });
     expect(res.status).toBe(404);

@@ -205,6 +205,14 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     expect(await eventRunExists(h, 'github', githubPing.headers['x-github-delivery']!)).toBe(false);
   });
 
+  it('answers 401 to a GitHub ping that is unsigned or wrongly signed: GitHub signs its pings', async () => {
+    const zen = { zen: 'Keep it logically awesome.', hook_id: 1 };
+    for (const secret of [undefined, 'not-the-webhook-secret']) {
+      const ping = delivery('github', zen, { deliveryId: randomUUID(), githubEvent: 'ping', ...(secret ? { secret } : {}) });
+      await expectProblem(await send(h, ping), 401);
+    }
+  });
+
   it('answers 200 to valid deliveries of event kinds it does not act on', async () => {
     const issue = delivery('github', { action: 'opened', repository: { id: Number(attached.github.externalId), full_name: attached.github.fullName } }, { deliveryId: randomUUID(), secret: CURRENT.github, githubEvent: 'issues' });
     const res = await send(h, issue);
