@@ -42,6 +42,7 @@ export const HookFailureTypes = {
   providerNotConfigured: 'ProviderNotConfigured',
   webhookSecretNotConfigured: 'WebhookSecretNotConfigured',
   unknownHook: 'UnknownHook',
+  hookPresenceUnknown: 'HookPresenceUnknown',
 } as const;
 
 /** Where providers deliver: the webhook receiver of the provider under the public URL. */
@@ -146,10 +147,25 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     return !shared;
   }
 
-  /** Deletes hooks at the provider (one already gone counts as deleted) and forgets them. */
+  /**
+   * A 404 proves a hook gone only when the repository itself answers: providers answer 404, not
+   * 403, for what the credential cannot see, so a token that lost access gets 404 for a hook that
+   * still delivers. The repository missing too is either gone or hidden from us: not counted as deleted.
+   */
+  async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
+    if (await classified(() => adapter.getRepository(refOf(row)))) return;
+    throw nonRetryable(
+      HookFailureTypes.hookPresenceUnknown,
+      `${row.provider} answered 404 for ${what} and for repository ${row.full_name} itself: the repository is gone, or connection ${row.connection_id} can no longer see it and the hook may still deliver; restore the connection's access and detach again, or delete the hook at the provider`,
+    );
+  }
+
+  /** Deletes hooks at the provider (one proven gone counts as deleted) and forgets them. */
   async function deleteHooks(row: RepositoryRow, adapter: ProviderAdapter, hookIds: string[]): Promise<void> {
     if (hookIds.length > 0 && (await mayDeleteProviderHooks(row))) {
-      for (const hookId of hookIds) await classified(() => adapter.deleteHook(refOf(row), hookId));
+      for (const hookId of hookIds) {
+        if (!(await classified(() => adapter.deleteHook(refOf(row), hookId)))) await confirmGone(row, adapter, `hook ${hookId}`);
+      }
     }
     await forgetHooks(db, row.id, hookIds);
   }
@@ -279,9 +295,9 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       try {
         hooks = await adapter.listHooks(refOf(row));
       } catch (error) {
-        // The repository itself is gone at the provider, and its hooks with it.
-        if (error instanceof ProviderHttpError && error.status === 404) hooks = [];
-        else throw toActivityFailure(error);
+        if (!(error instanceof ProviderHttpError && error.status === 404)) throw toActivityFailure(error);
+        await confirmGone(row, adapter, 'its hooks');
+        throw toActivityFailure(error);
       }
       const removed = hooks.filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
       await deleteHooks(row, adapter, removed);

@@ -76,6 +76,8 @@ export interface FakeGitlab {
     visibility?: FakeGitlabProject['visibility'];
   }): FakeGitlabProject;
   removeProject(id: number): void;
+  /** Changes the token user's role on the project (0: no longer a member, so a private project answers 404). */
+  setAccessLevel(id: number, accessLevel: number): void;
   /** Moves the project; its old path then answers GET with 301 to the project's id (GitLab ≥16.7). */
   renameProject(id: number, newPath: string): void;
   hooks(projectId: number): StoredHook[];
@@ -591,6 +593,9 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
       projectOrThrow(id);
       projects.delete(id);
       for (const [path, target] of redirects) if (target === id) redirects.delete(path);
+    },
+    setAccessLevel(id, accessLevel) {
+      projectOrThrow(id).accessLevel = accessLevel;
     },
     renameProject(id, newPath) {
       const project = projectOrThrow(id);

@@ -164,6 +164,22 @@ describe('attachment lifecycle', () => {
     expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
   });
 
+  it('GitLab: a 404 for the hook while the project itself answers 404 (access lost) is not a detach: it fails with the reason and keeps the hook recorded', async () => {
+    const world = worlds.gitlab;
+    const { repo, hooks } = await attached(world);
+    repo.loseAccess!();
+    const from = world.server.calls.length;
+    const { failure } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+
+    expect(failure).toMatchObject({ type: AttachmentFailureTypes.detachFailed, message: expect.stringContaining('HookPresenceUnknown') });
+    // The hook still exists and still delivers: asked to delete, GitLab said 404.
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete).map((c) => c.status)).toEqual([404]);
+    expect(repo.hooks().map((hook) => hook.id)).toEqual(hooks.map((hook) => hook.id));
+    const attachment = await attachmentOf(h, org, repo.repositoryId);
+    expect(attachment).toMatchObject({ status: 'failed', reason: expect.stringMatching(/can no longer see it and the hook may still deliver/) });
+    expectRecorded(attachment, hooks);
+  });
+
   it('detach sweeps a hook at our delivery URL that was never recorded, and leaves other hooks alone', async () => {
     const world = worlds.gitlab;
     const { repo } = await attached(world);

@@ -117,6 +117,8 @@ export interface WorldRepository {
   fullName: string;
   hooks(): HookState[];
   deleteByHand(hookId: string): void;
+  /** GitLab: the connection's user stops being a member of the private project (it then answers 404 for it and its hooks). */
+  loseAccess?(): void;
   /** Creates, straight at the provider, another copy of forgelink's hook set with a stale secret (as an older run or a hand could leave). */
   addCopyOfHookSet(): Promise<void>;
 }
@@ -183,6 +185,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
             sslVerification: hook.enable_ssl_verification,
           })),
         deleteByHand: (hookId) => fake.deleteHookByHand(project.id, Number(hookId)),
+        loseAccess: () => fake.setAccessLevel(project.id, 0),
         async addCopyOfHookSet() {
           const flags = Object.fromEntries(['push_events', 'tag_push_events', 'merge_requests_events'].map((flag) => [flag, true]));
           await expectCreated(`${fake.url}/api/v4/projects/${project.id}/hooks`, { 'private-token': credential }, { url: deliveryUrlOf('gitlab'), ...flags, token: 'stale-token' });
