@@ -1,13 +1,18 @@
 import type { Context, MiddlewareHandler } from 'hono';
 import { hashApiToken, safeEqual } from '../lib/crypto.ts';
-import { findOrganization, findOrganizationIdByTokenHash } from '../lib/db/repositories/organizations.ts';
+import { useApiToken } from '../lib/db/repositories/api-tokens.ts';
+import { findOrganization } from '../lib/db/repositories/organizations.ts';
 import type { Organization } from '../lib/db/schema.ts';
 import type { AppEnv } from './context.ts';
 import { notFound, Problem } from './problem.ts';
 
 const unauthorized = (detail: string) => new Problem(401, 'Unauthorized', detail);
 
-/** Bearer auth: the admin token (break glass) or an organization token (stored as its SHA-256). */
+/**
+ * Bearer auth: the admin token (break glass) or an organization token (stored as its SHA-256; an
+ * expired or revoked one is refused). When the database cannot say, the answer is 503, never 401:
+ * the token may well be valid.
+ */
 export const requireAuth: MiddlewareHandler<AppEnv> = async (c, next) => {
   const header = c.req.header('authorization');
   const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
@@ -17,9 +22,15 @@ export const requireAuth: MiddlewareHandler<AppEnv> = async (c, next) => {
   if (safeEqual(token, deps.adminToken)) {
     c.set('principal', { kind: 'admin' });
   } else {
-    const organizationId = await findOrganizationIdByTokenHash(deps.db, hashApiToken(token));
-    if (!organizationId) throw unauthorized('the token is not valid');
-    c.set('principal', { kind: 'organization', organizationId });
+    let found;
+    try {
+      found = await useApiToken(deps.db, hashApiToken(token));
+    } catch (error) {
+      deps.logger.error({ err: error, path: c.req.path }, 'could not check an organization token');
+      throw new Problem(503, 'Service Unavailable', 'the token could not be checked (database unavailable); try again');
+    }
+    if (!found) throw unauthorized('the token is not valid (unknown, revoked or expired)');
+    c.set('principal', { kind: 'organization', organizationId: found.organizationId });
   }
   await next();
 };

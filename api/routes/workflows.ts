@@ -1,7 +1,7 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
-import { deliveryConcernsOrganization } from '../../lib/db/repositories/events.ts';
-import { parseEventWorkflowId, parseWorkflowId } from '../../workflows/contract.ts';
+import { deliveryPartOf } from '../../lib/db/repositories/events.ts';
+import { parseEventWorkflowId, parseWorkflowId, type EventResult } from '../../workflows/contract.ts';
 import type { Context } from 'hono';
 import { mayAccessOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
@@ -29,15 +29,31 @@ function failureOf(error: unknown): { message: string; type?: string } {
   return { message: err?.message ?? String(error), ...(err?.type ? { type: err.type } : {}) };
 }
 
-/** Whether the caller may see the run: by the organization in its id, or for an event run, the organizations its delivery concerns. */
-async function mayAccessRun(c: Context<AppEnv>, workflowId: string): Promise<boolean> {
+type DeliveryPart = Awaited<ReturnType<typeof deliveryPartOf>>;
+
+/**
+ * Whether the caller may see the run (by the organization in its id, or for an event run, the
+ * organizations its delivery concerns), and for an organization looking at an event run, its part.
+ */
+async function accessToRun(c: Context<AppEnv>, workflowId: string): Promise<{ allowed: boolean; part?: DeliveryPart }> {
+  const principal = c.var.principal;
   const event = parseEventWorkflowId(workflowId);
   if (event) {
-    const principal = c.var.principal;
-    return principal.kind === 'admin' || deliveryConcernsOrganization(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId);
+    if (principal.kind === 'admin') return { allowed: true };
+    const part = await deliveryPartOf(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId);
+    return { allowed: part.eventIds.length > 0, part };
   }
   const parsed = parseWorkflowId(workflowId);
-  return parsed !== undefined && mayAccessOrganization(c, parsed.organizationId);
+  return { allowed: parsed !== undefined && mayAccessOrganization(c, parsed.organizationId) };
+}
+
+/**
+ * An event run's result as one organization may see it: a delivery can concern several, and the
+ * run's result counts them all and names their events and subscribers. The run itself is unchanged.
+ */
+function ownPartOf(result: EventResult, part: DeliveryPart): EventResult {
+  const own = new Set(part.eventIds);
+  return { recorded: own.size, delivered: part.delivered, undelivered: result.undelivered.filter((u) => own.has(u.eventId)) };
 }
 
 export function workflowRoutes() {
@@ -57,7 +73,8 @@ export function workflowRoutes() {
     async (c) => {
       const { deps } = c.var;
       const { workflowId } = c.req.valid('param');
-      if (!(await mayAccessRun(c, workflowId))) throw notFound(`workflow ${workflowId}`);
+      const access = await accessToRun(c, workflowId);
+      if (!access.allowed) throw notFound(`workflow ${workflowId}`);
       const handle = deps.temporal.workflow.getHandle(workflowId);
       let description;
       try {
@@ -69,7 +86,10 @@ export function workflowRoutes() {
       const status = description.status.name;
       let result: unknown;
       let failure: { message: string; type?: string } | undefined;
-      if (status === 'COMPLETED') result = await handle.result();
+      if (status === 'COMPLETED') {
+        result = await handle.result();
+        if (access.part) result = ownPartOf(result as EventResult, access.part);
+      }
       else if (status === 'FAILED' || status === 'TIMED_OUT' || status === 'TERMINATED' || status === 'CANCELLED') {
         failure = await handle.result().then(
           () => undefined,

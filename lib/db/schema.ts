@@ -16,6 +16,10 @@ export interface ApiTokensTable {
   id: Generated<string>;
   organization_id: string;
   token_hash: string;
+  name: string;
+  expires_at: Date | null;
+  /** Written at most once a minute per token, not on every request. */
+  last_used_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
   created_at: CreatedAt;
 }
 

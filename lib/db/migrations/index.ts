@@ -6,6 +6,7 @@ import * as listingPageLinks from './2026-11-26T10-listing-page-links.ts';
 import * as disconnectRequested from './2026-11-26T20-disconnect-requested.ts';
 import * as pickerIndex from './2026-11-26T30-picker-index.ts';
 import * as listingPageContentHash from './2026-11-26T40-listing-page-content-hash.ts';
+import * as apiTokenLifeCycle from './2026-12-06T1058-api-token-life-cycle.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -19,4 +20,5 @@ export const migrations: Record<string, Migration> = {
   '2026-11-26T20-disconnect-requested': disconnectRequested,
   '2026-11-26T30-picker-index': pickerIndex,
   '2026-11-26T40-listing-page-content-hash': listingPageContentHash,
+  '2026-12-06T1058-api-token-life-cycle': apiTokenLifeCycle,
 };

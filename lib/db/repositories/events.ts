@@ -158,15 +158,30 @@ export async function findEvent(db: Executor, organizationId: string, id: string
     .executeTakeFirst();
 }
 
-/** Whether the organization has events from this delivery: who may look at its event run. */
-export async function deliveryConcernsOrganization(db: Executor, provider: Provider, deliveryId: string, organizationId: string): Promise<boolean> {
-  const row = await db
+/**
+ * An organization's part of a delivery: its event rows, and how many (event, subscriber) pairs of
+ * them were acknowledged. No rows: the delivery does not concern the organization (nor its run).
+ */
+export async function deliveryPartOf(
+  db: Executor,
+  provider: Provider,
+  deliveryId: string,
+  organizationId: string,
+): Promise<{ eventIds: string[]; delivered: number }> {
+  const events = await db
     .selectFrom('events')
     .select('id')
     .where('provider', '=', provider)
     .where('delivery_id', '=', deliveryId)
     .where('organization_id', '=', organizationId)
-    .limit(1)
-    .executeTakeFirst();
-  return row !== undefined;
+    .execute();
+  const eventIds = events.map((e) => e.id);
+  if (eventIds.length === 0) return { eventIds, delivered: 0 };
+  const acknowledged = await db
+    .selectFrom('dispatch_attempts')
+    .select(sql<string>`count(distinct (event_id, subscriber_id))`.as('count'))
+    .where('event_id', 'in', eventIds)
+    .where('succeeded', '=', true)
+    .executeTakeFirstOrThrow();
+  return { eventIds, delivered: Number(acknowledged.count) };
 }

@@ -22,12 +22,3 @@ export async function findOrganization(db: Executor, ref: string): Promise<Organ
     .where((eb) => (UUID.test(ref) ? eb.or([eb('id', '=', ref), eb('slug', '=', ref)]) : eb('slug', '=', ref)))
     .executeTakeFirst();
 }
-
-export async function insertApiToken(db: Executor, organizationId: string, tokenHash: string): Promise<void> {
-  await db.insertInto('api_tokens').values({ organization_id: organizationId, token_hash: tokenHash }).execute();
-}
-
-export async function findOrganizationIdByTokenHash(db: Executor, tokenHash: string): Promise<string | undefined> {
-  const row = await db.selectFrom('api_tokens').select('organization_id').where('token_hash', '=', tokenHash).executeTakeFirst();
-  return row?.organization_id;
-}
