@@ -266,11 +266,15 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       logger.info({ repositoryId: key.repositoryId }, 'repository attached');
     },
 
-    /** Records why an attach or a detach failed; a repository gone from the cache has nothing to record on. */
+    /**
+     * Records why an attach or a detach failed; a repository gone from the cache has nothing to
+     * record on. A failed re-attach (reconcile) of an attached repository leaves it attached, with
+     * the failure as its reason: its hooks are still in place and deliver, so its events stay routed.
+     */
     async failAttachment(input: RepositoryKey & { reason: string }): Promise<void> {
       if (!(await loadRepositoryTarget(db, input.organizationId, input.repositoryId))) return;
-      await setAttachmentStatus(db, { organizationId: input.organizationId, repositoryId: input.repositoryId, status: 'failed', reason: input.reason });
-      logger.warn({ repositoryId: input.repositoryId, reason: input.reason }, 'attachment failed');
+      await setAttachmentStatus(db, { organizationId: input.organizationId, repositoryId: input.repositoryId, status: 'failed', reason: input.reason, keepAttached: true });
+      logger.warn({ repositoryId: input.repositoryId, reason: input.reason }, 'attach or detach failed');
     },
 
     /** Marks the repository detaching; returns the hooks recorded for it. */

@@ -42,7 +42,8 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
  * first, adopted if it exists, created otherwise). Each step's compensation is registered before
  * the step runs, so a permanent failure removes, in reverse order, every hook this attach created,
  * even one whose creation answer was lost. The attachment is `attached` only once every hook is in
- * place; otherwise it ends `failed` with the provider's reason and this throws a typed failure.
+ * place; otherwise it ends `failed` with the provider's reason (a re-attach of an attached
+ * repository leaves it attached, on the hooks it had, with the reason) and this throws a typed failure.
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const compensations: Compensation[] = [];

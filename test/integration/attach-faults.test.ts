@@ -14,6 +14,7 @@ import {
   type Org,
 } from '../support/attachments.ts';
 import type { Harness } from '../support/harness.ts';
+import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 
 /**
  * Attach under faults: permanent refusals (the saga removes what it made), transient 5xx/429 on
@@ -91,6 +92,28 @@ describe('attach under faults', () => {
     expect(failure?.type).toBe('RepositoryAttachFailed');
     expect(repo.hooks()).toEqual([]);
     expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringMatching(/ProviderRejectedRequest: \S+ answered (400|422)/) });
+  });
+
+  it.each(HOOK_PROVIDERS)('%s: a failed re-attach of an attached repository keeps it attached and routed on its hooks, with the failure as its reason', async (provider) => {
+    const world = worlds[provider];
+    const repo = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = expectExactHookSet(world, repo);
+    // The reconcile's update of the hook in place is refused for good.
+    world.proxy.fault = (request) => (request.method === 'PUT' || request.method === 'PATCH' ? world.refusal : undefined);
+    const { failure } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'));
+
+    expect(failure?.type).toBe('RepositoryAttachFailed');
+    expect(expectExactHookSet(world, repo).map((hook) => hook.id)).toEqual(hooks.map((hook) => hook.id));
+    const attachment = await attachmentOf(h, org, repo.repositoryId);
+    expect(attachment).toMatchObject({ status: 'attached', reason: expect.stringContaining('ProviderRejectedRequest') });
+    expectRecorded(attachment, hooks);
+    expect((await findAttachedRepositories(h.db, provider, [repo.externalId])).map((r) => r.repositoryId)).toEqual([repo.repositoryId]);
+
+    // The next reconcile that works clears the reason.
+    world.proxy.fault = () => undefined;
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    expect((await attachmentOf(h, org, repo.repositoryId)).reason).toBeUndefined();
   });
 
   it.each(HOOK_PROVIDERS)('%s: transient 503 and 429 (Retry-After) on every call still end with exactly the hook set', async (provider) => {
