@@ -102,6 +102,7 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
         [{ url: 'ftp://ci.example.com/' }, /not allowed/],
         [{ url: 'https://ci.example.com/', kinds: ['issue.opened'] }, /kinds/],
         [{ url: 'https://ci.example.com/', refGlobs: [''] }, /refGlobs/],
+        [{ url: 'https://ci.example.com/', refGlobs: ['release/***'] }, /three or more/],
       ];
       for (const [body, detail] of cases) {
         const res = await post(body);
