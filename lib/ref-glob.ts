@@ -34,7 +34,7 @@ export function compileRefGlob(glob: string): (name: string) => boolean {
   const tokens = tokenize(glob);
   const end = tokens.length;
   // A star may match nothing: being before it means being after it too.
-  const close = (states: Uint8Array) => {
+  const close = (states: Uint8Array<ArrayBuffer>) => {
     for (let i = 0; i < end; i++) if (states[i] && (tokens[i] === SEGMENT || tokens[i] === ANY)) states[i + 1] = 1;
     return states;
   };
