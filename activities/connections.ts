@@ -1,6 +1,7 @@
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { loadConnectionSecrets, markConnectionActive, markConnectionDisconnected, markConnectionFailed, markDisconnectRequested } from '../lib/db/repositories/connections.ts';
+import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
 import { classified } from './errors.ts';
@@ -27,10 +28,17 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
       return outcome;
     },
 
-    /** Records the validation outcome; safe to repeat. */
+    /**
+     * Records the validation outcome; safe to repeat. An active connection to GitLab, Bitbucket or
+     * Azure DevOps gets its own webhook credential here, for the hooks its attaches create.
+     */
     async recordConnectionOutcome({ connectionId, outcome }: { connectionId: string; outcome: ValidationOutcome }): Promise<void> {
-      if (outcome.ok) await markConnectionActive(db, connectionId, outcome.identity.account);
-      else await markConnectionFailed(db, connectionId, outcome.reason);
+      if (!outcome.ok) return markConnectionFailed(db, connectionId, outcome.reason);
+      await db.transaction().execute(async (trx) => {
+        await markConnectionActive(trx, connectionId, outcome.identity.account);
+        const row = await loadConnectionSecrets(trx, connectionId);
+        if (row && row.status === 'active' && hasWebhookCredential(row.provider)) await ensureWebhookCredential(trx, keys, row);
+      });
     },
 
     /** First step of a disconnect: from now on the connection takes no new attach. */
