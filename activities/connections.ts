@@ -1,7 +1,14 @@
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
-import { loadConnectionSecrets, markConnectionActive, markConnectionDisconnected, markConnectionFailed, markDisconnectRequested } from '../lib/db/repositories/connections.ts';
-import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
+import {
+  failCredentialRotation,
+  loadConnectionSecrets,
+  markConnectionActive,
+  markConnectionDisconnected,
+  markConnectionFailed,
+  markDisconnectRequested,
+  promoteCredentialRotation,
+} from '../lib/db/repositories/connections.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
 import { classified } from './errors.ts';
@@ -16,10 +23,16 @@ export interface ConnectionActivityDeps {
 
 export function createConnectionActivities({ db, keys, providers, logger }: ConnectionActivityDeps) {
   return {
-    /** Checks the credential awaiting validation (or the stored one) against the provider. */
-    async validateConnection({ connectionId }: { connectionId: string }): Promise<ValidationOutcome> {
+    /**
+     * Checks a credential against the provider: a rotation's own credential (`rotationId`), else the
+     * one awaiting its first validation, else the stored one.
+     */
+    async validateConnection({ connectionId, rotationId }: { connectionId: string; rotationId?: string }): Promise<ValidationOutcome> {
       const row = await loadConnectionSecrets(db, connectionId);
       if (!row) throw ApplicationFailure.create({ type: 'ConnectionNotFound', message: `connection ${connectionId} does not exist`, nonRetryable: true });
+      if (rotationId && (row.rotation_id !== rotationId || row.rotation_status !== 'validating' || !row.pending_credential)) {
+        return { ok: false, reason: `credential rotation ${rotationId} is no longer the one being validated` };
+      }
       const sealed = row.pending_credential ?? row.credential;
       const secret = sealed ? open(keys, sealed, row.id) : undefined;
       const adapter = providers({ connectionId: row.id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
@@ -29,16 +42,16 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
     },
 
     /**
-     * Records the validation outcome; safe to repeat. An active connection to GitLab, Bitbucket or
-     * Azure DevOps gets its own webhook credential here, for the hooks its attaches create.
+     * Records the validation outcome; safe to repeat. A rotation's outcome is the rotation's: a bad
+     * new credential leaves the connection on its old one, a good one replaces exactly that.
      */
-    async recordConnectionOutcome({ connectionId, outcome }: { connectionId: string; outcome: ValidationOutcome }): Promise<void> {
-      if (!outcome.ok) return markConnectionFailed(db, connectionId, outcome.reason);
-      await db.transaction().execute(async (trx) => {
-        await markConnectionActive(trx, connectionId, outcome.identity.account);
-        const row = await loadConnectionSecrets(trx, connectionId);
-        if (row && row.status === 'active' && hasWebhookCredential(row.provider)) await ensureWebhookCredential(trx, keys, row);
-      });
+    async recordConnectionOutcome({ connectionId, rotationId, outcome }: { connectionId: string; rotationId?: string; outcome: ValidationOutcome }): Promise<void> {
+      if (rotationId) {
+        if (outcome.ok) await promoteCredentialRotation(db, connectionId, rotationId, outcome.identity.account);
+        else await failCredentialRotation(db, connectionId, rotationId, outcome.reason);
+        logger.info({ connectionId, rotationId, ok: outcome.ok }, 'credential rotation settled');
+      } else if (outcome.ok) await markConnectionActive(db, connectionId, outcome.identity.account);
+      else await markConnectionFailed(db, connectionId, outcome.reason);
     },
 
     /** First step of a disconnect: from now on the connection takes no new attach. */

@@ -1,10 +1,11 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import type { SearchAttributePair } from '@temporalio/common';
 import type { ApiDeps } from './context.ts';
+import { Problem } from './problem.ts';
 
 /**
  * Starts a workflow by name with a deterministic id. A start that finds the run already there is
- * success (a retried request or a redelivery), not an error.
+ * success (a retried request or a redelivery), not an error; one Temporal refuses is a 503.
  */
 export async function startWorkflow(
   deps: ApiDeps,
@@ -22,6 +23,7 @@ export async function startWorkflow(
     return { workflowId: options.workflowId, alreadyStarted: false };
   } catch (error) {
     if (error instanceof WorkflowExecutionAlreadyStartedError) return { workflowId: options.workflowId, alreadyStarted: true };
-    throw error;
+    deps.logger.error({ err: error, workflowId: options.workflowId }, `could not start ${workflowType}`);
+    throw new Problem(503, 'Service Unavailable', 'the workflow engine did not start the run; nothing was started, try again');
   }
 }

@@ -6,6 +6,10 @@ export type Provider = (typeof PROVIDERS)[number];
 export const CONNECTION_STATUSES = ['pending', 'active', 'failed', 'disconnected'] as const;
 export type ConnectionStatus = (typeof CONNECTION_STATUSES)[number];
 
+/** A credential rotation's own outcome: the connection stays on its old credential until `succeeded`. */
+export const CREDENTIAL_ROTATION_STATUSES = ['validating', 'succeeded', 'failed'] as const;
+export type CredentialRotationStatus = (typeof CREDENTIAL_ROTATION_STATUSES)[number];
+
 export const ATTACHMENT_STATUSES = ['attaching', 'attached', 'detaching', 'detached', 'failed'] as const;
 export type AttachmentStatus = (typeof ATTACHMENT_STATUSES)[number];
 

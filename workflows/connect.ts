@@ -20,16 +20,21 @@ function reasonFrom(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Validates a connection's credential against its provider and records active or failed. */
+/**
+ * Validates a connection's credential against its provider and records active or failed; for a
+ * credential rotation, the rotation's outcome (the connection keeps its old credential on a failure).
+ */
 export async function connectWorkflow(input: ConnectInput): Promise<ConnectResult> {
+  // Only the activities' inputs carry the rotation: the steps are the same, so older runs replay.
+  const target = { connectionId: input.connectionId, ...(input.rotationId ? { rotationId: input.rotationId } : {}) };
   let outcome: ValidationOutcome;
   try {
-    outcome = await validateConnection({ connectionId: input.connectionId });
+    outcome = await validateConnection(target);
   } catch (error) {
     outcome = { ok: false, reason: reasonFrom(error) };
     log.warn('connection validation failed', { connectionId: input.connectionId, reason: outcome.reason });
   }
-  await recordConnectionOutcome({ connectionId: input.connectionId, outcome });
+  await recordConnectionOutcome({ ...target, outcome });
   return outcome.ok
     ? { status: 'active', account: outcome.identity.account }
     : { status: 'failed', reason: outcome.reason };

@@ -14,6 +14,8 @@ export const SEARCH_ATTRIBUTES = [SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, S
 export interface ConnectInput {
   organizationId: string;
   connectionId: string;
+  /** Set for a credential rotation: only that rotation's credential is validated and promoted. */
+  rotationId?: string;
 }
 export interface ConnectResult {
   status: Extract<ConnectionStatus, 'active' | 'failed'>;

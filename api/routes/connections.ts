@@ -4,18 +4,19 @@ import type { Context } from 'hono';
 import { GITLAB_DEFAULT_BASE_URL } from '../../activities/providers/gitlab.ts';
 import { seal, signState, verifyState } from '../../lib/crypto.ts';
 import {
+  beginCredentialRotation,
+  failCredentialRotation,
   findConnection,
   findLiveConnectionByExternalKey,
   insertConnection,
   listConnections,
-  setPendingCredential,
   type PublicConnection,
 } from '../../lib/db/repositories/connections.ts';
 import { findOrganization } from '../../lib/db/repositories/organizations.ts';
 import type { Organization } from '../../lib/db/schema.ts';
-import { CONNECTION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
+import { CONNECTION_STATUSES, CREDENTIAL_ROTATION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
-import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds } from '../../workflows/contract.ts';
+import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds, type ConnectInput } from '../../workflows/contract.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
@@ -31,6 +32,10 @@ const ConnectionSchema = z
     account: z.string().optional(),
     installationId: z.string().optional(),
     disconnectRequestedAt: z.string().optional().openapi({ description: 'Set while a disconnect is under way: the connection takes no new attach' }),
+    credentialRotation: z
+      .object({ status: z.enum(CREDENTIAL_ROTATION_STATUSES), reason: z.string().optional(), requestedAt: z.string() })
+      .optional()
+      .openapi({ description: 'The last credential rotation (PUT …/credential): the connection keeps its old credential until one succeeds' }),
     createdAt: z.string(),
     updatedAt: z.string(),
   })
@@ -77,6 +82,9 @@ function toApi(row: PublicConnection) {
     ...(row.provider === 'github' && row.external_key ? { installationId: row.external_key } : {}),
     // A disconnect is under way (the status turns disconnected when it ends): no new attach.
     ...(row.disconnect_requested_at && row.status !== 'disconnected' ? { disconnectRequestedAt: row.disconnect_requested_at.toISOString() } : {}),
+    ...(row.rotation_status && row.rotation_requested_at
+      ? { credentialRotation: { status: row.rotation_status, ...(row.rotation_reason ? { reason: row.rotation_reason } : {}), requestedAt: row.rotation_requested_at.toISOString() } }
+      : {}),
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString(),
   };
@@ -121,25 +129,25 @@ const connectionSearchAttributes = (organizationId: string, provider: Provider, 
   { key: SA_CONNECTION, value: connectionId },
 ];
 
-async function startConnect(c: Context<AppEnv>, org: Organization, connectionId: string, provider: Provider, onFailure: () => Promise<void>) {
+/** Starts the connect run; when it cannot start, `undo` (told why) takes back what the request wrote. */
+async function startConnect(c: Context<AppEnv>, org: Organization, input: ConnectInput, provider: Provider, undo: (reason: string) => Promise<void>) {
   const { deps } = c.var;
-  const workflowId = workflowIds.connect(org.id, connectionId);
+  const workflowId = workflowIds.connect(org.id, input.connectionId);
   let started;
   try {
     started = await startWorkflow(deps, 'connectWorkflow', {
       workflowId,
-      input: { organizationId: org.id, connectionId },
+      input,
       allowRerun: true,
-      searchAttributes: connectionSearchAttributes(org.id, provider, connectionId),
+      searchAttributes: connectionSearchAttributes(org.id, provider, input.connectionId),
     });
   } catch (error) {
-    await onFailure();
-    deps.logger.error({ err: error, workflowId }, 'could not start the connect workflow');
-    throw new Problem(503, 'Service Unavailable', 'the workflow engine is not reachable; nothing was changed, try again');
+    await undo('the workflow engine did not start the validation');
+    throw error;
   }
   if (started.alreadyStarted) {
-    await onFailure();
-    throw new Problem(409, 'Conflict', `a connect run for connection ${connectionId} is still in progress (${workflowId})`);
+    await undo(`a connect run (${workflowId}) was still in progress`);
+    throw new Problem(409, 'Conflict', `a connect run for connection ${input.connectionId} is still in progress (${workflowId})`);
   }
   return workflowId;
 }
@@ -171,7 +179,7 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
     status: 'pending',
   });
   // Nothing half-written: without a workflow the pending row would never leave `pending`.
-  const workflowId = await startConnect(c, org, id, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}));
+  const workflowId = await startConnect(c, org, { organizationId: org.id, connectionId: id }, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}));
   return { id, status: 'pending' as const, workflowId };
 }
 
@@ -201,11 +209,11 @@ export function connectionRoutes() {
     createRoute({
       method: 'put',
       path: '/{org}/connections/{id}/credential',
-      summary: 'Rotate the credential of a GitLab, Bitbucket or Azure DevOps connection; the connect workflow validates it',
+      summary: 'Rotate the credential of a GitLab, Bitbucket or Azure DevOps connection; the connect workflow validates it while the old one stays in use',
       request: { params: ConnParam, body: { required: true, content: { 'application/json': { schema: z.object({ token }) } } } },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
-        409: problemResponse('A connect run is in progress, or the connection is disconnected or being disconnected'),
+        409: problemResponse('A connect run or another rotation is in progress, or the connection is disconnected or being disconnected'),
         503: problemResponse('Temporal unavailable'),
         ...errors,
       },
@@ -219,8 +227,14 @@ export function connectionRoutes() {
       if (row.provider === 'github') throw badRequest('GitHub connections have no stored credential: installation tokens are minted per call');
       if (row.status === 'disconnected') throw new Problem(409, 'Conflict', `connection ${row.id} is disconnected; create a new connection`);
       if (row.disconnect_requested_at) throw new Problem(409, 'Conflict', `connection ${row.id} is being disconnected; create a new connection`);
-      await setPendingCredential(deps.db, row.id, seal(deps.keys, c.req.valid('json').token, row.id));
-      const workflowId = await startConnect(c, org, row.id, row.provider, () => setPendingCredential(deps.db, row.id, null));
+      if (row.status === 'pending') throw new Problem(409, 'Conflict', `connection ${row.id} is still being connected; wait for its outcome`);
+      const rotationId = randomUUID();
+      // The connection goes on with its old credential while the new one is validated.
+      if (!(await beginCredentialRotation(deps.db, row.id, rotationId, seal(deps.keys, c.req.valid('json').token, row.id)))) {
+        throw new Problem(409, 'Conflict', `a credential rotation of connection ${row.id} is being validated; wait for its outcome (credentialRotation in GET …/connections/${row.id})`);
+      }
+      const input = { organizationId: org.id, connectionId: row.id, rotationId };
+      const workflowId = await startConnect(c, org, input, row.provider, (reason) => failCredentialRotation(deps.db, row.id, rotationId, reason));
       return c.json({ id: row.id, status: 'pending' as const, workflowId }, 202);
     },
   );

@@ -101,6 +101,7 @@ export function repositoryPickerRoutes() {
       request: { params: OrgParam },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: z.object({ workflowId: z.string() }) } } },
+        503: problemResponse('Temporal unavailable'),
         ...errors,
       },
     }),

@@ -1,5 +1,5 @@
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
-import type { AttachmentStatus, ConnectionStatus, EventKind, NormalizedEvent, Provider } from '../domain.ts';
+import type { AttachmentStatus, ConnectionStatus, CredentialRotationStatus, EventKind, NormalizedEvent, Provider } from '../domain.ts';
 
 type CreatedAt = ColumnType<Date, Date | string | undefined, never>;
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -38,6 +38,11 @@ export interface ConnectionsTable {
   refresh_error: string | null;
   /** Set when a disconnect began: no new attach from then on. */
   disconnect_requested_at: Date | null;
+  /** The last credential rotation: its id (in the connect run's input), outcome and when it was asked for. */
+  rotation_id: string | null;
+  rotation_status: CredentialRotationStatus | null;
+  rotation_reason: string | null;
+  rotation_requested_at: Date | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }
@@ -84,27 +89,7 @@ export interface HooksTable {
   attachment_id: string;
   provider_hook_id: string;
   events: Json<string[]>;
-  /** The connection's webhook credential version the hook carries; null: a legacy hook with the global configured secret. */
-  credential_version: ColumnType<number | null, number | null | undefined, number | null>;
   created_at: CreatedAt;
-}
-
-/** A connection's webhook credentials (GitLab, Bitbucket, Azure DevOps): every row is accepted, the highest version is current. */
-export interface WebhookCredentialsTable {
-  connection_id: string;
-  version: number;
-  basic_auth_user: string | null;
-  /** Sealed, bound to the connection and version. */
-  secret: string;
-  created_at: CreatedAt;
-}
-
-/** A delivery body's digest, per connection: one recorded again under another delivery id is a replay. */
-export interface DeliveryDigestsTable {
-  connection_id: string;
-  digest: string;
-  delivery_id: string;
-  received_at: Date;
 }
 
 export interface EventsTable {
@@ -149,8 +134,6 @@ export interface Database {
   repositories: RepositoriesTable;
   attachments: AttachmentsTable;
   hooks: HooksTable;
-  webhook_credentials: WebhookCredentialsTable;
-  delivery_digests: DeliveryDigestsTable;
   events: EventsTable;
   subscribers: SubscribersTable;
   dispatch_attempts: DispatchAttemptsTable;

@@ -1,6 +1,8 @@
+import { Client } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../../lib/crypto.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { manualHold, startFlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
 
@@ -183,6 +185,96 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect(notJson.status).toBe(400);
     expect(notJson.headers.get('content-type')).toBe('application/problem+json');
     expect(await count()).toBe(before);
+  });
+
+  describe('credential rotation (PUT …/credential)', () => {
+    async function rotate(id: string, token: string, app = h.app) {
+      return app.request(`/api/v1/orgs/${org.slug}/connections/${id}/credential`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${orgToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ token }),
+      });
+    }
+    const storedCredential = async (id: string) => {
+      const row = await h.db.selectFrom('connections').select(['credential', 'pending_credential']).where('id', '=', id).executeTakeFirstOrThrow();
+      return { credential: open(h.keys, row.credential!, id), pending: row.pending_credential };
+    };
+
+    it('a bad new token leaves the connection active on its old credential; the rotation records its own failure', async () => {
+      const old = newToken();
+      const { id } = await connect(old);
+      const res = await rotate(id, 'glpat-never-issued');
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      expect(await resultOf(h, workflowId)).toMatchObject({ status: 'failed' });
+
+      const connection = await getConnection(id);
+      expect(connection).toMatchObject({ status: 'active', account: expect.any(String), credentialRotation: { status: 'failed', reason: expect.stringMatching(/401/), requestedAt: expect.any(String) } });
+      expect(connection).not.toHaveProperty('reason');
+      expect(await storedCredential(id)).toEqual({ credential: old, pending: null });
+    });
+
+    it('the connection stays active while a rotation is validated, a second rotation meanwhile is refused, and exactly the validated token is promoted', async () => {
+      const proxy = await startFlakyProxy(gitlab.url);
+      try {
+        const old = newToken();
+        const res = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken, body: { provider: 'gitlab', baseUrl: proxy.url, token: old } });
+        const { id, workflowId: connectRun } = (await res.json()) as { id: string; workflowId: string };
+        expect(await resultOf(h, connectRun)).toMatchObject({ status: 'active' });
+
+        const hold = manualHold();
+        proxy.fault = (request) => (request.url.includes('/personal_access_tokens/self') ? hold.fault : undefined);
+        const first = newToken();
+        const started = await rotate(id, first);
+        expect(started.status).toBe(202);
+        const { workflowId } = (await started.json()) as { workflowId: string };
+        await hold.held;
+
+        expect(await getConnection(id)).toMatchObject({ status: 'active', credentialRotation: { status: 'validating' } });
+        expect((await storedCredential(id)).credential).toBe(old);
+        const second = await rotate(id, newToken());
+        expect(second.status).toBe(409);
+        expect(((await second.json()) as { detail: string }).detail).toMatch(/being validated/);
+
+        hold.release('answer');
+        expect(await resultOf(h, workflowId)).toMatchObject({ status: 'active' });
+        expect(await storedCredential(id)).toEqual({ credential: first, pending: null });
+        expect(await getConnection(id)).toMatchObject({ status: 'active', credentialRotation: { status: 'succeeded' } });
+        expect(JSON.stringify(await getConnection(id))).not.toContain(first);
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('a rotation whose run Temporal refuses to start answers 503 and ends failed, the connection untouched', async () => {
+      const old = newToken();
+      const { id } = await connect(old);
+      const refusing = h.appWith({ temporal: new Client({ connection: h.client.connection, namespace: 'forgelink-no-such-namespace' }) });
+      const res = await rotate(id, newToken(), refusing);
+      expect(res.status).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+
+      expect(await getConnection(id)).toMatchObject({ status: 'active', credentialRotation: { status: 'failed', reason: expect.stringMatching(/did not start/) } });
+      expect(await storedCredential(id)).toEqual({ credential: old, pending: null });
+      // Not stuck: the next rotation goes ahead.
+      const again = newToken();
+      const retried = await rotate(id, again);
+      expect(retried.status).toBe(202);
+      await resultOf(h, ((await retried.json()) as { workflowId: string }).workflowId);
+      expect((await storedCredential(id)).credential).toBe(again);
+    });
+  });
+
+  it('DELETE connection and POST refresh answer 503 when Temporal refuses the start, and change nothing', async () => {
+    const { id } = await connect(newToken());
+    const refusing = h.appWith({ temporal: new Client({ connection: h.client.connection, namespace: 'forgelink-no-such-namespace' }) });
+    const headers = { authorization: `Bearer ${orgToken}` };
+    for (const [method, path] of [['DELETE', `/api/v1/orgs/${org.slug}/connections/${id}`], ['POST', `/api/v1/orgs/${org.slug}/repositories/refresh`]] as const) {
+      const res = await refusing.request(path, { method, headers });
+      expect(res.status, `${method} ${path}`).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+    }
+    expect(await getConnection(id)).toMatchObject({ status: 'active' });
   });
 
   it('answers 401 without a valid token', async () => {

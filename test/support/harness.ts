@@ -8,6 +8,7 @@ import { createProviderFactory } from '../../activities/providers/index.ts';
 import type { ActivitySettings } from '../../activities/index.ts';
 import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
+import type { ApiDeps } from '../../api/context.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -26,6 +27,8 @@ export interface Harness {
   /** Stops the worker (as a crash would) and starts a fresh one on the same task queue. */
   restartWorker(): Promise<void>;
   request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
+  /** Another API app on the same dependencies except `overrides` (e.g. a Temporal client that refuses every start). */
+  appWith(overrides: Partial<ApiDeps>): ReturnType<typeof createApp>;
   close(): Promise<void>;
 }
 
@@ -91,7 +94,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   };
   let current = await launch();
 
-  const app = createApp({
+  const apiDeps: ApiDeps = {
     db,
     temporal: client,
     keys,
@@ -112,7 +115,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     enabledProviders: ['github', 'gitlab', 'bitbucket', 'azure-devops'],
     githubApp: { appName: options.github?.appName ?? 'forgelink-test', webUrl: 'https://github.test' },
     githubApiUrl: options.github?.url,
-  });
+  };
+  const app = createApp(apiDeps);
 
   const harness: Harness = {
     db,
@@ -140,6 +144,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       }
       return app.request(path, { method, headers, body });
     },
+    appWith: (overrides) => createApp({ ...apiDeps, ...overrides }),
     async close() {
       current.worker.shutdown();
       await current.running;

@@ -1,10 +1,26 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
+import type { CredentialRotationStatus } from '../../domain.ts';
 import type { Connection, Database, NewConnection } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
 /** Columns safe to return from the API: never a credential. */
-export const PUBLIC_CONNECTION_COLUMNS = ['id', 'organization_id', 'provider', 'base_url', 'external_key', 'account', 'status', 'reason', 'disconnect_requested_at', 'created_at', 'updated_at'] as const;
+export const PUBLIC_CONNECTION_COLUMNS = [
+  'id',
+  'organization_id',
+  'provider',
+  'base_url',
+  'external_key',
+  'account',
+  'status',
+  'reason',
+  'disconnect_requested_at',
+  'rotation_status',
+  'rotation_reason',
+  'rotation_requested_at',
+  'created_at',
+  'updated_at',
+] as const;
 export type PublicConnection = Pick<Connection, (typeof PUBLIC_CONNECTION_COLUMNS)[number]>;
 
 export async function insertConnection(db: Executor, values: NewConnection & { id: string }): Promise<void> {
@@ -34,7 +50,7 @@ export async function findConnection(db: Executor, organizationId: string, id: s
 export async function loadConnectionSecrets(db: Executor, id: string) {
   return db
     .selectFrom('connections')
-    .select(['id', 'organization_id', 'provider', 'base_url', 'external_key', 'status', 'credential', 'pending_credential'])
+    .select(['id', 'organization_id', 'provider', 'base_url', 'external_key', 'status', 'credential', 'pending_credential', 'rotation_id', 'rotation_status'])
     .where('id', '=', id)
     .executeTakeFirst();
 }
@@ -73,12 +89,19 @@ export async function markDisconnectRequested(db: Executor, id: string): Promise
     .execute();
 }
 
-/** Deletes the connection's credentials: its token and its webhook credentials (its hooks are gone). */
 export async function markConnectionDisconnected(db: Executor, id: string): Promise<void> {
-  await db.deleteFrom('webhook_credentials').where('connection_id', '=', id).execute();
   await db
     .updateTable('connections')
-    .set({ credential: null, pending_credential: null, status: 'disconnected', reason: null, updated_at: new Date() })
+    .set({
+      credential: null,
+      pending_credential: null,
+      status: 'disconnected',
+      reason: null,
+      // A rotation still being validated ends with the connection.
+      rotation_reason: sql<string | null>`case when rotation_status = 'validating' then 'the connection was disconnected' else rotation_reason end`,
+      rotation_status: sql<CredentialRotationStatus | null>`case when rotation_status = 'validating' then 'failed' else rotation_status end`,
+      updated_at: new Date(),
+    })
     .where('id', '=', id)
     .execute();
 }
@@ -95,6 +118,47 @@ export async function findLiveConnectionByExternalKey(db: Executor, organization
     .executeTakeFirst();
 }
 
-export async function setPendingCredential(db: Executor, id: string, sealed: string | null): Promise<void> {
-  await db.updateTable('connections').set({ pending_credential: sealed, status: sealed ? 'pending' : undefined, updated_at: new Date() }).where('id', '=', id).execute();
+/** A rotation not settled after this long is taken as lost (its run never started): a new one may replace it. */
+const STALE_ROTATION = sql<Date>`now() - interval '15 minutes'`;
+
+/**
+ * Starts a credential rotation: the new credential waits in pending_credential while the connection
+ * goes on with its old one. Refused (false) while the connection is being connected or disconnected,
+ * or another rotation is being validated.
+ */
+export async function beginCredentialRotation(db: Executor, id: string, rotationId: string, sealed: string): Promise<boolean> {
+  const row = await db
+    .updateTable('connections')
+    .set({ pending_credential: sealed, rotation_id: rotationId, rotation_status: 'validating', rotation_reason: null, rotation_requested_at: new Date(), updated_at: new Date() })
+    .where('id', '=', id)
+    .where('status', 'in', ['active', 'failed'])
+    .where('disconnect_requested_at', 'is', null)
+    .where((eb) => eb.or([eb('rotation_status', 'is distinct from', 'validating'), eb('rotation_requested_at', '<', STALE_ROTATION)]))
+    .returning('id')
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+/** Promotes exactly the credential of this rotation, if it is still the one being validated. */
+export async function promoteCredentialRotation(db: Executor, id: string, rotationId: string, account: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set((eb) => ({ credential: eb.ref('pending_credential'), pending_credential: null, status: 'active', account, reason: null, rotation_status: 'succeeded', rotation_reason: null, updated_at: new Date() }))
+    .where('id', '=', id)
+    .where('rotation_id', '=', rotationId)
+    .where('rotation_status', '=', 'validating')
+    .where('pending_credential', 'is not', null)
+    .where('status', '<>', 'disconnected')
+    .execute();
+}
+
+/** Records why a rotation failed; the connection keeps its credential and status. */
+export async function failCredentialRotation(db: Executor, id: string, rotationId: string, reason: string): Promise<void> {
+  await db
+    .updateTable('connections')
+    .set({ pending_credential: null, rotation_status: 'failed', rotation_reason: reason, updated_at: new Date() })
+    .where('id', '=', id)
+    .where('rotation_id', '=', rotationId)
+    .where('rotation_status', '=', 'validating')
+    .execute();
 }
