@@ -9,6 +9,7 @@ import {
   markDisconnectRequested,
   promoteCredentialRotation,
 } from '../lib/db/repositories/connections.ts';
+import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
 import { classified } from './errors.ts';
@@ -43,15 +44,22 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
 
     /**
      * Records the validation outcome; safe to repeat. A rotation's outcome is the rotation's: a bad
-     * new credential leaves the connection on its old one, a good one replaces exactly that.
+     * new credential leaves the connection on its old one, a good one replaces exactly that. An
+     * active connection to GitLab, Bitbucket or Azure DevOps gets its own webhook credential here,
+     * for the hooks its attaches create.
      */
     async recordConnectionOutcome({ connectionId, rotationId, outcome }: { connectionId: string; rotationId?: string; outcome: ValidationOutcome }): Promise<void> {
-      if (rotationId) {
-        if (outcome.ok) await promoteCredentialRotation(db, connectionId, rotationId, outcome.identity.account);
-        else await failCredentialRotation(db, connectionId, rotationId, outcome.reason);
-        logger.info({ connectionId, rotationId, ok: outcome.ok }, 'credential rotation settled');
-      } else if (outcome.ok) await markConnectionActive(db, connectionId, outcome.identity.account);
-      else await markConnectionFailed(db, connectionId, outcome.reason);
+      if (!outcome.ok) {
+        if (rotationId) await failCredentialRotation(db, connectionId, rotationId, outcome.reason);
+        else await markConnectionFailed(db, connectionId, outcome.reason);
+        return;
+      }
+      await db.transaction().execute(async (trx) => {
+        if (rotationId) await promoteCredentialRotation(trx, connectionId, rotationId, outcome.identity.account);
+        else await markConnectionActive(trx, connectionId, outcome.identity.account);
+        const row = await loadConnectionSecrets(trx, connectionId);
+        if (row && row.status === 'active' && hasWebhookCredential(row.provider)) await ensureWebhookCredential(trx, keys, row);
+      });
     },
 
     /** First step of a disconnect: from now on the connection takes no new attach. */

@@ -10,6 +10,7 @@ import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import { isAccessChange, type NormalizedEvent } from '../lib/domain.ts';
 import { attachmentsOfInstance } from '../lib/instance.ts';
+import { compileRefGlob } from '../lib/ref-glob.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
 
@@ -106,25 +107,11 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
 /**
  * A subscriber's filters: an empty list lets everything through. Ref globs match the branch or tag
  * name (`main`, `release/*`, `v*`), or a pull request's target branch; `*` stays within one path
- * segment, `**` crosses them. Events without a ref (repository access) pass only when no glob is set.
+ * segment, `**` crosses them (lib/ref-glob.ts, linear in the name). Events without a ref (repository access) pass only when no glob is set.
  */
 export function subscriberWants(subscriber: Pick<PublicSubscriber, 'kinds' | 'refGlobs'>, event: NormalizedEvent): boolean {
   if (subscriber.kinds.length > 0 && !subscriber.kinds.includes(event.kind)) return false;
   if (subscriber.refGlobs.length === 0) return true;
   const ref = event.ref?.name ?? event.pullRequest?.targetBranch;
-  return ref !== undefined && subscriber.refGlobs.some((glob) => globToRegExp(glob).test(ref));
-}
-
-export function globToRegExp(glob: string): RegExp {
-  let pattern = '';
-  for (let i = 0; i < glob.length; i++) {
-    const char = glob[i]!;
-    if (char === '*' && glob[i + 1] === '*') {
-      pattern += '.*';
-      i++;
-    } else if (char === '*') pattern += '[^/]*';
-    else if (char === '?') pattern += '[^/]';
-    else pattern += char.replace(/[.+^${}()|[\]\\]/g, '\\$&');
-  }
-  return new RegExp(`^${pattern}$`);
+  return ref !== undefined && subscriber.refGlobs.some((glob) => compileRefGlob(glob)(ref));
 }

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { seal } from '../../lib/crypto.ts';
 import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
+import { refGlobProblem } from '../../lib/ref-glob.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
@@ -27,12 +28,21 @@ const CreateBody = z
     url: z.string().min(1).max(2048).openapi({ description: 'HTTPS endpoint events are POSTed to (http only for hosts in security.allowHttpHosts)' }),
     kinds: z.array(z.enum(EVENT_KINDS)).max(EVENT_KINDS.length).default([]).openapi({ description: 'Event kinds to receive; empty or absent: all' }),
     refGlobs: z
-      .array(z.string().min(1).max(255))
+      .array(
+        z
+          .string()
+          .min(1)
+          .max(255)
+          .superRefine((glob, ctx) => {
+            const problem = refGlobProblem(glob);
+            if (problem) ctx.addIssue({ code: 'custom', message: problem });
+          }),
+      )
       .max(50)
       .default([])
       .openapi({
         description:
-          'Branch / tag names to receive (a pull request counts by its target branch); `*` within a path segment, `**` across. Empty or absent: all, including events without a ref',
+          'Branch / tag names to receive (a pull request counts by its target branch); `*` within a path segment, `**` across, `?` one character other than `/`; three or more `*` in a row are refused. Empty or absent: all, including events without a ref',
         example: ['main', 'release/**', 'v*'],
       }),
   })

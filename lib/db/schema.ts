@@ -89,7 +89,27 @@ export interface HooksTable {
   attachment_id: string;
   provider_hook_id: string;
   events: Json<string[]>;
+  /** The connection's webhook credential version the hook carries; null: a legacy hook with the global configured secret. */
+  credential_version: ColumnType<number | null, number | null | undefined, number | null>;
   created_at: CreatedAt;
+}
+
+/** A connection's webhook credentials (GitLab, Bitbucket, Azure DevOps): every row is accepted, the highest version is current. */
+export interface WebhookCredentialsTable {
+  connection_id: string;
+  version: number;
+  basic_auth_user: string | null;
+  /** Sealed, bound to the connection and version. */
+  secret: string;
+  created_at: CreatedAt;
+}
+
+/** A delivery body's digest, per connection: one recorded again under another delivery id is a replay. */
+export interface DeliveryDigestsTable {
+  connection_id: string;
+  digest: string;
+  delivery_id: string;
+  received_at: Date;
 }
 
 export interface EventsTable {
@@ -134,6 +154,8 @@ export interface Database {
   repositories: RepositoriesTable;
   attachments: AttachmentsTable;
   hooks: HooksTable;
+  webhook_credentials: WebhookCredentialsTable;
+  delivery_digests: DeliveryDigestsTable;
   events: EventsTable;
   subscribers: SubscribersTable;
   dispatch_attempts: DispatchAttemptsTable;

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../../lib/crypto.ts';
+import { webhookCredentialsOf } from '../../lib/db/repositories/webhook-credentials.ts';
 import { startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
@@ -54,10 +55,12 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
     await resultOf(h, workflowId);
     return h.db.selectFrom('connections').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
   }
+  const webhookCredentialRows = (connectionId: string) => h.db.selectFrom('webhook_credentials').selectAll().where('connection_id', '=', connectionId).execute();
   async function expectNoLeak(secret: string, workflowId: string) {
     expect(await historyText(h, workflowId)).not.toContain(secret);
     expect(h.logs.join('\n')).not.toContain(secret);
     expect(JSON.stringify(await h.db.selectFrom('connections').selectAll().execute())).not.toContain(secret);
+    expect(JSON.stringify(await h.db.selectFrom('webhook_credentials').selectAll().execute())).not.toContain(secret);
     expect(await (await h.request('GET', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken })).text()).not.toContain(secret);
   }
 
@@ -69,6 +72,8 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       // Installation tokens are minted per call and never stored.
       const row = await h.db.selectFrom('connections').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
       expect(row.credential).toBeNull();
+      // The App signs deliveries: no per-connection webhook credential.
+      expect(await webhookCredentialRows(id)).toEqual([]);
       expect(await historyText(h, workflowId)).not.toContain(github.privateKeyPem.split('\n')[1]!);
       expect((await disconnect(id)).status).toBe('disconnected');
     });
@@ -116,16 +121,21 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       const { id, connection, workflowId } = await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token });
       expect(connection, connection.reason).toMatchObject({ status: 'active', account: 'ci-bot' });
       await expectNoLeak(token, workflowId);
+      const [credential] = await webhookCredentialsOf(h.db, h.keys, id);
+      expect(credential).toMatchObject({ version: 1 });
+      await expectNoLeak(credential!.secret, workflowId);
       const row = await disconnect(id);
       expect(row).toMatchObject({ status: 'disconnected', credential: null, pending_credential: null });
+      expect(await webhookCredentialRows(id)).toEqual([]);
     });
 
     it('names the missing permission', async () => {
       const token = unique('bbtoken');
       bitbucket.addToken({ token, username: 'reader', projectPermission: 'PROJECT_READ', repoPermission: 'REPO_READ' });
-      const { connection } = await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token });
+      const { id, connection } = await connect({ provider: 'bitbucket', baseUrl: bitbucket.url, token });
       expect(connection.status).toBe('failed');
       expect(connection.reason).toContain('REPO_ADMIN');
+      expect(await webhookCredentialRows(id)).toEqual([]);
     });
 
     it('fails on a rejected token and retries a 5xx', async () => {
@@ -147,6 +157,9 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       const { id, connection, workflowId } = await connect({ provider: 'azure-devops', organizationUrl: azure.url, token: pat });
       expect(connection).toMatchObject({ status: 'active', account: 'Build Admin' });
       await expectNoLeak(pat, workflowId);
+      const [credential] = await webhookCredentialsOf(h.db, h.keys, id);
+      expect(credential).toMatchObject({ version: 1, basicAuthUser: expect.stringMatching(/^forgelink-/) });
+      await expectNoLeak(credential!.secret, workflowId);
 
       const again = await post({ provider: 'azure-devops', organizationUrl: `${azure.url}/`, token: pat });
       expect(again.status).toBe(409);
@@ -161,6 +174,8 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       const row = await h.db.selectFrom('connections').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
       expect(open(h.keys, row.credential!, id)).toBe(rotated);
       await expectNoLeak(rotated, rotateRun);
+      // A new token is not a new webhook credential: the hooks keep theirs.
+      expect(await webhookCredentialsOf(h.db, h.keys, id)).toEqual([credential]);
 
       expect((await disconnect(id)).status).toBe('disconnected');
     });

@@ -102,6 +102,7 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
         [{ url: 'ftp://ci.example.com/' }, /not allowed/],
         [{ url: 'https://ci.example.com/', kinds: ['issue.opened'] }, /kinds/],
         [{ url: 'https://ci.example.com/', refGlobs: [''] }, /refGlobs/],
+        [{ url: 'https://ci.example.com/', refGlobs: ['release/***'] }, /three or more/],
       ];
       for (const [body, detail] of cases) {
         const res = await post(body);
@@ -342,6 +343,40 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(await mine.json()).toMatchObject({ type: 'eventWorkflow', status: 'COMPLETED', result: { recorded: 1 } });
       expect((await h.request('GET', path, { token: other.token })).status).toBe(404);
       expect((await h.request('GET', path, { token: h.adminToken })).status).toBe(200);
+    });
+    it("shows each organization only its own part of an event run's result", async () => {
+      const a = await createOrgWithToken(h);
+      const b = await createOrgWithToken(h);
+      const installationId = String(randomInt(1_000_000, 2_000_000_000));
+      const repository = { externalId: uniqueExternalId('github'), fullName: 'octo-org/shared' };
+      const subscribed: Record<string, { failing: string; answering?: string }> = {};
+      for (const [o, answering] of [[a, false], [b, true]] as const) {
+        const connectionId = await seedConnection(h, { organizationId: o.org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: installationId });
+        await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'github', connectionId, ...repository });
+        const failing = await newSubscriber();
+        failing.server.failNext('deliver', 100, { status: 500 });
+        subscribed[o.org.id] = { failing: (await subscribe(o, failing)).id, ...(answering ? { answering: (await subscribe(o, await newSubscriber())).id } : {}) };
+      }
+      const payload = withRepository('github', fixture(PUSH_FIXTURES.github), repository);
+      payload.installation.id = Number(installationId);
+      const d = delivery('github', payload, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github });
+      const res = await send(h, d);
+      expect(res.status, await res.clone().text()).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      const full = await resultOf<EventResult>(h, workflowId);
+      expect(full.recorded).toBe(2);
+      expect(full.undelivered).toHaveLength(2);
+
+      const resultFor = async (token: string) => {
+        const run = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token });
+        expect(run.status).toBe(200);
+        return ((await run.json()) as { result: EventResult }).result;
+      };
+      const eventOf = async (o: Org) => (await eventsOfDelivery(h.db, 'github', d.deliveryId)).find((e) => e.organization_id === o.org.id)!.id;
+      expect(await resultFor(a.token)).toEqual({ recorded: 1, delivered: 0, undelivered: [{ eventId: await eventOf(a), subscriberId: subscribed[a.org.id]!.failing, reason: expect.any(String) }] });
+      expect(await resultFor(b.token)).toEqual({ recorded: 1, delivered: 1, undelivered: [{ eventId: await eventOf(b), subscriberId: subscribed[b.org.id]!.failing, reason: expect.any(String) }] });
+      // The admin sees the whole run; the run itself is unchanged.
+      expect(await resultFor(h.adminToken)).toEqual(full);
     });
   });
 

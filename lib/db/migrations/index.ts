@@ -7,7 +7,8 @@ import * as disconnectRequested from './2026-11-26T20-disconnect-requested.ts';
 import * as pickerIndex from './2026-11-26T30-picker-index.ts';
 import * as listingPageContentHash from './2026-11-26T40-listing-page-content-hash.ts';
 import * as apiTokenLifeCycle from './2026-12-06T1058-api-token-life-cycle.ts';
-import * as credentialRotation from './2026-12-06T1105-credential-rotation.ts';
+import * as webhookCredentials from './2026-12-06T1105-webhook-credentials.ts';
+import * as credentialRotation from './2026-12-06T1116-credential-rotation.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -22,5 +23,6 @@ export const migrations: Record<string, Migration> = {
   '2026-11-26T30-picker-index': pickerIndex,
   '2026-11-26T40-listing-page-content-hash': listingPageContentHash,
   '2026-12-06T1058-api-token-life-cycle': apiTokenLifeCycle,
-  '2026-12-06T1105-credential-rotation': credentialRotation,
+  '2026-12-06T1105-webhook-credentials': webhookCredentials,
+  '2026-12-06T1116-credential-rotation': credentialRotation,
 };

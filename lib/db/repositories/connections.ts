@@ -89,7 +89,9 @@ export async function markDisconnectRequested(db: Executor, id: string): Promise
     .execute();
 }
 
+/** Deletes the connection's credentials: its token and its webhook credentials (its hooks are gone). */
 export async function markConnectionDisconnected(db: Executor, id: string): Promise<void> {
+  await db.deleteFrom('webhook_credentials').where('connection_id', '=', id).execute();
   await db
     .updateTable('connections')
     .set({
