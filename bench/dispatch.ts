@@ -1,8 +1,10 @@
 /**
  * `npm run bench:dispatch`: how long the dev server takes to hand a task to a waiting worker, with
- * and without eager activity execution (temporal-dev.yml's dynamicConfig). Each variant gets a dev
- * server of its own and runs a workflow of 100 sequential no-op activities; the run's history gives
- * the gaps WorkflowTaskScheduled → WorkflowTaskStarted and ActivityTaskScheduled → ActivityTaskStarted.
+ * temporal-dev.yml's dynamic config as it is (`configured`), without its history poll-rate keys
+ * (`defaultPollRates`: the shard's queue readers at their default 20 polls a second), and each with
+ * and without eager activity execution. Each variant gets a dev server of its own and runs a
+ * workflow of 100 sequential no-op activities; the run's history gives the gaps
+ * WorkflowTaskScheduled → WorkflowTaskStarted and ActivityTaskScheduled → ActivityTaskStarted.
  * Writes bench/results/dispatch.json.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -31,14 +33,17 @@ function gapsMs(events: temporal.api.history.v1.IHistoryEvent[], from: number, t
 
 const p50 = (values: number[]) => Math.round([...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]! * 10) / 10;
 
-async function measure(eager: boolean) {
+const POLL_RATE_KEY = /^history\.\w+ProcessorMaxPollRPS$/;
+
+async function measure(eager: boolean, pollRates: 'configured' | 'default') {
   const settings = readDevServerSettings(path.join(ROOT, 'temporal-dev.yml'));
-  const dynamicConfig = { ...settings.dynamicConfig, 'system.enableActivityEagerExecution': eager };
+  const configured = Object.entries(settings.dynamicConfig).filter(([key]) => pollRates === 'configured' || !POLL_RATE_KEY.test(key));
+  const dynamicConfig = { ...Object.fromEntries(configured), 'system.enableActivityEagerExecution': eager };
   const server = await startDevServer({ ...settings, dynamicConfig, port: undefined, uiPort: undefined, dbFilename: undefined });
   try {
     const connection = await NativeConnection.connect({ address: server.address });
     const client = new Client({ connection, namespace: server.namespace });
-    const taskQueue = `dispatch-${eager ? 'eager' : 'queued'}`;
+    const taskQueue = `dispatch-${eager ? 'eager' : 'queued'}-${pollRates}`;
     const worker = await Worker.create({
       connection,
       namespace: server.namespace,
@@ -55,6 +60,7 @@ async function measure(eager: boolean) {
       const { events } = await client.workflow.getHandle('measured').fetchHistory();
       return {
         eagerActivityExecution: eager,
+        pollRates: Object.fromEntries(configured.filter(([key]) => POLL_RATE_KEY.test(key))),
         wallMs: Math.round(wallMs),
         msPerActivity: Math.round((wallMs / ACTIVITIES) * 10) / 10,
         workflowTaskDispatchP50Ms: p50(gapsMs(events!, EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)),
@@ -71,8 +77,8 @@ const result = {
   startedAt: new Date().toISOString(),
   machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version },
   sequentialActivities: ACTIVITIES,
-  queued: await measure(false),
-  eager: await measure(true),
+  configured: { queued: await measure(false, 'configured'), eager: await measure(true, 'configured') },
+  defaultPollRates: { queued: await measure(false, 'default'), eager: await measure(true, 'default') },
 };
 mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
 writeFileSync(path.join(ROOT, 'bench', 'results', 'dispatch.json'), `${JSON.stringify(result, null, 2)}\n`);

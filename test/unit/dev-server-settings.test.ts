@@ -24,6 +24,15 @@ describe('dev server settings', () => {
     expect(dynamicConfigArgs(settings)).toContain('system.enableActivityEagerExecution=true');
   });
 
+  it("lift the single history shard's queue poll limits, so tasks are handed over at once", () => {
+    const args = dynamicConfigArgs(readDevServerSettings('temporal-dev.yml'));
+    for (const queue of ['transfer', 'timer', 'visibility']) {
+      const value = args.find((a) => a.startsWith(`history.${queue}ProcessorMaxPollRPS=`));
+      expect(value, queue).toBeDefined();
+      expect(Number(value!.split('=')[1])).toBeGreaterThanOrEqual(1000);
+    }
+  });
+
   it('quote string values as JSON, as the CLI expects', () => {
     const settings = readDevServerSettings(settingsFile('dynamicConfig:\n  limit.maxIDLength: 255\n  frontend.namespaceRPS.visibility: "x"\n'));
     expect(dynamicConfigArgs(settings)).toEqual(['--dynamic-config-value', 'limit.maxIDLength=255', '--dynamic-config-value', 'frontend.namespaceRPS.visibility="x"']);
