@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
-import { mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { defineSearchAttributeKey, type SearchAttributeType } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -47,7 +47,19 @@ export interface DevServer {
   address: string;
   namespace: string;
   uiUrl?: string;
+  /** The server process (a child of this one), when it could be found: what a stack records to stop it after a crash. */
+  pid?: number;
   stop(): Promise<void>;
+}
+
+/** The `temporal server start-dev` child of this process (the SDK spawns it and does not say its pid). */
+function devServerChildPid(): number | undefined {
+  const ps = spawnSync('ps', ['-A', '-o', 'pid=,ppid=,args='], { encoding: 'utf8' });
+  for (const line of ps.stdout?.split('\n') ?? []) {
+    const [pid, ppid, ...args] = line.trim().split(/\s+/);
+    if (Number(ppid) === process.pid && args.includes('start-dev')) return Number(pid);
+  }
+  return undefined;
 }
 
 /** The `start-dev` options for the settings: what startDevServer runs (the CLI at `cliPath`, else the SDK's download). */
@@ -79,6 +91,7 @@ export async function startDevServer(
     address: env.address,
     namespace: settings.namespace,
     uiUrl: settings.uiPort !== undefined ? `http://${settings.ip}:${settings.uiPort}` : undefined,
+    pid: devServerChildPid(),
     stop: () => env.teardown(),
   };
 }
