@@ -1,6 +1,7 @@
 /**
  * The stack a benchmark runs against, as in production: a Temporal dev server of its own, a fresh
- * PostgreSQL database (TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres),
+ * PostgreSQL database (on the server the tests use: TEST_DATABASE_URL, the one on 127.0.0.1:5432, or
+ * an embedded one started for the run),
  * and the API and the worker as separate processes (`api/main.ts`, `worker/main.ts`) started
  * from a generated config file, so each one's peak RSS can be read.
  */
@@ -19,9 +20,9 @@ import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
 import { readDevServerSettings, startDevServer } from '../lib/temporal/dev-server.ts';
+import { testPostgres } from '../test/support/postgres.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
 export interface BenchSecrets {
   github: string;
@@ -148,20 +149,6 @@ function postgresCpuSeconds(): number {
   return total;
 }
 
-/** The dev server's process: the SDK starts it and does not say its pid. */
-function findTemporalServerPid(port: string): number | undefined {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (args.includes('start-dev') && args[args.indexOf('--port') + 1] === port) return Number(entry);
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return undefined;
-}
-
 function peakRssMiB(pid: number | undefined): number {
   if (pid === undefined) return Number.NaN;
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -194,6 +181,10 @@ export async function startBenchStack(log: (line: string) => void = console.log,
     for (const fn of stops.splice(0)) await fn().catch((error: Error) => log(`cleanup: ${error.message}`));
   };
   try {
+    const postgres = await testPostgres(log);
+    stops.unshift(() => postgres.stop());
+    const ADMIN_URL = postgres.adminUrl;
+    log(`PostgreSQL from ${postgres.origin}`);
     const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ADMIN_URL, max: 1 }) }) });
     stops.unshift(() => admin.destroy());
     const database = `forgelink_bench_${Date.now()}`;
@@ -255,7 +246,7 @@ export async function startBenchStack(log: (line: string) => void = console.log,
     stops.unshift(() => stopService(api));
     log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid}`);
 
-    const temporalPid = findTemporalServerPid(server.address.split(':').pop()!);
+    const temporalPid = server.pid;
     const connection = await Connection.connect({ address: server.address });
     stops.unshift(() => connection.close());
     const temporal = new Client({ connection, namespace: server.namespace });

@@ -8,6 +8,7 @@ import type { TestProject } from 'vitest/node';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { readDevServerSettings, startDevServer } from '../../lib/temporal/dev-server.ts';
 import { bundleWorkflows } from '../../worker/create-worker.ts';
+import { testPostgres } from './postgres.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -17,9 +18,6 @@ declare module 'vitest' {
   }
 }
 
-/** Where the test suite finds a real PostgreSQL server (as a superuser that may create databases). */
-const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-
 function withDatabase(url: string, database: string): string {
   const u = new URL(url);
   u.pathname = `/${database}`;
@@ -27,16 +25,21 @@ function withDatabase(url: string, database: string): string {
 }
 
 /**
- * One Temporal dev server (random port, in memory) and one fresh database per test run; every test
- * file then uses its own task queue. The workflow bundle is built once here instead of per worker.
+ * One Temporal dev server (random port, in memory) and one fresh database per test run (on the
+ * server testPostgres finds or starts); every test file then uses its own task queue. The workflow
+ * bundle is built once here instead of per worker.
  */
 export default async function setup(project: TestProject) {
+  const server = await testPostgres((l) => console.log(l));
+  console.log(`integration tests: PostgreSQL from ${server.origin}`);
+  const ADMIN_URL = server.adminUrl;
   const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ADMIN_URL, max: 1 }) }) });
   try {
     await sql`select 1`.execute(admin);
   } catch (error) {
     await admin.destroy();
-    throw new Error(`the integration tests need PostgreSQL at ${ADMIN_URL} (set TEST_DATABASE_URL); .ci/run starts it. ${(error as Error).message}`);
+    await server.stop();
+    throw new Error(`the integration tests need PostgreSQL at ${ADMIN_URL} (TEST_DATABASE_URL; unset, an embedded one is started when nothing answers on 127.0.0.1:5432): ${(error as Error).message}`);
   }
   const database = `forgelink_test_${process.pid}_${Date.now()}`;
   await sql`create database ${sql.id(database)}`.execute(admin);
@@ -61,5 +64,6 @@ export default async function setup(project: TestProject) {
     await temporal.stop();
     await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
     await admin.destroy();
+    await server.stop();
   };
 }
