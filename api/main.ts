@@ -13,7 +13,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const logger = createLogger('api');
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
-  const db = createDb(databaseUrl);
+  const db = createDb(databaseUrl, { logger });
   const connection = await Connection.connect({ address: options.address ?? config.temporal.address ?? '127.0.0.1:7233' });
   const temporal = new Client({ connection, namespace: config.temporal.namespace });
   const app = createApp({

@@ -13,8 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
-import { Kysely, PostgresDialect, sql } from 'kysely';
-import pg from 'pg';
+import { sql } from 'kysely';
 import { stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
@@ -185,7 +184,7 @@ export async function startBenchStack(log: (line: string) => void = console.log,
     stops.unshift(() => postgres.stop());
     const ADMIN_URL = postgres.adminUrl;
     log(`PostgreSQL from ${postgres.origin}`);
-    const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ADMIN_URL, max: 1 }) }) });
+    const admin = createDb(ADMIN_URL, { max: 1 });
     stops.unshift(() => admin.destroy());
     const database = `forgelink_bench_${Date.now()}`;
     await sql`create database ${sql.id(database)}`.execute(admin);

@@ -14,7 +14,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const logger = createLogger('worker');
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
-  const db = createDb(databaseUrl);
+  const db = createDb(databaseUrl, { logger });
   const address = options.address ?? config.temporal.address ?? '127.0.0.1:7233';
   const connection = await NativeConnection.connect({ address });
   const clientConnection = await Connection.connect({ address });

@@ -1,10 +1,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Kysely, PostgresDialect, sql } from 'kysely';
-import pg from 'pg';
+import { sql } from 'kysely';
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
+import { createDb } from '../../lib/db/index.ts';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { readDevServerSettings, startDevServer } from '../../lib/temporal/dev-server.ts';
 import { bundleWorkflows } from '../../worker/create-worker.ts';
@@ -33,7 +33,7 @@ export default async function setup(project: TestProject) {
   const server = await testPostgres((l) => console.log(l));
   console.log(`integration tests: PostgreSQL from ${server.origin}`);
   const ADMIN_URL = server.adminUrl;
-  const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: ADMIN_URL, max: 1 }) }) });
+  const admin = createDb(ADMIN_URL, { max: 1 });
   try {
     await sql`select 1`.execute(admin);
   } catch (error) {
@@ -44,7 +44,7 @@ export default async function setup(project: TestProject) {
   const database = `forgelink_test_${process.pid}_${Date.now()}`;
   await sql`create database ${sql.id(database)}`.execute(admin);
   const databaseUrl = withDatabase(ADMIN_URL, database);
-  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl, max: 1 }) }) });
+  const db = createDb(databaseUrl, { max: 1 });
   await migrateToLatest(db);
   await db.destroy();
 
