@@ -95,13 +95,11 @@ function moveAsideForeignData(dataDir: string, log: (line: string) => void) {
   );
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/** Whether the process runs (a zombie, exited but not yet reaped by its parent, does not). */
+export function isRunning(pid: number): boolean {
+  const result = spawnSync('ps', ['-o', 'stat=', '-p', String(pid)], { encoding: 'utf8' });
+  const state = result.status === 0 ? result.stdout.trim() : '';
+  return state !== '' && !state.startsWith('Z');
 }
 
 /**
@@ -112,7 +110,7 @@ async function stopLeftoverServer(dataDir: string, log: (line: string) => void) 
   const pidFile = path.join(dataDir, 'postmaster.pid');
   if (!existsSync(pidFile)) return;
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid) || !commandOf(pid).includes('postgres')) return;
+  if (!Number.isInteger(pid) || pid <= 0 || !isRunning(pid) || !commandOf(pid).includes('postgres')) return;
   log(`stopping a PostgreSQL (pid ${pid}) left running on ${dataDir} by an earlier run`);
   await stopProcess(pid);
 }
@@ -131,7 +129,7 @@ export async function stopProcess(pid: number, graceMs = 15_000): Promise<void> 
     return;
   }
   const deadline = Date.now() + graceMs;
-  while (isAlive(pid)) {
+  while (isRunning(pid)) {
     if (Date.now() > deadline) {
       process.kill(pid, 'SIGKILL');
       return;
