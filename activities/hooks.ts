@@ -7,6 +7,7 @@ import type { Db } from '../lib/db/index.ts';
 import {
   attachRefusal,
   attachmentIdOf,
+  attachmentOf,
   forgetHooks,
   forgetHooksExcept,
   hooksSharedWithAnotherAttachment,
@@ -14,9 +15,11 @@ import {
   loadRepositoryTarget,
   recordedHookIds,
   recordHook,
+  recordHookHealth,
   setAttachmentStatus,
 } from '../lib/db/repositories/attachments.ts';
-import type { Provider } from '../lib/domain.ts';
+import { markRepositoriesVanished } from '../lib/db/repositories/repository-cache.ts';
+import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 
 export interface HookActivityDeps {
@@ -108,6 +111,23 @@ const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\
 function isHookFor(provider: Provider, spec: HookSpec, hook: ProviderHook): boolean {
   if (!sameUrl(hook.url, spec.url)) return false;
   return provider !== 'azure-devops' || hook.events[0] === spec.events[0];
+}
+
+/** Which hook of the set a provider hook stands for, whatever its URL: Azure DevOps by event type; the others keep one hook. */
+const isSameHookKey = (provider: Provider, spec: HookSpec, hook: ProviderHook) => provider !== 'azure-devops' || hook.events[0] === spec.events[0];
+
+const sameSet = (a: string[] = [], b: string[] = []) => a.length === b.length && a.every((x) => b.includes(x));
+const sameFilters = (a: Record<string, string> = {}, b: Record<string, string> = {}) =>
+  sameSet(Object.keys(a), Object.keys(b)) && Object.entries(a).every(([k, v]) => b[k] === v);
+
+/** How a provider hook differs from its spec, in words for hookHealth; empty when it is as it should be. */
+function driftOf(hook: ProviderHook, spec: HookSpec): string[] {
+  const drift: string[] = [];
+  if (!hook.healthy) drift.push(hook.disabledReason ?? 'disabled');
+  if (!sameUrl(hook.url, spec.url)) drift.push('delivery URL');
+  if (!sameSet(hook.events, spec.events)) drift.push('events');
+  if (!sameFilters(hook.filters, spec.filters)) drift.push('filters');
+  return drift;
 }
 
 export function createHookActivities({ db, keys, providers, logger, settings }: HookActivityDeps) {
@@ -313,6 +333,62 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       await forgetHooksExcept(db, key.repositoryId, []);
       await setAttachmentStatus(db, { ...key, status: 'detached' });
       logger.info({ repositoryId: key.repositoryId }, 'repository detached');
+    },
+
+    /**
+     * The hook-health check of one attached repository: each hook of its set must exist, be enabled,
+     * deliver to our URL with our events (and filters) and carry the current credential. Drift is
+     * repaired in place (a save re-enables and rewrites the hook; a missing one is re-created) and
+     * what was found is recorded as the attachment's hookHealth. A healthy set costs two reads and
+     * no write at the provider. A repository the provider no longer shows is flagged vanished, never
+     * detached. Returns no hookHealth when the repository is not attached (nothing to check).
+     */
+    async reconcileHooks(key: RepositoryKey): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
+      const row = await repository(key, { requireActive: false });
+      const attachment = await attachmentOf(db, row.id);
+      if (attachment?.status !== 'attached') return { hookIds: [] };
+      const recorded = await recordedHookIds(db, row.id);
+      const finish = async (hookHealth: HookHealth, hookIds: string[]) => {
+        await recordHookHealth(db, row.id, hookHealth);
+        logger.info({ repositoryId: row.id, provider: row.provider, ...hookHealth }, 'hook health checked');
+        return { hookHealth, hookIds };
+      };
+      const refusal = attachRefusal(row);
+      if (refusal) return finish({ status: 'failing', reason: refusal }, recorded);
+      const adapter = adapterFor(row);
+      const found = await classified(() => adapter.getRepository(refOf(row)));
+      if (!found) {
+        await markRepositoriesVanished(db, row.connection_id, [row.external_id]);
+        return finish({ status: 'failing', reason: `${row.provider} no longer shows ${row.full_name}: flagged vanished, not detached` }, recorded);
+      }
+      const ref = refOf(row, found.projectId);
+      const hooks = await classified(() => adapter.listHooks(ref));
+      const repaired: string[] = [];
+      const hookIds: string[] = [];
+      for (const { key: hookKey, spec } of hookSet(row.provider, settings)) {
+        // The hook we recorded is ours even where its URL drifted; otherwise one at our URL is adopted.
+        const current = hooks.find((hook) => recorded.includes(hook.id) && isSameHookKey(row.provider, spec, hook)) ?? hooks.find((hook) => isHookFor(row.provider, spec, hook));
+        const drift = current ? driftOf(current, spec) : ['missing'];
+        let hook = current;
+        if (drift.length > 0) {
+          hook = await classified(async () => {
+            if (current) {
+              try {
+                return await adapter.updateHook(ref, current.id, spec);
+              } catch (error) {
+                // Deleted since the listing: create it instead.
+                if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+              }
+            }
+            return adapter.createHook(ref, spec);
+          });
+          repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
+        }
+        if (!recorded.includes(hook!.id) || drift.length > 0) await recordHook(db, attachment.id, { providerHookId: hook!.id, events: spec.events });
+        hookIds.push(hook!.id);
+      }
+      if (recorded.some((id) => !hookIds.includes(id))) await forgetHooksExcept(db, row.id, hookIds);
+      return finish(repaired.length > 0 ? { status: 'repaired', reason: repaired.join('; ') } : { status: 'healthy' }, hookIds);
     },
 
     /** Repositories of a connection that still need a detach (for disconnect). */

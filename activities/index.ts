@@ -6,6 +6,7 @@ import type { Logger } from '../lib/logger.ts';
 import { createConnectionActivities } from './connections.ts';
 import { createDispatchActivities } from './dispatch.ts';
 import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
+import { createHookHealthActivities } from './hook-health.ts';
 import { createHookActivities } from './hooks.ts';
 import { createRepositoryCacheActivities } from './repository-cache.ts';
 import type { ProviderFactory } from './providers/port.ts';
@@ -57,6 +58,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...createDispatchActivities(deps),
     ...createHookActivities(deps),
+    ...createHookHealthActivities(deps),
     ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
   };
 }

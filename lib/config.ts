@@ -79,6 +79,15 @@ export const configSchema = z
         callsPerWorker: z.number().int().min(1).max(256).default(LISTING_CONCURRENCY_DEFAULTS.callsPerWorker),
       })
       .prefault({}),
+    // The hook-health reconcile: by default nightly, two hours after the default repository refresh.
+    hookHealth: z
+      .object({
+        schedule: z.string().min(1).default('0 4 * * *'),
+        timeZone: z.string().min(1).default('UTC'),
+        // Connections checked at once; each checks its repositories one after another.
+        connectionsAtOnce: z.number().int().min(1).max(64).default(4),
+      })
+      .prefault({}),
     security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),
     webhooks: z
       .object({

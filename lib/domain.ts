@@ -13,6 +13,15 @@ export type CredentialRotationStatus = (typeof CREDENTIAL_ROTATION_STATUSES)[num
 export const ATTACHMENT_STATUSES = ['attaching', 'attached', 'detaching', 'detached', 'failed'] as const;
 export type AttachmentStatus = (typeof ATTACHMENT_STATUSES)[number];
 
+/** What the last hook-health check found: nothing to do, drift it repaired, or drift it could not repair. */
+export const HOOK_HEALTH_STATUSES = ['healthy', 'repaired', 'failing'] as const;
+export type HookHealthStatus = (typeof HOOK_HEALTH_STATUSES)[number];
+export interface HookHealth {
+  status: HookHealthStatus;
+  /** What was repaired, or why it is failing. */
+  reason?: string;
+}
+
 export type EventKind =
   | 'push'
   | 'branch.created'

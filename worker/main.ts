@@ -7,7 +7,7 @@ import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createWorker } from './create-worker.ts';
-import { ensureRefreshSchedule } from './schedule.ts';
+import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
 export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
@@ -22,6 +22,8 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const { cron, timeZone } = { cron: config.repositoryCache.schedule, timeZone: config.repositoryCache.timeZone };
   const scheduled = await ensureRefreshSchedule(client, { cron, timeZone, taskQueue: config.temporal.taskQueue });
   logger.info({ cron, timeZone, scheduled }, 'nightly repository refresh schedule in place');
+  const hookHealth = await ensureHookHealthSchedule(client, { ...config.hookHealth, cron: config.hookHealth.schedule, taskQueue: config.temporal.taskQueue });
+  logger.info({ ...config.hookHealth, scheduled: hookHealth }, 'hook-health reconcile schedule in place');
   await clientConnection.close();
   const worker = await createWorker({
     connection,

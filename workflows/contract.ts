@@ -1,7 +1,7 @@
 /** Workflow names, inputs, ids and search attributes shared by api, worker and workflows. No Node imports. */
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineSignal } from '@temporalio/workflow';
-import type { ConnectionStatus, NormalizedEvent, Provider } from '../lib/domain.ts';
+import type { ConnectionStatus, HookHealth, NormalizedEvent, Provider } from '../lib/domain.ts';
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
@@ -34,7 +34,8 @@ export interface DisconnectResult {
   notDetached?: { repositoryId: string; reason: string }[];
 }
 
-export type AttachmentAction = 'attach' | 'detach';
+/** `reconcile`: the hook-health check of an attached repository (repairs drift in place; skipped when not attached). */
+export type AttachmentAction = 'attach' | 'detach' | 'reconcile';
 /** A request to the repository workflow, sent with signalWithStart by the API (or by disconnect). */
 export interface AttachmentRequest {
   action: AttachmentAction;
@@ -64,6 +65,8 @@ export interface AttachmentSettled {
   action: AttachmentAction;
   status: 'attached' | 'detached' | 'failed';
   reason?: string;
+  /** A reconcile's finding; absent when the repository was not attached, so nothing was checked. */
+  hookHealth?: HookHealth;
 }
 export const attachmentRequested = defineSignal<[AttachmentRequest]>('attachmentRequested');
 export const attachmentSettled = defineSignal<[AttachmentSettled]>('attachmentSettled');
@@ -114,7 +117,40 @@ export const workflowIds = {
   refreshOrganization: (organizationId: string) => `refresh:${organizationId}:now`,
   /** A connection's listing: one at a time whoever asks (nightly or on demand). */
   refreshConnection: (organizationId: string, connectionId: string) => `refresh:${organizationId}:connection:${connectionId}`,
+  /** A connection's hook-health check: one at a time. */
+  hookHealthConnection: (organizationId: string, connectionId: string) => `hook-health:${organizationId}:connection:${connectionId}`,
 };
+
+/** The hook-health Schedule (nightly, after the refresh); its runs are `hook-health:all:<scheduled time>`. */
+export const HOOK_HEALTH_SCHEDULE_ID = 'forgelink-hook-health';
+export const HOOK_HEALTH_ALL_WORKFLOW_ID_PREFIX = 'hook-health:all';
+
+export interface HookHealthInput {
+  /** Connections checked at once (hookHealth.connectionsAtOnce). */
+  connectionsAtOnce: number;
+  /** Absent: every organization (the Schedule's run). */
+  organizationId?: string;
+}
+export interface HookHealthResult {
+  connections: number;
+  /** Connections whose check another run was doing at the time. */
+  alreadyRunning: string[];
+  failed: { connectionId: string; reason: string }[];
+}
+export interface ConnectionHookHealthInput {
+  organizationId: string;
+  connectionId: string;
+  /** Carried over continue-as-new: the last repository id checked, and the counts so far. */
+  after?: string;
+  counts?: ConnectionHookHealthResult;
+}
+export interface ConnectionHookHealthResult {
+  healthy: number;
+  repaired: number;
+  failing: number;
+  /** The first failing repositories (each one's reason is also on its attachment's hookHealth). */
+  failures: { repositoryId: string; reason: string }[];
+}
 
 /** The nightly Schedule; its runs are `refresh:all:<scheduled time>` (admin only through the API). */
 export const REFRESH_SCHEDULE_ID = 'forgelink-repository-refresh';

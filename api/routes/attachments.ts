@@ -1,7 +1,7 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { attachRefusal, findAttachment, findOrganizationRepository } from '../../lib/db/repositories/attachments.ts';
-import { ATTACHMENT_STATUSES } from '../../lib/domain.ts';
+import { ATTACHMENT_STATUSES, HOOK_HEALTH_STATUSES } from '../../lib/domain.ts';
 import {
   attachmentRequested,
   SA_ORGANIZATION,
@@ -24,6 +24,14 @@ const AttachmentSchema = z
         "The connection no longer sees the repository (its last listing or an access event said so), so its hooks may be gone with it; false again once the repository is seen again.",
     }),
     hooks: z.array(z.object({ providerHookId: z.string(), events: z.array(z.string()) })),
+    hookHealth: z
+      .object({
+        checkedAt: z.string().openapi({ format: 'date-time' }),
+        status: z.enum(HOOK_HEALTH_STATUSES),
+        reason: z.string().optional().openapi({ description: 'What was repaired, or why the hooks are failing' }),
+      })
+      .optional()
+      .openapi({ description: "The last hook-health check (the nightly reconcile, or a webhook-credential rotation): absent until the first" }),
     workflowId: z.string().openapi({ description: "The repository's attach/detach workflow (GET /api/v1/workflows/{workflowId})" }),
   })
   .openapi('Attachment');
@@ -128,6 +136,7 @@ export function attachmentRoutes() {
           ...(attachment.reason ? { reason: attachment.reason } : {}),
           repositoryVanished: repository.vanished_at !== null,
           hooks: attachment.hooks,
+          ...(attachment.hookHealth ? { hookHealth: { ...attachment.hookHealth, checkedAt: attachment.hookHealth.checkedAt.toISOString() } } : {}),
           workflowId: workflowIds.repository(org.id, repository.id),
         },
         200,

@@ -1,5 +1,5 @@
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
-import type { AttachmentStatus, ConnectionStatus, CredentialRotationStatus, EventKind, NormalizedEvent, Provider } from '../domain.ts';
+import type { AttachmentStatus, ConnectionStatus, CredentialRotationStatus, EventKind, HookHealthStatus, NormalizedEvent, Provider } from '../domain.ts';
 
 type CreatedAt = ColumnType<Date, Date | string | undefined, never>;
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -80,6 +80,10 @@ export interface AttachmentsTable {
   status: AttachmentStatus;
   reason: string | null;
   repository_vanished: Generated<boolean>;
+  /** The last hook-health check (the nightly reconcile); null until the first. */
+  hook_health_checked_at: Date | null;
+  hook_health_status: HookHealthStatus | null;
+  hook_health_reason: string | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }

@@ -77,6 +77,8 @@ export interface FakeBitbucket {
   /** The repository's webhooks as stored, secrets included. */
   webhooks(projectKey: string, slug: string): StoredWebhook[];
   deleteWebhookByHand(projectKey: string, slug: string, id: number): void;
+  /** Switches a webhook on or off, as an administrator does in the repository settings. */
+  setWebhookActiveByHand(projectKey: string, slug: string, id: number, active: boolean): void;
   /** Turns the admin-enabled rate limiter on (every authenticated call takes a token) or off (null). */
   rateLimit(bucket: RateLimitBucket | null): void;
   close(): Promise<void>;
@@ -372,6 +374,11 @@ export async function startFakeBitbucket(options: { maxPageSize?: number; versio
       const index = repo.webhooks.findIndex((h) => h.id === id);
       if (index < 0) throw new Error(`no webhook ${id} on ${projectKey}/${slug}`);
       repo.webhooks.splice(index, 1);
+    },
+    setWebhookActiveByHand(projectKey, slug, id, active) {
+      const hook = requireRepositoryByName(projectKey, slug).webhooks.find((h) => h.id === id);
+      if (!hook) throw new Error(`no webhook ${id} on ${projectKey}/${slug}`);
+      hook.active = active;
     },
     rateLimit(next) {
       bucket = next && { capacity: 60, fillRate: 5, intervalSeconds: 1, ...next };

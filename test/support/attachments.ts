@@ -144,6 +144,8 @@ export interface HookWorld {
   newRepository(): Promise<WorldRepository>;
   /** What the provider does to a hook whose deliveries keep failing. */
   disableByProvider?(repository: WorldRepository, hookId: string, how?: string): void;
+  /** The repository is deleted at the provider (its hooks with it). */
+  removeAtProvider(repository: WorldRepository): void;
   close(): Promise<void>;
 }
 
@@ -195,6 +197,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
     disableByProvider(repository, hookId) {
       fake.setHookAlertStatus(projects.get(repository.repositoryId)!, Number(hookId), 'disabled');
     },
+    removeAtProvider: (repository) => fake.removeProject(Number(repository.externalId)),
     close: async () => {
       await proxy.close();
       await fake.close();
@@ -203,6 +206,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
 }
 
 export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
+  const slugs = new Map<string, string>();
   const fake = await startFakeBitbucket();
   const proxy = await startFlakyProxy(fake.url);
   const credential = `bbtoken-${unique('attach')}-SECRET`;
@@ -227,6 +231,7 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
       const repo = fake.addRepository({ projectKey: 'CI', slug: unique('app') });
       const fullName = `CI/${repo.slug}`;
       const repositoryId = await seedRepository(h, { organizationId: org.id, connectionId, provider: 'bitbucket', externalId: String(repo.id), fullName, project: 'CI' });
+      slugs.set(repositoryId, repo.slug);
       return {
         repositoryId,
         externalId: String(repo.id),
@@ -250,6 +255,11 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
         },
       };
     },
+    disableByProvider(repository, hookId) {
+      // Bitbucket does not switch hooks off by itself: an administrator does.
+      fake.setWebhookActiveByHand('CI', slugs.get(repository.repositoryId)!, Number(hookId), false);
+    },
+    removeAtProvider: (repository) => fake.removeRepository(Number(repository.externalId)),
     close: async () => {
       await proxy.close();
       await fake.close();
@@ -321,6 +331,7 @@ export async function azureDevOpsWorld(h: Harness, org: Org): Promise<HookWorld>
     disableByProvider(_repository, hookId, how = 'disabledBySystem') {
       fake.setSubscriptionStatus(hookId, how as 'disabledBySystem' | 'onProbation');
     },
+    removeAtProvider: (repository) => fake.removeRepository(repository.externalId),
     close: async () => {
       await proxy.close();
       await fake.close();

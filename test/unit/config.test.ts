@@ -25,6 +25,8 @@ describe('config', () => {
     expect(config.temporal.address).toBeUndefined();
     expect(config.gitProviders.github.baseUrl).toBe('https://api.github.com');
     expect(config.repositoryCache.schedule).toBe('0 2 * * *');
+    // The hook-health reconcile runs after the refresh.
+    expect(config.hookHealth).toEqual({ schedule: '0 4 * * *', timeZone: 'UTC', connectionsAtOnce: 4 });
     expect(config.security.allowHttpHosts).toEqual([]);
   });
 

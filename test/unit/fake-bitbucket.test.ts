@@ -215,6 +215,10 @@ describe('fake Bitbucket Data Center: webhooks', () => {
     expect(updated.status).toBe(200);
     expect(updated.body).toMatchObject({ id, active: false, events: ['pr:merged'] });
     expect(updated.body.updatedDate).toBeGreaterThan(created.body.updatedDate);
+    f.setWebhookActiveByHand('PROJ', 'r00', id, true);
+    expect((await call(`${hooks}/${id}`, { token: 'admin' })).body).toMatchObject({ active: true, events: ['pr:merged'] });
+    f.setWebhookActiveByHand('PROJ', 'r00', id, false);
+    expect((await call(hooks, { token: 'admin' })).body.values.find((h: { id: number }) => h.id === id)).toMatchObject({ active: false });
 
     const deleted = await fetch(`${f.url}${hooks}/${id}`, { method: 'DELETE', headers: bearer('admin') });
     expect(deleted.status).toBe(204);

@@ -9,6 +9,7 @@ import * as listingPageContentHash from './2026-11-26T40-listing-page-content-ha
 import * as apiTokenLifeCycle from './2026-12-06T1058-api-token-life-cycle.ts';
 import * as webhookCredentials from './2026-12-06T1105-webhook-credentials.ts';
 import * as credentialRotation from './2026-12-06T1116-credential-rotation.ts';
+import * as attachmentHookHealth from './2026-12-06T1125-attachment-hook-health.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -25,4 +26,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1058-api-token-life-cycle': apiTokenLifeCycle,
   '2026-12-06T1105-webhook-credentials': webhookCredentials,
   '2026-12-06T1116-credential-rotation': credentialRotation,
+  '2026-12-06T1125-attachment-hook-health': attachmentHookHealth,
 };

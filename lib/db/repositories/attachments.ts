@@ -1,5 +1,5 @@
 import type { Kysely, Transaction } from 'kysely';
-import type { AttachmentStatus, Provider } from '../../domain.ts';
+import type { AttachmentStatus, HookHealth, Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -13,6 +13,8 @@ export interface AttachmentView {
   status: AttachmentStatus;
   reason: string | null;
   hooks: RecordedHook[];
+  /** The last hook-health check, if there was one. */
+  hookHealth?: HookHealth & { checkedAt: Date };
 }
 
 /**
@@ -61,7 +63,11 @@ export async function loadRepositoryTarget(db: Executor, organizationId: string,
 
 /** The attachment of a repository and its recorded hooks; undefined when it was never attached. */
 export async function findAttachment(db: Executor, repositoryId: string): Promise<AttachmentView | undefined> {
-  const row = await db.selectFrom('attachments').select(['id', 'status', 'reason']).where('repository_id', '=', repositoryId).executeTakeFirst();
+  const row = await db
+    .selectFrom('attachments')
+    .select(['id', 'status', 'reason', 'hook_health_checked_at', 'hook_health_status', 'hook_health_reason'])
+    .where('repository_id', '=', repositoryId)
+    .executeTakeFirst();
   if (!row) return undefined;
   const hooks = await db
     .selectFrom('hooks')
@@ -70,7 +76,37 @@ export async function findAttachment(db: Executor, repositoryId: string): Promis
     .orderBy('created_at')
     .orderBy('provider_hook_id')
     .execute();
-  return { status: row.status, reason: row.reason, hooks: hooks.map((h) => ({ providerHookId: h.provider_hook_id, events: h.events })) };
+  const checked = row.hook_health_checked_at && row.hook_health_status;
+  return {
+    status: row.status,
+    reason: row.reason,
+    hooks: hooks.map((h) => ({ providerHookId: h.provider_hook_id, events: h.events })),
+    ...(checked
+      ? { hookHealth: { checkedAt: row.hook_health_checked_at!, status: row.hook_health_status!, ...(row.hook_health_reason ? { reason: row.hook_health_reason } : {}) } }
+      : {}),
+  };
+}
+
+/** Records what a hook-health check found on the repository's attachment. */
+export async function recordHookHealth(db: Executor, repositoryId: string, health: HookHealth): Promise<void> {
+  await db
+    .updateTable('attachments')
+    .set({ hook_health_checked_at: new Date(), hook_health_status: health.status, hook_health_reason: health.reason ?? null })
+    .where('repository_id', '=', repositoryId)
+    .execute();
+}
+
+/** A page of a connection's attached repositories in id order, after `after` (the hook-health reconcile walks them). */
+export async function attachedRepositoriesPage(db: Executor, connectionId: string, options: { after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider }[]> {
+  let query = db
+    .selectFrom('attachments as a')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select(['r.id', 'r.provider'])
+    .where('r.connection_id', '=', connectionId)
+    .where('a.status', '=', 'attached');
+  if (options.after) query = query.where('r.id', '>', options.after);
+  const rows = await query.orderBy('r.id').limit(options.limit).execute();
+  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider }));
 }
 
 /**
@@ -97,6 +133,10 @@ export async function setAttachmentStatus(
     .returning('id')
     .executeTakeFirstOrThrow();
   return row.id;
+}
+
+export async function attachmentOf(db: Executor, repositoryId: string): Promise<{ id: string; status: AttachmentStatus } | undefined> {
+  return db.selectFrom('attachments').select(['id', 'status']).where('repository_id', '=', repositoryId).executeTakeFirst();
 }
 
 export async function attachmentIdOf(db: Executor, repositoryId: string): Promise<string | undefined> {
@@ -170,4 +210,26 @@ export async function listUndetachedRepositories(db: Executor, connectionId: str
     .orderBy('r.id')
     .execute();
   return rows.map((r) => ({ repositoryId: r.id, provider: r.provider }));
+}
+
+/** Active connections of providers with per-repository hooks that have an attached repository (the hook-health reconcile's). */
+export async function connectionsWithAttachedHooks(db: Executor, organizationId?: string): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+  let query = db
+    .selectFrom('connections as c')
+    .select(['c.id', 'c.organization_id', 'c.provider'])
+    .where('c.status', '=', 'active')
+    .where('c.provider', '<>', 'github')
+    .where((eb) =>
+      eb.exists(
+        eb
+          .selectFrom('repositories as r')
+          .innerJoin('attachments as a', 'a.repository_id', 'r.id')
+          .select('a.id')
+          .whereRef('r.connection_id', '=', 'c.id')
+          .where('a.status', '=', 'attached'),
+      ),
+    );
+  if (organizationId) query = query.where('c.organization_id', '=', organizationId);
+  const rows = await query.orderBy('c.id').execute();
+  return rows.map((r) => ({ organizationId: r.organization_id, connectionId: r.id, provider: r.provider }));
 }

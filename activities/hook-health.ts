@@ -1,0 +1,27 @@
+import type { Db } from '../lib/db/index.ts';
+import { attachedRepositoriesPage, connectionsWithAttachedHooks, recordHookHealth } from '../lib/db/repositories/attachments.ts';
+import type { HookHealth, Provider } from '../lib/domain.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { RepositoryKey } from './hooks.ts';
+
+/** The hook-health reconcile's database steps; the check itself is reconcileHooks (hooks.ts). */
+export function createHookHealthActivities({ db, logger }: { db: Db; logger: Logger }) {
+  return {
+    /** Active connections (GitLab, Bitbucket, Azure DevOps) with at least one attached repository, of one organization or all. */
+    async listHookHealthConnections(input: { organizationId?: string }): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+      return connectionsWithAttachedHooks(db, input.organizationId);
+    },
+
+    /** A page of the connection's attached repositories, in id order after `after`. */
+    async listAttachedRepositories(input: { connectionId: string; after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider }[]> {
+      return attachedRepositoriesPage(db, input.connectionId, input);
+    },
+
+    /** Records a hook-health check that could not be carried out (the provider kept failing). */
+    async recordHookHealth(input: RepositoryKey & HookHealth): Promise<void> {
+      const { organizationId: _organizationId, repositoryId, ...hookHealth } = input;
+      await recordHookHealth(db, repositoryId, hookHealth);
+      logger.warn({ repositoryId, ...hookHealth }, 'hook health check failed');
+    },
+  };
+}
