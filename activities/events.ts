@@ -1,4 +1,6 @@
+import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
+import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
 import {
   findAttachedRepositories,
   findConnectionsByExternalKey,
@@ -50,15 +52,21 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
      * run finds the rows already there and returns the same pairs.
      */
     async recordEvent(input: EventInput): Promise<RecordedDelivery> {
-      const { provider, deliveryId, events } = input;
+      const { provider, deliveryId } = input;
+      // A run started before the intake table carries its events in its input.
+      const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, provider, deliveryId);
+      if (!delivery) {
+        throw ApplicationFailure.create({ type: 'DeliveryNotStored', nonRetryable: true, message: `delivery ${provider}:${deliveryId} is not in the intake table (removed after the retention period?)` });
+      }
+      const { events, instanceUrl, installationId } = delivery;
       const result = await db.transaction().execute(async (trx) => {
         const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
-        const { kept: attached, ambiguous } = attachmentsOfInstance(found, input.instanceUrl);
+        const { kept: attached, ambiguous } = attachmentsOfInstance(found, instanceUrl);
         if (ambiguous.length > 0) {
-          logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl: input.instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
+          logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
         }
         const installationConnections =
-          input.installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, input.installationId) : [];
+          installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, installationId) : [];
         const renamed = new Set<string>();
         const rows: NewEventRow[] = [];
         for (const [sequence, event] of events.entries()) {

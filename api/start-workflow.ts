@@ -10,16 +10,19 @@ import { Problem } from './problem.ts';
 export async function startWorkflow(
   deps: ApiDeps,
   workflowType: string,
-  options: { workflowId: string; input: object; searchAttributes: SearchAttributePair[]; allowRerun?: boolean },
+  options: { workflowId: string; input: object; searchAttributes: SearchAttributePair[]; allowRerun?: boolean; timeoutMs?: number },
 ): Promise<{ workflowId: string; alreadyStarted: boolean }> {
-  try {
-    await deps.temporal.workflow.start(workflowType, {
+  const start = () =>
+    deps.temporal.workflow.start(workflowType, {
       taskQueue: deps.taskQueue,
       workflowId: options.workflowId,
       args: [options.input],
       typedSearchAttributes: options.searchAttributes,
       workflowIdReusePolicy: options.allowRerun ? WorkflowIdReusePolicy.ALLOW_DUPLICATE : WorkflowIdReusePolicy.REJECT_DUPLICATE,
     });
+  try {
+    // A deadline covers the client's own retries too: past it the start fails instead of waiting on.
+    await (options.timeoutMs === undefined ? start() : deps.temporal.withDeadline(Date.now() + options.timeoutMs, start));
     return { workflowId: options.workflowId, alreadyStarted: false };
   } catch (error) {
     if (error instanceof WorkflowExecutionAlreadyStartedError) return { workflowId: options.workflowId, alreadyStarted: true };

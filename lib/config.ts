@@ -94,6 +94,8 @@ export const configSchema = z
         maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
+        // How long a delivery's stored events (the intake table) are kept after it was received.
+        deliveryRetentionDays: z.number().int().min(1).default(7),
       })
       .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.

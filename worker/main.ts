@@ -7,6 +7,7 @@ import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createWorker } from './create-worker.ts';
+import { startDeliveryRetention } from './delivery-retention.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
@@ -33,8 +34,10 @@ export async function runWorker(config: Config, options: { address?: string; dat
   });
   const running = worker.run();
   logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
+  const retention = startDeliveryRetention({ db, logger }, { retentionDays: config.webhooks.deliveryRetentionDays });
   return {
     async shutdown() {
+      retention.stop();
       worker.shutdown();
       await running;
       await connection.close();

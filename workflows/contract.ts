@@ -1,7 +1,7 @@
 /** Workflow names, inputs, ids and search attributes shared by api, worker and workflows. No Node imports. */
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineSignal } from '@temporalio/workflow';
-import type { ConnectionStatus, HookHealth, NormalizedEvent, Provider } from '../lib/domain.ts';
+import type { ConnectionStatus, EventKind, HookHealth, NormalizedEvent, Provider } from '../lib/domain.ts';
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
@@ -77,18 +77,50 @@ export const AttachmentFailureTypes = {
   detachFailed: 'RepositoryDetachFailed',
 } as const;
 
-/** One provider delivery, as the webhook receiver verified and normalized it (never the raw body). */
+/**
+ * One provider delivery, verified and normalized by the webhook receiver. Its events are in the
+ * intake table (`webhook_deliveries`, keyed by provider and delivery id); the input names the row
+ * and summarizes it for the Temporal UI, so its size does not grow with the delivery.
+ */
 export interface EventInput {
   provider: Provider;
   deliveryId: string;
-  /** The delivery's events in order (one per ref change); their position is their sequence. */
-  events: NormalizedEvent[];
+  /** ISO time the receiver acknowledged the delivery. */
+  receivedAt: string;
+  summary?: DeliverySummary;
+  /**
+   * Runs started before the intake table carry the delivery itself (the events in order, one per
+   * ref change: their position is their sequence); newer runs read it from the table.
+   */
+  events?: NormalizedEvent[];
   /** GitHub App installation the delivery came from: installation events update its connections' cache. */
   installationId?: string;
   /** A URL of the repository on the instance that sent the delivery (GitLab, Bitbucket): ids are unique per instance only. */
   instanceUrl?: string;
-  /** ISO time the receiver acknowledged the delivery. */
-  receivedAt: string;
+}
+
+/** What an operator reads in the Temporal UI about a delivery; bounded whatever the delivery's size. */
+export interface DeliverySummary {
+  events: number;
+  kinds: Partial<Record<EventKind, number>>;
+  /** The first few repository names (each cut to a readable length). */
+  repositories: string[];
+  /** How many other repositories the delivery names. */
+  moreRepositories?: number;
+}
+
+const SUMMARY_REPOSITORIES = 5;
+const SUMMARY_NAME_LENGTH = 200;
+
+export function summarizeDelivery(events: readonly NormalizedEvent[]): DeliverySummary {
+  const kinds: Partial<Record<EventKind, number>> = {};
+  const names = new Set<string>();
+  for (const event of events) {
+    kinds[event.kind] = (kinds[event.kind] ?? 0) + 1;
+    names.add(event.repository.fullName.slice(0, SUMMARY_NAME_LENGTH));
+  }
+  const repositories = [...names].slice(0, SUMMARY_REPOSITORIES);
+  return { events: events.length, kinds, repositories, ...(names.size > repositories.length ? { moreRepositories: names.size - repositories.length } : {}) };
 }
 export interface EventResult {
   /** Event rows for this delivery, one per organization and ref change. */

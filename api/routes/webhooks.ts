@@ -3,7 +3,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
 import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
-import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../../workflows/contract.ts';
+import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
+import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, summarizeDelivery, workflowIds, type EventInput } from '../../workflows/contract.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
@@ -61,6 +62,11 @@ function headerRecord(c: Context<AppEnv>): Record<string, string> {
 }
 
 const MAX_DELIVERY_ID_LENGTH = 200;
+/**
+ * How long the receiver waits for the event run to start before answering 503 (the provider then
+ * delivers again): the whole answer stays within 5 s, well inside GitHub's 10 s.
+ */
+const START_TIMEOUT_MS = 3000;
 
 /**
  * Who the delivery concerns: organizations with the repository attached, or bound to the
@@ -151,17 +157,13 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   try {
     const targets = await targetsOf(c, cache, provider, events, installationId, instanceUrl);
     if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
-    const input: EventInput = {
-      provider,
-      deliveryId,
-      events,
-      receivedAt: new Date().toISOString(),
-      ...(installationId ? { installationId } : {}),
-      ...(instanceUrl ? { instanceUrl } : {}),
-    };
+    // The events go to the intake table; the run's input names the row and summarizes it.
+    await storeDelivery(deps.db, { provider, deliveryId, events, installationId, instanceUrl });
+    const input: EventInput = { provider, deliveryId, receivedAt: new Date().toISOString(), summary: summarizeDelivery(events) };
     await startWorkflow(deps, 'eventWorkflow', {
       workflowId,
       input,
+      timeoutMs: START_TIMEOUT_MS,
       searchAttributes: [
         { key: SA_PROVIDER, value: provider },
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.

@@ -50,7 +50,18 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
   }
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
   const installationId = events.some(isAccessChange) ? installationIdOf(parsed) : undefined;
-  return { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) };
+  return withoutNul({ events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) });
+}
+
+/**
+ * PostgreSQL text and jsonb cannot hold a NUL character (`\u0000`), and a delivery may carry one in
+ * any string: each is replaced by U+FFFD (the replacement character), keeping the rest of the string.
+ */
+function withoutNul<T>(value: T): T {
+  if (typeof value === 'string') return value.replaceAll('\u0000', '\uFFFD') as T;
+  if (Array.isArray(value)) return value.map(withoutNul) as T;
+  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withoutNul(v)])) as T;
+  return value;
 }
 
 function installationIdOf(parsed: unknown): string | undefined {

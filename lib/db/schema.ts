@@ -128,6 +128,16 @@ export interface EventsTable {
   received_at: CreatedAt;
 }
 
+/** The intake table: a delivery's normalized events, stored by the receiver, read by its event workflow. */
+export interface WebhookDeliveriesTable {
+  provider: Provider;
+  delivery_id: string;
+  events: Json<NormalizedEvent[]>;
+  installation_id: string | null;
+  instance_url: string | null;
+  received_at: CreatedAt;
+}
+
 export interface SubscribersTable {
   id: Generated<string>;
   organization_id: string;
@@ -161,6 +171,7 @@ export interface Database {
   webhook_credentials: WebhookCredentialsTable;
   delivery_digests: DeliveryDigestsTable;
   events: EventsTable;
+  webhook_deliveries: WebhookDeliveriesTable;
   subscribers: SubscribersTable;
   dispatch_attempts: DispatchAttemptsTable;
 }

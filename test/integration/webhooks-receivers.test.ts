@@ -3,7 +3,8 @@ import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
-import type { EventResult } from '../../workflows/contract.ts';
+import type { EventInput, EventResult } from '../../workflows/contract.ts';
+import { startInput } from '../support/histories.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type DeliveryOptions, type Payload } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { eventRunExists, eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
@@ -85,9 +86,17 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       expect(events[0]).toMatchObject({ organization_id: org.id, repository_id: attached[provider].repositoryId, sequence: 0, kind: 'push' });
       expect(events[0]!.event).toMatchObject({ provider, deliveryId, kind: 'push', repository: { externalId: attached[provider].externalId, fullName: attached[provider].fullName } });
 
-      // The run carries the normalized event, never the raw body or a credential.
+      // The run names the stored delivery and summarizes it; never the events, the raw body or a credential.
+      const stored = await h.db.selectFrom('webhook_deliveries').select('events').where('provider', '=', provider).where('delivery_id', '=', deliveryId).executeTakeFirstOrThrow();
+      expect(stored.events).toEqual([events[0]!.event]);
+      expect(await startInput<EventInput>(h.client, ack.workflowId)).toEqual({
+        provider,
+        deliveryId,
+        receivedAt: expect.any(String),
+        summary: { events: 1, kinds: { push: 1 }, repositories: [attached[provider].fullName] },
+      });
       const history = await historyText(h, ack.workflowId);
-      expect(history).toContain(attached[provider].externalId);
+      expect(history).not.toContain(attached[provider].externalId);
       expect(history).not.toContain(push.body.slice(0, 60));
       expect(history).not.toContain(CURRENT[provider]);
     });

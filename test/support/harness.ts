@@ -24,7 +24,7 @@ export interface Harness {
   /** Every log line the API and the worker wrote during the test. */
   logs: string[];
   worker: Worker;
-  /** Stops the worker (as a crash would) and starts a fresh one on the same task queue. */
+  /** Stops the worker (as a crash would), if one runs, and starts a fresh one on the same task queue. */
   restartWorker(): Promise<void>;
   request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
   /** Another API app on the same dependencies except `overrides` (e.g. a Temporal client that refuses every start). */
@@ -51,6 +51,12 @@ export interface HarnessOptions {
   settings?: Partial<ActivitySettings>;
   /** The (fake) GitHub App: its REST URL and credentials. */
   github?: { url: string; appId: string; privateKeyPem: string; appName?: string };
+  /** webhooks.maxBodyBytes of the API (default 1 MiB). */
+  maxBodyBytes?: number;
+  /** Where the API's Temporal client connects (lazily), when not to the run's dev server. */
+  apiTemporalAddress?: string;
+  /** Start no worker: the test runs its own (restartWorker starts the harness's). */
+  withoutWorker?: boolean;
 }
 
 let runtimeInstalled = false;
@@ -92,11 +98,16 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     const running = worker.run();
     return { worker, running };
   };
-  let current = await launch();
+  let current = options.withoutWorker ? undefined : await launch();
+  const stopWorker = async () => {
+    current?.worker.shutdown();
+    await current?.running;
+  };
+  const apiTemporal = options.apiTemporalAddress ? new Client({ connection: Connection.lazy({ address: options.apiTemporalAddress }), namespace: 'default' }) : client;
 
   const apiDeps: ApiDeps = {
     db,
-    temporal: client,
+    temporal: apiTemporal,
     keys,
     logger,
     adminToken,
@@ -110,7 +121,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       gitlab: [TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.previous],
       bitbucket: [TEST_WEBHOOK_SECRETS.bitbucket, TEST_WEBHOOK_SECRETS.previous],
       azureDevOps: { user: TEST_WEBHOOK_SECRETS.azureDevOps.user, passwords: [TEST_WEBHOOK_SECRETS.azureDevOps.pass, TEST_WEBHOOK_SECRETS.previous] },
-      maxBodyBytes: 1024 * 1024,
+      maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024,
     },
     enabledProviders: ['github', 'gitlab', 'bitbucket', 'azure-devops'],
     githubApp: { appName: options.github?.appName ?? 'forgelink-test', webUrl: 'https://github.test' },
@@ -127,11 +138,11 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     adminToken,
     logs,
     get worker() {
+      if (!current) throw new Error('the harness runs no worker');
       return current.worker;
     },
     async restartWorker() {
-      current.worker.shutdown();
-      await current.running;
+      await stopWorker();
       current = await launch();
     },
     async request(method, path, opts = {}) {
@@ -146,8 +157,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     },
     appWith: (overrides) => createApp({ ...apiDeps, ...overrides }),
     async close() {
-      current.worker.shutdown();
-      await current.running;
+      await stopWorker();
+      if (apiTemporal !== client) await apiTemporal.connection.close();
       await nativeConnection.close();
       await connection.close();
       await db.destroy();

@@ -91,6 +91,23 @@ export async function insertDeliveryEvents(
   rows: readonly NewEventRow[],
 ): Promise<RecordedEvent[]> {
   if (rows.length === 0) return [];
+  // A statement takes at most 65,535 parameters: a delivery with thousands of ref changes is written in batches.
+  for (let start = 0; start < rows.length; start += INSERT_BATCH_ROWS) {
+    await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS));
+  }
+  return db
+    .selectFrom('events')
+    .select(['id', 'organization_id as organizationId', 'sequence', 'kind'])
+    .where('provider', '=', delivery.provider)
+    .where('delivery_id', '=', delivery.deliveryId)
+    .orderBy('sequence')
+    .orderBy('organization_id')
+    .execute();
+}
+
+const INSERT_BATCH_ROWS = 1000;
+
+async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<void> {
   await db
     .insertInto('events')
     .values(
@@ -106,14 +123,6 @@ export async function insertDeliveryEvents(
       })),
     )
     .onConflict((oc) => oc.columns(['provider', 'delivery_id', 'sequence', 'organization_id']).doNothing())
-    .execute();
-  return db
-    .selectFrom('events')
-    .select(['id', 'organization_id as organizationId', 'sequence', 'kind'])
-    .where('provider', '=', delivery.provider)
-    .where('delivery_id', '=', delivery.deliveryId)
-    .orderBy('sequence')
-    .orderBy('organization_id')
     .execute();
 }
 
