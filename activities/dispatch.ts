@@ -5,12 +5,14 @@ import type { Db } from '../lib/db/index.ts';
 import { findEvent } from '../lib/db/repositories/events.ts';
 import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import type { Logger } from '../lib/logger.ts';
+import { excerpt, OutboundRefusedError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
 
 export interface DispatchActivityDeps {
   db: Db;
   keys: EncryptionKeys;
+  outbound: Outbound;
   logger: Logger;
 }
 
@@ -35,10 +37,12 @@ export interface DispatchRejection {
 
 /** One attempt may take this long; a slow subscriber counts as failed and is retried. */
 const REQUEST_TIMEOUT_MS = 10_000;
+/** An acknowledgement needs no body: a longer answer fails the attempt rather than fill the worker's memory. */
+export const MAX_ANSWER_BYTES = 64 * 1024;
 /** Longest Retry-After honoured within the dispatch deadline. */
 const MAX_RETRY_AFTER_SECONDS = 60 * 60;
 
-export function createDispatchActivities({ db, keys, logger }: DispatchActivityDeps) {
+export function createDispatchActivities({ db, keys, outbound, logger }: DispatchActivityDeps) {
   return {
     /**
      * Sends one event to one subscriber, signed with the subscriber's secret
@@ -72,13 +76,15 @@ export function createDispatchActivities({ db, keys, logger }: DispatchActivityD
       let response: Response;
       try {
         // Redirects are not followed: the registered URL is the one that was checked.
-        response = await fetch(subscriber.url, { method: 'POST', headers, body, redirect: 'manual', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+        response = await outbound.fetch(subscriber.url, { method: 'POST', headers, body, redirects: 'none', timeoutMs: REQUEST_TIMEOUT_MS, maxBodyBytes: MAX_ANSWER_BYTES });
         await response.arrayBuffer();
       } catch (error) {
         const reason = describeNetworkError(error);
         await record({ succeeded: false, error: reason });
         logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
-        throw ApplicationFailure.create({ type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}` });
+        // An address the policy refuses stays refused: retrying would only repeat the refusal.
+        const nonRetryable = error instanceof OutboundRefusedError || (error as Error | undefined)?.cause instanceof OutboundRefusedError;
+        throw ApplicationFailure.create({ type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}`, nonRetryable });
       }
       if (response.status >= 200 && response.status < 300) {
         await record({ succeeded: true, statusCode: response.status });
@@ -104,6 +110,8 @@ export function createDispatchActivities({ db, keys, logger }: DispatchActivityD
 
 function describeNetworkError(error: unknown): string {
   if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
-  const cause = error instanceof Error ? (error.cause as { code?: string; message?: string } | undefined) : undefined;
-  return cause?.code ?? cause?.message ?? (error instanceof Error ? error.message : String(error));
+  if (error instanceof Error && error.name === 'ResponseTooLargeError') return `answer longer than ${MAX_ANSWER_BYTES} bytes`;
+  if (error instanceof OutboundRefusedError) return error.message;
+  const e = error as { code?: string; message?: string; cause?: { code?: string; message?: string } } | undefined;
+  return excerpt(e?.code ?? e?.cause?.code ?? e?.cause?.message ?? e?.message ?? String(error));
 }

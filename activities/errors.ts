@@ -1,4 +1,5 @@
 import { ApplicationFailure } from '@temporalio/common';
+import { excerpt, OutboundRefusedError } from './outbound.ts';
 import { ProviderHttpError } from './providers/port.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
@@ -9,6 +10,7 @@ export const FailureTypes = {
   invalid: 'ProviderRejectedRequest',
   throttled: 'ProviderThrottled',
   unavailable: 'ProviderUnavailable',
+  refused: 'OutboundRefused',
 } as const;
 
 const NON_RETRYABLE: Record<number, string> = {
@@ -25,7 +27,8 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
 
 /**
  * Maps a provider error to the Temporal failure the retry policy acts on: 400/401/403/404/422 are
- * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After.
+ * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After. An
+ * address or redirect the outbound layer refused is permanent too. Messages are short printable excerpts.
  */
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
@@ -42,8 +45,18 @@ export function toActivityFailure(error: unknown): Error {
       details: [{ status: error.status }],
     });
   }
-  const message = error instanceof Error ? error.message : String(error);
+  const refused = refusalIn(error);
+  if (refused) return ApplicationFailure.create({ type: FailureTypes.refused, message: refused.message, nonRetryable: true });
+  const message = excerpt(error instanceof Error ? error.message : String(error));
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
+}
+
+/** The address or redirect refusal behind an error, however a client library wrapped it. */
+function refusalIn(error: unknown): OutboundRefusedError | undefined {
+  for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (e instanceof OutboundRefusedError) return e;
+  }
+  return undefined;
 }
 
 export async function classified<T>(fn: () => Promise<T>): Promise<T> {

@@ -9,12 +9,15 @@ import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './even
 import { createHookHealthActivities } from './hook-health.ts';
 import { createHookActivities } from './hooks.ts';
 import { createRepositoryCacheActivities } from './repository-cache.ts';
+import type { Outbound } from './outbound.ts';
 import type { ProviderFactory } from './providers/port.ts';
 
 export interface ActivityDeps {
   db: Db;
   keys: EncryptionKeys;
   providers: ProviderFactory;
+  /** The guarded HTTP layer subscribers are called through (providers' adapters hold their own reference). */
+  outbound: Outbound;
   logger: Logger;
   settings: ActivitySettings;
 }

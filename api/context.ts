@@ -15,6 +15,8 @@ export interface ApiDeps {
   /** Base URL of the Temporal UI, for links to runs. */
   temporalUiUrl: string;
   allowHttpHosts: string[];
+  /** security.allowPrivateNetworks: loopback and private networks provider and subscriber URLs may reach. */
+  allowPrivateNetworks?: string[];
   webhooks: WebhookSecrets;
   /** Providers enabled in config (gitProviders.*.enabled); connecting another answers 400. */
   enabledProviders: Provider[];

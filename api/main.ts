@@ -26,6 +26,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     namespace: config.temporal.namespace,
     temporalUiUrl: options.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
     allowHttpHosts: config.security.allowHttpHosts,
+    allowPrivateNetworks: config.security.allowPrivateNetworks,
     webhooks: webhookSecretsFromConfig(config),
     enabledProviders: enabledProviders(config),
     githubApp: config.gitProviders.github.appName

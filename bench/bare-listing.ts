@@ -6,6 +6,7 @@
  * process, so the later ones run warm, as a long-lived worker does. What a refresh takes
  * beyond this is forgelink's own cost (workflows, activities, heartbeats, upserts).
  */
+import { createOutbound } from '../activities/outbound.ts';
 import { createProviderFactory } from '../activities/providers/index.ts';
 import type { ProviderTarget } from '../activities/providers/port.ts';
 import { createLimiter, type Limiter } from '../lib/limiter.ts';
@@ -57,7 +58,8 @@ function walk(list: ListPage, slots: number, limiter: Limiter): Promise<{ pages:
 }
 
 process.on('message', async (request: BareListingRequest) => {
-  const providers = createProviderFactory({ github: request.github });
+  // The bench's fakes listen on loopback.
+  const providers = createProviderFactory({ github: request.github, outbound: createOutbound({ allowHttpHosts: ['127.0.0.1'], allowPrivateNetworks: ['127.0.0.1'] }) });
   const limiter = createLimiter(request.callsPerWorker);
   const cpuBefore = process.cpuUsage();
   const started = performance.now();

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { isNetwork } from './url.ts';
 
 const secret = z.string().min(1);
 const hostPort = z.coerce.number().int().min(0).max(65535);
@@ -88,7 +89,13 @@ export const configSchema = z
         connectionsAtOnce: z.number().int().min(1).max(64).default(4),
       })
       .prefault({}),
-    security: z.object({ allowHttpHosts: z.array(z.string()).default([]) }).prefault({}),
+    security: z
+      .object({
+        allowHttpHosts: z.array(z.string()).default([]),
+        // Loopback and private networks provider and subscriber URLs may reach (link-local and metadata never).
+        allowPrivateNetworks: z.array(z.string().refine(isNetwork, 'must be an IP address or a CIDR range such as 10.0.0.0/8')).default([]),
+      })
+      .prefault({}),
     webhooks: z
       .object({
         maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024),

@@ -1,6 +1,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
+import { createOutbound, type Outbound } from '../activities/outbound.ts';
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
@@ -26,11 +27,12 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const hookHealth = await ensureHookHealthSchedule(client, { ...config.hookHealth, cron: config.hookHealth.schedule, taskQueue: config.temporal.taskQueue });
   logger.info({ ...config.hookHealth, scheduled: hookHealth }, 'hook-health reconcile schedule in place');
   await clientConnection.close();
+  const outbound = createOutbound(config.security);
   const worker = await createWorker({
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
-    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(providerSettings(config)), logger, settings: settingsFromConfig(config) },
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(providerSettings(config, outbound)), outbound, logger, settings: settingsFromConfig(config) },
   });
   const running = worker.run();
   logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
@@ -51,7 +53,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
 }
 
-function providerSettings(config: Config): ProviderSettings {
+function providerSettings(config: Config, outbound: Outbound): ProviderSettings {
   const gh = config.gitProviders.github;
-  return gh.enabled && gh.appId && gh.privateKey ? { github: { appId: gh.appId, privateKey: gh.privateKey } } : {};
+  return gh.enabled && gh.appId && gh.privateKey ? { outbound, github: { appId: gh.appId, privateKey: gh.privateKey } } : { outbound };
 }

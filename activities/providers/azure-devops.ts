@@ -1,5 +1,4 @@
-import http from 'node:http';
-import https from 'node:https';
+import type http from 'node:http';
 import * as azdev from 'azure-devops-node-api';
 import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
 import type { GitApi } from 'azure-devops-node-api/GitApi.js';
@@ -16,6 +15,7 @@ import {
   type RepositoryRef,
   type ValidationOutcome,
 } from './port.ts';
+import { unlessCancelled, type Outbound } from '../outbound.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -54,27 +54,14 @@ function fromSdkError(error: unknown): unknown {
   return new ProviderHttpError('azure-devops', e.statusCode, e.message ?? `HTTP ${e.statusCode}`, retryAfter);
 }
 
+/** An SDK call, given up when the activity is cancelled (the SDK takes no abort signal). */
 async function sdk<T>(call: () => Promise<T>): Promise<T> {
   try {
-    return await call();
+    return await unlessCancelled(call());
   } catch (error) {
     throw fromSdkError(error);
   }
 }
-
-/**
- * typed-rest-client (under azure-devops-node-api) opens a new connection, TCP and TLS handshakes
- * included, for every request unless `keepAlive` is on; with it on, it keeps one pool per client
- * object, and the SDK makes several client objects per adapter, one adapter per activity. So every
- * SDK client of this worker shares one keep-alive pool per protocol instead. A connection idle for
- * IDLE_CONNECTION_MS is closed by us, before servers usually close theirs (Node's default is 5 s),
- * so a request is not sent down a connection the server is closing.
- */
-const IDLE_CONNECTION_MS = 4_000;
-const SHARED_AGENTS = {
-  https: new https.Agent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS }),
-  http: new http.Agent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS }),
-};
 
 /** The typed-rest-client HttpClients inside an SDK client; `_agent` is the pool a keepAlive client reuses. */
 interface SdkHttpClients {
@@ -82,9 +69,15 @@ interface SdkHttpClients {
   rest?: { client?: { _agent?: http.Agent } };
 }
 
-/** Points the SDK client's HTTP clients at the shared pool for the organization's protocol. */
-function shareConnections<T extends object>(client: T, organizationUrl: string): T {
-  const agent = organizationUrl.startsWith('https:') ? SHARED_AGENTS.https : SHARED_AGENTS.http;
+/**
+ * Points the SDK client's HTTP clients at the worker's guarded keep-alive pool for the
+ * organization's protocol. typed-rest-client (under azure-devops-node-api) would otherwise open a
+ * new connection, TCP and TLS handshakes included, for every request, or keep a pool per client
+ * object (several per adapter, one adapter per activity); and its sockets would skip the
+ * connect-time address checks (activities/outbound.ts), resource-area URLs the server names included.
+ */
+function shareConnections<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents']): T {
+  const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
   const { http: direct, rest } = client as SdkHttpClients;
   if (direct) direct._agent = agent;
   if (rest?.client) rest.client._agent = agent;
@@ -136,22 +129,24 @@ function toHook(subscription: Subscription): ProviderHook {
  * azure-devops-node-api; service hook subscriptions through raw REST, since the SDK has no hooks client.
  * The SDK resolves 404 as null and drops continuation tokens, so projects are paged with $top/$skip.
  */
-export function createAzureDevOpsAdapter(target: ProviderTarget, options: { projectsPerPage?: number } = {}): ProviderAdapter {
+export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outbound: Outbound; projectsPerPage?: number }): ProviderAdapter {
   const pat = target.secret;
   if (!pat) throw new Error('an Azure DevOps connection needs a personal access token');
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
-  // allowRetries stays off: the activity's retry policy decides, honouring Retry-After.
-  const webApi = shareConnections(
-    new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true }),
-    organizationUrl,
+  const { outbound } = options;
+  const share = <T extends object>(client: T) => shareConnections(client, organizationUrl, outbound.agents);
+  // allowRetries stays off: the activity's retry policy decides, honouring Retry-After. A redirect
+  // is an answer, never followed: the PAT would go wherever it points.
+  const webApi = share(
+    new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );
   // The SDK makes a locations client of its own to discover resource areas: it shares the pool too.
   const getLocationsApi = webApi.getLocationsApi.bind(webApi);
-  webApi.getLocationsApi = async (...args) => shareConnections(await getLocationsApi(...args), organizationUrl);
-  const coreApi = once<CoreApi>(async () => shareConnections(await sdk(() => webApi.getCoreApi()), organizationUrl));
+  webApi.getLocationsApi = async (...args) => share(await getLocationsApi(...args));
+  const coreApi = once<CoreApi>(async () => share(await sdk(() => webApi.getCoreApi())));
   const gitApi = once<GitApi>(async () => {
-    const git = shareConnections(await sdk(() => webApi.getGitApi()), organizationUrl);
+    const git = share(await sdk(() => webApi.getGitApi()));
     // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
     // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
     await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));
@@ -160,7 +155,7 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { proj
   const authorization = `Basic ${Buffer.from(`:${pat}`).toString('base64')}`;
 
   async function hooksRequest<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const response = await fetch(`${organizationUrl}/_apis/hooks/${path}?api-version=${API_VERSION}`, {
+    const response = await outbound.fetch(`${organizationUrl}/_apis/hooks/${path}?api-version=${API_VERSION}`, {
       method,
       headers: {
         authorization,
@@ -170,7 +165,7 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { proj
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      timeoutMs: REQUEST_TIMEOUT_MS,
     });
     const text = await response.text();
     let parsed: unknown;

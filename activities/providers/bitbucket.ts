@@ -1,6 +1,8 @@
+import { cancellableSleep, type Outbound } from '../outbound.ts';
 import {
   ProviderHttpError,
   parseRetryAfter,
+  rateLimitPause,
   type HookSpec,
   type ProviderAdapter,
   type ProviderHook,
@@ -64,6 +66,8 @@ export interface BitbucketResponse<T> {
 }
 
 export interface BitbucketClientOptions {
+  /** Every call goes out through it (activities/outbound.ts). */
+  outbound: Outbound;
   /** Waits between calls while the rate-limit bucket is low (injected by tests). */
   sleep?: (ms: number) => Promise<void>;
   timeoutMs?: number;
@@ -104,11 +108,12 @@ function nextPageStart(page: BitbucketPage<unknown>): number | undefined {
 /**
  * A minimal Bitbucket Data Center REST client over fetch: Bearer auth, one attempt per call (the
  * activity's retry policy decides about 429/5xx, with Retry-After), and pacing when the
- * server's X-RateLimit-Remaining runs low.
+ * server's X-RateLimit-Remaining runs low (a pause longer than a few seconds ends the call as
+ * throttled: see rateLimitPause).
  */
-export function createBitbucketClient(baseUrl: string, token: string, options: BitbucketClientOptions = {}): BitbucketClient {
+export function createBitbucketClient(baseUrl: string, token: string, options: BitbucketClientOptions): BitbucketClient {
   const root = `${baseUrl.replace(/\/+$/, '')}/rest/api/latest`;
-  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const sleep = options.sleep ?? cancellableSleep;
   const timeoutMs = options.timeoutMs ?? 30_000;
   let pauseMs = 0;
 
@@ -122,20 +127,18 @@ export function createBitbucketClient(baseUrl: string, token: string, options: B
   }
 
   async function request<T>(method: string, path: string, init: { query?: Record<string, string | number>; body?: unknown } = {}): Promise<BitbucketResponse<T>> {
-    if (pauseMs > 0) {
-      const wait = pauseMs;
-      pauseMs = 0;
-      await sleep(wait);
-    }
+    const wait = pauseMs;
+    pauseMs = 0;
+    await rateLimitPause('bitbucket', wait, sleep);
     const url = new URL(`${root}${path}`);
     for (const [key, value] of Object.entries(init.query ?? {})) url.searchParams.set(key, String(value));
     const headers: Record<string, string> = { authorization: `Bearer ${token}`, accept: 'application/json' };
     if (init.body !== undefined) headers['content-type'] = 'application/json';
-    const response = await fetch(url, {
+    const response = await options.outbound.fetch(url, {
       method,
       headers,
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
-      signal: AbortSignal.timeout(timeoutMs),
+      timeoutMs,
     });
     pauseMs = pauseAfter(response.headers);
     const body = await readBody(response);
@@ -203,7 +206,7 @@ function isStatus(error: unknown, status: number): boolean {
   return error instanceof ProviderHttpError && error.status === status;
 }
 
-export function createBitbucketAdapter(target: ProviderTarget, options: BitbucketClientOptions = {}): ProviderAdapter {
+export function createBitbucketAdapter(target: ProviderTarget, options: BitbucketClientOptions): ProviderAdapter {
   if (!target.secret) throw new Error('a Bitbucket connection needs an HTTP access token');
   const api = createBitbucketClient(target.baseUrl, target.secret, options);
 

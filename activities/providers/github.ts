@@ -10,6 +10,7 @@ import {
   type ValidationOutcome,
 } from './port.ts';
 import type { Logger } from '../../lib/logger.ts';
+import { cancellableSleep, type Outbound } from '../outbound.ts';
 
 /** GitHub's largest page size for page-number listings. */
 const PAGE_SIZE = 100;
@@ -29,6 +30,8 @@ export interface GithubApp {
 }
 
 export interface GithubAdapterOptions {
+  /** Every call, token minting included, goes out through it (activities/outbound.ts). */
+  outbound: Outbound;
   /** Receives Octokit's warnings (clock-skew corrections, token replication retries, deprecations). */
   logger?: Pick<Logger, 'warn'>;
   /** Injected so tests observe pacing without waiting. */
@@ -106,19 +109,25 @@ function toRepository(repo: GithubRepository): ProviderRepository {
  * What we do in-process is pace: when a rate-limit budget runs low, each request pauses (bounded)
  * so the remaining budget spreads over the time left until the reset.
  */
-export function createGithubAdapter(target: ProviderTarget, app: GithubApp, options: GithubAdapterOptions = {}): ProviderAdapter {
+export function createGithubAdapter(target: ProviderTarget, app: GithubApp, options: GithubAdapterOptions): ProviderAdapter {
   const installationId = Number(target.externalKey);
   if (!Number.isSafeInteger(installationId) || installationId <= 0) {
     throw new Error(`a GitHub connection needs a numeric installation id, got ${JSON.stringify(target.externalKey)}`);
   }
-  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const sleep = options.sleep ?? cancellableSleep;
   const now = options.now ?? Date.now;
   let apiCalls = 0;
 
   /** Every HTTP call, token minting included: counted, bounded in time, paced when the budget is low. */
-  const githubFetch: typeof fetch = async (input, init) => {
+  const githubFetch = async (input: string, init: RequestInit) => {
     apiCalls++;
-    const response = await fetch(input, { ...init, signal: init?.signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+    const response = await options.outbound.fetch(input, {
+      method: init.method,
+      headers: init.headers,
+      body: init.body as string | undefined,
+      signal: init.signal,
+      timeoutMs: REQUEST_TIMEOUT_MS,
+    });
     // Each answer reports its own budget (the App's for /app calls, the installation's otherwise).
     await paceForBudget(response.headers);
     return response;
@@ -138,7 +147,7 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
     userAgent: 'forgelink',
     authStrategy: createAppAuth,
     auth: { appId: app.appId, privateKey: app.privateKey, installationId },
-    request: { fetch: githubFetch },
+    request: { fetch: githubFetch as typeof fetch },
     // Failed requests surface as ProviderHttpError; Octokit's per-request error lines would only repeat them.
     log: { debug: () => {}, info: () => {}, error: () => {}, warn: (message: string) => (options.logger ?? console).warn(message) },
   });
@@ -220,7 +229,7 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
       const [owner, repo] = ref.fullName.split('/', 2);
       if (!owner || !repo) throw new Error(`"${ref.fullName}" is not a GitHub owner/name`);
       try {
-        // A renamed repository answers 301 to /repositories/{id}; fetch follows it.
+        // A renamed repository answers 301 to /repositories/{id}; Outbound follows it (same origin).
         const { data } = await call(() => octokit.rest.repos.get({ owner, repo }));
         // The name may now belong to a different repository than the one we know.
         if (ref.externalId && String(data.id) !== ref.externalId) return null;

@@ -1,8 +1,10 @@
 import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-utils';
 import { Gitlab } from '@gitbeaker/rest';
+import { cancellableSleep, type Outbound } from '../outbound.ts';
 import {
   ProviderHttpError,
   parseRetryAfter,
+  rateLimitPause,
   type HookSpec,
   type ProviderAdapter,
   type ProviderHook,
@@ -40,13 +42,10 @@ const HOOK_ADMIN_ACCESS_LEVEL = 40;
 const MAX_PER_PAGE = 100;
 /** Below this share of the window's budget, the next call waits for the window to reset. */
 const RATE_LIMIT_RESERVE = 0.05;
-/**
- * GitLab's throttle windows are a minute by default. A longer wait would come from a bad header;
- * rather than stall the activity, make the call and let a 429 reach the retry policy.
- */
-const MAX_RATE_LIMIT_WAIT_MS = 60_000;
 
 export interface GitlabClientOptions {
+  /** Every call goes out through it (activities/outbound.ts). */
+  outbound: Outbound;
   /** How the client waits out an exhausted rate-limit window (tests pass a fake clock's). */
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
@@ -71,13 +70,15 @@ function gitlabErrorMessage(body: unknown, status: number): string {
   return `HTTP ${status}`;
 }
 
-/** Reads RateLimit-* from every answer and holds the next call back once the window is nearly spent. */
+/**
+ * Reads RateLimit-* from every answer and holds the next call back once the window is nearly spent:
+ * a short wait in place, a longer one as a throttled failure the retry policy waits out.
+ */
 function rateLimitGate(sleep: (ms: number) => Promise<void>, now: () => number) {
   let resumeAt = 0;
   return {
     async beforeCall(): Promise<void> {
-      const wait = resumeAt - now();
-      if (wait > 0) await sleep(Math.min(wait, MAX_RATE_LIMIT_WAIT_MS));
+      await rateLimitPause('gitlab', resumeAt - now(), sleep);
     },
     observe(headers: Headers): void {
       const limit = Number(headers.get('ratelimit-limit'));
@@ -95,17 +96,15 @@ function rateLimitGate(sleep: (ms: number) => Promise<void>, now: () => number) 
  * This one makes a single attempt and throws ProviderHttpError with Retry-After, so the activity's
  * retry policy decides when to try again.
  */
-function singleAttemptHandler(gate: ReturnType<typeof rateLimitGate>) {
+function singleAttemptHandler(gate: ReturnType<typeof rateLimitGate>, outbound: Outbound) {
   return async (endpoint: string, options?: RequestOptions): Promise<{ body: unknown; headers: Record<string, string>; status: number }> => {
-    const { prefixUrl, searchParams, method, rateLimiters: _limiters, agent: _agent, asStream: _asStream, ...rest } = (options ?? {}) as RequestOptions & {
-      rateLimiters?: unknown;
-      agent?: unknown;
-    };
+    const { prefixUrl, searchParams, method, headers, body: payload, signal } = options ?? {};
     const base = prefixUrl ? (prefixUrl.endsWith('/') ? prefixUrl : `${prefixUrl}/`) : undefined;
     const url = new URL(endpoint, base);
     url.search = (searchParams as string | undefined) ?? '';
     await gate.beforeCall();
-    const response = await fetch(url, { ...(rest as RequestInit), method });
+    if (payload !== undefined && typeof payload !== 'string') throw new Error('GitLab form uploads are not supported');
+    const response = await outbound.fetch(url, { method, headers, body: payload, signal });
     gate.observe(response.headers);
     const body = await readBody(response);
     if (!response.ok) {
@@ -115,9 +114,9 @@ function singleAttemptHandler(gate: ReturnType<typeof rateLimitGate>) {
   };
 }
 
-export function createGitlabClient(baseUrl: string, token: string, options: GitlabClientOptions = {}) {
-  const gate = rateLimitGate(options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms))), options.now ?? Date.now);
-  const requesterFn = createRequesterFn((_, reqo) => Promise.resolve(reqo), singleAttemptHandler(gate) as never);
+export function createGitlabClient(baseUrl: string, token: string, options: GitlabClientOptions) {
+  const gate = rateLimitGate(options.sleep ?? cancellableSleep, options.now ?? Date.now);
+  const requesterFn = createRequesterFn((_, reqo) => Promise.resolve(reqo), singleAttemptHandler(gate, options.outbound) as never);
   return new Gitlab({ host: baseUrl, token, requesterFn, queryTimeout: 30_000 });
 }
 
@@ -215,7 +214,7 @@ function splitRemaining(firstId: number, lastId: number, maxId: number): string[
 
 const isNotFound = (error: unknown) => error instanceof ProviderHttpError && error.status === 404;
 
-export function createGitlabAdapter(target: ProviderTarget, options: GitlabClientOptions = {}): ProviderAdapter {
+export function createGitlabAdapter(target: ProviderTarget, options: GitlabClientOptions): ProviderAdapter {
   if (!target.secret) throw new Error('a GitLab connection needs a token');
   const api = createGitlabClient(target.baseUrl, target.secret, options);
   return {

@@ -2,26 +2,30 @@ import { createAzureDevOpsAdapter } from './azure-devops.ts';
 import { createBitbucketAdapter } from './bitbucket.ts';
 import { createGithubAdapter } from './github.ts';
 import { createGitlabAdapter } from './gitlab.ts';
+import type { Outbound } from '../outbound.ts';
 import type { ProviderAdapter, ProviderFactory } from './port.ts';
 
 export interface ProviderSettings {
+  /** The worker's guarded HTTP layer: every adapter's calls go through it. */
+  outbound: Outbound;
   /** The GitHub App's credentials; GitHub connections fail validation clearly without them. */
   github?: { appId: string; privateKey: string };
 }
 
 /** Builds the adapter for a connection's provider, pointed at the connection's base URL. */
-export function createProviderFactory(settings: ProviderSettings = {}): ProviderFactory {
+export function createProviderFactory(settings: ProviderSettings): ProviderFactory {
+  const { outbound } = settings;
   return (target): ProviderAdapter => {
     switch (target.provider) {
       case 'gitlab':
-        return createGitlabAdapter(target);
+        return createGitlabAdapter(target, { outbound });
       case 'bitbucket':
-        return createBitbucketAdapter(target);
+        return createBitbucketAdapter(target, { outbound });
       case 'azure-devops':
-        return createAzureDevOpsAdapter(target);
+        return createAzureDevOpsAdapter(target, { outbound });
       case 'github':
         if (!settings.github) throw new Error('the GitHub App is not configured (gitProviders.github.appId / privateKey)');
-        return createGithubAdapter(target, { ...settings.github, baseUrl: target.baseUrl });
+        return createGithubAdapter(target, { ...settings.github, baseUrl: target.baseUrl }, { outbound });
     }
   };
 }

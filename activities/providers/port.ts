@@ -1,4 +1,5 @@
 import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
+import { excerpt } from '../outbound.ts';
 
 /**
  * The seam between forgelink and a Git provider. Each provider (GitHub App, GitLab, Bitbucket Data
@@ -105,6 +106,7 @@ export interface ProviderTarget {
 
 export type ProviderFactory = (target: ProviderTarget) => ProviderAdapter;
 
+/** A provider's HTTP failure. Its message, often the provider's own text, is kept to a short printable excerpt. */
 export class ProviderHttpError extends Error {
   override name = 'ProviderHttpError';
   constructor(
@@ -113,8 +115,24 @@ export class ProviderHttpError extends Error {
     message: string,
     readonly retryAfterSeconds?: number,
   ) {
-    super(message);
+    super(excerpt(message));
   }
+}
+
+/**
+ * Longest rate-limit pause taken inside a call. A call runs inside the worker-wide listing limiter
+ * and between heartbeats, so a longer pause (whatever a provider's headers ask) ends the attempt
+ * instead, as a throttled failure whose retry waits it out (capped in activities/errors.ts).
+ */
+export const MAX_INLINE_PAUSE_MS = 5_000;
+
+export async function rateLimitPause(provider: Provider, ms: number, sleep: (ms: number) => Promise<void>): Promise<void> {
+  if (!(ms > 0)) return;
+  if (ms > MAX_INLINE_PAUSE_MS) {
+    const seconds = Math.ceil(ms / 1000);
+    throw new ProviderHttpError(provider, 429, `rate limit nearly spent: waiting ${seconds} s before the next call`, seconds);
+  }
+  await sleep(ms);
 }
 
 /** Parses Retry-After (seconds or HTTP date) into seconds; undefined when absent or unparsable. */

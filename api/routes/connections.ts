@@ -98,7 +98,8 @@ const errors = {
 
 async function checkedUrl(c: Context<AppEnv>, field: string, raw: string): Promise<string> {
   try {
-    return await normalizeProviderUrl(raw, { allowHttpHosts: c.var.deps.allowHttpHosts, resolve: c.var.deps.resolveHost });
+    const { allowHttpHosts, allowPrivateNetworks, resolveHost } = c.var.deps;
+    return await normalizeProviderUrl(raw, { allowHttpHosts, allowPrivateNetworks, resolve: resolveHost });
   } catch (error) {
     if (error instanceof UnsafeUrlError) throw badRequest(`${field}: ${error.message}`);
     throw error;

@@ -79,7 +79,7 @@ export function subscriberRoutes() {
       const body = c.req.valid('json');
       let url: string;
       try {
-        url = await normalizeProviderUrl(body.url, { allowHttpHosts: deps.allowHttpHosts, resolve: deps.resolveHost });
+        url = await normalizeProviderUrl(body.url, { allowHttpHosts: deps.allowHttpHosts, allowPrivateNetworks: deps.allowPrivateNetworks, resolve: deps.resolveHost });
       } catch (error) {
         if (error instanceof UnsafeUrlError) throw badRequest(`url: ${error.message}`);
         throw error;

@@ -6,6 +6,7 @@ import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporal
 import { inject } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import type { ActivitySettings } from '../../activities/index.ts';
+import type { Outbound } from '../../activities/outbound.ts';
 import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
 import type { ApiDeps } from '../../api/context.ts';
@@ -13,6 +14,7 @@ import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { createWorker } from '../../worker/create-worker.ts';
+import { TEST_ADDRESS_POLICY, testOutbound } from './outbound.ts';
 
 export interface Harness {
   db: Db;
@@ -49,6 +51,10 @@ export const TEST_PUBLIC_URL = 'https://forgelink.test';
 export interface HarnessOptions {
   providers?: ProviderFactory;
   settings?: Partial<ActivitySettings>;
+  /** The worker's guarded HTTP layer (default: one that reaches the fakes on 127.0.0.1). */
+  outbound?: Outbound;
+  /** Resolves host names for the API's URL checks (default: every name is 127.0.0.1). */
+  resolveHost?: (host: string) => Promise<string[]>;
   /** The (fake) GitHub App: its REST URL and credentials. */
   github?: { url: string; appId: string; privateKeyPem: string; appName?: string };
   /** webhooks.maxBodyBytes of the API (default 1 MiB). */
@@ -91,7 +97,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     azureDevOps: { basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user, basicAuthPass: TEST_WEBHOOK_SECRETS.azureDevOps.pass },
     ...options.settings,
   };
-  const deps = { db, keys, providers: options.providers ?? createProviderFactory(options.github ? { github: { appId: options.github.appId, privateKey: options.github.privateKeyPem } } : {}), logger, settings };
+  const outbound = options.outbound ?? testOutbound;
+  const github = options.github ? { github: { appId: options.github.appId, privateKey: options.github.privateKeyPem } } : {};
+  const deps = { db, keys, providers: options.providers ?? createProviderFactory({ outbound, ...github }), outbound, logger, settings };
 
   const launch = async () => {
     const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle });
@@ -114,8 +122,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     taskQueue,
     namespace: 'default',
     temporalUiUrl: 'http://127.0.0.1:8233',
-    allowHttpHosts: ['127.0.0.1', 'localhost'],
-    resolveHost: async () => ['127.0.0.1'],
+    ...TEST_ADDRESS_POLICY,
+    resolveHost: options.resolveHost ?? (async () => ['127.0.0.1']),
     webhooks: {
       github: [TEST_WEBHOOK_SECRETS.github, TEST_WEBHOOK_SECRETS.previous],
       gitlab: [TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.previous],

@@ -28,6 +28,12 @@ describe('config', () => {
     // The hook-health reconcile runs after the refresh.
     expect(config.hookHealth).toEqual({ schedule: '0 4 * * *', timeZone: 'UTC', connectionsAtOnce: 4 });
     expect(config.security.allowHttpHosts).toEqual([]);
+    expect(config.security.allowPrivateNetworks).toEqual([]);
+  });
+
+  it('reads security.allowPrivateNetworks as addresses or CIDR ranges', () => {
+    expect(parseConfig({ ...minimal, security: { allowPrivateNetworks: ['10.0.0.0/8', '127.0.0.1'] } }).security.allowPrivateNetworks).toEqual(['10.0.0.0/8', '127.0.0.1']);
+    expect(errorOf(() => parseConfig({ ...minimal, security: { allowPrivateNetworks: ['intranet'] } }))).toMatch(/security\.allowPrivateNetworks\.0: must be an IP address or a CIDR range/);
   });
 
   it('names a missing key', () => {

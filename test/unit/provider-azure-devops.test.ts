@@ -3,6 +3,7 @@ import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devop
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
+import { testOutbound } from '../support/outbound.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
 const SECRET = 'basic-auth-pass-93ad';
@@ -31,7 +32,7 @@ afterEach(async () => {
 });
 
 const adapter = (secret = PAT, options?: { projectsPerPage?: number }) =>
-  createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: `${fake.url}/`, externalKey: fake.url, secret }, options);
+  createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: `${fake.url}/`, externalKey: fake.url, secret }, { outbound: testOutbound, ...options });
 
 async function rejection(promise: Promise<unknown>): Promise<ProviderHttpError> {
   const error = await promise.then(() => undefined, (e: unknown) => e);

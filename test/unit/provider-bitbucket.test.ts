@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { BITBUCKET_HOOK_EVENTS, createBitbucketAdapter } from '../../activities/providers/bitbucket.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { bitbucketError, startFakeBitbucket, tooManyRequests, type FakeBitbucket } from '../fakes/bitbucket.ts';
+import { testOutbound } from '../support/outbound.ts';
 
 const TOKEN = 'BBDC-NzI4MTk2OTk3ODk2OmQ3'; // shaped like a Bitbucket HTTP access token
 const SECRET = 'bitbucket-hook-secret-4be1';
@@ -24,7 +25,7 @@ async function start(options: { maxPageSize?: number; version?: string } = {}): 
 
 function adapter(options: { secret?: string; sleep?: (ms: number) => Promise<void> } = {}) {
   // The trailing slash checks that the context path survives URL joining.
-  return createBitbucketAdapter({ connectionId: 'c1', provider: 'bitbucket', baseUrl: `${fake!.url}/`, externalKey: null, secret: options.secret ?? TOKEN }, { sleep: options.sleep });
+  return createBitbucketAdapter({ connectionId: 'c1', provider: 'bitbucket', baseUrl: `${fake!.url}/`, externalKey: null, secret: options.secret ?? TOKEN }, { outbound: testOutbound, sleep: options.sleep });
 }
 
 function addRepo(f: FakeBitbucket, slug: string): RepositoryRef {
@@ -260,6 +261,20 @@ describe('Bitbucket adapter: rate limits', () => {
     // The bucket is empty: the 429 carries Retry-After for the activity's retry.
     const limited = await rejection(a.listRepositoriesPage({}));
     expect(limited).toMatchObject({ status: 429, retryAfterSeconds: 1 });
+  });
+
+  it('fails as throttled, without calling, when the headers ask for a long pause (capped by the retry policy)', async () => {
+    const f = await start();
+    addRepo(f, 'app');
+    f.rateLimit({ tokens: 3, fillRate: 1, intervalSeconds: 400_000 });
+    const waits: number[] = [];
+    const a = adapter({ sleep: async (ms) => void waits.push(ms) });
+    await a.listRepositoriesPage({});
+    const calls = f.server.calls.length;
+    // 3 tokens short of the low-water mark, one per 400,000 s.
+    expect(await rejection(a.listRepositoriesPage({}))).toMatchObject({ status: 429, retryAfterSeconds: 1_200_000 });
+    expect(f.server.calls.length).toBe(calls);
+    expect(waits).toEqual([]);
   });
 
   it('does not wait while the bucket is comfortably full', async () => {

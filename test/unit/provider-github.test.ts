@@ -3,6 +3,7 @@ import { createGithubAdapter, type GithubAdapterOptions } from '../../activities
 import { ProviderHttpError, type RepositoryPage } from '../../activities/providers/port.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { walkListing } from '../support/listing.ts';
+import { testOutbound } from '../support/outbound.ts';
 
 describe('GitHub adapter against the fake GitHub', () => {
   let github: FakeGithub;
@@ -20,11 +21,11 @@ describe('GitHub adapter against the fake GitHub', () => {
     github.setRateLimit({ remaining: 5000, reset: Math.floor(Date.now() / 1000) + 3600 });
   });
 
-  function adapterFor(installationId: number, options: GithubAdapterOptions = {}, privateKey = github.privateKeyPem) {
+  function adapterFor(installationId: number, options: Partial<GithubAdapterOptions> = {}, privateKey = github.privateKeyPem) {
     return createGithubAdapter(
       { connectionId: 'conn-1', provider: 'github', baseUrl: github.url, externalKey: String(installationId) },
       { appId: github.appId, privateKey, baseUrl: github.url },
-      options,
+      { outbound: testOutbound, ...options },
     );
   }
   function installationWith(repoCount: number) {

@@ -3,6 +3,7 @@ import { createGitlabAdapter, type GitlabClientOptions } from '../../activities/
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { retryLater, startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { walkListing } from '../support/listing.ts';
+import { testOutbound } from '../support/outbound.ts';
 
 const ALL_SCOPES = ['api', 'read_user', 'read_repository'];
 const SPEC: HookSpec = { url: 'https://ci.example/hooks/gitlab', events: ['push_events', 'tag_push_events', 'merge_requests_events'], secret: 'hook-secret-1' };
@@ -17,11 +18,11 @@ afterEach(async () => {
   await gitlab.close();
 });
 
-function adapterFor(options: { scopes?: string[]; expiresAt?: string; revoked?: boolean; secret?: string } = {}, client: GitlabClientOptions = {}) {
+function adapterFor(options: { scopes?: string[]; expiresAt?: string; revoked?: boolean; secret?: string } = {}, client: Partial<GitlabClientOptions> = {}) {
   const secret = options.secret ?? `glpat-${++n}-adapter`;
   if (!options.secret) gitlab.addToken({ token: secret, username: `user${n}`, userId: 500 + n, scopes: options.scopes ?? ALL_SCOPES, expiresAt: options.expiresAt });
   if (options.revoked) gitlab.revokeToken(secret);
-  return createGitlabAdapter({ connectionId: 'c1', provider: 'gitlab', baseUrl: gitlab.url, externalKey: null, secret }, client);
+  return createGitlabAdapter({ connectionId: 'c1', provider: 'gitlab', baseUrl: gitlab.url, externalKey: null, secret }, { outbound: testOutbound, ...client });
 }
 
 const refOf = (project: { id: number; pathWithNamespace: string }): RepositoryRef => ({ externalId: String(project.id), fullName: project.pathWithNamespace });
@@ -215,7 +216,7 @@ describe('GitLab adapter: hooks', () => {
 });
 
 describe('GitLab adapter: rate limits', () => {
-  it('waits for RateLimit-Reset once under 5% of the window remains, instead of earning a 429', async () => {
+  it('waits for RateLimit-Reset once under 5% of the window remains: a few seconds in place, longer as a throttled failure', async () => {
     await gitlab.close();
     let clock = Date.UTC(2030, 0, 1, 12, 0, 30);
     gitlab = await startFakeGitlab({ now: () => clock });
@@ -224,12 +225,18 @@ describe('GitLab adapter: rate limits', () => {
     const adapter = adapterFor({}, { now: () => clock, sleep: async (ms) => { sleeps.push(ms); clock += ms; } });
     const project = gitlab.addProject({ pathWithNamespace: 'acme/app' });
 
-    for (let i = 0; i < 19; i++) await adapter.getRepository(refOf(project));
-    // One request (5% of 20) left: still no reason to wait.
+    for (let i = 0; i < 20; i++) await adapter.getRepository(refOf(project));
+    // One request (5% of 20) was left before the 20th: still no reason to wait.
     expect(sleeps).toEqual([]);
-    for (let i = 0; i < 6; i++) expect(await adapter.getRepository(refOf(project))).not.toBeNull();
-    // The 20th answer said 0 remaining; the 21st call waited the 30 s to the window's end.
-    expect(sleeps).toEqual([30_000]);
+    // The 20th answer said 0 remaining, the window ends in 30 s: too long to hold the call (and the
+    // worker's listing limiter), so it fails as throttled without a request, retried after the reset.
+    const calls = gitlab.server.calls.length;
+    await expect(adapter.getRepository(refOf(project))).rejects.toMatchObject({ status: 429, retryAfterSeconds: 30 });
+    expect(gitlab.server.calls.length).toBe(calls);
+    // 3 s before the reset, the call waits them out in place.
+    clock += 27_000;
+    for (let i = 0; i < 5; i++) expect(await adapter.getRepository(refOf(project))).not.toBeNull();
+    expect(sleeps).toEqual([3_000]);
     expect(gitlab.server.calls.filter((c) => c.status === 429)).toEqual([]);
   });
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { isForbiddenAddress, normalizeProviderUrl } from '../../lib/url.ts';
+import { addressClass, addressRefusal, isForbiddenAddress, isNetwork, normalizeProviderUrl } from '../../lib/url.ts';
 
-const opts = (addresses: string[], allowHttpHosts: string[] = []) => ({ allowHttpHosts, resolve: async () => addresses });
+const opts = (addresses: string[], allowHttpHosts: string[] = [], allowPrivateNetworks: string[] = []) => ({ allowHttpHosts, allowPrivateNetworks, resolve: async () => addresses });
 
 describe('provider URL checks', () => {
   it('normalizes host case and trailing slashes', async () => {
@@ -30,5 +30,33 @@ describe('provider URL checks', () => {
     await expect(normalizeProviderUrl('not a url', opts([]))).rejects.toThrow(/not an absolute URL/);
     const failing = { allowHttpHosts: [], resolve: async () => { throw new Error('ENOTFOUND'); } };
     await expect(normalizeProviderUrl('https://nowhere.invalid', failing)).rejects.toThrow(/does not resolve/);
+  });
+
+  it('refuses IPv4-mapped and other IPv6 embeddings of metadata addresses', async () => {
+    await expect(normalizeProviderUrl('https://[::ffff:a9fe:a9fe]', opts([]))).rejects.toThrow(/link-local or metadata/);
+    await expect(normalizeProviderUrl('https://[::ffff:169.254.169.254]/', opts([]))).rejects.toThrow(/link-local or metadata/);
+    await expect(normalizeProviderUrl('https://sneaky.example.com', opts(['::ffff:a9fe:a9fe']))).rejects.toThrow(/link-local or metadata/);
+    for (const ip of ['::ffff:a9fe:a9fe', '::ffff:0:a9fe:a9fe', '::a9fe:a9fe', '64:ff9b::a9fe:a9fe', '2002:a9fe:a9fe::1', '2001:0:4136:e378:8000:63bf:5601:5601', 'fd00:ec2::254', '0.0.0.0', '::', '224.0.0.1']) {
+      expect(addressClass(ip), ip).toBe('forbidden');
+    }
+    for (const ip of ['127.0.0.1', '10.1.2.3', '172.31.0.1', '192.168.1.1', '::1', 'fd12::1', '::ffff:7f00:1', '::ffff:10.0.0.1']) expect(addressClass(ip), ip).toBe('private');
+    for (const ip of ['203.0.113.5', '172.32.0.1', '2606:4700::1111']) expect(addressClass(ip), ip).toBe('public');
+  });
+
+  it('refuses loopback and private addresses unless allowPrivateNetworks or allowHttpHosts lists them', async () => {
+    await expect(normalizeProviderUrl('https://internal.example.com', opts(['10.0.0.7']))).rejects.toThrow(/10\.0\.0\.7, which is a loopback or private address \(allow it in security\.allowPrivateNetworks\)/);
+    expect(await normalizeProviderUrl('https://internal.example.com', opts(['10.0.0.7'], [], ['10.0.0.0/8']))).toBe('https://internal.example.com');
+    expect(await normalizeProviderUrl('http://gitlab.lan', opts(['192.168.1.4'], ['gitlab.lan']))).toBe('http://gitlab.lan');
+    await expect(normalizeProviderUrl('https://[::1]', opts([]))).rejects.toThrow(/loopback or private/);
+    const policy = { allowHttpHosts: [], allowPrivateNetworks: ['127.0.0.1', 'fd12::/16'] };
+    expect(addressRefusal(policy, 'a.test', '::ffff:127.0.0.1')).toBeUndefined();
+    expect(addressRefusal(policy, 'a.test', 'fd12::9')).toBeUndefined();
+    expect(addressRefusal(policy, 'a.test', '127.0.0.2')).toMatch(/loopback or private/);
+    expect(addressRefusal({ ...policy, allowPrivateNetworks: ['169.254.0.0/16'] }, 'a.test', '169.254.169.254')).toMatch(/metadata/);
+  });
+
+  it('reads allowPrivateNetworks entries as addresses or CIDR ranges', () => {
+    for (const entry of ['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8']) expect(isNetwork(entry), entry).toBe(true);
+    for (const entry of ['10.0.0.0/33', '10.0.0.0/', 'intranet', '10.0.0.0/8/1']) expect(isNetwork(entry), entry).toBe(false);
   });
 });

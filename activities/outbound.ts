@@ -1,0 +1,196 @@
+import { lookup as dnsLookup } from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import { isIP, type LookupFunction } from 'node:net';
+import { Readable, type Duplex } from 'node:stream';
+import { Context } from '@temporalio/activity';
+import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
+
+/**
+ * The one way out of the worker. Every provider adapter (their SDKs included) and the subscriber
+ * dispatcher make their HTTP calls through an Outbound, because a tenant chooses where they go:
+ * - the address is checked when the socket connects (a lookup hook, and IP literals before
+ *   connecting), so a name that resolved to a public address when the API checked it cannot be
+ *   re-pointed at the worker's own network (DNS rebinding);
+ * - redirects are followed only to the same origin (and only for reads), so credentials never
+ *   travel to another host; the dispatcher follows none;
+ * - every call has a timeout, a cap on the answer's size, and ends when the activity is cancelled.
+ */
+export interface Outbound {
+  fetch(url: string | URL, init?: OutboundInit): Promise<Response>;
+  /** Keep-alive pools with the same connect-time checks, for SDKs with an HTTP client of their own. */
+  agents: { http: http.Agent; https: https.Agent };
+}
+
+export interface OutboundInit {
+  method?: string;
+  headers?: ConstructorParameters<typeof Headers>[0];
+  body?: string | Uint8Array | URLSearchParams | null;
+  signal?: AbortSignal | null;
+  /** Whole call, answer included; default 30 s. */
+  timeoutMs?: number;
+  /** The answer's body is cut off (the call fails) past this many bytes; default 32 MiB. */
+  maxBodyBytes?: number;
+  /** `same-origin` (default): GET/HEAD follow redirects within the origin; `none`: a 3xx is the answer. */
+  redirects?: 'same-origin' | 'none';
+}
+
+export interface OutboundPolicy extends AddressPolicy {
+  /** Resolves a host name to its addresses (tests inject one; default: the system resolver). */
+  resolve?: (host: string) => Promise<string[]>;
+}
+
+/** The address (or a redirect) is not one a tenant's URL may reach: permanent, never retried. */
+export class OutboundRefusedError extends Error {
+  override name = 'OutboundRefusedError';
+}
+
+export class ResponseTooLargeError extends Error {
+  override name = 'ResponseTooLargeError';
+}
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+const MAX_REDIRECTS = 5;
+/** Closed by us before servers usually close theirs (Node's default is 5 s), so no request goes down a closing connection. */
+const IDLE_CONNECTION_MS = 4_000;
+const NULL_BODY_STATUSES = new Set([204, 205, 304]);
+
+/** The running activity's cancellation, or undefined outside an activity. */
+export function activityCancellation(): AbortSignal | undefined {
+  try {
+    return Context.current().cancellationSignal;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Waits `ms`, ending early (rejecting) when the activity is cancelled. */
+export function cancellableSleep(ms: number): Promise<void> {
+  const signal = activityCancellation();
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** `promise`, or its rejection when the activity is cancelled first (for SDK calls that take no signal). */
+export function unlessCancelled<T>(promise: Promise<T>): Promise<T> {
+  const signal = activityCancellation();
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/** A provider's or subscriber's text cut to a short, printable excerpt before it reaches an API answer or a run failure. */
+export function excerpt(text: string, max = 200): string {
+  const printable = Array.from(text.replace(/[\p{C}\s]+/gu, ' ').trim());
+  return printable.length > max ? `${printable.slice(0, max - 1).join('')}…` : printable.join('');
+}
+
+export function createOutbound(policy: OutboundPolicy): Outbound {
+  const refusal = (host: string, ip: string) => addressRefusal(policy, host, ip);
+  const resolve =
+    policy.resolve ??
+    ((host: string) =>
+      new Promise<string[]>((done, fail) =>
+        dnsLookup(host, { all: true, verbatim: true }, (error, addresses) => (error ? fail(error) : done(addresses.map((a) => a.address)))),
+      ));
+
+  /** net.connect's lookup: every address the name resolves to must be allowed. */
+  const lookup: LookupFunction = (hostname, options, callback) => {
+    resolve(hostname).then(
+      (all) => {
+        const addresses = options.family ? all.filter((a) => isIP(a) === options.family) : all;
+        const refused = addresses.map((a) => refusal(hostname, a)).find(Boolean);
+        if (refused) return callback(new OutboundRefusedError(refused), '', 4);
+        if (addresses.length === 0) return callback(Object.assign(new Error(`host ${hostname} does not resolve`), { code: 'ENOTFOUND' }), '', 4);
+        if (options.all) return (callback as unknown as (e: null, a: { address: string; family: number }[]) => void)(null, addresses.map((address) => ({ address, family: isIP(address) })));
+        callback(null, addresses[0]!, isIP(addresses[0]!));
+      },
+      (error: Error) => callback(error, '', 4),
+    );
+  };
+
+  /** An agent whose sockets are checked: names through the lookup hook, IP literals before connecting. */
+  function guarded<A extends typeof http.Agent>(Base: A): InstanceType<A> {
+    class GuardedAgent extends (Base as typeof http.Agent) {
+      override createConnection(options: http.ClientRequestArgs, callback?: (error: Error | null, socket: Duplex) => void) {
+        const host = String(options.host ?? '').replace(/^\[|\]$/g, '');
+        const refused = isIP(host) ? refusal(host, host) : undefined;
+        if (refused) {
+          process.nextTick(() => callback?.(new OutboundRefusedError(refused), undefined as unknown as Duplex));
+          return undefined;
+        }
+        return super.createConnection(options, callback);
+      }
+    }
+    return new GuardedAgent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS, lookup } as http.AgentOptions) as InstanceType<A>;
+  }
+  const agents = { http: guarded(http.Agent), https: guarded(https.Agent) as https.Agent };
+
+  function send(url: URL, init: OutboundInit, method: string, signal: AbortSignal, maxBodyBytes: number): Promise<Response> {
+    const transport = url.protocol === 'https:' ? https : url.protocol === 'http:' ? http : undefined;
+    if (!transport) return Promise.reject(new OutboundRefusedError(`${url.protocol} URLs are not allowed`));
+    const headers: Record<string, string> = Object.fromEntries(new Headers(init.headers ?? {}));
+    const body = init.body == null ? undefined : typeof init.body === 'string' || init.body instanceof Uint8Array ? init.body : String(init.body);
+    if (body !== undefined) headers['content-length'] = String(Buffer.byteLength(body));
+    return new Promise<Response>((resolve, reject) => {
+      const request = transport.request(url, { method, headers, agent: url.protocol === 'https:' ? agents.https : agents.http, signal }, (answer) => {
+        const status = answer.statusCode ?? 0;
+        const responseHeaders = new Headers();
+        for (let i = 0; i < answer.rawHeaders.length; i += 2) responseHeaders.append(answer.rawHeaders[i]!, answer.rawHeaders[i + 1]!);
+        if (NULL_BODY_STATUSES.has(status) || method === 'HEAD') {
+          answer.resume();
+          return resolve(new Response(null, { status, statusText: answer.statusMessage, headers: responseHeaders }));
+        }
+        // The body fails as the call would have: with the timeout or the cancellation.
+        const onAbort = () => answer.destroy(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
+        answer.once('close', () => signal.removeEventListener('abort', onAbort));
+        let received = 0;
+        answer.on('data', (chunk: Buffer) => {
+          received += chunk.length;
+          if (received > maxBodyBytes) answer.destroy(new ResponseTooLargeError(`${url.origin} answered with more than ${maxBodyBytes} bytes`));
+        });
+        resolve(new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }));
+      });
+      request.once('error', (error) => reject(signal.aborted ? signal.reason : error));
+      request.end(body);
+    });
+  }
+
+  return {
+    agents,
+    async fetch(input, init = {}) {
+      const method = (init.method ?? 'GET').toUpperCase();
+      const signals = [AbortSignal.timeout(init.timeoutMs ?? DEFAULT_TIMEOUT_MS), init.signal, activityCancellation()];
+      const signal = AbortSignal.any(signals.filter((s): s is AbortSignal => s != null));
+      const origin = new URL(input).origin;
+      let url = new URL(input);
+      for (let redirects = 0; ; redirects++) {
+        const response = await send(url, init, method, signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+        const location = response.headers.get('location');
+        if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) return response;
+        await response.body?.cancel();
+        const next = new URL(location, url);
+        if (next.origin !== origin) throw new OutboundRefusedError(`${origin} redirected to another origin (${next.origin}): not followed`);
+        if (method !== 'GET' && method !== 'HEAD') throw new OutboundRefusedError(`${origin} redirected a ${method}: not followed`);
+        if (redirects === MAX_REDIRECTS) throw new OutboundRefusedError(`${origin} redirected more than ${MAX_REDIRECTS} times`);
+        url = next;
+      }
+    },
+  };
+}

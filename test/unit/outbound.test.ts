@@ -1,0 +1,164 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createOutbound, excerpt, OutboundRefusedError, type OutboundPolicy } from '../../activities/outbound.ts';
+
+interface Listener {
+  url: string;
+  port: number;
+  /** Requests received, and TCP connections accepted (a refused connect never opens one). */
+  requests: http.IncomingMessage[];
+  connections: number;
+  close(): Promise<void>;
+}
+
+const listeners: Listener[] = [];
+afterEach(async () => {
+  await Promise.all(listeners.splice(0).map((l) => l.close()));
+});
+
+async function listen(host: string, handler: http.RequestListener = (_, res) => res.end('{}')): Promise<Listener> {
+  const requests: http.IncomingMessage[] = [];
+  const server = http.createServer((req, res) => {
+    requests.push(req);
+    handler(req, res);
+  });
+  const listener: Listener = {
+    url: '',
+    port: 0,
+    requests,
+    connections: 0,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()),
+  };
+  server.on('connection', () => listener.connections++);
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  listener.port = (server.address() as AddressInfo).port;
+  listener.url = `http://${host}:${listener.port}`;
+  listeners.push(listener);
+  return listener;
+}
+
+const LOOPBACK_ONLY: OutboundPolicy = { allowHttpHosts: [], allowPrivateNetworks: ['127.0.0.1'] };
+const refusal = (promise: Promise<unknown>) => promise.then(() => undefined, (error: unknown) => error);
+
+describe('outbound: addresses checked when connecting', () => {
+  it('refuses link-local and metadata literals, IPv4-mapped IPv6 included, without connecting', async () => {
+    const outbound = createOutbound({ allowHttpHosts: ['169.254.169.254'], allowPrivateNetworks: ['169.254.0.0/16'] });
+    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://[::ffff:a9fe:a9fe]/', 'http://[::ffff:169.254.169.254]/', 'https://[fd00:ec2::254]/']) {
+      const error = await refusal(outbound.fetch(url));
+      expect(error, url).toBeInstanceOf(OutboundRefusedError);
+      expect((error as Error).message).toMatch(/link-local or metadata/);
+    }
+  });
+
+  it('refuses loopback and private addresses the policy does not list; the listener there sees no connection', async () => {
+    const elsewhere = await listen('127.0.0.2');
+    const error = await refusal(createOutbound(LOOPBACK_ONLY).fetch(`${elsewhere.url}/`));
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    expect((error as Error).message).toBe('127.0.0.2 is a loopback or private address (allow it in security.allowPrivateNetworks)');
+    expect(elsewhere.connections).toBe(0);
+
+    const allowed = await listen('127.0.0.1');
+    expect((await createOutbound(LOOPBACK_ONLY).fetch(`${allowed.url}/`)).status).toBe(200);
+    // A host in allowHttpHosts may resolve to a private address.
+    const byName = createOutbound({ allowHttpHosts: ['gitlab.lan'], resolve: async () => ['127.0.0.2'] });
+    expect((await byName.fetch(`http://gitlab.lan:${elsewhere.port}/`)).status).toBe(200);
+  });
+
+  it('checks the name as it resolves at connect time: a rebound name is refused', async () => {
+    const internal = await listen('127.0.0.2');
+    let answer = ['203.0.113.10'];
+    const outbound = createOutbound({ ...LOOPBACK_ONLY, resolve: async () => answer });
+    answer = ['127.0.0.2'];
+    const error = await refusal(outbound.fetch(`http://ci.example.com:${internal.port}/hook`, { method: 'POST', body: '{}' }));
+    expect((error as Error).message).toBe('host ci.example.com resolves to 127.0.0.2, which is a loopback or private address (allow it in security.allowPrivateNetworks)');
+    // One bad address among several is enough.
+    answer = ['127.0.0.1', '169.254.169.254'];
+    expect(((await refusal(outbound.fetch(`http://ci.example.com:${internal.port}/`))) as Error).message).toMatch(/169\.254\.169\.254, which is a link-local or metadata address/);
+    expect(internal.connections).toBe(0);
+  });
+
+  it('applies the same checks to SDKs through its agents', async () => {
+    const internal = await listen('127.0.0.2');
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const error = await new Promise<Error>((resolve) => {
+      http.get(`${internal.url}/`, { agent: outbound.agents.http }, () => resolve(new Error('answered'))).on('error', resolve);
+    });
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    const named = createOutbound({ ...LOOPBACK_ONLY, resolve: async () => ['127.0.0.2'] });
+    const viaName = await new Promise<Error>((resolve) => {
+      http.get(`http://dev.azure.example:${internal.port}/`, { agent: named.agents.http }, () => resolve(new Error('answered'))).on('error', resolve);
+    });
+    expect(viaName).toBeInstanceOf(OutboundRefusedError);
+    expect(internal.connections).toBe(0);
+  });
+});
+
+describe('outbound: redirects', () => {
+  it('never follows a redirect to another origin; the credential does not reach it', async () => {
+    const second = await listen('127.0.0.1');
+    const provider = await listen('127.0.0.1', (_, res) => res.writeHead(302, { location: `${second.url}/api/v4/personal_access_tokens/self` }).end());
+    const error = await refusal(createOutbound(LOOPBACK_ONLY).fetch(`${provider.url}/api/v4/personal_access_tokens/self`, { headers: { 'private-token': 'glpat-secret' } }));
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    expect((error as Error).message).toBe(`${provider.url} redirected to another origin (${second.url}): not followed`);
+    expect(second.connections).toBe(0);
+  });
+
+  it('follows a read redirected within the origin, but not a write, and not for the dispatcher', async () => {
+    const provider = await listen('127.0.0.1', (req, res) => {
+      if (req.url === '/old') res.writeHead(301, { location: '/new' }).end();
+      else res.end(JSON.stringify({ at: req.url, token: req.headers['private-token'] }));
+    });
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const read = await outbound.fetch(`${provider.url}/old`, { headers: { 'private-token': 't' } });
+    expect(await read.json()).toEqual({ at: '/new', token: 't' });
+    expect(((await refusal(outbound.fetch(`${provider.url}/old`, { method: 'PUT', body: '{}' }))) as Error).message).toMatch(/redirected a PUT: not followed/);
+    expect((await outbound.fetch(`${provider.url}/old`, { method: 'POST', redirects: 'none' })).status).toBe(301);
+  });
+});
+
+describe('outbound: bounded answers', () => {
+  /** Answers 200 and then streams forever, writing only as fast as the reader reads. */
+  const endless: http.RequestListener = (_, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const chunk = Buffer.alloc(16 * 1024, 'x');
+    const write = () => {
+      if (!res.destroyed && res.write(chunk)) setImmediate(write);
+    };
+    res.on('drain', write);
+    write();
+  };
+
+  it('cuts an endless body off at the cap', async () => {
+    const subscriber = await listen('127.0.0.1', endless);
+    const started = performance.now();
+    const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { maxBodyBytes: 64 * 1024 });
+    const error = await refusal(response.arrayBuffer());
+    expect((error as Error).name).toBe('ResponseTooLargeError');
+    expect(performance.now() - started).toBeLessThan(5_000);
+  });
+
+  it('ends a body that outlasts the timeout with the timeout', async () => {
+    const subscriber = await listen('127.0.0.1', endless);
+    const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { timeoutMs: 300, maxBodyBytes: Number.MAX_SAFE_INTEGER });
+    const error = await refusal(response.arrayBuffer());
+    expect((error as Error).name).toBe('TimeoutError');
+  });
+
+  it('ends the call when the caller aborts', async () => {
+    const silent = await listen('127.0.0.1', () => {});
+    const controller = new AbortController();
+    const pending = refusal(createOutbound(LOOPBACK_ONLY).fetch(`${silent.url}/`, { signal: controller.signal }));
+    controller.abort(new Error('activity cancelled'));
+    expect(((await pending) as Error).message).toBe('activity cancelled');
+  });
+});
+
+describe('excerpt', () => {
+  it('keeps provider text short and printable', () => {
+    expect(excerpt('  token \u0000expired\r\n\u001b[31m  ')).toBe('token expired [31m');
+    const long = excerpt('x'.repeat(10_000));
+    expect(long).toHaveLength(200);
+    expect(long.endsWith('…')).toBe(true);
+  });
+});
