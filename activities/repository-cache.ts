@@ -32,8 +32,9 @@ export interface ListingConcurrency {
 
 export function createRepositoryCacheActivities({ db, keys, providers, logger }: ActivityDeps, concurrency: ListingConcurrency) {
   return {
-    async listConnectionsToRefresh({ organizationId }: { organizationId?: string }) {
-      return activeConnectionIds(db, organizationId);
+    /** The active connections to refresh: all (runs started before batching), or one batch after `after`. */
+    async listConnectionsToRefresh({ organizationId, after, limit }: { organizationId?: string; after?: string; limit?: number }) {
+      return activeConnectionIds(db, organizationId, { after, limit });
     },
 
     /**

@@ -191,14 +191,31 @@ export const REFRESH_ALL_WORKFLOW_ID_PREFIX = 'refresh:all';
 export interface RefreshInput {
   /** Absent: every organization (the nightly run). */
   organizationId?: string;
+  /** Connections read and refreshed per batch (default REFRESH_BATCH.connections). */
+  batchSize?: number;
+  /** Batches per run before it continues as new (default REFRESH_BATCH.perRun). */
+  batchesPerRun?: number;
+  /** Carried over continue-as-new: the last connection id done, and the counts so far. */
+  after?: string;
+  carried?: RefreshResult;
 }
 export interface RefreshResult {
   connections: number;
   refreshed: number;
+  /** The first REFRESH_BATCH.listed failures (each is also recorded on its connection); failedCount counts them all. */
   failed: { connectionId: string; reason: string }[];
-  /** Connections another refresh was listing at the time (the nightly run and an on-demand one met). */
+  /** Connections another refresh was listing at the time (the nightly run and an on-demand one met); the first REFRESH_BATCH.listed. */
   alreadyRunning: string[];
+  failedCount?: number;
+  alreadyRunningCount?: number;
 }
+
+/**
+ * A refresh of every organization reads the connections in batches and continues as new after a
+ * few, so neither its history (about 7 events per child) nor a payload grows with the number of
+ * connections: 50,000 connections are 100 batches in 25 runs. Results name at most `listed` ids.
+ */
+export const REFRESH_BATCH = { connections: 500, perRun: 4, listed: 100 } as const;
 export interface ConnectionRefreshInput {
   organizationId: string;
   connectionId: string;

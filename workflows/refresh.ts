@@ -5,8 +5,10 @@ import {
   executeChild,
   log,
   ParentClosePolicy,
+  patched,
   proxyActivities,
   proxyLocalActivities,
+  workflowInfo,
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities/index.ts';
@@ -15,6 +17,7 @@ import {
   type ConnectionRefreshResult,
   type ListingProgress,
   newListingProgress,
+  REFRESH_BATCH,
   type RefreshInput,
   type RefreshResult,
   SA_CONNECTION,
@@ -45,12 +48,39 @@ const { listRepositoriesChunk } = proxyActivities<Activities>({
   retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '2 minutes', maximumAttempts: 10 },
 });
 
-/** Refreshes the repository cache of one organization (on demand) or of all (the nightly Schedule). */
+/** A run of refreshRepositoriesWorkflow started before batching read every connection at once; it finishes that way. */
+const REFRESH_IN_BATCHES = 'refresh-in-batches';
+
+type Connection = { id: string; organizationId: string; provider: string };
+
+/**
+ * Refreshes the repository cache of one organization (on demand) or of all (the nightly Schedule):
+ * a child workflow per active connection, CONCURRENT_CONNECTIONS at a time, the connections read
+ * in batches of `batchSize` and the run continued as new after `batchesPerRun` batches, carrying
+ * the counts, so 50,000 connections neither overflow a history nor make one large payload.
+ */
 export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<RefreshResult> {
-  const connections = await listConnectionsToRefresh({ organizationId: input.organizationId });
-  const failed: RefreshResult['failed'] = [];
-  const alreadyRunning: string[] = [];
-  let refreshed = 0;
+  const totals: RefreshResult = input.carried ?? { connections: 0, refreshed: 0, failed: [], alreadyRunning: [], failedCount: 0, alreadyRunningCount: 0 };
+  if (!patched(REFRESH_IN_BATCHES)) {
+    await refreshConnections(await listConnectionsToRefresh({ organizationId: input.organizationId }), totals);
+    return totals;
+  }
+  const limit = input.batchSize ?? REFRESH_BATCH.connections;
+  let after = input.after;
+  for (let batch = 1; ; batch++) {
+    const connections = await listConnectionsToRefresh({ organizationId: input.organizationId, after, limit });
+    await refreshConnections(connections, totals);
+    if (connections.length < limit) return totals;
+    after = connections[connections.length - 1]!.id;
+    if (batch >= (input.batchesPerRun ?? REFRESH_BATCH.perRun) || workflowInfo().continueAsNewSuggested) {
+      return continueAsNew<typeof refreshRepositoriesWorkflow>({ ...input, after, carried: totals });
+    }
+  }
+}
+
+/** Runs one child per connection, CONCURRENT_CONNECTIONS at a time, adding the outcomes to `totals`. */
+async function refreshConnections(connections: Connection[], totals: RefreshResult): Promise<void> {
+  totals.connections += connections.length;
   const queue = [...connections];
   const lane = async () => {
     for (let next = queue.shift(); next; next = queue.shift()) {
@@ -66,21 +96,22 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
             { key: SA_CONNECTION, value: connection.id },
           ],
         });
-        refreshed++;
+        totals.refreshed++;
       } catch (error) {
         if (error instanceof WorkflowExecutionAlreadyStartedError) {
           // Another refresh (nightly or on demand) is listing this connection right now: not a failure.
-          alreadyRunning.push(connection.id);
+          if (totals.alreadyRunning.length < REFRESH_BATCH.listed) totals.alreadyRunning.push(connection.id);
+          totals.alreadyRunningCount = (totals.alreadyRunningCount ?? 0) + 1;
           continue;
         }
         // One connection's failure (revoked token, provider down, a listing already running) never stops the others.
         const reason = error instanceof ChildWorkflowFailure ? failureReason(error.cause ?? error) : failureReason(error);
-        failed.push({ connectionId: connection.id, reason });
+        if (totals.failed.length < REFRESH_BATCH.listed) totals.failed.push({ connectionId: connection.id, reason });
+        totals.failedCount = (totals.failedCount ?? 0) + 1;
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
-  return { connections: connections.length, refreshed, failed, alreadyRunning };
 }
 
 /** Lists one connection's repositories into the cache, in chunks of pages; the last chunk marks what vanished. */

@@ -66,6 +66,37 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     return items;
   }
 
+  it('reads connections in batches and continues as new, so any number of them fits in bounded histories', async () => {
+    const gitlab = await startFakeGitlab();
+    closers.push(() => gitlab.close());
+    const org = await newOrg();
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    gitlab.addProject({ pathWithNamespace: 'group/one' });
+    const connectionIds = await Promise.all(Array.from({ length: 4 }, () => seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token })));
+    const broken = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: 'glpat-revoked' });
+
+    // Five connections, two per batch and one batch per run: three runs (2, 2, 1), the counts carried along.
+    const workflowId = `refresh-batches-${randomUUID()}`;
+    const first = await h.client.workflow.start('refreshRepositoriesWorkflow', {
+      taskQueue: h.taskQueue,
+      workflowId,
+      args: [{ organizationId: org.id, batchSize: 2, batchesPerRun: 1 }],
+    });
+    const result = await first.result();
+    expect(result).toMatchObject({ connections: 5, refreshed: 4, failedCount: 1, alreadyRunningCount: 0 });
+    expect(result.failed).toEqual([{ connectionId: broken, reason: expect.stringMatching(/401/) }]);
+    for (const id of connectionIds) expect((await listingOf(org.id, id)).pages).toBeGreaterThan(0);
+
+    const runs: string[] = [];
+    for (let runId: string | undefined = first.firstExecutionRunId; runId; ) {
+      runs.push(runId);
+      const { events } = await h.client.workflow.getHandle(workflowId, runId).fetchHistory();
+      runId = events!.at(-1)!.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+    }
+    expect(runs).toHaveLength(3);
+  });
+
   it.each([
     [0, 1],
     [1, 2],
@@ -80,7 +111,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const projects = Array.from({ length: count }, (_, i) => gitlab.addProject({ pathWithNamespace: `group/project-${String(i).padStart(3, '0')}` }));
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token });
 
-    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [], alreadyRunning: [] });
+    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [], alreadyRunning: [], failedCount: 0, alreadyRunningCount: 0 });
     expect(gitlab.server.count('listProjects')).toBe(calls);
     const items = await picker(org);
     expect(items).toHaveLength(count);

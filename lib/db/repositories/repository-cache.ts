@@ -193,14 +193,21 @@ export async function recordRefreshOutcome(db: Executor, connectionId: string, e
   await db.updateTable('connections').set({ refreshed_at: sql<Date>`now()`, refresh_error: error }).where('id', '=', connectionId).execute();
 }
 
-export async function activeConnectionIds(db: Executor, organizationId?: string): Promise<{ id: string; organizationId: string; provider: Provider }[]> {
+/** Active connections in id order: all of them, or (with `limit`) one page after the id `after`. */
+export async function activeConnectionIds(
+  db: Executor,
+  organizationId?: string,
+  page: { after?: string; limit?: number } = {},
+): Promise<{ id: string; organizationId: string; provider: Provider }[]> {
   const rows = await db
     .selectFrom('connections')
     .select(['id', 'organization_id', 'provider'])
     .where('status', '=', 'active')
     .where('disconnect_requested_at', 'is', null)
     .$if(organizationId !== undefined, (q) => q.where('organization_id', '=', organizationId!))
+    .$if(page.after !== undefined, (q) => q.where('id', '>', page.after!))
     .orderBy('id')
+    .$if(page.limit !== undefined, (q) => q.limit(page.limit!))
     .execute();
   return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, provider: r.provider }));
 }
