@@ -95,6 +95,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
       runId = events!.at(-1)!.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
     }
     expect(runs).toHaveLength(3);
+    await recordHistory(h.client, workflowId, 'refresh-organization-last-batch');
   });
 
   it.each([
