@@ -8,6 +8,7 @@ import {
   markConnectionFailed,
   markDisconnectRequested,
   promoteCredentialRotation,
+  recordDisconnectIncomplete,
 } from '../lib/db/repositories/connections.ts';
 import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -66,6 +67,12 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
     async beginDisconnect({ connectionId }: { connectionId: string }): Promise<void> {
       await markDisconnectRequested(db, connectionId);
       logger.info({ connectionId }, 'disconnect requested: no new attach from now on');
+    },
+
+    /** A disconnect ended without detaching everything: the connection keeps its credential and says why. */
+    async recordDisconnectIncomplete({ connectionId, reason }: { connectionId: string; reason: string }): Promise<void> {
+      await recordDisconnectIncomplete(db, connectionId, reason);
+      logger.warn({ connectionId, reason }, 'disconnect incomplete: credential kept');
     },
 
     async markConnectionDisconnected({ connectionId }: { connectionId: string }): Promise<void> {

@@ -26,13 +26,17 @@ export interface ConnectResult {
 export interface DisconnectInput {
   organizationId: string;
   connectionId: string;
+  /** Delete the credential even when some repositories could not be detached (their hooks may remain). */
+  force?: boolean;
 }
 export interface DisconnectResult {
   status: 'disconnected';
   detachedRepositories: number;
-  /** Repositories whose detach failed (their hooks may remain at the provider); the credential is deleted anyway. */
+  /** Repositories whose detach failed (their hooks may remain at the provider): only with `force`, or from runs before it existed. */
   notDetached?: { repositoryId: string; reason: string }[];
 }
+/** How a disconnect that could not detach every repository fails (the credential is kept; DELETE again retries). */
+export const DisconnectFailureTypes = { incomplete: 'DisconnectIncomplete' } as const;
 
 /** `reconcile`: the hook-health check of an attached repository (repairs drift in place; skipped when not attached). */
 export type AttachmentAction = 'attach' | 'detach' | 'reconcile';

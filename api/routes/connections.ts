@@ -294,8 +294,16 @@ export function connectionRoutes() {
     createRoute({
       method: 'delete',
       path: '/{org}/connections/{id}',
-      summary: 'Disconnect: detaches every repository, then deletes the credential',
-      request: { params: ConnParam },
+      summary: 'Disconnect: detaches every repository, then deletes the credential (kept while a repository could not be detached, unless force)',
+      request: {
+        params: ConnParam,
+        query: z.object({
+          force: z
+            .enum(['true', 'false'])
+            .optional()
+            .openapi({ description: 'Delete the credential even when some repositories cannot be detached; the run lists the hooks that may remain' }),
+        }),
+      },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: z.object({ workflowId: z.string() }) } } },
         503: problemResponse('Temporal unavailable'),
@@ -309,9 +317,11 @@ export function connectionRoutes() {
       const row = await findConnection(deps.db, org.id, params.id);
       if (!row) throw notFound(`connection ${params.id}`);
       const workflowId = workflowIds.disconnect(org.id, row.id);
+      // Runs again after a failed or terminated run; a run still going is joined.
       await startWorkflow(deps, 'disconnectWorkflow', {
         workflowId,
-        input: { organizationId: org.id, connectionId: row.id },
+        input: { organizationId: org.id, connectionId: row.id, ...(c.req.valid('query').force === 'true' ? { force: true } : {}) },
+        allowRerun: true,
         searchAttributes: connectionSearchAttributes(org.id, row.provider, row.id),
       });
       return c.json({ workflowId }, 202);

@@ -1,4 +1,3 @@
-import type { temporal } from '@temporalio/proto';
 import { describe, expect, it } from 'vitest';
 import { manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
 import {
@@ -12,6 +11,7 @@ import {
   requestAttachment,
   seedConnection,
   seedRepository,
+  signalReceived,
   HOOK_PROVIDERS,
   useHookWorlds,
   type HookProvider,
@@ -48,18 +48,6 @@ describe('attachment lifecycle', () => {
     const repo = await world.newRepository();
     expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
     return { repo, hooks: expectExactHookSet(world, repo) };
-  }
-
-  /** Waits, on the server's long poll (no sleeping), until the run's history holds a signal `name` sent by `from`. */
-  async function signalReceived(workflowId: string, name: string, from: string): Promise<void> {
-    let nextPageToken: Uint8Array | undefined;
-    for (;;) {
-      const page = await h.client.workflowService.getWorkflowExecutionHistory({ namespace: 'default', execution: { workflowId }, nextPageToken, waitNewEvent: true });
-      const events: temporal.api.history.v1.IHistoryEvent[] = page.history?.events ?? [];
-      if (events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === name && e.workflowExecutionSignaledEventAttributes.externalWorkflowExecution?.workflowId === from)) return;
-      if (!page.nextPageToken?.length) throw new Error(`${workflowId} closed without signal ${name} from ${from}`);
-      nextPageToken = page.nextPageToken;
-    }
   }
 
   it.each(HOOK_PROVIDERS)('%s: a hook deleted by hand is restored by re-attach, and the records follow', async (provider) => {
@@ -234,7 +222,7 @@ describe('attachment lifecycle', () => {
       const res = await h.request('DELETE', `/api/v1/orgs/${org.slug}/connections/${world.connectionId}`, { token: org.token });
       expect(res.status).toBe(202);
       const { workflowId } = (await res.json()) as { workflowId: string };
-      await signalReceived(inFlightId, 'attachmentRequested', workflowId);
+      await signalReceived(h, inFlightId, 'attachmentRequested', workflowId);
       hold.release('answer');
 
       const result = await resultOf<{ status: string; detachedRepositories: number; notDetached?: unknown }>(h, workflowId);

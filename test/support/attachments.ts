@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
+import type { temporal } from '@temporalio/proto';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { seal } from '../../lib/crypto.ts';
 import type { Provider } from '../../lib/domain.ts';
@@ -399,4 +400,16 @@ export function useHookWorlds(ready: (setup: { h: Harness; org: Org; worlds: Rec
     await h?.close();
     await Promise.all(Object.values(worlds).map((w) => w.close()));
   });
+}
+
+/** Waits, on the server's long poll (no sleeping), until the run's history holds a signal `name` sent by `from`. */
+export async function signalReceived(h: Harness, workflowId: string, name: string, from: string): Promise<void> {
+  let nextPageToken: Uint8Array | undefined;
+  for (;;) {
+    const page = await h.client.workflowService.getWorkflowExecutionHistory({ namespace: 'default', execution: { workflowId }, nextPageToken, waitNewEvent: true });
+    const events: temporal.api.history.v1.IHistoryEvent[] = page.history?.events ?? [];
+    if (events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === name && e.workflowExecutionSignaledEventAttributes.externalWorkflowExecution?.workflowId === from)) return;
+    if (!page.nextPageToken?.length) throw new Error(`${workflowId} closed without signal ${name} from ${from}`);
+    nextPageToken = page.nextPageToken;
+  }
 }

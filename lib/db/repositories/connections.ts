@@ -89,8 +89,17 @@ export async function markDisconnectRequested(db: Executor, id: string): Promise
     .execute();
 }
 
-/** Deletes the connection's credentials: its token and its webhook credentials (its hooks are gone). */
+/**
+ * Deletes the connection's credentials: its token and its webhook credentials (its hooks are gone,
+ * or given up on by a forced disconnect: an attachment not detached then stops being routed).
+ */
 export async function markConnectionDisconnected(db: Executor, id: string): Promise<void> {
+  await db
+    .updateTable('attachments')
+    .set({ status: 'failed', reason: 'the connection was disconnected before this repository was detached: its hooks may remain at the provider', updated_at: new Date() })
+    .where('repository_id', 'in', (eb) => eb.selectFrom('repositories').select('id').where('connection_id', '=', id))
+    .where('status', 'not in', ['detached', 'failed'])
+    .execute();
   await db.deleteFrom('webhook_credentials').where('connection_id', '=', id).execute();
   await db
     .updateTable('connections')
@@ -106,6 +115,11 @@ export async function markConnectionDisconnected(db: Executor, id: string): Prom
     })
     .where('id', '=', id)
     .execute();
+}
+
+/** A disconnect could not detach every repository: the connection keeps its credential, and says why. */
+export async function recordDisconnectIncomplete(db: Executor, id: string, reason: string): Promise<void> {
+  await db.updateTable('connections').set({ reason, updated_at: new Date() }).where('id', '=', id).where('status', '<>', 'disconnected').execute();
 }
 
 /** The connection (not disconnected) already bound to this installation / Azure DevOps organization. */
