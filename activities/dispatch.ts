@@ -5,7 +5,7 @@ import type { Db } from '../lib/db/index.ts';
 import { findEvent } from '../lib/db/repositories/events.ts';
 import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import type { Logger } from '../lib/logger.ts';
-import { excerpt, OutboundRefusedError, type Outbound } from './outbound.ts';
+import { excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
 
@@ -110,7 +110,7 @@ export function createDispatchActivities({ db, keys, outbound, logger }: Dispatc
 
 function describeNetworkError(error: unknown): string {
   if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
-  if (error instanceof Error && error.name === 'ResponseTooLargeError') return `answer longer than ${MAX_ANSWER_BYTES} bytes`;
+  if (error instanceof ResponseTooLargeError) return `answer longer than ${error.limit} bytes`;
   if (error instanceof OutboundRefusedError) return error.message;
   const e = error as { code?: string; message?: string; cause?: { code?: string; message?: string } } | undefined;
   return excerpt(e?.code ?? e?.cause?.code ?? e?.cause?.message ?? e?.message ?? String(error));

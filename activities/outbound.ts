@@ -47,6 +47,12 @@ export class OutboundRefusedError extends Error {
 
 export class ResponseTooLargeError extends Error {
   override name = 'ResponseTooLargeError';
+  constructor(
+    origin: string,
+    readonly limit: number,
+  ) {
+    super(`${origin} answered with more than ${limit} bytes`);
+  }
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
@@ -163,7 +169,7 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
         let received = 0;
         answer.on('data', (chunk: Buffer) => {
           received += chunk.length;
-          if (received > maxBodyBytes) answer.destroy(new ResponseTooLargeError(`${url.origin} answered with more than ${maxBodyBytes} bytes`));
+          if (received > maxBodyBytes) answer.destroy(new ResponseTooLargeError(url.origin, maxBodyBytes));
         });
         resolve(new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }));
       });
