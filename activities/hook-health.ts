@@ -7,9 +7,9 @@ import type { RepositoryKey } from './hooks.ts';
 /** The hook-health reconcile's database steps; the check itself is reconcileHooks (hooks.ts). */
 export function createHookHealthActivities({ db, logger }: { db: Db; logger: Logger }) {
   return {
-    /** Active connections (GitLab, Bitbucket, Azure DevOps) with at least one attached repository, of one organization or all. */
-    async listHookHealthConnections(input: { organizationId?: string }): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
-      return connectionsWithAttachedHooks(db, input.organizationId);
+    /** A batch of the active connections (GitLab, Bitbucket, Azure DevOps) with an attached repository, of one organization or all, in id order after `after`. */
+    async listHookHealthConnections(input: { organizationId?: string; after?: string; limit?: number }): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+      return connectionsWithAttachedHooks(db, input);
     },
 
     /** A page of the connection's attached repositories, in id order after `after`. */

@@ -153,6 +153,8 @@ export const workflowIds = {
   refreshOrganization: (organizationId: string) => `refresh:${organizationId}:now`,
   /** A connection's listing: one at a time whoever asks (nightly or on demand). */
   refreshConnection: (organizationId: string, connectionId: string) => `refresh:${organizationId}:connection:${connectionId}`,
+  /** A connection's webhook-credential rotation: one at a time; another may follow once it is done. */
+  webhookCredentialRotation: (organizationId: string, connectionId: string) => `webhook-credential:${organizationId}:${connectionId}`,
   /** A connection's hook-health check: one at a time. */
   hookHealthConnection: (organizationId: string, connectionId: string) => `hook-health:${organizationId}:connection:${connectionId}`,
 };
@@ -166,12 +168,17 @@ export interface HookHealthInput {
   connectionsAtOnce: number;
   /** Absent: every organization (the Schedule's run). */
   organizationId?: string;
+  /** Carried over continue-as-new: the last connection id read, and the counts so far. */
+  after?: string;
+  carried?: HookHealthResult;
 }
 export interface HookHealthResult {
   connections: number;
   /** Connections whose check another run was doing at the time. */
-  alreadyRunning: string[];
-  failed: { connectionId: string; reason: string }[];
+  alreadyRunning: number;
+  failed: number;
+  /** The first connections whose check failed. */
+  failures: { connectionId: string; reason: string }[];
 }
 export interface ConnectionHookHealthInput {
   organizationId: string;
@@ -186,6 +193,23 @@ export interface ConnectionHookHealthResult {
   failing: number;
   /** The first failing repositories (each one's reason is also on its attachment's hookHealth). */
   failures: { repositoryId: string; reason: string }[];
+}
+
+export interface WebhookCredentialRotationInput {
+  organizationId: string;
+  connectionId: string;
+  /** Carried over continue-as-new: the version the rotation makes current, and where its check stands. */
+  rotation?: { version: number; after: string; counts: ConnectionHookHealthResult };
+}
+export interface WebhookCredentialRotationResult {
+  /** The connection's credential version now current. */
+  version: number;
+  /** Older versions no longer accepted. */
+  dropped: number[];
+  /** Hooks still on an older credential (it stays accepted for them), with why their repository's check failed where known. */
+  notUpdated: { repositoryId: string; providerHookId: string; credentialVersion: number; reason?: string }[];
+  /** The hook-health check each attached repository got on the way. */
+  checked: ConnectionHookHealthResult;
 }
 
 /** The nightly Schedule; its runs are `refresh:all:<scheduled time>` (admin only through the API). */

@@ -42,14 +42,32 @@ const CHECK_TIMEOUT = '1 hour';
 /** Failing repositories listed in a connection's result (every one's reason is on its attachment). */
 const MAX_LISTED_FAILURES = 20;
 
+/** Connections read at once, and batches per run before it continues as new (bounded history and payloads). */
+const CONNECTIONS_PER_BATCH = 500;
+const BATCHES_PER_RUN = 4;
+
+type Connection = Awaited<ReturnType<Activities['listHookHealthConnections']>>[number];
+
 /**
  * The hook-health reconcile (the Schedule's run): checks every active connection with attached
- * repositories, `connectionsAtOnce` at a time. One connection's failure never stops the others.
+ * repositories, `connectionsAtOnce` at a time, reading them in batches and continuing as new
+ * between batches once the history grows. One connection's failure never stops the others.
  */
 export async function hookHealthWorkflow(input: HookHealthInput): Promise<HookHealthResult> {
-  const connections = await listHookHealthConnections({ organizationId: input.organizationId });
-  const failed: HookHealthResult['failed'] = [];
-  const alreadyRunning: string[] = [];
+  const totals: HookHealthResult = input.carried ?? { connections: 0, alreadyRunning: 0, failed: 0, failures: [] };
+  let after = input.after;
+  for (let batch = 1; ; batch++) {
+    const connections = await listHookHealthConnections({ organizationId: input.organizationId, after, limit: CONNECTIONS_PER_BATCH });
+    await checkConnections(connections, input.connectionsAtOnce, totals);
+    if (connections.length < CONNECTIONS_PER_BATCH) return totals;
+    after = connections.at(-1)!.connectionId;
+    if (batch >= BATCHES_PER_RUN || workflowInfo().continueAsNewSuggested) return continueAsNew<typeof hookHealthWorkflow>({ ...input, after, carried: totals });
+  }
+}
+
+/** One child run per connection, `atOnce` at a time, adding the outcomes to `totals`. */
+async function checkConnections(connections: Connection[], atOnce: number, totals: HookHealthResult): Promise<void> {
+  totals.connections += connections.length;
   const queue = [...connections];
   const lane = async () => {
     for (let next = queue.shift(); next; next = queue.shift()) {
@@ -67,23 +85,36 @@ export async function hookHealthWorkflow(input: HookHealthInput): Promise<HookHe
         });
       } catch (error) {
         if (error instanceof WorkflowExecutionAlreadyStartedError) {
-          alreadyRunning.push(connection.connectionId);
+          totals.alreadyRunning++;
           continue;
         }
-        failed.push({ connectionId: connection.connectionId, reason: failureReason(error instanceof ChildWorkflowFailure ? (error.cause ?? error) : error) });
+        totals.failed++;
+        const reason = failureReason(error instanceof ChildWorkflowFailure ? (error.cause ?? error) : error);
+        if (totals.failures.length < MAX_LISTED_FAILURES) totals.failures.push({ connectionId: connection.connectionId, reason });
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(Math.max(1, input.connectionsAtOnce), connections.length) }, lane));
-  return { connections: connections.length, alreadyRunning, failed };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, atOnce), connections.length) }, lane));
 }
 
 /**
- * Checks one connection's attached repositories one after another, each through its repository
- * workflow (so a check never interleaves with an attach or a detach), and counts what was found.
- * The findings themselves are on each attachment (hookHealth).
+ * Checks one connection's attached repositories one after another (the nightly reconcile's run for
+ * the connection). The findings themselves are on each attachment (hookHealth).
  */
 export async function connectionHookHealthWorkflow(input: ConnectionHookHealthInput): Promise<ConnectionHookHealthResult> {
+  return checkConnectionHooks(input, (after, counts) => continueAsNew<typeof connectionHookHealthWorkflow>({ ...input, after, counts }));
+}
+
+/**
+ * Runs the hook-health check of each attached repository of a connection, one after another, each
+ * through its repository workflow (so a check never interleaves with an attach or a detach), and
+ * counts what was found. Between pages of repositories, once the history grows, it hands the
+ * position and the counts to `continueAsNew`.
+ */
+export async function checkConnectionHooks(
+  input: ConnectionHookHealthInput,
+  continueWith: (after: string, counts: ConnectionHookHealthResult) => Promise<never>,
+): Promise<ConnectionHookHealthResult> {
   const counts: ConnectionHookHealthResult = input.counts ?? { healthy: 0, repaired: 0, failing: 0, failures: [] };
   const settled = new Map<string, AttachmentSettled>();
   setHandler(attachmentSettled, (outcome) => {
@@ -115,6 +146,6 @@ export async function connectionHookHealthWorkflow(input: ConnectionHookHealthIn
       else if (health?.status === 'failing') fail(repository.repositoryId, health.reason ?? 'failing');
     }
     after = page.at(-1)!.repositoryId;
-    if (workflowInfo().continueAsNewSuggested) return continueAsNew<typeof connectionHookHealthWorkflow>({ ...input, after, counts });
+    if (workflowInfo().continueAsNewSuggested) return continueWith(after, counts);
   }
 }

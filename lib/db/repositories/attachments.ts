@@ -213,7 +213,10 @@ export async function listUndetachedRepositories(db: Executor, connectionId: str
 }
 
 /** Active connections of providers with per-repository hooks that have an attached repository (the hook-health reconcile's). */
-export async function connectionsWithAttachedHooks(db: Executor, organizationId?: string): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+export async function connectionsWithAttachedHooks(
+  db: Executor,
+  options: { organizationId?: string; after?: string; limit?: number },
+): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
   let query = db
     .selectFrom('connections as c')
     .select(['c.id', 'c.organization_id', 'c.provider'])
@@ -229,7 +232,9 @@ export async function connectionsWithAttachedHooks(db: Executor, organizationId?
           .where('a.status', '=', 'attached'),
       ),
     );
-  if (organizationId) query = query.where('c.organization_id', '=', organizationId);
+  if (options.organizationId) query = query.where('c.organization_id', '=', options.organizationId);
+  if (options.after) query = query.where('c.id', '>', options.after);
+  if (options.limit) query = query.limit(options.limit);
   const rows = await query.orderBy('c.id').execute();
   return rows.map((r) => ({ organizationId: r.organization_id, connectionId: r.id, provider: r.provider }));
 }
