@@ -11,7 +11,7 @@ import {
 import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import { isAccessChange, type NormalizedEvent } from '../lib/domain.ts';
-import { attachmentsOfInstance } from '../lib/instance.ts';
+import { attachmentsOfInstallation, attachmentsOfInstance } from '../lib/instance.ts';
 import { compileRefGlob } from '../lib/ref-glob.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
@@ -61,7 +61,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
       const { events, instanceUrl, installationId } = delivery;
       const result = await db.transaction().execute(async (trx) => {
         const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
-        const { kept: attached, ambiguous } = attachmentsOfInstance(found, instanceUrl);
+        const { kept: attached, ambiguous } = attachmentsOfInstance(attachmentsOfInstallation(provider, found, installationId), instanceUrl);
         if (ambiguous.length > 0) {
           logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
         }

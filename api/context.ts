@@ -20,8 +20,11 @@ export interface ApiDeps {
   webhooks: WebhookSecrets;
   /** Providers enabled in config (gitProviders.*.enabled); connecting another answers 400. */
   enabledProviders: Provider[];
-  /** The GitHub App, for the install redirect; undefined when GitHub is not configured. */
-  githubApp?: { appName: string; webUrl: string };
+  /**
+   * The GitHub App, for the install redirect and the setup callback's proof (its OAuth client,
+   * exchanged at `webUrl`); undefined when GitHub is not configured.
+   */
+  githubApp?: { appName: string; webUrl: string; clientId?: string; clientSecret?: string };
   /** GitHub REST base URL stored on GitHub connections (GHES: https://HOST/api/v3). */
   githubApiUrl?: string;
   /** Resolves host names when checking provider URLs; tests may substitute it. */

@@ -5,7 +5,7 @@ import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createApp } from './app.ts';
-import type { WebhookSecrets } from './context.ts';
+import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
 /** The API's composition root. */
@@ -29,9 +29,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     allowPrivateNetworks: config.security.allowPrivateNetworks,
     webhooks: webhookSecretsFromConfig(config),
     enabledProviders: enabledProviders(config),
-    githubApp: config.gitProviders.github.appName
-      ? { appName: config.gitProviders.github.appName, webUrl: githubWebUrl(config.gitProviders.github.baseUrl) }
-      : undefined,
+    githubApp: githubAppFromConfig(config),
     githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
   });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
@@ -78,6 +76,11 @@ export function enabledProviders(config: Config): Provider[] {
     ...(p.bitbucket.enabled ? (['bitbucket'] as const) : []),
     ...(p.azureDevOps.enabled ? (['azure-devops'] as const) : []),
   ];
+}
+
+export function githubAppFromConfig(config: Config): ApiDeps['githubApp'] {
+  const { appName, webUrl, baseUrl, clientId, clientSecret } = config.gitProviders.github;
+  return appName ? { appName, webUrl: (webUrl ?? githubWebUrl(baseUrl)).replace(/\/+$/, ''), clientId, clientSecret } : undefined;
 }
 
 /** github.com for api.github.com; https://HOST for GitHub Enterprise Server's https://HOST/api/v3. */

@@ -44,6 +44,8 @@ export const configSchema = z
             webhookSecret: z.string().optional(),
             previousWebhookSecret: z.string().optional(),
             baseUrl: z.url().default('https://api.github.com'),
+            // Where the App's OAuth code is exchanged: https://github.com, GHES https://HOST (default: from baseUrl).
+            webUrl: z.url({ protocol: /^https?$/ }).optional(),
           })
           .superRefine((gh, ctx) => {
             if (!gh.enabled) return;

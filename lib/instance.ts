@@ -1,3 +1,5 @@
+import type { Provider } from './domain.ts';
+
 /**
  * Which provider instance a delivery came from. GitLab project ids and Bitbucket Data Center
  * repository ids are only unique within one instance: two organizations connected to different
@@ -18,6 +20,15 @@ export function isUnderBaseUrl(url: string, baseUrl: string): boolean {
   if (u.origin !== base.origin) return false;
   const prefix = base.pathname.replace(/\/+$/, '');
   return prefix === '' || u.pathname === prefix || u.pathname.startsWith(`${prefix}/`);
+}
+
+/**
+ * GitHub: an App delivery concerns only connections bound to its installation (their external
+ * key), which the install flow proved: repository ids are global, and an attachment made through
+ * another binding must not receive the installation's events. Other providers: all kept.
+ */
+export function attachmentsOfInstallation<T extends { connectionKey: string | null }>(provider: Provider, rows: readonly T[], installationId: string | undefined): T[] {
+  return provider === 'github' ? rows.filter((r) => installationId !== undefined && r.connectionKey === installationId) : [...rows];
 }
 
 /**

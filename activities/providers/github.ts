@@ -254,3 +254,61 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
     },
   };
 }
+
+/** The App's OAuth side: its client credentials and where GitHub's web flow runs. */
+export interface GithubOAuthApp {
+  clientId: string;
+  clientSecret: string;
+  /** https://github.com, or https://HOST for GitHub Enterprise Server. */
+  webUrl: string;
+  /** REST base URL (https://api.github.com, or https://HOST/api/v3). */
+  baseUrl: string;
+}
+
+export type InstallationProof = { proven: true } | { proven: false; reason: string };
+
+/** Octokit's errors carry the request (the client secret or user token with it): only the status and message go on. */
+function withoutRequest(error: unknown): Error {
+  const converted = toProviderError(error, Date.now());
+  return converted instanceof ProviderHttpError ? converted : new Error(`GitHub did not answer: ${(error as Error)?.message ?? String(error)}`);
+}
+
+const quietOctokitLog = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
+const timedFetch: typeof fetch = (input, init) => fetch(input, { ...init, signal: init?.signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+
+/**
+ * Whether the user who installed the App can reach installation `installationId` (GitHub warns the
+ * setup URL's installation_id can be spoofed): the web flow `code` is exchanged for a user token,
+ * and the installation must be on a page of `GET /user/installations`. The user token lives only in
+ * this call. A failing GitHub throws ProviderHttpError; a refusal is `proven: false`.
+ */
+export async function proveInstallationAccess(app: GithubOAuthApp, code: string, installationId: string): Promise<InstallationProof> {
+  const octokit = new Octokit({ userAgent: 'forgelink', request: { fetch: timedFetch }, log: quietOctokitLog });
+  let exchanged;
+  try {
+    exchanged = await octokit.request('POST /login/oauth/access_token', {
+      baseUrl: app.webUrl,
+      headers: { accept: 'application/json' },
+      client_id: app.clientId,
+      client_secret: app.clientSecret,
+      code,
+    });
+  } catch (error) {
+    throw withoutRequest(error);
+  }
+  // GitHub answers a bad, used or expired code with 200 and an `error`.
+  const grant = exchanged.data as { access_token?: unknown; error?: unknown };
+  if (typeof grant.access_token !== 'string') {
+    return { proven: false, reason: `GitHub did not accept the authorization code (${typeof grant.error === 'string' ? grant.error : 'no access token'})` };
+  }
+  const user = new Octokit({ baseUrl: app.baseUrl, auth: grant.access_token, userAgent: 'forgelink', request: { fetch: timedFetch }, log: quietOctokitLog });
+  try {
+    for await (const { data } of user.paginate.iterator(user.rest.apps.listInstallationsForAuthenticatedUser, { per_page: PAGE_SIZE })) {
+      if (data.some((installation) => String(installation.id) === installationId)) return { proven: true };
+    }
+  } catch (error) {
+    if (isResponseError(error) && error.status === 401) return { proven: false, reason: 'GitHub refused the user token' };
+    throw withoutRequest(error);
+  }
+  return { proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${installationId}` };
+}

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
+import { proveInstallationAccess } from '../../activities/providers/github.ts';
 import { GITLAB_DEFAULT_BASE_URL } from '../../activities/providers/gitlab.ts';
-import { seal, signState, verifyState } from '../../lib/crypto.ts';
+import { hashApiToken, seal, signState, verifyState } from '../../lib/crypto.ts';
 import {
   beginCredentialRotation,
   failCredentialRotation,
@@ -12,12 +13,13 @@ import {
   listConnections,
   type PublicConnection,
 } from '../../lib/db/repositories/connections.ts';
+import { saveInstallState, useInstallState } from '../../lib/db/repositories/github-install-states.ts';
 import { findOrganization } from '../../lib/db/repositories/organizations.ts';
 import type { Organization } from '../../lib/db/schema.ts';
 import { CONNECTION_STATUSES, CREDENTIAL_ROTATION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds, type ConnectInput } from '../../workflows/contract.ts';
-import { resolveOrganization } from '../auth.ts';
+import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
@@ -191,10 +193,11 @@ export function connectionRoutes() {
     createRoute({
       method: 'post',
       path: '/{org}/connections',
-      summary: 'Connect a provider; the connect workflow validates the credential',
+      summary: 'Connect a provider; the connect workflow validates the credential. GitHub: admin only (organizations use the install flow)',
       request: { params: OrgParam, body: { required: true, content: { 'application/json': { schema: ConnectBody } } } },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
+        403: problemResponse('GitHub needs the admin token'),
         409: problemResponse('Already connected'),
         503: problemResponse('Temporal unavailable'),
         ...errors,
@@ -202,7 +205,11 @@ export function connectionRoutes() {
     }),
     async (c) => {
       const org = await resolveOrganization(c, c.req.valid('param').org);
-      return c.json(await createConnection(c, org, c.req.valid('json')), 202);
+      const body = c.req.valid('json');
+      // Nothing proves who may use an installation id (small sequential integers): organizations
+      // bind one through the install flow, which proves it; the admin may bind one for a tenant.
+      if (body.provider === 'github') requireAdmin(c);
+      return c.json(await createConnection(c, org, body), 202);
     },
   );
 
@@ -244,16 +251,17 @@ export function connectionRoutes() {
     createRoute({
       method: 'get',
       path: '/{org}/connections/github/install',
-      summary: "Redirect to the GitHub App's install page with a signed, expiring state",
+      summary: "Redirect to the GitHub App's install page with a signed, single-use state (15 minutes)",
       request: { params: OrgParam },
       responses: { 302: { description: 'Redirect to GitHub' }, ...errors },
     }),
     async (c) => {
       const { deps } = c.var;
       const org = await resolveOrganization(c, c.req.valid('param').org);
-      if (!deps.githubApp || !deps.enabledProviders.includes('github')) throw badRequest('the GitHub App is not configured (gitProviders.github)');
-      const state = signState(deps.keys, { org: org.id }, 15 * 60);
-      const url = `${deps.githubApp.webUrl}/apps/${encodeURIComponent(deps.githubApp.appName)}/installations/new?state=${encodeURIComponent(state)}`;
+      const githubApp = installableGithubApp(c);
+      const state = signState(deps.keys, { org: org.id, nonce: randomUUID() }, INSTALL_STATE_TTL_SECONDS);
+      await saveInstallState(deps.db, { hash: hashApiToken(state), organizationId: org.id, expiresAt: new Date(Date.now() + INSTALL_STATE_TTL_SECONDS * 1000) });
+      const url = `${githubApp.webUrl}/apps/${encodeURIComponent(githubApp.appName)}/installations/new?state=${encodeURIComponent(state)}`;
       return c.redirect(url, 302);
     },
   );
@@ -331,10 +339,26 @@ export function connectionRoutes() {
   return app;
 }
 
+/** How long an install redirect's state stays usable. */
+const INSTALL_STATE_TTL_SECONDS = 15 * 60;
+
+/** The GitHub App with what the install flow needs (its name, and its OAuth client to prove installations). */
+function installableGithubApp(c: Context<AppEnv>) {
+  const { githubApp, enabledProviders } = c.var.deps;
+  if (!githubApp || !enabledProviders.includes('github') || !githubApp.clientId || !githubApp.clientSecret) {
+    throw badRequest('the GitHub App is not configured for installs (gitProviders.github: enabled, appName, clientId, clientSecret)');
+  }
+  return { ...githubApp, clientId: githubApp.clientId, clientSecret: githubApp.clientSecret };
+}
+
+const notProven = (detail: string) => new Problem(403, 'Forbidden', `the installation is not bound: ${detail}`);
+
 /**
- * The GitHub App's setup URL (`/api/github/setup?installation_id=…&state=…`): GitHub sends the
- * user's browser here after an install. No bearer token can come along, so the signed state from
- * the install redirect is what authorizes binding the installation to the organization.
+ * The GitHub App's setup URL (`/api/github/setup?installation_id=…&setup_action=…&state=…&code=…`):
+ * GitHub sends the user's browser here after an install, with "Request user authorization (OAuth)
+ * during installation" on. No bearer token comes along: the signed state from the install redirect
+ * (used once) names the organization, and the OAuth `code` proves the installing user reaches the
+ * installation, since `installation_id` itself can be spoofed.
  */
 export function githubSetupRoutes() {
   const app = new OpenAPIHono<AppEnv>();
@@ -342,21 +366,44 @@ export function githubSetupRoutes() {
     createRoute({
       method: 'get',
       path: '/setup',
-      summary: 'GitHub App setup callback: binds the installation to the organization named in the signed state',
-      request: { query: z.object({ installation_id: z.string().regex(/^[1-9][0-9]{0,18}$/), state: z.string().min(1), setup_action: z.string().optional() }) },
+      summary: 'GitHub App setup callback: binds the installation to the organization named in the state, once the installing user is proven to reach it',
+      request: {
+        query: z.object({
+          installation_id: z.string().regex(/^[1-9][0-9]{0,18}$/),
+          state: z.string().min(1).max(1000),
+          code: z.string().min(1).max(200).openapi({ description: "The OAuth code for the installing user's token" }),
+          setup_action: z.string().optional(),
+        }),
+      },
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
-        400: problemResponse('Bad or expired state'),
+        400: problemResponse('Bad or expired state, or the App is not configured for installs'),
+        403: problemResponse('Not proven: the state was already used, or the installing user cannot reach the installation'),
         409: problemResponse('Installation already connected'),
+        503: problemResponse('GitHub or Temporal unavailable'),
       },
     }),
     async (c) => {
       const { deps } = c.var;
       const query = c.req.valid('query');
+      const githubApp = installableGithubApp(c);
       const state = verifyState<{ org: string }>(deps.keys, query.state);
       if (!state) throw badRequest('state is invalid or expired; start again from /connections/github/install');
       const org = await findOrganization(deps.db, state.org);
       if (!org) throw badRequest('the organization in the state no longer exists');
+      if (!(await useInstallState(deps.db, hashApiToken(query.state), org.id))) throw notProven('this state was already used; start again from /connections/github/install');
+      let proof;
+      try {
+        proof = await proveInstallationAccess({ ...githubApp, baseUrl: deps.githubApiUrl ?? 'https://api.github.com' }, query.code, query.installation_id);
+      } catch (error) {
+        // Only the message: the error never carries the code, the user token or the client secret.
+        deps.logger.warn({ reason: (error as Error).message, installationId: query.installation_id }, 'could not prove a GitHub installation');
+        throw new Problem(503, 'Service Unavailable', 'GitHub could not be asked who installed the App; nothing was bound, start again');
+      }
+      if (!proof.proven) {
+        deps.logger.warn({ organizationId: org.id, installationId: query.installation_id, reason: proof.reason }, 'GitHub installation not proven: not bound');
+        throw notProven(proof.reason);
+      }
       return c.json(await createConnection(c, org, { provider: 'github', installationId: query.installation_id }), 202);
     },
   );

@@ -2,7 +2,7 @@ import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
-import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
+import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, summarizeDelivery, workflowIds, type EventInput } from '../../workflows/contract.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
@@ -10,7 +10,7 @@ import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
-import { attachmentsOfInstance } from '../../lib/instance.ts';
+import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
 
 const Acknowledged = z
@@ -75,7 +75,9 @@ const START_TIMEOUT_MS = 3000;
  */
 async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined, instanceUrl: string | undefined) {
   const externalIds = events.map((e) => e.repository.externalId);
-  const cached = installationId ? undefined : cache.get(provider, externalIds);
+  // An installation's access change also concerns the connections bound to it, attached or not.
+  const boundConnectionsToo = installationId !== undefined && events.some(isAccessChange);
+  const cached = boundConnectionsToo ? undefined : cache.get(provider, externalIds);
   let attached: AttachedTarget[];
   let connections: { organizationId: string }[] = [];
   if (cached) attached = cached;
@@ -83,13 +85,13 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
     const { db } = c.var.deps;
     const [rows, bound] = await Promise.all([
       findAttachedRepositories(db, provider, externalIds),
-      installationId ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
+      boundConnectionsToo ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
     ]);
-    attached = rows.map(({ organizationId, repositoryId, externalId, baseUrl }) => ({ organizationId, repositoryId, externalId, baseUrl }));
+    attached = rows.map(({ organizationId, repositoryId, externalId, baseUrl, connectionKey }) => ({ organizationId, repositoryId, externalId, baseUrl, connectionKey }));
     for (const externalId of new Set(externalIds)) cache.set(provider, externalId, attached.filter((r) => r.externalId === externalId));
     connections = bound;
   }
-  const { kept, ambiguous } = attachmentsOfInstance(attached, instanceUrl);
+  const { kept, ambiguous } = attachmentsOfInstance(attachmentsOfInstallation(provider, attached, installationId), instanceUrl);
   if (ambiguous.length > 0) {
     c.var.deps.logger.warn({ provider, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none of their base URLs: not acted on');
   }

@@ -6,6 +6,8 @@ export interface AttachedTarget {
   externalId: string;
   /** The connection's base URL: the instance the repository lives on. */
   baseUrl: string;
+  /** What the connection is bound to: for GitHub, the App installation id. */
+  connectionKey: string | null;
 }
 
 /**

@@ -25,7 +25,7 @@ export interface NormalizedDelivery {
    * Bitbucket's `links.self`): GitLab and Bitbucket ids are unique per instance only.
    */
   instanceUrl?: string;
-  /** The GitHub App installation of an installation event: its connections' cache changes. */
+  /** The GitHub App installation the delivery is for: only connections bound to it act on it. */
   installationId?: string;
 }
 
@@ -49,7 +49,7 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
       break;
   }
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
-  const installationId = events.some(isAccessChange) ? installationIdOf(parsed) : undefined;
+  const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
   return withoutNul({ events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) });
 }
 

@@ -23,6 +23,13 @@ export interface ApiTokensTable {
   created_at: CreatedAt;
 }
 
+export interface GithubInstallStatesTable {
+  state_hash: string;
+  organization_id: string;
+  expires_at: Date;
+  created_at: CreatedAt;
+}
+
 export interface ConnectionsTable {
   id: Generated<string>;
   organization_id: string;
@@ -163,6 +170,7 @@ export interface DispatchAttemptsTable {
 export interface Database {
   organizations: OrganizationsTable;
   api_tokens: ApiTokensTable;
+  github_install_states: GithubInstallStatesTable;
   connections: ConnectionsTable;
   repository_listing_pages: RepositoryListingPagesTable;
   repositories: RepositoriesTable;

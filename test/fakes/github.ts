@@ -5,6 +5,9 @@ import { FakeHttpServer, linkHeader, type FakeRequest, type FakeResponse } from 
  * A GitHub App's view of the REST API (provider-contracts.md §1, fidelity checklist §5): App JWT on
  * /app endpoints, installation tokens everywhere else, page-number listing with Link headers,
  * ETag/304, rate-limit headers and both kinds of rate limiting. Driven by Octokit + auth-app.
+ * It also plays github.com's OAuth side (§1.7): the App's web flow code exchange at
+ * /login/oauth/access_token and the user's view of the App's installations (/user/installations),
+ * so one URL serves as both the web URL and the REST base URL.
  */
 
 const DOCS = 'https://docs.github.com/rest';
@@ -16,6 +19,9 @@ const JWT_BAD_IAT = "'Issued at' claim ('iat') must be an Integer representing t
 const SUSPENDED = 'This installation has been suspended';
 const JWT_MAX_LIFETIME_SECONDS = 600;
 const TOKEN_LIFETIME_MS = 60 * 60 * 1000;
+/** GitHub's web flow codes are single-use and live 10 minutes. */
+const OAUTH_CODE_LIFETIME_MS = 10 * 60 * 1000;
+const OAUTH_DOCS = 'https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors';
 
 export interface FakeGithubOptions {
   appId?: string;
@@ -23,6 +29,8 @@ export interface FakeGithubOptions {
   clientId?: string;
   /** The App's private key (PEM); generated when absent. */
   privateKeyPem?: string;
+  /** The App's OAuth client secret; generated when absent. */
+  clientSecret?: string;
   /** The fake's clock in epoch ms: JWT checks, token expiry, rate-limit resets and the Date header. */
   now?: () => number;
 }
@@ -48,6 +56,9 @@ export interface FakeGithub {
   server: FakeHttpServer;
   appId: string;
   privateKeyPem: string;
+  /** The App's OAuth client credentials, for the code exchange. */
+  clientId: string;
+  clientSecret: string;
   addInstallation(spec: {
     id?: number;
     account: { login: string; type?: 'User' | 'Organization' };
@@ -55,6 +66,10 @@ export interface FakeGithub {
     repositorySelection?: 'all' | 'selected';
   }): FakeInstallation;
   suspendInstallation(id: number): void;
+  /** The GitHub user `login` can reach the installation (an owner or member of its account). */
+  grantInstallation(login: string, installationId: number): void;
+  /** A web flow code, as GitHub hands the App's callback after `login` authorized the App. */
+  issueOAuthCode(login: string): string;
   addRepository(installationId: number, spec: { id?: number; fullName: string; defaultBranch?: string; private?: boolean }): FakeRepository;
   removeRepository(installationId: number, repoId: number): void;
   /** The old name answers 301 to /repositories/{id}, as GitHub does for renamed repositories. */
@@ -76,7 +91,7 @@ interface RateBucket {
   subject: string;
 }
 
-type Caller = { kind: 'app' } | { kind: 'installation'; installation: FakeInstallation };
+type Caller = { kind: 'app' } | { kind: 'installation'; installation: FakeInstallation } | { kind: 'user'; login: string };
 
 function githubError(status: number, message: string, extra: Record<string, unknown> = {}): FakeResponse {
   return { status, body: { message, documentation_url: DOCS, status: String(status), ...extra } };
@@ -90,6 +105,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   const now = options.now ?? Date.now;
   const appId = options.appId ?? '424242';
   const clientId = options.clientId ?? `Iv1.${randomBytes(8).toString('hex')}`;
+  const clientSecret = options.clientSecret ?? randomBytes(20).toString('hex');
   const privateKeyPem =
     options.privateKeyPem ??
     generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
@@ -100,6 +116,10 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   /** Lower-cased former full name → repository id, for the 301 on renamed repositories. */
   const formerNames = new Map<string, number>();
   const tokens = new Map<string, { installationId: number; expiresAt: number }>();
+  /** User login → installations that user can reach. */
+  const userInstallations = new Map<string, Set<number>>();
+  const oauthCodes = new Map<string, { login: string; expiresAt: number }>();
+  const userTokens = new Map<string, { login: string; expiresAt: number }>();
   let nextId = 1000;
   let secondaryLimit: { status: 403 | 429; retryAfterSeconds?: number } | null = null;
 
@@ -112,7 +132,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     exhaustedStatus: 403,
     subject,
   });
-  const buckets = { app: bucket(5000, 'the app'), installation: bucket(5000, 'the installation'), anonymous: bucket(60, 'your IP') };
+  const buckets = { app: bucket(5000, 'the app'), installation: bucket(5000, 'the installation'), user: bucket(5000, 'the user'), anonymous: bucket(60, 'your IP') };
 
   function rateHeaders(b: RateBucket): Record<string, string> {
     return {
@@ -166,6 +186,10 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
       const problem = jwtProblem(match[2]!);
       return problem ? githubError(401, problem) : { kind: 'app' };
     }
+    if (expected === 'user') {
+      const user = match ? userTokens.get(match[2]!) : undefined;
+      return user && user.expiresAt > now() ? { kind: 'user', login: user.login } : githubError(401, 'Bad credentials');
+    }
     const token = match ? tokens.get(match[2]!) : undefined;
     if (!token || token.expiresAt <= now()) return githubError(401, 'Bad credentials');
     const installation = installations.get(token.installationId);
@@ -186,7 +210,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     return (req) => {
       const caller = authenticate(req, expected);
       if (!('kind' in caller)) return finish(buckets.anonymous, caller, true);
-      const b = caller.kind === 'app' ? buckets.app : buckets.installation;
+      const b = buckets[caller.kind];
       if (b.reset <= nowSeconds()) Object.assign(b, { remaining: b.limit, used: 0, reset: nowSeconds() + 3600 });
       if (secondaryLimit) {
         const { status, retryAfterSeconds } = secondaryLimit;
@@ -213,6 +237,28 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   }
 
   const server = new FakeHttpServer(() => finish(buckets.anonymous, githubError(404, 'Not Found'), true));
+
+  /** Page-number paging as GitHub does it: `per_page` (default 30, at most 100), `page`, and a Link header of absolute URLs. */
+  function paged<T>(req: FakeRequest, items: T[]): { items: T[]; headers?: Record<string, string> } {
+    const requestedPerPage = Number.parseInt(req.query.get('per_page') ?? '', 10);
+    const perPage = Number.isNaN(requestedPerPage) || requestedPerPage < 1 ? 30 : Math.min(requestedPerPage, 100);
+    const requestedPage = Number.parseInt(req.query.get('page') ?? '', 10);
+    const page = Number.isNaN(requestedPage) || requestedPage < 1 ? 1 : requestedPage;
+    const lastPage = Math.max(1, Math.ceil(items.length / perPage));
+    const pageUrl = (n: number) => `${server.url}${req.path}?per_page=${perPage}&page=${n}`;
+    const links: Record<string, string> = {};
+    if (page > 1) Object.assign(links, { prev: pageUrl(Math.min(page - 1, lastPage)), first: pageUrl(1) });
+    if (page < lastPage) Object.assign(links, { next: pageUrl(page + 1), last: pageUrl(lastPage) });
+    return {
+      items: items.slice((page - 1) * perPage, page * perPage),
+      headers: Object.keys(links).length > 0 ? { link: linkHeader(links) } : undefined,
+    };
+  }
+
+  /** The code exchange answers 200 even when it fails, with an `error` in the body (§1.7). */
+  function oauthError(error: string, description: string): FakeResponse {
+    return { status: 200, body: { error, error_description: description, error_uri: OAUTH_DOCS } };
+  }
 
   function installationJson(i: FakeInstallation) {
     return {
@@ -292,25 +338,31 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
       };
     }))
     .route('GET', '/installation/repositories', 'listInstallationRepos', serve('installation', (req, { installation }) => {
-      const requestedPerPage = Number.parseInt(req.query.get('per_page') ?? '', 10);
-      const perPage = Number.isNaN(requestedPerPage) || requestedPerPage < 1 ? 30 : Math.min(requestedPerPage, 100);
-      const requestedPage = Number.parseInt(req.query.get('page') ?? '', 10);
-      const page = Number.isNaN(requestedPage) || requestedPage < 1 ? 1 : requestedPage;
       const visible = installation.repositoryIds.map((id) => repositories.get(id)!);
-      const lastPage = Math.max(1, Math.ceil(visible.length / perPage));
-      const pageUrl = (n: number) => `${server.url}/installation/repositories?per_page=${perPage}&page=${n}`;
-      const links: Record<string, string> = {};
-      if (page > 1) Object.assign(links, { prev: pageUrl(Math.min(page - 1, lastPage)), first: pageUrl(1) });
-      if (page < lastPage) Object.assign(links, { next: pageUrl(page + 1), last: pageUrl(lastPage) });
+      const page = paged(req, visible);
       return {
         status: 200,
-        headers: Object.keys(links).length > 0 ? { link: linkHeader(links) } : undefined,
-        body: {
-          total_count: visible.length,
-          repository_selection: installation.repositorySelection,
-          repositories: visible.slice((page - 1) * perPage, page * perPage).map(repositoryJson),
-        },
+        headers: page.headers,
+        body: { total_count: visible.length, repository_selection: installation.repositorySelection, repositories: page.items.map(repositoryJson) },
       };
+    }))
+    .route('POST', '/login/oauth/access_token', 'exchangeOAuthCode', (req) => {
+      // Form or JSON, as GitHub accepts both.
+      const form = typeof req.body === 'object' && req.body !== null ? (req.body as Record<string, unknown>) : Object.fromEntries(new URLSearchParams(req.rawBody));
+      if (form.client_id !== clientId || form.client_secret !== clientSecret) {
+        return oauthError('incorrect_client_credentials', 'The client_id and/or client_secret passed are incorrect.');
+      }
+      const code = typeof form.code === 'string' ? oauthCodes.get(form.code) : undefined;
+      if (code) oauthCodes.delete(form.code as string);
+      if (!code || code.expiresAt <= now()) return oauthError('bad_verification_code', 'The code passed is incorrect or expired.');
+      const token = `ghu_${randomBytes(27).toString('base64url')}`;
+      userTokens.set(token, { login: code.login, expiresAt: now() + 8 * TOKEN_LIFETIME_MS });
+      return { status: 200, body: { access_token: token, token_type: 'bearer', scope: '' } };
+    })
+    .route('GET', '/user/installations', 'listUserInstallations', serve('user', (req, { login }) => {
+      const reachable = [...(userInstallations.get(login) ?? [])].sort((a, b) => a - b).map((id) => installations.get(id)!);
+      const page = paged(req, reachable);
+      return { status: 200, headers: page.headers, body: { total_count: reachable.length, installations: page.items.map(installationJson) } };
     }))
     .route('GET', '/repos/:owner/:repo', 'getRepo', serve('installation', (req, { installation }) => {
       const fullName = `${req.params.owner}/${req.params.repo}`.toLowerCase();
@@ -343,6 +395,8 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     server,
     appId,
     privateKeyPem,
+    clientId,
+    clientSecret,
     addInstallation({ id, account, suspended, repositorySelection }) {
       const installation: FakeInstallation = {
         id: id ?? ++nextId,
@@ -356,6 +410,15 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     },
     suspendInstallation(id) {
       installationOrThrow(id).suspendedAt = isoSeconds(now());
+    },
+    grantInstallation(login, installationId) {
+      installationOrThrow(installationId);
+      userInstallations.set(login, (userInstallations.get(login) ?? new Set()).add(installationId));
+    },
+    issueOAuthCode(login) {
+      const code = randomBytes(10).toString('hex');
+      oauthCodes.set(code, { login, expiresAt: now() + OAUTH_CODE_LIFETIME_MS });
+      return code;
     },
     addRepository(installationId, { id, fullName, defaultBranch, private: isPrivate }) {
       const installation = installationOrThrow(installationId);

@@ -91,13 +91,14 @@ export function delivery(provider: Provider, payload: Payload, options: Delivery
   return { provider, deliveryId, path: receiverPath(provider), headers, body };
 }
 
-/** The payload moved onto another repository (the provider's id and its name), leaving the rest as recorded. */
-export function withRepository(provider: Provider, payload: Payload, repository: { externalId: string; fullName: string }): Payload {
+/** The payload moved onto another repository (the provider's id and its name; GitHub: and installation), leaving the rest as recorded. */
+export function withRepository(provider: Provider, payload: Payload, repository: { externalId: string; fullName: string; installationId?: string }): Payload {
   const copy = structuredClone(payload);
   const [owner, name] = splitFullName(repository.fullName);
   switch (provider) {
     case 'github':
       Object.assign(copy.repository, { id: Number(repository.externalId), full_name: repository.fullName, name });
+      if (repository.installationId) copy.installation = { ...copy.installation, id: Number(repository.installationId) };
       break;
     case 'gitlab':
       copy.project_id = Number(repository.externalId);
@@ -121,6 +122,9 @@ function splitFullName(fullName: string): [string, string] {
   const slash = fullName.lastIndexOf('/');
   return [fullName.slice(0, slash), fullName.slice(slash + 1)];
 }
+
+/** The App installation the recorded GitHub payloads come from: a connection must be bound to it to receive them. */
+export const GITHUB_FIXTURE_INSTALLATION_ID = '1';
 
 /** A push of one branch on each provider, from the recorded payloads. */
 export const PUSH_FIXTURES: Record<Provider, string> = {

@@ -48,7 +48,8 @@ describe('a push to an attached repository reaches the subscriber exactly once',
   });
 
   async function connect(body: Record<string, unknown>): Promise<string> {
-    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, { token: orgToken, body });
+    // GitHub installations are bound by the admin (or the install flow, tested on its own).
+    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/connections`, { token: body.provider === 'github' ? h.adminToken : orgToken, body });
     expect(res.status, await res.clone().text()).toBe(202);
     const { id, workflowId } = (await res.json()) as { id: string; workflowId: string };
     expect(await resultOf<{ status: string }>(h, workflowId)).toMatchObject({ status: 'active' });
@@ -62,7 +63,7 @@ describe('a push to an attached repository reaches the subscriber exactly once',
       case 'github': {
         const installation = github.addInstallation({ account: { login: 'octo-org', type: 'Organization' } });
         const repo = github.addRepository(installation.id, { id: randomInt(100_000_000, 2_000_000_000), fullName: 'octo-org/service' });
-        return { connectionId: await connect({ provider, installationId: installation.id }), externalId: String(repo.id), fullName: repo.fullName };
+        return { connectionId: await connect({ provider, installationId: installation.id }), externalId: String(repo.id), fullName: repo.fullName, installationId: String(installation.id) };
       }
       case 'gitlab': {
         gitlab.addToken({ token, username: 'ci-bot', scopes: ['api', 'read_user', 'read_repository'] });

@@ -3,7 +3,7 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import type { Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { workflowIds } from '../../workflows/contract.ts';
-import type { Delivery } from '../fakes/webhook-deliveries.ts';
+import { GITHUB_FIXTURE_INSTALLATION_ID, type Delivery } from '../fakes/webhook-deliveries.ts';
 import { seedConnection, seedRepository } from './attachments.ts';
 import type { Harness } from './harness.ts';
 
@@ -21,10 +21,28 @@ export async function seedAttachedRepository(
   h: Harness,
   spec: { organizationId: string; provider: Provider; externalId: string; fullName: string; connectionId?: string },
 ): Promise<{ connectionId: string; repositoryId: string }> {
-  const connectionId = spec.connectionId ?? (await seedConnection(h, { organizationId: spec.organizationId, provider: spec.provider, baseUrl: 'https://provider.test' }));
+  const connectionId =
+    spec.connectionId ??
+    (spec.provider === 'github' ? await fixtureInstallationConnection(h, spec.organizationId) : undefined) ??
+    (await seedConnection(h, { organizationId: spec.organizationId, provider: spec.provider, baseUrl: 'https://provider.test' }));
   const repositoryId = await seedRepository(h, { ...spec, connectionId });
   await h.db.insertInto('attachments').values({ organization_id: spec.organizationId, repository_id: repositoryId, status: 'attached' }).execute();
   return { connectionId, repositoryId };
+}
+
+/**
+ * The organization's connection bound to the installation the recorded GitHub payloads come from
+ * (GitHub deliveries reach only connections bound to their installation; one per organization).
+ */
+async function fixtureInstallationConnection(h: Harness, organizationId: string): Promise<string> {
+  const existing = await h.db
+    .selectFrom('connections')
+    .select('id')
+    .where('organization_id', '=', organizationId)
+    .where('provider', '=', 'github')
+    .where('external_key', '=', GITHUB_FIXTURE_INSTALLATION_ID)
+    .executeTakeFirst();
+  return existing?.id ?? seedConnection(h, { organizationId, provider: 'github', baseUrl: 'https://provider.test', externalKey: GITHUB_FIXTURE_INSTALLATION_ID });
 }
 
 export async function send(h: Harness, delivery: Delivery): Promise<Response> {

@@ -55,8 +55,8 @@ export interface HarnessOptions {
   outbound?: Outbound;
   /** Resolves host names for the API's URL checks (default: every name is 127.0.0.1). */
   resolveHost?: (host: string) => Promise<string[]>;
-  /** The (fake) GitHub App: its REST URL and credentials. */
-  github?: { url: string; appId: string; privateKeyPem: string; appName?: string };
+  /** The (fake) GitHub App: its REST URL (also its web URL, for the OAuth code exchange) and credentials. */
+  github?: { url: string; appId: string; privateKeyPem: string; appName?: string; clientId?: string; clientSecret?: string };
   /** webhooks.maxBodyBytes of the API (default 1 MiB). */
   maxBodyBytes?: number;
   /** Where the API's Temporal client connects (lazily), when not to the run's dev server. */
@@ -132,7 +132,12 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024,
     },
     enabledProviders: ['github', 'gitlab', 'bitbucket', 'azure-devops'],
-    githubApp: { appName: options.github?.appName ?? 'forgelink-test', webUrl: 'https://github.test' },
+    githubApp: {
+      appName: options.github?.appName ?? 'forgelink-test',
+      webUrl: options.github?.url ?? 'https://github.test',
+      clientId: options.github?.clientId,
+      clientSecret: options.github?.clientSecret,
+    },
     githubApiUrl: options.github?.url,
   };
   const app = createApp(apiDeps);

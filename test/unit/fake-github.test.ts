@@ -266,4 +266,58 @@ describe('fake GitHub, driven by Octokit + auth-app', () => {
       await expect(octokit.rest.apps.listReposAccessibleToInstallation()).resolves.toMatchObject({ status: 200 });
     });
   });
+
+  describe('OAuth code exchange and the user\'s installations (§1.7)', () => {
+    const exchange = (body: Record<string, string>, contentType = 'application/json') =>
+      fetch(`${github.url}/login/oauth/access_token`, {
+        method: 'POST',
+        headers: { accept: 'application/json', 'content-type': contentType },
+        body: contentType === 'application/json' ? JSON.stringify(body) : new URLSearchParams(body).toString(),
+      }).then(async (res) => ({ status: res.status, data: (await res.json()) as Record<string, string> }));
+    const credentials = () => ({ client_id: github.clientId, client_secret: github.clientSecret });
+
+    it('exchanges a code once for a user token (JSON or form); a used, unknown or expired code answers 200 with bad_verification_code', async () => {
+      const code = github.issueOAuthCode('mona');
+      const first = await exchange({ ...credentials(), code });
+      expect(first).toEqual({ status: 200, data: { access_token: expect.stringMatching(/^ghu_/), token_type: 'bearer', scope: '' } });
+      const badCode = { error: 'bad_verification_code', error_description: 'The code passed is incorrect or expired.', error_uri: expect.stringMatching(/^https:/) };
+      expect(await exchange({ ...credentials(), code })).toEqual({ status: 200, data: badCode });
+      expect(await exchange({ ...credentials(), code: 'nonsense' })).toEqual({ status: 200, data: badCode });
+      expect((await exchange({ ...credentials(), code: github.issueOAuthCode('mona') }, 'application/x-www-form-urlencoded')).data.access_token).toMatch(/^ghu_/);
+      const stale = github.issueOAuthCode('mona');
+      offsetMs = 11 * 60 * 1000;
+      expect(await exchange({ ...credentials(), code: stale })).toEqual({ status: 200, data: badCode });
+    });
+
+    it('refuses wrong client credentials, still with 200 and an error', async () => {
+      const { data } = await exchange({ client_id: github.clientId, client_secret: 'wrong', code: github.issueOAuthCode('mona') });
+      expect(data).toMatchObject({ error: 'incorrect_client_credentials' });
+      expect(data).not.toHaveProperty('access_token');
+    });
+
+    it("lists, page by page, the installations the token's user can reach, with Link headers Octokit follows", async () => {
+      const login = `user-${++orgs}`;
+      const reachable = Array.from({ length: 5 }, () => github.addInstallation({ account: { login: `acct-${++orgs}` } }).id);
+      for (const id of reachable) github.grantInstallation(login, id);
+      github.addInstallation({ account: { login: 'someone-else' } });
+      const { data } = await exchange({ ...credentials(), code: github.issueOAuthCode(login) });
+      const user = new Octokit({ baseUrl: github.url, auth: data.access_token, log: quiet });
+
+      const first = await user.rest.apps.listInstallationsForAuthenticatedUser({ per_page: 2 });
+      expect(first.data.total_count).toBe(5);
+      expect(first.data.installations.map((i) => i.id)).toEqual(reachable.slice(0, 2));
+      expect(first.headers.link).toContain(`<${github.url}/user/installations?per_page=2&page=2>; rel="next"`);
+      const all = await user.paginate(user.rest.apps.listInstallationsForAuthenticatedUser, { per_page: 2 });
+      expect(all.map((i) => i.id)).toEqual(reachable);
+
+      // Bearer works as well as token; an unknown token and an installation token do not.
+      const bearer = await fetch(`${github.url}/user/installations`, { headers: { authorization: `Bearer ${data.access_token}` } });
+      expect(bearer.status).toBe(200);
+      const unknown = await failure(new Octokit({ baseUrl: github.url, auth: 'ghu_unknown', log: quiet }).rest.apps.listInstallationsForAuthenticatedUser());
+      expect(unknown.status).toBe(401);
+      expect(unknown.response.data).toMatchObject({ message: 'Bad credentials', status: '401' });
+      const installationToken = await mintToken(reachable[0]!);
+      expect((await failure(new Octokit({ baseUrl: github.url, auth: installationToken, log: quiet }).rest.apps.listInstallationsForAuthenticatedUser())).status).toBe(401);
+    });
+  });
 });

@@ -14,6 +14,8 @@ export interface AttachedRepository {
   project: string | null;
   /** The connection's base URL: which provider instance the repository lives on. */
   baseUrl: string;
+  /** What the connection is bound to: for GitHub, the App installation id. */
+  connectionKey: string | null;
 }
 
 /**
@@ -26,7 +28,7 @@ export async function findAttachedRepositories(db: Executor, provider: Provider,
     .selectFrom('repositories as r')
     .innerJoin('attachments as a', 'a.repository_id', 'r.id')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
-    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl'])
+    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
     .where('r.provider', '=', provider)
     .where('r.external_id', 'in', [...new Set(externalIds)])
     .where('a.status', '=', 'attached')

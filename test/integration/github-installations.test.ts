@@ -1,0 +1,175 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { EventResult } from '../../workflows/contract.ts';
+import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+
+type Org = Awaited<ReturnType<typeof createOrgWithToken>>;
+
+/**
+ * Binding a GitHub App installation (api-contract.md, GitHub install rows): only through the
+ * install redirect's single-use state and the setup callback's proof (the OAuth code exchanged
+ * for the installing user's token, the installation on a page of /user/installations), or by the
+ * admin. Real Octokit against the fake GitHub, which serves both the web and the REST side.
+ */
+describe('GitHub installations are bound only with proof', () => {
+  let h: Harness;
+  let github: FakeGithub;
+  let users = 0;
+
+  beforeAll(async () => {
+    github = await startFakeGithub();
+    h = await startHarness({
+      github: { url: github.url, appId: github.appId, privateKeyPem: github.privateKeyPem, appName: 'forgelink-test', clientId: github.clientId, clientSecret: github.clientSecret },
+    });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await github?.close();
+  });
+
+  /** A GitHub user who installed the App on an account of their own. */
+  function installer(login = `user-${++users}`) {
+    const installation = github.addInstallation({ account: { login: `${login}-org` } });
+    github.grantInstallation(login, installation.id);
+    return { login, installation };
+  }
+
+  /** The state of a fresh install redirect for the organization. */
+  async function installState(org: Org): Promise<string> {
+    const redirect = await h.request('GET', `/api/v1/orgs/${org.org.slug}/connections/github/install`, { token: org.token });
+    expect(redirect.status).toBe(302);
+    const location = new URL(redirect.headers.get('location')!);
+    expect(location.origin + location.pathname).toBe(`${github.url}/apps/forgelink-test/installations/new`);
+    return location.searchParams.get('state')!;
+  }
+
+  const setup = (query: { installationId: number | string; state: string; code: string }) =>
+    h.request('GET', `/api/github/setup?installation_id=${query.installationId}&setup_action=install&state=${encodeURIComponent(query.state)}&code=${encodeURIComponent(query.code)}`);
+
+  const bindings = (installationId: number) =>
+    h.db.selectFrom('connections').select(['organization_id', 'status']).where('provider', '=', 'github').where('external_key', '=', String(installationId)).execute();
+
+  async function expectProblem(res: Response, status: number): Promise<string> {
+    expect(res.status).toBe(status);
+    expect(res.headers.get('content-type')).toBe('application/problem+json');
+    return ((await res.json()) as { detail: string }).detail;
+  }
+
+  it('binds an installation the installing user reaches, found on a later page of /user/installations; the secrets stay out', async () => {
+    const a = await createOrgWithToken(h);
+    const { login } = installer();
+    // Over a hundred installations come first: the proof has to walk every page.
+    for (let i = 0; i < 100; i++) github.grantInstallation(login, github.addInstallation({ account: { login: `${login}-other-${i}` } }).id);
+    const reachable = installer(login).installation;
+    const calls = github.server.calls.length;
+
+    const res = await setup({ installationId: reachable.id, state: await installState(a), code: github.issueOAuthCode(login) });
+    expect(res.status, await res.clone().text()).toBe(202);
+    const { id, workflowId } = (await res.json()) as { id: string; workflowId: string };
+    expect(await resultOf<{ status: string }>(h, workflowId)).toMatchObject({ status: 'active' });
+    expect(await bindings(reachable.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    const asked = github.server.calls.slice(calls).filter((c) => c.operation === 'exchangeOAuthCode' || c.operation === 'listUserInstallations');
+    expect(asked.map((c) => `${c.operation} ${c.status}`)).toEqual(['exchangeOAuthCode 200', 'listUserInstallations 200', 'listUserInstallations 200']);
+
+    // Neither the client secret nor the user token reaches the logs, the run or the database.
+    const everything = [h.logs.join('\n'), await historyText(h, workflowId), JSON.stringify(await h.db.selectFrom('connections').selectAll().where('id', '=', id).execute())].join('\n');
+    expect(everything).not.toContain(github.clientSecret);
+    expect(everything).not.toMatch(/ghu_/);
+  });
+
+  it("refuses (403) B's setup callback for A's installation and binds nothing", async () => {
+    const a = await createOrgWithToken(h);
+    const b = await createOrgWithToken(h);
+    const victim = installer();
+    const bound = await setup({ installationId: victim.installation.id, state: await installState(a), code: github.issueOAuthCode(victim.login) });
+    expect(bound.status).toBe(202);
+    await resultOf(h, ((await bound.json()) as { workflowId: string }).workflowId);
+
+    // B installs the App on its own account, then swaps in A's installation id.
+    const attacker = installer();
+    const detail = await expectProblem(await setup({ installationId: victim.installation.id, state: await installState(b), code: github.issueOAuthCode(attacker.login) }), 403);
+    expect(detail).toContain(`cannot reach installation ${victim.installation.id}`);
+    expect(await bindings(victim.installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    // Nor does a code GitHub does not accept bind anything.
+    expect(await expectProblem(await setup({ installationId: victim.installation.id, state: await installState(b), code: 'not-a-code' }), 403)).toMatch(/bad_verification_code/);
+    expect(await bindings(victim.installation.id)).toHaveLength(1);
+  });
+
+  it('refuses a state used before, even with a good code, and a forged or unknown one', async () => {
+    const a = await createOrgWithToken(h);
+    const first = installer();
+    const state = await installState(a);
+    const ok = await setup({ installationId: first.installation.id, state, code: github.issueOAuthCode(first.login) });
+    expect(ok.status).toBe(202);
+    await resultOf(h, ((await ok.json()) as { workflowId: string }).workflowId);
+
+    const second = installer();
+    expect(await expectProblem(await setup({ installationId: second.installation.id, state, code: github.issueOAuthCode(second.login) }), 403)).toMatch(/already used/);
+    expect(await bindings(second.installation.id)).toEqual([]);
+    await expectProblem(await setup({ installationId: second.installation.id, state: `${state.slice(0, -2)}xx`, code: github.issueOAuthCode(second.login) }), 400);
+    expect(await bindings(second.installation.id)).toEqual([]);
+    // Without a code there is nothing to prove with.
+    await expectProblem(await h.request('GET', `/api/github/setup?installation_id=${second.installation.id}&state=${encodeURIComponent(await installState(a))}`), 400);
+  });
+
+  it('answers 503 and binds nothing when GitHub fails to answer the code exchange', async () => {
+    const a = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    github.server.failNext('exchangeOAuthCode', 1, { status: 502, body: { message: 'Bad Gateway' } });
+    await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 503);
+    expect(await bindings(installation.id)).toEqual([]);
+    expect(h.logs.join('\n')).not.toContain(github.clientSecret);
+  });
+
+  it('lets only the admin bind an installation directly: an organization token gets 403', async () => {
+    const a = await createOrgWithToken(h);
+    const { installation } = installer();
+    const path = `/api/v1/orgs/${a.org.slug}/connections`;
+    const refused = await h.request('POST', path, { token: a.token, body: { provider: 'github', installationId: installation.id } });
+    expect(await expectProblem(refused, 403)).toMatch(/admin/);
+    expect(await bindings(installation.id)).toEqual([]);
+
+    const res = await h.request('POST', path, { token: h.adminToken, body: { provider: 'github', installationId: installation.id } });
+    expect(res.status, await res.clone().text()).toBe(202);
+    expect(await resultOf<{ status: string }>(h, ((await res.json()) as { workflowId: string }).workflowId)).toMatchObject({ status: 'active' });
+    expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    // Other providers stay open to the organization.
+    expect((await h.request('POST', path, { token: a.token, body: { provider: 'gitlab', token: '' } })).status).toBe(400);
+  });
+
+  it("delivers an installation's events only to connections bound to that installation", async () => {
+    const a = await createOrgWithToken(h);
+    const b = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const res = await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) });
+    const { id: connectionId, workflowId } = (await res.json()) as { id: string; workflowId: string };
+    await resultOf(h, workflowId);
+    const repository = { externalId: uniqueExternalId('github'), fullName: `${login}-org/service` };
+    await seedAttachedRepository(h, { organizationId: a.org.id, provider: 'github', connectionId, ...repository });
+    // B holds the same repository attached through a connection bound to another installation.
+    const elsewhere = await seedConnection(h, { organizationId: b.org.id, provider: 'github', baseUrl: github.url, externalKey: String(installer().installation.id) });
+    await seedAttachedRepository(h, { organizationId: b.org.id, provider: 'github', connectionId: elsewhere, ...repository });
+
+    const push = delivery('github', withRepository('github', fixture(PUSH_FIXTURES.github), { ...repository, installationId: String(installation.id) }), {
+      deliveryId: randomUUID(),
+      secret: TEST_WEBHOOK_SECRETS.github,
+    });
+    const accepted = await send(h, push);
+    expect(accepted.status).toBe(202);
+    expect((await resultOf<EventResult>(h, ((await accepted.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+    expect((await eventsOfDelivery(h.db, 'github', push.deliveryId)).map((e) => e.organization_id)).toEqual([a.org.id]);
+
+    // The same push from an installation nobody bound reaches no one.
+    const stray = delivery('github', withRepository('github', fixture(PUSH_FIXTURES.github), { ...repository, installationId: '999999999' }), {
+      deliveryId: randomUUID(),
+      secret: TEST_WEBHOOK_SECRETS.github,
+    });
+    const ignored = await send(h, stray);
+    expect(ignored.status).toBe(200);
+    expect(await ignored.json()).toMatchObject({ status: 'ignored' });
+  });
+});
