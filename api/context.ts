@@ -1,3 +1,4 @@
+import type { Outbound } from '../activities/outbound.ts';
 import type { Client } from '@temporalio/client';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
@@ -27,6 +28,8 @@ export interface ApiDeps {
   githubApp?: { appName: string; webUrl: string; clientId?: string; clientSecret?: string };
   /** GitHub REST base URL stored on GitHub connections (GHES: https://HOST/api/v3). */
   githubApiUrl?: string;
+  /** The guarded HTTP layer, for the one provider call the API makes itself: proving a GitHub installation. */
+  outbound: Outbound;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

@@ -1,3 +1,4 @@
+import { createOutbound } from '../activities/outbound.ts';
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
 import { type Config, loadConfig } from '../lib/config.ts';
@@ -19,6 +20,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const app = createApp({
     db,
     temporal,
+    outbound: createOutbound(config.security),
     keys: keysFromConfig(config.encryption),
     logger,
     adminToken: config.auth.adminToken,

@@ -95,6 +95,12 @@ interface GithubRepository {
   html_url: string;
 }
 
+/** Octokit's fetch, through the guarded HTTP layer. */
+function octokitFetch(outbound: Outbound) {
+  return (input: string, init: RequestInit) =>
+    outbound.fetch(input, { method: init.method, headers: init.headers, body: init.body as string | undefined, signal: init.signal, timeoutMs: REQUEST_TIMEOUT_MS });
+}
+
 function toRepository(repo: GithubRepository): ProviderRepository {
   return { externalId: String(repo.id), fullName: repo.full_name, defaultBranch: repo.default_branch, webUrl: repo.html_url };
 }
@@ -118,16 +124,11 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
   const now = options.now ?? Date.now;
   let apiCalls = 0;
 
+  const viaOutbound = octokitFetch(options.outbound);
   /** Every HTTP call, token minting included: counted, bounded in time, paced when the budget is low. */
   const githubFetch = async (input: string, init: RequestInit) => {
     apiCalls++;
-    const response = await options.outbound.fetch(input, {
-      method: init.method,
-      headers: init.headers,
-      body: init.body as string | undefined,
-      signal: init.signal,
-      timeoutMs: REQUEST_TIMEOUT_MS,
-    });
+    const response = await viaOutbound(input, init);
     // Each answer reports its own budget (the App's for /app calls, the installation's otherwise).
     await paceForBudget(response.headers);
     return response;
@@ -274,7 +275,6 @@ function withoutRequest(error: unknown): Error {
 }
 
 const quietOctokitLog = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
-const timedFetch: typeof fetch = (input, init) => fetch(input, { ...init, signal: init?.signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
 
 /**
  * Whether the user who installed the App can reach installation `installationId` (GitHub warns the
@@ -282,8 +282,9 @@ const timedFetch: typeof fetch = (input, init) => fetch(input, { ...init, signal
  * and the installation must be on a page of `GET /user/installations`. The user token lives only in
  * this call. A failing GitHub throws ProviderHttpError; a refusal is `proven: false`.
  */
-export async function proveInstallationAccess(app: GithubOAuthApp, code: string, installationId: string): Promise<InstallationProof> {
-  const octokit = new Octokit({ userAgent: 'forgelink', request: { fetch: timedFetch }, log: quietOctokitLog });
+export async function proveInstallationAccess(app: GithubOAuthApp, outbound: Outbound, code: string, installationId: string): Promise<InstallationProof> {
+  const request = { fetch: octokitFetch(outbound) as typeof fetch };
+  const octokit = new Octokit({ userAgent: 'forgelink', request, log: quietOctokitLog });
   let exchanged;
   try {
     exchanged = await octokit.request('POST /login/oauth/access_token', {
@@ -301,10 +302,13 @@ export async function proveInstallationAccess(app: GithubOAuthApp, code: string,
   if (typeof grant.access_token !== 'string') {
     return { proven: false, reason: `GitHub did not accept the authorization code (${typeof grant.error === 'string' ? grant.error : 'no access token'})` };
   }
-  const user = new Octokit({ baseUrl: app.baseUrl, auth: grant.access_token, userAgent: 'forgelink', request: { fetch: timedFetch }, log: quietOctokitLog });
+  const user = new Octokit({ baseUrl: app.baseUrl, auth: grant.access_token, userAgent: 'forgelink', request, log: quietOctokitLog });
   try {
-    for await (const { data } of user.paginate.iterator(user.rest.apps.listInstallationsForAuthenticatedUser, { per_page: PAGE_SIZE })) {
-      if (data.some((installation) => String(installation.id) === installationId)) return { proven: true };
+    // Page by page along the Link header (octokit.paginate reads response.url, which the guarded layer's answers lack).
+    for (let page: string | undefined = '1'; page !== undefined; ) {
+      const { data, headers } = await user.rest.apps.listInstallationsForAuthenticatedUser({ per_page: PAGE_SIZE, page: Number(page) });
+      if (data.installations.some((installation) => String(installation.id) === installationId)) return { proven: true };
+      page = pageFromLink(headers.link, 'next');
     }
   } catch (error) {
     if (isResponseError(error) && error.status === 401) return { proven: false, reason: 'GitHub refused the user token' };

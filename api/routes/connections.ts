@@ -394,7 +394,7 @@ export function githubSetupRoutes() {
       if (!(await useInstallState(deps.db, hashApiToken(query.state), org.id))) throw notProven('this state was already used; start again from /connections/github/install');
       let proof;
       try {
-        proof = await proveInstallationAccess({ ...githubApp, baseUrl: deps.githubApiUrl ?? 'https://api.github.com' }, query.code, query.installation_id);
+        proof = await proveInstallationAccess({ ...githubApp, baseUrl: deps.githubApiUrl ?? 'https://api.github.com' }, deps.outbound, query.code, query.installation_id);
       } catch (error) {
         // Only the message: the error never carries the code, the user token or the client secret.
         deps.logger.warn({ reason: (error as Error).message, installationId: query.installation_id }, 'could not prove a GitHub installation');

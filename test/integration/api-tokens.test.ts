@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import { createApp } from '../../api/app.ts';
 import { createDb } from '../../lib/db/index.ts';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -123,19 +122,7 @@ describe('organization tokens: names, expiry, last use, list and revoke', () => 
       await migrateToLatest(db);
       const logs: string[] = [];
       const logger = createLogger('test', 'info', { write: (line: string) => logs.push(line) } as never);
-      const app = createApp({
-        db,
-        temporal: h.client,
-        keys: h.keys,
-        logger,
-        adminToken: h.adminToken,
-        taskQueue: h.taskQueue,
-        namespace: 'default',
-        temporalUiUrl: 'http://127.0.0.1:8233',
-        allowHttpHosts: [],
-        webhooks: { github: [], gitlab: [], bitbucket: [], azureDevOps: undefined, maxBodyBytes: 1024 },
-        enabledProviders: [],
-      });
+      const app = h.appWith({ db, logger });
       const call = (method: string, path: string, token: string, body?: unknown) =>
         app.request(path, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
       expect((await call('POST', '/api/v1/orgs', h.adminToken, { slug: 'down', name: 'Down' })).status).toBe(201);

@@ -116,6 +116,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const apiDeps: ApiDeps = {
     db,
     temporal: apiTemporal,
+    outbound,
     keys,
     logger,
     adminToken,
