@@ -1,4 +1,5 @@
 import { ApplicationFailure } from '@temporalio/common';
+import { UnreadableSecretError } from '../lib/crypto.ts';
 import { excerpt, OutboundRefusedError } from './outbound.ts';
 import { ProviderHttpError } from './providers/port.ts';
 
@@ -11,6 +12,7 @@ export const FailureTypes = {
   throttled: 'ProviderThrottled',
   unavailable: 'ProviderUnavailable',
   refused: 'OutboundRefused',
+  secretUnreadable: 'SecretUnreadable',
 } as const;
 
 const NON_RETRYABLE: Record<number, string> = {
@@ -32,6 +34,8 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
  */
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
+  const permanent = permanentSetupFailure(error);
+  if (permanent) return permanent;
   if (error instanceof ProviderHttpError) {
     const type = NON_RETRYABLE[error.status];
     const message = `${error.provider} answered ${error.status}: ${error.message}`;
@@ -51,12 +55,24 @@ export function toActivityFailure(error: unknown): Error {
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
 }
 
-/** The address or redirect refusal behind an error, however a client library wrapped it. */
-function refusalIn(error: unknown): OutboundRefusedError | undefined {
+/** The error of class `type` behind an error, however a client library wrapped it. */
+function causeOfType<T extends Error>(error: unknown, type: new (...args: never[]) => T): T | undefined {
   for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    if (e instanceof OutboundRefusedError) return e;
+    if (e instanceof type) return e;
   }
   return undefined;
+}
+
+/** The address or redirect refusal behind an error, however a client library wrapped it. */
+const refusalIn = (error: unknown) => causeOfType(error, OutboundRefusedError);
+
+/**
+ * A failure no retry can fix, from the deployment's own setup (a credential sealed under an
+ * encryption key that is no longer configured): non-retryable, with the reason an operator acts on.
+ */
+export function permanentSetupFailure(error: unknown): ApplicationFailure | undefined {
+  const unreadable = causeOfType(error, UnreadableSecretError);
+  return unreadable && ApplicationFailure.create({ type: FailureTypes.secretUnreadable, message: unreadable.message, nonRetryable: true });
 }
 
 export async function classified<T>(fn: () => Promise<T>): Promise<T> {

@@ -34,16 +34,31 @@ export function seal(keys: EncryptionKeys, plaintext: string, context: string): 
   return [VERSION, keys.current.id, iv.toString('base64url'), tag.toString('base64url'), ciphertext.toString('base64url')].join('.');
 }
 
+/**
+ * A sealed value this deployment cannot open: its key id is not configured (a key removed from
+ * `encryption.previousKeys` too early), or it does not authenticate under it. No retry can fix it;
+ * an operator can, by configuring the key again.
+ */
+export class UnreadableSecretError extends Error {
+  override name = 'UnreadableSecretError';
+}
+
 export function open(keys: EncryptionKeys, sealed: string, context: string): string {
   const parts = sealed.split('.');
-  if (parts.length !== 5 || parts[0] !== VERSION) throw new Error('sealed value has an unknown format');
+  if (parts.length !== 5 || parts[0] !== VERSION) throw new UnreadableSecretError('sealed value has an unknown format');
   const [, keyId, iv, tag, ciphertext] = parts as [string, string, string, string, string];
   const key = [keys.current, ...(keys.previous ?? [])].find((k) => k.id === keyId);
-  if (!key) throw new Error(`sealed value uses unknown encryption key id "${keyId}"`);
-  const decipher = createDecipheriv('aes-256-gcm', key.key, Buffer.from(iv, 'base64url'));
-  decipher.setAAD(Buffer.from(context, 'utf8'));
-  decipher.setAuthTag(Buffer.from(tag, 'base64url'));
-  return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8');
+  if (!key) {
+    throw new UnreadableSecretError(`sealed value uses unknown encryption key id "${keyId}": configure that key again (encryption.previousKeys) to open it`);
+  }
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key.key, Buffer.from(iv, 'base64url'));
+    decipher.setAAD(Buffer.from(context, 'utf8'));
+    decipher.setAuthTag(Buffer.from(tag, 'base64url'));
+    return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8');
+  } catch {
+    throw new UnreadableSecretError(`sealed value does not authenticate under encryption key id "${keyId}" (a different key under the same id, or altered data)`);
+  }
 }
 
 export function sealedKeyId(sealed: string): string | undefined {

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
+import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 
 export const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'workflows', 'index.ts');
 
@@ -21,6 +22,7 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     namespace: params.namespace,
     taskQueue: params.taskQueue,
     activities: createActivities(params.deps),
+    interceptors: { activity: [() => ({ inbound: new PermanentErrorsInterceptor() })] },
     workflowBundle: params.workflowBundle ?? (await bundleWorkflows()),
     ...(params.identity ? { identity: params.identity } : {}),
   });

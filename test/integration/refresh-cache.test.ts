@@ -1,4 +1,5 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { seal } from '../../lib/crypto.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
@@ -96,6 +97,22 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     }
     expect(runs).toHaveLength(3);
     await recordHistory(h.client, workflowId, 'refresh-organization-last-batch');
+  });
+
+  it('fails a connection whose credential is sealed under a key no longer configured at once, with the reason, not retry after retry', async () => {
+    const org = await newOrg();
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: 'http://127.0.0.1:9', secret: 'glpat-any' });
+    const gone = { current: { id: 'retired', key: randomBytes(32) } };
+    await h.db.updateTable('connections').set({ credential: seal(gone, 'glpat-any', connectionId) }).where('id', '=', connectionId).execute();
+
+    const result = await refresh(org);
+    expect(result.failed).toEqual([{ connectionId, reason: expect.stringContaining('unknown encryption key id "retired"') }]);
+    const { events } = await h.client.workflow.getHandle(workflowIds.refreshConnection(org.id, connectionId)).fetchHistory();
+    const attempts = events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+    // The listing failed on its first attempt (then recordRefreshFailure ran once): no retries.
+    expect(attempts).toEqual([1, 1]);
+    const failures = events!.filter((e) => e.activityTaskFailedEventAttributes).map((e) => e.activityTaskFailedEventAttributes!.failure!);
+    expect(failures.map((f) => f.applicationFailureInfo)).toEqual([expect.objectContaining({ type: 'SecretUnreadable', nonRetryable: true })]);
   });
 
   it.each([

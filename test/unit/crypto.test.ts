@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { generateApiToken, hashApiToken, open, safeEqual, seal, sealedKeyId, type EncryptionKeys } from '../../lib/crypto.ts';
+import { generateApiToken, hashApiToken, open, safeEqual, seal, sealedKeyId, UnreadableSecretError, type EncryptionKeys } from '../../lib/crypto.ts';
 
 const k1 = { id: 'k1', key: randomBytes(32) };
 const k2 = { id: 'k2', key: randomBytes(32) };
@@ -30,9 +30,12 @@ describe('crypto', () => {
     const ct = Buffer.from(parts[4]!, 'base64url');
     ct[0]! ^= 1;
     parts[4] = ct.toString('base64url');
-    expect(() => open(keys, parts.join('.'), 'conn-1')).toThrow();
-    expect(() => open(keys, sealed, 'conn-2')).toThrow();
+    // Every refusal is an UnreadableSecretError: permanent, so activities fail at once instead of retrying.
+    expect(() => open(keys, parts.join('.'), 'conn-1')).toThrow(UnreadableSecretError);
+    expect(() => open(keys, sealed, 'conn-2')).toThrow(UnreadableSecretError);
+    expect(() => open(keys, 'garbage', 'conn-1')).toThrow(UnreadableSecretError);
     expect(() => open(keys, 'garbage', 'conn-1')).toThrow(/unknown format/);
+    expect(() => open({ current: k2 }, sealed, 'conn-1')).toThrow(UnreadableSecretError);
   });
 
   it('issues random API tokens stored only as hashes', () => {
