@@ -3,7 +3,14 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { isNetwork } from './url.ts';
 
-const secret = z.string().min(1);
+/** A secret forgelink checks deliveries or requests against: long enough not to be guessed. */
+const secret = z.string().min(24, 'must be at least 24 characters');
+/** config/forgelink.example.yml's key: public, so never a key that seals credentials. */
+export const EXAMPLE_ENCRYPTION_KEY = 'MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=';
+const encryptionKey = z
+  .string()
+  .refine((v) => Buffer.from(v, 'base64').length === 32, 'must be the base64 of 32 random bytes')
+  .refine((v) => v !== EXAMPLE_ENCRYPTION_KEY, 'is the example key from config/forgelink.example.yml: generate your own');
 const hostPort = z.coerce.number().int().min(0).max(65535);
 
 const providerToggle = z.object({ enabled: z.boolean().default(false) });
@@ -24,13 +31,11 @@ export const configSchema = z
         uiUrl: z.url().optional(),
       })
       .prefault({}),
-    auth: z.object({ adminToken: z.string().min(24, 'must be at least 24 characters') }),
+    auth: z.object({ adminToken: secret }),
     encryption: z.object({
-      key: z.string().refine((v) => Buffer.from(v, 'base64').length === 32, 'must be the base64 of 32 random bytes'),
+      key: encryptionKey,
       keyId: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/).default('k1'),
-      previousKeys: z
-        .array(z.object({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: z.string() }))
-        .default([]),
+      previousKeys: z.array(z.object({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: encryptionKey })).default([]),
     }),
     gitProviders: z
       .object({
@@ -41,8 +46,8 @@ export const configSchema = z
             clientId: z.string().optional(),
             clientSecret: z.string().optional(),
             privateKey: z.string().optional(),
-            webhookSecret: z.string().optional(),
-            previousWebhookSecret: z.string().optional(),
+            webhookSecret: secret.optional(),
+            previousWebhookSecret: secret.optional(),
             baseUrl: z.url().default('https://api.github.com'),
             // Where the App's OAuth code is exchanged: https://github.com, GHES https://HOST (default: from baseUrl).
             webUrl: z.url({ protocol: /^https?$/ }).optional(),
@@ -55,18 +60,18 @@ export const configSchema = z
           })
           .prefault({}),
         gitlab: providerToggle
-          .extend({ webhookSecret: z.string().optional(), previousWebhookSecret: z.string().optional() })
+          .extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() })
           .superRefine(requireWhenEnabled('webhookSecret'))
           .prefault({}),
         bitbucket: providerToggle
-          .extend({ webhookSecret: z.string().optional(), previousWebhookSecret: z.string().optional() })
+          .extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() })
           .superRefine(requireWhenEnabled('webhookSecret'))
           .prefault({}),
         azureDevOps: providerToggle
           .extend({
             webhookBasicAuthUser: z.string().optional(),
-            webhookBasicAuthPass: z.string().optional(),
-            previousWebhookBasicAuthPass: z.string().optional(),
+            webhookBasicAuthPass: secret.optional(),
+            previousWebhookBasicAuthPass: secret.optional(),
           })
           .superRefine(requireWhenEnabled('webhookBasicAuthUser', 'webhookBasicAuthPass'))
           .prefault({}),
@@ -110,7 +115,18 @@ export const configSchema = z
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    // Hooks deliver their credentials to publicUrl: plain http only where nothing crosses a network.
+    const url = new URL(config.publicUrl);
+    if (url.protocol === 'http:' && !isLoopbackHost(url.hostname) && !config.security.allowHttpHosts.includes(url.hostname)) {
+      ctx.addIssue({ code: 'custom', path: ['publicUrl'], message: 'must be https (hooks would send their credentials in clear); plain http only for loopback or a host in security.allowHttpHosts' });
+    }
+  });
+
+function isLoopbackHost(hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
+}
 
 function requireWhenEnabled<K extends string>(...keys: K[]) {
   return (value: { enabled: boolean } & Partial<Record<K, string | undefined>>, ctx: z.RefinementCtx) => {

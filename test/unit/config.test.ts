@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, parseConfig } from '../../lib/config.ts';
+import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, parseConfig } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
 const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: KEY } };
@@ -75,8 +75,41 @@ describe('config', () => {
     expect(errorOf(() => loadConfig(path.join(dir, 'missing.yml'), {}))).toMatch(/cannot read config file/);
   });
 
-  it('accepts the example config shipped in the repo', () => {
-    const config = loadConfig('config/forgelink.example.yml', {});
+  it('accepts the example config shipped in the repo once it has a key of its own, never with the example key', () => {
+    const config = loadConfig('config/forgelink.example.yml', { FORGELINK_ENCRYPTION_KEY: KEY });
     expect(config.gitProviders.gitlab.enabled).toBe(true);
+    expect(errorOf(() => loadConfig('config/forgelink.example.yml', {}))).toMatch(/encryption\.key: is the example key/);
+    expect(errorOf(() => parseConfig({ ...minimal, encryption: { key: KEY, previousKeys: [{ id: 'old', key: EXAMPLE_ENCRYPTION_KEY }] } }))).toMatch(/encryption\.previousKeys\.0\.key: is the example key/);
+  });
+
+  it('checks previous encryption keys like the current one', () => {
+    expect(parseConfig({ ...minimal, encryption: { key: KEY, previousKeys: [{ id: 'old', key: Buffer.alloc(32, 1).toString('base64') }] } }).encryption.previousKeys).toHaveLength(1);
+    expect(errorOf(() => parseConfig({ ...minimal, encryption: { key: KEY, previousKeys: [{ id: 'old', key: 'c2hvcnQ=' }] } }))).toMatch(/encryption\.previousKeys\.0\.key: must be the base64 of 32 random bytes/);
+  });
+
+  it('refuses webhook and admin secrets shorter than 24 characters', () => {
+    const short = 'x'.repeat(23);
+    const message = errorOf(() =>
+      parseConfig({
+        ...minimal,
+        auth: { adminToken: short },
+        gitProviders: {
+          github: { webhookSecret: short, previousWebhookSecret: short },
+          gitlab: { enabled: true, webhookSecret: short },
+          bitbucket: { previousWebhookSecret: short },
+          azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: short },
+        },
+      }),
+    );
+    for (const key of ['auth.adminToken', 'github.webhookSecret', 'github.previousWebhookSecret', 'gitlab.webhookSecret', 'bitbucket.previousWebhookSecret', 'azureDevOps.webhookBasicAuthPass']) {
+      expect(message).toContain(`${key}: must be at least 24 characters`);
+    }
+    expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: 'x'.repeat(24) } } }).gitProviders.gitlab.webhookSecret).toHaveLength(24);
+  });
+
+  it('refuses a plain http publicUrl unless it is loopback or in security.allowHttpHosts', () => {
+    expect(errorOf(() => parseConfig({ ...minimal, publicUrl: 'http://forgelink.example.com' }))).toMatch(/publicUrl: must be https/);
+    for (const publicUrl of ['http://127.0.0.1:8080', 'http://localhost:8080', 'http://[::1]:8080']) expect(parseConfig({ ...minimal, publicUrl }).publicUrl).toBe(publicUrl);
+    expect(parseConfig({ ...minimal, publicUrl: 'http://forgelink:8080', security: { allowHttpHosts: ['forgelink'] } }).publicUrl).toBe('http://forgelink:8080');
   });
 });
