@@ -1,7 +1,7 @@
 import { lookup as dnsLookup } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
-import { isIP, type LookupFunction } from 'node:net';
+import { isIP, type LookupFunction, type Socket } from 'node:net';
 import { Readable, type Duplex } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
@@ -57,6 +57,8 @@ export class ResponseTooLargeError extends Error {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+/** What one request may read from a socket, headers included: a backstop for SDK clients. */
+const MAX_SOCKET_READ_BYTES = DEFAULT_MAX_BODY_BYTES + 64 * 1024;
 const MAX_REDIRECTS = 5;
 /** Closed by us before servers usually close theirs (Node's default is 5 s), so no request goes down a closing connection. */
 const IDLE_CONNECTION_MS = 4_000;
@@ -130,9 +132,19 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
     );
   };
 
-  /** An agent whose sockets are checked: names through the lookup hook, IP literals before connecting. */
+  /**
+   * An agent whose sockets are checked: names through the lookup hook, IP literals before
+   * connecting. What a socket reads for one request is capped too, for SDK clients that would
+   * read any answer whole.
+   */
   function guarded<A extends typeof http.Agent>(Base: A): InstanceType<A> {
+    const received = new WeakMap<Duplex, number>();
     class GuardedAgent extends (Base as typeof http.Agent) {
+      override keepSocketAlive(socket: Socket) {
+        received.set(socket, 0);
+        return super.keepSocketAlive(socket);
+      }
+
       override createConnection(options: http.ClientRequestArgs, callback?: (error: Error | null, socket: Duplex) => void) {
         const host = String(options.host ?? '').replace(/^\[|\]$/g, '');
         const refused = isIP(host) ? refusal(host, host) : undefined;
@@ -140,7 +152,13 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
           process.nextTick(() => callback?.(new OutboundRefusedError(refused), undefined as unknown as Duplex));
           return undefined;
         }
-        return super.createConnection(options, callback);
+        const socket = super.createConnection(options, callback);
+        socket?.on('data', (chunk: Buffer) => {
+          const total = (received.get(socket) ?? 0) + chunk.length;
+          received.set(socket, total);
+          if (total > MAX_SOCKET_READ_BYTES) socket.destroy(new ResponseTooLargeError(host, MAX_SOCKET_READ_BYTES));
+        });
+        return socket;
       }
     }
     return new GuardedAgent({ keepAlive: true, maxSockets: 128, timeout: IDLE_CONNECTION_MS, lookup } as http.AgentOptions) as InstanceType<A>;

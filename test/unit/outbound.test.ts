@@ -1,7 +1,11 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ApplicationFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createOutbound, excerpt, OutboundRefusedError, type OutboundPolicy } from '../../activities/outbound.ts';
+import { toActivityFailure } from '../../activities/errors.ts';
+import { createOutbound, excerpt, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
+import { ProviderHttpError } from '../../activities/providers/port.ts';
 
 interface Listener {
   url: string;
@@ -139,10 +143,36 @@ describe('outbound: bounded answers', () => {
   });
 
   it('ends a body that outlasts the timeout with the timeout', async () => {
-    const subscriber = await listen('127.0.0.1', endless);
+    const subscriber = await listen('127.0.0.1', (_, res) => res.writeHead(200).write('a stalled answer'));
     const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { timeoutMs: 300, maxBodyBytes: Number.MAX_SAFE_INTEGER });
     const error = await refusal(response.arrayBuffer());
     expect((error as Error).name).toBe('TimeoutError');
+  });
+
+  it('caps what an SDK reads through the agents, per request', async () => {
+    const provider = await listen('127.0.0.1', endless);
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const error = await new Promise<Error>((resolve) => {
+      http.get(`${provider.url}/`, { agent: outbound.agents.http }, (res) => res.on('data', () => {}).on('error', resolve).on('end', () => resolve(new Error('ended')))).on('error', resolve);
+    });
+    expect(error).toBeInstanceOf(ResponseTooLargeError);
+    // A kept-alive socket starts its count again with every request.
+    const small = await listen('127.0.0.1', (_, res) => res.end('x'.repeat(1024 * 1024)));
+    for (let i = 0; i < 40; i++) expect((await (await outbound.fetch(`${small.url}/`)).arrayBuffer()).byteLength).toBe(1024 * 1024);
+    expect(small.connections).toBe(1);
+  });
+
+  it('ends the call when the activity is cancelled', async () => {
+    const silent = await listen('127.0.0.1', () => {});
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const env = new MockActivityEnvironment();
+    const pending = refusal(env.run(() => outbound.fetch(`${silent.url}/`)));
+    await new Promise<void>((resolve) => {
+      const wait = () => (silent.connections > 0 ? resolve() : setImmediate(wait));
+      wait();
+    });
+    env.cancel('CANCELLED');
+    expect(await pending).toBeDefined();
   });
 
   it('ends the call when the caller aborts', async () => {
@@ -151,6 +181,19 @@ describe('outbound: bounded answers', () => {
     const pending = refusal(createOutbound(LOOPBACK_ONLY).fetch(`${silent.url}/`, { signal: controller.signal }));
     controller.abort(new Error('activity cancelled'));
     expect(((await pending) as Error).message).toBe('activity cancelled');
+  });
+});
+
+describe('failures from outbound calls', () => {
+  it('makes a refusal permanent however a client library wrapped it, and keeps provider text short', () => {
+    const wrapped = Object.assign(new Error('fetch failed'), { cause: new OutboundRefusedError('10.0.0.1 is a loopback or private address') });
+    expect(toActivityFailure(wrapped)).toMatchObject({ type: 'OutboundRefused', nonRetryable: true, message: '10.0.0.1 is a loopback or private address' });
+    const reflected = new ProviderHttpError('gitlab', 401, `<html>\u0000${'secret page '.repeat(1000)}</html>`);
+    expect(reflected.message.length).toBeLessThanOrEqual(200);
+    expect(reflected.message).not.toContain('\u0000');
+    const generic = toActivityFailure(new Error(`unexpected token in ${'x'.repeat(5000)}`)) as ApplicationFailure;
+    expect(generic.message.length).toBeLessThanOrEqual(200);
+    expect(generic.nonRetryable).toBe(false);
   });
 });
 
