@@ -1,17 +1,21 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
 import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 
-export const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'workflows', 'index.ts');
+const here = fileURLToPath(import.meta.url);
+export const WORKFLOWS_PATH = path.join(path.dirname(here), '..', 'workflows', 'index.ts');
+/** Where `npm run build` writes the workflow bundle: dist/workflow-bundle.js beside the compiled worker/. */
+export const BUILT_BUNDLE_PATH = path.join(path.dirname(here), '..', 'workflow-bundle.js');
 
 export interface WorkerParams {
   connection: NativeConnection;
   namespace: string;
   taskQueue: string;
   deps: ActivityDeps;
-  /** A prebuilt bundle (tests bundle once per run); otherwise the workflows are bundled at start. */
+  /** A prebuilt bundle (tests bundle once per run); otherwise the built one, or (under tsx) the workflows bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   identity?: string;
 }
@@ -23,9 +27,16 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     taskQueue: params.taskQueue,
     activities: createActivities(params.deps),
     interceptors: { activity: [() => ({ inbound: new PermanentErrorsInterceptor() })] },
-    workflowBundle: params.workflowBundle ?? (await bundleWorkflows()),
+    workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle()),
     ...(params.identity ? { identity: params.identity } : {}),
   });
+}
+
+/** The compiled worker (dist/) runs the bundle built with it; the TypeScript sources are bundled at start. */
+async function defaultWorkflowBundle(): Promise<WorkerOptions['workflowBundle']> {
+  if (existsSync(BUILT_BUNDLE_PATH)) return { codePath: BUILT_BUNDLE_PATH };
+  if (here.endsWith('.js')) throw new Error(`${BUILT_BUNDLE_PATH} is missing: build with \`npm run build\``);
+  return bundleWorkflows();
 }
 
 /** Bundles the workflow code once, without webpack's per-module chatter. */
