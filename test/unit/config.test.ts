@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { githubAppFromConfig } from '../../api/main.ts';
 import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, parseConfig } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
@@ -29,6 +30,17 @@ describe('config', () => {
     expect(config.hookHealth).toEqual({ schedule: '0 4 * * *', timeZone: 'UTC', connectionsAtOnce: 4 });
     expect(config.security.allowHttpHosts).toEqual([]);
     expect(config.security.allowPrivateNetworks).toEqual([]);
+  });
+
+  it('takes the GitHub web URL (where OAuth codes are exchanged) from gitProviders.github.webUrl, else from baseUrl', () => {
+    const app = (github: Record<string, unknown>) =>
+      githubAppFromConfig(parseConfig({ ...minimal, gitProviders: { github: { appName: 'forgelink', clientId: 'Iv1.x', clientSecret: 's', ...github } } }));
+    expect(app({})).toEqual({ appName: 'forgelink', webUrl: 'https://github.com', clientId: 'Iv1.x', clientSecret: 's' });
+    expect(app({ baseUrl: 'https://ghe.example.com/api/v3' })?.webUrl).toBe('https://ghe.example.com');
+    expect(app({ baseUrl: 'https://ghe.example.com/api/v3', webUrl: 'https://login.ghe.example.com/' })?.webUrl).toBe('https://login.ghe.example.com');
+    expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { github: { webUrl: 'ftp://github.com' } } }))).toContain('gitProviders.github.webUrl');
+    // Without an App name there is no install flow.
+    expect(githubAppFromConfig(parseConfig(minimal))).toBeUndefined();
   });
 
   it('reads security.allowPrivateNetworks as addresses or CIDR ranges', () => {
