@@ -1,6 +1,5 @@
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createOutbound } from '../../activities/outbound.ts';
 import type { ConnectionRefreshResult, ConnectResult, EventResult } from '../../workflows/contract.ts';
@@ -11,30 +10,12 @@ import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webho
 import { seedConnection } from '../support/attachments.ts';
 import { send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
-import { TEST_ADDRESS_POLICY } from '../support/outbound.ts';
+import { endlessAnswer, listen, TEST_ADDRESS_POLICY } from '../support/outbound.ts';
 
 /** Short, so a subscriber that keeps failing is given up on within seconds. */
 const DEADLINE_SECONDS = 4;
 /** A name the API sees on a public address and the worker, later, on a loopback address it may not reach. */
 const REBOUND_HOST = 'ci.rebind.test';
-
-interface Listener {
-  url: string;
-  port: number;
-  /** TCP connections accepted: a refused call never opens one. */
-  connections: number;
-  close(): Promise<void>;
-}
-
-async function listen(host: string, handler: http.RequestListener): Promise<Listener> {
-  const server = http.createServer(handler);
-  const listener = { url: '', port: 0, connections: 0, close: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()) };
-  server.on('connection', () => listener.connections++);
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  listener.port = (server.address() as AddressInfo).port;
-  listener.url = `http://${host}:${listener.port}`;
-  return listener;
-}
 
 /** Polls Temporal until `check` holds: the state under test lives in the server, not in this process. */
 async function until<T>(check: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> {
@@ -145,15 +126,9 @@ describe('outbound guard: what tenants point the worker at', () => {
 
   it('fails an attempt promptly when a subscriber streams an endless answer, and the worker goes on', async () => {
     let streams = 0;
-    const endless = await newListener('127.0.0.1', (_, res) => {
+    const endless = await newListener('127.0.0.1', (req, res) => {
       streams++;
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      const chunk = Buffer.alloc(16 * 1024, 'x');
-      const write = () => {
-        if (!res.destroyed && res.write(chunk)) setImmediate(write);
-      };
-      res.on('drain', write);
-      write();
+      endlessAnswer(req, res);
     });
     const o = await createOrgWithToken(h);
     const { id: subscriberId } = await subscribe(o, `${endless.url}/events`);

@@ -1,43 +1,19 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toActivityFailure } from '../../activities/errors.ts';
 import { createOutbound, excerpt, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
 import { ProviderHttpError } from '../../activities/providers/port.ts';
-
-interface Listener {
-  url: string;
-  port: number;
-  /** Requests received, and TCP connections accepted (a refused connect never opens one). */
-  requests: http.IncomingMessage[];
-  connections: number;
-  close(): Promise<void>;
-}
+import { endlessAnswer, listen as listenOn, type Listener } from '../support/outbound.ts';
 
 const listeners: Listener[] = [];
 afterEach(async () => {
   await Promise.all(listeners.splice(0).map((l) => l.close()));
 });
 
-async function listen(host: string, handler: http.RequestListener = (_, res) => res.end('{}')): Promise<Listener> {
-  const requests: http.IncomingMessage[] = [];
-  const server = http.createServer((req, res) => {
-    requests.push(req);
-    handler(req, res);
-  });
-  const listener: Listener = {
-    url: '',
-    port: 0,
-    requests,
-    connections: 0,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve()).closeAllConnections()),
-  };
-  server.on('connection', () => listener.connections++);
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  listener.port = (server.address() as AddressInfo).port;
-  listener.url = `http://${host}:${listener.port}`;
+async function listen(host: string, handler?: http.RequestListener): Promise<Listener> {
+  const listener = await listenOn(host, handler);
   listeners.push(listener);
   return listener;
 }
@@ -122,19 +98,8 @@ describe('outbound: redirects', () => {
 });
 
 describe('outbound: bounded answers', () => {
-  /** Answers 200 and then streams forever, writing only as fast as the reader reads. */
-  const endless: http.RequestListener = (_, res) => {
-    res.writeHead(200, { 'content-type': 'application/octet-stream' });
-    const chunk = Buffer.alloc(16 * 1024, 'x');
-    const write = () => {
-      if (!res.destroyed && res.write(chunk)) setImmediate(write);
-    };
-    res.on('drain', write);
-    write();
-  };
-
   it('cuts an endless body off at the cap', async () => {
-    const subscriber = await listen('127.0.0.1', endless);
+    const subscriber = await listen('127.0.0.1', endlessAnswer);
     const started = performance.now();
     const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { maxBodyBytes: 64 * 1024 });
     const error = await refusal(response.arrayBuffer());
@@ -150,7 +115,7 @@ describe('outbound: bounded answers', () => {
   });
 
   it('caps what an SDK reads through the agents, per request', async () => {
-    const provider = await listen('127.0.0.1', endless);
+    const provider = await listen('127.0.0.1', endlessAnswer);
     const outbound = createOutbound(LOOPBACK_ONLY);
     const error = await new Promise<Error>((resolve) => {
       http.get(`${provider.url}/`, { agent: outbound.agents.http }, (res) => res.on('data', () => {}).on('error', resolve).on('end', () => resolve(new Error('ended')))).on('error', resolve);
