@@ -5,6 +5,7 @@ import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
+import { temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
@@ -15,7 +16,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
-  const connection = await Connection.connect({ address: options.address ?? config.temporal.address ?? '127.0.0.1:7233' });
+  const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const temporal = new Client({ connection, namespace: config.temporal.namespace });
   const app = createApp({
     db,

@@ -15,6 +15,46 @@ const hostPort = z.coerce.number().int().min(0).max(65535);
 
 const providerToggle = z.object({ enabled: z.boolean().default(false) });
 
+/**
+ * A secured Temporal connection: TLS (server CA, server name) or mTLS (client certificate and key),
+ * each as PEM inline or as a file path, and Temporal Cloud's API key (which turns TLS on by itself).
+ */
+const temporalTls = z
+  .object({
+    enabled: z.preprocess((v) => ({ true: true, '1': true, false: false, '0': false })[String(v)] ?? v, z.boolean()).default(true),
+    caFile: z.string().min(1).optional(),
+    ca: z.string().min(1).optional(),
+    serverName: z.string().min(1).optional(),
+    certFile: z.string().min(1).optional(),
+    cert: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+    key: z.string().min(1).optional(),
+  })
+  .strict()
+  .superRefine((tls, ctx) => {
+    for (const [inline, file] of [['ca', 'caFile'], ['cert', 'certFile'], ['key', 'keyFile']] as const) {
+      if (tls[inline] && tls[file]) ctx.addIssue({ code: 'custom', path: [inline], message: `give ${inline} or ${file}, not both` });
+    }
+    if (Boolean(tls.cert ?? tls.certFile) !== Boolean(tls.key ?? tls.keyFile)) {
+      ctx.addIssue({ code: 'custom', path: [tls.cert ?? tls.certFile ? 'key' : 'cert'], message: 'a client certificate and its key go together (mTLS)' });
+    }
+  });
+
+/** The Temporal SDK's environment variables (the names @temporalio/envconfig reads); FORGELINK_TEMPORAL_* win over them. */
+const TEMPORAL_SDK_ENV: Record<string, string[]> = {
+  TEMPORAL_ADDRESS: ['temporal', 'address'],
+  TEMPORAL_NAMESPACE: ['temporal', 'namespace'],
+  TEMPORAL_API_KEY: ['temporal', 'apiKey'],
+  TEMPORAL_TLS: ['temporal', 'tls', 'enabled'],
+  TEMPORAL_TLS_SERVER_CA_CERT_PATH: ['temporal', 'tls', 'caFile'],
+  TEMPORAL_TLS_SERVER_CA_CERT_DATA: ['temporal', 'tls', 'ca'],
+  TEMPORAL_TLS_SERVER_NAME: ['temporal', 'tls', 'serverName'],
+  TEMPORAL_TLS_CLIENT_CERT_PATH: ['temporal', 'tls', 'certFile'],
+  TEMPORAL_TLS_CLIENT_CERT_DATA: ['temporal', 'tls', 'cert'],
+  TEMPORAL_TLS_CLIENT_KEY_PATH: ['temporal', 'tls', 'keyFile'],
+  TEMPORAL_TLS_CLIENT_KEY_DATA: ['temporal', 'tls', 'key'],
+};
+
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
 
@@ -29,6 +69,8 @@ export const configSchema = z
         namespace: z.string().min(1).default('default'),
         taskQueue: z.string().min(1).default('forgelink'),
         uiUrl: z.url().optional(),
+        tls: temporalTls.optional(),
+        apiKey: z.string().min(1).optional(),
       })
       .prefault({}),
     auth: z.object({ adminToken: secret }),
@@ -177,7 +219,7 @@ function setPath(target: Record<string, unknown>, path: string[], value: unknown
 export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): Config {
   const merged: Record<string, unknown> =
     typeof raw === 'object' && raw !== null ? structuredClone(raw as Record<string, unknown>) : {};
-  for (const [name, path] of Object.entries(ENV_OVERRIDES)) {
+  for (const [name, path] of [...Object.entries(TEMPORAL_SDK_ENV), ...Object.entries(ENV_OVERRIDES)]) {
     const value = env[name];
     if (value !== undefined && value !== '') setPath(merged, path, value);
   }
