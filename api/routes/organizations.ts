@@ -20,7 +20,11 @@ const createOrgRoute = createRoute({
       content: {
         'application/json': {
           schema: z.object({
-            slug: z.string().regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'lower-case letters, digits and inner hyphens, at most 63'),
+            slug: z
+              .string()
+              .regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'lower-case letters, digits and inner hyphens, at most 63')
+              // Paths take an id where a slug goes: a slug shaped like one could name another organization.
+              .refine((slug) => !z.uuid().safeParse(slug).success, 'must not be shaped like a UUID (organizations are also named by id)'),
             name: z.string().trim().min(1).max(200),
           }),
         },

@@ -1,4 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client, Connection } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createDb } from '../../lib/db/index.ts';
 import { startHarness, type Harness } from '../support/harness.ts';
 
 describe('organizations, tokens, health and OpenAPI', () => {
@@ -26,6 +28,23 @@ describe('organizations, tokens, health and OpenAPI', () => {
     expect(problem.detail).toMatch(/name/);
   });
 
+  it("refuses a slug shaped like a UUID: it could be another organization's id, which paths accept too", async () => {
+    const existing = (await (await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug: `first-${Date.now().toString(36)}`, name: 'First' } })).json()) as { id: string };
+    for (const slug of [existing.id, '00000000-0000-4000-8000-000000000000']) {
+      const res = await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'Impostor' } });
+      expect(res.status, slug).toBe(400);
+      expect(((await res.json()) as { detail: string }).detail).toMatch(/UUID/);
+    }
+    // A slug made before the rule, equal to another organization's id: the id names that organization.
+    await h.db.insertInto('organizations').values({ slug: existing.id, name: 'Legacy impostor' }).execute();
+    const named = await h.request('GET', `/api/v1/orgs/${existing.id}/connections`, { token: h.adminToken });
+    expect(named.status).toBe(200);
+    const tokens = await h.request('POST', `/api/v1/orgs/${existing.id}/tokens`, { token: h.adminToken });
+    const issued = (await tokens.json()) as { id: string };
+    const owner = await h.db.selectFrom('api_tokens').select('organization_id').where('id', '=', issued.id).executeTakeFirstOrThrow();
+    expect(owner.organization_id).toBe(existing.id);
+  });
+
   it('issues organization tokens shown once and stored only hashed; the org is reachable by slug or id', async () => {
     const slug = `tok-${Date.now().toString(36)}`;
     const org = (await (await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'T' } })).json()) as { id: string };
@@ -47,6 +66,24 @@ describe('organizations, tokens, health and OpenAPI', () => {
     const ready = await h.request('GET', '/readyz');
     expect(ready.status).toBe(200);
     expect(await ready.json()).toEqual({ status: 'ready', checks: { database: 'ok', temporal: 'ok' } });
+  });
+
+  it('answers readiness without the failing dependency\'s error text (logged instead)', async () => {
+    const db = createDb('postgres://nobody@127.0.0.1:1/forgelink', { max: 1 });
+    // A connection that is closed fails every call at once.
+    const connection = await Connection.connect({ address: inject('temporalAddress') });
+    await connection.close();
+    const temporal = new Client({ connection });
+    try {
+      const res = await h.appWith({ db, temporal }).request('/readyz');
+      expect(res.status).toBe(503);
+      const text = await res.text();
+      expect(JSON.parse(text)).toEqual({ status: 'not ready', checks: { database: 'unavailable', temporal: 'unavailable' } });
+      expect(h.logs.join('\n')).toMatch(/readiness check failed.*ECONNREFUSED|ECONNREFUSED.*readiness check failed/);
+      expect(text).not.toMatch(/ECONNREFUSED|127\.0\.0\.1|nobody/);
+    } finally {
+      await db.destroy();
+    }
   });
 
   it('serves an OpenAPI document of the API', async () => {

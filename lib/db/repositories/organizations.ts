@@ -14,11 +14,12 @@ export async function createOrganization(db: Executor, input: { slug: string; na
     .executeTakeFirst();
 }
 
-/** Finds an organization by slug, or by id when the reference is a UUID. */
+/** Finds an organization by slug, or by id when the reference is a UUID (the id wins over a slug made before UUID-shaped slugs were refused). */
 export async function findOrganization(db: Executor, ref: string): Promise<Organization | undefined> {
   return db
     .selectFrom('organizations')
     .select(['id', 'slug', 'name', 'created_at'])
     .where((eb) => (UUID.test(ref) ? eb.or([eb('id', '=', ref), eb('slug', '=', ref)]) : eb('slug', '=', ref)))
+    .orderBy((eb) => eb('slug', '=', ref))
     .executeTakeFirst();
 }
