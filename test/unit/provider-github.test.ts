@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createGithubAdapter, type GithubAdapterOptions } from '../../activities/providers/github.ts';
+import { createGithubAdapter, proveInstallationAccess, type GithubAdapterOptions } from '../../activities/providers/github.ts';
 import { ProviderHttpError, type RepositoryPage } from '../../activities/providers/port.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { walkListing } from '../support/listing.ts';
@@ -226,6 +226,32 @@ describe('GitHub adapter against the fake GitHub', () => {
       await expect(adapter.updateHook(ref, '1', { url: 'https://ci.example/hook', events: ['push'] })).rejects.toThrow(/no per-repository hooks/);
       expect(await adapter.deleteHook(ref, '1')).toBe(false);
       expect(github.server.calls.filter((c) => c.path.includes('x/y'))).toEqual([]);
+    });
+  });
+
+  describe('proving that the installing user reaches an installation', () => {
+    const oauthApp = () => ({ clientId: github.clientId, clientSecret: github.clientSecret, webUrl: github.url, baseUrl: github.url });
+    const prove = (code: string, installationId: number) => proveInstallationAccess(oauthApp(), testOutbound, code, String(installationId));
+
+    it('is proven only for an installation on one of the pages of the user\'s installations', async () => {
+      const mine = github.addInstallation({ account: { login: `mine-${++orgs}` } });
+      const theirs = github.addInstallation({ account: { login: `theirs-${++orgs}` } });
+      const login = `user-${++orgs}`;
+      github.grantInstallation(login, mine.id);
+      expect(await prove(github.issueOAuthCode(login), mine.id)).toEqual({ proven: true });
+      expect(await prove(github.issueOAuthCode(login), theirs.id)).toEqual({ proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${theirs.id}` });
+      expect(await prove('used-or-unknown', mine.id)).toEqual({ proven: false, reason: 'GitHub did not accept the authorization code (bad_verification_code)' });
+    });
+
+    it('fails with GitHub\'s status and message, never carrying the client secret or the code', async () => {
+      const installation = github.addInstallation({ account: { login: `down-${++orgs}` } });
+      const code = github.issueOAuthCode('someone');
+      github.server.failNext('exchangeOAuthCode', 1, { status: 502, body: { message: 'Bad Gateway' } });
+      const error = await rejection(prove(code, installation.id));
+      expect(error.status).toBe(502);
+      const everything = JSON.stringify(error, Object.getOwnPropertyNames(error)) + String(error.stack);
+      expect(everything).not.toContain(github.clientSecret);
+      expect(everything).not.toContain(code);
     });
   });
 });
