@@ -7,6 +7,7 @@ import { createConnectionActivities } from './connections.ts';
 import { createDispatchActivities } from './dispatch.ts';
 import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
 import { createHookHealthActivities } from './hook-health.ts';
+import { heartbeating } from './heartbeat.ts';
 import { createHookActivities } from './hooks.ts';
 import { createRepositoryCacheActivities } from './repository-cache.ts';
 import type { Outbound } from './outbound.ts';
@@ -57,10 +58,11 @@ export function createActivities(deps: ActivityDeps) {
   // One per worker: every connection listed by this worker shares it.
   const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? LISTING_CONCURRENCY_DEFAULTS.callsPerWorker);
   return {
-    ...createConnectionActivities(deps),
+    // These wait on providers and subscribers: they heartbeat so a lost worker is noticed in seconds.
+    ...heartbeating(createConnectionActivities(deps)),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
-    ...createDispatchActivities(deps),
-    ...createHookActivities(deps),
+    ...heartbeating(createDispatchActivities(deps)),
+    ...heartbeating(createHookActivities(deps)),
     ...createHookHealthActivities(deps),
     ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
   };

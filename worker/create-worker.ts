@@ -28,6 +28,9 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     activities: createActivities(params.deps),
     interceptors: { activity: [() => ({ inbound: new PermanentErrorsInterceptor() })] },
     workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle()),
+    // A run's next workflow task waits this long for the worker that ran its last one (10 s by
+    // default) before any worker may take it: with a dead worker, that wait is all lost time.
+    stickyQueueScheduleToStartTimeout: '3 seconds',
     ...(params.identity ? { identity: params.identity } : {}),
   });
 }

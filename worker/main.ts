@@ -6,21 +6,21 @@ import { createProviderFactory, type ProviderSettings } from '../activities/prov
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
-import { createLogger } from '../lib/logger.ts';
-import { temporalConnectOptions } from '../lib/temporal/connection.ts';
+import { createLogger, type Logger } from '../lib/logger.ts';
+import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
 import { startDeliveryRetention } from './delivery-retention.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
-export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string } = {}): Promise<{ shutdown(): Promise<void> }> {
-  const logger = createLogger('worker');
+export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string; logger?: Logger } = {}): Promise<{ shutdown(): Promise<void> }> {
+  const logger = options.logger ?? createLogger('worker');
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
   const connectOptions = temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233');
-  const connection = await NativeConnection.connect(connectOptions);
-  const clientConnection = await Connection.connect(connectOptions);
+  const connection = await connectWithRetry(`worker connection to ${connectOptions.address}`, () => NativeConnection.connect(connectOptions), logger);
+  const clientConnection = await connectWithRetry(`client connection to ${connectOptions.address}`, () => Connection.connect(connectOptions), logger);
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const { cron, timeZone } = { cron: config.repositoryCache.schedule, timeZone: config.repositoryCache.timeZone };
   const scheduled = await ensureRefreshSchedule(client, { cron, timeZone, taskQueue: config.temporal.taskQueue });

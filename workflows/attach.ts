@@ -1,7 +1,7 @@
 import { ApplicationFailure, CancellationScope, log, proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
-import { AttachmentFailureTypes } from './contract.ts';
+import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 /** Database bookkeeping: retried until the database answers. */
@@ -15,6 +15,7 @@ const { beginAttachment, completeAttachment, failAttachment } = proxyActivities<
  */
 const { verifyRepository, ensureHook, pruneHooks, removeHook } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
+  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
 

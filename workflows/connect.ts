@@ -1,10 +1,11 @@
 import { ActivityFailure, ApplicationFailure, log, proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.ts';
 import type { ValidationOutcome } from '../activities/providers/port.ts';
-import type { ConnectInput, ConnectResult } from './contract.ts';
+import { NETWORK_STEP_HEARTBEAT_TIMEOUT, type ConnectInput, type ConnectResult } from './contract.ts';
 
 const { validateConnection } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
+  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
 const { recordConnectionOutcome } = proxyActivities<Activities>({

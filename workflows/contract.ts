@@ -5,6 +5,12 @@ import type { ConnectionStatus, EventKind, HookHealth, NormalizedEvent, Provider
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
+/**
+ * Heartbeat timeout of the steps that call a provider or a subscriber (they heartbeat every second
+ * while they wait): a step whose worker died is retried after this, not after its start-to-close timeout.
+ */
+export const NETWORK_STEP_HEARTBEAT_TIMEOUT = '5 seconds';
+
 export const SA_ORGANIZATION = defineSearchAttributeKey('ForgelinkOrganization', 'KEYWORD');
 export const SA_PROVIDER = defineSearchAttributeKey('ForgelinkProvider', 'KEYWORD');
 export const SA_REPOSITORY = defineSearchAttributeKey('ForgelinkRepository', 'KEYWORD');

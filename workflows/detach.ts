@@ -1,7 +1,7 @@
 import { ApplicationFailure, CancellationScope, proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
-import { AttachmentFailureTypes } from './contract.ts';
+import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 const { beginDetachment, finishDetachment, failAttachment } = proxyActivities<Activities>({
@@ -10,6 +10,7 @@ const { beginDetachment, finishDetachment, failAttachment } = proxyActivities<Ac
 });
 const { deleteRecordedHook, sweepHooks } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
+  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
 

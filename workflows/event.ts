@@ -1,7 +1,7 @@
 import { ActivityFailure, ApplicationFailure, log, proxyActivities, proxyLocalActivities, sleep } from '@temporalio/workflow';
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Activities } from '../activities/index.ts';
-import type { EventInput, EventResult } from './contract.ts';
+import { NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
@@ -54,7 +54,9 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
       if (remainingMs <= waitMs) return outcome;
       await sleep(waitMs);
       const { dispatchEvent } = proxyActivities<Activities>({
-        startToCloseTimeout: '30 seconds',
+        // The request's own 10 s timeout, plus recording the attempt.
+        startToCloseTimeout: '15 seconds',
+        heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
         scheduleToCloseTimeout: remainingMs - waitMs,
         retry: { initialInterval: FIRST_RETRY_MS * 2, backoffCoefficient: 2, maximumInterval: '10 minutes' },
       });

@@ -2,6 +2,7 @@ import { proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
 import type { HookHealth } from '../lib/domain.ts';
+import { NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 const { recordHookHealth } = proxyActivities<Activities>({
@@ -11,6 +12,7 @@ const { recordHookHealth } = proxyActivities<Activities>({
 /** Provider calls, as attach makes them: 429/5xx/timeouts retried for a few minutes, 4xx at once. */
 const { reconcileHooks } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
+  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { TLSConfig } from '@temporalio/client';
 import type { Config } from '../config.ts';
+import type { Logger } from '../logger.ts';
 
 /** What both the API's Client connection and the worker's NativeConnection are opened with. */
 export interface TemporalConnectOptions {
@@ -39,4 +40,26 @@ export function temporalConnectOptions(temporal: Config['temporal'], address: st
       ...(crt && key ? { clientCertPair: { crt, key } } : {}),
     },
   };
+}
+
+export interface RetrySettings {
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/**
+ * Connects to Temporal, retrying with exponential backoff (0.5 s doubling, at most 30 s apart) for
+ * as long as it takes: a worker started while the cluster is briefly unreachable (a restart, an
+ * upgrade, pods coming up in any order) waits for it instead of exiting.
+ */
+export async function connectWithRetry<T>(what: string, connect: () => Promise<T>, logger: Logger, settings: RetrySettings = {}): Promise<T> {
+  const maxDelayMs = settings.maxDelayMs ?? 30_000;
+  for (let attempt = 1, delayMs = settings.initialDelayMs ?? 500; ; attempt++, delayMs = Math.min(delayMs * 2, maxDelayMs)) {
+    try {
+      return await connect();
+    } catch (error) {
+      logger.warn({ attempt, retryInMs: delayMs, reason: (error as Error).message }, `cannot reach Temporal (${what}); retrying`);
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  }
 }

@@ -22,6 +22,8 @@ export interface Harness {
   app: ReturnType<typeof createApp>;
   taskQueue: string;
   keys: EncryptionKeys;
+  /** The worker's activity settings (a worker process of a test's own uses them too). */
+  settings: ActivitySettings;
   adminToken: string;
   /** Every log line the API and the worker wrote during the test. */
   logs: string[];
@@ -149,6 +151,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     app,
     taskQueue,
     keys,
+    settings,
     adminToken,
     logs,
     get worker() {
