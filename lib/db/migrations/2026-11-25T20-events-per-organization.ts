@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 
 /**
  * Events are recorded once per organization the delivery concerns (several organizations can attach
@@ -31,6 +31,12 @@ export async function down(db: Kysely<any>): Promise<void> {
     await db.schema.dropIndex(index).ifExists().execute();
   }
   await db.schema.alterTable('events').dropConstraint('events_provider_delivery_sequence_org').execute();
+  // The older key holds one row per delivery and sequence: a delivery recorded for several
+  // organizations keeps its first row only (the others' delivery attempts go with them).
+  await sql`
+    delete from events where id in (
+      select id from (select id, row_number() over (partition by provider, delivery_id, sequence order by received_at, id) as n from events) ranked where n > 1
+    )`.execute(db);
   await db.schema.alterTable('events').addUniqueConstraint('events_provider_delivery_sequence', ['provider', 'delivery_id', 'sequence']).execute();
   await db.schema.alterTable('events').alterColumn('organization_id', (c) => c.dropNotNull()).execute();
 }

@@ -24,6 +24,8 @@ export async function up(db: Kysely<any>): Promise<void> {
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
+  await db.schema.dropIndex('repositories_org_full_name_lower').execute();
+  await db.schema.dropIndex('repositories_org_project_name').execute();
   await db.schema.dropTable('repository_listing_pages').execute();
   await db.schema.alterTable('connections').dropColumn('refreshed_at').dropColumn('refresh_error').execute();
 }
