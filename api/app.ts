@@ -43,6 +43,7 @@ export function createApp(deps: ApiDeps) {
 
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.get('/readyz', async (c) => {
+    if (deps.draining?.()) return c.json({ status: 'draining', checks: {} }, 503);
     // Anyone may ask: the error text (addresses, user names) goes to the log, not the answer.
     const check = (name: string, probe: Promise<unknown>) =>
       probe.then(

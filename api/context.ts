@@ -30,6 +30,8 @@ export interface ApiDeps {
   githubApiUrl?: string;
   /** The guarded HTTP layer, for the one provider call the API makes itself: proving a GitHub installation. */
   outbound: Outbound;
+  /** True once the process is shutting down: /readyz answers 503 so load balancers stop sending. */
+  draining?: () => boolean;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

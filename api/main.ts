@@ -1,4 +1,5 @@
 import { createOutbound } from '../activities/outbound.ts';
+import { setTimeout } from 'node:timers/promises';
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
 import { type Config, loadConfig } from '../lib/config.ts';
@@ -18,7 +19,9 @@ export async function runApi(config: Config, options: { address?: string; databa
   const db = createDb(databaseUrl, { logger });
   const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const temporal = new Client({ connection, namespace: config.temporal.namespace });
+  let draining = false;
   const app = createApp({
+    draining: () => draining,
     db,
     temporal,
     outbound: createOutbound(config.security),
@@ -40,19 +43,35 @@ export async function runApi(config: Config, options: { address?: string; databa
   });
   const url = `http://${config.api.host}:${config.api.port}`;
   logger.info({ url }, 'API listening');
+  const { drainDelaySeconds, requestTimeoutSeconds } = config.shutdown;
   return {
     url,
+    /** /readyz answers 503 for shutdown.drainDelaySeconds, while every request is still served. */
+    async drain() {
+      draining = true;
+      logger.info({ drainDelaySeconds }, 'draining: /readyz answers 503');
+      await setTimeout(drainDelaySeconds * 1000);
+    },
+    /** Stops accepting; in-flight requests get shutdown.requestTimeoutSeconds, then their connections are cut. */
     async shutdown() {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      logger.info({ requestTimeoutSeconds }, 'stopping: no new connections, requests in flight finish');
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const cut = setTimeout(requestTimeoutSeconds * 1000, undefined, { ref: false }).then(() => {
+        if ('closeAllConnections' in server) server.closeAllConnections();
+      });
+      await Promise.race([closed, cut]);
       await connection.close();
       await db.destroy();
+      logger.info('API stopped');
     },
   };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const handle = await runApi(loadConfig());
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void handle.shutdown());
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => void handle.drain().then(() => handle.shutdown()));
+  }
 }
 
 export function webhookSecretsFromConfig(config: Config): WebhookSecrets {

@@ -154,6 +154,18 @@ export const configSchema = z
         deliveryRetentionDays: z.number().int().min(1).default(7),
       })
       .prefault({}),
+    // SIGTERM (a rollout): the API answers /readyz 503 for drainDelaySeconds so load balancers stop
+    // sending, then stops accepting and gives in-flight requests requestTimeoutSeconds; the worker
+    // stops polling, cancels activities after workerGraceSeconds and stops at workerForceSeconds.
+    shutdown: z
+      .object({
+        drainDelaySeconds: z.number().min(0).max(300).default(5),
+        requestTimeoutSeconds: z.number().min(1).max(600).default(20),
+        workerGraceSeconds: z.number().min(0).max(3600).default(20),
+        workerForceSeconds: z.number().min(1).max(3600).default(25),
+      })
+      .refine((s) => s.workerForceSeconds > s.workerGraceSeconds, { path: ['workerForceSeconds'], message: 'must be longer than workerGraceSeconds' })
+      .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
   })

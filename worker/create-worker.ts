@@ -18,6 +18,8 @@ export interface WorkerParams {
   /** A prebuilt bundle (tests bundle once per run); otherwise the built one, or (under tsx) the workflows bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   identity?: string;
+  /** On shutdown: activities are cancelled after graceSeconds (they see it at their next heartbeat), the worker stops at forceSeconds. */
+  shutdown?: { graceSeconds: number; forceSeconds: number };
 }
 
 export async function createWorker(params: WorkerParams): Promise<Worker> {
@@ -32,6 +34,7 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     // default) before any worker may take it: with a dead worker, that wait is all lost time.
     stickyQueueScheduleToStartTimeout: '3 seconds',
     ...(params.identity ? { identity: params.identity } : {}),
+    ...(params.shutdown ? { shutdownGraceTime: params.shutdown.graceSeconds * 1000, shutdownForceTime: params.shutdown.forceSeconds * 1000 } : {}),
   });
 }
 

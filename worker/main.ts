@@ -33,6 +33,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
+    shutdown: { graceSeconds: config.shutdown.workerGraceSeconds, forceSeconds: config.shutdown.workerForceSeconds },
     deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(providerSettings(config, outbound)), outbound, logger, settings: settingsFromConfig(config) },
   });
   const running = worker.run();
