@@ -44,6 +44,8 @@ export interface BenchStack {
   temporal: Client;
   /** Forgets the peaks so far (Linux clear_refs), so each benchmark reports its own. */
   resetPeakRss(): void;
+  /** The API's and the worker's state so far: exited or not, errors logged. */
+  services(): { api: ServiceState; worker: ServiceState };
   /** Peak resident set size of the API and worker processes, in MiB. */
   peakRssMiB(): { api: number; worker: number };
   /** CPU time (user + system) each process of the stack has used so far, in seconds. */
@@ -72,6 +74,18 @@ export interface CpuSeconds {
 interface ServiceProcess {
   child: ChildProcess;
   exited: Promise<void>;
+  state(): ServiceState;
+}
+
+/** What a service of the stack did so far: whether it exited, and what it logged at error level or above. */
+export interface ServiceState {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  /** Log lines at level error or fatal (pino 50, 60), and the last ones of them. */
+  errorLines: number;
+  lastErrors: string[];
+  /** The end of its output. */
+  tail: string;
 }
 
 async function freePort(): Promise<number> {
@@ -101,19 +115,32 @@ async function startService(name: string, entry: string, env: NodeJS.ProcessEnv,
   const child = spawn(process.execPath, [...benchNodeArgs(), '--import', 'tsx', path.join(ROOT, entry)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let tail = '';
+  let partial = '';
+  let errorLines = 0;
+  const lastErrors: string[] = [];
+  // Read to the end (so logging never blocks the service), keeping the tail and the error lines.
+  const onData = (chunk: Buffer) => {
+    const text = chunk.toString('utf8');
+    tail = (tail + text).slice(-4000);
+    const lines = (partial + text).split('\n');
+    partial = lines.pop()!.slice(-100_000);
+    for (const line of lines) {
+      if (!/"level":(5|6)0\b/.test(line)) continue;
+      errorLines++;
+      lastErrors.push(line.slice(0, 2000));
+      if (lastErrors.length > 10) lastErrors.shift();
+    }
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
   await new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      tail = (tail + chunk.toString('utf8')).slice(-4000);
-      if (tail.includes(readyMessage)) resolve();
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
+    const ready = () => tail.includes(readyMessage) && resolve();
+    child.stdout!.on('data', ready);
+    child.stderr!.on('data', ready);
     child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before it was ready:\n${tail}`)));
   });
-  // Keep draining the pipes so logging never blocks the service.
-  child.stdout!.resume();
-  child.stderr!.resume();
-  return { child, exited };
+  const state = (): ServiceState => ({ exitCode: child.exitCode, signal: child.signalCode, errorLines, lastErrors: [...lastErrors], tail });
+  return { child, exited, state };
 }
 
 async function stopService(service: ServiceProcess): Promise<void> {
@@ -174,44 +201,71 @@ export interface ListingConcurrencyOptions {
 /** The configuration defaults (lib/config.ts), unless a benchmark flag overrides them. */
 export const DEFAULT_LISTING_CONCURRENCY: ListingConcurrencyOptions = LISTING_CONCURRENCY_DEFAULTS;
 
-export async function startBenchStack(log: (line: string) => void = console.log, listing: ListingConcurrencyOptions = DEFAULT_LISTING_CONCURRENCY): Promise<BenchStack> {
+/** A fresh, migrated database on the server the tests use; dropped when the stack stops. */
+async function freshDatabase(log: (line: string) => void, stops: (() => Promise<void>)[]): Promise<string> {
+  const postgres = await testPostgres(log);
+  stops.unshift(() => postgres.stop());
+  log(`PostgreSQL from ${postgres.origin}`);
+  const admin = createDb(postgres.adminUrl, { max: 1 });
+  stops.unshift(() => admin.destroy());
+  const database = `forgelink_bench_${Date.now()}`;
+  await sql`create database ${sql.id(database)}`.execute(admin);
+  stops.unshift(async () => {
+    await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
+  });
+  const databaseUrl = withDatabase(postgres.adminUrl, database);
+  const db = createDb(databaseUrl, { max: 1 });
+  await migrateToLatest(db).finally(() => db.destroy());
+  log(`database ${database} migrated`);
+  return databaseUrl;
+}
+
+async function startTemporal(log: (line: string) => void, stops: (() => Promise<void>)[]) {
+  const settings = readDevServerSettings(path.join(ROOT, 'temporal-dev.yml'));
+  const server = await startDevServer({ ...settings, port: undefined, uiPort: undefined, dbFilename: undefined }, log);
+  stops.unshift(() => server.stop());
+  log(`Temporal dev server at ${server.address}`);
+  return server;
+}
+
+/** Where the stack runs; by default a Temporal dev server and a fresh database of its own. */
+export interface StackPlacement {
+  /** A running Temporal server (the test run's), instead of a dev server of the stack's own. */
+  temporalAddress?: string;
+  /** A migrated database (the test run's), instead of a fresh one. */
+  databaseUrl?: string;
+  /** The App's REST base URL (a fake GitHub); that fake must accept the stack's `githubApp`. */
+  githubBaseUrl?: string;
+  /** The GitHub App's id and key, e.g. a fake GitHub's; generated when absent. */
+  githubApp?: { appId: string; privateKeyPem: string };
+}
+
+export async function startBenchStack(
+  log: (line: string) => void = console.log,
+  listing: ListingConcurrencyOptions = DEFAULT_LISTING_CONCURRENCY,
+  placement: StackPlacement = {},
+): Promise<BenchStack> {
   const stops: (() => Promise<void>)[] = [];
   const stop = async () => {
     for (const fn of stops.splice(0)) await fn().catch((error: Error) => log(`cleanup: ${error.message}`));
   };
   try {
-    const postgres = await testPostgres(log);
-    stops.unshift(() => postgres.stop());
-    const ADMIN_URL = postgres.adminUrl;
-    log(`PostgreSQL from ${postgres.origin}`);
-    const admin = createDb(ADMIN_URL, { max: 1 });
-    stops.unshift(() => admin.destroy());
-    const database = `forgelink_bench_${Date.now()}`;
-    await sql`create database ${sql.id(database)}`.execute(admin);
-    stops.unshift(async () => {
-      await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
-    });
-    const databaseUrl = withDatabase(ADMIN_URL, database);
+    const databaseUrl = placement.databaseUrl ?? (await freshDatabase(log, stops));
     const db = createDb(databaseUrl, { max: 4 });
     stops.unshift(() => db.destroy());
-    await migrateToLatest(db);
-    log(`database ${database} migrated`);
 
-    const settings = readDevServerSettings(path.join(ROOT, 'temporal-dev.yml'));
-    const server = await startDevServer({ ...settings, port: undefined, uiPort: undefined, dbFilename: undefined }, log);
-    stops.unshift(() => server.stop());
-    log(`Temporal dev server at ${server.address}`);
+    const server = placement.temporalAddress ? { address: placement.temporalAddress, namespace: 'default', pid: undefined } : await startTemporal(log, stops);
 
     const port = await freePort();
     const adminToken = `bench-admin-${randomBytes(24).toString('hex')}`;
-    const taskQueue = 'forgelink-bench';
+    const taskQueue = `forgelink-bench-${randomBytes(4).toString('hex')}`;
     const secrets: BenchSecrets = {
       github: randomBytes(20).toString('hex'),
       gitlab: randomBytes(20).toString('hex'),
       bitbucket: randomBytes(20).toString('hex'),
       azureDevOps: { user: 'forgelink', pass: randomBytes(20).toString('hex') },
     };
-    const githubApp = {
+    const githubApp = placement.githubApp ?? {
       appId: '1',
       privateKeyPem: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
     };
@@ -223,7 +277,7 @@ export async function startBenchStack(log: (line: string) => void = console.log,
       auth: { adminToken },
       encryption: { key: randomBytes(32).toString('base64') },
       gitProviders: {
-        github: { enabled: true, appId: githubApp.appId, privateKey: githubApp.privateKeyPem, webhookSecret: secrets.github },
+        github: { enabled: true, appId: githubApp.appId, privateKey: githubApp.privateKeyPem, webhookSecret: secrets.github, ...(placement.githubBaseUrl ? { baseUrl: placement.githubBaseUrl } : {}) },
         gitlab: { enabled: true, webhookSecret: secrets.gitlab },
         bitbucket: { enabled: true, webhookSecret: secrets.bitbucket },
         azureDevOps: { enabled: true, webhookBasicAuthUser: secrets.azureDevOps.user, webhookBasicAuthPass: secrets.azureDevOps.pass },
@@ -265,6 +319,7 @@ export async function startBenchStack(log: (line: string) => void = console.log,
         }
       },
       peakRssMiB: () => ({ api: peakRssMiB(api.child.pid), worker: peakRssMiB(worker.child.pid) }),
+      services: () => ({ api: api.state(), worker: worker.state() }),
       setWorkerPaused(paused) {
         worker.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
       },
