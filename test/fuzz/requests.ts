@@ -5,7 +5,7 @@ import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { delivery, fixture, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 import { mutateBody, type Json } from './mutate.ts';
 import type { Random } from './random.ts';
-import type { Hook, World, WorldOrganization } from './world.ts';
+import { inOrganization, type Hook, type World, type WorldOrganization } from './world.ts';
 
 /** One request of a fuzz run, as sent. */
 export interface FuzzRequest {
@@ -19,8 +19,8 @@ export interface FuzzRequest {
   body?: Buffer;
   /** Sent with Transfer-Encoding: chunked (no Content-Length): the receiver reads such a body another way. */
   chunked?: boolean;
-  /** Receivers: the organizations whose hook credential the request carries (GitHub: the App's, 'any'); none when forged. */
-  credentialOf?: string[] | 'any';
+  /** Receivers: the organizations whose hook credential the request carries (GitHub: bound to the installation named); absent when forged. */
+  credentialOf?: string[];
   /** API: false when the token may not act on the organization or run named; such a request must not succeed. */
   authorized?: boolean;
 }
@@ -85,19 +85,32 @@ function credentialValue(provider: Provider, hook: Hook, body: Buffer): string {
 }
 
 /**
- * The organizations whose hook credential the request carries: the credential over the bytes sent
- * (GitHub: the App's secret, for every organization). Which connection the URL names does not
- * matter: a receiver may find the connection from the credential alone. Decided from the request as
- * built, so a forgery that happens to be valid (hooks sharing a secret) counts as valid.
+ * The organizations whose hook credential the request carries, or undefined when it carries none.
+ * Which connection the URL names does not matter: a receiver may find the connection from the
+ * credential alone. GitHub's credential is the App's: the delivery may reach the organization bound
+ * to the installation its body names. Decided from the request as built, so a forgery that happens
+ * to be valid (hooks sharing a secret) counts as valid.
  */
-function credentialOf(world: World, provider: Provider, headers: Record<string, string>, body: Buffer): string[] | 'any' | undefined {
+function credentialOf(world: World, provider: Provider, headers: Record<string, string>, body: Buffer): string[] | undefined {
   const given = headers[CREDENTIAL_HEADER[provider]]?.trim();
   if (given === undefined) return undefined;
   // Hex digits of a signature may come in either case.
   const same = (expected: string) => (provider === 'github' || provider === 'bitbucket' ? given.toLowerCase() === expected : given === expected);
   const orgs = world.tenants.filter((org) => same(credentialValue(provider, org.hooks[provider]!, body)));
   if (orgs.length === 0) return undefined;
-  return provider === 'github' ? 'any' : orgs.map((o) => o.id);
+  if (provider !== 'github') return orgs.map((o) => o.id);
+  const installation = installationOf(body);
+  return world.tenants.filter((org) => installation !== undefined && String(org.installationId) === installation).map((o) => o.id);
+}
+
+/** The installation id a GitHub body names, read as the receiver reads it. */
+function installationOf(body: Buffer): string | undefined {
+  try {
+    const id = (JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body)) as { installation?: { id?: unknown } } | null)?.installation?.id;
+    return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const DELIVERY_ID_HEADERS: Record<Provider, string[]> = {
@@ -128,15 +141,20 @@ function forge(rng: Random, provider: Provider, hook: Hook, other: Hook, headers
       headers[name] = credentialValue(provider, provider === 'gitlab' || provider === 'azure-devops' ? { ...hook, secret: `${hook.secret}x` } : hook, Buffer.concat([body, Buffer.from(' ')]));
       break;
     case 'tampered': {
-      // Each change makes the value another credential (hex case and surrounding blanks would not).
+      // Each change makes the value another credential (hex case, blanks around it or base64 past its padding would not).
+      if (provider === 'azure-devops') {
+        const [user, secret] = [hook.basicAuthUser ?? '', hook.secret];
+        headers[name] = rng.pick([basic(`${user}x`, secret), basic(user, `${secret}x`), basic(user, secret.slice(0, -1)), basic(secret, user), basic(`${user}:${secret}`, ''), `Bearer ${real.slice(6)}`]);
+        break;
+      }
       const at = rng.int(provider === 'gitlab' ? 0 : 8, Math.max(real.length - 1, 0));
       const tampered = [
         () => real.slice(0, at) + (real[at] === 'a' ? 'b' : 'a') + real.slice(at + 1),
         () => real.slice(0, rng.int(0, real.length - 1)),
         () => `${real}0`,
         () => `${real}, ${real}`,
-        () => real.replace('sha256=', 'sha1=').replace('Basic ', 'Bearer '),
-        () => (provider === 'azure-devops' ? basic(`${hook.basicAuthUser ?? ''}x`, hook.secret) : `${real}\u00e9`),
+        () => real.replace('sha256=', 'sha1='),
+        () => `${real}\u00e9`,
       ];
       headers[name] = rng.pick(tampered)();
       break;
@@ -211,7 +229,7 @@ function receiverRequest(rng: Random, world: World, index: number, seed: number)
   let payload = base.payload;
   if (repository) {
     try {
-      payload = withRepository(provider, payload, repository);
+      payload = inOrganization(rng.chance(0.85) ? owner : other, provider, withRepository(provider, payload, repository));
     } catch {
       // A payload without the repository's place (a ping, an installation event) stays as recorded.
     }

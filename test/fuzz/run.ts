@@ -13,7 +13,7 @@ import type { World } from './world.ts';
  *   API request whose token may not act on what it names never succeeds;
  * - the API and the worker are still running;
  * - every event run in Temporal was acknowledged to a validly credentialed delivery, every event
- *   recorded belongs to the organization whose credential it came with (GitHub: the App's), and every
+ *   recorded belongs to the organization whose credential it came with (GitHub: whose installation), and every
  *   run ends (none fails or hangs).
  */
 export interface FuzzOptions {
@@ -126,7 +126,7 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
   const failures: Failure[] = [];
   const statuses: FuzzReport['statuses'] = { receiver: {}, api: {} };
   // Runs the receivers acknowledged, with the organizations whose credential came with them.
-  const accepted = new Map<string, Set<string> | 'any'>();
+  const accepted = new Map<string, Set<string>>();
   const firstRequest = new Map<string, FuzzRequest>();
   let validDeliveries = 0;
   const errorsBefore = stack.services();
@@ -151,11 +151,8 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
     if (problem) failures.push({ problem, request: describe(request, seed), answer });
     if (request.target === 'receiver' && answer.status === 202) {
       const workflowId = (JSON.parse(answer.body) as { workflowId: string }).workflowId;
-      const orgs = request.credentialOf ?? [];
       if (!firstRequest.has(workflowId)) firstRequest.set(workflowId, request);
-      const known = accepted.get(workflowId);
-      if (orgs === 'any' || known === 'any') accepted.set(workflowId, 'any');
-      else accepted.set(workflowId, new Set([...(known ?? []), ...orgs]));
+      accepted.set(workflowId, new Set([...(accepted.get(workflowId) ?? []), ...(request.credentialOf ?? [])]));
     }
     if (++sent % 1000 === 0) log(`  ${sent} requests sent, ${failures.length} failures`);
   });
@@ -201,7 +198,7 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
     eventsRecorded++;
     const credential = accepted.get(workflowId);
     if (credential === undefined) failures.push({ problem: `event ${workflowId} recorded in ${event.organization_id} from no acknowledged valid delivery` });
-    else if (credential !== 'any' && !credential.has(event.organization_id)) {
+    else if (!credential.has(event.organization_id)) {
       failures.push({ problem: `event ${workflowId} recorded in organization ${event.organization_id}, but its delivery carried the credential of ${[...credential].join(', ')}` });
     }
   }

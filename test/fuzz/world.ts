@@ -6,7 +6,7 @@ import { startFakeBitbucket } from '../fakes/bitbucket.ts';
 import { startFakeGithub } from '../fakes/github.ts';
 import { startFakeGitlab } from '../fakes/gitlab.ts';
 import { startFakeSubscriber } from '../fakes/subscriber.ts';
-import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository } from '../fakes/webhook-deliveries.ts';
+import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 
 /**
  * What the fuzzer attacks: the API and the worker as separate processes (bench/stack.ts) with the
@@ -33,6 +33,8 @@ export interface WorldOrganization {
   slug: string;
   token: string;
   connections: Partial<Record<Provider, string>>;
+  /** Its GitHub App installation: GitHub deliveries reach only the connections bound to theirs. */
+  installationId?: number;
   /** Per provider: one attached repository and one in the cache only. */
   attached: Partial<Record<Provider, WorldRepository>>;
   loose: Partial<Record<Provider, WorldRepository>>;
@@ -57,6 +59,11 @@ export interface World {
   setupRuns: Map<string, string>;
   subscriberUrl: string;
   close(): Promise<void>;
+}
+
+/** A GitHub payload from the organization's installation (other providers' payloads as they are). */
+export function inOrganization(org: WorldOrganization, provider: Provider, payload: Payload): Payload {
+  return provider === 'github' ? { ...payload, installation: { ...payload.installation, id: org.installationId } } : payload;
 }
 
 export async function startWorld(placement: Omit<StackPlacement, 'githubBaseUrl' | 'githubApp'> = {}, log: (line: string) => void = console.log): Promise<World> {
@@ -97,6 +104,7 @@ export async function startWorld(placement: Omit<StackPlacement, 'githubBaseUrl'
         case 'github': {
           const installation = github.addInstallation({ account: { login: `fuzz-${name}`, type: 'Organization' } });
           for (const repo of names) github.addRepository(installation.id, { fullName: `fuzz-${name}/${repo}` });
+          world.installationId = installation.id;
           await connect(provider, { installationId: installation.id }, stack.adminToken);
           break;
         }
@@ -166,7 +174,7 @@ export async function startWorld(placement: Omit<StackPlacement, 'githubBaseUrl'
   async function provePushes(org: WorldOrganization) {
     for (const provider of PROVIDERS) {
       const hook = org.hooks[provider]!;
-      const push = delivery(provider, withRepository(provider, fixture(PUSH_FIXTURES[provider]), org.attached[provider]!), { deliveryId: `setup-${randomUUID()}`, ...hook });
+      const push = delivery(provider, inOrganization(org, provider, withRepository(provider, fixture(PUSH_FIXTURES[provider]), org.attached[provider]!)), { deliveryId: `setup-${randomUUID()}`, ...hook });
       const res = await fetch(hook.url, { method: 'POST', headers: push.headers, body: push.body });
       const answer = (await res.json()) as { workflowId?: string };
       if (res.status !== 202 || !answer.workflowId) throw new Error(`a clean ${provider} push with the hook's credential was answered ${res.status} ${JSON.stringify(answer)}`);
