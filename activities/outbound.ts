@@ -64,18 +64,35 @@ const MAX_REDIRECTS = 5;
 const IDLE_CONNECTION_MS = 4_000;
 const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
-/** The running activity's cancellation, or undefined outside an activity. */
-export function activityCancellation(): AbortSignal | undefined {
+function activityContext(): Context | undefined {
   try {
-    return Context.current().cancellationSignal;
+    return Context.current();
   } catch {
     return undefined;
   }
 }
 
-/** Waits `ms`, ending early (rejecting) when the activity is cancelled. */
+/** The running activity's cancellation, or undefined outside an activity. */
+export const activityCancellation = (): AbortSignal | undefined => activityContext()?.cancellationSignal;
+
+/** Each running activity's last heartbeated progress: a wait repeats it rather than heartbeat without it. */
+const lastProgress = new WeakMap<Context, unknown>();
+
+/** Heartbeats the activity's progress (a retry resumes from it); waits inside outbound calls heartbeat it again. */
+export function heartbeatProgress(details: unknown): void {
+  const ctx = Context.current();
+  lastProgress.set(ctx, details);
+  ctx.heartbeat(details);
+}
+
+/**
+ * Waits `ms`, ending early (rejecting) when the activity is cancelled. An activity that heartbeats
+ * its progress heartbeats it as the wait begins, so the wait counts as life, not silence.
+ */
 export function cancellableSleep(ms: number): Promise<void> {
-  const signal = activityCancellation();
+  const ctx = activityContext();
+  if (ctx && lastProgress.has(ctx)) ctx.heartbeat(lastProgress.get(ctx));
+  const signal = ctx?.cancellationSignal;
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const timer = setTimeout(() => {

@@ -13,6 +13,7 @@ import {
 } from '../lib/db/repositories/repository-cache.ts';
 import type { ActivityDeps } from './index.ts';
 import { classified } from './errors.ts';
+import { heartbeatProgress } from './outbound.ts';
 import type { RepositoryPage } from './providers/port.ts';
 import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
 import type { Limiter } from '../lib/limiter.ts';
@@ -73,7 +74,7 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
       };
       const beat = () => {
         state.pending = [...inFlight, ...queue];
-        ctx.heartbeat(state);
+        heartbeatProgress(structuredClone(state));
       };
 
       /**

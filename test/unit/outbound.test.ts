@@ -3,7 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toActivityFailure } from '../../activities/errors.ts';
-import { createOutbound, excerpt, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
+import { cancellableSleep, createOutbound, excerpt, heartbeatProgress, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
 import { ProviderHttpError } from '../../activities/providers/port.ts';
 import { endlessAnswer, listen as listenOn, type Listener } from '../support/outbound.ts';
 
@@ -146,6 +146,27 @@ describe('outbound: bounded answers', () => {
     const pending = refusal(createOutbound(LOOPBACK_ONLY).fetch(`${silent.url}/`, { signal: controller.signal }));
     controller.abort(new Error('activity cancelled'));
     expect(((await pending) as Error).message).toBe('activity cancelled');
+  });
+});
+
+describe('waits inside an activity', () => {
+  it('heartbeat the progress the activity last heartbeated, and only that', async () => {
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 30_000 });
+    const beats: unknown[] = [];
+    env.on('heartbeat', (details: unknown) => beats.push(details));
+    await env.run(async () => {
+      await cancellableSleep(1);
+      heartbeatProgress({ pages: 3 });
+      await cancellableSleep(1);
+    });
+    expect(beats).toEqual([{ pages: 3 }, { pages: 3 }]);
+  });
+
+  it('end when the activity is cancelled', async () => {
+    const env = new MockActivityEnvironment();
+    const waiting = refusal(env.run(() => cancellableSleep(60_000)));
+    env.cancel('CANCELLED');
+    expect(await waiting).toBeDefined();
   });
 });
 
