@@ -4,6 +4,7 @@ import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../acti
 import { startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
 import { testOutbound } from '../support/outbound.ts';
+import { createOutbound, OutboundRefusedError } from '../../activities/outbound.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
 const SECRET = 'basic-auth-pass-93ad';
@@ -45,6 +46,15 @@ describe('Azure DevOps adapter: validate', () => {
     const outcome = await adapter().validate();
     expect(outcome).toEqual({ ok: true, identity: { account: 'Ada Lovelace', accountId: expect.stringMatching(/^[0-9a-f-]{36}$/) } });
     expect(fake.server.count('querySubscriptions')).toBe(1);
+  });
+
+  it('reaches the server only through the guarded HTTP layer, the SDK included', async () => {
+    // An outbound layer that may not reach the fake's loopback address: neither the SDK nor the hooks call gets through.
+    const strict = createOutbound({ allowHttpHosts: [], allowPrivateNetworks: [] });
+    const guarded = createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: fake.url, externalKey: fake.url, secret: PAT }, { outbound: strict });
+    await expect(guarded.validate()).rejects.toBeInstanceOf(OutboundRefusedError);
+    await expect(guarded.listHooks(ref)).rejects.toBeInstanceOf(OutboundRefusedError);
+    expect(fake.server.calls).toEqual([]);
   });
 
   it('refuses a PAT Azure DevOps rejects', async () => {
