@@ -12,7 +12,7 @@ import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '
 import { seedConnection } from '../support/attachments.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
-import { recordHistory } from '../support/histories.ts';
+import { historyBytes, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
 
 /** Short, so giving up on a subscriber that never answers takes seconds: attempts at 0, 1 and 3 s, none at 7 s. */
 const DEADLINE_SECONDS = 6;
@@ -203,10 +203,12 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       const repository = await attachedRepository(o, 'gitlab');
       subscriber.server.failNext('deliver', 100, { status: 500 });
 
-      const { result } = await deliver('gitlab', gitlabPush(repository));
+      const { result, workflowId } = await deliver('gitlab', gitlabPush(repository));
       subscriber.server.clearFaults();
       expect(result.recorded).toBe(1);
       expect(result.delivered).toBe(0);
+      // Retries until the deadline add to the run's history, which stays small.
+      expect(await historyBytes(h.client, workflowId)).toBeLessThan(MAX_HISTORY_BYTES);
       expect(result.undelivered).toEqual([{ eventId: expect.any(String), subscriberId, reason: expect.any(String) }]);
       const attempts = await h.db.selectFrom('dispatch_attempts').selectAll().where('subscriber_id', '=', subscriberId).orderBy('attempt').execute();
       expect(attempts.length).toBeGreaterThanOrEqual(3);
