@@ -10,6 +10,7 @@ import { createLogger, type Logger } from '../lib/logger.ts';
 import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
 import { startDeliveryRetention } from './delivery-retention.ts';
+import { checkSearchAttributes } from './search-attributes.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
@@ -22,6 +23,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const connection = await connectWithRetry(`worker connection to ${connectOptions.address}`, () => NativeConnection.connect(connectOptions), logger);
   const clientConnection = await connectWithRetry(`client connection to ${connectOptions.address}`, () => Connection.connect(connectOptions), logger);
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  await checkSearchAttributes(client, config.temporal.namespace);
   const { cron, timeZone } = { cron: config.repositoryCache.schedule, timeZone: config.repositoryCache.timeZone };
   const scheduled = await ensureRefreshSchedule(client, { cron, timeZone, taskQueue: config.temporal.taskQueue });
   logger.info({ cron, timeZone, scheduled }, 'nightly repository refresh schedule in place');
