@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
+import { msToTs } from '@temporalio/common/lib/time.js';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { checkSearchAttributes } from '../../worker/search-attributes.ts';
 
@@ -19,7 +20,7 @@ describe('worker start-up: search attributes', () => {
 
   it('stops on a namespace without them, naming each and the command that registers it', async () => {
     const namespace = `bare-${randomUUID().slice(0, 8)}`;
-    await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: { seconds: 86_400 } });
+    await connection.workflowService.registerNamespace({ namespace, workflowExecutionRetentionPeriod: msToTs('1 day') });
     const error = await checkSearchAttributes(client, namespace).then(() => undefined, (e: Error) => e);
     expect(error?.message).toContain(`the Temporal namespace "${namespace}" lacks the Keyword search attributes ForgelinkOrganization, ForgelinkProvider, ForgelinkRepository, ForgelinkConnection`);
     expect(error?.message).toContain(`temporal operator search-attribute create --namespace ${namespace} --name ForgelinkConnection --type Keyword`);
