@@ -8,6 +8,7 @@ import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
+import { startIntakeRelay } from './intake-relay.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
@@ -20,7 +21,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const temporal = new Client({ connection, namespace: config.temporal.namespace });
   let draining = false;
-  const app = createApp({
+  const deps: ApiDeps = {
     draining: () => draining,
     db,
     temporal,
@@ -37,7 +38,10 @@ export async function runApi(config: Config, options: { address?: string; databa
     enabledProviders: enabledProviders(config),
     githubApp: githubAppFromConfig(config),
     githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
-  });
+  };
+  const app = createApp(deps);
+  // Starts the event runs of the deliveries the receivers store (several API replicas share the work).
+  const relay = startIntakeRelay(deps, { databaseUrl });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port }, () => resolve(s));
   });
@@ -60,6 +64,7 @@ export async function runApi(config: Config, options: { address?: string; databa
         if ('closeAllConnections' in server) server.closeAllConnections();
       });
       await Promise.race([closed, cut]);
+      await relay.stop();
       await connection.close();
       await db.destroy();
       logger.info('API stopped');

@@ -4,10 +4,9 @@ import type { Context } from 'hono';
 import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
 import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
-import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, summarizeDelivery, workflowIds, type EventInput } from '../../workflows/contract.ts';
+import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
-import { startWorkflow } from '../start-workflow.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
@@ -62,12 +61,6 @@ function headerRecord(c: Context<AppEnv>): Record<string, string> {
 }
 
 const MAX_DELIVERY_ID_LENGTH = 200;
-/**
- * How long the receiver waits for the event run to start before answering 503 (the provider then
- * delivers again): the whole answer stays within 5 s, well inside GitHub's 10 s.
- */
-const START_TIMEOUT_MS = 3000;
-
 /**
  * Who the delivery concerns: organizations with the repository attached, or bound to the
  * installation. A delivery for repositories known to be attached is answered from `cache`; any
@@ -159,26 +152,28 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   try {
     const targets = await targetsOf(c, cache, provider, events, installationId, instanceUrl);
     if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
-    // The events go to the intake table; the run's input names the row and summarizes it.
-    await storeDelivery(deps.db, { provider, deliveryId, events, installationId, instanceUrl });
-    const input: EventInput = { provider, deliveryId, receivedAt: new Date().toISOString(), summary: summarizeDelivery(events) };
-    await startWorkflow(deps, 'eventWorkflow', {
-      workflowId,
-      input,
-      timeoutMs: START_TIMEOUT_MS,
-      searchAttributes: [
-        { key: SA_PROVIDER, value: provider },
+    // Store first: once the row is written the delivery is acknowledged, and the intake relay
+    // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
+    await storeDelivery(deps.db, {
+      provider,
+      deliveryId,
+      events,
+      installationId,
+      instanceUrl,
+      start: {
+        taskQueue: deps.taskQueue,
+        summary: summarizeDelivery(events),
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
-        ...(targets.organizationIds.length === 1 ? [{ key: SA_ORGANIZATION, value: targets.organizationIds[0]! }] : []),
-        ...(targets.repositoryIds.length === 1 ? [{ key: SA_REPOSITORY, value: targets.repositoryIds[0]! }] : []),
-      ],
+        ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
+        ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
+      },
     });
   } catch (error) {
     // Not the sender's fault, and not acknowledged: an error status makes the provider deliver again.
-    deps.logger.error({ err: error, provider, deliveryId }, 'could not start the event workflow');
+    deps.logger.error({ reason: (error as Error).message, provider, deliveryId }, 'could not store the delivery');
     throw new Problem(503, 'Service Unavailable', 'the delivery could not be stored durably; deliver it again');
   }
-  // A redelivery finds the run already there: acknowledged the same way, nothing new started.
+  // A redelivery finds its row already there: acknowledged the same way, nothing new stored or started.
   return c.json({ status: 'accepted' as const, workflowId, events: events.length }, 202);
 }
 
@@ -200,7 +195,7 @@ export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
         security: [],
         responses: {
           200: { description: 'A ping, or a valid delivery that is not acted on', content: { 'application/json': { schema: Acknowledged } } },
-          202: { description: 'The event workflow is durably started (or already was: a redelivery)', content: { 'application/json': { schema: Acknowledged } } },
+          202: { description: 'The delivery is stored durably (or already was: a redelivery); its event workflow starts from the intake table', content: { 'application/json': { schema: Acknowledged } } },
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit'),

@@ -143,6 +143,21 @@ export interface WebhookDeliveriesTable {
   installation_id: string | null;
   instance_url: string | null;
   received_at: CreatedAt;
+  /** What the relay's start needs beyond the events; null on rows the receiver started itself. */
+  start: Json<DeliveryStart> | null;
+  /** When the relay (or, before it, the receiver) started the row's event workflow. */
+  started_at: Date | null;
+}
+
+/** The event run's start, as the receiver worked it out: its summary and search attributes. */
+export interface DeliveryStart {
+  /** The task queue of the deployment that acknowledged it: only its relays start the row. */
+  taskQueue: string;
+  /** The run's DeliverySummary (workflows/contract.ts), shown in the Temporal UI. */
+  summary: object;
+  /** Set when the delivery concerns a single organization / repository (Keyword attributes hold one value). */
+  organizationId?: string;
+  repositoryId?: string;
 }
 
 export interface SubscribersTable {

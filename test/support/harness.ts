@@ -9,6 +9,7 @@ import type { ActivitySettings } from '../../activities/index.ts';
 import type { Outbound } from '../../activities/outbound.ts';
 import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
+import { startIntakeRelay } from '../../api/intake-relay.ts';
 import type { ApiDeps } from '../../api/context.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
@@ -33,6 +34,8 @@ export interface Harness {
   request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
   /** Another API app on the same dependencies except `overrides` (e.g. a Temporal client that refuses every start). */
   appWith(overrides: Partial<ApiDeps>): ReturnType<typeof createApp>;
+  /** Resolves once the harness's intake relay has started the event run `workflowId` (stored deliveries start asynchronously). */
+  relayed(workflowId: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -65,6 +68,8 @@ export interface HarnessOptions {
   apiTemporalAddress?: string;
   /** Start no worker: the test runs its own (restartWorker starts the harness's). */
   withoutWorker?: boolean;
+  /** Run no intake relay: the test starts its own (startIntakeRelay) to watch what it does. */
+  withoutIntakeRelay?: boolean;
 }
 
 let runtimeInstalled = false;
@@ -144,6 +149,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     githubApiUrl: options.github?.url,
   };
   const app = createApp(apiDeps);
+  // As the API process does: starts the event runs of the deliveries the receivers store.
+  const relay = options.withoutIntakeRelay ? undefined : startIntakeRelay(apiDeps, { databaseUrl: inject('databaseUrl'), track: true });
 
   const harness: Harness = {
     db,
@@ -173,7 +180,12 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       return app.request(path, { method, headers, body });
     },
     appWith: (overrides) => createApp({ ...apiDeps, ...overrides }),
+    relayed(workflowId) {
+      if (!relay) throw new Error('the harness runs no intake relay');
+      return relay.whenStarted(workflowId);
+    },
     async close() {
+      await relay?.stop();
       await stopWorker();
       if (apiTemporal !== client) await apiTemporal.connection.close();
       await nativeConnection.close();
@@ -196,6 +208,8 @@ export async function createOrgWithToken(h: Harness, slug = `org-${randomUUID().
 
 /** Waits for a workflow through Temporal itself (no polling of our own). */
 export async function resultOf<T = unknown>(h: Harness, workflowId: string): Promise<T> {
+  // An event run starts from the intake table after its delivery was acknowledged.
+  if (workflowId.startsWith('event:')) await h.relayed(workflowId);
   return h.client.workflow.getHandle(workflowId).result() as Promise<T>;
 }
 

@@ -12,6 +12,7 @@ import * as credentialRotation from './2026-12-06T1116-credential-rotation.ts';
 import * as attachmentHookHealth from './2026-12-06T1125-attachment-hook-health.ts';
 import * as webhookDeliveries from './2026-12-06T1127-webhook-deliveries.ts';
 import * as githubInstallStates from './2026-12-06T1132-github-install-states.ts';
+import * as intakeRelay from './2026-12-06T1210-intake-relay.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -31,4 +32,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1125-attachment-hook-health': attachmentHookHealth,
   '2026-12-06T1127-webhook-deliveries': webhookDeliveries,
   '2026-12-06T1132-github-install-states': githubInstallStates,
+  '2026-12-06T1210-intake-relay': intakeRelay,
 };

@@ -1,6 +1,6 @@
-import type { Kysely, Transaction } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
 import type { NormalizedEvent, Provider } from '../../domain.ts';
-import type { Database } from '../schema.ts';
+import type { Database, DeliveryStart } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -11,6 +11,8 @@ export interface StoredDelivery {
   events: NormalizedEvent[];
   installationId?: string;
   instanceUrl?: string;
+  /** What the intake relay needs to start the run (absent when the caller starts it itself). */
+  start?: DeliveryStart;
 }
 
 /** Stores a delivery once: a redelivery (same provider and delivery id) keeps the row already there. */
@@ -23,6 +25,7 @@ export async function storeDelivery(db: Executor, delivery: StoredDelivery): Pro
       events: JSON.stringify(delivery.events),
       installation_id: delivery.installationId ?? null,
       instance_url: delivery.instanceUrl ?? null,
+      start: delivery.start ? JSON.stringify(delivery.start) : null,
     })
     .onConflict((oc) => oc.columns(['provider', 'delivery_id']).doNothing())
     .execute();
@@ -58,4 +61,54 @@ export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date,
     )
     .executeTakeFirst();
   return Number(result.numDeletedRows);
+}
+
+/** A stored delivery whose event workflow has not been started yet. */
+export interface PendingDelivery {
+  provider: Provider;
+  deliveryId: string;
+  receivedAt: Date;
+  start: DeliveryStart;
+}
+
+/**
+ * Locks up to `limit` unstarted deliveries for `taskQueue`, oldest first, skipping rows another relay holds, and
+ * hands them to `startAll`, which returns the ones it started; those are marked started when the
+ * transaction commits. Several relays (one per API replica) never start the same row twice.
+ */
+export async function startPendingDeliveries(
+  db: Kysely<Database>,
+  taskQueue: string,
+  limit: number,
+  startAll: (pending: PendingDelivery[]) => Promise<PendingDelivery[]>,
+): Promise<{ locked: number; started: number }> {
+  return db.transaction().execute(async (trx) => {
+    const rows = await trx
+      .selectFrom('webhook_deliveries')
+      .select(['provider', 'delivery_id', 'received_at', 'start'])
+      .where('started_at', 'is', null)
+      .where(sql<string>`start->>'taskQueue'`, '=', taskQueue)
+      .orderBy('received_at')
+      .limit(limit)
+      .forUpdate()
+      .skipLocked()
+      .execute();
+    if (rows.length === 0) return { locked: 0, started: 0 };
+    const started = await startAll(rows.map((r) => ({ provider: r.provider, deliveryId: r.delivery_id, receivedAt: r.received_at, start: r.start! })));
+    for (const provider of new Set(started.map((d) => d.provider))) {
+      const ids = started.filter((d) => d.provider === provider).map((d) => d.deliveryId);
+      await trx.updateTable('webhook_deliveries').set({ started_at: sql`now()` }).where('provider', '=', provider).where('delivery_id', 'in', ids).execute();
+    }
+    return { locked: rows.length, started: started.length };
+  });
+}
+
+/** Deliveries acknowledged but not yet handed to Temporal: how many, and since when. */
+export async function intakeBacklog(db: Executor): Promise<{ pending: number; oldestReceivedAt?: Date }> {
+  const row = await db
+    .selectFrom('webhook_deliveries')
+    .select(({ fn }) => [fn.countAll<string>().as('pending'), fn.min('received_at').as('oldest')])
+    .where('started_at', 'is', null)
+    .executeTakeFirstOrThrow();
+  return { pending: Number(row.pending), ...(row.oldest ? { oldestReceivedAt: row.oldest as Date } : {}) };
 }
