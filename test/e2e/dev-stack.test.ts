@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import { isRunning } from '../../lib/db/embedded.ts';
@@ -113,6 +113,17 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
     let stack = await startStack();
     let temporal = new Client({ connection: await Connection.connect({ address: stack.temporalAddress }) });
     const resultOf = (workflowId: string) => temporal.workflow.getHandle(workflowId).result();
+    const runOnceStarted = async (workflowId: string) => {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        try {
+          return await resultOf(workflowId);
+        } catch (error) {
+          if (!(error instanceof WorkflowNotFoundError) || Date.now() > deadline) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+    };
 
     const slug = `acme-${randomUUID().slice(0, 8)}`;
     expect((await call('POST', '/api/v1/orgs', adminToken(), { slug, name: 'Acme' })).status).toBe(201);
@@ -163,7 +174,9 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
     });
     const acknowledged = await Promise.all(deliveries.map((d) => fetch(d.url, { method: 'POST', headers: d.headers, body: d.body })));
     expect(acknowledged.map((r) => r.status)).toEqual(deliveries.map(() => 202));
-    await Promise.all(deliveries.map((d) => resultOf(`event:gitlab:${d.deliveryId}`)));
+    // 202 means stored: the stack's intake relay starts each run a moment later. Outside the
+    // process there is no signal to wait on but the run itself, so wait for it to exist.
+    await Promise.all(deliveries.map((d) => runOnceStarted(`event:gitlab:${d.deliveryId}`)));
     const events = (await (await call('GET', `/api/v1/orgs/${slug}/events?limit=200`, token)).json()) as { items: { deliveryId: string }[] };
     expect(new Set(events.items.map((e) => e.deliveryId))).toEqual(new Set(deliveries.map((d) => d.deliveryId)));
 

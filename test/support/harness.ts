@@ -34,6 +34,8 @@ export interface Harness {
   request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
   /** Another API app on the same dependencies except `overrides` (e.g. a Temporal client that refuses every start). */
   appWith(overrides: Partial<ApiDeps>): ReturnType<typeof createApp>;
+  /** What the API app runs on (an intake relay of a test's own takes it). */
+  apiDeps: ApiDeps;
   /** Resolves once the harness's intake relay has started the event run `workflowId` (stored deliveries start asynchronously). */
   relayed(workflowId: string): Promise<void>;
   close(): Promise<void>;
@@ -180,6 +182,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       return app.request(path, { method, headers, body });
     },
     appWith: (overrides) => createApp({ ...apiDeps, ...overrides }),
+    apiDeps,
     relayed(workflowId) {
       if (!relay) throw new Error('the harness runs no intake relay');
       return relay.whenStarted(workflowId);
@@ -208,9 +211,10 @@ export async function createOrgWithToken(h: Harness, slug = `org-${randomUUID().
 
 /** Waits for a workflow through Temporal itself (no polling of our own). */
 export async function resultOf<T = unknown>(h: Harness, workflowId: string): Promise<T> {
+  const handle = h.client.workflow.getHandle(workflowId);
   // An event run starts from the intake table after its delivery was acknowledged.
-  if (workflowId.startsWith('event:')) await h.relayed(workflowId);
-  return h.client.workflow.getHandle(workflowId).result() as Promise<T>;
+  if (workflowId.startsWith('event:')) await handle.describe().catch(() => h.relayed(workflowId));
+  return handle.result() as Promise<T>;
 }
 
 /** The run's full history as JSON text, for secret checks. */

@@ -1,0 +1,172 @@
+import { randomUUID } from 'node:crypto';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startIntakeRelay, type IntakeRelay } from '../../api/intake-relay.ts';
+import { createDb } from '../../lib/db/index.ts';
+import { PROVIDERS, type Provider } from '../../lib/domain.ts';
+import { workflowIds } from '../../workflows/contract.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+
+const SECRET: Record<Provider, string> = {
+  github: TEST_WEBHOOK_SECRETS.github,
+  gitlab: TEST_WEBHOOK_SECRETS.gitlab,
+  bitbucket: TEST_WEBHOOK_SECRETS.bitbucket,
+  'azure-devops': TEST_WEBHOOK_SECRETS.azureDevOps.pass,
+};
+const FULL_NAMES: Record<Provider, string> = { github: 'octo-org/relay', gitlab: 'group/relay', bitbucket: 'PROJ/relay', 'azure-devops': 'Fabrikam/relay' };
+
+/**
+ * A TCP proxy in front of the Temporal frontend whose outage is switched by the test: while down
+ * it cuts every connection and refuses new ones, which is what the API's client sees of a Temporal
+ * cluster that is stopped or upgrading.
+ */
+async function temporalProxy(upstream: string) {
+  const [host, port] = upstream.split(':') as [string, string];
+  const sockets = new Set<Socket>();
+  let up = true;
+  let refusedOnce: () => void;
+  const refused = new Promise<void>((resolve) => (refusedOnce = resolve));
+  const server: Server = createServer((client) => {
+    if (!up) {
+      refusedOnce();
+      return void client.destroy();
+    }
+    const target = connect(Number(port), host);
+    for (const s of [client, target]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(target).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    /** Resolves once a connection attempt met the outage. */
+    refused,
+    down() {
+      up = false;
+      for (const s of sockets) s.destroy();
+    },
+    up() {
+      up = true;
+    },
+    close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
+  };
+}
+
+describe('intake relay: store first, start after', () => {
+  let proxy: Awaited<ReturnType<typeof temporalProxy>>;
+  let h: Harness;
+  let org: { id: string };
+  const attached = {} as Record<Provider, { externalId: string; fullName: string }>;
+  const relays: IntakeRelay[] = [];
+  const relay = (options: { maxBackoffMs?: number } = {}) => {
+    const started = startIntakeRelay(h.apiDeps, { databaseUrl: inject('databaseUrl'), track: true, ...options });
+    relays.push(started);
+    return started;
+  };
+
+  beforeAll(async () => {
+    proxy = await temporalProxy(inject('temporalAddress'));
+    // The API (receivers and relays) reaches Temporal through the proxy; the worker directly.
+    h = await startHarness({ withoutIntakeRelay: true, apiTemporalAddress: proxy.address });
+    ({ org } = await createOrgWithToken(h));
+    for (const provider of PROVIDERS) {
+      attached[provider] = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
+      await seedAttachedRepository(h, { organizationId: org.id, provider, ...attached[provider] });
+    }
+  });
+  afterAll(async () => {
+    for (const r of relays) await r.stop();
+    await h?.close();
+    await proxy?.close();
+  });
+
+  const pushes = (count: number) =>
+    Array.from({ length: count }, (_, i) => {
+      const provider = PROVIDERS[i % PROVIDERS.length]!;
+      return delivery(provider, withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]), {
+        deliveryId: randomUUID(),
+        secret: SECRET[provider],
+        basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
+      });
+    });
+  const runOf = (d: { provider: Provider; deliveryId: string }) => workflowIds.event(d.provider, d.deliveryId);
+  const runExists = async (workflowId: string) =>
+    h.client.workflow
+      .getHandle(workflowId)
+      .describe()
+      .then(
+        () => true,
+        () => false,
+      );
+
+  it('acknowledges every delivery while Temporal is unreachable, and starts and records each exactly once when it is back', async () => {
+    const relayed = relay({ maxBackoffMs: 500 });
+    proxy.down();
+    const sent = pushes(12);
+    try {
+      for (const d of sent) {
+        const t0 = performance.now();
+        expect((await send(h, d)).status).toBe(202);
+        expect(performance.now() - t0).toBeLessThan(1000);
+      }
+      // The relay met the outage; nothing has started.
+      await proxy.refused;
+      for (const d of sent) expect(await runExists(runOf(d))).toBe(false);
+    } finally {
+      proxy.up();
+    }
+    await Promise.all(sent.map((d) => relayed.whenStarted(runOf(d))));
+    await Promise.all(sent.map((d) => h.client.workflow.getHandle(runOf(d)).result()));
+    for (const d of sent) expect(await eventsOfDelivery(h.db, d.provider, d.deliveryId)).toHaveLength(1);
+    // A redelivery of a stored delivery: 202 again, no second row, no second start.
+    expect((await send(h, sent[0]!)).status).toBe(202);
+    const rows = await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', sent[0]!.deliveryId).execute();
+    expect(rows).toHaveLength(1);
+  });
+
+  it('picks up deliveries stored while no relay ran (an API killed between the write and the start)', async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    const sent = pushes(4);
+    for (const d of sent) expect((await send(h, d)).status).toBe(202);
+    for (const d of sent) expect(await runExists(runOf(d))).toBe(false);
+
+    const restarted = relay();
+    await Promise.all(sent.map((d) => restarted.whenStarted(runOf(d))));
+    for (const d of sent) {
+      await h.client.workflow.getHandle(runOf(d)).result();
+      expect(await eventsOfDelivery(h.db, d.provider, d.deliveryId)).toHaveLength(1);
+    }
+  });
+
+  it('runs as several relays (API replicas) that never start the same delivery twice', async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    const sent = pushes(40);
+    for (const d of sent) expect((await send(h, d)).status).toBe(202);
+    const [a, b] = [relay(), relay()];
+    await Promise.all(sent.map((d) => Promise.race([a.whenStarted(runOf(d)), b.whenStarted(runOf(d))])));
+    const both = a.started.filter((id) => b.started.includes(id));
+    expect(both).toEqual([]);
+    expect(new Set([...a.started, ...b.started])).toEqual(new Set(sent.map(runOf)));
+  });
+
+  it('answers 503 when the database cannot take the delivery, and starts nothing', async () => {
+    const unreachable = createDb('postgres://postgres@127.0.0.1:1/none', { max: 1 });
+    try {
+      const app = h.appWith({ db: unreachable });
+      const [d] = pushes(1);
+      const res = await app.request(d!.path, { method: 'POST', headers: d!.headers, body: d!.body });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+      expect(await runExists(runOf(d!))).toBe(false);
+      const stored = await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', d!.deliveryId).execute();
+      expect(stored).toEqual([]);
+    } finally {
+      await unreachable.destroy();
+    }
+  });
+});
