@@ -48,7 +48,7 @@ export async function loadDelivery(db: Executor, provider: Provider, deliveryId:
   };
 }
 
-/** Removes up to `limit` deliveries received before `cutoff`, oldest first; returns how many. */
+/** Removes up to `limit` deliveries received before `cutoff` whose runs were started (an unstarted one is still owed its run), oldest first; returns how many. */
 export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date, limit: number): Promise<number> {
   const result = await db
     .deleteFrom('webhook_deliveries')
@@ -56,7 +56,7 @@ export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date,
       eb(
         refTuple('provider', 'delivery_id'),
         'in',
-        selectFrom('webhook_deliveries').select(['provider', 'delivery_id']).where('received_at', '<', cutoff).orderBy('received_at').limit(limit).$asTuple('provider', 'delivery_id'),
+        selectFrom('webhook_deliveries').select(['provider', 'delivery_id']).where('received_at', '<', cutoff).where('started_at', 'is not', null).orderBy('received_at').limit(limit).$asTuple('provider', 'delivery_id'),
       ),
     )
     .executeTakeFirst();
