@@ -9,7 +9,7 @@ import { startWorld, type World } from '../fuzz/world.ts';
  * calls: no 5xx, no crash, no run or event without a valid credential, every run ending.
  */
 const SEED = 20261206;
-const REQUESTS = 1200;
+const REQUESTS = 1000;
 
 describe('fuzz (short form)', () => {
   let world: World;
