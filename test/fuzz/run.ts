@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { Agent, request as httpRequest } from 'node:http';
 import type { Socket } from 'node:net';
 import { type Client, WorkflowFailedError } from '@temporalio/client';
@@ -159,25 +160,30 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
   agent.destroy();
   const durationMs = Math.round(performance.now() - started);
 
-  const services = stack.services();
-  for (const [name, state] of Object.entries(services)) {
-    if (state.exitCode !== null || state.signal !== null) failures.push({ problem: `the ${name} process ended (${state.exitCode ?? state.signal}) during the run:\n${state.tail}` });
-  }
+  const ended = Object.entries(stack.services()).filter(([, state]) => state.exitCode !== null || state.signal !== null);
+  for (const [name, state] of ended) failures.push({ problem: `the ${name} process ended (${state.exitCode ?? state.signal}) during the run:\n${state.tail}` });
 
   // Every run started ends, without failing; what a hung one waits on is in its report.
   let runsFailed = 0;
   const deadline = new AbortController();
-  const timer = setTimeout(() => deadline.abort(), options.drainMs ?? 120_000);
+  setMaxListeners(32, deadline.signal);
+  // With a process gone, runs may never end: no use waiting for them.
+  const timer = setTimeout(() => deadline.abort(), ended.length > 0 ? 0 : (options.drainMs ?? 120_000));
+  let explained = 0;
   await inParallel(accepted.keys(), 16, async (workflowId) => {
     const handle = stack.temporal.workflow.getHandle(workflowId);
     try {
+      if (deadline.signal.aborted) throw deadline.signal.reason;
       await stack.temporal.withAbortSignal(deadline.signal, () => handle.result());
       return;
     } catch (error) {
       runsFailed++;
       const request = describe(firstRequest.get(workflowId)!, seed);
       if (error instanceof WorkflowFailedError) failures.push({ problem: `event run ${workflowId} failed: ${error.cause?.message ?? error.message}`, request });
-      else failures.push({ problem: `event run ${workflowId} still running after the drain: ${await whyRunning(stack.temporal, workflowId)}`, request });
+      else {
+        const why = ended.length === 0 && explained++ < 5 ? `: ${await whyRunning(stack.temporal, workflowId)}` : '';
+        failures.push({ problem: `event run ${workflowId} still running after the drain${why}`, request });
+      }
     }
   });
   clearTimeout(timer);
