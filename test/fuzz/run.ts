@@ -5,7 +5,7 @@ import type { Socket } from 'node:net';
 import { type Client, WorkflowFailedError } from '@temporalio/client';
 import { Random } from './random.ts';
 import { fuzzRequest, type FuzzRequest } from './requests.ts';
-import type { World } from './world.ts';
+import { resultOnceStarted, type World } from './world.ts';
 
 /**
  * Runs a fuzz campaign against a world and checks what must hold after it:
@@ -171,10 +171,9 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
   const timer = setTimeout(() => deadline.abort(), ended.length > 0 ? 0 : (options.drainMs ?? 120_000));
   let explained = 0;
   await inParallel(accepted.keys(), 16, async (workflowId) => {
-    const handle = stack.temporal.workflow.getHandle(workflowId);
     try {
       if (deadline.signal.aborted) throw deadline.signal.reason;
-      await stack.temporal.withAbortSignal(deadline.signal, () => handle.result());
+      await stack.temporal.withAbortSignal(deadline.signal, () => resultOnceStarted(stack.temporal, workflowId, deadline.signal));
       return;
     } catch (error) {
       runsFailed++;

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { type Client, WorkflowNotFoundError } from '@temporalio/client';
 import { callApi, startBenchStack, type BenchStack, type StackPlacement } from '../../bench/stack.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
@@ -61,6 +62,21 @@ export interface World {
   close(): Promise<void>;
 }
 
+/**
+ * The result of a run, waiting for its start first: a receiver acknowledges a delivery once it is
+ * stored, and the intake relay starts its run a moment later.
+ */
+export async function resultOnceStarted(client: Client, workflowId: string, signal?: AbortSignal): Promise<unknown> {
+  for (;;) {
+    try {
+      return await client.workflow.getHandle(workflowId).result();
+    } catch (error) {
+      if (!(error instanceof WorkflowNotFoundError) || signal?.aborted) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
 /** A GitHub payload from the organization's installation (other providers' payloads as they are). */
 export function inOrganization(org: WorldOrganization, provider: Provider, payload: Payload): Payload {
   return provider === 'github' ? { ...payload, installation: { ...payload.installation, id: org.installationId } } : payload;
@@ -83,7 +99,7 @@ export async function startWorld(placement: Omit<StackPlacement, 'githubBaseUrl'
     throw error;
   }
   const api = (method: string, path: string, token: string, body?: unknown) => callApi(stack, method, path, token, body);
-  const resultOf = (workflowId: string) => stack.temporal.workflow.getHandle(workflowId).result() as Promise<Record<string, any>>;
+  const resultOf = (workflowId: string) => resultOnceStarted(stack.temporal, workflowId) as Promise<Record<string, any>>;
   const setupRuns = new Map<string, string>();
 
   async function organization(name: string, providers: readonly Provider[]): Promise<WorldOrganization> {
