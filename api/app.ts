@@ -36,6 +36,10 @@ export function createApp(deps: ApiDeps) {
     if (typeof status === 'number' && status >= 400 && status < 500) {
       return problemJson(c, new Problem(status as 400, 'Bad Request', error.message || 'invalid request'));
     }
+    if (isDatabaseUnavailable(error)) {
+      deps.logger.error({ reason: error.message, path: c.req.path, method: c.req.method }, 'the database did not answer');
+      return problemJson(c, new Problem(503, 'Service Unavailable', 'the database is unavailable; try again'));
+    }
     deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'unhandled error');
     return problemJson(c, new Problem(500, 'Internal Server Error', 'an unexpected error occurred; it has been logged'));
   });
@@ -82,4 +86,15 @@ export function createApp(deps: ApiDeps) {
     security: [{ bearer: [] }],
   });
   return app;
+}
+
+/**
+ * The database could not be reached or dropped the connection (network errors, PostgreSQL's class
+ * 08 connection exceptions and 57P0x shutdowns, pg's own "Connection terminated"): a failing
+ * dependency, so 503, never the 500 of a bug. The error holds the pg client, so only its message is logged.
+ */
+function isDatabaseUnavailable(error: Error): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || code.startsWith('08') || code.startsWith('57P'))) return true;
+  return /^Connection terminated|timeout exceeded when trying to connect/.test(error.message);
 }

@@ -86,6 +86,18 @@ describe('organizations, tokens, health and OpenAPI', () => {
     }
   });
 
+  it('answers 503, not 500, when the database cannot be reached behind a request (a failing dependency, not a bug)', async () => {
+    const unreachable = createDb('postgres://postgres@127.0.0.1:1/none', { max: 1 });
+    try {
+      const res = await h.appWith({ db: unreachable }).request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+      expect(((await res.json()) as { detail: string }).detail).toBe('the database is unavailable; try again');
+    } finally {
+      await unreachable.destroy();
+    }
+  });
+
   it('serves an OpenAPI document of the API', async () => {
     const res = await h.request('GET', '/openapi.json');
     expect(res.status).toBe(200);

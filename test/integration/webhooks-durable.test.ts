@@ -187,6 +187,8 @@ describe('a Temporal that does not answer', () => {
   afterAll(async () => {
     for (const socket of sockets) socket.destroy();
     await h?.close();
+    // The harness's intake relay kept trying to start the delivery: cut what it opened meanwhile.
+    for (const socket of sockets) socket.destroy();
     await new Promise<void>((resolve) => blackhole.close(() => resolve()));
   });
 
