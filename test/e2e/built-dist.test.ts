@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
+import { resultOnceStarted } from '../fuzz/world.ts';
 
 /**
  * What production runs: `npm run build` into a clean directory, production dependencies only
@@ -138,7 +139,8 @@ describe('the build: node dist/… with production dependencies only', () => {
     const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), { externalId: String(project.id), fullName: project.pathWithNamespace });
     const sent = delivery('gitlab', payload, { deliveryId: randomUUID(), secret: hook!.token });
     expect((await fetch(hook!.url, { method: 'POST', headers: sent.headers, body: sent.body })).status).toBe(202);
-    await resultOf(`event:gitlab:${sent.deliveryId}`);
+    // Acknowledged once stored; the API's intake relay starts the run a moment later.
+    await resultOnceStarted(temporal, `event:gitlab:${sent.deliveryId}`);
     const events = (await (await call('GET', `/api/v1/orgs/${slug}/events`, token)).json()) as { items: { deliveryId: string; kind: string }[] };
     expect(events.items.map((e) => e.deliveryId)).toEqual([sent.deliveryId]);
 
