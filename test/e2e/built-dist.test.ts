@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +10,7 @@ import { stringify as toYaml } from 'yaml';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { resultOnceStarted } from '../fuzz/world.ts';
+import { freePort } from '../support/free-port.ts';
 
 /**
  * What production runs: `npm run build` into a clean directory, production dependencies only
@@ -27,17 +27,6 @@ interface Started {
   child: ChildProcess;
   exited: Promise<number | null>;
   output: () => string;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function run(command: string, args: string[], cwd: string): void {

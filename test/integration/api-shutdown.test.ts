@@ -2,12 +2,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request, type ClientRequest, type IncomingMessage } from 'node:http';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
+import { freePort } from '../support/free-port.ts';
 
 /**
  * A rollout's SIGTERM, as the API process meets it: /readyz answers 503 for the drain delay while
@@ -16,17 +16,6 @@ import { stringify as toYaml } from 'yaml';
  */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-shutdown-'));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** A POST whose body arrives in parts: the first part now, the rest when the test says. */
 function slowPost(url: string, token: string, body: string): { req: ClientRequest; response: Promise<IncomingMessage & { text: Promise<string> }> } {
