@@ -95,7 +95,9 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     let failed = false;
     const { locked } = await startPendingDeliveries(deps.db, deps.taskQueue, batch, async (pending) => {
       const outcomes = await Promise.all(pending.map(startOne));
-      failed = outcomes.includes(false);
+      // Back off when Temporal refused them all (down, upgrading); one row that fails alone waits
+      // for the next round without slowing every other delivery.
+      failed = !outcomes.includes(true);
       return pending.filter((_, i) => outcomes[i]);
     });
     return { full: locked === batch, failed };

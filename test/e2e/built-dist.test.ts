@@ -125,7 +125,7 @@ describe('the build: node dist/… with production dependencies only', () => {
     expect(await resultOf(attach.workflowId)).toMatchObject({ status: 'attached' });
 
     const [hook] = gitlab.hooks(project.id);
-    const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), { externalId: String(project.id), fullName: project.pathWithNamespace });
+    const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), { externalId: String(project.id), fullName: project.pathWithNamespace, instanceUrl: gitlab.url });
     const sent = delivery('gitlab', payload, { deliveryId: randomUUID(), secret: hook!.token });
     expect((await fetch(hook!.url, { method: 'POST', headers: sent.headers, body: sent.body })).status).toBe(202);
     // Acknowledged once stored; the API's intake relay starts the run a moment later.

@@ -165,7 +165,7 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
       const [hook] = gitlab.hooks(project.id);
       expect(hook?.token).toBeTruthy();
       return Array.from({ length: PUSHES_PER_PROJECT }, () => {
-        const sent = delivery('gitlab', withRepository('gitlab', payload, { externalId: String(project.id), fullName: project.pathWithNamespace }), {
+        const sent = delivery('gitlab', withRepository('gitlab', payload, { externalId: String(project.id), fullName: project.pathWithNamespace, instanceUrl: gitlab.url }), {
           deliveryId: randomUUID(),
           secret: hook!.token,
         });

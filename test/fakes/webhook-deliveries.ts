@@ -92,7 +92,11 @@ export function delivery(provider: Provider, payload: Payload, options: Delivery
 }
 
 /** The payload moved onto another repository (the provider's id and its name; GitHub: and installation), leaving the rest as recorded. */
-export function withRepository(provider: Provider, payload: Payload, repository: { externalId: string; fullName: string; installationId?: string }): Payload {
+/**
+ * `instanceUrl`: the GitLab instance that sends it, as a real one names itself in `project.web_url`
+ * (the recorded fixture names gitlab.example.com); the receiver tells instances apart by it.
+ */
+export function withRepository(provider: Provider, payload: Payload, repository: { externalId: string; fullName: string; installationId?: string; instanceUrl?: string }): Payload {
   const copy = structuredClone(payload);
   const [owner, name] = splitFullName(repository.fullName);
   switch (provider) {
@@ -103,6 +107,10 @@ export function withRepository(provider: Provider, payload: Payload, repository:
     case 'gitlab':
       copy.project_id = Number(repository.externalId);
       Object.assign(copy.project, { id: Number(repository.externalId), path_with_namespace: repository.fullName, name });
+      if (repository.instanceUrl) {
+        copy.project.web_url = `${repository.instanceUrl}/${repository.fullName}`;
+        if (copy.repository) copy.repository.homepage = copy.project.web_url;
+      }
       break;
     case 'bitbucket': {
       const repo = copy.repository ?? copy.pullRequest.toRef.repository;

@@ -27,6 +27,8 @@ export interface WorldRepository {
   id: string;
   externalId: string;
   fullName: string;
+  /** The GitLab instance, which names itself in its deliveries (project.web_url). */
+  instanceUrl?: string;
 }
 
 export interface WorldOrganization {
@@ -147,7 +149,7 @@ export async function startWorld(placement: Omit<StackPlacement, 'githubBaseUrl'
     const { items } = await api('GET', `/api/v1/orgs/${slug}/repositories?limit=200`, world.token);
     for (const item of items as { id: string; provider: Provider; externalId: string; fullName: string }[]) {
       world.repositoryIds.push(item.id);
-      const repository = { id: item.id, externalId: item.externalId, fullName: item.fullName };
+      const repository = { id: item.id, externalId: item.externalId, fullName: item.fullName, ...(item.provider === 'gitlab' ? { instanceUrl: gitlab.url } : {}) };
       if (item.fullName.endsWith(`${name}-attached`)) world.attached[item.provider] = repository;
       else if (item.fullName.endsWith(`${name}-loose`)) world.loose[item.provider] = repository;
     }
