@@ -2,6 +2,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
 import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
 import {
+  claimDeliveryDigest,
+  deliveryScope,
   findAttachedRepositories,
   findConnectionsByExternalKey,
   insertDeliveryEvents,
@@ -10,7 +12,7 @@ import {
 } from '../lib/db/repositories/events.ts';
 import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
-import { isAccessChange, type NormalizedEvent } from '../lib/domain.ts';
+import { isAccessChange, type NormalizedEvent, type Provider } from '../lib/domain.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../lib/instance.ts';
 import { compileRefGlob } from '../lib/ref-glob.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -41,6 +43,16 @@ export interface RecordedDelivery {
 }
 
 
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * How long a provider may deliver a body again (days), and so how long a body is remembered per
+ * connection: GitLab resends a hook's events of the last 7 days, GitHub Enterprise Server redelivers
+ * for 7 days (github.com 3), Azure DevOps retries for about 36 hours, Bitbucket DC does not
+ * redeliver; never less than 3 days.
+ */
+export const REDELIVERY_WINDOW_DAYS: Record<Provider, number> = { github: 7, gitlab: 7, bitbucket: 3, 'azure-devops': 3 };
+
 export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: EventActivityDeps) {
   return {
     /**
@@ -52,16 +64,25 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
      * run finds the rows already there and returns the same pairs.
      */
     async recordEvent(input: EventInput): Promise<RecordedDelivery> {
-      const { provider, deliveryId } = input;
+      const { provider, deliveryId, connectionId, bodyDigest } = input;
       // A run started before the intake table carries its events in its input.
-      const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, provider, deliveryId);
+      const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, { provider, deliveryId, connectionId });
       if (!delivery) {
         throw ApplicationFailure.create({ type: 'DeliveryNotStored', nonRetryable: true, message: `delivery ${provider}:${deliveryId} is not in the intake table (removed after the retention period?)` });
       }
       const { events, instanceUrl, installationId } = delivery;
       const result = await db.transaction().execute(async (trx) => {
-        const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId));
-        const { kept: attached, ambiguous } = attachmentsOfInstance(attachmentsOfInstallation(provider, found, installationId), instanceUrl);
+        if (connectionId && bodyDigest) {
+          const receivedAt = new Date(input.receivedAt);
+          const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);
+          if (!(await claimDeliveryDigest(trx, { connectionId, digest: bodyDigest, deliveryId, receivedAt, notBefore }))) {
+            logger.warn({ provider, deliveryId, connectionId }, 'the same body was recorded for the connection under another delivery id: a replay, not recorded');
+            return { recorded: 0, dispatches: [] };
+          }
+        }
+        const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId), deliveryScope(provider, connectionId));
+        // A connection's hook names its instance; a legacy hook's delivery is placed by the URLs in its payload.
+        const { kept: attached, ambiguous } = connectionId ? { kept: found, ambiguous: [] } : attachmentsOfInstance(attachmentsOfInstallation(provider, found, installationId), instanceUrl);
         if (ambiguous.length > 0) {
           logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
         }

@@ -10,15 +10,17 @@ import {
   attachmentOf,
   forgetHooks,
   forgetHooksExcept,
-  hooksSharedWithAnotherAttachment,
+  legacyHooksInUseElsewhere,
   listUndetachedRepositories,
   loadRepositoryTarget,
+  recordedCredentialVersions,
   recordedHookIds,
   recordHook,
   recordHookHealth,
   setAttachmentStatus,
 } from '../lib/db/repositories/attachments.ts';
 import { markRepositoriesVanished } from '../lib/db/repositories/repository-cache.ts';
+import { ensureWebhookCredential, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 
@@ -43,78 +45,82 @@ export const HookFailureTypes = {
   connectionNotActive: 'ConnectionNotActive',
   connectionUnavailable: 'ConnectionUnavailable',
   providerNotConfigured: 'ProviderNotConfigured',
-  webhookSecretNotConfigured: 'WebhookSecretNotConfigured',
   unknownHook: 'UnknownHook',
   hookPresenceUnknown: 'HookPresenceUnknown',
 } as const;
 
-/** Where providers deliver: the webhook receiver of the provider under the public URL. */
-export function deliveryUrl(publicUrl: string, provider: Provider): string {
-  return `${publicUrl.replace(/\/+$/, '')}/api/events-handler/v1/events/${provider}`;
+/**
+ * Where a connection's hooks deliver: the provider's receiver under the public URL, naming the
+ * connection (opaque, not a secret) so the receiver verifies against that connection's credential
+ * only. Each connection's hooks have their own URL: attach adopts a hook of this connection, never
+ * another's.
+ */
+export function deliveryUrl(publicUrl: string, provider: Provider, connectionId: string): string {
+  return `${publicUrl.replace(/\/+$/, '')}/api/events-handler/v1/events/${provider}?c=${connectionId}`;
 }
 
 export const AZURE_DEVOPS_HOOK_EVENT_TYPES = ['git.push', 'git.pullrequest.created', 'git.pullrequest.updated'] as const;
 export const GITLAB_HOOK_EVENTS = ['push_events', 'tag_push_events', 'merge_requests_events'] as const;
 export const BITBUCKET_HOOK_EVENTS = ['repo:refs_changed', 'pr:opened', 'pr:from_ref_updated', 'pr:modified', 'pr:merged', 'pr:declined'] as const;
 
-/** One hook of a repository's hook set: `key` names it to workflows; `spec` (with the secret) stays here. */
-interface HookDefinition {
-  key: string;
-  spec: HookSpec;
-}
-
 function nonRetryable(type: string, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
-function requireSetting<T>(value: T | undefined, name: string): T {
-  if (value === undefined || value === '') {
-    throw nonRetryable(HookFailureTypes.webhookSecretNotConfigured, `${name} is not configured: the receiver could not verify deliveries, so no hook is created`);
-  }
-  return value;
-}
-
 /**
- * The hooks forgelink keeps on one repository. Azure DevOps: one Service Hook subscription per
- * event type, scoped to the repository (never global), the PR-updated one filtered to source-branch
- * pushes, delivering with Basic auth. GitLab: one project hook with the secret token. Bitbucket DC:
- * one repository webhook with the HMAC secret. GitHub: none, the App delivers.
+ * The hooks forgelink keeps on one repository, by key. Azure DevOps: one Service Hook subscription
+ * per event type, scoped to the repository (never global). GitLab: one project hook. Bitbucket DC:
+ * one repository webhook. GitHub: none, the App delivers.
  */
-function hookSet(provider: Provider, settings: ActivitySettings): HookDefinition[] {
-  const url = deliveryUrl(settings.publicUrl, provider);
+function hookKeys(provider: Provider): string[] {
   switch (provider) {
     case 'github':
       return [];
     case 'gitlab':
-      return [{ key: 'project-hook', spec: { url, events: [...GITLAB_HOOK_EVENTS], secret: requireSetting(settings.gitlabWebhookSecret, 'gitProviders.gitlab.webhookSecret') } }];
+      return ['project-hook'];
     case 'bitbucket':
-      return [{ key: 'repository-webhook', spec: { url, events: [...BITBUCKET_HOOK_EVENTS], secret: requireSetting(settings.bitbucketWebhookSecret, 'gitProviders.bitbucket.webhookSecret') } }];
-    case 'azure-devops': {
-      const auth = requireSetting(settings.azureDevOps, 'gitProviders.azureDevOps.webhookBasicAuthUser/webhookBasicAuthPass');
-      return AZURE_DEVOPS_HOOK_EVENT_TYPES.map((eventType) => ({
-        key: eventType,
-        spec: {
-          url,
-          events: [eventType],
-          basicAuthUser: auth.basicAuthUser,
-          secret: auth.basicAuthPass,
-          ...(eventType === 'git.pullrequest.updated' ? { filters: { notificationType: 'PushNotification' } } : {}),
-        },
-      }));
-    }
+      return ['repository-webhook'];
+    case 'azure-devops':
+      return [...AZURE_DEVOPS_HOOK_EVENT_TYPES];
+  }
+}
+
+function requireHookKey(provider: Provider, key: string): void {
+  if (!hookKeys(provider).includes(key)) throw nonRetryable(HookFailureTypes.unknownHook, `${provider} has no hook "${key}" in forgelink's hook set`);
+}
+
+/**
+ * One hook of the set, carrying the connection's webhook credential: GitLab's secret token,
+ * Bitbucket's HMAC secret, Azure DevOps' Basic auth (the PR-updated subscription filtered to
+ * source-branch pushes). The spec (with the secret) stays in the activity.
+ */
+function hookSpec(provider: Provider, key: string, url: string, credential: WebhookCredential): HookSpec {
+  switch (provider) {
+    case 'gitlab':
+      return { url, events: [...GITLAB_HOOK_EVENTS], secret: credential.secret };
+    case 'bitbucket':
+      return { url, events: [...BITBUCKET_HOOK_EVENTS], secret: credential.secret };
+    default:
+      return {
+        url,
+        events: [key],
+        basicAuthUser: credential.basicAuthUser,
+        secret: credential.secret,
+        ...(key === 'git.pullrequest.updated' ? { filters: { notificationType: 'PushNotification' } } : {}),
+      };
   }
 }
 
 const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
 
-/** Whether a provider hook is the one a definition describes: same URL, and for Azure DevOps the same event type (all three share the URL). */
-function isHookFor(provider: Provider, spec: HookSpec, hook: ProviderHook): boolean {
-  if (!sameUrl(hook.url, spec.url)) return false;
-  return provider !== 'azure-devops' || hook.events[0] === spec.events[0];
+/** Whether a provider hook is the one of `key` at `url`: same URL, and for Azure DevOps the same event type (all three share the URL). */
+function isHookFor(provider: Provider, key: string, url: string, hook: ProviderHook): boolean {
+  if (!sameUrl(hook.url, url)) return false;
+  return provider !== 'azure-devops' || hook.events[0] === key;
 }
 
 /** Which hook of the set a provider hook stands for, whatever its URL: Azure DevOps by event type; the others keep one hook. */
-const isSameHookKey = (provider: Provider, spec: HookSpec, hook: ProviderHook) => provider !== 'azure-devops' || hook.events[0] === spec.events[0];
+const isSameHookKey = (provider: Provider, key: string, hook: ProviderHook) => provider !== 'azure-devops' || hook.events[0] === key;
 
 const sameSet = (a: string[] = [], b: string[] = []) => a.length === b.length && a.every((x) => b.includes(x));
 const sameFilters = (a: Record<string, string> = {}, b: Record<string, string> = {}) =>
@@ -153,19 +159,7 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
   }
 
   const refOf = (row: RepositoryRow, projectId?: string): RepositoryRef => ({ externalId: row.external_id, fullName: row.full_name, ...(projectId ? { projectId } : {}) });
-
-  function definition(row: RepositoryRow, hookKey: string): HookDefinition {
-    const found = hookSet(row.provider, settings).find((d) => d.key === hookKey);
-    if (!found) throw nonRetryable(HookFailureTypes.unknownHook, `${row.provider} has no hook "${hookKey}" in forgelink's hook set`);
-    return found;
-  }
-
-  /** Hooks of our delivery URL that no attachment of another organization relies on may be deleted. */
-  async function mayDeleteProviderHooks(row: RepositoryRow): Promise<boolean> {
-    const shared = await hooksSharedWithAnotherAttachment(db, row.id);
-    if (shared) logger.info({ repositoryId: row.id, provider: row.provider }, 'hooks left in place: another attachment of the same provider repository relies on them');
-    return !shared;
-  }
+  const urlOf = (row: RepositoryRow) => deliveryUrl(settings.publicUrl, row.provider, row.connection_id);
 
   /**
    * A 404 proves a hook gone only when the repository itself answers: providers answer 404, not
@@ -180,12 +174,16 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     );
   }
 
-  /** Deletes hooks at the provider (one proven gone counts as deleted) and forgets them. */
+  /**
+   * Deletes hooks at the provider (one proven gone counts as deleted) and forgets them. A legacy
+   * hook (the global secret, from before per-connection hooks) may still serve another
+   * organization's attachment of the same repository: that one is only forgotten here.
+   */
   async function deleteHooks(row: RepositoryRow, adapter: ProviderAdapter, hookIds: string[]): Promise<void> {
-    if (hookIds.length > 0 && (await mayDeleteProviderHooks(row))) {
-      for (const hookId of hookIds) {
-        if (!(await classified(() => adapter.deleteHook(refOf(row), hookId)))) await confirmGone(row, adapter, `hook ${hookId}`);
-      }
+    const inUse = new Set(await legacyHooksInUseElsewhere(db, row.id, hookIds));
+    if (inUse.size > 0) logger.info({ repositoryId: row.id, provider: row.provider, hookIds: [...inUse] }, 'legacy hooks left in place: another attachment still relies on them');
+    for (const hookId of hookIds.filter((id) => !inUse.has(id))) {
+      if (!(await classified(() => adapter.deleteHook(refOf(row), hookId)))) await confirmGone(row, adapter, `hook ${hookId}`);
     }
     await forgetHooks(db, row.id, hookIds);
   }
@@ -194,9 +192,8 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
       const row = await repository(key, { requireActive: true });
-      const hookKeys = hookSet(row.provider, settings).map((d) => d.key);
       await setAttachmentStatus(db, { ...key, status: 'attaching', keepAttached: true });
-      return { provider: row.provider, fullName: row.full_name, hookKeys, recordedHookIds: await recordedHookIds(db, row.id) };
+      return { provider: row.provider, fullName: row.full_name, hookKeys: hookKeys(row.provider), recordedHookIds: await recordedHookIds(db, row.id) };
     },
 
     /** Proves the connection can see the repository (for GitHub, that the App installation covers it); Azure DevOps also needs its project id. */
@@ -222,13 +219,15 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
      */
     async ensureHook(input: RepositoryKey & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       const row = await repository(input, { requireActive: true });
-      const { spec } = definition(row, input.hookKey);
+      requireHookKey(row.provider, input.hookKey);
+      const credential = await ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider });
+      const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
       const adapter = adapterFor(row);
       const ref = refOf(row, input.projectId);
       const attachmentId = await attachmentIdOf(db, row.id);
       if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
       const recorded = new Set(await recordedHookIds(db, row.id));
-      const matching = (await classified(() => adapter.listHooks(ref))).filter((hook) => isHookFor(row.provider, spec, hook));
+      const matching = (await classified(() => adapter.listHooks(ref))).filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
       // The hook we already know wins over any copy.
       matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
       const [existing, ...duplicates] = matching;
@@ -243,7 +242,7 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
         }
         return adapter.createHook(ref, spec);
       });
-      await recordHook(db, attachmentId, { providerHookId: hook.id, events: spec.events });
+      await recordHook(db, attachmentId, { providerHookId: hook.id, events: spec.events, credentialVersion: credential.version });
       for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
       await forgetHooks(db, row.id, duplicates.map((d) => d.id));
       const outcome = existing?.id === hook.id ? 'adopted' : 'created';
@@ -257,24 +256,29 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
      */
     async removeHook(input: RepositoryKey & { hookKey: string; keepHookIds: string[] }): Promise<{ removed: string[] }> {
       const row = await repository(input, { requireActive: false });
-      const { spec } = definition(row, input.hookKey);
+      requireHookKey(row.provider, input.hookKey);
       const adapter = adapterFor(row);
       const removed = (await classified(() => adapter.listHooks(refOf(row))))
-        .filter((hook) => isHookFor(row.provider, spec, hook) && !input.keepHookIds.includes(hook.id))
+        .filter((hook) => isHookFor(row.provider, input.hookKey, urlOf(row), hook) && !input.keepHookIds.includes(hook.id))
         .map((hook) => hook.id);
       await deleteHooks(row, adapter, removed);
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, removed }, 'hook removed (compensation)');
       return { removed };
     },
 
-    /** Deletes hooks at our delivery URL outside the hook set (e.g. an event type no longer used) and forgets records of hooks no longer there. */
+    /**
+     * Deletes hooks at the connection's delivery URL outside the hook set (e.g. an event type no
+     * longer used) and the legacy hooks the attachment had before (the new set replaces them), and
+     * forgets records of hooks no longer there.
+     */
     async pruneHooks(input: RepositoryKey & { keepHookIds: string[] }): Promise<{ removed: string[] }> {
       const row = await repository(input, { requireActive: true });
       const adapter = adapterFor(row);
-      const url = deliveryUrl(settings.publicUrl, row.provider);
-      const removed = (await classified(() => adapter.listHooks(refOf(row))))
-        .filter((hook) => sameUrl(hook.url, url) && !input.keepHookIds.includes(hook.id))
+      const stray = (await classified(() => adapter.listHooks(refOf(row))))
+        .filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id))
         .map((hook) => hook.id);
+      const legacy = [...(await recordedCredentialVersions(db, row.id))].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
+      const removed = [...new Set([...stray, ...legacy])];
       await deleteHooks(row, adapter, removed);
       await forgetHooksExcept(db, row.id, input.keepHookIds);
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
@@ -310,11 +314,11 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       await deleteHooks(row, adapterFor(row), [input.providerHookId]);
     },
 
-    /** Deletes every other hook pointing at our delivery URL: copies our records never knew about. */
+    /** Deletes every other hook pointing at the connection's delivery URL: copies our records never knew about. */
     async sweepHooks(key: RepositoryKey): Promise<{ removed: string[] }> {
       const row = await repository(key, { requireActive: false });
       const adapter = adapterFor(row);
-      const url = deliveryUrl(settings.publicUrl, row.provider);
+      const url = urlOf(row);
       let hooks: ProviderHook[];
       try {
         hooks = await adapter.listHooks(refOf(row));
@@ -363,12 +367,21 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       }
       const ref = refOf(row, found.projectId);
       const hooks = await classified(() => adapter.listHooks(ref));
+      const credential = await ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider });
+      const versions = await recordedCredentialVersions(db, row.id);
+      // A legacy hook another attachment still records is left to it (it would otherwise flip between the two): ours is made beside it.
+      const sharedLegacy = new Set(await legacyHooksInUseElsewhere(db, row.id, recorded));
       const repaired: string[] = [];
       const hookIds: string[] = [];
-      for (const { key: hookKey, spec } of hookSet(row.provider, settings)) {
+      for (const hookKey of hookKeys(row.provider)) {
+        const spec = hookSpec(row.provider, hookKey, urlOf(row), credential);
         // The hook we recorded is ours even where its URL drifted; otherwise one at our URL is adopted.
-        const current = hooks.find((hook) => recorded.includes(hook.id) && isSameHookKey(row.provider, spec, hook)) ?? hooks.find((hook) => isHookFor(row.provider, spec, hook));
+        const current =
+          hooks.find((hook) => recorded.includes(hook.id) && !sharedLegacy.has(hook.id) && isSameHookKey(row.provider, hookKey, hook)) ??
+          hooks.find((hook) => isHookFor(row.provider, hookKey, spec.url, hook));
         const drift = current ? driftOf(current, spec) : ['missing'];
+        // Secrets are write-only at every provider: a hook carries the current credential when we last saved it with it.
+        if (current && versions.get(current.id) !== credential.version) drift.push('credential');
         let hook = current;
         if (drift.length > 0) {
           hook = await classified(async () => {
@@ -384,7 +397,7 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
           });
           repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
         }
-        if (!recorded.includes(hook!.id) || drift.length > 0) await recordHook(db, attachment.id, { providerHookId: hook!.id, events: spec.events });
+        if (drift.length > 0) await recordHook(db, attachment.id, { providerHookId: hook!.id, events: spec.events, credentialVersion: credential.version });
         hookIds.push(hook!.id);
       }
       if (recorded.some((id) => !hookIds.includes(id))) await forgetHooksExcept(db, row.id, hookIds);

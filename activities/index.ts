@@ -25,11 +25,8 @@ export interface ActivityDeps {
 
 /** Configuration activities need; secrets here stay in activity memory, never in workflow history. */
 export interface ActivitySettings {
-  /** Base of webhook delivery URLs: `${publicUrl}/api/events-handler/v1/events/${provider}`. */
+  /** Base of webhook delivery URLs: `${publicUrl}/api/events-handler/v1/events/${provider}?c=${connectionId}`. */
   publicUrl: string;
-  gitlabWebhookSecret?: string;
-  bitbucketWebhookSecret?: string;
-  azureDevOps?: { basicAuthUser: string; basicAuthPass: string };
   /** How long the event workflow retries a subscriber (subscribers.deliveryDeadlineSeconds). */
   subscriberDeliveryDeadlineSeconds?: number;
   /** repositoryCache.callsPerConnection / callsPerWorker: listing calls in flight at once. */
@@ -38,15 +35,8 @@ export interface ActivitySettings {
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
-  const p = config.gitProviders;
   return {
     publicUrl: config.publicUrl.replace(/\/+$/, ''),
-    gitlabWebhookSecret: p.gitlab.webhookSecret,
-    bitbucketWebhookSecret: p.bitbucket.webhookSecret,
-    azureDevOps:
-      p.azureDevOps.webhookBasicAuthUser && p.azureDevOps.webhookBasicAuthPass
-        ? { basicAuthUser: p.azureDevOps.webhookBasicAuthUser, basicAuthPass: p.azureDevOps.webhookBasicAuthPass }
-        : undefined,
     subscriberDeliveryDeadlineSeconds: config.subscribers.deliveryDeadlineSeconds,
     listingCallsPerConnection: config.repositoryCache.callsPerConnection,
     listingCallsPerWorker: config.repositoryCache.callsPerWorker,

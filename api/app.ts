@@ -68,7 +68,7 @@ export function createApp(deps: ApiDeps) {
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
   app.route('/api/github', githubSetupRoutes());
   // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
-  app.route('/api/events-handler/v1/events', webhookRoutes({ attachedCacheSeconds: deps.webhooks.attachedCacheSeconds }));
+  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds }));
 
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());

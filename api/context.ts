@@ -49,4 +49,6 @@ export interface WebhookSecrets {
   maxBodyBytes: number;
   /** How long a repository found attached is remembered by the receivers (0: always look it up). */
   attachedCacheSeconds?: number;
+  /** How long the receivers keep a connection's opened webhook credentials (default 60; a dropped one stays accepted that long). */
+  credentialCacheSeconds?: number;
 }

@@ -64,9 +64,15 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     });
 
   async function startOne(delivery: PendingDelivery): Promise<boolean> {
-    const { provider, deliveryId, start } = delivery;
-    const workflowId = workflowIds.event(provider, deliveryId);
-    const input: EventInput = { provider, deliveryId, receivedAt: delivery.receivedAt.toISOString(), summary: start.summary as DeliverySummary };
+    const { provider, deliveryId, start, connectionId } = delivery;
+    const workflowId = workflowIds.event(provider, deliveryId, connectionId);
+    const input: EventInput = {
+      provider,
+      deliveryId,
+      receivedAt: delivery.receivedAt.toISOString(),
+      summary: start.summary as DeliverySummary,
+      ...(connectionId ? { connectionId, bodyDigest: start.bodyDigest } : {}),
+    };
     try {
       await startWorkflow(deps, 'eventWorkflow', {
         workflowId,

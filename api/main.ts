@@ -92,6 +92,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,
     attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
+    credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
   };
 }
 

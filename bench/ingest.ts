@@ -8,14 +8,15 @@
  * frozen (the acknowledgement path alone), and open-loop at fixed rates for the latency a
  * delivery sees at a given rate (closed-loop latency is concurrency ÷ throughput by construction).
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import { WorkflowIdReusePolicy } from '@temporalio/client';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { normalizeWebhook } from '../api/webhooks/normalize.ts';
 import { PROVIDERS, type Provider } from '../lib/domain.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../workflows/contract.ts';
-import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
+import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
 import { callApi, type BenchStack, type CpuSeconds } from './stack.ts';
 
@@ -38,6 +39,8 @@ interface Repo {
   repositoryId: string;
   externalId: string;
   fullName: string;
+  /** Where and with what its hook delivers: the connection's URL and credential (GitHub: the App's secret). */
+  hook: { connectionId?: string; url?: string; secret: string; basicAuthUser?: string };
 }
 
 /** An organization with a connection per provider, attached repositories and its subscriber endpoints. */
@@ -54,6 +57,10 @@ async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: st
       .returning('id')
       .executeTakeFirstOrThrow();
     repos[provider] = [];
+    const credential = provider === 'github' ? undefined : await ensureWebhookCredential(stack.db, stack.keys, { id: connection.id, provider });
+    const hook = credential
+      ? { connectionId: connection.id, url: `${stack.apiUrl}${receiverPath(provider)}?c=${connection.id}`, secret: credential.secret, basicAuthUser: credential.basicAuthUser }
+      : { secret: stack.secrets.github };
     for (let i = 0; i < options.repositoriesPerProvider; i++) {
       const externalId = provider === 'azure-devops' ? randomUUID() : String(1_000_000 + i);
       const fullName = provider === 'azure-devops' ? `Bench/repo-${i}` : provider === 'bitbucket' ? `BENCH/repo-${i}` : `bench/repo-${i}`;
@@ -63,7 +70,7 @@ async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: st
         .returning('id')
         .executeTakeFirstOrThrow();
       await stack.db.insertInto('attachments').values({ organization_id: org.id, repository_id: id, status: 'attached' }).execute();
-      repos[provider].push({ organizationId: org.id, repositoryId: id, externalId, fullName });
+      repos[provider].push({ organizationId: org.id, repositoryId: id, externalId, fullName, hook });
     }
   }
   return repos;
@@ -76,16 +83,13 @@ interface Prepared {
 
 function prepare(stack: BenchStack, repos: Record<Provider, Repo[]>, count: number): Prepared[] {
   const payloads = Object.fromEntries(PROVIDERS.map((p) => [p, fixture(PUSH_FIXTURES[p])]));
-  const secret: Record<Provider, string> = { github: stack.secrets.github, gitlab: stack.secrets.gitlab, bitbucket: stack.secrets.bitbucket, 'azure-devops': stack.secrets.azureDevOps.pass };
   return Array.from({ length: count }, (_, i) => {
     const provider = PROVIDERS[i % PROVIDERS.length]!;
     const list = repos[provider];
     const repo = list[Math.floor(i / PROVIDERS.length) % list.length]!;
-    const d = delivery(provider, withRepository(provider, payloads[provider]!, repo), {
-      deliveryId: randomUUID(),
-      secret: secret[provider],
-      basicAuthUser: stack.secrets.azureDevOps.user,
-    });
+    // A body of its own: the same body again for a connection is a replay, recorded once.
+    const { connectionId: _c, ...hook } = repo.hook;
+    const d = delivery(provider, { ...withRepository(provider, payloads[provider]!, repo), bench_delivery: i }, { deliveryId: randomUUID(), ...hook });
     return { delivery: d, repo };
   });
 }
@@ -94,10 +98,17 @@ function prepare(stack: BenchStack, repos: Record<Provider, Repo[]>, count: numb
 function startOptions(stack: BenchStack, p: Prepared) {
   const { provider, headers, body } = p.delivery;
   const events = normalizeWebhook(provider, headers, body);
-  const input: EventInput = { provider, deliveryId: p.delivery.deliveryId, events, receivedAt: new Date().toISOString() };
+  const { connectionId } = p.repo.hook;
+  const input: EventInput = {
+    provider,
+    deliveryId: p.delivery.deliveryId,
+    events,
+    receivedAt: new Date().toISOString(),
+    ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
+  };
   return {
     taskQueue: stack.taskQueue,
-    workflowId: workflowIds.event(provider, p.delivery.deliveryId),
+    workflowId: workflowIds.event(provider, p.delivery.deliveryId, connectionId),
     // As the receiver starts it (api/start-workflow.ts): a delivery id never runs twice.
     workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
     args: [input] as [EventInput],

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { sql } from 'kysely';
+import type { EncryptionKeys } from '../lib/crypto.ts';
 import { stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
@@ -23,11 +24,9 @@ import { testPostgres } from '../test/support/postgres.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
+/** The GitHub App's webhook secret (GitLab, Bitbucket and Azure DevOps hooks carry per-connection credentials). */
 export interface BenchSecrets {
   github: string;
-  gitlab: string;
-  bitbucket: string;
-  azureDevOps: { user: string; pass: string };
 }
 
 export interface BenchStack {
@@ -35,6 +34,8 @@ export interface BenchStack {
   adminToken: string;
   taskQueue: string;
   secrets: BenchSecrets;
+  /** The stack's encryption keys, to make connections' webhook credentials as connect does. */
+  keys: EncryptionKeys;
   /** The GitHub App the worker is configured with, for a fake GitHub that must accept its JWTs. */
   githubApp: { appId: string; privateKeyPem: string };
   /** The worker's repositoryCache listing concurrency. */
@@ -259,12 +260,8 @@ export async function startBenchStack(
     const port = await freePort();
     const adminToken = `bench-admin-${randomBytes(24).toString('hex')}`;
     const taskQueue = `forgelink-bench-${randomBytes(4).toString('hex')}`;
-    const secrets: BenchSecrets = {
-      github: randomBytes(20).toString('hex'),
-      gitlab: randomBytes(20).toString('hex'),
-      bitbucket: randomBytes(20).toString('hex'),
-      azureDevOps: { user: 'forgelink', pass: randomBytes(20).toString('hex') },
-    };
+    const secrets: BenchSecrets = { github: randomBytes(20).toString('hex') };
+    const encryptionKey = randomBytes(32);
     const githubApp = placement.githubApp ?? {
       appId: '1',
       privateKeyPem: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
@@ -275,12 +272,12 @@ export async function startBenchStack(
       database: { url: databaseUrl },
       temporal: { address: server.address, namespace: server.namespace, taskQueue },
       auth: { adminToken },
-      encryption: { key: randomBytes(32).toString('base64') },
+      encryption: { key: encryptionKey.toString('base64'), keyId: 'bench' },
       gitProviders: {
         github: { enabled: true, appId: githubApp.appId, privateKey: githubApp.privateKeyPem, webhookSecret: secrets.github, ...(placement.githubBaseUrl ? { baseUrl: placement.githubBaseUrl } : {}) },
-        gitlab: { enabled: true, webhookSecret: secrets.gitlab },
-        bitbucket: { enabled: true, webhookSecret: secrets.bitbucket },
-        azureDevOps: { enabled: true, webhookBasicAuthUser: secrets.azureDevOps.user, webhookBasicAuthPass: secrets.azureDevOps.pass },
+        gitlab: { enabled: true },
+        bitbucket: { enabled: true },
+        azureDevOps: { enabled: true },
       },
       security: { allowHttpHosts: ['127.0.0.1'] },
       repositoryCache: listing,
@@ -309,6 +306,7 @@ export async function startBenchStack(
       adminToken,
       taskQueue,
       secrets,
+      keys: { current: { id: 'bench', key: encryptionKey } },
       githubApp,
       listing,
       db,

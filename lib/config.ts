@@ -101,21 +101,21 @@ export const configSchema = z
             }
           })
           .prefault({}),
-        gitlab: providerToggle
-          .extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() })
-          .superRefine(requireWhenEnabled('webhookSecret'))
-          .prefault({}),
-        bitbucket: providerToggle
-          .extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() })
-          .superRefine(requireWhenEnabled('webhookSecret'))
-          .prefault({}),
+        // The global webhook secrets are optional: hooks carry per-connection credentials, and these
+        // are accepted only for hooks made before those (until the reconcile replaces them).
+        gitlab: providerToggle.extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() }).prefault({}),
+        bitbucket: providerToggle.extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() }).prefault({}),
         azureDevOps: providerToggle
           .extend({
             webhookBasicAuthUser: z.string().optional(),
             webhookBasicAuthPass: secret.optional(),
             previousWebhookBasicAuthPass: secret.optional(),
           })
-          .superRefine(requireWhenEnabled('webhookBasicAuthUser', 'webhookBasicAuthPass'))
+          .superRefine((ado, ctx) => {
+            if (Boolean(ado.webhookBasicAuthUser) === Boolean(ado.webhookBasicAuthPass)) return;
+            const missing = ado.webhookBasicAuthUser ? 'webhookBasicAuthPass' : 'webhookBasicAuthUser';
+            ctx.addIssue({ code: 'custom', path: [missing], message: 'is required with the other webhookBasicAuth key (legacy hooks deliver with both)' });
+          })
           .prefault({}),
       })
       .prefault({}),
@@ -152,6 +152,8 @@ export const configSchema = z
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
         // How long a delivery's stored events (the intake table) are kept after it was received.
         deliveryRetentionDays: z.number().int().min(1).default(7),
+        // How long the receivers keep a connection's opened webhook credentials (a dropped one stays accepted that long).
+        credentialCacheSeconds: z.number().int().min(0).max(3600).default(60),
       })
       .prefault({}),
     // SIGTERM (a rollout): the API answers /readyz 503 for drainDelaySeconds so load balancers stop
@@ -180,15 +182,6 @@ export const configSchema = z
 
 function isLoopbackHost(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
-}
-
-function requireWhenEnabled<K extends string>(...keys: K[]) {
-  return (value: { enabled: boolean } & Partial<Record<K, string | undefined>>, ctx: z.RefinementCtx) => {
-    if (!value.enabled) return;
-    for (const key of keys) {
-      if (!value[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required when the provider is enabled' });
-    }
-  };
 }
 
 export type Config = z.infer<typeof configSchema>;

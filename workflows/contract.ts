@@ -105,7 +105,15 @@ export interface EventInput {
   events?: NormalizedEvent[];
   /** GitHub App installation the delivery came from: installation events update its connections' cache. */
   installationId?: string;
-  /** A URL of the repository on the instance that sent the delivery (GitLab, Bitbucket): ids are unique per instance only. */
+  /**
+   * The connection whose hook delivered (GitLab, Bitbucket, Azure DevOps; verified with its own
+   * credential): only its attachments are acted on. Absent: a GitHub delivery, or a legacy hook's
+   * (verified with the global secret), which acts only on attachments holding a legacy hook.
+   */
+  connectionId?: string;
+  /** SHA-256 (hex) of the delivery's body: the same body recorded for the connection under another delivery id is a replay. */
+  bodyDigest?: string;
+  /** A URL of the repository on the instance that sent a legacy hook's delivery (GitLab, Bitbucket): ids are unique per instance only. */
   instanceUrl?: string;
 }
 
@@ -152,9 +160,11 @@ export const workflowIds = {
   repository: (organizationId: string, repositoryId: string) => `repository:${organizationId}:${repositoryId}`,
   /**
    * The exception to the rule above: a delivery can concern several organizations, and its id must
-   * be known before any lookup so a redelivery maps onto the same run (exactly once).
+   * be known before any lookup so a redelivery maps onto the same run (exactly once). A connection's
+   * own hook names the connection: providers give the deliveries of two hooks for one event the
+   * same id (Azure DevOps' event id, older GitLab's event UUID), and each hook's delivery is its own.
    */
-  event: (provider: Provider, deliveryId: string) => `event:${provider}:${deliveryId}`,
+  event: (provider: Provider, deliveryId: string, connectionId?: string) => `event:${provider}${connectionId ? `@${connectionId}` : ''}:${deliveryId}`,
   /** One organization's refresh on demand; one run at a time (a second request joins the running one). */
   refreshOrganization: (organizationId: string) => `refresh:${organizationId}:now`,
   /** A connection's listing: one at a time whoever asks (nightly or on demand). */
@@ -297,9 +307,9 @@ export interface ConnectionRefreshResult {
   vanished: number;
 }
 
-export function parseEventWorkflowId(workflowId: string): { provider: Provider; deliveryId: string } | undefined {
-  const match = /^event:(github|gitlab|bitbucket|azure-devops):(.+)$/s.exec(workflowId);
-  return match ? { provider: match[1] as Provider, deliveryId: match[2]! } : undefined;
+export function parseEventWorkflowId(workflowId: string): { provider: Provider; deliveryId: string; connectionId?: string } | undefined {
+  const match = /^event:(github|gitlab|bitbucket|azure-devops)(?:@([0-9a-f-]{36}))?:(.+)$/s.exec(workflowId);
+  return match ? { provider: match[1] as Provider, deliveryId: match[3]!, ...(match[2] ? { connectionId: match[2] } : {}) } : undefined;
 }
 
 export interface ParsedWorkflowId {

@@ -1,13 +1,17 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
-import { findAttachedRepositories, findConnectionsByExternalKey } from '../../lib/db/repositories/events.ts';
+import { createHash } from 'node:crypto';
+import type { EncryptionKeys } from '../../lib/crypto.ts';
+import type { Db } from '../../lib/db/index.ts';
+import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
 import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
+import { createCredentialCache, type CredentialCache, type ReceivingConnection } from '../webhooks/connection-credentials.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
@@ -23,23 +27,53 @@ const Acknowledged = z
 
 const VERIFICATION: Record<Provider, string> = {
   github: 'X-Hub-Signature-256: HMAC-SHA256 of the raw body with the App webhook secret',
-  gitlab: 'X-Gitlab-Token: the hook secret token',
-  bitbucket: 'X-Hub-Signature: sha256= HMAC of the raw body with the webhook secret (diagnostics:ping arrives unsigned)',
-  'azure-devops': 'Authorization: Basic with the Service Hook user and password',
+  gitlab: "X-Gitlab-Token: the connection's webhook secret token",
+  bitbucket: "X-Hub-Signature: sha256= HMAC of the raw body with the connection's webhook secret (diagnostics:ping arrives unsigned)",
+  'azure-devops': "Authorization: Basic with the connection's Service Hook user and password",
 };
 
-/** The current secret and the one being rotated out are both accepted; all checks are constant time. */
-function verified(provider: Provider, headers: WebhookHeaders, body: Uint8Array, secrets: WebhookSecrets): boolean {
+/** A provider's check of one delivery against a list of accepted credentials; every one is compared, in constant time. */
+function matches(provider: Provider, headers: WebhookHeaders, body: Uint8Array, credentials: readonly { user?: string; secret: string }[]): boolean {
+  const secrets = credentials.map((c) => c.secret);
   switch (provider) {
     case 'github':
-      return verifyGithubSignature(body, headers['x-hub-signature-256'], secrets.github);
+      return verifyGithubSignature(body, headers['x-hub-signature-256'], secrets);
     case 'gitlab':
-      return verifyGitlabToken(headers['x-gitlab-token'], secrets.gitlab);
+      return verifyGitlabToken(headers['x-gitlab-token'], secrets);
     case 'bitbucket':
-      return verifyBitbucketSignature(body, headers['x-hub-signature'], secrets.bitbucket);
+      return verifyBitbucketSignature(body, headers['x-hub-signature'], secrets);
     case 'azure-devops':
-      return secrets.azureDevOps !== undefined && verifyAzureBasicAuth(headers.authorization, secrets.azureDevOps.user, secrets.azureDevOps.passwords);
+      return verifyAzureBasicAuth(headers.authorization, credentials.map((c) => ({ user: c.user ?? '', password: c.secret })));
   }
+}
+
+/** The configured secrets: GitHub's App secret, and the global ones legacy hooks (made before per-connection credentials) carry. */
+function configuredCredentials(provider: Provider, secrets: WebhookSecrets): { user?: string; secret: string }[] {
+  switch (provider) {
+    case 'github':
+      return secrets.github.map((secret) => ({ secret }));
+    case 'gitlab':
+      return secrets.gitlab.map((secret) => ({ secret }));
+    case 'bitbucket':
+      return secrets.bitbucket.map((secret) => ({ secret }));
+    case 'azure-devops':
+      return (secrets.azureDevOps?.passwords ?? []).map((secret) => ({ user: secrets.azureDevOps!.user, secret }));
+  }
+}
+
+const CONNECTION_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Whether a delivery to a connection's own hook (`?c=<connection id>`) carries one of that
+ * connection's credentials. A credential the cache does not know yet (a rotation began) is looked
+ * for in the database before the delivery is refused.
+ */
+async function verifiedForConnection(credentials: CredentialCache, provider: Provider, connectionId: string, headers: WebhookHeaders, body: Uint8Array): Promise<boolean> {
+  if (!CONNECTION_NAME.test(connectionId)) return false;
+  const accepts = (connection: ReceivingConnection | undefined) =>
+    connection !== undefined && connection.provider === provider && matches(provider, headers, body, connection.credentials.map((c) => ({ user: c.basicAuthUser, secret: c.secret })));
+  const { connection, fresh } = await credentials.get(connectionId);
+  return accepts(connection) || (!fresh && accepts(await credentials.reload(connectionId)));
 }
 
 /**
@@ -62,29 +96,32 @@ function headerRecord(c: Context<AppEnv>): Record<string, string> {
 
 const MAX_DELIVERY_ID_LENGTH = 200;
 /**
- * Who the delivery concerns: organizations with the repository attached, or bound to the
- * installation. A delivery for repositories known to be attached is answered from `cache`; any
- * other is looked up (and what is found attached remembered).
+ * Who the delivery concerns: within `scope`, organizations with the repository attached, or bound
+ * to the installation. A delivery for repositories known to be attached is answered from `cache`;
+ * any other is looked up (and what is found attached remembered).
  */
-async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, events: NormalizedEvent[], installationId: string | undefined, instanceUrl: string | undefined) {
+async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, scope: DeliveryScope, delivery: NormalizedDelivery) {
+  const { events, installationId, instanceUrl } = delivery;
+  const scopeKey = 'connectionId' in scope ? `connection:${scope.connectionId}` : `${'legacyHooks' in scope ? 'legacy' : 'app'}:${provider}`;
   const externalIds = events.map((e) => e.repository.externalId);
   // An installation's access change also concerns the connections bound to it, attached or not.
   const boundConnectionsToo = installationId !== undefined && events.some(isAccessChange);
-  const cached = boundConnectionsToo ? undefined : cache.get(provider, externalIds);
+  const cached = boundConnectionsToo ? undefined : cache.get(scopeKey, externalIds);
   let attached: AttachedTarget[];
   let connections: { organizationId: string }[] = [];
   if (cached) attached = cached;
   else {
     const { db } = c.var.deps;
     const [rows, bound] = await Promise.all([
-      findAttachedRepositories(db, provider, externalIds),
+      findAttachedRepositories(db, provider, externalIds, scope),
       boundConnectionsToo ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
     ]);
     attached = rows.map(({ organizationId, repositoryId, externalId, baseUrl, connectionKey }) => ({ organizationId, repositoryId, externalId, baseUrl, connectionKey }));
-    for (const externalId of new Set(externalIds)) cache.set(provider, externalId, attached.filter((r) => r.externalId === externalId));
+    for (const externalId of new Set(externalIds)) cache.set(scopeKey, externalId, attached.filter((r) => r.externalId === externalId));
     connections = bound;
   }
-  const { kept, ambiguous } = attachmentsOfInstance(attachmentsOfInstallation(provider, attached, installationId), instanceUrl);
+  // A connection's hook names its instance; a legacy hook's delivery is placed by the URLs in its payload.
+  const { kept, ambiguous } = 'connectionId' in scope ? { kept: attached, ambiguous: [] } : attachmentsOfInstance(attachmentsOfInstallation(provider, attached, installationId), instanceUrl);
   if (ambiguous.length > 0) {
     c.var.deps.logger.warn({ provider, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none of their base URLs: not acted on');
   }
@@ -121,14 +158,26 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
   return new Uint8Array(Buffer.concat(chunks));
 }
 
-async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provider) {
+async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider) {
   const { deps } = c.var;
   const headers = headerRecord(c);
   const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);
   const ping = isPing(provider, headers, body);
   // Bitbucket's diagnostics:ping arrives unsigned; GitHub signs its ping like any delivery. A ping starts nothing.
   if (ping && provider === 'bitbucket') return c.json({ status: 'pong' as const }, 200);
-  if (!verified(provider, headers, body, deps.webhooks)) {
+  // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
+  const connectionId = provider === 'github' ? undefined : c.req.query('c');
+  let verified: boolean;
+  try {
+    verified =
+      connectionId === undefined
+        ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
+        : await verifiedForConnection(caches.credentials, provider, connectionId, headers, body);
+  } catch (error) {
+    deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
+    throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
+  }
+  if (!verified) {
     throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
   }
   if (ping) return c.json({ status: 'pong' as const }, 200);
@@ -148,21 +197,23 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
   const deliveryId = events[0]!.deliveryId;
   // It becomes part of the workflow id; no provider sends one anywhere near this long.
   if (deliveryId.length > MAX_DELIVERY_ID_LENGTH) throw badRequest(`the delivery id is longer than ${MAX_DELIVERY_ID_LENGTH} characters`);
-  const workflowId = workflowIds.event(provider, deliveryId);
+  const workflowId = workflowIds.event(provider, deliveryId, connectionId);
   try {
-    const targets = await targetsOf(c, cache, provider, events, installationId, instanceUrl);
+    const targets = await targetsOf(c, caches.attached, provider, deliveryScope(provider, connectionId), delivery);
     if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
     await storeDelivery(deps.db, {
       provider,
       deliveryId,
+      connectionId,
       events,
       installationId,
       instanceUrl,
       start: {
         taskQueue: deps.taskQueue,
         summary: summarizeDelivery(events),
+        ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
         ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
@@ -182,9 +233,12 @@ async function receive(c: Context<AppEnv>, cache: AttachedCache, provider: Provi
  * normalizes and answers fast; everything else happens in the event workflow. A valid delivery
  * never gets a 4xx (GitLab and Azure DevOps disable hooks that fail): what is not acted on is 200.
  */
-export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
+export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedCacheSeconds?: number; credentialCacheSeconds?: number }) {
   const app = new OpenAPIHono<AppEnv>();
-  const cache = createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 });
+  const caches = {
+    attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
+    credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
+  };
   for (const provider of PROVIDERS) {
     app.openapi(
       createRoute({
@@ -193,6 +247,11 @@ export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
         summary: `Webhook receiver for ${provider}`,
         description: `Verification: ${VERIFICATION[provider]}. The body is the provider's JSON, verified over its exact bytes.`,
         security: [],
+        request: {
+          query: z.object({
+            c: z.string().optional().openapi({ description: 'The connection whose hook delivers (GitLab, Bitbucket, Azure DevOps): opaque, not a secret; absent on hooks made before per-connection credentials' }),
+          }),
+        },
         responses: {
           200: { description: 'A ping, or a valid delivery that is not acted on', content: { 'application/json': { schema: Acknowledged } } },
           202: { description: 'The delivery is stored durably (or already was: a redelivery); its event workflow starts from the intake table', content: { 'application/json': { schema: Acknowledged } } },
@@ -202,7 +261,7 @@ export function webhookRoutes(options: { attachedCacheSeconds?: number } = {}) {
           503: problemResponse('The event could not be stored durably; the provider should deliver it again'),
         },
       }),
-      (c) => receive(c, cache, provider),
+      (c) => receive(c, caches, provider),
     );
   }
   return app;

@@ -1,5 +1,3 @@
-import type { Provider } from '../../lib/domain.ts';
-
 export interface AttachedTarget {
   organizationId: string;
   repositoryId: string;
@@ -21,21 +19,22 @@ export interface AttachedTarget {
  */
 export function createAttachedCache({ ttlMs = 30_000, maxEntries = 100_000, now = () => Date.now() } = {}) {
   const entries = new Map<string, { targets: AttachedTarget[]; expiresAt: number }>();
-  const key = (provider: Provider, externalId: string) => `${provider}\u0000${externalId}`;
+  // `scope` names whose attachments a delivery may reach (a connection, legacy hooks of a provider, a GitHub App).
+  const key = (scope: string, externalId: string) => `${scope}\u0000${externalId}`;
   return {
     /** The cached targets of every id, or undefined when any of them is not (or no longer) cached. */
-    get(provider: Provider, externalIds: readonly string[]): AttachedTarget[] | undefined {
+    get(scope: string, externalIds: readonly string[]): AttachedTarget[] | undefined {
       const found: AttachedTarget[] = [];
       for (const externalId of new Set(externalIds)) {
-        const entry = entries.get(key(provider, externalId));
+        const entry = entries.get(key(scope, externalId));
         if (!entry || entry.expiresAt <= now()) return undefined;
         found.push(...entry.targets);
       }
       return found;
     },
     /** Remembers the attached targets found for one repository id; an empty list is not kept. */
-    set(provider: Provider, externalId: string, targets: AttachedTarget[]): void {
-      const k = key(provider, externalId);
+    set(scope: string, externalId: string, targets: AttachedTarget[]): void {
+      const k = key(scope, externalId);
       entries.delete(k);
       if (targets.length === 0 || ttlMs === 0) return;
       // Insertion order is age order: past the bound, the oldest goes first.

@@ -26,15 +26,11 @@ export function verifyGitlabToken(header: string | undefined, secrets: readonly 
 }
 
 /** Azure DevOps Service Hooks: `Authorization: Basic base64(user:password)` set on the subscription. */
-export function verifyAzureBasicAuth(
-  authorizationHeader: string | undefined,
-  user: string,
-  passwords: readonly string[],
-): boolean {
+export function verifyAzureBasicAuth(authorizationHeader: string | undefined, credentials: readonly { user: string; password: string }[]): boolean {
   const match = typeof authorizationHeader === 'string' ? /^basic\s+(\S+)\s*$/i.exec(authorizationHeader) : null;
-  if (!match || user === '') return false;
-  const credentials = Buffer.from(match[1]!, 'base64').toString('utf8');
-  return matchesAny(credentials, usable(passwords).map((password) => `${user}:${password}`));
+  if (!match) return false;
+  const given = Buffer.from(match[1]!, 'base64').toString('utf8');
+  return matchesAny(given, credentials.filter((c) => c.user !== '' && c.password !== '').map((c) => `${c.user}:${c.password}`));
 }
 
 function verifyHmacSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {

@@ -139,6 +139,8 @@ export interface EventsTable {
 export interface WebhookDeliveriesTable {
   provider: Provider;
   delivery_id: string;
+  /** The connection whose own hook delivered; null for GitHub and legacy hooks. */
+  connection_id: ColumnType<string | null, string | null | undefined, string | null>;
   events: Json<NormalizedEvent[]>;
   installation_id: string | null;
   instance_url: string | null;
@@ -158,6 +160,9 @@ export interface DeliveryStart {
   /** Set when the delivery concerns a single organization / repository (Keyword attributes hold one value). */
   organizationId?: string;
   repositoryId?: string;
+  /** The connection whose own hook delivered it, and the body's digest (a replay under another id is not recorded twice). */
+  connectionId?: string;
+  bodyDigest?: string;
 }
 
 export interface SubscribersTable {

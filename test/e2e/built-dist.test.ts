@@ -129,7 +129,7 @@ describe('the build: node dist/… with production dependencies only', () => {
     const sent = delivery('gitlab', payload, { deliveryId: randomUUID(), secret: hook!.token });
     expect((await fetch(hook!.url, { method: 'POST', headers: sent.headers, body: sent.body })).status).toBe(202);
     // Acknowledged once stored; the API's intake relay starts the run a moment later.
-    await resultOnceStarted(temporal, `event:gitlab:${sent.deliveryId}`);
+    await resultOnceStarted(temporal, `event:gitlab@${new URL(hook!.url).searchParams.get('c')}:${sent.deliveryId}`);
     const events = (await (await call('GET', `/api/v1/orgs/${slug}/events`, token)).json()) as { items: { deliveryId: string; kind: string }[] };
     expect(events.items.map((e) => e.deliveryId)).toEqual([sent.deliveryId]);
 

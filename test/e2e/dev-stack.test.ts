@@ -165,10 +165,9 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
       const [hook] = gitlab.hooks(project.id);
       expect(hook?.token).toBeTruthy();
       return Array.from({ length: PUSHES_PER_PROJECT }, () => {
-        const sent = delivery('gitlab', withRepository('gitlab', payload, { externalId: String(project.id), fullName: project.pathWithNamespace, instanceUrl: gitlab.url }), {
-          deliveryId: randomUUID(),
-          secret: hook!.token,
-        });
+        // Each push its own body: the same body again for a connection is a replay, recorded once.
+        const push = { ...withRepository('gitlab', payload, { externalId: String(project.id), fullName: project.pathWithNamespace, instanceUrl: gitlab.url }), test_push: randomUUID() };
+        const sent = delivery('gitlab', push, { deliveryId: randomUUID(), secret: hook!.token });
         return { ...sent, url: hook!.url };
       });
     });
@@ -176,7 +175,7 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
     expect(acknowledged.map((r) => r.status)).toEqual(deliveries.map(() => 202));
     // 202 means stored: the stack's intake relay starts each run a moment later. Outside the
     // process there is no signal to wait on but the run itself, so wait for it to exist.
-    await Promise.all(deliveries.map((d) => runOnceStarted(`event:gitlab:${d.deliveryId}`)));
+    await Promise.all(acknowledged.map(async (r) => runOnceStarted(((await r.json()) as { workflowId: string }).workflowId)));
     const events = (await (await call('GET', `/api/v1/orgs/${slug}/events?limit=200`, token)).json()) as { items: { deliveryId: string }[] };
     expect(new Set(events.items.map((e) => e.deliveryId))).toEqual(new Set(deliveries.map((d) => d.deliveryId)));
 

@@ -28,6 +28,8 @@ export interface DeliveryOptions {
   secret?: string;
   /** Azure DevOps Basic user. */
   basicAuthUser?: string;
+  /** The URL the hook delivers to (its path and query are kept: a connection's hook names the connection); default the provider's receiver path. */
+  url?: string;
   /** X-GitHub-Event; default push. */
   githubEvent?: string;
   /** Sent (and signed) instead of the payload's JSON: for bodies that are not JSON. */
@@ -88,7 +90,8 @@ export function delivery(provider: Provider, payload: Payload, options: Delivery
       if (secret) headers.authorization = `Basic ${Buffer.from(`${options.basicAuthUser ?? ''}:${secret}`).toString('base64')}`;
       break;
   }
-  return { provider, deliveryId, path: receiverPath(provider), headers, body };
+  const path = options.url ? `${new URL(options.url).pathname}${new URL(options.url).search}` : receiverPath(provider);
+  return { provider, deliveryId, path, headers, body };
 }
 
 /** The payload moved onto another repository (the provider's id and its name; GitHub: and installation), leaving the rest as recorded. */

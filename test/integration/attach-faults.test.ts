@@ -108,7 +108,7 @@ describe('attach under faults', () => {
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'attached', reason: expect.stringContaining('ProviderRejectedRequest') });
     expectRecorded(attachment, hooks);
-    expect((await findAttachedRepositories(h.db, provider, [repo.externalId])).map((r) => r.repositoryId)).toContain(repo.repositoryId);
+    expect((await findAttachedRepositories(h.db, provider, [repo.externalId], { connectionId: world.connectionId })).map((r) => r.repositoryId)).toEqual([repo.repositoryId]);
 
     // The next reconcile that works clears the reason.
     world.proxy.fault = () => undefined;

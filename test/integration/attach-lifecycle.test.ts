@@ -18,14 +18,16 @@ import {
   type HookWorld,
   type Org,
 } from '../support/attachments.ts';
-import { createOrgWithToken, resultOf, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, resultOf, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { setAttachmentStatus } from '../../lib/db/repositories/attachments.ts';
+import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { AttachmentFailureTypes, attachmentRequested, workflowIds } from '../../workflows/contract.ts';
 import { recordHistory } from '../support/histories.ts';
 
 /**
  * An attachment over time: hooks deleted or disabled at the provider and restored by re-attach,
  * copies adopted, attach and detach of one repository serialized, detach of hooks already gone,
- * hooks shared with another organization, and disconnect detaching every repository first.
+ * each organization's own hooks on a shared project, legacy hooks shared before, and disconnect detaching every repository first.
  */
 describe('attachment lifecycle', () => {
   let h: Harness;
@@ -92,7 +94,7 @@ describe('attachment lifecycle', () => {
     // Replaced with our full subscription, status enabled, Basic password included.
     const replaced = world.server.calls.slice(from).filter((c) => c.operation === world.ops.update).map((c) => c.body as { status: string; consumerInputs: Record<string, string> });
     expect(replaced).toHaveLength(3);
-    for (const body of replaced) expect(body).toMatchObject({ status: 'enabled', consumerInputs: { basicAuthPassword: TEST_WEBHOOK_SECRETS.azureDevOps.pass } });
+    for (const body of replaced) expect(body).toMatchObject({ status: 'enabled', consumerInputs: { basicAuthPassword: world.webhook.secret } });
   });
 
   it.each(HOOK_PROVIDERS)('%s: copies of the hook set at our delivery URL are deleted, the recorded hooks kept with our secret', async (provider) => {
@@ -175,31 +177,68 @@ describe('attachment lifecycle', () => {
     const api = `${world.proxy.url}/api/v4/projects/${repo.externalId}/hooks`;
     const headers = { 'private-token': world.credential, 'content-type': 'application/json' };
     await fetch(api, { method: 'POST', headers, body: JSON.stringify({ url: 'https://ci.example.com/hook', push_events: true }) });
-    await fetch(api, { method: 'POST', headers, body: JSON.stringify({ url: deliveryUrlOf('gitlab'), push_events: true }) });
+    await fetch(api, { method: 'POST', headers, body: JSON.stringify({ url: deliveryUrlOf('gitlab', world.connectionId), push_events: true }) });
     expect(repo.hooks()).toHaveLength(3);
     await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
     expect(repo.hooks().map((hook) => hook.url)).toEqual(['https://ci.example.com/hook']);
   });
 
-  it('hooks another organization relies on stay until its attachment is detached too', async () => {
+  it('two organizations attaching the same project each get their own hook with their own credential, and detach only their own', async () => {
     const world = worlds.gitlab;
-    const { repo } = await attached(world);
+    const { repo, hooks: [first] } = await attached(world);
     const created = await createOrgWithToken(h);
     const second: Org = { id: created.org.id, slug: created.org.slug, token: created.token };
     const connectionId = await seedConnection(h, { organizationId: second.id, provider: 'gitlab', baseUrl: world.proxy.url, secret: world.credential });
     const sameProject = await seedRepository(h, { organizationId: second.id, connectionId, provider: 'gitlab', externalId: repo.externalId, fullName: repo.fullName });
 
     expect((await outcomeOf(h, await requestAttachment(h, second, sameProject, 'PUT'))).result?.status).toBe('attached');
-    const [hook] = expectExactHookSet(world, repo);
-    expect((await attachmentOf(h, second, sameProject)).hooks.map((r) => r.providerHookId)).toEqual([hook!.id]);
+    const secondCredential = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'gitlab' });
+    expect(secondCredential.secret).not.toBe(world.webhook.secret);
+    const own = repo.hooks().find((hook) => hook.id !== first!.id)!;
+    expect(repo.hooks()).toEqual([first, { ...first, id: own.id, url: deliveryUrlOf('gitlab', connectionId), secret: secondCredential.secret }]);
+    expect((await attachmentOf(h, org, repo.repositoryId)).hooks.map((r) => r.providerHookId)).toEqual([first!.id]);
+    expect((await attachmentOf(h, second, sameProject)).hooks.map((r) => r.providerHookId)).toEqual([own.id]);
 
-    // The first organization detaches: the second still relies on the hook.
+    // Attaching again adopts each connection's own hook, never the other's.
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.hookIds).toEqual([first!.id]);
+    expect((await outcomeOf(h, await requestAttachment(h, second, sameProject, 'PUT'))).result?.hookIds).toEqual([own.id]);
+    expect(repo.hooks()).toHaveLength(2);
+
     await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
-    expect(expectExactHookSet(world, repo).map((r) => r.id)).toEqual([hook!.id]);
-    expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
-
+    expect(repo.hooks().map((hook) => hook.id)).toEqual([own.id]);
     await outcomeOf(h, await requestAttachment(h, second, sameProject, 'DELETE'));
     expect(repo.hooks()).toEqual([]);
+  });
+
+  it('a legacy hook two organizations shared stays while one still records it; re-attaching replaces it with its own hook', async () => {
+    const world = worlds.gitlab;
+    const repo = await world.newRepository();
+    const created = await createOrgWithToken(h);
+    const second: Org = { id: created.org.id, slug: created.org.slug, token: created.token };
+    const connectionId = await seedConnection(h, { organizationId: second.id, provider: 'gitlab', baseUrl: world.proxy.url, secret: world.credential });
+    const sameProject = await seedRepository(h, { organizationId: second.id, connectionId, provider: 'gitlab', externalId: repo.externalId, fullName: repo.fullName });
+    // What the previous release left: one hook at the bare URL with the global secret, recorded on both attachments.
+    const res = await fetch(`${world.proxy.url}/api/v4/projects/${repo.externalId}/hooks`, {
+      method: 'POST',
+      headers: { 'private-token': world.credential, 'content-type': 'application/json' },
+      body: JSON.stringify({ url: `${TEST_PUBLIC_URL}/api/events-handler/v1/events/gitlab`, push_events: true, token: 'global-secret' }),
+    });
+    const legacy = String(((await res.json()) as { id: number }).id);
+    for (const [organizationId, repositoryId] of [[org.id, repo.repositoryId], [second.id, sameProject]] as const) {
+      const attachment = await setAttachmentStatus(h.db, { organizationId, repositoryId, status: 'attached' });
+      await h.db.insertInto('hooks').values({ attachment_id: attachment, provider_hook_id: legacy, events: JSON.stringify(['push_events']), credential_version: null }).execute();
+    }
+
+    await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+    expect(repo.hooks().map((hook) => hook.id)).toEqual([legacy]);
+    expect(await attachmentOf(h, org, repo.repositoryId)).toMatchObject({ status: 'detached', hooks: [] });
+
+    expect((await outcomeOf(h, await requestAttachment(h, second, sameProject, 'PUT'))).result?.status).toBe('attached');
+    const [own] = repo.hooks();
+    expect(repo.hooks()).toHaveLength(1);
+    expect(own).toMatchObject({ url: deliveryUrlOf('gitlab', connectionId), secret: (await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'gitlab' })).secret });
+    expect(await h.db.selectFrom('hooks').select(['provider_hook_id', 'credential_version']).where('provider_hook_id', 'in', [legacy, own!.id]).execute()).toEqual([{ provider_hook_id: own!.id, credential_version: 1 }]);
+    await outcomeOf(h, await requestAttachment(h, second, sameProject, 'DELETE'));
   });
 
   it('disconnect detaches every repository of the connection first, waiting for an attach in flight, then deletes the credential', async () => {

@@ -15,7 +15,7 @@ import {
   type HookWorld,
   type Org,
 } from '../support/attachments.ts';
-import { createOrgWithToken, historyText, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, historyText, startHarness, type Harness } from '../support/harness.ts';
 
 /**
  * Attach and detach through the API, the repository workflow and the real client libraries
@@ -44,7 +44,7 @@ describe('attach and detach per provider', () => {
   const createBodies = (world: HookWorld, from: number) => world.server.calls.slice(from).filter((c) => c.operation === world.ops.create).map((c) => c.body);
 
   async function expectNoSecretLeaked(world: HookWorld, workflowId: string) {
-    const secrets = [world.credential, TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.bitbucket, TEST_WEBHOOK_SECRETS.azureDevOps.pass];
+    const secrets = [world.credential, world.webhook.secret];
     const history = await historyText(h, workflowId);
     const logs = h.logs.join('\n');
     const rows = JSON.stringify(await h.db.selectFrom('hooks').selectAll().execute()) + JSON.stringify(await h.db.selectFrom('attachments').selectAll().execute());
@@ -67,7 +67,7 @@ describe('attach and detach per provider', () => {
     // POST /projects/:id/hooks as GitLab documents it: every event flag explicit, the secret as `token`.
     expect(createBodies(world, from)).toEqual([
       {
-        url: deliveryUrlOf('gitlab'),
+        url: deliveryUrlOf('gitlab', world.connectionId),
         push_events: true,
         tag_push_events: true,
         merge_requests_events: true,
@@ -83,7 +83,7 @@ describe('attach and detach per provider', () => {
         feature_flag_events: false,
         resource_access_token_events: false,
         enable_ssl_verification: true,
-        token: TEST_WEBHOOK_SECRETS.gitlab,
+        token: world.webhook.secret,
       },
     ]);
     const hooks = expectExactHookSet(world, repo);
@@ -103,10 +103,10 @@ describe('attach and detach per provider', () => {
     expect(createBodies(world, from)).toEqual([
       {
         name: 'forgelink',
-        url: deliveryUrlOf('bitbucket'),
+        url: deliveryUrlOf('bitbucket', world.connectionId),
         active: true,
         events: ['repo:refs_changed', 'pr:opened', 'pr:from_ref_updated', 'pr:modified', 'pr:merged', 'pr:declined'],
-        configuration: { secret: TEST_WEBHOOK_SECRETS.bitbucket },
+        configuration: { secret: world.webhook.secret },
         sslVerificationRequired: true,
       },
     ]);
@@ -127,9 +127,9 @@ describe('attach and detach per provider', () => {
     const repositoryId = bodies[0]!.publisherInputs.repository;
     expect(projectId).toMatch(/^[0-9a-f-]{36}$/);
     const consumerInputs = {
-      url: deliveryUrlOf('azure-devops'),
-      basicAuthUsername: TEST_WEBHOOK_SECRETS.azureDevOps.user,
-      basicAuthPassword: TEST_WEBHOOK_SECRETS.azureDevOps.pass,
+      url: deliveryUrlOf('azure-devops', world.connectionId),
+      basicAuthUsername: world.webhook.basicAuthUser,
+      basicAuthPassword: world.webhook.secret,
       resourceDetailsToSend: 'all',
       messagesToSend: 'none',
       detailedMessagesToSend: 'none',

@@ -124,7 +124,7 @@ describe('disconnect loose ends', () => {
       expect(stuck.hooks()).toHaveLength(1);
       expect(await connectionRow()).toMatchObject({ status: 'disconnected', credential: null });
       // Fake GitLabs number projects alike: other tests' attachments of the same id are not this one.
-      expect((await findAttachedRepositories(h.db, 'gitlab', [stuck.externalId])).map((r) => r.repositoryId)).not.toContain(stuck.repositoryId);
+      expect((await findAttachedRepositories(h.db, 'gitlab', [stuck.externalId], { connectionId: world!.connectionId })).map((r) => r.repositoryId)).not.toContain(stuck.repositoryId);
       await recordHistory(h.client, workflowId, 'disconnect-forced-with-detach-failed');
     } finally {
       await world.close();
@@ -136,10 +136,10 @@ describe('disconnect loose ends', () => {
     const externalId = String(Date.now());
     const repositoryId = await seedRepository(h, { organizationId: org.id, connectionId, provider: 'gitlab', externalId, fullName: 'platform/left-attached' });
     await h.db.insertInto('attachments').values({ organization_id: org.id, repository_id: repositoryId, status: 'attached' }).execute();
-    expect(await findAttachedRepositories(h.db, 'gitlab', [externalId])).toHaveLength(1);
+    expect(await findAttachedRepositories(h.db, 'gitlab', [externalId], { connectionId })).toHaveLength(1);
 
     await markConnectionDisconnected(h.db, connectionId);
-    expect(await findAttachedRepositories(h.db, 'gitlab', [externalId])).toEqual([]);
+    expect(await findAttachedRepositories(h.db, 'gitlab', [externalId], { connectionId })).toEqual([]);
     const attachment = await h.db.selectFrom('attachments').select(['status', 'reason']).where('repository_id', '=', repositoryId).executeTakeFirstOrThrow();
     expect(attachment).toMatchObject({ status: 'failed', reason: expect.stringMatching(/hooks may remain/) });
   });

@@ -1,5 +1,5 @@
 import { temporal } from '@temporalio/proto';
-import { randomInt, randomUUID } from 'node:crypto';
+import { createHash, randomInt, randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { WebhookDefinition } from '@octokit/webhooks-examples';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,8 @@ import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { deliveryUrlOf } from '../support/attachments.ts';
+import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
 import { historyBytes, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
 
@@ -55,10 +57,16 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
     return { ...repository, ...(await seedAttachedRepository(h, { organizationId: o.org.id, provider, ...repository })) };
   }
 
-  /** Sends a signed GitLab / Bitbucket delivery and waits for its event run to finish. */
-  async function deliver(provider: 'gitlab' | 'bitbucket', payload: Payload) {
-    const secret = provider === 'gitlab' ? TEST_WEBHOOK_SECRETS.gitlab : TEST_WEBHOOK_SECRETS.bitbucket;
-    const d = delivery(provider, payload, { deliveryId: randomUUID(), secret });
+  /**
+   * Sends a GitLab / Bitbucket delivery as the hook of the connection that attached the payload's
+   * repository sends it (its URL, its credential), and waits for its event run to finish.
+   */
+  async function deliver(provider: 'gitlab' | 'bitbucket', payload: Payload, options: { connectionId?: string; deliveryId?: string } = {}) {
+    const externalId = String(provider === 'gitlab' ? payload.project.id : (payload.repository ?? payload.pullRequest.toRef.repository).id);
+    const connectionId = options.connectionId ?? (await h.db.selectFrom('repositories').select('connection_id').where('provider', '=', provider).where('external_id', '=', externalId).executeTakeFirstOrThrow()).connection_id;
+    const { secret } = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider });
+    // Every delivery its own body: the same body again for a connection is a replay.
+    const d = delivery(provider, { ...payload, test_push: randomUUID() }, { deliveryId: options.deliveryId ?? randomUUID(), secret, url: deliveryUrlOf(provider, connectionId) });
     const res = await send(h, d);
     expect(res.status, await res.clone().text()).toBe(202);
     const { workflowId } = (await res.json()) as { workflowId: string };
@@ -226,7 +234,14 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(subscriber.received).toHaveLength(1);
 
       // The receiver refuses a duplicate id; past the namespace's retention the id is free again.
-      const input: EventInput = { provider: 'gitlab', deliveryId: d.deliveryId, events: normalizeWebhook('gitlab', d.headers, d.body), receivedAt: new Date().toISOString() };
+      const input: EventInput = {
+        provider: 'gitlab',
+        deliveryId: d.deliveryId,
+        events: normalizeWebhook('gitlab', d.headers, d.body),
+        receivedAt: new Date().toISOString(),
+        connectionId: repository.connectionId,
+        bodyDigest: createHash('sha256').update(d.body).digest('hex'),
+      };
       const rerun = await h.client.workflow.execute('eventWorkflow', { taskQueue: h.taskQueue, workflowId, args: [input] });
       expect(rerun).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
       expect(subscriber.received).toHaveLength(1);
@@ -272,7 +287,7 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect([everything, masterOnly, featureBranches, tags].every((s) => s!.received.every((r) => r.signatureValid))).toBe(true);
     });
 
-    it('records and dispatches once per organization when several attach the same repository', async () => {
+    it('records and dispatches once per organization when several attach the same repository, each through its own hook', async () => {
       const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
       const [subA, subB] = [await newSubscriber(), await newSubscriber()];
       await subscribe(a, subA);
@@ -282,9 +297,13 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       const repoA = await seedAttachedRepository(h, { organizationId: a.org.id, provider: 'gitlab', externalId, fullName });
       const repoB = await seedAttachedRepository(h, { organizationId: b.org.id, provider: 'gitlab', externalId, fullName });
 
-      const { delivery: d, result } = await deliver('gitlab', gitlabPush({ externalId, fullName }));
-      expect(result).toEqual({ recorded: 2, delivered: 2, undelivered: [] });
-      const rows = await eventsOfDelivery(h.db, 'gitlab', d.deliveryId);
+      // Each organization's hook delivers the push (older GitLab gives both deliveries one id): each run records its own.
+      const deliveryId = randomUUID();
+      for (const repo of [repoA, repoB]) {
+        const { result } = await deliver('gitlab', gitlabPush({ externalId, fullName }), { connectionId: repo.connectionId, deliveryId });
+        expect(result).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+      }
+      const rows = await eventsOfDelivery(h.db, 'gitlab', deliveryId);
       expect(rows.map((r) => [r.organization_id, r.repository_id]).sort()).toEqual(
         [
           [a.org.id, repoA.repositoryId],

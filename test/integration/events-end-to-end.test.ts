@@ -114,7 +114,8 @@ describe('a push to an attached repository reaches the subscriber exactly once',
     expect(await resultOf<{ status: string }>(h, ((await attach.json()) as { workflowId: string }).workflowId)).toMatchObject({ status: 'attached' });
 
     const hook = pushHookOf(provider, repository);
-    expect(hook.url).toBe(`${TEST_PUBLIC_URL}${receiverPath(provider)}`);
+    // GitLab, Bitbucket and Azure DevOps hooks name their connection and carry its own credential.
+    expect(hook.url).toBe(`${TEST_PUBLIC_URL}${receiverPath(provider)}${provider === 'github' ? '' : `?c=${connectionId}`}`);
     const push = delivery(provider, withRepository(provider, fixture(PUSH_FIXTURES[provider]), repository), { deliveryId: randomUUID(), ...hook });
     const before = subscriber.received.length;
 

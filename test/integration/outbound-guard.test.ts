@@ -9,7 +9,7 @@ import { startFakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
-import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { endlessAnswer, listen, TEST_ADDRESS_POLICY } from '../support/outbound.ts';
 
 /** Short, so a subscriber that keeps failing is given up on within seconds. */
@@ -59,9 +59,9 @@ describe('outbound guard: what tenants point the worker at', () => {
   /** A GitLab push to a freshly attached repository of the organization; its event run's result. */
   async function pushTo(o: { org: { id: string } }) {
     const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
-    await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
+    const { hook } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
     const payload = { ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), ref: 'refs/heads/main' };
-    const res = await send(h, delivery('gitlab', payload, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.gitlab }));
+    const res = await send(h, delivery('gitlab', payload, { deliveryId: randomUUID(), ...hook }));
     expect(res.status, await res.clone().text()).toBe(202);
     return resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
   }

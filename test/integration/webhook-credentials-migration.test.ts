@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import { seal, type EncryptionKeys } from '../../lib/crypto.ts';
 import { migrations } from '../../lib/db/migrations/index.ts';
 import type { Database } from '../../lib/db/schema.ts';
+import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 import { addWebhookCredential, dropWebhookCredentialsBefore, ensureWebhookCredential, webhookCredentialsOf } from '../../lib/db/repositories/webhook-credentials.ts';
 
 const MIGRATION = '2026-12-06T1105-webhook-credentials';
@@ -85,6 +86,10 @@ describe('migration to per-connection webhook credentials (real PostgreSQL)', ()
     expect(hooks).toHaveLength(2);
     for (const hook of hooks) expect(hook).toMatchObject({ provider_hook_id: '900', credential_version: null });
     expect(new Set(hooks.map((h) => h.attachment_id))).toEqual(new Set([ids.attA, ids.attB]));
+    // Deliveries verified with the global secret still reach both (the receiver's and the event run's lookup).
+    const legacy = await findAttachedRepositories(db, 'gitlab', ['42'], { legacyHooks: true });
+    expect(legacy.map((r) => r.repositoryId).sort()).toEqual([ids.repoA, ids.repoB].sort());
+    expect(await findAttachedRepositories(db, 'gitlab', ['42'], { connectionId: ids.connA })).toHaveLength(1);
   });
 
   it('gives a connection made before its own credential when first needed, sealed, and each connection a different one', async () => {

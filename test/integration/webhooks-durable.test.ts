@@ -5,8 +5,8 @@ import type { Provider } from '../../lib/domain.ts';
 import { workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
 import { pruneDeliveries } from '../../worker/delivery-retention.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
-import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
-import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { historyBytes, MAX_HISTORY_BYTES, startInput } from '../support/histories.ts';
 
 /**
@@ -14,12 +14,6 @@ import { historyBytes, MAX_HISTORY_BYTES, startInput } from '../support/historie
  * its own event, while no run's history grows with the delivery: the receiver stores the events in
  * the intake table and the event run's input names the row.
  */
-const SECRET: Record<Provider, string> = {
-  github: TEST_WEBHOOK_SECRETS.github,
-  gitlab: TEST_WEBHOOK_SECRETS.gitlab,
-  bitbucket: TEST_WEBHOOK_SECRETS.bitbucket,
-  'azure-devops': TEST_WEBHOOK_SECRETS.azureDevOps.pass,
-};
 const FULL_NAMES: Record<Provider, string> = {
   github: 'octo-org/durable',
   gitlab: 'group/durable',
@@ -33,13 +27,16 @@ describe('durable deliveries (real Temporal, real PostgreSQL)', () => {
   let h: Harness;
   let org: { id: string };
   const repositories = {} as Record<Provider, { externalId: string; fullName: string }>;
+  const hooks = {} as Record<Provider, { connectionId: string; hook: DeliveringHook }>;
 
   beforeAll(async () => {
     h = await startHarness({ maxBodyBytes: MAX_BODY_BYTES });
     ({ org } = await createOrgWithToken(h));
     for (const provider of ['github', 'bitbucket', 'azure-devops'] as const) {
       repositories[provider] = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
-      await seedAttachedRepository(h, { organizationId: org.id, provider, ...repositories[provider] });
+      // Bitbucket's also holds a legacy hook: a run started before the intake table (and before per-connection credentials) acts on it.
+      const { connectionId, hook } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repositories[provider], legacyHook: provider === 'bitbucket' });
+      hooks[provider] = { connectionId, hook };
     }
   });
   afterAll(async () => {
@@ -47,11 +44,7 @@ describe('durable deliveries (real Temporal, real PostgreSQL)', () => {
   });
 
   function signed(provider: Provider, payload: Payload) {
-    return delivery(provider, withRepository(provider, payload, repositories[provider]), {
-      deliveryId: randomUUID(),
-      secret: SECRET[provider],
-      basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
-    });
+    return delivery(provider, withRepository(provider, payload, repositories[provider]), { deliveryId: randomUUID(), ...hooks[provider].hook });
   }
 
   /** Sends the delivery twice (a redelivery), expects 202 both times, waits for the run and returns its result. */
@@ -60,7 +53,7 @@ describe('durable deliveries (real Temporal, real PostgreSQL)', () => {
       const res = await send(h, push);
       expect(res.status, await res.clone().text()).toBe(202);
     }
-    const workflowId = workflowIds.event(push.provider, push.deliveryId);
+    const workflowId = workflowIds.event(push.provider, push.deliveryId, push.provider === 'github' ? undefined : hooks[push.provider].connectionId);
     const result = await resultOf<EventResult>(h, workflowId);
     expect(await historyBytes(h.client, workflowId)).toBeLessThan(MAX_HISTORY_BYTES);
     return { workflowId, result };
@@ -195,8 +188,8 @@ describe('a Temporal that does not answer', () => {
   it('acknowledges within 1 s once the delivery is stored; its run waits for Temporal (store first, start after)', async () => {
     const { org } = await createOrgWithToken(h);
     const repository = { externalId: uniqueExternalId('gitlab'), fullName: 'group/unanswered' };
-    await seedAttachedRepository(h, { organizationId: org.id, provider: 'gitlab', ...repository });
-    const push = delivery('gitlab', withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), { deliveryId: randomUUID(), secret: SECRET.gitlab });
+    const { hook } = await seedAttachedRepository(h, { organizationId: org.id, provider: 'gitlab', ...repository });
+    const push = delivery('gitlab', withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), { deliveryId: randomUUID(), ...hook });
 
     const started = performance.now();
     const res = await send(h, push);

@@ -5,18 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import type { EventInput, EventResult } from '../../workflows/contract.ts';
 import { startInput } from '../support/histories.ts';
-import { delivery, fixture, PUSH_FIXTURES, withRepository, type DeliveryOptions, type Payload } from '../fakes/webhook-deliveries.ts';
-import { seedConnection } from '../support/attachments.ts';
-import { eventRunExists, eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository, type DeliveryOptions, type Payload } from '../fakes/webhook-deliveries.ts';
+import { deliveryUrlOf, seedConnection } from '../support/attachments.ts';
+import { deliveryRunExists, eventRunExists, eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { addWebhookCredential, ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
 
-/** The secret the harness's API verifies each provider against (the current one of [current, previous]). */
-const CURRENT: Record<Provider, string> = {
-  github: TEST_WEBHOOK_SECRETS.github,
-  gitlab: TEST_WEBHOOK_SECRETS.gitlab,
-  bitbucket: TEST_WEBHOOK_SECRETS.bitbucket,
-  'azure-devops': TEST_WEBHOOK_SECRETS.azureDevOps.pass,
-};
 
 const FULL_NAMES: Record<Provider, string> = {
   github: 'octo-org/receiver',
@@ -30,14 +24,21 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   let org: { id: string; slug: string };
   let orgToken: string;
   const attached = {} as Record<Provider, { externalId: string; fullName: string; repositoryId: string }>;
+  /** Per provider, the connection the repositories are attached through, and where and with what its hooks deliver (GitHub: the App's secret). */
+  const hookOf = {} as Record<Provider, { connectionId: string; url?: string; secret: string; basicAuthUser?: string }>;
 
   beforeAll(async () => {
     h = await startHarness();
     ({ org, token: orgToken } = await createOrgWithToken(h));
     for (const provider of PROVIDERS) {
       const repository = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
-      const { repositoryId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
+      const { repositoryId, connectionId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
       attached[provider] = { ...repository, repositoryId };
+      if (provider === 'github') hookOf.github = { connectionId, secret: TEST_WEBHOOK_SECRETS.github };
+      else {
+        const { secret, basicAuthUser } = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider });
+        hookOf[provider] = { connectionId, url: deliveryUrlOf(provider, connectionId), secret, basicAuthUser };
+      }
     }
   });
   afterAll(async () => {
@@ -54,12 +55,10 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
 
   function pushTo(provider: Provider, repository: { externalId: string; fullName: string }, options: Partial<DeliveryOptions> & { payload?: Payload } = {}) {
     const payload = withRepository(provider, options.payload ?? fixture(PUSH_FIXTURES[provider]), repository);
-    return delivery(provider, payload, {
-      deliveryId: randomUUID(),
-      secret: CURRENT[provider],
-      basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
-      ...options,
-    });
+    // Every push its own body: the same body again for a connection is a replay, whatever its delivery id.
+    payload.test_push = randomUUID();
+    const { connectionId: _c, ...hook } = hookOf[provider];
+    return delivery(provider, payload, { deliveryId: randomUUID(), ...hook, ...options });
   }
 
   async function expectProblem(res: Response, status: number) {
@@ -77,7 +76,7 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       const res = await send(h, push);
       expect(res.status).toBe(202);
       const ack = (await res.json()) as { status: string; workflowId: string };
-      expect(ack).toMatchObject({ status: 'accepted', workflowId: `event:${provider}:${deliveryId}` });
+      expect(ack).toMatchObject({ status: 'accepted', workflowId: provider === 'github' ? `event:github:${deliveryId}` : `event:${provider}@${hookOf[provider].connectionId}:${deliveryId}` });
       const result = await resultOf<EventResult>(h, ack.workflowId);
       expect(result).toMatchObject({ recorded: 1, delivered: 0, undelivered: [] });
 
@@ -94,32 +93,48 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
         deliveryId,
         receivedAt: expect.any(String),
         summary: { events: 1, kinds: { push: 1 }, repositories: [attached[provider].fullName] },
+        // A connection's own hook: the run acts on that connection's attachments only, and knows the body by its digest.
+        ...(provider === 'github' ? {} : { connectionId: hookOf[provider].connectionId, bodyDigest: expect.stringMatching(/^[0-9a-f]{64}$/) }),
       });
       const history = await historyText(h, ack.workflowId);
       expect(history).not.toContain(attached[provider].externalId);
       expect(history).not.toContain(push.body.slice(0, 60));
-      expect(history).not.toContain(CURRENT[provider]);
+      expect(history).not.toContain(hookOf[provider].secret);
     });
 
     it('answers 401 to a forged credential and starts nothing', async () => {
       const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
       const problem = await expectProblem(await send(h, forged), 401);
-      expect(problem.detail).not.toContain(CURRENT[provider]);
-      expect(await eventRunExists(h, provider, forged.deliveryId)).toBe(false);
+      expect(problem.detail).not.toContain(hookOf[provider].secret);
+      expect(await deliveryRunExists(h, forged)).toBe(false);
       expect(await eventsOfDelivery(h.db, provider, forged.deliveryId)).toEqual([]);
     });
 
     it('answers 401 to a delivery without credentials and starts nothing', async () => {
       const unsigned = pushTo(provider, attached[provider], { secret: undefined });
       await expectProblem(await send(h, unsigned), 401);
-      expect(await eventRunExists(h, provider, unsigned.deliveryId)).toBe(false);
+      expect(await deliveryRunExists(h, unsigned)).toBe(false);
     });
 
-    it('accepts the previous secret while it is configured (rotation)', async () => {
-      const res = await send(h, pushTo(provider, attached[provider], { secret: TEST_WEBHOOK_SECRETS.previous }));
-      expect(res.status).toBe(202);
-      const { workflowId } = (await res.json()) as { workflowId: string };
-      expect((await resultOf<EventResult>(h, workflowId)).recorded).toBe(1);
+    it(provider === 'github' ? "accepts the App's previous secret while it is configured (rotation)" : "accepts the connection's current and previous credential during a rotation, a new one at once", async () => {
+      if (provider === 'github') {
+        const res = await send(h, pushTo(provider, attached[provider], { secret: TEST_WEBHOOK_SECRETS.previous }));
+        expect(res.status).toBe(202);
+        expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+        return;
+      }
+      // The receiver has the connection's credentials cached by now; a rotation adds one.
+      expect((await send(h, pushTo(provider, attached[provider]))).status).toBe(202);
+      const rotated = await addWebhookCredential(h.db, h.keys, { id: hookOf[provider].connectionId, provider });
+      for (const credential of [{ secret: rotated.secret, basicAuthUser: rotated.basicAuthUser }, hookOf[provider]]) {
+        const res = await send(h, pushTo(provider, attached[provider], { secret: credential.secret, basicAuthUser: credential.basicAuthUser }));
+        expect(res.status).toBe(202);
+        expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+      }
+      // The connection's credential is good at its own provider's receiver only.
+      const other = provider === 'gitlab' ? 'bitbucket' : 'gitlab';
+      const push = pushTo(provider, attached[provider]);
+      await expectProblem(await send(h, { ...push, path: push.path.replace(`/events/${provider}?`, `/events/${other}?`) }), 401);
     });
 
     it('answers 200 and starts nothing for a repository that is not attached', async () => {
@@ -127,14 +142,14 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       const res = await send(h, unknown);
       expect(res.status).toBe(200);
       expect(await res.json()).toMatchObject({ status: 'ignored', reason: 'repository not attached' });
-      expect(await eventRunExists(h, provider, unknown.deliveryId)).toBe(false);
+      expect(await deliveryRunExists(h, unknown)).toBe(false);
     });
 
     it('acts on a repository attached right after a delivery for it was ignored; one detached since it was seen starts a run that records nothing', async () => {
       const repository = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
       expect((await send(h, pushTo(provider, repository))).status).toBe(200);
       // Not attached is never remembered: the attach counts from the next delivery on.
-      const { repositoryId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
+      const { repositoryId } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository, connectionId: hookOf[provider].connectionId });
       const accepted = await send(h, pushTo(provider, repository));
       expect(accepted.status).toBe(202);
       expect((await resultOf<EventResult>(h, ((await accepted.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
@@ -169,7 +184,7 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       const broken = pushTo(provider, attached[provider], { rawBody: '{"object_kind": "push", "ref": ' });
       const problem = await expectProblem(await send(h, broken), 400);
       expect(problem.detail).toMatch(/not JSON/);
-      expect(await eventRunExists(h, provider, broken.deliveryId)).toBe(false);
+      expect(await deliveryRunExists(h, broken)).toBe(false);
     });
 
     it('answers 400 to a signed delivery with another content type', async () => {
@@ -181,13 +196,13 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     it('answers 413 to a body over the size limit, declared or streamed, and starts nothing', async () => {
       const payload = withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]);
       payload.padding = 'x'.repeat(1024 * 1024);
-      const big = delivery(provider, payload, { deliveryId: randomUUID(), secret: CURRENT[provider], basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user });
+      const big = pushTo(provider, attached[provider], { payload });
       await expectProblem(await send(h, { ...big, headers: { ...big.headers, 'content-length': String(Buffer.byteLength(big.body)) } }), 413);
       await expectProblem(await send(h, big), 413);
-      expect(await eventRunExists(h, provider, big.deliveryId)).toBe(false);
+      expect(await deliveryRunExists(h, big)).toBe(false);
       // Close to the limit (1 MiB in the harness) is fine.
       payload.padding = 'x'.repeat(1024 * 1024 - 16 * 1024);
-      const fits = delivery(provider, payload, { deliveryId: randomUUID(), secret: CURRENT[provider], basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user });
+      const fits = pushTo(provider, attached[provider], { payload });
       expect(Buffer.byteLength(fits.body)).toBeGreaterThan(1000 * 1000);
       expect((await send(h, { ...fits, headers: { ...fits.headers, 'content-length': String(Buffer.byteLength(fits.body)) } })).status).toBe(202);
     });
@@ -209,7 +224,7 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     expect(bb.status).toBe(200);
     expect(await bb.json()).toEqual({ status: 'pong' });
 
-    const githubPing = delivery('github', { zen: 'Keep it logically awesome.', hook_id: 1 }, { deliveryId: randomUUID(), secret: CURRENT.github, githubEvent: 'ping' });
+    const githubPing = delivery('github', { zen: 'Keep it logically awesome.', hook_id: 1 }, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github, githubEvent: 'ping' });
     expect((await send(h, githubPing)).status).toBe(200);
     expect(await eventRunExists(h, 'github', githubPing.headers['x-github-delivery']!)).toBe(false);
   });
@@ -223,13 +238,13 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   });
 
   it('answers 200 to valid deliveries of event kinds it does not act on', async () => {
-    const issue = delivery('github', { action: 'opened', repository: { id: Number(attached.github.externalId), full_name: attached.github.fullName } }, { deliveryId: randomUUID(), secret: CURRENT.github, githubEvent: 'issues' });
+    const issue = delivery('github', { action: 'opened', repository: { id: Number(attached.github.externalId), full_name: attached.github.fullName } }, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github, githubEvent: 'issues' });
     const res = await send(h, issue);
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ status: 'ignored', reason: 'event kind not handled' });
 
     const prModified = withRepository('bitbucket', fixture('bitbucket/pr-modified.json'), attached.bitbucket);
-    expect((await send(h, delivery('bitbucket', prModified, { deliveryId: randomUUID(), secret: CURRENT.bitbucket }))).status).toBe(200);
+    expect((await send(h, pushTo('bitbucket', attached.bitbucket, { payload: prModified }))).status).toBe(200);
   });
 
   it('records every ref change of a Bitbucket delivery with three, in order', async () => {
@@ -267,27 +282,57 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     );
   });
 
-  it('tells apart one GitLab project id attached on two instances by the URL the delivery carries', async () => {
-    const externalId = uniqueExternalId('gitlab');
-    const orgs = [];
-    for (const baseUrl of ['https://gitlab.one.test', 'https://gitlab.two.test/']) {
-      const { org: o } = await createOrgWithToken(h);
-      const connectionId = await seedConnection(h, { organizationId: o.id, provider: 'gitlab', baseUrl });
-      await seedAttachedRepository(h, { organizationId: o.id, provider: 'gitlab', externalId, fullName: 'team/app', connectionId });
-      orgs.push(o.id);
+  describe('legacy hooks (made before per-connection credentials: the global secret, no connection in the URL)', () => {
+    /** A repository attached on a connection to `baseUrl` whose hook is a legacy one (as the migration marks them). */
+    async function attachedWithLegacyHook(organizationId: string, baseUrl: string, externalId: string) {
+      const connectionId = await seedConnection(h, { organizationId, provider: 'gitlab', baseUrl });
+      const { repositoryId } = await seedAttachedRepository(h, { organizationId, provider: 'gitlab', externalId, fullName: 'team/app', connectionId });
+      const attachment = await h.db.selectFrom('attachments').select('id').where('repository_id', '=', repositoryId).executeTakeFirstOrThrow();
+      await h.db.insertInto('hooks').values({ attachment_id: attachment.id, provider_hook_id: '900', events: JSON.stringify(['push_events']), credential_version: null }).execute();
+      return repositoryId;
     }
-    const fromTwo = pushTo('gitlab', { externalId, fullName: 'team/app' }, { payload: gitlabPushAt('https://gitlab.two.test/team/app') });
-    const res = await send(h, fromTwo);
-    expect(res.status).toBe(202);
-    expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
-    expect((await eventsOfDelivery(h.db, 'gitlab', fromTwo.deliveryId)).map((e) => e.organization_id)).toEqual([orgs[1]]);
+    const legacyPush = (externalId: string, webUrl: string, secret = TEST_WEBHOOK_SECRETS.gitlab) =>
+      pushTo('gitlab', { externalId, fullName: 'team/app' }, { payload: gitlabPushAt(webUrl), url: `https://forgelink.test${receiverPath('gitlab')}`, secret });
 
-    // A delivery from neither instance is not handed to either organization.
-    const fromElsewhere = pushTo('gitlab', { externalId, fullName: 'team/app' }, { payload: gitlabPushAt('https://gitlab.three.test/team/app') });
-    const ignored = await send(h, fromElsewhere);
-    expect(ignored.status).toBe(200);
-    expect(await ignored.json()).toMatchObject({ status: 'ignored', reason: 'repository not attached' });
-    expect(await eventRunExists(h, 'gitlab', fromElsewhere.deliveryId)).toBe(false);
+    it('are verified with the configured global secret and act only on attachments holding a legacy hook', async () => {
+      const externalId = uniqueExternalId('gitlab');
+      const { org: legacyOrg } = await createOrgWithToken(h);
+      const { org: newOrg } = await createOrgWithToken(h);
+      await attachedWithLegacyHook(legacyOrg.id, 'https://gitlab.one.test', externalId);
+      // The same project attached by another organization since, through its own hook: the global secret does not reach it.
+      await seedAttachedRepository(h, { organizationId: newOrg.id, provider: 'gitlab', externalId, fullName: 'team/app', connectionId: await seedConnection(h, { organizationId: newOrg.id, provider: 'gitlab', baseUrl: 'https://gitlab.one.test' }) });
+      const push = legacyPush(externalId, 'https://gitlab.one.test/team/app');
+      const res = await send(h, push);
+      expect(res.status).toBe(202);
+      expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+      expect((await eventsOfDelivery(h.db, 'gitlab', push.deliveryId)).map((e) => e.organization_id)).toEqual([legacyOrg.id]);
+
+      // The global secret is no connection's credential, and a connection's credential no legacy hook's.
+      await expectProblem(await send(h, pushTo('gitlab', attached.gitlab, { secret: TEST_WEBHOOK_SECRETS.gitlab })), 401);
+      await expectProblem(await send(h, legacyPush(externalId, 'https://gitlab.one.test/team/app', hookOf.gitlab.secret)), 401);
+    });
+
+    it('tell apart one GitLab project id attached on two instances by the URL the delivery carries', async () => {
+      const externalId = uniqueExternalId('gitlab');
+      const orgs = [];
+      for (const baseUrl of ['https://gitlab.one.test', 'https://gitlab.two.test/']) {
+        const { org: o } = await createOrgWithToken(h);
+        await attachedWithLegacyHook(o.id, baseUrl, externalId);
+        orgs.push(o.id);
+      }
+      const fromTwo = legacyPush(externalId, 'https://gitlab.two.test/team/app');
+      const res = await send(h, fromTwo);
+      expect(res.status).toBe(202);
+      expect((await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).recorded).toBe(1);
+      expect((await eventsOfDelivery(h.db, 'gitlab', fromTwo.deliveryId)).map((e) => e.organization_id)).toEqual([orgs[1]]);
+
+      // A delivery from neither instance is not handed to either organization.
+      const fromElsewhere = legacyPush(externalId, 'https://gitlab.three.test/team/app');
+      const ignored = await send(h, fromElsewhere);
+      expect(ignored.status).toBe(200);
+      expect(await ignored.json()).toMatchObject({ status: 'ignored', reason: 'repository not attached' });
+      expect(await deliveryRunExists(h, fromElsewhere)).toBe(false);
+    });
   });
 
   it('accepts a GitLab delivery with neither Idempotency-Key nor X-Gitlab-Event-UUID (older GitLab), once', async () => {
@@ -296,12 +341,13 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     const first = await send(h, { ...push, headers });
     expect(first.status).toBe(202);
     const { workflowId } = (await first.json()) as { workflowId: string };
-    expect(workflowId).toMatch(/^event:gitlab:sha256-[0-9a-f]{64}$/);
+    expect(workflowId).toBe(`event:gitlab@${hookOf.gitlab.connectionId}:${workflowId.split(':').at(-1)}`);
+    expect(workflowId).toMatch(/:sha256-[0-9a-f]{64}$/);
     const again = await send(h, { ...push, headers });
     expect(again.status).toBe(202);
     expect(((await again.json()) as { workflowId: string }).workflowId).toBe(workflowId);
     expect((await resultOf<EventResult>(h, workflowId)).recorded).toBe(1);
-    expect(await eventsOfDelivery(h.db, 'gitlab', workflowId.slice('event:gitlab:'.length))).toHaveLength(1);
+    expect(await eventsOfDelivery(h.db, 'gitlab', workflowId.split(':').at(-1)!)).toHaveLength(1);
   });
 
   it('reads headers from Node\'s parsed request behind a real HTTP server (as the API runs)', async () => {
@@ -319,7 +365,7 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
         expect(await accepted.json()).toMatchObject({ status: 'accepted', events: 1 });
         const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
         expect((await post(forged)).status, provider).toBe(401);
-        expect(await eventRunExists(h, provider, forged.deliveryId)).toBe(false);
+        expect(await deliveryRunExists(h, forged)).toBe(false);
       }
       const oversized = pushTo('gitlab', attached.gitlab);
       const big = await post({ ...oversized, body: `${' '.repeat(1024 * 1024)}${String(oversized.body)}` });

@@ -10,7 +10,8 @@ import type { FakeHttpServer } from '../fakes/base.ts';
 import { bitbucketError, startFakeBitbucket } from '../fakes/bitbucket.ts';
 import { HOOK_EVENT_FLAGS, startFakeGitlab } from '../fakes/gitlab.ts';
 import { startFlakyProxy, type FlakyProxy, type ProxiedRequest, type ProxyFault } from './flaky-proxy.ts';
-import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, TEST_WEBHOOK_SECRETS, type Harness } from './harness.ts';
+import { ensureWebhookCredential, type WebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
+import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, type Harness } from './harness.ts';
 
 /**
  * Attach / detach test support: connections and cached repositories seeded straight into the
@@ -18,7 +19,8 @@ import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, TEST_WEBHOOK_SECRETS
  * fault-injecting proxy per provider, and the hook state of each fake in one comparable shape.
  */
 
-export const deliveryUrlOf = (provider: Provider) => `${TEST_PUBLIC_URL}/api/events-handler/v1/events/${provider}`;
+/** Where a connection's hooks deliver (the receiver finds the connection from `c`). */
+export const deliveryUrlOf = (provider: Provider, connectionId: string) => `${TEST_PUBLIC_URL}/api/events-handler/v1/events/${provider}?c=${connectionId}`;
 
 export async function seedConnection(
   h: Harness,
@@ -138,6 +140,8 @@ export interface HookWorld {
   hookSet: string[][];
   /** The credential forgelink uses (for leak checks). */
   credential: string;
+  /** The connection's webhook credential, which its hooks carry. */
+  webhook: WebhookCredential;
   /** Whether a request through the proxy creates a hook. */
   isCreate(request: ProxiedRequest): boolean;
   /** A permanent refusal of a hook creation, as the provider words it. */
@@ -168,6 +172,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
     ops: { list: 'listHooks', create: 'createHook', update: 'updateHook', delete: 'deleteHook' },
     hookSet: [['push_events', 'tag_push_events', 'merge_requests_events']],
     credential,
+    webhook: await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'gitlab' }),
     isCreate: (r) => r.method === 'POST' && /^\/api\/v4\/projects\/[^/]+\/hooks(\?|$)/.test(r.url),
     refusal: { kind: 'answer', status: 422, body: JSON.stringify({ message: { url: ['is blocked: Requests to the local network are not allowed'] } }) },
     async newRepository() {
@@ -191,7 +196,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
         loseAccess: () => fake.setAccessLevel(project.id, 0),
         async addCopyOfHookSet() {
           const flags = Object.fromEntries(['push_events', 'tag_push_events', 'merge_requests_events'].map((flag) => [flag, true]));
-          await expectCreated(`${fake.url}/api/v4/projects/${project.id}/hooks`, { 'private-token': credential }, { url: deliveryUrlOf('gitlab'), ...flags, token: 'stale-token' });
+          await expectCreated(`${fake.url}/api/v4/projects/${project.id}/hooks`, { 'private-token': credential }, { url: deliveryUrlOf('gitlab', connectionId), ...flags, token: 'stale-token' });
         },
       };
     },
@@ -222,6 +227,7 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
     ops: { list: 'listWebhooks', create: 'createWebhook', update: 'updateWebhook', delete: 'deleteWebhook' },
     hookSet: [['repo:refs_changed', 'pr:opened', 'pr:from_ref_updated', 'pr:modified', 'pr:merged', 'pr:declined']],
     credential,
+    webhook: await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'bitbucket' }),
     isCreate: (r) => r.method === 'POST' && /\/webhooks(\?|$)/.test(r.url),
     refusal: {
       kind: 'answer',
@@ -251,7 +257,7 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
           await expectCreated(
             `${fake.url}/rest/api/latest/projects/CI/repos/${repo.slug}/webhooks`,
             { authorization: `Bearer ${credential}` },
-            { name: 'copy', url: deliveryUrlOf('bitbucket'), events: ['repo:refs_changed'], configuration: { secret: 'stale-secret' } },
+            { name: 'copy', url: deliveryUrlOf('bitbucket', connectionId), events: ['repo:refs_changed'], configuration: { secret: 'stale-secret' } },
           );
         },
       };
@@ -284,6 +290,7 @@ export async function azureDevOpsWorld(h: Harness, org: Org): Promise<HookWorld>
     ops: { list: 'querySubscriptions', create: 'createSubscription', update: 'updateSubscription', delete: 'deleteSubscription' },
     hookSet: [['git.push'], ['git.pullrequest.created'], ['git.pullrequest.updated']],
     credential,
+    webhook: await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'azure-devops' }),
     isCreate: (r) => r.method === 'POST' && /\/_apis\/hooks\/subscriptions\?/.test(r.url),
     refusal: { kind: 'answer', status: 400, body: JSON.stringify(vssError(400, 'Invalid value "https://forgelink.test" for input "url": the host cannot be reached.', 'ArgumentException').body) },
     async newRepository() {
@@ -322,7 +329,7 @@ export async function azureDevOpsWorld(h: Harness, org: Org): Promise<HookWorld>
                 consumerId: 'webHooks',
                 consumerActionId: 'httpRequest',
                 publisherInputs: { projectId: repo.projectId, repository: repo.id },
-                consumerInputs: { url: deliveryUrlOf('azure-devops'), basicAuthUsername: 'someone', basicAuthPassword: 'stale-password' },
+                consumerInputs: { url: deliveryUrlOf('azure-devops', connectionId), basicAuthUsername: 'someone', basicAuthPassword: 'stale-password' },
               },
             );
           }
@@ -352,16 +359,13 @@ export function expectExactHookSet(world: HookWorld, repository: WorldRepository
   const hooks = repository.hooks();
   const expected = world.hookSet.map((events) => ({
     id: expect.any(String),
-    url: deliveryUrlOf(world.provider),
+    url: deliveryUrlOf(world.provider, world.connectionId),
     events,
     enabled: true,
+    secret: world.webhook.secret,
     ...(world.provider === 'azure-devops'
-      ? {
-          secret: TEST_WEBHOOK_SECRETS.azureDevOps.pass,
-          basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
-          ...(events[0] === 'git.pullrequest.updated' ? { filters: { notificationType: 'PushNotification' } } : {}),
-        }
-      : { secret: world.provider === 'gitlab' ? TEST_WEBHOOK_SECRETS.gitlab : TEST_WEBHOOK_SECRETS.bitbucket, sslVerification: true }),
+      ? { basicAuthUser: world.webhook.basicAuthUser, ...(events[0] === 'git.pullrequest.updated' ? { filters: { notificationType: 'PushNotification' } } : {}) }
+      : { sslVerification: true }),
   }));
   const byEvents = (a: { events: string[] }, b: { events: string[] }) => a.events.join().localeCompare(b.events.join());
   expect([...hooks].sort(byEvents)).toEqual([...expected].sort(byEvents));

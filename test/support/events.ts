@@ -4,30 +4,49 @@ import type { Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { GITHUB_FIXTURE_INSTALLATION_ID, type Delivery } from '../fakes/webhook-deliveries.ts';
-import { seedConnection, seedRepository } from './attachments.ts';
-import type { Harness } from './harness.ts';
+import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
+import { deliveryUrlOf, seedConnection, seedRepository } from './attachments.ts';
+import { TEST_WEBHOOK_SECRETS, type Harness } from './harness.ts';
 
 /** A provider id no other test (or test file sharing the database) uses: deliveries match by it across organizations. */
 export function uniqueExternalId(provider: Provider): string {
   return provider === 'azure-devops' ? randomUUID() : String(randomInt(100_000_000, 2_000_000_000));
 }
 
+/** Where and with what a delivery reaches the receiver as a hook of the connection would send it (GitHub: the App's secret). */
+export interface DeliveringHook {
+  url?: string;
+  secret: string;
+  basicAuthUser?: string;
+}
+
+/** The connection's own hook (its URL and webhook credential); GitHub deliveries are signed with the App's secret. */
+export async function hookOfConnection(h: Harness, provider: Provider, connectionId: string): Promise<DeliveringHook> {
+  if (provider === 'github') return { secret: TEST_WEBHOOK_SECRETS.github };
+  const { secret, basicAuthUser } = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider });
+  return { url: deliveryUrlOf(provider, connectionId), secret, ...(basicAuthUser ? { basicAuthUser } : {}) };
+}
+
 /**
  * A repository in an organization's cache, attached, written directly (what connect, refresh and
  * attach leave behind) for tests about deliveries rather than hooks. Creates the connection too
- * unless one is given.
+ * unless one is given. `legacyHook` also records a hook from before per-connection credentials
+ * (the global secret), as the migration marks them.
  */
 export async function seedAttachedRepository(
   h: Harness,
-  spec: { organizationId: string; provider: Provider; externalId: string; fullName: string; connectionId?: string },
-): Promise<{ connectionId: string; repositoryId: string }> {
+  spec: { organizationId: string; provider: Provider; externalId: string; fullName: string; connectionId?: string; legacyHook?: boolean },
+): Promise<{ connectionId: string; repositoryId: string; hook: DeliveringHook }> {
   const connectionId =
     spec.connectionId ??
     (spec.provider === 'github' ? await fixtureInstallationConnection(h, spec.organizationId) : undefined) ??
     (await seedConnection(h, { organizationId: spec.organizationId, provider: spec.provider, baseUrl: 'https://provider.test' }));
   const repositoryId = await seedRepository(h, { ...spec, connectionId });
-  await h.db.insertInto('attachments').values({ organization_id: spec.organizationId, repository_id: repositoryId, status: 'attached' }).execute();
-  return { connectionId, repositoryId };
+  const attachment = await h.db.insertInto('attachments').values({ organization_id: spec.organizationId, repository_id: repositoryId, status: 'attached' }).returning('id').executeTakeFirstOrThrow();
+  if (spec.legacyHook) {
+    await h.db.insertInto('hooks').values({ attachment_id: attachment.id, provider_hook_id: `legacy-${repositoryId}`, events: JSON.stringify(['push']), credential_version: null }).execute();
+  }
+  return { connectionId, repositoryId, hook: await hookOfConnection(h, spec.provider, connectionId) };
 }
 
 /**
@@ -49,17 +68,29 @@ export async function send(h: Harness, delivery: Delivery): Promise<Response> {
   return h.app.request(delivery.path, { method: 'POST', headers: delivery.headers, body: delivery.body });
 }
 
-/** Whether the delivery's event run was started or will be: its row is in the intake table, or the run exists. */
-export async function eventRunExists(h: Harness, provider: Provider, deliveryId: string): Promise<boolean> {
-  const stored = await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('provider', '=', provider).where('delivery_id', '=', deliveryId).executeTakeFirst();
+/** Whether the delivery's event run (to the hook of `connectionId`, if given) was started or will be: its row is in the intake table, or the run exists. */
+export async function eventRunExists(h: Harness, provider: Provider, deliveryId: string, connectionId?: string): Promise<boolean> {
+  const stored = await h.db
+    .selectFrom('webhook_deliveries')
+    .select('delivery_id')
+    .where('provider', '=', provider)
+    .where('delivery_id', '=', deliveryId)
+    .where('connection_id', connectionId ? '=' : 'is', connectionId ?? null)
+    .executeTakeFirst();
   if (stored) return true;
   try {
-    await h.client.workflow.getHandle(workflowIds.event(provider, deliveryId)).describe();
+    await h.client.workflow.getHandle(workflowIds.event(provider, deliveryId, connectionId)).describe();
     return true;
   } catch (error) {
     if (error instanceof WorkflowNotFoundError) return false;
     throw error;
   }
+}
+
+/** Whether the receiver started the event run of a delivery sent to its path (a connection's hook names the connection in `c`). */
+export function deliveryRunExists(h: Harness, delivery: Delivery): Promise<boolean> {
+  const connectionId = new URL(delivery.path, 'https://receiver.test').searchParams.get('c') ?? undefined;
+  return eventRunExists(h, delivery.provider, delivery.deliveryId, connectionId);
 }
 
 export async function eventsOfDelivery(db: Db, provider: Provider, deliveryId: string) {

@@ -101,9 +101,6 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const workflowBundle = { code: readFileSync(inject('workflowBundlePath'), 'utf8') };
   const settings: ActivitySettings = {
     publicUrl: TEST_PUBLIC_URL,
-    gitlabWebhookSecret: TEST_WEBHOOK_SECRETS.gitlab,
-    bitbucketWebhookSecret: TEST_WEBHOOK_SECRETS.bitbucket,
-    azureDevOps: { basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user, basicAuthPass: TEST_WEBHOOK_SECRETS.azureDevOps.pass },
     ...options.settings,
   };
   const outbound = options.outbound ?? testOutbound;

@@ -63,9 +63,11 @@ describe('config', () => {
     expect(errorOf(() => parseConfig({ ...minimal, gitProvider: {} }))).toMatch(/gitProvider/);
   });
 
-  it('requires the secrets of an enabled provider', () => {
-    const message = errorOf(() => parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'u' } } }));
-    expect(message).toMatch(/gitProviders\.gitlab\.webhookSecret: is required when the provider is enabled/);
+  it("requires the GitHub App's secrets; the global hook secrets of GitLab, Bitbucket and Azure DevOps are optional (legacy hooks only)", () => {
+    const config = parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true }, bitbucket: { enabled: true }, azureDevOps: { enabled: true } } });
+    expect(config.gitProviders.gitlab).toEqual({ enabled: true });
+    // Legacy Azure DevOps hooks deliver with a user and a password: one without the other is a mistake.
+    const message = errorOf(() => parseConfig({ ...minimal, gitProviders: { azureDevOps: { enabled: true, webhookBasicAuthUser: 'u' } } }));
     expect(message).toMatch(/gitProviders\.azureDevOps\.webhookBasicAuthPass: is required/);
     expect(message).not.toMatch(/webhookBasicAuthUser/);
     expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { github: { enabled: true, appId: 1 } } }))).toMatch(/gitProviders\.github\.privateKey/);

@@ -95,32 +95,40 @@ describe('GitLab X-Gitlab-Token', () => {
 
 describe('Azure DevOps Basic auth', () => {
   const basic = (credentials: string) => `Basic ${Buffer.from(credentials).toString('base64')}`;
+  const pairs = (user: string, passwords: string[]) => passwords.map((password) => ({ user, password }));
 
   it('accepts the configured user and password, in any scheme case', () => {
-    expect(verifyAzureBasicAuth(basic('forgelink:pa:ss'), 'forgelink', ['pa:ss'])).toBe(true);
-    expect(verifyAzureBasicAuth(basic('forgelink:pa:ss').replace('Basic', 'basic'), 'forgelink', ['pa:ss'])).toBe(true);
+    expect(verifyAzureBasicAuth(basic('forgelink:pa:ss'), pairs('forgelink', ['pa:ss']))).toBe(true);
+    expect(verifyAzureBasicAuth(basic('forgelink:pa:ss').replace('Basic', 'basic'), pairs('forgelink', ['pa:ss']))).toBe(true);
   });
 
   it('accepts the previous password during rotation, and only while it is listed', () => {
-    expect(verifyAzureBasicAuth(basic(`forgelink:${previous}`), 'forgelink', [current, previous])).toBe(true);
-    expect(verifyAzureBasicAuth(basic(`forgelink:${previous}`), 'forgelink', [current])).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`forgelink:${previous}`), pairs('forgelink', [current, previous]))).toBe(true);
+    expect(verifyAzureBasicAuth(basic(`forgelink:${previous}`), pairs('forgelink', [current]))).toBe(false);
+  });
+
+  it('takes each user with its own password only (one pair per connection credential)', () => {
+    const credentials = [{ user: 'forgelink-a', password: current }, { user: 'forgelink-b', password: previous }];
+    expect(verifyAzureBasicAuth(basic(`forgelink-a:${current}`), credentials)).toBe(true);
+    expect(verifyAzureBasicAuth(basic(`forgelink-b:${previous}`), credentials)).toBe(true);
+    expect(verifyAzureBasicAuth(basic(`forgelink-a:${previous}`), credentials)).toBe(false);
   });
 
   it('refuses a wrong user or password, including ones of another length', () => {
-    expect(verifyAzureBasicAuth(basic(`intruder:${current}`), 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(basic(`forgelink:${current}x`), 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(basic(`forgelink:${current.slice(1)}`), 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(basic('forgelink'), 'forgelink', [current])).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`intruder:${current}`), pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`forgelink:${current}x`), pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`forgelink:${current.slice(1)}`), pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(basic('forgelink'), pairs('forgelink', [current]))).toBe(false);
   });
 
   it('refuses missing, garbled or non-Basic headers and accepts nothing without a password', () => {
-    expect(verifyAzureBasicAuth(undefined, 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth('', 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth('Basic', 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth('Basic !!!not-base64!!!', 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(`Bearer ${Buffer.from(`forgelink:${current}`).toString('base64')}`, 'forgelink', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(basic('forgelink:'), 'forgelink', [''])).toBe(false);
-    expect(verifyAzureBasicAuth(basic(`:${current}`), '', [current])).toBe(false);
-    expect(verifyAzureBasicAuth(basic(`forgelink:${current}`), 'forgelink', [])).toBe(false);
+    expect(verifyAzureBasicAuth(undefined, pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth('', pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth('Basic', pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth('Basic !!!not-base64!!!', pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(`Bearer ${Buffer.from(`forgelink:${current}`).toString('base64')}`, pairs('forgelink', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(basic('forgelink:'), pairs('forgelink', ['']))).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`:${current}`), pairs('', [current]))).toBe(false);
+    expect(verifyAzureBasicAuth(basic(`forgelink:${current}`), pairs('forgelink', []))).toBe(false);
   });
 });

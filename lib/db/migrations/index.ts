@@ -13,6 +13,7 @@ import * as attachmentHookHealth from './2026-12-06T1125-attachment-hook-health.
 import * as webhookDeliveries from './2026-12-06T1127-webhook-deliveries.ts';
 import * as githubInstallStates from './2026-12-06T1132-github-install-states.ts';
 import * as intakeRelay from './2026-12-06T1210-intake-relay.ts';
+import * as deliveriesPerConnection from './2026-12-06T1215-deliveries-per-connection.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -33,4 +34,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1127-webhook-deliveries': webhookDeliveries,
   '2026-12-06T1132-github-install-states': githubInstallStates,
   '2026-12-06T1210-intake-relay': intakeRelay,
+  '2026-12-06T1215-deliveries-per-connection': deliveriesPerConnection,
 };

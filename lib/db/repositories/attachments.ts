@@ -154,11 +154,13 @@ export async function recordedHookIds(db: Executor, repositoryId: string): Promi
   return rows.map((r) => r.provider_hook_id);
 }
 
-export async function recordHook(db: Executor, attachmentId: string, hook: RecordedHook): Promise<void> {
+/** Records a hook and the webhook credential version it now carries. */
+export async function recordHook(db: Executor, attachmentId: string, hook: RecordedHook & { credentialVersion: number }): Promise<void> {
+  const values = { events: JSON.stringify(hook.events), credential_version: hook.credentialVersion };
   await db
     .insertInto('hooks')
-    .values({ attachment_id: attachmentId, provider_hook_id: hook.providerHookId, events: JSON.stringify(hook.events) })
-    .onConflict((oc) => oc.columns(['attachment_id', 'provider_hook_id']).doUpdateSet({ events: JSON.stringify(hook.events) }))
+    .values({ attachment_id: attachmentId, provider_hook_id: hook.providerHookId, ...values })
+    .onConflict((oc) => oc.columns(['attachment_id', 'provider_hook_id']).doUpdateSet(values))
     .execute();
 }
 
@@ -179,23 +181,37 @@ export async function forgetHooksExcept(db: Executor, repositoryId: string, keep
 }
 
 /**
- * Whether another cached repository row for the same provider repository (another organization, or
- * another connection to the same instance) holds an attachment that is attached or being attached.
- * Hooks point at one delivery URL per provider, so such an attachment relies on the same hooks.
+ * Of `providerHookIds`, the legacy hooks (the global secret, made before per-connection hooks, when
+ * organizations attaching the same repository shared one hook) that an attachment of the same
+ * provider repository in another cache row still records and has not detached. Deleting one would
+ * cut that attachment off until the reconcile gives it its own hooks.
  */
-export async function hooksSharedWithAnotherAttachment(db: Executor, repositoryId: string): Promise<boolean> {
-  const row = await db
+export async function legacyHooksInUseElsewhere(db: Executor, repositoryId: string, providerHookIds: readonly string[]): Promise<string[]> {
+  if (providerHookIds.length === 0) return [];
+  const rows = await db
     .selectFrom('repositories as r')
-    .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .innerJoin('repositories as other', (join) => join.onRef('other.provider', '=', 'r.provider').onRef('other.external_id', '=', 'r.external_id').onRef('other.id', '<>', 'r.id'))
-    .innerJoin('connections as oc', 'oc.id', 'other.connection_id')
     .innerJoin('attachments as a', 'a.repository_id', 'other.id')
-    .select('a.id')
+    .innerJoin('hooks as h', 'h.attachment_id', 'a.id')
+    .select('h.provider_hook_id')
+    .distinct()
     .where('r.id', '=', repositoryId)
-    .whereRef('oc.base_url', '=', 'c.base_url')
-    .where('a.status', 'in', ['attaching', 'attached'])
-    .executeTakeFirst();
-  return row !== undefined;
+    .where('a.status', '<>', 'detached')
+    .where('h.credential_version', 'is', null)
+    .where('h.provider_hook_id', 'in', [...providerHookIds])
+    .execute();
+  return rows.map((r) => r.provider_hook_id);
+}
+
+/** The webhook credential version each recorded hook of the repository carries (null: a legacy hook, the global secret). */
+export async function recordedCredentialVersions(db: Executor, repositoryId: string): Promise<Map<string, number | null>> {
+  const rows = await db
+    .selectFrom('hooks')
+    .innerJoin('attachments', 'attachments.id', 'hooks.attachment_id')
+    .select(['hooks.provider_hook_id', 'hooks.credential_version'])
+    .where('attachments.repository_id', '=', repositoryId)
+    .execute();
+  return new Map(rows.map((r) => [r.provider_hook_id, r.credential_version]));
 }
 
 /** Repositories of a connection that are not detached (attached, in flight, or failed with hooks possibly left). */

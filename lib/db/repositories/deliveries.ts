@@ -1,4 +1,4 @@
-import { type Kysely, sql, type Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { NormalizedEvent, Provider } from '../../domain.ts';
 import type { Database, DeliveryStart } from '../schema.ts';
 
@@ -8,6 +8,8 @@ type Executor = Kysely<Database> | Transaction<Database>;
 export interface StoredDelivery {
   provider: Provider;
   deliveryId: string;
+  /** The connection whose own hook delivered (its deliveries are its own, whatever their id). */
+  connectionId?: string;
   events: NormalizedEvent[];
   installationId?: string;
   instanceUrl?: string;
@@ -15,33 +17,37 @@ export interface StoredDelivery {
   start?: DeliveryStart;
 }
 
-/** Stores a delivery once: a redelivery (same provider and delivery id) keeps the row already there. */
+/** Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row already there. */
 export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<void> {
   await db
     .insertInto('webhook_deliveries')
     .values({
       provider: delivery.provider,
       delivery_id: delivery.deliveryId,
+      connection_id: delivery.connectionId ?? null,
       events: JSON.stringify(delivery.events),
       installation_id: delivery.installationId ?? null,
       instance_url: delivery.instanceUrl ?? null,
       start: delivery.start ? JSON.stringify(delivery.start) : null,
     })
-    .onConflict((oc) => oc.columns(['provider', 'delivery_id']).doNothing())
+    .onConflict((oc) => oc.constraint('webhook_deliveries_key').doNothing())
     .execute();
 }
 
-export async function loadDelivery(db: Executor, provider: Provider, deliveryId: string): Promise<StoredDelivery | undefined> {
+export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
+  const { provider, deliveryId, connectionId } = key;
   const row = await db
     .selectFrom('webhook_deliveries')
     .select(['events', 'installation_id', 'instance_url'])
     .where('provider', '=', provider)
     .where('delivery_id', '=', deliveryId)
+    .where('connection_id', connectionId ? '=' : 'is', connectionId ?? null)
     .executeTakeFirst();
   if (!row) return undefined;
   return {
     provider,
     deliveryId,
+    ...(connectionId ? { connectionId } : {}),
     events: row.events,
     ...(row.installation_id ? { installationId: row.installation_id } : {}),
     ...(row.instance_url ? { instanceUrl: row.instance_url } : {}),
@@ -52,13 +58,7 @@ export async function loadDelivery(db: Executor, provider: Provider, deliveryId:
 export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date, limit: number): Promise<number> {
   const result = await db
     .deleteFrom('webhook_deliveries')
-    .where(({ eb, refTuple, selectFrom }) =>
-      eb(
-        refTuple('provider', 'delivery_id'),
-        'in',
-        selectFrom('webhook_deliveries').select(['provider', 'delivery_id']).where('received_at', '<', cutoff).where('started_at', 'is not', null).orderBy('received_at').limit(limit).$asTuple('provider', 'delivery_id'),
-      ),
-    )
+    .where(sql<string>`ctid`, 'in', db.selectFrom('webhook_deliveries').select(sql<string>`ctid`.as('ctid')).where('received_at', '<', cutoff).where('started_at', 'is not', null).orderBy('received_at').limit(limit))
     .executeTakeFirst();
   return Number(result.numDeletedRows);
 }
@@ -69,6 +69,8 @@ export interface PendingDelivery {
   deliveryId: string;
   receivedAt: Date;
   start: DeliveryStart;
+  /** The connection whose own hook delivered it (absent: GitHub, or a legacy hook). */
+  connectionId?: string;
 }
 
 /**
@@ -85,7 +87,7 @@ export async function startPendingDeliveries(
   return db.transaction().execute(async (trx) => {
     const rows = await trx
       .selectFrom('webhook_deliveries')
-      .select(['provider', 'delivery_id', 'received_at', 'start'])
+      .select(['provider', 'delivery_id', 'connection_id', 'received_at', 'start', sql<string>`ctid::text`.as('row')])
       .where('started_at', 'is', null)
       .where(sql<string>`start->>'taskQueue'`, '=', taskQueue)
       .orderBy('received_at')
@@ -94,12 +96,20 @@ export async function startPendingDeliveries(
       .skipLocked()
       .execute();
     if (rows.length === 0) return { locked: 0, started: 0 };
-    const started = await startAll(rows.map((r) => ({ provider: r.provider, deliveryId: r.delivery_id, receivedAt: r.received_at, start: r.start! })));
-    for (const provider of new Set(started.map((d) => d.provider))) {
-      const ids = started.filter((d) => d.provider === provider).map((d) => d.deliveryId);
-      await trx.updateTable('webhook_deliveries').set({ started_at: sql`now()` }).where('provider', '=', provider).where('delivery_id', 'in', ids).execute();
+    const pending = rows.map((r) => ({
+      provider: r.provider,
+      deliveryId: r.delivery_id,
+      receivedAt: r.received_at,
+      start: r.start!,
+      ...(r.connection_id ? { connectionId: r.connection_id } : {}),
+    }));
+    const started = new Set(await startAll(pending));
+    // The rows are locked, so their physical ids stand until the transaction ends.
+    const startedRows = rows.filter((_, i) => started.has(pending[i]!)).map((r) => r.row);
+    if (startedRows.length > 0) {
+      await trx.updateTable('webhook_deliveries').set({ started_at: sql`now()` }).where(sql<boolean>`ctid = any(${startedRows}::tid[])`).execute();
     }
-    return { locked: rows.length, started: started.length };
+    return { locked: rows.length, started: startedRows.length };
   });
 }
 

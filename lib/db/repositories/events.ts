@@ -19,22 +19,61 @@ export interface AttachedRepository {
 }
 
 /**
- * Repositories attached (status `attached`) in any organization that match the provider's ids.
- * The receiver asks this on every delivery, so it is one indexed read.
+ * Whose attachments a verified delivery may reach. A connection's own hook (verified with its
+ * credential): that connection's only. A legacy hook (verified with the global secret): those
+ * holding a legacy hook. GitHub (signed with the App's secret): any.
  */
-export async function findAttachedRepositories(db: Executor, provider: Provider, externalIds: readonly string[]): Promise<AttachedRepository[]> {
+export type DeliveryScope = { connectionId: string } | { legacyHooks: true } | { app: true };
+
+export function deliveryScope(provider: Provider, connectionId: string | undefined): DeliveryScope {
+  if (connectionId) return { connectionId };
+  return provider === 'github' ? { app: true } : { legacyHooks: true };
+}
+
+/**
+ * Repositories attached (status `attached`) within `scope` that match the provider's ids. The
+ * receiver asks this on every delivery it has not cached, so it is one indexed read.
+ */
+export async function findAttachedRepositories(db: Executor, provider: Provider, externalIds: readonly string[], scope: DeliveryScope): Promise<AttachedRepository[]> {
   if (externalIds.length === 0) return [];
-  return db
+  let query = db
     .selectFrom('repositories as r')
     .innerJoin('attachments as a', 'a.repository_id', 'r.id')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
     .where('r.provider', '=', provider)
     .where('r.external_id', 'in', [...new Set(externalIds)])
-    .where('a.status', '=', 'attached')
-    .orderBy('r.organization_id')
-    .orderBy('r.id')
+    .where('a.status', '=', 'attached');
+  if ('connectionId' in scope) query = query.where('r.connection_id', '=', scope.connectionId);
+  if ('legacyHooks' in scope) {
+    query = query.where(({ exists, selectFrom }) => exists(selectFrom('hooks as h').select('h.id').whereRef('h.attachment_id', '=', 'a.id').where('h.credential_version', 'is', null)));
+  }
+  return query.orderBy('r.organization_id').orderBy('r.id').execute();
+}
+
+/**
+ * Claims a delivery body for a connection within its provider's redelivery window. False when the
+ * same body was recorded for the connection under another delivery id since `notBefore`: a replay.
+ * The same delivery id again (a redelivery, a retried activity) claims it again. Rows older than the
+ * window are dropped as it goes.
+ */
+export async function claimDeliveryDigest(
+  db: Executor,
+  claim: { connectionId: string; digest: string; deliveryId: string; receivedAt: Date; notBefore: Date },
+): Promise<boolean> {
+  await db.deleteFrom('delivery_digests').where('connection_id', '=', claim.connectionId).where('received_at', '<', claim.notBefore).execute();
+  await db
+    .insertInto('delivery_digests')
+    .values({ connection_id: claim.connectionId, digest: claim.digest, delivery_id: claim.deliveryId, received_at: claim.receivedAt })
+    .onConflict((oc) => oc.columns(['connection_id', 'digest']).doNothing())
     .execute();
+  const holder = await db
+    .selectFrom('delivery_digests')
+    .select('delivery_id')
+    .where('connection_id', '=', claim.connectionId)
+    .where('digest', '=', claim.digest)
+    .executeTakeFirstOrThrow();
+  return holder.delivery_id === claim.deliveryId;
 }
 
 /** Connections (not disconnected) bound to a provider-side key: for GitHub, the App installation id. */
@@ -102,6 +141,8 @@ export async function insertDeliveryEvents(
     .select(['id', 'organization_id as organizationId', 'sequence', 'kind'])
     .where('provider', '=', delivery.provider)
     .where('delivery_id', '=', delivery.deliveryId)
+    // Only the organizations this run records for: another hook's delivery can carry the same id.
+    .where('organization_id', 'in', [...new Set(rows.map((r) => r.organizationId))])
     .orderBy('sequence')
     .orderBy('organization_id')
     .execute();

@@ -76,3 +76,10 @@ export async function addWebhookCredential(db: Executor, keys: EncryptionKeys, c
 export async function dropWebhookCredentialsBefore(db: Executor, connectionId: string, version: number): Promise<void> {
   await db.deleteFrom('webhook_credentials').where('connection_id', '=', connectionId).where('version', '<', version).execute();
 }
+
+/** What the webhook receiver needs to verify a delivery to a connection's own hook: its provider, organization and accepted credentials. */
+export async function receivingConnection(db: Executor, keys: EncryptionKeys, connectionId: string) {
+  const connection = await db.selectFrom('connections').select(['provider', 'organization_id']).where('id', '=', connectionId).executeTakeFirst();
+  if (!connection) return undefined;
+  return { provider: connection.provider, organizationId: connection.organization_id, credentials: await webhookCredentialsOf(db, keys, connectionId) };
+}
