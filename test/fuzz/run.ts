@@ -196,12 +196,20 @@ export async function runFuzz(world: World, options: FuzzOptions): Promise<FuzzR
   // Every event recorded came with its organization's credential.
   const orgIds = [...world.tenants, world.sandbox].map((o) => o.id);
   const events = await stack.db.selectFrom('events').select(['organization_id', 'provider', 'delivery_id']).where('organization_id', 'in', orgIds).execute();
+  // Events name the delivery, not the connection whose hook delivered it (the run id's `@<connection>`).
+  const ofDelivery = (workflowId: string) => workflowId.replace(/^(event:[a-z-]+)@[0-9a-f-]{36}:/, '$1:');
+  const acceptedByDelivery = new Map<string, Set<string>>();
+  for (const [workflowId, organizations] of accepted) {
+    const key = ofDelivery(workflowId);
+    acceptedByDelivery.set(key, new Set([...(acceptedByDelivery.get(key) ?? []), ...organizations]));
+  }
+  const setupDeliveries = new Set([...world.setupRuns.keys()].map(ofDelivery));
   let eventsRecorded = 0;
   for (const event of events) {
     const workflowId = `event:${event.provider}:${event.delivery_id}`;
-    if (world.setupRuns.has(workflowId)) continue;
+    if (setupDeliveries.has(workflowId)) continue;
     eventsRecorded++;
-    const credential = accepted.get(workflowId);
+    const credential = acceptedByDelivery.get(workflowId);
     if (credential === undefined) failures.push({ problem: `event ${workflowId} recorded in ${event.organization_id} from no acknowledged valid delivery` });
     else if (!credential.has(event.organization_id)) {
       failures.push({ problem: `event ${workflowId} recorded in organization ${event.organization_id}, but its delivery carried the credential of ${[...credential].join(', ')}` });

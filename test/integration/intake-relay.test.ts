@@ -6,15 +6,9 @@ import { createDb } from '../../lib/db/index.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
-import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
-import { createOrgWithToken, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
+import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
 
-const SECRET: Record<Provider, string> = {
-  github: TEST_WEBHOOK_SECRETS.github,
-  gitlab: TEST_WEBHOOK_SECRETS.gitlab,
-  bitbucket: TEST_WEBHOOK_SECRETS.bitbucket,
-  'azure-devops': TEST_WEBHOOK_SECRETS.azureDevOps.pass,
-};
 const FULL_NAMES: Record<Provider, string> = { github: 'octo-org/relay', gitlab: 'group/relay', bitbucket: 'PROJ/relay', 'azure-devops': 'Fabrikam/relay' };
 
 /**
@@ -62,6 +56,8 @@ describe('intake relay: store first, start after', () => {
   let h: Harness;
   let org: { id: string };
   const attached = {} as Record<Provider, { externalId: string; fullName: string }>;
+  /** Each connection's own hook: its URL (naming the connection) and its webhook credential. */
+  const hooks = {} as Record<Provider, DeliveringHook & { connectionId?: string }>;
   const relays: IntakeRelay[] = [];
   const relay = (options: { maxBackoffMs?: number } = {}) => {
     const started = startIntakeRelay(h.apiDeps, { databaseUrl: inject('databaseUrl'), track: true, ...options });
@@ -76,7 +72,8 @@ describe('intake relay: store first, start after', () => {
     ({ org } = await createOrgWithToken(h));
     for (const provider of PROVIDERS) {
       attached[provider] = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };
-      await seedAttachedRepository(h, { organizationId: org.id, provider, ...attached[provider] });
+      const { connectionId, hook } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...attached[provider] });
+      hooks[provider] = { ...hook, ...(provider === 'github' ? {} : { connectionId }) };
     }
   });
   afterAll(async () => {
@@ -88,13 +85,12 @@ describe('intake relay: store first, start after', () => {
   const pushes = (count: number) =>
     Array.from({ length: count }, (_, i) => {
       const provider = PROVIDERS[i % PROVIDERS.length]!;
-      return delivery(provider, withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]), {
-        deliveryId: randomUUID(),
-        secret: SECRET[provider],
-        basicAuthUser: TEST_WEBHOOK_SECRETS.azureDevOps.user,
-      });
+      // Every push its own body: the same body again for a connection is a replay, recorded once.
+      const payload = { ...withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]), test_push: randomUUID() };
+      const { connectionId: _connection, ...hook } = hooks[provider];
+      return delivery(provider, payload, { deliveryId: randomUUID(), ...hook });
     });
-  const runOf = (d: { provider: Provider; deliveryId: string }) => workflowIds.event(d.provider, d.deliveryId);
+  const runOf = (d: { provider: Provider; deliveryId: string }) => workflowIds.event(d.provider, d.deliveryId, hooks[d.provider].connectionId);
   const runExists = async (workflowId: string) =>
     h.client.workflow
       .getHandle(workflowId)
