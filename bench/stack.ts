@@ -8,7 +8,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +18,7 @@ import { stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
+import { freeLoopbackPort } from '../lib/net.ts';
 import { readDevServerSettings, startDevServer } from '../lib/temporal/dev-server.ts';
 import { testPostgres } from '../test/support/postgres.ts';
 
@@ -89,16 +89,6 @@ export interface ServiceState {
   tail: string;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function withDatabase(url: string, database: string): string {
   const u = new URL(url);
@@ -257,7 +247,7 @@ export async function startBenchStack(
 
     const server = placement.temporalAddress ? { address: placement.temporalAddress, namespace: 'default', pid: undefined } : await startTemporal(log, stops);
 
-    const port = await freePort();
+    const port = await freeLoopbackPort();
     const adminToken = `bench-admin-${randomBytes(24).toString('hex')}`;
     const taskQueue = `forgelink-bench-${randomBytes(4).toString('hex')}`;
     const secrets: BenchSecrets = { github: randomBytes(20).toString('hex') };

@@ -11,9 +11,9 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freeLoopbackPort } from '../net.ts';
 
 export interface EmbeddedPostgres {
   /** A superuser URL (`postgres` with the password) on 127.0.0.1. */
@@ -138,16 +138,6 @@ export async function stopProcess(pid: number, graceMs = 15_000): Promise<void> 
   }
 }
 
-async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function initdb(bin: string, dataDir: string, password: string, runAs: RunAs | undefined) {
   // The password file must be readable by the user initdb runs as.

@@ -10,7 +10,7 @@ import { stringify as toYaml } from 'yaml';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { resultOnceStarted } from '../fuzz/world.ts';
-import { freePort } from '../support/free-port.ts';
+import { freeLoopbackPort as freePort } from '../../lib/net.ts';
 
 /**
  * What production runs: `npm run build` into a clean directory, production dependencies only

@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,6 +8,7 @@ import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import { isRunning } from '../../lib/db/embedded.ts';
+import { freeLoopbackPort } from '../../lib/net.ts';
 import { readDevServerSettings } from '../../lib/temporal/dev-server.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
@@ -37,16 +37,6 @@ interface StackRecord {
   servers: { name: string; pid: number }[];
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 describe('npm start: the embedded stack under concurrent load, a crash and a restart', () => {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-dev-stack-'));
@@ -95,7 +85,7 @@ describe('npm start: the embedded stack under concurrent load, a crash and a res
     // The project's dev-server settings, on ports of the server's choosing, in memory.
     const { port: _port, uiPort: _uiPort, dbFilename: _db, ...settings } = readDevServerSettings(path.join(ROOT, 'temporal-dev.yml'));
     writeFileSync(settingsFile, toYaml(settings));
-    port = await freePort();
+    port = await freeLoopbackPort();
     api = `http://127.0.0.1:${port}`;
     gitlab = await startFakeGitlab();
   });

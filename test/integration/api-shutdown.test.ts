@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
-import { freePort } from '../support/free-port.ts';
+import { freeLoopbackPort as freePort } from '../../lib/net.ts';
 
 /**
  * A rollout's SIGTERM, as the API process meets it: /readyz answers 503 for the drain delay while

@@ -1,7 +1,7 @@
 import { createServer } from 'node:net';
 
-/** A loopback port free right now, for a process a test starts on its own port. */
-export async function freePort(): Promise<number> {
+/** A 127.0.0.1 port free right now, for a server started next on it (the embedded PostgreSQL, a test's or a bench's process). */
+export async function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
