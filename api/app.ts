@@ -1,6 +1,7 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { sql } from 'kysely';
-import { requireAuth } from './auth.ts';
+import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
+import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
@@ -48,12 +49,16 @@ export function createApp(deps: ApiDeps) {
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.get('/readyz', async (c) => {
     if (deps.draining?.()) return c.json({ status: 'draining', checks: {} }, 503);
-    // Anyone may ask: the error text (addresses, user names) goes to the log, not the answer.
+    // Anyone may ask, so anyone gets the verdict only: the error text (addresses, user names) and
+    // the intake backlog are for the admin token (break glass), and go to the log as well.
+    const admin = isAdminRequest(c.req.header('authorization'), deps.adminToken);
+    const errors: Record<string, string> = {};
     const check = (name: string, probe: Promise<unknown>) =>
       probe.then(
         () => 'ok',
         (error: Error) => {
           deps.logger.warn({ err: error, dependency: name }, 'readiness check failed');
+          errors[name] = error.message.slice(0, 300);
           return 'unavailable';
         },
       );
@@ -61,8 +66,13 @@ export function createApp(deps: ApiDeps) {
       database: await check('database', sql`select 1`.execute(deps.db)),
       temporal: await check('temporal', deps.temporal.connection.workflowService.getSystemInfo({})),
     };
+    // A backlog does not make the process unready: taking it out of the load balancer would only
+    // turn acknowledged deliveries into refused ones. It is shown, not judged.
     const ready = Object.values(checks).every((v) => v === 'ok');
-    return c.json({ status: ready ? 'ready' : 'not ready', checks }, ready ? 200 : 503);
+    const body = { status: ready ? 'ready' : 'not ready', checks };
+    if (!admin) return c.json(body, ready ? 200 : 503);
+    const intake = checks.database === 'ok' ? await intakeBacklog(deps.db).then(backlogDetails, (error: Error) => ((errors.intake = error.message.slice(0, 300)), 'unavailable' as const)) : 'unavailable';
+    return c.json({ ...body, details: { intake, taskQueue: deps.taskQueue, ...(Object.keys(errors).length ? { errors } : {}) } }, ready ? 200 : 503);
   });
 
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
@@ -97,4 +107,14 @@ function isDatabaseUnavailable(error: Error): boolean {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || code.startsWith('08') || code.startsWith('57P'))) return true;
   return /^Connection terminated|timeout exceeded when trying to connect/.test(error.message);
+}
+
+/** The backlog as /readyz shows it to the admin, its times in ISO form. */
+function backlogDetails(backlog: IntakeBacklog) {
+  const { oldestReceivedAt, oldestFailure, ...rest } = backlog;
+  return {
+    ...rest,
+    ...(oldestReceivedAt ? { oldestReceivedAt: oldestReceivedAt.toISOString() } : {}),
+    ...(oldestFailure ? { oldestFailure: { ...oldestFailure, ...(oldestFailure.nextAttemptAt ? { nextAttemptAt: oldestFailure.nextAttemptAt.toISOString() } : {}) } } : {}),
+  };
 }

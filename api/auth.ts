@@ -35,6 +35,12 @@ export const requireAuth: MiddlewareHandler<AppEnv> = async (c, next) => {
   await next();
 };
 
+/** Whether an Authorization header carries the admin token (for routes anyone may call that show the admin more). */
+export function isAdminRequest(header: string | undefined, adminToken: string): boolean {
+  const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
+  return match !== null && match !== undefined && safeEqual(match[1]!, adminToken);
+}
+
 export function requireAdmin(c: Context<AppEnv>): void {
   if (c.var.principal.kind !== 'admin') throw new Problem(403, 'Forbidden', 'this operation needs the admin token');
 }

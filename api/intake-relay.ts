@@ -1,8 +1,8 @@
 import pg from 'pg';
-import { startPendingDeliveries, type PendingDelivery } from '../lib/db/repositories/deliveries.ts';
+import { startPendingDeliveries, type PendingDelivery, type StartOutcome } from '../lib/db/repositories/deliveries.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
 import type { ApiDeps } from './context.ts';
-import { startWorkflow } from './start-workflow.ts';
+import { startWorkflowOrThrow } from './start-workflow.ts';
 
 export interface IntakeRelayOptions {
   /** The database the receiver writes to (a connection of its own LISTENs there). */
@@ -11,8 +11,12 @@ export interface IntakeRelayOptions {
   batch?: number;
   /** A round runs at least this often even without a notification (default 5 s). */
   sweepMs?: number;
-  /** The longest pause between rounds while starts fail (default 30 s). */
+  /** The longest pause between rounds while Temporal is unreachable (default 30 s). */
   maxBackoffMs?: number;
+  /** The first wait before a row whose start failed on its own is tried again; it doubles with each failure (default 1 s). */
+  rowRetryMs?: number;
+  /** The longest wait between two starts of one failing row (default 10 min). */
+  maxRowRetryMs?: number;
   /** Remember every run started, for `started` and `whenStarted` (tests; it grows without bound). */
   track?: boolean;
 }
@@ -34,13 +38,24 @@ const START_TIMEOUT_MS = 5000;
  * share the work) starts each row's event workflow `event:<provider>:<deliveryId>` (a start that
  * finds the run already there is success, so a relay retry never runs a delivery twice) and marks
  * the row started. A notification on each insert wakes it within milliseconds; a sweep every
- * `sweepMs` catches anything a lost notification left; while starts fail (Temporal down or
- * upgrading) it backs off, doubling up to `maxBackoffMs`, and the rows wait, acknowledged.
+ * `sweepMs` catches anything a lost notification left.
+ *
+ * Two kinds of failure, kept apart so neither blocks the other rows:
+ * - Temporal unreachable (every start of a round failed, each for want of an answer): the relay
+ *   backs off, doubling up to `maxBackoffMs`, and the rows wait, acknowledged, due again as soon as
+ *   Temporal answers.
+ * - One row failing on its own (Temporal refuses its start, or it alone times out): the row gets
+ *   its own `next_attempt_at`, from `rowRetryMs` doubling up to `maxRowRetryMs`, so it is neither
+ *   retried in a hot loop nor in the way of the rows behind it. It is never dropped (its delivery
+ *   was acknowledged, so its run is owed): it stays in the backlog /readyz shows the admin, with its
+ *   attempts and last error, and each failure is logged at error level, until the cause is fixed.
  */
 export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): IntakeRelay {
   const batch = options.batch ?? 50;
   const sweepMs = options.sweepMs ?? 5000;
   const maxBackoffMs = options.maxBackoffMs ?? 30_000;
+  const rowRetryMs = options.rowRetryMs ?? 1000;
+  const maxRowRetryMs = options.maxRowRetryMs ?? 10 * 60_000;
   const started: string[] = [];
   const waiters = new Map<string, (() => void)[]>();
   let stopping = false;
@@ -63,7 +78,8 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       wake = () => (wakeable || stopping) && finish();
     });
 
-  async function startOne(delivery: PendingDelivery): Promise<boolean> {
+  /** Starts the row's run; a failure is returned with whether it looks like Temporal being unreachable. */
+  async function startOne(delivery: PendingDelivery): Promise<{ started: true } | { started: false; unreachable: boolean; error: string }> {
     const { provider, deliveryId, start, connectionId } = delivery;
     const workflowId = workflowIds.event(provider, deliveryId, connectionId);
     const input: EventInput = {
@@ -74,7 +90,7 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       ...(connectionId ? { connectionId, bodyDigest: start.bodyDigest } : {}),
     };
     try {
-      await startWorkflow(deps, 'eventWorkflow', {
+      await startWorkflowOrThrow(deps, 'eventWorkflow', {
         workflowId,
         input,
         timeoutMs: START_TIMEOUT_MS,
@@ -89,24 +105,33 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
         for (const resolve of waiters.get(workflowId) ?? []) resolve();
         waiters.delete(workflowId);
       }
-      return true;
-    } catch {
-      // startWorkflow logged why; the row stays unstarted for the next round.
-      return false;
+      return { started: true };
+    } catch (error) {
+      const failure = describeStartFailure(error);
+      return { started: false, ...failure };
     }
   }
 
-  /** One round: lock a batch, start it, mark what started. Returns whether every start went through. */
-  async function round(): Promise<{ full: boolean; failed: boolean }> {
-    let failed = false;
+  /** One round: lock a batch of due rows, start them, record what became of each. */
+  async function round(): Promise<{ full: boolean; unreachable: boolean }> {
+    let unreachable = false;
     const { locked } = await startPendingDeliveries(deps.db, deps.taskQueue, batch, async (pending) => {
       const outcomes = await Promise.all(pending.map(startOne));
-      // Back off when Temporal refused them all (down, upgrading); one row that fails alone waits
-      // for the next round without slowing every other delivery.
-      failed = !outcomes.includes(true);
-      return pending.filter((_, i) => outcomes[i]);
+      // Temporal down or upgrading: every start failed for want of an answer. The rows are not at
+      // fault; the relay backs off as a whole and they are due again as soon as Temporal answers.
+      unreachable = outcomes.every((o) => !o.started && o.unreachable);
+      return outcomes.map((outcome, i): StartOutcome => {
+        if (outcome.started) return outcome;
+        const delivery = pending[i]!;
+        const attempts = delivery.attempts + 1;
+        const retryInMs = unreachable ? null : Math.min(rowRetryMs * 2 ** Math.min(attempts - 1, 30), maxRowRetryMs);
+        const workflowId = workflowIds.event(delivery.provider, delivery.deliveryId, delivery.connectionId);
+        if (unreachable) deps.logger.warn({ workflowId, attempts, reason: outcome.error }, 'intake relay: Temporal did not answer; the delivery waits, acknowledged');
+        else deps.logger.error({ workflowId, attempts, reason: outcome.error, retryInMs }, 'intake relay: the event run of a stored delivery could not be started; retrying it on its own schedule');
+        return { started: false, error: outcome.error, retryInMs };
+      });
     });
-    return { full: locked === batch, failed };
+    return { full: locked === batch, unreachable };
   }
 
   const listener = listen(options.databaseUrl, nudge, deps.logger);
@@ -114,14 +139,14 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     let backoffMs = 0;
     while (!stopping) {
       notified = false;
-      let outcome: { full: boolean; failed: boolean };
+      let outcome: { full: boolean; unreachable: boolean };
       try {
         outcome = await round();
       } catch (error) {
         deps.logger.warn({ reason: (error as Error).message }, 'intake relay: the database did not answer; retrying');
-        outcome = { full: false, failed: true };
+        outcome = { full: false, unreachable: true };
       }
-      if (outcome.failed) {
+      if (outcome.unreachable) {
         backoffMs = Math.min(Math.max(backoffMs * 2, 250), maxBackoffMs);
         await pause(backoffMs, false);
       } else {
@@ -144,6 +169,33 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       await listener.close();
     },
   };
+}
+
+/** gRPC status names, for the short reason a failed start leaves on its row. */
+const GRPC_STATUS = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+/** Statuses that say Temporal did not answer (down, restarting, overloaded, or too slow), not that it refused this start. */
+const UNREACHABLE = new Set(['CANCELLED', 'UNKNOWN', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED', 'UNAVAILABLE']);
+const MAX_ERROR_LENGTH = 300;
+
+/**
+ * Why a start failed, short enough for the row and free of credentials: the gRPC status found on
+ * the error or its causes, and the first words of its message with any URL's user info removed.
+ */
+export function describeStartFailure(error: unknown): { unreachable: boolean; error: string } {
+  let code: number | undefined;
+  let message = '';
+  for (let e = error as { code?: unknown; details?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'number' && code === undefined) {
+      code = e.code;
+      message = typeof e.details === 'string' && e.details ? e.details : String(e.message ?? '');
+    }
+    if (!message && typeof e.message === 'string') message = e.message;
+  }
+  const status = code !== undefined ? (GRPC_STATUS[code] ?? `status ${code}`) : 'ERROR';
+  const text = `${status}: ${message.replace(/\/\/[^/@\s]*@/g, '//').replace(/\s+/g, ' ').trim()}`;
+  // Without a status, the channel never got that far (grpc-js's own "Failed to connect before the deadline").
+  const unreachable = code === undefined ? /connect|deadline|timed? ?out|ECONN|socket|unavailable/i.test(message) : UNREACHABLE.has(status);
+  return { unreachable, error: text.length > MAX_ERROR_LENGTH ? `${text.slice(0, MAX_ERROR_LENGTH - 1)}…` : text };
 }
 
 /** LISTEN forgelink_intake on a connection of its own, reconnecting (with a nudge, as rows may have come meanwhile) after a loss. */

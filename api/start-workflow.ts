@@ -3,15 +3,29 @@ import type { SearchAttributePair } from '@temporalio/common';
 import type { ApiDeps } from './context.ts';
 import { Problem } from './problem.ts';
 
+interface StartOptions {
+  workflowId: string;
+  input: object;
+  searchAttributes: SearchAttributePair[];
+  allowRerun?: boolean;
+  timeoutMs?: number;
+}
+
 /**
  * Starts a workflow by name with a deterministic id. A start that finds the run already there is
  * success (a retried request or a redelivery), not an error; one Temporal refuses is a 503.
  */
-export async function startWorkflow(
-  deps: ApiDeps,
-  workflowType: string,
-  options: { workflowId: string; input: object; searchAttributes: SearchAttributePair[]; allowRerun?: boolean; timeoutMs?: number },
-): Promise<{ workflowId: string; alreadyStarted: boolean }> {
+export async function startWorkflow(deps: ApiDeps, workflowType: string, options: StartOptions): Promise<{ workflowId: string; alreadyStarted: boolean }> {
+  try {
+    return await startWorkflowOrThrow(deps, workflowType, options);
+  } catch (error) {
+    deps.logger.error({ err: error, workflowId: options.workflowId }, `could not start ${workflowType}`);
+    throw new Problem(503, 'Service Unavailable', 'the workflow engine did not start the run; nothing was started, try again');
+  }
+}
+
+/** startWorkflow without the translation: a failed start throws Temporal's own error (the intake relay tells an outage from a refusal by it). */
+export async function startWorkflowOrThrow(deps: ApiDeps, workflowType: string, options: StartOptions): Promise<{ workflowId: string; alreadyStarted: boolean }> {
   const start = () =>
     deps.temporal.workflow.start(workflowType, {
       taskQueue: deps.taskQueue,
@@ -26,7 +40,6 @@ export async function startWorkflow(
     return { workflowId: options.workflowId, alreadyStarted: false };
   } catch (error) {
     if (error instanceof WorkflowExecutionAlreadyStartedError) return { workflowId: options.workflowId, alreadyStarted: true };
-    deps.logger.error({ err: error, workflowId: options.workflowId }, `could not start ${workflowType}`);
-    throw new Problem(503, 'Service Unavailable', 'the workflow engine did not start the run; nothing was started, try again');
+    throw error;
   }
 }

@@ -149,6 +149,12 @@ export interface WebhookDeliveriesTable {
   start: Json<DeliveryStart> | null;
   /** When the relay (or, before it, the receiver) started the row's event workflow. */
   started_at: Date | null;
+  /** Starts of this row that failed (Temporal unreachable, or refusing this one). */
+  attempts: Generated<number>;
+  /** When the relay may try the row again after a failure of its own (null: at its next round). */
+  next_attempt_at: Date | null;
+  /** Why the last start failed: a gRPC status and a short message, never a secret. */
+  last_error: string | null;
 }
 
 /** The event run's start, as the receiver worked it out: its summary and search attributes. */

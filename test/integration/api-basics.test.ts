@@ -81,6 +81,13 @@ describe('organizations, tokens, health and OpenAPI', () => {
       expect(JSON.parse(text)).toEqual({ status: 'not ready', checks: { database: 'unavailable', temporal: 'unavailable' } });
       expect(h.logs.join('\n')).toMatch(/readiness check failed.*ECONNREFUSED|ECONNREFUSED.*readiness check failed/);
       expect(text).not.toMatch(/ECONNREFUSED|127\.0\.0\.1|nobody/);
+      // The admin token shows why, and that the intake backlog could not be read.
+      const admin = await h.appWith({ db, temporal }).request('/readyz', { headers: { authorization: `Bearer ${h.adminToken}` } });
+      expect(admin.status).toBe(503);
+      const { details } = (await admin.json()) as { details: { intake: unknown; errors: Record<string, string> } };
+      expect(details.intake).toBe('unavailable');
+      expect(details.errors.database).toMatch(/ECONNREFUSED/);
+      expect(details.errors.temporal).toBeTruthy();
     } finally {
       await db.destroy();
     }

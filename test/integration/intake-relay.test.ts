@@ -59,7 +59,7 @@ describe('intake relay: store first, start after', () => {
   /** Each connection's own hook: its URL (naming the connection) and its webhook credential. */
   const hooks = {} as Record<Provider, DeliveringHook & { connectionId?: string }>;
   const relays: IntakeRelay[] = [];
-  const relay = (options: { maxBackoffMs?: number } = {}) => {
+  const relay = (options: { maxBackoffMs?: number; rowRetryMs?: number } = {}) => {
     const started = startIntakeRelay(h.apiDeps, { databaseUrl: inject('databaseUrl'), track: true, ...options });
     relays.push(started);
     return started;
@@ -148,6 +148,56 @@ describe('intake relay: store first, start after', () => {
     const both = a.started.filter((id) => b.started.includes(id));
     expect(both).toEqual([]);
     expect(new Set([...a.started, ...b.started])).toEqual(new Set(sent.map(runOf)));
+  });
+
+  it('retries a delivery Temporal refuses on its own schedule, without holding up the others, and shows it to the admin', async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    // A row whose start Temporal refuses for good: its run id is longer than Temporal allows (the
+    // receiver refuses such ids today; a row from before that check, or any start refused as invalid).
+    const poisonedId = `poisoned-${'x'.repeat(1100)}`;
+    await h.db
+      .insertInto('webhook_deliveries')
+      .values({
+        provider: 'github',
+        delivery_id: poisonedId,
+        events: JSON.stringify([]),
+        received_at: new Date(Date.now() - 60_000),
+        start: JSON.stringify({ taskQueue: h.taskQueue, summary: { events: 0, kinds: {}, repositories: [] } }),
+      })
+      .execute();
+    const poisoned = () => h.db.selectFrom('webhook_deliveries').select(['attempts', 'last_error', 'next_attempt_at', 'started_at']).where('delivery_id', '=', poisonedId).executeTakeFirstOrThrow();
+    try {
+      const relayed = relay({ rowRetryMs: 60_000 });
+      // One delivery at a time, each started before the next is sent: a round (or more) for each,
+      // with the refused row older than all of them, at the head of the queue.
+      for (const d of pushes(8)) {
+        expect((await send(h, d)).status).toBe(202);
+        await relayed.whenStarted(runOf(d));
+      }
+      const row = await poisoned();
+      expect(row.started_at).toBeNull();
+      // Tried once, then left alone until its own next attempt, a minute on: no hot loop.
+      expect(row.attempts).toBe(1);
+      expect(row.last_error).toMatch(/^INVALID_ARGUMENT: /);
+      expect(row.last_error!.length).toBeLessThanOrEqual(300);
+      expect(row.next_attempt_at!.getTime()).toBeGreaterThan(Date.now() + 30_000);
+      expect(h.logs.join('\n')).toMatch(/"level":50.*could not be started/);
+
+      // The admin sees the backlog and the failing row on /readyz; anyone else the verdict only.
+      const ready = await h.request('GET', '/readyz', { token: h.adminToken });
+      expect(ready.status).toBe(200);
+      const { details } = (await ready.json()) as { details: { intake: { pending: number; failing: number; oldestAgeSeconds: number; oldestReceivedAt: string; byTaskQueue: Record<string, number> } } };
+      expect(details.intake.byTaskQueue[h.taskQueue]).toBe(1);
+      expect(details.intake.pending).toBeGreaterThanOrEqual(1);
+      expect(details.intake.failing).toBeGreaterThanOrEqual(1);
+      expect(details.intake.oldestAgeSeconds).toBeGreaterThanOrEqual(60);
+      for (const token of [undefined, 'not-the-admin-token']) {
+        const anonymous = await h.request('GET', '/readyz', token ? { token } : {});
+        expect(await anonymous.json()).toEqual({ status: 'ready', checks: { database: 'ok', temporal: 'ok' } });
+      }
+    } finally {
+      await h.db.deleteFrom('webhook_deliveries').where('delivery_id', '=', poisonedId).execute();
+    }
   });
 
   it('answers 503 when the database cannot take the delivery, and starts nothing', async () => {

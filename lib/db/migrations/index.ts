@@ -14,6 +14,7 @@ import * as webhookDeliveries from './2026-12-06T1127-webhook-deliveries.ts';
 import * as githubInstallStates from './2026-12-06T1132-github-install-states.ts';
 import * as intakeRelay from './2026-12-06T1210-intake-relay.ts';
 import * as deliveriesPerConnection from './2026-12-06T1215-deliveries-per-connection.ts';
+import * as intakeRetryState from './2026-12-06T1400-intake-retry-state.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -35,4 +36,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1132-github-install-states': githubInstallStates,
   '2026-12-06T1210-intake-relay': intakeRelay,
   '2026-12-06T1215-deliveries-per-connection': deliveriesPerConnection,
+  '2026-12-06T1400-intake-retry-state': intakeRetryState,
 };

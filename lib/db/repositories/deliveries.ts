@@ -71,25 +71,33 @@ export interface PendingDelivery {
   start: DeliveryStart;
   /** The connection whose own hook delivered it (absent: GitHub, or a legacy hook). */
   connectionId?: string;
+  /** Starts of it that failed so far. */
+  attempts: number;
 }
 
+/** What became of one start: the run is there, or the start failed (`error`: short, no secret) and the row is tried again after `retryInMs` (null: at the relay's next round). */
+export type StartOutcome = { started: true } | { started: false; error: string; retryInMs: number | null };
+
 /**
- * Locks up to `limit` unstarted deliveries for `taskQueue`, oldest first, skipping rows another relay holds, and
- * hands them to `startAll`, which returns the ones it started; those are marked started when the
- * transaction commits. Several relays (one per API replica) never start the same row twice.
+ * Locks up to `limit` unstarted deliveries for `taskQueue` that are due (never failed, or past
+ * their `next_attempt_at`), oldest first, skipping rows another relay holds, and hands them to
+ * `startAll`, which says for each one whether its run started. When the transaction commits, the
+ * started ones are marked started and the failed ones carry one more attempt, the error and when
+ * to try again. Several relays (one per API replica) never start the same row twice.
  */
 export async function startPendingDeliveries(
   db: Kysely<Database>,
   taskQueue: string,
   limit: number,
-  startAll: (pending: PendingDelivery[]) => Promise<PendingDelivery[]>,
+  startAll: (pending: PendingDelivery[]) => Promise<StartOutcome[]>,
 ): Promise<{ locked: number; started: number }> {
   return db.transaction().execute(async (trx) => {
     const rows = await trx
       .selectFrom('webhook_deliveries')
-      .select(['provider', 'delivery_id', 'connection_id', 'received_at', 'start', sql<string>`ctid::text`.as('row')])
+      .select(['provider', 'delivery_id', 'connection_id', 'received_at', 'start', 'attempts', sql<string>`ctid::text`.as('row')])
       .where('started_at', 'is', null)
       .where(sql<string>`start->>'taskQueue'`, '=', taskQueue)
+      .where((eb) => eb.or([eb('next_attempt_at', 'is', null), eb('next_attempt_at', '<=', sql<Date>`now()`)]))
       .orderBy('received_at')
       .limit(limit)
       .forUpdate()
@@ -101,24 +109,93 @@ export async function startPendingDeliveries(
       deliveryId: r.delivery_id,
       receivedAt: r.received_at,
       start: r.start!,
+      attempts: r.attempts,
       ...(r.connection_id ? { connectionId: r.connection_id } : {}),
     }));
-    const started = new Set(await startAll(pending));
+    const outcomes = await startAll(pending);
     // The rows are locked, so their physical ids stand until the transaction ends.
-    const startedRows = rows.filter((_, i) => started.has(pending[i]!)).map((r) => r.row);
+    const startedRows = rows.filter((_, i) => outcomes[i]?.started).map((r) => r.row);
     if (startedRows.length > 0) {
       await trx.updateTable('webhook_deliveries').set({ started_at: sql`now()` }).where(sql<boolean>`ctid = any(${startedRows}::tid[])`).execute();
+    }
+    const failed = rows.flatMap((r, i) => {
+      const outcome = outcomes[i];
+      return outcome && !outcome.started ? [{ row: r.row, error: outcome.error, retryInMs: outcome.retryInMs }] : [];
+    });
+    if (failed.length > 0) {
+      await sql`
+        update webhook_deliveries w
+        set attempts = w.attempts + 1,
+            last_error = f.error,
+            next_attempt_at = now() + f.retry_in_ms * interval '1 millisecond'
+        from unnest(${failed.map((f) => f.row)}::tid[], ${failed.map((f) => f.error)}::text[], ${failed.map((f) => f.retryInMs)}::bigint[]) as f(row, error, retry_in_ms)
+        where w.ctid = f.row`.execute(trx);
     }
     return { locked: rows.length, started: startedRows.length };
   });
 }
 
-/** Deliveries acknowledged but not yet handed to Temporal: how many, and since when. */
-export async function intakeBacklog(db: Executor): Promise<{ pending: number; oldestReceivedAt?: Date }> {
-  const row = await db
-    .selectFrom('webhook_deliveries')
-    .select(({ fn }) => [fn.countAll<string>().as('pending'), fn.min('received_at').as('oldest')])
-    .where('started_at', 'is', null)
-    .executeTakeFirstOrThrow();
-  return { pending: Number(row.pending), ...(row.oldest ? { oldestReceivedAt: row.oldest as Date } : {}) };
+/** The intake table's backlog: deliveries acknowledged whose runs have not started yet. */
+export interface IntakeBacklog {
+  /** Rows not started yet, whatever their task queue. */
+  pending: number;
+  /** When the oldest of them was acknowledged, and how long ago that is (by the database's clock). */
+  oldestReceivedAt?: Date;
+  oldestAgeSeconds?: number;
+  /** Those of them whose start failed at least once (Temporal unreachable, or refusing them). */
+  failing: number;
+  /** The oldest failing row: its run, how often it failed, why last, and when it is tried again. */
+  oldestFailure?: { provider: Provider; deliveryId: string; attempts: number; lastError: string; nextAttemptAt?: Date };
+  /** Pending rows per task queue (a relay starts only its own deployment's; rows of a queue no deployment serves any more wait here). */
+  byTaskQueue: Record<string, number>;
+}
+
+/**
+ * Deliveries acknowledged but not yet handed to Temporal: how many, since when, how many failing.
+ * Cheap (the partial backlog index), for /readyz and the metrics.
+ */
+export async function intakeBacklog(db: Executor): Promise<IntakeBacklog> {
+  const [totals, queues, failure] = await Promise.all([
+    db
+      .selectFrom('webhook_deliveries')
+      .select(({ fn }) => [
+        fn.countAll<string>().as('pending'),
+        fn.min('received_at').as('oldest'),
+        sql<number | null>`extract(epoch from now() - min(received_at))::float8`.as('oldest_age'),
+        sql<string>`count(*) filter (where attempts > 0)`.as('failing'),
+      ])
+      .where('started_at', 'is', null)
+      .executeTakeFirstOrThrow(),
+    db
+      .selectFrom('webhook_deliveries')
+      .select(({ fn }) => [sql<string | null>`start->>'taskQueue'`.as('task_queue'), fn.countAll<string>().as('pending')])
+      .where('started_at', 'is', null)
+      .groupBy(sql`start->>'taskQueue'`)
+      .execute(),
+    db
+      .selectFrom('webhook_deliveries')
+      .select(['provider', 'delivery_id', 'attempts', 'last_error', 'next_attempt_at'])
+      .where('started_at', 'is', null)
+      .where('attempts', '>', 0)
+      .orderBy('received_at')
+      .limit(1)
+      .executeTakeFirst(),
+  ]);
+  return {
+    pending: Number(totals.pending),
+    ...(totals.oldest ? { oldestReceivedAt: totals.oldest as Date, oldestAgeSeconds: Math.round(Number(totals.oldest_age) * 1000) / 1000 } : {}),
+    failing: Number(totals.failing),
+    ...(failure
+      ? {
+          oldestFailure: {
+            provider: failure.provider,
+            deliveryId: failure.delivery_id,
+            attempts: failure.attempts,
+            lastError: failure.last_error ?? '',
+            ...(failure.next_attempt_at ? { nextAttemptAt: failure.next_attempt_at } : {}),
+          },
+        }
+      : {}),
+    byTaskQueue: Object.fromEntries(queues.map((q) => [q.task_queue ?? '(none)', Number(q.pending)])),
+  };
 }

@@ -1,0 +1,23 @@
+import { describe, expect, it } from 'vitest';
+import { describeStartFailure } from '../../api/intake-relay.ts';
+
+/** What a failed start leaves on its intake row: an outage told from a refusal, short, without credentials. */
+describe('describeStartFailure', () => {
+  const grpc = (code: number, details: string) => Object.assign(new Error(`${code} ${details}`), { code, details });
+
+  it('tells Temporal being unreachable from a start it refuses, by the gRPC status on the error or its causes', () => {
+    expect(describeStartFailure(new Error('Failed to start', { cause: grpc(14, 'No connection established') }))).toEqual({ unreachable: true, error: 'UNAVAILABLE: No connection established' });
+    expect(describeStartFailure(grpc(4, 'Deadline exceeded'))).toMatchObject({ unreachable: true, error: 'DEADLINE_EXCEEDED: Deadline exceeded' });
+    expect(describeStartFailure(grpc(3, 'WorkflowId length exceeds limit.'))).toEqual({ unreachable: false, error: 'INVALID_ARGUMENT: WorkflowId length exceeds limit.' });
+    expect(describeStartFailure(grpc(5, 'Namespace tenant-a is not found.'))).toMatchObject({ unreachable: false });
+    expect(describeStartFailure(new Error('Failed to connect before the deadline'))).toMatchObject({ unreachable: true, error: 'ERROR: Failed to connect before the deadline' });
+    expect(describeStartFailure(new TypeError('payload could not be converted'))).toMatchObject({ unreachable: false });
+  });
+
+  it('keeps the reason short and drops the user info of any URL in it', () => {
+    const failure = describeStartFailure(grpc(14, `connect to https://user:s3cret@temporal.example:7233 failed ${'and again '.repeat(100)}`));
+    expect(failure.error).not.toContain('s3cret');
+    expect(failure.error).toContain('https://temporal.example:7233');
+    expect(failure.error.length).toBeLessThanOrEqual(300);
+  });
+});
