@@ -8,6 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_ATTACH_OPTIONS, runAttachBench } from './attach.ts';
 import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
 import { DEFAULT_PICKER_OPTIONS, runPickerBench } from './picker.ts';
 import { DEFAULT_REFRESH_OPTIONS, runRefreshBench } from './refresh.ts';
@@ -19,6 +20,7 @@ const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<ob
   ingest: (stack, flags) => runIngestBench(stack, { ...DEFAULT_INGEST_OPTIONS, ...flags }),
   refresh: (stack, flags) => runRefreshBench(stack, { ...DEFAULT_REFRESH_OPTIONS, ...flags }),
   picker: (stack, flags) => runPickerBench(stack, { ...DEFAULT_PICKER_OPTIONS, ...flags }),
+  attach: (stack, flags) => runAttachBench(stack, { ...DEFAULT_ATTACH_OPTIONS, ...flags }),
 };
 
 const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
@@ -46,11 +48,19 @@ try {
   for (const name of names) {
     stack.resetPeakRss();
     const started = new Date();
+    const loadBefore = os.loadavg();
     const result = await BENCHMARKS[name]!(stack, flags);
     const report = {
       benchmark: name,
       startedAt: started.toISOString(),
-      machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+      machine: {
+        cpus: os.cpus().length,
+        cpuModel: os.cpus()[0]?.model,
+        memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+        node: process.version,
+        // 1, 5 and 15 minute load averages when the benchmark started and ended: above the CPU count, other work competed for the cores.
+        loadAverage: { atStart: loadBefore.map((l) => Math.round(l * 100) / 100), atEnd: os.loadavg().map((l) => Math.round(l * 100) / 100) },
+      },
       ...result,
     };
     const file = path.join(RESULTS, `${name}.json`);

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, proxyActivities } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, log, patched, proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
 import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
@@ -18,6 +18,12 @@ const { verifyRepository, ensureHook, pruneHooks, removeHook } = proxyActivities
   heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
+
+/**
+ * Runs started before this change ensured their hooks one after another, and finish that way when
+ * replayed; later runs ensure the hooks of the set side by side.
+ */
+const HOOKS_SIDE_BY_SIDE = 'attach-hooks-side-by-side';
 
 interface Compensation {
   hookKey: string;
@@ -40,11 +46,12 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
 
 /**
  * Attach as a saga: each hook of the repository's hook set is ensured by its own activity (listed
- * first, adopted if it exists, created otherwise). Each step's compensation is registered before
- * the step runs, so a permanent failure removes, in reverse order, every hook this attach created,
- * even one whose creation answer was lost. The attachment is `attached` only once every hook is in
- * place; otherwise it ends `failed` with the provider's reason (a re-attach of an attached
- * repository leaves it attached, on the hooks it had, with the reason) and this throws a typed failure.
+ * first, adopted if it exists, created otherwise), the hooks of the set side by side. Each step's
+ * compensation is registered before the step runs, so a permanent failure removes, in reverse
+ * order, every hook this attach created, even one whose creation answer was lost. The attachment
+ * is `attached` only once every hook is in place; otherwise it ends `failed` with the provider's
+ * reason (a re-attach of an attached repository leaves it attached, on the hooks it had, with the
+ * reason) and this throws a typed failure.
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const compensations: Compensation[] = [];
@@ -54,11 +61,25 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     const plan = await beginAttachment(key);
     fullName = plan.fullName;
     const { projectId } = await verifyRepository(key);
-    for (const hookKey of plan.hookKeys) {
-      // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
-      compensations.unshift({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
-      const hook = await ensureHook({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
-      hookIds.push(hook.providerHookId);
+    const ensure = (hookKey: string) => ensureHook({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
+    // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
+    const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
+    if (patched(HOOKS_SIDE_BY_SIDE)) {
+      // Every compensation is registered before any hook is ensured. Each hook is its own provider
+      // object (Azure DevOps: one subscription per event type), so they are made at once. All of
+      // them settle before anything is undone: a compensation finds its hook by listing, and a
+      // creation still in flight when it listed would be left behind.
+      for (const hookKey of plan.hookKeys) compensations.unshift(compensationOf(hookKey));
+      const settled = await Promise.allSettled(plan.hookKeys.map(ensure));
+      for (const outcome of settled) {
+        if (outcome.status === 'rejected') throw outcome.reason;
+        hookIds.push(outcome.value.providerHookId);
+      }
+    } else {
+      for (const hookKey of plan.hookKeys) {
+        compensations.unshift(compensationOf(hookKey));
+        hookIds.push((await ensure(hookKey)).providerHookId);
+      }
     }
     await pruneHooks({ ...key, keepHookIds: hookIds });
     await completeAttachment(key);

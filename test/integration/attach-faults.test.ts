@@ -14,6 +14,7 @@ import {
   type Org,
 } from '../support/attachments.ts';
 import type { Harness } from '../support/harness.ts';
+import { recordHistory } from '../support/histories.ts';
 import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 
 /**
@@ -34,22 +35,58 @@ describe('attach under faults', () => {
   }
   const createCalls = (world: HookWorld, from: number) => world.server.calls.slice(from).filter((c) => c.operation === world.ops.create);
 
-  it('Azure DevOps: a permanent refusal of the 2nd of 3 subscriptions leaves none, the attachment failed with the reason, the run failed typed', async () => {
+  /** Waits, on the server's long poll (no sleeping), until `count` activities of `activityType` of the run have completed. */
+  async function activitiesCompleted(h: Harness, workflowId: string, activityType: string, count: number): Promise<void> {
+    const scheduled = new Map<string, string>();
+    let completed = 0;
+    let nextPageToken: Uint8Array | undefined;
+    while (completed < count) {
+      const page = await h.client.workflowService.getWorkflowExecutionHistory({ namespace: 'default', execution: { workflowId }, nextPageToken, waitNewEvent: true });
+      for (const event of page.history?.events ?? []) {
+        const type = event.activityTaskScheduledEventAttributes?.activityType?.name;
+        if (type) scheduled.set(String(event.eventId), type);
+        const done = event.activityTaskCompletedEventAttributes;
+        if (done && scheduled.get(String(done.scheduledEventId)) === activityType) completed++;
+      }
+      if (completed >= count) return;
+      if (!page.nextPageToken?.length) throw new Error(`${workflowId} closed after ${completed} of ${count} ${activityType} activities`);
+      nextPageToken = page.nextPageToken;
+    }
+  }
+
+  it('Azure DevOps: the three subscriptions are created at once; one refused for good, the two others are removed, none left behind; the run failed typed', async () => {
     const world = worlds['azure-devops'];
     const repo = await world.newRepository();
-    world.proxy.fault = onCreation(world, 2, world.refusal);
     const from = world.server.calls.length;
+    // git.push and git.pullrequest.updated are stored and their answers held until all three
+    // creations have arrived: one after another, the second would never be sent.
+    const holds = [manualHold(), manualHold()];
+    let arrived = 0;
+    let nextHold = 0;
+    let allArrived!: () => void;
+    const allThree = new Promise<void>((resolve) => (allArrived = resolve));
+    world.proxy.fault = (request) => {
+      if (!world.isCreate(request)) return undefined;
+      if (++arrived === 3) allArrived();
+      if ((JSON.parse(request.body) as { eventType: string }).eventType === 'git.pullrequest.created') return world.refusal;
+      return holds[nextHold++]!.fault;
+    };
     const workflowId = await requestAttachment(h, org, repo.repositoryId, 'PUT');
+    await allThree;
+    await Promise.all(holds.map((hold) => hold.held));
+    for (const hold of holds) hold.release('answer');
     const { failure } = await outcomeOf(h, workflowId);
 
     expect(failure?.type).toBe('RepositoryAttachFailed');
     expect(failure?.message).toContain('ProviderRejectedRequest: azure-devops answered 400: Invalid value');
+    const creations = createCalls(world, from);
+    expect(creations.map((c) => (c.body as { eventType: string }).eventType).sort()).toEqual(['git.pullrequest.updated', 'git.push']);
+    // Both stored subscriptions were deleted; nothing of this attach is left at the provider or in our records.
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete).map((c) => c.status)).toEqual([204, 204]);
     expect(repo.hooks()).toEqual([]);
-    // Created one (git.push), refused the second, never tried the third, deleted the first.
-    expect(createCalls(world, from).map((c) => (c.body as { eventType: string }).eventType)).toEqual(['git.push']);
-    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete).map((c) => c.status)).toEqual([204]);
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringContaining('azure-devops answered 400') });
+    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-side-by-side-refused');
   });
 
   it('Azure DevOps: compensation runs in reverse order; a compensation that fails is logged and recorded, never rethrown', async () => {
@@ -57,9 +94,9 @@ describe('attach under faults', () => {
     const repo = await world.newRepository();
     const from = world.server.calls.length;
     let deletes = 0;
-    const onThird = onCreation(world, 3, world.refusal);
     world.proxy.fault = (request) => {
-      if (world.isCreate(request)) return onThird(request);
+      // git.pullrequest.updated, the last of the set, is refused for good.
+      if (world.isCreate(request)) return (JSON.parse(request.body) as { eventType: string }).eventType === 'git.pullrequest.updated' ? world.refusal : undefined;
       // The first compensation (of git.pullrequest.created) is refused for good.
       if (request.method === 'DELETE' && ++deletes === 1) return { kind: 'answer', status: 403, body: JSON.stringify({ message: 'TF400813: not authorized to delete the subscription' }) };
       return undefined;
@@ -68,8 +105,8 @@ describe('attach under faults', () => {
 
     expect(failure?.type).toBe('RepositoryAttachFailed');
     const created = createCalls(world, from).filter((c) => c.status === 200);
-    expect(created.map((c) => (c.body as { eventType: string }).eventType)).toEqual(['git.push', 'git.pullrequest.created']);
-    // git.pullrequest.created was undone first (refused), then git.push (deleted).
+    expect(created.map((c) => (c.body as { eventType: string }).eventType).sort()).toEqual(['git.pullrequest.created', 'git.push']);
+    // Undone in reverse order of the set: git.pullrequest.updated (nothing to delete), git.pullrequest.created (refused), then git.push (deleted).
     const [leftover] = repo.hooks();
     expect(repo.hooks()).toHaveLength(1);
     expect(leftover!.events).toEqual(['git.pullrequest.created']);
@@ -139,7 +176,7 @@ describe('attach under faults', () => {
   it.each(HOOK_PROVIDERS)('%s: an answer lost after the provider stored the hook is adopted on retry, never duplicated', async (provider) => {
     const world = worlds[provider];
     const repo = await world.newRepository();
-    // The last hook of the set: for Azure DevOps the two before it are already recorded.
+    // The last creation to arrive (Azure DevOps creates its three at once).
     world.proxy.fault = onCreation(world, world.hookSet.length, { kind: 'lose-answer' });
     const from = world.server.calls.length;
     const { result } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'));
@@ -159,8 +196,10 @@ describe('attach under faults', () => {
     const from = world.server.calls.length;
     const workflowId = await requestAttachment(h, org, repo.repositoryId, 'PUT');
 
-    // The provider has stored the hook; its answer has not reached the activity.
+    // The provider has stored the hook; its answer has not reached the activity. The others of
+    // the set (Azure DevOps) were created beside it: wait until they are recorded.
     await hold.held;
+    await activitiesCompleted(h, workflowId, 'ensureHook', world.hookSet.length - 1);
     expect(repo.hooks()).toHaveLength(world.hookSet.length);
     expect((await attachmentOf(h, org, repo.repositoryId)).hooks).toHaveLength(world.hookSet.length - 1);
     // Stop the worker with the creation in flight; the connection dies with it.

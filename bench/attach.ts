@@ -1,0 +1,218 @@
+/**
+ * Attach benchmark: an Azure DevOps attach (three Service Hook subscriptions) and a GitLab attach
+ * (one project hook) through the API, with the fake providers answering each call `latencyMs`
+ * after it arrives. Each attach's wall time (PUT …/attachment until its run's result) is set
+ * against its critical path: the provider calls that must happen one after another, × latency.
+ *
+ * The critical path is derived from the calls each attach made, in its three phases (the
+ * workflow's steps run one after another): the repository's lookup (verifyRepository: every call
+ * before the first hook call; the Azure DevOps SDK discovers its route before it asks), then each
+ * hook's listing and creation (ensureHook; the hooks side by side, so one branch counts: the
+ * phase's calls ÷ the hooks), then the listing that prunes strays (pruneHooks). The longest chain
+ * of calls that really ran one after another is reported beside it; the smaller judges the run.
+ */
+import proto from '@temporalio/proto';
+import type { RepositoryWorkflowResult } from '../workflows/contract.ts';
+import { startFakeAzureDevOps } from '../test/fakes/azure-devops.ts';
+import type { FakeHttpServer, RecordedCall } from '../test/fakes/base.ts';
+import { startFakeGitlab } from '../test/fakes/gitlab.ts';
+import { callApi, type BenchStack } from './stack.ts';
+
+export const DEFAULT_ATTACH_OPTIONS = { latencyMs: 50, attaches: 7 };
+
+const EventType = proto.temporal.api.enums.v1.EventType;
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
+
+type HookProvider = 'azure-devops' | 'gitlab';
+
+interface ProviderSetup {
+  provider: HookProvider;
+  server: FakeHttpServer;
+  /** The fake's operation names of hook listing and creation. */
+  ops: { list: string; create: string };
+  /** Hooks an attach makes. */
+  hooks: number;
+  /** Repository ids in the cache, each attached once. */
+  repositories: string[];
+}
+
+/** The longest chain of calls each starting after the one before it was answered. */
+function longestChain(calls: RecordedCall[]): RecordedCall[] {
+  const sorted = [...calls].sort((a, b) => a.receivedAt - b.receivedAt);
+  const best: { length: number; previous?: number }[] = [];
+  for (let i = 0; i < sorted.length; i++) {
+    best[i] = { length: 1 };
+    for (let j = 0; j < i; j++) {
+      if (sorted[j]!.answeredAt <= sorted[i]!.receivedAt && best[j]!.length + 1 > best[i]!.length) best[i] = { length: best[j]!.length + 1, previous: j };
+    }
+  }
+  const end = best.reduce((at, b, i) => (b.length > best[at]!.length ? i : at), 0);
+  const chain: RecordedCall[] = [];
+  for (let i: number | undefined = end; i !== undefined; i = best[i]!.previous) chain.unshift(sorted[i]!);
+  return chain;
+}
+
+/** The attach's calls in its three phases, and the critical path through them (see the file's comment). */
+function criticalPath(calls: RecordedCall[], setup: ProviderSetup) {
+  const isHookCall = (c: RecordedCall) => c.operation === setup.ops.list || c.operation === setup.ops.create;
+  const creates = calls.filter((c) => c.operation === setup.ops.create);
+  if (creates.length !== setup.hooks) throw new Error(`${setup.provider}: expected ${setup.hooks} hook creations, saw ${creates.length} (${calls.map((c) => c.operation).join(', ')})`);
+  const firstHookCall = Math.min(...calls.filter(isHookCall).map((c) => c.receivedAt));
+  const lastCreateAnswered = Math.max(...creates.map((c) => c.answeredAt));
+  const verify = calls.filter((c) => c.receivedAt < firstHookCall);
+  const ensure = calls.filter((c) => c.receivedAt >= firstHookCall && c.receivedAt < lastCreateAnswered);
+  const prune = calls.filter((c) => c.receivedAt >= lastCreateAnswered);
+  if (ensure.length % setup.hooks !== 0) throw new Error(`${setup.provider}: ${ensure.length} calls in the hook phase do not split into ${setup.hooks} equal branches`);
+  const perBranch = ensure.length / setup.hooks;
+  const byStart = (list: RecordedCall[]) => [...list].sort((a, b) => a.receivedAt - b.receivedAt).map((c) => c.operation);
+  const modelCalls = verify.length + perBranch + prune.length;
+  const observed = longestChain(calls);
+  return {
+    calls: Math.min(modelCalls, observed.length),
+    model: { calls: modelCalls, verifyRepository: byStart(verify), ensureHookPerBranch: perBranch, ensureHookAll: byStart(ensure), pruneHooks: byStart(prune) },
+    observedLongestChain: observed.map((c) => c.operation),
+    // Whether all the hooks' creations were in flight at one instant, and whether they were at least not made one after another.
+    creationsAllAtOnce: Math.max(...creates.map((c) => c.receivedAt)) < Math.min(...creates.map((c) => c.answeredAt)),
+    creationsChain: longestChain(creates).length,
+  };
+}
+
+/** What the run's history says about its round trips through Temporal. */
+async function historyShape(stack: BenchStack, workflowId: string) {
+  const history = await stack.temporal.workflow.getHandle(workflowId).fetchHistory();
+  const events = history.events ?? [];
+  const count = (type: number) => events.filter((e) => e.eventType === type).length;
+  return {
+    workflowTasks: count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
+    activities: count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED),
+    localActivities: count(EventType.EVENT_TYPE_MARKER_RECORDED) - events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch').length,
+    events: events.length,
+  };
+}
+
+export async function runAttachBench(stack: BenchStack, options: { latencyMs: number; attaches: number }) {
+  const [azure, gitlab] = await Promise.all([startFakeAzureDevOps({ organization: 'bench-attach' }), startFakeGitlab()]);
+  try {
+    azure.addPat({ pat: 'ado-attach-bench', displayName: 'Attach bench', canManageHooks: true });
+    azure.addProject({ name: 'Attach' });
+    gitlab.addToken({ token: 'glpat-attach-bench', username: 'attach-bench', scopes: ['api', 'read_user', 'read_repository'] });
+    // One warm-up attach per provider (the worker's first attach compiles the client libraries), then the measured ones.
+    const perProvider = options.attaches + 1;
+    for (let i = 0; i < perProvider; i++) {
+      azure.addRepository({ projectName: 'Attach', name: `ado-attach-${i}` });
+      gitlab.addProject({ pathWithNamespace: `attach/gl-${i}` });
+    }
+
+    const api = (method: string, path: string, token: string, body?: unknown) => callApi(stack, method, path, token, body);
+    const org = await api('POST', '/api/v1/orgs', stack.adminToken, { slug: `attach-${Date.now()}`, name: 'Attach bench' });
+    const { token } = await api('POST', `/api/v1/orgs/${org.slug}/tokens`, stack.adminToken);
+    const connect = async (body: object) => {
+      const { id, workflowId } = await api('POST', `/api/v1/orgs/${org.slug}/connections`, token!, body);
+      const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as { status: string; reason?: string };
+      if (result.status !== 'active') throw new Error(`connect ${JSON.stringify(body)} failed: ${result.reason}`);
+      return id as string;
+    };
+    const connections = {
+      'azure-devops': await connect({ provider: 'azure-devops', organizationUrl: azure.url, token: 'ado-attach-bench' }),
+      gitlab: await connect({ provider: 'gitlab', baseUrl: gitlab.url, token: 'glpat-attach-bench' }),
+    };
+    const { workflowId: refreshId } = await api('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, token!);
+    await stack.temporal.workflow.getHandle(refreshId!).result();
+    const repositoriesOf = async (connectionId: string) =>
+      (await stack.db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).orderBy('full_name').execute()).map((r) => r.id);
+
+    const setups: ProviderSetup[] = [
+      { provider: 'azure-devops', server: azure.server, ops: { list: 'querySubscriptions', create: 'createSubscription' }, hooks: 3, repositories: await repositoriesOf(connections['azure-devops']) },
+      { provider: 'gitlab', server: gitlab.server, ops: { list: 'listHooks', create: 'createHook' }, hooks: 1, repositories: await repositoriesOf(connections.gitlab) },
+    ];
+    for (const setup of setups) {
+      if (setup.repositories.length !== perProvider) throw new Error(`${setup.provider}: ${setup.repositories.length} repositories cached, expected ${perProvider}`);
+      setup.server.latencyMs = options.latencyMs;
+    }
+
+    const attach = async (setup: ProviderSetup, repositoryId: string) => {
+      const before = setup.server.calls.length;
+      const started = performance.now();
+      const { workflowId } = await api('PUT', `/api/v1/orgs/${org.slug}/repositories/${repositoryId}/attachment`, token!);
+      const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as RepositoryWorkflowResult;
+      const ended = performance.now();
+      const wallMs = ended - started;
+      if (result.status !== 'attached' || result.hookIds.length !== setup.hooks) throw new Error(`${setup.provider} attach ended ${JSON.stringify(result)}`);
+      const calls = setup.server.calls.slice(before);
+      const path = criticalPath(calls, setup);
+      const criticalPathMs = path.calls * options.latencyMs;
+      const at = (t: number) => Math.round(t - started);
+      return {
+        wallMs: Math.round(wallMs),
+        criticalPathCalls: path.calls,
+        criticalPathMs,
+        ratioToCriticalPath: Math.round((wallMs / criticalPathMs) * 100) / 100,
+        apiCalls: calls.length,
+        // Where the time beyond the provider's went: before the first call, after the last, and between the calls of the critical path.
+        untilFirstCallMs: at(Math.min(...calls.map((c) => c.receivedAt))),
+        afterLastCallMs: Math.round(ended - Math.max(...calls.map((c) => c.answeredAt))),
+        callsSpanMs: Math.round(Math.max(...calls.map((c) => c.answeredAt)) - Math.min(...calls.map((c) => c.receivedAt))),
+        creationsAllAtOnce: path.creationsAllAtOnce,
+        creationsChain: path.creationsChain,
+        path,
+        calls: [...calls].sort((a, b) => a.receivedAt - b.receivedAt).map((c) => ({ operation: c.operation, status: c.status, startMs: at(c.receivedAt), endMs: at(c.answeredAt) })),
+        history: await historyShape(stack, workflowId!),
+      };
+    };
+
+    const perProviderRuns: Record<string, Awaited<ReturnType<typeof attach>>[]> = { 'azure-devops': [], gitlab: [] };
+    const warmUp: Record<string, number> = {};
+    for (const setup of setups) warmUp[setup.provider] = (await attach(setup, setup.repositories[0]!)).wallMs;
+    // Alternating, so both providers meet the same moments of a loaded machine.
+    for (let i = 1; i <= options.attaches; i++) {
+      for (const setup of setups) perProviderRuns[setup.provider]!.push(await attach(setup, setup.repositories[i]!));
+    }
+
+    const summary = Object.fromEntries(
+      setups.map(({ provider }) => {
+        const runs = perProviderRuns[provider]!;
+        const wallMs = median(runs.map((r) => r.wallMs));
+        // Every run of a provider makes the same calls; the smallest critical path of the runs judges the median.
+        const criticalPathMs = Math.min(...runs.map((r) => r.criticalPathMs));
+        return [
+          provider,
+          {
+            criticalPathCalls: criticalPathMs / options.latencyMs,
+            criticalPathMs,
+            criticalPath: runs[0]!.path.model,
+            wallMs: runs.map((r) => r.wallMs),
+            medianWallMs: wallMs,
+            medianRatioToCriticalPath: Math.round((wallMs / criticalPathMs) * 100) / 100,
+            medianOverheadMs: wallMs - criticalPathMs,
+            medianUntilFirstCallMs: median(runs.map((r) => r.untilFirstCallMs)),
+            medianAfterLastCallMs: median(runs.map((r) => r.afterLastCallMs)),
+            apiCalls: runs[0]!.apiCalls,
+            history: runs[0]!.history,
+            creationsAllAtOnce: `${runs.filter((r) => r.creationsAllAtOnce).length} of ${runs.length} runs`,
+            // 1 when the creations overlapped in every run; the hook count if they ever ran one after another.
+            longestChainOfCreations: Math.max(...runs.map((r) => r.creationsChain)),
+          },
+        ];
+      }),
+    );
+    const ado = summary['azure-devops']!;
+    const gl = summary.gitlab!;
+    return {
+      options,
+      note: 'Measured on a 2-core machine shared with other engineers\' builds and tests (see machine.loadAverage): the numbers are as measured, not corrected for the load.',
+      // The floor each provider's wall time is judged against: its critical path × latency.
+      floorMs: { 'azure-devops': ado.criticalPathMs, gitlab: gl.criticalPathMs },
+      summary,
+      warmUpWallMs: warmUp,
+      runs: perProviderRuns,
+      targets: {
+        azureDevOpsWithin1_25xCriticalPath: ado.medianRatioToCriticalPath <= 1.25,
+        gitlabWithin1_25xCriticalPath: gl.medianRatioToCriticalPath <= 1.25,
+        azureDevOpsSubscriptionsNeverOneAfterAnother: ado.longestChainOfCreations < 3,
+      },
+      peakRssMiB: stack.peakRssMiB(),
+    };
+  } finally {
+    await Promise.all([azure.close(), gitlab.close()]);
+  }
+}
