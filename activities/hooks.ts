@@ -15,12 +15,11 @@ import {
   loadRepositoryTarget,
   recordedCredentialVersions,
   recordedHookIds,
-  recordHook,
   recordHookHealth,
   setAttachmentStatus,
 } from '../lib/db/repositories/attachments.ts';
 import { markRepositoriesVanished } from '../lib/db/repositories/repository-cache.ts';
-import { ensureWebhookCredential, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
+import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarrying, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 
@@ -47,6 +46,7 @@ export const HookFailureTypes = {
   providerNotConfigured: 'ProviderNotConfigured',
   unknownHook: 'UnknownHook',
   hookPresenceUnknown: 'HookPresenceUnknown',
+  credentialRotated: 'WebhookCredentialRotated',
 } as const;
 
 /**
@@ -188,6 +188,20 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     await forgetHooks(db, row.id, hookIds);
   }
 
+  /**
+   * Records a hook just saved with `credential`. A rotation that dropped that credential meanwhile
+   * (it was current when this step read it) makes the step fail, to be retried: the retry saves the
+   * hook again with the current one, so no hook is left carrying a credential no longer accepted.
+   */
+  async function recordSavedHook(row: RepositoryRow, attachmentId: string, hook: { providerHookId: string; events: string[] }, credential: WebhookCredential): Promise<void> {
+    if (await recordHookCarrying(db, { ...hook, attachmentId, connectionId: row.connection_id, credentialVersion: credential.version })) return;
+    throw ApplicationFailure.create({
+      type: HookFailureTypes.credentialRotated,
+      message: `webhook credential version ${credential.version} of connection ${row.connection_id} was dropped while hook ${hook.providerHookId} was saved with it; saving it again with the current one`,
+      nonRetryable: false,
+    });
+  }
+
   return {
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
@@ -242,7 +256,7 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
         }
         return adapter.createHook(ref, spec);
       });
-      await recordHook(db, attachmentId, { providerHookId: hook.id, events: spec.events, credentialVersion: credential.version });
+      await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
       for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
       await forgetHooks(db, row.id, duplicates.map((d) => d.id));
       const outcome = existing?.id === hook.id ? 'adopted' : 'created';
@@ -397,10 +411,14 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
           });
           repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
         }
-        if (drift.length > 0) await recordHook(db, attachment.id, { providerHookId: hook!.id, events: spec.events, credentialVersion: credential.version });
+        if (drift.length > 0) await recordSavedHook(row, attachment.id, { providerHookId: hook!.id, events: spec.events }, credential);
         hookIds.push(hook!.id);
       }
       if (recorded.some((id) => !hookIds.includes(id))) await forgetHooksExcept(db, row.id, hookIds);
+      // Every hook of this set now carries the current credential: an older one no hook of the
+      // connection carries any more is dropped (this finishes a rotation that left hooks behind).
+      const { dropped } = await dropUnusedWebhookCredentials(db, row.connection_id, credential.version);
+      if (dropped.length > 0) logger.info({ connectionId: row.connection_id, dropped, current: credential.version }, 'older webhook credentials no hook carries dropped');
       return finish(repaired.length > 0 ? { status: 'repaired', reason: repaired.join('; ') } : { status: 'healthy' }, hookIds);
     },
 

@@ -10,6 +10,7 @@ import { createHookHealthActivities } from './hook-health.ts';
 import { heartbeating } from './heartbeat.ts';
 import { createHookActivities } from './hooks.ts';
 import { createRepositoryCacheActivities } from './repository-cache.ts';
+import { createWebhookCredentialActivities } from './webhook-credentials.ts';
 import type { Outbound } from './outbound.ts';
 import type { ProviderFactory } from './providers/port.ts';
 
@@ -54,6 +55,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(createDispatchActivities(deps)),
     ...heartbeating(createHookActivities(deps)),
     ...createHookHealthActivities(deps),
+    ...createWebhookCredentialActivities(deps),
     ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
   };
 }

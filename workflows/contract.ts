@@ -169,7 +169,7 @@ export const workflowIds = {
   refreshOrganization: (organizationId: string) => `refresh:${organizationId}:now`,
   /** A connection's listing: one at a time whoever asks (nightly or on demand). */
   refreshConnection: (organizationId: string, connectionId: string) => `refresh:${organizationId}:connection:${connectionId}`,
-  /** A connection's webhook-credential rotation: one at a time; another may follow once it is done. */
+  /** A connection's webhook-credential rotation: one at a time (a second request joins the running one); another may follow once it is done. */
   webhookCredentialRotation: (organizationId: string, connectionId: string) => `webhook-credential:${organizationId}:${connectionId}`,
   /** A connection's hook-health check: one at a time. */
   hookHealthConnection: (organizationId: string, connectionId: string) => `hook-health:${organizationId}:connection:${connectionId}`,
@@ -214,8 +214,11 @@ export interface ConnectionHookHealthResult {
 export interface WebhookCredentialRotationInput {
   organizationId: string;
   connectionId: string;
-  /** Carried over continue-as-new: the version the rotation makes current, and where its check stands. */
-  rotation?: { version: number; after: string; counts: ConnectionHookHealthResult };
+  /**
+   * Carried over continue-as-new: the version the rotation makes current, the versions accepted
+   * when it began, and where its check of the connection's repositories stands.
+   */
+  rotation?: { version: number; previous: number[]; after: string; counts: ConnectionHookHealthResult };
 }
 export interface WebhookCredentialRotationResult {
   /** The connection's credential version now current. */

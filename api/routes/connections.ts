@@ -18,7 +18,8 @@ import { findOrganization } from '../../lib/db/repositories/organizations.ts';
 import type { Organization } from '../../lib/db/schema.ts';
 import { CONNECTION_STATUSES, CREDENTIAL_ROTATION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
-import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds, type ConnectInput } from '../../workflows/contract.ts';
+import { webhookCredentialRotationRefusal } from '../../lib/db/repositories/webhook-credentials.ts';
+import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds, type ConnectInput, type WebhookCredentialRotationInput } from '../../workflows/contract.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
@@ -244,6 +245,44 @@ export function connectionRoutes() {
       const input = { organizationId: org.id, connectionId: row.id, rotationId };
       const workflowId = await startConnect(c, org, input, row.provider, (reason) => failCredentialRotation(deps.db, row.id, rotationId, reason));
       return c.json({ id: row.id, status: 'pending' as const, workflowId }, 202);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/{org}/connections/{id}/webhook-credential/rotate',
+      summary: 'Rotate the webhook credential of a GitLab, Bitbucket or Azure DevOps connection',
+      description:
+        "Runs `webhook-credential:<org>:<connection>`: makes a new webhook credential (32 random bytes; Azure DevOps a new Basic user and password), " +
+        'saves every hook of the connection again with it (the hook-health check of each attached repository, recorded as its hookHealth), then stops ' +
+        'accepting the old one. Both are accepted until every hook carries the new one; a hook that cannot be saved keeps the old one accepted and is ' +
+        'listed in the run\'s result (`notUpdated`). A request while a rotation of the connection runs joins it: the same 202 and workflowId.',
+      request: { params: ConnParam },
+      responses: {
+        202: { description: 'Accepted (or joined the rotation already running)', content: { 'application/json': { schema: z.object({ workflowId: z.string() }) } } },
+        409: problemResponse('A GitHub connection (its deliveries are signed with the App\'s secret), or one that is not active or is being disconnected'),
+        503: problemResponse('Temporal unavailable'),
+        ...errors,
+      },
+    }),
+    async (c) => {
+      const { deps } = c.var;
+      const params = c.req.valid('param');
+      const org = await resolveOrganization(c, params.org);
+      const row = await findConnection(deps.db, org.id, params.id);
+      if (!row) throw notFound(`connection ${params.id}`);
+      const refusal = webhookCredentialRotationRefusal(row);
+      if (refusal) throw new Problem(409, 'Conflict', refusal);
+      const workflowId = workflowIds.webhookCredentialRotation(org.id, row.id);
+      // Another may follow once one is done; a request while one runs joins it (its credential is as new).
+      await startWorkflow(deps, 'webhookCredentialRotationWorkflow', {
+        workflowId,
+        input: { organizationId: org.id, connectionId: row.id } satisfies WebhookCredentialRotationInput,
+        allowRerun: true,
+        searchAttributes: connectionSearchAttributes(org.id, row.provider, row.id),
+      });
+      return c.json({ workflowId }, 202);
     },
   );
 

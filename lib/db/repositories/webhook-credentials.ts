@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
+import { recordHook, type RecordedHook } from './attachments.ts';
 import { open, seal, type EncryptionKeys } from '../../crypto.ts';
 import type { Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
@@ -20,6 +21,20 @@ export interface WebhookCredential {
 
 /** Providers whose hooks carry a credential forgelink makes per connection (GitHub signs with the App's secret). */
 export const hasWebhookCredential = (provider: Provider): boolean => provider !== 'github';
+
+/**
+ * Why the connection's webhook credential cannot be rotated now, or undefined when it can: GitHub
+ * deliveries are signed with the App's secret (the operator's), and the hooks are re-saved through
+ * the connection's own access, so it must be active and not being disconnected.
+ */
+export function webhookCredentialRotationRefusal(connection: { id: string; provider: Provider; status: string; disconnect_requested_at: Date | null }): string | undefined {
+  if (!hasWebhookCredential(connection.provider)) {
+    return 'GitHub deliveries are signed with the App\'s webhook secret, not a credential of the connection: rotate gitProviders.github.webhookSecret (with previousWebhookSecret meanwhile)';
+  }
+  if (connection.status !== 'active') return `connection ${connection.id} is ${connection.status}: its hooks can be saved with a new credential only through an active connection`;
+  if (connection.disconnect_requested_at) return `connection ${connection.id} is being disconnected`;
+  return undefined;
+}
 
 /** Bound to the connection as associated data: a sealed secret copied onto another connection will not open. */
 const sealContext = (connectionId: string) => `webhook-credential:${connectionId}`;
@@ -70,6 +85,102 @@ export async function addWebhookCredential(db: Executor, keys: EncryptionKeys, c
   const version = (latest ?? 0) + 1;
   await db.insertInto('webhook_credentials').values({ connection_id: connection.id, version, ...generated(keys, connection) }).execute();
   return (await webhookCredentialsOf(db, keys, connection.id)).find((c) => c.version === version)!;
+}
+
+/** The versions of the connection's accepted credentials, highest first. */
+export async function webhookCredentialVersions(db: Executor, connectionId: string): Promise<number[]> {
+  const rows = await db.selectFrom('webhook_credentials').select('version').where('connection_id', '=', connectionId).orderBy('version', 'desc').execute();
+  return rows.map((row) => row.version);
+}
+
+/**
+ * Makes credential `version` of the connection (a rotation's new one) unless it is there already:
+ * a rotation picks its version once (one above the highest it found), so a repeated step finds
+ * its own credential instead of making another.
+ */
+export async function ensureWebhookCredentialVersion(db: Executor, keys: EncryptionKeys, connection: { id: string; provider: Provider }, version: number): Promise<void> {
+  await db
+    .insertInto('webhook_credentials')
+    .values({ connection_id: connection.id, version, ...generated(keys, connection) })
+    .onConflict((oc) => oc.columns(['connection_id', 'version']).doNothing())
+    .execute();
+}
+
+/**
+ * Records a hook as carrying credential `credentialVersion`, provided that credential is still
+ * accepted; false (nothing recorded) when it was dropped meanwhile. The credential row is locked
+ * for share while the hook is recorded, and dropUnusedWebhookCredentials locks the rows it may
+ * drop for update before it looks for hooks carrying them: a hook saved with a credential just
+ * being dropped is either seen by the drop (the credential is kept) or refused here (saved again
+ * with the current one), never left carrying a credential the receiver no longer accepts.
+ */
+export async function recordHookCarrying(
+  db: Kysely<Database>,
+  hook: RecordedHook & { attachmentId: string; connectionId: string; credentialVersion: number },
+): Promise<boolean> {
+  return db.transaction().execute(async (trx) => {
+    const accepted = await trx
+      .selectFrom('webhook_credentials')
+      .select('version')
+      .where('connection_id', '=', hook.connectionId)
+      .where('version', '=', hook.credentialVersion)
+      .forShare()
+      .executeTakeFirst();
+    if (!accepted) return false;
+    await recordHook(trx, hook.attachmentId, hook);
+    return true;
+  });
+}
+
+/** A recorded hook of the connection still carrying a credential older than a version, and its attachment's last hook-health finding. */
+export interface HookOnOlderCredential {
+  repositoryId: string;
+  providerHookId: string;
+  credentialVersion: number;
+  hookHealthStatus: string | null;
+  hookHealthReason: string | null;
+}
+
+/**
+ * Drops the connection's credentials older than `current` that no recorded hook carries any more
+ * (the end of a rotation): a hook that could not be saved with the new credential keeps the one it
+ * carries accepted. Returns the versions dropped and the hooks that kept theirs.
+ */
+export async function dropUnusedWebhookCredentials(db: Kysely<Database>, connectionId: string, current: number): Promise<{ dropped: number[]; stillCarried: HookOnOlderCredential[] }> {
+  return db.transaction().execute(async (trx) => {
+    const older = await trx
+      .selectFrom('webhook_credentials')
+      .select('version')
+      .where('connection_id', '=', connectionId)
+      .where('version', '<', current)
+      .forUpdate()
+      .execute();
+    if (older.length === 0) return { dropped: [], stillCarried: [] };
+    const versions = older.map((row) => row.version);
+    const carried = await trx
+      .selectFrom('hooks as h')
+      .innerJoin('attachments as a', 'a.id', 'h.attachment_id')
+      .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+      .select(['r.id as repository_id', 'h.provider_hook_id', 'h.credential_version', 'a.hook_health_status', 'a.hook_health_reason'])
+      .where('r.connection_id', '=', connectionId)
+      .where('h.credential_version', 'in', versions)
+      .orderBy('r.id')
+      .orderBy('h.provider_hook_id')
+      .execute();
+    const kept = new Set(carried.map((row) => row.credential_version));
+    const dropped = versions.filter((version) => !kept.has(version));
+    if (dropped.length > 0) await trx.deleteFrom('webhook_credentials').where('connection_id', '=', connectionId).where('version', 'in', dropped).execute();
+    return {
+      dropped: dropped.sort((a, b) => a - b),
+      stillCarried: carried.map((row) => ({
+        repositoryId: row.repository_id,
+        providerHookId: row.provider_hook_id,
+        credentialVersion: row.credential_version!,
+        hookHealthStatus: row.hook_health_status,
+        hookHealthReason: row.hook_health_reason,
+      })),
+    };
+  });
 }
 
 /** Stops accepting every credential of the connection older than `version` (the end of a rotation). */
