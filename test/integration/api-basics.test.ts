@@ -110,7 +110,7 @@ describe('organizations, tokens, health and OpenAPI', () => {
     expect(res.status).toBe(200);
     const doc = (await res.json()) as { openapi: string; paths: Record<string, unknown> };
     expect(doc.openapi).toMatch(/^3\./);
-    for (const path of ['/api/v1/orgs', '/api/v1/orgs/{org}/tokens', '/api/v1/orgs/{org}/tokens/{id}', '/api/github/setup', '/api/v1/orgs/{org}/connections', '/api/v1/orgs/{org}/connections/{id}', '/api/v1/workflows/{workflowId}']) {
+    for (const path of ['/api/v1/orgs', '/api/v1/orgs/{org}/tokens', '/api/v1/orgs/{org}/tokens/{id}', '/api/github/setup', '/api/v1/orgs/{org}/connections', '/api/v1/orgs/{org}/connections/{id}', '/api/v1/orgs/{org}/connections/{id}/webhook-credential/rotate', '/api/v1/workflows/{workflowId}']) {
       expect(Object.keys(doc.paths)).toContain(path);
     }
   });

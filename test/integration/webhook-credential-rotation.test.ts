@@ -196,6 +196,31 @@ describe('webhook-credential rotation', () => {
     expect((await deliver(push(azure, refusing, fresh))).status).toBe(202);
   });
 
+  it('saves a hook an attach made with the old credential again when the rotation dropped it before the attach recorded the hook', async () => {
+    const gitlab = await world(gitlabWorld);
+    const old = { secret: gitlab.webhook.secret };
+    const repository = await gitlab.newRepository();
+    // The attach's hook is created at GitLab with the credential current then; its answer is held.
+    const hold = manualHold();
+    let held = false;
+    gitlab.proxy.fault = (request) => (gitlab.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
+    const attach = await requestAttachment(h, org, repository.repositoryId, 'PUT');
+    await hold.held;
+    expect(repository.hooks().map((hook) => hook.secret)).toEqual([old.secret]);
+
+    // Meanwhile a rotation runs to its end: no recorded hook carries the old credential, so it is dropped.
+    const result = await resultOf<WebhookCredentialRotationResult>(h, await startRotation(gitlab.connectionId));
+    expect(result).toMatchObject({ version: 2, dropped: [1], notUpdated: [] });
+
+    hold.release('answer');
+    expect((await outcomeOf(h, attach)).result?.status).toBe('attached');
+    const [hook, ...more] = repository.hooks();
+    expect(more).toEqual([]);
+    expect(hook!.secret).not.toBe(old.secret);
+    expect(await webhookCredentialVersions(h.db, gitlab.connectionId)).toEqual([2]);
+    expect((await deliver(push(gitlab, repository, { secret: hook!.secret }))).status).toBe(202);
+  });
+
   it("refuses GitHub connections (409), and another organization's token finds no such connection (404)", async () => {
     const github = await seedConnection(h, { organizationId: org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: String(Date.now()) });
     const refused = await rotate(github);
