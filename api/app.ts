@@ -4,6 +4,7 @@ import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/delive
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
+import { requestContext } from './request-context.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
 import { repositoryPickerRoutes } from './routes/repository-picker.ts';
@@ -23,6 +24,7 @@ export function createApp(deps: ApiDeps) {
     },
   });
 
+  app.use('*', requestContext(deps));
   app.use('*', async (c, next) => {
     c.set('deps', deps);
     // PostgreSQL text cannot hold a NUL: a path or query parameter with one is refused here, not by the database.

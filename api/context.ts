@@ -3,13 +3,15 @@ import type { Client } from '@temporalio/client';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import type { Provider } from '../lib/domain.ts';
-import type { Logger } from '../lib/logger.ts';
+import type { Logger, LogLevel } from '../lib/logger.ts';
 
 export interface ApiDeps {
   db: Db;
   temporal: Client;
   keys: EncryptionKeys;
   logger: Logger;
+  /** The level of the one line logged per request (logging.accessLogLevel; default info, 'silent' for none). */
+  accessLogLevel?: LogLevel;
   adminToken: string;
   taskQueue: string;
   namespace: string;
@@ -38,7 +40,7 @@ export interface ApiDeps {
 
 export type Principal = { kind: 'admin' } | { kind: 'organization'; organizationId: string };
 
-export type AppEnv = { Variables: { deps: ApiDeps; principal: Principal } };
+export type AppEnv = { Variables: { deps: ApiDeps; principal: Principal; requestId: string } };
 
 /** Secrets the webhook receivers verify against; each list is [current, previous?] for rotation. */
 export interface WebhookSecrets {

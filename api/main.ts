@@ -14,7 +14,7 @@ import type { Provider } from '../lib/domain.ts';
 
 /** The API's composition root. */
 export async function runApi(config: Config, options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
-  const logger = createLogger('api');
+  const logger = createLogger('api', config.logging.level);
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
@@ -28,6 +28,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     outbound: createOutbound(config.security),
     keys: keysFromConfig(config.encryption),
     logger,
+    accessLogLevel: config.logging.accessLogLevel,
     adminToken: config.auth.adminToken,
     taskQueue: config.temporal.taskQueue,
     namespace: config.temporal.namespace,

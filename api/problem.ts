@@ -16,7 +16,13 @@ export class Problem extends Error {
 }
 
 export const ProblemSchema = z
-  .object({ type: z.string(), title: z.string(), status: z.number().int(), detail: z.string() })
+  .object({
+    type: z.string(),
+    title: z.string(),
+    status: z.number().int(),
+    detail: z.string(),
+    requestId: z.string().optional().openapi({ description: 'The request id (X-Request-Id) its log lines carry' }),
+  })
   .openapi('Problem');
 
 export const problemResponse = (description: string) => ({
@@ -25,8 +31,9 @@ export const problemResponse = (description: string) => ({
 });
 
 export function problemJson(c: Context, problem: Problem): Response {
+  const requestId = c.get('requestId') as string | undefined;
   return c.body(
-    JSON.stringify({ type: problem.type, title: problem.title, status: problem.status, detail: problem.detail, ...problem.extra }),
+    JSON.stringify({ type: problem.type, title: problem.title, status: problem.status, detail: problem.detail, ...problem.extra, ...(requestId ? { requestId } : {}) }),
     problem.status,
     { 'content-type': 'application/problem+json' },
   );

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { LOG_LEVELS } from './logger.ts';
 import { isNetwork } from './url.ts';
 
 /** A secret forgelink checks deliveries or requests against: long enough not to be guessed. */
@@ -12,6 +13,8 @@ const encryptionKey = z
   .refine((v) => Buffer.from(v, 'base64').length === 32, 'must be the base64 of 32 random bytes')
   .refine((v) => v !== EXAMPLE_ENCRYPTION_KEY, 'is the example key from config/forgelink.example.yml: generate your own');
 const hostPort = z.coerce.number().int().min(0).max(65535);
+
+const logLevel = z.preprocess((v) => (typeof v === 'string' ? v.toLowerCase() : v), z.enum(LOG_LEVELS));
 
 const providerToggle = z.object({ enabled: z.boolean().default(false) });
 
@@ -168,6 +171,13 @@ export const configSchema = z
       })
       .refine((s) => s.workerForceSeconds > s.workerGraceSeconds, { path: ['workerForceSeconds'], message: 'must be longer than workerGraceSeconds' })
       .prefault({}),
+    // JSON lines on stdout; `accessLogLevel` is the level of the API's one line per request ('silent': none).
+    logging: z
+      .object({
+        level: logLevel.default('info'),
+        accessLogLevel: logLevel.default('info'),
+      })
+      .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
   })
@@ -193,6 +203,7 @@ export class ConfigError extends Error {
 /** Environment variables that override single keys; values are strings, coerced by the schema. */
 const ENV_OVERRIDES: Record<string, string[]> = {
   PORT: ['api', 'port'],
+  LOG_LEVEL: ['logging', 'level'],
   FORGELINK_PUBLIC_URL: ['publicUrl'],
   FORGELINK_API_HOST: ['api', 'host'],
   FORGELINK_DATABASE_URL: ['database', 'url'],

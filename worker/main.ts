@@ -9,13 +9,16 @@ import { createDb } from '../lib/db/index.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
 import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
+import { installRuntime } from './runtime.ts';
 import { startDeliveryRetention } from './delivery-retention.ts';
 import { checkSearchAttributes } from './search-attributes.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
 export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string; logger?: Logger } = {}): Promise<{ shutdown(): Promise<void> }> {
-  const logger = options.logger ?? createLogger('worker');
+  const logger = options.logger ?? createLogger('worker', config.logging.level);
+  // Before the first connection: the SDK's and workflows' logs join this process's JSON stream.
+  installRuntime(logger);
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
