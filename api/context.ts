@@ -28,6 +28,8 @@ export interface ApiDeps {
    * exchanged at `webUrl`); undefined when GitHub is not configured.
    */
   githubApp?: { appName: string; webUrl: string; clientId?: string; clientSecret?: string };
+  /** publicUrl: where browsers reach forgelink; an http one (a local stack) gets cookies without `Secure`. */
+  publicUrl?: string;
   /** GitHub REST base URL stored on GitHub connections (GHES: https://HOST/api/v3). */
   githubApiUrl?: string;
   /** The guarded HTTP layer, for the one provider call the API makes itself: proving a GitHub installation. */

@@ -38,6 +38,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     webhooks: webhookSecretsFromConfig(config),
     enabledProviders: enabledProviders(config),
     githubApp: githubAppFromConfig(config),
+    publicUrl: config.publicUrl,
     githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
   };
   const app = createApp(deps);

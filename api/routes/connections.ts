@@ -1,9 +1,10 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
+import { deleteCookie, getCookie, setCookie } from 'hono/cookie';
 import { proveInstallationAccess } from '../../activities/providers/github.ts';
 import { GITLAB_DEFAULT_BASE_URL } from '../../activities/providers/gitlab.ts';
-import { hashApiToken, seal, signState, verifyState } from '../../lib/crypto.ts';
+import { hashApiToken, safeEqual, seal, signState, verifyState } from '../../lib/crypto.ts';
 import {
   beginCredentialRotation,
   failCredentialRotation,
@@ -290,7 +291,7 @@ export function connectionRoutes() {
     createRoute({
       method: 'get',
       path: '/{org}/connections/github/install',
-      summary: "Redirect to the GitHub App's install page with a signed, single-use state (15 minutes)",
+      summary: "Redirect to the GitHub App's install page with a signed, single-use state (15 minutes), bound to the browser by a cookie the setup callback checks",
       request: { params: OrgParam },
       responses: { 302: { description: 'Redirect to GitHub' }, ...errors },
     }),
@@ -298,7 +299,11 @@ export function connectionRoutes() {
       const { deps } = c.var;
       const org = await resolveOrganization(c, c.req.valid('param').org);
       const githubApp = installableGithubApp(c);
-      const state = signState(deps.keys, { org: org.id, nonce: randomUUID() }, INSTALL_STATE_TTL_SECONDS);
+      // The state is bound to this browser: the setup callback takes it only with this cookie, so a
+      // state started by someone else cannot bind the installation of whoever follows their link.
+      const browser = randomBytes(32).toString('base64url');
+      const state = signState(deps.keys, { org: org.id, browser: hashApiToken(browser) }, INSTALL_STATE_TTL_SECONDS);
+      setCookie(c, INSTALL_COOKIE, browser, installCookieOptions(c, INSTALL_STATE_TTL_SECONDS));
       await saveInstallState(deps.db, { hash: hashApiToken(state), organizationId: org.id, expiresAt: new Date(Date.now() + INSTALL_STATE_TTL_SECONDS * 1000) });
       const url = `${githubApp.webUrl}/apps/${encodeURIComponent(githubApp.appName)}/installations/new?state=${encodeURIComponent(state)}`;
       return c.redirect(url, 302);
@@ -381,6 +386,21 @@ export function connectionRoutes() {
 /** How long an install redirect's state stays usable. */
 const INSTALL_STATE_TTL_SECONDS = 15 * 60;
 
+/**
+ * The cookie binding an install's state to the browser that started it (login CSRF: otherwise a
+ * state issued to one organization, in a link, binds the installation of whoever follows it).
+ * HttpOnly, SameSite=Lax (GitHub sends the browser back with a top-level GET, which carries it),
+ * sent only to the setup callback.
+ */
+const INSTALL_COOKIE = 'forgelink_github_install';
+const installCookieOptions = (c: Context<AppEnv>, maxAge: number) => ({
+  path: '/api/github/setup',
+  httpOnly: true,
+  sameSite: 'Lax' as const,
+  secure: !c.var.deps.publicUrl?.startsWith('http://'),
+  maxAge,
+});
+
 /** The GitHub App with what the install flow needs (its name, and its OAuth client to prove installations). */
 function installableGithubApp(c: Context<AppEnv>) {
   const { githubApp, enabledProviders } = c.var.deps;
@@ -417,7 +437,7 @@ export function githubSetupRoutes() {
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
         400: problemResponse('Bad or expired state, or the App is not configured for installs'),
-        403: problemResponse('Not proven: the state was already used, or the installing user cannot reach the installation'),
+        403: problemResponse('Not proven: the install was started in another browser (no install cookie), the state was already used, or the installing user cannot reach the installation'),
         409: problemResponse('Installation already connected'),
         503: problemResponse('GitHub or Temporal unavailable'),
       },
@@ -426,8 +446,13 @@ export function githubSetupRoutes() {
       const { deps } = c.var;
       const query = c.req.valid('query');
       const githubApp = installableGithubApp(c);
-      const state = verifyState<{ org: string }>(deps.keys, query.state);
+      const state = verifyState<{ org: string; browser?: string }>(deps.keys, query.state);
       if (!state) throw badRequest('state is invalid or expired; start again from /connections/github/install');
+      const browser = getCookie(c, INSTALL_COOKIE);
+      if (!state.browser || !browser || !safeEqual(hashApiToken(browser), state.browser)) {
+        throw notProven('this install was not started in this browser; start again from /connections/github/install');
+      }
+      deleteCookie(c, INSTALL_COOKIE, installCookieOptions(c, 0));
       const org = await findOrganization(deps.db, state.org);
       if (!org) throw badRequest('the organization in the state no longer exists');
       if (!(await useInstallState(deps.db, hashApiToken(query.state), org.id))) throw notProven('this state was already used; start again from /connections/github/install');

@@ -38,17 +38,29 @@ describe('GitHub installations are bound only with proof', () => {
     return { login, installation };
   }
 
-  /** The state of a fresh install redirect for the organization. */
+  /** The cookie each state's install redirect set in the browser that asked for it. */
+  const browsers = new Map<string, string>();
+
+  /** The state of a fresh install redirect for the organization (its browser keeps the cookie that came with it). */
   async function installState(org: Org): Promise<string> {
     const redirect = await h.request('GET', `/api/v1/orgs/${org.org.slug}/connections/github/install`, { token: org.token });
     expect(redirect.status).toBe(302);
     const location = new URL(redirect.headers.get('location')!);
     expect(location.origin + location.pathname).toBe(`${github.url}/apps/forgelink-test/installations/new`);
-    return location.searchParams.get('state')!;
+    const state = location.searchParams.get('state')!;
+    const cookie = redirect.headers.get('set-cookie')!;
+    expect(cookie).toMatch(/^forgelink_github_install=[\w-]{43}; Max-Age=900; Path=\/api\/github\/setup; HttpOnly; Secure; SameSite=Lax$/);
+    browsers.set(state, cookie.split(';')[0]!);
+    return state;
   }
 
-  const setup = (query: { installationId: number | string; state: string; code: string }) =>
-    h.request('GET', `/api/github/setup?installation_id=${query.installationId}&setup_action=install&state=${encodeURIComponent(query.state)}&code=${encodeURIComponent(query.code)}`);
+  /** GitHub sends the browser back: by default the one that started the install, with its cookie; `cookie` names another (null: none). */
+  const setup = (query: { installationId: number | string; state: string; code: string; cookie?: string | null }) => {
+    const cookie = query.cookie === undefined ? browsers.get(query.state) : query.cookie;
+    return h.request('GET', `/api/github/setup?installation_id=${query.installationId}&setup_action=install&state=${encodeURIComponent(query.state)}&code=${encodeURIComponent(query.code)}`, {
+      headers: cookie ? { cookie } : {},
+    });
+  };
 
   const bindings = (installationId: number) =>
     h.db.selectFrom('connections').select(['organization_id', 'status']).where('provider', '=', 'github').where('external_key', '=', String(installationId)).execute();
@@ -114,6 +126,28 @@ describe('GitHub installations are bound only with proof', () => {
     expect(await bindings(second.installation.id)).toEqual([]);
     // Without a code there is nothing to prove with.
     await expectProblem(await h.request('GET', `/api/github/setup?installation_id=${second.installation.id}&state=${encodeURIComponent(await installState(a))}`), 400);
+  });
+
+  it('refuses (403) a state followed in a browser other than the one that started the install (login CSRF), and binds nothing', async () => {
+    const attacker = await createOrgWithToken(h);
+    const victimOrg = await createOrgWithToken(h);
+    const victim = installer();
+    // The attacker starts an install for its own organization and sends the link on; the victim
+    // installs, and GitHub brings the victim's browser back with the attacker's state and the victim's code.
+    const lured = await installState(attacker);
+    expect(await expectProblem(await setup({ installationId: victim.installation.id, state: lured, code: github.issueOAuthCode(victim.login), cookie: null }), 403)).toMatch(/not started in this browser/);
+    // The victim's browser holds a cookie of its own install: not the one of this state.
+    const own = browsers.get(await installState(victimOrg))!;
+    expect(await expectProblem(await setup({ installationId: victim.installation.id, state: lured, code: github.issueOAuthCode(victim.login), cookie: own }), 403)).toMatch(/not started in this browser/);
+    expect(await bindings(victim.installation.id)).toEqual([]);
+
+    // In the browser that started it, the state still binds what that browser's user installed (the refusals did not use it up); the cookie is then cleared.
+    const attackers = installer();
+    const res = await setup({ installationId: attackers.installation.id, state: lured, code: github.issueOAuthCode(attackers.login) });
+    expect(res.status, await res.clone().text()).toBe(202);
+    expect(res.headers.get('set-cookie')).toMatch(/^forgelink_github_install=; Max-Age=0; Path=\/api\/github\/setup;/);
+    await resultOf(h, ((await res.json()) as { workflowId: string }).workflowId);
+    expect(await bindings(attackers.installation.id)).toEqual([{ organization_id: attacker.org.id, status: 'active' }]);
   });
 
   it('answers 503 and binds nothing when GitHub fails to answer the code exchange', async () => {
