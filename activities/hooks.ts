@@ -206,8 +206,8 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
       const row = await repository(key, { requireActive: true });
-      await setAttachmentStatus(db, { ...key, status: 'attaching', keepAttached: true });
-      return { provider: row.provider, fullName: row.full_name, hookKeys: hookKeys(row.provider), recordedHookIds: await recordedHookIds(db, row.id) };
+      const [, recorded] = await Promise.all([setAttachmentStatus(db, { ...key, status: 'attaching', keepAttached: true }), recordedHookIds(db, row.id)]);
+      return { provider: row.provider, fullName: row.full_name, hookKeys: hookKeys(row.provider), recordedHookIds: recorded };
     },
 
     /** Proves the connection can see the repository (for GitHub, that the App installation covers it); Azure DevOps also needs its project id. */
@@ -234,14 +234,19 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     async ensureHook(input: RepositoryKey & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       const row = await repository(input, { requireActive: true });
       requireHookKey(row.provider, input.hookKey);
-      const credential = await ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider });
-      const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
       const adapter = adapterFor(row);
       const ref = refOf(row, input.projectId);
-      const attachmentId = await attachmentIdOf(db, row.id);
+      // The provider's listing does not wait for the database's answers: they are independent.
+      const [credential, attachmentId, recordedIds, listed] = await Promise.all([
+        ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
+        attachmentIdOf(db, row.id),
+        recordedHookIds(db, row.id),
+        classified(() => adapter.listHooks(ref)),
+      ]);
       if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
-      const recorded = new Set(await recordedHookIds(db, row.id));
-      const matching = (await classified(() => adapter.listHooks(ref))).filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
+      const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
+      const recorded = new Set(recordedIds);
+      const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
       // The hook we already know wins over any copy.
       matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
       const [existing, ...duplicates] = matching;
@@ -288,10 +293,9 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     async pruneHooks(input: RepositoryKey & { keepHookIds: string[] }): Promise<{ removed: string[] }> {
       const row = await repository(input, { requireActive: true });
       const adapter = adapterFor(row);
-      const stray = (await classified(() => adapter.listHooks(refOf(row))))
-        .filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id))
-        .map((hook) => hook.id);
-      const legacy = [...(await recordedCredentialVersions(db, row.id))].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
+      const [listed, versions] = await Promise.all([classified(() => adapter.listHooks(refOf(row))), recordedCredentialVersions(db, row.id)]);
+      const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
+      const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
       const removed = [...new Set([...stray, ...legacy])];
       await deleteHooks(row, adapter, removed);
       await forgetHooksExcept(db, row.id, input.keepHookIds);

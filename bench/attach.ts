@@ -16,6 +16,7 @@ import type { RepositoryWorkflowResult } from '../workflows/contract.ts';
 import { startFakeAzureDevOps } from '../test/fakes/azure-devops.ts';
 import type { FakeHttpServer, RecordedCall } from '../test/fakes/base.ts';
 import { startFakeGitlab } from '../test/fakes/gitlab.ts';
+import { schedulerMs, stackProcesses } from './scheduler.ts';
 import { callApi, type BenchStack } from './stack.ts';
 
 export const DEFAULT_ATTACH_OPTIONS = { latencyMs: 50, attaches: 7 };
@@ -34,6 +35,18 @@ interface ProviderSetup {
   hooks: number;
   /** Repository ids in the cache, each attached once. */
   repositories: string[];
+}
+
+/** Total length of the union of intervals. */
+function unionMs(intervals: (readonly [number, number])[]): number {
+  let total = 0;
+  let end = -Infinity;
+  for (const [from, to] of [...intervals].sort((a, b) => a[0] - b[0])) {
+    if (to <= end) continue;
+    total += to - Math.max(from, end);
+    end = to;
+  }
+  return Math.round(total);
 }
 
 /** The longest chain of calls each starting after the one before it was answered. */
@@ -77,16 +90,46 @@ function criticalPath(calls: RecordedCall[], setup: ProviderSetup) {
   };
 }
 
-/** What the run's history says about its round trips through Temporal. */
-async function historyShape(stack: BenchStack, workflowId: string) {
+/**
+ * Where the run's time went, from its history's event times (milliseconds since `startedAtEpochMs`,
+ * when the benchmark sent the PUT): until the run started (the API and signalWithStart), in
+ * workflow tasks (workflow code and local activities), in activities (at least one running: the
+ * provider calls and the activities' own database work), and the rest: hand-offs through the
+ * server between them (a completed step until the next task starts, a scheduled activity until it starts).
+ */
+async function historyShape(stack: BenchStack, workflowId: string, startedAtEpochMs: number) {
   const history = await stack.temporal.workflow.getHandle(workflowId).fetchHistory();
   const events = history.events ?? [];
+  const ms = (e: (typeof events)[number]) => Number(e.eventTime?.seconds ?? 0) * 1000 + (e.eventTime?.nanos ?? 0) / 1e6 - startedAtEpochMs;
   const count = (type: number) => events.filter((e) => e.eventType === type).length;
+  /** Total length of the union of intervals opened by `open` events and closed by the event naming them. */
+  const busy = (open: number, closes: (e: (typeof events)[number]) => string | undefined) => {
+    const opened = new Map(events.filter((e) => e.eventType === open).map((e) => [String(e.eventId), ms(e)]));
+    return unionMs(
+      events.flatMap((e) => {
+        const id = closes(e);
+        const start = id === undefined ? undefined : opened.get(id);
+        return start === undefined ? [] : [[start, ms(e)] as const];
+      }),
+    );
+  };
+  const started = events[0] ? ms(events[0]) : Number.NaN;
+  const closed = events.length ? ms(events[events.length - 1]!) : Number.NaN;
+  const inWorkflowTasks = busy(EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED, (e) => e.workflowTaskCompletedEventAttributes?.startedEventId?.toString());
+  const inActivities = busy(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED, (e) => {
+    const done = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes;
+    return done?.startedEventId?.toString();
+  });
   return {
     workflowTasks: count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
     activities: count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED),
-    localActivities: count(EventType.EVENT_TYPE_MARKER_RECORDED) - events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch').length,
+    localActivities: events.filter((e) => e.markerRecordedEventAttributes && e.markerRecordedEventAttributes.markerName !== 'core_patch').length,
     events: events.length,
+    untilRunStartedMs: Math.round(started),
+    inWorkflowTasksMs: inWorkflowTasks,
+    inActivitiesMs: inActivities,
+    handOffsMs: Math.round(closed - started - inWorkflowTasks - inActivities),
+    runClosedAtMs: Math.round(closed),
   };
 }
 
@@ -130,13 +173,28 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
       setup.server.latencyMs = options.latencyMs;
     }
 
+    const pids = stackProcesses();
+    const scheduler = () => Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, schedulerMs(pid)]));
     const attach = async (setup: ProviderSetup, repositoryId: string) => {
+      const schedulerBefore = scheduler();
       const before = setup.server.calls.length;
+      const startedAtEpochMs = Date.now();
       const started = performance.now();
       const { workflowId } = await api('PUT', `/api/v1/orgs/${org.slug}/repositories/${repositoryId}/attachment`, token!);
       const result = (await stack.temporal.workflow.getHandle(workflowId!).result()) as RepositoryWorkflowResult;
       const ended = performance.now();
       const wallMs = ended - started;
+      const schedulerAfter = scheduler();
+      // What each process of the stack did during the attach: CPU used, and time spent ready to run but waiting for a CPU.
+      const processes = Object.fromEntries(
+        Object.keys(pids).map((name) => [
+          name,
+          {
+            cpuMs: Math.round(schedulerAfter[name]!.cpuMs - schedulerBefore[name]!.cpuMs),
+            waitingForCpuMs: Math.round(schedulerAfter[name]!.waitingForCpuMs - schedulerBefore[name]!.waitingForCpuMs),
+          },
+        ]),
+      );
       if (result.status !== 'attached' || result.hookIds.length !== setup.hooks) throw new Error(`${setup.provider} attach ended ${JSON.stringify(result)}`);
       const calls = setup.server.calls.slice(before);
       const path = criticalPath(calls, setup);
@@ -152,11 +210,14 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
         untilFirstCallMs: at(Math.min(...calls.map((c) => c.receivedAt))),
         afterLastCallMs: Math.round(ended - Math.max(...calls.map((c) => c.answeredAt))),
         callsSpanMs: Math.round(Math.max(...calls.map((c) => c.answeredAt)) - Math.min(...calls.map((c) => c.receivedAt))),
+        // Time with at least one provider call in flight.
+        callsBusyMs: unionMs(calls.map((c) => [c.receivedAt, c.answeredAt] as const)),
+        processes,
         creationsAllAtOnce: path.creationsAllAtOnce,
         creationsChain: path.creationsChain,
         path,
         calls: [...calls].sort((a, b) => a.receivedAt - b.receivedAt).map((c) => ({ operation: c.operation, status: c.status, startMs: at(c.receivedAt), endMs: at(c.answeredAt) })),
-        history: await historyShape(stack, workflowId!),
+        history: { ...(await historyShape(stack, workflowId!, startedAtEpochMs)), resultSeenAtMs: Math.round(wallMs) },
       };
     };
 
@@ -188,6 +249,18 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
             medianAfterLastCallMs: median(runs.map((r) => r.afterLastCallMs)),
             apiCalls: runs[0]!.apiCalls,
             history: runs[0]!.history,
+            // Medians over the runs of where the wall time went (see historyShape).
+            medianTimeMs: Object.fromEntries(
+              (['untilRunStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(runs.map((r) => r.history[k]))]),
+            ),
+            medianProcesses: Object.fromEntries(
+              Object.keys(pids).map((name) => [
+                name,
+                { cpuMs: median(runs.map((r) => r.processes[name]!.cpuMs)), waitingForCpuMs: median(runs.map((r) => r.processes[name]!.waitingForCpuMs)) },
+              ]),
+            ),
+            medianActivityTimeOutsideProviderCallsMs: median(runs.map((r) => r.history.inActivitiesMs - r.callsBusyMs)),
+            medianResultSeenAfterCloseMs: median(runs.map((r) => r.history.resultSeenAtMs - r.history.runClosedAtMs)),
             creationsAllAtOnce: `${runs.filter((r) => r.creationsAllAtOnce).length} of ${runs.length} runs`,
             // 1 when the creations overlapped in every run; the hook count if they ever ran one after another.
             longestChainOfCreations: Math.max(...runs.map((r) => r.creationsChain)),
