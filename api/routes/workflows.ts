@@ -40,7 +40,7 @@ async function accessToRun(c: Context<AppEnv>, workflowId: string): Promise<{ al
   const event = parseEventWorkflowId(workflowId);
   if (event) {
     if (principal.kind === 'admin') return { allowed: true };
-    const part = await deliveryPartOf(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId);
+    const part = await deliveryPartOf(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId, event.connectionId);
     return { allowed: part.eventIds.length > 0, part };
   }
   const parsed = parseWorkflowId(workflowId);
@@ -56,6 +56,18 @@ function ownPartOf(result: EventResult, part: DeliveryPart): EventResult {
   return { recorded: own.size, delivered: part.delivered, undelivered: result.undelivered.filter((u) => own.has(u.eventId)) };
 }
 
+/**
+ * A failed event run's failure as one of several organizations its delivery concerns sees it: its
+ * kind only. The message is the run's, whatever organization it names (an operator's termination
+ * reason, another organization's subscriber or event), so only the admin reads it.
+ */
+function sharedRunFailure(failure: { message: string; type?: string }, status: string): { message: string; type?: string } {
+  return {
+    message: `the run ended ${status}; it concerns other organizations too, so its reason is shown to the operator (admin token, Temporal UI) only`,
+    ...(failure.type ? { type: failure.type } : {}),
+  };
+}
+
 export function workflowRoutes() {
   const app = new OpenAPIHono<AppEnv>();
   app.openapi(
@@ -63,6 +75,9 @@ export function workflowRoutes() {
       method: 'get',
       path: '/{workflowId}',
       summary: "A run's status, result or failure, and its Temporal UI link",
+      description:
+        'An organization token sees its own runs, and an event run when the delivery recorded events for the organization: then only its part of the ' +
+        'result (its events, acknowledged deliveries and undelivered entries), and when the delivery concerns other organizations too, a failure by its type only.',
       request: { params: z.object({ workflowId: z.string().min(1) }) },
       responses: {
         200: { description: 'OK', content: { 'application/json': { schema: RunSchema } } },
@@ -95,6 +110,7 @@ export function workflowRoutes() {
           () => undefined,
           (error: unknown) => failureOf(error),
         );
+        if (failure && access.part?.shared) failure = sharedRunFailure(failure, status);
       }
       const uiUrl = `${deps.temporalUiUrl}/namespaces/${encodeURIComponent(deps.namespace)}/workflows/${encodeURIComponent(workflowId)}/${description.runId}/history`;
       return c.json(

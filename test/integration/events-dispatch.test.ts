@@ -10,6 +10,7 @@ import type { EventInput, EventResult } from '../../workflows/contract.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
+import { manualHold, startFlakyProxy } from '../support/flaky-proxy.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { deliveryUrlOf } from '../support/attachments.ts';
 import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
@@ -398,6 +399,74 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(await resultFor(b.token)).toEqual({ recorded: 1, delivered: 1, undelivered: [{ eventId: await eventOf(b), subscriberId: subscribed[b.org.id]!.failing, reason: expect.any(String) }] });
       // The admin sees the whole run; the run itself is unchanged.
       expect(await resultFor(h.adminToken)).toEqual(full);
+    });
+  });
+
+  describe('a failed event run', () => {
+    it("shows an organization of a shared delivery only the failure's kind; the admin reads its reason", async () => {
+      const a = await createOrgWithToken(h);
+      const b = await createOrgWithToken(h);
+      const installationId = String(randomInt(1_000_000, 2_000_000_000));
+      const repository = { externalId: uniqueExternalId('github'), fullName: 'octo-org/shared-failing' };
+      for (const o of [a, b]) {
+        const connectionId = await seedConnection(h, { organizationId: o.org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: installationId });
+        await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'github', connectionId, ...repository });
+      }
+      // B's subscriber takes the event, and its answer is held: the run is caught in flight, and the operator terminates it.
+      const slow = await newSubscriber();
+      const proxy = await startFlakyProxy(slow.url);
+      const hold = manualHold();
+      proxy.fault = () => hold.fault;
+      const registered = await h.request('POST', `/api/v1/orgs/${b.org.slug}/subscribers`, { token: b.token, body: { url: `${proxy.url}/events` } });
+      expect(registered.status).toBe(201);
+      const bSubscriber = ((await registered.json()) as { id: string }).id;
+      await subscribe(a, await newSubscriber());
+
+      const payload = withRepository('github', fixture(PUSH_FIXTURES.github), repository);
+      payload.installation.id = Number(installationId);
+      const res = await send(h, delivery('github', payload, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github }));
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      await hold.held;
+      const reason = `subscriber ${bSubscriber} of ${b.org.slug} hangs`;
+      await h.client.workflow.getHandle(workflowId).terminate(reason);
+      hold.release('drop');
+      await proxy.close();
+
+      const runFor = async (token: string) => {
+        const run = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token });
+        expect(run.status).toBe(200);
+        return (await run.json()) as { status: string; failure?: { message: string; type?: string } };
+      };
+      for (const o of [a, b]) {
+        const run = await runFor(o.token);
+        expect(run.status).toBe('TERMINATED');
+        expect(run.failure!.message).toContain('shown to the operator');
+        expect(JSON.stringify(run)).not.toContain(bSubscriber);
+        expect(JSON.stringify(run)).not.toContain(b.org.slug);
+      }
+      expect((await runFor(h.adminToken)).failure).toEqual({ message: reason });
+    });
+
+    it('shows the organization a connection\'s own hook delivered to the whole failure', async () => {
+      const o = await createOrgWithToken(h);
+      const repository = await attachedRepository(o, 'gitlab');
+      const slow = await newSubscriber();
+      const proxy = await startFlakyProxy(slow.url);
+      const hold = manualHold();
+      proxy.fault = () => hold.fault;
+      const registered = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: `${proxy.url}/events` } });
+      expect(registered.status).toBe(201);
+      const { secret } = await ensureWebhookCredential(h.db, h.keys, { id: repository.connectionId, provider: 'gitlab' });
+      const res = await send(h, delivery('gitlab', gitlabPush(repository), { deliveryId: randomUUID(), secret, url: deliveryUrlOf('gitlab', repository.connectionId) }));
+      expect(res.status).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      await hold.held;
+      await h.client.workflow.getHandle(workflowId).terminate('stuck subscriber');
+      hold.release('drop');
+      await proxy.close();
+      const run = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token: o.token });
+      expect(((await run.json()) as { failure?: unknown }).failure).toEqual({ message: 'stuck subscriber' });
     });
   });
 

@@ -211,29 +211,30 @@ export async function findEvent(db: Executor, organizationId: string, id: string
 }
 
 /**
- * An organization's part of a delivery: its event rows, and how many (event, subscriber) pairs of
- * them were acknowledged. No rows: the delivery does not concern the organization (nor its run).
+ * An organization's part of a delivery: its event rows, how many (event, subscriber) pairs of them
+ * were acknowledged, and whether the delivery recorded events for another organization too (its
+ * run's failure is then not the organization's alone). `connectionId`: the delivery came through
+ * that connection's own hook (its run is that connection's). No rows: the delivery does not concern
+ * the organization (nor its run).
  */
 export async function deliveryPartOf(
   db: Executor,
   provider: Provider,
   deliveryId: string,
   organizationId: string,
-): Promise<{ eventIds: string[]; delivered: number }> {
-  const events = await db
-    .selectFrom('events')
-    .select('id')
-    .where('provider', '=', provider)
-    .where('delivery_id', '=', deliveryId)
-    .where('organization_id', '=', organizationId)
-    .execute();
-  const eventIds = events.map((e) => e.id);
-  if (eventIds.length === 0) return { eventIds, delivered: 0 };
+  connectionId?: string,
+): Promise<{ eventIds: string[]; delivered: number; shared: boolean }> {
+  let query = db.selectFrom('events').select(['id', 'organization_id']).where('provider', '=', provider).where('delivery_id', '=', deliveryId);
+  if (connectionId) query = query.where('repository_id', 'in', (eb) => eb.selectFrom('repositories').select('id').where('connection_id', '=', connectionId));
+  const events = await query.execute();
+  const eventIds = events.filter((e) => e.organization_id === organizationId).map((e) => e.id);
+  const shared = events.some((e) => e.organization_id !== organizationId);
+  if (eventIds.length === 0) return { eventIds, delivered: 0, shared };
   const acknowledged = await db
     .selectFrom('dispatch_attempts')
     .select(sql<string>`count(distinct (event_id, subscriber_id))`.as('count'))
     .where('event_id', 'in', eventIds)
     .where('succeeded', '=', true)
     .executeTakeFirstOrThrow();
-  return { eventIds, delivered: Number(acknowledged.count) };
+  return { eventIds, delivered: Number(acknowledged.count), shared };
 }
