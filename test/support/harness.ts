@@ -66,6 +66,8 @@ export interface HarnessOptions {
   github?: { url: string; appId: string; privateKeyPem: string; appName?: string; clientId?: string; clientSecret?: string };
   /** webhooks.maxBodyBytes of the API (default 1 MiB). */
   maxBodyBytes?: number;
+  /** The Temporal server everything connects to, when not the run's dev server (a test that stops its own). */
+  temporalAddress?: string;
   /** Where the API's Temporal client connects (lazily), when not to the run's dev server. */
   apiTemporalAddress?: string;
   /** Start no worker: the test runs its own (restartWorker starts the harness's). */
@@ -91,7 +93,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   });
   const logger = createLogger('test', 'debug', sink);
   const db = createDb(inject('databaseUrl'), { max: 5 });
-  const address = inject('temporalAddress');
+  const address = options.temporalAddress ?? inject('temporalAddress');
   const taskQueue = `test-${randomUUID()}`;
   const keys: EncryptionKeys = { current: { id: 'test', key: randomBytes(32) } };
   const adminToken = `admin-${randomBytes(24).toString('hex')}`;

@@ -116,7 +116,8 @@ export async function startPendingDeliveries(
     // The rows are locked, so their physical ids stand until the transaction ends.
     const startedRows = rows.filter((_, i) => outcomes[i]?.started).map((r) => r.row);
     if (startedRows.length > 0) {
-      await trx.updateTable('webhook_deliveries').set({ started_at: sql`now()` }).where(sql<boolean>`ctid = any(${startedRows}::tid[])`).execute();
+      // clock_timestamp(), not now(): the moment the starts returned, not the transaction's beginning.
+      await trx.updateTable('webhook_deliveries').set({ started_at: sql`clock_timestamp()` }).where(sql<boolean>`ctid = any(${startedRows}::tid[])`).execute();
     }
     const failed = rows.flatMap((r, i) => {
       const outcome = outcomes[i];
