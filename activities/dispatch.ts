@@ -5,6 +5,7 @@ import type { Db } from '../lib/db/index.ts';
 import { findEvent } from '../lib/db/repositories/events.ts';
 import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import type { Logger } from '../lib/logger.ts';
+import type { WorkerMetrics } from '../lib/metrics.ts';
 import { excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
@@ -14,6 +15,7 @@ export interface DispatchActivityDeps {
   keys: EncryptionKeys;
   outbound: Outbound;
   logger: Logger;
+  metrics?: WorkerMetrics;
 }
 
 export const DispatchFailureTypes = {
@@ -42,7 +44,7 @@ export const MAX_ANSWER_BYTES = 64 * 1024;
 /** Longest Retry-After honoured within the dispatch deadline. */
 const MAX_RETRY_AFTER_SECONDS = 60 * 60;
 
-export function createDispatchActivities({ db, keys, outbound, logger }: DispatchActivityDeps) {
+export function createDispatchActivities({ db, keys, outbound, logger, metrics }: DispatchActivityDeps) {
   return {
     /**
      * Sends one event to one subscriber, signed with the subscriber's secret
@@ -54,11 +56,15 @@ export function createDispatchActivities({ db, keys, outbound, logger }: Dispatc
      */
     async dispatchEvent({ eventId, subscriberId, firstAttempt = 1 }: Dispatch): Promise<DispatchOutcome> {
       const attempt = Context.current().info.attempt + firstAttempt - 1;
+      const skipped = (outcome: DispatchOutcome) => {
+        metrics?.dispatchAttempt('skipped');
+        return outcome;
+      };
       const subscriber = await loadSubscriberForDispatch(db, subscriberId);
-      if (!subscriber) return { delivered: false, skipped: 'subscriber deleted' };
+      if (!subscriber) return skipped({ delivered: false, skipped: 'subscriber deleted' });
       const event = await findEvent(db, subscriber.organization_id, eventId);
-      if (!event) return { delivered: false, skipped: 'event deleted' };
-      if (await hasSucceededDispatch(db, subscriberId, eventId)) return { delivered: true, skipped: 'already delivered' };
+      if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
+      if (await hasSucceededDispatch(db, subscriberId, eventId)) return skipped({ delivered: true, skipped: 'already delivered' });
 
       const body = JSON.stringify({ id: event.id, receivedAt: event.receivedAt.toISOString(), ...event.event });
       const headers = {
@@ -84,8 +90,10 @@ export function createDispatchActivities({ db, keys, outbound, logger }: Dispatc
         logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
         // An address the policy refuses stays refused: retrying would only repeat the refusal.
         const nonRetryable = error instanceof OutboundRefusedError || (error as Error | undefined)?.cause instanceof OutboundRefusedError;
+        metrics?.dispatchAttempt(nonRetryable ? 'refused' : 'unreachable', (performance.now() - started) / 1000);
         throw ApplicationFailure.create({ type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}`, nonRetryable });
       }
+      metrics?.dispatchAttempt(response.status >= 200 && response.status < 300 ? 'delivered' : 'rejected', (performance.now() - started) / 1000);
       if (response.status >= 200 && response.status < 300) {
         await record({ succeeded: true, statusCode: response.status });
         return { delivered: true, statusCode: response.status };

@@ -22,6 +22,7 @@ import { markRepositoriesVanished } from '../lib/db/repositories/repository-cach
 import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarrying, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
+import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
 
 export interface HookActivityDeps {
   db: Db;
@@ -29,6 +30,7 @@ export interface HookActivityDeps {
   providers: ProviderFactory;
   logger: Logger;
   settings: ActivitySettings;
+  metrics?: WorkerMetrics;
 }
 
 /** Which repository of which organization an activity acts on: ids only, never a secret. */
@@ -136,7 +138,20 @@ function driftOf(hook: ProviderHook, spec: HookSpec): string[] {
   return drift;
 }
 
-export function createHookActivities({ db, keys, providers, logger, settings }: HookActivityDeps) {
+export function createHookActivities({ db, keys, providers, logger, settings, metrics }: HookActivityDeps) {
+  /** Runs one hook operation at the provider and counts its outcome (a thrown failure counts as `failed`). */
+  async function counted<T>(provider: Provider, operation: HookOperation, fn: () => Promise<T>, outcomeOf: (result: T) => HookOutcome): Promise<T> {
+    if (!metrics) return fn();
+    try {
+      const result = await fn();
+      metrics.hookOperation(provider, operation, outcomeOf(result));
+      return result;
+    } catch (error) {
+      metrics.hookOperation(provider, operation, 'failed');
+      throw error;
+    }
+  }
+
   async function repository(key: RepositoryKey, { requireActive }: { requireActive: boolean }) {
     const row = await loadRepositoryTarget(db, key.organizationId, key.repositoryId);
     if (!row) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${key.repositoryId} is not in the repository cache of organization ${key.organizationId}`);
@@ -183,7 +198,16 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     const inUse = new Set(await legacyHooksInUseElsewhere(db, row.id, hookIds));
     if (inUse.size > 0) logger.info({ repositoryId: row.id, provider: row.provider, hookIds: [...inUse] }, 'legacy hooks left in place: another attachment still relies on them');
     for (const hookId of hookIds.filter((id) => !inUse.has(id))) {
-      if (!(await classified(() => adapter.deleteHook(refOf(row), hookId)))) await confirmGone(row, adapter, `hook ${hookId}`);
+      await counted(
+        row.provider,
+        'delete',
+        async () => {
+          const deleted = await classified(() => adapter.deleteHook(refOf(row), hookId));
+          if (!deleted) await confirmGone(row, adapter, `hook ${hookId}`);
+          return deleted;
+        },
+        (deleted) => (deleted ? 'deleted' : 'gone'),
+      );
     }
     await forgetHooks(db, row.id, hookIds);
   }
@@ -234,39 +258,46 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
     async ensureHook(input: RepositoryKey & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       const row = await repository(input, { requireActive: true });
       requireHookKey(row.provider, input.hookKey);
-      const adapter = adapterFor(row);
-      const ref = refOf(row, input.projectId);
-      // The provider's listing does not wait for the database's answers: they are independent.
-      const [credential, attachmentId, recordedIds, listed] = await Promise.all([
-        ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
-        attachmentIdOf(db, row.id),
-        recordedHookIds(db, row.id),
-        classified(() => adapter.listHooks(ref)),
-      ]);
-      if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
-      const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
-      const recorded = new Set(recordedIds);
-      const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
-      // The hook we already know wins over any copy.
-      matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
-      const [existing, ...duplicates] = matching;
-      const hook = await classified(async () => {
-        if (existing) {
-          try {
-            return await adapter.updateHook(ref, existing.id, spec);
-          } catch (error) {
-            // Deleted since the listing: create it instead.
-            if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
-          }
-        }
-        return adapter.createHook(ref, spec);
-      });
-      await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
-      for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
-      await forgetHooks(db, row.id, duplicates.map((d) => d.id));
-      const outcome = existing?.id === hook.id ? 'adopted' : 'created';
-      logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length }, 'hook ensured');
-      return { providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length };
+      return counted(
+        row.provider,
+        'ensure',
+        async () => {
+          const adapter = adapterFor(row);
+          const ref = refOf(row, input.projectId);
+          // The provider's listing does not wait for the database's answers: they are independent.
+          const [credential, attachmentId, recordedIds, listed] = await Promise.all([
+            ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
+            attachmentIdOf(db, row.id),
+            recordedHookIds(db, row.id),
+            classified(() => adapter.listHooks(ref)),
+          ]);
+          if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
+          const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
+          const recorded = new Set(recordedIds);
+          const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
+          // The hook we already know wins over any copy.
+          matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
+          const [existing, ...duplicates] = matching;
+          const hook = await classified(async () => {
+            if (existing) {
+              try {
+                return await adapter.updateHook(ref, existing.id, spec);
+              } catch (error) {
+                // Deleted since the listing: create it instead.
+                if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+              }
+            }
+            return adapter.createHook(ref, spec);
+          });
+          await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
+          for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
+          await forgetHooks(db, row.id, duplicates.map((d) => d.id));
+          const outcome = existing?.id === hook.id ? 'adopted' : 'created';
+          logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length }, 'hook ensured');
+          return { providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length };
+        },
+        (result) => result.outcome,
+      );
     },
 
     /**
@@ -369,61 +400,68 @@ export function createHookActivities({ db, keys, providers, logger, settings }: 
       const row = await repository(key, { requireActive: false });
       const attachment = await attachmentOf(db, row.id);
       if (attachment?.status !== 'attached') return { hookIds: [] };
-      const recorded = await recordedHookIds(db, row.id);
-      const finish = async (hookHealth: HookHealth, hookIds: string[]) => {
-        await recordHookHealth(db, row.id, hookHealth);
-        logger.info({ repositoryId: row.id, provider: row.provider, ...hookHealth }, 'hook health checked');
-        return { hookHealth, hookIds };
-      };
-      const refusal = attachRefusal(row);
-      if (refusal) return finish({ status: 'failing', reason: refusal }, recorded);
-      const adapter = adapterFor(row);
-      const found = await classified(() => adapter.getRepository(refOf(row)));
-      if (!found) {
-        await markRepositoriesVanished(db, row.connection_id, [row.external_id]);
-        return finish({ status: 'failing', reason: `${row.provider} no longer shows ${row.full_name}: flagged vanished, not detached` }, recorded);
-      }
-      const ref = refOf(row, found.projectId);
-      const hooks = await classified(() => adapter.listHooks(ref));
-      const credential = await ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider });
-      const versions = await recordedCredentialVersions(db, row.id);
-      // A legacy hook another attachment still records is left to it (it would otherwise flip between the two): ours is made beside it.
-      const sharedLegacy = new Set(await legacyHooksInUseElsewhere(db, row.id, recorded));
-      const repaired: string[] = [];
-      const hookIds: string[] = [];
-      for (const hookKey of hookKeys(row.provider)) {
-        const spec = hookSpec(row.provider, hookKey, urlOf(row), credential);
-        // The hook we recorded is ours even where its URL drifted; otherwise one at our URL is adopted.
-        const current =
-          hooks.find((hook) => recorded.includes(hook.id) && !sharedLegacy.has(hook.id) && isSameHookKey(row.provider, hookKey, hook)) ??
-          hooks.find((hook) => isHookFor(row.provider, hookKey, spec.url, hook));
-        const drift = current ? driftOf(current, spec) : ['missing'];
-        // Secrets are write-only at every provider: a hook carries the current credential when we last saved it with it.
-        if (current && versions.get(current.id) !== credential.version) drift.push('credential');
-        let hook = current;
-        if (drift.length > 0) {
-          hook = await classified(async () => {
-            if (current) {
-              try {
-                return await adapter.updateHook(ref, current.id, spec);
-              } catch (error) {
-                // Deleted since the listing: create it instead.
-                if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
-              }
+      return counted(
+        row.provider,
+        'health_check',
+        async () => {
+          const recorded = await recordedHookIds(db, row.id);
+          const finish = async (hookHealth: HookHealth, hookIds: string[]) => {
+            await recordHookHealth(db, row.id, hookHealth);
+            logger.info({ repositoryId: row.id, provider: row.provider, ...hookHealth }, 'hook health checked');
+            return { hookHealth, hookIds };
+          };
+          const refusal = attachRefusal(row);
+          if (refusal) return finish({ status: 'failing', reason: refusal }, recorded);
+          const adapter = adapterFor(row);
+          const found = await classified(() => adapter.getRepository(refOf(row)));
+          if (!found) {
+            await markRepositoriesVanished(db, row.connection_id, [row.external_id]);
+            return finish({ status: 'failing', reason: `${row.provider} no longer shows ${row.full_name}: flagged vanished, not detached` }, recorded);
+          }
+          const ref = refOf(row, found.projectId);
+          const hooks = await classified(() => adapter.listHooks(ref));
+          const credential = await ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider });
+          const versions = await recordedCredentialVersions(db, row.id);
+          // A legacy hook another attachment still records is left to it (it would otherwise flip between the two): ours is made beside it.
+          const sharedLegacy = new Set(await legacyHooksInUseElsewhere(db, row.id, recorded));
+          const repaired: string[] = [];
+          const hookIds: string[] = [];
+          for (const hookKey of hookKeys(row.provider)) {
+            const spec = hookSpec(row.provider, hookKey, urlOf(row), credential);
+            // The hook we recorded is ours even where its URL drifted; otherwise one at our URL is adopted.
+            const current =
+              hooks.find((hook) => recorded.includes(hook.id) && !sharedLegacy.has(hook.id) && isSameHookKey(row.provider, hookKey, hook)) ??
+              hooks.find((hook) => isHookFor(row.provider, hookKey, spec.url, hook));
+            const drift = current ? driftOf(current, spec) : ['missing'];
+            // Secrets are write-only at every provider: a hook carries the current credential when we last saved it with it.
+            if (current && versions.get(current.id) !== credential.version) drift.push('credential');
+            let hook = current;
+            if (drift.length > 0) {
+              hook = await classified(async () => {
+                if (current) {
+                  try {
+                    return await adapter.updateHook(ref, current.id, spec);
+                  } catch (error) {
+                    // Deleted since the listing: create it instead.
+                    if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+                  }
+                }
+                return adapter.createHook(ref, spec);
+              });
+              repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
             }
-            return adapter.createHook(ref, spec);
-          });
-          repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
-        }
-        if (drift.length > 0) await recordSavedHook(row, attachment.id, { providerHookId: hook!.id, events: spec.events }, credential);
-        hookIds.push(hook!.id);
-      }
-      if (recorded.some((id) => !hookIds.includes(id))) await forgetHooksExcept(db, row.id, hookIds);
-      // Every hook of this set now carries the current credential: an older one no hook of the
-      // connection carries any more is dropped (this finishes a rotation that left hooks behind).
-      const { dropped } = await dropUnusedWebhookCredentials(db, row.connection_id, credential.version);
-      if (dropped.length > 0) logger.info({ connectionId: row.connection_id, dropped, current: credential.version }, 'older webhook credentials no hook carries dropped');
-      return finish(repaired.length > 0 ? { status: 'repaired', reason: repaired.join('; ') } : { status: 'healthy' }, hookIds);
+            if (drift.length > 0) await recordSavedHook(row, attachment.id, { providerHookId: hook!.id, events: spec.events }, credential);
+            hookIds.push(hook!.id);
+          }
+          if (recorded.some((id) => !hookIds.includes(id))) await forgetHooksExcept(db, row.id, hookIds);
+          // Every hook of this set now carries the current credential: an older one no hook of the
+          // connection carries any more is dropped (this finishes a rotation that left hooks behind).
+          const { dropped } = await dropUnusedWebhookCredentials(db, row.connection_id, credential.version);
+          if (dropped.length > 0) logger.info({ connectionId: row.connection_id, dropped, current: credential.version }, 'older webhook credentials no hook carries dropped');
+          return finish(repaired.length > 0 ? { status: 'repaired', reason: repaired.join('; ') } : { status: 'healthy' }, hookIds);
+        },
+        (result): HookOutcome => result.hookHealth.status,
+      );
     },
 
     /** Repositories of a connection that still need a detach (for disconnect). */

@@ -3,6 +3,7 @@ import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
+import type { WorkerMetrics } from '../lib/metrics.ts';
 import { createConnectionActivities } from './connections.ts';
 import { createDispatchActivities } from './dispatch.ts';
 import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
@@ -22,6 +23,8 @@ export interface ActivityDeps {
   outbound: Outbound;
   logger: Logger;
   settings: ActivitySettings;
+  /** The worker's Prometheus metrics (hook operations, listing pages, subscriber dispatch). */
+  metrics?: WorkerMetrics;
 }
 
 /** Configuration activities need; secrets here stay in activity memory, never in workflow history. */

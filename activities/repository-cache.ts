@@ -31,7 +31,7 @@ export interface ListingConcurrency {
   limiter: Limiter;
 }
 
-export function createRepositoryCacheActivities({ db, keys, providers, logger }: ActivityDeps, concurrency: ListingConcurrency) {
+export function createRepositoryCacheActivities({ db, keys, providers, logger, metrics }: ActivityDeps, concurrency: ListingConcurrency) {
   return {
     /** The active connections to refresh: all (runs started before batching), or one batch after `after`. */
     async listConnectionsToRefresh({ organizationId, after, limit }: { organizationId?: string; after?: string; limit?: number }) {
@@ -122,6 +122,9 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger }:
           }
           // Progress heartbeated by a worker from before this count existed lacks it.
           if (unchanged) state.unchangedPages = (state.unchangedPages ?? 0) + 1;
+          metrics?.listingPage(row.provider, { apiCalls: page.apiCalls ?? 1, notModified: false, unchanged, rowsWritten: written });
+        } else {
+          metrics?.listingPage(row.provider, { apiCalls: page.apiCalls ?? 1, notModified: true, unchanged: false, rowsWritten: 0 });
         }
         state.pages++;
         state.visitedPageKeys.push(pageKey);

@@ -1,4 +1,6 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import { routePath } from 'hono/route';
 import { sql } from 'kysely';
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { isAdminRequest, requireAuth } from './auth.ts';
@@ -23,6 +25,18 @@ export function createApp(deps: ApiDeps) {
       }
     },
   });
+
+  const { metrics } = deps;
+  if (metrics) {
+    app.use('*', async (c, next) => {
+      const started = performance.now();
+      try {
+        await next();
+      } finally {
+        metrics.httpRequest(HTTP_METHODS.has(c.req.method) ? c.req.method : 'other', routeTemplate(c), c.res.status, (performance.now() - started) / 1000);
+      }
+    });
+  }
 
   app.use('*', requestContext(deps));
   app.use('*', async (c, next) => {
@@ -49,6 +63,11 @@ export function createApp(deps: ApiDeps) {
   app.notFound((c) => problemJson(c, new Problem(404, 'Not Found', `no route for ${c.req.method} ${c.req.path}`)));
 
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  // Not behind organization auth: for the Prometheus scraper (give them a port of their own, metrics.api.port, to keep them off a public Ingress).
+  if (metrics && deps.metricsPath) {
+    const { registry } = metrics;
+    app.get(deps.metricsPath, async (c) => c.body(await registry.metrics(), 200, { 'content-type': registry.contentType }));
+  }
   app.get('/readyz', async (c) => {
     if (deps.draining?.()) return c.json({ status: 'draining', checks: {} }, 503);
     // Anyone may ask, so anyone gets the verdict only: the error text (addresses, user names) and
@@ -80,7 +99,7 @@ export function createApp(deps: ApiDeps) {
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
   app.route('/api/github', githubSetupRoutes());
   // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
-  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds }));
+  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, metrics }));
 
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());
@@ -98,6 +117,17 @@ export function createApp(deps: ApiDeps) {
     security: [{ bearer: [] }],
   });
   return app;
+}
+
+const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
+/**
+ * The route template that answered (`/api/v1/orgs/:org/connections/:id`), never the raw path, so
+ * no tenant's ids become label values; a request no route matched (only wildcard middleware did) is `unmatched`.
+ */
+function routeTemplate(c: Context): string {
+  const path = routePath(c, -1);
+  return !path || path.endsWith('*') ? 'unmatched' : path;
 }
 
 /**

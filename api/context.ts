@@ -4,6 +4,7 @@ import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import type { Provider } from '../lib/domain.ts';
 import type { Logger, LogLevel } from '../lib/logger.ts';
+import type { ApiMetrics } from '../lib/metrics.ts';
 
 export interface ApiDeps {
   db: Db;
@@ -36,6 +37,10 @@ export interface ApiDeps {
   outbound: Outbound;
   /** True once the process is shutting down: /readyz answers 503 so load balancers stop sending. */
   draining?: () => boolean;
+  /** Prometheus metrics of this API process (requests, webhook deliveries, the intake relay). */
+  metrics?: ApiMetrics;
+  /** Where the API's own listener serves `metrics` (metrics.api.path), unless they have a port of their own. */
+  metricsPath?: string;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

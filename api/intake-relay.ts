@@ -100,6 +100,7 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
           ...(start.repositoryId ? [{ key: SA_REPOSITORY, value: start.repositoryId }] : []),
         ],
       });
+      deps.metrics?.intakeStart('started', (Date.now() - delivery.receivedAt.getTime()) / 1000);
       if (options.track) {
         started.push(workflowId);
         for (const resolve of waiters.get(workflowId) ?? []) resolve();
@@ -107,6 +108,7 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       }
       return { started: true };
     } catch (error) {
+      deps.metrics?.intakeStart('failed');
       const failure = describeStartFailure(error);
       return { started: false, ...failure };
     }

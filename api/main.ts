@@ -6,6 +6,8 @@ import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
+import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
+import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { startIntakeRelay } from './intake-relay.ts';
@@ -21,7 +23,10 @@ export async function runApi(config: Config, options: { address?: string; databa
   const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const temporal = new Client({ connection, namespace: config.temporal.namespace });
   let draining = false;
+  const metrics = config.metrics.enabled ? createApiMetrics({ backlog: () => intakeBacklog(db), processMetrics: true, logger }) : undefined;
+  const ownMetricsPort = config.metrics.enabled && config.metrics.api.port !== undefined;
   const deps: ApiDeps = {
+    ...(metrics ? { metrics, ...(ownMetricsPort ? {} : { metricsPath: config.metrics.api.path }) } : {}),
     draining: () => draining,
     db,
     temporal,
@@ -49,9 +54,16 @@ export async function runApi(config: Config, options: { address?: string; databa
   });
   const url = `http://${config.api.host}:${config.api.port}`;
   logger.info({ url }, 'API listening');
+  const metricsServer =
+    metrics && ownMetricsPort
+      ? await startMetricsServer({ host: config.metrics.host ?? config.api.host, port: config.metrics.api.port!, path: config.metrics.api.path, registry: metrics.registry, logger })
+      : undefined;
+  if (metrics) logger.info({ url: metricsServer?.url ?? `${url}${config.metrics.api.path}` }, 'API metrics served');
   const { drainDelaySeconds, requestTimeoutSeconds } = config.shutdown;
   return {
     url,
+    /** Where the API's metrics are served (undefined with metrics.enabled false). */
+    metricsUrl: metricsServer?.url ?? (metrics ? `${url}${config.metrics.api.path}` : undefined),
     /** /readyz answers 503 for shutdown.drainDelaySeconds, while every request is still served. */
     async drain() {
       draining = true;
@@ -66,6 +78,7 @@ export async function runApi(config: Config, options: { address?: string; databa
         if ('closeAllConnections' in server) server.closeAllConnections();
       });
       await Promise.race([closed, cut]);
+      await metricsServer?.close();
       await relay.stop();
       await connection.close();
       await db.destroy();

@@ -16,6 +16,9 @@ const hostPort = z.coerce.number().int().min(0).max(65535);
 
 const logLevel = z.preprocess((v) => (typeof v === 'string' ? v.toLowerCase() : v), z.enum(LOG_LEVELS));
 
+/** An HTTP path the metrics are served at. */
+const metricsPath = z.string().regex(/^\/[A-Za-z0-9._~\/-]*$/, 'must be a path such as /metrics').default('/metrics');
+
 const providerToggle = z.object({ enabled: z.boolean().default(false) });
 
 /**
@@ -180,6 +183,22 @@ export const configSchema = z
       .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
+    // Prometheus metrics. The API serves them on its own port at `path` unless `api.port` gives them
+    // a listener of their own (keeps them off a public Ingress); the worker serves them (its own and
+    // the Temporal SDK's) only where `worker.port` is set. Port 0 picks a free one (logged).
+    metrics: z
+      .object({
+        enabled: z.boolean().default(true),
+        // Where the metrics listeners bind (default: api.host).
+        host: z.string().min(1).optional(),
+        api: z.object({ port: hostPort.optional(), path: metricsPath }).prefault({}),
+        worker: z.object({ port: hostPort.optional(), path: metricsPath }).prefault({}),
+      })
+      .refine((m) => m.api.port !== undefined || !/^\/(api\/|healthz$|readyz$|openapi\.json$)/.test(m.api.path), {
+        path: ['api', 'path'],
+        message: "is one of the API's own paths: choose another, or give the metrics their own api.port",
+      })
+      .prefault({}),
   })
   .strict()
   .superRefine((config, ctx) => {
@@ -219,6 +238,8 @@ const ENV_OVERRIDES: Record<string, string[]> = {
   FORGELINK_GITLAB_WEBHOOK_SECRET: ['gitProviders', 'gitlab', 'webhookSecret'],
   FORGELINK_BITBUCKET_WEBHOOK_SECRET: ['gitProviders', 'bitbucket', 'webhookSecret'],
   FORGELINK_AZURE_DEVOPS_WEBHOOK_PASS: ['gitProviders', 'azureDevOps', 'webhookBasicAuthPass'],
+  FORGELINK_METRICS_API_PORT: ['metrics', 'api', 'port'],
+  FORGELINK_METRICS_WORKER_PORT: ['metrics', 'worker', 'port'],
 };
 
 function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {

@@ -7,6 +7,8 @@ import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
+import { createWorkerMetrics, startMetricsServer, temporalSdkMetrics } from '../lib/metrics.ts';
+import { freeLoopbackPort } from '../lib/net.ts';
 import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
 import { installRuntime } from './runtime.ts';
@@ -15,10 +17,15 @@ import { checkSearchAttributes } from './search-attributes.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
-export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string; logger?: Logger } = {}): Promise<{ shutdown(): Promise<void> }> {
+export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string; logger?: Logger } = {}): Promise<{ metricsUrl?: string; shutdown(): Promise<void> }> {
   const logger = options.logger ?? createLogger('worker', config.logging.level);
-  // Before the first connection: the SDK's and workflows' logs join this process's JSON stream.
-  installRuntime(logger);
+  const metrics = config.metrics.enabled && config.metrics.worker.port !== undefined ? createWorkerMetrics({ processMetrics: true }) : undefined;
+  // Before the first connection: the SDK's and workflows' logs join this process's JSON stream, and
+  // the SDK's own metrics go to an exporter on loopback that the worker's metrics endpoint serves.
+  const sdkBindAddress = metrics ? `127.0.0.1:${await freeLoopbackPort()}` : undefined;
+  const installed = installRuntime(logger, sdkBindAddress ? { metrics: { prometheus: { bindAddress: sdkBindAddress } } } : {});
+  if (sdkBindAddress && !installed) logger.warn("the Temporal runtime was installed before: its metrics are not served by the worker's endpoint");
+  const sdkMetricsUrl = sdkBindAddress && installed ? `http://${sdkBindAddress}/metrics` : undefined;
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
@@ -39,15 +46,29 @@ export async function runWorker(config: Config, options: { address?: string; dat
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     shutdown: { graceSeconds: config.shutdown.workerGraceSeconds, forceSeconds: config.shutdown.workerForceSeconds },
-    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory(providerSettings(config, outbound)), outbound, logger, settings: settingsFromConfig(config) },
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics }), outbound, logger, settings: settingsFromConfig(config), metrics },
   });
   const running = worker.run();
   logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
   const retention = startDeliveryRetention({ db, logger }, { retentionDays: config.webhooks.deliveryRetentionDays });
+  const metricsServer = metrics
+    ? await startMetricsServer({
+        host: config.metrics.host ?? config.api.host,
+        port: config.metrics.worker.port!,
+        path: config.metrics.worker.path,
+        registry: metrics.registry,
+        ...(sdkMetricsUrl ? { extra: temporalSdkMetrics(sdkMetricsUrl) } : {}),
+        logger,
+      })
+    : undefined;
+  if (metricsServer) logger.info({ url: metricsServer.url }, 'worker metrics served');
   return {
+    metricsUrl: metricsServer?.url,
     async shutdown() {
       retention.stop();
-      worker.shutdown();
+      await metricsServer?.close();
+      // The SDK stops the worker on SIGTERM/SIGINT by itself; asking again while it drains throws.
+      if (worker.getState() === 'RUNNING') worker.shutdown();
       await running;
       await connection.close();
       await db.destroy();

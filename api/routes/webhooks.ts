@@ -8,6 +8,7 @@ import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, 
 import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
 import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
+import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
@@ -158,13 +159,16 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
   return new Uint8Array(Buffer.concat(chunks));
 }
 
-async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider) {
+async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider, outcome: (o: WebhookOutcome) => void) {
   const { deps } = c.var;
   const headers = headerRecord(c);
   const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);
   const ping = isPing(provider, headers, body);
   // Bitbucket's diagnostics:ping arrives unsigned; GitHub signs its ping like any delivery. A ping starts nothing.
-  if (ping && provider === 'bitbucket') return c.json({ status: 'pong' as const }, 200);
+  if (ping && provider === 'bitbucket') {
+    outcome('ping');
+    return c.json({ status: 'pong' as const }, 200);
+  }
   // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
   const connectionId = provider === 'github' ? undefined : c.req.query('c');
   let verified: boolean;
@@ -180,7 +184,10 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
   if (!verified) {
     throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
   }
-  if (ping) return c.json({ status: 'pong' as const }, 200);
+  if (ping) {
+    outcome('ping');
+    return c.json({ status: 'pong' as const }, 200);
+  }
   if (!/^application\/json\s*(;|$)/i.test(headers['content-type'] ?? '')) {
     throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
   }
@@ -192,7 +199,10 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
     throw error;
   }
   const { events, instanceUrl, installationId } = delivery;
-  if (events.length === 0) return c.json({ status: 'ignored' as const, reason: 'event kind not handled' }, 200);
+  if (events.length === 0) {
+    outcome('ignored');
+    return c.json({ status: 'ignored' as const, reason: 'event kind not handled' }, 200);
+  }
 
   const deliveryId = events[0]!.deliveryId;
   // It becomes part of the workflow id; no provider sends one anywhere near this long.
@@ -200,10 +210,13 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
   const workflowId = workflowIds.event(provider, deliveryId, connectionId);
   try {
     const targets = await targetsOf(c, caches.attached, provider, deliveryScope(provider, connectionId), delivery);
-    if (targets.organizationIds.length === 0) return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
+    if (targets.organizationIds.length === 0) {
+      outcome('ignored');
+      return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
+    }
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
-    await storeDelivery(deps.db, {
+    const stored = await storeDelivery(deps.db, {
       provider,
       deliveryId,
       connectionId,
@@ -219,6 +232,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
       },
     });
+    outcome(stored ? 'accepted' : 'redelivery');
   } catch (error) {
     // Not the sender's fault, and not acknowledged: an error status makes the provider deliver again.
     deps.logger.error({ reason: (error as Error).message, provider, deliveryId }, 'could not store the delivery');
@@ -228,12 +242,27 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
   return c.json({ status: 'accepted' as const, workflowId, events: events.length }, 202);
 }
 
+/** A delivery received and counted: its outcome (what was acted on, or the error status) and how long its answer took. */
+async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider) {
+  const started = performance.now();
+  let outcome: WebhookOutcome = '500';
+  try {
+    return await receive(c, caches, provider, (o) => (outcome = o));
+  } catch (error) {
+    const status = (error as { status?: unknown }).status;
+    outcome = status === 400 || status === 401 || status === 413 || status === 503 ? (String(status) as WebhookOutcome) : typeof status === 'number' && status >= 400 && status < 500 ? '400' : '500';
+    throw error;
+  } finally {
+    metrics.webhookDelivery(provider, outcome, (performance.now() - started) / 1000);
+  }
+}
+
 /**
  * `POST /api/events-handler/v1/events/{provider}`: the delivery URL attach registers. Verifies,
  * normalizes and answers fast; everything else happens in the event workflow. A valid delivery
  * never gets a 4xx (GitLab and Azure DevOps disable hooks that fail): what is not acted on is 200.
  */
-export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedCacheSeconds?: number; credentialCacheSeconds?: number }) {
+export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedCacheSeconds?: number; credentialCacheSeconds?: number; metrics?: ApiMetrics }) {
   const app = new OpenAPIHono<AppEnv>();
   const caches = {
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
@@ -261,7 +290,7 @@ export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedC
           503: problemResponse('The event could not be stored durably; the provider should deliver it again'),
         },
       }),
-      (c) => receive(c, caches, provider),
+      (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),
     );
   }
   return app;

@@ -17,9 +17,9 @@ export interface StoredDelivery {
   start?: DeliveryStart;
 }
 
-/** Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row already there. */
-export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<void> {
-  await db
+/** Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row already there. Returns whether this call stored it. */
+export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<boolean> {
+  const result = await db
     .insertInto('webhook_deliveries')
     .values({
       provider: delivery.provider,
@@ -31,7 +31,8 @@ export async function storeDelivery(db: Executor, delivery: StoredDelivery): Pro
       start: delivery.start ? JSON.stringify(delivery.start) : null,
     })
     .onConflict((oc) => oc.constraint('webhook_deliveries_key').doNothing())
-    .execute();
+    .executeTakeFirst();
+  return Number(result.numInsertedOrUpdatedRows ?? 0n) > 0;
 }
 
 export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
