@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { Kysely, Migrator, PostgresDialect, sql, type Migration } from 'kysely';
-import pg from 'pg';
+import { Kysely, Migrator, sql, type Migration } from 'kysely';
 import { afterAll, expect, inject, it } from 'vitest';
 import { generateApiToken, hashApiToken } from '../../lib/crypto.ts';
+import { createDb } from '../../lib/db/index.ts';
 import { migrations } from '../../lib/db/migrations/index.ts';
 import { listApiTokens, useApiToken } from '../../lib/db/repositories/api-tokens.ts';
-import type { Database } from '../../lib/db/schema.ts';
 
 const MIGRATION = '2026-12-06T1058-api-token-life-cycle';
 const names = Object.keys(migrations).sort();
@@ -13,7 +12,7 @@ const names = Object.keys(migrations).sort();
 const PREVIOUS = names[names.indexOf(MIGRATION) - 1]!;
 
 const database = `forgelink_tokens_migration_${randomUUID().replaceAll('-', '')}`;
-const admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: inject('databaseUrl'), max: 1 }) }) });
+const admin = createDb(inject('databaseUrl'), { max: 1 }) as unknown as Kysely<any>;
 afterAll(async () => {
   await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
   await admin.destroy();
@@ -23,7 +22,7 @@ it('keeps tokens issued before the token life cycle working, named after their i
   await sql`create database ${sql.id(database)}`.execute(admin);
   const url = new URL(inject('databaseUrl'));
   url.pathname = `/${database}`;
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url.toString(), max: 2 }) }) });
+  const db = createDb(url.toString(), { max: 2 });
   try {
     const migrator = new Migrator({ db, provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations } });
     expect((await migrator.migrateTo(PREVIOUS)).error).toBeUndefined();

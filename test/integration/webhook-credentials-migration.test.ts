@@ -1,8 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { Kysely, Migrator, PostgresDialect, sql, type Migration } from 'kysely';
-import pg from 'pg';
+import { Kysely, Migrator, sql, type Migration } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import { seal, type EncryptionKeys } from '../../lib/crypto.ts';
+import { createDb } from '../../lib/db/index.ts';
 import { migrations } from '../../lib/db/migrations/index.ts';
 import type { Database } from '../../lib/db/schema.ts';
 import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
@@ -32,9 +32,9 @@ describe('migration to per-connection webhook credentials (real PostgreSQL)', ()
   const ids = { orgA: randomUUID(), orgB: randomUUID(), connA: randomUUID(), connB: randomUUID(), github: randomUUID(), repoA: randomUUID(), repoB: randomUUID(), attA: randomUUID(), attB: randomUUID() };
 
   beforeAll(async () => {
-    admin = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: inject('databaseUrl'), max: 1 }) }) });
+    admin = createDb(inject('databaseUrl'), { max: 1 }) as unknown as Kysely<any>;
     await sql`create database ${sql.id(database)}`.execute(admin);
-    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: withDatabase(inject('databaseUrl'), database), max: 2 }) }) });
+    db = createDb(withDatabase(inject('databaseUrl'), database), { max: 2 });
     migrator = new Migrator({ db, provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations } });
     const previous = await migrator.migrateTo(PREVIOUS);
     expect(previous.error).toBeUndefined();
