@@ -2,8 +2,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { open, signHmacSha256, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
-import { findEvent } from '../lib/db/repositories/events.ts';
-import { hasSucceededDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
+import { loadDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { WorkerMetrics } from '../lib/metrics.ts';
 import { excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
@@ -60,11 +59,11 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
         metrics?.dispatchAttempt('skipped');
         return outcome;
       };
-      const subscriber = await loadSubscriberForDispatch(db, subscriberId);
-      if (!subscriber) return skipped({ delivered: false, skipped: 'subscriber deleted' });
-      const event = await findEvent(db, subscriber.organization_id, eventId);
+      const found = await loadDispatch(db, subscriberId, eventId);
+      if (!found) return skipped({ delivered: false, skipped: 'subscriber deleted' });
+      const { subscriber, event, delivered } = found;
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
-      if (await hasSucceededDispatch(db, subscriberId, eventId)) return skipped({ delivered: true, skipped: 'already delivered' });
+      if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 
       const body = JSON.stringify({ id: event.id, receivedAt: event.receivedAt.toISOString(), ...event.event });
       const headers = {

@@ -110,7 +110,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
             if (event.kind !== 'repository.removed' && !renamed.has(repository.repositoryId)) {
               renamed.add(repository.repositoryId);
               const project = event.repository.project ?? repository.project;
-              if (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project)) {
+              // The attached row was just read: only a name that differs from it costs a write.
+              const differs = repository.fullName !== event.repository.fullName || repository.project !== project;
+              if (differs && (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project))) {
                 logger.info({ repositoryId: repository.repositoryId, from: repository.fullName, to: event.repository.fullName }, 'repository renamed');
               }
             }

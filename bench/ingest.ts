@@ -26,6 +26,7 @@ import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInp
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
 import { callApi, type BenchStack, type CpuSeconds } from './stack.ts';
+import { measureWorkerFloor, threadCpuSeconds, workerUsageReport } from './worker-usage.ts';
 
 export interface IngestOptions {
   deliveries: number;
@@ -230,10 +231,20 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         `${label}: ${expected} events recorded and dispatched`,
       );
 
-    const post = async ({ delivery: d }: Prepared) => {
-      const res = await fetch(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
-      await res.arrayBuffer();
-      return res.status;
+    let resent = 0;
+    const post = async ({ delivery: d }: Prepared): Promise<number> => {
+      try {
+        const res = await fetch(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
+        await res.arrayBuffer();
+        return res.status;
+      } catch (error) {
+        // A kept-alive connection the API closed as the request went out (its 5 s idle timeout, on a
+        // loaded machine): sent again, as a provider redelivers; the delivery id makes it one delivery.
+        const code = (error as { cause?: { code?: string } }).cause?.code;
+        if ((code !== 'ECONNRESET' && code !== 'UND_ERR_SOCKET') || resent >= 100) throw error;
+        resent++;
+        return post({ delivery: d } as Prepared);
+      }
     };
     // Only an accepted delivery owes an event: the drain waits for those.
     const accepted = (outcomes: unknown[]) => outcomes.filter((status) => status === 202).length;
@@ -257,6 +268,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     await bareStart(prepare(stack, repos, options.warmup).map((p) => startOptions(stack, p)));
     await drain('warm-up');
     stack.resetPeakRss();
+    const workerThreads = { before: threadCpuSeconds(stack.workerPid), events: -expected };
 
     /**
      * Bare starts against deliveries, closed loop, in blocks in ABBA order so a drift over the run
@@ -317,15 +329,23 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // The floor under the acknowledgement latency: bare starts alone, paced at the target rate.
     const pacedBareStarts = await paced(`bare starts paced at ${TARGETS.rateFraction * 100} % of bare starts`, saturation * TARGETS.rateFraction, 'bare');
     const atTarget = pacedDeliveries.find((p) => p.fractionOfBareStarts === TARGETS.rateFraction)!;
+    const peakRssMiB = stack.peakRssMiB();
+    const threads = { ...workerThreads, after: threadCpuSeconds(stack.workerPid), events: workerThreads.events + expected };
+    // Issue #16: the worker's peak RSS and CPU per event against the SDK's floor, measured now with the same worker settings.
+    const floor = await measureWorkerFloor(stack, { runs: Math.ceil(options.deliveries / 4), concurrency: options.concurrency }, log);
+    const worker = workerUsageReport(stack, { peakRssMiB: peakRssMiB.worker, cpuSecondsPerThousandEvents: closedLoop.ingestion.cpuSecondsPerThousand.worker!, threads }, floor);
 
     return {
       options,
       closedLoop,
       // Open loop, the worker running; rates are fractions of the bare starts' closed-loop throughput (the saturation rate).
       paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts },
-      peakRssMiB: stack.peakRssMiB(),
+      peakRssMiB,
+      workerUsage: worker.workerUsage,
       // Every event of the run (warm-up, bare starts, deliveries) the subscriber acknowledged.
       subscriberReceived: received,
+      // Deliveries sent again after a connection reset (see post).
+      resentAfterConnectionReset: resent,
       loadAverage: load.stop(),
       measured: {
         ackP99MsAtTargetRate: { limit: TARGETS.p99AckMs, deliveries: atTarget.ackLatencyMs.p99, bareStartsFloor: pacedBareStarts.ackLatencyMs.p99 },
@@ -339,6 +359,8 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         acceptanceThroughput: closedLoop.acceptanceRatio >= TARGETS.acceptanceRatio,
         endToEnd: closedLoop.endToEndRatio >= TARGETS.endToEndRatio,
         every202: Object.keys(statuses).every((s) => s === '202') && pacedDeliveries.every((p) => p.non202 === 0),
+        // Issue #16's worker targets (bench/worker-usage.ts).
+        ...worker.targets,
       },
     };
   } finally {

@@ -15,7 +15,7 @@ import { Client, Connection } from '@temporalio/client';
 import { sql } from 'kysely';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import { stringify as toYaml } from 'yaml';
-import { LISTING_CONCURRENCY_DEFAULTS } from '../lib/config.ts';
+import { LISTING_CONCURRENCY_DEFAULTS, parseConfig, type WorkerSizing } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
@@ -40,6 +40,13 @@ export interface BenchStack {
   githubApp: { appId: string; privateKeyPem: string };
   /** The worker's repositoryCache listing concurrency. */
   listing: ListingConcurrencyOptions;
+  /** The config file the API and the worker read, and the environment they run in (a benchmark's own process takes the same). */
+  configFile: string;
+  env: NodeJS.ProcessEnv;
+  /** The worker's `worker` config keys (cache and slots): the defaults, or BENCH_WORKER_SIZING's JSON over them. */
+  workerSizing: WorkerSizing;
+  /** The worker process's id, to read its usage in /proc. */
+  workerPid: number | undefined;
   db: Db;
   /** A Temporal client of the benchmark's own, for comparisons that bypass the API. */
   temporal: Client;
@@ -72,9 +79,11 @@ export interface CpuSeconds {
   postgres: number;
 }
 
-interface ServiceProcess {
+export interface ServiceProcess {
   child: ChildProcess;
   exited: Promise<void>;
+  /** Marks the exit to come as asked for. */
+  stopping(): void;
   state(): ServiceState;
 }
 
@@ -102,9 +111,10 @@ export function benchNodeArgs(): string[] {
 }
 
 /** Starts `node --import tsx <entry>` and resolves once it logs `readyMessage`. */
-async function startService(name: string, entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ServiceProcess> {
+export async function startService(name: string, entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ServiceProcess> {
   const child = spawn(process.execPath, [...benchNodeArgs(), '--import', 'tsx', path.join(ROOT, entry)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let stopping = false;
   let tail = '';
   let partial = '';
   let errorLines = 0;
@@ -130,12 +140,17 @@ async function startService(name: string, entry: string, env: NodeJS.ProcessEnv,
     child.stderr!.on('data', ready);
     child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before it was ready:\n${tail}`)));
   });
+  // A service gone in the middle of a benchmark would only show as a drain that times out minutes later.
+  child.once('exit', (code, signal) => {
+    if (!stopping) console.error(`${name} (pid ${child.pid}) exited (${code ?? signal}) during the benchmark; its last output:\n${tail}`);
+  });
   const state = (): ServiceState => ({ exitCode: child.exitCode, signal: child.signalCode, errorLines, lastErrors: [...lastErrors], tail });
-  return { child, exited, state };
+  return { child, exited, state, stopping: () => (stopping = true) };
 }
 
-async function stopService(service: ServiceProcess): Promise<void> {
+export async function stopService(service: ServiceProcess): Promise<void> {
   if (service.child.exitCode !== null) return;
+  service.stopping();
   service.child.kill('SIGCONT');
   service.child.kill('SIGTERM');
   const timeout = setTimeout(() => service.child.kill('SIGKILL'), 15_000);
@@ -271,7 +286,10 @@ export async function startBenchStack(
       },
       security: { allowHttpHosts: ['127.0.0.1'] },
       repositoryCache: listing,
+      // BENCH_WORKER_SIZING, e.g. '{"maxCachedWorkflows":0}', to measure another worker sizing.
+      worker: JSON.parse(process.env.BENCH_WORKER_SIZING || '{}') as Partial<WorkerSizing>,
     };
+    const { worker: workerSizing } = parseConfig(config);
     const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-bench-'));
     stops.push(async () => rmSync(dir, { recursive: true, force: true }));
     const configFile = path.join(dir, 'forgelink.yml');
@@ -299,6 +317,10 @@ export async function startBenchStack(
       keys: { current: { id: 'bench', key: encryptionKey } },
       githubApp,
       listing,
+      configFile,
+      env,
+      workerSizing,
+      workerPid: worker.child.pid,
       db,
       temporal,
       resetPeakRss() {

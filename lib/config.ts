@@ -64,6 +64,38 @@ const TEMPORAL_SDK_ENV: Record<string, string[]> = {
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
 
+/**
+ * The worker's sizing defaults, chosen from the ingest benchmark (README: Performance): the SDK's
+ * own defaults cache ~2,300 runs (from a 4 GiB heap) and run 40 workflow tasks and 100 local
+ * activities at once, which let one worker grow past 700 MiB for no throughput on 2 cores.
+ */
+export const WORKER_SIZING_DEFAULTS = {
+  maxCachedWorkflows: 100,
+  reuseV8Context: true,
+  maxConcurrentWorkflowTaskExecutions: 10,
+  maxConcurrentLocalActivityExecutions: 20,
+  maxConcurrentActivityTaskExecutions: 20,
+} as const;
+
+const workerSizing = z
+  .object({
+    // Runs kept in memory between their workflow tasks (0: none; each task then replays its history).
+    maxCachedWorkflows: z.number().int().min(0).max(100_000).default(WORKER_SIZING_DEFAULTS.maxCachedWorkflows),
+    // One V8 context for every run (the SDK's default and far lighter); false: one per run.
+    reuseV8Context: z.boolean().default(WORKER_SIZING_DEFAULTS.reuseV8Context),
+    // Slots: workflow tasks, local activities (recording and first dispatch attempts) and activities at once.
+    maxConcurrentWorkflowTaskExecutions: z.number().int().min(2).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentWorkflowTaskExecutions),
+    maxConcurrentLocalActivityExecutions: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentLocalActivityExecutions),
+    maxConcurrentActivityTaskExecutions: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentActivityTaskExecutions),
+  })
+  .strict()
+  .refine((w) => w.maxCachedWorkflows === 0 || w.maxConcurrentWorkflowTaskExecutions <= w.maxCachedWorkflows, {
+    path: ['maxConcurrentWorkflowTaskExecutions'],
+    message: 'must not exceed maxCachedWorkflows (a workflow task runs on a cached run) unless the cache is off (0)',
+  });
+
+export type WorkerSizing = z.infer<typeof workerSizing>;
+
 export const configSchema = z
   .object({
     publicUrl: z.url({ protocol: /^https?$/ }),
@@ -181,6 +213,9 @@ export const configSchema = z
         accessLogLevel: logLevel.default('info'),
       })
       .prefault({}),
+    // The worker's Temporal sizing: how many runs it keeps in memory and how much it runs at once.
+    // The defaults are measured (README: Performance, worker sizing); each costs memory or throughput.
+    worker: workerSizing.prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
     // Prometheus metrics. The API serves them on its own port at `path` unless `api.port` gives them

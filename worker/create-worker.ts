@@ -1,16 +1,26 @@
-import { existsSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
 import { LogContextInterceptor } from '../activities/log-context.ts';
 import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 import type { Logger } from '../lib/logger.ts';
+import { WORKER_SIZING_DEFAULTS, type WorkerSizing } from '../lib/config.ts';
 
 const here = fileURLToPath(import.meta.url);
 export const WORKFLOWS_PATH = path.join(path.dirname(here), '..', 'workflows', 'index.ts');
 /** Where `npm run build` writes the workflow bundle: dist/workflow-bundle.js beside the compiled worker/. */
 export const BUILT_BUNDLE_PATH = path.join(path.dirname(here), '..', 'workflow-bundle.js');
+
+/**
+ * A run's next workflow task waits this long for the worker that ran its last one (10 s by
+ * default) before any worker may take it: with a dead worker, that wait is all lost time.
+ */
+export const STICKY_QUEUE_SCHEDULE_TO_START_TIMEOUT = '3 seconds';
 
 export interface WorkerParams {
   connection: NativeConnection;
@@ -22,6 +32,19 @@ export interface WorkerParams {
   identity?: string;
   /** On shutdown: activities are cancelled after graceSeconds (they see it at their next heartbeat), the worker stops at forceSeconds. */
   shutdown?: { graceSeconds: number; forceSeconds: number };
+  /** The config's `worker` keys: cache and slots (default: the config's defaults). */
+  sizing?: WorkerSizing;
+}
+
+/** The Worker options a sizing stands for (the benchmark's floor worker takes the same ones). */
+export function sizingOptions(sizing: WorkerSizing = WORKER_SIZING_DEFAULTS) {
+  return {
+    maxCachedWorkflows: sizing.maxCachedWorkflows,
+    reuseV8Context: sizing.reuseV8Context,
+    maxConcurrentWorkflowTaskExecutions: sizing.maxConcurrentWorkflowTaskExecutions,
+    maxConcurrentLocalActivityExecutions: sizing.maxConcurrentLocalActivityExecutions,
+    maxConcurrentActivityTaskExecutions: sizing.maxConcurrentActivityTaskExecutions,
+  } satisfies Partial<WorkerOptions>;
 }
 
 export async function createWorker(params: WorkerParams): Promise<Worker> {
@@ -32,9 +55,8 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     activities: createActivities(params.deps),
     interceptors: { activity: [() => ({ inbound: new LogContextInterceptor() }), () => ({ inbound: new PermanentErrorsInterceptor() })] },
     workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle(params.deps.logger)),
-    // A run's next workflow task waits this long for the worker that ran its last one (10 s by
-    // default) before any worker may take it: with a dead worker, that wait is all lost time.
-    stickyQueueScheduleToStartTimeout: '3 seconds',
+    stickyQueueScheduleToStartTimeout: STICKY_QUEUE_SCHEDULE_TO_START_TIMEOUT,
+    ...sizingOptions(params.sizing),
     ...(params.identity ? { identity: params.identity } : {}),
     ...(params.shutdown ? { shutdownGraceTime: params.shutdown.graceSeconds * 1000, shutdownForceTime: params.shutdown.forceSeconds * 1000 } : {}),
   });
@@ -44,17 +66,40 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
 async function defaultWorkflowBundle(logger: Logger): Promise<WorkerOptions['workflowBundle']> {
   if (existsSync(BUILT_BUNDLE_PATH)) return { codePath: BUILT_BUNDLE_PATH };
   if (here.endsWith('.js')) throw new Error(`${BUILT_BUNDLE_PATH} is missing: build with \`npm run build\``);
-  return bundleWorkflows(logger);
+  return bundleWorkflowsInChildProcess(WORKFLOWS_PATH, logger);
+}
+
+/**
+ * Bundles in a process of its own (this file run with tsx): webpack leaves a few hundred MiB in
+ * the heap of the process that ran it (the worker started at ~360 MiB RSS before its first task),
+ * and a child's memory goes with it, so a worker run from source sizes like the compiled one.
+ * The child's warnings go to `logger`.
+ */
+export async function bundleWorkflowsInChildProcess(workflowsPath = WORKFLOWS_PATH, logger?: Logger): Promise<{ code: string }> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-workflow-bundle-'));
+  try {
+    const out = path.join(dir, 'workflow-bundle.js');
+    const { stderr } = await promisify(execFile)(process.execPath, ['--import', import.meta.resolve('tsx'), here, out, workflowsPath], { maxBuffer: 16 * 1024 * 1024 });
+    if (stderr.trim()) (logger ? (m: string) => logger.warn(m) : console.warn)(`bundling the workflows: ${stderr.trim()}`);
+    return { code: readFileSync(out, 'utf8') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Bundles the workflow code once, without webpack's per-module chatter; its warnings go to `logger` (default: the console). */
-export async function bundleWorkflows(logger?: Logger): Promise<{ code: string }> {
+export async function bundleWorkflows(logger?: Logger, workflowsPath = WORKFLOWS_PATH): Promise<{ code: string }> {
   const quiet = () => {};
   const warn = logger ? (message: string, meta?: object) => logger.warn({ ...meta }, message) : console.warn;
   const error = logger ? (message: string, meta?: object) => logger.error({ ...meta }, message) : console.error;
   const { code } = await bundleWorkflowCode({
-    workflowsPath: WORKFLOWS_PATH,
+    workflowsPath,
     logger: { info: quiet, debug: quiet, trace: quiet, log: quiet, warn, error },
   });
   return { code };
+}
+
+// `node --import tsx worker/create-worker.ts OUT_FILE [WORKFLOWS_PATH]`: bundles the workflows into OUT_FILE (see bundleWorkflowsInChildProcess).
+if (import.meta.url === `file://${process.argv[1]}` && process.argv[2]) {
+  writeFileSync(process.argv[2], (await bundleWorkflows(undefined, process.argv[3])).code);
 }

@@ -46,10 +46,11 @@ export async function runWorker(config: Config, options: { address?: string; dat
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     shutdown: { graceSeconds: config.shutdown.workerGraceSeconds, forceSeconds: config.shutdown.workerForceSeconds },
+    sizing: config.worker,
     deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics }), outbound, logger, settings: settingsFromConfig(config), metrics },
   });
   const running = worker.run();
-  logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
+  logger.info({ taskQueue: config.temporal.taskQueue, sizing: config.worker }, 'worker running');
   const retention = startDeliveryRetention({ db, logger }, { retentionDays: config.webhooks.deliveryRetentionDays });
   const metricsServer = metrics
     ? await startMetricsServer({

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { githubAppFromConfig } from '../../api/main.ts';
-import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, parseConfig } from '../../lib/config.ts';
+import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
 const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: KEY } };
@@ -46,6 +46,14 @@ describe('config', () => {
   it('reads security.allowPrivateNetworks as addresses or CIDR ranges', () => {
     expect(parseConfig({ ...minimal, security: { allowPrivateNetworks: ['10.0.0.0/8', '127.0.0.1'] } }).security.allowPrivateNetworks).toEqual(['10.0.0.0/8', '127.0.0.1']);
     expect(errorOf(() => parseConfig({ ...minimal, security: { allowPrivateNetworks: ['intranet'] } }))).toMatch(/security\.allowPrivateNetworks\.0: must be an IP address or a CIDR range/);
+  });
+
+  it("sizes the worker's cache and slots from the worker keys, refusing slots a cache cannot hold", () => {
+    expect(parseConfig(minimal).worker).toEqual(WORKER_SIZING_DEFAULTS);
+    expect(parseConfig({ ...minimal, worker: { maxCachedWorkflows: 0, maxConcurrentWorkflowTaskExecutions: 50 } }).worker).toMatchObject({ maxCachedWorkflows: 0, maxConcurrentWorkflowTaskExecutions: 50 });
+    expect(errorOf(() => parseConfig({ ...minimal, worker: { maxCachedWorkflows: 4, maxConcurrentWorkflowTaskExecutions: 8 } }))).toMatch(/worker\.maxConcurrentWorkflowTaskExecutions: must not exceed maxCachedWorkflows/);
+    expect(errorOf(() => parseConfig({ ...minimal, worker: { maxConcurrentLocalActivityExecutions: 0 } }))).toMatch(/worker\.maxConcurrentLocalActivityExecutions/);
+    expect(errorOf(() => parseConfig({ ...minimal, worker: { maxCachedWorkflow: 10 } }))).toMatch(/worker/);
   });
 
   it('names a missing key', () => {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify as toYaml } from 'yaml';
-import { loadConfig } from '../../lib/config.ts';
+import { loadConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 /**
  * The Helm chart (deploy/helm/forgelink): `helm lint` and `helm template` for the default values
@@ -86,6 +86,7 @@ describe('Helm chart', () => {
         temporal: { address: 'temporal:7233', tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM', serverName: 'temporal.internal' } },
         gitProviders: { gitlab: { enabled: true, webhookSecret: 'g'.repeat(32) }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: 'p'.repeat(32) } },
         config: { repositoryCache: { schedule: '30 1 * * *' } },
+        worker: { sizing: { maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 } },
       }),
     );
     const manifests = render([values]);
@@ -97,6 +98,8 @@ describe('Helm chart', () => {
       expect(config.temporal.tls).toEqual({ enabled: true, serverName: 'temporal.internal', caFile: '/etc/forgelink/temporal-tls/ca.crt', certFile: '/etc/forgelink/temporal-tls/tls.crt', keyFile: '/etc/forgelink/temporal-tls/tls.key' });
       expect(config.repositoryCache.schedule).toBe('30 1 * * *');
       expect(config.api.host).toBe('0.0.0.0');
+      // The worker's sizing: the values given, the chart's defaults for the rest.
+      expect(config.worker).toEqual({ ...WORKER_SIZING_DEFAULTS, maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 });
     }
     expect(find(manifests, 'Secret', 'forgelink-temporal-tls').data).toEqual({ 'ca.crt': btoa('CA PEM'), 'tls.crt': btoa('CERT PEM'), 'tls.key': btoa('KEY PEM') });
     // No secret in the ConfigMap.

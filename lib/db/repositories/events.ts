@@ -54,26 +54,26 @@ export async function findAttachedRepositories(db: Executor, provider: Provider,
 /**
  * Claims a delivery body for a connection within its provider's redelivery window. False when the
  * same body was recorded for the connection under another delivery id since `notBefore`: a replay.
- * The same delivery id again (a redelivery, a retried activity) claims it again. Rows older than the
- * window are dropped as it goes.
+ * The same delivery id again (a redelivery, a retried activity) claims it again, and so does any
+ * delivery once the holder is older than the window. Other rows older than the window are dropped
+ * as it goes. One statement: this runs for every delivery.
  */
 export async function claimDeliveryDigest(
   db: Executor,
   claim: { connectionId: string; digest: string; deliveryId: string; receivedAt: Date; notBefore: Date },
 ): Promise<boolean> {
-  await db.deleteFrom('delivery_digests').where('connection_id', '=', claim.connectionId).where('received_at', '<', claim.notBefore).execute();
-  await db
-    .insertInto('delivery_digests')
-    .values({ connection_id: claim.connectionId, digest: claim.digest, delivery_id: claim.deliveryId, received_at: claim.receivedAt })
-    .onConflict((oc) => oc.columns(['connection_id', 'digest']).doNothing())
-    .execute();
-  const holder = await db
-    .selectFrom('delivery_digests')
-    .select('delivery_id')
-    .where('connection_id', '=', claim.connectionId)
-    .where('digest', '=', claim.digest)
-    .executeTakeFirstOrThrow();
-  return holder.delivery_id === claim.deliveryId;
+  const { rows } = await sql<{ delivery_id: string }>`
+    with expired as (
+      delete from delivery_digests
+      where connection_id = ${claim.connectionId} and received_at < ${claim.notBefore} and digest <> ${claim.digest}
+    )
+    insert into delivery_digests (connection_id, digest, delivery_id, received_at)
+    values (${claim.connectionId}, ${claim.digest}, ${claim.deliveryId}, ${claim.receivedAt})
+    on conflict (connection_id, digest) do update set delivery_id = excluded.delivery_id, received_at = excluded.received_at
+      where delivery_digests.delivery_id = excluded.delivery_id or delivery_digests.received_at < ${claim.notBefore}
+    returning delivery_id
+  `.execute(db);
+  return rows.length === 1;
 }
 
 /** Connections (not disconnected) bound to a provider-side key: for GitHub, the App installation id. */

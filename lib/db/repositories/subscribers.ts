@@ -56,9 +56,32 @@ export async function listSubscribersOf(db: Executor, organizationIds: readonly 
   return db.selectFrom('subscribers').select(PUBLIC_COLUMNS).where('organization_id', 'in', [...new Set(organizationIds)]).orderBy('created_at').orderBy('id').execute();
 }
 
-/** The subscriber with its sealed secret, for the dispatch activity only. */
-export async function loadSubscriberForDispatch(db: Executor, id: string) {
-  return db.selectFrom('subscribers').select(['id', 'organization_id', 'url', 'secret']).where('id', '=', id).executeTakeFirst();
+/**
+ * What one dispatch attempt needs, in one read (it runs for every event and subscriber): the
+ * subscriber with its sealed secret (undefined: deleted), the event in the subscriber's
+ * organization (undefined: deleted), and whether the subscriber already acknowledged it.
+ */
+export async function loadDispatch(db: Executor, subscriberId: string, eventId: string) {
+  const row = await db
+    .selectFrom('subscribers as s')
+    .leftJoin('events as e', (join) => join.onRef('e.organization_id', '=', 's.organization_id').on('e.id', '=', eventId))
+    .select((eb) => [
+      's.id',
+      's.organization_id',
+      's.url',
+      's.secret',
+      'e.id as event_id',
+      'e.received_at',
+      'e.event',
+      eb
+        .exists(eb.selectFrom('dispatch_attempts as d').select('d.id').where('d.subscriber_id', '=', subscriberId).where('d.event_id', '=', eventId).where('d.succeeded', '=', true))
+        .as('delivered'),
+    ])
+    .where('s.id', '=', subscriberId)
+    .executeTakeFirst();
+  if (!row) return undefined;
+  const { event_id, received_at, event, delivered, ...subscriber } = row;
+  return { subscriber, event: event_id && received_at && event ? { id: event_id, receivedAt: received_at, event } : undefined, delivered };
 }
 
 export interface DispatchAttempt {
@@ -89,18 +112,6 @@ export async function recordDispatchAttempt(
     .execute();
 }
 
-/** Whether the subscriber already acknowledged the event: it is then not sent again. */
-export async function hasSucceededDispatch(db: Executor, subscriberId: string, eventId: string): Promise<boolean> {
-  const row = await db
-    .selectFrom('dispatch_attempts')
-    .select('id')
-    .where('subscriber_id', '=', subscriberId)
-    .where('event_id', '=', eventId)
-    .where('succeeded', '=', true)
-    .limit(1)
-    .executeTakeFirst();
-  return row !== undefined;
-}
 
 export async function listDispatchAttempts(db: Executor, eventId: string): Promise<DispatchAttempt[]> {
   return db

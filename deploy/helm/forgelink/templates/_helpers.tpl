@@ -63,6 +63,7 @@ app.kubernetes.io/component: {{ .component }}
   "encryption" (dict "keyId" $v.encryption.keyId)
   "gitProviders" (dict "github" $github "gitlab" (dict "enabled" $v.gitProviders.gitlab.enabled) "bitbucket" (dict "enabled" $v.gitProviders.bitbucket.enabled) "azureDevOps" $azure)
   "shutdown" $v.shutdown
+  "worker" $v.worker.sizing
 -}}
 {{- mustMergeOverwrite $config (deepCopy $v.config) | toYaml -}}
 {{- end -}}

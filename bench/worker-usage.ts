@@ -1,0 +1,153 @@
+/**
+ * The worker's share of the ingest benchmark (issue #16): its peak RSS, its CPU per event, and the
+ * floor under that CPU measured in the same run with the same worker settings. The floor is a
+ * worker process of its own (bench/floor-worker.ts) running workflows that take the event
+ * workflow's input and do nothing (`noopWorkflow`), or do nothing in the event workflow's shape
+ * (`eventShapedWorkflow`: a local activity, then one inline attempt per dispatch): what the
+ * Temporal SDK costs per run whatever forgelink does.
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import type { EventInput } from '../workflows/contract.ts';
+import { runConcurrently } from './measure.ts';
+import { startService, stopService, type BenchStack } from './stack.ts';
+
+/** Before issue #16's work (bench/results/ingest.json of 2026-11-26, SDK default sizing). */
+export const WORKER_BASELINE = { peakRssMiB: 713.5, cpuSecondsPerThousandEvents: 11.3, measured: '2026-11-26, worker running, signed deliveries' } as const;
+export const WORKER_TARGETS = { peakRssMiB: 300, cpuSecondsPerThousandEvents: WORKER_BASELINE.cpuSecondsPerThousandEvents / 2 } as const;
+
+const CLOCK_TICKS_PER_SECOND = 100;
+
+export function processCpuSeconds(pid: number | undefined, statFile = `/proc/${pid}/stat`): number {
+  if (pid === undefined) return Number.NaN;
+  const stat = readFileSync(statFile, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/**
+ * A process's CPU seconds by thread: `main` (the event loop: activities, the SDK's activation
+ * plumbing, the database client, logging), `workflows` (the SDK's workflow thread running the
+ * workflow sandbox), `sdkCore` (the Rust core's tokio threads: gRPC, history and state machines),
+ * `helpers` (V8's GC and compiler threads, libuv's pool). A profile that needs no profiler.
+ */
+export function threadCpuSeconds(pid: number | undefined): Record<'main' | 'workflows' | 'sdkCore' | 'helpers', number> {
+  const total = { main: 0, workflows: 0, sdkCore: 0, helpers: 0 };
+  if (pid === undefined) return total;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      const kind = Number(tid) === pid ? 'main' : comm.startsWith('workflow') ? 'workflows' : comm.startsWith('tokio') ? 'sdkCore' : 'helpers';
+      total[kind] += processCpuSeconds(Number(tid), `/proc/${pid}/task/${tid}/stat`);
+    } catch {
+      // The thread ended while we looked.
+    }
+  }
+  return total;
+}
+
+type ThreadCpu = ReturnType<typeof threadCpuSeconds>;
+
+function perThousand(before: ThreadCpu, after: ThreadCpu, count: number): ThreadCpu {
+  const keys = Object.keys(before) as (keyof ThreadCpu)[];
+  return Object.fromEntries(keys.map((k) => [k, round(((after[k] - before[k]) / count) * 1000, 2)])) as ThreadCpu;
+}
+
+function memoryMiB(pid: number | undefined, field: 'VmHWM' | 'VmRSS'): number {
+  if (pid === undefined) return Number.NaN;
+  const kib = Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  return Math.round((kib / 1024) * 10) / 10;
+}
+
+const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
+
+/** An input like the intake relay's (a stored delivery's summary, the connection and the body's digest). */
+function floorInput(): EventInput {
+  const deliveryId = randomUUID();
+  return {
+    provider: 'gitlab',
+    deliveryId,
+    receivedAt: new Date().toISOString(),
+    summary: { events: 1, kinds: { push: 1 }, repositories: ['bench/repo-0'] },
+    connectionId: randomUUID(),
+    bodyDigest: createHash('sha256').update(deliveryId).digest('hex'),
+  };
+}
+
+export interface FloorOptions {
+  /** Runs per workflow type (after a warm-up of a fifth as many). */
+  runs: number;
+  /** Runs in flight at once, as the benchmark's deliveries. */
+  concurrency: number;
+}
+
+/**
+ * Starts the floor worker with the stack's config (its Temporal, its `worker` sizing), runs each
+ * floor workflow `runs` times at `concurrency`, and returns the floor process's CPU per thousand
+ * runs of each (and its peak RSS).
+ */
+export async function measureWorkerFloor(stack: BenchStack, options: FloorOptions, log: (line: string) => void = console.log) {
+  const taskQueue = `forgelink-floor-${randomBytes(4).toString('hex')}`;
+  const floor = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: taskQueue }, 'floor worker running');
+  const pid = floor.child.pid;
+  try {
+    const run = async (workflowType: 'noopWorkflow' | 'eventShapedWorkflow', runs: number) => {
+      const result = await runConcurrently(Array.from({ length: runs }, floorInput), options.concurrency, (input) =>
+        stack.temporal.workflow.execute(workflowType, { taskQueue, workflowId: `floor:${input.deliveryId}`, args: [input] }),
+      );
+      return result.throughputPerSecond;
+    };
+    const measured: Record<string, { runs: number; cpuSecondsPerThousand: number; byThread: ThreadCpu; runsPerSecond: number }> = {};
+    for (const workflowType of ['noopWorkflow', 'eventShapedWorkflow'] as const) {
+      log(`floor: ${options.runs} ${workflowType} runs at concurrency ${options.concurrency} on a worker of the same sizing`);
+      await run(workflowType, Math.ceil(options.runs / 5));
+      const before = processCpuSeconds(pid);
+      const threadsBefore = threadCpuSeconds(pid);
+      const runsPerSecond = await run(workflowType, options.runs);
+      measured[workflowType] = {
+        runs: options.runs,
+        cpuSecondsPerThousand: round(((processCpuSeconds(pid) - before) / options.runs) * 1000, 2),
+        byThread: perThousand(threadsBefore, threadCpuSeconds(pid), options.runs),
+        runsPerSecond: round(runsPerSecond),
+      };
+    }
+    return { ...measured, peakRssMiB: memoryMiB(pid, 'VmHWM') } as { noopWorkflow: (typeof measured)[string]; eventShapedWorkflow: (typeof measured)[string]; peakRssMiB: number };
+  } finally {
+    await stopService(floor);
+  }
+}
+
+export type WorkerFloor = Awaited<ReturnType<typeof measureWorkerFloor>>;
+
+/**
+ * The worker's figures for the result file: what it used (peak RSS over the measured part, CPU
+ * per thousand events with the worker running) beside the floor and the baseline, and whether
+ * each target was met.
+ */
+export function workerUsageReport(
+  stack: BenchStack,
+  measured: { peakRssMiB: number; cpuSecondsPerThousandEvents: number; threads: { before: ThreadCpu; after: ThreadCpu; events: number } },
+  floor: WorkerFloor,
+) {
+  const floorCpu = floor.eventShapedWorkflow.cpuSecondsPerThousand;
+  return {
+    workerUsage: {
+      sizing: stack.workerSizing,
+      peakRssMiB: measured.peakRssMiB,
+      rssNowMiB: memoryMiB(stack.workerPid, 'VmRSS'),
+      cpuSecondsPerThousandEvents: measured.cpuSecondsPerThousandEvents,
+      // Every event after the warm-up (worker running, paused, paced), split by the worker's threads.
+      cpuSecondsPerThousandEventsByThread: perThousand(measured.threads.before, measured.threads.after, measured.threads.events),
+      floor,
+      // What the worker spends per event over what the SDK spends on a run of the same shape.
+      cpuRatioToFloor: round(measured.cpuSecondsPerThousandEvents / floorCpu, 2),
+      cpuAboveFloorSecondsPerThousand: round(measured.cpuSecondsPerThousandEvents - floorCpu, 2),
+      baseline: WORKER_BASELINE,
+      targets: WORKER_TARGETS,
+    },
+    targets: {
+      workerPeakRssUnder300MiB: measured.peakRssMiB <= WORKER_TARGETS.peakRssMiB,
+      workerCpuPerEventHalved: measured.cpuSecondsPerThousandEvents <= WORKER_TARGETS.cpuSecondsPerThousandEvents,
+    },
+  };
+}
