@@ -64,6 +64,7 @@ app.kubernetes.io/component: {{ .component }}
   "gitProviders" (dict "github" $github "gitlab" (dict "enabled" $v.gitProviders.gitlab.enabled) "bitbucket" (dict "enabled" $v.gitProviders.bitbucket.enabled) "azureDevOps" $azure)
   "shutdown" $v.shutdown
   "worker" $v.worker.sizing
+  "metrics" (dict "enabled" $v.metrics.enabled "api" (dict "port" (int $v.metrics.port) "path" $v.metrics.path) "worker" (dict "port" (int $v.metrics.port) "path" $v.metrics.path))
 -}}
 {{- mustMergeOverwrite $config (deepCopy $v.config) | toYaml -}}
 {{- end -}}
@@ -162,4 +163,16 @@ tolerations: {{- toYaml . | nindent 2 }}
 affinity: {{- toYaml . | nindent 2 }}
 {{- end }}
 volumes: {{- include "forgelink.volumes" (dict "root" .root "configMap" (printf "%s-config" (include "forgelink.fullname" .root))) | nindent 2 }}
+{{- end -}}
+
+{{/*
+Prometheus scrape annotations and the metrics container port (metrics.port, its own listener so the
+Ingress never exposes it).
+*/}}
+{{- define "forgelink.metricsAnnotations" -}}
+{{- if .Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: {{ .Values.metrics.path | quote }}
+{{- end }}
 {{- end -}}
