@@ -3,6 +3,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction, type Socket } from 'node:net';
 import { Readable, type Duplex } from 'node:stream';
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { Context } from '@temporalio/activity';
 import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
 
@@ -125,6 +126,8 @@ export function excerpt(text: string, max = 200): string {
   return printable.length > max ? `${printable.slice(0, max - 1).join('')}…` : printable.join('');
 }
 
+const tracer = trace.getTracer('forgelink-outbound');
+
 export function createOutbound(policy: OutboundPolicy): Outbound {
   const refusal = (host: string, ip: string) => addressRefusal(policy, host, ip);
   const resolve =
@@ -216,22 +219,46 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   return {
     agents,
     async fetch(input, init = {}) {
+      // A client span (and a traceparent header) only inside a trace being recorded: tracing off costs a lookup.
+      if (!trace.getActiveSpan()?.isRecording()) return guardedFetch(input, init);
       const method = (init.method ?? 'GET').toUpperCase();
-      const signals = [AbortSignal.timeout(init.timeoutMs ?? DEFAULT_TIMEOUT_MS), init.signal, activityCancellation()];
-      const signal = AbortSignal.any(signals.filter((s): s is AbortSignal => s != null));
-      const origin = new URL(input).origin;
-      let url = new URL(input);
-      for (let redirects = 0; ; redirects++) {
-        const response = await send(url, init, method, signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
-        const location = response.headers.get('location');
-        if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) return response;
-        await response.body?.cancel();
-        const next = new URL(location, url);
-        if (next.origin !== origin) throw new OutboundRefusedError(`${origin} redirected to another origin (${next.origin}): not followed`);
-        if (method !== 'GET' && method !== 'HEAD') throw new OutboundRefusedError(`${origin} redirected a ${method}: not followed`);
-        if (redirects === MAX_REDIRECTS) throw new OutboundRefusedError(`${origin} redirected more than ${MAX_REDIRECTS} times`);
-        url = next;
-      }
+      const url = new URL(input);
+      const attributes = { 'http.request.method': method, 'server.address': url.hostname, 'server.port': Number(url.port || (url.protocol === 'https:' ? 443 : 80)), 'url.full': `${url.origin}${url.pathname}` };
+      return tracer.startActiveSpan(method, { kind: SpanKind.CLIENT, attributes }, async (span) => {
+        try {
+          const headers = new Headers(init.headers ?? {});
+          propagation.inject(context.active(), headers, { set: (carrier, key, value) => carrier.set(key, value) });
+          const response = await guardedFetch(input, { ...init, headers });
+          span.setAttribute('http.response.status_code', response.status);
+          if (response.status >= 400) span.setStatus({ code: SpanStatusCode.ERROR });
+          return response;
+        } catch (error) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
+          throw error;
+        } finally {
+          span.end();
+        }
+      });
     },
   };
+
+  /** The call itself: address checks at connect, same-origin redirects, timeout, cancellation, body cap. */
+  async function guardedFetch(input: string | URL, init: OutboundInit): Promise<Response> {
+    const method = (init.method ?? 'GET').toUpperCase();
+    const signals = [AbortSignal.timeout(init.timeoutMs ?? DEFAULT_TIMEOUT_MS), init.signal, activityCancellation()];
+    const signal = AbortSignal.any(signals.filter((s): s is AbortSignal => s != null));
+    const origin = new URL(input).origin;
+    let url = new URL(input);
+    for (let redirects = 0; ; redirects++) {
+      const response = await send(url, init, method, signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+      const location = response.headers.get('location');
+      if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) return response;
+      await response.body?.cancel();
+      const next = new URL(location, url);
+      if (next.origin !== origin) throw new OutboundRefusedError(`${origin} redirected to another origin (${next.origin}): not followed`);
+      if (method !== 'GET' && method !== 'HEAD') throw new OutboundRefusedError(`${origin} redirected a ${method}: not followed`);
+      if (redirects === MAX_REDIRECTS) throw new OutboundRefusedError(`${origin} redirected more than ${MAX_REDIRECTS} times`);
+      url = next;
+    }
+  }
 }

@@ -6,7 +6,7 @@ import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/delive
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
-import { requestContext } from './request-context.ts';
+import { requestContext, traceRequests } from './request-context.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
 import { repositoryPickerRoutes } from './routes/repository-picker.ts';
@@ -26,6 +26,7 @@ export function createApp(deps: ApiDeps) {
     },
   });
 
+  if (deps.tracing) app.use('*', traceRequests());
   const { metrics } = deps;
   if (metrics) {
     app.use('*', async (c, next) => {

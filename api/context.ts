@@ -11,6 +11,8 @@ export interface ApiDeps {
   temporal: Client;
   keys: EncryptionKeys;
   logger: Logger;
+  /** tracing.enabled: each request gets a server span (the Temporal client carries the OpenTelemetry interceptor then too). */
+  tracing?: boolean;
   /** The level of the one line logged per request (logging.accessLogLevel; default info, 'silent' for none). */
   accessLogLevel?: LogLevel;
   adminToken: string;

@@ -1,4 +1,6 @@
+import { context } from '@opentelemetry/api';
 import pg from 'pg';
+import { contextFromTraceparent } from '../lib/tracing.ts';
 import { startPendingDeliveries, type PendingDelivery, type StartOutcome } from '../lib/db/repositories/deliveries.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
 import type { ApiDeps } from './context.ts';
@@ -90,7 +92,8 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       ...(connectionId ? { connectionId, bodyDigest: start.bodyDigest } : {}),
     };
     try {
-      await startWorkflowOrThrow(deps, 'eventWorkflow', {
+      // In the receipt's trace (when it had one): the start's span and the run's follow the receipt.
+      await context.with(contextFromTraceparent(start.traceparent), () => startWorkflowOrThrow(deps, 'eventWorkflow', {
         workflowId,
         input,
         timeoutMs: START_TIMEOUT_MS,
@@ -99,7 +102,7 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
           ...(start.organizationId ? [{ key: SA_ORGANIZATION, value: start.organizationId }] : []),
           ...(start.repositoryId ? [{ key: SA_REPOSITORY, value: start.repositoryId }] : []),
         ],
-      });
+      }));
       deps.metrics?.intakeStart('started', (Date.now() - delivery.receivedAt.getTime()) / 1000);
       if (options.track) {
         started.push(workflowId);

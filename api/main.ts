@@ -2,12 +2,14 @@ import { createOutbound } from '../activities/outbound.ts';
 import { setTimeout } from 'node:timers/promises';
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
+import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
 import { createLogger } from '../lib/logger.ts';
 import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
+import { startTracing } from '../lib/tracing.ts';
 import { temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { startIntakeRelay } from './intake-relay.ts';
@@ -21,7 +23,9 @@ export async function runApi(config: Config, options: { address?: string; databa
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
   const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
-  const temporal = new Client({ connection, namespace: config.temporal.namespace });
+  const tracing = startTracing(config.tracing, { serviceName: 'forgelink-api' });
+  // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
+  const temporal = new Client({ connection, namespace: config.temporal.namespace, ...(tracing.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });
   let draining = false;
   const metrics = config.metrics.enabled ? createApiMetrics({ backlog: () => intakeBacklog(db), processMetrics: true, logger }) : undefined;
   const ownMetricsPort = config.metrics.enabled && config.metrics.api.port !== undefined;
@@ -34,6 +38,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     keys: keysFromConfig(config.encryption),
     logger,
     accessLogLevel: config.logging.accessLogLevel,
+    tracing: tracing.enabled,
     adminToken: config.auth.adminToken,
     taskQueue: config.temporal.taskQueue,
     namespace: config.temporal.namespace,
@@ -82,6 +87,7 @@ export async function runApi(config: Config, options: { address?: string; databa
       await relay.stop();
       await connection.close();
       await db.destroy();
+      await tracing.shutdown();
       logger.info('API stopped');
     },
   };

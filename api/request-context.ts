@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { MiddlewareHandler } from 'hono';
 import { routePath } from 'hono/route';
 import { withLogContext } from '../lib/logger.ts';
@@ -23,6 +24,7 @@ export function requestContext({ logger, accessLogLevel = 'info' }: Pick<ApiDeps
     const started = performance.now();
     const requestId = requestIdFrom(c.req.header(REQUEST_ID_HEADER));
     c.set('requestId', requestId);
+    trace.getActiveSpan()?.setAttribute('forgelink.request_id', requestId);
     await withLogContext({ requestId }, next);
     c.header(REQUEST_ID_HEADER, requestId);
     if (accessLogLevel !== 'silent' && logger.isLevelEnabled(accessLogLevel)) {
@@ -31,5 +33,32 @@ export function requestContext({ logger, accessLogLevel = 'info' }: Pick<ApiDeps
         logger[accessLogLevel]({ method: c.req.method, path: c.req.path, route: routePath(c, -1), status: c.res.status, durationMs }, 'request'),
       );
     }
+  };
+}
+
+/**
+ * With tracing on: a server span per request (continuing a caller's W3C traceparent), named by its
+ * route template once routing is done, with the answer's status. Everything the request does (the
+ * receipt's stored trace context, workflow starts, provider calls) happens inside it.
+ */
+export function traceRequests(): MiddlewareHandler<AppEnv> {
+  const tracer = trace.getTracer('forgelink-api');
+  return (c, next) => {
+    const parent = propagation.extract(ROOT_CONTEXT, c.req.header());
+    const attributes = { 'http.request.method': c.req.method, 'url.path': c.req.path };
+    return tracer.startActiveSpan(c.req.method, { kind: SpanKind.SERVER, attributes }, parent, async (span) => {
+      try {
+        await next();
+        const route = routePath(c, -1);
+        span.updateName(`${c.req.method} ${route}`);
+        span.setAttributes({ 'http.route': route, 'http.response.status_code': c.res.status });
+        if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      } catch (error) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
   };
 }

@@ -216,6 +216,16 @@ export const configSchema = z
     // The worker's Temporal sizing: how many runs it keeps in memory and how much it runs at once.
     // The defaults are measured (README: Performance, worker sizing); each costs memory or throughput.
     worker: workerSizing.prefault({}),
+    // OpenTelemetry traces over OTLP/HTTP, off by default: a delivery's receipt, its event run and
+    // activities, and the provider and subscriber calls they make, in one trace.
+    tracing: z
+      .object({
+        enabled: z.preprocess((v) => ({ true: true, '1': true, false: false, '0': false })[String(v)] ?? v, z.boolean()).default(false),
+        endpoint: z.url({ protocol: /^https?$/ }).optional(),
+        headers: z.record(z.string(), z.string()).default({}),
+        sampleRatio: z.number().min(0).max(1).default(1),
+      })
+      .prefault({}),
     // How long an event is retried (with backoff) towards a subscriber before it is given up on.
     subscribers: z.object({ deliveryDeadlineSeconds: z.number().int().positive().default(24 * 60 * 60) }).prefault({}),
     // Prometheus metrics. The API serves them on its own port at `path` unless `api.port` gives them
@@ -258,6 +268,8 @@ export class ConfigError extends Error {
 const ENV_OVERRIDES: Record<string, string[]> = {
   PORT: ['api', 'port'],
   LOG_LEVEL: ['logging', 'level'],
+  FORGELINK_TRACING_ENABLED: ['tracing', 'enabled'],
+  FORGELINK_TRACING_ENDPOINT: ['tracing', 'endpoint'],
   FORGELINK_PUBLIC_URL: ['publicUrl'],
   FORGELINK_API_HOST: ['api', 'host'],
   FORGELINK_DATABASE_URL: ['database', 'url'],

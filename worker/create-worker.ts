@@ -1,20 +1,30 @@
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import type { Context } from '@temporalio/activity';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { createRequire } from 'node:module';
+import { makeWorkflowExporter, OpenTelemetryActivityInboundInterceptor, OpenTelemetryActivityOutboundInterceptor, type OpenTelemetrySinks } from '@temporalio/interceptors-opentelemetry';
+import { bundleWorkflowCode, type InjectedSinks, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
 import { LogContextInterceptor } from '../activities/log-context.ts';
 import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import { WORKER_SIZING_DEFAULTS, type WorkerSizing } from '../lib/config.ts';
+import { TRACING_OFF, type Tracing } from '../lib/tracing.ts';
 
 const here = fileURLToPath(import.meta.url);
 export const WORKFLOWS_PATH = path.join(path.dirname(here), '..', 'workflows', 'index.ts');
 /** Where `npm run build` writes the workflow bundle: dist/workflow-bundle.js beside the compiled worker/. */
 export const BUILT_BUNDLE_PATH = path.join(path.dirname(here), '..', 'workflow-bundle.js');
+/**
+ * The OpenTelemetry workflow interceptors, bundled with the workflows whether tracing is on or not
+ * (one bundle serves both): a run continues the trace its start carried, and each activity, child
+ * and timer it schedules gets a span; the spans leave the sandbox through the `exporter` sink.
+ */
+export const WORKFLOW_INTERCEPTOR_MODULES = [createRequire(import.meta.url).resolve('@temporalio/interceptors-opentelemetry/lib/workflow-interceptors')];
 
 /**
  * A run's next workflow task waits this long for the worker that ran its last one (10 s by
@@ -30,6 +40,8 @@ export interface WorkerParams {
   /** A prebuilt bundle (tests bundle once per run); otherwise the built one, or (under tsx) the workflows bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   identity?: string;
+  /** OpenTelemetry (default off): activity spans, and where the workflows' spans are exported. */
+  tracing?: Tracing;
   /** On shutdown: activities are cancelled after graceSeconds (they see it at their next heartbeat), the worker stops at forceSeconds. */
   shutdown?: { graceSeconds: number; forceSeconds: number };
   /** The config's `worker` keys: cache and slots (default: the config's defaults). */
@@ -53,13 +65,30 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     namespace: params.namespace,
     taskQueue: params.taskQueue,
     activities: createActivities(params.deps),
-    interceptors: { activity: [() => ({ inbound: new LogContextInterceptor() }), () => ({ inbound: new PermanentErrorsInterceptor() })] },
+    interceptors: {
+      activity: [
+        // Outermost, so that the activity's log lines carry the span's trace id.
+        ...(params.tracing?.enabled ? [(ctx: Context) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })] : []),
+        () => ({ inbound: new LogContextInterceptor() }),
+        () => ({ inbound: new PermanentErrorsInterceptor() }),
+      ],
+    },
+    sinks: workflowSinks(params.tracing),
     workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle(params.deps.logger)),
     stickyQueueScheduleToStartTimeout: STICKY_QUEUE_SCHEDULE_TO_START_TIMEOUT,
     ...sizingOptions(params.sizing),
     ...(params.identity ? { identity: params.identity } : {}),
     ...(params.shutdown ? { shutdownGraceTime: params.shutdown.graceSeconds * 1000, shutdownForceTime: params.shutdown.forceSeconds * 1000 } : {}),
   });
+}
+
+/**
+ * The sinks the bundled workflow interceptors call: the workflows' spans go to the tracing's span
+ * processor, or nowhere when tracing is off. A replay worker needs them too (it never calls them).
+ */
+export function workflowSinks(tracing: Tracing = TRACING_OFF): InjectedSinks<OpenTelemetrySinks> {
+  if (!tracing.enabled) return { exporter: { export: { fn: () => {} } } };
+  return { exporter: makeWorkflowExporter(tracing.spanProcessor, tracing.resource) };
 }
 
 /** The compiled worker (dist/) runs the bundle built with it; the TypeScript sources are bundled at start. */
@@ -94,6 +123,7 @@ export async function bundleWorkflows(logger?: Logger, workflowsPath = WORKFLOWS
   const error = logger ? (message: string, meta?: object) => logger.error({ ...meta }, message) : console.error;
   const { code } = await bundleWorkflowCode({
     workflowsPath,
+    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
     logger: { info: quiet, debug: quiet, trace: quiet, log: quiet, warn, error },
   });
   return { code };

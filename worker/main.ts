@@ -9,6 +9,7 @@ import { createDb } from '../lib/db/index.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
 import { createWorkerMetrics, startMetricsServer, temporalSdkMetrics } from '../lib/metrics.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
+import { startTracing } from '../lib/tracing.ts';
 import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
 import { installRuntime } from './runtime.ts';
@@ -26,6 +27,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const installed = installRuntime(logger, sdkBindAddress ? { metrics: { prometheus: { bindAddress: sdkBindAddress } } } : {});
   if (sdkBindAddress && !installed) logger.warn("the Temporal runtime was installed before: its metrics are not served by the worker's endpoint");
   const sdkMetricsUrl = sdkBindAddress && installed ? `http://${sdkBindAddress}/metrics` : undefined;
+  const tracing = startTracing(config.tracing, { serviceName: 'forgelink-worker' });
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
@@ -45,6 +47,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
+    tracing,
     shutdown: { graceSeconds: config.shutdown.workerGraceSeconds, forceSeconds: config.shutdown.workerForceSeconds },
     sizing: config.worker,
     deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics }), outbound, logger, settings: settingsFromConfig(config), metrics },
@@ -71,6 +74,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
       // The SDK stops the worker on SIGTERM/SIGINT by itself; asking again while it drains throws.
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await running;
+      await tracing.shutdown();
       await connection.close();
       await db.destroy();
     },

@@ -7,6 +7,7 @@ import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
+import { currentTraceparent } from '../../lib/tracing.ts';
 import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
 import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
@@ -230,6 +231,8 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
         ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
+        // The receipt's trace goes on in the run the relay starts (nothing when tracing is off).
+        ...withTraceparent(currentTraceparent()),
       },
     });
     outcome(stored ? 'accepted' : 'redelivery');
@@ -295,3 +298,5 @@ export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedC
   }
   return app;
 }
+
+const withTraceparent = (traceparent: string | undefined) => (traceparent ? { traceparent } : {});

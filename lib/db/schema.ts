@@ -166,6 +166,8 @@ export interface DeliveryStart {
   /** Set when the delivery concerns a single organization / repository (Keyword attributes hold one value). */
   organizationId?: string;
   repositoryId?: string;
+  /** The W3C traceparent of the receipt (tracing on): the relay starts the run in that trace. */
+  traceparent?: string;
   /** The connection whose own hook delivered it, and the body's digest (a replay under another id is not recorded twice). */
   connectionId?: string;
   bodyDigest?: string;

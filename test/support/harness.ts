@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { Client, Connection } from '@temporalio/client';
+import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
@@ -14,6 +15,7 @@ import type { ApiDeps } from '../../api/context.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
+import type { Tracing } from '../../lib/tracing.ts';
 import { createWorker } from '../../worker/create-worker.ts';
 import { TEST_ADDRESS_POLICY, testOutbound } from './outbound.ts';
 
@@ -74,6 +76,8 @@ export interface HarnessOptions {
   withoutWorker?: boolean;
   /** Run no intake relay: the test starts its own (startIntakeRelay) to watch what it does. */
   withoutIntakeRelay?: boolean;
+  /** OpenTelemetry on, as api/main.ts and worker/main.ts wire it (startTracing with a test's span processor). */
+  tracing?: Tracing;
 }
 
 let runtimeInstalled = false;
@@ -98,7 +102,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const keys: EncryptionKeys = { current: { id: 'test', key: randomBytes(32) } };
   const adminToken = `admin-${randomBytes(24).toString('hex')}`;
   const connection = await Connection.connect({ address });
-  const client = new Client({ connection, namespace: 'default' });
+  const client = new Client({ connection, namespace: 'default', ...(options.tracing?.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });
   const nativeConnection = await NativeConnection.connect({ address });
   const workflowBundle = { code: readFileSync(inject('workflowBundlePath'), 'utf8') };
   const settings: ActivitySettings = {
@@ -110,7 +114,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const deps = { db, keys, providers: options.providers ?? createProviderFactory({ outbound, ...github }), outbound, logger, settings };
 
   const launch = async () => {
-    const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle });
+    const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle, tracing: options.tracing });
     const running = worker.run();
     return { worker, running };
   };
@@ -127,6 +131,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     outbound,
     keys,
     logger,
+    tracing: options.tracing?.enabled,
     adminToken,
     taskQueue,
     namespace: 'default',

@@ -32,6 +32,17 @@ describe('config', () => {
     expect(config.security.allowPrivateNetworks).toEqual([]);
   });
 
+  it('leaves tracing off and logs at info unless told otherwise; environment variables turn tracing on', () => {
+    const config = parseConfig(minimal);
+    expect(config.tracing).toEqual({ enabled: false, headers: {}, sampleRatio: 1 });
+    expect(config.logging).toEqual({ level: 'info', accessLogLevel: 'info' });
+    const fromEnv = parseConfig(minimal, { FORGELINK_TRACING_ENABLED: 'true', FORGELINK_TRACING_ENDPOINT: 'http://collector:4318/v1/traces', LOG_LEVEL: 'WARN' });
+    expect(fromEnv.tracing).toMatchObject({ enabled: true, endpoint: 'http://collector:4318/v1/traces' });
+    expect(fromEnv.logging.level).toBe('warn');
+    expect(errorOf(() => parseConfig({ ...minimal, tracing: { sampleRatio: 2 } }))).toMatch(/tracing\.sampleRatio/);
+    expect(errorOf(() => parseConfig({ ...minimal, logging: { accessLogLevel: 'loud' } }))).toMatch(/logging\.accessLogLevel/);
+  });
+
   it('takes the GitHub web URL (where OAuth codes are exchanged) from gitProviders.github.webUrl, else from baseUrl', () => {
     const app = (github: Record<string, unknown>) =>
       githubAppFromConfig(parseConfig({ ...minimal, gitProviders: { github: { appName: 'forgelink', clientId: 'Iv1.x', clientSecret: 's', ...github } } }));

@@ -4,13 +4,15 @@ import proto from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as workflows from '../../workflows/index.ts';
-import { bundleWorkflows } from '../../worker/create-worker.ts';
+import { bundleWorkflows, workflowSinks } from '../../worker/create-worker.ts';
 import { HISTORIES_DIR } from '../support/histories.ts';
 
 /**
  * Runs in flight when forgelink is upgraded are replayed by the new worker: every recorded history
  * in test/fixtures/histories must replay against today's workflow code without a determinism error.
  * A change that breaks one needs `patched()` (or a new workflow type), not a re-recorded fixture.
+ * The bundle is the worker's, with the OpenTelemetry workflow interceptors (most histories were
+ * recorded before them), and the replay worker gets the sinks they call.
  */
 const fixtures = readdirSync(HISTORIES_DIR)
   .filter((f) => f.endsWith('.json'))
@@ -34,6 +36,6 @@ describe('recorded workflow histories', () => {
   });
 
   it.each(fixtures.map((f) => [f.file, f] as const))('%s replays against the current workflow code', async (_file, fixture) => {
-    await expect(Worker.runReplayHistory({ workflowBundle }, fixture.history, `replay-${fixture.file}`)).resolves.toBeUndefined();
+    await expect(Worker.runReplayHistory({ workflowBundle, sinks: workflowSinks() }, fixture.history, `replay-${fixture.file}`)).resolves.toBeUndefined();
   });
 });
