@@ -5,7 +5,6 @@ import type { Context } from '@temporalio/activity';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { createRequire } from 'node:module';
 import { makeWorkflowExporter, OpenTelemetryActivityInboundInterceptor, OpenTelemetryActivityOutboundInterceptor, type OpenTelemetrySinks } from '@temporalio/interceptors-opentelemetry';
 import { bundleWorkflowCode, type InjectedSinks, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
@@ -21,10 +20,11 @@ export const WORKFLOWS_PATH = path.join(path.dirname(here), '..', 'workflows', '
 export const BUILT_BUNDLE_PATH = path.join(path.dirname(here), '..', 'workflow-bundle.js');
 /**
  * The OpenTelemetry workflow interceptors, bundled with the workflows whether tracing is on or not
- * (one bundle serves both): a run continues the trace its start carried, and each activity, child
- * and timer it schedules gets a span; the spans leave the sandbox through the `exporter` sink.
+ * (one bundle serves both) and active in runs started in a trace: such a run continues it, and each
+ * activity, child and continue-as-new it schedules gets a span; the spans leave the sandbox
+ * through the `exporter` sink.
  */
-export const WORKFLOW_INTERCEPTOR_MODULES = [createRequire(import.meta.url).resolve('@temporalio/interceptors-opentelemetry/lib/workflow-interceptors')];
+export const WORKFLOW_INTERCEPTOR_MODULES = [path.join(path.dirname(here), '..', 'workflows', 'tracing-interceptors.ts')];
 
 /**
  * A run's next workflow task waits this long for the worker that ran its last one (10 s by
