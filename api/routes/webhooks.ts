@@ -63,6 +63,9 @@ function configuredCredentials(provider: Provider, secrets: WebhookSecrets): { u
   }
 }
 
+/** Providers whose delivery credential is a header alone (GitLab's token, Azure DevOps' Basic auth), not a signature over the body. */
+const HEADER_ONLY_CREDENTIALS: ReadonlySet<Provider> = new Set(['gitlab', 'azure-devops']);
+
 const CONNECTION_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
@@ -163,6 +166,27 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
 async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider, outcome: (o: WebhookOutcome) => void) {
   const { deps } = c.var;
   const headers = headerRecord(c);
+  // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
+  const connectionId = provider === 'github' ? undefined : c.req.query('c');
+  const verify = async (body: Uint8Array) => {
+    let verified: boolean;
+    try {
+      verified =
+        connectionId === undefined
+          ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
+          : await verifiedForConnection(caches.credentials, provider, connectionId, headers, body);
+    } catch (error) {
+      deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
+      throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
+    }
+    if (!verified) {
+      throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
+    }
+  };
+  // GitLab's and Azure DevOps' credentials are headers: checked before a body of up to
+  // maxBodyBytes is read, so a caller without one cannot make the receiver read it.
+  const headerOnly = HEADER_ONLY_CREDENTIALS.has(provider);
+  if (headerOnly) await verify(new Uint8Array(0));
   const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);
   const ping = isPing(provider, headers, body);
   // Bitbucket's diagnostics:ping arrives unsigned; GitHub signs its ping like any delivery. A ping starts nothing.
@@ -170,21 +194,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
     outcome('ping');
     return c.json({ status: 'pong' as const }, 200);
   }
-  // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
-  const connectionId = provider === 'github' ? undefined : c.req.query('c');
-  let verified: boolean;
-  try {
-    verified =
-      connectionId === undefined
-        ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
-        : await verifiedForConnection(caches.credentials, provider, connectionId, headers, body);
-  } catch (error) {
-    deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
-    throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
-  }
-  if (!verified) {
-    throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
-  }
+  if (!headerOnly) await verify(body);
   if (ping) {
     outcome('ping');
     return c.json({ status: 'pong' as const }, 200);

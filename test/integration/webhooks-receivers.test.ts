@@ -208,6 +208,35 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     });
   });
 
+  it.each(['gitlab', 'azure-devops'] as const)('%s: checks the header credential before reading the body (a wrong one on a 25 MiB body: 401, nothing read)', async (provider) => {
+    const CHUNK = 64 * 1024;
+    /** A chunked 25 MiB body that counts what the receiver pulls from it. */
+    const streamed = () => {
+      const read = { bytes: 0 };
+      const body = new ReadableStream<Uint8Array>(
+        {
+          pull(controller) {
+            if (read.bytes >= 25 * 1024 * 1024) return controller.close();
+            read.bytes += CHUNK;
+            controller.enqueue(new Uint8Array(CHUNK).fill(0x20));
+          },
+        },
+        { highWaterMark: 0 },
+      );
+      return { read, body };
+    };
+    const post = (push: ReturnType<typeof pushTo>, body: ReadableStream<Uint8Array>) =>
+      h.app.request(push.path, { method: 'POST', headers: push.headers, body, duplex: 'half' } as RequestInit);
+
+    const forged = streamed();
+    await expectProblem(await post(pushTo(provider, attached[provider], { secret: 'not-the-credential-of-this-connection' }), forged.body), 401);
+    expect(forged.read.bytes).toBeLessThanOrEqual(CHUNK);
+    // With the connection's credential the body is read, up to the size limit.
+    const genuine = streamed();
+    await expectProblem(await post(pushTo(provider, attached[provider]), genuine.body), 413);
+    expect(genuine.read.bytes).toBeGreaterThan(1024 * 1024);
+  });
+
   it('rejects a GitHub or Bitbucket body changed after signing', async () => {
     for (const provider of ['github', 'bitbucket'] as const) {
       const push = pushTo(provider, attached[provider]);
