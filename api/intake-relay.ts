@@ -104,11 +104,6 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
         ],
       }));
       deps.metrics?.intakeStart('started', (Date.now() - delivery.receivedAt.getTime()) / 1000);
-      if (options.track) {
-        started.push(workflowId);
-        for (const resolve of waiters.get(workflowId) ?? []) resolve();
-        waiters.delete(workflowId);
-      }
       return { started: true };
     } catch (error) {
       deps.metrics?.intakeStart('failed');
@@ -120,13 +115,17 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
   /** One round: lock a batch of due rows, start them, record what became of each. */
   async function round(): Promise<{ full: boolean; unreachable: boolean }> {
     let unreachable = false;
+    const startedThisRound: string[] = [];
     const { locked } = await startPendingDeliveries(deps.db, deps.taskQueue, batch, async (pending) => {
       const outcomes = await Promise.all(pending.map(startOne));
       // Temporal down or upgrading: every start failed for want of an answer. The rows are not at
       // fault; the relay backs off as a whole and they are due again as soon as Temporal answers.
       unreachable = outcomes.every((o) => !o.started && o.unreachable);
       return outcomes.map((outcome, i): StartOutcome => {
-        if (outcome.started) return outcome;
+        if (outcome.started) {
+          startedThisRound.push(workflowIds.event(pending[i]!.provider, pending[i]!.deliveryId, pending[i]!.connectionId));
+          return outcome;
+        }
         const delivery = pending[i]!;
         const attempts = delivery.attempts + 1;
         const retryInMs = unreachable ? null : Math.min(rowRetryMs * 2 ** Math.min(attempts - 1, 30), maxRowRetryMs);
@@ -136,6 +135,15 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
         return { started: false, error: outcome.error, retryInMs };
       });
     });
+    // Told only once the round's rows are marked started (its transaction committed), so a test
+    // that waits for a start also sees the row as started.
+    if (options.track) {
+      for (const workflowId of startedThisRound) {
+        started.push(workflowId);
+        for (const resolve of waiters.get(workflowId) ?? []) resolve();
+        waiters.delete(workflowId);
+      }
+    }
     return { full: locked === batch, unreachable };
   }
 
