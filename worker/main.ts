@@ -66,6 +66,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
       })
     : undefined;
   if (metricsServer) logger.info({ url: metricsServer.url }, 'worker metrics served');
+  const { workerGraceSeconds: graceSeconds, workerForceSeconds: forceSeconds } = config.shutdown;
   return {
     metricsUrl: metricsServer?.url,
     async shutdown() {
@@ -73,10 +74,12 @@ export async function runWorker(config: Config, options: { address?: string; dat
       await metricsServer?.close();
       // The SDK stops the worker on SIGTERM/SIGINT by itself; asking again while it drains throws.
       if (worker.getState() === 'RUNNING') worker.shutdown();
+      logger.info({ graceSeconds, forceSeconds }, 'worker draining: it takes no new tasks; activities still running after graceSeconds are cancelled and fail for Temporal to retry elsewhere');
       await running;
       await tracing.shutdown();
       await connection.close();
       await db.destroy();
+      logger.info('worker stopped');
     },
   };
 }

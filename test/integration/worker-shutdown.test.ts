@@ -1,0 +1,130 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { WorkflowExecutionDescription } from '@temporalio/client';
+import { afterAll, describe, expect, inject, it } from 'vitest';
+import { stringify as toYaml } from 'yaml';
+import { attachmentOf, gitlabWorld, requestAttachment, type HookWorld, type Org } from '../support/attachments.ts';
+import { manualHold } from '../support/flaky-proxy.ts';
+import { createOrgWithToken, resultOf, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
+
+/**
+ * A rollout stops a worker (SIGTERM) while one of its activities waits on a provider: the worker
+ * takes no new task and gives the activity shutdown.workerGraceSeconds. An activity that ends in
+ * that time completes normally; one that does not is cancelled (its HTTP call aborted) and reported
+ * to Temporal as failed, so the step is retried on another worker at once instead of after its
+ * heartbeat timeout. Either way the process exits 0 before workerForceSeconds, and the attach ends
+ * with exactly one hook. The worker is worker/main.ts, the production entry, in a process of its own.
+ */
+describe('a worker stopped with SIGTERM during a provider call', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-worker-shutdown-'));
+  const started: StartedProcess[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
+
+  afterAll(async () => {
+    for (const worker of started) if (worker.child.exitCode === null) worker.child.kill('SIGKILL');
+    for (const cleanup of cleanups) await cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A harness of the test's own (its task queue: no other test's worker takes its tasks), with no worker of its own yet. */
+  async function setup(): Promise<{ h: Harness; org: Org; world: HookWorld }> {
+    const h = await startHarness({ withoutWorker: true });
+    cleanups.push(() => h.close());
+    const created = await createOrgWithToken(h);
+    const org = { ...created.org, token: created.token };
+    const world = await gitlabWorld(h, org);
+    cleanups.unshift(() => world.close());
+    return { h, org, world };
+  }
+
+  /** `node worker/main.ts` on the harness's task queue, database and keys, with these shutdown times. */
+  async function startWorker(h: Harness, shutdown: { workerGraceSeconds: number; workerForceSeconds: number }): Promise<StartedProcess> {
+    const configFile = path.join(dir, `worker-${randomUUID()}.yml`);
+    writeFileSync(
+      configFile,
+      toYaml({
+        publicUrl: TEST_PUBLIC_URL,
+        database: { url: inject('databaseUrl') },
+        temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: h.taskQueue },
+        auth: { adminToken: h.adminToken },
+        encryption: { key: h.keys.current.key.toString('base64'), keyId: h.keys.current.id },
+        security: { allowHttpHosts: ['127.0.0.1'] },
+        shutdown,
+      }),
+    );
+    const env = { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile };
+    const worker = await startProcess(['--import', 'tsx', path.join(ROOT, 'worker/main.ts')], { cwd: ROOT, env, readyMessage: 'worker running' });
+    started.push(worker);
+    return worker;
+  }
+
+  /** Starts an attach whose hook creation the provider performs but whose answer is held. */
+  async function attachHeldAtCreate({ h, org, world }: { h: Harness; org: Org; world: HookWorld }) {
+    const repository = await world.newRepository();
+    const hold = manualHold();
+    let held = false;
+    world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
+    const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
+    await hold.held;
+    return { repository, hold, workflowId };
+  }
+
+  const describeRun = (h: Harness, workflowId: string): Promise<WorkflowExecutionDescription> => h.client.workflow.getHandle(workflowId).describe();
+  const identityOf = (worker: StartedProcess) => `${worker.child.pid}@`;
+
+  // Each starts worker/main.ts under tsx (it bundles the workflows at start): slow on a loaded machine.
+  it('lets a step that ends within workerGraceSeconds complete, then exits 0', { timeout: 180_000 }, async () => {
+    const { h, org, world } = await setup();
+    const worker = await startWorker(h, { workerGraceSeconds: 60, workerForceSeconds: 90 });
+    const { repository, hold, workflowId } = await attachHeldAtCreate({ h, org, world });
+
+    worker.child.kill('SIGTERM');
+    await worker.waitForOutput('worker draining');
+    // Draining, the worker still runs the held step.
+    expect(worker.child.exitCode).toBeNull();
+    hold.release('answer');
+    expect(await worker.exited).toBe(0);
+    expect(worker.output()).toContain('worker stopped');
+
+    // The stopping worker completed the step: nothing is left pending or to retry.
+    expect((await describeRun(h, workflowId)).raw.pendingActivities ?? []).toEqual([]);
+    const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+    const completedBy = (history.events ?? []).filter((e) => e.activityTaskCompletedEventAttributes).map((e) => e.activityTaskCompletedEventAttributes!.identity);
+    expect(completedBy.some((identity) => identity?.startsWith(identityOf(worker)))).toBe(true);
+
+    await h.restartWorker();
+    await resultOf(h, workflowId);
+    expect(await attachmentOf(h, org, repository.repositoryId)).toMatchObject({ status: 'attached' });
+    expect(repository.hooks()).toHaveLength(1);
+  });
+
+  it('cancels a step still running at workerGraceSeconds: its call is aborted and the step fails for Temporal to retry, not silently; exits 0', { timeout: 180_000 }, async () => {
+    const { h, org, world } = await setup();
+    const worker = await startWorker(h, { workerGraceSeconds: 1, workerForceSeconds: 60 });
+    const { repository, hold, workflowId } = await attachHeldAtCreate({ h, org, world });
+
+    const signalled = performance.now();
+    worker.child.kill('SIGTERM');
+    expect(await worker.exited).toBe(0);
+    // Well before the force time: the cancelled step did not keep the worker.
+    expect(performance.now() - signalled).toBeLessThan(30_000);
+
+    // Temporal has the attempt as failed by the worker's shutdown, and the step as due for a retry.
+    const [pending] = (await describeRun(h, workflowId)).raw.pendingActivities ?? [];
+    expect(pending?.lastWorkerIdentity).toMatch(new RegExp(`^${identityOf(worker)}`));
+    expect(pending?.attempt).toBeGreaterThanOrEqual(2);
+    expect(pending?.lastFailure?.message).toMatch(/WORKER_SHUTDOWN/);
+    // And the worker's log says which step it cut.
+    expect(worker.output()).toMatch(/Activity failed[\s\S]*activityType: 'ensureHook'[\s\S]*WORKER_SHUTDOWN/);
+
+    hold.release('drop');
+    await h.restartWorker();
+    await resultOf(h, workflowId);
+    // The retry adopted the hook the cut call had made at the provider.
+    expect(await attachmentOf(h, org, repository.repositoryId)).toMatchObject({ status: 'attached' });
+    expect(repository.hooks()).toHaveLength(1);
+  });
+});
