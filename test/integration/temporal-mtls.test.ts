@@ -1,5 +1,4 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect as connectTcp, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +8,7 @@ import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseConfig } from '../../lib/config.ts';
 import { temporalConnectOptions } from '../../lib/temporal/connection.ts';
+import { CLIENT_EXTENSIONS, makeTestCa, SERVER_EXTENSIONS } from '../support/test-ca.ts';
 
 /**
  * temporal.tls against a frontend that demands mutual TLS: the test's own CA signs a server
@@ -21,19 +21,6 @@ import { temporalConnectOptions } from '../../lib/temporal/connection.ts';
 const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-mtls-'));
 const file = (name: string) => path.join(dir, name);
 
-function openssl(...args: string[]): void {
-  const result = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
-  if (result.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${result.stderr}`);
-}
-
-/** A P-256 key and a certificate signed by the test CA, with the given extensions. */
-function issue(name: string, extensions: string): void {
-  openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', file(`${name}.key`));
-  openssl('req', '-new', '-key', file(`${name}.key`), '-subj', `/CN=${name}`, '-out', file(`${name}.csr`));
-  writeFileSync(file(`${name}.ext`), extensions);
-  openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', file(`${name}.ext`), '-out', file(`${name}.pem`));
-}
-
 describe('temporal.tls: mutual TLS to the Temporal frontend', () => {
   let terminator: Server;
   let address: string;
@@ -41,9 +28,9 @@ describe('temporal.tls: mutual TLS to the Temporal frontend', () => {
   const optionsFor = (tls: Record<string, unknown>) => temporalConnectOptions(parseConfig({ ...minimal, temporal: { address, tls } }).temporal, address);
 
   beforeAll(async () => {
-    openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', file('ca.key'), '-subj', '/CN=forgelink test CA', '-days', '2', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign', '-out', file('ca.pem'));
-    issue('server', 'basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:temporal.test\nextendedKeyUsage=serverAuth\n');
-    issue('client', 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n');
+    const ca = makeTestCa(dir);
+    ca.issue('server', SERVER_EXTENSIONS('DNS:temporal.test'));
+    ca.issue('client', CLIENT_EXTENSIONS);
     const [host, port] = inject('temporalAddress').split(':');
     terminator = createTlsServer(
       { key: readFileSync(file('server.key')), cert: readFileSync(file('server.pem')), ca: readFileSync(file('ca.pem')), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] },
