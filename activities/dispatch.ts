@@ -2,10 +2,21 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { open, signHmacSha256, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
-import { loadDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
+import {
+  claimDueDispatches,
+  deferSubscriber,
+  dispatchCounts,
+  giveUpPendingDispatches,
+  listUndeliveredDispatches,
+  loadEventsForDispatch,
+  recordQueuedAttempt,
+  releaseDispatch,
+} from '../lib/db/repositories/event-dispatches.ts';
+import { loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
+import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { WorkerMetrics } from '../lib/metrics.ts';
-import { excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
+import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
 
@@ -43,6 +54,121 @@ export const MAX_ANSWER_BYTES = 64 * 1024;
 /** Longest Retry-After honoured within the dispatch deadline. */
 const MAX_RETRY_AFTER_SECONDS = 60 * 60;
 
+/** One attempt's outcome, as recorded and as the caller acts on it. */
+type AttemptOutcome =
+  | { succeeded: true; statusCode: number; durationMs: number }
+  | {
+      succeeded: false;
+      statusCode?: number;
+      /** What dispatch_attempts records. */
+      error: string;
+      durationMs: number;
+      type: (typeof DispatchFailureTypes)[keyof typeof DispatchFailureTypes];
+      message: string;
+      /** An address the policy refuses stays refused: retrying would only repeat the refusal. */
+      permanent: boolean;
+      retryAfterSeconds?: number;
+    };
+
+interface SubscriberForDispatch {
+  id: string;
+  url: string;
+  secret: string;
+}
+
+/**
+ * Sends one event to one subscriber, signed with the subscriber's secret, through the guarded
+ * outbound layer (no redirects, the address checked at connect time, a timeout, the answer capped).
+ */
+async function sendToSubscriber(
+  { keys, outbound, logger, metrics }: Pick<DispatchActivityDeps, 'keys' | 'outbound' | 'logger' | 'metrics'>,
+  subscriber: SubscriberForDispatch,
+  event: { id: string; receivedAt: Date; event: { kind: string } & object },
+  attempt: number,
+): Promise<AttemptOutcome> {
+  const subscriberId = subscriber.id;
+  const eventId = event.id;
+  const body = JSON.stringify({ id: event.id, receivedAt: event.receivedAt.toISOString(), ...event.event });
+  const headers = {
+    'content-type': 'application/json',
+    'user-agent': 'forgelink-dispatch',
+    'x-forgelink-signature': signHmacSha256(open(keys, subscriber.secret, subscriber.id), body),
+    'x-forgelink-event': event.event.kind,
+    'x-forgelink-event-id': event.id,
+    'x-forgelink-attempt': String(attempt),
+  };
+  const started = performance.now();
+  const elapsed = () => Math.round(performance.now() - started);
+
+  let response: Response;
+  try {
+    // Redirects are not followed: the registered URL is the one that was checked.
+    response = await outbound.fetch(subscriber.url, { method: 'POST', headers, body, redirects: 'none', timeoutMs: REQUEST_TIMEOUT_MS, maxBodyBytes: MAX_ANSWER_BYTES });
+    await response.arrayBuffer();
+  } catch (error) {
+    const reason = describeNetworkError(error);
+    logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
+    const permanent = error instanceof OutboundRefusedError || (error as Error | undefined)?.cause instanceof OutboundRefusedError;
+    metrics?.dispatchAttempt(permanent ? 'refused' : 'unreachable', (performance.now() - started) / 1000);
+    return { succeeded: false, error: reason, durationMs: elapsed(), type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}`, permanent };
+  }
+  metrics?.dispatchAttempt(response.status >= 200 && response.status < 300 ? 'delivered' : 'rejected', (performance.now() - started) / 1000);
+  if (response.status >= 200 && response.status < 300) return { succeeded: true, statusCode: response.status, durationMs: elapsed() };
+  const error = response.status >= 300 && response.status < 400 ? 'redirects are not followed' : `answered ${response.status}`;
+  logger.warn({ eventId, subscriberId, attempt, status: response.status }, 'subscriber rejected the event');
+  const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
+  return {
+    succeeded: false,
+    statusCode: response.status,
+    error,
+    durationMs: elapsed(),
+    type: DispatchFailureTypes.rejected,
+    message: `subscriber ${subscriberId} ${error}`,
+    permanent: false,
+    ...(retryAfter !== undefined ? { retryAfterSeconds: Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS) } : {}),
+  };
+}
+
+/** The queue's backoff: the second attempt 1 s after the first, each later one twice as long after, at most 10 minutes apart. */
+export function queuedRetryDelayMs(attemptsMade: number): number {
+  return Math.min(QUEUED_FIRST_RETRY_MS * 2 ** Math.max(0, attemptsMade - 1), QUEUED_MAX_RETRY_MS);
+}
+const QUEUED_FIRST_RETRY_MS = 1000;
+const QUEUED_MAX_RETRY_MS = 10 * 60 * 1000;
+
+/** Pairs sent at once by one drain. */
+export const DRAIN_CONCURRENCY = 16;
+/** Pairs claimed per read. */
+const DRAIN_BATCH = 4 * DRAIN_CONCURRENCY;
+/** A claimed pair is another drain's to take again only after this (past one attempt's timeout and its recording). */
+const DRAIN_LEASE_MS = REQUEST_TIMEOUT_MS + 5_000;
+/** One drain stops claiming after this and returns; the run calls the next one at once (the activity's start-to-close covers it). */
+export const DRAIN_BUDGET_MS = 60_000;
+/** Undelivered pairs a run's result names; the rest are counted. */
+export const UNDELIVERED_LISTED = 100;
+
+export interface DrainInput {
+  /** The event run's workflow id: its queue in event_dispatches. */
+  runKey: string;
+  /** ISO time the dispatch deadline passes: no attempt after it, pairs still pending are given up on. */
+  deadlineAt: string;
+}
+
+export interface DrainResult {
+  /** Attempts this drain made. */
+  attempted: number;
+  /** The run's pairs by state, after this drain. */
+  pending: number;
+  delivered: number;
+  undeliveredCount: number;
+  /** ISO time the earliest pending pair falls due (absent when none is pending). */
+  nextDueAt?: string;
+  /** Stopped at its time budget with pairs still due: call again at once. */
+  moreDue: boolean;
+  /** Once none is pending: the first UNDELIVERED_LISTED pairs given up on, with the last reason. */
+  undelivered?: { eventId: string; subscriberId: string; reason: string }[];
+}
+
 export function createDispatchActivities({ db, keys, outbound, logger, metrics }: DispatchActivityDeps) {
   return {
     /**
@@ -65,52 +191,124 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
       if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 
-      const body = JSON.stringify({ id: event.id, receivedAt: event.receivedAt.toISOString(), ...event.event });
-      const headers = {
-        'content-type': 'application/json',
-        'user-agent': 'forgelink-dispatch',
-        'x-forgelink-signature': signHmacSha256(open(keys, subscriber.secret, subscriber.id), body),
-        'x-forgelink-event': event.event.kind,
-        'x-forgelink-event-id': event.id,
-        'x-forgelink-attempt': String(attempt),
-      };
-      const started = performance.now();
-      const record = (outcome: { succeeded: boolean; statusCode?: number; error?: string }) =>
-        recordDispatchAttempt(db, { subscriberId, eventId, attempt, durationMs: Math.round(performance.now() - started), ...outcome });
-
-      let response: Response;
-      try {
-        // Redirects are not followed: the registered URL is the one that was checked.
-        response = await outbound.fetch(subscriber.url, { method: 'POST', headers, body, redirects: 'none', timeoutMs: REQUEST_TIMEOUT_MS, maxBodyBytes: MAX_ANSWER_BYTES });
-        await response.arrayBuffer();
-      } catch (error) {
-        const reason = describeNetworkError(error);
-        await record({ succeeded: false, error: reason });
-        logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
-        // An address the policy refuses stays refused: retrying would only repeat the refusal.
-        const nonRetryable = error instanceof OutboundRefusedError || (error as Error | undefined)?.cause instanceof OutboundRefusedError;
-        metrics?.dispatchAttempt(nonRetryable ? 'refused' : 'unreachable', (performance.now() - started) / 1000);
-        throw ApplicationFailure.create({ type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${reason}`, nonRetryable });
+      const outcome = await sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt);
+      await recordDispatchAttempt(db, {
+        subscriberId,
+        eventId,
+        attempt,
+        durationMs: outcome.durationMs,
+        succeeded: outcome.succeeded,
+        ...(outcome.statusCode !== undefined ? { statusCode: outcome.statusCode } : {}),
+        ...(outcome.succeeded ? {} : { error: outcome.error }),
+      });
+      if (outcome.succeeded) return { delivered: true, statusCode: outcome.statusCode };
+      if (outcome.type === DispatchFailureTypes.unreachable) {
+        throw ApplicationFailure.create({ type: outcome.type, message: outcome.message, nonRetryable: outcome.permanent });
       }
-      metrics?.dispatchAttempt(response.status >= 200 && response.status < 300 ? 'delivered' : 'rejected', (performance.now() - started) / 1000);
-      if (response.status >= 200 && response.status < 300) {
-        await record({ succeeded: true, statusCode: response.status });
-        return { delivered: true, statusCode: response.status };
-      }
-      const error = response.status >= 300 && response.status < 400 ? 'redirects are not followed' : `answered ${response.status}`;
-      await record({ succeeded: false, statusCode: response.status, error });
-      logger.warn({ eventId, subscriberId, attempt, status: response.status }, 'subscriber rejected the event');
-      const retryAfter = parseRetryAfter(response.headers.get('retry-after'));
-      const retryAfterSeconds = retryAfter !== undefined ? Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS) : undefined;
-      const details: DispatchRejection = { status: response.status, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
+      const { retryAfterSeconds } = outcome;
+      const details: DispatchRejection = { status: outcome.statusCode!, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
       throw ApplicationFailure.create({
-        type: DispatchFailureTypes.rejected,
-        message: `subscriber ${subscriberId} ${error}`,
+        type: outcome.type,
+        message: outcome.message,
         // Honoured by the retry policy of a regular activity; the workflow reads the details after
         // the inline first attempt (a failure reaching workflow code does not carry nextRetryDelay).
         nextRetryDelay: retryAfterSeconds !== undefined ? `${retryAfterSeconds}s` : undefined,
         details: [details],
       });
+    },
+
+    /**
+     * Sends a large fan-out's due pairs (event_dispatches of the run `runKey`), DRAIN_CONCURRENCY
+     * at a time, and records each attempt with the pair's new state in one transaction: a pair
+     * recorded delivered is never claimed again, so a retried drain does not send it twice. A
+     * drain lost mid-send (its worker died after the subscriber answered, before the recording)
+     * leaves the pair due again once its lease ends: that subscriber gets the event twice, which
+     * X-Forgelink-Event-Id lets it recognise (at-least-once). A failed pair is due again after the
+     * queue's backoff or the subscriber's Retry-After (at most an hour), whichever is later, and the
+     * subscriber's other pairs wait as long; a pair whose next attempt would fall past the deadline
+     * is given up on. Returns the counts and when the next pair falls due.
+     */
+    async drainDispatches({ runKey, deadlineAt }: DrainInput): Promise<DrainResult> {
+      const deadline = Date.parse(deadlineAt);
+      const started = Date.now();
+      const cancelled = activityCancellation();
+      let attempted = 0;
+      let moreDue = false;
+      const subscribers = new Map<string, SubscriberForDispatch | null>();
+      /** Subscribers that failed during this drain, and until when they are left alone. */
+      const pausedUntil = new Map<string, number>();
+      const limiter = createLimiter(DRAIN_CONCURRENCY);
+
+      const subscriberOf = async (id: string) => {
+        if (!subscribers.has(id)) subscribers.set(id, (await loadSubscriberForDispatch(db, id)) ?? null);
+        return subscribers.get(id)!;
+      };
+
+      if (Date.now() < deadline) {
+        for (;;) {
+          cancelled?.throwIfAborted();
+          const now = Date.now();
+          if (now >= deadline) break;
+          if (now - started >= DRAIN_BUDGET_MS) {
+            moreDue = true;
+            break;
+          }
+          const claimed = await claimDueDispatches(db, runKey, { now: new Date(now), leaseUntil: new Date(now + DRAIN_LEASE_MS), limit: DRAIN_BATCH });
+          if (claimed.length === 0) break;
+          const events = await loadEventsForDispatch(db, claimed.map((c) => c.eventId));
+          await Promise.all(
+            claimed.map((pair) =>
+              limiter.run(async () => {
+                const subscriber = await subscriberOf(pair.subscriberId);
+                const event = events.get(pair.eventId);
+                // Deleted meanwhile: its rows went with it.
+                if (!subscriber || !event) return;
+                const paused = pausedUntil.get(pair.subscriberId);
+                if (paused !== undefined && paused > Date.now()) {
+                  // Left alone with the subscriber's other pairs: due again when the subscriber is.
+                  await releaseDispatch(db, pair, new Date(paused));
+                  return;
+                }
+                const attempt = pair.attempts + 1;
+                attempted++;
+                const outcome = await sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt);
+                if (outcome.succeeded) {
+                  await recordQueuedAttempt(db, { ...pair, attempt }, outcome);
+                  return;
+                }
+                const reason = `${outcome.type}: ${outcome.message}`;
+                const waitMs = Math.max(queuedRetryDelayMs(attempt), (outcome.retryAfterSeconds ?? 0) * 1000);
+                const nextAt = Date.now() + waitMs;
+                const givenUp = outcome.permanent || nextAt >= deadline;
+                // Before anything is awaited, so no pair of this subscriber starts meanwhile.
+                const pauses = !outcome.permanent && nextAt > (pausedUntil.get(pair.subscriberId) ?? 0);
+                if (pauses) pausedUntil.set(pair.subscriberId, nextAt);
+                await recordQueuedAttempt(db, { ...pair, attempt }, { ...outcome, reason, nextAttemptAt: givenUp ? null : new Date(nextAt) });
+                if (outcome.permanent) {
+                  logger.warn({ runKey, eventId: pair.eventId, subscriberId: pair.subscriberId, reason }, 'event not delivered: the subscriber address is refused');
+                }
+                if (pauses) await deferSubscriber(db, runKey, pair.subscriberId, new Date(nextAt), `not attempted while the subscriber failed (${reason})`);
+              }),
+            ),
+          );
+        }
+      }
+      if (Date.now() >= deadline) await giveUpPendingDispatches(db, runKey, 'not attempted before the dispatch deadline');
+      const counts = await dispatchCounts(db, runKey);
+      const result: DrainResult = {
+        attempted,
+        pending: counts.pending,
+        delivered: counts.delivered,
+        undeliveredCount: counts.undelivered,
+        moreDue: moreDue && counts.pending > 0,
+        ...(counts.nextDueAt ? { nextDueAt: counts.nextDueAt.toISOString() } : {}),
+      };
+      if (counts.pending === 0) {
+        result.undelivered = await listUndeliveredDispatches(db, runKey, UNDELIVERED_LISTED);
+        if (counts.undelivered > 0) logger.warn({ runKey, undelivered: counts.undelivered }, 'events not delivered before the dispatch deadline');
+      }
+      logger.info({ runKey, attempted, ...counts }, 'dispatch queue drained');
+      return result;
     },
   };
 }

@@ -1,6 +1,8 @@
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
 import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
+import { queueDispatches } from '../lib/db/repositories/event-dispatches.ts';
 import {
   claimDeliveryDigest,
   deliveryScope,
@@ -35,12 +37,37 @@ export interface Dispatch {
   firstAttempt?: number;
 }
 
-export interface RecordedDelivery {
+/**
+ * A recorded delivery, and what its run dispatches: the (event, subscriber) pairs themselves when
+ * there are at most INLINE_DISPATCH_LIMIT (sent from the workflow, first attempts inline), else
+ * only how many were queued in event_dispatches under `runKey` (drained by drainDispatches).
+ * A queued result has no `dispatches`, so a worker from before the queue fails its workflow task
+ * (and leaves it to a newer one) rather than take it for a delivery with no subscriber.
+ */
+export type RecordedDelivery = RecordedInline | RecordedQueued;
+
+interface RecordedInline {
   recorded: number;
   dispatches: Dispatch[];
   /** How long the workflow keeps retrying each dispatch. */
   deliveryDeadlineSeconds: number;
 }
+
+export interface RecordedQueued {
+  recorded: number;
+  /** Pairs queued in event_dispatches. */
+  queued: number;
+  /** The run's queue: its workflow id. */
+  runKey: string;
+  deliveryDeadlineSeconds: number;
+}
+
+/**
+ * The most (event, subscriber) pairs a run sends from the workflow itself; above it they are queued
+ * in PostgreSQL, so a run's history does not grow with its fan-out (each inline pair adds a marker,
+ * each retried one an activity and a timer: 1,000 pairs made ~490 KB of history).
+ */
+export const INLINE_DISPATCH_LIMIT = 16;
 
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -60,8 +87,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
      * cache changes they carry, in one transaction so the cache and the event log agree: an
      * installation gaining or losing a repository upserts it or marks it vanished for every
      * connection bound to the installation; any event naming an attached repository under a new
-     * name renames it. Returns the (event, subscriber) pairs to dispatch. Safe to repeat: a second
-     * run finds the rows already there and returns the same pairs.
+     * name renames it. Returns the (event, subscriber) pairs to dispatch, or, for a larger fan-out,
+     * queues them in the same transaction and returns their number. Safe to repeat: a second run
+     * finds the rows already there and returns (or queues) the same pairs.
      */
     async recordEvent(input: EventInput): Promise<RecordedDelivery> {
       const { provider, deliveryId, connectionId, bodyDigest } = input;
@@ -71,7 +99,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
         throw ApplicationFailure.create({ type: 'DeliveryNotStored', nonRetryable: true, message: `delivery ${provider}:${deliveryId} is not in the intake table (removed after the retention period?)` });
       }
       const { events, instanceUrl, installationId } = delivery;
-      const result = await db.transaction().execute(async (trx) => {
+      // The run's queue is keyed by its workflow id (every run of the delivery's id shares it).
+      const runKey = Context.current().info.workflowExecution?.workflowId ?? `${provider}:${connectionId ?? ''}:${deliveryId}`;
+      const result = await db.transaction().execute(async (trx): Promise<{ recorded: number; dispatches: Dispatch[] } | { recorded: number; queued: number }> => {
         if (connectionId && bodyDigest) {
           const receivedAt = new Date(input.receivedAt);
           const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);
@@ -127,10 +157,13 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
             .filter((s) => s.organizationId === r.organizationId && subscriberWants(s, events[r.sequence]!))
             .map((s) => ({ eventId: r.id, subscriberId: s.id })),
         );
-        return { recorded: recorded.length, dispatches };
+        if (dispatches.length <= INLINE_DISPATCH_LIMIT) return { recorded: recorded.length, dispatches };
+        await queueDispatches(trx, runKey, dispatches, new Date());
+        return { recorded: recorded.length, queued: dispatches.length };
       });
-      logger.info({ provider, deliveryId, events: events.length, recorded: result.recorded, dispatches: result.dispatches.length }, 'event recorded');
-      return { ...result, deliveryDeadlineSeconds };
+      const dispatched = 'queued' in result ? { queued: result.queued } : { dispatches: result.dispatches.length };
+      logger.info({ provider, deliveryId, events: events.length, recorded: result.recorded, ...dispatched }, 'event recorded');
+      return 'queued' in result ? { ...result, runKey, deliveryDeadlineSeconds } : { ...result, deliveryDeadlineSeconds };
     },
   };
 }

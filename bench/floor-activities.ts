@@ -6,7 +6,7 @@ import type { EventInput } from '../workflows/contract.ts';
 /** The floor workflows' activities: results the size and shape of the real ones, and no work. */
 export function createFloorActivities() {
   return {
-    async recordNothing(_input: EventInput): Promise<RecordedDelivery> {
+    async recordNothing(_input: EventInput): Promise<Extract<RecordedDelivery, { dispatches: unknown }>> {
       return { recorded: 1, dispatches: [{ eventId: randomUUID(), subscriberId: randomUUID() }], deliveryDeadlineSeconds: 86_400 };
     },
     async dispatchNothing(_dispatch: Dispatch): Promise<DispatchOutcome> {

@@ -115,6 +115,19 @@ export interface EventInput {
   bodyDigest?: string;
   /** A URL of the repository on the instance that sent a legacy hook's delivery (GitLab, Bitbucket): ids are unique per instance only. */
   instanceUrl?: string;
+  /** Carried over continue-as-new by a run draining its dispatch queue: it goes on draining. */
+  queuedDispatch?: QueuedDispatch;
+  /** Drain rounds per run before it continues as new (default 100; tests set fewer). */
+  drainRoundsPerRun?: number;
+}
+
+/** A recorded delivery's dispatch queue (event_dispatches rows under `runKey`), and the run's deadline for it. */
+export interface QueuedDispatch {
+  runKey: string;
+  /** Event rows the delivery recorded. */
+  recorded: number;
+  /** ISO time after which nothing more is sent. */
+  deadlineAt: string;
 }
 
 /** What an operator reads in the Temporal UI about a delivery; bounded whatever the delivery's size. */
@@ -145,8 +158,10 @@ export interface EventResult {
   recorded: number;
   /** Subscriber deliveries acknowledged (now or by an earlier run). */
   delivered: number;
-  /** Subscriber deliveries given up on when the dispatch deadline passed. */
+  /** Subscriber deliveries given up on when the dispatch deadline passed (a queued fan-out's run names the first 100). */
   undelivered: { eventId: string; subscriberId: string; reason: string }[];
+  /** How many were given up on, when the fan-out was queued (more than 16 pairs); absent otherwise (`undelivered` names them all). */
+  undeliveredCount?: number;
 }
 
 /**

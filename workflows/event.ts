@@ -1,7 +1,7 @@
-import { ActivityFailure, ApplicationFailure, log, proxyActivities, proxyLocalActivities, sleep } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, continueAsNew, log, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Activities } from '../activities/index.ts';
-import { NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult } from './contract.ts';
+import { NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
@@ -27,6 +27,20 @@ const { dispatchEvent: dispatchFirstAttempt } = proxyLocalActivities<Activities>
 /** Backoff before the second attempt; each later one waits twice as long (so attempts at 0, 1, 3, 7 s…). */
 const FIRST_RETRY_MS = 1000;
 
+// A large fan-out's pairs are queued in PostgreSQL and sent by one activity at a time, so the run's
+// history grows with the number of rounds, not of pairs. A drain returns after a minute at most.
+const { drainDispatches } = proxyActivities<Activities>({
+  startToCloseTimeout: '2 minutes',
+  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
+  // A database outage: retried until it is back (the drain's own deadline check ends the run).
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
+});
+
+/** Drain rounds per run before it continues as new (each round is about 8 history events). */
+const DRAIN_ROUNDS_PER_RUN = 100;
+/** Shortest wait between rounds, so pairs falling due one after another are sent together. */
+const MIN_ROUND_GAP_MS = 1000;
+
 /** How long the subscriber asked to wait (Retry-After), from the failed attempt's details. */
 function retryAfterMs(error: unknown): number {
   const cause = error instanceof ActivityFailure ? error.cause : error;
@@ -37,12 +51,23 @@ function retryAfterMs(error: unknown): number {
 /**
  * One provider delivery (id `event:<provider>:<deliveryId>`, so a redelivery maps onto this run):
  * records its events per organization and applies the repository cache changes they carry, then
- * dispatches each event to every subscriber whose filters it matches: a first attempt inline, then
- * retries in a regular activity with backoff until the dispatch deadline passes.
+ * dispatches each event to every subscriber whose filters it matches until the dispatch deadline
+ * passes. Up to INLINE_DISPATCH_LIMIT pairs: a first attempt inline, then retries in a regular
+ * activity with backoff. More: recordEvent queues them in PostgreSQL and the run drains the queue
+ * (drainQueue).
  */
 export async function eventWorkflow(input: EventInput): Promise<EventResult> {
+  // A run continued as new goes on draining its queue.
+  if (input.queuedDispatch) return drainQueue(input, input.queuedDispatch);
   const startedAt = Date.now();
-  const { recorded, dispatches, deliveryDeadlineSeconds } = await recordEvent(input);
+  const recordedDelivery = await recordEvent(input);
+  // Decided by the recorded result, so a run recorded before the queue existed (its pairs in the
+  // marker) replays and goes on exactly as it was.
+  if ('queued' in recordedDelivery) {
+    const { recorded, runKey, deliveryDeadlineSeconds } = recordedDelivery;
+    return drainQueue(input, { runKey, recorded, deadlineAt: new Date(startedAt + deliveryDeadlineSeconds * 1000).toISOString() });
+  }
+  const { recorded, dispatches, deliveryDeadlineSeconds } = recordedDelivery;
   if (dispatches.length === 0) return { recorded, delivered: 0, undelivered: [] };
 
   const first = await Promise.allSettled(dispatches.map((dispatch) => dispatchFirstAttempt(dispatch)));
@@ -79,4 +104,25 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
     undelivered.push({ eventId, subscriberId, reason });
   });
   return { recorded, delivered, undelivered };
+}
+
+/**
+ * Drains the run's queue in rounds: a drain sends what is due, then the run sleeps until the next
+ * pair falls due (or the deadline), until none is pending. The result counts every pair and names
+ * the first undelivered ones. After DRAIN_ROUNDS_PER_RUN rounds the run continues as new.
+ */
+async function drainQueue(input: EventInput, queue: QueuedDispatch): Promise<EventResult> {
+  const deadline = Date.parse(queue.deadlineAt);
+  for (let round = 1; ; round++) {
+    const drained = await drainDispatches({ runKey: queue.runKey, deadlineAt: queue.deadlineAt });
+    if (drained.pending === 0) {
+      return { recorded: queue.recorded, delivered: drained.delivered, undelivered: drained.undelivered ?? [], undeliveredCount: drained.undeliveredCount };
+    }
+    if (round >= (input.drainRoundsPerRun ?? DRAIN_ROUNDS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
+      await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: queue });
+    }
+    if (drained.moreDue) continue;
+    const nextDue = Math.min(drained.nextDueAt ? Date.parse(drained.nextDueAt) : deadline, deadline);
+    await sleep(Math.max(MIN_ROUND_GAP_MS, nextDue - Date.now()));
+  }
 }

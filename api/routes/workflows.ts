@@ -1,8 +1,10 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { undeliveredDispatchesOf } from '../../lib/db/repositories/event-dispatches.ts';
 import { deliveryPartOf } from '../../lib/db/repositories/events.ts';
 import { parseEventWorkflowId, parseWorkflowId, type EventResult } from '../../workflows/contract.ts';
 import type { Context } from 'hono';
+import type { Provider } from '../../lib/domain.ts';
 import { mayAccessOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, problemResponse } from '../problem.ts';
@@ -29,7 +31,10 @@ function failureOf(error: unknown): { message: string; type?: string } {
   return { message: err?.message ?? String(error), ...(err?.type ? { type: err.type } : {}) };
 }
 
-type DeliveryPart = Awaited<ReturnType<typeof deliveryPartOf>>;
+type DeliveryPart = Awaited<ReturnType<typeof deliveryPartOf>> & { provider: Provider; deliveryId: string; organizationId: string };
+
+/** As many undelivered pairs as a queued fan-out's run result names. */
+const UNDELIVERED_LISTED = 100;
 
 /**
  * Whether the caller may see the run (by the organization in its id, or for an event run, the
@@ -41,7 +46,7 @@ async function accessToRun(c: Context<AppEnv>, workflowId: string): Promise<{ al
   if (event) {
     if (principal.kind === 'admin') return { allowed: true };
     const part = await deliveryPartOf(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId, event.connectionId);
-    return { allowed: part.eventIds.length > 0, part };
+    return { allowed: part.eventIds.length > 0, part: { ...part, provider: event.provider, deliveryId: event.deliveryId, organizationId: principal.organizationId } };
   }
   const parsed = parseWorkflowId(workflowId);
   return { allowed: parsed !== undefined && mayAccessOrganization(c, parsed.organizationId) };
@@ -51,9 +56,13 @@ async function accessToRun(c: Context<AppEnv>, workflowId: string): Promise<{ al
  * An event run's result as one organization may see it: a delivery can concern several, and the
  * run's result counts them all and names their events and subscribers. The run itself is unchanged.
  */
-function ownPartOf(result: EventResult, part: DeliveryPart): EventResult {
+async function ownPartOf(c: Context<AppEnv>, result: EventResult, part: DeliveryPart): Promise<EventResult> {
   const own = new Set(part.eventIds);
-  return { recorded: own.size, delivered: part.delivered, undelivered: result.undelivered.filter((u) => own.has(u.eventId)) };
+  if (result.undeliveredCount === undefined) return { recorded: own.size, delivered: part.delivered, undelivered: result.undelivered.filter((u) => own.has(u.eventId)) };
+  // A queued fan-out's result names only the first undelivered pairs, which may all be another
+  // organization's: the organization's own are read from the queue.
+  const undelivered = await undeliveredDispatchesOf(c.var.deps.db, part, UNDELIVERED_LISTED);
+  return { recorded: own.size, delivered: part.delivered, undelivered: undelivered.first, undeliveredCount: undelivered.count };
 }
 
 /**
@@ -103,7 +112,7 @@ export function workflowRoutes() {
       let failure: { message: string; type?: string } | undefined;
       if (status === 'COMPLETED') {
         result = await handle.result();
-        if (access.part) result = ownPartOf(result as EventResult, access.part);
+        if (access.part) result = await ownPartOf(c, result as EventResult, access.part);
       }
       else if (status === 'FAILED' || status === 'TIMED_OUT' || status === 'TERMINATED' || status === 'CANCELLED') {
         failure = await handle.result().then(

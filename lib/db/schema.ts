@@ -195,6 +195,19 @@ export interface DispatchAttemptsTable {
   attempted_at: CreatedAt;
 }
 
+/** Where an (event, subscriber) pair of a large fan-out stands: the event run drains them (activities/dispatch.ts). */
+export interface EventDispatchesTable {
+  event_id: string;
+  subscriber_id: string;
+  /** The event run's workflow id. */
+  run_key: string;
+  status: 'pending' | 'delivered' | 'undelivered';
+  attempts: ColumnType<number, number | undefined, number>;
+  next_attempt_at: Timestamp;
+  /** Why the last attempt failed (or why the pair was not attempted). */
+  last_reason: string | null;
+}
+
 export interface Database {
   organizations: OrganizationsTable;
   api_tokens: ApiTokensTable;
@@ -210,6 +223,7 @@ export interface Database {
   webhook_deliveries: WebhookDeliveriesTable;
   subscribers: SubscribersTable;
   dispatch_attempts: DispatchAttemptsTable;
+  event_dispatches: EventDispatchesTable;
 }
 
 export type Organization = Selectable<OrganizationsTable>;

@@ -84,6 +84,11 @@ export async function loadDispatch(db: Executor, subscriberId: string, eventId: 
   return { subscriber, event: event_id && received_at && event ? { id: event_id, receivedAt: received_at, event } : undefined, delivered };
 }
 
+/** A subscriber with its sealed secret, for the dispatch queue's drain (which reads the events in bulk). */
+export async function loadSubscriberForDispatch(db: Executor, id: string) {
+  return db.selectFrom('subscribers').select(['id', 'organization_id', 'url', 'secret']).where('id', '=', id).executeTakeFirst();
+}
+
 export interface DispatchAttempt {
   subscriberId: string;
   attempt: number;

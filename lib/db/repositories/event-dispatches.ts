@@ -1,0 +1,212 @@
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { NormalizedEvent, Provider } from '../../domain.ts';
+import type { Database } from '../schema.ts';
+
+type Executor = Kysely<Database> | Transaction<Database>;
+
+/**
+ * The dispatch queue of an event run with a large fan-out: one row per (event, subscriber) pair,
+ * keyed by the run's workflow id (`runKey`), drained by the run's drainDispatches activity.
+ */
+export interface QueuedPair {
+  eventId: string;
+  subscriberId: string;
+}
+
+/** A statement takes at most 65,535 parameters; three per row. */
+const QUEUE_BATCH_ROWS = 5000;
+
+/**
+ * Queues the pairs for the run, due now. A pair already queued keeps its state (a retried
+ * recording, or another hook's run of the same delivery, never sends a delivered pair again); a
+ * pair given up on by an earlier run of the same delivery is queued again, as a redelivery
+ * dispatches it again.
+ */
+export async function queueDispatches(db: Executor, runKey: string, pairs: readonly QueuedPair[], now: Date): Promise<void> {
+  for (let start = 0; start < pairs.length; start += QUEUE_BATCH_ROWS) {
+    await db
+      .insertInto('event_dispatches')
+      .values(pairs.slice(start, start + QUEUE_BATCH_ROWS).map((p) => ({ event_id: p.eventId, subscriber_id: p.subscriberId, run_key: runKey, status: 'pending' as const, next_attempt_at: now })))
+      .onConflict((oc) =>
+        oc
+          .columns(['event_id', 'subscriber_id'])
+          .doUpdateSet({ status: 'pending', run_key: runKey, next_attempt_at: now })
+          .where('event_dispatches.status', '=', 'undelivered'),
+      )
+      .execute();
+  }
+}
+
+export interface ClaimedPair extends QueuedPair {
+  /** Attempts made so far; this one is `attempts + 1`. */
+  attempts: number;
+}
+
+/**
+ * Claims up to `limit` of the run's pending pairs due at `now`, in the order they fell due, by
+ * moving their next attempt to `leaseUntil`: a second drain (a retry while a lost worker's attempt
+ * still runs) skips them until then, and a drain that dies mid-send leaves them due again after it.
+ */
+export async function claimDueDispatches(db: Executor, runKey: string, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedPair[]> {
+  const { rows } = await sql<{ event_id: string; subscriber_id: string; attempts: number }>`
+    update event_dispatches d set next_attempt_at = ${options.leaseUntil}
+    from (
+      select event_id, subscriber_id from event_dispatches
+      where run_key = ${runKey} and status = 'pending' and next_attempt_at <= ${options.now}
+      order by next_attempt_at
+      limit ${options.limit}
+      for update skip locked
+    ) due
+    where d.event_id = due.event_id and d.subscriber_id = due.subscriber_id
+    returning d.event_id, d.subscriber_id, d.attempts
+  `.execute(db);
+  return rows.map((r) => ({ eventId: r.event_id, subscriberId: r.subscriber_id, attempts: r.attempts }));
+}
+
+export type AttemptRecord =
+  | { succeeded: true; statusCode: number; durationMs: number }
+  | { succeeded: false; statusCode?: number; error: string; durationMs: number; reason: string; nextAttemptAt: Date | null };
+
+/**
+ * Records one attempt of a queued pair where the API reads attempts (dispatch_attempts) and, in the
+ * same statement, the pair's state: delivered (never claimed again), due again at `nextAttemptAt`,
+ * or given up on (`nextAttemptAt` null). One statement, so one round trip per attempt.
+ */
+export async function recordQueuedAttempt(db: Executor, pair: QueuedPair & { attempt: number }, record: AttemptRecord): Promise<void> {
+  const status = record.succeeded ? 'delivered' : record.nextAttemptAt ? 'pending' : 'undelivered';
+  const nextAttemptAt = record.succeeded ? null : record.nextAttemptAt;
+  const reason = record.succeeded ? null : record.reason;
+  await sql`
+    with attempt as (
+      insert into dispatch_attempts (subscriber_id, event_id, attempt, succeeded, status_code, error, duration_ms)
+      values (${pair.subscriberId}, ${pair.eventId}, ${pair.attempt}, ${record.succeeded}, ${record.statusCode ?? null}, ${record.succeeded ? null : record.error}, ${record.durationMs})
+      on conflict (subscriber_id, event_id, attempt) do update
+        set succeeded = excluded.succeeded, status_code = excluded.status_code, error = excluded.error, duration_ms = excluded.duration_ms
+    )
+    update event_dispatches
+    set status = ${status}, attempts = ${pair.attempt}, last_reason = ${reason}, next_attempt_at = coalesce(${nextAttemptAt}::timestamptz, next_attempt_at)
+    where event_id = ${pair.eventId} and subscriber_id = ${pair.subscriberId} and status = 'pending'
+  `.execute(db);
+}
+
+/** Gives up on a pair without an attempt (an address the policy refuses stays refused). */
+export async function giveUpDispatch(db: Executor, pair: QueuedPair, reason: string): Promise<void> {
+  await db
+    .updateTable('event_dispatches')
+    .set({ status: 'undelivered', last_reason: reason })
+    .where('event_id', '=', pair.eventId)
+    .where('subscriber_id', '=', pair.subscriberId)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
+/**
+ * A subscriber that failed (or asked to wait, Retry-After) is left alone until `until`: the run's
+ * other pending pairs for it wait too, rather than each try it (and each wait out its timeout).
+ */
+export async function deferSubscriber(db: Executor, runKey: string, subscriberId: string, until: Date, reason: string): Promise<void> {
+  await db
+    .updateTable('event_dispatches')
+    .set({ next_attempt_at: sql<Date>`greatest(next_attempt_at, ${until})`, last_reason: sql<string>`coalesce(last_reason, ${reason})` })
+    .where('run_key', '=', runKey)
+    .where('subscriber_id', '=', subscriberId)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
+/** Hands a claimed pair back unattempted, due at `at` (its subscriber is being left alone until then). */
+export async function releaseDispatch(db: Executor, pair: QueuedPair, at: Date): Promise<void> {
+  await db
+    .updateTable('event_dispatches')
+    .set({ next_attempt_at: at })
+    .where('event_id', '=', pair.eventId)
+    .where('subscriber_id', '=', pair.subscriberId)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
+/** At the dispatch deadline: every pair still pending is given up on, with its last reason. */
+export async function giveUpPendingDispatches(db: Executor, runKey: string, reason: string): Promise<void> {
+  await db
+    .updateTable('event_dispatches')
+    .set({ status: 'undelivered', last_reason: sql<string>`coalesce(last_reason, ${reason})` })
+    .where('run_key', '=', runKey)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
+export interface DispatchCounts {
+  pending: number;
+  delivered: number;
+  undelivered: number;
+  /** When the earliest pending pair falls due (claimed pairs: when their lease ends). */
+  nextDueAt: Date | null;
+}
+
+export async function dispatchCounts(db: Executor, runKey: string): Promise<DispatchCounts> {
+  const row = await db
+    .selectFrom('event_dispatches')
+    .select([
+      sql<string>`count(*) filter (where status = 'pending')`.as('pending'),
+      sql<string>`count(*) filter (where status = 'delivered')`.as('delivered'),
+      sql<string>`count(*) filter (where status = 'undelivered')`.as('undelivered'),
+      sql<Date | null>`min(next_attempt_at) filter (where status = 'pending')`.as('nextDueAt'),
+    ])
+    .where('run_key', '=', runKey)
+    .executeTakeFirstOrThrow();
+  return { pending: Number(row.pending), delivered: Number(row.delivered), undelivered: Number(row.undelivered), nextDueAt: row.nextDueAt };
+}
+
+export interface UndeliveredPair extends QueuedPair {
+  reason: string;
+}
+
+/** The first `limit` pairs given up on, in a stable order. */
+export async function listUndeliveredDispatches(db: Executor, runKey: string, limit: number): Promise<UndeliveredPair[]> {
+  const rows = await db
+    .selectFrom('event_dispatches')
+    .select(['event_id as eventId', 'subscriber_id as subscriberId', 'last_reason as reason'])
+    .where('run_key', '=', runKey)
+    .where('status', '=', 'undelivered')
+    .orderBy('event_id')
+    .orderBy('subscriber_id')
+    .limit(limit)
+    .execute();
+  return rows.map((r) => ({ ...r, reason: r.reason ?? 'not delivered before the dispatch deadline' }));
+}
+
+/** One organization's part of a delivery's queued dispatches given up on: how many, and the first `limit`. */
+export async function undeliveredDispatchesOf(
+  db: Executor,
+  delivery: { provider: Provider; deliveryId: string; organizationId: string },
+  limit: number,
+): Promise<{ count: number; first: UndeliveredPair[] }> {
+  const base = db
+    .selectFrom('event_dispatches as d')
+    .innerJoin('events as e', 'e.id', 'd.event_id')
+    .where('e.provider', '=', delivery.provider)
+    .where('e.delivery_id', '=', delivery.deliveryId)
+    .where('e.organization_id', '=', delivery.organizationId)
+    .where('d.status', '=', 'undelivered');
+  const { count } = await base.select(sql<string>`count(*)`.as('count')).executeTakeFirstOrThrow();
+  const first = await base
+    .select(['d.event_id as eventId', 'd.subscriber_id as subscriberId', 'd.last_reason as reason'])
+    .orderBy('d.event_id')
+    .orderBy('d.subscriber_id')
+    .limit(limit)
+    .execute();
+  return { count: Number(count), first: first.map((r) => ({ ...r, reason: r.reason ?? 'not delivered before the dispatch deadline' })) };
+}
+
+export interface DispatchableEvent {
+  id: string;
+  receivedAt: Date;
+  event: NormalizedEvent;
+}
+
+/** The events of a claimed batch, by id, in one read. */
+export async function loadEventsForDispatch(db: Executor, ids: readonly string[]): Promise<Map<string, DispatchableEvent>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db.selectFrom('events').select(['id', 'received_at as receivedAt', 'event']).where('id', 'in', [...new Set(ids)]).execute();
+  return new Map(rows.map((r) => [r.id, r]));
+}

@@ -1,0 +1,296 @@
+import { randomInt, randomUUID } from 'node:crypto';
+import { temporal } from '@temporalio/proto';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDispatchActivities, DRAIN_CONCURRENCY, type DrainResult } from '../../activities/dispatch.ts';
+import { INLINE_DISPATCH_LIMIT } from '../../activities/events.ts';
+import { queueDispatches } from '../../lib/db/repositories/event-dispatches.ts';
+import type { Provider } from '../../lib/domain.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
+import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { historyBytes, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
+import { testOutbound } from '../support/outbound.ts';
+
+/**
+ * A delivery whose (event, subscriber) pairs outnumber INLINE_DISPATCH_LIMIT is dispatched from a
+ * queue in PostgreSQL, drained by one activity at a time: the run's history stays small whatever
+ * the fan-out, each pair is delivered once, and the run's result counts the pairs and names at
+ * most 100 undelivered ones.
+ */
+interface Org {
+  org: { id: string; slug: string };
+  token: string;
+}
+
+const REF_CHANGES = 2000;
+
+async function eventTypes(h: Harness, workflowId: string): Promise<string[]> {
+  const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+  return (history.events ?? []).map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]!);
+}
+
+function fanOutHelpers(harness: () => Harness, subscribers: FakeSubscriber[]) {
+  const h = () => harness();
+  async function newSubscriber() {
+    const subscriber = await startFakeSubscriber();
+    subscribers.push(subscriber);
+    return subscriber;
+  }
+  async function subscribe(o: Org, subscriber: FakeSubscriber) {
+    const res = await h().request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url } });
+    expect(res.status, await res.clone().text()).toBe(201);
+    const created = (await res.json()) as { id: string; secret: string };
+    subscriber.verifyWith(created.secret);
+    return created.id;
+  }
+  /** A Bitbucket push of `refs` branches to a repository of the organization, sent by the connection's own hook. */
+  async function pushRefs(o: Org, refs: number) {
+    const provider: Provider = 'bitbucket';
+    const repository = { externalId: uniqueExternalId(provider), fullName: `PROJ/fan-out-${randomUUID().slice(0, 8)}` };
+    const { hook } = await seedAttachedRepository(h(), { organizationId: o.org.id, provider, ...repository });
+    const payload = fixture(PUSH_FIXTURES.bitbucket);
+    const template = payload.changes[0];
+    payload.changes = Array.from({ length: refs }, (_, i) => ({ ...template, ref: { ...template.ref, id: `refs/heads/mirror/${i}`, displayId: `mirror/${i}` }, refId: `refs/heads/mirror/${i}` }));
+    const d = delivery(provider, withRepository(provider, payload, repository), { deliveryId: randomUUID(), ...hook });
+    const res = await send(h(), d);
+    expect(res.status, await res.clone().text()).toBe(202);
+    const { workflowId } = (await res.json()) as { workflowId: string };
+    return { delivery: d, workflowId, result: await resultOf<EventResult>(h(), workflowId) };
+  }
+  return { newSubscriber, subscribe, pushRefs };
+}
+
+describe('event fan-out through the dispatch queue (real Temporal, real PostgreSQL)', () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+  const { newSubscriber, subscribe, pushRefs } = fanOutHelpers(() => h, subscribers);
+
+  beforeAll(async () => {
+    h = await startHarness();
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(subscribers.map((s) => s.close()));
+  });
+
+  it(`delivers a push of ${REF_CHANGES} ref changes to 3 subscribers, each pair once, one failing a few times first, in a run under 1 MiB`, async () => {
+    const o = await createOrgWithToken(h);
+    const [steady, other, flaky] = [await newSubscriber(), await newSubscriber(), await newSubscriber()];
+    for (const s of [steady, other, flaky]) await subscribe(o, s!);
+    flaky!.server.failNext('deliver', 3, { status: 503, text: 'warming up' });
+
+    const started = performance.now();
+    const { delivery: d, workflowId, result } = await pushRefs(o, REF_CHANGES);
+    const seconds = (performance.now() - started) / 1000;
+    expect(result).toEqual({ recorded: REF_CHANGES, delivered: 3 * REF_CHANGES, undelivered: [], undeliveredCount: 0 });
+
+    const eventIds = (await eventsOfDelivery(h.db, 'bitbucket', d.deliveryId)).map((e) => e.id).sort();
+    expect(eventIds).toHaveLength(REF_CHANGES);
+    for (const s of [steady, other, flaky]) {
+      // Each event once, signed: no pair sent twice.
+      expect(s!.received.map((r) => r.body.id).sort()).toEqual(eventIds);
+      expect(s!.received.every((r) => r.signatureValid)).toBe(true);
+    }
+    expect(flaky!.server.calls.filter((c) => c.status === 503)).toHaveLength(3);
+    const attempts = await h.db.selectFrom('dispatch_attempts').select(['event_id', 'succeeded']).where('event_id', 'in', eventIds).execute();
+    expect(attempts.filter((a) => a.succeeded)).toHaveLength(3 * REF_CHANGES);
+    expect(attempts.filter((a) => !a.succeeded)).toHaveLength(3);
+
+    const bytes = await historyBytes(h.client, workflowId);
+    const types = await eventTypes(h, workflowId);
+    console.log(`fan-out of ${3 * REF_CHANGES} pairs: history ${bytes} bytes, ${types.length} events, ${seconds.toFixed(1)} s to the result`);
+    expect(bytes).toBeLessThan(MAX_HISTORY_BYTES);
+    // One recording marker, and a handful of drains: nothing per pair.
+    expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(1);
+    expect(types.filter((t) => t === 'EVENT_TYPE_ACTIVITY_TASK_SCHEDULED').length).toBeLessThan(20);
+    expect(types.length).toBeLessThan(200);
+  }, 300_000);
+
+  it(`keeps the inline path up to ${INLINE_DISPATCH_LIMIT} pairs, and queues one more`, async () => {
+    const o = await createOrgWithToken(h);
+    const [a, b] = [await newSubscriber(), await newSubscriber()];
+    await subscribe(o, a!);
+    await subscribe(o, b!);
+    const inline = await pushRefs(o, INLINE_DISPATCH_LIMIT / 2);
+    expect(inline.result).toEqual({ recorded: INLINE_DISPATCH_LIMIT / 2, delivered: INLINE_DISPATCH_LIMIT, undelivered: [] });
+    // Sent from the workflow task (local activities): no activity task, no queue.
+    expect(await eventTypes(h, inline.workflowId)).not.toContain('EVENT_TYPE_ACTIVITY_TASK_SCHEDULED');
+    expect(await h.db.selectFrom('event_dispatches').select('event_id').where('run_key', '=', inline.workflowId).execute()).toEqual([]);
+
+    b!.server.failNext('deliver', 2, { status: 503 });
+    const queued = await pushRefs(o, INLINE_DISPATCH_LIMIT / 2 + 1);
+    expect(queued.result).toEqual({ recorded: INLINE_DISPATCH_LIMIT / 2 + 1, delivered: INLINE_DISPATCH_LIMIT + 2, undelivered: [], undeliveredCount: 0 });
+    expect(await eventTypes(h, queued.workflowId)).toEqual(expect.arrayContaining(['EVENT_TYPE_ACTIVITY_TASK_COMPLETED', 'EVENT_TYPE_TIMER_FIRED']));
+    expect(a!.received).toHaveLength(INLINE_DISPATCH_LIMIT + 1);
+    expect(b!.received).toHaveLength(INLINE_DISPATCH_LIMIT + 1);
+    await recordHistory(h.client, queued.workflowId, 'event-fan-out-queued');
+  });
+
+  it('waits out a subscriber’s Retry-After before trying it again, for all of its pairs', async () => {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    await subscribe(o, subscriber);
+    subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '3' }, text: 'slow down' });
+
+    const { result, workflowId } = await pushRefs(o, INLINE_DISPATCH_LIMIT + 4);
+    expect(result).toMatchObject({ delivered: INLINE_DISPATCH_LIMIT + 4, undelivered: [] });
+    const calls = subscriber.server.calls;
+    const refused = calls.find((c) => c.status === 429)!;
+    // Sends already under way when the drain read the refusal still arrive (fewer than the drain's
+    // concurrency); the subscriber's other pairs wait out the 3 s.
+    const during = calls.filter((c) => c.receivedAt > refused.answeredAt && c.receivedAt - refused.answeredAt < 2900);
+    expect(during.length).toBeLessThan(DRAIN_CONCURRENCY);
+    expect(calls.filter((c) => c.receivedAt - refused.answeredAt >= 2900).length).toBeGreaterThan(0);
+    expect(await eventTypes(h, workflowId)).toContain('EVENT_TYPE_TIMER_FIRED');
+  });
+
+  /** Event rows of one delivery written directly (what recordEvent leaves), for tests about the queue itself. */
+  async function seedEvents(o: Org, count: number) {
+    const { repositoryId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', externalId: uniqueExternalId('gitlab'), fullName: 'g/queue' });
+    const deliveryId = randomUUID();
+    const rows = await h.db
+      .insertInto('events')
+      .values(
+        Array.from({ length: count }, (_, sequence) => ({
+          organization_id: o.org.id,
+          repository_id: repositoryId,
+          provider: 'gitlab' as const,
+          delivery_id: deliveryId,
+          sequence,
+          kind: 'push' as const,
+          event: JSON.stringify({ provider: 'gitlab', deliveryId, kind: 'push', repository: { externalId: '1', fullName: 'g/queue' }, ref: { type: 'branch', name: `b${sequence}`, before: 'a', after: 'b' } }),
+        })),
+      )
+      .returning('id')
+      .execute();
+    return { deliveryId, eventIds: rows.map((r) => r.id) };
+  }
+
+  it('continues as new while it drains, carrying its queue, and still delivers each pair once', async () => {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    const { deliveryId, eventIds } = await seedEvents(o, INLINE_DISPATCH_LIMIT + 1);
+    const workflowId = workflowIds.event('gitlab', deliveryId);
+    await queueDispatches(h.db, workflowId, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+    subscriber.server.failNext('deliver', 2, { status: 503 });
+
+    // As a run that recorded its delivery and queued its pairs goes on, one drain round per run.
+    const input: EventInput = {
+      provider: 'gitlab',
+      deliveryId,
+      receivedAt: new Date().toISOString(),
+      queuedDispatch: { runKey: workflowId, recorded: eventIds.length, deadlineAt: new Date(Date.now() + 120_000).toISOString() },
+      drainRoundsPerRun: 1,
+    };
+    const result = await h.client.workflow.execute('eventWorkflow', { taskQueue: h.taskQueue, workflowId, args: [input] });
+    expect(result).toEqual({ recorded: eventIds.length, delivered: eventIds.length, undelivered: [], undeliveredCount: 0 });
+    expect(subscriber.received.map((r) => r.body.id).sort()).toEqual([...eventIds].sort());
+    const runs: string[] = [];
+    for await (const run of h.client.workflow.list({ query: `WorkflowId = '${workflowId}'` })) runs.push(run.status.name);
+    expect(runs.filter((s) => s === 'CONTINUED_AS_NEW').length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('never sends a delivered pair again, whether a drain is retried or two run at once', async () => {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    const { deliveryId, eventIds } = await seedEvents(o, 40);
+    const runKey = `test-queue:${deliveryId}`;
+    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+
+    const { drainDispatches } = createDispatchActivities({ db: h.db, keys: h.keys, outbound: testOutbound, logger: createLogger('test', 'warn') });
+    const drain = (): Promise<DrainResult> => new MockActivityEnvironment().run(drainDispatches, { runKey, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
+    // Two drains at once (a retry while a lost worker's drain still runs): each pair is claimed by one.
+    const [first, second] = await Promise.all([drain(), drain()]);
+    expect(first.attempted + second.attempted).toBe(40);
+    // A drain retried after everything was delivered sends nothing.
+    expect(await drain()).toMatchObject({ attempted: 0, pending: 0, delivered: 40, undeliveredCount: 0 });
+    expect(subscriber.received.map((r) => r.body.id).sort()).toEqual([...eventIds].sort());
+  });
+});
+
+describe('undelivered pairs of a queued fan-out (short dispatch deadline)', () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+  const { newSubscriber, subscribe, pushRefs } = fanOutHelpers(() => h, subscribers);
+
+  beforeAll(async () => {
+    h = await startHarness({ settings: { subscriberDeliveryDeadlineSeconds: 4 } });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(subscribers.map((s) => s.close()));
+  });
+
+  it('gives up at the deadline, counts every undelivered pair and names the first 100', async () => {
+    const o = await createOrgWithToken(h);
+    const [down, alsoDown] = [await newSubscriber(), await newSubscriber()];
+    for (const s of [down, alsoDown]) {
+      s!.server.failNext('deliver', 1000, { status: 500 });
+      await subscribe(o, s!);
+    }
+    const { result, workflowId } = await pushRefs(o, 60);
+    expect(result.delivered).toBe(0);
+    expect(result.undeliveredCount).toBe(120);
+    expect(result.undelivered).toHaveLength(100);
+    expect(result.undelivered[0]).toEqual({ eventId: expect.any(String), subscriberId: expect.any(String), reason: expect.stringMatching(/SubscriberRejected|not attempted/) });
+    // A failing subscriber is not tried for every pair: its other pairs wait with it.
+    expect(down!.server.calls.length).toBeLessThan(60);
+    expect(await historyBytes(h.client, workflowId)).toBeLessThan(MAX_HISTORY_BYTES);
+  });
+
+  it("shows each organization its own undelivered pairs of a delivery that concerns several", async () => {
+    const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
+    const installationId = String(randomInt(1_000_000, 2_000_000_000));
+    const repository = { externalId: uniqueExternalId('github'), fullName: 'octo-org/fan-out' };
+    // a: 9 subscribers that never answer; b: 8 that answer and 1 that never does (18 pairs: queued).
+    const failingOf: Record<string, string[]> = {};
+    for (const [o, answering] of [
+      [a, 0],
+      [b, 8],
+    ] as const) {
+      const connectionId = await seedConnection(h, { organizationId: o.org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: installationId });
+      await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'github', connectionId, ...repository });
+      failingOf[o.org.id] = [];
+      for (let i = 0; i < 9; i++) {
+        const s = await newSubscriber();
+        if (i >= answering) s.server.failNext('deliver', 1000, { status: 500 });
+        const id = await subscribe(o, s);
+        if (i >= answering) failingOf[o.org.id]!.push(id);
+      }
+    }
+    const payload = withRepository('github', fixture(PUSH_FIXTURES.github), repository) as Payload;
+    payload.installation.id = Number(installationId);
+    const d = delivery('github', payload, { deliveryId: randomUUID(), secret: TEST_WEBHOOK_SECRETS.github });
+    const res = await send(h, d);
+    expect(res.status, await res.clone().text()).toBe(202);
+    const workflowId = workflowIds.event('github', d.deliveryId);
+    const full = await resultOf<EventResult>(h, workflowId);
+    expect(full).toMatchObject({ recorded: 2, delivered: 8, undeliveredCount: 10 });
+    expect(full.undelivered).toHaveLength(10);
+
+    const resultFor = async (token: string) => {
+      const run = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token });
+      expect(run.status).toBe(200);
+      return ((await run.json()) as { result: EventResult }).result;
+    };
+    const eventOf = async (o: Org) => (await eventsOfDelivery(h.db, 'github', d.deliveryId)).find((e) => e.organization_id === o.org.id)!.id;
+    for (const [o, delivered] of [
+      [a, 0],
+      [b, 8],
+    ] as const) {
+      const own = await resultFor(o.token);
+      const eventId = await eventOf(o);
+      expect(own).toMatchObject({ recorded: 1, delivered, undeliveredCount: failingOf[o.org.id]!.length });
+      expect(own.undelivered.map((u) => u.subscriberId).sort()).toEqual([...failingOf[o.org.id]!].sort());
+      expect(own.undelivered.every((u) => u.eventId === eventId)).toBe(true);
+    }
+    expect(await resultFor(h.adminToken)).toEqual(full);
+  });
+});
