@@ -17,6 +17,7 @@ import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
 import type { Tracing } from '../../lib/tracing.ts';
 import { createWorker } from '../../worker/create-worker.ts';
+import { assertHistoriesBounded } from './histories.ts';
 import { TEST_ADDRESS_POLICY, testOutbound } from './outbound.ts';
 
 export interface Harness {
@@ -193,11 +194,17 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     },
     async close() {
       await relay?.stop();
+      // Every run this file's tests made, checked before the connections close (issue 17).
+      const unbounded = await assertHistoriesBounded(client, taskQueue).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
       await stopWorker();
       if (apiTemporal !== client) await apiTemporal.connection.close();
       await nativeConnection.close();
       await connection.close();
       await db.destroy();
+      if (unbounded) throw unbounded;
     },
   };
   return harness;

@@ -37,3 +37,26 @@ export async function startInput<T>(client: Client, workflowId: string): Promise
   if (!payload) throw new Error(`${workflowId} has no start input`);
   return defaultPayloadConverter.fromPayload<T>(payload as Payload);
 }
+
+/** The largest history among the runs on a task queue (every run of every workflow id, continued-as-new ones included). */
+export async function largestHistory(client: Client, taskQueue: string): Promise<{ runs: number; bytes: number; workflowId?: string; runId?: string }> {
+  let largest: { runs: number; bytes: number; workflowId?: string; runId?: string } = { runs: 0, bytes: 0 };
+  for await (const run of client.workflow.list({ query: `TaskQueue = '${taskQueue}'` })) {
+    const history = await client.workflow.getHandle(run.workflowId, run.runId).fetchHistory();
+    const bytes = proto.temporal.api.history.v1.History.encode(proto.temporal.api.history.v1.History.fromObject(history)).finish().length;
+    largest = bytes > largest.bytes ? { runs: largest.runs + 1, bytes, workflowId: run.workflowId, runId: run.runId } : { ...largest, runs: largest.runs + 1 };
+  }
+  return largest;
+}
+
+/**
+ * Fails when a run on the task queue has a history of MAX_HISTORY_BYTES or more: the harness checks
+ * its test file's runs as it closes, so the largest run history of the whole suite stays under it.
+ */
+export async function assertHistoriesBounded(client: Client, taskQueue: string): Promise<void> {
+  const largest = await largestHistory(client, taskQueue);
+  if (process.env.HISTORY_SIZES) console.log(`largest run history on ${taskQueue}: ${largest.bytes} bytes (${largest.workflowId ?? 'none'}; ${largest.runs} runs)`);
+  if (largest.bytes >= MAX_HISTORY_BYTES) {
+    throw new Error(`run ${largest.workflowId} (${largest.runId}) has a history of ${largest.bytes} bytes, over the ${MAX_HISTORY_BYTES} a run may grow to`);
+  }
+}
