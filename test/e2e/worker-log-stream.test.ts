@@ -1,16 +1,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { stringify as toYaml } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { send } from '../support/events.ts';
-import { createOrgWithToken, resultOf, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness, writeHarnessConfig } from '../support/harness.ts';
 import { TEST_ADDRESS_POLICY } from '../support/outbound.ts';
 
 /**
@@ -43,20 +42,13 @@ describe('the worker process writes one JSON log stream without secrets', () => 
       githubWebhookSecret: `gh-hook-${randomBytes(16).toString('hex')}`,
       adminToken: `admin-${randomBytes(16).toString('hex')}`,
     });
-    const configFile = path.join(dir, 'forgelink.yml');
-    writeFileSync(
-      configFile,
-      toYaml({
-        publicUrl: TEST_PUBLIC_URL,
-        database: { url: inject('databaseUrl') },
-        temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: h.taskQueue },
-        auth: { adminToken: secrets.adminToken },
-        encryption: { key: secrets.encryptionKey, keyId: h.keys.current.id },
-        gitProviders: { github: { enabled: true, appId: '1', privateKey: privateKeyPem, webhookSecret: secrets.githubWebhookSecret }, gitlab: { enabled: true } },
-        security: TEST_ADDRESS_POLICY,
-        logging: { level: 'debug' },
-      }),
-    );
+    const configFile = writeHarnessConfig(h, path.join(dir, 'forgelink.yml'), {
+      auth: { adminToken: secrets.adminToken },
+      encryption: { key: secrets.encryptionKey, keyId: h.keys.current.id },
+      gitProviders: { github: { enabled: true, appId: '1', privateKey: privateKeyPem, webhookSecret: secrets.githubWebhookSecret }, gitlab: { enabled: true } },
+      security: TEST_ADDRESS_POLICY,
+      logging: { level: 'debug' },
+    });
     worker = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'worker/main.ts')], {
       cwd: ROOT,
       env: { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile },

@@ -1,12 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomInt, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { stringify as toYaml } from 'yaml';
 import { startIntakeRelay, type IntakeRelay } from '../../api/intake-relay.ts';
 import { intakeBacklog } from '../../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, type ApiMetrics } from '../../lib/metrics.ts';
@@ -14,7 +13,7 @@ import type { EventResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
-import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, startHarness, type Harness, writeHarnessConfig } from '../support/harness.ts';
 
 /** One sample of a Prometheus text exposition: the value of `name` with exactly these labels (0 when absent). */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number {
@@ -55,19 +54,10 @@ describe('Prometheus metrics of the API and the worker', () => {
     metrics = createApiMetrics({ backlog: () => intakeBacklog(h.db) });
     app = h.appWith({ metrics, metricsPath: '/metrics' });
     dir = mkdtempSync(path.join(tmpdir(), 'forgelink-metrics-'));
-    const configFile = path.join(dir, 'forgelink.yml');
-    writeFileSync(
-      configFile,
-      toYaml({
-        publicUrl: TEST_PUBLIC_URL,
-        database: { url: inject('databaseUrl') },
-        temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: h.taskQueue },
-        auth: { adminToken: h.adminToken },
-        encryption: { key: h.keys.current.key.toString('base64'), keyId: h.keys.current.id },
-        security: { allowHttpHosts: ['127.0.0.1', 'localhost'], allowPrivateNetworks: ['127.0.0.1'] },
-        metrics: { worker: { port: 0 } },
-      }),
-    );
+    const configFile = writeHarnessConfig(h, path.join(dir, 'forgelink.yml'), {
+      security: { allowHttpHosts: ['127.0.0.1', 'localhost'], allowPrivateNetworks: ['127.0.0.1'] },
+      metrics: { worker: { port: 0 } },
+    });
     const main = fileURLToPath(new URL('../../worker/main.ts', import.meta.url));
     worker = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, FORGELINK_CONFIG: configFile, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit'] });
     workerMetricsUrl = await new Promise<string>((resolve, reject) => {

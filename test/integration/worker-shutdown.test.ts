@@ -1,13 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { WorkflowExecutionDescription } from '@temporalio/client';
-import { afterAll, describe, expect, inject, it } from 'vitest';
-import { stringify as toYaml } from 'yaml';
+import { afterAll, describe, expect, it } from 'vitest';
 import { attachmentOf, gitlabWorld, requestAttachment, type HookWorld, type Org } from '../support/attachments.ts';
 import { manualHold } from '../support/flaky-proxy.ts';
-import { createOrgWithToken, resultOf, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness, writeHarnessConfig } from '../support/harness.ts';
 import { ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
 
 /**
@@ -42,19 +41,10 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
 
   /** `node worker/main.ts` on the harness's task queue, database and keys, with these shutdown times. */
   async function startWorker(h: Harness, shutdown: { workerGraceSeconds: number; workerForceSeconds: number }): Promise<StartedProcess> {
-    const configFile = path.join(dir, `worker-${randomUUID()}.yml`);
-    writeFileSync(
-      configFile,
-      toYaml({
-        publicUrl: TEST_PUBLIC_URL,
-        database: { url: inject('databaseUrl') },
-        temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: h.taskQueue },
-        auth: { adminToken: h.adminToken },
-        encryption: { key: h.keys.current.key.toString('base64'), keyId: h.keys.current.id },
-        security: { allowHttpHosts: ['127.0.0.1'] },
-        shutdown,
-      }),
-    );
+    const configFile = writeHarnessConfig(h, path.join(dir, `worker-${randomUUID()}.yml`), {
+      security: { allowHttpHosts: ['127.0.0.1'] },
+      shutdown,
+    });
     const env = { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile };
     const worker = await startProcess(['--import', 'tsx', path.join(ROOT, 'worker/main.ts')], { cwd: ROOT, env, readyMessage: 'worker running' });
     started.push(worker);

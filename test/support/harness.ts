@@ -1,10 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { Client, Connection } from '@temporalio/client';
 import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
+import { stringify as toYaml } from 'yaml';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import type { ActivitySettings } from '../../activities/index.ts';
 import type { Outbound } from '../../activities/outbound.ts';
@@ -57,6 +58,25 @@ export const TEST_WEBHOOK_SECRETS = {
   previous: 'previous-webhook-secret',
 };
 export const TEST_PUBLIC_URL = 'https://forgelink.test';
+
+/**
+ * Writes a config file for a worker (or API) process on the harness's database, Temporal, task
+ * queue, admin token and encryption key; `overrides` replace whole top-level keys.
+ */
+export function writeHarnessConfig(h: Pick<Harness, 'taskQueue' | 'keys' | 'adminToken'>, file: string, overrides: Record<string, unknown> = {}): string {
+  writeFileSync(
+    file,
+    toYaml({
+      publicUrl: TEST_PUBLIC_URL,
+      database: { url: inject('databaseUrl') },
+      temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: h.taskQueue },
+      auth: { adminToken: h.adminToken },
+      encryption: { key: h.keys.current.key.toString('base64'), keyId: h.keys.current.id },
+      ...overrides,
+    }),
+  );
+  return file;
+}
 
 export interface HarnessOptions {
   providers?: ProviderFactory;
