@@ -1,6 +1,6 @@
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
-import { excerpt, OutboundRefusedError } from './outbound.ts';
+import { activityCancellation, activityContext, excerpt, OutboundRefusedError } from './outbound.ts';
 import { ProviderHttpError } from './providers/port.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
@@ -13,7 +13,11 @@ export const FailureTypes = {
   unavailable: 'ProviderUnavailable',
   refused: 'OutboundRefused',
   secretUnreadable: 'SecretUnreadable',
+  workerShutdown: 'WorkerShutdown',
 } as const;
+
+/** The reason the SDK gives the activities it cancels because their worker is stopping. */
+const WORKER_SHUTDOWN = 'WORKER_SHUTDOWN';
 
 const NON_RETRYABLE: Record<number, string> = {
   400: FailureTypes.invalid,
@@ -34,6 +38,14 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
  */
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
+  if (cutByWorkerShutdown(error)) {
+    const step = activityContext()?.info.activityType;
+    return ApplicationFailure.create({
+      type: FailureTypes.workerShutdown,
+      message: `the worker stopped (${WORKER_SHUTDOWN}) while the step${step ? ` ${step}` : ''} ran; another worker retries it`,
+      nonRetryable: false,
+    });
+  }
   const permanent = permanentSetupFailure(error);
   if (permanent) return permanent;
   if (error instanceof ProviderHttpError) {
@@ -61,6 +73,17 @@ function causeOfType<T extends Error>(error: unknown, type: new (...args: never[
     if (e instanceof type) return e;
   }
   return undefined;
+}
+
+/**
+ * Whether the step failed because its worker is stopping (the SDK cancelled it when
+ * shutdown.workerGraceSeconds ran out): told by the running activity's cancellation, or by the
+ * CancelledFailure behind the error however a client library wrapped it. Not the provider's doing.
+ */
+function cutByWorkerShutdown(error: unknown): boolean {
+  const signal = activityCancellation();
+  const reasons = [signal?.aborted ? signal.reason : undefined, causeOfType(error, CancelledFailure)];
+  return activityContext()?.cancellationDetails?.workerShutdown === true || reasons.some((reason) => reason instanceof CancelledFailure && reason.message === WORKER_SHUTDOWN);
 }
 
 /** The address or redirect refusal behind an error, however a client library wrapped it. */

@@ -65,7 +65,8 @@ const MAX_REDIRECTS = 5;
 const IDLE_CONNECTION_MS = 4_000;
 const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
-function activityContext(): Context | undefined {
+/** The running activity's context, or undefined outside an activity. */
+export function activityContext(): Context | undefined {
   try {
     return Context.current();
   } catch {

@@ -107,6 +107,8 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
     expect(pending?.lastWorkerIdentity).toMatch(new RegExp(`^${identityOf(worker)}`));
     expect(pending?.attempt).toBeGreaterThanOrEqual(2);
     expect(pending?.lastFailure?.message).toMatch(/WORKER_SHUTDOWN/);
+    // Typed as what happened, not as the provider being unavailable.
+    expect(pending?.lastFailure?.applicationFailureInfo).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false });
     // And the worker's log says which step it cut.
     const cut = worker.output().split('\n').filter((line) => line.includes('Activity failed') && line.includes('ensureHook'));
     expect(cut.join('\n')).toContain('WORKER_SHUTDOWN');

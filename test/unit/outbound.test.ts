@@ -2,7 +2,7 @@ import http from 'node:http';
 import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { toActivityFailure } from '../../activities/errors.ts';
+import { classified, toActivityFailure } from '../../activities/errors.ts';
 import { cancellableSleep, createOutbound, excerpt, heartbeatProgress, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
 import { ProviderHttpError } from '../../activities/providers/port.ts';
 import { endlessAnswer, listen as listenOn, type Listener } from '../support/outbound.ts';
@@ -180,6 +180,25 @@ describe('failures from outbound calls', () => {
     const generic = toActivityFailure(new Error(`unexpected token in ${'x'.repeat(5000)}`)) as ApplicationFailure;
     expect(generic.message.length).toBeLessThanOrEqual(200);
     expect(generic.nonRetryable).toBe(false);
+  });
+});
+
+describe('a step cut by its worker stopping', () => {
+  async function cutWith(reason: 'WORKER_SHUTDOWN' | 'CANCELLED') {
+    const silent = await listen('127.0.0.1', () => {});
+    const env = new MockActivityEnvironment();
+    const pending = refusal(env.run(() => classified(() => createOutbound(LOOPBACK_ONLY).fetch(`${silent.url}/`))));
+    await new Promise<void>((resolve) => {
+      const wait = () => (silent.connections > 0 ? resolve() : setImmediate(wait));
+      wait();
+    });
+    env.cancel(reason);
+    return (await pending) as ApplicationFailure;
+  }
+
+  it('is a retryable WorkerShutdown, not the provider being unavailable', async () => {
+    expect(await cutWith('WORKER_SHUTDOWN')).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false, message: expect.stringContaining('WORKER_SHUTDOWN') });
+    expect((await cutWith('CANCELLED')).type).not.toBe('WorkerShutdown');
   });
 });
 
