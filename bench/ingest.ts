@@ -43,7 +43,7 @@ export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurr
 /** Issue #18's targets: ack p99 at 80 % of the bare-start saturation rate; acceptance and end-to-end against bare starts. */
 const TARGETS = { rateFraction: 0.8, p99AckMs: 20, acceptanceRatio: 2, endToEndRatio: 0.9 };
 
-interface Repo {
+export interface Repo {
   organizationId: string;
   repositoryId: string;
   externalId: string;
@@ -53,7 +53,7 @@ interface Repo {
 }
 
 /** An organization with a connection per provider, attached repositories and its subscriber endpoints. */
-async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: string): Promise<Record<Provider, Repo[]>> {
+export async function seed(stack: BenchStack, options: Pick<IngestOptions, 'repositoriesPerProvider' | 'subscribers'>, subscriberUrl: string): Promise<Record<Provider, Repo[]>> {
   const slug = `bench-${Date.now()}`;
   const org = await callApi(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name: 'Benchmark' });
   for (let i = 0; i < options.subscribers; i++) await callApi(stack, 'POST', `/api/v1/orgs/${slug}/subscribers`, stack.adminToken, { url: subscriberUrl });
@@ -86,12 +86,12 @@ async function seed(stack: BenchStack, options: IngestOptions, subscriberUrl: st
   return repos;
 }
 
-interface Prepared {
+export interface Prepared {
   delivery: Delivery;
   repo: Repo;
 }
 
-function prepare(stack: BenchStack, repos: Record<Provider, Repo[]>, count: number): Prepared[] {
+export function prepare(stack: BenchStack, repos: Record<Provider, Repo[]>, count: number): Prepared[] {
   const payloads = Object.fromEntries(PROVIDERS.map((p) => [p, fixture(PUSH_FIXTURES[p])]));
   return Array.from({ length: count }, (_, i) => {
     const provider = PROVIDERS[i % PROVIDERS.length]!;

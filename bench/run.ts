@@ -12,7 +12,8 @@ import { DEFAULT_ATTACH_OPTIONS, runAttachBench } from './attach.ts';
 import { DEFAULT_INGEST_OPTIONS, runIngestBench } from './ingest.ts';
 import { DEFAULT_PICKER_OPTIONS, runPickerBench } from './picker.ts';
 import { DEFAULT_REFRESH_OPTIONS, runRefreshBench } from './refresh.ts';
-import { DEFAULT_LISTING_CONCURRENCY, startBenchStack, type BenchStack } from './stack.ts';
+import { DEFAULT_SIZING_OPTIONS, runSizingBench } from './worker-sizing.ts';
+import { benchRunMode, DEFAULT_LISTING_CONCURRENCY, startBenchStack, type BenchStack } from './stack.ts';
 
 type Flags = Record<string, number>;
 
@@ -21,7 +22,10 @@ const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<ob
   refresh: (stack, flags) => runRefreshBench(stack, { ...DEFAULT_REFRESH_OPTIONS, ...flags }),
   picker: (stack, flags) => runPickerBench(stack, { ...DEFAULT_PICKER_OPTIONS, ...flags }),
   attach: (stack, flags) => runAttachBench(stack, { ...DEFAULT_ATTACH_OPTIONS, ...flags }),
+  // Not in the default set (about 10 minutes): `npm run bench -- sizing`.
+  sizing: (stack, flags) => runSizingBench(stack, { ...DEFAULT_SIZING_OPTIONS, ...flags }),
 };
+const DEFAULT_SET = ['ingest', 'refresh', 'picker', 'attach'];
 
 const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
 
@@ -34,14 +38,19 @@ function parseArgs(argv: string[]): { names: string[]; flags: Flags } {
     else if (arg in BENCHMARKS) names.push(arg);
     else throw new Error(`unknown argument ${arg}; benchmarks: ${Object.keys(BENCHMARKS).join(', ')}; flags: --name=<number>`);
   }
-  return { names: names.length ? names : Object.keys(BENCHMARKS), flags };
+  return { names: names.length ? names : DEFAULT_SET, flags };
 }
 
 const { names, flags } = parseArgs(process.argv.slice(2));
-const stack = await startBenchStack(console.log, {
-  callsPerConnection: flags.callsPerConnection ?? DEFAULT_LISTING_CONCURRENCY.callsPerConnection,
-  callsPerWorker: flags.callsPerWorker ?? DEFAULT_LISTING_CONCURRENCY.callsPerWorker,
-});
+// The API and the worker as production runs them (built, `node dist/…`) unless BENCH_RUN=source.
+const stack = await startBenchStack(
+  console.log,
+  {
+    callsPerConnection: flags.callsPerConnection ?? DEFAULT_LISTING_CONCURRENCY.callsPerConnection,
+    callsPerWorker: flags.callsPerWorker ?? DEFAULT_LISTING_CONCURRENCY.callsPerWorker,
+  },
+  { run: benchRunMode() },
+);
 let failed = false;
 try {
   mkdirSync(RESULTS, { recursive: true });
@@ -58,6 +67,9 @@ try {
         cpuModel: os.cpus()[0]?.model,
         memoryGiB: Math.round(os.totalmem() / 2 ** 30),
         node: process.version,
+        // What the API and the worker ran: the build (`node dist/…`, as production) or the sources under tsx.
+        ran: stack.runMode === 'dist' ? 'node dist/ (npm run build)' : 'tsx (TypeScript sources)',
+        nodeArgs: process.env.BENCH_NODE_ARGS ?? '',
         // 1, 5 and 15 minute load averages when the benchmark started and ended: above the CPU count, other work competed for the cores.
         loadAverage: { atStart: loadBefore.map((l) => Math.round(l * 100) / 100), atEnd: os.loadavg().map((l) => Math.round(l * 100) / 100) },
       },

@@ -10,8 +10,8 @@ export function stackProcesses(): Record<'api' | 'worker' | 'temporal', number |
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== process.pid) continue;
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.includes('worker/main.ts')) found.worker = Number(entry);
-      else if (cmdline.includes('api/main.ts')) found.api = Number(entry);
+      if (/worker\/main\.[jt]s/.test(cmdline)) found.worker = Number(entry);
+      else if (/api\/main\.[jt]s/.test(cmdline)) found.api = Number(entry);
       else if (cmdline.includes('start-dev')) found.temporal = Number(entry);
     } catch {
       // Gone while we looked.

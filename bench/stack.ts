@@ -5,16 +5,17 @@
  * and the API and the worker as separate processes (`api/main.ts`, `worker/main.ts`) started
  * from a generated config file, so each one's peak RSS can be read.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { sql } from 'kysely';
 import type { EncryptionKeys } from '../lib/crypto.ts';
-import { stringify as toYaml } from 'yaml';
+import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS, parseConfig, type WorkerSizing } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
@@ -45,8 +46,14 @@ export interface BenchStack {
   env: NodeJS.ProcessEnv;
   /** The worker's `worker` config keys (cache and slots): the defaults, or BENCH_WORKER_SIZING's JSON over them. */
   workerSizing: WorkerSizing;
-  /** The worker process's id, to read its usage in /proc. */
-  workerPid: number | undefined;
+  /** What the API and the worker run: the built JavaScript (`dist`) or the TypeScript sources under tsx. */
+  runMode: BenchRunMode;
+  /** The worker process's id, to read its usage in /proc (another after restartWorker). */
+  readonly workerPid: number | undefined;
+  /** The worker's Node flags: the chart's `worker.nodeArgs`, or restartWorker's (BENCH_NODE_ARGS comes after them). */
+  readonly workerNodeArgs: string[];
+  /** Stops the worker and starts it again with `sizing` (the `worker` keys, over the defaults) and Node flags (default: the chart's). */
+  restartWorker(sizing: Partial<WorkerSizing>, nodeArgs?: string[]): Promise<void>;
   db: Db;
   /** A Temporal client of the benchmark's own, for comparisons that bypass the API. */
   temporal: Client;
@@ -110,9 +117,60 @@ export function benchNodeArgs(): string[] {
   return process.env.BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
 }
 
-/** Starts `node --import tsx <entry>` and resolves once it logs `readyMessage`. */
-export async function startService(name: string, entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, [...benchNodeArgs(), '--import', 'tsx', path.join(ROOT, entry)], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * What the benchmark's API and workers run: `dist` (the default) is what production runs — the
+ * JavaScript `npm run build` writes and `node dist/<entry>.js` with the prebuilt workflow bundle,
+ * NODE_ENV=production; `source` (BENCH_RUN=source) is the TypeScript sources under tsx (its loader
+ * and source maps add memory and CPU production never pays).
+ */
+export type BenchRunMode = 'dist' | 'source';
+
+export function benchRunMode(): BenchRunMode {
+  const mode = process.env.BENCH_RUN ?? 'dist';
+  if (mode !== 'dist' && mode !== 'source') throw new Error(`BENCH_RUN must be dist or source, not ${mode}`);
+  return mode;
+}
+
+const DIST = path.join(ROOT, 'dist');
+
+/** The chart's `worker.nodeArgs` (deploy/helm/forgelink/values.yaml): the benchmark's worker runs with the flags production's does. */
+export function chartWorkerNodeArgs(): string[] {
+  const values = fromYaml(readFileSync(path.join(ROOT, 'deploy/helm/forgelink/values.yaml'), 'utf8')) as { worker?: { nodeArgs?: string[] } };
+  return values.worker?.nodeArgs ?? [];
+}
+
+/**
+ * `npm run build` into dist/ (as the image does), plus the floor worker (bench/floor-worker.ts)
+ * compiled beside it with its own workflow bundle, so the floor runs the way the worker does.
+ */
+export function buildForBench(log: (line: string) => void): void {
+  const started = performance.now();
+  const run = (args: string[]) => {
+    const result = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8' });
+    if (result.status !== 0) throw new Error(`node ${args.join(' ')} failed (${result.status}):\n${result.stdout}\n${result.stderr}`);
+  };
+  run(['--import', 'tsx', path.join(ROOT, 'scripts/build.ts'), DIST]);
+  const tsconfig = path.join(DIST, 'tsconfig.bench.json');
+  writeFileSync(tsconfig, JSON.stringify({ extends: path.join(ROOT, 'tsconfig.build.json'), compilerOptions: { rootDir: ROOT, outDir: DIST, sourceMap: false }, files: [path.join(ROOT, 'bench/floor-worker.ts')] }));
+  run([createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', tsconfig]);
+  run(['--import', 'tsx', path.join(ROOT, 'worker/create-worker.ts'), path.join(DIST, 'bench', 'floor-workflow-bundle.js'), path.join(ROOT, 'bench/floor-workflows.ts')]);
+  log(`built dist/ for the benchmark in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+}
+
+/**
+ * Starts a service of the stack and resolves once it logs `readyMessage`: `entry` (a .ts path from
+ * the repository root) as `node dist/<entry>.js` (NODE_ENV=production, as the image runs it) or,
+ * in `source` mode, `node --import tsx <entry>`. `nodeArgs` come before BENCH_NODE_ARGS.
+ */
+export async function startService(
+  name: string,
+  entry: string,
+  env: NodeJS.ProcessEnv,
+  readyMessage: string,
+  { mode = 'source', nodeArgs = [] }: { mode?: BenchRunMode; nodeArgs?: string[] } = {},
+): Promise<ServiceProcess> {
+  const args = [...nodeArgs, ...benchNodeArgs(), ...(mode === 'dist' ? [path.join(DIST, entry.replace(/\.ts$/, '.js'))] : ['--import', 'tsx', path.join(ROOT, entry)])];
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: mode === 'dist' ? { NODE_ENV: 'production', ...env } : env, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let stopping = false;
   let tail = '';
@@ -153,7 +211,8 @@ export async function stopService(service: ServiceProcess): Promise<void> {
   service.stopping();
   service.child.kill('SIGCONT');
   service.child.kill('SIGTERM');
-  const timeout = setTimeout(() => service.child.kill('SIGKILL'), 15_000);
+  // A process started with --cpu-prof writes its profile only when it exits by itself: give it longer.
+  const timeout = setTimeout(() => service.child.kill('SIGKILL'), benchNodeArgs().includes('--cpu-prof') ? 90_000 : 15_000);
   await service.exited;
   clearTimeout(timeout);
 }
@@ -244,6 +303,8 @@ export interface StackPlacement {
   githubBaseUrl?: string;
   /** The GitHub App's id and key, e.g. a fake GitHub's; generated when absent. */
   githubApp?: { appId: string; privateKeyPem: string };
+  /** What the API and the worker run (default `source`; `npm run bench` passes BENCH_RUN, default `dist`, and builds first). */
+  run?: BenchRunMode;
 }
 
 export async function startBenchStack(
@@ -296,20 +357,22 @@ export async function startBenchStack(
     writeFileSync(configFile, toYaml(config), { mode: 0o600 });
     const env = { ...process.env, FORGELINK_CONFIG: configFile, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' };
 
-    const [worker, api] = await Promise.all([
-      startService('worker', 'worker/main.ts', env, 'worker running'),
-      startService('api', 'api/main.ts', env, 'API listening'),
-    ]);
+    const runMode = placement.run ?? 'source';
+    // BENCH_BUILD=skip reuses the dist/ an earlier run built (only when the sources have not changed since).
+    if (runMode === 'dist' && process.env.BENCH_BUILD !== 'skip') buildForBench(log);
+    const startWorker = (nodeArgs: string[], workerEnv: NodeJS.ProcessEnv = env) => startService('worker', 'worker/main.ts', workerEnv, 'worker running', { mode: runMode, nodeArgs });
+    let workerNodeArgs = chartWorkerNodeArgs();
+    let [worker, api] = await Promise.all([startWorker(workerNodeArgs), startService('api', 'api/main.ts', env, 'API listening', { mode: runMode })]);
     stops.unshift(() => stopService(worker));
     stops.unshift(() => stopService(api));
-    log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid}`);
+    log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid} (${runMode === 'dist' ? 'node dist/' : 'tsx, from source'})`);
 
     const temporalPid = server.pid;
     const connection = await Connection.connect({ address: server.address });
     stops.unshift(() => connection.close());
     const temporal = new Client({ connection, namespace: server.namespace });
 
-    return {
+    const stack: BenchStack = {
       apiUrl: `http://127.0.0.1:${port}`,
       adminToken,
       taskQueue,
@@ -320,7 +383,22 @@ export async function startBenchStack(
       configFile,
       env,
       workerSizing,
-      workerPid: worker.child.pid,
+      runMode,
+      get workerPid() {
+        return worker.child.pid;
+      },
+      get workerNodeArgs() {
+        return workerNodeArgs;
+      },
+      async restartWorker(sizing, nodeArgs = chartWorkerNodeArgs()) {
+        await stopService(worker);
+        const sizedFile = path.join(dir, `forgelink-worker-${randomBytes(4).toString('hex')}.yml`);
+        writeFileSync(sizedFile, toYaml({ ...config, worker: sizing }), { mode: 0o600 });
+        worker = await startWorker(nodeArgs, { ...env, FORGELINK_CONFIG: sizedFile });
+        workerNodeArgs = nodeArgs;
+        stack.workerSizing = parseConfig({ ...config, worker: sizing }).worker;
+        log(`worker restarted (pid ${worker.child.pid}) with ${JSON.stringify(sizing)} ${nodeArgs.join(' ')}`);
+      },
       db,
       temporal,
       resetPeakRss() {
@@ -342,6 +420,7 @@ export async function startBenchStack(
       }),
       stop,
     };
+    return stack;
   } catch (error) {
     await stop();
     throw error;

@@ -88,7 +88,7 @@ export interface FloorOptions {
  */
 export async function measureWorkerFloor(stack: BenchStack, options: FloorOptions, log: (line: string) => void = console.log) {
   const taskQueue = `forgelink-floor-${randomBytes(4).toString('hex')}`;
-  const floor = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: taskQueue }, 'floor worker running');
+  const floor = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: taskQueue }, 'floor worker running', { mode: stack.runMode, nodeArgs: stack.workerNodeArgs });
   const pid = floor.child.pid;
   try {
     const run = async (workflowType: 'noopWorkflow' | 'eventShapedWorkflow', runs: number) => {

@@ -1,0 +1,150 @@
+/**
+ * `npm run bench -- sizing`: what each worker setting costs (issue #16), in one run on one stack.
+ * Each setting (the `worker` config keys and the worker's Node flags) gets blocks of signed
+ * deliveries through the API, the worker restarted with that setting before each block; the
+ * settings are run in order, then again in reverse (ABC…CBA), so a load that drifts over the run
+ * weighs on each alike. Per setting: end-to-end throughput (first request to last event
+ * dispatched), the worker's CPU per 1,000 events (from /proc, and by thread) and its peak RSS over
+ * the block (after a warm-up of its own), with the machine's load average at each block.
+ */
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { WorkerSizing } from '../lib/config.ts';
+import { prepare, seed, type Prepared } from './ingest.ts';
+import { runConcurrently, waitUntil } from './measure.ts';
+import { chartWorkerNodeArgs, type BenchStack } from './stack.ts';
+import { processCpuSeconds, threadCpuSeconds } from './worker-usage.ts';
+
+export interface SizingOptions {
+  /** Deliveries per block (each setting gets two blocks). */
+  deliveries: number;
+  /** Deliveries each restarted worker gets before its block is measured. */
+  warmup: number;
+  concurrency: number;
+}
+
+export const DEFAULT_SIZING_OPTIONS: SizingOptions = { deliveries: 300, warmup: 60, concurrency: 50 };
+
+export interface WorkerSetting {
+  name: string;
+  /** `worker` keys over the defaults. */
+  sizing?: Partial<WorkerSizing>;
+  /** The worker's Node flags (default: the chart's worker.nodeArgs). */
+  nodeArgs?: string[];
+}
+
+/** The settings compared by default; BENCH_SIZINGS (a JSON array of WorkerSetting) replaces them. */
+export const DEFAULT_SETTINGS: WorkerSetting[] = [
+  { name: 'defaults' },
+  { name: 'cache 20', sizing: { maxCachedWorkflows: 20 } },
+  { name: 'slots halved (5 workflow tasks, 10 local activities, 10 activities)', sizing: { maxConcurrentWorkflowTaskExecutions: 5, maxConcurrentLocalActivityExecutions: 10, maxConcurrentActivityTaskExecutions: 10 } },
+  { name: 'reuseV8Context off', sizing: { reuseV8Context: false } },
+  { name: '--max-semi-space-size=4', nodeArgs: ['--max-semi-space-size=4'] },
+  { name: '--max-semi-space-size=32', nodeArgs: ['--max-semi-space-size=32'] },
+  { name: '--max-old-space-size=160', nodeArgs: ['--max-old-space-size=160'] },
+];
+
+const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
+
+function peakRssMiB(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  return round(kib / 1024);
+}
+
+export async function runSizingBench(stack: BenchStack, options: SizingOptions = DEFAULT_SIZING_OPTIONS, log: (line: string) => void = console.log) {
+  const settings = process.env.BENCH_SIZINGS ? (JSON.parse(process.env.BENCH_SIZINGS) as WorkerSetting[]) : DEFAULT_SETTINGS;
+  let received = 0;
+  const subscriber = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => subscriber.listen(0, '127.0.0.1', resolve));
+  const subscriberUrl = `http://127.0.0.1:${(subscriber.address() as AddressInfo).port}/events`;
+  try {
+    const repos = await seed(stack, { repositoriesPerProvider: 25, subscribers: 1 }, subscriberUrl);
+    const post = async ({ delivery: d }: Prepared, resends = 3): Promise<number> => {
+      try {
+        const res = await fetch(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
+        await res.arrayBuffer();
+        return res.status;
+      } catch (error) {
+        // A kept-alive connection the API closed as the request went out: sent again, as a provider redelivers.
+        if (resends === 0) throw error;
+        return post({ delivery: d } as Prepared, resends - 1);
+      }
+    };
+    const dispatched = async () => Number((await stack.db.selectFrom('dispatch_attempts').select((eb) => eb.fn.countAll<string>().as('n')).where('succeeded', '=', true).executeTakeFirstOrThrow()).n);
+    /** Sends `count` deliveries at the benchmark's concurrency and waits until each is dispatched. */
+    const load = async (count: number) => {
+      const before = await dispatched();
+      const result = await runConcurrently(prepare(stack, repos, count), options.concurrency, post);
+      const accepted = result.outcomes.filter((s) => s === 202).length;
+      if (accepted !== count) throw new Error(`only ${accepted} of ${count} deliveries accepted`);
+      const drainMs = await waitUntil(async () => (await dispatched()) >= before + count, 10 * 60_000, `${count} deliveries dispatched`);
+      return { loadMs: result.durationMs, drainMs };
+    };
+
+    const order = [...settings.keys(), ...[...settings.keys()].reverse()];
+    const blocks: { setting: number; eventsPerSecond: number; cpuSecondsPerThousand: number; byThread: Record<string, number>; peakRssMiB: number; loadAverage: number }[] = [];
+    for (const [i, index] of order.entries()) {
+      const setting = settings[index]!;
+      log(`sizing block ${i + 1}/${order.length}: ${setting.name}`);
+      await stack.restartWorker(setting.sizing ?? {}, setting.nodeArgs);
+      await load(options.warmup);
+      const pid = stack.workerPid;
+      stack.resetPeakRss();
+      const loadAverage = os.loadavg()[0]!;
+      const cpuBefore = processCpuSeconds(pid);
+      const threadsBefore = threadCpuSeconds(pid);
+      const { loadMs, drainMs } = await load(options.deliveries);
+      const threadsAfter = threadCpuSeconds(pid);
+      blocks.push({
+        setting: index,
+        eventsPerSecond: (options.deliveries / (loadMs + drainMs)) * 1000,
+        cpuSecondsPerThousand: ((processCpuSeconds(pid) - cpuBefore) / options.deliveries) * 1000,
+        byThread: Object.fromEntries(Object.entries(threadsAfter).map(([k, v]) => [k, ((v - threadsBefore[k as keyof typeof threadsBefore]) / options.deliveries) * 1000])),
+        peakRssMiB: peakRssMiB(pid),
+        loadAverage: round((loadAverage + os.loadavg()[0]!) / 2, 2),
+      });
+    }
+    // Back to the defaults for whatever runs next on this stack.
+    await stack.restartWorker({});
+
+    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+    const results = settings.map((setting, index) => {
+      const own = blocks.filter((b) => b.setting === index);
+      return {
+        name: setting.name,
+        sizing: setting.sizing ?? {},
+        nodeArgs: setting.nodeArgs ?? chartWorkerNodeArgs(),
+        // Means over its two blocks; each block's own numbers beside them.
+        endToEndEventsPerSecond: round(mean(own.map((b) => b.eventsPerSecond))),
+        workerCpuSecondsPerThousandEvents: round(mean(own.map((b) => b.cpuSecondsPerThousand)), 2),
+        workerCpuByThread: Object.fromEntries(Object.keys(own[0]!.byThread).map((k) => [k, round(mean(own.map((b) => b.byThread[k]!)), 2)])),
+        workerPeakRssMiB: Math.max(...own.map((b) => b.peakRssMiB)),
+        blocks: own.map((b) => ({ eventsPerSecond: round(b.eventsPerSecond), cpuSecondsPerThousand: round(b.cpuSecondsPerThousand, 2), peakRssMiB: b.peakRssMiB, oneMinuteLoadAverage: b.loadAverage })),
+      };
+    });
+    const base = results[0]!;
+    return {
+      options,
+      order: order.map((i) => settings[i]!.name),
+      settings: results.map((r) => ({
+        ...r,
+        // Against the first setting (the defaults), measured in the same run.
+        throughputVsFirst: round(r.endToEndEventsPerSecond / base.endToEndEventsPerSecond, 3),
+        cpuVsFirst: round(r.workerCpuSecondsPerThousandEvents / base.workerCpuSecondsPerThousandEvents, 3),
+      })),
+      subscriberReceived: received,
+    };
+  } finally {
+    subscriber.closeAllConnections();
+    await new Promise<void>((resolve) => subscriber.close(() => resolve()));
+  }
+}
