@@ -124,7 +124,8 @@ export interface RecordedEvent {
 
 /**
  * Records a delivery's events, one row per organization and ref change. A repeat (redelivery,
- * activity retry) inserts nothing and returns the rows already there.
+ * activity retry) inserts nothing and returns the rows already there. The first recording (nearly
+ * every one) takes one statement: the inserted rows come back from the insert itself.
  */
 export async function insertDeliveryEvents(
   db: Executor,
@@ -132,10 +133,13 @@ export async function insertDeliveryEvents(
   rows: readonly NewEventRow[],
 ): Promise<RecordedEvent[]> {
   if (rows.length === 0) return [];
+  const inserted: RecordedEvent[] = [];
   // A statement takes at most 65,535 parameters: a delivery with thousands of ref changes is written in batches.
   for (let start = 0; start < rows.length; start += INSERT_BATCH_ROWS) {
-    await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS));
+    inserted.push(...(await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS))));
   }
+  // As the read below orders them (uuids compare as their lower-case text does).
+  if (inserted.length === rows.length) return inserted.sort((a, b) => a.sequence - b.sequence || (a.organizationId < b.organizationId ? -1 : a.organizationId > b.organizationId ? 1 : 0));
   return db
     .selectFrom('events')
     .select(['id', 'organization_id as organizationId', 'sequence', 'kind'])
@@ -150,8 +154,9 @@ export async function insertDeliveryEvents(
 
 const INSERT_BATCH_ROWS = 1000;
 
-async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<void> {
-  await db
+/** Inserts the rows not there yet and returns those it inserted. */
+async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<RecordedEvent[]> {
+  return db
     .insertInto('events')
     .values(
       rows.map((r) => ({
@@ -166,6 +171,7 @@ async function insertEventRows(db: Executor, delivery: { provider: Provider; del
       })),
     )
     .onConflict((oc) => oc.columns(['provider', 'delivery_id', 'sequence', 'organization_id']).doNothing())
+    .returning(['id', 'organization_id as organizationId', 'sequence', 'kind'])
     .execute();
 }
 
