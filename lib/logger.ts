@@ -45,7 +45,10 @@ export function createLogger(name: string, level: string = process.env.LOG_LEVEL
       // Errors are made plain (and redacted) by redact(): pino's own serializer would undo that.
       serializers: { err: (value: unknown) => value },
     },
-    destination,
+    // stdout written asynchronously: lines logged while a write is under way go out together in
+    // the next one, instead of one blocking write per line (the API logs a line per request).
+    // pino flushes what is left synchronously when the process exits.
+    destination ?? pino.destination({ dest: 1, sync: false }),
   );
   // pino formats only the root's bindings: a child's (and, by inheritance, its children's) are redacted here.
   const child = logger.child;

@@ -31,7 +31,8 @@ export interface NormalizedDelivery {
 
 /** normalizeWebhook, plus where the delivery came from, from one parse of the body. */
 export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, rawBody: RawBody): NormalizedDelivery {
-  const parsed = parseBody(rawBody);
+  const text = bodyText(rawBody);
+  const parsed = parseJsonObject(text);
   const payload = new PayloadReader(parsed, providerLabel[provider]);
   let events: NormalizedEvent[];
   switch (provider) {
@@ -50,7 +51,10 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
   }
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
   const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
-  return withoutNul({ events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) });
+  const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) };
+  // JSON carries a NUL only as the escape \u0000 (a raw control character is not JSON), and header
+  // values never hold one: without either, the copy that replaces them is skipped.
+  return text.includes('\\u0000') || Object.values(headers).some((v) => v?.includes('\u0000')) ? withoutNul(delivery) : delivery;
 }
 
 /**
@@ -117,13 +121,21 @@ const providerLabel: Record<Provider, string> = {
   'azure-devops': 'Azure DevOps',
 };
 
-function parseBody(rawBody: RawBody): unknown {
-  let text: string;
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+function bodyText(rawBody: RawBody): string {
   try {
-    text = typeof rawBody === 'string' ? rawBody : new TextDecoder('utf-8', { fatal: true }).decode(rawBody);
+    return typeof rawBody === 'string' ? rawBody : UTF8.decode(rawBody);
   } catch {
     throw new WebhookPayloadError('webhook body is not valid UTF-8');
   }
+}
+
+function parseBody(rawBody: RawBody): unknown {
+  return parseJsonObject(bodyText(rawBody));
+}
+
+function parseJsonObject(text: string): unknown {
   let value: unknown;
   try {
     value = JSON.parse(text);

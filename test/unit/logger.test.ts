@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { requestIdFrom } from '../../api/request-context.ts';
+import { Hono } from 'hono';
+import { requestContext, requestIdFrom } from '../../api/request-context.ts';
 import { createLogger, isSecretKey, redact, REDACTED, temporalLogger, withLogContext } from '../../lib/logger.ts';
 
 function capture(level = 'trace') {
@@ -101,6 +102,22 @@ describe('request ids', () => {
       const id = requestIdFrom(bad);
       expect(id, String(bad)).not.toBe(bad);
       expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    }
+  });
+
+  it('answers with the request id whether the handler answers through the context, with its own Response, or throws', async () => {
+    const app = new Hono();
+    app.use('*', requestContext({ logger: capture().logger, accessLogLevel: 'silent' }));
+    app.get('/json', (c) => c.json({ ok: true }, 202));
+    app.get('/own', () => new Response('own', { status: 201 }));
+    app.get('/throws', () => {
+      throw new Error('no');
+    });
+    app.onError((_error, c) => c.json({ failed: true }, 500));
+    for (const [path, status] of [['/json', 202], ['/own', 201], ['/throws', 500]] as const) {
+      const res = await app.request(path, { headers: { 'x-request-id': `id-${path.slice(1)}` } });
+      expect(res.status, path).toBe(status);
+      expect(res.headers.get('x-request-id'), path).toBe(`id-${path.slice(1)}`);
     }
   });
 });

@@ -56,6 +56,19 @@ describe('GitHub', () => {
     ]);
   });
 
+  it('replaces a NUL character (the JSON escape \\u0000) in any string of the body or the headers by U+FFFD', () => {
+    const payload = fixture('github/push-branch-updated.json');
+    payload.ref = 'refs/heads/nul\u0000branch';
+    payload.sender.login = 'Coder\u0000tocat';
+    const [fromBody] = normalize('github', headers('push'), payload);
+    expect(fromBody).toMatchObject({ ref: { name: 'nul\uFFFDbranch' }, sender: 'Coder\uFFFDtocat' });
+    // The escape as text (an escaped backslash before u0000) is no NUL, and is kept.
+    payload.ref = 'refs/heads/not\\u0000nul';
+    expect(normalize('github', headers('push'), payload)[0]).toMatchObject({ ref: { name: 'not\\u0000nul' } });
+    const [fromHeader] = normalize('github', { ...headers('push'), 'x-github-delivery': 'id\u0000x' }, fixture('github/push-branch-updated.json'));
+    expect(fromHeader!.deliveryId).toBe('id\uFFFDx');
+  });
+
   it('reads the body from a Buffer or a Uint8Array as from a string', () => {
     const payload = fixture('github/push-branch-updated.json');
     const expected = normalize('github', headers('push'), payload);
