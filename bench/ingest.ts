@@ -16,7 +16,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import { WorkflowIdReusePolicy } from '@temporalio/client';
-import { createServer } from 'node:http';
+import http, { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import { sql } from 'kysely';
@@ -232,16 +232,29 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       );
 
     let resent = 0;
+    // node:http, not fetch: the load generator shares the machine's 2 cores with the stack, and
+    // fetch (undici, web streams) spent about as much CPU per delivery as the API's acknowledgement
+    // itself, CPU a provider's sender would not take from forgelink. Bare starts are made with the
+    // Temporal client, which is what a start costs whoever makes it.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency });
+    const send = (d: Delivery) =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
+          res.resume();
+          res.once('end', () => resolve(res.statusCode!));
+          res.once('error', reject);
+        });
+        req.once('error', reject);
+        req.end(d.body);
+      });
     const post = async ({ delivery: d }: Prepared): Promise<number> => {
       try {
-        const res = await fetch(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
-        await res.arrayBuffer();
-        return res.status;
+        return await send(d);
       } catch (error) {
         // A kept-alive connection the API closed as the request went out (its 5 s idle timeout, on a
         // loaded machine): sent again, as a provider redelivers; the delivery id makes it one delivery.
-        const code = (error as { cause?: { code?: string } }).cause?.code;
-        if ((code !== 'ECONNRESET' && code !== 'UND_ERR_SOCKET') || resent >= 100) throw error;
+        const code = (error as { code?: string }).code;
+        if ((code !== 'ECONNRESET' && code !== 'EPIPE') || resent >= 100) throw error;
         resent++;
         return post({ delivery: d } as Prepared);
       }
@@ -281,8 +294,9 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     for (const [i, kind] of BLOCK_ORDER.entries()) {
       const items = prepare(stack, repos, blockSize);
       log(`block ${i + 1}/${BLOCK_ORDER.length}: ${kind === 'bare' ? 'bare client.workflow.start' : 'signed deliveries to the API'} ×${blockSize} at concurrency ${options.concurrency}`);
+      const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
       const cpuBefore = stack.cpuSeconds();
-      const result = kind === 'bare' ? await bareStart(items.map((p) => startOptions(stack, p))) : await ingest(items);
+      const result = kind === 'bare' ? await bareStart(starts) : await ingest(items);
       const drainMs = await drain(kind);
       phases[kind].add(result, drainMs, cpuBefore, stack.cpuSeconds());
       if (kind === 'ingest') ingestItems.push(...items);
@@ -303,17 +317,23 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     /** Open loop at `rate`: what one delivery (or bare start) waits for at that rate. */
     const paced = async (label: string, rate: number, kind: 'ingest' | 'bare' = 'ingest') => {
       const items = prepare(stack, repos, Math.ceil(options.deliveries / 4));
+      // The starts' options (the deliveries normalized) made before the clock runs, as the deliveries' bodies are.
+      const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
       log(`${label}: ${items.length} ${kind === 'bare' ? 'bare starts' : 'deliveries'} paced at ${rate.toFixed(0)}/s (at most ${options.concurrency} in flight)`);
+      const cpuBefore = stack.cpuSeconds();
       const result =
         kind === 'bare'
-          ? await runPaced(items, rate, options.concurrency, async (p) => {
-              await stack.temporal.workflow.start('eventWorkflow', startOptions(stack, p));
+          ? await runPaced(starts, rate, options.concurrency, async (start) => {
+              await stack.temporal.workflow.start('eventWorkflow', start);
               return 202;
             })
           : await runPaced(items, rate, options.concurrency, post);
       expected += accepted(result.outcomes);
       await drain(label);
+      const cpuAfter = stack.cpuSeconds();
       return {
+        // Each process's CPU per delivery (or bare start) through its run's recording and dispatch, from /proc: unlike the latencies, it hardly depends on the machine's load.
+        cpuMicrosecondsPerDelivery: Object.fromEntries((Object.keys(cpuAfter) as (keyof CpuSeconds)[]).map((k) => [k, Math.round(((cpuAfter[k] - cpuBefore[k]) / items.length) * 1e6)])),
         targetRatePerSecond: Math.round(rate),
         achievedRatePerSecond: Math.round(result.throughputPerSecond),
         ackLatencyMs: latencySummary(result.latenciesMs),

@@ -80,8 +80,10 @@ export interface CpuSeconds {
   /** This process: the load generator. */
   bench: number;
   /**
-   * Every PostgreSQL process on the machine (server and backends alive now: the stack's pools keep
-   * theirs open). Only meaningful as a difference over a run, on a machine with nothing else on it.
+   * The PostgreSQL backends connected to the stack's database (alive now: the stack's pools keep
+   * theirs open), not the server's other processes: the server is shared with the tests other
+   * work on the machine runs. WAL writer and checkpointer work is left out. Only meaningful as a
+   * difference over a run.
    */
   postgres: number;
 }
@@ -227,12 +229,15 @@ function cpuSecondsOf(pid: number | undefined): number {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
 }
 
-function postgresCpuSeconds(): number {
+/** CPU of the backends serving `database`: a backend's process title is `postgres: [<cluster>:] <user> <database> <client> <state>`. */
+function postgresCpuSeconds(database: string): number {
   let total = 0;
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'postgres') total += cpuSecondsOf(Number(entry));
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
+      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').split(/\s+/);
+      if (title[0] === 'postgres:' && title.slice(1, 4).includes(database)) total += cpuSecondsOf(Number(entry));
     } catch {
       // The process ended while we looked.
     }
@@ -318,6 +323,7 @@ export async function startBenchStack(
   };
   try {
     const databaseUrl = placement.databaseUrl ?? (await freshDatabase(log, stops));
+    const databaseName = decodeURIComponent(new URL(databaseUrl).pathname.slice(1));
     const db = createDb(databaseUrl, { max: 4 });
     stops.unshift(() => db.destroy());
 
@@ -416,7 +422,7 @@ export async function startBenchStack(
         worker: cpuSecondsOf(worker.child.pid),
         temporal: cpuSecondsOf(temporalPid),
         bench: cpuSecondsOf(process.pid),
-        postgres: postgresCpuSeconds(),
+        postgres: postgresCpuSeconds(databaseName),
       }),
       stop,
     };
