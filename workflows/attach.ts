@@ -18,11 +18,23 @@ const BOOKKEEPING_IN_WORKFLOW_TASK = 'attach-bookkeeping-in-workflow-task';
  * Provider calls: 429/5xx/timeouts retried with backoff (a Retry-After sets the next delay), for a
  * few minutes; 400/401/403/404/422 fail at once. Compensations use the same policy.
  */
-const { verifyRepository, ensureHook, pruneHooks, removeHook } = proxyActivities<Activities>({
+const providerRetry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 } as const;
+const providerSteps = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+  retry: providerRetry,
 });
+const { ensureHook, removeHook } = providerSteps;
+/**
+ * The repository's lookup and the prune run inside the workflow tasks that schedule the hooks and
+ * receive their results: each saves an activity's round trip through the server (three events and
+ * a workflow task), about the CPU the worker and the server spend on a step. Both are a few reads
+ * that are safe to repeat (a prune deletes only hooks outside the set); the hooks themselves stay
+ * activities, so a lost worker is noticed by heartbeat and their compensations stay as they were.
+ */
+const providerChecksInWorkflowTask = proxyLocalActivities<Activities>({ startToCloseTimeout: '2 minutes', retry: providerRetry });
+/** Runs started before the lookup and the prune moved into the workflow task schedule them as activities, and finish that way when replayed. */
+const CHECKS_IN_WORKFLOW_TASK = 'attach-checks-in-workflow-task';
 
 /**
  * Runs started before this change ensured their hooks one after another, and finish that way when
@@ -60,6 +72,7 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
+  const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK) ? providerChecksInWorkflowTask : providerSteps;
   const compensations: Compensation[] = [];
   const hookIds: string[] = [];
   let fullName = key.repositoryId;
