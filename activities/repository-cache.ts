@@ -8,8 +8,7 @@ import {
   finishListingInDb,
   recordRefreshOutcome,
   repositoriesDigest,
-  saveListingPage,
-  upsertRepositories,
+  writeListingPage,
 } from '../lib/db/repositories/repository-cache.ts';
 import type { ActivityDeps } from './index.ts';
 import { classified } from './errors.ts';
@@ -112,14 +111,17 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
             previous.etag === (page.etag ?? null) &&
             previous.nextCursor === (links.nextCursor ?? null) &&
             JSON.stringify(previous.fanOut) === JSON.stringify(links.fanOut);
-          // In this order: a stored digest vouches for rows already committed, so a retry after a
-          // failed upsert writes them again.
+          // One statement: a stored digest vouches only for rows committed with it, so a retry after
+          // a failed write writes them again.
           // (Read the count after the await: pages run concurrently, `state.rowsWritten += await …` would lose some.)
-          const written = unchanged ? 0 : await upsertRepositories(db, scope, page.repositories);
+          const written = await writeListingPage(
+            db,
+            scope,
+            pageKey,
+            unchanged ? undefined : page.repositories,
+            unchanged && sameLinks ? undefined : { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links, contentHash },
+          );
           state.rowsWritten += written;
-          if (!(unchanged && sameLinks)) {
-            await saveListingPage(db, connectionId, pageKey, { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links, contentHash });
-          }
           // Progress heartbeated by a worker from before this count existed lacks it.
           if (unchanged) state.unchangedPages = (state.unchangedPages ?? 0) + 1;
           metrics?.listingPage(row.provider, { apiCalls: page.apiCalls ?? 1, notModified: false, unchanged, rowsWritten: written });
@@ -161,8 +163,8 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
       state.pending = queue;
       if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
 
+      // Also records the refresh as succeeded.
       const { vanished } = await finishListingInDb(db, connectionId, state.visitedPageKeys);
-      await recordRefreshOutcome(db, connectionId, null);
       logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, rowsWritten: state.rowsWritten, vanished }, 'repository listing finished');
       return { progress: state, done: true, vanished };
     },

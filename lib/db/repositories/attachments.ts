@@ -154,16 +154,6 @@ export async function recordedHookIds(db: Executor, repositoryId: string): Promi
   return rows.map((r) => r.provider_hook_id);
 }
 
-/** Records a hook and the webhook credential version it now carries. */
-export async function recordHook(db: Executor, attachmentId: string, hook: RecordedHook & { credentialVersion: number }): Promise<void> {
-  const values = { events: JSON.stringify(hook.events), credential_version: hook.credentialVersion };
-  await db
-    .insertInto('hooks')
-    .values({ attachment_id: attachmentId, provider_hook_id: hook.providerHookId, ...values })
-    .onConflict((oc) => oc.columns(['attachment_id', 'provider_hook_id']).doUpdateSet(values))
-    .execute();
-}
-
 export async function forgetHooks(db: Executor, repositoryId: string, providerHookIds: string[]): Promise<void> {
   if (providerHookIds.length === 0) return;
   await db

@@ -13,19 +13,22 @@ export interface CachedRepository {
   webUrl?: string;
 }
 
+type RepositoryScope = { organizationId: string; connectionId: string; provider: Provider };
+
 /**
  * Inserts new repositories and updates changed ones (renamed, moved, new default branch, back from
  * vanished); an unchanged row is not written at all. Returns the number of rows written. `partial`
  * rows (from an event, which names a repository without its default branch or URL) leave what they
  * do not carry as it was; a listing's rows are complete, so an absent value is cleared.
  */
-export async function upsertRepositories(
-  db: Executor,
-  scope: { organizationId: string; connectionId: string; provider: Provider },
-  repositories: CachedRepository[],
-  { partial = false } = {},
-): Promise<number> {
+export async function upsertRepositories(db: Executor, scope: RepositoryScope, repositories: CachedRepository[], { partial = false } = {}): Promise<number> {
   if (repositories.length === 0) return 0;
+  const result = await sql<{ written: number }>`with ${upsertParts(scope, repositories, partial)} select count(*)::int as written from written`.execute(db);
+  return result.rows[0]?.written ?? 0;
+}
+
+/** The upsert's parts of a `with` (`written`: the ids of the rows written), for a statement that selects from `written`. */
+function upsertParts(scope: RepositoryScope, repositories: CachedRepository[], partial: boolean) {
   const unique = [...new Map(repositories.map((r) => [r.externalId, r])).values()];
   const incoming = (column: 'project' | 'default_branch' | 'web_url') =>
     partial ? sql`coalesce(excluded.${sql.ref(column)}, repositories.${sql.ref(column)})` : sql`excluded.${sql.ref(column)}`;
@@ -33,8 +36,8 @@ export async function upsertRepositories(
   // many rows a page holds, which costs far less to build, send and parse than a VALUES row each.
   const column = (pick: (r: CachedRepository) => string | undefined) => unique.map((r) => pick(r) ?? null);
   // A written row is visible again: an attachment flagged when it vanished is unflagged with it.
-  const result = await sql<{ written: number }>`
-    with written as (
+  return sql`
+    written as (
     insert into repositories (organization_id, connection_id, provider, external_id, full_name, project, default_branch, web_url)
     select ${scope.organizationId}::uuid, ${scope.connectionId}::uuid, ${scope.provider}, r.external_id, r.full_name, r.project, r.default_branch, r.web_url
     from unnest(
@@ -54,53 +57,78 @@ export async function upsertRepositories(
     ), unflagged as (
       update attachments set repository_vanished = false, updated_at = now()
       where repository_vanished and repository_id in (select id from written)
-    )
-    select count(*)::int as written from written
-  `.execute(db);
+    )`;
+}
+
+/**
+ * Writes what one page of a listing brought: its repositories (`undefined` when they are the ones
+ * already stored: no upsert, which would lock every row it met) and the page's memory (`undefined`
+ * when it is as stored), in one statement, so a page costs one round trip and its stored digest is
+ * committed with the rows it vouches for. Returns the number of repository rows written.
+ */
+export async function writeListingPage(
+  db: Executor,
+  scope: RepositoryScope,
+  pageKey: string,
+  repositories: CachedRepository[] | undefined,
+  page: { etag?: string; externalIds: string[]; nextCursor?: string; fanOut?: string[]; contentHash?: string } | undefined,
+): Promise<number> {
+  if (!page) return repositories ? upsertRepositories(db, scope, repositories) : 0;
+  const saved = sql`saved as (
+    insert into repository_listing_pages (connection_id, page_key, etag, external_ids, next_cursor, fan_out, content_hash)
+    values (${scope.connectionId}::uuid, ${pageKey}, ${page.etag ?? null}, ${JSON.stringify(page.externalIds)}::jsonb, ${page.nextCursor ?? null},
+      ${JSON.stringify(page.fanOut ?? [])}::jsonb, ${page.contentHash ?? null})
+    on conflict (connection_id, page_key) do update set
+      etag = excluded.etag, external_ids = excluded.external_ids, next_cursor = excluded.next_cursor, fan_out = excluded.fan_out, content_hash = excluded.content_hash
+    where (repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out, repository_listing_pages.content_hash)
+      is distinct from (excluded.etag, excluded.external_ids, excluded.next_cursor, excluded.fan_out, excluded.content_hash)
+  )`;
+  if (!repositories || repositories.length === 0) {
+    await sql`with ${saved} select 1`.execute(db);
+    return 0;
+  }
+  const result = await sql<{ written: number }>`with ${upsertParts(scope, repositories, false)}, ${saved} select count(*)::int as written from written`.execute(db);
   return result.rows[0]?.written ?? 0;
 }
 
 /**
  * Ends a complete listing in the database: forgets the pages this listing did not visit, makes the
  * repositories the remaining pages hold visible (unflagging their attachments), then marks the
- * connection's repositories that no remaining page holds as vanished, and flags their attachments
- * (an attached repository is never dropped silently). Returns how many vanished.
- * Runs in SQL: the ids never travel to the worker.
+ * connection's repositories that no remaining page holds as vanished, flags their attachments (an
+ * attached repository is never dropped silently), and records the refresh as succeeded. Returns how
+ * many vanished. One statement (atomic, as a transaction of its steps was): the last step of every
+ * listing costs one round trip instead of seven, and the ids never travel to the worker.
  */
-export async function finishListingInDb(db: Kysely<Database>, connectionId: string, visitedPageKeys: string[]): Promise<{ vanished: number }> {
-  return db.transaction().execute(async (trx) => {
-    await trx
-      .deleteFrom('repository_listing_pages')
-      .where('connection_id', '=', connectionId)
-      .$if(visitedPageKeys.length > 0, (q) => q.where('page_key', 'not in', visitedPageKeys))
-      .execute();
-    const seenIds = sql<string>`(select jsonb_array_elements_text(p.external_ids) from repository_listing_pages p where p.connection_id = ${connectionId})`;
-    // The listing is the truth: a repository it saw is visible, even one an event marked vanished
-    // since and whose page answered 304 (so no upsert brought it back).
-    const back = await trx
-      .updateTable('repositories')
-      .set({ vanished_at: null })
-      .where('connection_id', '=', connectionId)
-      .where('vanished_at', 'is not', null)
-      .where(sql<boolean>`external_id in ${seenIds}`)
-      .returning('id')
-      .execute();
-    if (back.length > 0) {
-      await trx.updateTable('attachments').set({ repository_vanished: false, updated_at: new Date() }).where('repository_id', 'in', back.map((r) => r.id)).execute();
-    }
-    const gone = await trx
-      .updateTable('repositories')
-      .set({ vanished_at: sql<Date>`now()` })
-      .where('connection_id', '=', connectionId)
-      .where('vanished_at', 'is', null)
-      .where(sql<boolean>`external_id not in ${seenIds}`)
-      .returning('id')
-      .execute();
-    if (gone.length > 0) {
-      await trx.updateTable('attachments').set({ repository_vanished: true, updated_at: new Date() }).where('repository_id', 'in', gone.map((r) => r.id)).execute();
-    }
-    return { vanished: gone.length };
-  });
+export async function finishListingInDb(db: Executor, connectionId: string, visitedPageKeys: string[]): Promise<{ vanished: number }> {
+  // Every part reads the snapshot the statement started with: the pages that remain are the visited ones.
+  const result = await sql<{ vanished: number }>`
+    with forgotten as (
+      delete from repository_listing_pages
+      where connection_id = ${connectionId} and not (page_key = any(${visitedPageKeys}::text[]))
+    ), seen as (
+      select jsonb_array_elements_text(p.external_ids) as external_id
+      from repository_listing_pages p
+      where p.connection_id = ${connectionId} and p.page_key = any(${visitedPageKeys}::text[])
+    ), back as (
+      -- The listing is the truth: a repository it saw is visible, even one an event marked vanished
+      -- since and whose page answered 304 (so no upsert brought it back).
+      update repositories set vanished_at = null
+      where connection_id = ${connectionId} and vanished_at is not null and external_id in (select external_id from seen)
+      returning id
+    ), gone as (
+      update repositories set vanished_at = now()
+      where connection_id = ${connectionId} and vanished_at is null and external_id not in (select external_id from seen)
+      returning id
+    ), unflagged as (
+      update attachments set repository_vanished = false, updated_at = now() where repository_id in (select id from back)
+    ), flagged as (
+      update attachments set repository_vanished = true, updated_at = now() where repository_id in (select id from gone)
+    ), succeeded as (
+      update connections set refreshed_at = now(), refresh_error = null where id = ${connectionId}
+    )
+    select count(*)::int as vanished from gone
+  `.execute(db);
+  return { vanished: result.rows[0]?.vanished ?? 0 };
 }
 
 /** The cache row of a connection's repository, if there is one. */
@@ -151,42 +179,6 @@ export async function listingPages(db: Executor, connectionId: string): Promise<
   return new Map(
     rows.map((r) => [r.page_key, { etag: r.etag, externalIds: r.external_ids, nextCursor: r.next_cursor, fanOut: r.fan_out, contentHash: r.content_hash }]),
   );
-}
-
-/** Remembers what a page held and where it led; an unchanged page is not written. */
-export async function saveListingPage(
-  db: Executor,
-  connectionId: string,
-  pageKey: string,
-  page: { etag?: string; externalIds: string[]; nextCursor?: string; fanOut?: string[]; contentHash?: string },
-): Promise<void> {
-  await db
-    .insertInto('repository_listing_pages')
-    .values({
-      connection_id: connectionId,
-      page_key: pageKey,
-      etag: page.etag ?? null,
-      external_ids: JSON.stringify(page.externalIds),
-      next_cursor: page.nextCursor ?? null,
-      fan_out: JSON.stringify(page.fanOut ?? []),
-      content_hash: page.contentHash ?? null,
-    })
-    .onConflict((oc) =>
-      oc
-        .columns(['connection_id', 'page_key'])
-        .doUpdateSet((eb) => ({
-          etag: eb.ref('excluded.etag'),
-          external_ids: eb.ref('excluded.external_ids'),
-          next_cursor: eb.ref('excluded.next_cursor'),
-          fan_out: eb.ref('excluded.fan_out'),
-          content_hash: eb.ref('excluded.content_hash'),
-        }))
-        .where(
-          sql<boolean>`(repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out, repository_listing_pages.content_hash)
-            is distinct from (excluded.etag, excluded.external_ids, excluded.next_cursor, excluded.fan_out, excluded.content_hash)`,
-        ),
-    )
-    .execute();
 }
 
 export async function recordRefreshOutcome(db: Executor, connectionId: string, error: string | null): Promise<void> {

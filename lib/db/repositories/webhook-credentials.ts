@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { Kysely, Transaction } from 'kysely';
-import { recordHook, type RecordedHook } from './attachments.ts';
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { RecordedHook } from './attachments.ts';
 import { open, seal, type EncryptionKeys } from '../../crypto.ts';
 import type { Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
@@ -112,24 +112,20 @@ export async function ensureWebhookCredentialVersion(db: Executor, keys: Encrypt
  * for share while the hook is recorded, and dropUnusedWebhookCredentials locks the rows it may
  * drop for update before it looks for hooks carrying them: a hook saved with a credential just
  * being dropped is either seen by the drop (the credential is kept) or refused here (saved again
- * with the current one), never left carrying a credential the receiver no longer accepts.
+ * with the current one), never left carrying a credential the receiver no longer accepts. One
+ * statement (its lock held until it commits): one round trip where a transaction took four.
  */
-export async function recordHookCarrying(
-  db: Kysely<Database>,
-  hook: RecordedHook & { attachmentId: string; connectionId: string; credentialVersion: number },
-): Promise<boolean> {
-  return db.transaction().execute(async (trx) => {
-    const accepted = await trx
-      .selectFrom('webhook_credentials')
-      .select('version')
-      .where('connection_id', '=', hook.connectionId)
-      .where('version', '=', hook.credentialVersion)
-      .forShare()
-      .executeTakeFirst();
-    if (!accepted) return false;
-    await recordHook(trx, hook.attachmentId, hook);
-    return true;
-  });
+export async function recordHookCarrying(db: Executor, hook: RecordedHook & { attachmentId: string; connectionId: string; credentialVersion: number }): Promise<boolean> {
+  const recorded = await sql`
+    insert into hooks (attachment_id, provider_hook_id, events, credential_version)
+    select ${hook.attachmentId}::uuid, ${hook.providerHookId}, ${JSON.stringify(hook.events)}::jsonb, c.version
+    from webhook_credentials c
+    where c.connection_id = ${hook.connectionId} and c.version = ${hook.credentialVersion}
+    for share
+    on conflict (attachment_id, provider_hook_id) do update set events = excluded.events, credential_version = excluded.credential_version
+    returning 1
+  `.execute(db);
+  return recorded.rows.length > 0;
 }
 
 /** A recorded hook of the connection still carrying a credential older than a version, and its attachment's last hook-health finding. */
