@@ -11,6 +11,12 @@ export interface IntakeRelayOptions {
   databaseUrl: string;
   /** Rows locked and started per round (default 50). */
   batch?: number;
+  /**
+   * Starts of a round in flight at once (default 16). Each begins on a turn of the event loop of its
+   * own, so deliveries arriving meanwhile are acknowledged between them: the receivers share this
+   * process, and a round's starts all at once would hold their acknowledgements back.
+   */
+  startConcurrency?: number;
   /** A round runs at least this often even without a notification (default 5 s). */
   sweepMs?: number;
   /** The longest pause between rounds while Temporal is unreachable (default 30 s). */
@@ -54,6 +60,7 @@ const START_TIMEOUT_MS = 5000;
  */
 export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): IntakeRelay {
   const batch = options.batch ?? 50;
+  const startConcurrency = Math.max(1, options.startConcurrency ?? 16);
   const sweepMs = options.sweepMs ?? 5000;
   const maxBackoffMs = options.maxBackoffMs ?? 30_000;
   const rowRetryMs = options.rowRetryMs ?? 1000;
@@ -117,7 +124,7 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     let unreachable = false;
     const startedThisRound: string[] = [];
     const { locked } = await startPendingDeliveries(deps.db, deps.taskQueue, batch, async (pending) => {
-      const outcomes = await Promise.all(pending.map(startOne));
+      const outcomes = await inTurns(pending, startConcurrency, startOne);
       // Temporal down or upgrading: every start failed for want of an answer. The rows are not at
       // fault; the relay backs off as a whole and they are due again as soon as Temporal answers.
       unreachable = outcomes.every((o) => !o.started && o.unreachable);
@@ -182,6 +189,22 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       await listener.close();
     },
   };
+}
+
+/** `fn` over `items`, at most `limit` at once, each begun on a turn of the event loop of its own (after the I/O waiting then); results in order. */
+async function inTurns<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const index = next++;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        results[index] = await fn(items[index]!);
+      }
+    }),
+  );
+  return results;
 }
 
 /** gRPC status names, for the short reason a failed start leaves on its row. */
