@@ -80,10 +80,10 @@ export interface CpuSeconds {
   /** This process: the load generator. */
   bench: number;
   /**
-   * The PostgreSQL backends connected to the stack's database (alive now: the stack's pools keep
-   * theirs open), not the server's other processes: the server is shared with the tests other
-   * work on the machine runs. WAL writer and checkpointer work is left out. Only meaningful as a
-   * difference over a run.
+   * The PostgreSQL backends of the stack's database, those already gone included (see
+   * postgresCpuTracker), not the server's other processes: the server is shared with the tests
+   * other work on the machine runs. WAL writer and checkpointer work is left out. Only meaningful as
+   * a difference over a run.
    */
   postgres: number;
 }
@@ -229,20 +229,32 @@ function cpuSecondsOf(pid: number | undefined): number {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
 }
 
-/** CPU of the backends serving `database`: a backend's process title is `postgres: [<cluster>:] <user> <database> <client> <state>`. */
-function postgresCpuSeconds(database: string): number {
-  let total = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
-      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').split(/\s+/);
-      if (title[0] === 'postgres:' && title.slice(1, 4).includes(database)) total += cpuSecondsOf(Number(entry));
-    } catch {
-      // The process ended while we looked.
+/**
+ * CPU of the backends serving `database` (a backend's process title is `postgres: [<cluster>:]
+ * <user> <database> <client> <state>`), those gone included: pools close idle connections, so each
+ * backend's last reading is kept. Read every second, so a backend's last second before it exits
+ * may be missed.
+ */
+function postgresCpuTracker(database: string) {
+  const lastSeen = new Map<number, number>();
+  const read = () => {
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
+        const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').split(/\s+/);
+        if (title[0] === 'postgres:' && title.slice(1, 4).includes(database)) lastSeen.set(Number(entry), cpuSecondsOf(Number(entry)));
+      } catch {
+        // The process ended while we looked.
+      }
     }
-  }
-  return total;
+    let total = 0;
+    for (const seconds of lastSeen.values()) total += seconds;
+    return total;
+  };
+  const timer = setInterval(read, 1000);
+  timer.unref();
+  return { read, stop: () => clearInterval(timer) };
 }
 
 function peakRssMiB(pid: number | undefined): number {
@@ -323,7 +335,8 @@ export async function startBenchStack(
   };
   try {
     const databaseUrl = placement.databaseUrl ?? (await freshDatabase(log, stops));
-    const databaseName = decodeURIComponent(new URL(databaseUrl).pathname.slice(1));
+    const postgresCpu = postgresCpuTracker(decodeURIComponent(new URL(databaseUrl).pathname.slice(1)));
+    stops.push(async () => postgresCpu.stop());
     const db = createDb(databaseUrl, { max: 4 });
     stops.unshift(() => db.destroy());
 
@@ -422,7 +435,7 @@ export async function startBenchStack(
         worker: cpuSecondsOf(worker.child.pid),
         temporal: cpuSecondsOf(temporalPid),
         bench: cpuSecondsOf(process.pid),
-        postgres: postgresCpuSeconds(databaseName),
+        postgres: postgresCpu.read(),
       }),
       stop,
     };
