@@ -8,12 +8,12 @@ import type { RepositoryKey } from './hooks.ts';
 export function createHookHealthActivities({ db, logger }: { db: Db; logger: Logger }) {
   return {
     /** A batch of the active connections (GitLab, Bitbucket, Azure DevOps) with an attached repository, of one organization or all, in id order after `after`. */
-    async listHookHealthConnections(input: { organizationId?: string; after?: string; limit?: number }): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+    async listHookHealthConnections(input: { organizationId?: string; after?: string; limit?: number }): Promise<{ organizationId: string; organizationSlug: string; connectionId: string; provider: Provider }[]> {
       return connectionsWithAttachedHooks(db, input);
     },
 
     /** A page of the connection's attached repositories, in id order after `after`. */
-    async listAttachedRepositories(input: { connectionId: string; after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider }[]> {
+    async listAttachedRepositories(input: { connectionId: string; after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
       return attachedRepositoriesPage(db, input.connectionId, input);
     },
 

@@ -465,7 +465,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     },
 
     /** Repositories of a connection that still need a detach (for disconnect). */
-    async listUndetachedRepositories({ connectionId }: { connectionId: string }): Promise<{ repositoryId: string; provider: Provider }[]> {
+    async listUndetachedRepositories({ connectionId }: { connectionId: string }): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
       return listUndetachedRepositories(db, connectionId);
     },
   };

@@ -2,7 +2,8 @@ import { context } from '@opentelemetry/api';
 import pg from 'pg';
 import { contextFromTraceparent } from '../lib/tracing.ts';
 import { startPendingDeliveries, type PendingDelivery, type StartOutcome } from '../lib/db/repositories/deliveries.ts';
-import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
+import { workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
+import { deliveryRunLabels, deliveryTargetsFrom } from '../workflows/run-labels.ts';
 import type { ApiDeps } from './context.ts';
 import { startWorkflowOrThrow } from './start-workflow.ts';
 
@@ -104,11 +105,15 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
         workflowId,
         input,
         timeoutMs: START_TIMEOUT_MS,
-        searchAttributes: [
-          { key: SA_PROVIDER, value: provider },
-          ...(start.organizationId ? [{ key: SA_ORGANIZATION, value: start.organizationId }] : []),
-          ...(start.repositoryId ? [{ key: SA_REPOSITORY, value: start.repositoryId }] : []),
-        ],
+        // A row stored by an older API version has no targets: its run is named by ids, as it was then.
+        labels: deliveryRunLabels({
+          provider,
+          deliveryId,
+          summary: input.summary,
+          targets: deliveryTargetsFrom(start.targets),
+          ...(start.organizationId ? { organizationId: start.organizationId } : {}),
+          ...(start.repositoryId ? { repositoryId: start.repositoryId } : {}),
+        }),
       }));
       deps.metrics?.intakeStart('started', (Date.now() - delivery.receivedAt.getTime()) / 1000);
       return { started: true };

@@ -1,12 +1,13 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
-import type { SearchAttributePair } from '@temporalio/common';
 import type { ApiDeps } from './context.ts';
 import { Problem } from './problem.ts';
+import type { RunLabels } from '../workflows/run-labels.ts';
 
 interface StartOptions {
   workflowId: string;
   input: object;
-  searchAttributes: SearchAttributePair[];
+  /** Search attributes, summary and details the run shows in the Temporal UI (workflows/run-labels.ts). */
+  labels: RunLabels;
   allowRerun?: boolean;
   timeoutMs?: number;
 }
@@ -31,7 +32,7 @@ export async function startWorkflowOrThrow(deps: ApiDeps, workflowType: string, 
       taskQueue: deps.taskQueue,
       workflowId: options.workflowId,
       args: [options.input],
-      typedSearchAttributes: options.searchAttributes,
+      ...options.labels,
       workflowIdReusePolicy: options.allowRerun ? WorkflowIdReusePolicy.ALLOW_DUPLICATE : WorkflowIdReusePolicy.REJECT_DUPLICATE,
     });
   try {

@@ -23,7 +23,7 @@ async function ensureSchedule(
   client: Client,
   scheduleId: string,
   settings: { cron: string; timeZone: string; taskQueue: string },
-  workflow: { workflowType: string; workflowId: string; args: unknown[] },
+  workflow: { workflowType: string; workflowId: string; args: unknown[]; staticSummary: string },
 ): Promise<'created' | 'updated'> {
   const desired = {
     spec: { cronExpressions: [settings.cron], timezone: settings.timeZone },
@@ -46,6 +46,8 @@ export async function ensureRefreshSchedule(client: Client, settings: RefreshSch
     workflowType: 'refreshRepositoriesWorkflow',
     workflowId: REFRESH_ALL_WORKFLOW_ID_PREFIX,
     args: [{}],
+    // How the Schedule's runs read in the Temporal UI (each connection's child names its organization).
+    staticSummary: 'all organizations: refresh repositories (nightly)',
   });
 }
 
@@ -59,5 +61,6 @@ export async function ensureHookHealthSchedule(
     workflowType: 'hookHealthWorkflow',
     workflowId: HOOK_HEALTH_ALL_WORKFLOW_ID_PREFIX,
     args: [input],
+    staticSummary: 'all organizations: check hook health (nightly)',
   });
 }

@@ -15,7 +15,16 @@ export const SA_ORGANIZATION = defineSearchAttributeKey('ForgelinkOrganization',
 export const SA_PROVIDER = defineSearchAttributeKey('ForgelinkProvider', 'KEYWORD');
 export const SA_REPOSITORY = defineSearchAttributeKey('ForgelinkRepository', 'KEYWORD');
 export const SA_CONNECTION = defineSearchAttributeKey('ForgelinkConnection', 'KEYWORD');
-export const SEARCH_ATTRIBUTES = [SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, SA_CONNECTION];
+/**
+ * What an operator types in the Temporal UI (workflows/run-labels.ts sets them): the slugs of the
+ * organizations a run concerns and the full names of its repositories. KeywordList, as a delivery
+ * can concern several organizations and repositories; `ForgelinkOrgSlugs = 'acme'` matches a run
+ * whose list holds `acme`. ForgelinkOrganization and ForgelinkRepository (ids) stay for older runs
+ * and queries.
+ */
+export const SA_ORG_SLUGS = defineSearchAttributeKey('ForgelinkOrgSlugs', 'KEYWORD_LIST');
+export const SA_REPOSITORY_NAMES = defineSearchAttributeKey('ForgelinkRepositoryNames', 'KEYWORD_LIST');
+export const SEARCH_ATTRIBUTES = [SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, SA_CONNECTION, SA_ORG_SLUGS, SA_REPOSITORY_NAMES];
 
 export interface ConnectInput {
   organizationId: string;

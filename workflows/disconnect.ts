@@ -33,7 +33,7 @@ export async function disconnectWorkflow(input: DisconnectInput): Promise<Discon
     settled.set(outcome.repositoryId, outcome);
   });
   for (const repository of repositories) {
-    const refusal = await requestRepositoryAction(input.organizationId, repository, 'detach');
+    const refusal = await requestRepositoryAction(input.organizationId, repository, 'detach', input.connectionId);
     if (refusal) settled.set(repository.repositoryId, { repositoryId: repository.repositoryId, action: 'detach', status: 'failed', reason: refusal });
   }
   const allSettled = () => repositories.every((r) => settled.has(r.repositoryId));

@@ -5,6 +5,7 @@ import {
   continueAsNew,
   executeChild,
   ParentClosePolicy,
+  patched,
   proxyActivities,
   proxyLocalActivities,
   setHandler,
@@ -25,6 +26,7 @@ import {
 } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 import { requestRepositoryAction } from './repository.ts';
+import { LABELLED_CHILD_STARTS, runLabels } from './run-labels.ts';
 
 const { listHookHealthConnections } = proxyLocalActivities<Activities>({
   startToCloseTimeout: '1 minute',
@@ -77,11 +79,20 @@ async function checkConnections(connections: Connection[], atOnce: number, total
           workflowId: workflowIds.hookHealthConnection(connection.organizationId, connection.connectionId),
           args: [{ organizationId: connection.organizationId, connectionId: connection.connectionId }],
           parentClosePolicy: ParentClosePolicy.TERMINATE,
-          typedSearchAttributes: [
-            { key: SA_ORGANIZATION, value: connection.organizationId },
-            { key: SA_PROVIDER, value: connection.provider },
-            { key: SA_CONNECTION, value: connection.connectionId },
-          ],
+          ...(patched(LABELLED_CHILD_STARTS)
+            ? runLabels('check hook health of', {
+                // Absent from listings recorded before it was read.
+                organization: { id: connection.organizationId, slug: connection.organizationSlug as string | undefined },
+                provider: connection.provider,
+                connectionId: connection.connectionId,
+              })
+            : {
+                typedSearchAttributes: [
+                  { key: SA_ORGANIZATION, value: connection.organizationId },
+                  { key: SA_PROVIDER, value: connection.provider },
+                  { key: SA_CONNECTION, value: connection.connectionId },
+                ],
+              }),
         });
       } catch (error) {
         if (error instanceof WorkflowExecutionAlreadyStartedError) {
@@ -129,7 +140,7 @@ export async function checkConnectionHooks(
     const page = await listAttachedRepositories({ connectionId: input.connectionId, after, limit: REPOSITORIES_PER_PAGE });
     if (page.length === 0) return counts;
     for (const repository of page) {
-      const refusal = await requestRepositoryAction(input.organizationId, repository, 'reconcile');
+      const refusal = await requestRepositoryAction(input.organizationId, repository, 'reconcile', input.connectionId);
       if (refusal) {
         fail(repository.repositoryId, refusal);
         continue;

@@ -12,6 +12,7 @@ import {
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities/index.ts';
+import type { Provider } from '../lib/domain.ts';
 import {
   type ConnectionRefreshInput,
   type ConnectionRefreshResult,
@@ -26,6 +27,7 @@ import {
   workflowIds,
 } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
+import { LABELLED_CHILD_STARTS, runLabels } from './run-labels.ts';
 
 /** Connections listed at once: providers' limits are per credential, the database is shared. */
 const CONCURRENT_CONNECTIONS = 8;
@@ -51,7 +53,8 @@ const { listRepositoriesChunk } = proxyActivities<Activities>({
 /** A run of refreshRepositoriesWorkflow started before batching read every connection at once; it finishes that way. */
 const REFRESH_IN_BATCHES = 'refresh-in-batches';
 
-type Connection = { id: string; organizationId: string; provider: string };
+/** `organizationSlug` is absent from listings recorded before it was read. */
+type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider };
 
 /**
  * Refreshes the repository cache of one organization (on demand) or of all (the nightly Schedule):
@@ -90,11 +93,19 @@ async function refreshConnections(connections: Connection[], totals: RefreshResu
           workflowId: workflowIds.refreshConnection(connection.organizationId, connection.id),
           args: [{ organizationId: connection.organizationId, connectionId: connection.id }],
           parentClosePolicy: ParentClosePolicy.TERMINATE,
-          typedSearchAttributes: [
-            { key: SA_ORGANIZATION, value: connection.organizationId },
-            { key: SA_PROVIDER, value: connection.provider },
-            { key: SA_CONNECTION, value: connection.id },
-          ],
+          ...(patched(LABELLED_CHILD_STARTS)
+            ? runLabels('refresh repositories of', {
+                organization: { id: connection.organizationId, slug: connection.organizationSlug },
+                provider: connection.provider,
+                connectionId: connection.id,
+              })
+            : {
+                typedSearchAttributes: [
+                  { key: SA_ORGANIZATION, value: connection.organizationId },
+                  { key: SA_PROVIDER, value: connection.provider },
+                  { key: SA_CONNECTION, value: connection.id },
+                ],
+              }),
         });
         totals.refreshed++;
       } catch (error) {

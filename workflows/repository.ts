@@ -5,6 +5,7 @@ import {
   getExternalWorkflowHandle,
   log,
   ParentClosePolicy,
+  patched,
   setHandler,
   startChild,
   workflowInfo,
@@ -14,6 +15,7 @@ import { attachRepository } from './attach.ts';
 import {
   attachmentRequested,
   attachmentSettled,
+  SA_ORG_SLUGS,
   SA_ORGANIZATION,
   SA_PROVIDER,
   SA_REPOSITORY,
@@ -26,6 +28,7 @@ import {
 } from './contract.ts';
 import { detachRepository } from './detach.ts';
 import { reconcileRepository } from './reconcile.ts';
+import { LABELLED_CHILD_STARTS, runLabels } from './run-labels.ts';
 
 /**
  * One repository's attach and detach requests, carried out one at a time in arrival order.
@@ -113,8 +116,10 @@ const REQUEST_ATTEMPTS = 3;
  */
 export async function requestRepositoryAction(
   organizationId: string,
-  repository: { repositoryId: string; provider: Provider },
+  /** `fullName` is absent from lists recorded before it was read. */
+  repository: { repositoryId: string; provider: Provider; fullName?: string },
   action: AttachmentAction,
+  connectionId?: string,
 ): Promise<string | undefined> {
   const workflowId = workflowIds.repository(organizationId, repository.repositoryId);
   const request: AttachmentRequest = { action, replyTo: [workflowInfo().workflowId] };
@@ -125,11 +130,21 @@ export async function requestRepositoryAction(
         args: [{ organizationId, repositoryId: repository.repositoryId, pending: [request] }],
         // A request half done must finish even if the requesting run is terminated.
         parentClosePolicy: ParentClosePolicy.ABANDON,
-        typedSearchAttributes: [
-          { key: SA_ORGANIZATION, value: organizationId },
-          { key: SA_PROVIDER, value: repository.provider },
-          { key: SA_REPOSITORY, value: repository.repositoryId },
-        ],
+        ...(patched(LABELLED_CHILD_STARTS)
+          ? runLabels(action, {
+              // The requester is about this organization only: the slug it was started with is the child's.
+              organization: { id: organizationId, slug: workflowInfo().typedSearchAttributes.get(SA_ORG_SLUGS)?.[0] },
+              provider: repository.provider,
+              connectionId,
+              repository: { id: repository.repositoryId, fullName: repository.fullName },
+            })
+          : {
+              typedSearchAttributes: [
+                { key: SA_ORGANIZATION, value: organizationId },
+                { key: SA_PROVIDER, value: repository.provider },
+                { key: SA_REPOSITORY, value: repository.repositoryId },
+              ],
+            }),
       });
       return undefined;
     } catch (error) {

@@ -4,13 +4,11 @@ import { attachRefusal, findAttachment, findOrganizationRepository } from '../..
 import { ATTACHMENT_STATUSES, HOOK_HEALTH_STATUSES } from '../../lib/domain.ts';
 import {
   attachmentRequested,
-  SA_ORGANIZATION,
-  SA_PROVIDER,
-  SA_REPOSITORY,
   workflowIds,
   type AttachmentAction,
   type RepositoryWorkflowInput,
 } from '../../workflows/contract.ts';
+import { runLabels } from '../../workflows/run-labels.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, Problem, problemResponse } from '../problem.ts';
@@ -65,11 +63,13 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
       args: [input],
       signal: attachmentRequested,
       signalArgs: [{ action }],
-      typedSearchAttributes: [
-        { key: SA_ORGANIZATION, value: org.id },
-        { key: SA_PROVIDER, value: repository.provider },
-        { key: SA_REPOSITORY, value: repository.id },
-      ],
+      // The run carries on with later requests too; it is named after the one that started it.
+      ...runLabels(action, {
+        organization: { id: org.id, slug: org.slug },
+        provider: repository.provider,
+        connectionId: repository.connection_id,
+        repository: { id: repository.id, fullName: repository.full_name },
+      }),
     });
   } catch (error) {
     deps.logger.error({ err: error, workflowId }, 'could not queue the attachment request');

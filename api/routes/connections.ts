@@ -20,7 +20,8 @@ import type { Organization } from '../../lib/db/schema.ts';
 import { CONNECTION_STATUSES, CREDENTIAL_ROTATION_STATUSES, PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { webhookCredentialRotationRefusal } from '../../lib/db/repositories/webhook-credentials.ts';
-import { SA_CONNECTION, SA_ORGANIZATION, SA_PROVIDER, workflowIds, type ConnectInput, type WebhookCredentialRotationInput } from '../../workflows/contract.ts';
+import { workflowIds, type ConnectInput, type WebhookCredentialRotationInput } from '../../workflows/contract.ts';
+import { runLabels } from '../../workflows/run-labels.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
@@ -128,11 +129,8 @@ async function targetOf(c: Context<AppEnv>, body: ConnectBody): Promise<{ baseUr
 }
 
 /** Lets an operator find a connection's runs in the Temporal UI by organization, provider or connection. */
-const connectionSearchAttributes = (organizationId: string, provider: Provider, connectionId: string) => [
-  { key: SA_ORGANIZATION, value: organizationId },
-  { key: SA_PROVIDER, value: provider },
-  { key: SA_CONNECTION, value: connectionId },
-];
+const connectionRunLabels = (action: string, org: Organization, provider: Provider, connectionId: string) =>
+  runLabels(action, { organization: { id: org.id, slug: org.slug }, provider, connectionId });
 
 /** Starts the connect run; when it cannot start, `undo` (told why) takes back what the request wrote. */
 async function startConnect(c: Context<AppEnv>, org: Organization, input: ConnectInput, provider: Provider, undo: (reason: string) => Promise<void>) {
@@ -144,7 +142,7 @@ async function startConnect(c: Context<AppEnv>, org: Organization, input: Connec
       workflowId,
       input,
       allowRerun: true,
-      searchAttributes: connectionSearchAttributes(org.id, provider, input.connectionId),
+      labels: connectionRunLabels('connect', org, provider, input.connectionId),
     });
   } catch (error) {
     await undo('the workflow engine did not start the validation');
@@ -281,7 +279,7 @@ export function connectionRoutes() {
         workflowId,
         input: { organizationId: org.id, connectionId: row.id } satisfies WebhookCredentialRotationInput,
         allowRerun: true,
-        searchAttributes: connectionSearchAttributes(org.id, row.provider, row.id),
+        labels: connectionRunLabels('rotate the webhook credential of', org, row.provider, row.id),
       });
       return c.json({ workflowId }, 202);
     },
@@ -374,7 +372,7 @@ export function connectionRoutes() {
         workflowId,
         input: { organizationId: org.id, connectionId: row.id, ...(c.req.valid('query').force === 'true' ? { force: true } : {}) },
         allowRerun: true,
-        searchAttributes: connectionSearchAttributes(org.id, row.provider, row.id),
+        labels: connectionRunLabels('disconnect', org, row.provider, row.id),
       });
       return c.json({ workflowId }, 202);
     },

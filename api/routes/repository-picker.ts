@@ -1,7 +1,8 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { sql } from 'kysely';
 import { PROVIDERS } from '../../lib/domain.ts';
-import { SA_ORGANIZATION, workflowIds } from '../../workflows/contract.ts';
+import { workflowIds } from '../../workflows/contract.ts';
+import { runLabels } from '../../workflows/run-labels.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { decodeCursor, encodeCursor } from '../cursor.ts';
@@ -112,7 +113,7 @@ export function repositoryPickerRoutes() {
         workflowId: workflowIds.refreshOrganization(org.id),
         input: { organizationId: org.id },
         allowRerun: true,
-        searchAttributes: [{ key: SA_ORGANIZATION, value: org.id }],
+        labels: runLabels('refresh repositories', { organization: { id: org.id, slug: org.slug } }),
       });
       return c.json({ workflowId }, 202);
     },

@@ -9,6 +9,7 @@ import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '
 import { storeDelivery } from '../../lib/db/repositories/deliveries.ts';
 import { currentTraceparent } from '../../lib/tracing.ts';
 import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
+import { boundedKeywords, type DeliveryTargets } from '../../workflows/run-labels.ts';
 import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
@@ -113,7 +114,7 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
   const boundConnectionsToo = installationId !== undefined && events.some(isAccessChange);
   const cached = boundConnectionsToo ? undefined : cache.get(scopeKey, externalIds);
   let attached: AttachedTarget[];
-  let connections: { organizationId: string }[] = [];
+  let connections: { organizationId: string; organizationSlug: string; id: string }[] = [];
   if (cached) attached = cached;
   else {
     const { db } = c.var.deps;
@@ -121,7 +122,16 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
       findAttachedRepositories(db, provider, externalIds, scope),
       boundConnectionsToo ? findConnectionsByExternalKey(db, provider, installationId) : Promise.resolve([]),
     ]);
-    attached = rows.map(({ organizationId, repositoryId, externalId, baseUrl, connectionKey }) => ({ organizationId, repositoryId, externalId, baseUrl, connectionKey }));
+    attached = rows.map(({ organizationId, organizationSlug, repositoryId, fullName, connectionId, externalId, baseUrl, connectionKey }) => ({
+      organizationId,
+      organizationSlug,
+      repositoryId,
+      fullName,
+      connectionId,
+      externalId,
+      baseUrl,
+      connectionKey,
+    }));
     for (const externalId of new Set(externalIds)) cache.set(scopeKey, externalId, attached.filter((r) => r.externalId === externalId));
     connections = bound;
   }
@@ -130,9 +140,20 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
   if (ambiguous.length > 0) {
     c.var.deps.logger.warn({ provider, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none of their base URLs: not acted on');
   }
+  const slugs = boundedKeywords([...kept.map((a) => a.organizationSlug), ...connections.map((cn) => cn.organizationSlug)]);
+  const names = boundedKeywords(kept.map((a) => a.fullName));
+  const connectionIds = new Set([...kept.map((a) => a.connectionId), ...connections.map((cn) => cn.id)]);
+  const labels: DeliveryTargets = {
+    organizationSlugs: slugs.values,
+    ...(slugs.more > 0 ? { moreOrganizations: slugs.more } : {}),
+    repositoryNames: names.values,
+    ...(names.more > 0 ? { moreRepositories: names.more } : {}),
+    ...(connectionIds.size === 1 ? { connectionId: [...connectionIds][0]! } : {}),
+  };
   return {
     organizationIds: [...new Set([...kept.map((a) => a.organizationId), ...connections.map((cn) => cn.organizationId)])],
     repositoryIds: [...new Set(kept.map((a) => a.repositoryId))],
+    labels,
   };
 }
 
@@ -241,6 +262,8 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
         ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
+        // Slugs and names for the Temporal UI (KeywordList attributes, a summary): bounded, so the row stays small.
+        targets: targets.labels,
         // The receipt's trace goes on in the run the relay starts (nothing when tracing is off).
         ...withTraceparent(currentTraceparent()),
       },

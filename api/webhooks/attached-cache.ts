@@ -1,6 +1,10 @@
 export interface AttachedTarget {
   organizationId: string;
+  /** Slug and full name name the run in the Temporal UI (workflows/run-labels.ts). */
+  organizationSlug: string;
   repositoryId: string;
+  fullName: string;
+  connectionId: string;
   externalId: string;
   /** The connection's base URL: the instance the repository lives on. */
   baseUrl: string;

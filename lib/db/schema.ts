@@ -166,6 +166,11 @@ export interface DeliveryStart {
   /** Set when the delivery concerns a single organization / repository (Keyword attributes hold one value). */
   organizationId?: string;
   repositoryId?: string;
+  /**
+   * The run's DeliveryTargets (workflows/run-labels.ts): the slugs, repository names and connection
+   * it concerns, for its search attributes and summary. Absent from rows stored before it.
+   */
+  targets?: object;
   /** The W3C traceparent of the receipt (tracing on): the relay starts the run in that trace. */
   traceparent?: string;
   /** The connection whose own hook delivered it, and the body's digest (a replay under another id is not recorded twice). */

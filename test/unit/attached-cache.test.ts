@@ -1,7 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { createAttachedCache } from '../../api/webhooks/attached-cache.ts';
 
-const target = (n: number) => ({ organizationId: `org-${n}`, repositoryId: `repo-${n}`, externalId: String(n), baseUrl: 'https://gitlab.example.com', connectionKey: null });
+const target = (n: number) => ({
+  organizationId: `org-${n}`,
+  organizationSlug: `org-${n}`,
+  repositoryId: `repo-${n}`,
+  fullName: `group/repo-${n}`,
+  connectionId: `connection-${n}`,
+  externalId: String(n),
+  baseUrl: 'https://gitlab.example.com',
+  connectionKey: null,
+});
 
 describe('the receivers\' attached-repository cache', () => {
   it('answers only when every id is cached and unexpired, and keeps no negative answer', () => {

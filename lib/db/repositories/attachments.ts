@@ -97,16 +97,16 @@ export async function recordHookHealth(db: Executor, repositoryId: string, healt
 }
 
 /** A page of a connection's attached repositories in id order, after `after` (the hook-health reconcile walks them). */
-export async function attachedRepositoriesPage(db: Executor, connectionId: string, options: { after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider }[]> {
+export async function attachedRepositoriesPage(db: Executor, connectionId: string, options: { after?: string; limit: number }): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
   let query = db
     .selectFrom('attachments as a')
     .innerJoin('repositories as r', 'r.id', 'a.repository_id')
-    .select(['r.id', 'r.provider'])
+    .select(['r.id', 'r.provider', 'r.full_name'])
     .where('r.connection_id', '=', connectionId)
     .where('a.status', '=', 'attached');
   if (options.after) query = query.where('r.id', '>', options.after);
   const rows = await query.orderBy('r.id').limit(options.limit).execute();
-  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider }));
+  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider, fullName: r.full_name }));
 }
 
 /**
@@ -205,27 +205,28 @@ export async function recordedCredentialVersions(db: Executor, repositoryId: str
 }
 
 /** Repositories of a connection that are not detached (attached, in flight, or failed with hooks possibly left). */
-export async function listUndetachedRepositories(db: Executor, connectionId: string): Promise<{ repositoryId: string; provider: Provider }[]> {
+export async function listUndetachedRepositories(db: Executor, connectionId: string): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
   const rows = await db
     .selectFrom('attachments as a')
     .innerJoin('repositories as r', 'r.id', 'a.repository_id')
-    .select(['r.id', 'r.provider'])
+    .select(['r.id', 'r.provider', 'r.full_name'])
     .where('r.connection_id', '=', connectionId)
     .where('a.status', '<>', 'detached')
     .orderBy('r.full_name')
     .orderBy('r.id')
     .execute();
-  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider }));
+  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider, fullName: r.full_name }));
 }
 
 /** Active connections of providers with per-repository hooks that have an attached repository (the hook-health reconcile's). */
 export async function connectionsWithAttachedHooks(
   db: Executor,
   options: { organizationId?: string; after?: string; limit?: number },
-): Promise<{ organizationId: string; connectionId: string; provider: Provider }[]> {
+): Promise<{ organizationId: string; organizationSlug: string; connectionId: string; provider: Provider }[]> {
   let query = db
     .selectFrom('connections as c')
-    .select(['c.id', 'c.organization_id', 'c.provider'])
+    .innerJoin('organizations as o', 'o.id', 'c.organization_id')
+    .select(['c.id', 'c.organization_id', 'o.slug', 'c.provider'])
     .where('c.status', '=', 'active')
     .where('c.provider', '<>', 'github')
     .where((eb) =>
@@ -242,5 +243,5 @@ export async function connectionsWithAttachedHooks(
   if (options.after) query = query.where('c.id', '>', options.after);
   if (options.limit) query = query.limit(options.limit);
   const rows = await query.orderBy('c.id').execute();
-  return rows.map((r) => ({ organizationId: r.organization_id, connectionId: r.id, provider: r.provider }));
+  return rows.map((r) => ({ organizationId: r.organization_id, organizationSlug: r.slug, connectionId: r.id, provider: r.provider }));
 }

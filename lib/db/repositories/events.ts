@@ -7,6 +7,7 @@ type Executor = Kysely<Database> | Transaction<Database>;
 /** An attached repository a delivery names, in one organization. */
 export interface AttachedRepository {
   organizationId: string;
+  organizationSlug: string;
   repositoryId: string;
   connectionId: string;
   externalId: string;
@@ -40,7 +41,8 @@ export async function findAttachedRepositories(db: Executor, provider: Provider,
     .selectFrom('repositories as r')
     .innerJoin('attachments as a', 'a.repository_id', 'r.id')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
-    .select(['r.organization_id as organizationId', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
+    .innerJoin('organizations as o', 'o.id', 'r.organization_id')
+    .select(['r.organization_id as organizationId', 'o.slug as organizationSlug', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
     .where('r.provider', '=', provider)
     .where('r.external_id', 'in', [...new Set(externalIds)])
     .where('a.status', '=', 'attached');
@@ -79,13 +81,14 @@ export async function claimDeliveryDigest(
 /** Connections (not disconnected) bound to a provider-side key: for GitHub, the App installation id. */
 export async function findConnectionsByExternalKey(db: Executor, provider: Provider, externalKey: string) {
   return db
-    .selectFrom('connections')
-    .select(['id', 'organization_id as organizationId'])
-    .where('provider', '=', provider)
-    .where('external_key', '=', externalKey)
-    .where('status', '<>', 'disconnected')
-    .orderBy('organization_id')
-    .orderBy('id')
+    .selectFrom('connections as c')
+    .innerJoin('organizations as o', 'o.id', 'c.organization_id')
+    .select(['c.id', 'c.organization_id as organizationId', 'o.slug as organizationSlug'])
+    .where('c.provider', '=', provider)
+    .where('c.external_key', '=', externalKey)
+    .where('c.status', '<>', 'disconnected')
+    .orderBy('c.organization_id')
+    .orderBy('c.id')
     .execute();
 }
 

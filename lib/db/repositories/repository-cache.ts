@@ -190,16 +190,17 @@ export async function activeConnectionIds(
   db: Executor,
   organizationId?: string,
   page: { after?: string; limit?: number } = {},
-): Promise<{ id: string; organizationId: string; provider: Provider }[]> {
+): Promise<{ id: string; organizationId: string; organizationSlug: string; provider: Provider }[]> {
   const rows = await db
-    .selectFrom('connections')
-    .select(['id', 'organization_id', 'provider'])
-    .where('status', '=', 'active')
-    .where('disconnect_requested_at', 'is', null)
-    .$if(organizationId !== undefined, (q) => q.where('organization_id', '=', organizationId!))
-    .$if(page.after !== undefined, (q) => q.where('id', '>', page.after!))
-    .orderBy('id')
+    .selectFrom('connections as c')
+    .innerJoin('organizations as o', 'o.id', 'c.organization_id')
+    .select(['c.id', 'c.organization_id', 'o.slug', 'c.provider'])
+    .where('c.status', '=', 'active')
+    .where('c.disconnect_requested_at', 'is', null)
+    .$if(organizationId !== undefined, (q) => q.where('c.organization_id', '=', organizationId!))
+    .$if(page.after !== undefined, (q) => q.where('c.id', '>', page.after!))
+    .orderBy('c.id')
     .$if(page.limit !== undefined, (q) => q.limit(page.limit!))
     .execute();
-  return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, provider: r.provider }));
+  return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, organizationSlug: r.slug, provider: r.provider }));
 }
