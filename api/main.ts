@@ -10,7 +10,7 @@ import { createLogger } from '../lib/logger.ts';
 import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { startTracing } from '../lib/tracing.ts';
-import { temporalConnectOptions } from '../lib/temporal/connection.ts';
+import { clientConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { startIntakeRelay } from './intake-relay.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
@@ -22,7 +22,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
-  const connection = await Connection.connect(temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
+  const connection = await Connection.connect(clientConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const tracing = startTracing(config.tracing, { serviceName: 'forgelink-api' });
   // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
   const temporal = new Client({ connection, namespace: config.temporal.namespace, ...(tracing.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });

@@ -10,7 +10,7 @@ import { createLogger, type Logger } from '../lib/logger.ts';
 import { createWorkerMetrics, startMetricsServer, temporalSdkMetrics } from '../lib/metrics.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
 import { startTracing } from '../lib/tracing.ts';
-import { connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
+import { CLIENT_CHANNEL_ARGS, connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
 import { installRuntime } from './runtime.ts';
 import { startDeliveryRetention } from './delivery-retention.ts';
@@ -33,7 +33,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const db = createDb(databaseUrl, { logger });
   const connectOptions = temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233');
   const connection = await connectWithRetry(`worker connection to ${connectOptions.address}`, () => NativeConnection.connect(connectOptions), logger);
-  const clientConnection = await connectWithRetry(`client connection to ${connectOptions.address}`, () => Connection.connect(connectOptions), logger);
+  const clientConnection = await connectWithRetry(`client connection to ${connectOptions.address}`, () => Connection.connect({ ...connectOptions, channelArgs: { ...CLIENT_CHANNEL_ARGS } }), logger);
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   await checkSearchAttributes(client, config.temporal.namespace);
   const { cron, timeZone } = { cron: config.repositoryCache.schedule, timeZone: config.repositoryCache.timeZone };
