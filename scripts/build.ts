@@ -1,6 +1,6 @@
 /**
- * `npm run build [-- OUT_DIR]`: the JavaScript production runs (tsc, tsconfig.build.json, from the
- * three entry points) and the workflow bundle the compiled worker loads (OUT_DIR/workflow-bundle.js).
+ * `npm run build [-- OUT_DIR]`: the JavaScript production runs (tsc, tsconfig.build.json, from its
+ * entry points) and the workflow bundle the compiled worker loads (OUT_DIR/workflow-bundle.js).
  */
 import { spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';

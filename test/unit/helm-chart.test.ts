@@ -137,6 +137,35 @@ describe('Helm chart', () => {
     expect(manifests.some((m) => m.kind === 'Ingress')).toBe(true);
   });
 
+  it('registers the search attributes in a hook Job after the migrations only when asked, with hook copies of its config, secrets and TLS', () => {
+    expect(render([]).some((m) => m.metadata.name === 'forgelink-search-attributes')).toBe(false);
+    const values = path.join(dir, 'search-attributes.yaml');
+    writeFileSync(
+      values,
+      toYaml({
+        database: { url: 'postgres://forgelink:pw@db:5432/forgelink' },
+        auth: { adminToken: 'x'.repeat(32) },
+        encryption: { key: Buffer.alloc(32, 3).toString('base64') },
+        temporal: { address: 'temporal:7233', namespace: 'ci', tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' } },
+        searchAttributes: { register: true },
+      }),
+    );
+    const manifests = render([values]);
+    const job = find(manifests, 'Job', 'forgelink-search-attributes');
+    expect(job.metadata.annotations).toMatchObject({ 'helm.sh/hook': 'pre-install,pre-upgrade', 'helm.sh/hook-weight': '5' });
+    expect(Number(job.metadata.annotations!['helm.sh/hook-weight'])).toBeGreaterThan(Number(find(manifests, 'Job', 'forgelink-migrate').metadata.annotations!['helm.sh/hook-weight']));
+    const pod = job.spec.template.spec;
+    expect(pod.containers[0].command).toEqual(['node', 'dist/worker/register-search-attributes-cli.js']);
+    // Hook resources exist before the release's own: the Job reads only hook copies.
+    const tlsSecret = pod.volumes.find((v: any) => v.name === 'temporal-tls').secret.secretName;
+    expect(tlsSecret).toBe('forgelink-search-attributes-temporal-tls');
+    for (const [kind, name] of [['ConfigMap', 'forgelink-search-attributes'], ['Secret', 'forgelink-search-attributes'], ['Secret', tlsSecret]]) {
+      expect(find(manifests, kind!, name!).metadata.annotations!['helm.sh/hook']).toBe('pre-install,pre-upgrade');
+    }
+    const registerConfig = { spec: { template: { spec: pod } }, kind: 'Deployment', metadata: { name: 'search-attributes' } } as Manifest;
+    expect(forgelinkConfigOf([...manifests, registerConfig], 'search-attributes').load().temporal).toMatchObject({ address: 'temporal:7233', namespace: 'ci' });
+  });
+
   it('refuses values the schema does not know', () => {
     const values = path.join(dir, 'typo.yaml');
     writeFileSync(values, toYaml({ gitProviders: { github: { webhookSecrett: 'x' } } }));
