@@ -1,4 +1,4 @@
-import { Context } from '@temporalio/activity';
+import { Context, type Info } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { open, signHmacSha256, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
@@ -15,7 +15,7 @@ import {
 import { loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
-import type { WorkerMetrics } from '../lib/metrics.ts';
+import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
@@ -129,6 +129,41 @@ async function sendToSubscriber(
   };
 }
 
+/** Why a failed attempt that is the last one gives the pair up. */
+function giveUpReason(outcome: Extract<AttemptOutcome, { succeeded: false }>): DispatchGiveUpReason {
+  if (outcome.permanent) return 'refused';
+  return outcome.type === DispatchFailureTypes.unreachable ? 'unreachable' : 'rejected';
+}
+
+/**
+ * A retry must be due this long before the activity's schedule-to-close deadline to be made. The
+ * activity then says "no retry" itself (a non-retryable failure) rather than leave the call to the
+ * server, whose clock reads the deadline a round trip later: the attempt that gives up is the one
+ * that knows it, so it is counted once.
+ */
+const LAST_RETRY_MARGIN_MS = 1000;
+
+/**
+ * Whether this failed attempt of a regular dispatchEvent activity is its last: the address is
+ * refused, the retry policy's attempts are used up, or the next retry (Retry-After, else the
+ * policy's backoff) would fall past the schedule-to-close deadline, the dispatch deadline the
+ * workflow gave it. The inline first attempt (a local activity) is never the last: the workflow
+ * retries it as an activity unless the deadline leaves no time for one at all (a dispatch deadline
+ * shorter than the subscriber's Retry-After), which is given up in workflow code and not counted.
+ */
+function isLastAttempt(info: Info, outcome: Extract<AttemptOutcome, { succeeded: false }>, now = Date.now()): boolean {
+  if (info.isLocal) return false;
+  if (outcome.permanent) return true;
+  const policy = info.retryPolicy;
+  if (policy?.maximumAttempts && info.attempt >= policy.maximumAttempts) return true;
+  if (!info.scheduleToCloseTimeoutMs) return false;
+  const initial = typeof policy?.initialInterval === 'number' ? policy.initialInterval : 1000;
+  const coefficient = policy?.backoffCoefficient ?? 2;
+  const maximum = typeof policy?.maximumInterval === 'number' ? policy.maximumInterval : 100 * initial;
+  const backoffMs = outcome.retryAfterSeconds !== undefined ? outcome.retryAfterSeconds * 1000 : Math.min(initial * coefficient ** (info.attempt - 1), maximum);
+  return now + backoffMs + LAST_RETRY_MARGIN_MS >= info.scheduledTimestampMs + info.scheduleToCloseTimeoutMs;
+}
+
 /** The queue's backoff: the second attempt 1 s after the first, each later one twice as long after, at most 10 minutes apart. */
 export function queuedRetryDelayMs(attemptsMade: number): number {
   return Math.min(QUEUED_FIRST_RETRY_MS * 2 ** Math.max(0, attemptsMade - 1), QUEUED_MAX_RETRY_MS);
@@ -202,17 +237,22 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
         ...(outcome.succeeded ? {} : { error: outcome.error }),
       });
       if (outcome.succeeded) return { delivered: true, statusCode: outcome.statusCode };
+      // Counted here, after the attempt is recorded, by the attempt that ends the retries: once per
+      // pair, whatever the retries before it (a replay of the run does not run activities again).
+      const last = isLastAttempt(Context.current().info, outcome);
+      if (last) metrics?.dispatchGaveUp(giveUpReason(outcome));
       if (outcome.type === DispatchFailureTypes.unreachable) {
-        throw ApplicationFailure.create({ type: outcome.type, message: outcome.message, nonRetryable: outcome.permanent });
+        throw ApplicationFailure.create({ type: outcome.type, message: outcome.message, nonRetryable: last || outcome.permanent });
       }
       const { retryAfterSeconds } = outcome;
       const details: DispatchRejection = { status: outcome.statusCode!, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
       throw ApplicationFailure.create({
         type: outcome.type,
         message: outcome.message,
+        nonRetryable: last,
         // Honoured by the retry policy of a regular activity; the workflow reads the details after
         // the inline first attempt (a failure reaching workflow code does not carry nextRetryDelay).
-        nextRetryDelay: retryAfterSeconds !== undefined ? `${retryAfterSeconds}s` : undefined,
+        nextRetryDelay: retryAfterSeconds !== undefined && !last ? `${retryAfterSeconds}s` : undefined,
         details: [details],
       });
     },
@@ -283,7 +323,9 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
                 // Before anything is awaited, so no pair of this subscriber starts meanwhile.
                 const pauses = !outcome.permanent && nextAt > (pausedUntil.get(pair.subscriberId) ?? 0);
                 if (pauses) pausedUntil.set(pair.subscriberId, nextAt);
-                await recordQueuedAttempt(db, { ...pair, attempt }, { ...outcome, reason, nextAttemptAt: givenUp ? null : new Date(nextAt) });
+                const recorded = await recordQueuedAttempt(db, { ...pair, attempt }, { ...outcome, reason, nextAttemptAt: givenUp ? null : new Date(nextAt) });
+                // Counted with the state change that gives the pair up, so a retried drain cannot count it again.
+                if (givenUp && recorded) metrics?.dispatchGaveUp(giveUpReason(outcome));
                 if (outcome.permanent) {
                   logger.warn({ runKey, eventId: pair.eventId, subscriberId: pair.subscriberId, reason }, 'event not delivered: the subscriber address is refused');
                 }
@@ -293,7 +335,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
           );
         }
       }
-      if (Date.now() >= deadline) await giveUpPendingDispatches(db, runKey, 'not attempted before the dispatch deadline');
+      if (Date.now() >= deadline) metrics?.dispatchGaveUp('deadline', await giveUpPendingDispatches(db, runKey, 'not attempted before the dispatch deadline'));
       const counts = await dispatchCounts(db, runKey);
       const result: DrainResult = {
         attempted,

@@ -138,6 +138,13 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
 export type HookOperation = 'ensure' | 'delete' | 'health_check';
 export type HookOutcome = 'created' | 'adopted' | 'deleted' | 'gone' | 'healthy' | 'repaired' | 'failing' | 'failed';
 export type DispatchOutcome = 'delivered' | 'rejected' | 'unreachable' | 'refused' | 'skipped';
+/**
+ * Why an (event, subscriber) pair was given up on: its last attempt was rejected or unreachable and
+ * no further one fits before the dispatch deadline; its address is refused by policy (given up at
+ * once); or it was still waiting for an attempt when the deadline passed (a queued fan-out's pairs
+ * held back while their subscriber failed).
+ */
+export type DispatchGiveUpReason = 'rejected' | 'unreachable' | 'refused' | 'deadline';
 
 export interface WorkerMetrics {
   readonly registry: Registry;
@@ -145,6 +152,8 @@ export interface WorkerMetrics {
   /** One listing page: fetched and written, answered 304, or fetched with nothing changed; with its API calls and rows written. */
   listingPage(provider: Provider, page: { apiCalls: number; notModified: boolean; unchanged: boolean; rowsWritten: number }): void;
   dispatchAttempt(outcome: DispatchOutcome, seconds?: number): void;
+  /** Pairs given up on: counted once each, by the activity that records the final outcome. */
+  dispatchGaveUp(reason: DispatchGiveUpReason, pairs?: number): void;
   /** A pause a provider's rate-limit headers asked for, taken inside a call. */
   rateLimitWait(provider: Provider, ms: number): void;
 }
@@ -178,6 +187,12 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
     buckets: OUTBOUND_BUCKETS,
     registers: [registry],
   });
+  const gaveUp = new Counter({
+    name: 'forgelink_dispatch_gave_up_total',
+    help: 'Events given up on for a subscriber, once per (event, subscriber) pair: rejected or unreachable (the last attempt failed and no retry fits before the dispatch deadline), refused (address policy), deadline (still waiting for an attempt when the dispatch deadline passed)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
   const waits = new Counter({ name: 'forgelink_provider_rate_limit_waits_total', help: "Pauses taken inside provider calls because the provider's rate-limit budget ran low", labelNames: ['provider'] as const, registers: [registry] });
   const waitSeconds = new Counter({ name: 'forgelink_provider_rate_limit_wait_seconds_total', help: 'Time spent in those pauses', labelNames: ['provider'] as const, registers: [registry] });
   return {
@@ -193,6 +208,9 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
     dispatchAttempt(outcome, seconds) {
       dispatches.inc({ outcome });
       if (seconds !== undefined) dispatchSeconds.observe(seconds);
+    },
+    dispatchGaveUp(reason, pairs = 1) {
+      if (pairs > 0) gaveUp.inc({ reason }, pairs);
     },
     rateLimitWait(provider, ms) {
       waits.inc({ provider });

@@ -7,6 +7,7 @@ import { INLINE_DISPATCH_LIMIT } from '../../activities/events.ts';
 import { queueDispatches } from '../../lib/db/repositories/event-dispatches.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { createLogger } from '../../lib/logger.ts';
+import { createWorkerMetrics } from '../../lib/metrics.ts';
 import { workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
@@ -212,6 +213,33 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
     // A drain retried after everything was delivered sends nothing.
     expect(await drain()).toMatchObject({ attempted: 0, pending: 0, delivered: 40, undeliveredCount: 0 });
     expect(subscriber.received.map((r) => r.body.id).sort()).toEqual([...eventIds].sort());
+  });
+
+  it('counts each pair it gives up on once, by reason, however often a drain runs', async () => {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    const { deliveryId, eventIds } = await seedEvents(o, 40);
+    const runKey = `test-queue:${deliveryId}`;
+    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+    // Every attempt is refused with a Retry-After past the deadline: the pairs attempted are given up at once.
+    subscriber.server.failNext('deliver', 1000, { status: 503, headers: { 'retry-after': '3600' } });
+
+    const metrics = createWorkerMetrics();
+    const { drainDispatches } = createDispatchActivities({ db: h.db, keys: h.keys, outbound: testOutbound, logger: createLogger('test', 'error'), metrics });
+    const drain = (deadlineAt: Date): Promise<DrainResult> => new MockActivityEnvironment().run(drainDispatches, { runKey, deadlineAt: deadlineAt.toISOString() });
+    const gaveUp = async () =>
+      Object.fromEntries(((await metrics.registry.getSingleMetric('forgelink_dispatch_gave_up_total')!.get()).values).map((v) => [String(v.labels.reason), v.value]));
+
+    const first = await drain(new Date(Date.now() + 60_000));
+    expect(first.attempted).toBeGreaterThan(0);
+    expect(first.undeliveredCount).toBe(first.attempted);
+    expect(await gaveUp()).toEqual({ rejected: first.attempted });
+    // The deadline passed (a later drain of the run, or a retried one): the rest, never attempted, are given up once.
+    const past = new Date(Date.now() - 1);
+    expect(await drain(past)).toMatchObject({ attempted: 0, pending: 0, undeliveredCount: 40 });
+    expect(await drain(past)).toMatchObject({ attempted: 0, pending: 0, undeliveredCount: 40 });
+    expect(await gaveUp()).toEqual({ rejected: first.attempted, deadline: 40 - first.attempted });
   });
 });
 

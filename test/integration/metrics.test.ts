@@ -31,9 +31,12 @@ function labelValues(text: string): string[] {
   return [...text.matchAll(/[a-zA-Z_][a-zA-Z0-9_]*="((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]!);
 }
 
+/** The worker's dispatch deadline: a subscriber that keeps failing is given up on after attempts at 0, 1, 3 (and maybe 7) s. */
+const DEADLINE_SECONDS = 8;
+
 /**
  * The operator's view: after a scenario (connect, refresh, attach, a signed delivery dispatched to
- * a subscriber, its redelivery, refused and ignored deliveries, a second refresh), the API's
+ * a subscriber and given up on for another that answers 410 Gone to everything, its redelivery, refused and ignored deliveries, a second refresh), the API's
  * /metrics and the worker's metrics endpoint (a real `worker/main.ts` process, with the Temporal
  * SDK's exporter) show counters that moved by exactly what happened, labelled with no tenant's ids.
  */
@@ -41,6 +44,7 @@ describe('Prometheus metrics of the API and the worker', () => {
   let h: Harness;
   let gitlab: FakeGitlab;
   let subscriber: FakeSubscriber;
+  let gone: FakeSubscriber;
   let metrics: ApiMetrics;
   let app: Harness['app'];
   let relay: IntakeRelay | undefined;
@@ -49,7 +53,8 @@ describe('Prometheus metrics of the API and the worker', () => {
   let dir: string;
 
   beforeAll(async () => {
-    [gitlab, subscriber] = await Promise.all([startFakeGitlab(), startFakeSubscriber()]);
+    [gitlab, subscriber, gone] = await Promise.all([startFakeGitlab(), startFakeSubscriber(), startFakeSubscriber()]);
+    gone.server.failNext('deliver', 1000, { status: 410, text: 'this endpoint is gone' });
     h = await startHarness({ withoutWorker: true, withoutIntakeRelay: true, maxBodyBytes: 64 * 1024 });
     metrics = createApiMetrics({ backlog: () => intakeBacklog(h.db) });
     app = h.appWith({ metrics, metricsPath: '/metrics' });
@@ -57,6 +62,7 @@ describe('Prometheus metrics of the API and the worker', () => {
     const configFile = writeHarnessConfig(h, path.join(dir, 'forgelink.yml'), {
       security: { allowHttpHosts: ['127.0.0.1', 'localhost'], allowPrivateNetworks: ['127.0.0.1'] },
       metrics: { worker: { port: 0 } },
+      subscribers: { deliveryDeadlineSeconds: DEADLINE_SECONDS },
     });
     const main = fileURLToPath(new URL('../../worker/main.ts', import.meta.url));
     worker = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, FORGELINK_CONFIG: configFile, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit'] });
@@ -76,7 +82,7 @@ describe('Prometheus metrics of the API and the worker', () => {
     }
     await relay?.stop();
     await h?.close();
-    await Promise.all([gitlab?.close(), subscriber?.close()]);
+    await Promise.all([gitlab?.close(), subscriber?.close(), gone?.close()]);
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -132,6 +138,9 @@ describe('Prometheus metrics of the API and the worker', () => {
     const created = await request('POST', `/api/v1/orgs/${org.slug}/subscribers`, { token, body: { url: subscriber.url, kinds: ['push'] } });
     expect(created.status).toBe(201);
     subscriber.verifyWith(((await created.json()) as { secret: string }).secret);
+    const goneCreated = await request('POST', `/api/v1/orgs/${org.slug}/subscribers`, { token, body: { url: gone.url, kinds: ['push'] } });
+    expect(goneCreated.status).toBe(201);
+    const goneId = ((await goneCreated.json()) as { id: string }).id;
 
     // A signed push, stored while no relay runs: the backlog shows it.
     const [hook] = gitlab.hooks(projects[0]!.id);
@@ -146,7 +155,14 @@ describe('Prometheus metrics of the API and the worker', () => {
 
     relay = startIntakeRelay({ ...h.apiDeps, metrics }, { databaseUrl: inject('databaseUrl'), track: true });
     await relay.whenStarted(workflowId);
-    expect(await result<EventResult>(workflowId)).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
+    expect(await result<EventResult>(workflowId)).toEqual({
+      recorded: 1,
+      delivered: 1,
+      undelivered: [{ eventId: expect.any(String), subscriberId: goneId, reason: expect.stringContaining('SubscriberRejected') }],
+    });
+    const goneAttempts = gone.server.calls.length;
+    // The inline attempt and at least two attempts of the retrying activity, before the deadline.
+    expect(goneAttempts).toBeGreaterThanOrEqual(3);
 
     // The same delivery again, a wrong token, a body that is not JSON, one over the size limit, and a push for a repository not attached.
     expect((await send(push)).status).toBe(202);
@@ -175,7 +191,11 @@ describe('Prometheus metrics of the API and the worker', () => {
     expect(sample(worker, 'forgelink_hook_operations_total', { provider: 'gitlab', operation: 'ensure', outcome: 'created' })).toBe(1);
     expect(sample(worker, 'forgelink_hook_operations_total', { provider: 'gitlab', operation: 'ensure', outcome: 'failed' })).toBe(0);
     expect(sample(worker, 'forgelink_dispatch_attempts_total', { outcome: 'delivered' })).toBe(1);
-    expect(sample(worker, 'forgelink_dispatch_attempt_duration_seconds_count')).toBe(1);
+    expect(sample(worker, 'forgelink_dispatch_attempts_total', { outcome: 'rejected' })).toBe(goneAttempts);
+    expect(sample(worker, 'forgelink_dispatch_attempt_duration_seconds_count')).toBe(1 + goneAttempts);
+    // Given up once for the pair, whatever the attempts before.
+    expect(sample(worker, 'forgelink_dispatch_gave_up_total', { reason: 'rejected' })).toBe(1);
+    for (const reason of ['unreachable', 'refused', 'deadline']) expect(sample(worker, 'forgelink_dispatch_gave_up_total', { reason })).toBe(0);
     // Every page the first refresh wrote, the second found unchanged; each page is one call; the three projects were written once.
     const written = sample(worker, 'forgelink_refresh_pages_total', { provider: 'gitlab', result: 'written' });
     expect(written).toBeGreaterThanOrEqual(1);

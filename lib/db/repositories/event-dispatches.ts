@@ -72,11 +72,12 @@ export type AttemptRecord =
  * same statement, the pair's state: delivered (never claimed again), due again at `nextAttemptAt`,
  * or given up on (`nextAttemptAt` null). One statement, so one round trip per attempt.
  */
-export async function recordQueuedAttempt(db: Executor, pair: QueuedPair & { attempt: number }, record: AttemptRecord): Promise<void> {
+/** Records an attempt and the pair's new state; false when the pair was no longer pending (its state stays as another drain left it). */
+export async function recordQueuedAttempt(db: Executor, pair: QueuedPair & { attempt: number }, record: AttemptRecord): Promise<boolean> {
   const status = record.succeeded ? 'delivered' : record.nextAttemptAt ? 'pending' : 'undelivered';
   const nextAttemptAt = record.succeeded ? null : record.nextAttemptAt;
   const reason = record.succeeded ? null : record.reason;
-  await sql`
+  const result = await sql`
     with attempt as (
       insert into dispatch_attempts (subscriber_id, event_id, attempt, succeeded, status_code, error, duration_ms)
       values (${pair.subscriberId}, ${pair.eventId}, ${pair.attempt}, ${record.succeeded}, ${record.statusCode ?? null}, ${record.succeeded ? null : record.error}, ${record.durationMs})
@@ -87,6 +88,7 @@ export async function recordQueuedAttempt(db: Executor, pair: QueuedPair & { att
     set status = ${status}, attempts = ${pair.attempt}, last_reason = ${reason}, next_attempt_at = coalesce(${nextAttemptAt}::timestamptz, next_attempt_at)
     where event_id = ${pair.eventId} and subscriber_id = ${pair.subscriberId} and status = 'pending'
   `.execute(db);
+  return Number(result.numAffectedRows ?? 0) > 0;
 }
 
 /** Gives up on a pair without an attempt (an address the policy refuses stays refused). */
@@ -125,14 +127,15 @@ export async function releaseDispatch(db: Executor, pair: QueuedPair, at: Date):
     .execute();
 }
 
-/** At the dispatch deadline: every pair still pending is given up on, with its last reason. */
-export async function giveUpPendingDispatches(db: Executor, runKey: string, reason: string): Promise<void> {
-  await db
+/** At the dispatch deadline: every pair still pending is given up on, with its last reason. Returns how many (a second call finds none). */
+export async function giveUpPendingDispatches(db: Executor, runKey: string, reason: string): Promise<number> {
+  const [result] = await db
     .updateTable('event_dispatches')
     .set({ status: 'undelivered', last_reason: sql<string>`coalesce(last_reason, ${reason})` })
     .where('run_key', '=', runKey)
     .where('status', '=', 'pending')
     .execute();
+  return Number(result?.numUpdatedRows ?? 0);
 }
 
 export interface DispatchCounts {
