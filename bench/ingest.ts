@@ -25,7 +25,8 @@ import { PROVIDERS, type Provider } from '../lib/domain.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../workflows/contract.ts';
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
-import { callApi, type BenchStack, type CpuSeconds } from './stack.ts';
+import { freeLoopbackPort } from '../lib/net.ts';
+import { callApi, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
 import { measureWorkerFloor, threadCpuSeconds, workerUsageReport } from './worker-usage.ts';
 
 export interface IngestOptions {
@@ -36,12 +37,20 @@ export interface IngestOptions {
   warmup: number;
   /** Subscriber endpoints of the organization (0 or more); each push is dispatched to every one. */
   subscribers: number;
+  /** 1: the metrics on/off comparison (observabilityOverhead) after the rest; 0: leave it out. */
+  observability: number;
+  /** 1: only the metrics on/off comparison (a shorter run; ingest.json then holds only it). */
+  observabilityOnly: number;
 }
 
-export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1 };
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0 };
 
 /** Issue #18's targets: ack p99 at 80 % of the bare-start saturation rate; acceptance and end-to-end against bare starts. */
 const TARGETS = { rateFraction: 0.8, p99AckMs: 20, acceptanceRatio: 2, endToEndRatio: 0.9 };
+/** Issue #15: metrics (with tracing off) cost at most this share of the end-to-end throughput. */
+const MAX_OBSERVABILITY_LOSS_PERCENT = 5;
+/** How often the comparison scrapes the metrics-on processes, as a Prometheus would (its default is 1 minute; 10-30 s is common). */
+const SCRAPE_INTERVAL_MS = 10_000;
 
 export interface Repo {
   organizationId: string;
@@ -237,9 +246,9 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // itself, CPU a provider's sender would not take from forgelink. Bare starts are made with the
     // Temporal client, which is what a start costs whoever makes it.
     const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency });
-    const send = (d: Delivery) =>
+    const send = (d: Delivery, apiUrl: string) =>
       new Promise<number>((resolve, reject) => {
-        const req = http.request(`${stack.apiUrl}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
+        const req = http.request(`${apiUrl}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
           res.resume();
           res.once('end', () => resolve(res.statusCode!));
           res.once('error', reject);
@@ -247,25 +256,40 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         req.once('error', reject);
         req.end(d.body);
       });
-    const post = async ({ delivery: d }: Prepared): Promise<number> => {
-      try {
-        return await send(d);
-      } catch (error) {
-        // A kept-alive connection the API closed as the request went out (its 5 s idle timeout, on a
-        // loaded machine): sent again, as a provider redelivers; the delivery id makes it one delivery.
-        const code = (error as { code?: string }).code;
-        if ((code !== 'ECONNRESET' && code !== 'EPIPE') || resent >= 100) throw error;
-        resent++;
-        return post({ delivery: d } as Prepared);
-      }
-    };
+    const postTo =
+      (apiUrl: string) =>
+      async ({ delivery: d }: Prepared): Promise<number> => {
+        try {
+          return await send(d, apiUrl);
+        } catch (error) {
+          // A kept-alive connection the API closed as the request went out (its 5 s idle timeout, on a
+          // loaded machine): sent again, as a provider redelivers; the delivery id makes it one delivery.
+          const code = (error as { code?: string }).code;
+          if ((code !== 'ECONNRESET' && code !== 'EPIPE') || resent >= 100) throw error;
+          resent++;
+          return postTo(apiUrl)({ delivery: d } as Prepared);
+        }
+      };
+    const post = postTo(stack.apiUrl);
     // Only an accepted delivery owes an event: the drain waits for those.
     const accepted = (outcomes: unknown[]) => outcomes.filter((status) => status === 202).length;
-    const ingest = async (items: Prepared[]) => {
-      const result = await runConcurrently(items, options.concurrency, post);
+    const ingest = async (items: Prepared[], apiUrl = stack.apiUrl) => {
+      const result = await runConcurrently(items, options.concurrency, apiUrl === stack.apiUrl ? post : postTo(apiUrl));
       expected += accepted(result.outcomes);
       return result;
     };
+
+    if (options.observabilityOnly) {
+      const observabilityOverhead = await measureObservabilityOverhead(stack, options, { prepare: (n) => prepare(stack, repos, n), ingest, drain, log });
+      return {
+        options,
+        observabilityOverhead,
+        subscriberReceived: received,
+        resentAfterConnectionReset: resent,
+        loadAverage: load.stop(),
+        targets: { observabilityOverhead: observabilityOverhead.met },
+      };
+    }
     const bareStart = async (items: ReturnType<typeof startOptions>[]) => {
       const result = await runConcurrently(items, options.concurrency, async (start) => {
         await stack.temporal.workflow.start('eventWorkflow', start);
@@ -354,6 +378,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // Issue #16: the worker's peak RSS and CPU per event against the SDK's floor, measured now with the same worker settings.
     const floor = await measureWorkerFloor(stack, { runs: Math.ceil(options.deliveries / 4), concurrency: options.concurrency }, log);
     const worker = workerUsageReport(stack, { peakRssMiB: peakRssMiB.worker, cpuSecondsPerThousandEvents: closedLoop.ingestion.cpuSecondsPerThousand.worker!, threads }, floor);
+    const observabilityOverhead = options.observability ? await measureObservabilityOverhead(stack, options, { prepare: (n) => prepare(stack, repos, n), ingest, drain, log }) : undefined;
 
     return {
       options,
@@ -362,6 +387,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts },
       peakRssMiB,
       workerUsage: worker.workerUsage,
+      ...(observabilityOverhead ? { observabilityOverhead } : {}),
       // Every event of the run (warm-up, bare starts, deliveries) the subscriber acknowledged.
       subscriberReceived: received,
       // Deliveries sent again after a connection reset (see post).
@@ -381,6 +407,8 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         every202: Object.keys(statuses).every((s) => s === '202') && pacedDeliveries.every((p) => p.non202 === 0),
         // Issue #16's worker targets (bench/worker-usage.ts).
         ...worker.targets,
+        // Issue #15: end-to-end throughput with metrics on at most 5 % below metrics off (tracing off in both).
+        ...(observabilityOverhead ? { observabilityOverhead: observabilityOverhead.met } : {}),
       },
     };
   } finally {
@@ -389,3 +417,140 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     await new Promise<void>((resolve) => subscriber.close(() => resolve()));
   }
 }
+
+const OVERHEAD_ORDER = ['on', 'off', 'off', 'on', 'on', 'off', 'off', 'on'] as const;
+
+/**
+ * Issue #15's "no more than 5 % throughput loss from metrics and tracing when tracing is off": two
+ * API and worker pairs started side by side on the stack's Temporal server and database, alike but
+ * for `metrics` (on: the API's /metrics and the worker's endpoint with the Temporal SDK's exporter,
+ * both scraped every SCRAPE_INTERVAL_MS; off: metrics.enabled false), tracing off in both. Closed-loop
+ * blocks of signed deliveries at the benchmark's concurrency, in ABBA order, each drained (recorded
+ * and dispatched) before the next; only the pair under load runs (the other pairs, the stack's own
+ * included, are frozen with SIGSTOP), and a pair just resumed takes a short unmeasured warm-up
+ * first. Reports each block, each pair's totals, the on/off ratios of end-to-end and acceptance
+ * throughput and of CPU per event, and the ratio within each adjacent on/off pair of blocks (the
+ * spread a loaded machine adds).
+ */
+async function measureObservabilityOverhead(
+  stack: BenchStack,
+  options: IngestOptions,
+  run: {
+    prepare(count: number): Prepared[];
+    ingest(items: Prepared[], apiUrl: string): Promise<LoadResult<unknown>>;
+    drain(label: string): Promise<number>;
+    log(line: string): void;
+  },
+) {
+  const load = sampleLoad();
+  const workerMetricsPort = await freeLoopbackPort();
+  const variants: Record<'on' | 'off', StackVariant> = {} as Record<'on' | 'off', StackVariant>;
+  [variants.on, variants.off] = await Promise.all([
+    stack.startVariant('metrics-on', { metrics: { enabled: true, worker: { port: workerMetricsPort } }, tracing: { enabled: false } }),
+    stack.startVariant('metrics-off', { metrics: { enabled: false }, tracing: { enabled: false } }),
+  ]);
+  const scrapeUrls = [`${variants.on.apiUrl}/metrics`, `http://127.0.0.1:${workerMetricsPort}/metrics`];
+  let scrapes = 0;
+  const scrape = async () => {
+    await Promise.all(scrapeUrls.map(async (url) => (await fetch(url)).text()));
+    scrapes++;
+  };
+  await scrape();
+  stack.setApiPaused(true);
+  stack.setWorkerPaused(true);
+  variants.off.setPaused(true);
+  let active: 'on' | 'off' = 'on';
+  const activate = async (kind: 'on' | 'off', warmup: number) => {
+    if (kind !== active) {
+      variants[active].setPaused(true);
+      variants[kind].setPaused(false);
+      active = kind;
+    }
+    await run.ingest(run.prepare(warmup), variants[kind].apiUrl);
+    await run.drain(`metrics ${kind}: warm-up`);
+  };
+  try {
+    run.log(`observability overhead: warming up each pair with ${options.warmup} deliveries`);
+    await activate('on', options.warmup);
+    await activate('off', options.warmup);
+    const blockSize = Math.ceil(options.deliveries / (OVERHEAD_ORDER.length / 2));
+    const blocks: { metrics: 'on' | 'off'; count: number; loadMs: number; drainMs: number; acceptancePerSecond: number; endToEndPerSecond: number; cpuSeconds: { api: number; worker: number }; loadAverage: number }[] = [];
+    for (const [i, kind] of OVERHEAD_ORDER.entries()) {
+      // A pair just resumed reconnects and refills its caches: not measured.
+      if (kind !== active) await activate(kind, options.concurrency);
+      run.log(`observability overhead block ${i + 1}/${OVERHEAD_ORDER.length}: metrics ${kind}, ${blockSize} deliveries at concurrency ${options.concurrency}`);
+      const variant = variants[kind];
+      const timer = kind === 'on' ? setInterval(() => void scrape().catch(() => {}), SCRAPE_INTERVAL_MS) : undefined;
+      const cpuBefore = variant.cpuSeconds();
+      const result = await run.ingest(run.prepare(blockSize), variant.apiUrl);
+      const drainMs = await run.drain(`metrics ${kind}`);
+      clearInterval(timer);
+      const cpuAfter = variant.cpuSeconds();
+      const count = result.outcomes.filter((status) => status === 202).length;
+      if (count !== blockSize) throw new Error(`observability overhead: ${blockSize - count} deliveries of block ${i + 1} not accepted`);
+      blocks.push({
+        metrics: kind,
+        count,
+        loadMs: Math.round(result.durationMs),
+        drainMs: Math.round(drainMs),
+        acceptancePerSecond: round1((count / result.durationMs) * 1000),
+        endToEndPerSecond: round1((count / (result.durationMs + drainMs)) * 1000),
+        cpuSeconds: { api: round2(cpuAfter.api - cpuBefore.api), worker: round2(cpuAfter.worker - cpuBefore.worker) },
+        loadAverage: round2(os.loadavg()[0]!),
+      });
+    }
+    const totals = (kind: 'on' | 'off') => {
+      const of = blocks.filter((b) => b.metrics === kind);
+      const count = of.reduce((a, b) => a + b.count, 0);
+      const loadMs = of.reduce((a, b) => a + b.loadMs, 0);
+      const endMs = of.reduce((a, b) => a + b.loadMs + b.drainMs, 0);
+      const cpu = of.reduce((a, b) => a + b.cpuSeconds.api + b.cpuSeconds.worker, 0);
+      return {
+        count,
+        acceptancePerSecond: round1((count / loadMs) * 1000),
+        endToEndPerSecond: round1((count / endMs) * 1000),
+        endToEndPerSecondRange: [Math.min(...of.map((b) => b.endToEndPerSecond)), Math.max(...of.map((b) => b.endToEndPerSecond))],
+        // API and worker together, per 1,000 deliveries (each one event, dispatched once).
+        cpuSecondsPerThousand: round1((cpu / count) * 1000),
+        peakRssMiB: variants[kind].peakRssMiB(),
+      };
+    };
+    const on = totals('on');
+    const off = totals('off');
+    const ratio = (a: number, b: number) => Math.round((a / b) * 1000) / 1000;
+    const endToEndRatio = ratio(on.endToEndPerSecond, off.endToEndPerSecond);
+    // Adjacent on/off blocks (1-2, 3-4, 5-6, 7-8): how far single comparisons wander on this machine.
+    const pairRatios = [0, 2, 4, 6].map((i) => {
+      const [a, b] = [blocks[i]!, blocks[i + 1]!];
+      const [onBlock, offBlock] = a.metrics === 'on' ? [a, b] : [b, a];
+      return ratio(onBlock.endToEndPerSecond, offBlock.endToEndPerSecond);
+    });
+    const throughputLossPercent = Math.round((1 - endToEndRatio) * 1000) / 10;
+    return {
+      method: `ABBA blocks of ${blockSize} signed deliveries at concurrency ${options.concurrency}, metrics on vs metrics.enabled false, tracing off in both; metrics-on processes scraped every ${SCRAPE_INTERVAL_MS / 1000} s`,
+      order: [...OVERHEAD_ORDER],
+      metricsOn: on,
+      metricsOff: off,
+      endToEndRatio,
+      acceptanceRatio: ratio(on.acceptancePerSecond, off.acceptancePerSecond),
+      cpuPerDeliveryRatio: ratio(on.cpuSecondsPerThousand, off.cpuSecondsPerThousand),
+      throughputLossPercent,
+      pairEndToEndRatios: pairRatios,
+      pairEndToEndRatioSpread: [Math.min(...pairRatios), Math.max(...pairRatios)],
+      scrapes,
+      blocks,
+      loadAverage: load.stop(),
+      limitPercent: MAX_OBSERVABILITY_LOSS_PERCENT,
+      met: throughputLossPercent <= MAX_OBSERVABILITY_LOSS_PERCENT,
+    };
+  } finally {
+    load.stop();
+    variants.on.setPaused(true);
+    variants.off.setPaused(true);
+    stack.setApiPaused(false);
+    stack.setWorkerPaused(false);
+  }
+}
+
+const round1 = (v: number) => Math.round(v * 10) / 10;
+const round2 = (v: number) => Math.round(v * 100) / 100;

@@ -70,7 +70,27 @@ export interface BenchStack {
    * acknowledgement path does when workflow processing does not compete with it for the CPU.
    */
   setWorkerPaused(paused: boolean): void;
+  /** Freezes or resumes the API (its intake relay would otherwise start other API processes' stored deliveries). */
+  setApiPaused(paused: boolean): void;
+  /**
+   * Another API and worker pair on the same Temporal server and database, with a port and task
+   * queue of its own and `overrides` replacing whole top-level keys of the stack's config (e.g.
+   * `metrics`): to compare configurations in the same run. Stopped with the stack.
+   */
+  startVariant(name: string, overrides: Record<string, unknown>): Promise<StackVariant>;
   stop(): Promise<void>;
+}
+
+export interface StackVariant {
+  name: string;
+  apiUrl: string;
+  taskQueue: string;
+  /** Freezes (SIGSTOP) or resumes (SIGCONT) both processes. */
+  setPaused(paused: boolean): void;
+  services(): { api: ServiceState; worker: ServiceState };
+  peakRssMiB(): { api: number; worker: number };
+  /** CPU time (user + system) each of its processes has used so far, in seconds. */
+  cpuSeconds(): { api: number; worker: number };
 }
 
 export interface CpuSeconds {
@@ -386,6 +406,34 @@ export async function startBenchStack(
     stops.unshift(() => stopService(api));
     log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid} (${runMode === 'dist' ? 'node dist/' : 'tsx, from source'})`);
 
+    const startVariant = async (name: string, overrides: Record<string, unknown>): Promise<StackVariant> => {
+      const variantPort = await freeLoopbackPort();
+      const variantQueue = `${taskQueue}-${name}`;
+      const variantConfig = { ...config, publicUrl: `http://127.0.0.1:${variantPort}`, api: { host: '127.0.0.1', port: variantPort }, temporal: { ...config.temporal, taskQueue: variantQueue }, ...overrides };
+      parseConfig(variantConfig);
+      const variantFile = path.join(dir, `forgelink-${name}.yml`);
+      writeFileSync(variantFile, toYaml(variantConfig), { mode: 0o600 });
+      const variantEnv = { ...env, FORGELINK_CONFIG: variantFile };
+      const [variantWorker, variantApi] = await Promise.all([
+        startService(`${name} worker`, 'worker/main.ts', variantEnv, 'worker running', { mode: runMode, nodeArgs: chartWorkerNodeArgs() }),
+        startService(`${name} api`, 'api/main.ts', variantEnv, 'API listening', { mode: runMode }),
+      ]);
+      stops.unshift(() => stopService(variantWorker));
+      stops.unshift(() => stopService(variantApi));
+      log(`${name}: API at http://127.0.0.1:${variantPort} (pid ${variantApi.child.pid}), worker pid ${variantWorker.child.pid}, task queue ${variantQueue}`);
+      return {
+        name,
+        apiUrl: `http://127.0.0.1:${variantPort}`,
+        taskQueue: variantQueue,
+        setPaused(paused) {
+          for (const service of [variantApi, variantWorker]) service.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+        },
+        services: () => ({ api: variantApi.state(), worker: variantWorker.state() }),
+        peakRssMiB: () => ({ api: peakRssMiB(variantApi.child.pid), worker: peakRssMiB(variantWorker.child.pid) }),
+        cpuSeconds: () => ({ api: cpuSecondsOf(variantApi.child.pid), worker: cpuSecondsOf(variantWorker.child.pid) }),
+      };
+    };
+
     const temporalPid = server.pid;
     const connection = await Connection.connect({ address: server.address });
     stops.unshift(() => connection.close());
@@ -430,6 +478,10 @@ export async function startBenchStack(
       setWorkerPaused(paused) {
         worker.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
       },
+      setApiPaused(paused) {
+        api.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+      },
+      startVariant,
       cpuSeconds: () => ({
         api: cpuSecondsOf(api.child.pid),
         worker: cpuSecondsOf(worker.child.pid),
