@@ -1,3 +1,4 @@
+import type { HttpBindings } from '@hono/node-server';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { routePath } from 'hono/route';
@@ -26,6 +27,15 @@ export function createApp(deps: ApiDeps) {
     },
   });
 
+  // An answer sent before the request's body has all arrived (a credential refused from the headers,
+  // a declared length over the limit) leaves the rest unread, and the server cuts the connection
+  // soon after. Without Connection: close a keep-alive client (the fuzz's, a provider's) sends its
+  // next request down that connection and loses it ("socket hang up"); with it, it opens another.
+  app.use('*', async (c, next) => {
+    await next();
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+    if (incoming && !incoming.complete) c.header('Connection', 'close');
+  });
   if (deps.tracing) app.use('*', traceRequests());
   const { metrics } = deps;
   if (metrics) {

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, ApplicationFailure, CancellationScope, log, patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
 import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
@@ -19,12 +19,17 @@ const BOOKKEEPING_IN_WORKFLOW_TASK = 'attach-bookkeeping-in-workflow-task';
  * few minutes; 400/401/403/404/422 fail at once. Compensations use the same policy.
  */
 const providerRetry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 } as const;
-const providerSteps = proxyActivities<Activities>({
-  startToCloseTimeout: '2 minutes',
-  heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
-  retry: providerRetry,
-});
+const providerStepOptions = { startToCloseTimeout: '2 minutes', heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT, retry: providerRetry } as const;
+const providerSteps = proxyActivities<Activities>(providerStepOptions);
 const { ensureHook, removeHook } = providerSteps;
+/**
+ * ensureHook for a run that is cancelled waits until the step has ended (it sees the cancellation at
+ * its next heartbeat and stops) before the undo begins. Without it the undo listed the hooks while
+ * the step still ran: a creation it made after that listing stayed behind at the provider.
+ */
+const { ensureHook: ensureHookEndedOnCancel } = proxyActivities<Activities>({ ...providerStepOptions, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED });
+/** Runs started before this change undo at once when cancelled, and do so when replayed. */
+const UNDO_AFTER_ENSURE_ENDED = 'attach-undo-after-ensure-ended';
 /**
  * The repository's lookup and the prune run inside the workflow tasks that schedule the hooks and
  * receive their results: each saves an activity's round trip through the server (three events and
@@ -80,7 +85,8 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     const plan = await beginAttachment(key);
     fullName = plan.fullName;
     const { projectId } = await verifyRepository(key);
-    const ensure = (hookKey: string) => ensureHook({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
+    const ensureStep = patched(UNDO_AFTER_ENSURE_ENDED) ? ensureHookEndedOnCancel : ensureHook;
+    const ensure = (hookKey: string) => ensureStep({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
     // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
     const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
     if (patched(HOOKS_SIDE_BY_SIDE)) {

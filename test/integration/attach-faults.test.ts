@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { failEachRequestOnce, manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
+import { failEachRequestOnce, heldRequest, manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
 import {
   attachmentOf,
   expectExactHookSet,
@@ -19,8 +19,8 @@ import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 
 /**
  * Attach under faults: permanent refusals (the saga removes what it made), transient 5xx/429 on
- * every call, an answer lost after the provider stored the hook, and the worker stopped with a
- * creation in flight. After each, the fake holds exactly the hooks the scenario demands.
+ * every call, an answer lost after the provider stored the hook, the worker stopped with a
+ * creation in flight, and the run cancelled with a creation on its way. After each, the fake holds exactly the hooks the scenario demands.
  */
 describe('attach under faults', () => {
   let h: Harness;
@@ -212,5 +212,35 @@ describe('attach under faults', () => {
     const hooks = expectExactHookSet(world, repo);
     expect(createCalls(world, from)).toHaveLength(world.hookSet.length);
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
+  });
+
+  it('GitLab: an attach cancelled while a hook creation is on its way undoes only once the step has ended, and leaves no hook', { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await world.newRepository();
+    const creation = heldRequest();
+    let held = false;
+    world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), creation.fault) : undefined);
+    const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
+    await creation.held;
+
+    await h.client.workflow.getHandle(workflowId).cancel();
+    // The run ends (its undo done) without the creation released: the step stopped waiting for it.
+    expect((await outcomeOf(h, workflowId)).result).toBeUndefined();
+    // Whether the creation still reaches the provider or not, nothing of this attach stays there.
+    await creation.release();
+    expect(repository.hooks()).toEqual([]);
+    expect((await attachmentOf(h, org, repository.repositoryId)).status).not.toBe('attached');
+
+    // The undo (removeHook) was scheduled only after the step creating the hook had ended.
+    const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+    const scheduledId = (name: string) => events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name)?.eventId;
+    const ensureId = String(scheduledId('ensureHook'));
+    const ensureEnded = events.find((e) =>
+      [e.activityTaskCanceledEventAttributes, e.activityTaskFailedEventAttributes, e.activityTaskCompletedEventAttributes, e.activityTaskTimedOutEventAttributes].some(
+        (ended) => ended && String(ended.scheduledEventId) === ensureId,
+      ),
+    );
+    expect(ensureEnded, 'the ensureHook step ended in the run').toBeDefined();
+    expect(Number(ensureEnded!.eventId)).toBeLessThan(Number(scheduledId('removeHook')));
   });
 });

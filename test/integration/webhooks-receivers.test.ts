@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { Agent, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -403,5 +404,32 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
   });
-});
 
+  it('answers a delivery refused before its body has all arrived with Connection: close, so a keep-alive client does not send the next one down a connection being cut', async () => {
+    const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+      const s = serve({ fetch: h.app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+    });
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const { port } = server.address() as AddressInfo;
+      const post = (d: { path: string; headers: Record<string, string>; body: string | Uint8Array }) =>
+        new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
+          const req = httpRequest({ hostname: '127.0.0.1', port, path: d.path, method: 'POST', headers: d.headers, agent }, (res) => {
+            res.resume();
+            res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
+          });
+          // The server may close before the whole body is written: the answer is what counts.
+          req.on('socket', (socket) => socket.on('error', () => {}));
+          req.on('error', reject);
+          req.end(d.body);
+        });
+      // A wrong header credential is refused before the body is read: the 8 MB are still on their way.
+      const forged = pushTo('gitlab', attached.gitlab, { secret: 'not-the-credential-of-this-connection' });
+      expect(await post({ ...forged, body: `${' '.repeat(8 * 1024 * 1024)}${String(forged.body)}` })).toEqual({ status: 401, connection: 'close' });
+      expect((await post(pushTo('gitlab', attached.gitlab))).status).toBe(202);
+    } finally {
+      agent.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});

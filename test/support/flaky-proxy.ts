@@ -20,7 +20,13 @@ export type ProxyFault =
   /** Forwarded; the provider acts on it, then the connection is destroyed instead of answering. */
   | { kind: 'lose-answer' }
   /** Forwarded; the answer waits for `release`, then is sent ('answer') or the connection destroyed ('drop'). */
-  | { kind: 'hold'; onHeld: () => void; release: Promise<'answer' | 'drop'> };
+  | { kind: 'hold'; onHeld: () => void; release: Promise<'answer' | 'drop'> }
+  /**
+   * Held before the provider sees it (queued on the way); on `release` forwarded if the client still
+   * waits, else dropped: a request the client abandoned before it arrived is never acted on.
+   * `onReleased` says which, once the provider has answered a forwarded one.
+   */
+  | { kind: 'hold-request'; onHeld: () => void; release: Promise<void>; onReleased: (forwarded: boolean) => void };
 
 export interface FlakyProxy {
   url: string;
@@ -54,6 +60,13 @@ export async function startFlakyProxy(upstream: string): Promise<FlakyProxy> {
       res.end(fault.body ?? JSON.stringify({ message: `injected ${fault.status}` }));
       return;
     }
+    let clientGone = false;
+    if (fault?.kind === 'hold-request') {
+      res.once('close', () => (clientGone = !res.writableEnded));
+      fault.onHeld();
+      await fault.release;
+      if (clientGone) return fault.onReleased(false);
+    }
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
       if (!HOP_BY_HOP.has(name) && value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
@@ -73,6 +86,7 @@ export async function startFlakyProxy(upstream: string): Promise<FlakyProxy> {
       res.end(`proxy could not reach ${origin}: ${(error as Error).message}`);
       return;
     }
+    if (fault?.kind === 'hold-request') fault.onReleased(true);
     if (fault?.kind === 'lose-answer') {
       req.socket.destroy();
       return;
@@ -124,4 +138,22 @@ export function manualHold(): { fault: ProxyFault; held: Promise<void>; release:
   const held = new Promise<void>((resolve) => (onHeld = resolve));
   const released = new Promise<'answer' | 'drop'>((resolve) => (release = resolve));
   return { fault: { kind: 'hold', onHeld, release: released }, held, release };
+}
+
+/** A request held before the provider sees it; `release` resolves whether it was forwarded (the client still waited), once the provider answered it. */
+export function heldRequest(): { fault: ProxyFault; held: Promise<void>; release: () => Promise<boolean> } {
+  let onHeld!: () => void;
+  let release!: () => void;
+  let onReleased!: (forwarded: boolean) => void;
+  const held = new Promise<void>((resolve) => (onHeld = resolve));
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const outcome = new Promise<boolean>((resolve) => (onReleased = resolve));
+  return {
+    fault: { kind: 'hold-request', onHeld, release: released, onReleased },
+    held,
+    release: () => {
+      release();
+      return outcome;
+    },
+  };
 }
