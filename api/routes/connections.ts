@@ -132,6 +132,33 @@ async function targetOf(c: Context<AppEnv>, body: ConnectBody): Promise<{ baseUr
 const connectionRunLabels = (action: string, org: Organization, provider: Provider, connectionId: string) =>
   runLabels(action, { organization: { id: org.id, slug: org.slug }, provider, connectionId });
 
+type ConnectionRow = NonNullable<Awaited<ReturnType<typeof findConnection>>>;
+
+/** The organization and the connection of it the path names (404 when there is none), unless `refusal` gives a problem for it. */
+async function connectionOf(c: Context<AppEnv>, params: { org: string; id: string }, refusal?: (row: ConnectionRow) => Problem | undefined) {
+  const org = await resolveOrganization(c, params.org);
+  const row = await findConnection(c.var.deps.db, org.id, params.id);
+  if (!row) throw notFound(`connection ${params.id}`);
+  const problem = refusal?.(row);
+  if (problem) throw problem;
+  return { org, row };
+}
+
+/** Why the connection's credential cannot be rotated now (PUT …/credential), if it cannot. */
+function credentialRotationRefusal(row: ConnectionRow): Problem | undefined {
+  if (row.provider === 'github') return badRequest('GitHub connections have no stored credential: installation tokens are minted per call');
+  if (row.status === 'disconnected') return new Problem(409, 'Conflict', `connection ${row.id} is disconnected; create a new connection`);
+  if (row.disconnect_requested_at) return new Problem(409, 'Conflict', `connection ${row.id} is being disconnected; create a new connection`);
+  if (row.status === 'pending') return new Problem(409, 'Conflict', `connection ${row.id} is still being connected; wait for its outcome`);
+  return undefined;
+}
+
+/** Why the connection's webhook credential cannot be rotated now, if it cannot. */
+function webhookRotationRefusal(row: ConnectionRow): Problem | undefined {
+  const refusal = webhookCredentialRotationRefusal(row);
+  return refusal ? new Problem(409, 'Conflict', refusal) : undefined;
+}
+
 /** Starts the connect run; when it cannot start, `undo` (told why) takes back what the request wrote. */
 async function startConnect(c: Context<AppEnv>, org: Organization, input: ConnectInput, provider: Provider, undo: (reason: string) => Promise<void>) {
   const { deps } = c.var;
@@ -228,14 +255,7 @@ export function connectionRoutes() {
     }),
     async (c) => {
       const { deps } = c.var;
-      const params = c.req.valid('param');
-      const org = await resolveOrganization(c, params.org);
-      const row = await findConnection(deps.db, org.id, params.id);
-      if (!row) throw notFound(`connection ${params.id}`);
-      if (row.provider === 'github') throw badRequest('GitHub connections have no stored credential: installation tokens are minted per call');
-      if (row.status === 'disconnected') throw new Problem(409, 'Conflict', `connection ${row.id} is disconnected; create a new connection`);
-      if (row.disconnect_requested_at) throw new Problem(409, 'Conflict', `connection ${row.id} is being disconnected; create a new connection`);
-      if (row.status === 'pending') throw new Problem(409, 'Conflict', `connection ${row.id} is still being connected; wait for its outcome`);
+      const { org, row } = await connectionOf(c, c.req.valid('param'), credentialRotationRefusal);
       const rotationId = randomUUID();
       // The connection goes on with its old credential while the new one is validated.
       if (!(await beginCredentialRotation(deps.db, row.id, rotationId, seal(deps.keys, c.req.valid('json').token, row.id)))) {
@@ -267,12 +287,7 @@ export function connectionRoutes() {
     }),
     async (c) => {
       const { deps } = c.var;
-      const params = c.req.valid('param');
-      const org = await resolveOrganization(c, params.org);
-      const row = await findConnection(deps.db, org.id, params.id);
-      if (!row) throw notFound(`connection ${params.id}`);
-      const refusal = webhookCredentialRotationRefusal(row);
-      if (refusal) throw new Problem(409, 'Conflict', refusal);
+      const { org, row } = await connectionOf(c, c.req.valid('param'), webhookRotationRefusal);
       const workflowId = workflowIds.webhookCredentialRotation(org.id, row.id);
       // Another may follow once one is done; a request while one runs joins it (its credential is as new).
       await startWorkflow(deps, 'webhookCredentialRotationWorkflow', {
@@ -332,10 +347,7 @@ export function connectionRoutes() {
       responses: { 200: { description: 'OK', content: { 'application/json': { schema: ConnectionSchema } } }, ...errors },
     }),
     async (c) => {
-      const params = c.req.valid('param');
-      const org = await resolveOrganization(c, params.org);
-      const row = await findConnection(c.var.deps.db, org.id, params.id);
-      if (!row) throw notFound(`connection ${params.id}`);
+      const { row } = await connectionOf(c, c.req.valid('param'));
       return c.json(toApi(row), 200);
     },
   );
@@ -362,10 +374,7 @@ export function connectionRoutes() {
     }),
     async (c) => {
       const { deps } = c.var;
-      const params = c.req.valid('param');
-      const org = await resolveOrganization(c, params.org);
-      const row = await findConnection(deps.db, org.id, params.id);
-      if (!row) throw notFound(`connection ${params.id}`);
+      const { org, row } = await connectionOf(c, c.req.valid('param'));
       const workflowId = workflowIds.disconnect(org.id, row.id);
       // Runs again after a failed or terminated run; a run still going is joined.
       await startWorkflow(deps, 'disconnectWorkflow', {

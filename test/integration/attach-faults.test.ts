@@ -218,8 +218,7 @@ describe('attach under faults', () => {
     const world = worlds.gitlab;
     const repository = await world.newRepository();
     const creation = heldRequest();
-    let held = false;
-    world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), creation.fault) : undefined);
+    world.proxy.fault = onCreation(world, 1, creation.fault);
     const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
     await creation.held;
 
