@@ -335,7 +335,11 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
           );
         }
       }
-      if (Date.now() >= deadline) metrics?.dispatchGaveUp('deadline', await giveUpPendingDispatches(db, runKey, 'not attempted before the dispatch deadline'));
+      if (Date.now() >= deadline) {
+        // Given up whether or not metrics are on (an argument of metrics?.… is not evaluated without them).
+        const givenUp = await giveUpPendingDispatches(db, runKey, 'not attempted before the dispatch deadline');
+        metrics?.dispatchGaveUp('deadline', givenUp);
+      }
       const counts = await dispatchCounts(db, runKey);
       const result: DrainResult = {
         attempted,
