@@ -107,13 +107,20 @@ export async function giveUpDispatch(db: Executor, pair: QueuedPair, reason: str
  * other pending pairs for it wait too, rather than each try it (and each wait out its timeout).
  */
 export async function deferSubscriber(db: Executor, runKey: string, subscriberId: string, until: Date, reason: string): Promise<void> {
-  await db
-    .updateTable('event_dispatches')
-    .set({ next_attempt_at: sql<Date>`greatest(next_attempt_at, ${until})`, last_reason: sql<string>`coalesce(last_reason, ${reason})` })
-    .where('run_key', '=', runKey)
-    .where('subscriber_id', '=', subscriberId)
-    .where('status', '=', 'pending')
-    .execute();
+  // The rows are locked in one order (event_id): two pairs of one subscriber failing at once defer
+  // the same rows, and two plain multi-row UPDATEs lock them in whatever order each scan meets them,
+  // which deadlocked (40P01, seen in the fan-out test) and failed the drain's attempt.
+  await sql`
+    update event_dispatches d
+    set next_attempt_at = greatest(d.next_attempt_at, ${until}), last_reason = coalesce(d.last_reason, ${reason})
+    from (
+      select event_id from event_dispatches
+      where run_key = ${runKey} and subscriber_id = ${subscriberId} and status = 'pending'
+      order by event_id
+      for update
+    ) pending
+    where d.event_id = pending.event_id and d.subscriber_id = ${subscriberId} and d.status = 'pending'
+  `.execute(db);
 }
 
 /** Hands a claimed pair back unattempted, due at `at` (its subscriber is being left alone until then). */
@@ -129,13 +136,19 @@ export async function releaseDispatch(db: Executor, pair: QueuedPair, at: Date):
 
 /** At the dispatch deadline: every pair still pending is given up on, with its last reason. Returns how many (a second call finds none). */
 export async function giveUpPendingDispatches(db: Executor, runKey: string, reason: string): Promise<number> {
-  const [result] = await db
-    .updateTable('event_dispatches')
-    .set({ status: 'undelivered', last_reason: sql<string>`coalesce(last_reason, ${reason})` })
-    .where('run_key', '=', runKey)
-    .where('status', '=', 'pending')
-    .execute();
-  return Number(result?.numUpdatedRows ?? 0);
+  // Locked in (event_id, subscriber_id) order, the order deferSubscriber locks a subscriber's rows in.
+  const result = await sql`
+    update event_dispatches d
+    set status = 'undelivered', last_reason = coalesce(d.last_reason, ${reason})
+    from (
+      select event_id, subscriber_id from event_dispatches
+      where run_key = ${runKey} and status = 'pending'
+      order by event_id, subscriber_id
+      for update
+    ) pending
+    where d.event_id = pending.event_id and d.subscriber_id = pending.subscriber_id and d.status = 'pending'
+  `.execute(db);
+  return Number(result.numAffectedRows ?? 0);
 }
 
 export interface DispatchCounts {
