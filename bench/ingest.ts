@@ -213,18 +213,31 @@ function sampleLoad() {
   };
 }
 
-export async function runIngestBench(stack: BenchStack, options: IngestOptions = DEFAULT_INGEST_OPTIONS, log: (line: string) => void = console.log) {
-  const load = sampleLoad();
+/** The benchmarks' subscriber: answers every event 204 and counts them. */
+export async function startCountingSubscriber(): Promise<{ url: string; received(): number; close(): Promise<void> }> {
   let received = 0;
-  const subscriber = createServer((req, res) => {
+  const server = createServer((req, res) => {
     req.resume();
     req.on('end', () => {
       received++;
       res.writeHead(204).end();
     });
   });
-  await new Promise<void>((resolve) => subscriber.listen(0, '127.0.0.1', resolve));
-  const subscriberUrl = `http://127.0.0.1:${(subscriber.address() as AddressInfo).port}/events`;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`,
+    received: () => received,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+export async function runIngestBench(stack: BenchStack, options: IngestOptions = DEFAULT_INGEST_OPTIONS, log: (line: string) => void = console.log) {
+  const load = sampleLoad();
+  const subscriber = await startCountingSubscriber();
+  const subscriberUrl = subscriber.url;
 
   try {
     const repos = await seed(stack, options, subscriberUrl);
@@ -284,7 +297,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       return {
         options,
         observabilityOverhead,
-        subscriberReceived: received,
+        subscriberReceived: subscriber.received(),
         resentAfterConnectionReset: resent,
         loadAverage: load.stop(),
         targets: { observabilityOverhead: observabilityOverhead.met },
@@ -389,7 +402,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       workerUsage: worker.workerUsage,
       ...(observabilityOverhead ? { observabilityOverhead } : {}),
       // Every event of the run (warm-up, bare starts, deliveries) the subscriber acknowledged.
-      subscriberReceived: received,
+      subscriberReceived: subscriber.received(),
       // Deliveries sent again after a connection reset (see post).
       resentAfterConnectionReset: resent,
       loadAverage: load.stop(),
@@ -413,8 +426,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     };
   } finally {
     load.stop();
-    subscriber.closeAllConnections();
-    await new Promise<void>((resolve) => subscriber.close(() => resolve()));
+    await subscriber.close();
   }
 }
 

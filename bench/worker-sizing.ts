@@ -9,10 +9,8 @@
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { WorkerSizing } from '../lib/config.ts';
-import { prepare, seed, type Prepared } from './ingest.ts';
+import { prepare, seed, startCountingSubscriber, type Prepared } from './ingest.ts';
 import { runConcurrently, waitUntil } from './measure.ts';
 import { chartWorkerNodeArgs, type BenchStack } from './stack.ts';
 import { processCpuSeconds, threadCpuSeconds } from './worker-usage.ts';
@@ -56,16 +54,8 @@ function peakRssMiB(pid: number | undefined): number {
 
 export async function runSizingBench(stack: BenchStack, options: SizingOptions = DEFAULT_SIZING_OPTIONS, log: (line: string) => void = console.log) {
   const settings = process.env.BENCH_SIZINGS ? (JSON.parse(process.env.BENCH_SIZINGS) as WorkerSetting[]) : DEFAULT_SETTINGS;
-  let received = 0;
-  const subscriber = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      received++;
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((resolve) => subscriber.listen(0, '127.0.0.1', resolve));
-  const subscriberUrl = `http://127.0.0.1:${(subscriber.address() as AddressInfo).port}/events`;
+  const subscriber = await startCountingSubscriber();
+  const subscriberUrl = subscriber.url;
   try {
     const repos = await seed(stack, { repositoriesPerProvider: 25, subscribers: 1 }, subscriberUrl);
     const post = async ({ delivery: d }: Prepared, resends = 3): Promise<number> => {
@@ -141,10 +131,9 @@ export async function runSizingBench(stack: BenchStack, options: SizingOptions =
         throughputVsFirst: round(r.endToEndEventsPerSecond / base.endToEndEventsPerSecond, 3),
         cpuVsFirst: round(r.workerCpuSecondsPerThousandEvents / base.workerCpuSecondsPerThousandEvents, 3),
       })),
-      subscriberReceived: received,
+      subscriberReceived: subscriber.received(),
     };
   } finally {
-    subscriber.closeAllConnections();
-    await new Promise<void>((resolve) => subscriber.close(() => resolve()));
+    await subscriber.close();
   }
 }
