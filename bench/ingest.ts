@@ -264,9 +264,11 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         const req = http.request(`${apiUrl}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
           res.resume();
           res.once('end', () => resolve(res.statusCode!));
-          res.once('error', reject);
+          res.on('error', reject);
         });
-        req.once('error', reject);
+        // on, not once: a request can report a second error (the socket's hang-up after a reset),
+        // and an 'error' with no listener ends the benchmark (seen: "socket hang up" in block 5).
+        req.on('error', reject);
         req.end(d.body);
       });
     const postTo =
@@ -287,6 +289,10 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // Only an accepted delivery owes an event: the drain waits for those.
     const accepted = (outcomes: unknown[]) => outcomes.filter((status) => status === 202).length;
     const ingest = async (items: Prepared[], apiUrl = stack.apiUrl) => {
+      // Connections left idle since the last phase (a drain, a paused pair) are past the API's 5 s
+      // keep-alive timeout: closed here rather than reset under the first requests. Without this the
+      // resends added up over the metrics comparison's blocks to the cap of 100 and ended the run.
+      for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
       const result = await runConcurrently(items, options.concurrency, apiUrl === stack.apiUrl ? post : postTo(apiUrl));
       expected += accepted(result.outcomes);
       return result;
