@@ -178,6 +178,17 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
       .execute();
     return { deliveryId, eventIds: rows.map((r) => r.id) };
   }
+  /** An organization's subscriber with `count` events of one delivery queued for it under one run key, due now. */
+  async function queuedPairs(count: number, now = new Date()) {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    const { deliveryId, eventIds } = await seedEvents(o, count);
+    const runKey = `test-queue:${deliveryId}`;
+    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), now);
+    return { subscriber, subscriberId, eventIds, runKey };
+  }
+
 
   it('continues as new while it drains, carrying its queue, and still delivers each pair once', async () => {
     const o = await createOrgWithToken(h);
@@ -208,12 +219,8 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
     // Pairs of one subscriber failing side by side each defer all of its pending rows while claims
     // move rows' next_attempt_at: updates that locked rows in their scan's order deadlocked (40P01,
     // 22 of 360 statements in a probe like this one), failing the drain's attempt.
-    const o = await createOrgWithToken(h);
-    const subscriberId = await subscribe(o, await newSubscriber());
-    const { deliveryId, eventIds } = await seedEvents(o, 2000);
-    const runKey = `test-defer:${deliveryId}`;
     const now = Date.now();
-    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date(now));
+    const { subscriberId, runKey } = await queuedPairs(2000, new Date(now));
     await sql`update event_dispatches set next_attempt_at = now() + random() * interval '10 seconds' where run_key = ${runKey}`.execute(h.db);
     const failures: unknown[] = [];
     for (let round = 0; round < 20; round++) {
@@ -230,12 +237,7 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
   });
 
   it('never sends a delivered pair again, whether a drain is retried or two run at once', async () => {
-    const o = await createOrgWithToken(h);
-    const subscriber = await newSubscriber();
-    const subscriberId = await subscribe(o, subscriber);
-    const { deliveryId, eventIds } = await seedEvents(o, 40);
-    const runKey = `test-queue:${deliveryId}`;
-    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+    const { subscriber, eventIds, runKey } = await queuedPairs(40);
 
     const { drainDispatches } = createDispatchActivities({ db: h.db, keys: h.keys, outbound: testOutbound, logger: createLogger('test', 'warn') });
     const drain = (): Promise<DrainResult> => new MockActivityEnvironment().run(drainDispatches, { runKey, deadlineAt: new Date(Date.now() + 60_000).toISOString() });
@@ -248,12 +250,7 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
   });
 
   it('counts each pair it gives up on once, by reason, however often a drain runs', async () => {
-    const o = await createOrgWithToken(h);
-    const subscriber = await newSubscriber();
-    const subscriberId = await subscribe(o, subscriber);
-    const { deliveryId, eventIds } = await seedEvents(o, 40);
-    const runKey = `test-queue:${deliveryId}`;
-    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+    const { subscriber, eventIds, runKey } = await queuedPairs(40);
     // Every attempt is refused with a Retry-After past the deadline: the pairs attempted are given up at once.
     subscriber.server.failNext('deliver', 1000, { status: 503, headers: { 'retry-after': '3600' } });
 
