@@ -16,11 +16,11 @@ const taskQueue = process.env.FLOOR_TASK_QUEUE;
 if (!taskQueue) throw new Error('FLOOR_TASK_QUEUE is required');
 const config = loadConfig();
 const connection = await NativeConnection.connect(temporalConnectOptions(config.temporal, config.temporal.address ?? '127.0.0.1:7233'));
-// As the real worker: compiled (bench/stack.ts buildForBench), it loads the bundle built beside it;
+// As the real worker with tracing off (the benchmarks'): compiled (bench/stack.ts buildForBench), it loads the bundle built beside it, without the tracing interceptors;
 // from source, it bundles in a child process, so the bundler's memory is not counted.
 const here = path.dirname(fileURLToPath(import.meta.url));
 const built = path.join(here, 'floor-workflow-bundle.js');
-const workflowBundle = existsSync(built) ? { codePath: built } : await bundleWorkflowsInChildProcess(path.join(here, 'floor-workflows.ts'));
+const workflowBundle = existsSync(built) ? { codePath: built } : await bundleWorkflowsInChildProcess(path.join(here, 'floor-workflows.ts'), undefined, 'untraced');
 const worker = await Worker.create({
   connection,
   namespace: config.temporal.namespace,

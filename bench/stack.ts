@@ -175,7 +175,7 @@ export function buildForBench(log: (line: string) => void): void {
   const tsconfig = path.join(DIST, 'tsconfig.bench.json');
   writeFileSync(tsconfig, JSON.stringify({ extends: path.join(ROOT, 'tsconfig.build.json'), compilerOptions: { rootDir: ROOT, outDir: DIST, sourceMap: false }, files: [path.join(ROOT, 'bench/floor-worker.ts')] }));
   run([createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', tsconfig]);
-  run(['--import', 'tsx', path.join(ROOT, 'worker/create-worker.ts'), path.join(DIST, 'bench', 'floor-workflow-bundle.js'), path.join(ROOT, 'bench/floor-workflows.ts')]);
+  run(['--import', 'tsx', path.join(ROOT, 'worker/create-worker.ts'), path.join(DIST, 'bench', 'floor-workflow-bundle.js'), path.join(ROOT, 'bench/floor-workflows.ts'), 'untraced']);
   log(`built dist/ for the benchmark in ${((performance.now() - started) / 1000).toFixed(0)} s`);
 }
 

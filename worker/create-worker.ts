@@ -16,15 +16,28 @@ import { TRACING_OFF, type Tracing } from '../lib/tracing.ts';
 
 const here = fileURLToPath(import.meta.url);
 export const WORKFLOWS_PATH = path.join(path.dirname(here), '..', 'workflows', 'index.ts');
-/** Where `npm run build` writes the workflow bundle: dist/workflow-bundle.js beside the compiled worker/. */
-export const BUILT_BUNDLE_PATH = path.join(path.dirname(here), '..', 'workflow-bundle.js');
 /**
- * The OpenTelemetry workflow interceptors, bundled with the workflows whether tracing is on or not
- * (one bundle serves both) and active in runs started in a trace: such a run continues it, and each
- * activity, child and continue-as-new it schedules gets a span; the spans leave the sandbox
- * through the `exporter` sink.
+ * Where `npm run build` writes the workflow bundles, beside the compiled worker/: `traced` with the
+ * OpenTelemetry workflow interceptors, for a worker with tracing on, and `untraced` without them.
+ */
+export const BUILT_BUNDLE_PATHS = {
+  traced: path.join(path.dirname(here), '..', 'workflow-bundle.js'),
+  untraced: path.join(path.dirname(here), '..', 'workflow-bundle-untraced.js'),
+} as const;
+/**
+ * The OpenTelemetry workflow interceptors, in the bundle of a worker with tracing on and active in
+ * runs started in a trace: such a run continues it, and each activity, child and continue-as-new it
+ * schedules gets a span; the spans leave the sandbox through the `exporter` sink. A worker with
+ * tracing off loads a bundle without them: their modules (OpenTelemetry's API, core, SDK and
+ * semantic conventions, half the bundle) are evaluated again for every new run, ~5 ms of CPU a run
+ * measured by replay, for spans that would go nowhere (its sink drops them). They add no command to a
+ * run, so either bundle replays a run the other made.
  */
 export const WORKFLOW_INTERCEPTOR_MODULES = [path.join(path.dirname(here), '..', 'workflows', 'tracing-interceptors.ts')];
+
+/** Which bundle a worker loads: with the tracing interceptors only when it exports spans. */
+export type BundleVariant = keyof typeof BUILT_BUNDLE_PATHS;
+export const bundleVariant = (tracing: Tracing = TRACING_OFF): BundleVariant => (tracing.enabled ? 'traced' : 'untraced');
 
 /**
  * A run's next workflow task waits this long for the worker that ran its last one (10 s by
@@ -74,7 +87,7 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
       ],
     },
     sinks: workflowSinks(params.tracing),
-    workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle(params.deps.logger)),
+    workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle(bundleVariant(params.tracing), params.deps.logger)),
     stickyQueueScheduleToStartTimeout: STICKY_QUEUE_SCHEDULE_TO_START_TIMEOUT,
     ...sizingOptions(params.sizing),
     ...(params.identity ? { identity: params.identity } : {}),
@@ -92,10 +105,11 @@ export function workflowSinks(tracing: Tracing = TRACING_OFF): InjectedSinks<Ope
 }
 
 /** The compiled worker (dist/) runs the bundle built with it; the TypeScript sources are bundled at start. */
-async function defaultWorkflowBundle(logger: Logger): Promise<WorkerOptions['workflowBundle']> {
-  if (existsSync(BUILT_BUNDLE_PATH)) return { codePath: BUILT_BUNDLE_PATH };
-  if (here.endsWith('.js')) throw new Error(`${BUILT_BUNDLE_PATH} is missing: build with \`npm run build\``);
-  return bundleWorkflowsInChildProcess(WORKFLOWS_PATH, logger);
+async function defaultWorkflowBundle(variant: BundleVariant, logger: Logger): Promise<WorkerOptions['workflowBundle']> {
+  const built = BUILT_BUNDLE_PATHS[variant];
+  if (existsSync(built)) return { codePath: built };
+  if (here.endsWith('.js')) throw new Error(`${built} is missing: build with \`npm run build\``);
+  return bundleWorkflowsInChildProcess(WORKFLOWS_PATH, logger, variant);
 }
 
 /**
@@ -104,11 +118,11 @@ async function defaultWorkflowBundle(logger: Logger): Promise<WorkerOptions['wor
  * and a child's memory goes with it, so a worker run from source sizes like the compiled one.
  * The child's warnings go to `logger`.
  */
-export async function bundleWorkflowsInChildProcess(workflowsPath = WORKFLOWS_PATH, logger?: Logger): Promise<{ code: string }> {
+export async function bundleWorkflowsInChildProcess(workflowsPath = WORKFLOWS_PATH, logger?: Logger, variant: BundleVariant = 'traced'): Promise<{ code: string }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-workflow-bundle-'));
   try {
     const out = path.join(dir, 'workflow-bundle.js');
-    const { stderr } = await promisify(execFile)(process.execPath, ['--import', import.meta.resolve('tsx'), here, out, workflowsPath], { maxBuffer: 16 * 1024 * 1024 });
+    const { stderr } = await promisify(execFile)(process.execPath, ['--import', import.meta.resolve('tsx'), here, out, workflowsPath, variant], { maxBuffer: 16 * 1024 * 1024 });
     if (stderr.trim()) (logger ? (m: string) => logger.warn(m) : console.warn)(`bundling the workflows: ${stderr.trim()}`);
     return { code: readFileSync(out, 'utf8') };
   } finally {
@@ -117,19 +131,21 @@ export async function bundleWorkflowsInChildProcess(workflowsPath = WORKFLOWS_PA
 }
 
 /** Bundles the workflow code once, without webpack's per-module chatter; its warnings go to `logger` (default: the console). */
-export async function bundleWorkflows(logger?: Logger, workflowsPath = WORKFLOWS_PATH): Promise<{ code: string }> {
+export async function bundleWorkflows(logger?: Logger, workflowsPath = WORKFLOWS_PATH, variant: BundleVariant = 'traced'): Promise<{ code: string }> {
   const quiet = () => {};
   const warn = logger ? (message: string, meta?: object) => logger.warn({ ...meta }, message) : console.warn;
   const error = logger ? (message: string, meta?: object) => logger.error({ ...meta }, message) : console.error;
   const { code } = await bundleWorkflowCode({
     workflowsPath,
-    workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES,
+    workflowInterceptorModules: variant === 'traced' ? WORKFLOW_INTERCEPTOR_MODULES : [],
     logger: { info: quiet, debug: quiet, trace: quiet, log: quiet, warn, error },
   });
   return { code };
 }
 
-// `node --import tsx worker/create-worker.ts OUT_FILE [WORKFLOWS_PATH]`: bundles the workflows into OUT_FILE (see bundleWorkflowsInChildProcess).
+// `node --import tsx worker/create-worker.ts OUT_FILE [WORKFLOWS_PATH] [traced|untraced]`: bundles the workflows into OUT_FILE (see bundleWorkflowsInChildProcess).
 if (import.meta.url === `file://${process.argv[1]}` && process.argv[2]) {
-  writeFileSync(process.argv[2], (await bundleWorkflows(undefined, process.argv[3])).code);
+  const variant = process.argv[4] ?? 'traced';
+  if (variant !== 'traced' && variant !== 'untraced') throw new Error(`bundle variant ${variant}: traced or untraced`);
+  writeFileSync(process.argv[2], (await bundleWorkflows(undefined, process.argv[3], variant)).code);
 }

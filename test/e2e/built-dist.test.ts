@@ -66,7 +66,9 @@ describe('the build: node dist/… with production dependencies only', () => {
 
   it('installs no development tool and uses the built workflow bundle', () => {
     for (const name of DEV_ONLY) expect(existsSync(path.join(dir, 'node_modules', name)), name).toBe(false);
+    // With tracing, and without: the worker here runs with tracing off, on the second.
     expect(existsSync(path.join(dir, 'dist/workflow-bundle.js'))).toBe(true);
+    expect(existsSync(path.join(dir, 'dist/workflow-bundle-untraced.js'))).toBe(true);
   });
 
   it('connects GitLab, attaches a project and turns a signed delivery into an event; SIGTERM stops both processes cleanly', { timeout: 120_000 }, async () => {

@@ -6,6 +6,7 @@ import { startTracing } from '../../lib/tracing.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedAttachedRepository, send, uniqueExternalId } from '../support/events.ts';
+import { recordHistory } from '../support/histories.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 
 /**
@@ -63,5 +64,7 @@ describe('one trace from a delivery to its subscriber', () => {
 
     // The subscriber can go on with the trace.
     expect(subscriber.received.at(-1)!.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    // A run started in a trace, which a worker with tracing off must replay too (test/unit/workflow-replay.test.ts).
+    await recordHistory(h.client, workflowId, 'event-traced');
   });
 });
