@@ -5,6 +5,7 @@ import type { Db } from '../lib/db/index.ts';
 import type { Provider } from '../lib/domain.ts';
 import type { Logger, LogLevel } from '../lib/logger.ts';
 import type { ApiMetrics } from '../lib/metrics.ts';
+import type { IntakeSignal } from './intake-relay.ts';
 
 export interface ApiDeps {
   db: Db;
@@ -43,6 +44,8 @@ export interface ApiDeps {
   metrics?: ApiMetrics;
   /** Where the API's own listener serves `metrics` (metrics.api.path), unless they have a port of their own. */
   metricsPath?: string;
+  /** The receivers tell this process's intake relay of each delivery they store (createIntakeSignal). */
+  intake: IntakeSignal;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

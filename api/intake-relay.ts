@@ -7,18 +7,54 @@ import { deliveryRunLabels, deliveryTargetsFrom } from '../workflows/run-labels.
 import type { ApiDeps } from './context.ts';
 import { startWorkflowOrThrow } from './start-workflow.ts';
 
+/**
+ * How the receivers tell their process's intake relay that a delivery was stored (its row
+ * committed): the relay wakes at once, and sees how fast deliveries arrive. A relay of another
+ * replica is not told; the receiving replica's own relay starts the run, and every relay sweeps.
+ */
+export interface IntakeSignal {
+  stored(): void;
+  /** Calls `listener` on every delivery stored from here on; returns the way to stop. */
+  onStored(listener: () => void): () => void;
+}
+
+export function createIntakeSignal(): IntakeSignal {
+  const listeners = new Set<() => void>();
+  return {
+    stored() {
+      for (const listener of listeners) listener();
+    },
+    onStored(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+  };
+}
+
 export interface IntakeRelayOptions {
-  /** The database the receiver writes to (a connection of its own LISTENs there). */
+  /** The database the receivers write to: the relay keeps a connection of its own there, which holds its claims' row locks. */
   databaseUrl: string;
-  /** Rows locked and started per round (default 50). */
+  /** Rows claimed and started per round (default 50). */
   batch?: number;
   /**
-   * Starts of a round in flight at once (default 16). Each begins on a turn of the event loop of its
-   * own, so deliveries arriving meanwhile are acknowledged between them: the receivers share this
-   * process, and a round's starts all at once would hold their acknowledgements back.
+   * Starts in flight at once (default 16). Each begins on a turn of the event loop of its own, so
+   * deliveries arriving meanwhile are acknowledged between them.
    */
   startConcurrency?: number;
-  /** A round runs at least this often even without a notification (default 5 s). */
+  /**
+   * Deliveries arriving back to back (two receipts less than this apart, the last one as recent;
+   * default 20 ms) make the relay yield to their acknowledgements, which share this process and its
+   * CPU with the starts: a stored delivery's start can wait, its acknowledgement cannot. Woken by a
+   * receipt then, a round waits for a gap that long in the receipts, at most until the earliest
+   * waiting receipt is `maxDeferMs` old, and claims at most 4 × `busyStartConcurrency` rows, of which
+   * at most `busyStartConcurrency` start at once while they are younger than `maxDeferMs`.
+   */
+  busyGapMs?: number;
+  /** The longest a delivery's start is held back for the receipts behind it (default 500 ms); older rows start at full concurrency. */
+  maxDeferMs?: number;
+  /** Starts in flight at once while deliveries arrive back to back (default 2). */
+  busyStartConcurrency?: number;
+  /** A round runs at least this often even without a receipt (default 5 s): rows of other replicas' receivers, retries come due. */
   sweepMs?: number;
   /** The longest pause between rounds while Temporal is unreachable (default 30 s). */
   maxBackoffMs?: number;
@@ -41,13 +77,20 @@ export interface IntakeRelay {
 /** What the relay gives each start before it counts as failed: Temporal unreachable must not hold rows locked for long. */
 const START_TIMEOUT_MS = 5000;
 
+/** One claimed row and its run's id (worked out once). */
+interface Run {
+  delivery: PendingDelivery;
+  workflowId: string;
+}
+
 /**
  * Store first, start after: the webhook receivers acknowledge a delivery once its row is in the
- * intake table, and this relay (one per API process; rows are locked with SKIP LOCKED, so replicas
+ * intake table, and this relay (one per API process; rows are claimed with SKIP LOCKED, so replicas
  * share the work) starts each row's event workflow `event:<provider>:<deliveryId>` (a start that
  * finds the run already there is success, so a relay retry never runs a delivery twice) and marks
- * the row started. A notification on each insert wakes it within milliseconds; a sweep every
- * `sweepMs` catches anything a lost notification left.
+ * the row started. The receivers of its process wake it (`deps.intake`) within the same turn; a
+ * sweep every `sweepMs` catches the rest. A round is two round trips on the relay's own
+ * connection (lib/db/repositories/deliveries.ts): the claim, then every outcome with the commit.
  *
  * Two kinds of failure, kept apart so neither blocks the other rows:
  * - Temporal unreachable (every start of a round failed, each for want of an answer): the relay
@@ -62,6 +105,9 @@ const START_TIMEOUT_MS = 5000;
 export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): IntakeRelay {
   const batch = options.batch ?? 50;
   const startConcurrency = Math.max(1, options.startConcurrency ?? 16);
+  const busyGapMs = options.busyGapMs ?? 20;
+  const maxDeferMs = options.maxDeferMs ?? 500;
+  const busyStartConcurrency = Math.max(1, options.busyStartConcurrency ?? 2);
   const sweepMs = options.sweepMs ?? 5000;
   const maxBackoffMs = options.maxBackoffMs ?? 30_000;
   const rowRetryMs = options.rowRetryMs ?? 1000;
@@ -71,11 +117,20 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
   let stopping = false;
   let wake: (() => void) | undefined;
   let notified = false;
-  const nudge = () => {
+  /** The last two receipts (performance.now()), and the earliest one since the last claim. */
+  let lastReceipt = -Infinity;
+  let previousReceipt = -Infinity;
+  let waitingSince: number | undefined;
+  const unsubscribe = deps.intake.onStored(() => {
+    previousReceipt = lastReceipt;
+    lastReceipt = performance.now();
+    waitingSince ??= lastReceipt;
     notified = true;
     wake?.();
-  };
-  /** Waits `ms`; a notification ends a `wakeable` wait early, stop() ends any. */
+  });
+  /** Deliveries are arriving back to back: the last two receipts close together, the last one recent. */
+  const busy = () => performance.now() - lastReceipt < busyGapMs && lastReceipt - previousReceipt < busyGapMs;
+  /** Waits `ms`; a receipt ends a `wakeable` wait early, stop() ends any. */
   const pause = (ms: number, wakeable: boolean) =>
     new Promise<void>((resolve) => {
       if (stopping || (wakeable && notified)) return resolve();
@@ -87,11 +142,44 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       }
       wake = () => (wakeable || stopping) && finish();
     });
+  /** While receipts come back to back, waits for a gap in them, at most until the earliest waiting one is `maxDeferMs` old. */
+  const yieldToReceipts = async () => {
+    while (!stopping && waitingSince !== undefined && busy()) {
+      const now = performance.now();
+      const left = waitingSince + maxDeferMs - now;
+      if (left <= 0) return;
+      await pause(Math.min(left, lastReceipt + busyGapMs - now), false);
+    }
+  };
+
+  let client: pg.Client | undefined;
+  /** The relay's own connection, made anew after a failure. */
+  const session = async () => {
+    if (client) return client;
+    const next = new pg.Client({ connectionString: options.databaseUrl, connectionTimeoutMillis: 10_000, query_timeout: 30_000 });
+    // Without a listener pg's 'error' would end the process; the next round connects anew.
+    next.on('error', (error) => {
+      deps.logger.warn({ reason: error.message }, 'intake relay: lost its database connection; connecting anew');
+      if (client === next) client = undefined;
+      void next.end().catch(() => {});
+    });
+    try {
+      await next.connect();
+    } catch (error) {
+      void next.end().catch(() => {});
+      throw error;
+    }
+    client = next;
+    return next;
+  };
+  const dropSession = () => {
+    void client?.end().catch(() => {});
+    client = undefined;
+  };
 
   /** Starts the row's run; a failure is returned with whether it looks like Temporal being unreachable. */
-  async function startOne(delivery: PendingDelivery): Promise<{ started: true } | { started: false; unreachable: boolean; error: string }> {
+  async function startOne({ delivery, workflowId }: Run): Promise<{ started: true } | { started: false; unreachable: boolean; error: string }> {
     const { provider, deliveryId, start, connectionId } = delivery;
-    const workflowId = workflowIds.event(provider, deliveryId, connectionId);
     const input: EventInput = {
       provider,
       deliveryId,
@@ -124,24 +212,30 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     }
   }
 
-  /** One round: lock a batch of due rows, start them, record what became of each. */
+  /** One round: claim a batch of due rows, start them, record what became of each. */
   async function round(): Promise<{ full: boolean; unreachable: boolean }> {
     let unreachable = false;
     const startedThisRound: string[] = [];
-    const { locked } = await startPendingDeliveries(deps.db, deps.taskQueue, batch, async (pending) => {
-      const outcomes = await inTurns(pending, startConcurrency, startOne);
+    const limit = busy() ? busyStartConcurrency * 4 : batch;
+    // Receipts from here on are waited for by the next round (those before are in this claim).
+    waitingSince = undefined;
+    const { locked } = await startPendingDeliveries(await session(), deps.taskQueue, limit, async (pending) => {
+      const claimedAt = performance.now();
+      const runs = pending.map((delivery): Run => ({ delivery, workflowId: workflowIds.event(delivery.provider, delivery.deliveryId, delivery.connectionId) }));
+      // Fewer at once while deliveries arrive back to back, unless the row has waited its share already.
+      const inFlight = ({ delivery }: Run) => (busy() && delivery.ageMs + performance.now() - claimedAt < maxDeferMs ? busyStartConcurrency : startConcurrency);
+      const outcomes = await inTurns(runs, inFlight, startOne);
       // Temporal down or upgrading: every start failed for want of an answer. The rows are not at
       // fault; the relay backs off as a whole and they are due again as soon as Temporal answers.
       unreachable = outcomes.every((o) => !o.started && o.unreachable);
       return outcomes.map((outcome, i): StartOutcome => {
+        const { delivery, workflowId } = runs[i]!;
         if (outcome.started) {
-          startedThisRound.push(workflowIds.event(pending[i]!.provider, pending[i]!.deliveryId, pending[i]!.connectionId));
+          startedThisRound.push(workflowId);
           return outcome;
         }
-        const delivery = pending[i]!;
         const attempts = delivery.attempts + 1;
         const retryInMs = unreachable ? null : Math.min(rowRetryMs * 2 ** Math.min(attempts - 1, 30), maxRowRetryMs);
-        const workflowId = workflowIds.event(delivery.provider, delivery.deliveryId, delivery.connectionId);
         if (unreachable) deps.logger.warn({ workflowId, attempts, reason: outcome.error }, 'intake relay: Temporal did not answer; the delivery waits, acknowledged');
         else deps.logger.error({ workflowId, attempts, reason: outcome.error, retryInMs }, 'intake relay: the event run of a stored delivery could not be started; retrying it on its own schedule');
         return { started: false, error: outcome.error, retryInMs };
@@ -156,21 +250,26 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
         waiters.delete(workflowId);
       }
     }
-    return { full: locked === batch, unreachable };
+    return { full: locked === limit, unreachable };
   }
 
-  const listener = listen(options.databaseUrl, nudge, deps.logger);
   const loop = (async () => {
     let backoffMs = 0;
+    let full = false;
     while (!stopping) {
+      // Rows left over from a full round have waited already: no yielding before they are claimed.
+      if (!full) await yieldToReceipts();
+      if (stopping) break;
       notified = false;
       let outcome: { full: boolean; unreachable: boolean };
       try {
         outcome = await round();
       } catch (error) {
         deps.logger.warn({ reason: (error as Error).message }, 'intake relay: the database did not answer; retrying');
+        dropSession();
         outcome = { full: false, unreachable: true };
       }
+      full = outcome.full;
       if (outcome.unreachable) {
         backoffMs = Math.min(Math.max(backoffMs * 2, 250), maxBackoffMs);
         await pause(backoffMs, false);
@@ -189,26 +288,32 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     },
     async stop() {
       stopping = true;
+      unsubscribe();
       wake?.();
       await loop;
-      await listener.close();
+      await client?.end().catch(() => {});
+      client = undefined;
     },
   };
 }
 
-/** `fn` over `items`, at most `limit` at once, each begun on a turn of the event loop of its own (after the I/O waiting then); results in order. */
-async function inTurns<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+/**
+ * `fn` over `items` in order, each begun on a turn of the event loop of its own (after the I/O
+ * waiting then) and only while fewer than `limit(item)` are in flight; results in order.
+ */
+async function inTurns<T, R>(items: readonly T[], limit: (item: T) => number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) {
-        const index = next++;
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        results[index] = await fn(items[index]!);
-      }
-    }),
-  );
+  const running = new Set<Promise<void>>();
+  for (const [index, item] of items.entries()) {
+    while (running.size >= Math.max(1, limit(item))) await Promise.race(running);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const task: Promise<void> = fn(item).then((result) => {
+      results[index] = result;
+      running.delete(task);
+    });
+    running.add(task);
+  }
+  await Promise.all(running);
   return results;
 }
 
@@ -237,42 +342,4 @@ export function describeStartFailure(error: unknown): { unreachable: boolean; er
   // Without a status, the channel never got that far (grpc-js's own "Failed to connect before the deadline").
   const unreachable = code === undefined ? /connect|deadline|timed? ?out|ECONN|socket|unavailable/i.test(message) : UNREACHABLE.has(status);
   return { unreachable, error: text.length > MAX_ERROR_LENGTH ? `${text.slice(0, MAX_ERROR_LENGTH - 1)}…` : text };
-}
-
-/** LISTEN forgelink_intake on a connection of its own, reconnecting (with a nudge, as rows may have come meanwhile) after a loss. */
-function listen(databaseUrl: string, onNotify: () => void, logger: ApiDeps['logger']) {
-  let client: pg.Client | undefined;
-  let closed = false;
-  let retryTimer: NodeJS.Timeout | undefined;
-  const connect = async () => {
-    const next = new pg.Client({ connectionString: databaseUrl });
-    next.on('notification', onNotify);
-    next.on('error', (error) => {
-      logger.warn({ reason: error.message }, 'intake relay: lost its LISTEN connection; reconnecting');
-      void next.end().catch(() => {});
-      schedule();
-    });
-    try {
-      await next.connect();
-      await next.query('LISTEN forgelink_intake');
-      if (closed) return void (await next.end());
-      client = next;
-      onNotify();
-    } catch (error) {
-      logger.warn({ reason: (error as Error).message }, 'intake relay: cannot LISTEN yet; sweeping until it can');
-      void next.end().catch(() => {});
-      schedule();
-    }
-  };
-  const schedule = () => {
-    if (!closed && !retryTimer) retryTimer = setTimeout(() => ((retryTimer = undefined), void connect()), 1000);
-  };
-  void connect();
-  return {
-    async close() {
-      closed = true;
-      clearTimeout(retryTimer);
-      await client?.end().catch(() => {});
-    },
-  };
 }

@@ -12,7 +12,7 @@ import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { startTracing } from '../lib/tracing.ts';
 import { clientConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
-import { startIntakeRelay } from './intake-relay.ts';
+import { createIntakeSignal, startIntakeRelay } from './intake-relay.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
@@ -32,6 +32,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const deps: ApiDeps = {
     ...(metrics ? { metrics, ...(ownMetricsPort ? {} : { metricsPath: config.metrics.api.path }) } : {}),
     draining: () => draining,
+    intake: createIntakeSignal(),
     db,
     temporal,
     outbound: createOutbound(config.security),

@@ -269,6 +269,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
       },
     });
     outcome(stored ? 'accepted' : 'redelivery');
+    if (stored) deps.intake.stored();
   } catch (error) {
     // Not the sender's fault, and not acknowledged: an error status makes the provider deliver again.
     deps.logger.error({ reason: (error as Error).message, provider, deliveryId }, 'could not store the delivery');

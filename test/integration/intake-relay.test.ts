@@ -59,7 +59,7 @@ describe('intake relay: store first, start after', () => {
   /** Each connection's own hook: its URL (naming the connection) and its webhook credential. */
   const hooks = {} as Record<Provider, DeliveringHook & { connectionId?: string }>;
   const relays: IntakeRelay[] = [];
-  const relay = (options: { maxBackoffMs?: number; rowRetryMs?: number } = {}) => {
+  const relay = (options: { maxBackoffMs?: number; rowRetryMs?: number; busyGapMs?: number; maxDeferMs?: number } = {}) => {
     const started = startIntakeRelay(h.apiDeps, { databaseUrl: inject('databaseUrl'), track: true, ...options });
     relays.push(started);
     return started;
@@ -197,6 +197,41 @@ describe('intake relay: store first, start after', () => {
       }
     } finally {
       await h.db.deleteFrom('webhook_deliveries').where('delivery_id', '=', poisonedId).execute();
+    }
+  });
+
+  it('starts an isolated delivery at once, and while deliveries arrive back to back holds starts back for them, at most maxDeferMs', async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    const [busyGapMs, maxDeferMs] = [2000, 3000];
+    const relayed = relay({ busyGapMs, maxDeferMs });
+    const [alone, amidStream] = pushes(2);
+    // Nothing else arriving: started without waiting for a gap in the receipts.
+    const sentAlone = performance.now();
+    expect((await send(h, alone!)).status).toBe(202);
+    await relayed.whenStarted(runOf(alone!));
+    expect(performance.now() - sentAlone).toBeLessThan(busyGapMs);
+
+    // A steady stream of receipts (as the receivers report them) that never pauses for busyGapMs
+    // until the delivery sent into it has started: its start waits, but no longer than maxDeferMs.
+    let firstTickAt = 0;
+    let firstTick: () => void;
+    const streaming = new Promise<void>((resolve) => (firstTick = resolve));
+    const stream = setInterval(() => {
+      if (!firstTickAt) firstTickAt = performance.now();
+      h.apiDeps.intake.stored();
+      firstTick();
+    }, 50);
+    try {
+      await streaming;
+      expect((await send(h, amidStream!)).status).toBe(202);
+      await relayed.whenStarted(runOf(amidStream!));
+      // Held back for maxDeferMs from the first receipt the relay waited on (the stream's first or
+      // second), not until the stream ends; without the yielding it starts as soon as it is stored.
+      const waited = performance.now() - firstTickAt;
+      expect(waited).toBeGreaterThanOrEqual(maxDeferMs - 5);
+      expect(waited).toBeLessThan(maxDeferMs + 10_000);
+    } finally {
+      clearInterval(stream);
     }
   });
 

@@ -11,7 +11,7 @@ import type { ActivitySettings } from '../../activities/index.ts';
 import type { Outbound } from '../../activities/outbound.ts';
 import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
-import { startIntakeRelay } from '../../api/intake-relay.ts';
+import { createIntakeSignal, startIntakeRelay } from '../../api/intake-relay.ts';
 import type { ApiDeps } from '../../api/context.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
@@ -174,6 +174,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       clientSecret: options.github?.clientSecret,
     },
     githubApiUrl: options.github?.url,
+    intake: createIntakeSignal(),
   };
   const app = createApp(apiDeps);
   // As the API process does: starts the event runs of the deliveries the receivers store.

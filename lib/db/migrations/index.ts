@@ -16,6 +16,7 @@ import * as intakeRelay from './2026-12-06T1210-intake-relay.ts';
 import * as deliveriesPerConnection from './2026-12-06T1215-deliveries-per-connection.ts';
 import * as intakeRetryState from './2026-12-06T1400-intake-retry-state.ts';
 import * as eventDispatches from './2026-12-06T1440-event-dispatches.ts';
+import * as intakeWakeupInProcess from './2026-12-06T2000-intake-wakeup-in-process.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -39,4 +40,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1215-deliveries-per-connection': deliveriesPerConnection,
   '2026-12-06T1400-intake-retry-state': intakeRetryState,
   '2026-12-06T1440-event-dispatches': eventDispatches,
+  '2026-12-06T2000-intake-wakeup-in-process': intakeWakeupInProcess,
 };

@@ -69,6 +69,8 @@ export interface PendingDelivery {
   provider: Provider;
   deliveryId: string;
   receivedAt: Date;
+  /** How long ago it was acknowledged when it was claimed, by the database's clock (ms). */
+  ageMs: number;
   start: DeliveryStart;
   /** The connection whose own hook delivered it (absent: GitHub, or a legacy hook). */
   connectionId?: string;
@@ -80,61 +82,97 @@ export interface PendingDelivery {
 export type StartOutcome = { started: true } | { started: false; error: string; retryInMs: number | null };
 
 /**
+ * The intake relay's own connection to PostgreSQL (a `pg.Client`): the rows a round claims stay
+ * locked by its open transaction while their runs start, and are free again the moment the
+ * connection ends, the relay's process killed included. A session of its own, not the pool's: the
+ * claim and the outcome each go as one simple-protocol query of two statements (`BEGIN; SELECT …
+ * FOR UPDATE SKIP LOCKED` and `UPDATE …; COMMIT`), one round trip each, which Kysely's
+ * one-statement prepared queries cannot send, and a round holds no connection the receivers need.
+ */
+export interface RelaySession {
+  query(text: string): Promise<unknown>;
+  escapeLiteral(value: string): string;
+}
+
+interface ClaimedRow {
+  provider: Provider;
+  delivery_id: string;
+  connection_id: string | null;
+  received_at: Date;
+  age_ms: number;
+  start: DeliveryStart;
+  attempts: number;
+  row: string;
+}
+
+/** The results of a multi-statement simple query, one per statement (pg gives one result, not a list, for a single statement). */
+const resultsOf = (result: unknown) => (Array.isArray(result) ? result : [result]) as { rows: unknown[] }[];
+
+/**
  * Locks up to `limit` unstarted deliveries for `taskQueue` that are due (never failed, or past
  * their `next_attempt_at`), oldest first, skipping rows another relay holds, and hands them to
- * `startAll`, which says for each one whether its run started. When the transaction commits, the
- * started ones are marked started and the failed ones carry one more attempt, the error and when
- * to try again. Several relays (one per API replica) never start the same row twice.
+ * `startAll`, which says for each one whether its run started. Then, in one statement with the
+ * commit, the started ones are marked started and the failed ones carry one more attempt, the
+ * error and when to try again. Several relays (one per API replica) never start the same row twice.
+ * Two round trips a round: the claim, then the outcomes with the commit (or the commit alone when nothing was due).
  */
 export async function startPendingDeliveries(
-  db: Kysely<Database>,
+  session: RelaySession,
   taskQueue: string,
   limit: number,
   startAll: (pending: PendingDelivery[]) => Promise<StartOutcome[]>,
 ): Promise<{ locked: number; started: number }> {
-  return db.transaction().execute(async (trx) => {
-    const rows = await trx
-      .selectFrom('webhook_deliveries')
-      .select(['provider', 'delivery_id', 'connection_id', 'received_at', 'start', 'attempts', sql<string>`ctid::text`.as('row')])
-      .where('started_at', 'is', null)
-      .where(sql<string>`start->>'taskQueue'`, '=', taskQueue)
-      .where((eb) => eb.or([eb('next_attempt_at', 'is', null), eb('next_attempt_at', '<=', sql<Date>`now()`)]))
-      .orderBy('received_at')
-      .limit(limit)
-      .forUpdate()
-      .skipLocked()
-      .execute();
-    if (rows.length === 0) return { locked: 0, started: 0 };
-    const pending = rows.map((r) => ({
+  try {
+    const claim = resultsOf(
+    await session.query(`begin;
+      select provider, delivery_id, connection_id, received_at, start, attempts, ctid::text as row,
+             extract(epoch from clock_timestamp() - received_at)::float8 * 1000 as age_ms
+      from webhook_deliveries
+      where started_at is null
+        and start->>'taskQueue' = ${session.escapeLiteral(taskQueue)}
+        and (next_attempt_at is null or next_attempt_at <= now())
+      order by received_at
+      limit ${Math.max(1, Math.floor(limit))}
+      for update skip locked`),
+  );
+    const rows = claim[1]!.rows as ClaimedRow[];
+    if (rows.length === 0) {
+      await session.query('commit');
+      return { locked: 0, started: 0 };
+    }
+    const pending = rows.map((r): PendingDelivery => ({
       provider: r.provider,
       deliveryId: r.delivery_id,
       receivedAt: r.received_at,
-      start: r.start!,
+      ageMs: r.age_ms,
+      start: r.start,
       attempts: r.attempts,
       ...(r.connection_id ? { connectionId: r.connection_id } : {}),
     }));
     const outcomes = await startAll(pending);
-    // The rows are locked, so their physical ids stand until the transaction ends.
-    const startedRows = rows.filter((_, i) => outcomes[i]?.started).map((r) => r.row);
-    if (startedRows.length > 0) {
-      // clock_timestamp(), not now(): the moment the starts returned, not the transaction's beginning.
-      await trx.updateTable('webhook_deliveries').set({ started_at: sql`clock_timestamp()` }).where(sql<boolean>`ctid = any(${startedRows}::tid[])`).execute();
-    }
-    const failed = rows.flatMap((r, i) => {
+    // The rows are locked, so their physical ids stand until the transaction ends; the delivery id is checked as well.
+    const recorded = rows.flatMap((r, i) => {
       const outcome = outcomes[i];
-      return outcome && !outcome.started ? [{ row: r.row, error: outcome.error, retryInMs: outcome.retryInMs }] : [];
+      if (!outcome) return [];
+      return [outcome.started ? { tid: r.row, delivery_id: r.delivery_id, started: true } : { tid: r.row, delivery_id: r.delivery_id, started: false, error: outcome.error, retry_in_ms: outcome.retryInMs }];
     });
-    if (failed.length > 0) {
-      await sql`
-        update webhook_deliveries w
-        set attempts = w.attempts + 1,
-            last_error = f.error,
-            next_attempt_at = now() + f.retry_in_ms * interval '1 millisecond'
-        from unnest(${failed.map((f) => f.row)}::tid[], ${failed.map((f) => f.error)}::text[], ${failed.map((f) => f.retryInMs)}::bigint[]) as f(row, error, retry_in_ms)
-        where w.ctid = f.row`.execute(trx);
-    }
-    return { locked: rows.length, started: startedRows.length };
-  });
+    // clock_timestamp(), not now(): the moment the starts returned, not the transaction's beginning.
+    await session.query(`
+      update webhook_deliveries w
+      set started_at = case when f.started then clock_timestamp() end,
+          attempts = w.attempts + case when f.started then 0 else 1 end,
+          last_error = case when f.started then w.last_error else f.error end,
+          next_attempt_at = case when f.started then null else now() + f.retry_in_ms * interval '1 millisecond' end
+      from jsonb_to_recordset(${session.escapeLiteral(JSON.stringify(recorded))}::jsonb)
+        as f(tid tid, delivery_id text, started boolean, error text, retry_in_ms bigint)
+      where w.ctid = f.tid and w.delivery_id = f.delivery_id;
+      commit`);
+    return { locked: rows.length, started: recorded.filter((r) => r.started).length };
+  } catch (error) {
+    // The claim's locks go with the transaction; the session is dropped by the caller if it is broken.
+    await session.query('rollback').catch(() => {});
+    throw error;
+  }
 }
 
 /** The intake table's backlog: deliveries acknowledged whose runs have not started yet. */
