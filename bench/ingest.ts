@@ -41,9 +41,22 @@ export interface IngestOptions {
   observability: number;
   /** 1: only the metrics on/off comparison (a shorter run; ingest.json then holds only it). */
   observabilityOnly: number;
+  /**
+   * 1: the chart's topology modelled (see TOPOLOGIES): the API, its database backends and the bare
+   * starts' client at nice -10, the worker and the Temporal server at 0, for the whole run (its
+   * bare-start floor included). Written to ingest-api-first.json.
+   */
+  apiFirst: number;
 }
 
-export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0 };
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0 };
+
+/** The API's (and its database backends' and the bare starts' client's) nice value with --apiFirst=1. */
+const API_FIRST_NICE = -10;
+const TOPOLOGIES = {
+  shared: 'shared: the API, the worker, the Temporal server, PostgreSQL and the load generator on the same cores at the same priority (what the cores of this machine give; production does not run so)',
+  apiFirst: `modelled chart topology (--apiFirst=1): the API process, the PostgreSQL backends of the benchmark's database and the benchmark's own process (the load generator, and the Temporal client making the bare starts, which stands where the API stood) at nice ${API_FIRST_NICE}, the worker and the Temporal server at 0: in the chart the API runs in pods of its own, with CPU the worker and Temporal do not take. Both the deliveries and the bare-start floor are measured in it`,
+};
 
 /** Issue #18's targets: ack p99 at 80 % of the bare-start saturation rate; acceptance and end-to-end against bare starts. */
 const TARGETS = { rateFraction: 0.8, p99AckMs: 20, acceptanceRatio: 2, endToEndRatio: 0.9 };
@@ -238,6 +251,9 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
   const load = sampleLoad();
   const subscriber = await startCountingSubscriber();
   const subscriberUrl = subscriber.url;
+  const topology = options.apiFirst ? { name: 'apiFirst', description: TOPOLOGIES.apiFirst, apiNice: API_FIRST_NICE } : { name: 'shared', description: TOPOLOGIES.shared };
+  const stopPrioritizing = options.apiFirst ? stack.prioritizeApi(API_FIRST_NICE) : undefined;
+  if (options.apiFirst) log(`topology: ${TOPOLOGIES.apiFirst}`);
 
   try {
     const repos = await seed(stack, options, subscriberUrl);
@@ -401,6 +417,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
 
     return {
       options,
+      topology,
       closedLoop,
       // Open loop, the worker running; rates are fractions of the bare starts' closed-loop throughput (the saturation rate).
       paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts },
@@ -431,6 +448,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       },
     };
   } finally {
+    stopPrioritizing?.();
     load.stop();
     await subscriber.close();
   }

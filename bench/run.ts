@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N] [--callsPerWorker=N] [--callsPerConnection=N] [--observabilityOnly=1]`: starts the benchmark stack
+ * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N] [--callsPerWorker=N] [--callsPerConnection=N] [--observabilityOnly=1] [--apiFirst=1]`: starts the benchmark stack
  * (bench/stack.ts), runs each named benchmark (all by default) against it, and writes each
  * result to bench/results/<name>.json. A benchmark is a function of the stack returning a
  * JSON-able result: add one to BENCHMARKS.
@@ -75,7 +75,8 @@ try {
       },
       ...result,
     };
-    const file = path.join(RESULTS, `${name}.json`);
+    // The modelled chart topology (bench/ingest.ts, --apiFirst=1) keeps a file of its own beside the shared one.
+    const file = path.join(RESULTS, name === 'ingest' && flags.apiFirst ? 'ingest-api-first.json' : `${name}.json`);
     if (name === 'ingest' && flags.observabilityOnly && existsSync(file)) {
       // Only the metrics on/off comparison ran: it replaces its part of the last full run's file, with its own start, machine and options.
       const previous = JSON.parse(readFileSync(file, 'utf8')) as Record<string, any>;

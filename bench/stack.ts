@@ -70,6 +70,15 @@ export interface BenchStack {
    * acknowledgement path does when workflow processing does not compete with it for the CPU.
    */
   setWorkerPaused(paused: boolean): void;
+  /**
+   * The chart's deployment modelled on this machine's shared cores: there the API runs in pods of its
+   * own, with CPU the worker and the Temporal server do not take. Here the API, the PostgreSQL
+   * backends of the stack's database and this process (the load generator, and the client of the
+   * bare starts, which stands where the API stood before the intake relay) get nice `nice` (-10: a
+   * CFS weight 9.3 times the worker's and Temporal's, which stay at 0), every thread, applied again
+   * every second for new threads and backends. Returns the way to stop reapplying it.
+   */
+  prioritizeApi(nice: number): () => void;
   /** Freezes or resumes the API (its intake relay would otherwise start other API processes' stored deliveries). */
   setApiPaused(paused: boolean): void;
   /**
@@ -257,24 +266,48 @@ function cpuSecondsOf(pid: number | undefined): number {
  */
 function postgresCpuTracker(database: string) {
   const lastSeen = new Map<number, number>();
+  let live: number[] = [];
   const read = () => {
+    const seen: number[] = [];
     for (const entry of readdirSync('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       try {
         if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue;
         const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').split(/\s+/);
-        if (title[0] === 'postgres:' && title.slice(1, 4).includes(database)) lastSeen.set(Number(entry), cpuSecondsOf(Number(entry)));
+        if (title[0] === 'postgres:' && title.slice(1, 4).includes(database)) {
+          lastSeen.set(Number(entry), cpuSecondsOf(Number(entry)));
+          seen.push(Number(entry));
+        }
       } catch {
         // The process ended while we looked.
       }
     }
+    live = seen;
     let total = 0;
     for (const seconds of lastSeen.values()) total += seconds;
     return total;
   };
   const timer = setInterval(read, 1000);
   timer.unref();
-  return { read, stop: () => clearInterval(timer) };
+  return { read, stop: () => clearInterval(timer), livePids: () => live };
+}
+
+/** Sets the nice value of every thread of `pid` (Linux keeps one per thread; a new thread takes its creator's). */
+function reniceThreads(pid: number | undefined, nice: number): void {
+  if (pid === undefined) return;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return; // gone
+  }
+  for (const tid of tids) {
+    try {
+      os.setPriority(Number(tid), nice);
+    } catch {
+      // The thread ended while we looked.
+    }
+  }
 }
 
 function peakRssMiB(pid: number | undefined): number {
@@ -480,6 +513,14 @@ export async function startBenchStack(
       },
       setApiPaused(paused) {
         api.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+      },
+      prioritizeApi(nice) {
+        const apply = () => {
+          for (const pid of [api.child.pid, process.pid, ...postgresCpu.livePids()]) reniceThreads(pid, nice);
+        };
+        apply();
+        const timer = setInterval(apply, 1000);
+        return () => clearInterval(timer);
       },
       startVariant,
       cpuSeconds: () => ({
