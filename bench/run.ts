@@ -17,13 +17,17 @@ import { benchRunMode, DEFAULT_LISTING_CONCURRENCY, startBenchStack, type BenchS
 
 type Flags = Record<string, number>;
 
-const BENCHMARKS: Record<string, (stack: BenchStack, flags: Flags) => Promise<object>> = {
+/** `checkpoint` writes a benchmark's results so far to its file (marked partial), for runs that measure in blocks. */
+type Benchmark = (stack: BenchStack, flags: Flags, checkpoint: (partial: object) => void) => Promise<object>;
+
+const BENCHMARKS: Record<string, Benchmark> = {
   ingest: (stack, flags) => runIngestBench(stack, { ...DEFAULT_INGEST_OPTIONS, ...flags }),
   refresh: (stack, flags) => runRefreshBench(stack, { ...DEFAULT_REFRESH_OPTIONS, ...flags }),
   picker: (stack, flags) => runPickerBench(stack, { ...DEFAULT_PICKER_OPTIONS, ...flags }),
   attach: (stack, flags) => runAttachBench(stack, { ...DEFAULT_ATTACH_OPTIONS, ...flags }),
   // Not in the default set (about 10 minutes): `npm run bench -- sizing`.
-  sizing: (stack, flags) => runSizingBench(stack, { ...DEFAULT_SIZING_OPTIONS, ...flags }),
+  // Its results file is written after every block, so a run that stops half-way keeps what it measured.
+  sizing: (stack, flags, checkpoint) => runSizingBench(stack, { ...DEFAULT_SIZING_OPTIONS, ...flags }, console.log, checkpoint),
 };
 const DEFAULT_SET = ['ingest', 'refresh', 'picker', 'attach'];
 
@@ -58,8 +62,9 @@ try {
     stack.resetPeakRss();
     const started = new Date();
     const loadBefore = os.loadavg();
-    const result = await BENCHMARKS[name]!(stack, flags);
-    const report = {
+    // The modelled chart topology (bench/ingest.ts, --apiFirst=1) keeps a file of its own beside the shared one.
+    const file = path.join(RESULTS, name === 'ingest' && flags.apiFirst ? 'ingest-api-first.json' : `${name}.json`);
+    const reportOf = (result: object) => ({
       benchmark: name,
       startedAt: started.toISOString(),
       machine: {
@@ -70,13 +75,14 @@ try {
         // What the API and the worker ran: the build (`node dist/…`, as production) or the sources under tsx.
         ran: stack.runMode === 'dist' ? 'node dist/ (npm run build)' : 'tsx (TypeScript sources)',
         nodeArgs: process.env.BENCH_NODE_ARGS ?? '',
-        // 1, 5 and 15 minute load averages when the benchmark started and ended: above the CPU count, other work competed for the cores.
+        // 1, 5 and 15 minute load averages when the benchmark started and ended (or reached its last checkpoint): above the CPU count, other work competed for the cores.
         loadAverage: { atStart: loadBefore.map((l) => Math.round(l * 100) / 100), atEnd: os.loadavg().map((l) => Math.round(l * 100) / 100) },
       },
       ...result,
-    };
-    // The modelled chart topology (bench/ingest.ts, --apiFirst=1) keeps a file of its own beside the shared one.
-    const file = path.join(RESULTS, name === 'ingest' && flags.apiFirst ? 'ingest-api-first.json' : `${name}.json`);
+    });
+    const checkpoint = (partial: object) => writeFileSync(file, `${JSON.stringify(reportOf(partial), null, 2)}\n`);
+    const result = await BENCHMARKS[name]!(stack, flags, checkpoint);
+    const report = reportOf(result);
     if (name === 'ingest' && flags.observabilityOnly && existsSync(file)) {
       // Only the metrics on/off comparison ran: it replaces its part of the last full run's file, with its own start, machine and options.
       const previous = JSON.parse(readFileSync(file, 'utf8')) as Record<string, any>;

@@ -52,7 +52,16 @@ function peakRssMiB(pid: number | undefined): number {
   return round(kib / 1024);
 }
 
-export async function runSizingBench(stack: BenchStack, options: SizingOptions = DEFAULT_SIZING_OPTIONS, log: (line: string) => void = console.log) {
+/**
+ * Runs the settings' blocks; after every block `checkpoint` gets the results so far (the settings
+ * measured at least once, `partial: true`), so a run stopped or failed half-way keeps what it measured.
+ */
+export async function runSizingBench(
+  stack: BenchStack,
+  options: SizingOptions = DEFAULT_SIZING_OPTIONS,
+  log: (line: string) => void = console.log,
+  checkpoint: (partial: object) => void = () => {},
+) {
   const settings = process.env.BENCH_SIZINGS ? (JSON.parse(process.env.BENCH_SIZINGS) as WorkerSetting[]) : DEFAULT_SETTINGS;
   const subscriber = await startCountingSubscriber();
   const subscriberUrl = subscriber.url;
@@ -81,7 +90,7 @@ export async function runSizingBench(stack: BenchStack, options: SizingOptions =
     };
 
     const order = [...settings.keys(), ...[...settings.keys()].reverse()];
-    const blocks: { setting: number; eventsPerSecond: number; cpuSecondsPerThousand: number; byThread: Record<string, number>; peakRssMiB: number; loadAverage: number }[] = [];
+    const blocks: SizingBlock[] = [];
     for (const [i, index] of order.entries()) {
       const setting = settings[index]!;
       log(`sizing block ${i + 1}/${order.length}: ${setting.name}`);
@@ -102,38 +111,53 @@ export async function runSizingBench(stack: BenchStack, options: SizingOptions =
         peakRssMiB: peakRssMiB(pid),
         loadAverage: round((loadAverage + os.loadavg()[0]!) / 2, 2),
       });
+      checkpoint({ ...summarize(options, settings, order, blocks), subscriberReceived: subscriber.received(), partial: true, blocksDone: `${i + 1}/${order.length}` });
     }
     // Back to the defaults for whatever runs next on this stack.
     await stack.restartWorker({});
-
-    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-    const results = settings.map((setting, index) => {
-      const own = blocks.filter((b) => b.setting === index);
-      return {
-        name: setting.name,
-        sizing: setting.sizing ?? {},
-        nodeArgs: setting.nodeArgs ?? chartWorkerNodeArgs(),
-        // Means over its two blocks; each block's own numbers beside them.
-        endToEndEventsPerSecond: round(mean(own.map((b) => b.eventsPerSecond))),
-        workerCpuSecondsPerThousandEvents: round(mean(own.map((b) => b.cpuSecondsPerThousand)), 2),
-        workerCpuByThread: Object.fromEntries(Object.keys(own[0]!.byThread).map((k) => [k, round(mean(own.map((b) => b.byThread[k]!)), 2)])),
-        workerPeakRssMiB: Math.max(...own.map((b) => b.peakRssMiB)),
-        blocks: own.map((b) => ({ eventsPerSecond: round(b.eventsPerSecond), cpuSecondsPerThousand: round(b.cpuSecondsPerThousand, 2), peakRssMiB: b.peakRssMiB, oneMinuteLoadAverage: b.loadAverage })),
-      };
-    });
-    const base = results[0]!;
-    return {
-      options,
-      order: order.map((i) => settings[i]!.name),
-      settings: results.map((r) => ({
-        ...r,
-        // Against the first setting (the defaults), measured in the same run.
-        throughputVsFirst: round(r.endToEndEventsPerSecond / base.endToEndEventsPerSecond, 3),
-        cpuVsFirst: round(r.workerCpuSecondsPerThousandEvents / base.workerCpuSecondsPerThousandEvents, 3),
-      })),
-      subscriberReceived: subscriber.received(),
-    };
+    return { ...summarize(options, settings, order, blocks), subscriberReceived: subscriber.received() };
   } finally {
     await subscriber.close();
   }
+}
+
+interface SizingBlock {
+  setting: number;
+  eventsPerSecond: number;
+  cpuSecondsPerThousand: number;
+  byThread: Record<string, number>;
+  peakRssMiB: number;
+  loadAverage: number;
+}
+
+/** Each setting measured so far (means over its blocks, each block beside them), against the first setting. */
+function summarize(options: SizingOptions, settings: WorkerSetting[], order: number[], blocks: SizingBlock[]) {
+  const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+  const measured = settings.flatMap((setting, index) => {
+    const own = blocks.filter((b) => b.setting === index);
+    if (own.length === 0) return [];
+    return {
+      name: setting.name,
+      sizing: setting.sizing ?? {},
+      nodeArgs: setting.nodeArgs ?? chartWorkerNodeArgs(),
+      // Means over its blocks (two once the run is over); each block's own numbers beside them.
+      endToEndEventsPerSecond: round(mean(own.map((b) => b.eventsPerSecond))),
+      workerCpuSecondsPerThousandEvents: round(mean(own.map((b) => b.cpuSecondsPerThousand)), 2),
+      workerCpuByThread: Object.fromEntries(Object.keys(own[0]!.byThread).map((k) => [k, round(mean(own.map((b) => b.byThread[k]!)), 2)])),
+      workerPeakRssMiB: Math.max(...own.map((b) => b.peakRssMiB)),
+      blocks: own.map((b) => ({ eventsPerSecond: round(b.eventsPerSecond), cpuSecondsPerThousand: round(b.cpuSecondsPerThousand, 2), peakRssMiB: b.peakRssMiB, oneMinuteLoadAverage: b.loadAverage })),
+    };
+  });
+  // The first block is the first setting's (the defaults): every summary has it.
+  const base = measured[0]!;
+  return {
+    options,
+    order: order.map((i) => settings[i]!.name),
+    settings: measured.map((r) => ({
+      ...r,
+      // Against the first setting (the defaults), measured in the same run.
+      throughputVsFirst: round(r.endToEndEventsPerSecond / base.endToEndEventsPerSecond, 3),
+      cpuVsFirst: round(r.workerCpuSecondsPerThousandEvents / base.workerCpuSecondsPerThousandEvents, 3),
+    })),
+  };
 }
