@@ -37,7 +37,9 @@ import { findClusterBinaries, startTemporalCluster, TEMPORAL_SERVER_MODULES, unt
  * 3. signed deliveries → events → the subscriber;
  * 4. the Temporal server SIGKILLed and started again while a subscriber call is held and deliveries
  *    keep arriving: every delivery acknowledged, every run completes, every event recorded once and
- *    received;
+ *    received; in the full form the server stays down 45 s and the first delivery stored during the
+ *    outage must start within 40 s of the server's return (the relay's backoff, at most 30 s, and a
+ *    reconnect, capped at 2 s; temporal-reconnect.test.ts isolates that cap);
  * 5. the API SIGKILLed while deliveries arrive and started again: senders retry as providers do, and
  *    every acknowledged delivery has exactly one event;
  * 6. detach: the hooks are gone at every provider;
@@ -51,6 +53,14 @@ const DELIVERIES = SHORT ? 8 : 40;
 /** How many deliveries arrive while the Temporal server is down, and while the API is down or restarting. */
 const DURING_OUTAGE = SHORT ? 4 : 20;
 const RUN_DEADLINE_MS = 180_000;
+/** How long step 4 keeps the Temporal server down (the full form: an outage as long as an upgrade's). */
+const OUTAGE_MS = SHORT ? 0 : 45_000;
+/**
+ * After that outage, the first delivery stored during it is started within this of the server's
+ * return: the relay's own backoff (at most 30 s) plus a reconnect (capped at 2 s) and some slack.
+ * Without the cap the API's client waited up to 120 s between reconnects (isolated by temporal-reconnect.test.ts).
+ */
+const FIRST_START_AFTER_OUTAGE_MS = 40_000;
 
 interface Hook {
   url: string;
@@ -417,23 +427,40 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
 
     const sent: Sent[] = [first];
     let sending = true;
+    // A long outage is sent through at a slower pace, so that it adds about DURING_OUTAGE deliveries.
+    let pauseMs = 100;
     const sender = (async () => {
       for (let i = 0; sending; i++) {
         const s = push(PROVIDERS[i % PROVIDERS.length]!);
         sent.push(s);
         // The receiver acknowledges once stored, whether Temporal answers or not.
         expect(await deliver(s, 10_000)).toBe(0);
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        await new Promise((resolve) => setTimeout(resolve, pauseMs));
       }
     })();
     const before = sent.length;
     await whileSending(sender, 'deliveries before the crash', () => sent.length >= before + DURING_OUTAGE / 2);
     await cluster!.kill();
+    const killedAt = new Date();
     log('temporal server SIGKILLed');
     const atCrash = sent.length;
-    await whileSending(sender, 'deliveries while the server is down', () => sent.length >= atCrash + DURING_OUTAGE);
+    pauseMs = Math.max(100, OUTAGE_MS / DURING_OUTAGE);
+    await whileSending(sender, 'deliveries while the server is down', () => sent.length >= atCrash + DURING_OUTAGE && Date.now() - killedAt.getTime() >= OUTAGE_MS, OUTAGE_MS + 90_000);
+    pauseMs = 100;
     await cluster!.start();
+    const restartedAt = new Date();
+    log(`temporal server back after ${((restartedAt.getTime() - killedAt.getTime()) / 1000).toFixed(1)} s down`);
     hold.release('answer');
+    if (OUTAGE_MS > 0) {
+      // The relay reaches the server again promptly: the first delivery stored during the outage starts within the bound.
+      const storedDuringOutage = () =>
+        db.selectFrom('webhook_deliveries').select((eb) => eb.fn.min('started_at').as('firstStart')).where('received_at', '>', killedAt).where('received_at', '<', restartedAt).where('started_at', 'is not', null).executeTakeFirst();
+      await until('a delivery stored during the outage started', FIRST_START_AFTER_OUTAGE_MS + 30_000, async () => Boolean((await storedDuringOutage())?.firstStart));
+      const firstStart = new Date((await storedDuringOutage())!.firstStart as Date);
+      const afterMs = firstStart.getTime() - restartedAt.getTime();
+      log(`first start of a delivery stored during the outage: ${(afterMs / 1000).toFixed(1)} s after the server's return`);
+      expect(afterMs).toBeLessThanOrEqual(FIRST_START_AFTER_OUTAGE_MS);
+    }
     const atRestart = sent.length;
     await whileSending(sender, 'deliveries after the restart', () => sent.length >= atRestart + DURING_OUTAGE);
     sending = false;
@@ -501,8 +528,8 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
   });
 
   /** Waits for `condition` while `senders` run; a sender's failure ends the wait at once. */
-  function whileSending(senders: Promise<unknown>, what: string, condition: () => boolean): Promise<void> {
-    return Promise.race([until(what, 90_000, async () => condition()), senders.then(() => Promise.reject(new Error(`the senders stopped before: ${what}`)))]);
+  function whileSending(senders: Promise<unknown>, what: string, condition: () => boolean, ms = 90_000): Promise<void> {
+    return Promise.race([until(what, ms, async () => condition()), senders.then(() => Promise.reject(new Error(`the senders stopped before: ${what}`)))]);
   }
 
   function acknowledgedOf(sent: Sent[]): number {
