@@ -46,8 +46,9 @@ export interface IntakeRelayOptions {
    * default 20 ms) make the relay yield to their acknowledgements, which share this process and its
    * CPU with the starts: a stored delivery's start can wait, its acknowledgement cannot. Woken by a
    * receipt then, a round waits for a gap that long in the receipts, at most until the earliest
-   * waiting receipt is `maxDeferMs` old, and claims at most 4 × `busyStartConcurrency` rows, of which
-   * at most `busyStartConcurrency` start at once while they are younger than `maxDeferMs`.
+   * waiting receipt is `maxDeferMs` old, and claims at most 4 × `busyStartConcurrency` rows (unless
+   * the round before was full: a backlog), of which at most `busyStartConcurrency` start at once while
+   * they are younger than `maxDeferMs`.
    */
   busyGapMs?: number;
   /** The longest a delivery's start is held back for the receipts behind it (default 500 ms); older rows start at full concurrency. */
@@ -212,11 +213,11 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
     }
   }
 
-  /** One round: claim a batch of due rows, start them, record what became of each. */
-  async function round(): Promise<{ full: boolean; unreachable: boolean }> {
+  /** One round: claim a batch of due rows (a small one while yielding), start them, record what became of each. */
+  async function round(yielding: boolean): Promise<{ full: boolean; unreachable: boolean }> {
     let unreachable = false;
     const startedThisRound: string[] = [];
-    const limit = busy() ? busyStartConcurrency * 4 : batch;
+    const limit = yielding ? busyStartConcurrency * 4 : batch;
     // Receipts from here on are waited for by the next round (those before are in this claim).
     waitingSince = undefined;
     const { locked } = await startPendingDeliveries(await session(), deps.taskQueue, limit, async (pending) => {
@@ -263,7 +264,8 @@ export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): In
       notified = false;
       let outcome: { full: boolean; unreachable: boolean };
       try {
-        outcome = await round();
+        // A backlog left by a full round is claimed in full batches: its rows have waited already.
+        outcome = await round(busy() && !full);
       } catch (error) {
         deps.logger.warn({ reason: (error as Error).message }, 'intake relay: the database did not answer; retrying');
         dropSession();
