@@ -1,4 +1,3 @@
-import type { HttpBindings } from '@hono/node-server';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { routePath } from 'hono/route';
@@ -8,6 +7,7 @@ import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
+import { readUnreadBody } from './unread-body.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
 import { repositoryPickerRoutes } from './routes/repository-picker.ts';
@@ -27,15 +27,9 @@ export function createApp(deps: ApiDeps) {
     },
   });
 
-  // An answer sent before the request's body has all arrived (a credential refused from the headers,
-  // a declared length over the limit) leaves the rest unread, and the server cuts the connection
-  // soon after. Without Connection: close a keep-alive client (the fuzz's, a provider's) sends its
-  // next request down that connection and loses it ("socket hang up"); with it, it opens another.
-  app.use('*', async (c, next) => {
-    await next();
-    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
-    if (incoming && !incoming.complete) c.header('Connection', 'close');
-  });
+  // An answer waits for the rest of a body it was made without (api/unread-body.ts); outermost, so
+  // that wait is not counted as the request's handling in the metrics and the trace.
+  app.use('*', readUnreadBody(deps.webhooks.maxBodyBytes));
   if (deps.tracing) app.use('*', traceRequests());
   const { metrics } = deps;
   if (metrics) {

@@ -16,6 +16,13 @@ import { createIntakeSignal, startIntakeRelay } from './intake-relay.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
+/**
+ * The whole request, body included, must arrive within this (Node's default, stated because the
+ * receivers rely on it): a sender that stalls mid-body is cut off then, also while an early answer
+ * waits for the rest of its body (api/unread-body.ts).
+ */
+const REQUEST_TIMEOUT_MS = 300_000;
+
 /** The API's composition root. */
 export async function runApi(config: Config, options: { address?: string; databaseUrl?: string; temporalUiUrl?: string } = {}) {
   const logger = createLogger('api', config.logging.level);
@@ -56,7 +63,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   // Starts the event runs of the deliveries the receivers store (several API replicas share the work).
   const relay = startIntakeRelay(deps, { databaseUrl });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port }, () => resolve(s));
+    const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port, serverOptions: { requestTimeout: REQUEST_TIMEOUT_MS } }, () => resolve(s));
   });
   const url = `http://${config.api.host}:${config.api.port}`;
   logger.info({ url }, 'API listening');

@@ -159,17 +159,20 @@ async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Pro
 
 const tooLarge = (max: number) => new Problem(413, 'Content Too Large', `the body exceeds ${max} bytes`);
 
+/** A Content-Length (every provider sends one) is all it takes to refuse a body over `max`, before anything else. */
+function refuseDeclaredOverLimit(headers: WebhookHeaders, max: number): void {
+  const declared = headers['content-length'];
+  if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > max) throw tooLarge(max);
+}
+
 /**
- * The raw body, refused past `max` bytes. With a Content-Length (every provider sends one) the
- * check comes before reading and the body is read in one piece, which @hono/node-server does
- * straight from the socket; a chunked body is counted as it streams in.
+ * The raw body, refused past `max` bytes. With a Content-Length (checked against `max` already) the
+ * body is read in one piece, which @hono/node-server does straight from the socket; a chunked body
+ * is counted as it streams in.
  */
 async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number): Promise<Uint8Array> {
   const declared = headers['content-length'];
-  if (declared !== undefined && /^\d+$/.test(declared)) {
-    if (Number(declared) > max) throw tooLarge(max);
-    return new Uint8Array(await c.req.arrayBuffer());
-  }
+  if (declared !== undefined && /^\d+$/.test(declared)) return new Uint8Array(await c.req.arrayBuffer());
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = c.req.raw.body?.getReader();
@@ -204,8 +207,11 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
       throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
     }
   };
-  // GitLab's and Azure DevOps' credentials are headers: checked before a body of up to
-  // maxBodyBytes is read, so a caller without one cannot make the receiver read it.
+  // A body declared over the limit is refused first, whoever sends it: it is never read, and its
+  // connection is closed (api/unread-body.ts).
+  refuseDeclaredOverLimit(headers, deps.webhooks.maxBodyBytes);
+  // GitLab's and Azure DevOps' credentials are headers: checked before the body is read, so a caller
+  // without one costs no parsing or buffering (what arrives of the body is read and thrown away).
   const headerOnly = HEADER_ONLY_CREDENTIALS.has(provider);
   if (headerOnly) await verify(new Uint8Array(0));
   const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { Agent, request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import { Agent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { setTimeout } from 'node:timers/promises';
 import { serve } from '@hono/node-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
@@ -405,31 +407,110 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
     }
   });
 
-  it('answers a delivery refused before its body has all arrived with Connection: close, so a keep-alive client does not send the next one down a connection being cut', async () => {
-    const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-      const s = serve({ fetch: h.app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+  describe('a delivery answered before its body has all arrived, behind a real HTTP server', () => {
+    const LIMIT = 16 * 1024 * 1024;
+    const CHUNK = 64 * 1024;
+    let server: ReturnType<typeof serve>;
+    let port: number;
+    beforeAll(async () => {
+      // A size limit above the 8 MB body (the harness's is 1 MiB); a request timeout short enough to see it cut a stalled sender.
+      const app = h.appWith({ webhooks: { ...h.apiDeps.webhooks, maxBodyBytes: LIMIT } });
+      server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+        const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0, serverOptions: { requestTimeout: 2000, connectionsCheckingInterval: 100 } }, () => resolve(s));
+      });
+      ({ port } = server.address() as AddressInfo);
     });
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-    try {
-      const { port } = server.address() as AddressInfo;
-      const post = (d: { path: string; headers: Record<string, string>; body: string | Uint8Array }) =>
-        new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
-          const req = httpRequest({ hostname: '127.0.0.1', port, path: d.path, method: 'POST', headers: d.headers, agent }, (res) => {
-            res.resume();
-            res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
-          });
-          // The server may close before the whole body is written: the answer is what counts.
-          req.on('socket', (socket) => socket.on('error', () => {}));
-          req.on('error', reject);
-          req.end(d.body);
-        });
-      // A wrong header credential is refused before the body is read: the 8 MB are still on their way.
-      const forged = pushTo('gitlab', attached.gitlab, { secret: 'not-the-credential-of-this-connection' });
-      expect(await post({ ...forged, body: `${' '.repeat(8 * 1024 * 1024)}${String(forged.body)}` })).toEqual({ status: 401, connection: 'close' });
-      expect((await post(pushTo('gitlab', attached.gitlab))).status).toBe(202);
-    } finally {
-      agent.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+    afterAll(async () => {
+      await new Promise<void>((resolve) => server?.close(() => resolve()));
+    });
+
+    interface Sent {
+      status: number;
+      headers: IncomingHttpHeaders;
+      body: string;
+      /** Errors of the request or its socket while it was sent and answered. */
+      errors: string[];
+      socket: Socket;
+      reusedSocket: boolean;
     }
+
+    /**
+     * Posts `d` as a provider's sender does: the whole body written (here in 64 KiB chunks, a short
+     * pause after every 1 MiB, as a sender on a slow link), then the answer read. `sendUpTo` stops
+     * writing after that many bytes and waits for an answer as it is.
+     */
+    function post(d: { path: string; headers: Record<string, string>; body: string | Uint8Array }, options: { agent?: Agent; contentLength?: number; sendUpTo?: number } = {}) {
+      const body = Buffer.from(d.body);
+      const errors: string[] = [];
+      return new Promise<Sent>((resolve, reject) => {
+        const headers = { ...d.headers, 'content-length': String(options.contentLength ?? body.length) };
+        const req = httpRequest({ hostname: '127.0.0.1', port, path: d.path, method: 'POST', headers, agent: options.agent ?? false });
+        req.on('error', (error) => errors.push(`request: ${error.message}`));
+        req.on('socket', (socket) => socket.on('error', (error) => errors.push(`socket: ${error.message}`)));
+        req.on('close', () => reject(new Error(`no answer (${errors.join('; ') || 'closed'})`)));
+        req.on('response', (res) => {
+          let text = '';
+          res.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+          res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text, errors, socket: req.socket!, reusedSocket: req.reusedSocket }));
+          res.on('error', reject);
+        });
+        void (async () => {
+          const until = Math.min(body.length, options.sendUpTo ?? body.length);
+          for (let offset = 0; offset < until && !req.destroyed; offset += CHUNK) {
+            if (!req.write(body.subarray(offset, Math.min(offset + CHUNK, until)))) await once(req, 'drain');
+            if ((offset + CHUNK) % (1024 * 1024) === 0) await setTimeout(10);
+          }
+          if (options.sendUpTo === undefined) req.end();
+        })().catch((error: Error) => errors.push(`write: ${error.message}`));
+      });
+    }
+
+    it('reads the rest of a delivery refused from its header credential before answering 401, and keeps the connection for the next one', async () => {
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        // A wrong header credential is refused before the body is read: most of the 8 MB are still on their way.
+        const forged = pushTo('gitlab', attached.gitlab, { secret: 'not-the-credential-of-this-connection' });
+        const refused = await post({ ...forged, body: `${' '.repeat(8 * 1024 * 1024)}${String(forged.body)}` }, { agent });
+        expect(refused.errors).toEqual([]);
+        expect(refused.status).toBe(401);
+        expect(refused.headers['content-type']).toBe('application/problem+json');
+        expect(JSON.parse(refused.body)).toMatchObject({ status: 401 });
+        expect(refused.headers.connection).not.toBe('close');
+        expect(await deliveryRunExists(h, forged)).toBe(false);
+
+        const valid = await post(pushTo('gitlab', attached.gitlab), { agent });
+        expect(valid).toMatchObject({ status: 202, errors: [], reusedSocket: true });
+        expect(valid.socket).toBe(refused.socket);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('answers 413 to a body declared over the limit without reading it, and closes the connection', async () => {
+      // A keep-alive client: the close is the server's decision.
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const push = pushTo('gitlab', attached.gitlab);
+        const tooLarge = await post(push, { agent, contentLength: LIMIT + 1, sendUpTo: CHUNK });
+        expect(tooLarge.status).toBe(413);
+        expect(tooLarge.headers['content-type']).toBe('application/problem+json');
+        expect(tooLarge.headers.connection).toBe('close');
+        if (!tooLarge.socket.closed) await once(tooLarge.socket, 'close');
+        expect(await deliveryRunExists(h, push)).toBe(false);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it("cuts a sender that stalls in the middle of a refused delivery's body at the server's request timeout, while others are answered", async () => {
+      const forged = pushTo('azure-devops', attached['azure-devops'], { secret: 'not-the-credential-of-this-connection' });
+      const stalled = post(forged, { contentLength: 1024 * 1024, sendUpTo: CHUNK });
+      // Meanwhile the server answers others.
+      const other = await post(pushTo('gitlab', attached.gitlab, { secret: 'not-the-credential-of-this-connection' }));
+      expect(other).toMatchObject({ status: 401, errors: [] });
+      const cut = await stalled;
+      expect(cut.status).toBe(408);
+      if (!cut.socket.closed) await once(cut.socket, 'close');
+    });
   });
 });
