@@ -375,6 +375,8 @@ export interface StackPlacement {
   githubApp?: { appId: string; privateKeyPem: string };
   /** What the API and the worker run (default `source`; `npm run bench` passes BENCH_RUN, default `dist`, and builds first). */
   run?: BenchRunMode;
+  /** A bundle of the workflows made already (the test run's): a worker run from source loads it instead of bundling at start. */
+  workflowBundlePath?: string;
 }
 
 export async function startBenchStack(
@@ -427,7 +429,12 @@ export async function startBenchStack(
     stops.push(async () => rmSync(dir, { recursive: true, force: true }));
     const configFile = path.join(dir, 'forgelink.yml');
     writeFileSync(configFile, toYaml(config), { mode: 0o600 });
-    const env = { ...process.env, FORGELINK_CONFIG: configFile, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' };
+    const env = {
+      ...process.env,
+      FORGELINK_CONFIG: configFile,
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
+      ...(placement.workflowBundlePath ? { FORGELINK_WORKFLOW_BUNDLE: placement.workflowBundlePath } : {}),
+    };
 
     const runMode = placement.run ?? 'source';
     // BENCH_BUILD=skip reuses the dist/ an earlier run built (only when the sources have not changed since).

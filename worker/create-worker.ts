@@ -104,11 +104,18 @@ export function workflowSinks(tracing: Tracing = TRACING_OFF): InjectedSinks<Ope
   return { exporter: makeWorkflowExporter(tracing.spanProcessor, tracing.resource) };
 }
 
-/** The compiled worker (dist/) runs the bundle built with it; the TypeScript sources are bundled at start. */
+/**
+ * The compiled worker (dist/) runs the bundle built with it; the TypeScript sources are bundled at
+ * start, unless FORGELINK_WORKFLOW_BUNDLE names a bundle of these sources made already (a test
+ * run's, which bundles once for all its workers: bundling is most of a source worker's start).
+ * Either variant serves (they replay each other's runs); the traced one costs a little CPU per run.
+ */
 async function defaultWorkflowBundle(variant: BundleVariant, logger: Logger): Promise<WorkerOptions['workflowBundle']> {
   const built = BUILT_BUNDLE_PATHS[variant];
   if (existsSync(built)) return { codePath: built };
   if (here.endsWith('.js')) throw new Error(`${built} is missing: build with \`npm run build\``);
+  const prebuilt = process.env.FORGELINK_WORKFLOW_BUNDLE;
+  if (prebuilt) return { codePath: prebuilt };
   return bundleWorkflowsInChildProcess(WORKFLOWS_PATH, logger, variant);
 }
 

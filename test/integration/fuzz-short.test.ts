@@ -14,9 +14,13 @@ const REQUESTS = 1000;
 describe('fuzz (short form)', () => {
   let world: World;
 
+  // The worker loads the run's workflow bundle instead of bundling at start (a fifth of the setup's
+  // CPU). What remains is mostly two processes importing their sources under tsx: 60-115 s measured
+  // at load 18-24 on 2 cores (the API 17-42 s, the worker 39-86 s, side by side), then ~10 s of
+  // organizations set up through the API; the hooks' 120 s was too close.
   beforeAll(async () => {
-    world = await startWorld({ temporalAddress: inject('temporalAddress'), databaseUrl: inject('databaseUrl') }, () => {});
-  });
+    world = await startWorld({ temporalAddress: inject('temporalAddress'), databaseUrl: inject('databaseUrl'), workflowBundlePath: inject('workflowBundlePath') }, () => {});
+  }, 240_000);
   afterAll(async () => {
     await world?.close();
   });
