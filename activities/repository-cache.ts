@@ -7,8 +7,11 @@ import {
   listingPages,
   finishListingInDb,
   recordRefreshOutcome,
+  renewListingLease,
   repositoriesDigest,
+  takeListingLease,
   writeListingPage,
+  LISTING_LEASE_SECONDS,
 } from '../lib/db/repositories/repository-cache.ts';
 import type { ActivityDeps } from './index.ts';
 import { classified } from './errors.ts';
@@ -18,10 +21,13 @@ import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.
 import type { Limiter } from '../lib/limiter.ts';
 
 export interface ListingChunkResult {
+  /** Where the listing stands; once done, its counts only (no page keys: the listing is over). */
   progress: ListingProgress;
   done: boolean;
   /** Repositories marked vanished when the listing completed (0 until then). */
   vanished: number;
+  /** Another refresh holds the connection's listing lease: nothing was listed (only with `leaseHolder`). */
+  alreadyRunning?: boolean;
 }
 
 /** How many listing calls run at once: per connection, and for the whole worker. */
@@ -46,12 +52,35 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
      * the stored page (its repositories and the pages it led to) stands. When nothing is pending,
      * the listing is complete: what no visited page holds is marked vanished.
      */
-    async listRepositoriesChunk({ connectionId, progress, maxPages }: { connectionId: string; progress: ListingProgress; maxPages: number }): Promise<ListingChunkResult> {
+    async listRepositoriesChunk({
+      connectionId,
+      progress,
+      maxPages,
+      leaseHolder,
+    }: {
+      connectionId: string;
+      progress: ListingProgress;
+      maxPages: number;
+      /**
+       * The refresh run listing the connection: the listing takes (or renews) the connection's lease
+       * for it first, and does nothing if another refresh holds it. Absent for the runs of a child
+       * workflow per connection started before the lease, whose workflow id is their exclusion.
+       */
+      leaseHolder?: string;
+    }): Promise<ListingChunkResult> {
       const ctx = Context.current();
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
       const state: ListingProgress = resumed && resumed.pages >= progress.pages ? structuredClone(resumed) : structuredClone(progress);
-      // The page memory is read alongside the connection: one round trip less before the first call.
-      const [row, stored] = await Promise.all([loadConnectionSecrets(db, connectionId), listingPages(db, connectionId)]);
+      // The lease and the page memory are read alongside the connection: no round trip before the first call.
+      const [granted, row, stored] = await Promise.all([
+        leaseHolder === undefined ? true : takeListingLease(db, connectionId, leaseHolder),
+        loadConnectionSecrets(db, connectionId),
+        listingPages(db, connectionId),
+      ]);
+      if (!granted) {
+        logger.info({ connectionId }, 'repository listing skipped: another refresh is listing this connection');
+        return { progress: state, done: false, vanished: 0, alreadyRunning: true };
+      }
       if (!row || row.status !== 'active') {
         throw ApplicationFailure.create({ type: 'ConnectionNotActive', message: `connection ${connectionId} is ${row?.status ?? 'gone'}`, nonRetryable: true });
       }
@@ -71,9 +100,15 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
         known.add(cursor);
         queue.push(cursor);
       };
+      // A listing longer than a third of its lease renews it as it goes (the call waits for no answer).
+      let leaseRenewedAt = Date.now();
       const beat = () => {
         state.pending = [...inFlight, ...queue];
         heartbeatProgress(structuredClone(state));
+        if (leaseHolder !== undefined && Date.now() - leaseRenewedAt > (LISTING_LEASE_SECONDS * 1000) / 3) {
+          leaseRenewedAt = Date.now();
+          renewListingLease(db, connectionId, leaseHolder).catch((error: unknown) => logger.warn({ connectionId, err: error }, 'listing lease not renewed'));
+        }
       };
 
       /**
@@ -163,14 +198,17 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
       state.pending = queue;
       if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
 
-      // Also records the refresh as succeeded.
-      const { vanished } = await finishListingInDb(db, connectionId, state.visitedPageKeys);
+      // Also records the refresh as succeeded, the listing's counts as the connection's last, and gives the lease back.
+      const { visitedPageKeys, pending: _pending, ...counts } = state;
+      const { vanished } = await finishListingInDb(db, connectionId, visitedPageKeys, { holder: leaseHolder, counts });
       logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, rowsWritten: state.rowsWritten, vanished }, 'repository listing finished');
-      return { progress: state, done: true, vanished };
+      // The page keys stay out of the result (and so out of the run's history): no one reads them once the listing is done.
+      return { progress: { ...counts, pending: [], visitedPageKeys: [] }, done: true, vanished };
     },
 
-    async recordRefreshFailure({ connectionId, reason }: { connectionId: string; reason: string }): Promise<void> {
-      await recordRefreshOutcome(db, connectionId, reason);
+    /** Records a failed refresh on the connection and gives `leaseHolder`'s lease back. */
+    async recordRefreshFailure({ connectionId, reason, leaseHolder }: { connectionId: string; reason: string; leaseHolder?: string }): Promise<void> {
+      await recordRefreshOutcome(db, connectionId, reason, leaseHolder);
       logger.warn({ connectionId, reason }, 'repository refresh failed for a connection');
     },
   };

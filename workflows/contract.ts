@@ -283,7 +283,7 @@ export interface RefreshResult {
 
 /**
  * A refresh of every organization reads the connections in batches and continues as new after a
- * few, so neither its history (about 7 events per child) nor a payload grows with the number of
+ * few, so neither its history (a few events per connection) nor a payload grows with the number of
  * connections: 50,000 connections are 100 batches in 25 runs. Results name at most `listed` ids.
  */
 export const REFRESH_BATCH = { connections: 500, perRun: 4, listed: 100 } as const;
@@ -292,7 +292,12 @@ export interface ConnectionRefreshInput {
   connectionId: string;
   /** Carried over continue-as-new so a long listing goes on where it was. */
   progress?: ListingProgress;
+  /** The refresh run holding the connection's listing lease, when that run began the listing itself. */
+  leaseHolder?: string;
 }
+
+/** A listing's failure type when another refresh holds the connection's lease: counted as already running, not as failed. */
+export const LISTING_ALREADY_RUNNING = 'RepositoryListingAlreadyRunning';
 
 /** The page key of a listing's first page, fetched without a cursor. */
 export const FIRST_LISTING_PAGE = 'first';

@@ -16,6 +16,7 @@ import type { Provider } from '../lib/domain.ts';
 import {
   type ConnectionRefreshInput,
   type ConnectionRefreshResult,
+  LISTING_ALREADY_RUNNING,
   type ListingProgress,
   newListingProgress,
   REFRESH_BATCH,
@@ -39,8 +40,8 @@ const { recordRefreshFailure } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
-// One short query: run inside the workflow task, which saves two round trips through the server.
-const { listConnectionsToRefresh } = proxyLocalActivities<Activities>({
+// One short query each: run inside the workflow task, which saves two round trips through the server.
+const { listConnectionsToRefresh, recordRefreshFailure: recordRefreshFailureInTask } = proxyLocalActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
@@ -52,15 +53,22 @@ const { listRepositoriesChunk } = proxyActivities<Activities>({
 
 /** A run of refreshRepositoriesWorkflow started before batching read every connection at once; it finishes that way. */
 const REFRESH_IN_BATCHES = 'refresh-in-batches';
+/**
+ * Runs started before this list each connection in a child workflow of its own (whose id kept two
+ * refreshes from listing one connection at once), and finish that way when replayed; later runs
+ * list the connections themselves, each listing holding the connection's lease in PostgreSQL.
+ */
+const LISTINGS_IN_REFRESH_RUN = 'refresh-listings-in-refresh-run';
 
 /** `organizationSlug` is absent from listings recorded before it was read. */
 type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider };
 
 /**
  * Refreshes the repository cache of one organization (on demand) or of all (the nightly Schedule):
- * a child workflow per active connection, CONCURRENT_CONNECTIONS at a time, the connections read
- * in batches of `batchSize` and the run continued as new after `batchesPerRun` batches, carrying
- * the counts, so 50,000 connections neither overflow a history nor make one large payload.
+ * each active connection listed by an activity of this run, CONCURRENT_CONNECTIONS at a time (a
+ * listing longer than one chunk of pages goes on in a child workflow of its own), the connections
+ * read in batches of `batchSize` and the run continued as new after `batchesPerRun` batches,
+ * carrying the counts, so 50,000 connections neither overflow a history nor make one large payload.
  */
 export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<RefreshResult> {
   const totals: RefreshResult = input.carried ?? { connections: 0, refreshed: 0, failed: [], alreadyRunning: [], failedCount: 0, alreadyRunningCount: 0 };
@@ -68,17 +76,86 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
     await refreshConnections(await listConnectionsToRefresh({ organizationId: input.organizationId }), totals);
     return totals;
   }
+  const refreshBatch = patched(LISTINGS_IN_REFRESH_RUN) ? listConnections : refreshConnections;
   const limit = input.batchSize ?? REFRESH_BATCH.connections;
   let after = input.after;
   for (let batch = 1; ; batch++) {
     const connections = await listConnectionsToRefresh({ organizationId: input.organizationId, after, limit });
-    await refreshConnections(connections, totals);
+    await refreshBatch(connections, totals);
     if (connections.length < limit) return totals;
     after = connections[connections.length - 1]!.id;
     if (batch >= (input.batchesPerRun ?? REFRESH_BATCH.perRun) || workflowInfo().continueAsNewSuggested) {
       return continueAsNew<typeof refreshRepositoriesWorkflow>({ ...input, after, carried: totals });
     }
   }
+}
+
+function countAlreadyRunning(totals: RefreshResult, connectionId: string): void {
+  if (totals.alreadyRunning.length < REFRESH_BATCH.listed) totals.alreadyRunning.push(connectionId);
+  totals.alreadyRunningCount = (totals.alreadyRunningCount ?? 0) + 1;
+}
+
+function countFailed(totals: RefreshResult, connectionId: string, reason: string): void {
+  if (totals.failed.length < REFRESH_BATCH.listed) totals.failed.push({ connectionId, reason });
+  totals.failedCount = (totals.failedCount ?? 0) + 1;
+}
+
+/**
+ * Lists each connection with an activity of this run, CONCURRENT_CONNECTIONS at a time, adding the
+ * outcomes to `totals`. A child run per connection cost two workflow tasks, a run's start and end
+ * in the server and a sandbox in the worker for one activity; the connection's lease (taken by the
+ * listing, given back when it ends) keeps two refreshes from listing it at once instead of the
+ * child's id. A listing longer than one chunk of pages goes on in the child, which carries its
+ * progress from chunk to chunk and continues as new, so this run's history holds no page keys.
+ */
+async function listConnections(connections: Connection[], totals: RefreshResult): Promise<void> {
+  totals.connections += connections.length;
+  const { workflowId, runId } = workflowInfo();
+  const leaseHolder = `${workflowId}/${runId}`;
+  const queue = [...connections];
+  const lane = async () => {
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      const connection = next;
+      try {
+        const first = await listRepositoriesChunk({ connectionId: connection.id, progress: newListingProgress(), maxPages: PAGES_PER_CHUNK, leaseHolder });
+        if (first.alreadyRunning) {
+          countAlreadyRunning(totals, connection.id);
+          continue;
+        }
+        if (!first.done) {
+          await executeChild(refreshConnectionWorkflow, {
+            workflowId: workflowIds.refreshConnection(connection.organizationId, connection.id),
+            args: [{ organizationId: connection.organizationId, connectionId: connection.id, progress: first.progress, leaseHolder }],
+            parentClosePolicy: ParentClosePolicy.TERMINATE,
+            ...runLabels('refresh repositories of', {
+              organization: { id: connection.organizationId, slug: connection.organizationSlug },
+              provider: connection.provider,
+              connectionId: connection.id,
+            }),
+          });
+        }
+        totals.refreshed++;
+      } catch (error) {
+        // A child of a refresh started before the lease still lists this connection (its lease runs out unused).
+        if (error instanceof WorkflowExecutionAlreadyStartedError) {
+          countAlreadyRunning(totals, connection.id);
+          continue;
+        }
+        if (error instanceof ChildWorkflowFailure) {
+          // The child recorded its failure on the connection.
+          if (error.cause instanceof ApplicationFailure && error.cause.type === LISTING_ALREADY_RUNNING) countAlreadyRunning(totals, connection.id);
+          else countFailed(totals, connection.id, failureReason(error.cause ?? error));
+          continue;
+        }
+        // One connection's failure (revoked token, provider down) never stops the others.
+        const reason = failureReason(error);
+        log.warn('repository refresh failed', { connectionId: connection.id, reason });
+        await recordRefreshFailureInTask({ connectionId: connection.id, reason, leaseHolder });
+        countFailed(totals, connection.id, reason);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
 }
 
 /** Runs one child per connection, CONCURRENT_CONNECTIONS at a time, adding the outcomes to `totals`. */
@@ -111,26 +188,34 @@ async function refreshConnections(connections: Connection[], totals: RefreshResu
       } catch (error) {
         if (error instanceof WorkflowExecutionAlreadyStartedError) {
           // Another refresh (nightly or on demand) is listing this connection right now: not a failure.
-          if (totals.alreadyRunning.length < REFRESH_BATCH.listed) totals.alreadyRunning.push(connection.id);
-          totals.alreadyRunningCount = (totals.alreadyRunningCount ?? 0) + 1;
+          countAlreadyRunning(totals, connection.id);
           continue;
         }
         // One connection's failure (revoked token, provider down, a listing already running) never stops the others.
         const reason = error instanceof ChildWorkflowFailure ? failureReason(error.cause ?? error) : failureReason(error);
-        if (totals.failed.length < REFRESH_BATCH.listed) totals.failed.push({ connectionId: connection.id, reason });
-        totals.failedCount = (totals.failedCount ?? 0) + 1;
+        countFailed(totals, connection.id, reason);
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
 }
 
-/** Lists one connection's repositories into the cache, in chunks of pages; the last chunk marks what vanished. */
+/**
+ * Lists one connection's repositories into the cache, in chunks of pages; the last chunk marks what
+ * vanished. Started by a refresh for a listing longer than its first chunk (`progress` and
+ * `leaseHolder` given: the refresh's lease is carried on), or, by runs from before the lease, for
+ * every connection.
+ */
 export async function refreshConnectionWorkflow(input: ConnectionRefreshInput): Promise<ConnectionRefreshResult> {
   let progress: ListingProgress = input.progress ?? newListingProgress();
+  const lease = input.leaseHolder === undefined ? {} : { leaseHolder: input.leaseHolder };
   try {
     for (let chunk = 0; chunk < CHUNKS_PER_RUN; chunk++) {
-      const result = await listRepositoriesChunk({ connectionId: input.connectionId, progress, maxPages: PAGES_PER_CHUNK });
+      const result = await listRepositoriesChunk({ connectionId: input.connectionId, progress, maxPages: PAGES_PER_CHUNK, ...lease });
+      if (result.alreadyRunning) {
+        // The lease ran out (a long wait for a retry) and another refresh took the listing over.
+        throw ApplicationFailure.create({ type: LISTING_ALREADY_RUNNING, message: 'another refresh is listing this connection', nonRetryable: true });
+      }
       progress = result.progress;
       if (result.done) {
         const { visitedPageKeys: _keys, pending: _pending, ...counts } = progress;
@@ -138,9 +223,10 @@ export async function refreshConnectionWorkflow(input: ConnectionRefreshInput): 
       }
     }
   } catch (error) {
+    if (error instanceof ApplicationFailure && error.type === LISTING_ALREADY_RUNNING) throw error;
     const reason = failureReason(error);
     log.warn('repository refresh failed', { connectionId: input.connectionId, reason });
-    await recordRefreshFailure({ connectionId: input.connectionId, reason });
+    await recordRefreshFailure({ connectionId: input.connectionId, reason, ...lease });
     throw ApplicationFailure.create({ type: 'RepositoryRefreshFailed', message: reason, nonRetryable: true });
   }
   return continueAsNew<typeof refreshConnectionWorkflow>({ ...input, progress });

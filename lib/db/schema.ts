@@ -65,6 +65,26 @@ export interface RepositoryListingPagesTable {
   content_hash: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
+/** A connection's listing: the lease of the refresh listing it now, and its last complete listing's counts. */
+export interface RepositoryListingsTable {
+  connection_id: string;
+  holder: string | null;
+  held_until: Date | null;
+  last_listing: ColumnType<ListingCounts | null, string | null, string | null>;
+  listed_at: Date | null;
+  created_at: Generated<Date>;
+}
+
+/** What a complete listing of a connection did (the counts of workflows/contract.ts' ConnectionRefreshResult). */
+export interface ListingCounts {
+  pages: number;
+  apiCalls: number;
+  rowsWritten: number;
+  notModifiedPages: number;
+  unchangedPages?: number;
+  vanished: number;
+}
+
 export interface RepositoriesTable {
   id: Generated<string>;
   organization_id: string;
@@ -219,6 +239,7 @@ export interface Database {
   github_install_states: GithubInstallStatesTable;
   connections: ConnectionsTable;
   repository_listing_pages: RepositoryListingPagesTable;
+  repository_listings: RepositoryListingsTable;
   repositories: RepositoriesTable;
   attachments: AttachmentsTable;
   hooks: HooksTable;

@@ -132,7 +132,7 @@ describe('the worker process writes one JSON log stream without secrets', () => 
     // The SDK's own messages (worker life cycle).
     expect(parsed).toContainEqual(expect.objectContaining({ sdkComponent: 'worker', msg: expect.stringMatching(/state/i) }));
     // A workflow's log.warn, with its run.
-    expect(parsed).toContainEqual(expect.objectContaining({ sdkComponent: 'workflow', msg: 'repository refresh failed', workflowType: 'refreshConnectionWorkflow', workflowId: expect.any(String), runId: expect.any(String) }));
+    expect(parsed).toContainEqual(expect.objectContaining({ sdkComponent: 'workflow', msg: 'repository refresh failed', workflowType: 'refreshRepositoriesWorkflow', workflowId: expect.any(String), runId: expect.any(String) }));
     // Activity lines of our own logger carry the run, the activity and the attempt.
     const rejected = parsed.find((l) => l.msg === 'subscriber rejected the event');
     expect(rejected).toMatchObject({ workflowId: expect.stringMatching(/^event:/), runId: expect.any(String), activityType: expect.any(String), attempt: expect.any(Number) });

@@ -1,10 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import { seal } from '../../lib/crypto.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { renameCachedRepository } from '../../lib/db/repositories/events.ts';
-import { markRepositoriesVanished } from '../../lib/db/repositories/repository-cache.ts';
+import { lastListing, markRepositoriesVanished } from '../../lib/db/repositories/repository-cache.ts';
 import { ensureRefreshSchedule } from '../../worker/schedule.ts';
 import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeBitbucket } from '../fakes/bitbucket.ts';
@@ -49,8 +50,12 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(res.status).toBe(202);
     return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
   }
-  /** The last listing of a connection, as its workflow reported it. */
-  const listingOf = (organizationId: string, connectionId: string) => resultOf<ConnectionRefreshResult>(h, workflowIds.refreshConnection(organizationId, connectionId));
+  /** The last complete listing of a connection, as it recorded itself on the connection. */
+  const listingOf = async (_organizationId: string, connectionId: string): Promise<ConnectionRefreshResult> => {
+    const listing = await lastListing(h.db, connectionId);
+    if (!listing) throw new Error(`connection ${connectionId} has no complete listing`);
+    return { connectionId, ...listing };
+  };
   async function picker(org: { slug: string; token: string }, query = ''): Promise<PickerItem[]> {
     const items: PickerItem[] = [];
     let cursor: string | undefined;
@@ -96,7 +101,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
       runId = events!.at(-1)!.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
     }
     expect(runs).toHaveLength(3);
-    await recordHistory(h.client, workflowId, 'refresh-organization-last-batch');
+    await recordHistory(h.client, workflowId, 'refresh-organization-listings-in-run-last-batch');
   });
 
   it('fails a connection whose credential is sealed under a key no longer configured at once, with the reason, not retry after retry', async () => {
@@ -107,10 +112,13 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
 
     const result = await refresh(org);
     expect(result.failed).toEqual([{ connectionId, reason: expect.stringContaining('unknown encryption key id "retired"') }]);
-    const { events } = await h.client.workflow.getHandle(workflowIds.refreshConnection(org.id, connectionId)).fetchHistory();
+    const { events } = await h.client.workflow.getHandle(workflowIds.refreshOrganization(org.id)).fetchHistory();
     const attempts = events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
-    // The listing failed on its first attempt (then recordRefreshFailure ran once): no retries.
-    expect(attempts).toEqual([1, 1]);
+    // The listing failed on its first attempt (then recordRefreshFailure ran in the workflow task): no retries.
+    expect(attempts).toEqual([1]);
+    expect(await h.db.selectFrom('connections').select('refresh_error').where('id', '=', connectionId).executeTakeFirstOrThrow()).toEqual({
+      refresh_error: expect.stringContaining('unknown encryption key id "retired"'),
+    });
     const failures = events!.filter((e) => e.activityTaskFailedEventAttributes).map((e) => e.activityTaskFailedEventAttributes!.failure!);
     expect(failures.map((f) => f.applicationFailureInfo)).toEqual([expect.objectContaining({ type: 'SecretUnreadable', nonRetryable: true })]);
   });
@@ -253,9 +261,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const forgedRes = await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=${forged}`, { token: org.token });
     expect(forgedRes.status).toBe(400);
     expect(forgedRes.headers.get('content-type')).toMatch(/application\/problem\+json/);
-    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-one-failing');
-    await recordHistory(h.client, workflowIds.refreshConnection(org.id, azureId), 'refresh-connection-azure-devops');
-    await recordHistory(h.client, workflowIds.refreshConnection(org.id, brokenId), 'refresh-connection-failed');
+    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listings-in-run-one-failing');
   });
 
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
@@ -283,6 +289,73 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(firstPageRequests).toHaveLength(1);
     // The first page, the split (highest id), three id ranges, and the open-ended range's empty end.
     expect((await listingOf(org.id, connectionId)).pages).toBe(6);
+  });
+
+  it("two refreshes never list one connection at once: the second reports it already running; a stopped refresh's lease runs out", async () => {
+    const gitlab = await startFakeGitlab();
+    const proxy = await startFlakyProxy(gitlab.url);
+    closers.push(() => proxy.close(), () => gitlab.close());
+    const org = await newOrg();
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    gitlab.addProject({ pathWithNamespace: 'group/held' });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+
+    // The on-demand refresh's first listing call is held at the proxy: its listing holds the lease.
+    let releaseListing!: (how: 'answer') => void;
+    const released = new Promise<'answer'>((resolve) => (releaseListing = resolve));
+    let onHeld!: () => void;
+    const held = new Promise<void>((resolve) => (onHeld = resolve));
+    let holding = true;
+    proxy.fault = (request) => {
+      if (!holding || !request.url.includes('/projects?')) return undefined;
+      holding = false;
+      return { kind: 'hold', onHeld, release: released };
+    };
+    const started = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
+    expect(started.status).toBe(202);
+    const { workflowId: firstId } = (await started.json()) as { workflowId: string };
+    await held;
+
+    // Another refresh of the organization (as the nightly run would be) meets the lease and lists nothing.
+    const second = await h.client.workflow.execute('refreshRepositoriesWorkflow', { taskQueue: h.taskQueue, workflowId: `refresh-second-${randomUUID()}`, args: [{ organizationId: org.id }] });
+    expect(second).toEqual({ connections: 1, refreshed: 0, failed: [], alreadyRunning: [connectionId], failedCount: 0, alreadyRunningCount: 1 });
+    expect(proxy.requests.filter((r) => r.url.includes('/projects?'))).toHaveLength(1);
+
+    releaseListing('answer');
+    expect(await resultOf<RefreshResult>(h, firstId)).toMatchObject({ connections: 1, refreshed: 1, alreadyRunningCount: 0 });
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ rowsWritten: 1, vanished: 0 });
+    // Given back when the listing ended.
+    expect(await h.db.selectFrom('repository_listings').select(['holder', 'held_until']).where('connection_id', '=', connectionId).executeTakeFirstOrThrow()).toEqual({ holder: null, held_until: null });
+
+    // A refresh stopped mid-listing (terminated) leaves its lease: it holds until it runs out.
+    await h.db.updateTable('repository_listings').set({ holder: 'refresh:terminated/run', held_until: sql<Date>`now() + interval '1 minute'` }).where('connection_id', '=', connectionId).execute();
+    expect(await refresh(org)).toMatchObject({ refreshed: 0, alreadyRunning: [connectionId] });
+    await h.db.updateTable('repository_listings').set({ held_until: sql<Date>`now() - interval '1 second'` }).where('connection_id', '=', connectionId).execute();
+    expect(await refresh(org)).toMatchObject({ refreshed: 1, alreadyRunningCount: 0 });
+  });
+
+  it("a listing longer than one chunk of pages goes on in a child run of its own, under the refresh's lease", async () => {
+    const bitbucket = await startFakeBitbucket({ maxPageSize: 1 });
+    closers.push(() => bitbucket.close());
+    const org = await newOrg();
+    const token = `bb-${randomUUID()}`;
+    bitbucket.addToken({ token, username: 'lister' });
+    bitbucket.addProject({ key: 'LONG', name: 'Long' });
+    // One repository a page: 60 pages, more than the 50 of the refresh's own chunk.
+    for (let i = 0; i < 60; i++) bitbucket.addRepository({ projectKey: 'LONG', slug: `r-${String(i).padStart(2, '0')}` });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'bitbucket', baseUrl: bitbucket.url, secret: token });
+
+    expect(await refresh(org)).toEqual({ connections: 1, refreshed: 1, failed: [], alreadyRunning: [], failedCount: 0, alreadyRunningCount: 0 });
+    expect(await listingOf(org.id, connectionId)).toMatchObject({ pages: 60, rowsWritten: 60, vanished: 0 });
+    // The child took the listing over from the refresh's first chunk: its counts include that chunk's.
+    expect(await resultOf<ConnectionRefreshResult>(h, workflowIds.refreshConnection(org.id, connectionId))).toMatchObject({ connectionId, pages: 60, rowsWritten: 60 });
+    expect(bitbucket.server.calls.filter((c) => c.operation === 'listRepos')).toHaveLength(60);
+    expect(await picker(org)).toHaveLength(60);
+    // The child listed under the refresh's lease and gave it back at the end.
+    expect(await h.db.selectFrom('repository_listings').select('holder').where('connection_id', '=', connectionId).executeTakeFirstOrThrow()).toEqual({ holder: null });
+    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listing-continued-in-child');
+    await recordHistory(h.client, workflowIds.refreshConnection(org.id, connectionId), 'refresh-connection-continued-from-refresh');
   });
 
   it('keeps exactly one Schedule with the configured spec across worker restarts', async () => {

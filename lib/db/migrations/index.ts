@@ -17,6 +17,7 @@ import * as deliveriesPerConnection from './2026-12-06T1215-deliveries-per-conne
 import * as intakeRetryState from './2026-12-06T1400-intake-retry-state.ts';
 import * as eventDispatches from './2026-12-06T1440-event-dispatches.ts';
 import * as intakeWakeupInProcess from './2026-12-06T2000-intake-wakeup-in-process.ts';
+import * as repositoryListings from './2026-12-06T2030-repository-listings.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -41,4 +42,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1400-intake-retry-state': intakeRetryState,
   '2026-12-06T1440-event-dispatches': eventDispatches,
   '2026-12-06T2000-intake-wakeup-in-process': intakeWakeupInProcess,
+  '2026-12-06T2030-repository-listings': repositoryListings,
 };

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Provider } from '../../domain.ts';
-import type { Database } from '../schema.ts';
+import type { Database, ListingCounts } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -95,11 +95,17 @@ export async function writeListingPage(
  * Ends a complete listing in the database: forgets the pages this listing did not visit, makes the
  * repositories the remaining pages hold visible (unflagging their attachments), then marks the
  * connection's repositories that no remaining page holds as vanished, flags their attachments (an
- * attached repository is never dropped silently), and records the refresh as succeeded. Returns how
- * many vanished. One statement (atomic, as a transaction of its steps was): the last step of every
- * listing costs one round trip instead of seven, and the ids never travel to the worker.
+ * attached repository is never dropped silently), records the refresh as succeeded and the
+ * listing's counts as the connection's last listing, and gives its lease back (`holder`). Returns
+ * how many vanished. One statement (atomic, as a transaction of its steps was): the last step of
+ * every listing costs one round trip, and the ids never travel to the worker.
  */
-export async function finishListingInDb(db: Executor, connectionId: string, visitedPageKeys: string[]): Promise<{ vanished: number }> {
+export async function finishListingInDb(
+  db: Executor,
+  connectionId: string,
+  visitedPageKeys: string[],
+  listing: { holder?: string; counts?: Omit<ListingCounts, 'vanished'> } = {},
+): Promise<{ vanished: number }> {
   // Every part reads the snapshot the statement started with: the pages that remain are the visited ones.
   const result = await sql<{ vanished: number }>`
     with forgotten as (
@@ -125,10 +131,61 @@ export async function finishListingInDb(db: Executor, connectionId: string, visi
       update attachments set repository_vanished = true, updated_at = now() where repository_id in (select id from gone)
     ), succeeded as (
       update connections set refreshed_at = now(), refresh_error = null where id = ${connectionId}
+    ), listed as (
+      insert into repository_listings (connection_id, last_listing, listed_at)
+      values (${connectionId}, ${JSON.stringify(listing.counts ?? {})}::jsonb || jsonb_build_object('vanished', (select count(*) from gone)), now())
+      on conflict (connection_id) do update set
+        last_listing = excluded.last_listing, listed_at = excluded.listed_at,
+        holder = ${releasedHolder(listing.holder)}, held_until = ${releasedUntil(listing.holder)}
     )
     select count(*)::int as vanished from gone
   `.execute(db);
   return { vanished: result.rows[0]?.vanished ?? 0 };
+}
+
+/**
+ * How long a listing's lease holds unless renewed: longer than the listing activity's retry backoff
+ * (at most 2 minutes) and its heartbeat timeout, so a retried listing keeps it; a refresh that was
+ * terminated mid-listing holds the connection for at most this long.
+ */
+export const LISTING_LEASE_SECONDS = 300;
+
+/**
+ * Takes (or renews) the lease on listing a connection for `holder`: granted when no one holds it,
+ * `holder` already does, or the holder's lease ran out. False when another refresh is listing it.
+ */
+export async function takeListingLease(db: Executor, connectionId: string, holder: string): Promise<boolean> {
+  const result = await sql<{ granted: number }>`
+    insert into repository_listings as l (connection_id, holder, held_until)
+    values (${connectionId}, ${holder}, now() + make_interval(secs => ${LISTING_LEASE_SECONDS}))
+    on conflict (connection_id) do update set holder = excluded.holder, held_until = excluded.held_until
+    where l.holder is null or l.holder = excluded.holder or l.held_until < now()
+    returning 1 as granted
+  `.execute(db);
+  return result.rows.length > 0;
+}
+
+/** Extends `holder`'s lease (a listing longer than the lease). False if the lease is no longer its own. */
+export async function renewListingLease(db: Executor, connectionId: string, holder: string): Promise<boolean> {
+  const result = await db
+    .updateTable('repository_listings')
+    .set({ held_until: sql<Date>`now() + make_interval(secs => ${LISTING_LEASE_SECONDS})` })
+    .where('connection_id', '=', connectionId)
+    .where('holder', '=', holder)
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
+}
+
+/** Set-clauses that give `holder`'s lease back and leave anyone else's as it is (a lease taken over after it ran out). */
+const releasedHolder = (holder: string | undefined) =>
+  holder === undefined ? sql`repository_listings.holder` : sql`case when repository_listings.holder = ${holder} then null else repository_listings.holder end`;
+const releasedUntil = (holder: string | undefined) =>
+  holder === undefined ? sql`repository_listings.held_until` : sql`case when repository_listings.holder = ${holder} then null else repository_listings.held_until end`;
+
+/** The counts of the connection's last complete listing, if it had one. */
+export async function lastListing(db: Executor, connectionId: string): Promise<ListingCounts | undefined> {
+  const row = await db.selectFrom('repository_listings').select('last_listing').where('connection_id', '=', connectionId).executeTakeFirst();
+  return row?.last_listing ?? undefined;
 }
 
 /** The cache row of a connection's repository, if there is one. */
@@ -154,10 +211,12 @@ export async function markRepositoriesVanished(db: Executor, connectionId: strin
   return rows.length;
 }
 
-/** What one page of a connection's last listing held, and where it led. */
+/**
+ * Where one page of a connection's last listing led, and what it held (as a digest: the page's
+ * repository ids stay in the database, where only the listing's end reads them).
+ */
 export interface StoredListingPage {
   etag: string | null;
-  externalIds: string[];
   nextCursor: string | null;
   fanOut: string[];
   /** Digest of the repositories the page held (see repositoriesDigest). */
@@ -169,20 +228,28 @@ export function repositoriesDigest(repositories: CachedRepository[]): string {
   return createHash('sha256').update(JSON.stringify(repositories)).digest('base64url');
 }
 
-/** Every page the connection's last listing stored, by page key: one query per listing, not per page. */
+/**
+ * Every page the connection's last listing stored, by page key: one query per listing, not per page.
+ * Without the pages' repository ids, which the worker never uses: an unchanged listing of 10,000
+ * repositories read and parsed every one of them before its first call.
+ */
 export async function listingPages(db: Executor, connectionId: string): Promise<Map<string, StoredListingPage>> {
   const rows = await db
     .selectFrom('repository_listing_pages')
-    .select(['page_key', 'etag', 'external_ids', 'next_cursor', 'fan_out', 'content_hash'])
+    .select(['page_key', 'etag', 'next_cursor', 'fan_out', 'content_hash'])
     .where('connection_id', '=', connectionId)
     .execute();
-  return new Map(
-    rows.map((r) => [r.page_key, { etag: r.etag, externalIds: r.external_ids, nextCursor: r.next_cursor, fanOut: r.fan_out, contentHash: r.content_hash }]),
-  );
+  return new Map(rows.map((r) => [r.page_key, { etag: r.etag, nextCursor: r.next_cursor, fanOut: r.fan_out, contentHash: r.content_hash }]));
 }
 
-export async function recordRefreshOutcome(db: Executor, connectionId: string, error: string | null): Promise<void> {
-  await db.updateTable('connections').set({ refreshed_at: sql<Date>`now()`, refresh_error: error }).where('id', '=', connectionId).execute();
+/** Records a failed refresh of the connection and gives `holder`'s lease back, in one statement. */
+export async function recordRefreshOutcome(db: Executor, connectionId: string, error: string | null, holder?: string): Promise<void> {
+  await sql`
+    with released as (
+      update repository_listings set holder = null, held_until = null where connection_id = ${connectionId} and holder = ${holder ?? null}
+    )
+    update connections set refreshed_at = now(), refresh_error = ${error} where id = ${connectionId}
+  `.execute(db);
 }
 
 /** Active connections in id order: all of them, or (with `limit`) one page after the id `after`. */
