@@ -77,12 +77,13 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
         loadConnectionSecrets(db, connectionId),
         listingPages(db, connectionId),
       ]);
+      // A connection gone or no longer active fails its listing (the refresh records it and gives a lease taken here back).
+      if (!row || row.status !== 'active') {
+        throw ApplicationFailure.create({ type: 'ConnectionNotActive', message: `connection ${connectionId} is ${row?.status ?? 'gone'}`, nonRetryable: true });
+      }
       if (!granted) {
         logger.info({ connectionId }, 'repository listing skipped: another refresh is listing this connection');
         return { progress: state, done: false, vanished: 0, alreadyRunning: true };
-      }
-      if (!row || row.status !== 'active') {
-        throw ApplicationFailure.create({ type: 'ConnectionNotActive', message: `connection ${connectionId} is ${row?.status ?? 'gone'}`, nonRetryable: true });
       }
       const adapter = providers({
         connectionId,

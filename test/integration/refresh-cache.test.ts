@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConnectionRefreshResult, RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { renameCachedRepository } from '../../lib/db/repositories/events.ts';
-import { lastListing, markRepositoriesVanished } from '../../lib/db/repositories/repository-cache.ts';
+import { lastListing, markRepositoriesVanished, takeListingLease } from '../../lib/db/repositories/repository-cache.ts';
 import { ensureRefreshSchedule } from '../../worker/schedule.ts';
 import { startFakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeBitbucket } from '../fakes/bitbucket.ts';
@@ -333,6 +333,10 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(await refresh(org)).toMatchObject({ refreshed: 0, alreadyRunning: [connectionId] });
     await h.db.updateTable('repository_listings').set({ held_until: sql<Date>`now() - interval '1 second'` }).where('connection_id', '=', connectionId).execute();
     expect(await refresh(org)).toMatchObject({ refreshed: 1, alreadyRunningCount: 0 });
+
+    // A connection removed after the refresh read it: no lease (and no foreign-key error, retried as a
+    // database failure); its listing fails as not active.
+    expect(await takeListingLease(h.db, randomUUID(), 'refresh:any/run')).toBe(false);
   });
 
   it("a listing longer than one chunk of pages goes on in a child run of its own, under the refresh's lease", async () => {

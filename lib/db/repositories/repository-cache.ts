@@ -152,12 +152,13 @@ export const LISTING_LEASE_SECONDS = 300;
 
 /**
  * Takes (or renews) the lease on listing a connection for `holder`: granted when no one holds it,
- * `holder` already does, or the holder's lease ran out. False when another refresh is listing it.
+ * `holder` already does, or the holder's lease ran out. False when another refresh is listing it
+ * (or the connection is gone: its listing fails on that).
  */
 export async function takeListingLease(db: Executor, connectionId: string, holder: string): Promise<boolean> {
   const result = await sql<{ granted: number }>`
     insert into repository_listings as l (connection_id, holder, held_until)
-    values (${connectionId}, ${holder}, now() + make_interval(secs => ${LISTING_LEASE_SECONDS}))
+    select c.id, ${holder}, now() + make_interval(secs => ${LISTING_LEASE_SECONDS}) from connections c where c.id = ${connectionId}
     on conflict (connection_id) do update set holder = excluded.holder, held_until = excluded.held_until
     where l.holder is null or l.holder = excluded.holder or l.held_until < now()
     returning 1 as granted
