@@ -510,7 +510,7 @@ async function measureObservabilityOverhead(
     await activate('on', options.warmup);
     await activate('off', options.warmup);
     const blockSize = Math.ceil(options.deliveries / (OVERHEAD_ORDER.length / 2));
-    const blocks: { metrics: 'on' | 'off'; count: number; loadMs: number; drainMs: number; acceptancePerSecond: number; endToEndPerSecond: number; cpuSeconds: { api: number; worker: number }; loadAverage: number }[] = [];
+    const blocks: { metrics: 'on' | 'off'; count: number; loadMs: number; drainMs: number; acceptancePerSecond: number; endToEndPerSecond: number; cpuSeconds: { api: number; worker: number }; threadCpuSeconds: { api: ThreadCpuSeconds; worker: ThreadCpuSeconds }; loadAverage: number }[] = [];
     for (const [i, kind] of OVERHEAD_ORDER.entries()) {
       // A pair just resumed reconnects and refills its caches: not measured.
       if (kind !== active) await activate(kind, options.concurrency);
@@ -518,10 +518,12 @@ async function measureObservabilityOverhead(
       const variant = variants[kind];
       const timer = kind === 'on' ? setInterval(() => void scrape().catch(() => {}), SCRAPE_INTERVAL_MS) : undefined;
       const cpuBefore = variant.cpuSeconds();
+      const threadsBefore = { api: threadCpuSeconds(variant.pids.api), worker: threadCpuSeconds(variant.pids.worker) };
       const result = await run.ingest(run.prepare(blockSize), variant.apiUrl);
       const drainMs = await run.drain(`metrics ${kind}`);
       clearInterval(timer);
       const cpuAfter = variant.cpuSeconds();
+      const threadsAfter = { api: threadCpuSeconds(variant.pids.api), worker: threadCpuSeconds(variant.pids.worker) };
       const count = result.outcomes.filter((status) => status === 202).length;
       if (count !== blockSize) throw new Error(`observability overhead: ${blockSize - count} deliveries of block ${i + 1} not accepted`);
       blocks.push({
@@ -532,6 +534,7 @@ async function measureObservabilityOverhead(
         acceptancePerSecond: round1((count / result.durationMs) * 1000),
         endToEndPerSecond: round1((count / (result.durationMs + drainMs)) * 1000),
         cpuSeconds: { api: round2(cpuAfter.api - cpuBefore.api), worker: round2(cpuAfter.worker - cpuBefore.worker) },
+        threadCpuSeconds: { api: threadDelta(threadsBefore.api, threadsAfter.api), worker: threadDelta(threadsBefore.worker, threadsAfter.worker) },
         loadAverage: round2(os.loadavg()[0]!),
       });
     }
@@ -541,6 +544,9 @@ async function measureObservabilityOverhead(
       const loadMs = of.reduce((a, b) => a + b.loadMs, 0);
       const endMs = of.reduce((a, b) => a + b.loadMs + b.drainMs, 0);
       const cpu = of.reduce((a, b) => a + b.cpuSeconds.api + b.cpuSeconds.worker, 0);
+      const perThousandOf = (seconds: number) => round1((seconds / count) * 1000);
+      const threadsPerThousand = (process: 'api' | 'worker') =>
+        Object.fromEntries(THREAD_KINDS.map((k) => [k, perThousandOf(of.reduce((a, b) => a + b.threadCpuSeconds[process][k], 0))])) as ThreadCpuSeconds;
       return {
         count,
         acceptancePerSecond: round1((count / loadMs) * 1000),
@@ -548,6 +554,9 @@ async function measureObservabilityOverhead(
         endToEndPerSecondRange: [Math.min(...of.map((b) => b.endToEndPerSecond)), Math.max(...of.map((b) => b.endToEndPerSecond))],
         // API and worker together, per 1,000 deliveries (each one event, dispatched once).
         cpuSecondsPerThousand: round1((cpu / count) * 1000),
+        // Each process's share, and by thread: main (JavaScript), workflows (the worker's workflow threads), sdkCore (the Temporal SDK's Rust core), helpers (libuv's pool, V8's GC and compiler threads).
+        cpuSecondsPerThousandByProcess: { api: perThousandOf(of.reduce((a, b) => a + b.cpuSeconds.api, 0)), worker: perThousandOf(of.reduce((a, b) => a + b.cpuSeconds.worker, 0)) },
+        threadCpuSecondsPerThousand: { api: threadsPerThousand('api'), worker: threadsPerThousand('worker') },
         peakRssMiB: variants[kind].peakRssMiB(),
       };
     };
@@ -570,6 +579,10 @@ async function measureObservabilityOverhead(
       endToEndRatio,
       acceptanceRatio: ratio(on.acceptancePerSecond, off.acceptancePerSecond),
       cpuPerDeliveryRatio: ratio(on.cpuSecondsPerThousand, off.cpuSecondsPerThousand),
+      cpuPerDeliveryRatioByProcess: {
+        api: ratio(on.cpuSecondsPerThousandByProcess.api, off.cpuSecondsPerThousandByProcess.api),
+        worker: ratio(on.cpuSecondsPerThousandByProcess.worker, off.cpuSecondsPerThousandByProcess.worker),
+      },
       throughputLossPercent,
       pairEndToEndRatios: pairRatios,
       pairEndToEndRatioSpread: [Math.min(...pairRatios), Math.max(...pairRatios)],
@@ -587,6 +600,11 @@ async function measureObservabilityOverhead(
     stack.setWorkerPaused(false);
   }
 }
+
+type ThreadCpuSeconds = ReturnType<typeof threadCpuSeconds>;
+const THREAD_KINDS = ['main', 'workflows', 'sdkCore', 'helpers'] as const satisfies readonly (keyof ThreadCpuSeconds)[];
+/** By kind of thread, from the threads alive at each reading (one that ends between them takes its CPU out of its kind; the process totals keep it). */
+const threadDelta = (before: ThreadCpuSeconds, after: ThreadCpuSeconds) => Object.fromEntries(THREAD_KINDS.map((k) => [k, round2(after[k] - before[k])])) as ThreadCpuSeconds;
 
 const round1 = (v: number) => Math.round(v * 10) / 10;
 const round2 = (v: number) => Math.round(v * 100) / 100;

@@ -100,6 +100,8 @@ export interface StackVariant {
   peakRssMiB(): { api: number; worker: number };
   /** CPU time (user + system) each of its processes has used so far, in seconds. */
   cpuSeconds(): { api: number; worker: number };
+  /** Its processes' ids (for a per-thread look at their CPU). */
+  pids: { api: number | undefined; worker: number | undefined };
 }
 
 export interface CpuSeconds {
@@ -471,6 +473,7 @@ export async function startBenchStack(
         services: () => ({ api: variantApi.state(), worker: variantWorker.state() }),
         peakRssMiB: () => ({ api: peakRssMiB(variantApi.child.pid), worker: peakRssMiB(variantWorker.child.pid) }),
         cpuSeconds: () => ({ api: cpuSecondsOf(variantApi.child.pid), worker: cpuSecondsOf(variantWorker.child.pid) }),
+        pids: { api: variantApi.child.pid, worker: variantWorker.child.pid },
       };
     };
 
