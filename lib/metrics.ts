@@ -11,6 +11,20 @@ import type { Logger } from './logger.ts';
  * in `npm start`).
  */
 
+/**
+ * How often the event-loop delay monitor of Node's process metrics wakes up, in ms. prom-client's
+ * default, 10 ms, wakes an idle process 100 times a second: 8-10 ms of CPU a second on the shared
+ * benchmark machine against 0.4 without it (README "Metrics overhead"), paid by every process
+ * between its requests and tasks; at 100 ms, under 2. The `nodejs_eventloop_lag_{min,…,max}_seconds`
+ * read the time between wake-ups, so an idle process now reads about 0.1 s; lag is the excess over it.
+ */
+export const EVENT_LOOP_MONITORING_PRECISION_MS = 100;
+
+/** Node's process metrics (`process_*`, `nodejs_*`) in `registry`. */
+function collectProcessMetrics(registry: Registry): void {
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_PRECISION_MS });
+}
+
 /** Latency buckets (seconds) for answers that should take milliseconds: a webhook acknowledgement, an API request. */
 const FAST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 /** Buckets for calls to the outside world (subscribers answer within 10 s or fail). */
@@ -40,7 +54,7 @@ export interface IntakeBacklog {
 
 export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklog>; processMetrics?: boolean; logger?: Logger } = {}): ApiMetrics {
   const registry = new Registry();
-  if (options.processMetrics) collectDefaultMetrics({ register: registry });
+  if (options.processMetrics) collectProcessMetrics(registry);
   const requests = new Counter({
     name: 'forgelink_http_requests_total',
     help: 'API requests by method, matched route template and status',
@@ -160,7 +174,7 @@ export interface WorkerMetrics {
 
 export function createWorkerMetrics(options: { processMetrics?: boolean } = {}): WorkerMetrics {
   const registry = new Registry();
-  if (options.processMetrics) collectDefaultMetrics({ register: registry });
+  if (options.processMetrics) collectProcessMetrics(registry);
   const hookOperations = new Counter({
     name: 'forgelink_hook_operations_total',
     help: 'Hook operations at the providers: ensure (created, adopted, failed), delete (deleted, gone, failed), health_check (healthy, repaired, failing, failed)',
