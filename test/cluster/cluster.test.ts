@@ -7,7 +7,6 @@ import { promisify } from 'node:util';
 import { Client, WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { stringify as toYaml } from 'yaml';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
@@ -21,7 +20,7 @@ import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts
 import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
 import { manualHold, startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
 import { testPostgres, type TestPostgres } from '../support/postgres.ts';
-import { ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
+import { killRemaining, ROOT, startProcess, writeProcessConfig, type StartedProcess } from '../support/processes.ts';
 import { findClusterBinaries, startTemporalCluster, TEMPORAL_SERVER_MODULES, until, type TemporalCluster } from '../support/temporal-cluster.ts';
 
 /**
@@ -258,31 +257,24 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
       azureProxy = await startFlakyProxy(azure.url);
       subscriberProxy = await startFlakyProxy(subscriber.url);
 
-      const port = await freeLoopbackPort();
-      apiUrl = `http://127.0.0.1:${port}`;
-      const configFile = path.join(dir, 'forgelink.yml');
-      writeFileSync(
-        configFile,
-        toYaml({
-          publicUrl: apiUrl,
-          api: { host: '127.0.0.1', port },
-          database: { url: databaseUrl },
-          temporal: { address: cluster.address, namespace: cluster.namespace, taskQueue: `cluster-${randomUUID()}`, tls: cluster.tls },
-          auth: { adminToken },
-          encryption: { key: randomBytes(32).toString('base64'), keyId: 'cluster' },
-          gitProviders: {
-            github: { enabled: true, appId: github.appId, privateKey: github.privateKeyPem, webhookSecret: githubWebhookSecret, baseUrl: github.url },
-            gitlab: { enabled: true },
-            bitbucket: { enabled: true },
-            azureDevOps: { enabled: true },
-          },
-          security: { allowHttpHosts: ['127.0.0.1'], allowPrivateNetworks: ['127.0.0.1'] },
-          // A SIGTERM at the end need not wait for load balancers.
-          shutdown: { drainDelaySeconds: 0, workerGraceSeconds: 5, workerForceSeconds: 10 },
-        }),
-        { mode: 0o600 },
-      );
-      env = { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile, NODE_ENV: 'production' };
+      const written = writeProcessConfig(path.join(dir, 'forgelink.yml'), {
+        port: await freeLoopbackPort(),
+        database: { url: databaseUrl },
+        temporal: { address: cluster.address, namespace: cluster.namespace, taskQueue: `cluster-${randomUUID()}`, tls: cluster.tls },
+        auth: { adminToken },
+        encryption: { key: randomBytes(32).toString('base64'), keyId: 'cluster' },
+        gitProviders: {
+          github: { enabled: true, appId: github.appId, privateKey: github.privateKeyPem, webhookSecret: githubWebhookSecret, baseUrl: github.url },
+          gitlab: { enabled: true },
+          bitbucket: { enabled: true },
+          azureDevOps: { enabled: true },
+        },
+        security: { allowHttpHosts: ['127.0.0.1'], allowPrivateNetworks: ['127.0.0.1'] },
+        // A SIGTERM at the end need not wait for load balancers.
+        shutdown: { drainDelaySeconds: 0, workerGraceSeconds: 5, workerForceSeconds: 10 },
+      });
+      apiUrl = written.apiUrl;
+      env = { ...written.env, NODE_ENV: 'production' };
       await building;
       workers.push(...(await Promise.all([startWorker(), startWorker()])));
       api = await startApi();
@@ -294,8 +286,7 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
   }, 900_000);
 
   afterAll(async () => {
-    for (const { process } of processes) if (process.child.exitCode === null && process.child.signalCode === null) process.child.kill('SIGKILL');
-    await Promise.all(processes.map(({ process }) => process.exited));
+    await killRemaining(processes.map(({ process }) => process));
     await temporal?.connection.close().catch(() => {});
     await cluster?.stop().catch((error: Error) => log(`stopping the cluster: ${error.message}`));
     await Promise.all([github, gitlab, bitbucket, azure, subscriber, azureProxy, subscriberProxy].map((f) => f?.close()));

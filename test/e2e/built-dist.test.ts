@@ -1,15 +1,14 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { stringify as toYaml } from 'yaml';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { resultOnceStarted } from '../fuzz/world.ts';
 import { freeLoopbackPort as freePort } from '../../lib/net.ts';
-import { buildForProduction, startProcess, type StartedProcess } from '../support/processes.ts';
+import { buildForProduction, killRemaining, startProcess, writeProcessConfig, type StartedProcess } from '../support/processes.ts';
 
 /**
  * What production runs: `npm run build` into a clean directory, production dependencies only
@@ -33,24 +32,17 @@ describe('the build: node dist/… with production dependencies only', () => {
   beforeAll(async () => {
     buildForProduction(dir);
 
-    const port = await freePort();
-    api = `http://127.0.0.1:${port}`;
     adminToken = randomBytes(24).toString('hex');
-    const configFile = path.join(dir, 'forgelink.yml');
-    writeFileSync(
-      configFile,
-      toYaml({
-        publicUrl: api,
-        api: { host: '127.0.0.1', port },
-        database: { url: inject('databaseUrl') },
-        temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: `dist-${randomUUID()}` },
-        auth: { adminToken },
-        encryption: { key: randomBytes(32).toString('base64') },
-        gitProviders: { gitlab: { enabled: true, webhookSecret: randomBytes(16).toString('hex') } },
-        security: { allowHttpHosts: ['127.0.0.1'] },
-      }),
-    );
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile };
+    const { apiUrl, env } = writeProcessConfig(path.join(dir, 'forgelink.yml'), {
+      port: await freePort(),
+      database: { url: inject('databaseUrl') },
+      temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: `dist-${randomUUID()}` },
+      auth: { adminToken },
+      encryption: { key: randomBytes(32).toString('base64') },
+      gitProviders: { gitlab: { enabled: true, webhookSecret: randomBytes(16).toString('hex') } },
+      security: { allowHttpHosts: ['127.0.0.1'] },
+    });
+    api = apiUrl;
     processes.push(await startProcess(['dist/worker/main.js'], { cwd: dir, env, readyMessage: 'worker running' }));
     processes.push(await startProcess(['dist/api/main.js'], { cwd: dir, env, readyMessage: 'API listening' }));
     gitlab = await startFakeGitlab();
@@ -58,7 +50,7 @@ describe('the build: node dist/… with production dependencies only', () => {
   }, 600_000);
 
   afterAll(async () => {
-    for (const started of processes) if (started.child.exitCode === null) started.child.kill('SIGKILL');
+    await killRemaining(processes);
     await temporal?.connection.close();
     await gitlab?.close();
     rmSync(dir, { recursive: true, force: true });

@@ -7,6 +7,7 @@ import { workflowIds, type EventResult, type WebhookCredentialRotationResult } f
 import { vssError } from '../fakes/azure-devops.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
 import {
+  attachHeldAtCreate,
   attachmentOf,
   azureDevOpsWorld,
   deliveryUrlOf,
@@ -199,13 +200,8 @@ describe('webhook-credential rotation', () => {
   it('saves a hook an attach made with the old credential again when the rotation dropped it before the attach recorded the hook', async () => {
     const gitlab = await world(gitlabWorld);
     const old = { secret: gitlab.webhook.secret };
-    const repository = await gitlab.newRepository();
     // The attach's hook is created at GitLab with the credential current then; its answer is held.
-    const hold = manualHold();
-    let held = false;
-    gitlab.proxy.fault = (request) => (gitlab.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
-    const attach = await requestAttachment(h, org, repository.repositoryId, 'PUT');
-    await hold.held;
+    const { repository, hold, workflowId: attach } = await attachHeldAtCreate({ h, org, world: gitlab });
     expect(repository.hooks().map((hook) => hook.secret)).toEqual([old.secret]);
 
     // Meanwhile a rotation runs to its end: no recorded hook carries the old credential, so it is dropped.

@@ -6,8 +6,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseConfig } from '../../lib/config.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { runWorker } from '../../worker/main.ts';
-import { manualHold } from '../support/flaky-proxy.ts';
-import { attachmentOf, gitlabWorld, requestAttachment, type HookWorld, type Org } from '../support/attachments.ts';
+import { attachHeldAtCreate, attachmentOf, gitlabWorld, type HookWorld, type Org } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { startWorkerProcess } from '../support/worker-process.ts';
 
@@ -34,13 +33,8 @@ describe('a worker killed during a provider call', () => {
 
   it('the attach completes within 20 s of the kill, with one hook', async () => {
     const worker = await startWorkerProcess(h);
-    const repository = await world.newRepository();
     // The provider creates the hook; its answer is held while the worker process is killed.
-    const hold = manualHold();
-    let held = false;
-    world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
-    const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
-    await hold.held;
+    const { repository, hold, workflowId } = await attachHeldAtCreate({ h, org, world });
 
     worker.kill('SIGKILL');
     await once(worker, 'exit');

@@ -4,10 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import type { WorkflowExecutionDescription } from '@temporalio/client';
 import { afterAll, describe, expect, it } from 'vitest';
-import { attachmentOf, gitlabWorld, requestAttachment, type HookWorld, type Org } from '../support/attachments.ts';
-import { manualHold } from '../support/flaky-proxy.ts';
+import { attachHeldAtCreate, attachmentOf, gitlabWorld, type HookWorld, type Org } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness, writeHarnessConfig } from '../support/harness.ts';
-import { ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
+import { killRemaining, ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
 
 /**
  * A rollout stops a worker (SIGTERM) while one of its activities waits on a provider: the worker
@@ -23,7 +22,7 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
   const cleanups: (() => Promise<void>)[] = [];
 
   afterAll(async () => {
-    for (const worker of started) if (worker.child.exitCode === null) worker.child.kill('SIGKILL');
+    await killRemaining(started);
     for (const cleanup of cleanups) await cleanup();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -49,17 +48,6 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
     const worker = await startProcess(['--import', 'tsx', path.join(ROOT, 'worker/main.ts')], { cwd: ROOT, env, readyMessage: 'worker running' });
     started.push(worker);
     return worker;
-  }
-
-  /** Starts an attach whose hook creation the provider performs but whose answer is held. */
-  async function attachHeldAtCreate({ h, org, world }: { h: Harness; org: Org; world: HookWorld }) {
-    const repository = await world.newRepository();
-    const hold = manualHold();
-    let held = false;
-    world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
-    const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
-    await hold.held;
-    return { repository, hold, workflowId };
   }
 
   const describeRun = (h: Harness, workflowId: string): Promise<WorkflowExecutionDescription> => h.client.workflow.getHandle(workflowId).describe();

@@ -9,7 +9,7 @@ import { startFakeAzureDevOps, vssError } from '../fakes/azure-devops.ts';
 import type { FakeHttpServer } from '../fakes/base.ts';
 import { bitbucketError, startFakeBitbucket } from '../fakes/bitbucket.ts';
 import { HOOK_EVENT_FLAGS, startFakeGitlab } from '../fakes/gitlab.ts';
-import { startFlakyProxy, type FlakyProxy, type ProxiedRequest, type ProxyFault } from './flaky-proxy.ts';
+import { manualHold, startFlakyProxy, type FlakyProxy, type ProxiedRequest, type ProxyFault } from './flaky-proxy.ts';
 import { ensureWebhookCredential, type WebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, type Harness } from './harness.ts';
 
@@ -73,6 +73,17 @@ export async function requestAttachment(h: Harness, org: Org, repositoryId: stri
   const res = await h.request(method, `/api/v1/orgs/${org.slug}/repositories/${repositoryId}/attachment`, { token: org.token });
   expect(res.status, await res.clone().text()).toBe(202);
   return ((await res.json()) as { workflowId: string }).workflowId;
+}
+
+/** Starts an attach of a new repository whose hook creation the provider performs but whose answer is held until `hold.release`. */
+export async function attachHeldAtCreate({ h, org, world }: { h: Harness; org: Org; world: HookWorld }) {
+  const repository = await world.newRepository();
+  const hold = manualHold();
+  let held = false;
+  world.proxy.fault = (request) => (world.isCreate(request) && !held ? ((held = true), hold.fault) : undefined);
+  const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
+  await hold.held;
+  return { repository, hold, workflowId };
 }
 
 export interface AttachmentAnswer {

@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stringify as toYaml } from 'yaml';
 
 /**
  * forgelink's own processes as production runs them, for the tests that start them separately
@@ -18,6 +19,24 @@ export interface StartedProcess {
   output: () => string;
   /** Resolves once its output contains `text` (from the start), rejects if it exits first. */
   waitForOutput: (text: string) => Promise<void>;
+}
+
+/**
+ * Writes `file`, the config of processes whose API listens on 127.0.0.1:`port` (publicUrl that
+ * address) with the rest of `config` as given, and returns that URL and the environment such a
+ * process runs with: the config file and nothing else of this process's but PATH and HOME.
+ */
+export function writeProcessConfig(file: string, { port, ...config }: { port: number } & Record<string, unknown>): { apiUrl: string; env: NodeJS.ProcessEnv } {
+  const apiUrl = `http://127.0.0.1:${port}`;
+  writeFileSync(file, toYaml({ publicUrl: apiUrl, api: { host: '127.0.0.1', port }, ...config }), { mode: 0o600 });
+  return { apiUrl, env: { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: file } };
+}
+
+/** Kills (SIGKILL) those of `started` still running, as a test's last cleanup, and waits for them to exit. */
+export async function killRemaining(started: readonly StartedProcess[]): Promise<void> {
+  const running = started.filter((p) => p.child.exitCode === null && p.child.signalCode === null);
+  for (const p of running) p.child.kill('SIGKILL');
+  await Promise.all(running.map((p) => p.exited));
 }
 
 export function runOrThrow(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' }): void {
