@@ -56,3 +56,14 @@ export interface ConnectionIdentity {
 
 /** An installation gaining or losing a repository (GitHub): it concerns the connections bound to the installation. */
 export const isAccessChange = (event: NormalizedEvent) => event.kind === 'repository.added' || event.kind === 'repository.removed';
+
+/** What a complete listing of a connection did: a refresh's result per connection, and kept with the connection's listing lease. */
+export interface ListingCounts {
+  pages: number;
+  apiCalls: number;
+  rowsWritten: number;
+  notModifiedPages: number;
+  /** Absent from listings that ran before it was counted. */
+  unchangedPages?: number;
+  vanished: number;
+}

@@ -1,7 +1,7 @@
 /** Workflow names, inputs, ids and search attributes shared by api, worker and workflows. No Node imports. */
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineSignal } from '@temporalio/workflow';
-import type { ConnectionStatus, EventKind, HookHealth, NormalizedEvent, Provider } from '../lib/domain.ts';
+import type { ConnectionStatus, EventKind, HookHealth, ListingCounts, NormalizedEvent, Provider } from '../lib/domain.ts';
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
@@ -328,15 +328,8 @@ export const newListingProgress = (): ListingProgress => ({
   unchangedPages: 0,
   visitedPageKeys: [],
 });
-export interface ConnectionRefreshResult {
+export interface ConnectionRefreshResult extends ListingCounts {
   connectionId: string;
-  pages: number;
-  apiCalls: number;
-  rowsWritten: number;
-  notModifiedPages: number;
-  /** Absent from listings that ran before it was counted. */
-  unchangedPages?: number;
-  vanished: number;
 }
 
 export function parseEventWorkflowId(workflowId: string): { provider: Provider; deliveryId: string; connectionId?: string } | undefined {

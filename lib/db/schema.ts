@@ -1,5 +1,5 @@
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
-import type { AttachmentStatus, ConnectionStatus, CredentialRotationStatus, EventKind, HookHealthStatus, NormalizedEvent, Provider } from '../domain.ts';
+import type { AttachmentStatus, ConnectionStatus, CredentialRotationStatus, EventKind, HookHealthStatus, ListingCounts, NormalizedEvent, Provider } from '../domain.ts';
 
 type CreatedAt = ColumnType<Date, Date | string | undefined, never>;
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -75,15 +75,6 @@ export interface RepositoryListingsTable {
   created_at: Generated<Date>;
 }
 
-/** What a complete listing of a connection did (the counts of workflows/contract.ts' ConnectionRefreshResult). */
-export interface ListingCounts {
-  pages: number;
-  apiCalls: number;
-  rowsWritten: number;
-  notModifiedPages: number;
-  unchangedPages?: number;
-  vanished: number;
-}
 
 export interface RepositoriesTable {
   id: Generated<string>;

@@ -45,6 +45,15 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const { org, token } = await createOrgWithToken(h);
     return { ...org, token };
   }
+  /** A fake GitLab behind a proxy that can fail or hold its calls, a new organization, and a token the fake accepts. */
+  async function gitlabBehindProxy() {
+    const gitlab = await startFakeGitlab();
+    const proxy = await startFlakyProxy(gitlab.url);
+    closers.push(() => proxy.close(), () => gitlab.close());
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    return { gitlab, proxy, org: await newOrg(), token };
+  }
   async function refresh(org: { slug: string; token: string }): Promise<RefreshResult> {
     const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
     expect(res.status).toBe(202);
@@ -265,12 +274,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
   });
 
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
-    const gitlab = await startFakeGitlab();
-    const proxy = await startFlakyProxy(gitlab.url);
-    closers.push(() => proxy.close(), () => gitlab.close());
-    const org = await newOrg();
-    const token = `glpat-${randomUUID()}`;
-    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    const { gitlab, proxy, org, token } = await gitlabBehindProxy();
     for (let i = 0; i < 350; i++) gitlab.addProject({ pathWithNamespace: `big/p-${String(i).padStart(3, '0')}` });
     let listings = 0;
     proxy.fault = (request) => {
@@ -292,12 +296,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
   });
 
   it("two refreshes never list one connection at once: the second reports it already running; a stopped refresh's lease runs out", async () => {
-    const gitlab = await startFakeGitlab();
-    const proxy = await startFlakyProxy(gitlab.url);
-    closers.push(() => proxy.close(), () => gitlab.close());
-    const org = await newOrg();
-    const token = `glpat-${randomUUID()}`;
-    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    const { gitlab, proxy, org, token } = await gitlabBehindProxy();
     gitlab.addProject({ pathWithNamespace: 'group/held' });
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
 

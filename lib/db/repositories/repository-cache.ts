@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { Provider } from '../../domain.ts';
-import type { Database, ListingCounts } from '../schema.ts';
+import type { ListingCounts, Provider } from '../../domain.ts';
+import type { Database } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
