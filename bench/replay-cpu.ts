@@ -47,6 +47,7 @@ const median = (xs: number[]) => {
   return round(Number.isInteger(mid) ? (sorted[mid - 1]! + sorted[mid]!) / 2 : sorted[Math.floor(mid)]!);
 };
 
+const startedAt = new Date().toISOString();
 const loadAtStart = os.loadavg();
 for (const variant of ['traced', 'untraced'] as const) await replay(variant, 50, `warm-${variant}`);
 const blocks: { variant: BundleVariant; cpuMsPerRun: number; wallMsPerRun: number }[] = [];
@@ -57,7 +58,7 @@ for (let pair = 0; pair < pairs; pair++) {
 const cpu = (variant: BundleVariant) => median(blocks.filter((b) => b.variant === variant).map((b) => b.cpuMsPerRun));
 const result = {
   benchmark: 'replay-cpu',
-  startedAt: new Date().toISOString(),
+  startedAt,
   machine: {
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model,

@@ -29,7 +29,7 @@ export const BUILT_BUNDLE_PATHS = {
  * runs started in a trace: such a run continues it, and each activity, child and continue-as-new it
  * schedules gets a span; the spans leave the sandbox through the `exporter` sink. A worker with
  * tracing off loads a bundle without them: their modules (OpenTelemetry's API, core, SDK and
- * semantic conventions, half the bundle) are evaluated again for every new run, ~5 ms of CPU a run
+ * semantic conventions, half the bundle) are evaluated again for every new run, ~6 ms of CPU a run
  * measured by replay, for spans that would go nowhere (its sink drops them). They add no command to a
  * run, so either bundle replays a run the other made.
  */
