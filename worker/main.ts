@@ -52,9 +52,8 @@ export async function runWorker(config: Config, options: { address?: string; dat
     sizing: config.worker,
     deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics }), outbound, logger, settings: settingsFromConfig(config), metrics },
   });
-  const running = worker.run();
-  logger.info({ taskQueue: config.temporal.taskQueue, sizing: config.worker }, 'worker running');
-  const retention = startDeliveryRetention({ db, logger }, { retentionDays: config.webhooks.deliveryRetentionDays });
+  // Served before the worker polls, so that 'worker running' means its metrics can be scraped too
+  // (and a metrics port that cannot be bound stops the process before it takes any task).
   const metricsServer = metrics
     ? await startMetricsServer({
         host: config.metrics.host ?? config.api.host,
@@ -66,6 +65,9 @@ export async function runWorker(config: Config, options: { address?: string; dat
       })
     : undefined;
   if (metricsServer) logger.info({ url: metricsServer.url }, 'worker metrics served');
+  const running = worker.run();
+  logger.info({ taskQueue: config.temporal.taskQueue, sizing: config.worker }, 'worker running');
+  const retention = startDeliveryRetention({ db, logger }, { retentionDays: config.webhooks.deliveryRetentionDays });
   const { workerGraceSeconds: graceSeconds, workerForceSeconds: forceSeconds } = config.shutdown;
   return {
     metricsUrl: metricsServer?.url,

@@ -66,11 +66,14 @@ describe('Prometheus metrics of the API and the worker', () => {
     });
     const main = fileURLToPath(new URL('../../worker/main.ts', import.meta.url));
     worker = spawn(process.execPath, ['--import', 'tsx', main], { env: { ...process.env, FORGELINK_CONFIG: configFile, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'inherit'] });
+    // 'worker running' (what a supervisor or a benchmark waits for) comes once its metrics are served too.
     workerMetricsUrl = await new Promise<string>((resolve, reject) => {
       worker!.once('exit', (code) => reject(new Error(`the worker exited with ${code} before serving metrics`)));
+      let served: string | undefined;
       createInterface({ input: worker!.stdout! }).on('line', (line) => {
         const entry = JSON.parse(line) as { msg?: string; url?: string };
-        if (entry.msg === 'worker metrics served') resolve(entry.url!);
+        if (entry.msg === 'worker metrics served') served = entry.url!;
+        if (entry.msg === 'worker running') (served ? resolve(served) : reject(new Error("the worker said 'worker running' before its metrics were served")));
       });
     });
   });
