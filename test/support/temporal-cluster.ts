@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
@@ -9,7 +9,7 @@ import proto from '@temporalio/proto';
 import { sql } from 'kysely';
 import { stringify as toYaml } from 'yaml';
 import { createDb } from '../../lib/db/index.ts';
-import { temporalCacheDir } from '../../lib/temporal/cli.ts';
+import { isExecutable, temporalCacheDir } from '../../lib/temporal/cli.ts';
 import { CLIENT_EXTENSIONS, makeTestCa, SERVER_EXTENSIONS } from './test-ca.ts';
 
 /**
@@ -43,20 +43,11 @@ export interface ClusterBinaries {
   cli: string;
 }
 
-function executable(file: string): boolean {
-  try {
-    accessSync(file, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The cached server, sql tool and CLI (~/.cache/forgelink/bin), or the names of those missing. */
 export function findClusterBinaries(): { binaries?: ClusterBinaries; missing: string[] } {
   const dir = temporalCacheDir();
   const files = { server: path.join(dir, 'server'), sql: path.join(dir, 'sql'), cli: process.env.TEMPORAL_CLI_PATH ?? path.join(dir, 'temporal') };
-  const missing = Object.values(files).filter((f) => !executable(f));
+  const missing = Object.values(files).filter((f) => !isExecutable(f));
   return missing.length === 0 ? { binaries: files, missing } : { missing };
 }
 
