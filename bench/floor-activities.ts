@@ -1,16 +1,52 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Context } from '@temporalio/activity';
 import type { Dispatch, RecordedDelivery } from '../activities/events.ts';
 import type { DispatchOutcome } from '../activities/dispatch.ts';
 import type { EventInput } from '../workflows/contract.ts';
+import type { ProviderTarget } from '../activities/providers/port.ts';
+import type { BareListingRequest, listingWalker, WalkCounts } from './listing-walk.ts';
+
+/** What a walkListing activity walks: connection `index` of the request the bench wrote to `requestFile`, within run `runKey`'s limits. */
+export interface FloorListingInput {
+  requestFile: string;
+  runKey: string;
+  index: number;
+}
 
 /** The floor workflows' activities: results the size and shape of the real ones, and no work. */
 export function createFloorActivities() {
+  // One walker per floor run (as the bare listing builds one per walk): its connections share one worker-wide limit.
+  const walkers = new Map<string, Promise<{ walker: ReturnType<typeof listingWalker>; targets: ProviderTarget[] }>>();
   return {
     async recordNothing(_input: EventInput): Promise<Extract<RecordedDelivery, { dispatches: unknown }>> {
       return { recorded: 1, dispatches: [{ eventId: randomUUID(), subscriberId: randomUUID() }], deliveryDeadlineSeconds: 86_400 };
     },
     async dispatchNothing(_dispatch: Dispatch): Promise<DispatchOutcome> {
       return { delivered: true, statusCode: 204 };
+    },
+    /** The refresh's listConnectionsToRefresh without the database: the indices of the connections to walk. */
+    async listNothing(connections: number): Promise<number[]> {
+      return Array.from({ length: connections }, (_, i) => i);
+    },
+    /**
+     * One connection's listing walked by the adapters alone, heartbeating after each page as the
+     * refresh's listing does. The request (with the fakes' credentials) is read from a file, so no
+     * credential goes through the run's history. The walk's module is imported here, not at the top:
+     * the ingest benchmark's floor worker, which never lists, keeps the footprint it had.
+     */
+    async walkListing({ requestFile, runKey, index }: FloorListingInput): Promise<WalkCounts> {
+      let entry = walkers.get(runKey);
+      if (!entry) {
+        entry = import('./listing-walk.ts').then(({ listingWalker }) => {
+          const request = JSON.parse(readFileSync(requestFile, 'utf8')) as BareListingRequest;
+          return { walker: listingWalker(request), targets: request.targets };
+        });
+        walkers.set(runKey, entry);
+      }
+      const { walker, targets } = await entry;
+      const ctx = Context.current();
+      return walker(targets[index]!, (counts) => ctx.heartbeat(counts));
     },
   };
 }

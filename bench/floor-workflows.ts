@@ -3,8 +3,9 @@
  * Temporal shape, and none of forgelink's work. `noopWorkflow` is one workflow task that returns;
  * `eventShapedWorkflow` is the event workflow's shape (a local activity that records, then one
  * inline dispatch attempt per dispatch it returns) with activities that do nothing.
+ * `listingShapedWorkflow` is the same for a refresh (bench/refresh.ts), below.
  */
-import { proxyLocalActivities } from '@temporalio/workflow';
+import { proxyActivities, proxyLocalActivities, workflowInfo } from '@temporalio/workflow';
 import type { EventInput, EventResult } from '../workflows/contract.ts';
 import type { FloorActivities } from './floor-activities.ts';
 
@@ -21,4 +22,20 @@ export async function eventShapedWorkflow(input: EventInput): Promise<EventResul
   const { recorded, dispatches } = await recordNothing(input);
   const outcomes = await Promise.allSettled(dispatches.map((dispatch) => dispatchNothing(dispatch)));
   return { recorded, delivered: outcomes.filter((o) => o.status === 'fulfilled').length, undelivered: [] };
+}
+
+const { listNothing } = proxyLocalActivities<FloorActivities>({ startToCloseTimeout: '1 minute', retry: { initialInterval: '1s', maximumInterval: '30s' } });
+const { walkListing } = proxyActivities<FloorActivities>({ startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds', retry: { maximumAttempts: 1 } });
+
+/**
+ * The SDK's floor under a refresh (bench/refresh.ts): the refresh's shape (a local activity that
+ * lists the connections, then one activity per connection, all at once, heartbeating after each
+ * page) with activities that only walk the listings, as the bare listing does: no database, no
+ * lease, no page memory, no writes.
+ */
+export async function listingShapedWorkflow(input: { requestFile: string; connections: number }): Promise<{ pages: number; repositories: number }> {
+  const { workflowId } = workflowInfo();
+  const indices = await listNothing(input.connections);
+  const walks = await Promise.all(indices.map((index) => walkListing({ requestFile: input.requestFile, runKey: workflowId, index })));
+  return { pages: walks.reduce((n, w) => n + w.pages, 0), repositories: walks.reduce((n, w) => n + w.repositories, 0) };
 }

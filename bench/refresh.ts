@@ -9,7 +9,10 @@
  *
  * The targets (issue #16) are ratios to the bare listing (bench/bare-listing.ts), whose walks run
  * interleaved with the rounds: a first refresh within 1.3 × its round's bare walk, an unchanged
- * second within 1.1 ×, judged by the medians of the rounds' ratios.
+ * second within 1.1 ×, judged by the medians of the rounds' ratios. A second floor runs in each
+ * round too: the same walks inside a Temporal run shaped as a refresh (bench/floor-workflows.ts
+ * `listingShapedWorkflow`, on a floor worker of the worker's sizing and flags), which is what the
+ * SDK and the server add to a listing before forgelink does anything.
  */
 import type { ConnectionRefreshResult, RefreshResult } from '../workflows/contract.ts';
 import { workflowIds } from '../workflows/contract.ts';
@@ -19,12 +22,16 @@ import { startFakeBitbucket } from '../test/fakes/bitbucket.ts';
 import { startFakeGithub } from '../test/fakes/github.ts';
 import { startFakeGitlab } from '../test/fakes/gitlab.ts';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProviderTarget } from '../activities/providers/port.ts';
 import type { BareListingRequest, BareListingResult } from './bare-listing.ts';
 import { schedulerMs, stackProcesses } from './scheduler.ts';
-import { benchNodeArgs, callApi, type BenchStack } from './stack.ts';
+import { benchNodeArgs, callApi, type BenchStack, startService, stopService } from './stack.ts';
+import { processCpuSeconds } from './worker-usage.ts';
 
 /** Runs bench/bare-listing.ts in a process of its own (as the worker is): `runs` walks, one after another. */
 async function bareListing<T>(request: BareListingRequest, runs: number, measure: (walk: () => Promise<BareListingResult>, run: number) => Promise<T>): Promise<T[]> {
@@ -121,6 +128,9 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
     startFakeAzureDevOps({ organization: 'bench' }),
   ]);
   const servers: Record<string, FakeHttpServer> = { github: github.server, gitlab: gitlab.server, bitbucket: bitbucket.server, 'azure-devops': azure.server };
+  const requestDir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-bench-listing-'));
+  const requestFile = path.join(requestDir, 'request.json');
+  let floorWorker: Awaited<ReturnType<typeof startService>> | undefined;
   try {
     const installation = github.addInstallation({ account: { login: 'bench' } });
     for (let i = 0; i < perProvider; i++) github.addRepository(installation.id, { fullName: `bench/gh-${i}` });
@@ -249,8 +259,38 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
     const rows = await stack.db.selectFrom('connections').select(['id', 'provider', 'base_url', 'external_key']).where('organization_id', '=', org.id).execute();
     const secrets: Record<string, string | undefined> = { gitlab: 'glpat-bench', bitbucket: 'bb-bench', 'azure-devops': 'ado-bench' };
     const targets: ProviderTarget[] = rows.map((r) => ({ connectionId: r.id, provider: r.provider, baseUrl: r.base_url, externalKey: r.external_key, secret: secrets[r.provider] }));
-    const rounds: { first: Awaited<ReturnType<typeof measure>>; second: Awaited<ReturnType<typeof measure>> }[] = [];
-    const bareRuns = await bareListing({ targets, github: { appId: stack.githubApp.appId, privateKey: stack.githubApp.privateKeyPem }, ...stack.listing }, 1 + options.rounds, async (walk, run) => {
+    const rounds: { first: Awaited<ReturnType<typeof measure>>; second: Awaited<ReturnType<typeof measure>>; temporalFloor: Awaited<ReturnType<typeof temporalFloorRun>> }[] = [];
+    const request: BareListingRequest = { targets, github: { appId: stack.githubApp.appId, privateKey: stack.githubApp.privateKeyPem }, ...stack.listing };
+    // The Temporal floor's worker reads the request (the fakes' credentials) from a file, so none goes through a run's history.
+    writeFileSync(requestFile, JSON.stringify(request), { mode: 0o600 });
+    const floorTaskQueue = `forgelink-floor-${randomBytes(4).toString('hex')}`;
+    floorWorker = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: floorTaskQueue }, 'floor worker running', { mode: stack.runMode, nodeArgs: stack.workerNodeArgs });
+    const floorPid = floorWorker.child.pid;
+    const temporalFloorRun = async (label: string) => {
+      const callsBefore = Object.fromEntries(Object.entries(servers).map(([p, s]) => [p, s.calls.length]));
+      const cpuBefore = { ...stack.cpuSeconds(), floorWorker: processCpuSeconds(floorPid) };
+      const started = performance.now();
+      const walked = await stack.temporal.workflow.execute('listingShapedWorkflow', {
+        taskQueue: floorTaskQueue,
+        workflowId: `floor-listing:${label}:${randomBytes(4).toString('hex')}`,
+        args: [{ requestFile, connections: targets.length }],
+      });
+      const wallMs = performance.now() - started;
+      const cpuAfter: Record<string, number> = { ...stack.cpuSeconds(), floorWorker: processCpuSeconds(floorPid) };
+      const calls = Object.entries(servers).flatMap(([p, s]) => s.calls.slice(callsBefore[p]!));
+      const firstCallMs = Math.min(...calls.map((c) => c.receivedAt)) - started;
+      const lastAnswerMs = Math.max(...calls.map((c) => c.answeredAt)) - started;
+      return {
+        wallMs: Math.round(wallMs),
+        ...(walked as { pages: number; repositories: number }),
+        apiCalls: calls.length,
+        timeline: { untilFirstCallMs: Math.round(firstCallMs), callsSpanMs: Math.round(lastAnswerMs - firstCallMs), afterLastCallMs: Math.round(wallMs - lastAnswerMs) },
+        cpuMs: Object.fromEntries(['floorWorker', 'temporal', 'bench'].map((k) => [k, Math.round((cpuAfter[k]! - (cpuBefore as Record<string, number>)[k]!) * 1000)])),
+      };
+    };
+    // As the worker's warm-up refresh: the floor worker's first walk compiles the client libraries.
+    await temporalFloorRun('warm-up');
+    const bareRuns = await bareListing(request, 1 + options.rounds, async (walk, run) => {
       const callsBefore = Object.fromEntries(Object.entries(servers).map(([p, s]) => [p, s.calls.length]));
       const cpuBefore = stack.cpuSeconds();
       const result = await walk();
@@ -263,7 +303,8 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
         const organization = organizations[run - 1]!;
         const first = await measure(organization);
         const second = await measure(organization);
-        rounds.push({ first, second });
+        const temporalFloor = await temporalFloorRun(`round-${run}`);
+        rounds.push({ first, second, temporalFloor });
       }
       return bare;
     });
@@ -285,6 +326,12 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
     };
     const firstToFloor = againstFloor((r) => r.first);
     const secondToFloor = againstFloor((r) => r.second);
+    const temporalFloorToBare = againstFloor((r) => r.temporalFloor);
+    // Each refresh against the Temporal floor of its own round: what forgelink adds beyond what any Temporal run of this shape costs.
+    const againstTemporalFloor = (pick: (r: (typeof rounds)[number]) => { wallMs: number }) => {
+      const ratios = rounds.map((r) => ratio(pick(r).wallMs, r.temporalFloor.wallMs));
+      return { ratios, median: median(ratios) };
+    };
     return {
       options: { ...options, ...stack.listing },
       repositoriesCached: Number(cached.n),
@@ -292,7 +339,18 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       lowerBoundMs,
       // The floor the targets are judged against: the bare listing's warm walks.
       floorMs: bareWarm.medianMs,
-      summary: { first: firstRuns, second: secondRuns, bareListingWarm: { ...bareWarm, medianCpuMs: median(bare.slice(1).map((b) => b.cpuMs)), medianFakesCpuMs: median(bare.slice(1).map((b) => b.fakesCpuMs)) }, firstToBareListing: firstToFloor, secondToBareListing: secondToFloor },
+      summary: {
+        first: firstRuns,
+        second: secondRuns,
+        bareListingWarm: { ...bareWarm, medianCpuMs: median(bare.slice(1).map((b) => b.cpuMs)), medianFakesCpuMs: median(bare.slice(1).map((b) => b.fakesCpuMs)) },
+        firstToBareListing: firstToFloor,
+        secondToBareListing: secondToFloor,
+        // The same walks in a Temporal run of the refresh's shape (no database, no forgelink): its wall time, and the ratios to it.
+        temporalFloor: { ...spread(rounds.map((r) => r.temporalFloor), lowerBoundMs), medianCpuMs: medianCpuMs(rounds.map((r) => r.temporalFloor)) },
+        temporalFloorToBareListing: temporalFloorToBare,
+        firstToTemporalFloor: againstTemporalFloor((r) => r.first),
+        secondToTemporalFloor: againstTemporalFloor((r) => r.second),
+      },
       warmUp: { wallMs: warmUpRun.wallMs, ratioToLowerBound: warmUpRun.ratioToLowerBound },
       // Every round in full; the first round's run also as `first` and `second`.
       rounds,
@@ -309,6 +367,8 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
       peakRssMiB: stack.peakRssMiB(),
     };
   } finally {
+    if (floorWorker) await stopService(floorWorker);
+    rmSync(requestDir, { recursive: true, force: true });
     await Promise.all([github.close(), gitlab.close(), bitbucket.close(), azure.close()]);
   }
 }
