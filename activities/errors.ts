@@ -1,6 +1,6 @@
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
-import { activityCancellation, activityContext, excerpt, OutboundRefusedError } from './outbound.ts';
+import { activityCancellation, activityContext, excerpt, OutboundRefusedError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ProviderHttpError } from './providers/port.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
@@ -16,8 +16,13 @@ export const FailureTypes = {
   workerShutdown: 'WorkerShutdown',
 } as const;
 
-/** The reason the SDK gives the activities it cancels because their worker is stopping. */
-const WORKER_SHUTDOWN = 'WORKER_SHUTDOWN';
+/**
+ * When a local step cut by its worker's stop is tried again: longer than the local retry threshold
+ * of the workflows' local steps (2 s, workflows/attach.ts), so the retry waits on a timer in the
+ * run's history, the stopping worker's workflow task ends, and whichever worker takes the next task
+ * runs the step. A local retry would run again on the stopping worker, to be cut again.
+ */
+const LOCAL_STEP_RETRY_AFTER_SHUTDOWN = '3s';
 
 const NON_RETRYABLE: Record<number, string> = {
   400: FailureTypes.invalid,
@@ -39,13 +44,16 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
   if (cutByWorkerShutdown(error)) {
-    const step = activityContext()?.info.activityType;
+    const info = activityContext()?.info;
     return ApplicationFailure.create({
       type: FailureTypes.workerShutdown,
-      message: `the worker stopped (${WORKER_SHUTDOWN}) while the step${step ? ` ${step}` : ''} ran; another worker retries it`,
+      message: `the worker stopped (${WORKER_SHUTDOWN}) while the step${info ? ` ${info.activityType}` : ''} ran; another worker retries it`,
       nonRetryable: false,
+      ...(info?.isLocal ? { nextRetryDelay: LOCAL_STEP_RETRY_AFTER_SHUTDOWN } : {}),
     });
   }
+  const cancelled = cancelledLocalStep();
+  if (cancelled) return cancelled;
   const permanent = permanentSetupFailure(error);
   if (permanent) return permanent;
   if (error instanceof ProviderHttpError) {
@@ -84,6 +92,18 @@ function cutByWorkerShutdown(error: unknown): boolean {
   const signal = activityCancellation();
   const reasons = [signal?.aborted ? signal.reason : undefined, causeOfType(error, CancelledFailure)];
   return activityContext()?.cancellationDetails?.workerShutdown === true || reasons.some((reason) => reason instanceof CancelledFailure && reason.message === WORKER_SHUTDOWN);
+}
+
+/**
+ * The cancellation of a local step its run cancelled, to be thrown as it is: the SDK then reports
+ * the step cancelled and the run's undo begins. As a retryable failure the step would be tried
+ * again inside the workflow task (a local activity's retries are the worker's, which no longer
+ * knows of the cancel). Activities keep their failure: the server decides on their retry.
+ */
+function cancelledLocalStep(): CancelledFailure | undefined {
+  const ctx = activityContext();
+  const reason: unknown = ctx?.info.isLocal && ctx.cancellationSignal.aborted ? ctx.cancellationSignal.reason : undefined;
+  return reason instanceof CancelledFailure ? reason : undefined;
 }
 
 /** The address or redirect refusal behind an error, however a client library wrapped it. */

@@ -5,6 +5,7 @@ import { isIP, type LookupFunction, type Socket } from 'node:net';
 import { Readable, type Duplex } from 'node:stream';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { Context } from '@temporalio/activity';
+import { CancelledFailure } from '@temporalio/common';
 import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
 
 /**
@@ -65,6 +66,9 @@ const MAX_REDIRECTS = 5;
 const IDLE_CONNECTION_MS = 4_000;
 const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
+/** The reason the SDK gives the activities it cancels because their worker is stopping. */
+export const WORKER_SHUTDOWN = 'WORKER_SHUTDOWN';
+
 /** The running activity's context, or undefined outside an activity. */
 export function activityContext(): Context | undefined {
   try {
@@ -74,8 +78,24 @@ export function activityContext(): Context | undefined {
   }
 }
 
-/** The running activity's cancellation, or undefined outside an activity. */
-export const activityCancellation = (): AbortSignal | undefined => activityContext()?.cancellationSignal;
+/**
+ * Cuts this process's local activities when its worker stops. The SDK cancels a stopping worker's
+ * activities at its grace time but waits for its local activities however long they take (their
+ * workflow task must end first), so the worker's shutdown cuts them itself at the same time
+ * (worker/main.ts: one worker per process). The reason is the SDK's own, so a cut step fails as
+ * WorkerShutdown, like an activity the SDK cut.
+ */
+const localActivitiesStop = new AbortController();
+export function stopLocalActivities(): void {
+  localActivitiesStop.abort(new CancelledFailure(WORKER_SHUTDOWN));
+}
+
+/** The running activity's cancellation (for a local activity, also its worker's stop), or undefined outside an activity. */
+export function activityCancellation(): AbortSignal | undefined {
+  const ctx = activityContext();
+  if (!ctx) return undefined;
+  return ctx.info.isLocal ? AbortSignal.any([ctx.cancellationSignal, localActivitiesStop.signal]) : ctx.cancellationSignal;
+}
 
 /** Each running activity's last heartbeated progress: a wait repeats it rather than heartbeat without it. */
 const lastProgress = new WeakMap<Context, unknown>();
@@ -94,7 +114,7 @@ export function heartbeatProgress(details: unknown): void {
 export function cancellableSleep(ms: number): Promise<void> {
   const ctx = activityContext();
   if (ctx && lastProgress.has(ctx)) ctx.heartbeat(lastProgress.get(ctx));
-  const signal = ctx?.cancellationSignal;
+  const signal = activityCancellation();
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const timer = setTimeout(() => {

@@ -1,7 +1,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
-import { createOutbound, type Outbound } from '../activities/outbound.ts';
+import { createOutbound, stopLocalActivities, type Outbound } from '../activities/outbound.ts';
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
@@ -77,7 +77,16 @@ export async function runWorker(config: Config, options: { address?: string; dat
       // The SDK stops the worker on SIGTERM/SIGINT by itself; asking again while it drains throws.
       if (worker.getState() === 'RUNNING') worker.shutdown();
       logger.info({ graceSeconds, forceSeconds }, 'worker draining: it takes no new tasks; activities still running after graceSeconds are cancelled and fail for Temporal to retry elsewhere');
-      await running;
+      // The SDK cancels activities at graceSeconds but waits for local activities: they are cut here.
+      const cut = setTimeout(() => {
+        logger.info('worker grace time over: local activities still running are cut and retried by a timer in their run');
+        stopLocalActivities();
+      }, graceSeconds * 1000);
+      try {
+        await running;
+      } finally {
+        clearTimeout(cut);
+      }
       await tracing.shutdown();
       await connection.close();
       await db.destroy();

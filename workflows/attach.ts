@@ -31,15 +31,43 @@ const { ensureHook: ensureHookEndedOnCancel } = proxyActivities<Activities>({ ..
 /** Runs started before this change undo at once when cancelled, and do so when replayed. */
 const UNDO_AFTER_ENSURE_ENDED = 'attach-undo-after-ensure-ended';
 /**
- * The repository's lookup and the prune run inside the workflow tasks that schedule the hooks and
- * receive their results: each saves an activity's round trip through the server (three events and
- * a workflow task), about the CPU the worker and the server spend on a step. Both are a few reads
- * that are safe to repeat (a prune deletes only hooks outside the set); the hooks themselves stay
- * activities, so a lost worker is noticed by heartbeat and their compensations stay as they were.
+ * Provider steps run inside the workflow task as local activities: each saves an activity's round
+ * trip through the server (three events and a workflow task), about the CPU the worker and the
+ * server spend on a step. The repository's lookup and the prune are a few reads safe to repeat (a
+ * prune deletes only hooks outside the set); ensureHook lists first and adopts, so a workflow task
+ * re-run by another worker after this one died ends with the same hooks, never a copy.
+ * - Retries: 429/5xx as for activities. A backoff of up to LOCAL_RETRY_THRESHOLD (the first two:
+ *   1 s, 2 s) waits inside the workflow task; a longer one (and a Retry-After beyond it) is a timer
+ *   in the history, so the workflow task ends instead of being held open for minutes, each attempt's
+ *   outcome is recorded, and a worker that stops meanwhile loses nothing. (The SDK's default, 1
+ *   minute, kept every retry of the lookup and the prune inside the task. A cut step's WorkerShutdown
+ *   retry delay, 3 s in activities/errors.ts, must stay above this threshold.)
+ * - Cancellation: WAIT_CANCELLATION_COMPLETED (the default, named): a cancelled run waits until the
+ *   step has ended (its HTTP call aborted by the step's cancellation) before it undoes anything.
+ *   The cancel reaches a run whose workflow task is busy with a step at that task's next heartbeat
+ *   (the SDK's, at 80 % of the 10 s workflow task timeout).
+ * - No heartbeats (local activities have none): a worker that dies mid-step is noticed by the
+ *   workflow task's timeout (10 s) instead of the 5 s heartbeat timeout; a worker that stops drains
+ *   its local steps and cuts them at workerGraceSeconds (worker/main.ts), which come back here as a
+ *   WorkerShutdown failure retried after a timer, by whichever worker takes the next task.
  */
-const providerChecksInWorkflowTask = proxyLocalActivities<Activities>({ startToCloseTimeout: '2 minutes', retry: providerRetry });
+const LOCAL_RETRY_THRESHOLD = '2 seconds';
+const providerStepsInWorkflowTask = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '2 minutes',
+  retry: providerRetry,
+  localRetryThreshold: LOCAL_RETRY_THRESHOLD,
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+});
 /** Runs started before the lookup and the prune moved into the workflow task schedule them as activities, and finish that way when replayed. */
 const CHECKS_IN_WORKFLOW_TASK = 'attach-checks-in-workflow-task';
+/**
+ * Runs started before the hooks moved into the workflow task ensure them as activities (with
+ * heartbeats) and finish that way when replayed. Later runs do the whole attach in one workflow
+ * task. Compensations stay activities: they run only after a failure, when the workflow task that
+ * schedules them also records every ensure's outcome, so a worker lost during the undo costs a
+ * retried removal (noticed by heartbeat), not a re-run of the ensures.
+ */
+const HOOKS_IN_WORKFLOW_TASK = 'attach-hooks-in-workflow-task';
 
 /**
  * Runs started before this change ensured their hooks one after another, and finish that way when
@@ -67,7 +95,7 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
 }
 
 /**
- * Attach as a saga: each hook of the repository's hook set is ensured by its own activity (listed
+ * Attach as a saga: each hook of the repository's hook set is ensured by its own step (listed
  * first, adopted if it exists, created otherwise), the hooks of the set side by side. Each step's
  * compensation is registered before the step runs, so a permanent failure removes, in reverse
  * order, every hook this attach created, even one whose creation answer was lost. The attachment
@@ -77,7 +105,7 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
-  const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK) ? providerChecksInWorkflowTask : providerSteps;
+  const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK) ? providerStepsInWorkflowTask : providerSteps;
   const compensations: Compensation[] = [];
   const hookIds: string[] = [];
   let fullName = key.repositoryId;
@@ -85,7 +113,7 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     const plan = await beginAttachment(key);
     fullName = plan.fullName;
     const { projectId } = await verifyRepository(key);
-    const ensureStep = patched(UNDO_AFTER_ENSURE_ENDED) ? ensureHookEndedOnCancel : ensureHook;
+    const ensureStep = patched(HOOKS_IN_WORKFLOW_TASK) ? providerStepsInWorkflowTask.ensureHook : patched(UNDO_AFTER_ENSURE_ENDED) ? ensureHookEndedOnCancel : ensureHook;
     const ensure = (hookKey: string) => ensureStep({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
     // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
     const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });

@@ -14,13 +14,15 @@ import {
   type Org,
 } from '../support/attachments.ts';
 import type { Harness } from '../support/harness.ts';
-import { recordHistory } from '../support/histories.ts';
+import { localStepsOf, recordHistory } from '../support/histories.ts';
 import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 
 /**
  * Attach under faults: permanent refusals (the saga removes what it made), transient 5xx/429 on
  * every call, an answer lost after the provider stored the hook, the worker stopped with a
- * creation in flight, and the run cancelled with a creation on its way. After each, the fake holds exactly the hooks the scenario demands.
+ * creation in flight, and the run cancelled with a creation on its way. New runs ensure their hooks
+ * inside the workflow task (local activities); runs of the earlier shapes are covered by replaying
+ * their recorded histories (test/unit/workflow-replay.test.ts). After each, the fake holds exactly the hooks the scenario demands.
  */
 describe('attach under faults', () => {
   let h: Harness;
@@ -35,22 +37,16 @@ describe('attach under faults', () => {
   }
   const createCalls = (world: HookWorld, from: number) => world.server.calls.slice(from).filter((c) => c.operation === world.ops.create);
 
-  /** Waits, on the server's long poll (no sleeping), until `count` activities of `activityType` of the run have completed. */
-  async function activitiesCompleted(h: Harness, workflowId: string, activityType: string, count: number): Promise<void> {
-    const scheduled = new Map<string, string>();
-    let completed = 0;
-    let nextPageToken: Uint8Array | undefined;
-    while (completed < count) {
-      const page = await h.client.workflowService.getWorkflowExecutionHistory({ namespace: 'default', execution: { workflowId }, nextPageToken, waitNewEvent: true });
-      for (const event of page.history?.events ?? []) {
-        const type = event.activityTaskScheduledEventAttributes?.activityType?.name;
-        if (type) scheduled.set(String(event.eventId), type);
-        const done = event.activityTaskCompletedEventAttributes;
-        if (done && scheduled.get(String(done.scheduledEventId)) === activityType) completed++;
-      }
-      if (completed >= count) return;
-      if (!page.nextPageToken?.length) throw new Error(`${workflowId} closed after ${completed} of ${count} ${activityType} activities`);
-      nextPageToken = page.nextPageToken;
+  /**
+   * Waits until `count` hooks of the repository are recorded. The hooks are ensured inside the
+   * run's workflow task, whose history shows nothing until the task ends: the records are what a
+   * finished ensureHook leaves.
+   */
+  async function hooksRecorded(h: Harness, repositoryId: string, count: number): Promise<void> {
+    const deadline = performance.now() + 30_000;
+    while ((await attachmentOf(h, org, repositoryId)).hooks.length < count) {
+      if (performance.now() > deadline) throw new Error(`repository ${repositoryId} did not get ${count} recorded hooks in 30 s`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
 
@@ -86,7 +82,7 @@ describe('attach under faults', () => {
     expect(repo.hooks()).toEqual([]);
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringContaining('azure-devops answered 400') });
-    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-checks-in-workflow-task-refused');
+    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-hooks-in-workflow-task-refused');
   });
 
   it('Azure DevOps: compensation runs in reverse order; a compensation that fails is logged and recorded, never rethrown', async () => {
@@ -199,7 +195,7 @@ describe('attach under faults', () => {
     // The provider has stored the hook; its answer has not reached the activity. The others of
     // the set (Azure DevOps) were created beside it: wait until they are recorded.
     await hold.held;
-    await activitiesCompleted(h, workflowId, 'ensureHook', world.hookSet.length - 1);
+    await hooksRecorded(h, repo.repositoryId, world.hookSet.length - 1);
     expect(repo.hooks()).toHaveLength(world.hookSet.length);
     expect((await attachmentOf(h, org, repo.repositoryId)).hooks).toHaveLength(world.hookSet.length - 1);
     // Stop the worker with the creation in flight; the connection dies with it.
@@ -230,16 +226,14 @@ describe('attach under faults', () => {
     expect(repository.hooks()).toEqual([]);
     expect((await attachmentOf(h, org, repository.repositoryId)).status).not.toBe('attached');
 
-    // The undo (removeHook) was scheduled only after the step creating the hook had ended.
+    // The undo (removeHook) was scheduled only after the step creating the hook had ended: the
+    // step runs inside the workflow task, and its marker is recorded once it has ended (cancelled).
     const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
-    const scheduledId = (name: string) => events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name)?.eventId;
-    const ensureId = String(scheduledId('ensureHook'));
-    const ensureEnded = events.find((e) =>
-      [e.activityTaskCanceledEventAttributes, e.activityTaskFailedEventAttributes, e.activityTaskCompletedEventAttributes, e.activityTaskTimedOutEventAttributes].some(
-        (ended) => ended && String(ended.scheduledEventId) === ensureId,
-      ),
-    );
+    const removeScheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'removeHook');
+    const ensureEnded = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event;
     expect(ensureEnded, 'the ensureHook step ended in the run').toBeDefined();
-    expect(Number(ensureEnded!.eventId)).toBeLessThan(Number(scheduledId('removeHook')));
+    expect(ensureEnded!.markerRecordedEventAttributes?.failure?.canceledFailureInfo ?? ensureEnded!.markerRecordedEventAttributes?.failure?.cause?.canceledFailureInfo, 'the step ended cancelled').toBeDefined();
+    expect(removeScheduled, 'the undo ran').toBeDefined();
+    expect(Number(ensureEnded!.eventId)).toBeLessThan(Number(removeScheduled!.eventId));
   });
 });

@@ -12,8 +12,9 @@ import { startWorkerProcess } from '../support/worker-process.ts';
 
 /**
  * A worker that dies in the middle of a provider call (SIGKILL: nothing reported to Temporal) is
- * noticed by the step's heartbeat timeout, and the step runs again on another worker within
- * seconds, not after its start-to-close timeout.
+ * noticed within seconds, not after the step's start-to-close timeout: the hook's creation runs
+ * inside the run's workflow task, whose 10 s timeout hands the task to another worker, which runs
+ * the task's steps again (ensureHook lists first and adopts the hook the killed worker made).
  */
 describe('a worker killed during a provider call', () => {
   let h: Harness;
@@ -33,6 +34,7 @@ describe('a worker killed during a provider call', () => {
 
   it('the attach completes within 20 s of the kill, with one hook', async () => {
     const worker = await startWorkerProcess(h);
+    const from = world.server.calls.length;
     // The provider creates the hook; its answer is held while the worker process is killed.
     const { repository, hold, workflowId } = await attachHeldAtCreate({ h, org, world });
 
@@ -45,7 +47,9 @@ describe('a worker killed during a provider call', () => {
     await resultOf(h, workflowId);
     expect(performance.now() - killedAt).toBeLessThan(20_000);
     expect(await attachmentOf(h, org, repository.repositoryId)).toMatchObject({ status: 'attached' });
-    // The retried step adopted the hook the killed one had created.
+    // The retried step adopted the hook the killed one had created: never created a second (the
+    // prune would remove a copy, so the hooks left alone do not prove it).
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.create)).toHaveLength(1);
     expect(repository.hooks()).toHaveLength(1);
   });
 });

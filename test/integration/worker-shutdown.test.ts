@@ -6,15 +6,19 @@ import type { WorkflowExecutionDescription } from '@temporalio/client';
 import { afterAll, describe, expect, it } from 'vitest';
 import { attachHeldAtCreate, attachmentOf, gitlabWorld, type HookWorld, type Org } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness, writeHarnessConfig } from '../support/harness.ts';
+import { localStepsOf } from '../support/histories.ts';
 import { killRemaining, ROOT, startProcess, type StartedProcess } from '../support/processes.ts';
 
 /**
- * A rollout stops a worker (SIGTERM) while one of its activities waits on a provider: the worker
- * takes no new task and gives the activity shutdown.workerGraceSeconds. An activity that ends in
- * that time completes normally; one that does not is cancelled (its HTTP call aborted) and reported
- * to Temporal as failed, so the step is retried on another worker at once instead of after its
- * heartbeat timeout. Either way the process exits 0 before workerForceSeconds, and the attach ends
- * with exactly one hook. The worker is worker/main.ts, the production entry, in a process of its own.
+ * A rollout stops a worker (SIGTERM) while an attach's hook creation waits on a provider: the
+ * worker takes no new task and gives the step shutdown.workerGraceSeconds. The step runs inside the
+ * run's workflow task (a local activity): one that ends in that time completes normally and the
+ * stopping worker finishes the task; one that does not is cut (its HTTP call aborted) and fails as
+ * WorkerShutdown, retried after a timer by whichever worker takes the run's next task, not silently.
+ * Either way the process exits 0 before workerForceSeconds, and the attach ends with exactly one
+ * hook. The worker is worker/main.ts, the production entry, in a process of its own. (Runs from
+ * before the hooks moved into the workflow task ensure them as activities, which the SDK cancels at
+ * the grace time itself: their histories replay in test/unit/workflow-replay.test.ts.)
  */
 describe('a worker stopped with SIGTERM during a provider call', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-worker-shutdown-'));
@@ -51,6 +55,10 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
   }
 
   const describeRun = (h: Harness, workflowId: string): Promise<WorkflowExecutionDescription> => h.client.workflow.getHandle(workflowId).describe();
+  type HistoryEvent = ReturnType<typeof localStepsOf>[number]['event'];
+  /** The workflow task whose completion recorded `marker` (its commands follow it in the history): who ran the step. */
+  const taskCompletedBefore = (events: HistoryEvent[], marker: HistoryEvent) =>
+    events.findLast((e) => e.workflowTaskCompletedEventAttributes && Number(e.eventId) < Number(marker.eventId))?.workflowTaskCompletedEventAttributes;
   const identityOf = (worker: StartedProcess) => `${worker.child.pid}@`;
 
   // Each starts worker/main.ts under tsx (it bundles the workflows at start): slow on a loaded machine.
@@ -67,11 +75,12 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
     expect(await worker.exited).toBe(0);
     expect(worker.output()).toContain('worker stopped');
 
-    // The stopping worker completed the step: nothing is left pending or to retry.
+    // The stopping worker completed the step, in a workflow task it finished: nothing is left to retry.
     expect((await describeRun(h, workflowId)).raw.pendingActivities ?? []).toEqual([]);
-    const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
-    const completedBy = (history.events ?? []).filter((e) => e.activityTaskCompletedEventAttributes).map((e) => e.activityTaskCompletedEventAttributes!.identity);
-    expect(completedBy.some((identity) => identity?.startsWith(identityOf(worker)))).toBe(true);
+    const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+    const ensured = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event;
+    expect(ensured?.markerRecordedEventAttributes?.failure).toBeFalsy();
+    expect(taskCompletedBefore(events, ensured!)?.identity).toMatch(new RegExp(`^${identityOf(worker)}`));
 
     await h.restartWorker();
     await resultOf(h, workflowId);
@@ -90,16 +99,19 @@ describe('a worker stopped with SIGTERM during a provider call', () => {
     // Well before the force time: the cancelled step did not keep the worker.
     expect(performance.now() - signalled).toBeLessThan(15_000);
 
-    // Temporal has the attempt as failed by the worker's shutdown, and the step as due for a retry.
-    const [pending] = (await describeRun(h, workflowId)).raw.pendingActivities ?? [];
-    expect(pending?.lastWorkerIdentity).toMatch(new RegExp(`^${identityOf(worker)}`));
-    expect(pending?.attempt).toBeGreaterThanOrEqual(2);
-    expect(pending?.lastFailure?.message).toMatch(/WORKER_SHUTDOWN/);
+    // The run has the attempt as failed by the worker's shutdown, recorded by the stopping worker,
+    // and the step's retry waiting on a timer (so another worker runs it).
+    const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+    const cut = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event;
+    const failure = cut?.markerRecordedEventAttributes?.failure;
+    expect(failure?.message ?? failure?.cause?.message).toMatch(/WORKER_SHUTDOWN/);
     // Typed as what happened, not as the provider being unavailable.
-    expect(pending?.lastFailure?.applicationFailureInfo).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false });
+    expect((failure?.applicationFailureInfo ?? failure?.cause?.applicationFailureInfo)?.type).toBe('WorkerShutdown');
+    expect(taskCompletedBefore(events, cut!)?.identity).toMatch(new RegExp(`^${identityOf(worker)}`));
+    expect(events.some((e) => e.timerStartedEventAttributes && Number(e.eventId) > Number(cut!.eventId))).toBe(true);
     // And the worker's log says which step it cut.
-    const cut = worker.output().split('\n').filter((line) => line.includes('Activity failed') && line.includes('ensureHook'));
-    expect(cut.join('\n')).toContain('WORKER_SHUTDOWN');
+    const cutLines = worker.output().split('\n').filter((line) => line.includes('Activity failed') && line.includes('ensureHook'));
+    expect(cutLines.join('\n')).toContain('WORKER_SHUTDOWN');
 
     hold.release('drop');
     await h.restartWorker();

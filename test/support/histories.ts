@@ -60,3 +60,20 @@ export async function assertHistoriesBounded(client: Client, taskQueue: string):
     throw new Error(`run ${largest.workflowId} (${largest.runId}) has a history of ${largest.bytes} bytes, over the ${MAX_HISTORY_BYTES} a run may grow to`);
   }
 }
+
+type HistoryEvent = NonNullable<proto.temporal.api.history.v1.IHistory['events']>[number];
+
+/**
+ * The steps a run ran inside its workflow tasks (local activities), from their markers: the step's
+ * activity type and the marker event (recorded once the step has ended, with its failure if it failed).
+ */
+export function localStepsOf(events: HistoryEvent[]): { activityType: string; event: HistoryEvent }[] {
+  return events.flatMap((event) => {
+    const marker = event.markerRecordedEventAttributes;
+    if (marker?.markerName !== 'core_local_activity') return [];
+    const data = marker.details?.data?.payloads?.[0]?.data;
+    if (!data) return [];
+    const { activity_type: activityType } = JSON.parse(Buffer.from(data).toString('utf8')) as { activity_type: string };
+    return [{ activityType, event }];
+  });
+}
