@@ -19,8 +19,11 @@ import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
+import type { InlineAdmission } from './inline-admission.ts';
 
 export interface DispatchActivityDeps {
+  /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
+  inline?: InlineAdmission;
   db: Db;
   keys: EncryptionKeys;
   outbound: Outbound;

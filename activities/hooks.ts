@@ -23,8 +23,11 @@ import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarryi
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
+import type { InlineAdmission } from './inline-admission.ts';
 
 export interface HookActivityDeps {
+  /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
+  inline?: InlineAdmission;
   db: Db;
   keys: EncryptionKeys;
   providers: ProviderFactory;

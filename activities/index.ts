@@ -1,4 +1,4 @@
-import { LISTING_CONCURRENCY_DEFAULTS, type Config } from '../lib/config.ts';
+import { inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -10,6 +10,7 @@ import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './even
 import { createHookHealthActivities } from './hook-health.ts';
 import { heartbeating } from './heartbeat.ts';
 import { createHookActivities } from './hooks.ts';
+import { createInlineAdmission, type InlineAdmission } from './inline-admission.ts';
 import { createRepositoryCacheActivities } from './repository-cache.ts';
 import { createWebhookCredentialActivities } from './webhook-credentials.ts';
 import type { Outbound } from './outbound.ts';
@@ -36,6 +37,9 @@ export interface ActivitySettings {
   /** repositoryCache.callsPerConnection / callsPerWorker: listing calls in flight at once. */
   listingCallsPerConnection?: number;
   listingCallsPerWorker?: number;
+  /** worker.inlineCallsPerWorker (resolved) / inlineCallsPerOrganization: tenant-facing calls inside workflow tasks at once. */
+  inlineCallsPerWorker?: number;
+  inlineCallsPerOrganization?: number;
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
@@ -44,6 +48,8 @@ export function settingsFromConfig(config: Config): ActivitySettings {
     subscriberDeliveryDeadlineSeconds: config.subscribers.deliveryDeadlineSeconds,
     listingCallsPerConnection: config.repositoryCache.callsPerConnection,
     listingCallsPerWorker: config.repositoryCache.callsPerWorker,
+    inlineCallsPerWorker: inlineCallsPerWorker(config.worker),
+    inlineCallsPerOrganization: config.worker.inlineCallsPerOrganization,
   };
 }
 
@@ -51,12 +57,17 @@ export function settingsFromConfig(config: Config): ActivitySettings {
 export function createActivities(deps: ActivityDeps) {
   // One per worker: every connection listed by this worker shares it.
   const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? LISTING_CONCURRENCY_DEFAULTS.callsPerWorker);
+  // One per worker: it bounds the workflow task slots that tenant-facing calls hold at once.
+  const inline: InlineAdmission = createInlineAdmission({
+    perWorker: deps.settings.inlineCallsPerWorker ?? inlineCallsPerWorker(WORKER_SIZING_DEFAULTS),
+    perOrganization: deps.settings.inlineCallsPerOrganization ?? WORKER_SIZING_DEFAULTS.inlineCallsPerOrganization,
+  });
   return {
     // These wait on providers and subscribers: they heartbeat so a lost worker is noticed in seconds.
     ...heartbeating(createConnectionActivities(deps)),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
-    ...heartbeating(createDispatchActivities(deps)),
-    ...heartbeating(createHookActivities(deps)),
+    ...heartbeating(createDispatchActivities({ ...deps, inline })),
+    ...heartbeating(createHookActivities({ ...deps, inline })),
     ...createHookHealthActivities(deps),
     ...createWebhookCredentialActivities(deps),
     ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),

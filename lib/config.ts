@@ -75,7 +75,13 @@ export const WORKER_SIZING_DEFAULTS = {
   maxConcurrentWorkflowTaskExecutions: 10,
   maxConcurrentLocalActivityExecutions: 20,
   maxConcurrentActivityTaskExecutions: 20,
+  inlineCallsPerOrganization: 2,
 } as const;
+
+/** How many tenant-facing calls a worker runs inside workflow tasks at once: the configured number, or half its workflow task slots. */
+export function inlineCallsPerWorker(sizing: Pick<WorkerSizing, 'inlineCallsPerWorker' | 'maxConcurrentWorkflowTaskExecutions'>): number {
+  return Math.min(sizing.inlineCallsPerWorker ?? Math.max(1, Math.floor(sizing.maxConcurrentWorkflowTaskExecutions / 2)), sizing.maxConcurrentWorkflowTaskExecutions - 1);
+}
 
 const workerSizing = z
   .object({
@@ -87,8 +93,17 @@ const workerSizing = z
     maxConcurrentWorkflowTaskExecutions: z.number().int().min(2).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentWorkflowTaskExecutions),
     maxConcurrentLocalActivityExecutions: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentLocalActivityExecutions),
     maxConcurrentActivityTaskExecutions: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.maxConcurrentActivityTaskExecutions),
+    // Tenant-facing calls (a subscriber's first attempt, an attach's provider steps) run inside a
+    // workflow task, holding its slot, at most this many at once (default: half the workflow task
+    // slots) and this many of one organization; the others run as activities (activities/inline-admission.ts).
+    inlineCallsPerWorker: z.number().int().min(1).max(1000).optional(),
+    inlineCallsPerOrganization: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.inlineCallsPerOrganization),
   })
   .strict()
+  .refine((w) => w.inlineCallsPerWorker === undefined || w.inlineCallsPerWorker < w.maxConcurrentWorkflowTaskExecutions, {
+    path: ['inlineCallsPerWorker'],
+    message: 'must be below maxConcurrentWorkflowTaskExecutions: a slot must stay free for the runs that call no tenant',
+  })
   .refine((w) => w.maxCachedWorkflows === 0 || w.maxConcurrentWorkflowTaskExecutions <= w.maxCachedWorkflows, {
     path: ['maxConcurrentWorkflowTaskExecutions'],
     message: 'must not exceed maxCachedWorkflows (a workflow task runs on a cached run) unless the cache is off (0)',

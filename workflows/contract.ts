@@ -11,6 +11,13 @@ export const DEFAULT_TASK_QUEUE = 'forgelink';
  */
 export const NETWORK_STEP_HEARTBEAT_TIMEOUT = '5 seconds';
 
+/**
+ * The failure type of a tenant-facing local activity that its worker did not admit into the
+ * workflow task (activities/inline-admission.ts): it made no call, and the workflow runs the same
+ * step as a regular activity.
+ */
+export const INLINE_NOT_ADMITTED = 'InlineNotAdmitted';
+
 export const SA_ORGANIZATION = defineSearchAttributeKey('ForgelinkOrganization', 'KEYWORD');
 export const SA_PROVIDER = defineSearchAttributeKey('ForgelinkProvider', 'KEYWORD');
 export const SA_REPOSITORY = defineSearchAttributeKey('ForgelinkRepository', 'KEYWORD');

@@ -1,0 +1,68 @@
+/**
+ * Which tenant-facing calls may run inside a workflow task.
+ *
+ * A local activity holds the workflow task slot of its run until it ends (measured with the SDK:
+ * with 2 slots, a no-op run waited 3.6 s behind local activities sleeping 4 s). The calls that go
+ * to a tenant's endpoint (a subscriber's first attempt, an attach's provider steps) answer in
+ * milliseconds when the endpoint is healthy, which is why they run there; but a tenant controls
+ * how slowly its endpoint answers. Without a bound, one organization's slow subscriber or provider
+ * could take every workflow task slot of a worker for the calls' timeouts and stall every other
+ * organization's events on it.
+ *
+ * So a tenant-facing local activity first asks for admission: at most `perWorker` of them run at
+ * once on a worker (by default half its workflow task slots), and at most `perOrganization` of one
+ * organization. One that is not admitted makes no call and says so at once (`InlineNotAdmitted`),
+ * and its workflow runs the same step as a regular activity, which holds an activity slot, not a
+ * workflow task slot, and is retried durably as before.
+ */
+import { ApplicationFailure } from '@temporalio/common';
+import { INLINE_NOT_ADMITTED } from '../workflows/contract.ts';
+
+export { INLINE_NOT_ADMITTED };
+
+export interface InlineAdmission {
+  /** A release function when admitted (call it once the call has ended), undefined when not. */
+  tryAdmit(organizationId: string): (() => void) | undefined;
+  readonly perWorker: number;
+  readonly perOrganization: number;
+}
+
+export interface InlineAdmissionLimits {
+  perWorker: number;
+  perOrganization: number;
+}
+
+export function createInlineAdmission({ perWorker, perOrganization }: InlineAdmissionLimits): InlineAdmission {
+  for (const [name, value] of Object.entries({ perWorker, perOrganization })) {
+    if (!Number.isInteger(value) || value < 1) throw new RangeError(`inline admission needs a positive integer ${name}, got ${value}`);
+  }
+  let running = 0;
+  const byOrganization = new Map<string, number>();
+  return {
+    perWorker,
+    perOrganization,
+    tryAdmit(organizationId) {
+      const mine = byOrganization.get(organizationId) ?? 0;
+      if (running >= perWorker || mine >= perOrganization) return undefined;
+      running++;
+      byOrganization.set(organizationId, mine + 1);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        running--;
+        const left = byOrganization.get(organizationId)! - 1;
+        if (left === 0) byOrganization.delete(organizationId);
+        else byOrganization.set(organizationId, left);
+      };
+    },
+  };
+}
+
+export function inlineNotAdmitted(organizationId: string): ApplicationFailure {
+  return ApplicationFailure.create({
+    type: INLINE_NOT_ADMITTED,
+    message: `inside the workflow task, this worker already runs as many tenant-facing calls as it admits (organization ${organizationId}): run as an activity`,
+    nonRetryable: true,
+  });
+}
