@@ -5,6 +5,7 @@ import type { Db } from '../lib/db/index.ts';
 import type { Provider } from '../lib/domain.ts';
 import type { Logger, LogLevel } from '../lib/logger.ts';
 import type { ApiMetrics } from '../lib/metrics.ts';
+import type { AckTrace } from './ack-trace.ts';
 import type { IntakeSignal } from './intake-relay.ts';
 
 export interface ApiDeps {
@@ -46,6 +47,8 @@ export interface ApiDeps {
   metricsPath?: string;
   /** The receivers tell this process's intake relay of each delivery they store (createIntakeSignal). */
   intake: IntakeSignal;
+  /** The ingest benchmark's acknowledgement trace (FORGELINK_ACK_TRACE; api/ack-trace.ts): absent in production. */
+  ackTrace?: AckTrace;
   /** Resolves host names when checking provider URLs; tests may substitute it. */
   resolveHost?: (host: string) => Promise<string[]>;
 }

@@ -13,6 +13,7 @@ import { startTracing } from '../lib/tracing.ts';
 import { clientConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { createIntakeSignal, startIntakeRelay } from './intake-relay.ts';
+import { ackTraceFromEnv } from './ack-trace.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
@@ -28,7 +29,8 @@ export async function runApi(config: Config, options: { address?: string; databa
   const logger = createLogger('api', config.logging.level);
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
-  const db = createDb(databaseUrl, { logger });
+  const ackTrace = ackTraceFromEnv();
+  const db = createDb(databaseUrl, { logger, ...(ackTrace ? { onCheckout: ackTrace.checkedOut } : {}) });
   const connection = await Connection.connect(clientConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
   const tracing = startTracing(config.tracing, { serviceName: 'forgelink-api' });
   // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
@@ -40,6 +42,7 @@ export async function runApi(config: Config, options: { address?: string; databa
     ...(metrics ? { metrics, ...(ownMetricsPort ? {} : { metricsPath: config.metrics.api.path }) } : {}),
     draining: () => draining,
     intake: createIntakeSignal(),
+    ...(ackTrace ? { ackTrace } : {}),
     db,
     temporal,
     outbound: createOutbound(config.security),
@@ -63,7 +66,8 @@ export async function runApi(config: Config, options: { address?: string; databa
   // Starts the event runs of the deliveries the receivers store (several API replicas share the work).
   const relay = startIntakeRelay(deps, { databaseUrl });
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: config.api.host, port: config.api.port, serverOptions: { requestTimeout: REQUEST_TIMEOUT_MS } }, () => resolve(s));
+    const fetch: typeof app.fetch = ackTrace ? (request, env, ...rest) => (ackTrace.arrived((env as { incoming: object }).incoming), app.fetch(request, env, ...rest)) : app.fetch;
+    const s = serve({ fetch, hostname: config.api.host, port: config.api.port, serverOptions: { requestTimeout: REQUEST_TIMEOUT_MS } }, () => resolve(s));
   });
   const url = `http://${config.api.host}:${config.api.port}`;
   logger.info({ url }, 'API listening');

@@ -26,7 +26,14 @@ import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInp
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
-import { callApi, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
+import { callApi, reniceThreads, startService, stopService, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
+import { ackBreakdown, floorSummary, recordStalls, wallClockMs, type SendTimes } from './ack-breakdown.ts';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { summarizeDelivery } from '../workflows/contract.ts';
 import { measureWorkerFloor, threadCpuSeconds, workerUsageReport } from './worker-usage.ts';
 
 export interface IngestOptions {
@@ -47,9 +54,18 @@ export interface IngestOptions {
    * bare-start floor included). Written to ingest-api-first.json.
    */
   apiFirst: number;
+  /**
+   * For iterating on the acknowledgement (not for the targets): a bare-start saturation rate given
+   * (a/s), so the closed loop is skipped and the paced phases use it; 0 measures it.
+   */
+  saturation: number;
+  /** 1: only the paced phases at the target rate (deliveries, bare starts, the floor); 0: every rate. */
+  targetOnly: number;
+  /** With --saturation: the deliveries' and the floor's phases at the target rate this many times more, alternating (`paced.againAtTarget`). */
+  repeats: number;
 }
 
-export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0 };
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0, saturation: 0, targetOnly: 0, repeats: 0 };
 
 /** The API's (and its database backends' and the bare starts' client's) nice value with --apiFirst=1. */
 const API_FIRST_NICE = -10;
@@ -275,11 +291,17 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // itself, CPU a provider's sender would not take from forgelink. Bare starts are made with the
     // Temporal client, which is what a start costs whoever makes it.
     const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency });
+    /** While a paced phase is traced: when each delivery went out and its answer was read. */
+    let sendTimes: SendTimes | undefined;
     const send = (d: Delivery, apiUrl: string) =>
       new Promise<number>((resolve, reject) => {
+        const sent = sendTimes && wallClockMs();
         const req = http.request(`${apiUrl}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
           res.resume();
-          res.once('end', () => resolve(res.statusCode!));
+          res.once('end', () => {
+            if (sent !== undefined) sendTimes?.set(d.deliveryId, { sent, done: wallClockMs() });
+            resolve(res.statusCode!);
+          });
           res.on('error', reject);
         });
         // on, not once: a request can report a second error (the socket's hang-up after a reset),
@@ -350,7 +372,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     const blockSize = Math.ceil(options.deliveries / (BLOCK_ORDER.length / 2));
     const phases = { bare: emptyPhase(), ingest: emptyPhase() };
     const ingestItems: Prepared[] = [];
-    for (const [i, kind] of BLOCK_ORDER.entries()) {
+    for (const [i, kind] of (options.saturation ? [] : BLOCK_ORDER).entries()) {
       const items = prepare(stack, repos, blockSize);
       log(`block ${i + 1}/${BLOCK_ORDER.length}: ${kind === 'bare' ? 'bare client.workflow.start' : 'signed deliveries to the API'} ×${blockSize} at concurrency ${options.concurrency}`);
       const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
@@ -365,13 +387,15 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     const statuses: Record<string, number> = {};
     for (const status of phases.ingest.outcomes) statuses[String(status)] = (statuses[String(status)] ?? 0) + 1;
     const ratio = (a: number, b: number) => Math.round((a / b) * 1000) / 1000;
-    const closedLoop = {
-      ingestion: { ...acceptance, ackLatencyMs, ackToStartMs: await ackToStartMs(stack, ingestItems), statuses },
-      bareStart: bare,
-      acceptanceRatio: ratio(acceptance.throughputPerSecond, bare.throughputPerSecond),
-      endToEndRatio: ratio(acceptance.endToEndEventsPerSecond, bare.endToEndEventsPerSecond),
-    };
-    const saturation = bare.throughputPerSecond;
+    const closedLoop = options.saturation
+      ? undefined
+      : {
+          ingestion: { ...acceptance, ackLatencyMs, ackToStartMs: await ackToStartMs(stack, ingestItems), statuses },
+          bareStart: bare,
+          acceptanceRatio: ratio(acceptance.throughputPerSecond, bare.throughputPerSecond),
+          endToEndRatio: ratio(acceptance.endToEndEventsPerSecond, bare.endToEndEventsPerSecond),
+        };
+    const saturation = options.saturation || bare.throughputPerSecond;
 
     /** Open loop at `rate`: what one delivery (or bare start) waits for at that rate. */
     const paced = async (label: string, rate: number, kind: 'ingest' | 'bare' = 'ingest') => {
@@ -380,6 +404,12 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
       log(`${label}: ${items.length} ${kind === 'bare' ? 'bare starts' : 'deliveries'} paced at ${rate.toFixed(0)}/s (at most ${options.concurrency} in flight)`);
       const cpuBefore = stack.cpuSeconds();
+      // The deliveries' phases are traced (api/ack-trace.ts): the API's recording starts afresh here.
+      if (kind === 'ingest') {
+        await stack.ackTrace();
+        sendTimes = new Map();
+      }
+      const generatorStalls = recordStalls();
       const result =
         kind === 'bare'
           ? await runPaced(starts, rate, options.concurrency, async (start) => {
@@ -387,6 +417,17 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
               return 202;
             })
           : await runPaced(items, rate, options.concurrency, post);
+      const breakdown =
+        kind === 'ingest'
+          ? ackBreakdown(
+              items.map((p) => p.delivery.deliveryId),
+              result.latenciesMs,
+              sendTimes!,
+              await stack.ackTrace(),
+              generatorStalls.stop(),
+            )
+          : (generatorStalls.stop(), undefined);
+      sendTimes = undefined;
       expected += accepted(result.outcomes);
       await drain(label);
       const cpuAfter = stack.cpuSeconds();
@@ -398,17 +439,44 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
         ackLatencyMs: latencySummary(result.latenciesMs),
         ...(kind === 'ingest' ? { ackToStartMs: await ackToStartMs(stack, items) } : {}),
         non202: result.outcomes.filter((status) => status !== 202).length,
+        ...(breakdown ? { ackBreakdown: breakdown } : {}),
       };
     };
 
     const pacedDeliveries = [];
-    for (const fraction of PACED_FRACTIONS) {
+    for (const fraction of options.targetOnly ? [TARGETS.rateFraction] : PACED_FRACTIONS) {
       pacedDeliveries.push({ fractionOfBareStarts: fraction, ...(await paced(`deliveries paced at ${fraction * 100} % of bare starts`, saturation * fraction)) });
     }
     // The floor under the acknowledgement latency: bare starts alone, paced at the target rate.
     const pacedBareStarts = await paced(`bare starts paced at ${TARGETS.rateFraction * 100} % of bare starts`, saturation * TARGETS.rateFraction, 'bare');
     const atTarget = pacedDeliveries.find((p) => p.fractionOfBareStarts === TARGETS.rateFraction)!;
+    const ackFloor = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined }, repos, log);
+    expected += ackFloor.bareStartsBeside.started;
+    await drain('the acknowledgement floor');
     const peakRssMiB = stack.peakRssMiB();
+    if (!closedLoop) {
+      // Iterating (--saturation): the paced phases only, the deliveries and the floor at the target rate again --repeats times.
+      const againAtTarget = [];
+      for (let i = 0; i < options.repeats; i++) {
+        const again = await paced(`again (${i + 1}/${options.repeats}): deliveries at ${TARGETS.rateFraction * 100} %`, saturation * TARGETS.rateFraction);
+        const floorAgain = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined }, repos, log);
+        expected += floorAgain.bareStartsBeside.started;
+        await drain('the acknowledgement floor');
+        againAtTarget.push({
+          deliveries: { ackLatencyMs: again.ackLatencyMs, mainThreadPerSecond: again.ackBreakdown?.api.mainThreadPerSecond, slowestMeanPartsMs: again.ackBreakdown?.slowestMeanPartsMs, apiCpuMicrosecondsPerDelivery: again.cpuMicrosecondsPerDelivery.api },
+          floor: { ackLatencyMs: floorAgain.ackLatencyMs, insertMs: floorAgain.insertMs, mainThreadPerSecond: floorAgain.mainThreadPerSecond },
+          loadAverage: Math.round(os.loadavg()[0]! * 100) / 100,
+        });
+      }
+      return {
+        options,
+        topology,
+        paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts, ackFloorAtTarget: ackFloor, againAtTarget },
+        peakRssMiB,
+        loadAverage: load.stop(),
+        measured: { ackP99MsAtTargetRate: { limit: TARGETS.p99AckMs, deliveries: atTarget.ackLatencyMs.p99, bareStartsFloor: pacedBareStarts.ackLatencyMs.p99, floor: ackFloor.ackLatencyMs.p99 } },
+      };
+    }
     const threads = { ...workerThreads, after: threadCpuSeconds(stack.workerPid), events: workerThreads.events + expected };
     // Issue #16: the worker's peak RSS and CPU per event against the SDK's floor, measured now with the same worker settings.
     const floor = await measureWorkerFloor(stack, { runs: Math.ceil(options.deliveries / 4), concurrency: options.concurrency }, log);
@@ -420,7 +488,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       topology,
       closedLoop,
       // Open loop, the worker running; rates are fractions of the bare starts' closed-loop throughput (the saturation rate).
-      paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts },
+      paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts, ackFloorAtTarget: ackFloor },
       peakRssMiB,
       workerUsage: worker.workerUsage,
       ...(observabilityOverhead ? { observabilityOverhead } : {}),
@@ -430,7 +498,15 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       resentAfterConnectionReset: resent,
       loadAverage: load.stop(),
       measured: {
-        ackP99MsAtTargetRate: { limit: TARGETS.p99AckMs, deliveries: atTarget.ackLatencyMs.p99, bareStartsFloor: pacedBareStarts.ackLatencyMs.p99 },
+        // floor: a minimal acknowledgement's p99 at that rate with bare starts at that rate beside it (measureAckFloor).
+        ackP99MsAtTargetRate: {
+          limit: TARGETS.p99AckMs,
+          deliveries: atTarget.ackLatencyMs.p99,
+          bareStartsFloor: pacedBareStarts.ackLatencyMs.p99,
+          floor: ackFloor.ackLatencyMs.p99,
+          deliveriesOverFloor: Math.round((atTarget.ackLatencyMs.p99 / ackFloor.ackLatencyMs.p99) * 100) / 100,
+          floorWithinLimit: ackFloor.ackLatencyMs.p99 <= TARGETS.p99AckMs,
+        },
         acceptanceRatio: { min: TARGETS.acceptanceRatio, value: closedLoop.acceptanceRatio },
         endToEndRatio: { min: TARGETS.endToEndRatio, value: closedLoop.endToEndRatio },
         ackToStartMsAtTargetRate: atTarget.ackToStartMs,
@@ -609,3 +685,102 @@ const threadDelta = (before: ThreadCpuSeconds, after: ThreadCpuSeconds) => Objec
 
 const round1 = (v: number) => Math.round(v * 10) / 10;
 const round2 = (v: number) => Math.round(v * 100) / 100;
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+
+/**
+ * The floor under the acknowledgement at `rate`: a minimal acknowledgement (bench/ack-floor-server.ts:
+ * node:http, read the body, the receiver's INSERT into a scratch copy of the intake table with a pool
+ * of its own, 202) paced at `rate` while bare `client.workflow.start`s run at `rate` from a process of
+ * their own (bench/paced-starts.ts), so the worker and the Temporal server have what the deliveries'
+ * phase gave them. Its p99 is what any acknowledgement that stores a row gets on this machine at
+ * that load. With `nice` (--apiFirst=1) both processes get the API's priority.
+ */
+async function measureAckFloor(stack: BenchStack, options: { rate: number; count: number; concurrency: number; nice: number | undefined }, repos: Record<Provider, Repo[]>, log: (line: string) => void) {
+  const { rate, count, concurrency } = options;
+  await sql`create table if not exists ack_floor_deliveries (like webhook_deliveries including all)`.execute(stack.db);
+  // The row the receiver stores for each delivery, as the request's body: [provider, delivery id, connection, events, installation, instance, start].
+  const rows = prepare(stack, repos, count).map((p) => {
+    const { provider, headers, body, deliveryId } = p.delivery;
+    const events = normalizeWebhook(provider, headers, body);
+    const { connectionId } = p.repo.hook;
+    const start = {
+      taskQueue: stack.taskQueue,
+      summary: summarizeDelivery(events),
+      ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
+      organizationId: p.repo.organizationId,
+      repositoryId: p.repo.repositoryId,
+      targets: { organizationSlugs: ['bench'], repositoryNames: [p.repo.fullName], ...(connectionId ? { connectionId } : {}) },
+    };
+    return JSON.stringify([provider, deliveryId, connectionId ?? null, JSON.stringify(events), provider === 'github' ? GITHUB_FIXTURE_INSTALLATION_ID : null, null, JSON.stringify(start)]);
+  });
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-ack-floor-'));
+  const startsFile = path.join(dir, 'starts.json');
+  writeFileSync(startsFile, JSON.stringify(prepare(stack, repos, count).map((p) => startOptions(stack, p))));
+  const port = await freeLoopbackPort();
+  const server = await startService('ack floor', 'bench/ack-floor-server.ts', { ...stack.env, ACK_FLOOR_DATABASE_URL: stack.databaseUrl, ACK_FLOOR_PORT: String(port) }, 'ack floor listening', { mode: stack.runMode });
+  const starter = spawn(process.execPath, ['--import', 'tsx', path.join(BENCH_DIR, 'paced-starts.ts'), stack.temporalAddress, stack.namespace, startsFile, String(rate), String(concurrency)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: starter.stdout! });
+  const nextLine = () => new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    starter.once('exit', (code) => reject(new Error(`paced-starts exited (${code})`)));
+  });
+  const renice = () => {
+    if (options.nice !== undefined) for (const pid of [server.child.pid, starter.pid]) reniceThreads(pid, options.nice);
+  };
+  const prioritizing = setInterval(renice, 1000);
+  try {
+    if ((await nextLine()) !== 'ready') throw new Error('paced-starts did not say ready');
+    renice();
+    log(`acknowledgement floor: ${count} minimal acknowledgements paced at ${rate.toFixed(0)}/s beside ${count} bare starts at ${rate.toFixed(0)}/s (a process of their own)`);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+    const insertMs: number[] = new Array(count);
+    const generatorLateMs: number[] = new Array(count);
+    const started = performance.now();
+    const schedBefore = mainThreadSchedstat(server.child.pid);
+    const indexed = rows.map((body, index) => ({ body, index }));
+    const startsDone = nextLine();
+    starter.stdin!.write('go\n');
+    const result = await runPaced(indexed, rate, concurrency, ({ body, index }) => {
+      generatorLateMs[index] = performance.now() - (started + (index / rate) * 1000);
+      return new Promise<number>((resolve, reject) => {
+        const req = http.request(`http://127.0.0.1:${port}/`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, agent }, (res) => {
+          insertMs[index] = Number(res.headers['x-insert-ms']);
+          res.resume();
+          res.once('end', () => resolve(res.statusCode!));
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    });
+    const schedAfter = mainThreadSchedstat(server.child.pid);
+    const seconds = (performance.now() - started) / 1000;
+    const starts = JSON.parse(await startsDone) as { latenciesMs: number[]; throughputPerSecond: number; failed: number };
+    agent.destroy();
+    return {
+      targetRatePerSecond: Math.round(rate),
+      achievedRatePerSecond: Math.round(result.throughputPerSecond),
+      ...floorSummary(result.latenciesMs, insertMs, generatorLateMs),
+      non202: result.outcomes.filter((status) => status !== 202).length,
+      // The floor server's one thread, per second of the phase: ms on a core, ms runnable but waiting for one (compare the API's ackBreakdown.api.mainThreadPerSecond).
+      mainThreadPerSecond: { onCpuMs: Math.round((schedAfter.onCpuMs - schedBefore.onCpuMs) / seconds), waitingForCoreMs: Math.round((schedAfter.waitingMs - schedBefore.waitingMs) / seconds) },
+      bareStartsBeside: { started: count - starts.failed, failed: starts.failed, achievedRatePerSecond: Math.round(starts.throughputPerSecond), latencyMs: latencySummary(starts.latenciesMs) },
+    };
+  } finally {
+    clearInterval(prioritizing);
+    starter.kill();
+    await stopService(server);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A process's main thread's time on a core and waiting for one so far, in ms (Linux schedstat). */
+function mainThreadSchedstat(pid: number | undefined): { onCpuMs: number; waitingMs: number } {
+  try {
+    const [onCpu, waiting] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ');
+    return { onCpuMs: Number(onCpu) / 1e6, waitingMs: Number(waiting) / 1e6 };
+  } catch {
+    return { onCpuMs: Number.NaN, waitingMs: Number.NaN };
+  }
+}

@@ -48,6 +48,17 @@ export interface BenchStack {
   workerSizing: WorkerSizing;
   /** What the API and the worker run: the built JavaScript (`dist`) or the TypeScript sources under tsx. */
   runMode: BenchRunMode;
+  /** Where the stack's Temporal server and database are, for processes a benchmark starts beside it. */
+  temporalAddress: string;
+  namespace: string;
+  databaseUrl: string;
+  /** The API process's id. */
+  readonly apiPid: number | undefined;
+  /**
+   * What the API's acknowledgement trace (api/ack-trace.ts; the stack's API runs with it) recorded
+   * since the last call: each call starts a new recording.
+   */
+  ackTrace(): Promise<AckTraceRecording>;
   /** The worker process's id, to read its usage in /proc (another after restartWorker). */
   readonly workerPid: number | undefined;
   /** The worker's Node flags: the chart's `worker.nodeArgs`, or restartWorker's (BENCH_NODE_ARGS comes after them). */
@@ -88,6 +99,18 @@ export interface BenchStack {
    */
   startVariant(name: string, overrides: Record<string, unknown>): Promise<StackVariant>;
   stop(): Promise<void>;
+}
+
+/** The file api/ack-trace.ts writes: times are wall-clock milliseconds (performance.timeOrigin + performance.now()). */
+export interface AckTraceRecording {
+  from: number;
+  to: number;
+  eventLoopDelayMs: { p50: number; p99: number; max: number };
+  deliveries: { deliveryId: string; arrived: number; insert?: number; acquired?: number; inserted?: number; answered: number }[];
+  /** Each tick of a 10 ms timer: [when it ran, how late, the main thread's ms on a core and ms waiting for one since the tick before]. */
+  ticks: [number, number, number, number][];
+  /** [start, pause ms, kind]. */
+  gcs: [number, number, number][];
 }
 
 export interface StackVariant {
@@ -184,7 +207,7 @@ export function buildForBench(log: (line: string) => void): void {
   };
   run(['--import', 'tsx', path.join(ROOT, 'scripts/build.ts'), DIST]);
   const tsconfig = path.join(DIST, 'tsconfig.bench.json');
-  writeFileSync(tsconfig, JSON.stringify({ extends: path.join(ROOT, 'tsconfig.build.json'), compilerOptions: { rootDir: ROOT, outDir: DIST, sourceMap: false }, files: [path.join(ROOT, 'bench/floor-worker.ts')] }));
+  writeFileSync(tsconfig, JSON.stringify({ extends: path.join(ROOT, 'tsconfig.build.json'), compilerOptions: { rootDir: ROOT, outDir: DIST, sourceMap: false }, files: [path.join(ROOT, 'bench/floor-worker.ts'), path.join(ROOT, 'bench/ack-floor-server.ts')] }));
   run([createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', tsconfig]);
   run(['--import', 'tsx', path.join(ROOT, 'worker/create-worker.ts'), path.join(DIST, 'bench', 'floor-workflow-bundle.js'), path.join(ROOT, 'bench/floor-workflows.ts'), 'untraced']);
   log(`built dist/ for the benchmark in ${((performance.now() - started) / 1000).toFixed(0)} s`);
@@ -295,7 +318,7 @@ function postgresCpuTracker(database: string) {
 }
 
 /** Sets the nice value of every thread of `pid` (Linux keeps one per thread; a new thread takes its creator's). */
-function reniceThreads(pid: number | undefined, nice: number): void {
+export function reniceThreads(pid: number | undefined, nice: number): void {
   if (pid === undefined) return;
   let tids: string[];
   try {
@@ -443,7 +466,8 @@ export async function startBenchStack(
     if (runMode === 'dist' && process.env.BENCH_BUILD !== 'skip') buildForBench(log);
     const startWorker = (nodeArgs: string[], workerEnv: NodeJS.ProcessEnv = env) => startService('worker', 'worker/main.ts', workerEnv, 'worker running', { mode: runMode, nodeArgs });
     let workerNodeArgs = chartWorkerNodeArgs();
-    let [worker, api] = await Promise.all([startWorker(workerNodeArgs), startService('api', 'api/main.ts', env, 'API listening', { mode: runMode })]);
+    const ackTraceFile = path.join(dir, 'ack-trace.json');
+    let [worker, api] = await Promise.all([startWorker(workerNodeArgs), startService('api', 'api/main.ts', { ...env, FORGELINK_ACK_TRACE: ackTraceFile }, 'API listening', { mode: runMode })]);
     stops.unshift(() => stopService(worker));
     stops.unshift(() => stopService(api));
     log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid} (${runMode === 'dist' ? 'node dist/' : 'tsx, from source'})`);
@@ -494,6 +518,26 @@ export async function startBenchStack(
       env,
       workerSizing,
       runMode,
+      temporalAddress: server.address,
+      namespace: server.namespace,
+      databaseUrl,
+      get apiPid() {
+        return api.child.pid;
+      },
+      async ackTrace() {
+        rmSync(ackTraceFile, { force: true });
+        api.child.kill('SIGUSR2');
+        const asked = performance.now();
+        for (;;) {
+          try {
+            return JSON.parse(readFileSync(ackTraceFile, 'utf8')) as AckTraceRecording;
+          } catch {
+            // Not written (or not whole) yet.
+            if (performance.now() - asked > 30_000) throw new Error('the API wrote no acknowledgement trace within 30 s');
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+        }
+      },
       get workerPid() {
         return worker.child.pid;
       },

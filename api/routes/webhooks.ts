@@ -254,7 +254,8 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
     }
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
-    const stored = await storeDelivery(deps.db, {
+    const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+    const insert = () => storeDelivery(deps.db, {
       provider,
       deliveryId,
       connectionId,
@@ -274,6 +275,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
         ...withTraceparent(currentTraceparent()),
       },
     });
+    const stored = await (deps.ackTrace ? deps.ackTrace.insert(incoming, insert) : insert());
     outcome(stored ? 'accepted' : 'redelivery');
     if (stored) deps.intake.stored();
   } catch (error) {
@@ -282,6 +284,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
     throw new Problem(503, 'Service Unavailable', 'the delivery could not be stored durably; deliver it again');
   }
   // A redelivery finds its row already there: acknowledged the same way, nothing new stored or started.
+  deps.ackTrace?.answered((c.env as { incoming?: IncomingMessage } | undefined)?.incoming, deliveryId);
   return c.json({ status: 'accepted' as const, workflowId, events: events.length }, 202);
 }
 

@@ -9,6 +9,8 @@ export interface DbOptions {
   max?: number;
   /** Where a failed idle connection is reported. */
   logger?: Pick<Logger, 'warn'>;
+  /** Told each time the pool hands out a connection (the ingest benchmark's acknowledgement trace, api/ack-trace.ts). */
+  onCheckout?: () => void;
 }
 
 export function createDb(connectionString: string, options: DbOptions = {}): Db {
@@ -20,5 +22,14 @@ export function createDb(connectionString: string, options: DbOptions = {}): Db 
   pool.on('error', (error: Error & { code?: string }) => {
     options.logger?.warn({ code: error.code, reason: error.message }, 'an idle database connection failed; the pool replaces it');
   });
+  const { onCheckout } = options;
+  if (onCheckout) {
+    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+    pool.connect = (async () => {
+      const client = await connect();
+      onCheckout();
+      return client;
+    }) as typeof pool.connect;
+  }
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
 }
