@@ -11,7 +11,7 @@ import { type ActivityDeps, createActivities } from '../activities/index.ts';
 import { LogContextInterceptor } from '../activities/log-context.ts';
 import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 import type { Logger } from '../lib/logger.ts';
-import { WORKER_SIZING_DEFAULTS, type WorkerSizing } from '../lib/config.ts';
+import { inlineCallsPerWorker, WORKER_SIZING_DEFAULTS, type WorkerSizing } from '../lib/config.ts';
 import { TRACING_OFF, type Tracing } from '../lib/tracing.ts';
 
 const here = fileURLToPath(import.meta.url);
@@ -61,12 +61,27 @@ export interface WorkerParams {
   sizing?: WorkerSizing;
 }
 
+/**
+ * Workflow task polls at once. A poll holds a workflow task slot, and each of the SDK's two poll
+ * loops (sticky, not sticky) holds one more while it waits to start its next poll. The slots that
+ * tenant-facing calls may hold taken (worker.inlineCallsPerWorker), the rest must cover them all:
+ * otherwise the sticky loop's idle polls take the last ones and no new run, of any organization,
+ * gets its first workflow task until one of those calls ends (seen with 3 and 6 slots and the SDK's
+ * default of one poll a slot: runs waited the 10 s of another organization's call). Hence the SDK's
+ * default (one a slot, up to 10) but at most the slots left less 2, of them 1 in 5 not sticky
+ * (at least 1 of each). Covered for sure when the slots left are 4 or more (the SDK needs 2 polls).
+ */
+export function workflowTaskPolls(sizing: WorkerSizing): number {
+  return Math.max(2, Math.min(10, sizing.maxConcurrentWorkflowTaskExecutions - inlineCallsPerWorker(sizing) - 2));
+}
+
 /** The Worker options a sizing stands for (the benchmark's floor worker takes the same ones). */
 export function sizingOptions(sizing: WorkerSizing = WORKER_SIZING_DEFAULTS) {
   return {
     maxCachedWorkflows: sizing.maxCachedWorkflows,
     reuseV8Context: sizing.reuseV8Context,
     maxConcurrentWorkflowTaskExecutions: sizing.maxConcurrentWorkflowTaskExecutions,
+    workflowTaskPollerBehavior: { type: 'simple-maximum', maximum: workflowTaskPolls(sizing) },
     maxConcurrentLocalActivityExecutions: sizing.maxConcurrentLocalActivityExecutions,
     maxConcurrentActivityTaskExecutions: sizing.maxConcurrentActivityTaskExecutions,
   } satisfies Partial<WorkerOptions>;
