@@ -19,7 +19,7 @@ import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
-import type { InlineAdmission } from './inline-admission.ts';
+import { inlineNotAdmitted, type InlineAdmission } from './inline-admission.ts';
 
 export interface DispatchActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
@@ -207,7 +207,7 @@ export interface DrainResult {
   undelivered?: { eventId: string; subscriberId: string; reason: string }[];
 }
 
-export function createDispatchActivities({ db, keys, outbound, logger, metrics }: DispatchActivityDeps) {
+export function createDispatchActivities({ db, keys, outbound, logger, metrics, inline: admission }: DispatchActivityDeps) {
   return {
     /**
      * Sends one event to one subscriber, signed with the subscriber's secret
@@ -216,9 +216,16 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
      * policy tries again with backoff until the dispatch deadline; an event the subscriber already
      * acknowledged is not sent again. Subscribers deduplicate on X-Forgelink-Event-Id, which stays
      * the same across attempts (an acknowledgement lost in transit means a second send).
+     *
+     * Run inside a workflow task (a local activity) by a run that can take a refusal
+     * (`askAdmission`), it first asks the worker's admission for the subscriber's organization: not
+     * admitted, it sends nothing, records no attempt and fails with InlineNotAdmitted, and the run
+     * makes the same attempt as a regular activity (a slow subscriber then holds an activity slot,
+     * not one of the workflow task slots every organization's runs need).
      */
-    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1 }: Dispatch): Promise<DispatchOutcome> {
-      const attempt = Context.current().info.attempt + firstAttempt - 1;
+    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1, askAdmission }: Dispatch): Promise<DispatchOutcome> {
+      const { info } = Context.current();
+      const attempt = info.attempt + firstAttempt - 1;
       const skipped = (outcome: DispatchOutcome) => {
         metrics?.dispatchAttempt('skipped');
         return outcome;
@@ -229,7 +236,20 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics }
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
       if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 
-      const outcome = await sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt);
+      // Asked after the database read, before the call: the subscriber's answer time is what holds the slot.
+      const admitting = askAdmission && info.isLocal && admission;
+      // The run's first attempts, side by side in one workflow task, hold one slot: they take one place.
+      const release = admitting ? admission.tryAdmit(subscriber.organization_id, info.workflowExecution?.runId) : undefined;
+      if (admitting && !release) {
+        metrics?.dispatchAttempt('not_admitted');
+        throw inlineNotAdmitted(subscriber.organization_id);
+      }
+      let outcome: AttemptOutcome;
+      try {
+        outcome = await sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt);
+      } finally {
+        release?.();
+      }
       await recordDispatchAttempt(db, {
         subscriberId,
         eventId,

@@ -35,6 +35,12 @@ export interface Dispatch {
   subscriberId: string;
   /** The attempt number this activity's first attempt has (the inline first attempt is 1). */
   firstAttempt?: number;
+  /**
+   * Set by workflow code that makes the attempt as a regular activity when its inline first attempt
+   * is not admitted (activities/inline-admission.ts). Without it (a run of earlier code re-executing
+   * its local activity after an upgrade) the attempt is made as before.
+   */
+  askAdmission?: boolean;
 }
 
 /**

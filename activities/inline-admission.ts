@@ -11,7 +11,7 @@
  *
  * So a tenant-facing local activity first asks for admission: at most `perWorker` of them run at
  * once on a worker (by default half its workflow task slots), and at most `perOrganization` of one
- * organization. One that is not admitted makes no call and says so at once (`InlineNotAdmitted`),
+ * organization; a run's calls side by side (one workflow task, one slot) count once. One that is not admitted makes no call and says so at once (`InlineNotAdmitted`),
  * and its workflow runs the same step as a regular activity, which holds an activity slot, not a
  * workflow task slot, and is retried durably as before.
  */
@@ -21,8 +21,13 @@ import { INLINE_NOT_ADMITTED } from '../workflows/contract.ts';
 export { INLINE_NOT_ADMITTED };
 
 export interface InlineAdmission {
-  /** A release function when admitted (call it once the call has ended), undefined when not. */
-  tryAdmit(organizationId: string): (() => void) | undefined;
+  /**
+   * A release function when admitted (call it once the call has ended), undefined when not. Calls
+   * with the same `holder` (the workflow run they run in: its local activities at once hold one
+   * workflow task slot between them) and organization take one place between them, so a run that
+   * sends an event to several subscribers side by side counts once.
+   */
+  tryAdmit(organizationId: string, holder?: string): (() => void) | undefined;
   readonly perWorker: number;
   readonly perOrganization: number;
 }
@@ -38,23 +43,53 @@ export function createInlineAdmission({ perWorker, perOrganization }: InlineAdmi
   }
   let running = 0;
   const byOrganization = new Map<string, number>();
+  /** Places taken by a holder, with how many of its calls share each. */
+  const shared = new Map<string, { calls: number; release: () => void }>();
+
+  function take(organizationId: string): (() => void) | undefined {
+    const mine = byOrganization.get(organizationId) ?? 0;
+    if (running >= perWorker || mine >= perOrganization) return undefined;
+    running++;
+    byOrganization.set(organizationId, mine + 1);
+    return () => {
+      running--;
+      const left = byOrganization.get(organizationId)! - 1;
+      if (left === 0) byOrganization.delete(organizationId);
+      else byOrganization.set(organizationId, left);
+    };
+  }
+  const once = (release: () => void) => {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      release();
+    };
+  };
+
   return {
     perWorker,
     perOrganization,
-    tryAdmit(organizationId) {
-      const mine = byOrganization.get(organizationId) ?? 0;
-      if (running >= perWorker || mine >= perOrganization) return undefined;
-      running++;
-      byOrganization.set(organizationId, mine + 1);
-      let released = false;
-      return () => {
-        if (released) return;
-        released = true;
-        running--;
-        const left = byOrganization.get(organizationId)! - 1;
-        if (left === 0) byOrganization.delete(organizationId);
-        else byOrganization.set(organizationId, left);
-      };
+    tryAdmit(organizationId, holder) {
+      if (holder === undefined) {
+        const release = take(organizationId);
+        return release && once(release);
+      }
+      const key = JSON.stringify([holder, organizationId]);
+      let place = shared.get(key);
+      if (!place) {
+        const release = take(organizationId);
+        if (!release) return undefined;
+        place = { calls: 0, release };
+        shared.set(key, place);
+      }
+      place.calls++;
+      const taken = place;
+      return once(() => {
+        if (--taken.calls > 0) return;
+        shared.delete(key);
+        taken.release();
+      });
     },
   };
 }

@@ -1,7 +1,7 @@
-import { ActivityFailure, ApplicationFailure, continueAsNew, log, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Activities } from '../activities/index.ts';
-import { NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
+import { INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
@@ -17,7 +17,10 @@ const { recordEvent } = proxyLocalActivities<Activities>({
 
 // The first attempt of each dispatch runs inside the same workflow task: when subscribers answer,
 // the whole run is one workflow task with no activity task, about half the server's work per event.
-// A failed first attempt goes on as a regular activity, retried durably until the deadline.
+// A failed first attempt goes on as a regular activity, retried durably until the deadline. One the
+// worker does not admit (it holds the run's workflow task slot while the subscriber answers, so the
+// worker bounds how many, per organization too: activities/inline-admission.ts) is made at once as
+// a regular activity, still attempt 1.
 const { dispatchEvent: dispatchFirstAttempt } = proxyLocalActivities<Activities>({
   // Past the request's own 10 s timeout: the attempt is recorded before it fails.
   startToCloseTimeout: '15 seconds',
@@ -48,6 +51,12 @@ function retryAfterMs(error: unknown): number {
   return (details?.retryAfterSeconds ?? 0) * 1000;
 }
 
+/** Whether the inline first attempt was not admitted into the workflow task (and made no call). */
+function notAdmitted(error: unknown): boolean {
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  return cause instanceof ApplicationFailure && cause.type === INLINE_NOT_ADMITTED;
+}
+
 /**
  * One provider delivery (id `event:<provider>:<deliveryId>`, so a redelivery maps onto this run):
  * records its events per organization and applies the repository cache changes they carry, then
@@ -70,22 +79,27 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
   const { recorded, dispatches, deliveryDeadlineSeconds } = recordedDelivery;
   if (dispatches.length === 0) return { recorded, delivered: 0, undelivered: [] };
 
-  const first = await Promise.allSettled(dispatches.map((dispatch) => dispatchFirstAttempt(dispatch)));
+  // Runs from before admission send no `askAdmission`: a first attempt they re-execute after an upgrade is made as it was.
+  const admission = patched('dispatch-inline-admission');
+  const first = await Promise.allSettled(dispatches.map((dispatch) => dispatchFirstAttempt(admission ? { ...dispatch, askAdmission: true } : dispatch)));
   const outcomes = await Promise.all(
     first.map(async (outcome, i) => {
       if (outcome.status === 'fulfilled') return outcome;
+      // Not admitted: no attempt was made, so the activity makes the first one, at once.
+      const firstAttempt = admission && notAdmitted(outcome.reason) ? 1 : 2;
       const remainingMs = deliveryDeadlineSeconds * 1000 - (Date.now() - startedAt);
-      const waitMs = Math.max(FIRST_RETRY_MS, retryAfterMs(outcome.reason));
+      const waitMs = firstAttempt === 1 ? 0 : Math.max(FIRST_RETRY_MS, retryAfterMs(outcome.reason));
       if (remainingMs <= waitMs) return outcome;
-      await sleep(waitMs);
+      if (waitMs > 0) await sleep(waitMs);
       const { dispatchEvent } = proxyActivities<Activities>({
         // The request's own 10 s timeout, plus recording the attempt.
         startToCloseTimeout: '15 seconds',
         heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
         scheduleToCloseTimeout: remainingMs - waitMs,
-        retry: { initialInterval: FIRST_RETRY_MS * 2, backoffCoefficient: 2, maximumInterval: '10 minutes' },
+        // The same backoff from the first attempt on: attempts at 0, 1, 3, 7 s… either way.
+        retry: { initialInterval: FIRST_RETRY_MS * firstAttempt, backoffCoefficient: 2, maximumInterval: '10 minutes' },
       });
-      return dispatchEvent({ ...dispatches[i]!, firstAttempt: 2 }).then(
+      return dispatchEvent({ ...dispatches[i]!, firstAttempt }).then(
         (value) => ({ status: 'fulfilled' as const, value }),
         (reason: unknown) => ({ status: 'rejected' as const, reason }),
       );

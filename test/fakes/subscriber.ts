@@ -21,7 +21,22 @@ export interface FakeSubscriber {
   received: ReceivedEvent[];
   /** The secret from `POST …/subscribers`; deliveries before this call count as unsigned. */
   verifyWith(secret: string): void;
+  /**
+   * From now on the endpoint hangs: it reads each delivery and answers none until `release()`,
+   * then acknowledges them all (a subscriber that takes as long as a tenant wants).
+   */
+  hold(): SubscriberHold;
+  /** Called with each delivery as it arrives, before it is answered. */
+  onDelivery?: (event: ReceivedEvent) => void;
   close(): Promise<void>;
+}
+
+export interface SubscriberHold {
+  /** Deliveries that arrived while held. */
+  readonly arrived: number;
+  /** Resolves once `count` deliveries have arrived while held. */
+  arrivals(count: number): Promise<void>;
+  release(): void;
 }
 
 function signatureMatches(secret: string | undefined, rawBody: string, header: unknown): boolean {
@@ -34,23 +49,55 @@ function signatureMatches(secret: string | undefined, rawBody: string, header: u
 export async function startFakeSubscriber(): Promise<FakeSubscriber> {
   let secret: string | undefined;
   const received: ReceivedEvent[] = [];
-  const server = new FakeHttpServer().route('POST', '/events', 'deliver', (req) => {
-    received.push({
+  let held: { released: Promise<void>; arrived: () => void } | undefined;
+  const server = new FakeHttpServer().route('POST', '/events', 'deliver', async (req) => {
+    const event: ReceivedEvent = {
       headers: req.headers,
       rawBody: req.rawBody,
       body: req.body as ReceivedEvent['body'],
       signatureValid: signatureMatches(secret, req.rawBody, req.headers['x-forgelink-signature']),
-    });
+    };
+    subscriber.onDelivery?.(event);
+    if (held) {
+      const { released, arrived } = held;
+      arrived();
+      await released;
+    }
+    received.push(event);
     return { status: 204 };
   });
   const base = await server.start();
-  return {
+  const subscriber: FakeSubscriber = {
     url: `${base}/events`,
     server,
     received,
     verifyWith(value) {
       secret = value;
     },
+    hold() {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let arrived = 0;
+      const waiting: { count: number; resolve: () => void }[] = [];
+      held = {
+        released,
+        arrived: () => {
+          arrived++;
+          for (const w of waiting.filter((w) => w.count <= arrived)) w.resolve();
+        },
+      };
+      return {
+        get arrived() {
+          return arrived;
+        },
+        arrivals: (count) => (arrived >= count ? Promise.resolve() : new Promise<void>((resolve) => waiting.push({ count, resolve }))),
+        release: () => {
+          held = undefined;
+          release();
+        },
+      };
+    },
     close: () => server.close(),
   };
+  return subscriber;
 }

@@ -13,6 +13,7 @@ import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
 import { createIntakeSignal, startIntakeRelay } from '../../api/intake-relay.ts';
 import type { ApiDeps } from '../../api/context.ts';
+import { inlineCallsPerWorker, type WorkerSizing } from '../../lib/config.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -99,6 +100,8 @@ export interface HarnessOptions {
   withoutIntakeRelay?: boolean;
   /** OpenTelemetry on, as api/main.ts and worker/main.ts wire it (startTracing with a test's span processor). */
   tracing?: Tracing;
+  /** The worker's cache and slots (the config's `worker` keys; default: the config's defaults). */
+  sizing?: WorkerSizing;
 }
 
 let runtimeInstalled = false;
@@ -128,6 +131,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const workflowBundle = { code: readFileSync(inject('workflowBundlePath'), 'utf8') };
   const settings: ActivitySettings = {
     publicUrl: TEST_PUBLIC_URL,
+    // As worker/main.ts does: the admission into workflow tasks follows the worker's slots.
+    ...(options.sizing ? { inlineCallsPerWorker: inlineCallsPerWorker(options.sizing), inlineCallsPerOrganization: options.sizing.inlineCallsPerOrganization } : {}),
     ...options.settings,
   };
   const outbound = options.outbound ?? testOutbound;
@@ -135,7 +140,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const deps = { db, keys, providers: options.providers ?? createProviderFactory({ outbound, ...github }), outbound, logger, settings };
 
   const launch = async () => {
-    const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle, tracing: options.tracing });
+    const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle, tracing: options.tracing, sizing: options.sizing });
     const running = worker.run();
     return { worker, running };
   };

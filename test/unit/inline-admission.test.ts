@@ -25,6 +25,27 @@ describe('createInlineAdmission', () => {
     expect(admission.tryAdmit('org-a')).toBeUndefined();
   });
 
+  it("counts a run's calls side by side once: they hold one workflow task slot", () => {
+    const admission = createInlineAdmission({ perWorker: 2, perOrganization: 1 });
+    const run1 = [admission.tryAdmit('org-a', 'run-1'), admission.tryAdmit('org-a', 'run-1'), admission.tryAdmit('org-a', 'run-1')];
+    expect(run1.every((release) => typeof release === 'function')).toBe(true);
+    // Another run of the organization: its place is taken.
+    expect(admission.tryAdmit('org-a', 'run-2')).toBeUndefined();
+    // The same run's calls for another organization take that organization's place.
+    const other = admission.tryAdmit('org-b', 'run-1');
+    expect(other).toBeTypeOf('function');
+    expect(admission.tryAdmit('org-c')).toBeUndefined();
+    run1[0]!();
+    run1[0]!();
+    run1[1]!();
+    // One call of run-1 is still running: the place is still held.
+    expect(admission.tryAdmit('org-a', 'run-2')).toBeUndefined();
+    run1[2]!();
+    expect(admission.tryAdmit('org-a', 'run-2')).toBeTypeOf('function');
+    other!();
+    expect(admission.tryAdmit('org-c')).toBeTypeOf('function');
+  });
+
   it('refuses limits that are not positive integers', () => {
     expect(() => createInlineAdmission({ perWorker: 0, perOrganization: 1 })).toThrow(/perWorker/);
     expect(() => createInlineAdmission({ perWorker: 2, perOrganization: 1.5 })).toThrow(/perOrganization/);
