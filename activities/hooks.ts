@@ -23,7 +23,7 @@ import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarryi
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
-import type { InlineAdmission } from './inline-admission.ts';
+import { withAdmission, type InlineAdmission, type InlineStep } from './inline-admission.ts';
 
 export interface HookActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
@@ -141,7 +141,7 @@ function driftOf(hook: ProviderHook, spec: HookSpec): string[] {
   return drift;
 }
 
-export function createHookActivities({ db, keys, providers, logger, settings, metrics }: HookActivityDeps) {
+export function createHookActivities({ db, keys, providers, logger, settings, metrics, inline }: HookActivityDeps) {
   /** Runs one hook operation at the provider and counts its outcome (a thrown failure counts as `failed`). */
   async function counted<T>(provider: Provider, operation: HookOperation, fn: () => Promise<T>, outcomeOf: (result: T) => HookOutcome): Promise<T> {
     if (!metrics) return fn();
@@ -237,18 +237,23 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       return { provider: row.provider, fullName: row.full_name, hookKeys: hookKeys(row.provider), recordedHookIds: recorded };
     },
 
-    /** Proves the connection can see the repository (for GitHub, that the App installation covers it); Azure DevOps also needs its project id. */
-    async verifyRepository(key: RepositoryKey): Promise<{ projectId?: string }> {
-      const row = await repository(key, { requireActive: true });
-      const found = await classified(() => adapterFor(row).getRepository(refOf(row)));
-      if (!found) {
-        throw nonRetryable(
-          HookFailureTypes.repositoryNotVisible,
-          `${row.provider} repository ${row.full_name} (id ${row.external_id}) is gone or connection ${row.connection_id} cannot see it`,
-        );
-      }
-      if (row.provider === 'azure-devops' && !found.projectId) throw nonRetryable(HookFailureTypes.repositoryNotVisible, `Azure DevOps gave no project for repository ${row.full_name}`);
-      return found.projectId ? { projectId: found.projectId } : {};
+    /**
+     * Proves the connection can see the repository (for GitHub, that the App installation covers it); Azure DevOps also needs its project id.
+     * This, ensureHook and pruneHooks call the tenant's provider: run inside a workflow task, they ask for admission first (`askAdmission`).
+     */
+    async verifyRepository(key: RepositoryKey & InlineStep): Promise<{ projectId?: string }> {
+      return withAdmission(inline, key, async () => {
+        const row = await repository(key, { requireActive: true });
+        const found = await classified(() => adapterFor(row).getRepository(refOf(row)));
+        if (!found) {
+          throw nonRetryable(
+            HookFailureTypes.repositoryNotVisible,
+            `${row.provider} repository ${row.full_name} (id ${row.external_id}) is gone or connection ${row.connection_id} cannot see it`,
+          );
+        }
+        if (row.provider === 'azure-devops' && !found.projectId) throw nonRetryable(HookFailureTypes.repositoryNotVisible, `Azure DevOps gave no project for repository ${row.full_name}`);
+        return found.projectId ? { projectId: found.projectId } : {};
+      });
     },
 
     /**
@@ -258,49 +263,51 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * re-enables it and restores the secret, write-only at every provider) instead of duplicated;
      * further copies are deleted.
      */
-    async ensureHook(input: RepositoryKey & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
-      const row = await repository(input, { requireActive: true });
-      requireHookKey(row.provider, input.hookKey);
-      return counted(
-        row.provider,
-        'ensure',
-        async () => {
-          const adapter = adapterFor(row);
-          const ref = refOf(row, input.projectId);
-          // The provider's listing does not wait for the database's answers: they are independent.
-          const [credential, attachmentId, recordedIds, listed] = await Promise.all([
-            ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
-            attachmentIdOf(db, row.id),
-            recordedHookIds(db, row.id),
-            classified(() => adapter.listHooks(ref)),
-          ]);
-          if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
-          const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
-          const recorded = new Set(recordedIds);
-          const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
-          // The hook we already know wins over any copy.
-          matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
-          const [existing, ...duplicates] = matching;
-          const hook = await classified(async () => {
-            if (existing) {
-              try {
-                return await adapter.updateHook(ref, existing.id, spec);
-              } catch (error) {
-                // Deleted since the listing: create it instead.
-                if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+    async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
+      return withAdmission(inline, input, async () => {
+        const row = await repository(input, { requireActive: true });
+        requireHookKey(row.provider, input.hookKey);
+        return counted(
+          row.provider,
+          'ensure',
+          async () => {
+            const adapter = adapterFor(row);
+            const ref = refOf(row, input.projectId);
+            // The provider's listing does not wait for the database's answers: they are independent.
+            const [credential, attachmentId, recordedIds, listed] = await Promise.all([
+              ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
+              attachmentIdOf(db, row.id),
+              recordedHookIds(db, row.id),
+              classified(() => adapter.listHooks(ref)),
+            ]);
+            if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
+            const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
+            const recorded = new Set(recordedIds);
+            const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
+            // The hook we already know wins over any copy.
+            matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
+            const [existing, ...duplicates] = matching;
+            const hook = await classified(async () => {
+              if (existing) {
+                try {
+                  return await adapter.updateHook(ref, existing.id, spec);
+                } catch (error) {
+                  // Deleted since the listing: create it instead.
+                  if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+                }
               }
-            }
-            return adapter.createHook(ref, spec);
-          });
-          await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
-          for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
-          await forgetHooks(db, row.id, duplicates.map((d) => d.id));
-          const outcome = existing?.id === hook.id ? 'adopted' : 'created';
-          logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length }, 'hook ensured');
-          return { providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length };
-        },
-        (result) => result.outcome,
-      );
+              return adapter.createHook(ref, spec);
+            });
+            await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
+            for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
+            await forgetHooks(db, row.id, duplicates.map((d) => d.id));
+            const outcome = existing?.id === hook.id ? 'adopted' : 'created';
+            logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length }, 'hook ensured');
+            return { providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length };
+          },
+          (result) => result.outcome,
+        );
+      });
     },
 
     /**
@@ -324,17 +331,19 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * longer used) and the legacy hooks the attachment had before (the new set replaces them), and
      * forgets records of hooks no longer there.
      */
-    async pruneHooks(input: RepositoryKey & { keepHookIds: string[] }): Promise<{ removed: string[] }> {
-      const row = await repository(input, { requireActive: true });
-      const adapter = adapterFor(row);
-      const [listed, versions] = await Promise.all([classified(() => adapter.listHooks(refOf(row))), recordedCredentialVersions(db, row.id)]);
-      const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
-      const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
-      const removed = [...new Set([...stray, ...legacy])];
-      await deleteHooks(row, adapter, removed);
-      await forgetHooksExcept(db, row.id, input.keepHookIds);
-      if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
-      return { removed };
+    async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[] }): Promise<{ removed: string[] }> {
+      return withAdmission(inline, input, async () => {
+        const row = await repository(input, { requireActive: true });
+        const adapter = adapterFor(row);
+        const [listed, versions] = await Promise.all([classified(() => adapter.listHooks(refOf(row))), recordedCredentialVersions(db, row.id)]);
+        const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
+        const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
+        const removed = [...new Set([...stray, ...legacy])];
+        await deleteHooks(row, adapter, removed);
+        await forgetHooksExcept(db, row.id, input.keepHookIds);
+        if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
+        return { removed };
+      });
     },
 
     async completeAttachment(key: RepositoryKey): Promise<void> {

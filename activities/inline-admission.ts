@@ -17,6 +17,7 @@
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { INLINE_NOT_ADMITTED } from '../workflows/contract.ts';
+import { activityContext } from './outbound.ts';
 
 export { INLINE_NOT_ADMITTED };
 
@@ -100,4 +101,29 @@ export function inlineNotAdmitted(organizationId: string): ApplicationFailure {
     message: `inside the workflow task, this worker already runs as many tenant-facing calls as it admits (organization ${organizationId}): run as an activity`,
     nonRetryable: true,
   });
+}
+
+/**
+ * The input of a step that asks for admission when it runs as a local activity. Only workflow code
+ * that runs the step as an activity when refused sets it: a run of earlier code replaying or
+ * retrying a local step after an upgrade passes nothing and runs it as before.
+ */
+export interface InlineStep {
+  askAdmission?: boolean;
+}
+
+/**
+ * Runs `step` for the organization: as it is unless it is a local activity whose input asks for
+ * admission; then only once admitted (released when the step ends, so none is held across the
+ * workflow's waits), or not at all, failing with INLINE_NOT_ADMITTED before any call.
+ */
+export async function withAdmission<T>(inline: InlineAdmission | undefined, input: { organizationId: string } & InlineStep, step: () => Promise<T>): Promise<T> {
+  if (!inline || !input.askAdmission || !activityContext()?.info.isLocal) return step();
+  const release = inline.tryAdmit(input.organizationId);
+  if (!release) throw inlineNotAdmitted(input.organizationId);
+  try {
+    return await step();
+  } finally {
+    release();
+  }
 }

@@ -1,7 +1,8 @@
-import { ActivityCancellationType, ApplicationFailure, CancellationScope, log, patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, ActivityFailure, ApplicationFailure, CancellationScope, log, patched, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
-import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
+import type { InlineStep } from '../activities/inline-admission.ts';
+import { AttachmentFailureTypes, INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 /** Database bookkeeping: retried until the database answers. */
@@ -75,6 +76,26 @@ const HOOKS_IN_WORKFLOW_TASK = 'attach-hooks-in-workflow-task';
  */
 const HOOKS_SIDE_BY_SIDE = 'attach-hooks-side-by-side';
 
+/**
+ * A local step holds its run's workflow task slot until it ends, and these call a provider the
+ * tenant chose and controls how slowly it answers. Later runs have each local provider step ask its
+ * worker for admission (activities/inline-admission.ts: a few at once per worker and per
+ * organization); a step refused makes no call and runs again at once as the activity, which holds
+ * an activity slot instead. Runs started before replay their local steps as they were.
+ */
+const INLINE_ADMISSION = 'attach-inline-admission';
+
+/** The step inside the workflow task if its worker admits it, else as `activity`. */
+async function inlineOr<I, O>(activity: (input: I) => Promise<O>, local: (input: I & InlineStep) => Promise<O>, input: I): Promise<O> {
+  try {
+    return await local({ ...input, askAdmission: true });
+  } catch (error) {
+    const cause = error instanceof ActivityFailure ? error.cause : error;
+    if (!(cause instanceof ApplicationFailure && cause.type === INLINE_NOT_ADMITTED)) throw error;
+    return activity(input);
+  }
+}
+
 interface Compensation {
   hookKey: string;
   undo: () => Promise<unknown>;
@@ -105,7 +126,13 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
-  const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK) ? providerStepsInWorkflowTask : providerSteps;
+  const admission = patched(INLINE_ADMISSION);
+  /** A local provider step, asking admission in runs that fall back to the activity when refused. */
+  const local = <I, O>(activity: (input: I) => Promise<O>, inWorkflowTask: (input: I) => Promise<O>) =>
+    admission ? (input: I) => inlineOr(activity, inWorkflowTask, input) : inWorkflowTask;
+  const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK)
+    ? { verifyRepository: local(providerSteps.verifyRepository, providerStepsInWorkflowTask.verifyRepository), pruneHooks: local(providerSteps.pruneHooks, providerStepsInWorkflowTask.pruneHooks) }
+    : providerSteps;
   const compensations: Compensation[] = [];
   const hookIds: string[] = [];
   let fullName = key.repositoryId;
@@ -113,7 +140,11 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     const plan = await beginAttachment(key);
     fullName = plan.fullName;
     const { projectId } = await verifyRepository(key);
-    const ensureStep = patched(HOOKS_IN_WORKFLOW_TASK) ? providerStepsInWorkflowTask.ensureHook : patched(UNDO_AFTER_ENSURE_ENDED) ? ensureHookEndedOnCancel : ensureHook;
+    const ensureStep = patched(HOOKS_IN_WORKFLOW_TASK)
+      ? local(ensureHookEndedOnCancel, providerStepsInWorkflowTask.ensureHook)
+      : patched(UNDO_AFTER_ENSURE_ENDED)
+        ? ensureHookEndedOnCancel
+        : ensureHook;
     const ensure = (hookKey: string) => ensureStep({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
     // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
     const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
