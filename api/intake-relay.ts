@@ -4,6 +4,7 @@ import { contextFromTraceparent } from '../lib/tracing.ts';
 import { startPendingDeliveries, type PendingDelivery, type StartOutcome } from '../lib/db/repositories/deliveries.ts';
 import { workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
 import { deliveryRunLabels, deliveryTargetsFrom } from '../workflows/run-labels.ts';
+import type { ApiMetrics } from '../lib/metrics.ts';
 import type { ApiDeps } from './context.ts';
 import { startWorkflowOrThrow } from './start-workflow.ts';
 
@@ -75,6 +76,9 @@ export interface IntakeRelay {
   stop(): Promise<void>;
 }
 
+/** What a relay works with: an API's, or its own thread's (api/intake-relay-thread.ts). */
+export type RelayDeps = Pick<ApiDeps, 'intake' | 'logger' | 'temporal' | 'taskQueue'> & { metrics?: Pick<ApiMetrics, 'intakeStart'> };
+
 /** What the relay gives each start before it counts as failed: Temporal unreachable must not hold rows locked for long. */
 const START_TIMEOUT_MS = 5000;
 
@@ -103,7 +107,7 @@ interface Run {
  *   was acknowledged, so its run is owed): it stays in the backlog /readyz shows the admin, with its
  *   attempts and last error, and each failure is logged at error level, until the cause is fixed.
  */
-export function startIntakeRelay(deps: ApiDeps, options: IntakeRelayOptions): IntakeRelay {
+export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): IntakeRelay {
   const batch = options.batch ?? 50;
   const startConcurrency = Math.max(1, options.startConcurrency ?? 16);
   const busyGapMs = options.busyGapMs ?? 20;

@@ -12,7 +12,8 @@ import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { startTracing } from '../lib/tracing.ts';
 import { clientConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
-import { createIntakeSignal, startIntakeRelay } from './intake-relay.ts';
+import { createIntakeSignal } from './intake-relay.ts';
+import { startIntakeRelayThread } from './intake-relay-thread.ts';
 import { ackTraceFromEnv } from './ack-trace.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
@@ -31,7 +32,8 @@ export async function runApi(config: Config, options: { address?: string; databa
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const ackTrace = ackTraceFromEnv();
   const db = createDb(databaseUrl, { logger, ...(ackTrace ? { onCheckout: ackTrace.checkedOut } : {}) });
-  const connection = await Connection.connect(clientConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233'));
+  const temporalAddress = options.address ?? config.temporal.address ?? '127.0.0.1:7233';
+  const connection = await Connection.connect(clientConnectOptions(config.temporal, temporalAddress));
   const tracing = startTracing(config.tracing, { serviceName: 'forgelink-api' });
   // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
   const temporal = new Client({ connection, namespace: config.temporal.namespace, ...(tracing.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });
@@ -63,8 +65,10 @@ export async function runApi(config: Config, options: { address?: string; databa
     githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
   };
   const app = createApp(deps);
-  // Starts the event runs of the deliveries the receivers store (several API replicas share the work).
-  const relay = startIntakeRelay(deps, { databaseUrl });
+  // Starts the event runs of the deliveries the receivers store (several API replicas share the
+  // work), on a thread of its own: its starts' CPU stays off the event loop that acknowledges.
+  const relay = startIntakeRelayThread(deps, { temporal: config.temporal, address: temporalAddress, databaseUrl, tracing: config.tracing, logLevel: config.logging.level });
+  await relay.ready;
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const fetch: typeof app.fetch = ackTrace ? (request, env, ...rest) => (ackTrace.arrived((env as { incoming: object }).incoming), app.fetch(request, env, ...rest)) : app.fetch;
     const s = serve({ fetch, hostname: config.api.host, port: config.api.port, serverOptions: { requestTimeout: REQUEST_TIMEOUT_MS } }, () => resolve(s));

@@ -26,7 +26,7 @@ export async function startWorkflow(deps: ApiDeps, workflowType: string, options
 }
 
 /** startWorkflow without the translation: a failed start throws Temporal's own error (the intake relay tells an outage from a refusal by it). */
-export async function startWorkflowOrThrow(deps: ApiDeps, workflowType: string, options: StartOptions): Promise<{ workflowId: string; alreadyStarted: boolean }> {
+export async function startWorkflowOrThrow(deps: Pick<ApiDeps, 'temporal' | 'taskQueue'>, workflowType: string, options: StartOptions): Promise<{ workflowId: string; alreadyStarted: boolean }> {
   const start = () =>
     deps.temporal.workflow.start(workflowType, {
       taskQueue: deps.taskQueue,

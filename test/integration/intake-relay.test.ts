@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startIntakeRelay, type IntakeRelay } from '../../api/intake-relay.ts';
+import { startIntakeRelayThread } from '../../api/intake-relay-thread.ts';
+import type { Config } from '../../lib/config.ts';
 import { createDb } from '../../lib/db/index.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { workflowIds } from '../../workflows/contract.ts';
@@ -232,6 +234,39 @@ describe('intake relay: store first, start after', () => {
       expect(waited).toBeLessThan(maxDeferMs + 10_000);
     } finally {
       clearInterval(stream);
+    }
+  });
+
+  it("runs on a thread of its own as the API runs it: a receipt wakes it, its starts count in the API's metrics, and stop ends it", async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    const counted: string[] = [];
+    const thread = startIntakeRelayThread(
+      { intake: h.apiDeps.intake, logger: h.apiDeps.logger, metrics: { intakeStart: (outcome) => counted.push(outcome) } },
+      {
+        temporal: { namespace: 'default', taskQueue: h.apiDeps.taskQueue } as Config['temporal'],
+        address: proxy.address,
+        databaseUrl: inject('databaseUrl'),
+        tracing: { enabled: false } as Config['tracing'],
+        logLevel: 'warn',
+      },
+    );
+    try {
+      // Once the thread's relay is up (its first sweep finds nothing), a receipt starts the run well before the next sweep (5 s).
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const [d] = pushes(1);
+      const sentAt = performance.now();
+      expect((await send(h, d!)).status).toBe(202);
+      while (!(await runExists(runOf(d!)))) {
+        expect(performance.now() - sentAt).toBeLessThan(3000);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await h.client.workflow.getHandle(runOf(d!)).result();
+      expect(await eventsOfDelivery(h.db, d!.provider, d!.deliveryId)).toHaveLength(1);
+      const row = await h.db.selectFrom('webhook_deliveries').select('started_at').where('delivery_id', '=', d!.deliveryId).executeTakeFirstOrThrow();
+      expect(row.started_at).not.toBeNull();
+      expect(counted).toContain('started');
+    } finally {
+      await thread.stop();
     }
   });
 
