@@ -115,11 +115,13 @@ export interface InlineStep {
 /**
  * Runs `step` for the organization: as it is unless it is a local activity whose input asks for
  * admission; then only once admitted (released when the step ends, so none is held across the
- * workflow's waits), or not at all, failing with INLINE_NOT_ADMITTED before any call.
+ * workflow's waits), or not at all, failing with INLINE_NOT_ADMITTED before any call. Steps of one
+ * run side by side (an Azure DevOps attach's three hooks) hold one workflow task slot: one place.
  */
 export async function withAdmission<T>(inline: InlineAdmission | undefined, input: { organizationId: string } & InlineStep, step: () => Promise<T>): Promise<T> {
-  if (!inline || !input.askAdmission || !activityContext()?.info.isLocal) return step();
-  const release = inline.tryAdmit(input.organizationId);
+  const info = activityContext()?.info;
+  if (!inline || !input.askAdmission || !info?.isLocal) return step();
+  const release = inline.tryAdmit(input.organizationId, info.workflowExecution?.runId);
   if (!release) throw inlineNotAdmitted(input.organizationId);
   try {
     return await step();

@@ -19,11 +19,8 @@ import { localStepsOf, recordHistory } from '../support/histories.ts';
  * slots, and B's attach does not begin until the provider's 30 s timeout ends some of them.)
  */
 describe('attach admission into workflow tasks', () => {
-  // More slots than the SDK's workflow task pollers (10), each of which reserves a slot while it
-  // waits: with fewer, the slots left free by A's held ones can all sit in sticky polls, and a new
-  // run's first task waits for one whether or not admission holds (seen here: ~30 s with 2 of 4
-  // slots held). A has as many attaches as there are slots.
-  const sizing = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 16, inlineCallsPerWorker: 3, inlineCallsPerOrganization: 2 };
+  // 4 of the 8 slots admit tenant-facing calls (the default half), 2 of them one organization's.
+  const sizing = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 8, inlineCallsPerOrganization: 2 };
   let h: Harness;
   let orgA: Org;
   let orgB: Org;
