@@ -14,16 +14,17 @@ import { startWorkflowOrThrow } from './start-workflow.ts';
  * replica is not told; the receiving replica's own relay starts the run, and every relay sweeps.
  */
 export interface IntakeSignal {
-  stored(): void;
-  /** Calls `listener` on every delivery stored from here on; returns the way to stop. */
-  onStored(listener: () => void): () => void;
+  /** A delivery was stored `at` (this thread's performance.now(); default now). */
+  stored(at?: number): void;
+  /** Calls `listener` with the receipt's time on every delivery stored from here on; returns the way to stop. */
+  onStored(listener: (at: number) => void): () => void;
 }
 
 export function createIntakeSignal(): IntakeSignal {
-  const listeners = new Set<() => void>();
+  const listeners = new Set<(at: number) => void>();
   return {
-    stored() {
-      for (const listener of listeners) listener();
+    stored(at = performance.now()) {
+      for (const listener of listeners) listener(at);
     },
     onStored(listener) {
       listeners.add(listener);
@@ -126,9 +127,9 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
   let lastReceipt = -Infinity;
   let previousReceipt = -Infinity;
   let waitingSince: number | undefined;
-  const unsubscribe = deps.intake.onStored(() => {
+  const unsubscribe = deps.intake.onStored((at) => {
     previousReceipt = lastReceipt;
-    lastReceipt = performance.now();
+    lastReceipt = at;
     waitingSince ??= lastReceipt;
     notified = true;
     wake?.();
