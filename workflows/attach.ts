@@ -85,6 +85,21 @@ const HOOKS_SIDE_BY_SIDE = 'attach-hooks-side-by-side';
  */
 const INLINE_ADMISSION = 'attach-inline-admission';
 
+/**
+ * The same local steps for runs that ask admission, whose retries all wait on a timer: a backoff
+ * waited inside the workflow task (1 s, then 2 s under LOCAL_RETRY_THRESHOLD) would hold the slot
+ * without admission, and a tenant whose provider fails at once could put every slot into such
+ * waits. After the timer, the retry asks admission again, like any attempt.
+ */
+const providerStepsAskingAdmission = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '2 minutes',
+  retry: providerRetry,
+  localRetryThreshold: '1 ms',
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+});
+/** Runs that asked admission before their retries moved onto timers wait as they did. */
+const RETRIES_ON_TIMERS = 'attach-inline-retries-on-timers';
+
 /** The step inside the workflow task if its worker admits it, else as `activity`. */
 async function inlineOr<I, O>(activity: (input: I) => Promise<O>, local: (input: I & InlineStep) => Promise<O>, input: I): Promise<O> {
   try {
@@ -127,11 +142,12 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
   const admission = patched(INLINE_ADMISSION);
+  const inTask = admission && patched(RETRIES_ON_TIMERS) ? providerStepsAskingAdmission : providerStepsInWorkflowTask;
   /** A local provider step, asking admission in runs that fall back to the activity when refused. */
   const local = <I, O>(activity: (input: I) => Promise<O>, inWorkflowTask: (input: I) => Promise<O>) =>
     admission ? (input: I) => inlineOr(activity, inWorkflowTask, input) : inWorkflowTask;
   const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK)
-    ? { verifyRepository: local(providerSteps.verifyRepository, providerStepsInWorkflowTask.verifyRepository), pruneHooks: local(providerSteps.pruneHooks, providerStepsInWorkflowTask.pruneHooks) }
+    ? { verifyRepository: local(providerSteps.verifyRepository, inTask.verifyRepository), pruneHooks: local(providerSteps.pruneHooks, inTask.pruneHooks) }
     : providerSteps;
   const compensations: Compensation[] = [];
   const hookIds: string[] = [];
@@ -141,7 +157,7 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     fullName = plan.fullName;
     const { projectId } = await verifyRepository(key);
     const ensureStep = patched(HOOKS_IN_WORKFLOW_TASK)
-      ? local(ensureHookEndedOnCancel, providerStepsInWorkflowTask.ensureHook)
+      ? local(ensureHookEndedOnCancel, inTask.ensureHook)
       : patched(UNDO_AFTER_ENSURE_ENDED)
         ? ensureHookEndedOnCancel
         : ensureHook;

@@ -102,11 +102,36 @@ describe('attach admission into workflow tasks', () => {
       const eventsB = (await h.client.workflow.getHandle(runB).fetchHistory()).events ?? [];
       expect(eventsB.filter((e) => e.activityTaskScheduledEventAttributes)).toEqual([]);
       expect(localStepsOf(eventsB).map((step) => step.activityType)).toEqual(expect.arrayContaining(['verifyRepository', 'ensureHook', 'pruneHooks']));
-      await recordHistory(h.client, runB, 'repository-attach-gitlab-inline-admitted');
-      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-inline-not-admitted');
+      await recordHistory(h.client, runB, 'repository-attach-gitlab-retries-on-timers-admitted');
+      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-retries-on-timers-not-admitted');
     } finally {
       releaseA('answer');
       worldA.proxy.fault = () => undefined;
+    }
+  });
+
+  it('a local step whose attempt failed waits for its retry on a timer, not inside the workflow task', async () => {
+    const repo = await worldB.newRepository();
+    // The repository's lookup answers 503 once.
+    let failed = 0;
+    worldB.proxy.fault = (request) =>
+      failed === 0 && request.method === 'GET' && new URL(request.url, 'http://x').pathname === `/api/v4/projects/${repo.externalId}` ? (failed++, { kind: 'answer', status: 503 }) : undefined;
+    try {
+      const workflowId = await requestAttachment(h, orgB, repo.repositoryId, 'PUT');
+      expect((await outcomeOf(h, workflowId)).result?.status).toBe('attached');
+      expect(failed).toBe(1);
+      expectExactHookSet(worldB, repo);
+      // The failed attempt ended the workflow task (its marker, then a timer for the 1 s backoff):
+      // waited inside the task, the backoff would hold the slot without admission.
+      const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+      const lookups = localStepsOf(events).filter((step) => step.activityType === 'verifyRepository');
+      expect(lookups.map((step) => Boolean(step.event.markerRecordedEventAttributes?.failure))).toEqual([true, false]);
+      const timer = events.find((e) => e.timerStartedEventAttributes);
+      expect(Number(timer?.eventId)).toBeGreaterThan(Number(lookups[0]!.event.eventId));
+      expect(Number(timer?.eventId)).toBeLessThan(Number(lookups[1]!.event.eventId));
+      await recordHistory(h.client, workflowId, 'repository-attach-gitlab-retries-on-timers-retried');
+    } finally {
+      worldB.proxy.fault = () => undefined;
     }
   });
 });

@@ -152,7 +152,7 @@ describe('attach and detach per provider', () => {
     const hooks = expectExactHookSet(world, repo);
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
     await expectNoSecretLeaked(world, workflowId);
-    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-inline-one-place');
+    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-retries-on-timers');
   });
 
   it.each(['gitlab', 'bitbucket', 'azure-devops'] as const)('%s: attaching an attached repository creates nothing and keeps the same hooks', async (provider) => {
