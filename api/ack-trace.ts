@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { openSync, readSync, writeFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
 
 /**
@@ -52,14 +52,18 @@ function startAckTrace(file: string): AckTrace {
   const delay = monitorEventLoopDelay({ resolution: 10 });
   delay.enable();
   // The main thread's nanoseconds on a core and waiting in a run queue (Linux with schedstats; zeros elsewhere).
-  const schedstat = `/proc/self/task/${process.pid}/schedstat`;
+  // Opened once and read in place (pread) each tick: a readFileSync a tick was ~6 % of the thread's busy time.
+  let schedstat: number | undefined;
+  try {
+    schedstat = openSync(`/proc/self/task/${process.pid}/schedstat`, 'r');
+  } catch {
+    // Not Linux, or no schedstats: zeros.
+  }
+  const buffer = Buffer.alloc(128);
   const sched = () => {
-    try {
-      const [onCpu, waiting] = readFileSync(schedstat, 'utf8').split(' ');
-      return [Number(onCpu) / 1e6, Number(waiting) / 1e6] as const;
-    } catch {
-      return [0, 0] as const;
-    }
+    if (schedstat === undefined) return [0, 0] as const;
+    const [onCpu, waiting] = buffer.toString('latin1', 0, readSync(schedstat, buffer, 0, buffer.length, 0)).split(' ');
+    return [Number(onCpu) / 1e6, Number(waiting) / 1e6] as const;
   };
   let last = performance.now();
   let lastSched = sched();
