@@ -141,6 +141,18 @@ function driftOf(hook: ProviderHook, spec: HookSpec): string[] {
   return drift;
 }
 
+/** Saves `spec` onto the listed hook `hookId`, or creates the hook when there is none or it was deleted since the listing (404). */
+export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'createHook'>, ref: RepositoryRef, hookId: string | undefined, spec: HookSpec): Promise<ProviderHook> {
+  if (hookId !== undefined) {
+    try {
+      return await adapter.updateHook(ref, hookId, spec);
+    } catch (error) {
+      if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+    }
+  }
+  return adapter.createHook(ref, spec);
+}
+
 export function createHookActivities({ db, keys, providers, logger, settings, metrics, inline }: HookActivityDeps) {
   /** Runs one hook operation at the provider and counts its outcome (a thrown failure counts as `failed`). */
   async function counted<T>(provider: Provider, operation: HookOperation, fn: () => Promise<T>, outcomeOf: (result: T) => HookOutcome): Promise<T> {
@@ -287,17 +299,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             // The hook we already know wins over any copy.
             matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
             const [existing, ...duplicates] = matching;
-            const hook = await classified(async () => {
-              if (existing) {
-                try {
-                  return await adapter.updateHook(ref, existing.id, spec);
-                } catch (error) {
-                  // Deleted since the listing: create it instead.
-                  if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
-                }
-              }
-              return adapter.createHook(ref, spec);
-            });
+            const hook = await classified(() => saveHook(adapter, ref, existing?.id, spec));
             await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
             for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
             await forgetHooks(db, row.id, duplicates.map((d) => d.id));
@@ -449,17 +451,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             if (current && versions.get(current.id) !== credential.version) drift.push('credential');
             let hook = current;
             if (drift.length > 0) {
-              hook = await classified(async () => {
-                if (current) {
-                  try {
-                    return await adapter.updateHook(ref, current.id, spec);
-                  } catch (error) {
-                    // Deleted since the listing: create it instead.
-                    if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
-                  }
-                }
-                return adapter.createHook(ref, spec);
-              });
+              hook = await classified(() => saveHook(adapter, ref, current?.id, spec));
               repaired.push(`${hookKey} ${current?.id === hook.id ? 'updated' : 're-created'} (${drift.join(', ')})`);
             }
             if (drift.length > 0) await recordSavedHook(row, attachment.id, { providerHookId: hook!.id, events: spec.events }, credential);

@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { saveHook } from '../../activities/hooks.ts';
+import { ProviderHttpError, type HookSpec, type ProviderHook, type RepositoryRef } from '../../activities/providers/port.ts';
+
+const ref = { repositoryId: 'r1' } as unknown as RepositoryRef;
+const spec = { url: 'https://forgelink.example.com/hook' } as unknown as HookSpec;
+
+/** An adapter whose update answers as told and whose creation hands out a new id; both calls are recorded. */
+function adapter(update: () => Promise<ProviderHook>) {
+  const calls: string[] = [];
+  return {
+    calls,
+    updateHook: async (_ref: RepositoryRef, hookId: string) => (calls.push(`update ${hookId}`), update()),
+    createHook: async () => (calls.push('create'), { id: 'new' } as ProviderHook),
+  };
+}
+
+describe('saveHook', () => {
+  it('updates the listed hook, creates one when none is listed, and creates it when it was deleted since the listing', async () => {
+    const updated = adapter(async () => ({ id: 'h1' }) as ProviderHook);
+    expect((await saveHook(updated, ref, 'h1', spec)).id).toBe('h1');
+    expect(updated.calls).toEqual(['update h1']);
+
+    const none = adapter(async () => ({ id: 'never' }) as ProviderHook);
+    expect((await saveHook(none, ref, undefined, spec)).id).toBe('new');
+    expect(none.calls).toEqual(['create']);
+
+    const gone = adapter(async () => {
+      throw new ProviderHttpError('gitlab', 404, 'Not Found');
+    });
+    expect((await saveHook(gone, ref, 'h1', spec)).id).toBe('new');
+    expect(gone.calls).toEqual(['update h1', 'create']);
+  });
+
+  it('does not create a second hook when the update fails for another reason', async () => {
+    const refused = adapter(async () => {
+      throw new ProviderHttpError('gitlab', 403, 'Forbidden');
+    });
+    await expect(saveHook(refused, ref, 'h1', spec)).rejects.toThrow(ProviderHttpError);
+    expect(refused.calls).toEqual(['update h1']);
+  });
+});
