@@ -348,15 +348,24 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
     };
     const { workflowId } = await call('PUT', `/api/v1/orgs/${org.slug}/repositories/${repo.id}/attachment`, org.token);
     // The provider has made the subscription; its answer is held. Once the other creates are
-    // answered, the one ensureHook still running is the held one: kill the worker that runs it.
+    // answered, the one ensureHook still running is the held one: kill the worker that runs it. A
+    // new attach ensures its hooks inside its workflow task (local activities): that worker is the
+    // one that started the run's current workflow task. One refused admission (a busy worker) runs
+    // as an activity, named with its worker among the run's pending activities.
     await hold.held;
     let pid = 0;
-    await until('the held create as the only running ensureHook', 60_000, async () => {
-      const { raw } = await temporal!.workflow.getHandle(workflowId).describe();
-      const running = (raw.pendingActivities ?? []).filter((a) => a.activityType?.name === 'ensureHook' && a.lastWorkerIdentity && a.lastStartedTime);
+    await until('the held create as the only running ensureHook, and its worker', 60_000, async () => {
+      const handle = temporal!.workflow.getHandle(workflowId);
       const answered = azureProxy.requests.filter((r) => r.method === 'POST' && r.url.includes('/_apis/hooks/subscriptions?')).length;
-      if (running.length !== 1 || answered < 3) return false;
-      pid = Number(running[0]!.lastWorkerIdentity!.split('@')[0]);
+      if (answered < 3) return false;
+      const { raw } = await handle.describe();
+      const running = (raw.pendingActivities ?? []).filter((a) => a.activityType?.name === 'ensureHook' && a.lastWorkerIdentity && a.lastStartedTime);
+      if (running.length > 1) return false;
+      const identity =
+        running[0]?.lastWorkerIdentity ??
+        ((await handle.fetchHistory()).events ?? []).filter((e) => e.workflowTaskStartedEventAttributes).at(-1)?.workflowTaskStartedEventAttributes?.identity;
+      if (!identity) return false;
+      pid = Number(identity.split('@')[0]);
       return true;
     });
     const victim = workers.find((w) => w.child.pid === pid);
@@ -368,6 +377,10 @@ describe.skipIf(process.env.FORGELINK_CLUSTER_SKIP === '1')('forgelink on a real
 
     const result = await resultOf(workflowId);
     expect(result).toMatchObject({ hookIds: expect.any(Array) });
+    // The killed worker held the step: its workflow task timed out (a local step), or the step's
+    // activity was tried again (a step refused admission), before the other worker finished.
+    const { events } = await temporal!.workflow.getHandle(workflowId).fetchHistory();
+    expect((events ?? []).some((e) => e.workflowTaskTimedOutEventAttributes || (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1)).toBe(true);
     const subscriptions = azure.subscriptions().filter((s) => s.publisherInputs.repository === repo.externalId);
     // Exactly the hook set: one subscription per event type, none twice (the held one adopted, not made again).
     expect(subscriptions.map((s) => s.eventType).sort()).toEqual(['git.pullrequest.created', 'git.pullrequest.updated', 'git.push']);
