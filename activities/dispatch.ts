@@ -19,7 +19,7 @@ import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
-import { inlineNotAdmitted, type InlineAdmission } from './inline-admission.ts';
+import { type InlineAdmission, withAdmission } from './inline-admission.ts';
 
 export interface DispatchActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
@@ -224,8 +224,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
      * not one of the workflow task slots every organization's runs need).
      */
     async dispatchEvent({ eventId, subscriberId, firstAttempt = 1, askAdmission }: Dispatch): Promise<DispatchOutcome> {
-      const { info } = Context.current();
-      const attempt = info.attempt + firstAttempt - 1;
+      const attempt = Context.current().info.attempt + firstAttempt - 1;
       const skipped = (outcome: DispatchOutcome) => {
         metrics?.dispatchAttempt('skipped');
         return outcome;
@@ -236,20 +235,14 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
       if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 
-      // Asked after the database read, before the call: the subscriber's answer time is what holds the slot.
-      const admitting = askAdmission && info.isLocal && admission;
-      // The run's first attempts, side by side in one workflow task, hold one slot: they take one place.
-      const release = admitting ? admission.tryAdmit(subscriber.organization_id, info.workflowExecution?.runId) : undefined;
-      if (admitting && !release) {
-        metrics?.dispatchAttempt('not_admitted');
-        throw inlineNotAdmitted(subscriber.organization_id);
-      }
-      let outcome: AttemptOutcome;
-      try {
-        outcome = await sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt);
-      } finally {
-        release?.();
-      }
+      // Asked after the database read, before the call: the subscriber's answer time is what holds
+      // the slot. The run's first attempts, side by side in one workflow task, take one place.
+      const outcome = await withAdmission(
+        admission,
+        { organizationId: subscriber.organization_id, askAdmission },
+        () => sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt),
+        () => metrics?.dispatchAttempt('not_admitted'),
+      );
       await recordDispatchAttempt(db, {
         subscriberId,
         eventId,

@@ -118,11 +118,20 @@ export interface InlineStep {
  * workflow's waits), or not at all, failing with INLINE_NOT_ADMITTED before any call. Steps of one
  * run side by side (an Azure DevOps attach's three hooks) hold one workflow task slot: one place.
  */
-export async function withAdmission<T>(inline: InlineAdmission | undefined, input: { organizationId: string } & InlineStep, step: () => Promise<T>): Promise<T> {
+export async function withAdmission<T>(
+  inline: InlineAdmission | undefined,
+  input: { organizationId: string } & InlineStep,
+  step: () => Promise<T>,
+  /** Called when the step is refused, before the failure is thrown (a metric). */
+  onRefused?: () => void,
+): Promise<T> {
   const info = activityContext()?.info;
   if (!inline || !input.askAdmission || !info?.isLocal) return step();
   const release = inline.tryAdmit(input.organizationId, info.workflowExecution?.runId);
-  if (!release) throw inlineNotAdmitted(input.organizationId);
+  if (!release) {
+    onRefused?.();
+    throw inlineNotAdmitted(input.organizationId);
+  }
   try {
     return await step();
   } finally {

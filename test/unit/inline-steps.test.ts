@@ -23,6 +23,18 @@ describe('withAdmission', () => {
     expect(called).toBe(false);
   });
 
+  it('tells the caller of a refusal (the dispatch counts it as not_admitted), and only of a refusal', async () => {
+    let refusals = 0;
+    const onRefused = () => refusals++;
+    await local('run-1')
+      .run(() => withAdmission(full(), { organizationId: 'org-a', askAdmission: true }, async () => 'sent', onRefused))
+      .catch(() => undefined);
+    expect(refusals).toBe(1);
+    const admitted = await local('run-2').run(() => withAdmission(createInlineAdmission({ perWorker: 1, perOrganization: 1 }), { organizationId: 'org-a', askAdmission: true }, async () => 'sent', onRefused));
+    expect(admitted).toBe('sent');
+    expect(refusals).toBe(1);
+  });
+
   it("runs a step that does not ask (a run of the earlier code) or that runs as an activity, full or not", async () => {
     expect(await local('run-1').run(() => withAdmission(full(), { organizationId: 'org-a' }, async () => 'as before'))).toBe('as before');
     const activity = new MockActivityEnvironment({ isLocal: false });
