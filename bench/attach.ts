@@ -10,19 +10,30 @@
  * hook's listing and creation (ensureHook; the hooks side by side, so one branch counts: the
  * phase's calls ÷ the hooks), then the listing that prunes strays (pruneHooks). The longest chain
  * of calls that really ran one after another is reported beside it; the smaller judges the run.
+ *
+ * The Temporal floor runs beside them, in the same rounds: bench/floor-attach-workflow.ts
+ * `attachShapedWorkflow` on a floor worker of the worker's sizing (bench/floor-worker.ts), started
+ * as the API starts an attach (signalWithStart of attachmentRequested, with the same run labels)
+ * and waited for as the attaches are (the run's result), making the critical path's calls to the
+ * same fake at the same latency as the attach's local provider steps do, in one workflow task: what
+ * the SDK and the server add to the calls before forgelink does anything (no API, no database).
  */
+import { randomBytes } from 'node:crypto';
 import proto from '@temporalio/proto';
-import type { RepositoryWorkflowResult } from '../workflows/contract.ts';
+import { attachmentRequested, type RepositoryWorkflowInput, type RepositoryWorkflowResult } from '../workflows/contract.ts';
+import { runLabels } from '../workflows/run-labels.ts';
 import { startFakeAzureDevOps } from '../test/fakes/azure-devops.ts';
 import type { FakeHttpServer, RecordedCall } from '../test/fakes/base.ts';
 import { startFakeGitlab } from '../test/fakes/gitlab.ts';
+import type { AttachShape } from './floor-attach-workflow.ts';
 import { schedulerMs, stackProcesses } from './scheduler.ts';
-import { callApi, type BenchStack } from './stack.ts';
+import { callApi, type BenchStack, startService, stopService } from './stack.ts';
 
 export const DEFAULT_ATTACH_OPTIONS = { latencyMs: 50, attaches: 7 };
 
 const EventType = proto.temporal.api.enums.v1.EventType;
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
+const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
 
 type HookProvider = 'azure-devops' | 'gitlab';
 
@@ -135,6 +146,7 @@ async function historyShape(stack: BenchStack, workflowId: string, startedAtEpoc
 
 export async function runAttachBench(stack: BenchStack, options: { latencyMs: number; attaches: number }) {
   const [azure, gitlab] = await Promise.all([startFakeAzureDevOps({ organization: 'bench-attach' }), startFakeGitlab()]);
+  let floorWorker: Awaited<ReturnType<typeof startService>> | undefined;
   try {
     azure.addPat({ pat: 'ado-attach-bench', displayName: 'Attach bench', canManageHooks: true });
     azure.addProject({ name: 'Attach' });
@@ -221,18 +233,94 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
       };
     };
 
+    // The Temporal floor (see the file's comment): its worker, on a task queue of its own.
+    const floorTaskQueue = `forgelink-floor-${randomBytes(4).toString('hex')}`;
+    floorWorker = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: floorTaskQueue }, 'floor worker running', { mode: stack.runMode, nodeArgs: stack.workerNodeArgs });
+    const floorPids = { floorWorker: floorWorker.child.pid, temporal: pids.temporal };
+    const floorScheduler = () => Object.fromEntries(Object.entries(floorPids).map(([name, pid]) => [name, schedulerMs(pid)]));
+    const fullNames = new Map(
+      (await stack.db.selectFrom('repositories').select(['id', 'full_name']).where('connection_id', 'in', Object.values(connections)).execute()).map((r) => [r.id, r.full_name]),
+    );
+    /** The floor's run for one of `setup`'s repositories: started and waited for as `attach` does through the API, `shape`'s calls made by the floor worker. */
+    const temporalFloor = async (setup: ProviderSetup, repositoryId: string, shape: AttachShape) => {
+      const schedulerBefore = floorScheduler();
+      const before = setup.server.calls.length;
+      const workflowId = `floor-attach:${setup.provider}:${randomBytes(4).toString('hex')}`;
+      const input: RepositoryWorkflowInput & { shape: AttachShape } = { organizationId: org.id, repositoryId, pending: [], shape };
+      const startedAtEpochMs = Date.now();
+      const started = performance.now();
+      await stack.temporal.workflow.signalWithStart('attachShapedWorkflow', {
+        taskQueue: floorTaskQueue,
+        workflowId,
+        args: [input],
+        signal: attachmentRequested,
+        signalArgs: [{ action: 'attach' }],
+        ...runLabels('attach', {
+          organization: { id: org.id, slug: org.slug },
+          provider: setup.provider,
+          connectionId: connections[setup.provider],
+          repository: { id: repositoryId, fullName: fullNames.get(repositoryId) },
+        }),
+      });
+      const result = (await stack.temporal.workflow.getHandle(workflowId).result()) as RepositoryWorkflowResult;
+      const ended = performance.now();
+      const wallMs = ended - started;
+      const schedulerAfter = floorScheduler();
+      const calls = setup.server.calls.slice(before);
+      const expected = shape.verifyCalls + shape.hooks * shape.callsPerHook + shape.pruneCalls;
+      if (result.status !== 'attached' || result.hookIds.length !== setup.hooks || calls.length !== expected) {
+        throw new Error(`${setup.provider} floor ended ${JSON.stringify(result)} after ${calls.length} calls, expected ${expected}`);
+      }
+      return {
+        wallMs: Math.round(wallMs),
+        untilFirstCallMs: Math.round(Math.min(...calls.map((c) => c.receivedAt)) - started),
+        afterLastCallMs: Math.round(ended - Math.max(...calls.map((c) => c.answeredAt))),
+        callsBusyMs: unionMs(calls.map((c) => [c.receivedAt, c.answeredAt] as const)),
+        processes: Object.fromEntries(
+          Object.keys(floorPids).map((name) => [
+            name,
+            {
+              cpuMs: Math.round(schedulerAfter[name]!.cpuMs - schedulerBefore[name]!.cpuMs),
+              waitingForCpuMs: Math.round(schedulerAfter[name]!.waitingForCpuMs - schedulerBefore[name]!.waitingForCpuMs),
+            },
+          ]),
+        ),
+        history: { ...(await historyShape(stack, workflowId, startedAtEpochMs)), resultSeenAtMs: Math.round(wallMs) },
+      };
+    };
+
     const perProviderRuns: Record<string, Awaited<ReturnType<typeof attach>>[]> = { 'azure-devops': [], gitlab: [] };
+    const floorRuns: Record<string, Awaited<ReturnType<typeof temporalFloor>>[]> = { 'azure-devops': [], gitlab: [] };
+    const shapes: Record<string, AttachShape> = {};
     const warmUp: Record<string, number> = {};
-    for (const setup of setups) warmUp[setup.provider] = (await attach(setup, setup.repositories[0]!)).wallMs;
-    // Alternating, so both providers meet the same moments of a loaded machine.
+    const floorWarmUp: Record<string, number> = {};
+    for (const setup of setups) {
+      const warm = await attach(setup, setup.repositories[0]!);
+      warmUp[setup.provider] = warm.wallMs;
+      // The floor makes the calls of the attach's critical path, step by step as the attach made them.
+      const { model } = warm.path;
+      shapes[setup.provider] = { url: `${setup.server.url}/floor/call`, verifyCalls: model.verifyRepository.length, hooks: setup.hooks, callsPerHook: model.ensureHookPerBranch, pruneCalls: model.pruneHooks.length };
+      // As the attach's warm-up: the floor worker's first run compiles its code.
+      floorWarmUp[setup.provider] = (await temporalFloor(setup, setup.repositories[0]!, shapes[setup.provider]!)).wallMs;
+    }
+    // Alternating, so both providers meet the same moments of a loaded machine; each attach beside
+    // its floor, which goes first every other round, so neither always follows the other.
     for (let i = 1; i <= options.attaches; i++) {
-      for (const setup of setups) perProviderRuns[setup.provider]!.push(await attach(setup, setup.repositories[i]!));
+      for (const setup of setups) {
+        const floor = () => temporalFloor(setup, setup.repositories[i]!, shapes[setup.provider]!);
+        if (i % 2 === 0) floorRuns[setup.provider]!.push(await floor());
+        perProviderRuns[setup.provider]!.push(await attach(setup, setup.repositories[i]!));
+        if (i % 2 === 1) floorRuns[setup.provider]!.push(await floor());
+      }
     }
 
     const summary = Object.fromEntries(
       setups.map(({ provider }) => {
         const runs = perProviderRuns[provider]!;
+        const floor = floorRuns[provider]!;
         const wallMs = median(runs.map((r) => r.wallMs));
+        const floorWallMs = median(floor.map((r) => r.wallMs));
+        const toFloor = runs.map((r, i) => ratio(r.wallMs, floor[i]!.wallMs));
         // Every run of a provider makes the same calls; the smallest critical path of the runs judges the median.
         const criticalPathMs = Math.min(...runs.map((r) => r.criticalPathMs));
         return [
@@ -264,6 +352,30 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
             creationsAllAtOnce: `${runs.filter((r) => r.creationsAllAtOnce).length} of ${runs.length} runs`,
             // 1 when the creations overlapped in every run; the hook count if they ever ran one after another.
             longestChainOfCreations: Math.max(...runs.map((r) => r.creationsChain)),
+            // The same calls in a bare Temporal run of the attach's shape (see the file's comment), measured in the same rounds.
+            temporalFloor: {
+              shape: { ...shapes[provider]!, url: undefined, calls: criticalPathMs / options.latencyMs },
+              wallMs: floor.map((r) => r.wallMs),
+              medianWallMs: floorWallMs,
+              medianRatioToCriticalPath: ratio(floorWallMs, criticalPathMs),
+              medianOverheadMs: floorWallMs - criticalPathMs,
+              medianUntilFirstCallMs: median(floor.map((r) => r.untilFirstCallMs)),
+              medianAfterLastCallMs: median(floor.map((r) => r.afterLastCallMs)),
+              history: floor[0]!.history,
+              medianTimeMs: Object.fromEntries(
+                (['untilRunStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(floor.map((r) => r.history[k]))]),
+              ),
+              medianProcesses: Object.fromEntries(
+                Object.keys(floor[0]!.processes).map((name) => [
+                  name,
+                  { cpuMs: median(floor.map((r) => r.processes[name]!.cpuMs)), waitingForCpuMs: median(floor.map((r) => r.processes[name]!.waitingForCpuMs)) },
+                ]),
+              ),
+              medianResultSeenAfterCloseMs: median(floor.map((r) => r.history.resultSeenAtMs - r.history.runClosedAtMs)),
+            },
+            // Each attach against the floor run of its own round: what forgelink adds to what any Temporal run of this shape costs.
+            toTemporalFloor: { ratios: toFloor, median: median(toFloor) },
+            medianBeyondTemporalFloorMs: median(runs.map((r, i) => r.wallMs - floor[i]!.wallMs)),
           },
         ];
       }),
@@ -275,9 +387,25 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
       note: 'Measured on a 2-core machine shared with other engineers\' builds and tests (see machine.loadAverage): the numbers are as measured, not corrected for the load.',
       // The floor each provider's wall time is judged against: its critical path × latency.
       floorMs: { 'azure-devops': ado.criticalPathMs, gitlab: gl.criticalPathMs },
+      // Per provider, medians: the critical path (the target's floor), the Temporal floor, forgelink's attach, and its ratios to both (details in `summary`).
+      table: Object.fromEntries(
+        Object.entries(summary).map(([provider, p]) => [
+          provider,
+          {
+            criticalPathMs: p.criticalPathMs,
+            temporalFloorMs: p.temporalFloor.medianWallMs,
+            measuredMs: p.medianWallMs,
+            ratioToCriticalPath: p.medianRatioToCriticalPath,
+            temporalFloorRatioToCriticalPath: p.temporalFloor.medianRatioToCriticalPath,
+            ratioToTemporalFloor: p.toTemporalFloor.median,
+          },
+        ]),
+      ),
       summary,
       warmUpWallMs: warmUp,
+      temporalFloorWarmUpWallMs: floorWarmUp,
       runs: perProviderRuns,
+      temporalFloorRuns: floorRuns,
       targets: {
         azureDevOpsWithin1_25xCriticalPath: ado.medianRatioToCriticalPath <= 1.25,
         gitlabWithin1_25xCriticalPath: gl.medianRatioToCriticalPath <= 1.25,
@@ -286,6 +414,7 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
       peakRssMiB: stack.peakRssMiB(),
     };
   } finally {
+    if (floorWorker) await stopService(floorWorker);
     await Promise.all([azure.close(), gitlab.close()]);
   }
 }

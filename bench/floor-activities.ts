@@ -22,6 +22,16 @@ export function createFloorActivities() {
     async recordNothing(_input: EventInput): Promise<Extract<RecordedDelivery, { dispatches: unknown }>> {
       return { recorded: 1, dispatches: [{ eventId: randomUUID(), subscriberId: randomUUID() }], deliveryDeadlineSeconds: 86_400 };
     },
+    /**
+     * `calls` GETs to `url`, one after another, each answer read in full: a provider step of the
+     * attach floor (bench/floor-attach-workflow.ts) with the provider's latency and nothing else (no
+     * database, no adapter, no address checks). The fake answers a path it does not know with a 404
+     * after its latency, like any call.
+     */
+    async callFake({ url, calls }: { url: string; calls: number }): Promise<number> {
+      for (let i = 0; i < calls; i++) await (await fetch(url)).arrayBuffer();
+      return calls;
+    },
     async dispatchNothing(_dispatch: Dispatch): Promise<DispatchOutcome> {
       return { delivered: true, statusCode: 204 };
     },

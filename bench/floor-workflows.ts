@@ -9,6 +9,7 @@ import { proxyActivities, proxyLocalActivities, workflowInfo } from '@temporalio
 import type { EventInput, EventResult } from '../workflows/contract.ts';
 import type { FloorActivities } from './floor-activities.ts';
 
+export { attachShapedWorkflow } from './floor-attach-workflow.ts';
 const { recordNothing } = proxyLocalActivities<FloorActivities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
