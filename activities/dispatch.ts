@@ -16,6 +16,7 @@ import { loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
+import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
@@ -24,6 +25,8 @@ import { type InlineAdmission, withAdmission } from './inline-admission.ts';
 export interface DispatchActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
   inline?: InlineAdmission;
+  /** Admission of tenant-facing activities into activity slots (activities/activity-admission.ts), one per worker. */
+  activitySlots?: InlineAdmission;
   db: Db;
   keys: EncryptionKeys;
   outbound: Outbound;
@@ -207,8 +210,8 @@ export interface DrainResult {
   undelivered?: { eventId: string; subscriberId: string; reason: string }[];
 }
 
-export function createDispatchActivities({ db, keys, outbound, logger, metrics, inline: admission }: DispatchActivityDeps) {
-  return {
+export function createDispatchActivities({ db, keys, outbound, logger, metrics, inline: admission, activitySlots }: DispatchActivityDeps) {
+  return holdingAdmission({
     /**
      * Sends one event to one subscriber, signed with the subscriber's secret
      * (`X-Forgelink-Signature: sha256=<hex HMAC-SHA256 of the body>`), and records the attempt's
@@ -216,6 +219,12 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
      * policy tries again with backoff until the dispatch deadline; an event the subscriber already
      * acknowledged is not sent again. Subscribers deduplicate on X-Forgelink-Event-Id, which stays
      * the same across attempts (an acknowledgement lost in transit means a second send).
+     *
+     * Run as a regular activity by a run that can take a refusal (`askAdmission`), it asks the
+     * worker's admission into activity slots for the subscriber's organization
+     * (activities/activity-admission.ts): not admitted, it sends nothing, records no attempt and
+     * fails with ActivityNotAdmitted, and the run schedules it again after a timer, from the same
+     * attempt.
      *
      * Run inside a workflow task (a local activity) by a run that can take a refusal
      * (`askAdmission`), it first asks the worker's admission for the subscriber's organization: not
@@ -232,6 +241,8 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       const found = await loadDispatch(db, subscriberId, eventId);
       if (!found) return skipped({ delivered: false, skipped: 'subscriber deleted' });
       const { subscriber, event, delivered } = found;
+      // A regular attempt holds an activity slot until it ends: asked once the organization is known, before any call.
+      admitActivity(activitySlots, { organizationId: subscriber.organization_id, askAdmission }, () => metrics?.dispatchAttempt('not_admitted'));
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
       if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 
@@ -372,7 +383,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       logger.info({ runKey, attempted, ...counts }, 'dispatch queue drained');
       return result;
     },
-  };
+  });
 }
 
 function describeNetworkError(error: unknown): string {

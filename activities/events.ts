@@ -36,9 +36,11 @@ export interface Dispatch {
   /** The attempt number this activity's first attempt has (the inline first attempt is 1). */
   firstAttempt?: number;
   /**
-   * Set by workflow code that makes the attempt as a regular activity when its inline first attempt
-   * is not admitted (activities/inline-admission.ts). Without it (a run of earlier code re-executing
-   * its local activity after an upgrade) the attempt is made as before.
+   * Set by workflow code that can take a refusal: it makes the attempt as a regular activity when
+   * its inline first attempt is not admitted (activities/inline-admission.ts), and schedules a
+   * regular attempt again after a timer when that is not admitted into an activity slot
+   * (activities/activity-admission.ts). Without it (a run of earlier code re-executing its activity
+   * after an upgrade) the attempt is made as before.
    */
   askAdmission?: boolean;
 }

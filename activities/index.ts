@@ -1,4 +1,4 @@
-import { inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -40,6 +40,9 @@ export interface ActivitySettings {
   /** worker.inlineCallsPerWorker (resolved) / inlineCallsPerOrganization: tenant-facing calls inside workflow tasks at once. */
   inlineCallsPerWorker?: number;
   inlineCallsPerOrganization?: number;
+  /** worker.activityCallsPerWorker / activityCallsPerOrganization (resolved): tenant-facing activities at once. */
+  activityCallsPerWorker?: number;
+  activityCallsPerOrganization?: number;
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
@@ -50,6 +53,8 @@ export function settingsFromConfig(config: Config): ActivitySettings {
     listingCallsPerWorker: config.repositoryCache.callsPerWorker,
     inlineCallsPerWorker: inlineCallsPerWorker(config.worker),
     inlineCallsPerOrganization: config.worker.inlineCallsPerOrganization,
+    activityCallsPerWorker: activityCallsPerWorker(config.worker),
+    activityCallsPerOrganization: activityCallsPerOrganization(config.worker),
   };
 }
 
@@ -62,11 +67,16 @@ export function createActivities(deps: ActivityDeps) {
     perWorker: deps.settings.inlineCallsPerWorker ?? inlineCallsPerWorker(WORKER_SIZING_DEFAULTS),
     perOrganization: deps.settings.inlineCallsPerOrganization ?? WORKER_SIZING_DEFAULTS.inlineCallsPerOrganization,
   });
+  // One per worker: it bounds the activity slots that tenant-facing activities hold at once.
+  const activitySlots: InlineAdmission = createInlineAdmission({
+    perWorker: deps.settings.activityCallsPerWorker ?? activityCallsPerWorker(WORKER_SIZING_DEFAULTS),
+    perOrganization: deps.settings.activityCallsPerOrganization ?? activityCallsPerOrganization(WORKER_SIZING_DEFAULTS),
+  });
   return {
     // These wait on providers and subscribers: they heartbeat so a lost worker is noticed in seconds.
     ...heartbeating(createConnectionActivities(deps)),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
-    ...heartbeating(createDispatchActivities({ ...deps, inline })),
+    ...heartbeating(createDispatchActivities({ ...deps, inline, activitySlots })),
     ...heartbeating(createHookActivities({ ...deps, inline })),
     ...createHookHealthActivities(deps),
     ...createWebhookCredentialActivities(deps),

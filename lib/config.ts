@@ -83,6 +83,19 @@ export function inlineCallsPerWorker(sizing: Pick<WorkerSizing, 'inlineCallsPerW
   return Math.min(sizing.inlineCallsPerWorker ?? Math.max(1, Math.floor(sizing.maxConcurrentWorkflowTaskExecutions / 2)), sizing.maxConcurrentWorkflowTaskExecutions - 1);
 }
 
+type ActivitySlots = Pick<WorkerSizing, 'activityCallsPerWorker' | 'activityCallsPerOrganization' | 'maxConcurrentActivityTaskExecutions'>;
+/** A quarter of the worker's activity slots (at least 1): the default share of one organization, and the default kept from all tenants' calls. */
+const quarterOfActivitySlots = (sizing: ActivitySlots) => Math.max(1, Math.floor(sizing.maxConcurrentActivityTaskExecutions / 4));
+/** How many tenant-facing activities a worker runs at once: the configured number, or its activity slots less a quarter (always fewer than them, when it has 2 or more). */
+export function activityCallsPerWorker(sizing: ActivitySlots): number {
+  const slots = sizing.maxConcurrentActivityTaskExecutions;
+  return Math.max(1, Math.min(sizing.activityCallsPerWorker ?? slots - quarterOfActivitySlots(sizing), slots - 1));
+}
+/** How many of one organization's tenant-facing activities a worker runs at once: the configured number, or a quarter of its activity slots (at most activityCallsPerWorker). */
+export function activityCallsPerOrganization(sizing: ActivitySlots): number {
+  return Math.min(sizing.activityCallsPerOrganization ?? quarterOfActivitySlots(sizing), activityCallsPerWorker(sizing));
+}
+
 const workerSizing = z
   .object({
     // Runs kept in memory between their workflow tasks (0: none; each task then replays its history).
@@ -98,8 +111,21 @@ const workerSizing = z
     // slots) and this many of one organization; the others run as activities (activities/inline-admission.ts).
     inlineCallsPerWorker: z.number().int().min(1).max(1000).optional(),
     inlineCallsPerOrganization: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.inlineCallsPerOrganization),
+    // Tenant-facing activities (a subscriber's retries) hold an activity slot each: at most this
+    // many at once (default: the activity slots less a quarter) and this many of one organization
+    // (default: a quarter of them); the others wait on a timer in their run (activities/activity-admission.ts).
+    activityCallsPerWorker: z.number().int().min(1).max(1000).optional(),
+    activityCallsPerOrganization: z.number().int().min(1).max(1000).optional(),
   })
   .strict()
+  .refine((w) => w.activityCallsPerWorker === undefined || w.activityCallsPerWorker < w.maxConcurrentActivityTaskExecutions, {
+    path: ['activityCallsPerWorker'],
+    message: 'must be below maxConcurrentActivityTaskExecutions: a slot must stay free for the activities that call no tenant',
+  })
+  .refine((w) => w.activityCallsPerOrganization === undefined || w.activityCallsPerOrganization < w.maxConcurrentActivityTaskExecutions, {
+    path: ['activityCallsPerOrganization'],
+    message: "must be below maxConcurrentActivityTaskExecutions: one organization's calls must leave slots to the others",
+  })
   .refine((w) => w.inlineCallsPerWorker === undefined || w.inlineCallsPerWorker < w.maxConcurrentWorkflowTaskExecutions, {
     path: ['inlineCallsPerWorker'],
     message: 'must be below maxConcurrentWorkflowTaskExecutions: a slot must stay free for the runs that call no tenant',

@@ -166,7 +166,7 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
 
 export type HookOperation = 'ensure' | 'delete' | 'health_check';
 export type HookOutcome = 'created' | 'adopted' | 'deleted' | 'gone' | 'healthy' | 'repaired' | 'failing' | 'failed';
-/** not_admitted: a first attempt the worker did not admit into a workflow task; made at once as an activity. */
+/** not_admitted: an attempt the worker did not admit, into a workflow task (made at once as an activity) or an activity slot (made again after a timer). */
 export type DispatchOutcome = 'delivered' | 'rejected' | 'unreachable' | 'refused' | 'skipped' | 'not_admitted';
 /**
  * Why an (event, subscriber) pair was given up on: its last attempt was rejected or unreachable and
@@ -207,7 +207,7 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
   const rows = new Counter({ name: 'forgelink_refresh_rows_written_total', help: 'Repository cache rows written by listings', labelNames: ['provider'] as const, registers: [registry] });
   const dispatches = new Counter({
     name: 'forgelink_dispatch_attempts_total',
-    help: 'Attempts to send an event to a subscriber: delivered (2xx), rejected (another status), unreachable (network error, timeout, oversized answer), refused (address policy; not retried), skipped (subscriber or event gone, already delivered), not_admitted (a first attempt the worker did not run inside a workflow task: made at once as an activity)',
+    help: 'Attempts to send an event to a subscriber: delivered (2xx), rejected (another status), unreachable (network error, timeout, oversized answer), refused (address policy; not retried), skipped (subscriber or event gone, already delivered), not_admitted (an attempt the worker did not admit: a first attempt not run inside a workflow task, made at once as an activity, or an attempt as an activity not given an activity slot, made again after a timer)',
     labelNames: ['outcome'] as const,
     registers: [registry],
   });

@@ -18,6 +18,13 @@ export const NETWORK_STEP_HEARTBEAT_TIMEOUT = '5 seconds';
  */
 export const INLINE_NOT_ADMITTED = 'InlineNotAdmitted';
 
+/**
+ * The failure type of a tenant-facing activity that its worker did not admit into an activity slot
+ * (activities/activity-admission.ts): it made no call, and the workflow schedules it again after a
+ * timer, from the same attempt.
+ */
+export const ACTIVITY_NOT_ADMITTED = 'ActivityNotAdmitted';
+
 export const SA_ORGANIZATION = defineSearchAttributeKey('ForgelinkOrganization', 'KEYWORD');
 export const SA_PROVIDER = defineSearchAttributeKey('ForgelinkProvider', 'KEYWORD');
 export const SA_REPOSITORY = defineSearchAttributeKey('ForgelinkRepository', 'KEYWORD');

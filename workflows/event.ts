@@ -1,7 +1,9 @@
 import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { DispatchRejection } from '../activities/dispatch.ts';
+import type { ActivityNotAdmittedDetails } from '../activities/activity-admission.ts';
+import type { Dispatch } from '../activities/events.ts';
 import type { Activities } from '../activities/index.ts';
-import { INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
+import { ACTIVITY_NOT_ADMITTED, INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
@@ -29,6 +31,19 @@ const { dispatchEvent: dispatchFirstAttempt } = proxyLocalActivities<Activities>
 
 /** Backoff before the second attempt; each later one waits twice as long (so attempts at 0, 1, 3, 7 s…). */
 const FIRST_RETRY_MS = 1000;
+const MAX_RETRY_MS = 10 * 60 * 1000;
+
+/**
+ * A retry held by a slow subscriber holds an activity slot, and a tenant decides how slowly its
+ * subscriber answers: so later runs have their regular attempts ask the worker's admission
+ * (activities/activity-admission.ts: a share of the activity slots per organization). One refused
+ * made no call; the run schedules it again after ACTIVITY_REFUSED_WAIT_MS (doubling while refused,
+ * at most ACTIVITY_REFUSED_MAX_WAIT_MS), from the same attempt. Runs started before replay their
+ * activities as they were.
+ */
+const ACTIVITY_ADMISSION = 'dispatch-activity-admission';
+const ACTIVITY_REFUSED_WAIT_MS = 1000;
+const ACTIVITY_REFUSED_MAX_WAIT_MS = 30_000;
 
 // A large fan-out's pairs are queued in PostgreSQL and sent by one activity at a time, so the run's
 // history grows with the number of rounds, not of pairs. A drain returns after a minute at most.
@@ -49,6 +64,46 @@ function retryAfterMs(error: unknown): number {
   const cause = error instanceof ActivityFailure ? error.cause : error;
   const details = cause instanceof ApplicationFailure ? (cause.details?.[0] as DispatchRejection | undefined) : undefined;
   return (details?.retryAfterSeconds ?? 0) * 1000;
+}
+
+/** The activity's attempts before the one its worker refused an activity slot (it made no call), if that is how it failed. */
+function refusedAfter(error: unknown): number | undefined {
+  const cause = error instanceof ActivityFailure ? error.cause : undefined;
+  if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
+  return (cause.details?.[0] as ActivityNotAdmittedDetails | undefined)?.attemptsMade ?? 0;
+}
+
+/**
+ * Sends one pair as a regular activity from attempt `firstAttempt` (the same backoff as from the
+ * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt`. Asking admission, an
+ * activity refused an activity slot is scheduled again after a timer, from the attempt it did not make.
+ */
+async function dispatchAsActivity(dispatch: Dispatch, firstAttempt: number, deadlineAt: number, askAdmission: boolean): Promise<Awaited<ReturnType<Activities['dispatchEvent']>>> {
+  let refused: unknown;
+  for (let refusals = 0; ; refusals++) {
+    const remainingMs = deadlineAt - Date.now();
+    // A timer that fired late can leave no time: the pair is given up on with the refusal.
+    if (refused !== undefined && remainingMs <= 0) throw refused;
+    const { dispatchEvent } = proxyActivities<Activities>({
+      // The request's own 10 s timeout, plus recording the attempt.
+      startToCloseTimeout: '15 seconds',
+      heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
+      scheduleToCloseTimeout: remainingMs,
+      // 1 s for attempt 1 and 2 s for attempt 2, as before; later attempts (after a refusal) go on doubling.
+      retry: { initialInterval: Math.min(FIRST_RETRY_MS * 2 ** (firstAttempt - 1), MAX_RETRY_MS), backoffCoefficient: 2, maximumInterval: MAX_RETRY_MS },
+    });
+    try {
+      return await dispatchEvent({ ...dispatch, firstAttempt, ...(askAdmission ? { askAdmission: true } : {}) });
+    } catch (error) {
+      const attemptsMade = askAdmission ? refusedAfter(error) : undefined;
+      if (attemptsMade === undefined) throw error;
+      refused = error;
+      firstAttempt += attemptsMade;
+      const waitMs = Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals, ACTIVITY_REFUSED_MAX_WAIT_MS);
+      if (deadlineAt - Date.now() <= waitMs) throw error;
+      await sleep(waitMs);
+    }
+  }
 }
 
 /** Whether the inline first attempt was not admitted into the workflow task (and made no call). */
@@ -91,15 +146,7 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
       const waitMs = firstAttempt === 1 ? 0 : Math.max(FIRST_RETRY_MS, retryAfterMs(outcome.reason));
       if (remainingMs <= waitMs) return outcome;
       if (waitMs > 0) await sleep(waitMs);
-      const { dispatchEvent } = proxyActivities<Activities>({
-        // The request's own 10 s timeout, plus recording the attempt.
-        startToCloseTimeout: '15 seconds',
-        heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
-        scheduleToCloseTimeout: remainingMs - waitMs,
-        // The same backoff from the first attempt on: attempts at 0, 1, 3, 7 s… either way.
-        retry: { initialInterval: FIRST_RETRY_MS * firstAttempt, backoffCoefficient: 2, maximumInterval: '10 minutes' },
-      });
-      return dispatchEvent({ ...dispatches[i]!, firstAttempt }).then(
+      return dispatchAsActivity(dispatches[i]!, firstAttempt, startedAt + deliveryDeadlineSeconds * 1000, patched(ACTIVITY_ADMISSION)).then(
         (value) => ({ status: 'fulfilled' as const, value }),
         (reason: unknown) => ({ status: 'rejected' as const, reason }),
       );

@@ -14,9 +14,11 @@ import { localStepsOf, recordHistory } from '../support/histories.ts';
 /**
  * A small worker: 8 workflow task slots, of which tenant-facing calls may hold 4
  * (worker.inlineCallsPerWorker, by default half), 2 of one organization; the pollers fit in the
- * other 4 (worker/create-worker.ts workflowTaskPolls).
+ * other 4 (worker/create-worker.ts workflowTaskPolls). A's attempts refused there all get activity
+ * slots (20), so that every one of A's deliveries reaches A's subscriber: this test is about
+ * workflow task slots (activity slots: events-dispatch-activity-admission.test.ts).
  */
-const SIZING = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 8 };
+const SIZING = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 8, activityCallsPerOrganization: 8 };
 /** As many of A's deliveries as the worker has workflow task slots: without the bound, their first attempts would hold them all. */
 const HUNG_DELIVERIES = SIZING.maxConcurrentWorkflowTaskExecutions;
 

@@ -13,7 +13,7 @@ import type { ProviderFactory } from '../../activities/providers/port.ts';
 import { createApp } from '../../api/app.ts';
 import { createIntakeSignal, startIntakeRelay } from '../../api/intake-relay.ts';
 import type { ApiDeps } from '../../api/context.ts';
-import { inlineCallsPerWorker, type WorkerSizing } from '../../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, type WorkerSizing } from '../../lib/config.ts';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -132,7 +132,14 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const settings: ActivitySettings = {
     publicUrl: TEST_PUBLIC_URL,
     // As worker/main.ts does: the admission into workflow tasks follows the worker's slots.
-    ...(options.sizing ? { inlineCallsPerWorker: inlineCallsPerWorker(options.sizing), inlineCallsPerOrganization: options.sizing.inlineCallsPerOrganization } : {}),
+    ...(options.sizing
+      ? {
+          inlineCallsPerWorker: inlineCallsPerWorker(options.sizing),
+          inlineCallsPerOrganization: options.sizing.inlineCallsPerOrganization,
+          activityCallsPerWorker: activityCallsPerWorker(options.sizing),
+          activityCallsPerOrganization: activityCallsPerOrganization(options.sizing),
+        }
+      : {}),
     ...options.settings,
   };
   const outbound = options.outbound ?? testOutbound;

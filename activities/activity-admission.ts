@@ -1,0 +1,80 @@
+/**
+ * Which tenant-facing activities may hold an activity slot.
+ *
+ * A regular activity holds one of the worker's activity slots (worker.maxConcurrentActivityTaskExecutions)
+ * until it ends, and a call to a tenant's endpoint ends when the tenant answers: a subscriber may take
+ * its 10 s on every attempt. Without a bound, one organization's slow subscriber could hold every
+ * activity slot of a worker, and every other organization's activities (their retries, their
+ * connects and detaches, the database writes of their runs) would wait behind it.
+ *
+ * So a tenant-facing activity whose input asks for admission (only workflow code that can take a
+ * refusal sets it) is admitted only while fewer than `perOrganization` of its organization's, and
+ * fewer than `perWorker` of all organizations', run on this worker. One that is not admitted makes
+ * no call and ends at once, not retried (`ActivityNotAdmitted`, with how many attempts the activity
+ * made before it); its workflow schedules the same step again after a timer, from the same attempt,
+ * so a refusal costs the step none of its attempts. The slot is held for the refusal only: a
+ * database read at most.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { ApplicationFailure } from '@temporalio/common';
+import { ACTIVITY_NOT_ADMITTED } from '../workflows/contract.ts';
+import type { InlineAdmission } from './inline-admission.ts';
+import { activityContext } from './outbound.ts';
+
+export { ACTIVITY_NOT_ADMITTED };
+
+/** The details of an ActivityNotAdmitted failure: attempts the activity made before the refused one. */
+export interface ActivityNotAdmittedDetails {
+  attemptsMade: number;
+}
+
+type ActivityFunctions = Record<string, (...args: never[]) => Promise<unknown>>;
+
+/** The places the running call of a holdingAdmission activity took. */
+const placesOfCall = new AsyncLocalStorage<(() => void)[]>();
+
+/** Activities that may ask for admission (admitActivity): each call gives back the place it took when it ends, however it ends. */
+export function holdingAdmission<T extends ActivityFunctions>(activities: T): T {
+  const wrapped = Object.entries(activities).map(([name, run]) => [
+    name,
+    async (...args: unknown[]) => {
+      const places: (() => void)[] = [];
+      try {
+        return await placesOfCall.run(places, () => run(...(args as never[])));
+      } finally {
+        for (const release of places) release();
+      }
+    },
+  ]);
+  return Object.fromEntries(wrapped) as T;
+}
+
+/**
+ * Admits the running activity for the organization, if it runs as a regular activity whose input
+ * asks for admission: it then holds one place until its call ends (holdingAdmission gives it
+ * back). Not admitted, it throws ACTIVITY_NOT_ADMITTED, not retried, before any call. The places
+ * are counted as the inline admission counts them (activities/inline-admission.ts), one per call.
+ */
+export function admitActivity(
+  admission: InlineAdmission | undefined,
+  input: { organizationId: string; askAdmission?: boolean },
+  /** Called when the activity is refused, before the failure is thrown (a metric). */
+  onRefused?: () => void,
+): void {
+  const info = activityContext()?.info;
+  if (!admission || !input.askAdmission || !info || info.isLocal) return;
+  const places = placesOfCall.getStore();
+  if (!places) throw new Error('admitActivity runs only in an activity wrapped by holdingAdmission: its place would never be given back');
+  const release = admission.tryAdmit(input.organizationId);
+  if (!release) {
+    onRefused?.();
+    const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1 };
+    throw ApplicationFailure.create({
+      type: ACTIVITY_NOT_ADMITTED,
+      message: `this worker already runs as many tenant-facing activities as it admits (organization ${input.organizationId}): scheduled again after a timer`,
+      nonRetryable: true,
+      details: [details],
+    });
+  }
+  places.push(release);
+}
