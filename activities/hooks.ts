@@ -241,6 +241,11 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     });
   }
 
+  async function markAttached(key: RepositoryKey): Promise<void> {
+    await setAttachmentStatus(db, { organizationId: key.organizationId, repositoryId: key.repositoryId, status: 'attached' });
+    logger.info({ repositoryId: key.repositoryId }, 'repository attached');
+  }
+
   return {
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
@@ -331,9 +336,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     /**
      * Deletes hooks at the connection's delivery URL outside the hook set (e.g. an event type no
      * longer used) and the legacy hooks the attachment had before (the new set replaces them), and
-     * forgets records of hooks no longer there.
+     * forgets records of hooks no longer there. With `completeAttachment` (the attach's last step),
+     * then marks the repository attached, as completeAttachment does, and says so in its result: a
+     * worker from before this option, which may take the step run as an activity, leaves it to the
+     * workflow.
      */
-    async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[] }): Promise<{ removed: string[] }> {
+    async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
       return withAdmission(inline, input, async () => {
         const row = await repository(input, { requireActive: true });
         const adapter = adapterFor(row);
@@ -342,15 +350,18 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
         const removed = [...new Set([...stray, ...legacy])];
         await deleteHooks(row, adapter, removed);
-        await forgetHooksExcept(db, row.id, input.keepHookIds);
+        // Only the repository's workflow records its hooks, and its ensures have all settled: when
+        // every record read above is kept, there is nothing to forget and no query to make.
+        if ([...versions.keys()].some((id) => !input.keepHookIds.includes(id))) await forgetHooksExcept(db, row.id, input.keepHookIds);
         if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
-        return { removed };
+        if (!input.completeAttachment) return { removed };
+        await markAttached(input);
+        return { removed, attachmentCompleted: true };
       });
     },
 
     async completeAttachment(key: RepositoryKey): Promise<void> {
-      await setAttachmentStatus(db, { ...key, status: 'attached' });
-      logger.info({ repositoryId: key.repositoryId }, 'repository attached');
+      await markAttached(key);
     },
 
     /**

@@ -101,9 +101,10 @@ describe('attach admission into workflow tasks', () => {
       }
       const eventsB = (await h.client.workflow.getHandle(runB).fetchHistory()).events ?? [];
       expect(eventsB.filter((e) => e.activityTaskScheduledEventAttributes)).toEqual([]);
-      expect(localStepsOf(eventsB).map((step) => step.activityType)).toEqual(expect.arrayContaining(['verifyRepository', 'ensureHook', 'pruneHooks']));
-      await recordHistory(h.client, runB, 'repository-attach-gitlab-retries-on-timers-admitted');
-      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-retries-on-timers-not-admitted');
+      // The bookkeeping is off the provider calls' path: the begin beside the lookup, the completion inside the prune's step.
+      expect(localStepsOf(eventsB).map((step) => step.activityType).sort()).toEqual(['beginAttachment', 'ensureHook', 'pruneHooks', 'verifyRepository']);
+      await recordHistory(h.client, runB, 'repository-attach-gitlab-bookkeeping-beside-admitted');
+      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-bookkeeping-beside-not-admitted');
     } finally {
       releaseA('answer');
       worldA.proxy.fault = () => undefined;
@@ -129,7 +130,7 @@ describe('attach admission into workflow tasks', () => {
       const timer = events.find((e) => e.timerStartedEventAttributes);
       expect(Number(timer?.eventId)).toBeGreaterThan(Number(lookups[0]!.event.eventId));
       expect(Number(timer?.eventId)).toBeLessThan(Number(lookups[1]!.event.eventId));
-      await recordHistory(h.client, workflowId, 'repository-attach-gitlab-retries-on-timers-retried');
+      await recordHistory(h.client, workflowId, 'repository-attach-gitlab-bookkeeping-beside-retried');
     } finally {
       worldB.proxy.fault = () => undefined;
     }

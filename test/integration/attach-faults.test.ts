@@ -82,7 +82,7 @@ describe('attach under faults', () => {
     expect(repo.hooks()).toEqual([]);
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringContaining('azure-devops answered 400') });
-    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-retries-on-timers-refused');
+    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-bookkeeping-beside-refused');
   });
 
   it('Azure DevOps: compensation runs in reverse order; a compensation that fails is logged and recorded, never rethrown', async () => {
