@@ -8,17 +8,51 @@ import proto from '@temporalio/proto';
 export const HISTORIES_DIR = path.resolve('test/fixtures/histories');
 
 /**
- * With RECORD_HISTORIES=1, saves the run's history as `test/fixtures/histories/<name>.json`; does
- * nothing otherwise. Called at the end of the integration tests whose runs stand for what can be in
- * flight when forgelink is upgraded.
+ * What RECORD_HISTORIES asks of recordHistory: nothing when unset or empty; `overwrite`, to replace
+ * a fixture of the same name; any other value (`1`), to add fixtures that do not exist yet.
+ */
+export type RecordMode = 'off' | 'new' | 'overwrite';
+
+export function recordMode(value = process.env.RECORD_HISTORIES): RecordMode {
+  if (!value) return 'off';
+  return value === 'overwrite' ? 'overwrite' : 'new';
+}
+
+/**
+ * Writes a recorded history as `<dir>/<name>.json` unless `mode` forbids it. A fixture that exists
+ * is kept in `new` mode: it may be the one run of a shape recorded before a later `patched()`
+ * change, there to prove such runs still replay, and a test recording today's shape under its old
+ * name would silently replace it. Answers what it did.
+ */
+export function saveHistoryFixture(dir: string, name: string, history: unknown, mode: RecordMode): 'off' | 'written' | 'kept' {
+  if (mode === 'off') return 'off';
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}.json`);
+  try {
+    writeFileSync(file, `${JSON.stringify(history, null, 1)}\n`, { flag: mode === 'overwrite' ? 'w' : 'wx' });
+    return 'written';
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    console.warn(
+      `recordHistory: kept ${path.relative(process.cwd(), file)}, which exists (it may prove that runs recorded before a patched() change still replay). ` +
+        'Record a new run shape under a new name; RECORD_HISTORIES=overwrite replaces existing fixtures.',
+    );
+    return 'kept';
+  }
+}
+
+/**
+ * With RECORD_HISTORIES set, saves the run's history as `test/fixtures/histories/<name>.json`
+ * (see saveHistoryFixture: an existing fixture is replaced only with RECORD_HISTORIES=overwrite);
+ * does nothing otherwise. Called at the end of the integration tests whose runs stand for what can
+ * be in flight when forgelink is upgraded.
  */
 export async function recordHistory(client: Client, workflowId: string, name: string): Promise<void> {
-  if (!process.env.RECORD_HISTORIES) return;
+  const mode = recordMode();
+  if (mode === 'off') return;
   const history = await client.workflow.getHandle(workflowId).fetchHistory();
-  mkdirSync(HISTORIES_DIR, { recursive: true });
   // protobufjs's JSON form (enum names, base64 bytes), which historyFromJSON reads back.
-  const json = proto.temporal.api.history.v1.History.fromObject(history).toJSON();
-  writeFileSync(path.join(HISTORIES_DIR, `${name}.json`), `${JSON.stringify(json, null, 1)}\n`);
+  saveHistoryFixture(HISTORIES_DIR, name, proto.temporal.api.history.v1.History.fromObject(history).toJSON(), mode);
 }
 
 /** Temporal's default limit per payload is 2 MB and a history warns at 10 MB; forgelink's runs stay far below. */
