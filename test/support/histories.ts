@@ -19,17 +19,17 @@ export function recordMode(value = process.env.RECORD_HISTORIES): RecordMode {
 }
 
 /**
- * Writes a recorded history as `<dir>/<name>.json` unless `mode` forbids it. A fixture that exists
- * is kept in `new` mode: it may be the one run of a shape recorded before a later `patched()`
- * change, there to prove such runs still replay, and a test recording today's shape under its old
- * name would silently replace it. Answers what it did.
+ * Writes a recorded history as `<dir>/<name>.json` (withoutCheckoutPaths) unless `mode` forbids
+ * it. A fixture that exists is kept in `new` mode: it may be the one run of a shape recorded before
+ * a later `patched()` change, there to prove such runs still replay, and a test recording today's
+ * shape under its old name would silently replace it. Answers what it did.
  */
 export function saveHistoryFixture(dir: string, name: string, history: unknown, mode: RecordMode): 'off' | 'written' | 'kept' {
   if (mode === 'off') return 'off';
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${name}.json`);
   try {
-    writeFileSync(file, `${JSON.stringify(history, null, 1)}\n`, { flag: mode === 'overwrite' ? 'w' : 'wx' });
+    writeFileSync(file, `${JSON.stringify(withoutCheckoutPaths(history), null, 1)}\n`, { flag: mode === 'overwrite' ? 'w' : 'wx' });
     return 'written';
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
@@ -53,6 +53,23 @@ export async function recordHistory(client: Client, workflowId: string, name: st
   const history = await client.workflow.getHandle(workflowId).fetchHistory();
   // protobufjs's JSON form (enum names, base64 bytes), which historyFromJSON reads back.
   saveHistoryFixture(HISTORIES_DIR, name, proto.temporal.api.history.v1.History.fromObject(history).toJSON(), mode);
+}
+
+/**
+ * The history with the checkout's own directory taken out of its failures' stack traces
+ * (`/work/wt-x/activities/dispatch.ts:93:32` becomes `activities/dispatch.ts:93:32`): a committed
+ * fixture should not name the machine and worktree it was recorded in. Replay does not read stack
+ * traces; nothing else in the history is changed.
+ */
+export function withoutCheckoutPaths<T>(history: T, root = path.resolve('.')): T {
+  const prefix = new RegExp(`(file://)?${root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/`, 'g');
+  const walk = (value: unknown, key?: string): unknown => {
+    if (typeof value === 'string') return key === 'stackTrace' ? value.replace(prefix, '') : value;
+    if (Array.isArray(value)) return value.map((item) => walk(item));
+    if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, walk(v, k)]));
+    return value;
+  };
+  return walk(history) as T;
 }
 
 /** Temporal's default limit per payload is 2 MB and a history warns at 10 MB; forgelink's runs stay far below. */
