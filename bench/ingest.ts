@@ -419,16 +419,9 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
               return 202;
             })
           : await runPaced(items, rate, options.concurrency, post);
-      const breakdown =
-        kind === 'ingest'
-          ? ackBreakdown(
-              items.map((p) => p.delivery.deliveryId),
-              result.latenciesMs,
-              sendTimes!,
-              await stack.ackTrace(),
-              generatorStalls.stop(),
-            )
-          : (generatorStalls.stop(), undefined);
+      const trace = kind === 'ingest' ? await stack.ackTrace() : undefined;
+      const stalls = generatorStalls.stop();
+      const breakdown = trace ? ackBreakdown(items.map((p) => p.delivery.deliveryId), result.latenciesMs, sendTimes!, trace, stalls) : undefined;
       sendTimes = undefined;
       expected += accepted(result.outcomes);
       await drain(label);

@@ -55,10 +55,10 @@ export interface BenchStack {
   /** The API process's id. */
   readonly apiPid: number | undefined;
   /**
-   * What the API's acknowledgement trace (api/ack-trace.ts; the stack's API runs with it) recorded
-   * since the last call: each call starts a new recording.
+   * What the API's acknowledgement trace (api/ack-trace.ts; on with BENCH_ACK_TRACE=1) recorded
+   * since the last call: each call starts a new recording. Undefined when the trace is off.
    */
-  ackTrace(): Promise<AckTraceRecording>;
+  ackTrace(): Promise<AckTraceRecording | undefined>;
   /** The worker process's id, to read its usage in /proc (another after restartWorker). */
   readonly workerPid: number | undefined;
   /** The worker's Node flags: the chart's `worker.nodeArgs`, or restartWorker's (BENCH_NODE_ARGS comes after them). */
@@ -467,7 +467,14 @@ export async function startBenchStack(
     const startWorker = (nodeArgs: string[], workerEnv: NodeJS.ProcessEnv = env) => startService('worker', 'worker/main.ts', workerEnv, 'worker running', { mode: runMode, nodeArgs });
     let workerNodeArgs = chartWorkerNodeArgs();
     const ackTraceFile = path.join(dir, 'ack-trace.json');
-    let [worker, api] = await Promise.all([startWorker(workerNodeArgs), startService('api', 'api/main.ts', { ...env, FORGELINK_ACK_TRACE: ackTraceFile }, 'API listening', { mode: runMode })]);
+    // BENCH_ACK_TRACE=1: the API records where each acknowledgement's time goes (api/ack-trace.ts, the
+    // ingest results' ackBreakdown). Off by default: its 10 ms timer and per-delivery bookkeeping were
+    // ~7 % of the API main thread's busy time in a profile (2026-12-07), time production does not spend.
+    const ackTraceOn = process.env.BENCH_ACK_TRACE === '1';
+    let [worker, api] = await Promise.all([
+      startWorker(workerNodeArgs),
+      startService('api', 'api/main.ts', ackTraceOn ? { ...env, FORGELINK_ACK_TRACE: ackTraceFile } : env, 'API listening', { mode: runMode }),
+    ]);
     stops.unshift(() => stopService(worker));
     stops.unshift(() => stopService(api));
     log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid} (${runMode === 'dist' ? 'node dist/' : 'tsx, from source'})`);
@@ -525,6 +532,7 @@ export async function startBenchStack(
         return api.child.pid;
       },
       async ackTrace() {
+        if (!ackTraceOn) return undefined;
         rmSync(ackTraceFile, { force: true });
         api.child.kill('SIGUSR2');
         const asked = performance.now();
