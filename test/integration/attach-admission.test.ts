@@ -4,7 +4,7 @@ import { INLINE_NOT_ADMITTED } from '../../workflows/contract.ts';
 import type { ProxyFault } from '../support/flaky-proxy.ts';
 import { attachmentOf, expectExactHookSet, gitlabWorld, outcomeOf, requestAttachment, type HookWorld, type Org, type WorldRepository } from '../support/attachments.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
-import { localStepsOf, recordHistory } from '../support/histories.ts';
+import { historyEvents, localStepsOf, recordHistory } from '../support/histories.ts';
 
 /**
  * One organization's slow provider cannot stall another's attach on a shared worker. An attach's
@@ -92,14 +92,14 @@ describe('attach admission into workflow tasks', () => {
 
       // At most two of A's creations ran inside a workflow task; the others, refused there, ran as
       // activities right after. B's steps were all admitted: its attach is one workflow task.
-      const historiesA = await Promise.all(runsA.map(async (workflowId) => ({ workflowId, events: (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [] })));
+      const historiesA = await Promise.all(runsA.map(async (workflowId) => ({ workflowId, events: await historyEvents(h.client, workflowId) })));
       const ensuredAsActivity = historiesA.filter(({ events }) => events.some((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'ensureHook'));
       expect(ensuredAsActivity.length).toBeGreaterThanOrEqual(count - sizing.inlineCallsPerOrganization);
       for (const { events } of ensuredAsActivity) {
         const refused = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event.markerRecordedEventAttributes?.failure;
         expect((refused?.applicationFailureInfo ?? refused?.cause?.applicationFailureInfo)?.type).toBe(INLINE_NOT_ADMITTED);
       }
-      const eventsB = (await h.client.workflow.getHandle(runB).fetchHistory()).events ?? [];
+      const eventsB = await historyEvents(h.client, runB);
       expect(eventsB.filter((e) => e.activityTaskScheduledEventAttributes)).toEqual([]);
       // The bookkeeping is off the provider calls' path: the begin beside the lookup, the completion inside the prune's step.
       expect(localStepsOf(eventsB).map((step) => step.activityType).sort()).toEqual(['beginAttachment', 'ensureHook', 'pruneHooks', 'verifyRepository']);
@@ -124,7 +124,7 @@ describe('attach admission into workflow tasks', () => {
       expectExactHookSet(worldB, repo);
       // The failed attempt ended the workflow task (its marker, then a timer for the 1 s backoff):
       // waited inside the task, the backoff would hold the slot without admission.
-      const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+      const events = await historyEvents(h.client, workflowId);
       const lookups = localStepsOf(events).filter((step) => step.activityType === 'verifyRepository');
       expect(lookups.map((step) => Boolean(step.event.markerRecordedEventAttributes?.failure))).toEqual([true, false]);
       const timer = events.find((e) => e.timerStartedEventAttributes);

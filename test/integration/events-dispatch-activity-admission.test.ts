@@ -1,15 +1,11 @@
-import { randomUUID } from 'node:crypto';
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
-import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { ACTIVITY_NOT_ADMITTED, type EventResult } from '../../workflows/contract.ts';
-import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
-import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
-import { deliveryUrlOf } from '../support/attachments.ts';
-import { send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import type { FakeSubscriber } from '../fakes/subscriber.ts';
+import { expectEachDeliveredOnceAtFirstAttempt, pushTo, subscribedRepository } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
-import { recordHistory } from '../support/histories.ts';
+import { historyEvents, recordHistory } from '../support/histories.ts';
 
 /**
  * A small worker: 8 workflow task slots, of which one organization's subscriber calls may hold 2
@@ -21,11 +17,6 @@ const SIZING = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions:
 const A_DELIVERIES = SIZING.inlineCallsPerOrganization + SIZING.maxConcurrentActivityTaskExecutions;
 /** A's requests that the worker lets wait for A's subscriber at once: its inline places and its share of the activity slots. */
 const A_ADMITTED = SIZING.inlineCallsPerOrganization + activityCallsPerOrganization(SIZING);
-
-interface Org {
-  org: { id: string; slug: string };
-  token: string;
-}
 
 describe("activity slots: one organization's slow subscriber and another organization's dispatch retry", () => {
   let h: Harness;
@@ -39,38 +30,13 @@ describe("activity slots: one organization's slow subscriber and another organiz
     await h?.close();
   });
 
-  async function subscribed(o: Org) {
-    const subscriber = await startFakeSubscriber();
-    subscribers.push(subscriber);
-    const res = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url } });
-    expect(res.status, await res.clone().text()).toBe(201);
-    const created = (await res.json()) as { id: string; secret: string };
-    subscriber.verifyWith(created.secret);
-    const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
-    const { connectionId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
-    return { subscriber, subscriberId: created.id, repository, connectionId };
-  }
-
-  /** Sends one GitLab push for the repository as its connection's hook would, and answers its event run's id (without waiting for it). */
-  async function push({ repository, connectionId }: { repository: { externalId: string; fullName: string }; connectionId: string }): Promise<string> {
-    const { secret } = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'gitlab' });
-    const payload = { ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), test_push: randomUUID() };
-    const res = await send(h, delivery('gitlab', payload, { deliveryId: randomUUID(), secret, url: deliveryUrlOf('gitlab', connectionId) }));
-    expect(res.status, await res.clone().text()).toBe(202);
-    return ((await res.json()) as { workflowId: string }).workflowId;
-  }
-
-  async function historyOf(workflowId: string) {
-    return (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
-  }
-
   it("B's retry gets an activity slot while A's subscriber holds A's share; A's refused attempts wait on timers and cost no attempt", async () => {
     const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
-    const [slowA, flakyB] = [await subscribed(a), await subscribed(b)];
+    const [slowA, flakyB] = [await subscribedRepository(h, a, subscribers), await subscribedRepository(h, b, subscribers)];
 
     const hold = slowA.subscriber.hold();
     const aRuns: string[] = [];
-    for (let i = 0; i < A_DELIVERIES; i++) aRuns.push(await push(slowA));
+    for (let i = 0; i < A_DELIVERIES; i++) aRuns.push(await pushTo(h, slowA));
     // A's first attempts wait for its subscriber: 2 inside workflow tasks, 1 in an activity slot;
     // the others, refused an activity slot, wait on timers in their runs.
     await hold.arrivals(A_ADMITTED);
@@ -85,7 +51,7 @@ describe("activity slots: one organization's slow subscriber and another organiz
         whenBRetried ??= { aArrived: hold.arrived, aWaiting: slowA.subscriber.server.inFlight, afterMs: Math.round(performance.now() - bSentAt) };
       }
     };
-    const bRun = await push(flakyB);
+    const bRun = await pushTo(h, flakyB);
     expect(await resultOf<EventResult>(h, bRun)).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
     console.log(`B's retry reached its subscriber ${whenBRetried?.afterMs} ms after B's delivery, with ${whenBRetried?.aWaiting} of A's requests open (${whenBRetried?.aArrived} arrived)`);
     // B's retry reached its subscriber while A's admitted requests were all still open (none timed
@@ -96,20 +62,13 @@ describe("activity slots: one organization's slow subscriber and another organiz
     for (const run of aRuns) expect(await resultOf<EventResult>(h, run)).toEqual({ recorded: 1, delivered: 1, undelivered: [] });
     // Each of A's events once, as attempt 1: an attempt refused an activity slot made no call,
     // recorded nothing, and its run scheduled it again as the same attempt.
-    const received = slowA.subscriber.received;
-    expect(received).toHaveLength(A_DELIVERIES);
-    expect(new Set(received.map((r) => r.body.id)).size).toBe(A_DELIVERIES);
-    expect(received.map((r) => r.headers['x-forgelink-attempt'])).toEqual(received.map(() => '1'));
-    const attempts = await h.db.selectFrom('dispatch_attempts').select(['event_id', 'attempt', 'succeeded']).where('subscriber_id', '=', slowA.subscriberId).execute();
-    expect(attempts.sort((x, y) => x.event_id.localeCompare(y.event_id))).toEqual(
-      received.map((r) => ({ event_id: r.body.id, attempt: 1, succeeded: true })).sort((x, y) => x.event_id.localeCompare(y.event_id)),
-    );
+    await expectEachDeliveredOnceAtFirstAttempt(h, slowA, A_DELIVERIES);
 
     // The runs A's worker refused an activity slot: their activity failed ActivityNotAdmitted, not
     // retried by Temporal, and a timer later the run scheduled it again.
     const shapes = await Promise.all(
       aRuns.map(async (run) => {
-        const events = await historyOf(run);
+        const events = await historyEvents(h.client, run);
         const types = events.map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]);
         const refusals = events.filter((e) => e.activityTaskFailedEventAttributes?.failure?.cause?.applicationFailureInfo?.type === ACTIVITY_NOT_ADMITTED || e.activityTaskFailedEventAttributes?.failure?.applicationFailureInfo?.type === ACTIVITY_NOT_ADMITTED);
         return { run, refusals: refusals.length, activities: types.filter((t) => t === 'EVENT_TYPE_ACTIVITY_TASK_SCHEDULED').length, timers: types.filter((t) => t === 'EVENT_TYPE_TIMER_STARTED').length };

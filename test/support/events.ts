@@ -1,9 +1,11 @@
 import { randomInt, randomUUID } from 'node:crypto';
 import { WorkflowNotFoundError } from '@temporalio/client';
+import { expect } from 'vitest';
 import type { Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { workflowIds } from '../../workflows/contract.ts';
-import { GITHUB_FIXTURE_INSTALLATION_ID, type Delivery } from '../fakes/webhook-deliveries.ts';
+import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
+import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
 import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { deliveryUrlOf, seedConnection, seedRepository } from './attachments.ts';
 import { TEST_WEBHOOK_SECRETS, type Harness } from './harness.ts';
@@ -66,6 +68,57 @@ async function fixtureInstallationConnection(h: Harness, organizationId: string)
 
 export async function send(h: Harness, delivery: Delivery): Promise<Response> {
   return h.app.request(delivery.path, { method: 'POST', headers: delivery.headers, body: delivery.body });
+}
+
+/** An organization's subscriber (a fake that checks signatures) and a GitLab repository of the organization, attached. */
+export interface SubscribedRepository {
+  subscriber: FakeSubscriber;
+  subscriberId: string;
+  repository: { externalId: string; fullName: string };
+  connectionId: string;
+}
+
+/**
+ * Subscribes a new fake subscriber to the organization (through the API) and seeds an attached GitLab
+ * repository for it, for tests about dispatch. The subscriber joins `subscribers`, for the test
+ * file to close after its tests.
+ */
+export async function subscribedRepository(h: Harness, o: { org: { id: string; slug: string }; token: string }, subscribers: FakeSubscriber[]): Promise<SubscribedRepository> {
+  const subscriber = await startFakeSubscriber();
+  subscribers.push(subscriber);
+  const res = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url } });
+  expect(res.status, await res.clone().text()).toBe(201);
+  const created = (await res.json()) as { id: string; secret: string };
+  subscriber.verifyWith(created.secret);
+  const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
+  const { connectionId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
+  return { subscriber, subscriberId: created.id, repository, connectionId };
+}
+
+/** Sends one GitLab push for the repository as its connection's hook would, and answers its event run's id (without waiting for it). */
+export async function pushTo(h: Harness, { repository, connectionId }: Pick<SubscribedRepository, 'repository' | 'connectionId'>): Promise<string> {
+  const { secret } = await ensureWebhookCredential(h.db, h.keys, { id: connectionId, provider: 'gitlab' });
+  const payload = { ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), test_push: randomUUID() };
+  const res = await send(h, delivery('gitlab', payload, { deliveryId: randomUUID(), secret, url: deliveryUrlOf('gitlab', connectionId) }));
+  expect(res.status, await res.clone().text()).toBe(202);
+  return ((await res.json()) as { workflowId: string }).workflowId;
+}
+
+/**
+ * Checks that the subscriber received `count` events, each once, signed, as attempt 1, and that
+ * forgelink recorded one successful first attempt for each: an attempt refused admission made no
+ * call and recorded nothing, and the attempt made after it is still the first.
+ */
+export async function expectEachDeliveredOnceAtFirstAttempt(h: Harness, { subscriber, subscriberId }: Pick<SubscribedRepository, 'subscriber' | 'subscriberId'>, count: number): Promise<void> {
+  const received = subscriber.received;
+  expect(received).toHaveLength(count);
+  expect(new Set(received.map((r) => r.body.id)).size).toBe(count);
+  expect(received.map((r) => r.headers['x-forgelink-attempt'])).toEqual(received.map(() => '1'));
+  expect(received.every((r) => r.signatureValid)).toBe(true);
+  const attempts = await h.db.selectFrom('dispatch_attempts').select(['event_id', 'attempt', 'succeeded']).where('subscriber_id', '=', subscriberId).execute();
+  expect(attempts.sort((x, y) => x.event_id.localeCompare(y.event_id))).toEqual(
+    received.map((r) => ({ event_id: r.body.id, attempt: 1, succeeded: true })).sort((x, y) => x.event_id.localeCompare(y.event_id)),
+  );
 }
 
 /** Whether the delivery's event run (to the hook of `connectionId`, if given) was started or will be: its row is in the intake table, or the run exists. */

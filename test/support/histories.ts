@@ -81,6 +81,11 @@ export async function historyBytes(client: Client, workflowId: string): Promise<
   return proto.temporal.api.history.v1.History.encode(proto.temporal.api.history.v1.History.fromObject(history)).finish().length;
 }
 
+/** The run's history events, as Temporal stores them. */
+export async function historyEvents(client: Client, workflowId: string): Promise<HistoryEvent[]> {
+  return (await client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+}
+
 /** The run's start input, decoded, as the Temporal UI shows it. */
 export async function startInput<T>(client: Client, workflowId: string): Promise<T> {
   const history = await client.workflow.getHandle(workflowId).fetchHistory();
