@@ -83,7 +83,12 @@ export function inlineCallsPerWorker(sizing: Pick<WorkerSizing, 'inlineCallsPerW
   return Math.min(sizing.inlineCallsPerWorker ?? Math.max(1, Math.floor(sizing.maxConcurrentWorkflowTaskExecutions / 2)), sizing.maxConcurrentWorkflowTaskExecutions - 1);
 }
 
-type ActivitySlots = Pick<WorkerSizing, 'activityCallsPerWorker' | 'activityCallsPerOrganization' | 'maxConcurrentActivityTaskExecutions'>;
+/** The worker.* keys the activity admission follows (spelled out: the schema's refinements use them). */
+interface ActivitySlots {
+  maxConcurrentActivityTaskExecutions: number;
+  activityCallsPerWorker?: number | undefined;
+  activityCallsPerOrganization?: number | undefined;
+}
 /** A quarter of the worker's activity slots (at least 1): the default share of one organization, and the default kept from all tenants' calls. */
 const quarterOfActivitySlots = (sizing: ActivitySlots) => Math.max(1, Math.floor(sizing.maxConcurrentActivityTaskExecutions / 4));
 /** How many tenant-facing activities a worker runs at once: the configured number, or its activity slots less a quarter (always fewer than them, when it has 2 or more). */
@@ -91,9 +96,15 @@ export function activityCallsPerWorker(sizing: ActivitySlots): number {
   const slots = sizing.maxConcurrentActivityTaskExecutions;
   return Math.max(1, Math.min(sizing.activityCallsPerWorker ?? slots - quarterOfActivitySlots(sizing), slots - 1));
 }
-/** How many of one organization's tenant-facing activities a worker runs at once: the configured number, or a quarter of its activity slots (at most activityCallsPerWorker). */
+/**
+ * How many of one organization's tenant-facing activities a worker runs at once: the configured
+ * number (at most activityCallsPerWorker), or a quarter of its activity slots, fewer than
+ * activityCallsPerWorker so that one organization never takes every place (a worker admitting 1
+ * has no place to keep: 1 or 2 activity slots do not keep organizations apart).
+ */
 export function activityCallsPerOrganization(sizing: ActivitySlots): number {
-  return Math.min(sizing.activityCallsPerOrganization ?? quarterOfActivitySlots(sizing), activityCallsPerWorker(sizing));
+  const perWorker = activityCallsPerWorker(sizing);
+  return sizing.activityCallsPerOrganization !== undefined ? Math.min(sizing.activityCallsPerOrganization, perWorker) : Math.max(1, Math.min(quarterOfActivitySlots(sizing), perWorker - 1));
 }
 
 const workerSizing = z
@@ -125,6 +136,10 @@ const workerSizing = z
   .refine((w) => w.activityCallsPerOrganization === undefined || w.activityCallsPerOrganization < w.maxConcurrentActivityTaskExecutions, {
     path: ['activityCallsPerOrganization'],
     message: "must be below maxConcurrentActivityTaskExecutions: one organization's calls must leave slots to the others",
+  })
+  .refine((w) => w.activityCallsPerOrganization === undefined || activityCallsPerWorker(w) === 1 || w.activityCallsPerOrganization < activityCallsPerWorker(w), {
+    path: ['activityCallsPerOrganization'],
+    message: "must be below activityCallsPerWorker (by default the activity slots less a quarter): one organization's calls must leave places to the others",
   })
   .refine((w) => w.inlineCallsPerWorker === undefined || w.inlineCallsPerWorker < w.maxConcurrentWorkflowTaskExecutions, {
     path: ['inlineCallsPerWorker'],

@@ -53,7 +53,15 @@ describe('worker.activityCallsPer*', () => {
   it('default to the activity slots less a quarter, and a quarter of them per organization', () => {
     expect([activityCallsPerWorker({ maxConcurrentActivityTaskExecutions: 20 }), activityCallsPerOrganization({ maxConcurrentActivityTaskExecutions: 20 })]).toEqual([15, 5]);
     expect([activityCallsPerWorker({ maxConcurrentActivityTaskExecutions: 4 }), activityCallsPerOrganization({ maxConcurrentActivityTaskExecutions: 4 })]).toEqual([3, 1]);
-    expect(activityCallsPerOrganization({ maxConcurrentActivityTaskExecutions: 20, activityCallsPerWorker: 3 })).toBe(3);
+  });
+
+  it("leave the other organizations a place whenever the worker admits 2 or more: one organization's default share stays below activityCallsPerWorker", () => {
+    const both = (sizing: Parameters<typeof activityCallsPerWorker>[0]) => [activityCallsPerWorker(sizing), activityCallsPerOrganization(sizing)];
+    // Small workers: 1 and 2 slots admit 1 (nothing to keep apart), 3 and 4 keep places for the others.
+    expect([1, 2, 3, 4].map((slots) => both({ maxConcurrentActivityTaskExecutions: slots }))).toEqual([[1, 1], [1, 1], [2, 1], [3, 1]]);
+    // A lowered activityCallsPerWorker lowers the default share with it (a quarter of 20 would be all 3).
+    expect(both({ maxConcurrentActivityTaskExecutions: 20, activityCallsPerWorker: 3 })).toEqual([3, 2]);
+    expect(both({ maxConcurrentActivityTaskExecutions: 20, activityCallsPerWorker: 2 })).toEqual([2, 1]);
   });
 
   it('must stay below the activity slots', () => {
@@ -62,5 +70,9 @@ describe('worker.activityCallsPer*', () => {
     expect(parse({ maxConcurrentActivityTaskExecutions: 8, activityCallsPerOrganization: 8 }).error?.issues.map((i) => i.path.join('.'))).toContain('worker.activityCallsPerOrganization');
     expect(parse({ maxConcurrentActivityTaskExecutions: 8, activityCallsPerWorker: 8 }).error?.issues.map((i) => i.path.join('.'))).toContain('worker.activityCallsPerWorker');
     expect(parse({ maxConcurrentActivityTaskExecutions: 8, activityCallsPerWorker: 7, activityCallsPerOrganization: 2 }).error?.issues.filter((i) => i.path[0] === 'worker')).toBeUndefined();
+    // One organization's share set to every place the worker admits would keep nothing from it.
+    expect(parse({ maxConcurrentActivityTaskExecutions: 20, activityCallsPerWorker: 3, activityCallsPerOrganization: 3 }).error?.issues.map((i) => i.path.join('.'))).toContain('worker.activityCallsPerOrganization');
+    expect(parse({ maxConcurrentActivityTaskExecutions: 4, activityCallsPerOrganization: 3 }).error?.issues.map((i) => i.path.join('.'))).toContain('worker.activityCallsPerOrganization');
+    expect(parse({ maxConcurrentActivityTaskExecutions: 2, activityCallsPerOrganization: 1 }).error?.issues.filter((i) => i.path[0] === 'worker')).toBeUndefined();
   });
 });
