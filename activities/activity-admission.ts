@@ -26,7 +26,19 @@ export { ACTIVITY_NOT_ADMITTED };
 /** The details of an ActivityNotAdmitted failure: attempts the activity made before the refused one. */
 export interface ActivityNotAdmittedDetails {
   attemptsMade: number;
+  /**
+   * Asking again after the run's wait would fall past the activity's schedule-to-close deadline:
+   * the run gives the step up, and the refused activity, which said so, counted it.
+   */
+  last?: boolean;
 }
+
+/**
+ * The refused activity says "last" when asking again is due this long before its schedule-to-close
+ * deadline, so that the run, whose clock reads the deadline later, does not give up a step the
+ * activity did not count (as activities/dispatch.ts decides a failed attempt is the last).
+ */
+const LAST_REFUSAL_MARGIN_MS = 1000;
 
 type ActivityFunctions = Record<string, (...args: never[]) => Promise<unknown>>;
 
@@ -57,9 +69,14 @@ export function holdingAdmission<T extends ActivityFunctions>(activities: T): T 
  */
 export function admitActivity(
   admission: InlineAdmission | undefined,
-  input: { organizationId: string; askAdmission?: boolean },
-  /** Called when the activity is refused, before the failure is thrown (a metric). */
-  onRefused?: () => void,
+  input: {
+    organizationId: string;
+    askAdmission?: boolean;
+    /** How long the run waits before it asks again when this one is refused (none: the run decides alone). */
+    refusedWaitMs?: number;
+  },
+  /** Called when the activity is refused, before the failure is thrown (a metric), with whether the run then gives the step up. */
+  onRefused?: (last: boolean) => void,
 ): void {
   const info = activityContext()?.info;
   if (!admission || !input.askAdmission || !info || info.isLocal) return;
@@ -67,8 +84,10 @@ export function admitActivity(
   if (!places) throw new Error('admitActivity runs only in an activity wrapped by holdingAdmission: its place would never be given back');
   const release = admission.tryAdmit(input.organizationId);
   if (!release) {
-    onRefused?.();
-    const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1 };
+    const deadline = info.scheduleToCloseTimeoutMs ? info.scheduledTimestampMs + info.scheduleToCloseTimeoutMs : Infinity;
+    const last = input.refusedWaitMs !== undefined && Date.now() + input.refusedWaitMs + LAST_REFUSAL_MARGIN_MS >= deadline;
+    onRefused?.(last);
+    const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1, ...(last ? { last } : {}) };
     throw ApplicationFailure.create({
       type: ACTIVITY_NOT_ADMITTED,
       message: `this worker already runs as many tenant-facing activities as it admits (organization ${input.organizationId}): scheduled again after a timer`,

@@ -232,7 +232,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
      * makes the same attempt as a regular activity (a slow subscriber then holds an activity slot,
      * not one of the workflow task slots every organization's runs need).
      */
-    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1, askAdmission }: Dispatch): Promise<DispatchOutcome> {
+    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1, askAdmission, refusedWaitMs }: Dispatch): Promise<DispatchOutcome> {
       const attempt = Context.current().info.attempt + firstAttempt - 1;
       const skipped = (outcome: DispatchOutcome) => {
         metrics?.dispatchAttempt('skipped');
@@ -242,7 +242,11 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       if (!found) return skipped({ delivered: false, skipped: 'subscriber deleted' });
       const { subscriber, event, delivered } = found;
       // A regular attempt holds an activity slot until it ends: asked once the organization is known, before any call.
-      admitActivity(activitySlots, { organizationId: subscriber.organization_id, askAdmission }, () => metrics?.dispatchAttempt('not_admitted'));
+      // Refused with no time left to ask again, the pair is given up on: counted here, once, as a pair the deadline found waiting.
+      admitActivity(activitySlots, { organizationId: subscriber.organization_id, askAdmission, refusedWaitMs }, (last) => {
+        metrics?.dispatchAttempt('not_admitted');
+        if (last) metrics?.dispatchGaveUp('deadline');
+      });
       if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
       if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
 

@@ -43,6 +43,12 @@ export interface Dispatch {
    * after an upgrade) the attempt is made as before.
    */
   askAdmission?: boolean;
+  /**
+   * With askAdmission, as a regular activity: how long the run waits before it asks again if this
+   * attempt is refused an activity slot. A refusal that leaves no time for that gives the pair up,
+   * counted by the refused activity (forgelink_dispatch_gave_up_total{reason="deadline"}).
+   */
+  refusedWaitMs?: number;
 }
 
 /**

@@ -172,7 +172,8 @@ export type DispatchOutcome = 'delivered' | 'rejected' | 'unreachable' | 'refuse
  * Why an (event, subscriber) pair was given up on: its last attempt was rejected or unreachable and
  * no further one fits before the dispatch deadline; its address is refused by policy (given up at
  * once); or it was still waiting for an attempt when the deadline passed (a queued fan-out's pairs
- * held back while their subscriber failed).
+ * held back while their subscriber failed, or a pair whose attempt the worker refused an activity
+ * slot with no time left to ask again).
  */
 export type DispatchGiveUpReason = 'rejected' | 'unreachable' | 'refused' | 'deadline';
 

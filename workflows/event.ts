@@ -66,11 +66,11 @@ function retryAfterMs(error: unknown): number {
   return (details?.retryAfterSeconds ?? 0) * 1000;
 }
 
-/** The activity's attempts before the one its worker refused an activity slot (it made no call), if that is how it failed. */
-function refusedAfter(error: unknown): number | undefined {
+/** How the activity was refused an activity slot (it made no call), if that is how it failed. */
+function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
   const cause = error instanceof ActivityFailure ? error.cause : undefined;
   if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
-  return (cause.details?.[0] as ActivityNotAdmittedDetails | undefined)?.attemptsMade ?? 0;
+  return { attemptsMade: 0, ...(cause.details?.[0] as ActivityNotAdmittedDetails | undefined) };
 }
 
 /**
@@ -92,15 +92,17 @@ async function dispatchAsActivity(dispatch: Dispatch, firstAttempt: number, dead
       // 1 s for attempt 1 and 2 s for attempt 2, as before; later attempts (after a refusal) go on doubling.
       retry: { initialInterval: Math.min(FIRST_RETRY_MS * 2 ** (firstAttempt - 1), MAX_RETRY_MS), backoffCoefficient: 2, maximumInterval: MAX_RETRY_MS },
     });
+    const waitMs = Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals, ACTIVITY_REFUSED_MAX_WAIT_MS);
     try {
-      return await dispatchEvent({ ...dispatch, firstAttempt, ...(askAdmission ? { askAdmission: true } : {}) });
+      // The activity is told the wait, so that a refusal leaving no time for it is given up, and counted, by the activity.
+      return await dispatchEvent({ ...dispatch, firstAttempt, ...(askAdmission ? { askAdmission: true, refusedWaitMs: waitMs } : {}) });
     } catch (error) {
-      const attemptsMade = askAdmission ? refusedAfter(error) : undefined;
-      if (attemptsMade === undefined) throw error;
+      const refusal = askAdmission ? refusalOf(error) : undefined;
+      if (refusal === undefined) throw error;
       refused = error;
-      firstAttempt += attemptsMade;
-      const waitMs = Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals, ACTIVITY_REFUSED_MAX_WAIT_MS);
-      if (deadlineAt - Date.now() <= waitMs) throw error;
+      firstAttempt += refusal.attemptsMade;
+      // The activity's word first (it counted the pair); the run's clock still ends a run whose activity could not tell.
+      if (refusal.last || deadlineAt - Date.now() <= waitMs) throw error;
       await sleep(waitMs);
     }
   }

@@ -1,6 +1,7 @@
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
+import { createWorkerMetrics } from '../../lib/metrics.ts';
 import { ACTIVITY_NOT_ADMITTED, type EventResult } from '../../workflows/contract.ts';
 import type { FakeSubscriber } from '../fakes/subscriber.ts';
 import { expectEachDeliveredOnceAtFirstAttempt, pushTo, subscribedRepository } from '../support/events.ts';
@@ -80,4 +81,41 @@ describe("activity slots: one organization's slow subscriber and another organiz
     await recordHistory(h.client, refused[0]!.run, 'event-activity-not-admitted');
     await recordHistory(h.client, bRun, 'event-retried-activity-admitted');
   }, 120_000);
+});
+
+describe("activity slots: a pair refused until its dispatch deadline", () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+  const metrics = createWorkerMetrics();
+  /** Short enough that A's refused attempts run out of time while A's admitted requests still wait (10 s). */
+  const DEADLINE_SECONDS = 6;
+
+  beforeAll(async () => {
+    h = await startHarness({ sizing: SIZING, metrics, settings: { subscriberDeliveryDeadlineSeconds: DEADLINE_SECONDS } });
+  });
+  afterAll(async () => {
+    await Promise.all(subscribers.map((s) => s.close()));
+    await h?.close();
+  });
+
+  it('is given up on once, counted by the refused activity as a pair the deadline found waiting', async () => {
+    const slowA = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    const hold = slowA.subscriber.hold();
+    const aRuns: string[] = [];
+    for (let i = 0; i < A_DELIVERIES; i++) aRuns.push(await pushTo(h, slowA));
+    await hold.arrivals(A_ADMITTED);
+
+    const results = await Promise.all(aRuns.map((run) => resultOf<EventResult>(h, run)));
+    hold.release();
+    // Every pair given up on; the refused ones with the refusal (they made no call), the others when their requests ran out of time.
+    for (const result of results) expect(result).toMatchObject({ recorded: 1, delivered: 0, undelivered: [expect.anything()] });
+    const refusedRuns = aRuns.filter((_, i) => results[i]!.undelivered[0]!.reason.startsWith(`${ACTIVITY_NOT_ADMITTED}:`));
+    const refused = results.filter((r) => r.undelivered[0]!.reason.startsWith(`${ACTIVITY_NOT_ADMITTED}:`));
+    expect(refused).toHaveLength(A_DELIVERIES - A_ADMITTED);
+    expect(hold.arrived).toBe(A_ADMITTED);
+    const gaveUp = Object.fromEntries((await metrics.registry.getSingleMetric('forgelink_dispatch_gave_up_total')!.get()).values.map((v) => [String(v.labels.reason), v.value]));
+    // Each refused pair once: the activity that said "no time to ask again" counted it, and its run asked no more.
+    expect(gaveUp.deadline ?? 0).toBe(refused.length);
+    await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline');
+  }, 60_000);
 });

@@ -17,6 +17,7 @@ import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWor
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
+import type { WorkerMetrics } from '../../lib/metrics.ts';
 import type { Tracing } from '../../lib/tracing.ts';
 import { createWorker } from '../../worker/create-worker.ts';
 import { assertHistoriesBounded } from './histories.ts';
@@ -102,6 +103,8 @@ export interface HarnessOptions {
   tracing?: Tracing;
   /** The worker's cache and slots (the config's `worker` keys; default: the config's defaults). */
   sizing?: WorkerSizing;
+  /** The worker's metrics (default: none), for a test that reads what its activities counted. */
+  metrics?: WorkerMetrics;
 }
 
 let runtimeInstalled = false;
@@ -144,7 +147,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   };
   const outbound = options.outbound ?? testOutbound;
   const github = options.github ? { github: { appId: options.github.appId, privateKey: options.github.privateKeyPem } } : {};
-  const deps = { db, keys, providers: options.providers ?? createProviderFactory({ outbound, ...github }), outbound, logger, settings };
+  const deps = { db, keys, providers: options.providers ?? createProviderFactory({ outbound, ...github }), outbound, logger, settings, ...(options.metrics ? { metrics: options.metrics } : {}) };
 
   const launch = async () => {
     const worker = await createWorker({ connection: nativeConnection, namespace: 'default', taskQueue, deps, workflowBundle, tracing: options.tracing, sizing: options.sizing });

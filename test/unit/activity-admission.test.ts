@@ -11,7 +11,7 @@ describe('admitActivity', () => {
   const ask = (organizationId: string) => ({ organizationId, askAdmission: true });
   type Slots = ReturnType<typeof createInlineAdmission>;
   /** An activity that asks admission for `input`, then makes its call. */
-  const withActivityAdmission = <T>(slots: Slots, input: { organizationId: string; askAdmission?: boolean }, call: () => Promise<T>, onRefused?: () => void) =>
+  const withActivityAdmission = <T>(slots: Slots, input: Parameters<typeof admitActivity>[1], call: () => Promise<T>, onRefused?: (last: boolean) => void) =>
     holdingAdmission({
       step: async () => {
         admitActivity(slots, input, onRefused);
@@ -32,6 +32,23 @@ describe('admitActivity', () => {
     // Another organization's activity is admitted, and gives its place back when it ends, failed or not.
     await expect(activity().run(() => withActivityAdmission(slots, ask('org-b'), async () => Promise.reject(new Error('subscriber down'))))).rejects.toThrow('subscriber down');
     expect(await activity().run(() => withActivityAdmission(slots, ask('org-b'), async () => 'sent'))).toBe('sent');
+  });
+
+  it("says a refusal is the last when asking again after the run's wait would pass the activity's deadline, and tells onRefused", async () => {
+    const slots = createInlineAdmission({ perWorker: 2, perOrganization: 1 });
+    slots.tryAdmit('org-a');
+    const scheduled = { isLocal: false, attempt: 1, scheduledTimestampMs: Date.now(), scheduleToCloseTimeoutMs: 10_000 };
+    const refusal = async (refusedWaitMs?: number) => {
+      const told: boolean[] = [];
+      const input = { ...ask('org-a'), ...(refusedWaitMs !== undefined ? { refusedWaitMs } : {}) };
+      const error = await new MockActivityEnvironment(scheduled).run(() => withActivityAdmission(slots, input, async () => 'sent', (last) => told.push(last))).catch((e: unknown) => e);
+      return { details: (error as { details?: unknown[] }).details, told };
+    };
+    // 1 s of margin before the deadline 10 s after scheduling: a 4 s wait leaves time, a 9.5 s one does not.
+    expect(await refusal(4000)).toEqual({ details: [{ attemptsMade: 0 }], told: [false] });
+    expect(await refusal(9500)).toEqual({ details: [{ attemptsMade: 0, last: true }], told: [true] });
+    // A run that does not say its wait decides alone.
+    expect(await refusal()).toEqual({ details: [{ attemptsMade: 0 }], told: [false] });
   });
 
   it('runs an activity that does not ask (a run of the earlier code) and a local one (the inline admission is its gate), full or not', async () => {
