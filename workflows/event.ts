@@ -75,13 +75,22 @@ function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
 
 /**
  * Sends one pair as a regular activity from attempt `firstAttempt` (the same backoff as from the
- * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt`. Asking admission, an
+ * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt`, first scheduled with
+ * `firstScheduleToCloseMs` (positive: what the caller had left of the deadline less its wait, as
+ * runs before admission scheduled it; a timer that fired after the deadline leaves none, and a
+ * negative limit fails every workflow task of the run, 0 is none at all). Asking admission, an
  * activity refused an activity slot is scheduled again after a timer, from the attempt it did not make.
  */
-async function dispatchAsActivity(dispatch: Dispatch, firstAttempt: number, deadlineAt: number, askAdmission: boolean): Promise<Awaited<ReturnType<Activities['dispatchEvent']>>> {
+async function dispatchAsActivity(
+  dispatch: Dispatch,
+  firstAttempt: number,
+  deadlineAt: number,
+  firstScheduleToCloseMs: number,
+  askAdmission: boolean,
+): Promise<Awaited<ReturnType<Activities['dispatchEvent']>>> {
   let refused: unknown;
   for (let refusals = 0; ; refusals++) {
-    const remainingMs = deadlineAt - Date.now();
+    const remainingMs = refused === undefined ? firstScheduleToCloseMs : deadlineAt - Date.now();
     // A timer that fired late can leave no time: the pair is given up on with the refusal.
     if (refused !== undefined && remainingMs <= 0) throw refused;
     const { dispatchEvent } = proxyActivities<Activities>({
@@ -148,7 +157,7 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
       const waitMs = firstAttempt === 1 ? 0 : Math.max(FIRST_RETRY_MS, retryAfterMs(outcome.reason));
       if (remainingMs <= waitMs) return outcome;
       if (waitMs > 0) await sleep(waitMs);
-      return dispatchAsActivity(dispatches[i]!, firstAttempt, startedAt + deliveryDeadlineSeconds * 1000, patched(ACTIVITY_ADMISSION)).then(
+      return dispatchAsActivity(dispatches[i]!, firstAttempt, startedAt + deliveryDeadlineSeconds * 1000, remainingMs - waitMs, patched(ACTIVITY_ADMISSION)).then(
         (value) => ({ status: 'fulfilled' as const, value }),
         (reason: unknown) => ({ status: 'rejected' as const, reason }),
       );

@@ -119,3 +119,39 @@ describe("activity slots: a pair refused until its dispatch deadline", () => {
     await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline');
   }, 60_000);
 });
+
+describe('a dispatch retry whose timer fires after the deadline', () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+  /** The subscriber asks for a wait that leaves the retry under a second before this deadline. */
+  const DEADLINE_SECONDS = 4;
+  const RETRY_AFTER_SECONDS = 3;
+
+  beforeAll(async () => {
+    h = await startHarness({ settings: { subscriberDeliveryDeadlineSeconds: DEADLINE_SECONDS } });
+  });
+  afterAll(async () => {
+    await Promise.all(subscribers.map((s) => s.close()));
+    await h?.close();
+  });
+
+  it('is still scheduled with the time left before the wait, and the run ends (no activity without a schedule-to-close limit)', async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    target.subscriber.server.failNext('deliver', 1, { status: 503, headers: { 'retry-after': String(RETRY_AFTER_SECONDS) } });
+    const pushedAt = Date.now();
+    const run = await pushTo(h, target);
+    // The first attempt failed and the run waits out the Retry-After on a timer: no worker runs it when it fires.
+    await expect.poll(async () => (await historyEvents(h.client, run)).some((e) => e.timerStartedEventAttributes), { timeout: 10_000, interval: 50 }).toBe(true);
+    await h.stopWorker();
+    // The worker comes back once the deadline has passed: the timer's workflow task starts after it.
+    await expect.poll(() => Date.now() - pushedAt, { timeout: 10_000, interval: 100 }).toBeGreaterThan((DEADLINE_SECONDS + 1) * 1000);
+    await h.restartWorker();
+    const result = await resultOf<EventResult>(h, run);
+    expect(result.recorded).toBe(1);
+    const events = await historyEvents(h.client, run);
+    expect(events.filter((e) => e.eventType === temporal.api.enums.v1.EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)).toEqual([]);
+    const scheduled = events.find((e) => e.activityTaskScheduledEventAttributes)?.activityTaskScheduledEventAttributes;
+    // As runs before admission had it: the deadline less the wait, measured before the wait (a positive limit).
+    expect(Number(scheduled?.scheduleToCloseTimeout?.seconds ?? 0) * 1000 + (scheduled?.scheduleToCloseTimeout?.nanos ?? 0) / 1e6).toBeGreaterThan(0);
+  }, 30_000);
+});

@@ -37,6 +37,8 @@ export interface Harness {
   worker: Worker;
   /** Stops the worker (as a crash would), if one runs, and starts a fresh one on the same task queue. */
   restartWorker(): Promise<void>;
+  /** Stops the worker, if one runs, and starts none: the task queue's work waits for restartWorker. */
+  stopWorker(): Promise<void>;
   request(method: string, path: string, options?: { token?: string; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
   /** Another API app on the same dependencies except `overrides` (e.g. a Temporal client that refuses every start). */
   appWith(overrides: Partial<ApiDeps>): ReturnType<typeof createApp>;
@@ -211,6 +213,10 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     async restartWorker() {
       await stopWorker();
       current = await launch();
+    },
+    async stopWorker() {
+      await stopWorker();
+      current = undefined;
     },
     async request(method, path, opts = {}) {
       const headers: Record<string, string> = { ...(opts.headers ?? {}) };
