@@ -9,6 +9,7 @@ import {
   giveUpPendingDispatches,
   listUndeliveredDispatches,
   loadEventsForDispatch,
+  pendingDispatchOrganizations,
   recordQueuedAttempt,
   releaseDispatch,
 } from '../lib/db/repositories/event-dispatches.ts';
@@ -16,7 +17,7 @@ import { loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
-import { admitActivity, holdingAdmission } from './activity-admission.ts';
+import { ACTIVITY_NOT_ADMITTED, admitActivity, holdingAdmission } from './activity-admission.ts';
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
@@ -193,6 +194,14 @@ export interface DrainInput {
   runKey: string;
   /** ISO time the dispatch deadline passes: no attempt after it, pairs still pending are given up on. */
   deadlineAt: string;
+  /**
+   * Set by workflow code that can take a refusal (patched('drain-activity-admission')): the drain
+   * then asks the worker's admission into activity slots (activities/activity-admission.ts) for
+   * each organization its run's pending pairs go to, before it claims any, and claims only the
+   * admitted organizations' pairs; refused for all, it claims and sends nothing and fails
+   * ActivityNotAdmitted, and the run drains again after a timer.
+   */
+  askAdmission?: boolean;
 }
 
 export interface DrainResult {
@@ -299,7 +308,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
      * subscriber's other pairs wait as long; a pair whose next attempt would fall past the deadline
      * is given up on. Returns the counts and when the next pair falls due.
      */
-    async drainDispatches({ runKey, deadlineAt }: DrainInput): Promise<DrainResult> {
+    async drainDispatches({ runKey, deadlineAt, askAdmission }: DrainInput): Promise<DrainResult> {
       const deadline = Date.parse(deadlineAt);
       const started = Date.now();
       const cancelled = activityCancellation();
@@ -316,6 +325,10 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       };
 
       if (Date.now() < deadline) {
+        // It holds its activity slot while subscribers answer, up to DRAIN_BUDGET_MS: a place of
+        // each organization it sends for, whose pairs alone it claims. Past the deadline it sends
+        // nothing and asks nothing, so a refused run can still give its pairs up.
+        const organizations = askAdmission && activitySlots ? admittedOrganizations(activitySlots, await pendingDispatchOrganizations(db, runKey)) : undefined;
         for (;;) {
           cancelled?.throwIfAborted();
           const now = Date.now();
@@ -324,7 +337,7 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
             moreDue = true;
             break;
           }
-          const claimed = await claimDueDispatches(db, runKey, { now: new Date(now), leaseUntil: new Date(now + DRAIN_LEASE_MS), limit: DRAIN_BATCH });
+          const claimed = await claimDueDispatches(db, runKey, { now: new Date(now), leaseUntil: new Date(now + DRAIN_LEASE_MS), limit: DRAIN_BATCH, ...(organizations ? { organizations } : {}) });
           if (claimed.length === 0) break;
           const events = await loadEventsForDispatch(db, claimed.map((c) => c.eventId));
           await Promise.all(
@@ -388,6 +401,33 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
       return result;
     },
   });
+}
+
+/**
+ * The organizations a drain sends for: those of `organizationIds` the worker admits, a place each
+ * (admitActivity, given back when the drain ends), asked in a random order so that no organization
+ * of a shared run is always asked last. The pairs of the others stay due for the run's next drain;
+ * refused for every one, the drain fails ActivityNotAdmitted and the run drains again after a timer.
+ */
+function admittedOrganizations(slots: InlineAdmission, organizationIds: readonly string[]): string[] {
+  const admitted: string[] = [];
+  let refusal: unknown;
+  const order = [...organizationIds];
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  for (const organizationId of order) {
+    try {
+      admitActivity(slots, { organizationId, askAdmission: true });
+      admitted.push(organizationId);
+    } catch (error) {
+      if (!(error instanceof ApplicationFailure && error.type === ACTIVITY_NOT_ADMITTED)) throw error;
+      refusal = error;
+    }
+  }
+  if (admitted.length === 0 && refusal !== undefined) throw refusal;
+  return admitted;
 }
 
 function describeNetworkError(error: unknown): string {

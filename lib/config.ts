@@ -122,7 +122,7 @@ const workerSizing = z
     // slots) and this many of one organization; the others run as activities (activities/inline-admission.ts).
     inlineCallsPerWorker: z.number().int().min(1).max(1000).optional(),
     inlineCallsPerOrganization: z.number().int().min(1).max(1000).default(WORKER_SIZING_DEFAULTS.inlineCallsPerOrganization),
-    // Tenant-facing activities (a subscriber's retries) hold an activity slot each: at most this
+    // Tenant-facing activities (a subscriber's retries, a fan-out's drains) hold an activity slot each: at most this
     // many at once (default: the activity slots less a quarter) and this many of one organization
     // (default: a quarter of them); the others wait on a timer in their run (activities/activity-admission.ts).
     activityCallsPerWorker: z.number().int().min(1).max(1000).optional(),

@@ -54,6 +54,17 @@ const { drainDispatches } = proxyActivities<Activities>({
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
 });
 
+/**
+ * A drain holds an activity slot for up to a minute while tenants' subscribers answer: later runs
+ * have their drains ask the worker's admission (activities/activity-admission.ts), a place of each
+ * organization their pending pairs go to (a drain sends for those admitted; the others' pairs wait
+ * for the next round). One refused for all claimed and sent nothing; the run drains
+ * again after a timer (as a refused attempt waits: 1 s doubling, at most 30 s, not past the
+ * deadline, after which a drain only gives the pending pairs up and asks nothing). A refusal counts
+ * as a round, so a run refused for long still continues as new. Runs started before drain as they were.
+ */
+const DRAIN_ADMISSION = 'drain-activity-admission';
+
 /** Drain rounds per run before it continues as new (each round is about 8 history events). */
 const DRAIN_ROUNDS_PER_RUN = 100;
 /** Shortest wait between rounds, so pairs falling due one after another are sent together. */
@@ -185,8 +196,20 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
  */
 async function drainQueue(input: EventInput, queue: QueuedDispatch): Promise<EventResult> {
   const deadline = Date.parse(queue.deadlineAt);
-  for (let round = 1; ; round++) {
-    const drained = await drainDispatches({ runKey: queue.runKey, deadlineAt: queue.deadlineAt });
+  for (let round = 1, refusals = 0; ; round++) {
+    const askAdmission = patched(DRAIN_ADMISSION);
+    const drained = await drainDispatches({ runKey: queue.runKey, deadlineAt: queue.deadlineAt, ...(askAdmission ? { askAdmission } : {}) }).catch((error: unknown) => {
+      if (askAdmission && refusalOf(error)) return undefined;
+      throw error;
+    });
+    if (drained === undefined) {
+      if (round >= (input.drainRoundsPerRun ?? DRAIN_ROUNDS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
+        await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: queue });
+      }
+      await sleep(Math.max(1, Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals++, ACTIVITY_REFUSED_MAX_WAIT_MS, deadline - Date.now())));
+      continue;
+    }
+    refusals = 0;
     if (drained.pending === 0) {
       return { recorded: queue.recorded, delivered: drained.delivered, undelivered: drained.undelivered ?? [], undeliveredCount: drained.undeliveredCount };
     }

@@ -4,12 +4,13 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDispatchActivities, DRAIN_CONCURRENCY, type DrainResult } from '../../activities/dispatch.ts';
+import { createInlineAdmission } from '../../activities/inline-admission.ts';
 import { INLINE_DISPATCH_LIMIT } from '../../activities/events.ts';
 import { claimDueDispatches, deferSubscriber, queueDispatches } from '../../lib/db/repositories/event-dispatches.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { createWorkerMetrics } from '../../lib/metrics.ts';
-import { workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
+import { ACTIVITY_NOT_ADMITTED, workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
@@ -107,8 +108,8 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
     const types = await eventTypes(h, workflowId);
     console.log(`fan-out of ${3 * REF_CHANGES} pairs: history ${bytes} bytes, ${types.length} events, ${seconds.toFixed(1)} s to the result`);
     expect(bytes).toBeLessThan(MAX_HISTORY_BYTES);
-    // One recording marker, and a handful of drains: nothing per pair.
-    expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(1);
+    // One recording marker (and the drains' admission patch), and a handful of drains: nothing per pair.
+    expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(2);
     expect(types.filter((t) => t === 'EVENT_TYPE_ACTIVITY_TASK_SCHEDULED').length).toBeLessThan(20);
     expect(types.length).toBeLessThan(200);
     // Every drain succeeded at its first attempt: the flaky subscriber's pairs fail side by side and
@@ -178,16 +179,47 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
       .execute();
     return { deliveryId, eventIds: rows.map((r) => r.id) };
   }
-  /** An organization's subscriber with `count` events of one delivery queued for it under one run key, due now. */
-  async function queuedPairs(count: number, now = new Date()) {
+  /** An organization's subscriber with `count` events of one delivery queued for it under one run key (`into`, default one of their own), due now. */
+  async function queuedPairs(count: number, now = new Date(), into?: string) {
     const o = await createOrgWithToken(h);
     const subscriber = await newSubscriber();
     const subscriberId = await subscribe(o, subscriber);
     const { deliveryId, eventIds } = await seedEvents(o, count);
-    const runKey = `test-queue:${deliveryId}`;
+    const runKey = into ?? `test-queue:${deliveryId}`;
     await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), now);
-    return { subscriber, subscriberId, eventIds, runKey };
+    return { subscriber, subscriberId, eventIds, runKey, organizationId: o.org.id };
   }
+
+  it("drains, asking admission, the pairs of the organizations the worker admits a place: a shared run's others wait, refused for all it claims nothing", async () => {
+    // One run whose pairs go to two organizations' subscribers (a delivery both attached).
+    const a = await queuedPairs(3);
+    const b = await queuedPairs(3, new Date(), a.runKey);
+    const slots = createInlineAdmission({ perWorker: 3, perOrganization: 1 });
+    const { drainDispatches } = createDispatchActivities({ db: h.db, keys: h.keys, outbound: testOutbound, logger: createLogger('test', 'error'), activitySlots: slots });
+    const drain = (): Promise<DrainResult> =>
+      new MockActivityEnvironment().run(drainDispatches, { runKey: a.runKey, deadlineAt: new Date(Date.now() + 60_000).toISOString(), askAdmission: true });
+
+    // A's place is taken (another of A's activities runs): the drain sends B's pairs, A's stay due.
+    const aBusy = slots.tryAdmit(a.organizationId)!;
+    expect(await drain()).toMatchObject({ attempted: 3, pending: 3, delivered: 3 });
+    expect([a.subscriber.received.length, b.subscriber.received.length]).toEqual([0, 3]);
+    // B's taken too: refused for both, before any claim.
+    const bBusy = slots.tryAdmit(b.organizationId)!;
+    await expect(drain()).rejects.toMatchObject({ type: ACTIVITY_NOT_ADMITTED, nonRetryable: true });
+    bBusy();
+    // A worker that admits one at a time still lets a shared run through, an organization a drain.
+    const one = createInlineAdmission({ perWorker: 1, perOrganization: 1 });
+    const { drainDispatches: drainOne } = createDispatchActivities({ db: h.db, keys: h.keys, outbound: testOutbound, logger: createLogger('test', 'error'), activitySlots: one });
+    aBusy();
+    expect(await new MockActivityEnvironment().run(drainOne, { runKey: a.runKey, deadlineAt: new Date(Date.now() + 60_000).toISOString(), askAdmission: true })).toMatchObject({
+      attempted: 3,
+      pending: 0,
+      delivered: 6,
+    });
+    expect(a.subscriber.received.map((r) => r.headers['x-forgelink-attempt'])).toEqual(['1', '1', '1']);
+    // Every place was given back when its drain ended.
+    for (const admission of [slots, one]) expect(admission.tryAdmit(a.organizationId)).toBeTypeOf('function');
+  });
 
 
   it('continues as new while it drains, carrying its queue, and still delivers each pair once', async () => {

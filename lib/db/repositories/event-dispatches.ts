@@ -46,13 +46,21 @@ export interface ClaimedPair extends QueuedPair {
  * Claims up to `limit` of the run's pending pairs due at `now`, in the order they fell due, by
  * moving their next attempt to `leaseUntil`: a second drain (a retry while a lost worker's attempt
  * still runs) skips them until then, and a drain that dies mid-send leaves them due again after it.
+ * With `organizations`, only pairs whose subscriber belongs to one of them.
  */
-export async function claimDueDispatches(db: Executor, runKey: string, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedPair[]> {
+export async function claimDueDispatches(
+  db: Executor,
+  runKey: string,
+  options: { now: Date; leaseUntil: Date; limit: number; organizations?: readonly string[] },
+): Promise<ClaimedPair[]> {
+  const ofOrganizations = options.organizations
+    ? sql`and subscriber_id in (select id from subscribers where organization_id = any(${[...options.organizations]}::uuid[]))`
+    : sql``;
   const { rows } = await sql<{ event_id: string; subscriber_id: string; attempts: number }>`
     update event_dispatches d set next_attempt_at = ${options.leaseUntil}
     from (
       select event_id, subscriber_id from event_dispatches
-      where run_key = ${runKey} and status = 'pending' and next_attempt_at <= ${options.now}
+      where run_key = ${runKey} and status = 'pending' and next_attempt_at <= ${options.now} ${ofOrganizations}
       order by next_attempt_at
       limit ${options.limit}
       for update skip locked
@@ -61,6 +69,20 @@ export async function claimDueDispatches(db: Executor, runKey: string, options: 
     returning d.event_id, d.subscriber_id, d.attempts
   `.execute(db);
   return rows.map((r) => ({ eventId: r.event_id, subscriberId: r.subscriber_id, attempts: r.attempts }));
+}
+
+/** The organizations whose subscribers the run's pending pairs go to (subscribers' rows: never the delivery's own words). */
+export async function pendingDispatchOrganizations(db: Executor, runKey: string): Promise<string[]> {
+  const rows = await db
+    .selectFrom('event_dispatches as d')
+    .innerJoin('subscribers as s', 's.id', 'd.subscriber_id')
+    .select('s.organization_id')
+    .distinct()
+    .where('d.run_key', '=', runKey)
+    .where('d.status', '=', 'pending')
+    .orderBy('s.organization_id')
+    .execute();
+  return rows.map((r) => r.organization_id);
 }
 
 export type AttemptRecord =
