@@ -13,28 +13,39 @@ import {
 import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
+import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { classified } from './errors.ts';
+import type { InlineAdmission } from './inline-admission.ts';
 import type { ProviderFactory, ValidationOutcome } from './providers/port.ts';
 
 export interface ConnectionActivityDeps {
+  /** Admission of tenant-facing activities into activity slots (activities/activity-admission.ts), one per worker. */
+  activitySlots?: InlineAdmission;
   db: Db;
   keys: EncryptionKeys;
   providers: ProviderFactory;
   logger: Logger;
 }
 
-export function createConnectionActivities({ db, keys, providers, logger }: ConnectionActivityDeps) {
-  return {
+export function createConnectionActivities({ db, keys, providers, logger, activitySlots }: ConnectionActivityDeps) {
+  return holdingAdmission({
     /**
      * Checks a credential against the provider: a rotation's own credential (`rotationId`), else the
      * one awaiting its first validation, else the stored one.
+     *
+     * The provider is the tenant's (its base URL), and a slow one holds the activity slot while it
+     * answers: run by a connect that can take a refusal (`askAdmission`), it asks the worker's
+     * admission into activity slots for the connection's organization before the call
+     * (activities/activity-admission.ts); refused, it calls nothing and fails ActivityNotAdmitted,
+     * and the run schedules it again after a timer, from the same attempt.
      */
-    async validateConnection({ connectionId, rotationId }: { connectionId: string; rotationId?: string }): Promise<ValidationOutcome> {
+    async validateConnection({ connectionId, rotationId, askAdmission }: { connectionId: string; rotationId?: string; askAdmission?: boolean }): Promise<ValidationOutcome> {
       const row = await loadConnectionSecrets(db, connectionId);
       if (!row) throw ApplicationFailure.create({ type: 'ConnectionNotFound', message: `connection ${connectionId} does not exist`, nonRetryable: true });
       if (rotationId && (row.rotation_id !== rotationId || row.rotation_status !== 'validating' || !row.pending_credential)) {
         return { ok: false, reason: `credential rotation ${rotationId} is no longer the one being validated` };
       }
+      admitActivity(activitySlots, { organizationId: row.organization_id, askAdmission });
       const sealed = row.pending_credential ?? row.credential;
       const secret = sealed ? open(keys, sealed, row.id) : undefined;
       const adapter = providers({ connectionId: row.id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
@@ -79,5 +90,5 @@ export function createConnectionActivities({ db, keys, providers, logger }: Conn
       await markConnectionDisconnected(db, connectionId);
       logger.info({ connectionId }, 'connection disconnected; credential deleted');
     },
-  };
+  });
 }

@@ -74,7 +74,7 @@ export function createActivities(deps: ActivityDeps) {
   });
   return {
     // These wait on providers and subscribers: they heartbeat so a lost worker is noticed in seconds.
-    ...heartbeating(createConnectionActivities(deps)),
+    ...heartbeating(createConnectionActivities({ ...deps, activitySlots })),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...heartbeating(createDispatchActivities({ ...deps, inline, activitySlots })),
     ...heartbeating(createHookActivities({ ...deps, inline })),

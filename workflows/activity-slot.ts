@@ -1,0 +1,65 @@
+import { ActivityFailure, ApplicationFailure, proxyActivities, sleep, type ActivityOptions } from '@temporalio/workflow';
+import type { ActivityNotAdmittedDetails } from '../activities/activity-admission.ts';
+import type { Activities } from '../activities/index.ts';
+import { ACTIVITY_NOT_ADMITTED } from './contract.ts';
+
+/**
+ * A provider step's retry policy, in milliseconds, so that the policy from any attempt on can be
+ * worked out (askingActivitySlot).
+ */
+export interface StepRetry {
+  initialInterval: number;
+  backoffCoefficient: number;
+  maximumInterval: number;
+  maximumAttempts: number;
+}
+
+/** The wait before a refused step asks again: doubling while refused, at most the max. */
+const REFUSED_WAIT_MS = 1000;
+const REFUSED_MAX_WAIT_MS = 30_000;
+
+/** The activity's attempts before the one its worker refused an activity slot (it made no call), if that is how it failed. */
+export function refusedAfter(error: unknown): number | undefined {
+  const cause = error instanceof ActivityFailure ? error.cause : undefined;
+  if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
+  return (cause.details?.[0] as ActivityNotAdmittedDetails | undefined)?.attemptsMade ?? 0;
+}
+
+/** `retry` from its attempt `attemptsMade + 1` on: the attempts left, and the backoff that attempt would have had. */
+export function retryAfterAttempts(retry: StepRetry, attemptsMade: number): StepRetry {
+  return {
+    ...retry,
+    initialInterval: Math.min(retry.initialInterval * retry.backoffCoefficient ** attemptsMade, retry.maximumInterval),
+    maximumAttempts: retry.maximumAttempts - attemptsMade,
+  };
+}
+
+type StepInput<K extends keyof Activities> = Parameters<Activities[K]>[0];
+
+/**
+ * The activity `name` (its input takes `askAdmission`), scheduled with `options`, asking its worker
+ * for an activity slot (activities/activity-admission.ts: a share of the slots per organization).
+ * A refused attempt made no call: the step is scheduled again after a timer (1 s, doubling while
+ * refused, at most 30 s) from the attempt it did not make, with the attempts left and the backoff
+ * that attempt would have had, so a refusal costs the step none of its `maximumAttempts` and does
+ * not lengthen its backoff. Any other failure is the step's, as without admission.
+ */
+export function askingActivitySlot<K extends keyof Activities>(
+  name: K,
+  options: Omit<ActivityOptions, 'retry'> & { retry: StepRetry },
+): (input: StepInput<K>) => ReturnType<Activities[K]> {
+  return (async (input: StepInput<K>) => {
+    let attemptsMade = 0;
+    for (let refusals = 0; ; refusals++) {
+      const step = proxyActivities<Activities>({ ...options, retry: retryAfterAttempts(options.retry, attemptsMade) })[name] as (input: unknown) => Promise<unknown>;
+      try {
+        return await step({ ...input, askAdmission: true });
+      } catch (error) {
+        const before = refusedAfter(error);
+        if (before === undefined) throw error;
+        attemptsMade += before;
+        await sleep(Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS));
+      }
+    }
+  }) as (input: StepInput<K>) => ReturnType<Activities[K]>;
+}
