@@ -23,11 +23,14 @@ import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarryi
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
+import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { withAdmission, type InlineAdmission, type InlineStep } from './inline-admission.ts';
 
 export interface HookActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
   inline?: InlineAdmission;
+  /** Admission of tenant-facing activities into activity slots (activities/activity-admission.ts), one per worker. */
+  activitySlots?: InlineAdmission;
   db: Db;
   keys: EncryptionKeys;
   providers: ProviderFactory;
@@ -153,7 +156,15 @@ export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'cr
   return adapter.createHook(ref, spec);
 }
 
-export function createHookActivities({ db, keys, providers, logger, settings, metrics, inline }: HookActivityDeps) {
+/**
+ * The input of a step run as a regular activity by a run that can take a refusal of an activity
+ * slot (activities/activity-admission.ts); runs of earlier code pass nothing and run it as before.
+ */
+interface AsksActivitySlot {
+  askAdmission?: boolean;
+}
+
+export function createHookActivities({ db, keys, providers, logger, settings, metrics, inline, activitySlots }: HookActivityDeps) {
   /** Runs one hook operation at the provider and counts its outcome (a thrown failure counts as `failed`). */
   async function counted<T>(provider: Provider, operation: HookOperation, fn: () => Promise<T>, outcomeOf: (result: T) => HookOutcome): Promise<T> {
     if (!metrics) return fn();
@@ -246,7 +257,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     logger.info({ repositoryId: key.repositoryId }, 'repository attached');
   }
 
-  return {
+  return holdingAdmission({
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
       const row = await repository(key, { requireActive: true });
@@ -382,14 +393,22 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       return { provider: row.provider, fullName: row.full_name, recordedHookIds: await recordedHookIds(db, row.id) };
     },
 
-    /** Deletes one recorded hook; a hook already gone counts as deleted. */
-    async deleteRecordedHook(input: RepositoryKey & { providerHookId: string }): Promise<void> {
+    /**
+     * Deletes one recorded hook; a hook already gone counts as deleted. This and sweepHooks call the
+     * tenant's provider and hold an activity slot while it answers: run by a detach that can take a
+     * refusal (`askAdmission`), they ask the worker's admission for the organization before anything
+     * else (activities/activity-admission.ts); refused, they call nothing and fail
+     * ActivityNotAdmitted, and the run schedules them again after a timer, from the same attempt.
+     */
+    async deleteRecordedHook(input: RepositoryKey & AsksActivitySlot & { providerHookId: string }): Promise<void> {
+      admitActivity(activitySlots, input);
       const row = await repository(input, { requireActive: false });
       await deleteHooks(row, adapterFor(row), [input.providerHookId]);
     },
 
     /** Deletes every other hook pointing at the connection's delivery URL: copies our records never knew about. */
-    async sweepHooks(key: RepositoryKey): Promise<{ removed: string[] }> {
+    async sweepHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ removed: string[] }> {
+      admitActivity(activitySlots, key);
       const row = await repository(key, { requireActive: false });
       const adapter = adapterFor(row);
       const url = urlOf(row);
@@ -483,5 +502,5 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     async listUndetachedRepositories({ connectionId }: { connectionId: string }): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
       return listUndetachedRepositories(db, connectionId);
     },
-  };
+  });
 }

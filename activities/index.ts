@@ -77,7 +77,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(createConnectionActivities({ ...deps, activitySlots })),
     ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
     ...heartbeating(createDispatchActivities({ ...deps, inline, activitySlots })),
-    ...heartbeating(createHookActivities({ ...deps, inline })),
+    ...heartbeating(createHookActivities({ ...deps, inline, activitySlots })),
     ...createHookHealthActivities(deps),
     ...createWebhookCredentialActivities(deps),
     ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),

@@ -1,6 +1,7 @@
-import { ApplicationFailure, CancellationScope, proxyActivities } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, patched, proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
+import { askingActivitySlot } from './activity-slot.ts';
 import { AttachmentFailureTypes, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
@@ -8,11 +9,24 @@ const { beginDetachment, finishDetachment, failAttachment } = proxyActivities<Ac
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
-const { deleteRecordedHook, sweepHooks } = proxyActivities<Activities>({
+/** Provider calls: retried with backoff (1 s doubling, at most 1 minute apart), 10 attempts. */
+const providerStepOptions = {
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
-});
+  retry: { initialInterval: 1000, backoffCoefficient: 2, maximumInterval: 60_000, maximumAttempts: 10 },
+} as const;
+const providerSteps = proxyActivities<Activities>(providerStepOptions);
+/**
+ * The steps call the tenant's provider and hold an activity slot while it answers, and a tenant can
+ * ask for many detaches (one per repository, or a disconnect's of every repository at once). Later
+ * runs ask the worker for the slot (a share per organization, workflows/activity-slot.ts): one
+ * refused waits on a timer and costs no attempt. Runs started before detach as they did.
+ */
+const providerStepsAskingSlot = {
+  deleteRecordedHook: askingActivitySlot('deleteRecordedHook', providerStepOptions),
+  sweepHooks: askingActivitySlot('sweepHooks', providerStepOptions),
+};
+const DETACH_ACTIVITY_ADMISSION = 'detach-activity-admission';
 
 /**
  * Detach: deletes each recorded hook (one already gone counts as deleted), then sweeps any other
@@ -20,6 +34,7 @@ const { deleteRecordedHook, sweepHooks } = proxyActivities<Activities>({
  * attachment `failed` with the reason (the hooks not yet deleted stay recorded) and throws a typed failure.
  */
 export async function detachRepository(key: RepositoryKey): Promise<void> {
+  const { deleteRecordedHook, sweepHooks } = patched(DETACH_ACTIVITY_ADMISSION) ? providerStepsAskingSlot : providerSteps;
   let fullName = key.repositoryId;
   try {
     const plan = await beginDetachment(key);

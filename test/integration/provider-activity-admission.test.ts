@@ -1,9 +1,10 @@
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
-import { ACTIVITY_NOT_ADMITTED, type ConnectResult } from '../../workflows/contract.ts';
+import { ACTIVITY_NOT_ADMITTED, type ConnectResult, type RepositoryWorkflowResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFlakyProxy, type FlakyProxy, type ProxyFault } from '../support/flaky-proxy.ts';
+import { gitlabWorld, requestAttachment } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
 
@@ -22,12 +23,16 @@ const SCOPES = ['api', 'read_user', 'read_repository'];
  * first request gets that answer at once instead (`firstAnswered` resolves once it has).
  */
 async function hangingProvider(gitlab: FakeGitlab, first?: ProxyFault) {
-  const proxy: FlakyProxy = await startFlakyProxy(gitlab.url);
+  return holding(await startFlakyProxy(gitlab.url), first);
+}
+
+/** `proxy` made into a provider that hangs until released (hangingProvider). */
+function holding(proxy: FlakyProxy, first?: ProxyFault) {
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   let answeredFirst!: () => void;
   const firstAnswered = new Promise<void>((resolve) => (answeredFirst = resolve));
-  let holding = true;
+  let held = true;
   let arrived = 0;
   const waiting: { count: number; resolve: () => void }[] = [];
   proxy.fault = () => {
@@ -37,7 +42,7 @@ async function hangingProvider(gitlab: FakeGitlab, first?: ProxyFault) {
       setImmediate(answeredFirst);
       return answer;
     }
-    return holding
+    return held
       ? {
           kind: 'hold-request',
           onHeld: () => {
@@ -57,7 +62,7 @@ async function hangingProvider(gitlab: FakeGitlab, first?: ProxyFault) {
     },
     arrivals: (count: number) => (arrived >= count ? Promise.resolve() : new Promise<void>((resolve) => waiting.push({ count, resolve }))),
     release() {
-      holding = false;
+      held = false;
       release();
     },
     close: () => proxy.close(),
@@ -176,5 +181,46 @@ describe("activity slots: one organization's hung provider and another organizat
     const started = (await historyOf(h, throttled)).filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
     expect(started[0]).toBe(2);
     await recordHistory(h.client, throttled, 'connect-validation-not-admitted-after-attempt');
+  }, 120_000);
+
+  it("B's detach deletes its hooks while A's hung provider holds A's share; A's refused detaches wait on timers", async () => {
+    const [a, b] = await Promise.all([createOrgWithToken(h), createOrgWithToken(h)]);
+    const [orgA, orgB] = [
+      { ...a.org, token: a.token },
+      { ...b.org, token: b.token },
+    ];
+    const [worldA, worldB] = await Promise.all([gitlabWorld(h, orgA), gitlabWorld(h, orgB)]);
+    closers.push(() => worldA.close(), () => worldB.close());
+    // B's repository is attached (its hook set made) before anything hangs.
+    const repositoryB = await worldB.newRepository();
+    expect(await resultOf<RepositoryWorkflowResult>(h, await requestAttachment(h, orgB, repositoryB.repositoryId, 'PUT'))).toMatchObject({ status: 'attached' });
+    expect(repositoryB.hooks()).toHaveLength(1);
+
+    // A's provider hangs; A asks for a detach of each of its repositories.
+    const hungA = holding(worldA.proxy);
+    const repositoriesA = await Promise.all(Array.from({ length: A_STEPS }, () => worldA.newRepository()));
+    const aRuns: string[] = [];
+    for (const repository of repositoriesA) aRuns.push(await requestAttachment(h, orgA, repository.repositoryId, 'DELETE'));
+    await hungA.arrivals(A_ADMITTED);
+
+    const bStartedAt = performance.now();
+    const bRun = await requestAttachment(h, orgB, repositoryB.repositoryId, 'DELETE');
+    expect(await resultOf<RepositoryWorkflowResult>(h, bRun)).toMatchObject({ status: 'detached' });
+    const bMs = Math.round(performance.now() - bStartedAt);
+    const aArrived = hungA.arrived;
+    console.log(`B's detach was done ${bMs} ms after it was asked for, with ${aArrived} of A's detach calls held at A's provider`);
+    expect(repositoryB.hooks()).toHaveLength(0);
+    // A's admitted call still open (one that timed out would have been tried again), none of A's refused ones at A's provider.
+    expect(aArrived).toBe(A_ADMITTED);
+
+    hungA.release();
+    for (const run of aRuns) expect(await resultOf<RepositoryWorkflowResult>(h, run)).toMatchObject({ status: 'detached' });
+    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
+    const refused = shapes.filter((s) => s.refusals > 0);
+    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    // Each refusal is a timer and the same sweep scheduled again; beginning and finishing the detach are two more activities.
+    for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 3, timers: s.refusals });
+    await recordHistory(h.client, refused[0]!.workflowId, 'repository-detach-activity-not-admitted');
+    await recordHistory(h.client, bRun, 'repository-attach-then-detach-activity-admitted');
   }, 120_000);
 });
