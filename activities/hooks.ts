@@ -440,10 +440,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * no write at the provider. A repository the provider no longer shows is flagged vanished, never
      * detached. Returns no hookHealth when the repository is not attached (nothing to check).
      */
-    async reconcileHooks(key: RepositoryKey): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
+    async reconcileHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
       const row = await repository(key, { requireActive: false });
       const attachment = await attachmentOf(db, row.id);
       if (attachment?.status !== 'attached') return { hookIds: [] };
+      // Asked once there is a check to make, before any call to the provider (as deleteRecordedHook does).
+      admitActivity(activitySlots, key);
       return counted(
         row.provider,
         'health_check',

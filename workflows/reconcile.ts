@@ -1,7 +1,8 @@
-import { proxyActivities } from '@temporalio/workflow';
+import { patched, proxyActivities } from '@temporalio/workflow';
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
 import type { HookHealth } from '../lib/domain.ts';
+import { askingActivitySlot } from './activity-slot.ts';
 import { NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
@@ -9,12 +10,22 @@ const { recordHookHealth } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
-/** Provider calls, as attach makes them: 429/5xx/timeouts retried for a few minutes, 4xx at once. */
-const { reconcileHooks } = proxyActivities<Activities>({
+/** Provider calls, as attach makes them: 429/5xx/timeouts retried for a few minutes (1 s doubling, at most 1 minute apart, 10 attempts), 4xx at once. */
+const checkOptions = {
   startToCloseTimeout: '2 minutes',
   heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT,
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
-});
+  retry: { initialInterval: 1000, backoffCoefficient: 2, maximumInterval: 60_000, maximumAttempts: 10 },
+} as const;
+const { reconcileHooks } = proxyActivities<Activities>(checkOptions);
+/**
+ * The check calls the tenant's provider and holds an activity slot while it answers; the nightly
+ * reconcile checks many connections at once, and a webhook-credential rotation every repository of
+ * the connection. Later runs ask the worker for the slot (a share per organization,
+ * workflows/activity-slot.ts): one refused waits on a timer and costs no attempt. Runs started
+ * before check as they did.
+ */
+const reconcileHooksAskingSlot = askingActivitySlot('reconcileHooks', checkOptions);
+const RECONCILE_ACTIVITY_ADMISSION = 'reconcile-activity-admission';
 
 /**
  * The hook-health check of one repository, run by its repository workflow so it never interleaves
@@ -23,7 +34,7 @@ const { reconcileHooks } = proxyActivities<Activities>({
  */
 export async function reconcileRepository(key: RepositoryKey): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
   try {
-    return await reconcileHooks(key);
+    return await (patched(RECONCILE_ACTIVITY_ADMISSION) ? reconcileHooksAskingSlot : reconcileHooks)(key);
   } catch (error) {
     const hookHealth: HookHealth = { status: 'failing', reason: failureReason(error) };
     await recordHookHealth({ ...key, ...hookHealth });

@@ -1,7 +1,7 @@
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
-import { ACTIVITY_NOT_ADMITTED, type ConnectResult, type RepositoryWorkflowResult } from '../../workflows/contract.ts';
+import { ACTIVITY_NOT_ADMITTED, workflowIds, type ConnectResult, type RepositoryWorkflowResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFlakyProxy, type FlakyProxy, type ProxyFault } from '../support/flaky-proxy.ts';
 import { gitlabWorld, requestAttachment } from '../support/attachments.ts';
@@ -222,5 +222,52 @@ describe("activity slots: one organization's hung provider and another organizat
     for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 3, timers: s.refusals });
     await recordHistory(h.client, refused[0]!.workflowId, 'repository-detach-activity-not-admitted');
     await recordHistory(h.client, bRun, 'repository-attach-then-detach-activity-admitted');
+  }, 120_000);
+
+  it("B's hook-health check runs while A's hung provider holds A's share; A's refused checks wait on timers", async () => {
+    const [a, b] = await Promise.all([createOrgWithToken(h), createOrgWithToken(h)]);
+    const [orgA, orgB] = [
+      { ...a.org, token: a.token },
+      { ...b.org, token: b.token },
+    ];
+    const [worldA, worldB] = await Promise.all([gitlabWorld(h, orgA), gitlabWorld(h, orgB)]);
+    closers.push(() => worldA.close(), () => worldB.close());
+    const repositoryB = await worldB.newRepository();
+    expect(await resultOf<RepositoryWorkflowResult>(h, await requestAttachment(h, orgB, repositoryB.repositoryId, 'PUT'))).toMatchObject({ status: 'attached' });
+
+    /** The hook-health check of one repository, as the nightly reconcile asks its repository workflow for it. */
+    const reconcile = async (organizationId: string, repositoryId: string) => {
+      const workflowId = workflowIds.repository(organizationId, repositoryId);
+      await h.client.workflow.start('repositoryWorkflow', { taskQueue: h.taskQueue, workflowId, args: [{ organizationId, repositoryId, pending: [{ action: 'reconcile' }] }] });
+      return workflowId;
+    };
+    // A's repositories are attached (as far as forgelink knows) at a provider that hangs.
+    const hungA = holding(worldA.proxy);
+    const repositoriesA = await Promise.all(Array.from({ length: A_STEPS }, () => worldA.newRepository()));
+    await h.db
+      .insertInto('attachments')
+      .values(repositoriesA.map((r) => ({ organization_id: orgA.id, repository_id: r.repositoryId, status: 'attached' as const })))
+      .execute();
+    const aRuns: string[] = [];
+    for (const repository of repositoriesA) aRuns.push(await reconcile(orgA.id, repository.repositoryId));
+    await hungA.arrivals(A_ADMITTED);
+
+    const bStartedAt = performance.now();
+    const bRun = await reconcile(orgB.id, repositoryB.repositoryId);
+    expect(await resultOf<RepositoryWorkflowResult>(h, bRun)).toMatchObject({ status: 'attached', hookIds: [repositoryB.hooks()[0]!.id] });
+    const bMs = Math.round(performance.now() - bStartedAt);
+    const aArrived = hungA.arrived;
+    console.log(`B's hook-health check was done ${bMs} ms after it was asked for, with ${aArrived} of A's checks held at A's provider`);
+    expect(aArrived).toBe(A_ADMITTED);
+
+    hungA.release();
+    for (const run of aRuns) await resultOf(h, run);
+    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
+    const refused = shapes.filter((s) => s.refusals > 0);
+    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    // Each refusal is a timer and the same check scheduled again.
+    for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 1, timers: s.refusals });
+    await recordHistory(h.client, refused[0]!.workflowId, 'repository-reconcile-activity-not-admitted');
+    await recordHistory(h.client, bRun, 'repository-reconcile-activity-admitted');
   }, 120_000);
 });
