@@ -270,6 +270,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * This, ensureHook and pruneHooks call the tenant's provider: run inside a workflow task, they ask for admission first (`askAdmission`).
      */
     async verifyRepository(key: RepositoryKey & InlineStep): Promise<{ projectId?: string }> {
+      // Run as a regular activity (refused inline) by a run that asks, it asks for an activity slot; inside the workflow task, for a place there.
+      admitActivity(activitySlots, key);
       return withAdmission(inline, key, async () => {
         const row = await repository(key, { requireActive: true });
         const found = await classified(() => adapterFor(row).getRepository(refOf(row)));
@@ -292,6 +294,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * further copies are deleted.
      */
     async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
+      admitActivity(activitySlots, input);
       return withAdmission(inline, input, async () => {
         const row = await repository(input, { requireActive: true });
         requireHookKey(row.provider, input.hookKey);
@@ -332,7 +335,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * Compensation for ensureHook: deletes the hook of that key unless it was recorded before this
      * attach began. Found by listing, so it also undoes a creation whose answer never arrived.
      */
-    async removeHook(input: RepositoryKey & { hookKey: string; keepHookIds: string[] }): Promise<{ removed: string[] }> {
+    async removeHook(input: RepositoryKey & AsksActivitySlot & { hookKey: string; keepHookIds: string[] }): Promise<{ removed: string[] }> {
+      admitActivity(activitySlots, input);
       const row = await repository(input, { requireActive: false });
       requireHookKey(row.provider, input.hookKey);
       const adapter = adapterFor(row);
@@ -353,6 +357,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * workflow.
      */
     async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
+      admitActivity(activitySlots, input);
       return withAdmission(inline, input, async () => {
         const row = await repository(input, { requireActive: true });
         const adapter = adapterFor(row);

@@ -2,6 +2,7 @@ import { ActivityCancellationType, ActivityFailure, ApplicationFailure, Cancella
 import type { RepositoryKey } from '../activities/hooks.ts';
 import type { Activities } from '../activities/index.ts';
 import type { InlineStep } from '../activities/inline-admission.ts';
+import { askingActivitySlot } from './activity-slot.ts';
 import { AttachmentFailureTypes, INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
@@ -19,10 +20,10 @@ const BOOKKEEPING_IN_WORKFLOW_TASK = 'attach-bookkeeping-in-workflow-task';
  * Provider calls: 429/5xx/timeouts retried with backoff (a Retry-After sets the next delay), for a
  * few minutes; 400/401/403/404/422 fail at once. Compensations use the same policy.
  */
-const providerRetry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 } as const;
+const providerRetry = { initialInterval: 1000, backoffCoefficient: 2, maximumInterval: 60_000, maximumAttempts: 10 } as const;
 const providerStepOptions = { startToCloseTimeout: '2 minutes', heartbeatTimeout: NETWORK_STEP_HEARTBEAT_TIMEOUT, retry: providerRetry } as const;
 const providerSteps = proxyActivities<Activities>(providerStepOptions);
-const { ensureHook, removeHook } = providerSteps;
+const { ensureHook } = providerSteps;
 /**
  * ensureHook for a run that is cancelled waits until the step has ended (it sees the cancellation at
  * its next heartbeat and stops) before the undo begins. Without it the undo listed the hooks while
@@ -31,6 +32,19 @@ const { ensureHook, removeHook } = providerSteps;
 const { ensureHook: ensureHookEndedOnCancel } = proxyActivities<Activities>({ ...providerStepOptions, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED });
 /** Runs started before this change undo at once when cancelled, and do so when replayed. */
 const UNDO_AFTER_ENSURE_ENDED = 'attach-undo-after-ensure-ended';
+/**
+ * A provider step run as an activity (refused inside the workflow task) and a compensation hold an
+ * activity slot while the tenant's provider answers, and a tenant can ask for many attaches. Later
+ * runs ask the worker for the slot (a share per organization, workflows/activity-slot.ts): one
+ * refused waits on a timer and costs no attempt. Runs started before run them as they did.
+ */
+const providerStepsAskingSlot = {
+  verifyRepository: askingActivitySlot('verifyRepository', providerStepOptions),
+  pruneHooks: askingActivitySlot('pruneHooks', providerStepOptions),
+  ensureHook: askingActivitySlot('ensureHook', { ...providerStepOptions, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED }),
+  removeHook: askingActivitySlot('removeHook', providerStepOptions),
+};
+const ACTIVITY_ADMISSION = 'attach-activity-admission';
 /**
  * Provider steps run inside the workflow task as local activities: each saves an activity's round
  * trip through the server (three events and a workflow task), about the CPU the worker and the
@@ -152,11 +166,15 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
   const admission = patched(INLINE_ADMISSION);
   const inTask = admission && patched(RETRIES_ON_TIMERS) ? providerStepsAskingAdmission : providerStepsInWorkflowTask;
+  const asActivity =
+    admission && patched(ACTIVITY_ADMISSION)
+      ? providerStepsAskingSlot
+      : { verifyRepository: providerSteps.verifyRepository, pruneHooks: providerSteps.pruneHooks, ensureHook: ensureHookEndedOnCancel, removeHook: providerSteps.removeHook };
   /** A local provider step, asking admission in runs that fall back to the activity when refused. */
   const local = <I, O>(activity: (input: I) => Promise<O>, inWorkflowTask: (input: I) => Promise<O>) =>
     admission ? (input: I) => inlineOr(activity, inWorkflowTask, input) : inWorkflowTask;
   const { verifyRepository, pruneHooks } = patched(CHECKS_IN_WORKFLOW_TASK)
-    ? { verifyRepository: local(providerSteps.verifyRepository, inTask.verifyRepository), pruneHooks: local(providerSteps.pruneHooks, inTask.pruneHooks) }
+    ? { verifyRepository: local(asActivity.verifyRepository, inTask.verifyRepository), pruneHooks: local(asActivity.pruneHooks, inTask.pruneHooks) }
     : providerSteps;
   const compensations: Compensation[] = [];
   const hookIds: string[] = [];
@@ -179,13 +197,13 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
       ({ projectId } = await verifyRepository(key));
     }
     const ensureStep = patched(HOOKS_IN_WORKFLOW_TASK)
-      ? local(ensureHookEndedOnCancel, inTask.ensureHook)
+      ? local(asActivity.ensureHook, inTask.ensureHook)
       : patched(UNDO_AFTER_ENSURE_ENDED)
         ? ensureHookEndedOnCancel
         : ensureHook;
     const ensure = (hookKey: string) => ensureStep({ ...key, hookKey, ...(projectId ? { projectId } : {}) });
     // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
-    const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
+    const compensationOf = (hookKey: string): Compensation => ({ hookKey, undo: () => asActivity.removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
     if (patched(HOOKS_SIDE_BY_SIDE)) {
       // Every compensation is registered before any hook is ensured. Each hook is its own provider
       // object (Azure DevOps: one subscription per event type), so they are made at once. All of

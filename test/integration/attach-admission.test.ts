@@ -19,8 +19,11 @@ import { historyEvents, localStepsOf, recordHistory } from '../support/histories
  * slots, and B's attach does not begin until the provider's 30 s timeout ends some of them.)
  */
 describe('attach admission into workflow tasks', () => {
-  // 4 of the 8 slots admit tenant-facing calls (the default half), 2 of them one organization's.
-  const sizing = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 8, inlineCallsPerOrganization: 2 };
+  // 4 of the 8 slots admit tenant-facing calls (the default half), 2 of them one organization's. A's
+  // steps refused there all get activity slots (8 of A's), so that every one of A's creations
+  // reaches A's provider: this test is about workflow task slots (activity slots:
+  // provider-activity-admission.test.ts).
+  const sizing = { ...WORKER_SIZING_DEFAULTS, maxConcurrentWorkflowTaskExecutions: 8, inlineCallsPerOrganization: 2, activityCallsPerOrganization: 8 };
   let h: Harness;
   let orgA: Org;
   let orgB: Org;

@@ -270,4 +270,36 @@ describe("activity slots: one organization's hung provider and another organizat
     await recordHistory(h.client, refused[0]!.workflowId, 'repository-reconcile-activity-not-admitted');
     await recordHistory(h.client, bRun, 'repository-reconcile-activity-admitted');
   }, 120_000);
+
+  it("B's connect validates while A's attaches, refused inside the workflow task, hold A's share of activity slots; A's refused steps wait on timers", async () => {
+    const [a, b] = await Promise.all([createOrgWithToken(h), createOrgWithToken(h)]);
+    const orgA = { ...a.org, token: a.token };
+    const worldA = await gitlabWorld(h, orgA);
+    closers.push(() => worldA.close());
+    // A's provider hangs: A's first attaches hold A's places inside workflow tasks
+    // (worker.inlineCallsPerOrganization), the next run their steps as activities.
+    const aInline = SIZING.inlineCallsPerOrganization;
+    const hungA = holding(worldA.proxy);
+    const repositoriesA = await Promise.all(Array.from({ length: aInline + A_STEPS }, () => worldA.newRepository()));
+    const aRuns: string[] = [];
+    for (const repository of repositoriesA) aRuns.push(await requestAttachment(h, orgA, repository.repositoryId, 'PUT'));
+    await hungA.arrivals(aInline + A_ADMITTED);
+
+    const bStartedAt = performance.now();
+    const bRun = await connect(b, gitlab.url);
+    expect(await resultOf<ConnectResult>(h, bRun)).toMatchObject({ status: 'active' });
+    const bMs = Math.round(performance.now() - bStartedAt);
+    const aArrived = hungA.arrived;
+    console.log(`B's connect was active ${bMs} ms after it was asked for, with ${aArrived} of A's attach steps held at A's provider`);
+    expect(aArrived).toBe(aInline + A_ADMITTED);
+
+    hungA.release();
+    for (const run of aRuns) expect(await resultOf<RepositoryWorkflowResult>(h, run)).toMatchObject({ status: 'attached' });
+    for (const repository of repositoriesA) expect(repository.hooks()).toHaveLength(1);
+    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
+    const refused = shapes.filter((s) => s.refusals > 0);
+    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    for (const s of refused) expect(s.timers).toBeGreaterThanOrEqual(s.refusals);
+    await recordHistory(h.client, refused[0]!.workflowId, 'repository-attach-gitlab-activity-not-admitted');
+  }, 120_000);
 });
