@@ -17,6 +17,25 @@ export interface StepRetry {
 /** The wait before a refused step asks again: doubling while refused, at most the max. */
 const REFUSED_WAIT_MS = 1000;
 const REFUSED_MAX_WAIT_MS = 30_000;
+/**
+ * How long a step may stay refused before it fails with its last refusal: under the hour a
+ * disconnect waits for its detaches (DETACH_WAIT) and a hook-health check for its check
+ * (CHECK_TIMEOUT), so the step's outcome is recorded before they stop waiting, and a bound on what
+ * the refusals add to the run's history (about 11 events each, at most one every 15-30 s).
+ */
+export const REFUSED_FOR_AT_MOST_MS = 30 * 60_000;
+
+/**
+ * The wait before a refused step asks again after `refusals` refusals (0: the first), or undefined
+ * once it has been refused since `refusedSinceMs` for `budgetMs` or more: it then fails. The wait
+ * doubles from 1 s to at most 30 s and is spread over its upper half by `random` (the workflow's
+ * seeded Math.random, so it replays), so runs refused together do not all ask again together.
+ */
+export function refusedWaitMs(refusals: number, refusedForMs: number, random: number, budgetMs = REFUSED_FOR_AT_MOST_MS): number | undefined {
+  if (refusedForMs >= budgetMs) return undefined;
+  const ceiling = Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS);
+  return Math.round(ceiling / 2 + (ceiling / 2) * random);
+}
 
 /** The activity's attempts before the one its worker refused an activity slot (it made no call), if that is how it failed. */
 export function refusedAfter(error: unknown): number | undefined {
@@ -30,7 +49,8 @@ export function retryAfterAttempts(retry: StepRetry, attemptsMade: number): Step
   return {
     ...retry,
     initialInterval: Math.min(retry.initialInterval * retry.backoffCoefficient ** attemptsMade, retry.maximumInterval),
-    maximumAttempts: retry.maximumAttempts - attemptsMade,
+    // 0 is Temporal's "no limit": it stays so (a difference would go negative, and a schedule with it is refused).
+    maximumAttempts: retry.maximumAttempts === 0 ? 0 : Math.max(1, retry.maximumAttempts - attemptsMade),
   };
 }
 
@@ -39,10 +59,12 @@ type StepInput<K extends keyof Activities> = Parameters<Activities[K]>[0];
 /**
  * The activity `name` (its input takes `askAdmission`), scheduled with `options`, asking its worker
  * for an activity slot (activities/activity-admission.ts: a share of the slots per organization).
- * A refused attempt made no call: the step is scheduled again after a timer (1 s, doubling while
- * refused, at most 30 s) from the attempt it did not make, with the attempts left and the backoff
- * that attempt would have had, so a refusal costs the step none of its `maximumAttempts` and does
- * not lengthen its backoff. Any other failure is the step's, as without admission.
+ * A refused attempt made no call: the step is scheduled again after a timer (refusedWaitMs: 1 s,
+ * doubling while refused, at most 30 s, jittered) from the attempt it did not make, with the
+ * attempts left and the backoff that attempt would have had, so a refusal costs the step none of
+ * its `maximumAttempts` and does not lengthen its backoff. Refused for REFUSED_FOR_AT_MOST_MS, it
+ * fails with its last refusal (the run records that, as any failure of the step). Any other
+ * failure is the step's, as without admission.
  */
 export function askingActivitySlot<K extends keyof Activities>(
   name: K,
@@ -50,6 +72,7 @@ export function askingActivitySlot<K extends keyof Activities>(
 ): (input: StepInput<K>) => ReturnType<Activities[K]> {
   return (async (input: StepInput<K>) => {
     let attemptsMade = 0;
+    let refusedSince: number | undefined;
     for (let refusals = 0; ; refusals++) {
       const step = proxyActivities<Activities>({ ...options, retry: retryAfterAttempts(options.retry, attemptsMade) })[name] as (input: unknown) => Promise<unknown>;
       try {
@@ -58,7 +81,10 @@ export function askingActivitySlot<K extends keyof Activities>(
         const before = refusedAfter(error);
         if (before === undefined) throw error;
         attemptsMade += before;
-        await sleep(Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS));
+        refusedSince ??= Date.now();
+        const wait = refusedWaitMs(refusals, Date.now() - refusedSince, Math.random());
+        if (wait === undefined) throw error;
+        await sleep(wait);
       }
     }
   }) as (input: StepInput<K>) => ReturnType<Activities[K]>;
