@@ -6,10 +6,10 @@ import { INLINE_DISPATCH_LIMIT } from '../../activities/events.ts';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { ACTIVITY_NOT_ADMITTED, type EventResult } from '../../workflows/contract.ts';
-import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
+import type { FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { deliveryUrlOf } from '../support/attachments.ts';
-import { send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
+import { send, seedAttachedRepository, subscribe, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { historyEvents, recordHistory } from '../support/histories.ts';
 
@@ -41,15 +41,7 @@ describe("activity slots: one organization's fan-outs drained to a slow subscrib
     await h?.close();
   });
 
-  async function subscribed(o: Org) {
-    const subscriber = await startFakeSubscriber();
-    subscribers.push(subscriber);
-    const res = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url } });
-    expect(res.status, await res.clone().text()).toBe(201);
-    const created = (await res.json()) as { id: string; secret: string };
-    subscriber.verifyWith(created.secret);
-    return subscriber;
-  }
+  const subscribed = async (o: Org) => (await subscribe(h, o, subscribers)).subscriber;
 
   /** A Bitbucket push of `refs` branches to a new repository of the organization, sent as its connection's hook would; answers the event run's id. */
   async function pushRefs(o: Org, refs: number): Promise<string> {

@@ -79,20 +79,29 @@ export interface SubscribedRepository {
 }
 
 /**
- * Subscribes a new fake subscriber to the organization (through the API) and seeds an attached GitLab
- * repository for it, for tests about dispatch. The subscriber joins `subscribers`, for the test
- * file to close after its tests.
+ * Subscribes a new fake subscriber to the organization through the API; it checks the signatures
+ * with the secret the API gave, and joins `subscribers`, for the test file to close after its tests.
  */
-export async function subscribedRepository(h: Harness, o: { org: { id: string; slug: string }; token: string }, subscribers: FakeSubscriber[]): Promise<SubscribedRepository> {
+export async function subscribe(h: Harness, o: { org: { slug: string }; token: string }, subscribers: FakeSubscriber[]): Promise<{ subscriber: FakeSubscriber; subscriberId: string }> {
   const subscriber = await startFakeSubscriber();
   subscribers.push(subscriber);
   const res = await h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: subscriber.url } });
   expect(res.status, await res.clone().text()).toBe(201);
   const created = (await res.json()) as { id: string; secret: string };
   subscriber.verifyWith(created.secret);
+  return { subscriber, subscriberId: created.id };
+}
+
+/**
+ * Subscribes a new fake subscriber to the organization (through the API) and seeds an attached GitLab
+ * repository for it, for tests about dispatch. The subscriber joins `subscribers`, for the test
+ * file to close after its tests.
+ */
+export async function subscribedRepository(h: Harness, o: { org: { id: string; slug: string }; token: string }, subscribers: FakeSubscriber[]): Promise<SubscribedRepository> {
+  const { subscriber, subscriberId } = await subscribe(h, o, subscribers);
   const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
   const { connectionId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
-  return { subscriber, subscriberId: created.id, repository, connectionId };
+  return { subscriber, subscriberId, repository, connectionId };
 }
 
 /** Sends one GitLab push for the repository as its connection's hook would, and answers its event run's id (without waiting for it). */
