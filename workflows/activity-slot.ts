@@ -33,15 +33,25 @@ export const REFUSED_FOR_AT_MOST_MS = 30 * 60_000;
  */
 export function refusedWaitMs(refusals: number, refusedForMs: number, random: number, budgetMs = REFUSED_FOR_AT_MOST_MS): number | undefined {
   if (refusedForMs >= budgetMs) return undefined;
-  const ceiling = Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS);
+  const ceiling = refusedWaitCeilingMs(refusals);
   return Math.round(ceiling / 2 + (ceiling / 2) * random);
+}
+
+/** After `refusals` refusals (0: the first), the longest wait before asking again: 1 s doubling, at most 30 s. */
+export function refusedWaitCeilingMs(refusals: number): number {
+  return Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS);
+}
+
+/** How the activity was refused an activity slot (it made no call), if that is how it failed. */
+export function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
+  const cause = error instanceof ActivityFailure ? error.cause : undefined;
+  if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
+  return { attemptsMade: 0, ...(cause.details?.[0] as ActivityNotAdmittedDetails | undefined) };
 }
 
 /** The activity's attempts before the one its worker refused an activity slot (it made no call), if that is how it failed. */
 export function refusedAfter(error: unknown): number | undefined {
-  const cause = error instanceof ActivityFailure ? error.cause : undefined;
-  if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
-  return (cause.details?.[0] as ActivityNotAdmittedDetails | undefined)?.attemptsMade ?? 0;
+  return refusalOf(error)?.attemptsMade;
 }
 
 /** `retry` from its attempt `attemptsMade + 1` on: the attempts left, and the backoff that attempt would have had. */

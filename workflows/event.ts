@@ -1,9 +1,9 @@
 import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
 import type { DispatchRejection } from '../activities/dispatch.ts';
-import type { ActivityNotAdmittedDetails } from '../activities/activity-admission.ts';
 import type { Dispatch } from '../activities/events.ts';
 import type { Activities } from '../activities/index.ts';
-import { ACTIVITY_NOT_ADMITTED, INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
+import { refusalOf, refusedWaitCeilingMs } from './activity-slot.ts';
+import { INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
 // A local activity: one short database transaction, run inside the workflow task, which saves a
@@ -37,13 +37,11 @@ const MAX_RETRY_MS = 10 * 60 * 1000;
  * A retry held by a slow subscriber holds an activity slot, and a tenant decides how slowly its
  * subscriber answers: so later runs have their regular attempts ask the worker's admission
  * (activities/activity-admission.ts: a share of the activity slots per organization). One refused
- * made no call; the run schedules it again after ACTIVITY_REFUSED_WAIT_MS (doubling while refused,
- * at most ACTIVITY_REFUSED_MAX_WAIT_MS), from the same attempt. Runs started before replay their
+ * made no call; the run schedules it again after a timer (refusedWaitCeilingMs: 1 s doubling while
+ * refused, at most 30 s), from the same attempt. Runs started before replay their
  * activities as they were.
  */
 const ACTIVITY_ADMISSION = 'dispatch-activity-admission';
-const ACTIVITY_REFUSED_WAIT_MS = 1000;
-const ACTIVITY_REFUSED_MAX_WAIT_MS = 30_000;
 
 // A large fan-out's pairs are queued in PostgreSQL and sent by one activity at a time, so the run's
 // history grows with the number of rounds, not of pairs. A drain returns after a minute at most.
@@ -77,13 +75,6 @@ function retryAfterMs(error: unknown): number {
   return (details?.retryAfterSeconds ?? 0) * 1000;
 }
 
-/** How the activity was refused an activity slot (it made no call), if that is how it failed. */
-function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
-  const cause = error instanceof ActivityFailure ? error.cause : undefined;
-  if (!(cause instanceof ApplicationFailure && cause.type === ACTIVITY_NOT_ADMITTED)) return undefined;
-  return { attemptsMade: 0, ...(cause.details?.[0] as ActivityNotAdmittedDetails | undefined) };
-}
-
 /**
  * Sends one pair as a regular activity from attempt `firstAttempt` (the same backoff as from the
  * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt`, first scheduled with
@@ -112,7 +103,7 @@ async function dispatchAsActivity(
       // 1 s for attempt 1 and 2 s for attempt 2, as before; later attempts (after a refusal) go on doubling.
       retry: { initialInterval: Math.min(FIRST_RETRY_MS * 2 ** (firstAttempt - 1), MAX_RETRY_MS), backoffCoefficient: 2, maximumInterval: MAX_RETRY_MS },
     });
-    const waitMs = Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals, ACTIVITY_REFUSED_MAX_WAIT_MS);
+    const waitMs = refusedWaitCeilingMs(refusals);
     try {
       // The activity is told the wait, so that a refusal leaving no time for it is given up, and counted, by the activity.
       return await dispatchEvent({ ...dispatch, firstAttempt, ...(askAdmission ? { askAdmission: true, refusedWaitMs: waitMs } : {}) });
@@ -206,7 +197,7 @@ async function drainQueue(input: EventInput, queue: QueuedDispatch): Promise<Eve
       if (round >= (input.drainRoundsPerRun ?? DRAIN_ROUNDS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
         await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: queue });
       }
-      await sleep(Math.max(1, Math.min(ACTIVITY_REFUSED_WAIT_MS * 2 ** refusals++, ACTIVITY_REFUSED_MAX_WAIT_MS, deadline - Date.now())));
+      await sleep(Math.max(1, Math.min(refusedWaitCeilingMs(refusals++), deadline - Date.now())));
       continue;
     }
     refusals = 0;
