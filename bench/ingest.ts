@@ -26,6 +26,7 @@ import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInp
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
+import type { CpuGroups } from './cpu-groups.ts';
 import { callApi, reniceThreads, startService, stopService, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
 import { ackBreakdown, floorSummary, recordStalls, wallClockMs, type SendTimes } from './ack-breakdown.ts';
 import { spawn } from 'node:child_process';
@@ -55,6 +56,12 @@ export interface IngestOptions {
    */
   apiFirst: number;
   /**
+   * 1: the deployment modelled with CPU groups (see TOPOLOGIES.pods): the API, the worker, the Temporal
+   * server and the load generator each in a CPU group of its own, of equal weight (needs a writable
+   * cgroup cpu controller: root). Written to ingest-pods.json.
+   */
+  pods: number;
+  /**
    * For iterating on the acknowledgement (not for the targets): a bare-start saturation rate given
    * (a/s), so the closed loop is skipped and the paced phases use it; 0 measures it.
    */
@@ -65,12 +72,13 @@ export interface IngestOptions {
   repeats: number;
 }
 
-export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0, saturation: 0, targetOnly: 0, repeats: 0 };
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0, pods: 0, saturation: 0, targetOnly: 0, repeats: 0 };
 
 /** The API's (and its database backends' and the bare starts' client's) nice value with --apiFirst=1. */
 const API_FIRST_NICE = -10;
 const TOPOLOGIES = {
   shared: 'shared: the API, the worker, the Temporal server, PostgreSQL and the load generator on the same cores at the same priority (what the cores of this machine give; production does not run so)',
+  pods: 'pods (--pods=1): the API, the worker, the Temporal server and the load generator (with the subscriber and the bare starts\' client) each in a Linux CPU group of its own, of equal weight, and PostgreSQL in its own (its service\'s session), as separate containers or services run: the kernel shares the cores between the groups first, then between a group\'s threads. The floor\'s minimal acknowledgement and the bare starts beside it go in the API\'s group, as the relay\'s starts do. Both the deliveries and the bare-start floor are measured in it',
   apiFirst: `modelled chart topology (--apiFirst=1): the API process, the PostgreSQL backends of the benchmark's database and the benchmark's own process (the load generator, and the Temporal client making the bare starts, which stands where the API stood) at nice ${API_FIRST_NICE}, the worker and the Temporal server at 0: in the chart the API runs in pods of its own, with CPU the worker and Temporal do not take. Both the deliveries and the bare-start floor are measured in it`,
 };
 
@@ -269,7 +277,17 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
   const load = sampleLoad();
   const subscriber = await startCountingSubscriber();
   const subscriberUrl = subscriber.url;
-  const topology = options.apiFirst ? { name: 'apiFirst', description: TOPOLOGIES.apiFirst, apiNice: API_FIRST_NICE } : { name: 'shared', description: TOPOLOGIES.shared };
+  if (options.apiFirst && options.pods) throw new Error('--apiFirst=1 and --pods=1 are two models of the same deployment: choose one');
+  const cpuGroups = options.pods ? stack.separateCpuGroups() : undefined;
+  if (cpuGroups) log(`topology: ${TOPOLOGIES.pods}; groups under ${cpuGroups.where}`);
+  const topologyName = options.apiFirst ? 'apiFirst' : options.pods ? 'pods' : 'shared';
+  // Where each process ran is read back at the end, so the file shows the groups took effect.
+  const topologyReport = () => ({
+    name: topologyName,
+    description: TOPOLOGIES[topologyName],
+    ...(options.apiFirst ? { apiNice: API_FIRST_NICE } : {}),
+    ...(cpuGroups ? { cpuGroups: { where: cpuGroups.where, processes: cpuGroups.placements() } } : {}),
+  });
   const stopPrioritizing = options.apiFirst ? stack.prioritizeApi(API_FIRST_NICE) : undefined;
   if (options.apiFirst) log(`topology: ${TOPOLOGIES.apiFirst}`);
 
@@ -445,7 +463,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     // The floor under the acknowledgement latency: bare starts alone, paced at the target rate.
     const pacedBareStarts = await paced(`bare starts paced at ${TARGETS.rateFraction * 100} % of bare starts`, saturation * TARGETS.rateFraction, 'bare');
     const atTarget = pacedDeliveries.find((p) => p.fractionOfBareStarts === TARGETS.rateFraction)!;
-    const ackFloor = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined }, repos, log);
+    const ackFloor = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined, cpuGroups }, repos, log);
     expected += ackFloor.bareStartsBeside.started;
     await drain('the acknowledgement floor');
     const peakRssMiB = stack.peakRssMiB();
@@ -454,7 +472,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       const againAtTarget = [];
       for (let i = 0; i < options.repeats; i++) {
         const again = await paced(`again (${i + 1}/${options.repeats}): deliveries at ${TARGETS.rateFraction * 100} %`, saturation * TARGETS.rateFraction);
-        const floorAgain = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined }, repos, log);
+        const floorAgain = await measureAckFloor(stack, { rate: saturation * TARGETS.rateFraction, count: Math.ceil(options.deliveries / 4), concurrency: options.concurrency, nice: options.apiFirst ? API_FIRST_NICE : undefined, cpuGroups }, repos, log);
         expected += floorAgain.bareStartsBeside.started;
         await drain('the acknowledgement floor');
         againAtTarget.push({
@@ -465,7 +483,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
       }
       return {
         options,
-        topology,
+        topology: topologyReport(),
         paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts, ackFloorAtTarget: ackFloor, againAtTarget },
         peakRssMiB,
         loadAverage: load.stop(),
@@ -482,7 +500,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
 
     return {
       options,
-      topology,
+      topology: topologyReport(),
       closedLoop,
       // Open loop, the worker running; rates are fractions of the bare starts' closed-loop throughput (the saturation rate).
       paced: { bareStartSaturationPerSecond: saturation, deliveries: pacedDeliveries, bareStartsAtTarget: pacedBareStarts, ackFloorAtTarget: ackFloor },
@@ -695,9 +713,10 @@ const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
  * of its own, 202) paced at `rate` while bare `client.workflow.start`s run at `rate` from a process of
  * their own (bench/paced-starts.ts), so the worker and the Temporal server have what the deliveries'
  * phase gave them. Its p99 is what any acknowledgement that stores a row gets on this machine at
- * that load. With `nice` (--apiFirst=1) both processes get the API's priority.
+ * that load. With `nice` (--apiFirst=1) both processes get the API's priority; with `cpuGroups`
+ * (--pods=1) both go in the API's group.
  */
-async function measureAckFloor(stack: BenchStack, options: { rate: number; count: number; concurrency: number; nice: number | undefined }, repos: Record<Provider, Repo[]>, log: (line: string) => void) {
+async function measureAckFloor(stack: BenchStack, options: { rate: number; count: number; concurrency: number; nice: number | undefined; cpuGroups: CpuGroups | undefined }, repos: Record<Provider, Repo[]>, log: (line: string) => void) {
   const { rate, count, concurrency } = options;
   await sql`create table if not exists ack_floor_deliveries (like webhook_deliveries including all)`.execute(stack.db);
   // The row the receiver stores for each delivery, as the request's body: [provider, delivery id, connection, events, installation, instance, start].
@@ -721,6 +740,8 @@ async function measureAckFloor(stack: BenchStack, options: { rate: number; count
   const port = await freeLoopbackPort();
   const server = await startService('ack floor', 'bench/ack-floor-server.ts', { ...stack.env, ACK_FLOOR_DATABASE_URL: stack.databaseUrl, ACK_FLOOR_PORT: String(port) }, 'ack floor listening', { mode: stack.runMode });
   const starter = spawn(process.execPath, ['--import', 'tsx', path.join(BENCH_DIR, 'paced-starts.ts'), stack.temporalAddress, stack.namespace, startsFile, String(rate), String(concurrency)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  options.cpuGroups?.place(server.child.pid, 'api');
+  options.cpuGroups?.place(starter.pid, 'api');
   const lines = createInterface({ input: starter.stdout! });
   const nextLine = () => new Promise<string>((resolve, reject) => {
     lines.once('line', resolve);

@@ -21,6 +21,7 @@ import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
 import { readDevServerSettings, startDevServer } from '../lib/temporal/dev-server.ts';
+import { createCpuGroups, type CpuGroups } from './cpu-groups.ts';
 import { testPostgres } from '../test/support/postgres.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -90,6 +91,15 @@ export interface BenchStack {
    * every second for new threads and backends. Returns the way to stop reapplying it.
    */
   prioritizeApi(nice: number): () => void;
+  /**
+   * The deployment modelled with CPU groups (bench/cpu-groups.ts): the API, the worker, the Temporal
+   * server and this process (the load generator, the subscriber, and the client of the bare starts)
+   * each in a group of its own, of equal weight, as containers run; PostgreSQL is in its own already
+   * (its service's session). A worker or variant started later goes to its part's group. Throws,
+   * with the reason, where groups cannot be made. Returns the groups (to place a process the
+   * benchmark starts, e.g. the floor's, and to report where each process ran).
+   */
+  separateCpuGroups(): CpuGroups;
   /** Freezes or resumes the API (its intake relay would otherwise start other API processes' stored deliveries). */
   setApiPaused(paused: boolean): void;
   /**
@@ -479,6 +489,8 @@ export async function startBenchStack(
     stops.unshift(() => stopService(api));
     log(`API at http://127.0.0.1:${port} (pid ${api.child.pid}), worker pid ${worker.child.pid} (${runMode === 'dist' ? 'node dist/' : 'tsx, from source'})`);
 
+    // Set by separateCpuGroups (the pods topology): processes started after it go to their part's group.
+    let cpuGroups: CpuGroups | undefined;
     const startVariant = async (name: string, overrides: Record<string, unknown>): Promise<StackVariant> => {
       const variantPort = await freeLoopbackPort();
       const variantQueue = `${taskQueue}-${name}`;
@@ -493,6 +505,8 @@ export async function startBenchStack(
       ]);
       stops.unshift(() => stopService(variantWorker));
       stops.unshift(() => stopService(variantApi));
+      cpuGroups?.place(variantApi.child.pid, 'api');
+      cpuGroups?.place(variantWorker.child.pid, 'worker');
       log(`${name}: API at http://127.0.0.1:${variantPort} (pid ${variantApi.child.pid}), worker pid ${variantWorker.child.pid}, task queue ${variantQueue}`);
       return {
         name,
@@ -557,6 +571,7 @@ export async function startBenchStack(
         const sizedFile = path.join(dir, `forgelink-worker-${randomBytes(4).toString('hex')}.yml`);
         writeFileSync(sizedFile, toYaml({ ...config, worker: sizing }), { mode: 0o600 });
         worker = await startWorker(nodeArgs, { ...env, FORGELINK_CONFIG: sizedFile });
+        cpuGroups?.place(worker.child.pid, 'worker');
         workerNodeArgs = nodeArgs;
         stack.workerSizing = parseConfig({ ...config, worker: sizing }).worker;
         log(`worker restarted (pid ${worker.child.pid}) with ${JSON.stringify(sizing)} ${nodeArgs.join(' ')}`);
@@ -575,6 +590,17 @@ export async function startBenchStack(
       },
       setApiPaused(paused) {
         api.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+      },
+      separateCpuGroups() {
+        if (cpuGroups) return cpuGroups;
+        const groups = createCpuGroups(String(process.pid));
+        cpuGroups = groups;
+        stops.push(async () => groups.remove());
+        groups.place(api.child.pid, 'api');
+        groups.place(worker.child.pid, 'worker');
+        groups.place(temporalPid, 'temporal');
+        groups.place(process.pid, 'load');
+        return groups;
       },
       prioritizeApi(nice) {
         const apply = () => {
