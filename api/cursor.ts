@@ -1,3 +1,4 @@
+import { isStorableText } from '../lib/text.ts';
 import { badRequest } from './problem.ts';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -7,11 +8,14 @@ export function encodeCursor(key: readonly string[]): string {
   return Buffer.from(JSON.stringify(key)).toString('base64url');
 }
 
-/** The sort key a cursor holds: `length` strings, the last a row id. Anything else is the client's mistake: a 400. */
+/**
+ * The sort key a cursor holds: `length` strings, the last a row id, each one PostgreSQL can take
+ * (lib/text.ts). Anything else is the client's mistake: a 400.
+ */
 export function decodeCursor(raw: string, length: number): string[] {
   try {
     const value = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as unknown;
-    if (Array.isArray(value) && value.length === length && value.every((v) => typeof v === 'string') && UUID.test(String(value[length - 1]))) return value as string[];
+    if (Array.isArray(value) && value.length === length && value.every((v) => typeof v === 'string' && isStorableText(v)) && UUID.test(String(value[length - 1]))) return value as string[];
   } catch {
     // Falls through to the 400 below.
   }

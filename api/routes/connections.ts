@@ -26,6 +26,7 @@ import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
+import { text } from '../text.ts';
 
 const ConnectionSchema = z
   .object({
@@ -46,22 +47,22 @@ const ConnectionSchema = z
   })
   .openapi('Connection');
 
-const token = z.string().min(1).max(4096);
+const token = text().min(1).max(4096);
 const ConnectBody = z
   .discriminatedUnion('provider', [
     z.object({
       provider: z.literal('gitlab'),
-      baseUrl: z.string().optional().openapi({ description: 'GitLab instance URL; default https://gitlab.com' }),
+      baseUrl: text().optional().openapi({ description: 'GitLab instance URL; default https://gitlab.com' }),
       token: token.openapi({ description: 'Personal access token with api, read_user, read_repository' }),
     }),
     z.object({
       provider: z.literal('bitbucket'),
-      baseUrl: z.string().openapi({ description: 'Bitbucket Data Center URL, e.g. https://bitbucket.example.com' }),
+      baseUrl: text().openapi({ description: 'Bitbucket Data Center URL, e.g. https://bitbucket.example.com' }),
       token: token.openapi({ description: 'HTTP access token with PROJECT_READ and REPO_ADMIN' }),
     }),
     z.object({
       provider: z.literal('azure-devops'),
-      organizationUrl: z.string().openapi({ description: 'https://dev.azure.com/{org}, or https://{server}/{collection}' }),
+      organizationUrl: text().openapi({ description: 'https://dev.azure.com/{org}, or https://{server}/{collection}' }),
       token: token.openapi({ description: 'PAT able to read code and manage service hook subscriptions' }),
     }),
     z.object({

@@ -70,10 +70,14 @@ function toApi(row: EventListItem) {
 
 const eventCursor = (row: EventListItem) => encodeCursor([row.receivedAt.toISOString(), row.id]);
 
+/** An instant as eventCursor writes it: four-digit years only, as JavaScript's wider ones (-010000) are out of PostgreSQL's range. */
+const CURSOR_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
 function eventPageAfter(cursor: string): EventPageCursor {
   const [receivedAt, id] = decodeCursor(cursor, 2) as [string, string];
   const date = new Date(receivedAt);
-  if (Number.isNaN(date.getTime())) throw notOurs();
+  // The round trip refuses what Date would roll over (2026-02-31) as well.
+  if (!CURSOR_INSTANT.test(receivedAt) || Number.isNaN(date.getTime()) || date.toISOString() !== receivedAt) throw notOurs();
   return { receivedAt: date, id };
 }
 

@@ -6,6 +6,7 @@ import { createOrganization } from '../../lib/db/repositories/organizations.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, Problem, problemResponse } from '../problem.ts';
+import { text } from '../text.ts';
 
 const OrganizationSchema = z.object({ id: z.uuid(), slug: z.string(), name: z.string() }).openapi('Organization');
 const OrgParam = z.object({ org: z.string().min(1).openapi({ description: "The organization's slug or id" }) });
@@ -25,7 +26,7 @@ const createOrgRoute = createRoute({
               .regex(/^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'lower-case letters, digits and inner hyphens, at most 63')
               // Paths take an id where a slug goes: a slug shaped like one could name another organization.
               .refine((slug) => !z.uuid().safeParse(slug).success, 'must not be shaped like a UUID (organizations are also named by id)'),
-            name: z.string().trim().min(1).max(200),
+            name: text().trim().min(1).max(200),
           }),
         },
       },
@@ -67,7 +68,7 @@ const issueTokenRoute = createRoute({
       content: {
         'application/json': {
           schema: z.object({
-            name: z.string().trim().min(1).max(100).optional().openapi({ description: 'Tells tokens apart in the list; default token-<first 8 characters of its id>' }),
+            name: text().trim().min(1).max(100).optional().openapi({ description: 'Tells tokens apart in the list; default token-<first 8 characters of its id>' }),
             expiresInDays: z.number().int().min(1).max(3650).optional().openapi({ description: 'Refused (401) from then on; absent: never expires' }),
           }),
         },

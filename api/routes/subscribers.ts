@@ -8,6 +8,7 @@ import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { badRequest, notFound, problemResponse } from '../problem.ts';
 import { EVENT_KINDS } from './events.ts';
+import { text } from '../text.ts';
 
 const SubscriberSchema = z
   .object({
@@ -25,12 +26,11 @@ const CreatedSubscriberSchema = SubscriberSchema.extend({
 
 const CreateBody = z
   .object({
-    url: z.string().min(1).max(2048).openapi({ description: 'HTTPS endpoint events are POSTed to (http only for hosts in security.allowHttpHosts)' }),
+    url: text().min(1).max(2048).openapi({ description: 'HTTPS endpoint events are POSTed to (http only for hosts in security.allowHttpHosts)' }),
     kinds: z.array(z.enum(EVENT_KINDS)).max(EVENT_KINDS.length).default([]).openapi({ description: 'Event kinds to receive; empty or absent: all' }),
     refGlobs: z
       .array(
-        z
-          .string()
+        text()
           .min(1)
           .max(255)
           .superRefine((glob, ctx) => {

@@ -126,6 +126,34 @@ describe('organizations, tokens, health and OpenAPI', () => {
     }
   });
 
+  it('answers 400 naming the field, not a database error, to a JSON string or a cursor PostgreSQL cannot take; nothing is written', async () => {
+    const slug = `text-${Date.now().toString(36)}`;
+    const org = (await (await h.request('POST', '/api/v1/orgs', { token: h.adminToken, body: { slug, name: 'T' } })).json()) as { id: string };
+    const { token } = (await (await h.request('POST', `/api/v1/orgs/${org.id}/tokens`, { token: h.adminToken })).json()) as { token: string };
+    const cursor = (key: string[]) => Buffer.from(JSON.stringify(key)).toString('base64url');
+    const id = '00000000-0000-4000-8000-000000000000';
+    const cases: { label: string; method: string; path: string; token: string; body?: string; field: string }[] = [
+      { label: 'organization name with NUL', method: 'POST', path: '/api/v1/orgs', token: h.adminToken, body: JSON.stringify({ slug: `${slug}-nul`, name: 'a\u0000b' }), field: 'name' },
+      { label: 'token name with NUL', method: 'POST', path: `/api/v1/orgs/${slug}/tokens`, token: h.adminToken, body: JSON.stringify({ name: 'a\u0000b' }), field: 'name' },
+      // The organization's own token may send these.
+      { label: 'subscriber ref glob with NUL', method: 'POST', path: `/api/v1/orgs/${slug}/subscribers`, token, body: JSON.stringify({ url: 'https://example.com/hook', refGlobs: ['main\u0000'] }), field: 'refGlobs.0' },
+      { label: 'subscriber ref glob with a lone surrogate (jsonb)', method: 'POST', path: `/api/v1/orgs/${slug}/subscribers`, token, body: '{"url":"https://example.com/hook","refGlobs":["x\\ud800"]}', field: 'refGlobs.0' },
+      { label: 'events cursor with a year PostgreSQL has not', method: 'GET', path: `/api/v1/orgs/${slug}/events?cursor=${cursor(['-010000-01-01T00:00:00.000Z', id])}`, token, field: 'cursor' },
+      { label: 'repositories cursor with NUL', method: 'GET', path: `/api/v1/orgs/${slug}/repositories?cursor=${cursor(['\u0000', 'x', id])}`, token, field: 'cursor' },
+    ];
+    for (const c of cases) {
+      const res = await h.request(c.method, c.path, { token: c.token, ...(c.body === undefined ? {} : { body: c.body }) });
+      expect(res.status, c.label).toBe(400);
+      expect(res.headers.get('content-type'), c.label).toBe('application/problem+json');
+      expect(((await res.json()) as { detail: string }).detail, c.label).toMatch(new RegExp(`^${c.field.replace('.', '\\.')}: `));
+    }
+    expect((await h.request('GET', `/api/v1/orgs/${slug}-nul/connections`, { token: h.adminToken })).status).toBe(404);
+    expect(((await (await h.request('GET', `/api/v1/orgs/${slug}/subscribers`, { token })).json()) as { items: unknown[] }).items).toEqual([]);
+    expect(((await (await h.request('GET', `/api/v1/orgs/${slug}/tokens`, { token })).json()) as { items: unknown[] }).items).toHaveLength(1);
+    // What the API hands out still pages.
+    expect((await h.request('GET', `/api/v1/orgs/${slug}/events?cursor=${cursor(['2026-01-01T00:00:00.000Z', id])}`, { token })).status).toBe(200);
+  });
+
   it('answers unknown routes and unknown runs with problem+json 404', async () => {
     const res = await h.request('GET', '/api/v1/nothing-here', { token: h.adminToken });
     expect(res.status).toBe(404);
