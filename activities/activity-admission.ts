@@ -16,7 +16,7 @@
  * database read at most.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, ApplicationFailureCategory } from '@temporalio/common';
 import { ACTIVITY_NOT_ADMITTED } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
 import { activityContext } from './outbound.ts';
@@ -92,6 +92,8 @@ export function admitActivity(
       type: ACTIVITY_NOT_ADMITTED,
       message: `this worker already runs as many tenant-facing activities as it admits (organization ${input.organizationId}): scheduled again after a timer`,
       nonRetryable: true,
+      // Expected, and frequent while an organization's share is full: the SDK logs it at DEBUG, not as a WARN with its stack (activities/not-admitted.ts counts it and logs one line).
+      category: ApplicationFailureCategory.BENIGN,
       details: [details],
     });
   }

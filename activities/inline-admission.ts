@@ -15,7 +15,7 @@
  * and its workflow runs the same step as a regular activity, which holds an activity slot, not a
  * workflow task slot, and is retried durably as before.
  */
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, ApplicationFailureCategory } from '@temporalio/common';
 import { INLINE_NOT_ADMITTED } from '../workflows/contract.ts';
 import { activityContext } from './outbound.ts';
 
@@ -100,6 +100,8 @@ export function inlineNotAdmitted(organizationId: string): ApplicationFailure {
     type: INLINE_NOT_ADMITTED,
     message: `inside the workflow task, this worker already runs as many tenant-facing calls as it admits (organization ${organizationId}): run as an activity`,
     nonRetryable: true,
+    // As ActivityNotAdmitted: logged at DEBUG by the SDK, counted and logged in one line by activities/not-admitted.ts.
+    category: ApplicationFailureCategory.BENIGN,
   });
 }
 

@@ -176,6 +176,12 @@ export type DispatchOutcome = 'delivered' | 'rejected' | 'unreachable' | 'refuse
  * slot with no time left to ask again).
  */
 export type DispatchGiveUpReason = 'rejected' | 'unreachable' | 'refused' | 'deadline';
+/**
+ * Where a tenant-facing activity was refused a place (it made no call): an activity slot
+ * (ActivityNotAdmitted: its run schedules it again after a timer) or a workflow task slot
+ * (InlineNotAdmitted: its run makes it at once as a regular activity).
+ */
+export type NotAdmittedSlot = 'activity' | 'workflow_task';
 
 export interface WorkerMetrics {
   readonly registry: Registry;
@@ -187,6 +193,8 @@ export interface WorkerMetrics {
   dispatchGaveUp(reason: DispatchGiveUpReason, pairs?: number): void;
   /** A pause a provider's rate-limit headers asked for, taken inside a call. */
   rateLimitWait(provider: Provider, ms: number): void;
+  /** A tenant-facing activity the worker refused a place (activities/not-admitted.ts), by its activity type: a handful of names, never an organization. */
+  activityNotAdmitted(activityType: string, slot: NotAdmittedSlot): void;
 }
 
 export function createWorkerMetrics(options: { processMetrics?: boolean } = {}): WorkerMetrics {
@@ -224,6 +232,12 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
     labelNames: ['reason'] as const,
     registers: [registry],
   });
+  const notAdmitted = new Counter({
+    name: 'forgelink_activities_not_admitted_total',
+    help: "Tenant-facing activities the worker refused a place, so they made no call, by activity type and slot: activity (an activity slot: the organization's share was full; its run schedules the activity again after a timer), workflow_task (inside a workflow task: its run makes the call at once as a regular activity)",
+    labelNames: ['activity', 'slot'] as const,
+    registers: [registry],
+  });
   const waits = new Counter({ name: 'forgelink_provider_rate_limit_waits_total', help: "Pauses taken inside provider calls because the provider's rate-limit budget ran low", labelNames: ['provider'] as const, registers: [registry] });
   const waitSeconds = new Counter({ name: 'forgelink_provider_rate_limit_wait_seconds_total', help: 'Time spent in those pauses', labelNames: ['provider'] as const, registers: [registry] });
   return {
@@ -246,6 +260,9 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
     rateLimitWait(provider, ms) {
       waits.inc({ provider });
       waitSeconds.inc({ provider }, ms / 1000);
+    },
+    activityNotAdmitted(activityType, slot) {
+      notAdmitted.inc({ activity: activityType, slot });
     },
   };
 }

@@ -6,9 +6,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { makeWorkflowExporter, OpenTelemetryActivityInboundInterceptor, OpenTelemetryActivityOutboundInterceptor, type OpenTelemetrySinks } from '@temporalio/interceptors-opentelemetry';
-import { bundleWorkflowCode, type InjectedSinks, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { type ActivityInterceptorsFactory, bundleWorkflowCode, type InjectedSinks, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, createActivities } from '../activities/index.ts';
 import { LogContextInterceptor } from '../activities/log-context.ts';
+import { NotAdmittedInterceptor } from '../activities/not-admitted.ts';
 import { PermanentErrorsInterceptor } from '../activities/permanent-errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import { inlineCallsPerWorker, WORKER_SIZING_DEFAULTS, type WorkerSizing } from '../lib/config.ts';
@@ -93,14 +94,7 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     namespace: params.namespace,
     taskQueue: params.taskQueue,
     activities: createActivities(params.deps),
-    interceptors: {
-      activity: [
-        // Outermost, so that the activity's log lines carry the span's trace id.
-        ...(params.tracing?.enabled ? [(ctx: Context) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })] : []),
-        () => ({ inbound: new LogContextInterceptor() }),
-        () => ({ inbound: new PermanentErrorsInterceptor() }),
-      ],
-    },
+    interceptors: { activity: activityInterceptors(params.deps, params.tracing) },
     sinks: workflowSinks(params.tracing),
     workflowBundle: params.workflowBundle ?? (await defaultWorkflowBundle(bundleVariant(params.tracing), params.deps.logger)),
     stickyQueueScheduleToStartTimeout: STICKY_QUEUE_SCHEDULE_TO_START_TIMEOUT,
@@ -108,6 +102,18 @@ export async function createWorker(params: WorkerParams): Promise<Worker> {
     ...(params.identity ? { identity: params.identity } : {}),
     ...(params.shutdown ? { shutdownGraceTime: params.shutdown.graceSeconds * 1000, shutdownForceTime: params.shutdown.forceSeconds * 1000 } : {}),
   });
+}
+
+/** The worker's activity interceptors, outermost first. */
+export function activityInterceptors(deps: Pick<ActivityDeps, 'logger' | 'metrics'>, tracing: Tracing = TRACING_OFF): ActivityInterceptorsFactory[] {
+  return [
+    // Outermost, so that the activity's log lines carry the span's trace id.
+    ...(tracing.enabled ? [(ctx: Context) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })] : []),
+    () => ({ inbound: new LogContextInterceptor() }),
+    // Inside the log context, so that its line says which run and activity was refused.
+    () => ({ inbound: new NotAdmittedInterceptor(deps) }),
+    () => ({ inbound: new PermanentErrorsInterceptor() }),
+  ];
 }
 
 /**
