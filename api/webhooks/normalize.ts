@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isAccessChange, type EventKind, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
+import { isStorableText, toStorableText } from '../../lib/text.ts';
 
 /** Header names in lower case, as Node and Hono hand them over. */
 export type WebhookHeaders = Readonly<Record<string, string | undefined>>;
@@ -52,19 +53,26 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
   const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
   const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) };
-  // JSON carries a NUL only as the escape \u0000 (a raw control character is not JSON), and header
-  // values never hold one: without either, the copy that replaces them is skipped.
-  return text.includes('\\u0000') || Object.values(headers).some((v) => v?.includes('\u0000')) ? withoutNul(delivery) : delivery;
+  // Decoded bytes hold neither a NUL nor a lone surrogate except as an escape (a raw control character
+  // is not JSON, and the decoder refuses encoded surrogates); header values hold no NUL: without
+  // either, the copy that mends them is skipped.
+  const mend = typeof rawBody === 'string' ? !isStorableText(text) || UNSTORABLE_ESCAPE.test(text) : UNSTORABLE_ESCAPE.test(text);
+  return mend || Object.values(headers).some((v) => v !== undefined && !isStorableText(v)) ? storable(delivery) : delivery;
 }
 
+/** `\u0000`, or a surrogate's escape (`\ud800`-`\udfff`, paired or not: the copy tells them apart). */
+const UNSTORABLE_ESCAPE = /\\u(?:0000|[dD][89a-fA-F])/;
+
 /**
- * PostgreSQL text and jsonb cannot hold a NUL character (`\u0000`), and a delivery may carry one in
- * any string: each is replaced by U+FFFD (the replacement character), keeping the rest of the string.
+ * PostgreSQL cannot store a NUL character or a lone surrogate (lib/text.ts), and a provider may send
+ * either in any string (a commit message, a branch name): each is replaced by U+FFFD (the
+ * replacement character), keeping the rest of the string, so the delivery is recorded, not refused
+ * (a refused one is delivered again and again, until the provider disables the hook).
  */
-function withoutNul<T>(value: T): T {
-  if (typeof value === 'string') return value.replaceAll('\u0000', '\uFFFD') as T;
-  if (Array.isArray(value)) return value.map(withoutNul) as T;
-  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withoutNul(v)])) as T;
+function storable<T>(value: T): T {
+  if (typeof value === 'string') return toStorableText(value) as T;
+  if (Array.isArray(value)) return value.map(storable) as T;
+  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, storable(v)])) as T;
   return value;
 }
 

@@ -105,6 +105,27 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       expect(history).not.toContain(hookOf[provider].secret);
     });
 
+    it('records a delivery whose ref holds a lone surrogate and a NUL (escapes PostgreSQL refuses), each as U+FFFD, once', async () => {
+      const payload = withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]);
+      const ref = 'refs/heads/x\ud800y\u0000z';
+      if (provider === 'bitbucket') payload.changes[0].refId = ref;
+      else if (provider === 'azure-devops') payload.resource.refUpdates[0].name = ref;
+      else payload.ref = ref;
+      const push = pushTo(provider, attached[provider], { payload });
+      expect(push.body).toContain('x\\ud800y\\u0000z');
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const res = await send(h, push);
+        expect(res.status, await res.clone().text()).toBe(202);
+      }
+      const stored = await h.db.selectFrom('webhook_deliveries').select('events').where('provider', '=', provider).where('delivery_id', '=', push.deliveryId).execute();
+      expect(stored).toHaveLength(1);
+      expect(stored[0]!.events.map((e) => e.ref?.name)).toEqual(['x\uFFFDy\uFFFDz']);
+      const workflowId = provider === 'github' ? `event:github:${push.deliveryId}` : `event:${provider}@${hookOf[provider].connectionId}:${push.deliveryId}`;
+      expect(await resultOf<EventResult>(h, workflowId)).toMatchObject({ recorded: 1 });
+      const events = await eventsOfDelivery(h.db, provider, push.deliveryId);
+      expect(events.map((e) => e.event.ref?.name)).toEqual(['x\uFFFDy\uFFFDz']);
+    });
+
     it('answers 401 to a forged credential and starts nothing', async () => {
       const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
       const problem = await expectProblem(await send(h, forged), 401);

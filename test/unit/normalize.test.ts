@@ -69,6 +69,15 @@ describe('GitHub', () => {
     expect(fromHeader!.deliveryId).toBe('id\uFFFDx');
   });
 
+  it('replaces a lone surrogate (the JSON escape \\ud800) by U+FFFD, keeping a surrogate pair', () => {
+    const payload = fixture('github/push-branch-updated.json');
+    payload.ref = 'refs/heads/x\ud800y\udc00z';
+    payload.sender.login = 'emoji\ud83d\ude00';
+    const body = Buffer.from(JSON.stringify(payload));
+    expect(body.toString()).toContain('\\ud800');
+    expect(normalizeWebhook('github', headers('push'), body)[0]).toMatchObject({ ref: { name: 'x\uFFFDy\uFFFDz' }, sender: 'emoji\ud83d\ude00' });
+  });
+
   it('reads the body from a Buffer or a Uint8Array as from a string', () => {
     const payload = fixture('github/push-branch-updated.json');
     const expected = normalize('github', headers('push'), payload);
