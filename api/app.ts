@@ -1,4 +1,5 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
+import { isGrpcServiceError } from '@temporalio/client';
 import type { Context } from 'hono';
 import { routePath } from 'hono/route';
 import { sql } from 'kysely';
@@ -61,6 +62,10 @@ export function createApp(deps: ApiDeps) {
     if (isDatabaseUnavailable(error)) {
       deps.logger.error({ reason: error.message, path: c.req.path, method: c.req.method }, 'the database did not answer');
       return problemJson(c, new Problem(503, 'Service Unavailable', 'the database is unavailable; try again'));
+    }
+    if (isTemporalUnavailable(error)) {
+      deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'Temporal did not answer');
+      return problemJson(c, new Problem(503, 'Service Unavailable', 'the workflow engine (Temporal) is unavailable; try again'));
     }
     deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'unhandled error');
     return problemJson(c, new Problem(500, 'Internal Server Error', 'an unexpected error occurred; it has been logged'));
@@ -136,14 +141,32 @@ function routeTemplate(c: Context): string {
 }
 
 /**
- * The database could not be reached or dropped the connection (network errors, PostgreSQL's class
- * 08 connection exceptions and 57P0x shutdowns, pg's own "Connection terminated"): a failing
- * dependency, so 503, never the 500 of a bug. The error holds the pg client, so only its message is logged.
+ * The database could not be reached, refused a connection or dropped one (network errors,
+ * PostgreSQL's class 08 connection exceptions, class 53 insufficient resources such as 53300
+ * too_many_connections, 57P0x shutdowns and 57P03 cannot_connect_now, pg's own "Connection
+ * terminated"): a failing dependency, so 503, never the 500 of a bug. The error holds the pg client,
+ * so only its message is logged.
  */
 function isDatabaseUnavailable(error: Error): boolean {
   const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || code.startsWith('08') || code.startsWith('57P'))) return true;
+  if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || /^(08|53|57P)/.test(code))) return true;
   return /^Connection terminated|timeout exceeded when trying to connect/.test(error.message);
+}
+
+/** gRPC statuses by which Temporal did not answer (down, restarting, overloaded, too slow, or the channel closed under the call), not refused. */
+const TEMPORAL_UNANSWERED = new Set([1 /* CANCELLED */, 4 /* DEADLINE_EXCEEDED */, 8 /* RESOURCE_EXHAUSTED */, 14 /* UNAVAILABLE */]);
+
+/**
+ * Temporal could not be reached behind a request: the client's ServiceError ("Failed to describe
+ * workflow") wraps the gRPC error, whose status says so; a connection that never came up fails with
+ * "Failed to connect…" and no status. A failing dependency, so 503, for every route that calls Temporal.
+ */
+function isTemporalUnavailable(error: Error): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (isGrpcServiceError(e)) return TEMPORAL_UNANSWERED.has(e.code);
+    if (/^Failed to connect\b/.test(e.message)) return true;
+  }
+  return false;
 }
 
 /** The backlog as /readyz shows it to the admin, its times in ISO form. */

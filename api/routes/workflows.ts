@@ -92,6 +92,7 @@ export function workflowRoutes() {
         200: { description: 'OK', content: { 'application/json': { schema: RunSchema } } },
         401: problemResponse('Missing or bad token'),
         404: problemResponse('No such run visible to the caller'),
+        503: problemResponse('Temporal or the database unavailable'),
       },
     }),
     async (c) => {
@@ -105,6 +106,7 @@ export function workflowRoutes() {
         description = await handle.describe();
       } catch (error) {
         if (error instanceof WorkflowNotFoundError) throw notFound(`workflow ${workflowId}`);
+        // Temporal not answering is app.onError's 503.
         throw error;
       }
       const status = description.status.name;

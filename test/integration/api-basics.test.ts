@@ -1,4 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { Client, Connection } from '@temporalio/client';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createDb } from '../../lib/db/index.ts';
 import { startHarness, type Harness } from '../support/harness.ts';
@@ -102,6 +105,51 @@ describe('organizations, tokens, health and OpenAPI', () => {
       expect(((await res.json()) as { detail: string }).detail).toBe('the database is unavailable; try again');
     } finally {
       await unreachable.destroy();
+    }
+  });
+
+  it('answers 503, not 500, when PostgreSQL refuses the connection (53300 too_many_connections)', async () => {
+    // A role allowed no connection: PostgreSQL answers every connection attempt with 53300.
+    const role = `no_conn_${randomUUID().replaceAll('-', '')}`;
+    await sql`create role ${sql.id(role)} login connection limit 0`.execute(h.db);
+    const url = new URL(inject('databaseUrl'));
+    url.username = role;
+    const refused = createDb(url.toString(), { max: 1 });
+    try {
+      const res = await h.appWith({ db: refused }).request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+      expect(((await res.json()) as { detail: string }).detail).toBe('the database is unavailable; try again');
+    } finally {
+      await refused.destroy();
+      await sql`drop role ${sql.id(role)}`.execute(h.db);
+    }
+  });
+
+  it('answers 503, not 500, when Temporal stops answering behind a request', async () => {
+    // The API's client reaches Temporal through a TCP relay the test then shuts: Temporal is gone for it.
+    const [host, port] = inject('temporalAddress').split(':') as [string, string];
+    const sockets = new Set<Socket>();
+    const relay = createServer((client) => {
+      const upstream = createConnection({ host, port: Number(port) });
+      for (const s of [client, upstream]) (sockets.add(s), s.on('error', () => s.destroy()), s.on('close', () => sockets.delete(s)));
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const connection = await Connection.connect({ address: `127.0.0.1:${(relay.address() as AddressInfo).port}` });
+    const app = h.appWith({ temporal: new Client({ connection, namespace: 'default' }) });
+    const admin = { headers: { authorization: `Bearer ${h.adminToken}` } };
+    const path = '/api/v1/workflows/connect:00000000-0000-0000-0000-000000000000:x';
+    try {
+      expect((await app.request(path, admin)).status).toBe(404);
+      await new Promise<void>((resolve) => (relay.close(() => resolve()), sockets.forEach((s) => s.destroy())));
+      const res = await app.request(path, admin);
+      expect(res.status).toBe(503);
+      expect(res.headers.get('content-type')).toBe('application/problem+json');
+      expect(((await res.json()) as { detail: string }).detail).toBe('the workflow engine (Temporal) is unavailable; try again');
+    } finally {
+      relay.close();
+      await connection.close();
     }
   });
 
