@@ -47,9 +47,12 @@ export function requireAdmin(c: Context<AppEnv>): void {
 
 /** The organization named in the path, if the caller may see it; otherwise 404 (never reveal existence). */
 export async function resolveOrganization(c: Context<AppEnv>, ref: string): Promise<Organization> {
-  const org = await findOrganization(c.var.deps.db, ref);
-  const principal = c.var.principal;
-  if (!org || (principal.kind === 'organization' && principal.organizationId !== org.id)) throw notFound(`organization ${ref}`);
+  return visibleOrganization(c, ref, await findOrganization(c.var.deps.db, ref));
+}
+
+/** `org`, found by the path's `ref`, if there is one and the caller may see it; otherwise 404 (never reveal existence). */
+export function visibleOrganization(c: Context<AppEnv>, ref: string, org: Organization | undefined): Organization {
+  if (!org || !mayAccessOrganization(c, org.id)) throw notFound(`organization ${ref}`);
   return org;
 }
 

@@ -1,6 +1,6 @@
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { attachRefusal, findAttachment, findOrganizationRepository } from '../../lib/db/repositories/attachments.ts';
+import { attachRefusal, findAttachment, findOrganizationAndRepository } from '../../lib/db/repositories/attachments.ts';
 import { ATTACHMENT_STATUSES, HOOK_HEALTH_STATUSES } from '../../lib/domain.ts';
 import {
   attachmentRequested,
@@ -9,7 +9,7 @@ import {
   type RepositoryWorkflowInput,
 } from '../../workflows/contract.ts';
 import { runLabels } from '../../workflows/run-labels.ts';
-import { resolveOrganization } from '../auth.ts';
+import { visibleOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, Problem, problemResponse } from '../problem.ts';
 
@@ -43,15 +43,21 @@ const errors = {
   404: problemResponse('No such organization or repository'),
 };
 
+/** The organization named in the path, if the caller may see it, and its repository `repositoryId`: one query, else 404. */
+async function organizationRepository(c: Context<AppEnv>, orgRef: string, repositoryId: string) {
+  const found = await findOrganizationAndRepository(c.var.deps.db, orgRef, repositoryId);
+  const org = visibleOrganization(c, orgRef, found?.organization);
+  if (!found?.repository) throw notFound(`repository ${repositoryId}`);
+  return { org, repository: found.repository };
+}
+
 /**
  * Queues an attach or a detach on the repository's workflow with signalWithStart: it starts the
  * workflow, or adds the request to the run already there, which carries requests out in order.
  */
 async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryId: string, action: AttachmentAction) {
   const { deps } = c.var;
-  const org = await resolveOrganization(c, orgRef);
-  const repository = await findOrganizationRepository(deps.db, org.id, repositoryId);
-  if (!repository) throw notFound(`repository ${repositoryId}`);
+  const { org, repository } = await organizationRepository(c, orgRef, repositoryId);
   const refusal = action === 'attach' ? attachRefusal(repository) : undefined;
   if (refusal) throw new Problem(409, 'Conflict', refusal);
   const workflowId = workflowIds.repository(org.id, repository.id);
@@ -125,9 +131,7 @@ export function attachmentRoutes() {
     async (c) => {
       const { deps } = c.var;
       const params = c.req.valid('param');
-      const org = await resolveOrganization(c, params.org);
-      const repository = await findOrganizationRepository(deps.db, org.id, params.id);
-      if (!repository) throw notFound(`repository ${params.id}`);
+      const { org, repository } = await organizationRepository(c, params.org, params.id);
       // A repository never attached is simply detached.
       const attachment = (await findAttachment(deps.db, repository.id)) ?? { status: 'detached' as const, reason: null, hooks: [] };
       return c.json(

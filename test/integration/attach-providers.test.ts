@@ -233,6 +233,19 @@ describe('attach and detach per provider', () => {
       expect((await attachmentOf(h, org, repo.repositoryId)).status).toBe('detached');
     });
 
+    it("takes the organization's id where its slug goes, and still not another organization's", async () => {
+      const repo = await worlds.gitlab!.newRepository();
+      const byId = await h.request('GET', `/api/v1/orgs/${org.id}/repositories/${repo.repositoryId}/attachment`, { token: org.token });
+      expect(byId.status).toBe(200);
+      expect(((await byId.json()) as { status: string }).status).toBe('detached');
+      const other = await createOrgWithToken(h);
+      for (const method of ['PUT', 'GET']) {
+        const res = await h.request(method, `/api/v1/orgs/${other.org.id}/repositories/${repo.repositoryId}/attachment`, { token: other.token });
+        expect(((await res.json()) as { detail: string }).detail, method).toBe(`repository ${repo.repositoryId} does not exist`);
+        expect((await h.request(method, `/api/v1/orgs/${org.id}/repositories/${repo.repositoryId}/attachment`, { token: other.token })).status, method).toBe(404);
+      }
+    });
+
     it('answers 400 for an id that is not a UUID and 409 when the connection is not active', async () => {
       const bad = await h.request('PUT', `/api/v1/orgs/${org.slug}/repositories/not-a-uuid/attachment`, { token: org.token });
       expect(bad.status).toBe(400);

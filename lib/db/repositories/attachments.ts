@@ -1,6 +1,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { AttachmentStatus, HookHealth, Provider } from '../../domain.ts';
-import type { Database } from '../schema.ts';
+import type { Database, Organization } from '../schema.ts';
+import { mayBeOrganizationId } from './organizations.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -27,15 +28,50 @@ export function attachRefusal(row: { connection_id: string; connection_status: s
   return undefined;
 }
 
-/** A cached repository of an organization, with what the API needs to know about its connection. */
-export async function findOrganizationRepository(db: Executor, organizationId: string, repositoryId: string) {
-  return db
-    .selectFrom('repositories as r')
-    .innerJoin('connections as c', 'c.id', 'r.connection_id')
-    .select(['r.id', 'r.organization_id', 'r.provider', 'r.full_name', 'r.connection_id', 'r.vanished_at', 'c.status as connection_status', 'c.disconnect_requested_at'])
-    .where('r.organization_id', '=', organizationId)
-    .where('r.id', '=', repositoryId)
+/**
+ * The organization a reference names (as findOrganization: by slug, or by id, the id winning) and
+ * its cached repository `repositoryId`, with what the API needs to know about its connection, in
+ * one query: an attach request's lookups before it starts the run. `repository` is undefined when
+ * the organization has no such repository (another organization's is never joined).
+ */
+export async function findOrganizationAndRepository(db: Executor, organizationRef: string, repositoryId: string) {
+  const row = await db
+    .selectFrom('organizations as o')
+    .leftJoin('repositories as r', (join) => join.onRef('r.organization_id', '=', 'o.id').on('r.id', '=', repositoryId))
+    .leftJoin('connections as c', 'c.id', 'r.connection_id')
+    .select([
+      'o.id as organization_id',
+      'o.slug',
+      'o.name',
+      'o.created_at',
+      'r.id as repository_id',
+      'r.provider',
+      'r.full_name',
+      'r.connection_id',
+      'r.vanished_at',
+      'c.status as connection_status',
+      'c.disconnect_requested_at',
+    ])
+    .where((eb) => (mayBeOrganizationId(organizationRef) ? eb.or([eb('o.id', '=', organizationRef), eb('o.slug', '=', organizationRef)]) : eb('o.slug', '=', organizationRef)))
+    .orderBy((eb) => eb('o.slug', '=', organizationRef))
     .executeTakeFirst();
+  if (!row) return undefined;
+  const organization: Organization = { id: row.organization_id, slug: row.slug, name: row.name, created_at: row.created_at };
+  // A repository row always has its connection (connection_id is a foreign key, not null).
+  if (row.repository_id === null || row.provider === null || row.full_name === null || row.connection_id === null || row.connection_status === null) return { organization };
+  return {
+    organization,
+    repository: {
+      id: row.repository_id,
+      organization_id: row.organization_id,
+      provider: row.provider,
+      full_name: row.full_name,
+      connection_id: row.connection_id,
+      vanished_at: row.vanished_at,
+      connection_status: row.connection_status,
+      disconnect_requested_at: row.disconnect_requested_at,
+    },
+  };
 }
 
 /** The repository and its connection's sealed credential, for activities only. */

@@ -5,6 +5,9 @@ type Executor = Kysely<Database> | Transaction<Database>;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/** Whether an organization reference can name one by id (it can always name one by slug). */
+export const mayBeOrganizationId = (ref: string) => UUID.test(ref);
+
 export async function createOrganization(db: Executor, input: { slug: string; name: string }): Promise<Organization | undefined> {
   return db
     .insertInto('organizations')
@@ -19,7 +22,7 @@ export async function findOrganization(db: Executor, ref: string): Promise<Organ
   return db
     .selectFrom('organizations')
     .select(['id', 'slug', 'name', 'created_at'])
-    .where((eb) => (UUID.test(ref) ? eb.or([eb('id', '=', ref), eb('slug', '=', ref)]) : eb('slug', '=', ref)))
+    .where((eb) => (mayBeOrganizationId(ref) ? eb.or([eb('id', '=', ref), eb('slug', '=', ref)]) : eb('slug', '=', ref)))
     .orderBy((eb) => eb('slug', '=', ref))
     .executeTakeFirst();
 }
