@@ -59,6 +59,13 @@ const REFRESH_IN_BATCHES = 'refresh-in-batches';
  * list the connections themselves, each listing holding the connection's lease in PostgreSQL.
  */
 const LISTINGS_IN_REFRESH_RUN = 'refresh-listings-in-refresh-run';
+/**
+ * Runs of every organization (the nightly Schedule's) started before this give each free lane the
+ * next connection in batch order, so one organization's connections to servers that never answer
+ * could hold all CONCURRENT_CONNECTIONS lanes while every other organization's waited; later ones
+ * give it to the organization with the fewest listings going (nextConnection).
+ */
+const LANES_BY_ORGANIZATION = 'refresh-lanes-by-organization';
 
 /** `organizationSlug` is absent from listings recorded before it was read. */
 type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider };
@@ -76,7 +83,10 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
     await refreshConnections(await listConnectionsToRefresh({ organizationId: input.organizationId }), totals);
     return totals;
   }
-  const refreshBatch = patched(LISTINGS_IN_REFRESH_RUN) ? listConnections : refreshConnections;
+  const listsItself = patched(LISTINGS_IN_REFRESH_RUN);
+  // A run of one organization has nothing to share its lanes with: batch order is the fair order.
+  const byOrganization = listsItself && input.organizationId === undefined && patched(LANES_BY_ORGANIZATION);
+  const refreshBatch = listsItself ? (batch: Connection[], counts: RefreshResult) => listConnections(batch, counts, byOrganization) : refreshConnections;
   const limit = input.batchSize ?? REFRESH_BATCH.connections;
   let after = input.after;
   for (let batch = 1; ; batch++) {
@@ -108,14 +118,17 @@ function countFailed(totals: RefreshResult, connectionId: string, reason: string
  * child's id. A listing longer than one chunk of pages goes on in the child, which carries its
  * progress from chunk to chunk and continues as new, so this run's history holds no page keys.
  */
-async function listConnections(connections: Connection[], totals: RefreshResult): Promise<void> {
+async function listConnections(connections: Connection[], totals: RefreshResult, byOrganization = false): Promise<void> {
   totals.connections += connections.length;
   const { workflowId, runId } = workflowInfo();
   const leaseHolder = `${workflowId}/${runId}`;
   const queue = [...connections];
+  const going = new Map<string, number>();
+  const take = () => (byOrganization ? nextConnection(queue, going) : queue.shift());
   const lane = async () => {
-    for (let next = queue.shift(); next; next = queue.shift()) {
+    for (let next = take(); next; next = take()) {
       const connection = next;
+      going.set(connection.organizationId, (going.get(connection.organizationId) ?? 0) + 1);
       try {
         const first = await listRepositoriesChunk({ connectionId: connection.id, progress: newListingProgress(), maxPages: PAGES_PER_CHUNK, leaseHolder });
         if (first.alreadyRunning) {
@@ -152,10 +165,30 @@ async function listConnections(connections: Connection[], totals: RefreshResult)
         log.warn('repository refresh failed', { connectionId: connection.id, reason });
         await recordRefreshFailureInTask({ connectionId: connection.id, reason, leaseHolder });
         countFailed(totals, connection.id, reason);
+      } finally {
+        going.set(connection.organizationId, going.get(connection.organizationId)! - 1);
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
+}
+
+/**
+ * Takes the connection a free lane lists next out of `queue`: the first of the organization with the
+ * fewest listings `going`. An organization is given a lane only while no other organization with a
+ * connection waiting has fewer going, so one whose listings hang (its servers answer as slowly as
+ * it likes, a listing's attempts up to 30 minutes each) holds at most ⌊7/m⌋ + 1 of the 8 lanes
+ * while m organizations, itself included, have connections waiting (4 beside one other); a lane
+ * given back goes to the waiting organization with the fewest going.
+ */
+function nextConnection(queue: Connection[], going: ReadonlyMap<string, number>): Connection | undefined {
+  let chosen = -1;
+  let fewest = Infinity;
+  for (let i = 0; i < queue.length && fewest > 0; i++) {
+    const count = going.get(queue[i]!.organizationId) ?? 0;
+    if (count < fewest) [chosen, fewest] = [i, count];
+  }
+  return chosen === -1 ? undefined : queue.splice(chosen, 1)[0];
 }
 
 /** Runs one child per connection, CONCURRENT_CONNECTIONS at a time, adding the outcomes to `totals`. */

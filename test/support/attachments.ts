@@ -24,9 +24,9 @@ export const deliveryUrlOf = (provider: Provider, connectionId: string) => `${TE
 
 export async function seedConnection(
   h: Harness,
-  values: { organizationId: string; provider: Provider; baseUrl: string; externalKey?: string | null; secret?: string },
+  values: { organizationId: string; provider: Provider; baseUrl: string; externalKey?: string | null; secret?: string; id?: string },
 ): Promise<string> {
-  const id = randomUUID();
+  const id = values.id ?? randomUUID();
   await h.db
     .insertInto('connections')
     .values({

@@ -107,6 +107,8 @@ export interface HarnessOptions {
   sizing?: WorkerSizing;
   /** The worker's metrics (default: none), for a test that reads what its activities counted. */
   metrics?: WorkerMetrics;
+  /** A database of the test's own (default: the run's), for a test whose runs read every organization's rows. */
+  databaseUrl?: string;
 }
 
 let runtimeInstalled = false;
@@ -125,7 +127,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     },
   });
   const logger = createLogger('test', 'debug', sink);
-  const db = createDb(inject('databaseUrl'), { max: 5 });
+  const databaseUrl = options.databaseUrl ?? inject('databaseUrl');
+  const db = createDb(databaseUrl, { max: 5 });
   const address = options.temporalAddress ?? inject('temporalAddress');
   const taskQueue = `test-${randomUUID()}`;
   const keys: EncryptionKeys = { current: { id: 'test', key: randomBytes(32) } };
@@ -195,7 +198,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   };
   const app = createApp(apiDeps);
   // As the API process does: starts the event runs of the deliveries the receivers store.
-  const relay = options.withoutIntakeRelay ? undefined : startIntakeRelay(apiDeps, { databaseUrl: inject('databaseUrl'), track: true });
+  const relay = options.withoutIntakeRelay ? undefined : startIntakeRelay(apiDeps, { databaseUrl, track: true });
 
   const harness: Harness = {
     db,

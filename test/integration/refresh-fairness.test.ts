@@ -1,0 +1,120 @@
+import { randomUUID } from 'node:crypto';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createDb, type Db } from '../../lib/db/index.ts';
+import { migrateToLatest } from '../../lib/db/migrate.ts';
+import { lastListing } from '../../lib/db/repositories/repository-cache.ts';
+import type { RefreshResult } from '../../workflows/contract.ts';
+import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
+import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+import { historyEvents, recordHistory } from '../support/histories.ts';
+
+/** More of A's connections than the refresh has lanes (8): in batch order they would take every one. */
+const A_CONNECTIONS = 12;
+/** B's connections sort after all of A's (connections are read in id order). */
+const B_CONNECTION_IDS = ['ffffffff-ffff-4fff-bfff-fffffffffffe', 'ffffffff-ffff-4fff-bfff-ffffffffffff'];
+/** Under a provider call's 30 s timeout: A's first calls are all still open when B must be listed. */
+const B_WITHIN_MS = 25_000;
+
+/** Resolves once `check` holds, looking every 100 ms (a row the worker writes, which nothing tells the test of). */
+async function until(check: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** `proxy` made into a tenant's server that takes every request and answers none until `release`, when it forwards them all. */
+function hanging(proxy: FlakyProxy) {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let held = true;
+  let arrived = 0;
+  proxy.fault = () => (held ? { kind: 'hold-request', onHeld: () => arrived++, release: released, onReleased: () => {} } : undefined);
+  return {
+    url: proxy.url,
+    get arrived() {
+      return arrived;
+    },
+    release() {
+      held = false;
+      release();
+    },
+  };
+}
+
+/**
+ * The nightly refresh reads every organization's connections, so this file has a database of its
+ * own: another file's connections (to fakes long closed) would share the run's lanes.
+ */
+describe("nightly refresh: one organization's servers that never answer and another organization's listings", () => {
+  const database = `forgelink_refresh_fair_${randomUUID().replaceAll('-', '')}`;
+  let admin: Db;
+  let h: Harness;
+  let gitlab: FakeGitlab;
+  let proxy: FlakyProxy;
+
+  beforeAll(async () => {
+    admin = createDb(inject('databaseUrl'), { max: 1 });
+    await sql`create database ${sql.id(database)}`.execute(admin);
+    const url = new URL(inject('databaseUrl'));
+    url.pathname = `/${database}`;
+    const db = createDb(url.toString(), { max: 1 });
+    await migrateToLatest(db);
+    await db.destroy();
+    [h, gitlab] = await Promise.all([startHarness({ databaseUrl: url.toString() }), startFakeGitlab()]);
+    proxy = await startFlakyProxy(gitlab.url);
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await gitlab?.close();
+    await h?.close();
+    await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
+    await admin.destroy();
+  });
+
+  function newToken() {
+    const token = `glpat-${randomUUID()}`;
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    return token;
+  }
+
+  it("B's connections are listed while A's connections to a hung server hold 6 of the 8 lanes; released, A's are listed too", async () => {
+    const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
+    gitlab.addProject({ pathWithNamespace: 'shared/one' });
+    const hungA = hanging(proxy);
+    const aIds: string[] = [];
+    for (let i = 0; i < A_CONNECTIONS; i++) aIds.push(await seedConnection(h, { organizationId: a.org.id, provider: 'gitlab', baseUrl: hungA.url, secret: newToken() }));
+    for (const id of B_CONNECTION_IDS) await seedConnection(h, { id, organizationId: b.org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: newToken() });
+
+    // As the Schedule starts it: every organization.
+    const workflowId = `refresh-fair-${randomUUID()}`;
+    const startedAt = performance.now();
+    const run = await h.client.workflow.start('refreshRepositoriesWorkflow', { taskQueue: h.taskQueue, workflowId, args: [{}] });
+    const bListed = async () => (await Promise.all(B_CONNECTION_IDS.map((id) => lastListing(h.db, id)))).every((listing) => listing !== undefined);
+    await until(bListed, "B's connections listed", B_WITHIN_MS);
+    const bMs = Math.round(performance.now() - startedAt);
+    const aHeld = hungA.arrived;
+    console.log(`B's 2 connections were listed ${bMs} ms after the nightly run started, with ${aHeld} of A's listing calls held at A's server`);
+    // Each the first call of one of A's listings (the 2 lanes B gave back went to A): none timed out and was tried again.
+    expect(aHeld).toBeLessThanOrEqual(8);
+
+    hungA.release();
+    const result: RefreshResult = await run.result();
+    expect(result).toMatchObject({ connections: A_CONNECTIONS + B_CONNECTION_IDS.length, refreshed: A_CONNECTIONS + B_CONNECTION_IDS.length, failedCount: 0 });
+    for (const id of aIds) expect(await lastListing(h.db, id)).toMatchObject({ rowsWritten: 1 });
+    // The 8 lanes' first listings: A was given a lane only while B had as many going, so B's 2 were
+    // among them, beside 6 of A's (in batch order, A's 12 first, the first 8 would all be A's).
+    const listed = (await historyEvents(h.client, workflowId)).flatMap((e) => {
+      const scheduled = e.activityTaskScheduledEventAttributes;
+      if (scheduled?.activityType?.name !== 'listRepositoriesChunk') return [];
+      return [defaultPayloadConverter.fromPayload<{ connectionId: string }>(scheduled.input!.payloads![0] as Payload).connectionId];
+    });
+    expect(listed.slice(0, 8).filter((id) => B_CONNECTION_IDS.includes(id))).toHaveLength(B_CONNECTION_IDS.length);
+    await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization');
+  }, 120_000);
+});
