@@ -4,6 +4,7 @@ import { open } from '../lib/crypto.ts';
 import { loadConnectionSecrets } from '../lib/db/repositories/connections.ts';
 import {
   activeConnectionIds,
+  activeConnectionsInRounds,
   listingPages,
   finishListingInDb,
   recordRefreshOutcome,
@@ -19,6 +20,7 @@ import { heartbeatProgress } from './outbound.ts';
 import type { RepositoryPage } from './providers/port.ts';
 import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
 import type { Limiter } from '../lib/limiter.ts';
+import type { Provider, RoundPlace } from '../lib/domain.ts';
 
 export interface ListingChunkResult {
   /** Where the listing stands; once done, its counts only (no page keys: the listing is over). */
@@ -38,8 +40,24 @@ export interface ListingConcurrency {
 
 export function createRepositoryCacheActivities({ db, keys, providers, logger, metrics }: ActivityDeps, concurrency: ListingConcurrency) {
   return {
-    /** The active connections to refresh: all (runs started before batching), or one batch after `after`. */
-    async listConnectionsToRefresh({ organizationId, after, limit }: { organizationId?: string; after?: string; limit?: number }) {
+    /**
+     * The active connections to refresh: all (runs started before batching), one batch after `after`
+     * in id order, or, `inRounds` (every organization's), one batch after `afterInRounds` in rounds.
+     */
+    async listConnectionsToRefresh({
+      organizationId,
+      after,
+      limit,
+      inRounds,
+      afterInRounds,
+    }: {
+      organizationId?: string;
+      after?: string;
+      limit?: number;
+      inRounds?: boolean;
+      afterInRounds?: RoundPlace;
+    }): Promise<{ id: string; organizationId: string; organizationSlug: string; provider: Provider; round?: number }[]> {
+      if (inRounds && limit !== undefined) return activeConnectionsInRounds(db, { after: afterInRounds, limit });
       return activeConnectionIds(db, organizationId, { after, limit });
     },
 

@@ -57,6 +57,16 @@ export interface ConnectionIdentity {
 /** An installation gaining or losing a repository (GitHub): it concerns the connections bound to the installation. */
 export const isAccessChange = (event: NormalizedEvent) => event.kind === 'repository.added' || event.kind === 'repository.removed';
 
+/**
+ * Where a connection stands in the nightly refresh's order: its `round` (1 for each organization's
+ * first active connection by creation, 2 for its second, …), then organization and connection id.
+ */
+export interface RoundPlace {
+  round: number;
+  organizationId: string;
+  connectionId: string;
+}
+
 /** What a complete listing of a connection did: a refresh's result per connection, and kept with the connection's listing lease. */
 export interface ListingCounts {
   pages: number;

@@ -1,7 +1,7 @@
 /** Workflow names, inputs, ids and search attributes shared by api, worker and workflows. No Node imports. */
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineSignal } from '@temporalio/workflow';
-import type { ConnectionStatus, EventKind, HookHealth, ListingCounts, NormalizedEvent, Provider } from '../lib/domain.ts';
+import type { ConnectionStatus, EventKind, HookHealth, ListingCounts, NormalizedEvent, Provider, RoundPlace } from '../lib/domain.ts';
 
 export const DEFAULT_TASK_QUEUE = 'forgelink';
 
@@ -282,6 +282,8 @@ export interface RefreshInput {
   batchesPerRun?: number;
   /** Carried over continue-as-new: the last connection id done, and the counts so far. */
   after?: string;
+  /** Carried over continue-as-new by a run of every organization reading in rounds: the last connection's place. */
+  afterInRounds?: RoundPlace;
   carried?: RefreshResult;
 }
 export interface RefreshResult {

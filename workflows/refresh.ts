@@ -66,9 +66,17 @@ const LISTINGS_IN_REFRESH_RUN = 'refresh-listings-in-refresh-run';
  * give it to the organization with the fewest listings going (nextConnection).
  */
 const LANES_BY_ORGANIZATION = 'refresh-lanes-by-organization';
+/**
+ * Runs of every organization started before this read the connections in id order, so one
+ * organization's many connections were spread over every batch, and each batch, which ends with its
+ * slowest listing, waited for that organization's; later ones read them in rounds (each
+ * organization's first connection, then each one's second, …): an organization's connections
+ * beyond another's count come after all of that one's.
+ */
+const NIGHTLY_IN_ROUNDS = 'refresh-nightly-in-rounds';
 
 /** `organizationSlug` is absent from listings recorded before it was read. */
-type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider };
+type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider; round?: number };
 
 /**
  * Refreshes the repository cache of one organization (on demand) or of all (the nightly Schedule):
@@ -87,15 +95,20 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
   // A run of one organization has nothing to share its lanes with: batch order is the fair order.
   const byOrganization = listsItself && input.organizationId === undefined && patched(LANES_BY_ORGANIZATION);
   const refreshBatch = listsItself ? (batch: Connection[], counts: RefreshResult) => listConnections(batch, counts, byOrganization) : refreshConnections;
+  // A run continued from one reading in id order goes on in id order.
+  const inRounds = byOrganization && input.after === undefined && patched(NIGHTLY_IN_ROUNDS);
   const limit = input.batchSize ?? REFRESH_BATCH.connections;
   let after = input.after;
+  let afterInRounds = input.afterInRounds;
   for (let batch = 1; ; batch++) {
-    const connections = await listConnectionsToRefresh({ organizationId: input.organizationId, after, limit });
+    const connections = await listConnectionsToRefresh(inRounds ? { inRounds, afterInRounds, limit } : { organizationId: input.organizationId, after, limit });
     await refreshBatch(connections, totals);
     if (connections.length < limit) return totals;
-    after = connections[connections.length - 1]!.id;
+    const last = connections[connections.length - 1]!;
+    if (inRounds) afterInRounds = { round: last.round!, organizationId: last.organizationId, connectionId: last.id };
+    else after = last.id;
     if (batch >= (input.batchesPerRun ?? REFRESH_BATCH.perRun) || workflowInfo().continueAsNewSuggested) {
-      return continueAsNew<typeof refreshRepositoriesWorkflow>({ ...input, after, carried: totals });
+      return continueAsNew<typeof refreshRepositoriesWorkflow>({ ...input, ...(inRounds ? { afterInRounds } : { after }), carried: totals });
     }
   }
 }

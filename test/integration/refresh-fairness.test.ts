@@ -117,4 +117,46 @@ describe("nightly refresh: one organization's servers that never answer and anot
     expect(listed.slice(0, 8).filter((id) => B_CONNECTION_IDS.includes(id))).toHaveLength(B_CONNECTION_IDS.length);
     await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization');
   }, 120_000);
+
+  it("reads every organization's connections in rounds across batches and runs: one organization's connections beyond another's count come after all of the other's", async () => {
+    const [p, q] = [await createOrgWithToken(h), await createOrgWithToken(h)];
+    const pIds: string[] = [];
+    for (let i = 0; i < 3; i++) pIds.push(await seedConnection(h, { organizationId: p.org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: newToken() }));
+    // In id order Q's one connection would come after P's (and the previous test's A's) in the last batches.
+    const qId = await seedConnection(h, { id: 'ffffffff-ffff-4fff-bfff-fffffffffffd', organizationId: q.org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: newToken() });
+
+    // Three connections a batch, one batch a run: the place in the rounds is carried from run to run.
+    const workflowId = `refresh-rounds-${randomUUID()}`;
+    const first = await h.client.workflow.start('refreshRepositoriesWorkflow', { taskQueue: h.taskQueue, workflowId, args: [{ batchSize: 3, batchesPerRun: 1 }] });
+    const result: RefreshResult = await first.result();
+    const all = await h.db.selectFrom('connections').select(['id', 'organization_id']).where('status', '=', 'active').execute();
+    expect(result).toMatchObject({ connections: all.length, refreshed: all.length, failedCount: 0 });
+
+    const listed: string[] = [];
+    let runs = 0;
+    for (let runId: string | undefined = first.firstExecutionRunId; runId; runs++) {
+      const { events } = await h.client.workflow.getHandle(workflowId, runId).fetchHistory();
+      for (const e of events ?? []) {
+        const scheduled = e.activityTaskScheduledEventAttributes;
+        if (scheduled?.activityType?.name === 'listRepositoriesChunk') listed.push(defaultPayloadConverter.fromPayload<{ connectionId: string }>(scheduled.input!.payloads![0] as Payload).connectionId);
+      }
+      runId = events!.at(-1)!.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+    }
+    expect(runs).toBe(Math.ceil((all.length + 1) / 3));
+    expect([...listed].sort()).toEqual(all.map((c) => c.id).sort());
+    // Each organization's k-th connection (by creation) is listed after every organization's (k-1)-th.
+    const roundOf = new Map<string, number>();
+    const seen = new Map<string, number>();
+    for (const id of listed) {
+      const organizationId = all.find((c) => c.id === id)!.organization_id;
+      seen.set(organizationId, (seen.get(organizationId) ?? 0) + 1);
+      roundOf.set(id, seen.get(organizationId)!);
+    }
+    const rounds = listed.map((id) => roundOf.get(id)!);
+    expect(rounds).toEqual([...rounds].sort((x, y) => x - y));
+    expect(listed.indexOf(qId)).toBeLessThan(listed.indexOf(pIds[1]!));
+    expect(pIds.map((id) => roundOf.get(id))).toEqual([1, 2, 3]);
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-continued-as-new', first.firstExecutionRunId);
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-last-batch');
+  }, 120_000);
 });

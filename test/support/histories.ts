@@ -42,15 +42,16 @@ export function saveHistoryFixture(dir: string, name: string, history: unknown, 
 }
 
 /**
- * With RECORD_HISTORIES set, saves the run's history as `test/fixtures/histories/<name>.json`
+ * With RECORD_HISTORIES set, saves the run's history (the latest run of `workflowId` unless `runId`
+ * names one) as `test/fixtures/histories/<name>.json`
  * (see saveHistoryFixture: an existing fixture is replaced only with RECORD_HISTORIES=overwrite);
  * does nothing otherwise. Called at the end of the integration tests whose runs stand for what can
  * be in flight when forgelink is upgraded.
  */
-export async function recordHistory(client: Client, workflowId: string, name: string): Promise<void> {
+export async function recordHistory(client: Client, workflowId: string, name: string, runId?: string): Promise<void> {
   const mode = recordMode();
   if (mode === 'off') return;
-  const history = await client.workflow.getHandle(workflowId).fetchHistory();
+  const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
   // protobufjs's JSON form (enum names, base64 bytes), which historyFromJSON reads back.
   saveHistoryFixture(HISTORIES_DIR, name, proto.temporal.api.history.v1.History.fromObject(history).toJSON(), mode);
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { ListingCounts, Provider } from '../../domain.ts';
+import type { ListingCounts, Provider, RoundPlace } from '../../domain.ts';
 import type { Database } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -271,4 +271,30 @@ export async function activeConnectionIds(
     .$if(page.limit !== undefined, (q) => q.limit(page.limit!))
     .execute();
   return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, organizationSlug: r.slug, provider: r.provider }));
+}
+
+/**
+ * One page of the active connections of every organization in rounds (RoundPlace): each
+ * organization's first connection, then each one's second, …, so that an organization's connections
+ * beyond another's count come after all of that one's, whatever their ids. A connection created
+ * during the night comes after its organization's others; one that leaves it moves its
+ * organization's later ones a round up, so one of them already passed over may wait for the next night.
+ */
+export async function activeConnectionsInRounds(
+  db: Executor,
+  page: { after?: RoundPlace; limit: number },
+): Promise<{ id: string; organizationId: string; organizationSlug: string; provider: Provider; round: number }[]> {
+  const after = page.after;
+  const { rows } = await sql<{ id: string; organization_id: string; slug: string; provider: Provider; round: number }>`
+    select id, organization_id, slug, provider, round from (
+      select c.id, c.organization_id, o.slug, c.provider,
+             (row_number() over (partition by c.organization_id order by c.created_at, c.id))::int as round
+      from connections c join organizations o on o.id = c.organization_id
+      where c.status = 'active' and c.disconnect_requested_at is null
+    ) ranked
+    ${after === undefined ? sql`` : sql`where (round, organization_id, id) > (${after.round}, ${after.organizationId}::uuid, ${after.connectionId}::uuid)`}
+    order by round, organization_id, id
+    limit ${page.limit}
+  `.execute(db);
+  return rows.map((r) => ({ id: r.id, organizationId: r.organization_id, organizationSlug: r.slug, provider: r.provider, round: r.round }));
 }
