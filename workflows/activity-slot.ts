@@ -42,6 +42,34 @@ export function refusedWaitCeilingMs(refusals: number): number {
   return Math.min(REFUSED_WAIT_MS * 2 ** refusals, REFUSED_MAX_WAIT_MS);
 }
 
+/** A dispatch refused this long or longer waits at most a fifth of the time it has been refused (refusedDispatchWaitMs). */
+const REFUSED_WAIT_SHARE = 5;
+/** The longest wait of a refused dispatch, when its deadline is at most a day (else a 24th of the deadline). */
+const REFUSED_LONGEST_WAIT_MS = 60 * 60_000;
+
+/**
+ * The wait before a refused dispatch asks again, after `refusals` refusals (0: the first) over
+ * `refusedForMs` since its first, with `remainingMs` left of its `deadlineMs`-long deadline.
+ *
+ * A dispatch is given up on at its deadline (a day by default), not after REFUSED_FOR_AT_MOST_MS,
+ * and each refusal adds about 11 events to its run's history: at one ask every 30 s, a pair refused
+ * for a day asks ~2,900 times (~31,000 events), and a run with a few such pairs reaches Temporal's
+ * limit of 51,200 events and is terminated with its deliveries. So the wait grows with the time
+ * already refused: as refusedWaitCeilingMs (1 s doubling, at most 30 s) for the first 2.5 minutes,
+ * so a short refusal is retried promptly, then up to a fifth of the time refused, at most an hour
+ * (or a 24th of a longer deadline), spread over its upper half by `random` (the workflow's seeded
+ * Math.random). A pair refused for a whole deadline then asks at most ~100 times (about 1,100
+ * events; test/unit/dispatch-refusal-schedule.test.ts). A grown wait ends no later than the short
+ * wait before the deadline, so the last ask still comes then.
+ */
+export function refusedDispatchWaitMs(refusals: number, refusedForMs: number, remainingMs: number, deadlineMs: number, random: number): number {
+  const short = refusedWaitCeilingMs(refusals);
+  const ceiling = Math.min(refusedForMs / REFUSED_WAIT_SHARE, Math.max(REFUSED_LONGEST_WAIT_MS, deadlineMs / 24));
+  if (ceiling <= short) return short;
+  const wait = Math.round(ceiling / 2 + (ceiling / 2) * random);
+  return Math.max(short, Math.min(wait, remainingMs - REFUSED_MAX_WAIT_MS));
+}
+
 /** How the activity was refused an activity slot (it made no call), if that is how it failed. */
 export function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
   const cause = error instanceof ActivityFailure ? error.cause : undefined;

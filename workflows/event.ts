@@ -2,7 +2,7 @@ import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxy
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Dispatch } from '../activities/events.ts';
 import type { Activities } from '../activities/index.ts';
-import { refusalOf, refusedWaitCeilingMs } from './activity-slot.ts';
+import { refusalOf, refusedDispatchWaitMs, refusedWaitCeilingMs } from './activity-slot.ts';
 import { INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
@@ -43,6 +43,14 @@ const MAX_RETRY_MS = 10 * 60 * 1000;
  */
 const ACTIVITY_ADMISSION = 'dispatch-activity-admission';
 
+/**
+ * A pair refused for long waits longer between asks (refusedDispatchWaitMs: 30 s at most for the
+ * first minutes, then up to a fifth of the time refused), so that refusals until the deadline stay
+ * a bounded part of the run's history. Asked before a pair's second ask (the waits before are the
+ * same): runs refused before wait as they did, until their next workflow task runs this code.
+ */
+const REFUSAL_SCHEDULE = 'dispatch-refusal-schedule';
+
 // A large fan-out's pairs are queued in PostgreSQL and sent by one activity at a time, so the run's
 // history grows with the number of rounds, not of pairs. A drain returns after a minute at most.
 const { drainDispatches } = proxyActivities<Activities>({
@@ -77,20 +85,24 @@ function retryAfterMs(error: unknown): number {
 
 /**
  * Sends one pair as a regular activity from attempt `firstAttempt` (the same backoff as from the
- * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt`, first scheduled with
- * `firstScheduleToCloseMs` (positive: what the caller had left of the deadline less its wait, as
- * runs before admission scheduled it; a timer that fired after the deadline leaves none, and a
- * negative limit fails every workflow task of the run, 0 is none at all). Asking admission, an
- * activity refused an activity slot is scheduled again after a timer, from the attempt it did not make.
+ * first attempt on: attempts at 0, 1, 3, 7 s… either way) until `deadlineAt` (`deadlineMs` after
+ * the run's start), first scheduled with `firstScheduleToCloseMs` (positive: what the caller had
+ * left of the deadline less its wait, as runs before admission scheduled it; a timer that fired
+ * after the deadline leaves none, and a negative limit fails every workflow task of the run, 0 is
+ * none at all). Asking admission, an activity refused an activity slot is scheduled again after a
+ * timer, longer the longer the pair has been refused (REFUSAL_SCHEDULE), from the attempt it did
+ * not make.
  */
 async function dispatchAsActivity(
   dispatch: Dispatch,
   firstAttempt: number,
   deadlineAt: number,
+  deadlineMs: number,
   firstScheduleToCloseMs: number,
   askAdmission: boolean,
 ): Promise<Awaited<ReturnType<Activities['dispatchEvent']>>> {
   let refused: unknown;
+  let refusedSince: number | undefined;
   for (let refusals = 0; ; refusals++) {
     const remainingMs = refused === undefined ? firstScheduleToCloseMs : deadlineAt - Date.now();
     // A timer that fired late can leave no time: the pair is given up on with the refusal.
@@ -103,7 +115,10 @@ async function dispatchAsActivity(
       // 1 s for attempt 1 and 2 s for attempt 2, as before; later attempts (after a refusal) go on doubling.
       retry: { initialInterval: Math.min(FIRST_RETRY_MS * 2 ** (firstAttempt - 1), MAX_RETRY_MS), backoffCoefficient: 2, maximumInterval: MAX_RETRY_MS },
     });
-    const waitMs = refusedWaitCeilingMs(refusals);
+    const waitMs =
+      refusedSince !== undefined && patched(REFUSAL_SCHEDULE)
+        ? refusedDispatchWaitMs(refusals, Date.now() - refusedSince, deadlineAt - Date.now(), deadlineMs, Math.random())
+        : refusedWaitCeilingMs(refusals);
     try {
       // The activity is told the wait, so that a refusal leaving no time for it is given up, and counted, by the activity.
       return await dispatchEvent({ ...dispatch, firstAttempt, ...(askAdmission ? { askAdmission: true, refusedWaitMs: waitMs } : {}) });
@@ -111,6 +126,8 @@ async function dispatchAsActivity(
       const refusal = askAdmission ? refusalOf(error) : undefined;
       if (refusal === undefined) throw error;
       refused = error;
+      // Since the pair's first refusal, whatever attempts were made between: the waits only grow, so the bound holds however they interleave.
+      refusedSince ??= Date.now();
       firstAttempt += refusal.attemptsMade;
       // The activity's word first (it counted the pair); the run's clock still ends a run whose activity could not tell.
       if (refusal.last || deadlineAt - Date.now() <= waitMs) throw error;
@@ -159,7 +176,7 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
       const waitMs = firstAttempt === 1 ? 0 : Math.max(FIRST_RETRY_MS, retryAfterMs(outcome.reason));
       if (remainingMs <= waitMs) return outcome;
       if (waitMs > 0) await sleep(waitMs);
-      return dispatchAsActivity(dispatches[i]!, firstAttempt, startedAt + deliveryDeadlineSeconds * 1000, remainingMs - waitMs, patched(ACTIVITY_ADMISSION)).then(
+      return dispatchAsActivity(dispatches[i]!, firstAttempt, startedAt + deliveryDeadlineSeconds * 1000, deliveryDeadlineSeconds * 1000, remainingMs - waitMs, patched(ACTIVITY_ADMISSION)).then(
         (value) => ({ status: 'fulfilled' as const, value }),
         (reason: unknown) => ({ status: 'rejected' as const, reason }),
       );

@@ -79,6 +79,9 @@ describe("activity slots: one organization's slow subscriber and another organiz
     expect(refused.length).toBe(A_DELIVERIES - A_ADMITTED);
     for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 1, timers: s.refusals });
     await recordHistory(h.client, refused[0]!.run, 'event-activity-not-admitted');
+    // Refused more than once, with the dispatch-refusal-schedule marker of runs since (kept apart: the one above is from before it).
+    const refusedTwice = refused.find((s) => s.refusals >= 2);
+    if (refusedTwice) await recordHistory(h.client, refusedTwice.run, 'event-activity-refused-schedule');
     await recordHistory(h.client, bRun, 'event-retried-activity-admitted');
   }, 120_000);
 });
@@ -117,6 +120,7 @@ describe("activity slots: a pair refused until its dispatch deadline", () => {
     // Each refused pair once: the activity that said "no time to ask again" counted it, and its run asked no more.
     expect(gaveUp.deadline ?? 0).toBe(refused.length);
     await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline');
+    await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline-schedule');
   }, 60_000);
 });
 
