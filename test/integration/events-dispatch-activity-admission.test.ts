@@ -119,6 +119,14 @@ describe("activity slots: a pair refused until its dispatch deadline", () => {
     const gaveUp = Object.fromEntries((await metrics.registry.getSingleMetric('forgelink_dispatch_gave_up_total')!.get()).values.map((v) => [String(v.labels.reason), v.value]));
     // Each refused pair once: the activity that said "no time to ask again" counted it, and its run asked no more.
     expect(gaveUp.deadline ?? 0).toBe(refused.length);
+    // Each refusal in the runs' histories counted once, by activity type (activities/not-admitted.ts, wired in by the worker).
+    const refusalsInHistories = (await Promise.all(aRuns.map((run) => historyEvents(h.client, run)))).flat().filter((e) => {
+      const failure = e.activityTaskFailedEventAttributes?.failure;
+      return (failure?.applicationFailureInfo ?? failure?.cause?.applicationFailureInfo)?.type === ACTIVITY_NOT_ADMITTED;
+    }).length;
+    const notAdmitted = (await metrics.registry.getSingleMetric('forgelink_activities_not_admitted_total')!.get()).values.filter((v) => v.labels.slot === 'activity');
+    expect(refusalsInHistories).toBeGreaterThanOrEqual(refused.length);
+    expect(notAdmitted).toEqual([expect.objectContaining({ labels: { activity: 'dispatchEvent', slot: 'activity' }, value: refusalsInHistories })]);
     await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline');
     await recordHistory(h.client, refusedRuns[0]!, 'event-activity-refused-until-deadline-schedule');
   }, 60_000);
