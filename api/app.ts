@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { isGrpcServiceError } from '@temporalio/client';
 import type { Context } from 'hono';
@@ -55,9 +56,10 @@ export function createApp(deps: ApiDeps) {
   app.onError((error, c) => {
     if (error instanceof Problem) return problemJson(c, error);
     const status = (error as { status?: number }).status;
-    // Hono's own errors (e.g. a body that is not JSON) carry a 4xx status: they are the client's.
+    // Hono's own errors (e.g. a body that is not JSON) carry a 4xx status: they are the client's, titled by that status.
     if (typeof status === 'number' && status >= 400 && status < 500) {
-      return problemJson(c, new Problem(status as 400, 'Bad Request', error.message || 'invalid request'));
+      const detail = status === 415 ? `the body must be application/json, not ${c.req.header('content-type')?.slice(0, 100) || 'untyped'}` : error.message || 'invalid request';
+      return problemJson(c, new Problem(status as 400, STATUS_CODES[status] ?? 'Client Error', detail));
     }
     if (isDatabaseUnavailable(error)) {
       deps.logger.error({ reason: error.message, path: c.req.path, method: c.req.method }, 'the database did not answer');

@@ -202,6 +202,16 @@ describe('organizations, tokens, health and OpenAPI', () => {
     expect((await h.request('GET', `/api/v1/orgs/${slug}/events?cursor=${cursor(['2026-01-01T00:00:00.000Z', id])}`, { token })).status).toBe(200);
   });
 
+  it("titles Hono's own 4xx answers by their status: a body that is not JSON is 415 Unsupported Media Type", async () => {
+    const create = (headers: Record<string, string>, body: string) => h.request('POST', '/api/v1/orgs', { token: h.adminToken, headers, body });
+    const unsupported = await create({ 'content-type': 'text/plain' }, JSON.stringify({ slug: 'typed', name: 'T' }));
+    expect(unsupported.status).toBe(415);
+    expect(unsupported.headers.get('content-type')).toBe('application/problem+json');
+    expect(await unsupported.json()).toMatchObject({ title: 'Unsupported Media Type', status: 415, detail: 'the body must be application/json, not text/plain' });
+    const malformed = await create({ 'content-type': 'application/json' }, '{nope');
+    expect(await malformed.json()).toMatchObject({ title: 'Bad Request', status: 400 });
+  });
+
   it('answers unknown routes and unknown runs with problem+json 404', async () => {
     const res = await h.request('GET', '/api/v1/nothing-here', { token: h.adminToken });
     expect(res.status).toBe(404);
