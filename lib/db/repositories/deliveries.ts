@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { CompiledQuery, sql, type Kysely, type Transaction } from 'kysely';
 import type { NormalizedEvent, Provider } from '../../domain.ts';
 import type { Database, DeliveryStart } from '../schema.ts';
 
@@ -17,22 +17,28 @@ export interface StoredDelivery {
   start?: DeliveryStart;
 }
 
+/**
+ * The receiver's one statement per delivery, written out once: built with the query builder it was
+ * parsed and compiled again for every delivery, about a tenth of the acknowledging thread's CPU.
+ */
+const STORE_DELIVERY = `insert into "webhook_deliveries" ("provider", "delivery_id", "connection_id", "events", "installation_id", "instance_url", "start")
+  values ($1, $2, $3, $4, $5, $6, $7)
+  on conflict on constraint "webhook_deliveries_key" do nothing`;
+
 /** Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row already there. Returns whether this call stored it. */
 export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<boolean> {
-  const result = await db
-    .insertInto('webhook_deliveries')
-    .values({
-      provider: delivery.provider,
-      delivery_id: delivery.deliveryId,
-      connection_id: delivery.connectionId ?? null,
-      events: JSON.stringify(delivery.events),
-      installation_id: delivery.installationId ?? null,
-      instance_url: delivery.instanceUrl ?? null,
-      start: delivery.start ? JSON.stringify(delivery.start) : null,
-    })
-    .onConflict((oc) => oc.constraint('webhook_deliveries_key').doNothing())
-    .executeTakeFirst();
-  return Number(result.numInsertedOrUpdatedRows ?? 0n) > 0;
+  const result = await db.executeQuery(
+    CompiledQuery.raw(STORE_DELIVERY, [
+      delivery.provider,
+      delivery.deliveryId,
+      delivery.connectionId ?? null,
+      JSON.stringify(delivery.events),
+      delivery.installationId ?? null,
+      delivery.instanceUrl ?? null,
+      delivery.start ? JSON.stringify(delivery.start) : null,
+    ]),
+  );
+  return Number(result.numAffectedRows ?? 0n) > 0;
 }
 
 export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
