@@ -1,0 +1,214 @@
+/**
+ * `npm run bench:ack -- [--against=<checkout>] [--deliveries=N] [--blocks=N] [--rate=N] [--concurrency=N]`:
+ * the API's CPU per acknowledged delivery, without Temporal (issue #18's acknowledgement tail: the
+ * less CPU the acknowledging thread takes per delivery, the sooner the kernel runs it when it wakes).
+ * The receivers of this checkout, and of each `--against` checkout (comma-separated, e.g. a worktree
+ * of main with node_modules linked, to compare before and after a change), each run in a process of their
+ * own (bench/ack-cpu-server.ts: the app as api/main.ts builds it, its pool on a fresh database of
+ * the machine's PostgreSQL, its relay thread). Signed pushes of the four providers, in turn, each
+ * with its own body and delivery id, go to one organization's attached repositories through their
+ * connections' hooks (GitHub: the App's), paced at `rate` a second (0: closed loop) with at most
+ * `concurrency` in flight, in blocks of `deliveries`, alternating ABBA between the two servers after
+ * a warm-up block each. Per block: the server's main thread's time on a core (schedstat, ns) and
+ * all its threads', per 202, and the acknowledgement's latency; each server's main thread CPU as a
+ * ratio to the first server's in the same round (median over the rounds). Every answer must be 202.
+ * The machine's other work moves these numbers by ±30 % from block to block: compare ratios of many
+ * short rounds (`--deliveries=300 --blocks=12 --rate=0 --concurrency=1` takes ~3 minutes for two).
+ */
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sql } from 'kysely';
+import { createDb } from '../lib/db/index.ts';
+import { migrateToLatest } from '../lib/db/migrate.ts';
+import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
+import { PROVIDERS, type Provider } from '../lib/domain.ts';
+import { freeLoopbackPort } from '../lib/net.ts';
+import { testPostgres } from '../test/support/postgres.ts';
+import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
+import { latencySummary, percentile, runConcurrently, runPaced } from './measure.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const REPOSITORIES_PER_PROVIDER = 25;
+
+const flags: Record<string, string> = Object.fromEntries(
+  process.argv.slice(2).map((arg) => {
+    const flag = /^--([a-zA-Z]+)=(.+)$/.exec(arg);
+    if (!flag) throw new Error(`unknown argument ${arg}: --against=<checkout> --deliveries=N --blocks=N --rate=N --concurrency=N`);
+    return [flag[1]!, flag[2]!];
+  }),
+);
+const options = {
+  deliveries: Number(flags.deliveries ?? 1500),
+  blocks: Number(flags.blocks ?? 3),
+  rate: Number(flags.rate ?? 120),
+  concurrency: Number(flags.concurrency ?? 50),
+};
+// `--against=DIR[,DIR…]`: other checkouts, named by their directory, measured beside this one.
+const variants = [...(flags.against?.split(',') ?? []).map((dir) => ({ name: path.basename(path.resolve(dir)), root: path.resolve(dir) })), { name: 'this', root: ROOT }];
+
+const log = (line: string) => console.error(`[ack-cpu] ${line}`);
+const postgres = await testPostgres(log);
+const admin = createDb(postgres.adminUrl, { max: 1 });
+const database = `forgelink_ack_cpu_${Date.now()}`;
+await sql`create database ${sql.id(database)}`.execute(admin);
+const databaseUrl = Object.assign(new URL(postgres.adminUrl), { pathname: `/${database}` }).toString();
+const db = createDb(databaseUrl, { max: 2 });
+const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-ack-cpu-'));
+const servers: { name: string; child: ChildProcess; port: number }[] = [];
+try {
+  await migrateToLatest(db);
+  const encryptionKey = randomBytes(32);
+  const keys = { current: { id: 'bench', key: encryptionKey } };
+  const githubSecret = randomBytes(20).toString('hex');
+  const githubKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
+
+  // One organization, a connection per provider, attached repositories (as bench/ingest.ts seeds them).
+  const org = await db.insertInto('organizations').values({ slug: `ack-cpu-${Date.now()}`, name: 'ack cpu' }).returning('id').executeTakeFirstOrThrow();
+  const hooks = {} as Record<Provider, { repos: { externalId: string; fullName: string }[]; hook: { url?: string; secret: string; basicAuthUser?: string } }>;
+  for (const provider of PROVIDERS) {
+    const connection = await db
+      .insertInto('connections')
+      .values({ organization_id: org.id, provider, base_url: `https://${provider}.bench.test`, status: 'active', ...(provider === 'github' ? { external_key: GITHUB_FIXTURE_INSTALLATION_ID } : {}) })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    const credential = provider === 'github' ? undefined : await ensureWebhookCredential(db, keys, { id: connection.id, provider });
+    const hook = credential ? { url: `http://hook.test/api/events-handler/v1/events/${provider}?c=${connection.id}`, secret: credential.secret, basicAuthUser: credential.basicAuthUser } : { secret: githubSecret };
+    const repos = [];
+    for (let i = 0; i < REPOSITORIES_PER_PROVIDER; i++) {
+      const externalId = provider === 'azure-devops' ? randomUUID() : String(1_000_000 + i);
+      const fullName = provider === 'azure-devops' ? `Bench/repo-${i}` : provider === 'bitbucket' ? `BENCH/repo-${i}` : `bench/repo-${i}`;
+      const { id } = await db.insertInto('repositories').values({ organization_id: org.id, connection_id: connection.id, provider, external_id: externalId, full_name: fullName }).returning('id').executeTakeFirstOrThrow();
+      await db.insertInto('attachments').values({ organization_id: org.id, repository_id: id, status: 'attached' }).execute();
+      repos.push({ externalId, fullName });
+    }
+    hooks[provider] = { repos, hook };
+  }
+  const payloads = Object.fromEntries(PROVIDERS.map((p) => [p, fixture(PUSH_FIXTURES[p])]));
+  const deliveries = (count: number): Delivery[] =>
+    Array.from({ length: count }, (_, i) => {
+      const provider = PROVIDERS[i % PROVIDERS.length]!;
+      const { repos, hook } = hooks[provider];
+      const repo = repos[Math.floor(i / PROVIDERS.length) % repos.length]!;
+      // A body of its own: the same body again through a connection's hook is a replay, recorded once.
+      return delivery(provider, { ...withRepository(provider, payloads[provider]!, repo), bench_delivery: randomUUID() }, { deliveryId: randomUUID(), ...hook });
+    });
+
+  const deadTemporal = await freeLoopbackPort();
+  for (const variant of variants) {
+    const port = await freeLoopbackPort();
+    const config = {
+      publicUrl: `http://127.0.0.1:${port}`,
+      api: { host: '127.0.0.1', port },
+      database: { url: databaseUrl },
+      temporal: { address: `127.0.0.1:${deadTemporal}`, namespace: 'default', taskQueue: `ack-cpu-${variant.name}` },
+      auth: { adminToken: randomBytes(24).toString('hex') },
+      encryption: { key: encryptionKey.toString('base64'), keyId: 'bench' },
+      gitProviders: { github: { enabled: true, appId: '1', privateKey: githubKey, webhookSecret: githubSecret }, gitlab: { enabled: true }, bitbucket: { enabled: true }, azureDevOps: { enabled: true } },
+      security: { allowHttpHosts: ['127.0.0.1'] },
+    };
+    const configFile = path.join(dir, `${variant.name}.json`);
+    writeFileSync(configFile, JSON.stringify(config), { mode: 0o600 });
+    // ACK_CPU_NODE_ARGS, e.g. '--cpu-prof --cpu-prof-dir=DIR', for the servers' Node.
+    const nodeArgs = process.env.ACK_CPU_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+    const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'bench/ack-cpu-server.ts')], {
+      cwd: variant.root,
+      env: { ...process.env, FORGELINK_CONFIG: configFile, ACK_CPU_ROOT: variant.root, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    // The access log goes to a pipe, read and dropped, as the benchmark stack reads the API's.
+    child.stdout!.resume();
+    await new Promise<void>((resolve, reject) => {
+      let output = '';
+      child.stderr!.on('data', (chunk: Buffer) => {
+        output += chunk;
+        if (output.includes('ack-cpu listening')) resolve();
+      });
+      child.once('exit', (code) => reject(new Error(`${variant.name} server exited (${code}): ${output}`)));
+    });
+    servers.push({ name: variant.name, child, port });
+    log(`${variant.name}: ${variant.root} on port ${port} (pid ${child.pid})`);
+  }
+
+  const agentOf = new Map(servers.map((s) => [s.name, new http.Agent({ keepAlive: true, maxSockets: options.concurrency })]));
+  const post = (server: (typeof servers)[number], d: Delivery) =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.request(`http://127.0.0.1:${server.port}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent: agentOf.get(server.name) }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+      req.end(d.body);
+    });
+
+  const block = async (server: (typeof servers)[number]) => {
+    const items = deliveries(options.deliveries);
+    const before = cpuNs(server.child.pid!);
+    const load = options.rate > 0 ? await runPaced(items, options.rate, options.concurrency, (d) => post(server, d)) : await runConcurrently(items, options.concurrency, (d) => post(server, d));
+    const after = cpuNs(server.child.pid!);
+    const other = load.outcomes.filter((s) => s !== 202);
+    if (other.length > 0) throw new Error(`${server.name}: ${other.length} answers were not 202 (${[...new Set(other)].join(', ')})`);
+    return {
+      mainThreadUsPerDelivery: Math.round((after.main - before.main) / 1000 / items.length),
+      processUsPerDelivery: Math.round((after.all - before.all) / 1000 / items.length),
+      ackMs: latencySummary(load.latenciesMs),
+      loadAverage: Math.round(os.loadavg()[0]! * 10) / 10,
+    };
+  };
+
+  for (const server of servers) await block(server);
+  log(`warmed up; ${options.blocks} blocks each of ${options.deliveries} deliveries, ${options.rate > 0 ? `paced at ${options.rate}/s` : 'closed loop'}, at most ${options.concurrency} in flight`);
+  // Rounds in turn forwards and backwards (ABBA…), so a drift in the machine's load falls on each alike.
+  const order = Array.from({ length: options.blocks }, (_, round) => (round % 2 === 0 ? servers : [...servers].reverse())).flat();
+  const results = Object.fromEntries(servers.map((s) => [s.name, [] as Awaited<ReturnType<typeof block>>[]]));
+  for (const server of order) {
+    const result = await block(server);
+    results[server.name]!.push(result);
+    log(`${server.name}: main thread ${result.mainThreadUsPerDelivery} µs, process ${result.processUsPerDelivery} µs per delivery; ack p50 ${result.ackMs.p50} / p99 ${result.ackMs.p99} ms; load ${result.loadAverage}`);
+  }
+  const summary = Object.fromEntries(
+    Object.entries(results).map(([name, blocks]) => [
+      name,
+      {
+        root: variants.find((v) => v.name === name)!.root,
+        mainThreadUsPerDelivery: { median: percentile(blocks.map((b) => b.mainThreadUsPerDelivery), 50), each: blocks.map((b) => b.mainThreadUsPerDelivery) },
+        processUsPerDelivery: { median: percentile(blocks.map((b) => b.processUsPerDelivery), 50), each: blocks.map((b) => b.processUsPerDelivery) },
+        ackP99Ms: blocks.map((b) => b.ackMs.p99),
+      },
+    ]),
+  );
+  // Each round measures every server once, close together in time: the ratio within a round to the
+  // first server (the first --against) cancels most of a drift in the machine's load.
+  const [first] = servers;
+  const ratios = Object.fromEntries(
+    servers.slice(1).map((s) => {
+      const each = results[s.name]!.map((b, round) => Math.round((b.mainThreadUsPerDelivery / results[first!.name]![round]!.mainThreadUsPerDelivery) * 1000) / 1000);
+      return [s.name, { median: percentile(each, 50), each }];
+    }),
+  );
+  console.log(JSON.stringify({ options, order: order.map((s) => s.name), summary, mainThreadRatioTo: { [first!.name]: ratios } }, null, 2));
+} finally {
+  for (const { child } of servers) {
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  }
+  await db.destroy();
+  await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
+  await admin.destroy();
+  await postgres.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** CPU so far (ns): the process's main thread (its time on a core, schedstat), and the whole process's (utime + stime, ended threads included). */
+function cpuNs(pid: number): { main: number; all: number } {
+  const main = Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ')[0]);
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th, in clock ticks (100 a second).
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { main, all: (Number(fields[11]) + Number(fields[12])) * 10_000_000 };
+}
