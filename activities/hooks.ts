@@ -25,6 +25,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { withAdmission, type InlineAdmission, type InlineStep } from './inline-admission.ts';
+import { activityContext } from './outbound.ts';
 
 export interface HookActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
@@ -70,6 +71,17 @@ export function deliveryUrl(publicUrl: string, provider: Provider, connectionId:
 export const AZURE_DEVOPS_HOOK_EVENT_TYPES = ['git.push', 'git.pullrequest.created', 'git.pullrequest.updated'] as const;
 export const GITLAB_HOOK_EVENTS = ['push_events', 'tag_push_events', 'merge_requests_events'] as const;
 export const BITBUCKET_HOOK_EVENTS = ['repo:refs_changed', 'pr:opened', 'pr:from_ref_updated', 'pr:modified', 'pr:merged', 'pr:declined'] as const;
+
+/** How long an attach's steps may reuse what an earlier step reached the repository with: well past the workflow task they share. */
+const RUN_TARGET_TTL_MS = 60_000;
+/** A bound on the runs remembered at once (an attach's last step forgets its own). */
+const RUN_TARGETS_KEPT = 1000;
+
+/** `promise`, marked handled: a step that fails before awaiting it does not leave it rejecting unhandled. */
+function handled<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
+}
 
 function nonRetryable(type: string, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
@@ -199,6 +211,63 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     }
   }
 
+  /**
+   * What an attach's local provider steps last reached a repository with on this worker: the row and
+   * the adapter built from it, by run, organization and repository. Those steps run one after another
+   * inside the run's workflow task, on this worker; a later one starts its first provider read with
+   * the earlier step's adapter at once, beside its own read of the row (see readingTarget), instead
+   * of after it. Entries are dropped by the attach's last step (pruneHooks) or after RUN_TARGET_TTL_MS.
+   */
+  const runTargets = new Map<string, { row: RepositoryRow; adapter: ProviderAdapter; storedAt: number }>();
+  /** The key of `key`'s entry for the running local activity's run; none for a regular activity (its run's steps may be anywhere). */
+  const runTargetKey = (key: RepositoryKey) => {
+    const info = activityContext()?.info;
+    const runId = info?.isLocal ? info.workflowExecution?.runId : undefined;
+    return runId ? JSON.stringify([runId, key.organizationId, key.repositoryId]) : undefined;
+  };
+  function rememberRunTarget(runKey: string | undefined, row: RepositoryRow, adapter: ProviderAdapter): void {
+    if (!runKey) return;
+    const now = Date.now();
+    for (const [k, entry] of runTargets) if (now - entry.storedAt > RUN_TARGET_TTL_MS) runTargets.delete(k);
+    runTargets.delete(runKey);
+    runTargets.set(runKey, { row, adapter, storedAt: now });
+    if (runTargets.size > RUN_TARGETS_KEPT) runTargets.delete(runTargets.keys().next().value!);
+  }
+  /** Whether an adapter built from `earlier` reaches the provider as one built from `row` would, on the same repository. */
+  const sameTarget = (row: RepositoryRow, earlier: RepositoryRow) =>
+    row.id === earlier.id &&
+    row.organization_id === earlier.organization_id &&
+    row.provider === earlier.provider &&
+    row.external_id === earlier.external_id &&
+    row.connection_id === earlier.connection_id &&
+    row.base_url === earlier.base_url &&
+    row.external_key === earlier.external_key &&
+    row.credential === earlier.credential;
+
+  /**
+   * The repository's row (checked as `repository` checks it, then by `check`), its adapter, and
+   * `read`, the step's first provider call, a read: made with the adapter an earlier local step of
+   * this run left (runTargets) beside the row's read, and kept only when the row names the same
+   * target (else made again with the row's adapter); without one, made after the row's read as
+   * before. So every check of the row still comes before the step acts on anything, and only a read
+   * goes out before it. `answer` is returned unawaited (a step awaits it where its failure counts).
+   */
+  async function readingTarget<T>(
+    key: RepositoryKey,
+    { requireActive, check }: { requireActive: boolean; check?: (row: RepositoryRow) => void },
+    read: (row: RepositoryRow, adapter: ProviderAdapter) => Promise<T>,
+  ): Promise<{ row: RepositoryRow; adapter: ProviderAdapter; answer: Promise<T> }> {
+    const runKey = runTargetKey(key);
+    const earlier = runKey ? runTargets.get(runKey) : undefined;
+    const early = earlier ? handled(read(earlier.row, earlier.adapter)) : undefined;
+    const row = await repository(key, { requireActive });
+    check?.(row);
+    if (earlier && early && sameTarget(row, earlier.row)) return { row, adapter: earlier.adapter, answer: early };
+    const adapter = adapterFor(row);
+    rememberRunTarget(runKey, row, adapter);
+    return { row, adapter, answer: handled(read(row, adapter)) };
+  }
+
   const refOf = (row: RepositoryRow, projectId?: string): RepositoryRef => ({ externalId: row.external_id, fullName: row.full_name, ...(projectId ? { projectId } : {}) });
   const urlOf = (row: RepositoryRow) => deliveryUrl(settings.publicUrl, row.provider, row.connection_id);
 
@@ -257,6 +326,23 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     logger.info({ repositoryId: key.repositoryId }, 'repository attached');
   }
 
+  /** pruneHooks' work once admitted. */
+  async function pruning(input: RepositoryKey & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
+    const { row, adapter, answer: listing } = await readingTarget(input, { requireActive: true }, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
+    const [listed, versions] = await Promise.all([listing, recordedCredentialVersions(db, row.id)]);
+    const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
+    const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
+    const removed = [...new Set([...stray, ...legacy])];
+    await deleteHooks(row, adapter, removed);
+    // Only the repository's workflow records its hooks, and its ensures have all settled: when
+    // every record read above is kept, there is nothing to forget and no query to make.
+    if ([...versions.keys()].some((id) => !input.keepHookIds.includes(id))) await forgetHooksExcept(db, row.id, input.keepHookIds);
+    if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
+    if (!input.completeAttachment) return { removed };
+    await markAttached(input);
+    return { removed, attachmentCompleted: true };
+  }
+
   return holdingAdmission({
     /** Marks the repository attaching (an attached one stays attached while reconciled); returns the keys of its hook set. */
     async beginAttachment(key: RepositoryKey): Promise<{ provider: Provider; fullName: string; hookKeys: string[]; recordedHookIds: string[] }> {
@@ -274,7 +360,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       admitActivity(activitySlots, key);
       return withAdmission(inline, key, async () => {
         const row = await repository(key, { requireActive: true });
-        const found = await classified(() => adapterFor(row).getRepository(refOf(row)));
+        const adapter = adapterFor(row);
+        rememberRunTarget(runTargetKey(key), row, adapter);
+        const found = await classified(() => adapter.getRepository(refOf(row)));
         if (!found) {
           throw nonRetryable(
             HookFailureTypes.repositoryNotVisible,
@@ -296,20 +384,22 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       admitActivity(activitySlots, input);
       return withAdmission(inline, input, async () => {
-        const row = await repository(input, { requireActive: true });
-        requireHookKey(row.provider, input.hookKey);
+        const { row, adapter, answer: listing } = await readingTarget(
+          input,
+          { requireActive: true, check: (row) => requireHookKey(row.provider, input.hookKey) },
+          (row, adapter) => classified(() => adapter.listHooks(refOf(row, input.projectId))),
+        );
         return counted(
           row.provider,
           'ensure',
           async () => {
-            const adapter = adapterFor(row);
             const ref = refOf(row, input.projectId);
             // The provider's listing does not wait for the database's answers: they are independent.
             const [credential, attachmentId, recordedIds, listed] = await Promise.all([
               ensureWebhookCredential(db, keys, { id: row.connection_id, provider: row.provider }),
               attachmentIdOf(db, row.id),
               recordedHookIds(db, row.id),
-              classified(() => adapter.listHooks(ref)),
+              listing,
             ]);
             if (!attachmentId) throw nonRetryable(HookFailureTypes.repositoryNotFound, `repository ${row.id} has no attachment to record hooks on`);
             const spec = hookSpec(row.provider, input.hookKey, urlOf(row), credential);
@@ -359,20 +449,13 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
       admitActivity(activitySlots, input);
       return withAdmission(inline, input, async () => {
-        const row = await repository(input, { requireActive: true });
-        const adapter = adapterFor(row);
-        const [listed, versions] = await Promise.all([classified(() => adapter.listHooks(refOf(row))), recordedCredentialVersions(db, row.id)]);
-        const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
-        const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
-        const removed = [...new Set([...stray, ...legacy])];
-        await deleteHooks(row, adapter, removed);
-        // Only the repository's workflow records its hooks, and its ensures have all settled: when
-        // every record read above is kept, there is nothing to forget and no query to make.
-        if ([...versions.keys()].some((id) => !input.keepHookIds.includes(id))) await forgetHooksExcept(db, row.id, input.keepHookIds);
-        if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'stray hooks at the delivery URL removed');
-        if (!input.completeAttachment) return { removed };
-        await markAttached(input);
-        return { removed, attachmentCompleted: true };
+        // The attach's last step: what its steps reached the repository with is no longer needed here.
+        const runKey = runTargetKey(input);
+        try {
+          return await pruning(input);
+        } finally {
+          if (runKey) runTargets.delete(runKey);
+        }
       });
     },
 
