@@ -128,7 +128,7 @@ const STRUCTURAL: Record<string, Structural> = {
     return { body };
   },
   hugeString(rng, body, provider) {
-    setPath(body, fieldOf(rng, body, provider), rng.pick(['x', 'é', '\ud83d\ude00', '\\', '\u0000']).repeat(hugeLength(rng)));
+    setPath(body, fieldOf(rng, body, provider), rng.pick(['x', 'é', '\ud83d\ude00', '\ud800', '\\', '\u0000']).repeat(hugeLength(rng)));
     return { body };
   },
   manyItems(rng, body) {

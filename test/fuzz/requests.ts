@@ -335,6 +335,8 @@ function ids(org: WorldOrganization, slot: Slot): string[] {
 }
 
 /** A cursor the API handed out, garbled; or one it never could have. */
+const CURSOR_ID = '00000000-0000-4000-8000-000000000000';
+
 function badCursor(rng: Random, world: World): string {
   const real = world.tenants[0].eventsCursor ?? 'eyJ9';
   const at = rng.int(0, Math.max(real.length - 1, 0));
@@ -345,6 +347,8 @@ function badCursor(rng: Random, world: World): string {
       () => real.slice(0, at) + (real[at] === 'A' ? 'B' : 'A') + real.slice(at + 1),
       () => `${real}${real}`,
       () => Buffer.from(JSON.stringify(rng.pick<Json>([{}, [], null, { t: 'x', id: 1 }, { receivedAt: 'never', id: rng.nasty() }, 'x'.repeat(1000)]))).toString('base64url'),
+      // Well-formed keys PostgreSQL cannot take: a year out of its range, a NUL, a lone surrogate.
+      () => Buffer.from(JSON.stringify(rng.pick<Json>([['-010000-01-01T00:00:00.000Z', CURSOR_ID], ['+275760-09-13T00:00:00.000Z', CURSOR_ID], ['\u0000', 'x', CURSOR_ID], ['x\ud800', 'y', CURSOR_ID]]))).toString('base64url'),
       () => rng.bytes(rng.int(0, 64)).toString('base64'),
       () => rng.nasty(),
     ])(),
