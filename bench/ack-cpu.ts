@@ -1,5 +1,5 @@
 /**
- * `npm run bench:ack -- [--against=<checkout>] [--deliveries=N] [--blocks=N] [--rate=N] [--concurrency=N]`:
+ * `npm run bench:ack -- [--against=<checkout>] [--floor=1] [--deliveries=N] [--blocks=N] [--rate=N] [--concurrency=N]`:
  * the API's CPU per acknowledged delivery, without Temporal (issue #18's acknowledgement tail: the
  * less CPU the acknowledging thread takes per delivery, the sooner the kernel runs it when it wakes).
  * The receivers of this checkout, and of each `--against` checkout (comma-separated, e.g. a worktree
@@ -12,10 +12,12 @@
  * a warm-up block each. Per block: the server's main thread's time on a core (schedstat, ns) and
  * all its threads', per 202, and the acknowledgement's latency; each server's main thread CPU as a
  * ratio to the first server's in the same round (median over the rounds). Every answer must be 202.
+ * `--floor=1` adds the minimal acknowledgement (bench/ack-floor-server.ts), posted the rows the
+ * receiver would store.
  * The machine's other work moves these numbers by ±30 % from block to block: compare ratios of many
  * short rounds (`--deliveries=300 --blocks=12 --rate=0 --concurrency=1` takes ~3 minutes for two).
  */
-import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -29,6 +31,8 @@ import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credenti
 import { PROVIDERS, type Provider } from '../lib/domain.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
 import { testPostgres } from '../test/support/postgres.ts';
+import { normalizeWebhook } from '../api/webhooks/normalize.ts';
+import { summarizeDelivery } from '../workflows/contract.ts';
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, percentile, runConcurrently, runPaced } from './measure.ts';
 
@@ -49,6 +53,7 @@ const options = {
   concurrency: Number(flags.concurrency ?? 50),
 };
 // `--against=DIR[,DIR…]`: other checkouts, named by their directory, measured beside this one.
+// `--floor=1`: bench/ack-floor-server.ts measured beside them, last.
 const variants = [...(flags.against?.split(',') ?? []).map((dir) => ({ name: path.basename(path.resolve(dir)), root: path.resolve(dir) })), { name: 'this', root: ROOT }];
 
 const log = (line: string) => console.error(`[ack-cpu] ${line}`);
@@ -59,7 +64,7 @@ await sql`create database ${sql.id(database)}`.execute(admin);
 const databaseUrl = Object.assign(new URL(postgres.adminUrl), { pathname: `/${database}` }).toString();
 const db = createDb(databaseUrl, { max: 2 });
 const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-ack-cpu-'));
-const servers: { name: string; child: ChildProcess; port: number }[] = [];
+const servers: { name: string; child: ChildProcess; port: number; floor?: true }[] = [];
 try {
   await migrateToLatest(db);
   const encryptionKey = randomBytes(32);
@@ -134,10 +139,28 @@ try {
     log(`${variant.name}: ${variant.root} on port ${port} (pid ${child.pid})`);
   }
 
-  const agentOf = new Map(servers.map((s) => [s.name, new http.Agent({ keepAlive: true, maxSockets: options.concurrency })]));
-  const post = (server: (typeof servers)[number], d: Delivery) =>
+  if (flags.floor === '1') {
+    // The minimal acknowledgement (bench/ack-floor-server.ts, as bench/ingest.ts runs it): node:http, the body read, the same INSERT into a scratch copy of the table, 202.
+    await sql`create table if not exists ack_floor_deliveries (like webhook_deliveries including all)`.execute(db);
+    const port = await freeLoopbackPort();
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/ack-floor-server.ts')], {
+      cwd: ROOT,
+      env: { ...process.env, ACK_FLOOR_DATABASE_URL: databaseUrl, ACK_FLOOR_PORT: String(port) },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.once('data', () => resolve());
+      child.once('exit', (code) => reject(new Error(`the floor server exited (${code})`)));
+    });
+    child.stdout!.resume();
+    servers.push({ name: 'floor', child, port, floor: true });
+    log(`floor: bench/ack-floor-server.ts on port ${port} (pid ${child.pid})`);
+  }
+
+  // Keep-alive sockets of a block of their own: one left idle while the other servers' blocks run outlives the server's keep-alive timeout (5 s) and may be cut as it is reused.
+  const post = (server: (typeof servers)[number], d: Delivery, agent: http.Agent) =>
     new Promise<number>((resolve, reject) => {
-      const req = http.request(`http://127.0.0.1:${server.port}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent: agentOf.get(server.name) }, (res) => {
+      const req = http.request(`http://127.0.0.1:${server.port}${d.path}`, { method: 'POST', headers: { ...d.headers, 'content-length': Buffer.byteLength(d.body) }, agent }, (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode!));
       });
@@ -146,10 +169,12 @@ try {
     });
 
   const block = async (server: (typeof servers)[number]) => {
-    const items = deliveries(options.deliveries);
+    const items = server.floor ? deliveries(options.deliveries).map(asFloorRow) : deliveries(options.deliveries);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency });
     const before = cpuNs(server.child.pid!);
-    const load = options.rate > 0 ? await runPaced(items, options.rate, options.concurrency, (d) => post(server, d)) : await runConcurrently(items, options.concurrency, (d) => post(server, d));
+    const load = options.rate > 0 ? await runPaced(items, options.rate, options.concurrency, (d) => post(server, d, agent)) : await runConcurrently(items, options.concurrency, (d) => post(server, d, agent));
     const after = cpuNs(server.child.pid!);
+    agent.destroy();
     const other = load.outcomes.filter((s) => s !== 202);
     if (other.length > 0) throw new Error(`${server.name}: ${other.length} answers were not 202 (${[...new Set(other)].join(', ')})`);
     return {
@@ -174,7 +199,7 @@ try {
     Object.entries(results).map(([name, blocks]) => [
       name,
       {
-        root: variants.find((v) => v.name === name)!.root,
+        root: variants.find((v) => v.name === name)?.root ?? 'bench/ack-floor-server.ts',
         mainThreadUsPerDelivery: { median: percentile(blocks.map((b) => b.mainThreadUsPerDelivery), 50), each: blocks.map((b) => b.mainThreadUsPerDelivery) },
         processUsPerDelivery: { median: percentile(blocks.map((b) => b.processUsPerDelivery), 50), each: blocks.map((b) => b.processUsPerDelivery) },
         ackP99Ms: blocks.map((b) => b.ackMs.p99),
@@ -202,6 +227,15 @@ try {
   await admin.destroy();
   await postgres.stop();
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** What the floor server takes instead of a delivery: the row the receiver stores for it, as JSON, made before the clock runs (as bench/ingest.ts makes them). */
+function asFloorRow(d: Delivery): Delivery {
+  const events = normalizeWebhook(d.provider, d.headers, d.body);
+  const connectionId = new URL(d.path, 'http://x').searchParams.get('c');
+  const start = { taskQueue: 'ack-cpu-floor', summary: summarizeDelivery(events), ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(d.body).digest('hex') } : {}) };
+  const body = JSON.stringify([d.provider, d.deliveryId, connectionId, JSON.stringify(events), d.provider === 'github' ? GITHUB_FIXTURE_INSTALLATION_ID : null, null, JSON.stringify(start)]);
+  return { ...d, path: '/', headers: { 'content-type': 'application/json' }, body };
 }
 
 /** CPU so far (ns): the process's main thread (its time on a core, schedstat), and the whole process's (utime + stime, ended threads included). */
