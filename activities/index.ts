@@ -80,7 +80,7 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(createHookActivities({ ...deps, inline, activitySlots })),
     ...createHookHealthActivities(deps),
     ...createWebhookCredentialActivities(deps),
-    ...createRepositoryCacheActivities(deps, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
+    ...createRepositoryCacheActivities({ ...deps, activitySlots }, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
   };
 }
 

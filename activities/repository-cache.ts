@@ -14,11 +14,13 @@ import {
   writeListingPage,
   LISTING_LEASE_SECONDS,
 } from '../lib/db/repositories/repository-cache.ts';
+import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import type { ActivityDeps } from './index.ts';
 import { classified } from './errors.ts';
 import { heartbeatProgress } from './outbound.ts';
 import type { RepositoryPage } from './providers/port.ts';
 import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
+import type { InlineAdmission } from './inline-admission.ts';
 import type { Limiter } from '../lib/limiter.ts';
 import type { Provider, RoundPlace } from '../lib/domain.ts';
 
@@ -38,8 +40,14 @@ export interface ListingConcurrency {
   limiter: Limiter;
 }
 
-export function createRepositoryCacheActivities({ db, keys, providers, logger, metrics }: ActivityDeps, concurrency: ListingConcurrency) {
-  return {
+export function createRepositoryCacheActivities(
+  { db, keys, providers, logger, metrics, activitySlots }: ActivityDeps & {
+    /** Admission of tenant-facing activities into activity slots (activities/activity-admission.ts), one per worker. */
+    activitySlots?: InlineAdmission;
+  },
+  concurrency: ListingConcurrency,
+) {
+  return holdingAdmission({
     /**
      * The active connections to refresh: all (runs started before batching), one batch after `after`
      * in id order, or, `inRounds` (every organization's), one batch after `afterInRounds` in rounds.
@@ -69,12 +77,19 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
      * pages are fetched conditionally with the ETag stored for them: a 304 costs no rate limit and
      * the stored page (its repositories and the pages it led to) stands. When nothing is pending,
      * the listing is complete: what no visited page holds is marked vanished.
+     *
+     * The provider is the tenant's (its base URL), which may answer as slowly as it likes: run by a
+     * refresh that can take a refusal (`askAdmission`), the listing asks the worker's admission into
+     * activity slots for the connection's organization (read with the connection, so no round trip
+     * of its own) before its first call; refused, it calls nothing and fails ActivityNotAdmitted,
+     * and the run lists the connection again after a timer, in the same lane.
      */
     async listRepositoriesChunk({
       connectionId,
       progress,
       maxPages,
       leaseHolder,
+      askAdmission,
     }: {
       connectionId: string;
       progress: ListingProgress;
@@ -85,6 +100,7 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
        * workflow per connection started before the lease, whose workflow id is their exclusion.
        */
       leaseHolder?: string;
+      askAdmission?: boolean;
     }): Promise<ListingChunkResult> {
       const ctx = Context.current();
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
@@ -103,6 +119,8 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
         logger.info({ connectionId }, 'repository listing skipped: another refresh is listing this connection');
         return { progress: state, done: false, vanished: 0, alreadyRunning: true };
       }
+      // Refused, the lease taken here stays the run's: it lists the connection when admitted, or the lease runs out.
+      admitActivity(activitySlots, { organizationId: row.organization_id, askAdmission });
       const adapter = providers({
         connectionId,
         provider: row.provider,
@@ -230,5 +248,5 @@ export function createRepositoryCacheActivities({ db, keys, providers, logger, m
       await recordRefreshOutcome(db, connectionId, reason, leaseHolder);
       logger.warn({ connectionId, reason }, 'repository refresh failed for a connection');
     },
-  };
+  });
 }

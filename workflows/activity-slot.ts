@@ -70,6 +70,22 @@ export function refusedDispatchWaitMs(refusals: number, refusedForMs: number, re
   return Math.max(short, Math.min(wait, remainingMs - REFUSED_MAX_WAIT_MS));
 }
 
+/** The longest wait of a refused step that keeps waiting (keptWaitingMs). */
+const KEPT_WAITING_LONGEST_WAIT_MS = 5 * 60_000;
+
+/**
+ * The wait before a refused step that is never given up for its refusals (a repository listing,
+ * askingActivitySlot's `keepsWaiting`) asks again, after `refusals` refusals (0: the first) over
+ * `refusedForMs` since its first: as refusedWaitMs (1 s doubling, at most 30 s) for the first
+ * 2.5 minutes, then up to a fifth of the time refused, at most 5 minutes, spread over its upper
+ * half by `random` (the workflow's seeded Math.random). A step refused for ten hours asks about
+ * 180 times (some 2,000 events of its run's history), not 1,200 times.
+ */
+export function keptWaitingMs(refusals: number, refusedForMs: number, random: number): number {
+  const ceiling = Math.max(refusedWaitCeilingMs(refusals), Math.min(refusedForMs / REFUSED_WAIT_SHARE, KEPT_WAITING_LONGEST_WAIT_MS));
+  return Math.round(ceiling / 2 + (ceiling / 2) * random);
+}
+
 /** How the activity was refused an activity slot (it made no call), if that is how it failed. */
 export function refusalOf(error: unknown): ActivityNotAdmittedDetails | undefined {
   const cause = error instanceof ActivityFailure ? error.cause : undefined;
@@ -101,12 +117,14 @@ type StepInput<K extends keyof Activities> = Parameters<Activities[K]>[0];
  * doubling while refused, at most 30 s, jittered) from the attempt it did not make, with the
  * attempts left and the backoff that attempt would have had, so a refusal costs the step none of
  * its `maximumAttempts` and does not lengthen its backoff. Refused for REFUSED_FOR_AT_MOST_MS, it
- * fails with its last refusal (the run records that, as any failure of the step). Any other
- * failure is the step's, as without admission.
+ * fails with its last refusal (the run records that, as any failure of the step); with
+ * `keepsWaiting` it is never given up for its refusals and asks again after keptWaitingMs. Any
+ * other failure is the step's, as without admission.
  */
 export function askingActivitySlot<K extends keyof Activities>(
   name: K,
   options: Omit<ActivityOptions, 'retry'> & { retry: StepRetry },
+  { keepsWaiting = false }: { keepsWaiting?: boolean } = {},
 ): (input: StepInput<K>) => ReturnType<Activities[K]> {
   return (async (input: StepInput<K>) => {
     let attemptsMade = 0;
@@ -120,7 +138,7 @@ export function askingActivitySlot<K extends keyof Activities>(
         if (before === undefined) throw error;
         attemptsMade += before;
         refusedSince ??= Date.now();
-        const wait = refusedWaitMs(refusals, Date.now() - refusedSince, Math.random());
+        const wait = keepsWaiting ? keptWaitingMs(refusals, Date.now() - refusedSince, Math.random()) : refusedWaitMs(refusals, Date.now() - refusedSince, Math.random());
         if (wait === undefined) throw error;
         await sleep(wait);
       }

@@ -13,6 +13,7 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities/index.ts';
 import type { Provider } from '../lib/domain.ts';
+import { askingActivitySlot } from './activity-slot.ts';
 import {
   type ConnectionRefreshInput,
   type ConnectionRefreshResult,
@@ -45,11 +46,25 @@ const { listConnectionsToRefresh, recordRefreshFailure: recordRefreshFailureInTa
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
-const { listRepositoriesChunk } = proxyActivities<Activities>({
+const listingOptions = {
   startToCloseTimeout: '30 minutes',
   heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '2s', backoffCoefficient: 2, maximumInterval: '2 minutes', maximumAttempts: 10 },
-});
+  retry: { initialInterval: 2000, backoffCoefficient: 2, maximumInterval: 120_000, maximumAttempts: 10 },
+} as const;
+const { listRepositoriesChunk } = proxyActivities<Activities>(listingOptions);
+/**
+ * A listing calls the tenant's server, which may take up to 30 minutes an attempt, and holds an
+ * activity slot meanwhile: one organization's nightly lanes and on-demand refreshes could hold most
+ * of a worker's slots. Later runs ask the worker for the slot (a share per organization,
+ * workflows/activity-slot.ts); one refused waits on a timer in its lane and costs no attempt. It
+ * is never given up for its refusals, as the provider steps are after REFUSED_FOR_AT_MOST_MS: its
+ * organization's own listings hold the share, and they end within their own timeouts; a listing
+ * given up would record a refresh failure the connection did not have and wait a night. Its waits
+ * grow instead (keptWaitingMs), so a long refusal adds little history. Runs started before list as
+ * they did.
+ */
+const listRepositoriesChunkAskingSlot = askingActivitySlot('listRepositoriesChunk', listingOptions, { keepsWaiting: true });
+const LISTING_ACTIVITY_ADMISSION = 'refresh-listing-activity-admission';
 
 /** A run of refreshRepositoriesWorkflow started before batching read every connection at once; it finishes that way. */
 const REFRESH_IN_BATCHES = 'refresh-in-batches';
@@ -75,6 +90,8 @@ const LANES_BY_ORGANIZATION = 'refresh-lanes-by-organization';
  */
 const NIGHTLY_IN_ROUNDS = 'refresh-nightly-in-rounds';
 
+type ListChunk = (input: Parameters<Activities['listRepositoriesChunk']>[0]) => ReturnType<Activities['listRepositoriesChunk']>;
+
 /** `organizationSlug` is absent from listings recorded before it was read. */
 type Connection = { id: string; organizationId: string; organizationSlug?: string; provider: Provider; round?: number };
 
@@ -94,7 +111,8 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
   const listsItself = patched(LISTINGS_IN_REFRESH_RUN);
   // A run of one organization has nothing to share its lanes with: batch order is the fair order.
   const byOrganization = listsItself && input.organizationId === undefined && patched(LANES_BY_ORGANIZATION);
-  const refreshBatch = listsItself ? (batch: Connection[], counts: RefreshResult) => listConnections(batch, counts, byOrganization) : refreshConnections;
+  const listChunk = listsItself && patched(LISTING_ACTIVITY_ADMISSION) ? listRepositoriesChunkAskingSlot : listRepositoriesChunk;
+  const refreshBatch = listsItself ? (batch: Connection[], counts: RefreshResult) => listConnections(batch, counts, listChunk, byOrganization) : refreshConnections;
   // A run continued from one reading in id order goes on in id order.
   const inRounds = byOrganization && input.after === undefined && patched(NIGHTLY_IN_ROUNDS);
   const limit = input.batchSize ?? REFRESH_BATCH.connections;
@@ -131,7 +149,7 @@ function countFailed(totals: RefreshResult, connectionId: string, reason: string
  * child's id. A listing longer than one chunk of pages goes on in the child, which carries its
  * progress from chunk to chunk and continues as new, so this run's history holds no page keys.
  */
-async function listConnections(connections: Connection[], totals: RefreshResult, byOrganization = false): Promise<void> {
+async function listConnections(connections: Connection[], totals: RefreshResult, listChunk: ListChunk, byOrganization = false): Promise<void> {
   totals.connections += connections.length;
   const { workflowId, runId } = workflowInfo();
   const leaseHolder = `${workflowId}/${runId}`;
@@ -143,7 +161,7 @@ async function listConnections(connections: Connection[], totals: RefreshResult,
       const connection = next;
       going.set(connection.organizationId, (going.get(connection.organizationId) ?? 0) + 1);
       try {
-        const first = await listRepositoriesChunk({ connectionId: connection.id, progress: newListingProgress(), maxPages: PAGES_PER_CHUNK, leaseHolder });
+        const first = await listChunk({ connectionId: connection.id, progress: newListingProgress(), maxPages: PAGES_PER_CHUNK, leaseHolder });
         if (first.alreadyRunning) {
           countAlreadyRunning(totals, connection.id);
           continue;
@@ -255,9 +273,10 @@ async function refreshConnections(connections: Connection[], totals: RefreshResu
 export async function refreshConnectionWorkflow(input: ConnectionRefreshInput): Promise<ConnectionRefreshResult> {
   let progress: ListingProgress = input.progress ?? newListingProgress();
   const lease = input.leaseHolder === undefined ? {} : { leaseHolder: input.leaseHolder };
+  const listChunk = patched(LISTING_ACTIVITY_ADMISSION) ? listRepositoriesChunkAskingSlot : listRepositoriesChunk;
   try {
     for (let chunk = 0; chunk < CHUNKS_PER_RUN; chunk++) {
-      const result = await listRepositoriesChunk({ connectionId: input.connectionId, progress, maxPages: PAGES_PER_CHUNK, ...lease });
+      const result = await listChunk({ connectionId: input.connectionId, progress, maxPages: PAGES_PER_CHUNK, ...lease });
       if (result.alreadyRunning) {
         // The lease ran out (a long wait for a retry) and another refresh took the listing over.
         throw ApplicationFailure.create({ type: LISTING_ALREADY_RUNNING, message: 'another refresh is listing this connection', nonRetryable: true });

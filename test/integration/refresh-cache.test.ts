@@ -110,7 +110,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
       runId = events!.at(-1)!.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
     }
     expect(runs).toHaveLength(3);
-    await recordHistory(h.client, workflowId, 'refresh-organization-listings-in-run-last-batch');
+    await recordHistory(h.client, workflowId, 'refresh-organization-listings-in-run-last-batch-asking-slot');
   });
 
   it('fails a connection whose credential is sealed under a key no longer configured at once, with the reason, not retry after retry', async () => {
@@ -270,7 +270,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     const forgedRes = await h.request('GET', `/api/v1/orgs/${org.slug}/repositories?cursor=${forged}`, { token: org.token });
     expect(forgedRes.status).toBe(400);
     expect(forgedRes.headers.get('content-type')).toMatch(/application\/problem\+json/);
-    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listings-in-run-one-failing');
+    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listings-in-run-one-failing-asking-slot');
   });
 
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
@@ -357,8 +357,8 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(await picker(org)).toHaveLength(60);
     // The child listed under the refresh's lease and gave it back at the end.
     expect(await h.db.selectFrom('repository_listings').select('holder').where('connection_id', '=', connectionId).executeTakeFirstOrThrow()).toEqual({ holder: null });
-    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listing-continued-in-child');
-    await recordHistory(h.client, workflowIds.refreshConnection(org.id, connectionId), 'refresh-connection-continued-from-refresh');
+    await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listing-continued-in-child-asking-slot');
+    await recordHistory(h.client, workflowIds.refreshConnection(org.id, connectionId), 'refresh-connection-continued-from-refresh-asking-slot');
   });
 
   it('keeps exactly one Schedule with the configured spec across worker restarts', async () => {

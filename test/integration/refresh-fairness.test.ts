@@ -115,7 +115,7 @@ describe("nightly refresh: one organization's servers that never answer and anot
       return [defaultPayloadConverter.fromPayload<{ connectionId: string }>(scheduled.input!.payloads![0] as Payload).connectionId];
     });
     expect(listed.slice(0, 8).filter((id) => B_CONNECTION_IDS.includes(id))).toHaveLength(B_CONNECTION_IDS.length);
-    await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization');
+    await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization-asking-slot');
   }, 120_000);
 
   it("reads every organization's connections in rounds across batches and runs: one organization's connections beyond another's count come after all of the other's", async () => {
@@ -156,7 +156,7 @@ describe("nightly refresh: one organization's servers that never answer and anot
     expect(rounds).toEqual([...rounds].sort((x, y) => x - y));
     expect(listed.indexOf(qId)).toBeLessThan(listed.indexOf(pIds[1]!));
     expect(pIds.map((id) => roundOf.get(id))).toEqual([1, 2, 3]);
-    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-continued-as-new', first.firstExecutionRunId);
-    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-last-batch');
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-continued-as-new-asking-slot', first.firstExecutionRunId);
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-last-batch-asking-slot');
   }, 120_000);
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { REFUSED_FOR_AT_MOST_MS, refusedWaitMs, retryAfterAttempts } from '../../workflows/activity-slot.ts';
+import { keptWaitingMs, REFUSED_FOR_AT_MOST_MS, refusedWaitMs, retryAfterAttempts } from '../../workflows/activity-slot.ts';
 
 const retry = { initialInterval: 1000, backoffCoefficient: 2, maximumInterval: 60_000, maximumAttempts: 10 };
 
@@ -31,5 +31,22 @@ describe('refusedWaitMs', () => {
     expect(refusedWaitMs(50, REFUSED_FOR_AT_MOST_MS - 1, 0.5)).toBeTypeOf('number');
     expect(refusedWaitMs(50, REFUSED_FOR_AT_MOST_MS, 0.5)).toBeUndefined();
     expect(refusedWaitMs(0, 5000, 0.5, 5000)).toBeUndefined();
+  });
+});
+
+describe('keptWaitingMs', () => {
+  it('waits as refusedWaitMs for the first 2.5 minutes, then up to a fifth of the time refused, at most 5 minutes', () => {
+    expect(keptWaitingMs(0, 0, 1)).toBe(1000);
+    expect(keptWaitingMs(10, 60_000, 1)).toBe(30_000);
+    expect(keptWaitingMs(10, 10 * 60_000, 1)).toBe(2 * 60_000);
+    expect(keptWaitingMs(10, 10 * 60_000, 0)).toBe(60_000);
+    expect(keptWaitingMs(2000, 24 * 60 * 60_000, 1)).toBe(5 * 60_000);
+  });
+
+  it('never gives up, and asks about 180 times over ten hours of refusals', () => {
+    let asks = 0;
+    for (let refusedFor = 0; refusedFor < 10 * 60 * 60_000; asks++) refusedFor += keptWaitingMs(asks, refusedFor, 0.5);
+    expect(asks).toBeGreaterThan(150);
+    expect(asks).toBeLessThan(200);
   });
 });
