@@ -73,7 +73,7 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   }
 
   describe.each(PROVIDERS)('%s', (provider) => {
-    it('acknowledges a valid delivery with 202 once the event run is started, which records the push', async () => {
+    it('acknowledges a valid delivery with 202 once it is stored; the relay then starts its event run, which records the push', async () => {
       const push = pushTo(provider, attached[provider]);
       const { deliveryId } = push;
       const res = await send(h, push);
