@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { activityCallsPerOrganization, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 import { ACTIVITY_NOT_ADMITTED, workflowIds, type ConnectResult, type RepositoryWorkflowResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
-import { startFlakyProxy, type FlakyProxy, type ProxyFault } from '../support/flaky-proxy.ts';
+import { holding, startFlakyProxy, type ProxyFault } from '../support/flaky-proxy.ts';
 import { gitlabWorld, requestAttachment } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
@@ -24,49 +24,6 @@ const SCOPES = ['api', 'read_user', 'read_repository'];
  */
 async function hangingProvider(gitlab: FakeGitlab, first?: ProxyFault) {
   return holding(await startFlakyProxy(gitlab.url), first);
-}
-
-/** `proxy` made into a provider that hangs until released (hangingProvider). */
-function holding(proxy: FlakyProxy, first?: ProxyFault) {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let answeredFirst!: () => void;
-  const firstAnswered = new Promise<void>((resolve) => (answeredFirst = resolve));
-  let held = true;
-  let arrived = 0;
-  const waiting: { count: number; resolve: () => void }[] = [];
-  proxy.fault = () => {
-    if (first) {
-      const answer = first;
-      first = undefined;
-      setImmediate(answeredFirst);
-      return answer;
-    }
-    return held
-      ? {
-          kind: 'hold-request',
-          onHeld: () => {
-            arrived++;
-            for (const w of waiting.filter((w) => w.count <= arrived)) w.resolve();
-          },
-          release: released,
-          onReleased: () => {},
-        }
-      : undefined;
-  };
-  return {
-    url: proxy.url,
-    firstAnswered,
-    get arrived() {
-      return arrived;
-    },
-    arrivals: (count: number) => (arrived >= count ? Promise.resolve() : new Promise<void>((resolve) => waiting.push({ count, resolve }))),
-    release() {
-      held = false;
-      release();
-    },
-    close: () => proxy.close(),
-  };
 }
 
 /** Resolves once `check` holds, looking every 100 ms (a state of the server's, which nothing tells the test of). */

@@ -7,7 +7,7 @@ import { createWorkerMetrics } from '../../lib/metrics.ts';
 import { ACTIVITY_NOT_ADMITTED, type ConnectResult, type RefreshResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { seedConnection } from '../support/attachments.ts';
-import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
+import { holding, startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { historyEvents, recordHistory } from '../support/histories.ts';
 
@@ -21,38 +21,6 @@ const A_ADMITTED = activityCallsPerOrganization(SIZING);
 const B_WITHIN_MS = 25_000;
 
 const SCOPES = ['api', 'read_user', 'read_repository'];
-
-/** `proxy` made into a tenant's server that takes every request and answers none until `release`, when it forwards them all. */
-function hanging(proxy: FlakyProxy) {
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let held = true;
-  let arrived = 0;
-  const waiting: { count: number; resolve: () => void }[] = [];
-  proxy.fault = () =>
-    held
-      ? {
-          kind: 'hold-request',
-          onHeld: () => {
-            arrived++;
-            for (const w of waiting.filter((w) => w.count <= arrived)) w.resolve();
-          },
-          release: released,
-          onReleased: () => {},
-        }
-      : undefined;
-  return {
-    url: proxy.url,
-    get arrived() {
-      return arrived;
-    },
-    arrivals: (count: number) => (arrived >= count ? Promise.resolve() : new Promise<void>((resolve) => waiting.push({ count, resolve }))),
-    release() {
-      held = false;
-      release();
-    },
-  };
-}
 
 const isRefusal = (e: temporal.api.history.v1.IHistoryEvent) => {
   const failure = e.activityTaskFailedEventAttributes?.failure;
@@ -89,7 +57,7 @@ describe("activity slots: one organization's repository listings at a server tha
   it("B's connect validates while A's listings hold A's share; A's listings beyond it are refused and wait on timers in their lanes", async () => {
     const [a, b] = [await createOrgWithToken(h), await createOrgWithToken(h)];
     gitlab.addProject({ pathWithNamespace: 'shared/listed' });
-    const hungA = hanging(proxy);
+    const hungA = holding(proxy);
     const aIds: string[] = [];
     for (let i = 0; i < A_CONNECTIONS; i++) aIds.push(await seedConnection(h, { organizationId: a.org.id, provider: 'gitlab', baseUrl: hungA.url, secret: newToken() }));
 

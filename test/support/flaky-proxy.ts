@@ -157,3 +157,50 @@ export function heldRequest(): { fault: ProxyFault; held: Promise<void>; release
     },
   };
 }
+
+/**
+ * `proxy` made into a tenant's server that hangs: while held it takes every request and answers
+ * none, until `release`, when it forwards them all. `arrivals(n)` resolves once n requests are held.
+ * With `first`, the first request gets that answer at once instead (`firstAnswered` resolves once it has).
+ */
+export function holding(proxy: FlakyProxy, first?: ProxyFault) {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let answeredFirst!: () => void;
+  const firstAnswered = new Promise<void>((resolve) => (answeredFirst = resolve));
+  let held = true;
+  let arrived = 0;
+  const waiting: { count: number; resolve: () => void }[] = [];
+  proxy.fault = () => {
+    if (first) {
+      const answer = first;
+      first = undefined;
+      setImmediate(answeredFirst);
+      return answer;
+    }
+    return held
+      ? {
+          kind: 'hold-request',
+          onHeld: () => {
+            arrived++;
+            for (const w of waiting.filter((w) => w.count <= arrived)) w.resolve();
+          },
+          release: released,
+          onReleased: () => {},
+        }
+      : undefined;
+  };
+  return {
+    url: proxy.url,
+    firstAnswered,
+    get arrived() {
+      return arrived;
+    },
+    arrivals: (count: number) => (arrived >= count ? Promise.resolve() : new Promise<void>((resolve) => waiting.push({ count, resolve }))),
+    release() {
+      held = false;
+      release();
+    },
+    close: () => proxy.close(),
+  };
+}
