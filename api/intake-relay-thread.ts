@@ -27,6 +27,8 @@ interface RelayThreadData {
   databaseUrl: string;
   tracing: Config['tracing'];
   logLevel: string;
+  /** The relay's sweep without receipts (default, as the API runs it: api/intake-relay.ts's 5 s); tests lengthen it to see a receipt wake the thread. */
+  sweepMs?: number;
 }
 
 type FromThread = { kind: 'ready' } | { kind: 'intakeStarts'; starts: { outcome: 'started' | 'failed'; delaySeconds?: number }[] };
@@ -120,7 +122,7 @@ async function runRelayThread(data: RelayThreadData) {
       taskQueue: data.temporal.taskQueue,
       metrics: { intakeStart: count },
     },
-    { databaseUrl: data.databaseUrl },
+    { databaseUrl: data.databaseUrl, ...(data.sweepMs !== undefined ? { sweepMs: data.sweepMs } : {}) },
   );
   port.postMessage({ kind: 'ready' } satisfies FromThread);
   port.on('message', (message: ToThread) => {
