@@ -52,6 +52,13 @@ async function shapeOf(h: Harness, workflowId: string) {
   return { workflowId, refusals, activities: types.filter((t) => t === 'EVENT_TYPE_ACTIVITY_TASK_SCHEDULED').length, timers: types.filter((t) => t === 'EVENT_TYPE_TIMER_STARTED').length };
 }
 
+/** The shapes of A's ended runs that were refused an activity slot: at least A's steps beyond its share (A_STEPS − A_ADMITTED). */
+async function refusedRuns(h: Harness, aRuns: string[]) {
+  const refused = (await Promise.all(aRuns.map((run) => shapeOf(h, run)))).filter((s) => s.refusals > 0);
+  expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+  return refused;
+}
+
 describe("activity slots: one organization's hung provider and another organization's provider steps", () => {
   let h: Harness;
   let gitlab: FakeGitlab;
@@ -102,9 +109,7 @@ describe("activity slots: one organization's hung provider and another organizat
 
     hungA.release();
     for (const run of aRuns) expect(await resultOf<ConnectResult>(h, run)).toMatchObject({ status: 'active' });
-    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
-    const refused = shapes.filter((s) => s.refusals > 0);
-    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    const refused = await refusedRuns(h, aRuns);
     // Each refusal is a timer and the same validation scheduled again; the recording of the outcome is one more activity.
     for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 2, timers: s.refusals });
     await recordHistory(h.client, refused[0]!.workflowId, 'connect-validation-not-admitted');
@@ -172,9 +177,7 @@ describe("activity slots: one organization's hung provider and another organizat
 
     hungA.release();
     for (const run of aRuns) expect(await resultOf<RepositoryWorkflowResult>(h, run)).toMatchObject({ status: 'detached' });
-    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
-    const refused = shapes.filter((s) => s.refusals > 0);
-    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    const refused = await refusedRuns(h, aRuns);
     // Each refusal is a timer and the same sweep scheduled again; beginning and finishing the detach are two more activities.
     for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 3, timers: s.refusals });
     await recordHistory(h.client, refused[0]!.workflowId, 'repository-detach-activity-not-admitted');
@@ -219,9 +222,7 @@ describe("activity slots: one organization's hung provider and another organizat
 
     hungA.release();
     for (const run of aRuns) await resultOf(h, run);
-    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
-    const refused = shapes.filter((s) => s.refusals > 0);
-    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    const refused = await refusedRuns(h, aRuns);
     // Each refusal is a timer and the same check scheduled again.
     for (const s of refused) expect(s).toMatchObject({ activities: s.refusals + 1, timers: s.refusals });
     await recordHistory(h.client, refused[0]!.workflowId, 'repository-reconcile-activity-not-admitted');
@@ -253,9 +254,7 @@ describe("activity slots: one organization's hung provider and another organizat
     hungA.release();
     for (const run of aRuns) expect(await resultOf<RepositoryWorkflowResult>(h, run)).toMatchObject({ status: 'attached' });
     for (const repository of repositoriesA) expect(repository.hooks()).toHaveLength(1);
-    const shapes = await Promise.all(aRuns.map((run) => shapeOf(h, run)));
-    const refused = shapes.filter((s) => s.refusals > 0);
-    expect(refused.length).toBeGreaterThanOrEqual(A_STEPS - A_ADMITTED);
+    const refused = await refusedRuns(h, aRuns);
     for (const s of refused) expect(s.timers).toBeGreaterThanOrEqual(s.refusals);
     await recordHistory(h.client, refused[0]!.workflowId, 'repository-attach-gitlab-activity-not-admitted');
   }, 120_000);
