@@ -70,6 +70,18 @@ export function refusedDispatchWaitMs(refusals: number, refusedForMs: number, re
   return Math.max(short, Math.min(wait, remainingMs - REFUSED_MAX_WAIT_MS));
 }
 
+/**
+ * The wait before a refused drain (workflows/event.ts's drainQueue) asks again, after `refusals`
+ * refusals (0: the first) in its run over `refusedForMs` since its first refusal in a row (carried
+ * over continue-as-new), with `remainingMs` left of its deadline: as refusedDispatchWaitMs, at most
+ * an hour whatever the deadline. A drain's run continues as new, so its history is bounded anyway;
+ * what the growing wait bounds is the load: a drain refused for a day asks about 100 times, not
+ * ~2,900 (test/unit/dispatch-refusal-schedule.test.ts).
+ */
+export function refusedDrainWaitMs(refusals: number, refusedForMs: number, remainingMs: number, random: number): number {
+  return refusedDispatchWaitMs(refusals, refusedForMs, remainingMs, 0, random);
+}
+
 /** The longest wait of a refused step that keeps waiting (keptWaitingMs). */
 const KEPT_WAITING_LONGEST_WAIT_MS = 5 * 60_000;
 

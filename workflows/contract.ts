@@ -151,6 +151,11 @@ export interface QueuedDispatch {
   recorded: number;
   /** ISO time after which nothing more is sent. */
   deadlineAt: string;
+  /**
+   * ISO time of the first of the drain's refusals in a row (admission refused it every pair's
+   * organization), carried over continue-as-new so that its waits go on growing (absent: not refused).
+   */
+  refusedSince?: string;
 }
 
 /** What an operator reads in the Temporal UI about a delivery; bounded whatever the delivery's size. */

@@ -2,7 +2,7 @@ import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxy
 import type { DispatchRejection } from '../activities/dispatch.ts';
 import type { Dispatch } from '../activities/events.ts';
 import type { Activities } from '../activities/index.ts';
-import { refusalOf, refusedDispatchWaitMs, refusedWaitCeilingMs } from './activity-slot.ts';
+import { refusalOf, refusedDispatchWaitMs, refusedDrainWaitMs, refusedWaitCeilingMs } from './activity-slot.ts';
 import { INLINE_NOT_ADMITTED, NETWORK_STEP_HEARTBEAT_TIMEOUT, type EventInput, type EventResult, type QueuedDispatch } from './contract.ts';
 import { failureReason } from './failure-reason.ts';
 
@@ -70,6 +70,18 @@ const { drainDispatches } = proxyActivities<Activities>({
  * as a round, so a run refused for long still continues as new. Runs started before drain as they were.
  */
 const DRAIN_ADMISSION = 'drain-activity-admission';
+
+/**
+ * A drain refused for long waits longer (refusedDispatchWaitMs: as before for the first 2.5
+ * minutes, then up to a fifth of the time refused, at most an hour), from its first refusal in a
+ * row, carried over continue-as-new (QueuedDispatch.refusedSince). Before, it asked every 30 s
+ * until the deadline (a day by default) and continuing as new every 100 rounds restarted nothing
+ * but the count: ~2,900 refused activities per run per day, each a workflow task and an activity
+ * task on the shared worker, so an organization whose activity share stays full (its own
+ * subscribers hanging) made every one of its queued runs load the worker all day. Runs refused
+ * before wait as they did until their next refusal runs this code.
+ */
+const DRAIN_REFUSAL_SCHEDULE = 'drain-refusal-schedule';
 
 /** Drain rounds per run before it continues as new (each round is about 8 history events). */
 const DRAIN_ROUNDS_PER_RUN = 100;
@@ -204,6 +216,12 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
  */
 async function drainQueue(input: EventInput, queue: QueuedDispatch): Promise<EventResult> {
   const deadline = Date.parse(queue.deadlineAt);
+  let refusedSince = queue.refusedSince === undefined ? undefined : Date.parse(queue.refusedSince);
+  /** The queue as the next run goes on with it: with the refusals in a row so far, if any. */
+  const carried = (): QueuedDispatch => {
+    const { refusedSince: _previous, ...rest } = queue;
+    return refusedSince === undefined ? rest : { ...rest, refusedSince: new Date(refusedSince).toISOString() };
+  };
   for (let round = 1, refusals = 0; ; round++) {
     const askAdmission = patched(DRAIN_ADMISSION);
     const drained = await drainDispatches({ runKey: queue.runKey, deadlineAt: queue.deadlineAt, ...(askAdmission ? { askAdmission } : {}) }).catch((error: unknown) => {
@@ -211,18 +229,22 @@ async function drainQueue(input: EventInput, queue: QueuedDispatch): Promise<Eve
       throw error;
     });
     if (drained === undefined) {
+      const growing = patched(DRAIN_REFUSAL_SCHEDULE);
+      if (growing) refusedSince ??= Date.now();
       if (round >= (input.drainRoundsPerRun ?? DRAIN_ROUNDS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
-        await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: queue });
+        await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: carried() });
       }
-      await sleep(Math.max(1, Math.min(refusedWaitCeilingMs(refusals++), deadline - Date.now())));
+      const waitMs = growing ? refusedDrainWaitMs(refusals++, Date.now() - refusedSince!, deadline - Date.now(), Math.random()) : refusedWaitCeilingMs(refusals++);
+      await sleep(Math.max(1, Math.min(waitMs, deadline - Date.now())));
       continue;
     }
     refusals = 0;
+    refusedSince = undefined;
     if (drained.pending === 0) {
       return { recorded: queue.recorded, delivered: drained.delivered, undelivered: drained.undelivered ?? [], undeliveredCount: drained.undeliveredCount };
     }
     if (round >= (input.drainRoundsPerRun ?? DRAIN_ROUNDS_PER_RUN) || workflowInfo().continueAsNewSuggested) {
-      await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: queue });
+      await continueAsNew<typeof eventWorkflow>({ ...input, queuedDispatch: carried() });
     }
     if (drained.moreDue) continue;
     const nextDue = Math.min(drained.nextDueAt ? Date.parse(drained.nextDueAt) : deadline, deadline);

@@ -16,7 +16,7 @@ import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '
 import { seedConnection } from '../support/attachments.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
-import { historyBytes, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
+import { historyBytes, historyEvents, MAX_HISTORY_BYTES, recordHistory, startInput } from '../support/histories.ts';
 import { testOutbound } from '../support/outbound.ts';
 
 /**
@@ -65,13 +65,44 @@ function fanOutHelpers(harness: () => Harness, subscribers: FakeSubscriber[]) {
     const { workflowId } = (await res.json()) as { workflowId: string };
     return { delivery: d, workflowId, result: await resultOf<EventResult>(h(), workflowId) };
   }
-  return { newSubscriber, subscribe, pushRefs };
+  /** Event rows of one delivery written directly (what recordEvent leaves), for tests about the queue itself. */
+  async function seedEvents(o: Org, count: number) {
+    const { repositoryId } = await seedAttachedRepository(h(), { organizationId: o.org.id, provider: 'gitlab', externalId: uniqueExternalId('gitlab'), fullName: 'g/queue' });
+    const deliveryId = randomUUID();
+    const rows = await h().db
+      .insertInto('events')
+      .values(
+        Array.from({ length: count }, (_, sequence) => ({
+          organization_id: o.org.id,
+          repository_id: repositoryId,
+          provider: 'gitlab' as const,
+          delivery_id: deliveryId,
+          sequence,
+          kind: 'push' as const,
+          event: JSON.stringify({ provider: 'gitlab', deliveryId, kind: 'push', repository: { externalId: '1', fullName: 'g/queue' }, ref: { type: 'branch', name: `b${sequence}`, before: 'a', after: 'b' } }),
+        })),
+      )
+      .returning('id')
+      .execute();
+    return { deliveryId, eventIds: rows.map((r) => r.id) };
+  }
+  /** An organization's subscriber with `count` events of one delivery queued for it under one run key (`into`, default one of their own), due now. */
+  async function queuedPairs(count: number, now = new Date(), into?: string) {
+    const o = await createOrgWithToken(h());
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    const { deliveryId, eventIds } = await seedEvents(o, count);
+    const runKey = into ?? `test-queue:${deliveryId}`;
+    await queueDispatches(h().db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), now);
+    return { subscriber, subscriberId, eventIds, runKey, organizationId: o.org.id };
+  }
+  return { newSubscriber, subscribe, pushRefs, seedEvents, queuedPairs };
 }
 
 describe('event fan-out through the dispatch queue (real Temporal, real PostgreSQL)', () => {
   let h: Harness;
   const subscribers: FakeSubscriber[] = [];
-  const { newSubscriber, subscribe, pushRefs } = fanOutHelpers(() => h, subscribers);
+  const { newSubscriber, subscribe, pushRefs, seedEvents, queuedPairs } = fanOutHelpers(() => h, subscribers);
 
   beforeAll(async () => {
     h = await startHarness();
@@ -157,38 +188,6 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
     expect(calls.filter((c) => c.receivedAt - refused.answeredAt >= 2900).length).toBeGreaterThan(0);
     expect(await eventTypes(h, workflowId)).toContain('EVENT_TYPE_TIMER_FIRED');
   });
-
-  /** Event rows of one delivery written directly (what recordEvent leaves), for tests about the queue itself. */
-  async function seedEvents(o: Org, count: number) {
-    const { repositoryId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', externalId: uniqueExternalId('gitlab'), fullName: 'g/queue' });
-    const deliveryId = randomUUID();
-    const rows = await h.db
-      .insertInto('events')
-      .values(
-        Array.from({ length: count }, (_, sequence) => ({
-          organization_id: o.org.id,
-          repository_id: repositoryId,
-          provider: 'gitlab' as const,
-          delivery_id: deliveryId,
-          sequence,
-          kind: 'push' as const,
-          event: JSON.stringify({ provider: 'gitlab', deliveryId, kind: 'push', repository: { externalId: '1', fullName: 'g/queue' }, ref: { type: 'branch', name: `b${sequence}`, before: 'a', after: 'b' } }),
-        })),
-      )
-      .returning('id')
-      .execute();
-    return { deliveryId, eventIds: rows.map((r) => r.id) };
-  }
-  /** An organization's subscriber with `count` events of one delivery queued for it under one run key (`into`, default one of their own), due now. */
-  async function queuedPairs(count: number, now = new Date(), into?: string) {
-    const o = await createOrgWithToken(h);
-    const subscriber = await newSubscriber();
-    const subscriberId = await subscribe(o, subscriber);
-    const { deliveryId, eventIds } = await seedEvents(o, count);
-    const runKey = into ?? `test-queue:${deliveryId}`;
-    await queueDispatches(h.db, runKey, eventIds.map((eventId) => ({ eventId, subscriberId })), now);
-    return { subscriber, subscriberId, eventIds, runKey, organizationId: o.org.id };
-  }
 
   it("drains, asking admission, the pairs of the organizations the worker admits a place: a shared run's others wait, refused for all it claims nothing", async () => {
     // One run whose pairs go to two organizations' subscribers (a delivery both attached).
@@ -307,7 +306,7 @@ describe('event fan-out through the dispatch queue (real Temporal, real PostgreS
 describe('undelivered pairs of a queued fan-out (short dispatch deadline)', () => {
   let h: Harness;
   const subscribers: FakeSubscriber[] = [];
-  const { newSubscriber, subscribe, pushRefs } = fanOutHelpers(() => h, subscribers);
+  const { newSubscriber, subscribe, pushRefs, seedEvents, queuedPairs } = fanOutHelpers(() => h, subscribers);
 
   beforeAll(async () => {
     h = await startHarness({ settings: { subscriberDeliveryDeadlineSeconds: 4 } });
@@ -382,4 +381,72 @@ describe('undelivered pairs of a queued fan-out (short dispatch deadline)', () =
     }
     expect(await resultFor(h.adminToken)).toEqual(full);
   });
+});
+
+describe('a drain refused an activity slot (real Temporal, real PostgreSQL)', () => {
+  let h: Harness;
+  const subscribers: FakeSubscriber[] = [];
+  const { newSubscriber, subscribe, seedEvents } = fanOutHelpers(() => h, subscribers);
+
+  beforeAll(async () => {
+    // One activity at a time per organization: a drain that waits on a subscriber holds its organization's place.
+    h = await startHarness({ settings: { activityCallsPerOrganization: 1 } });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await Promise.all(subscribers.map((s) => s.close()));
+  });
+
+  it('waits longer the longer it has been refused, from its first refusal in a row, carried over continue-as-new', async () => {
+    const o = await createOrgWithToken(h);
+    const subscriber = await newSubscriber();
+    const subscriberId = await subscribe(o, subscriber);
+    /** A run of the organization's with one pair queued, started as a run that recorded its delivery goes on. */
+    const queuedRun = async (queue: { deadlineMs: number; refusedSince?: string }, drainRoundsPerRun?: number) => {
+      const { deliveryId, eventIds } = await seedEvents(o, 1);
+      const workflowId = workflowIds.event('gitlab', deliveryId);
+      await queueDispatches(h.db, workflowId, eventIds.map((eventId) => ({ eventId, subscriberId })), new Date());
+      const queuedDispatch = { runKey: workflowId, recorded: 1, deadlineAt: new Date(Date.now() + queue.deadlineMs).toISOString(), ...(queue.refusedSince ? { refusedSince: queue.refusedSince } : {}) };
+      const input: EventInput = { provider: 'gitlab', deliveryId, receivedAt: new Date().toISOString(), queuedDispatch, ...(drainRoundsPerRun ? { drainRoundsPerRun } : {}) };
+      const handle = await h.client.workflow.start('eventWorkflow', { taskQueue: h.taskQueue, workflowId, args: [input] });
+      return { workflowId, handle, eventIds };
+    };
+
+    // The organization's place is taken by a drain waiting on its subscriber.
+    const hold = subscriber.hold();
+    const holding = await queuedRun({ deadlineMs: 120_000 });
+    await hold.arrivals(1);
+
+    // A run refused for an hour already (its previous runs' refusals): its next ask is minutes away, not a second.
+    const long = await queuedRun({ deadlineMs: 24 * 60 * 60_000, refusedSince: new Date(Date.now() - 60 * 60_000).toISOString() });
+    await expect.poll(async () => (await historyEvents(h.client, long.workflowId)).some((e) => e.timerStartedEventAttributes), { timeout: 20_000, interval: 100 }).toBe(true);
+    const timer = (await historyEvents(h.client, long.workflowId)).find((e) => e.timerStartedEventAttributes)!.timerStartedEventAttributes!.startToFireTimeout!;
+    const waitMs = Number(timer.seconds ?? 0) * 1000 + (timer.nanos ?? 0) / 1e6;
+    // Up to a fifth of the hour refused (12 min), over its upper half.
+    expect(waitMs).toBeGreaterThanOrEqual(6 * 60_000);
+    expect(waitMs).toBeLessThanOrEqual(12 * 60_000);
+    await long.handle.terminate('the test has read its wait');
+
+    // A run refused round after round continues as new with the time of its first refusal, the same in each run.
+    const carried = await queuedRun({ deadlineMs: 120_000 }, 2);
+    const continuedRuns = async () => {
+      let runs = 0;
+      for await (const _run of h.client.workflow.list({ query: `WorkflowId = '${carried.workflowId}' AND ExecutionStatus = 'ContinuedAsNew'` })) runs++;
+      return runs;
+    };
+    const carriedSince = async () => (await startInput<EventInput>(h.client, carried.workflowId)).queuedDispatch?.refusedSince;
+    await expect.poll(async () => ((await continuedRuns()) >= 1 ? carriedSince() : undefined), { timeout: 30_000, interval: 200 }).toEqual(expect.any(String));
+    const first = await carriedSince();
+    await expect.poll(continuedRuns, { timeout: 30_000, interval: 200 }).toBeGreaterThanOrEqual(2);
+    expect(await carriedSince()).toBe(first);
+    expect(Date.parse(first!)).toBeLessThanOrEqual(Date.now());
+
+    // Once admitted, both deliver, each pair once.
+    hold.release();
+    expect(await resultOf<EventResult>(h, holding.workflowId)).toMatchObject({ delivered: 1, undelivered: [] });
+    expect(await resultOf<EventResult>(h, carried.workflowId)).toMatchObject({ delivered: 1, undelivered: [] });
+    const received = subscriber.received.map((r) => r.body.id);
+    for (const eventId of [...holding.eventIds, ...carried.eventIds]) expect(received.filter((id) => id === eventId)).toHaveLength(1);
+    await recordHistory(h.client, carried.workflowId, 'event-drain-refused-carried', carried.handle.firstExecutionRunId);
+  }, 90_000);
 });

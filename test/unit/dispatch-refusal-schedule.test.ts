@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { INLINE_DISPATCH_LIMIT } from '../../activities/events.ts';
-import { refusedDispatchWaitMs, refusedWaitCeilingMs } from '../../workflows/activity-slot.ts';
+import { refusedDispatchWaitMs, refusedDrainWaitMs, refusedWaitCeilingMs } from '../../workflows/activity-slot.ts';
 import { HISTORIES_DIR } from '../support/histories.ts';
 
 const HOUR_MS = 60 * 60_000;
@@ -80,5 +80,51 @@ describe('a dispatch refused until its deadline', () => {
       expect(DAY_MS - lastAskAt).toBeLessThanOrEqual(30_000);
       expect(Math.max(...waits)).toBeLessThanOrEqual(HOUR_MS);
     }
+  });
+});
+
+/**
+ * The drains of a queued run refused from its first ask until its deadline, as workflows/event.ts's
+ * drainQueue makes them: each refusal is a round, and after `roundsPerRun` rounds the run continues
+ * as new, its refusal count starting again while its first refusal's time is carried over.
+ */
+function drainRefusedUntilDeadline(deadlineMs: number, roundsPerRun: number, random: () => number): { asks: number; runs: number; longestWait: number } {
+  let now = 0;
+  let asks = 0;
+  let runs = 1;
+  let longestWait = 0;
+  const refusedSince = 0;
+  for (let round = 1, refusals = 0; now < deadlineMs; round++) {
+    asks++;
+    if (round >= roundsPerRun) {
+      runs++;
+      round = 0;
+      refusals = 0;
+    }
+    const wait = Math.max(1, Math.min(refusedDrainWaitMs(refusals++, now - refusedSince, deadlineMs - now, random()), deadlineMs - now));
+    longestWait = Math.max(longestWait, wait);
+    now += wait;
+  }
+  return { asks, runs, longestWait };
+}
+
+describe('a drain refused until its deadline', () => {
+  it.each([
+    ['an hour', HOUR_MS],
+    ['a day (the default)', DAY_MS],
+    ['a week', 7 * DAY_MS],
+  ])('with a deadline of %s, asks about a hundred times a day across its runs, at most an hour apart', (_name, deadlineMs) => {
+    const worst = drainRefusedUntilDeadline(deadlineMs, 100, () => 0);
+    const typical = drainRefusedUntilDeadline(deadlineMs, 100, seeded(11));
+    console.log(`drain, deadline ${deadlineMs / HOUR_MS} h: ${worst.asks} asks at most (${typical.asks} with a random jitter) in ${worst.runs} run(s)`);
+    // Before: one ask every 30 s after the first minute, ~2,900 a day.
+    expect(worst.asks).toBeLessThanOrEqual(Math.max(1, deadlineMs / DAY_MS) * 120);
+    expect(worst.longestWait).toBeLessThanOrEqual(HOUR_MS);
+    expect(typical.asks).toBeLessThanOrEqual(worst.asks);
+  });
+
+  it('asks as promptly as before for its first minutes, and again so after it was admitted', () => {
+    const waits = Array.from({ length: 6 }, (_, refusals) => refusedDrainWaitMs(refusals, 0, DAY_MS, 0));
+    expect(waits).toEqual([1000, 2000, 4000, 8000, 16_000, 30_000]);
   });
 });
