@@ -5,8 +5,8 @@ import { Client, Connection } from '@temporalio/client';
 import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
 import { type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
-import { createDb } from '../lib/db/index.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createDb, type Db } from '../lib/db/index.ts';
+import { createLogger, type Logger } from '../lib/logger.ts';
 import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { startTracing } from '../lib/tracing.ts';
@@ -14,7 +14,7 @@ import { clientConnectOptions } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { createIntakeSignal } from './intake-relay.ts';
 import { startIntakeRelayThread } from './intake-relay-thread.ts';
-import { ackTraceFromEnv } from './ack-trace.ts';
+import { ackTraceFromEnv, type AckTrace } from './ack-trace.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
@@ -38,32 +38,9 @@ export async function runApi(config: Config, options: { address?: string; databa
   // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
   const temporal = new Client({ connection, namespace: config.temporal.namespace, ...(tracing.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });
   let draining = false;
-  const metrics = config.metrics.enabled ? createApiMetrics({ backlog: () => intakeBacklog(db), processMetrics: true, logger }) : undefined;
-  const ownMetricsPort = config.metrics.enabled && config.metrics.api.port !== undefined;
-  const deps: ApiDeps = {
-    ...(metrics ? { metrics, ...(ownMetricsPort ? {} : { metricsPath: config.metrics.api.path }) } : {}),
-    draining: () => draining,
-    intake: createIntakeSignal(),
-    ...(ackTrace ? { ackTrace } : {}),
-    db,
-    temporal,
-    outbound: createOutbound(config.security),
-    keys: keysFromConfig(config.encryption),
-    logger,
-    accessLogLevel: config.logging.accessLogLevel,
-    tracing: tracing.enabled,
-    adminToken: config.auth.adminToken,
-    taskQueue: config.temporal.taskQueue,
-    namespace: config.temporal.namespace,
-    temporalUiUrl: options.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
-    allowHttpHosts: config.security.allowHttpHosts,
-    allowPrivateNetworks: config.security.allowPrivateNetworks,
-    webhooks: webhookSecretsFromConfig(config),
-    enabledProviders: enabledProviders(config),
-    githubApp: githubAppFromConfig(config),
-    publicUrl: config.publicUrl,
-    githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
-  };
+  const deps = apiDeps(config, { db, temporal, logger, tracing: tracing.enabled, draining: () => draining, ...(ackTrace ? { ackTrace } : {}), ...(options.temporalUiUrl ? { temporalUiUrl: options.temporalUiUrl } : {}) });
+  const { metrics } = deps;
+  const ownMetricsPort = metrics !== undefined && config.metrics.api.port !== undefined;
   const app = createApp(deps);
   // Starts the event runs of the deliveries the receivers store (several API replicas share the
   // work), on a thread of its own: its starts' CPU stays off the event loop that acknowledges.
@@ -106,6 +83,44 @@ export async function runApi(config: Config, options: { address?: string; databa
       await tracing.shutdown();
       logger.info('API stopped');
     },
+  };
+}
+
+/**
+ * The API's dependencies, from its config and what the caller opened (pool, Temporal client,
+ * logger): its metrics, intake signal, guarded HTTP layer, keys and settings. runApi serves the app
+ * with them; bench/ack-cpu-server.ts builds them here too, so it measures the app as it runs.
+ */
+export function apiDeps(
+  config: Config,
+  opened: { db: Db; temporal: Client; logger: Logger; tracing: boolean; draining: () => boolean; ackTrace?: AckTrace; temporalUiUrl?: string },
+): ApiDeps {
+  const { db, logger } = opened;
+  const metrics = config.metrics.enabled ? createApiMetrics({ backlog: () => intakeBacklog(db), processMetrics: true, logger }) : undefined;
+  return {
+    // Without a port of their own, the metrics are served on the API's listener.
+    ...(metrics ? { metrics, ...(config.metrics.api.port !== undefined ? {} : { metricsPath: config.metrics.api.path }) } : {}),
+    draining: opened.draining,
+    intake: createIntakeSignal(),
+    ...(opened.ackTrace ? { ackTrace: opened.ackTrace } : {}),
+    db,
+    temporal: opened.temporal,
+    outbound: createOutbound(config.security),
+    keys: keysFromConfig(config.encryption),
+    logger,
+    accessLogLevel: config.logging.accessLogLevel,
+    tracing: opened.tracing,
+    adminToken: config.auth.adminToken,
+    taskQueue: config.temporal.taskQueue,
+    namespace: config.temporal.namespace,
+    temporalUiUrl: opened.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
+    allowHttpHosts: config.security.allowHttpHosts,
+    allowPrivateNetworks: config.security.allowPrivateNetworks,
+    webhooks: webhookSecretsFromConfig(config),
+    enabledProviders: enabledProviders(config),
+    githubApp: githubAppFromConfig(config),
+    publicUrl: config.publicUrl,
+    githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
   };
 }
 

@@ -4,7 +4,7 @@
  * less CPU the acknowledging thread takes per delivery, the sooner the kernel runs it when it wakes).
  * The receivers of this checkout, and of each `--against` checkout (comma-separated, e.g. a worktree
  * of main with node_modules linked, to compare before and after a change), each run in a process of their
- * own (bench/ack-cpu-server.ts: the app as api/main.ts builds it, its pool on a fresh database of
+ * own (its own bench/ack-cpu-server.ts: the app with api/main.ts's deps, its pool on a fresh database of
  * the machine's PostgreSQL, its relay thread). Signed pushes of the four providers, in turn, each
  * with its own body and delivery id, go to one organization's attached repositories through their
  * connections' hooks (GitHub: the App's), paced at `rate` a second (0: closed loop) with at most
@@ -120,7 +120,9 @@ try {
     writeFileSync(configFile, JSON.stringify(config), { mode: 0o600 });
     // ACK_CPU_NODE_ARGS, e.g. '--cpu-prof --cpu-prof-dir=DIR', for the servers' Node.
     const nodeArgs = process.env.ACK_CPU_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
-    const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'bench/ack-cpu-server.ts')], {
+    // Each checkout's own server (its deps as its api/main.ts builds them); copies of the server from
+    // before apiDeps (main before it landed) import the checkout named by ACK_CPU_ROOT instead.
+    const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(variant.root, 'bench/ack-cpu-server.ts')], {
       cwd: variant.root,
       env: { ...process.env, FORGELINK_CONFIG: configFile, ACK_CPU_ROOT: variant.root, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
       stdio: ['ignore', 'pipe', 'pipe'],
