@@ -328,8 +328,13 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   });
 
   it('documents the receivers, events and subscribers in the OpenAPI document', async () => {
-    const doc = (await (await h.request('GET', '/openapi.json')).json()) as { paths: Record<string, Record<string, { security?: unknown[] }>> };
-    for (const provider of PROVIDERS) expect(doc.paths[`/api/events-handler/v1/events/${provider}`]?.post?.security).toEqual([]);
+    const doc = (await (await h.request('GET', '/openapi.json')).json()) as { paths: Record<string, Record<string, { security?: unknown[]; parameters?: unknown[] }>> };
+    for (const provider of PROVIDERS) {
+      const receiver = doc.paths[`/api/events-handler/v1/events/${provider}`]?.post;
+      expect(receiver?.security).toEqual([]);
+      // The connection's query parameter is documented (as a parameter, not a validated query schema).
+      expect(receiver?.parameters).toEqual([expect.objectContaining({ name: 'c', in: 'query', required: false, schema: { type: 'string' } })]);
+    }
     expect(Object.keys(doc.paths)).toEqual(
       expect.arrayContaining(['/api/v1/orgs/{org}/events', '/api/v1/orgs/{org}/events/{id}/deliveries', '/api/v1/orgs/{org}/subscribers', '/api/v1/orgs/{org}/subscribers/{id}']),
     );
@@ -411,18 +416,27 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
       const { port } = server.address() as AddressInfo;
       const post = (d: { path: string; headers: Record<string, string>; body: string | Uint8Array }) =>
         fetch(`http://127.0.0.1:${port}${d.path}`, { method: 'POST', headers: d.headers, body: d.body });
+      const generatedId = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
       for (const provider of PROVIDERS) {
         const valid = pushTo(provider, attached[provider]);
-        const accepted = await post(valid);
+        // The request id goes on Node's answer directly here (api/request-context.ts): every answer carries it.
+        const accepted = await post({ ...valid, headers: { ...valid.headers, 'x-request-id': `behind-server-${provider}` } });
         expect(accepted.status, provider).toBe(202);
+        expect(accepted.headers.get('x-request-id'), provider).toBe(`behind-server-${provider}`);
+        expect(accepted.headers.get('content-type'), provider).toMatch(/^application\/json/);
         expect(await accepted.json()).toMatchObject({ status: 'accepted', events: 1 });
         const forged = pushTo(provider, attached[provider], { secret: 'not-the-webhook-secret' });
-        expect((await post(forged)).status, provider).toBe(401);
+        const refused = await post(forged);
+        expect(refused.status, provider).toBe(401);
+        expect(refused.headers.get('content-type'), provider).toBe('application/problem+json');
+        expect(refused.headers.get('x-request-id'), provider).toMatch(generatedId);
+        expect(((await refused.json()) as { requestId: string }).requestId).toBe(refused.headers.get('x-request-id'));
         expect(await deliveryRunExists(h, forged)).toBe(false);
       }
       const oversized = pushTo('gitlab', attached.gitlab);
       const big = await post({ ...oversized, body: `${' '.repeat(1024 * 1024)}${String(oversized.body)}` });
       expect(big.status).toBe(413);
+      expect(big.headers.get('x-request-id')).toMatch(generatedId);
     } finally {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
