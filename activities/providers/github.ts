@@ -268,6 +268,13 @@ export interface GithubOAuthApp {
 
 export type InstallationProof = { proven: true } | { proven: false; reason: string };
 
+/** An installation's account, as GitHub lists it on /user/installations. */
+interface InstallationAccount {
+  login?: string;
+  id?: number;
+  type?: string;
+}
+
 /** Octokit's errors carry the request (the client secret or user token with it): only the status and message go on. */
 function withoutRequest(error: unknown): Error {
   const converted = toProviderError(error, Date.now());
@@ -277,10 +284,16 @@ function withoutRequest(error: unknown): Error {
 const quietOctokitLog = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 
 /**
- * Whether the user who installed the App can reach installation `installationId` (GitHub warns the
- * setup URL's installation_id can be spoofed): the web flow `code` is exchanged for a user token,
- * and the installation must be on a page of `GET /user/installations`. The user token lives only in
- * this call. A failing GitHub throws ProviderHttpError; a refusal is `proven: false`.
+ * Whether the user who installed the App administers installation `installationId` (GitHub warns the
+ * setup URL's installation_id can be spoofed). The web flow `code` is exchanged for a user token;
+ * the installation must be on a page of `GET /user/installations`, which alone is not enough: it
+ * lists any installation where the user has explicit read on one repository (an outside
+ * collaborator), while binding it exposes every repository of the installation. So the user must
+ * also administer the installation's account: for a user account, be it (`GET /user`'s id is the
+ * account's id); for an organization, be an active owner (`GET /user/memberships/orgs/{org}`: role
+ * `admin`, state `active`; GitHub Apps read it with the organization permission Members: read).
+ * The user token lives only in this call. A failing GitHub throws ProviderHttpError; a refusal is
+ * `proven: false` with a reason the installing user can act on.
  */
 export async function proveInstallationAccess(app: GithubOAuthApp, outbound: Outbound, code: string, installationId: string): Promise<InstallationProof> {
   const request = { fetch: octokitFetch(outbound) as typeof fetch };
@@ -304,15 +317,59 @@ export async function proveInstallationAccess(app: GithubOAuthApp, outbound: Out
   }
   const user = new Octokit({ baseUrl: app.baseUrl, auth: grant.access_token, userAgent: 'forgelink', request, log: quietOctokitLog });
   try {
-    // Page by page along the Link header (octokit.paginate reads response.url, which the guarded layer's answers lack).
-    for (let page: string | undefined = '1'; page !== undefined; ) {
-      const { data, headers } = await user.rest.apps.listInstallationsForAuthenticatedUser({ per_page: PAGE_SIZE, page: Number(page) });
-      if (data.installations.some((installation) => String(installation.id) === installationId)) return { proven: true };
-      page = pageFromLink(headers.link, 'next');
-    }
+    const account = await reachableInstallationAccount(user, installationId);
+    if (!account) return { proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${installationId}` };
+    return await administersAccount(user, installationId, account);
   } catch (error) {
     if (isResponseError(error) && error.status === 401) return { proven: false, reason: 'GitHub refused the user token' };
     throw withoutRequest(error);
   }
-  return { proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${installationId}` };
+}
+
+/** The account of installation `installationId` when it is on a page of the user's /user/installations. */
+async function reachableInstallationAccount(user: Octokit, installationId: string): Promise<InstallationAccount | undefined> {
+  // Page by page along the Link header (octokit.paginate reads response.url, which the guarded layer's answers lack).
+  for (let page: string | undefined = '1'; page !== undefined; ) {
+    const { data, headers } = await user.rest.apps.listInstallationsForAuthenticatedUser({ per_page: PAGE_SIZE, page: Number(page) });
+    const found = data.installations.find((installation) => String(installation.id) === installationId);
+    if (found) return (found.account ?? {}) as InstallationAccount;
+    page = pageFromLink(headers.link, 'next');
+  }
+  return undefined;
+}
+
+/** Whether the token's user administers `account`, the account installation `installationId` is on. */
+async function administersAccount(user: Octokit, installationId: string, account: InstallationAccount): Promise<InstallationProof> {
+  const { data: me } = await user.rest.users.getAuthenticated();
+  const who = `the GitHub user ${me.login} who authorized the App`;
+  if (!account.login || typeof account.id !== 'number') return { proven: false, reason: `installation ${installationId} has no account GitHub names` };
+  const on = `installation ${installationId} is on the ${account.type === 'Organization' ? 'organization' : 'account'} ${account.login}`;
+  if (account.type === 'User') {
+    if (account.id === me.id) return { proven: true };
+    return { proven: false, reason: `${on}, not on ${who}: only ${account.login} can bind it` };
+  }
+  if (account.type !== 'Organization') return { proven: false, reason: `${on} of type ${account.type ?? 'unknown'}: only user and organization installations can be bound` };
+  let membership;
+  try {
+    ({ data: membership } = await user.rest.orgs.getMembershipForAuthenticatedUser({ org: account.login }));
+  } catch (error) {
+    const refused = toProviderError(error, Date.now());
+    // 404: not a member. 403 (not a rate limit, which arrives as 429): the App lacks Members: read, or the organization blocked it.
+    if (refused instanceof ProviderHttpError && refused.status === 404) {
+      return { proven: false, reason: `${on}, of which ${who} is not a member: only an owner of ${account.login} can bind it` };
+    }
+    if (refused instanceof ProviderHttpError && refused.status === 403) {
+      return {
+        proven: false,
+        reason: `${on}, and GitHub would not show ${who}'s membership of it (${refused.message}): the App needs the organization permission Members: read, accepted by ${account.login}`,
+      };
+    }
+    throw error;
+  }
+  if (membership.organization.id !== account.id) return { proven: false, reason: `${on}, and GitHub answered with the membership of another organization (${membership.organization.login})` };
+  if (membership.role === 'admin' && membership.state === 'active') return { proven: true };
+  return {
+    proven: false,
+    reason: `${on}, where ${who} is ${membership.state === 'active' ? 'a' : `a ${membership.state}`} ${membership.role === 'admin' ? 'owner' : membership.role}: only an active owner (role admin) of ${account.login} can bind it`,
+  };
 }

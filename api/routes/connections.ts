@@ -12,6 +12,8 @@ import {
   findLiveConnectionByExternalKey,
   insertConnection,
   listConnections,
+  liveConnectionsElsewhere,
+  lockExternalKey,
   type PublicConnection,
 } from '../../lib/db/repositories/connections.ts';
 import { saveInstallState, useInstallState } from '../../lib/db/repositories/github-install-states.ts';
@@ -183,7 +185,12 @@ async function startConnect(c: Context<AppEnv>, org: Organization, input: Connec
   return workflowId;
 }
 
-async function createConnection(c: Context<AppEnv>, org: Organization, body: ConnectBody) {
+/**
+ * Creates the connection and starts its connect run. `soleBinding` (the install flow): refused (409)
+ * when another organization already binds the same installation; checked and inserted under one lock
+ * of the installation, so two organizations' concurrent binds cannot both pass.
+ */
+async function createConnection(c: Context<AppEnv>, org: Organization, body: ConnectBody, options: { soleBinding?: boolean } = {}) {
   const { deps } = c.var;
   if (!deps.enabledProviders.includes(body.provider)) throw badRequest(`provider ${body.provider} is not enabled in this forgelink (gitProviders config)`);
   const target = await targetOf(c, body);
@@ -200,15 +207,42 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
     }
   }
   const id = randomUUID();
-  await insertConnection(deps.db, {
+  const row = {
     id,
     organization_id: org.id,
     provider: body.provider,
     base_url: target.baseUrl,
     external_key: target.externalKey,
     pending_credential: target.secret ? seal(deps.keys, target.secret, id) : null,
-    status: 'pending',
-  });
+    status: 'pending' as const,
+  };
+  const key = target.externalKey;
+  if (body.provider === 'github' && key && options.soleBinding) {
+    await deps.db.transaction().execute(async (trx) => {
+      await lockExternalKey(trx, body.provider, key);
+      if ((await liveConnectionsElsewhere(trx, org.id, body.provider, key)).length > 0) {
+        // Which organization is not said: the requester administers the installation, not that tenant.
+        throw new Problem(
+          409,
+          'Conflict',
+          `installation ${key} is already bound to another forgelink organization; an installation is bound to one organization: disconnect it there first, or ask the operator`,
+        );
+      }
+      await insertConnection(trx, row);
+    });
+  } else {
+    if (body.provider === 'github' && key) {
+      // The admin token may bind an installation to a second organization (an operator's decision), never silently.
+      const elsewhere = await liveConnectionsElsewhere(deps.db, org.id, body.provider, key);
+      if (elsewhere.length > 0) {
+        deps.logger.warn(
+          { organizationId: org.id, installationId: key, alsoBoundTo: elsewhere.map((e) => e.organization_id) },
+          'the admin token bound a GitHub installation other organizations already bind: its events and repositories reach each of them',
+        );
+      }
+    }
+    await insertConnection(deps.db, row);
+  }
   // Nothing half-written: without a workflow the pending row would never leave `pending`.
   const workflowId = await startConnect(c, org, { organizationId: org.id, connectionId: id }, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}));
   return { id, status: 'pending' as const, workflowId };
@@ -424,8 +458,10 @@ const notProven = (detail: string) => new Problem(403, 'Forbidden', `the install
  * The GitHub App's setup URL (`/api/github/setup?installation_id=…&setup_action=…&state=…&code=…`):
  * GitHub sends the user's browser here after an install, with "Request user authorization (OAuth)
  * during installation" on. No bearer token comes along: the signed state from the install redirect
- * (used once) names the organization, and the OAuth `code` proves the installing user reaches the
- * installation, since `installation_id` itself can be spoofed.
+ * (used once) names the organization, and the OAuth `code` proves the installing user administers the
+ * installation's account (that user, or an active owner of that organization), since
+ * `installation_id` itself can be spoofed and reaching an installation is not administering it.
+ * An installation another organization binds is not bound again (409).
  */
 export function githubSetupRoutes() {
   const app = new OpenAPIHono<AppEnv>();
@@ -433,7 +469,7 @@ export function githubSetupRoutes() {
     createRoute({
       method: 'get',
       path: '/setup',
-      summary: 'GitHub App setup callback: binds the installation to the organization named in the state, once the installing user is proven to reach it',
+      summary: 'GitHub App setup callback: binds the installation to the organization named in the state, once the installing user is proven to administer its account',
       request: {
         query: z.object({
           installation_id: z.string().regex(/^[1-9][0-9]{0,18}$/),
@@ -445,8 +481,10 @@ export function githubSetupRoutes() {
       responses: {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
         400: problemResponse('Bad or expired state, or the App is not configured for installs'),
-        403: problemResponse('Not proven: the install was started in another browser (no install cookie), the state was already used, or the installing user cannot reach the installation'),
-        409: problemResponse('Installation already connected'),
+        403: problemResponse(
+          'Not proven: the install was started in another browser (no install cookie), the state was already used, or the installing user does not administer the installation\'s account (is not that user, or not an active owner of that organization)',
+        ),
+        409: problemResponse('Installation already connected, here or to another organization'),
         503: problemResponse('GitHub or Temporal unavailable'),
       },
     }),
@@ -476,7 +514,7 @@ export function githubSetupRoutes() {
         deps.logger.warn({ organizationId: org.id, installationId: query.installation_id, reason: proof.reason }, 'GitHub installation not proven: not bound');
         throw notProven(proof.reason);
       }
-      return c.json(await createConnection(c, org, { provider: 'github', installationId: query.installation_id }), 202);
+      return c.json(await createConnection(c, org, { provider: 'github', installationId: query.installation_id }, { soleBinding: true }), 202);
     },
   );
   return app;

@@ -6,8 +6,10 @@ import { FakeHttpServer, linkHeader, type FakeRequest, type FakeResponse } from 
  * /app endpoints, installation tokens everywhere else, page-number listing with Link headers,
  * ETag/304, rate-limit headers and both kinds of rate limiting. Driven by Octokit + auth-app.
  * It also plays github.com's OAuth side (§1.7): the App's web flow code exchange at
- * /login/oauth/access_token and the user's view of the App's installations (/user/installations),
- * so one URL serves as both the web URL and the REST base URL.
+ * /login/oauth/access_token and what a user token sees: the App's installations the user reaches
+ * (/user/installations), the user (/user) and the user's membership of an organization
+ * (/user/memberships/orgs/{org}, which a GitHub App's user token reads only when the App has the
+ * organization permission Members: read), so one URL serves as both the web URL and the REST base URL.
  */
 
 const DOCS = 'https://docs.github.com/rest';
@@ -34,6 +36,9 @@ export interface FakeGithubOptions {
   /** The fake's clock in epoch ms: JWT checks, token expiry, rate-limit resets and the Date header. */
   now?: () => number;
 }
+
+/** GitHub's organization roles as the membership endpoints name them: an owner is `admin`. */
+export type FakeOrgRole = 'admin' | 'member' | 'billing_manager';
 
 export interface FakeInstallation {
   id: number;
@@ -66,8 +71,17 @@ export interface FakeGithub {
     repositorySelection?: 'all' | 'selected';
   }): FakeInstallation;
   suspendInstallation(id: number): void;
-  /** The GitHub user `login` can reach the installation (an owner or member of its account). */
+  /**
+   * The GitHub user `login` can reach the installation: it is on their /user/installations (GitHub
+   * lists it to anyone with explicit read on one of its repositories, an outside collaborator too).
+   */
   grantInstallation(login: string, installationId: number): void;
+  /** `login`'s membership of the organization `org` (/user/memberships/orgs/{org}); null: none. */
+  setOrgMembership(org: string, login: string, membership: { role: FakeOrgRole; state?: 'active' | 'pending' } | null): void;
+  /** The user or organization account `login` (made on first use): its id, as /user and installations report it. */
+  account(login: string, type?: 'User' | 'Organization'): { login: string; id: number; type: 'User' | 'Organization' };
+  /** Whether the App has the organization permission Members: read (default true); without it a user token gets 403 on /user/memberships/orgs/{org}. */
+  setMembersPermission(granted: boolean): void;
   /** A web flow code, as GitHub hands the App's callback after `login` authorized the App. */
   issueOAuthCode(login: string): string;
   addRepository(installationId: number, spec: { id?: number; fullName: string; defaultBranch?: string; private?: boolean }): FakeRepository;
@@ -119,8 +133,24 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   /** User login → installations that user can reach. */
   const userInstallations = new Map<string, Set<number>>();
   const oauthCodes = new Map<string, { login: string; expiresAt: number }>();
+  /** Lower-cased login → the user or organization account (logins are case-insensitive on GitHub). */
+  const accounts = new Map<string, { login: string; id: number; type: 'User' | 'Organization' }>();
+  /** Lower-cased organization login → lower-cased user login → that user's membership. */
+  const memberships = new Map<string, Map<string, { role: FakeOrgRole; state: 'active' | 'pending' }>>();
+  let membersPermission = true;
   const userTokens = new Map<string, { login: string; expiresAt: number }>();
   let nextId = 1000;
+
+  function accountOf(login: string, type: 'User' | 'Organization' = 'User') {
+    const existing = accounts.get(login.toLowerCase());
+    if (existing) {
+      if (existing.type !== type) throw new Error(`fake GitHub account ${login} is a ${existing.type}, not a ${type}`);
+      return existing;
+    }
+    const account = { login, id: ++nextId, type };
+    accounts.set(login.toLowerCase(), account);
+    return account;
+  }
   let secondaryLimit: { status: 403 | 429; retryAfterSeconds?: number } | null = null;
 
   const nowSeconds = () => Math.floor(now() / 1000);
@@ -260,6 +290,23 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     return { status: 200, body: { error, error_description: description, error_uri: OAUTH_DOCS } };
   }
 
+  function appPermissions(): Record<string, string> {
+    return { metadata: 'read', contents: 'read', pull_requests: 'read', statuses: 'write', ...(membersPermission ? { members: 'read' } : {}) };
+  }
+
+  /** A simple-user (the fields GitHub always sends on a user). */
+  function userJson(account: { login: string; id: number; type: string }) {
+    return {
+      login: account.login,
+      id: account.id,
+      node_id: Buffer.from(`04:User${account.id}`).toString('base64'),
+      url: `${server.url}/users/${account.login}`,
+      html_url: `https://github.com/${account.login}`,
+      type: account.type,
+      site_admin: false,
+    };
+  }
+
   function installationJson(i: FakeInstallation) {
     return {
       id: i.id,
@@ -269,7 +316,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
       account: { login: i.account.login, id: i.account.id, type: i.account.type },
       target_type: i.account.type,
       repository_selection: i.repositorySelection,
-      permissions: { metadata: 'read', contents: 'read', pull_requests: 'read', statuses: 'write' },
+      permissions: appPermissions(),
       events: ['push', 'pull_request', 'installation_repositories', 'repository'],
       suspended_at: i.suspendedAt,
       suspended_by: i.suspendedAt ? { login: i.account.login, type: 'User' } : null,
@@ -309,7 +356,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
         node_id: Buffer.from(`A_${appId}`).toString('base64'),
         name: 'forgelink test',
         owner: { login: 'forgelink', type: 'Organization' },
-        permissions: { metadata: 'read', contents: 'read', pull_requests: 'read', statuses: 'write' },
+        permissions: appPermissions(),
         events: ['push', 'pull_request'],
         installations_count: installations.size,
         html_url: 'https://github.com/apps/forgelink-test',
@@ -364,6 +411,30 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
       const page = paged(req, reachable);
       return { status: 200, headers: page.headers, body: { total_count: reachable.length, installations: page.items.map(installationJson) } };
     }))
+    .route('GET', '/user', 'getAuthenticatedUser', serve('user', (_req, { login }) => ({
+      status: 200,
+      body: { ...userJson(accountOf(login)), name: null, email: null, created_at: '2020-01-01T00:00:00Z', updated_at: '2024-01-01T00:00:00Z' },
+    })))
+    .route('GET', '/user/memberships/orgs/:org', 'getOrgMembershipForUser', serve('user', (req, { login }) => {
+      // A GitHub App's user token reaches what both the user and the App may: the App needs Members: read.
+      if (!membersPermission) return githubError(403, 'Resource not accessible by integration');
+      const org = accounts.get(req.params.org!.toLowerCase());
+      const membership = org?.type === 'Organization' ? memberships.get(org.login.toLowerCase())?.get(login.toLowerCase()) : undefined;
+      if (!org || !membership) return githubError(404, 'Not Found');
+      return {
+        status: 200,
+        body: {
+          url: `${server.url}/orgs/${org.login}/memberships/${login}`,
+          state: membership.state,
+          role: membership.role,
+          direct_membership: true,
+          organization_url: `${server.url}/orgs/${org.login}`,
+          organization: { login: org.login, id: org.id, node_id: Buffer.from(`012:Organization${org.id}`).toString('base64'), url: `${server.url}/orgs/${org.login}`, description: null },
+          user: userJson(accountOf(login)),
+          permissions: { can_create_repository: membership.role === 'admin' },
+        },
+      };
+    }))
     .route('GET', '/repos/:owner/:repo', 'getRepo', serve('installation', (req, { installation }) => {
       const fullName = `${req.params.owner}/${req.params.repo}`.toLowerCase();
       const visible = installation.repositoryIds.map((id) => repositories.get(id)!);
@@ -400,7 +471,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     addInstallation({ id, account, suspended, repositorySelection }) {
       const installation: FakeInstallation = {
         id: id ?? ++nextId,
-        account: { login: account.login, id: ++nextId, type: account.type ?? 'Organization' },
+        account: accountOf(account.login, account.type ?? 'Organization'),
         suspendedAt: suspended ? isoSeconds(now()) : null,
         repositorySelection: repositorySelection ?? 'selected',
         repositoryIds: [],
@@ -414,6 +485,17 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     grantInstallation(login, installationId) {
       installationOrThrow(installationId);
       userInstallations.set(login, (userInstallations.get(login) ?? new Set()).add(installationId));
+    },
+    setOrgMembership(org, login, membership) {
+      const organization = accountOf(org, 'Organization');
+      const members = memberships.get(organization.login.toLowerCase()) ?? new Map();
+      memberships.set(organization.login.toLowerCase(), members);
+      if (membership) members.set(login.toLowerCase(), { role: membership.role, state: membership.state ?? 'active' });
+      else members.delete(login.toLowerCase());
+    },
+    account: (login, type) => ({ ...accountOf(login, type) }),
+    setMembersPermission(granted) {
+      membersPermission = granted;
     },
     issueOAuthCode(login) {
       const code = randomBytes(10).toString('hex');

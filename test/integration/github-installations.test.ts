@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { lockExternalKey } from '../../lib/db/repositories/connections.ts';
 import type { EventResult } from '../../workflows/contract.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
@@ -12,7 +14,8 @@ type Org = Awaited<ReturnType<typeof createOrgWithToken>>;
 /**
  * Binding a GitHub App installation (api-contract.md, GitHub install rows): only through the
  * install redirect's single-use state and the setup callback's proof (the OAuth code exchanged
- * for the installing user's token, the installation on a page of /user/installations), or by the
+ * for the installing user's token, the installation on a page of /user/installations, and the
+ * user administering its account: that user, or an active owner of that organization), or by the
  * admin. Real Octokit against the fake GitHub, which serves both the web and the REST side.
  */
 describe('GitHub installations are bound only with proof', () => {
@@ -31,10 +34,11 @@ describe('GitHub installations are bound only with proof', () => {
     await github?.close();
   });
 
-  /** A GitHub user who installed the App on an account of their own. */
+  /** A GitHub user who installed the App on an organization they own (role admin, active). */
   function installer(login = `user-${++users}`) {
     const installation = github.addInstallation({ account: { login: `${login}-org` } });
     github.grantInstallation(login, installation.id);
+    github.setOrgMembership(`${login}-org`, login, { role: 'admin' });
     return { login, installation };
   }
 
@@ -157,6 +161,145 @@ describe('GitHub installations are bound only with proof', () => {
     await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 503);
     expect(await bindings(installation.id)).toEqual([]);
     expect(h.logs.join('\n')).not.toContain(github.clientSecret);
+  });
+
+  const connectionsOf = (org: Org) => h.db.selectFrom('connections').select('id').where('organization_id', '=', org.org.id).execute();
+
+  it("refuses (403) a user who reaches an installation without administering its account, and stores nothing", async () => {
+    const a = await createOrgWithToken(h);
+    const org = `acme-${++users}`;
+    const installation = github.addInstallation({ account: { login: org } });
+    const on = `the installation is not bound: installation ${installation.id} is on the organization ${org}`;
+    // GitHub lists the installation to each of them (explicit read on one of its repositories is enough).
+    const cases = [
+      { login: `outside-collaborator-${users}`, membership: null, detail: (l: string) => `${on}, of which the GitHub user ${l} who authorized the App is not a member: only an owner of ${org} can bind it` },
+      { login: `member-${users}`, membership: { role: 'member' as const }, detail: (l: string) => `${on}, where the GitHub user ${l} who authorized the App is a member: only an active owner (role admin) of ${org} can bind it` },
+      { login: `billing-${users}`, membership: { role: 'billing_manager' as const }, detail: (l: string) => `${on}, where the GitHub user ${l} who authorized the App is a billing_manager: only an active owner (role admin) of ${org} can bind it` },
+      { login: `invited-owner-${users}`, membership: { role: 'admin' as const, state: 'pending' as const }, detail: (l: string) => `${on}, where the GitHub user ${l} who authorized the App is a pending owner: only an active owner (role admin) of ${org} can bind it` },
+    ];
+    for (const { login, membership, detail } of cases) {
+      github.grantInstallation(login, installation.id);
+      if (membership) github.setOrgMembership(org, login, membership);
+      const res = await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) });
+      expect(await expectProblem(res, 403), login).toBe(detail(login));
+    }
+    // Someone else's user installation, reached as a collaborator on one of its repositories.
+    const owner = `owner-${++users}`;
+    const theirs = github.addInstallation({ account: { login: owner, type: 'User' } });
+    const collaborator = `collaborator-${users}`;
+    github.grantInstallation(collaborator, theirs.id);
+    const refused = await setup({ installationId: theirs.id, state: await installState(a), code: github.issueOAuthCode(collaborator) });
+    expect(await expectProblem(refused, 403)).toBe(
+      `the installation is not bound: installation ${theirs.id} is on the account ${owner}, not on the GitHub user ${collaborator} who authorized the App: only ${owner} can bind it`,
+    );
+    expect(await bindings(installation.id)).toEqual([]);
+    expect(await bindings(theirs.id)).toEqual([]);
+    expect(await connectionsOf(a)).toEqual([]);
+    expect(h.logs.join('\n')).not.toMatch(/ghu_/);
+  });
+
+  it("binds an organization's installation for an active owner, and a user's installation for that user", async () => {
+    const a = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const calls = github.server.calls.length;
+    const res = await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) });
+    expect(res.status, await res.clone().text()).toBe(202);
+    expect(await resultOf<{ status: string }>(h, ((await res.json()) as { workflowId: string }).workflowId)).toMatchObject({ status: 'active' });
+    expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    const proof = ['exchangeOAuthCode', 'listUserInstallations', 'getAuthenticatedUser', 'getOrgMembershipForUser'];
+    const asked = github.server.calls.slice(calls).filter((c) => proof.includes(c.operation));
+    expect(asked.map((c) => `${c.operation} ${c.status}`)).toEqual(proof.map((operation) => `${operation} 200`));
+
+    const b = await createOrgWithToken(h);
+    const mona = `mona-${++users}`;
+    const own = github.addInstallation({ account: { login: mona, type: 'User' } });
+    github.grantInstallation(mona, own.id);
+    const mine = await setup({ installationId: own.id, state: await installState(b), code: github.issueOAuthCode(mona) });
+    expect(mine.status, await mine.clone().text()).toBe(202);
+    expect(await resultOf<{ status: string }>(h, ((await mine.json()) as { workflowId: string }).workflowId)).toMatchObject({ status: 'active' });
+    expect(await bindings(own.id)).toEqual([{ organization_id: b.org.id, status: 'active' }]);
+  });
+
+  it('refuses (403) an owner whose membership GitHub will not show (the App lacks Members: read), saying so', async () => {
+    const a = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    github.setMembersPermission(false);
+    try {
+      const detail = await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 403);
+      expect(detail).toBe(
+        `the installation is not bound: installation ${installation.id} is on the organization ${login}-org, and GitHub would not show the GitHub user ${login} who authorized the App's membership of it (Resource not accessible by integration): the App needs the organization permission Members: read, accepted by ${login}-org`,
+      );
+    } finally {
+      github.setMembersPermission(true);
+    }
+    expect(await bindings(installation.id)).toEqual([]);
+  });
+
+  it('refuses (409) an installation another organization binds, even to its owner, until it is disconnected there; the admin token may, with a warning', async () => {
+    const a = await createOrgWithToken(h);
+    const b = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const first = await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) });
+    const { id: aConnection, workflowId } = (await first.json()) as { id: string; workflowId: string };
+    await resultOf(h, workflowId);
+
+    const detail = await expectProblem(await setup({ installationId: installation.id, state: await installState(b), code: github.issueOAuthCode(login) }), 409);
+    expect(detail).toBe(
+      `installation ${installation.id} is already bound to another forgelink organization; an installation is bound to one organization: disconnect it there first, or ask the operator`,
+    );
+    expect(detail).not.toContain(a.org.slug);
+    expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+
+    // Disconnected in A, it binds to B.
+    const disconnect = await h.request('DELETE', `/api/v1/orgs/${a.org.slug}/connections/${aConnection}`, { token: a.token });
+    expect(disconnect.status).toBe(202);
+    await resultOf(h, ((await disconnect.json()) as { workflowId: string }).workflowId);
+    const second = await setup({ installationId: installation.id, state: await installState(b), code: github.issueOAuthCode(login) });
+    expect(second.status, await second.clone().text()).toBe(202);
+    await resultOf(h, ((await second.json()) as { workflowId: string }).workflowId);
+
+    // The operator may bind it to a third organization as well: allowed, and logged.
+    const c = await createOrgWithToken(h);
+    const admin = await h.request('POST', `/api/v1/orgs/${c.org.slug}/connections`, { token: h.adminToken, body: { provider: 'github', installationId: installation.id } });
+    expect(admin.status, await admin.clone().text()).toBe(202);
+    await resultOf(h, ((await admin.json()) as { workflowId: string }).workflowId);
+    const warning = h.logs.find((line) => line.includes('the admin token bound a GitHub installation other organizations already bind') && line.includes(c.org.id));
+    expect(warning).toContain(b.org.id);
+    expect((await bindings(installation.id)).filter((row) => row.status === 'active').map((row) => row.organization_id).sort()).toEqual([b.org.id, c.org.id].sort());
+  });
+
+  it("does not bind an installation to a second organization while a first one's bind holds it (one lock per installation)", async () => {
+    const a = await createOrgWithToken(h);
+    const b = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const state = await installState(b);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked!: () => void;
+    const holding = new Promise<void>((resolve) => (locked = resolve));
+    // A's bind, in flight: it holds the installation's lock and has inserted its row, not yet committed.
+    const aBind = h.db.transaction().execute(async (trx) => {
+      await lockExternalKey(trx, 'github', String(installation.id));
+      await trx.insertInto('connections').values({ id: randomUUID(), organization_id: a.org.id, provider: 'github', base_url: github.url, external_key: String(installation.id), status: 'active' }).execute();
+      locked();
+      await released;
+    });
+    await holding;
+    const bBind = setup({ installationId: installation.id, state, code: github.issueOAuthCode(login) });
+    // B's bind waits for the lock (seen in pg_locks), or answers without it.
+    const waiting = (async () => {
+      for (let i = 0; i < 400; i++) {
+        const rows = await sql<{ n: number }>`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted and database = (select oid from pg_database where datname = current_database())`.execute(h.db);
+        if (rows.rows[0]!.n > 0) return 'waiting';
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return 'never waited';
+    })();
+    expect(await Promise.race([waiting, bBind.then(() => 'answered while A held the lock')])).toBe('waiting');
+    release();
+    await aBind;
+    await expectProblem(await bBind, 409);
+    expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
   });
 
   it('lets only the admin bind an installation directly: an organization token gets 403', async () => {

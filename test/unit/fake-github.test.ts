@@ -295,6 +295,39 @@ describe('fake GitHub, driven by Octokit + auth-app', () => {
       expect(data).not.toHaveProperty('access_token');
     });
 
+    it("shows the token's user (/user) and that user's membership of an organization (role, state; 404 for none; 403 without Members: read)", async () => {
+      const login = `user-${++orgs}`;
+      const org = `org-${++orgs}`;
+      const installation = github.addInstallation({ account: { login: org } });
+      const { data } = await exchange({ ...credentials(), code: github.issueOAuthCode(login) });
+      const user = new Octokit({ baseUrl: github.url, auth: data.access_token, log: quiet });
+
+      const me = (await user.rest.users.getAuthenticated()).data;
+      expect(me).toMatchObject({ login, id: github.account(login).id, type: 'User' });
+      expect(github.addInstallation({ account: { login, type: 'User' } }).account.id).toBe(me.id);
+
+      expect((await failure(user.rest.orgs.getMembershipForAuthenticatedUser({ org }))).response.data).toMatchObject({ message: 'Not Found', status: '404' });
+      github.setOrgMembership(org, login, { role: 'admin', state: 'pending' });
+      // Logins are case-insensitive.
+      const pending = (await user.rest.orgs.getMembershipForAuthenticatedUser({ org: org.toUpperCase() })).data;
+      expect(pending).toMatchObject({ state: 'pending', role: 'admin', organization: { login: org, id: installation.account.id }, user: { login, id: me.id } });
+      github.setOrgMembership(org, login, { role: 'member' });
+      expect((await user.rest.orgs.getMembershipForAuthenticatedUser({ org })).data).toMatchObject({ state: 'active', role: 'member' });
+      expect((await failure(user.rest.orgs.getMembershipForAuthenticatedUser({ org: `missing-${orgs}` }))).status).toBe(404);
+
+      github.setMembersPermission(false);
+      try {
+        const refused = await failure(user.rest.orgs.getMembershipForAuthenticatedUser({ org }));
+        expect(refused.status).toBe(403);
+        expect(refused.response.data).toMatchObject({ message: 'Resource not accessible by integration' });
+      } finally {
+        github.setMembersPermission(true);
+      }
+      // Only a user token: an installation token gets 401.
+      const installationToken = await mintToken(installation.id);
+      expect((await failure(new Octokit({ baseUrl: github.url, auth: installationToken, log: quiet }).rest.users.getAuthenticated())).status).toBe(401);
+    });
+
     it("lists, page by page, the installations the token's user can reach, with Link headers Octokit follows", async () => {
       const login = `user-${++orgs}`;
       const reachable = Array.from({ length: 5 }, () => github.addInstallation({ account: { login: `acct-${++orgs}` } }).id);

@@ -238,9 +238,28 @@ describe('GitHub adapter against the fake GitHub', () => {
       const theirs = github.addInstallation({ account: { login: `theirs-${++orgs}` } });
       const login = `user-${++orgs}`;
       github.grantInstallation(login, mine.id);
+      github.setOrgMembership(mine.account.login, login, { role: 'admin' });
       expect(await prove(github.issueOAuthCode(login), mine.id)).toEqual({ proven: true });
       expect(await prove(github.issueOAuthCode(login), theirs.id)).toEqual({ proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${theirs.id}` });
       expect(await prove('used-or-unknown', mine.id)).toEqual({ proven: false, reason: 'GitHub did not accept the authorization code (bad_verification_code)' });
+    });
+
+    it('is proven only for the user an installation is on, or an active owner of its organization', async () => {
+      const login = `admin-${++orgs}`;
+      const own = github.addInstallation({ account: { login, type: 'User' } });
+      const org = github.addInstallation({ account: { login: `org-${++orgs}` } });
+      for (const id of [own.id, org.id]) github.grantInstallation(login, id);
+      expect(await prove(github.issueOAuthCode(login), own.id)).toEqual({ proven: true });
+      const on = `installation ${org.id} is on the organization ${org.account.login}`;
+      const who = `the GitHub user ${login} who authorized the App`;
+      expect(await prove(github.issueOAuthCode(login), org.id)).toEqual({ proven: false, reason: `${on}, of which ${who} is not a member: only an owner of ${org.account.login} can bind it` });
+      github.setOrgMembership(org.account.login, login, { role: 'member' });
+      expect(await prove(github.issueOAuthCode(login), org.id)).toEqual({ proven: false, reason: `${on}, where ${who} is a member: only an active owner (role admin) of ${org.account.login} can bind it` });
+      github.setOrgMembership(org.account.login, login, { role: 'admin' });
+      expect(await prove(github.issueOAuthCode(login), org.id)).toEqual({ proven: true });
+      // A rate limit on the membership is GitHub not answering (thrown), not a refusal.
+      github.server.failNext('getOrgMembershipForUser', 1, { status: 403, headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(Math.floor(Date.now() / 1000) + 60) }, body: { message: 'API rate limit exceeded for user.' } });
+      expect((await rejection(prove(github.issueOAuthCode(login), org.id))).status).toBe(429);
     });
 
     it('fails with GitHub\'s status and message, never carrying the client secret or the code', async () => {

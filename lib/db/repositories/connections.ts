@@ -134,6 +134,27 @@ export async function findLiveConnectionByExternalKey(db: Executor, organization
     .executeTakeFirst();
 }
 
+/** Live connections (not disconnected) of other organizations bound to the same provider key (a GitHub installation). */
+export async function liveConnectionsElsewhere(db: Executor, organizationId: string, provider: Connection['provider'], externalKey: string) {
+  return db
+    .selectFrom('connections')
+    .select(['id', 'organization_id'])
+    .where('organization_id', '<>', organizationId)
+    .where('provider', '=', provider)
+    .where('external_key', '=', externalKey)
+    .where('status', '<>', 'disconnected')
+    .execute();
+}
+
+/**
+ * Holds, until `trx` ends, the lock of one provider key across organizations, so that a check that
+ * no other organization binds it and the insert that binds it are one step (a transaction-scoped
+ * advisory lock: nothing to clean up, and no lock held by a request that failed).
+ */
+export async function lockExternalKey(trx: Transaction<Database>, provider: Connection['provider'], externalKey: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`connections:${provider}:${externalKey}`}, 0))`.execute(trx);
+}
+
 /** A rotation not settled after this long is taken as lost (its run never started): a new one may replace it. */
 const STALE_ROTATION = sql<Date>`now() - interval '15 minutes'`;
 
