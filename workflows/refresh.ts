@@ -89,6 +89,14 @@ const LANES_BY_ORGANIZATION = 'refresh-lanes-by-organization';
  * beyond another's count come after all of that one's.
  */
 const NIGHTLY_IN_ROUNDS = 'refresh-nightly-in-rounds';
+/**
+ * Runs of every organization started before this list one batch at a time: a batch ended when its
+ * slowest listing did, so one organization's listing at a server that never answers (10 attempts,
+ * about 13 minutes) held every other organization's connections of the next batch back, once per
+ * batch. Later ones keep their lanes going across batches (listReadingAhead): a free lane reads
+ * the next batch as soon as the connections already read hold nothing it may take.
+ */
+const NIGHTLY_READING_AHEAD = 'refresh-nightly-reading-ahead';
 
 type ListChunk = (input: Parameters<Activities['listRepositoriesChunk']>[0]) => ReturnType<Activities['listRepositoriesChunk']>;
 
@@ -118,6 +126,25 @@ export async function refreshRepositoriesWorkflow(input: RefreshInput): Promise<
   const limit = input.batchSize ?? REFRESH_BATCH.connections;
   let after = input.after;
   let afterInRounds = input.afterInRounds;
+  if (byOrganization && patched(NIGHTLY_READING_AHEAD)) {
+    // The same batches and the same bound per run as below; only the lanes no longer wait for a batch's end.
+    let batches = 0;
+    let last = false;
+    const readBatch = async (): Promise<Connection[] | undefined> => {
+      if (last || (batches > 0 && (batches >= (input.batchesPerRun ?? REFRESH_BATCH.perRun) || workflowInfo().continueAsNewSuggested))) return undefined;
+      batches++;
+      const connections = await listConnectionsToRefresh(inRounds ? { inRounds, afterInRounds, limit } : { after, limit });
+      const end = connections[connections.length - 1];
+      if (connections.length < limit || end === undefined) last = true;
+      else if (inRounds) afterInRounds = { round: end.round!, organizationId: end.organizationId, connectionId: end.id };
+      else after = end.id;
+      return connections;
+    };
+    await listReadingAhead(readBatch, totals, listChunk);
+    if (last) return totals;
+    // The run's last listings have ended: nothing of this run is in flight when the next one starts.
+    return continueAsNew<typeof refreshRepositoriesWorkflow>({ ...input, ...(inRounds ? { afterInRounds } : { after }), carried: totals });
+  }
   for (let batch = 1; ; batch++) {
     const connections = await listConnectionsToRefresh(inRounds ? { inRounds, afterInRounds, limit } : { organizationId: input.organizationId, after, limit });
     await refreshBatch(connections, totals);
@@ -141,23 +168,69 @@ function countFailed(totals: RefreshResult, connectionId: string, reason: string
   totals.failedCount = (totals.failedCount ?? 0) + 1;
 }
 
-/**
- * Lists each connection with an activity of this run, CONCURRENT_CONNECTIONS at a time, adding the
- * outcomes to `totals`. A child run per connection cost two workflow tasks, a run's start and end
- * in the server and a sandbox in the worker for one activity; the connection's lease (taken by the
- * listing, given back when it ends) keeps two refreshes from listing it at once instead of the
- * child's id. A listing longer than one chunk of pages goes on in the child, which carries its
- * progress from chunk to chunk and continues as new, so this run's history holds no page keys.
- */
+/** Lists one batch of connections, CONCURRENT_CONNECTIONS at a time (runLanes), and ends with its slowest listing. */
 async function listConnections(connections: Connection[], totals: RefreshResult, listChunk: ListChunk, byOrganization = false): Promise<void> {
   totals.connections += connections.length;
-  const { workflowId, runId } = workflowInfo();
-  const leaseHolder = `${workflowId}/${runId}`;
   const queue = [...connections];
   const going = new Map<string, number>();
   const take = () => (byOrganization ? nextConnection(queue, going) : queue.shift());
+  await runLanes(Math.min(CONCURRENT_CONNECTIONS, connections.length), take, going, totals, listChunk);
+}
+
+/**
+ * listConnections across batches: CONCURRENT_CONNECTIONS lanes, each taking the next connection as
+ * soon as it is free, by the same rule (nextConnection), from the connections read so far. A lane
+ * reads the next batch (`readBatch`; undefined once the run has read its last) when those hold no
+ * connection of an organization with no listing going: one waiting there may be of an organization
+ * whose listings all hang, and the next batch may hold one of an organization that has none going.
+ * So no batch waits for another's slowest listing; an organization's hung listings hold only their
+ * own lanes (at most ⌊7/m⌋ + 1 while m organizations have connections read and waiting). One lane
+ * reads at a time; the others freed meanwhile wait for that read. The lanes end when everything
+ * read is listed and the run has nothing more to read.
+ */
+async function listReadingAhead(readBatch: () => Promise<Connection[] | undefined>, totals: RefreshResult, listChunk: ListChunk): Promise<void> {
+  const queue: Connection[] = [];
+  const going = new Map<string, number>();
+  let more = true;
+  let reading: Promise<void> | undefined;
+  const read = async () => {
+    const batch = await readBatch();
+    if (batch === undefined) more = false;
+    else {
+      totals.connections += batch.length;
+      queue.push(...batch);
+    }
+    reading = undefined;
+  };
+  const take = (): Taken => {
+    const index = nextConnectionIndex(queue, going);
+    if (!more || (index !== -1 && !going.get(queue[index]!.organizationId))) return index === -1 ? undefined : queue.splice(index, 1)[0];
+    return { waitFor: (reading ??= read()) };
+  };
+  await runLanes(CONCURRENT_CONNECTIONS, take, going, totals, listChunk);
+}
+
+/** What a free lane gets: the connection it lists next, a read of connections to wait for and ask again after, or nothing (it ends). */
+type Taken = Connection | { waitFor: Promise<void> } | undefined;
+
+/**
+ * Runs `lanes` lanes, each listing the connection `take` gives it with an activity of this run,
+ * adding the outcomes to `totals`; `going` counts each organization's listings meanwhile. A child
+ * run per connection cost two workflow tasks, a run's start and end in the server and a sandbox in
+ * the worker for one activity; the connection's lease (taken by the listing, given back when it
+ * ends) keeps two refreshes from listing it at once instead of the child's id. A listing longer
+ * than one chunk of pages goes on in the child, which carries its progress from chunk to chunk and
+ * continues as new, so this run's history holds no page keys.
+ */
+async function runLanes(lanes: number, take: () => Taken, going: Map<string, number>, totals: RefreshResult, listChunk: ListChunk): Promise<void> {
+  const { workflowId, runId } = workflowInfo();
+  const leaseHolder = `${workflowId}/${runId}`;
   const lane = async () => {
     for (let next = take(); next; next = take()) {
+      if ('waitFor' in next) {
+        await next.waitFor;
+        continue;
+      }
       const connection = next;
       going.set(connection.organizationId, (going.get(connection.organizationId) ?? 0) + 1);
       try {
@@ -201,7 +274,7 @@ async function listConnections(connections: Connection[], totals: RefreshResult,
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(CONCURRENT_CONNECTIONS, connections.length) }, lane));
+  await Promise.all(Array.from({ length: lanes }, lane));
 }
 
 /**
@@ -213,13 +286,19 @@ async function listConnections(connections: Connection[], totals: RefreshResult,
  * given back goes to the waiting organization with the fewest going.
  */
 function nextConnection(queue: Connection[], going: ReadonlyMap<string, number>): Connection | undefined {
+  const chosen = nextConnectionIndex(queue, going);
+  return chosen === -1 ? undefined : queue.splice(chosen, 1)[0];
+}
+
+/** Where in `queue` nextConnection takes from; -1 when it is empty. */
+function nextConnectionIndex(queue: readonly Connection[], going: ReadonlyMap<string, number>): number {
   let chosen = -1;
   let fewest = Infinity;
   for (let i = 0; i < queue.length && fewest > 0; i++) {
     const count = going.get(queue[i]!.organizationId) ?? 0;
     if (count < fewest) [chosen, fewest] = [i, count];
   }
-  return chosen === -1 ? undefined : queue.splice(chosen, 1)[0];
+  return chosen;
 }
 
 /** Runs one child per connection, CONCURRENT_CONNECTIONS at a time, adding the outcomes to `totals`. */

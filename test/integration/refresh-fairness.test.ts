@@ -8,7 +8,7 @@ import { lastListing } from '../../lib/db/repositories/repository-cache.ts';
 import type { RefreshResult } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { seedConnection } from '../support/attachments.ts';
-import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
+import { holding, startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
 import { historyEvents, recordHistory } from '../support/histories.ts';
 
@@ -18,12 +18,20 @@ const A_CONNECTIONS = 12;
 const B_CONNECTION_IDS = ['ffffffff-ffff-4fff-bfff-fffffffffffe', 'ffffffff-ffff-4fff-bfff-ffffffffffff'];
 /** Under a provider call's 30 s timeout: A's first calls are all still open when B must be listed. */
 const B_WITHIN_MS = 25_000;
+/**
+ * Reading ahead: 4 connections a batch, in rounds. H's 4 connections to a server that never answers
+ * are its rounds 1-4, F's 6 are F's rounds 1-6, so the batches are [H1 F1 H2 F2] [H3 F3 H4 F4] [F5
+ * F6] (H and F in either order within a round): two of H's hung listings in each of the first two
+ * batches. A batch that ends with its slowest listing keeps F3-F6 waiting for H's (10 attempts,
+ * about 13 minutes each batch).
+ */
+const READ_AHEAD = { batchSize: 4, hungConnections: 4, fineConnections: 6 };
 
 /** Resolves once `check` holds, looking every 100 ms (a row the worker writes, which nothing tells the test of). */
-async function until(check: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
+async function until(check: () => Promise<boolean>, what: string | (() => string), timeoutMs: number): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${typeof what === 'string' ? what : what()}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -115,7 +123,7 @@ describe("nightly refresh: one organization's servers that never answer and anot
       return [defaultPayloadConverter.fromPayload<{ connectionId: string }>(scheduled.input!.payloads![0] as Payload).connectionId];
     });
     expect(listed.slice(0, 8).filter((id) => B_CONNECTION_IDS.includes(id))).toHaveLength(B_CONNECTION_IDS.length);
-    await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization-asking-slot');
+    await recordHistory(h.client, workflowId, 'refresh-all-lanes-by-organization-reading-ahead');
   }, 120_000);
 
   it("reads every organization's connections in rounds across batches and runs: one organization's connections beyond another's count come after all of the other's", async () => {
@@ -156,7 +164,53 @@ describe("nightly refresh: one organization's servers that never answer and anot
     expect(rounds).toEqual([...rounds].sort((x, y) => x - y));
     expect(listed.indexOf(qId)).toBeLessThan(listed.indexOf(pIds[1]!));
     expect(pIds.map((id) => roundOf.get(id))).toEqual([1, 2, 3]);
-    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-continued-as-new-asking-slot', first.firstExecutionRunId);
-    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-last-batch-asking-slot');
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-continued-as-new-reading-ahead', first.firstExecutionRunId);
+    await recordHistory(h.client, workflowId, 'refresh-all-in-rounds-last-batch-reading-ahead');
+  }, 120_000);
+  it("reads ahead across batches: F's connections in batches after H's hung listings are listed while H's first calls are all still held", async () => {
+    // The tests before leave connections the nightly run would read too: set aside, the batches hold only this test's.
+    await h.db.updateTable('connections').set({ status: 'disconnected' }).where('status', '=', 'active').execute();
+    const [hungOrg, fineOrg] = [await createOrgWithToken(h), await createOrgWithToken(h)];
+    gitlab.addProject({ pathWithNamespace: 'shared/read-ahead' });
+    const hungProxy = await startFlakyProxy(gitlab.url);
+    try {
+      const hung = holding(hungProxy);
+      const hungIds: string[] = [];
+      const fineIds: string[] = [];
+      // Created in turn, so each organization's k-th connection (by creation) is its round k.
+      for (let i = 0; i < READ_AHEAD.fineConnections; i++) {
+        if (i < READ_AHEAD.hungConnections) hungIds.push(await seedConnection(h, { organizationId: hungOrg.org.id, provider: 'gitlab', baseUrl: hung.url, secret: newToken() }));
+        fineIds.push(await seedConnection(h, { organizationId: fineOrg.org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: newToken() }));
+      }
+
+      // As the Schedule starts it (every organization), in batches of 4 and all in one run.
+      const workflowId = `refresh-read-ahead-${randomUUID()}`;
+      const startedAt = performance.now();
+      const run = await h.client.workflow.start('refreshRepositoriesWorkflow', { taskQueue: h.taskQueue, workflowId, args: [{ batchSize: READ_AHEAD.batchSize, batchesPerRun: 10 }] });
+      const listedMs = new Map<string, number>();
+      await until(
+        async () => {
+          for (const id of fineIds) if (!listedMs.has(id) && (await lastListing(h.db, id))) listedMs.set(id, Math.round(performance.now() - startedAt));
+          return listedMs.size === fineIds.length;
+        },
+        () => `F's ${fineIds.length} connections listed (${listedMs.size} were: ${[...listedMs.values()].join(', ')} ms)`,
+        B_WITHIN_MS,
+      );
+      const heldAtServer = hung.arrived;
+      console.log(`F's connections (rounds 1-${fineIds.length}) listed ${fineIds.map((id) => listedMs.get(id)).join(', ')} ms after the nightly run started; ${heldAtServer} of H's listing calls held at H's server`);
+      // H's first calls, one per hung connection: none timed out and was tried again while F waited.
+      expect(heldAtServer).toBeLessThanOrEqual(READ_AHEAD.hungConnections);
+      for (const id of hungIds) expect(await lastListing(h.db, id)).toBeUndefined();
+
+      hung.release();
+      const result: RefreshResult = await run.result();
+      const all = READ_AHEAD.hungConnections + READ_AHEAD.fineConnections;
+      expect(result).toMatchObject({ connections: all, refreshed: all, failedCount: 0 });
+      // The fake's projects are every token's (the tests before added theirs): each listing wrote them all.
+      for (const id of [...hungIds, ...fineIds]) expect((await lastListing(h.db, id))?.rowsWritten).toBeGreaterThan(0);
+      await recordHistory(h.client, workflowId, 'refresh-all-reading-ahead');
+    } finally {
+      await hungProxy.close();
+    }
   }, 120_000);
 });
