@@ -441,10 +441,15 @@ describe('a drain refused an activity slot (real Temporal, real PostgreSQL)', ()
     expect(await carriedSince()).toBe(first);
     expect(Date.parse(first!)).toBeLessThanOrEqual(Date.now());
 
-    // Once admitted, both deliver, each pair once.
+    // Once admitted, both deliver, each pair once. The carried run's pair fails its first two attempts,
+    // so an admitted round leaves it pending and the run continues as new at least once after admission:
+    // without the refusals' time, so that a later refusal waits from its own first again.
+    subscriber.server.failNext('deliver', 2, { status: 503 });
     hold.release();
     expect(await resultOf<EventResult>(h, holding.workflowId)).toMatchObject({ delivered: 1, undelivered: [] });
     expect(await resultOf<EventResult>(h, carried.workflowId)).toMatchObject({ delivered: 1, undelivered: [] });
+    expect(subscriber.server.calls.filter((c) => c.status === 503)).toHaveLength(2);
+    expect(await carriedSince()).toBeUndefined();
     const received = subscriber.received.map((r) => r.body.id);
     for (const eventId of [...holding.eventIds, ...carried.eventIds]) expect(received.filter((id) => id === eventId)).toHaveLength(1);
     await recordHistory(h.client, carried.workflowId, 'event-drain-refused-carried', carried.handle.firstExecutionRunId);
