@@ -1,7 +1,7 @@
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
-import { activityCancellation, activityContext, excerpt, OutboundRefusedError, WORKER_SHUTDOWN } from './outbound.ts';
-import { ProviderHttpError } from './providers/port.ts';
+import { activityCancellation, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
+import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
 export const FailureTypes = {
@@ -12,6 +12,10 @@ export const FailureTypes = {
   throttled: 'ProviderThrottled',
   unavailable: 'ProviderUnavailable',
   refused: 'OutboundRefused',
+  /** The provider listed past forgelink's caps (pages, hooks, repositories): the same server would again. */
+  listingTooLong: 'ProviderListingTooLong',
+  /** The provider's answer was longer than the size cap (activities/outbound.ts). */
+  answerTooLarge: 'ProviderAnswerTooLarge',
   secretUnreadable: 'SecretUnreadable',
   workerShutdown: 'WorkerShutdown',
 } as const;
@@ -39,7 +43,8 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
 /**
  * Maps a provider error to the Temporal failure the retry policy acts on: 400/401/403/404/422 are
  * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After. An
- * address or redirect the outbound layer refused is permanent too. Messages are short printable excerpts.
+ * address or redirect the outbound layer refused, a listing past its caps and an answer past the
+ * size cap are permanent too. Messages are short printable excerpts.
  */
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
@@ -71,6 +76,11 @@ export function toActivityFailure(error: unknown): Error {
   }
   const refused = refusalIn(error);
   if (refused) return ApplicationFailure.create({ type: FailureTypes.refused, message: refused.message, nonRetryable: true });
+  // Neither is the provider's passing trouble: a retry would list as much, or answer as long, again.
+  const tooLong = causeOfType(error, ListingTooLongError);
+  if (tooLong) return ApplicationFailure.create({ type: FailureTypes.listingTooLong, message: excerpt(tooLong.message, 300), nonRetryable: true });
+  const tooLarge = causeOfType(error, ResponseTooLargeError);
+  if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message), nonRetryable: true });
   const message = excerpt(error instanceof Error ? error.message : String(error));
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
 }

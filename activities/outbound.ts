@@ -31,7 +31,7 @@ export interface OutboundInit {
   signal?: AbortSignal | null;
   /** Whole call, answer included; default 30 s. */
   timeoutMs?: number;
-  /** The answer's body is cut off (the call fails) past this many bytes; default 32 MiB. */
+  /** The answer's body is cut off (the call fails) past this many bytes; default DEFAULT_MAX_BODY_BYTES (8 MiB). */
   maxBodyBytes?: number;
   /** `same-origin` (default): GET/HEAD follow redirects within the origin; `none`: a 3xx is the answer. */
   redirects?: 'same-origin' | 'none';
@@ -58,7 +58,14 @@ export class ResponseTooLargeError extends Error {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
-const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+/**
+ * A provider's answer, at most: a tenant's server may answer as much as it likes, and the adapters
+ * read an answer whole before parsing it. The largest legitimate pages are a few MiB at most
+ * (provider-contracts.md: Bitbucket 1,000 repositories of ~1-2 KB, GitHub 100 of ~6 KB, GitLab
+ * 100 of ~1 KB), and Azure DevOps lists one project's repositories unpaged (~1 KB each: 8 MiB is
+ * ~8,000 repositories in one project). 32 MiB before.
+ */
+export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 /** What one request may read from a socket, headers included: a backstop for SDK clients. */
 const MAX_SOCKET_READ_BYTES = DEFAULT_MAX_BODY_BYTES + 64 * 1024;
 const MAX_REDIRECTS = 5;

@@ -1,5 +1,8 @@
 import { cancellableSleep, type Outbound } from '../outbound.ts';
 import {
+  cappedPages,
+  HOOK_LISTING_CAPS,
+  ListingTooLongError,
   ProviderHttpError,
   parseRetryAfter,
   rateLimitPause,
@@ -75,8 +78,8 @@ export interface BitbucketClientOptions {
 
 export interface BitbucketClient {
   request<T>(method: string, path: string, init?: { query?: Record<string, string | number>; body?: unknown }): Promise<BitbucketResponse<T>>;
-  /** Every value of a paged list, following nextPageStart until isLastPage. */
-  all<T>(path: string, query?: Record<string, string | number>): Promise<T[]>;
+  /** Every value of a paged list, following nextPageStart until isLastPage, failing past `caps` (ListingTooLongError). */
+  all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number }, query?: Record<string, string | number>): Promise<T[]>;
 }
 
 function errorMessage(body: unknown, status: number): string {
@@ -97,11 +100,17 @@ async function readBody(response: Response): Promise<unknown> {
   }
 }
 
-/** Where the next page starts, or undefined on the last one. */
-function nextPageStart(page: BitbucketPage<unknown>): number | undefined {
+/**
+ * Where the next page after the one asked from `start` starts, or undefined on the last one. A
+ * nextPageStart that does not move forward would list the same pages forever: it fails.
+ */
+function nextPageStart(page: BitbucketPage<unknown>, start: number): number | undefined {
   if (page.isLastPage) return undefined;
   // Never infer the end from size < limit: the server clamps limit, and isLastPage is the only truth.
   if (typeof page.nextPageStart !== 'number') throw new Error('Bitbucket said more pages follow but gave no nextPageStart');
+  if (!Number.isSafeInteger(page.nextPageStart) || page.nextPageStart <= start) {
+    throw new ListingTooLongError(`bitbucket's listing does not move on: nextPageStart ${page.nextPageStart} after the page at ${start} would list the same pages forever`);
+  }
   return page.nextPageStart;
 }
 
@@ -151,15 +160,11 @@ export function createBitbucketClient(baseUrl: string, token: string, options: B
 
   return {
     request,
-    async all<T>(path: string, query: Record<string, string | number> = {}) {
-      const values: T[] = [];
-      let start: number | undefined = 0;
-      while (start !== undefined) {
+    async all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number }, query: Record<string, string | number> = {}) {
+      return cappedPages<T, number>('bitbucket', caps, 0, async (start) => {
         const { body } = await request<BitbucketPage<T>>('GET', path, { query: { ...query, limit: PAGE_LIMIT, start } });
-        values.push(...body.values);
-        start = nextPageStart(body);
-      }
-      return values;
+        return { values: body.values, next: nextPageStart(body, start) };
+      });
     },
   };
 }
@@ -242,7 +247,7 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
       const start = cursor === undefined ? 0 : Number(cursor);
       if (!Number.isInteger(start) || start < 0) throw new Error(`invalid Bitbucket repository cursor "${cursor}"`);
       const { body } = await api.request<BitbucketPage<BitbucketRepository>>('GET', '/repos', { query: { permission: 'REPO_ADMIN', limit: PAGE_LIMIT, start } });
-      const next = nextPageStart(body);
+      const next = nextPageStart(body, start);
       return { repositories: body.values.map(toRepository), ...(next === undefined ? {} : { nextCursor: String(next) }), apiCalls: 1 };
     },
 
@@ -258,7 +263,7 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
     },
 
     async listHooks(ref) {
-      const hooks = await api.all<BitbucketWebhook>(`${repositoryPath(ref)}/webhooks`);
+      const hooks = await api.all<BitbucketWebhook>(`${repositoryPath(ref)}/webhooks`, HOOK_LISTING_CAPS);
       return hooks.map(toHook);
     },
 

@@ -1,6 +1,8 @@
 import { createAppAuth } from '@octokit/auth-app';
 import { Octokit } from '@octokit/rest';
 import {
+  ListingTooLongError,
+  MAX_FAN_OUT,
   ProviderHttpError,
   parseRetryAfter,
   type ProviderAdapter,
@@ -82,11 +84,18 @@ function pageFromLink(link: string | undefined, rel: 'next' | 'last'): string | 
   return url ? (new URL(url).searchParams.get('page') ?? undefined) : undefined;
 }
 
-/** Pages after the first up to the Link header's last: known once the first page is in, fetched in parallel. */
+/**
+ * Pages after the first up to the Link header's last: known once the first page is in, fetched in
+ * parallel. A last page beyond MAX_FAN_OUT fails before its cursors are made (they alone would fill memory).
+ */
 function pagesAfterFirst(link: string | undefined): string[] {
   const last = Number(pageFromLink(link, 'last'));
+  if (Number.isSafeInteger(last) && last > MAX_FAN_OUT) throw ListingTooLongError.over('github', MAX_FAN_OUT, `pages of repositories (its Link header names page ${last} as the last)`);
   return Number.isSafeInteger(last) && last > 1 ? Array.from({ length: last - 1 }, (_, i) => String(i + 2)) : [];
 }
+
+/** Pages of the user's installations an installation proof reads at most (100 installations each). */
+const MAX_INSTALLATION_PAGES = 100;
 
 interface GithubRepository {
   id: number;
@@ -329,11 +338,14 @@ export async function proveInstallationAccess(app: GithubOAuthApp, outbound: Out
 /** The account of installation `installationId` when it is on a page of the user's /user/installations. */
 async function reachableInstallationAccount(user: Octokit, installationId: string): Promise<InstallationAccount | undefined> {
   // Page by page along the Link header (octokit.paginate reads response.url, which the guarded layer's answers lack).
-  for (let page: string | undefined = '1'; page !== undefined; ) {
+  // A server that always links onward is not followed for ever: past MAX_INSTALLATION_PAGES, or a next page
+  // that does not move on, the installation counts as not reachable.
+  for (let page: string | undefined = '1', pages = 0; page !== undefined && pages < MAX_INSTALLATION_PAGES; pages++) {
     const { data, headers } = await user.rest.apps.listInstallationsForAuthenticatedUser({ per_page: PAGE_SIZE, page: Number(page) });
     const found = data.installations.find((installation) => String(installation.id) === installationId);
     if (found) return (found.account ?? {}) as InstallationAccount;
-    page = pageFromLink(headers.link, 'next');
+    const next = pageFromLink(headers.link, 'next');
+    page = next !== undefined && Number(next) > Number(page) ? next : undefined;
   }
   return undefined;
 }

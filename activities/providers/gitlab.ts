@@ -2,6 +2,9 @@ import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-uti
 import { PersonalAccessTokens, ProjectHooks, Projects, Users } from '@gitbeaker/rest';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
 import {
+  cappedPages,
+  HOOK_LISTING_CAPS,
+  ListingTooLongError,
   ProviderHttpError,
   parseRetryAfter,
   rateLimitPause,
@@ -179,6 +182,17 @@ function nextIdAfter(link: string | undefined): string | undefined {
   return href ? (new URL(href).searchParams.get('id_after') ?? undefined) : undefined;
 }
 
+/** The page of an offset page's `Link: <…>; rel="next"`, undefined on the last page; one that does not move on fails. */
+function nextOffsetPage(link: string | undefined, page: number): number | undefined {
+  const href = /<([^>]+)>;\s*rel="next"/.exec(link ?? '')?.[1];
+  if (!href) return undefined;
+  const next = Number(new URL(href).searchParams.get('page'));
+  if (!Number.isSafeInteger(next) || next <= page) {
+    throw new ListingTooLongError(`gitlab's listing does not move on: the page after page ${page} links to page ${new URL(href).searchParams.get('page')}`);
+  }
+  return next;
+}
+
 /**
  * Repository-listing cursors. `ids:<after>-<before>`: a keyset walk over project ids in
  * (after, before), `before` empty for the walk to the end (a plain number is the first version's
@@ -298,9 +312,19 @@ export function createGitlabAdapter(target: ProviderTarget, options: GitlabClien
       }
     },
 
+    /**
+     * Page by page along the Link header's next page (as gitbeaker's ProjectHooks.all followed it),
+     * but capped (HOOK_LISTING_CAPS): gitbeaker follows a server that always links onward for ever,
+     * copying the list it holds at each page.
+     */
     async listHooks(ref) {
-      const hooks = await api.ProjectHooks.all(ref.externalId, { perPage: MAX_PER_PAGE });
-      return (hooks as GitlabHook[]).map(toHook);
+      const path = `projects/${encodeURIComponent(ref.externalId)}/hooks`;
+      const hooks = await cappedPages<GitlabHook, number>('gitlab', HOOK_LISTING_CAPS, 1, async (page) => {
+        const response = await api.requester.get<GitlabHook[]>(path, { searchParams: { perPage: MAX_PER_PAGE, page }, signal: AbortSignal.timeout(30_000) });
+        if (!Array.isArray(response.body)) throw new Error(`GitLab answered the hooks of project ${ref.externalId} with something other than a list`);
+        return { values: response.body, next: nextOffsetPage(response.headers.link, page) };
+      });
+      return hooks.map(toHook);
     },
 
     async createHook(ref, spec) {

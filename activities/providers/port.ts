@@ -120,6 +120,54 @@ export class ProviderHttpError extends Error {
 }
 
 /**
+ * A listing a provider never ends. A tenant chooses its provider's base URL, and a server that
+ * answers "more follow" page after page would fill the worker's memory (the listing collects every
+ * page) or the database (the repository cache writes every page). So each listing is capped, and
+ * the provider listing more than the cap fails the step for good (the failure type
+ * `ProviderListingTooLong`, never retried: the same server lists as much again), with the reason
+ * recorded on the step or the connection.
+ */
+export class ListingTooLongError extends Error {
+  override name = 'ListingTooLongError';
+  /** "the provider listed more than N …". */
+  static over(provider: Provider, limit: number, what: string): ListingTooLongError {
+    return new ListingTooLongError(`${provider} listed more than ${limit.toLocaleString('en-US')} ${what}: forgelink caps a listing there`);
+  }
+}
+
+/** A hook listing's caps: forgelink keeps one hook a repository, and GitLab allows 100 (its plan limit). */
+export const MAX_HOOK_PAGES = 20;
+export const MAX_HOOKS = 2_000;
+/**
+ * Most pages one repository-listing answer may say follow at once (GitHub's Link `last`): beyond
+ * this the cursors alone would fill memory. The listing's own caps (repositoryCache.*PerConnection)
+ * are lower by default.
+ */
+export const MAX_FAN_OUT = 10_000;
+
+/** Every value of a paged list, calling `page` with each page's cursor until it gives none, failing past the caps. */
+export async function cappedPages<T, C>(
+  provider: Provider,
+  caps: { what: string; maxPages: number; maxValues: number },
+  first: C,
+  page: (cursor: C) => Promise<{ values: T[]; next?: C }>,
+): Promise<T[]> {
+  const values: T[] = [];
+  let cursor: C | undefined = first;
+  for (let pages = 0; cursor !== undefined; pages++) {
+    if (pages === caps.maxPages) throw ListingTooLongError.over(provider, caps.maxPages, `pages of ${caps.what}`);
+    const answer: { values: T[]; next?: C } = await page(cursor);
+    if (values.length + answer.values.length > caps.maxValues) throw ListingTooLongError.over(provider, caps.maxValues, caps.what);
+    for (const value of answer.values) values.push(value);
+    cursor = answer.next;
+  }
+  return values;
+}
+
+/** A hook listing's caps (cappedPages). */
+export const HOOK_LISTING_CAPS = { what: 'hooks of one repository', maxPages: MAX_HOOK_PAGES, maxValues: MAX_HOOKS } as const;
+
+/**
  * Longest rate-limit pause taken inside a call. A call runs inside the worker-wide listing limiter
  * and between heartbeats, so a longer pause (whatever a provider's headers ask) ends the attempt
  * instead, as a throttled failure whose retry waits it out (capped in activities/errors.ts).

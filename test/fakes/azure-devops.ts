@@ -44,6 +44,11 @@ export interface FakeAzureDevOps {
   subscriptions(): StoredSubscription[];
   setSubscriptionStatus(id: string, status: SubscriptionStatus): void;
   deleteSubscriptionByHand(id: string): void;
+  /**
+   * Fault mode: the projects listing never ends. Each $top/$skip page is full (the real projects,
+   * then made-up ones, which have no repositories: 404) with a continuation token. false turns it off.
+   */
+  listEndlessly(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -144,6 +149,7 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
   const hostId = randomUUID();
   const pats = new Map<string, Pat>();
   const projects: Project[] = [];
+  let endless = false;
   const repositories = new Map<string, Repository>();
   const subscriptions = new Map<string, StoredSubscription>();
 
@@ -310,6 +316,11 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     .route('GET', `${prefix}/_apis/projects`, 'listProjects', api((req) => {
       const top = Math.max(0, Number(req.query.get('$top') ?? 100));
       const skip = Math.max(0, Number(req.query.get('$skip') ?? req.query.get('continuationToken') ?? 0));
+      if (endless) {
+        const madeUp = (index: number): Project => ({ id: `00000000-0000-4000-8000-${String(index).padStart(12, '0')}`, name: `endless-${index}`, lastUpdateTime: new Date(0).toISOString() });
+        const full = Array.from({ length: top }, (_, i) => projects[skip + i] ?? madeUp(skip + i));
+        return { status: 200, headers: { 'x-ms-continuationtoken': String(skip + top) }, body: { count: full.length, value: full.map(projectJson) } };
+      }
       const page = projects.slice(skip, skip + top);
       const headers: Record<string, string> = skip + page.length < projects.length ? { 'x-ms-continuationtoken': String(skip + page.length) } : {};
       return { status: 200, headers, body: { count: page.length, value: page.map(projectJson) } };
@@ -427,6 +438,9 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
   return {
     url: orgUrl,
     server,
+    listEndlessly(on) {
+      endless = on;
+    },
     addPat({ pat, displayName, canManageHooks = true, canReadCode = true }) {
       const id = randomUUID();
       pats.set(pat, { token: pat, id, displayName, canManageHooks, canReadCode });

@@ -81,6 +81,13 @@ export interface FakeBitbucket {
   setWebhookActiveByHand(projectKey: string, slug: string, id: number, active: boolean): void;
   /** Turns the admin-enabled rate limiter on (every authenticated call takes a token) or off (null). */
   rateLimit(bucket: RateLimitBucket | null): void;
+  /**
+   * Fault mode: the listing `operation` never ends. Each page is full (the real items, then made-up
+   * ones: repositories of the first project with ids from 1,000,000, or webhooks) and says
+   * `isLastPage: false`, its nextPageStart moving on (`onward`) or naming the page's own start
+   * (`same`); `empty` pages hold no values and move on. null turns it off.
+   */
+  listEndlessly(operation: 'listRepos' | 'listWebhooks' | null, mode?: 'onward' | 'same' | 'empty'): void;
   close(): Promise<void>;
 }
 
@@ -194,10 +201,20 @@ export async function startFakeBitbucket(options: { maxPageSize?: number; versio
     };
   }
 
-  /** The paged envelope (§3.2): `limit` clamped to the maximum page size and echoed; `nextPageStart` only while more remain. */
-  function page<T>(req: FakeRequest, items: T[]): FakeResponse {
+  let endless: { operation: string; mode: 'onward' | 'same' | 'empty' } | null = null;
+
+  /**
+   * The paged envelope (§3.2): `limit` clamped to the maximum page size and echoed; `nextPageStart`
+   * only while more remain. Listed endlessly (listEndlessly), `madeUp` fills each page past the real items.
+   */
+  function page<T>(req: FakeRequest, items: T[], listing?: { operation: string; madeUp: (index: number) => T }): FakeResponse {
     const start = integerParam(req.query.get('start'), 0) ?? 0;
     const limit = Math.min(integerParam(req.query.get('limit'), 1) ?? DEFAULT_PAGE_LIMIT, maxPageSize);
+    if (listing && endless?.operation === listing.operation) {
+      const { mode } = endless;
+      const values = mode === 'empty' ? [] : Array.from({ length: limit }, (_, i) => items[start + i] ?? listing.madeUp(start + i));
+      return { status: 200, body: { size: values.length, limit, isLastPage: false, start, values, nextPageStart: mode === 'same' ? start : start + limit } };
+    }
     const values = items.slice(start, start + limit);
     const isLastPage = start + values.length >= items.length;
     return { status: 200, body: { size: values.length, limit, isLastPage, start, values, ...(isLastPage ? {} : { nextPageStart: start + values.length }) } };
@@ -268,7 +285,10 @@ export async function startFakeBitbucket(options: { maxPageSize?: number; versio
         if (required < 0) return invalidPermission(permission, 'repository');
         const visible = repoLevel(caller) >= required ? [...repositories.values()] : [];
         visible.sort((a, b) => a.projectKey.localeCompare(b.projectKey) || a.name.localeCompare(b.name) || a.id - b.id);
-        return page(req, visible.map(repositoryJson));
+        return page(req, visible.map(repositoryJson), {
+          operation: 'listRepos',
+          madeUp: (index) => repositoryJson({ id: 1_000_000 + index, slug: `endless-${index}`, name: `endless-${index}`, projectKey: projects[0]!.key, hierarchyId: 'endless', webhooks: [] }),
+        });
       }))
       .route('GET', `${prefix}/projects`, 'listProjects', api((req, caller) => {
         const permission = req.query.get('permission') ?? 'PROJECT_VIEW';
@@ -285,7 +305,9 @@ export async function startFakeBitbucket(options: { maxPageSize?: number; versio
       }))
       .route('GET', hooksPath, 'listWebhooks', api((req, caller) => {
         const repo = addressedRepository(req, caller, 'REPO_ADMIN');
-        return isResponse(repo) ? repo : page(req, repo.webhooks.map(webhookJson));
+        const madeUp = (index: number) =>
+          webhookJson({ id: 1_000_000 + index, name: `endless-${index}`, url: `https://hooks.example/${index}`, active: true, events: ['repo:refs_changed'], configuration: {}, sslVerificationRequired: true, createdDate: 0, updatedDate: 0, scopeType: 'repository' });
+        return isResponse(repo) ? repo : page(req, repo.webhooks.map(webhookJson), { operation: 'listWebhooks', madeUp });
       }))
       .route('POST', hooksPath, 'createWebhook', api((req, caller) => {
         const repo = addressedRepository(req, caller, 'REPO_ADMIN');
@@ -338,6 +360,9 @@ export async function startFakeBitbucket(options: { maxPageSize?: number; versio
   return {
     url: baseUrl,
     server,
+    listEndlessly(operation, mode = 'onward') {
+      endless = operation === null ? null : { operation, mode };
+    },
     addToken({ token, username, projectPermission = 'PROJECT_READ', repoPermission = 'REPO_ADMIN' }) {
       tokens.set(token, { token, username, projectPermission, repoPermission });
     },

@@ -92,6 +92,12 @@ export interface FakeGithub {
   setRateLimit(limit: { remaining: number; reset: number; limit?: number; status?: 403 | 429 }): void;
   /** While set, every authenticated request hits the secondary rate limit. */
   setSecondaryRateLimit(limit: { status?: 403 | 429; retryAfterSeconds?: number } | null): void;
+  /**
+   * Fault mode: /installation/repositories never ends. Every page is full (the installation's
+   * repositories, then made-up ones with ids from 1,000,000) and links to the next page; the Link
+   * header's `last` names `lastPage` when given (a server may name any). null turns it off.
+   */
+  listEndlessly(mode: { lastPage?: number } | null): void;
   close(): Promise<void>;
 }
 
@@ -127,6 +133,7 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
 
   const installations = new Map<number, FakeInstallation>();
   const repositories = new Map<number, FakeRepository>();
+  let endless: { lastPage?: number } | null = null;
   /** Lower-cased former full name → repository id, for the 301 on renamed repositories. */
   const formerNames = new Map<string, number>();
   const tokens = new Map<string, { installationId: number; expiresAt: number }>();
@@ -386,6 +393,17 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     }))
     .route('GET', '/installation/repositories', 'listInstallationRepos', serve('installation', (req, { installation }) => {
       const visible = installation.repositoryIds.map((id) => repositories.get(id)!);
+      if (endless) {
+        const perPage = Math.min(100, Number.parseInt(req.query.get('per_page') ?? '30', 10) || 30);
+        const n = Math.max(1, Number.parseInt(req.query.get('page') ?? '1', 10) || 1);
+        const items = Array.from({ length: perPage }, (_, i) => {
+          const index = (n - 1) * perPage + i;
+          return visible[index] ?? { id: 1_000_000 + index, fullName: `endless/r-${index}`, defaultBranch: 'main', private: true };
+        });
+        const pageUrl = (k: number) => `${server.url}${req.path}?per_page=${perPage}&page=${k}`;
+        const link = linkHeader({ next: pageUrl(n + 1), ...(endless.lastPage ? { last: pageUrl(endless.lastPage) } : {}) });
+        return { status: 200, headers: { link }, body: { total_count: visible.length, repository_selection: installation.repositorySelection, repositories: items.map(repositoryJson) } };
+      }
       const page = paged(req, visible);
       return {
         status: 200,
@@ -464,6 +482,9 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   return {
     url: server.url,
     server,
+    listEndlessly(mode) {
+      endless = mode;
+    },
     appId,
     privateKeyPem,
     clientId,

@@ -85,6 +85,14 @@ export interface FakeGitlab {
   deleteHookByHand(projectId: number, hookId: number): void;
   /** Requests each user may make per window before 429 (default 2,000 per 60 s, as on GitLab.com). */
   setRateLimit(limit: number, periodSeconds?: number): void;
+  /**
+   * Fault mode: the listing `operation` never ends. listHooks (offset): every page is full of
+   * made-up hooks and links to a next page, the one after (`onward`) or itself (`same`).
+   * listProjects (keyset, ascending): past the real projects every page is full of made-up ones
+   * with ever higher ids, linked onward; the highest id a descending call finds is 10,000 past the
+   * one it starts after. null turns it off.
+   */
+  listEndlessly(operation: 'listHooks' | 'listProjects' | null, mode?: 'onward' | 'same'): void;
   close(): Promise<void>;
 }
 
@@ -369,6 +377,8 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
     return url.toString();
   }
 
+  let endless: { operation: 'listHooks' | 'listProjects'; mode: 'onward' | 'same' } | null = null;
+
   const perPageOf = (req: FakeRequest) => Math.min(100, positiveInt(req.query.get('per_page')) ?? 20);
 
   /** Offset paging with GitLab's X-* headers and Link; totals dropped for very large sets. */
@@ -410,6 +420,18 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
       const ascending = req.query.get('sort') === 'asc';
       const after = Number(req.query.get('id_after') ?? 0);
       const before = Number(req.query.get('id_before') ?? Infinity);
+      if (endless?.operation === 'listProjects') {
+        const madeUp = (id: number): Project => ({ id, pathWithNamespace: `endless/p-${id}`, defaultBranch: 'main', accessLevel: 40, visibility: 'private', createdAt: isoNow(), hooks: [] });
+        const highest = Math.max(after, ...visible.map((p) => p.id)) + 10_000;
+        const real = visible.filter((p) => p.id > after && p.id < before).sort((a, b) => (ascending ? a.id - b.id : b.id - a.id));
+        const perPage = perPageOf(req);
+        const ids = ascending ? Array.from({ length: perPage }, (_, i) => after + 1 + i).filter((id) => id < before) : [Math.min(highest, before - 1)];
+        const page = ascending ? ids.map((id) => real.find((p) => p.id === id) ?? madeUp(id)) : ids.map(madeUp);
+        const last = page.at(-1);
+        const cursorParam = ascending ? 'id_after' : 'id_before';
+        const headers: Record<string, string> = last ? { link: linkHeader({ next: pageUrl(req, { [cursorParam]: String(last.id) }, [cursorParam, 'page']) }) } : {};
+        return { status: 200, headers, body: page.map((p) => projectJson(p, simple)) };
+      }
       // id_after / id_before are filters of GET /projects in either order; the keyset cursor is the one the sort moves.
       visible = visible.filter((p) => p.id > after && p.id < before).sort((a, b) => (ascending ? a.id - b.id : b.id - a.id));
       const page = visible.slice(0, perPageOf(req));
@@ -490,6 +512,14 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
     .route('GET', '/api/v4/projects/:id/hooks', 'listHooks', api((req, caller) => {
       const project = hookProject(req, caller);
       if (!('hooks' in project)) return project;
+      if (endless?.operation === 'listHooks') {
+        const perPage = perPageOf(req);
+        const page = positiveInt(req.query.get('page')) ?? 1;
+        const next = endless.mode === 'same' ? page : page + 1;
+        const madeUp = { project_id: project.id, url: 'https://hooks.example/endless', push_events: true, alert_status: 'executable', disabled_until: null } as unknown as StoredHook;
+        const hooks = Array.from({ length: perPage }, (_, i) => project.hooks[(page - 1) * perPage + i] ?? { ...madeUp, id: 1_000_000 + (page - 1) * perPage + i });
+        return { status: 200, headers: { 'x-page': String(page), 'x-per-page': String(perPage), 'x-next-page': String(next), link: linkHeader({ next: pageUrl(req, { page: String(next), per_page: String(perPage) }) }) }, body: hooks.map(hookJson) };
+      }
       const { items, headers } = offsetPage(req, project.hooks);
       return { status: 200, headers, body: items.map(hookJson) };
     }))
@@ -613,6 +643,9 @@ export async function startFakeGitlab(options: { now?: () => number } = {}): Pro
     deleteHookByHand(projectId, hookId) {
       const project = projectOrThrow(projectId);
       project.hooks.splice(project.hooks.indexOf(hookOrThrow(projectId, hookId)), 1);
+    },
+    listEndlessly(operation, mode = 'onward') {
+      endless = operation === null ? null : { operation, mode };
     },
     setRateLimit(limit, periodSeconds = 60) {
       rateLimit.limit = limit;

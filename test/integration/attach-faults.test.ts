@@ -50,6 +50,30 @@ describe('attach under faults', () => {
     }
   }
 
+  it.each([
+    ['gitlab', 'gitlab listed more than 20 pages of hooks of one repository', 20],
+    ['bitbucket', 'bitbucket listed more than 2,000 hooks of one repository', 3],
+  ] as const)('%s: a hook listing that never ends fails the attach at the cap, once, not retried, with the reason', async (provider, reason, calls) => {
+    // Before the caps, the listing collected pages (+508 MiB in 15 s at Bitbucket) until the step's timeout, then again on each retry.
+    const world = worlds[provider];
+    const repo = await world.newRepository();
+    const from = world.server.calls.length;
+    world.listHooksEndlessly!(true);
+    try {
+      const started = performance.now();
+      const workflowId = await requestAttachment(h, org, repo.repositoryId, 'PUT');
+      const { failure } = await outcomeOf(h, workflowId);
+      console.log(`${provider}: attach failed ${Math.round(performance.now() - started)} ms after it was asked for`);
+      expect(failure?.type).toBe('RepositoryAttachFailed');
+      expect(failure?.message).toContain(`ProviderListingTooLong: ${reason}: forgelink caps a listing there`);
+      // Two listings, each ended at the cap in one attempt: the ensure step's, and its undo's, which looks for a hook to remove.
+      expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.list)).toHaveLength(2 * calls);
+      expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.create)).toHaveLength(0);
+    } finally {
+      world.listHooksEndlessly!(false);
+    }
+  });
+
   it('Azure DevOps: the three subscriptions are created at once; one refused for good, the two others are removed, none left behind; the run failed typed', async () => {
     const world = worlds['azure-devops'];
     const repo = await world.newRepository();

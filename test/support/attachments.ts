@@ -162,6 +162,8 @@ export interface HookWorld {
   disableByProvider?(repository: WorldRepository, hookId: string, how?: string): void;
   /** The repository is deleted at the provider (its hooks with it). */
   removeAtProvider(repository: WorldRepository): void;
+  /** Fault mode of the fake (paged hook lists only): its hook listing never ends (true) or is as stored (false). */
+  listHooksEndlessly?(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -215,6 +217,7 @@ export async function gitlabWorld(h: Harness, org: Org): Promise<HookWorld> {
       fake.setHookAlertStatus(projects.get(repository.repositoryId)!, Number(hookId), 'disabled');
     },
     removeAtProvider: (repository) => fake.removeProject(Number(repository.externalId)),
+    listHooksEndlessly: (on) => fake.listEndlessly(on ? 'listHooks' : null),
     close: async () => {
       await proxy.close();
       await fake.close();
@@ -278,6 +281,7 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
       fake.setWebhookActiveByHand('CI', slugs.get(repository.repositoryId)!, Number(hookId), false);
     },
     removeAtProvider: (repository) => fake.removeRepository(Number(repository.externalId)),
+    listHooksEndlessly: (on) => fake.listEndlessly(on ? 'listWebhooks' : null),
     close: async () => {
       await proxy.close();
       await fake.close();

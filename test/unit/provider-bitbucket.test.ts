@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BITBUCKET_HOOK_EVENTS, createBitbucketAdapter } from '../../activities/providers/bitbucket.ts';
-import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
+import { ListingTooLongError, MAX_HOOK_PAGES, MAX_HOOKS, ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
+import { toActivityFailure } from '../../activities/errors.ts';
 import { bitbucketError, startFakeBitbucket, tooManyRequests, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { testOutbound } from '../support/outbound.ts';
 
@@ -196,6 +197,43 @@ describe('Bitbucket adapter: hooks', () => {
     expect(listed.map((h) => h.healthy)).toEqual([true, true, true, false, true]);
     expect(listed[3]!.disabledReason).toBe('active false');
     expect(f.server.count('listWebhooks')).toBe(3);
+  });
+
+  it('fails a hook listing that never ends at the caps, fast and for good, whatever the pages hold', async () => {
+    // A tenant's server answering isLastPage: false for ever: before, the adapter collected pages until the step's timeout.
+    const f = await start({ maxPageSize: 50 });
+    const ref = addRepo(f, 'app');
+    f.listEndlessly('listWebhooks', 'onward');
+    const started = performance.now();
+    const error = await adapter().listHooks(ref).then(() => undefined, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ListingTooLongError);
+    expect((error as Error).message).toBe(`bitbucket listed more than ${MAX_HOOK_PAGES} pages of hooks of one repository: forgelink caps a listing there`);
+    expect(f.server.count('listWebhooks')).toBe(MAX_HOOK_PAGES);
+    expect(performance.now() - started).toBeLessThan(10_000);
+    // The step's failure: not retried (the same server lists as much again), with the reason.
+    expect(toActivityFailure(error)).toMatchObject({ type: 'ProviderListingTooLong', nonRetryable: true, message: (error as Error).message });
+
+    // Full pages of 1,000 reach the count cap first, on the third page.
+    await f.close();
+    const big = await start();
+    const bigRef = addRepo(big, 'app');
+    big.listEndlessly('listWebhooks', 'onward');
+    expect(((await adapter().listHooks(bigRef).then(() => undefined, (e: unknown) => e)) as Error).message).toBe(
+      `bitbucket listed more than ${MAX_HOOKS.toLocaleString('en-US')} hooks of one repository: forgelink caps a listing there`,
+    );
+    expect(big.server.count('listWebhooks')).toBe(3);
+  });
+
+  it('fails at once when nextPageStart does not move on (the same page for ever), for hooks and repositories', async () => {
+    const f = await start({ maxPageSize: 5 });
+    const ref = addRepo(f, 'app');
+    f.listEndlessly('listWebhooks', 'same');
+    const error = await adapter().listHooks(ref).then(() => undefined, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ListingTooLongError);
+    expect((error as Error).message).toMatch(/^bitbucket's listing does not move on: nextPageStart 0 after the page at 0/);
+    expect(f.server.count('listWebhooks')).toBe(1);
+    f.listEndlessly('listRepos', 'same');
+    expect(await adapter().listRepositoriesPage({ cursor: '5' }).then(() => undefined, (e: unknown) => e)).toBeInstanceOf(ListingTooLongError);
   });
 
   it('updates a hook with the full spec, re-activating it and replacing events and secret', async () => {

@@ -1,9 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createGitlabAdapter, type GitlabClientOptions } from '../../activities/providers/gitlab.ts';
-import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
+import { createBitbucketAdapter } from '../../activities/providers/bitbucket.ts';
+import { ListingTooLongError, MAX_HOOK_PAGES, ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { retryLater, startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { walkListing } from '../support/listing.ts';
-import { testOutbound } from '../support/outbound.ts';
+import { listen, testOutbound } from '../support/outbound.ts';
+import { toActivityFailure } from '../../activities/errors.ts';
+import { DEFAULT_MAX_BODY_BYTES } from '../../activities/outbound.ts';
 
 const ALL_SCOPES = ['api', 'read_user', 'read_repository'];
 const SPEC: HookSpec = { url: 'https://ci.example/hooks/gitlab', events: ['push_events', 'tag_push_events', 'merge_requests_events'], secret: 'hook-secret-1' };
@@ -182,6 +185,49 @@ describe('GitLab adapter: hooks', () => {
     expect(hooks[4]!.disabledReason).toBe('alert_status disabled');
     expect(hooks[0]).toEqual({ id: created[0]!.id, url: 'https://ci.example/hooks/0', events: SPEC.events, healthy: true });
     expect(JSON.stringify(hooks)).not.toContain('hook-secret-1');
+  });
+
+  it('fails a hook listing that links onward for ever at the page cap, and one that links to itself at once', async () => {
+    // gitbeaker's ProjectHooks.all followed such a server until the step's timeout, copying its list at every page.
+    const adapter = adapterFor();
+    const project = gitlab.addProject({ pathWithNamespace: 'acme/endless' });
+    gitlab.listEndlessly('listHooks', 'onward');
+    const started = performance.now();
+    const error = await adapter.listHooks(refOf(project)).then(() => undefined, (e: unknown) => e);
+    expect(error).toBeInstanceOf(ListingTooLongError);
+    expect((error as Error).message).toBe(`gitlab listed more than ${MAX_HOOK_PAGES} pages of hooks of one repository: forgelink caps a listing there`);
+    expect(gitlab.server.count('listHooks')).toBe(MAX_HOOK_PAGES);
+    expect(performance.now() - started).toBeLessThan(10_000);
+
+    gitlab.listEndlessly('listHooks', 'same');
+    const again = await adapter.listHooks(refOf(project)).then(() => undefined, (e: unknown) => e);
+    expect((again as Error).message).toMatch(/^gitlab's listing does not move on: the page after page 1 links to page 1/);
+    expect(gitlab.server.count('listHooks')).toBe(MAX_HOOK_PAGES + 1);
+  });
+
+  it('an answer longer than 8 MiB fails the step for good (ProviderAnswerTooLarge), through gitbeaker and the Bitbucket client alike', async () => {
+    // A JSON list that never ends, written as fast as it is read.
+    const server = await listen('127.0.0.1', (_, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('[');
+      const chunk = Buffer.from('{"id":1,"url":"https://x"},'.repeat(1000));
+      const write = () => {
+        if (!res.destroyed && res.write(chunk)) setImmediate(write);
+      };
+      res.on('drain', write);
+      write();
+    });
+    try {
+      expect(DEFAULT_MAX_BODY_BYTES).toBe(8 * 1024 * 1024);
+      const gitlabAdapter = createGitlabAdapter({ connectionId: 'c1', provider: 'gitlab', baseUrl: server.url, externalKey: null, secret: 'glpat-x' }, { outbound: testOutbound });
+      const bitbucketAdapter = createBitbucketAdapter({ connectionId: 'c1', provider: 'bitbucket', baseUrl: server.url, externalKey: null, secret: 't' }, { outbound: testOutbound });
+      for (const listing of [() => gitlabAdapter.listHooks({ externalId: '1', fullName: 'a/b' }), () => bitbucketAdapter.listHooks({ externalId: '1', fullName: 'P/r' })]) {
+        const failure = toActivityFailure(await listing().then(() => undefined, (e: unknown) => e));
+        expect(failure).toMatchObject({ type: 'ProviderAnswerTooLarge', nonRetryable: true, message: `${server.url} answered with more than ${8 * 1024 * 1024} bytes` });
+      }
+    } finally {
+      await server.close();
+    }
   });
 
   it('updates a disabled hook to the spec: new URL and events, token kept, enabled again', async () => {
