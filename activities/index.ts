@@ -1,4 +1,4 @@
-import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CAPS_DEFAULTS, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -37,6 +37,9 @@ export interface ActivitySettings {
   /** repositoryCache.callsPerConnection / callsPerWorker: listing calls in flight at once. */
   listingCallsPerConnection?: number;
   listingCallsPerWorker?: number;
+  /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection: where one listing fails. */
+  listingMaxRepositories?: number;
+  listingMaxPages?: number;
   /** worker.inlineCallsPerWorker (resolved) / inlineCallsPerOrganization: tenant-facing calls inside workflow tasks at once. */
   inlineCallsPerWorker?: number;
   inlineCallsPerOrganization?: number;
@@ -51,6 +54,8 @@ export function settingsFromConfig(config: Config): ActivitySettings {
     subscriberDeliveryDeadlineSeconds: config.subscribers.deliveryDeadlineSeconds,
     listingCallsPerConnection: config.repositoryCache.callsPerConnection,
     listingCallsPerWorker: config.repositoryCache.callsPerWorker,
+    listingMaxRepositories: config.repositoryCache.maxRepositoriesPerConnection,
+    listingMaxPages: config.repositoryCache.maxPagesPerConnection,
     inlineCallsPerWorker: inlineCallsPerWorker(config.worker),
     inlineCallsPerOrganization: config.worker.inlineCallsPerOrganization,
     activityCallsPerWorker: activityCallsPerWorker(config.worker),
@@ -80,7 +85,14 @@ export function createActivities(deps: ActivityDeps) {
     ...heartbeating(createHookActivities({ ...deps, inline, activitySlots })),
     ...createHookHealthActivities(deps),
     ...createWebhookCredentialActivities(deps),
-    ...createRepositoryCacheActivities({ ...deps, activitySlots }, { callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection, limiter: listingLimiter }),
+    ...createRepositoryCacheActivities({ ...deps, activitySlots }, {
+      callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection,
+      limiter: listingLimiter,
+      caps: {
+        maxRepositories: deps.settings.listingMaxRepositories ?? LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection,
+        maxPages: deps.settings.listingMaxPages ?? LISTING_CAPS_DEFAULTS.maxPagesPerConnection,
+      },
+    }),
   };
 }
 

@@ -5,6 +5,7 @@ import { loadConnectionSecrets } from '../lib/db/repositories/connections.ts';
 import {
   activeConnectionIds,
   activeConnectionsInRounds,
+  cachedRepositoryCount,
   listingPages,
   finishListingInDb,
   recordRefreshOutcome,
@@ -16,9 +17,10 @@ import {
 } from '../lib/db/repositories/repository-cache.ts';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import type { ActivityDeps } from './index.ts';
-import { classified } from './errors.ts';
+import { classified, toActivityFailure } from './errors.ts';
 import { heartbeatProgress } from './outbound.ts';
-import type { RepositoryPage } from './providers/port.ts';
+import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
+import { LISTING_CAPS_DEFAULTS } from '../lib/config.ts';
 import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
 import type { Limiter } from '../lib/limiter.ts';
@@ -34,10 +36,19 @@ export interface ListingChunkResult {
   alreadyRunning?: boolean;
 }
 
-/** How many listing calls run at once: per connection, and for the whole worker. */
+/** How many listing calls run at once: per connection, and for the whole worker; and where one listing stops. */
 export interface ListingConcurrency {
   callsPerConnection: number;
   limiter: Limiter;
+  /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection (default LISTING_CAPS_DEFAULTS). */
+  caps?: ListingCaps;
+}
+
+export interface ListingCaps {
+  /** Repositories one listing's answers may hold; the page that would pass it is not written. */
+  maxRepositories: number;
+  /** Pages one listing may fetch (or know it has to). */
+  maxPages: number;
 }
 
 export function createRepositoryCacheActivities(
@@ -105,11 +116,15 @@ export function createRepositoryCacheActivities(
       const ctx = Context.current();
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
       const state: ListingProgress = resumed && resumed.pages >= progress.pages ? structuredClone(resumed) : structuredClone(progress);
+      const caps = concurrency.caps ?? { maxRepositories: LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection, maxPages: LISTING_CAPS_DEFAULTS.maxPagesPerConnection };
+      const starting = state.pages === 0;
       // The lease and the page memory are read alongside the connection: no round trip before the first call.
-      const [granted, row, stored] = await Promise.all([
+      const [granted, row, stored, cachedRows] = await Promise.all([
         leaseHolder === undefined ? true : takeListingLease(db, connectionId, leaseHolder),
         loadConnectionSecrets(db, connectionId),
         listingPages(db, connectionId),
+        // Once a listing, as it starts (an index-only count).
+        starting ? cachedRepositoryCount(db, connectionId) : 0,
       ]);
       // A connection gone or no longer active fails its listing (the refresh records it and gives a lease taken here back).
       if (!row || row.status !== 'active') {
@@ -118,6 +133,20 @@ export function createRepositoryCacheActivities(
       if (!granted) {
         logger.info({ connectionId }, 'repository listing skipped: another refresh is listing this connection');
         return { progress: state, done: false, vanished: 0, alreadyRunning: true };
+      }
+      /*
+       * What listings failed at the caps leave behind (their rows, their pages' memory) is kept, and
+       * only a complete listing marks rows vanished or forgets pages; so a server listing different
+       * repositories each time could still grow the cache by a cap per listing. A connection whose
+       * cache already holds twice the caps is not listed again (its rows stay as they are).
+       */
+      const tooLong = (message: string) => toActivityFailure(new ListingTooLongError(message));
+      if (cachedRows > 2 * caps.maxRepositories || stored.size > 2 * caps.maxPages) {
+        throw tooLong(
+          `the repository cache of connection ${connectionId} already holds ${cachedRows.toLocaleString('en-US')} repositories (vanished ones included) and ` +
+            `${stored.size.toLocaleString('en-US')} listing pages, more than twice repositoryCache.maxRepositoriesPerConnection (${caps.maxRepositories.toLocaleString('en-US')}) or ` +
+            `maxPagesPerConnection (${caps.maxPages.toLocaleString('en-US')}): it is not listed again`,
+        );
       }
       // Refused, the lease taken here stays the run's: it lists the connection when admitted, or the lease runs out.
       admitActivity(activitySlots, { organizationId: row.organization_id, askAdmission });
@@ -164,6 +193,12 @@ export function createRepositoryCacheActivities(
           fetching--;
         }
         state.apiCalls += page.apiCalls ?? 1;
+        // Counted before the write: the page that would pass the cap is not written (pages run concurrently, this part synchronously).
+        const listed = (state.listed ?? 0) + page.repositories.length;
+        if (listed > caps.maxRepositories) {
+          throw tooLong(ListingTooLongError.over(row.provider, caps.maxRepositories, 'repositories for one connection (repositoryCache.maxRepositoriesPerConnection)').message);
+        }
+        state.listed = listed;
         let links = { nextCursor: page.nextCursor, fanOut: page.fanOut ?? [] };
         if (page.notModified) {
           if (!previous) throw new Error(`page ${pageKey} answered 304 to a request that sent no ETag`);
@@ -210,6 +245,11 @@ export function createRepositoryCacheActivities(
       await new Promise<void>((resolve, reject) => {
         let failure: { error: unknown } | undefined;
         pump = () => {
+          // Pages done, being fetched and known to follow: past the cap the listing fails now, before
+          // fetching them (a GitHub Link header may name a last page far beyond it).
+          if (!failure && state.pages + inFlight.size + queue.length > caps.maxPages) {
+            failure = { error: tooLong(ListingTooLongError.over(row.provider, caps.maxPages, 'pages of repositories for one connection (repositoryCache.maxPagesPerConnection)').message) };
+          }
           while (!failure && fetching < concurrency.callsPerConnection && inFlight.size < maxUnwritten && queue.length > 0 && started < maxPages) {
             const pageKey = queue.shift()!;
             started++;

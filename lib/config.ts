@@ -63,6 +63,12 @@ const TEMPORAL_SDK_ENV: Record<string, string[]> = {
 
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
+/**
+ * repositoryCache listing caps: a tenant's server that lists for ever fails its listing there
+ * (README: Repository cache). 100,000 repositories; 2,000 pages are 100,000 at GitHub's and
+ * GitLab's 100 a page, Bitbucket's at 50 a page, or an Azure DevOps organization of ~1,980 projects.
+ */
+export const LISTING_CAPS_DEFAULTS = { maxRepositoriesPerConnection: 100_000, maxPagesPerConnection: 2_000 } as const;
 
 /**
  * The worker's sizing defaults, chosen from the ingest benchmark (README: Performance): the SDK's
@@ -221,6 +227,9 @@ export const configSchema = z
         // and for every listing of one worker.
         callsPerConnection: z.number().int().min(1).max(32).default(LISTING_CONCURRENCY_DEFAULTS.callsPerConnection),
         callsPerWorker: z.number().int().min(1).max(256).default(LISTING_CONCURRENCY_DEFAULTS.callsPerWorker),
+        // One listing of one connection fails (ProviderListingTooLong, not retried) past these.
+        maxRepositoriesPerConnection: z.number().int().min(1).max(10_000_000).default(LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection),
+        maxPagesPerConnection: z.number().int().min(1).max(1_000_000).default(LISTING_CAPS_DEFAULTS.maxPagesPerConnection),
       })
       .prefault({}),
     // The hook-health reconcile: by default nightly, two hours after the default repository refresh.

@@ -75,5 +75,7 @@ export interface ListingCounts {
   notModifiedPages: number;
   /** Absent from listings that ran before it was counted. */
   unchangedPages?: number;
+  /** Repositories the provider's answers held (304 pages not counted); absent from listings that ran before it was counted. */
+  listed?: number;
   vanished: number;
 }

@@ -337,6 +337,12 @@ export interface ListingProgress {
   notModifiedPages: number;
   /** Pages answered in full whose repositories were as stored: nothing was written for them. */
   unchangedPages: number;
+  /**
+   * Repositories the answers held so far (304 pages not counted), checked against
+   * repositoryCache.maxRepositoriesPerConnection. Absent until the listing's first chunk has run (the
+   * workflows make progress without it, so their code is as it was) and from progress from before it was counted.
+   */
+  listed?: number;
   /** Page keys visited so far in this listing. */
   visitedPageKeys: string[];
 }

@@ -189,6 +189,12 @@ export async function lastListing(db: Executor, connectionId: string): Promise<L
   return row?.last_listing ?? undefined;
 }
 
+/** How many rows the connection's cache holds, vanished ones included. */
+export async function cachedRepositoryCount(db: Executor, connectionId: string): Promise<number> {
+  const row = await db.selectFrom('repositories').select((eb) => eb.fn.countAll<string>().as('n')).where('connection_id', '=', connectionId).executeTakeFirstOrThrow();
+  return Number(row.n);
+}
+
 /** The cache row of a connection's repository, if there is one. */
 export async function cachedRepositoryId(db: Executor, connectionId: string, externalId: string): Promise<string | undefined> {
   const row = await db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).where('external_id', '=', externalId).executeTakeFirst();
