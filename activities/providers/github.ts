@@ -292,6 +292,14 @@ function withoutRequest(error: unknown): Error {
 
 const quietOctokitLog = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 
+/** The REST API version the user-token calls are written against: a membership's `role` and `state` are this version's. */
+export const USER_TOKEN_API_VERSION = '2022-11-28';
+
+/** What the proof asked GitHub last, named in a refusal GitHub gave it. */
+interface Asking {
+  what: string;
+}
+
 /**
  * Whether the user who installed the App administers installation `installationId` (GitHub warns the
  * setup URL's installation_id can be spoofed). The web flow `code` is exchanged for a user token;
@@ -325,13 +333,24 @@ export async function proveInstallationAccess(app: GithubOAuthApp, outbound: Out
     return { proven: false, reason: `GitHub did not accept the authorization code (${typeof grant.error === 'string' ? grant.error : 'no access token'})` };
   }
   const user = new Octokit({ baseUrl: app.baseUrl, auth: grant.access_token, userAgent: 'forgelink', request, log: quietOctokitLog });
+  // Pinned: without the header GitHub answers with its default version, which may move on.
+  user.hook.before('request', (options) => {
+    options.headers['x-github-api-version'] = USER_TOKEN_API_VERSION;
+  });
+  const asking: Asking = { what: 'GET /user/installations' };
   try {
     const account = await reachableInstallationAccount(user, installationId);
     if (!account) return { proven: false, reason: `the GitHub user who authorized the App cannot reach installation ${installationId}` };
-    return await administersAccount(user, installationId, account);
+    return await administersAccount(user, installationId, account, asking);
   } catch (error) {
     if (isResponseError(error) && error.status === 401) return { proven: false, reason: 'GitHub refused the user token' };
-    throw withoutRequest(error);
+    const failed = withoutRequest(error);
+    // Any other 4xx but a rate limit (429, or a 403 with the budget spent, which arrives as 429) is
+    // GitHub's answer about this user, and asking again gets it again: a refusal, in GitHub's words.
+    if (failed instanceof ProviderHttpError && failed.status >= 400 && failed.status < 500 && failed.status !== 429) {
+      return { proven: false, reason: `GitHub answered ${failed.status} to ${asking.what} for the GitHub user who authorized the App (${failed.message})` };
+    }
+    throw failed;
   }
 }
 
@@ -351,7 +370,8 @@ async function reachableInstallationAccount(user: Octokit, installationId: strin
 }
 
 /** Whether the token's user administers `account`, the account installation `installationId` is on. */
-async function administersAccount(user: Octokit, installationId: string, account: InstallationAccount): Promise<InstallationProof> {
+async function administersAccount(user: Octokit, installationId: string, account: InstallationAccount, asking: Asking): Promise<InstallationProof> {
+  asking.what = 'GET /user';
   const { data: me } = await user.rest.users.getAuthenticated();
   const who = `the GitHub user ${me.login} who authorized the App`;
   if (!account.login || typeof account.id !== 'number') return { proven: false, reason: `installation ${installationId} has no account GitHub names` };
@@ -362,18 +382,25 @@ async function administersAccount(user: Octokit, installationId: string, account
   }
   if (account.type !== 'Organization') return { proven: false, reason: `${on} of type ${account.type ?? 'unknown'}: only user and organization installations can be bound` };
   let membership;
+  asking.what = `GET /user/memberships/orgs/${account.login}`;
   try {
     ({ data: membership } = await user.rest.orgs.getMembershipForAuthenticatedUser({ org: account.login }));
   } catch (error) {
     const refused = toProviderError(error, Date.now());
-    // 404: not a member. 403 (not a rate limit, which arrives as 429): the App lacks Members: read, or the organization blocked it.
+    // 404: not a member. 403 (not a rate limit, which arrives as 429): the App lacks Members: read,
+    // or something else GitHub names (SAML single sign-on the user has no session for, an IP allow list…).
     if (refused instanceof ProviderHttpError && refused.status === 404) {
       return { proven: false, reason: `${on}, of which ${who} is not a member: only an owner of ${account.login} can bind it` };
     }
     if (refused instanceof ProviderHttpError && refused.status === 403) {
+      const shown = `${on}, and GitHub would not show ${who}'s membership of it (${refused.message})`;
+      if (/resource not accessible by integration/i.test(refused.message)) {
+        return { proven: false, reason: `${shown}: the App needs the organization permission Members: read, accepted by ${account.login}` };
+      }
+      const sso = isResponseError(error) && header(error.response.headers, 'x-github-sso') !== undefined;
       return {
         proven: false,
-        reason: `${on}, and GitHub would not show ${who}'s membership of it (${refused.message}): the App needs the organization permission Members: read, accepted by ${account.login}`,
+        reason: sso ? `${shown}: ${account.login} enforces SAML single sign-on; sign in to it with single sign-on, then start again` : shown,
       };
     }
     throw error;

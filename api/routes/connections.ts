@@ -11,6 +11,7 @@ import {
   findConnection,
   findLiveConnectionByExternalKey,
   insertConnection,
+  isLiveKeyConflict,
   listConnections,
   liveConnectionsElsewhere,
   lockExternalKey,
@@ -185,27 +186,47 @@ async function startConnect(c: Context<AppEnv>, org: Organization, input: Connec
   return workflowId;
 }
 
+/** 409 for a second live connection of one organization to the same installation / Azure DevOps organization. */
+function alreadyConnected(provider: Provider, existing: { id: string }) {
+  return new Problem(
+    409,
+    'Conflict',
+    `connection ${existing.id} already connects this ${provider === 'github' ? 'installation' : 'organization'}; rotate its credential with PUT .../connections/${existing.id}/credential`,
+    'about:blank',
+    { connectionId: existing.id },
+  );
+}
+
+/** The organization's live connection to the key, as a 409 to throw, if it has one. */
+async function sameKeyConflict(db: Parameters<typeof findLiveConnectionByExternalKey>[0], organizationId: string, provider: Provider, externalKey: string) {
+  const existing = await findLiveConnectionByExternalKey(db, organizationId, provider, externalKey);
+  return existing ? alreadyConnected(provider, existing) : undefined;
+}
+
+/**
+ * Inserts the connection; a same-key insert that won a race past the check
+ * (connections_org_external_key_live) is the 409 the check gives, not a 500.
+ */
+async function insertOrConflict(c: Context<AppEnv>, write: () => Promise<void>, row: { organization_id: string; provider: Provider; external_key: string | null }) {
+  try {
+    await write();
+  } catch (error) {
+    if (!row.external_key || !isLiveKeyConflict(error)) throw error;
+    const conflict = await sameKeyConflict(c.var.deps.db, row.organization_id, row.provider, row.external_key);
+    throw conflict ?? new Problem(409, 'Conflict', `another request connected this ${row.provider === 'github' ? 'installation' : 'organization'} at the same moment; list the connections`);
+  }
+}
+
 /**
  * Creates the connection and starts its connect run. `soleBinding` (the install flow): refused (409)
- * when another organization already binds the same installation; checked and inserted under one lock
- * of the installation, so two organizations' concurrent binds cannot both pass.
+ * when another organization already binds the same installation. A key (installation, Azure DevOps
+ * organization) is checked, against the organization's own connections and for `soleBinding`
+ * against others', and inserted under one lock of the key, so concurrent binds cannot both pass.
  */
 async function createConnection(c: Context<AppEnv>, org: Organization, body: ConnectBody, options: { soleBinding?: boolean } = {}) {
   const { deps } = c.var;
   if (!deps.enabledProviders.includes(body.provider)) throw badRequest(`provider ${body.provider} is not enabled in this forgelink (gitProviders config)`);
   const target = await targetOf(c, body);
-  if (target.externalKey) {
-    const existing = await findLiveConnectionByExternalKey(deps.db, org.id, body.provider, target.externalKey);
-    if (existing) {
-      throw new Problem(
-        409,
-        'Conflict',
-        `connection ${existing.id} already connects this ${body.provider === 'github' ? 'installation' : 'organization'}; rotate its credential with PUT .../connections/${existing.id}/credential`,
-        'about:blank',
-        { connectionId: existing.id },
-      );
-    }
-  }
   const id = randomUUID();
   const row = {
     id,
@@ -217,30 +238,39 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
     status: 'pending' as const,
   };
   const key = target.externalKey;
-  if (body.provider === 'github' && key && options.soleBinding) {
-    await deps.db.transaction().execute(async (trx) => {
-      await lockExternalKey(trx, body.provider, key);
-      if ((await liveConnectionsElsewhere(trx, org.id, body.provider, key)).length > 0) {
-        // Which organization is not said: the requester administers the installation, not that tenant.
-        throw new Problem(
-          409,
-          'Conflict',
-          `installation ${key} is already bound to another forgelink organization; an installation is bound to one organization: disconnect it there first, or ask the operator`,
-        );
-      }
-      await insertConnection(trx, row);
-    });
+  if (key) {
+    await insertOrConflict(
+      c,
+      () =>
+        deps.db.transaction().execute(async (trx) => {
+          await lockExternalKey(trx, body.provider, key);
+          const conflict = await sameKeyConflict(trx, org.id, body.provider, key);
+          if (conflict) throw conflict;
+          const elsewhere = body.provider === 'github' ? await liveConnectionsElsewhere(trx, org.id, body.provider, key) : [];
+          if (elsewhere.length > 0 && options.soleBinding) {
+            // For the operator (who asked is told to ask them); the answer does not say which organization.
+            deps.logger.warn(
+              { organizationId: org.id, installationId: key, boundTo: [...new Set(elsewhere.map((e) => e.organization_id))] },
+              'the install flow refused a GitHub installation other organizations already bind (409)',
+            );
+            throw new Problem(
+              409,
+              'Conflict',
+              `installation ${key} is already bound to another forgelink organization; an installation is bound to one organization: disconnect it there first, or ask the operator`,
+            );
+          }
+          if (elsewhere.length > 0) {
+            // The admin token may bind an installation to a second organization (an operator's decision), never silently.
+            deps.logger.warn(
+              { organizationId: org.id, installationId: key, alsoBoundTo: elsewhere.map((e) => e.organization_id) },
+              'the admin token bound a GitHub installation other organizations already bind: its events and repositories reach each of them',
+            );
+          }
+          await insertConnection(trx, row);
+        }),
+      row,
+    );
   } else {
-    if (body.provider === 'github' && key) {
-      // The admin token may bind an installation to a second organization (an operator's decision), never silently.
-      const elsewhere = await liveConnectionsElsewhere(deps.db, org.id, body.provider, key);
-      if (elsewhere.length > 0) {
-        deps.logger.warn(
-          { organizationId: org.id, installationId: key, alsoBoundTo: elsewhere.map((e) => e.organization_id) },
-          'the admin token bound a GitHub installation other organizations already bind: its events and repositories reach each of them',
-        );
-      }
-    }
     await insertConnection(deps.db, row);
   }
   // Nothing half-written: without a workflow the pending row would never leave `pending`.
@@ -482,10 +512,10 @@ export function githubSetupRoutes() {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
         400: problemResponse('Bad or expired state, or the App is not configured for installs'),
         403: problemResponse(
-          'Not proven: the install was started in another browser (no install cookie), the state was already used, or the installing user does not administer the installation\'s account (is not that user, or not an active owner of that organization)',
+          'Not proven: the install was started in another browser (no install cookie), the state was already used, the installing user does not administer the installation\'s account (is not that user, or not an active owner of that organization), or GitHub refused a call for the installing user (a 4xx other than a rate limit; its message is in the detail)',
         ),
         409: problemResponse('Installation already connected, here or to another organization'),
-        503: problemResponse('GitHub or Temporal unavailable'),
+        503: problemResponse('GitHub (a rate limit included) or Temporal unavailable'),
       },
     }),
     async (c) => {

@@ -40,9 +40,16 @@ export interface RecordedCall {
   path: string;
   status: number;
   body: unknown;
+  /** The request's headers, but its credentials (authorization, cookie). */
+  headers: IncomingHttpHeaders;
   /** performance.now() when the request arrived and when it was answered. */
   receivedAt: number;
   answeredAt: number;
+}
+
+function withoutCredentials(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const { authorization: _authorization, cookie: _cookie, 'private-token': _privateToken, ...rest } = headers;
+  return rest;
 }
 
 type Fault = { kind: 'respond'; response: FakeResponse } | { kind: 'drop' };
@@ -159,7 +166,7 @@ export class FakeHttpServer {
         const fault = this.takeFault(operation);
         if (fault?.kind === 'drop') {
           await waitOutLatency();
-          this.calls.push({ operation, method, path: url.pathname, status: 0, body, receivedAt, answeredAt: performance.now() });
+          this.calls.push({ operation, method, path: url.pathname, status: 0, body, headers: withoutCredentials(req.headers), receivedAt, answeredAt: performance.now() });
           req.socket.destroy();
           return;
         }
@@ -173,7 +180,7 @@ export class FakeHttpServer {
           response = { status: 500, body: { message: (error as Error).message } };
         }
         await waitOutLatency();
-        this.calls.push({ operation, method, path: url.pathname, status: response.status, body, receivedAt, answeredAt: performance.now() });
+        this.calls.push({ operation, method, path: url.pathname, status: response.status, body, headers: withoutCredentials(req.headers), receivedAt, answeredAt: performance.now() });
         const headers: Record<string, string> = { ...(response.headers ?? {}) };
         let payload: string | undefined;
         if (response.text !== undefined) {

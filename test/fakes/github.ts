@@ -82,6 +82,12 @@ export interface FakeGithub {
   account(login: string, type?: 'User' | 'Organization'): { login: string; id: number; type: 'User' | 'Organization' };
   /** Whether the App has the organization permission Members: read (default true); without it a user token gets 403 on /user/memberships/orgs/{org}. */
   setMembersPermission(granted: boolean): void;
+  /**
+   * Whether the organization `org` enforces SAML single sign-on that the user tokens here have no
+   * session for: /user/memberships/orgs/{org} then answers 403 with an `X-GitHub-SSO` header naming
+   * where to sign in, as GitHub does for a token not authorized for such an organization.
+   */
+  setSamlEnforcement(org: string, enforced: boolean): void;
   /** A web flow code, as GitHub hands the App's callback after `login` authorized the App. */
   issueOAuthCode(login: string): string;
   addRepository(installationId: number, spec: { id?: number; fullName: string; defaultBranch?: string; private?: boolean }): FakeRepository;
@@ -113,7 +119,8 @@ interface RateBucket {
 
 type Caller = { kind: 'app' } | { kind: 'installation'; installation: FakeInstallation } | { kind: 'user'; login: string };
 
-function githubError(status: number, message: string, extra: Record<string, unknown> = {}): FakeResponse {
+/** GitHub's basic-error body (provider-contracts.md §1.5), for `server.failNext(operation, n, githubError(…))` too. */
+export function githubError(status: number, message: string, extra: Record<string, unknown> = {}): FakeResponse {
   return { status, body: { message, documentation_url: DOCS, status: String(status), ...extra } };
 }
 
@@ -145,6 +152,8 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
   /** Lower-cased organization login → lower-cased user login → that user's membership. */
   const memberships = new Map<string, Map<string, { role: FakeOrgRole; state: 'active' | 'pending' }>>();
   let membersPermission = true;
+  /** Lower-cased logins of organizations enforcing SAML single sign-on. */
+  const samlEnforced = new Set<string>();
   const userTokens = new Map<string, { login: string; expiresAt: number }>();
   let nextId = 1000;
 
@@ -435,8 +444,14 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     })))
     .route('GET', '/user/memberships/orgs/:org', 'getOrgMembershipForUser', serve('user', (req, { login }) => {
       // A GitHub App's user token reaches what both the user and the App may: the App needs Members: read.
-      if (!membersPermission) return githubError(403, 'Resource not accessible by integration');
       const org = accounts.get(req.params.org!.toLowerCase());
+      if (org && samlEnforced.has(org.login.toLowerCase())) {
+        return {
+          ...githubError(403, 'Resource protected by organization SAML enforcement. You must grant your OAuth token access to this organization.'),
+          headers: { 'x-github-sso': `required; url=${server.url}/orgs/${org.login}/sso?authorization_request=${randomBytes(10).toString('hex')}` },
+        };
+      }
+      if (!membersPermission) return githubError(403, 'Resource not accessible by integration');
       const membership = org?.type === 'Organization' ? memberships.get(org.login.toLowerCase())?.get(login.toLowerCase()) : undefined;
       if (!org || !membership) return githubError(404, 'Not Found');
       return {
@@ -517,6 +532,11 @@ export async function startFakeGithub(options: FakeGithubOptions = {}): Promise<
     account: (login, type) => ({ ...accountOf(login, type) }),
     setMembersPermission(granted) {
       membersPermission = granted;
+    },
+    setSamlEnforcement(org, enforced) {
+      const login = accountOf(org, 'Organization').login.toLowerCase();
+      if (enforced) samlEnforced.add(login);
+      else samlEnforced.delete(login);
     },
     issueOAuthCode(login) {
       const code = randomBytes(10).toString('hex');

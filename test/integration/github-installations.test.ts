@@ -3,7 +3,7 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lockExternalKey } from '../../lib/db/repositories/connections.ts';
 import type { EventResult } from '../../workflows/contract.ts';
-import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { githubError, startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from '../support/events.ts';
@@ -249,6 +249,11 @@ describe('GitHub installations are bound only with proof', () => {
     );
     expect(detail).not.toContain(a.org.slug);
     expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    // The operator, asked, finds which organizations hold it in the log (the answer does not say).
+    const refusal = h.logs.filter((line) => line.includes('the install flow refused a GitHub installation other organizations already bind') && line.includes(b.org.id));
+    expect(refusal).toHaveLength(1);
+    expect(JSON.parse(refusal[0]!)).toMatchObject({ level: 40 /* warn */, organizationId: b.org.id, installationId: String(installation.id), boundTo: [a.org.id] });
+    expect(refusal[0]).not.toMatch(/ghu_|code=/);
 
     // Disconnected in A, it binds to B.
     const disconnect = await h.request('DELETE', `/api/v1/orgs/${a.org.slug}/connections/${aConnection}`, { token: a.token });
@@ -300,6 +305,71 @@ describe('GitHub installations are bound only with proof', () => {
     await aBind;
     await expectProblem(await bBind, 409);
     expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+  });
+
+  it('answers one of two setups of one organization for one installation at once 202 and the other 409, never 500', async () => {
+    const a = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const states = [await installState(a), await installState(a)];
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked!: () => void;
+    const holding = new Promise<void>((resolve) => (locked = resolve));
+    // Someone holds the installation's lock, so that both setups are past their proof and wait for it together.
+    const holder = h.db.transaction().execute(async (trx) => {
+      await lockExternalKey(trx, 'github', String(installation.id));
+      locked();
+      await released;
+    });
+    await holding;
+    const binds = states.map((state) => setup({ installationId: installation.id, state, code: github.issueOAuthCode(login) }));
+    let waiting = 0;
+    for (let i = 0; i < 1200 && waiting < 2; i++) {
+      const rows = await sql<{ n: number }>`select count(*)::int as n from pg_locks where locktype = 'advisory' and not granted and database = (select oid from pg_database where datname = current_database())`.execute(h.db);
+      waiting = rows.rows[0]!.n;
+      if (waiting < 2) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    release();
+    await holder;
+    const answers = await Promise.all(binds);
+    expect(answers.map((res) => res.status).sort(), 'both setups waited for the lock').toEqual([202, 409]);
+    expect(waiting).toBe(2);
+    const accepted = (await answers.find((res) => res.status === 202)!.json()) as { id: string; workflowId: string };
+    const conflict = answers.find((res) => res.status === 409)!;
+    expect(conflict.headers.get('content-type')).toBe('application/problem+json');
+    expect(await conflict.json()).toMatchObject({
+      connectionId: accepted.id,
+      detail: `connection ${accepted.id} already connects this installation; rotate its credential with PUT .../connections/${accepted.id}/credential`,
+    });
+    await resultOf(h, accepted.workflowId);
+    expect(await bindings(installation.id)).toEqual([{ organization_id: a.org.id, status: 'active' }]);
+    expect(h.logs.join('\n')).not.toContain('unhandled error');
+  });
+
+  it("answers 403 with GitHub's words when GitHub refuses the user's token a call (asking again would not help), 503 for a rate limit", async () => {
+    const a = await createOrgWithToken(h);
+    const { login, installation } = installer();
+    const message = 'You must authenticate with an access token authorized to a GitHub App in order to list installations';
+    github.server.failNext('listUserInstallations', 1, githubError(403, message));
+    expect(await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 403)).toBe(
+      `the installation is not bound: GitHub answered 403 to GET /user/installations for the GitHub user who authorized the App (${message})`,
+    );
+    github.server.failNext('getAuthenticatedUser', 1, githubError(404, 'Not Found'));
+    expect(await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 403)).toBe(
+      'the installation is not bound: GitHub answered 404 to GET /user for the GitHub user who authorized the App (Not Found)',
+    );
+    github.setSamlEnforcement(`${login}-org`, true);
+    try {
+      expect(await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 403)).toMatch(
+        /\(Resource protected by organization SAML enforcement\. You must grant your OAuth token access to this organization\.\): .* enforces SAML single sign-on/,
+      );
+    } finally {
+      github.setSamlEnforcement(`${login}-org`, false);
+    }
+    github.server.failNext('listUserInstallations', 1, { ...githubError(403, 'API rate limit exceeded for user.'), headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(Math.floor(Date.now() / 1000) + 60) } });
+    await expectProblem(await setup({ installationId: installation.id, state: await installState(a), code: github.issueOAuthCode(login) }), 503);
+    expect(await bindings(installation.id)).toEqual([]);
+    expect(h.logs.join('\n')).not.toMatch(/ghu_/);
   });
 
   it('lets only the admin bind an installation directly: an organization token gets 403', async () => {

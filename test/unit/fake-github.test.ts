@@ -328,6 +328,32 @@ describe('fake GitHub, driven by Octokit + auth-app', () => {
       expect((await failure(new Octokit({ baseUrl: github.url, auth: installationToken, log: quiet }).rest.users.getAuthenticated())).status).toBe(401);
     });
 
+    it('refuses a membership of an organization enforcing SAML single sign-on (403, X-GitHub-SSO), and records each call\'s headers but its credentials', async () => {
+      const login = `user-${++orgs}`;
+      const org = `org-${++orgs}`;
+      github.addInstallation({ account: { login: org } });
+      github.setOrgMembership(org, login, { role: 'admin' });
+      const { data } = await exchange({ ...credentials(), code: github.issueOAuthCode(login) });
+      const user = new Octokit({ baseUrl: github.url, auth: data.access_token, log: quiet });
+      github.setSamlEnforcement(org.toUpperCase(), true);
+      try {
+        const refused = await failure(user.rest.orgs.getMembershipForAuthenticatedUser({ org }));
+        expect(refused.status).toBe(403);
+        expect(refused.response.data).toMatchObject({ message: 'Resource protected by organization SAML enforcement. You must grant your OAuth token access to this organization.', status: '403' });
+        expect(refused.response.headers['x-github-sso']).toMatch(new RegExp(`^required; url=${github.url}/orgs/${org}/sso\\?authorization_request=[0-9a-f]+$`));
+      } finally {
+        github.setSamlEnforcement(org, false);
+      }
+      expect((await user.rest.orgs.getMembershipForAuthenticatedUser({ org })).data).toMatchObject({ state: 'active', role: 'admin' });
+
+      const calls = github.server.calls.length;
+      await user.request('GET /user', { headers: { 'x-github-api-version': '2022-11-28' } });
+      const [call] = github.server.calls.slice(calls);
+      expect(call!.headers).toMatchObject({ 'x-github-api-version': '2022-11-28', 'user-agent': expect.any(String) });
+      expect(call!.headers).not.toHaveProperty('authorization');
+      expect(JSON.stringify(github.server.calls)).not.toContain(data.access_token);
+    });
+
     it("lists, page by page, the installations the token's user can reach, with Link headers Octokit follows", async () => {
       const login = `user-${++orgs}`;
       const reachable = Array.from({ length: 5 }, () => github.addInstallation({ account: { login: `acct-${++orgs}` } }).id);

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createGithubAdapter, proveInstallationAccess, type GithubAdapterOptions } from '../../activities/providers/github.ts';
+import { createGithubAdapter, proveInstallationAccess, USER_TOKEN_API_VERSION, type GithubAdapterOptions } from '../../activities/providers/github.ts';
 import { ProviderHttpError, type RepositoryPage } from '../../activities/providers/port.ts';
-import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { githubError, startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { walkListing } from '../support/listing.ts';
 import { testOutbound } from '../support/outbound.ts';
 
@@ -260,6 +260,87 @@ describe('GitHub adapter against the fake GitHub', () => {
       // A rate limit on the membership is GitHub not answering (thrown), not a refusal.
       github.server.failNext('getOrgMembershipForUser', 1, { status: 403, headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(Math.floor(Date.now() / 1000) + 60) }, body: { message: 'API rate limit exceeded for user.' } });
       expect((await rejection(prove(github.issueOAuthCode(login), org.id))).status).toBe(429);
+    });
+
+    it("is not proven when GitHub refuses a user-token call (a 4xx but a rate limit), in GitHub's words; a rate limit, a 5xx or no answer is thrown", async () => {
+      const login = `refused-${++orgs}`;
+      const installation = github.addInstallation({ account: { login: `refusing-${++orgs}` } });
+      github.grantInstallation(login, installation.id);
+      github.setOrgMembership(installation.account.login, login, { role: 'admin' });
+      const by = 'for the GitHub user who authorized the App';
+      const listing = 'You must authenticate with an access token authorized to a GitHub App in order to list installations';
+      github.server.failNext('listUserInstallations', 1, githubError(403, listing));
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({ proven: false, reason: `GitHub answered 403 to GET /user/installations ${by} (${listing})` });
+      github.server.failNext('getAuthenticatedUser', 1, githubError(404, 'Not Found'));
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({ proven: false, reason: `GitHub answered 404 to GET /user ${by} (Not Found)` });
+      github.server.failNext('getOrgMembershipForUser', 1, githubError(422, 'Validation Failed'));
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({
+        proven: false,
+        reason: `GitHub answered 422 to GET /user/memberships/orgs/${installation.account.login} ${by} (Validation Failed)`,
+      });
+      // GitHub's text is kept short and printable.
+      github.server.failNext('getAuthenticatedUser', 1, githubError(403, `Sorry.\u0007\nYour account was suspended. ${'x'.repeat(500)}`));
+      const { reason } = (await prove(github.issueOAuthCode(login), installation.id)) as { reason: string };
+      expect(reason).toMatch(/^GitHub answered 403 to GET \/user for the GitHub user who authorized the App \(Sorry\. Your account was suspended\. x+…\)$/);
+      expect(reason.length).toBeLessThan(300);
+
+      // Asking again may help: thrown (the setup callback's 503).
+      const reset = String(Math.floor(Date.now() / 1000) + 60);
+      github.server.failNext('listUserInstallations', 1, { ...githubError(403, 'API rate limit exceeded for user.'), headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': reset } });
+      expect((await rejection(prove(github.issueOAuthCode(login), installation.id))).status).toBe(429);
+      github.server.failNext('getAuthenticatedUser', 1, githubError(429, 'You have exceeded a secondary rate limit.'));
+      expect((await rejection(prove(github.issueOAuthCode(login), installation.id))).status).toBe(429);
+      github.server.failNext('getAuthenticatedUser', 1, githubError(503, 'Service Unavailable'));
+      expect((await rejection(prove(github.issueOAuthCode(login), installation.id))).status).toBe(503);
+      github.server.dropNext('listUserInstallations', 1);
+      await expect(prove(github.issueOAuthCode(login), installation.id)).rejects.toThrow(/^GitHub did not answer/);
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({ proven: true });
+    });
+
+    it('says what GitHub said when it will not show a membership: Members: read only for a missing permission', async () => {
+      const login = `sso-${++orgs}`;
+      const installation = github.addInstallation({ account: { login: `sso-org-${++orgs}` } });
+      const org = installation.account.login;
+      github.grantInstallation(login, installation.id);
+      github.setOrgMembership(org, login, { role: 'admin' });
+      const shown = `installation ${installation.id} is on the organization ${org}, and GitHub would not show the GitHub user ${login} who authorized the App's membership of it`;
+      github.setSamlEnforcement(org, true);
+      try {
+        expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({
+          proven: false,
+          reason: `${shown} (Resource protected by organization SAML enforcement. You must grant your OAuth token access to this organization.): ${org} enforces SAML single sign-on; sign in to it with single sign-on, then start again`,
+        });
+      } finally {
+        github.setSamlEnforcement(org, false);
+      }
+      github.server.failNext('getOrgMembershipForUser', 1, githubError(403, 'Although you appear to have the correct authorization credentials, the organization has an IP allow list enabled.'));
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({
+        proven: false,
+        reason: `${shown} (Although you appear to have the correct authorization credentials, the organization has an IP allow list enabled.)`,
+      });
+      github.setMembersPermission(false);
+      try {
+        expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({
+          proven: false,
+          reason: `${shown} (Resource not accessible by integration): the App needs the organization permission Members: read, accepted by ${org}`,
+        });
+      } finally {
+        github.setMembersPermission(true);
+      }
+    });
+
+    it('pins the REST API version on every user-token call', async () => {
+      const login = `pinned-${++orgs}`;
+      const installation = github.addInstallation({ account: { login: `pinned-org-${++orgs}` } });
+      github.grantInstallation(login, installation.id);
+      github.setOrgMembership(installation.account.login, login, { role: 'admin' });
+      const calls = github.server.calls.length;
+      expect(await prove(github.issueOAuthCode(login), installation.id)).toEqual({ proven: true });
+      const userCalls = github.server.calls.slice(calls).filter((c) => c.operation !== 'exchangeOAuthCode');
+      expect(userCalls.map((c) => `${c.operation} ${String(c.headers['x-github-api-version'])}`)).toEqual(
+        ['listUserInstallations', 'getAuthenticatedUser', 'getOrgMembershipForUser'].map((operation) => `${operation} ${USER_TOKEN_API_VERSION}`),
+      );
+      expect(USER_TOKEN_API_VERSION).toBe('2022-11-28');
     });
 
     it('fails with GitHub\'s status and message, never carrying the client secret or the code', async () => {

@@ -134,6 +134,15 @@ export async function findLiveConnectionByExternalKey(db: Executor, organization
     .executeTakeFirst();
 }
 
+/**
+ * Whether `error` is PostgreSQL refusing a second live connection of one organization to one key
+ * (unique index connections_org_external_key_live): a same-key insert that raced past the check.
+ */
+export function isLiveKeyConflict(error: unknown): boolean {
+  const { code, constraint } = (error ?? {}) as { code?: unknown; constraint?: unknown };
+  return code === '23505' && constraint === 'connections_org_external_key_live';
+}
+
 /** Live connections (not disconnected) of other organizations bound to the same provider key (a GitHub installation). */
 export async function liveConnectionsElsewhere(db: Executor, organizationId: string, provider: Connection['provider'], externalKey: string) {
   return db
