@@ -18,6 +18,7 @@ import * as intakeRetryState from './2026-12-06T1400-intake-retry-state.ts';
 import * as eventDispatches from './2026-12-06T1440-event-dispatches.ts';
 import * as intakeWakeupInProcess from './2026-12-06T2000-intake-wakeup-in-process.ts';
 import * as repositoryListings from './2026-12-06T2030-repository-listings.ts';
+import * as repositoryConnectionKey from './2026-12-07T0720-repository-connection-key.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -43,4 +44,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T1440-event-dispatches': eventDispatches,
   '2026-12-06T2000-intake-wakeup-in-process': intakeWakeupInProcess,
   '2026-12-06T2030-repository-listings': repositoryListings,
+  '2026-12-07T0720-repository-connection-key': repositoryConnectionKey,
 };
