@@ -21,7 +21,7 @@ import { classified, toActivityFailure } from './errors.ts';
 import { heartbeatProgress } from './outbound.ts';
 import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
 import { LISTING_CAPS_DEFAULTS } from '../lib/config.ts';
-import { FIRST_LISTING_PAGE, type ListingProgress } from '../workflows/contract.ts';
+import { FIRST_LISTING_PAGE, LISTING_HEARTBEAT_MS, type ListingProgress } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
 import type { Limiter } from '../lib/limiter.ts';
 import type { Provider, RoundPlace } from '../lib/domain.ts';
@@ -83,8 +83,9 @@ export function createRepositoryCacheActivities(
     /**
      * Lists up to `maxPages` pages of one connection's repositories and upserts them. Pages whose
      * cursors are known fetch in parallel (at most `callsPerConnection` for this connection and the
-     * worker-wide limit for all); the frontier of pending cursors is heartbeated after each page, so
-     * a retry (after a crash or a throttled call) resumes there instead of at the first page. GitHub
+     * worker-wide limit for all); the frontier of pending cursors is heartbeated as pages are
+     * written (at most every LISTING_HEARTBEAT_MS, and as the chunk stops), so a retry (after a
+     * crash or a throttled call) resumes there instead of at the first page. GitHub
      * pages are fetched conditionally with the ETag stored for them: a 304 costs no rate limit and
      * the stored page (its repositories and the pages it led to) stands. When nothing is pending,
      * the listing is complete: what no visited page holds is marked vanished.
@@ -168,11 +169,16 @@ export function createRepositoryCacheActivities(
       };
       // A listing longer than a third of its lease renews it as it goes (the call waits for no answer).
       let leaseRenewedAt = Date.now();
-      const beat = () => {
+      let beatAt = -Infinity;
+      /** Heartbeats where the listing stands: at most every LISTING_HEARTBEAT_MS while pages come, and always as the chunk stops (`last`). */
+      const beat = (last: boolean) => {
+        const now = Date.now();
+        if (!last && now - beatAt < LISTING_HEARTBEAT_MS) return;
+        beatAt = now;
         state.pending = [...inFlight, ...queue];
         heartbeatProgress(structuredClone(state));
-        if (leaseHolder !== undefined && Date.now() - leaseRenewedAt > (LISTING_LEASE_SECONDS * 1000) / 3) {
-          leaseRenewedAt = Date.now();
+        if (leaseHolder !== undefined && now - leaseRenewedAt > (LISTING_LEASE_SECONDS * 1000) / 3) {
+          leaseRenewedAt = now;
           renewListingLease(db, connectionId, leaseHolder).catch((error: unknown) => logger.warn({ connectionId, err: error }, 'listing lease not renewed'));
         }
       };
@@ -263,7 +269,8 @@ export function createRepositoryCacheActivities(
               })
               .finally(() => {
                 inFlight.delete(pageKey);
-                beat();
+                // With no page left in flight the chunk may be ending (done, or failed: its retry resumes from this).
+                beat(inFlight.size === 0);
                 pump();
               });
           }

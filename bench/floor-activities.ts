@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
 import type { Dispatch, RecordedDelivery } from '../activities/events.ts';
 import type { DispatchOutcome } from '../activities/dispatch.ts';
-import type { EventInput } from '../workflows/contract.ts';
+import { type EventInput, LISTING_HEARTBEAT_MS } from '../workflows/contract.ts';
 import type { ProviderTarget } from '../activities/providers/port.ts';
 import type { BareListingRequest, listingWalker, WalkCounts } from './listing-walk.ts';
 
@@ -40,8 +40,8 @@ export function createFloorActivities() {
       return Array.from({ length: connections }, (_, i) => i);
     },
     /**
-     * One connection's listing walked by the adapters alone, heartbeating after each page as the
-     * refresh's listing does. The request (with the fakes' credentials) is read from a file, so no
+     * One connection's listing walked by the adapters alone, heartbeating as the refresh's listing
+     * does (at most every LISTING_HEARTBEAT_MS while pages come, and as it ends). The request (with the fakes' credentials) is read from a file, so no
      * credential goes through the run's history. The walk's module is imported here, not at the top:
      * the ingest benchmark's floor worker, which never lists, keeps the footprint it had.
      */
@@ -56,7 +56,14 @@ export function createFloorActivities() {
       }
       const { walker, targets } = await entry;
       const ctx = Context.current();
-      return walker(targets[index]!, (counts) => ctx.heartbeat(counts));
+      let beatAt = -Infinity;
+      const counts = await walker(targets[index]!, (counts) => {
+        if (Date.now() - beatAt < LISTING_HEARTBEAT_MS) return;
+        beatAt = Date.now();
+        ctx.heartbeat(counts);
+      });
+      ctx.heartbeat(counts);
+      return counts;
     },
   };
 }

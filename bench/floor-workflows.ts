@@ -30,9 +30,9 @@ const { walkListing } = proxyActivities<FloorActivities>({ startToCloseTimeout: 
 
 /**
  * The SDK's floor under a refresh (bench/refresh.ts): the refresh's shape (a local activity that
- * lists the connections, then one activity per connection, all at once, heartbeating after each
- * page) with activities that only walk the listings, as the bare listing does: no database, no
- * lease, no page memory, no writes.
+ * lists the connections, then one activity per connection, all at once, heartbeating as its pages
+ * come, as the refresh's listing does) with activities that only walk the listings, as the bare
+ * listing does: no database, no lease, no page memory, no writes.
  */
 export async function listingShapedWorkflow(input: { requestFile: string; connections: number }): Promise<{ pages: number; repositories: number }> {
   const { workflowId } = workflowInfo();

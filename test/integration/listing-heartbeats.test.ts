@@ -1,0 +1,79 @@
+import { randomUUID } from 'node:crypto';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createProviderFactory } from '../../activities/providers/index.ts';
+import { createRepositoryCacheActivities } from '../../activities/repository-cache.ts';
+import { createLimiter } from '../../lib/limiter.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { newListingProgress, type ListingProgress } from '../../workflows/contract.ts';
+import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { seedConnection } from '../support/attachments.ts';
+import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
+import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { testOutbound } from '../support/outbound.ts';
+
+/**
+ * A listing heartbeats where it stands at most once a second while its pages come (each heartbeat
+ * costs the worker CPU; the SDK sends the server one per 24 s at most), and always as its chunk
+ * stops, so a failed attempt's retry resumes from every page written before it failed.
+ */
+describe('repository listing heartbeats', () => {
+  let h: Harness;
+  let gitlab: FakeGitlab;
+  let proxy: FlakyProxy;
+  let org: { id: string };
+  const token = `glpat-${randomUUID()}`;
+  beforeAll(async () => {
+    h = await startHarness({ withoutWorker: true });
+    gitlab = await startFakeGitlab();
+    proxy = await startFlakyProxy(gitlab.url);
+    gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
+    for (let i = 0; i < 1000; i++) gitlab.addProject({ pathWithNamespace: `beats/p-${String(i).padStart(4, '0')}` });
+    ({ org } = await createOrgWithToken(h));
+  }, 60_000);
+  afterAll(async () => {
+    await proxy?.close();
+    await gitlab?.close();
+    await h?.close();
+  });
+
+  const activities = () =>
+    createRepositoryCacheActivities(
+      { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
+      { callsPerConnection: 4, limiter: createLimiter(8) },
+    );
+  /** Lists a new connection's repositories in one activity attempt, keeping every heartbeat it sent. */
+  async function list() {
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+    const env = new MockActivityEnvironment({ workflowExecution: { workflowId: `refresh:${randomUUID()}`, runId: randomUUID() } });
+    const heartbeats: ListingProgress[] = [];
+    env.on('heartbeat', (details: ListingProgress) => heartbeats.push(details));
+    const outcome = await env
+      .run(activities().listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 50, leaseHolder: `refresh:${connectionId}` })
+      .then((result: unknown) => ({ result, error: undefined as unknown }), (error: unknown) => ({ result: undefined as unknown, error }));
+    const written = (await h.db.selectFrom('repository_listing_pages').select('page_key').where('connection_id', '=', connectionId).execute()).map((r) => r.page_key);
+    return { ...outcome, heartbeats, written };
+  }
+
+  it('a listing of many pages heartbeats fewer times than it has pages', async () => {
+    proxy.fault = () => undefined;
+    const { result, heartbeats, written } = await list();
+    expect(result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+    expect(written.length).toBeGreaterThan(10);
+    expect(heartbeats.length).toBeLessThan(written.length);
+    // The last one, as the chunk stopped, holds every page.
+    expect(heartbeats.at(-1)!.visitedPageKeys.sort()).toEqual([...written].sort());
+  });
+
+  it("a failed attempt's last heartbeat holds every page it wrote and the one that failed, still pending", async () => {
+    let listings = 0;
+    proxy.fault = (request) => (request.url.includes('/projects?') && ++listings === 5 ? { kind: 'lose-answer' } : undefined);
+    const { error, heartbeats, written } = await list();
+    expect(error).toBeDefined();
+    expect(written.length).toBeGreaterThan(1);
+    const last = heartbeats.at(-1)!;
+    expect(last.visitedPageKeys.sort()).toEqual([...written].sort());
+    expect(last.pending.length).toBeGreaterThan(0);
+    expect(last.pending.filter((key) => written.includes(key))).toEqual([]);
+  });
+});
