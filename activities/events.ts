@@ -1,3 +1,4 @@
+import { setImmediate } from 'node:timers/promises';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
@@ -16,7 +17,7 @@ import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from
 import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import { isAccessChange, type NormalizedEvent, type Provider } from '../lib/domain.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../lib/instance.ts';
-import { compileRefGlob } from '../lib/ref-glob.ts';
+import { refGlobMatches } from '../lib/ref-glob.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
 
@@ -166,11 +167,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
         }
         const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, receivedAt: new Date(input.receivedAt) }, rows);
         const subscribers = await listSubscribersOf(trx, recorded.map((r) => r.organizationId));
-        const dispatches = recorded.flatMap((r) =>
-          subscribers
-            .filter((s) => s.organizationId === r.organizationId && subscriberWants(s, events[r.sequence]!))
-            .map((s) => ({ eventId: r.id, subscriberId: s.id })),
-        );
+        const dispatches = await wantedPairs(recorded, subscribers, events);
         if (dispatches.length <= INLINE_DISPATCH_LIMIT) return { recorded: recorded.length, dispatches };
         await queueDispatches(trx, runKey, dispatches, new Date());
         return { recorded: recorded.length, queued: dispatches.length };
@@ -185,11 +182,41 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
 /**
  * A subscriber's filters: an empty list lets everything through. Ref globs match the branch or tag
  * name (`main`, `release/*`, `v*`), or a pull request's target branch; `*` stays within one path
- * segment, `**` crosses them (lib/ref-glob.ts, linear in the name). Events without a ref (repository access) pass only when no glob is set.
+ * segment, `**` crosses them (lib/ref-glob.ts, linear in the name; a name over MAX_REF_NAME_LENGTH matches none). Events
+ * without a ref (repository access) pass only when no glob is set.
  */
 export function subscriberWants(subscriber: Pick<PublicSubscriber, 'kinds' | 'refGlobs'>, event: NormalizedEvent): boolean {
   if (subscriber.kinds.length > 0 && !subscriber.kinds.includes(event.kind)) return false;
   if (subscriber.refGlobs.length === 0) return true;
   const ref = event.ref?.name ?? event.pullRequest?.targetBranch;
-  return ref !== undefined && subscriber.refGlobs.some((glob) => compileRefGlob(glob)(ref));
+  return ref !== undefined && subscriber.refGlobs.some((glob) => refGlobMatches(glob, ref));
+}
+
+/** The longest the matching runs before it lets the worker's other activities and workflow tasks in. */
+const MATCHING_SLICE_MS = 10;
+
+/**
+ * The (event, subscriber) pairs to dispatch: each recorded row against its organization's
+ * subscribers. One event costs at most its organization's globs × the longest name's word steps
+ * (lib/ref-glob.ts); a delivery of many refs costs that many times over, so the loop yields to the
+ * event loop every MATCHING_SLICE_MS rather than hold the worker's thread for all of it.
+ */
+export async function wantedPairs(
+  recorded: readonly { id: string; organizationId: string; sequence: number }[],
+  subscribers: readonly Pick<PublicSubscriber, 'id' | 'organizationId' | 'kinds' | 'refGlobs'>[],
+  events: readonly NormalizedEvent[],
+): Promise<Dispatch[]> {
+  const pairs: Dispatch[] = [];
+  let sliceStarted = performance.now();
+  for (const row of recorded) {
+    for (const subscriber of subscribers) {
+      if (subscriber.organizationId !== row.organizationId) continue;
+      if (subscriberWants(subscriber, events[row.sequence]!)) pairs.push({ eventId: row.id, subscriberId: subscriber.id });
+      if (performance.now() - sliceStarted >= MATCHING_SLICE_MS) {
+        await setImmediate();
+        sliceStarted = performance.now();
+      }
+    }
+  }
+  return pairs;
 }

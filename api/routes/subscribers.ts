@@ -1,12 +1,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { seal } from '../../lib/crypto.ts';
-import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
+import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, lockSubscriberCount, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
 import { refGlobProblem } from '../../lib/ref-glob.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, notFound, problemResponse } from '../problem.ts';
+import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
 import { EVENT_KINDS } from './events.ts';
 import { text } from '../text.ts';
 
@@ -48,6 +48,9 @@ const CreateBody = z
   })
   .openapi('CreateSubscriberRequest');
 
+/** The most subscribers an organization may have: every event is matched against each one's filters. */
+export const MAX_SUBSCRIBERS_PER_ORGANIZATION = 100;
+
 const OrgParam = z.object({ org: z.string().min(1) });
 const SubscriberParam = OrgParam.extend({ id: z.uuid() });
 
@@ -71,7 +74,11 @@ export function subscriberRoutes() {
       path: '/{org}/subscribers',
       summary: "Register an endpoint for the organization's events; the signing secret is shown once",
       request: { params: OrgParam, body: { required: true, content: { 'application/json': { schema: CreateBody } } } },
-      responses: { 201: { description: 'Created', content: { 'application/json': { schema: CreatedSubscriberSchema } } }, ...errors },
+      responses: {
+        201: { description: 'Created', content: { 'application/json': { schema: CreatedSubscriberSchema } } },
+        ...errors,
+        409: problemResponse(`The organization already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers`),
+      },
     }),
     async (c) => {
       const { deps } = c.var;
@@ -86,13 +93,21 @@ export function subscriberRoutes() {
       }
       const id = randomUUID();
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
-      const row = await insertSubscriber(deps.db, {
-        id,
-        organizationId: org.id,
-        url,
-        sealedSecret: seal(deps.keys, secret, id),
-        kinds: [...new Set(body.kinds)],
-        refGlobs: [...new Set(body.refGlobs)],
+      const row = await deps.db.transaction().execute(async (trx) => {
+        // Each event is matched against every subscriber of its organization: their number bounds what one event costs.
+        if ((await lockSubscriberCount(trx, org.id)) >= MAX_SUBSCRIBERS_PER_ORGANIZATION) {
+          throw new Problem(409, 'Conflict', `organization ${org.slug} already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers, the most it may have; delete one first`, 'about:blank', {
+            limit: MAX_SUBSCRIBERS_PER_ORGANIZATION,
+          });
+        }
+        return insertSubscriber(trx, {
+          id,
+          organizationId: org.id,
+          url,
+          sealedSecret: seal(deps.keys, secret, id),
+          kinds: [...new Set(body.kinds)],
+          refGlobs: [...new Set(body.refGlobs)],
+        });
       });
       return c.json({ ...toApi(row), secret }, 201);
     },

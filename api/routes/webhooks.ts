@@ -236,10 +236,11 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
     if (error instanceof WebhookPayloadError) throw badRequest(error.message);
     throw error;
   }
-  const { events, instanceUrl, installationId } = delivery;
+  const { events, instanceUrl, installationId, overlong } = delivery;
+  if (overlong) c.var.deps.logger.warn({ provider, overlong }, 'events naming a branch, tag or repository over the length limits: not acted on');
   if (events.length === 0) {
     outcome('ignored');
-    return c.json({ status: 'ignored' as const, reason: 'event kind not handled' }, 200);
+    return c.json({ status: 'ignored' as const, reason: overlong ? 'names over the length limits' : 'event kind not handled' }, 200);
   }
 
   const deliveryId = events[0]!.deliveryId;

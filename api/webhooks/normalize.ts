@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isAccessChange, type EventKind, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
+import { MAX_REF_NAME_LENGTH } from '../../lib/ref-glob.ts';
 import { isStorableText, toStorableText } from '../../lib/text.ts';
 
 /** Header names in lower case, as Node and Hono hand them over. */
@@ -28,6 +29,27 @@ export interface NormalizedDelivery {
   instanceUrl?: string;
   /** The GitHub App installation the delivery is for: only connections bound to it act on it. */
   installationId?: string;
+  /** Events left out because a name in them is longer than the limits (withinNameLimits). */
+  overlong?: number;
+}
+
+/** The longest repository name (and project) an event is recorded with, and sender kept. */
+export const MAX_NAME_LENGTH = 1024;
+
+/**
+ * Whether an event's names are short enough to act on: its branch or tag (MAX_REF_NAME_LENGTH,
+ * as the subscribers' globs match them) and its repository. An event over them is left out like one
+ * the service does not act on, not refused: the delivery is the provider's, verified, and a 4xx
+ * makes GitLab and Azure DevOps disable the hook. No provider sends names anywhere near so long
+ * (GitHub refuses refs over ~250 bytes), so only a name made to cost the matching reaches this.
+ */
+function withinNameLimits(event: NormalizedEvent): boolean {
+  const refs = [event.ref?.name, event.pullRequest?.sourceBranch, event.pullRequest?.targetBranch];
+  return (
+    refs.every((name) => name === undefined || name.length <= MAX_REF_NAME_LENGTH) &&
+    event.repository.fullName.length <= MAX_NAME_LENGTH &&
+    (event.repository.project ?? '').length <= MAX_NAME_LENGTH
+  );
 }
 
 /** normalizeWebhook, plus where the delivery came from, from one parse of the body. */
@@ -50,9 +72,13 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
       events = normalizeAzureDevOps(payload);
       break;
   }
+  const named = events.filter(withinNameLimits);
+  const overlong = events.length - named.length;
+  // A sender's name is only shown, never acted on: an over-long one is dropped, not the event.
+  events = named.map(({ sender, ...event }) => (sender === undefined || sender.length > MAX_NAME_LENGTH ? event : { ...event, sender }));
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
   const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
-  const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}) };
+  const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}), ...(overlong ? { overlong } : {}) };
   // Decoded bytes hold neither a NUL nor a lone surrogate except as an escape (a raw control character
   // is not JSON, and the decoder refuses encoded surrogates); header values hold no NUL: without
   // either, the copy that mends them is skipped.

@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { WebhookDefinition } from '@octokit/webhooks-examples';
 import { describe, expect, it } from 'vitest';
-import { isPing, normalizeDelivery, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
+import { isPing, MAX_NAME_LENGTH, normalizeDelivery, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
+import { MAX_REF_NAME_LENGTH } from '../../lib/ref-glob.ts';
 import type { NormalizedEvent, Provider } from '../../lib/domain.ts';
 
 // Payloads are mutated into variants, so they are handled as plain JSON.
@@ -654,3 +655,40 @@ describe('normalizeDelivery: the instance a delivery came from', () => {
   });
 });
 
+
+describe('normalizeDelivery: names over the length limits', () => {
+  const headers = { 'x-request-id': 'r-long', 'x-event-key': 'repo:refs_changed' };
+  const push = (names: string[], actor = 'admin') => {
+    const payload = fixture('bitbucket/repo-refs-changed.json');
+    const [change] = payload.changes;
+    payload.changes = names.map((name) => ({ ...change, ref: { ...change.ref, id: `refs/heads/${name}`, displayId: name }, refId: `refs/heads/${name}` }));
+    payload.actor.name = actor;
+    return JSON.stringify(payload);
+  };
+
+  it('leaves out an event whose branch is longer than MAX_REF_NAME_LENGTH, keeps the rest, and counts it', () => {
+    const longest = 'a'.repeat(MAX_REF_NAME_LENGTH);
+    const delivery = normalizeDelivery('bitbucket', headers, push(['main', `${longest}b`, longest]));
+    expect(delivery.events.map((e) => e.ref?.name)).toEqual(['main', longest]);
+    expect(delivery.overlong).toBe(1);
+    // A delivery of nothing else is one not acted on (200, never a 4xx the provider would count against its hook).
+    expect(normalizeDelivery('bitbucket', headers, push(['x'.repeat(100_000)]))).toEqual({ events: [], overlong: 1 });
+    expect(normalizeDelivery('bitbucket', headers, push(['main'])).overlong).toBeUndefined();
+  });
+
+  it("leaves out a pull request whose branches are over it, and an event whose repository's name is over MAX_NAME_LENGTH", () => {
+    const pr = fixture('bitbucket/pr-opened.json');
+    pr.pullRequest.fromRef.id = `refs/heads/${'f'.repeat(MAX_REF_NAME_LENGTH + 1)}`;
+    expect(normalizeDelivery('bitbucket', { 'x-request-id': 'r-pr', 'x-event-key': 'pr:opened' }, JSON.stringify(pr))).toMatchObject({ events: [], overlong: 1 });
+    const gitlab = fixture('gitlab/push.json');
+    gitlab.project.path_with_namespace = `g/${'r'.repeat(MAX_NAME_LENGTH)}`;
+    expect(normalizeDelivery('gitlab', { 'x-gitlab-event-uuid': 'u-long' }, JSON.stringify(gitlab))).toMatchObject({ events: [], overlong: 1 });
+  });
+
+  it('keeps the event of an over-long sender, without the sender', () => {
+    const [event] = normalizeDelivery('bitbucket', headers, push(['main'], 's'.repeat(MAX_NAME_LENGTH + 1))).events;
+    expect(event).toMatchObject({ kind: 'push', ref: { name: 'main' } });
+    expect(event).not.toHaveProperty('sender');
+    expect(normalizeDelivery('bitbucket', headers, push(['main'], 's'.repeat(MAX_NAME_LENGTH))).events[0]!.sender).toHaveLength(MAX_NAME_LENGTH);
+  });
+});

@@ -36,6 +36,16 @@ export async function insertSubscriber(
     .executeTakeFirstOrThrow();
 }
 
+/**
+ * How many subscribers the organization has, holding its row until the transaction ends, so
+ * concurrent creations count one after another.
+ */
+export async function lockSubscriberCount(trx: Transaction<Database>, organizationId: string): Promise<number> {
+  await trx.selectFrom('organizations').select('id').where('id', '=', organizationId).forUpdate().executeTakeFirst();
+  const { count } = await trx.selectFrom('subscribers').select((eb) => eb.fn.countAll<string>().as('count')).where('organization_id', '=', organizationId).executeTakeFirstOrThrow();
+  return Number(count);
+}
+
 export async function listSubscribers(db: Executor, organizationId: string): Promise<PublicSubscriber[]> {
   return db.selectFrom('subscribers').select(PUBLIC_COLUMNS).where('organization_id', '=', organizationId).orderBy('created_at').orderBy('id').execute();
 }

@@ -1,0 +1,84 @@
+import { randomUUID } from 'node:crypto';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createEventActivities, type RecordedDelivery } from '../../activities/events.ts';
+import { MAX_SUBSCRIBERS_PER_ORGANIZATION } from '../../api/routes/subscribers.ts';
+import type { NormalizedEvent } from '../../lib/domain.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { MAX_REF_NAME_LENGTH } from '../../lib/ref-glob.ts';
+import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
+import { eventsOfDelivery, seedAttachedRepository, send, uniqueExternalId } from '../support/events.ts';
+import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+
+/**
+ * What one event may cost the shared worker is bounded by what a tenant controls: at most 100
+ * subscribers per organization, 50 globs of 255 characters each, matched in word steps per
+ * character of a branch or tag name of at most MAX_REF_NAME_LENGTH (longer ones are left out at
+ * the receiver, with a 200, never a 4xx the provider would count against its hook).
+ */
+describe('the bounds on matching events against subscribers (real PostgreSQL)', () => {
+  let h: Harness;
+  let fake: FakeSubscriber;
+  beforeAll(async () => {
+    h = await startHarness({ withoutWorker: true });
+    fake = await startFakeSubscriber();
+  });
+  afterAll(async () => {
+    await fake?.close();
+    await h?.close();
+  });
+
+  // The costliest globs the API takes: 255 characters, a `*` between every two others.
+  const worstGlobs = Array.from({ length: 50 }, (_, i) => `**${'a*'.repeat(126)}${String.fromCharCode(98 + (i % 20))}`);
+
+  it(`refuses an organization's subscriber beyond ${MAX_SUBSCRIBERS_PER_ORGANIZATION} (409 naming the limit), and records a maximal event against them all in well under a second`, async () => {
+    const o = await createOrgWithToken(h);
+    const create = (refGlobs: string[]) => h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: fake.url, refGlobs } });
+    const ids: string[] = [];
+    for (let i = 0; i < MAX_SUBSCRIBERS_PER_ORGANIZATION; i++) {
+      // The last one also takes what the event is about, behind 49 that cost the most.
+      const res = await create(i === MAX_SUBSCRIBERS_PER_ORGANIZATION - 1 ? [...worstGlobs.slice(1), 'a**'] : worstGlobs);
+      expect(res.status, await res.clone().text()).toBe(201);
+      ids.push(((await res.json()) as { id: string }).id);
+    }
+    const refused = await create(['main']);
+    expect(refused.status).toBe(409);
+    expect(refused.headers.get('content-type')).toBe('application/problem+json');
+    expect(await refused.json()).toMatchObject({ status: 409, limit: MAX_SUBSCRIBERS_PER_ORGANIZATION, detail: expect.stringContaining(`already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers`) });
+    // Another organization's count is its own.
+    const other = await createOrgWithToken(h);
+    expect((await h.request('POST', `/api/v1/orgs/${other.org.slug}/subscribers`, { token: other.token, body: { url: fake.url } })).status).toBe(201);
+
+    const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
+    const { connectionId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
+    const deliveryId = randomUUID();
+    const event: NormalizedEvent = { provider: 'gitlab', deliveryId, kind: 'push', repository, ref: { type: 'branch', name: 'a'.repeat(MAX_REF_NAME_LENGTH), before: 'a1', after: 'b2' } };
+    const { recordEvent } = createEventActivities({ db: h.db, logger: createLogger('test', 'silent'), deliveryDeadlineSeconds: 60 });
+    const started = { wall: performance.now(), cpu: process.cpuUsage() };
+    const recorded: RecordedDelivery = await new MockActivityEnvironment().run(recordEvent, { provider: 'gitlab' as const, deliveryId, receivedAt: new Date().toISOString(), events: [event], connectionId });
+    const cpu = process.cpuUsage(started.cpu);
+    const [wallMs, cpuMs] = [performance.now() - started.wall, (cpu.user + cpu.system) / 1000];
+    console.log(`recorded one ${MAX_REF_NAME_LENGTH}-character push against ${MAX_SUBSCRIBERS_PER_ORGANIZATION} x ${worstGlobs.length} globs of 255: ${wallMs.toFixed(0)} ms wall, ${cpuMs.toFixed(0)} ms CPU`);
+    expect(recorded).toMatchObject({ recorded: 1, dispatches: [{ subscriberId: ids.at(-1) }] });
+    // CPU time: the wall time counts whatever else the machine runs.
+    expect(cpuMs).toBeLessThan(1000);
+
+    // Deleting one makes room for another.
+    expect((await h.request('DELETE', `/api/v1/orgs/${o.org.slug}/subscribers/${ids[0]}`, { token: o.token })).status).toBe(204);
+    expect((await create(['main'])).status).toBe(201);
+  }, 120_000);
+
+  it('acknowledges a delivery whose ref is over the limit as not acted on (200), recording nothing for it', async () => {
+    const o = await createOrgWithToken(h);
+    const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
+    const { hook } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
+    const payload = { ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), ref: `refs/heads/${'a'.repeat(100_000)}` };
+    const deliveryId = randomUUID();
+    const res = await send(h, delivery('gitlab', payload, { deliveryId, ...hook }));
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: 'ignored', reason: 'names over the length limits' });
+    expect(await eventsOfDelivery(h.db, 'gitlab', deliveryId)).toEqual([]);
+    expect(h.logs.join('')).toContain('over the length limits');
+  });
+});
