@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,14 +9,12 @@ import { stringify as toYaml } from 'yaml';
 import { startIntakeRelay, type IntakeRelay } from '../../api/intake-relay.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { freeLoopbackPort } from '../../lib/net.ts';
-import { Connection } from '@temporalio/client';
-import { findOrBuildTemporalCli } from '../../lib/temporal/cli.ts';
-import { readDevServerSettings } from '../../lib/temporal/dev-server.ts';
 import { workflowIds, type EventResult } from '../../workflows/contract.ts';
 import { startFakeSubscriber, type FakeSubscriber } from '../fakes/subscriber.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
+import { ownTemporalServer, stallingProxy } from '../support/temporal-outage.ts';
 
 /**
  * Issue #18's outage tests, on a Temporal dev server of this file's own (stopped and started again
@@ -32,88 +29,6 @@ import { createOrgWithToken, startHarness, TEST_WEBHOOK_SECRETS, type Harness } 
 const OUTAGE_MS = Number(process.env.INTAKE_OUTAGE_SECONDS ?? 60) * 1000;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const FULL_NAMES: Record<Provider, string> = { github: 'octo-org/outage', gitlab: 'group/outage', bitbucket: 'PROJ/outage', 'azure-devops': 'Fabrikam/outage' };
-
-/**
- * A TCP proxy in front of the Temporal frontend that the test can stall: from then on nothing is
- * forwarded either way and new connections are held open unanswered, which is what a client sees
- * of a server that hangs. `stalledRequest` resolves once bytes arrive while stalled.
- */
-async function stallingProxy(upstream: string) {
-  const [host, port] = upstream.split(':') as [string, string];
-  const sockets = new Set<Socket>();
-  let stalled = false;
-  let onRequest: () => void;
-  const stalledRequest = new Promise<void>((resolve) => (onRequest = resolve));
-  const server: Server = createServer((client) => {
-    sockets.add(client);
-    client.on('error', () => {});
-    client.on('close', () => sockets.delete(client));
-    if (stalled) return void client.on('data', () => onRequest());
-    const target = connect(Number(port), host);
-    sockets.add(target);
-    target.on('error', () => {});
-    target.on('close', () => sockets.delete(target));
-    client.on('data', (chunk) => (stalled ? onRequest() : target.write(chunk)));
-    target.on('data', (chunk) => stalled || client.write(chunk));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
-    stalledRequest,
-    stall() {
-      stalled = true;
-    },
-    close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
-  };
-}
-
-/**
- * `temporal server start-dev` on a fixed port and a store file, as a process of the test's own: the
- * SDK's launcher gives a server 5 s to answer, which a loaded machine misses; this one waits for it
- * as long as it takes, and stops it with SIGTERM (SIGKILL 10 s on), as a restart or an upgrade would.
- */
-async function ownTemporalServer(dir: string) {
-  const cli = findOrBuildTemporalCli();
-  if (!cli) throw new Error('this test needs the Temporal CLI (npm run temporal:ensure)');
-  const settings = readDevServerSettings();
-  const port = await freeLoopbackPort();
-  const address = `127.0.0.1:${port}`;
-  const args = [
-    ...['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--namespace', 'default', '--log-level', 'error'],
-    ...['--db-filename', path.join(dir, 'temporal.db')],
-    ...Object.entries(settings.searchAttributes).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
-    ...Object.entries(settings.dynamicConfig).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${JSON.stringify(value)}`]),
-  ];
-  let child: ChildProcess | undefined;
-  return {
-    address,
-    async start() {
-      child = spawn(cli, args, { stdio: 'ignore' });
-      const deadline = Date.now() + 120_000;
-      for (;;) {
-        if (child.exitCode !== null) throw new Error(`the Temporal dev server exited with ${child.exitCode}`);
-        try {
-          const connection = await Connection.connect({ address, connectTimeout: 5000 });
-          await connection.workflowService.describeNamespace({ namespace: 'default' });
-          await connection.close();
-          return;
-        } catch (error) {
-          if (Date.now() > deadline) throw error;
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
-      }
-    },
-    async stop() {
-      const running = child;
-      if (!running || running.exitCode !== null) return;
-      const exited = new Promise((resolve) => running.once('exit', resolve));
-      running.kill('SIGTERM');
-      const kill = setTimeout(() => running.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(kill);
-    },
-  };
-}
 
 describe('intake under a Temporal outage and an API crash (a dev server of its own)', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-outage-'));
