@@ -9,6 +9,7 @@ import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
 import { Problem, problemJson } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
+import { withinTemporalDeadline } from './temporal-deadline.ts';
 import { readUnreadBody } from './unread-body.ts';
 import { attachmentRoutes } from './routes/attachments.ts';
 import { connectionRoutes, githubSetupRoutes } from './routes/connections.ts';
@@ -97,7 +98,7 @@ export function createApp(deps: ApiDeps) {
       );
     const checks = {
       database: await check('database', sql`select 1`.execute(deps.db)),
-      temporal: await check('temporal', deps.temporal.connection.workflowService.getSystemInfo({})),
+      temporal: await check('temporal', withinTemporalDeadline(deps, () => deps.temporal.connection.workflowService.getSystemInfo({}))),
     };
     // A backlog does not make the process unready: taking it out of the load balancer would only
     // turn acknowledged deliveries into refused ones. It is shown, not judged.
@@ -161,7 +162,8 @@ const TEMPORAL_UNANSWERED = new Set([1 /* CANCELLED */, 4 /* DEADLINE_EXCEEDED *
 /**
  * Temporal could not be reached behind a request: the client's ServiceError ("Failed to describe
  * workflow") wraps the gRPC error, whose status says so; a connection that never came up fails with
- * "Failed to connect…" and no status. A failing dependency, so 503, for every route that calls Temporal.
+ * "Failed to connect…" and no status; the request's deadline (api/temporal-deadline.ts) passing is
+ * DEADLINE_EXCEEDED. A failing dependency, so 503, for every route that calls Temporal.
  */
 function isTemporalUnavailable(error: Error): boolean {
   for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {

@@ -20,6 +20,11 @@ export interface ApiDeps {
   adminToken: string;
   taskQueue: string;
   namespace: string;
+  /**
+   * How long the Temporal calls made for one request may take together (temporal.requestDeadlineSeconds;
+   * default 5 s, api/temporal-deadline.ts): past it the request answers 503. Not the intake relay's starts.
+   */
+  temporalDeadlineMs?: number;
   /** Base URL of the Temporal UI, for links to runs. */
   temporalUiUrl: string;
   allowHttpHosts: string[];

@@ -10,7 +10,7 @@ import { createLogger, type Logger } from '../lib/logger.ts';
 import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
 import { startTracing } from '../lib/tracing.ts';
-import { clientConnectOptions } from '../lib/temporal/connection.ts';
+import { clientConnectOptions, retryWithinDeadline } from '../lib/temporal/connection.ts';
 import { createApp } from './app.ts';
 import { createIntakeSignal } from './intake-relay.ts';
 import { startIntakeRelayThread } from './intake-relay-thread.ts';
@@ -33,7 +33,8 @@ export async function runApi(config: Config, options: { address?: string; databa
   const ackTrace = ackTraceFromEnv();
   const db = createDb(databaseUrl, { logger, ...(ackTrace ? { onCheckout: ackTrace.checkedOut } : {}) });
   const temporalAddress = options.address ?? config.temporal.address ?? '127.0.0.1:7233';
-  const connection = await Connection.connect(clientConnectOptions(config.temporal, temporalAddress));
+  // Requests give their calls a deadline (api/temporal-deadline.ts); no retry goes past it.
+  const connection = await Connection.connect({ ...clientConnectOptions(config.temporal, temporalAddress), interceptors: [retryWithinDeadline()] });
   const tracing = startTracing(config.tracing, { serviceName: 'forgelink-api' });
   // With tracing on, a workflow start carries the request's trace (a delivery's: through its stored row) into the run.
   const temporal = new Client({ connection, namespace: config.temporal.namespace, ...(tracing.enabled ? { interceptors: { workflow: [new OpenTelemetryWorkflowClientInterceptor()] } } : {}) });
@@ -113,6 +114,7 @@ export function apiDeps(
     adminToken: config.auth.adminToken,
     taskQueue: config.temporal.taskQueue,
     namespace: config.temporal.namespace,
+    temporalDeadlineMs: config.temporal.requestDeadlineSeconds * 1000,
     temporalUiUrl: opened.temporalUiUrl ?? config.temporal.uiUrl ?? 'http://127.0.0.1:8233',
     allowHttpHosts: config.security.allowHttpHosts,
     allowPrivateNetworks: config.security.allowPrivateNetworks,

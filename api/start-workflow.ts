@@ -1,6 +1,7 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import type { ApiDeps } from './context.ts';
 import { Problem } from './problem.ts';
+import { withinTemporalDeadline } from './temporal-deadline.ts';
 import type { RunLabels } from '../workflows/run-labels.ts';
 
 interface StartOptions {
@@ -13,15 +14,18 @@ interface StartOptions {
 }
 
 /**
- * Starts a workflow by name with a deterministic id. A start that finds the run already there is
- * success (a retried request or a redelivery), not an error; one Temporal refuses is a 503.
+ * Starts a workflow by name with a deterministic id, within the request's Temporal deadline
+ * (api/temporal-deadline.ts). A start that finds the run already there is success (a retried
+ * request or a redelivery), not an error; one Temporal refuses or does not answer in time is a 503.
+ * A start the deadline cut may still have reached Temporal: the request's retry then finds that run
+ * by its id (alreadyStarted) instead of starting a second one beside it.
  */
-export async function startWorkflow(deps: ApiDeps, workflowType: string, options: StartOptions): Promise<{ workflowId: string; alreadyStarted: boolean }> {
+export async function startWorkflow(deps: ApiDeps, workflowType: string, options: Omit<StartOptions, 'timeoutMs'>): Promise<{ workflowId: string; alreadyStarted: boolean }> {
   try {
-    return await startWorkflowOrThrow(deps, workflowType, options);
+    return await withinTemporalDeadline(deps, () => startWorkflowOrThrow(deps, workflowType, options));
   } catch (error) {
     deps.logger.error({ err: error, workflowId: options.workflowId }, `could not start ${workflowType}`);
-    throw new Problem(503, 'Service Unavailable', 'the workflow engine did not start the run; nothing was started, try again');
+    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not start the run or did not answer in time; try again (a retry joins run ${options.workflowId} if this request did start it and it still runs)`);
   }
 }
 

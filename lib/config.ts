@@ -171,6 +171,8 @@ export const configSchema = z
         uiUrl: z.url().optional(),
         tls: temporalTls.optional(),
         apiKey: z.string().min(1).optional(),
+        // How long the API's Temporal calls for one request may take together; past it the request answers 503.
+        requestDeadlineSeconds: z.number().positive().max(60).default(5),
       })
       .prefault({}),
     auth: z.object({ adminToken: secret }),

@@ -12,6 +12,7 @@ import { runLabels } from '../../workflows/run-labels.ts';
 import { visibleOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, Problem, problemResponse } from '../problem.ts';
+import { withinTemporalDeadline } from '../temporal-deadline.ts';
 
 const AttachmentSchema = z
   .object({
@@ -63,7 +64,7 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
   const workflowId = workflowIds.repository(org.id, repository.id);
   const input: RepositoryWorkflowInput = { organizationId: org.id, repositoryId: repository.id, pending: [] };
   try {
-    await deps.temporal.workflow.signalWithStart('repositoryWorkflow', {
+    await withinTemporalDeadline(deps, () => deps.temporal.workflow.signalWithStart('repositoryWorkflow', {
       taskQueue: deps.taskQueue,
       workflowId,
       args: [input],
@@ -76,10 +77,11 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
         connectionId: repository.connection_id,
         repository: { id: repository.id, fullName: repository.full_name },
       }),
-    });
+    }));
   } catch (error) {
+    // A signal Temporal did not answer in time may still have been queued: asking again is safe, an attach or a detach carried out twice changes nothing more.
     deps.logger.error({ err: error, workflowId }, 'could not queue the attachment request');
-    throw new Problem(503, 'Service Unavailable', 'the workflow engine is not reachable; nothing was changed, try again');
+    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not take the request or did not answer in time; try again (${action} is idempotent)`);
   }
   return workflowId;
 }

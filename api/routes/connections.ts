@@ -163,8 +163,12 @@ function webhookRotationRefusal(row: ConnectionRow): Problem | undefined {
   return refusal ? new Problem(409, 'Conflict', refusal) : undefined;
 }
 
-/** Starts the connect run; when it cannot start, `undo` (told why) takes back what the request wrote. */
-async function startConnect(c: Context<AppEnv>, org: Organization, input: ConnectInput, provider: Provider, undo: (reason: string) => Promise<void>) {
+/**
+ * Starts the connect run; when it cannot start, `undo` (told why) takes back what the request wrote
+ * and the 503 says so (`undone`). A start Temporal did not answer in time may have begun the run
+ * anyway: it finds the connection gone, or the rotation no longer validating, and changes nothing.
+ */
+async function startConnect(c: Context<AppEnv>, org: Organization, input: ConnectInput, provider: Provider, undo: (reason: string) => Promise<void>, undone: string) {
   const { deps } = c.var;
   const workflowId = workflowIds.connect(org.id, input.connectionId);
   let started;
@@ -175,9 +179,10 @@ async function startConnect(c: Context<AppEnv>, org: Organization, input: Connec
       allowRerun: true,
       labels: connectionRunLabels('connect', org, provider, input.connectionId),
     });
-  } catch (error) {
-    await undo('the workflow engine did not start the validation');
-    throw error;
+  } catch {
+    // startWorkflow logged why.
+    await undo('the workflow engine (Temporal) did not start the validation or did not answer in time');
+    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not start the validation or did not answer in time; ${undone}; try again`);
   }
   if (started.alreadyStarted) {
     await undo(`a connect run (${workflowId}) was still in progress`);
@@ -274,7 +279,7 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
     await insertConnection(deps.db, row);
   }
   // Nothing half-written: without a workflow the pending row would never leave `pending`.
-  const workflowId = await startConnect(c, org, { organizationId: org.id, connectionId: id }, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}));
+  const workflowId = await startConnect(c, org, { organizationId: org.id, connectionId: id }, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}), 'the pending connection was removed');
   return { id, status: 'pending' as const, workflowId };
 }
 
@@ -327,7 +332,7 @@ export function connectionRoutes() {
         throw new Problem(409, 'Conflict', `a credential rotation of connection ${row.id} is being validated; wait for its outcome (credentialRotation in GET …/connections/${row.id})`);
       }
       const input = { organizationId: org.id, connectionId: row.id, rotationId };
-      const workflowId = await startConnect(c, org, input, row.provider, (reason) => failCredentialRotation(deps.db, row.id, rotationId, reason));
+      const workflowId = await startConnect(c, org, input, row.provider, (reason) => failCredentialRotation(deps.db, row.id, rotationId, reason), 'the rotation was recorded failed, the connection keeps its credential');
       return c.json({ id: row.id, status: 'pending' as const, workflowId }, 202);
     },
   );

@@ -8,6 +8,7 @@ import type { Provider } from '../../lib/domain.ts';
 import { mayAccessOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
 import { notFound, problemResponse } from '../problem.ts';
+import { withinTemporalDeadline } from '../temporal-deadline.ts';
 
 const RunSchema = z
   .object({
@@ -101,28 +102,34 @@ export function workflowRoutes() {
       const access = await accessToRun(c, workflowId);
       if (!access.allowed) throw notFound(`workflow ${workflowId}`);
       const handle = deps.temporal.workflow.getHandle(workflowId);
-      let description;
-      try {
-        description = await handle.describe();
-      } catch (error) {
-        if (error instanceof WorkflowNotFoundError) throw notFound(`workflow ${workflowId}`);
-        // Temporal not answering is app.onError's 503.
-        throw error;
-      }
+      // Both calls under the request's one deadline: Temporal not answering in time is app.onError's 503.
+      const { description, result, failure } = await withinTemporalDeadline(deps, async () => {
+        let description;
+        try {
+          description = await handle.describe();
+        } catch (error) {
+          if (error instanceof WorkflowNotFoundError) throw notFound(`workflow ${workflowId}`);
+          throw error;
+        }
+        const status = description.status.name;
+        let result: unknown;
+        let failure: { message: string; type?: string } | undefined;
+        if (status === 'COMPLETED') result = await handle.result();
+        else if (status === 'FAILED' || status === 'TIMED_OUT' || status === 'TERMINATED' || status === 'CANCELLED') {
+          failure = await handle.result().then(
+            () => undefined,
+            (error: unknown) => {
+              // Only the run's own ending is its failure; Temporal not answering (the deadline) is a 503.
+              if (!(error instanceof WorkflowFailedError)) throw error;
+              return failureOf(error);
+            },
+          );
+        }
+        return { description, result, failure };
+      });
       const status = description.status.name;
-      let result: unknown;
-      let failure: { message: string; type?: string } | undefined;
-      if (status === 'COMPLETED') {
-        result = await handle.result();
-        if (access.part) result = await ownPartOf(c, result as EventResult, access.part);
-      }
-      else if (status === 'FAILED' || status === 'TIMED_OUT' || status === 'TERMINATED' || status === 'CANCELLED') {
-        failure = await handle.result().then(
-          () => undefined,
-          (error: unknown) => failureOf(error),
-        );
-        if (failure && access.part?.shared) failure = sharedRunFailure(failure, status);
-      }
+      const shown = result !== undefined && access.part ? await ownPartOf(c, result as EventResult, access.part) : result;
+      const shownFailure = failure && access.part?.shared ? sharedRunFailure(failure, status) : failure;
       const uiUrl = `${deps.temporalUiUrl}/namespaces/${encodeURIComponent(deps.namespace)}/workflows/${encodeURIComponent(workflowId)}/${description.runId}/history`;
       return c.json(
         {
@@ -132,8 +139,8 @@ export function workflowRoutes() {
           status,
           startedAt: description.startTime.toISOString(),
           ...(description.closeTime ? { closedAt: description.closeTime.toISOString() } : {}),
-          ...(result !== undefined ? { result } : {}),
-          ...(failure ? { failure } : {}),
+          ...(shown !== undefined ? { result: shown } : {}),
+          ...(shownFailure ? { failure: shownFailure } : {}),
           uiUrl,
         },
         200,

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { TLSConfig } from '@temporalio/client';
+import { type ConnectionOptions, defaultGrpcRetryOptions, makeGrpcRetryInterceptor, type TLSConfig } from '@temporalio/client';
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
 
@@ -78,4 +78,30 @@ export async function connectWithRetry<T>(what: string, connect: () => Promise<T
       await new Promise((resolve) => setTimeout(resolve, delayMs));
     }
   }
+}
+
+type GrpcInterceptor = NonNullable<ConnectionOptions['interceptors']>[number];
+
+/**
+ * The SDK's retries of a call Temporal refuses (UNAVAILABLE and the like: 10 attempts over ~19 s),
+ * but none past the call's deadline. The SDK's own interceptor waits out its backoff (up to 5 s)
+ * even past the deadline and only then fails, so a request's deadline ended up to 5 s late, and
+ * its timer could fire after the connection closed at shutdown ("Channel has been shut down", an
+ * uncaught exception). With this, a refused call ends before its deadline with the last refusal
+ * (UNAVAILABLE), an unanswered one at the deadline (DEADLINE_EXCEEDED); a call without one retries as before.
+ */
+export function retryWithinDeadline(): GrpcInterceptor {
+  const defaults = defaultGrpcRetryOptions();
+  return (options, nextCall) => {
+    const deadline = typeof options.deadline === 'number' ? options.deadline : (options.deadline?.getTime() ?? Infinity);
+    let delayMs = 0;
+    return makeGrpcRetryInterceptor({
+      retryableDecider(attempt, status) {
+        if (!defaults.retryableDecider(attempt, status)) return false;
+        delayMs = defaults.delayFunction(attempt, status);
+        return Date.now() + delayMs < deadline;
+      },
+      delayFunction: () => delayMs,
+    })(options, nextCall);
+  };
 }

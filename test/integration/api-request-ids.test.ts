@@ -38,7 +38,7 @@ describe('request ids and the access log', () => {
 
   it('puts the id on every line written while the request is served', async () => {
     // A Temporal that refuses at once (a real client would retry for seconds first).
-    const refusing = { connection: { workflowService: { getSystemInfo: () => Promise.reject(new Error('unavailable')) } } } as unknown as Client;
+    const refusing = { withDeadline: (_: number, fn: () => Promise<unknown>) => fn(), connection: { workflowService: { getSystemInfo: () => Promise.reject(new Error('unavailable')) } } } as unknown as Client;
     const res = await h.appWith({ temporal: refusing }).request('/readyz', { headers: { 'x-request-id': 'ready-check-1' } });
     expect(res.status).toBe(503);
     const mine = lines().filter((l) => l.requestId === 'ready-check-1');

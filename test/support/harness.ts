@@ -17,6 +17,7 @@ import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWor
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
+import { retryWithinDeadline } from '../../lib/temporal/connection.ts';
 import type { WorkerMetrics } from '../../lib/metrics.ts';
 import type { Tracing } from '../../lib/tracing.ts';
 import { createWorker } from '../../worker/create-worker.ts';
@@ -164,7 +165,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     current?.worker.shutdown();
     await current?.running;
   };
-  const apiTemporal = options.apiTemporalAddress ? new Client({ connection: Connection.lazy({ address: options.apiTemporalAddress }), namespace: 'default' }) : client;
+  // As api/main.ts opens it: no retry past a request's deadline.
+  const apiTemporal = options.apiTemporalAddress ? new Client({ connection: Connection.lazy({ address: options.apiTemporalAddress, interceptors: [retryWithinDeadline()] }), namespace: 'default' }) : client;
 
   const apiDeps: ApiDeps = {
     db,

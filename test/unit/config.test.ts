@@ -24,6 +24,8 @@ describe('config', () => {
     expect(config.api).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(config.temporal).toMatchObject({ namespace: 'default', taskQueue: 'forgelink' });
     expect(config.temporal.address).toBeUndefined();
+    // The API's Temporal calls for one request: 5 s, then a 503 (api/temporal-deadline.ts).
+    expect(config.temporal.requestDeadlineSeconds).toBe(5);
     expect(config.gitProviders.github.baseUrl).toBe('https://api.github.com');
     expect(config.repositoryCache.schedule).toBe('0 2 * * *');
     // The hook-health reconcile runs after the refresh.

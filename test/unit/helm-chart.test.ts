@@ -83,7 +83,7 @@ describe('Helm chart', () => {
         database: { url: 'postgres://forgelink:pw@db:5432/forgelink' },
         auth: { adminToken: 'x'.repeat(32) },
         encryption: { key: Buffer.alloc(32, 3).toString('base64') },
-        temporal: { address: 'temporal:7233', tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM', serverName: 'temporal.internal' } },
+        temporal: { address: 'temporal:7233', requestDeadlineSeconds: 3, tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM', serverName: 'temporal.internal' } },
         gitProviders: { gitlab: { enabled: true, webhookSecret: 'g'.repeat(32) }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: 'p'.repeat(32) } },
         config: { repositoryCache: { schedule: '30 1 * * *' } },
         worker: { sizing: { maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 } },
@@ -96,6 +96,7 @@ describe('Helm chart', () => {
       expect(config.gitProviders.gitlab).toMatchObject({ enabled: true, webhookSecret: 'g'.repeat(32) });
       expect(config.gitProviders.azureDevOps).toMatchObject({ enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: 'p'.repeat(32) });
       expect(config.temporal.tls).toEqual({ enabled: true, serverName: 'temporal.internal', caFile: '/etc/forgelink/temporal-tls/ca.crt', certFile: '/etc/forgelink/temporal-tls/tls.crt', keyFile: '/etc/forgelink/temporal-tls/tls.key' });
+      expect(config.temporal.requestDeadlineSeconds).toBe(3);
       expect(config.repositoryCache.schedule).toBe('30 1 * * *');
       expect(config.api.host).toBe('0.0.0.0');
       // The worker's sizing: the values given, the chart's defaults for the rest.

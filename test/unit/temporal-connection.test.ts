@@ -1,6 +1,8 @@
+import { type AddressInfo, createServer } from 'node:net';
+import { Connection } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../../lib/config.ts';
-import { temporalConnectOptions } from '../../lib/temporal/connection.ts';
+import { retryWithinDeadline, temporalConnectOptions } from '../../lib/temporal/connection.ts';
 
 const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: Buffer.alloc(32, 7).toString('base64') } };
 const files: Record<string, string> = { '/etc/temporal/ca.pem': 'CA PEM', '/etc/temporal/tls.crt': 'CLIENT CERT', '/etc/temporal/tls.key': 'CLIENT KEY' };
@@ -86,6 +88,34 @@ describe('temporal.tls and temporal.apiKey → connection options', () => {
       temporalConnectOptions(config.temporal, 'x:7233', readFile);
     } catch (error) {
       expect((error as Error).message).not.toMatch(/SECRET|secret-api-key/);
+    }
+  });
+});
+
+describe('retryWithinDeadline: the API connection retries no call past its deadline', () => {
+  /** A loopback port nothing listens on: every attempt is refused at once (Temporal stopped). */
+  async function refusedAddress() {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    return `127.0.0.1:${port}`;
+  }
+
+  // The SDK's own retries wait out their backoff past the deadline and fail only after it
+  // (DEADLINE_EXCEEDED; 3.3 s measured for a 3 s deadline, up to ~6 s); these fail before it with the last refusal.
+  it('fails a refused call before its deadline, with UNAVAILABLE', async () => {
+    const connection = Connection.lazy({ address: await refusedAddress(), interceptors: [retryWithinDeadline()] });
+    try {
+      const started = performance.now();
+      const error = await connection.withDeadline(Date.now() + 3000, () => connection.workflowService.getSystemInfo({})).catch((e: unknown) => e);
+      const ms = performance.now() - started;
+      expect((error as { code?: number }).code).toBe(14);
+      expect(ms).toBeLessThan(3000);
+      // It did retry: the SDK's first five attempts take 1.4 s at the least (100 ms growing 1.7x, ±20 %).
+      expect(ms).toBeGreaterThan(1000);
+    } finally {
+      await connection.close();
     }
   });
 });

@@ -43,6 +43,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $gh := $v.gitProviders.github -}}
 {{- $temporal := dict "address" $v.temporal.address "namespace" $v.temporal.namespace "taskQueue" $v.temporal.taskQueue -}}
 {{- with $v.temporal.uiUrl }}{{ $_ := set $temporal "uiUrl" . }}{{ end -}}
+{{- with $v.temporal.requestDeadlineSeconds }}{{ $_ := set $temporal "requestDeadlineSeconds" . }}{{ end -}}
 {{- if $v.temporal.tls.enabled -}}
 {{- $files := include "forgelink.tlsFiles" . | fromJson -}}
 {{- $tls := dict -}}
