@@ -112,7 +112,7 @@ export function createApp(deps: ApiDeps) {
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
   app.route('/api/github', githubSetupRoutes());
   // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
-  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, metrics }));
+  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, maxBodyBytes: deps.webhooks.maxBodyBytes, ...(deps.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: deps.webhooks.unverifiedBodyBytes }), attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, metrics }));
 
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());

@@ -145,6 +145,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
         ? { user: p.azureDevOps.webhookBasicAuthUser, passwords: list(p.azureDevOps.webhookBasicAuthPass, p.azureDevOps.previousWebhookBasicAuthPass) }
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,
+    ...(config.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: config.webhooks.unverifiedBodyBytes }),
     attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
   };

@@ -253,12 +253,18 @@ export const configSchema = z
     webhooks: z
       .object({
         maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        // Bytes of GitHub and Bitbucket bodies not verified yet held at once (default 64 MiB, or two of maxBodyBytes when more).
+        unverifiedBodyBytes: z.number().int().positive().optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
         // How long a delivery's stored events (the intake table) are kept after it was received.
         deliveryRetentionDays: z.number().int().min(1).default(7),
         // How long the receivers keep a connection's opened webhook credentials (a dropped one stays accepted that long).
         credentialCacheSeconds: z.number().int().min(0).max(3600).default(60),
+      })
+      .refine((w) => w.unverifiedBodyBytes === undefined || w.unverifiedBodyBytes >= w.maxBodyBytes, {
+        message: 'unverifiedBodyBytes must be at least maxBodyBytes (else a body of the limit is never read)',
+        path: ['unverifiedBodyBytes'],
       })
       .prefault({}),
     // SIGTERM (a rollout): the API answers /readyz 503 for drainDelaySeconds so load balancers stop

@@ -55,6 +55,8 @@ export interface ApiMetrics {
   webhookDelivery(provider: Provider, outcome: WebhookOutcome, seconds: number): void;
   /** The intake relay's start of a stored delivery's run: how long after the acknowledgement it started, or that Temporal refused it. */
   intakeStart(outcome: 'started' | 'failed', delaySeconds?: number): void;
+  /** Reports, at each scrape, the bytes of webhook bodies not verified yet that `held` says are held (api/webhooks/unverified-budget.ts). */
+  unverifiedBodies(held: () => number): void;
 }
 
 /** What the metrics read of the intake table (lib/db/repositories/deliveries.ts intakeBacklog). */
@@ -147,8 +149,23 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
       },
     });
   }
+  // Every receiver's budget (one per app; a test may make several) summed in one gauge.
+  const unverifiedHeld = new Set<() => number>();
+  new Gauge({
+    name: 'forgelink_webhook_unverified_body_bytes',
+    help: 'Bytes of GitHub and Bitbucket webhook bodies held before their signature is verified (bounded by webhooks.unverifiedBodyBytes; beyond it deliveries are answered 503)',
+    registers: [registry],
+    collect() {
+      let held = 0;
+      for (const read of unverifiedHeld) held += read();
+      this.set(held);
+    },
+  });
   return {
     registry,
+    unverifiedBodies(held) {
+      unverifiedHeld.add(held);
+    },
     httpRequest(method, route, status, seconds) {
       requests.inc({ method, route, status: String(status) });
       requestSeconds.observe({ method, route }, seconds);

@@ -17,6 +17,7 @@ import { createAttachedCache, type AttachedCache, type AttachedTarget } from '..
 import { createCredentialCache, type CredentialCache, type ReceivingConnection } from '../webhooks/connection-credentials.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
+import { createUnverifiedBudget, sourceOf, unverifiedBudgetSizes, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
 import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
 
 const Acknowledged = z
@@ -69,18 +70,34 @@ const HEADER_ONLY_CREDENTIALS: ReadonlySet<Provider> = new Set(['gitlab', 'azure
 
 const CONNECTION_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** The connection a delivery to its own hook (`?c=<connection id>`) names, as remembered or read; undefined when there is no such connection. */
+async function namedConnection(credentials: CredentialCache, connectionId: string): Promise<{ connection: ReceivingConnection | undefined; fresh: boolean }> {
+  if (!CONNECTION_NAME.test(connectionId)) return { connection: undefined, fresh: false };
+  return credentials.get(connectionId);
+}
+
 /**
- * Whether a delivery to a connection's own hook (`?c=<connection id>`) carries one of that
- * connection's credentials. A credential the cache does not know yet (a rotation began) is looked
- * for in the database before the delivery is refused.
+ * Whether a delivery to a connection's own hook carries one of that connection's credentials. A
+ * credential the cache does not know yet (a rotation began) is looked for in the database before
+ * the delivery is refused.
  */
-async function verifiedForConnection(credentials: CredentialCache, provider: Provider, connectionId: string, headers: WebhookHeaders, body: Uint8Array): Promise<boolean> {
-  if (!CONNECTION_NAME.test(connectionId)) return false;
+async function verifiedForConnection(
+  credentials: CredentialCache,
+  provider: Provider,
+  connectionId: string,
+  named: { connection: ReceivingConnection | undefined; fresh: boolean },
+  headers: WebhookHeaders,
+  body: Uint8Array,
+): Promise<boolean> {
   const accepts = (connection: ReceivingConnection | undefined) =>
     connection !== undefined && connection.provider === provider && matches(provider, headers, body, connection.credentials.map((c) => ({ user: c.basicAuthUser, secret: c.secret })));
-  const { connection, fresh } = await credentials.get(connectionId);
-  return accepts(connection) || (!fresh && accepts(await credentials.reload(connectionId)));
+  return accepts(named.connection) || (!named.fresh && named.connection !== undefined && accepts(await credentials.reload(connectionId)));
 }
+
+/** GitHub's and Bitbucket's signature headers (the only shape verification can accept: `sha256=` and 64 hex digits). */
+const SIGNATURE_HEADER: Partial<Record<Provider, string>> = { github: 'x-hub-signature-256', bitbucket: 'x-hub-signature' };
+const WELL_FORMED_SIGNATURE = /^sha256=[0-9a-f]{64}$/;
+const signatureWellFormed = (header: string | undefined) => header !== undefined && WELL_FORMED_SIGNATURE.test(header.trim().toLowerCase());
 
 /**
  * The request headers as a record of lower-case names. Under @hono/node-server they come straight
@@ -165,14 +182,25 @@ function refuseDeclaredOverLimit(headers: WebhookHeaders, max: number): void {
   if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > max) throw tooLarge(max);
 }
 
+/** Too many unverified bodies being read at once (api/webhooks/unverified-budget.ts): not the sender's fault, deliver again. */
+function busy(c: Context<AppEnv>): Problem {
+  c.header('Retry-After', '1');
+  return new Problem(503, 'Service Unavailable', 'too many unverified webhook bodies are being received at once; deliver it again');
+}
+
 /**
  * The raw body, refused past `max` bytes. With a Content-Length (checked against `max` already) the
  * body is read in one piece, which @hono/node-server does straight from the socket; a chunked body
- * is counted as it streams in.
+ * is counted as it streams in. `hold`, for a body not verified yet, takes its bytes from the
+ * unverified budget before they are read (the declared length at once, a chunked body's chunks as
+ * they come): refused, the body is not read (further) and the delivery is answered 503.
  */
-async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number): Promise<Uint8Array> {
+async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number, hold?: (bytes: number) => boolean): Promise<Uint8Array> {
   const declared = headers['content-length'];
-  if (declared !== undefined && /^\d+$/.test(declared)) return new Uint8Array(await c.req.arrayBuffer());
+  if (declared !== undefined && /^\d+$/.test(declared)) {
+    if (hold && !hold(Number(declared))) throw busy(c);
+    return new Uint8Array(await c.req.arrayBuffer());
+  }
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = c.req.raw.body?.getReader();
@@ -182,46 +210,77 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
       await reader!.cancel();
       throw tooLarge(max);
     }
+    if (hold && !hold(chunk.value.byteLength)) {
+      await reader!.cancel();
+      throw busy(c);
+    }
     chunks.push(chunk.value);
   }
   return new Uint8Array(Buffer.concat(chunks));
 }
 
-async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider, outcome: (o: WebhookOutcome) => void) {
+type Caches = { attached: AttachedCache; credentials: CredentialCache; unverified: UnverifiedBudget };
+
+async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, outcome: (o: WebhookOutcome) => void) {
   const { deps } = c.var;
   const headers = headerRecord(c);
   // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
   const connectionId = provider === 'github' ? undefined : c.req.query('c');
-  const verify = async (body: Uint8Array) => {
-    let verified: boolean;
+  const refused = () => new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
+  /** A read of the connection's credentials that fails is a 503: the delivery is not refused for it. */
+  const reading = async <T>(read: () => Promise<T>): Promise<T> => {
     try {
-      verified =
-        connectionId === undefined
-          ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
-          : await verifiedForConnection(caches.credentials, provider, connectionId, headers, body);
+      return await read();
     } catch (error) {
       deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
       throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
     }
-    if (!verified) {
-      throw new Problem(401, 'Unauthorized', `the delivery's credentials do not match (${VERIFICATION[provider]})`);
-    }
+  };
+  const pong = () => {
+    outcome('ping');
+    return c.json({ status: 'pong' as const }, 200);
   };
   // A body declared over the limit is refused first, whoever sends it: it is never read, and its
   // connection is closed (api/unread-body.ts).
   refuseDeclaredOverLimit(headers, deps.webhooks.maxBodyBytes);
+  // Bitbucket's diagnostics:ping arrives unsigned and starts nothing: its X-Event-Key says so without the body.
+  if (provider === 'bitbucket' && headers['x-event-key'] === 'diagnostics:ping') return pong();
+  // A connection's hook: the connection it names must exist and be of this provider before any of
+  // the body is read (what arrives is read and thrown away). The answer is the 401 of a wrong
+  // credential, after the body has arrived, as it was when the body was read first.
+  const named = connectionId === undefined ? undefined : await reading(() => namedConnection(caches.credentials, connectionId));
+  if (named && named.connection?.provider !== provider) throw refused();
+  const verify = async (body: Uint8Array) => {
+    const verified = await reading(async () =>
+      named === undefined
+        ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
+        : verifiedForConnection(caches.credentials, provider, connectionId!, named, headers, body),
+    );
+    if (!verified) throw refused();
+  };
   // GitLab's and Azure DevOps' credentials are headers: checked before the body is read, so a caller
   // without one costs no parsing or buffering (what arrives of the body is read and thrown away).
   const headerOnly = HEADER_ONLY_CREDENTIALS.has(provider);
   if (headerOnly) await verify(new Uint8Array(0));
-  const body = await readBody(c, headers, deps.webhooks.maxBodyBytes);
-  const ping = isPing(provider, headers, body);
-  // Bitbucket's diagnostics:ping arrives unsigned; GitHub signs its ping like any delivery. A ping starts nothing.
-  if (ping && provider === 'bitbucket') {
-    outcome('ping');
-    return c.json({ status: 'pong' as const }, 200);
+  // GitHub's and Bitbucket's signatures need the whole body. A signature header that cannot match
+  // is refused first (Bitbucket without X-Event-Key: the body says whether it is an unsigned ping).
+  else if (!signatureWellFormed(headers[SIGNATURE_HEADER[provider]!]) && !(provider === 'bitbucket' && headers['x-event-key'] === undefined)) throw refused();
+  // The body is read from the unverified budget (bounded in all, and per sender address), given back
+  // once it is verified or refused.
+  const source = sourceOf((c.env as { incoming?: IncomingMessage } | undefined)?.incoming?.socket?.remoteAddress);
+  let held = 0;
+  const hold = (bytes: number) => caches.unverified.reserve(source, bytes) && (held += bytes) >= 0;
+  let body: Uint8Array;
+  let ping: boolean;
+  try {
+    body = await readBody(c, headers, deps.webhooks.maxBodyBytes, headerOnly ? undefined : hold);
+    ping = isPing(provider, headers, body);
+    // GitHub signs its ping like any delivery. A ping starts nothing.
+    if (ping && provider === 'bitbucket') return pong();
+    if (!headerOnly) await verify(body);
+  } finally {
+    caches.unverified.release(source, held);
   }
-  if (!headerOnly) await verify(body);
   if (ping) {
     outcome('ping');
     return c.json({ status: 'pong' as const }, 200);
@@ -290,7 +349,7 @@ async function receive(c: Context<AppEnv>, caches: { attached: AttachedCache; cr
 }
 
 /** A delivery received and counted: its outcome (what was acted on, or the error status) and how long its answer took. */
-async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: { attached: AttachedCache; credentials: CredentialCache }, provider: Provider) {
+async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: Caches, provider: Provider) {
   const started = performance.now();
   let outcome: WebhookOutcome = '500';
   try {
@@ -309,12 +368,22 @@ async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: { attach
  * normalizes and answers fast; everything else happens in the event workflow. A valid delivery
  * never gets a 4xx (GitLab and Azure DevOps disable hooks that fail): what is not acted on is 200.
  */
-export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedCacheSeconds?: number; credentialCacheSeconds?: number; metrics?: ApiMetrics }) {
+export function webhookRoutes(options: {
+  db: Db;
+  keys: EncryptionKeys;
+  maxBodyBytes: number;
+  unverifiedBodyBytes?: number;
+  attachedCacheSeconds?: number;
+  credentialCacheSeconds?: number;
+  metrics?: ApiMetrics;
+}) {
   const app = new OpenAPIHono<AppEnv>();
-  const caches = {
+  const caches: Caches = {
+    unverified: createUnverifiedBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
   };
+  options.metrics?.unverifiedBodies(caches.unverified.held);
   for (const provider of PROVIDERS) {
     app.openapi(
       createRoute({
@@ -341,7 +410,7 @@ export function webhookRoutes(options: { db: Db; keys: EncryptionKeys; attachedC
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit'),
-          503: problemResponse('The event could not be stored durably; the provider should deliver it again'),
+          503: problemResponse('The event could not be stored durably, or too many unverified bodies are being read at once (Retry-After); the provider should deliver it again'),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),
