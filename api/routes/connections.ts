@@ -15,6 +15,7 @@ import {
   listConnections,
   liveConnectionsElsewhere,
   lockExternalKey,
+  lockLiveConnectionCount,
   type PublicConnection,
 } from '../../lib/db/repositories/connections.ts';
 import { saveInstallState, useInstallState } from '../../lib/db/repositories/github-install-states.ts';
@@ -223,10 +224,19 @@ async function insertOrConflict(c: Context<AppEnv>, write: () => Promise<void>, 
 }
 
 /**
- * Creates the connection and starts its connect run. `soleBinding` (the install flow): refused (409)
- * when another organization already binds the same installation. A key (installation, Azure DevOps
- * organization) is checked, against the organization's own connections and for `soleBinding`
- * against others', and inserted under one lock of the key, so concurrent binds cannot both pass.
+ * The most connections (not disconnected) an organization may have. Each is listed nightly, up to
+ * repositoryCache.maxRepositoriesPerConnection rows, so their number bounds what one organization
+ * can make the worker list and the database hold.
+ */
+export const MAX_CONNECTIONS_PER_ORGANIZATION = 50;
+
+/**
+ * Creates the connection and starts its connect run: refused (409) at the organization's
+ * MAX_CONNECTIONS_PER_ORGANIZATION, counted under the organization's row lock so concurrent connects
+ * count one after another. `soleBinding` (the install flow): refused (409) when another organization
+ * already binds the same installation. A key (installation, Azure DevOps organization) is checked,
+ * against the organization's own connections and for `soleBinding` against others', and inserted
+ * under one lock of the key, so concurrent binds cannot both pass.
  */
 async function createConnection(c: Context<AppEnv>, org: Organization, body: ConnectBody, options: { soleBinding?: boolean } = {}) {
   const { deps } = c.var;
@@ -243,12 +253,22 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
     status: 'pending' as const,
   };
   const key = target.externalKey;
-  if (key) {
-    await insertOrConflict(
-      c,
-      () =>
-        deps.db.transaction().execute(async (trx) => {
-          await lockExternalKey(trx, body.provider, key);
+  await insertOrConflict(
+    c,
+    () =>
+      deps.db.transaction().execute(async (trx) => {
+        // The key's lock, then the organization's row: connects of one key queue on the first (no other path takes both).
+        if (key) await lockExternalKey(trx, body.provider, key);
+        if ((await lockLiveConnectionCount(trx, org.id)) >= MAX_CONNECTIONS_PER_ORGANIZATION) {
+          throw new Problem(
+            409,
+            'Conflict',
+            `organization ${org.slug} already has ${MAX_CONNECTIONS_PER_ORGANIZATION} connections, the most it may have; disconnect one first`,
+            'about:blank',
+            { limit: MAX_CONNECTIONS_PER_ORGANIZATION },
+          );
+        }
+        if (key) {
           const conflict = await sameKeyConflict(trx, org.id, body.provider, key);
           if (conflict) throw conflict;
           const elsewhere = body.provider === 'github' ? await liveConnectionsElsewhere(trx, org.id, body.provider, key) : [];
@@ -271,13 +291,11 @@ async function createConnection(c: Context<AppEnv>, org: Organization, body: Con
               'the admin token bound a GitHub installation other organizations already bind: its events and repositories reach each of them',
             );
           }
-          await insertConnection(trx, row);
-        }),
-      row,
-    );
-  } else {
-    await insertConnection(deps.db, row);
-  }
+        }
+        await insertConnection(trx, row);
+      }),
+    row,
+  );
   // Nothing half-written: without a workflow the pending row would never leave `pending`.
   const workflowId = await startConnect(c, org, { organizationId: org.id, connectionId: id }, body.provider, () => deps.db.deleteFrom('connections').where('id', '=', id).execute().then(() => {}), 'the pending connection was removed');
   return { id, status: 'pending' as const, workflowId };

@@ -1,7 +1,9 @@
 import { Client } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../../lib/crypto.ts';
+import { MAX_CONNECTIONS_PER_ORGANIZATION } from '../../api/routes/connections.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { seedConnection } from '../support/attachments.ts';
 import { manualHold, startFlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
@@ -159,6 +161,28 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect((await asOther(`/api/v1/workflows/${encodeURIComponent(workflowId)}`)).status).toBe(404);
     // The admin (break glass) sees everything.
     expect((await h.request('GET', `/api/v1/orgs/${org.slug}/connections/${id}`, { token: h.adminToken })).status).toBe(200);
+  });
+
+  it(`refuses an organization's connection beyond ${MAX_CONNECTIONS_PER_ORGANIZATION} (409 naming the limit), counted one connect after another; a disconnected one does not count`, async () => {
+    const o = await createOrgWithToken(h);
+    const seeded: string[] = [];
+    for (let i = 0; i < MAX_CONNECTIONS_PER_ORGANIZATION; i++) seeded.push(await seedConnection(h, { organizationId: o.org.id, provider: 'gitlab', baseUrl: gitlab.url }));
+    await h.db.updateTable('connections').set({ status: 'disconnected' }).where('id', '=', seeded[0]!).execute();
+    const post = () => h.request('POST', `/api/v1/orgs/${o.org.slug}/connections`, { token: o.token, body: { provider: 'gitlab', baseUrl: gitlab.url, token: newToken() } });
+    // One place left, three asking at once: one takes it.
+    const answers = await Promise.all([post(), post(), post()]);
+    expect(answers.map((a) => a.status).sort()).toEqual([202, 409, 409]);
+    const refused = answers.find((a) => a.status === 409)!;
+    expect(refused.headers.get('content-type')).toBe('application/problem+json');
+    expect(await refused.json()).toMatchObject({ status: 409, limit: MAX_CONNECTIONS_PER_ORGANIZATION, detail: expect.stringContaining(`already has ${MAX_CONNECTIONS_PER_ORGANIZATION} connections`) });
+    const live = await h.db.selectFrom('connections').select('id').where('organization_id', '=', o.org.id).where('status', '<>', 'disconnected').execute();
+    expect(live).toHaveLength(MAX_CONNECTIONS_PER_ORGANIZATION);
+    // Disconnecting one gives its place back; another organization's count is its own.
+    await h.db.updateTable('connections').set({ status: 'disconnected' }).where('id', '=', seeded[1]!).execute();
+    expect((await post()).status).toBe(202);
+    expect((await post()).status).toBe(409);
+    const other = await createOrgWithToken(h);
+    expect((await h.request('POST', `/api/v1/orgs/${other.org.slug}/connections`, { token: other.token, body: { provider: 'gitlab', baseUrl: gitlab.url, token: newToken() } })).status).toBe(202);
   });
 
   it('rejects bad input with problem+json and stores nothing', async () => {

@@ -1,6 +1,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { CredentialRotationStatus } from '../../domain.ts';
 import type { Connection, Database, NewConnection } from '../schema.ts';
+import { lockOrganization } from './organizations.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -207,4 +208,16 @@ export async function failCredentialRotation(db: Executor, id: string, rotationI
     .where('rotation_id', '=', rotationId)
     .where('rotation_status', '=', 'validating')
     .execute();
+}
+
+/** How many connections (not disconnected) the organization has, holding its row until the transaction ends (lockOrganization). */
+export async function lockLiveConnectionCount(trx: Transaction<Database>, organizationId: string): Promise<number> {
+  await lockOrganization(trx, organizationId);
+  const { count } = await trx
+    .selectFrom('connections')
+    .select((eb) => eb.fn.countAll<string>().as('count'))
+    .where('organization_id', '=', organizationId)
+    .where('status', '<>', 'disconnected')
+    .executeTakeFirstOrThrow();
+  return Number(count);
 }

@@ -26,3 +26,12 @@ export async function findOrganization(db: Executor, ref: string): Promise<Organ
     .orderBy((eb) => eb('slug', '=', ref))
     .executeTakeFirst();
 }
+
+/**
+ * Holds the organization's row until the transaction ends, so that requests counting what the
+ * organization has before adding one (subscribers, connections) count one after another. FOR NO
+ * KEY UPDATE: the organization's other writes, whose foreign keys only share its key, go on.
+ */
+export async function lockOrganization(trx: Transaction<Database>, organizationId: string): Promise<void> {
+  await trx.selectFrom('organizations').select('id').where('id', '=', organizationId).forNoKeyUpdate().executeTakeFirst();
+}

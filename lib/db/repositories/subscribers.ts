@@ -1,6 +1,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { EventKind } from '../../domain.ts';
 import type { Database } from '../schema.ts';
+import { lockOrganization } from './organizations.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -36,12 +37,9 @@ export async function insertSubscriber(
     .executeTakeFirstOrThrow();
 }
 
-/**
- * How many subscribers the organization has, holding its row until the transaction ends, so
- * concurrent creations count one after another.
- */
+/** How many subscribers the organization has, holding its row until the transaction ends (lockOrganization). */
 export async function lockSubscriberCount(trx: Transaction<Database>, organizationId: string): Promise<number> {
-  await trx.selectFrom('organizations').select('id').where('id', '=', organizationId).forUpdate().executeTakeFirst();
+  await lockOrganization(trx, organizationId);
   const { count } = await trx.selectFrom('subscribers').select((eb) => eb.fn.countAll<string>().as('count')).where('organization_id', '=', organizationId).executeTakeFirstOrThrow();
   return Number(count);
 }
