@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { isGrpcServiceError } from '@temporalio/client';
 import type { Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import { routePath } from 'hono/route';
 import { sql } from 'kysely';
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
@@ -19,6 +20,9 @@ import { organizationRoutes } from './routes/organizations.ts';
 import { subscriberRoutes } from './routes/subscribers.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { workflowRoutes } from './routes/workflows.ts';
+
+/** The default of api.maxBodyBytes: the largest request the API takes (50 globs of 255 and a 2 KiB URL) is ~15 KiB. */
+export const API_MAX_BODY_BYTES = 64 * 1024;
 
 export function createApp(deps: ApiDeps) {
   const app = new OpenAPIHono<AppEnv>({
@@ -114,6 +118,18 @@ export function createApp(deps: ApiDeps) {
   // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
   app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, maxBodyBytes: deps.webhooks.maxBodyBytes, ...(deps.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: deps.webhooks.unverifiedBodyBytes }), attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, metrics }));
 
+  // Every authenticated route takes small JSON: a larger body is refused before it is buffered,
+  // parsed or even authenticated (a declared Content-Length from the headers, a chunked one as it counts past).
+  const maxBodyBytes = deps.maxBodyBytes ?? API_MAX_BODY_BYTES;
+  const tooLarge = (c: Context) => problemJson(c, new Problem(413, 'Content Too Large', `the request body is over ${maxBodyBytes} bytes, the most this API reads`, 'about:blank', { limit: maxBodyBytes }));
+  const countedBody = bodyLimit({ maxSize: maxBodyBytes, onError: tooLarge });
+  app.use('/api/v1/*', (c, next) => {
+    // Declared over it: answered from the headers without opening the body's stream, so the rest is
+    // read and thrown away (api/unread-body.ts) and the connection stays usable.
+    const declared = c.req.header('content-length');
+    if (declared !== undefined && !c.req.header('transfer-encoding') && !(Number(declared) <= maxBodyBytes)) return Promise.resolve(tooLarge(c));
+    return countedBody(c, next);
+  });
   app.use('/api/v1/*', requireAuth);
   app.route('/api/v1/orgs', organizationRoutes());
   app.route('/api/v1/orgs', connectionRoutes());

@@ -31,6 +31,8 @@ export interface ApiDeps {
   /** security.allowPrivateNetworks: loopback and private networks provider and subscriber URLs may reach. */
   allowPrivateNetworks?: string[];
   webhooks: WebhookSecrets;
+  /** api.maxBodyBytes: the largest body /api/v1/* reads (default API_MAX_BODY_BYTES); a larger one answers 413. */
+  maxBodyBytes?: number;
   /** Providers enabled in config (gitProviders.*.enabled); connecting another answers 400. */
   enabledProviders: Provider[];
   /**

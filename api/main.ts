@@ -119,6 +119,7 @@ export function apiDeps(
     allowHttpHosts: config.security.allowHttpHosts,
     allowPrivateNetworks: config.security.allowPrivateNetworks,
     webhooks: webhookSecretsFromConfig(config),
+    maxBodyBytes: config.api.maxBodyBytes,
     enabledProviders: enabledProviders(config),
     githubApp: githubAppFromConfig(config),
     publicUrl: config.publicUrl,

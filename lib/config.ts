@@ -161,7 +161,14 @@ export type WorkerSizing = z.infer<typeof workerSizing>;
 export const configSchema = z
   .object({
     publicUrl: z.url({ protocol: /^https?$/ }),
-    api: z.object({ host: z.string().default('127.0.0.1'), port: hostPort.default(8080) }).prefault({}),
+    api: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: hostPort.default(8080),
+        // Largest body of an authenticated request (/api/v1/*); the webhook receivers have webhooks.maxBodyBytes.
+        maxBodyBytes: z.number().int().positive().default(64 * 1024),
+      })
+      .prefault({}),
     database: z.object({ url: z.string().min(1).optional() }).prefault({}),
     temporal: z
       .object({
