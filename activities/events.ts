@@ -165,7 +165,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
           }
           for (const [organizationId, repositoryId] of targets) rows.push({ organizationId, repositoryId, sequence, event });
         }
-        const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, receivedAt: new Date(input.receivedAt) }, rows);
+        const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, ...(connectionId ? { connectionId } : {}), receivedAt: new Date(input.receivedAt) }, rows);
         const subscribers = await listSubscribersOf(trx, recorded.map((r) => r.organizationId));
         const dispatches = await wantedPairs(recorded, subscribers, events);
         if (dispatches.length <= INLINE_DISPATCH_LIMIT) return { recorded: recorded.length, dispatches };

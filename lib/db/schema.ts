@@ -140,6 +140,8 @@ export interface EventsTable {
   repository_id: string | null;
   provider: Provider;
   delivery_id: string;
+  /** The connection whose own hook delivered it; null for GitHub's App and legacy hooks (its run's workflow id names the same). */
+  connection_id: string | null;
   sequence: number;
   kind: EventKind;
   event: Json<NormalizedEvent>;

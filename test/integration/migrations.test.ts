@@ -61,4 +61,39 @@ describe('migrations', () => {
     expect(await migrateToLatest(db)).toEqual(all);
     expect(await tables()).toEqual(latest);
   });
+
+  it("tells which hook delivered the event rows already there (events.connection_id), and its down drops it", async () => {
+    const migrator = new Migrator({ db, provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations } });
+    expect((await migrator.migrateTo('2026-12-07T0720-repository-connection-key')).error).toBeUndefined();
+    const org = (await db.insertInto('organizations').values({ slug: 'hooks', name: 'Hooks' }).returning('id').executeTakeFirstOrThrow()) as { id: string };
+    const connection = (await db.insertInto('connections').values({ organization_id: org.id, provider: 'gitlab', base_url: 'https://gitlab.test', account: 'a', status: 'active' }).returning('id').executeTakeFirstOrThrow()) as { id: string };
+    await db.insertInto('webhook_credentials').values({ connection_id: connection.id, version: 1, secret: 'sealed' }).execute();
+    const repository = async (externalId: string, credentialVersion: number | null) => {
+      const r = (await db.insertInto('repositories').values({ organization_id: org.id, connection_id: connection.id, provider: 'gitlab', external_id: externalId, full_name: `g/${externalId}` }).returning('id').executeTakeFirstOrThrow()) as { id: string };
+      const at = (await db.insertInto('attachments').values({ organization_id: org.id, repository_id: r.id, status: 'attached' }).returning('id').executeTakeFirstOrThrow()) as { id: string };
+      await db.insertInto('hooks').values({ attachment_id: at.id, provider_hook_id: `h-${externalId}`, events: JSON.stringify(['push']), credential_version: credentialVersion }).execute();
+      return r.id;
+    };
+    const ownHook = await repository('1', 1);
+    const legacyHook = await repository('2', null);
+    const event = (provider: string, deliveryId: string, repositoryId: string | null) => ({
+      organization_id: org.id, repository_id: repositoryId, provider, delivery_id: deliveryId, sequence: 0, kind: 'push',
+      event: JSON.stringify({ provider, deliveryId, kind: 'push', repository: { externalId: '1', fullName: 'g/1' } }),
+    });
+    await db.insertInto('events').values([event('gitlab', 'own', ownHook), event('gitlab', 'legacy', legacyHook), event('gitlab', 'stored', legacyHook), event('github', 'app', null)]).execute();
+    // The intake table still holds one delivery through the connection's hook: it says so, whatever the repository's hooks now are.
+    await db.insertInto('webhook_deliveries').values({ provider: 'gitlab', delivery_id: 'stored', connection_id: connection.id, events: JSON.stringify([]) }).execute();
+
+    expect((await migrator.migrateUp()).error).toBeUndefined();
+    const rows = await db.selectFrom('events').select(['delivery_id', 'connection_id']).orderBy('delivery_id').execute();
+    expect(rows).toEqual([
+      { delivery_id: 'app', connection_id: null },
+      { delivery_id: 'legacy', connection_id: null },
+      { delivery_id: 'own', connection_id: connection.id },
+      { delivery_id: 'stored', connection_id: connection.id },
+    ]);
+    expect((await migrator.migrateDown()).error).toBeUndefined();
+    const columns = await sql<{ column_name: string }>`select column_name from information_schema.columns where table_name = 'events'`.execute(db);
+    expect(columns.rows.map((c) => c.column_name)).not.toContain('connection_id');
+  });
 });

@@ -18,6 +18,7 @@ import * as intakeRetryState from './2026-12-06T1400-intake-retry-state.ts';
 import * as eventDispatches from './2026-12-06T1440-event-dispatches.ts';
 import * as intakeWakeupInProcess from './2026-12-06T2000-intake-wakeup-in-process.ts';
 import * as repositoryListings from './2026-12-06T2030-repository-listings.ts';
+import * as eventsHookConnection from './2026-12-07T0810-events-hook-connection.ts';
 import * as repositoryConnectionKey from './2026-12-07T0720-repository-connection-key.ts';
 
 /**
@@ -45,4 +46,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T2000-intake-wakeup-in-process': intakeWakeupInProcess,
   '2026-12-06T2030-repository-listings': repositoryListings,
   '2026-12-07T0720-repository-connection-key': repositoryConnectionKey,
+  '2026-12-07T0810-events-hook-connection': eventsHookConnection,
 };

@@ -132,7 +132,7 @@ export interface RecordedEvent {
  */
 export async function insertDeliveryEvents(
   db: Executor,
-  delivery: { provider: Provider; deliveryId: string; receivedAt: Date },
+  delivery: { provider: Provider; deliveryId: string; connectionId?: string; receivedAt: Date },
   rows: readonly NewEventRow[],
 ): Promise<RecordedEvent[]> {
   if (rows.length === 0) return [];
@@ -149,6 +149,7 @@ export async function insertDeliveryEvents(
     .where('provider', '=', delivery.provider)
     .where('delivery_id', '=', delivery.deliveryId)
     // Only the organizations this run records for: another hook's delivery can carry the same id.
+    .where('connection_id', delivery.connectionId ? '=' : 'is', delivery.connectionId ?? null)
     .where('organization_id', 'in', [...new Set(rows.map((r) => r.organizationId))])
     .orderBy('sequence')
     .orderBy('organization_id')
@@ -158,7 +159,7 @@ export async function insertDeliveryEvents(
 const INSERT_BATCH_ROWS = 1000;
 
 /** Inserts the rows not there yet and returns those it inserted. */
-async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<RecordedEvent[]> {
+async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; connectionId?: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<RecordedEvent[]> {
   return db
     .insertInto('events')
     .values(
@@ -167,6 +168,7 @@ async function insertEventRows(db: Executor, delivery: { provider: Provider; del
         repository_id: r.repositoryId,
         provider: delivery.provider,
         delivery_id: delivery.deliveryId,
+        connection_id: delivery.connectionId ?? null,
         sequence: r.sequence,
         kind: r.event.kind,
         event: JSON.stringify(r.event),
@@ -223,8 +225,10 @@ export async function findEvent(db: Executor, organizationId: string, id: string
  * An organization's part of a delivery: its event rows, how many (event, subscriber) pairs of them
  * were acknowledged, and whether the delivery recorded events for another organization too (its
  * run's failure is then not the organization's alone). `connectionId`: the delivery came through
- * that connection's own hook (its run is that connection's). No rows: the delivery does not concern
- * the organization (nor its run).
+ * that connection's own hook (its run is that connection's); without it, GitHub's App or a legacy
+ * hook. Only the rows of that very delivery count (`events.connection_id` matches exactly): another
+ * hook's delivery under the same id, another tenant's, shows nothing of this run. No rows: the
+ * delivery does not concern the organization (nor its run).
  */
 export async function deliveryPartOf(
   db: Executor,
@@ -233,9 +237,13 @@ export async function deliveryPartOf(
   organizationId: string,
   connectionId?: string,
 ): Promise<{ eventIds: string[]; delivered: number; shared: boolean }> {
-  let query = db.selectFrom('events').select(['id', 'organization_id']).where('provider', '=', provider).where('delivery_id', '=', deliveryId);
-  if (connectionId) query = query.where('repository_id', 'in', (eb) => eb.selectFrom('repositories').select('id').where('connection_id', '=', connectionId));
-  const events = await query.execute();
+  const events = await db
+    .selectFrom('events')
+    .select(['id', 'organization_id'])
+    .where('provider', '=', provider)
+    .where('delivery_id', '=', deliveryId)
+    .where('connection_id', connectionId ? '=' : 'is', connectionId ?? null)
+    .execute();
   const eventIds = events.filter((e) => e.organization_id === organizationId).map((e) => e.id);
   const shared = events.some((e) => e.organization_id !== organizationId);
   if (eventIds.length === 0) return { eventIds, delivered: 0, shared };
