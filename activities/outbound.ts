@@ -7,6 +7,7 @@ import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentele
 import { Context } from '@temporalio/activity';
 import { CancelledFailure } from '@temporalio/common';
 import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
+import type { Logger } from '../lib/logger.ts';
 
 /**
  * The one way out of the worker. Every provider adapter (their SDKs included) and the subscriber
@@ -40,6 +41,8 @@ export interface OutboundInit {
 export interface OutboundPolicy extends AddressPolicy {
   /** Resolves a host name to its addresses (tests inject one; default: the system resolver). */
   resolve?: (host: string) => Promise<string[]>;
+  /** Where a refused address is logged: the refusal's text, which tenants see, names none a name resolved to. */
+  logger?: Pick<Logger, 'warn'>;
 }
 
 /** The address (or a redirect) is not one a tenant's URL may reach: permanent, never retried. */
@@ -157,7 +160,11 @@ export function excerpt(text: string, max = 200): string {
 const tracer = trace.getTracer('forgelink-outbound');
 
 export function createOutbound(policy: OutboundPolicy): Outbound {
-  const refusal = (host: string, ip: string) => addressRefusal(policy, host, ip);
+  const refusal = (host: string, ip: string) => {
+    const refused = addressRefusal(policy, host, ip);
+    if (refused && host !== ip) policy.logger?.warn({ host, address: ip, reason: refused }, 'an outbound call to a refused address');
+    return refused;
+  };
   const resolve =
     policy.resolve ??
     ((host: string) =>

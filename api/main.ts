@@ -106,7 +106,7 @@ export function apiDeps(
     ...(opened.ackTrace ? { ackTrace: opened.ackTrace } : {}),
     db,
     temporal: opened.temporal,
-    outbound: createOutbound(config.security),
+    outbound: createOutbound({ ...config.security, logger }),
     keys: keysFromConfig(config.encryption),
     logger,
     accessLogLevel: config.logging.accessLogLevel,

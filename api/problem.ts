@@ -1,6 +1,8 @@
 import { z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { UnsafeUrlError } from '../lib/url.ts';
+import type { AppEnv } from './context.ts';
 
 /** RFC 9457 problem details; every error the API answers has this shape. */
 export class Problem extends Error {
@@ -41,3 +43,9 @@ export function problemJson(c: Context, problem: Problem): Response {
 
 export const notFound = (what: string) => new Problem(404, 'Not Found', `${what} does not exist`);
 export const badRequest = (detail: string) => new Problem(400, 'Bad Request', detail);
+
+/** A URL lib/url.ts refused, as a 400 naming `field`: the address a name resolved to goes to the log, never into the answer. */
+export function unsafeUrl(c: Context<AppEnv>, field: string, error: UnsafeUrlError): Problem {
+  if (error.address) c.var.deps.logger.warn({ field, address: error.address, reason: error.message }, 'a URL resolving to a refused address');
+  return badRequest(`${field}: ${error.message}`);
+}

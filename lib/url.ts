@@ -3,6 +3,13 @@ import { isIP } from 'node:net';
 
 export class UnsafeUrlError extends Error {
   override name = 'UnsafeUrlError';
+  constructor(
+    message: string,
+    /** The resolved address refused, for the server's log only: the message never names it. */
+    readonly address?: string,
+  ) {
+    super(message);
+  }
 }
 
 /** Where provider and subscriber URLs may lead (security.allowHttpHosts, security.allowPrivateNetworks). */
@@ -105,13 +112,15 @@ export const isForbiddenAddress = (ip: string): boolean => addressClass(ip) === 
 /**
  * Why `host`, resolved to `ip`, may not be reached, or undefined when it may. Link-local and
  * metadata addresses never; loopback and private ones only for a host in allowHttpHosts or an
- * address in allowPrivateNetworks.
+ * address in allowPrivateNetworks. The reason names a resolved address only when the URL gave it
+ * itself: it reaches tenants (a 400, a connection's reason, a dispatch attempt's error), and the
+ * addresses internal names resolve to would map the operator's network for them. Callers log it.
  */
 export function addressRefusal(policy: AddressPolicy, host: string, ip: string): string | undefined {
   const kind = addressClass(ip);
   if (kind === 'public') return undefined;
-  const shown = host === ip ? ip : `host ${host} resolves to ${ip}, which`;
-  if (kind === 'forbidden') return `${shown} is a link-local or metadata address`;
+  const shown = host === ip ? `${ip} is` : `host ${host} resolves to`;
+  if (kind === 'forbidden') return `${shown} a link-local or metadata address`;
   const bytes = addressBytes(ip)!;
   // An IPv4-mapped address is the IPv4 address for the allow-list.
   const asListed = isIpv4Mapped(bytes) ? bytes.slice(12) : bytes;
@@ -121,7 +130,7 @@ export function addressRefusal(policy: AddressPolicy, host: string, ip: string):
       const network = parseNetwork(entry);
       return network !== undefined && inNetwork(asListed, network);
     });
-  return allowed ? undefined : `${shown} is a loopback or private address (allow it in security.allowPrivateNetworks)`;
+  return allowed ? undefined : `${shown} a loopback or private address (allow it in security.allowPrivateNetworks)`;
 }
 
 /**
@@ -158,8 +167,10 @@ export async function normalizeProviderUrl(raw: string, options: AddressPolicy &
       throw new UnsafeUrlError(`host ${host} does not resolve`);
     }
   }
-  const refusal = addresses.map((address) => addressRefusal(options, host, address)).find(Boolean);
-  if (refusal) throw new UnsafeUrlError(refusal);
+  for (const address of addresses) {
+    const refusal = addressRefusal(options, host, address);
+    if (refusal) throw new UnsafeUrlError(refusal, address);
+  }
   const path = url.pathname.replace(/\/+$/, '');
   return `${url.protocol}//${url.host.toLowerCase()}${path}`;
 }

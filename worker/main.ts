@@ -42,7 +42,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const hookHealth = await ensureHookHealthSchedule(client, { ...config.hookHealth, cron: config.hookHealth.schedule, taskQueue: config.temporal.taskQueue });
   logger.info({ ...config.hookHealth, scheduled: hookHealth }, 'hook-health reconcile schedule in place');
   await clientConnection.close();
-  const outbound = createOutbound(config.security);
+  const outbound = createOutbound({ ...config.security, logger });
   const worker = await createWorker({
     connection,
     namespace: config.temporal.namespace,

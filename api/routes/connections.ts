@@ -28,7 +28,7 @@ import { workflowIds, type ConnectInput, type WebhookCredentialRotationInput } f
 import { runLabels } from '../../workflows/run-labels.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
+import { badRequest, notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { text } from '../text.ts';
 
@@ -111,7 +111,7 @@ async function checkedUrl(c: Context<AppEnv>, field: string, raw: string): Promi
     const { allowHttpHosts, allowPrivateNetworks, resolveHost } = c.var.deps;
     return await normalizeProviderUrl(raw, { allowHttpHosts, allowPrivateNetworks, resolve: resolveHost });
   } catch (error) {
-    if (error instanceof UnsafeUrlError) throw badRequest(`${field}: ${error.message}`);
+    if (error instanceof UnsafeUrlError) throw unsafeUrl(c, field, error);
     throw error;
   }
 }

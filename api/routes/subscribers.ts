@@ -6,7 +6,7 @@ import { refGlobProblem } from '../../lib/ref-glob.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, notFound, Problem, problemResponse } from '../problem.ts';
+import { notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
 import { EVENT_KINDS } from './events.ts';
 import { text } from '../text.ts';
 
@@ -88,7 +88,7 @@ export function subscriberRoutes() {
       try {
         url = await normalizeProviderUrl(body.url, { allowHttpHosts: deps.allowHttpHosts, allowPrivateNetworks: deps.allowPrivateNetworks, resolve: deps.resolveHost });
       } catch (error) {
-        if (error instanceof UnsafeUrlError) throw badRequest(`url: ${error.message}`);
+        if (error instanceof UnsafeUrlError) throw unsafeUrl(c, 'url', error);
         throw error;
       }
       const id = randomUUID();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addressClass, addressRefusal, isForbiddenAddress, isNetwork, normalizeProviderUrl } from '../../lib/url.ts';
+import { addressClass, addressRefusal, isForbiddenAddress, isNetwork, normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 
 const opts = (addresses: string[], allowHttpHosts: string[] = [], allowPrivateNetworks: string[] = []) => ({ allowHttpHosts, allowPrivateNetworks, resolve: async () => addresses });
 
@@ -16,7 +16,7 @@ describe('provider URL checks', () => {
 
   it('refuses metadata and link-local targets, also behind DNS', async () => {
     await expect(normalizeProviderUrl('https://169.254.169.254/latest', opts([]))).rejects.toThrow(/link-local or metadata/);
-    await expect(normalizeProviderUrl('https://sneaky.example.com', opts(['203.0.113.9', '169.254.10.1']))).rejects.toThrow(/169\.254\.10\.1/);
+    await expect(normalizeProviderUrl('https://sneaky.example.com', opts(['203.0.113.9', '169.254.10.1']))).rejects.toMatchObject({ message: 'host sneaky.example.com resolves to a link-local or metadata address', address: '169.254.10.1' });
     await expect(normalizeProviderUrl('https://[fe80::1]', opts([]))).rejects.toThrow(/link-local/);
     expect(isForbiddenAddress('::ffff:169.254.169.254')).toBe(true);
     expect(isForbiddenAddress('100.100.100.200')).toBe(true);
@@ -44,7 +44,13 @@ describe('provider URL checks', () => {
   });
 
   it('refuses loopback and private addresses unless allowPrivateNetworks or allowHttpHosts lists them', async () => {
-    await expect(normalizeProviderUrl('https://internal.example.com', opts(['10.0.0.7']))).rejects.toThrow(/10\.0\.0\.7, which is a loopback or private address \(allow it in security\.allowPrivateNetworks\)/);
+    // The answer reaches the tenant: it names no address the name resolved to (that would map internal names); the error carries it for the log.
+    const refused = await normalizeProviderUrl('https://internal.example.com', opts(['203.0.113.5', '10.0.0.7'])).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(UnsafeUrlError);
+    expect(refused).toMatchObject({ message: 'host internal.example.com resolves to a loopback or private address (allow it in security.allowPrivateNetworks)', address: '10.0.0.7' });
+    expect(addressRefusal({ allowHttpHosts: [] }, 'meta.internal', '169.254.169.254')).toBe('host meta.internal resolves to a link-local or metadata address');
+    // An address the URL gave itself is the tenant's own: named.
+    await expect(normalizeProviderUrl('https://10.0.0.7', opts([]))).rejects.toThrow('10.0.0.7 is a loopback or private address');
     expect(await normalizeProviderUrl('https://internal.example.com', opts(['10.0.0.7'], [], ['10.0.0.0/8']))).toBe('https://internal.example.com');
     expect(await normalizeProviderUrl('http://gitlab.lan', opts(['192.168.1.4'], ['gitlab.lan']))).toBe('http://gitlab.lan');
     await expect(normalizeProviderUrl('https://[::1]', opts([]))).rejects.toThrow(/loopback or private/);
