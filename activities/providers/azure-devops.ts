@@ -26,6 +26,12 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const DEFAULT_PROJECTS_PER_PAGE = 100;
 /** The git area's "repositories" route, which GitApi.getRepositories/getRepository resolve. */
 const GIT_REPOSITORIES_LOCATION_ID = '225f7195-f9c7-4d14-ab28-a83f7ff77e1f';
+/**
+ * A repository id no repository has (the nil GUID): subscriptions scoped to it are none, so
+ * validate's query proves the hooks permission with an empty answer, however many subscriptions
+ * the organization holds (the query is not paged).
+ */
+const NO_REPOSITORY = '00000000-0000-0000-0000-000000000000';
 /** Publisher inputs that identify the scope or are added by the service, not filters we asked for. */
 const SCOPE_INPUTS = new Set(['projectId', 'repository', 'hostId', 'tfsSubscriptionId']);
 
@@ -189,15 +195,16 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
     return parsed as T;
   }
 
-  /** Our kind of webhook subscriptions, those scoped to one repository when given (query results are not paged). */
-  async function webhookSubscriptions(repositoryId?: string): Promise<Subscription[]> {
+  /**
+   * Our kind of webhook subscriptions scoped to one repository. Always filtered: query results are
+   * not paged, and the organization's all can be more than an answer may hold (activities/outbound.ts).
+   */
+  async function webhookSubscriptions(repositoryId: string): Promise<Subscription[]> {
     const body = await hooksRequest<{ results?: Subscription[] }>('POST', 'subscriptionsquery', {
       publisherId: 'tfs',
       consumerId: 'webHooks',
       consumerActionId: 'httpRequest',
-      ...(repositoryId
-        ? { publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: repositoryId, caseSensitive: false }] }] }
-        : {}),
+      publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: repositoryId, caseSensitive: false }] }],
     });
     return body.results ?? [];
   }
@@ -250,17 +257,22 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
       // A 404 (unknown organization) or a sign-in page both resolve to null in the SDK.
       const user = connection?.authenticatedUser;
       if (!user?.id) return { ok: false, reason: `Azure DevOps did not identify the PAT's owner at ${organizationUrl}: check the organization URL and the token` };
+      // Each step proves a permission with a small answer: validate runs on every connect and
+      // rotation, and the organization's whole lists (repositories, subscriptions: both unpaged)
+      // can be more than an answer may hold.
+      let firstProject: string | undefined;
       const reason =
         (await refusal(async () => {
           const core = await coreApi();
-          await sdk(() => core.getProjects(undefined, 1, 0));
+          firstProject = (await sdk(() => core.getProjects(undefined, 1, 0)))?.[0]?.id;
         }, 'PAT cannot read projects: it needs the Project and Team (Read) scope')) ??
         (await refusal(async () => {
           const git = await gitApi();
-          await sdk(() => git.getRepositories());
+          // One project's repositories; an organization without projects has no repository, and its list is empty.
+          await sdk(() => git.getRepositories(firstProject));
         }, 'PAT cannot read repositories: it needs the Code (Read) scope')) ??
         (await refusal(
-          () => webhookSubscriptions(),
+          () => webhookSubscriptions(NO_REPOSITORY),
           'PAT cannot manage service hook subscriptions: the owner must be Project Administrator or hold Edit subscriptions, and the PAT needs the Service Hooks (Read & write) scope',
         ));
       if (reason) return { ok: false, reason };

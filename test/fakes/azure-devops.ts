@@ -42,6 +42,11 @@ export interface FakeAzureDevOps {
   removeRepository(id: string): void;
   renameRepository(id: string, newName: string): void;
   subscriptions(): StoredSubscription[];
+  /**
+   * Stores a subscription as POST subscriptions would (same checks; throws on a refusal), without a
+   * request: for organizations holding thousands.
+   */
+  addSubscription(body: unknown): { id: string };
   setSubscriptionStatus(id: string, status: SubscriptionStatus): void;
   deleteSubscriptionByHand(id: string): void;
   /**
@@ -295,6 +300,24 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     );
   }
 
+  function storeSubscription(parsed: SubscriptionInput, creatorId: string): StoredSubscription {
+    const id = randomUUID();
+    const now = new Date().toISOString();
+    const stored: StoredSubscription = {
+      ...parsed,
+      id,
+      status: 'enabled',
+      publisherInputs: { ...parsed.publisherInputs, hostId, tfsSubscriptionId: randomUUID() },
+      probationRetries: 0,
+      createdBy: { id: creatorId },
+      createdDate: now,
+      modifiedBy: { id: creatorId },
+      modifiedDate: now,
+    };
+    subscriptions.set(id, stored);
+    return stored;
+  }
+
   const subscriptionNotFound = (id: string) => vssError(404, `Subscription ${id} does not exist.`, 'SubscriptionNotFoundException');
 
   server
@@ -379,21 +402,7 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     .route('POST', `${prefix}/_apis/hooks/subscriptions`, 'createSubscription', hooksAdmin((req, pat) => {
       const parsed = parseSubscription(req.body);
       if (isResponse(parsed)) return parsed;
-      const id = randomUUID();
-      const now = new Date().toISOString();
-      const stored: StoredSubscription = {
-        ...parsed,
-        id,
-        status: 'enabled',
-        publisherInputs: { ...parsed.publisherInputs, hostId, tfsSubscriptionId: randomUUID() },
-        probationRetries: 0,
-        createdBy: { id: pat.id },
-        createdDate: now,
-        modifiedBy: { id: pat.id },
-        modifiedDate: now,
-      };
-      subscriptions.set(id, stored);
-      return { status: 200, body: subscriptionJson(stored) };
+      return { status: 200, body: subscriptionJson(storeSubscription(parsed, pat.id)) };
     }))
     .route('PUT', `${prefix}/_apis/hooks/subscriptions/:id`, 'updateSubscription', hooksAdmin((req, pat) => {
       const existing = subscriptions.get(req.params.id!.toLowerCase());
@@ -468,6 +477,11 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     subscriptions() {
       return [...subscriptions.values()].map((s) => structuredClone(s));
     },
+    addSubscription(body) {
+      const parsed = parseSubscription(body);
+      if (isResponse(parsed)) throw new Error(`subscription refused: ${JSON.stringify(parsed.body)}`);
+      return { id: storeSubscription(parsed, hostId).id };
+    },
     setSubscriptionStatus(id, status) {
       const stored = requireSubscription(id);
       stored.status = status;
@@ -491,4 +505,39 @@ function stringRecord(value: unknown): Record<string, string> | undefined {
   if (!value || typeof value !== 'object' || Array.isArray(value)) return undefined;
   const entries = Object.entries(value);
   return entries.every(([, v]) => typeof v === 'string') ? Object.fromEntries(entries) as Record<string, string> : undefined;
+}
+
+/**
+ * Fills the organization as a large customer's looks: `projects` projects of `repositoriesPerProject`
+ * repositories each, and `subscriptions` webhook subscriptions as forgelink's attaches make them
+ * (three event types a repository, the first repositories first). The organization's whole lists are
+ * then more than one answer may hold (8 MiB, activities/outbound.ts) when large enough: ~0.75 KB a
+ * repository and ~1.1 KB a subscription in this fake's answers.
+ */
+export function fillLargeOrganization(fake: FakeAzureDevOps, sizes: { projects: number; repositoriesPerProject: number; subscriptions: number }): void {
+  const events = ['git.push', 'git.pullrequest.created', 'git.pullrequest.updated'];
+  const repos: Array<{ id: string; projectId: string }> = [];
+  for (let p = 0; p < sizes.projects; p++) {
+    const project = fake.addProject({ name: `project-${p}` });
+    for (let r = 0; r < sizes.repositoriesPerProject; r++) repos.push(fake.addRepository({ projectName: project.name, name: `repository-${r}`, defaultBranch: 'refs/heads/main' }));
+  }
+  for (let i = 0; i < sizes.subscriptions; i++) {
+    const repo = repos[Math.floor(i / events.length) % repos.length]!;
+    fake.addSubscription({
+      publisherId: 'tfs',
+      eventType: events[i % events.length],
+      resourceVersion: '1.0',
+      consumerId: 'webHooks',
+      consumerActionId: 'httpRequest',
+      publisherInputs: { projectId: repo.projectId, repository: repo.id, branch: '', pushedBy: '' },
+      consumerInputs: {
+        url: 'https://forgelink.example.com/api/events-handler/v1/events/azure-devops?c=11111111-2222-3333-4444-555555555555',
+        basicAuthUsername: 'forgelink-11111111',
+        basicAuthPassword: 'not-a-real-secret',
+        resourceDetailsToSend: 'all',
+        messagesToSend: 'none',
+        detailedMessagesToSend: 'none',
+      },
+    });
+  }
 }

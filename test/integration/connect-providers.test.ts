@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { open } from '../../lib/crypto.ts';
 import { webhookCredentialsOf } from '../../lib/db/repositories/webhook-credentials.ts';
-import { startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { fillLargeOrganization, startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, type Harness } from '../support/harness.ts';
@@ -157,6 +157,35 @@ describe('connect and disconnect: GitHub, Bitbucket DC, Azure DevOps', () => {
       expect(await webhookCredentialsOf(h.db, h.keys, id)).toEqual([credential]);
 
       expect((await disconnect(id)).status).toBe('disconnected');
+    });
+
+    it('connects and rotates the PAT of an organization whose whole lists pass the answer limit', async () => {
+      // 9,000 subscriptions (~10 MiB unfiltered: 3,000 attached repositories) and 12,000 repositories
+      // (~8.8 MiB organization-wide): validate, on connect and on rotation, reads neither whole.
+      const large = await startFakeAzureDevOps({ organization: 'fabrikam' });
+      try {
+        fillLargeOrganization(large, { projects: 120, repositoriesPerProject: 100, subscriptions: 9_000 });
+        const pat = unique('adopat');
+        large.addPat({ pat, displayName: 'Large Admin' });
+        const { id, connection } = await connect({ provider: 'azure-devops', organizationUrl: large.url, token: pat });
+        expect(connection, connection.reason).toMatchObject({ status: 'active', account: 'Large Admin' });
+
+        const rotated = unique('adopat');
+        large.addPat({ pat: rotated, displayName: 'Large Admin' });
+        const rotate = await h.request('PUT', `/api/v1/orgs/${org.slug}/connections/${id}/credential`, { token: orgToken, body: { token: rotated } });
+        expect(rotate.status).toBe(202);
+        const { workflowId: rotateRun } = (await rotate.json()) as { workflowId: string };
+        expect(await resultOf<{ status: string; reason?: string }>(h, rotateRun)).toMatchObject({ status: 'active' });
+        const row = await h.db.selectFrom('connections').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+        expect(open(h.keys, row.credential!, id)).toBe(rotated);
+        // Each validation asked for one project's repositories and for no subscription.
+        const repositoryCalls = large.server.calls.filter((c) => c.operation === 'listRepositories').map((c) => c.path);
+        expect(repositoryCalls).toHaveLength(2);
+        for (const path of repositoryCalls) expect(path).toMatch(/^\/fabrikam\/[0-9a-f-]{36}\/_apis\/git\/repositories$/);
+        expect((await disconnect(id)).status).toBe('disconnected');
+      } finally {
+        await large.close();
+      }
     });
 
     it('says when the PAT cannot manage service hooks, and when it is rejected', async () => {

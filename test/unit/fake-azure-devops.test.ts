@@ -196,6 +196,19 @@ describe('fake Azure DevOps service hook subscriptions', () => {
     expect(equals.json.results[0].consumerInputs.basicAuthPassword).toBe('********');
   });
 
+  it('stores subscriptions without a request as POST would, and a query for a repository no one has answers none', async () => {
+    fake.addSubscription(subscription());
+    expect(() => fake.addSubscription(subscription({}, { projectId: '6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c' }))).toThrow(/not a project of this organization/);
+    expect(fake.subscriptions()).toHaveLength(1);
+    const nothing = await rest('POST', 'hooks/subscriptionsquery', {
+      publisherId: 'tfs',
+      publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: '00000000-0000-0000-0000-000000000000', caseSensitive: false }] }],
+    });
+    expect(nothing.status).toBe(200);
+    expect(nothing.json.results).toEqual([]);
+    expect((await rest('POST', 'hooks/subscriptionsquery', { publisherId: 'tfs' })).json.results).toHaveLength(1);
+  });
+
   it('replaces a subscription with PUT, re-enabling it and keeping a round-tripped masked password', async () => {
     const id = (await rest('POST', 'hooks/subscriptions', subscription())).json.id as string;
     fake.setSubscriptionStatus(id, 'onProbation');

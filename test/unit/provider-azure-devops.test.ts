@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
-import { startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { fillLargeOrganization, startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
 import { testOutbound } from '../support/outbound.ts';
 import { createOutbound, OutboundRefusedError } from '../../activities/outbound.ts';
@@ -46,6 +46,35 @@ describe('Azure DevOps adapter: validate', () => {
     const outcome = await adapter().validate();
     expect(outcome).toEqual({ ok: true, identity: { account: 'Ada Lovelace', accountId: expect.stringMatching(/^[0-9a-f-]{36}$/) } });
     expect(fake.server.count('querySubscriptions')).toBe(1);
+  });
+
+  it("proves each permission with a small answer in an organization whose whole lists pass the answer limit", async () => {
+    // 9,000 subscriptions (~10 MiB unfiltered) and 12,000 repositories (~8.8 MiB organization-wide):
+    // each list alone is more than an answer may hold (8 MiB), and validate runs on every connect and rotation.
+    fillLargeOrganization(fake, { projects: 120, repositoriesPerProject: 100, subscriptions: 9_000 });
+    const outcome = await adapter().validate();
+    expect(outcome).toMatchObject({ ok: true, identity: { account: 'Ada Lovelace' } });
+    const repositoryCalls = fake.server.calls.filter((c) => c.operation === 'listRepositories');
+    // Alpha is the first project: its repositories, not the organization's.
+    expect(repositoryCalls.map((c) => c.path)).toEqual([`/contoso/${ref.projectId}/_apis/git/repositories`]);
+    const [query] = fake.server.calls.filter((c) => c.operation === 'querySubscriptions');
+    expect(query!.body).toMatchObject({ publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: '00000000-0000-0000-0000-000000000000' }] }] });
+  });
+
+  it('checks code read on the organization when it has no project', async () => {
+    const empty = await startFakeAzureDevOps({ organization: 'empty' });
+    try {
+      empty.addPat({ pat: PAT, displayName: 'Ada Lovelace' });
+      empty.addPat({ pat: 'no-code', displayName: 'No Code', canReadCode: false });
+      const on = (secret: string) =>
+        createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: empty.url, externalKey: empty.url, secret }, { outbound: testOutbound });
+      expect((await on(PAT).validate()).ok).toBe(true);
+      expect(empty.server.calls.filter((c) => c.operation === 'listRepositories').map((c) => c.path)).toEqual(['/empty/_apis/git/repositories']);
+      const refused = await on('no-code').validate();
+      expect(!refused.ok && refused.reason).toMatch(/^PAT cannot read repositories/);
+    } finally {
+      await empty.close();
+    }
   });
 
   it('reaches the server only through the guarded HTTP layer, the SDK included', async () => {
