@@ -188,6 +188,8 @@ export function createRepositoryCacheActivities(
        * calls start while this page is written; the page counts as visited once it is written.
        */
       let fetching = 0;
+      /** Rows of pages past the cap check whose write has not ended: not yet in `state.listed`. */
+      let unwritten = 0;
       let pump = () => {};
       const fetchPage = async (pageKey: string) => {
         const previous = stored.get(pageKey);
@@ -199,12 +201,27 @@ export function createRepositoryCacheActivities(
           fetching--;
         }
         state.apiCalls += page.apiCalls ?? 1;
-        // Counted before the write: the page that would pass the cap is not written (pages run concurrently, this part synchronously).
-        const listed = (state.listed ?? 0) + page.repositories.length;
-        if (listed > caps.maxRepositories) {
+        // Checked before the write: the page that would pass the cap is not written (pages run
+        // concurrently, this part synchronously, so pages being written hold their rows in `unwritten`).
+        // Counted in `listed` only once written: a page whose write fails stays pending, and the
+        // retry that writes it must not count its rows twice (the heartbeat carries `listed`).
+        const count = page.repositories.length;
+        if ((state.listed ?? 0) + unwritten + count > caps.maxRepositories) {
           throw tooLong(ListingTooLongError.over(row.provider, caps.maxRepositories, 'repositories for one connection (repositoryCache.maxRepositoriesPerConnection)').message);
         }
-        state.listed = listed;
+        unwritten += count;
+        try {
+          await recordPage(pageKey, page, previous);
+        } finally {
+          unwritten -= count;
+        }
+        state.listed = (state.listed ?? 0) + count;
+        state.pages++;
+        state.visitedPageKeys.push(pageKey);
+      };
+
+      /** Writes a fetched page (its repositories and the page's memory) and queues the pages it leads to. */
+      const recordPage = async (pageKey: string, page: RepositoryPage, previous: ReturnType<typeof stored.get>) => {
         let links = { nextCursor: page.nextCursor, fanOut: page.fanOut ?? [] };
         if (page.notModified) {
           if (!previous) throw new Error(`page ${pageKey} answered 304 to a request that sent no ETag`);
@@ -241,8 +258,6 @@ export function createRepositoryCacheActivities(
         } else {
           metrics?.listingPage(row.provider, { apiCalls: page.apiCalls ?? 1, notModified: true, unchanged: false, rowsWritten: 0 });
         }
-        state.pages++;
-        state.visitedPageKeys.push(pageKey);
       };
 
       // Pages fetched but not yet written, at most: bounds the memory a slow database can hold up.

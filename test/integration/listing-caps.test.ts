@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RefreshResult } from '../../workflows/contract.ts';
 import { workflowIds } from '../../workflows/contract.ts';
@@ -79,6 +80,28 @@ describe('repository listings are capped: a provider that never ends its listing
     expect(await lastListing(h.db, connectionId)).toMatchObject({ pages: 3, listed: 240, rowsWritten: 240, vanished: 0 });
     expect((await rows(connectionId)).visible).toHaveLength(240);
     expect(calls(bitbucket, 'listRepos')).toBe(3);
+  });
+
+  it("a page whose write failed is counted once, when its retry writes it: a listing of exactly the cap still ends whole", async () => {
+    const { org, connectionId } = await bitbucketConnection({ maxPageSize: 100, repositories: MAX_REPOSITORIES });
+    // The first page write of this connection fails once (a sequence is not rolled back with it).
+    const name = `fail_once_${connectionId.replaceAll('-', '')}`;
+    await sql.raw(`create sequence ${name}`).execute(h.db);
+    await sql
+      .raw(
+        `create function ${name}() returns trigger language plpgsql as $$ begin if nextval('${name}') = 1 then raise exception 'page write failed on purpose'; end if; return new; end $$;
+         create trigger ${name} before insert on repository_listing_pages for each row when (new.connection_id = '${connectionId}') execute function ${name}()`,
+      )
+      .execute(h.db);
+    try {
+      expect(await refresh(org)).toMatchObject({ refreshed: 1, failedCount: 0 });
+      expect(await lastListing(h.db, connectionId)).toMatchObject({ pages: 3, listed: MAX_REPOSITORIES, rowsWritten: MAX_REPOSITORIES, vanished: 0 });
+      expect((await rows(connectionId)).visible).toHaveLength(MAX_REPOSITORIES);
+      // The trigger failed the first write and let the three after it through (the retry's included).
+      expect((await sql<{ last_value: string }>`select last_value from ${sql.table(name)}`.execute(h.db)).rows[0]!.last_value).toBe('4');
+    } finally {
+      await sql.raw(`drop trigger ${name} on repository_listing_pages; drop function ${name}(); drop sequence ${name}`).execute(h.db);
+    }
   });
 
   it('Bitbucket, isLastPage false for ever: the page that would pass the repository cap is not written; the cache keeps what it had, nothing is marked gone', async () => {
