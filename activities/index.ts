@@ -1,4 +1,4 @@
-import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CAPS_DEFAULTS, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CAPS_DEFAULTS, LISTING_CONCURRENCY_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -40,6 +40,8 @@ export interface ActivitySettings {
   /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection: where one listing fails. */
   listingMaxRepositories?: number;
   listingMaxPages?: number;
+  /** repositoryCache.vanishedRetentionDays: how long a vanished, unreferenced repository row is kept. */
+  listingVanishedRetentionDays?: number;
   /** worker.inlineCallsPerWorker (resolved) / inlineCallsPerOrganization: tenant-facing calls inside workflow tasks at once. */
   inlineCallsPerWorker?: number;
   inlineCallsPerOrganization?: number;
@@ -56,6 +58,7 @@ export function settingsFromConfig(config: Config): ActivitySettings {
     listingCallsPerWorker: config.repositoryCache.callsPerWorker,
     listingMaxRepositories: config.repositoryCache.maxRepositoriesPerConnection,
     listingMaxPages: config.repositoryCache.maxPagesPerConnection,
+    listingVanishedRetentionDays: config.repositoryCache.vanishedRetentionDays,
     inlineCallsPerWorker: inlineCallsPerWorker(config.worker),
     inlineCallsPerOrganization: config.worker.inlineCallsPerOrganization,
     activityCallsPerWorker: activityCallsPerWorker(config.worker),
@@ -92,6 +95,7 @@ export function createActivities(deps: ActivityDeps) {
         maxRepositories: deps.settings.listingMaxRepositories ?? LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection,
         maxPages: deps.settings.listingMaxPages ?? LISTING_CAPS_DEFAULTS.maxPagesPerConnection,
       },
+      vanishedRetentionDays: deps.settings.listingVanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT,
     }),
   };
 }

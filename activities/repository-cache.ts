@@ -8,6 +8,7 @@ import {
   cachedRepositoryCount,
   listingPages,
   finishListingInDb,
+  purgeVanishedRepositories,
   recordRefreshOutcome,
   renewListingLease,
   repositoriesDigest,
@@ -20,7 +21,7 @@ import type { ActivityDeps } from './index.ts';
 import { classified, toActivityFailure } from './errors.ts';
 import { heartbeatProgress } from './outbound.ts';
 import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
-import { LISTING_CAPS_DEFAULTS } from '../lib/config.ts';
+import { LISTING_CAPS_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT } from '../lib/config.ts';
 import { FIRST_LISTING_PAGE, LISTING_HEARTBEAT_MS, type ListingProgress } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
 import type { Limiter } from '../lib/limiter.ts';
@@ -42,6 +43,8 @@ export interface ListingConcurrency {
   limiter: Limiter;
   /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection (default LISTING_CAPS_DEFAULTS). */
   caps?: ListingCaps;
+  /** repositoryCache.vanishedRetentionDays (default VANISHED_RETENTION_DAYS_DEFAULT): vanished rows older than this are purged. */
+  vanishedRetentionDays?: number;
 }
 
 export interface ListingCaps {
@@ -118,9 +121,10 @@ export function createRepositoryCacheActivities(
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
       const state: ListingProgress = resumed && resumed.pages >= progress.pages ? structuredClone(resumed) : structuredClone(progress);
       const caps = concurrency.caps ?? { maxRepositories: LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection, maxPages: LISTING_CAPS_DEFAULTS.maxPagesPerConnection };
+      const retentionDays = concurrency.vanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT;
       const starting = state.pages === 0;
       // The lease and the page memory are read alongside the connection: no round trip before the first call.
-      const [granted, row, stored, cachedRows] = await Promise.all([
+      const [granted, row, stored, counted] = await Promise.all([
         leaseHolder === undefined ? true : takeListingLease(db, connectionId, leaseHolder),
         loadConnectionSecrets(db, connectionId),
         listingPages(db, connectionId),
@@ -139,9 +143,20 @@ export function createRepositoryCacheActivities(
        * What listings failed at the caps leave behind (their rows, their pages' memory) is kept, and
        * only a complete listing marks rows vanished or forgets pages; so a server listing different
        * repositories each time could still grow the cache by a cap per listing. A connection whose
-       * cache already holds twice the caps is not listed again (its rows stay as they are).
+       * cache already holds twice the caps is not listed again. Rows vanished past the retention
+       * (and unreferenced) are deleted after each complete listing; one over the bound has them
+       * deleted here first, so a connection that got there by churn lists again once they age out,
+       * while what remains (live rows, recently vanished ones) still counts.
        */
       const tooLong = (message: string) => toActivityFailure(new ListingTooLongError(message));
+      let cachedRows = counted;
+      if (cachedRows > 2 * caps.maxRepositories) {
+        const purged = await purgeVanishedRepositories(db, connectionId, retentionDays, { maxBatches: Infinity, between: () => heartbeatProgress(structuredClone(state)) });
+        if (purged > 0) {
+          logger.info({ connectionId, purged }, 'repositories vanished past their retention deleted before listing');
+          cachedRows = await cachedRepositoryCount(db, connectionId);
+        }
+      }
       if (cachedRows > 2 * caps.maxRepositories || stored.size > 2 * caps.maxPages) {
         throw tooLong(
           `the repository cache of connection ${connectionId} already holds ${cachedRows.toLocaleString('en-US')} repositories (vanished ones included) and ` +
@@ -300,7 +315,15 @@ export function createRepositoryCacheActivities(
       // Also records the refresh as succeeded, the listing's counts as the connection's last, and gives the lease back.
       const { visitedPageKeys, pending: _pending, ...counts } = state;
       const { vanished } = await finishListingInDb(db, connectionId, visitedPageKeys, { holder: leaseHolder, counts });
-      logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, rowsWritten: state.rowsWritten, vanished }, 'repository listing finished');
+      // Then the rows vanished past the retention that nothing refers to go. Housekeeping: a failure is
+      // logged, not the listing's (its outcome is recorded); the next complete listing deletes them.
+      let purged = 0;
+      try {
+        purged = await purgeVanishedRepositories(db, connectionId, retentionDays, { between: () => heartbeatProgress(structuredClone(state)) });
+      } catch (error) {
+        logger.warn({ connectionId, err: error }, 'repositories vanished past their retention not deleted');
+      }
+      logger.info({ connectionId, pages: state.pages, apiCalls: state.apiCalls, rowsWritten: state.rowsWritten, vanished, purged }, 'repository listing finished');
       // The page keys stay out of the result (and so out of the run's history): no one reads them once the listing is done.
       return { progress: { ...counts, pending: [], visitedPageKeys: [] }, done: true, vanished };
     },

@@ -69,6 +69,8 @@ export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWor
  * GitLab's 100 a page, Bitbucket's at 50 a page, or an Azure DevOps organization of ~1,980 projects.
  */
 export const LISTING_CAPS_DEFAULTS = { maxRepositoriesPerConnection: 100_000, maxPagesPerConnection: 2_000 } as const;
+/** repositoryCache.vanishedRetentionDays: how long a vanished, unattached repository row is kept before a complete listing deletes it. */
+export const VANISHED_RETENTION_DAYS_DEFAULT = 7;
 
 /**
  * The worker's sizing defaults, chosen from the ingest benchmark (README: Performance): the SDK's
@@ -239,6 +241,8 @@ export const configSchema = z
         // One listing of one connection fails (ProviderListingTooLong, not retried) past these.
         maxRepositoriesPerConnection: z.number().int().min(1).max(10_000_000).default(LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection),
         maxPagesPerConnection: z.number().int().min(1).max(1_000_000).default(LISTING_CAPS_DEFAULTS.maxPagesPerConnection),
+        // A repository vanished longer than this, with no attachment and no event, is deleted after a complete listing.
+        vanishedRetentionDays: z.number().int().min(1).max(3650).default(VANISHED_RETENTION_DAYS_DEFAULT),
       })
       .prefault({}),
     // The hook-health reconcile: by default nightly, two hours after the default repository refresh.

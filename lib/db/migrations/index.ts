@@ -20,6 +20,7 @@ import * as intakeWakeupInProcess from './2026-12-06T2000-intake-wakeup-in-proce
 import * as repositoryListings from './2026-12-06T2030-repository-listings.ts';
 import * as eventsHookConnection from './2026-12-07T0810-events-hook-connection.ts';
 import * as repositoryConnectionKey from './2026-12-07T0720-repository-connection-key.ts';
+import * as vanishedRepositoriesIndex from './2026-12-07T0830-vanished-repositories-index.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -47,4 +48,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-06T2030-repository-listings': repositoryListings,
   '2026-12-07T0720-repository-connection-key': repositoryConnectionKey,
   '2026-12-07T0810-events-hook-connection': eventsHookConnection,
+  '2026-12-07T0830-vanished-repositories-index': vanishedRepositoriesIndex,
 };

@@ -228,6 +228,58 @@ export async function cachedRepositoryCount(db: Executor, connectionId: string):
   return Number(row.n);
 }
 
+/** Rows one purge batch deletes at most: one short transaction each, so no statement holds many row locks for long. */
+export const PURGE_BATCH_ROWS = 1000;
+
+/**
+ * Deletes the connection's repository rows that have been vanished for longer than `retentionDays`
+ * and that nothing refers to: no attachment row (in any status: deleting the repository would
+ * cascade to it and its hooks) and no event (whose repository_id would be set null, losing which
+ * repository it was for). Without it a connection whose provider creates and deletes repositories
+ * would keep every one it ever listed, and pass the cache's refusal bound (twice
+ * repositoryCache.maxRepositoriesPerConnection rows, vanished ones included) for good.
+ *
+ * In batches of `batchRows`, each its own transaction: the candidates are locked first (FOR UPDATE
+ * SKIP LOCKED: a row an upsert or an attach is writing is left for next time), then deleted by a
+ * second statement whose fresh snapshot sees any attachment or event committed before the lock, and
+ * none can be added while it is held (their foreign key check waits for it). So an attach racing
+ * the purge either keeps the row or fails on a repository already gone; it never loses its
+ * attachment to the cascade. At most `maxBatches` batches; returns how many rows were deleted.
+ */
+export async function purgeVanishedRepositories(
+  db: Kysely<Database>,
+  connectionId: string,
+  retentionDays: number,
+  { batchRows = PURGE_BATCH_ROWS, maxBatches = 100, between }: { batchRows?: number; maxBatches?: number; between?: () => void } = {},
+): Promise<number> {
+  let deleted = 0;
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const { found, gone } = await db.transaction().execute(async (trx) => {
+      const candidates = await sql<{ id: string }>`
+        select r.id from repositories r
+        where r.connection_id = ${connectionId} and r.vanished_at < now() - make_interval(days => ${retentionDays})
+          and not exists (select 1 from attachments a where a.repository_id = r.id)
+          and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)
+        limit ${batchRows}
+        for update of r skip locked
+      `.execute(trx);
+      if (candidates.rows.length === 0) return { found: 0, gone: 0 };
+      const ids = candidates.rows.map((r) => r.id);
+      const removed = await sql`
+        delete from repositories r
+        where r.id = any(${ids}::uuid[]) and r.vanished_at < now() - make_interval(days => ${retentionDays})
+          and not exists (select 1 from attachments a where a.repository_id = r.id)
+          and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)
+      `.execute(trx);
+      return { found: ids.length, gone: Number(removed.numAffectedRows ?? 0n) };
+    });
+    deleted += gone;
+    if (found < batchRows) break;
+    between?.();
+  }
+  return deleted;
+}
+
 /** The cache row of a connection's repository, if there is one. */
 export async function cachedRepositoryId(db: Executor, connectionId: string, externalId: string): Promise<string | undefined> {
   const row = await db.selectFrom('repositories').select('id').where('connection_id', '=', connectionId).where('external_id', '=', externalId).executeTakeFirst();
