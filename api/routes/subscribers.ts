@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { seal } from '../../lib/crypto.ts';
-import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, lockSubscriberCount, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
+import { deleteSubscriber, findSubscriber, insertSubscriber, listSubscribers, lockSubscriberTotals, type PublicSubscriber } from '../../lib/db/repositories/subscribers.ts';
 import { refGlobProblem } from '../../lib/ref-glob.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { resolveOrganization } from '../auth.ts';
@@ -50,6 +50,16 @@ const CreateBody = z
 
 /** The most subscribers an organization may have: every event is matched against each one's filters. */
 export const MAX_SUBSCRIBERS_PER_ORGANIZATION = 100;
+/**
+ * The most ref globs, and glob characters, an organization's subscribers may have between them.
+ * Matching a name costs about its length × ⌈(glob length + 1) / 32⌉ word steps a glob
+ * (lib/ref-glob.ts), and an event is matched against them all, once per ref a delivery carries: 100
+ * subscribers × 50 globs of 255 characters cost 147 ms of CPU a 1,024-character ref, so one
+ * Bitbucket or Azure DevOps delivery of 2,000 refs could take minutes. Within these, at most about
+ * 756 word steps a character: a few milliseconds a ref.
+ */
+export const MAX_REF_GLOBS_PER_ORGANIZATION = 500;
+export const MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION = 8192;
 
 const OrgParam = z.object({ org: z.string().min(1) });
 const SubscriberParam = OrgParam.extend({ id: z.uuid() });
@@ -77,7 +87,7 @@ export function subscriberRoutes() {
       responses: {
         201: { description: 'Created', content: { 'application/json': { schema: CreatedSubscriberSchema } } },
         ...errors,
-        409: problemResponse(`The organization already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers`),
+        409: problemResponse(`The organization already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers, or its subscribers' ref globs would pass ${MAX_REF_GLOBS_PER_ORGANIZATION} globs / ${MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION} characters`),
       },
     }),
     async (c) => {
@@ -94,11 +104,23 @@ export function subscriberRoutes() {
       const id = randomUUID();
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       const row = await deps.db.transaction().execute(async (trx) => {
-        // Each event is matched against every subscriber of its organization: their number bounds what one event costs.
-        if ((await lockSubscriberCount(trx, org.id)) >= MAX_SUBSCRIBERS_PER_ORGANIZATION) {
+        // Each event is matched against every subscriber of its organization: their number, and their globs', bound what one event costs.
+        const totals = await lockSubscriberTotals(trx, org.id);
+        if (totals.subscribers >= MAX_SUBSCRIBERS_PER_ORGANIZATION) {
           throw new Problem(409, 'Conflict', `organization ${org.slug} already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers, the most it may have; delete one first`, 'about:blank', {
             limit: MAX_SUBSCRIBERS_PER_ORGANIZATION,
           });
+        }
+        const globs = [...new Set(body.refGlobs)];
+        const characters = globs.reduce((sum, glob) => sum + [...glob].length, 0);
+        if (totals.refGlobs + globs.length > MAX_REF_GLOBS_PER_ORGANIZATION || totals.refGlobCharacters + characters > MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION) {
+          throw new Problem(
+            409,
+            'Conflict',
+            `organization ${org.slug}'s subscribers have ${totals.refGlobs} ref globs of ${totals.refGlobCharacters} characters; with these ${globs.length} of ${characters} they would pass the most an organization may have, ${MAX_REF_GLOBS_PER_ORGANIZATION} globs and ${MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION} characters: use fewer or broader globs, or delete a subscriber first`,
+            'about:blank',
+            { limits: { refGlobs: MAX_REF_GLOBS_PER_ORGANIZATION, refGlobCharacters: MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION } },
+          );
         }
         return insertSubscriber(trx, {
           id,
@@ -106,7 +128,7 @@ export function subscriberRoutes() {
           url,
           sealedSecret: seal(deps.keys, secret, id),
           kinds: [...new Set(body.kinds)],
-          refGlobs: [...new Set(body.refGlobs)],
+          refGlobs: globs,
         });
       });
       return c.json({ ...toApi(row), secret }, 201);

@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { EventKind } from '../../domain.ts';
 import type { Database } from '../schema.ts';
 import { lockOrganization } from './organizations.ts';
@@ -37,11 +37,19 @@ export async function insertSubscriber(
     .executeTakeFirstOrThrow();
 }
 
-/** How many subscribers the organization has, holding its row until the transaction ends (lockOrganization). */
-export async function lockSubscriberCount(trx: Transaction<Database>, organizationId: string): Promise<number> {
+/** What the organization's subscribers add up to, holding its row until the transaction ends (lockOrganization). */
+export async function lockSubscriberTotals(trx: Transaction<Database>, organizationId: string): Promise<{ subscribers: number; refGlobs: number; refGlobCharacters: number }> {
   await lockOrganization(trx, organizationId);
-  const { count } = await trx.selectFrom('subscribers').select((eb) => eb.fn.countAll<string>().as('count')).where('organization_id', '=', organizationId).executeTakeFirstOrThrow();
-  return Number(count);
+  const { subscribers, refGlobs, refGlobCharacters } = await trx
+    .selectFrom('subscribers')
+    .select([
+      sql<string>`count(*)`.as('subscribers'),
+      sql<string>`coalesce(sum(jsonb_array_length(ref_globs)), 0)`.as('refGlobs'),
+      sql<string>`coalesce(sum((select sum(char_length(g)) from jsonb_array_elements_text(ref_globs) g)), 0)`.as('refGlobCharacters'),
+    ])
+    .where('organization_id', '=', organizationId)
+    .executeTakeFirstOrThrow();
+  return { subscribers: Number(subscribers), refGlobs: Number(refGlobs), refGlobCharacters: Number(refGlobCharacters) };
 }
 
 export async function listSubscribers(db: Executor, organizationId: string): Promise<PublicSubscriber[]> {
