@@ -123,16 +123,14 @@ export async function recordDisconnectIncomplete(db: Executor, id: string, reaso
   await db.updateTable('connections').set({ reason, updated_at: new Date() }).where('id', '=', id).where('status', '<>', 'disconnected').execute();
 }
 
+/** Connections (not disconnected) of any organization bound to a provider key (an installation, an Azure DevOps organization). */
+function liveWithKey(db: Executor, provider: Connection['provider'], externalKey: string) {
+  return db.selectFrom('connections').where('provider', '=', provider).where('external_key', '=', externalKey).where('status', '<>', 'disconnected');
+}
+
 /** The connection (not disconnected) already bound to this installation / Azure DevOps organization. */
 export async function findLiveConnectionByExternalKey(db: Executor, organizationId: string, provider: Connection['provider'], externalKey: string) {
-  return db
-    .selectFrom('connections')
-    .select(['id', 'status'])
-    .where('organization_id', '=', organizationId)
-    .where('provider', '=', provider)
-    .where('external_key', '=', externalKey)
-    .where('status', '<>', 'disconnected')
-    .executeTakeFirst();
+  return liveWithKey(db, provider, externalKey).select(['id', 'status']).where('organization_id', '=', organizationId).executeTakeFirst();
 }
 
 /**
@@ -146,14 +144,7 @@ export function isLiveKeyConflict(error: unknown): boolean {
 
 /** Live connections (not disconnected) of other organizations bound to the same provider key (a GitHub installation). */
 export async function liveConnectionsElsewhere(db: Executor, organizationId: string, provider: Connection['provider'], externalKey: string) {
-  return db
-    .selectFrom('connections')
-    .select(['id', 'organization_id'])
-    .where('organization_id', '<>', organizationId)
-    .where('provider', '=', provider)
-    .where('external_key', '=', externalKey)
-    .where('status', '<>', 'disconnected')
-    .execute();
+  return liveWithKey(db, provider, externalKey).select(['id', 'organization_id']).where('organization_id', '<>', organizationId).execute();
 }
 
 /**
