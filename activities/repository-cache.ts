@@ -216,6 +216,9 @@ export function createRepositoryCacheActivities(
           fetching--;
         }
         state.apiCalls += page.apiCalls ?? 1;
+        if (page.unstorable) {
+          logger.warn({ connectionId, provider: row.provider, pageKey, unstorable: page.unstorable }, 'repositories left out of the listing: their ids hold a NUL or a lone UTF-16 surrogate, which PostgreSQL cannot store');
+        }
         // Checked before the write: the page that would pass the cap is not written (pages run
         // concurrently, this part synchronously, so pages being written hold their rows in `unwritten`).
         // Counted in `listed` only once written: a page whose write fails stays pending, and the

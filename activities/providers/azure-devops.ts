@@ -14,6 +14,8 @@ import {
   type RepositoryPage,
   type RepositoryRef,
   type ValidationOutcome,
+  storableRepositories,
+  storableRepository,
 } from './port.ts';
 import { unlessCancelled, type Outbound } from '../outbound.ts';
 
@@ -102,16 +104,17 @@ function once<T>(load: () => Promise<T>): () => Promise<T> {
   };
 }
 
-function toRepository(repo: GitRepository): ProviderRepository {
+/** The repository as it can be stored; undefined when its id cannot be (storableRepository). */
+function toRepository(repo: GitRepository): ProviderRepository | undefined {
   const project = repo.project?.name;
-  return {
+  return storableRepository({
     externalId: repo.id!,
     fullName: `${project}/${repo.name}`,
     project,
     projectId: repo.project?.id,
     defaultBranch: repo.defaultBranch?.replace(/^refs\/heads\//, ''),
     webUrl: repo.webUrl,
-  };
+  });
 }
 
 function toHook(subscription: Subscription): ProviderHook {
@@ -291,7 +294,7 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
         const git = await gitApi();
         // A project deleted since its page was listed answers 404, which the SDK turns into null.
         const repositories = (await sdk(() => git.getRepositories(repos))) ?? [];
-        return { repositories: repositories.map(toRepository), apiCalls: 1 };
+        return { ...storableRepositories(repositories.map(toRepository)), apiCalls: 1 };
       }
       const offset = cursor === undefined ? 0 : Number(cursor.replace(/^projects:/, ''));
       if (!Number.isInteger(offset) || offset < 0) throw new Error(`invalid Azure DevOps repository cursor ${cursor}`);
@@ -310,7 +313,7 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
     async getRepository(ref) {
       const git = await gitApi();
       const repo = await sdk(() => git.getRepository(ref.externalId, ref.projectId));
-      return repo ? toRepository(repo) : null;
+      return repo ? (toRepository(repo) ?? null) : null;
     },
 
     async listHooks(ref) {

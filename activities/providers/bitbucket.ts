@@ -13,6 +13,8 @@ import {
   type ProviderTarget,
   type RepositoryRef,
   type ValidationOutcome,
+  storableRepositories,
+  storableRepository,
 } from './port.ts';
 
 /** The events of forgelink's one repository webhook: pushes, and pull requests opened, source-updated, merged, declined. */
@@ -178,15 +180,16 @@ function repositoryPath(ref: RepositoryRef): string {
   return `/projects/${encodeURIComponent(projectKey)}/repos/${encodeURIComponent(slug)}`;
 }
 
-function toRepository(repo: BitbucketRepository): ProviderRepository {
+/** The repository as it can be stored; undefined when its id cannot be (storableRepository). */
+function toRepository(repo: BitbucketRepository): ProviderRepository | undefined {
   const webUrl = repo.links?.self?.[0]?.href;
-  return {
+  return storableRepository({
     externalId: String(repo.id),
     fullName: `${repo.project.key}/${repo.slug}`,
     project: repo.project.key,
     ...(repo.defaultBranch ? { defaultBranch: repo.defaultBranch.replace(/^refs\/heads\//, '') } : {}),
     ...(webUrl ? { webUrl } : {}),
-  };
+  });
 }
 
 /** The hook as forgelink sees it: never its configuration, which holds the secret. */
@@ -248,14 +251,14 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
       if (!Number.isInteger(start) || start < 0) throw new Error(`invalid Bitbucket repository cursor "${cursor}"`);
       const { body } = await api.request<BitbucketPage<BitbucketRepository>>('GET', '/repos', { query: { permission: 'REPO_ADMIN', limit: PAGE_LIMIT, start } });
       const next = nextPageStart(body, start);
-      return { repositories: body.values.map(toRepository), ...(next === undefined ? {} : { nextCursor: String(next) }), apiCalls: 1 };
+      return { ...storableRepositories(body.values.map(toRepository)), ...(next === undefined ? {} : { nextCursor: String(next) }), apiCalls: 1 };
     },
 
     async getRepository(ref) {
       try {
         const { body } = await api.request<BitbucketRepository>('GET', repositoryPath(ref));
         // Another repository can take a deleted one's name: the id tells them apart.
-        return String(body.id) === ref.externalId ? toRepository(body) : null;
+        return String(body.id) === ref.externalId ? (toRepository(body) ?? null) : null;
       } catch (error) {
         if (isStatus(error, 404)) return null;
         throw error;

@@ -10,6 +10,8 @@ import {
   type ProviderTarget,
   type RepositoryPage,
   type ValidationOutcome,
+  storableRepositories,
+  storableRepository,
 } from './port.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
@@ -110,8 +112,9 @@ function octokitFetch(outbound: Outbound) {
     outbound.fetch(input, { method: init.method, headers: init.headers, body: init.body as string | undefined, signal: init.signal, timeoutMs: REQUEST_TIMEOUT_MS });
 }
 
-function toRepository(repo: GithubRepository): ProviderRepository {
-  return { externalId: String(repo.id), fullName: repo.full_name, defaultBranch: repo.default_branch, webUrl: repo.html_url };
+/** The repository as it can be stored; undefined when its id cannot be (storableRepository). */
+function toRepository(repo: GithubRepository): ProviderRepository | undefined {
+  return storableRepository({ externalId: String(repo.id), fullName: repo.full_name, defaultBranch: repo.default_branch, webUrl: repo.html_url });
 }
 
 /**
@@ -220,7 +223,7 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
         });
         const data = (await new Response(response.data as unknown as ReadableStream).json()) as typeof response.data;
         return {
-          repositories: data.repositories.map(toRepository),
+          ...storableRepositories(data.repositories.map(toRepository)),
           nextCursor: pageFromLink(response.headers.link, 'next'),
           ...(page === 1 ? { fanOut: pagesAfterFirst(response.headers.link) } : {}),
           etag: response.headers.etag,
@@ -243,7 +246,7 @@ export function createGithubAdapter(target: ProviderTarget, app: GithubApp, opti
         const { data } = await call(() => octokit.rest.repos.get({ owner, repo }));
         // The name may now belong to a different repository than the one we know.
         if (ref.externalId && String(data.id) !== ref.externalId) return null;
-        return toRepository(data);
+        return toRepository(data) ?? null;
       } catch (error) {
         if (error instanceof ProviderHttpError && error.status === 404) return null;
         throw error;

@@ -15,6 +15,8 @@ import {
   type ProviderTarget,
   type RepositoryPage,
   type ValidationOutcome,
+  storableRepositories,
+  storableRepository,
 } from './port.ts';
 
 export const GITLAB_DEFAULT_BASE_URL = 'https://gitlab.com';
@@ -141,13 +143,14 @@ interface GitlabHook extends Record<string, unknown> {
   disabled_until?: string | null;
 }
 
-function toRepository(project: GitlabProject): ProviderRepository {
-  return {
+/** The project as it can be stored; undefined when its id cannot be (storableRepository). */
+function toRepository(project: GitlabProject): ProviderRepository | undefined {
+  return storableRepository({
     externalId: String(project.id),
     fullName: project.path_with_namespace,
     ...(project.default_branch ? { defaultBranch: project.default_branch } : {}),
     ...(project.web_url ? { webUrl: project.web_url } : {}),
-  };
+  });
 }
 
 function toHook(hook: GitlabHook): ProviderHook {
@@ -293,7 +296,7 @@ export function createGitlabAdapter(target: ProviderTarget, options: GitlabClien
       }
       const { after, before } = parsed;
       const response = await projects('asc', MAX_PER_PAGE, after, before);
-      const page = { repositories: response.body.map(toRepository), apiCalls: 1 };
+      const page = { ...storableRepositories(response.body.map(toRepository)), apiCalls: 1 };
       const firstId = response.body[0]?.id;
       const lastId = response.body.at(-1)?.id;
       // GitLab links onward from any non-empty page; a range is also done once its last id is reached.
@@ -305,7 +308,7 @@ export function createGitlabAdapter(target: ProviderTarget, options: GitlabClien
 
     async getRepository(ref) {
       try {
-        return toRepository((await api.Projects.show(ref.externalId)) as GitlabProject);
+        return toRepository((await api.Projects.show(ref.externalId)) as GitlabProject) ?? null;
       } catch (error) {
         if (isNotFound(error)) return null;
         throw error;

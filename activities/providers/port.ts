@@ -1,5 +1,6 @@
 import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
 import { excerpt } from '../outbound.ts';
+import { isStorableText, toStorableText } from '../../lib/text.ts';
 
 /**
  * The seam between forgelink and a Git provider. Each provider (GitHub App, GitLab, Bitbucket Data
@@ -43,8 +44,31 @@ export interface ProviderRepository {
   webUrl?: string;
 }
 
+/**
+ * A repository as PostgreSQL can store it (lib/text.ts): its names with each NUL and lone UTF-16
+ * surrogate replaced by U+FFFD; undefined when its id has one, since a mended id could be another
+ * repository's (a tenant's server chooses both). One odd character no longer fails a whole listing.
+ */
+export function storableRepository(repo: ProviderRepository): ProviderRepository | undefined {
+  if (!isStorableText(repo.externalId)) return undefined;
+  const mended: ProviderRepository = { ...repo, fullName: toStorableText(repo.fullName) };
+  for (const key of ['project', 'projectId', 'defaultBranch', 'webUrl'] as const) {
+    const value = repo[key];
+    if (value !== undefined) mended[key] = toStorableText(value);
+  }
+  return mended;
+}
+
+/** A page's repositories as storableRepository makes them, those left out counted (`unstorable`). */
+export function storableRepositories(repositories: Array<ProviderRepository | undefined>): Pick<RepositoryPage, 'repositories' | 'unstorable'> {
+  const kept = repositories.filter((repo): repo is ProviderRepository => repo !== undefined);
+  return kept.length === repositories.length ? { repositories: kept } : { repositories: kept, unstorable: repositories.length - kept.length };
+}
+
 export interface RepositoryPage {
   repositories: ProviderRepository[];
+  /** Repositories the provider listed on this page and the page leaves out: their ids cannot be stored (storableRepository). */
+  unstorable?: number;
   nextCursor?: string;
   /**
    * Cursors of further pages that can be fetched right away, independently of each other (GitHub

@@ -273,6 +273,27 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     await recordHistory(h.client, workflowIds.refreshOrganization(org.id), 'refresh-organization-listings-in-run-one-failing-asking-slot');
   });
 
+  it("a name with a NUL is mended and a repository whose id PostgreSQL cannot store is left out: the connection's listing still finishes", async () => {
+    const org = await newOrg();
+    const azure = await startFakeAzureDevOps({ organization: 'odd' });
+    closers.push(() => azure.close());
+    azure.addPat({ pat: 'pat-ok', displayName: 'Lister' });
+    azure.addProject({ name: 'Pro\u0000ject' });
+    azure.addRepository({ projectName: 'Pro\u0000ject', name: 'web' });
+    azure.addProject({ name: 'Plain' });
+    azure.addRepository({ projectName: 'Plain', name: 'api' });
+    // A lone low surrogate in the id: jsonb refuses it (external_ids, 22P02), and a mended id could be another repository's.
+    azure.addRepository({ projectName: 'Plain', name: 'odd-id', id: `${randomUUID().slice(0, -1)}\udc00` });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'azure-devops', baseUrl: azure.url, externalKey: azure.url, secret: 'pat-ok' });
+
+    expect(await refresh(org)).toMatchObject({ refreshed: 1, failedCount: 0 });
+    const connection = await h.db.selectFrom('connections').select('refresh_error').where('id', '=', connectionId).executeTakeFirstOrThrow();
+    expect(connection.refresh_error).toBeNull();
+    expect((await picker(org)).map((i) => `${i.project}|${i.fullName}`)).toEqual(['Plain|Plain/api', 'Pro\uFFFDject|Pro\uFFFDject/web']);
+    expect(await lastListing(h.db, connectionId)).toMatchObject({ listed: 2, rowsWritten: 2 });
+    expect(h.logs.join('\n')).toMatch(/"unstorable":1.*repositories left out of the listing/);
+  });
+
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
     const { gitlab, proxy, org, token } = await gitlabBehindProxy();
     for (let i = 0; i < 350; i++) gitlab.addProject({ pathWithNamespace: `big/p-${String(i).padStart(3, '0')}` });
