@@ -17,7 +17,7 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
-import { unlessCancelled, type Outbound } from '../outbound.ts';
+import { ResponseTooLargeError, unlessCancelled, type Outbound } from '../outbound.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -74,7 +74,10 @@ async function sdk<T>(call: () => Promise<T>): Promise<T> {
 /** The typed-rest-client HttpClients inside an SDK client; `_agent` is the pool a keepAlive client reuses. */
 interface SdkHttpClients {
   http?: { _agent?: http.Agent };
-  rest?: { client?: { _agent?: http.Agent } };
+  rest?: {
+    client?: { _agent?: http.Agent };
+    processResponse?: (res: { readBody(): Promise<string>; message?: { socket?: { errored?: unknown } | null } }, options: unknown) => Promise<unknown>;
+  };
 }
 
 /**
@@ -89,6 +92,26 @@ function shareConnections<T extends object>(client: T, organizationUrl: string, 
   const { http: direct, rest } = client as SdkHttpClients;
   if (direct) direct._agent = agent;
   if (rest?.client) rest.client._agent = agent;
+  // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
+  // cut at the limit (ResponseTooLargeError) made a project's repositories an empty list. The
+  // read's error is thrown instead.
+  const processResponse = rest?.processResponse?.bind(rest);
+  if (rest && processResponse) {
+    rest.processResponse = async (res, options) => {
+      let readError: unknown;
+      const readBody = res.readBody.bind(res);
+      res.readBody = () =>
+        readBody().catch((error: unknown) => {
+          // The guarded pool cuts a socket with ResponseTooLargeError; the body's read sees only "aborted".
+          const cut = res.message?.socket?.errored;
+          readError = cut instanceof ResponseTooLargeError ? cut : error;
+          throw error;
+        });
+      const result = await processResponse(res, options);
+      if (readError !== undefined) throw readError;
+      return result;
+    };
+  }
   return client;
 }
 

@@ -4,7 +4,7 @@ import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../acti
 import { fillLargeOrganization, startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
 import { testOutbound } from '../support/outbound.ts';
-import { createOutbound, OutboundRefusedError } from '../../activities/outbound.ts';
+import { createOutbound, OutboundRefusedError, ResponseTooLargeError } from '../../activities/outbound.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
 const SECRET = 'basic-auth-pass-93ad';
@@ -180,6 +180,18 @@ describe('Azure DevOps adapter: repositories', () => {
     await adapter().listRepositoriesPage({});
     expect(fake.server.calls.length).toBeGreaterThan(calls);
     expect(fake.server.connectionsAccepted).toBe(1);
+  });
+
+  it("fails a project whose repositories' answer passes the limit, instead of listing it empty as a deleted one", async () => {
+    // 12,000 repositories in one project, ~9 MiB: the SDK used to answer a cut read with null, as for a 404.
+    fillLargeOrganization(fake, { projects: 1, repositoriesPerProject: 12_000, subscriptions: 0 });
+    const large = fake.server.calls.length;
+    const { fanOut } = await adapter().listRepositoriesPage({});
+    expect(fanOut).toHaveLength(2);
+    await expect(adapter().listRepositoriesPage({ cursor: fanOut![1] })).rejects.toBeInstanceOf(ResponseTooLargeError);
+    expect(fake.server.calls.length).toBeGreaterThan(large);
+    // A project deleted since its page was listed (404) still lists no repository.
+    expect((await adapter().listRepositoriesPage({ cursor: 'repos:6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c' })).repositories).toEqual([]);
   });
 
   it('maps a throttled project listing to ProviderHttpError with Retry-After', async () => {
