@@ -21,7 +21,7 @@ function errorOf(fn: () => unknown): string {
 describe('config', () => {
   it('fills defaults for a minimal config', () => {
     const config = parseConfig(minimal);
-    expect(config.api).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 8080, maxBodyBytes: 64 * 1024 });
     expect(config.temporal).toMatchObject({ namespace: 'default', taskQueue: 'forgelink' });
     expect(config.temporal.address).toBeUndefined();
     // The API's Temporal calls for one request: 5 s, then a 503 (api/temporal-deadline.ts).
