@@ -54,14 +54,12 @@ describe('the bounds on matching events against subscribers (real PostgreSQL)', 
     const o = await createOrgWithToken(h);
     const create = (refGlobs: string[]) => h.request('POST', `/api/v1/orgs/${o.org.slug}/subscribers`, { token: o.token, body: { url: fake.url, refGlobs } });
     // The costliest set the limits let through: a glob costs ⌈(length + 1) / 32⌉ word steps a character,
-    // so 32-character globs (2 each) with one-character ones (1 each) filling the count.
+    // so 500 globs of 32 characters (2 each), 16,000 characters.
     const tail = 'bcdefghijk';
     const long = [...tail].map((letter) => `*${'a*'.repeat(15)}${letter}`);
-    const short = [...tail];
-    for (let i = 0; i < 24; i++) expect((await create(long)).status).toBe(201);
-    for (let i = 0; i < 25; i++) expect((await create(short)).status).toBe(201);
-    // The one the event is about, behind 490 globs of 7,930 characters: 500 globs, 7,942 characters.
-    const matching = await create(['a**', ...short.slice(0, 9)]);
+    for (let i = 0; i < 49; i++) expect((await create(long)).status).toBe(201);
+    // The one the event is about, behind 490 globs of 15,680 characters: 500 globs, 15,971 characters.
+    const matching = await create(['a**', ...long.slice(0, 9)]);
     expect(matching.status, await matching.clone().text()).toBe(201);
     const matchingId = ((await matching.json()) as { id: string }).id;
 
@@ -72,18 +70,21 @@ describe('the bounds on matching events against subscribers (real PostgreSQL)', 
     expect(await refused.json()).toMatchObject({
       status: 409,
       limits: { refGlobs: MAX_REF_GLOBS_PER_ORGANIZATION, refGlobCharacters: MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION },
-      detail: expect.stringContaining('have 500 ref globs of 7942 characters'),
+      detail: expect.stringContaining('have 500 ref globs of 15971 characters'),
     });
     const unfiltered = await create([]);
     expect(unfiltered.status).toBe(201);
     const unfilteredId = ((await unfiltered.json()) as { id: string }).id;
-    // Characters count too: another organization with one subscriber of 33 globs of 255 characters (8,415) is refused.
+    // Characters count too: another organization's subscriber with the most a request takes (50 globs of 255) is
+    // created, and a second one of 15 globs of 255 would pass 16,384 characters with 65 globs.
     const other = await createOrgWithToken(h);
-    const letters = 'ABCDEFGHIJKLMNOPQRSTUVWXYZbcdefgh';
-    const wide = [...letters].map((letter) => `**${'a*'.repeat(126)}${letter}`);
-    expect(new Set(wide).size).toBe(33);
-    const tooWide = await h.request('POST', `/api/v1/orgs/${other.org.slug}/subscribers`, { token: other.token, body: { url: fake.url, refGlobs: wide } });
-    expect(tooWide.status, await tooWide.clone().text()).toBe(409);
+    const widest = (letters: string) => [...letters].map((letter) => `**${'a*'.repeat(126)}${letter}`);
+    const createFor = (refGlobs: string[]) => h.request('POST', `/api/v1/orgs/${other.org.slug}/subscribers`, { token: other.token, body: { url: fake.url, refGlobs } });
+    const fullest = await createFor(widest('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx'));
+    expect(fullest.status, await fullest.clone().text()).toBe(201);
+    const tooWide = await createFor(widest('ABCDEFGHIJKLMNO'));
+    expect(tooWide.status).toBe(409);
+    expect(await tooWide.json()).toMatchObject({ detail: expect.stringContaining('have 50 ref globs of 12750 characters; with these 15 of 3825') });
 
     const repository = { externalId: uniqueExternalId('gitlab'), fullName: `acme/${randomUUID().slice(0, 8)}` };
     const { connectionId } = await seedAttachedRepository(h, { organizationId: o.org.id, provider: 'gitlab', ...repository });
