@@ -207,10 +207,15 @@ export async function wantedPairs(
   events: readonly NormalizedEvent[],
 ): Promise<Dispatch[]> {
   const pairs: Dispatch[] = [];
+  const byOrganization = new Map<string, (typeof subscribers)[number][]>();
+  for (const subscriber of subscribers) {
+    const own = byOrganization.get(subscriber.organizationId);
+    if (own) own.push(subscriber);
+    else byOrganization.set(subscriber.organizationId, [subscriber]);
+  }
   let sliceStarted = performance.now();
   for (const row of recorded) {
-    for (const subscriber of subscribers) {
-      if (subscriber.organizationId !== row.organizationId) continue;
+    for (const subscriber of byOrganization.get(row.organizationId) ?? []) {
       if (subscriberWants(subscriber, events[row.sequence]!)) pairs.push({ eventId: row.id, subscriberId: subscriber.id });
       if (performance.now() - sliceStarted >= MATCHING_SLICE_MS) {
         await setImmediate();

@@ -228,7 +228,11 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   function rememberRunTarget(runKey: string | undefined, row: RepositoryRow, adapter: ProviderAdapter): void {
     if (!runKey) return;
     const now = Date.now();
-    for (const [k, entry] of runTargets) if (now - entry.storedAt > RUN_TARGET_TTL_MS) runTargets.delete(k);
+    // Kept in the order stored (each is deleted before it is set again), so the expired ones come first.
+    for (const [k, entry] of runTargets) {
+      if (now - entry.storedAt <= RUN_TARGET_TTL_MS) break;
+      runTargets.delete(k);
+    }
     runTargets.delete(runKey);
     runTargets.set(runKey, { row, adapter, storedAt: now });
     if (runTargets.size > RUN_TARGETS_KEPT) runTargets.delete(runTargets.keys().next().value!);

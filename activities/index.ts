@@ -1,4 +1,4 @@
-import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CAPS_DEFAULTS, LISTING_CONCURRENCY_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import { createLimiter } from '../lib/limiter.ts';
@@ -91,11 +91,9 @@ export function createActivities(deps: ActivityDeps) {
     ...createRepositoryCacheActivities({ ...deps, activitySlots }, {
       callsPerConnection: deps.settings.listingCallsPerConnection ?? LISTING_CONCURRENCY_DEFAULTS.callsPerConnection,
       limiter: listingLimiter,
-      caps: {
-        maxRepositories: deps.settings.listingMaxRepositories ?? LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection,
-        maxPages: deps.settings.listingMaxPages ?? LISTING_CAPS_DEFAULTS.maxPagesPerConnection,
-      },
-      vanishedRetentionDays: deps.settings.listingVanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT,
+      // Each undefined one is the repository cache's default.
+      caps: { maxRepositories: deps.settings.listingMaxRepositories, maxPages: deps.settings.listingMaxPages },
+      vanishedRetentionDays: deps.settings.listingVanishedRetentionDays,
     }),
   };
 }

@@ -41,8 +41,8 @@ export interface ListingChunkResult {
 export interface ListingConcurrency {
   callsPerConnection: number;
   limiter: Limiter;
-  /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection (default LISTING_CAPS_DEFAULTS). */
-  caps?: ListingCaps;
+  /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection (each defaults to LISTING_CAPS_DEFAULTS'). */
+  caps?: Partial<ListingCaps>;
   /** repositoryCache.vanishedRetentionDays (default VANISHED_RETENTION_DAYS_DEFAULT): vanished rows older than this are purged. */
   vanishedRetentionDays?: number;
 }
@@ -61,6 +61,11 @@ export function createRepositoryCacheActivities(
   },
   concurrency: ListingConcurrency,
 ) {
+  const caps: ListingCaps = {
+    maxRepositories: concurrency.caps?.maxRepositories ?? LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection,
+    maxPages: concurrency.caps?.maxPages ?? LISTING_CAPS_DEFAULTS.maxPagesPerConnection,
+  };
+  const retentionDays = concurrency.vanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT;
   return holdingAdmission({
     /**
      * The active connections to refresh: all (runs started before batching), one batch after `after`
@@ -120,8 +125,6 @@ export function createRepositoryCacheActivities(
       const ctx = Context.current();
       const resumed = ctx.info.heartbeatDetails as ListingProgress | undefined;
       const state: ListingProgress = resumed && resumed.pages >= progress.pages ? structuredClone(resumed) : structuredClone(progress);
-      const caps = concurrency.caps ?? { maxRepositories: LISTING_CAPS_DEFAULTS.maxRepositoriesPerConnection, maxPages: LISTING_CAPS_DEFAULTS.maxPagesPerConnection };
-      const retentionDays = concurrency.vanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT;
       const starting = state.pages === 0;
       // The lease and the page memory are read alongside the connection: no round trip before the first call.
       const [granted, row, stored, counted] = await Promise.all([

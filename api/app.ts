@@ -20,9 +20,10 @@ import { organizationRoutes } from './routes/organizations.ts';
 import { subscriberRoutes } from './routes/subscribers.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { workflowRoutes } from './routes/workflows.ts';
+import { API_MAX_BODY_BYTES_DEFAULT } from '../lib/config.ts';
 
-/** The default of api.maxBodyBytes: the largest request the API takes (50 globs of 255 and a 2 KiB URL) is ~15 KiB. */
-export const API_MAX_BODY_BYTES = 64 * 1024;
+/** api.maxBodyBytes' default (lib/config.ts). */
+export const API_MAX_BODY_BYTES = API_MAX_BODY_BYTES_DEFAULT;
 
 export function createApp(deps: ApiDeps) {
   const app = new OpenAPIHono<AppEnv>({

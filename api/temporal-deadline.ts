@@ -1,7 +1,8 @@
+import { TEMPORAL_REQUEST_DEADLINE_SECONDS_DEFAULT } from '../lib/config.ts';
 import type { ApiDeps } from './context.ts';
 
-/** temporal.requestDeadlineSeconds' default: a healthy frontend answers a start or a describe in tens of milliseconds. */
-export const DEFAULT_TEMPORAL_DEADLINE_MS = 5000;
+/** temporal.requestDeadlineSeconds' default (lib/config.ts), in milliseconds. */
+export const DEFAULT_TEMPORAL_DEADLINE_MS = TEMPORAL_REQUEST_DEADLINE_SECONDS_DEFAULT * 1000;
 
 /**
  * Runs `fn`'s Temporal calls under one deadline, the request's (deps.temporalDeadlineMs). Without

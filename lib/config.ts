@@ -63,6 +63,11 @@ const TEMPORAL_SDK_ENV: Record<string, string[]> = {
 
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
+/** api.maxBodyBytes' default: the largest request the API takes (50 globs of 255 and a 2 KiB URL) is ~15 KiB. */
+export const API_MAX_BODY_BYTES_DEFAULT = 64 * 1024;
+/** temporal.requestDeadlineSeconds' default: a healthy frontend answers a start or a describe in tens of milliseconds. */
+export const TEMPORAL_REQUEST_DEADLINE_SECONDS_DEFAULT = 5;
+
 /**
  * repositoryCache listing caps: a tenant's server that lists for ever fails its listing there
  * (README: Repository cache). 100,000 repositories; 2,000 pages are 100,000 at GitHub's and
@@ -168,7 +173,7 @@ export const configSchema = z
         host: z.string().default('127.0.0.1'),
         port: hostPort.default(8080),
         // Largest body of an authenticated request (/api/v1/*); the webhook receivers have webhooks.maxBodyBytes.
-        maxBodyBytes: z.number().int().positive().default(64 * 1024),
+        maxBodyBytes: z.number().int().positive().default(API_MAX_BODY_BYTES_DEFAULT),
       })
       .prefault({}),
     database: z.object({ url: z.string().min(1).optional() }).prefault({}),
@@ -181,7 +186,7 @@ export const configSchema = z
         tls: temporalTls.optional(),
         apiKey: z.string().min(1).optional(),
         // How long the API's Temporal calls for one request may take together; past it the request answers 503.
-        requestDeadlineSeconds: z.number().positive().max(60).default(5),
+        requestDeadlineSeconds: z.number().positive().max(60).default(TEMPORAL_REQUEST_DEADLINE_SECONDS_DEFAULT),
       })
       .prefault({}),
     auth: z.object({ adminToken: secret }),

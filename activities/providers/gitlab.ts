@@ -179,19 +179,25 @@ function hookBody(spec: HookSpec) {
   };
 }
 
+/** The URL of a page's `Link: <…>; rel="next"`, undefined on the last page. */
+function nextLink(link: string | undefined): URL | undefined {
+  const href = /<([^>]+)>;\s*rel="next"/.exec(link ?? '')?.[1];
+  return href ? new URL(href) : undefined;
+}
+
 /** The id_after of a keyset page's `Link: <…>; rel="next"`, which GitLab sends whenever the page was non-empty. */
 function nextIdAfter(link: string | undefined): string | undefined {
-  const href = /<([^>]+)>;\s*rel="next"/.exec(link ?? '')?.[1];
-  return href ? (new URL(href).searchParams.get('id_after') ?? undefined) : undefined;
+  return nextLink(link)?.searchParams.get('id_after') ?? undefined;
 }
 
 /** The page of an offset page's `Link: <…>; rel="next"`, undefined on the last page; one that does not move on fails. */
 function nextOffsetPage(link: string | undefined, page: number): number | undefined {
-  const href = /<([^>]+)>;\s*rel="next"/.exec(link ?? '')?.[1];
+  const href = nextLink(link);
   if (!href) return undefined;
-  const next = Number(new URL(href).searchParams.get('page'));
+  const linked = href.searchParams.get('page');
+  const next = Number(linked);
   if (!Number.isSafeInteger(next) || next <= page) {
-    throw new ListingTooLongError(`gitlab's listing does not move on: the page after page ${page} links to page ${new URL(href).searchParams.get('page')}`);
+    throw new ListingTooLongError(`gitlab's listing does not move on: the page after page ${page} links to page ${linked}`);
   }
   return next;
 }

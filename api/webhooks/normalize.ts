@@ -75,7 +75,9 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
   const named = events.filter(withinNameLimits);
   const overlong = events.length - named.length;
   // A sender's name is only shown, never acted on: an over-long one is dropped, not the event.
-  events = named.map(({ sender, ...event }) => (sender === undefined || sender.length > MAX_NAME_LENGTH ? event : { ...event, sender }));
+  const overlongSender = (event: NormalizedEvent) => event.sender !== undefined && event.sender.length > MAX_NAME_LENGTH;
+  // Copied only when a sender is dropped: every verified delivery comes through here.
+  events = named.some(overlongSender) ? named.map(({ sender, ...event }) => (sender === undefined || sender.length > MAX_NAME_LENGTH ? event : { ...event, sender })) : named;
   const instanceUrl = events.length > 0 ? instanceUrlOf(provider, parsed) : undefined;
   const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
   const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}), ...(overlong ? { overlong } : {}) };

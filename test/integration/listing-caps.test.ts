@@ -11,6 +11,7 @@ import { startFakeGitlab } from '../fakes/gitlab.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
+import { refreshOrganization } from '../support/listing.ts';
 
 /**
  * A tenant chooses its provider's base URL, and its server may say "more pages follow" for ever.
@@ -50,11 +51,7 @@ describe('repository listings are capped: a provider that never ends its listing
     const { org, token } = await createOrgWithToken(h);
     return { ...org, token };
   }
-  async function refresh(org: { slug: string; token: string }): Promise<RefreshResult> {
-    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
-    expect(res.status).toBe(202);
-    return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
-  }
+  const refresh = (org: { slug: string; token: string }) => refreshOrganization(h, org);
   async function rows(connectionId: string) {
     const all = await h.db.selectFrom('repositories').select(['external_id', 'vanished_at']).where('connection_id', '=', connectionId).execute();
     return { all: all.length, visible: all.filter((r) => r.vanished_at === null).map((r) => r.external_id) };

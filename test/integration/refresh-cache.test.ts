@@ -15,6 +15,7 @@ import { seedConnection } from '../support/attachments.ts';
 import { startFlakyProxy } from '../support/flaky-proxy.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
+import { refreshOrganization } from '../support/listing.ts';
 
 interface PickerItem {
   id: string;
@@ -54,11 +55,7 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     gitlab.addToken({ token, username: 'lister', scopes: ['api', 'read_user', 'read_repository'] });
     return { gitlab, proxy, org: await newOrg(), token };
   }
-  async function refresh(org: { slug: string; token: string }): Promise<RefreshResult> {
-    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
-    expect(res.status).toBe(202);
-    return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
-  }
+  const refresh = (org: { slug: string; token: string }) => refreshOrganization(h, org);
   /** The last complete listing of a connection, as it recorded itself on the connection. */
   const listingOf = async (_organizationId: string, connectionId: string): Promise<ConnectionRefreshResult> => {
     const listing = await lastListing(h.db, connectionId);

@@ -6,6 +6,7 @@ import { lastListing, purgeVanishedRepositories } from '../../lib/db/repositorie
 import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { seedConnection } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
+import { refreshOrganization } from '../support/listing.ts';
 
 /**
  * Nothing deleted repository rows, and a connection whose cache holds more than twice
@@ -29,11 +30,7 @@ describe('repositories vanished past the retention are deleted after a complete 
     for (const close of closers) await close();
   });
 
-  async function refresh(org: { slug: string; token: string }): Promise<RefreshResult> {
-    const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
-    expect(res.status).toBe(202);
-    return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
-  }
+  const refresh = (org: { slug: string; token: string }) => refreshOrganization(h, org);
   async function bitbucketConnection(repositories = 3) {
     const bitbucket: FakeBitbucket = await startFakeBitbucket({ maxPageSize: 100 });
     closers.push(() => bitbucket.close());

@@ -1,4 +1,7 @@
+import { expect } from 'vitest';
 import type { ProviderAdapter, RepositoryPage } from '../../activities/providers/port.ts';
+import type { RefreshResult } from '../../workflows/contract.ts';
+import { resultOf, type Harness } from './harness.ts';
 
 /**
  * Walks a repository listing the way the refresh activity does, one page at a time in breadth-first
@@ -19,4 +22,11 @@ export async function walkListing(adapter: Pick<ProviderAdapter, 'listRepositori
     }
   }
   return pages;
+}
+
+/** Asks the API to refresh the organization's repository cache (202) and waits for the run's result. */
+export async function refreshOrganization(h: Harness, org: { slug: string; token: string }): Promise<RefreshResult> {
+  const res = await h.request('POST', `/api/v1/orgs/${org.slug}/repositories/refresh`, { token: org.token });
+  expect(res.status).toBe(202);
+  return resultOf<RefreshResult>(h, ((await res.json()) as { workflowId: string }).workflowId);
 }
