@@ -2,6 +2,7 @@ import { setImmediate } from 'node:timers/promises';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
+import { refusedForItsData, sqlStateOf } from '../lib/db/errors.ts';
 import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
 import { queueDispatches } from '../lib/db/repositories/event-dispatches.ts';
 import {
@@ -171,6 +172,13 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
         if (dispatches.length <= INLINE_DISPATCH_LIMIT) return { recorded: recorded.length, dispatches };
         await queueDispatches(trx, runKey, dispatches, new Date());
         return { recorded: recorded.length, queued: dispatches.length };
+      }).catch((error: unknown) => {
+        // Refused for the delivery's own data (lib/db/errors.ts), it would be refused on every retry,
+        // a minute apart for good: the run fails instead, saying why.
+        if (refusedForItsData(error)) {
+          throw ApplicationFailure.create({ type: 'DeliveryNotStorable', nonRetryable: true, message: `PostgreSQL refused the delivery's events (${sqlStateOf(error)}): ${(error as Error).message}` });
+        }
+        throw error;
       });
       const dispatched = 'queued' in result ? { queued: result.queued } : { dispatches: result.dispatches.length };
       logger.info({ provider, deliveryId, events: events.length, recorded: result.recorded, ...dispatched }, 'event recorded');

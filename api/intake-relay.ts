@@ -348,5 +348,8 @@ export function describeStartFailure(error: unknown): { unreachable: boolean; er
   const text = `${status}: ${message.replace(/\/\/[^/@\s]*@/g, '//').replace(/\s+/g, ' ').trim()}`;
   // Without a status, the channel never got that far (grpc-js's own "Failed to connect before the deadline").
   const unreachable = code === undefined ? /connect|deadline|timed? ?out|ECONN|socket|unavailable/i.test(message) : UNREACHABLE.has(status);
-  return { unreachable, error: text.length > MAX_ERROR_LENGTH ? `${text.slice(0, MAX_ERROR_LENGTH - 1)}…` : text };
+  return { unreachable, error: text.length > MAX_ERROR_LENGTH ? `${cutAt(text, MAX_ERROR_LENGTH - 1)}…` : text };
 }
+
+/** The first `length` UTF-16 units of `text`, one fewer where that would split a surrogate pair. */
+const cutAt = (text: string, length: number) => (/[\uD800-\uDBFF]/.test(text.charAt(length - 1)) ? text.slice(0, length - 1) : text.slice(0, length));

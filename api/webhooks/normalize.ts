@@ -33,8 +33,17 @@ export interface NormalizedDelivery {
   overlong?: number;
 }
 
-/** The longest repository name (and project) an event is recorded with, and sender kept. */
+/**
+ * The longest repository name (and project) an event is recorded with, in UTF-8 bytes (so in
+ * characters too), and sender kept (characters). In bytes because a name is written into an index:
+ * an event renames the attached repository it names, and PostgreSQL refuses an index row over
+ * ~2,700 bytes (54000), which the picker's (project and name together) passed with 1,024
+ * characters of 3-byte ones; the run then failed its recording on every retry.
+ */
 export const MAX_NAME_LENGTH = 1024;
+
+/** Whether `name` is at most MAX_NAME_LENGTH bytes in UTF-8 (a UTF-16 unit is at most 3 of them, so short names are not measured). */
+const nameWithinLimit = (name: string) => name.length * 3 <= MAX_NAME_LENGTH || (name.length <= MAX_NAME_LENGTH && Buffer.byteLength(name, 'utf8') <= MAX_NAME_LENGTH);
 
 /**
  * Whether an event's names are short enough to act on: its branch or tag (MAX_REF_NAME_LENGTH,
@@ -47,8 +56,8 @@ function withinNameLimits(event: NormalizedEvent): boolean {
   const refs = [event.ref?.name, event.pullRequest?.sourceBranch, event.pullRequest?.targetBranch];
   return (
     refs.every((name) => name === undefined || name.length <= MAX_REF_NAME_LENGTH) &&
-    event.repository.fullName.length <= MAX_NAME_LENGTH &&
-    (event.repository.project ?? '').length <= MAX_NAME_LENGTH
+    nameWithinLimit(event.repository.fullName) &&
+    nameWithinLimit(event.repository.project ?? '')
   );
 }
 
@@ -82,7 +91,7 @@ export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, r
   const installationId = provider === 'github' && events.length > 0 ? installationIdOf(parsed) : undefined;
   const delivery = { events, ...(instanceUrl ? { instanceUrl } : {}), ...(installationId ? { installationId } : {}), ...(overlong ? { overlong } : {}) };
   // Decoded bytes hold neither a NUL nor a lone surrogate except as an escape (a raw control character
-  // is not JSON, and the decoder refuses encoded surrogates); header values hold no NUL: without
+  // is not JSON, and the decoder reads an encoded surrogate as U+FFFD); header values hold no NUL: without
   // either, the copy that mends them is skipped.
   const mend = typeof rawBody === 'string' ? !isStorableText(text) || UNSTORABLE_ESCAPE.test(text) : UNSTORABLE_ESCAPE.test(text);
   return mend || Object.values(headers).some((v) => v !== undefined && !isStorableText(v)) ? storable(delivery) : delivery;
@@ -157,14 +166,15 @@ const providerLabel: Record<Provider, string> = {
   'azure-devops': 'Azure DevOps',
 };
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/**
+ * Bytes that are not UTF-8 (a commit message written in Latin-1, a cut-off sequence) are each
+ * decoded as U+FFFD, as a NUL is mended: the provider would send the same bytes again on every
+ * redelivery, so refusing them would only end in a disabled hook. What is left must be JSON.
+ */
+const UTF8 = new TextDecoder('utf-8');
 
 function bodyText(rawBody: RawBody): string {
-  try {
-    return typeof rawBody === 'string' ? rawBody : UTF8.decode(rawBody);
-  } catch {
-    throw new WebhookPayloadError('webhook body is not valid UTF-8');
-  }
+  return typeof rawBody === 'string' ? rawBody : UTF8.decode(rawBody);
 }
 
 function parseBody(rawBody: RawBody): unknown {

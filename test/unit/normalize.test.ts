@@ -595,7 +595,8 @@ describe('bad input', () => {
     expect(() => normalizeWebhook(provider, headers, '{"ref": ')).toThrow(/^webhook body is not JSON: /);
     expect(() => normalizeWebhook(provider, headers, '[]')).toThrow('webhook body is not a JSON object');
     expect(() => normalizeWebhook(provider, headers, 'null')).toThrow('webhook body is not a JSON object');
-    expect(() => normalizeWebhook(provider, headers, new Uint8Array([0x7b, 0xff, 0x7d]))).toThrow('webhook body is not valid UTF-8');
+    // Bytes that are not UTF-8 read as U+FFFD (mended like a NUL); what is left must still be JSON.
+    expect(() => normalizeWebhook(provider, headers, new Uint8Array([0x7b, 0xff, 0x7d]))).toThrow(/^webhook body is not JSON: /);
   });
 
   it('names the event and the field a payload lacks', () => {
@@ -683,6 +684,31 @@ describe('normalizeDelivery: names over the length limits', () => {
     const gitlab = fixture('gitlab/push.json');
     gitlab.project.path_with_namespace = `g/${'r'.repeat(MAX_NAME_LENGTH)}`;
     expect(normalizeDelivery('gitlab', { 'x-gitlab-event-uuid': 'u-long' }, JSON.stringify(gitlab))).toMatchObject({ events: [], overlong: 1 });
+  });
+
+  it('measures a repository name and project in UTF-8 bytes: 342 three-byte characters are over, 341 are not', () => {
+    const azure = (project: string, name: string) => {
+      const payload = fixture('azure-devops/git-push.json');
+      payload.resource.repository.project.name = project;
+      payload.resource.repository.name = name;
+      return normalizeDelivery('azure-devops', {}, JSON.stringify(payload));
+    };
+    // 1,025 and 1,023 bytes of full name (project, "/", name).
+    expect(azure('P', '\u4e2d'.repeat(341))).toMatchObject({ events: [], overlong: 1 });
+    expect(azure('P', `${'\u4e2d'.repeat(340)}x`).events).toHaveLength(1);
+    expect(azure('\u4e2d'.repeat(342), 'r')).toMatchObject({ events: [], overlong: 1 });
+    // A surrogate pair is 4 bytes: 256 of them (512 UTF-16 units) are 1,024 bytes of project, over once a name follows.
+    expect(azure('\u{1F600}'.repeat(255), 'r').events).toHaveLength(1);
+    expect(azure('\u{1F600}'.repeat(256), 'r')).toMatchObject({ events: [], overlong: 1 });
+  });
+
+  it('reads bytes that are not UTF-8 as U+FFFD, keeping the delivery', () => {
+    const payload = fixture('gitlab/push.json');
+    payload.ref = 'refs/heads/MARK';
+    const [before, after] = JSON.stringify(payload).split('MARK') as [string, string];
+    const body = new Uint8Array(Buffer.concat([Buffer.from(before), Buffer.from([0x80, 0xed, 0xa0, 0x80]), Buffer.from(after)]));
+    const [event] = normalizeDelivery('gitlab', { 'x-gitlab-event-uuid': 'u-bytes' }, body).events;
+    expect(event!.ref?.name).toBe('\uFFFD\uFFFD\uFFFD\uFFFD');
   });
 
   it('keeps the event of an over-long sender, without the sender', () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { describeStartFailure } from '../../api/intake-relay.ts';
+import { isStorableText } from '../../lib/text.ts';
 
 /** What a failed start leaves on its intake row: an outage told from a refusal, short, without credentials. */
 describe('describeStartFailure', () => {
@@ -19,5 +20,12 @@ describe('describeStartFailure', () => {
     expect(failure.error).not.toContain('s3cret');
     expect(failure.error).toContain('https://temporal.example:7233');
     expect(failure.error.length).toBeLessThanOrEqual(300);
+  });
+
+  it('cuts the reason between characters, never within a surrogate pair (its row would hold half of one)', () => {
+    const { error } = describeStartFailure(grpc(3, `${'x'.repeat(280)}${'\u{1F600}'.repeat(20)}`));
+    expect(error.length).toBeLessThanOrEqual(300);
+    expect(isStorableText(error)).toBe(true);
+    expect(error.endsWith('x…')).toBe(true);
   });
 });

@@ -44,7 +44,9 @@ export async function findAttachedRepositories(db: Executor, provider: Provider,
     .innerJoin('organizations as o', 'o.id', 'r.organization_id')
     .select(['r.organization_id as organizationId', 'o.slug as organizationSlug', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
     .where('r.provider', '=', provider)
-    .where('r.external_id', 'in', [...new Set(externalIds)])
+    // One array parameter, not one parameter an id: a GitHub installation event can name more
+    // repositories than a statement takes parameters (65,535; pg then fails with 08P01).
+    .where(sql<boolean>`r.external_id = any(${[...new Set(externalIds)]}::text[])`)
     .where('a.status', '=', 'attached');
   if ('connectionId' in scope) query = query.where('r.connection_id', '=', scope.connectionId);
   if ('legacyHooks' in scope) {

@@ -1,0 +1,208 @@
+import { createHmac, randomInt, randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startPendingDeliveries } from '../../lib/db/repositories/deliveries.ts';
+import { PROVIDERS, type Provider } from '../../lib/domain.ts';
+import { workflowIds, type EventResult } from '../../workflows/contract.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery, type Payload } from '../fakes/webhook-deliveries.ts';
+import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
+import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
+
+/**
+ * Signed deliveries whose content PostgreSQL (or the run that records them) would refuse: each is
+ * stored mended, or answered 200 ignored, never 503 (which the provider would meet again on every
+ * redelivery until it disables the hook), and a row that cannot be written does not hold up the
+ * intake queue. Real Temporal, real PostgreSQL, the receivers as the API serves them.
+ */
+const MAX_BODY_BYTES = 8 * 1024 * 1024;
+
+/** `n` random CJK ideographs: 3 bytes each in UTF-8, and too random for PostgreSQL to compress in an index row. */
+const ideographs = (n: number) => Array.from({ length: n }, () => String.fromCharCode(randomInt(0x4e00, 0x9fff))).join('');
+
+/** Where each provider's push names its (first) branch, as the fixture has it. */
+function setRef(provider: Provider, payload: Payload, branch: string): void {
+  const ref = `refs/heads/${branch}`;
+  switch (provider) {
+    case 'github':
+    case 'gitlab':
+      payload.ref = ref;
+      break;
+    case 'bitbucket':
+      payload.changes[0].refId = ref;
+      payload.changes[0].ref.id = ref;
+      break;
+    case 'azure-devops':
+      payload.resource.refUpdates[0].name = ref;
+      break;
+  }
+}
+
+/** The delivery with `bytes` in place of `marker` in its body, signed again over the bytes (GitHub, Bitbucket). */
+function withBytes(d: Delivery, marker: string, bytes: number[], hook: DeliveringHook): { path: string; headers: Record<string, string>; body: Buffer } {
+  const body = Buffer.concat(d.body.split(marker).flatMap((part, i) => (i === 0 ? [Buffer.from(part)] : [Buffer.from(bytes), Buffer.from(part)])));
+  const headers = { ...d.headers };
+  const signature = `sha256=${createHmac('sha256', hook.secret).update(body).digest('hex')}`;
+  if (d.provider === 'github') headers['x-hub-signature-256'] = signature;
+  if (d.provider === 'bitbucket') headers['x-hub-signature'] = signature;
+  return { path: d.path, headers, body };
+}
+
+describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
+  let h: Harness;
+  let org: { id: string };
+  const attached = {} as Record<Provider, { externalId: string; fullName: string; repositoryId: string; connectionId: string; hook: DeliveringHook }>;
+
+  beforeAll(async () => {
+    h = await startHarness({ maxBodyBytes: MAX_BODY_BYTES });
+    ({ org } = await createOrgWithToken(h));
+    for (const provider of PROVIDERS) {
+      const repository = { externalId: uniqueExternalId(provider), fullName: `hostile/${provider}` };
+      const { connectionId, repositoryId, hook } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
+      attached[provider] = { ...repository, repositoryId, connectionId, hook };
+    }
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  const runOf = (provider: Provider, deliveryId: string) => workflowIds.event(provider, deliveryId, provider === 'github' ? undefined : attached[provider].connectionId);
+  const nameOf = async (provider: Provider) =>
+    (await h.db.selectFrom('repositories').select('full_name').where('id', '=', attached[provider].repositoryId).executeTakeFirstOrThrow()).full_name;
+  /** A push of the provider's fixture for its attached repository, under `fullName`. */
+  const push = (provider: Provider, fullName: string, edit: (p: Payload) => void = () => {}) => {
+    const payload = withRepository(provider, fixture(PUSH_FIXTURES[provider]), { externalId: attached[provider].externalId, fullName });
+    edit(payload);
+    return delivery(provider, payload, { deliveryId: randomUUID(), ...attached[provider].hook });
+  };
+
+  it.each(PROVIDERS)(
+    "%s: leaves out an event whose repository is named in over 1,024 bytes of UTF-8 (PostgreSQL's index of names refuses ~2,700), answering 200 ignored; 1,022 bytes are recorded and renamed",
+    async (provider) => {
+      const before = await nameOf(provider);
+      // 1,002 characters (under the 1,024 the receiver counted before), 3,002 bytes.
+      const hostile = push(provider, `g/${ideographs(1000)}`);
+      const res = await send(h, hostile);
+      expect(res.status, await res.clone().text()).toBe(200);
+      expect(await res.json()).toEqual({ status: 'ignored', reason: 'names over the length limits' });
+      expect(await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', hostile.deliveryId).execute()).toEqual([]);
+      expect(await nameOf(provider)).toBe(before);
+
+      const within = `g/${ideographs(340)}`;
+      const renamed = push(provider, within);
+      const ok = await send(h, renamed);
+      expect(ok.status, await ok.clone().text()).toBe(202);
+      expect(await resultOf<EventResult>(h, runOf(provider, renamed.deliveryId))).toMatchObject({ recorded: 1 });
+      expect(await nameOf(provider)).toBe(within);
+    },
+  );
+
+  it.each(PROVIDERS)('%s: records a signed delivery holding bytes that are not UTF-8, each replaced by U+FFFD (202, not 400)', async (provider) => {
+    const d = push(provider, attached[provider].fullName, (p) => setRef(provider, p, 'bad-MARKER-branch'));
+    const res = await h.app.request(d.path, { method: 'POST', ...withBytes(d, 'MARKER', [0xff, 0xc3, 0x28], attached[provider].hook) });
+    expect(res.status, await res.clone().text()).toBe(202);
+    expect(await resultOf<EventResult>(h, runOf(provider, d.deliveryId))).toMatchObject({ recorded: 1 });
+    const [event] = await eventsOfDelivery(h.db, provider, d.deliveryId);
+    expect(event!.event.ref?.name).toBe('bad-\uFFFD\uFFFD(-branch');
+  });
+
+  it('answers 200 ignored, storing nothing, when a delivery normalizes to more than twice maxBodyBytes of events', async () => {
+    // 10,000 ref changes of ~55 bytes each, every one of which becomes an event carrying the
+    // 1,000-character repository name and sender: ~21 MiB of events from a ~0.6 MiB body.
+    const d = push('bitbucket', `P/${'r'.repeat(1000)}`, (p) => {
+      const template = p.changes[0];
+      p.actor.name = 's'.repeat(1000);
+      p.changes = Array.from({ length: 10_000 }, (_, i) => ({ refId: `refs/heads/b${i}`, fromHash: template.fromHash, toHash: template.toHash }));
+    });
+    expect(d.body.length).toBeLessThan(MAX_BODY_BYTES / 4);
+    const res = await send(h, d);
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(await res.json()).toEqual({ status: 'ignored', reason: 'events over the size limit' });
+    expect(await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', d.deliveryId).execute()).toEqual([]);
+    expect(h.logs.join('\n')).toMatch(/events are over the size limit/);
+  });
+
+  it('looks up a GitHub installation event naming 65,600 repositories (more than a statement takes parameters): 200 ignored, not 503', async () => {
+    const repositories = Array.from({ length: 65_600 }, (_, i) => ({ id: 3_000_000_000 + i, full_name: `o/r${i}` }));
+    const payload = { action: 'added', installation: { id: randomInt(1e9, 2e9) }, repository_selection: 'selected', repositories_added: repositories, repositories_removed: [], sender: { login: 'octocat' } };
+    const d = delivery('github', payload, { deliveryId: randomUUID(), secret: attached.github.hook.secret, githubEvent: 'installation_repositories' });
+    const res = await send(h, d);
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(await res.json()).toEqual({ status: 'ignored', reason: 'repository not attached' });
+  });
+
+  it('fails the run of a stored delivery PostgreSQL refuses to record (a row from before the byte limit), instead of retrying it every minute for good', { timeout: 45_000 }, async () => {
+    const deliveryId = `stored-${randomUUID()}`;
+    const { connectionId, externalId } = attached.gitlab;
+    const event = { provider: 'gitlab', deliveryId, kind: 'push', repository: { externalId, fullName: `g/${ideographs(1000)}` }, ref: { type: 'branch', name: 'main', before: 'a', after: 'b' } };
+    await h.db
+      .insertInto('webhook_deliveries')
+      .values({
+        provider: 'gitlab',
+        delivery_id: deliveryId,
+        connection_id: connectionId,
+        events: JSON.stringify([event]),
+        start: JSON.stringify({ taskQueue: h.taskQueue, summary: { events: 1, kinds: { push: 1 }, repositories: [] } }),
+      })
+      .execute();
+    const failure = await resultOf(h, runOf('gitlab', deliveryId)).then(
+      () => undefined,
+      (error: { cause?: { type?: string; message?: string } }) => error.cause,
+    );
+    expect(failure).toMatchObject({ type: 'DeliveryNotStorable', message: expect.stringMatching(/^PostgreSQL refused the delivery's events \(54000\): index row size/) });
+    expect(await eventsOfDelivery(h.db, 'gitlab', deliveryId)).toEqual([]);
+  });
+
+  it('answers 200 ignored for a write PostgreSQL refuses for its data (classes 22, 23, 54), 503 only when it is unavailable', async () => {
+    // The write fails as the delivery id says: `raise-<SQLSTATE>-…`.
+    await sql`create or replace function hostile_input_raise() returns trigger language plpgsql as $$
+      begin raise exception 'refused by the test' using errcode = substr(new.delivery_id, 7, 5); end $$`.execute(h.db);
+    await sql`create trigger hostile_input_raise before insert on webhook_deliveries for each row
+      when (new.delivery_id like 'raise-%') execute function hostile_input_raise()`.execute(h.db);
+    try {
+      const answers: Record<string, number> = {};
+      for (const code of ['22P05', '22021', '23503', '54000', '53300', '57P01', '08006', '40001', '40P01', '55P03', '57014']) {
+        const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), attached.gitlab);
+        const d = delivery('gitlab', payload, { deliveryId: `raise-${code}-${randomUUID()}`, ...attached.gitlab.hook });
+        const res = await send(h, d);
+        answers[code] = res.status;
+        if (res.status === 200) expect(await res.json()).toEqual({ status: 'ignored', reason: 'the delivery cannot be stored' });
+        expect(await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', d.deliveryId).execute()).toEqual([]);
+      }
+      expect(answers).toEqual({ '22P05': 200, '22021': 200, '23503': 200, '54000': 200, '53300': 503, '57P01': 503, '08006': 503, '40001': 503, '40P01': 503, '55P03': 503, '57014': 503 });
+      expect(h.logs.join('\n')).toMatch(/"sqlState":"22P05".*cannot be stored/);
+    } finally {
+      await sql`drop trigger hostile_input_raise on webhook_deliveries`.execute(h.db);
+      await sql`drop function hostile_input_raise()`.execute(h.db);
+    }
+  });
+});
+
+describe('a start failure the intake table cannot hold as given', () => {
+  it('records a failed start whose reason holds a NUL or half a surrogate pair, and marks the rows behind it started', async () => {
+    const databaseUrl = inject('databaseUrl');
+    const session = new pg.Client({ connectionString: databaseUrl });
+    await session.connect();
+    const taskQueue = `hostile-${randomUUID()}`;
+    const ids = [`poison-${randomUUID()}`, `next-${randomUUID()}`, `last-${randomUUID()}`];
+    try {
+      const start = JSON.stringify({ taskQueue, summary: { events: 0, kinds: {}, repositories: [] } });
+      for (const [i, id] of ids.entries()) {
+        await session.query(`insert into webhook_deliveries (provider, delivery_id, events, start, received_at) values ('github', $1, '[]', $2, now() - make_interval(secs => $3))`, [id, start, 60 - i]);
+      }
+      const outcome = await startPendingDeliveries(session, taskQueue, 50, async (pending) =>
+        pending.map((p) => (p.deliveryId === ids[0] ? { started: false as const, error: `INVALID_ARGUMENT: ${p.deliveryId}\u0000 \ud83d`, retryInMs: 60_000 } : { started: true as const })),
+      );
+      expect(outcome).toEqual({ locked: 3, started: 2 });
+      const rows = (await session.query(`select delivery_id, attempts, last_error, started_at is not null as started from webhook_deliveries where delivery_id = any($1) order by received_at`, [ids])).rows;
+      expect(rows).toEqual([
+        { delivery_id: ids[0], attempts: 1, last_error: `INVALID_ARGUMENT: ${ids[0]}\uFFFD \uFFFD`, started: false },
+        { delivery_id: ids[1], attempts: 0, last_error: null, started: true },
+        { delivery_id: ids[2], attempts: 0, last_error: null, started: true },
+      ]);
+    } finally {
+      await session.query(`delete from webhook_deliveries where delivery_id = any($1)`, [ids]);
+      await session.end();
+    }
+  });
+});
