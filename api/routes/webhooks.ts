@@ -427,7 +427,7 @@ export function webhookRoutes(options: {
           },
         ],
         responses: {
-          200: { description: 'A ping, or a valid delivery that is not acted on (including one PostgreSQL cannot store)', content: { 'application/json': { schema: Acknowledged } } },
+          200: { description: 'A ping, or a valid delivery that is not acted on', content: { 'application/json': { schema: Acknowledged } } },
           202: { description: 'The delivery is stored durably (or already was: a redelivery); its event workflow starts from the intake table', content: { 'application/json': { schema: Acknowledged } } },
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
