@@ -123,6 +123,15 @@ const RETRIES_ON_TIMERS = 'attach-inline-retries-on-timers';
  */
 const BOOKKEEPING_BESIDE_PROVIDER_STEPS = 'attach-bookkeeping-beside-provider-steps';
 
+/**
+ * Later runs take attachAsPatched: the path the eight patches above lead a new run along, with one
+ * marker instead of eight. Each patch recorded a marker and an upsert of the TemporalChangeVersion
+ * search attribute in every new attach, 16 of a GitLab attach's 26 events, which the server persists
+ * and indexes and the worker builds before the run can complete. Runs started before replay through
+ * the patches as they were recorded.
+ */
+const ONE_PATCH = 'attach-one-patch';
+
 /** The step inside the workflow task if its worker admits it, else as `activity`. */
 async function inlineOr<I, O>(activity: (input: I) => Promise<O>, local: (input: I & InlineStep) => Promise<O>, input: I): Promise<O> {
   try {
@@ -163,6 +172,8 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
  * reason) and this throws a typed failure.
  */
 export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: string[] }> {
+  // Asked first: histories recorded before it have no marker of it and go on to the patches below as they did.
+  if (patched(ONE_PATCH)) return attachAsPatched(key);
   const { beginAttachment, completeAttachment, failAttachment } = patched(BOOKKEEPING_IN_WORKFLOW_TASK) ? bookkeepingInWorkflowTask : bookkeepingActivities;
   const admission = patched(INLINE_ADMISSION);
   const inTask = admission && patched(RETRIES_ON_TIMERS) ? providerStepsAskingAdmission : providerStepsInWorkflowTask;
@@ -230,19 +241,72 @@ export async function attachRepository(key: RepositoryKey): Promise<{ hookIds: s
     }
     return { hookIds };
   } catch (error) {
-    const cause = failureReason(error);
-    // Undo even when the run is being cancelled: a half-made hook set must not stay behind.
-    const reason = await CancellationScope.nonCancellable(async () => {
-      const notUndone = await compensate(compensations);
-      const full = notUndone.length > 0 ? `${cause} (could not remove hook ${notUndone.join(', ')}: it stays recorded, a detach removes it)` : cause;
-      await failAttachment({ ...key, reason: full });
-      return full;
-    });
-    throw ApplicationFailure.create({
-      type: AttachmentFailureTypes.attachFailed,
-      message: `attaching ${fullName} failed: ${reason}`,
-      nonRetryable: true,
-      details: [{ repositoryId: key.repositoryId, reason }],
-    });
+    throw await failedAttach(key, fullName, compensations, failAttachment, error);
   }
+}
+
+/**
+ * attachRepository as the patches above have it for a new run: bookkeeping inside the workflow
+ * task and beside the provider steps, the provider steps inside it asking admission (as activities
+ * asking a slot when refused), retries on timers, the hooks side by side. The saga is
+ * attachRepository's: every compensation registered before any ensure, all ensures settled before
+ * any undo, undone in reverse order, the failure recorded after the begin's write.
+ */
+async function attachAsPatched(key: RepositoryKey): Promise<{ hookIds: string[] }> {
+  const { beginAttachment, completeAttachment, failAttachment } = bookkeepingInWorkflowTask;
+  const inTask = providerStepsAskingAdmission;
+  const asActivity = providerStepsAskingSlot;
+  const verifyRepository = (input: RepositoryKey) => inlineOr(asActivity.verifyRepository, inTask.verifyRepository, input);
+  const ensureHook = (input: Parameters<typeof inTask.ensureHook>[0]) => inlineOr(asActivity.ensureHook, inTask.ensureHook, input);
+  const pruneHooks = (input: Parameters<typeof inTask.pruneHooks>[0]) => inlineOr(asActivity.pruneHooks, inTask.pruneHooks, input);
+  const compensations: Compensation[] = [];
+  const hookIds: string[] = [];
+  let fullName = key.repositoryId;
+  try {
+    // Both settle before anything else happens: a failure is recorded after the begin's write, never before it.
+    const [begun, verified] = await Promise.allSettled([beginAttachment(key), verifyRepository(key)]);
+    if (begun.status === 'rejected') throw begun.reason;
+    const plan = begun.value;
+    fullName = plan.fullName;
+    if (verified.status === 'rejected') throw verified.reason;
+    const { projectId } = verified.value;
+    // Hooks recorded before this attach began are the attachment's, not this attach's: never undone here.
+    for (const hookKey of plan.hookKeys) {
+      compensations.unshift({ hookKey, undo: () => asActivity.removeHook({ ...key, hookKey, keepHookIds: plan.recordedHookIds }) });
+    }
+    const settled = await Promise.allSettled(plan.hookKeys.map((hookKey) => ensureHook({ ...key, hookKey, ...(projectId ? { projectId } : {}) })));
+    for (const outcome of settled) {
+      if (outcome.status === 'rejected') throw outcome.reason;
+      hookIds.push(outcome.value.providerHookId);
+    }
+    const { attachmentCompleted } = await pruneHooks({ ...key, keepHookIds: hookIds, completeAttachment: true });
+    if (!attachmentCompleted) await completeAttachment(key);
+    return { hookIds };
+  } catch (error) {
+    throw await failedAttach(key, fullName, compensations, failAttachment, error);
+  }
+}
+
+/** Undoes what the attach made (even when the run is being cancelled), records why it failed, and returns the attach's typed failure. */
+async function failedAttach(
+  key: RepositoryKey,
+  fullName: string,
+  compensations: Compensation[],
+  failAttachment: (input: RepositoryKey & { reason: string }) => Promise<void>,
+  error: unknown,
+): Promise<ApplicationFailure> {
+  const cause = failureReason(error);
+  // Undo even when the run is being cancelled: a half-made hook set must not stay behind.
+  const reason = await CancellationScope.nonCancellable(async () => {
+    const notUndone = await compensate(compensations);
+    const full = notUndone.length > 0 ? `${cause} (could not remove hook ${notUndone.join(', ')}: it stays recorded, a detach removes it)` : cause;
+    await failAttachment({ ...key, reason: full });
+    return full;
+  });
+  return ApplicationFailure.create({
+    type: AttachmentFailureTypes.attachFailed,
+    message: `attaching ${fullName} failed: ${reason}`,
+    nonRetryable: true,
+    details: [{ repositoryId: key.repositoryId, reason }],
+  });
 }

@@ -4,7 +4,7 @@ import { INLINE_NOT_ADMITTED } from '../../workflows/contract.ts';
 import type { ProxyFault } from '../support/flaky-proxy.ts';
 import { attachmentOf, expectExactHookSet, gitlabWorld, outcomeOf, requestAttachment, type HookWorld, type Org, type WorldRepository } from '../support/attachments.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
-import { historyEvents, localStepsOf, recordHistory } from '../support/histories.ts';
+import { historyEvents, localStepsOf, patchesOf, recordHistory } from '../support/histories.ts';
 
 /**
  * One organization's slow provider cannot stall another's attach on a shared worker. An attach's
@@ -106,8 +106,11 @@ describe('attach admission into workflow tasks', () => {
       expect(eventsB.filter((e) => e.activityTaskScheduledEventAttributes)).toEqual([]);
       // The bookkeeping is off the provider calls' path: the begin beside the lookup, the completion inside the prune's step.
       expect(localStepsOf(eventsB).map((step) => step.activityType).sort()).toEqual(['beginAttachment', 'ensureHook', 'pruneHooks', 'verifyRepository']);
-      await recordHistory(h.client, runB, 'repository-attach-gitlab-bookkeeping-beside-admitted');
-      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-bookkeeping-beside-not-admitted');
+      // A new run records one patch (workflows/attach.ts attachAsPatched), not one for each the path went through: 12 events.
+      expect(patchesOf(eventsB)).toEqual(['attach-one-patch']);
+      expect(eventsB).toHaveLength(12);
+      await recordHistory(h.client, runB, 'repository-attach-gitlab-one-patch-admitted');
+      await recordHistory(h.client, ensuredAsActivity[0]!.workflowId, 'repository-attach-gitlab-one-patch-not-admitted');
     } finally {
       releaseA('answer');
       worldA.proxy.fault = () => undefined;
@@ -133,7 +136,7 @@ describe('attach admission into workflow tasks', () => {
       const timer = events.find((e) => e.timerStartedEventAttributes);
       expect(Number(timer?.eventId)).toBeGreaterThan(Number(lookups[0]!.event.eventId));
       expect(Number(timer?.eventId)).toBeLessThan(Number(lookups[1]!.event.eventId));
-      await recordHistory(h.client, workflowId, 'repository-attach-gitlab-bookkeeping-beside-retried');
+      await recordHistory(h.client, workflowId, 'repository-attach-gitlab-one-patch-retried');
     } finally {
       worldB.proxy.fault = () => undefined;
     }

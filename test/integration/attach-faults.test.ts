@@ -106,7 +106,7 @@ describe('attach under faults', () => {
     expect(repo.hooks()).toEqual([]);
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringContaining('azure-devops answered 400') });
-    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-bookkeeping-beside-refused');
+    await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-one-patch-refused');
   });
 
   it('Azure DevOps: compensation runs in reverse order; a compensation that fails is logged and recorded, never rethrown', async () => {

@@ -134,3 +134,13 @@ export function localStepsOf(events: HistoryEvent[]): { activityType: string; ev
     return [{ activityType, event }];
   });
 }
+
+/** The patches a run recorded (patched() in its workflow code), from their markers, in the order recorded. */
+export function patchesOf(events: HistoryEvent[]): string[] {
+  return events.flatMap((event) => {
+    const marker = event.markerRecordedEventAttributes;
+    if (marker?.markerName !== 'core_patch') return [];
+    const data = marker.details?.['patch-data']?.payloads?.[0]?.data;
+    return data ? [(JSON.parse(Buffer.from(data).toString('utf8')) as { id: string }).id] : [];
+  });
+}
