@@ -77,6 +77,10 @@ const RUN_TARGET_TTL_MS = 60_000;
 /** A bound on the runs remembered at once (an attach's last step forgets its own). */
 const RUN_TARGETS_KEPT = 1000;
 
+/** What the ensure and the prune ask readingTarget for, naming the read a step before them may have made ahead. */
+const ensureListing = (projectId: string | undefined) => `ensureHook listHooks ${projectId ?? ''}`;
+const PRUNE_LISTING = 'pruneHooks listHooks';
+
 /** `promise`, marked handled: a step that fails before awaiting it does not leave it rejecting unhandled. */
 function handled<T>(promise: Promise<T>): Promise<T> {
   promise.catch(() => undefined);
@@ -218,7 +222,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * the earlier step's adapter at once, beside its own read of the row (see readingTarget), instead
    * of after it. Entries are dropped by the attach's last step (pruneHooks) or after RUN_TARGET_TTL_MS.
    */
-  const runTargets = new Map<string, { row: RepositoryRow; adapter: ProviderAdapter; storedAt: number }>();
+  const runTargets = new Map<string, { row: RepositoryRow; adapter: ProviderAdapter; storedAt: number; ahead?: ReadAhead }>();
   /** The key of `key`'s entry for the running local activity's run; none for a regular activity (its run's steps may be anywhere). */
   const runTargetKey = (key: RepositoryKey) => {
     const info = activityContext()?.info;
@@ -236,6 +240,28 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     runTargets.delete(runKey);
     runTargets.set(runKey, { row, adapter, storedAt: now });
     if (runTargets.size > RUN_TARGETS_KEPT) runTargets.delete(runTargets.keys().next().value!);
+  }
+  /**
+   * The run's next step's first read, started by the step before it as soon as that step's own
+   * provider work was done (readAhead), so that it is in flight while the run hands over from one
+   * step to the next. Made for the step named `step` only, and taken by the next step that reads.
+   */
+  interface ReadAhead {
+    step: string;
+    answer: Promise<unknown>;
+  }
+  /**
+   * Starts the read the run's next step begins with (`step`, as that step names it to readingTarget)
+   * with what this step reached the repository with. Only for a provider whose hook set is one hook:
+   * its steps (the lookup, the one ensure, the prune) follow one another, so the step before knows
+   * which comes next and that nothing of the run acts on the hooks in between. The next step keeps
+   * the answer only as readingTarget keeps an early read: when the row still names the same target,
+   * checked as always before the step acts on anything.
+   */
+  function readAhead(runKey: string | undefined, step: string, read: (row: RepositoryRow, adapter: ProviderAdapter) => Promise<unknown>): void {
+    const entry = runKey ? runTargets.get(runKey) : undefined;
+    if (!entry || hookKeys(entry.row.provider).length !== 1) return;
+    entry.ahead = { step, answer: handled(read(entry.row, entry.adapter)) };
   }
   /** Whether an adapter built from `earlier` reaches the provider as one built from `row` would, on the same repository. */
   const sameTarget = (row: RepositoryRow, earlier: RepositoryRow) =>
@@ -255,15 +281,19 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * target (else made again with the row's adapter); without one, made after the row's read as
    * before. So every check of the row still comes before the step acts on anything, and only a read
    * goes out before it. `answer` is returned unawaited (a step awaits it where its failure counts).
+   * When the step before started this read already (readAhead, for this step's `ahead`), that read
+   * is the early one; a read made ahead for another step is dropped, as is any left by a step.
    */
   async function readingTarget<T>(
     key: RepositoryKey,
-    { requireActive, check }: { requireActive: boolean; check?: (row: RepositoryRow) => void },
+    { requireActive, check, ahead }: { requireActive: boolean; check?: (row: RepositoryRow) => void; ahead?: string },
     read: (row: RepositoryRow, adapter: ProviderAdapter) => Promise<T>,
   ): Promise<{ row: RepositoryRow; adapter: ProviderAdapter; answer: Promise<T> }> {
     const runKey = runTargetKey(key);
     const earlier = runKey ? runTargets.get(runKey) : undefined;
-    const early = earlier ? handled(read(earlier.row, earlier.adapter)) : undefined;
+    const madeAhead = earlier?.ahead;
+    if (earlier) earlier.ahead = undefined;
+    const early = earlier ? (madeAhead && ahead !== undefined && madeAhead.step === ahead ? (madeAhead.answer as Promise<T>) : handled(read(earlier.row, earlier.adapter))) : undefined;
     const row = await repository(key, { requireActive });
     check?.(row);
     if (earlier && early && sameTarget(row, earlier.row)) return { row, adapter: earlier.adapter, answer: early };
@@ -332,7 +362,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
 
   /** pruneHooks' work once admitted. */
   async function pruning(input: RepositoryKey & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
-    const { row, adapter, answer: listing } = await readingTarget(input, { requireActive: true }, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
+    const { row, adapter, answer: listing } = await readingTarget(input, { requireActive: true, ahead: PRUNE_LISTING }, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
     const [listed, versions] = await Promise.all([listing, recordedCredentialVersions(db, row.id)]);
     const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
     const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
@@ -365,7 +395,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       return withAdmission(inline, key, async () => {
         const row = await repository(key, { requireActive: true });
         const adapter = adapterFor(row);
-        rememberRunTarget(runTargetKey(key), row, adapter);
+        const runKey = runTargetKey(key);
+        rememberRunTarget(runKey, row, adapter);
         const found = await classified(() => adapter.getRepository(refOf(row)));
         if (!found) {
           throw nonRetryable(
@@ -374,6 +405,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
           );
         }
         if (row.provider === 'azure-devops' && !found.projectId) throw nonRetryable(HookFailureTypes.repositoryNotVisible, `Azure DevOps gave no project for repository ${row.full_name}`);
+        // The hook's ensure, next, lists the repository's hooks first.
+        readAhead(runKey, ensureListing(found.projectId || undefined), (row, adapter) => classified(() => adapter.listHooks(refOf(row, found.projectId))));
         return found.projectId ? { projectId: found.projectId } : {};
       });
     },
@@ -388,9 +421,10 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       admitActivity(activitySlots, input);
       return withAdmission(inline, input, async () => {
+        const runKey = runTargetKey(input);
         const { row, adapter, answer: listing } = await readingTarget(
           input,
-          { requireActive: true, check: (row) => requireHookKey(row.provider, input.hookKey) },
+          { requireActive: true, check: (row) => requireHookKey(row.provider, input.hookKey), ahead: ensureListing(input.projectId || undefined) },
           (row, adapter) => classified(() => adapter.listHooks(refOf(row, input.projectId))),
         );
         return counted(
@@ -413,9 +447,19 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
             const [existing, ...duplicates] = matching;
             const hook = await classified(() => saveHook(adapter, ref, existing?.id, spec));
-            await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
-            for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
-            await forgetHooks(db, row.id, duplicates.map((d) => d.id));
+            // The prune, next, lists the hooks: with nothing more to change at the provider, its
+            // listing goes out now, beside this hook's record, instead of after the hand-over.
+            if (duplicates.length === 0) readAhead(runKey, PRUNE_LISTING, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
+            try {
+              await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
+              for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
+              await forgetHooks(db, row.id, duplicates.map((d) => d.id));
+            } catch (error) {
+              // Retried, this step saves the hook again: the prune's listing must come after that.
+              const entry = runKey ? runTargets.get(runKey) : undefined;
+              if (entry) entry.ahead = undefined;
+              throw error;
+            }
             const outcome = existing?.id === hook.id ? 'adopted' : 'created';
             logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length }, 'hook ensured');
             return { providerHookId: hook.id, outcome, duplicatesRemoved: duplicates.length };

@@ -13,7 +13,9 @@ import { testOutbound } from '../support/outbound.ts';
 /**
  * An attach's local provider steps (activities/hooks.ts readingTarget): a later step makes its
  * first read with the adapter an earlier step of the run left, beside its read of the row, and
- * acts only on what the row says now.
+ * acts only on what the row says now. For a hook set of one hook (GitLab's), the step before
+ * starts that read already once its own provider work is done (readAhead): the lookup the
+ * ensure's listing, the ensure the prune's.
  */
 describe("an attach's local steps reuse the run's adapter only for the target the row still names", () => {
   let h: Harness;
@@ -45,13 +47,23 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     return { token, connectionId, project, key: { organizationId: org.id, repositoryId } };
   }
   const callsAt = (from: number) => gitlab.server.calls.slice(from).map((c) => `${c.operation} ${c.status}`);
+  /** Resolves once the fake has answered `times` calls of `operation` after the first `from` calls, with no step running; rejects after `ms`. */
+  async function answered(from: number, operation: string, times = 1, ms = 5_000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (gitlab.server.calls.slice(from).filter((c) => c.operation === operation).length < times) {
+      if (Date.now() > deadline) throw new Error(`no ${operation} answered within ${ms} ms: ${callsAt(from).join(', ')}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
 
-  it('a token replaced between two steps: the early listing with the old one is dropped, the step lists and creates with the new one', async () => {
+  it('a token replaced between two steps: the listing made ahead with the old one is dropped, the step lists and creates with the new one', async () => {
     const hooks = activities();
     const { connectionId, token, project, key } = await repository();
     const step = run();
     await step(() => hooks.beginAttachment(key));
+    const fromLookup = gitlab.server.calls.length;
     await step(() => hooks.verifyRepository(key));
+    await answered(fromLookup, 'listHooks');
     const newToken = `glpat-${randomUUID()}`;
     gitlab.addToken({ token: newToken, username: 'ci-bot', scopes: ['api', 'read_user', 'read_repository'] });
     gitlab.revokeToken(token);
@@ -59,7 +71,9 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const before = gitlab.server.calls.length;
     const { outcome } = await step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
     expect(outcome).toBe('created');
-    expect(callsAt(before)).toEqual(['listHooks 401', 'listHooks 200', 'createHook 201']);
+    // The last listing is the prune's, made ahead by the step with the new token.
+    await answered(before, 'listHooks', 2);
+    expect(callsAt(before)).toEqual(['listHooks 200', 'createHook 201', 'listHooks 200']);
     expect(gitlab.hooks(project.id)).toHaveLength(1);
   });
 
@@ -68,26 +82,32 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const { connectionId, project, key } = await repository();
     const step = run();
     await step(() => hooks.beginAttachment(key));
+    const before = gitlab.server.calls.length;
     await step(() => hooks.verifyRepository(key));
     await h.db.updateTable('connections').set({ disconnect_requested_at: new Date() }).where('id', '=', connectionId).execute();
-    const before = gitlab.server.calls.length;
     await expect(step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).rejects.toMatchObject({ type: 'ConnectionNotActive' });
     // Let the early read end before looking at what was called.
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    expect(callsAt(before)).toEqual(['listHooks 200']);
+    await answered(before, 'listHooks');
+    expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200']);
     expect(gitlab.hooks(project.id)).toEqual([]);
   });
 
-  it('unchanged, the steps make the calls they made before, and the prune forgets the run', async () => {
+  it('unchanged, the steps make the calls they made before, each listing started by the step before, and the prune forgets the run', async () => {
     const hooks = activities();
     const { key } = await repository();
     const step = run();
     await step(() => hooks.beginAttachment(key));
-    await step(() => hooks.verifyRepository(key));
     const before = gitlab.server.calls.length;
+    await step(() => hooks.verifyRepository(key));
+    // The ensure's listing is made with no step running: the lookup started it.
+    await answered(before, 'listHooks');
+    const afterLookup = gitlab.server.calls.length;
     const { providerHookId } = await step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
+    // And the prune's, by the ensure, after its creation.
+    await answered(afterLookup, 'listHooks');
+    expect(callsAt(afterLookup)).toEqual(['createHook 201', 'listHooks 200']);
     expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId], completeAttachment: true }))).toEqual({ removed: [], attachmentCompleted: true });
-    expect(callsAt(before)).toEqual(['listHooks 200', 'createHook 201', 'listHooks 200']);
+    expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200', 'createHook 201', 'listHooks 200']);
     // The prune, the attach's last step, forgot the run's adapter: a later step of the run reads the row first.
     const other = run();
     expect(await other(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId] }))).toEqual({ removed: [] });
