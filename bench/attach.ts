@@ -29,7 +29,8 @@ import type { AttachShape } from './floor-attach-workflow.ts';
 import { schedulerMs, stackProcesses } from './scheduler.ts';
 import { callApi, type BenchStack, startService, stopService } from './stack.ts';
 
-export const DEFAULT_ATTACH_OPTIONS = { latencyMs: 50, attaches: 7 };
+/** `floorPatches` > 0 adds, in every round, a floor run making that many patched() calls (what the attach's patch markers cost). */
+export const DEFAULT_ATTACH_OPTIONS = { latencyMs: 50, attaches: 7, floorPatches: 0 };
 
 const EventType = proto.temporal.api.enums.v1.EventType;
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
@@ -137,6 +138,9 @@ async function historyShape(stack: BenchStack, workflowId: string, startedAtEpoc
     localActivities: events.filter((e) => e.markerRecordedEventAttributes && e.markerRecordedEventAttributes.markerName !== 'core_patch').length,
     events: events.length,
     untilRunStartedMs: Math.round(started),
+    // When the worker took the run's first workflow task, and completed its last (for a run of one task: the provider steps' end, before the run's completion).
+    firstTaskStartedMs: Math.round(ms(events.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED) ?? events[0]!)),
+    lastTaskCompletedMs: Math.round(ms(events.findLast((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) ?? events[0]!)),
     inWorkflowTasksMs: inWorkflowTasks,
     inActivitiesMs: inActivities,
     handOffsMs: Math.round(closed - started - inWorkflowTasks - inActivities),
@@ -144,7 +148,7 @@ async function historyShape(stack: BenchStack, workflowId: string, startedAtEpoc
   };
 }
 
-export async function runAttachBench(stack: BenchStack, options: { latencyMs: number; attaches: number }) {
+export async function runAttachBench(stack: BenchStack, options: { latencyMs: number; attaches: number; floorPatches: number }) {
   const [azure, gitlab] = await Promise.all([startFakeAzureDevOps({ organization: 'bench-attach' }), startFakeGitlab()]);
   let floorWorker: Awaited<ReturnType<typeof startService>> | undefined;
   try {
@@ -291,6 +295,7 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
 
     const perProviderRuns: Record<string, Awaited<ReturnType<typeof attach>>[]> = { 'azure-devops': [], gitlab: [] };
     const floorRuns: Record<string, Awaited<ReturnType<typeof temporalFloor>>[]> = { 'azure-devops': [], gitlab: [] };
+    const patchedFloorRuns: Record<string, Awaited<ReturnType<typeof temporalFloor>>[]> = { 'azure-devops': [], gitlab: [] };
     const shapes: Record<string, AttachShape> = {};
     const warmUp: Record<string, number> = {};
     const floorWarmUp: Record<string, number> = {};
@@ -308,9 +313,18 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
     for (let i = 1; i <= options.attaches; i++) {
       for (const setup of setups) {
         const floor = () => temporalFloor(setup, setup.repositories[i]!, shapes[setup.provider]!);
-        if (i % 2 === 0) floorRuns[setup.provider]!.push(await floor());
+        const patchedFloor = async () => {
+          if (options.floorPatches > 0) patchedFloorRuns[setup.provider]!.push(await temporalFloor(setup, setup.repositories[i]!, { ...shapes[setup.provider]!, patches: options.floorPatches }));
+        };
+        if (i % 2 === 0) {
+          await patchedFloor();
+          floorRuns[setup.provider]!.push(await floor());
+        }
         perProviderRuns[setup.provider]!.push(await attach(setup, setup.repositories[i]!));
-        if (i % 2 === 1) floorRuns[setup.provider]!.push(await floor());
+        if (i % 2 === 1) {
+          floorRuns[setup.provider]!.push(await floor());
+          await patchedFloor();
+        }
       }
     }
 
@@ -339,7 +353,7 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
             history: runs[0]!.history,
             // Medians over the runs of where the wall time went (see historyShape).
             medianTimeMs: Object.fromEntries(
-              (['untilRunStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(runs.map((r) => r.history[k]))]),
+              (['untilRunStartedMs', 'firstTaskStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(runs.map((r) => r.history[k]))]),
             ),
             medianProcesses: Object.fromEntries(
               Object.keys(pids).map((name) => [
@@ -363,7 +377,7 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
               medianAfterLastCallMs: median(floor.map((r) => r.afterLastCallMs)),
               history: floor[0]!.history,
               medianTimeMs: Object.fromEntries(
-                (['untilRunStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(floor.map((r) => r.history[k]))]),
+                (['untilRunStartedMs', 'firstTaskStartedMs', 'inWorkflowTasksMs', 'inActivitiesMs', 'handOffsMs'] as const).map((k) => [k, median(floor.map((r) => r.history[k]))]),
               ),
               medianProcesses: Object.fromEntries(
                 Object.keys(floor[0]!.processes).map((name) => [
@@ -373,6 +387,23 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
               ),
               medianResultSeenAfterCloseMs: median(floor.map((r) => r.history.resultSeenAtMs - r.history.runClosedAtMs)),
             },
+            ...(options.floorPatches > 0
+              ? {
+                  temporalFloorWithPatches: {
+                    patches: options.floorPatches,
+                    wallMs: patchedFloorRuns[provider]!.map((r) => r.wallMs),
+                    medianWallMs: median(patchedFloorRuns[provider]!.map((r) => r.wallMs)),
+                    // Against the plain floor run of the same round.
+                    medianBeyondTemporalFloorMs: median(patchedFloorRuns[provider]!.map((r, i) => r.wallMs - floor[i]!.wallMs)),
+                    medianAfterLastCallMs: median(patchedFloorRuns[provider]!.map((r) => r.afterLastCallMs)),
+                    medianUntilFirstCallMs: median(patchedFloorRuns[provider]!.map((r) => r.untilFirstCallMs)),
+                    history: patchedFloorRuns[provider]![0]!.history,
+                    medianProcesses: Object.fromEntries(
+                      Object.keys(floor[0]!.processes).map((name) => [name, { cpuMs: median(patchedFloorRuns[provider]!.map((r) => r.processes[name]!.cpuMs)) }]),
+                    ),
+                  },
+                }
+              : {}),
             // Each attach against the floor run of its own round: what forgelink adds to what any Temporal run of this shape costs.
             toTemporalFloor: { ratios: toFloor, median: median(toFloor) },
             medianBeyondTemporalFloorMs: median(runs.map((r, i) => r.wallMs - floor[i]!.wallMs)),

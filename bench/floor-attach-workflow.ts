@@ -2,7 +2,7 @@
  * The SDK's floor under an attach (bench/attach.ts), in the floor worker's bundle
  * (bench/floor-workflows.ts): the attach's Temporal shape with none of forgelink's work.
  */
-import { proxyLocalActivities, setHandler } from '@temporalio/workflow';
+import { patched, proxyLocalActivities, setHandler } from '@temporalio/workflow';
 import { attachmentRequested, type AttachmentRequest, type RepositoryWorkflowInput, type RepositoryWorkflowResult } from '../workflows/contract.ts';
 import type { FloorActivities } from './floor-activities.ts';
 
@@ -14,6 +14,8 @@ export interface AttachShape {
   hooks: number;
   callsPerHook: number;
   pruneCalls: number;
+  /** patched() calls made before the first call, each recording a marker and a TemporalChangeVersion upsert (`--floorPatches`: what an attach's patches cost). */
+  patches?: number;
 }
 
 /** As the attach's local provider steps (workflows/attach.ts providerStepsAskingAdmission). */
@@ -36,6 +38,7 @@ export async function attachShapedWorkflow(input: RepositoryWorkflowInput & { sh
   setHandler(attachmentRequested, (request) => void queue.push(request));
   let result: RepositoryWorkflowResult = { status: 'detached', hookIds: [], requests: 0 };
   for (let request = queue.shift(); request; request = queue.shift()) {
+    for (let i = 0; i < (input.shape.patches ?? 0); i++) patched(`floor-patch-${i}`);
     await callFake({ url, calls: verifyCalls });
     const hookIds = await Promise.all(Array.from({ length: hooks }, (_, i) => callFake({ url, calls: callsPerHook }).then(() => `floor-hook-${i}`)));
     await callFake({ url, calls: pruneCalls });
