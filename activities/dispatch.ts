@@ -21,7 +21,8 @@ import { ACTIVITY_NOT_ADMITTED, admitActivity, holdingAdmission } from './activi
 import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
-import { type InlineAdmission, withAdmission } from './inline-admission.ts';
+import { permanentSetupFailure } from './errors.ts';
+import { INLINE_NOT_ADMITTED, type InlineAdmission, withAdmission } from './inline-admission.ts';
 
 export interface DispatchActivityDeps {
   /** Admission of tenant-facing calls into workflow tasks (activities/inline-admission.ts), one per worker. */
@@ -77,7 +78,7 @@ type AttemptOutcome =
       retryAfterSeconds?: number;
     };
 
-interface SubscriberForDispatch {
+export interface SubscriberForDispatch {
   id: string;
   url: string;
   secret: string;
@@ -135,6 +136,131 @@ async function sendToSubscriber(
     ...(retryAfter !== undefined ? { retryAfterSeconds: Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS) } : {}),
   };
 }
+
+/**
+ * What one attempt needs: the subscriber with its sealed secret, the event (undefined: deleted) and
+ * whether the subscriber already acknowledged it. Read by loadDispatch, or handed over by a
+ * recording that has just inserted the event (no attempt of it can exist yet).
+ */
+export interface DispatchTarget {
+  subscriber: SubscriberForDispatch & { organization_id: string };
+  event: { id: string; receivedAt: Date; event: { kind: string } & object } | undefined;
+  delivered: boolean;
+}
+
+/**
+ * One attempt (number `attempt`) to send one event to one subscriber, and its recording: the body
+ * of dispatchEvent (below), and of the first attempts a recording makes inside its own local
+ * activity (createFirstAttempts). Throws the failure the run acts on (SubscriberRejected,
+ * SubscriberUnreachable, not admitted) after recording the attempt.
+ */
+async function attemptDispatch(
+  { db, keys, outbound, logger, metrics, inline: admission, activitySlots }: DispatchActivityDeps,
+  { eventId, subscriberId, askAdmission, refusedWaitMs }: Dispatch,
+  attempt: number,
+  known?: DispatchTarget,
+): Promise<DispatchOutcome> {
+  const skipped = (outcome: DispatchOutcome) => {
+    metrics?.dispatchAttempt('skipped');
+    return outcome;
+  };
+  const found = known ?? (await loadDispatch(db, subscriberId, eventId));
+  if (!found) return skipped({ delivered: false, skipped: 'subscriber deleted' });
+  const { subscriber, event, delivered } = found;
+  // A regular attempt holds an activity slot until it ends: asked once the organization is known, before any call.
+  // Refused with no time left to ask again, the pair is given up on: counted here, once, as a pair the deadline found waiting.
+  admitActivity(activitySlots, { organizationId: subscriber.organization_id, askAdmission, refusedWaitMs }, (last) => {
+    metrics?.dispatchAttempt('not_admitted');
+    if (last) metrics?.dispatchGaveUp('deadline');
+  });
+  if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
+  if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
+
+  // Asked after the database read, before the call: the subscriber's answer time is what holds
+  // the slot. The run's first attempts, side by side in one workflow task, take one place.
+  const outcome = await withAdmission(
+    admission,
+    { organizationId: subscriber.organization_id, askAdmission },
+    () => sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt),
+    () => metrics?.dispatchAttempt('not_admitted'),
+  );
+  await recordDispatchAttempt(db, {
+    subscriberId,
+    eventId,
+    attempt,
+    durationMs: outcome.durationMs,
+    succeeded: outcome.succeeded,
+    ...(outcome.statusCode !== undefined ? { statusCode: outcome.statusCode } : {}),
+    ...(outcome.succeeded ? {} : { error: outcome.error }),
+  });
+  if (outcome.succeeded) return { delivered: true, statusCode: outcome.statusCode };
+  // Counted here, after the attempt is recorded, by the attempt that ends the retries: once per
+  // pair, whatever the retries before it (a replay of the run does not run activities again).
+  const last = isLastAttempt(Context.current().info, outcome);
+  if (last) metrics?.dispatchGaveUp(giveUpReason(outcome));
+  if (outcome.type === DispatchFailureTypes.unreachable) {
+    throw ApplicationFailure.create({ type: outcome.type, message: outcome.message, nonRetryable: last || outcome.permanent });
+  }
+  const { retryAfterSeconds } = outcome;
+  const details: DispatchRejection = { status: outcome.statusCode!, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
+  throw ApplicationFailure.create({
+    type: outcome.type,
+    message: outcome.message,
+    nonRetryable: last,
+    // Honoured by the retry policy of a regular activity; the workflow reads the details after
+    // the inline first attempt (a failure reaching workflow code does not carry nextRetryDelay).
+    nextRetryDelay: retryAfterSeconds !== undefined && !last ? `${retryAfterSeconds}s` : undefined,
+    details: [details],
+  });
+}
+
+/** A first attempt the recording made inside its own local activity (createFirstAttempts): its outcome, or its failure as data. */
+export type FirstAttempt = DispatchOutcome | { failed: FirstAttemptFailure };
+
+/** The failure the run acts on as it acts on a failed inline attempt's (workflows/event.ts): type, message, and a rejection's status and Retry-After. */
+export interface FirstAttemptFailure {
+  type: string;
+  message: string;
+  details?: DispatchRejection;
+}
+
+/** The activity type a refused first attempt is counted under (forgelink_activities_not_admitted_total), as when it was a local activity of its own. */
+const FIRST_ATTEMPT_ACTIVITY = 'dispatchEvent';
+
+/**
+ * The first attempts of a recorded delivery's pairs, made by the recording's own local activity
+ * (recordEventAndDispatch) right after its transaction, side by side, each asking the worker's
+ * inline admission (the run's calls take one place): what dispatchEvent does as a local activity
+ * of its own, without a second local activity and workflow activation per run. Each attempt is
+ * attempt 1 whatever the recording's own attempt; a pair whose event the recording has just
+ * inserted comes with what the attempt needs (`known`), so it reads nothing first. Never throws:
+ * each failure comes back as data (the run retries it as a regular activity, as before), counted
+ * and logged as the interceptors count and log a refused or failed local activity.
+ */
+export function createFirstAttempts(deps: DispatchActivityDeps) {
+  const { logger, metrics } = deps;
+  const failureOf = (error: unknown): FirstAttemptFailure => {
+    const failure = permanentSetupFailure(error) ?? error;
+    if (!(failure instanceof ApplicationFailure)) {
+      logger.warn({ err: failure }, 'a first dispatch attempt failed');
+      return { type: (failure as Error | undefined)?.name ?? 'Error', message: (failure as Error | undefined)?.message ?? String(failure) };
+    }
+    if (failure.type === INLINE_NOT_ADMITTED) {
+      metrics?.activityNotAdmitted(FIRST_ATTEMPT_ACTIVITY, 'workflow_task');
+      logger.info({ slot: 'workflow_task', reason: failure.message }, 'activity not admitted: it made no call');
+    }
+    const details = failure.details?.[0] as DispatchRejection | undefined;
+    return { type: failure.type ?? 'Error', message: failure.message, ...(details ? { details } : {}) };
+  };
+  return (pairs: readonly { dispatch: Dispatch; known?: DispatchTarget }[]): Promise<FirstAttempt[]> =>
+    Promise.all(
+      pairs.map(({ dispatch, known }) =>
+        attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known).catch((error: unknown) => ({ failed: failureOf(error) })),
+      ),
+    );
+}
+
+export type FirstAttempts = ReturnType<typeof createFirstAttempts>;
 
 /** Why a failed attempt that is the last one gives the pair up. */
 function giveUpReason(outcome: Extract<AttemptOutcome, { succeeded: false }>): DispatchGiveUpReason {
@@ -219,7 +345,8 @@ export interface DrainResult {
   undelivered?: { eventId: string; subscriberId: string; reason: string }[];
 }
 
-export function createDispatchActivities({ db, keys, outbound, logger, metrics, inline: admission, activitySlots }: DispatchActivityDeps) {
+export function createDispatchActivities(deps: DispatchActivityDeps) {
+  const { db, keys, outbound, logger, metrics, activitySlots } = deps;
   return holdingAdmission({
     /**
      * Sends one event to one subscriber, signed with the subscriber's secret
@@ -241,60 +368,8 @@ export function createDispatchActivities({ db, keys, outbound, logger, metrics, 
      * makes the same attempt as a regular activity (a slow subscriber then holds an activity slot,
      * not one of the workflow task slots every organization's runs need).
      */
-    async dispatchEvent({ eventId, subscriberId, firstAttempt = 1, askAdmission, refusedWaitMs }: Dispatch): Promise<DispatchOutcome> {
-      const attempt = Context.current().info.attempt + firstAttempt - 1;
-      const skipped = (outcome: DispatchOutcome) => {
-        metrics?.dispatchAttempt('skipped');
-        return outcome;
-      };
-      const found = await loadDispatch(db, subscriberId, eventId);
-      if (!found) return skipped({ delivered: false, skipped: 'subscriber deleted' });
-      const { subscriber, event, delivered } = found;
-      // A regular attempt holds an activity slot until it ends: asked once the organization is known, before any call.
-      // Refused with no time left to ask again, the pair is given up on: counted here, once, as a pair the deadline found waiting.
-      admitActivity(activitySlots, { organizationId: subscriber.organization_id, askAdmission, refusedWaitMs }, (last) => {
-        metrics?.dispatchAttempt('not_admitted');
-        if (last) metrics?.dispatchGaveUp('deadline');
-      });
-      if (!event) return skipped({ delivered: false, skipped: 'event deleted' });
-      if (delivered) return skipped({ delivered: true, skipped: 'already delivered' });
-
-      // Asked after the database read, before the call: the subscriber's answer time is what holds
-      // the slot. The run's first attempts, side by side in one workflow task, take one place.
-      const outcome = await withAdmission(
-        admission,
-        { organizationId: subscriber.organization_id, askAdmission },
-        () => sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt),
-        () => metrics?.dispatchAttempt('not_admitted'),
-      );
-      await recordDispatchAttempt(db, {
-        subscriberId,
-        eventId,
-        attempt,
-        durationMs: outcome.durationMs,
-        succeeded: outcome.succeeded,
-        ...(outcome.statusCode !== undefined ? { statusCode: outcome.statusCode } : {}),
-        ...(outcome.succeeded ? {} : { error: outcome.error }),
-      });
-      if (outcome.succeeded) return { delivered: true, statusCode: outcome.statusCode };
-      // Counted here, after the attempt is recorded, by the attempt that ends the retries: once per
-      // pair, whatever the retries before it (a replay of the run does not run activities again).
-      const last = isLastAttempt(Context.current().info, outcome);
-      if (last) metrics?.dispatchGaveUp(giveUpReason(outcome));
-      if (outcome.type === DispatchFailureTypes.unreachable) {
-        throw ApplicationFailure.create({ type: outcome.type, message: outcome.message, nonRetryable: last || outcome.permanent });
-      }
-      const { retryAfterSeconds } = outcome;
-      const details: DispatchRejection = { status: outcome.statusCode!, ...(retryAfterSeconds !== undefined ? { retryAfterSeconds } : {}) };
-      throw ApplicationFailure.create({
-        type: outcome.type,
-        message: outcome.message,
-        nonRetryable: last,
-        // Honoured by the retry policy of a regular activity; the workflow reads the details after
-        // the inline first attempt (a failure reaching workflow code does not carry nextRetryDelay).
-        nextRetryDelay: retryAfterSeconds !== undefined && !last ? `${retryAfterSeconds}s` : undefined,
-        details: [details],
-      });
+    async dispatchEvent(dispatch: Dispatch): Promise<DispatchOutcome> {
+      return attemptDispatch(deps, dispatch, Context.current().info.attempt + (dispatch.firstAttempt ?? 1) - 1);
     },
 
     /**

@@ -13,20 +13,24 @@ import {
   insertDeliveryEvents,
   renameCachedRepository,
   type NewEventRow,
+  type RecordedEvent,
 } from '../lib/db/repositories/events.ts';
 import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
-import { listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
+import { listSubscribersForDispatchOf, listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import { isAccessChange, type NormalizedEvent, type Provider } from '../lib/domain.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../lib/instance.ts';
 import { refGlobMatches } from '../lib/ref-glob.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { EventInput } from '../workflows/contract.ts';
+import type { DispatchTarget, FirstAttempt, FirstAttempts } from './dispatch.ts';
 
 export interface EventActivityDeps {
   db: Db;
   logger: Logger;
   /** subscribers.deliveryDeadlineSeconds. */
   deliveryDeadlineSeconds: number;
+  /** The dispatcher's first attempts (activities/dispatch.ts), for recordEventAndDispatch. */
+  firstAttempts?: FirstAttempts;
 }
 
 export const DEFAULT_DELIVERY_DEADLINE_SECONDS = 24 * 60 * 60;
@@ -67,6 +71,8 @@ interface RecordedInline {
   dispatches: Dispatch[];
   /** How long the workflow keeps retrying each dispatch. */
   deliveryDeadlineSeconds: number;
+  /** From recordEventAndDispatch: each pair's first attempt, already made, in the order of `dispatches`. */
+  firstAttempts?: FirstAttempt[];
 }
 
 export interface RecordedQueued {
@@ -96,7 +102,98 @@ const DAY_MS = 24 * 60 * 60 * 1000;
  */
 export const REDELIVERY_WINDOW_DAYS: Record<Provider, number> = { github: 7, gitlab: 7, bitbucket: 3, 'azure-devops': 3 };
 
-export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: EventActivityDeps) {
+export function createEventActivities({ db, logger, deliveryDeadlineSeconds, firstAttempts }: EventActivityDeps) {
+  /**
+   * The recording (see recordEvent). With `firstAttempts`, the subscribers are read with their
+   * sealed secrets and, when the pairs go inline, the rows this call inserted come back with their
+   * stored events, so that the first attempts need no read of their own.
+   */
+  async function record(input: EventInput, { forFirstAttempts }: { forFirstAttempts: boolean }) {
+    const { provider, deliveryId, connectionId, bodyDigest } = input;
+    // A run started before the intake table carries its events in its input.
+    const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, { provider, deliveryId, connectionId });
+    if (!delivery) {
+      throw ApplicationFailure.create({ type: 'DeliveryNotStored', nonRetryable: true, message: `delivery ${provider}:${deliveryId} is not in the intake table (removed after the retention period?)` });
+    }
+    const { events, instanceUrl, installationId } = delivery;
+    const receivedAt = new Date(input.receivedAt);
+    // The run's queue is keyed by its workflow id (every run of the delivery's id shares it).
+    const runKey = Context.current().info.workflowExecution?.workflowId ?? `${provider}:${connectionId ?? ''}:${deliveryId}`;
+    type Recorded = { recorded: RecordedEvent[]; dispatches: Dispatch[]; subscribers: Map<string, DispatchTarget['subscriber']> } | { recorded: number; queued: number };
+    const result = await db.transaction().execute(async (trx): Promise<Recorded> => {
+      if (connectionId && bodyDigest) {
+        const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);
+        if (!(await claimDeliveryDigest(trx, { connectionId, digest: bodyDigest, deliveryId, receivedAt, notBefore }))) {
+          logger.warn({ provider, deliveryId, connectionId }, 'the same body was recorded for the connection under another delivery id: a replay, not recorded');
+          return { recorded: [], dispatches: [], subscribers: new Map() };
+        }
+      }
+      const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId), deliveryScope(provider, connectionId));
+      // A connection's hook names its instance; a legacy hook's delivery is placed by the URLs in its payload.
+      const { kept: attached, ambiguous } = connectionId ? { kept: found, ambiguous: [] } : attachmentsOfInstance(attachmentsOfInstallation(provider, found, installationId), instanceUrl);
+      if (ambiguous.length > 0) {
+        logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
+      }
+      const installationConnections =
+        installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, installationId) : [];
+      const renamed = new Set<string>();
+      const rows: NewEventRow[] = [];
+      for (const [sequence, event] of events.entries()) {
+        // Organization → the repository (cache row) the event is about there.
+        const targets = new Map<string, string | null>();
+        if (isAccessChange(event)) {
+          for (const connection of installationConnections) {
+            const { externalId, fullName, project } = event.repository;
+            if (event.kind === 'repository.added') {
+              await upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true });
+            } else {
+              await markRepositoriesVanished(trx, connection.id, [externalId]);
+            }
+            const repositoryId = (await cachedRepositoryId(trx, connection.id, externalId)) ?? null;
+            if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
+          }
+        }
+        for (const repository of attached) {
+          if (repository.externalId !== event.repository.externalId) continue;
+          if (event.kind !== 'repository.removed' && !renamed.has(repository.repositoryId)) {
+            renamed.add(repository.repositoryId);
+            const project = event.repository.project ?? repository.project;
+            // The attached row was just read: only a name that differs from it costs a write.
+            const differs = repository.fullName !== event.repository.fullName || repository.project !== project;
+            if (differs && (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project))) {
+              logger.info({ repositoryId: repository.repositoryId, from: repository.fullName, to: event.repository.fullName }, 'repository renamed');
+            }
+          }
+          if (!targets.has(repository.organizationId)) targets.set(repository.organizationId, repository.repositoryId);
+        }
+        for (const [organizationId, repositoryId] of targets) rows.push({ organizationId, repositoryId, sequence, event });
+      }
+      // Stored events come back only for a fan-out that may go inline (at most a pair a row), so a large delivery parses none of them.
+      const withEvents = forFirstAttempts && rows.length <= INLINE_DISPATCH_LIMIT;
+      const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, ...(connectionId ? { connectionId } : {}), receivedAt }, rows, { withEvents });
+      const organizationIds = recorded.map((r) => r.organizationId);
+      const subscribers: (PublicSubscriber & { secret?: string })[] = forFirstAttempts ? await listSubscribersForDispatchOf(trx, organizationIds) : await listSubscribersOf(trx, organizationIds);
+      const dispatches = await wantedPairs(recorded, subscribers, events);
+      if (dispatches.length <= INLINE_DISPATCH_LIMIT) {
+        const withSecrets = new Map<string, DispatchTarget['subscriber']>();
+        for (const { id, organizationId, url, secret } of subscribers) if (secret !== undefined) withSecrets.set(id, { id, organization_id: organizationId, url, secret });
+        return { recorded, dispatches, subscribers: withSecrets };
+      }
+      await queueDispatches(trx, runKey, dispatches, new Date());
+      return { recorded: recorded.length, queued: dispatches.length };
+    }).catch((error: unknown) => {
+      // Refused for the delivery's own data (lib/db/errors.ts), it would be refused on every retry,
+      // a minute apart for good: the run fails instead, saying why.
+      if (refusedForItsData(error)) {
+        throw ApplicationFailure.create({ type: 'DeliveryNotStorable', nonRetryable: true, message: `PostgreSQL refused the delivery's events (${sqlStateOf(error)}): ${(error as Error).message}` });
+      }
+      throw error;
+    });
+    const dispatched = 'queued' in result ? { queued: result.queued } : { dispatches: result.dispatches.length };
+    logger.info({ provider, deliveryId, events: events.length, recorded: typeof result.recorded === 'number' ? result.recorded : result.recorded.length, ...dispatched }, 'event recorded');
+    return { result, runKey, receivedAt };
+  }
+
   return {
     /**
      * Records a delivery's events once per organization they concern and applies the repository
@@ -105,84 +202,42 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds }: E
      * connection bound to the installation; any event naming an attached repository under a new
      * name renames it. Returns the (event, subscriber) pairs to dispatch, or, for a larger fan-out,
      * queues them in the same transaction and returns their number. Safe to repeat: a second run
-     * finds the rows already there and returns (or queues) the same pairs.
+     * finds the rows already there and returns (or queues) the same pairs. The runs of workflow
+     * code from before recordEventAndDispatch.
      */
     async recordEvent(input: EventInput): Promise<RecordedDelivery> {
-      const { provider, deliveryId, connectionId, bodyDigest } = input;
-      // A run started before the intake table carries its events in its input.
-      const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, { provider, deliveryId, connectionId });
-      if (!delivery) {
-        throw ApplicationFailure.create({ type: 'DeliveryNotStored', nonRetryable: true, message: `delivery ${provider}:${deliveryId} is not in the intake table (removed after the retention period?)` });
-      }
-      const { events, instanceUrl, installationId } = delivery;
-      // The run's queue is keyed by its workflow id (every run of the delivery's id shares it).
-      const runKey = Context.current().info.workflowExecution?.workflowId ?? `${provider}:${connectionId ?? ''}:${deliveryId}`;
-      const result = await db.transaction().execute(async (trx): Promise<{ recorded: number; dispatches: Dispatch[] } | { recorded: number; queued: number }> => {
-        if (connectionId && bodyDigest) {
-          const receivedAt = new Date(input.receivedAt);
-          const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);
-          if (!(await claimDeliveryDigest(trx, { connectionId, digest: bodyDigest, deliveryId, receivedAt, notBefore }))) {
-            logger.warn({ provider, deliveryId, connectionId }, 'the same body was recorded for the connection under another delivery id: a replay, not recorded');
-            return { recorded: 0, dispatches: [] };
-          }
-        }
-        const found = await findAttachedRepositories(trx, provider, events.map((e) => e.repository.externalId), deliveryScope(provider, connectionId));
-        // A connection's hook names its instance; a legacy hook's delivery is placed by the URLs in its payload.
-        const { kept: attached, ambiguous } = connectionId ? { kept: found, ambiguous: [] } : attachmentsOfInstance(attachmentsOfInstallation(provider, found, installationId), instanceUrl);
-        if (ambiguous.length > 0) {
-          logger.warn({ provider, deliveryId, externalIds: ambiguous, instanceUrl }, 'repository id attached on several instances and the delivery matches none: not recorded for them');
-        }
-        const installationConnections =
-          installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, installationId) : [];
-        const renamed = new Set<string>();
-        const rows: NewEventRow[] = [];
-        for (const [sequence, event] of events.entries()) {
-          // Organization → the repository (cache row) the event is about there.
-          const targets = new Map<string, string | null>();
-          if (isAccessChange(event)) {
-            for (const connection of installationConnections) {
-              const { externalId, fullName, project } = event.repository;
-              if (event.kind === 'repository.added') {
-                await upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true });
-              } else {
-                await markRepositoriesVanished(trx, connection.id, [externalId]);
-              }
-              const repositoryId = (await cachedRepositoryId(trx, connection.id, externalId)) ?? null;
-              if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
-            }
-          }
-          for (const repository of attached) {
-            if (repository.externalId !== event.repository.externalId) continue;
-            if (event.kind !== 'repository.removed' && !renamed.has(repository.repositoryId)) {
-              renamed.add(repository.repositoryId);
-              const project = event.repository.project ?? repository.project;
-              // The attached row was just read: only a name that differs from it costs a write.
-              const differs = repository.fullName !== event.repository.fullName || repository.project !== project;
-              if (differs && (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project))) {
-                logger.info({ repositoryId: repository.repositoryId, from: repository.fullName, to: event.repository.fullName }, 'repository renamed');
-              }
-            }
-            if (!targets.has(repository.organizationId)) targets.set(repository.organizationId, repository.repositoryId);
-          }
-          for (const [organizationId, repositoryId] of targets) rows.push({ organizationId, repositoryId, sequence, event });
-        }
-        const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, ...(connectionId ? { connectionId } : {}), receivedAt: new Date(input.receivedAt) }, rows);
-        const subscribers = await listSubscribersOf(trx, recorded.map((r) => r.organizationId));
-        const dispatches = await wantedPairs(recorded, subscribers, events);
-        if (dispatches.length <= INLINE_DISPATCH_LIMIT) return { recorded: recorded.length, dispatches };
-        await queueDispatches(trx, runKey, dispatches, new Date());
-        return { recorded: recorded.length, queued: dispatches.length };
-      }).catch((error: unknown) => {
-        // Refused for the delivery's own data (lib/db/errors.ts), it would be refused on every retry,
-        // a minute apart for good: the run fails instead, saying why.
-        if (refusedForItsData(error)) {
-          throw ApplicationFailure.create({ type: 'DeliveryNotStorable', nonRetryable: true, message: `PostgreSQL refused the delivery's events (${sqlStateOf(error)}): ${(error as Error).message}` });
-        }
-        throw error;
-      });
-      const dispatched = 'queued' in result ? { queued: result.queued } : { dispatches: result.dispatches.length };
-      logger.info({ provider, deliveryId, events: events.length, recorded: result.recorded, ...dispatched }, 'event recorded');
-      return 'queued' in result ? { ...result, runKey, deliveryDeadlineSeconds } : { ...result, deliveryDeadlineSeconds };
+      const { result, runKey } = await record(input, { forFirstAttempts: false });
+      if ('queued' in result) return { ...result, runKey, deliveryDeadlineSeconds };
+      return { recorded: result.recorded.length, dispatches: result.dispatches, deliveryDeadlineSeconds };
+    },
+
+    /**
+     * recordEvent, then, when the pairs go inline, their first attempts, side by side in this
+     * same local activity (activities/dispatch.ts createFirstAttempts: each asks the worker's
+     * inline admission, each is attempt 1, each outcome or failure comes back in `firstAttempts`
+     * in the order of `dispatches`): one local activity and one workflow activation per run fewer
+     * than a recording followed by a local activity per first attempt. A pair whose event this
+     * call inserted is sent without a read (nothing can have delivered an event that did not exist;
+     * its subscriber was read in the recording's transaction); a repeat (the activity retried after
+     * a failure past the commit, a redelivery) reads each pair as dispatchEvent does, so an
+     * acknowledged event is not sent again. Failures of the recording fail the activity, retried as
+     * recordEvent is; a first attempt's failure never does.
+     */
+    async recordEventAndDispatch(input: EventInput): Promise<RecordedDelivery> {
+      if (!firstAttempts) throw new Error('recordEventAndDispatch needs the dispatcher (activities/index.ts)');
+      const { result, runKey, receivedAt } = await record(input, { forFirstAttempts: true });
+      if ('queued' in result) return { ...result, runKey, deliveryDeadlineSeconds };
+      const { recorded, dispatches, subscribers } = result;
+      const inserted = new Map(recorded.filter((r) => r.event !== undefined).map((r) => [r.id, r]));
+      const made = await firstAttempts(
+        dispatches.map((dispatch) => {
+          const row = inserted.get(dispatch.eventId);
+          const subscriber = subscribers.get(dispatch.subscriberId);
+          if (!row || !subscriber) return { dispatch };
+          return { dispatch, known: { subscriber, event: { id: row.id, receivedAt, event: row.event! }, delivered: false } };
+        }),
+      );
+      return { recorded: recorded.length, dispatches, deliveryDeadlineSeconds, firstAttempts: made };
     },
   };
 }

@@ -5,7 +5,7 @@ import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { WorkerMetrics } from '../lib/metrics.ts';
 import { createConnectionActivities } from './connections.ts';
-import { createDispatchActivities } from './dispatch.ts';
+import { createDispatchActivities, createFirstAttempts } from './dispatch.ts';
 import { createEventActivities, DEFAULT_DELIVERY_DEADLINE_SECONDS } from './events.ts';
 import { createHookHealthActivities } from './hook-health.ts';
 import { heartbeating } from './heartbeat.ts';
@@ -83,7 +83,12 @@ export function createActivities(deps: ActivityDeps) {
   return {
     // These wait on providers and subscribers: they heartbeat so a lost worker is noticed in seconds.
     ...heartbeating(createConnectionActivities({ ...deps, activitySlots })),
-    ...createEventActivities({ ...deps, deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS }),
+    ...createEventActivities({
+      ...deps,
+      deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS,
+      // The same admissions as dispatchEvent's: a first attempt inside the recording asks the inline one.
+      firstAttempts: createFirstAttempts({ ...deps, inline, activitySlots }),
+    }),
     ...heartbeating(createDispatchActivities({ ...deps, inline, activitySlots })),
     ...heartbeating(createHookActivities({ ...deps, inline, activitySlots })),
     ...createHookHealthActivities(deps),

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Context } from '@temporalio/activity';
 import type { Dispatch, RecordedDelivery } from '../activities/events.ts';
-import type { DispatchOutcome } from '../activities/dispatch.ts';
+import type { DispatchOutcome, FirstAttempt } from '../activities/dispatch.ts';
 import { type EventInput, LISTING_HEARTBEAT_MS } from '../workflows/contract.ts';
 import type { ProviderTarget } from '../activities/providers/port.ts';
 import type { BareListingRequest, listingWalker, WalkCounts } from './listing-walk.ts';
@@ -31,6 +31,9 @@ export function createFloorActivities() {
     async callFake({ url, calls }: { url: string; calls: number }): Promise<number> {
       for (let i = 0; i < calls; i++) await (await fetch(url)).arrayBuffer();
       return calls;
+    },
+    async recordAndDispatchNothing(_input: EventInput): Promise<Extract<RecordedDelivery, { dispatches: unknown }> & { firstAttempts: FirstAttempt[] }> {
+      return { recorded: 1, dispatches: [{ eventId: randomUUID(), subscriberId: randomUUID() }], deliveryDeadlineSeconds: 86_400, firstAttempts: [{ delivered: true, statusCode: 204 }] };
     },
     async dispatchNothing(_dispatch: Dispatch): Promise<DispatchOutcome> {
       return { delivered: true, statusCode: 204 };

@@ -1,11 +1,13 @@
 /**
  * The SDK's floor under the event workflow (bench/worker-usage.ts): the same input, the same
  * Temporal shape, and none of forgelink's work. `noopWorkflow` is one workflow task that returns;
- * `eventShapedWorkflow` is the event workflow's shape (a local activity that records, then one
- * inline dispatch attempt per dispatch it returns) with activities that do nothing.
+ * `eventShapedWorkflow` is the event workflow's shape (one local activity that records and makes
+ * the first dispatch attempt, and the patch marker that chooses it) with activities that do
+ * nothing; `twoStepEventShapedWorkflow` its shape before (a local activity that records, then one
+ * inline attempt per dispatch it returns).
  * `listingShapedWorkflow` is the same for a refresh (bench/refresh.ts), below.
  */
-import { proxyActivities, proxyLocalActivities, workflowInfo } from '@temporalio/workflow';
+import { patched, proxyActivities, proxyLocalActivities, workflowInfo } from '@temporalio/workflow';
 import type { EventInput, EventResult } from '../workflows/contract.ts';
 import type { FloorActivities } from './floor-activities.ts';
 
@@ -19,8 +21,23 @@ const { dispatchNothing } = proxyLocalActivities<FloorActivities>({ startToClose
 
 export async function noopWorkflow(_input: EventInput): Promise<void> {}
 
+const { recordAndDispatchNothing } = proxyLocalActivities<FloorActivities>({
+  startToCloseTimeout: '45 seconds',
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
+  localRetryThreshold: '10 seconds',
+});
+
+/** The event workflow's shape since patch record-with-first-attempts: one local activity that records and makes the first attempts. */
 export async function eventShapedWorkflow(input: EventInput): Promise<EventResult> {
+  patched('record-with-first-attempts');
+  const { recorded, firstAttempts } = await recordAndDispatchNothing(input);
+  return { recorded, delivered: firstAttempts.filter((a) => 'delivered' in a && a.delivered).length, undelivered: [] };
+}
+
+/** The event workflow's shape before it (and of runs replaying from before it): a local activity that records, then one per first attempt. */
+export async function twoStepEventShapedWorkflow(input: EventInput): Promise<EventResult> {
   const { recorded, dispatches } = await recordNothing(input);
+  patched('dispatch-inline-admission');
   const outcomes = await Promise.allSettled(dispatches.map((dispatch) => dispatchNothing(dispatch)));
   return { recorded, delivered: outcomes.filter((o) => o.status === 'fulfilled').length, undelivered: [] };
 }

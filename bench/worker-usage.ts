@@ -91,14 +91,14 @@ export async function measureWorkerFloor(stack: BenchStack, options: FloorOption
   const floor = await startService('floor worker', 'bench/floor-worker.ts', { ...stack.env, FLOOR_TASK_QUEUE: taskQueue }, 'floor worker running', { mode: stack.runMode, nodeArgs: stack.workerNodeArgs });
   const pid = floor.child.pid;
   try {
-    const run = async (workflowType: 'noopWorkflow' | 'eventShapedWorkflow', runs: number) => {
+    const run = async (workflowType: 'noopWorkflow' | 'eventShapedWorkflow' | 'twoStepEventShapedWorkflow', runs: number) => {
       const result = await runConcurrently(Array.from({ length: runs }, floorInput), options.concurrency, (input) =>
         stack.temporal.workflow.execute(workflowType, { taskQueue, workflowId: `floor:${input.deliveryId}`, args: [input] }),
       );
       return result.throughputPerSecond;
     };
     const measured: Record<string, { runs: number; cpuSecondsPerThousand: number; byThread: ThreadCpu; runsPerSecond: number }> = {};
-    for (const workflowType of ['noopWorkflow', 'eventShapedWorkflow'] as const) {
+    for (const workflowType of ['noopWorkflow', 'eventShapedWorkflow', 'twoStepEventShapedWorkflow'] as const) {
       log(`floor: ${options.runs} ${workflowType} runs at concurrency ${options.concurrency} on a worker of the same sizing`);
       await run(workflowType, Math.ceil(options.runs / 5));
       const before = processCpuSeconds(pid);
@@ -111,7 +111,7 @@ export async function measureWorkerFloor(stack: BenchStack, options: FloorOption
         runsPerSecond: round(runsPerSecond),
       };
     }
-    return { ...measured, peakRssMiB: memoryMiB(pid, 'VmHWM') } as { noopWorkflow: (typeof measured)[string]; eventShapedWorkflow: (typeof measured)[string]; peakRssMiB: number };
+    return { ...measured, peakRssMiB: memoryMiB(pid, 'VmHWM') } as { noopWorkflow: (typeof measured)[string]; eventShapedWorkflow: (typeof measured)[string]; twoStepEventShapedWorkflow: (typeof measured)[string]; peakRssMiB: number };
   } finally {
     await stopService(floor);
   }

@@ -1,5 +1,5 @@
 import { ActivityFailure, ApplicationFailure, continueAsNew, log, patched, proxyActivities, proxyLocalActivities, sleep, workflowInfo } from '@temporalio/workflow';
-import type { DispatchRejection } from '../activities/dispatch.ts';
+import type { DispatchOutcome, DispatchRejection, FirstAttempt } from '../activities/dispatch.ts';
 import type { Dispatch } from '../activities/events.ts';
 import type { Activities } from '../activities/index.ts';
 import { refusalOf, refusedDispatchWaitMs, refusedDrainWaitMs, refusedWaitCeilingMs } from './activity-slot.ts';
@@ -16,6 +16,31 @@ const { recordEvent } = proxyLocalActivities<Activities>({
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
   localRetryThreshold: '10 seconds',
 });
+
+/**
+ * New runs record their delivery and make the first attempts in one local activity
+ * (recordEventAndDispatch: the attempts made right after the recording's transaction, their
+ * outcomes in its result), instead of a local activity for the recording and one per first
+ * attempt: each local activity costs the worker an activation of the run and a local activity
+ * task of the SDK's (about 2 s of CPU per 1,000 runs in the benchmark's floor worker, README:
+ * Worker memory and CPU per event). What follows a failed first attempt is the same. Runs started
+ * before replay their two steps as they were.
+ */
+const RECORD_WITH_FIRST_ATTEMPTS = 'record-with-first-attempts';
+const { recordEventAndDispatch } = proxyLocalActivities<Activities>({
+  // The recording's 30 s and a first attempt's 15 s (the request's own 10 s timeout, then recording the attempt).
+  startToCloseTimeout: '45 seconds',
+  // As recordEvent's: a first attempt's failure never fails the activity, so only the recording is retried.
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },
+  localRetryThreshold: '10 seconds',
+});
+
+/** A first attempt the recording made, as the settled local activity it stands for (a failure as its ApplicationFailure). */
+function settledFirstAttempt(attempt: FirstAttempt): PromiseSettledResult<DispatchOutcome> {
+  if (!('failed' in attempt)) return { status: 'fulfilled', value: attempt };
+  const { type, message, details } = attempt.failed;
+  return { status: 'rejected', reason: ApplicationFailure.create({ type, message, nonRetryable: true, ...(details ? { details: [details] } : {}) }) };
+}
 
 // The first attempt of each dispatch runs inside the same workflow task: when subscribers answer,
 // the whole run is one workflow task with no activity task, about half the server's work per event.
@@ -166,19 +191,22 @@ export async function eventWorkflow(input: EventInput): Promise<EventResult> {
   // A run continued as new goes on draining its queue.
   if (input.queuedDispatch) return drainQueue(input, input.queuedDispatch);
   const startedAt = Date.now();
-  const recordedDelivery = await recordEvent(input);
+  const recordedDelivery = patched(RECORD_WITH_FIRST_ATTEMPTS) ? await recordEventAndDispatch(input) : await recordEvent(input);
   // Decided by the recorded result, so a run recorded before the queue existed (its pairs in the
   // marker) replays and goes on exactly as it was.
   if ('queued' in recordedDelivery) {
     const { recorded, runKey, deliveryDeadlineSeconds } = recordedDelivery;
     return drainQueue(input, { runKey, recorded, deadlineAt: new Date(startedAt + deliveryDeadlineSeconds * 1000).toISOString() });
   }
-  const { recorded, dispatches, deliveryDeadlineSeconds } = recordedDelivery;
+  const { recorded, dispatches, deliveryDeadlineSeconds, firstAttempts } = recordedDelivery;
   if (dispatches.length === 0) return { recorded, delivered: 0, undelivered: [] };
 
   // Runs from before admission send no `askAdmission`: a first attempt they re-execute after an upgrade is made as it was.
-  const admission = patched('dispatch-inline-admission');
-  const first = await Promise.allSettled(dispatches.map((dispatch) => dispatchFirstAttempt(admission ? { ...dispatch, askAdmission: true } : dispatch)));
+  // First attempts the recording made asked for admission (and their runs never reach the patch).
+  const admission = firstAttempts !== undefined || patched('dispatch-inline-admission');
+  const first = firstAttempts
+    ? firstAttempts.map(settledFirstAttempt)
+    : await Promise.allSettled(dispatches.map((dispatch) => dispatchFirstAttempt(admission ? { ...dispatch, askAdmission: true } : dispatch)));
   const outcomes = await Promise.all(
     first.map(async (outcome, i) => {
       if (outcome.status === 'fulfilled') return outcome;

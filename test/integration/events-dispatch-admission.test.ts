@@ -5,7 +5,7 @@ import { INLINE_NOT_ADMITTED, type EventResult } from '../../workflows/contract.
 import type { FakeSubscriber } from '../fakes/subscriber.ts';
 import { expectEachDeliveredOnceAtFirstAttempt, pushTo, subscribedRepository } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
-import { historyEvents, localStepsOf, recordHistory } from '../support/histories.ts';
+import { historyEvents, localStepsWithResultsOf, recordHistory } from '../support/histories.ts';
 
 /**
  * A small worker: 8 workflow task slots, of which tenant-facing calls may hold 4
@@ -59,17 +59,18 @@ describe("admission of subscriber calls into workflow tasks: one organization's 
     // recorded nothing, and its activity's attempt is still the first.
     await expectEachDeliveredOnceAtFirstAttempt(h, slowA, HUNG_DELIVERIES);
 
-    // Two of A's runs (inlineCallsPerOrganization) made their first attempt inside the workflow task;
-    // the others were refused there (a failed local step, no call) and made it as an activity at
-    // once, with no timer.
+    // Two of A's runs (inlineCallsPerOrganization) made their first attempt inside the workflow task
+    // (in the recording's local activity); the others were refused there (a failed first attempt in
+    // its result, no call) and made it as an activity at once, with no timer.
     const shapes = await Promise.all(
       aRuns.map(async (run) => {
         const events = await historyEvents(h.client, run);
-        const dispatchSteps = localStepsOf(events).filter((s) => s.activityType === 'dispatchEvent');
+        const steps = localStepsWithResultsOf(events);
+        expect(steps.map((s) => s.activityType)).toEqual(['recordEventAndDispatch']);
         const types = events.map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]);
         return {
           run,
-          refused: dispatchSteps.some((s) => JSON.stringify(s.event.markerRecordedEventAttributes?.failure ?? {}).includes(INLINE_NOT_ADMITTED)),
+          refused: (steps[0]!.result as { firstAttempts: { failed?: { type: string } }[] }).firstAttempts.some((a) => a.failed?.type === INLINE_NOT_ADMITTED),
           activities: types.filter((t) => t === 'EVENT_TYPE_ACTIVITY_TASK_SCHEDULED').length,
           timers: types.filter((t) => t === 'EVENT_TYPE_TIMER_STARTED').length,
         };
@@ -78,7 +79,8 @@ describe("admission of subscriber calls into workflow tasks: one organization's 
     const admitted = SIZING.inlineCallsPerOrganization;
     expect(shapes.filter((s) => !s.refused).map(({ activities, timers }) => ({ activities, timers }))).toEqual(Array(admitted).fill({ activities: 0, timers: 0 }));
     expect(shapes.filter((s) => s.refused).map(({ activities, timers }) => ({ activities, timers }))).toEqual(Array(HUNG_DELIVERIES - admitted).fill({ activities: 1, timers: 0 }));
-    await recordHistory(h.client, shapes.find((s) => !s.refused)!.run, 'event-delivered-inline-admitted');
-    await recordHistory(h.client, shapes.find((s) => s.refused)!.run, 'event-first-attempt-not-admitted');
+    // event-delivered-inline-admitted and event-first-attempt-not-admitted are these runs before recordEventAndDispatch.
+    await recordHistory(h.client, shapes.find((s) => !s.refused)!.run, 'event-recorded-with-first-attempts-admitted');
+    await recordHistory(h.client, shapes.find((s) => s.refused)!.run, 'event-first-attempt-in-recording-not-admitted');
   }, 120_000);
 });

@@ -15,7 +15,7 @@ import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId } from
 import { deliveryUrlOf } from '../support/attachments.ts';
 import { ensureWebhookCredential } from '../../lib/db/repositories/webhook-credentials.ts';
 import { createOrgWithToken, historyText, resultOf, startHarness, TEST_WEBHOOK_SECRETS, type Harness } from '../support/harness.ts';
-import { historyBytes, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
+import { historyBytes, historyEvents, localStepsWithResultsOf, MAX_HISTORY_BYTES, recordHistory } from '../support/histories.ts';
 
 /** Short, so giving up on a subscriber that never answers takes seconds: attempts at 0, 1 and 3 s, none at 7 s. */
 const DEADLINE_SECONDS = 6;
@@ -147,9 +147,12 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(first.result).toEqual({ recorded: 1, delivered: 2, undelivered: [] });
       const types = await eventTypes(first.workflowId);
       expect(types.filter((t) => t === 'EVENT_TYPE_WORKFLOW_TASK_COMPLETED')).toHaveLength(1);
-      // recordEvent, the patch dispatch-inline-admission, the two first attempts.
-      expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(4);
+      // The patch record-with-first-attempts and recordEventAndDispatch, which made both first attempts.
+      expect(types.filter((t) => t === 'EVENT_TYPE_MARKER_RECORDED')).toHaveLength(2);
       expect(types).not.toContain('EVENT_TYPE_ACTIVITY_TASK_SCHEDULED');
+      const steps = localStepsWithResultsOf(await historyEvents(h.client, first.workflowId));
+      expect(steps.map((s) => s.activityType)).toEqual(['recordEventAndDispatch']);
+      expect(steps[0]!.result).toMatchObject({ recorded: 1, firstAttempts: [{ delivered: true, statusCode: 204 }, { delivered: true, statusCode: 204 }] });
 
       flaky.server.failNext('deliver', 1, { status: 503 });
       const second = await deliver('gitlab', gitlabPush(repository));
@@ -157,8 +160,9 @@ describe('event workflow: subscribers, dispatch, events API, repository cache', 
       expect(await eventTypes(second.workflowId)).toEqual(expect.arrayContaining(['EVENT_TYPE_TIMER_FIRED', 'EVENT_TYPE_ACTIVITY_TASK_COMPLETED']));
       expect(quick.received).toHaveLength(2);
       expect(flaky.received).toHaveLength(2);
-      await recordHistory(h.client, first.workflowId, 'event-delivered-inline');
-      await recordHistory(h.client, second.workflowId, 'event-retried-after-inline-failure');
+      // event-delivered-inline and event-retried-after-inline-failure are these runs before recordEventAndDispatch.
+      await recordHistory(h.client, first.workflowId, 'event-recorded-with-first-attempts');
+      await recordHistory(h.client, second.workflowId, 'event-retried-after-first-attempt-in-recording');
     });
 
     it('waits out the Retry-After of a refused first attempt before the second', async () => {

@@ -120,6 +120,14 @@ export async function assertHistoriesBounded(client: Client, taskQueue: string):
 
 type HistoryEvent = NonNullable<proto.temporal.api.history.v1.IHistory['events']>[number];
 
+/** localStepsOf (below), with each step's result as recorded in its marker (absent when it failed). */
+export function localStepsWithResultsOf(events: HistoryEvent[]): { activityType: string; event: HistoryEvent; result?: unknown }[] {
+  return localStepsOf(events).map((step) => {
+    const result = step.event.markerRecordedEventAttributes?.details?.result?.payloads?.[0]?.data;
+    return result ? { ...step, result: JSON.parse(Buffer.from(result).toString('utf8')) as unknown } : step;
+  });
+}
+
 /**
  * The steps a run ran inside its workflow tasks (local activities), from their markers: the step's
  * activity type and the marker event (recorded once the step has ended, with its failure if it failed).

@@ -125,6 +125,8 @@ export interface RecordedEvent {
   organizationId: string;
   sequence: number;
   kind: EventKind;
+  /** With `withEvents`, on rows this call inserted: the event as stored (read back from the jsonb, as a dispatch reads it). */
+  event?: NormalizedEvent;
 }
 
 /**
@@ -136,12 +138,13 @@ export async function insertDeliveryEvents(
   db: Executor,
   delivery: { provider: Provider; deliveryId: string; connectionId?: string; receivedAt: Date },
   rows: readonly NewEventRow[],
+  { withEvents = false }: { withEvents?: boolean } = {},
 ): Promise<RecordedEvent[]> {
   if (rows.length === 0) return [];
   const inserted: RecordedEvent[] = [];
   // A statement takes at most 65,535 parameters: a delivery with thousands of ref changes is written in batches.
   for (let start = 0; start < rows.length; start += INSERT_BATCH_ROWS) {
-    inserted.push(...(await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS))));
+    inserted.push(...(await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS), withEvents)));
   }
   // As the read below orders them (uuids compare as their lower-case text does).
   if (inserted.length === rows.length) return inserted.sort((a, b) => a.sequence - b.sequence || (a.organizationId < b.organizationId ? -1 : a.organizationId > b.organizationId ? 1 : 0));
@@ -161,7 +164,12 @@ export async function insertDeliveryEvents(
 const INSERT_BATCH_ROWS = 1000;
 
 /** Inserts the rows not there yet and returns those it inserted. */
-async function insertEventRows(db: Executor, delivery: { provider: Provider; deliveryId: string; connectionId?: string; receivedAt: Date }, rows: readonly NewEventRow[]): Promise<RecordedEvent[]> {
+async function insertEventRows(
+  db: Executor,
+  delivery: { provider: Provider; deliveryId: string; connectionId?: string; receivedAt: Date },
+  rows: readonly NewEventRow[],
+  withEvents: boolean,
+): Promise<RecordedEvent[]> {
   return db
     .insertInto('events')
     .values(
@@ -179,6 +187,7 @@ async function insertEventRows(db: Executor, delivery: { provider: Provider; del
     )
     .onConflict((oc) => oc.columns(['provider', 'delivery_id', 'sequence', 'organization_id']).doNothing())
     .returning(['id', 'organization_id as organizationId', 'sequence', 'kind'])
+    .$if(withEvents, (query) => query.returning('event'))
     .execute();
 }
 

@@ -73,6 +73,16 @@ export async function listSubscribersOf(db: Executor, organizationIds: readonly 
 }
 
 /**
+ * listSubscribersOf with each subscriber's sealed secret, for a recording that makes the first
+ * attempts itself (activities/events.ts recordEventAndDispatch): the secret stays in the worker's
+ * memory, opened only to sign.
+ */
+export async function listSubscribersForDispatchOf(db: Executor, organizationIds: readonly string[]): Promise<(PublicSubscriber & { secret: string })[]> {
+  if (organizationIds.length === 0) return [];
+  return db.selectFrom('subscribers').select([...PUBLIC_COLUMNS, 'secret']).where('organization_id', 'in', [...new Set(organizationIds)]).orderBy('created_at').orderBy('id').execute();
+}
+
+/**
  * What one dispatch attempt needs, in one read (it runs for every event and subscriber): the
  * subscriber with its sealed secret (undefined: deleted), the event in the subscriber's
  * organization (undefined: deleted), and whether the subscriber already acknowledged it.
