@@ -320,12 +320,13 @@ export function createRepositoryCacheActivities(
 
       // Also records the refresh as succeeded, the listing's counts as the connection's last, and gives the lease back.
       const { visitedPageKeys, pending: _pending, ...counts } = state;
-      const { vanished } = await finishListingInDb(db, connectionId, visitedPageKeys, { holder: leaseHolder, counts });
-      // Then the rows vanished past the retention that nothing refers to go. Housekeeping: a failure is
+      const { vanished, expired } = await finishListingInDb(db, connectionId, visitedPageKeys, { holder: leaseHolder, counts, retentionDays });
+      // Then the rows vanished past the retention that nothing refers to go, when the finish found
+      // any (most listings have none, and skip the purge's transaction). Housekeeping: a failure is
       // logged, not the listing's (its outcome is recorded); the next complete listing deletes them.
       let purged = 0;
       try {
-        purged = await purgeVanishedRepositories(db, connectionId, retentionDays, { between: () => heartbeatProgress(structuredClone(state)) });
+        if (expired) purged = await purgeVanishedRepositories(db, connectionId, retentionDays, { between: () => heartbeatProgress(structuredClone(state)) });
       } catch (error) {
         logger.warn({ connectionId, err: error }, 'repositories vanished past their retention not deleted');
       }

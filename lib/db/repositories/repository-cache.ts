@@ -3,6 +3,8 @@ import { CompiledQuery, type Kysely, sql, type Transaction } from 'kysely';
 import type { ListingCounts, Provider, RoundPlace } from '../../domain.ts';
 import type { Database } from '../schema.ts';
 
+import { namedStatement } from '../index.ts';
+
 type Executor = Kysely<Database> | Transaction<Database>;
 
 export interface CachedRepository {
@@ -124,23 +126,59 @@ export async function writeListingPage(
   return result.rows[0]?.written ?? 0;
 }
 
+// A listing sends these for every page (UPSERT: a page whose repositories changed and whose memory
+// did not): each pooled connection parses them once (namedStatement). An event's upsert is not one.
+namedStatement('forgelink_listing_page', UPSERT_AND_SAVE_PAGE);
+namedStatement('forgelink_listing_page_memory', SAVE_PAGE);
+namedStatement('forgelink_listing_upsert', UPSERT);
+
+/**
+ * A part of a `with` (`cache_commit`, read by the statement's final select as CACHE_COMMITTED: a
+ * select part nobody reads is not run, and a scalar subquery of a select without FROM always is) that
+ * commits the statement's transaction without waiting for its WAL to reach the disk
+ * (synchronous_commit off for this transaction only). For the listing's lease and end alone: what
+ * they write is the listing's bookkeeping and what it derives from the cache, which the next listing
+ * writes again, so a database crash in the next few hundred milliseconds (wal_writer_delay, 200 ms
+ * by default, at most three times that) loses at most writes a refresh redoes; nothing else is lost
+ * and nothing is corrupted (PostgreSQL's asynchronous commit). Any later transaction that commits
+ * synchronously flushes the WAL up to its own commit, these writes included. The caller must not
+ * run these statements inside a transaction holding other writes: the setting would cover them too.
+ */
+const CACHE_COMMIT = `cache_commit as (select set_config('synchronous_commit', 'off', true) as off)`;
+const CACHE_COMMITTED = `(select off from cache_commit) as cache_commit`;
+
 /**
  * Ends a complete listing in the database: forgets the pages this listing did not visit, makes the
  * repositories the remaining pages hold visible (unflagging their attachments), then marks the
  * connection's repositories that no remaining page holds as vanished, flags their attachments (an
  * attached repository is never dropped silently), records the refresh as succeeded and the
  * listing's counts as the connection's last listing, and gives its lease back (`holder`). Returns
- * how many vanished. One statement (atomic, as a transaction of its steps was): the last step of
- * every listing costs one round trip, and the ids never travel to the worker.
+ * how many vanished, and whether the connection has rows purgeVanishedRepositories would delete
+ * (vanished longer than `retentionDays` ago, nothing referring to them; false without
+ * `retentionDays`), so that a listing with none (nearly every one) sends no purge. One statement
+ * (atomic, as a transaction of its steps was): the last step of every listing costs one round
+ * trip, and the ids never travel to the worker. Committed without waiting for the disk
+ * (CACHE_COMMIT: all of it is the cache and the listing's bookkeeping, which the next listing
+ * writes again); not inside a transaction with other writes.
  */
 export async function finishListingInDb(
   db: Executor,
   connectionId: string,
   visitedPageKeys: string[],
-  listing: { holder?: string; counts?: Omit<ListingCounts, 'vanished'> } = {},
-): Promise<{ vanished: number }> {
+  listing: { holder?: string; counts?: Omit<ListingCounts, 'vanished'>; retentionDays?: number } = {},
+): Promise<{ vanished: number; expired: boolean }> {
+  const result = await finishListingStatement(connectionId, visitedPageKeys, listing).execute(db);
+  return { vanished: result.rows[0]?.vanished ?? 0, expired: result.rows[0]?.expired ?? false };
+}
+
+/** finishListingInDb's statement, unsent (a test reads its plan). */
+export function finishListingStatement(
+  connectionId: string,
+  visitedPageKeys: string[],
+  listing: { holder?: string; counts?: Omit<ListingCounts, 'vanished'>; retentionDays?: number } = {},
+) {
   // Every part reads the snapshot the statement started with: the pages that remain are the visited ones.
-  const result = await sql<{ vanished: number }>`
+  return sql<{ vanished: number; expired: boolean }>`
     with forgotten as (
       delete from repository_listing_pages
       where connection_id = ${connectionId} and not (page_key = any(${visitedPageKeys}::text[]))
@@ -148,15 +186,21 @@ export async function finishListingInDb(
       select jsonb_array_elements_text(p.external_ids) as external_id
       from repository_listing_pages p
       where p.connection_id = ${connectionId} and p.page_key = any(${visitedPageKeys}::text[])
+    ), cached as materialized (
+      -- The connection's rows, read once through its key. No condition on vanished_at here or in the
+      -- updates' scans: it let the planner read the picker's partial index (every visible row of
+      -- every organization) beside the key whenever the table's statistics lagged behind the rows a
+      -- first listing had just written, ~30 ms for 20,000 rows at the end of every such listing.
+      select id, external_id, vanished_at is null as visible from repositories where connection_id = ${connectionId}
     ), back as (
       -- The listing is the truth: a repository it saw is visible, even one an event marked vanished
       -- since and whose page answered 304 (so no upsert brought it back).
       update repositories set vanished_at = null
-      where connection_id = ${connectionId} and vanished_at is not null and external_id in (select external_id from seen)
+      where id in (select id from cached where not visible and external_id in (select external_id from seen))
       returning id
     ), gone as (
       update repositories set vanished_at = now()
-      where connection_id = ${connectionId} and vanished_at is null and external_id not in (select external_id from seen)
+      where id in (select id from cached where visible and external_id not in (select external_id from seen))
       returning id
     ), unflagged as (
       update attachments set repository_vanished = false, updated_at = now() where repository_id in (select id from back)
@@ -170,11 +214,24 @@ export async function finishListingInDb(
       on conflict (connection_id) do update set
         last_listing = excluded.last_listing, listed_at = excluded.listed_at,
         holder = ${releasedHolder(listing.holder)}, held_until = ${releasedUntil(listing.holder)}
-    )
-    select count(*)::int as vanished from gone
-  `.execute(db);
-  return { vanished: result.rows[0]?.vanished ?? 0 };
+    ), ${sql.raw(CACHE_COMMIT)}
+    select (select count(*)::int from gone) as vanished,
+      ${listing.retentionDays === undefined ? sql`false` : purgeableExists(connectionId, listing.retentionDays)} as expired,
+      ${sql.raw(CACHE_COMMITTED)}
+  `;
 }
+
+/**
+ * A repository row `r` purgeVanishedRepositories deletes: vanished longer than `retentionDays` ago,
+ * and nothing refers to it (no attachment in any status, no event).
+ */
+const purgeableRow = (retentionDays: number) => sql`r.vanished_at < now() - make_interval(days => ${retentionDays})
+  and not exists (select 1 from attachments a where a.repository_id = r.id)
+  and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)`;
+
+/** Whether the connection has a row purgeVanishedRepositories would delete (read through the vanished rows' index). */
+const purgeableExists = (connectionId: string, retentionDays: number) =>
+  sql`exists (select 1 from repositories r where r.connection_id = ${connectionId} and ${purgeableRow(retentionDays)})`;
 
 /**
  * How long a listing's lease holds unless renewed: longer than the listing activity's retry backoff
@@ -186,17 +243,23 @@ export const LISTING_LEASE_SECONDS = 300;
 /**
  * Takes (or renews) the lease on listing a connection for `holder`: granted when no one holds it,
  * `holder` already does, or the holder's lease ran out. False when another refresh is listing it
- * (or the connection is gone: its listing fails on that).
+ * (or the connection is gone: its listing fails on that). Committed without waiting for the disk
+ * (CACHE_COMMIT), before the listing's first call: a database crash that loses it also ends every
+ * connection the listing holds, and a listing that goes on after it is one whose lease ran out,
+ * which finishListingInDb already allows for (it gives back only its own).
  */
 export async function takeListingLease(db: Executor, connectionId: string, holder: string): Promise<boolean> {
   const result = await sql<{ granted: number }>`
-    insert into repository_listings as l (connection_id, holder, held_until)
-    select c.id, ${holder}, now() + make_interval(secs => ${LISTING_LEASE_SECONDS}) from connections c where c.id = ${connectionId}
-    on conflict (connection_id) do update set holder = excluded.holder, held_until = excluded.held_until
-    where l.holder is null or l.holder = excluded.holder or l.held_until < now()
-    returning 1 as granted
+    with ${sql.raw(CACHE_COMMIT)}, taken as (
+      insert into repository_listings as l (connection_id, holder, held_until)
+      select c.id, ${holder}, now() + make_interval(secs => ${LISTING_LEASE_SECONDS}) from connections c where c.id = ${connectionId}
+      on conflict (connection_id) do update set holder = excluded.holder, held_until = excluded.held_until
+      where l.holder is null or l.holder = excluded.holder or l.held_until < now()
+      returning 1 as granted
+    )
+    select (select count(*)::int from taken) as granted, ${sql.raw(CACHE_COMMITTED)}
   `.execute(db);
-  return result.rows.length > 0;
+  return (result.rows[0]?.granted ?? 0) > 0;
 }
 
 /** Extends `holder`'s lease (a listing longer than the lease). False if the lease is no longer its own. */
@@ -257,9 +320,7 @@ export async function purgeVanishedRepositories(
     const { found, gone } = await db.transaction().execute(async (trx) => {
       const candidates = await sql<{ id: string }>`
         select r.id from repositories r
-        where r.connection_id = ${connectionId} and r.vanished_at < now() - make_interval(days => ${retentionDays})
-          and not exists (select 1 from attachments a where a.repository_id = r.id)
-          and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)
+        where r.connection_id = ${connectionId} and ${purgeableRow(retentionDays)}
         limit ${batchRows}
         for update of r skip locked
       `.execute(trx);
@@ -267,9 +328,7 @@ export async function purgeVanishedRepositories(
       const ids = candidates.rows.map((r) => r.id);
       const removed = await sql`
         delete from repositories r
-        where r.id = any(${ids}::uuid[]) and r.vanished_at < now() - make_interval(days => ${retentionDays})
-          and not exists (select 1 from attachments a where a.repository_id = r.id)
-          and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)
+        where r.id = any(${ids}::uuid[]) and ${purgeableRow(retentionDays)}
       `.execute(trx);
       return { found: ids.length, gone: Number(removed.numAffectedRows ?? 0n) };
     });
