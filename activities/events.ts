@@ -2,7 +2,7 @@ import { setImmediate } from 'node:timers/promises';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
-import { refusedForItsData, sqlStateOf } from '../lib/db/errors.ts';
+import { ContentRefusedError, contentWrite } from '../lib/db/errors.ts';
 import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
 import { queueDispatches } from '../lib/db/repositories/event-dispatches.ts';
 import {
@@ -145,9 +145,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
           for (const connection of installationConnections) {
             const { externalId, fullName, project } = event.repository;
             if (event.kind === 'repository.added') {
-              await upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true });
+              await contentWrite(() => upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true }));
             } else {
-              await markRepositoriesVanished(trx, connection.id, [externalId]);
+              await contentWrite(() => markRepositoriesVanished(trx, connection.id, [externalId]));
             }
             const repositoryId = (await cachedRepositoryId(trx, connection.id, externalId)) ?? null;
             if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
@@ -160,7 +160,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
             const project = event.repository.project ?? repository.project;
             // The attached row was just read: only a name that differs from it costs a write.
             const differs = repository.fullName !== event.repository.fullName || repository.project !== project;
-            if (differs && (await renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project))) {
+            if (differs && (await contentWrite(() => renameCachedRepository(trx, repository.repositoryId, event.repository.fullName, project)))) {
               logger.info({ repositoryId: repository.repositoryId, from: repository.fullName, to: event.repository.fullName }, 'repository renamed');
             }
           }
@@ -170,7 +170,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
       }
       // Stored events come back only for a fan-out that may go inline (at most a pair a row), so a large delivery parses none of them.
       const withEvents = forFirstAttempts && rows.length <= INLINE_DISPATCH_LIMIT;
-      const recorded = await insertDeliveryEvents(trx, { provider, deliveryId, ...(connectionId ? { connectionId } : {}), receivedAt }, rows, { withEvents });
+      const recorded = await contentWrite(() => insertDeliveryEvents(trx, { provider, deliveryId, ...(connectionId ? { connectionId } : {}), receivedAt }, rows, { withEvents }));
       const organizationIds = recorded.map((r) => r.organizationId);
       const subscribers: (PublicSubscriber & { secret?: string })[] = forFirstAttempts ? await listSubscribersForDispatchOf(trx, organizationIds) : await listSubscribersOf(trx, organizationIds);
       const dispatches = await wantedPairs(recorded, subscribers, events);
@@ -182,10 +182,12 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
       await queueDispatches(trx, runKey, dispatches, new Date());
       return { recorded: recorded.length, queued: dispatches.length };
     }).catch((error: unknown) => {
-      // Refused for the delivery's own data (lib/db/errors.ts), it would be refused on every retry,
-      // a minute apart for good: the run fails instead, saying why.
-      if (refusedForItsData(error)) {
-        throw ApplicationFailure.create({ type: 'DeliveryNotStorable', nonRetryable: true, message: `PostgreSQL refused the delivery's events (${sqlStateOf(error)}): ${(error as Error).message}` });
+      // A write of the delivery's content (the events, a repository's name) refused for that
+      // content (lib/db/errors.ts) would be refused on every retry, a minute apart for good: the
+      // run fails instead, saying why. Anything else (a connect, a lookup, a foreign key whose row
+      // was just removed, the database unavailable) stays retryable.
+      if (error instanceof ContentRefusedError) {
+        throw ApplicationFailure.create({ type: 'DeliveryNotStorable', nonRetryable: true, message: `PostgreSQL refused the delivery's events (${error.sqlState}): ${error.message}` });
       }
       throw error;
     });

@@ -63,6 +63,9 @@ const TEMPORAL_SDK_ENV: Record<string, string[]> = {
 
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
+/** webhooks.maxBodyBytes' largest value (100 MiB; see the schema). */
+export const MAX_WEBHOOK_BODY_BYTES = 100 * 1024 * 1024;
+
 /** api.maxBodyBytes' default: the largest request the API takes (50 globs of 255 and a 2 KiB URL) is ~15 KiB. */
 export const API_MAX_BODY_BYTES_DEFAULT = 64 * 1024;
 /** temporal.requestDeadlineSeconds' default: a healthy frontend answers a start or a describe in tens of milliseconds. */
@@ -268,7 +271,11 @@ export const configSchema = z
       .prefault({}),
     webhooks: z
       .object({
-        maxBodyBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        // At most 100 MiB: a delivery's events are stored up to twice this (serializeEvents), which
+        // must stay under PostgreSQL's jsonb limit (255 MB) and, with one more chunk of events being
+        // written, V8's longest string (~512 M characters), else a RangeError outside the
+        // receiver's guard is a 500. No provider sends more than 25 MB.
+        maxBodyBytes: z.number().int().positive().max(MAX_WEBHOOK_BODY_BYTES).default(25 * 1024 * 1024),
         // Bytes of GitHub and Bitbucket bodies not verified yet held at once (default 64 MiB, or two of maxBodyBytes when more).
         unverifiedBodyBytes: z.number().int().positive().optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).

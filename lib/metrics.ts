@@ -45,8 +45,12 @@ const FAST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 /** Buckets for calls to the outside world (subscribers answer within 10 s or fail). */
 const OUTBOUND_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15];
 
-/** How a webhook delivery was answered: what was acted on, or the error status. */
-export type WebhookOutcome = 'accepted' | 'redelivery' | 'ignored' | 'ping' | '400' | '401' | '413' | '503' | '500';
+/**
+ * How a webhook delivery was answered: what was acted on, or the error status. `unstorable` is a
+ * signed delivery PostgreSQL refused to store for its content, answered 200 ignored (the provider
+ * never sends it again, so it is lost): counted apart from `ignored` for operators to alert on.
+ */
+export type WebhookOutcome = 'accepted' | 'redelivery' | 'ignored' | 'unstorable' | 'ping' | '400' | '401' | '413' | '503' | '500';
 
 export interface ApiMetrics {
   readonly registry: Registry;
@@ -87,7 +91,7 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
   });
   const deliveries = new Counter({
     name: 'forgelink_webhook_deliveries_total',
-    help: 'Webhook deliveries by provider and outcome (accepted, redelivery, ignored, ping, or the error status 400, 401, 413, 503)',
+    help: 'Webhook deliveries by provider and outcome (accepted, redelivery, ignored, unstorable: refused by PostgreSQL for its content and lost, ping, or the error status 400, 401, 413, 503)',
     labelNames: ['provider', 'outcome'] as const,
     registers: [registry],
   });

@@ -13,3 +13,23 @@ export const isStorableText = (value: string): boolean => !UNSTORABLE.test(value
 
 /** The string with each NUL and each lone surrogate replaced by U+FFFD (the replacement character), the rest kept. */
 export const toStorableText = (value: string): string => value.replace(UNSTORABLE_ALL, '\uFFFD');
+
+/**
+ * The longest start of `value` that is at most `maxBytes` bytes in UTF-8, cut between characters
+ * (never within a surrogate pair; a lone surrogate counts as the 3 bytes of the U+FFFD it is
+ * mended to). Stops at the cut: a name of megabytes costs no more than one of `maxBytes`.
+ */
+export function cutToUtf8Bytes(value: string, maxBytes: number): string {
+  // A UTF-16 unit is at most 3 bytes (a surrogate pair is 4 for 2 units): short strings are not measured.
+  if (value.length * 3 <= maxBytes) return value;
+  let bytes = 0;
+  for (let i = 0; i < value.length; i++) {
+    const unit = value.charCodeAt(i);
+    const pair = unit >= 0xd800 && unit <= 0xdbff && i + 1 < value.length && (value.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
+    const size = unit < 0x80 ? 1 : unit < 0x800 ? 2 : pair ? 4 : 3;
+    if (bytes + size > maxBytes) return value.slice(0, i);
+    bytes += size;
+    if (pair) i++;
+  }
+  return value;
+}

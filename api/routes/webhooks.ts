@@ -7,7 +7,7 @@ import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { serializeEvents, storeDelivery } from '../../lib/db/repositories/deliveries.ts';
-import { refusedForItsData, sqlStateOf } from '../../lib/db/errors.ts';
+import { ContentRefusedError, sqlStateOf } from '../../lib/db/errors.ts';
 import { currentTraceparent } from '../../lib/tracing.ts';
 import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
 import { boundedKeywords, type DeliveryTargets } from '../../workflows/run-labels.ts';
@@ -306,21 +306,22 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   const deliveryId = events[0]!.deliveryId;
   // It becomes part of the workflow id; no provider sends one anywhere near this long.
   if (deliveryId.length > MAX_DELIVERY_ID_LENGTH) throw badRequest(`the delivery id is longer than ${MAX_DELIVERY_ID_LENGTH} characters`);
-  // Each event repeats its repository's name and sender, so a body of many short ref changes can
-  // make events many times its size: they are stored up to twice the body limit, and a delivery
-  // past it is not acted on (as names over the limits are), never written or refused.
-  const eventsJson = serializeEvents(events, 2 * deps.webhooks.maxBodyBytes);
-  if (eventsJson === undefined) {
-    deps.logger.warn({ provider, deliveryId, events: events.length, limit: 2 * deps.webhooks.maxBodyBytes }, 'a delivery whose events are over the size limit (twice webhooks.maxBodyBytes as JSON): not acted on');
-    outcome('ignored');
-    return c.json({ status: 'ignored' as const, reason: 'events over the size limit' }, 200);
-  }
   const workflowId = workflowIds.event(provider, deliveryId, connectionId);
   try {
     const targets = await targetsOf(c, caches.attached, provider, deliveryScope(provider, connectionId), delivery);
     if (targets.organizationIds.length === 0) {
       outcome('ignored');
       return c.json({ status: 'ignored' as const, reason: 'repository not attached' }, 200);
+    }
+    // Each event repeats its repository's name and sender, so a body of many short ref changes can
+    // make events many times its size: they are stored up to twice the body limit in UTF-8 bytes,
+    // and a delivery past it is not acted on (as names over the limits are), never written or
+    // refused. Measured after the lookup: a delivery for no attached repository never pays it.
+    const eventsJson = serializeEvents(events, 2 * deps.webhooks.maxBodyBytes);
+    if (eventsJson === undefined) {
+      deps.logger.warn({ provider, deliveryId, events: events.length, limit: 2 * deps.webhooks.maxBodyBytes }, 'a delivery whose events are over the size limit (twice webhooks.maxBodyBytes of UTF-8 JSON): not acted on');
+      outcome('ignored');
+      return c.json({ status: 'ignored' as const, reason: 'events over the size limit' }, 200);
     }
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
@@ -351,17 +352,19 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
     if (stored) deps.intake.stored();
   } catch (error) {
     const sqlState = sqlStateOf(error);
-    // PostgreSQL refused the delivery's own data (what the receivers mend should leave nothing of
-    // the kind; a row a foreign key needs may be gone: the connection, just deleted). It would be
-    // refused again on every redelivery, and a 5xx for it would end with the provider disabling the
-    // hook and every later delivery lost: acknowledged as not acted on, and logged for the operator.
-    if (refusedForItsData(error, { integrity: true })) {
-      deps.logger.error({ reason: (error as Error).message, sqlState, provider, deliveryId }, 'PostgreSQL refused the delivery for its data: it cannot be stored, not acted on');
-      outcome('ignored');
+    // PostgreSQL refused the INSERT itself for the delivery's content (storeDelivery; what the
+    // receivers mend should leave nothing of the kind; the connection's row may be gone, just
+    // deleted). It would be refused again on every redelivery, and a 5xx for it would end with the
+    // provider disabling the hook and every later delivery lost: acknowledged as not acted on,
+    // logged and counted (outcome "unstorable") for the operator.
+    if (error instanceof ContentRefusedError) {
+      deps.logger.error({ reason: error.message, sqlState, provider, deliveryId }, 'PostgreSQL refused the delivery for its data: it cannot be stored, not acted on');
+      outcome('unstorable');
       return c.json({ status: 'ignored' as const, reason: 'the delivery cannot be stored' }, 200);
     }
-    // The database unavailable (no connection, 08, 53, 57, 40, a lock timeout) or anything else not
-    // the delivery's doing: not acknowledged, so the provider delivers it again.
+    // The database unavailable (no connection, 08, 53, 57, 40, a lock timeout), a connect or a
+    // lookup failing whatever its SQLSTATE, or anything else not the delivery's content: not
+    // acknowledged, so the provider delivers it again.
     deps.logger.error({ reason: (error as Error).message, sqlState, provider, deliveryId }, 'could not store the delivery');
     throw new Problem(503, 'Service Unavailable', 'the delivery could not be stored durably; deliver it again');
   }
@@ -432,7 +435,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit'),
-          503: problemResponse('The database is unavailable, or too many unverified bodies are being read at once (Retry-After); the provider should deliver it again'),
+          503: problemResponse("The database is unavailable, the connection's credentials cannot be read, or too many unverified bodies are being read at once (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

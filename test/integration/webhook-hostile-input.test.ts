@@ -1,11 +1,17 @@
 import { createHmac, randomInt, randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { sql } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import { ApplicationFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createEventActivities } from '../../activities/events.ts';
+import type { Database } from '../../lib/db/schema.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { createApiMetrics } from '../../lib/metrics.ts';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startPendingDeliveries } from '../../lib/db/repositories/deliveries.ts';
-import { PROVIDERS, type Provider } from '../../lib/domain.ts';
+import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { workflowIds, type EventResult } from '../../workflows/contract.ts';
-import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery, type Payload } from '../fakes/webhook-deliveries.ts';
+import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, withRepository, type Delivery, type Payload } from '../fakes/webhook-deliveries.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 
@@ -106,15 +112,15 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
     expect(event!.event.ref?.name).toBe('bad-\uFFFD\uFFFD(-branch');
   });
 
-  it('answers 200 ignored, storing nothing, when a delivery normalizes to more than twice maxBodyBytes of events', async () => {
-    // 10,000 ref changes of ~55 bytes each, every one of which becomes an event carrying the
-    // 1,000-character repository name and sender: ~21 MiB of events from a ~0.6 MiB body.
-    const d = push('bitbucket', `P/${'r'.repeat(1000)}`, (p) => {
+  it('answers 200 ignored, storing nothing, when a delivery normalizes to more than twice maxBodyBytes of events, counted in UTF-8 bytes', async () => {
+    // 20,000 ref changes of ~135 bytes each, every one of which becomes an event carrying the
+    // repository's name of 330 ideographs: ~12 M characters of events (under the limit as counted
+    // before), ~26 MB of UTF-8, from a ~2.6 MiB body.
+    const d = push('bitbucket', `P/${ideographs(330)}`, (p) => {
       const template = p.changes[0];
-      p.actor.name = 's'.repeat(1000);
-      p.changes = Array.from({ length: 10_000 }, (_, i) => ({ refId: `refs/heads/b${i}`, fromHash: template.fromHash, toHash: template.toHash }));
+      p.changes = Array.from({ length: 20_000 }, (_, i) => ({ refId: `refs/heads/b${i}`, fromHash: template.fromHash, toHash: template.toHash }));
     });
-    expect(d.body.length).toBeLessThan(MAX_BODY_BYTES / 4);
+    expect(d.body.length).toBeLessThan(MAX_BODY_BYTES / 2);
     const res = await send(h, d);
     expect(res.status, await res.clone().text()).toBe(200);
     expect(await res.json()).toEqual({ status: 'ignored', reason: 'events over the size limit' });
@@ -122,13 +128,68 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
     expect(h.logs.join('\n')).toMatch(/events are over the size limit/);
   });
 
-  it('looks up a GitHub installation event naming 65,600 repositories (more than a statement takes parameters): 200 ignored, not 503', async () => {
+  it('looks up a GitHub installation event naming 65,600 repositories (more than a statement takes parameters): 200 ignored, not 503; 202 when one of them is attached', async () => {
     const repositories = Array.from({ length: 65_600 }, (_, i) => ({ id: 3_000_000_000 + i, full_name: `o/r${i}` }));
     const payload = { action: 'added', installation: { id: randomInt(1e9, 2e9) }, repository_selection: 'selected', repositories_added: repositories, repositories_removed: [], sender: { login: 'octocat' } };
     const d = delivery('github', payload, { deliveryId: randomUUID(), secret: attached.github.hook.secret, githubEvent: 'installation_repositories' });
     const res = await send(h, d);
     expect(res.status, await res.clone().text()).toBe(200);
     expect(await res.json()).toEqual({ status: 'ignored', reason: 'repository not attached' });
+
+    // The attached repository, last of the 65,600, through its connection's installation. Stored
+    // for a task queue no worker polls (this harness' relay starts none of it): the run would
+    // upsert 65,600 repositories; the answer is what is under test.
+    const withAttached = { ...payload, installation: { id: Number(GITHUB_FIXTURE_INSTALLATION_ID) }, repositories_added: [...repositories.slice(1), { id: Number(attached.github.externalId), full_name: attached.github.fullName }] };
+    const found = delivery('github', withAttached, { deliveryId: randomUUID(), secret: attached.github.hook.secret, githubEvent: 'installation_repositories' });
+    const app = h.appWith({ taskQueue: `nobody-${randomUUID()}` });
+    try {
+      const ok = await app.request(found.path, { method: 'POST', headers: found.headers, body: found.body });
+      expect(ok.status, await ok.clone().text()).toBe(202);
+      expect(await ok.json()).toMatchObject({ status: 'accepted', events: 65_600 });
+    } finally {
+      await h.db.deleteFrom('webhook_deliveries').where('provider', '=', 'github').where('delivery_id', '=', found.deliveryId).execute();
+    }
+  });
+
+  it('answers 503 (not "cannot be stored") when connecting to PostgreSQL fails with a class-22 SQLSTATE, before a lookup or before the insert; the run retries it', async () => {
+    // A connection option PostgreSQL refuses: 22023 at every connect, whatever the delivery.
+    const refusedAtConnect = new pg.Pool({ connectionString: `${inject('databaseUrl')}${inject('databaseUrl').includes('?') ? '&' : '?'}options=${encodeURIComponent('-c statement_timeout=abc')}` });
+    const good = new pg.Pool({ connectionString: inject('databaseUrl') });
+    let failing = false;
+    const pool = { connect: () => (failing ? refusedAtConnect : good).connect(), end: async () => {} };
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    const metrics = createApiMetrics();
+    const app = h.appWith({ db, metrics });
+    const post = (d: Delivery) => app.request(d.path, { method: 'POST', headers: d.headers, body: d.body });
+    try {
+      // Warm: the connection's credentials and the attached repository are remembered, so the next
+      // delivery's only statement is the insert.
+      const warm = push('gitlab', attached.gitlab.fullName);
+      expect((await post(warm)).status).toBe(202);
+      failing = true;
+      const atInsert = push('gitlab', attached.gitlab.fullName);
+      const res = await post(atInsert);
+      expect(res.status, await res.clone().text()).toBe(503);
+      // A fresh receiver, a GitHub delivery (the App's secret, no credential to read): the
+      // attached repository's lookup fails to connect the same way.
+      const lookup = push('github', attached.github.fullName);
+      const cold = await h.appWith({ db }).request(lookup.path, { method: 'POST', headers: lookup.headers, body: lookup.body });
+      expect(cold.status, await cold.clone().text()).toBe(503);
+      expect(h.logs.join('\n')).toMatch(/"sqlState":"22023".*could not store the delivery/);
+      expect(await metrics.registry.getSingleMetricAsString('forgelink_webhook_deliveries_total')).not.toMatch(/outcome="unstorable"/);
+
+      // The run: a failed connect is retryable, never DeliveryNotStorable.
+      const { recordEvent } = createEventActivities({ db, logger: createLogger('test', 'silent'), deliveryDeadlineSeconds: 60 });
+      const event: NormalizedEvent = { provider: 'gitlab', deliveryId: atInsert.deliveryId, kind: 'push', repository: { externalId: attached.gitlab.externalId, fullName: attached.gitlab.fullName }, ref: { type: 'branch', name: 'main', before: 'a', after: 'b' } };
+      const error = await new MockActivityEnvironment()
+        .run(recordEvent, { provider: 'gitlab' as const, deliveryId: atInsert.deliveryId, receivedAt: new Date().toISOString(), events: [event], connectionId: attached.gitlab.connectionId })
+        .then(() => undefined, (e: unknown) => e);
+      expect(error).toMatchObject({ code: '22023' });
+      expect(error).not.toBeInstanceOf(ApplicationFailure);
+    } finally {
+      await refusedAtConnect.end();
+      await good.end();
+    }
   });
 
   it('fails the run of a stored delivery PostgreSQL refuses to record (a row from before the byte limit), instead of retrying it every minute for good', { timeout: 45_000 }, async () => {
@@ -153,7 +214,7 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
     expect(await eventsOfDelivery(h.db, 'gitlab', deliveryId)).toEqual([]);
   });
 
-  it('answers 200 ignored for a write PostgreSQL refuses for its data (classes 22, 23, 54), 503 only when it is unavailable', async () => {
+  it('answers 200 ignored (counted "unstorable") for an insert PostgreSQL refuses for its content (22021, 22P02, 22P05, 23503, 54000), 503 for anything else', async () => {
     // The write fails as the delivery id says: `raise-<SQLSTATE>-…`.
     await sql`create or replace function hostile_input_raise() returns trigger language plpgsql as $$
       begin raise exception 'refused by the test' using errcode = substr(new.delivery_id, 7, 5); end $$`.execute(h.db);
@@ -161,16 +222,26 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
       when (new.delivery_id like 'raise-%') execute function hostile_input_raise()`.execute(h.db);
     try {
       const answers: Record<string, number> = {};
-      for (const code of ['22P05', '22021', '23503', '54000', '53300', '57P01', '08006', '40001', '40P01', '55P03', '57014']) {
+      const metrics = createApiMetrics();
+      const app = h.appWith({ metrics });
+      for (const code of ['22P05', '22021', '22P02', '23503', '54000', '22023', '22012', '23505', '54001', '42804', '53300', '57P01', '08006', '40001', '40P01', '55P03', '57014']) {
         const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), attached.gitlab);
         const d = delivery('gitlab', payload, { deliveryId: `raise-${code}-${randomUUID()}`, ...attached.gitlab.hook });
-        const res = await send(h, d);
+        const res = await app.request(d.path, { method: 'POST', headers: d.headers, body: d.body });
         answers[code] = res.status;
         if (res.status === 200) expect(await res.json()).toEqual({ status: 'ignored', reason: 'the delivery cannot be stored' });
         expect(await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', d.deliveryId).execute()).toEqual([]);
       }
-      expect(answers).toEqual({ '22P05': 200, '22021': 200, '23503': 200, '54000': 200, '53300': 503, '57P01': 503, '08006': 503, '40001': 503, '40P01': 503, '55P03': 503, '57014': 503 });
+      // Only the SQLSTATEs a delivery's content causes (lib/db/errors.ts); 22023, 22012, 23505,
+      // 54001 and 42804 come from a setting or our own SQL, and are 503 like an outage.
+      expect(answers).toEqual({
+        '22P05': 200, '22021': 200, '22P02': 200, '23503': 200, '54000': 200,
+        '22023': 503, '22012': 503, '23505': 503, '54001': 503, '42804': 503,
+        '53300': 503, '57P01': 503, '08006': 503, '40001': 503, '40P01': 503, '55P03': 503, '57014': 503,
+      });
       expect(h.logs.join('\n')).toMatch(/"sqlState":"22P05".*cannot be stored/);
+      // Counted apart from "ignored", for operators to alert on.
+      expect(await metrics.registry.getSingleMetricAsString('forgelink_webhook_deliveries_total')).toMatch(/forgelink_webhook_deliveries_total\{provider="gitlab",outcome="unstorable"\} 5\b/);
     } finally {
       await sql`drop trigger hostile_input_raise on webhook_deliveries`.execute(h.db);
       await sql`drop function hostile_input_raise()`.execute(h.db);

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { githubAppFromConfig } from '../../api/main.ts';
-import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
+import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, MAX_WEBHOOK_BODY_BYTES, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
 const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: KEY } };
@@ -54,6 +54,12 @@ describe('config', () => {
     expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { github: { webUrl: 'ftp://github.com' } } }))).toContain('gitProviders.github.webUrl');
     // Without an App name there is no install flow.
     expect(githubAppFromConfig(parseConfig(minimal))).toBeUndefined();
+  });
+
+  it('bounds webhooks.maxBodyBytes at 100 MiB (events are stored up to twice it, under jsonb\'s and V8\'s string limits)', () => {
+    expect(parseConfig({ ...minimal, webhooks: { maxBodyBytes: MAX_WEBHOOK_BODY_BYTES } }).webhooks.maxBodyBytes).toBe(100 * 1024 * 1024);
+    expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBodyBytes: MAX_WEBHOOK_BODY_BYTES + 1 } }))).toMatch(/webhooks\.maxBodyBytes/);
+    expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBodyBytes: 300 * 1024 * 1024, unverifiedBodyBytes: 600 * 1024 * 1024 } }))).toMatch(/webhooks\.maxBodyBytes/);
   });
 
   it('reads security.allowPrivateNetworks as addresses or CIDR ranges', () => {

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { WebhookDefinition } from '@octokit/webhooks-examples';
 import { describe, expect, it } from 'vitest';
-import { isPing, MAX_NAME_LENGTH, normalizeDelivery, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
+import { isPing, MAX_NAME_LENGTH, MAX_SENDER_BYTES, normalizeDelivery, normalizeWebhook, WebhookPayloadError, type WebhookHeaders } from '../../api/webhooks/normalize.ts';
 import { MAX_REF_NAME_LENGTH } from '../../lib/ref-glob.ts';
 import type { NormalizedEvent, Provider } from '../../lib/domain.ts';
 
@@ -711,10 +711,17 @@ describe('normalizeDelivery: names over the length limits', () => {
     expect(event!.ref?.name).toBe('\uFFFD\uFFFD\uFFFD\uFFFD');
   });
 
-  it('keeps the event of an over-long sender, without the sender', () => {
-    const [event] = normalizeDelivery('bitbucket', headers, push(['main'], 's'.repeat(MAX_NAME_LENGTH + 1))).events;
+  it('cuts a sender over 255 bytes of UTF-8 between characters, keeping the event (each ref change repeats it)', () => {
+    const senderOf = (sender: string) => normalizeDelivery('bitbucket', headers, push(['main', 'dev'], sender)).events.map((e) => e.sender);
+    // 1,000 ideographs (under the 1,024 characters counted before): 85 of them, 255 bytes, on every event.
+    const ideographs = '\u4e2d'.repeat(1000);
+    expect(senderOf(ideographs)).toEqual(['\u4e2d'.repeat(85), '\u4e2d'.repeat(85)]);
+    // 4-byte characters: 63 whole ones (252 bytes), never half a surrogate pair.
+    expect(senderOf(`${'\u{1F600}'.repeat(100)}`)).toEqual(['\u{1F600}'.repeat(63), '\u{1F600}'.repeat(63)]);
+    expect(senderOf(`ab${'\u{1F600}'.repeat(100)}`)[0]).toBe(`ab${'\u{1F600}'.repeat(63)}`);
+    expect(senderOf('s'.repeat(MAX_SENDER_BYTES))[0]).toHaveLength(MAX_SENDER_BYTES);
+    expect(senderOf('s'.repeat(100_000))[0]).toBe('s'.repeat(MAX_SENDER_BYTES));
+    const [event] = normalizeDelivery('bitbucket', headers, push(['main'], ideographs)).events;
     expect(event).toMatchObject({ kind: 'push', ref: { name: 'main' } });
-    expect(event).not.toHaveProperty('sender');
-    expect(normalizeDelivery('bitbucket', headers, push(['main'], 's'.repeat(MAX_NAME_LENGTH))).events[0]!.sender).toHaveLength(MAX_NAME_LENGTH);
   });
 });

@@ -23,9 +23,24 @@ describe('describeStartFailure', () => {
   });
 
   it('cuts the reason between characters, never within a surrogate pair (its row would hold half of one)', () => {
-    const { error } = describeStartFailure(grpc(3, `${'x'.repeat(280)}${'\u{1F600}'.repeat(20)}`));
-    expect(error.length).toBeLessThanOrEqual(300);
-    expect(isStorableText(error)).toBe(true);
-    expect(error.endsWith('x…')).toBe(true);
+    // 100 emoji start at every offset from 200 to 219: whatever the status prefix's length, the cut at
+    // 299 UTF-16 units falls between the two halves of a pair for half of them.
+    let withinPair = 0;
+    for (let pad = 200; pad < 220; pad++) {
+      const message = `${'x'.repeat(pad)}${'\u{1F600}'.repeat(100)}`;
+      const { error } = describeStartFailure(grpc(3, message));
+      expect(error.length).toBeLessThanOrEqual(300);
+      expect(error.endsWith('…')).toBe(true);
+      expect(isStorableText(error), `pad ${pad}: ${JSON.stringify(error.slice(-4))}`).toBe(true);
+      const kept = error.slice(0, -1);
+      // The longest start that holds whole characters: 299 units, or 298 where the 299th is a pair's first half.
+      expect(kept.length).toBeGreaterThanOrEqual(298);
+      // The status prefix, whatever its length, then the message's start.
+      const prefix = kept.slice(0, kept.indexOf('x'));
+      expect(prefix).toMatch(/^INVALID_ARGUMENT: ?$/);
+      expect(message.startsWith(kept.slice(prefix.length))).toBe(true);
+      if (kept.length === 298) withinPair++;
+    }
+    expect(withinPair).toBe(10);
   });
 });

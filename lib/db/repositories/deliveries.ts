@@ -1,6 +1,7 @@
 import { CompiledQuery, sql, type Kysely, type Transaction } from 'kysely';
 import type { NormalizedEvent, Provider } from '../../domain.ts';
 import { toStorableText } from '../../text.ts';
+import { contentWrite } from '../errors.ts';
 import type { Database, DeliveryStart } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -29,41 +30,52 @@ const STORE_DELIVERY = `insert into "webhook_deliveries" ("provider", "delivery_
   on conflict on constraint "webhook_deliveries_key" do nothing`;
 
 /**
- * The events as stored (JSON.stringify of the list), or undefined once they pass `maxLength`
- * characters: written 256 events at a time, so a delivery whose events would make a string of
- * gigabytes (each of a push's many ref changes repeats its repository's name and its sender) stops
- * near the limit instead of failing PostgreSQL's (jsonb: 255 MB) or V8's (~512 M characters)
- * later. As fast as one JSON.stringify (10,000 events: 7-8 ms of CPU either way; one call per
- * event took 21 ms).
+ * The events as stored (JSON.stringify of the list), or undefined once they pass `maxBytes` bytes
+ * of UTF-8 (what PostgreSQL receives, parses and stores; a name of 3-byte characters is three
+ * times its length): written 256 events at a time, each chunk measured with Buffer.byteLength, so
+ * a delivery whose events would make a string of gigabytes (each of a push's many ref changes
+ * repeats its repository's name and its sender) stops near the limit instead of failing
+ * PostgreSQL's (jsonb: 255 MB) or V8's (~512 M characters) later. As fast as one JSON.stringify
+ * (10,000 events: 7-8 ms of CPU either way; one call per event took 21 ms).
  */
-export function serializeEvents(events: readonly NormalizedEvent[], maxLength: number): string | undefined {
+export function serializeEvents(events: readonly NormalizedEvent[], maxBytes: number): string | undefined {
   if (events.length <= SERIALIZED_AT_ONCE) {
     const json = JSON.stringify(events);
-    return json.length <= maxLength ? json : undefined;
+    // A character is at least one byte: longer than the limit, it is over it without counting.
+    return json.length <= maxBytes && Buffer.byteLength(json, 'utf8') <= maxBytes ? json : undefined;
   }
   let json = '[';
+  let bytes = 2; // the brackets
   for (let start = 0; start < events.length; start += SERIALIZED_AT_ONCE) {
-    json += (start === 0 ? '' : ',') + JSON.stringify(events.slice(start, start + SERIALIZED_AT_ONCE)).slice(1, -1);
-    if (json.length + 1 > maxLength) return undefined;
+    const chunk = (start === 0 ? '' : ',') + JSON.stringify(events.slice(start, start + SERIALIZED_AT_ONCE)).slice(1, -1);
+    bytes += Buffer.byteLength(chunk, 'utf8');
+    if (bytes > maxBytes) return undefined;
+    json += chunk;
   }
   return `${json}]`;
 }
 
 const SERIALIZED_AT_ONCE = 256;
 
-/** Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row already there. Returns whether this call stored it. */
+/**
+ * Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row
+ * already there. Returns whether this call stored it. PostgreSQL refusing the INSERT for the
+ * delivery's content (lib/db/errors.ts: a value it cannot hold, the connection's row gone) is a
+ * ContentRefusedError; the connection is taken from the pool first, so a failed connect (whatever
+ * its SQLSTATE) is thrown as it is, never taken for the delivery's fault.
+ */
 export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<boolean> {
-  const result = await db.executeQuery(
-    CompiledQuery.raw(STORE_DELIVERY, [
-      delivery.provider,
-      delivery.deliveryId,
-      delivery.connectionId ?? null,
-      delivery.eventsJson ?? JSON.stringify(delivery.events),
-      delivery.installationId ?? null,
-      delivery.instanceUrl ?? null,
-      delivery.start ? JSON.stringify(delivery.start) : null,
-    ]),
-  );
+  const query = CompiledQuery.raw(STORE_DELIVERY, [
+    delivery.provider,
+    delivery.deliveryId,
+    delivery.connectionId ?? null,
+    delivery.eventsJson ?? JSON.stringify(delivery.events),
+    delivery.installationId ?? null,
+    delivery.instanceUrl ?? null,
+    delivery.start ? JSON.stringify(delivery.start) : null,
+  ]);
+  const insert = (executor: Executor) => contentWrite(() => executor.executeQuery(query), { foreignKey: true });
+  const result = db.isTransaction ? await insert(db) : await db.connection().execute(insert);
   return Number(result.numAffectedRows ?? 0n) > 0;
 }
 
