@@ -244,12 +244,24 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   /**
    * The run's next step's first read, started by the step before it as soon as that step's own
    * provider work was done (readAhead), so that it is in flight while the run hands over from one
-   * step to the next. Made for the step named `step` only, and taken by the next step that reads.
+   * step to the next. Made for the step named `step` only, by the local activity `producer` (its
+   * activity id as a number), and used only by the activity the run schedules right after it.
    */
   interface ReadAhead {
     step: string;
+    producer: number;
     answer: Promise<unknown>;
   }
+  /**
+   * The running local activity's place in its run's schedule: the workflow SDK gives every activity
+   * of a run, regular or local, the id `${seq}` from one sequence (@temporalio/workflow
+   * scheduleActivity, scheduleLocalActivity; workflows/attach.ts sets no activityId), so the
+   * activity a run schedules right after activity n has id n + 1. None for anything else.
+   */
+  const scheduledAs = (): number | undefined => {
+    const info = activityContext()?.info;
+    return info?.isLocal && /^[1-9][0-9]{0,15}$/.test(info.activityId) ? Number(info.activityId) : undefined;
+  };
   /**
    * Starts the read the run's next step begins with (`step`, as that step names it to readingTarget)
    * with what this step reached the repository with. Only for a provider whose hook set is one hook:
@@ -260,8 +272,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    */
   function readAhead(runKey: string | undefined, step: string, read: (row: RepositoryRow, adapter: ProviderAdapter) => Promise<unknown>): void {
     const entry = runKey ? runTargets.get(runKey) : undefined;
-    if (!entry || hookKeys(entry.row.provider).length !== 1) return;
-    entry.ahead = { step, answer: handled(read(entry.row, entry.adapter)) };
+    const producer = scheduledAs();
+    if (!entry || producer === undefined || hookKeys(entry.row.provider).length !== 1) return;
+    entry.ahead = { step, producer, answer: handled(read(entry.row, entry.adapter)) };
   }
   /** Whether an adapter built from `earlier` reaches the provider as one built from `row` would, on the same repository. */
   const sameTarget = (row: RepositoryRow, earlier: RepositoryRow) =>
@@ -282,7 +295,11 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * before. So every check of the row still comes before the step acts on anything, and only a read
    * goes out before it. `answer` is returned unawaited (a step awaits it where its failure counts).
    * When the step before started this read already (readAhead, for this step's `ahead`), that read
-   * is the early one; a read made ahead for another step is dropped, as is any left by a step.
+   * is the early one, but only if that step is the very activity the run scheduled before this one
+   * (activity id one less): a step between them run as a regular activity (refused admission; it
+   * neither uses nor clears the run's entry) may have changed the hooks since, as may another
+   * attach or detach of the same run. Any other read made ahead is dropped, as is an entry older
+   * than RUN_TARGET_TTL_MS.
    */
   async function readingTarget<T>(
     key: RepositoryKey,
@@ -290,10 +307,16 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     read: (row: RepositoryRow, adapter: ProviderAdapter) => Promise<T>,
   ): Promise<{ row: RepositoryRow; adapter: ProviderAdapter; answer: Promise<T> }> {
     const runKey = runTargetKey(key);
-    const earlier = runKey ? runTargets.get(runKey) : undefined;
+    let earlier = runKey ? runTargets.get(runKey) : undefined;
+    if (earlier && Date.now() - earlier.storedAt > RUN_TARGET_TTL_MS) {
+      runTargets.delete(runKey!);
+      earlier = undefined;
+    }
     const madeAhead = earlier?.ahead;
     if (earlier) earlier.ahead = undefined;
-    const early = earlier ? (madeAhead && ahead !== undefined && madeAhead.step === ahead ? (madeAhead.answer as Promise<T>) : handled(read(earlier.row, earlier.adapter))) : undefined;
+    const consumer = scheduledAs();
+    const usable = madeAhead && ahead !== undefined && madeAhead.step === ahead && consumer !== undefined && consumer === madeAhead.producer + 1;
+    const early = earlier ? (usable ? (madeAhead.answer as Promise<T>) : handled(read(earlier.row, earlier.adapter))) : undefined;
     const row = await repository(key, { requireActive });
     check?.(row);
     if (earlier && early && sameTarget(row, earlier.row)) return { row, adapter: earlier.adapter, answer: early };

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHookActivities } from '../../activities/hooks.ts';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { sql } from 'kysely';
+import { createHookActivities, deliveryUrl } from '../../activities/hooks.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { seal } from '../../lib/crypto.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -15,7 +16,10 @@ import { testOutbound } from '../support/outbound.ts';
  * first read with the adapter an earlier step of the run left, beside its read of the row, and
  * acts only on what the row says now. For a hook set of one hook (GitLab's), the step before
  * starts that read already once its own provider work is done (readAhead): the lookup the
- * ensure's listing, the ensure the prune's.
+ * ensure's listing, the ensure the prune's. Such a read serves only the activity the run schedules
+ * right after the one that made it (activity id + 1, as the workflow SDK numbers a run's regular and
+ * local activities from one sequence): a step run as a regular activity in between (refused
+ * admission), or a later attach of the same run, lists again.
  */
 describe("an attach's local steps reuse the run's adapter only for the target the row still names", () => {
   let h: Harness;
@@ -33,11 +37,28 @@ describe("an attach's local steps reuse the run's adapter only for the target th
 
   const activities = () =>
     createHookActivities({ db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } });
-  /** The steps of one run, as its workflow task runs them: local activities of that run. */
+  /**
+   * The steps of one run, numbered as the workflow SDK numbers them (activity id `${seq}`, one
+   * sequence for a run's regular and local activities): called, a local activity (inside the
+   * workflow task); `.activity`, a regular one (a step refused admission); `.skip`, activities the
+   * run scheduled that do not matter here.
+   */
   const run = () => {
-    const env = new MockActivityEnvironment({ isLocal: true, workflowExecution: { workflowId: `repository:${randomUUID()}`, runId: randomUUID() } });
-    return <T>(step: () => Promise<T>): Promise<T> => env.run(step) as Promise<T>;
+    const workflowExecution = { workflowId: `repository:${randomUUID()}`, runId: randomUUID() };
+    let seq = 0;
+    const as = (isLocal: boolean) => <T>(step: () => Promise<T>): Promise<T> => new MockActivityEnvironment({ isLocal, activityId: String(++seq), workflowExecution }).run(step) as Promise<T>;
+    return Object.assign(as(true), { activity: as(false), skip: (n = 1) => void (seq += n) });
   };
+  /** A hook at the connection's delivery URL made at GitLab by someone else than this run's steps (a stray one). */
+  async function strayHook(token: string, connectionId: string, projectId: number): Promise<string> {
+    const response = await fetch(`${gitlab.url}/api/v4/projects/${projectId}/hooks`, {
+      method: 'POST',
+      headers: { 'PRIVATE-TOKEN': token, 'content-type': 'application/json' },
+      body: JSON.stringify({ url: deliveryUrl(TEST_PUBLIC_URL, 'gitlab', connectionId), push_events: true }),
+    });
+    expect(response.status).toBe(201);
+    return String(((await response.json()) as { id: number }).id);
+  }
   async function repository() {
     const token = `glpat-${randomUUID()}`;
     gitlab.addToken({ token, username: 'ci-bot', scopes: ['api', 'read_user', 'read_repository'] });
@@ -111,5 +132,89 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     // The prune, the attach's last step, forgot the run's adapter: a later step of the run reads the row first.
     const other = run();
     expect(await other(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId] }))).toEqual({ removed: [] });
+  });
+
+  it("the ensure's listing made ahead is not taken by a later attach's ensure of the run once an ensure ran as an activity in between", async () => {
+    const hooks = activities();
+    const { project, key } = await repository();
+    const step = run();
+    // Attach 1: the lookup inside the workflow task starts the ensure's listing; the ensure, refused there, runs as an activity and creates the hook.
+    await step(() => hooks.beginAttachment(key));
+    const fromLookup = gitlab.server.calls.length;
+    await step(() => hooks.verifyRepository(key));
+    await answered(fromLookup, 'listHooks');
+    const first = await step.activity(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
+    expect(first.outcome).toBe('created');
+    step.skip(3); // its prune as an activity; attach 2's begin, and its lookup as an activity
+    // Attach 2's ensure, admitted: it lists again, finds the hook and adopts it.
+    const second = await step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
+    expect(second).toMatchObject({ outcome: 'adopted', providerHookId: first.providerHookId });
+    expect(gitlab.hooks(project.id)).toHaveLength(1);
+  });
+
+  it("the prune's listing made ahead is not taken by a later prune of the run: a stray hook made since is removed", async () => {
+    const hooks = activities();
+    const { token, connectionId, project, key } = await repository();
+    const step = run();
+    await step(() => hooks.beginAttachment(key));
+    await step(() => hooks.verifyRepository(key));
+    const fromEnsure = gitlab.server.calls.length;
+    const { providerHookId } = await step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
+    // The ensure started the prune's listing; the prune, refused, runs as an activity.
+    await answered(fromEnsure, 'listHooks');
+    expect(await step.activity(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId], completeAttachment: true }))).toEqual({ removed: [], attachmentCompleted: true });
+    const stray = await strayHook(token, connectionId, project.id);
+    step.skip(3); // attach 2's begin, lookup and ensure, the last two as activities
+    expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId], completeAttachment: true }))).toEqual({ removed: [stray], attachmentCompleted: true });
+    expect(gitlab.hooks(project.id).map((hook) => String(hook.id))).toEqual([providerHookId]);
+  });
+
+  it("an ensure failing after it started the prune's listing drops it: the next step of the run lists again", async () => {
+    const hooks = activities();
+    const { token, connectionId, project, key } = await repository();
+    const step = run();
+    await step(() => hooks.beginAttachment(key));
+    const fromLookup = gitlab.server.calls.length;
+    await step(() => hooks.verifyRepository(key));
+    await answered(fromLookup, 'listHooks');
+    // The hook's record fails (PostgreSQL refuses it), after the hook was saved and the prune's listing started.
+    const attachment = await h.db.selectFrom('attachments').select('id').where('repository_id', '=', key.repositoryId).executeTakeFirstOrThrow();
+    const fn = `refuse_hook_${randomUUID().replace(/-/g, '')}`;
+    await sql.raw(`create function ${fn}() returns trigger language plpgsql as $$ begin raise exception 'hook record refused by the test'; end $$`).execute(h.db);
+    await sql.raw(`create trigger ${fn} before insert on hooks for each row when (new.attachment_id = '${attachment.id}') execute function ${fn}()`).execute(h.db);
+    const fromEnsure = gitlab.server.calls.length;
+    try {
+      await expect(step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).rejects.toThrow(/hook record refused by the test/);
+    } finally {
+      await sql.raw(`drop trigger ${fn} on hooks; drop function ${fn}()`).execute(h.db);
+    }
+    await answered(fromEnsure, 'listHooks');
+    expect(callsAt(fromEnsure)).toEqual(['createHook 201', 'listHooks 200']);
+    const [saved] = gitlab.hooks(project.id);
+    const stray = await strayHook(token, connectionId, project.id);
+    // The activity the run schedules right after the ensure (here its prune) does not take the listing made before the failure.
+    expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [String(saved!.id)] }))).toEqual({ removed: [stray] });
+  });
+
+  it("a run's entry older than RUN_TARGET_TTL_MS is not used, nor the listing made ahead with it: the next step lists again", async () => {
+    const hooks = activities();
+    const { project, key } = await repository();
+    const step = run();
+    await step(() => hooks.beginAttachment(key));
+    const fromLookup = gitlab.server.calls.length;
+    await step(() => hooks.verifyRepository(key));
+    await answered(fromLookup, 'listHooks');
+    const fromEnsure = gitlab.server.calls.length;
+    // The ensure runs 61 s after the lookup (the clock moved on, not waited for).
+    const now = Date.now;
+    const later = vi.spyOn(Date, 'now').mockImplementation(() => now() + 61_000);
+    try {
+      expect((await step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).outcome).toBe('created');
+    } finally {
+      later.mockRestore();
+    }
+    await answered(fromEnsure, 'listHooks', 2);
+    expect(callsAt(fromEnsure)).toEqual(['listHooks 200', 'createHook 201', 'listHooks 200']);
+    expect(gitlab.hooks(project.id)).toHaveLength(1);
   });
 });
