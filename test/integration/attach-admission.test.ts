@@ -136,6 +136,9 @@ describe('attach admission into workflow tasks', () => {
       const timer = events.find((e) => e.timerStartedEventAttributes);
       expect(Number(timer?.eventId)).toBeGreaterThan(Number(lookups[0]!.event.eventId));
       expect(Number(timer?.eventId)).toBeLessThan(Number(lookups[1]!.event.eventId));
+      // The retry costs a marker, a timer and a workflow task, no further patch marker: one, 18 events (12 without the retry).
+      expect(patchesOf(events)).toEqual(['attach-one-patch']);
+      expect(events).toHaveLength(18);
       await recordHistory(h.client, workflowId, 'repository-attach-gitlab-one-patch-retried');
     } finally {
       worldB.proxy.fault = () => undefined;

@@ -14,7 +14,7 @@ import {
   type Org,
 } from '../support/attachments.ts';
 import type { Harness } from '../support/harness.ts';
-import { localStepsOf, recordHistory } from '../support/histories.ts';
+import { historyEvents, localStepsOf, patchesOf, recordHistory } from '../support/histories.ts';
 import { findAttachedRepositories } from '../../lib/db/repositories/events.ts';
 
 /**
@@ -106,6 +106,12 @@ describe('attach under faults', () => {
     expect(repo.hooks()).toEqual([]);
     const attachment = await attachmentOf(h, org, repo.repositoryId);
     expect(attachment).toMatchObject({ status: 'failed', hooks: [], reason: expect.stringContaining('azure-devops answered 400') });
+    // A new run's one patch marker (workflows/attach.ts attachAsPatched); its steps inside the
+    // workflow task, the three undos as activities (one workflow task each), the failure's record: 32 events.
+    const events = await historyEvents(h.client, workflowId);
+    expect(patchesOf(events)).toEqual(['attach-one-patch']);
+    expect(localStepsOf(events).map((step) => step.activityType).sort()).toEqual(['beginAttachment', 'ensureHook', 'ensureHook', 'ensureHook', 'failAttachment', 'verifyRepository']);
+    expect(events).toHaveLength(32);
     await recordHistory(h.client, workflowId, 'repository-attach-azure-devops-one-patch-refused');
   });
 
