@@ -45,11 +45,21 @@ export function serializeEvents(events: readonly NormalizedEvent[], maxBytes: nu
     return json.length <= maxBytes && Buffer.byteLength(json, 'utf8') <= maxBytes ? json : undefined;
   }
   let json = '[';
+  // Bytes of the chunks measured, and the chunks not measured yet: a chunk is measured only once
+  // three bytes a character could take what is written past the limit (measuring ~10 MB of
+  // 3-byte names costs ~60 ms, twice the chunks' own writing).
   let bytes = 2; // the brackets
+  let pending: string[] = [];
+  let pendingLength = 0;
   for (let start = 0; start < events.length; start += SERIALIZED_AT_ONCE) {
     const chunk = (start === 0 ? '' : ',') + JSON.stringify(events.slice(start, start + SERIALIZED_AT_ONCE)).slice(1, -1);
-    bytes += Buffer.byteLength(chunk, 'utf8');
-    if (bytes > maxBytes) return undefined;
+    pending.push(chunk);
+    pendingLength += chunk.length;
+    if (bytes + 3 * pendingLength > maxBytes) {
+      for (const measured of pending) bytes += Buffer.byteLength(measured, 'utf8');
+      [pending, pendingLength] = [[], 0];
+      if (bytes > maxBytes) return undefined;
+    }
     json += chunk;
   }
   return `${json}]`;
