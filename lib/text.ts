@@ -33,3 +33,15 @@ export function cutToUtf8Bytes(value: string, maxBytes: number): string {
   }
   return value;
 }
+
+/**
+ * The longest repository name (and project) stored, in UTF-8 bytes (so in characters too): a name is
+ * written into an index (repositories_picker: project and name together), and PostgreSQL refuses an
+ * index row over ~2,700 bytes (54000), which 1,024 characters of 3-byte ones passed. The webhook
+ * receivers leave out an event naming a repository over it, and a listing leaves out such a repository.
+ */
+export const MAX_NAME_LENGTH = 1024;
+
+/** Whether `name` is at most MAX_NAME_LENGTH bytes in UTF-8 (a UTF-16 unit is at most 3 of them, so short names are not measured). */
+export const nameWithinLimit = (name: string): boolean =>
+  name.length * 3 <= MAX_NAME_LENGTH || (name.length <= MAX_NAME_LENGTH && Buffer.byteLength(name, 'utf8') <= MAX_NAME_LENGTH);

@@ -1,6 +1,6 @@
 import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
 import { excerpt } from '../outbound.ts';
-import { isStorableText, toStorableText } from '../../lib/text.ts';
+import { isStorableText, nameWithinLimit, toStorableText } from '../../lib/text.ts';
 
 /**
  * The seam between forgelink and a Git provider. Each provider (GitHub App, GitLab, Bitbucket Data
@@ -47,7 +47,10 @@ export interface ProviderRepository {
 /**
  * A repository as PostgreSQL can store it (lib/text.ts): its names with each NUL and lone UTF-16
  * surrogate replaced by U+FFFD; undefined when its id has one, since a mended id could be another
- * repository's (a tenant's server chooses both). One odd character no longer fails a whole listing.
+ * repository's (a tenant's server chooses both), or when its name or project is over MAX_NAME_LENGTH
+ * bytes of UTF-8 (lib/text.ts, as the webhook receivers count them): the picker's index refuses a row
+ * over ~2,700 bytes (54000), which failed the whole listing page. One odd repository no longer fails a
+ * whole listing; those left out are counted (storableRepositories' `unstorable`).
  */
 export function storableRepository(repo: ProviderRepository): ProviderRepository | undefined {
   if (!isStorableText(repo.externalId)) return undefined;
@@ -56,6 +59,7 @@ export function storableRepository(repo: ProviderRepository): ProviderRepository
     const value = repo[key];
     if (value !== undefined) mended[key] = toStorableText(value);
   }
+  if (!nameWithinLimit(mended.fullName) || !nameWithinLimit(mended.project ?? '')) return undefined;
   return mended;
 }
 
@@ -67,7 +71,7 @@ export function storableRepositories(repositories: Array<ProviderRepository | un
 
 export interface RepositoryPage {
   repositories: ProviderRepository[];
-  /** Repositories the provider listed on this page and the page leaves out: their ids cannot be stored (storableRepository). */
+  /** Repositories the provider listed on this page and the page leaves out: their ids cannot be stored, or their names are over MAX_NAME_LENGTH bytes (storableRepository). */
   unstorable?: number;
   nextCursor?: string;
   /**

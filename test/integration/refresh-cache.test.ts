@@ -291,6 +291,28 @@ describe('repository cache: refresh workflow, picker, schedule', () => {
     expect(h.logs.join('\n')).toMatch(/"unstorable":1.*repositories left out of the listing/);
   });
 
+  it("a repository named in over MAX_NAME_LENGTH bytes of UTF-8 is left out and counted, not failing its listing page on the picker's index (54000)", async () => {
+    const org = await newOrg();
+    const azure = await startFakeAzureDevOps({ organization: 'long' });
+    closers.push(() => azure.close());
+    azure.addPat({ pat: 'pat-ok', displayName: 'Lister' });
+    azure.addProject({ name: 'Plain' });
+    azure.addRepository({ projectName: 'Plain', name: 'api' });
+    // 1,000 random ideographs: 3,000 bytes (under 1,024 characters), too random to compress in the index row.
+    const ideographs = Array.from({ length: 1000 }, (_, i) => String.fromCharCode(0x4e00 + ((i * 7919 + Date.now()) % 0x5000))).join('');
+    azure.addRepository({ projectName: 'Plain', name: ideographs });
+    // 340 ideographs (1,020 bytes with the project): kept.
+    azure.addRepository({ projectName: 'Plain', name: ideographs.slice(0, 334) });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'azure-devops', baseUrl: azure.url, externalKey: azure.url, secret: 'pat-ok' });
+
+    expect(await refresh(org)).toMatchObject({ refreshed: 1, failedCount: 0 });
+    const connection = await h.db.selectFrom('connections').select('refresh_error').where('id', '=', connectionId).executeTakeFirstOrThrow();
+    expect(connection.refresh_error).toBeNull();
+    expect((await picker(org)).map((i) => i.fullName).sort()).toEqual(['Plain/api', `Plain/${ideographs.slice(0, 334)}`].sort());
+    expect(await lastListing(h.db, connectionId)).toMatchObject({ listed: 2, rowsWritten: 2 });
+    expect(h.logs.join('\n')).toMatch(new RegExp(`"connectionId":"${connectionId}"[^\\n]*"unstorable":1.*repositories left out of the listing`));
+  });
+
   it('resumes from the heartbeated cursor after a lost answer, and waits out a 429 mid-listing', async () => {
     const { gitlab, proxy, org, token } = await gitlabBehindProxy();
     for (let i = 0; i < 350; i++) gitlab.addProject({ pathWithNamespace: `big/p-${String(i).padStart(3, '0')}` });
