@@ -3,9 +3,12 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Db } from '../lib/db/index.ts';
 import { ContentRefusedError, contentWrite } from '../lib/db/errors.ts';
+import type { Transaction } from 'kysely';
+import type { Database } from '../lib/db/schema.ts';
 import { loadDelivery } from '../lib/db/repositories/deliveries.ts';
 import { queueDispatches } from '../lib/db/repositories/event-dispatches.ts';
 import {
+  cachedRepositoryIds,
   claimDeliveryDigest,
   deliveryScope,
   findAttachedRepositories,
@@ -15,7 +18,7 @@ import {
   type NewEventRow,
   type RecordedEvent,
 } from '../lib/db/repositories/events.ts';
-import { cachedRepositoryId, markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
+import { markRepositoriesVanished, upsertRepositories } from '../lib/db/repositories/repository-cache.ts';
 import { listSubscribersForDispatchOf, listSubscribersOf, type PublicSubscriber } from '../lib/db/repositories/subscribers.ts';
 import { isAccessChange, type NormalizedEvent, type Provider } from '../lib/domain.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../lib/instance.ts';
@@ -136,6 +139,17 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
       }
       const installationConnections =
         installationId && events.some(isAccessChange) ? await findConnectionsByExternalKey(trx, provider, installationId) : [];
+      // Access changes are applied per connection bound to the installation in a few set-based
+      // statements, not two queries per repository: an installation event can name ~65,000 of them,
+      // which one at a time passed this activity's timeout and was retried for good.
+      const accessTargets = await applyAccessChanges(trx, provider, installationConnections, events);
+      // The attached rows of each external id, in the order found.
+      const attachedById = new Map<string, typeof attached>();
+      for (const repository of attached) {
+        const same = attachedById.get(repository.externalId);
+        if (same) same.push(repository);
+        else attachedById.set(repository.externalId, [repository]);
+      }
       const renamed = new Set<string>();
       const rows: NewEventRow[] = [];
       for (const [sequence, event] of events.entries()) {
@@ -143,18 +157,11 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
         const targets = new Map<string, string | null>();
         if (isAccessChange(event)) {
           for (const connection of installationConnections) {
-            const { externalId, fullName, project } = event.repository;
-            if (event.kind === 'repository.added') {
-              await contentWrite(() => upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, [{ externalId, fullName, project }], { partial: true }));
-            } else {
-              await contentWrite(() => markRepositoriesVanished(trx, connection.id, [externalId]));
-            }
-            const repositoryId = (await cachedRepositoryId(trx, connection.id, externalId)) ?? null;
+            const repositoryId = accessTargets.get(connection.id)?.get(event.repository.externalId) ?? null;
             if (!targets.has(connection.organizationId)) targets.set(connection.organizationId, repositoryId);
           }
         }
-        for (const repository of attached) {
-          if (repository.externalId !== event.repository.externalId) continue;
+        for (const repository of attachedById.get(event.repository.externalId) ?? []) {
           if (event.kind !== 'repository.removed' && !renamed.has(repository.repositoryId)) {
             renamed.add(repository.repositoryId);
             const project = event.repository.project ?? repository.project;
@@ -242,6 +249,49 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
       return { recorded: recorded.length, dispatches, deliveryDeadlineSeconds, firstAttempts: made };
     },
   };
+}
+
+/** Ids a statement is given at most, one parameter each (markRepositoriesVanished): PostgreSQL takes 65,535 parameters. */
+const VANISHED_BATCH = 10_000;
+
+/**
+ * Applies an installation's access changes to the cache of every connection bound to it, as the
+ * events say them in order (a run of additions is one upsert, a run of removals a few updates), and
+ * returns each connection's cached repository id of every external id they name. The same writes
+ * as one upsert or mark per event and connection, in a few statements however many repositories.
+ */
+async function applyAccessChanges(
+  trx: Transaction<Database>,
+  provider: Provider,
+  connections: readonly { id: string; organizationId: string }[],
+  events: readonly NormalizedEvent[],
+): Promise<Map<string, Map<string, string>>> {
+  const changes = events.filter(isAccessChange);
+  const result = new Map<string, Map<string, string>>();
+  if (changes.length === 0 || connections.length === 0) return result;
+  // Runs of the same kind, in the events' order (one delivery carries one kind; older input may not).
+  const runs: { kind: NormalizedEvent['kind']; events: NormalizedEvent[] }[] = [];
+  for (const event of changes) {
+    const last = runs[runs.length - 1];
+    if (last?.kind === event.kind) last.events.push(event);
+    else runs.push({ kind: event.kind, events: [event] });
+  }
+  const externalIds = [...new Set(changes.map((e) => e.repository.externalId))];
+  for (const connection of connections) {
+    for (const run of runs) {
+      if (run.kind === 'repository.added') {
+        const repositories = run.events.map(({ repository: { externalId, fullName, project } }) => ({ externalId, fullName, project }));
+        await contentWrite(() => upsertRepositories(trx, { organizationId: connection.organizationId, connectionId: connection.id, provider }, repositories, { partial: true }));
+      } else {
+        const removed = [...new Set(run.events.map((e) => e.repository.externalId))];
+        for (let start = 0; start < removed.length; start += VANISHED_BATCH) {
+          await contentWrite(() => markRepositoriesVanished(trx, connection.id, removed.slice(start, start + VANISHED_BATCH)));
+        }
+      }
+    }
+    result.set(connection.id, await cachedRepositoryIds(trx, connection.id, externalIds));
+  }
+  return result;
 }
 
 /**

@@ -13,6 +13,7 @@ import { PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain
 import { workflowIds, type EventResult } from '../../workflows/contract.ts';
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, withRepository, type Delivery, type Payload } from '../fakes/webhook-deliveries.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
+import { seedConnection } from '../support/attachments.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
 
 /**
@@ -190,6 +191,34 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
       await refusedAtConnect.end();
       await good.end();
     }
+  });
+
+  it('records a GitHub installation gaining, then losing, 65,600 repositories for a bound connection within its 30 s activity (a few statements, not two a repository)', { timeout: 120_000 }, async () => {
+    const installationId = randomInt(1e9, 2e9);
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: String(installationId) });
+    const base = randomInt(4e9, 5e9);
+    const repositories = Array.from({ length: 65_600 }, (_, i) => ({ id: base + i, full_name: `o/r${i}` }));
+    const deliver = async (action: 'added' | 'removed') => {
+      const payload = { action, installation: { id: installationId }, repository_selection: 'selected', repositories_added: action === 'added' ? repositories : [], repositories_removed: action === 'removed' ? repositories : [], sender: { login: 'octocat' } };
+      const d = delivery('github', payload, { deliveryId: randomUUID(), secret: attached.github.hook.secret, githubEvent: 'installation_repositories' });
+      const res = await send(h, d);
+      expect(res.status, await res.clone().text()).toBe(202);
+      const { workflowId } = (await res.json()) as { workflowId: string };
+      const result = await resultOf<EventResult>(h, workflowId);
+      // Within its first attempt: no activity of the run was tried again (a timed-out one is).
+      const history = await h.client.workflow.getHandle(workflowId).fetchHistory();
+      expect(history.events!.filter((e) => (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1)).toEqual([]);
+      return result;
+    };
+    const cached = async (vanished: boolean) =>
+      Number((await h.db.selectFrom('repositories').select((eb) => eb.fn.countAll().as('n')).where('connection_id', '=', connectionId).where('vanished_at', vanished ? 'is not' : 'is', null).executeTakeFirstOrThrow()).n);
+
+    expect(await deliver('added')).toMatchObject({ recorded: 65_600 });
+    expect(await cached(false)).toBe(65_600);
+    const [first] = await h.db.selectFrom('repositories').select(['id', 'full_name']).where('connection_id', '=', connectionId).where('external_id', '=', String(base + 7)).execute();
+    expect(first!.full_name).toBe('o/r7');
+    expect(await deliver('removed')).toMatchObject({ recorded: 65_600 });
+    expect(await cached(true)).toBe(65_600);
   });
 
   it('fails the run of a stored delivery PostgreSQL refuses to record (a row from before the byte limit), instead of retrying it every minute for good', { timeout: 45_000 }, async () => {

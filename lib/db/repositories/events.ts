@@ -94,6 +94,21 @@ export async function findConnectionsByExternalKey(db: Executor, provider: Provi
     .execute();
 }
 
+/**
+ * The cached repository ids of a connection's repositories, by external id: one statement with one
+ * array parameter however many (a GitHub installation event can name tens of thousands).
+ */
+export async function cachedRepositoryIds(db: Executor, connectionId: string, externalIds: readonly string[]): Promise<Map<string, string>> {
+  if (externalIds.length === 0) return new Map();
+  const rows = await db
+    .selectFrom('repositories')
+    .select(['id', 'external_id'])
+    .where('connection_id', '=', connectionId)
+    .where(sql<boolean>`external_id = any(${[...new Set(externalIds)]}::text[])`)
+    .execute();
+  return new Map(rows.map((r) => [r.external_id, r.id]));
+}
+
 /** Follows a rename the provider reported (the event names the repository as it is now). */
 export async function renameCachedRepository(db: Executor, repositoryId: string, fullName: string, project: string | null): Promise<boolean> {
   const result = await db
