@@ -193,7 +193,7 @@ describe('hostile deliveries (real Temporal, real PostgreSQL)', () => {
     }
   });
 
-  it('records a GitHub installation gaining, then losing, 65,600 repositories for a bound connection within its 30 s activity (a few statements, not two a repository)', { timeout: 120_000 }, async () => {
+  it('records a GitHub installation gaining, then losing, 65,600 repositories for a bound connection within its 30 s activity (a few statements, not two a repository)', { timeout: 300_000 }, async () => {
     const installationId = randomInt(1e9, 2e9);
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'github', baseUrl: 'https://api.github.test', externalKey: String(installationId) });
     const base = randomInt(4e9, 5e9);
