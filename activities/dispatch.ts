@@ -93,6 +93,7 @@ async function sendToSubscriber(
   subscriber: SubscriberForDispatch,
   event: { id: string; receivedAt: Date; event: { kind: string } & object },
   attempt: number,
+  timeoutMs = REQUEST_TIMEOUT_MS,
 ): Promise<AttemptOutcome> {
   const subscriberId = subscriber.id;
   const eventId = event.id;
@@ -111,10 +112,10 @@ async function sendToSubscriber(
   let response: Response;
   try {
     // Redirects are not followed: the registered URL is the one that was checked.
-    response = await outbound.fetch(subscriber.url, { method: 'POST', headers, body, redirects: 'none', timeoutMs: REQUEST_TIMEOUT_MS, maxBodyBytes: MAX_ANSWER_BYTES });
+    response = await outbound.fetch(subscriber.url, { method: 'POST', headers, body, redirects: 'none', timeoutMs, maxBodyBytes: MAX_ANSWER_BYTES });
     await response.arrayBuffer();
   } catch (error) {
-    const reason = describeNetworkError(error);
+    const reason = describeNetworkError(error, timeoutMs);
     logger.warn({ eventId, subscriberId, attempt, reason }, 'subscriber unreachable');
     const permanent = error instanceof OutboundRefusedError || (error as Error | undefined)?.cause instanceof OutboundRefusedError;
     metrics?.dispatchAttempt(permanent ? 'refused' : 'unreachable', (performance.now() - started) / 1000);
@@ -159,6 +160,7 @@ async function attemptDispatch(
   { eventId, subscriberId, askAdmission, refusedWaitMs }: Dispatch,
   attempt: number,
   known?: DispatchTarget,
+  timeoutMs = REQUEST_TIMEOUT_MS,
 ): Promise<DispatchOutcome> {
   const skipped = (outcome: DispatchOutcome) => {
     metrics?.dispatchAttempt('skipped');
@@ -181,7 +183,7 @@ async function attemptDispatch(
   const outcome = await withAdmission(
     admission,
     { organizationId: subscriber.organization_id, askAdmission },
-    () => sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt),
+    () => sendToSubscriber({ keys, outbound, logger, metrics }, subscriber, event, attempt, timeoutMs),
     () => metrics?.dispatchAttempt('not_admitted'),
   );
   await recordDispatchAttempt(db, {
@@ -252,13 +254,33 @@ export function createFirstAttempts(deps: DispatchActivityDeps) {
     const details = failure.details?.[0] as DispatchRejection | undefined;
     return { type: failure.type ?? 'Error', message: failure.message, ...(details ? { details } : {}) };
   };
-  return (pairs: readonly { dispatch: Dispatch; known?: DispatchTarget }[]): Promise<FirstAttempt[]> =>
-    Promise.all(
+  /**
+   * `leftMs`: what the local activity's start-to-close timeout leaves after the recording. Under
+   * FIRST_ATTEMPTS_MIN_LEFT_MS (a slow recording: lock or pool waits), no pair is attempted here:
+   * each comes back not admitted, and the run makes it at once as a regular activity, still
+   * attempt 1, rather than let a subscriber's 10 s time the whole local activity out (which would
+   * throw every outcome away and redo the recording and the attempts). Otherwise each request may
+   * take at most what is left less FIRST_ATTEMPTS_MARGIN_MS (for recording the attempt), and 10 s.
+   */
+  return (pairs: readonly { dispatch: Dispatch; known?: DispatchTarget }[], leftMs = Number.POSITIVE_INFINITY): Promise<FirstAttempt[]> => {
+    if (leftMs < FIRST_ATTEMPTS_MIN_LEFT_MS) {
+      logger.info({ pairs: pairs.length, leftMs: Math.round(leftMs) }, 'first attempts not made inline: the recording left too little of its local activity\'s time');
+      const failed = { type: INLINE_NOT_ADMITTED, message: `not attempted inline: the recording left ${Math.round(leftMs)} ms of its local activity's time` };
+      return Promise.resolve(pairs.map(() => ({ failed })));
+    }
+    const timeoutMs = Math.min(REQUEST_TIMEOUT_MS, leftMs - FIRST_ATTEMPTS_MARGIN_MS);
+    return Promise.all(
       pairs.map(({ dispatch, known }) =>
-        attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known).catch((error: unknown) => ({ failed: failureOf(error) })),
+        attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known, timeoutMs).catch((error: unknown) => ({ failed: failureOf(error) })),
       ),
     );
+  };
 }
+
+/** Time a first attempt inside the recording's local activity keeps, past its request, to record itself and return. */
+export const FIRST_ATTEMPTS_MARGIN_MS = 2_000;
+/** The least of the local activity's time the recording must leave for its first attempts to be made inline (a request's 10 s and the margin). */
+export const FIRST_ATTEMPTS_MIN_LEFT_MS = REQUEST_TIMEOUT_MS + FIRST_ATTEMPTS_MARGIN_MS;
 
 export type FirstAttempts = ReturnType<typeof createFirstAttempts>;
 
@@ -505,8 +527,8 @@ function admittedOrganizations(slots: InlineAdmission, organizationIds: readonly
   return admitted;
 }
 
-function describeNetworkError(error: unknown): string {
-  if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
+function describeNetworkError(error: unknown, timeoutMs = REQUEST_TIMEOUT_MS): string {
+  if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${Math.round(timeoutMs / 100) / 10} s`;
   if (error instanceof ResponseTooLargeError) return `answer longer than ${error.limit} bytes`;
   if (error instanceof OutboundRefusedError) return error.message;
   const e = error as { code?: string; message?: string; cause?: { code?: string; message?: string } } | undefined;

@@ -38,6 +38,9 @@ export interface EventActivityDeps {
 
 export const DEFAULT_DELIVERY_DEADLINE_SECONDS = 24 * 60 * 60;
 
+/** recordEventAndDispatch's start-to-close timeout (workflows/event.ts), when its activity info has none. */
+const RECORD_AND_DISPATCH_BUDGET_MS = 45_000;
+
 /** One event to send to one subscriber. */
 export interface Dispatch {
   eventId: string;
@@ -234,6 +237,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
      */
     async recordEventAndDispatch(input: EventInput): Promise<RecordedDelivery> {
       if (!firstAttempts) throw new Error('recordEventAndDispatch needs the dispatcher (activities/index.ts)');
+      const started = performance.now();
+      // The local activity's start-to-close timeout (workflows/event.ts: 45 s) covers the recording and the attempts together.
+      const budgetMs = Context.current().info.startToCloseTimeoutMs || RECORD_AND_DISPATCH_BUDGET_MS;
       const { result, runKey, receivedAt } = await record(input, { forFirstAttempts: true });
       if ('queued' in result) return { ...result, runKey, deliveryDeadlineSeconds };
       const { recorded, dispatches, subscribers } = result;
@@ -245,6 +251,7 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
           if (!row || !subscriber) return { dispatch };
           return { dispatch, known: { subscriber, event: { id: row.id, receivedAt, event: row.event! }, delivered: false } };
         }),
+        budgetMs - (performance.now() - started),
       );
       return { recorded: recorded.length, dispatches, deliveryDeadlineSeconds, firstAttempts: made };
     },

@@ -28,7 +28,9 @@ const { recordEvent } = proxyLocalActivities<Activities>({
  */
 const RECORD_WITH_FIRST_ATTEMPTS = 'record-with-first-attempts';
 const { recordEventAndDispatch } = proxyLocalActivities<Activities>({
-  // The recording's 30 s and a first attempt's 15 s (the request's own 10 s timeout, then recording the attempt).
+  // The recording and the first attempts together: the attempts get only what the recording leaves
+  // (activities/dispatch.ts createFirstAttempts: under 12 s left, none is made inline and the run
+  // makes them as activities), so a slow recording and a slow subscriber do not time it out.
   startToCloseTimeout: '45 seconds',
   // As recordEvent's: a first attempt's failure never fails the activity, so only the recording is retried.
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1 minute' },

@@ -26,8 +26,8 @@ export interface FakeSubscriber {
    * then acknowledges them all (a subscriber that takes as long as a tenant wants).
    */
   hold(): SubscriberHold;
-  /** Called with each delivery as it arrives, before it is answered. */
-  onDelivery?: (event: ReceivedEvent) => void;
+  /** Called with each delivery as it arrives, before it is answered (awaited: the answer waits for it). */
+  onDelivery?: (event: ReceivedEvent) => void | Promise<void>;
   close(): Promise<void>;
 }
 
@@ -57,7 +57,7 @@ export async function startFakeSubscriber(): Promise<FakeSubscriber> {
       body: req.body as ReceivedEvent['body'],
       signatureValid: signatureMatches(secret, req.rawBody, req.headers['x-forgelink-signature']),
     };
-    subscriber.onDelivery?.(event);
+    await subscriber.onDelivery?.(event);
     if (held) {
       const { released, arrived } = held;
       arrived();

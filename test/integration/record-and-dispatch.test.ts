@@ -3,6 +3,7 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../activities/index.ts';
 import type { NormalizedEvent } from '../../lib/domain.ts';
+import { recordDispatchAttempt } from '../../lib/db/repositories/subscribers.ts';
 import { createLogger } from '../../lib/logger.ts';
 import type { EventInput } from '../../workflows/contract.ts';
 import type { FakeSubscriber } from '../fakes/subscriber.ts';
@@ -36,7 +37,8 @@ describe('recordEventAndDispatch', () => {
     return { provider: 'gitlab', deliveryId, receivedAt: new Date().toISOString(), events: [event], connectionId };
   };
   /** The local activity's attempt `attempt` within the run `workflowId`. */
-  const localAttempt = (workflowId: string, attempt: number) => new MockActivityEnvironment({ attempt, isLocal: true, workflowExecution: { workflowId, runId: randomUUID() } });
+  const localAttempt = (workflowId: string, attempt: number, startToCloseTimeoutMs = 45_000) =>
+    new MockActivityEnvironment({ attempt, isLocal: true, startToCloseTimeoutMs, workflowExecution: { workflowId, runId: randomUUID() } });
 
   it('makes each first attempt as attempt 1 whatever its own attempt, and a repeat sends nothing acknowledged again', async () => {
     const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
@@ -71,5 +73,58 @@ describe('recordEventAndDispatch', () => {
     });
     const [{ eventId }] = (recorded as { dispatches: { eventId: string }[] }).dispatches as [{ eventId: string }];
     expect(await h.db.selectFrom('dispatch_attempts').select(['attempt', 'succeeded', 'status_code']).where('event_id', '=', eventId).execute()).toEqual([{ attempt: 1, succeeded: false, status_code: 429 }]);
+  });
+
+  it('sends a first attempt only after the recording committed: the subscriber can read the event from another connection', async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    const seen: boolean[] = [];
+    target.subscriber.onDelivery = async (event) => {
+      // h.db's pool: never the recording transaction's connection (it is held until the commit).
+      seen.push((await h.db.selectFrom('events').select('id').where('id', '=', event.body.id).executeTakeFirst()) !== undefined);
+    };
+    const input = pushInput(target);
+    const recorded = await localAttempt(`event:gitlab:${target.connectionId}:${input.deliveryId}`, 1).run(activities.recordEventAndDispatch, input);
+    expect(recorded).toMatchObject({ firstAttempts: [{ delivered: true }] });
+    expect(seen).toEqual([true]);
+  });
+
+  it('leaves the first attempts to activities when the recording left too little of its time, and the activity sends each once as attempt 1', async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    const input = pushInput(target);
+    const workflowId = `event:gitlab:${target.connectionId}:${input.deliveryId}`;
+    // A start-to-close of 11 s: less than FIRST_ATTEMPTS_MIN_LEFT_MS (12 s) is left after any recording,
+    // as with the workflow's 45 s after a recording that waited 34 s on locks or the pool.
+    const recorded = await localAttempt(workflowId, 1, 11_000).run(activities.recordEventAndDispatch, input);
+    expect(recorded).toMatchObject({ recorded: 1, firstAttempts: [{ failed: { type: 'InlineNotAdmitted' } }] });
+    expect(target.subscriber.server.calls.filter((c) => c.operation === 'deliver')).toHaveLength(0);
+    const [dispatch] = (recorded as { dispatches: { eventId: string; subscriberId: string }[] }).dispatches as [{ eventId: string; subscriberId: string }];
+    const attempts = () => h.db.selectFrom('dispatch_attempts').select(['attempt', 'succeeded']).where('event_id', '=', dispatch.eventId).execute();
+    expect(await attempts()).toEqual([]);
+    // What the run then does (workflows/event.ts, not admitted): dispatchEvent at once as a regular activity, still attempt 1.
+    const regular = new MockActivityEnvironment({ attempt: 1, isLocal: false, startToCloseTimeoutMs: 15_000, workflowExecution: { workflowId, runId: randomUUID() } });
+    expect(await regular.run(activities.dispatchEvent, { ...dispatch, firstAttempt: 1, askAdmission: true })).toEqual({ delivered: true, statusCode: 204 });
+    expect(target.subscriber.received.map((r) => r.headers['x-forgelink-attempt'])).toEqual(['1']);
+    expect(await attempts()).toEqual([{ attempt: 1, succeeded: true }]);
+  });
+
+  it("never lets a late failure of an attempt overwrite its recorded success, so the event is not sent again", async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    const input = pushInput(target);
+    const workflowId = `event:gitlab:${target.connectionId}:${input.deliveryId}`;
+    const recorded = await localAttempt(workflowId, 1).run(activities.recordEventAndDispatch, input);
+    expect(recorded).toMatchObject({ firstAttempts: [{ delivered: true }] });
+    const [dispatch] = (recorded as { dispatches: { eventId: string; subscriberId: string }[] }).dispatches as [{ eventId: string; subscriberId: string }];
+    // A timed-out or cancelled earlier execution's attempt 1 (its subscriber no answer) recorded after the success.
+    await recordDispatchAttempt(h.db, { ...dispatch, attempt: 1, succeeded: false, error: 'no answer within 10 s', durationMs: 10_000 });
+    const attempts = () => h.db.selectFrom('dispatch_attempts').select(['attempt', 'succeeded']).where('event_id', '=', dispatch.eventId).execute();
+    expect(await attempts()).toEqual([{ attempt: 1, succeeded: true }]);
+    // A later attempt (a retry of the run's activity) finds it acknowledged and sends nothing.
+    const regular = new MockActivityEnvironment({ attempt: 1, isLocal: false, startToCloseTimeoutMs: 15_000, workflowExecution: { workflowId, runId: randomUUID() } });
+    expect(await regular.run(activities.dispatchEvent, { ...dispatch, firstAttempt: 2, askAdmission: true })).toEqual({ delivered: true, skipped: 'already delivered' });
+    expect(target.subscriber.received).toHaveLength(1);
+    // A failure still overwrites a failure (a re-run of the same attempt after a worker crash).
+    await recordDispatchAttempt(h.db, { ...dispatch, attempt: 2, succeeded: false, error: 'answered 503', statusCode: 503, durationMs: 5 });
+    await recordDispatchAttempt(h.db, { ...dispatch, attempt: 2, succeeded: false, error: 'answered 502', statusCode: 502, durationMs: 5 });
+    expect(await h.db.selectFrom('dispatch_attempts').select('status_code').where('event_id', '=', dispatch.eventId).where('attempt', '=', 2).execute()).toEqual([{ status_code: 502 }]);
   });
 });

@@ -139,7 +139,11 @@ export async function recordDispatchAttempt(
   await db
     .insertInto('dispatch_attempts')
     .values({ subscriber_id: row.subscriberId, event_id: row.eventId, attempt: row.attempt, ...values })
-    .onConflict((oc) => oc.columns(['subscriber_id', 'event_id', 'attempt']).doUpdateSet(values))
+    .onConflict((oc) =>
+      // A late write of an attempt (a timed-out or cancelled execution's, landing after its retry's)
+      // never turns an acknowledged attempt back into a failure: a later attempt would resend it.
+      oc.columns(['subscriber_id', 'event_id', 'attempt']).doUpdateSet(values).where('dispatch_attempts.succeeded', '=', false),
+    )
     .execute();
 }
 
