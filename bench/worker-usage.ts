@@ -3,8 +3,10 @@
  * floor under that CPU measured in the same run with the same worker settings. The floor is a
  * worker process of its own (bench/floor-worker.ts) running workflows that take the event
  * workflow's input and do nothing (`noopWorkflow`), or do nothing in the event workflow's shape
- * (`eventShapedWorkflow`: a local activity, then one inline attempt per dispatch): what the
- * Temporal SDK costs per run whatever forgelink does.
+ * (`eventShapedWorkflow`: since b3aca70 one local activity that records and makes the first
+ * attempts; `twoStepEventShapedWorkflow`: the shape before, a local activity, then one inline
+ * attempt per dispatch): what the Temporal SDK costs per run whatever forgelink does. The three
+ * are measured in blocks, each block in a random order, so heap growth does not always bias the same one.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -53,6 +55,18 @@ function perThousand(before: ThreadCpu, after: ThreadCpu, count: number): Thread
   return Object.fromEntries(keys.map((k) => [k, round(((after[k] - before[k]) / count) * 1000, 2)])) as ThreadCpu;
 }
 
+/** perThousand over several measured stretches: the sum of each stretch's CPU per thread, per thousand runs. */
+function sumThreads(before: readonly ThreadCpu[], after: readonly ThreadCpu[], count: number): ThreadCpu {
+  const total = { main: 0, workflows: 0, sdkCore: 0, helpers: 0 };
+  before.forEach((b, i) => {
+    for (const k of Object.keys(total) as (keyof ThreadCpu)[]) total[k] += after[i]![k] - b[k];
+  });
+  return perThousand({ main: 0, workflows: 0, sdkCore: 0, helpers: 0 }, total, count);
+}
+
+/** The floor's measured runs of each type come in this many blocks, the types in a new random order in each. */
+const FLOOR_BLOCKS = 4;
+
 function memoryMiB(pid: number | undefined, field: 'VmHWM' | 'VmRSS'): number {
   if (pid === undefined) return Number.NaN;
   const kib = Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
@@ -97,21 +111,46 @@ export async function measureWorkerFloor(stack: BenchStack, options: FloorOption
       );
       return result.throughputPerSecond;
     };
+    const types = ['noopWorkflow', 'eventShapedWorkflow', 'twoStepEventShapedWorkflow'] as const;
+    for (const workflowType of types) await run(workflowType, Math.ceil(options.runs / 5));
+    // Each type's runs in FLOOR_BLOCKS blocks, the types in a new random order in each block: a
+    // fixed order let the process's heap growth weigh on whichever came last.
+    const perBlock = Math.max(1, Math.ceil(options.runs / FLOOR_BLOCKS));
+    const sums = new Map<string, { runs: number; cpu: number; seconds: number; threadsBefore: ThreadCpu[]; threadsAfter: ThreadCpu[] }>(types.map((t) => [t, { runs: 0, cpu: 0, seconds: 0, threadsBefore: [], threadsAfter: [] }]));
+    const blocks: { order: string[]; cpuSecondsPerThousand: Record<string, number> }[] = [];
+    for (let block = 0; block < FLOOR_BLOCKS; block++) {
+      const order = [...types];
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      log(`floor block ${block + 1}/${FLOOR_BLOCKS}: ${perBlock} runs each of ${order.join(', ')} at concurrency ${options.concurrency}`);
+      const cpuSecondsPerThousand: Record<string, number> = {};
+      for (const workflowType of order) {
+        const sum = sums.get(workflowType)!;
+        const before = processCpuSeconds(pid);
+        sum.threadsBefore.push(threadCpuSeconds(pid));
+        const started = performance.now();
+        await run(workflowType, perBlock);
+        sum.seconds += (performance.now() - started) / 1000;
+        const cpu = processCpuSeconds(pid) - before;
+        sum.threadsAfter.push(threadCpuSeconds(pid));
+        sum.cpu += cpu;
+        sum.runs += perBlock;
+        cpuSecondsPerThousand[workflowType] = round((cpu / perBlock) * 1000, 2);
+      }
+      blocks.push({ order, cpuSecondsPerThousand });
+    }
     const measured: Record<string, { runs: number; cpuSecondsPerThousand: number; byThread: ThreadCpu; runsPerSecond: number }> = {};
-    for (const workflowType of ['noopWorkflow', 'eventShapedWorkflow', 'twoStepEventShapedWorkflow'] as const) {
-      log(`floor: ${options.runs} ${workflowType} runs at concurrency ${options.concurrency} on a worker of the same sizing`);
-      await run(workflowType, Math.ceil(options.runs / 5));
-      const before = processCpuSeconds(pid);
-      const threadsBefore = threadCpuSeconds(pid);
-      const runsPerSecond = await run(workflowType, options.runs);
+    for (const [workflowType, sum] of sums) {
       measured[workflowType] = {
-        runs: options.runs,
-        cpuSecondsPerThousand: round(((processCpuSeconds(pid) - before) / options.runs) * 1000, 2),
-        byThread: perThousand(threadsBefore, threadCpuSeconds(pid), options.runs),
-        runsPerSecond: round(runsPerSecond),
+        runs: sum.runs,
+        cpuSecondsPerThousand: round((sum.cpu / sum.runs) * 1000, 2),
+        byThread: sumThreads(sum.threadsBefore, sum.threadsAfter, sum.runs),
+        runsPerSecond: round(sum.runs / sum.seconds),
       };
     }
-    return { ...measured, peakRssMiB: memoryMiB(pid, 'VmHWM') } as { noopWorkflow: (typeof measured)[string]; eventShapedWorkflow: (typeof measured)[string]; twoStepEventShapedWorkflow: (typeof measured)[string]; peakRssMiB: number };
+    return { ...measured, blocks, peakRssMiB: memoryMiB(pid, 'VmHWM') } as { blocks: typeof blocks; noopWorkflow: (typeof measured)[string]; eventShapedWorkflow: (typeof measured)[string]; twoStepEventShapedWorkflow: (typeof measured)[string]; peakRssMiB: number };
   } finally {
     await stopService(floor);
   }
