@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isAccessChange, type EventKind, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
 import { MAX_REF_NAME_LENGTH } from '../../lib/ref-glob.ts';
-import { cutToUtf8Bytes, isStorableText, toStorableText } from '../../lib/text.ts';
+import { cutToUtf8Bytes, isStorableText, MAX_NAME_LENGTH, nameWithinLimit, toStorableText } from '../../lib/text.ts';
 
 /** Header names in lower case, as Node and Hono hand them over. */
 export type WebhookHeaders = Readonly<Record<string, string | undefined>>;
@@ -38,15 +38,13 @@ export interface NormalizedDelivery {
  * characters too). In bytes because a name is written into an index:
  * an event renames the attached repository it names, and PostgreSQL refuses an index row over
  * ~2,700 bytes (54000), which the picker's (project and name together) passed with 1,024
- * characters of 3-byte ones; the run then failed its recording on every retry.
+ * characters of 3-byte ones; the run then failed its recording on every retry. Defined in
+ * lib/text.ts, shared with the repository listings (storableRepository).
  */
-export const MAX_NAME_LENGTH = 1024;
+export { MAX_NAME_LENGTH };
 
 /** The most UTF-8 bytes of a sender's name an event keeps (a GitHub login is at most 39 characters; a user or display name of 255 bytes is far past the ones providers send). */
 export const MAX_SENDER_BYTES = 255;
-
-/** Whether `name` is at most MAX_NAME_LENGTH bytes in UTF-8 (a UTF-16 unit is at most 3 of them, so short names are not measured). */
-const nameWithinLimit = (name: string) => name.length * 3 <= MAX_NAME_LENGTH || (name.length <= MAX_NAME_LENGTH && Buffer.byteLength(name, 'utf8') <= MAX_NAME_LENGTH);
 
 /**
  * Whether an event's names are short enough to act on: its branch or tag (MAX_REF_NAME_LENGTH,
