@@ -291,12 +291,19 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   }
   let delivery: NormalizedDelivery;
   try {
-    delivery = normalizeDelivery(provider, headers, body);
+    delivery = normalizeDelivery(provider, headers, body, { maxEventsLength: 2 * deps.webhooks.maxBodyBytes });
   } catch (error) {
     if (error instanceof WebhookPayloadError) throw badRequest(error.message);
     throw error;
   }
   const { events, instanceUrl, installationId, overlong } = delivery;
+  const overSizeLimit = (deliveryId: string | undefined, count: number | undefined) => {
+    deps.logger.warn({ provider, deliveryId, events: count, limit: 2 * deps.webhooks.maxBodyBytes }, 'a delivery whose events are over the size limit (twice webhooks.maxBodyBytes of UTF-8 JSON): not acted on');
+    outcome('ignored');
+    return c.json({ status: 'ignored' as const, reason: 'events over the size limit' }, 200);
+  };
+  // Told while normalizing, before the events were made (api/webhooks/normalize.ts, boundRefChanges).
+  if (delivery.overLimit) return overSizeLimit(undefined, undefined);
   if (overlong) c.var.deps.logger.warn({ provider, overlong }, 'events naming a branch, tag or repository over the length limits: not acted on');
   if (events.length === 0) {
     outcome('ignored');
@@ -318,11 +325,7 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
     // and a delivery past it is not acted on (as names over the limits are), never written or
     // refused. Measured after the lookup: a delivery for no attached repository never pays it.
     const eventsJson = serializeEvents(events, 2 * deps.webhooks.maxBodyBytes);
-    if (eventsJson === undefined) {
-      deps.logger.warn({ provider, deliveryId, events: events.length, limit: 2 * deps.webhooks.maxBodyBytes }, 'a delivery whose events are over the size limit (twice webhooks.maxBodyBytes of UTF-8 JSON): not acted on');
-      outcome('ignored');
-      return c.json({ status: 'ignored' as const, reason: 'events over the size limit' }, 200);
-    }
+    if (eventsJson === undefined) return overSizeLimit(deliveryId, events.length);
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;

@@ -31,6 +31,16 @@ export interface NormalizedDelivery {
   installationId?: string;
   /** Events left out because a name in them is longer than the limits (withinNameLimits). */
   overlong?: number;
+  /**
+   * Set (with no events) when the events were sure to take more than NormalizeOptions.maxEventsLength
+   * characters as JSON, told before they were made (see boundRefChanges).
+   */
+  overLimit?: true;
+}
+
+export interface NormalizeOptions {
+  /** The most characters the delivery's events may take as JSON (serializeEvents' limit): see NormalizedDelivery.overLimit. */
+  maxEventsLength?: number;
 }
 
 /**
@@ -63,24 +73,30 @@ function withinNameLimits(event: NormalizedEvent): boolean {
 }
 
 /** normalizeWebhook, plus where the delivery came from, from one parse of the body. */
-export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, rawBody: RawBody): NormalizedDelivery {
+export function normalizeDelivery(provider: Provider, headers: WebhookHeaders, rawBody: RawBody, options: NormalizeOptions = {}): NormalizedDelivery {
   const text = bodyText(rawBody);
   const parsed = parseJsonObject(text);
   const payload = new PayloadReader(parsed, providerLabel[provider]);
+  const bound = options.maxEventsLength;
   let events: NormalizedEvent[];
-  switch (provider) {
-    case 'github':
-      events = normalizeGithub(headers, payload);
-      break;
-    case 'gitlab':
-      events = normalizeGitlab(headers, payload, rawBody);
-      break;
-    case 'bitbucket':
-      events = normalizeBitbucket(headers, payload);
-      break;
-    case 'azure-devops':
-      events = normalizeAzureDevOps(payload);
-      break;
+  try {
+    switch (provider) {
+      case 'github':
+        events = normalizeGithub(headers, payload, bound);
+        break;
+      case 'gitlab':
+        events = normalizeGitlab(headers, payload, rawBody);
+        break;
+      case 'bitbucket':
+        events = normalizeBitbucket(headers, payload, bound);
+        break;
+      case 'azure-devops':
+        events = normalizeAzureDevOps(payload, bound);
+        break;
+    }
+  } catch (error) {
+    if (error instanceof EventsOverLimit) return error.overlong === undefined ? { events: [], overLimit: true } : { events: [], overlong: error.overlong };
+    throw error;
   }
   const named = events.filter(withinNameLimits);
   const overlong = events.length - named.length;
@@ -264,6 +280,12 @@ class PayloadReader {
     return this.get(path) == null ? [] : this.list(path);
   }
 
+  /** The array at `path` as the payload has it (none: empty), for counting before list() reads each item. */
+  items(path: string): readonly unknown[] {
+    const value = this.get(path);
+    return Array.isArray(value) ? value : [];
+  }
+
   private get(path: string): unknown {
     let current = this.value;
     for (const key of path.split('.')) {
@@ -276,6 +298,86 @@ class PayloadReader {
   private fail(path: string, problem: string): never {
     throw new WebhookPayloadError(`${this.context}: "${this.prefix}${path}" ${problem}`);
   }
+}
+
+/**
+ * Thrown by a list's normalization when its events are sure to pass the caller's maxEventsLength as
+ * JSON, before any of them is made; `overlong` when none would be kept anyway (the repository they
+ * all name is over the limits: the answer is the one for names over the limits, as without the bound).
+ */
+class EventsOverLimit extends Error {
+  constructor(readonly overlong?: number) {
+    super('the delivery\'s events are over the size limit');
+  }
+}
+
+/**
+ * What the events of a list (a push's ref changes, an installation's repositories) take as JSON at
+ * least, counted from the payload's items before any event is made: each repeats its repository's
+ * name, its sender and the delivery id, so a 25 MiB body of 446,158 short ref changes made ~1 GB of
+ * events, and making them took seconds of the acknowledging thread before the size limit answered
+ * (serializeEvents). A lower bound: JSON.stringify writes each character of a string as at least one
+ * (more when escaped), and mending (storable) replaces a character by one; an event left out for its
+ * names (withinNameLimits) counts nothing, a sender no more than its cut to MAX_SENDER_BYTES keeps. So a delivery over it is
+ * surely over the limit, and one under it is made and measured exactly as before.
+ */
+const jsonLength = (value: unknown) => JSON.stringify(value).length;
+/** `,"key":""` (or `{"key":""}` less one): a field beside others, an empty string. */
+const FIELD = (key: string) => jsonLength({ [key]: '' }) - 1;
+/** An event with every string empty, and its comma in the list. */
+const EVENT_MIN = jsonLength({ provider: '', deliveryId: '', kind: '', repository: { externalId: '', fullName: '' } }) + 1;
+/** `,"ref":{"type":"","name":"","before":"","after":""}`, less before's and after's quotes (objectIdLength counts them). */
+const REF_MIN = jsonLength({ ref: { type: '', name: '', before: '', after: '' } }) - 1 - 4;
+
+/** Whether refChangeEvent reads the object id as none (a creation's before, a deletion's after). */
+const isZero = (value: unknown) => typeof value === 'string' && value[0] === '0' && ZERO_OBJECT_ID.test(value);
+/** An object id as JSON at least: `null` when all zero, else the string (anything else fails when the event is made). */
+const objectIdLength = (value: unknown, zero: boolean) => (zero || typeof value !== 'string' ? 4 : value.length + 2);
+
+/** What every event of `delivery` repeats, as JSON at least (the sender only if it is kept). */
+function sharedLength(delivery: Delivery): number {
+  const { repository, sender } = delivery;
+  return (
+    EVENT_MIN +
+    delivery.provider.length +
+    delivery.deliveryId.length +
+    repository.externalId.length +
+    repository.fullName.length +
+    (repository.project === undefined ? 0 : FIELD('project') + repository.project.length) +
+    // Cut at MAX_SENDER_BYTES when the events are made: that keeps at least a quarter as many characters.
+    (sender === undefined ? 0 : FIELD('sender') + Math.min(sender.length, Math.floor(MAX_SENDER_BYTES / 4)))
+  );
+}
+
+const repositoryWithinLimits = (repository: Delivery['repository']) => nameWithinLimit(repository.fullName) && nameWithinLimit(repository.project ?? '');
+
+/**
+ * Throws EventsOverLimit when the ref changes `items` (each's ref, before and after read by `fields`)
+ * make events of `delivery` surely over `bound` characters as JSON. Reads each item's three strings
+ * and nothing else: a field an event needs and lacks is found when the events are made, as before.
+ */
+function boundRefChanges(bound: number | undefined, delivery: Delivery, items: readonly unknown[], fields: (item: Record<string, unknown>) => [unknown, unknown, unknown]): void {
+  if (bound === undefined) return;
+  const shared = sharedLength(delivery) + REF_MIN;
+  let made = 0;
+  let total = 1;
+  for (const item of items) {
+    if (typeof item !== 'object' || item === null) continue;
+    const [fullName, before, after] = fields(item as Record<string, unknown>);
+    if (typeof fullName !== 'string') continue;
+    const branch = fullName.startsWith('refs/heads/');
+    if (!branch && !fullName.startsWith('refs/tags/')) continue;
+    made++;
+    const name = fullName.length - (branch ? 11 : 10);
+    if (name > MAX_REF_NAME_LENGTH) continue;
+    const created = isZero(before);
+    const deleted = isZero(after);
+    // The kind as refChangeEvent names it: <type>.created, <type>.deleted, push, tag.updated.
+    const type = branch ? 6 : 3;
+    const kind = created || deleted ? type + 8 : branch ? 4 : 11;
+    total += shared + type + kind + name + objectIdLength(before, created) + objectIdLength(after, deleted);
+  }
+  if (total > bound) throw new EventsOverLimit(repositoryWithinLimits(delivery.repository) ? undefined : made);
 }
 
 interface Delivery {
@@ -344,7 +446,7 @@ function refChangeEvent(
 }
 
 // GitHub: the App delivers every event of every installation; the event name is only in X-GitHub-Event.
-function normalizeGithub(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+function normalizeGithub(headers: WebhookHeaders, body: PayloadReader, bound?: number): NormalizedEvent[] {
   const eventName = requireHeader(headers, 'github', 'x-github-event');
   const payload = body.within(eventName);
   const delivery = (repository: Delivery['repository']): Delivery => ({
@@ -383,12 +485,12 @@ function normalizeGithub(headers: WebhookHeaders, body: PayloadReader): Normaliz
       ];
     }
     case 'installation_repositories':
-      if (action === 'added') return githubRepositoryAccess(payload, delivery, 'repositories_added', 'repository.added');
-      if (action === 'removed') return githubRepositoryAccess(payload, delivery, 'repositories_removed', 'repository.removed');
+      if (action === 'added') return githubRepositoryAccess(payload, delivery, 'repositories_added', 'repository.added', bound);
+      if (action === 'removed') return githubRepositoryAccess(payload, delivery, 'repositories_removed', 'repository.removed', bound);
       return [];
     case 'installation':
-      if (action === 'created') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.added');
-      if (action === 'deleted') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.removed');
+      if (action === 'created') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.added', bound);
+      if (action === 'deleted') return githubRepositoryAccess(payload, delivery, 'repositories', 'repository.removed', bound);
       return [];
     default:
       // `create`/`delete` repeat what `push` already said; `ping` and the rest are not acted on.
@@ -415,7 +517,21 @@ function githubRepositoryAccess(
   delivery: (repository: Delivery['repository']) => Delivery,
   listPath: string,
   kind: 'repository.added' | 'repository.removed',
+  bound: number | undefined,
 ): NormalizedEvent[] {
+  const repos = bound === undefined ? [] : payload.items(listPath);
+  if (bound !== undefined && repos.length > 0) {
+    // Each repository's event, as JSON at least (boundRefChanges): an id (a string) and a name kept.
+    const shared = sharedLength(delivery({ externalId: '', fullName: '' })) + kind.length;
+    let total = 1;
+    for (const repo of repos) {
+      if (typeof repo !== 'object' || repo === null) continue;
+      const { id, full_name: fullName } = repo as Record<string, unknown>;
+      if (typeof fullName !== 'string' || !nameWithinLimit(fullName)) continue;
+      total += shared + (typeof id === 'number' ? String(id).length : typeof id === 'string' ? id.length : 0) + fullName.length;
+    }
+    if (total > bound) throw new EventsOverLimit();
+  }
   // GitHub's schema makes `repositories` of installation events optional.
   return payload
     .optionalList(listPath)
@@ -503,7 +619,7 @@ const bitbucketPullRequestKinds: Record<string, EventKind> = {
 };
 
 // Bitbucket Data Center: one repository webhook; a push of several refs arrives as one repo:refs_changed.
-function normalizeBitbucket(headers: WebhookHeaders, body: PayloadReader): NormalizedEvent[] {
+function normalizeBitbucket(headers: WebhookHeaders, body: PayloadReader, bound?: number): NormalizedEvent[] {
   const eventKey = bitbucketEventKey(headers, body);
   if (!eventKey) throw new WebhookPayloadError('Bitbucket delivery has no x-event-key header and no eventKey');
   const payload = body.within(eventKey);
@@ -519,6 +635,7 @@ function normalizeBitbucket(headers: WebhookHeaders, body: PayloadReader): Norma
 
   if (eventKey === 'repo:refs_changed') {
     const push = delivery('repository');
+    boundRefChanges(bound, push, payload.items('changes'), (change) => [change.refId, change.fromHash, change.toHash]);
     return payload
       .list('changes')
       .map((change) =>
@@ -545,7 +662,7 @@ function normalizeBitbucket(headers: WebhookHeaders, body: PayloadReader): Norma
 }
 
 // Azure DevOps: Service Hook subscriptions post the event with its own id; no header identifies the delivery.
-function normalizeAzureDevOps(body: PayloadReader): NormalizedEvent[] {
+function normalizeAzureDevOps(body: PayloadReader, bound?: number): NormalizedEvent[] {
   const eventType = body.string('eventType');
   const payload = body.within(eventType);
   const delivery = (sender: string | undefined): Delivery => {
@@ -564,6 +681,7 @@ function normalizeAzureDevOps(body: PayloadReader): NormalizedEvent[] {
 
   if (eventType === 'git.push') {
     const push = delivery(payload.optionalString('resource.pushedBy.uniqueName'));
+    boundRefChanges(bound, push, payload.items('resource.refUpdates'), (update) => [update.name, update.oldObjectId, update.newObjectId]);
     const refUpdates = payload.list('resource.refUpdates');
     // `commits` describes the whole push, so it counts a ref's commits only when the push moved that ref alone.
     const commitCount = () => (refUpdates.length === 1 ? payload.optionalList('resource.commits').length : undefined);

@@ -724,4 +724,50 @@ describe('normalizeDelivery: names over the length limits', () => {
     const [event] = normalizeDelivery('bitbucket', headers, push(['main'], ideographs)).events;
     expect(event).toMatchObject({ kind: 'push', ref: { name: 'main' } });
   });
+
+  describe('maxEventsLength: a list of ref changes or repositories whose events are surely over it is answered before they are made', () => {
+    const refChanges = (n: number, limit: number, name = (i: number) => `b${i}`, before = 'a', after = 'b', sender = 'x') => ({
+      bitbucket: normalizeDelivery('bitbucket', { 'x-event-key': 'repo:refs_changed', 'x-request-id': 'r-big' }, JSON.stringify({ eventKey: 'repo:refs_changed', actor: { name: sender }, repository: { id: 1, slug: 'r', project: { key: 'P' } }, changes: Array.from({ length: n }, (_, i) => ({ refId: `refs/heads/${name(i)}`, fromHash: before, toHash: after })) }), { maxEventsLength: limit }),
+      'azure-devops': normalizeDelivery('azure-devops', {}, JSON.stringify({ id: 'e-big', eventType: 'git.push', resource: { pushedBy: { uniqueName: sender }, repository: { id: 'r', name: 'r', project: { name: 'p' } }, refUpdates: Array.from({ length: n }, (_, i) => ({ name: `refs/tags/${name(i)}`, oldObjectId: before, newObjectId: after })) } }), { maxEventsLength: limit }),
+    });
+    const installation = (n: number, limit: number) =>
+      normalizeDelivery('github', { 'x-github-event': 'installation', 'x-github-delivery': 'd-big' }, JSON.stringify({ action: 'created', installation: { id: 1 }, repositories: Array.from({ length: n }, (_, i) => ({ id: i, full_name: `o/r${i}` })), sender: { login: 'x' } }), { maxEventsLength: limit });
+
+    it('answers overLimit, with no events, for 100,000 short ref changes and as many repositories (events of ~10 MB) against 1 MB', () => {
+      for (const delivery of [...Object.values(refChanges(100_000, 1_000_000)), installation(100_000, 1_000_000)]) expect(delivery).toEqual({ events: [], overLimit: true });
+    });
+
+    it('never answers overLimit for events within the limit: at their exact size they are made', () => {
+      for (const names of [(i: number) => `b${i}`, (i: number) => `t"\\${i}\u0000`]) {
+        for (const [before, after] of [['a', 'b'], ['0000', 'b'], ['a', '0'], ['0', '00']]) {
+          for (const [provider, made] of Object.entries(refChanges(300, Number.MAX_SAFE_INTEGER, names, before, after))) {
+            const exact = JSON.stringify(made.events).length;
+            const within = refChanges(300, exact, names, before, after)[provider as 'bitbucket'];
+            expect(within.overLimit, `${provider} ${before}..${after}`).toBeUndefined();
+            expect(within.events).toHaveLength(300);
+            // A fifth less: answered over the limit before the events are made.
+            expect(refChanges(300, Math.ceil(exact * 0.8), names, before, after)[provider as 'bitbucket'].overLimit).toBe(true);
+          }
+        }
+      }
+      const exact = JSON.stringify(installation(300, Number.MAX_SAFE_INTEGER).events).length;
+      expect(installation(300, exact).events).toHaveLength(300);
+    });
+
+    it('counts a long sender as the events keep it, cut to its bytes: at their exact size they are made', () => {
+      for (const sender of ['s'.repeat(1_000), '\u4e00'.repeat(400), 's'.repeat(2_000)]) {
+        for (const [provider, made] of Object.entries(refChanges(300, Number.MAX_SAFE_INTEGER, undefined, 'a', 'b', sender))) {
+          const exact = JSON.stringify(made.events).length;
+          const within = refChanges(300, exact, undefined, 'a', 'b', sender)[provider as 'bitbucket'];
+          expect(within.overLimit, `${provider} sender of ${sender.length}`).toBeUndefined();
+          expect(within.events).toHaveLength(300);
+        }
+      }
+    });
+
+    it('answers names over the limits, not the size limit, when every event names a repository over them', () => {
+      const body = { eventKey: 'repo:refs_changed', repository: { id: 1, slug: 'r'.repeat(MAX_NAME_LENGTH), project: { key: 'P' } }, changes: Array.from({ length: 5_000 }, (_, i) => ({ refId: `refs/heads/b${i}`, fromHash: 'a', toHash: 'b' })) };
+      expect(normalizeDelivery('bitbucket', { 'x-event-key': 'repo:refs_changed', 'x-request-id': 'r-long' }, JSON.stringify(body), { maxEventsLength: 1_000_000 })).toEqual({ events: [], overlong: 5_000 });
+    });
+  });
 });
