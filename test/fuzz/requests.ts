@@ -103,10 +103,10 @@ function credentialOf(world: World, provider: Provider, headers: Record<string, 
   return world.tenants.filter((org) => installation !== undefined && String(org.installationId) === installation).map((o) => o.id);
 }
 
-/** The installation id a GitHub body names, read as the receiver reads it. */
+/** The installation id a GitHub body names, read as the receiver reads it: bytes that are not UTF-8 read as U+FFFD (9dd6c1b), not refused. */
 function installationOf(body: Buffer): string | undefined {
   try {
-    const id = (JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body)) as { installation?: { id?: unknown } } | null)?.installation?.id;
+    const id = (JSON.parse(new TextDecoder('utf-8').decode(body)) as { installation?: { id?: unknown } } | null)?.installation?.id;
     return typeof id === 'number' || typeof id === 'string' ? String(id) : undefined;
   } catch {
     return undefined;
