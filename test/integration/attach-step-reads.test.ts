@@ -69,6 +69,14 @@ describe("an attach's local steps reuse the run's adapter only for the target th
   }
   const callsAt = (from: number) => gitlab.server.calls.slice(from).map((c) => `${c.operation} ${c.status}`);
   /** Resolves once the fake has answered `times` calls of `operation` after the first `from` calls, with no step running; rejects after `ms`. */
+  /** An attach's begin and lookup as steps of `step`'s run, until the ensure's listing the lookup made ahead has been answered. */
+  async function beginAndLookUp(step: ReturnType<typeof run>, hooks: ReturnType<typeof activities>, key: Parameters<ReturnType<typeof activities>['verifyRepository']>[0]): Promise<void> {
+    await step(() => hooks.beginAttachment(key));
+    const fromLookup = gitlab.server.calls.length;
+    await step(() => hooks.verifyRepository(key));
+    await answered(fromLookup, 'listHooks');
+  }
+
   async function answered(from: number, operation: string, times = 1, ms = 5_000): Promise<void> {
     const deadline = Date.now() + ms;
     while (gitlab.server.calls.slice(from).filter((c) => c.operation === operation).length < times) {
@@ -81,10 +89,7 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const hooks = activities();
     const { connectionId, token, project, key } = await repository();
     const step = run();
-    await step(() => hooks.beginAttachment(key));
-    const fromLookup = gitlab.server.calls.length;
-    await step(() => hooks.verifyRepository(key));
-    await answered(fromLookup, 'listHooks');
+    await beginAndLookUp(step, hooks, key);
     const newToken = `glpat-${randomUUID()}`;
     gitlab.addToken({ token: newToken, username: 'ci-bot', scopes: ['api', 'read_user', 'read_repository'] });
     gitlab.revokeToken(token);
@@ -139,10 +144,7 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const { project, key } = await repository();
     const step = run();
     // Attach 1: the lookup inside the workflow task starts the ensure's listing; the ensure, refused there, runs as an activity and creates the hook.
-    await step(() => hooks.beginAttachment(key));
-    const fromLookup = gitlab.server.calls.length;
-    await step(() => hooks.verifyRepository(key));
-    await answered(fromLookup, 'listHooks');
+    await beginAndLookUp(step, hooks, key);
     const first = await step.activity(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }));
     expect(first.outcome).toBe('created');
     step.skip(3); // its prune as an activity; attach 2's begin, and its lookup as an activity
@@ -173,10 +175,7 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const hooks = activities();
     const { token, connectionId, project, key } = await repository();
     const step = run();
-    await step(() => hooks.beginAttachment(key));
-    const fromLookup = gitlab.server.calls.length;
-    await step(() => hooks.verifyRepository(key));
-    await answered(fromLookup, 'listHooks');
+    await beginAndLookUp(step, hooks, key);
     // The hook's record fails (PostgreSQL refuses it), after the hook was saved and the prune's listing started.
     const attachment = await h.db.selectFrom('attachments').select('id').where('repository_id', '=', key.repositoryId).executeTakeFirstOrThrow();
     const fn = `refuse_hook_${randomUUID().replace(/-/g, '')}`;
@@ -200,10 +199,7 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const hooks = activities();
     const { project, key } = await repository();
     const step = run();
-    await step(() => hooks.beginAttachment(key));
-    const fromLookup = gitlab.server.calls.length;
-    await step(() => hooks.verifyRepository(key));
-    await answered(fromLookup, 'listHooks');
+    await beginAndLookUp(step, hooks, key);
     const fromEnsure = gitlab.server.calls.length;
     // The ensure runs 61 s after the lookup (the clock moved on, not waited for).
     const now = Date.now;
