@@ -226,6 +226,17 @@ async function count(stack: BenchStack) {
   return { events: Number(events.n), delivered: Number(delivered.n) };
 }
 
+/** Milliseconds from `since` (epoch ms) to the relay's start of the last of `items`' runs. */
+async function lastRelayStartMs(stack: BenchStack, items: Prepared[], since: number) {
+  const ids = items.map((p) => p.delivery.deliveryId);
+  const row = await stack.db
+    .selectFrom('webhook_deliveries')
+    .select(sql<number>`extract(epoch from max(started_at))::float8 * 1000`.as('last'))
+    .where('delivery_id', '=', sql<string>`any(${ids}::text[])`)
+    .executeTakeFirstOrThrow();
+  return Math.round(row.last - since);
+}
+
 /** From each delivery's acknowledgement (its row written) to its run's start (the row marked started after the start returned). */
 async function ackToStartMs(stack: BenchStack, items: Prepared[]) {
   const ids = items.map((p) => p.delivery.deliveryId);
@@ -392,14 +403,24 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     const blockSize = Math.ceil(options.deliveries / (BLOCK_ORDER.length / 2));
     const phases = { bare: emptyPhase(), ingest: emptyPhase() };
     const ingestItems: Prepared[] = [];
+    /** Each block's own numbers, in the order run: how much the ratio moves from block to block. */
+    const blocks: { kind: 'bare' | 'ingest'; count: number; loadMs: number; lastStartMs: number; drainMs: number; endToEndEventsPerSecond: number; cpuSeconds: Record<string, number> }[] = [];
     for (const [i, kind] of (options.saturation ? [] : BLOCK_ORDER).entries()) {
       const items = prepare(stack, repos, blockSize);
       log(`block ${i + 1}/${BLOCK_ORDER.length}: ${kind === 'bare' ? 'bare client.workflow.start' : 'signed deliveries to the API'} ×${blockSize} at concurrency ${options.concurrency}`);
       const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
       const cpuBefore = stack.cpuSeconds();
+      const blockStartedAt = Date.now();
       const result = kind === 'bare' ? await bareStart(starts) : await ingest(items);
       const drainMs = await drain(kind);
-      phases[kind].add(result, drainMs, cpuBefore, stack.cpuSeconds());
+      const cpuAfter = stack.cpuSeconds();
+      phases[kind].add(result, drainMs, cpuBefore, cpuAfter);
+      const blockCpu = Object.fromEntries(Object.entries(cpuAfter).map(([k, v]) => [k, Math.round((v - cpuBefore[k as keyof CpuSeconds]) * 100) / 100]));
+      // For deliveries, when the relay had started the last of the block's runs (for bare starts that is the load's end).
+      const lastStartMs = kind === 'bare' ? Math.round(result.durationMs) : await lastRelayStartMs(stack, items, blockStartedAt);
+      const block = { kind, count: items.length, loadMs: Math.round(result.durationMs), lastStartMs, drainMs: Math.round(drainMs), endToEndEventsPerSecond: Math.round((items.length / (result.durationMs + drainMs)) * 10_000) / 10, cpuSeconds: blockCpu };
+      blocks.push(block);
+      log(`  ${kind}: load ${block.loadMs} ms, last run started at ${block.lastStartMs} ms, drain ${block.drainMs} ms, end to end ${block.endToEndEventsPerSecond}/s, CPU s ${JSON.stringify(blockCpu)}`);
       if (kind === 'ingest') ingestItems.push(...items);
     }
     const { latencyMs: ackLatencyMs, ...acceptance } = phases.ingest.summary();
@@ -414,6 +435,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
           bareStart: bare,
           acceptanceRatio: ratio(acceptance.throughputPerSecond, bare.throughputPerSecond),
           endToEndRatio: ratio(acceptance.endToEndEventsPerSecond, bare.endToEndEventsPerSecond),
+          blocks,
         };
     const saturation = options.saturation || bare.throughputPerSecond;
 
