@@ -442,6 +442,13 @@ export async function runAttachBench(stack: BenchStack, options: { latencyMs: nu
         gitlabWithin1_25xCriticalPath: gl.medianRatioToCriticalPath <= 1.25,
         azureDevOpsSubscriptionsNeverOneAfterAnother: ado.longestChainOfCreations < 3,
       },
+      // Whether the Temporal floor (the same calls in a bare Temporal run of the attach's shape, no
+      // forgelink) is itself within each wall-time target in this run: where it is not, no attach of
+      // this shape could meet the target on this machine in this run.
+      floorWithinTarget: {
+        azureDevOpsWithin1_25xCriticalPath: ado.temporalFloor.medianRatioToCriticalPath <= 1.25,
+        gitlabWithin1_25xCriticalPath: gl.temporalFloor.medianRatioToCriticalPath <= 1.25,
+      },
       peakRssMiB: stack.peakRssMiB(),
     };
   } finally {

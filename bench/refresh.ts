@@ -364,6 +364,13 @@ export async function runRefreshBench(stack: BenchStack, options: { repositories
         secondWroteNoRows: rounds.every((r) => r.second.rowsWritten === 0),
         githubAnswered304: rounds.every((r) => r.second.githubNotModifiedPages > 0),
       },
+      // Whether the Temporal floor (the same walks in a Temporal run of the refresh's shape, no
+      // database, no forgelink) is itself within each wall-time target in this run: where it is not,
+      // no refresh of this shape could meet the target on this machine in this run.
+      floorWithinTarget: {
+        firstWithin1_3xBareListing: temporalFloorToBare.median <= 1.3,
+        secondWithin1_1xBareListing: temporalFloorToBare.median <= 1.1,
+      },
       peakRssMiB: stack.peakRssMiB(),
     };
   } finally {

@@ -188,5 +188,10 @@ export function workerUsageReport(
       workerPeakRssUnder300MiB: measured.peakRssMiB <= WORKER_TARGETS.peakRssMiB,
       workerCpuPerEventHalved: measured.cpuSecondsPerThousandEvents <= WORKER_TARGETS.cpuSecondsPerThousandEvents,
     },
+    // Whether the floor (the SDK alone running the event run's shape: a run that records needs its
+    // local activity) is itself within the CPU target: where it is not, no event run could meet it.
+    floorWithinTarget: {
+      workerCpuPerEventHalved: floorCpu <= WORKER_TARGETS.cpuSecondsPerThousandEvents,
+    },
   };
 }
