@@ -1,5 +1,6 @@
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
+import { redactSecrets } from '../lib/secret-redaction.ts';
 import { activityCancellation, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
 
@@ -81,7 +82,7 @@ export function toActivityFailure(error: unknown): Error {
   if (tooLong) return ApplicationFailure.create({ type: FailureTypes.listingTooLong, message: excerpt(tooLong.message, 300), nonRetryable: true });
   const tooLarge = causeOfType(error, ResponseTooLargeError);
   if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message), nonRetryable: true });
-  const message = excerpt(error instanceof Error ? error.message : String(error));
+  const message = excerpt(redactSecrets(error instanceof Error ? error.message : String(error)));
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
 }
 

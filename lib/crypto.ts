@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { rememberSecret } from './secret-redaction.ts';
 
 export interface EncryptionKeys {
   /** The key new ciphertexts are sealed with. */
@@ -55,7 +56,10 @@ export function open(keys: EncryptionKeys, sealed: string, context: string): str
     const decipher = createDecipheriv('aes-256-gcm', key.key, Buffer.from(iv, 'base64url'));
     decipher.setAAD(Buffer.from(context, 'utf8'));
     decipher.setAuthTag(Buffer.from(tag, 'base64url'));
-    return Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8');
+    const secret = Buffer.concat([decipher.update(Buffer.from(ciphertext, 'base64url')), decipher.final()]).toString('utf8');
+    // Cut out of any provider text that echoes it (lib/secret-redaction.ts).
+    rememberSecret(secret);
+    return secret;
   } catch {
     throw new UnreadableSecretError(`sealed value does not authenticate under encryption key id "${keyId}" (a different key under the same id, or altered data)`);
   }

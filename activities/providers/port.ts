@@ -1,5 +1,6 @@
 import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
 import { excerpt } from '../outbound.ts';
+import { redactSecrets } from '../../lib/secret-redaction.ts';
 import { isStorableText, nameWithinLimit, toStorableText } from '../../lib/text.ts';
 
 /**
@@ -143,7 +144,8 @@ export class ProviderHttpError extends Error {
     message: string,
     readonly retryAfterSeconds?: number,
   ) {
-    super(excerpt(message));
+    // Redacted before it is cut: a cut could leave part of a secret the server echoed.
+    super(excerpt(redactSecrets(message)));
   }
 }
 

@@ -113,6 +113,22 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect(gitlab.server.count('tokenSelf') - before).toBe(1);
   });
 
+  it('keeps a token its server echoes back out of the reason, the run and its history', async () => {
+    const token = newToken();
+    const basic = Buffer.from(`PAT:${token}`).toString('base64');
+    // A server (or a proxy before it) that repeats what it was sent in its error body.
+    gitlab.server.failNext('tokenSelf', 1, { status: 403, body: { message: `token ${token} may not read_user (Authorization: Basic ${basic})` } });
+    const { id, workflowId, result } = await connect(token);
+    expect(result.status).toBe('failed');
+    const connection = await getConnection(id);
+    expect(connection.reason).toContain('may not read_user');
+    expect(connection.reason).toContain('[redacted]');
+    for (const text of [String(connection.reason), JSON.stringify(result), await historyText(h, workflowId)]) {
+      expect(text).not.toContain(token);
+      expect(text).not.toContain(basic);
+    }
+  });
+
   it('fails on an unknown token with a 401 reason', async () => {
     const { id } = await connect('glpat-never-issued');
     const connection = await getConnection(id);
