@@ -13,7 +13,7 @@ import {
   recordQueuedAttempt,
   releaseDispatch,
 } from '../lib/db/repositories/event-dispatches.ts';
-import { loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
+import { failedDispatchAttempt, loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt, type FailedDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
@@ -193,7 +193,7 @@ async function attemptDispatch(
     durationMs: outcome.durationMs,
     succeeded: outcome.succeeded,
     ...(outcome.statusCode !== undefined ? { statusCode: outcome.statusCode } : {}),
-    ...(outcome.succeeded ? {} : { error: outcome.error }),
+    ...(outcome.succeeded ? {} : { error: outcome.error, ...(outcome.retryAfterSeconds !== undefined ? { retryAfterSeconds: outcome.retryAfterSeconds } : {}) }),
   });
   if (outcome.succeeded) return { delivered: true, statusCode: outcome.statusCode };
   // Counted here, after the attempt is recorded, by the attempt that ends the retries: once per
@@ -235,7 +235,9 @@ const FIRST_ATTEMPT_ACTIVITY = 'dispatchEvent';
  * inline admission (the run's calls take one place): what dispatchEvent does as a local activity
  * of its own, without a second local activity and workflow activation per run. Each attempt is
  * attempt 1 whatever the recording's own attempt; a pair whose event the recording has just
- * inserted comes with what the attempt needs (`known`), so it reads nothing first. Never throws:
+ * inserted comes with what the attempt needs (`known`), so it reads nothing first; any other pair
+ * (a repeat of the recording) whose recorded attempt failed is not sent, it comes back as that
+ * failure (the run goes on with attempt 2 after what is left of its Retry-After). Never throws:
  * each failure comes back as data (the run retries it as a regular activity, as before), counted
  * and logged as the interceptors count and log a refused or failed local activity.
  */
@@ -269,11 +271,30 @@ export function createFirstAttempts(deps: DispatchActivityDeps) {
       return Promise.resolve(pairs.map(() => ({ failed })));
     }
     const timeoutMs = Math.min(REQUEST_TIMEOUT_MS, leftMs - FIRST_ATTEMPTS_MARGIN_MS);
-    return Promise.all(
-      pairs.map(({ dispatch, known }) =>
-        attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known, timeoutMs).catch((error: unknown) => ({ failed: failureOf(error) })),
-      ),
-    );
+    const attempt = async ({ dispatch, known }: { dispatch: Dispatch; known?: DispatchTarget }): Promise<FirstAttempt> => {
+      // A repeat (the local activity executed again after its attempts were recorded: it timed
+      // out, its worker died, a redelivery): a pair whose attempt failed is not sent again at once,
+      // it goes on as a failed first attempt does, after its backoff or what is left of its
+      // Retry-After, as attempt 2. A pair never attempted, or whose attempt was lost before it
+      // was recorded, is attempted (an acknowledged one is skipped by attemptDispatch's read).
+      const failed = known ? undefined : await failedDispatchAttempt(deps.db, dispatch.subscriberId, dispatch.eventId);
+      if (failed) {
+        logger.info({ eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, attempt: failed.attempt, waitSeconds: failed.waitSeconds }, 'first attempt already made and failed: not sent again inline');
+        return { failed: recordedFailure(dispatch.subscriberId, failed) };
+      }
+      return attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known, timeoutMs);
+    };
+    return Promise.all(pairs.map((pair) => attempt(pair).catch((error: unknown) => ({ failed: failureOf(error) }))));
+  };
+}
+
+/** A recorded failed attempt as the failure the run acts on (attemptDispatch's, with what is left of its Retry-After). */
+function recordedFailure(subscriberId: string, { statusCode, error, waitSeconds }: FailedDispatchAttempt): FirstAttemptFailure {
+  if (statusCode === null) return { type: DispatchFailureTypes.unreachable, message: `subscriber ${subscriberId} unreachable: ${error ?? 'unknown error'}` };
+  return {
+    type: DispatchFailureTypes.rejected,
+    message: `subscriber ${subscriberId} ${error ?? `answered ${statusCode}`}`,
+    details: { status: statusCode, ...(waitSeconds > 0 ? { retryAfterSeconds: waitSeconds } : {}) },
   };
 }
 

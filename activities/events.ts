@@ -232,7 +232,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
      * call inserted is sent without a read (nothing can have delivered an event that did not exist;
      * its subscriber was read in the recording's transaction); a repeat (the activity retried after
      * a failure past the commit, a redelivery) reads each pair as dispatchEvent does, so an
-     * acknowledged event is not sent again. Failures of the recording fail the activity, retried as
+     * acknowledged event is not sent again, and a pair whose recorded attempt failed is not sent
+     * inline but comes back as that failure, with what is left of its Retry-After (the run makes
+     * attempt 2 after it, as after any failed first attempt). Failures of the recording fail the activity, retried as
      * recordEvent is; a first attempt's failure never does.
      */
     async recordEventAndDispatch(input: EventInput): Promise<RecordedDelivery> {

@@ -210,6 +210,8 @@ export interface DispatchAttemptsTable {
   error: string | null;
   succeeded: boolean;
   duration_ms: number | null;
+  /** The subscriber's Retry-After on a failed attempt (capped as honoured), when it gave one. */
+  retry_after_seconds: number | null;
   attempted_at: CreatedAt;
 }
 

@@ -75,6 +75,21 @@ describe('recordEventAndDispatch', () => {
     expect(await h.db.selectFrom('dispatch_attempts').select(['attempt', 'succeeded', 'status_code']).where('event_id', '=', eventId).execute()).toEqual([{ attempt: 1, succeeded: false, status_code: 429 }]);
   });
 
+  it("a repeat does not send a pair whose first attempt failed again: it answers that failure with what is left of its Retry-After", async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    target.subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '120' }, text: 'slow down' });
+    const input = pushInput(target);
+    const workflowId = `event:gitlab:${target.connectionId}:${input.deliveryId}`;
+    await localAttempt(workflowId, 1).run(activities.recordEventAndDispatch, input);
+    // Executed again (the first execution timed out or its worker died after the attempt was recorded).
+    const again = await localAttempt(workflowId, 2).run(activities.recordEventAndDispatch, input);
+    const [repeated] = (again as { firstAttempts: { failed: { type: string; message: string; details: { status: number; retryAfterSeconds: number } } }[] }).firstAttempts;
+    expect(repeated).toMatchObject({ failed: { type: 'SubscriberRejected', message: `subscriber ${target.subscriberId} answered 429`, details: { status: 429 } } });
+    expect(repeated!.failed.details.retryAfterSeconds).toBeGreaterThan(100);
+    expect(repeated!.failed.details.retryAfterSeconds).toBeLessThanOrEqual(120);
+    expect(target.subscriber.server.calls.filter((c) => c.operation === 'deliver')).toHaveLength(1);
+  });
+
   it('sends a first attempt only after the recording committed: the subscriber can read the event from another connection', async () => {
     const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
     const seen: boolean[] = [];

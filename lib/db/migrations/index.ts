@@ -21,6 +21,7 @@ import * as repositoryListings from './2026-12-06T2030-repository-listings.ts';
 import * as eventsHookConnection from './2026-12-07T0810-events-hook-connection.ts';
 import * as repositoryConnectionKey from './2026-12-07T0720-repository-connection-key.ts';
 import * as vanishedRepositoriesIndex from './2026-12-07T0830-vanished-repositories-index.ts';
+import * as dispatchAttemptRetryAfter from './2026-12-07T1300-dispatch-attempt-retry-after.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -49,4 +50,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-07T0720-repository-connection-key': repositoryConnectionKey,
   '2026-12-07T0810-events-hook-connection': eventsHookConnection,
   '2026-12-07T0830-vanished-repositories-index': vanishedRepositoriesIndex,
+  '2026-12-07T1300-dispatch-attempt-retry-after': dispatchAttemptRetryAfter,
 };

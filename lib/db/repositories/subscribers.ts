@@ -128,13 +128,14 @@ export interface DispatchAttempt {
 /** Records one attempt's outcome; a re-run of the same attempt (worker crash) overwrites it. */
 export async function recordDispatchAttempt(
   db: Executor,
-  row: { subscriberId: string; eventId: string; attempt: number; succeeded: boolean; statusCode?: number; error?: string; durationMs: number },
+  row: { subscriberId: string; eventId: string; attempt: number; succeeded: boolean; statusCode?: number; error?: string; retryAfterSeconds?: number; durationMs: number },
 ): Promise<void> {
   const values = {
     status_code: row.statusCode ?? null,
     error: row.error ?? null,
     succeeded: row.succeeded,
     duration_ms: row.durationMs,
+    retry_after_seconds: row.retryAfterSeconds ?? null,
   };
   await db
     .insertInto('dispatch_attempts')
@@ -147,6 +148,38 @@ export async function recordDispatchAttempt(
     .execute();
 }
 
+/** A pair's latest failed attempt, for a pair no attempt of which succeeded. */
+export interface FailedDispatchAttempt {
+  attempt: number;
+  statusCode: number | null;
+  error: string | null;
+  /** What is left of the subscriber's Retry-After since the attempt was recorded (0: none, or over). */
+  waitSeconds: number;
+}
+
+/**
+ * The latest failed attempt of a pair none of whose attempts succeeded, if any (undefined: no
+ * attempt recorded, or one succeeded). The wait is reckoned on the database's clock, which wrote
+ * attempted_at.
+ */
+export async function failedDispatchAttempt(db: Executor, subscriberId: string, eventId: string): Promise<FailedDispatchAttempt | undefined> {
+  const rows = await db
+    .selectFrom('dispatch_attempts')
+    .select((eb) => [
+      'attempt',
+      'succeeded',
+      'status_code as statusCode',
+      'error',
+      sql<number>`greatest(0, ceil(extract(epoch from ${eb.ref('attempted_at')} + make_interval(secs => coalesce(${eb.ref('retry_after_seconds')}, 0)) - now())))::integer`.as('waitSeconds'),
+    ])
+    .where('subscriber_id', '=', subscriberId)
+    .where('event_id', '=', eventId)
+    .orderBy('attempt', 'desc')
+    .execute();
+  if (rows.length === 0 || rows.some((r) => r.succeeded)) return undefined;
+  const { succeeded: _failed, ...latest } = rows[0]!;
+  return latest;
+}
 
 export async function listDispatchAttempts(db: Executor, eventId: string): Promise<DispatchAttempt[]> {
   return db
