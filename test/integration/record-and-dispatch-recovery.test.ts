@@ -78,9 +78,14 @@ describe('an event run whose recording ends without its result after its first a
 
     const workflowId = await pushTo(h, target);
     // The activity executed again (its first execution timed out) and sent C its event again; its write waits too, until now.
-    await cResent;
-    await unlock();
-    const result = await resultOf<EventResult>(h, workflowId);
+    const ended = resultOf<EventResult>(h, workflowId);
+    try {
+      await Promise.race([cResent, ended.then(() => Promise.reject(new Error('the run ended without sending C its event again')))]);
+    } finally {
+      // Also when failing: the harness's worker shuts down only once the writes waiting on the lock end.
+      await unlock();
+    }
+    const result = await ended;
     expect(result).toEqual({ recorded: 1, delivered: 3, undelivered: [] });
 
     // Recorded once, by whichever execution committed first.
