@@ -67,6 +67,7 @@ export type AppEnv = { Variables: { deps: ApiDeps; principal: Principal; request
 /** Secrets the webhook receivers verify against; each list is [current, previous?] for rotation. */
 export interface WebhookSecrets {
   github: string[];
+  /** The global secrets legacy hooks carry (GitLab, Bitbucket, Azure DevOps): empty unless webhooks.acceptLegacyHooks is on. */
   gitlab: string[];
   bitbucket: string[];
   azureDevOps: { user: string; passwords: string[] } | undefined;

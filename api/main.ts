@@ -15,6 +15,7 @@ import { createApp } from './app.ts';
 import { createIntakeSignal } from './intake-relay.ts';
 import { startIntakeRelayThread } from './intake-relay-thread.ts';
 import { ackTraceFromEnv, type AckTrace } from './ack-trace.ts';
+import { noticeLegacyHooks } from './legacy-hooks.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
 import type { Provider } from '../lib/domain.ts';
 
@@ -41,6 +42,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   let draining = false;
   const deps = apiDeps(config, { db, temporal, logger, tracing: tracing.enabled, draining: () => draining, ...(ackTrace ? { ackTrace } : {}), ...(options.temporalUiUrl ? { temporalUiUrl: options.temporalUiUrl } : {}) });
   const { metrics } = deps;
+  await noticeLegacyHooks(deps);
   const ownMetricsPort = metrics !== undefined && config.metrics.api.port !== undefined;
   const app = createApp(deps);
   // Starts the event runs of the deliveries the receivers store (several API replicas share the
@@ -137,12 +139,14 @@ if (import.meta.url === `file://${process.argv[1]}`) {
 export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
   const p = config.gitProviders;
   const list = (...values: (string | undefined)[]) => values.filter((v): v is string => Boolean(v));
+  // The global secrets of legacy hooks verify deliveries only during the migration window.
+  const legacy = config.webhooks.acceptLegacyHooks;
   return {
     github: p.github.enabled ? list(p.github.webhookSecret, p.github.previousWebhookSecret) : [],
-    gitlab: p.gitlab.enabled ? list(p.gitlab.webhookSecret, p.gitlab.previousWebhookSecret) : [],
-    bitbucket: p.bitbucket.enabled ? list(p.bitbucket.webhookSecret, p.bitbucket.previousWebhookSecret) : [],
+    gitlab: legacy && p.gitlab.enabled ? list(p.gitlab.webhookSecret, p.gitlab.previousWebhookSecret) : [],
+    bitbucket: legacy && p.bitbucket.enabled ? list(p.bitbucket.webhookSecret, p.bitbucket.previousWebhookSecret) : [],
     azureDevOps:
-      p.azureDevOps.enabled && p.azureDevOps.webhookBasicAuthUser
+      legacy && p.azureDevOps.enabled && p.azureDevOps.webhookBasicAuthUser
         ? { user: p.azureDevOps.webhookBasicAuthUser, passwords: list(p.azureDevOps.webhookBasicAuthPass, p.azureDevOps.previousWebhookBasicAuthPass) }
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,

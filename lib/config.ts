@@ -221,7 +221,7 @@ export const configSchema = z
           })
           .prefault({}),
         // The global webhook secrets are optional: hooks carry per-connection credentials, and these
-        // are accepted only for hooks made before those (until the reconcile replaces them).
+        // are accepted only for hooks made before those, and only while webhooks.acceptLegacyHooks is on.
         gitlab: providerToggle.extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() }).prefault({}),
         bitbucket: providerToggle.extend({ webhookSecret: secret.optional(), previousWebhookSecret: secret.optional() }).prefault({}),
         azureDevOps: providerToggle
@@ -284,6 +284,10 @@ export const configSchema = z
         deliveryRetentionDays: z.number().int().min(1).default(7),
         // How long the receivers keep a connection's opened webhook credentials (a dropped one stays accepted that long).
         credentialCacheSeconds: z.number().int().min(0).max(3600).default(60),
+        // Deliveries of legacy hooks (the bare URL, the global secrets) are accepted only while this is on: a
+        // migration window. Every tenant that ran its own GitLab, Bitbucket DC or Azure DevOps Server holds
+        // those secrets and can sign with them a delivery naming any organization's repository.
+        acceptLegacyHooks: z.boolean().default(false),
       })
       .refine((w) => w.unverifiedBodyBytes === undefined || w.unverifiedBodyBytes >= w.maxBodyBytes, {
         message: 'unverifiedBodyBytes must be at least maxBodyBytes (else a body of the limit is never read)',
@@ -347,6 +351,28 @@ export const configSchema = z
     const url = new URL(config.publicUrl);
     if (url.protocol === 'http:' && !isLoopbackHost(url.hostname) && !config.security.allowHttpHosts.includes(url.hostname)) {
       ctx.addIssue({ code: 'custom', path: ['publicUrl'], message: 'must be https (hooks would send their credentials in clear); plain http only for loopback or a host in security.allowHttpHosts' });
+    }
+    // The legacy keys and the window go together, so that no upgrade starts or stops accepting legacy
+    // hooks' deliveries unless the operator says so: keys without the window would be refused silently.
+    const { gitlab, bitbucket, azureDevOps } = config.gitProviders;
+    const set = (provider: string, enabled: boolean, keys: Record<string, string | undefined>) => (enabled ? Object.entries(keys).filter(([, v]) => Boolean(v)).map(([k]) => `${provider}.${k}`) : []);
+    const legacyKeys = [
+      ...set('gitlab', gitlab.enabled, { webhookSecret: gitlab.webhookSecret, previousWebhookSecret: gitlab.previousWebhookSecret }),
+      ...set('bitbucket', bitbucket.enabled, { webhookSecret: bitbucket.webhookSecret, previousWebhookSecret: bitbucket.previousWebhookSecret }),
+      ...set('azureDevOps', azureDevOps.enabled, { webhookBasicAuthPass: azureDevOps.webhookBasicAuthPass, previousWebhookBasicAuthPass: azureDevOps.previousWebhookBasicAuthPass }),
+    ];
+    if (legacyKeys.length > 0 && !config.webhooks.acceptLegacyHooks) {
+      for (const key of legacyKeys) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['gitProviders', ...key.split('.')],
+          message:
+            'is a global legacy-hook secret, accepted only while webhooks.acceptLegacyHooks is true (a migration window: every tenant that ran its own server with a legacy hook can sign with it for any organization); set that until no legacy hook is left, or remove the key (README: Legacy hooks)',
+        });
+      }
+    }
+    if (config.webhooks.acceptLegacyHooks && legacyKeys.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['webhooks', 'acceptLegacyHooks'], message: 'needs the legacy hooks\' global secret of an enabled provider (gitProviders.gitlab.webhookSecret, bitbucket.webhookSecret, azureDevOps.webhookBasicAuth*)' });
     }
   });
 

@@ -29,7 +29,6 @@ const PGDATA = path.join(STATE_DIR, 'pgdata');
 interface DevSecrets {
   adminToken: string;
   encryptionKey: string;
-  webhookSecret: string;
   databasePassword: string;
 }
 
@@ -40,7 +39,6 @@ function devSecrets(): DevSecrets {
   const secrets: DevSecrets = {
     adminToken: stored.adminToken ?? `dev-admin-${secret()}`,
     encryptionKey: stored.encryptionKey ?? randomBytes(32).toString('base64'),
-    webhookSecret: stored.webhookSecret ?? secret(),
     databasePassword: stored.databasePassword ?? randomPassword(),
   };
   if (Object.keys(stored).length !== Object.keys(secrets).length) {
@@ -58,11 +56,8 @@ function devConfig(s: DevSecrets): Config {
       api: { host: '127.0.0.1', port },
       auth: { adminToken: s.adminToken },
       encryption: { key: s.encryptionKey },
-      gitProviders: {
-        gitlab: { enabled: true, webhookSecret: s.webhookSecret },
-        bitbucket: { enabled: true, webhookSecret: s.webhookSecret },
-        azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: s.webhookSecret },
-      },
+      // Hooks get their connection's own credential; a new stack has no legacy hook to accept.
+      gitProviders: { gitlab: { enabled: true }, bitbucket: { enabled: true }, azureDevOps: { enabled: true } },
       // Development only: lets you point connections at local fakes or instances over http.
       security: { allowHttpHosts: ['127.0.0.1', 'localhost'] },
     },

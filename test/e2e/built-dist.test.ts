@@ -39,7 +39,7 @@ describe('the build: node dist/… with production dependencies only', () => {
       temporal: { address: inject('temporalAddress'), namespace: 'default', taskQueue: `dist-${randomUUID()}` },
       auth: { adminToken },
       encryption: { key: randomBytes(32).toString('base64') },
-      gitProviders: { gitlab: { enabled: true, webhookSecret: randomBytes(16).toString('hex') } },
+      gitProviders: { gitlab: { enabled: true } },
       security: { allowHttpHosts: ['127.0.0.1'] },
     });
     api = apiUrl;

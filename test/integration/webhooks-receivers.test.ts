@@ -31,7 +31,8 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
   const hookOf = {} as Record<Provider, { connectionId: string; url?: string; secret: string; basicAuthUser?: string }>;
 
   beforeAll(async () => {
-    h = await startHarness();
+    // The legacy hooks' global secrets accepted (webhooks.acceptLegacyHooks), for the legacy-hook tests below; the others use connections' own hooks.
+    h = await startHarness({ acceptLegacyHooks: true });
     ({ org, token: orgToken } = await createOrgWithToken(h));
     for (const provider of PROVIDERS) {
       const repository = { externalId: uniqueExternalId(provider), fullName: FULL_NAMES[provider] };

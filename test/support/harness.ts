@@ -110,6 +110,8 @@ export interface HarnessOptions {
   metrics?: WorkerMetrics;
   /** A database of the test's own (default: the run's), for a test whose runs read every organization's rows. */
   databaseUrl?: string;
+  /** webhooks.acceptLegacyHooks (default off, as the config's): the receivers take the global secrets of TEST_WEBHOOK_SECRETS from legacy hooks. */
+  acceptLegacyHooks?: boolean;
 }
 
 let runtimeInstalled = false;
@@ -183,9 +185,14 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     resolveHost: options.resolveHost ?? (async () => ['127.0.0.1']),
     webhooks: {
       github: [TEST_WEBHOOK_SECRETS.github, TEST_WEBHOOK_SECRETS.previous],
-      gitlab: [TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.previous],
-      bitbucket: [TEST_WEBHOOK_SECRETS.bitbucket, TEST_WEBHOOK_SECRETS.previous],
-      azureDevOps: { user: TEST_WEBHOOK_SECRETS.azureDevOps.user, passwords: [TEST_WEBHOOK_SECRETS.azureDevOps.pass, TEST_WEBHOOK_SECRETS.previous] },
+      // What api/main.ts's webhookSecretsFromConfig gives: the legacy hooks' global secrets only during the window.
+      ...(options.acceptLegacyHooks
+        ? {
+            gitlab: [TEST_WEBHOOK_SECRETS.gitlab, TEST_WEBHOOK_SECRETS.previous],
+            bitbucket: [TEST_WEBHOOK_SECRETS.bitbucket, TEST_WEBHOOK_SECRETS.previous],
+            azureDevOps: { user: TEST_WEBHOOK_SECRETS.azureDevOps.user, passwords: [TEST_WEBHOOK_SECRETS.azureDevOps.pass, TEST_WEBHOOK_SECRETS.previous] },
+          }
+        : { gitlab: [], bitbucket: [], azureDevOps: undefined }),
       maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024,
     },
     enabledProviders: ['github', 'gitlab', 'bitbucket', 'azure-devops'],

@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { githubAppFromConfig } from '../../api/main.ts';
+import { githubAppFromConfig, webhookSecretsFromConfig } from '../../api/main.ts';
 import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, MAX_WEBHOOK_BODY_BYTES, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
@@ -145,7 +145,28 @@ describe('config', () => {
     for (const key of ['auth.adminToken', 'github.webhookSecret', 'github.previousWebhookSecret', 'gitlab.webhookSecret', 'bitbucket.previousWebhookSecret', 'azureDevOps.webhookBasicAuthPass']) {
       expect(message).toContain(`${key}: must be at least 24 characters`);
     }
-    expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: 'x'.repeat(24) } } }).gitProviders.gitlab.webhookSecret).toHaveLength(24);
+    expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: 'x'.repeat(24) } }, webhooks: { acceptLegacyHooks: true } }).gitProviders.gitlab.webhookSecret).toHaveLength(24);
+  });
+
+  it("accepts the legacy hooks' global secrets only with webhooks.acceptLegacyHooks, off by default, and that only with a secret to accept", () => {
+    const secret = 's'.repeat(32);
+    const legacyKeys = {
+      gitlab: { enabled: true, webhookSecret: secret },
+      bitbucket: { enabled: true, previousWebhookSecret: secret },
+      azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: secret },
+    };
+    expect(parseConfig(minimal).webhooks.acceptLegacyHooks).toBe(false);
+    expect(webhookSecretsFromConfig(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true }, azureDevOps: { enabled: true } } }))).toMatchObject({ gitlab: [], bitbucket: [], azureDevOps: undefined });
+    // An upgrade whose config still holds them stops, naming each, instead of refusing legacy deliveries unannounced.
+    const message = errorOf(() => parseConfig({ ...minimal, gitProviders: legacyKeys }));
+    for (const key of ['gitlab.webhookSecret', 'bitbucket.previousWebhookSecret', 'azureDevOps.webhookBasicAuthPass']) {
+      expect(message).toContain(`gitProviders.${key}: is a global legacy-hook secret, accepted only while webhooks.acceptLegacyHooks is true`);
+    }
+    // A disabled provider's keys are out of use either way.
+    expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: false, webhookSecret: secret } } }).webhooks.acceptLegacyHooks).toBe(false);
+    expect(errorOf(() => parseConfig({ ...minimal, webhooks: { acceptLegacyHooks: true } }))).toMatch(/webhooks\.acceptLegacyHooks: needs the legacy hooks' global secret of an enabled provider/);
+    const window = webhookSecretsFromConfig(parseConfig({ ...minimal, gitProviders: legacyKeys, webhooks: { acceptLegacyHooks: true } }));
+    expect(window).toMatchObject({ gitlab: [secret], bitbucket: [secret], azureDevOps: { user: 'forgelink', passwords: [secret] } });
   });
 
   it('refuses a plain http publicUrl unless it is loopback or in security.allowHttpHosts', () => {

@@ -85,7 +85,7 @@ describe('Helm chart', () => {
         encryption: { key: Buffer.alloc(32, 3).toString('base64') },
         temporal: { address: 'temporal:7233', requestDeadlineSeconds: 3, tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM', serverName: 'temporal.internal' } },
         gitProviders: { gitlab: { enabled: true, webhookSecret: 'g'.repeat(32) }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: 'p'.repeat(32) } },
-        config: { repositoryCache: { schedule: '30 1 * * *' } },
+        config: { repositoryCache: { schedule: '30 1 * * *' }, webhooks: { acceptLegacyHooks: true } },
         worker: { sizing: { maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 } },
       }),
     );

@@ -229,6 +229,19 @@ export async function legacyHooksInUseElsewhere(db: Executor, repositoryId: stri
   return rows.map((r) => r.provider_hook_id);
 }
 
+/** Attachments (not detached) still holding a legacy hook, by provider: what the legacy-hook migration has left to do. */
+export async function countAttachmentsWithLegacyHooks(db: Executor): Promise<Partial<Record<Provider, number>>> {
+  const rows = await db
+    .selectFrom('attachments as a')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select(['r.provider', (eb) => eb.fn.countAll<string>().as('count')])
+    .where('a.status', '<>', 'detached')
+    .where(({ exists, selectFrom }) => exists(selectFrom('hooks as h').select('h.id').whereRef('h.attachment_id', '=', 'a.id').where('h.credential_version', 'is', null)))
+    .groupBy('r.provider')
+    .execute();
+  return Object.fromEntries(rows.map((r) => [r.provider, Number(r.count)]));
+}
+
 /** The webhook credential version each recorded hook of the repository carries (null: a legacy hook, the global secret). */
 export async function recordedCredentialVersions(db: Executor, repositoryId: string): Promise<Map<string, number | null>> {
   const rows = await db
