@@ -151,6 +151,38 @@ export function unlessCancelled<T>(promise: Promise<T>): Promise<T> {
   });
 }
 
+/** One outbound call's end: `signal` aborts at the deadline or with a source; `done()` frees the timer and listeners. */
+export interface CallDeadline {
+  signal: AbortSignal;
+  done(): void;
+}
+
+/**
+ * A deadline of `timeoutMs` that also ends with any of `sources` (the caller's signal, the activity's
+ * cancellation). The timer and the listeners hold the controller strongly: AbortSignal.any holds its
+ * sources weakly, so an AbortSignal.timeout referenced only through it was collected by a garbage
+ * collection during the call, and the call never timed out (nodejs/node#57736, Node 20). The caller
+ * calls done() once the answer is read, refused or closed; an answer nobody reads is ended by the timer.
+ */
+export function callDeadline(timeoutMs: number, sources: readonly (AbortSignal | null | undefined)[]): CallDeadline {
+  const controller = new AbortController();
+  const signals = sources.filter((s): s is AbortSignal => s != null);
+  const onAbort = (event: Event) => controller.abort((event.target as AbortSignal).reason);
+  const timer = setTimeout(() => controller.abort(new DOMException(`no answer within ${timeoutMs} ms`, 'TimeoutError')), timeoutMs);
+  // A pending call's socket keeps the process alive; its timer need not.
+  timer.unref?.();
+  const done = () => {
+    clearTimeout(timer);
+    for (const signal of signals) signal.removeEventListener('abort', onAbort);
+  };
+  controller.signal.addEventListener('abort', done, { once: true });
+  for (const signal of signals) {
+    if (signal.aborted) controller.abort(signal.reason);
+    else signal.addEventListener('abort', onAbort, { once: true });
+  }
+  return { signal: controller.signal, done };
+}
+
 /** A provider's or subscriber's text cut to a short, printable excerpt before it reaches an API answer or a run failure. */
 export function excerpt(text: string, max = 200): string {
   const printable = Array.from(text.replace(/[\p{C}\s]+/gu, ' ').trim());
@@ -220,20 +252,21 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   }
   const agents = { http: guarded(http.Agent), https: guarded(https.Agent) as https.Agent };
 
-  function send(url: URL, init: OutboundInit, method: string, signal: AbortSignal, maxBodyBytes: number): Promise<Response> {
+  /** One request: the answer, with its body's stream when it has one (the deadline ends when that closes). */
+  function send(url: URL, init: OutboundInit, method: string, signal: AbortSignal, maxBodyBytes: number): Promise<[Response, http.IncomingMessage | undefined]> {
     const transport = url.protocol === 'https:' ? https : url.protocol === 'http:' ? http : undefined;
     if (!transport) return Promise.reject(new OutboundRefusedError(`${url.protocol} URLs are not allowed`));
     const headers: Record<string, string> = Object.fromEntries(new Headers(init.headers ?? {}));
     const body = init.body == null ? undefined : typeof init.body === 'string' || init.body instanceof Uint8Array ? init.body : String(init.body);
     if (body !== undefined) headers['content-length'] = String(Buffer.byteLength(body));
-    return new Promise<Response>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       const request = transport.request(url, { method, headers, agent: url.protocol === 'https:' ? agents.https : agents.http, signal }, (answer) => {
         const status = answer.statusCode ?? 0;
         const responseHeaders = new Headers();
         for (let i = 0; i < answer.rawHeaders.length; i += 2) responseHeaders.append(answer.rawHeaders[i]!, answer.rawHeaders[i + 1]!);
         if (NULL_BODY_STATUSES.has(status) || method === 'HEAD') {
           answer.resume();
-          return resolve(new Response(null, { status, statusText: answer.statusMessage, headers: responseHeaders }));
+          return resolve([new Response(null, { status, statusText: answer.statusMessage, headers: responseHeaders }), undefined]);
         }
         // The body fails as the call would have: with the timeout or the cancellation.
         const onAbort = () => answer.destroy(signal.reason);
@@ -244,7 +277,7 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
           received += chunk.length;
           if (received > maxBodyBytes) answer.destroy(new ResponseTooLargeError(url.origin, maxBodyBytes));
         });
-        resolve(new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }));
+        resolve([new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }), answer]);
       });
       request.once('error', (error) => reject(signal.aborted ? signal.reason : error));
       request.end(body);
@@ -280,20 +313,29 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   /** The call itself: address checks at connect, same-origin redirects, timeout, cancellation, body cap. */
   async function guardedFetch(input: string | URL, init: OutboundInit): Promise<Response> {
     const method = (init.method ?? 'GET').toUpperCase();
-    const signals = [AbortSignal.timeout(init.timeoutMs ?? DEFAULT_TIMEOUT_MS), init.signal, activityCancellation()];
-    const signal = AbortSignal.any(signals.filter((s): s is AbortSignal => s != null));
-    const origin = new URL(input).origin;
-    let url = new URL(input);
-    for (let redirects = 0; ; redirects++) {
-      const response = await send(url, init, method, signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
-      const location = response.headers.get('location');
-      if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) return response;
-      await response.body?.cancel();
-      const next = new URL(location, url);
-      if (next.origin !== origin) throw new OutboundRefusedError(`${origin} redirected to another origin (${next.origin}): not followed`);
-      if (method !== 'GET' && method !== 'HEAD') throw new OutboundRefusedError(`${origin} redirected a ${method}: not followed`);
-      if (redirects === MAX_REDIRECTS) throw new OutboundRefusedError(`${origin} redirected more than ${MAX_REDIRECTS} times`);
-      url = next;
+    // The deadline spans redirects and the caller's read of the body: it ends when the last answer closes.
+    const deadline = callDeadline(init.timeoutMs ?? DEFAULT_TIMEOUT_MS, [init.signal, activityCancellation()]);
+    try {
+      const origin = new URL(input).origin;
+      let url = new URL(input);
+      for (let redirects = 0; ; redirects++) {
+        const [response, answer] = await send(url, init, method, deadline.signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
+        const location = response.headers.get('location');
+        if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) {
+          if (!answer || answer.closed) deadline.done();
+          else answer.once('close', deadline.done);
+          return response;
+        }
+        await response.body?.cancel();
+        const next = new URL(location, url);
+        if (next.origin !== origin) throw new OutboundRefusedError(`${origin} redirected to another origin (${next.origin}): not followed`);
+        if (method !== 'GET' && method !== 'HEAD') throw new OutboundRefusedError(`${origin} redirected a ${method}: not followed`);
+        if (redirects === MAX_REDIRECTS) throw new OutboundRefusedError(`${origin} redirected more than ${MAX_REDIRECTS} times`);
+        url = next;
+      }
+    } catch (error) {
+      deadline.done();
+      throw error;
     }
   }
 }

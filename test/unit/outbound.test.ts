@@ -1,7 +1,9 @@
 import http from 'node:http';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { classified, toActivityFailure } from '../../activities/errors.ts';
 import { cancellableSleep, createOutbound, excerpt, heartbeatProgress, OutboundRefusedError, ResponseTooLargeError, type OutboundPolicy } from '../../activities/outbound.ts';
 import { ProviderHttpError } from '../../activities/providers/port.ts';
@@ -9,6 +11,7 @@ import { endlessAnswer, listen as listenOn, type Listener } from '../support/out
 
 const listeners: Listener[] = [];
 afterEach(async () => {
+  vi.useRealTimers();
   await Promise.all(listeners.splice(0).map((l) => l.close()));
 });
 
@@ -115,6 +118,51 @@ describe('outbound: bounded answers', () => {
     const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { timeoutMs: 300, maxBodyBytes: Number.MAX_SAFE_INTEGER });
     const error = await refusal(response.arrayBuffer());
     expect((error as Error).name).toBe('TimeoutError');
+  });
+
+  it('ends a body at the timeout even when the heap is collected during the call', async () => {
+    // AbortSignal.any holds its sources weakly: a timeout signal referenced only through it was
+    // collected by the next garbage collection, and the call then never timed out (nodejs/node#57736).
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const subscriber = await listen('127.0.0.1', (_, res) => res.writeHead(200).write('a stalled answer'));
+    const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { timeoutMs: 300 });
+    gc();
+    await new Promise(setImmediate);
+    gc();
+    const error = await refusal(response.arrayBuffer());
+    expect((error as Error).name).toBe('TimeoutError');
+  }, 5_000);
+
+  it('holds a timer only while the call is open: answered, refused, redirected, bodiless or never read', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    let unreadClosed!: () => void;
+    const closed = new Promise<void>((resolve) => (unreadClosed = resolve));
+    const provider = await listen('127.0.0.1', (req, res) => {
+      if (req.url === '/old') res.writeHead(301, { location: '/new' }).end();
+      else if (req.url === '/empty') res.writeHead(204).end();
+      else if (req.url === '/stalled' || req.url === '/unread') res.writeHead(200).write('a stalled answer');
+      else res.end('{}');
+      if (req.url === '/unread') res.once('close', unreadClosed);
+    });
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    expect(await (await outbound.fetch(`${provider.url}/new`)).text()).toBe('{}');
+    expect(await (await outbound.fetch(`${provider.url}/old`)).text()).toBe('{}');
+    expect((await outbound.fetch(`${provider.url}/empty`)).status).toBe(204);
+    expect((await outbound.fetch(`${provider.url}/new`, { method: 'HEAD' })).status).toBe(200);
+    await (await outbound.fetch(`${provider.url}/new`)).body?.cancel();
+    expect(await refusal(createOutbound({ allowHttpHosts: [] }).fetch(`${provider.url}/`))).toBeInstanceOf(OutboundRefusedError);
+    const caller = new AbortController();
+    const aborted = await outbound.fetch(`${provider.url}/stalled`, { signal: caller.signal });
+    caller.abort(new Error('activity cancelled'));
+    expect(((await refusal(aborted.text())) as Error).message).toBe('activity cancelled');
+    expect(vi.getTimerCount()).toBe(0);
+    // An answer nobody reads is ended by its timer, and the connection with it.
+    await outbound.fetch(`${provider.url}/unread`);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(30_000);
+    await closed;
+    expect(vi.getTimerCount()).toBe(0);
   });
 
   it('caps what an SDK reads through the agents, per request', async () => {
