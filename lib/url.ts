@@ -66,9 +66,12 @@ function inNetwork(bytes: number[], network: { bytes: number[]; bits: number }):
 }
 
 const networks = (...entries: string[]) => entries.map((entry) => parseNetwork(entry)!);
-/** Never a Git provider or a subscriber: link-local, cloud metadata, unspecified, multicast, reserved. */
+/**
+ * Never a Git provider or a subscriber: link-local, cloud metadata (168.63.129.16 is Azure's platform
+ * address: its wire server and DNS answer any VM in Azure), unspecified, multicast, reserved.
+ */
 const FORBIDDEN = networks(
-  '0.0.0.0/8', '169.254.0.0/16', '100.100.100.200', '192.0.0.0/24', '224.0.0.0/3',
+  '0.0.0.0/8', '169.254.0.0/16', '100.100.100.200', '168.63.129.16', '192.0.0.0/24', '224.0.0.0/3',
   '::/128', 'fe80::/10', 'fec0::/10', 'ff00::/8', 'fd00:ec2::254', '100::/64',
 );
 /** Loopback and private networks: reachable only where the policy says so. */

@@ -27,7 +27,7 @@ const refusal = (promise: Promise<unknown>) => promise.then(() => undefined, (er
 describe('outbound: addresses checked when connecting', () => {
   it('refuses link-local and metadata literals, IPv4-mapped IPv6 included, without connecting', async () => {
     const outbound = createOutbound({ allowHttpHosts: ['169.254.169.254'], allowPrivateNetworks: ['169.254.0.0/16'] });
-    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://[::ffff:a9fe:a9fe]/', 'http://[::ffff:169.254.169.254]/', 'https://[fd00:ec2::254]/']) {
+    for (const url of ['http://169.254.169.254/latest/meta-data', 'http://[::ffff:a9fe:a9fe]/', 'http://[::ffff:169.254.169.254]/', 'https://[fd00:ec2::254]/', 'http://168.63.129.16/machine?comp=goalstate']) {
       const error = await refusal(outbound.fetch(url));
       expect(error, url).toBeInstanceOf(OutboundRefusedError);
       expect((error as Error).message).toMatch(/link-local or metadata/);

@@ -20,6 +20,11 @@ describe('provider URL checks', () => {
     await expect(normalizeProviderUrl('https://[fe80::1]', opts([]))).rejects.toThrow(/link-local/);
     expect(isForbiddenAddress('::ffff:169.254.169.254')).toBe(true);
     expect(isForbiddenAddress('100.100.100.200')).toBe(true);
+    // Azure's platform address (wire server, DNS), bare and as an IPv4-mapped IPv6 address.
+    expect(isForbiddenAddress('168.63.129.16')).toBe(true);
+    expect(isForbiddenAddress('::ffff:a83f:8110')).toBe(true);
+    expect(isForbiddenAddress('168.63.129.17')).toBe(false);
+    await expect(normalizeProviderUrl('https://dev.azure.example', opts(['168.63.129.16']))).rejects.toThrow(/link-local or metadata/);
     expect(isForbiddenAddress('10.0.0.1')).toBe(false);
   });
 
