@@ -45,7 +45,10 @@ export interface OutboundPolicy extends AddressPolicy {
   logger?: Pick<Logger, 'warn'>;
 }
 
-/** The address (or a redirect) is not one a tenant's URL may reach: permanent, never retried. */
+/**
+ * The address (or a redirect) is not one a tenant's URL may reach, or the answer is in an encoding
+ * the layer does not decode (activities/providers/azure-devops-http.ts): permanent, never retried.
+ */
 export class OutboundRefusedError extends Error {
   override name = 'OutboundRefusedError';
 }

@@ -1,4 +1,3 @@
-import type http from 'node:http';
 import * as azdev from 'azure-devops-node-api';
 import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
 import type { GitApi } from 'azure-devops-node-api/GitApi.js';
@@ -17,7 +16,8 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
-import { ResponseTooLargeError, unlessCancelled, type Outbound } from '../outbound.ts';
+import { unlessCancelled, type Outbound } from '../outbound.ts';
+import { guardSdkClient } from './azure-devops-http.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -69,50 +69,6 @@ async function sdk<T>(call: () => Promise<T>): Promise<T> {
   } catch (error) {
     throw fromSdkError(error);
   }
-}
-
-/** The typed-rest-client HttpClients inside an SDK client; `_agent` is the pool a keepAlive client reuses. */
-interface SdkHttpClients {
-  http?: { _agent?: http.Agent };
-  rest?: {
-    client?: { _agent?: http.Agent };
-    processResponse?: (res: { readBody(): Promise<string>; message?: { socket?: { errored?: unknown } | null } }, options: unknown) => Promise<unknown>;
-  };
-}
-
-/**
- * Points the SDK client's HTTP clients at the worker's guarded keep-alive pool for the
- * organization's protocol. typed-rest-client (under azure-devops-node-api) would otherwise open a
- * new connection, TCP and TLS handshakes included, for every request, or keep a pool per client
- * object (several per adapter, one adapter per activity); and its sockets would skip the
- * connect-time address checks (activities/outbound.ts), resource-area URLs the server names included.
- */
-function shareConnections<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents']): T {
-  const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
-  const { http: direct, rest } = client as SdkHttpClients;
-  if (direct) direct._agent = agent;
-  if (rest?.client) rest.client._agent = agent;
-  // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
-  // cut at the limit (ResponseTooLargeError) made a project's repositories an empty list. The
-  // read's error is thrown instead.
-  const processResponse = rest?.processResponse?.bind(rest);
-  if (rest && processResponse) {
-    rest.processResponse = async (res, options) => {
-      let readError: unknown;
-      const readBody = res.readBody.bind(res);
-      res.readBody = () =>
-        readBody().catch((error: unknown) => {
-          // The guarded pool cuts a socket with ResponseTooLargeError; the body's read sees only "aborted".
-          const cut = res.message?.socket?.errored;
-          readError = cut instanceof ResponseTooLargeError ? cut : error;
-          throw error;
-        });
-      const result = await processResponse(res, options);
-      if (readError !== undefined) throw readError;
-      return result;
-    };
-  }
-  return client;
 }
 
 /** Runs `load` once; a failure is not remembered, so the next call tries again. */
@@ -167,13 +123,13 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   const { outbound } = options;
-  const share = <T extends object>(client: T) => shareConnections(client, organizationUrl, outbound.agents);
+  const share = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, REQUEST_TIMEOUT_MS);
   // allowRetries stays off: the activity's retry policy decides, honouring Retry-After. A redirect
   // is an answer, never followed: the PAT would go wherever it points.
   const webApi = share(
     new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );
-  // The SDK makes a locations client of its own to discover resource areas: it shares the pool too.
+  // The SDK makes a locations client of its own to discover resource areas: it is guarded too.
   const getLocationsApi = webApi.getLocationsApi.bind(webApi);
   webApi.getLocationsApi = async (...args) => share(await getLocationsApi(...args));
   const coreApi = once<CoreApi>(async () => share(await sdk(() => webApi.getCoreApi())));

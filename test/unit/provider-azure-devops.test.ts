@@ -1,9 +1,13 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import http from 'node:http';
+import net from 'node:net';
+import zlib from 'node:zlib';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
-import { testOutbound } from '../support/outbound.ts';
+import { listen, testOutbound, type Listener } from '../support/outbound.ts';
 import { createOutbound, OutboundRefusedError, ResponseTooLargeError } from '../../activities/outbound.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
@@ -287,5 +291,98 @@ describe('Azure DevOps adapter: service hook subscriptions', () => {
     fake.addPat({ pat: 'reader', displayName: 'Reader', canManageHooks: false });
     expect((await rejection(adapter('reader').listHooks(ref))).status).toBe(403);
     expect((await rejection(adapter('reader').deleteHook(ref, 'any'))).status).toBe(403);
+  });
+});
+
+describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outbound call", () => {
+  const listeners: Listener[] = [];
+  afterEach(async () => {
+    vi.useRealTimers();
+    await Promise.all(listeners.splice(0).map((l) => l.close()));
+  });
+  const on = (url: string, outbound = testOutbound) =>
+    createAzureDevOpsAdapter({ connectionId: 'c1', provider: 'azure-devops', baseUrl: `${url}/org`, externalKey: `${url}/org`, secret: PAT }, { outbound });
+  const failure = (promise: Promise<unknown>) => promise.then((value) => ({ value }), (error: unknown) => error);
+
+  /** A server that answers its first request's headers and one byte of the body, then nothing; `closed` resolves when that request's connection goes. */
+  async function stalling() {
+    let arrived!: () => void;
+    let gone!: () => void;
+    const requested = new Promise<void>((resolve) => (arrived = resolve));
+    const closed = new Promise<void>((resolve) => (gone = resolve));
+    const listener = await listen('127.0.0.1', (_, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 1_000_000 }).write(' ');
+      res.once('close', gone);
+      arrived();
+    });
+    listeners.push(listener);
+    return { url: listener.url, requested, closed };
+  }
+
+  it('asks for uncompressed answers and refuses a compressed one before inflating it (64 MiB from 64 KiB on the wire)', async () => {
+    const bomb = zlib.gzipSync(Buffer.concat([Buffer.alloc(64 * 1024 * 1024, ' '), Buffer.from('{}')]), { level: 9 });
+    const asked: (string | undefined)[] = [];
+    const server = await listen('127.0.0.1', (req, res) => {
+      asked.push(req.headers['accept-encoding']);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(bomb);
+    });
+    listeners.push(server);
+    const error = await failure(on(server.url).validate());
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    expect((error as Error).message).toBe(`${server.url} answered with Content-Encoding gzip, though asked for none: not decoded`);
+    expect(asked).toEqual(['identity']);
+    // The fake's answers are identity, as Azure DevOps' are when asked: the adapter works as before.
+    expect(fake.server.calls.length).toBe(0);
+    expect((await adapter().validate()).ok).toBe(true);
+    // The SDK's calls; the hooks calls go through Outbound.fetch, which never decodes an answer.
+    const sdkCalls = fake.server.calls.filter((c) => c.operation !== 'querySubscriptions');
+    expect(sdkCalls.length).toBeGreaterThan(0);
+    expect(sdkCalls.map((c) => c.headers['accept-encoding'])).toEqual(sdkCalls.map(() => 'identity'));
+  });
+
+  it('ends a call at 30 s however slowly the server trickles its answer, and closes its connection', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    // A call's deadline ends with its answer's read.
+    expect((await adapter().validate()).ok).toBe(true);
+    expect(vi.getTimerCount()).toBe(0);
+    const server = await stalling();
+    const outcome = failure(on(server.url).validate());
+    await server.requested;
+    // The SDK's socket timeout counts only silence: a byte every few seconds kept a call open for ever.
+    vi.advanceTimersByTime(30_000);
+    expect(((await outcome) as Error).name).toBe('TimeoutError');
+    await server.closed;
+  }, 5_000);
+
+  it('closes the connection of a call whose activity is cancelled', async () => {
+    const server = await stalling();
+    const env = new MockActivityEnvironment();
+    const outcome = failure(env.run(() => on(server.url).validate()));
+    await server.requested;
+    env.cancel('CANCELLED');
+    expect(await outcome).toBeInstanceOf(Error);
+    await server.closed;
+  }, 5_000);
+
+  it('never goes through a proxy from the environment: the guarded agent still checks every address', async () => {
+    const asked: string[] = [];
+    const proxy = net.createServer((socket) => socket.once('data', (chunk) => (asked.push(chunk.toString().split('\r\n')[0]!), socket.destroy())));
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const saved = { HTTPS_PROXY: process.env.HTTPS_PROXY, HTTP_PROXY: process.env.HTTP_PROXY, NO_PROXY: process.env.NO_PROXY };
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    Object.assign(process.env, { HTTPS_PROXY: proxyUrl, HTTP_PROXY: proxyUrl });
+    delete process.env.NO_PROXY;
+    try {
+      const metadata = await failure(on('https://169.254.169.254', createOutbound({ allowHttpHosts: [] })).validate());
+      expect(metadata).toBeInstanceOf(OutboundRefusedError);
+      expect(await adapter().validate()).toMatchObject({ ok: true });
+      expect(asked).toEqual([]);
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 });

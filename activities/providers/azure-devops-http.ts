@@ -1,0 +1,122 @@
+import type http from 'node:http';
+import { activityCancellation, callDeadline, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
+
+/** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
+interface RequestInfo {
+  parsedUrl: URL;
+  httpModule: Pick<typeof http, 'request'>;
+  options: Omit<http.RequestOptions, 'headers'> & { headers: http.OutgoingHttpHeaders };
+}
+
+/** typed-rest-client's answer: the message, and a read of it whole (which it would gunzip without a limit). */
+interface SdkResponse {
+  message: http.IncomingMessage;
+  readBody(): Promise<string>;
+}
+
+/** A typed-rest-client HttpClient: every request goes through requestRaw, with the agent _getAgent picks. */
+interface SdkHttpClient {
+  _getAgent(url: URL): http.Agent;
+  requestRaw(info: RequestInfo, data: unknown): Promise<SdkResponse>;
+}
+
+/** The typed-rest-client clients inside an azure-devops-node-api client (WebApi has only `rest`). */
+interface SdkClients {
+  http?: SdkHttpClient;
+  rest?: {
+    client?: SdkHttpClient;
+    processResponse?: (res: SdkResponse, options: unknown) => Promise<unknown>;
+  };
+}
+
+/**
+ * Makes an azure-devops-node-api client's HTTP clients (typed-rest-client) call out as the worker's
+ * other outbound calls do (activities/outbound.ts):
+ * - through the guarded keep-alive pool for the organization's protocol, never an agent of their own
+ *   nor a tunnel through HTTPS_PROXY/HTTP_PROXY, so every socket has the connect-time address checks
+ *   (resource-area URLs the server names included) and the read cap, and shares connections;
+ * - uncompressed: each request asks for identity and an answer in any other encoding is refused
+ *   unread, since typed-rest-client gunzips an answer whole with no limit on what it inflates (the
+ *   read cap counts the compressed bytes);
+ * - within `timeoutMs` for the request and the read of its answer, and ended with the activity's
+ *   cancellation: either destroys the socket. The SDK's socketTimeout counts only silence, so a
+ *   server sending a byte now and then kept a call open for ever.
+ */
+export function guardSdkClient<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents'], timeoutMs: number): T {
+  const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
+  const { http: direct, rest } = client as SdkClients;
+  for (const httpClient of [direct, rest?.client]) {
+    if (!httpClient) continue;
+    httpClient._getAgent = () => agent;
+    const requestRaw = httpClient.requestRaw.bind(httpClient);
+    httpClient.requestRaw = (info, data) => boundedRequest(info, (bounded) => requestRaw(bounded, data), timeoutMs);
+  }
+  // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
+  // cut at the limit or the deadline made a project's repositories an empty list. The read's error
+  // is thrown instead.
+  const processResponse = rest?.processResponse?.bind(rest);
+  if (rest && processResponse) {
+    rest.processResponse = async (res, options) => {
+      let readError: unknown;
+      const readBody = res.readBody.bind(res);
+      res.readBody = () =>
+        readBody().catch((error: unknown) => {
+          readError = error;
+          throw error;
+        });
+      const result = await processResponse(res, options);
+      if (readError !== undefined) throw readError;
+      return result;
+    };
+  }
+  return client;
+}
+
+function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, timeoutMs: number): Promise<SdkResponse> {
+  const deadline = callDeadline(timeoutMs, [activityCancellation()]);
+  if (deadline.signal.aborted) return Promise.reject(deadline.signal.reason);
+  let request: http.ClientRequest | undefined;
+  let message: http.IncomingMessage | undefined;
+  deadline.signal.addEventListener(
+    'abort',
+    () => {
+      message?.destroy(deadline.signal.reason);
+      request?.destroy(deadline.signal.reason);
+    },
+    { once: true },
+  );
+  const { httpModule } = info;
+  const bounded: RequestInfo = {
+    ...info,
+    options: { ...info.options, headers: { ...info.options.headers, 'accept-encoding': 'identity' } },
+    httpModule: { request: ((options: http.RequestOptions, callback: (res: http.IncomingMessage) => void) => (request = httpModule.request(options, callback))) as typeof http.request },
+  };
+  /** Why the read failed: the deadline or cancellation, the read cap (the read itself sees only "aborted"), or its own error. */
+  const cause = (error: unknown) => {
+    if (deadline.signal.aborted) return deadline.signal.reason;
+    const cut = message?.socket?.errored;
+    return cut instanceof ResponseTooLargeError ? cut : error;
+  };
+  return send(bounded).then(
+    (res) => {
+      message = res.message;
+      // Errors reach whoever reads the answer; one nobody reads, ended at its deadline, must not fail the process.
+      message.on('error', () => {});
+      const encoding = String(message.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+      if (encoding !== 'identity') {
+        message.destroy();
+        deadline.done();
+        throw new OutboundRefusedError(`${info.parsedUrl.origin} answered with Content-Encoding ${encoding}, though asked for none: not decoded`);
+      }
+      if (message.closed) deadline.done();
+      else message.once('close', deadline.done);
+      const readBody = res.readBody.bind(res);
+      res.readBody = () => readBody().catch((error: unknown) => Promise.reject(cause(error)));
+      return res;
+    },
+    (error: unknown) => {
+      deadline.done();
+      throw cause(error);
+    },
+  );
+}
