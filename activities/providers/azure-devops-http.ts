@@ -34,7 +34,9 @@ interface SdkClients {
  * other outbound calls do (activities/outbound.ts):
  * - through the guarded keep-alive pool for the organization's protocol, never an agent of their own
  *   nor a tunnel through HTTPS_PROXY/HTTP_PROXY, so every socket has the connect-time address checks
- *   (resource-area URLs the server names included) and the read cap, and shares connections;
+ *   (resource-area URLs the server names included) and the read cap; and connections are shared,
+ *   where typed-rest-client would open one per request or keep a pool per client object (several per
+ *   adapter, one adapter per activity);
  * - uncompressed: each request asks for identity and an answer in any other encoding is refused
  *   unread, since typed-rest-client gunzips an answer whole with no limit on what it inflates (the
  *   read cap counts the compressed bytes);

@@ -62,7 +62,7 @@ function fromSdkError(error: unknown): unknown {
   return new ProviderHttpError('azure-devops', e.statusCode, e.message ?? `HTTP ${e.statusCode}`, retryAfter);
 }
 
-/** An SDK call, given up when the activity is cancelled (the SDK takes no abort signal). */
+/** An SDK call, given up when the activity is cancelled (the SDK takes no abort signal; guardSdkClient closes its request). */
 async function sdk<T>(call: () => Promise<T>): Promise<T> {
   try {
     return await unlessCancelled(call());
@@ -123,18 +123,18 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   const { outbound } = options;
-  const share = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, REQUEST_TIMEOUT_MS);
+  const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, REQUEST_TIMEOUT_MS);
   // allowRetries stays off: the activity's retry policy decides, honouring Retry-After. A redirect
   // is an answer, never followed: the PAT would go wherever it points.
-  const webApi = share(
+  const webApi = guarded(
     new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );
   // The SDK makes a locations client of its own to discover resource areas: it is guarded too.
   const getLocationsApi = webApi.getLocationsApi.bind(webApi);
-  webApi.getLocationsApi = async (...args) => share(await getLocationsApi(...args));
-  const coreApi = once<CoreApi>(async () => share(await sdk(() => webApi.getCoreApi())));
+  webApi.getLocationsApi = async (...args) => guarded(await getLocationsApi(...args));
+  const coreApi = once<CoreApi>(async () => guarded(await sdk(() => webApi.getCoreApi())));
   const gitApi = once<GitApi>(async () => {
-    const git = share(await sdk(() => webApi.getGitApi()));
+    const git = guarded(await sdk(() => webApi.getGitApi()));
     // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
     // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
     await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));
