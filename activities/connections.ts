@@ -10,11 +10,13 @@ import {
   promoteCredentialRotation,
   recordDisconnectIncomplete,
 } from '../lib/db/repositories/connections.ts';
+import { purgeDisconnectedCache } from '../lib/db/repositories/repository-cache.ts';
 import { ensureWebhookCredential, hasWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Logger } from '../lib/logger.ts';
 import { ApplicationFailure } from '@temporalio/common';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { classified } from './errors.ts';
+import { activityContext } from './outbound.ts';
 import type { InlineAdmission } from './inline-admission.ts';
 import type { ProviderFactory, ValidationOutcome } from './providers/port.ts';
 
@@ -86,9 +88,31 @@ export function createConnectionActivities({ db, keys, providers, logger, activi
       logger.warn({ connectionId, reason }, 'disconnect incomplete: credential kept');
     },
 
+    /**
+     * The disconnect's last step: deletes the credentials, then what the connection's repository
+     * cache holds that nothing else needs (purgeDisconnectedCache: the rows no attachment or event
+     * refers to, and the listing pages). Without it every connect/disconnect cycle of a provider a
+     * tenant controls left up to a listing's cap of rows in the database for good, and a former
+     * tenant's repository names stayed. The purge runs in batches for at most half the step's
+     * timeout; with rows left, the step fails retryable and its retry (the marking is idempotent)
+     * goes on where it stopped.
+     */
     async markConnectionDisconnected({ connectionId }: { connectionId: string }): Promise<void> {
       await markConnectionDisconnected(db, connectionId);
       logger.info({ connectionId }, 'connection disconnected; credential deleted');
+      const context = activityContext();
+      const purged = await purgeDisconnectedCache(db, connectionId, {
+        maxBatches: Infinity,
+        between: () => context?.heartbeat(),
+        stopAt: context ? Date.now() + context.info.startToCloseTimeoutMs / 2 : undefined,
+      });
+      logger.info({ connectionId, ...purged }, 'disconnected connection\'s repository cache deleted');
+      if (!purged.done) {
+        throw ApplicationFailure.create({
+          type: 'DisconnectPurgeUnfinished',
+          message: `connection ${connectionId}: ${purged.repositories} cached repositories and ${purged.listingPages} listing pages deleted, more left for the retry`,
+        });
+      }
     },
   });
 }

@@ -30,8 +30,21 @@ export async function upsertRepositories(db: Executor, scope: RepositoryScope, r
 }
 
 /**
+ * A part of a `with` (`gate`: one row while the connection ($2) is not disconnected) that every
+ * write of the cache (a listing's page, an event's repositories) inserts through. It holds the
+ * connection row FOR SHARE until the write commits, which the disconnect's status update waits
+ * for; a write that reaches the gate after that update (even one whose snapshot is older: READ
+ * COMMITTED reads the locked row's newest version again) finds no row and writes nothing. So every
+ * row written is committed before the connection is marked disconnected, where the disconnect's
+ * purge (purgeDisconnectedCache) finds it, and a listing or event racing a disconnect never adds
+ * rows after it. (FOR KEY SHARE, which each inserted row's foreign key check takes, would not do:
+ * it does not conflict with the update, and a write that locks after it is not checked again.)
+ */
+const GATE = `gate as (select 1 from connections where id = $2::uuid and status <> 'disconnected' for share)`;
+
+/**
  * The upsert's parts of a `with` (`written`: the ids of the rows written), for a statement that
- * selects from `written`; parameters $1-$8 (upsertParameters). Written out once: a listing sends it
+ * selects from `written` and has GATE; parameters $1-$8 (upsertParameters). Written out once: a listing sends it
  * for every page, and building and compiling it with the query builder each time was ~0.2-0.3 ms of
  * the worker's CPU a page.
  */
@@ -45,6 +58,7 @@ function upsertParts(partial: boolean): string {
     insert into repositories (organization_id, connection_id, provider, external_id, full_name, project, default_branch, web_url)
     select $1::uuid, $2::uuid, $3, r.external_id, r.full_name, r.project, r.default_branch, r.web_url
     from unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) as r(external_id, full_name, project, default_branch, web_url)
+    where exists (select from gate)
     on conflict (connection_id, external_id) do update set
       full_name = excluded.full_name,
       project = ${incoming('project')},
@@ -77,10 +91,11 @@ function upsertParameters(scope: RepositoryScope, repositories: CachedRepository
   ];
 }
 
-/** The page's memory as a part of a `with` (`saved`): the connection is $2, the page's own values $first to $first+5 (pageParameters). */
+/** The page's memory as a part of a `with` (`saved`, after GATE): the connection is $2, the page's own values $first to $first+5 (pageParameters). */
 const savedPart = (first: number) => `saved as (
     insert into repository_listing_pages (connection_id, page_key, etag, external_ids, next_cursor, fan_out, content_hash)
-    values ($2::uuid, $${first}, $${first + 1}, $${first + 2}::jsonb, $${first + 3}, $${first + 4}::jsonb, $${first + 5})
+    select $2::uuid, $${first}, $${first + 1}, $${first + 2}::jsonb, $${first + 3}, $${first + 4}::jsonb, $${first + 5}
+    where exists (select from gate)
     on conflict (connection_id, page_key) do update set
       etag = excluded.etag, external_ids = excluded.external_ids, next_cursor = excluded.next_cursor, fan_out = excluded.fan_out, content_hash = excluded.content_hash
     where (repository_listing_pages.etag, repository_listing_pages.external_ids, repository_listing_pages.next_cursor, repository_listing_pages.fan_out, repository_listing_pages.content_hash)
@@ -97,12 +112,12 @@ const pageParameters = (pageKey: string, page: PageMemory): unknown[] => [
   page.contentHash ?? null,
 ];
 
-const UPSERT = `with ${upsertParts(false)} select count(*)::int as written from written`;
-const UPSERT_PARTIAL = `with ${upsertParts(true)} select count(*)::int as written from written`;
+const UPSERT = `with ${GATE}, ${upsertParts(false)} select count(*)::int as written from written`;
+const UPSERT_PARTIAL = `with ${GATE}, ${upsertParts(true)} select count(*)::int as written from written`;
 /** A page's repositories and its memory: $1-$8 as upsertParts, $9-$14 the page. */
-const UPSERT_AND_SAVE_PAGE = `with ${upsertParts(false)}, ${savedPart(9)} select count(*)::int as written from written`;
+const UPSERT_AND_SAVE_PAGE = `with ${GATE}, ${upsertParts(false)}, ${savedPart(9)} select count(*)::int as written from written`;
 /** A page's memory alone: $1 is unused but typed, so the page part's numbering is the same. */
-const SAVE_PAGE = `with ${savedPart(3)} select $1::uuid as organization_id`;
+const SAVE_PAGE = `with ${GATE}, ${savedPart(3)} select $1::uuid as organization_id`;
 
 /**
  * Writes what one page of a listing brought: its repositories (`undefined` when they are the ones
@@ -221,17 +236,20 @@ export function finishListingStatement(
   `;
 }
 
+/** Which of a connection's rows a purge deletes: those vanished longer than `vanishedForDays` ago, or (its connection disconnected) all of them. */
+type PurgeScope = { vanishedForDays: number } | { disconnected: true };
+
 /**
- * A repository row `r` purgeVanishedRepositories deletes: vanished longer than `retentionDays` ago,
- * and nothing refers to it (no attachment in any status, no event).
+ * A repository row `r` a purge deletes: in its scope (PurgeScope), and nothing refers to it (no
+ * attachment in any status, no event).
  */
-const purgeableRow = (retentionDays: number) => sql`r.vanished_at < now() - make_interval(days => ${retentionDays})
-  and not exists (select 1 from attachments a where a.repository_id = r.id)
+const purgeableRow = (scope: PurgeScope) => sql`${'vanishedForDays' in scope ? sql`r.vanished_at < now() - make_interval(days => ${scope.vanishedForDays}) and` : sql``}
+  not exists (select 1 from attachments a where a.repository_id = r.id)
   and not exists (select 1 from events e where e.organization_id = r.organization_id and e.repository_id = r.id)`;
 
 /** Whether the connection has a row purgeVanishedRepositories would delete (read through the vanished rows' index). */
 const purgeableExists = (connectionId: string, retentionDays: number) =>
-  sql`exists (select 1 from repositories r where r.connection_id = ${connectionId} and ${purgeableRow(retentionDays)})`;
+  sql`exists (select 1 from repositories r where r.connection_id = ${connectionId} and ${purgeableRow({ vanishedForDays: retentionDays })})`;
 
 /**
  * How long a listing's lease holds unless renewed: longer than the listing activity's retry backoff
@@ -294,6 +312,15 @@ export async function cachedRepositoryCount(db: Executor, connectionId: string):
 /** Rows one purge batch deletes at most: one short transaction each, so no statement holds many row locks for long. */
 export const PURGE_BATCH_ROWS = 1000;
 
+type PurgeOptions = {
+  batchRows?: number;
+  maxBatches?: number;
+  /** Called between batches (a heartbeat). */
+  between?: () => void;
+  /** No batch starts after this time (Date.now()): the purge returns unfinished. */
+  stopAt?: number;
+};
+
 /**
  * Deletes the connection's repository rows that have been vanished for longer than `retentionDays`
  * and that nothing refers to: no attachment row (in any status: deleting the repository would
@@ -301,42 +328,86 @@ export const PURGE_BATCH_ROWS = 1000;
  * repository it was for). Without it a connection whose provider creates and deletes repositories
  * would keep every one it ever listed, and pass the cache's refusal bound (twice
  * repositoryCache.maxRepositoriesPerConnection rows, vanished ones included) for good.
- *
+ * At most `maxBatches` batches (purgeRepositories); returns how many rows were deleted.
+ */
+export async function purgeVanishedRepositories(db: Kysely<Database>, connectionId: string, retentionDays: number, options: PurgeOptions = {}): Promise<number> {
+  return (await purgeRepositories(db, connectionId, { vanishedForDays: retentionDays }, options)).repositories;
+}
+
+/**
+ * Deletes what a disconnected connection's cache holds that nothing else needs: every repository
+ * row no attachment or event refers to (purgeVanishedRepositories' rule, whatever the row's
+ * vanished_at), and its listing pages. Deletes nothing unless the connection is disconnected, which
+ * is final; rows written by a listing or an event racing the disconnect are committed before it is
+ * marked so (GATE), and none are written after. Safe to repeat: a retry deletes what is left.
+ * `done` is false when it stopped at `maxBatches` or `stopAt` with rows left.
+ */
+export async function purgeDisconnectedCache(
+  db: Kysely<Database>,
+  connectionId: string,
+  options: PurgeOptions = {},
+): Promise<{ repositories: number; listingPages: number; done: boolean }> {
+  return purgeRepositories(db, connectionId, { disconnected: true }, options);
+}
+
+/**
  * In batches of `batchRows`, each its own transaction: the candidates are locked first (FOR UPDATE
- * SKIP LOCKED: a row an upsert or an attach is writing is left for next time), then deleted by a
+ * SKIP LOCKED: a row an upsert or an attach is writing is left for next time; a disconnected
+ * connection's purge waits for it instead, since no next listing comes), then deleted by a
  * second statement whose fresh snapshot sees any attachment or event committed before the lock, and
  * none can be added while it is held (their foreign key check waits for it). So an attach racing
  * the purge either keeps the row or fails on a repository already gone; it never loses its
- * attachment to the cascade. At most `maxBatches` batches; returns how many rows were deleted.
+ * attachment to the cascade. A disconnected connection's batches also delete up to `batchRows` of
+ * its listing pages. At most `maxBatches` batches, none started after `stopAt`.
  */
-export async function purgeVanishedRepositories(
+async function purgeRepositories(
   db: Kysely<Database>,
   connectionId: string,
-  retentionDays: number,
-  { batchRows = PURGE_BATCH_ROWS, maxBatches = 100, between }: { batchRows?: number; maxBatches?: number; between?: () => void } = {},
-): Promise<number> {
-  let deleted = 0;
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const { found, gone } = await db.transaction().execute(async (trx) => {
+  scope: PurgeScope,
+  { batchRows = PURGE_BATCH_ROWS, maxBatches = 100, between, stopAt }: PurgeOptions = {},
+): Promise<{ repositories: number; listingPages: number; done: boolean }> {
+  const purged = { repositories: 0, listingPages: 0, done: false };
+  for (let batch = 0; batch < maxBatches && !(stopAt !== undefined && Date.now() >= stopAt); batch++) {
+    if (batch > 0) between?.();
+    const { found, gone, pages } = await db.transaction().execute(async (trx) => {
+      if ('disconnected' in scope) {
+        const disconnected = await trx.selectFrom('connections').select('id').where('id', '=', connectionId).where('status', '=', 'disconnected').executeTakeFirst();
+        if (!disconnected) return { found: 0, gone: 0, pages: 0 };
+      }
+      const pages =
+        'disconnected' in scope
+          ? Number(
+              (
+                await sql`
+                  delete from repository_listing_pages
+                  where connection_id = ${connectionId}
+                    and page_key in (select page_key from repository_listing_pages where connection_id = ${connectionId} limit ${batchRows})
+                `.execute(trx)
+              ).numAffectedRows ?? 0n,
+            )
+          : 0;
       const candidates = await sql<{ id: string }>`
         select r.id from repositories r
-        where r.connection_id = ${connectionId} and ${purgeableRow(retentionDays)}
+        where r.connection_id = ${connectionId} and ${purgeableRow(scope)}
         limit ${batchRows}
-        for update of r skip locked
+        for update of r ${'disconnected' in scope ? sql`` : sql`skip locked`}
       `.execute(trx);
-      if (candidates.rows.length === 0) return { found: 0, gone: 0 };
+      if (candidates.rows.length === 0) return { found: 0, gone: 0, pages };
       const ids = candidates.rows.map((r) => r.id);
       const removed = await sql`
         delete from repositories r
-        where r.id = any(${ids}::uuid[]) and ${purgeableRow(retentionDays)}
+        where r.id = any(${ids}::uuid[]) and ${purgeableRow(scope)}
       `.execute(trx);
-      return { found: ids.length, gone: Number(removed.numAffectedRows ?? 0n) };
+      return { found: ids.length, gone: Number(removed.numAffectedRows ?? 0n), pages };
     });
-    deleted += gone;
-    if (found < batchRows) break;
-    between?.();
+    purged.repositories += gone;
+    purged.listingPages += pages;
+    if (found < batchRows && pages < batchRows) {
+      purged.done = true;
+      break;
+    }
   }
-  return deleted;
+  return purged;
 }
 
 /** The cache row of a connection's repository, if there is one. */
