@@ -1,0 +1,214 @@
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parentPort, Worker, type Transferable } from 'node:worker_threads';
+
+/**
+ * A few worker threads that run CPU-heavy jobs (parsing a large webhook body) off the event loop
+ * that answers everybody. Bounded: at most `threads` threads, at most `maxQueued` jobs waiting, and
+ * at most `maxPerKey` jobs of one key (a webhook connection) running or waiting, so one key cannot
+ * fill the queue. Waiting jobs are taken round-robin between keys: a key with many waiting never
+ * keeps another key's job waiting for more than one job of its own per thread.
+ */
+
+/** The pool is full (in all, or for the job's key): nothing about the job itself; try again later. */
+export class PoolBusy extends Error {
+  override name = 'PoolBusy';
+}
+
+/** The thread running the job ended (crashed, ran out of memory, was terminated) before answering. */
+export class PoolThreadFailed extends Error {
+  override name = 'PoolThreadFailed';
+}
+
+/** The job threw in its thread: the error's name and message, as the thread saw them. */
+export class PoolJobFailed extends Error {
+  override name = 'PoolJobFailed';
+  constructor(
+    message: string,
+    readonly errorName: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Messages between the pool and a thread (serveThreadJobs speaks the thread's side). */
+type ToThread<Job> = { id: number; job: Job };
+type FromThread<Result> = { id: number; kind: 'progress' } | { id: number; kind: 'done'; result: Result } | { id: number; kind: 'failed'; name: string; message: string };
+
+interface Pending<Job, Result> {
+  id: number;
+  key: string;
+  job: Job;
+  transfer: readonly Transferable[];
+  onProgress: (() => void) | undefined;
+  resolve(result: Result): void;
+  reject(error: Error): void;
+}
+
+export interface ThreadPoolOptions {
+  /** Starts one thread (moduleThread, usually). Threads start when a job needs one, and keep the process alive only while they run one. */
+  spawn: () => Worker;
+  threads: number;
+  maxQueued: number;
+  maxPerKey: number;
+}
+
+export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
+  const { threads, maxQueued, maxPerKey } = options;
+  const idle: Worker[] = [];
+  const running = new Map<Worker, Pending<Job, Result>>();
+  let started = 0;
+  // Waiting jobs by key; the map's order is the round-robin order (a key served goes to the back).
+  const waiting = new Map<string, Pending<Job, Result>[]>();
+  let queued = 0;
+  const perKey = new Map<string, number>();
+  let nextId = 0;
+  let closed = false;
+
+  const settle = (pending: Pending<Job, Result>) => {
+    const left = (perKey.get(pending.key) ?? 1) - 1;
+    if (left > 0) perKey.set(pending.key, left);
+    else perKey.delete(pending.key);
+  };
+
+  const spawn = (): Worker => {
+    const thread = options.spawn();
+    thread.unref();
+    started++;
+    thread.on('message', (message: FromThread<Result>) => {
+      const pending = running.get(thread);
+      if (!pending || pending.id !== message.id) return;
+      if (message.kind === 'progress') return pending.onProgress?.();
+      running.delete(thread);
+      settle(pending);
+      if (message.kind === 'done') pending.resolve(message.result);
+      else pending.reject(new PoolJobFailed(message.message, message.name));
+      // An idle thread keeps no process alive; one running a job does, as any pending I/O would.
+      thread.unref();
+      idle.push(thread);
+      dispatch();
+    });
+    const ended = (error: Error) => {
+      const pending = running.get(thread);
+      running.delete(thread);
+      const at = idle.indexOf(thread);
+      if (at >= 0) idle.splice(at, 1);
+      started--;
+      if (pending) {
+        settle(pending);
+        pending.reject(new PoolThreadFailed(`the thread ended while running the job: ${error.message}`));
+      }
+      dispatch();
+    };
+    // An uncaught error ends the thread ('error', then 'exit'); ended runs once, whichever comes first.
+    let gone = false;
+    thread.on('error', (error) => gone || ((gone = true), ended(error)));
+    thread.on('exit', (code) => gone || ((gone = true), ended(new Error(`exit code ${code}`))));
+    return thread;
+  };
+
+  /** The next waiting job, round-robin between keys. */
+  const next = (): Pending<Job, Result> | undefined => {
+    for (const [key, jobs] of waiting) {
+      const job = jobs.shift()!;
+      waiting.delete(key);
+      if (jobs.length > 0) waiting.set(key, jobs);
+      queued--;
+      return job;
+    }
+    return undefined;
+  };
+
+  const dispatch = () => {
+    while (!closed && queued > 0 && (idle.length > 0 || started < threads)) {
+      const thread = idle.pop() ?? spawn();
+      const pending = next()!;
+      try {
+        thread.postMessage({ id: pending.id, job: pending.job } satisfies ToThread<Job>, pending.transfer as Transferable[]);
+      } catch (error) {
+        // The job cannot be cloned (or its buffer moved): its own failure, the thread stays free.
+        idle.push(thread);
+        settle(pending);
+        pending.reject(error as Error);
+        continue;
+      }
+      running.set(thread, pending);
+      thread.ref();
+    }
+  };
+
+  return {
+    /**
+     * Runs `job` on a thread; `transfer` (the job's ArrayBuffers) moves to the thread. Rejects with
+     * PoolBusy at once when the pool or `key`'s share of it is full (nothing is transferred then),
+     * PoolThreadFailed when the thread ends, PoolJobFailed when the job throws. `onProgress` is
+     * called each time the job reports progress (serveThreadJobs' `progress`).
+     */
+    run(key: string, job: Job, transfer: readonly Transferable[] = [], onProgress?: () => void): Promise<Result> {
+      if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
+      const own = perKey.get(key) ?? 0;
+      const free = idle.length + (threads - started);
+      if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
+      if (free === 0 && queued >= maxQueued) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
+      perKey.set(key, own + 1);
+      return new Promise<Result>((resolve, reject) => {
+        const pending: Pending<Job, Result> = { id: nextId++, key, job, transfer, onProgress, resolve, reject };
+        const jobs = waiting.get(key);
+        if (jobs) jobs.push(pending);
+        else waiting.set(key, [pending]);
+        queued++;
+        dispatch();
+      });
+    },
+    /** Jobs running and waiting now. */
+    size: () => ({ running: running.size, waiting: queued, threads: started }),
+    /** Ends the threads; jobs running or waiting are rejected with PoolBusy. */
+    async close(): Promise<void> {
+      closed = true;
+      for (const jobs of waiting.values()) for (const pending of jobs) pending.reject(new PoolBusy('the pool is closed'));
+      waiting.clear();
+      queued = 0;
+      const all = [...idle, ...running.keys()];
+      for (const pending of running.values()) pending.reject(new PoolBusy('the pool is closed'));
+      running.clear();
+      idle.length = 0;
+      await Promise.all(all.map((thread) => thread.terminate()));
+    },
+  };
+}
+
+export type ThreadPool<Job, Result> = ReturnType<typeof createThreadPool<Job, Result>>;
+
+/**
+ * A thread running the module at `moduleUrl` (its own import.meta.url), with `workerData`. Built,
+ * that is a .js file; from source (tsx, tests) the thread registers tsx's loader before importing
+ * it, as api/intake-relay-thread.ts does: on Node 20 a worker gets neither its parent's loader nor
+ * one from `--import` in its execArgv.
+ */
+export function moduleThread(moduleUrl: string, workerData: unknown): Worker {
+  const entry = fileURLToPath(moduleUrl);
+  if (!entry.endsWith('.ts')) return new Worker(entry, { workerData });
+  const tsx = pathToFileURL(path.join(path.dirname(createRequire(import.meta.url).resolve('tsx/package.json')), 'dist/esm/api/index.mjs')).href;
+  const source = `import(${JSON.stringify(tsx)}).then(({ register }) => (register(), import(${JSON.stringify(pathToFileURL(entry).href)})));`;
+  return new Worker(source, { eval: true, workerData });
+}
+
+/**
+ * The thread's side: answers each job with `handle`'s result (its `transfer` moved back) or the
+ * error it threw. `progress()` tells the pool the job got somewhere (createThreadPool's onProgress).
+ */
+export function serveThreadJobs<Job, Result>(handle: (job: Job, progress: () => void) => { result: Result; transfer?: Transferable[] }): void {
+  const port = parentPort!;
+  port.on('message', ({ id, job }: ToThread<Job>) => {
+    let answer: { result: Result; transfer?: Transferable[] };
+    try {
+      answer = handle(job, () => port.postMessage({ id, kind: 'progress' } satisfies FromThread<Result>));
+    } catch (error) {
+      const { name, message } = error instanceof Error ? error : { name: 'Error', message: String(error) };
+      port.postMessage({ id, kind: 'failed', name, message } satisfies FromThread<Result>);
+      return;
+    }
+    port.postMessage({ id, kind: 'done', result: answer.result } satisfies FromThread<Result>, answer.transfer ?? []);
+  });
+}

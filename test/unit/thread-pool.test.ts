@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createThreadPool, moduleThread, PoolBusy, PoolJobFailed, PoolThreadFailed, type ThreadPool } from '../../lib/thread-pool.ts';
+import type { TestJob } from './thread-pool-thread.ts';
+
+/**
+ * The pool large webhook bodies are read on (lib/thread-pool.ts): real threads running
+ * thread-pool-thread.ts. Jobs wait on gates the test opens, so what runs and what waits is
+ * decided here, never by timing.
+ */
+const THREAD = new URL('./thread-pool-thread.ts', import.meta.url).href;
+type Pool = ThreadPool<TestJob, { name: string; bytes?: number }>;
+
+const pools: Pool[] = [];
+afterEach(async () => {
+  for (const pool of pools.splice(0)) await pool.close();
+});
+
+function pool(sizes: { threads: number; maxQueued: number; maxPerKey: number }): Pool {
+  const created = createThreadPool<TestJob, { name: string; bytes?: number }>({ ...sizes, spawn: () => moduleThread(THREAD, {}) });
+  pools.push(created);
+  return created;
+}
+
+/** A gate for echo jobs: closed until opened. */
+function gate() {
+  const buffer = new SharedArrayBuffer(4);
+  return {
+    buffer,
+    open() {
+      Atomics.store(new Int32Array(buffer), 0, 1);
+      Atomics.notify(new Int32Array(buffer), 0);
+    },
+  };
+}
+
+/** Settles once the pool's jobs are as `check` wants them. */
+async function until(p: Pool, check: (size: ReturnType<Pool['size']>) => boolean) {
+  while (!check(p.size())) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+describe('thread pool', () => {
+  it('runs a job on a thread, moving its transferred buffer there, and reports progress', async () => {
+    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 1 });
+    const body = new Uint8Array(1024).fill(7);
+    const running = p.run('k', { kind: 'echo', name: 'one', body }, [body.buffer]);
+    // Moved, not copied: the caller's view is detached at once.
+    expect(body.byteLength).toBe(0);
+    expect(await running).toEqual({ name: 'one', bytes: 1024 });
+    let progressed = 0;
+    expect(await p.run('k', { kind: 'progress' }, [], () => progressed++)).toEqual({ name: 'progressed' });
+    expect(progressed).toBe(1);
+  });
+
+  it('refuses a job at once (PoolBusy, nothing transferred) when the queue is full, and runs the queued ones once a thread is free', async () => {
+    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 10 });
+    const g = gate();
+    const first = p.run('a', { kind: 'echo', name: 'first', gate: g.buffer });
+    const second = p.run('b', { kind: 'echo', name: 'second' });
+    await until(p, (s) => s.running === 1 && s.waiting === 1);
+    const body = new Uint8Array(16);
+    await expect(p.run('c', { kind: 'echo', name: 'third', body }, [body.buffer])).rejects.toBeInstanceOf(PoolBusy);
+    expect(body.byteLength).toBe(16);
+    g.open();
+    expect(await first).toEqual({ name: 'first' });
+    expect(await second).toEqual({ name: 'second' });
+    expect(await p.run('c', { kind: 'echo', name: 'third' })).toEqual({ name: 'third' });
+  });
+
+  it("bounds one key's jobs (running and waiting) and takes waiting jobs round-robin between keys", async () => {
+    const p = pool({ threads: 1, maxQueued: 10, maxPerKey: 3 });
+    const g = gate();
+    const done: string[] = [];
+    const run = (key: string, name: string, job: TestJob = { kind: 'echo', name }) => p.run(key, job).then((r) => void done.push(r.name));
+    const all = [run('a', 'a1', { kind: 'echo', name: 'a1', gate: g.buffer })];
+    await until(p, (s) => s.running === 1);
+    all.push(run('a', 'a2'), run('a', 'a3'));
+    // a has three running or waiting: a fourth is refused, another key's is not.
+    await expect(p.run('a', { kind: 'echo', name: 'a4' })).rejects.toBeInstanceOf(PoolBusy);
+    all.push(run('b', 'b1'));
+    g.open();
+    await Promise.all(all);
+    expect(done).toEqual(['a1', 'a2', 'b1', 'a3']);
+  });
+
+  it('rejects the job of a thread that ends (PoolThreadFailed) and runs the next job on a new thread', async () => {
+    const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 3 });
+    const g = gate();
+    const blocker = p.run('a', { kind: 'echo', name: 'blocker', gate: g.buffer });
+    await until(p, (s) => s.running === 1);
+    // Queued behind the blocker, then the crash: the crash takes the thread, the job after it gets another.
+    const crash = p.run('a', { kind: 'crash' });
+    const after = p.run('b', { kind: 'echo', name: 'after' });
+    g.open();
+    expect(await blocker).toEqual({ name: 'blocker' });
+    await expect(crash).rejects.toBeInstanceOf(PoolThreadFailed);
+    expect(await after).toEqual({ name: 'after' });
+    expect(p.size()).toEqual({ running: 0, waiting: 0, threads: 1 });
+  });
+
+  it('rejects a job that throws with its error (PoolJobFailed), keeping the thread', async () => {
+    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 1 });
+    const failed = p.run('a', { kind: 'throw', message: 'Invalid string length' });
+    await expect(failed).rejects.toBeInstanceOf(PoolJobFailed);
+    await expect(failed).rejects.toMatchObject({ message: 'Invalid string length', errorName: 'RangeError' });
+    expect(await p.run('a', { kind: 'echo', name: 'next' })).toEqual({ name: 'next' });
+  });
+});
