@@ -74,6 +74,10 @@ export interface WebhookSecrets {
   maxBodyBytes: number;
   /** Bytes of bodies not verified yet held at once (default 64 MiB or two bodies of maxBodyBytes); see api/webhooks/unverified-budget.ts. */
   unverifiedBodyBytes?: number;
+  /** Bodies of at least this many bytes are read on a thread (api/webhooks/body-thread.ts). */
+  threadBodyBytes?: number;
+  /** Threads large bodies are read on. */
+  bodyThreads?: number;
   /** How long a repository found attached is remembered by the receivers (0: always look it up). */
   attachedCacheSeconds?: number;
   /** How long the receivers keep a connection's opened webhook credentials (default 60; a dropped one stays accepted that long). */

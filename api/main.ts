@@ -153,6 +153,8 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
     ...(config.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: config.webhooks.unverifiedBodyBytes }),
     attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
+    threadBodyBytes: config.webhooks.threadBodyBytes,
+    ...(config.webhooks.bodyThreads === undefined ? {} : { bodyThreads: config.webhooks.bodyThreads }),
   };
 }
 

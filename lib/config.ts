@@ -63,6 +63,9 @@ const TEMPORAL_SDK_ENV: Record<string, string[]> = {
 
 /** repositoryCache listing concurrency defaults: the config's, and what code without a config falls back to. */
 export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWorker: 8 } as const;
+/** webhooks.threadBodyBytes' default: a body this large is read on a thread (README: Webhook receivers, Hostile content). */
+export const WEBHOOK_THREAD_BODY_BYTES_DEFAULT = 256 * 1024;
+
 /** webhooks.maxBodyBytes' largest value (100 MiB; see the schema). */
 export const MAX_WEBHOOK_BODY_BYTES = 100 * 1024 * 1024;
 
@@ -278,6 +281,11 @@ export const configSchema = z
         maxBodyBytes: z.number().int().positive().max(MAX_WEBHOOK_BODY_BYTES).default(25 * 1024 * 1024),
         // Bytes of GitHub and Bitbucket bodies not verified yet held at once (default 64 MiB, or two of maxBodyBytes when more).
         unverifiedBodyBytes: z.number().int().positive().optional(),
+        // Bodies of at least this many bytes are verified, parsed and normalized on a thread, not on
+        // the event loop that answers every delivery (more than maxBodyBytes: none is).
+        threadBodyBytes: z.number().int().positive().default(WEBHOOK_THREAD_BODY_BYTES_DEFAULT),
+        // Threads those bodies are read on (default 1: one parse at a time, as before, so memory stays as it was).
+        bodyThreads: z.number().int().min(1).max(16).optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
         // How long a delivery's stored events (the intake table) are kept after it was received.

@@ -61,6 +61,8 @@ export interface ApiMetrics {
   intakeStart(outcome: 'started' | 'failed', delaySeconds?: number): void;
   /** Reports, at each scrape, the bytes of webhook bodies not verified yet that `held` says are held (api/webhooks/unverified-budget.ts). */
   unverifiedBodies(held: () => number): void;
+  /** Reports, at each scrape, the large webhook bodies `jobs` says are being read on threads and waiting for one (api/webhooks/body-thread.ts). */
+  bodyThreadJobs(jobs: () => { running: number; waiting: number }): void;
 }
 
 /** What the metrics read of the intake table (lib/db/repositories/deliveries.ts intakeBacklog). */
@@ -165,10 +167,30 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
       this.set(held);
     },
   });
+  const bodyJobs = new Set<() => { running: number; waiting: number }>();
+  new Gauge({
+    name: 'forgelink_webhook_body_thread_jobs',
+    help: 'Large webhook bodies being read (verified, parsed, normalized) on the receivers\' threads, and waiting for one (bounded; beyond it deliveries are answered 503)',
+    labelNames: ['state'],
+    registers: [registry],
+    collect() {
+      let [running, waiting] = [0, 0];
+      for (const read of bodyJobs) {
+        const jobs = read();
+        running += jobs.running;
+        waiting += jobs.waiting;
+      }
+      this.set({ state: 'running' }, running);
+      this.set({ state: 'waiting' }, waiting);
+    },
+  });
   return {
     registry,
     unverifiedBodies(held) {
       unverifiedHeld.add(held);
+    },
+    bodyThreadJobs(jobs) {
+      bodyJobs.add(jobs);
     },
     httpRequest(method, route, status, seconds) {
       requests.inc({ method, route, status: String(status) });

@@ -3,23 +3,27 @@ import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import { createHash } from 'node:crypto';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
+import { WEBHOOK_THREAD_BODY_BYTES_DEFAULT } from '../../lib/config.ts';
 import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
-import { isAccessChange, PROVIDERS, type NormalizedEvent, type Provider } from '../../lib/domain.ts';
+import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { serializeEvents, storeDelivery } from '../../lib/db/repositories/deliveries.ts';
 import { ContentRefusedError, sqlStateOf } from '../../lib/db/errors.ts';
 import { currentTraceparent } from '../../lib/tracing.ts';
-import { summarizeDelivery, workflowIds } from '../../workflows/contract.ts';
+import { workflowIds } from '../../workflows/contract.ts';
 import { boundedKeywords, type DeliveryTargets } from '../../workflows/run-labels.ts';
 import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
 import { badRequest, Problem, problemResponse } from '../problem.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { createCredentialCache, type CredentialCache, type ReceivingConnection } from '../webhooks/connection-credentials.ts';
-import { isPing, normalizeDelivery, WebhookPayloadError, type NormalizedDelivery, type WebhookHeaders } from '../webhooks/normalize.ts';
+import type { WebhookHeaders } from '../webhooks/normalize.ts';
+import { bodyPoolSizes, createBodyPool, type BodyPool } from '../webhooks/body-thread.ts';
+import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../webhooks/delivery-body.ts';
+import { PoolBusy, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { createUnverifiedBudget, sourceOf, unverifiedBudgetSizes, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
-import { verifyAzureBasicAuth, verifyBitbucketSignature, verifyGithubSignature, verifyGitlabToken } from '../webhooks/verify.ts';
+import { verifyDelivery, type DeliveryCredential } from '../webhooks/verify.ts';
 
 const Acknowledged = z
   .object({
@@ -37,23 +41,8 @@ const VERIFICATION: Record<Provider, string> = {
   'azure-devops': "Authorization: Basic with the connection's Service Hook user and password",
 };
 
-/** A provider's check of one delivery against a list of accepted credentials; every one is compared, in constant time. */
-function matches(provider: Provider, headers: WebhookHeaders, body: Uint8Array, credentials: readonly { user?: string; secret: string }[]): boolean {
-  const secrets = credentials.map((c) => c.secret);
-  switch (provider) {
-    case 'github':
-      return verifyGithubSignature(body, headers['x-hub-signature-256'], secrets);
-    case 'gitlab':
-      return verifyGitlabToken(headers['x-gitlab-token'], secrets);
-    case 'bitbucket':
-      return verifyBitbucketSignature(body, headers['x-hub-signature'], secrets);
-    case 'azure-devops':
-      return verifyAzureBasicAuth(headers.authorization, credentials.map((c) => ({ user: c.user ?? '', password: c.secret })));
-  }
-}
-
 /** The configured secrets: GitHub's App secret, and the global ones legacy hooks (made before per-connection credentials) carry. */
-function configuredCredentials(provider: Provider, secrets: WebhookSecrets): { user?: string; secret: string }[] {
+function configuredCredentials(provider: Provider, secrets: WebhookSecrets): DeliveryCredential[] {
   switch (provider) {
     case 'github':
       return secrets.github.map((secret) => ({ secret }));
@@ -77,23 +66,8 @@ async function namedConnection(credentials: CredentialCache, connectionId: strin
   return credentials.get(connectionId);
 }
 
-/**
- * Whether a delivery to a connection's own hook carries one of that connection's credentials. A
- * credential the cache does not know yet (a rotation began) is looked for in the database before
- * the delivery is refused.
- */
-async function verifiedForConnection(
-  credentials: CredentialCache,
-  provider: Provider,
-  connectionId: string,
-  named: { connection: ReceivingConnection | undefined; fresh: boolean },
-  headers: WebhookHeaders,
-  body: Uint8Array,
-): Promise<boolean> {
-  const accepts = (connection: ReceivingConnection | undefined) =>
-    connection !== undefined && connection.provider === provider && matches(provider, headers, body, connection.credentials.map((c) => ({ user: c.basicAuthUser, secret: c.secret })));
-  return accepts(named.connection) || (!named.fresh && named.connection !== undefined && accepts(await credentials.reload(connectionId)));
-}
+/** A connection's accepted webhook credentials, as verifyDelivery takes them. */
+const credentialsOf = (connection: ReceivingConnection): DeliveryCredential[] => connection.credentials.map((c) => ({ ...(c.basicAuthUser === undefined ? {} : { user: c.basicAuthUser }), secret: c.secret }));
 
 /** GitHub's and Bitbucket's signature headers (the only shape verification can accept: `sha256=` and 64 hex digits). */
 const SIGNATURE_HEADER: Partial<Record<Provider, string>> = { github: 'x-hub-signature-256', bitbucket: 'x-hub-signature' };
@@ -124,12 +98,11 @@ const MAX_DELIVERY_ID_LENGTH = 200;
  * to the installation. A delivery for repositories known to be attached is answered from `cache`;
  * any other is looked up (and what is found attached remembered).
  */
-async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, scope: DeliveryScope, delivery: NormalizedDelivery) {
-  const { events, installationId, instanceUrl } = delivery;
+async function targetsOf(c: Context<AppEnv>, cache: AttachedCache, provider: Provider, scope: DeliveryScope, delivery: ReceivedDelivery) {
+  const { externalIds, installationId, instanceUrl } = delivery;
   const scopeKey = 'connectionId' in scope ? `connection:${scope.connectionId}` : `${'legacyHooks' in scope ? 'legacy' : 'app'}:${provider}`;
-  const externalIds = events.map((e) => e.repository.externalId);
   // An installation's access change also concerns the connections bound to it, attached or not.
-  const boundConnectionsToo = installationId !== undefined && events.some(isAccessChange);
+  const boundConnectionsToo = installationId !== undefined && delivery.accessChange;
   const cached = boundConnectionsToo ? undefined : cache.get(scopeKey, externalIds);
   let attached: AttachedTarget[];
   let connections: { organizationId: string; organizationSlug: string; id: string }[] = [];
@@ -220,7 +193,26 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
   return new Uint8Array(Buffer.concat(chunks));
 }
 
-type Caches = { attached: AttachedCache; credentials: CredentialCache; unverified: UnverifiedBudget };
+type Caches = {
+  attached: AttachedCache;
+  credentials: CredentialCache;
+  unverified: UnverifiedBudget;
+  /** The threads large bodies are read on, and from how many bytes a body is large. */
+  bodies: BodyPool;
+  threadBodyBytes: number;
+};
+
+/** GitLab's and Azure DevOps' header credentials are checked without a body. */
+const NO_BODY = new Uint8Array(0);
+
+/**
+ * The body as a view of a whole ArrayBuffer of its own, which can move to a thread. A chunked body
+ * is one already (Buffer.concat of more than 4 KiB); a view into a shared buffer (Node's pool) is
+ * copied, since moving that buffer would take every other view of it along.
+ */
+function ownBuffer(body: Uint8Array): Uint8Array {
+  return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && body.buffer instanceof ArrayBuffer ? body : body.slice();
+}
 
 async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, outcome: (o: WebhookOutcome) => void) {
   const { deps } = c.var;
@@ -251,18 +243,23 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   // credential, after the body has arrived, as it was when the body was read first.
   const named = connectionId === undefined ? undefined : await reading(() => namedConnection(caches.credentials, connectionId));
   if (named && named.connection?.provider !== provider) throw refused();
-  const verify = async (body: Uint8Array) => {
-    const verified = await reading(async () =>
-      named === undefined
-        ? matches(provider, headers, body, configuredCredentials(provider, deps.webhooks))
-        : verifiedForConnection(caches.credentials, provider, connectionId!, named, headers, body),
-    );
-    if (!verified) throw refused();
+  // The credentials a delivery is checked against; when none matches, a connection's are read again
+  // (a rotation may have made one the cache does not know yet) before the delivery is refused.
+  const credentials = named === undefined ? configuredCredentials(provider, deps.webhooks) : credentialsOf(named.connection!);
+  const reloadedCredentials = async (): Promise<DeliveryCredential[] | undefined> => {
+    if (named === undefined || named.fresh) return undefined;
+    const reloaded = await reading(() => caches.credentials.reload(connectionId!));
+    return reloaded?.provider === provider ? credentialsOf(reloaded) : undefined;
   };
   // GitLab's and Azure DevOps' credentials are headers: checked before the body is read, so a caller
   // without one costs no parsing or buffering (what arrives of the body is read and thrown away).
   const headerOnly = HEADER_ONLY_CREDENTIALS.has(provider);
-  if (headerOnly) await verify(new Uint8Array(0));
+  if (headerOnly) {
+    if (!verifyDelivery(provider, headers, NO_BODY, credentials)) {
+      const again = await reloadedCredentials();
+      if (again === undefined || !verifyDelivery(provider, headers, NO_BODY, again)) throw refused();
+    }
+  }
   // GitHub's and Bitbucket's signatures need the whole body. A signature header that cannot match
   // is refused first (Bitbucket without X-Event-Key: the body says whether it is an unsigned ping).
   else if (!signatureWellFormed(headers[SIGNATURE_HEADER[provider]!]) && !(provider === 'bitbucket' && headers['x-event-key'] === undefined)) throw refused();
@@ -271,32 +268,62 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   const source = sourceOf((c.env as { incoming?: IncomingMessage } | undefined)?.incoming?.socket?.remoteAddress);
   let held = 0;
   const hold = (bytes: number) => caches.unverified.reserve(source, bytes) && (held += bytes) >= 0;
-  let body: Uint8Array;
-  let ping: boolean;
-  try {
-    body = await readBody(c, headers, deps.webhooks.maxBodyBytes, headerOnly ? undefined : hold);
-    ping = isPing(provider, headers, body);
-    // GitHub signs its ping like any delivery. A ping starts nothing.
-    if (ping && provider === 'bitbucket') return pong();
-    if (!headerOnly) await verify(body);
-  } finally {
+  const release = () => {
     caches.unverified.release(source, held);
-  }
-  if (ping) {
-    outcome('ping');
-    return c.json({ status: 'pong' as const }, 200);
-  }
-  if (!/^application\/json\s*(;|$)/i.test(headers['content-type'] ?? '')) {
-    throw badRequest(`content-type must be application/json, got ${headers['content-type'] ?? 'none'}`);
-  }
-  let delivery: NormalizedDelivery;
+    held = 0;
+  };
+  const maxEventsBytes = 2 * deps.webhooks.maxBodyBytes;
+  // A small body stays here (its digest is computed once it is stored); a large one moves to a thread.
+  let loopBody: Uint8Array | undefined;
+  /**
+   * The body's step (api/webhooks/delivery-body.ts): on the event loop for a small body, on one of
+   * the receivers' threads for a large one, so its decoding and parsing never hold up the other
+   * deliveries being answered. A full pool or a thread that ended is not the delivery's fault: 503
+   * with Retry-After, deliver it again.
+   */
+  const bodyStep = async (body: Uint8Array, candidates: DeliveryCredential[] | undefined): Promise<BodyOutcome> => {
+    const job = { provider, headers, credentials: candidates, maxEventsBytes };
+    if (body.byteLength < caches.threadBodyBytes) {
+      loopBody = body;
+      return readDeliveryBody({ ...job, body, bodyDigest: false, serialize: false }, release);
+    }
+    const owned = ownBuffer(body);
+    // One organization's deliveries (GitHub's and legacy hooks': the provider's) share a share of the pool.
+    const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
+    try {
+      return await caches.bodies.run(key, { ...job, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer], release);
+    } catch (error) {
+      if (error instanceof PoolBusy) {
+        deps.logger.warn({ provider, connectionId, bytes: body.byteLength, reason: error.message }, 'too many large webhook bodies are being read: answered 503');
+        c.header('Retry-After', '1');
+        throw new Problem(503, 'Service Unavailable', 'too many large webhook bodies are being read at once; deliver it again');
+      }
+      if (error instanceof PoolThreadFailed) {
+        deps.logger.error({ err: error, provider, connectionId, bytes: body.byteLength }, 'the thread reading a webhook body ended: answered 503');
+        c.header('Retry-After', '1');
+        throw new Problem(503, 'Service Unavailable', 'the delivery could not be read now; deliver it again');
+      }
+      // The body's step threw on its thread what it would have thrown here: a 500, as it was.
+      throw error;
+    }
+  };
+  let read: BodyOutcome;
   try {
-    delivery = normalizeDelivery(provider, headers, body, { maxEventsLength: 2 * deps.webhooks.maxBodyBytes });
-  } catch (error) {
-    if (error instanceof WebhookPayloadError) throw badRequest(error.message);
-    throw error;
+    const body = await readBody(c, headers, deps.webhooks.maxBodyBytes, headerOnly ? undefined : hold);
+    read = await bodyStep(body, headerOnly ? undefined : credentials);
+    if (read.kind === 'refused') {
+      const again = await reloadedCredentials();
+      if (again !== undefined) read = await bodyStep(read.body, again);
+    }
+  } finally {
+    release();
   }
-  const { events, instanceUrl, installationId, overlong } = delivery;
+  if (read.kind === 'refused') throw refused();
+  if (read.kind === 'pong') return pong();
+  if (read.kind === 'invalid') throw badRequest(read.message);
+  const received = read;
+  const { delivery } = received;
+  const { instanceUrl, installationId, overlong } = delivery;
   const overSizeLimit = (deliveryId: string | undefined, count: number | undefined) => {
     deps.logger.warn({ provider, deliveryId, events: count, limit: 2 * deps.webhooks.maxBodyBytes }, 'a delivery whose events are over the size limit (twice webhooks.maxBodyBytes of UTF-8 JSON): not acted on');
     outcome('ignored');
@@ -305,12 +332,12 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   // Told while normalizing, before the events were made (api/webhooks/normalize.ts, boundRefChanges).
   if (delivery.overLimit) return overSizeLimit(undefined, undefined);
   if (overlong) c.var.deps.logger.warn({ provider, overlong }, 'events naming a branch, tag or repository over the length limits: not acted on');
-  if (events.length === 0) {
+  if (delivery.events === 0) {
     outcome('ignored');
     return c.json({ status: 'ignored' as const, reason: overlong ? 'names over the length limits' : 'event kind not handled' }, 200);
   }
 
-  const deliveryId = events[0]!.deliveryId;
+  const deliveryId = delivery.deliveryId!;
   // It becomes part of the workflow id; no provider sends one anywhere near this long.
   if (deliveryId.length > MAX_DELIVERY_ID_LENGTH) throw badRequest(`the delivery id is longer than ${MAX_DELIVERY_ID_LENGTH} characters`);
   const workflowId = workflowIds.event(provider, deliveryId, connectionId);
@@ -323,9 +350,10 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
     // Each event repeats its repository's name and sender, so a body of many short ref changes can
     // make events many times its size: they are stored up to twice the body limit in UTF-8 bytes,
     // and a delivery past it is not acted on (as names over the limits are), never written or
-    // refused. Measured after the lookup: a delivery for no attached repository never pays it.
-    const eventsJson = serializeEvents(events, 2 * deps.webhooks.maxBodyBytes);
-    if (eventsJson === undefined) return overSizeLimit(deliveryId, events.length);
+    // refused. Measured after the lookup on the event loop: a delivery for no attached repository
+    // never pays it there (a large body's thread has measured them already).
+    const eventsJson = received.events ? serializeEvents(received.events, maxEventsBytes) : (delivery.eventsJson ?? undefined);
+    if (eventsJson === undefined) return overSizeLimit(deliveryId, delivery.events);
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
@@ -333,14 +361,13 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
       provider,
       deliveryId,
       connectionId,
-      events,
       eventsJson,
       installationId,
       instanceUrl,
       start: {
         taskQueue: deps.taskQueue,
-        summary: summarizeDelivery(events),
-        ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
+        summary: delivery.summary,
+        ...(connectionId ? { connectionId, bodyDigest: received.bodyDigest ?? createHash('sha256').update(loopBody!).digest('hex') } : {}),
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
         ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),
@@ -373,7 +400,7 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
   }
   // A redelivery finds its row already there: acknowledged the same way, nothing new stored or started.
   deps.ackTrace?.answered((c.env as { incoming?: IncomingMessage } | undefined)?.incoming, deliveryId);
-  return c.json({ status: 'accepted' as const, workflowId, events: events.length }, 202);
+  return c.json({ status: 'accepted' as const, workflowId, events: delivery.events }, 202);
 }
 
 /** A delivery received and counted: its outcome (what was acted on, or the error status) and how long its answer took. */
@@ -403,6 +430,10 @@ export function webhookRoutes(options: {
   unverifiedBodyBytes?: number;
   attachedCacheSeconds?: number;
   credentialCacheSeconds?: number;
+  /** Bodies of at least this many bytes are read on a thread (default webhooks.threadBodyBytes'). */
+  threadBodyBytes?: number;
+  /** Threads large bodies are read on (default 1). */
+  bodyThreads?: number;
   metrics?: ApiMetrics;
 }) {
   const app = new OpenAPIHono<AppEnv>();
@@ -410,8 +441,11 @@ export function webhookRoutes(options: {
     unverified: createUnverifiedBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
+    bodies: createBodyPool(bodyPoolSizes(options.bodyThreads)),
+    threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);
+  options.metrics?.bodyThreadJobs(caches.bodies.size);
   for (const provider of PROVIDERS) {
     app.openapi(
       createRoute({
@@ -438,7 +472,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit'),
-          503: problemResponse("The database is unavailable, the connection's credentials cannot be read, or too many unverified bodies are being read at once (Retry-After); the provider should deliver it again"),
+          503: problemResponse("The database is unavailable, the connection's credentials cannot be read, too many unverified or large bodies are being read at once, or a large body's thread ended (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

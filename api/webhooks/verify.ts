@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { signHmacSha256 } from '../../lib/crypto.ts';
-import type { RawBody } from './normalize.ts';
+import type { Provider } from '../../lib/domain.ts';
+import type { RawBody, WebhookHeaders } from './normalize.ts';
 
 /*
  * Every check takes a list of acceptable secrets (the current one first, then those being rotated out) and compares
@@ -8,6 +9,27 @@ import type { RawBody } from './normalize.ts';
  * length difference, and no secret is skipped after a match, so timing does not tell which one matched. Empty
  * secrets are ignored: an empty HMAC key or token is one anybody can produce. A missing or garbled header is false.
  */
+
+/** A credential a delivery may carry: a secret (an HMAC key or a token), with Azure DevOps' Basic auth user. */
+export interface DeliveryCredential {
+  user?: string;
+  secret: string;
+}
+
+/** A provider's check of one delivery against a list of accepted credentials; every one is compared, in constant time. */
+export function verifyDelivery(provider: Provider, headers: WebhookHeaders, body: RawBody, credentials: readonly DeliveryCredential[]): boolean {
+  const secrets = credentials.map((c) => c.secret);
+  switch (provider) {
+    case 'github':
+      return verifyGithubSignature(body, headers['x-hub-signature-256'], secrets);
+    case 'gitlab':
+      return verifyGitlabToken(headers['x-gitlab-token'], secrets);
+    case 'bitbucket':
+      return verifyBitbucketSignature(body, headers['x-hub-signature'], secrets);
+    case 'azure-devops':
+      return verifyAzureBasicAuth(headers.authorization, credentials.map((c) => ({ user: c.user ?? '', password: c.secret })));
+  }
+}
 
 /** GitHub App deliveries: X-Hub-Signature-256 over the raw body, keyed with the App's webhook secret. */
 export function verifyGithubSignature(rawBody: RawBody, header: string | undefined, secrets: readonly string[]): boolean {

@@ -67,6 +67,9 @@ export function serializeEvents(events: readonly NormalizedEvent[], maxBytes: nu
 
 const SERIALIZED_AT_ONCE = 256;
 
+/** A delivery to store: its events, or only their JSON (the receiver of a large body never holds the events, only their JSON made on a thread). */
+export type DeliveryToStore = Omit<StoredDelivery, 'events' | 'eventsJson'> & ({ events: NormalizedEvent[]; eventsJson?: string } | { events?: undefined; eventsJson: string });
+
 /**
  * Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row
  * already there. Returns whether this call stored it. PostgreSQL refusing the INSERT for the
@@ -74,7 +77,7 @@ const SERIALIZED_AT_ONCE = 256;
  * ContentRefusedError; the connection is taken from the pool first, so a failed connect (whatever
  * its SQLSTATE) is thrown as it is, never taken for the delivery's fault.
  */
-export async function storeDelivery(db: Executor, delivery: StoredDelivery): Promise<boolean> {
+export async function storeDelivery(db: Executor, delivery: DeliveryToStore): Promise<boolean> {
   const query = CompiledQuery.raw(STORE_DELIVERY, [
     delivery.provider,
     delivery.deliveryId,
