@@ -284,7 +284,7 @@ export const configSchema = z
         // Bodies of at least this many bytes are verified, parsed and normalized on a thread, not on
         // the event loop that answers every delivery (more than maxBodyBytes: none is).
         threadBodyBytes: z.number().int().positive().default(WEBHOOK_THREAD_BODY_BYTES_DEFAULT),
-        // Threads those bodies are read on (default 1: one parse at a time, as before, so memory stays as it was).
+        // Threads those bodies are read on (default 1: one parse at a time, as before; each has a heap of its own).
         bodyThreads: z.number().int().min(1).max(16).optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
