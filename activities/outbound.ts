@@ -1,4 +1,3 @@
-import { lookup as dnsLookup } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction, type Socket } from 'node:net';
@@ -6,6 +5,7 @@ import { Readable, type Duplex } from 'node:stream';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { Context } from '@temporalio/activity';
 import { CancelledFailure } from '@temporalio/common';
+import { createHostResolver, type HostResolverOptions, type ResolveHost } from '../lib/dns.ts';
 import { addressRefusal, type AddressPolicy } from '../lib/url.ts';
 import type { Logger } from '../lib/logger.ts';
 
@@ -38,9 +38,9 @@ export interface OutboundInit {
   redirects?: 'same-origin' | 'none';
 }
 
-export interface OutboundPolicy extends AddressPolicy {
-  /** Resolves a host name to its addresses (tests inject one; default: the system resolver). */
-  resolve?: (host: string) => Promise<string[]>;
+export interface OutboundPolicy extends AddressPolicy, HostResolverOptions {
+  /** Resolves a host name to its addresses (default: createHostResolver with this policy's DNS settings, never the threadpool's getaddrinfo). */
+  resolve?: ResolveHost;
   /** Where a refused address is logged: the refusal's text, which tenants see, names none a name resolved to. */
   logger?: Pick<Logger, 'warn'>;
 }
@@ -200,12 +200,7 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
     if (refused && host !== ip) policy.logger?.warn({ host, address: ip, reason: refused }, 'an outbound call to a refused address');
     return refused;
   };
-  const resolve =
-    policy.resolve ??
-    ((host: string) =>
-      new Promise<string[]>((done, fail) =>
-        dnsLookup(host, { all: true, verbatim: true }, (error, addresses) => (error ? fail(error) : done(addresses.map((a) => a.address)))),
-      ));
+  const resolve = policy.resolve ?? createHostResolver(policy);
 
   /** net.connect's lookup: every address the name resolves to must be allowed. */
   const lookup: LookupFunction = (hostname, options, callback) => {

@@ -21,6 +21,7 @@ import { subscriberRoutes } from './routes/subscribers.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { workflowRoutes } from './routes/workflows.ts';
 import { API_MAX_BODY_BYTES_DEFAULT } from '../lib/config.ts';
+import { HostLookupTimeoutError } from '../lib/dns.ts';
 
 /** api.maxBodyBytes' default (lib/config.ts). */
 export const API_MAX_BODY_BYTES = API_MAX_BODY_BYTES_DEFAULT;
@@ -70,6 +71,11 @@ export function createApp(deps: ApiDeps) {
     if (isDatabaseUnavailable(error)) {
       deps.logger.error({ reason: error.message, path: c.req.path, method: c.req.method }, 'the database did not answer');
       return problemJson(c, new Problem(503, 'Service Unavailable', 'the database is unavailable; try again'));
+    }
+    if (error instanceof HostLookupTimeoutError) {
+      // The host's name servers did not answer within security.dnsTimeoutSeconds: the client may try again.
+      c.header('retry-after', '5');
+      return problemJson(c, new Problem(503, 'Service Unavailable', error.message));
     }
     if (isTemporalUnavailable(error)) {
       deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'Temporal did not answer');

@@ -1,4 +1,5 @@
 import { createOutbound } from '../activities/outbound.ts';
+import { createHostResolver } from '../lib/dns.ts';
 import { setTimeout } from 'node:timers/promises';
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
@@ -99,6 +100,8 @@ export function apiDeps(
   opened: { db: Db; temporal: Client; logger: Logger; tracing: boolean; draining: () => boolean; ackTrace?: AckTrace; temporalUiUrl?: string },
 ): ApiDeps {
   const { db, logger } = opened;
+  // One resolver for the URL checks and the API's own provider call (lib/dns.ts).
+  const resolveHost = createHostResolver(config.security);
   const metrics = config.metrics.enabled ? createApiMetrics({ backlog: () => intakeBacklog(db), processMetrics: true, logger }) : undefined;
   return {
     // Without a port of their own, the metrics are served on the API's listener.
@@ -108,7 +111,7 @@ export function apiDeps(
     ...(opened.ackTrace ? { ackTrace: opened.ackTrace } : {}),
     db,
     temporal: opened.temporal,
-    outbound: createOutbound({ ...config.security, logger }),
+    outbound: createOutbound({ ...config.security, logger, resolve: resolveHost }),
     keys: keysFromConfig(config.encryption),
     logger,
     accessLogLevel: config.logging.accessLogLevel,
@@ -126,6 +129,7 @@ export function apiDeps(
     githubApp: githubAppFromConfig(config),
     publicUrl: config.publicUrl,
     githubApiUrl: config.gitProviders.github.baseUrl.replace(/\/+$/, ''),
+    resolveHost,
   };
 }
 

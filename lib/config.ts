@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { LOG_LEVELS } from './logger.ts';
+import { DNS_TIMEOUT_SECONDS_DEFAULT } from './dns.ts';
 import { isNetwork } from './url.ts';
 
 /** A secret forgelink checks deliveries or requests against: long enough not to be guessed. */
@@ -270,6 +271,10 @@ export const configSchema = z
         allowHttpHosts: z.array(z.string()).default([]),
         // Loopback and private networks provider and subscriber URLs may reach (link-local and metadata never).
         allowPrivateNetworks: z.array(z.string().refine(isNetwork, 'must be an IP address or a CIDR range such as 10.0.0.0/8')).default([]),
+        // Where provider and subscriber host names are looked up (c-ares, not the threadpool's getaddrinfo;
+        // default: the name servers of /etc/resolv.conf), and how long one lookup may take (lib/dns.ts).
+        dnsServers: z.array(z.string().min(1)).default([]),
+        dnsTimeoutSeconds: z.number().positive().max(60).default(DNS_TIMEOUT_SECONDS_DEFAULT),
       })
       .prefault({}),
     webhooks: z

@@ -1,5 +1,5 @@
-import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { createHostResolver, HostLookupTimeoutError, type ResolveHost } from './dns.ts';
 
 export class UnsafeUrlError extends Error {
   override name = 'UnsafeUrlError';
@@ -136,13 +136,17 @@ export function addressRefusal(policy: AddressPolicy, host: string, ip: string):
   return allowed ? undefined : `${shown} a loopback or private address (allow it in security.allowPrivateNetworks)`;
 }
 
+/** The resolver of URL checks given none (lib/dns.ts, default settings). */
+let defaultResolve: ResolveHost | undefined;
+
 /**
  * Checks and normalizes a user-supplied provider or subscriber base URL: https only (http for
  * allow-listed hosts), no credentials, query or fragment, and a host that resolves only to addresses
  * the policy allows. Returns the URL without a trailing slash and with a lower-case host. The worker
  * checks the address again when it connects (activities/outbound.ts), since DNS may answer differently then.
+ * A lookup past its deadline throws HostLookupTimeoutError (the API answers 503: try again), not a refusal.
  */
-export async function normalizeProviderUrl(raw: string, options: AddressPolicy & { resolve?: (host: string) => Promise<string[]> }): Promise<string> {
+export async function normalizeProviderUrl(raw: string, options: AddressPolicy & { resolve?: ResolveHost }): Promise<string> {
   let url: URL;
   try {
     url = new URL(raw);
@@ -159,14 +163,14 @@ export async function normalizeProviderUrl(raw: string, options: AddressPolicy &
   }
   if (url.username || url.password) throw new UnsafeUrlError('the URL must not carry credentials');
   if (url.search || url.hash) throw new UnsafeUrlError('the URL must not have a query or fragment');
-  const resolve =
-    options.resolve ?? (async (h: string) => (await lookup(h, { all: true, verbatim: true })).map((a) => a.address));
+  const resolve = options.resolve ?? (defaultResolve ??= createHostResolver());
   let addresses: string[];
   if (isIP(host)) addresses = [host];
   else {
     try {
       addresses = await resolve(host);
-    } catch {
+    } catch (error) {
+      if (error instanceof HostLookupTimeoutError) throw error;
       throw new UnsafeUrlError(`host ${host} does not resolve`);
     }
   }

@@ -1,0 +1,144 @@
+import { readFileSync } from 'node:fs';
+import { Resolver } from 'node:dns/promises';
+import { isIP } from 'node:net';
+
+/**
+ * How tenant-supplied host names are looked up (security.dnsServers, security.dnsTimeoutSeconds).
+ * Not with dns.lookup: getaddrinfo runs on libuv's threadpool (4 threads, shared with fs, zlib,
+ * crypto and every other lookup, PostgreSQL's host name included) and has no time limit, so one
+ * tenant whose name servers never answer held the pool and every other tenant's new connection waited.
+ */
+export interface HostResolverOptions {
+  /** Name servers (`10.0.0.2`, `10.0.0.2:5353`, `[fd00::2]:53`); default those of /etc/resolv.conf. */
+  dnsServers?: string[];
+  /** One lookup's deadline, both address families and every search domain included; default 5 s. */
+  dnsTimeoutSeconds?: number;
+  /** The hosts file and resolv.conf read when the resolver is made (tests point them elsewhere). */
+  hostsFile?: string;
+  resolvConf?: string;
+}
+
+export type ResolveHost = (host: string) => Promise<string[]>;
+
+export const DNS_TIMEOUT_SECONDS_DEFAULT = 5;
+
+/** A lookup past its deadline: retryable, and named by the host, so it is that host's problem and no one else's. */
+export class HostLookupTimeoutError extends Error {
+  override name = 'HostLookupTimeoutError';
+  readonly code = 'ETIMEOUT';
+  constructor(
+    readonly host: string,
+    timeoutMs: number,
+  ) {
+    super(`looking up host ${host} took longer than ${timeoutMs / 1000} s (its DNS servers did not answer); try again later`);
+  }
+}
+
+const notFound = (host: string, code = 'ENOTFOUND') => Object.assign(new Error(`host ${host} does not resolve (${code})`), { code });
+
+/** name → addresses, in the file's order. */
+function readHostsFile(path: string): Map<string, string[]> {
+  const names = new Map<string, string[]>();
+  let text = '';
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return names;
+  }
+  for (const line of text.split('\n')) {
+    const [address, ...aliases] = line.replace(/#.*/, '').trim().split(/\s+/);
+    if (!address || !isIP(address.replace(/%.*$/, ''))) continue;
+    for (const alias of aliases.map((a) => a.toLowerCase())) {
+      const listed = names.get(alias) ?? [];
+      if (!listed.includes(address)) names.set(alias, [...listed, address]);
+    }
+  }
+  return names;
+}
+
+/** resolv.conf's search list and ndots, which getaddrinfo applies and c-ares' queries do not. */
+function readSearchList(path: string): { search: string[]; ndots: number } {
+  let text = '';
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return { search: [], ndots: 1 };
+  }
+  let search: string[] = [];
+  let ndots = 1;
+  for (const line of text.split('\n')) {
+    const [keyword, ...values] = line.replace(/[#;].*/, '').trim().split(/\s+/);
+    // As in glibc, the last `search` or `domain` line wins.
+    if (keyword === 'search' || keyword === 'domain') search = values.map((d) => d.replace(/\.$/, '').toLowerCase()).filter(Boolean);
+    if (keyword === 'options') {
+      const option = values.find((v) => v.startsWith('ndots:'));
+      if (option) ndots = Math.min(15, Math.max(0, Number(option.slice(6)) || 0));
+    }
+  }
+  return { search, ndots };
+}
+
+/**
+ * Resolves host names with c-ares (node:dns Resolver: its sockets are polled on the event loop, no
+ * thread is held while a server is silent), under one deadline per lookup. Before the network:
+ * IP literals are themselves, the hosts file answers for its names (getaddrinfo's `files` first),
+ * and `localhost` (and `*.localhost`) is loopback (RFC 6761). Names are tried with resolv.conf's
+ * search domains as getaddrinfo would (fewer dots than ndots: each search domain first, then the
+ * name; otherwise the name first); a trailing dot means the name alone.
+ */
+export function createHostResolver(options: HostResolverOptions = {}): ResolveHost {
+  const deadlineMs = Math.round((options.dnsTimeoutSeconds ?? DNS_TIMEOUT_SECONDS_DEFAULT) * 1000);
+  // Two tries (the second waits twice as long) end by 3/4 of the deadline: an address family whose
+  // question goes unanswered gives up before the lookup does, so the other family's answer is used.
+  const resolver = new Resolver({ timeout: Math.max(10, Math.floor(deadlineMs / 4)), tries: 2 });
+  if (options.dnsServers?.length) resolver.setServers(options.dnsServers);
+  const hosts = readHostsFile(options.hostsFile ?? '/etc/hosts');
+  const { search, ndots } = readSearchList(options.resolvConf ?? '/etc/resolv.conf');
+
+  async function addressesOf(name: string): Promise<string[]> {
+    const answers = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
+    const addresses = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
+    if (addresses.length > 0) return addresses;
+    const failures = answers.map((a) => (a.status === 'rejected' ? (a.reason as { code?: string }) : { code: 'ENODATA' }));
+    // A name with no address of either family lets the search go on; any other failure ends it.
+    const failure = failures.find((f) => f.code !== 'ENOTFOUND' && f.code !== 'ENODATA');
+    if (failure) throw failure;
+    return [];
+  }
+
+  async function walk(host: string, name: string, absolute: boolean, expired: () => boolean): Promise<string[]> {
+    const searched = search.map((domain) => `${name}.${domain}`);
+    const candidates = absolute || searched.length === 0 ? [name] : name.split('.').length - 1 >= ndots ? [name, ...searched] : [...searched, name];
+    for (const candidate of candidates) {
+      if (expired()) break;
+      const addresses = await addressesOf(candidate).catch((error: { code?: string }) => {
+        throw error.code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs) : notFound(host, error.code);
+      });
+      if (addresses.length > 0) return addresses;
+    }
+    throw notFound(host);
+  }
+
+  return async (host) => {
+    const bare = host.replace(/^\[|\]$/g, '');
+    if (isIP(bare)) return [bare];
+    const absolute = bare.endsWith('.');
+    const name = bare.replace(/\.$/, '').toLowerCase();
+    const listed = hosts.get(name);
+    if (listed) return listed;
+    if (name === 'localhost' || name.endsWith('.localhost')) return ['127.0.0.1', '::1'];
+    let timer: NodeJS.Timeout | undefined;
+    let expired = false;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        expired = true;
+        reject(new HostLookupTimeoutError(host, deadlineMs));
+      }, deadlineMs);
+    });
+    try {
+      return await Promise.race([walk(host, name, absolute, () => expired), deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}

@@ -1,0 +1,44 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHostResolver } from '../../lib/dns.ts';
+import { startFakeDns, type FakeDns } from '../support/dns.ts';
+import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+
+/** The API's URL check, with the real resolver pointed (security.dnsServers) at a name server that never answers for one tenant. */
+describe("API URL checks: one tenant's silent name servers", () => {
+  let h: Harness;
+  let dns: FakeDns;
+
+  beforeAll(async () => {
+    dns = await startFakeDns((name) => (name.endsWith('.stall.test') ? 'silent' : name === 'hooks.public.test' ? ['203.0.113.5'] : 'nxdomain'));
+    h = await startHarness({ resolveHost: createHostResolver({ dnsServers: [dns.server], dnsTimeoutSeconds: 1 }) });
+  });
+  afterAll(async () => {
+    await h?.close();
+    await dns?.close();
+  });
+
+  it("answer 503 naming the host by the deadline, while another organization's subscriber is registered at once", async () => {
+    const hostile = await createOrgWithToken(h);
+    const other = await createOrgWithToken(h);
+    const started = performance.now();
+    const stalled = [1, 2, 3, 4].map(async (i) => {
+      const res = await h.request('POST', `/api/v1/orgs/${hostile.org.slug}/subscribers`, { token: hostile.token, body: { url: `https://hook${i}.stall.test/events` } });
+      return { res, ms: performance.now() - started };
+    });
+    await dns.received(8);
+
+    const asked = performance.now();
+    const res = await h.request('POST', `/api/v1/orgs/${other.org.slug}/subscribers`, { token: other.token, body: { url: 'https://hooks.public.test/events' } });
+    expect(res.status, await res.clone().text()).toBe(201);
+    expect(performance.now() - asked).toBeLessThan(500);
+
+    for (const [i, { res, ms }] of (await Promise.all(stalled)).entries()) {
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('5');
+      expect(await res.json()).toMatchObject({ title: 'Service Unavailable', detail: `looking up host hook${i + 1}.stall.test took longer than 1 s (its DNS servers did not answer); try again later` });
+      expect(ms).toBeLessThan(3000);
+    }
+    const listed = await h.request('GET', `/api/v1/orgs/${hostile.org.slug}/subscribers`, { token: hostile.token });
+    expect(await listed.json()).toEqual({ items: [] });
+  });
+});

@@ -1,0 +1,159 @@
+import { lookup } from 'node:dns/promises';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { toActivityFailure } from '../../activities/errors.ts';
+import { createOutbound, OutboundRefusedError } from '../../activities/outbound.ts';
+import { createHostResolver, HostLookupTimeoutError } from '../../lib/dns.ts';
+import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
+import { startFakeDns, type DnsBehaviour, type FakeDns } from '../support/dns.ts';
+import { listen, type Listener } from '../support/outbound.ts';
+
+/**
+ * The tenant `stall.test` has name servers that never answer; `ok.test` and the others answer at
+ * once. Every lookup goes to the fake server through security.dnsServers: nothing here is mocked.
+ */
+const zone = (name: string, type: string): DnsBehaviour => {
+  if (name.endsWith('stall.test')) return 'silent';
+  if (name === 'ok.test') return ['127.0.0.1'];
+  if (name === 'internal.test') return ['10.0.0.7'];
+  if (name === 'v4only.test') return type === 'A' ? ['127.0.0.1'] : 'silent';
+  if (name === 'gitlab.corp.test' || name === 'gitlab.example.test') return ['203.0.113.5'];
+  return 'nxdomain';
+};
+
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((close) => close()));
+});
+async function fakeDns(): Promise<FakeDns> {
+  const dns = await startFakeDns(zone);
+  closers.push(() => dns.close());
+  return dns;
+}
+async function listener(): Promise<Listener> {
+  const l = await listen('127.0.0.1');
+  closers.push(() => l.close());
+  return l;
+}
+const outcome = (promise: Promise<unknown>) => promise.then(() => undefined, (error: unknown) => error as Error);
+async function timed<T>(call: () => Promise<T>): Promise<{ value: T; ms: number }> {
+  const started = performance.now();
+  const value = await call();
+  return { value, ms: performance.now() - started };
+}
+function files(contents: { hosts?: string; resolvConf?: string }) {
+  const dir = mkdtempSync(join(tmpdir(), 'forgelink-dns-'));
+  const hostsFile = join(dir, 'hosts');
+  const resolvConf = join(dir, 'resolv.conf');
+  writeFileSync(hostsFile, contents.hosts ?? '');
+  writeFileSync(resolvConf, contents.resolvConf ?? '');
+  return { hostsFile, resolvConf };
+}
+
+describe('host lookups: one tenant whose name servers never answer', () => {
+  it("holds no other tenant's connection, nor the threadpool (PostgreSQL's host name, fs), while 8 of its lookups hang", async () => {
+    const dns = await fakeDns();
+    const provider = await listener();
+    const outbound = createOutbound({ allowHttpHosts: ['ok.test'], allowPrivateNetworks: ['127.0.0.1'], dnsServers: [dns.server], dnsTimeoutSeconds: 4, ...files({}) });
+    const stalled = Array.from({ length: 8 }, (_, i) =>
+      timed(() => outcome(outbound.fetch(`https://hook${i}.stall.test/events`, { method: 'POST', body: '{}' }))),
+    );
+    let settled = 0;
+    for (const s of stalled) void s.then(() => settled++);
+    // Every one of them has asked (A and AAAA) and is waiting for an answer.
+    await dns.received(16);
+
+    const other = await timed(async () => (await outbound.fetch(`http://ok.test:${provider.port}/`)).status);
+    expect(other.value).toBe(200);
+    expect(other.ms).toBeLessThan(1000);
+    expect(provider.connections).toBe(1);
+    // What getaddrinfo's threads also serve: a database host name (pg resolves with dns.lookup) and fs.
+    expect((await timed(() => lookup('localhost'))).ms).toBeLessThan(1000);
+    expect((await timed(() => readFile('/etc/hosts'))).ms).toBeLessThan(1000);
+    expect(settled).toBe(0);
+
+    // Each fails by its own deadline (c-ares gives up at about 3/4 of it, the deadline's timer is the bound), named by its own host, retryable.
+    for (const [i, s] of (await Promise.all(stalled)).entries()) {
+      expect(s.value).toBeInstanceOf(HostLookupTimeoutError);
+      expect(s.value!.message).toBe(`looking up host hook${i}.stall.test took longer than 4 s (its DNS servers did not answer); try again later`);
+      expect(s.ms).toBeGreaterThan(2800);
+      expect(s.ms).toBeLessThan(5000);
+    }
+    const failure = toActivityFailure(stalled.length && (await stalled[0]!).value);
+    expect(failure).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: expect.stringContaining('hook0.stall.test') });
+  });
+
+  it('times out at the deadline with the host name, even when the DNS server would keep it longer', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], dnsTimeoutSeconds: 0.5, ...files({}) });
+    const { value: error, ms } = await timed(() => outcome(resolve('ci.stall.test')));
+    expect(error).toBeInstanceOf(HostLookupTimeoutError);
+    expect(error).toMatchObject({ code: 'ETIMEOUT', host: 'ci.stall.test', message: expect.stringContaining('host ci.stall.test took longer than 0.5 s') });
+    expect(ms).toBeGreaterThan(350);
+    expect(ms).toBeLessThan(1500);
+  });
+
+  it("the API's URL check: a lookup past its deadline is a timeout (retryable), not a refusal, and another tenant's check is not held", async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], dnsTimeoutSeconds: 1, ...files({}) });
+    const stalled = Array.from({ length: 6 }, (_, i) => timed(() => outcome(normalizeProviderUrl(`https://git${i}.stall.test/api`, { allowHttpHosts: [], resolve }))));
+    // At least two lookups asking: as many as getaddrinfo's threads served before.
+    await dns.received(4);
+    const other = await timed(() => normalizeProviderUrl('https://GitLab.Example.test/', { allowHttpHosts: [], resolve }));
+    expect(other.value).toBe('https://gitlab.example.test');
+    expect(other.ms).toBeLessThan(500);
+    for (const s of await Promise.all(stalled)) {
+      expect(s.value).toBeInstanceOf(HostLookupTimeoutError);
+      expect(s.value).not.toBeInstanceOf(UnsafeUrlError);
+      expect(s.ms).toBeLessThan(2500);
+    }
+  });
+
+  it('keeps the address checks: a name answering a private address is refused at connect, with no connection', async () => {
+    const dns = await fakeDns();
+    const outbound = createOutbound({ allowHttpHosts: [], allowPrivateNetworks: [], dnsServers: [dns.server], dnsTimeoutSeconds: 2, ...files({}) });
+    const error = await outcome(outbound.fetch('https://internal.test/'));
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    expect(error!.message).toBe('host internal.test resolves to a loopback or private address (allow it in security.allowPrivateNetworks)');
+    await expect(normalizeProviderUrl('https://internal.test', { allowHttpHosts: [], resolve: createHostResolver({ dnsServers: [dns.server], ...files({}) }) })).rejects.toThrow(UnsafeUrlError);
+  });
+
+  it('uses the family that answered when the other goes unanswered, before the deadline', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], dnsTimeoutSeconds: 1, ...files({}) });
+    const { value, ms } = await timed(() => resolve('v4only.test'));
+    expect(value).toEqual(['127.0.0.1']);
+    expect(ms).toBeLessThan(1000);
+  });
+});
+
+describe('host lookups: names answered before the network', () => {
+  it('IP literals, the hosts file and localhost ask no DNS server', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({ hosts: '127.0.0.1 localhost\n10.1.2.3 ghes.internal ghes # an alias\n::1 ip6-localhost\n' }) });
+    expect(await resolve('203.0.113.9')).toEqual(['203.0.113.9']);
+    expect(await resolve('[::1]')).toEqual(['::1']);
+    expect(await resolve('localhost')).toEqual(['127.0.0.1']);
+    expect(await resolve('GHES')).toEqual(['10.1.2.3']);
+    expect(await resolve('ghes.internal')).toEqual(['10.1.2.3']);
+    // localhost is loopback even when the hosts file does not say so (RFC 6761).
+    expect(await createHostResolver({ dnsServers: [dns.server], ...files({}) })('api.localhost')).toEqual(['127.0.0.1', '::1']);
+    expect(dns.queries).toEqual([]);
+  });
+
+  it("applies resolv.conf's search domains as getaddrinfo does (c-ares' own queries would not)", async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'nameserver 10.255.255.53\nsearch corp.test other.test\noptions ndots:1\n' }) });
+    expect(await resolve('gitlab')).toEqual(['203.0.113.5']);
+    expect(dns.queries.splice(0).map((q) => q.split(' ')[0])).toEqual(['gitlab.corp.test', 'gitlab.corp.test']);
+    // As many dots as ndots: the name itself first.
+    expect(await resolve('gitlab.example.test')).toEqual(['203.0.113.5']);
+    expect(dns.queries.splice(0).map((q) => q.split(' ')[0])).toEqual(['gitlab.example.test', 'gitlab.example.test']);
+    // A trailing dot: the name alone.
+    await expect(resolve('gitlab.')).rejects.toMatchObject({ code: 'ENOTFOUND' });
+    expect(dns.queries.splice(0).map((q) => q.split(' ')[0])).toEqual(['gitlab', 'gitlab']);
+  });
+});
