@@ -88,17 +88,24 @@ function readSearchList(path: string): { search: string[]; ndots: number } {
  */
 export function createHostResolver(options: HostResolverOptions = {}): ResolveHost {
   const deadlineMs = Math.round((options.dnsTimeoutSeconds ?? DNS_TIMEOUT_SECONDS_DEFAULT) * 1000);
-  // Two tries (the second waits twice as long) end by 3/4 of the deadline: an address family whose
-  // question goes unanswered gives up before the lookup does, so the other family's answer is used.
+  // Two tries (the second waits twice as long) end near 3/4 of the deadline (c-ares adapts its
+  // timeouts to the server's latency, so not exactly): a question nobody answers stops being sent.
   const resolver = new Resolver({ timeout: Math.max(10, Math.floor(deadlineMs / 4)), tries: 2 });
   if (options.dnsServers?.length) resolver.setServers(options.dnsServers);
   const hosts = readHostsFile(options.hostsFile ?? '/etc/hosts');
   const { search, ndots } = readSearchList(options.resolvConf ?? '/etc/resolv.conf');
 
-  async function addressesOf(name: string): Promise<string[]> {
-    const answers = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
-    const addresses = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
-    if (addresses.length > 0) return addresses;
+  /** Both families' addresses; `answered` hears each family's as it comes, for a deadline that ends the lookup first. */
+  async function addressesOf(name: string, answered: (addresses: string[]) => void): Promise<string[]> {
+    const found: string[] = [];
+    const family = (query: Promise<string[]>) =>
+      query.then((addresses) => {
+        found.push(...addresses);
+        if (found.length > 0) answered([...found]);
+        return addresses;
+      });
+    const answers = await Promise.allSettled([family(resolver.resolve4(name)), family(resolver.resolve6(name))]);
+    if (found.length > 0) return found;
     const failures = answers.map((a) => (a.status === 'rejected' ? (a.reason as { code?: string }) : { code: 'ENODATA' }));
     // A name with no address of either family lets the search go on; any other failure ends it.
     const failure = failures.find((f) => f.code !== 'ENOTFOUND' && f.code !== 'ENODATA');
@@ -106,12 +113,12 @@ export function createHostResolver(options: HostResolverOptions = {}): ResolveHo
     return [];
   }
 
-  async function walk(host: string, name: string, absolute: boolean, expired: () => boolean): Promise<string[]> {
+  async function walk(host: string, name: string, absolute: boolean, expired: () => boolean, answered: (addresses: string[]) => void): Promise<string[]> {
     const searched = search.map((domain) => `${name}.${domain}`);
     const candidates = absolute || searched.length === 0 ? [name] : name.split('.').length - 1 >= ndots ? [name, ...searched] : [...searched, name];
     for (const candidate of candidates) {
       if (expired()) break;
-      const addresses = await addressesOf(candidate).catch((error: { code?: string }) => {
+      const addresses = await addressesOf(candidate, answered).catch((error: { code?: string }) => {
         throw error.code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs) : notFound(host, error.code);
       });
       if (addresses.length > 0) return addresses;
@@ -127,18 +134,18 @@ export function createHostResolver(options: HostResolverOptions = {}): ResolveHo
     const listed = hosts.get(name);
     if (listed) return listed;
     if (name === 'localhost' || name.endsWith('.localhost')) return ['127.0.0.1', '::1'];
-    let timer: NodeJS.Timeout | undefined;
-    let expired = false;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+    return new Promise<string[]>((resolve, reject) => {
+      let expired = false;
+      let answered: string[] = [];
+      // At the deadline, a family that answered is the answer (the other's silence is no one's delay); nothing answered: a timeout.
+      const timer = setTimeout(() => {
         expired = true;
-        reject(new HostLookupTimeoutError(host, deadlineMs));
+        if (answered.length > 0) resolve(answered);
+        else reject(new HostLookupTimeoutError(host, deadlineMs));
       }, deadlineMs);
+      walk(host, name, absolute, () => expired, (addresses) => (answered = addresses))
+        .then(resolve, reject)
+        .finally(() => clearTimeout(timer));
     });
-    try {
-      return await Promise.race([walk(host, name, absolute, () => expired), deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
   };
 }
