@@ -67,6 +67,12 @@ describe('config', () => {
     expect(errorOf(() => parseConfig({ ...minimal, security: { allowPrivateNetworks: ['intranet'] } }))).toMatch(/security\.allowPrivateNetworks\.0: must be an IP address or a CIDR range/);
   });
 
+  it('reads security.dnsServers and .dnsTimeoutSeconds: the system name servers and 5 s unless told', () => {
+    expect(parseConfig(minimal).security).toMatchObject({ dnsServers: [], dnsTimeoutSeconds: 5 });
+    expect(parseConfig({ ...minimal, security: { dnsServers: ['10.0.0.2', '10.0.0.3:5353'], dnsTimeoutSeconds: 2.5 } }).security).toMatchObject({ dnsServers: ['10.0.0.2', '10.0.0.3:5353'], dnsTimeoutSeconds: 2.5 });
+    expect(errorOf(() => parseConfig({ ...minimal, security: { dnsTimeoutSeconds: 0 } }))).toMatch(/security\.dnsTimeoutSeconds/);
+  });
+
   it("sizes the worker's cache and slots from the worker keys, refusing slots a cache cannot hold", () => {
     expect(parseConfig(minimal).worker).toEqual(WORKER_SIZING_DEFAULTS);
     expect(parseConfig({ ...minimal, worker: { maxCachedWorkflows: 0, maxConcurrentWorkflowTaskExecutions: 50 } }).worker).toMatchObject({ maxCachedWorkflows: 0, maxConcurrentWorkflowTaskExecutions: 50 });
