@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { type Kysely, sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureConcurrentIndexes } from '../../lib/db/concurrent-indexes.ts';
-import { createDb } from '../../lib/db/index.ts';
-import { migrateToLatest } from '../../lib/db/migrate.ts';
+import { createOwnDatabase, type OwnDatabase } from '../support/own-database.ts';
 
 /**
  * events.repository_id references repositories(id) ON DELETE SET NULL, so deleting a repository row
@@ -12,24 +11,14 @@ import { migrateToLatest } from '../../lib/db/migrate.ts';
  * of its own: the test counts the sequential scans of events, which other test files would add to.
  */
 describe('events_repository: deleting repository rows reads no whole events table', () => {
-  const name = `forgelink_events_index_${randomBytes(6).toString('hex')}`;
-  const serverUrl = inject('databaseUrl');
-  let server: Kysely<any>;
+  let own: OwnDatabase;
   let db: Kysely<any>;
 
   beforeAll(async () => {
-    server = createDb(serverUrl, { max: 1 });
-    await sql`create database ${sql.id(name)}`.execute(server);
-    const url = new URL(serverUrl);
-    url.pathname = `/${name}`;
-    db = createDb(url.toString(), { max: 1 });
-    await migrateToLatest(db);
+    own = await createOwnDatabase('forgelink_events_index');
+    db = own.db;
   });
-  afterAll(async () => {
-    await db?.destroy();
-    await sql`drop database if exists ${sql.id(name)} with (force)`.execute(server);
-    await server?.destroy();
-  });
+  afterAll(() => own?.drop());
 
   const indexState = async () =>
     (

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { type Kysely, sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createDb, type Db } from '../../lib/db/index.ts';
-import { migrateToLatest } from '../../lib/db/migrate.ts';
 import {
   finishListingInDb,
   finishListingStatement,
@@ -11,6 +10,7 @@ import {
   upsertRepositories,
   writeListingPage,
 } from '../../lib/db/repositories/repository-cache.ts';
+import { createOwnDatabase, type OwnDatabase } from '../support/own-database.ts';
 
 type Scope = { organizationId: string; connectionId: string; provider: 'gitlab' };
 
@@ -123,25 +123,15 @@ describe("the listing's lease and end commit without waiting for the disk", () =
  * on the table, so its statistics stay as a first listing leaves them.
  */
 describe("the end of a listing's plan", () => {
-  const name = `forgelink_finish_plan_${randomBytes(6).toString('hex')}`;
-  const serverUrl = inject('databaseUrl');
-  let server: Kysely<any>;
+  let own: OwnDatabase;
   let db: Db;
 
   beforeAll(async () => {
-    server = createDb(serverUrl, { max: 1 });
-    await sql`create database ${sql.id(name)}`.execute(server);
-    const url = new URL(serverUrl);
-    url.pathname = `/${name}`;
-    db = createDb(url.toString(), { max: 2 });
-    await migrateToLatest(db);
+    own = await createOwnDatabase('forgelink_finish_plan', { max: 2 });
+    db = own.db as Db;
     await sql`alter table repositories set (autovacuum_enabled = false)`.execute(db);
   });
-  afterAll(async () => {
-    await db?.destroy();
-    await sql`drop database if exists ${sql.id(name)}`.execute(server);
-    await server?.destroy();
-  });
+  afterAll(() => own?.drop());
 
   it('reads only the connection through its key after a first listing', async () => {
     const first = await scopeIn(db);

@@ -1,9 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { type Kysely, type Migration, Migrator, NO_MIGRATIONS, sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createDb } from '../../lib/db/index.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrateToLatest } from '../../lib/db/migrate.ts';
 import { migrations } from '../../lib/db/migrations/index.ts';
+import { createOwnDatabase, type OwnDatabase } from '../support/own-database.ts';
 
 /**
  * Every migration's `down` undoes its `up` on a real PostgreSQL server: from the latest schema,
@@ -11,23 +10,14 @@ import { migrations } from '../../lib/db/migrations/index.ts';
  * down and up again.
  */
 describe('migrations', () => {
-  const name = `forgelink_migrations_${randomBytes(6).toString('hex')}`;
-  const serverUrl = inject('databaseUrl');
-  let server: Kysely<any>;
+  let own: OwnDatabase;
   let db: Kysely<any>;
 
   beforeAll(async () => {
-    server = createDb(serverUrl, { max: 1 });
-    await sql`create database ${sql.id(name)}`.execute(server);
-    const url = new URL(serverUrl);
-    url.pathname = `/${name}`;
-    db = createDb(url.toString(), { max: 1 });
+    own = await createOwnDatabase('forgelink_migrations', { migrate: false });
+    db = own.db;
   });
-  afterAll(async () => {
-    await db?.destroy();
-    await sql`drop database if exists ${sql.id(name)}`.execute(server);
-    await server?.destroy();
-  });
+  afterAll(() => own?.drop());
 
   const tables = async () =>
     (await sql<{ tablename: string }>`select tablename from pg_tables where schemaname = 'public' and tablename not like 'kysely_%' order by tablename`.execute(db)).rows.map((r) => r.tablename);
