@@ -30,7 +30,7 @@ import type { CpuGroups } from './cpu-groups.ts';
 import { callApi, reniceThreads, startService, stopService, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
 import { ackBreakdown, floorSummary, recordStalls, wallClockMs, type SendTimes } from './ack-breakdown.ts';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -70,9 +70,11 @@ export interface IngestOptions {
   targetOnly: number;
   /** With --saturation: the deliveries' and the floor's phases at the target rate this many times more, alternating (`paced.againAtTarget`). */
   repeats: number;
+  /** 1: only the closed loop's ABBA blocks (comparing builds by their end-to-end ratio and CPU per block); the paced phases and the floors are left out. */
+  closedLoopOnly: number;
 }
 
-export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0, pods: 0, saturation: 0, targetOnly: 0, repeats: 0 };
+export const DEFAULT_INGEST_OPTIONS: IngestOptions = { deliveries: 4000, concurrency: 50, repositoriesPerProvider: 25, warmup: 400, subscribers: 1, observability: 1, observabilityOnly: 0, apiFirst: 0, pods: 0, saturation: 0, targetOnly: 0, repeats: 0, closedLoopOnly: 0 };
 
 /** The API's (and its database backends' and the bare starts' client's) nice value with --apiFirst=1. */
 const API_FIRST_NICE = -10;
@@ -224,6 +226,41 @@ async function count(stack: BenchStack) {
     stack.db.selectFrom('dispatch_attempts').select((eb) => eb.fn.countAll<string>().as('n')).where('succeeded', '=', true).executeTakeFirstOrThrow(),
   ]);
   return { events: Number(events.n), delivered: Number(delivered.n) };
+}
+
+/** CPU seconds of each thread of process `pid` (utime + stime, /proc/<pid>/task), by thread id. */
+function threadsCpu(pid: number | undefined): Map<number, number> {
+  const cpu = new Map<number, number>();
+  if (pid === undefined) return cpu;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      cpu.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / 100);
+    } catch {
+      // The thread ended while we looked.
+    }
+  }
+  return cpu;
+}
+
+/**
+ * The API's CPU in a block by thread: its main thread (the acknowledgements), its busiest other
+ * thread (in a delivery block the intake relay's, api/intake-relay-thread.ts) and the rest (V8's
+ * GC helpers, libuv's pool). Threads are all named "node", so the relay's is told by its CPU.
+ */
+function apiThreadSplit(pid: number | undefined, before: Map<number, number>, after: Map<number, number>) {
+  const deltas = [...after].map(([tid, cpu]) => ({ tid, cpu: cpu - (before.get(tid) ?? 0) }));
+  const main = deltas.find((d) => d.tid === pid)?.cpu ?? 0;
+  const others = deltas.filter((d) => d.tid !== pid).sort((a, b) => b.cpu - a.cpu);
+  const round = (v: number) => Math.round(v * 100) / 100;
+  return {
+    main: round(main),
+    busiestOther: round(others[0]?.cpu ?? 0),
+    rest: round(others.slice(1).reduce((a, d) => a + d.cpu, 0)),
+    // Each other thread with 10 ms or more, by thread id (V8's and libuv's helpers start before the relay's thread).
+    byThread: Object.fromEntries(others.filter((d) => d.cpu >= 0.01).sort((a, b) => a.tid - b.tid).map((d) => [d.tid, round(d.cpu)])),
+  };
 }
 
 /** Milliseconds from `since` (epoch ms) to the relay's start of the last of `items`' runs. */
@@ -404,23 +441,25 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
     const phases = { bare: emptyPhase(), ingest: emptyPhase() };
     const ingestItems: Prepared[] = [];
     /** Each block's own numbers, in the order run: how much the ratio moves from block to block. */
-    const blocks: { kind: 'bare' | 'ingest'; count: number; loadMs: number; lastStartMs: number; drainMs: number; endToEndEventsPerSecond: number; cpuSeconds: Record<string, number> }[] = [];
+    const blocks: { kind: 'bare' | 'ingest'; count: number; loadMs: number; lastStartMs: number; drainMs: number; endToEndEventsPerSecond: number; cpuSeconds: Record<string, number>; apiThreads: ReturnType<typeof apiThreadSplit> }[] = [];
     for (const [i, kind] of (options.saturation ? [] : BLOCK_ORDER).entries()) {
       const items = prepare(stack, repos, blockSize);
       log(`block ${i + 1}/${BLOCK_ORDER.length}: ${kind === 'bare' ? 'bare client.workflow.start' : 'signed deliveries to the API'} ×${blockSize} at concurrency ${options.concurrency}`);
       const starts = kind === 'bare' ? items.map((p) => startOptions(stack, p)) : [];
       const cpuBefore = stack.cpuSeconds();
+      const apiThreadsBefore = threadsCpu(stack.apiPid);
       const blockStartedAt = Date.now();
       const result = kind === 'bare' ? await bareStart(starts) : await ingest(items);
       const drainMs = await drain(kind);
       const cpuAfter = stack.cpuSeconds();
+      const apiThreads = apiThreadSplit(stack.apiPid, apiThreadsBefore, threadsCpu(stack.apiPid));
       phases[kind].add(result, drainMs, cpuBefore, cpuAfter);
       const blockCpu = Object.fromEntries(Object.entries(cpuAfter).map(([k, v]) => [k, Math.round((v - cpuBefore[k as keyof CpuSeconds]) * 100) / 100]));
       // For deliveries, when the relay had started the last of the block's runs (for bare starts that is the load's end).
       const lastStartMs = kind === 'bare' ? Math.round(result.durationMs) : await lastRelayStartMs(stack, items, blockStartedAt);
-      const block = { kind, count: items.length, loadMs: Math.round(result.durationMs), lastStartMs, drainMs: Math.round(drainMs), endToEndEventsPerSecond: Math.round((items.length / (result.durationMs + drainMs)) * 10_000) / 10, cpuSeconds: blockCpu };
+      const block = { kind, count: items.length, loadMs: Math.round(result.durationMs), lastStartMs, drainMs: Math.round(drainMs), endToEndEventsPerSecond: Math.round((items.length / (result.durationMs + drainMs)) * 10_000) / 10, cpuSeconds: blockCpu, apiThreads };
       blocks.push(block);
-      log(`  ${kind}: load ${block.loadMs} ms, last run started at ${block.lastStartMs} ms, drain ${block.drainMs} ms, end to end ${block.endToEndEventsPerSecond}/s, CPU s ${JSON.stringify(blockCpu)}`);
+      log(`  ${kind}: load ${block.loadMs} ms, last run started at ${block.lastStartMs} ms, drain ${block.drainMs} ms, end to end ${block.endToEndEventsPerSecond}/s, CPU s ${JSON.stringify(blockCpu)}, API threads ${JSON.stringify(apiThreads)}`);
       if (kind === 'ingest') ingestItems.push(...items);
     }
     const { latencyMs: ackLatencyMs, ...acceptance } = phases.ingest.summary();
@@ -437,6 +476,7 @@ export async function runIngestBench(stack: BenchStack, options: IngestOptions =
           endToEndRatio: ratio(acceptance.endToEndEventsPerSecond, bare.endToEndEventsPerSecond),
           blocks,
         };
+    if (closedLoop && options.closedLoopOnly) return { options, topology: topologyReport(), closedLoop, loadAverage: load.stop() };
     const saturation = options.saturation || bare.throughputPerSecond;
 
     /** Open loop at `rate`: what one delivery (or bare start) waits for at that rate. */
