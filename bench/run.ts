@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N] [--callsPerWorker=N] [--callsPerConnection=N] [--observabilityOnly=1] [--apiFirst=1 | --pods=1]`: starts the benchmark stack
+ * `npm run bench [-- <name>…] [--deliveries=N] [--concurrency=N] [--callsPerWorker=N] [--callsPerConnection=N] [--observabilityOnly=1] [--closedLoopOnly=1] [--apiFirst=1 | --pods=1]`: starts the benchmark stack
  * (bench/stack.ts), runs each named benchmark (all by default) against it, and writes each
  * result to bench/results/<name>.json. A benchmark is a function of the stack returning a
  * JSON-able result: add one to BENCHMARKS.
@@ -63,7 +63,8 @@ try {
     const started = new Date();
     const loadBefore = os.loadavg();
     // The modelled deployments (bench/ingest.ts, --apiFirst=1 and --pods=1) keep files of their own beside the shared one.
-    const file = path.join(RESULTS, name === 'ingest' && flags.apiFirst ? 'ingest-api-first.json' : name === 'ingest' && flags.pods ? 'ingest-pods.json' : `${name}.json`);
+    // Only the closed loop (--closedLoopOnly=1, comparing builds) keeps a file of its own: it never replaces a full run's.
+    const file = path.join(RESULTS, name === 'ingest' && flags.closedLoopOnly ? 'ingest-closed-loop.json' : name === 'ingest' && flags.apiFirst ? 'ingest-api-first.json' : name === 'ingest' && flags.pods ? 'ingest-pods.json' : `${name}.json`);
     const reportOf = (result: object) => ({
       benchmark: name,
       startedAt: started.toISOString(),
