@@ -34,6 +34,16 @@ export class HostLookupTimeoutError extends Error {
   }
 }
 
+/**
+ * How glibc's res_search (getaddrinfo's) walks the candidates past a failure of one of them. A name
+ * that is not there, or whose servers answer SERVFAIL, is passed by: one failing search domain
+ * inherited from a node must not make every other name fail. A refusal, a question not understood
+ * or a timeout in a search domain ends the search domains, not the name itself; the name itself
+ * tried first and failing goes on to the search domains. Anything else (no server to ask) ends the lookup.
+ */
+const GO_ON = new Set(['ENOTFOUND', 'ENODATA', 'ESERVFAIL']);
+const NAME_ITSELF_NEXT = new Set(['EREFUSED', 'EFORMERR', 'ENOTIMP', 'ETIMEOUT']);
+
 const notFound = (host: string, code = 'ENOTFOUND') => Object.assign(new Error(`host ${host} does not resolve (${code})`), { code });
 
 /** name → addresses, in the file's order. */
@@ -54,6 +64,24 @@ function readHostsFile(path: string): Map<string, string[]> {
     }
   }
   return names;
+}
+
+/**
+ * A host whose last label is a number is an IPv4 address to the WHATWG URL parser and to inet_aton
+ * (getaddrinfo): `2130706433`, `0x7f.1` and `127.1` are 127.0.0.1. Tenant URLs reach here already
+ * normalized to dotted quads; a caller that did not normalize gets the address any other client
+ * would connect to (for the address checks to judge), never a DNS answer for it. Undefined for a
+ * name, null for a numeric form that is no address (`1.2.3.4.5`, `host.1`): refused, not asked.
+ */
+function numericAddress(name: string): string | null | undefined {
+  if (!/^(\d+|0x[\da-f]*)$/.test(name.split('.').at(-1) ?? '')) return undefined;
+  if (!/^[\da-fx.]+$/.test(name)) return null;
+  try {
+    const { hostname } = new URL(`http://${name}/`);
+    return isIP(hostname) === 4 ? hostname : null;
+  } catch {
+    return null;
+  }
 }
 
 /** resolv.conf's search list and ndots, which getaddrinfo applies and c-ares' queries do not. */
@@ -81,10 +109,12 @@ function readSearchList(path: string): { search: string[]; ndots: number } {
 /**
  * Resolves host names with c-ares (node:dns Resolver: its sockets are polled on the event loop, no
  * thread is held while a server is silent), under one deadline per lookup. Before the network:
- * IP literals are themselves, the hosts file answers for its names (getaddrinfo's `files` first),
+ * IP literals are themselves (numeric IPv4 forms too), the hosts file answers for its names (getaddrinfo's `files` first),
  * and `localhost` (and `*.localhost`) is loopback (RFC 6761). Names are tried with resolv.conf's
  * search domains as getaddrinfo would (fewer dots than ndots: each search domain first, then the
- * name; otherwise the name first); a trailing dot means the name alone.
+ * name; otherwise the name first); a trailing dot means the name alone. A candidate that is not
+ * there or whose servers fail (SERVFAIL) is passed by as glibc does (GO_ON); its failure is reported
+ * only when no candidate resolves, and the one deadline bounds the whole walk.
  */
 export function createHostResolver(options: HostResolverOptions = {}): ResolveHost {
   const deadlineMs = Math.round((options.dnsTimeoutSeconds ?? DNS_TIMEOUT_SECONDS_DEFAULT) * 1000);
@@ -107,23 +137,34 @@ export function createHostResolver(options: HostResolverOptions = {}): ResolveHo
     const answers = await Promise.allSettled([family(resolver.resolve4(name)), family(resolver.resolve6(name))]);
     if (found.length > 0) return found;
     const failures = answers.map((a) => (a.status === 'rejected' ? (a.reason as { code?: string }) : { code: 'ENODATA' }));
-    // A name with no address of either family lets the search go on; any other failure ends it.
+    // A name with no address of either family is not there; any other failure is the walk's to judge.
     const failure = failures.find((f) => f.code !== 'ENOTFOUND' && f.code !== 'ENODATA');
     if (failure) throw failure;
     return [];
   }
 
+  const failureOf = (host: string, code = 'ENOTFOUND') => (code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs) : notFound(host, code));
+
   async function walk(host: string, name: string, absolute: boolean, expired: () => boolean, answered: (addresses: string[]) => void): Promise<string[]> {
-    const searched = search.map((domain) => `${name}.${domain}`);
-    const candidates = absolute || searched.length === 0 ? [name] : name.split('.').length - 1 >= ndots ? [name, ...searched] : [...searched, name];
+    const searched = absolute ? [] : search.map((domain) => `${name}.${domain}`);
+    const candidates = name.split('.').length - 1 >= ndots ? [name, ...searched] : [...searched, name];
+    // The failure reported when no candidate resolves: a timeout (retryable) before any other, else the first.
+    let failure: string | undefined;
+    let searching = true;
     for (const candidate of candidates) {
       if (expired()) break;
-      const addresses = await addressesOf(candidate, answered).catch((error: { code?: string }) => {
-        throw error.code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs) : notFound(host, error.code);
-      });
-      if (addresses.length > 0) return addresses;
+      if (!searching && candidate !== name) continue;
+      try {
+        const addresses = await addressesOf(candidate, answered);
+        if (addresses.length > 0) return addresses;
+      } catch (error) {
+        const code = (error as { code?: string }).code ?? 'ENOTFOUND';
+        if (!GO_ON.has(code) && !NAME_ITSELF_NEXT.has(code)) throw failureOf(host, code);
+        if (failure === undefined || code === 'ETIMEOUT') failure = code;
+        if (NAME_ITSELF_NEXT.has(code) && candidate !== name) searching = false;
+      }
     }
-    throw notFound(host);
+    throw failureOf(host, failure);
   }
 
   return async (host) => {
@@ -131,6 +172,9 @@ export function createHostResolver(options: HostResolverOptions = {}): ResolveHo
     if (isIP(bare)) return [bare];
     const absolute = bare.endsWith('.');
     const name = bare.replace(/\.$/, '').toLowerCase();
+    const numeric = numericAddress(name);
+    if (numeric) return [numeric];
+    if (numeric === null) throw notFound(host, 'EBADNAME');
     const listed = hosts.get(name);
     if (listed) return listed;
     if (name === 'localhost' || name.endsWith('.localhost')) return ['127.0.0.1', '::1'];

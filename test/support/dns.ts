@@ -1,8 +1,10 @@
 import dgram from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 
-/** What the fake DNS server does with a question: answer these addresses, say the name does not exist, or never answer. */
-export type DnsBehaviour = string[] | 'nxdomain' | 'silent';
+/** What the fake DNS server does with a question: answer these addresses, say the name does not exist, fail (SERVFAIL), refuse (REFUSED), or never answer. */
+export type DnsBehaviour = string[] | 'nxdomain' | 'servfail' | 'refused' | 'silent';
+
+const RCODES = { nxdomain: 3, servfail: 2, refused: 5 } as const;
 
 export interface FakeDns {
   /** `127.0.0.1:PORT`, for security.dnsServers. */
@@ -42,10 +44,10 @@ export async function startFakeDns(behave: (name: string, type: string) => DnsBe
     }
     const behaviour = behave(name, type);
     if (behaviour === 'silent') return;
-    const addresses = behaviour === 'nxdomain' ? [] : behaviour.filter((a) => (type === 'A' ? !a.includes(':') : type === 'AAAA' && a.includes(':')));
+    const addresses = typeof behaviour === 'string' ? [] : behaviour.filter((a) => (type === 'A' ? !a.includes(':') : type === 'AAAA' && a.includes(':')));
     const header = Buffer.alloc(12);
     header.writeUInt16BE(message.readUInt16BE(0), 0);
-    header.writeUInt16BE(behaviour === 'nxdomain' ? 0x8183 : 0x8180, 2);
+    header.writeUInt16BE(0x8180 | (typeof behaviour === 'string' ? RCODES[behaviour] : 0), 2);
     header.writeUInt16BE(1, 4);
     header.writeUInt16BE(addresses.length, 6);
     const answers = addresses.map((address) => {

@@ -17,6 +17,8 @@ import { listen, type Listener } from '../support/outbound.ts';
  */
 const zone = (name: string, type: string): DnsBehaviour => {
   if (name.endsWith('stall.test')) return 'silent';
+  if (name.endsWith('.broken.test')) return 'servfail';
+  if (name.endsWith('.refusing.test')) return 'refused';
   if (name === 'ok.test') return ['127.0.0.1'];
   if (name === 'internal.test') return ['10.0.0.7'];
   if (name === 'v4only.test') return type === 'A' ? ['127.0.0.1'] : 'silent';
@@ -155,5 +157,51 @@ describe('host lookups: names answered before the network', () => {
     // A trailing dot: the name alone.
     await expect(resolve('gitlab.')).rejects.toMatchObject({ code: 'ENOTFOUND' });
     expect(dns.queries.splice(0).map((q) => q.split(' ')[0])).toEqual(['gitlab', 'gitlab']);
+  });
+
+  // Kubernetes pods inherit the node's search domains: one corporate domain whose servers fail must not make every dotted name fail.
+  it('passes a search domain whose servers answer SERVFAIL, as glibc does, and reports the failure only when no candidate resolves', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search ns.svc.cluster.local broken.test\noptions ndots:5\n' }) });
+    expect(await resolve('gitlab.example.test')).toEqual(['203.0.113.5']);
+    const asked = () => [...new Set(dns.queries.splice(0).map((q) => q.split(' ')[0]))];
+    expect(asked()).toEqual(['gitlab.example.test.ns.svc.cluster.local', 'gitlab.example.test.broken.test', 'gitlab.example.test']);
+    // The name itself first (ndots:1), then the failing domain, then the next.
+    const nameFirst = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search broken.test corp.test\noptions ndots:1\n' }) });
+    expect(await nameFirst('gitlab')).toEqual(['203.0.113.5']);
+    expect(asked()).toEqual(['gitlab.broken.test', 'gitlab.corp.test']);
+    await expect(resolve('nowhere.example.test')).rejects.toMatchObject({ code: 'ESERVFAIL', message: 'host nowhere.example.test does not resolve (ESERVFAIL)' });
+    expect(asked()).toEqual(['nowhere.example.test.ns.svc.cluster.local', 'nowhere.example.test.broken.test', 'nowhere.example.test']);
+  });
+
+  it('after a search domain that refuses, asks the name itself and no other search domain (glibc: NO_RECOVERY ends the search list)', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search refusing.test corp.test\noptions ndots:5\n' }) });
+    expect(await resolve('gitlab.example.test')).toEqual(['203.0.113.5']);
+    expect([...new Set(dns.queries.map((q) => q.split(' ')[0]))]).toEqual(['gitlab.example.test.refusing.test', 'gitlab.example.test']);
+  });
+
+  it('after a search domain whose servers never answer, asks the name itself in what is left of the deadline', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], dnsTimeoutSeconds: 2, ...files({ resolvConf: 'search stall.test corp.test\noptions ndots:5\n' }) });
+    const { value, ms } = await timed(() => resolve('gitlab.example.test'));
+    expect(value).toEqual(['203.0.113.5']);
+    expect(ms).toBeLessThan(2000);
+    expect([...new Set(dns.queries.map((q) => q.split(' ')[0]))]).toEqual(['gitlab.example.test.stall.test', 'gitlab.example.test']);
+  });
+});
+
+describe('host lookups: numeric hosts', () => {
+  it('are the IPv4 address the URL parser and inet_aton make of them, never a DNS question; numeric forms that are no address are refused', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search corp.test\n' }) });
+    expect(await resolve('2130706433')).toEqual(['127.0.0.1']);
+    expect(await resolve('0x7f.1')).toEqual(['127.0.0.1']);
+    expect(await resolve('127.1.')).toEqual(['127.0.0.1']);
+    await expect(resolve('1.2.3.4.5')).rejects.toMatchObject({ code: 'EBADNAME' });
+    await expect(resolve('gitlab.1')).rejects.toMatchObject({ code: 'EBADNAME' });
+    expect(dns.queries).toEqual([]);
+    // What tenants send: the URL parser has made the address already, and the address checks refuse it.
+    await expect(normalizeProviderUrl('https://2130706433/', { allowHttpHosts: [], resolve })).rejects.toThrow('loopback or private');
   });
 });
