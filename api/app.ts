@@ -8,7 +8,7 @@ import { sql } from 'kysely';
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
-import { Problem, problemJson } from './problem.ts';
+import { HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
 import { withinTemporalDeadline } from './temporal-deadline.ts';
 import { readUnreadBody } from './unread-body.ts';
@@ -74,7 +74,7 @@ export function createApp(deps: ApiDeps) {
     }
     if (error instanceof HostLookupTimeoutError) {
       // The host's name servers did not answer within security.dnsTimeoutSeconds: the client may try again.
-      c.header('retry-after', '5');
+      c.header('retry-after', String(HOST_LOOKUP_RETRY_AFTER_SECONDS));
       return problemJson(c, new Problem(503, 'Service Unavailable', error.message));
     }
     if (isTemporalUnavailable(error)) {

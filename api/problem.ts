@@ -32,6 +32,17 @@ export const problemResponse = (description: string) => ({
   content: { 'application/problem+json': { schema: ProblemSchema } },
 });
 
+/** The Retry-After of a 503 for a URL whose host name was not looked up within security.dnsTimeoutSeconds (app.onError). */
+export const HOST_LOOKUP_RETRY_AFTER_SECONDS = 5;
+
+/** The 503 of a route that looks up a tenant's URL (lib/url.ts), with whatever else answers 503 there (`also`). */
+export const hostLookupUnavailableResponse = (also?: string) => ({
+  ...problemResponse(
+    `${also ? `${also}, or the` : 'The'} URL's host name was not looked up within security.dnsTimeoutSeconds (its DNS servers did not answer; the detail names the host): try again after Retry-After`,
+  ),
+  headers: { 'Retry-After': { description: `Seconds to wait before trying again (${HOST_LOOKUP_RETRY_AFTER_SECONDS} for a host lookup)`, schema: { type: 'integer' as const } } },
+});
+
 export function problemJson(c: Context, problem: Problem): Response {
   const requestId = c.get('requestId') as string | undefined;
   return c.body(

@@ -28,7 +28,7 @@ import { workflowIds, type ConnectInput, type WebhookCredentialRotationInput } f
 import { runLabels } from '../../workflows/run-labels.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
+import { badRequest, hostLookupUnavailableResponse, notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { text } from '../text.ts';
 
@@ -314,7 +314,7 @@ export function connectionRoutes() {
         202: { description: 'Accepted', content: { 'application/json': { schema: Accepted } } },
         403: problemResponse('GitHub needs the admin token'),
         409: problemResponse('Already connected'),
-        503: problemResponse('Temporal unavailable'),
+        503: hostLookupUnavailableResponse('Temporal unavailable'),
         ...errors,
       },
     }),

@@ -6,7 +6,7 @@ import { refGlobProblem } from '../../lib/ref-glob.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
+import { hostLookupUnavailableResponse, notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
 import { EVENT_KINDS } from './events.ts';
 import { text } from '../text.ts';
 
@@ -89,6 +89,7 @@ export function subscriberRoutes() {
         201: { description: 'Created', content: { 'application/json': { schema: CreatedSubscriberSchema } } },
         ...errors,
         409: problemResponse(`The organization already has ${MAX_SUBSCRIBERS_PER_ORGANIZATION} subscribers, or its subscribers' ref globs would pass ${MAX_REF_GLOBS_PER_ORGANIZATION} globs / ${MAX_REF_GLOB_CHARACTERS_PER_ORGANIZATION} characters`),
+        503: hostLookupUnavailableResponse(),
       },
     }),
     async (c) => {

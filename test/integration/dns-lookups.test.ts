@@ -41,4 +41,15 @@ describe("API URL checks: one tenant's silent name servers", () => {
     const listed = await h.request('GET', `/api/v1/orgs/${hostile.org.slug}/subscribers`, { token: hostile.token });
     expect(await listed.json()).toEqual({ items: [] });
   });
+
+  it('the OpenAPI document says why the two routes that look up a URL answer 503, and that Retry-After comes with it', async () => {
+    const doc = (await (await h.request('GET', '/openapi.json')).json()) as {
+      paths: Record<string, Record<string, { responses: Record<string, { description: string; headers?: Record<string, unknown> }> }>>;
+    };
+    for (const path of ['/api/v1/orgs/{org}/subscribers', '/api/v1/orgs/{org}/connections']) {
+      const unavailable = doc.paths[path]!.post!.responses['503'];
+      expect(unavailable?.description, path).toContain('not looked up within security.dnsTimeoutSeconds');
+      expect(unavailable?.headers, path).toHaveProperty('Retry-After');
+    }
+  });
 });
