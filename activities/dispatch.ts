@@ -52,7 +52,7 @@ export interface DispatchOutcome {
 /** The details of a SubscriberRejected failure. */
 export interface DispatchRejection {
   status: number;
-  /** The subscriber's Retry-After, capped. */
+  /** The subscriber's Retry-After, in whole seconds (rounded up), capped at an hour. */
   retryAfterSeconds?: number;
 }
 
@@ -135,7 +135,8 @@ async function sendToSubscriber(
     type: DispatchFailureTypes.rejected,
     message: `subscriber ${subscriberId} ${error}`,
     permanent: false,
-    ...(retryAfter !== undefined ? { retryAfterSeconds: Math.min(retryAfter, MAX_RETRY_AFTER_SECONDS) } : {}),
+    // The subscriber's (a tenant's) value, bounded: whole seconds (it may say 1.5), at most an hour.
+    ...(retryAfter !== undefined ? { retryAfterSeconds: Math.min(Math.ceil(retryAfter), MAX_RETRY_AFTER_SECONDS) } : {}),
   };
 }
 

@@ -210,8 +210,8 @@ export interface DispatchAttemptsTable {
   error: string | null;
   succeeded: boolean;
   duration_ms: number | null;
-  /** The subscriber's Retry-After on a failed attempt (capped as honoured), when it gave one. */
-  retry_after_seconds: number | null;
+  /** A failed attempt's write time plus the subscriber's Retry-After (as honoured), when it gave one: not sent again before then. */
+  retry_not_before: Date | null;
   attempted_at: CreatedAt;
 }
 

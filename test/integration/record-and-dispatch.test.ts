@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../../activities/index.ts';
 import type { NormalizedEvent } from '../../lib/domain.ts';
-import { recordDispatchAttempt } from '../../lib/db/repositories/subscribers.ts';
+import { failedDispatchAttempt, recordDispatchAttempt } from '../../lib/db/repositories/subscribers.ts';
 import { createLogger } from '../../lib/logger.ts';
 import type { EventInput } from '../../workflows/contract.ts';
 import type { FakeSubscriber } from '../fakes/subscriber.ts';
@@ -88,6 +90,66 @@ describe('recordEventAndDispatch', () => {
     expect(repeated!.failed.details.retryAfterSeconds).toBeGreaterThan(100);
     expect(repeated!.failed.details.retryAfterSeconds).toBeLessThanOrEqual(120);
     expect(target.subscriber.server.calls.filter((c) => c.operation === 'deliver')).toHaveLength(1);
+  });
+
+  it("records a subscriber's fractional or huge Retry-After as whole seconds, at most an hour, in the first attempt and in a regular one", async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    // The subscriber is a tenant's: it may answer any number (the recording's attempt, then the regular attempt 2).
+    target.subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '1.5' }, text: 'slow down' });
+    target.subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '86400.5' }, text: 'slow down' });
+    const input = pushInput(target);
+    const workflowId = `event:gitlab:${target.connectionId}:${input.deliveryId}`;
+    const recorded = await localAttempt(workflowId, 1).run(activities.recordEventAndDispatch, input);
+    expect(recorded).toMatchObject({ firstAttempts: [{ failed: { type: 'SubscriberRejected', details: { status: 429, retryAfterSeconds: 2 } } }] });
+    const [dispatch] = (recorded as { dispatches: { eventId: string; subscriberId: string }[] }).dispatches as [{ eventId: string; subscriberId: string }];
+    const attempts = () => h.db.selectFrom('dispatch_attempts').select(['attempt', 'succeeded', 'status_code']).where('event_id', '=', dispatch.eventId).orderBy('attempt').execute();
+    expect(await attempts()).toEqual([{ attempt: 1, succeeded: false, status_code: 429 }]);
+    expect((await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId))?.waitSeconds).toBeGreaterThanOrEqual(1);
+
+    // Attempt 2, a regular activity: recorded, and its failure is the rejection the retry policy acts on.
+    const regular = new MockActivityEnvironment({ attempt: 1, isLocal: false, startToCloseTimeoutMs: 15_000, workflowExecution: { workflowId, runId: randomUUID() } });
+    const failure = await regular.run(activities.dispatchEvent, { ...dispatch, firstAttempt: 2, askAdmission: true }).catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(ApplicationFailure);
+    expect(failure).toMatchObject({ type: 'SubscriberRejected', details: [{ status: 429, retryAfterSeconds: 3600 }] });
+    expect(await attempts()).toEqual([{ attempt: 1, succeeded: false, status_code: 429 }, { attempt: 2, succeeded: false, status_code: 429 }]);
+    const wait = (await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId))?.waitSeconds;
+    expect(wait).toBeGreaterThanOrEqual(3590);
+    expect(wait).toBeLessThanOrEqual(3600);
+  });
+
+  it("a repeat answers a recorded failure with what is left of its Retry-After, not all of it", async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    target.subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '120' }, text: 'slow down' });
+    const input = pushInput(target);
+    const workflowId = `event:gitlab:${target.connectionId}:${input.deliveryId}`;
+    await localAttempt(workflowId, 1).run(activities.recordEventAndDispatch, input);
+    // The attempt was answered 100 s ago (the first execution's time, the workflow task's timeout and another worker's start).
+    await h.db.updateTable('dispatch_attempts').set({ retry_not_before: sql<Date>`retry_not_before - interval '100 seconds'`, attempted_at: sql<Date>`attempted_at - interval '100 seconds'` } as never).where('subscriber_id', '=', target.subscriberId).execute();
+    const again = await localAttempt(workflowId, 2).run(activities.recordEventAndDispatch, input);
+    const [repeated] = (again as { firstAttempts: { failed: { type: string; details: { status: number; retryAfterSeconds: number } } }[] }).firstAttempts;
+    expect(repeated).toMatchObject({ failed: { type: 'SubscriberRejected', details: { status: 429 } } });
+    expect(repeated!.failed.details.retryAfterSeconds).toBeGreaterThanOrEqual(19);
+    expect(repeated!.failed.details.retryAfterSeconds).toBeLessThanOrEqual(20);
+    expect(target.subscriber.server.calls.filter((c) => c.operation === 'deliver')).toHaveLength(1);
+  });
+
+  it("reckons the Retry-After of an attempt written again from the latest write, not the row's first", async () => {
+    const target = await subscribedRepository(h, await createOrgWithToken(h), subscribers);
+    target.subscriber.server.failNext('deliver', 1, { status: 500, text: 'boom' });
+    const input = pushInput(target);
+    const recorded = await localAttempt(`event:gitlab:${target.connectionId}:${input.deliveryId}`, 1).run(activities.recordEventAndDispatch, input);
+    const [dispatch] = (recorded as { dispatches: { eventId: string; subscriberId: string }[] }).dispatches as [{ eventId: string; subscriberId: string }];
+    // The row was first written 100 s ago.
+    await h.db.updateTable('dispatch_attempts').set({ attempted_at: sql<Date>`attempted_at - interval '100 seconds'` } as never).where('subscriber_id', '=', target.subscriberId).execute();
+    expect((await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId))?.waitSeconds).toBe(0);
+    // The same attempt written again now (another execution's send of it, or its late write): 429, wait a minute.
+    await recordDispatchAttempt(h.db, { ...dispatch, attempt: 1, succeeded: false, statusCode: 429, error: 'answered 429', retryAfterSeconds: 60, durationMs: 5 });
+    const wait = (await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId))?.waitSeconds;
+    expect(wait).toBeGreaterThanOrEqual(59);
+    expect(wait).toBeLessThanOrEqual(60);
+    // Written again without a Retry-After: no wait is left of the earlier answer's.
+    await recordDispatchAttempt(h.db, { ...dispatch, attempt: 1, succeeded: false, statusCode: 503, error: 'answered 503', durationMs: 5 });
+    expect(await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId)).toEqual({ attempt: 1, statusCode: 503, error: 'answered 503', waitSeconds: 0 });
   });
 
   it('sends a first attempt only after the recording committed: the subscriber can read the event from another connection', async () => {

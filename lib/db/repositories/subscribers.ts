@@ -125,7 +125,12 @@ export interface DispatchAttempt {
   attemptedAt: Date;
 }
 
-/** Records one attempt's outcome; a re-run of the same attempt (worker crash) overwrites it. */
+/**
+ * Records one attempt's outcome; a re-run of the same attempt (worker crash) overwrites it. A failed
+ * attempt's `retryAfterSeconds` (the subscriber's Retry-After as honoured: whole seconds, bounded)
+ * is kept as the time it ends, reckoned from this write on the database's clock: a rewrite of the
+ * attempt reckons it from its own answer.
+ */
 export async function recordDispatchAttempt(
   db: Executor,
   row: { subscriberId: string; eventId: string; attempt: number; succeeded: boolean; statusCode?: number; error?: string; retryAfterSeconds?: number; durationMs: number },
@@ -135,7 +140,7 @@ export async function recordDispatchAttempt(
     error: row.error ?? null,
     succeeded: row.succeeded,
     duration_ms: row.durationMs,
-    retry_after_seconds: row.retryAfterSeconds ?? null,
+    retry_not_before: row.retryAfterSeconds === undefined ? null : sql<Date>`now() + make_interval(secs => ${row.retryAfterSeconds})`,
   };
   await db
     .insertInto('dispatch_attempts')
@@ -153,14 +158,14 @@ export interface FailedDispatchAttempt {
   attempt: number;
   statusCode: number | null;
   error: string | null;
-  /** What is left of the subscriber's Retry-After since the attempt was recorded (0: none, or over). */
+  /** Whole seconds left of the subscriber's Retry-After (0: none, or over). */
   waitSeconds: number;
 }
 
 /**
  * The latest failed attempt of a pair none of whose attempts succeeded, if any (undefined: no
  * attempt recorded, or one succeeded). The wait is reckoned on the database's clock, which wrote
- * attempted_at.
+ * retry_not_before.
  */
 export async function failedDispatchAttempt(db: Executor, subscriberId: string, eventId: string): Promise<FailedDispatchAttempt | undefined> {
   const rows = await db
@@ -170,7 +175,7 @@ export async function failedDispatchAttempt(db: Executor, subscriberId: string, 
       'succeeded',
       'status_code as statusCode',
       'error',
-      sql<number>`greatest(0, ceil(extract(epoch from ${eb.ref('attempted_at')} + make_interval(secs => coalesce(${eb.ref('retry_after_seconds')}, 0)) - now())))::integer`.as('waitSeconds'),
+      sql<number>`coalesce(greatest(0, ceil(extract(epoch from ${eb.ref('retry_not_before')} - now())))::integer, 0)`.as('waitSeconds'),
     ])
     .where('subscriber_id', '=', subscriberId)
     .where('event_id', '=', eventId)
