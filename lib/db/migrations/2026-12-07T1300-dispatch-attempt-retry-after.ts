@@ -9,11 +9,20 @@ import { type Kysely, sql } from 'kysely';
  * createFirstAttempts). An absolute time, so that an attempt written again (another execution's
  * send of it) is reckoned from its latest answer, not from the row's first write (attempted_at).
  * Nullable, no default: adding it rewrites nothing.
+ *
+ * Every pending migration runs in one transaction (lib/db/migrate.ts) while the previous release's
+ * pods still read and write dispatch_attempts (every attempt's write, the API's attempt list).
+ * Adding a column takes an ACCESS EXCLUSIVE lock: behind an old pod's open transaction it would
+ * wait, and queue every reader and writer of the table behind it, for as long as that transaction
+ * lasts. Under a lock timeout the migration fails instead (and the deploy retries it), holding the
+ * table at most that long.
  */
 export async function up(db: Kysely<any>): Promise<void> {
+  await sql`set local lock_timeout = '5s'`.execute(db);
   await sql`alter table dispatch_attempts add column retry_not_before timestamptz`.execute(db);
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
+  await sql`set local lock_timeout = '5s'`.execute(db);
   await sql`alter table dispatch_attempts drop column retry_not_before`.execute(db);
 }
