@@ -263,27 +263,29 @@ export function createFirstAttempts(deps: DispatchActivityDeps) {
    * FIRST_ATTEMPTS_MIN_LEFT_MS (a slow recording: lock or pool waits), no pair is attempted here:
    * each comes back not admitted, and the run makes it at once as a regular activity, still
    * attempt 1, rather than let a subscriber's 10 s time the whole local activity out (which would
-   * throw every outcome away and redo the recording and the attempts). Otherwise each request may
+   * throw every outcome away and redo the recording and the attempts); but a repeat's pair with a
+   * recorded failure comes back as that failure then too. Otherwise each request may
    * take at most what is left less FIRST_ATTEMPTS_MARGIN_MS (for recording the attempt), and 10 s.
    */
   return (pairs: readonly { dispatch: Dispatch; known?: DispatchTarget }[], leftMs = Number.POSITIVE_INFINITY): Promise<FirstAttempt[]> => {
-    if (leftMs < FIRST_ATTEMPTS_MIN_LEFT_MS) {
-      logger.info({ pairs: pairs.length, leftMs: Math.round(leftMs) }, 'first attempts not made inline: the recording left too little of its local activity\'s time');
-      const failed = { type: INLINE_NOT_ADMITTED, message: `not attempted inline: the recording left ${Math.round(leftMs)} ms of its local activity's time` };
-      return Promise.resolve(pairs.map(() => ({ failed })));
-    }
+    const inline = leftMs >= FIRST_ATTEMPTS_MIN_LEFT_MS;
+    const notInline = { type: INLINE_NOT_ADMITTED, message: `not attempted inline: the recording left ${Math.round(leftMs)} ms of its local activity's time` };
+    if (!inline) logger.info({ pairs: pairs.length, leftMs: Math.round(leftMs) }, 'first attempts not made inline: the recording left too little of its local activity\'s time');
     const timeoutMs = Math.min(REQUEST_TIMEOUT_MS, leftMs - FIRST_ATTEMPTS_MARGIN_MS);
     const attempt = async ({ dispatch, known }: { dispatch: Dispatch; known?: DispatchTarget }): Promise<FirstAttempt> => {
       // A repeat (the local activity executed again after its attempts were recorded: it timed
       // out, its worker died, a redelivery): a pair whose attempt failed is not sent again at once,
       // it goes on as a failed first attempt does, after its backoff or what is left of its
-      // Retry-After, as attempt 2. A pair never attempted, or whose attempt was lost before it
-      // was recorded, is attempted (an acknowledged one is skipped by attemptDispatch's read).
+      // Retry-After, as attempt 2, also when too little time is left to attempt pairs inline (as
+      // not admitted, the run would send it at once as attempt 1). A pair never attempted, or
+      // whose attempt was lost before it was recorded, is attempted, or with too little time left
+      // comes back not admitted (an acknowledged one is skipped by attemptDispatch's read).
       const failed = known ? undefined : await failedDispatchAttempt(deps.db, dispatch.subscriberId, dispatch.eventId);
       if (failed) {
         logger.info({ eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, attempt: failed.attempt, waitSeconds: failed.waitSeconds }, 'first attempt already made and failed: not sent again inline');
         return { failed: recordedFailure(dispatch.subscriberId, failed) };
       }
+      if (!inline) return { failed: notInline };
       return attemptDispatch(deps, { eventId: dispatch.eventId, subscriberId: dispatch.subscriberId, askAdmission: true }, 1, known, timeoutMs);
     };
     return Promise.all(pairs.map((pair) => attempt(pair).catch((error: unknown) => ({ failed: failureOf(error) }))));

@@ -9,7 +9,7 @@ import { failedDispatchAttempt, recordDispatchAttempt } from '../../lib/db/repos
 import { createLogger } from '../../lib/logger.ts';
 import type { EventInput } from '../../workflows/contract.ts';
 import type { FakeSubscriber } from '../fakes/subscriber.ts';
-import { subscribedRepository, type SubscribedRepository } from '../support/events.ts';
+import { subscribe, subscribedRepository, type SubscribedRepository } from '../support/events.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
 import { testOutbound } from '../support/outbound.ts';
 
@@ -150,6 +150,29 @@ describe('recordEventAndDispatch', () => {
     // Written again without a Retry-After: no wait is left of the earlier answer's.
     await recordDispatchAttempt(h.db, { ...dispatch, attempt: 1, succeeded: false, statusCode: 503, error: 'answered 503', durationMs: 5 });
     expect(await failedDispatchAttempt(h.db, dispatch.subscriberId, dispatch.eventId)).toEqual({ attempt: 1, statusCode: 503, error: 'answered 503', waitSeconds: 0 });
+  });
+
+  it('a repeat left too little time for inline attempts still answers a recorded failure as that failure, so the run does not send it at once as attempt 1', async () => {
+    const o = await createOrgWithToken(h);
+    const acknowledging = await subscribedRepository(h, o, subscribers);
+    const refusing = await subscribe(h, o, subscribers);
+    refusing.subscriber.server.failNext('deliver', 1, { status: 429, headers: { 'retry-after': '120' }, text: 'slow down' });
+    const input = pushInput(acknowledging);
+    const workflowId = `event:gitlab:${acknowledging.connectionId}:${input.deliveryId}`;
+    await localAttempt(workflowId, 1).run(activities.recordEventAndDispatch, input);
+    // The repeat's recording was slow (the database that timed the first execution out): under 12 s left.
+    const again = (await localAttempt(workflowId, 2, 11_000).run(activities.recordEventAndDispatch, input)) as unknown as {
+      dispatches: { subscriberId: string }[];
+      firstAttempts: { failed: { type: string; details?: { status: number; retryAfterSeconds?: number } } }[];
+    };
+    const answerOf = (subscriberId: string) => again.firstAttempts[again.dispatches.findIndex((d) => d.subscriberId === subscriberId)]!;
+    // workflows/event.ts makes a not-admitted pair at once as attempt 1 (the acknowledged one is then skipped), a refused one as attempt 2 after its wait.
+    expect(answerOf(acknowledging.subscriberId)).toMatchObject({ failed: { type: 'InlineNotAdmitted' } });
+    const refused = answerOf(refusing.subscriberId);
+    expect(refused).toMatchObject({ failed: { type: 'SubscriberRejected', details: { status: 429 } } });
+    expect(refused.failed.details!.retryAfterSeconds).toBeGreaterThan(100);
+    expect(refused.failed.details!.retryAfterSeconds).toBeLessThanOrEqual(120);
+    expect([acknowledging, refusing].map((s) => s.subscriber.server.calls.filter((c) => c.operation === 'deliver').length)).toEqual([1, 1]);
   });
 
   it('sends a first attempt only after the recording committed: the subscriber can read the event from another connection', async () => {
