@@ -19,7 +19,7 @@ import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
 import { ACTIVITY_NOT_ADMITTED, admitActivity, holdingAdmission } from './activity-admission.ts';
-import { activityCancellation, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
+import { activityCancellations, excerpt, OutboundRefusedError, ResponseTooLargeError, type Outbound } from './outbound.ts';
 import { parseRetryAfter } from './providers/port.ts';
 import type { Dispatch } from './events.ts';
 import { permanentSetupFailure } from './errors.ts';
@@ -433,7 +433,7 @@ export function createDispatchActivities(deps: DispatchActivityDeps) {
     async drainDispatches({ runKey, deadlineAt, askAdmission }: DrainInput): Promise<DrainResult> {
       const deadline = Date.parse(deadlineAt);
       const started = Date.now();
-      const cancelled = activityCancellation();
+      const cancellations = activityCancellations();
       let attempted = 0;
       let moreDue = false;
       const subscribers = new Map<string, SubscriberForDispatch | null>();
@@ -452,7 +452,7 @@ export function createDispatchActivities(deps: DispatchActivityDeps) {
         // nothing and asks nothing, so a refused run can still give its pairs up.
         const organizations = askAdmission && activitySlots ? admittedOrganizations(activitySlots, await pendingDispatchOrganizations(db, runKey)) : undefined;
         for (;;) {
-          cancelled?.throwIfAborted();
+          for (const signal of cancellations) signal.throwIfAborted();
           const now = Date.now();
           if (now >= deadline) break;
           if (now - started >= DRAIN_BUDGET_MS) {

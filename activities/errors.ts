@@ -2,7 +2,7 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
 import { HostLookupTimeoutError } from '../lib/dns.ts';
 import { redactSecrets } from '../lib/secret-redaction.ts';
-import { activityCancellation, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
+import { activityCancellations, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
@@ -103,8 +103,7 @@ function causeOfType<T extends Error>(error: unknown, type: new (...args: never[
  * CancelledFailure behind the error however a client library wrapped it. Not the provider's doing.
  */
 function cutByWorkerShutdown(error: unknown): boolean {
-  const signal = activityCancellation();
-  const reasons = [signal?.aborted ? signal.reason : undefined, causeOfType(error, CancelledFailure)];
+  const reasons = [...activityCancellations().filter((signal) => signal.aborted).map((signal): unknown => signal.reason), causeOfType(error, CancelledFailure)];
   return activityContext()?.cancellationDetails?.workerShutdown === true || reasons.some((reason) => reason instanceof CancelledFailure && reason.message === WORKER_SHUTDOWN);
 }
 

@@ -103,11 +103,29 @@ export function stopLocalActivities(): void {
   localActivitiesStop.abort(new CancelledFailure(WORKER_SHUTDOWN));
 }
 
-/** The running activity's cancellation (for a local activity, also its worker's stop), or undefined outside an activity. */
-export function activityCancellation(): AbortSignal | undefined {
+/**
+ * The running activity's cancellation: its cancellationSignal and, for a local activity, its
+ * worker's stop; none outside an activity. Kept apart, each call listening to them and removing its
+ * listeners when done: an AbortSignal.any over the process-wide stop signal per call left an entry
+ * on that signal for ever (Node 20: ~55 bytes a call, 47 MiB after 900,000 calls).
+ */
+export function activityCancellations(): AbortSignal[] {
   const ctx = activityContext();
-  if (!ctx) return undefined;
-  return ctx.info.isLocal ? AbortSignal.any([ctx.cancellationSignal, localActivitiesStop.signal]) : ctx.cancellationSignal;
+  if (!ctx) return [];
+  return ctx.info.isLocal ? [ctx.cancellationSignal, localActivitiesStop.signal] : [ctx.cancellationSignal];
+}
+
+/** Calls `onAbort` with the reason when any of `signals` aborts; the returned function removes the listeners. */
+function onAnyAbort(signals: readonly AbortSignal[], onAbort: (reason: unknown) => void): () => void {
+  const listener = (event: Event) => {
+    remove();
+    onAbort((event.target as AbortSignal).reason);
+  };
+  const remove = () => {
+    for (const signal of signals) signal.removeEventListener('abort', listener);
+  };
+  for (const signal of signals) signal.addEventListener('abort', listener, { once: true });
+  return remove;
 }
 
 /** Each running activity's last heartbeated progress: a wait repeats it rather than heartbeat without it. */
@@ -127,30 +145,30 @@ export function heartbeatProgress(details: unknown): void {
 export function cancellableSleep(ms: number): Promise<void> {
   const ctx = activityContext();
   if (ctx && lastProgress.has(ctx)) ctx.heartbeat(lastProgress.get(ctx));
-  const signal = activityCancellation();
+  const signals = activityCancellations();
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
+    const aborted = signals.find((signal) => signal.aborted);
+    if (aborted) return reject(aborted.reason);
     const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
+      removeListeners();
       resolve();
     }, ms);
-    const onAbort = () => {
+    const removeListeners = onAnyAbort(signals, (reason) => {
       clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
+      reject(reason);
+    });
   });
 }
 
 /** `promise`, or its rejection when the activity is cancelled first (for SDK calls that take no signal). */
 export function unlessCancelled<T>(promise: Promise<T>): Promise<T> {
-  const signal = activityCancellation();
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
+  const signals = activityCancellations();
+  if (signals.length === 0) return promise;
+  const aborted = signals.find((signal) => signal.aborted);
+  if (aborted) return Promise.reject(aborted.reason);
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    const removeListeners = onAnyAbort(signals, reject);
+    promise.then(resolve, reject).finally(removeListeners);
   });
 }
 
@@ -312,7 +330,7 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   async function guardedFetch(input: string | URL, init: OutboundInit): Promise<Response> {
     const method = (init.method ?? 'GET').toUpperCase();
     // The deadline spans redirects and the caller's read of the body: it ends when the last answer closes.
-    const deadline = callDeadline(init.timeoutMs ?? DEFAULT_TIMEOUT_MS, [init.signal, activityCancellation()]);
+    const deadline = callDeadline(init.timeoutMs ?? DEFAULT_TIMEOUT_MS, [init.signal, ...activityCancellations()]);
     try {
       const origin = new URL(input).origin;
       let url = new URL(input);

@@ -1,5 +1,5 @@
 import type http from 'node:http';
-import { activityCancellation, callDeadline, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
+import { activityCancellations, callDeadline, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
 interface RequestInfo {
@@ -75,7 +75,7 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
 }
 
 function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, timeoutMs: number): Promise<SdkResponse> {
-  const deadline = callDeadline(timeoutMs, [activityCancellation()]);
+  const deadline = callDeadline(timeoutMs, activityCancellations());
   if (deadline.signal.aborted) return Promise.reject(deadline.signal.reason);
   let request: http.ClientRequest | undefined;
   let message: http.IncomingMessage | undefined;
