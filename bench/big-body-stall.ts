@@ -22,7 +22,7 @@ import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credenti
 import type { Provider } from '../lib/domain.ts';
 import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary } from './measure.ts';
-import { callApi, startBenchStack, type BenchStack } from './stack.ts';
+import { callApi, seedAttachedRepository, startBenchStack, type BenchStack } from './stack.ts';
 import { threadCpuSeconds } from './worker-usage.ts';
 
 const MAX_BODY_BYTES = 25 * 1024 * 1024;
@@ -50,12 +50,7 @@ async function seedTenant(stack: BenchStack, provider: Provider, name: string): 
   const { secret } = await ensureWebhookCredential(stack.db, stack.keys, { id: connection.id, provider });
   const externalId = String(1_000_000 + Math.floor(Math.random() * 1_000_000));
   const fullName = provider === 'bitbucket' ? `${name.toUpperCase()}/repo` : `${name}/repo`;
-  const { id } = await stack.db
-    .insertInto('repositories')
-    .values({ organization_id: org.id, connection_id: connection.id, provider, external_id: externalId, full_name: fullName })
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  await stack.db.insertInto('attachments').values({ organization_id: org.id, repository_id: id, status: 'attached' }).execute();
+  await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
   return { connectionId: connection.id, secret, externalId, fullName };
 }
 

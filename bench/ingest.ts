@@ -27,7 +27,7 @@ import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, recei
 import { latencySummary, runConcurrently, runPaced, waitUntil, type LoadResult } from './measure.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
 import type { CpuGroups } from './cpu-groups.ts';
-import { callApi, reniceThreads, startService, stopService, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
+import { callApi, reniceThreads, seedAttachedRepository, startService, stopService, type BenchStack, type CpuSeconds, type StackVariant } from './stack.ts';
 import { ackBreakdown, floorSummary, recordStalls, wallClockMs, type SendTimes } from './ack-breakdown.ts';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -124,12 +124,7 @@ export async function seed(stack: BenchStack, options: Pick<IngestOptions, 'repo
     for (let i = 0; i < options.repositoriesPerProvider; i++) {
       const externalId = provider === 'azure-devops' ? randomUUID() : String(1_000_000 + i);
       const fullName = provider === 'azure-devops' ? `Bench/repo-${i}` : provider === 'bitbucket' ? `BENCH/repo-${i}` : `bench/repo-${i}`;
-      const { id } = await stack.db
-        .insertInto('repositories')
-        .values({ organization_id: org.id, connection_id: connection.id, provider, external_id: externalId, full_name: fullName })
-        .returning('id')
-        .executeTakeFirstOrThrow();
-      await stack.db.insertInto('attachments').values({ organization_id: org.id, repository_id: id, status: 'attached' }).execute();
+      const id = await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
       repos[provider].push({ organizationId: org.id, repositoryId: id, externalId, fullName, hook });
     }
   }

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { sql } from 'kysely';
 import type { EncryptionKeys } from '../lib/crypto.ts';
+import type { Provider } from '../lib/domain.ts';
 import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS, parseConfig, type WorkerSizing } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
@@ -350,6 +351,20 @@ function peakRssMiB(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1]);
   return Math.round((kib / 1024) * 10) / 10;
+}
+
+/** A repository row in the benchmark's database, attached (as an attach leaves it): its id. */
+export async function seedAttachedRepository(
+  stack: Pick<BenchStack, 'db'>,
+  row: { organizationId: string; connectionId: string; provider: Provider; externalId: string; fullName: string },
+): Promise<string> {
+  const { id } = await stack.db
+    .insertInto('repositories')
+    .values({ organization_id: row.organizationId, connection_id: row.connectionId, provider: row.provider, external_id: row.externalId, full_name: row.fullName })
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  await stack.db.insertInto('attachments').values({ organization_id: row.organizationId, repository_id: id, status: 'attached' }).execute();
+  return id;
 }
 
 /** A JSON call to the bench stack's API with a bearer token; a non-2xx answer throws with its body. */
