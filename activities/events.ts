@@ -34,6 +34,8 @@ export interface EventActivityDeps {
   deliveryDeadlineSeconds: number;
   /** The dispatcher's first attempts (activities/dispatch.ts), for recordEventAndDispatch. */
   firstAttempts?: FirstAttempts;
+  /** Providers whose deliveries without a connection (legacy hooks) are recorded: those the receivers accept them for (lib/config.ts legacyHookWindow). */
+  legacyHookProviders?: readonly Provider[];
 }
 
 export const DEFAULT_DELIVERY_DEADLINE_SECONDS = 24 * 60 * 60;
@@ -108,7 +110,7 @@ const DAY_MS = 24 * 60 * 60 * 1000;
  */
 export const REDELIVERY_WINDOW_DAYS: Record<Provider, number> = { github: 7, gitlab: 7, bitbucket: 3, 'azure-devops': 3 };
 
-export function createEventActivities({ db, logger, deliveryDeadlineSeconds, firstAttempts }: EventActivityDeps) {
+export function createEventActivities({ db, logger, deliveryDeadlineSeconds, firstAttempts, legacyHookProviders = [] }: EventActivityDeps) {
   /**
    * The recording (see recordEvent). With `firstAttempts`, the subscribers are read with their
    * sealed secrets and, when the pairs go inline, the rows this call inserted come back with their
@@ -116,6 +118,17 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
    */
   async function record(input: EventInput, { forFirstAttempts }: { forFirstAttempts: boolean }) {
     const { provider, deliveryId, connectionId, bodyDigest } = input;
+    // The run's queue is keyed by its workflow id (every run of the delivery's id shares it).
+    const runKey = Context.current().info.workflowExecution?.workflowId ?? `${provider}:${connectionId ?? ''}:${deliveryId}`;
+    type Recorded = { recorded: RecordedEvent[]; dispatches: Dispatch[]; subscribers: Map<string, DispatchTarget['subscriber']> } | { recorded: number; queued: number };
+    // A legacy hook's delivery (no connection, the global secret) stored by an older pod during a
+    // rolling upgrade, while the window was open, or held through a Temporal outage is acted on only
+    // while the window is open for its provider: the receivers would refuse it now, so no tenant
+    // holding the global secret gets an event into another organization through an old row.
+    if (!connectionId && provider !== 'github' && !legacyHookProviders.includes(provider)) {
+      logger.warn({ provider, deliveryId }, "a legacy hook's delivery (no connection) with webhooks.acceptLegacyHooks off for its provider: not recorded");
+      return { result: { recorded: [], dispatches: [], subscribers: new Map() } as Recorded, runKey, receivedAt: new Date(input.receivedAt) };
+    }
     // A run started before the intake table carries its events in its input.
     const delivery = input.events ? { ...input, events: input.events } : await loadDelivery(db, { provider, deliveryId, connectionId });
     if (!delivery) {
@@ -123,9 +136,6 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
     }
     const { events, instanceUrl, installationId } = delivery;
     const receivedAt = new Date(input.receivedAt);
-    // The run's queue is keyed by its workflow id (every run of the delivery's id shares it).
-    const runKey = Context.current().info.workflowExecution?.workflowId ?? `${provider}:${connectionId ?? ''}:${deliveryId}`;
-    type Recorded = { recorded: RecordedEvent[]; dispatches: Dispatch[]; subscribers: Map<string, DispatchTarget['subscriber']> } | { recorded: number; queued: number };
     const result = await db.transaction().execute(async (trx): Promise<Recorded> => {
       if (connectionId && bodyDigest) {
         const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);

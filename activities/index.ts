@@ -1,6 +1,7 @@
-import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
+import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWorker, legacyHookWindow, LISTING_CONCURRENCY_DEFAULTS, WORKER_SIZING_DEFAULTS, type Config } from '../lib/config.ts';
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
+import type { Provider } from '../lib/domain.ts';
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { WorkerMetrics } from '../lib/metrics.ts';
@@ -48,6 +49,8 @@ export interface ActivitySettings {
   /** worker.activityCallsPerWorker / activityCallsPerOrganization (resolved): tenant-facing activities at once. */
   activityCallsPerWorker?: number;
   activityCallsPerOrganization?: number;
+  /** Providers whose legacy hooks' deliveries (no connection) are recorded: webhooks.acceptLegacyHooks with their global secret (lib/config.ts legacyHookWindow); none by default. */
+  legacyHookProviders?: Provider[];
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {
@@ -63,6 +66,7 @@ export function settingsFromConfig(config: Config): ActivitySettings {
     inlineCallsPerOrganization: config.worker.inlineCallsPerOrganization,
     activityCallsPerWorker: activityCallsPerWorker(config.worker),
     activityCallsPerOrganization: activityCallsPerOrganization(config.worker),
+    legacyHookProviders: legacyHookWindow(config).open,
   };
 }
 
@@ -86,6 +90,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createEventActivities({
       ...deps,
       deliveryDeadlineSeconds: deps.settings.subscriberDeliveryDeadlineSeconds ?? DEFAULT_DELIVERY_DEADLINE_SECONDS,
+      legacyHookProviders: deps.settings.legacyHookProviders ?? [],
       // The same admissions as dispatchEvent's: a first attempt inside the recording asks the inline one.
       firstAttempts: createFirstAttempts({ ...deps, inline, activitySlots }),
     }),

@@ -4,7 +4,7 @@ import { setTimeout } from 'node:timers/promises';
 import { serve } from '@hono/node-server';
 import { Client, Connection } from '@temporalio/client';
 import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
-import { type Config, loadConfig } from '../lib/config.ts';
+import { legacyHookWindow, type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
@@ -43,7 +43,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   let draining = false;
   const deps = apiDeps(config, { db, temporal, logger, tracing: tracing.enabled, draining: () => draining, ...(ackTrace ? { ackTrace } : {}), ...(options.temporalUiUrl ? { temporalUiUrl: options.temporalUiUrl } : {}) });
   const { metrics } = deps;
-  await noticeLegacyHooks(deps);
+  await noticeLegacyHooks({ db, logger, window: legacyHookWindow(config) });
   const ownMetricsPort = metrics !== undefined && config.metrics.api.port !== undefined;
   const app = createApp(deps);
   // Starts the event runs of the deliveries the receivers store (several API replicas share the

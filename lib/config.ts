@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { LOG_LEVELS } from './logger.ts';
 import { DNS_TIMEOUT_SECONDS_DEFAULT } from './dns.ts';
 import { isNetwork } from './url.ts';
+import type { Provider } from './domain.ts';
 
 /** A secret forgelink checks deliveries or requests against: long enough not to be guessed. */
 const secret = z.string().min(24, 'must be at least 24 characters');
@@ -365,29 +366,56 @@ export const configSchema = z
     if (url.protocol === 'http:' && !isLoopbackHost(url.hostname) && !config.security.allowHttpHosts.includes(url.hostname)) {
       ctx.addIssue({ code: 'custom', path: ['publicUrl'], message: 'must be https (hooks would send their credentials in clear); plain http only for loopback or a host in security.allowHttpHosts' });
     }
-    // The legacy keys and the window go together, so that no upgrade starts or stops accepting legacy
-    // hooks' deliveries unless the operator says so: keys without the window would be refused silently.
-    const { gitlab, bitbucket, azureDevOps } = config.gitProviders;
-    const set = (provider: string, enabled: boolean, keys: Record<string, string | undefined>) => (enabled ? Object.entries(keys).filter(([, v]) => Boolean(v)).map(([k]) => `${provider}.${k}`) : []);
-    const legacyKeys = [
-      ...set('gitlab', gitlab.enabled, { webhookSecret: gitlab.webhookSecret, previousWebhookSecret: gitlab.previousWebhookSecret }),
-      ...set('bitbucket', bitbucket.enabled, { webhookSecret: bitbucket.webhookSecret, previousWebhookSecret: bitbucket.previousWebhookSecret }),
-      ...set('azureDevOps', azureDevOps.enabled, { webhookBasicAuthPass: azureDevOps.webhookBasicAuthPass, previousWebhookBasicAuthPass: azureDevOps.previousWebhookBasicAuthPass }),
-    ];
-    if (legacyKeys.length > 0 && !config.webhooks.acceptLegacyHooks) {
-      for (const key of legacyKeys) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['gitProviders', ...key.split('.')],
-          message:
-            'is a global legacy-hook secret, accepted only while webhooks.acceptLegacyHooks is true (a migration window: every tenant that ran its own server with a legacy hook can sign with it for any organization); set that until no legacy hook is left, or remove the key (README: Legacy hooks)',
-        });
-      }
-    }
-    if (config.webhooks.acceptLegacyHooks && legacyKeys.length === 0) {
-      ctx.addIssue({ code: 'custom', path: ['webhooks', 'acceptLegacyHooks'], message: 'needs the legacy hooks\' global secret of an enabled provider (gitProviders.gitlab.webhookSecret, bitbucket.webhookSecret, azureDevOps.webhookBasicAuth*)' });
+    // The window without a global secret it could verify with would accept nothing: refused, so that
+    // turning it on says what it does. The keys without the window do not stop the process (an
+    // existing deployment may set them; the contract has them optional): they are unused, and the
+    // start-up notice (api/legacy-hooks.ts) names them.
+    if (config.webhooks.acceptLegacyHooks && legacyHookKeys(config).usable.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['webhooks', 'acceptLegacyHooks'],
+        message: "needs the legacy hooks' global secret of an enabled provider (gitProviders.gitlab.webhookSecret, bitbucket.webhookSecret, azureDevOps.webhookBasicAuthUser with webhookBasicAuthPass)",
+      });
     }
   });
+
+/**
+ * The legacy hooks' global keys set for enabled providers (`gitlab.webhookSecret`, ...), and the
+ * providers whose legacy deliveries they can verify: Azure DevOps' passwords only with
+ * webhookBasicAuthUser (a delivery carries both).
+ */
+export function legacyHookKeys(config: Pick<Config, 'gitProviders'>): { keys: string[]; usable: Exclude<Provider, 'github'>[] } {
+  const { gitlab, bitbucket, azureDevOps } = config.gitProviders;
+  const set = (name: string, enabled: boolean, keys: Record<string, string | undefined>) => (enabled ? Object.entries(keys).filter(([, v]) => Boolean(v)).map(([k]) => `${name}.${k}`) : []);
+  const gitlabKeys = set('gitlab', gitlab.enabled, { webhookSecret: gitlab.webhookSecret, previousWebhookSecret: gitlab.previousWebhookSecret });
+  const bitbucketKeys = set('bitbucket', bitbucket.enabled, { webhookSecret: bitbucket.webhookSecret, previousWebhookSecret: bitbucket.previousWebhookSecret });
+  const azureKeys = set('azureDevOps', azureDevOps.enabled, { webhookBasicAuthPass: azureDevOps.webhookBasicAuthPass, previousWebhookBasicAuthPass: azureDevOps.previousWebhookBasicAuthPass });
+  return {
+    keys: [...gitlabKeys, ...bitbucketKeys, ...azureKeys],
+    usable: [
+      ...(gitlabKeys.length > 0 ? (['gitlab'] as const) : []),
+      ...(bitbucketKeys.length > 0 ? (['bitbucket'] as const) : []),
+      ...(azureKeys.length > 0 && azureDevOps.webhookBasicAuthUser ? (['azure-devops'] as const) : []),
+    ],
+  };
+}
+
+type LegacyProvider = Exclude<Provider, 'github'>;
+
+/** What the config makes of legacy hooks (credential_version null, the global secrets): the API and the worker read the same. */
+export interface LegacyHookWindow {
+  /** Providers whose legacy hooks' deliveries are accepted and recorded: webhooks.acceptLegacyHooks on, with a global secret that can verify them. */
+  open: LegacyProvider[];
+  /** Global keys set (for an enabled provider) that verify nothing: all of them while the window is off. */
+  unusedKeys: string[];
+}
+
+export function legacyHookWindow(config: Pick<Config, 'gitProviders' | 'webhooks'>): LegacyHookWindow {
+  const { keys, usable } = legacyHookKeys(config);
+  if (!config.webhooks.acceptLegacyHooks) return { open: [], unusedKeys: keys.map((k) => `gitProviders.${k}`) };
+  const providerOf = (key: string): LegacyProvider => (key.startsWith('azureDevOps.') ? 'azure-devops' : (key.split('.')[0] as LegacyProvider));
+  return { open: usable, unusedKeys: keys.filter((k) => !usable.includes(providerOf(k))).map((k) => `gitProviders.${k}`) };
+}
 
 function isLoopbackHost(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);

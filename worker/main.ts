@@ -3,9 +3,11 @@ import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
 import { createOutbound, stopLocalActivities, type Outbound } from '../activities/outbound.ts';
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
-import { type Config, loadConfig } from '../lib/config.ts';
+import { type Config, legacyHookWindow, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 import { createDb } from '../lib/db/index.ts';
+// The API's start-up notice: the worker records (or not) the same legacy deliveries, so it says the same.
+import { noticeLegacyHooks } from '../api/legacy-hooks.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
 import { createWorkerMetrics, startMetricsServer, temporalSdkMetrics } from '../lib/metrics.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
@@ -31,6 +33,8 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
   const db = createDb(databaseUrl, { logger });
+  // The recording reads the same window as the receivers: a legacy delivery stored earlier is not recorded while it is off.
+  await noticeLegacyHooks({ db, logger, window: legacyHookWindow(config) });
   const connectOptions = temporalConnectOptions(config.temporal, options.address ?? config.temporal.address ?? '127.0.0.1:7233');
   const connection = await connectWithRetry(`worker connection to ${connectOptions.address}`, () => NativeConnection.connect(connectOptions), logger);
   const clientConnection = await connectWithRetry(`client connection to ${connectOptions.address}`, () => Connection.connect({ ...connectOptions, channelArgs: { ...CLIENT_CHANNEL_ARGS } }), logger);

@@ -151,6 +151,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
           activityCallsPerOrganization: activityCallsPerOrganization(options.sizing),
         }
       : {}),
+    // As settingsFromConfig: the recording takes legacy deliveries (no connection) only during the window.
+    legacyHookProviders: options.acceptLegacyHooks ? ['gitlab', 'bitbucket', 'azure-devops'] : [],
     ...options.settings,
   };
   const outbound = options.outbound ?? testOutbound;

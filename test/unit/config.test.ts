@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { githubAppFromConfig, webhookSecretsFromConfig } from '../../api/main.ts';
-import { ConfigError, EXAMPLE_ENCRYPTION_KEY, loadConfig, MAX_WEBHOOK_BODY_BYTES, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
+import { settingsFromConfig } from '../../activities/index.ts';
+import { type Config, ConfigError, legacyHookWindow, EXAMPLE_ENCRYPTION_KEY, loadConfig, MAX_WEBHOOK_BODY_BYTES, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
 const minimal = { publicUrl: 'https://forgelink.example.com', auth: { adminToken: 'a'.repeat(32) }, encryption: { key: KEY } };
@@ -154,7 +155,7 @@ describe('config', () => {
     expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: 'x'.repeat(24) } }, webhooks: { acceptLegacyHooks: true } }).gitProviders.gitlab.webhookSecret).toHaveLength(24);
   });
 
-  it("accepts the legacy hooks' global secrets only with webhooks.acceptLegacyHooks, off by default, and that only with a secret to accept", () => {
+  it("accepts the legacy hooks' global secrets only with webhooks.acceptLegacyHooks, off by default; keys without it are unused, never a reason not to start", () => {
     const secret = 's'.repeat(32);
     const legacyKeys = {
       gitlab: { enabled: true, webhookSecret: secret },
@@ -162,17 +163,45 @@ describe('config', () => {
       azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: secret },
     };
     expect(parseConfig(minimal).webhooks.acceptLegacyHooks).toBe(false);
-    expect(webhookSecretsFromConfig(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true }, azureDevOps: { enabled: true } } }))).toMatchObject({ gitlab: [], bitbucket: [], azureDevOps: undefined });
-    // An upgrade whose config still holds them stops, naming each, instead of refusing legacy deliveries unannounced.
-    const message = errorOf(() => parseConfig({ ...minimal, gitProviders: legacyKeys }));
-    for (const key of ['gitlab.webhookSecret', 'bitbucket.previousWebhookSecret', 'azureDevOps.webhookBasicAuthPass']) {
-      expect(message).toContain(`gitProviders.${key}: is a global legacy-hook secret, accepted only while webhooks.acceptLegacyHooks is true`);
-    }
+    // An existing deployment's config still holding them starts (the contract has them optional); the receivers get none.
+    const closed = parseConfig({ ...minimal, gitProviders: legacyKeys });
+    expect(webhookSecretsFromConfig(closed)).toMatchObject({ gitlab: [], bitbucket: [], azureDevOps: undefined });
+    expect(legacyHookWindow(closed)).toEqual({ open: [], unusedKeys: ['gitProviders.gitlab.webhookSecret', 'gitProviders.bitbucket.previousWebhookSecret', 'gitProviders.azureDevOps.webhookBasicAuthPass'] });
+    expect(settingsFromConfig(closed).legacyHookProviders).toEqual([]);
     // A disabled provider's keys are out of use either way.
-    expect(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: false, webhookSecret: secret } } }).webhooks.acceptLegacyHooks).toBe(false);
+    expect(legacyHookWindow(parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: false, webhookSecret: secret } } }))).toEqual({ open: [], unusedKeys: [] });
     expect(errorOf(() => parseConfig({ ...minimal, webhooks: { acceptLegacyHooks: true } }))).toMatch(/webhooks\.acceptLegacyHooks: needs the legacy hooks' global secret of an enabled provider/);
-    const window = webhookSecretsFromConfig(parseConfig({ ...minimal, gitProviders: legacyKeys, webhooks: { acceptLegacyHooks: true } }));
-    expect(window).toMatchObject({ gitlab: [secret], bitbucket: [secret], azureDevOps: { user: 'forgelink', passwords: [secret] } });
+    const open = parseConfig({ ...minimal, gitProviders: legacyKeys, webhooks: { acceptLegacyHooks: true } });
+    expect(webhookSecretsFromConfig(open)).toMatchObject({ gitlab: [secret], bitbucket: [secret], azureDevOps: { user: 'forgelink', passwords: [secret] } });
+    expect(legacyHookWindow(open)).toEqual({ open: ['gitlab', 'bitbucket', 'azure-devops'], unusedKeys: [] });
+    expect(settingsFromConfig(open).legacyHookProviders).toEqual(['gitlab', 'bitbucket', 'azure-devops']);
+  });
+
+  it('an Azure DevOps password without webhookBasicAuthUser verifies nothing: it does not open the window, and with another provider open it is named unused', () => {
+    const secret = 's'.repeat(32);
+    const previousOnly = { enabled: true, previousWebhookBasicAuthPass: secret };
+    expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { azureDevOps: previousOnly }, webhooks: { acceptLegacyHooks: true } }))).toMatch(/webhooks\.acceptLegacyHooks: needs/);
+    const config = parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: secret }, azureDevOps: previousOnly }, webhooks: { acceptLegacyHooks: true } });
+    expect(legacyHookWindow(config)).toEqual({ open: ['gitlab'], unusedKeys: ['gitProviders.azureDevOps.previousWebhookBasicAuthPass'] });
+    expect(webhookSecretsFromConfig(config).azureDevOps).toBeUndefined();
+  });
+
+  it("webhookSecretsFromConfig hands the receivers the legacy global secrets only with the window on, whatever the config's validation let through", () => {
+    // Built directly, not parsed: only webhookSecretsFromConfig's own gates stand between these keys and the receivers.
+    const secret = 's'.repeat(32);
+    const base = parseConfig(minimal);
+    const withKeys = (acceptLegacyHooks: boolean): Config => ({
+      ...base,
+      gitProviders: {
+        ...base.gitProviders,
+        gitlab: { ...base.gitProviders.gitlab, enabled: true, webhookSecret: secret },
+        bitbucket: { ...base.gitProviders.bitbucket, enabled: true, webhookSecret: secret },
+        azureDevOps: { ...base.gitProviders.azureDevOps, enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: secret },
+      },
+      webhooks: { ...base.webhooks, acceptLegacyHooks },
+    });
+    expect(webhookSecretsFromConfig(withKeys(false))).toMatchObject({ gitlab: [], bitbucket: [], azureDevOps: undefined });
+    expect(webhookSecretsFromConfig(withKeys(true))).toMatchObject({ gitlab: [secret], bitbucket: [secret], azureDevOps: { user: 'forgelink', passwords: [secret] } });
   });
 
   it('refuses a plain http publicUrl unless it is loopback or in security.allowHttpHosts', () => {

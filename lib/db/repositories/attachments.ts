@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { AttachmentStatus, HookHealth, Provider } from '../../domain.ts';
 import type { Database, Organization } from '../schema.ts';
 import { mayBeOrganizationId } from './organizations.ts';
@@ -209,19 +209,25 @@ export async function forgetHooksExcept(db: Executor, repositoryId: string, keep
 /**
  * Of `providerHookIds`, the legacy hooks (the global secret, made before per-connection hooks, when
  * organizations attaching the same repository shared one hook) that an attachment of the same
- * provider repository in another cache row still records and has not detached. Deleting one would
- * cut that attachment off until the reconcile gives it its own hooks.
+ * provider repository on the same instance (the connections' base URLs, without trailing slashes
+ * and case) in another cache row still records and has not detached. Deleting one would cut that
+ * attachment off until the reconcile gives it its own hooks; a hook of the same id on another
+ * instance is another hook.
  */
 export async function legacyHooksInUseElsewhere(db: Executor, repositoryId: string, providerHookIds: readonly string[]): Promise<string[]> {
   if (providerHookIds.length === 0) return [];
+  const instanceOf = (column: 'c.base_url' | 'oc.base_url') => sql<string>`lower(regexp_replace(${sql.ref(column)}, '/+$', ''))`;
   const rows = await db
     .selectFrom('repositories as r')
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .innerJoin('repositories as other', (join) => join.onRef('other.provider', '=', 'r.provider').onRef('other.external_id', '=', 'r.external_id').onRef('other.id', '<>', 'r.id'))
+    .innerJoin('connections as oc', 'oc.id', 'other.connection_id')
     .innerJoin('attachments as a', 'a.repository_id', 'other.id')
     .innerJoin('hooks as h', 'h.attachment_id', 'a.id')
     .select('h.provider_hook_id')
     .distinct()
     .where('r.id', '=', repositoryId)
+    .where((eb) => eb(instanceOf('oc.base_url'), '=', instanceOf('c.base_url')))
     .where('a.status', '<>', 'detached')
     .where('h.credential_version', 'is', null)
     .where('h.provider_hook_id', 'in', [...providerHookIds])
@@ -229,17 +235,30 @@ export async function legacyHooksInUseElsewhere(db: Executor, repositoryId: stri
   return rows.map((r) => r.provider_hook_id);
 }
 
-/** Attachments (not detached) still holding a legacy hook, by provider: what the legacy-hook migration has left to do. */
-export async function countAttachmentsWithLegacyHooks(db: Executor): Promise<Partial<Record<Provider, number>>> {
+/**
+ * Attachments still holding a legacy hook, by provider: `toMigrate`, the attached ones on active
+ * connections, which the hook-health reconcile visits and moves to their connection's own hooks;
+ * `notReconciled`, the others not detached (an attachment failed or in progress, a connection not
+ * active), which the reconcile does not visit: re-activate or detach them.
+ */
+export async function countAttachmentsWithLegacyHooks(db: Executor): Promise<{ toMigrate: Partial<Record<Provider, number>>; notReconciled: Partial<Record<Provider, number>> }> {
   const rows = await db
     .selectFrom('attachments as a')
     .innerJoin('repositories as r', 'r.id', 'a.repository_id')
-    .select(['r.provider', (eb) => eb.fn.countAll<string>().as('count')])
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
+    .select(['r.provider', 'a.status', 'c.status as connectionStatus', (eb) => eb.fn.countAll<string>().as('count')])
     .where('a.status', '<>', 'detached')
+    .where('r.provider', '<>', 'github')
     .where(({ exists, selectFrom }) => exists(selectFrom('hooks as h').select('h.id').whereRef('h.attachment_id', '=', 'a.id').where('h.credential_version', 'is', null)))
-    .groupBy('r.provider')
+    .groupBy(['r.provider', 'a.status', 'c.status'])
     .execute();
-  return Object.fromEntries(rows.map((r) => [r.provider, Number(r.count)]));
+  const toMigrate: Partial<Record<Provider, number>> = {};
+  const notReconciled: Partial<Record<Provider, number>> = {};
+  for (const row of rows) {
+    const counts = row.status === 'attached' && row.connectionStatus === 'active' ? toMigrate : notReconciled;
+    counts[row.provider] = (counts[row.provider] ?? 0) + Number(row.count);
+  }
+  return { toMigrate, notReconciled };
 }
 
 /** The webhook credential version each recorded hook of the repository carries (null: a legacy hook, the global secret). */
