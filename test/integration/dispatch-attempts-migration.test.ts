@@ -1,8 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import { type Kysely, type Migration, Migrator, sql } from 'kysely';
-import { afterAll, expect, inject, it } from 'vitest';
-import { createDb } from '../../lib/db/index.ts';
+import { afterAll, expect, it } from 'vitest';
 import { migrations } from '../../lib/db/migrations/index.ts';
+import { createOwnDatabase, type OwnDatabase } from '../support/own-database.ts';
 
 const MIGRATION = '2026-12-07T1300-dispatch-attempt-retry-after';
 const names = Object.keys(migrations).sort();
@@ -13,27 +12,15 @@ const GIVE_UP_MS = 20_000;
 /** How long the table's readers may queue behind the migration: its lock timeout and some room. */
 const QUEUED_AT_MOST_MS = 10_000;
 
-const database = `forgelink_attempts_migration_${randomUUID().replaceAll('-', '')}`;
-const admin = createDb(inject('databaseUrl'), { max: 1 }) as unknown as Kysely<any>;
-const dbs: Kysely<any>[] = [];
-afterAll(async () => {
-  await Promise.all(dbs.map((db) => db.destroy()));
-  await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
-  await admin.destroy();
-});
-
-/** A pool of one connection to the test's database (each a pod's, or the deploy's). */
-function connect(): Kysely<any> {
-  const url = new URL(inject('databaseUrl'));
-  url.pathname = `/${database}`;
-  const db = createDb(url.toString(), { max: 1 }) as unknown as Kysely<any>;
-  dbs.push(db);
-  return db;
-}
+let own: OwnDatabase | undefined;
+afterAll(() => own?.drop());
 
 it("fails fast behind an old pod's open transaction on dispatch_attempts, instead of queueing the table's readers and writers behind it, and succeeds when retried", { timeout: 60_000 }, async () => {
-  await sql`create database ${sql.id(database)}`.execute(admin);
-  const deploy = connect();
+  own = await createOwnDatabase('forgelink_attempts_migration', { migrate: false });
+  const database = own;
+  /** A pool of one connection to the test's database (each a pod's, or the deploy's). */
+  const connect = () => database.pool();
+  const deploy = own.db;
   const migrator = new Migrator({ db: deploy, provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations } });
   expect((await migrator.migrateTo(PREVIOUS)).error).toBeUndefined();
 

@@ -7,7 +7,9 @@ import { migrateToLatest } from '../../lib/db/migrate.ts';
 export interface OwnDatabase {
   /** A connection pool to the test's own database. */
   db: Kysely<any>;
-  /** Closes the pool and drops the database (other connections to it are ended). */
+  /** Another pool to it (another pod's, another session's), closed by `drop`. */
+  pool(max?: number): Kysely<any>;
+  /** Closes the pools and drops the database (other connections to it are ended). */
   drop(): Promise<void>;
 }
 
@@ -25,10 +27,16 @@ export async function createOwnDatabase(prefix: string, { max = 1, migrate = tru
   url.pathname = `/${name}`;
   const db = createDb(url.toString(), { max });
   if (migrate) await migrateToLatest(db);
+  const pools: Kysely<any>[] = [db];
   return {
     db,
+    pool(poolMax = 1) {
+      const pool = createDb(url.toString(), { max: poolMax });
+      pools.push(pool);
+      return pool;
+    },
     async drop() {
-      await db.destroy();
+      await Promise.all(pools.map((pool) => pool.destroy()));
       await sql`drop database if exists ${sql.id(name)} with (force)`.execute(server);
       await server.destroy();
     },
