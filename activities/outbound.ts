@@ -185,11 +185,11 @@ export interface CallDeadline {
  * collection during the call, and the call never timed out (nodejs/node#57736, Node 20). The caller
  * calls done() once the answer is read, refused or closed; an answer nobody reads is ended by the timer.
  */
-export function callDeadline(timeoutMs: number, sources: readonly (AbortSignal | null | undefined)[]): CallDeadline {
+export function callDeadline(timeoutMs: number, sources: readonly (AbortSignal | null | undefined)[], what = 'no answer'): CallDeadline {
   const controller = new AbortController();
   const signals = sources.filter((s): s is AbortSignal => s != null);
   const onAbort = (event: Event) => controller.abort((event.target as AbortSignal).reason);
-  const timer = setTimeout(() => controller.abort(new DOMException(`no answer within ${timeoutMs} ms`, 'TimeoutError')), timeoutMs);
+  const timer = setTimeout(() => controller.abort(new DOMException(`${what} within ${timeoutMs} ms`, 'TimeoutError')), timeoutMs);
   // A pending call's socket keeps the process alive; its timer need not.
   timer.unref?.();
   const done = () => {

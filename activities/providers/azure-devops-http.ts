@@ -30,6 +30,17 @@ interface SdkClients {
 }
 
 /**
+ * How long one SDK request may take. Its answer's headers within `answerMs`; then its body may be
+ * silent at most `answerMs` at a time and must be complete within `completeMs` of the request: a
+ * project's repositories come in one unpaged answer (up to the 8 MiB read cap), which a slow
+ * on-premises server may send steadily for longer than a request's usual deadline.
+ */
+export interface SdkCallLimits {
+  answerMs: number;
+  completeMs: number;
+}
+
+/**
  * Makes an azure-devops-node-api client's HTTP clients (typed-rest-client) call out as the worker's
  * other outbound calls do (activities/outbound.ts):
  * - through the guarded keep-alive pool for the organization's protocol, never an agent of their own
@@ -40,18 +51,18 @@ interface SdkClients {
  * - uncompressed: each request asks for identity and an answer in any other encoding is refused
  *   unread, since typed-rest-client gunzips an answer whole with no limit on what it inflates (the
  *   read cap counts the compressed bytes);
- * - within `timeoutMs` for the request and the read of its answer, and ended with the activity's
- *   cancellation: either destroys the socket. The SDK's socketTimeout counts only silence, so a
- *   server sending a byte now and then kept a call open for ever.
+ * - within `limits` (SdkCallLimits), and ended with the activity's cancellation: either destroys the
+ *   socket. The SDK's socketTimeout counts only silence, so a server sending a byte now and then
+ *   kept a call open for ever.
  */
-export function guardSdkClient<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents'], timeoutMs: number): T {
+export function guardSdkClient<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents'], limits: SdkCallLimits): T {
   const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
   const { http: direct, rest } = client as SdkClients;
   for (const httpClient of [direct, rest?.client]) {
     if (!httpClient) continue;
     httpClient._getAgent = () => agent;
     const requestRaw = httpClient.requestRaw.bind(httpClient);
-    httpClient.requestRaw = (info, data) => boundedRequest(info, (bounded) => requestRaw(bounded, data), timeoutMs);
+    httpClient.requestRaw = (info, data) => boundedRequest(info, (bounded) => requestRaw(bounded, data), limits);
   }
   // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
   // cut at the limit or the deadline made a project's repositories an empty list. The read's error
@@ -74,19 +85,26 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
   return client;
 }
 
-function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, timeoutMs: number): Promise<SdkResponse> {
-  const deadline = callDeadline(timeoutMs, activityCancellations());
+function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {
+  const deadline = callDeadline(completeMs, activityCancellations(), 'answer not complete');
   if (deadline.signal.aborted) return Promise.reject(deadline.signal.reason);
   let request: http.ClientRequest | undefined;
   let message: http.IncomingMessage | undefined;
-  deadline.signal.addEventListener(
-    'abort',
-    () => {
-      message?.destroy(deadline.signal.reason);
-      request?.destroy(deadline.signal.reason);
-    },
-    { once: true },
-  );
+  /** What ended the call early: its deadline, its cancellation, or its answer's wait or silence. */
+  let endedBy: unknown;
+  const end = (reason: unknown) => {
+    endedBy ??= reason;
+    message?.destroy(reason as Error);
+    request?.destroy(reason as Error);
+  };
+  deadline.signal.addEventListener('abort', () => end(deadline.signal.reason), { once: true });
+  // Until the answer's headers, then from one piece of its body to the next.
+  const wait = setTimeout(() => end(new DOMException(message ? `answer silent for ${answerMs} ms` : `no answer within ${answerMs} ms`, 'TimeoutError')), answerMs);
+  wait.unref?.();
+  const finish = () => {
+    clearTimeout(wait);
+    deadline.done();
+  };
   const { httpModule } = info;
   const bounded: RequestInfo = {
     ...info,
@@ -95,7 +113,7 @@ function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<
   };
   /** Why the read failed: the deadline or cancellation, the read cap (the read itself sees only "aborted"), or its own error. */
   const cause = (error: unknown) => {
-    if (deadline.signal.aborted) return deadline.signal.reason;
+    if (endedBy !== undefined) return endedBy;
     const cut = message?.socket?.errored;
     return cut instanceof ResponseTooLargeError ? cut : error;
   };
@@ -107,17 +125,27 @@ function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<
       const encoding = String(message.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
       if (encoding !== 'identity') {
         message.destroy();
-        deadline.done();
+        finish();
         throw new OutboundRefusedError(`${info.parsedUrl.origin} answered with Content-Encoding ${encoding}, though asked for none: not decoded`);
       }
-      if (message.closed) deadline.done();
-      else message.once('close', deadline.done);
+      if (message.closed) finish();
+      else {
+        // The socket's reads, not the message's (a data listener would start the body flowing before the SDK reads it).
+        const socket = message.socket;
+        const heard = () => wait.refresh();
+        wait.refresh();
+        socket?.on('data', heard);
+        message.once('close', () => {
+          socket?.off('data', heard);
+          finish();
+        });
+      }
       const readBody = res.readBody.bind(res);
       res.readBody = () => readBody().catch((error: unknown) => Promise.reject(cause(error)));
       return res;
     },
     (error: unknown) => {
-      deadline.done();
+      finish();
       throw cause(error);
     },
   );

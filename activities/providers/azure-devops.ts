@@ -21,6 +21,8 @@ import { guardSdkClient } from './azure-devops-http.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
+/** An SDK read's headers within 30 s, its body silent 30 s at most and complete within 120 s (a project's repositories are one unpaged answer). */
+const SDK_CALL_LIMITS = { answerMs: REQUEST_TIMEOUT_MS, completeMs: 120_000 };
 /**
  * Projects per repository page. Azure DevOps lists a project's repositories unpaged, so a page is a
  * batch of projects: small enough that each page (and its heartbeat) stays quick in large organizations.
@@ -123,7 +125,7 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   const { outbound } = options;
-  const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, REQUEST_TIMEOUT_MS);
+  const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, SDK_CALL_LIMITS);
   // allowRetries stays off: the activity's retry policy decides, honouring Retry-After. A redirect
   // is an answer, never followed: the PAT would go wherever it points.
   const webApi = guarded(

@@ -3,7 +3,9 @@ import net from 'node:net';
 import zlib from 'node:zlib';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RestClient } from 'typed-rest-client/RestClient.js';
 import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
+import { guardSdkClient } from '../../activities/providers/azure-devops-http.ts';
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
@@ -340,7 +342,7 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     expect(sdkCalls.map((c) => c.headers['accept-encoding'])).toEqual(sdkCalls.map(() => 'identity'));
   });
 
-  it('ends a call at 30 s however slowly the server trickles its answer, and closes its connection', async () => {
+  it('ends a call whose answer falls silent for 30 s, and closes its connection', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     // A call's deadline ends with its answer's read.
     expect((await adapter().validate()).ok).toBe(true);
@@ -353,6 +355,44 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     expect(((await outcome) as Error).name).toBe('TimeoutError');
     await server.closed;
   }, 5_000);
+
+  /** A server whose answer's body comes a piece every 50 ms, `pieces` of them (for ever without); `closed` resolves when a request's connection goes. */
+  async function steady(pieces = Number.POSITIVE_INFINITY) {
+    let gone!: () => void;
+    const closed = new Promise<void>((resolve) => (gone = resolve));
+    const listener = await listen('127.0.0.1', (_, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).write('[');
+      let sent = 0;
+      const piece = setInterval(() => {
+        if (++sent < pieces) res.write('"abcdefgh",');
+        else res.end('"z"]');
+      }, 50);
+      res.once('close', () => (clearInterval(piece), gone()));
+    });
+    listeners.push(listener);
+    return { url: listener.url, closed };
+  }
+  /** An SDK read through the guard, with its limits scaled down from 30 s and 120 s. */
+  const sdkRead = (url: string) => {
+    const rest = new RestClient('forgelink-test', undefined, [], { socketTimeout: 60_000, keepAlive: true, allowRedirects: false });
+    guardSdkClient({ rest }, url, testOutbound.agents, { answerMs: 300, completeMs: 1_500 });
+    return rest.get<string[]>(`${url}/x`);
+  };
+
+  it('reads a body that comes steadily for longer than the wait for its headers (a large unpaged listing from a slow server)', async () => {
+    const server = await steady(16);
+    const started = performance.now();
+    const answer = await sdkRead(server.url);
+    expect(performance.now() - started).toBeGreaterThan(600);
+    expect(answer.result).toHaveLength(16);
+  });
+
+  it('ends a call whose steady body is not complete within its total deadline, and closes its connection', async () => {
+    const server = await steady();
+    const error = await failure(sdkRead(server.url));
+    expect(error).toMatchObject({ name: 'TimeoutError', message: 'answer not complete within 1500 ms' });
+    await server.closed;
+  });
 
   it('closes the connection of a call whose activity is cancelled', async () => {
     const server = await stalling();
