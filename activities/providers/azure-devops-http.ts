@@ -48,9 +48,9 @@ export interface SdkCallLimits {
  *   (resource-area URLs the server names included) and the read cap; and connections are shared,
  *   where typed-rest-client would open one per request or keep a pool per client object (several per
  *   adapter, one adapter per activity);
- * - uncompressed: each request asks for identity and an answer in any other encoding is refused
- *   unread, since typed-rest-client gunzips an answer whole with no limit on what it inflates (the
- *   read cap counts the compressed bytes);
+ * - uncompressed: each request asks for identity and a successful answer with a body in any other
+ *   encoding is refused unread, since typed-rest-client gunzips an answer whole with no limit on
+ *   what it inflates (the read cap counts the compressed bytes); another answer's body is dropped;
  * - within `limits` (SdkCallLimits), and ended with the activity's cancellation: either destroys the
  *   socket. The SDK's socketTimeout counts only silence, so a server sending a byte now and then
  *   kept a call open for ever.
@@ -84,6 +84,9 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
   }
   return client;
 }
+
+/** Answers that have no body whatever their headers say. */
+const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
 function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {
   const deadline = callDeadline(completeMs, activityCancellations(), 'answer not complete');
@@ -122,11 +125,20 @@ function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<
       message = res.message;
       // Errors reach whoever reads the answer; one nobody reads, ended at its deadline, must not fail the process.
       message.on('error', () => {});
-      const encoding = String(message.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+      const encoding = String(message.headers['content-encoding'] ?? '').trim().toLowerCase() || 'identity';
       if (encoding !== 'identity') {
         message.destroy();
         finish();
-        throw new OutboundRefusedError(`${info.parsedUrl.origin} answered with Content-Encoding ${encoding}, though asked for none: not decoded`);
+        const status = message.statusCode ?? 0;
+        if (status >= 200 && status < 300 && !NULL_BODY_STATUSES.has(status) && info.options.method !== 'HEAD') {
+          throw new OutboundRefusedError(
+            `${info.parsedUrl.origin} answered with Content-Encoding ${encoding}, though asked for none: not decoded (a proxy in front of the server compresses despite Accept-Encoding: identity; configure it to honour that)`,
+          );
+        }
+        // An error's body (a gateway's 503) or a bodiless answer's is dropped unread: its status and
+        // Retry-After are the answer, so a busy server stays a retryable failure.
+        res.readBody = () => Promise.resolve('');
+        return res;
       }
       if (message.closed) finish();
       else {

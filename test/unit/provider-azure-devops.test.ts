@@ -331,7 +331,9 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     listeners.push(server);
     const error = await failure(on(server.url).validate());
     expect(error).toBeInstanceOf(OutboundRefusedError);
-    expect((error as Error).message).toBe(`${server.url} answered with Content-Encoding gzip, though asked for none: not decoded`);
+    expect((error as Error).message).toBe(
+      `${server.url} answered with Content-Encoding gzip, though asked for none: not decoded (a proxy in front of the server compresses despite Accept-Encoding: identity; configure it to honour that)`,
+    );
     expect(asked).toEqual(['identity']);
     // The fake's answers are identity, as Azure DevOps' are when asked: the adapter works as before.
     expect(fake.server.calls.length).toBe(0);
@@ -373,10 +375,10 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     return { url: listener.url, closed };
   }
   /** An SDK read through the guard, with its limits scaled down from 30 s and 120 s. */
-  const sdkRead = (url: string) => {
+  const sdkRead = (url: string, path = '/x') => {
     const rest = new RestClient('forgelink-test', undefined, [], { socketTimeout: 60_000, keepAlive: true, allowRedirects: false });
     guardSdkClient({ rest }, url, testOutbound.agents, { answerMs: 300, completeMs: 1_500 });
-    return rest.get<string[]>(`${url}/x`);
+    return rest.get<string[]>(`${url}${path}`);
   };
 
   it('reads a body that comes steadily for longer than the wait for its headers (a large unpaged listing from a slow server)', async () => {
@@ -403,6 +405,23 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     expect(await outcome).toBeInstanceOf(Error);
     await server.closed;
   }, 5_000);
+
+  it("drops an error's or a bodiless answer's compressed body, keeping its status and Retry-After; an empty Content-Encoding is identity", async () => {
+    const gzipped = zlib.gzipSync('{"message":"busy"}');
+    const server = await listen('127.0.0.1', (req, res) => {
+      if (req.url === '/empty') res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': '' }).end('["a"]');
+      else if (req.url === '/busy') res.writeHead(503, { 'content-type': 'application/json', 'content-encoding': 'gzip', 'retry-after': '5' }).end(gzipped);
+      else if (req.url === '/none') res.writeHead(204, { 'content-encoding': 'gzip' }).end();
+      else res.writeHead(304, { 'content-encoding': 'gzip' }).end();
+    });
+    listeners.push(server);
+    expect((await sdkRead(server.url, '/empty')).result).toEqual(['a']);
+    const busy = await failure(sdkRead(server.url, '/busy'));
+    expect(busy).not.toBeInstanceOf(OutboundRefusedError);
+    expect(busy).toMatchObject({ statusCode: 503, responseHeaders: { 'retry-after': '5' } });
+    expect(await sdkRead(server.url, '/none')).toMatchObject({ statusCode: 204, result: null });
+    expect(await failure(sdkRead(server.url, '/unchanged'))).toMatchObject({ statusCode: 304 });
+  });
 
   it('never goes through a proxy from the environment: the guarded agent still checks every address', async () => {
     const asked: string[] = [];
