@@ -123,7 +123,7 @@ export function createApp(deps: ApiDeps) {
   // GitHub sends the installing user's browser here: authorized by the signed state, not a bearer token.
   app.route('/api/github', githubSetupRoutes());
   // Providers deliver here: authorized by the delivery's signature / token, not a bearer token.
-  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, maxBodyBytes: deps.webhooks.maxBodyBytes, ...(deps.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: deps.webhooks.unverifiedBodyBytes }), attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, ...(deps.webhooks.threadBodyBytes === undefined ? {} : { threadBodyBytes: deps.webhooks.threadBodyBytes }), ...(deps.webhooks.bodyThreads === undefined ? {} : { bodyThreads: deps.webhooks.bodyThreads }), metrics }));
+  app.route('/api/events-handler/v1/events', webhookRoutes({ db: deps.db, keys: deps.keys, maxBodyBytes: deps.webhooks.maxBodyBytes, ...(deps.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: deps.webhooks.unverifiedBodyBytes }), attachedCacheSeconds: deps.webhooks.attachedCacheSeconds, credentialCacheSeconds: deps.webhooks.credentialCacheSeconds, ...(deps.webhooks.threadBodyBytes === undefined ? {} : { threadBodyBytes: deps.webhooks.threadBodyBytes }), ...(deps.webhooks.bodyThreads === undefined ? {} : { bodyThreads: deps.webhooks.bodyThreads }), ...(deps.webhooks.bodyPool ? { bodyPool: deps.webhooks.bodyPool } : {}), metrics }));
 
   // Every authenticated route takes small JSON: a larger body is refused before it is buffered,
   // parsed or even authenticated (a declared Content-Length from the headers, a chunked one as it counts past).

@@ -1,3 +1,4 @@
+import type { BodyPool } from './webhooks/body-thread.ts';
 import type { Outbound } from '../activities/outbound.ts';
 import type { Client } from '@temporalio/client';
 import type { EncryptionKeys } from '../lib/crypto.ts';
@@ -78,6 +79,8 @@ export interface WebhookSecrets {
   threadBodyBytes?: number;
   /** Threads large bodies are read on. */
   bodyThreads?: number;
+  /** The pool of those threads (the API's composition root makes it, to close it on shutdown); without it the receivers make their own. */
+  bodyPool?: BodyPool;
   /** How long a repository found attached is remembered by the receivers (0: always look it up). */
   attachedCacheSeconds?: number;
   /** How long the receivers keep a connection's opened webhook credentials (default 60; a dropped one stays accepted that long). */

@@ -287,14 +287,22 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
       loopBody = body;
       return readDeliveryBody({ ...job, body, bodyDigest: false, serialize: false }, release);
     }
+    // Only a verified body takes a place on the threads: the signature is checked here, one HMAC
+    // over the bytes per candidate (~2 ms/MiB), so a sender without the credential (a forged body,
+    // another organization's `?c=`) is answered 401 at once and never queues ahead of, or crowds
+    // out, a signed delivery. A Bitbucket body without X-Event-Key that does not match is refused
+    // without reading it for an unsigned ping (Bitbucket's ping carries the header and is small).
+    if (candidates) {
+      if (!verifyDelivery(provider, headers, body, candidates)) return { kind: 'refused', body };
+      release();
+    }
     const owned = ownBuffer(body);
     // One organization's deliveries (GitHub's and legacy hooks': the provider's) share a share of the pool.
     const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
     try {
-      return await caches.bodies.run(key, { ...job, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer], release);
+      return await caches.bodies.run(key, { provider, headers, maxEventsBytes, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
     } catch (error) {
       if (error instanceof PoolBusy) {
-        deps.logger.warn({ provider, connectionId, bytes: body.byteLength, reason: error.message }, 'too many large webhook bodies are being read: answered 503');
         c.header('Retry-After', '1');
         throw new Problem(503, 'Service Unavailable', 'too many large webhook bodies are being read at once; deliver it again');
       }
@@ -434,6 +442,8 @@ export function webhookRoutes(options: {
   threadBodyBytes?: number;
   /** Threads large bodies are read on (default 1). */
   bodyThreads?: number;
+  /** The pool of those threads, made by the caller (who closes it); by default the receivers make one of bodyThreads. */
+  bodyPool?: BodyPool;
   metrics?: ApiMetrics;
 }) {
   const app = new OpenAPIHono<AppEnv>();
@@ -441,7 +451,7 @@ export function webhookRoutes(options: {
     unverified: createUnverifiedBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
-    bodies: createBodyPool(bodyPoolSizes(options.bodyThreads)),
+    bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads)),
     threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);

@@ -1,5 +1,5 @@
 import { getPriority, setPriority } from 'node:os';
-import { isMainThread, workerData } from 'node:worker_threads';
+import { isMainThread, workerData, type Worker } from 'node:worker_threads';
 import { createThreadPool, moduleThread, serveThreadJobs, type ThreadPool } from '../../lib/thread-pool.ts';
 import { readDeliveryBody, type BodyJob, type BodyOutcome } from './delivery-body.ts';
 
@@ -27,8 +27,19 @@ export function bodyPoolSizes(threads = 1): BodyPoolSizes {
   return { threads, maxQueued: 4 * threads, maxPerKey: threads + 1 };
 }
 
-export function createBodyPool(sizes: BodyPoolSizes): BodyPool {
-  return createThreadPool<BodyJob, BodyOutcome>({ ...sizes, spawn: () => moduleThread(import.meta.url, { webhookBodyThread: true }) });
+/** The receivers' pool; `spawn` starts one thread serving serveBodyJobs (this module, unless a test's thread holds jobs on a gate). */
+export function createBodyPool(sizes: BodyPoolSizes, spawn: () => Worker = () => moduleThread(import.meta.url, { webhookBodyThread: true })): BodyPool {
+  return createThreadPool<BodyJob, BodyOutcome>({ ...sizes, spawn });
+}
+
+/** The thread's side: each job is the body's step; `before` runs first (a test's gate). */
+export function serveBodyJobs(before: () => void = () => {}): void {
+  serveThreadJobs<BodyJob, BodyOutcome>((job, progress) => {
+    before();
+    const result = readDeliveryBody(job, progress);
+    // A refused body goes back (the receiver checks the signatures of large bodies before sending them, so only if it sent one unchecked).
+    return { result, ...(result.kind === 'refused' ? { transfer: [result.body.buffer as ArrayBuffer] } : {}) };
+  });
 }
 
 /**
@@ -46,9 +57,5 @@ if (!isMainThread && (workerData as { webhookBodyThread?: boolean } | undefined)
   } catch {
     // Not allowed here (some sandboxes): the thread runs at the process's priority.
   }
-  serveThreadJobs<BodyJob, BodyOutcome>((job, progress) => {
-    const result = readDeliveryBody(job, progress);
-    // A refused body goes back for a check against reloaded credentials.
-    return { result, ...(result.kind === 'refused' ? { transfer: [result.body.buffer as ArrayBuffer] } : {}) };
-  });
+  serveBodyJobs();
 }
