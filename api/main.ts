@@ -15,6 +15,7 @@ import { clientConnectOptions, retryWithinDeadline } from '../lib/temporal/conne
 import { createApp } from './app.ts';
 import { createIntakeSignal } from './intake-relay.ts';
 import { startIntakeRelayThread } from './intake-relay-thread.ts';
+import { bodyPoolSizes, createBodyPool } from './webhooks/body-thread.ts';
 import { ackTraceFromEnv, type AckTrace } from './ack-trace.ts';
 import { noticeLegacyHooks } from './legacy-hooks.ts';
 import type { ApiDeps, WebhookSecrets } from './context.ts';
@@ -80,6 +81,8 @@ export async function runApi(config: Config, options: { address?: string; databa
         if ('closeAllConnections' in server) server.closeAllConnections();
       });
       await Promise.race([closed, cut]);
+      // No request is left to read a body for: the threads end (a job still running is given up).
+      await deps.webhooks.bodyPool?.close();
       await metricsServer?.close();
       await relay.stop();
       await connection.close();
@@ -159,6 +162,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
     threadBodyBytes: config.webhooks.threadBodyBytes,
     ...(config.webhooks.bodyThreads === undefined ? {} : { bodyThreads: config.webhooks.bodyThreads }),
+    bodyPool: createBodyPool(bodyPoolSizes(config.webhooks.bodyThreads)),
   };
 }
 
