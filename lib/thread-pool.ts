@@ -6,9 +6,11 @@ import { parentPort, Worker, type Transferable } from 'node:worker_threads';
 /**
  * A few worker threads that run CPU-heavy jobs (parsing a large webhook body) off the event loop
  * that answers everybody. Bounded: at most `threads` threads, at most `maxQueued` jobs waiting, and
- * at most `maxPerKey` jobs of one key (a webhook connection) running or waiting, so one key cannot
- * fill the queue. Waiting jobs are taken round-robin between keys: a key with many waiting never
- * keeps another key's job waiting for more than one job of its own per thread.
+ * at most `maxPerKey` jobs of one key running or waiting. When the queue is full, a job of a key
+ * holding fewer places than the key holding the most takes the newest waiting job's place of that
+ * key (which is refused), so one key cannot fill the queue against the others. Waiting jobs are
+ * taken round-robin between keys: a key with many waiting never keeps another key's job waiting
+ * for more than one job of its own per thread.
  */
 
 /** The pool is full (in all, or for the job's key): nothing about the job itself; try again later. */
@@ -141,7 +143,9 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
   return {
     /**
      * Runs `job` on a thread; `transfer` (the job's ArrayBuffers) moves to the thread. Rejects with
-     * PoolBusy at once when the pool or `key`'s share of it is full (nothing is transferred then),
+     * PoolBusy at once when `key` holds maxPerKey places, or the queue is full and no key holds more
+     * places than `key` would (nothing is transferred then), or later when a job of a key holding
+     * fewer takes its place while it waits,
      * PoolThreadFailed when the thread ends, PoolJobFailed when the job throws. `onProgress` is
      * called each time the job reports progress (serveThreadJobs' `progress`).
      */
@@ -150,7 +154,18 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       const own = perKey.get(key) ?? 0;
       const free = idle.length + (threads - started);
       if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
-      if (free === 0 && queued >= maxQueued) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
+      if (free === 0 && queued >= maxQueued) {
+        // The queue is full: the key holding the most places, if it would still hold more than this
+        // one with the job added, gives up its newest waiting job; otherwise this job is refused. So
+        // one key flooding the queue cannot keep another key's first jobs out.
+        const [largest, jobs] = [...waiting].reduce((most, entry) => ((perKey.get(entry[0]) ?? 0) > (perKey.get(most[0]) ?? 0) ? entry : most));
+        if ((perKey.get(largest) ?? 0) <= own + 1) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
+        const displaced = jobs.pop()!;
+        if (jobs.length === 0) waiting.delete(largest);
+        queued--;
+        settle(displaced);
+        displaced.reject(new PoolBusy(`displaced from the full queue by another key's job (${maxQueued} waiting at most)`));
+      }
       perKey.set(key, own + 1);
       return new Promise<Result>((resolve, reject) => {
         const pending: Pending<Job, Result> = { id: nextId++, key, job, transfer, onProgress, resolve, reject };

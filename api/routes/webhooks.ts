@@ -297,7 +297,7 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
       release();
     }
     const owned = ownBuffer(body);
-    // One organization's deliveries (GitHub's and legacy hooks': the provider's) share a share of the pool.
+    // One organization's deliveries (GitHub App's and legacy hooks': the provider's, the installation being in the body) are one key of the pool's round robin.
     const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
     try {
       return await caches.bodies.run(key, { provider, headers, maxEventsBytes, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);

@@ -19,12 +19,17 @@ export interface BodyPoolSizes {
   threads: number;
   /** Jobs waiting for a thread, in all. */
   maxQueued: number;
-  /** Jobs of one connection (or, without one, one provider's) running or waiting. */
+  /**
+   * Jobs of one organization (GitHub App deliveries and legacy hooks': one provider's, all tenants
+   * alike: the installation is in the body, not known before it is parsed) running or waiting. Every
+   * job is a verified body, so none is refused for its key alone: it waits its round-robin turn,
+   * and a full queue is shared out by displacing the newest job of the key holding the most.
+   */
   maxPerKey: number;
 }
 
 export function bodyPoolSizes(threads = 1): BodyPoolSizes {
-  return { threads, maxQueued: 4 * threads, maxPerKey: threads + 1 };
+  return { threads, maxQueued: 4 * threads, maxPerKey: threads + 4 * threads };
 }
 
 /** The receivers' pool; `spawn` starts one thread serving serveBodyJobs (this module, unless a test's thread holds jobs on a gate). */

@@ -82,6 +82,27 @@ describe('thread pool', () => {
     expect(done).toEqual(['a1', 'a2', 'b1', 'a3']);
   });
 
+  it("gives a full queue's place of the key holding the most to another key's job, and refuses a job when no key holds more", async () => {
+    const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 10 });
+    const g = gate();
+    const done: string[] = [];
+    const run = (key: string, name: string, job: TestJob = { kind: 'echo', name }) => p.run(key, job).then((r) => void done.push(r.name));
+    const a1 = run('a', 'a1', { kind: 'echo', name: 'a1', gate: g.buffer });
+    await until(p, (s) => s.running === 1);
+    const a2 = run('a', 'a2');
+    const a3 = p.run('a', { kind: 'echo', name: 'a3' });
+    // Full: b (no place) takes a's newest waiting place; a3 is refused.
+    const b1 = run('b', 'b1');
+    await expect(a3).rejects.toBeInstanceOf(PoolBusy);
+    expect(p.size()).toMatchObject({ running: 1, waiting: 2 });
+    // a holds 2, b would hold 2: nobody gives way, b2 is refused, and so is a4.
+    await expect(p.run('b', { kind: 'echo', name: 'b2' })).rejects.toBeInstanceOf(PoolBusy);
+    await expect(p.run('a', { kind: 'echo', name: 'a4' })).rejects.toBeInstanceOf(PoolBusy);
+    g.open();
+    await Promise.all([a1, a2, b1]);
+    expect(done).toEqual(['a1', 'a2', 'b1']);
+  });
+
   it('rejects the job of a thread that ends (PoolThreadFailed) and runs the next job on a new thread', async () => {
     const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 3 });
     const g = gate();
