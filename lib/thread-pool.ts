@@ -44,6 +44,8 @@ interface Pending<Job, Result> {
   job: Job;
   transfer: readonly Transferable[];
   onProgress: (() => void) | undefined;
+  /** runHeld's: the job keeps its place after it is answered, until the caller releases it. */
+  hold: boolean;
   resolve(result: Result): void;
   reject(error: Error): void;
 }
@@ -64,6 +66,8 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
   // Waiting jobs by key; the map's order is the round-robin order (a key served goes to the back).
   const waiting = new Map<string, Pending<Job, Result>[]>();
   let queued = 0;
+  // Answered runHeld jobs whose places their callers have not released yet.
+  let held = 0;
   const perKey = new Map<string, number>();
   let nextId = 0;
   let closed = false;
@@ -83,7 +87,8 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       if (!pending || pending.id !== message.id) return;
       if (message.kind === 'progress') return pending.onProgress?.();
       running.delete(thread);
-      settle(pending);
+      if (message.kind === 'done' && pending.hold) held++;
+      else settle(pending);
       if (message.kind === 'done') pending.resolve(message.result);
       else pending.reject(new PoolJobFailed(message.message, message.name));
       // An idle thread keeps no process alive; one running a job does, as any pending I/O would.
@@ -150,34 +155,18 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
      * called each time the job reports progress (serveThreadJobs' `progress`).
      */
     run(key: string, job: Job, transfer: readonly Transferable[] = [], onProgress?: () => void): Promise<Result> {
-      if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
-      const own = perKey.get(key) ?? 0;
-      const free = idle.length + (threads - started);
-      if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
-      if (free === 0 && queued >= maxQueued) {
-        // The queue is full: the key holding the most places, if it would still hold more than this
-        // one with the job added, gives up its newest waiting job; otherwise this job is refused. So
-        // one key flooding the queue cannot keep another key's first jobs out.
-        const [largest, jobs] = [...waiting].reduce((most, entry) => ((perKey.get(entry[0]) ?? 0) > (perKey.get(most[0]) ?? 0) ? entry : most));
-        if ((perKey.get(largest) ?? 0) <= own + 1) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
-        const displaced = jobs.pop()!;
-        if (jobs.length === 0) waiting.delete(largest);
-        queued--;
-        settle(displaced);
-        displaced.reject(new PoolBusy(`displaced from the full queue by another key's job (${maxQueued} waiting at most)`));
-      }
-      perKey.set(key, own + 1);
-      return new Promise<Result>((resolve, reject) => {
-        const pending: Pending<Job, Result> = { id: nextId++, key, job, transfer, onProgress, resolve, reject };
-        const jobs = waiting.get(key);
-        if (jobs) jobs.push(pending);
-        else waiting.set(key, [pending]);
-        queued++;
-        dispatch();
-      });
+      return enqueue(key, job, transfer, onProgress, false).then(({ result }) => result);
     },
-    /** Jobs running and waiting now. */
-    size: () => ({ running: running.size, waiting: queued, threads: started }),
+    /**
+     * As run, but the job keeps its place once answered (counted as running or waiting are, in all
+     * and for its key) until `release` is called: what its result holds (a large delivery's events'
+     * JSON) stays bounded by the pool's places until the caller is done with it.
+     */
+    runHeld(key: string, job: Job, transfer: readonly Transferable[] = [], onProgress?: () => void): Promise<{ result: Result; release: () => void }> {
+      return enqueue(key, job, transfer, onProgress, true);
+    },
+    /** Jobs running and waiting now, and answered ones still held. */
+    size: () => ({ running: running.size, waiting: queued, threads: started, held }),
     /** Ends the threads; jobs running or waiting are rejected with PoolBusy. */
     async close(): Promise<void> {
       closed = true;
@@ -191,6 +180,55 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       await Promise.all(all.map((thread) => thread.terminate()));
     },
   };
+
+  function enqueue(key: string, job: Job, transfer: readonly Transferable[], onProgress: (() => void) | undefined, hold: boolean): Promise<{ result: Result; release: () => void }> {
+      if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
+      const own = perKey.get(key) ?? 0;
+      const free = idle.length + (threads - started);
+      if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
+      // Held places count against the same bound as running and waiting jobs.
+      if ((free === 0 && queued >= maxQueued) || running.size + queued + held >= threads + maxQueued) {
+        if (queued === 0) return Promise.reject(new PoolBusy(`${held} answered jobs are held and ${running.size} running (at most ${threads + maxQueued} in all)`));
+        // The queue is full: the key holding the most places, if it would still hold more than this
+        // one with the job added, gives up its newest waiting job; otherwise this job is refused. So
+        // one key flooding the queue cannot keep another key's first jobs out.
+        const [largest, jobs] = [...waiting].reduce((most, entry) => ((perKey.get(entry[0]) ?? 0) > (perKey.get(most[0]) ?? 0) ? entry : most));
+        if ((perKey.get(largest) ?? 0) <= own + 1) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
+        const displaced = jobs.pop()!;
+        if (jobs.length === 0) waiting.delete(largest);
+        queued--;
+        settle(displaced);
+        displaced.reject(new PoolBusy(`displaced from the full queue by another key's job (${maxQueued} waiting at most)`));
+      }
+      perKey.set(key, own + 1);
+      return new Promise<{ result: Result; release: () => void }>((resolve, reject) => {
+        const pending: Pending<Job, Result> = {
+          id: nextId++,
+          key,
+          job,
+          transfer,
+          onProgress,
+          hold,
+          resolve: (result) => {
+            let released = !hold;
+            const release = () => {
+              if (released) return;
+              released = true;
+              held--;
+              settle(pending);
+              dispatch();
+            };
+            resolve({ result, release });
+          },
+          reject,
+        };
+        const jobs = waiting.get(key);
+        if (jobs) jobs.push(pending);
+        else waiting.set(key, [pending]);
+        queued++;
+        dispatch();
+      });
+  }
 }
 
 export type ThreadPool<Job, Result> = ReturnType<typeof createThreadPool<Job, Result>>;

@@ -214,7 +214,22 @@ function ownBuffer(body: Uint8Array): Uint8Array {
   return body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && body.buffer instanceof ArrayBuffer ? body : body.slice();
 }
 
+/**
+ * A delivery received; a large body's place on the threads is given back once it is answered, not
+ * when its thread is done: the events' JSON it brought back (up to twice webhooks.maxBodyBytes,
+ * with pg's copy) stays in memory until the INSERT ends, so such deliveries are bounded by the
+ * pool's places too.
+ */
 async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, outcome: (o: WebhookOutcome) => void) {
+  const places: (() => void)[] = [];
+  try {
+    return await receiveHolding(c, caches, provider, outcome, places);
+  } finally {
+    for (const release of places) release();
+  }
+}
+
+async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Provider, outcome: (o: WebhookOutcome) => void, places: (() => void)[]) {
   const { deps } = c.var;
   const headers = headerRecord(c);
   // Hooks of GitLab, Bitbucket and Azure DevOps name their connection; a hook that does not is a legacy one.
@@ -300,7 +315,9 @@ async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, o
     // One organization's deliveries (GitHub App's and legacy hooks': the provider's, the installation being in the body) are one key of the pool's round robin.
     const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
     try {
-      return await caches.bodies.run(key, { provider, headers, maxEventsBytes, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
+      const { result, release: free } = await caches.bodies.runHeld(key, { provider, headers, maxEventsBytes, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
+      places.push(free);
+      return result;
     } catch (error) {
       if (error instanceof PoolBusy) {
         c.header('Retry-After', '1');

@@ -103,6 +103,22 @@ describe('thread pool', () => {
     expect(done).toEqual(['a1', 'a2', 'b1']);
   });
 
+  it('keeps a runHeld job\'s place, once answered, until it is released', async () => {
+    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 10 });
+    const first = await p.runHeld('a', { kind: 'echo', name: 'a1' });
+    expect(first.result.name).toBe('a1');
+    const second = await p.runHeld('b', { kind: 'echo', name: 'b1' });
+    expect(p.size()).toMatchObject({ running: 0, waiting: 0, held: 2 });
+    // Two places held (one thread + one waiting): a third job is refused until one is released.
+    await expect(p.run('c', { kind: 'echo', name: 'c1' })).rejects.toBeInstanceOf(PoolBusy);
+    first.release();
+    first.release();
+    expect(p.size()).toMatchObject({ held: 1 });
+    expect(await p.run('c', { kind: 'echo', name: 'c1' })).toMatchObject({ name: 'c1' });
+    second.release();
+    expect(p.size()).toMatchObject({ held: 0 });
+  });
+
   it('rejects the job of a thread that ends (PoolThreadFailed) and runs the next job on a new thread', async () => {
     const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 3 });
     const g = gate();
@@ -115,7 +131,7 @@ describe('thread pool', () => {
     expect(await blocker).toEqual({ name: 'blocker' });
     await expect(crash).rejects.toBeInstanceOf(PoolThreadFailed);
     expect(await after).toEqual({ name: 'after' });
-    expect(p.size()).toEqual({ running: 0, waiting: 0, threads: 1 });
+    expect(p.size()).toEqual({ running: 0, waiting: 0, threads: 1, held: 0 });
   });
 
   it('rejects a job that throws with its error (PoolJobFailed), keeping the thread', async () => {
