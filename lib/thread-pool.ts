@@ -182,52 +182,52 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
   };
 
   function enqueue(key: string, job: Job, transfer: readonly Transferable[], onProgress: (() => void) | undefined, hold: boolean): Promise<{ result: Result; release: () => void }> {
-      if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
-      const own = perKey.get(key) ?? 0;
-      const free = idle.length + (threads - started);
-      if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
-      // Held places count against the same bound as running and waiting jobs.
-      if ((free === 0 && queued >= maxQueued) || running.size + queued + held >= threads + maxQueued) {
-        if (queued === 0) return Promise.reject(new PoolBusy(`${held} answered jobs are held and ${running.size} running (at most ${threads + maxQueued} in all)`));
-        // The queue is full: the key holding the most places, if it would still hold more than this
-        // one with the job added, gives up its newest waiting job; otherwise this job is refused. So
-        // one key flooding the queue cannot keep another key's first jobs out.
-        const [largest, jobs] = [...waiting].reduce((most, entry) => ((perKey.get(entry[0]) ?? 0) > (perKey.get(most[0]) ?? 0) ? entry : most));
-        if ((perKey.get(largest) ?? 0) <= own + 1) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
-        const displaced = jobs.pop()!;
-        if (jobs.length === 0) waiting.delete(largest);
-        queued--;
-        settle(displaced);
-        displaced.reject(new PoolBusy(`displaced from the full queue by another key's job (${maxQueued} waiting at most)`));
-      }
-      perKey.set(key, own + 1);
-      return new Promise<{ result: Result; release: () => void }>((resolve, reject) => {
-        const pending: Pending<Job, Result> = {
-          id: nextId++,
-          key,
-          job,
-          transfer,
-          onProgress,
-          hold,
-          resolve: (result) => {
-            let released = !hold;
-            const release = () => {
-              if (released) return;
-              released = true;
-              held--;
-              settle(pending);
-              dispatch();
-            };
-            resolve({ result, release });
-          },
-          reject,
-        };
-        const jobs = waiting.get(key);
-        if (jobs) jobs.push(pending);
-        else waiting.set(key, [pending]);
-        queued++;
-        dispatch();
-      });
+    if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
+    const own = perKey.get(key) ?? 0;
+    const free = idle.length + (threads - started);
+    if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
+    // Held places count against the same bound as running and waiting jobs.
+    if ((free === 0 && queued >= maxQueued) || running.size + queued + held >= threads + maxQueued) {
+      if (queued === 0) return Promise.reject(new PoolBusy(`${held} answered jobs are held and ${running.size} running (at most ${threads + maxQueued} in all)`));
+      // The queue is full: the key holding the most places, if it would still hold more than this
+      // one with the job added, gives up its newest waiting job; otherwise this job is refused. So
+      // one key flooding the queue cannot keep another key's first jobs out.
+      const [largest, jobs] = [...waiting].reduce((most, entry) => ((perKey.get(entry[0]) ?? 0) > (perKey.get(most[0]) ?? 0) ? entry : most));
+      if ((perKey.get(largest) ?? 0) <= own + 1) return Promise.reject(new PoolBusy(`${queued} jobs are waiting already (at most ${maxQueued})`));
+      const displaced = jobs.pop()!;
+      if (jobs.length === 0) waiting.delete(largest);
+      queued--;
+      settle(displaced);
+      displaced.reject(new PoolBusy(`displaced from the full queue by another key's job (${maxQueued} waiting at most)`));
+    }
+    perKey.set(key, own + 1);
+    return new Promise<{ result: Result; release: () => void }>((resolve, reject) => {
+      const pending: Pending<Job, Result> = {
+        id: nextId++,
+        key,
+        job,
+        transfer,
+        onProgress,
+        hold,
+        resolve: (result) => {
+          let released = !hold;
+          const release = () => {
+            if (released) return;
+            released = true;
+            held--;
+            settle(pending);
+            dispatch();
+          };
+          resolve({ result, release });
+        },
+        reject,
+      };
+      const jobs = waiting.get(key);
+      if (jobs) jobs.push(pending);
+      else waiting.set(key, [pending]);
+      queued++;
+      dispatch();
+    });
   }
 }
 
