@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction, type Socket } from 'node:net';
@@ -99,6 +100,14 @@ export function activityContext(): Context | undefined {
  * WorkerShutdown, like an activity the SDK cut.
  */
 const localActivitiesStop = new AbortController();
+/**
+ * How many listeners one cancellation signal may hold before Node warns of a leak (its default, 10,
+ * is passed by any activity with more than ten calls at once, and by the worker's stop signal with
+ * more than ten local activities calling at once). Every call removes its own listener when done
+ * (the test of 100,000 calls retains nothing), so only a leak of that order would reach this.
+ */
+const MAX_CANCELLATION_LISTENERS = 1024;
+setMaxListeners(MAX_CANCELLATION_LISTENERS, localActivitiesStop.signal);
 export function stopLocalActivities(): void {
   localActivitiesStop.abort(new CancelledFailure(WORKER_SHUTDOWN));
 }
@@ -112,6 +121,7 @@ export function stopLocalActivities(): void {
 export function activityCancellations(): AbortSignal[] {
   const ctx = activityContext();
   if (!ctx) return [];
+  setMaxListeners(MAX_CANCELLATION_LISTENERS, ctx.cancellationSignal);
   return ctx.info.isLocal ? [ctx.cancellationSignal, localActivitiesStop.signal] : [ctx.cancellationSignal];
 }
 

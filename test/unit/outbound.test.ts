@@ -155,6 +155,27 @@ describe('outbound: bounded answers', () => {
     });
   }, 30_000);
 
+  it('warns of no listener leak when a local activity has more than ten calls at once', async () => {
+    // Each call listens to the activity's cancellation and the worker's stop until it ends: more than
+    // ten at once passed Node's default of ten listeners, and every worker logged a leak warning.
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning.name);
+    process.on('warning', onWarning);
+    try {
+      await new MockActivityEnvironment({ isLocal: true }).run(async () => {
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const calls = Array.from({ length: 40 }, () => unlessCancelled(gate));
+        release();
+        await Promise.all(calls);
+      });
+      await new Promise(setImmediate);
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).not.toContain('MaxListenersExceededWarning');
+  });
+
   it('holds a timer only while the call is open: answered, refused, redirected, bodiless or never read', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     let unreadClosed!: () => void;
