@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createApiMetrics } from '../../lib/metrics.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
 import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
-import { gatedBodyPool } from '../support/gated-body-thread.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+import { gatedReceivers, largeBodyTenants, paddedPush, type LargeBodyTenant } from '../support/large-bodies.ts';
 
 const MiB = 1024 * 1024;
 const LIMIT = 64 * MiB;
@@ -21,47 +20,35 @@ const LIMIT = 64 * MiB;
  */
 describe('large webhook bodies without a valid signature (real PostgreSQL, the receivers\' threads)', () => {
   let h: Harness;
-  let app: ReturnType<Harness['appWith']>;
-  let gated: ReturnType<typeof gatedBodyPool>;
-  const tenants = {} as Record<'a' | 'b', { repository: { externalId: string; fullName: string }; hook: DeliveringHook }>;
+  let receivers: ReturnType<typeof gatedReceivers>;
+  let tenants: Record<'a' | 'b', LargeBodyTenant>;
   let victim: { repository: { externalId: string; fullName: string }; hook: DeliveringHook; connectionId: string };
   beforeAll(async () => {
     h = await startHarness();
-    for (const name of ['a', 'b'] as const) {
-      const { org } = await createOrgWithToken(h);
-      const repository = { externalId: uniqueExternalId('gitlab'), fullName: `tenant-${name}/unverified-large` };
-      const { hook } = await seedAttachedRepository(h, { organizationId: org.id, provider: 'gitlab', ...repository });
-      tenants[name] = { repository, hook };
-    }
+    tenants = await largeBodyTenants(h, 'unverified-large');
     const { org } = await createOrgWithToken(h);
     const repository = { externalId: uniqueExternalId('bitbucket'), fullName: 'PRJ/victim' };
     const { hook, connectionId } = await seedAttachedRepository(h, { organizationId: org.id, provider: 'bitbucket', ...repository });
     victim = { repository, hook, connectionId };
   });
   beforeEach(() => {
-    gated = gatedBodyPool(1);
-    app = h.appWith({ metrics: createApiMetrics(), metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes: LIMIT, bodyPool: gated.pool } });
+    receivers = gatedReceivers(h, LIMIT);
   });
   afterEach(async () => {
-    gated.open();
-    await gated.pool.close();
+    receivers.gated.open();
+    await receivers.gated.pool.close();
   });
   afterAll(async () => {
     await h?.close();
   });
 
-  function push(name: 'a' | 'b', padding = 0): Delivery {
-    const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), tenants[name].repository);
-    const item = { id: 12345, name: 'padding', done: false };
-    payload.padding = Array.from({ length: Math.floor(padding / (JSON.stringify(item).length + 1)) }, () => item);
-    return delivery('gitlab', payload, { deliveryId: randomUUID(), ...tenants[name].hook });
-  }
-  const post = async (d: Delivery) => app.request(d.path, { method: 'POST', headers: d.headers, body: d.body });
+  const push = (name: 'a' | 'b', padding = 0): Delivery => paddedPush(tenants[name], padding);
+  const post = (d: Delivery) => receivers.post(d);
   /** Large bodies on the thread and waiting for it (what forgelink_webhook_body_thread_jobs reports). */
-  const jobs = async (state: 'running' | 'waiting') => Number(new RegExp(`forgelink_webhook_body_thread_jobs\\{state="${state}"\\} (\\d+)`).exec(await (await app.request('/metrics')).text())?.[1]);
+  const jobs = (state: 'running' | 'waiting') => receivers.jobs(state);
   /** A well-formed signature that matches nothing, over 300 KiB (over webhooks.threadBodyBytes). */
   const forged = (provider: 'github' | 'bitbucket', connectionId?: string) =>
-    app.request(`/api/events-handler/v1/events/${provider}${connectionId ? `?c=${connectionId}` : ''}`, {
+    receivers.app.request(`/api/events-handler/v1/events/${provider}${connectionId ? `?c=${connectionId}` : ''}`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'x-github-event': 'push', 'x-event-key': 'repo:refs_changed', [provider === 'github' ? 'x-hub-signature-256' : 'x-hub-signature']: `sha256=${'0'.repeat(64)}` },
       body: JSON.stringify({ pad: 'x'.repeat(300 * 1024) }),
@@ -89,7 +76,7 @@ describe('large webhook bodies without a valid signature (real PostgreSQL, the r
     // Another tenant's signed large delivery waits for the thread, and is read once it is free.
     const other = post(push('b', 300 * 1024));
     while ((await jobs('waiting')) !== 1) await new Promise((resolve) => setTimeout(resolve, 10));
-    gated.open();
+    receivers.gated.open();
     const answered = await other;
     expect(answered.status, await answered.clone().text()).toBe(202);
     expect((await large).status).toBe(202);
@@ -104,7 +91,7 @@ describe('large webhook bodies without a valid signature (real PostgreSQL, the r
     (payload as Record<string, unknown>).padding = 'p'.repeat(300 * 1024);
     const pending = post(delivery('bitbucket', payload, { deliveryId: randomUUID(), ...victim.hook }));
     while ((await jobs('waiting')) !== 1) await new Promise((resolve) => setTimeout(resolve, 10));
-    gated.open();
+    receivers.gated.open();
     const own = await pending;
     expect(own.status, await own.clone().text()).toBe(202);
     expect((await large).status).toBe(202);

@@ -1,10 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createApiMetrics } from '../../lib/metrics.ts';
-import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery } from '../fakes/webhook-deliveries.ts';
-import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
-import { gatedBodyPool } from '../support/gated-body-thread.ts';
-import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+import type { Delivery } from '../fakes/webhook-deliveries.ts';
+import { startHarness, type Harness } from '../support/harness.ts';
+import { gatedReceivers, largeBodyTenants, paddedPush, type LargeBodyTenant } from '../support/large-bodies.ts';
 
 const MiB = 1024 * 1024;
 const LIMIT = 64 * MiB;
@@ -18,41 +15,28 @@ const LIMIT = 64 * MiB;
  */
 describe('large webhook bodies (real PostgreSQL, the receivers\' threads)', () => {
   let h: Harness;
-  let app: ReturnType<Harness['appWith']>;
-  let gated: ReturnType<typeof gatedBodyPool>;
-  const tenants = {} as Record<'a' | 'b', { repository: { externalId: string; fullName: string }; hook: DeliveringHook }>;
+  let receivers: ReturnType<typeof gatedReceivers>;
+  let tenants: Record<'a' | 'b', LargeBodyTenant>;
 
   beforeAll(async () => {
     h = await startHarness();
-    for (const name of ['a', 'b'] as const) {
-      const { org } = await createOrgWithToken(h);
-      const repository = { externalId: uniqueExternalId('gitlab'), fullName: `tenant-${name}/large-bodies` };
-      const { hook } = await seedAttachedRepository(h, { organizationId: org.id, provider: 'gitlab', ...repository });
-      tenants[name] = { repository, hook };
-    }
+    tenants = await largeBodyTenants(h, 'large-bodies');
   });
   beforeEach(() => {
-    gated = gatedBodyPool(1);
-    app = h.appWith({ metrics: createApiMetrics(), metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes: LIMIT, bodyPool: gated.pool } });
+    receivers = gatedReceivers(h, LIMIT);
   });
   afterEach(async () => {
-    gated.open();
-    await gated.pool.close();
+    receivers.gated.open();
+    await receivers.gated.pool.close();
   });
   afterAll(async () => {
     await h?.close();
   });
 
-  /** A push of the tenant's repository, its body padded with `padding` bytes of small objects (read by JSON.parse, not by the receiver). */
-  function push(name: 'a' | 'b', padding = 0): Delivery {
-    const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), tenants[name].repository);
-    const item = { id: 12345, name: 'padding', done: false };
-    payload.padding = Array.from({ length: Math.floor(padding / (JSON.stringify(item).length + 1)) }, () => item);
-    return delivery('gitlab', payload, { deliveryId: randomUUID(), ...tenants[name].hook });
-  }
-  const post = async (d: Delivery) => app.request(d.path, { method: 'POST', headers: d.headers, body: d.body });
+  const push = (name: 'a' | 'b', padding = 0): Delivery => paddedPush(tenants[name], padding);
+  const post = (d: Delivery) => receivers.post(d);
   /** The large bodies being read on the receivers' threads now. */
-  const jobs = async (state: 'running' | 'waiting') => Number(new RegExp(`forgelink_webhook_body_thread_jobs\\{state="${state}"\\} (\\d+)`).exec(await (await app.request('/metrics')).text())?.[1]);
+  const jobs = (state: 'running' | 'waiting') => receivers.jobs(state);
   const onThreads = () => jobs('running');
   const until = async (state: 'running' | 'waiting', n: number) => {
     while ((await jobs(state)) !== n) await new Promise((resolve) => setTimeout(resolve, 10));
@@ -72,7 +56,7 @@ describe('large webhook bodies (real PostgreSQL, the receivers\' threads)', () =
     expect(largeAnswered).toBe(false);
     expect(await onThreads()).toBe(1);
 
-    gated.open();
+    receivers.gated.open();
     const res = await answer;
     expect(res.status, await res.clone().text()).toBe(202);
     expect(await res.json()).toMatchObject({ status: 'accepted', events: 1 });
@@ -94,7 +78,7 @@ describe('large webhook bodies (real PostgreSQL, the receivers\' threads)', () =
     expect(displaced.r.headers.get('retry-after')).toBe('1');
     expect(await displaced.r.json()).toMatchObject({ detail: 'too many large webhook bodies are being read at once; deliver it again' });
     expect(await jobs('waiting')).toBe(4);
-    gated.open();
+    receivers.gated.open();
     const statuses = (await Promise.all(answers)).map((r) => r.status);
     expect(statuses.filter((s) => s === 202)).toHaveLength(4);
     expect((await other).status).toBe(202);
