@@ -78,7 +78,8 @@ const MAX_SOCKET_READ_BYTES = DEFAULT_MAX_BODY_BYTES + 64 * 1024;
 const MAX_REDIRECTS = 5;
 /** Closed by us before servers usually close theirs (Node's default is 5 s), so no request goes down a closing connection. */
 const IDLE_CONNECTION_MS = 4_000;
-const NULL_BODY_STATUSES = new Set([204, 205, 304]);
+/** Answers that have no body whatever their headers say (also activities/providers/azure-devops-http.ts). */
+export const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
 /** The reason the SDK gives the activities it cancels because their worker is stopping. */
 export const WORKER_SHUTDOWN = 'WORKER_SHUTDOWN';
@@ -198,19 +199,18 @@ export interface CallDeadline {
 export function callDeadline(timeoutMs: number, sources: readonly (AbortSignal | null | undefined)[], what = 'no answer'): CallDeadline {
   const controller = new AbortController();
   const signals = sources.filter((s): s is AbortSignal => s != null);
-  const onAbort = (event: Event) => controller.abort((event.target as AbortSignal).reason);
   const timer = setTimeout(() => controller.abort(new DOMException(`${what} within ${timeoutMs} ms`, 'TimeoutError')), timeoutMs);
   // A pending call's socket keeps the process alive; its timer need not.
   timer.unref?.();
+  let removeListeners = () => {};
   const done = () => {
     clearTimeout(timer);
-    for (const signal of signals) signal.removeEventListener('abort', onAbort);
+    removeListeners();
   };
   controller.signal.addEventListener('abort', done, { once: true });
-  for (const signal of signals) {
-    if (signal.aborted) controller.abort(signal.reason);
-    else signal.addEventListener('abort', onAbort, { once: true });
-  }
+  const aborted = signals.find((signal) => signal.aborted);
+  if (aborted) controller.abort(aborted.reason);
+  else removeListeners = onAnyAbort(signals, (reason) => controller.abort(reason));
   return { signal: controller.signal, done };
 }
 

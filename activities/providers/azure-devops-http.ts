@@ -1,5 +1,5 @@
 import type http from 'node:http';
-import { activityCancellations, callDeadline, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
+import { activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
 interface RequestInfo {
@@ -84,9 +84,6 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
   }
   return client;
 }
-
-/** Answers that have no body whatever their headers say. */
-const NULL_BODY_STATUSES = new Set([204, 205, 304]);
 
 function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {
   const deadline = callDeadline(completeMs, activityCancellations(), 'answer not complete');
