@@ -155,7 +155,7 @@ async function main() {
         ...(withA ? { a: { bodies: aResults.length, statuses: statuses(aResults), latencyMs: latencySummary(aResults.map((r) => r.ms)) } } : {}),
         // The API's own view: its event loop's delay over the phase (from a 100 ms monitor: an idle loop reads ~100), and B's mean time in the receiver.
         api: { loopDelayMaxMs: after.loopDelayMaxMs, loopDelayP99Ms: after.loopDelayP99Ms, bAckMeanMs: Math.round(((after.ackSum - (before.ackSum || 0)) / (after.ackCount - (before.ackCount || 0))) * 1000 * 10) / 10 },
-        apiCpuSeconds: { main: Math.round((cpu1.main - cpu0.main) * 100) / 100, otherThreads: Math.round((cpu1.helpers - cpu0.helpers) * 100) / 100 },
+        apiCpuSeconds: { main: Math.round((cpu1.main - cpu0.main) * 100) / 100, otherThreads: Math.round((cpu1.helpers + cpu1.workflows + cpu1.sdkCore - cpu0.helpers - cpu0.workflows - cpu0.sdkCore) * 100) / 100 },
         loadAverage1m: [Math.round(load0 * 100) / 100, Math.round(os.loadavg()[0]! * 100) / 100],
       };
     };

@@ -714,7 +714,7 @@ async function measureObservabilityOverhead(
         endToEndPerSecondRange: [Math.min(...of.map((b) => b.endToEndPerSecond)), Math.max(...of.map((b) => b.endToEndPerSecond))],
         // API and worker together, per 1,000 deliveries (each one event, dispatched once).
         cpuSecondsPerThousand: round1((cpu / count) * 1000),
-        // Each process's share, and by thread: main (JavaScript), workflows (the worker's workflow threads), sdkCore (the Temporal SDK's Rust core), helpers (libuv's pool, V8's GC and compiler threads).
+        // Each process's share, and by thread (bench/worker-usage.ts threadCpuSeconds): main (JavaScript), workflows (Node threads started later: the worker's workflow sandbox thread, the API's relay thread), sdkCore (the Temporal SDK's Rust core), helpers (V8's GC and compiler threads).
         cpuSecondsPerThousandByProcess: { api: perThousandOf(of.reduce((a, b) => a + b.cpuSeconds.api, 0)), worker: perThousandOf(of.reduce((a, b) => a + b.cpuSeconds.worker, 0)) },
         threadCpuSecondsPerThousand: { api: threadsPerThousand('api'), worker: threadsPerThousand('worker') },
         peakRssMiB: variants[kind].peakRssMiB(),

@@ -29,23 +29,43 @@ export function processCpuSeconds(pid: number | undefined, statFile = `/proc/${p
 
 /**
  * A process's CPU seconds by thread: `main` (the event loop: activities, the SDK's activation
- * plumbing, the database client, logging), `workflows` (the SDK's workflow thread running the
- * workflow sandbox), `sdkCore` (the Rust core's tokio threads: gRPC, history and state machines),
- * `helpers` (V8's GC and compiler threads, libuv's pool). A profile that needs no profiler.
+ * plumbing, the database client, logging), `workflows` (Node threads started after the process's
+ * first half second: in the worker the SDK's workflow thread running the workflow sandbox, in the
+ * API the intake relay's and the large-body threads; libuv's pool too where it was first used
+ * then), `sdkCore` (the Rust core's threads: tokio's, gRPC, and its `workflow-processing` thread,
+ * the history and state machines) and `helpers` (the Node threads started with the process: V8's
+ * GC and compiler threads, Node's own). A profile that needs no profiler.
+ *
+ * Every Node thread is named "node", so the sandbox thread is told from V8's by when it started
+ * (the SDK makes it once its worker is created, seconds after V8's are). Before 2026-12-07 17:00
+ * UTC `workflows` counted the Rust `workflow-processing` thread (its name starts "workflow") and
+ * the sandbox thread was in `helpers`: results files older than that say so under those keys.
  */
 export function threadCpuSeconds(pid: number | undefined): Record<'main' | 'workflows' | 'sdkCore' | 'helpers', number> {
   const total = { main: 0, workflows: 0, sdkCore: 0, helpers: 0 };
   if (pid === undefined) return total;
+  const processStart = threadStartTicks(`/proc/${pid}/stat`);
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
+      const stat = `/proc/${pid}/task/${tid}/stat`;
       const comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      const kind = Number(tid) === pid ? 'main' : comm.startsWith('workflow') ? 'workflows' : comm.startsWith('tokio') ? 'sdkCore' : 'helpers';
-      total[kind] += processCpuSeconds(Number(tid), `/proc/${pid}/task/${tid}/stat`);
+      const kind =
+        Number(tid) === pid ? 'main' : comm !== 'node' ? 'sdkCore' : threadStartTicks(stat) - processStart > LATER_THREAD_TICKS ? 'workflows' : 'helpers';
+      total[kind] += processCpuSeconds(Number(tid), stat);
     } catch {
       // The thread ended while we looked.
     }
   }
   return total;
+}
+
+/** A Node thread started more than this many clock ticks (0.5 s) after its process was started by the JavaScript it runs, not with the process. */
+const LATER_THREAD_TICKS = CLOCK_TICKS_PER_SECOND / 2;
+
+/** When a process or thread started, in clock ticks since boot (/proc's stat, field 22). */
+function threadStartTicks(statFile: string): number {
+  const stat = readFileSync(statFile, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
 }
 
 type ThreadCpu = ReturnType<typeof threadCpuSeconds>;
