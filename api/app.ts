@@ -5,10 +5,11 @@ import type { Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { routePath } from 'hono/route';
 import { sql } from 'kysely';
+import { databaseBusy, databaseUnavailable, sqlStateOf } from '../lib/db/errors.ts';
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
-import { HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson } from './problem.ts';
+import { DATABASE_RETRY_AFTER_SECONDS, HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
 import { withinTemporalDeadline } from './temporal-deadline.ts';
 import { readUnreadBody } from './unread-body.ts';
@@ -68,9 +69,11 @@ export function createApp(deps: ApiDeps) {
       const detail = status === 415 ? `the body must be application/json, not ${c.req.header('content-type')?.slice(0, 100) || 'untyped'}` : error.message || 'invalid request';
       return problemJson(c, new Problem(status as 400, STATUS_CODES[status] ?? 'Client Error', detail));
     }
-    if (isDatabaseUnavailable(error)) {
-      deps.logger.error({ reason: error.message, path: c.req.path, method: c.req.method }, 'the database did not answer');
-      return problemJson(c, new Problem(503, 'Service Unavailable', 'the database is unavailable; try again'));
+    if (databaseUnavailable(error)) {
+      // The error holds the pg client (its connection parameters): only its message and SQLSTATE are logged.
+      deps.logger.error({ reason: error.message, sqlState: sqlStateOf(error), path: c.req.path, method: c.req.method }, 'the database did not answer');
+      c.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS));
+      return problemJson(c, new Problem(503, 'Service Unavailable', databaseBusy(error) ? 'the database is busy or did not answer in time; try again' : 'the database is unavailable; try again'));
     }
     if (error instanceof HostLookupTimeoutError) {
       // The host's name servers did not answer within security.dnsTimeoutSeconds: the client may try again.
@@ -164,19 +167,6 @@ const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', '
 function routeTemplate(c: Context): string {
   const path = routePath(c, -1);
   return !path || path.endsWith('*') ? 'unmatched' : path;
-}
-
-/**
- * The database could not be reached, refused a connection or dropped one (network errors,
- * PostgreSQL's class 08 connection exceptions, class 53 insufficient resources such as 53300
- * too_many_connections, 57P0x shutdowns and 57P03 cannot_connect_now, pg's own "Connection
- * terminated"): a failing dependency, so 503, never the 500 of a bug. The error holds the pg client,
- * so only its message is logged.
- */
-function isDatabaseUnavailable(error: Error): boolean {
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || /^(08|53|57P)/.test(code))) return true;
-  return /^Connection terminated|timeout exceeded when trying to connect/.test(error.message);
 }
 
 /** gRPC statuses by which Temporal did not answer (down, restarting, overloaded, too slow, or the channel closed under the call), not refused. */

@@ -6,7 +6,7 @@ import { Client, Connection } from '@temporalio/client';
 import { OpenTelemetryWorkflowClientInterceptor } from '@temporalio/interceptors-opentelemetry';
 import { legacyHookWindow, type Config, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
-import { createDb, type Db } from '../lib/db/index.ts';
+import { createDb, deadlinesFromConfig, type Db } from '../lib/db/index.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
 import { intakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { createApiMetrics, startMetricsServer } from '../lib/metrics.ts';
@@ -34,7 +34,8 @@ export async function runApi(config: Config, options: { address?: string; databa
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the API on its own (npm start provides an embedded one)');
   const ackTrace = ackTraceFromEnv();
-  const db = createDb(databaseUrl, { logger, ...(ackTrace ? { onCheckout: ackTrace.checkedOut } : {}) });
+  // Every statement the API runs for a request (receivers, /api/v1, /readyz, metrics' backlog) is bounded: 503, not a hang.
+  const db = createDb(databaseUrl, { logger, deadlines: deadlinesFromConfig(config.database), ...(ackTrace ? { onCheckout: ackTrace.checkedOut } : {}) });
   const temporalAddress = options.address ?? config.temporal.address ?? '127.0.0.1:7233';
   // Requests give their calls a deadline (api/temporal-deadline.ts); no retry goes past it.
   const connection = await Connection.connect({ ...clientConnectOptions(config.temporal, temporalAddress), interceptors: [retryWithinDeadline()] });

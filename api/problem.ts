@@ -35,6 +35,12 @@ export const problemResponse = (description: string) => ({
 /** The Retry-After of a 503 for a URL whose host name was not looked up within security.dnsTimeoutSeconds (app.onError). */
 export const HOST_LOOKUP_RETRY_AFTER_SECONDS = 5;
 
+/**
+ * The Retry-After of a 503 for a database that did not answer (unreachable, refusing, or past one of
+ * the API pool's deadlines: database.*TimeoutSeconds): app.onError, the token check and the receivers.
+ */
+export const DATABASE_RETRY_AFTER_SECONDS = 5;
+
 /** The 503 of a route that looks up a tenant's URL (lib/url.ts), with whatever else answers 503 there (`also`). */
 export const hostLookupUnavailableResponse = (also?: string) => ({
   ...problemResponse(

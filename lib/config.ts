@@ -73,6 +73,12 @@ export const MAX_WEBHOOK_BODY_BYTES = 100 * 1024 * 1024;
 
 /** api.maxBodyBytes' default: the largest request the API takes (50 globs of 255 and a 2 KiB URL) is ~15 KiB. */
 export const API_MAX_BODY_BYTES_DEFAULT = 64 * 1024;
+/**
+ * database.*TimeoutSeconds' defaults (the API's pool): a healthy PostgreSQL connects in
+ * milliseconds and answers the API's statements in tens of them. A delivery's worst single
+ * statement is then 2 s to connect and 5 + 1 s to answer, under the 10 s GitHub waits.
+ */
+export const DATABASE_DEADLINE_DEFAULTS = { connectTimeoutSeconds: 2, statementTimeoutSeconds: 5, lockTimeoutSeconds: 2 } as const;
 /** temporal.requestDeadlineSeconds' default: a healthy frontend answers a start or a describe in tens of milliseconds. */
 export const TEMPORAL_REQUEST_DEADLINE_SECONDS_DEFAULT = 5;
 
@@ -184,7 +190,19 @@ export const configSchema = z
         maxBodyBytes: z.number().int().positive().default(API_MAX_BODY_BYTES_DEFAULT),
       })
       .prefault({}),
-    database: z.object({ url: z.string().min(1).optional() }).prefault({}),
+    database: z
+      .object({
+        url: z.string().min(1).optional(),
+        // The API's pool (lib/db/index.ts, DbDeadlines): a connect or a wait for a pooled connection,
+        // each statement (PostgreSQL's statement_timeout; the client waits 1 s more, then cuts the
+        // connection) and a lock wait (lock_timeout). Past them the request answers 503 with
+        // Retry-After. Well under the providers' 10 s webhook timeout. Not migrations nor the worker.
+        connectTimeoutSeconds: z.number().min(0.1).max(60).default(DATABASE_DEADLINE_DEFAULTS.connectTimeoutSeconds),
+        statementTimeoutSeconds: z.number().min(0.1).max(600).default(DATABASE_DEADLINE_DEFAULTS.statementTimeoutSeconds),
+        lockTimeoutSeconds: z.number().min(0.1).max(600).default(DATABASE_DEADLINE_DEFAULTS.lockTimeoutSeconds),
+      })
+      .refine((d) => d.lockTimeoutSeconds <= d.statementTimeoutSeconds, { path: ['lockTimeoutSeconds'], message: 'must be at most statementTimeoutSeconds (a lock wait is part of its statement)' })
+      .prefault({}),
     temporal: z
       .object({
         address: z.string().min(1).optional(),

@@ -8,13 +8,13 @@ import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
 import { serializeEvents, storeDelivery } from '../../lib/db/repositories/deliveries.ts';
-import { ContentRefusedError, sqlStateOf } from '../../lib/db/errors.ts';
+import { ContentRefusedError, databaseBusy, sqlStateOf } from '../../lib/db/errors.ts';
 import { currentTraceparent } from '../../lib/tracing.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { boundedKeywords, type DeliveryTargets } from '../../workflows/run-labels.ts';
 import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
-import { badRequest, Problem, problemResponse } from '../problem.ts';
+import { badRequest, DATABASE_RETRY_AFTER_SECONDS, Problem, problemResponse } from '../problem.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { createCredentialCache, type CredentialCache, type ReceivingConnection } from '../webhooks/connection-credentials.ts';
 import type { WebhookHeaders } from '../webhooks/normalize.ts';
@@ -241,6 +241,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
       return await read();
     } catch (error) {
       deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
+      c.header('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
       throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
     }
   };
@@ -420,8 +421,11 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     // The database unavailable (no connection, 08, 53, 57, 40, a lock timeout), a connect or a
     // lookup failing whatever its SQLSTATE, or anything else not the delivery's content: not
     // acknowledged, so the provider delivers it again.
+    // A statement or lock deadline (database.statementTimeoutSeconds, lockTimeoutSeconds: 57014,
+    // 55P03) or one of the client's (connect, read) is the same: PostgreSQL busy or not answering.
     deps.logger.error({ reason: (error as Error).message, sqlState, provider, deliveryId }, 'could not store the delivery');
-    throw new Problem(503, 'Service Unavailable', 'the delivery could not be stored durably; deliver it again');
+    c.header('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
+    throw new Problem(503, 'Service Unavailable', databaseBusy(error) ? 'the database is busy or did not answer in time; deliver it again' : 'the delivery could not be stored durably; deliver it again');
   }
   // A redelivery finds its row already there: acknowledged the same way, nothing new stored or started.
   deps.ackTrace?.answered((c.env as { incoming?: IncomingMessage } | undefined)?.incoming, deliveryId);

@@ -69,3 +69,37 @@ export async function contentWrite<T>(write: () => Promise<T>, options: { foreig
     throw refusedForItsData(error, options) ? new ContentRefusedError(error) : error;
   }
 }
+
+/** pg's error for a statement not answered within query_timeout (pg's client.js). */
+export const QUERY_READ_TIMEOUT_MESSAGE = 'Query read timeout';
+
+/**
+ * The SQLSTATEs by which PostgreSQL gave up on a statement for a deadline or a conflict, not for
+ * the statement: 57014 query_canceled (statement_timeout, the API pool's database.statementTimeoutSeconds),
+ * 55P03 lock_not_available (lock_timeout: a lock held by a migration, an operator's `lock table`),
+ * 40001 serialization_failure and 40P01 deadlock_detected. The same statement later can succeed.
+ */
+const BUSY_STATES: ReadonlySet<string> = new Set(['57014', '55P03', '40001', '40P01']);
+
+/** Whether PostgreSQL cancelled the statement for a deadline or a conflict (BUSY_STATES), or pg stopped waiting for its answer (query_timeout). */
+export function databaseBusy(error: unknown): boolean {
+  const state = sqlStateOf(error);
+  if (state !== undefined) return BUSY_STATES.has(state);
+  return error instanceof Error && error.message === QUERY_READ_TIMEOUT_MESSAGE;
+}
+
+/**
+ * The database did not answer a request: it could not be reached, refused a connection or dropped
+ * one (network errors, class 08 connection exceptions, class 53 insufficient resources such as
+ * 53300 too_many_connections, 57P0x shutdowns and 57P03 cannot_connect_now, pg's own "Connection
+ * terminated", a connect or a pool wait past database.connectTimeoutSeconds), or it was busy
+ * (databaseBusy: a statement or lock deadline passed). A failing dependency, so 503 with
+ * Retry-After, never the 500 of a bug nor a 4xx.
+ */
+export function databaseUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (databaseBusy(error)) return true;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND'].includes(code) || /^(08|53|57P)/.test(code))) return true;
+  return /^Connection terminated|timeout exceeded when trying to connect|^Client has encountered a connection error/.test(error.message);
+}

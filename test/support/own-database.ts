@@ -7,6 +7,8 @@ import { migrateToLatest } from '../../lib/db/migrate.ts';
 export interface OwnDatabase {
   /** A connection pool to the test's own database. */
   db: Kysely<any>;
+  /** Its connection URL (for a pool, a harness or a process of the test's own). */
+  url: string;
   /** Another pool to it (another pod's, another session's), closed by `drop`. */
   pool(max?: number): Kysely<any>;
   /** Closes the pools and drops the database (other connections to it are ended). */
@@ -30,6 +32,7 @@ export async function createOwnDatabase(prefix: string, { max = 1, migrate = tru
   const pools: Kysely<any>[] = [db];
   return {
     db,
+    url: url.toString(),
     pool(poolMax = 1) {
       const pool = createDb(url.toString(), { max: poolMax });
       pools.push(pool);

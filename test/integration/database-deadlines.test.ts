@@ -1,0 +1,248 @@
+import { spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sql } from 'kysely';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify as toYaml } from 'yaml';
+import { createDb, deadlinesFromConfig, type Db } from '../../lib/db/index.ts';
+import type { Provider } from '../../lib/domain.ts';
+import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
+import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
+import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+import { createOwnDatabase, type OwnDatabase } from '../support/own-database.ts';
+import { stallingProxy } from '../support/temporal-outage.ts';
+
+/**
+ * "A failing dependency is a 503, not a hang": the API's pool (database.*TimeoutSeconds,
+ * lib/db/index.ts) against a PostgreSQL that hangs instead of refusing, on a database of this
+ * file's own (its locks disturb no other test):
+ * - another session holds `lock table webhook_deliveries in access exclusive mode`: a signed
+ *   delivery answers 503 with Retry-After at the lock deadline, stores nothing, and its redelivery
+ *   once the lock is gone answers 202 and is stored once;
+ * - an address that accepts TCP and never answers: a delivery and /readyz answer 503 at the connect deadline;
+ * - a connection whose answers stop coming (a silent network path): the statement gives up at the
+ *   client's read deadline, and its connection is dropped, not handed to the next request;
+ * - `npm run migrate` with the same short deadlines configured: a `create index concurrently` that
+ *   waits for a lock longer than they allow is not cut.
+ * The bounds asserted are the deadline plus generous slack for a loaded machine.
+ */
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** Short deadlines, so that a test waits little; the lock's is the shortest, as in the defaults. */
+const DATABASE = { connectTimeoutSeconds: 1, statementTimeoutSeconds: 4, lockTimeoutSeconds: 0.5 };
+const DEADLINES = deadlinesFromConfig(DATABASE);
+/** What a loaded machine may add to a deadline before the answer is sent. */
+const SLACK_MS = 2000;
+
+/** A TCP server that accepts every connection and never sends a byte: a database address that hangs. */
+async function silentServer() {
+  const sockets = new Set<Socket>();
+  let accepted = 0;
+  const server: Server = createServer((socket) => {
+    accepted++;
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `postgres://forgelink:secret@127.0.0.1:${(server.address() as { port: number }).port}/forgelink`,
+    accepted: () => accepted,
+    close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
+  };
+}
+
+async function timed<T>(run: () => Promise<T> | T): Promise<{ value: T; ms: number }> {
+  const started = performance.now();
+  const value = await run();
+  return { value, ms: performance.now() - started };
+}
+
+describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () => {
+  let own: OwnDatabase;
+  let h: Harness;
+  let api: Db;
+  const attached = {} as Record<'github' | 'gitlab', { externalId: string; fullName: string }>;
+  const hooks = {} as Record<'github' | 'gitlab', DeliveringHook>;
+  const pools: Db[] = [];
+  /** A pool as the API opens it (api/main.ts): with the configured deadlines. */
+  const apiPool = (url: string, max = 5) => {
+    const db = createDb(url, { max, deadlines: DEADLINES });
+    pools.push(db);
+    return db;
+  };
+
+  beforeAll(async () => {
+    own = await createOwnDatabase('deadlines', { max: 2 });
+    h = await startHarness({ databaseUrl: own.url, withoutWorker: true, withoutIntakeRelay: true });
+    const { org } = await createOrgWithToken(h);
+    for (const provider of ['github', 'gitlab'] as const) {
+      attached[provider] = { externalId: uniqueExternalId(provider), fullName: provider === 'github' ? 'octo-org/deadlines' : 'group/deadlines' };
+      ({ hook: hooks[provider] } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...attached[provider] }));
+    }
+    api = apiPool(own.url);
+  });
+  afterAll(async () => {
+    await Promise.all(pools.map((p) => p.destroy()));
+    await h?.close();
+    await own?.drop();
+  });
+
+  const push = (provider: 'github' | 'gitlab') => {
+    const payload = { ...withRepository(provider, fixture(PUSH_FIXTURES[provider]), attached[provider]), test_push: randomUUID() };
+    return delivery(provider, payload, { deliveryId: randomUUID(), ...hooks[provider] });
+  };
+  const storedRows = async (deliveryId: string) => (await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', deliveryId).execute()).length;
+
+  it('answers a delivery 503 with Retry-After at the lock deadline while the intake table is locked, stores nothing, and stores its redelivery once', { timeout: 60_000 }, async () => {
+    const app = h.appWith({ db: api });
+    const sent = { github: push('github'), gitlab: push('gitlab') };
+    const locker = new pg.Client({ connectionString: own.url });
+    await locker.connect();
+    // Should the deadlines not hold, the lock is let go after a while so the requests end and the test fails instead of hanging.
+    let unlock: NodeJS.Timeout | undefined;
+    try {
+      await locker.query('begin');
+      await locker.query('lock table webhook_deliveries in access exclusive mode');
+      unlock = setTimeout(() => void locker.query('rollback').catch(() => {}), 20_000);
+      for (const provider of ['github', 'gitlab'] as const) {
+        const d = sent[provider];
+        const { value: res, ms } = await timed(() => app.request(d.path, { method: 'POST', headers: d.headers, body: d.body }));
+        expect(res.status, `${provider}: ${await res.clone().text()}`).toBe(503);
+        expect(res.headers.get('content-type')).toBe('application/problem+json');
+        expect(res.headers.get('retry-after')).toBe('5');
+        expect(((await res.json()) as { detail: string }).detail).toBe('the database is busy or did not answer in time; deliver it again');
+        expect(ms, `${provider} answered in ${Math.round(ms)} ms`).toBeLessThan(DEADLINES.lockMs + SLACK_MS);
+        // The lock deadline (55P03), not the statement's (57014, later), cut it.
+        expect(h.logs.find((l) => l.includes(d.deliveryId) && l.includes('could not store the delivery'))).toMatch(/"sqlState":"55P03"/);
+      }
+    } finally {
+      clearTimeout(unlock);
+      await locker.query('rollback').catch(() => {});
+      await locker.end();
+    }
+    for (const provider of ['github', 'gitlab'] as const) {
+      const d = sent[provider];
+      expect(await storedRows(d.deliveryId)).toBe(0);
+      const again = await app.request(d.path, { method: 'POST', headers: d.headers, body: d.body });
+      expect(again.status, await again.clone().text()).toBe(202);
+      expect(await storedRows(d.deliveryId)).toBe(1);
+    }
+  });
+
+  it('answers a delivery and /readyz 503 at the connect deadline when the database accepts TCP and never answers', { timeout: 60_000 }, async () => {
+    const silent = await silentServer();
+    try {
+      const app = h.appWith({ db: apiPool(silent.url) });
+      const d = push('gitlab');
+      const { value: res, ms } = await timed(() => app.request(d.path, { method: 'POST', headers: d.headers, body: d.body }));
+      expect(res.status, await res.clone().text()).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('5');
+      expect(ms, `the delivery answered in ${Math.round(ms)} ms`).toBeLessThan(DEADLINES.connectMs + SLACK_MS);
+      const github = push('github');
+      const second = await timed(() => app.request(github.path, { method: 'POST', headers: github.headers, body: github.body }));
+      expect(second.value.status).toBe(503);
+      expect(second.ms, `the GitHub delivery answered in ${Math.round(second.ms)} ms`).toBeLessThan(DEADLINES.connectMs + SLACK_MS);
+      const ready = await timed(() => app.request('/readyz'));
+      expect(ready.value.status).toBe(503);
+      expect(await ready.value.json()).toEqual({ status: 'not ready', checks: { database: 'unavailable', temporal: 'ok' } });
+      expect(ready.ms, `/readyz answered in ${Math.round(ready.ms)} ms`).toBeLessThan(DEADLINES.connectMs + SLACK_MS);
+      const listed = await timed(() => app.request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } }));
+      expect(listed.value.status).toBe(503);
+      expect(listed.value.headers.get('retry-after')).toBe('5');
+      expect(listed.ms).toBeLessThan(DEADLINES.connectMs + SLACK_MS);
+      expect(silent.accepted()).toBeGreaterThanOrEqual(4);
+      expect(await storedRows(d.deliveryId)).toBe(0);
+    } finally {
+      await silent.close();
+    }
+  });
+
+  it("gives up on a statement whose answer never comes at the client's read deadline, and drops its connection", { timeout: 60_000 }, async () => {
+    const proxy = await stallingProxy('127.0.0.1:5432');
+    try {
+      const url = new URL(own.url);
+      url.host = proxy.address;
+      const db = apiPool(url.toString(), 1);
+      // Connected and idle in the pool, as a running API's are; then the path goes silent.
+      await sql`select 1`.execute(db);
+      proxy.stall();
+      const app = h.appWith({ db });
+      const listed = await timed(() => app.request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } }));
+      expect(listed.value.status).toBe(503);
+      expect(listed.value.headers.get('retry-after')).toBe('5');
+      expect(((await listed.value.json()) as { detail: string }).detail).toBe('the database is busy or did not answer in time; try again');
+      const readMs = DEADLINES.statementMs + 1000;
+      expect(listed.ms).toBeGreaterThanOrEqual(readMs - 50);
+      expect(listed.ms, `answered in ${Math.round(listed.ms)} ms`).toBeLessThan(readMs + SLACK_MS);
+      // The connection was cut: the next request connects anew (and meets the connect deadline),
+      // instead of queueing behind the answer that never came (the read deadline again).
+      const next = await timed(() => app.request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } }));
+      expect(next.value.status).toBe(503);
+      expect(next.ms, `the next request answered in ${Math.round(next.ms)} ms`).toBeLessThan(DEADLINES.connectMs + SLACK_MS);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('runs `npm run migrate` without the deadlines: an index build waiting on a lock past them is not cut', { timeout: 120_000 }, async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-deadlines-'));
+    const migrated = await createOwnDatabase('deadlines_migrate');
+    const locker = new pg.Client({ connectionString: migrated.url });
+    await locker.connect();
+    let unlock: NodeJS.Timeout | undefined;
+    try {
+      // The concurrent index is built again (lib/db/concurrent-indexes.ts) and must wait for the lock held here.
+      await sql`drop index events_repository`.execute(migrated.db);
+      await locker.query('begin');
+      await locker.query('lock table events in share update exclusive mode');
+      const configFile = path.join(dir, 'forgelink.yml');
+      writeFileSync(
+        configFile,
+        toYaml({
+          publicUrl: 'http://127.0.0.1:8080',
+          database: { url: migrated.url, ...DATABASE },
+          auth: { adminToken: randomBytes(24).toString('hex') },
+          encryption: { key: randomBytes(32).toString('base64') },
+        }),
+        { mode: 0o600 },
+      );
+      const migrate = spawn(process.execPath, ['--import', 'tsx', 'lib/db/migrate-cli.ts'], { cwd: ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME, FORGELINK_CONFIG: configFile }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      for (const stream of [migrate.stdout, migrate.stderr]) stream.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+      const exited = new Promise<number | null>((resolve) => migrate.once('exit', (code) => resolve(code)));
+      unlock = setTimeout(() => void locker.query('rollback').catch(() => {}), 60_000);
+      // The build waits on the lock for longer than every deadline configured (twice the statement's), and is still waiting.
+      const waitedMs = 2 * DEADLINES.statementMs;
+      const waited = expect
+        .poll(
+          async () => {
+            // Asked on another session: the locker's transaction would see one snapshot of the statistics.
+            const { rows } = await sql<{ waited_ms: number }>`select extract(epoch from clock_timestamp() - query_start) * 1000 as waited_ms from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock' and query ilike 'create index concurrently%'`.execute(migrated.db);
+            return Number(rows[0]?.waited_ms ?? 0);
+          },
+          { timeout: 60_000, interval: 200 },
+        )
+        .toBeGreaterThan(waitedMs);
+      // A migration that ends while the lock is still held was cut (a deadline): that fails at once.
+      let released = false;
+      await Promise.race([waited, exited.then((code) => released || expect.fail(`npm run migrate ended (${code}) while the lock was held:\n${output}`))]);
+      released = true;
+      await locker.query('rollback');
+      expect(await exited, output).toBe(0);
+      const { rows } = await sql<{ valid: boolean }>`select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid where c.relname = 'events_repository'`.execute(migrated.db);
+      expect(rows).toEqual([{ valid: true }]);
+    } finally {
+      clearTimeout(unlock);
+      await locker.query('rollback').catch(() => {});
+      await locker.end();
+      await migrated.drop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
