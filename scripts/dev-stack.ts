@@ -147,6 +147,7 @@ async function main() {
     recordServer(record, 'postgres', embedded.pid);
     databaseUrl = embedded.url;
   }
+  // As npm run migrate: without the API's deadlines, which a migration may pass.
   const db = createDb(databaseUrl, { max: 1 });
   const applied = await migrateToLatest(db);
   await db.destroy();

@@ -32,6 +32,8 @@ export async function runWorker(config: Config, options: { address?: string; dat
   const tracing = startTracing(config.tracing, { serviceName: 'forgelink-worker' });
   const databaseUrl = options.databaseUrl ?? config.database.url;
   if (!databaseUrl) throw new Error('database.url is required to run the worker on its own (npm start provides an embedded one)');
+  // Without the API's deadlines (database.*TimeoutSeconds): activities have timeouts of their own and
+  // are retried, and some statements (a purge, a listing's writes) may take longer than a request's.
   const db = createDb(databaseUrl, { logger });
   // The recording reads the same window as the receivers: a legacy delivery stored earlier is not recorded while it is off.
   await noticeLegacyHooks({ db, logger, window: legacyHookWindow(config) });

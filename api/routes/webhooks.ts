@@ -503,7 +503,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit'),
-          503: problemResponse("The database is unavailable, the connection's credentials cannot be read, too many unverified or large bodies are being read at once, or a large body's thread ended (Retry-After); the provider should deliver it again"),
+          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, or a large body's thread ended (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

@@ -7,6 +7,8 @@ if (!config.database.url) {
   console.error('database.url is required to migrate (npm start migrates its embedded database itself)');
   process.exit(1);
 }
+// Without the API's deadlines (database.*TimeoutSeconds): a migration or `create index
+// concurrently` (lib/db/concurrent-indexes.ts) may wait for locks and run for minutes.
 const db = createDb(config.database.url, { max: 1 });
 try {
   const applied = await migrateToLatest(db);
