@@ -20,6 +20,7 @@ import { createCredentialCache, type CredentialCache, type ReceivingConnection }
 import type { WebhookHeaders } from '../webhooks/normalize.ts';
 import { bodyPoolSizes, createBodyPool, type BodyPool } from '../webhooks/body-thread.ts';
 import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../webhooks/delivery-body.ts';
+import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../webhooks/parse-cost.ts';
 import { PoolBusy, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { createUnverifiedBudget, sourceOf, unverifiedBudgetSizes, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
@@ -316,7 +317,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     // One organization's deliveries (GitHub App's and legacy hooks': the provider's, the installation being in the body) are one key of the pool's round robin.
     const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
     try {
-      const { result, release: free } = await caches.bodies.runHeld(key, { provider, headers, maxEventsBytes, body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
+      const { result, release: free } = await caches.bodies.runHeld(key, { provider, headers, maxEventsBytes, maxParseCost: maxParseCost(deps.webhooks.maxBodyBytes), body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
       places.push(free);
       return result;
     } catch (error) {
@@ -347,6 +348,12 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   if (read.kind === 'refused') throw refused();
   if (read.kind === 'pong') return pong();
   if (read.kind === 'invalid') throw badRequest(read.message);
+  // JSON built to be costly once parsed (api/webhooks/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
+  if (read.kind === 'tooCostly') {
+    const limit = maxParseCost(deps.webhooks.maxBodyBytes);
+    deps.logger.warn({ provider, connectionId, cost: read.cost, limit }, "a webhook body's JSON would take more heap to parse than the bound: answered 413, not parsed");
+    throw new Problem(413, 'Content Too Large', `the body is too costly to parse: its JSON would take more than ${limit} bytes of heap once parsed (${PARSE_COST_PER_BODY_BYTE} times webhooks.maxBodyBytes)`);
+  }
   const received = read;
   const { delivery } = received;
   const { instanceUrl, installationId, overlong } = delivery;
@@ -502,7 +509,7 @@ export function webhookRoutes(options: {
           202: { description: 'The delivery is stored durably (or already was: a redelivery); its event workflow starts from the intake table', content: { 'application/json': { schema: Acknowledged } } },
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
-          413: problemResponse('The body is over the size limit'),
+          413: problemResponse('The body is over the size limit, or its JSON would take more heap to parse than the bound derived from the size limit'),
           503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, or a large body's thread ended (Retry-After); the provider should deliver it again"),
         },
       }),

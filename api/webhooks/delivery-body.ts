@@ -3,6 +3,7 @@ import { isAccessChange, type NormalizedEvent, type Provider } from '../../lib/d
 import { serializeEvents } from '../../lib/db/repositories/deliveries.ts';
 import { summarizeDelivery, type DeliverySummary } from '../../workflows/contract.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type WebhookHeaders } from './normalize.ts';
+import { parseCost } from './parse-cost.ts';
 import { verifyDelivery, type DeliveryCredential } from './verify.ts';
 
 /**
@@ -21,6 +22,12 @@ export interface BodyJob {
   credentials?: DeliveryCredential[];
   /** The most UTF-8 bytes the events may take as JSON (twice webhooks.maxBodyBytes). */
   maxEventsBytes: number;
+  /**
+   * The most heap its JSON may take once parsed, as parseCost counts it before the parse (a large
+   * body, on a thread: maxParseCost of webhooks.maxBodyBytes); a body over it is not parsed. Absent
+   * on the event loop: a body under webhooks.threadBodyBytes takes at most ~30 times its bytes.
+   */
+  maxParseCost?: number;
   /** Whether to compute the body's SHA-256 (a connection's delivery records it). */
   bodyDigest: boolean;
   /**
@@ -35,6 +42,8 @@ export type BodyOutcome =
   | { kind: 'pong' }
   /** The signature does not match the credentials: the body, handed back for a check against reloaded ones. */
   | { kind: 'refused'; body: Uint8Array }
+  /** Its JSON would take more heap to parse than BodyJob.maxParseCost (413): not parsed. */
+  | { kind: 'tooCostly'; cost: number }
   /** Not the provider's JSON (400). */
   | { kind: 'invalid'; message: string }
   | { kind: 'delivery'; delivery: ReceivedDelivery; bodyDigest?: string; events?: NormalizedEvent[] };
@@ -61,12 +70,17 @@ export interface ReceivedDelivery {
 const JSON_CONTENT_TYPE = /^application\/json\s*(;|$)/i;
 
 /**
- * The body's step. The order is the receiver's: Bitbucket's unsigned ping, the signature, GitHub's
- * (signed) ping, the content type, the payload. `verified` is called once the signature matched
+ * The body's step. The order is the receiver's: the parse's cost (a large body), Bitbucket's
+ * unsigned ping, the signature, GitHub's (signed) ping, the content type, the payload. `verified` is called once the signature matched
  * (the receiver then gives the body's bytes back to the unverified budget).
  */
 export function readDeliveryBody(job: BodyJob, verified: () => void = () => {}): BodyOutcome {
   const { provider, headers, body } = job;
+  // First: a Bitbucket body without X-Event-Key is parsed for its ping check.
+  if (job.maxParseCost !== undefined) {
+    const cost = parseCost(body, job.maxParseCost);
+    if (cost > job.maxParseCost) return { kind: 'tooCostly', cost };
+  }
   const ping = isPing(provider, headers, body);
   if (ping && provider === 'bitbucket') return { kind: 'pong' };
   if (job.credentials) {

@@ -32,12 +32,23 @@ export function paddedPush(tenant: LargeBodyTenant, padding = 0): Delivery {
 }
 
 /**
- * The receivers as the API serves them, reading large bodies on a gated pool of one thread
- * (test/support/gated-body-thread.ts), with `post` and `jobs`: the large bodies running on it and
- * waiting for it (forgelink_webhook_body_thread_jobs). Open the gate and close the pool after each test.
+ * A push of the tenant's repository whose body, `bytes` long, is mostly `padding: [{},{},…]`: valid
+ * JSON the receiver reads none of, built to be costly once parsed (~22 bytes of heap a byte).
  */
-export function gatedReceivers(h: Harness, maxBodyBytes: number) {
-  const gated = gatedBodyPool(1);
+export function costlyPush(tenant: LargeBodyTenant, bytes: number): Delivery {
+  const payload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), tenant.repository);
+  const unit = '{},';
+  const room = bytes - JSON.stringify(payload).length - 20;
+  return delivery('gitlab', payload, { deliveryId: randomUUID(), ...tenant.hook, rawBody: `${JSON.stringify(payload).slice(0, -1)},"padding":[${unit.repeat(Math.floor(room / unit.length))}{}]}` });
+}
+
+/**
+ * The receivers as the API serves them, reading large bodies on a gated pool of `threads` threads
+ * (test/support/gated-body-thread.ts), with `post` and `jobs`: the large bodies running on them and
+ * waiting for one (forgelink_webhook_body_thread_jobs). Open the gate and close the pool after each test.
+ */
+export function gatedReceivers(h: Harness, maxBodyBytes: number, threads = 1) {
+  const gated = gatedBodyPool(threads);
   const app = h.appWith({ metrics: createApiMetrics(), metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes, bodyPool: gated.pool } });
   return {
     app,
