@@ -4,22 +4,47 @@
  * 25 MiB of it took ~720 MiB of heap) made a heap larger than the API's memory limit. JSON.parse
  * cannot be stopped partway: a Worker's heap limit (resourceLimits) does not end it (V8 raises the
  * limit 16 MiB at a time until the parse is done) and, past it, Node 20 often aborts the whole
- * process (README: Hostile content), so the bound is this count, before the parse.
+ * process (README: Bodies too costly to parse), so the bound is this count, before the parse.
  *
  * An upper bound of V8's objects (64-bit, no pointer compression, as Node 20 runs): each value a
  * slot in its parent (8 bytes), an object its header and four in-object slots (56), an array its
  * header and its elements' store (48), a string its header and its characters (24 + its bytes,
  * twice that when it holds a non-ASCII byte: it may be two bytes a character), a number a
- * HeapNumber (16: a small integer takes none), and each key as a string of its own plus what a
- * distinct key costs in maps (an object's keys are shared strings and maps, so a key repeated across
- * objects is counted once per object). Plus the decoded text (twice the bytes when one is not ASCII).
+ * HeapNumber (16: a small integer takes none), and a key, the first time it is seen, as a string of
+ * its own plus what a distinct key costs in maps (later, its slot). Plus the decoded text (twice the
+ * bytes when one is not ASCII).
  * `limit`: counting stops once past it.
  * Checked against measured heaps in bench/parse-cost.ts.
  */
 /** What a key costs beyond its string: a distinct key makes a map and descriptors (~80 bytes measured). */
 const KEY = 80;
+/** Distinct keys remembered; past them every new-looking key is counted as distinct (more, never less). */
+const MAX_KEYS = 65_536;
+
+/** The keys seen so far, by their bytes (a hash of them, then the bytes compared). */
+function distinctKeys() {
+  const byHash = new Map<number, Uint8Array[]>();
+  let count = 0;
+  return {
+    /** Whether body[from, to) was seen as a key already; remembers it (while there is room). */
+    seen(body: Uint8Array, from: number, to: number, hash: number): boolean {
+      const same = byHash.get(hash);
+      if (same) {
+        for (const key of same) if (key.length === to - from && Buffer.compare(key, body.subarray(from, to)) === 0) return true;
+      }
+      if (count < MAX_KEYS) {
+        const copy = body.slice(from, to);
+        if (same) same.push(copy);
+        else byHash.set(hash, [copy]);
+        count++;
+      }
+      return false;
+    },
+  };
+}
 
 export function parseCost(body: Uint8Array, limit = Infinity): number {
+  const keys = distinctKeys();
   let cost = 0;
   let nonAscii = false;
   const n = body.length;
@@ -38,19 +63,24 @@ export function parseCost(body: Uint8Array, limit = Infinity): number {
         // A string: to its closing quote, over escapes.
         const start = i;
         let wide = false;
+        let hash = 0x811c9dc5;
         for (i++; i < n; i++) {
           const c = body[i]!;
           if (c === 0x22) break;
+          hash = Math.imul(hash ^ c, 0x01000193);
           if (c === 0x5c) i++;
           else if (c >= 0x80) wide = true;
         }
         const bytes = i - start - 1;
         if (wide) nonAscii = true;
-        cost += 24 + 8 + (wide ? 2 * bytes : bytes);
-        // A key (a colon next): what a distinct one costs in maps and their descriptors, counted for every key.
         let next = i + 1;
         while (next < n && (body[next] === 0x20 || body[next] === 0x0a || body[next] === 0x0d || body[next] === 0x09)) next++;
-        if (body[next] === 0x3a) cost += KEY;
+        // A key (a colon next) is a string shared by every object that has it, and a distinct one
+        // costs maps and their descriptors: counted the first time it is seen (its bytes compared).
+        if (body[next] === 0x3a) {
+          if (keys.seen(body, start + 1, i, hash)) cost += 8;
+          else cost += 24 + 8 + (wide ? 2 * bytes : bytes) + KEY;
+        } else cost += 24 + 8 + (wide ? 2 * bytes : bytes);
         break;
       }
       case 0x2d: // -
@@ -85,10 +115,10 @@ export function parseCost(body: Uint8Array, limit = Infinity): number {
 
 /**
  * The most parseCost a body read on a thread may have: this many times webhooks.maxBodyBytes, so an
- * operator raising the body limit raises it with it. Measured (bench/parse-cost.ts, README: Hostile
- * content): real-shaped pushes of the recorded fixtures grown to the limit count 3.5-6 per byte
- * (their heap 2.4-3.1 per byte), the densest body a provider's JSON makes (a Bitbucket push of 1-byte
- * ref names and object ids) 9.5-10; `[{},{},…]` 22 and `[[[…]]]` 29, both counted as they weigh.
+ * operator raising the body limit raises it with it. Measured at 25 MiB (bench/parse-cost.ts,
+ * README: Bodies too costly to parse): real-shaped pushes of the recorded fixtures grown to the limit
+ * count 2.4-4.3 per byte (their heap 2.4-3.0), a Bitbucket push of 1-byte ref names and object ids
+ * among them; `[{},{},…]` 22 and `[[[…]]]` 29, counted as they weigh.
  */
 export const PARSE_COST_PER_BODY_BYTE = 12;
 
