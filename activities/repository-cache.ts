@@ -9,8 +9,8 @@ import {
   listingPages,
   finishListingInDb,
   purgeVanishedRepositories,
+  makeListingDurable,
   recordRefreshOutcome,
-  renewListingLease,
   repositoriesDigest,
   takeListingLease,
   writeListingPage,
@@ -177,6 +177,9 @@ export function createRepositoryCacheActivities(
         secret: row.credential ? open(keys, row.credential, row.id) : undefined,
       });
       const scope = { organizationId: row.organization_id, connectionId, provider: row.provider };
+      // A listing that starts with an empty cache inserts its pages' rows without the upsert's
+      // checks until one turns out to be there already (writeListingPage, NewRows).
+      const newRows = { likely: starting && counted === 0 };
       const queue = [...state.pending];
       const known = new Set([...state.visitedPageKeys, ...queue]);
       const inFlight = new Set<string>();
@@ -185,20 +188,42 @@ export function createRepositoryCacheActivities(
         known.add(cursor);
         queue.push(cursor);
       };
-      // A listing longer than a third of its lease renews it as it goes (the call waits for no answer).
-      let leaseRenewedAt = Date.now();
+      /*
+       * Pages commit without waiting for the disk (writeListingPage); what is heartbeated (and what
+       * a chunk returns) must not name a page a database crash could still lose, or the retry or
+       * next chunk would skip it and the listing's end mark its repositories vanished. So a
+       * heartbeat waits for makeListingDurable (one durable commit, which flushes every write
+       * before it, and renews the lease) when pages were written since the last one. A heartbeat
+       * whose flush failed is not sent: the retry resumes from the one before. A listing longer
+       * than a third of its lease renews it that way too, pages written or not (304s).
+       */
       let beatAt = -Infinity;
+      let beating: Promise<void> = Promise.resolve();
+      let unflushed = false;
+      let leaseRenewedAt = Date.now();
       /** Heartbeats where the listing stands: at most every LISTING_HEARTBEAT_MS while pages come, and always as the chunk stops (`last`). */
       const beat = (last: boolean) => {
         const now = Date.now();
         if (!last && now - beatAt < LISTING_HEARTBEAT_MS) return;
         beatAt = now;
         state.pending = [...inFlight, ...queue];
-        heartbeatProgress(structuredClone(state));
-        if (leaseHolder !== undefined && now - leaseRenewedAt > (LISTING_LEASE_SECONDS * 1000) / 3) {
-          leaseRenewedAt = now;
-          renewListingLease(db, connectionId, leaseHolder).catch((error: unknown) => logger.warn({ connectionId, err: error }, 'listing lease not renewed'));
-        }
+        const progress = structuredClone(state);
+        const flush = unflushed || (leaseHolder !== undefined && now - leaseRenewedAt > (LISTING_LEASE_SECONDS * 1000) / 3);
+        unflushed = false;
+        if (flush) leaseRenewedAt = now;
+        beating = beating.then(async () => {
+          if (flush) {
+            try {
+              const renewed = await makeListingDurable(db, connectionId, leaseHolder);
+              if (leaseHolder !== undefined && !renewed) logger.warn({ connectionId }, 'listing lease not renewed: another refresh holds it');
+            } catch (error) {
+              unflushed = true;
+              logger.warn({ connectionId, err: error }, 'listing writes not made durable: progress not heartbeated');
+              return;
+            }
+          }
+          heartbeatProgress(progress);
+        });
       };
 
       /**
@@ -271,7 +296,9 @@ export function createRepositoryCacheActivities(
             pageKey,
             unchanged ? undefined : page.repositories,
             unchanged && sameLinks ? undefined : { etag: page.etag, externalIds: page.repositories.map((r) => r.externalId), ...links, contentHash },
+            { newRows },
           );
+          unflushed = true;
           state.rowsWritten += written;
           // Progress heartbeated by a worker from before this count existed lacks it.
           if (unchanged) state.unchangedPages = (state.unchangedPages ?? 0) + 1;
@@ -284,7 +311,7 @@ export function createRepositoryCacheActivities(
       // Pages fetched but not yet written, at most: bounds the memory a slow database can hold up.
       const maxUnwritten = concurrency.callsPerConnection * 2;
       let started = 0;
-      await new Promise<void>((resolve, reject) => {
+      const listed = new Promise<void>((resolve, reject) => {
         let failure: { error: unknown } | undefined;
         pump = () => {
           // Pages done, being fetched and known to follow: past the cap the listing fails now, before
@@ -315,6 +342,8 @@ export function createRepositoryCacheActivities(
         };
         pump();
       });
+      // The last heartbeat (made durable first) is sent before the chunk ends or fails.
+      await listed.finally(() => beating);
       state.pending = queue;
       if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
 

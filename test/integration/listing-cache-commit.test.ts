@@ -5,6 +5,7 @@ import { createDb, type Db } from '../../lib/db/index.ts';
 import {
   finishListingInDb,
   finishListingStatement,
+  makeListingDurable,
   recordRefreshOutcome,
   takeListingLease,
   upsertRepositories,
@@ -29,13 +30,14 @@ const repositoriesOf = (prefix: string, count: number) =>
   Array.from({ length: count }, (_, i) => ({ externalId: `${prefix}-${i}`, fullName: `group/${prefix}-${i}`, defaultBranch: 'main', webUrl: `https://gitlab.example/group/${prefix}-${i}` }));
 
 /**
- * The listing's lease and end commit without waiting for the WAL to reach the disk
- * (synchronous_commit off for their transaction alone): all they write is the listing's bookkeeping
- * and what it derives from the cache, which the next listing writes again. Nothing else does. A
- * page's statements are prepared once per connection; a listing that ends says whether the purge has
- * anything to do.
+ * A listing's writes (its lease, its pages, its end) commit without waiting for the WAL to reach the
+ * disk (synchronous_commit off for their transaction alone): all they write is the repository cache
+ * and the listing's bookkeeping, which the next listing writes again. Nothing else does, and the
+ * listing's durable point (makeListingDurable, before it heartbeats the pages it wrote) commits as
+ * the server is configured and writes WAL, so its commit flushes theirs. A page's statements are
+ * prepared once per connection; a listing that ends says whether the purge has anything to do.
  */
-describe("the listing's lease and end commit without waiting for the disk", () => {
+describe("a listing's writes commit without waiting for the disk", () => {
   let db: Db;
   beforeAll(() => {
     db = createDb(inject('databaseUrl'), { max: 2 });
@@ -57,7 +59,7 @@ describe("the listing's lease and end commit without waiting for the disk", () =
     });
   }
 
-  it("sets it for the listing's lease and end only, and each still answers as before", async () => {
+  it("sets it for the listing's lease, pages and end only, and each still answers as before", async () => {
     const s = await scopeIn(db);
     const [one, two] = repositoriesOf('r', 2);
     await writeListingPage(db, s, 'first', [one!, two!], { externalIds: ['r-0', 'r-1'], contentHash: 'h1' });
@@ -71,11 +73,35 @@ describe("the listing's lease and end commit without waiting for the disk", () =
     // The end marks what no page holds, in that transaction too.
     expect(await commitAfter((c) => finishListingInDb(c, s.connectionId, [], { holder: 'refresh:x/run' }).then((r) => expect(r.vanished).toBe(2)))).toBe('off');
 
-    // Not the page writes (the rows the cache serves), an event's upsert (it shares its transaction
-    // with the event's rows), nor a failure's record.
-    expect(await commitAfter((c) => writeListingPage(c, s, 'first', [one!], { externalIds: ['r-0'], contentHash: 'h2' }))).toBe('on');
+    // A page's write, whichever of its statements it takes (rows and memory, memory alone, rows alone).
+    expect(await commitAfter((c) => writeListingPage(c, s, 'first', [one!], { externalIds: ['r-0'], contentHash: 'h2' }))).toBe('off');
+    expect(await commitAfter((c) => writeListingPage(c, s, 'first', undefined, { externalIds: ['r-0'], contentHash: 'h3' }))).toBe('off');
+    expect(await commitAfter((c) => writeListingPage(c, s, 'first', [{ ...one!, fullName: 'group/renamed' }], undefined).then((n) => expect(n).toBe(1)))).toBe('off');
+    // A page of new rows (a listing into an empty cache: the plain insert).
+    const [fresh] = repositoriesOf('fresh', 1);
+    expect(await commitAfter((c) => writeListingPage(c, s, 'fresh', [fresh!], { externalIds: ['fresh-0'] }, { newRows: { likely: true } }).then((n) => expect(n).toBe(1)))).toBe('off');
+
+    // Not an event's upsert (it shares its transaction with the event's rows), nor a failure's record.
     expect(await commitAfter((c) => upsertRepositories(c, s, [{ externalId: 'r-0', fullName: 'group/moved' }], { partial: true }))).toBe('on');
     expect(await commitAfter((c) => recordRefreshOutcome(c, s.connectionId, 'failed', 'refresh:x/run'))).toBe('on');
+
+    // The durable point commits as configured and writes WAL (a transaction that wrote none would
+    // commit without flushing), whether or not the lease is still the listing's; it renews only its own.
+    await takeListingLease(db, s.connectionId, 'refresh:x/run');
+    // It wrote when the listing's row has a new version (a new xmin): then its transaction had an xid and WAL to flush.
+    const xmin = async () => (await sql<{ xmin: string }>`select xmin::text from repository_listings where connection_id = ${s.connectionId}`.execute(db)).rows[0]!.xmin;
+    const walAfter = async (statement: () => Promise<unknown>) => {
+      const before = await xmin();
+      await statement();
+      return (await xmin()) !== before;
+    };
+    expect(await commitAfter((c) => makeListingDurable(c, s.connectionId, 'refresh:x/run').then((renewed) => expect(renewed).toBe(true)))).toBe('on');
+    const heldUntil = async () => (await db.selectFrom('repository_listings').select('held_until').where('connection_id', '=', s.connectionId).executeTakeFirstOrThrow()).held_until;
+    expect(await walAfter(() => db.connection().execute((c) => makeListingDurable(c, s.connectionId, 'refresh:y/run').then((renewed) => expect(renewed).toBe(false))))).toBe(true);
+    expect(await walAfter(() => db.connection().execute((c) => makeListingDurable(c, s.connectionId, undefined)))).toBe(true);
+    const held = await heldUntil();
+    await makeListingDurable(db, s.connectionId, 'refresh:y/run');
+    expect(await heldUntil()).toEqual(held);
   });
 
   it("sends a page's statements as named prepared statements, parsed once per connection", async () => {
@@ -87,10 +113,12 @@ describe("the listing's lease and end commit without waiting for the disk", () =
         await writeListingPage(conn, s, `page-${p}`, repositories.slice(1), undefined);
       }
       await writeListingPage(conn, s, 'page-0', undefined, { externalIds: [], contentHash: 'h' });
+      const fresh = repositoriesOf('fresh', 3);
+      await writeListingPage(conn, s, 'page-new', fresh, { externalIds: fresh.map((r) => r.externalId), contentHash: 'hn' }, { newRows: { likely: true } });
       return (await sql<{ name: string }>`select name from pg_prepared_statements order by name`.execute(conn)).rows.map((r) => r.name);
     });
-    expect(names).toEqual(['forgelink_listing_page', 'forgelink_listing_page_memory', 'forgelink_listing_upsert']);
-    expect(await db.selectFrom('repositories').select('external_id').where('connection_id', '=', s.connectionId).execute()).toHaveLength(9);
+    expect(names).toEqual(['forgelink_listing_page', 'forgelink_listing_page_memory', 'forgelink_listing_page_new', 'forgelink_listing_upsert']);
+    expect(await db.selectFrom('repositories').select('external_id').where('connection_id', '=', s.connectionId).execute()).toHaveLength(12);
   });
 
   it('says whether the connection has rows the purge would delete', async () => {

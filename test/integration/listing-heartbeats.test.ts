@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { createRepositoryCacheActivities } from '../../activities/repository-cache.ts';
 import { createLimiter } from '../../lib/limiter.ts';
@@ -37,19 +39,22 @@ describe('repository listing heartbeats', () => {
     await h?.close();
   });
 
-  const activities = () =>
+  const activities = (db = h.db) =>
     createRepositoryCacheActivities(
-      { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
+      { db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
       { callsPerConnection: 4, limiter: createLimiter(8) },
     );
   /** Lists a new connection's repositories in one activity attempt, keeping every heartbeat it sent. */
-  async function list() {
+  async function list(db = h.db, onHeartbeat?: (details: ListingProgress) => void) {
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
     const env = new MockActivityEnvironment({ workflowExecution: { workflowId: `refresh:${randomUUID()}`, runId: randomUUID() } });
     const heartbeats: ListingProgress[] = [];
-    env.on('heartbeat', (details: ListingProgress) => heartbeats.push(details));
+    env.on('heartbeat', (details: ListingProgress) => {
+      heartbeats.push(details);
+      onHeartbeat?.(details);
+    });
     const outcome = await env
-      .run(activities().listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 50, leaseHolder: `refresh:${connectionId}` })
+      .run(activities(db).listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 50, leaseHolder: `refresh:${connectionId}` })
       .then((result: unknown) => ({ result, error: undefined as unknown }), (error: unknown) => ({ result: undefined as unknown, error }));
     const written = (await h.db.selectFrom('repository_listing_pages').select('page_key').where('connection_id', '=', connectionId).execute()).map((r) => r.page_key);
     return { ...outcome, heartbeats, written };
@@ -75,5 +80,41 @@ describe('repository listing heartbeats', () => {
     expect(last.visitedPageKeys.sort()).toEqual([...written].sort());
     expect(last.pending.length).toBeGreaterThan(0);
     expect(last.pending.filter((key) => written.includes(key))).toEqual([]);
+  });
+
+  /*
+   * A page's write commits without waiting for the disk; a heartbeat must name only pages a
+   * durable commit has flushed since (makeListingDurable), or after a database crash the retry
+   * would skip a page whose write was lost. The activity's statements are logged as they complete
+   * (the same database, through a pool of its own): before each heartbeat, a durable commit must
+   * have completed after at least as many page writes as the heartbeat names.
+   */
+  it('names in a heartbeat only pages a durable commit flushed before it (and inserts a first listing\'s rows)', async () => {
+    proxy.fault = () => undefined;
+    const log: ('page' | 'durable')[] = [];
+    let insertedPages = 0;
+    const logged = new Kysely<any>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: inject('databaseUrl'), max: 5 }) }),
+      log: (event) => {
+        if (event.level !== 'query') return;
+        if (event.query.sql.includes('insert into repository_listing_pages')) log.push('page');
+        // A first listing into an empty cache inserts its rows without the upsert (INSERT_AND_SAVE_PAGE).
+        if (event.query.sql.includes('insert into repository_listing_pages') && !event.query.sql.includes('on conflict (connection_id, external_id)')) insertedPages++;
+        else if (event.query.sql.includes('insert into repository_listings as l (connection_id) values')) log.push('durable');
+      },
+    });
+    const flushedBefore: { named: number; flushed: number }[] = [];
+    try {
+      const { result, heartbeats } = await list(logged as typeof h.db, (details) => {
+        const lastDurable = log.lastIndexOf('durable');
+        flushedBefore.push({ named: details.visitedPageKeys.length, flushed: log.slice(0, Math.max(lastDurable, 0)).filter((e) => e === 'page').length });
+      });
+      expect(result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+      expect(heartbeats.length).toBeGreaterThan(1);
+      for (const { named, flushed } of flushedBefore) expect(named).toBeLessThanOrEqual(flushed);
+      expect(insertedPages).toBe(log.filter((e) => e === 'page').length);
+    } finally {
+      await logged.destroy();
+    }
   });
 });

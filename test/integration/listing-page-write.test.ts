@@ -77,4 +77,40 @@ describe('listing page writes', () => {
     expect(await upsertRepositories(db, s, [{ externalId: '1', fullName: 'CI/moved', project: 'OPS' }])).toBe(1);
     expect(await rows(s.connectionId)).toMatchObject([{ full_name: 'CI/moved', project: 'OPS', default_branch: null, web_url: null }]);
   });
+
+  it("a listing's page stores names as given (quotes, backslashes, braces, commas) and clears what a row no longer carries", async () => {
+    const s = await scope();
+    const odd = { externalId: '7', fullName: 'CI/q"uote\\back\\slash ünï ✓ \u2028', project: 'C\tI', defaultBranch: 'ma{i}n,', webUrl: 'https://bitbucket.example/"7"' };
+    const page = (contentHash: string) => ({ externalIds: ['7'], contentHash });
+    expect(await writeListingPage(db, s, 'first', [odd], page('d1'))).toBe(1);
+    expect(await rows(s.connectionId)).toMatchObject([{ external_id: '7', full_name: odd.fullName, project: odd.project, default_branch: odd.defaultBranch, web_url: odd.webUrl }]);
+    // Rows alone (the page's memory as stored): a row without project, branch or URL clears them.
+    expect(await writeListingPage(db, s, 'first', [{ externalId: '7', fullName: odd.fullName }], undefined)).toBe(1);
+    expect(await rows(s.connectionId)).toMatchObject([{ full_name: odd.fullName, project: null, default_branch: null, web_url: null }]);
+    expect(await writeListingPage(db, s, 'first', [{ externalId: '7', fullName: odd.fullName }], undefined)).toBe(0);
+  });
+
+  it('a listing into an empty cache inserts its rows, and upserts from the first page whose rows are there already', async () => {
+    const s = await scope();
+    const newRows = { likely: true };
+    const repo = (id: string, name = `CI/${id}`) => ({ externalId: id, fullName: name, project: 'CI', defaultBranch: 'main', webUrl: `https://bitbucket.example/${id}` });
+    expect(await writeListingPage(db, s, 'first', [repo('1'), repo('2')], { externalIds: ['1', '2'], nextCursor: 'p2' }, { newRows })).toBe(2);
+    expect(newRows.likely).toBe(true);
+    // Page 2 lists 2 again (renamed) beside a new one: the insert fails whole, the upsert writes both.
+    expect(await writeListingPage(db, s, 'p2', [repo('2', 'CI/two-renamed'), repo('3')], { externalIds: ['2', '3'] }, { newRows })).toBe(2);
+    expect(newRows.likely).toBe(false);
+    expect((await rows(s.connectionId)).map((r) => [r.external_id, r.full_name])).toEqual([
+      ['1', 'CI/1'],
+      ['2', 'CI/two-renamed'],
+      ['3', 'CI/3'],
+    ]);
+    const pages = await db.selectFrom('repository_listing_pages').select(['page_key', 'external_ids']).where('connection_id', '=', s.connectionId).orderBy('page_key').execute();
+    expect(pages).toEqual([
+      { page_key: 'first', external_ids: ['1', '2'] },
+      { page_key: 'p2', external_ids: ['2', '3'] },
+    ]);
+    // Another error is not taken for a conflict: a row of another organization's connection still fails its key.
+    const other = await scope();
+    await expect(writeListingPage(db, { ...other, organizationId: s.organizationId }, 'first', [repo('9')], { externalIds: ['9'] }, { newRows: { likely: true } })).rejects.toMatchObject({ code: '23503' });
+  });
 });
