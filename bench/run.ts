@@ -76,6 +76,8 @@ try {
         // What the API and the worker ran: the build (`node dist/…`, as production) or the sources under tsx.
         ran: stack.runMode === 'dist' ? 'node dist/ (npm run build)' : 'tsx (TypeScript sources)',
         nodeArgs: process.env.BENCH_NODE_ARGS ?? '',
+        // The API's own flags (BENCH_API_NODE_ARGS), before BENCH_NODE_ARGS.
+        apiNodeArgs: process.env.BENCH_API_NODE_ARGS ?? '',
         // 1, 5 and 15 minute load averages when the benchmark started and ended (or reached its last checkpoint): above the CPU count, other work competed for the cores.
         loadAverage: { atStart: loadBefore.map((l) => Math.round(l * 100) / 100), atEnd: os.loadavg().map((l) => Math.round(l * 100) / 100) },
       },

@@ -206,6 +206,11 @@ export function chartWorkerNodeArgs(): string[] {
   return values.worker?.nodeArgs ?? [];
 }
 
+/** BENCH_API_NODE_ARGS: Node flags for the benchmark's API alone (before BENCH_NODE_ARGS). */
+export function benchApiNodeArgs(): string[] {
+  return process.env.BENCH_API_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+}
+
 /**
  * `npm run build` into dist/ (as the image does), plus the floor worker (bench/floor-worker.ts)
  * compiled beside it with its own workflow bundle, so the floor runs the way the worker does.
@@ -498,7 +503,7 @@ export async function startBenchStack(
     const ackTraceOn = process.env.BENCH_ACK_TRACE === '1';
     let [worker, api] = await Promise.all([
       startWorker(workerNodeArgs),
-      startService('api', 'api/main.ts', ackTraceOn ? { ...env, FORGELINK_ACK_TRACE: ackTraceFile } : env, 'API listening', { mode: runMode }),
+      startService('api', 'api/main.ts', ackTraceOn ? { ...env, FORGELINK_ACK_TRACE: ackTraceFile } : env, 'API listening', { mode: runMode, nodeArgs: benchApiNodeArgs() }),
     ]);
     stops.unshift(() => stopService(worker));
     stops.unshift(() => stopService(api));
