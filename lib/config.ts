@@ -200,6 +200,11 @@ export const configSchema = z
         connectTimeoutSeconds: z.number().min(0.1).max(60).default(DATABASE_DEADLINE_DEFAULTS.connectTimeoutSeconds),
         statementTimeoutSeconds: z.number().min(0.1).max(600).default(DATABASE_DEADLINE_DEFAULTS.statementTimeoutSeconds),
         lockTimeoutSeconds: z.number().min(0.1).max(600).default(DATABASE_DEADLINE_DEFAULTS.lockTimeoutSeconds),
+        // Whether PostgreSQL is told the statement and lock deadlines (a `SET` on each new connection,
+        // which any pooler passes on). False behind a transaction-pooling pooler: a session's SET
+        // would stay on whichever server connection ran it (another client's next) and be missing
+        // from the next one; only the client's connect and read deadlines then hold.
+        serverDeadlines: z.boolean().default(true),
       })
       .refine((d) => d.lockTimeoutSeconds <= d.statementTimeoutSeconds, { path: ['lockTimeoutSeconds'], message: 'must be at most statementTimeoutSeconds (a lock wait is part of its statement)' })
       .prefault({}),

@@ -1,7 +1,7 @@
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, PostgresDialect, type CompiledQuery } from 'kysely';
 import pg from 'pg';
 import type { Logger } from '../logger.ts';
-import { QUERY_READ_TIMEOUT_MESSAGE } from './errors.ts';
+import { QUERY_READ_TIMEOUT_MESSAGE, sqlStateOf } from './errors.ts';
 import type { Database } from './schema.ts';
 
 export type Db = Kysely<Database>;
@@ -14,11 +14,15 @@ export interface DbOptions {
   onCheckout?: () => void;
   /**
    * How long a connect and each statement may take (the API's pool: database.*TimeoutSeconds).
-   * Without it nothing is bounded: the migrations' pool (a migration and `create index
-   * concurrently` can legitimately run for minutes) and the worker's (its activities have their
-   * own timeouts).
+   * Without it (nor `clientDeadlines`) nothing is bounded: the migrations' pool (a migration and
+   * `create index concurrently` can legitimately run for minutes).
    */
   deadlines?: DbDeadlines;
+  /**
+   * Only the client's bounds, no server-side deadline (the worker's pool: WORKER_CLIENT_DEADLINES):
+   * a connect, TCP keepalive, and a read deadline past which the connection is cut.
+   */
+  clientDeadlines?: ClientDeadlines;
 }
 
 /**
@@ -27,14 +31,15 @@ export interface DbOptions {
  * - `connectMs`: a new connection's TCP connect, TLS and authentication, and the wait for a
  *   pooled one when all are taken (pg-pool's connectionTimeoutMillis covers both): an address
  *   that drops packets, a server that accepts and never answers, a pool whose connections are stuck.
- * - `statementMs`: PostgreSQL's statement_timeout (57014), set at connect as a startup parameter:
- *   the server cancels the statement, so it also stops spending PostgreSQL's time, and the
- *   connection stays usable.
+ * - `statementMs`: PostgreSQL's statement_timeout (57014), set by a `SET` on each new connection
+ *   (setServerDeadlines): the server cancels the statement, so it also stops spending PostgreSQL's
+ *   time, and the connection stays usable. A write whose work grows with what it sends gets more
+ *   (runSizedWrite).
  * - `lockMs`: PostgreSQL's lock_timeout (55P03): a statement waiting for a lock someone holds (a
  *   migration's, an operator's `lock table`) gives up sooner than one that is slow for its work.
  * - the client's own read deadline, statementMs + QUERY_READ_MARGIN_MS (pg's query_timeout): a
  *   network path that went silent after connecting, or a server past its statement_timeout that
- *   does not answer (a pooler that dropped the startup parameters, a wedged backend). The
+ *   does not answer (server deadlines off or lost behind a pooler, a wedged backend). The
  *   connection is then cut and dropped from the pool, never handed out again with its statement
  *   still waiting for an answer.
  */
@@ -42,15 +47,68 @@ export interface DbDeadlines {
   connectMs: number;
   statementMs: number;
   lockMs: number;
+  /**
+   * Whether PostgreSQL is told statementMs and lockMs (database.serverDeadlines): a `SET` once per
+   * new connection, before its first statement (not startup parameters, which PgBouncer refuses
+   * unless they are in its ignore_startup_parameters, and then drops). False: only the client's
+   * deadlines (connect, read) hold; for a transaction-pooling pooler, where a session's `SET` stays
+   * on whichever server connection ran it and is not on the next one. Default true.
+   */
+  server?: boolean;
 }
+
+/** The bounds of a pool whose statements have no server-side deadline (the worker's). */
+export interface ClientDeadlines {
+  connectMs: number;
+  /** pg's query_timeout: past it the client stops waiting for an answer and cuts the connection. */
+  readMs: number;
+}
+
+/**
+ * The worker's pool (worker/main.ts). Its activities' statements are short (a page of a listing's
+ * writes, purges in batches of 1,000 / 10,000 rows, a dispatch claim: milliseconds to a few
+ * seconds on a loaded machine), but some wait for a row or advisory lock another transaction of
+ * the worker holds, so no server deadline is set. What is bounded is an answer that never comes (a
+ * silent network path, a wedged backend): without a bound the statement kept its connection and
+ * its activity's slot for ever. 120 s is past every activity's own deadline (startToCloseTimeout at
+ * most 2 minutes, or a 30 s heartbeat timeout for the listing, which heartbeats per page): a
+ * statement still unanswered then serves an attempt Temporal has already timed out and retried.
+ * 10 s to connect: as the intake relay's connection.
+ */
+export const WORKER_CLIENT_DEADLINES: ClientDeadlines = { connectMs: 10_000, readMs: 120_000 };
+
+/** TCP keepalive of a bounded pool's connections: the first probe after this much idle (Node's socket.setKeepAlive), so a peer gone away is noticed on an idle connection too. */
+export const KEEPALIVE_INITIAL_DELAY_MS = 10_000;
 
 /** How much longer than statement_timeout the client waits for an answer before it gives up on the connection. */
 export const QUERY_READ_MARGIN_MS = 1000;
 
 /** The API pool's deadlines from the config's database.*TimeoutSeconds (lib/config.ts). */
-export function deadlinesFromConfig(database: { connectTimeoutSeconds: number; statementTimeoutSeconds: number; lockTimeoutSeconds: number }): DbDeadlines {
+export function deadlinesFromConfig(database: { connectTimeoutSeconds: number; statementTimeoutSeconds: number; lockTimeoutSeconds: number; serverDeadlines?: boolean }): DbDeadlines {
   const ms = (seconds: number) => Math.max(1, Math.round(seconds * 1000));
-  return { connectMs: ms(database.connectTimeoutSeconds), statementMs: ms(database.statementTimeoutSeconds), lockMs: ms(database.lockTimeoutSeconds) };
+  return {
+    connectMs: ms(database.connectTimeoutSeconds),
+    statementMs: ms(database.statementTimeoutSeconds),
+    lockMs: ms(database.lockTimeoutSeconds),
+    ...(database.serverDeadlines === false ? { server: false } : {}),
+  };
+}
+
+/**
+ * How much longer a write's statement deadline gets per MiB it sends (sizedStatementMs). The intake
+ * INSERT of the largest delivery (events up to twice webhooks.maxBodyBytes, 50 MiB at the default)
+ * took 0.45-5.8 s on this 2-core shared machine (bench/intake-insert-max.ts, every provider, ~115 ms
+ * per MiB at worst): more than twice that per MiB keeps a loaded database's honest INSERT within
+ * its deadline, while one that hangs is still cut.
+ */
+export const WRITE_MS_PER_MIB = 250;
+
+/** From how many bytes a write gets a deadline of its own (sizedStatementMs); below it the pool's statementMs holds (an ordinary delivery's INSERT, a few KiB, takes milliseconds). */
+export const SIZED_WRITE_FROM_BYTES = 1024 * 1024;
+
+/** The statement deadline of a write sending `bytes`: the pool's own, plus WRITE_MS_PER_MIB for each MiB. */
+export function sizedStatementMs(deadlines: Pick<DbDeadlines, 'statementMs'>, bytes: number): number {
+  return deadlines.statementMs + Math.ceil((bytes / (1024 * 1024)) * WRITE_MS_PER_MIB);
 }
 
 /** Statement text → its name, for statements sent as named prepared statements (namedStatement). */
@@ -106,17 +164,79 @@ function cutOnReadTimeout(client: pg.PoolClient): void {
   }) as typeof client.query;
 }
 
+/**
+ * Tells PostgreSQL a new connection's deadlines, as its first statement (pg sends a connection's
+ * statements in order, so nothing runs on it before): one simple query of two `SET`s. A `SET`
+ * passes through any pooler; should it fail all the same, the connection is ended (its request
+ * answers 503) and the log names database.serverDeadlines.
+ */
+function setServerDeadlines(deadlines: DbDeadlines, logger: DbOptions['logger']) {
+  const text = `set statement_timeout = ${Math.round(deadlines.statementMs)}; set lock_timeout = ${Math.round(deadlines.lockMs)}`;
+  return (client: pg.PoolClient) => {
+    client.query(text).catch((error: Error) => {
+      logger?.warn(
+        { sqlState: sqlStateOf(error), reason: error.message },
+        'could not set the statement and lock deadlines on a new database connection (SET statement_timeout, lock_timeout); it is dropped. Behind a pooler that refuses SET, set database.serverDeadlines: false (only the connect and read deadlines then hold)',
+      );
+      client.on('error', () => {});
+      void client.end().catch(() => {});
+    });
+  };
+}
+
+/** A pool's pg.Pool and deadlines, for what Kysely cannot send (runSizedWrite: a per-statement read deadline). */
+const poolsOf = new WeakMap<object, { pool: pg.Pool; deadlines?: DbDeadlines }>();
+
+/**
+ * Runs one write that sends `bytes` (the intake INSERT of a large delivery) under a statement
+ * deadline that grows with them (sizedStatementMs), in a transaction of its own: `begin; set local
+ * statement_timeout` (one round trip; a `SET LOCAL` ends with its transaction, so it holds behind
+ * any pooler), the statement with pg's read deadline 1 s past the statement's, and the commit. A
+ * PostgreSQL cancelling the INSERT of a delivery for its size would cancel every redelivery of it
+ * too: the delivery would never be stored. Below SIZED_WRITE_FROM_BYTES, or on a pool without
+ * deadlines, the statement goes as any other (one round trip). Returns the rows it affected.
+ */
+export async function runSizedWrite(db: Db, query: CompiledQuery, bytes: number): Promise<number> {
+  const own = poolsOf.get(db);
+  if (!own?.deadlines || bytes < SIZED_WRITE_FROM_BYTES) {
+    const result = await db.connection().execute((connection) => connection.executeQuery(query));
+    return Number(result.numAffectedRows ?? 0n);
+  }
+  const statementMs = sizedStatementMs(own.deadlines, bytes);
+  const client = await own.pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query(`begin; set local statement_timeout = ${statementMs}`);
+    // pg takes a statement's own query_timeout (client.js), which its types do not declare.
+    const statement: pg.QueryConfig = { text: query.sql, values: query.parameters as unknown[] };
+    const result = await client.query(Object.assign(statement, { query_timeout: statementMs + QUERY_READ_MARGIN_MS }));
+    await client.query('commit');
+    return result.rowCount ?? 0;
+  } catch (error) {
+    // PostgreSQL's refusal (a SQLSTATE) leaves the connection usable once rolled back; anything
+    // else (a read deadline, a cut connection) leaves it in a state not known: it is dropped.
+    if (sqlStateOf(error) === undefined) broken = error as Error;
+    else await client.query('rollback').catch((failed: Error) => (broken = failed));
+    throw error;
+  } finally {
+    client.release(broken);
+  }
+}
+
 export function createDb(connectionString: string, options: DbOptions = {}): Db {
-  const { deadlines } = options;
+  const { deadlines, clientDeadlines } = options;
+  const bounds = deadlines ? { connectMs: deadlines.connectMs, readMs: deadlines.statementMs + QUERY_READ_MARGIN_MS } : clientDeadlines;
   const pool = new pg.Pool({
     connectionString,
     max: options.max ?? 10,
-    ...(deadlines
-      ? { connectionTimeoutMillis: deadlines.connectMs, statement_timeout: deadlines.statementMs, lock_timeout: deadlines.lockMs, query_timeout: deadlines.statementMs + QUERY_READ_MARGIN_MS }
+    ...(bounds
+      ? { connectionTimeoutMillis: bounds.connectMs, query_timeout: bounds.readMs, keepAlive: true, keepAliveInitialDelayMillis: KEEPALIVE_INITIAL_DELAY_MS }
       : {}),
   });
+  // Before the other listeners wrap client.query: the SET is sent as it is.
+  if (deadlines && deadlines.server !== false) pool.on('connect', setServerDeadlines(deadlines, options.logger));
   pool.on('connect', sendNamedStatements);
-  if (deadlines) pool.on('connect', cutOnReadTimeout);
+  if (bounds) pool.on('connect', cutOnReadTimeout);
   // An idle pooled connection failed (PostgreSQL restarted or failed over, a proxy closed it): the
   // pool drops it and connects anew for the next query. Without a listener, pg's 'error' event
   // would end the process. Only the message and code are logged: the error holds the client, and
@@ -133,5 +253,7 @@ export function createDb(connectionString: string, options: DbOptions = {}): Db 
       return client;
     }) as typeof pool.connect;
   }
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  poolsOf.set(db, { pool, ...(deadlines ? { deadlines } : {}) });
+  return db;
 }

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +9,8 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
-import { createDb, deadlinesFromConfig, type Db } from '../../lib/db/index.ts';
+import { DATABASE_DEADLINE_DEFAULTS } from '../../lib/config.ts';
+import { createDb, deadlinesFromConfig, QUERY_READ_MARGIN_MS, sizedStatementMs, type Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
@@ -28,7 +29,12 @@ import { stallingProxy } from '../support/temporal-outage.ts';
  * - a connection whose answers stop coming (a silent network path): the statement gives up at the
  *   client's read deadline, and its connection is dropped, not handed to the next request;
  * - `npm run migrate` with the same short deadlines configured: a `create index concurrently` that
- *   waits for a lock longer than they allow is not cut.
+ *   waits for a lock longer than they allow is not cut;
+ * - a delivery of webhooks.maxBodyBytes whose INSERT takes longer than the default statement and
+ *   read deadlines is stored (its deadline grows with its size), while a small one is still cut;
+ * - a pooler that refuses startup parameters it does not know (as PgBouncer does) still lets the
+ *   API's pool connect, and PostgreSQL holds its deadlines (a `SET`), or none with serverDeadlines off;
+ * - the worker's pool: a statement whose answer never comes is given up at its read deadline.
  * The bounds asserted are the deadline plus generous slack for a loaded machine.
  */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -66,8 +72,8 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
   let own: OwnDatabase;
   let h: Harness;
   let api: Db;
-  const attached = {} as Record<'github' | 'gitlab', { externalId: string; fullName: string }>;
-  const hooks = {} as Record<'github' | 'gitlab', DeliveringHook>;
+  const attached = {} as Record<'github' | 'gitlab' | 'bitbucket', { externalId: string; fullName: string }>;
+  const hooks = {} as Record<'github' | 'gitlab' | 'bitbucket', DeliveringHook>;
   const pools: Db[] = [];
   /** A pool as the API opens it (api/main.ts): with the configured deadlines. */
   const apiPool = (url: string, max = 5) => {
@@ -80,8 +86,8 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
     own = await createOwnDatabase('deadlines', { max: 2 });
     h = await startHarness({ databaseUrl: own.url, withoutWorker: true, withoutIntakeRelay: true });
     const { org } = await createOrgWithToken(h);
-    for (const provider of ['github', 'gitlab'] as const) {
-      attached[provider] = { externalId: uniqueExternalId(provider), fullName: provider === 'github' ? 'octo-org/deadlines' : 'group/deadlines' };
+    for (const provider of ['github', 'gitlab', 'bitbucket'] as const) {
+      attached[provider] = { externalId: uniqueExternalId(provider), fullName: provider === 'github' ? 'octo-org/deadlines' : provider === 'gitlab' ? 'group/deadlines' : 'PROJ/deadlines' };
       ({ hook: hooks[provider] } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...attached[provider] }));
     }
     api = apiPool(own.url);
@@ -245,4 +251,149 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  /**
+   * A signed Bitbucket push of `refChanges` ref changes, each becoming an event: a body near
+   * webhooks.maxBodyBytes stores tens of MB of events.
+   */
+  const bitbucketPush = (refChanges: number) => {
+    const payload = withRepository('bitbucket', fixture(PUSH_FIXTURES.bitbucket), attached.bitbucket);
+    const template = payload.changes[0];
+    payload.changes = Array.from({ length: refChanges }, (_, i) => ({ ...template, refId: `refs/heads/${'b'.repeat(150)}${i}`, ref: { ...template.ref, id: `refs/heads/${'b'.repeat(150)}${i}`, displayId: `${'b'.repeat(150)}${i}` } }));
+    return delivery('bitbucket', payload, { deliveryId: randomUUID(), ...hooks.bitbucket });
+  };
+
+  it("stores a delivery of webhooks.maxBodyBytes whose INSERT outlasts the default statement and read deadlines (its deadline grows with its size), while a small one's is still cut", { timeout: 120_000 }, async () => {
+    const maxBodyBytes = 25 * 1024 * 1024; // webhooks.maxBodyBytes' default
+    const defaults = deadlinesFromConfig(DATABASE_DEADLINE_DEFAULTS);
+    // Every INSERT into the intake table takes longer than the statement's deadline and the
+    // client's read deadline after it: the database, not the machine's speed, makes it slow.
+    const slowMs = defaults.statementMs + QUERY_READ_MARGIN_MS + 500;
+    await sql`create function slow_intake() returns trigger language plpgsql as $$ begin perform pg_sleep(${sql.lit(slowMs / 1000)}); return new; end $$`.execute(own.db);
+    await sql`create trigger slow_intake before insert on webhook_deliveries for each row execute function slow_intake()`.execute(own.db);
+    try {
+      const app = h.appWith({ db: apiPool(own.url), webhooks: { ...h.apiDeps.webhooks, maxBodyBytes } });
+      // As many ref changes as fit the limit.
+      const one = bitbucketPush(1000).body.length / 1000;
+      let large = bitbucketPush(Math.floor((maxBodyBytes * 0.98) / one));
+      while (large.body.length > maxBodyBytes) large = bitbucketPush(Math.floor(JSON.parse(large.body).changes.length * 0.98));
+      expect(large.body.length).toBeGreaterThan(maxBodyBytes * 0.9);
+
+      const small = push('gitlab');
+      const cut = await timed(() => app.request(small.path, { method: 'POST', headers: small.headers, body: small.body }));
+      expect(cut.value.status, await cut.value.clone().text()).toBe(503);
+      expect(cut.ms).toBeLessThan(defaults.statementMs + SLACK_MS);
+      expect(h.logs.find((l) => l.includes(small.deliveryId) && l.includes('could not store the delivery'))).toMatch(/"sqlState":"57014"/);
+      expect(await storedRows(small.deliveryId)).toBe(0);
+
+      const { value: res, ms } = await timed(() => app.request(large.path, { method: 'POST', headers: large.headers, body: large.body }));
+      expect(res.status, await res.clone().text()).toBe(202);
+      expect(ms).toBeGreaterThan(slowMs);
+      const [row] = (await sql<{ bytes: number }>`select octet_length(events::text) as bytes from webhook_deliveries where delivery_id = ${large.deliveryId}`.execute(own.db)).rows;
+      expect(row, 'stored').toBeDefined();
+      // Tens of MB of events: a deadline of its own well past the one that would have cut it.
+      expect(row!.bytes).toBeGreaterThan(15 * 1024 * 1024);
+      expect(sizedStatementMs(defaults, row!.bytes)).toBeGreaterThan(slowMs + SLACK_MS);
+    } finally {
+      await sql`drop trigger if exists slow_intake on webhook_deliveries`.execute(own.db);
+      await sql`drop function if exists slow_intake()`.execute(own.db);
+    }
+  });
+
+  it('connects through a pooler that refuses unknown startup parameters (as PgBouncer does), with PostgreSQL holding the deadlines, or none when serverDeadlines is off', { timeout: 60_000 }, async () => {
+    const pooler = await strictPooler('127.0.0.1:5432');
+    try {
+      const url = new URL(own.url);
+      url.host = pooler.address;
+      const db = apiPool(url.toString(), 1);
+      const { rows } = await sql<{ statement_timeout: string; lock_timeout: string }>`select current_setting('statement_timeout') as statement_timeout, current_setting('lock_timeout') as lock_timeout`.execute(db);
+      // PostgreSQL shows 4000 ms and 500 ms (DATABASE) as:
+      expect(rows).toEqual([{ statement_timeout: '4s', lock_timeout: '500ms' }]);
+      const off = createDb(url.toString(), { max: 1, deadlines: { ...DEADLINES, server: false } });
+      pools.push(off);
+      const offRows = (await sql<{ statement_timeout: string }>`select current_setting('statement_timeout') as statement_timeout`.execute(off)).rows;
+      expect(offRows).toEqual([{ statement_timeout: '0' }]);
+      expect(pooler.refused()).toEqual([]);
+      // The pooler refuses what PgBouncer refuses: the startup parameters the pool sent before.
+      const before = new pg.Client({ connectionString: url.toString(), statement_timeout: 1000 } as pg.ClientConfig);
+      await expect(before.connect()).rejects.toThrow(/unsupported startup parameter: statement_timeout/);
+      expect(pooler.refused()).toEqual(['statement_timeout']);
+    } finally {
+      await pooler.close();
+    }
+  });
+
+  it("gives up on a worker's statement whose answer never comes at its read deadline, and drops its connection", { timeout: 60_000 }, async () => {
+    const proxy = await stallingProxy('127.0.0.1:5432');
+    try {
+      const url = new URL(own.url);
+      url.host = proxy.address;
+      // The worker's pool (worker/main.ts: WORKER_CLIENT_DEADLINES), with a read deadline a test can wait for.
+      const bounds = { connectMs: 1000, readMs: 3000 };
+      const db = createDb(url.toString(), { max: 1, clientDeadlines: bounds });
+      pools.push(db);
+      await sql`select 1`.execute(db);
+      // No server deadline: PostgreSQL is told none.
+      expect((await sql<{ s: string }>`select current_setting('statement_timeout') as s`.execute(db)).rows).toEqual([{ s: '0' }]);
+      proxy.stall();
+      const lost = await timed(() => sql`select 1`.execute(db).then(() => 'answered', (error: Error) => error.message));
+      expect(lost.value).toBe('Query read timeout');
+      expect(lost.ms).toBeGreaterThanOrEqual(bounds.readMs - 50);
+      expect(lost.ms).toBeLessThan(bounds.readMs + SLACK_MS);
+      // Dropped: the next statement connects anew (to a silent path: the connect deadline), not behind the lost answer.
+      const next = await timed(() => sql`select 1`.execute(db).then(() => 'answered', (error: Error) => error.message));
+      expect(next.value).toMatch(/timeout exceeded when trying to connect|connection timeout/);
+      expect(next.ms).toBeLessThan(bounds.connectMs + SLACK_MS);
+    } finally {
+      await proxy.close();
+    }
+  });
 });
+
+/**
+ * A TCP proxy to PostgreSQL that, like PgBouncer without ignore_startup_parameters, refuses a
+ * startup packet carrying a parameter other than those it tracks (FATAL 08P01 "unsupported
+ * startup parameter"), and forwards everything else as it is.
+ */
+async function strictPooler(upstream: string) {
+  const [host, port] = upstream.split(':') as [string, string];
+  const allowed = new Set(['user', 'database', 'client_encoding', 'datestyle', 'timezone', 'standard_conforming_strings', 'application_name']);
+  const refused: string[] = [];
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    sockets.add(client);
+    client.on('error', () => {});
+    client.on('close', () => sockets.delete(client));
+    let pending = Buffer.alloc(0);
+    let target: Socket | undefined;
+    client.on('data', (chunk: Buffer) => {
+      if (target) return void target.write(chunk);
+      pending = Buffer.concat([pending, chunk]);
+      if (pending.length < 4 || pending.length < pending.readInt32BE(0)) return;
+      const length = pending.readInt32BE(0);
+      const fields = pending.subarray(8, length - 1).toString('utf8').split('\0');
+      const unknown = fields.filter((_, i) => i % 2 === 0).find((name) => name !== '' && !allowed.has(name));
+      if (unknown !== undefined) {
+        refused.push(unknown);
+        const body = Buffer.from(`SFATAL\0C08P01\0Munsupported startup parameter: ${unknown}\0\0`, 'utf8');
+        const header = Buffer.alloc(5);
+        header.write('E', 0);
+        header.writeInt32BE(body.length + 4, 1);
+        return void client.end(Buffer.concat([header, body]));
+      }
+      target = connect(Number(port), host);
+      sockets.add(target);
+      target.on('error', () => {});
+      target.on('close', () => (sockets.delete(target!), client.destroy()));
+      client.on('close', () => target?.destroy());
+      target.on('data', (answer) => client.write(answer));
+      target.write(pending);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    refused: () => [...refused],
+    close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
+  };
+}

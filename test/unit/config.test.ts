@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { githubAppFromConfig, webhookSecretsFromConfig } from '../../api/main.ts';
 import { settingsFromConfig } from '../../activities/index.ts';
-import { deadlinesFromConfig, QUERY_READ_MARGIN_MS } from '../../lib/db/index.ts';
+import { deadlinesFromConfig, QUERY_READ_MARGIN_MS, sizedStatementMs, WRITE_MS_PER_MIB } from '../../lib/db/index.ts';
 import { type Config, ConfigError, legacyHookWindow, EXAMPLE_ENCRYPTION_KEY, loadConfig, MAX_WEBHOOK_BODY_BYTES, parseConfig, WORKER_SIZING_DEFAULTS } from '../../lib/config.ts';
 
 const KEY = Buffer.alloc(32, 7).toString('base64');
@@ -38,10 +38,15 @@ describe('config', () => {
 
   it("bounds the API pool's database calls by default, well under a provider's 10 s webhook timeout", () => {
     const { database } = parseConfig(minimal);
-    expect(database).toEqual({ connectTimeoutSeconds: 2, statementTimeoutSeconds: 5, lockTimeoutSeconds: 2 });
+    expect(database).toEqual({ connectTimeoutSeconds: 2, statementTimeoutSeconds: 5, lockTimeoutSeconds: 2, serverDeadlines: true });
     // One statement's worst: connect, then the statement and the client's 1 s past it.
     expect(database.connectTimeoutSeconds + database.statementTimeoutSeconds + QUERY_READ_MARGIN_MS / 1000).toBeLessThan(10);
     expect(deadlinesFromConfig({ connectTimeoutSeconds: 0.5, statementTimeoutSeconds: 1.25, lockTimeoutSeconds: 1 })).toEqual({ connectMs: 500, statementMs: 1250, lockMs: 1000 });
+    expect(deadlinesFromConfig({ ...database, serverDeadlines: false })).toEqual({ connectMs: 2000, statementMs: 5000, lockMs: 2000, server: false });
+    // The intake INSERT of the largest delivery (events of twice webhooks.maxBodyBytes) gets its own deadline, more than twice its worst measured (5.8 s).
+    const largest = 2 * parseConfig(minimal).webhooks.maxBodyBytes;
+    expect(sizedStatementMs(deadlinesFromConfig(database), largest)).toBe(5000 + 50 * WRITE_MS_PER_MIB);
+    expect(sizedStatementMs(deadlinesFromConfig(database), largest)).toBeGreaterThan(2 * 5800);
     expect(errorOf(() => parseConfig({ ...minimal, database: { statementTimeoutSeconds: 1, lockTimeoutSeconds: 2 } }))).toMatch(/database\.lockTimeoutSeconds: must be at most statementTimeoutSeconds/);
     expect(errorOf(() => parseConfig({ ...minimal, database: { statementTimeoutSeconds: 0 } }))).toMatch(/database\.statementTimeoutSeconds/);
   });

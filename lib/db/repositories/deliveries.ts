@@ -2,6 +2,7 @@ import { CompiledQuery, sql, type Kysely, type Transaction } from 'kysely';
 import type { NormalizedEvent, Provider } from '../../domain.ts';
 import { toStorableText } from '../../text.ts';
 import { contentWrite } from '../errors.ts';
+import { runSizedWrite, SIZED_WRITE_FROM_BYTES } from '../index.ts';
 import type { Database, DeliveryStart } from '../schema.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -78,18 +79,25 @@ export type DeliveryToStore = Omit<StoredDelivery, 'events' | 'eventsJson'> & ({
  * its SQLSTATE) is thrown as it is, never taken for the delivery's fault.
  */
 export async function storeDelivery(db: Executor, delivery: DeliveryToStore): Promise<boolean> {
+  const eventsJson = delivery.eventsJson ?? JSON.stringify(delivery.events);
   const query = CompiledQuery.raw(STORE_DELIVERY, [
     delivery.provider,
     delivery.deliveryId,
     delivery.connectionId ?? null,
-    delivery.eventsJson ?? JSON.stringify(delivery.events),
+    eventsJson,
     delivery.installationId ?? null,
     delivery.instanceUrl ?? null,
     delivery.start ? JSON.stringify(delivery.start) : null,
   ]);
-  const insert = (executor: Executor) => contentWrite(() => executor.executeQuery(query), { foreignKey: true });
-  const result = db.isTransaction ? await insert(db) : await db.connection().execute(insert);
-  return Number(result.numAffectedRows ?? 0n) > 0;
+  if (db.isTransaction) {
+    const result = await contentWrite(() => db.executeQuery(query), { foreignKey: true });
+    return Number(result.numAffectedRows ?? 0n) > 0;
+  }
+  // Its time grows with the events' bytes (50 MiB at most by default: seconds): the API pool's
+  // statement deadline grows with them (runSizedWrite), or a large delivery would be cancelled on
+  // every redelivery. Counted only when it may matter (a character is 1 to 3 bytes of UTF-8).
+  const bytes = eventsJson.length * 3 < SIZED_WRITE_FROM_BYTES ? eventsJson.length : Buffer.byteLength(eventsJson, 'utf8');
+  return (await contentWrite(() => runSizedWrite(db, query, bytes), { foreignKey: true })) > 0;
 }
 
 export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
