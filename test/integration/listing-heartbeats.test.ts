@@ -117,4 +117,42 @@ describe('repository listing heartbeats', () => {
       await logged.destroy();
     }
   });
+
+  /*
+   * The same for what a chunk returns: a chunk that stops with pages left (the next chunk skips the
+   * pages it names) after every durable commit failed, as they do when the database has just
+   * crashed and lost the pages' commits, must fail (its retry resumes from the last heartbeat
+   * sent), not return the pages as written. The pool's connections refuse the durable commit alone.
+   */
+  it('a chunk whose durable commits failed fails instead of returning pages no durable commit covered', async () => {
+    proxy.fault = () => undefined;
+    const pool = new pg.Pool({ connectionString: inject('databaseUrl'), max: 5 });
+    let durableAttempts = 0;
+    pool.on('connect', (client) => {
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+      client.query = ((text: unknown, ...rest: unknown[]) => {
+        const sql = typeof text === 'string' ? text : (text as { text?: string } | undefined)?.text;
+        if (sql?.includes('insert into repository_listings as l (connection_id) values')) {
+          durableAttempts++;
+          return Promise.reject(new Error('Connection terminated unexpectedly (a crashed database)'));
+        }
+        return query(text, ...rest);
+      }) as typeof client.query;
+    });
+    const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
+    try {
+      const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+      const env = new MockActivityEnvironment({ workflowExecution: { workflowId: `refresh:${randomUUID()}`, runId: randomUUID() } });
+      const heartbeats: ListingProgress[] = [];
+      env.on('heartbeat', (details: ListingProgress) => heartbeats.push(details));
+      const outcome = await env
+        .run(activities(db as typeof h.db).listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 2, leaseHolder: `refresh:${connectionId}` })
+        .then((result: unknown) => ({ result }), (error: unknown) => ({ error }));
+      expect(durableAttempts).toBeGreaterThan(0);
+      expect(heartbeats).toEqual([]);
+      expect(outcome).toMatchObject({ error: { message: expect.stringContaining('a crashed database') } });
+    } finally {
+      await db.destroy();
+    }
+  });
 });
