@@ -344,6 +344,11 @@ export function createRepositoryCacheActivities(
       });
       // The last heartbeat (made durable first) is sent before the chunk ends or fails.
       await listed.finally(() => beating);
+      // Its flush failed (a database that just crashed loses the pages' commits and fails the flush,
+      // while Temporal is still there to take a result): the result would name pages no durable
+      // commit covered, and the next chunk would skip them. Flushed here, or the chunk fails and its
+      // retry resumes from the last heartbeat that was sent.
+      if (unflushed) await makeListingDurable(db, connectionId, leaseHolder);
       state.pending = queue;
       if (queue.length > 0) return { progress: state, done: false, vanished: 0 };
 
