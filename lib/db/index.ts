@@ -148,11 +148,17 @@ function sendNamedStatements(client: pg.PoolClient): void {
  */
 function cutOnReadTimeout(client: pg.PoolClient): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  /** The read deadline that cut this connection: every later statement on it fails with it, not with pg's "Client was closed". */
+  let cut: Error | undefined;
   client.query = ((...args: unknown[]) => {
+    // A transaction's rollback after the cut: its error must stay the deadline's (a 503), or it would
+    // replace it (Kysely throws the rollback's failure) with one that reads as a bug (a 500).
+    if (cut) return Promise.reject(cut);
     const result = query(...args);
     if (result instanceof Promise) {
       result.catch((error: unknown) => {
         if ((error as Error | undefined)?.message !== QUERY_READ_TIMEOUT_MESSAGE) return;
+        cut ??= error as Error;
         // Ending it at once (pg destroys the socket of a client with a statement still active)
         // marks it ending before it is released, so the pool drops it instead of keeping it idle.
         // Checked out, it has no 'error' listener of the pool's: one is given, for what the cut may raise.
@@ -171,7 +177,12 @@ function cutOnReadTimeout(client: pg.PoolClient): void {
  * answers 503) and the log names database.serverDeadlines.
  */
 function setServerDeadlines(deadlines: DbDeadlines, logger: DbOptions['logger']) {
-  const text = `set statement_timeout = ${Math.round(deadlines.statementMs)}; set lock_timeout = ${Math.round(deadlines.lockMs)}`;
+  // idle_in_transaction_session_timeout: a transaction whose connection the client cut (its read
+  // deadline) over a path that drops everything never hears the close, and would hold its locks
+  // (an organization's row, its advisory lock) until TCP gave up, hours later; the server ends such
+  // a session once it has waited that long for the transaction's next statement. The API's
+  // transactions send their statements back to back (no call to anything else inside one).
+  const text = `set statement_timeout = ${Math.round(deadlines.statementMs)}; set lock_timeout = ${Math.round(deadlines.lockMs)}; set idle_in_transaction_session_timeout = ${Math.round(deadlines.statementMs + QUERY_READ_MARGIN_MS)}`;
   return (client: pg.PoolClient) => {
     client.query(text).catch((error: Error) => {
       logger?.warn(
@@ -206,7 +217,7 @@ export async function runSizedWrite(db: Db, query: CompiledQuery, bytes: number)
   const client = await own.pool.connect();
   let broken: Error | undefined;
   try {
-    await client.query(`begin; set local statement_timeout = ${statementMs}`);
+    await client.query(`begin; set local statement_timeout = ${statementMs}; set local idle_in_transaction_session_timeout = ${statementMs + QUERY_READ_MARGIN_MS}`);
     // pg takes a statement's own query_timeout (client.js), which its types do not declare.
     const statement: pg.QueryConfig = { text: query.sql, values: query.parameters as unknown[] };
     const result = await client.query(Object.assign(statement, { query_timeout: statementMs + QUERY_READ_MARGIN_MS }));

@@ -10,6 +10,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import { DATABASE_DEADLINE_DEFAULTS } from '../../lib/config.ts';
+import { databaseUnavailable, sqlStateOf } from '../../lib/db/errors.ts';
 import { createDb, deadlinesFromConfig, QUERY_READ_MARGIN_MS, sizedStatementMs, type Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
@@ -348,6 +349,80 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
       await proxy.close();
     }
   });
+
+  it("a transaction cut at the read deadline fails with the deadline's error (a 503), not the rollback's on the cut connection", { timeout: 60_000 }, async () => {
+    const proxy = await stallingProxy('127.0.0.1:5432');
+    const url = new URL(own.url);
+    url.host = proxy.address;
+    const db = createDb(url.toString(), { max: 1, deadlines: { connectMs: 1000, statementMs: 500, lockMs: 200 } });
+    pools.push(db);
+    try {
+      await sql`select 1`.execute(db);
+      const failure = await db
+        .transaction()
+        .execute(async (trx) => {
+          await sql`select 1`.execute(trx);
+          proxy.stall();
+          await sql`select 2`.execute(trx);
+        })
+        .then(() => undefined, (error: unknown) => error);
+      // Kysely rolls back after the failure and throws the rollback's error if that fails too.
+      expect((failure as Error | undefined)?.message).toBe('Query read timeout');
+      expect(databaseUnavailable(failure)).toBe(true);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('ends the session of a transaction cut over a path that drops everything, so its row locks do not outlive the deadlines', { timeout: 60_000 }, async () => {
+    await sql`create table if not exists deadline_locks (id int primary key)`.execute(h.db);
+    await sql`insert into deadline_locks values (1) on conflict do nothing`.execute(h.db);
+    const proxy = await blackholeProxy(new URL(own.url).host);
+    const url = new URL(own.url);
+    url.host = proxy.address;
+    const deadlines = { connectMs: 1000, statementMs: 500, lockMs: 300 };
+    const viaProxy = createDb(url.toString(), { max: 1, deadlines });
+    pools.push(viaProxy);
+    try {
+      const failure = await viaProxy
+        .transaction()
+        .execute(async (trx) => {
+          await sql`select id from deadline_locks where id = 1 for update`.execute(trx);
+          proxy.stall();
+          await sql`select 2`.execute(trx);
+        })
+        .then(() => undefined, (error: unknown) => error);
+      expect((failure as Error | undefined)?.message).toBe('Query read timeout');
+      // The cut's close never reached the server: the row stays locked until the server ends the
+      // session, idle in its transaction past statementMs + the margin (1.5 s, about when the client
+      // gave up). Each try below waits at most its lock deadline (0.3 s); 40 tries outlast the idle
+      // deadline several times over. Without it the session holds the lock for as long as TCP does.
+      const direct = createDb(own.url, { max: 1, deadlines });
+      pools.push(direct);
+      let locked = false;
+      for (let i = 0; i < 40 && !locked; i++) {
+        locked = await sql`select id from deadline_locks where id = 1 for update`.execute(direct).then(() => true, (error: unknown) => (sqlStateOf(error) === '55P03' ? false : Promise.reject(error)));
+      }
+      expect(locked).toBe(true);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it("answers an organization token's request 503 with Retry-After when the database cannot check the token", { timeout: 60_000 }, async () => {
+    const { org, token } = await createOrgWithToken(h);
+    const silent = await silentServer();
+    const db = createDb(`postgres://x:y@${silent.address}/x`, { max: 2, deadlines: { connectMs: 500, statementMs: 1000, lockMs: 500 } });
+    pools.push(db);
+    try {
+      const res = await h.appWith({ db }).request(`/api/v1/orgs/${org.slug}/connections`, { headers: { authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('5');
+      expect(res.headers.get('content-type')).toContain('application/problem+json');
+    } finally {
+      await silent.close();
+    }
+  });
 });
 
 /**
@@ -395,5 +470,29 @@ async function strictPooler(upstream: string) {
     address: `127.0.0.1:${(server.address() as { port: number }).port}`,
     refused: () => [...refused],
     close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
+  };
+}
+
+/** A path that drops everything once stalled: nothing passes either way, and a close on one side never reaches the other. */
+async function blackholeProxy(target: string) {
+  const [host, port] = target.split(':') as [string, string];
+  const sockets = new Set<Socket>();
+  let stalled = false;
+  const server = createServer((client) => {
+    const upstream = connect(Number(port), host);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => {});
+    }
+    client.on('data', (chunk) => stalled || upstream.write(chunk));
+    upstream.on('data', (chunk) => stalled || client.write(chunk));
+    client.on('close', () => stalled || upstream.destroy());
+    upstream.on('close', () => stalled || client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    stall: () => void (stalled = true),
+    close: () => (sockets.forEach((s) => s.destroy()), server.close()),
   };
 }
