@@ -412,13 +412,14 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
   it("answers an organization token's request 503 with Retry-After when the database cannot check the token", { timeout: 60_000 }, async () => {
     const { org, token } = await createOrgWithToken(h);
     const silent = await silentServer();
-    const db = createDb(`postgres://x:y@${silent.address}/x`, { max: 2, deadlines: { connectMs: 500, statementMs: 1000, lockMs: 500 } });
+    const db = createDb(silent.url, { max: 2, deadlines: { connectMs: 500, statementMs: 1000, lockMs: 500 } });
     pools.push(db);
     try {
       const res = await h.appWith({ db }).request(`/api/v1/orgs/${org.slug}/connections`, { headers: { authorization: `Bearer ${token}` } });
       expect(res.status).toBe(503);
       expect(res.headers.get('retry-after')).toBe('5');
       expect(res.headers.get('content-type')).toContain('application/problem+json');
+      expect(silent.accepted()).toBeGreaterThan(0);
     } finally {
       await silent.close();
     }
