@@ -111,6 +111,9 @@ describe('listing page writes', () => {
     ]);
     // Another error is not taken for a conflict: a row of another organization's connection still fails its key.
     const other = await scope();
-    await expect(writeListingPage(db, { ...other, organizationId: s.organizationId }, 'first', [repo('9')], { externalIds: ['9'] }, { newRows: { likely: true } })).rejects.toMatchObject({ code: '23503' });
+    // (The fallback upsert would fail with the same 23503: that the plain insert's flag still stands tells the two apart.)
+    const otherNewRows = { likely: true };
+    await expect(writeListingPage(db, { ...other, organizationId: s.organizationId }, 'first', [repo('9')], { externalIds: ['9'] }, { newRows: otherNewRows })).rejects.toMatchObject({ code: '23503' });
+    expect(otherNewRows.likely).toBe(true);
   });
 });
