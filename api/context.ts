@@ -75,6 +75,8 @@ export interface WebhookSecrets {
   maxBodyBytes: number;
   /** Bytes of bodies not verified yet held at once (default 64 MiB or two bodies of maxBodyBytes); see api/webhooks/unverified-budget.ts. */
   unverifiedBodyBytes?: number;
+  /** Bytes verified deliveries in flight hold at once, bodies and events' JSON (default 256 MiB or 10 times maxBodyBytes); see api/webhooks/unverified-budget.ts heldBudgetSizes. */
+  verifiedDeliveryBytes?: number;
   /** Bodies of at least this many bytes are read on a thread (api/webhooks/body-thread.ts). */
   threadBodyBytes?: number;
   /** Threads large bodies are read on. */

@@ -159,6 +159,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
         : undefined,
     maxBodyBytes: config.webhooks.maxBodyBytes,
     ...(config.webhooks.unverifiedBodyBytes === undefined ? {} : { unverifiedBodyBytes: config.webhooks.unverifiedBodyBytes }),
+    ...(config.webhooks.verifiedDeliveryBytes === undefined ? {} : { verifiedDeliveryBytes: config.webhooks.verifiedDeliveryBytes }),
     attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
     threadBodyBytes: config.webhooks.threadBodyBytes,

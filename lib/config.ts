@@ -311,6 +311,9 @@ export const configSchema = z
         maxBodyBytes: z.number().int().positive().max(MAX_WEBHOOK_BODY_BYTES).default(25 * 1024 * 1024),
         // Bytes of GitHub and Bitbucket bodies not verified yet held at once (default 64 MiB, or two of maxBodyBytes when more).
         unverifiedBodyBytes: z.number().int().positive().optional(),
+        // Bytes verified deliveries in flight hold at once, their bodies and events' JSON (default
+        // 256 MiB, or 10 times maxBodyBytes when more); a connection a quarter, and always 5 times maxBodyBytes.
+        verifiedDeliveryBytes: z.number().int().positive().optional(),
         // Bodies of at least this many bytes are verified, parsed and normalized on a thread, not on
         // the event loop that answers every delivery (more than maxBodyBytes: none is).
         threadBodyBytes: z.number().int().positive().default(WEBHOOK_THREAD_BODY_BYTES_DEFAULT),
@@ -330,6 +333,10 @@ export const configSchema = z
       .refine((w) => w.unverifiedBodyBytes === undefined || w.unverifiedBodyBytes >= w.maxBodyBytes, {
         message: 'unverifiedBodyBytes must be at least maxBodyBytes (else a body of the limit is never read)',
         path: ['unverifiedBodyBytes'],
+      })
+      .refine((w) => w.verifiedDeliveryBytes === undefined || w.verifiedDeliveryBytes >= 5 * w.maxBodyBytes, {
+        message: "verifiedDeliveryBytes must be at least 5 times maxBodyBytes (a body of the limit and its events' JSON, counted twice; else such a delivery is never stored)",
+        path: ['verifiedDeliveryBytes'],
       })
       .prefault({}),
     // SIGTERM (a rollout): the API answers /readyz 503 for drainDelaySeconds so load balancers stop

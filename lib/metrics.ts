@@ -61,6 +61,8 @@ export interface ApiMetrics {
   intakeStart(outcome: 'started' | 'failed', delaySeconds?: number): void;
   /** Reports, at each scrape, the bytes of webhook bodies not verified yet that `held` says are held (api/webhooks/unverified-budget.ts). */
   unverifiedBodies(held: () => number): void;
+  /** Reports, at each scrape, the bytes verified webhook deliveries in flight hold as `held` says (bodies and events' JSON; api/routes/webhooks.ts Caches.held). */
+  verifiedDeliveries(held: () => number): void;
   /** Reports, at each scrape, the large webhook bodies `jobs` says are being read on threads and waiting for one (api/webhooks/body-thread.ts). */
   bodyThreadJobs(jobs: () => { running: number; waiting: number }): void;
 }
@@ -167,6 +169,17 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
       this.set(held);
     },
   });
+  const verifiedHeld = new Set<() => number>();
+  new Gauge({
+    name: 'forgelink_webhook_verified_delivery_bytes',
+    help: "Bytes verified webhook deliveries in flight hold (their bodies and events' JSON, until answered; bounded by webhooks.verifiedDeliveryBytes and a connection's share; beyond it deliveries are answered 503)",
+    registers: [registry],
+    collect() {
+      let held = 0;
+      for (const read of verifiedHeld) held += read();
+      this.set(held);
+    },
+  });
   const bodyJobs = new Set<() => { running: number; waiting: number }>();
   new Gauge({
     name: 'forgelink_webhook_body_thread_jobs',
@@ -188,6 +201,9 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
     registry,
     unverifiedBodies(held) {
       unverifiedHeld.add(held);
+    },
+    verifiedDeliveries(held) {
+      verifiedHeld.add(held);
     },
     bodyThreadJobs(jobs) {
       bodyJobs.add(jobs);

@@ -23,7 +23,7 @@ import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../we
 import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../webhooks/parse-cost.ts';
 import { PoolBusy, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
-import { createUnverifiedBudget, sourceOf, unverifiedBudgetSizes, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
+import { createByteBudget, createUnverifiedBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
 import { verifyDelivery, type DeliveryCredential } from '../webhooks/verify.ts';
 
 const Acknowledged = z
@@ -163,17 +163,24 @@ function busy(c: Context<AppEnv>): Problem {
   return new Problem(503, 'Service Unavailable', 'too many unverified webhook bodies are being received at once; deliver it again');
 }
 
+/** Too many bytes of verified deliveries in flight, in all or for the delivery's connection (Caches.held): deliver it again. */
+function heldBusy(c: Context<AppEnv>): Problem {
+  c.header('Retry-After', '1');
+  return new Problem(503, 'Service Unavailable', "too many bytes of this connection's or all verified webhook deliveries are in flight at once; deliver it again");
+}
+
 /**
  * The raw body, refused past `max` bytes. With a Content-Length (checked against `max` already) the
  * body is read in one piece, which @hono/node-server does straight from the socket; a chunked body
- * is counted as it streams in. `hold`, for a body not verified yet, takes its bytes from the
- * unverified budget before they are read (the declared length at once, a chunked body's chunks as
- * they come): refused, the body is not read (further) and the delivery is answered 503.
+ * is counted as it streams in. `hold` takes its bytes from a budget before they are read (the
+ * unverified one for a body not verified yet, the verified one for a body whose header credential
+ * matched; the declared length at once, a chunked body's chunks as they come): refused, the body
+ * is not read (further) and the delivery is answered `refusal`, a 503.
  */
-async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number, hold?: (bytes: number) => boolean): Promise<Uint8Array> {
+async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number, hold: (bytes: number) => boolean, refusal: (c: Context<AppEnv>) => Problem): Promise<Uint8Array> {
   const declared = headers['content-length'];
   if (declared !== undefined && /^\d+$/.test(declared)) {
-    if (hold && !hold(Number(declared))) throw busy(c);
+    if (!hold(Number(declared))) throw refusal(c);
     return new Uint8Array(await c.req.arrayBuffer());
   }
   const chunks: Uint8Array[] = [];
@@ -185,9 +192,9 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
       await reader!.cancel();
       throw tooLarge(max);
     }
-    if (hold && !hold(chunk.value.byteLength)) {
+    if (!hold(chunk.value.byteLength)) {
       await reader!.cancel();
-      throw busy(c);
+      throw refusal(c);
     }
     chunks.push(chunk.value);
   }
@@ -198,6 +205,13 @@ type Caches = {
   attached: AttachedCache;
   credentials: CredentialCache;
   unverified: UnverifiedBudget;
+  /**
+   * Bytes verified deliveries hold in flight, keyed by connection (GitHub's App and a provider's
+   * legacy hooks: one key each), so one tenant signing its own bodies takes at most its share: a
+   * verified body from when it is read (GitLab, Azure DevOps) or verified (GitHub, Bitbucket), and
+   * its events' JSON from its serialization, until the delivery is answered (its INSERT returned).
+   */
+  held: ByteBudget;
   /** The threads large bodies are read on, and from how many bytes a body is large. */
   bodies: BodyPool;
   threadBodyBytes: number;
@@ -222,6 +236,7 @@ function ownBuffer(body: Uint8Array): Uint8Array {
  * pool's places too.
  */
 async function receive(c: Context<AppEnv>, caches: Caches, provider: Provider, outcome: (o: WebhookOutcome) => void) {
+  // The delivery's places on the threads and its bytes in the verified budget, given back however it ends (an abort: the body's read throws).
   const places: (() => void)[] = [];
   try {
     return await receiveHolding(c, caches, provider, outcome, places);
@@ -289,6 +304,11 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     caches.unverified.release(source, held);
     held = 0;
   };
+  // Verified bytes in flight (Caches.held), under the key of the delivery's connection, known before its body is read.
+  const heldKey = connectionId ?? provider;
+  let heldBytes = 0;
+  const holdVerified = (bytes: number) => caches.held.reserve(heldKey, bytes) && (heldBytes += bytes) >= 0;
+  places.push(() => caches.held.release(heldKey, heldBytes));
   const maxEventsBytes = 2 * deps.webhooks.maxBodyBytes;
   // A small body stays here (its digest is computed once it is stored); a large one moves to a thread.
   let loopBody: Uint8Array | undefined;
@@ -302,7 +322,11 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     const job = { provider, headers, credentials: candidates, maxEventsBytes };
     if (body.byteLength < caches.threadBodyBytes) {
       loopBody = body;
-      return readDeliveryBody({ ...job, body, bodyDigest: false, serialize: false }, release);
+      // Verified, the body's bytes move from the unverified budget to the verified one.
+      return readDeliveryBody({ ...job, body, bodyDigest: false, serialize: false }, () => {
+        release();
+        return holdVerified(body.byteLength);
+      });
     }
     // Only a verified body takes a place on the threads: the signature is checked here, one HMAC
     // over the bytes per candidate (~2 ms/MiB), so a sender without the credential (a forged body,
@@ -312,6 +336,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     if (candidates) {
       if (!verifyDelivery(provider, headers, body, candidates)) return { kind: 'refused', body };
       release();
+      if (!holdVerified(body.byteLength)) return { kind: 'busy' };
     }
     const owned = ownBuffer(body);
     // One organization's deliveries (GitHub App's and legacy hooks': the provider's, the installation being in the body) are one key of the pool's round robin.
@@ -336,7 +361,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   };
   let read: BodyOutcome;
   try {
-    const body = await readBody(c, headers, deps.webhooks.maxBodyBytes, headerOnly ? undefined : hold);
+    const body = await readBody(c, headers, deps.webhooks.maxBodyBytes, headerOnly ? holdVerified : hold, headerOnly ? heldBusy : busy);
     read = await bodyStep(body, headerOnly ? undefined : credentials);
     if (read.kind === 'refused') {
       const again = await reloadedCredentials();
@@ -346,6 +371,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     release();
   }
   if (read.kind === 'refused') throw refused();
+  if (read.kind === 'busy') throw heldBusy(c);
   if (read.kind === 'pong') return pong();
   if (read.kind === 'invalid') throw badRequest(read.message);
   // JSON built to be costly once parsed (api/webhooks/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
@@ -387,6 +413,8 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     // never pays it there (a large body's thread has measured them already).
     const eventsJson = received.events ? serializeEvents(received.events, maxEventsBytes) : (delivery.eventsJson ?? undefined);
     if (eventsJson === undefined) return overSizeLimit(deliveryId, delivery.events);
+    // Held until answered: the string (a byte a character when ASCII) and pg's copy while it is sent.
+    if (!holdVerified(2 * eventsJson.length)) throw heldBusy(c);
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
@@ -414,6 +442,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     outcome(stored ? 'accepted' : 'redelivery');
     if (stored) deps.intake.stored();
   } catch (error) {
+    if (error instanceof Problem) throw error;
     const sqlState = sqlStateOf(error);
     // PostgreSQL refused the INSERT itself for the delivery's content (storeDelivery; what the
     // receivers mend should leave nothing of the kind; the connection's row may be gone, just
@@ -464,6 +493,8 @@ export function webhookRoutes(options: {
   keys: EncryptionKeys;
   maxBodyBytes: number;
   unverifiedBodyBytes?: number;
+  /** Bytes verified deliveries hold in flight at once (heldBudgetSizes' default). */
+  verifiedDeliveryBytes?: number;
   attachedCacheSeconds?: number;
   credentialCacheSeconds?: number;
   /** Bodies of at least this many bytes are read on a thread (default webhooks.threadBodyBytes'). */
@@ -477,12 +508,14 @@ export function webhookRoutes(options: {
   const app = new OpenAPIHono<AppEnv>();
   const caches: Caches = {
     unverified: createUnverifiedBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
+    held: createByteBudget(heldBudgetSizes(options.maxBodyBytes, options.verifiedDeliveryBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
     bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads)),
     threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);
+  options.metrics?.verifiedDeliveries(caches.held.held);
   options.metrics?.bodyThreadJobs(caches.bodies.size);
   for (const provider of PROVIDERS) {
     app.openapi(
@@ -510,7 +543,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit, or its JSON would take more heap to parse than the bound derived from the size limit'),
-          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, or a large body's thread ended (Retry-After); the provider should deliver it again"),
+          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, or a large body's thread ended (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

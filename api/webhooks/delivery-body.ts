@@ -44,6 +44,8 @@ export type BodyOutcome =
   | { kind: 'refused'; body: Uint8Array }
   /** Its JSON would take more heap to parse than BodyJob.maxParseCost (413): not parsed. */
   | { kind: 'tooCostly'; cost: number }
+  /** Verified, but `verified` found no room for it in the budget of verified deliveries (503): not parsed. */
+  | { kind: 'busy' }
   /** Not the provider's JSON (400). */
   | { kind: 'invalid'; message: string }
   | { kind: 'delivery'; delivery: ReceivedDelivery; bodyDigest?: string; events?: NormalizedEvent[] };
@@ -72,9 +74,10 @@ const JSON_CONTENT_TYPE = /^application\/json\s*(;|$)/i;
 /**
  * The body's step. The order is the receiver's: the parse's cost (a large body), Bitbucket's
  * unsigned ping, the signature, GitHub's (signed) ping, the content type, the payload. `verified` is called once the signature matched
- * (the receiver then gives the body's bytes back to the unverified budget).
+ * (the receiver then moves the body's bytes from the unverified budget to the verified one; false:
+ * they do not fit there, and the body is not parsed).
  */
-export function readDeliveryBody(job: BodyJob, verified: () => void = () => {}): BodyOutcome {
+export function readDeliveryBody(job: BodyJob, verified: () => boolean | void = () => {}): BodyOutcome {
   const { provider, headers, body } = job;
   // First: a Bitbucket body without X-Event-Key is parsed for its ping check.
   if (job.maxParseCost !== undefined) {
@@ -85,7 +88,7 @@ export function readDeliveryBody(job: BodyJob, verified: () => void = () => {}):
   if (ping && provider === 'bitbucket') return { kind: 'pong' };
   if (job.credentials) {
     if (!verifyDelivery(provider, headers, body, job.credentials)) return { kind: 'refused', body };
-    verified();
+    if (verified() === false) return { kind: 'busy' };
   }
   if (ping) return { kind: 'pong' };
   if (!JSON_CONTENT_TYPE.test(headers['content-type'] ?? '')) return { kind: 'invalid', message: `content-type must be application/json, got ${headers['content-type'] ?? 'none'}` };
