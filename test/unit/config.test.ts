@@ -79,6 +79,12 @@ describe('config', () => {
     expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBodyBytes: 300 * 1024 * 1024, unverifiedBodyBytes: 600 * 1024 * 1024 } }))).toMatch(/webhooks\.maxBodyBytes/);
   });
 
+  it('reads webhooks.verifiedDeliveryBytes: unset unless told (the receivers derive it), at least 5 times maxBodyBytes (a delivery of the limit)', () => {
+    expect(parseConfig(minimal).webhooks.verifiedDeliveryBytes).toBeUndefined();
+    expect(parseConfig({ ...minimal, webhooks: { maxBodyBytes: 1024, verifiedDeliveryBytes: 5 * 1024 } }).webhooks.verifiedDeliveryBytes).toBe(5 * 1024);
+    expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBodyBytes: 1024, verifiedDeliveryBytes: 5 * 1024 - 1 } }))).toMatch(/webhooks\.verifiedDeliveryBytes: verifiedDeliveryBytes must be at least 5 times maxBodyBytes/);
+  });
+
   it('reads security.allowPrivateNetworks as addresses or CIDR ranges', () => {
     expect(parseConfig({ ...minimal, security: { allowPrivateNetworks: ['10.0.0.0/8', '127.0.0.1'] } }).security.allowPrivateNetworks).toEqual(['10.0.0.0/8', '127.0.0.1']);
     expect(errorOf(() => parseConfig({ ...minimal, security: { allowPrivateNetworks: ['intranet'] } }))).toMatch(/security\.allowPrivateNetworks\.0: must be an IP address or a CIDR range/);
