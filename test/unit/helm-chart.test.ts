@@ -112,7 +112,7 @@ describe('Helm chart', () => {
     expect(container.livenessProbe.httpGet.path).toBe('/healthz');
     expect(container.command).toEqual(['node', 'dist/api/main.js']);
     expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(5 + 20);
-    expect(container.resources.limits.memory).toBe('1Gi');
+    expect(container.resources.limits.memory).toBe('1536Mi');
     const job = find(manifests, 'Job', 'forgelink-migrate');
     expect(job.metadata.annotations!['helm.sh/hook']).toBe('pre-install,pre-upgrade');
     expect(job.spec.template.spec.containers[0].command).toEqual(['node', 'dist/lib/db/migrate-cli.js']);
