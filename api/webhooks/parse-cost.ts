@@ -1,50 +1,138 @@
+import { randomBytes } from 'node:crypto';
+
 /**
  * What JSON.parse would take of V8's heap to hold a body, counted from its bytes before it is
  * parsed: a tenant signs its own hook's bodies, and JSON built to be costly once parsed (`[{},{},…]`:
- * 25 MiB of it took ~720 MiB of heap) made a heap larger than the API's memory limit. JSON.parse
+ * 25 MiB of it took ~560 MiB of heap) made a heap larger than the API's memory limit. JSON.parse
  * cannot be stopped partway: a Worker's heap limit (resourceLimits) does not end it (V8 raises the
  * limit 16 MiB at a time until the parse is done) and, past it, Node 20 often aborts the whole
  * process (README: Bodies too costly to parse), so the bound is this count, before the parse.
  *
- * An upper bound of V8's objects (64-bit, no pointer compression, as Node 20 runs): each value a
- * slot in its parent (8 bytes), an object its header and four in-object slots (56), an array its
- * header and its elements' store (48), a string its header and its characters (24 + its bytes,
- * twice that when it holds a non-ASCII byte: it may be two bytes a character), a number a
- * HeapNumber (16: a small integer takes none), and a key, the first time it is seen, as a string of
- * its own plus what a distinct key costs in maps (later, its slot). Plus the decoded text (twice the
- * bytes when one is not ASCII).
+ * A model of V8's objects (64-bit, no pointer compression, as Node 20 runs), checked against the
+ * heaps measured in bench/parse-cost.ts (count ≥ heap for every shape there, real and built to be
+ * costly; not a proof that no other shape weighs more than it counts): each value a slot in its
+ * parent (8 bytes), an object its header and four in-object slots (56), an array its header and its
+ * elements' store (48), a string its header and its characters (24 + its bytes, twice that when it
+ * holds a non-ASCII byte or a \u escape: it may be two bytes a character), a number a HeapNumber (16:
+ * a small integer takes none). Of keys:
+ * - a key's string, the first time its bytes are seen;
+ * - a map (hidden class) per new (shape so far, key) transition: the same keys in a new order build
+ *   new maps, and a branch off a shape that already has one copies its descriptors (24 bytes each);
+ * - an array-index key ("0" to "4294967294": the object gets an element store, a dictionary when
+ *   sparse): 224 for the object's first, 72 for each more; a key with an escape may decode to one,
+ *   so it is charged as both;
+ * - an object of 125 or more named keys (V8 turns one of 128 into a dictionary; ~45-62 bytes a key
+ *   measured): 72 a key.
+ * Plus the decoded text (twice the bytes when one is not ASCII).
+ * The keys and shapes seen are remembered by a hash of every byte with a per-process random seed,
+ * at most BUCKET of them a hash: a key or shape that finds its bucket full is counted as new (more,
+ * never less), so counting stays linear in the body whatever its keys.
  * `limit`: counting stops once past it.
- * Checked against measured heaps in bench/parse-cost.ts.
  */
-/** What a key costs beyond its string: a distinct key makes a map and descriptors (~80 bytes measured). */
-const KEY = 80;
-/** Distinct keys remembered; past them every new-looking key is counted as distinct (more, never less). */
-const MAX_KEYS = 65_536;
+/** A new map (~80 bytes), its share of descriptors and of its parent's transitions. */
+const TRANSITION = 128;
+/** One descriptor, copied into a branch's own descriptor array. */
+const DESCRIPTOR = 24;
+/** An object's element store when it has an array-index key (~150-200 bytes measured with one). */
+const ELEMENTS = 224;
+/** One more array-index key (a number dictionary's entry of 3 words, its capacity up to 3 times its entries). */
+const ELEMENT = 72;
+/** Named keys in one object from which it is counted as a dictionary (V8: from 128). */
+const DICTIONARY_FROM = 125;
+/** A key of a dictionary object (measured 45-62). */
+const DICTIONARY_KEY = 72;
+/** Keys and transitions remembered; past them every new-looking one is counted as new (more, never less). */
+const MAX_REMEMBERED = 65_536;
+/** Entries a hash may hold; a key or transition finding its hash's bucket full is counted as new. */
+const BUCKET = 8;
+/** Keys longer than this are not remembered (always counted as new): comparing them would cost their length each time. */
+const MAX_REMEMBERED_KEY = 256;
+/** Transitions a map keeps (V8's kMaxNumberOfTransitions): past them an object goes dictionary. */
+const MAX_TRANSITIONS = 1536;
 
-/** The keys seen so far, by their bytes (a hash of them, then the bytes compared). */
-function distinctKeys() {
-  const byHash = new Map<number, Uint8Array[]>();
-  let count = 0;
+const SEED = randomBytes(4).readUInt32LE(0);
+
+/** 32-bit mix of two integers with the seed (murmur3's finalizer). */
+function mix(a: number, b: number): number {
+  let h = Math.imul(a ^ SEED, 0x9e3779b1) ^ b;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) | 0;
+}
+
+/** The keys seen so far (as offsets into the body: compared in place) and the transitions between shapes. */
+function memory(body: Uint8Array) {
+  const keyBuckets = new Map<number, number[]>();
+  const keyFrom: number[] = [];
+  const keyTo: number[] = [];
+  // Transition buckets: [parent, key, child] triples. Shape 0 is an empty object's.
+  const transitionBuckets = new Map<number, number[]>();
+  const children: number[] = [0];
+  const equal = (from: number, to: number, id: number) => {
+    const other = keyFrom[id]!;
+    if (keyTo[id]! - other !== to - from) return false;
+    for (let i = 0; i < to - from; i++) if (body[from + i] !== body[other + i]) return false;
+    return true;
+  };
   return {
-    /** Whether body[from, to) was seen as a key already; remembers it (while there is room). */
-    seen(body: Uint8Array, from: number, to: number, hash: number): boolean {
-      const same = byHash.get(hash);
-      if (same) {
-        for (const key of same) if (key.length === to - from && Buffer.compare(key, body.subarray(from, to)) === 0) return true;
-      }
-      if (count < MAX_KEYS) {
-        const copy = body.slice(from, to);
-        if (same) same.push(copy);
-        else byHash.set(hash, [copy]);
-        count++;
-      }
-      return false;
+    /** The key body[from, to)'s id, and whether it is new; -1 when not remembered (counted as new every time). */
+    key(from: number, to: number, hash: number): { id: number; fresh: boolean } {
+      if (to - from > MAX_REMEMBERED_KEY) return { id: -1, fresh: true };
+      const bucket = keyBuckets.get(hash);
+      if (bucket) for (const id of bucket) if (equal(from, to, id)) return { id, fresh: false };
+      if (keyFrom.length >= MAX_REMEMBERED || (bucket && bucket.length >= BUCKET)) return { id: -1, fresh: true };
+      const id = keyFrom.length;
+      keyFrom.push(from);
+      keyTo.push(to);
+      if (bucket) bucket.push(id);
+      else keyBuckets.set(hash, [id]);
+      return { id, fresh: true };
+    },
+    /**
+     * The shape an object of shape `parent` gets by adding key `key`: its id (-1: not remembered), and
+     * what building it costs (0 when it was built before).
+     */
+    transition(parent: number, key: number, depth: number): { child: number; cost: number } {
+      if (parent < 0 || key < 0) return { child: -1, cost: TRANSITION + DESCRIPTOR * depth };
+      const hash = mix(parent, key);
+      const bucket = transitionBuckets.get(hash);
+      if (bucket) for (let i = 0; i < bucket.length; i += 3) if (bucket[i] === parent && bucket[i + 1] === key) return { child: bucket[i + 2]!, cost: 0 };
+      const cost = TRANSITION + (children[parent]! > 0 ? DESCRIPTOR * depth : 0);
+      if (children[parent]! >= MAX_TRANSITIONS) return { child: -2, cost };
+      if (children.length >= MAX_REMEMBERED || (bucket && bucket.length >= 3 * BUCKET)) return { child: -1, cost: TRANSITION + DESCRIPTOR * depth };
+      const child = children.length;
+      children.push(0);
+      children[parent]!++;
+      if (bucket) bucket.push(parent, key, child);
+      else transitionBuckets.set(hash, [parent, key, child]);
+      return { child, cost };
     },
   };
 }
 
+/** Whether body[from, to) is an array index: "0", or digits without a leading zero up to 4294967294. */
+function arrayIndex(body: Uint8Array, from: number, to: number): boolean {
+  const length = to - from;
+  if (length === 0 || length > 10) return false;
+  if (body[from] === 0x30) return length === 1;
+  let value = 0;
+  for (let i = from; i < to; i++) {
+    const c = body[i]!;
+    if (c < 0x30 || c > 0x39) return false;
+    value = value * 10 + (c - 0x30);
+  }
+  return value <= 4294967294;
+}
+
+/** Per open object: its shape (-1 not remembered, -2 dictionary), named keys, array-index keys. */
+const SHAPE = 0;
+const NAMED = 1;
+const INDEXED = 2;
+
 export function parseCost(body: Uint8Array, limit = Infinity): number {
-  const keys = distinctKeys();
+  const seen = memory(body);
+  let objects = new Int32Array(3 * 64);
+  let depth = 0;
   let cost = 0;
   let nonAscii = false;
   const n = body.length;
@@ -53,34 +141,82 @@ export function parseCost(body: Uint8Array, limit = Infinity): number {
     // Past the limit, the rest need not be counted.
     if (cost > limit) return cost;
     switch (b) {
-      case 0x7b: // {
+      case 0x7b: {
+        // {
         cost += 56 + 8;
+        if (3 * depth + 3 > objects.length) {
+          const grown = new Int32Array(objects.length * 2);
+          grown.set(objects);
+          objects = grown;
+        }
+        objects[3 * depth + SHAPE] = 0;
+        objects[3 * depth + NAMED] = 0;
+        objects[3 * depth + INDEXED] = 0;
+        depth++;
+        break;
+      }
+      case 0x7d: // }
+        if (depth > 0) depth--;
         break;
       case 0x5b: // [
         cost += 48 + 8;
         break;
       case 0x22: {
-        // A string: to its closing quote, over escapes.
+        // A string: to its closing quote, over escapes; hashed, every byte.
         const start = i;
         let wide = false;
-        let hash = 0x811c9dc5;
+        let nonAsciiByte = false;
+        let escaped = false;
+        let hash = 0x811c9dc5 ^ SEED;
         for (i++; i < n; i++) {
           const c = body[i]!;
           if (c === 0x22) break;
           hash = Math.imul(hash ^ c, 0x01000193);
-          if (c === 0x5c) i++;
-          else if (c >= 0x80) wide = true;
+          if (c === 0x5c) {
+            escaped = true;
+            i++;
+            if (i >= n) break;
+            const e = body[i]!;
+            hash = Math.imul(hash ^ e, 0x01000193);
+            // \uXXXX may be a character past \u00ff: the string is then two bytes a character.
+            if (e === 0x75) wide = true;
+          } else if (c >= 0x80) wide = nonAsciiByte = true;
         }
         const bytes = i - start - 1;
-        if (wide) nonAscii = true;
+        // The text is two bytes a character only when a byte is not ASCII (an escape is ASCII).
+        if (nonAsciiByte) nonAscii = true;
+        const characters = wide ? 2 * bytes : bytes;
         let next = i + 1;
         while (next < n && (body[next] === 0x20 || body[next] === 0x0a || body[next] === 0x0d || body[next] === 0x09)) next++;
-        // A key (a colon next) is a string shared by every object that has it, and a distinct one
-        // costs maps and their descriptors: counted the first time it is seen (its bytes compared).
-        if (body[next] === 0x3a) {
-          if (keys.seen(body, start + 1, i, hash)) cost += 8;
-          else cost += 24 + 8 + (wide ? 2 * bytes : bytes) + KEY;
-        } else cost += 24 + 8 + (wide ? 2 * bytes : bytes);
+        if (body[next] !== 0x3a || depth === 0) {
+          cost += 24 + 8 + characters;
+          break;
+        }
+        // A key (a colon next) of the innermost open object.
+        const at = 3 * (depth - 1);
+        cost += 8;
+        const index = arrayIndex(body, start + 1, i);
+        if (index || escaped) {
+          cost += objects[at + INDEXED]! === 0 ? ELEMENTS : ELEMENT;
+          objects[at + INDEXED]!++;
+          if (index) break;
+        }
+        const key = seen.key(start + 1, i, hash);
+        if (key.fresh) cost += 24 + characters;
+        const named = ++objects[at + NAMED]!;
+        const shape = objects[at + SHAPE]!;
+        if (shape === -2 || named >= DICTIONARY_FROM) {
+          // A dictionary: every key an entry (the ones before it too, when it turns into one).
+          cost += shape === -2 ? DICTIONARY_KEY : DICTIONARY_KEY * named;
+          objects[at + SHAPE] = -2;
+          break;
+        }
+        const { child, cost: built } = seen.transition(shape, key.id, named - 1);
+        cost += built;
+        if (child === -2) {
+          cost += DICTIONARY_KEY * named;
+          objects[at + SHAPE] = -2;
+        } else objects[at + SHAPE] = child;
         break;
       }
       case 0x2d: // -
