@@ -60,8 +60,8 @@ function mix(a: number, b: number): number {
   return (h ^ (h >>> 16)) | 0;
 }
 
-/** The keys seen so far (as offsets into the body: compared in place) and the transitions between shapes. */
-function memory(body: Uint8Array) {
+/** The keys seen so far (as offsets into the body: compared in place) and the transitions between shapes (exported for its tests). */
+export function memory(body: Uint8Array) {
   const keyBuckets = new Map<number, number[]>();
   const keyFrom: number[] = [];
   const keyTo: number[] = [];

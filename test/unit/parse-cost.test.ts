@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { maxParseCost, parseCost } from '../../api/webhooks/parse-cost.ts';
+import { maxParseCost, memory, parseCost } from '../../api/webhooks/parse-cost.ts';
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 /** `{"padding":[unit,unit,…]}` of about `size` bytes. */
@@ -36,5 +36,107 @@ describe('parseCost', () => {
     const counted = parseCost(costly, 1000);
     expect(counted).toBeGreaterThan(1000);
     expect(counted).toBeLessThan(1000 + 200);
+  });
+});
+
+/** `{"padding":[unit(0),unit(1),…]}` of about `size` bytes; `unit` draws from a seeded generator (the reviewer's shapes). */
+function shaped(unit: (i: number, random: () => number) => string, size: number): Uint8Array {
+  let seed = 12345;
+  const random = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const parts: string[] = [];
+  let length = 14;
+  for (let i = 0; length < size - 64; i++) {
+    const part = unit(i, random);
+    parts.push(part);
+    length += part.length + 1;
+  }
+  return bytes(`{"padding":[${parts.join(',')}]}`);
+}
+const twoLetterKeys = Array.from({ length: 64 }, (_, i) => String.fromCharCode(65 + (i >> 3)) + String.fromCharCode(97 + (i & 7)));
+/** `count` of the 64 two-letter keys, in a random order. */
+const pick = (count: number, random: () => number) => {
+  const keys = new Set<string>();
+  while (keys.size < count) keys.add(twoLetterKeys[Math.floor(random() * 64)]!);
+  return [...keys];
+};
+
+describe('parseCost of keys', () => {
+  it('counts a key seen before, in a shape seen before, as its slot only', () => {
+    const one = bytes('[{"abc":0}]');
+    const two = bytes('[{"abc":0},{"abc":0}]');
+    // The second object: itself (64), its key's slot (8), its number (24) and its text.
+    expect(parseCost(two) - parseCost(one)).toBe(64 + 8 + 24 + (two.length - one.length));
+  });
+
+  it('remembers 65,536 keys: one first seen past them is counted as new each time', () => {
+    const many = Array.from({ length: 65_536 }, (_, i) => `{"k${i}":0}`).join(',');
+    const once = bytes(`[${many},{"late":0}]`);
+    const twice = bytes(`[${many},{"late":0},{"late":0}]`);
+    const early = bytes(`[{"late":0},${many},{"late":0}]`);
+    const slotOnly = 64 + 8 + 24 + ',{"late":0}'.length;
+    expect(parseCost(early) - parseCost(once)).toBe(slotOnly);
+    // Past the cap: its string and a map again.
+    expect(parseCost(twice) - parseCost(once)).toBeGreaterThan(slotOnly + 24 + 4 + 100);
+  });
+
+  it('tells keys of one hash apart by their bytes, and counts a key whose hash holds 8 others as new (without remembering it)', () => {
+    const body = bytes('aaaabbbbccccddddeeeeffffgggghhhhiiii');
+    const keys = memory(body);
+    const hash = 42;
+    for (let k = 0; k < 8; k++) expect(keys.key(4 * k, 4 * k + 4, hash)).toEqual({ id: k, fresh: true });
+    for (let k = 0; k < 8; k++) expect(keys.key(4 * k, 4 * k + 4, hash)).toEqual({ id: k, fresh: false });
+    // A 9th of that hash: new, every time.
+    expect(keys.key(32, 36, hash)).toEqual({ id: -1, fresh: true });
+    expect(keys.key(32, 36, hash)).toEqual({ id: -1, fresh: true });
+    // Same bytes at another offset: the same key.
+    expect(keys.key(1, 5, 7)).toEqual({ id: 8, fresh: true });
+    expect(memory(bytes('xaaaax')).key(1, 5, 9).fresh).toBe(true);
+  });
+
+  /**
+   * The reviewer's shapes (scratch/shapes.ts of the review), heap measured at 8 MiB by JSON.parse on
+   * Node 20.20 (node --expose-gc, bench/parse-cost.ts's method; 2026-12-07): heap per body byte, which
+   * the count must reach. Before this count they counted 0.42-0.7 of it (a 25 MiB body passed and
+   * took 390-530 MiB). Checked here at 1 MiB against the heap per byte measured (count/heap at 8 MiB: 1.03 for \u0100 strings, 1.4-1.9 for the rest).
+   */
+  const shapes: [string, number, (i: number, random: () => number) => string][] = [
+    ['array-index key {"9":null}', 15.55, () => '{"9":null}'],
+    ['array-index key {"99":null}', 18.33, () => '{"99":null}'],
+    ['two array-index keys {"1":null,"99":null}', 10.9, () => '{"1":null,"99":null}'],
+    ['nested array-index keys {"9":{"9":{"9":null}}}', 21.17, () => '{"9":{"9":{"9":null}}}'],
+    ['6 of 64 keys in random orders {"Aa":{},…}', 18.67, (_, random) => `{${pick(6, random).map((k) => `"${k}":{}`).join(',')}}`],
+    ['4 of 64 keys in random orders {"Aa":0,…}', 12.01, (_, random) => `{${pick(4, random).map((k) => `"${k}":0`).join(',')}}`],
+    ['3 of 64 keys in random orders {"Aa":null,…}', 6.41, (_, random) => `{${pick(3, random).map((k) => `"${k}":null`).join(',')}}`],
+    ['an array-index key and 3 of 64 keys', 7.83, (_, random) => `{"9":null,${pick(3, random).map((k) => `"${k}":null`).join(',')}}`],
+    ['strings with \\u0100', 3.04, () => `"\\u0100${'x'.repeat(200)}"`],
+  ];
+  it.each(shapes)('counts at least the heap measured of %s', (_, heapPerByte, unit) => {
+    const body = shaped(unit, 1024 * 1024);
+    expect(parseCost(body)).toBeGreaterThanOrEqual(heapPerByte * body.length);
+  });
+
+  it('counts objects of 128 keys or more as dictionaries (measured 45-62 bytes a key)', () => {
+    const keys = (count: number) => `{${Array.from({ length: count }, (_, i) => `"k${i}":0`).join(',')}}`;
+    const body = bytes(`[${Array.from({ length: 100 }, () => keys(200)).join(',')}]`);
+    expect(parseCost(body)).toBeGreaterThan(100 * 200 * 62);
+  });
+
+  it('counts keys that share a hash in linear time: 1 MiB of keys of the escapes \\" \\\\ \\/ \\b \\f \\n \\r \\t (minutes before)', () => {
+    const escapes = ['\\"', '\\\\', '\\/', '\\b', '\\f', '\\n', '\\r', '\\t'];
+    const key = (i: number) => Array.from({ length: 7 }, (_, d) => escapes[(i >> (3 * d)) & 7]).join('');
+    const parts: string[] = [];
+    for (let i = 0, length = 2; length < 1024 * 1024; i++) {
+      parts.push(`"${key(i)}":null`);
+      length += parts.at(-1)!.length + 1;
+    }
+    const body = bytes(`{${parts.join(',')}}`);
+    const started = performance.now();
+    parseCost(body);
+    expect(performance.now() - started).toBeLessThan(1000);
+    // And with every key given one hash: the bucket is full after 8, so no key is compared with more.
+    const keys = memory(body);
+    const sameHash = performance.now();
+    for (let i = 0; i < 100_000; i++) keys.key(2 + (i % 1000) * 16, 2 + (i % 1000) * 16 + 14, 1);
+    expect(performance.now() - sameHash).toBeLessThan(1000);
   });
 });
