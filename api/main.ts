@@ -164,7 +164,7 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
     threadBodyBytes: config.webhooks.threadBodyBytes,
     ...(config.webhooks.bodyThreads === undefined ? {} : { bodyThreads: config.webhooks.bodyThreads }),
-    bodyPool: createBodyPool(bodyPoolSizes(config.webhooks.bodyThreads)),
+    bodyPool: createBodyPool(bodyPoolSizes(config.webhooks.bodyThreads, config.webhooks.maxBodyBytes)),
   };
 }
 

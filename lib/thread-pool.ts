@@ -23,6 +23,14 @@ export class PoolThreadFailed extends Error {
   override name = 'PoolThreadFailed';
 }
 
+/**
+ * The job ran past the pool's deadline: its thread was ended (a new one starts for the next job),
+ * so nothing sent can hold a thread longer than the deadline.
+ */
+export class PoolJobTimedOut extends Error {
+  override name = 'PoolJobTimedOut';
+}
+
 /** The job threw in its thread: the error's name and message, as the thread saw them. */
 export class PoolJobFailed extends Error {
   override name = 'PoolJobFailed';
@@ -56,12 +64,25 @@ export interface ThreadPoolOptions {
   threads: number;
   maxQueued: number;
   maxPerKey: number;
+  /**
+   * Milliseconds a job may run on its thread, from its dispatch (a new thread's start-up included;
+   * absent: no deadline). Past it the thread is ended and
+   * replaced, and the job rejected with PoolJobTimedOut: JavaScript on a thread cannot be
+   * interrupted otherwise.
+   */
+  deadlineMs?: number;
 }
 
 export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
-  const { threads, maxQueued, maxPerKey } = options;
+  const { threads, maxQueued, maxPerKey, deadlineMs } = options;
   const idle: Worker[] = [];
   const running = new Map<Worker, Pending<Job, Result>>();
+  // The deadline timers of running jobs, by thread.
+  const deadlines = new Map<Worker, NodeJS.Timeout>();
+  const stopDeadline = (thread: Worker) => {
+    clearTimeout(deadlines.get(thread));
+    deadlines.delete(thread);
+  };
   let started = 0;
   // Waiting jobs by key; the map's order is the round-robin order (a key served goes to the back).
   const waiting = new Map<string, Pending<Job, Result>[]>();
@@ -87,6 +108,7 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       if (!pending || pending.id !== message.id) return;
       if (message.kind === 'progress') return pending.onProgress?.();
       running.delete(thread);
+      stopDeadline(thread);
       if (message.kind === 'done' && pending.hold) held++;
       else settle(pending);
       if (message.kind === 'done') pending.resolve(message.result);
@@ -99,6 +121,7 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
     const ended = (error: Error) => {
       const pending = running.get(thread);
       running.delete(thread);
+      stopDeadline(thread);
       const at = idle.indexOf(thread);
       if (at >= 0) idle.splice(at, 1);
       started--;
@@ -142,6 +165,19 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       }
       running.set(thread, pending);
       thread.ref();
+      if (deadlineMs !== undefined) {
+        const timer = setTimeout(() => {
+          if (running.get(thread) !== pending) return;
+          // Its place is freed now; the thread's exit (started--, then dispatch) follows its termination.
+          running.delete(thread);
+          deadlines.delete(thread);
+          settle(pending);
+          pending.reject(new PoolJobTimedOut(`the job ran past the pool's deadline (${deadlineMs} ms): its thread was ended`));
+          void thread.terminate();
+        }, deadlineMs);
+        timer.unref();
+        deadlines.set(thread, timer);
+      }
     }
   };
 
@@ -170,6 +206,7 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
     /** Ends the threads; jobs running or waiting are rejected with PoolBusy. */
     async close(): Promise<void> {
       closed = true;
+      for (const thread of [...deadlines.keys()]) stopDeadline(thread);
       for (const jobs of waiting.values()) for (const pending of jobs) pending.reject(new PoolBusy('the pool is closed'));
       waiting.clear();
       queued = 0;

@@ -21,7 +21,7 @@ import type { WebhookHeaders } from '../webhooks/normalize.ts';
 import { bodyPoolSizes, createBodyPool, type BodyPool } from '../webhooks/body-thread.ts';
 import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../webhooks/delivery-body.ts';
 import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../webhooks/parse-cost.ts';
-import { PoolBusy, PoolThreadFailed } from '../../lib/thread-pool.ts';
+import { PoolBusy, PoolJobTimedOut, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { createByteBudget, createUnverifiedBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
 import { verifyDelivery, type DeliveryCredential } from '../webhooks/verify.ts';
@@ -350,6 +350,12 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
         c.header('Retry-After', '1');
         throw new Problem(503, 'Service Unavailable', 'too many large webhook bodies are being read at once; deliver it again');
       }
+      if (error instanceof PoolJobTimedOut) {
+        // Its thread was ended and replaced (api/webhooks/body-thread.ts: bodyThreadDeadlineMs).
+        deps.logger.error({ err: error, provider, connectionId, bytes: body.byteLength }, 'a webhook body ran past its thread deadline: the thread was ended, answered 503');
+        c.header('Retry-After', '1');
+        throw new Problem(503, 'Service Unavailable', 'the delivery could not be read in time now; deliver it again');
+      }
       if (error instanceof PoolThreadFailed) {
         deps.logger.error({ err: error, provider, connectionId, bytes: body.byteLength }, 'the thread reading a webhook body ended: answered 503');
         c.header('Retry-After', '1');
@@ -511,7 +517,7 @@ export function webhookRoutes(options: {
     held: createByteBudget(heldBudgetSizes(options.maxBodyBytes, options.verifiedDeliveryBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
-    bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads)),
+    bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads, options.maxBodyBytes)),
     threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);
@@ -543,7 +549,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit, or its JSON would take more heap to parse than the bound derived from the size limit'),
-          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, or a large body's thread ended (Retry-After); the provider should deliver it again"),
+          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, or a large body's thread ended or ran past its deadline (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

@@ -26,10 +26,25 @@ export interface BodyPoolSizes {
    * and a full queue is shared out by displacing the newest job of the key holding the most.
    */
   maxPerKey: number;
+  /** A job's deadline on its thread (bodyThreadDeadlineMs): past it the thread is ended and replaced, and the delivery answered 503. */
+  deadlineMs?: number;
 }
 
-export function bodyPoolSizes(threads = 1): BodyPoolSizes {
-  return { threads, maxQueued: 4 * threads, maxPerKey: threads + 4 * threads };
+/**
+ * How long a body may take on its thread: 1 s per MiB of webhooks.maxBodyBytes, at least 10 s (25 s
+ * at 25 MiB). A 25 MiB body took 0.04-1.7 s to count (bench/parse-cost.ts, every shape) and ~0.4-1 s
+ * to parse, so this leaves ~10 times that for a loaded machine and the threads' lower priority;
+ * past it the thread is ended (lib/thread-pool.ts), so nothing a tenant sends holds the shared
+ * thread longer. Answered 503 with Retry-After, not 413: the pool cannot tell a slow body from a
+ * slow machine, and the count is linear in the body (test/unit/parse-cost.test.ts), so a legitimate
+ * delivery that ran out of time on a busy machine is delivered again rather than refused for good.
+ */
+export function bodyThreadDeadlineMs(maxBodyBytes: number): number {
+  return Math.max(10_000, Math.ceil((1000 * maxBodyBytes) / (1024 * 1024)));
+}
+
+export function bodyPoolSizes(threads = 1, maxBodyBytes?: number): BodyPoolSizes {
+  return { threads, maxQueued: 4 * threads, maxPerKey: threads + 4 * threads, ...(maxBodyBytes === undefined ? {} : { deadlineMs: bodyThreadDeadlineMs(maxBodyBytes) }) };
 }
 
 /** The receivers' pool; `spawn` starts one thread serving serveBodyJobs (this module, unless a test's thread holds jobs on a gate). */

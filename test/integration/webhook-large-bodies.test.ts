@@ -42,6 +42,24 @@ describe('large webhook bodies (real PostgreSQL, the receivers\' threads)', () =
     while ((await jobs(state)) !== n) await new Promise((resolve) => setTimeout(resolve, 10));
   };
 
+  it('ends the thread of a large body past its deadline (503 with Retry-After, the thread replaced) and reads the body delivered again', async () => {
+    // 3 s: a new thread loading the code from source (tsx) takes ~1 s of it.
+    const timed = gatedReceivers(h, LIMIT, 1, 3000);
+    try {
+      // The gate stays shut: the body's job would hold the thread until the deadline ends it.
+      const late = await timed.post(push('a', 300 * 1024));
+      expect(late.status, await late.clone().text()).toBe(503);
+      expect(late.headers.get('retry-after')).toBe('1');
+      expect(await late.json()).toMatchObject({ detail: 'the delivery could not be read in time now; deliver it again' });
+      timed.gated.open();
+      const again = await timed.post(push('a', 300 * 1024));
+      expect(again.status, await again.clone().text()).toBe(202);
+    } finally {
+      timed.gated.open();
+      await timed.gated.pool.close();
+    }
+  });
+
   it("acknowledges another tenant's small delivery while a large signed body is being read", async () => {
     const large = push('a', 300 * 1024);
     let largeAnswered = false;

@@ -8,9 +8,9 @@ import { moduleThread } from '../../lib/thread-pool.ts';
  * and which are waiting is decided by the test, not by how long a parse takes. Everything else is
  * the real pool and the real step (api/webhooks/body-thread.ts).
  */
-export function gatedBodyPool(threads = 1): { pool: BodyPool; open(): void } {
+export function gatedBodyPool(threads = 1, deadlineMs?: number): { pool: BodyPool; open(): void } {
   const gate = new SharedArrayBuffer(4);
-  const pool = createBodyPool(bodyPoolSizes(threads), () => moduleThread(import.meta.url, { gatedBodyThread: gate }));
+  const pool = createBodyPool({ ...bodyPoolSizes(threads), ...(deadlineMs === undefined ? {} : { deadlineMs }) }, () => moduleThread(import.meta.url, { gatedBodyThread: gate }));
   return {
     pool,
     open() {

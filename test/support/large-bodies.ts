@@ -47,8 +47,8 @@ export function costlyPush(tenant: LargeBodyTenant, bytes: number): Delivery {
  * (test/support/gated-body-thread.ts), with `post` and `jobs`: the large bodies running on them and
  * waiting for one (forgelink_webhook_body_thread_jobs). Open the gate and close the pool after each test.
  */
-export function gatedReceivers(h: Harness, maxBodyBytes: number, threads = 1) {
-  const gated = gatedBodyPool(threads);
+export function gatedReceivers(h: Harness, maxBodyBytes: number, threads = 1, deadlineMs?: number) {
+  const gated = gatedBodyPool(threads, deadlineMs);
   const app = h.appWith({ metrics: createApiMetrics(), metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes, bodyPool: gated.pool } });
   return {
     app,

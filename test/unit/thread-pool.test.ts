@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { createThreadPool, moduleThread, PoolBusy, PoolJobFailed, PoolThreadFailed, type ThreadPool } from '../../lib/thread-pool.ts';
+import { createThreadPool, moduleThread, PoolBusy, PoolJobFailed, PoolJobTimedOut, PoolThreadFailed, type ThreadPool } from '../../lib/thread-pool.ts';
 import type { TestJob } from './thread-pool-thread.ts';
 
 /**
@@ -15,7 +15,7 @@ afterEach(async () => {
   for (const pool of pools.splice(0)) await pool.close();
 });
 
-function pool(sizes: { threads: number; maxQueued: number; maxPerKey: number }): Pool {
+function pool(sizes: { threads: number; maxQueued: number; maxPerKey: number; deadlineMs?: number }): Pool {
   const created = createThreadPool<TestJob, { name: string; bytes?: number }>({ ...sizes, spawn: () => moduleThread(THREAD, {}) });
   pools.push(created);
   return created;
@@ -140,5 +140,17 @@ describe('thread pool', () => {
     await expect(failed).rejects.toBeInstanceOf(PoolJobFailed);
     await expect(failed).rejects.toMatchObject({ message: 'Invalid string length', errorName: 'RangeError' });
     expect(await p.run('a', { kind: 'echo', name: 'next' })).toEqual({ name: 'next' });
+  });
+
+  it('ends the thread of a job past its deadline (PoolJobTimedOut), frees its place at once and runs the next job on a new thread', async () => {
+    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 2, deadlineMs: 300 });
+    // Answered before the deadline: as without one.
+    expect(await p.run('a', { kind: 'echo', name: 'quick' })).toEqual({ name: 'quick' });
+    // Held on a gate nobody opens: only the deadline ends it (a body the thread would work on for minutes).
+    const stuck = p.run('a', { kind: 'echo', name: 'stuck', gate: gate().buffer });
+    const waiting = p.run('a', { kind: 'echo', name: 'next' });
+    await expect(stuck).rejects.toBeInstanceOf(PoolJobTimedOut);
+    expect(await waiting).toEqual({ name: 'next' });
+    expect(p.size()).toMatchObject({ running: 0, waiting: 0, threads: 1 });
   });
 });
