@@ -44,7 +44,7 @@ export class PoolJobFailed extends Error {
 
 /** Messages between the pool and a thread (serveThreadJobs speaks the thread's side). */
 type ToThread<Job> = { id: number; job: Job };
-type FromThread<Result> = { id: number; kind: 'progress' } | { id: number; kind: 'done'; result: Result } | { id: number; kind: 'failed'; name: string; message: string };
+type FromThread<Result> = { id: number; kind: 'started' } | { id: number; kind: 'progress' } | { id: number; kind: 'done'; result: Result } | { id: number; kind: 'failed'; name: string; message: string };
 
 interface Pending<Job, Result> {
   id: number;
@@ -65,8 +65,8 @@ export interface ThreadPoolOptions {
   maxQueued: number;
   maxPerKey: number;
   /**
-   * Milliseconds a job may run on its thread, from its dispatch (a new thread's start-up included;
-   * absent: no deadline). Past it the thread is ended and
+   * Milliseconds a job may run on its thread, from when the thread starts it (a new thread's
+   * start-up and module loading not included; absent: no deadline). Past it the thread is ended and
    * replaced, and the job rejected with PoolJobTimedOut: JavaScript on a thread cannot be
    * interrupted otherwise.
    */
@@ -106,6 +106,7 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
     thread.on('message', (message: FromThread<Result>) => {
       const pending = running.get(thread);
       if (!pending || pending.id !== message.id) return;
+      if (message.kind === 'started') return startDeadline(thread, pending);
       if (message.kind === 'progress') return pending.onProgress?.();
       running.delete(thread);
       stopDeadline(thread);
@@ -165,20 +166,23 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
       }
       running.set(thread, pending);
       thread.ref();
-      if (deadlineMs !== undefined) {
-        const timer = setTimeout(() => {
-          if (running.get(thread) !== pending) return;
-          // Its place is freed now; the thread's exit (started--, then dispatch) follows its termination.
-          running.delete(thread);
-          deadlines.delete(thread);
-          settle(pending);
-          pending.reject(new PoolJobTimedOut(`the job ran past the pool's deadline (${deadlineMs} ms): its thread was ended`));
-          void thread.terminate();
-        }, deadlineMs);
-        timer.unref();
-        deadlines.set(thread, timer);
-      }
     }
+  };
+
+  /** The job's deadline, from the thread's word that it started it. */
+  const startDeadline = (thread: Worker, pending: Pending<Job, Result>) => {
+    if (deadlineMs === undefined) return;
+    const timer = setTimeout(() => {
+      if (running.get(thread) !== pending) return;
+      // Its place is freed now; the thread's exit (started--, then dispatch) follows its termination.
+      running.delete(thread);
+      deadlines.delete(thread);
+      settle(pending);
+      pending.reject(new PoolJobTimedOut(`the job ran past the pool's deadline (${deadlineMs} ms): its thread was ended`));
+      void thread.terminate();
+    }, deadlineMs);
+    timer.unref();
+    deadlines.set(thread, timer);
   };
 
   return {
@@ -291,6 +295,8 @@ export function moduleThread(moduleUrl: string, workerData: unknown): Worker {
 export function serveThreadJobs<Job, Result>(handle: (job: Job, progress: () => void) => { result: Result; transfer?: Transferable[] }): void {
   const port = parentPort!;
   port.on('message', ({ id, job }: ToThread<Job>) => {
+    // The pool's deadline for the job runs from here.
+    port.postMessage({ id, kind: 'started' } satisfies FromThread<Result>);
     let answer: { result: Result; transfer?: Transferable[] };
     try {
       answer = handle(job, () => port.postMessage({ id, kind: 'progress' } satisfies FromThread<Result>));
