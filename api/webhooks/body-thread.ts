@@ -32,7 +32,7 @@ export interface BodyPoolSizes {
 
 /**
  * How long a body may take on its thread: 1 s per MiB of webhooks.maxBodyBytes, at least 10 s (25 s
- * at 25 MiB). A 25 MiB body took 0.04-1.7 s to count (bench/parse-cost.ts, every shape) and ~0.4-1 s
+ * at 25 MiB). A 25 MiB body took 0.05-1.6 s to count (bench/parse-cost.ts, every shape) and ~0.4-1 s
  * to parse, so this leaves ~10 times that for a loaded machine and the threads' lower priority;
  * past it the thread is ended (lib/thread-pool.ts), so nothing a tenant sends holds the shared
  * thread longer. Answered 503 with Retry-After, not 413: the pool cannot tell a slow body from a

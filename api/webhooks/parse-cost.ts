@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
  *   so it is charged as both;
  * - an object of 125 or more named keys (V8 turns one of 128 into a dictionary; ~45-62 bytes a key
  *   measured): 72 a key.
- * Plus the decoded text (twice the bytes when one is not ASCII).
+ * Plus the decoded text (twice the bytes when one is not ASCII), and 4 KiB.
  * The keys and shapes seen are remembered by a hash of every byte with a per-process random seed,
  * at most BUCKET of them a hash: a key or shape that finds its bucket full is counted as new (more,
  * never less), so counting stays linear in the body whatever its keys.
@@ -41,6 +41,8 @@ const ELEMENT = 72;
 const DICTIONARY_FROM = 125;
 /** A key of a dictionary object (measured 45-62). */
 const DICTIONARY_KEY = 72;
+/** What a parse takes beyond the model, whatever the body (measured: 10 bytes past it for 25 MiB of `[[[…]]]`). */
+const PARSE = 4096;
 /** Keys and transitions remembered; past them every new-looking one is counted as new (more, never less). */
 const MAX_REMEMBERED = 65_536;
 /** Entries a hash may hold; a key or transition finding its hash's bucket full is counted as new. */
@@ -246,7 +248,7 @@ export function parseCost(body: Uint8Array, limit = Infinity): number {
         break;
     }
   }
-  return cost + (nonAscii ? 2 * n : n);
+  return cost + (nonAscii ? 2 * n : n) + PARSE;
 }
 
 /**
@@ -254,7 +256,9 @@ export function parseCost(body: Uint8Array, limit = Infinity): number {
  * operator raising the body limit raises it with it. Measured at 25 MiB (bench/parse-cost.ts,
  * README: Bodies too costly to parse): real-shaped pushes of the recorded fixtures grown to the limit
  * count 2.4-4.3 per byte (their heap 2.4-3.0), a Bitbucket push of 1-byte ref names and object ids
- * among them; `[{},{},…]` 22 and `[[[…]]]` 29, counted as they weigh.
+ * among them, and a GitHub-style push of 1-character file paths 9.0 (11.3 non-ASCII); `[{},{},…]`
+ * 22 and `[[[…]]]` 29, counted as they weigh; the review's shapes (array-index keys, keys in new
+ * orders) 12.6-38 per byte for 10.9-21.2 of heap.
  */
 export const PARSE_COST_PER_BODY_BYTE = 12;
 
