@@ -14,14 +14,13 @@
  */
 import { createHmac, randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Provider } from '../lib/domain.ts';
 import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository } from '../test/fakes/webhook-deliveries.ts';
-import { latencySummary } from './measure.ts';
+import { latencySummary, postFrom } from './measure.ts';
 import { callApi, seedAttachedRepository, startBenchStack, type BenchStack } from './stack.ts';
 import { threadCpuSeconds } from './worker-usage.ts';
 
@@ -74,19 +73,6 @@ function largeBody(a: Tenant): { headers: Record<string, string>; body: Buffer }
   return { headers, body };
 }
 
-/** POSTs `body` from `from` (a loopback address: the receivers budget unverified bodies per sender address), resolving with the status and the ms it took. */
-function post(url: string, headers: Record<string, string>, body: Buffer | string, from: string): Promise<{ status: number; ms: number }> {
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', localAddress: from, headers: { ...headers, 'content-length': Buffer.byteLength(body) }, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode!, ms: performance.now() - started }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 async function main() {
   const log = (line: string) => console.log(line);
   const stack = await startBenchStack(log);
@@ -128,7 +114,7 @@ async function main() {
       const aResults: { status: number; ms: number }[] = [];
       const aStreams = withA
         ? Array.from({ length: A_CONCURRENCY }, async (_, i) => {
-            while (performance.now() < until) aResults.push(await post(`${api.url}${receiverPath('bitbucket')}?c=${a.connectionId}`, large.headers, large.body, `127.0.0.${2 + i}`));
+            while (performance.now() < until) aResults.push(await postFrom(`${api.url}${receiverPath('bitbucket')}?c=${a.connectionId}`, large.headers, large.body, `127.0.0.${2 + i}`));
           })
         : [];
       const bResults: Promise<{ status: number; ms: number }>[] = [];
@@ -139,7 +125,7 @@ async function main() {
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         const d = delivery('gitlab', smallPayload, { deliveryId: randomUUID(), secret: b.secret });
         // Timed from when it was due, so a stalled loop shows in the latency instead of delaying the arrivals.
-        bResults.push(post(`${api.url}${receiverPath('gitlab')}?c=${b.connectionId}`, d.headers, d.body, '127.0.0.1').then((r) => ({ ...r, ms: performance.now() - due })));
+        bResults.push(postFrom(`${api.url}${receiverPath('gitlab')}?c=${b.connectionId}`, d.headers, d.body, '127.0.0.1').then((r) => ({ ...r, ms: performance.now() - due })));
       }
       const bs = await Promise.all(bResults);
       await Promise.all(aStreams);
@@ -168,7 +154,7 @@ async function main() {
         apis[other].pause(true);
         apis[mode].pause(false);
         // A warm-up body and delivery (the thread starts at the first large body).
-        await post(`${apis[mode].url}${receiverPath('bitbucket')}?c=${a.connectionId}`, large.headers, large.body, '127.0.0.2');
+        await postFrom(`${apis[mode].url}${receiverPath('bitbucket')}?c=${a.connectionId}`, large.headers, large.body, '127.0.0.2');
         for (const withA of [false, true]) {
           const result = await phase(mode, withA);
           log(`round ${round + 1} ${mode} ${withA ? 'with A' : 'B alone'}: ${JSON.stringify(result)}`);

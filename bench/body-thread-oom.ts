@@ -13,14 +13,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import { maxParseCost } from '../api/webhooks/parse-cost.ts';
 import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Provider } from '../lib/domain.ts';
 import { receiverPath } from '../test/fakes/webhook-deliveries.ts';
 import { LARGE_BODIES } from './large-bodies.ts';
-import { latencySummary } from './measure.ts';
+import { latencySummary, postFrom } from './measure.ts';
 import { callApi, seedAttachedRepository, startBenchStack, type BenchStack } from './stack.ts';
 
 const MAX_BODY_BYTES = 25 * 1024 * 1024;
@@ -39,19 +38,6 @@ async function seedTenant(stack: BenchStack, provider: Provider, name: string) {
   const fullName = provider === 'bitbucket' ? `${name.toUpperCase()}/repo` : `${name}/repo`;
   await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
   return { connectionId: connection.id, secret, repository: { externalId, fullName } };
-}
-
-/** POSTs from `from` (the receivers budget unverified bodies per sender address). */
-function post(url: string, headers: Record<string, string>, body: Buffer, from: string): Promise<{ status: number; ms: number }> {
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', localAddress: from, headers: { ...headers, 'content-length': body.length }, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode!, ms: performance.now() - started }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
 }
 
 async function main() {
@@ -79,11 +65,11 @@ async function main() {
       const bResults: { status: number; ms: number }[] = [];
       await Promise.all([
         ...Array.from({ length: aInFlight }, async () => {
-          while (performance.now() < until) aResults.push(await post(url('gitlab', a.connectionId), costly.headers, costly.body, '127.0.0.1'));
+          while (performance.now() < until) aResults.push(await postFrom(url('gitlab', a.connectionId), costly.headers, costly.body, '127.0.0.1'));
         }),
         ...Array.from({ length: bInFlight }, async (_, i) => {
           // Bitbucket bodies count against the unverified budget per sender address (a quarter of 64 MiB, and always one body): an address each.
-          while (performance.now() < until) bResults.push(await post(url('bitbucket', b.connectionId), bBodies[i]!.headers, bBodies[i]!.body, `127.0.0.${2 + i}`));
+          while (performance.now() < until) bResults.push(await postFrom(url('bitbucket', b.connectionId), bBodies[i]!.headers, bBodies[i]!.body, `127.0.0.${2 + i}`));
         }),
       ]);
       const result = {
@@ -97,7 +83,7 @@ async function main() {
       return result;
     };
     // Warm-up: the thread starts at the first large body.
-    log(`warm-up: ${JSON.stringify(await post(url('bitbucket', b.connectionId), bBodies[0]!.headers, bBodies[0]!.body, '127.0.0.2'))}`);
+    log(`warm-up: ${JSON.stringify(await postFrom(url('bitbucket', b.connectionId), bBodies[0]!.headers, bBodies[0]!.body, '127.0.0.2'))}`);
     const phases = [];
     for (let round = 0; round < 2; round++) {
       phases.push(await phase('B alone', 0, 1));

@@ -1,4 +1,5 @@
 /** Load generation and statistics shared by the benchmarks. */
+import http from 'node:http';
 
 export interface LoadResult<T> {
   durationMs: number;
@@ -79,4 +80,20 @@ export async function runPaced<I, T>(items: readonly I[], ratePerSecond: number,
   await Promise.all(running);
   const durationMs = performance.now() - started;
   return { durationMs, latenciesMs, outcomes, throughputPerSecond: (items.length / durationMs) * 1000 };
+}
+
+/**
+ * POSTs `body` from `from` (a loopback address: the receivers budget unverified bodies per sender
+ * address), on a connection of its own, resolving with the status and the ms it took.
+ */
+export function postFrom(url: string, headers: Record<string, string>, body: Buffer | string, from: string): Promise<{ status: number; ms: number }> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', localAddress: from, headers: { ...headers, 'content-length': Buffer.byteLength(body) }, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode!, ms: performance.now() - started }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }

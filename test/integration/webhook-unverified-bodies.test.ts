@@ -1,7 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest, type ClientRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Provider } from '../../lib/domain.ts';
 import { createApiMetrics, type ApiMetrics } from '../../lib/metrics.ts';
@@ -9,6 +7,7 @@ import { delivery, fixture, PUSH_FIXTURES, withRepository, type Delivery, type D
 import { deliveryUrlOf } from '../support/attachments.ts';
 import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
+import { serveApp } from '../support/served-app.ts';
 
 const MiB = 1024 * 1024;
 const LIMIT = 2 * MiB;
@@ -25,7 +24,7 @@ const WRONG = 'not-the-secret-of-this-hook-at-all';
 describe('webhook bodies not verified yet (real PostgreSQL, real HTTP server)', () => {
   let h: Harness;
   let metrics: ApiMetrics;
-  let server: ReturnType<typeof serve>;
+  let served: Awaited<ReturnType<typeof serveApp>> | undefined;
   let port: number;
   const hooks = {} as Record<'github' | 'bitbucket' | 'gitlab', { repository: { externalId: string; fullName: string }; hook: DeliveringHook; connectionId: string }>;
   const open: ClientRequest[] = [];
@@ -40,10 +39,8 @@ describe('webhook bodies not verified yet (real PostgreSQL, real HTTP server)', 
     }
     metrics = createApiMetrics();
     const app = h.appWith({ metrics, metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes: LIMIT, unverifiedBodyBytes: BUDGET } });
-    server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-      const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-    });
-    ({ port } = server.address() as AddressInfo);
+    served = await serveApp(app);
+    ({ port } = served);
   });
   // A test that fails with senders still stalled leaves none to the next.
   afterEach(async () => {
@@ -51,7 +48,7 @@ describe('webhook bodies not verified yet (real PostgreSQL, real HTTP server)', 
     await vi.waitFor(async () => expect(await heldBytes()).toBe(0), { timeout: 10_000, interval: 20 });
   });
   afterAll(async () => {
-    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    await served?.close();
     await h?.close();
   });
 

@@ -1,10 +1,9 @@
 import { request as httpRequest, type ClientRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createApiMetrics, type ApiMetrics } from '../../lib/metrics.ts';
 import type { Delivery } from '../fakes/webhook-deliveries.ts';
 import { startHarness, type Harness } from '../support/harness.ts';
+import { serveApp } from '../support/served-app.ts';
 import { largeBodyTenants, paddedPush, type LargeBodyTenant } from '../support/large-bodies.ts';
 
 const KiB = 1024;
@@ -23,7 +22,7 @@ const SHARE = 5 * LIMIT;
 describe('verified webhook deliveries in flight (real PostgreSQL, real HTTP server)', () => {
   let h: Harness;
   let metrics: ApiMetrics;
-  let server: ReturnType<typeof serve>;
+  let served: Awaited<ReturnType<typeof serveApp>> | undefined;
   let port: number;
   let tenants: Record<'a' | 'b', LargeBodyTenant>;
   const open: ClientRequest[] = [];
@@ -34,17 +33,15 @@ describe('verified webhook deliveries in flight (real PostgreSQL, real HTTP serv
     metrics = createApiMetrics();
     // Every body is read on the event loop (under threadBodyBytes): the threads are not what is tested.
     const app = h.appWith({ metrics, metricsPath: '/metrics', webhooks: { ...h.apiDeps.webhooks, maxBodyBytes: LIMIT, verifiedDeliveryBytes: BUDGET, threadBodyBytes: 2 * LIMIT } });
-    server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-      const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-    });
-    ({ port } = server.address() as AddressInfo);
+    served = await serveApp(app);
+    ({ port } = served);
   });
   afterEach(async () => {
     for (const req of open.splice(0)) req.destroy();
     await vi.waitFor(async () => expect(await heldBytes()).toBe(0), { timeout: 10_000, interval: 20 });
   });
   afterAll(async () => {
-    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    await served?.close();
     await h?.close();
   });
 
