@@ -17,11 +17,9 @@ import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
-import type { Provider } from '../lib/domain.ts';
 import { delivery, fixture, PUSH_FIXTURES, receiverPath, withRepository } from '../test/fakes/webhook-deliveries.ts';
 import { latencySummary, postFrom } from './measure.ts';
-import { callApi, seedAttachedRepository, startBenchStack, type BenchStack } from './stack.ts';
+import { seedBenchTenant, startBenchStack, type BenchTenant } from './stack.ts';
 import { threadCpuSeconds } from './worker-usage.ts';
 
 const MAX_BODY_BYTES = 25 * 1024 * 1024;
@@ -31,33 +29,11 @@ const seconds = Number(process.argv[3] ?? 10);
 const B_RATE = 20;
 const A_CONCURRENCY = 2;
 
-interface Tenant {
-  connectionId: string;
-  secret: string;
-  externalId: string;
-  fullName: string;
-}
-
-async function seedTenant(stack: BenchStack, provider: Provider, name: string): Promise<Tenant> {
-  const slug = `stall-${name}-${Date.now()}`;
-  const org = await callApi(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name });
-  const connection = await stack.db
-    .insertInto('connections')
-    .values({ organization_id: org.id, provider, base_url: `https://${provider}-${name}.bench.test`, status: 'active' })
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  const { secret } = await ensureWebhookCredential(stack.db, stack.keys, { id: connection.id, provider });
-  const externalId = String(1_000_000 + Math.floor(Math.random() * 1_000_000));
-  const fullName = provider === 'bitbucket' ? `${name.toUpperCase()}/repo` : `${name}/repo`;
-  await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
-  return { connectionId: connection.id, secret, externalId, fullName };
-}
-
 /** Tenant A's body: a signed Bitbucket refs_changed of as many short ref changes as fit in the limit (its events would pass twice the limit: 200 ignored once counted). */
-function largeBody(a: Tenant): { headers: Record<string, string>; body: Buffer } {
+function largeBody(a: BenchTenant): { headers: Record<string, string>; body: Buffer } {
   // Short ref changes, as bench/normalize-bound.ts: the most a body of the limit holds (~446,000), counted and answered 200 ignored.
   const make = (i: number) => ({ refId: `refs/heads/${i}`, fromHash: 'a', toHash: 'b' });
-  const wrap = (changes: unknown[]) => ({ eventKey: 'repo:refs_changed', date: new Date().toISOString(), actor: { name: 'a' }, repository: { id: Number(a.externalId), slug: 'repo', name: 'repo', project: { key: 'A' } }, changes });
+  const wrap = (changes: unknown[]) => ({ eventKey: 'repo:refs_changed', date: new Date().toISOString(), actor: { name: 'a' }, repository: { id: Number(a.repository.externalId), slug: 'repo', name: 'repo', project: { key: 'A' } }, changes });
   let n = Math.floor((MAX_BODY_BYTES - 4_096) / (JSON.stringify(make(100_000)).length + 1));
   let body = Buffer.from(JSON.stringify(wrap(Array.from({ length: n }, (_, i) => make(i)))));
   while (body.length > MAX_BODY_BYTES) {
@@ -82,11 +58,11 @@ async function main() {
       threads: { url: stack.apiUrl, pid: stack.apiPid, pause: (p: boolean) => stack.setApiPaused(p) },
       loop: { url: loop.apiUrl, pid: loop.pids.api, pause: (p: boolean) => loop.setPaused(p) },
     };
-    const a = await seedTenant(stack, 'bitbucket', 'a');
-    const b = await seedTenant(stack, 'gitlab', 'b');
+    const a = await seedBenchTenant(stack, 'bitbucket', 'a', 'stall');
+    const b = await seedBenchTenant(stack, 'gitlab', 'b', 'stall');
     const large = largeBody(a);
     log(`tenant A's body: ${large.body.length} bytes`);
-    const smallPayload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), { externalId: b.externalId, fullName: b.fullName });
+    const smallPayload = withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), b.repository);
     const smallBytes = Buffer.byteLength(JSON.stringify(smallPayload));
 
     /**

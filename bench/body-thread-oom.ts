@@ -15,30 +15,14 @@ import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { maxParseCost } from '../api/webhooks/parse-cost.ts';
-import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { Provider } from '../lib/domain.ts';
 import { receiverPath } from '../test/fakes/webhook-deliveries.ts';
 import { LARGE_BODIES } from './large-bodies.ts';
 import { latencySummary, postFrom } from './measure.ts';
-import { callApi, seedAttachedRepository, startBenchStack, type BenchStack } from './stack.ts';
+import { seedBenchTenant, startBenchStack } from './stack.ts';
 
 const MAX_BODY_BYTES = 25 * 1024 * 1024;
 const seconds = Number(process.argv[2] ?? 30);
-
-async function seedTenant(stack: BenchStack, provider: Provider, name: string) {
-  const slug = `oom-${name}-${Date.now()}`;
-  const org = await callApi(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug, name });
-  const connection = await stack.db
-    .insertInto('connections')
-    .values({ organization_id: org.id, provider, base_url: `https://${provider}-${name}.bench.test`, status: 'active' })
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  const { secret } = await ensureWebhookCredential(stack.db, stack.keys, { id: connection.id, provider });
-  const externalId = String(1_000_000 + Math.floor(Math.random() * 1_000_000));
-  const fullName = provider === 'bitbucket' ? `${name.toUpperCase()}/repo` : `${name}/repo`;
-  await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
-  return { connectionId: connection.id, secret, repository: { externalId, fullName } };
-}
 
 async function main() {
   const log = (line: string) => console.log(line);
@@ -46,8 +30,8 @@ async function main() {
   try {
     // B's stored deliveries would each start a run recording ~110,000 events: the worker is frozen, this measures the API.
     stack.setWorkerPaused(true);
-    const a = await seedTenant(stack, 'gitlab', 'a');
-    const b = await seedTenant(stack, 'bitbucket', 'b');
+    const a = await seedBenchTenant(stack, 'gitlab', 'a', 'oom');
+    const b = await seedBenchTenant(stack, 'bitbucket', 'b', 'oom');
     const url = (provider: Provider, connectionId: string) => `${stack.apiUrl}${receiverPath(provider)}?c=${connectionId}`;
     const costly = LARGE_BODIES['hostile-objects']!(MAX_BODY_BYTES, { options: { secret: a.secret }, repository: a.repository });
     // B's body is re-made per post (a delivery id of its own, so each is stored).

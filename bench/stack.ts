@@ -20,6 +20,7 @@ import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { LISTING_CONCURRENCY_DEFAULTS, parseConfig, type WorkerSizing } from '../lib/config.ts';
 import { createDb, type Db } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
+import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import { freeLoopbackPort } from '../lib/net.ts';
 import { readDevServerSettings, startDevServer } from '../lib/temporal/dev-server.ts';
 import { createCpuGroups, type CpuGroups } from './cpu-groups.ts';
@@ -370,6 +371,29 @@ export async function seedAttachedRepository(
     .executeTakeFirstOrThrow();
   await stack.db.insertInto('attachments').values({ organization_id: row.organizationId, repository_id: id, status: 'attached' }).execute();
   return id;
+}
+
+/** A tenant of the large-body benchmarks: an organization, its active connection with a webhook credential, one attached repository. */
+export interface BenchTenant {
+  connectionId: string;
+  /** The connection's webhook secret, to sign its deliveries. */
+  secret: string;
+  repository: { externalId: string; fullName: string };
+}
+
+/** Seeds a BenchTenant of `provider` named `name` (its organization's slug starts with `slugPrefix`). */
+export async function seedBenchTenant(stack: Pick<BenchStack, 'db' | 'keys' | 'apiUrl' | 'adminToken'>, provider: Provider, name: string, slugPrefix: string): Promise<BenchTenant> {
+  const org = await callApi(stack, 'POST', '/api/v1/orgs', stack.adminToken, { slug: `${slugPrefix}-${name}-${Date.now()}`, name });
+  const connection = await stack.db
+    .insertInto('connections')
+    .values({ organization_id: org.id, provider, base_url: `https://${provider}-${name}.bench.test`, status: 'active' })
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  const { secret } = await ensureWebhookCredential(stack.db, stack.keys, { id: connection.id, provider });
+  const externalId = String(1_000_000 + Math.floor(Math.random() * 1_000_000));
+  const fullName = provider === 'bitbucket' ? `${name.toUpperCase()}/repo` : `${name}/repo`;
+  await seedAttachedRepository(stack, { organizationId: org.id, connectionId: connection.id, provider, externalId, fullName });
+  return { connectionId: connection.id, secret, repository: { externalId, fullName } };
 }
 
 /** A JSON call to the bench stack's API with a bearer token; a non-2xx answer throws with its body. */
