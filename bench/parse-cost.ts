@@ -76,6 +76,27 @@ const bodies: Record<string, () => Buffer> = {
   ...Object.fromEntries(Object.entries(reviewed).map(([name, unit]) => [name, () => repeated(unit)])),
   'a random mix of the reviewed shapes': () => repeated(() => reviewedUnits[Math.floor(random() * reviewedUnits.length)]!()),
   'nesting [[[…]]]': () => Buffer.from(`${'['.repeat(size / 2 - 1)}${']'.repeat(size / 2 - 1)}`),
+  // The second review's: one key sequence emitted at every length, {S[:1]} … {S[:124]}, a new sequence
+  // each time (V8 starts an object's maps from a root per number of named keys).
+  'key sequences at every length {S[:1]} … {S[:124]}': () => {
+    const pairs = Array.from({ length: 82 * 82 }, (_, i) => String.fromCharCode(33 + (i % 82)) + String.fromCharCode(33 + Math.floor(i / 82))).filter((k) => !/["\\0-9]/.test(k));
+    const parts: string[] = [];
+    let length = 14;
+    for (let family = 0; length < size - 64; family++) {
+      const rest = pairs.filter((_, i) => i !== family % pairs.length);
+      for (let i = rest.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1));
+        [rest[i], rest[j]] = [rest[j]!, rest[i]!];
+      }
+      const sequence = [pairs[family % pairs.length]!, ...rest.slice(0, 123)];
+      for (let n = 1; n <= sequence.length && length < size - 64; n++) {
+        const part = `{${sequence.slice(0, n).map((k) => `"${k}":0`).join(',')}}`;
+        parts.push(part);
+        length += part.length + 1;
+      }
+    }
+    return Buffer.from(`{"padding":[${parts.join(',')}]}`);
+  },
   ...Object.fromEntries(Object.entries(LARGE_BODIES).filter(([name]) => !name.startsWith('hostile')).map(([name, make]) => [name, () => make(size, {}).body])),
 };
 

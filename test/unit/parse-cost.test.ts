@@ -115,6 +115,38 @@ describe('parseCost of keys', () => {
     expect(parseCost(body)).toBeGreaterThanOrEqual(heapPerByte * body.length);
   });
 
+  /*
+   * The second review's shape (scratch2/attack.ts 'fam124 0'): V8 starts an object's maps from a root
+   * chosen by how many named keys it has, so one key sequence S emitted as {S[:1]}, {S[:2]} …
+   * {S[:124]} builds a chain of maps per length, which a count starting every object from one root
+   * took for a single chain. Heap measured at 25 MiB: 408 MiB (16.3 bytes a body byte), counted 150
+   * before the count started each object from its length's root.
+   */
+  it("counts an object's maps from the root of its number of keys (key sequences emitted at every length)", () => {
+    let seed = 777;
+    const random = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    const alphabet = [...Array(94)].map((_, i) => String.fromCharCode(33 + i)).filter((c) => !'"\\0123456789'.includes(c));
+    const keys = alphabet.flatMap((a) => alphabet.map((b) => a + b));
+    const parts: string[] = [];
+    let length = 14;
+    for (let family = 0; length < 1024 * 1024; family++) {
+      // A sequence of 124 keys, the first new in each, the rest shuffled from the alphabet's pairs.
+      const rest = keys.filter((k) => k !== keys[family]);
+      for (let i = rest.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1));
+        [rest[i], rest[j]] = [rest[j]!, rest[i]!];
+      }
+      const sequence = [keys[family]!, ...rest.slice(0, 123)];
+      for (let n = 1; n <= sequence.length && length < 1024 * 1024; n++) {
+        const part = `{${sequence.slice(0, n).map((k) => `"${k}":0`).join(',')}}`;
+        parts.push(part);
+        length += part.length + 1;
+      }
+    }
+    const body = bytes(`{"padding":[${parts.join(',')}]}`);
+    expect(parseCost(body)).toBeGreaterThanOrEqual(16.3 * body.length);
+  });
+
   it('counts objects of 128 keys or more as dictionaries (measured 45-62 bytes a key)', () => {
     const keys = (count: number) => `{${Array.from({ length: count }, (_, i) => `"k${i}":0`).join(',')}}`;
     const body = bytes(`[${Array.from({ length: 100 }, () => keys(200)).join(',')}]`);
