@@ -307,7 +307,11 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   // Verified bytes in flight (Caches.held), under the key of the delivery's connection, known before its body is read.
   const heldKey = connectionId ?? provider;
   let heldBytes = 0;
-  const holdVerified = (bytes: number) => caches.held.reserve(heldKey, bytes) && (heldBytes += bytes) >= 0;
+  const holdVerified = (bytes: number): boolean => {
+    if (!caches.held.reserve(heldKey, bytes)) return false;
+    heldBytes += bytes;
+    return true;
+  };
   places.push(() => caches.held.release(heldKey, heldBytes));
   const maxEventsBytes = 2 * deps.webhooks.maxBodyBytes;
   // A small body stays here (its digest is computed once it is stored); a large one moves to a thread.
