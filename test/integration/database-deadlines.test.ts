@@ -377,7 +377,7 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
   it('ends the session of a transaction cut over a path that drops everything, so its row locks do not outlive the deadlines', { timeout: 60_000 }, async () => {
     await sql`create table if not exists deadline_locks (id int primary key)`.execute(h.db);
     await sql`insert into deadline_locks values (1) on conflict do nothing`.execute(h.db);
-    const proxy = await blackholeProxy(new URL(own.url).host);
+    const proxy = await stallingProxy(new URL(own.url).host);
     const url = new URL(own.url);
     url.host = proxy.address;
     const deadlines = { connectMs: 1000, statementMs: 500, lockMs: 300 };
@@ -388,7 +388,7 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
         .transaction()
         .execute(async (trx) => {
           await sql`select id from deadline_locks where id = 1 for update`.execute(trx);
-          proxy.stall();
+          proxy.partition();
           await sql`select 2`.execute(trx);
         })
         .then(() => undefined, (error: unknown) => error);
@@ -405,7 +405,7 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
       }
       expect(locked).toBe(true);
     } finally {
-      proxy.close();
+      await proxy.close();
     }
   });
 
@@ -471,29 +471,5 @@ async function strictPooler(upstream: string) {
     address: `127.0.0.1:${(server.address() as { port: number }).port}`,
     refused: () => [...refused],
     close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
-  };
-}
-
-/** A path that drops everything once stalled: nothing passes either way, and a close on one side never reaches the other. */
-async function blackholeProxy(target: string) {
-  const [host, port] = target.split(':') as [string, string];
-  const sockets = new Set<Socket>();
-  let stalled = false;
-  const server = createServer((client) => {
-    const upstream = connect(Number(port), host);
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on('error', () => {});
-    }
-    client.on('data', (chunk) => stalled || upstream.write(chunk));
-    upstream.on('data', (chunk) => stalled || client.write(chunk));
-    client.on('close', () => stalled || upstream.destroy());
-    upstream.on('close', () => stalled || client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
-    stall: () => void (stalled = true),
-    close: () => (sockets.forEach((s) => s.destroy()), server.close()),
   };
 }

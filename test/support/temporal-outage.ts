@@ -18,6 +18,7 @@ export async function stallingProxy(upstream: string) {
   const sockets = new Set<Socket>();
   let stalled = false;
   let answersLost = false;
+  let closesLost = false;
   let onRequest: () => void;
   const stalledRequest = new Promise<void>((resolve) => (onRequest = resolve));
   const server: Server = createServer((client) => {
@@ -30,7 +31,7 @@ export async function stallingProxy(upstream: string) {
     target.on('error', () => {});
     // A server that closes (stopped, or refusing) closes its client's connection too; a hanging one does not.
     target.on('close', () => (sockets.delete(target), stalled || client.destroy()));
-    client.on('close', () => target.destroy());
+    client.on('close', () => closesLost || target.destroy());
     client.on('data', (chunk) => (stalled ? onRequest() : target.write(chunk)));
     target.on('data', (chunk) => stalled || answersLost || client.write(chunk));
   });
@@ -43,6 +44,11 @@ export async function stallingProxy(upstream: string) {
     },
     loseAnswers() {
       answersLost = true;
+    },
+    /** A path that drops everything from now on: stalled, and a client's close never reaches the server either. */
+    partition() {
+      stalled = true;
+      closesLost = true;
     },
     heal() {
       answersLost = false;
