@@ -9,7 +9,7 @@ import { databaseBusy, databaseUnavailable, sqlStateOf } from '../lib/db/errors.
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
-import { DATABASE_RETRY_AFTER_SECONDS, HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson } from './problem.ts';
+import { DATABASE_RETRY_AFTER_SECONDS, HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson, serviceUnavailable } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
 import { withinTemporalDeadline } from './temporal-deadline.ts';
 import { readUnreadBody } from './unread-body.ts';
@@ -72,13 +72,11 @@ export function createApp(deps: ApiDeps) {
     if (databaseUnavailable(error)) {
       // The error holds the pg client (its connection parameters): only its message and SQLSTATE are logged.
       deps.logger.error({ reason: error.message, sqlState: sqlStateOf(error), path: c.req.path, method: c.req.method }, 'the database did not answer');
-      c.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS));
-      return problemJson(c, new Problem(503, 'Service Unavailable', databaseBusy(error) ? 'the database is busy or did not answer in time; try again' : 'the database is unavailable; try again'));
+      return problemJson(c, serviceUnavailable(databaseBusy(error) ? 'the database is busy or did not answer in time; try again' : 'the database is unavailable; try again', DATABASE_RETRY_AFTER_SECONDS));
     }
     if (error instanceof HostLookupTimeoutError) {
       // The host's name servers did not answer within security.dnsTimeoutSeconds: the client may try again.
-      c.header('retry-after', String(HOST_LOOKUP_RETRY_AFTER_SECONDS));
-      return problemJson(c, new Problem(503, 'Service Unavailable', error.message));
+      return problemJson(c, serviceUnavailable(error.message, HOST_LOOKUP_RETRY_AFTER_SECONDS));
     }
     if (isTemporalUnavailable(error)) {
       deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'Temporal did not answer');

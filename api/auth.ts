@@ -4,7 +4,7 @@ import { useApiToken } from '../lib/db/repositories/api-tokens.ts';
 import { findOrganization } from '../lib/db/repositories/organizations.ts';
 import type { Organization } from '../lib/db/schema.ts';
 import type { AppEnv } from './context.ts';
-import { DATABASE_RETRY_AFTER_SECONDS, notFound, Problem } from './problem.ts';
+import { DATABASE_RETRY_AFTER_SECONDS, notFound, Problem, serviceUnavailable } from './problem.ts';
 
 const unauthorized = (detail: string) => new Problem(401, 'Unauthorized', detail);
 
@@ -27,8 +27,7 @@ export const requireAuth: MiddlewareHandler<AppEnv> = async (c, next) => {
       found = await useApiToken(deps.db, hashApiToken(token));
     } catch (error) {
       deps.logger.error({ err: error, path: c.req.path }, 'could not check an organization token');
-      c.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS));
-      throw new Problem(503, 'Service Unavailable', 'the token could not be checked (database unavailable); try again');
+      throw serviceUnavailable('the token could not be checked (database unavailable); try again', DATABASE_RETRY_AFTER_SECONDS);
     }
     if (!found) throw unauthorized('the token is not valid (unknown, revoked or expired)');
     c.set('principal', { kind: 'organization', organizationId: found.organizationId });

@@ -4,7 +4,11 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { UnsafeUrlError } from '../lib/url.ts';
 import type { AppEnv } from './context.ts';
 
-/** RFC 9457 problem details; every error the API answers has this shape. */
+/**
+ * RFC 9457 problem details; every error the API answers has this shape. `retryAfterSeconds` is the
+ * answer's Retry-After header, which problemJson (the one writer of problem answers) sets from it:
+ * a 503 says when to try again where it is made, never in a header set beside it.
+ */
 export class Problem extends Error {
   constructor(
     readonly status: ContentfulStatusCode,
@@ -12,10 +16,14 @@ export class Problem extends Error {
     readonly detail: string,
     readonly type = 'about:blank',
     readonly extra: Record<string, unknown> = {},
+    readonly retryAfterSeconds?: number,
   ) {
     super(detail);
   }
 }
+
+/** A 503 of a dependency or a bound that is busy or did not answer: the client tries again after `retryAfterSeconds` (Retry-After). */
+export const serviceUnavailable = (detail: string, retryAfterSeconds: number) => new Problem(503, 'Service Unavailable', detail, 'about:blank', {}, retryAfterSeconds);
 
 export const ProblemSchema = z
   .object({
@@ -49,12 +57,13 @@ export const hostLookupUnavailableResponse = (also?: string) => ({
   headers: { 'Retry-After': { description: `Seconds to wait before trying again (${HOST_LOOKUP_RETRY_AFTER_SECONDS} for a host lookup)`, schema: { type: 'integer' as const } } },
 });
 
+/** The answer of `problem`: its JSON, and its Retry-After when it has one. Every problem the API answers is written here. */
 export function problemJson(c: Context, problem: Problem): Response {
   const requestId = c.get('requestId') as string | undefined;
   return c.body(
     JSON.stringify({ type: problem.type, title: problem.title, status: problem.status, detail: problem.detail, ...problem.extra, ...(requestId ? { requestId } : {}) }),
     problem.status,
-    { 'content-type': 'application/problem+json' },
+    { 'content-type': 'application/problem+json', ...(problem.retryAfterSeconds === undefined ? {} : { 'retry-after': String(problem.retryAfterSeconds) }) },
   );
 }
 

@@ -14,7 +14,7 @@ import { workflowIds } from '../../workflows/contract.ts';
 import { boundedKeywords, type DeliveryTargets } from '../../workflows/run-labels.ts';
 import type { ApiMetrics, WebhookOutcome } from '../../lib/metrics.ts';
 import type { AppEnv, WebhookSecrets } from '../context.ts';
-import { badRequest, DATABASE_RETRY_AFTER_SECONDS, Problem, problemResponse } from '../problem.ts';
+import { badRequest, DATABASE_RETRY_AFTER_SECONDS, Problem, problemResponse, serviceUnavailable } from '../problem.ts';
 import { createAttachedCache, type AttachedCache, type AttachedTarget } from '../webhooks/attached-cache.ts';
 import { createCredentialCache, type CredentialCache, type ReceivingConnection } from '../webhooks/connection-credentials.ts';
 import type { WebhookHeaders } from '../webhooks/normalize.ts';
@@ -157,17 +157,14 @@ function refuseDeclaredOverLimit(headers: WebhookHeaders, max: number): void {
   if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) > max) throw tooLarge(max);
 }
 
+/** The Retry-After of the receivers' own 503s: a budget or the body threads full, or a body's thread ended or past its deadline. */
+const BUSY_RETRY_AFTER_SECONDS = 1;
+
 /** Too many unverified bodies being read at once (api/webhooks/unverified-budget.ts): not the sender's fault, deliver again. */
-function busy(c: Context<AppEnv>): Problem {
-  c.header('Retry-After', '1');
-  return new Problem(503, 'Service Unavailable', 'too many unverified webhook bodies are being received at once; deliver it again');
-}
+const busy = () => serviceUnavailable('too many unverified webhook bodies are being received at once; deliver it again', BUSY_RETRY_AFTER_SECONDS);
 
 /** Too many bytes of verified deliveries in flight, in all or for the delivery's connection (Caches.held): deliver it again. */
-function heldBusy(c: Context<AppEnv>): Problem {
-  c.header('Retry-After', '1');
-  return new Problem(503, 'Service Unavailable', "too many bytes of this connection's or all verified webhook deliveries are in flight at once; deliver it again");
-}
+const heldBusy = () => serviceUnavailable("too many bytes of this connection's or all verified webhook deliveries are in flight at once; deliver it again", BUSY_RETRY_AFTER_SECONDS);
 
 /**
  * The raw body, refused past `max` bytes. With a Content-Length (checked against `max` already) the
@@ -177,10 +174,10 @@ function heldBusy(c: Context<AppEnv>): Problem {
  * matched; the declared length at once, a chunked body's chunks as they come): refused, the body
  * is not read (further) and the delivery is answered `refusal`, a 503.
  */
-async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number, hold: (bytes: number) => boolean, refusal: (c: Context<AppEnv>) => Problem): Promise<Uint8Array> {
+async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number, hold: (bytes: number) => boolean, refusal: () => Problem): Promise<Uint8Array> {
   const declared = headers['content-length'];
   if (declared !== undefined && /^\d+$/.test(declared)) {
-    if (!hold(Number(declared))) throw refusal(c);
+    if (!hold(Number(declared))) throw refusal();
     return new Uint8Array(await c.req.arrayBuffer());
   }
   const chunks: Uint8Array[] = [];
@@ -194,7 +191,7 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
     }
     if (!hold(chunk.value.byteLength)) {
       await reader!.cancel();
-      throw refusal(c);
+      throw refusal();
     }
     chunks.push(chunk.value);
   }
@@ -257,8 +254,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
       return await read();
     } catch (error) {
       deps.logger.error({ err: error, provider }, "could not read the connection's webhook credentials");
-      c.header('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
-      throw new Problem(503, 'Service Unavailable', 'the delivery could not be verified now; deliver it again');
+      throw serviceUnavailable('the delivery could not be verified now; deliver it again', DATABASE_RETRY_AFTER_SECONDS);
     }
   };
   const pong = () => {
@@ -351,19 +347,16 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
       return result;
     } catch (error) {
       if (error instanceof PoolBusy) {
-        c.header('Retry-After', '1');
-        throw new Problem(503, 'Service Unavailable', 'too many large webhook bodies are being read at once; deliver it again');
+        throw serviceUnavailable('too many large webhook bodies are being read at once; deliver it again', BUSY_RETRY_AFTER_SECONDS);
       }
       if (error instanceof PoolJobTimedOut) {
         // Its thread was ended and replaced (api/webhooks/body-thread.ts: bodyThreadDeadlineMs).
         deps.logger.error({ err: error, provider, connectionId, bytes: body.byteLength }, 'a webhook body ran past its thread deadline: the thread was ended, answered 503');
-        c.header('Retry-After', '1');
-        throw new Problem(503, 'Service Unavailable', 'the delivery could not be read in time now; deliver it again');
+        throw serviceUnavailable('the delivery could not be read in time now; deliver it again', BUSY_RETRY_AFTER_SECONDS);
       }
       if (error instanceof PoolThreadFailed) {
         deps.logger.error({ err: error, provider, connectionId, bytes: body.byteLength }, 'the thread reading a webhook body ended: answered 503');
-        c.header('Retry-After', '1');
-        throw new Problem(503, 'Service Unavailable', 'the delivery could not be read now; deliver it again');
+        throw serviceUnavailable('the delivery could not be read now; deliver it again', BUSY_RETRY_AFTER_SECONDS);
       }
       // The body's step threw on its thread what it would have thrown here: a 500, as it was.
       throw error;
@@ -381,7 +374,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     release();
   }
   if (read.kind === 'refused') throw refused();
-  if (read.kind === 'busy') throw heldBusy(c);
+  if (read.kind === 'busy') throw heldBusy();
   if (read.kind === 'pong') return pong();
   if (read.kind === 'invalid') throw badRequest(read.message);
   // JSON built to be costly once parsed (api/webhooks/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
@@ -424,7 +417,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     const eventsJson = received.events ? serializeEvents(received.events, maxEventsBytes) : (delivery.eventsJson ?? undefined);
     if (eventsJson === undefined) return overSizeLimit(deliveryId, delivery.events);
     // Held until answered: the string (a byte a character when ASCII) and pg's copy while it is sent.
-    if (!holdVerified(2 * eventsJson.length)) throw heldBusy(c);
+    if (!holdVerified(2 * eventsJson.length)) throw heldBusy();
     // Store first: once the row is written the delivery is acknowledged, and the intake relay
     // (api/intake-relay.ts) starts its run, so a Temporal outage never turns into a failed delivery.
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
@@ -470,8 +463,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     // A statement or lock deadline (database.statementTimeoutSeconds, lockTimeoutSeconds: 57014,
     // 55P03) or one of the client's (connect, read) is the same: PostgreSQL busy or not answering.
     deps.logger.error({ reason: (error as Error).message, sqlState, provider, deliveryId }, 'could not store the delivery');
-    c.header('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
-    throw new Problem(503, 'Service Unavailable', databaseBusy(error) ? 'the database is busy or did not answer in time; deliver it again' : 'the delivery could not be stored durably; deliver it again');
+    throw serviceUnavailable(databaseBusy(error) ? 'the database is busy or did not answer in time; deliver it again' : 'the delivery could not be stored durably; deliver it again', DATABASE_RETRY_AFTER_SECONDS);
   }
   // A redelivery finds its row already there: acknowledged the same way, nothing new stored or started.
   deps.ackTrace?.answered((c.env as { incoming?: IncomingMessage } | undefined)?.incoming, deliveryId);
