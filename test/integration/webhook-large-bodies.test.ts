@@ -59,6 +59,20 @@ describe('large webhook bodies (real PostgreSQL, the receivers\' threads)', () =
     }
   });
 
+  it("answers a large body whose thread ends under it 503 with Retry-After, and reads it delivered again on a new thread", async () => {
+    const d = push('a', 300 * 1024);
+    const answer = post(d);
+    await until('running', 1);
+    receivers.gated.end();
+    const ended = await answer;
+    expect(ended.status, await ended.clone().text()).toBe(503);
+    expect(ended.headers.get('retry-after')).toBe('1');
+    expect(await ended.json()).toMatchObject({ detail: 'the delivery could not be read now; deliver it again' });
+    receivers.gated.open();
+    const again = await post(d);
+    expect(again.status, await again.clone().text()).toBe(202);
+  });
+
   it("acknowledges another tenant's small delivery while a large signed body is being read", async () => {
     const large = push('a', 300 * 1024);
     let largeAnswered = false;
