@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { maxParseCost } from '../api/webhooks/parse-cost.ts';
+import { maxParseCost } from '../lib/parse-cost.ts';
 import type { Provider } from '../lib/domain.ts';
 import { receiverPath } from '../test/fakes/webhook-deliveries.ts';
 import { LARGE_BODIES } from './large-bodies.ts';

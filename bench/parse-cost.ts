@@ -1,5 +1,5 @@
 /**
- * parseCost (api/webhooks/parse-cost.ts) against the heap JSON.parse really takes: for each body of
+ * parseCost (lib/parse-cost.ts) against the heap JSON.parse really takes: for each body of
  * `MiB` (the real-shaped deliveries of bench/large-bodies.ts and JSON built to be costly once
  * parsed), the heap used before and after decoding and parsing it (after a full GC each, the value
  * held), and parseCost's count of it. parseCost must be at least the heap (ratio ≥ 1) for every
@@ -11,7 +11,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { getHeapStatistics } from 'node:v8';
-import { parseCost } from '../api/webhooks/parse-cost.ts';
+import { parseCost } from '../lib/parse-cost.ts';
 import { LARGE_BODIES } from './large-bodies.ts';
 
 const MiB = 1024 * 1024;

@@ -7,7 +7,7 @@
  * Reached heap limit", exit 134): objects 25 MiB at 128/256/512 MiB, arrays 25/128, objects 12/128,
  * even zeros 25/64 (its parse done, 131 MiB used); objects 4/64 and 8/64 and arrays 8/64 end with
  * ERR_WORKER_OUT_OF_MEMORY, but 8/64 after 13 s at 326 MiB RSS. Why the receivers count a body's
- * parse instead (api/webhooks/parse-cost.ts).
+ * parse instead (lib/parse-cost.ts).
  *
  * Run: node bench/worker-heap-limit.mjs <objects|arrays|zeros> <MiB> <maxOldGenerationSizeMb>
  */

@@ -307,7 +307,7 @@ export const configSchema = z
         // must stay under PostgreSQL's jsonb limit (255 MB) and, with one more chunk of events being
         // written, V8's longest string (~512 M characters), else a RangeError outside the
         // receiver's guard is a 500. No provider sends more than 25 MB. A large body's JSON may take
-        // 12 times it of heap once parsed (api/webhooks/parse-cost.ts): more answers 413, unparsed.
+        // 12 times it of heap once parsed (lib/parse-cost.ts): more answers 413, unparsed.
         maxBodyBytes: z.number().int().positive().max(MAX_WEBHOOK_BODY_BYTES).default(25 * 1024 * 1024),
         // Bytes of GitHub and Bitbucket bodies not verified yet held at once (default 64 MiB, or two of maxBodyBytes when more).
         unverifiedBodyBytes: z.number().int().positive().optional(),

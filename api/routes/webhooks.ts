@@ -20,7 +20,7 @@ import { createCredentialCache, type CredentialCache, type ReceivingConnection }
 import type { WebhookHeaders } from '../webhooks/normalize.ts';
 import { bodyPoolSizes, createBodyPool, type BodyPool } from '../webhooks/body-thread.ts';
 import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../webhooks/delivery-body.ts';
-import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../webhooks/parse-cost.ts';
+import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../../lib/parse-cost.ts';
 import { PoolBusy, PoolJobTimedOut, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
 import { createByteBudget, createUnverifiedBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
@@ -377,7 +377,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   if (read.kind === 'busy') throw heldBusy();
   if (read.kind === 'pong') return pong();
   if (read.kind === 'invalid') throw badRequest(read.message);
-  // JSON built to be costly once parsed (api/webhooks/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
+  // JSON built to be costly once parsed (lib/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
   if (read.kind === 'tooCostly') {
     const limit = maxParseCost(deps.webhooks.maxBodyBytes);
     deps.logger.warn({ provider, connectionId, cost: read.cost, limit }, "a webhook body's JSON would take more heap to parse than the bound: answered 413, not parsed");

@@ -3,7 +3,7 @@ import { isAccessChange, type NormalizedEvent, type Provider } from '../../lib/d
 import { serializeEvents } from '../../lib/db/repositories/deliveries.ts';
 import { summarizeDelivery, type DeliverySummary } from '../../workflows/contract.ts';
 import { isPing, normalizeDelivery, WebhookPayloadError, type WebhookHeaders } from './normalize.ts';
-import { parseCost } from './parse-cost.ts';
+import { parseCost } from '../../lib/parse-cost.ts';
 import { verifyDelivery, type DeliveryCredential } from './verify.ts';
 
 /**

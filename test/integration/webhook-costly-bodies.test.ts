@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../../api/webhooks/parse-cost.ts';
+import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../../lib/parse-cost.ts';
 import type { Delivery } from '../fakes/webhook-deliveries.ts';
 import { startHarness, type Harness } from '../support/harness.ts';
 import { costlyPush, gatedReceivers, largeBodyTenants, paddedPush, type LargeBodyTenant } from '../support/large-bodies.ts';
@@ -11,7 +11,7 @@ const LIMIT = 8 * MiB;
 /**
  * A tenant signs its own hook's bodies, so it can send JSON built to be costly once parsed
  * (`[{},{},…]`: ~22 bytes of heap a byte of body, 720 MiB for 25 MiB) up to webhooks.maxBodyBytes.
- * A large body's heap once parsed is counted from its bytes first (api/webhooks/parse-cost.ts): over
+ * A large body's heap once parsed is counted from its bytes first (lib/parse-cost.ts): over
  * the bound, the delivery is answered 413, it is not parsed and nothing is stored, and another
  * tenant's large delivery, waiting for the same thread or read on another one, is read and stored.
  * The receivers as the API serves them, real PostgreSQL, real threads; which body is on which thread

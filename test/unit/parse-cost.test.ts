@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { maxParseCost, memory, parseCost } from '../../api/webhooks/parse-cost.ts';
+import { maxParseCost, memory, parseCost } from '../../lib/parse-cost.ts';
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 /** `{"padding":[unit,unit,…]}` of about `size` bytes. */
 const padded = (unit: string, size: number) => bytes(`{"padding":[${Array.from({ length: Math.floor(size / (unit.length + 1)) }, () => unit).join(',')}]}`);
 
-/** parseCost (api/webhooks/parse-cost.ts): what a body's JSON would take of the heap once parsed, counted from its bytes. */
+/** parseCost (lib/parse-cost.ts): what a body's JSON would take of the heap once parsed, counted from its bytes. */
 describe('parseCost', () => {
   it('counts what is outside strings only: brackets, braces and quotes inside a string (escaped or not) are its characters', () => {
     const brackets = bytes('{"a":"{{{{[[[[\\"]]]]}}}}\\\\xx"}');
