@@ -14,7 +14,7 @@ import {
   releaseDispatch,
 } from '../lib/db/repositories/event-dispatches.ts';
 import { failedDispatchAttempt, loadDispatch, loadSubscriberForDispatch, recordDispatchAttempt, type FailedDispatchAttempt } from '../lib/db/repositories/subscribers.ts';
-import { HostLookupTimeoutError } from '../lib/dns.ts';
+import { HostLookupFailedError } from '../lib/dns.ts';
 import { createLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { DispatchGiveUpReason, WorkerMetrics } from '../lib/metrics.ts';
@@ -555,7 +555,7 @@ function admittedOrganizations(slots: InlineAdmission, organizationIds: readonly
 function describeNetworkError(error: unknown, timeoutMs = REQUEST_TIMEOUT_MS): string {
   if (error instanceof Error && error.name === 'TimeoutError') return `no answer within ${Math.round(timeoutMs / 100) / 10} s`;
   if (error instanceof ResponseTooLargeError) return `answer longer than ${error.limit} bytes`;
-  if (error instanceof OutboundRefusedError || error instanceof HostLookupTimeoutError) return error.message;
+  if (error instanceof OutboundRefusedError || error instanceof HostLookupFailedError) return error.message;
   const e = error as { code?: string; message?: string; cause?: { code?: string; message?: string } } | undefined;
   return excerpt(e?.code ?? e?.cause?.code ?? e?.cause?.message ?? e?.message ?? String(error));
 }

@@ -1,6 +1,6 @@
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { UnreadableSecretError } from '../lib/crypto.ts';
-import { HostLookupTimeoutError } from '../lib/dns.ts';
+import { HostLookupFailedError } from '../lib/dns.ts';
 import { redactSecrets } from '../lib/secret-redaction.ts';
 import { activityCancellations, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
@@ -83,9 +83,9 @@ export function toActivityFailure(error: unknown): Error {
   if (tooLong) return ApplicationFailure.create({ type: FailureTypes.listingTooLong, message: excerpt(tooLong.message, 300), nonRetryable: true });
   const tooLarge = causeOfType(error, ResponseTooLargeError);
   if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message), nonRetryable: true });
-  // Named by the host whose name servers did not answer, however a client library wrapped it.
-  const lookupTimeout = causeOfType(error, HostLookupTimeoutError);
-  const message = excerpt(redactSecrets(lookupTimeout?.message ?? (error instanceof Error ? error.message : String(error))));
+  // Named by the host whose name servers failed or did not answer, however a client library wrapped it.
+  const lookupFailed = causeOfType(error, HostLookupFailedError);
+  const message = excerpt(redactSecrets(lookupFailed?.message ?? (error instanceof Error ? error.message : String(error))));
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
 }
 

@@ -22,7 +22,7 @@ import { subscriberRoutes } from './routes/subscribers.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { workflowRoutes } from './routes/workflows.ts';
 import { API_MAX_BODY_BYTES_DEFAULT } from '../lib/config.ts';
-import { HostLookupTimeoutError } from '../lib/dns.ts';
+import { HostLookupFailedError } from '../lib/dns.ts';
 
 /** api.maxBodyBytes' default (lib/config.ts). */
 export const API_MAX_BODY_BYTES = API_MAX_BODY_BYTES_DEFAULT;
@@ -74,8 +74,11 @@ export function createApp(deps: ApiDeps) {
       deps.logger.error({ reason: error.message, sqlState: sqlStateOf(error), path: c.req.path, method: c.req.method }, 'the database did not answer');
       return problemJson(c, serviceUnavailable(databaseBusy(error) ? 'the database is busy or did not answer in time; try again' : 'the database is unavailable; try again', DATABASE_RETRY_AFTER_SECONDS));
     }
-    if (error instanceof HostLookupTimeoutError) {
-      // The host's name servers did not answer within security.dnsTimeoutSeconds: the client may try again.
+    if (error instanceof HostLookupFailedError) {
+      // The host's DNS servers failed (SERVFAIL, REFUSED, …) or did not answer within
+      // security.dnsTimeoutSeconds: no answer about the name, so the client may try again. The log
+      // has the name whose servers failed (a search domain's, perhaps), which the detail leaves out.
+      deps.logger.warn({ host: error.host, code: error.code, asked: error.candidate, path: c.req.path, method: c.req.method }, 'a host lookup failed at the DNS servers');
       return problemJson(c, serviceUnavailable(error.message, HOST_LOOKUP_RETRY_AFTER_SECONDS));
     }
     if (isTemporalUnavailable(error)) {

@@ -40,7 +40,7 @@ export const problemResponse = (description: string) => ({
   content: { 'application/problem+json': { schema: ProblemSchema } },
 });
 
-/** The Retry-After of a 503 for a URL whose host name was not looked up within security.dnsTimeoutSeconds (app.onError). */
+/** The Retry-After of a 503 for a URL whose host name's DNS servers failed or did not answer within security.dnsTimeoutSeconds (app.onError). */
 export const HOST_LOOKUP_RETRY_AFTER_SECONDS = 5;
 
 /**
@@ -52,7 +52,7 @@ export const DATABASE_RETRY_AFTER_SECONDS = 5;
 /** The 503 of a route that looks up a tenant's URL (lib/url.ts), with whatever else answers 503 there (`also`). */
 export const hostLookupUnavailableResponse = (also?: string) => ({
   ...problemResponse(
-    `${also ? `${also}, or the` : 'The'} URL's host name was not looked up within security.dnsTimeoutSeconds (its DNS servers did not answer; the detail names the host): try again after Retry-After`,
+    `${also ? `${also}, or the` : 'The'} URL's host name could not be looked up: its DNS servers failed (SERVFAIL, REFUSED, FORMERR, NOTIMP, none reachable) or did not answer within security.dnsTimeoutSeconds; the detail names the host. That is no answer about the name (a host that does not exist is a 400): try again after Retry-After`,
   ),
   headers: { 'Retry-After': { description: `Seconds to wait before trying again (${HOST_LOOKUP_RETRY_AFTER_SECONDS} for a host lookup)`, schema: { type: 'integer' as const } } },
 });

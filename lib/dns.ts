@@ -22,15 +22,45 @@ export type ResolveHost = (host: string) => Promise<string[]>;
 
 export const DNS_TIMEOUT_SECONDS_DEFAULT = 5;
 
-/** A lookup past its deadline: retryable, and named by the host, so it is that host's problem and no one else's. */
-export class HostLookupTimeoutError extends Error {
-  override name = 'HostLookupTimeoutError';
-  readonly code = 'ETIMEOUT';
+/**
+ * How the DNS servers failed, for a failure that is theirs and not an answer about the name. c-ares'
+ * codes (node:dns): SERVFAIL, REFUSED, FORMERR and NOTIMP are the servers' answers; the rest, no
+ * server could be reached or what it sent could not be read.
+ */
+const SERVER_FAILURES: Record<string, string> = {
+  ESERVFAIL: 'answered SERVFAIL',
+  EREFUSED: 'refused the query (REFUSED)',
+  EFORMERR: 'did not understand the query (FORMERR)',
+  ENOTIMP: 'do not support the query (NOTIMP)',
+  ECONNREFUSED: 'could not be reached',
+  EBADRESP: 'sent an answer that could not be read',
+};
+
+/**
+ * A lookup its DNS servers failed (SERVFAIL, REFUSED, FORMERR, NOTIMP, none reachable) or did not
+ * answer by the deadline (HostLookupTimeoutError): no answer about the name, so not a name that does
+ * not exist. Retryable (the API answers 503 with Retry-After, an activity is retried), and named by
+ * the host, so it is that host's problem and no one else's. `candidate` is the name asked whose
+ * servers failed (the host under a search domain, perhaps): for the log, not for the tenant.
+ */
+export class HostLookupFailedError extends Error {
+  override name = 'HostLookupFailedError';
   constructor(
     readonly host: string,
-    timeoutMs: number,
+    readonly code: string,
+    readonly candidate: string = host,
+    message = `looking up host ${host} failed: its DNS servers ${SERVER_FAILURES[code] ?? `failed (${code})`}; try again later`,
   ) {
-    super(`looking up host ${host} took longer than ${timeoutMs / 1000} s (its DNS servers did not answer); try again later`);
+    super(message);
+  }
+}
+
+/** A lookup past its deadline: retryable, and named by the host. */
+export class HostLookupTimeoutError extends HostLookupFailedError {
+  override name = 'HostLookupTimeoutError';
+  declare readonly code: 'ETIMEOUT';
+  constructor(host: string, timeoutMs: number, candidate: string = host) {
+    super(host, 'ETIMEOUT', candidate, `looking up host ${host} took longer than ${timeoutMs / 1000} s (its DNS servers did not answer); try again later`);
   }
 }
 
@@ -43,6 +73,15 @@ export class HostLookupTimeoutError extends Error {
  */
 const GO_ON = new Set(['ENOTFOUND', 'ENODATA', 'ESERVFAIL']);
 const NAME_ITSELF_NEXT = new Set(['EREFUSED', 'EFORMERR', 'ENOTIMP', 'ETIMEOUT']);
+
+/**
+ * The answers that a name is not there, or cannot be one (a 400 for a tenant's URL). Every other
+ * failure is the DNS servers' (HostLookupFailedError): FORMERR and NOTIMP too, which glibc counts as
+ * non-recoverable (EAI_FAIL, not EAI_NONAME): they say nothing of the name, only that a server (the
+ * operator's resolver, a forwarder, the name's authority) could not answer the question, and an
+ * operator's fix or a failover of that server makes the same URL resolve.
+ */
+const NOT_THERE = new Set(['ENOTFOUND', 'ENODATA', 'EBADNAME', 'EBADQUERY', 'EBADSTR', 'ENONAME']);
 
 const notFound = (host: string, code = 'ENOTFOUND') => Object.assign(new Error(`host ${host} does not resolve (${code})`), { code });
 
@@ -113,8 +152,10 @@ function readSearchList(path: string): { search: string[]; ndots: number } {
  * and `localhost` (and `*.localhost`) is loopback (RFC 6761). Names are tried with resolv.conf's
  * search domains as getaddrinfo would (fewer dots than ndots: each search domain first, then the
  * name; otherwise the name first); a trailing dot means the name alone. A candidate that is not
- * there or whose servers fail (SERVFAIL) is passed by as glibc does (GO_ON); its failure is reported
- * only when no candidate resolves, and the one deadline bounds the whole walk.
+ * there or whose servers fail (SERVFAIL) is passed by as glibc does (GO_ON); a failure is reported
+ * only when no candidate resolves (walk), and the one deadline bounds the whole walk. Throws
+ * HostLookupFailedError (HostLookupTimeoutError past the deadline) when the DNS servers failed, and
+ * an error with code ENOTFOUND (ENODATA, EBADNAME…) when the name is not there.
  */
 export function createHostResolver(options: HostResolverOptions = {}): ResolveHost {
   const deadlineMs = Math.round((options.dnsTimeoutSeconds ?? DNS_TIMEOUT_SECONDS_DEFAULT) * 1000);
@@ -143,28 +184,38 @@ export function createHostResolver(options: HostResolverOptions = {}): ResolveHo
     return [];
   }
 
-  const failureOf = (host: string, code = 'ENOTFOUND') => (code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs) : notFound(host, code));
+  const failureOf = (host: string, code: string, candidate: string) =>
+    code === 'ETIMEOUT' ? new HostLookupTimeoutError(host, deadlineMs, candidate) : NOT_THERE.has(code) ? notFound(host, code) : new HostLookupFailedError(host, code, candidate);
 
   async function walk(host: string, name: string, absolute: boolean, expired: () => boolean, answered: (addresses: string[]) => void): Promise<string[]> {
     const searched = absolute ? [] : search.map((domain) => `${name}.${domain}`);
-    const candidates = name.split('.').length - 1 >= ndots ? [name, ...searched] : [...searched, name];
-    // The failure reported when no candidate resolves: a timeout (retryable) before any other, else the first.
-    let failure: string | undefined;
+    const nameFirst = name.split('.').length - 1 >= ndots;
+    const candidates = nameFirst ? [name, ...searched] : [...searched, name];
+    // The failure reported when no candidate resolves. The name asked first (as many dots as
+    // ndots, or a trailing dot): its own answer, as glibc's res_search reports it; a typo'd full
+    // name is not there whatever a search domain tried after it answered. Search domains first: a
+    // failure of any candidate's servers (a timeout before any other, else the first), since the
+    // name may be the one under that search domain; not there only when every candidate said so.
+    let failure: { code: string; candidate: string } | undefined;
+    let own: { code: string; candidate: string } | undefined;
     let searching = true;
     for (const candidate of candidates) {
       if (expired()) break;
       if (!searching && candidate !== name) continue;
+      let code = 'ENOTFOUND';
       try {
         const addresses = await addressesOf(candidate, answered);
         if (addresses.length > 0) return addresses;
       } catch (error) {
-        const code = (error as { code?: string }).code ?? 'ENOTFOUND';
-        if (!GO_ON.has(code) && !NAME_ITSELF_NEXT.has(code)) throw failureOf(host, code);
-        if (failure === undefined || code === 'ETIMEOUT') failure = code;
+        code = (error as { code?: string }).code ?? 'ENOTFOUND';
+        if (!GO_ON.has(code) && !NAME_ITSELF_NEXT.has(code)) throw failureOf(host, code, candidate);
+        if (!NOT_THERE.has(code) && (failure === undefined || (code === 'ETIMEOUT' && failure.code !== 'ETIMEOUT'))) failure = { code, candidate };
         if (NAME_ITSELF_NEXT.has(code) && candidate !== name) searching = false;
       }
+      if (nameFirst && candidate === name) own = { code, candidate };
     }
-    throw failureOf(host, failure);
+    const reported = own ?? failure ?? { code: 'ENOTFOUND', candidate: name };
+    throw failureOf(host, reported.code, reported.candidate);
   }
 
   return async (host) => {

@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { createHostResolver, HostLookupTimeoutError, type ResolveHost } from './dns.ts';
+import { createHostResolver, HostLookupFailedError, type ResolveHost } from './dns.ts';
 
 export class UnsafeUrlError extends Error {
   override name = 'UnsafeUrlError';
@@ -144,7 +144,9 @@ let defaultResolve: ResolveHost | undefined;
  * allow-listed hosts), no credentials, query or fragment, and a host that resolves only to addresses
  * the policy allows. Returns the URL without a trailing slash and with a lower-case host. The worker
  * checks the address again when it connects (activities/outbound.ts), since DNS may answer differently then.
- * A lookup past its deadline throws HostLookupTimeoutError (the API answers 503: try again), not a refusal.
+ * A lookup its DNS servers failed (SERVFAIL, REFUSED, …) or did not answer by its deadline throws
+ * HostLookupFailedError (the API answers 503: try again), not a refusal: only a name that is not
+ * there (NXDOMAIN, no address) is the URL's fault.
  */
 export async function normalizeProviderUrl(raw: string, options: AddressPolicy & { resolve?: ResolveHost }): Promise<string> {
   let url: URL;
@@ -170,7 +172,7 @@ export async function normalizeProviderUrl(raw: string, options: AddressPolicy &
     try {
       addresses = await resolve(host);
     } catch (error) {
-      if (error instanceof HostLookupTimeoutError) throw error;
+      if (error instanceof HostLookupFailedError) throw error;
       throw new UnsafeUrlError(`host ${host} does not resolve`);
     }
   }

@@ -1,10 +1,14 @@
 import dgram from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 
-/** What the fake DNS server does with a question: answer these addresses, say the name does not exist, fail (SERVFAIL), refuse (REFUSED), or never answer. */
-export type DnsBehaviour = string[] | 'nxdomain' | 'servfail' | 'refused' | 'silent';
+/**
+ * What the fake DNS server does with a question: answer these addresses, say the name does not
+ * exist, fail (SERVFAIL), refuse (REFUSED), say it did not understand the question (FORMERR) or does
+ * not support it (NOTIMP), or never answer.
+ */
+export type DnsBehaviour = string[] | 'nxdomain' | 'servfail' | 'refused' | 'formerr' | 'notimp' | 'silent';
 
-const RCODES = { nxdomain: 3, servfail: 2, refused: 5 } as const;
+const RCODES = { formerr: 1, servfail: 2, nxdomain: 3, notimp: 4, refused: 5 } as const;
 
 export interface FakeDns {
   /** `127.0.0.1:PORT`, for security.dnsServers. */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toActivityFailure } from '../../activities/errors.ts';
 import { createOutbound, OutboundRefusedError } from '../../activities/outbound.ts';
-import { createHostResolver, HostLookupTimeoutError } from '../../lib/dns.ts';
+import { createHostResolver, HostLookupFailedError, HostLookupTimeoutError } from '../../lib/dns.ts';
 import { normalizeProviderUrl, UnsafeUrlError } from '../../lib/url.ts';
 import { startFakeDns, type DnsBehaviour, type FakeDns } from '../support/dns.ts';
 import { listen, type Listener } from '../support/outbound.ts';
@@ -19,6 +19,8 @@ const zone = (name: string, type: string): DnsBehaviour => {
   if (name.endsWith('stall.test')) return 'silent';
   if (name.endsWith('.broken.test')) return 'servfail';
   if (name.endsWith('.refusing.test')) return 'refused';
+  if (name.endsWith('.formerr.test')) return 'formerr';
+  if (name.endsWith('.notimp.test')) return 'notimp';
   if (name === 'ok.test') return ['127.0.0.1'];
   if (name === 'internal.test') return ['10.0.0.7'];
   if (name === 'v4only.test') return type === 'A' ? ['127.0.0.1'] : 'silent';
@@ -170,8 +172,22 @@ describe('host lookups: names answered before the network', () => {
     const nameFirst = createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search broken.test corp.test\noptions ndots:1\n' }) });
     expect(await nameFirst('gitlab')).toEqual(['203.0.113.5']);
     expect(asked()).toEqual(['gitlab.broken.test', 'gitlab.corp.test']);
-    await expect(resolve('nowhere.example.test')).rejects.toMatchObject({ code: 'ESERVFAIL', message: 'host nowhere.example.test does not resolve (ESERVFAIL)' });
+    // Search domains first, none resolving: the name may be the one under the failing domain, so the servers' failure is reported (retryable), not "not there".
+    const failed = await outcome(resolve('nowhere.example.test'));
+    expect(failed).toBeInstanceOf(HostLookupFailedError);
+    expect(failed).toMatchObject({ code: 'ESERVFAIL', host: 'nowhere.example.test', candidate: 'nowhere.example.test.broken.test', message: 'looking up host nowhere.example.test failed: its DNS servers answered SERVFAIL; try again later' });
     expect(asked()).toEqual(['nowhere.example.test.ns.svc.cluster.local', 'nowhere.example.test.broken.test', 'nowhere.example.test']);
+    // The name asked first (as many dots as ndots): its own NXDOMAIN is the answer, whatever a search domain after it failed.
+    const typo = await outcome(nameFirst('gitlab.nowhere.test'));
+    expect(typo).not.toBeInstanceOf(HostLookupFailedError);
+    expect(typo).toMatchObject({ code: 'ENOTFOUND', message: 'host gitlab.nowhere.test does not resolve (ENOTFOUND)' });
+    expect(asked()).toEqual(['gitlab.nowhere.test', 'gitlab.nowhere.test.broken.test', 'gitlab.nowhere.test.corp.test']);
+    // …and its own SERVFAIL is the servers' failure, though every search domain after it said "not there".
+    await expect(nameFirst('git.broken.test')).rejects.toMatchObject({ name: 'HostLookupFailedError', code: 'ESERVFAIL', candidate: 'git.broken.test' });
+    // Every candidate not there: not there.
+    const nowhere = await outcome(createHostResolver({ dnsServers: [dns.server], ...files({ resolvConf: 'search corp.test other.test\noptions ndots:5\n' }) })('nowhere.example.test'));
+    expect(nowhere).not.toBeInstanceOf(HostLookupFailedError);
+    expect(nowhere).toMatchObject({ code: 'ENOTFOUND' });
   });
 
   it('after a search domain that refuses, asks the name itself and no other search domain (glibc: NO_RECOVERY ends the search list)', async () => {
@@ -205,5 +221,52 @@ describe('host lookups: numeric hosts', () => {
     expect(dns.queries).toEqual([]);
     // What tenants send: the URL parser has made the address already, and the address checks refuse it.
     await expect(normalizeProviderUrl('https://2130706433/', { allowHttpHosts: [], resolve })).rejects.toThrow('loopback or private');
+  });
+});
+
+describe('host lookups: DNS servers that fail are not names that do not exist', () => {
+  it('SERVFAIL, REFUSED, FORMERR and NOTIMP for the name itself are the servers\' failure (retryable, named by the host); NXDOMAIN is a name that is not there', async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({}) });
+    const failures = {
+      'git.broken.test': ['ESERVFAIL', 'its DNS servers answered SERVFAIL'],
+      'git.refusing.test': ['EREFUSED', 'its DNS servers refused the query (REFUSED)'],
+      'git.formerr.test': ['EFORMERR', 'its DNS servers did not understand the query (FORMERR)'],
+      'git.notimp.test': ['ENOTIMP', 'its DNS servers do not support the query (NOTIMP)'],
+    };
+    for (const [host, [code, what]] of Object.entries(failures)) {
+      const error = await outcome(resolve(host));
+      expect(error, host).toBeInstanceOf(HostLookupFailedError);
+      expect(error, host).not.toBeInstanceOf(HostLookupTimeoutError);
+      expect(error, host).toMatchObject({ host, code, message: `looking up host ${host} failed: ${what}; try again later` });
+    }
+    const missing = await outcome(resolve('nowhere.test'));
+    expect(missing).not.toBeInstanceOf(HostLookupFailedError);
+    expect(missing).toMatchObject({ code: 'ENOTFOUND', message: 'host nowhere.test does not resolve (ENOTFOUND)' });
+    // Nothing listening where the servers should be: no server to ask is the servers' failure too.
+    const unreachable = await outcome(createHostResolver({ dnsServers: ['127.0.0.1:1'], dnsTimeoutSeconds: 2, ...files({}) })('gitlab.example.test'));
+    expect(unreachable).toBeInstanceOf(HostLookupFailedError);
+  });
+
+  it("the API's URL check: a host whose servers fail throws the lookup's failure (the API's 503), only a host that is not there is refused (400)", async () => {
+    const dns = await fakeDns();
+    const resolve = createHostResolver({ dnsServers: [dns.server], ...files({}) });
+    const failed = await outcome(normalizeProviderUrl('https://gitlab.broken.test/api', { allowHttpHosts: [], resolve }));
+    expect(failed).toBeInstanceOf(HostLookupFailedError);
+    expect(failed).not.toBeInstanceOf(UnsafeUrlError);
+    const refused = await outcome(normalizeProviderUrl('https://gitlab.refusing.test/api', { allowHttpHosts: [], resolve }));
+    expect(refused).toBeInstanceOf(HostLookupFailedError);
+    const missing = await outcome(normalizeProviderUrl('https://nowhere.test/api', { allowHttpHosts: [], resolve }));
+    expect(missing).toBeInstanceOf(UnsafeUrlError);
+    expect(missing!.message).toBe('host nowhere.test does not resolve');
+  });
+
+  it('an activity is retried past any lookup failure: failed servers and a name not there alike (ProviderUnavailable, named by the host)', async () => {
+    const dns = await fakeDns();
+    const outbound = createOutbound({ allowHttpHosts: [], allowPrivateNetworks: [], dnsServers: [dns.server], dnsTimeoutSeconds: 2, ...files({}) });
+    const servfail = await outcome(outbound.fetch('https://gitlab.broken.test/api/v4/projects'));
+    expect(toActivityFailure(servfail)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: 'looking up host gitlab.broken.test failed: its DNS servers answered SERVFAIL; try again later' });
+    const missing = await outcome(outbound.fetch('https://nowhere.test/'));
+    expect(toActivityFailure(missing)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false });
   });
 });
