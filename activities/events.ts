@@ -137,6 +137,9 @@ export function createEventActivities({ db, logger, deliveryDeadlineSeconds, fir
     const { events, instanceUrl, installationId } = delivery;
     const receivedAt = new Date(input.receivedAt);
     const result = await db.transaction().execute(async (trx): Promise<Recorded> => {
+      // The receiver sends a digest only where the credential signs the body but not the delivery id
+      // (Bitbucket DC, api/routes/webhooks.ts BODY_DIGEST_PROVIDERS); a run whose input carries one
+      // (a row stored or a run started before that, of any provider) still claims it.
       if (connectionId && bodyDigest) {
         const notBefore = new Date(receivedAt.getTime() - REDELIVERY_WINDOW_DAYS[provider] * DAY_MS);
         if (!(await claimDeliveryDigest(trx, { connectionId, digest: bodyDigest, deliveryId, receivedAt, notBefore }))) {

@@ -191,7 +191,8 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
       deliveryId,
       receivedAt: delivery.receivedAt.toISOString(),
       summary: start.summary as DeliverySummary,
-      ...(connectionId ? { connectionId, bodyDigest: start.bodyDigest } : {}),
+      // A row's digest (Bitbucket's, and any stored before only Bitbucket's were kept) goes on to the run, which claims it.
+      ...(connectionId ? { connectionId, ...(start.bodyDigest ? { bodyDigest: start.bodyDigest } : {}) } : {}),
     };
     try {
       // In the receipt's trace (when it had one): the start's span and the run's follow the receipt.

@@ -59,6 +59,17 @@ function configuredCredentials(provider: Provider, secrets: WebhookSecrets): Del
 /** Providers whose delivery credential is a header alone (GitLab's token, Azure DevOps' Basic auth), not a signature over the body. */
 const HEADER_ONLY_CREDENTIALS: ReadonlySet<Provider> = new Set(['gitlab', 'azure-devops']);
 
+/**
+ * Providers whose delivery credential signs the body but not the delivery id (Bitbucket DC: the
+ * HMAC of X-Hub-Signature covers the body, not X-Request-Id): a signed body sent again under a new
+ * id would verify, so its digest goes with the delivery and the run records nothing for a body the
+ * connection already recorded (activities/events.ts claimDeliveryDigest). Not GitLab or Azure
+ * DevOps: their credential is a static header, so whoever could replay a body could send any body,
+ * and a GitLab push carries nothing of its own (deleting and re-creating a branch at the same commit
+ * repeats its body exactly), so the check would only drop real events.
+ */
+export const BODY_DIGEST_PROVIDERS: ReadonlySet<Provider> = new Set(['bitbucket']);
+
 const CONNECTION_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** The connection a delivery to its own hook (`?c=<connection id>`) names, as remembered or read; undefined when there is no such connection. */
@@ -302,6 +313,8 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   };
   // Verified bytes in flight (Caches.held), under the key of the delivery's connection, known before its body is read.
   const heldKey = connectionId ?? provider;
+  // A connection's own hook whose credential signs the body only: its body's digest is kept (BODY_DIGEST_PROVIDERS).
+  const digested = connectionId !== undefined && BODY_DIGEST_PROVIDERS.has(provider);
   let heldBytes = 0;
   const holdVerified = (bytes: number): boolean => {
     if (!caches.held.reserve(heldKey, bytes)) return false;
@@ -342,7 +355,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     // One organization's deliveries (GitHub App's and legacy hooks': the provider's, the installation being in the body) are one key of the pool's round robin.
     const key = named === undefined ? provider : `organization:${named.connection!.organizationId}`;
     try {
-      const { result, release: free } = await caches.bodies.runHeld(key, { provider, headers, maxEventsBytes, maxParseCost: maxParseCost(deps.webhooks.maxBodyBytes), body: owned, bodyDigest: connectionId !== undefined, serialize: true }, [owned.buffer as ArrayBuffer]);
+      const { result, release: free } = await caches.bodies.runHeld(key, { provider, headers, maxEventsBytes, maxParseCost: maxParseCost(deps.webhooks.maxBodyBytes), body: owned, bodyDigest: digested, serialize: true }, [owned.buffer as ArrayBuffer]);
       places.push(free);
       return result;
     } catch (error) {
@@ -431,7 +444,8 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
       start: {
         taskQueue: deps.taskQueue,
         summary: delivery.summary,
-        ...(connectionId ? { connectionId, bodyDigest: received.bodyDigest ?? createHash('sha256').update(loopBody!).digest('hex') } : {}),
+        ...(connectionId ? { connectionId } : {}),
+        ...(digested ? { bodyDigest: received.bodyDigest ?? createHash('sha256').update(loopBody!).digest('hex') } : {}),
         // Keyword attributes hold one value: set when the delivery concerns a single organization / repository.
         ...(targets.organizationIds.length === 1 ? { organizationId: targets.organizationIds[0]! } : {}),
         ...(targets.repositoryIds.length === 1 ? { repositoryId: targets.repositoryIds[0]! } : {}),

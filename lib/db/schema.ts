@@ -186,7 +186,11 @@ export interface DeliveryStart {
   targets?: object;
   /** The W3C traceparent of the receipt (tracing on): the relay starts the run in that trace. */
   traceparent?: string;
-  /** The connection whose own hook delivered it, and the body's digest (a replay under another id is not recorded twice). */
+  /**
+   * The connection whose own hook delivered it, and, for a provider whose credential signs the body
+   * but not the delivery id (Bitbucket DC: api/routes/webhooks.ts BODY_DIGEST_PROVIDERS), the body's
+   * digest (a replay under another id is not recorded twice).
+   */
   connectionId?: string;
   bodyDigest?: string;
 }

@@ -224,7 +224,7 @@ describe('per-connection webhook credentials: one organization cannot forge deli
       expect(subscriber.received.slice(before).map((r) => r.body.deliveryId)).toEqual([deliveryId]);
     });
 
-    it.runIf(provider !== 'azure-devops')('records a body already recorded for the connection only once, whatever its new delivery id', async () => {
+    it.runIf(provider === 'bitbucket')('records a body already recorded for the connection only once, whatever its new delivery id', async () => {
       const [hookA] = instance.pushHooks(ownOfA);
       const payload = pushPayload(provider, ownOfA);
       const first = delivery(provider, payload, { deliveryId: randomUUID(), ...hookA! });
@@ -239,6 +239,39 @@ describe('per-connection webhook credentials: one organization cannot forge deli
       expect(await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).toEqual({ recorded: 0, delivered: 0, undelivered: [] });
       expect(await eventsOfDelivery(h.db, provider, replay.deliveryId)).toEqual([]);
       expect(subscriber.received.slice(before)).toEqual([]);
+    });
+
+    // A GitLab push carries nothing of its own (no id, no time): deleting a branch and creating it
+    // again at the same commit repeats its body byte for byte. Its credential is a static header,
+    // so a body seen before proves nothing: each delivery (its own Idempotency-Key) is an event.
+    it.runIf(provider === 'gitlab')('records a branch created, deleted and created again at the same commit: three events, though the two creations have the same body', async () => {
+      const [hookA] = instance.pushHooks(ownOfA);
+      const commit = 'a'.repeat(40);
+      const none = '0'.repeat(40);
+      const branch = `feature-${randomUUID().slice(0, 8)}`;
+      const change = (before: string, after: string): Payload => ({
+        ...withRepository(provider, fixture(PUSH_FIXTURES[provider]), ownOfA),
+        ref: `refs/heads/${branch}`,
+        before,
+        after,
+        checkout_sha: after === none ? null : after,
+        commits: [],
+        total_commits_count: 0,
+      });
+      const before = subscriber.received.length;
+      const sent = [];
+      for (const payload of [change(none, commit), change(commit, none), change(none, commit)]) {
+        const d = delivery(provider, payload, { deliveryId: randomUUID(), ...hookA! });
+        const res = await send(h, d);
+        expect(res.status, await res.clone().text()).toBe(202);
+        expect(await resultOf<EventResult>(h, ((await res.json()) as { workflowId: string }).workflowId)).toMatchObject({ recorded: 1, delivered: 1 });
+        sent.push(d);
+      }
+      expect(sent[2]!.body).toBe(sent[0]!.body);
+      const kinds = [];
+      for (const d of sent) kinds.push(...(await eventsOfDelivery(h.db, provider, d.deliveryId)).map((e) => e.kind));
+      expect(kinds).toEqual(['branch.created', 'branch.deleted', 'branch.created']);
+      expect(subscriber.received.slice(before).map((r) => r.body.deliveryId)).toEqual(sent.map((d) => d.deliveryId));
     });
   });
 });

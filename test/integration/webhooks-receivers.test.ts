@@ -97,8 +97,10 @@ describe('webhook receivers (real Temporal, real PostgreSQL)', () => {
         deliveryId,
         receivedAt: expect.any(String),
         summary: { events: 1, kinds: { push: 1 }, repositories: [attached[provider].fullName] },
-        // A connection's own hook: the run acts on that connection's attachments only, and knows the body by its digest.
-        ...(provider === 'github' ? {} : { connectionId: hookOf[provider].connectionId, bodyDigest: expect.stringMatching(/^[0-9a-f]{64}$/) }),
+        // A connection's own hook: the run acts on that connection's attachments only; a body signed
+        // without its delivery id (Bitbucket's) is known by its digest, so a replay under a new id records nothing.
+        ...(provider === 'github' ? {} : { connectionId: hookOf[provider].connectionId }),
+        ...(provider === 'bitbucket' ? { bodyDigest: expect.stringMatching(/^[0-9a-f]{64}$/) } : {}),
       });
       const history = await historyText(h, ack.workflowId);
       expect(history).not.toContain(attached[provider].externalId);
