@@ -32,7 +32,7 @@ function loopCpuMs(): number {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
-const pool = createBodyPool({ threads: 1, maxQueued: 4, maxPerKey: 4 });
+const pool = createBodyPool({ threads: 1, maxQueued: 4 });
 const job = (b: Uint8Array): BodyJob => ({
   provider: 'bitbucket',
   headers: { 'content-type': 'application/json', 'x-event-key': 'repo:refs_changed', 'x-request-id': 'r-1', 'x-hub-signature': `sha256=${createHmac('sha256', SECRET).update(b).digest('hex')}` },

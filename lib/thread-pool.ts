@@ -5,15 +5,15 @@ import { parentPort, Worker, type Transferable } from 'node:worker_threads';
 
 /**
  * A few worker threads that run CPU-heavy jobs (parsing a large webhook body) off the event loop
- * that answers everybody. Bounded: at most `threads` threads, at most `maxQueued` jobs waiting, and
- * at most `maxPerKey` jobs of one key running or waiting. When the queue is full, a job of a key
- * holding fewer places than the key holding the most takes the newest waiting job's place of that
- * key (which is refused), so one key cannot fill the queue against the others. Waiting jobs are
+ * that answers everybody. Bounded: at most `threads` threads and `maxQueued` jobs waiting. A key
+ * alone may take every place; when the queue is full, a job of a key holding fewer places than the
+ * key holding the most takes the newest waiting job's place of that key (which is refused), so one
+ * key cannot fill the queue against the others. Waiting jobs are
  * taken round-robin between keys: a key with many waiting never keeps another key's job waiting
  * for more than one job of its own per thread.
  */
 
-/** The pool is full (in all, or for the job's key): nothing about the job itself; try again later. */
+/** The pool is full, or the job's place was given to another key's: nothing about the job itself; try again later. */
 export class PoolBusy extends Error {
   override name = 'PoolBusy';
 }
@@ -65,7 +65,6 @@ export interface ThreadPoolOptions {
   spawn: () => Worker;
   threads: number;
   maxQueued: number;
-  maxPerKey: number;
   /**
    * Milliseconds a job may run on its thread, from when the thread starts it (a new thread's
    * start-up and module loading not included; absent: no deadline). Past it the thread is ended and
@@ -76,7 +75,7 @@ export interface ThreadPoolOptions {
 }
 
 export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
-  const { threads, maxQueued, maxPerKey, deadlineMs } = options;
+  const { threads, maxQueued, deadlineMs } = options;
   const idle: Worker[] = [];
   const running = new Map<Worker, Pending<Job, Result>>();
   // The deadline timers of running jobs, by thread.
@@ -190,9 +189,9 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
   return {
     /**
      * Runs `job` on a thread; `transfer` (the job's ArrayBuffers) moves to the thread. Rejects with
-     * PoolBusy at once when `key` holds maxPerKey places, or the queue is full and no key holds more
-     * places than `key` would (nothing is transferred then), or later when a job of a key holding
-     * fewer takes its place while it waits,
+     * PoolBusy at once when the pool is full and no key holds more places than `key` would
+     * (nothing is transferred then), or later when a job of a key holding fewer takes its place
+     * while it waits,
      * PoolThreadFailed when the thread ends, PoolJobFailed when the job throws. `onProgress` is
      * called each time the job reports progress (serveThreadJobs' `progress`).
      */
@@ -228,7 +227,6 @@ export function createThreadPool<Job, Result>(options: ThreadPoolOptions) {
     if (closed) return Promise.reject(new PoolBusy('the pool is closed'));
     const own = perKey.get(key) ?? 0;
     const free = idle.length + (threads - started);
-    if (own >= maxPerKey) return Promise.reject(new PoolBusy(`${own} jobs of this key are running or waiting already (at most ${maxPerKey})`));
     // Held places count against the same bound as running and waiting jobs.
     if ((free === 0 && queued >= maxQueued) || running.size + queued + held >= threads + maxQueued) {
       if (queued === 0) return Promise.reject(new PoolBusy(`${held} answered jobs are held and ${running.size} running (at most ${threads + maxQueued} in all)`));

@@ -17,15 +17,14 @@ export interface BodyPoolSizes {
    * heap of its own, ~180 MiB more peak RSS with 25 MiB bodies; the point is isolation, not throughput).
    */
   threads: number;
-  /** Jobs waiting for a thread, in all. */
-  maxQueued: number;
   /**
-   * Jobs of one organization (GitHub App deliveries and legacy hooks': one provider's, all tenants
-   * alike: the installation is in the body, not known before it is parsed) running or waiting. Every
-   * job is a verified body, so none is refused for its key alone: it waits its round-robin turn,
-   * and a full queue is shared out by displacing the newest job of the key holding the most.
+   * Jobs waiting for a thread, in all. A job's key is its organization (GitHub App deliveries and
+   * legacy hooks': one provider's, all tenants alike: the installation is in the body, not known
+   * before it is parsed). Every job is a verified body, so none is refused for its key alone: it
+   * waits its round-robin turn, and a full queue is shared out by displacing the newest job of the
+   * key holding the most (lib/thread-pool.ts).
    */
-  maxPerKey: number;
+  maxQueued: number;
   /** A job's deadline on its thread (bodyThreadDeadlineMs): past it the thread is ended and replaced, and the delivery answered 503. */
   deadlineMs?: number;
 }
@@ -44,7 +43,7 @@ export function bodyThreadDeadlineMs(maxBodyBytes: number): number {
 }
 
 export function bodyPoolSizes(threads = 1, maxBodyBytes?: number): BodyPoolSizes {
-  return { threads, maxQueued: 4 * threads, maxPerKey: threads + 4 * threads, ...(maxBodyBytes === undefined ? {} : { deadlineMs: bodyThreadDeadlineMs(maxBodyBytes) }) };
+  return { threads, maxQueued: 4 * threads, ...(maxBodyBytes === undefined ? {} : { deadlineMs: bodyThreadDeadlineMs(maxBodyBytes) }) };
 }
 
 /** The receivers' pool; `spawn` starts one thread serving serveBodyJobs (this module, unless a test's thread holds jobs on a gate). */

@@ -15,7 +15,7 @@ afterEach(async () => {
   for (const pool of pools.splice(0)) await pool.close();
 });
 
-function pool(sizes: { threads: number; maxQueued: number; maxPerKey: number; deadlineMs?: number }): Pool {
+function pool(sizes: { threads: number; maxQueued: number; deadlineMs?: number }): Pool {
   const created = createThreadPool<TestJob, { name: string; bytes?: number }>({ ...sizes, spawn: () => moduleThread(THREAD, {}) });
   pools.push(created);
   return created;
@@ -40,7 +40,7 @@ async function until(p: Pool, check: (size: ReturnType<Pool['size']>) => boolean
 
 describe('thread pool', () => {
   it('runs a job on a thread, moving its transferred buffer there, and reports progress', async () => {
-    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 1 });
+    const p = pool({ threads: 1, maxQueued: 1 });
     const body = new Uint8Array(1024).fill(7);
     const running = p.run('k', { kind: 'echo', name: 'one', body }, [body.buffer]);
     // Moved, not copied: the caller's view is detached at once.
@@ -52,7 +52,7 @@ describe('thread pool', () => {
   });
 
   it('refuses a job at once (PoolBusy, nothing transferred) when the queue is full, and runs the queued ones once a thread is free', async () => {
-    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 10 });
+    const p = pool({ threads: 1, maxQueued: 1 });
     const g = gate();
     const first = p.run('a', { kind: 'echo', name: 'first', gate: g.buffer });
     const second = p.run('b', { kind: 'echo', name: 'second' });
@@ -66,24 +66,27 @@ describe('thread pool', () => {
     expect(await p.run('c', { kind: 'echo', name: 'third' })).toEqual({ name: 'third' });
   });
 
-  it("bounds one key's jobs (running and waiting) and takes waiting jobs round-robin between keys", async () => {
-    const p = pool({ threads: 1, maxQueued: 10, maxPerKey: 3 });
+  it("lets one key take every place, none refused for its key alone, and takes waiting jobs round-robin between keys", async () => {
+    const p = pool({ threads: 1, maxQueued: 3 });
     const g = gate();
     const done: string[] = [];
     const run = (key: string, name: string, job: TestJob = { kind: 'echo', name }) => p.run(key, job).then((r) => void done.push(r.name));
     const all = [run('a', 'a1', { kind: 'echo', name: 'a1', gate: g.buffer })];
     await until(p, (s) => s.running === 1);
-    all.push(run('a', 'a2'), run('a', 'a3'));
-    // a has three running or waiting: a fourth is refused, another key's is not.
-    await expect(p.run('a', { kind: 'echo', name: 'a4' })).rejects.toBeInstanceOf(PoolBusy);
-    all.push(run('b', 'b1'));
+    // a holds the thread and the whole queue: every place of the pool.
+    all.push(run('a', 'a2'), run('a', 'a3'), run('a', 'a4'));
+    expect(p.size()).toMatchObject({ running: 1, waiting: 3 });
+    // Full, and a alone: a fifth of a's is refused; b's takes a's newest waiting place (a4, refused).
+    await expect(p.run('a', { kind: 'echo', name: 'a5' })).rejects.toBeInstanceOf(PoolBusy);
+    const b1 = run('b', 'b1');
+    await expect(all.pop()).rejects.toBeInstanceOf(PoolBusy);
     g.open();
-    await Promise.all(all);
+    await Promise.all([...all, b1]);
     expect(done).toEqual(['a1', 'a2', 'b1', 'a3']);
   });
 
   it("gives a full queue's place of the key holding the most to another key's job, and refuses a job when no key holds more", async () => {
-    const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 10 });
+    const p = pool({ threads: 1, maxQueued: 2 });
     const g = gate();
     const done: string[] = [];
     const run = (key: string, name: string, job: TestJob = { kind: 'echo', name }) => p.run(key, job).then((r) => void done.push(r.name));
@@ -104,7 +107,7 @@ describe('thread pool', () => {
   });
 
   it('keeps a runHeld job\'s place, once answered, until it is released', async () => {
-    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 10 });
+    const p = pool({ threads: 1, maxQueued: 1 });
     const first = await p.runHeld('a', { kind: 'echo', name: 'a1' });
     expect(first.result.name).toBe('a1');
     const second = await p.runHeld('b', { kind: 'echo', name: 'b1' });
@@ -120,7 +123,7 @@ describe('thread pool', () => {
   });
 
   it('rejects the job of a thread that ends (PoolThreadFailed) and runs the next job on a new thread', async () => {
-    const p = pool({ threads: 1, maxQueued: 2, maxPerKey: 3 });
+    const p = pool({ threads: 1, maxQueued: 2 });
     const g = gate();
     const blocker = p.run('a', { kind: 'echo', name: 'blocker', gate: g.buffer });
     await until(p, (s) => s.running === 1);
@@ -135,7 +138,7 @@ describe('thread pool', () => {
   });
 
   it('rejects a job that throws with its error (PoolJobFailed), keeping the thread', async () => {
-    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 1 });
+    const p = pool({ threads: 1, maxQueued: 1 });
     const failed = p.run('a', { kind: 'throw', message: 'Invalid string length' });
     await expect(failed).rejects.toBeInstanceOf(PoolJobFailed);
     await expect(failed).rejects.toMatchObject({ message: 'Invalid string length', errorName: 'RangeError' });
@@ -143,7 +146,7 @@ describe('thread pool', () => {
   });
 
   it('ends the thread of a job past its deadline (PoolJobTimedOut), frees its place at once and runs the next job on a new thread', async () => {
-    const p = pool({ threads: 1, maxQueued: 1, maxPerKey: 2, deadlineMs: 300 });
+    const p = pool({ threads: 1, maxQueued: 1, deadlineMs: 300 });
     // Answered before the deadline: as without one.
     expect(await p.run('a', { kind: 'echo', name: 'quick' })).toEqual({ name: 'quick' });
     // Held on a gate nobody opens: only the deadline ends it (a body the thread would work on for minutes).
