@@ -6,10 +6,31 @@ import { DNS_TIMEOUT_SECONDS_DEFAULT } from './dns.ts';
 import { isNetwork } from './url.ts';
 import type { Provider } from './domain.ts';
 
-/** A secret forgelink checks deliveries or requests against: long enough not to be guessed. */
-const secret = z.string().min(24, 'must be at least 24 characters');
 /** config/forgelink.example.yml's key: public, so never a key that seals credentials. */
 export const EXAMPLE_ENCRYPTION_KEY = 'MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=';
+/**
+ * Every secret value config/forgelink.example.yml ships, set or commented out (auth.adminToken and
+ * gitProviders.github.webhookSecret, github.clientSecret and .privateKey's placeholder, the legacy
+ * hooks' global secrets): everyone can read them, so none is accepted for any secret key (an example
+ * admin token is a break-glass token over every tenant). Compared without whitespace.
+ */
+export const EXAMPLE_SECRETS: readonly string[] = [
+  'change-me-to-a-long-random-string',
+  'change-me',
+  '-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----\n',
+  'the-old-gitlab-hook-token',
+  'the-old-bitbucket-secret',
+  'the-old-password',
+  EXAMPLE_ENCRYPTION_KEY,
+];
+const withoutSpace = (value: string) => value.replace(/\s+/g, '');
+const exampleSecrets = new Set(EXAMPLE_SECRETS.map(withoutSpace));
+const notExample = (value: string) => !exampleSecrets.has(withoutSpace(value));
+const EXAMPLE_SECRET_MESSAGE = 'is the example value from config/forgelink.example.yml, which everyone can read: generate your own';
+/** Any secret forgelink holds: never one of the example config's. */
+const ownSecret = z.string().refine(notExample, EXAMPLE_SECRET_MESSAGE);
+/** A secret forgelink checks deliveries or requests against: long enough not to be guessed, and not the example's. */
+const secret = z.string().min(24, 'must be at least 24 characters').refine(notExample, EXAMPLE_SECRET_MESSAGE);
 const encryptionKey = z
   .string()
   .refine((v) => Buffer.from(v, 'base64').length === 32, 'must be the base64 of 32 random bytes')
@@ -233,8 +254,8 @@ export const configSchema = z
             appId: z.coerce.string().optional(),
             appName: z.string().optional(),
             clientId: z.string().optional(),
-            clientSecret: z.string().optional(),
-            privateKey: z.string().optional(),
+            clientSecret: ownSecret.optional(),
+            privateKey: ownSecret.optional(),
             webhookSecret: secret.optional(),
             previousWebhookSecret: secret.optional(),
             baseUrl: z.url().default('https://api.github.com'),

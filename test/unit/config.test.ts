@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -145,11 +145,45 @@ describe('config', () => {
     expect(errorOf(() => loadConfig(path.join(dir, 'missing.yml'), {}))).toMatch(/cannot read config file/);
   });
 
-  it('accepts the example config shipped in the repo once it has a key of its own, never with the example key', () => {
-    const config = loadConfig('config/forgelink.example.yml', { FORGELINK_ENCRYPTION_KEY: KEY });
+  it('accepts the example config shipped in the repo once its secrets are its own, never with the example key', () => {
+    const own = {
+      FORGELINK_ENCRYPTION_KEY: KEY,
+      FORGELINK_ADMIN_TOKEN: 'o'.repeat(40),
+      FORGELINK_GITHUB_WEBHOOK_SECRET: 'w'.repeat(40),
+      FORGELINK_GITHUB_CLIENT_SECRET: 'c'.repeat(40),
+      FORGELINK_GITHUB_PRIVATE_KEY: '-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n',
+    };
+    const config = loadConfig('config/forgelink.example.yml', own);
     expect(config.gitProviders.gitlab.enabled).toBe(true);
+    expect(config.auth.adminToken).toBe(own.FORGELINK_ADMIN_TOKEN);
     expect(errorOf(() => loadConfig('config/forgelink.example.yml', {}))).toMatch(/encryption\.key: is the example key/);
     expect(errorOf(() => parseConfig({ ...minimal, encryption: { key: KEY, previousKeys: [{ id: 'old', key: EXAMPLE_ENCRYPTION_KEY }] } }))).toMatch(/encryption\.previousKeys\.0\.key: is the example key/);
+  });
+
+  it("refuses every secret value the example config ships, set or commented out, naming the key: its admin token is a break-glass token over every tenant", () => {
+    const text = readFileSync('config/forgelink.example.yml', 'utf8');
+    // Only the encryption key of its own: the example's admin token and GitHub secrets are refused.
+    const set = errorOf(() => loadConfig('config/forgelink.example.yml', { FORGELINK_ENCRYPTION_KEY: KEY }));
+    for (const key of ['auth.adminToken', 'gitProviders.github.webhookSecret', 'gitProviders.github.clientSecret', 'gitProviders.github.privateKey']) {
+      expect(set).toContain(`${key}: is the example value from config/forgelink.example.yml`);
+    }
+    // The legacy hooks' global secrets it shows commented out, as someone would uncomment them.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'forgelink-config-'));
+    const file = path.join(dir, 'forgelink.yml');
+    writeFileSync(file, text.replace(/^(\s*)# (webhookSecret|webhookBasicAuthUser|webhookBasicAuthPass): /gm, '$1$2: '));
+    const uncommented = errorOf(() => loadConfig(file, { FORGELINK_ENCRYPTION_KEY: KEY, FORGELINK_ADMIN_TOKEN: 'o'.repeat(40) }));
+    for (const key of ['gitProviders.gitlab.webhookSecret', 'gitProviders.bitbucket.webhookSecret']) {
+      expect(uncommented).toContain(`${key}: is the example value from config/forgelink.example.yml`);
+    }
+    // the-old-password is under 24 characters too.
+    expect(uncommented).toMatch(/gitProviders\.azureDevOps\.webhookBasicAuthPass: (must be at least 24 characters|is the example value)/);
+    // Nor under another key, or with spaces around it, nor through the environment.
+    const adminToken = 'change-me-to-a-long-random-string';
+    expect(text).toContain(`adminToken: ${adminToken}`);
+    expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { gitlab: { enabled: true, webhookSecret: 'the-old-bitbucket-secret' } } }))).toContain('gitProviders.gitlab.webhookSecret: is the example value');
+    expect(errorOf(() => parseConfig({ ...minimal, auth: { adminToken: ` ${adminToken} ` } }))).toContain('auth.adminToken: is the example value');
+    expect(errorOf(() => parseConfig(minimal, { FORGELINK_ADMIN_TOKEN: adminToken }))).toContain('auth.adminToken: is the example value');
+    expect(errorOf(() => parseConfig({ ...minimal, gitProviders: { github: { previousWebhookSecret: adminToken } } }))).toContain('gitProviders.github.previousWebhookSecret: is the example value');
   });
 
   it('checks previous encryption keys like the current one', () => {
