@@ -35,6 +35,8 @@ import { stallingProxy } from '../support/temporal-outage.ts';
  *   read deadlines is stored (its deadline grows with its size), while a small one is still cut;
  * - a pooler that refuses startup parameters it does not know (as PgBouncer does) still lets the
  *   API's pool connect, and PostgreSQL holds its deadlines (a `SET`), or none with serverDeadlines off;
+ * - a pooler that refuses the `SET` of the deadlines: each new connection is dropped (its request
+ *   answers 503) and the log names database.serverDeadlines, which, off, lets the same pooler serve;
  * - the worker's pool: a statement whose answer never comes is given up at its read deadline.
  * The bounds asserted are the deadline plus generous slack for a loaded machine.
  */
@@ -324,6 +326,40 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
     }
   });
 
+  it('drops a new connection whose SET of the deadlines a pooler refuses (its request answers 503), and the log names database.serverDeadlines; with it off the same pooler serves', { timeout: 60_000 }, async () => {
+    const pooler = await setRefusingPooler('127.0.0.1:5432');
+    try {
+      const url = new URL(own.url);
+      url.host = pooler.address;
+      const db = createDb(url.toString(), { max: 1, deadlines: DEADLINES, logger: h.apiDeps.logger });
+      pools.push(db);
+      const app = h.appWith({ db });
+      const logged = () => h.logs.filter((l) => l.includes('could not set the statement and lock deadlines on a new database connection'));
+      for (const attempt of [1, 2]) {
+        const res = await app.request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } });
+        expect(res.status, await res.clone().text()).toBe(503);
+        expect(res.headers.get('retry-after')).toBe('5');
+        // Each request met a new connection (the refused one was not kept), and its SET was refused.
+        expect(pooler.refused()).toBe(attempt);
+        expect(logged()).toHaveLength(attempt);
+      }
+      expect(logged()[0]).toContain('set database.serverDeadlines: false');
+      expect(logged()[0]).toMatch(/"sqlState":"0A000"/);
+      // Dropped: no connection through the pooler is left open, idle in the pool.
+      await expect.poll(() => pooler.open(), { timeout: 5000 }).toBe(0);
+
+      // database.serverDeadlines: false sends no SET: the same pooler serves it.
+      const off = createDb(url.toString(), { max: 1, deadlines: { ...DEADLINES, server: false }, logger: h.apiDeps.logger });
+      pools.push(off);
+      const served = await h.appWith({ db: off }).request('/api/v1/orgs/acme/connections', { headers: { authorization: `Bearer ${h.adminToken}` } });
+      expect(served.status, await served.clone().text()).toBeLessThan(500);
+      expect(pooler.refused()).toBe(2);
+      expect(logged()).toHaveLength(2);
+    } finally {
+      await pooler.close();
+    }
+  });
+
   it("gives up on a worker's statement whose answer never comes at its read deadline, and drops its connection", { timeout: 60_000 }, async () => {
     const proxy = await stallingProxy('127.0.0.1:5432');
     try {
@@ -470,6 +506,66 @@ async function strictPooler(upstream: string) {
   return {
     address: `127.0.0.1:${(server.address() as { port: number }).port}`,
     refused: () => [...refused],
+    close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
+  };
+}
+
+/**
+ * A TCP proxy to PostgreSQL that, like a transaction pooler that does not allow session state,
+ * refuses a simple query starting with `SET statement_timeout` (ERROR 0A000, then ready for the next
+ * query, the server never seeing it) and forwards everything else as it is.
+ */
+async function setRefusingPooler(upstream: string) {
+  const [host, port] = upstream.split(':') as [string, string];
+  let refused = 0;
+  const clients = new Set<Socket>();
+  const sockets = new Set<Socket>();
+  const message = (type: string, body: Buffer) => {
+    const header = Buffer.alloc(5);
+    header.write(type, 0);
+    header.writeInt32BE(body.length + 4, 1);
+    return Buffer.concat([header, body]);
+  };
+  const server: Server = createServer((client) => {
+    clients.add(client);
+    sockets.add(client);
+    client.on('error', () => {});
+    client.on('close', () => (clients.delete(client), sockets.delete(client)));
+    const target = connect(Number(port), host);
+    sockets.add(target);
+    target.on('error', () => {});
+    target.on('close', () => (sockets.delete(target), client.destroy()));
+    client.on('close', () => target.destroy());
+    target.on('data', (answer) => client.write(answer));
+    let pending = Buffer.alloc(0);
+    let started = false;
+    client.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      for (;;) {
+        // The startup packet has no type byte; every later message has one.
+        const at = started ? 1 : 0;
+        if (pending.length < at + 4) return;
+        const length = at + pending.readInt32BE(at);
+        if (pending.length < length) return;
+        const packet = pending.subarray(0, length);
+        pending = pending.subarray(length);
+        const text = started && packet[0] === 0x51 ? packet.subarray(5, length - 1).toString('utf8') : '';
+        started = true;
+        if (/^\s*set statement_timeout/i.test(text)) {
+          refused++;
+          const error = Buffer.from('SERROR\0C0A000\0MSET is not allowed in transaction pooling mode\0\0', 'utf8');
+          client.write(Buffer.concat([message('E', error), message('Z', Buffer.from('I'))]));
+        } else target.write(packet);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    /** How many SETs of the deadlines it refused. */
+    refused: () => refused,
+    /** Client connections open through it. */
+    open: () => clients.size,
     close: () => new Promise<void>((resolve) => (server.close(() => resolve()), sockets.forEach((s) => s.destroy()))),
   };
 }
