@@ -23,7 +23,7 @@ import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../we
 import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../../lib/parse-cost.ts';
 import { PoolBusy, PoolJobTimedOut, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
-import { createByteBudget, createUnverifiedBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget, type UnverifiedBudget } from '../webhooks/unverified-budget.ts';
+import { createByteBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget } from '../webhooks/unverified-budget.ts';
 import { verifyDelivery, type DeliveryCredential } from '../webhooks/verify.ts';
 
 const Acknowledged = z
@@ -212,7 +212,8 @@ async function readBody(c: Context<AppEnv>, headers: WebhookHeaders, max: number
 type Caches = {
   attached: AttachedCache;
   credentials: CredentialCache;
-  unverified: UnverifiedBudget;
+  /** Bytes of bodies not verified yet, keyed by sender address (unverifiedBudgetSizes). */
+  unverified: ByteBudget;
   /**
    * Bytes verified deliveries hold in flight, keyed by connection (GitHub's App and a provider's
    * legacy hooks: one key each), so one tenant signing its own bodies takes at most its share: a
@@ -523,7 +524,7 @@ export function webhookRoutes(options: {
 }) {
   const app = new OpenAPIHono<AppEnv>();
   const caches: Caches = {
-    unverified: createUnverifiedBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
+    unverified: createByteBudget(unverifiedBudgetSizes(options.maxBodyBytes, options.unverifiedBodyBytes)),
     held: createByteBudget(heldBudgetSizes(options.maxBodyBytes, options.verifiedDeliveryBytes)),
     attached: createAttachedCache(options.attachedCacheSeconds === undefined ? {} : { ttlMs: options.attachedCacheSeconds * 1000 }),
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),

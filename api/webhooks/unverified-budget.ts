@@ -4,7 +4,7 @@ import { isIPv6 } from 'node:net';
  * A bound on bytes held in memory, in all and per key: `reserve` takes bytes for a key (false, nothing
  * taken, when the total or the key's share would be exceeded), `release` gives them back. Two Map
  * operations a call. The receivers hold two: bodies not verified yet, keyed by sender address
- * (createUnverifiedBudget), and verified deliveries in flight, keyed by connection (heldBudgetSizes).
+ * (unverifiedBudgetSizes), and verified deliveries in flight, keyed by connection (heldBudgetSizes).
  */
 export function createByteBudget({ totalBytes, perKeyBytes }: { totalBytes: number; perKeyBytes: number }) {
   let held = 0;
@@ -33,29 +33,22 @@ export function createByteBudget({ totalBytes, perKeyBytes }: { totalBytes: numb
 export type ByteBudget = ReturnType<typeof createByteBudget>;
 
 /**
- * How many bytes of webhook bodies not yet verified may be held in memory at once. GitHub's and
- * Bitbucket's signatures are HMACs over the whole body, and the body is parsed once it is verified,
- * so it has to be buffered before anybody knows who sent it; without a bound, unsigned posts of
- * `webhooks.maxBodyBytes` each cost that much memory apiece. A body reserves its declared length
- * (or, chunked, each chunk as it arrives) before it is read and gives it back once verified or
- * refused; one that does not fit is answered 503 with Retry-After, unread.
+ * The budget of webhook bodies not yet verified (webhooks.unverifiedBodyBytes): how many bytes of
+ * them may be held in memory at once. GitHub's and Bitbucket's signatures are HMACs over the whole
+ * body, and the body is parsed once it is verified, so it has to be buffered before anybody knows
+ * who sent it; without a bound, unsigned posts of `webhooks.maxBodyBytes` each cost that much
+ * memory apiece. A body reserves its declared length (or, chunked, each chunk as it arrives) before
+ * it is read and gives it back once verified or refused; one that does not fit is answered 503 with
+ * Retry-After, unread.
  *
- * Fairness: one source (a client address; an IPv6 one by its /64) holds at most `perSourceBytes`,
- * so a single sender cannot take the whole budget from the providers' own senders.
+ * Fairness: its keys are sources (sourceOf: a client address; an IPv6 one by its /64), and one
+ * source holds at most `perKeyBytes`, so a single sender cannot take the whole budget from the
+ * providers' own senders. The defaults: 64 MiB, or two bodies of the limit when that is more; a
+ * source may hold a quarter of it, and always one body of the limit.
  */
-export function createUnverifiedBudget({ totalBytes, perSourceBytes }: { totalBytes: number; perSourceBytes: number }): ByteBudget {
-  return createByteBudget({ totalBytes, perKeyBytes: perSourceBytes });
-}
-
-export type UnverifiedBudget = ByteBudget;
-
-/**
- * The budget's defaults: 64 MiB, or two bodies of the limit when that is more; a source may hold a
- * quarter of it, and always one body of the limit.
- */
-export function unverifiedBudgetSizes(maxBodyBytes: number, totalBytes?: number): { totalBytes: number; perSourceBytes: number } {
+export function unverifiedBudgetSizes(maxBodyBytes: number, totalBytes?: number): { totalBytes: number; perKeyBytes: number } {
   const total = totalBytes ?? Math.max(64 * 1024 * 1024, 2 * maxBodyBytes);
-  return { totalBytes: total, perSourceBytes: Math.min(total, Math.max(maxBodyBytes, Math.floor(total / 4))) };
+  return { totalBytes: total, perKeyBytes: Math.min(total, Math.max(maxBodyBytes, Math.floor(total / 4))) };
 }
 
 /**
