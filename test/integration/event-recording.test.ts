@@ -41,4 +41,62 @@ describe('insertDeliveryEvents', () => {
     expect(whole.filter((r) => r.sequence === 2)).toEqual(partial.filter((r) => r.sequence === 2));
     expect(whole.map((r) => [r.sequence, r.organizationId])).toEqual(first.map((r) => [r.sequence, r.organizationId]));
   });
+
+  it('stores each row as given: its repository or none, the connection or none, names of any characters, and gives the stored events back', async () => {
+    const [{ org: a }, { org: b }] = await Promise.all([createOrgWithToken(h), createOrgWithToken(h)]);
+    const { id: connectionId } = await h.db
+      .insertInto('connections')
+      .values({ organization_id: a.id, provider: 'gitlab', base_url: 'https://gitlab.example', credential: 'sealed', status: 'active' } as never)
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    const { id: repositoryId } = await h.db
+      .insertInto('repositories')
+      .values({ organization_id: a.id, connection_id: connectionId, provider: 'gitlab', external_id: '9', full_name: 'g/p' } as never)
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    // What an array literal would have to escape: quotes, backslashes, braces, commas, NULL, and characters past ASCII.
+    const names = ['g/"quoted" \\ back\\slash', 'g/{braces},commas', 'NULL', 'g/ünïcödé ✓ 𝄞', ''];
+    const receivedAt = new Date('2026-12-07T10:11:12.345Z');
+    for (const conn of [connectionId, undefined]) {
+      const deliveryId = randomUUID();
+      const event = (i: number): NormalizedEvent => ({ provider: 'gitlab', deliveryId, kind: i === 1 ? 'branch.created' : 'push', repository: { externalId: '9', fullName: names[i]! }, sender: names[(i + 1) % names.length]! });
+      const rows: NewEventRow[] = names.flatMap((_, sequence) => [
+        { organizationId: a.id, repositoryId, sequence, event: event(sequence) },
+        { organizationId: b.id, repositoryId: null, sequence, event: event(sequence) },
+      ]);
+      const delivery = { provider: 'gitlab' as const, deliveryId, ...(conn ? { connectionId: conn } : {}), receivedAt };
+      const recorded = await insertDeliveryEvents(h.db, delivery, rows, { withEvents: true });
+      expect(recorded.map((r) => [r.sequence, r.organizationId, r.kind, r.event])).toEqual(
+        names.flatMap((_, sequence) => [a.id, b.id].sort().map((org) => [sequence, org, event(sequence).kind, event(sequence)])),
+      );
+      const stored = await h.db
+        .selectFrom('events')
+        .select(['id', 'organization_id', 'repository_id', 'provider', 'delivery_id', 'connection_id', 'sequence', 'kind', 'event', 'received_at'])
+        .where('delivery_id', '=', deliveryId)
+        .where('connection_id', conn ? '=' : 'is', conn ?? null)
+        .orderBy('sequence')
+        .orderBy('organization_id')
+        .execute();
+      expect(stored.map((r) => r.id)).toEqual(recorded.map((r) => r.id));
+      expect(stored).toEqual(
+        names.flatMap((_, sequence) =>
+          [a.id, b.id].sort().map((org) => ({
+            id: expect.any(String),
+            organization_id: org,
+            repository_id: org === a.id ? repositoryId : null,
+            provider: 'gitlab',
+            delivery_id: deliveryId,
+            connection_id: conn ?? null,
+            sequence,
+            kind: event(sequence).kind,
+            event: event(sequence),
+            received_at: receivedAt,
+          })),
+        ),
+      );
+      // Without `withEvents` (a fan-out too large to go inline) the rows come back without their events.
+      const again = await insertDeliveryEvents(h.db, { ...delivery, deliveryId: randomUUID() }, rows.slice(0, 2));
+      expect(again.every((r) => r.event === undefined)).toBe(true);
+    }
+  });
 });

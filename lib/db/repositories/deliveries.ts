@@ -4,6 +4,7 @@ import { toStorableText } from '../../text.ts';
 import { contentWrite } from '../errors.ts';
 import { runSizedWrite, SIZED_WRITE_FROM_BYTES } from '../index.ts';
 import type { Database, DeliveryStart } from '../schema.ts';
+import { prepared } from '../prepared.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -102,13 +103,9 @@ export async function storeDelivery(db: Executor, delivery: DeliveryToStore): Pr
 
 export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
   const { provider, deliveryId, connectionId } = key;
-  const row = await db
-    .selectFrom('webhook_deliveries')
-    .select(['events', 'installation_id', 'instance_url'])
-    .where('provider', '=', provider)
-    .where('delivery_id', '=', deliveryId)
-    .where('connection_id', connectionId ? '=' : 'is', connectionId ?? null)
-    .executeTakeFirst();
+  const {
+    rows: [row],
+  } = await (connectionId ? LOAD_DELIVERY.ofConnection(db, { provider, deliveryId, connectionId }) : LOAD_DELIVERY.ofNoConnection(db, { provider, deliveryId }));
   if (!row) return undefined;
   return {
     provider,
@@ -119,6 +116,15 @@ export async function loadDelivery(db: Executor, key: { provider: Provider; deli
     ...(row.instance_url ? { instanceUrl: row.instance_url } : {}),
   };
 }
+
+/** loadDelivery's statement (one for a connection's hook, one for GitHub's App or a legacy hook): it runs for every delivery. */
+const loadDeliveryRow = (db: Kysely<Database>, p: { provider: Provider; deliveryId: string }) =>
+  db.selectFrom('webhook_deliveries').select(['events', 'installation_id', 'instance_url']).where('provider', '=', p.provider).where('delivery_id', '=', p.deliveryId);
+
+const LOAD_DELIVERY = {
+  ofConnection: prepared((db, p: { provider: Provider; deliveryId: string; connectionId: string }) => loadDeliveryRow(db, p).where('connection_id', '=', p.connectionId)),
+  ofNoConnection: prepared((db, p: { provider: Provider; deliveryId: string }) => loadDeliveryRow(db, p).where('connection_id', 'is', null)),
+};
 
 /** Removes up to `limit` deliveries received before `cutoff` whose runs were started (an unstarted one is still owed its run), oldest first; returns how many. */
 export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date, limit: number): Promise<number> {

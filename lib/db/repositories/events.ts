@@ -1,6 +1,7 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { EventKind, NormalizedEvent, Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
+import { prepared } from '../prepared.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -37,23 +38,34 @@ export function deliveryScope(provider: Provider, connectionId: string | undefin
  */
 export async function findAttachedRepositories(db: Executor, provider: Provider, externalIds: readonly string[], scope: DeliveryScope): Promise<AttachedRepository[]> {
   if (externalIds.length === 0) return [];
-  let query = db
+  const params = { provider, externalIds: [...new Set(externalIds)] };
+  if ('connectionId' in scope) return (await FIND_ATTACHED.ofConnection(db, { ...params, connectionId: scope.connectionId })).rows;
+  return (await ('legacyHooks' in scope ? FIND_ATTACHED.ofLegacyHooks : FIND_ATTACHED.any)(db, params)).rows;
+}
+
+/** findAttachedRepositories' statement, one a scope: it runs for every delivery. */
+const findAttached = (db: Kysely<Database>, p: { provider: Provider; externalIds: string[] }) =>
+  db
     .selectFrom('repositories as r')
     .innerJoin('attachments as a', 'a.repository_id', 'r.id')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .innerJoin('organizations as o', 'o.id', 'r.organization_id')
     .select(['r.organization_id as organizationId', 'o.slug as organizationSlug', 'r.id as repositoryId', 'r.connection_id as connectionId', 'r.external_id as externalId', 'r.full_name as fullName', 'r.project', 'c.base_url as baseUrl', 'c.external_key as connectionKey'])
-    .where('r.provider', '=', provider)
+    .where('r.provider', '=', p.provider)
     // One array parameter, not one parameter an id: a GitHub installation event can name more
     // repositories than a statement takes parameters (65,535; pg then fails with 08P01).
-    .where(sql<boolean>`r.external_id = any(${[...new Set(externalIds)]}::text[])`)
-    .where('a.status', '=', 'attached');
-  if ('connectionId' in scope) query = query.where('r.connection_id', '=', scope.connectionId);
-  if ('legacyHooks' in scope) {
-    query = query.where(({ exists, selectFrom }) => exists(selectFrom('hooks as h').select('h.id').whereRef('h.attachment_id', '=', 'a.id').where('h.credential_version', 'is', null)));
-  }
-  return query.orderBy('r.organization_id').orderBy('r.id').execute();
-}
+    .where(sql<boolean>`r.external_id = any(${p.externalIds}::text[])`)
+    .where('a.status', '=', 'attached')
+    .orderBy('r.organization_id')
+    .orderBy('r.id');
+
+const FIND_ATTACHED = {
+  ofConnection: prepared((db, p: { provider: Provider; externalIds: string[]; connectionId: string }) => findAttached(db, p).where('r.connection_id', '=', p.connectionId)),
+  ofLegacyHooks: prepared((db, p: { provider: Provider; externalIds: string[] }) =>
+    findAttached(db, p).where(({ exists, selectFrom }) => exists(selectFrom('hooks as h').select('h.id').whereRef('h.attachment_id', '=', 'a.id').where('h.credential_version', 'is', null))),
+  ),
+  any: prepared((db, p: { provider: Provider; externalIds: string[] }) => findAttached(db, p)),
+};
 
 /**
  * Claims a delivery body for a connection within its provider's redelivery window. False when the
@@ -185,26 +197,42 @@ async function insertEventRows(
   rows: readonly NewEventRow[],
   withEvents: boolean,
 ): Promise<RecordedEvent[]> {
-  return db
+  const params = {
+    organizationIds: rows.map((r) => r.organizationId),
+    repositoryIds: rows.map((r) => r.repositoryId),
+    sequences: rows.map((r) => r.sequence),
+    kinds: rows.map((r) => r.event.kind),
+    events: rows.map((r) => JSON.stringify(r.event)),
+    provider: delivery.provider,
+    deliveryId: delivery.deliveryId,
+    connectionId: delivery.connectionId ?? null,
+    receivedAt: delivery.receivedAt,
+  };
+  return (await (withEvents ? INSERT_EVENTS.withEvents : INSERT_EVENTS.plain)(db, params)).rows;
+}
+
+/**
+ * insertEventRows' statement: the rows as one array a column (unnest), so that its SQL is the same
+ * however many rows and it is compiled once (it runs for every delivery).
+ */
+const insertEvents = (
+  db: Kysely<Database>,
+  p: { organizationIds: string[]; repositoryIds: (string | null)[]; sequences: number[]; kinds: string[]; events: string[]; provider: Provider; deliveryId: string; connectionId: string | null; receivedAt: Date },
+) =>
+  db
     .insertInto('events')
-    .values(
-      rows.map((r) => ({
-        organization_id: r.organizationId,
-        repository_id: r.repositoryId,
-        provider: delivery.provider,
-        delivery_id: delivery.deliveryId,
-        connection_id: delivery.connectionId ?? null,
-        sequence: r.sequence,
-        kind: r.event.kind,
-        event: JSON.stringify(r.event),
-        received_at: delivery.receivedAt,
-      })),
+    .columns(['organization_id', 'repository_id', 'provider', 'delivery_id', 'connection_id', 'sequence', 'kind', 'event', 'received_at'])
+    .expression(
+      sql`select r.organization_id, r.repository_id, ${p.provider}::text, ${p.deliveryId}::text, ${p.connectionId}::uuid, r.sequence, r.kind, r.event, ${p.receivedAt}::timestamptz
+        from unnest(${p.organizationIds}::uuid[], ${p.repositoryIds}::uuid[], ${p.sequences}::integer[], ${p.kinds}::text[], ${p.events}::jsonb[]) as r(organization_id, repository_id, sequence, kind, event)`,
     )
     .onConflict((oc) => oc.columns(['provider', 'delivery_id', 'sequence', 'organization_id']).doNothing())
-    .returning(['id', 'organization_id as organizationId', 'sequence', 'kind'])
-    .$if(withEvents, (query) => query.returning('event'))
-    .execute();
-}
+    .returning(['id', 'organization_id as organizationId', 'sequence', 'kind']);
+
+const INSERT_EVENTS = {
+  plain: prepared(insertEvents),
+  withEvents: prepared((db, p: Parameters<typeof insertEvents>[1]) => insertEvents(db, p).returning('event')),
+};
 
 export interface EventListItem {
   id: string;

@@ -1,6 +1,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { EventKind } from '../../domain.ts';
 import type { Database } from '../schema.ts';
+import { prepared } from '../prepared.ts';
 import { lockOrganization } from './organizations.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -69,7 +70,7 @@ export async function deleteSubscriber(db: Executor, organizationId: string, id:
 /** Every subscriber of these organizations, with their filters: the event workflow matches events against them. */
 export async function listSubscribersOf(db: Executor, organizationIds: readonly string[]): Promise<PublicSubscriber[]> {
   if (organizationIds.length === 0) return [];
-  return db.selectFrom('subscribers').select(PUBLIC_COLUMNS).where('organization_id', 'in', [...new Set(organizationIds)]).orderBy('created_at').orderBy('id').execute();
+  return (await LIST_SUBSCRIBERS_OF(db, { organizationIds: [...new Set(organizationIds)] })).rows;
 }
 
 /**
@@ -79,8 +80,15 @@ export async function listSubscribersOf(db: Executor, organizationIds: readonly 
  */
 export async function listSubscribersForDispatchOf(db: Executor, organizationIds: readonly string[]): Promise<(PublicSubscriber & { secret: string })[]> {
   if (organizationIds.length === 0) return [];
-  return db.selectFrom('subscribers').select([...PUBLIC_COLUMNS, 'secret']).where('organization_id', 'in', [...new Set(organizationIds)]).orderBy('created_at').orderBy('id').execute();
+  return (await LIST_SUBSCRIBERS_FOR_DISPATCH_OF(db, { organizationIds: [...new Set(organizationIds)] })).rows;
 }
+
+/** The subscribers of organizations (one array parameter: one statement, compiled once, however many): it runs for every delivery. */
+const subscribersOf = (db: Kysely<Database>, p: { organizationIds: string[] }) =>
+  db.selectFrom('subscribers').where(sql<boolean>`organization_id = any(${p.organizationIds}::uuid[])`).orderBy('created_at').orderBy('id');
+
+const LIST_SUBSCRIBERS_OF = prepared((db, p: { organizationIds: string[] }) => subscribersOf(db, p).select(PUBLIC_COLUMNS));
+const LIST_SUBSCRIBERS_FOR_DISPATCH_OF = prepared((db, p: { organizationIds: string[] }) => subscribersOf(db, p).select([...PUBLIC_COLUMNS, 'secret']));
 
 /**
  * What one dispatch attempt needs, in one read (it runs for every event and subscriber): the
@@ -135,23 +143,42 @@ export async function recordDispatchAttempt(
   db: Executor,
   row: { subscriberId: string; eventId: string; attempt: number; succeeded: boolean; statusCode?: number; error?: string; retryAfterSeconds?: number; durationMs: number },
 ): Promise<void> {
-  const values = {
-    status_code: row.statusCode ?? null,
-    error: row.error ?? null,
+  await RECORD_DISPATCH_ATTEMPT(db, {
+    subscriberId: row.subscriberId,
+    eventId: row.eventId,
+    attempt: row.attempt,
     succeeded: row.succeeded,
-    duration_ms: row.durationMs,
-    retry_not_before: row.retryAfterSeconds === undefined ? null : sql<Date>`now() + make_interval(secs => ${row.retryAfterSeconds})`,
-  };
-  await db
-    .insertInto('dispatch_attempts')
-    .values({ subscriber_id: row.subscriberId, event_id: row.eventId, attempt: row.attempt, ...values })
-    .onConflict((oc) =>
-      // A late write of an attempt (a timed-out or cancelled execution's, landing after its retry's)
-      // never turns an acknowledged attempt back into a failure: a later attempt would resend it.
-      oc.columns(['subscriber_id', 'event_id', 'attempt']).doUpdateSet(values).where('dispatch_attempts.succeeded', '=', false),
-    )
-    .execute();
+    statusCode: row.statusCode ?? null,
+    error: row.error ?? null,
+    durationMs: row.durationMs,
+    retryAfterSeconds: row.retryAfterSeconds ?? null,
+  });
 }
+
+/** recordDispatchAttempt's statement, compiled once: it runs for every attempt. */
+const RECORD_DISPATCH_ATTEMPT = prepared(
+  (
+    db,
+    p: { subscriberId: string; eventId: string; attempt: number; succeeded: boolean; statusCode: number | null; error: string | null; durationMs: number; retryAfterSeconds: number | null },
+  ) => {
+    const values = {
+      status_code: p.statusCode,
+      error: p.error,
+      succeeded: p.succeeded,
+      duration_ms: p.durationMs,
+      // No Retry-After (null): make_interval of null is null.
+      retry_not_before: sql<Date | null>`now() + make_interval(secs => ${p.retryAfterSeconds})`,
+    };
+    return db
+      .insertInto('dispatch_attempts')
+      .values({ subscriber_id: p.subscriberId, event_id: p.eventId, attempt: p.attempt, ...values })
+      .onConflict((oc) =>
+        // A late write of an attempt (a timed-out or cancelled execution's, landing after its retry's)
+        // never turns an acknowledged attempt back into a failure: a later attempt would resend it.
+        oc.columns(['subscriber_id', 'event_id', 'attempt']).doUpdateSet(values).where('dispatch_attempts.succeeded', '=', false),
+      );
+  },
+);
 
 /** A pair's latest failed attempt, for a pair no attempt of which succeeded. */
 export interface FailedDispatchAttempt {
