@@ -30,7 +30,8 @@ import {
   recordedHookIds,
   setAttachmentStatus,
 } from '../lib/db/repositories/attachments.ts';
-import { recordHookCarrying } from '../lib/db/repositories/webhook-credentials.ts';
+import { recordHookCarrying, webhookCredentialsOf } from '../lib/db/repositories/webhook-credentials.ts';
+import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { NormalizedEvent } from '../lib/domain.ts';
 
 /** Answers every statement at once with no rows (a row for those that need one). */
@@ -89,6 +90,7 @@ const statements: [string, () => Promise<unknown>][] = [
   ['attach: recordedCredentialVersions', () => recordedCredentialVersions(db, id())],
   ['attach: attachmentIdOf', () => attachmentIdOf(db, id())],
   ['attach: recordHookCarrying', () => recordHookCarrying(db, { attachmentId: id(), connectionId: id(), credentialVersion: 1, providerHookId: '7', events: ['push'] })],
+  ['attach: webhookCredentialsOf', () => webhookCredentialsOf(db, {} as EncryptionKeys, id())],
   ['attach: forgetHooksExcept', () => forgetHooksExcept(db, id(), ['7'])],
 ];
 

@@ -1,6 +1,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { AttachmentStatus, HookHealth, Provider } from '../../domain.ts';
 import type { Database, Organization } from '../schema.ts';
+import { prepared } from '../prepared.ts';
 import { mayBeOrganizationId } from './organizations.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
@@ -35,26 +36,10 @@ export function attachRefusal(row: { connection_id: string; connection_status: s
  * the organization has no such repository (another organization's is never joined).
  */
 export async function findOrganizationAndRepository(db: Executor, organizationRef: string, repositoryId: string) {
-  const row = await db
-    .selectFrom('organizations as o')
-    .leftJoin('repositories as r', (join) => join.onRef('r.organization_id', '=', 'o.id').on('r.id', '=', repositoryId))
-    .leftJoin('connections as c', 'c.id', 'r.connection_id')
-    .select([
-      'o.id as organization_id',
-      'o.slug',
-      'o.name',
-      'o.created_at',
-      'r.id as repository_id',
-      'r.provider',
-      'r.full_name',
-      'r.connection_id',
-      'r.vanished_at',
-      'c.status as connection_status',
-      'c.disconnect_requested_at',
-    ])
-    .where((eb) => (mayBeOrganizationId(organizationRef) ? eb.or([eb('o.id', '=', organizationRef), eb('o.slug', '=', organizationRef)]) : eb('o.slug', '=', organizationRef)))
-    .orderBy((eb) => eb('o.slug', '=', organizationRef))
-    .executeTakeFirst();
+  const params = { organizationRef, repositoryId };
+  const {
+    rows: [row],
+  } = await (mayBeOrganizationId(organizationRef) ? FIND_ORGANIZATION_AND_REPOSITORY.byIdOrSlug : FIND_ORGANIZATION_AND_REPOSITORY.bySlug)(db, params);
   if (!row) return undefined;
   const organization: Organization = { id: row.organization_id, slug: row.slug, name: row.name, created_at: row.created_at };
   // A repository row always has its connection (connection_id is a foreign key, not null).
@@ -74,9 +59,41 @@ export async function findOrganizationAndRepository(db: Executor, organizationRe
   };
 }
 
-/** The repository and its connection's sealed credential, for activities only. */
+/** findOrganizationAndRepository's statement (by slug, or by id or slug), compiled once: it runs for every attach and detach request. */
+const organizationAndRepository = (db: Kysely<Database>, p: { organizationRef: string; repositoryId: string }) =>
+  db
+    .selectFrom('organizations as o')
+    .leftJoin('repositories as r', (join) => join.onRef('r.organization_id', '=', 'o.id').on('r.id', '=', p.repositoryId))
+    .leftJoin('connections as c', 'c.id', 'r.connection_id')
+    .select([
+      'o.id as organization_id',
+      'o.slug',
+      'o.name',
+      'o.created_at',
+      'r.id as repository_id',
+      'r.provider',
+      'r.full_name',
+      'r.connection_id',
+      'r.vanished_at',
+      'c.status as connection_status',
+      'c.disconnect_requested_at',
+    ])
+    .orderBy((eb) => eb('o.slug', '=', p.organizationRef));
+
+const FIND_ORGANIZATION_AND_REPOSITORY = {
+  bySlug: prepared((db, p: { organizationRef: string; repositoryId: string }) => organizationAndRepository(db, p).where('o.slug', '=', p.organizationRef)),
+  byIdOrSlug: prepared((db, p: { organizationRef: string; repositoryId: string }) =>
+    organizationAndRepository(db, p).where((eb) => eb.or([eb('o.id', '=', p.organizationRef), eb('o.slug', '=', p.organizationRef)])),
+  ),
+};
+
+/** The repository and its connection's sealed credential, for activities only (each step of an attach reads it). */
 export async function loadRepositoryTarget(db: Executor, organizationId: string, repositoryId: string) {
-  return db
+  return (await LOAD_REPOSITORY_TARGET(db, { organizationId, repositoryId })).rows[0];
+}
+
+const LOAD_REPOSITORY_TARGET = prepared((db, p: { organizationId: string; repositoryId: string }) =>
+  db
     .selectFrom('repositories as r')
     .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .select([
@@ -92,10 +109,9 @@ export async function loadRepositoryTarget(db: Executor, organizationId: string,
       'c.disconnect_requested_at',
       'c.credential',
     ])
-    .where('r.organization_id', '=', organizationId)
-    .where('r.id', '=', repositoryId)
-    .executeTakeFirst();
-}
+    .where('r.organization_id', '=', p.organizationId)
+    .where('r.id', '=', p.repositoryId),
+);
 
 /** The attachment of a repository and its recorded hooks; undefined when it was never attached. */
 export async function findAttachment(db: Executor, repositoryId: string): Promise<AttachmentView | undefined> {
@@ -153,42 +169,54 @@ export async function setAttachmentStatus(
   db: Executor,
   values: { organizationId: string; repositoryId: string; status: AttachmentStatus; reason?: string | null; keepAttached?: boolean },
 ): Promise<string> {
-  const reason = values.reason ?? null;
-  const row = await db
+  const params = { organizationId: values.organizationId, repositoryId: values.repositoryId, status: values.status, reason: values.reason ?? null, now: new Date() };
+  const { rows } = await (values.keepAttached ? SET_ATTACHMENT_STATUS.keepingAttached : SET_ATTACHMENT_STATUS.plain)(db, params);
+  if (!rows[0]) throw new Error(`setAttachmentStatus: no row returned for repository ${values.repositoryId}`);
+  return rows[0].id;
+}
+
+/** setAttachmentStatus' statement (keeping an attached repository attached, or not), compiled once: an attach runs it twice. */
+const attachmentStatus = (db: Kysely<Database>, p: { organizationId: string; repositoryId: string; status: AttachmentStatus; reason: string | null; now: Date }, keepAttached: boolean) =>
+  db
     .insertInto('attachments')
-    .values({ organization_id: values.organizationId, repository_id: values.repositoryId, status: values.status, reason })
+    .values({ organization_id: p.organizationId, repository_id: p.repositoryId, status: p.status, reason: p.reason })
     .onConflict((oc) =>
       oc.column('repository_id').doUpdateSet((eb) => ({
-        status: values.keepAttached
-          ? eb.case().when('attachments.status', '=', 'attached').then('attached' as AttachmentStatus).else(values.status).end()
-          : values.status,
-        reason,
-        updated_at: new Date(),
+        status: keepAttached ? eb.case().when('attachments.status', '=', 'attached').then('attached' as AttachmentStatus).else(p.status).end() : p.status,
+        reason: p.reason,
+        updated_at: p.now,
       })),
     )
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  return row.id;
-}
+    .returning('id');
+
+const SET_ATTACHMENT_STATUS = {
+  plain: prepared((db, p: Parameters<typeof attachmentStatus>[1]) => attachmentStatus(db, p, false)),
+  keepingAttached: prepared((db, p: Parameters<typeof attachmentStatus>[1]) => attachmentStatus(db, p, true)),
+};
 
 export async function attachmentOf(db: Executor, repositoryId: string): Promise<{ id: string; status: AttachmentStatus } | undefined> {
   return db.selectFrom('attachments').select(['id', 'status']).where('repository_id', '=', repositoryId).executeTakeFirst();
 }
 
 export async function attachmentIdOf(db: Executor, repositoryId: string): Promise<string | undefined> {
-  return (await db.selectFrom('attachments').select('id').where('repository_id', '=', repositoryId).executeTakeFirst())?.id;
+  return (await ATTACHMENT_ID_OF(db, { repositoryId })).rows[0]?.id;
 }
 
+const ATTACHMENT_ID_OF = prepared((db, p: { repositoryId: string }) => db.selectFrom('attachments').select('id').where('repository_id', '=', p.repositoryId));
+
 export async function recordedHookIds(db: Executor, repositoryId: string): Promise<string[]> {
-  const rows = await db
+  const { rows } = await RECORDED_HOOK_IDS(db, { repositoryId });
+  return rows.map((r) => r.provider_hook_id);
+}
+
+const RECORDED_HOOK_IDS = prepared((db, p: { repositoryId: string }) =>
+  db
     .selectFrom('hooks')
     .innerJoin('attachments', 'attachments.id', 'hooks.attachment_id')
     .select('hooks.provider_hook_id')
-    .where('attachments.repository_id', '=', repositoryId)
-    .orderBy('hooks.created_at')
-    .execute();
-  return rows.map((r) => r.provider_hook_id);
-}
+    .where('attachments.repository_id', '=', p.repositoryId)
+    .orderBy('hooks.created_at'),
+);
 
 export async function forgetHooks(db: Executor, repositoryId: string, providerHookIds: string[]): Promise<void> {
   if (providerHookIds.length === 0) return;
@@ -263,14 +291,17 @@ export async function countAttachmentsWithLegacyHooks(db: Executor): Promise<{ t
 
 /** The webhook credential version each recorded hook of the repository carries (null: a legacy hook, the global secret). */
 export async function recordedCredentialVersions(db: Executor, repositoryId: string): Promise<Map<string, number | null>> {
-  const rows = await db
+  const { rows } = await RECORDED_CREDENTIAL_VERSIONS(db, { repositoryId });
+  return new Map(rows.map((r) => [r.provider_hook_id, r.credential_version]));
+}
+
+const RECORDED_CREDENTIAL_VERSIONS = prepared((db, p: { repositoryId: string }) =>
+  db
     .selectFrom('hooks')
     .innerJoin('attachments', 'attachments.id', 'hooks.attachment_id')
     .select(['hooks.provider_hook_id', 'hooks.credential_version'])
-    .where('attachments.repository_id', '=', repositoryId)
-    .execute();
-  return new Map(rows.map((r) => [r.provider_hook_id, r.credential_version]));
-}
+    .where('attachments.repository_id', '=', p.repositoryId),
+);
 
 /** Repositories of a connection that are not detached (attached, in flight, or failed with hooks possibly left). */
 export async function listUndetachedRepositories(db: Executor, connectionId: string): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {

@@ -4,6 +4,7 @@ import type { RecordedHook } from './attachments.ts';
 import { open, seal, type EncryptionKeys } from '../../crypto.ts';
 import type { Provider } from '../../domain.ts';
 import type { Database } from '../schema.ts';
+import { prepared } from '../prepared.ts';
 
 type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -48,18 +49,18 @@ function generated(keys: EncryptionKeys, connection: { id: string; provider: Pro
 
 /** Every accepted credential of the connection, the current (highest version) first. */
 export async function webhookCredentialsOf(db: Executor, keys: EncryptionKeys, connectionId: string): Promise<WebhookCredential[]> {
-  const rows = await db
-    .selectFrom('webhook_credentials')
-    .select(['version', 'basic_auth_user', 'secret'])
-    .where('connection_id', '=', connectionId)
-    .orderBy('version', 'desc')
-    .execute();
+  const { rows } = await WEBHOOK_CREDENTIALS_OF(db, { connectionId });
   return rows.map((row) => ({
     version: row.version,
     ...(row.basic_auth_user ? { basicAuthUser: row.basic_auth_user } : {}),
     secret: open(keys, row.secret, sealContext(connectionId)),
   }));
 }
+
+/** webhookCredentialsOf's statement, compiled once: every hook an attach saves reads it. */
+const WEBHOOK_CREDENTIALS_OF = prepared((db, p: { connectionId: string }) =>
+  db.selectFrom('webhook_credentials').select(['version', 'basic_auth_user', 'secret']).where('connection_id', '=', p.connectionId).orderBy('version', 'desc'),
+);
 
 /**
  * The connection's current credential, made (version 1) when it has none yet: at connect, or for a
