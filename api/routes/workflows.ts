@@ -34,6 +34,9 @@ function failureOf(error: unknown): { message: string; type?: string } {
 
 type DeliveryPart = Awaited<ReturnType<typeof deliveryPartOf>> & { provider: Provider; deliveryId: string; organizationId: string };
 
+/** A connection id as the database makes them (gen_random_uuid, lower case). */
+const CONNECTION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /** As many undelivered pairs as a queued fan-out's run result names. */
 const UNDELIVERED_LISTED = 100;
 
@@ -46,6 +49,10 @@ async function accessToRun(c: Context<AppEnv>, workflowId: string): Promise<{ al
   const event = parseEventWorkflowId(workflowId);
   if (event) {
     if (principal.kind === 'admin') return { allowed: true };
+    // The id's connection part is compared with a uuid column: anything but a UUID (the contract's
+    // pattern takes any 36 of hex digits and dashes) names no run, and is not sent to PostgreSQL,
+    // which would refuse it (22P02) as a 500.
+    if (event.connectionId !== undefined && !CONNECTION_ID.test(event.connectionId)) return { allowed: false };
     const part = await deliveryPartOf(c.var.deps.db, event.provider, event.deliveryId, principal.organizationId, event.connectionId);
     return { allowed: part.eventIds.length > 0, part: { ...part, provider: event.provider, deliveryId: event.deliveryId, organizationId: principal.organizationId } };
   }

@@ -73,4 +73,19 @@ describe('event runs an organization may read (real Temporal, real PostgreSQL)',
     );
     expect(rows).toHaveLength(2);
   });
+
+  it("answers 404 to an event run id whose connection part is not a UUID, for an organization as for the admin, never a 500", async () => {
+    const { token } = await createOrgWithToken(h);
+    const logsBefore = h.logs.length;
+    // 36 of hex digits and dashes (the contract's pattern) that PostgreSQL's uuid refuses (22P02).
+    for (const connection of ['-'.repeat(36), `${'0'.repeat(32)}----`, 'a'.repeat(36), `${randomUUID().slice(0, 35)}-`]) {
+      const workflowId = `event:gitlab@${connection}:x`;
+      for (const caller of [token, h.adminToken]) {
+        const res = await h.request('GET', `/api/v1/workflows/${encodeURIComponent(workflowId)}`, { token: caller });
+        expect(res.status, `${workflowId}: ${await res.clone().text()}`).toBe(404);
+        expect(res.headers.get('content-type')).toBe('application/problem+json');
+      }
+    }
+    expect(h.logs.slice(logsBefore).join('')).not.toContain('unhandled error');
+  });
 });
