@@ -4,6 +4,7 @@ import { HostLookupFailedError } from '../lib/dns.ts';
 import { redactSecrets } from '../lib/secret-redaction.ts';
 import { activityCancellations, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
+import { AnswerTooCostlyError } from './providers/answer.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
 export const FailureTypes = {
@@ -16,7 +17,10 @@ export const FailureTypes = {
   refused: 'OutboundRefused',
   /** The provider listed past forgelink's caps (pages, hooks, repositories): the same server would again. */
   listingTooLong: 'ProviderListingTooLong',
-  /** The provider's answer was longer than the size cap (activities/outbound.ts). */
+  /**
+   * The provider's answer was longer than the size cap (activities/outbound.ts), or would take more
+   * of the heap once parsed than its bound, alone or with its listing's other pages (activities/providers/answer.ts).
+   */
   answerTooLarge: 'ProviderAnswerTooLarge',
   secretUnreadable: 'SecretUnreadable',
   workerShutdown: 'WorkerShutdown',
@@ -46,7 +50,7 @@ const MAX_RETRY_DELAY_SECONDS = 15 * 60;
  * Maps a provider error to the Temporal failure the retry policy acts on: 400/401/403/404/422 are
  * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After. An
  * address or redirect the outbound layer refused, a listing past its caps and an answer past the
- * size cap are permanent too. Messages are short printable excerpts.
+ * size cap or too costly to parse (the same server answers the same) are permanent too. Messages are short printable excerpts.
  */
 export function toActivityFailure(error: unknown): Error {
   if (error instanceof ApplicationFailure) return error;
@@ -81,7 +85,7 @@ export function toActivityFailure(error: unknown): Error {
   // Neither is the provider's passing trouble: a retry would list as much, or answer as long, again.
   const tooLong = causeOfType(error, ListingTooLongError);
   if (tooLong) return ApplicationFailure.create({ type: FailureTypes.listingTooLong, message: excerpt(tooLong.message, 300), nonRetryable: true });
-  const tooLarge = causeOfType(error, ResponseTooLargeError);
+  const tooLarge = causeOfType(error, ResponseTooLargeError) ?? causeOfType(error, AnswerTooCostlyError);
   if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message), nonRetryable: true });
   // Named by the host whose name servers failed or did not answer, however a client library wrapped it.
   const lookupFailed = causeOfType(error, HostLookupFailedError);

@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import { checkAnswerText } from './answer.ts';
 import { activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
@@ -66,17 +67,25 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
   }
   // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
   // cut at the limit or the deadline made a project's repositories an empty list. The read's error
-  // is thrown instead.
+  // is thrown instead. Every answer the SDK parses comes through here (RestClient.processResponse,
+  // JSON.parse of the whole text): it is counted first, and one too costly to parse is refused
+  // unparsed (activities/providers/answer.ts; an error status's own failure wins, its body unparsed).
+  const origin = new URL(organizationUrl).origin;
   const processResponse = rest?.processResponse?.bind(rest);
   if (rest && processResponse) {
     rest.processResponse = async (res, options) => {
       let readError: unknown;
       const readBody = res.readBody.bind(res);
       res.readBody = () =>
-        readBody().catch((error: unknown) => {
-          readError = error;
-          throw error;
-        });
+        readBody()
+          .then((text) => {
+            checkAnswerText('azure-devops', origin, text);
+            return text;
+          })
+          .catch((error: unknown) => {
+            readError = error;
+            throw error;
+          });
       const result = await processResponse(res, options);
       if (readError !== undefined) throw readError;
       return result;

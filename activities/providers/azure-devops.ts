@@ -18,6 +18,7 @@ import {
 } from './port.ts';
 import { unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
+import { AnswerTooCostlyError, parseAnswer } from './answer.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -157,11 +158,14 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
       body: body === undefined ? undefined : JSON.stringify(body),
       timeoutMs: REQUEST_TIMEOUT_MS,
     });
-    const text = await response.text();
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const text = new TextDecoder().decode(bytes);
     let parsed: unknown;
     try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
+      // Counted first: an answer too costly to parse is refused unparsed (AnswerTooCostlyError).
+      parsed = text ? parseAnswer('azure-devops', new URL(organizationUrl).origin, bytes) : undefined;
+    } catch (error) {
+      if (error instanceof AnswerTooCostlyError) throw error;
       parsed = undefined;
     }
     if (!response.ok) {

@@ -1,4 +1,5 @@
 import { cancellableSleep, type Outbound } from '../outbound.ts';
+import { AnswerTooCostlyError, parseAnswer } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -81,7 +82,7 @@ export interface BitbucketClientOptions {
 export interface BitbucketClient {
   request<T>(method: string, path: string, init?: { query?: Record<string, string | number>; body?: unknown }): Promise<BitbucketResponse<T>>;
   /** Every value of a paged list, following nextPageStart until isLastPage, failing past `caps` (ListingTooLongError). */
-  all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number }, query?: Record<string, string | number>): Promise<T[]>;
+  all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number; maxParseCost: number }, query?: Record<string, string | number>): Promise<T[]>;
 }
 
 function errorMessage(body: unknown, status: number): string {
@@ -91,14 +92,16 @@ function errorMessage(body: unknown, status: number): string {
   return `HTTP ${status}`;
 }
 
-async function readBody(response: Response): Promise<unknown> {
+/** The answer's JSON, or its text when it is not JSON; counted first (parseAnswer: one too costly to parse is refused unparsed). */
+async function readBody(response: Response, origin: string): Promise<unknown> {
   if (response.status === 204) return undefined;
-  const text = await response.text();
-  if (!text) return undefined;
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  if (bytes.length === 0) return undefined;
   try {
-    return JSON.parse(text);
-  } catch {
-    return text;
+    return parseAnswer('bitbucket', origin, bytes);
+  } catch (error) {
+    if (error instanceof AnswerTooCostlyError) throw error;
+    return new TextDecoder().decode(bytes);
   }
 }
 
@@ -152,7 +155,7 @@ export function createBitbucketClient(baseUrl: string, token: string, options: B
       timeoutMs,
     });
     pauseMs = pauseAfter(response.headers);
-    const body = await readBody(response);
+    const body = await readBody(response, url.origin);
     if (!response.ok) {
       throw new ProviderHttpError('bitbucket', response.status, errorMessage(body, response.status), parseRetryAfter(response.headers.get('retry-after')));
     }
@@ -162,7 +165,7 @@ export function createBitbucketClient(baseUrl: string, token: string, options: B
 
   return {
     request,
-    async all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number }, query: Record<string, string | number> = {}) {
+    async all<T>(path: string, caps: { what: string; maxPages: number; maxValues: number; maxParseCost: number }, query: Record<string, string | number> = {}) {
       return cappedPages<T, number>('bitbucket', caps, 0, async (start) => {
         const { body } = await request<BitbucketPage<T>>('GET', path, { query: { ...query, limit: PAGE_LIMIT, start } });
         return { values: body.values, next: nextPageStart(body, start) };

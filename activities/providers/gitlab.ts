@@ -1,6 +1,7 @@
 import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-utils';
 import { PersonalAccessTokens, ProjectHooks, Projects, Users } from '@gitbeaker/rest';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
+import { parseAnswer } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -56,10 +57,11 @@ export interface GitlabClientOptions {
   now?: () => number;
 }
 
-async function readBody(response: Response): Promise<unknown> {
+/** A JSON answer's value, counted first (parseAnswer: one too costly to parse is refused unparsed); another's text. */
+async function readBody(response: Response, origin: string): Promise<unknown> {
   if (response.status === 204) return null;
   const type = (response.headers.get('content-type') ?? '').split(';')[0]!.trim();
-  if (type === 'application/json') return response.json().then((v) => v ?? {});
+  if (type === 'application/json') return parseAnswer('gitlab', origin, new Uint8Array(await response.arrayBuffer())) ?? {};
   return response.text();
 }
 
@@ -111,7 +113,7 @@ function singleAttemptHandler(gate: ReturnType<typeof rateLimitGate>, outbound: 
     if (payload !== undefined && typeof payload !== 'string') throw new Error('GitLab form uploads are not supported');
     const response = await outbound.fetch(url, { method, headers, body: payload, signal });
     gate.observe(response.headers);
-    const body = await readBody(response);
+    const body = await readBody(response, url.origin);
     if (!response.ok) {
       throw new ProviderHttpError('gitlab', response.status, gitlabErrorMessage(body, response.status), parseRetryAfter(response.headers.get('retry-after')));
     }

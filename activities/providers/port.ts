@@ -1,5 +1,6 @@
 import type { ConnectionIdentity, Provider } from '../../lib/domain.ts';
 import { excerpt } from '../outbound.ts';
+import { listingBudget, withinListingBudget } from './answer.ts';
 import { redactSecrets } from '../../lib/secret-redaction.ts';
 import { isStorableText, nameWithinLimit, toStorableText } from '../../lib/text.ts';
 
@@ -175,18 +176,25 @@ export const MAX_HOOKS = 2_000;
  */
 export const MAX_FAN_OUT = 10_000;
 
-/** Every value of a paged list, calling `page` with each page's cursor until it gives none, failing past the caps. */
+/**
+ * Every value of a paged list, calling `page` with each page's cursor until it gives none, failing
+ * past the caps. The values are held until the listing ends, so the answers parsed for its pages
+ * count against `caps.maxParseCost` together (activities/providers/answer.ts): a page that would take
+ * more than the listing has left is refused before it is parsed (AnswerTooCostlyError, for good).
+ */
 export async function cappedPages<T, C>(
   provider: Provider,
-  caps: { what: string; maxPages: number; maxValues: number },
+  caps: { what: string; maxPages: number; maxValues: number; maxParseCost: number },
   first: C,
   page: (cursor: C) => Promise<{ values: T[]; next?: C }>,
 ): Promise<T[]> {
   const values: T[] = [];
+  const budget = listingBudget(caps.maxParseCost);
   let cursor: C | undefined = first;
   for (let pages = 0; cursor !== undefined; pages++) {
     if (pages === caps.maxPages) throw ListingTooLongError.over(provider, caps.maxPages, `pages of ${caps.what}`);
-    const answer: { values: T[]; next?: C } = await page(cursor);
+    const at: C = cursor;
+    const answer: { values: T[]; next?: C } = await withinListingBudget(budget, () => page(at));
     if (values.length + answer.values.length > caps.maxValues) throw ListingTooLongError.over(provider, caps.maxValues, caps.what);
     for (const value of answer.values) values.push(value);
     cursor = answer.next;
@@ -194,8 +202,17 @@ export async function cappedPages<T, C>(
   return values;
 }
 
+/**
+ * What one hook listing's answers may take of the heap together, as parseCost counts them: 16 MiB.
+ * Legitimate hook pages count ~3.1-3.6 a byte (bench/provider-answer-cost.ts): GitLab's 100 hooks
+ * ~0.1 MiB, Bitbucket's 1,000 webhooks ~0.8 MiB, so the 2,000 hooks of MAX_HOOKS are ~1-2 MiB, 8 to
+ * 16 times below it. A server answering every page with costly JSON (`[[[…]]]`, 232 MiB for 8 MiB) took
+ * one listing from 235 to 907 MiB of heap and crashed the worker (1 GiB): now refused at 16 MiB.
+ */
+export const MAX_HOOK_LISTING_PARSE_COST = 16 * 1024 * 1024;
+
 /** A hook listing's caps (cappedPages). */
-export const HOOK_LISTING_CAPS = { what: 'hooks of one repository', maxPages: MAX_HOOK_PAGES, maxValues: MAX_HOOKS } as const;
+export const HOOK_LISTING_CAPS = { what: 'hooks of one repository', maxPages: MAX_HOOK_PAGES, maxValues: MAX_HOOKS, maxParseCost: MAX_HOOK_LISTING_PARSE_COST } as const;
 
 /**
  * Longest rate-limit pause taken inside a call. A call runs inside the worker-wide listing limiter

@@ -1,0 +1,97 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Provider } from '../../lib/domain.ts';
+import { parseCost } from '../../lib/parse-cost.ts';
+import { DEFAULT_MAX_BODY_BYTES } from '../outbound.ts';
+
+const MiB = 1024 * 1024;
+
+/**
+ * The most heap one provider answer may take once parsed, as parseCost counts it from its bytes
+ * (lib/parse-cost.ts, the webhook receivers' count) before JSON.parse runs on the worker's main
+ * thread: 5 times the answer's byte cap, 40 MiB. A tenant chooses its GitLab, Bitbucket Data Center
+ * and Azure DevOps server, and an 8 MiB answer built to be costly (`[[[…]]]`) took 232 MiB of heap
+ * and stalled the worker 4.7-15 s in JSON.parse, every other tenant's activities, workflow tasks and
+ * heartbeats with it. The count stops once past the bound.
+ *
+ * From legitimate answers (bench/provider-answer-cost.ts over the fakes' wire shapes, 2026-12-07):
+ * pages count 2.4-3.6 per byte (their heap 1.1-1.9 times less). The largest are one Azure DevOps
+ * project's repositories, unpaged: ~10,500 fill the 8 MiB cap and count 21.1 MiB (16.8 of heap);
+ * with non-ASCII names 3.6 a byte, 29 MiB at the cap. Paged ones are far below: Bitbucket's 1,000
+ * repositories 2.6 MiB, GitHub's 100 1.3, GitLab's 100 projects 0.4 and 100 hooks 0.1. Text counts at
+ * most 4 a byte (a non-ASCII string held two bytes a character, and the decoded text), so 5 a byte of
+ * the cap (40 MiB) passes any answer of mostly text the cap lets through: 1.4 times the largest
+ * measured. `[[[…]]]` counts 29 a byte, `[{},…]` 22, `[[],…]` 19: refused from ~1.4-2.1 MiB.
+ *
+ * What it bounds on the worker (chart: --max-old-space-size=1024; 20 activity slots, 15 of them
+ * tenant-facing, and 5 inline calls in workflow tasks): a call parses and keeps at most 40 MiB of
+ * answer at a time, a listing across its pages at most its budget (cappedPages: hooks 16 MiB), and
+ * JSON.parse runs one at a time. Not bounded: the sum over the worker's calls, 20 × 40 = 800 MiB if
+ * every one held an answer at the bound at once (most drop it once mapped; no worker-wide budget),
+ * against 232 MiB for one answer and 907 MiB (a crash) for one listing before.
+ */
+export const MAX_ANSWER_PARSE_COST = 5 * DEFAULT_MAX_BODY_BYTES;
+
+/**
+ * An answer (or a listing's answers together) that JSON.parse would make larger than its bound:
+ * refused before it is parsed, and never retried (the same server answers the same). Its message
+ * names the provider's origin and the bound, nothing of the answer.
+ */
+export class AnswerTooCostlyError extends Error {
+  override name = 'AnswerTooCostlyError';
+  constructor(
+    readonly provider: Provider,
+    readonly origin: string,
+    readonly limit: number,
+    listing: boolean,
+  ) {
+    super(
+      listing
+        ? `${origin} (${provider}) answered one listing with pages that would together take more than ${Math.round(limit / MiB)} MiB of memory once parsed: not parsed, the listing refused (forgelink bounds what a listing holds)`
+        : `${origin} (${provider}) answered with JSON that would take more than ${Math.round(limit / MiB)} MiB of memory once parsed: not parsed (forgelink bounds an answer's cost before parsing it)`,
+    );
+  }
+}
+
+/** What a listing's answers may still take, shared by its pages' parses (cappedPages). */
+interface ListingBudget {
+  remaining: number;
+  limit: number;
+}
+const listingBudgets = new AsyncLocalStorage<ListingBudget>();
+
+/**
+ * Runs `fn` (one page of a listing) with the listing's budget: every answer parsed inside it counts
+ * against what the listing's earlier pages took, and one that would take more than is left is
+ * refused before it is parsed. The pages' values are held until the listing ends, so the budget is
+ * the most a listing holds.
+ */
+export function withinListingBudget<T>(budget: ListingBudget, fn: () => Promise<T>): Promise<T> {
+  return listingBudgets.run(budget, fn);
+}
+
+export const listingBudget = (limit: number): ListingBudget => ({ remaining: limit, limit });
+
+/**
+ * An answer's JSON value, once its count (parseCost) is within the bound: MAX_ANSWER_PARSE_COST, or
+ * less inside a listing that has spent part of its budget. Throws AnswerTooCostlyError before
+ * parsing otherwise, and JSON.parse's SyntaxError for text that is not JSON. `bytes` are the
+ * answer's as read (UTF-8).
+ */
+export function parseAnswer(provider: Provider, origin: string, bytes: Uint8Array): unknown {
+  // Decoded as fetch's response.json() decodes (UTF-8, a byte-order mark dropped).
+  return parseCounted(provider, origin, bytes, () => JSON.parse(new TextDecoder().decode(bytes)));
+}
+
+/** The same for an answer a client library read as text (the Azure DevOps SDK): counted over its UTF-8. */
+export function checkAnswerText(provider: Provider, origin: string, text: string): void {
+  parseCounted(provider, origin, Buffer.from(text, 'utf8'), () => undefined);
+}
+
+function parseCounted<T>(provider: Provider, origin: string, bytes: Uint8Array, parse: () => T): T {
+  const budget = listingBudgets.getStore();
+  const limit = budget ? Math.min(MAX_ANSWER_PARSE_COST, budget.remaining) : MAX_ANSWER_PARSE_COST;
+  const cost = parseCost(bytes, limit);
+  if (cost > limit) throw new AnswerTooCostlyError(provider, origin, budget && budget.remaining < MAX_ANSWER_PARSE_COST ? budget.limit : limit, budget !== undefined && budget.remaining < MAX_ANSWER_PARSE_COST);
+  if (budget) budget.remaining -= cost;
+  return parse();
+}
