@@ -24,6 +24,7 @@ import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
+import { callScope, ownActivityContext } from './call-scope.ts';
 import { withAdmission, type InlineAdmission, type InlineStep } from './inline-admission.ts';
 import { activityContext } from './outbound.ts';
 
@@ -76,6 +77,19 @@ export const BITBUCKET_HOOK_EVENTS = ['repo:refs_changed', 'pr:opened', 'pr:from
 const RUN_TARGET_TTL_MS = 60_000;
 /** A bound on the runs remembered at once (an attach's last step forgets its own). */
 const RUN_TARGETS_KEPT = 1000;
+/**
+ * How long a read made ahead waits for its step to take it before it is aborted and its admission
+ * place given back. The hand-over it waits for takes milliseconds (the GitLab attach benchmark's
+ * three hand-overs: 14-93 ms together under load); one never taken (the run went on elsewhere)
+ * holds its place this long at most.
+ */
+export const READ_AHEAD_CLAIM_MS = 2_000;
+
+/** Why a read still running was aborted (it is never awaited then: nobody sees these but a trace). */
+const STEP_ENDED = 'the step that started this read has ended';
+const READ_DROPPED = 'a read made ahead was dropped: the step it was made for is not the one that ran';
+const READ_UNCLAIMED = `a read made ahead was not taken by its step within ${READ_AHEAD_CLAIM_MS} ms`;
+const READ_UNUSED = 'the row no longer names the target this read was made for';
 
 /** What the ensure and the prune ask readingTarget for, naming the read a step before them may have made ahead. */
 const ensureListing = (projectId: string | undefined) => `ensureHook listHooks ${projectId ?? ''}`;
@@ -222,7 +236,24 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * the earlier step's adapter at once, beside its own read of the row (see readingTarget), instead
    * of after it. Entries are dropped by the attach's last step (pruneHooks) or after RUN_TARGET_TTL_MS.
    */
-  const runTargets = new Map<string, { row: RepositoryRow; adapter: ProviderAdapter; storedAt: number; ahead?: ReadAhead }>();
+  const runTargets = new Map<string, RunTarget>();
+  interface RunTarget {
+    row: RepositoryRow;
+    adapter: ProviderAdapter;
+    storedAt: number;
+    ahead?: ReadAhead;
+  }
+  /** Aborts the read `entry` holds made ahead, if any, and gives back its place. */
+  function dropAhead(entry: RunTarget | undefined, reason: string): void {
+    const ahead = entry?.ahead;
+    if (!ahead) return;
+    entry.ahead = undefined;
+    ahead.end(reason);
+  }
+  function forgetRunTarget(runKey: string): void {
+    dropAhead(runTargets.get(runKey), READ_DROPPED);
+    runTargets.delete(runKey);
+  }
   /** The key of `key`'s entry for the running local activity's run; none for a regular activity (its run's steps may be anywhere). */
   const runTargetKey = (key: RepositoryKey) => {
     const info = activityContext()?.info;
@@ -235,22 +266,33 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     // Kept in the order stored (each is deleted before it is set again), so the expired ones come first.
     for (const [k, entry] of runTargets) {
       if (now - entry.storedAt <= RUN_TARGET_TTL_MS) break;
-      runTargets.delete(k);
+      forgetRunTarget(k);
     }
-    runTargets.delete(runKey);
+    forgetRunTarget(runKey);
     runTargets.set(runKey, { row, adapter, storedAt: now });
-    if (runTargets.size > RUN_TARGETS_KEPT) runTargets.delete(runTargets.keys().next().value!);
+    if (runTargets.size > RUN_TARGETS_KEPT) forgetRunTarget(runTargets.keys().next().value!);
   }
   /**
    * The run's next step's first read, started by the step before it as soon as that step's own
    * provider work was done (readAhead), so that it is in flight while the run hands over from one
    * step to the next. Made for the step named `step` only, by the local activity `producer` (its
    * activity id as a number), and used only by the activity the run schedules right after it.
+   *
+   * It counts within the organization's admission like any provider call (the README, "A read made
+   * ahead..."): until its step takes it (`claim`) it holds a place of the worker's inline admission,
+   * shared with its run's steps inside the workflow task (taken without waiting: none free, no read
+   * ahead), so the next step of the run is admitted beside it; once taken, it is that step's call,
+   * and ends with it (aborted if the step ends first). Dropped, or not taken within
+   * READ_AHEAD_CLAIM_MS, it is aborted (`end`: its socket closed) and its place given back.
    */
   interface ReadAhead {
     step: string;
     producer: number;
     answer: Promise<unknown>;
+    /** The consumer takes it: its place is given back (the step's own counts it) and it ends with the running step. */
+    claim(): void;
+    /** Aborts it if still running and gives back its place. Idempotent. */
+    end(reason: string): void;
   }
   /**
    * The running local activity's place in its run's schedule: the workflow SDK gives every activity
@@ -274,7 +316,36 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const entry = runKey ? runTargets.get(runKey) : undefined;
     const producer = scheduledAs();
     if (!entry || producer === undefined || hookKeys(entry.row.provider).length !== 1) return;
-    entry.ahead = { step, producer, answer: handled(read(entry.row, entry.adapter)) };
+    dropAhead(entry, READ_DROPPED);
+    const activity = ownActivityContext();
+    // The run's place (held by this step when it was admitted): no place free, no read ahead.
+    const release = inline ? inline.tryAdmit(entry.row.organization_id, activity?.info.workflowExecution?.runId) : () => undefined;
+    if (!release) return;
+    // Under the activity's own context, not this step's scope: it outlives the step that starts it.
+    const scope = callScope(activity);
+    const unclaimed = setTimeout(() => {
+      if (entry.ahead === ahead) entry.ahead = undefined;
+      ahead.end(READ_UNCLAIMED);
+    }, READ_AHEAD_CLAIM_MS);
+    unclaimed.unref();
+    const ahead: ReadAhead = {
+      step,
+      producer,
+      answer: handled(scope.run(() => read(entry.row, entry.adapter))),
+      claim() {
+        clearTimeout(unclaimed);
+        release();
+        const consumer = activityContext()?.cancellationSignal;
+        if (consumer?.aborted) scope.end(consumer.reason);
+        else consumer?.addEventListener('abort', () => scope.end(consumer.reason), { once: true });
+      },
+      end(reason) {
+        clearTimeout(unclaimed);
+        scope.end(reason);
+        release();
+      },
+    };
+    entry.ahead = ahead;
   }
   /** Whether an adapter built from `earlier` reaches the provider as one built from `row` would, on the same repository. */
   const sameTarget = (row: RepositoryRow, earlier: RepositoryRow) =>
@@ -309,17 +380,27 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const runKey = runTargetKey(key);
     let earlier = runKey ? runTargets.get(runKey) : undefined;
     if (earlier && Date.now() - earlier.storedAt > RUN_TARGET_TTL_MS) {
-      runTargets.delete(runKey!);
+      forgetRunTarget(runKey!);
       earlier = undefined;
     }
     const madeAhead = earlier?.ahead;
     if (earlier) earlier.ahead = undefined;
     const consumer = scheduledAs();
     const usable = madeAhead && ahead !== undefined && madeAhead.step === ahead && consumer !== undefined && consumer === madeAhead.producer + 1;
-    const early = earlier ? (usable ? (madeAhead.answer as Promise<T>) : handled(read(earlier.row, earlier.adapter))) : undefined;
+    // Taken, the read made ahead is this step's; dropped, it is aborted before this step reads again.
+    if (usable) madeAhead.claim();
+    else madeAhead?.end(READ_DROPPED);
+    let early: { answer: Promise<T>; end: (reason: string) => void } | undefined;
+    if (earlier && usable) early = { answer: madeAhead.answer as Promise<T>, end: (reason) => madeAhead.end(reason) };
+    else if (earlier) {
+      const scope = callScope();
+      early = { answer: handled(scope.run(() => read(earlier.row, earlier.adapter))), end: (reason) => scope.end(reason) };
+    }
     const row = await repository(key, { requireActive });
     check?.(row);
-    if (earlier && early && sameTarget(row, earlier.row)) return { row, adapter: earlier.adapter, answer: early };
+    if (earlier && early && sameTarget(row, earlier.row)) return { row, adapter: earlier.adapter, answer: early.answer };
+    // Not used: aborted before the read with the row's adapter goes out (a check that threw above ends it with the step).
+    early?.end(READ_UNUSED);
     const adapter = adapterFor(row);
     rememberRunTarget(runKey, row, adapter);
     return { row, adapter, answer: handled(read(row, adapter)) };
@@ -383,6 +464,22 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     logger.info({ repositoryId: key.repositoryId }, 'repository attached');
   }
 
+  /**
+   * An attach's provider step, run once admitted (withAdmission), in a scope of its own: a read it
+   * started and did not await (an early read it did not use, a read made ahead it took) is aborted
+   * when it ends, so none runs on past the admission that counted the step.
+   */
+  function admittedStep<T>(input: { organizationId: string } & InlineStep, step: () => Promise<T>): Promise<T> {
+    return withAdmission(inline, input, async () => {
+      const scope = callScope();
+      try {
+        return await scope.run(step);
+      } finally {
+        scope.end(STEP_ENDED);
+      }
+    });
+  }
+
   /** pruneHooks' work once admitted. */
   async function pruning(input: RepositoryKey & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
     const { row, adapter, answer: listing } = await readingTarget(input, { requireActive: true, ahead: PRUNE_LISTING }, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
@@ -415,7 +512,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     async verifyRepository(key: RepositoryKey & InlineStep): Promise<{ projectId?: string }> {
       // Run as a regular activity (refused inline) by a run that asks, it asks for an activity slot; inside the workflow task, for a place there.
       admitActivity(activitySlots, key);
-      return withAdmission(inline, key, async () => {
+      return admittedStep(key, async () => {
         const row = await repository(key, { requireActive: true });
         const adapter = adapterFor(row);
         const runKey = runTargetKey(key);
@@ -443,7 +540,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      */
     async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       admitActivity(activitySlots, input);
-      return withAdmission(inline, input, async () => {
+      return admittedStep(input, async () => {
         const runKey = runTargetKey(input);
         const { row, adapter, answer: listing } = await readingTarget(
           input,
@@ -479,8 +576,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
               await forgetHooks(db, row.id, duplicates.map((d) => d.id));
             } catch (error) {
               // Retried, this step saves the hook again: the prune's listing must come after that.
-              const entry = runKey ? runTargets.get(runKey) : undefined;
-              if (entry) entry.ahead = undefined;
+              dropAhead(runKey ? runTargets.get(runKey) : undefined, READ_DROPPED);
               throw error;
             }
             const outcome = existing?.id === hook.id ? 'adopted' : 'created';
@@ -519,13 +615,13 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      */
     async pruneHooks(input: RepositoryKey & InlineStep & { keepHookIds: string[]; completeAttachment?: boolean }): Promise<{ removed: string[]; attachmentCompleted?: true }> {
       admitActivity(activitySlots, input);
-      return withAdmission(inline, input, async () => {
+      return admittedStep(input, async () => {
         // The attach's last step: what its steps reached the repository with is no longer needed here.
         const runKey = runTargetKey(input);
         try {
           return await pruning(input);
         } finally {
-          if (runKey) runTargets.delete(runKey);
+          if (runKey) forgetRunTarget(runKey);
         }
       });
     },

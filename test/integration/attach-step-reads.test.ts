@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { sql } from 'kysely';
-import { createHookActivities, deliveryUrl } from '../../activities/hooks.ts';
+import { createHookActivities, deliveryUrl, READ_AHEAD_CLAIM_MS } from '../../activities/hooks.ts';
+import { createInlineAdmission, type InlineAdmission } from '../../activities/inline-admission.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { seal } from '../../lib/crypto.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
 import { seedConnection, seedRepository } from '../support/attachments.ts';
 import { createOrgWithToken, startHarness, TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
 import { testOutbound } from '../support/outbound.ts';
@@ -24,19 +26,30 @@ import { testOutbound } from '../support/outbound.ts';
 describe("an attach's local steps reuse the run's adapter only for the target the row still names", () => {
   let h: Harness;
   let gitlab: FakeGitlab;
+  /** In front of `gitlab`, for the connections of `repository({ proxied: true })`. */
+  let proxy: FlakyProxy;
   let org: { id: string };
   beforeAll(async () => {
     h = await startHarness({ withoutWorker: true });
     gitlab = await startFakeGitlab();
+    proxy = await startFlakyProxy(gitlab.url);
     ({ org } = await createOrgWithToken(h));
   }, 60_000);
   afterAll(async () => {
+    await proxy?.close();
     await gitlab?.close();
     await h?.close();
   });
 
-  const activities = () =>
-    createHookActivities({ db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } });
+  const activities = (inline?: InlineAdmission) =>
+    createHookActivities({
+      db: h.db,
+      keys: h.keys,
+      providers: createProviderFactory({ outbound: testOutbound }),
+      logger: createLogger('test', 'error'),
+      settings: { publicUrl: TEST_PUBLIC_URL },
+      ...(inline ? { inline } : {}),
+    });
   /**
    * The steps of one run, numbered as the workflow SDK numbers them (activity id `${seq}`, one
    * sequence for a run's regular and local activities): called, a local activity (inside the
@@ -59,10 +72,10 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     expect(response.status).toBe(201);
     return String(((await response.json()) as { id: number }).id);
   }
-  async function repository() {
+  async function repository({ proxied = false } = {}) {
     const token = `glpat-${randomUUID()}`;
     gitlab.addToken({ token, username: 'ci-bot', scopes: ['api', 'read_user', 'read_repository'] });
-    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: gitlab.url, secret: token });
+    const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxied ? proxy.url : gitlab.url, secret: token });
     const project = gitlab.addProject({ pathWithNamespace: `platform/${randomUUID().slice(0, 8)}` });
     const repositoryId = await seedRepository(h, { organizationId: org.id, connectionId, provider: 'gitlab', externalId: String(project.id), fullName: project.pathWithNamespace });
     return { token, connectionId, project, key: { organizationId: org.id, repositoryId } };
@@ -110,10 +123,10 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     await step(() => hooks.beginAttachment(key));
     const before = gitlab.server.calls.length;
     await step(() => hooks.verifyRepository(key));
+    // The listing made ahead has been answered (a step that fails while it runs aborts it).
+    await answered(before, 'listHooks');
     await h.db.updateTable('connections').set({ disconnect_requested_at: new Date() }).where('id', '=', connectionId).execute();
     await expect(step(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).rejects.toMatchObject({ type: 'ConnectionNotActive' });
-    // Let the early read end before looking at what was called.
-    await answered(before, 'listHooks');
     expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200']);
     expect(gitlab.hooks(project.id)).toEqual([]);
   });
@@ -187,8 +200,8 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     } finally {
       await sql.raw(`drop trigger ${fn} on hooks; drop function ${fn}()`).execute(h.db);
     }
-    await answered(fromEnsure, 'listHooks');
-    expect(callsAt(fromEnsure)).toEqual(['createHook 201', 'listHooks 200']);
+    // The prune's listing, started before the failure, was aborted by it (or had been answered already).
+    expect(callsAt(fromEnsure)[0]).toBe('createHook 201');
     const [saved] = gitlab.hooks(project.id);
     const stray = await strayHook(token, connectionId, project.id);
     // The activity the run schedules right after the ensure (here its prune) does not take the listing made before the failure.
@@ -212,5 +225,83 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     await answered(fromEnsure, 'listHooks', 2);
     expect(callsAt(fromEnsure)).toEqual(['listHooks 200', 'createHook 201', 'listHooks 200']);
     expect(gitlab.hooks(project.id)).toHaveLength(1);
+  });
+
+  describe("a read made ahead counts within its organization's inline admission", () => {
+    /** The worker's inline admission with one place for the organization: whether another run of it could take that place now. */
+    const placeFree = (inline: InlineAdmission) => {
+      const release = inline.tryAdmit(org.id, `another-run-${randomUUID()}`);
+      release?.();
+      return release !== undefined;
+    };
+
+    it('it holds its run\'s place until the next step takes it; that step is admitted beside it, and the place is free once the run\'s steps end', async () => {
+      const inline = createInlineAdmission({ perWorker: 4, perOrganization: 1 });
+      const hooks = activities(inline);
+      const { key } = await repository();
+      const step = run();
+      await step(() => hooks.beginAttachment(key));
+      const before = gitlab.server.calls.length;
+      await step(() => hooks.verifyRepository({ ...key, askAdmission: true }));
+      // The lookup has ended; the ensure's listing it started holds the organization's one place.
+      expect(placeFree(inline)).toBe(false);
+      await answered(before, 'listHooks');
+      expect(placeFree(inline)).toBe(false);
+      const { providerHookId } = await step(() => hooks.ensureHook({ ...key, askAdmission: true, hookKey: 'project-hook' }));
+      // The ensure took it (no listing of its own) and started the prune's, which holds the place in turn.
+      expect(placeFree(inline)).toBe(false);
+      expect(await step(() => hooks.pruneHooks({ ...key, askAdmission: true, keepHookIds: [providerHookId], completeAttachment: true }))).toEqual({ removed: [], attachmentCompleted: true });
+      expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200', 'createHook 201', 'listHooks 200']);
+      expect(placeFree(inline)).toBe(true);
+    });
+
+    it(`one its step never takes is aborted (its socket closed) after READ_AHEAD_CLAIM_MS (${READ_AHEAD_CLAIM_MS} ms), and its place given back`, async () => {
+      const inline = createInlineAdmission({ perWorker: 4, perOrganization: 1 });
+      const hooks = activities(inline);
+      const { key } = await repository({ proxied: true });
+      let closed!: () => void;
+      const listingClosed = new Promise<void>((resolve) => (closed = resolve));
+      let held!: () => void;
+      const listingHeld = new Promise<void>((resolve) => (held = resolve));
+      const never = new Promise<void>(() => undefined);
+      // The provider never answers the hook listing.
+      proxy.fault = (request) =>
+        request.method === 'GET' && /\/hooks(\?|$)/.test(request.url) ? { kind: 'hold-request', onHeld: held, release: never, onReleased: () => undefined, onClientGone: closed } : undefined;
+      try {
+        const step = run();
+        await step(() => hooks.beginAttachment(key));
+        const startedAt = Date.now();
+        await step(() => hooks.verifyRepository({ ...key, askAdmission: true }));
+        await listingHeld;
+        expect(placeFree(inline)).toBe(false);
+        // The run goes on elsewhere (its next step on another worker, or the run ended): nobody takes the listing.
+        await listingClosed;
+        expect(Date.now() - startedAt).toBeGreaterThanOrEqual(READ_AHEAD_CLAIM_MS - 50);
+        expect(Date.now() - startedAt).toBeLessThan(READ_AHEAD_CLAIM_MS + 5_000);
+        expect(placeFree(inline)).toBe(true);
+      } finally {
+        proxy.fault = () => undefined;
+      }
+    });
+
+    it('with no place free, nothing is read ahead', async () => {
+      const inline = createInlineAdmission({ perWorker: 4, perOrganization: 1 });
+      const hooks = activities(inline);
+      const { key } = await repository();
+      const step = run();
+      await step(() => hooks.beginAttachment(key));
+      // Another run of the organization holds its one place; this run's lookup asks none (a run from before admission).
+      const other = inline.tryAdmit(org.id, `another-run-${randomUUID()}`)!;
+      const before = gitlab.server.calls.length;
+      try {
+        await step(() => hooks.verifyRepository(key));
+      } finally {
+        other();
+      }
+      expect(placeFree(inline)).toBe(true);
+      // The ensure, run as an activity, lists itself: the only listing.
+      expect((await step.activity(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).outcome).toBe('created');
+      expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200', 'createHook 201']);
+    });
   });
 });

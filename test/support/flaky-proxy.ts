@@ -24,9 +24,10 @@ export type ProxyFault =
   /**
    * Held before the provider sees it (queued on the way); on `release` forwarded if the client still
    * waits, else dropped: a request the client abandoned before it arrived is never acted on.
-   * `onReleased` says which, once the provider has answered a forwarded one.
+   * `onReleased` says which, once the provider has answered a forwarded one. `onClientGone`, when
+   * given, is called as soon as the client closes a held request (aborted it, or its socket closed).
    */
-  | { kind: 'hold-request'; onHeld: () => void; release: Promise<void>; onReleased: (forwarded: boolean) => void };
+  | { kind: 'hold-request'; onHeld: () => void; release: Promise<void>; onReleased: (forwarded: boolean) => void; onClientGone?: () => void };
 
 export interface FlakyProxy {
   url: string;
@@ -62,7 +63,10 @@ export async function startFlakyProxy(upstream: string): Promise<FlakyProxy> {
     }
     let clientGone = false;
     if (fault?.kind === 'hold-request') {
-      res.once('close', () => (clientGone = !res.writableEnded));
+      res.once('close', () => {
+        clientGone = !res.writableEnded;
+        if (clientGone) fault.onClientGone?.();
+      });
       fault.onHeld();
       await fault.release;
       if (clientGone) return fault.onReleased(false);
