@@ -90,6 +90,8 @@ const STEP_ENDED = 'the step that started this read has ended';
 const READ_DROPPED = 'a read made ahead was dropped: the step it was made for is not the one that ran';
 const READ_UNCLAIMED = `a read made ahead was not taken by its step within ${READ_AHEAD_CLAIM_MS} ms`;
 const READ_UNUSED = 'the row no longer names the target this read was made for';
+/** The reason a read is aborted with: an AbortError, as an aborted fetch fails. */
+const abortError = (why: string) => new DOMException(why, 'AbortError');
 
 /** What the ensure and the prune ask readingTarget for, naming the read a step before them may have made ahead. */
 const ensureListing = (projectId: string | undefined) => `ensureHook listHooks ${projectId ?? ''}`;
@@ -341,7 +343,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       },
       end(reason) {
         clearTimeout(unclaimed);
-        scope.end(reason);
+        scope.end(abortError(reason));
         release();
       },
     };
@@ -394,7 +396,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     if (earlier && usable) early = { answer: madeAhead.answer as Promise<T>, end: (reason) => madeAhead.end(reason) };
     else if (earlier) {
       const scope = callScope();
-      early = { answer: handled(scope.run(() => read(earlier.row, earlier.adapter))), end: (reason) => scope.end(reason) };
+      early = { answer: handled(scope.run(() => read(earlier.row, earlier.adapter))), end: (reason) => scope.end(abortError(reason)) };
     }
     const row = await repository(key, { requireActive });
     check?.(row);
@@ -475,7 +477,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       try {
         return await scope.run(step);
       } finally {
-        scope.end(STEP_ENDED);
+        scope.end(abortError(STEP_ENDED));
       }
     });
   }
