@@ -234,6 +234,17 @@ export async function runSizedWrite(db: Db, query: CompiledQuery, bytes: number)
   }
 }
 
+/**
+ * The bounds a pool createDb made was given, as pg holds them (its connection string, password
+ * and all, left out): for a test that a composition root's wiring (worker/main.ts) reaches pg.
+ */
+export function poolSettingsOf(db: Db) {
+  const pool = poolsOf.get(db)?.pool;
+  if (!pool) return undefined;
+  const { max, connectionTimeoutMillis, query_timeout, keepAlive, keepAliveInitialDelayMillis } = pool.options as pg.PoolConfig;
+  return { max, connectionTimeoutMillis, query_timeout, keepAlive, keepAliveInitialDelayMillis };
+}
+
 export function createDb(connectionString: string, options: DbOptions = {}): Db {
   const { deadlines, clientDeadlines } = options;
   const bounds = deadlines ? { connectMs: deadlines.connectMs, readMs: deadlines.statementMs + QUERY_READ_MARGIN_MS } : clientDeadlines;

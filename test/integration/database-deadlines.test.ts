@@ -11,8 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml } from 'yaml';
 import { DATABASE_DEADLINE_DEFAULTS } from '../../lib/config.ts';
 import { databaseUnavailable, sqlStateOf } from '../../lib/db/errors.ts';
-import { createDb, deadlinesFromConfig, QUERY_READ_MARGIN_MS, sizedStatementMs, type Db } from '../../lib/db/index.ts';
+import { createDb, deadlinesFromConfig, poolSettingsOf, QUERY_READ_MARGIN_MS, sizedStatementMs, type Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
+import { createWorkerDb } from '../../worker/main.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
@@ -37,7 +38,8 @@ import { stallingProxy } from '../support/temporal-outage.ts';
  *   API's pool connect, and PostgreSQL holds its deadlines (a `SET`), or none with serverDeadlines off;
  * - a pooler that refuses the `SET` of the deadlines: each new connection is dropped (its request
  *   answers 503) and the log names database.serverDeadlines, which, off, lets the same pooler serve;
- * - the worker's pool: a statement whose answer never comes is given up at its read deadline.
+ * - the worker's pool: a statement whose answer never comes is given up at its read deadline; the
+ *   pool worker/main.ts makes (createWorkerDb) has its bounds, and gives up a connect at 10 s.
  * The bounds asserted are the deadline plus generous slack for a loaded machine.
  */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -381,6 +383,30 @@ describe('database deadlines: a PostgreSQL that hangs is a 503, not a hang', () 
       const next = await timed(() => sql`select 1`.execute(db).then(() => 'answered', (error: Error) => error.message));
       expect(next.value).toMatch(/timeout exceeded when trying to connect|connection timeout/);
       expect(next.ms).toBeLessThan(bounds.connectMs + SLACK_MS);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("the worker's pool as worker/main.ts makes it: a 10 s connect deadline, TCP keepalive, a 120 s read deadline, no server deadline", { timeout: 60_000 }, async () => {
+    const proxy = await stallingProxy('127.0.0.1:5432');
+    try {
+      const url = new URL(own.url);
+      url.host = proxy.address;
+      const db = createWorkerDb(url.toString(), h.apiDeps.logger);
+      pools.push(db);
+      // What pg was given (the read deadline is too long for a test to wait for).
+      expect(poolSettingsOf(db)).toEqual({ max: 10, connectionTimeoutMillis: 10_000, query_timeout: 120_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
+      const { rows } = await sql<{ statement: string; lock: string }>`select current_setting('statement_timeout') as statement, current_setting('lock_timeout') as lock`.execute(db);
+      expect(rows).toEqual([{ statement: '0', lock: '0' }]);
+      // A path silent from the start: a new pool's first statement gives up at the connect deadline.
+      proxy.stall();
+      const stalled = createWorkerDb(url.toString(), h.apiDeps.logger);
+      pools.push(stalled);
+      const lost = await timed(() => sql`select 1`.execute(stalled).then(() => 'answered', (error: Error) => error.message));
+      expect(lost.value).toMatch(/timeout exceeded when trying to connect|connection timeout/);
+      expect(lost.ms).toBeGreaterThanOrEqual(10_000 - 50);
+      expect(lost.ms).toBeLessThan(10_000 + SLACK_MS);
     } finally {
       await proxy.close();
     }
