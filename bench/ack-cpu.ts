@@ -31,6 +31,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'kysely';
+import { BODY_DIGEST_PROVIDERS } from '../api/routes/webhooks.ts';
 import { createDb } from '../lib/db/index.ts';
 import { migrateToLatest } from '../lib/db/migrate.ts';
 import { ensureWebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
@@ -289,7 +290,7 @@ async function startedAll(taskQueue: string): Promise<void> {
 function asFloorRow(d: Delivery): Delivery {
   const events = normalizeWebhook(d.provider, d.headers, d.body);
   const connectionId = new URL(d.path, 'http://x').searchParams.get('c');
-  const start = { taskQueue: 'ack-cpu-floor', summary: summarizeDelivery(events), ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(d.body).digest('hex') } : {}) };
+  const start = { taskQueue: 'ack-cpu-floor', summary: summarizeDelivery(events), ...(connectionId ? { connectionId, ...(BODY_DIGEST_PROVIDERS.has(d.provider) ? { bodyDigest: createHash('sha256').update(d.body).digest('hex') } : {}) } : {}) };
   const body = JSON.stringify([d.provider, d.deliveryId, connectionId, JSON.stringify(events), d.provider === 'github' ? GITHUB_FIXTURE_INSTALLATION_ID : null, null, JSON.stringify(start)]);
   return { ...d, path: '/', headers: { 'content-type': 'application/json' }, body };
 }

@@ -21,6 +21,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import { sql } from 'kysely';
 import { normalizeWebhook } from '../api/webhooks/normalize.ts';
+import { BODY_DIGEST_PROVIDERS } from '../api/routes/webhooks.ts';
 import { PROVIDERS, type Provider } from '../lib/domain.ts';
 import { SA_ORGANIZATION, SA_PROVIDER, SA_REPOSITORY, workflowIds, type EventInput } from '../workflows/contract.ts';
 import { delivery, fixture, GITHUB_FIXTURE_INSTALLATION_ID, PUSH_FIXTURES, receiverPath, withRepository, type Delivery } from '../test/fakes/webhook-deliveries.ts';
@@ -161,7 +162,7 @@ function startOptions(stack: BenchStack, p: Prepared) {
     receivedAt: new Date().toISOString(),
     // As the receiver stores it: a GitHub delivery acts on the connections bound to its installation.
     ...(provider === 'github' ? { installationId: GITHUB_FIXTURE_INSTALLATION_ID } : {}),
-    ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
+    ...(connectionId ? { connectionId, ...(BODY_DIGEST_PROVIDERS.has(provider) ? { bodyDigest: createHash('sha256').update(body).digest('hex') } : {}) } : {}),
   };
   return {
     taskQueue: stack.taskQueue,
@@ -791,7 +792,7 @@ async function measureAckFloor(stack: BenchStack, options: { rate: number; count
     const start = {
       taskQueue: stack.taskQueue,
       summary: summarizeDelivery(events),
-      ...(connectionId ? { connectionId, bodyDigest: createHash('sha256').update(body).digest('hex') } : {}),
+      ...(connectionId ? { connectionId, ...(BODY_DIGEST_PROVIDERS.has(provider) ? { bodyDigest: createHash('sha256').update(body).digest('hex') } : {}) } : {}),
       organizationId: p.repo.organizationId,
       repositoryId: p.repo.repositoryId,
       targets: { organizationSlugs: ['bench'], repositoryNames: [p.repo.fullName], ...(connectionId ? { connectionId } : {}) },

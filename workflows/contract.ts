@@ -134,7 +134,11 @@ export interface EventInput {
    * (verified with the global secret), which acts only on attachments holding a legacy hook.
    */
   connectionId?: string;
-  /** SHA-256 (hex) of the delivery's body: the same body recorded for the connection under another delivery id is a replay. */
+  /**
+   * SHA-256 (hex) of the delivery's body: the same body recorded for the connection under another
+   * delivery id is a replay. Set for Bitbucket DC connections' deliveries only (api/routes/webhooks.ts
+   * BODY_DIGEST_PROVIDERS); runs started before 2026-12-07 19:30 UTC carry it for every connection's.
+   */
   bodyDigest?: string;
   /** A URL of the repository on the instance that sent a legacy hook's delivery (GitLab, Bitbucket): ids are unique per instance only. */
   instanceUrl?: string;
