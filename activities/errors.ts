@@ -86,7 +86,7 @@ export function toActivityFailure(error: unknown): Error {
   const tooLong = causeOfType(error, ListingTooLongError);
   if (tooLong) return ApplicationFailure.create({ type: FailureTypes.listingTooLong, message: excerpt(tooLong.message, 300), nonRetryable: true });
   const tooLarge = causeOfType(error, ResponseTooLargeError) ?? causeOfType(error, AnswerTooCostlyError);
-  if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message), nonRetryable: true });
+  if (tooLarge) return ApplicationFailure.create({ type: FailureTypes.answerTooLarge, message: excerpt(tooLarge.message, 300), nonRetryable: true });
   // Named by the host whose name servers failed or did not answer, however a client library wrapped it.
   const lookupFailed = causeOfType(error, HostLookupFailedError);
   const message = excerpt(redactSecrets(lookupFailed?.message ?? (error instanceof Error ? error.message : String(error))));

@@ -9,7 +9,7 @@ const MiB = 1024 * 1024;
  * The most heap one provider answer may take once parsed, as parseCost counts it from its bytes
  * (lib/parse-cost.ts, the webhook receivers' count) before JSON.parse runs on the worker's main
  * thread: 5 times the answer's byte cap, 40 MiB. A tenant chooses its GitLab, Bitbucket Data Center
- * and Azure DevOps server, and an 8 MiB answer built to be costly (`[[[…]]]`) took 232 MiB of heap
+ * and Azure DevOps server (GitHub's base URL is the operator's, its answers counted all the same), and an 8 MiB answer built to be costly (`[[[…]]]`) took 232 MiB of heap
  * and stalled the worker 4.7-15 s in JSON.parse, every other tenant's activities, workflow tasks and
  * heartbeats with it. The count stops once past the bound.
  *
@@ -45,9 +45,7 @@ export class AnswerTooCostlyError extends Error {
     listing: boolean,
   ) {
     super(
-      listing
-        ? `${origin} (${provider}) answered one listing with pages that would together take more than ${Math.round(limit / MiB)} MiB of memory once parsed: not parsed, the listing refused (forgelink bounds what a listing holds)`
-        : `${origin} (${provider}) answered with JSON that would take more than ${Math.round(limit / MiB)} MiB of memory once parsed: not parsed (forgelink bounds an answer's cost before parsing it)`,
+      `${origin} (${provider}) answered ${listing ? 'a listing whose pages' : 'JSON that'} would take more than ${Math.round(limit / MiB)} MiB of memory once parsed: refused unparsed`,
     );
   }
 }
@@ -82,9 +80,14 @@ export function parseAnswer(provider: Provider, origin: string, bytes: Uint8Arra
   return parseCounted(provider, origin, bytes, () => JSON.parse(new TextDecoder().decode(bytes)));
 }
 
+/** The count alone, for an answer a client library parses itself (Octokit): throws AnswerTooCostlyError past the bound. */
+export function checkAnswer(provider: Provider, origin: string, bytes: Uint8Array): void {
+  parseCounted(provider, origin, bytes, () => undefined);
+}
+
 /** The same for an answer a client library read as text (the Azure DevOps SDK): counted over its UTF-8. */
 export function checkAnswerText(provider: Provider, origin: string, text: string): void {
-  parseCounted(provider, origin, Buffer.from(text, 'utf8'), () => undefined);
+  checkAnswer(provider, origin, Buffer.from(text, 'utf8'));
 }
 
 function parseCounted<T>(provider: Provider, origin: string, bytes: Uint8Array, parse: () => T): T {

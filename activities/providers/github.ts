@@ -13,6 +13,7 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
+import { checkAnswer } from './answer.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
 
@@ -106,10 +107,20 @@ interface GithubRepository {
   html_url: string;
 }
 
-/** Octokit's fetch, through the guarded HTTP layer. */
+/**
+ * Octokit's fetch, through the guarded HTTP layer. Octokit parses a JSON answer whole, so its bytes
+ * are read and counted first (activities/providers/answer.ts: one too costly to parse is refused
+ * unparsed) and handed on as read. GitHub's base URL is the operator's (GitHub.com or its GitHub
+ * Enterprise Server), not a tenant's: counted all the same, at ~2 ms a page of 100 repositories.
+ */
 function octokitFetch(outbound: Outbound) {
-  return (input: string, init: RequestInit) =>
-    outbound.fetch(input, { method: init.method, headers: init.headers, body: init.body as string | undefined, signal: init.signal, timeoutMs: REQUEST_TIMEOUT_MS });
+  return async (input: string, init: RequestInit) => {
+    const response = await outbound.fetch(input, { method: init.method, headers: init.headers, body: init.body as string | undefined, signal: init.signal, timeoutMs: REQUEST_TIMEOUT_MS });
+    if (!response.body || !/json/i.test(response.headers.get('content-type') ?? '')) return response;
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    checkAnswer('github', new URL(input).origin, bytes);
+    return new Response(bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
 }
 
 /** The repository as it can be stored; undefined when its id cannot be (storableRepository). */

@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createGitlabAdapter } from '../../activities/providers/gitlab.ts';
 import { createBitbucketAdapter } from '../../activities/providers/bitbucket.ts';
 import { createAzureDevOpsAdapter } from '../../activities/providers/azure-devops.ts';
+import { createGithubAdapter } from '../../activities/providers/github.ts';
 import { AnswerTooCostlyError, MAX_ANSWER_PARSE_COST } from '../../activities/providers/answer.ts';
 import { MAX_HOOK_LISTING_PARSE_COST, type RepositoryRef } from '../../activities/providers/port.ts';
 import { toActivityFailure } from '../../activities/errors.ts';
@@ -9,6 +10,7 @@ import { parseCost } from '../../lib/parse-cost.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { startFakeGithub } from '../fakes/github.ts';
 import { testOutbound } from '../support/outbound.ts';
 
 /**
@@ -47,13 +49,16 @@ async function heapGrowth(fn: () => Promise<unknown>): Promise<{ error: unknown;
   }
 }
 
-function expectRefused(error: unknown, origin: string, listing: boolean) {
+function expectRefused(thrown: unknown, origin: string, listing: boolean) {
+  // Octokit wraps what its fetch throws (GitHub); the other clients throw it as it is.
+  let error = thrown;
+  while (error instanceof Error && !(error instanceof AnswerTooCostlyError) && error.cause !== undefined) error = error.cause;
   expect(error).toBeInstanceOf(AnswerTooCostlyError);
   const bound = Math.round((listing ? MAX_HOOK_LISTING_PARSE_COST : MAX_ANSWER_PARSE_COST) / MiB);
   expect((error as Error).message).toContain(`${origin} (`);
-  expect((error as Error).message).toContain(`more than ${bound} MiB of memory once parsed: not parsed`);
+  expect((error as Error).message).toContain(`${listing ? 'a listing whose pages' : 'JSON that'} would take more than ${bound} MiB of memory once parsed: refused unparsed`);
   // Never retried: the same server answers the same.
-  expect(toActivityFailure(error)).toMatchObject({ type: 'ProviderAnswerTooLarge', nonRetryable: true });
+  expect(toActivityFailure(thrown)).toMatchObject({ type: 'ProviderAnswerTooLarge', nonRetryable: true, message: (error as Error).message });
 }
 
 let close: () => Promise<void> = async () => {};
@@ -99,7 +104,6 @@ describe('GitLab: answers too costly to parse', () => {
     for (let n = 1; n <= 3; n++) gitlab.server.failNext('listHooks', 1, { status: 200, headers: { ...json, ...link(ref, n + 1) }, text: page });
     const { error, growth } = await heapGrowth(() => adapter().listHooks(ref));
     expectRefused(error, new URL(gitlab.url).origin, true);
-    expect((error as Error).message).toContain('answered one listing with pages that would together take more than 16 MiB');
     // The third page was read, not parsed.
     expect(gitlab.server.count('listHooks')).toBe(3);
     expect(growth).toBeLessThan(MAX_HOOK_LISTING_PARSE_COST + 8 * MiB);
@@ -205,5 +209,24 @@ describe('Azure DevOps: answers too costly to parse, the SDK\'s included', () =>
     const { fanOut } = await adapter().listRepositoriesPage({});
     const page = await adapter().listRepositoriesPage({ cursor: fanOut![1] });
     expect(page.repositories).toHaveLength(10_000);
+  });
+});
+
+describe("GitHub (the operator's server, counted all the same): answers too costly to parse", () => {
+  it('refuses a repository page that would take more than the answer bound, and still reads a full page of 100', async () => {
+    const github = await startFakeGithub();
+    close = () => github.close();
+    const installation = github.addInstallation({ account: { login: 'acme' } });
+    for (let i = 0; i < 100; i++) github.addRepository(installation.id, { fullName: `acme/service-${i}` });
+    const adapter = createGithubAdapter(
+      { connectionId: 'c1', provider: 'github', baseUrl: github.url, externalKey: String(installation.id) },
+      { appId: github.appId, privateKey: github.privateKeyPem, baseUrl: github.url },
+      { outbound: testOutbound },
+    );
+    github.server.failNext('listInstallationRepos', 1, { status: 200, headers: json, text: `{"total_count":1,"repositories":${COSTLY}}` });
+    const { error, growth } = await heapGrowth(() => adapter.listRepositoriesPage({}));
+    expectRefused(error, new URL(github.url).origin, false);
+    expect(growth).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    expect((await adapter.listRepositoriesPage({})).repositories).toHaveLength(100);
   });
 });
