@@ -9,7 +9,7 @@ import { databaseBusy, databaseUnavailable, sqlStateOf } from '../lib/db/errors.
 import { intakeBacklog, type IntakeBacklog } from '../lib/db/repositories/deliveries.ts';
 import { isAdminRequest, requireAuth } from './auth.ts';
 import type { ApiDeps, AppEnv } from './context.ts';
-import { DATABASE_RETRY_AFTER_SECONDS, HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson, serviceUnavailable } from './problem.ts';
+import { DATABASE_RETRY_AFTER_SECONDS, HOST_LOOKUP_RETRY_AFTER_SECONDS, Problem, problemJson, serviceUnavailable, TEMPORAL_RETRY_AFTER_SECONDS } from './problem.ts';
 import { requestContext, traceRequests } from './request-context.ts';
 import { withinTemporalDeadline } from './temporal-deadline.ts';
 import { readUnreadBody } from './unread-body.ts';
@@ -83,7 +83,7 @@ export function createApp(deps: ApiDeps) {
     }
     if (isTemporalUnavailable(error)) {
       deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'Temporal did not answer');
-      return problemJson(c, new Problem(503, 'Service Unavailable', 'the workflow engine (Temporal) is unavailable; try again'));
+      return problemJson(c, serviceUnavailable('the workflow engine (Temporal) is unavailable; try again', TEMPORAL_RETRY_AFTER_SECONDS));
     }
     deps.logger.error({ err: error, path: c.req.path, method: c.req.method }, 'unhandled error');
     return problemJson(c, new Problem(500, 'Internal Server Error', 'an unexpected error occurred; it has been logged'));

@@ -49,6 +49,13 @@ export const HOST_LOOKUP_RETRY_AFTER_SECONDS = 5;
  */
 export const DATABASE_RETRY_AFTER_SECONDS = 5;
 
+/**
+ * The Retry-After of a 503 for Temporal that did not answer or did not take the request within
+ * temporal.requestDeadlineSeconds (app.onError, the starts of runs, attach/detach signals): every such
+ * request is safe to repeat (a start joins the run it began, signals are idempotent).
+ */
+export const TEMPORAL_RETRY_AFTER_SECONDS = 5;
+
 /** The 503 of a route that looks up a tenant's URL (lib/url.ts), with whatever else answers 503 there (`also`). */
 export const hostLookupUnavailableResponse = (also?: string) => ({
   ...problemResponse(

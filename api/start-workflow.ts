@@ -1,6 +1,6 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/client';
 import type { ApiDeps } from './context.ts';
-import { Problem } from './problem.ts';
+import { serviceUnavailable, TEMPORAL_RETRY_AFTER_SECONDS } from './problem.ts';
 import { DEFAULT_TEMPORAL_DEADLINE_MS } from './temporal-deadline.ts';
 import type { RunLabels } from '../workflows/run-labels.ts';
 
@@ -25,7 +25,7 @@ export async function startWorkflow(deps: ApiDeps, workflowType: string, options
     return await startWorkflowOrThrow(deps, workflowType, { ...options, timeoutMs: deps.temporalDeadlineMs ?? DEFAULT_TEMPORAL_DEADLINE_MS });
   } catch (error) {
     deps.logger.error({ err: error, workflowId: options.workflowId }, `could not start ${workflowType}`);
-    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not start the run or did not answer in time; try again (a retry joins run ${options.workflowId} if this request did start it and it still runs)`);
+    throw serviceUnavailable(`the workflow engine (Temporal) did not start the run or did not answer in time; try again (a retry joins run ${options.workflowId} if this request did start it and it still runs)`, TEMPORAL_RETRY_AFTER_SECONDS);
   }
 }
 

@@ -11,7 +11,7 @@ import {
 import { runLabels } from '../../workflows/run-labels.ts';
 import { visibleOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { notFound, Problem, problemResponse } from '../problem.ts';
+import { notFound, Problem, problemResponse, serviceUnavailable, TEMPORAL_RETRY_AFTER_SECONDS } from '../problem.ts';
 import { withinTemporalDeadline } from '../temporal-deadline.ts';
 
 const AttachmentSchema = z
@@ -81,7 +81,7 @@ async function requestAttachment(c: Context<AppEnv>, orgRef: string, repositoryI
   } catch (error) {
     // A signal Temporal did not answer in time may still have been queued: asking again is safe, an attach or a detach carried out twice changes nothing more.
     deps.logger.error({ err: error, workflowId }, 'could not queue the attachment request');
-    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not take the request or did not answer in time; try again (${action} is idempotent)`);
+    throw serviceUnavailable(`the workflow engine (Temporal) did not take the request or did not answer in time; try again (${action} is idempotent)`, TEMPORAL_RETRY_AFTER_SECONDS);
   }
   return workflowId;
 }

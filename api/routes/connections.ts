@@ -28,7 +28,7 @@ import { workflowIds, type ConnectInput, type WebhookCredentialRotationInput } f
 import { runLabels } from '../../workflows/run-labels.ts';
 import { requireAdmin, resolveOrganization } from '../auth.ts';
 import type { AppEnv } from '../context.ts';
-import { badRequest, hostLookupUnavailableResponse, notFound, Problem, problemResponse, unsafeUrl } from '../problem.ts';
+import { badRequest, hostLookupUnavailableResponse, notFound, Problem, problemResponse, serviceUnavailable, TEMPORAL_RETRY_AFTER_SECONDS, unsafeUrl } from '../problem.ts';
 import { startWorkflow } from '../start-workflow.ts';
 import { text } from '../text.ts';
 
@@ -183,7 +183,7 @@ async function startConnect(c: Context<AppEnv>, org: Organization, input: Connec
   } catch {
     // startWorkflow logged why.
     await undo('the workflow engine (Temporal) did not start the validation or did not answer in time');
-    throw new Problem(503, 'Service Unavailable', `the workflow engine (Temporal) did not start the validation or did not answer in time; ${undone}; try again`);
+    throw serviceUnavailable(`the workflow engine (Temporal) did not start the validation or did not answer in time; ${undone}; try again`, TEMPORAL_RETRY_AFTER_SECONDS);
   }
   if (started.alreadyStarted) {
     await undo(`a connect run (${workflowId}) was still in progress`);

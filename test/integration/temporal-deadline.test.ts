@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TEMPORAL_RETRY_AFTER_SECONDS } from '../../api/problem.ts';
 import { workflowIds } from '../../workflows/contract.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
 import { ownTemporalServer, stallingProxy } from '../support/temporal-outage.ts';
@@ -55,7 +56,7 @@ describe("the API's Temporal deadline (a dev server of its own)", () => {
 
   async function expectUnavailable({ res, ms }: { res: Response; ms: number }, detail: RegExp) {
     const problem = (await res.json()) as { status: number; detail: string };
-    expect({ status: res.status, type: res.headers.get('content-type'), detail: problem.detail }).toEqual({ status: 503, type: 'application/problem+json', detail: expect.stringMatching(detail) });
+    expect({ status: res.status, type: res.headers.get('content-type'), retryAfter: res.headers.get('retry-after'), detail: problem.detail }).toEqual({ status: 503, type: 'application/problem+json', retryAfter: String(TEMPORAL_RETRY_AFTER_SECONDS), detail: expect.stringMatching(detail) });
     expect(ms, 'answered within the deadline and a margin').toBeLessThan(DEADLINE_MS + MARGIN_MS);
   }
 
