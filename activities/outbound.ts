@@ -19,6 +19,8 @@ import type { Logger } from '../lib/logger.ts';
  * - redirects are followed only to the same origin (and only for reads), so credentials never
  *   travel to another host; the dispatcher follows none;
  * - every call has a timeout, a cap on the answer's size, and ends when the activity is cancelled.
+ * What parsing a provider's answer costs is bounded by the adapters, which count it before parsing
+ * (activities/providers/answer.ts).
  */
 export interface Outbound {
   fetch(url: string | URL, init?: OutboundInit): Promise<Response>;
