@@ -5,7 +5,6 @@ import { createOutbound, stopLocalActivities, type Outbound } from '../activitie
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
 import { type Config, legacyHookWindow, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
-import { createDb, type Db, WORKER_CLIENT_DEADLINES } from '../lib/db/index.ts';
 // The API's start-up notice: the worker records (or not) the same legacy deliveries, so it says the same.
 import { noticeLegacyHooks } from '../api/legacy-hooks.ts';
 import { createLogger, type Logger } from '../lib/logger.ts';
@@ -14,21 +13,11 @@ import { freeLoopbackPort } from '../lib/net.ts';
 import { startTracing } from '../lib/tracing.ts';
 import { CLIENT_CHANNEL_ARGS, connectWithRetry, temporalConnectOptions } from '../lib/temporal/connection.ts';
 import { createWorker } from './create-worker.ts';
+import { createWorkerDb } from './database.ts';
 import { installRuntime } from './runtime.ts';
 import { startDeliveryRetention } from './delivery-retention.ts';
 import { checkSearchAttributes } from './search-attributes.ts';
 import { ensureHookHealthSchedule, ensureRefreshSchedule } from './schedule.ts';
-
-/**
- * The worker's pool. Without the API's deadlines (database.*TimeoutSeconds): activities have
- * timeouts of their own and are retried, and some statements (a purge, a listing's writes) may take
- * longer than a request's. Only the client's bounds (WORKER_CLIENT_DEADLINES: a connect, TCP
- * keepalive, and a read deadline past every activity's own): an answer that never comes no longer
- * holds a connection and an activity's slot for ever.
- */
-export function createWorkerDb(databaseUrl: string, logger: Logger): Db {
-  return createDb(databaseUrl, { logger, clientDeadlines: WORKER_CLIENT_DEADLINES });
-}
 
 /** The worker's composition root: config, database, provider clients, activities, Worker. */
 export async function runWorker(config: Config, options: { address?: string; databaseUrl?: string; logger?: Logger } = {}): Promise<{ metricsUrl?: string; shutdown(): Promise<void> }> {

@@ -13,7 +13,7 @@ import { DATABASE_DEADLINE_DEFAULTS } from '../../lib/config.ts';
 import { databaseUnavailable, sqlStateOf } from '../../lib/db/errors.ts';
 import { createDb, deadlinesFromConfig, poolSettingsOf, QUERY_READ_MARGIN_MS, sizedStatementMs, type Db } from '../../lib/db/index.ts';
 import type { Provider } from '../../lib/domain.ts';
-import { createWorkerDb } from '../../worker/main.ts';
+import { createWorkerDb } from '../../worker/database.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository } from '../fakes/webhook-deliveries.ts';
 import { seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, startHarness, type Harness } from '../support/harness.ts';
