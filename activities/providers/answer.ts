@@ -23,11 +23,14 @@ const MiB = 1024 * 1024;
  * measured. `[[[…]]]` counts 29 a byte, `[{},…]` 22, `[[],…]` 19: refused from ~1.4-2.1 MiB.
  *
  * What it bounds on the worker (chart: --max-old-space-size=1024; 20 activity slots, 15 of them
- * tenant-facing, and 5 inline calls in workflow tasks): a call parses and keeps at most 40 MiB of
- * answer at a time, a listing across its pages at most its budget (cappedPages: hooks 16 MiB), and
- * JSON.parse runs one at a time. Not bounded: the sum over the worker's calls, 20 × 40 = 800 MiB if
- * every one held an answer at the bound at once (most drop it once mapped; no worker-wide budget),
- * against 232 MiB for one answer and 907 MiB (a crash) for one listing before.
+ * tenant-facing, and 5 inline places in workflow tasks, each of which may carry an Azure DevOps
+ * attach's 3 hook steps side by side: 30 tenant-facing calls at once): a call parses and keeps at
+ * most 40 MiB of answer at a time, a hook listing across its pages at most 16 MiB (cappedPages;
+ * Azure DevOps' one-answer subscription query too, its subscriptions kept as strings only), and
+ * JSON.parse runs one at a time. Not bounded: the sum over the worker's calls (no worker-wide
+ * budget). Worst at once: 15 activities × 40 + 15 inline hook steps × 16 = 840 MiB (before the hook
+ * bound applied to Azure DevOps: 30 × 40 = 1,200 MiB, over the heap), against 232 MiB for one answer
+ * and 907 MiB (a crash) for one listing before any count.
  */
 export const MAX_ANSWER_PARSE_COST = 5 * DEFAULT_MAX_BODY_BYTES;
 

@@ -3,6 +3,7 @@ import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
 import type { GitApi } from 'azure-devops-node-api/GitApi.js';
 import type { GitRepository } from 'azure-devops-node-api/interfaces/GitInterfaces.js';
 import {
+  HOOK_LISTING_CAPS,
   ProviderHttpError,
   parseRetryAfter,
   type HookSpec,
@@ -18,7 +19,7 @@ import {
 } from './port.ts';
 import { unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
-import { AnswerTooCostlyError, parseAnswer } from './answer.ts';
+import { AnswerTooCostlyError, listingBudget, parseAnswer, withinListingBudget } from './answer.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -99,16 +100,30 @@ function toRepository(repo: GitRepository): ProviderRepository | undefined {
   });
 }
 
+/** A string the answer gave, or undefined for any other value: nothing of a tenant-shaped structure is kept. */
+const text = (value: unknown): string | undefined => (typeof value === 'string' ? value : undefined);
+
+/**
+ * The hook as forgelink uses it, made only of strings copied out of the answer: a listing is held
+ * across the attach's save call, and a subscription's inputs are the tenant's server's to shape
+ * (`{"a":[[[…]]]}` kept by reference held its whole parse). Filters keep their string values only;
+ * any other value is dropped (we only ever send strings, so none of ours is lost).
+ */
 function toHook(subscription: Subscription): ProviderHook {
-  const filters = Object.fromEntries(
-    Object.entries(subscription.publisherInputs ?? {}).filter(([key, value]) => !SCOPE_INPUTS.has(key) && value !== ''),
-  );
+  const filters: Record<string, string> = {};
+  const inputs: unknown = subscription.publisherInputs;
+  if (inputs && typeof inputs === 'object' && !Array.isArray(inputs)) {
+    for (const [key, value] of Object.entries(inputs)) {
+      if (!SCOPE_INPUTS.has(key) && typeof value === 'string' && value !== '') filters[key] = value;
+    }
+  }
   // Lists leave `status` out for enabled subscriptions; probation and any disabled state are unhealthy.
-  const status = subscription.status ?? 'enabled';
+  const status = subscription.status === undefined ? 'enabled' : (text(subscription.status) ?? 'unknown');
+  const eventType = text(subscription.eventType);
   return {
-    id: subscription.id,
-    url: subscription.consumerInputs?.url ?? '',
-    events: [subscription.eventType],
+    id: text(subscription.id) ?? '',
+    url: text((subscription.consumerInputs as { url?: unknown } | undefined)?.url) ?? '',
+    events: eventType === undefined ? [] : [eventType],
     healthy: status === 'enabled',
     ...(status === 'enabled' ? {} : { disabledReason: `status ${status}` }),
     ...(Object.keys(filters).length > 0 ? { filters } : {}),
@@ -186,15 +201,18 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   /**
    * Our kind of webhook subscriptions scoped to one repository. Always filtered: query results are
    * not paged, and the organization's all can be more than an answer may hold (activities/outbound.ts).
+   * The answer is the whole hook listing, so it is counted against a hook listing's budget
+   * (HOOK_LISTING_CAPS, 16 MiB), not one answer's (40 MiB), as GitLab's and Bitbucket's pages are.
    */
   async function webhookSubscriptions(repositoryId: string): Promise<Subscription[]> {
-    const body = await hooksRequest<{ results?: Subscription[] }>('POST', 'subscriptionsquery', {
+    const query = () => hooksRequest<{ results?: Subscription[] }>('POST', 'subscriptionsquery', {
       publisherId: 'tfs',
       consumerId: 'webHooks',
       consumerActionId: 'httpRequest',
       publisherInputFilters: [{ conditions: [{ inputId: 'repository', operator: 'equals', inputValue: repositoryId, caseSensitive: false }] }],
     });
-    return body.results ?? [];
+    const body = await withinListingBudget(listingBudget(HOOK_LISTING_CAPS.maxParseCost), query);
+    return Array.isArray(body?.results) ? body.results : [];
   }
 
   function subscriptionBody(ref: RepositoryRef, spec: HookSpec) {

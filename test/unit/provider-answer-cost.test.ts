@@ -199,8 +199,33 @@ describe('Azure DevOps: answers too costly to parse, the SDK\'s included', () =>
     await start();
     fake.server.failNext('querySubscriptions', 1, { status: 200, headers: json, text: `{"count":1,"results":${COSTLY}}` });
     const { error, growth } = await heapGrowth(() => adapter().listHooks(ref));
-    expectRefused(error, new URL(fake.url).origin, false);
-    expect(growth).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    // The query's answer is the whole hook listing: refused at the hook listing's bound.
+    expectRefused(error, new URL(fake.url).origin, true);
+    expect(growth).toBeLessThan(MAX_HOOK_LISTING_PARSE_COST);
+  });
+
+  it("refuses a hook listing whose one subscription's publisherInputs is costly at the hook listing's bound, not the answer's", async () => {
+    await start();
+    // ~1 MiB of `[[[…]]]` in a filter value: counts ~29 MiB, under one answer's bound (40 MiB) and over a hook listing's (16 MiB).
+    const inputs = `{"a":${nested(1024 * 1024)}}`;
+    const text = `{"count":1,"results":[{"id":"s1","eventType":"git.push","publisherInputs":${inputs},"consumerInputs":{"url":"https://x.invalid/hook"}}]}`;
+    expect(parseCost(Buffer.from(text))).toBeGreaterThan(MAX_HOOK_LISTING_PARSE_COST);
+    expect(parseCost(Buffer.from(text))).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    fake.server.failNext('querySubscriptions', 1, { status: 200, headers: json, text });
+    const { error, growth } = await heapGrowth(() => adapter().listHooks(ref));
+    expectRefused(error, new URL(fake.url).origin, true);
+    expect(growth).toBeLessThan(MAX_HOOK_LISTING_PARSE_COST);
+  });
+
+  it('keeps only strings of a listed subscription: a filter that is not a string is dropped, not held', async () => {
+    await start();
+    const text = JSON.stringify({
+      count: 1,
+      results: [{ id: 's1', eventType: 'git.push', status: ['x'], publisherInputs: { branch: 'main', a: [[[1]]], b: { c: 'd' }, repository: ref.externalId }, consumerInputs: { url: 'https://x.invalid/hook' } }],
+    });
+    fake.server.failNext('querySubscriptions', 1, { status: 200, headers: json, text });
+    const [hook] = await adapter().listHooks(ref);
+    expect(hook).toEqual({ id: 's1', url: 'https://x.invalid/hook', events: ['git.push'], healthy: false, disabledReason: 'status unknown', filters: { branch: 'main' } });
   });
 
   it("still reads one project's 10,000 repositories, unpaged (~8 MB, near the byte cap)", async () => {
