@@ -101,3 +101,46 @@ function parseCounted<T>(provider: Provider, origin: string, bytes: Uint8Array, 
   if (budget) budget.remaining -= cost;
   return parse();
 }
+
+/** Characters of a provider's error message kept (messageExcerpt). */
+export const MAX_MESSAGE_CHARS = 500;
+
+/**
+ * A provider's error message as at most MAX_MESSAGE_CHARS characters: a string cut to it, any other
+ * value rendered shallowly (3 levels, `[…]`/`{…}` below, stopping once long enough), never
+ * JSON.stringify or String of a tenant's structure whole: a 400 whose `message` was `[[[…]]]` 700,000
+ * deep (37 MiB counted, under the answer bound) overflowed the stack there, and the RangeError made a
+ * permanent refusal a retried ProviderUnavailable, each retry parsing it again.
+ */
+export function messageExcerpt(value: unknown): string {
+  if (typeof value === 'string') return value.length > MAX_MESSAGE_CHARS ? `${value.slice(0, MAX_MESSAGE_CHARS)}…` : value;
+  let out = '';
+  const full = () => out.length > MAX_MESSAGE_CHARS;
+  const render = (v: unknown, depth: number): void => {
+    if (typeof v === 'string') out += JSON.stringify(v.slice(0, MAX_MESSAGE_CHARS));
+    else if (v === null || typeof v !== 'object') out += String(v);
+    else if (Array.isArray(v)) {
+      if (depth === 0) return void (out += '[…]');
+      out += '[';
+      for (let i = 0; i < v.length && !full(); i++) {
+        if (i > 0) out += ',';
+        render(v[i], depth - 1);
+      }
+      out += ']';
+    } else {
+      if (depth === 0) return void (out += '{…}');
+      out += '{';
+      let first = true;
+      for (const key in v) {
+        if (full()) break;
+        if (!first) out += ',';
+        first = false;
+        out += `${JSON.stringify(key.slice(0, MAX_MESSAGE_CHARS))}:`;
+        render((v as Record<string, unknown>)[key], depth - 1);
+      }
+      out += '}';
+    }
+  };
+  render(value, 3);
+  return full() ? `${out.slice(0, MAX_MESSAGE_CHARS)}…` : out;
+}

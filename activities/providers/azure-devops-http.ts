@@ -1,5 +1,5 @@
 import type http from 'node:http';
-import { checkAnswerText } from './answer.ts';
+import { AnswerTooCostlyError, checkAnswerText, messageExcerpt } from './answer.ts';
 import { activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
@@ -76,9 +76,11 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
     rest.processResponse = async (res, options) => {
       let readError: unknown;
       const readBody = res.readBody.bind(res);
+      const failed = (res.message.statusCode ?? 0) > 299;
       res.readBody = () =>
         readBody()
           .then((text) => {
+            if (failed) return errorBody(origin, text);
             checkAnswerText('azure-devops', origin, text);
             return text;
           })
@@ -92,6 +94,25 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
     };
   }
   return client;
+}
+
+/**
+ * An error answer's body as the SDK may read it: only its message, a bounded string. The SDK makes
+ * its error from the body's `message` (new Error(obj.message)) or the whole text: a tenant's
+ * `{"message":[[[…]]]}` overflowed the stack there (a RangeError, retried as unavailable), and its
+ * text could be megabytes. One too costly to parse is not parsed: the status decides.
+ */
+function errorBody(origin: string, text: string): string {
+  if (!text) return text;
+  let message: unknown;
+  try {
+    checkAnswerText('azure-devops', origin, text);
+    message = (JSON.parse(text) as { message?: unknown } | null)?.message;
+  } catch (error) {
+    if (!(error instanceof AnswerTooCostlyError) && !(error instanceof SyntaxError)) throw error;
+    message = error instanceof SyntaxError ? text.trim() : undefined;
+  }
+  return message === undefined || message === null || message === '' ? '' : JSON.stringify({ message: messageExcerpt(message) });
 }
 
 function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {

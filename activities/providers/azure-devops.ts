@@ -19,7 +19,7 @@ import {
 } from './port.ts';
 import { unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
-import { AnswerTooCostlyError, listingBudget, parseAnswer, withinListingBudget } from './answer.ts';
+import { AnswerTooCostlyError, listingBudget, messageExcerpt, parseAnswer, withinListingBudget } from './answer.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -174,21 +174,24 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
       timeoutMs: REQUEST_TIMEOUT_MS,
     });
     const bytes = new Uint8Array(await response.arrayBuffer());
-    const text = new TextDecoder().decode(bytes);
+    let text = new TextDecoder().decode(bytes);
     let parsed: unknown;
     try {
       // Counted first: an answer too costly to parse is refused unparsed (AnswerTooCostlyError).
       parsed = text ? parseAnswer('azure-devops', new URL(organizationUrl).origin, bytes) : undefined;
     } catch (error) {
-      if (error instanceof AnswerTooCostlyError) throw error;
+      // An error status wins over its body: one too costly to parse is left unparsed and the status
+      // decides (a 429/503 stays throttled/unavailable and is retried), as the SDK's calls.
+      if (error instanceof AnswerTooCostlyError && response.ok) throw error;
       parsed = undefined;
+      if (error instanceof AnswerTooCostlyError) text = '';
     }
     if (!response.ok) {
       const message = (parsed as { message?: unknown } | undefined)?.message;
       throw new ProviderHttpError(
         'azure-devops',
         response.status,
-        typeof message === 'string' ? message : text.trim().slice(0, 500) || `HTTP ${response.status}`,
+        typeof message === 'string' ? messageExcerpt(message) : text.trim().slice(0, 500) || `HTTP ${response.status}`,
         parseRetryAfter(response.headers.get('retry-after')),
       );
     }

@@ -1,5 +1,5 @@
 import { cancellableSleep, type Outbound } from '../outbound.ts';
-import { AnswerTooCostlyError, parseAnswer } from './answer.ts';
+import { AnswerTooCostlyError, messageExcerpt, parseAnswer } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -87,12 +87,16 @@ export interface BitbucketClient {
 
 function errorMessage(body: unknown, status: number): string {
   const first = (body as { errors?: Array<{ message?: unknown }> } | null)?.errors?.[0]?.message;
-  if (typeof first === 'string' && first) return first;
+  if (typeof first === 'string' && first) return messageExcerpt(first);
   if (typeof body === 'string' && body.trim()) return body.trim().slice(0, 500);
   return `HTTP ${status}`;
 }
 
-/** The answer's JSON, or its text when it is not JSON; counted first (parseAnswer: one too costly to parse is refused unparsed). */
+/**
+ * The answer's JSON, or its text when it is not JSON; counted first (parseAnswer: one too costly to
+ * parse is refused unparsed). An error status wins over its body: one too costly to parse is left
+ * unparsed and the status decides (a 429/503 stays throttled/unavailable and is retried).
+ */
 async function readBody(response: Response, origin: string): Promise<unknown> {
   if (response.status === 204) return undefined;
   const bytes = new Uint8Array(await response.arrayBuffer());
@@ -100,7 +104,10 @@ async function readBody(response: Response, origin: string): Promise<unknown> {
   try {
     return parseAnswer('bitbucket', origin, bytes);
   } catch (error) {
-    if (error instanceof AnswerTooCostlyError) throw error;
+    if (error instanceof AnswerTooCostlyError) {
+      if (response.ok) throw error;
+      return undefined;
+    }
     return new TextDecoder().decode(bytes);
   }
 }

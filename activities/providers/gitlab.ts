@@ -1,7 +1,7 @@
 import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-utils';
 import { PersonalAccessTokens, ProjectHooks, Projects, Users } from '@gitbeaker/rest';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
-import { parseAnswer } from './answer.ts';
+import { AnswerTooCostlyError, messageExcerpt, parseAnswer } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -57,21 +57,30 @@ export interface GitlabClientOptions {
   now?: () => number;
 }
 
-/** A JSON answer's value, counted first (parseAnswer: one too costly to parse is refused unparsed); another's text. */
+/**
+ * A JSON answer's value, counted first (parseAnswer: one too costly to parse is refused unparsed);
+ * another's text. An error status wins over its body: one too costly to parse is left unparsed and
+ * the status decides (a 429/503 stays throttled/unavailable and is retried), as the Azure DevOps SDK's.
+ */
 async function readBody(response: Response, origin: string): Promise<unknown> {
   if (response.status === 204) return null;
   const type = (response.headers.get('content-type') ?? '').split(';')[0]!.trim();
-  if (type === 'application/json') return parseAnswer('gitlab', origin, new Uint8Array(await response.arrayBuffer())) ?? {};
-  return response.text();
+  if (type !== 'application/json') return response.text();
+  try {
+    return parseAnswer('gitlab', origin, new Uint8Array(await response.arrayBuffer())) ?? {};
+  } catch (error) {
+    if (response.ok || !(error instanceof AnswerTooCostlyError)) throw error;
+    return undefined;
+  }
 }
 
 function gitlabErrorMessage(body: unknown, status: number): string {
   if (body && typeof body === 'object') {
     const b = body as { error?: unknown; error_description?: unknown; message?: unknown };
-    if (typeof b.error_description === 'string') return b.error_description;
-    if (typeof b.message === 'string') return b.message;
-    if (b.message !== undefined) return JSON.stringify(b.message);
-    if (typeof b.error === 'string') return b.error;
+    if (typeof b.error_description === 'string') return messageExcerpt(b.error_description);
+    // GitLab's validation errors are objects ({"url":["is blocked"]}): rendered shallowly, never stringified whole.
+    if (b.message !== undefined && b.message !== null) return messageExcerpt(b.message);
+    if (typeof b.error === 'string') return messageExcerpt(b.error);
   }
   if (typeof body === 'string' && body.trim()) return body.trim().slice(0, 500);
   return `HTTP ${status}`;

@@ -109,6 +109,30 @@ describe('GitLab: answers too costly to parse', () => {
     expect(growth).toBeLessThan(MAX_HOOK_LISTING_PARSE_COST + 8 * MiB);
   });
 
+  it('leaves a costly 429 or 503 answer unparsed: the status decides, throttled or unavailable, retried', async () => {
+    const ref = await start();
+    gitlab.server.failNext('getProject', 1, { status: 429, headers: { ...json, 'retry-after': '9' }, text: COSTLY });
+    const throttled = await heapGrowth(() => adapter().getRepository(ref));
+    expect(toActivityFailure(throttled.error)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, message: 'gitlab answered 429: HTTP 429' });
+    expect(throttled.growth).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    gitlab.server.failNext('getProject', 1, { status: 503, headers: json, text: COSTLY });
+    const unavailable = await adapter().getRepository(ref).then(() => undefined, (e: unknown) => e);
+    expect(toActivityFailure(unavailable)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: 'gitlab answered 503: HTTP 503' });
+    expect((await adapter().getRepository(ref))?.fullName).toBe('acme/app');
+  });
+
+  it("keeps a 400's message deep past the stack a permanent refusal, shown shallowly, not a retried RangeError; an object message as before", async () => {
+    const ref = await start();
+    const deep = `{"message":${nested(1_400_000)}}`;
+    expect(parseCost(Buffer.from(deep))).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    gitlab.server.failNext('getProject', 1, { status: 400, headers: json, text: deep });
+    const error = await adapter().getRepository(ref).then(() => undefined, (e: unknown) => e);
+    expect(toActivityFailure(error)).toMatchObject({ nonRetryable: true, message: 'gitlab answered 400: [[[[…]]]]' });
+    gitlab.server.failNext('getProject', 1, { status: 400, headers: json, text: JSON.stringify({ message: { url: ['is blocked: Requests to localhost are not allowed'] } }) });
+    const validation = await adapter().getRepository(ref).then(() => undefined, (e: unknown) => e);
+    expect((validation as Error).message).toBe('{"url":["is blocked: Requests to localhost are not allowed"]}');
+  });
+
   it('still lists a large legitimate page, and every other answer as before', async () => {
     const ref = await start();
     gitlab.listEndlessly('listHooks', 'onward');
@@ -161,10 +185,12 @@ describe('Bitbucket Data Center: answers too costly to parse', () => {
     expect(growth).toBeLessThan(MAX_HOOK_LISTING_PARSE_COST + 8 * MiB);
   });
 
-  it('refuses a costly error answer too, and still reads a full page of 1,000 repositories', async () => {
+  it('leaves a costly error answer unparsed and lets its status decide (a 503 is retried), and still reads a full page of 1,000 repositories', async () => {
     const ref = await start();
-    bitbucket.server.failNext('getRepo', 1, { status: 503, headers: json, text: COSTLY });
-    expectRefused(await adapter().getRepository(ref).then(() => undefined, (e: unknown) => e), new URL(bitbucket.url).origin, false);
+    bitbucket.server.failNext('getRepo', 1, { status: 503, headers: { ...json, 'retry-after': '7' }, text: COSTLY });
+    const { error, growth } = await heapGrowth(() => adapter().getRepository(ref));
+    expect(toActivityFailure(error)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: 'bitbucket answered 503: HTTP 503' });
+    expect(growth).toBeLessThan(MAX_ANSWER_PARSE_COST);
     for (let i = 0; i < 999; i++) bitbucket.addRepository({ projectKey: 'PROJ', slug: `service-${i}-with-a-longer-name`, defaultBranch: 'main' });
     const page = await adapter().listRepositoriesPage({});
     expect(page.repositories).toHaveLength(1000);
@@ -226,6 +252,20 @@ describe('Azure DevOps: answers too costly to parse, the SDK\'s included', () =>
     fake.server.failNext('querySubscriptions', 1, { status: 200, headers: json, text });
     const [hook] = await adapter().listHooks(ref);
     expect(hook).toEqual({ id: 's1', url: 'https://x.invalid/hook', events: ['git.push'], healthy: false, disabledReason: 'status unknown', filters: { branch: 'main' } });
+  });
+
+  it("lets an error status win over its body, the SDK's calls and the hooks REST calls alike: a deep message is shown shallowly, a costly body left unparsed", async () => {
+    await start();
+    const deep = `{"message":${nested(1_400_000)}}`;
+    fake.server.failNext('listRepositories', 1, { status: 400, headers: json, text: deep });
+    const sdkError = await adapter().listRepositoriesPage({ cursor: `repos:${ref.projectId}` }).then(() => undefined, (e: unknown) => e);
+    expect(toActivityFailure(sdkError)).toMatchObject({ nonRetryable: true, message: 'azure-devops answered 400: [[[[…]]]]' });
+    fake.server.failNext('listRepositories', 1, { status: 503, headers: json, text: COSTLY });
+    const sdkUnavailable = await adapter().listRepositoriesPage({ cursor: `repos:${ref.projectId}` }).then(() => undefined, (e: unknown) => e);
+    expect(toActivityFailure(sdkUnavailable)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false });
+    fake.server.failNext('querySubscriptions', 1, { status: 503, headers: json, text: `{"count":1,"results":${COSTLY}}` });
+    const restUnavailable = await adapter().listHooks(ref).then(() => undefined, (e: unknown) => e);
+    expect(toActivityFailure(restUnavailable)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: 'azure-devops answered 503: HTTP 503' });
   });
 
   it("still reads one project's 10,000 repositories, unpaged (~8 MB, near the byte cap)", async () => {
