@@ -59,26 +59,42 @@ export function prepared<P extends Record<string, unknown>, R>(build: (db: Kysel
 
 function compile<P extends Record<string, unknown>, R>(build: (db: Kysely<Database>, p: P) => Compilable<R>): { sql: string; slots: Slot[] } {
   const used = new Set<string>();
+  // Testing the parameters' presence or listing them would fix the statement's shape at its first call: refused.
+  const refuse = (what: string) => () => {
+    throw new Error(`prepared statement: the parameters were ${what} while building; build one prepared statement a shape instead`);
+  };
   const placeholders = new Proxy({} as P, {
     get: (_, name) => {
       if (typeof name !== 'string') throw new Error(`prepared statement: parameter ${String(name)} is not a name`);
       used.add(name);
       return MARK + name;
     },
+    has: refuse('tested (`in`)'),
+    ownKeys: refuse('listed (spread, Object.keys)'),
+    getOwnPropertyDescriptor: refuse('inspected'),
   });
   const { sql, parameters } = build(compiler, placeholders).compile();
-  if (sql.includes(MARK)) throw new Error(`prepared statement: a parameter was written into the SQL: ${sql}`);
+  // Every placeholder holds a NUL, which no statement of ours writes: one anywhere but as a whole
+  // parameter was written into the SQL, or joined, changed (`toUpperCase()`) or put in a list.
+  if (sql.includes('\u0000')) throw new Error(`prepared statement: a parameter was written into the SQL: ${sql}`);
   const placed = new Set<string>();
   const slots = parameters.map((value): Slot => {
-    if (typeof value === 'string' && value.includes(MARK)) {
-      if (!value.startsWith(MARK) || value.indexOf(MARK, 1) >= 0) throw new Error(`prepared statement: a parameter was joined into a value: ${JSON.stringify(value)}`);
+    if (typeof value === 'string' && value.startsWith(MARK) && used.has(value.slice(MARK.length))) {
       const name = value.slice(MARK.length);
       placed.add(name);
       return { name };
     }
+    if (holdsNul(value)) throw new Error(`prepared statement: a parameter was joined into a value, changed or put in a list: ${JSON.stringify(value)}`);
     return { value };
   });
   const lost = [...used].filter((name) => !placed.has(name));
   if (lost.length > 0) throw new Error(`prepared statement: parameter(s) ${lost.join(', ')} read but not in the SQL's parameters: ${sql}`);
   return { sql, slots };
+}
+
+/** Whether a constant the builder wrote carries a placeholder's NUL (in a string, or inside a list or object). */
+function holdsNul(value: unknown): boolean {
+  if (typeof value === 'string') return value.includes('\u0000');
+  if (value === null || typeof value !== 'object' || value instanceof Date) return false;
+  return JSON.stringify(value).includes('\\u0000');
 }

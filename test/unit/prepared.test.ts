@@ -34,4 +34,15 @@ describe('prepared', () => {
     const dropped = prepared((db, p: { name: string }) => db.selectFrom('organizations').select('id').where('slug', p.name ? 'is' : '=', null));
     await expect(dropped(echo, { name: 'x' })).rejects.toThrow(/read but not in the SQL/);
   });
+
+  it("refuses a builder that tests, lists, changes or gathers its placeholders (the first call's shape would be every call's)", async () => {
+    const tested = prepared((db, p: { name?: string }) => db.selectFrom('organizations').select('id').$if('name' in p, (q) => q.where('slug', '=', p.name!)));
+    await expect(tested(echo, { name: 'x' })).rejects.toThrow(/tested/);
+    const spread = prepared((db, p: { name: string }) => db.selectFrom('organizations').select('id').where('slug', '=', { ...p }.name));
+    await expect(spread(echo, { name: 'x' })).rejects.toThrow(/listed/);
+    const changed = prepared((db, p: { name: string; slug: string }) => db.selectFrom('organizations').select('id').where('slug', '=', p.slug).where('name', '=', p.name.toUpperCase()));
+    await expect(changed(echo, { name: 'x', slug: 'y' })).rejects.toThrow(/joined into a value, changed/);
+    const gathered = prepared((db, p: { a: string; b: string }) => db.selectFrom('organizations').select('id').where('slug', '=', p.a).where(sql<boolean>`id = any(${[p.a, p.b]}::uuid[])`));
+    await expect(gathered(echo, { a: 'x', b: 'y' })).rejects.toThrow(/put in a list/);
+  });
 });

@@ -169,7 +169,8 @@ export async function insertDeliveryEvents(
 ): Promise<RecordedEvent[]> {
   if (rows.length === 0) return [];
   const inserted: RecordedEvent[] = [];
-  // A statement takes at most 65,535 parameters: a delivery with thousands of ref changes is written in batches.
+  // In batches: the statement is one array a column (unnest), so no parameter limit applies, but a
+  // delivery with thousands of ref changes then sends and returns them a thousand rows at a time.
   for (let start = 0; start < rows.length; start += INSERT_BATCH_ROWS) {
     inserted.push(...(await insertEventRows(db, delivery, rows.slice(start, start + INSERT_BATCH_ROWS), withEvents)));
   }
