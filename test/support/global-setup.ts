@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sql } from 'kysely';
@@ -65,5 +65,6 @@ export default async function setup(project: TestProject) {
     await sql`drop database if exists ${sql.id(database)} with (force)`.execute(admin);
     await admin.destroy();
     await server.stop();
+    rmSync(bundleDir, { recursive: true, force: true });
   };
 }
