@@ -97,7 +97,11 @@ function parseCounted<T>(provider: Provider, origin: string, bytes: Uint8Array, 
   const budget = listingBudgets.getStore();
   const limit = budget ? Math.min(MAX_ANSWER_PARSE_COST, budget.remaining) : MAX_ANSWER_PARSE_COST;
   const cost = parseCost(bytes, limit);
-  if (cost > limit) throw new AnswerTooCostlyError(provider, origin, budget && budget.remaining < MAX_ANSWER_PARSE_COST ? budget.limit : limit, budget !== undefined && budget.remaining < MAX_ANSWER_PARSE_COST);
+  if (cost > limit) {
+    // A listing whose budget was the tighter bound names the listing's limit, else the answer's.
+    const byListing = budget !== undefined && budget.remaining < MAX_ANSWER_PARSE_COST;
+    throw new AnswerTooCostlyError(provider, origin, byListing ? budget.limit : limit, byListing);
+  }
   if (budget) budget.remaining -= cost;
   return parse();
 }
