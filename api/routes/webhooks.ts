@@ -66,9 +66,11 @@ const HEADER_ONLY_CREDENTIALS: ReadonlySet<Provider> = new Set(['gitlab', 'azure
  * connection already recorded (activities/events.ts claimDeliveryDigest). Not GitLab or Azure
  * DevOps: their credential is a static header, so whoever could replay a body could send any body,
  * and a GitLab push carries nothing of its own (deleting and re-creating a branch at the same commit
- * repeats its body exactly), so the check would only drop real events.
+ * repeats its body exactly), so the check would only drop real events. Derived from
+ * HEADER_ONLY_CREDENTIALS, so the two cannot disagree; GitHub's App deliveries come through no
+ * connection's hook, so they are never checked (Bitbucket DC alone today).
  */
-export const BODY_DIGEST_PROVIDERS: ReadonlySet<Provider> = new Set(['bitbucket']);
+export const BODY_DIGEST_PROVIDERS: ReadonlySet<Provider> = new Set(PROVIDERS.filter((p) => p !== 'github' && !HEADER_ONLY_CREDENTIALS.has(p)));
 
 const CONNECTION_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
