@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import { sql } from 'kysely';
 import { createHookActivities, deliveryUrl, READ_AHEAD_CLAIM_MS } from '../../activities/hooks.ts';
 import { createInlineAdmission, type InlineAdmission } from '../../activities/inline-admission.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { seal } from '../../lib/crypto.ts';
+import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { startFlakyProxy, type FlakyProxy } from '../support/flaky-proxy.ts';
@@ -41,9 +42,9 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     await h?.close();
   });
 
-  const activities = (inline?: InlineAdmission) =>
+  const activities = (inline?: InlineAdmission, db: Db = h.db) =>
     createHookActivities({
-      db: h.db,
+      db,
       keys: h.keys,
       providers: createProviderFactory({ outbound: testOutbound }),
       logger: createLogger('test', 'error'),
@@ -302,6 +303,101 @@ describe("an attach's local steps reuse the run's adapter only for the target th
       // The ensure, run as an activity, lists itself: the only listing.
       expect((await step.activity(() => hooks.ensureHook({ ...key, hookKey: 'project-hook' }))).outcome).toBe('created');
       expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200', 'createHook 201']);
+    });
+  });
+  /**
+   * Each attach step runs in a call scope of its own (activities/hooks.ts admittedStep,
+   * activities/call-scope.ts): a read it started and did not await is aborted when it ends, so no
+   * call of the organization runs on once the admission that counted it has given its place back.
+   * The step here fails (a disconnect was asked) while its listing is held at the provider.
+   */
+  describe('a read still running when its step ends is aborted with the step', () => {
+    const placeFree = (inline: InlineAdmission) => {
+      const release = inline.tryAdmit(org.id, `another-run-${randomUUID()}`);
+      release?.();
+      return release !== undefined;
+    };
+    /** The provider never answers a hook listing: held until the client closes it. */
+    function holdListings() {
+      let held!: () => void;
+      let closed!: () => void;
+      const listing = { held: new Promise<void>((resolve) => (held = resolve)), closed: new Promise<void>((resolve) => (closed = resolve)), count: 0 };
+      const never = new Promise<void>(() => undefined);
+      proxy.fault = (request) =>
+        request.method === 'GET' && /\/hooks(\?|$)/.test(request.url)
+          ? { kind: 'hold-request', onHeld: () => (listing.count++, held()), release: never, onReleased: () => undefined, onClientGone: closed }
+          : undefined;
+      return listing;
+    }
+    /**
+     * `closed` within `ms`: an aborted request's socket closes in milliseconds; one left running
+     * would stay open until its 30 s timeout.
+     */
+    const closedWithin = (closed: Promise<void>, ms: number) =>
+      Promise.race([
+        closed.then(() => 'closed'),
+        new Promise<string>((resolve) => setTimeout(() => resolve(`still open ${ms} ms after its step ended`), ms).unref()),
+      ]);
+    const disconnect = (connectionId: string) => h.db.updateTable('connections').set({ disconnect_requested_at: new Date() }).where('id', '=', connectionId).execute();
+
+    it('a read made ahead that the next step took, when that step fails before using it', async () => {
+      const inline = createInlineAdmission({ perWorker: 4, perOrganization: 1 });
+      const hooks = activities(inline);
+      const { connectionId, key } = await repository({ proxied: true });
+      const listing = holdListings();
+      try {
+        const step = run();
+        await step(() => hooks.beginAttachment(key));
+        await step(() => hooks.verifyRepository({ ...key, askAdmission: true }));
+        // The lookup's read ahead for the ensure is at GitLab, holding the organization's one place.
+        await listing.held;
+        expect(placeFree(inline)).toBe(false);
+        await disconnect(connectionId);
+        // The ensure takes the listing, then reads the row: the connection is no longer active.
+        await expect(step(() => hooks.ensureHook({ ...key, askAdmission: true, hookKey: 'project-hook' }))).rejects.toMatchObject({ type: 'ConnectionNotActive' });
+        expect(placeFree(inline)).toBe(true);
+        expect(await closedWithin(listing.closed, 5_000)).toBe('closed');
+        expect(listing.count).toBe(1);
+      } finally {
+        proxy.fault = () => undefined;
+      }
+    });
+
+    it('its early read beside the row\'s, when the row it reads then fails the step', async () => {
+      const inline = createInlineAdmission({ perWorker: 4, perOrganization: 1 });
+      // The steps' one database connection: held by the test, it keeps the ensure's read of the row waiting while its early listing goes out.
+      const gated = createDb(inject('databaseUrl'), { max: 1 });
+      const hooks = activities(inline, gated);
+      const { connectionId, key } = await repository({ proxied: true });
+      const listing = holdListings();
+      try {
+        const step = run();
+        await step(() => hooks.beginAttachment(key));
+        // Another run of the organization holds its one place: the lookup (asking none) reads nothing ahead, and leaves the run's adapter.
+        const other = inline.tryAdmit(org.id, `another-run-${randomUUID()}`)!;
+        try {
+          await step(() => hooks.verifyRepository(key));
+        } finally {
+          other();
+        }
+        await disconnect(connectionId);
+        let taken!: () => void;
+        const connectionTaken = new Promise<void>((resolve) => (taken = resolve));
+        const gate = gated.connection().execute(async () => {
+          taken();
+          await listing.held;
+        });
+        await connectionTaken;
+        // The ensure lists with the run's adapter at once; its row, read once the listing is at GitLab, fails it.
+        await expect(step(() => hooks.ensureHook({ ...key, askAdmission: true, hookKey: 'project-hook' }))).rejects.toMatchObject({ type: 'ConnectionNotActive' });
+        await gate;
+        expect(placeFree(inline)).toBe(true);
+        expect(await closedWithin(listing.closed, 5_000)).toBe('closed');
+        expect(listing.count).toBe(1);
+      } finally {
+        proxy.fault = () => undefined;
+        await gated.destroy();
+      }
     });
   });
 });
