@@ -2,7 +2,7 @@ import { activityCallsPerOrganization, activityCallsPerWorker, inlineCallsPerWor
 import type { EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import type { Provider } from '../lib/domain.ts';
-import { createLimiter } from '../lib/limiter.ts';
+import { createKeyedLimiter } from '../lib/limiter.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { WorkerMetrics } from '../lib/metrics.ts';
 import { createConnectionActivities } from './connections.ts';
@@ -72,8 +72,8 @@ export function settingsFromConfig(config: Config): ActivitySettings {
 
 /** Every activity the worker registers; workflows import only this function's type. */
 export function createActivities(deps: ActivityDeps) {
-  // One per worker: every connection listed by this worker shares it.
-  const listingLimiter = createLimiter(deps.settings.listingCallsPerWorker ?? LISTING_CONCURRENCY_DEFAULTS.callsPerWorker);
+  // One per worker: every connection listed by this worker shares it, a freed place going to the organization with the fewest calls going.
+  const listingLimiter = createKeyedLimiter(deps.settings.listingCallsPerWorker ?? LISTING_CONCURRENCY_DEFAULTS.callsPerWorker);
   // One per worker: it bounds the workflow task slots that tenant-facing calls hold at once.
   const inline: InlineAdmission = createInlineAdmission({
     perWorker: deps.settings.inlineCallsPerWorker ?? inlineCallsPerWorker(WORKER_SIZING_DEFAULTS),

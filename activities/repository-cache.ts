@@ -24,7 +24,7 @@ import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
 import { LISTING_CAPS_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT } from '../lib/config.ts';
 import { FIRST_LISTING_PAGE, LISTING_HEARTBEAT_MS, type ListingProgress } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
-import type { Limiter } from '../lib/limiter.ts';
+import type { KeyedLimiter } from '../lib/limiter.ts';
 import type { Provider, RoundPlace } from '../lib/domain.ts';
 
 export interface ListingChunkResult {
@@ -37,10 +37,11 @@ export interface ListingChunkResult {
   alreadyRunning?: boolean;
 }
 
-/** How many listing calls run at once: per connection, and for the whole worker; and where one listing stops. */
+/** How many listing calls run at once: per connection, and for the whole worker (shared between organizations); and where one listing stops. */
 export interface ListingConcurrency {
   callsPerConnection: number;
-  limiter: Limiter;
+  /** The worker's, keyed by organization: a freed place goes to the organization with the fewest calls going. */
+  limiter: KeyedLimiter;
   /** repositoryCache.maxRepositoriesPerConnection / maxPagesPerConnection (each defaults to LISTING_CAPS_DEFAULTS'). */
   caps?: Partial<ListingCaps>;
   /** repositoryCache.vanishedRetentionDays (default VANISHED_RETENTION_DAYS_DEFAULT): vanished rows older than this are purged. */
@@ -227,8 +228,9 @@ export function createRepositoryCacheActivities(
       };
 
       /**
-       * One page: the call (within both limits), then its cursors join the queue at once so the next
-       * calls start while this page is written; the page counts as visited once it is written.
+       * One page: the call (within both limits, the worker's taken as its organization's turn comes),
+       * then its cursors join the queue at once so the next calls start while this page is written;
+       * the page counts as visited once it is written.
        */
       let fetching = 0;
       /** Rows of pages past the cap check whose write has not ended: not yet in `state.listed`. */
@@ -239,7 +241,7 @@ export function createRepositoryCacheActivities(
         const cursor = pageKey === FIRST_LISTING_PAGE ? undefined : pageKey;
         let page: RepositoryPage;
         try {
-          page = await concurrency.limiter.run(() => classified(() => adapter.listRepositoriesPage({ cursor, etag: previous?.etag ?? undefined })));
+          page = await concurrency.limiter.run(row.organization_id, () => classified(() => adapter.listRepositoriesPage({ cursor, etag: previous?.etag ?? undefined })));
         } finally {
           fetching--;
         }

@@ -5,7 +5,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { createRepositoryCacheActivities } from '../../activities/repository-cache.ts';
-import { createLimiter } from '../../lib/limiter.ts';
+import { createKeyedLimiter } from '../../lib/limiter.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { newListingProgress, type ListingProgress } from '../../workflows/contract.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
@@ -42,7 +42,7 @@ describe('repository listing heartbeats', () => {
   const activities = (db = h.db) =>
     createRepositoryCacheActivities(
       { db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
-      { callsPerConnection: 4, limiter: createLimiter(8) },
+      { callsPerConnection: 4, limiter: createKeyedLimiter(8) },
     );
   /** Lists a new connection's repositories in one activity attempt, keeping every heartbeat it sent. */
   async function list(db = h.db, onHeartbeat?: (details: ListingProgress) => void) {
