@@ -1,6 +1,7 @@
 import { context } from '@opentelemetry/api';
 import pg from 'pg';
 import { contextFromTraceparent } from '../lib/tracing.ts';
+import { KEEPALIVE_INITIAL_DELAY_MS } from '../lib/db/index.ts';
 import { startPendingDeliveries, type PendingDelivery, type StartOutcome } from '../lib/db/repositories/deliveries.ts';
 import { workflowIds, type DeliverySummary, type EventInput } from '../workflows/contract.ts';
 import { deliveryRunLabels, deliveryTargetsFrom } from '../workflows/run-labels.ts';
@@ -65,6 +66,15 @@ export interface IntakeRelayOptions {
   rowRetryMs?: number;
   /** The longest wait between two starts of one failing row (default 10 min). */
   maxRowRetryMs?: number;
+  /** The client's wait for an answer to one of the relay's statements before it gives the connection up (default 30 s). */
+  statementTimeoutMs?: number;
+  /**
+   * PostgreSQL's `idle_in_transaction_session_timeout` on the relay's connection: a claim whose
+   * client went silent mid-round (its process frozen, its network path dropping everything) is ended
+   * by the server after this long, and its rows' locks with it, instead of when TCP gives up (hours).
+   * Default: twice the longest a round's starts can legitimately take (longestRoundMs), at least 60 s.
+   */
+  claimIdleTimeoutMs?: number;
   /** Remember every run started, for `started` and `whenStarted` (tests; it grows without bound). */
   track?: boolean;
 }
@@ -82,6 +92,17 @@ export type RelayDeps = Pick<ApiDeps, 'intake' | 'logger' | 'temporal' | 'taskQu
 
 /** What the relay gives each start before it counts as failed: Temporal unreachable must not hold rows locked for long. */
 const START_TIMEOUT_MS = 5000;
+
+/**
+ * The longest a round's claim stays open while its starts run (the transaction idle between the
+ * claim and the outcomes): each start ends within START_TIMEOUT_MS (the Temporal client's
+ * deadline); rows younger than `maxDeferMs` go `busyStartConcurrency` at a time, and a start begun
+ * then may run START_TIMEOUT_MS past it before the rest go `startConcurrency` at a time. Defaults
+ * (50, 16, 500 ms): 0.5 + 5 + 4 × 5 = 25.5 s.
+ */
+export function longestRoundMs({ batch, startConcurrency, maxDeferMs }: { batch: number; startConcurrency: number; maxDeferMs: number }): number {
+  return maxDeferMs + START_TIMEOUT_MS * (1 + Math.ceil(batch / startConcurrency));
+}
 
 /** One claimed row and its run's id (worked out once). */
 interface Run {
@@ -118,6 +139,8 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
   const maxBackoffMs = options.maxBackoffMs ?? 30_000;
   const rowRetryMs = options.rowRetryMs ?? 1000;
   const maxRowRetryMs = options.maxRowRetryMs ?? 10 * 60_000;
+  const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;
+  const claimIdleTimeoutMs = Math.round(options.claimIdleTimeoutMs ?? Math.max(60_000, 2 * longestRoundMs({ batch, startConcurrency, maxDeferMs })));
   const started: string[] = [];
   const waiters = new Map<string, (() => void)[]>();
   let stopping = false;
@@ -159,10 +182,22 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
   };
 
   let client: pg.Client | undefined;
-  /** The relay's own connection, made anew after a failure. */
+  /**
+   * The relay's own connection, made anew after a failure. Its claim holds up to `batch` rows
+   * locked while their starts run: should the relay go silent mid-round (its process frozen or gone
+   * without a close, the network path dropping everything), the server ends the transaction after
+   * `claimIdleTimeoutMs` idle, and the rows are free for the other relays (a start made again then
+   * finds its run there: success). TCP keepalive: the client notices a peer gone between rounds.
+   */
   const session = async () => {
     if (client) return client;
-    const next = new pg.Client({ connectionString: options.databaseUrl, connectionTimeoutMillis: 10_000, query_timeout: 30_000 });
+    const next = new pg.Client({
+      connectionString: options.databaseUrl,
+      connectionTimeoutMillis: 10_000,
+      query_timeout: statementTimeoutMs,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: KEEPALIVE_INITIAL_DELAY_MS,
+    });
     // Without a listener pg's 'error' would end the process; the next round connects anew.
     next.on('error', (error) => {
       deps.logger.warn({ reason: error.message }, 'intake relay: lost its database connection; connecting anew');
@@ -171,6 +206,8 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
     });
     try {
       await next.connect();
+      // A SET, not a startup parameter (a pooler may refuse those), before the session's first claim.
+      await next.query(`set idle_in_transaction_session_timeout = ${claimIdleTimeoutMs}`);
     } catch (error) {
       void next.end().catch(() => {});
       throw error;
@@ -241,7 +278,9 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
           startedThisRound.push(workflowId);
           return outcome;
         }
-        const attempts = delivery.attempts + 1;
+        // A round of an outage is not the row's failure: not counted (startPendingDeliveries), so the
+        // row's own delay, from its own failures, is not made longer by the outage it waited out.
+        const attempts = unreachable ? delivery.attempts : delivery.attempts + 1;
         const retryInMs = unreachable ? null : Math.min(rowRetryMs * 2 ** Math.min(attempts - 1, 30), maxRowRetryMs);
         if (unreachable) deps.logger.warn({ workflowId, attempts, reason: outcome.error }, 'intake relay: Temporal did not answer; the delivery waits, acknowledged');
         else deps.logger.error({ workflowId, attempts, reason: outcome.error, retryInMs }, 'intake relay: the event run of a stored delivery could not be started; retrying it on its own schedule');

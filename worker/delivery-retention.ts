@@ -1,17 +1,18 @@
 import type { Db } from '../lib/db/index.ts';
-import { deleteDeliveriesReceivedBefore } from '../lib/db/repositories/deliveries.ts';
+import { deleteDeliveriesPastRetention } from '../lib/db/repositories/deliveries.ts';
 import type { Logger } from '../lib/logger.ts';
 
-const DAY_MS = 24 * 60 * 60 * 1000;
 const BATCH = 1000;
 
-/** Removes stored deliveries received more than `retentionDays` before `now`, in short batches; returns how many. */
-export async function pruneDeliveries(db: Db, retentionDays: number, now = new Date()): Promise<number> {
-  const cutoff = new Date(now.getTime() - retentionDays * DAY_MS);
+/**
+ * Removes stored deliveries started more than `retentionDays` ago (by the database's clock; see
+ * deleteDeliveriesPastRetention), in short batches; returns how many.
+ */
+export async function pruneDeliveries(db: Db, retentionDays: number): Promise<number> {
   let removed = 0;
   let batch: number;
   do {
-    batch = await deleteDeliveriesReceivedBefore(db, cutoff, BATCH);
+    batch = await deleteDeliveriesPastRetention(db, retentionDays, BATCH);
     removed += batch;
   } while (batch === BATCH);
   return removed;

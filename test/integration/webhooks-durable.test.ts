@@ -3,7 +3,6 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Provider } from '../../lib/domain.ts';
 import { workflowIds, type EventInput, type EventResult } from '../../workflows/contract.ts';
-import { pruneDeliveries } from '../../worker/delivery-retention.ts';
 import { delivery, fixture, PUSH_FIXTURES, withRepository, type Payload } from '../fakes/webhook-deliveries.ts';
 import { eventsOfDelivery, send, seedAttachedRepository, uniqueExternalId, type DeliveringHook } from '../support/events.ts';
 import { createOrgWithToken, resultOf, startHarness, type Harness } from '../support/harness.ts';
@@ -134,33 +133,6 @@ describe('durable deliveries (real Temporal, real PostgreSQL)', () => {
     await h.client.workflow.start('eventWorkflow', { taskQueue: h.taskQueue, workflowId, args: [input] });
     expect(await resultOf<EventResult>(h, workflowId)).toMatchObject({ recorded: 1 });
     expect((await eventsOfDelivery(h.db, 'bitbucket', deliveryId)).map((e) => e.event)).toEqual([event]);
-  });
-
-  it('removes stored deliveries after the retention period once their runs started, keeping newer and unstarted ones', async () => {
-    const now = new Date();
-    const day = 24 * 60 * 60 * 1000;
-    const rows = [
-      { id: `old-${randomUUID()}`, receivedAt: new Date(now.getTime() - 8 * day), startedAt: new Date(now.getTime() - 8 * day) },
-      { id: `new-${randomUUID()}`, receivedAt: new Date(now.getTime() - 6 * day), startedAt: new Date(now.getTime() - 6 * day) },
-      // Still waiting for Temporal (its start information names a task queue no relay serves).
-      { id: `waiting-${randomUUID()}`, receivedAt: new Date(now.getTime() - 8 * day), startedAt: null },
-    ];
-    await h.db
-      .insertInto('webhook_deliveries')
-      .values(
-        rows.map((r) => ({
-          provider: 'gitlab' as const,
-          delivery_id: r.id,
-          events: '[]',
-          received_at: r.receivedAt,
-          started_at: r.startedAt,
-          start: JSON.stringify({ taskQueue: `none-${randomUUID()}`, summary: {} }),
-        })),
-      )
-      .execute();
-    expect(await pruneDeliveries(h.db, 7, now)).toBeGreaterThanOrEqual(1);
-    const left = await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', 'in', rows.map((r) => r.id)).orderBy('delivery_id').execute();
-    expect(left.map((r) => r.delivery_id).sort()).toEqual([rows[1]!.id, rows[2]!.id].sort());
   });
 });
 

@@ -126,11 +126,32 @@ const LOAD_DELIVERY = {
   ofNoConnection: prepared((db, p: { provider: Provider; deliveryId: string }) => loadDeliveryRow(db, p).where('connection_id', 'is', null)),
 };
 
-/** Removes up to `limit` deliveries received before `cutoff` whose runs were started (an unstarted one is still owed its run), oldest first; returns how many. */
-export async function deleteDeliveriesReceivedBefore(db: Executor, cutoff: Date, limit: number): Promise<number> {
+/**
+ * Removes up to `limit` deliveries whose retention is over, oldest first; returns how many. The
+ * retention (`retentionDays`, by the database's clock, so no worker's clock moves it) counts from
+ * the row's start, not its receipt: a row that waited for its run (Temporal refusing it, a task
+ * queue no relay served, a long outage) gets the whole retention after it finally starts for its
+ * run to read it. An unstarted row is still owed its run and is never removed, except one stored
+ * without start information (`start` null: an API from before the intake relay, during a rolling
+ * upgrade, which started the run itself right after storing it): it counts from its receipt.
+ * Read through the received_at index (a row starts after its receipt, so a row past its retention
+ * was received before the cutoff too).
+ */
+export async function deleteDeliveriesPastRetention(db: Executor, retentionDays: number, limit: number): Promise<number> {
+  const cutoff = sql<Date>`now() - ${retentionDays} * interval '1 day'`;
   const result = await db
     .deleteFrom('webhook_deliveries')
-    .where(sql<string>`ctid`, 'in', db.selectFrom('webhook_deliveries').select(sql<string>`ctid`.as('ctid')).where('received_at', '<', cutoff).where('started_at', 'is not', null).orderBy('received_at').limit(limit))
+    .where(
+      sql<string>`ctid`,
+      'in',
+      db
+        .selectFrom('webhook_deliveries')
+        .select(sql<string>`ctid`.as('ctid'))
+        .where('received_at', '<', cutoff)
+        .where((eb) => eb.or([eb('started_at', '<', cutoff), eb.and([eb('started_at', 'is', null), eb('start', 'is', null)])]))
+        .orderBy('received_at')
+        .limit(limit),
+    )
     .executeTakeFirst();
   return Number(result.numDeletedRows);
 }
@@ -145,11 +166,15 @@ export interface PendingDelivery {
   start: DeliveryStart;
   /** The connection whose own hook delivered it (absent: GitHub, or a legacy hook). */
   connectionId?: string;
-  /** Starts of it that failed so far. */
+  /** Starts of it that failed on their own so far (a round of a Temporal outage, where every start failed for want of an answer, not counted). */
   attempts: number;
 }
 
-/** What became of one start: the run is there, or the start failed (`error`: short, no secret) and the row is tried again after `retryInMs` (null: at the relay's next round). */
+/**
+ * What became of one start: the run is there, or the start failed (`error`: short, no secret) and
+ * the row is tried again after `retryInMs` (null: at the relay's next round; such a failure, Temporal
+ * unreachable, is recorded as the row's last error but not counted in its `attempts`).
+ */
 export type StartOutcome = { started: true } | { started: false; error: string; retryInMs: number | null };
 
 /**
@@ -230,10 +255,12 @@ export async function startPendingDeliveries(
       return [outcome.started ? { tid: r.row, delivery_id: r.delivery_id, started: true } : { tid: r.row, delivery_id: r.delivery_id, started: false, error: toStorableText(outcome.error), retry_in_ms: outcome.retryInMs }];
     });
     // clock_timestamp(), not now(): the moment the starts returned, not the transaction's beginning.
+    // A failure due again at the next round (retryInMs null: Temporal did not answer at all) is not
+    // the row's own: it is not counted in `attempts`, from which the row's own delay is worked out.
     await session.query(`
       update webhook_deliveries w
       set started_at = case when f.started then clock_timestamp() end,
-          attempts = w.attempts + case when f.started then 0 else 1 end,
+          attempts = w.attempts + case when f.started or f.retry_in_ms is null then 0 else 1 end,
           last_error = case when f.started then w.last_error else f.error end,
           next_attempt_at = case when f.started then null else now() + f.retry_in_ms * interval '1 millisecond' end
       from jsonb_to_recordset(${session.escapeLiteral(JSON.stringify(recorded))}::jsonb)
@@ -242,22 +269,29 @@ export async function startPendingDeliveries(
       commit`);
     return { locked: rows.length, started: recorded.filter((r) => r.started).length };
   } catch (error) {
-    // The claim's locks go with the transaction; the session is dropped by the caller if it is broken.
-    await session.query('rollback').catch(() => {});
+    // The claim's locks go with the transaction. The rollback is sent, not waited for: after a
+    // statement that got no answer (the client's read deadline) it would wait out a deadline of its
+    // own on the same silent connection, which the caller drops anyway; a session still sound runs
+    // it before its next statement (pg sends a session's statements in order).
+    void session.query('rollback').catch(() => {});
     throw error;
   }
 }
 
-/** The intake table's backlog: deliveries acknowledged whose runs have not started yet. */
+/**
+ * The intake table's backlog: deliveries acknowledged whose runs have not started yet. Rows stored
+ * without start information (an API from before the intake relay, during a rolling upgrade: it
+ * started their runs itself) are not in it; retention removes them (deleteDeliveriesPastRetention).
+ */
 export interface IntakeBacklog {
   /** Rows not started yet, whatever their task queue. */
   pending: number;
   /** When the oldest of them was acknowledged, and how long ago that is (by the database's clock). */
   oldestReceivedAt?: Date;
   oldestAgeSeconds?: number;
-  /** Those of them whose start failed at least once (Temporal unreachable, or refusing them). */
+  /** Those of them whose start failed at least once (Temporal unreachable, or refusing them): a last error recorded. */
   failing: number;
-  /** The oldest failing row: its run, how often it failed, why last, and when it is tried again. */
+  /** The oldest failing row: its run, how often it failed on its own (0: only for want of an answer), why last, and when it is tried again. */
   oldestFailure?: { provider: Provider; deliveryId: string; attempts: number; lastError: string; nextAttemptAt?: Date };
   /** Pending rows per task queue (a relay starts only its own deployment's; rows of a queue no deployment serves any more wait here). */
   byTaskQueue: Record<string, number>;
@@ -275,21 +309,24 @@ export async function intakeBacklog(db: Executor): Promise<IntakeBacklog> {
         fn.countAll<string>().as('pending'),
         fn.min('received_at').as('oldest'),
         sql<number | null>`extract(epoch from now() - min(received_at))::float8`.as('oldest_age'),
-        sql<string>`count(*) filter (where attempts > 0)`.as('failing'),
+        sql<string>`count(*) filter (where last_error is not null)`.as('failing'),
       ])
       .where('started_at', 'is', null)
+      .where('start', 'is not', null)
       .executeTakeFirstOrThrow(),
     db
       .selectFrom('webhook_deliveries')
       .select(({ fn }) => [sql<string | null>`start->>'taskQueue'`.as('task_queue'), fn.countAll<string>().as('pending')])
       .where('started_at', 'is', null)
+      .where('start', 'is not', null)
       .groupBy(sql`start->>'taskQueue'`)
       .execute(),
     db
       .selectFrom('webhook_deliveries')
       .select(['provider', 'delivery_id', 'attempts', 'last_error', 'next_attempt_at'])
       .where('started_at', 'is', null)
-      .where('attempts', '>', 0)
+      .where('start', 'is not', null)
+      .where('last_error', 'is not', null)
       .orderBy('received_at')
       .limit(1)
       .executeTakeFirst(),
