@@ -86,4 +86,29 @@ describe('migrations', () => {
     const columns = await sql<{ column_name: string }>`select column_name from information_schema.columns where table_name = 'events'`.execute(db);
     expect(columns.rows.map((c) => c.column_name)).not.toContain('connection_id');
   });
+
+  it("keeps, going below per-connection deliveries, every intake row but those that would collide (its down dropped every connection's row, owed runs among them)", async () => {
+    const migrator = new Migrator({ db, provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations } });
+    expect((await migrator.migrateTo('2026-12-06T1215-deliveries-per-connection')).error).toBeUndefined();
+    const org = (await db.insertInto('organizations').values({ slug: 'intake-down', name: 'Intake down' }).returning('id').executeTakeFirstOrThrow()) as { id: string };
+    const connection = async (account: string) =>
+      ((await db.insertInto('connections').values({ organization_id: org.id, provider: 'gitlab', base_url: 'https://gitlab.test', account, status: 'active' }).returning('id').executeTakeFirstOrThrow()) as { id: string }).id;
+    const [one, two] = [await connection('one'), await connection('two')];
+    const row = (deliveryId: string, connectionId: string | null, receivedAgoS: number) => ({
+      provider: 'gitlab', delivery_id: deliveryId, connection_id: connectionId, events: JSON.stringify([]), received_at: new Date(Date.now() - receivedAgoS * 1000),
+      start: JSON.stringify({ taskQueue: 'q', summary: {} }), started_at: null,
+    });
+    await db.deleteFrom('webhook_deliveries').execute();
+    await db
+      .insertInto('webhook_deliveries')
+      .values([row('owed', one, 10), row('beside-legacy', null, 10), row('beside-legacy', one, 20), row('two-hooks', two, 30), row('two-hooks', one, 20)])
+      .execute();
+    expect((await migrator.migrateDown()).error).toBeUndefined();
+    const left = await db.selectFrom('webhook_deliveries').select(['delivery_id', sql<number>`extract(epoch from now() - received_at)::int`.as('age')]).orderBy('delivery_id').execute();
+    expect(left).toEqual([
+      { delivery_id: 'beside-legacy', age: 10 },
+      { delivery_id: 'owed', age: 10 },
+      { delivery_id: 'two-hooks', age: 30 },
+    ]);
+  });
 });

@@ -13,8 +13,18 @@ export async function up(db: Kysely<any>): Promise<void> {
   await sql`alter table webhook_deliveries add constraint webhook_deliveries_key unique nulls not distinct (provider, delivery_id, connection_id)`.execute(db);
 }
 
+/**
+ * Back to one row per provider and delivery id: only the rows that would collide go (a connection's
+ * row beside a row of no connection, or beside an earlier one of another connection), not every
+ * connection's row, many of them deliveries whose runs are still owed (not started yet) or still
+ * to read them. A row kept is started by the older relay under its run id of that version.
+ */
 export async function down(db: Kysely<any>): Promise<void> {
-  await db.deleteFrom('webhook_deliveries').where('connection_id', 'is not', null).execute();
+  await sql`
+    delete from webhook_deliveries w using webhook_deliveries o
+    where w.provider = o.provider and w.delivery_id = o.delivery_id and w.ctid <> o.ctid
+      and w.connection_id is not null
+      and (o.connection_id is null or (o.received_at, o.ctid) < (w.received_at, w.ctid))`.execute(db);
   await db.schema.alterTable('webhook_deliveries').dropConstraint('webhook_deliveries_key').execute();
   await db.schema.alterTable('webhook_deliveries').dropColumn('connection_id').execute();
   await db.schema.alterTable('webhook_deliveries').addPrimaryKeyConstraint('webhook_deliveries_pkey', ['provider', 'delivery_id']).execute();
