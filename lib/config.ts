@@ -342,7 +342,7 @@ export const configSchema = z
         bodyThreads: z.number().int().min(1).max(16).optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
-        // How long a delivery's stored events (the intake table) are kept after it was received.
+        // How long a delivery's stored events (the intake table) are kept after its run was started (by the database's clock).
         deliveryRetentionDays: z.number().int().min(1).default(7),
         // How long the receivers keep a connection's opened webhook credentials (a dropped one stays accepted that long).
         credentialCacheSeconds: z.number().int().min(0).max(3600).default(60),

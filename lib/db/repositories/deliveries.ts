@@ -180,7 +180,8 @@ export type StartOutcome = { started: true } | { started: false; error: string; 
 /**
  * The intake relay's own connection to PostgreSQL (a `pg.Client`): the rows a round claims stay
  * locked by its open transaction while their runs start, and are free again the moment the
- * connection ends, the relay's process killed included. A session of its own, not the pool's: the
+ * transaction ends: the connection closed (the relay's process killed included), or, for a relay
+ * gone silent without a close, the server's idle_in_transaction_session_timeout the relay sets. A session of its own, not the pool's: the
  * claim and the outcome each go as one simple-protocol query of two statements (`BEGIN; SELECT …
  * FOR UPDATE SKIP LOCKED` and `UPDATE …; COMMIT`), one round trip each, which Kysely's
  * one-statement prepared queries cannot send, and a round holds no connection the receivers need.
