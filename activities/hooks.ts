@@ -151,6 +151,13 @@ function hookSpec(provider: Provider, key: string, url: string, credential: Webh
   }
 }
 
+/**
+ * Providers whose hook calls name the repository by its name, not its id: another repository can
+ * take that name once it is deleted or renamed (GitLab: the project id; Azure DevOps: subscriptions
+ * filtered by the repository's id).
+ */
+const ADDRESSED_BY_NAME: ReadonlySet<Provider> = new Set(['bitbucket']);
+
 const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
 
 /** Whether a provider hook is the one of `key` at `url`: same URL, and for Azure DevOps the same event type (all three share the URL). */
@@ -425,6 +432,23 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   }
 
   /**
+   * Before deleting hooks a listing found by the repository's name (Bitbucket DC: /projects/K/repos/
+   * slug/webhooks), that the name is still this repository's, as getRepository checks it by id: a
+   * repository deleted or renamed leaves its name to another, whose hooks at our URL (the
+   * connection's, shared by all its repositories) are that one's. Listed first, checked after: the
+   * hook ids listed were that name's before the check, and a later delete of one under another
+   * repository's path finds nothing (webhook ids belong to their repository).
+   */
+  async function confirmSameRepository(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
+    if (!ADDRESSED_BY_NAME.has(row.provider)) return;
+    if (await classified(() => adapter.getRepository(refOf(row)))) return;
+    throw nonRetryable(
+      HookFailureTypes.hookPresenceUnknown,
+      `${row.provider} shows no repository ${row.full_name} with id ${row.external_id} (deleted, renamed with its name taken by another repository, or no longer visible to connection ${row.connection_id}): ${what} listed under that name left alone; refresh the repository list (a renamed repository's row takes its new name) and detach again, or delete the hook at the provider`,
+    );
+  }
+
+  /**
    * Deletes hooks at the provider (one proven gone counts as deleted) and forgets them. A legacy
    * hook (the global secret, from before per-connection hooks) may still serve another
    * organization's attachment of the same repository: that one is only forgotten here.
@@ -487,8 +511,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const { row, adapter, answer: listing } = await readingTarget(input, { requireActive: true, ahead: PRUNE_LISTING }, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
     const [listed, versions] = await Promise.all([listing, recordedCredentialVersions(db, row.id)]);
     const stray = listed.filter((hook) => sameUrl(hook.url, urlOf(row)) && !input.keepHookIds.includes(hook.id)).map((hook) => hook.id);
-    const legacy = [...versions].filter(([id, version]) => version === null && !input.keepHookIds.includes(id)).map(([id]) => id);
-    const removed = [...new Set([...stray, ...legacy])];
+    // A recorded hook outside the set is deleted wherever its URL points, never only forgotten: once
+    // forgotten, nothing reaches it (a detach's sweep finds hooks at our URL only). Legacy ones go
+    // even unlisted, as before; a legacy hook another attachment records is only forgotten (deleteHooks).
+    const listedIds = new Set(listed.map((hook) => hook.id));
+    const recordedOutside = [...versions].filter(([id, version]) => !input.keepHookIds.includes(id) && (version === null || listedIds.has(id))).map(([id]) => id);
+    const removed = [...new Set([...stray, ...recordedOutside])];
     await deleteHooks(row, adapter, removed);
     // Only the repository's workflow records its hooks, and its ensures have all settled: when
     // every record read above is kept, there is nothing to forget and no query to make.
@@ -534,11 +562,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     },
 
     /**
-     * Makes one hook of the set exist, and records it. The repository's hooks are listed first: a
-     * hook already pointing at our delivery URL (left by a run that crashed between creating and
-     * recording it, or deleted from our records) is adopted and saved with our full settings (which
-     * re-enables it and restores the secret, write-only at every provider) instead of duplicated;
-     * further copies are deleted.
+     * Makes one hook of the set exist, and records it. The repository's hooks are listed first: the
+     * hook of this key we recorded, wherever its URL now points (publicUrl moved, someone edited it),
+     * or else a hook already pointing at our delivery URL (left by a run that crashed between
+     * creating and recording it, or deleted from our records) is adopted and saved with our full
+     * settings (which points it back at our URL, re-enables it and restores the secret, write-only
+     * at every provider) instead of duplicated; further copies at our URL are deleted.
      */
     async ensureHook(input: RepositoryKey & InlineStep & { hookKey: string; projectId?: string }): Promise<{ providerHookId: string; outcome: 'created' | 'adopted'; duplicatesRemoved: number }> {
       admitActivity(activitySlots, input);
@@ -567,7 +596,16 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             const matching = listed.filter((hook) => isHookFor(row.provider, input.hookKey, spec.url, hook));
             // The hook we already know wins over any copy.
             matching.sort((a, b) => Number(recorded.has(b.id)) - Number(recorded.has(a.id)));
-            const [existing, ...duplicates] = matching;
+            // A hook we recorded is ours wherever its URL now points (publicUrl moved, someone edited
+            // it): saved back in place, as the hook-health check does, instead of being forgotten
+            // beside a new one while it goes on delivering our secret elsewhere. A legacy hook another
+            // attachment still records is left to it: ours is made beside it (the prune forgets it).
+            const recordedElsewhere = matching.some((hook) => recorded.has(hook.id))
+              ? []
+              : listed.filter((hook) => recorded.has(hook.id) && !sameUrl(hook.url, spec.url) && isSameHookKey(row.provider, input.hookKey, hook));
+            const shared = new Set(await legacyHooksInUseElsewhere(db, row.id, recordedElsewhere.map((hook) => hook.id)));
+            const drifted = recordedElsewhere.find((hook) => !shared.has(hook.id));
+            const [existing, ...duplicates] = drifted ? [drifted, ...matching] : matching;
             const hook = await classified(() => saveHook(adapter, ref, existing?.id, spec));
             // The prune, next, lists the hooks: with nothing more to change at the provider, its
             // listing goes out now, beside this hook's record, instead of after the hand-over.
@@ -609,8 +647,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
 
     /**
      * Deletes hooks at the connection's delivery URL outside the hook set (e.g. an event type no
-     * longer used) and the legacy hooks the attachment had before (the new set replaces them), and
-     * forgets records of hooks no longer there. With `completeAttachment` (the attach's last step),
+     * longer used), the hooks recorded outside it wherever they point (listed; legacy ones the
+     * attachment had before even unlisted: the new set replaces them), and forgets records of hooks
+     * no longer there. With `completeAttachment` (the attach's last step),
      * then marks the repository attached, as completeAttachment does, and says so in its result: a
      * worker from before this option, which may take the step run as an activity, leaves it to the
      * workflow.
@@ -663,7 +702,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       await deleteHooks(row, adapterFor(row), [input.providerHookId]);
     },
 
-    /** Deletes every other hook pointing at the connection's delivery URL: copies our records never knew about. */
+    /**
+     * Deletes every other hook pointing at the connection's delivery URL: copies our records never
+     * knew about. Found by a listing by name (Bitbucket DC), they are deleted only once the name is
+     * confirmed to be still this repository's (confirmSameRepository): a stale row's detach must not
+     * sweep the hook of the repository that took its name.
+     */
     async sweepHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ removed: string[] }> {
       admitActivity(activitySlots, key);
       const row = await repository(key, { requireActive: false });
@@ -678,6 +722,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         throw toActivityFailure(error);
       }
       const removed = hooks.filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
+      if (removed.length > 0) await confirmSameRepository(row, adapter, `hook ${removed.join(', ')} at the delivery URL`);
       await deleteHooks(row, adapter, removed);
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'unrecorded hooks at the delivery URL removed');
       return { removed };
