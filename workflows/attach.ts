@@ -155,7 +155,7 @@ async function compensate(compensations: Compensation[]): Promise<string[]> {
     try {
       await undo();
     } catch (error) {
-      log.error('compensation failed: the hook stays recorded so that a detach removes it', { hookKey, reason: failureReason(error) });
+      log.error('compensation failed: the hook stays at the provider until a detach removes it (by its record, or by the sweep of our delivery URL when its creation was never recorded)', { hookKey, reason: failureReason(error) });
       failed.push(hookKey);
     }
   }
@@ -299,7 +299,7 @@ async function failedAttach(
   // Undo even when the run is being cancelled: a half-made hook set must not stay behind.
   const reason = await CancellationScope.nonCancellable(async () => {
     const notUndone = await compensate(compensations);
-    const full = notUndone.length > 0 ? `${cause} (could not remove hook ${notUndone.join(', ')}: it stays recorded, a detach removes it)` : cause;
+    const full = notUndone.length > 0 ? `${cause} (could not remove hook ${notUndone.join(', ')}: it stays at the provider; a detach removes it, by its record or, if its creation's answer was lost and it was never recorded, by the sweep of our delivery URL)` : cause;
     await failAttachment({ ...key, reason: full });
     return full;
   });
