@@ -263,7 +263,7 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
     const limit = yielding ? busyStartConcurrency * 4 : batch;
     // Receipts from here on are waited for by the next round (those before are in this claim).
     waitingSince = undefined;
-    const { locked } = await startPendingDeliveries(await session(), deps.taskQueue, limit, async (pending) => {
+    const { more } = await startPendingDeliveries(await session(), deps.taskQueue, limit, async (pending) => {
       const claimedAt = performance.now();
       const runs = pending.map((delivery): Run => ({ delivery, workflowId: workflowIds.event(delivery.provider, delivery.deliveryId, delivery.connectionId) }));
       // Fewer at once while deliveries arrive back to back, unless the row has waited its share already.
@@ -296,7 +296,8 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
         waiters.delete(workflowId);
       }
     }
-    return { full: locked === limit, unreachable };
+    // A turn took its whole share, or organizations were left for the next round: a backlog, claimed again at once.
+    return { full: more, unreachable };
   }
 
   const loop = (async () => {

@@ -293,7 +293,7 @@ describe('a start failure the intake table cannot hold as given', () => {
       const outcome = await startPendingDeliveries(session, taskQueue, 50, async (pending) =>
         pending.map((p) => (p.deliveryId === ids[0] ? { started: false as const, error: `INVALID_ARGUMENT: ${p.deliveryId}\u0000 \ud83d`, retryInMs: 60_000 } : { started: true as const })),
       );
-      expect(outcome).toEqual({ locked: 3, started: 2 });
+      expect(outcome).toEqual({ locked: 3, started: 2, more: false });
       const rows = (await session.query(`select delivery_id, attempts, last_error, started_at is not null as started from webhook_deliveries where delivery_id = any($1) order by received_at`, [ids])).rows;
       expect(rows).toEqual([
         { delivery_id: ids[0], attempts: 1, last_error: `INVALID_ARGUMENT: ${ids[0]}\uFFFD \uFFFD`, started: false },

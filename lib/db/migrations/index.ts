@@ -22,6 +22,7 @@ import * as eventsHookConnection from './2026-12-07T0810-events-hook-connection.
 import * as repositoryConnectionKey from './2026-12-07T0720-repository-connection-key.ts';
 import * as vanishedRepositoriesIndex from './2026-12-07T0830-vanished-repositories-index.ts';
 import * as dispatchAttemptRetryAfter from './2026-12-07T1300-dispatch-attempt-retry-after.ts';
+import * as intakeFairClaim from './2026-12-07T2300-intake-fair-claim.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -51,4 +52,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-07T0810-events-hook-connection': eventsHookConnection,
   '2026-12-07T0830-vanished-repositories-index': vanishedRepositoriesIndex,
   '2026-12-07T1300-dispatch-attempt-retry-after': dispatchAttemptRetryAfter,
+  '2026-12-07T2300-intake-fair-claim': intakeFairClaim,
 };

@@ -200,42 +200,98 @@ interface ClaimedRow {
   start: DeliveryStart;
   attempts: number;
   row: string;
+  /** Whose turn the row was taken in (INTAKE_TURN_KEY; the rows put off after a failure: one turn of their own). */
+  turn_key: string;
+  /** The rows a turn took at most this round, and how many turns were waiting (more than a round's rows: not all were taken). */
+  share: number;
+  turns: number;
 }
 
 /** The results of a multi-statement simple query, one per statement (pg gives one result, not a list, for a single statement). */
 const resultsOf = (result: unknown) => (Array.isArray(result) ? result : [result]) as { rows: unknown[] }[];
 
 /**
- * Locks up to `limit` unstarted deliveries for `taskQueue` that are due (never failed, or past
- * their `next_attempt_at`), oldest first, skipping rows another relay holds, and hands them to
- * `startAll`, which says for each one whether its run started. Then, in one statement with the
- * commit, the started ones are marked started and the failed ones carry one more attempt, the
- * error and when to try again. Several relays (one per API replica) never start the same row twice.
- * Two round trips a round: the claim, then the outcomes with the commit (or the commit alone when nothing was due).
+ * Whose turn an unstarted row waits for: the one organization its delivery concerns (every
+ * delivery of a connection's own hook; a GitHub App's or legacy hook's concerning one), else the
+ * connection whose hook delivered it, else its provider (a GitHub delivery for several
+ * organizations' repositories). The index webhook_deliveries_due (migration 2026-12-07T2300) is on
+ * this very expression: written differently, the claim would not use it.
+ */
+const INTAKE_TURN_KEY = `coalesce(start->>'organizationId', connection_id::text, provider)`;
+/** The turn of the rows put off after a failed start and due again (never an organization's key: those are ids or provider names). */
+const RETRY_TURN = '(retries)';
+
+/**
+ * The claim: up to about `limit` due rows of `taskQueue`, taken in turns across organizations, with
+ * their row locks (SKIP LOCKED: another relay's rows are passed over, never waited for).
+ * - The organizations with due rows are found one index descent each (a recursive walk of
+ *   webhook_deliveries_due, never reading one organization's backlog through); the `limit` whose
+ *   oldest row is oldest take a turn, and each turn takes that organization's oldest
+ *   `ceil(limit / turns)` rows. One organization's backlog of any size thus delays another's
+ *   delivery by at most one round: every organization with a due row is in the next round (or,
+ *   with more organizations waiting than a round's rows, in the rounds of the oldest first).
+ * - Rows put off after a failed start that are due again take one turn of the same share, read
+ *   from webhook_deliveries_retry_due: only due rows (not every row put off).
+ * Rows come back in turns: each organization's oldest first, then each one's second, and so on.
+ */
+export function claimStatement(taskQueue: string, limit: number): string {
+  const due = `started_at is null and next_attempt_at is null and start->>'taskQueue' = ${taskQueue}`;
+  const retryDue = `started_at is null and next_attempt_at is not null and next_attempt_at <= now() and start->>'taskQueue' = ${taskQueue}`;
+  const columns = `provider, delivery_id, connection_id, received_at, start, attempts, ctid::text as row,
+             extract(epoch from clock_timestamp() - received_at)::float8 * 1000 as age_ms`;
+  return `with recursive heads as (
+      (select ${INTAKE_TURN_KEY} as turn_key, received_at from webhook_deliveries
+       where ${due} order by ${INTAKE_TURN_KEY}, received_at limit 1)
+      union all
+      select following.turn_key, following.received_at from heads cross join lateral (
+        select ${INTAKE_TURN_KEY} as turn_key, received_at from webhook_deliveries
+        where ${due} and ${INTAKE_TURN_KEY} > heads.turn_key
+        order by ${INTAKE_TURN_KEY}, received_at limit 1) following
+    ),
+    turns as (select turn_key from heads order by received_at limit ${limit}),
+    counted as (select (select count(*) from heads)::int as turns,
+                       greatest(1, ceil(${limit}::numeric / greatest((select count(*) from turns) + (exists (select from webhook_deliveries where ${retryDue}))::int, 1)))::int as share),
+    fresh as (
+      select taken.* from turns cross join lateral (
+        select ${columns}, turns.turn_key from webhook_deliveries
+        where ${due} and ${INTAKE_TURN_KEY} = turns.turn_key
+        order by received_at limit (select share from counted)
+        for update skip locked) taken
+    ),
+    retries as (
+      select ${columns}, '${RETRY_TURN}'::text as turn_key from webhook_deliveries
+      where ${retryDue}
+      order by next_attempt_at limit (select share from counted)
+      for update skip locked
+    ),
+    claimed as (select * from fresh union all select * from retries)
+    select claimed.*, counted.share, counted.turns from claimed cross join counted
+    order by row_number() over (partition by claimed.turn_key order by claimed.received_at), claimed.received_at`;
+}
+
+/**
+ * Locks about `limit` unstarted deliveries for `taskQueue` that are due (never failed, or past
+ * their `next_attempt_at`), in turns across organizations and oldest first within each
+ * (claimStatement), skipping rows another relay holds, and hands them to `startAll`, which says
+ * for each one whether its run started. Then, in one statement with the commit, the started ones
+ * are marked started and the failed ones carry one more attempt, the error and when to try again.
+ * Several relays (one per API replica) never start the same row twice. `more`: a turn took its
+ * whole share, or organizations were left for the next round: rows may be due already, claim again
+ * without waiting. Two round trips a round: the claim, then the outcomes with the commit (or the
+ * commit alone when nothing was due).
  */
 export async function startPendingDeliveries(
   session: RelaySession,
   taskQueue: string,
   limit: number,
   startAll: (pending: PendingDelivery[]) => Promise<StartOutcome[]>,
-): Promise<{ locked: number; started: number }> {
+): Promise<{ locked: number; started: number; more: boolean }> {
   try {
-    const claim = resultsOf(
-    await session.query(`begin;
-      select provider, delivery_id, connection_id, received_at, start, attempts, ctid::text as row,
-             extract(epoch from clock_timestamp() - received_at)::float8 * 1000 as age_ms
-      from webhook_deliveries
-      where started_at is null
-        and start->>'taskQueue' = ${session.escapeLiteral(taskQueue)}
-        and (next_attempt_at is null or next_attempt_at <= now())
-      order by received_at
-      limit ${Math.max(1, Math.floor(limit))}
-      for update skip locked`),
-  );
+    const claim = resultsOf(await session.query(`begin;\n    ${claimStatement(session.escapeLiteral(taskQueue), Math.max(1, Math.floor(limit)))}`));
     const rows = claim[1]!.rows as ClaimedRow[];
     if (rows.length === 0) {
       await session.query('commit');
-      return { locked: 0, started: 0 };
+      return { locked: 0, started: 0, more: false };
     }
     const pending = rows.map((r): PendingDelivery => ({
       provider: r.provider,
@@ -268,7 +324,10 @@ export async function startPendingDeliveries(
         as f(tid tid, delivery_id text, started boolean, error text, retry_in_ms bigint)
       where w.ctid = f.tid and w.delivery_id = f.delivery_id;
       commit`);
-    return { locked: rows.length, started: recorded.filter((r) => r.started).length };
+    const perTurn = new Map<string, number>();
+    for (const r of rows) perTurn.set(r.turn_key, (perTurn.get(r.turn_key) ?? 0) + 1);
+    const more = rows[0]!.turns > Math.max(1, Math.floor(limit)) || [...perTurn.values()].some((n) => n >= rows[0]!.share);
+    return { locked: rows.length, started: recorded.filter((r) => r.started).length, more };
   } catch (error) {
     // The claim's locks go with the transaction. The rollback is sent, not waited for: after a
     // statement that got no answer (the client's read deadline) it would wait out a deadline of its
