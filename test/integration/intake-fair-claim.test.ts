@@ -89,11 +89,12 @@ describe('the intake claim: fair across organizations, due rows only', () => {
     const orgs = [randomUUID(), randomUUID(), randomUUID()];
     for (const org of orgs) await backlog(taskQueue, org, 100, 60_000);
     const [a, b] = [await session(), await session()];
+    const pidOfA = (await a.query('select pg_backend_pid() as pid')).rows[0].pid as number;
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
     // A's round holds its rows locked (its starts not returned) while B claims.
     const first = round(a, taskQueue, 30, held);
-    await expect.poll(async () => (await db.query(`select count(*)::int as n from pg_locks l join pg_stat_activity s using (pid) where s.pid = $1 and l.mode = 'RowShareLock'`, [a.processID])).rows[0].n).toBeGreaterThan(0);
+    await expect.poll(async () => (await db.query(`select count(*)::int as n from pg_locks l join pg_stat_activity s using (pid) where s.pid = $1 and l.mode = 'RowShareLock'`, [pidOfA])).rows[0].n).toBeGreaterThan(0);
     const second = await round(b, taskQueue, 30);
     release();
     const [ra, rb] = [await first, second];
