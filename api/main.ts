@@ -162,6 +162,8 @@ export function webhookSecretsFromConfig(config: Config): WebhookSecrets {
     ...(config.webhooks.verifiedDeliveryBytes === undefined ? {} : { verifiedDeliveryBytes: config.webhooks.verifiedDeliveryBytes }),
     attachedCacheSeconds: config.webhooks.attachedCacheSeconds,
     credentialCacheSeconds: config.webhooks.credentialCacheSeconds,
+    maxBacklogDeliveries: config.webhooks.maxBacklogDeliveries,
+    maxBacklogBytes: config.webhooks.maxBacklogBytes,
     threadBodyBytes: config.webhooks.threadBodyBytes,
     ...(config.webhooks.bodyThreads === undefined ? {} : { bodyThreads: config.webhooks.bodyThreads }),
     bodyPool: createBodyPool(bodyPoolSizes(config.webhooks.bodyThreads, config.webhooks.maxBodyBytes)),

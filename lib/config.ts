@@ -89,6 +89,17 @@ export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWor
 /** webhooks.threadBodyBytes' default: a body this large is read on a thread (README: Webhook receivers, Hostile content). */
 export const WEBHOOK_THREAD_BODY_BYTES_DEFAULT = 256 * 1024;
 
+/**
+ * webhooks.maxBacklogDeliveries' and maxBacklogBytes' defaults: a connection's deliveries stored and
+ * not started yet past which its deliveries are answered 429 (api/webhooks/backlog-bound.ts; README:
+ * Webhook receivers, A connection's backlog). Far above a legitimate backlog: the relays start
+ * hundreds of runs a second, and 100,000 is a GitLab system hook at 25 deliveries a second through
+ * an hour-long Temporal outage; 2 GiB is ~80 deliveries of the largest body (25 MiB, its events
+ * stored compressed), or a million of a few KiB.
+ */
+export const MAX_BACKLOG_DELIVERIES_DEFAULT = 100_000;
+export const MAX_BACKLOG_BYTES_DEFAULT = 2 * 1024 * 1024 * 1024;
+
 /** webhooks.maxBodyBytes' largest value (100 MiB; see the schema). */
 export const MAX_WEBHOOK_BODY_BYTES = 100 * 1024 * 1024;
 
@@ -342,6 +353,12 @@ export const configSchema = z
         bodyThreads: z.number().int().min(1).max(16).optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
+        // A connection's own hook whose deliveries stored and not started yet are this many, or take this
+        // many bytes (their events, as stored), is answered 429 with Retry-After, nothing stored, until
+        // the relays have started enough of them: one tenant sending faster than its runs start fills
+        // neither the disk nor the other tenants' turns. Not GitHub's App nor legacy hooks (one hook for all).
+        maxBacklogDeliveries: z.number().int().min(1).default(MAX_BACKLOG_DELIVERIES_DEFAULT),
+        maxBacklogBytes: z.number().int().min(1).default(MAX_BACKLOG_BYTES_DEFAULT),
         // How long a delivery's stored events (the intake table) are kept after its run was started (by the database's clock).
         deliveryRetentionDays: z.number().int().min(1).default(7),
         // How long the receivers keep a connection's opened webhook credentials (a dropped one stays accepted that long).

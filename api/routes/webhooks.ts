@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import { createHash } from 'node:crypto';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
-import { WEBHOOK_THREAD_BODY_BYTES_DEFAULT } from '../../lib/config.ts';
+import { MAX_BACKLOG_BYTES_DEFAULT, MAX_BACKLOG_DELIVERIES_DEFAULT, WEBHOOK_THREAD_BODY_BYTES_DEFAULT } from '../../lib/config.ts';
 import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
@@ -23,6 +23,7 @@ import { readDeliveryBody, type BodyOutcome, type ReceivedDelivery } from '../we
 import { maxParseCost, PARSE_COST_PER_BODY_BYTE } from '../../lib/parse-cost.ts';
 import { PoolBusy, PoolJobTimedOut, PoolThreadFailed } from '../../lib/thread-pool.ts';
 import { attachmentsOfInstallation, attachmentsOfInstance } from '../../lib/instance.ts';
+import { createBacklogBound, type BacklogBound, type BacklogFull } from '../webhooks/backlog-bound.ts';
 import { createByteBudget, heldBudgetSizes, sourceOf, unverifiedBudgetSizes, type ByteBudget } from '../webhooks/unverified-budget.ts';
 import { verifyDelivery, type DeliveryCredential } from '../webhooks/verify.ts';
 
@@ -176,6 +177,24 @@ const BUSY_RETRY_AFTER_SECONDS = 1;
 /** Too many unverified bodies being read at once (api/webhooks/unverified-budget.ts): not the sender's fault, deliver again. */
 const busy = () => serviceUnavailable('too many unverified webhook bodies are being received at once; deliver it again', BUSY_RETRY_AFTER_SECONDS);
 
+/** How long a connection whose backlog is full is asked to wait: the relays start hundreds of runs a second, the bound is far above that. */
+const BACKLOG_RETRY_AFTER_SECONDS = 60;
+
+/**
+ * The connection's deliveries stored and not started yet reached a bound (api/webhooks/backlog-bound.ts):
+ * its sender sends faster than its runs start. 429, nothing stored: only this connection's hook is
+ * refused (its provider retries it, or disables that hook), never another tenant's deliveries.
+ */
+const backlogFull = (full: BacklogFull) =>
+  new Problem(
+    429,
+    'Too Many Requests',
+    `this connection has ${full.bound === 'webhooks.maxBacklogDeliveries' ? `${full.backlog.rows} deliveries` : `${full.backlog.bytes} bytes of deliveries`} stored and not started yet, at or past ${full.bound} (${full.limit}); deliver it again later`,
+    'about:blank',
+    { bound: full.bound, limit: full.limit },
+    BACKLOG_RETRY_AFTER_SECONDS,
+  );
+
 /** Too many bytes of verified deliveries in flight, in all or for the delivery's connection (Caches.held): deliver it again. */
 const heldBusy = () => serviceUnavailable("too many bytes of this connection's or all verified webhook deliveries are in flight at once; deliver it again", BUSY_RETRY_AFTER_SECONDS);
 
@@ -226,6 +245,8 @@ type Caches = {
   /** The threads large bodies are read on, and from how many bytes a body is large. */
   bodies: BodyPool;
   threadBodyBytes: number;
+  /** Each connection's stored deliveries not started yet, against webhooks.maxBacklogDeliveries and maxBacklogBytes. */
+  backlog: BacklogBound;
 };
 
 /** GitLab's and Azure DevOps' header credentials are checked without a body. */
@@ -293,6 +314,22 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     const reloaded = await reading(() => caches.credentials.reload(connectionId!));
     return reloaded?.provider === provider ? credentialsOf(reloaded) : undefined;
   };
+  /**
+   * A connection's own hook, verified: refused (429) while its backlog is at a bound (Caches.backlog).
+   * A failed measure refuses nothing: the INSERT that follows answers for the database.
+   */
+  const refuseFullBacklog = async () => {
+    if (connectionId === undefined) return;
+    let full: BacklogFull | undefined;
+    try {
+      full = await caches.backlog.full(connectionId);
+    } catch (error) {
+      deps.logger.warn({ reason: (error as Error).message, provider, connectionId }, "could not measure the connection's intake backlog; the delivery is taken");
+    }
+    if (!full) return;
+    if (full.measured) deps.logger.warn({ provider, connectionId, bound: full.bound, limit: full.limit, rows: full.backlog.rows, bytes: full.backlog.bytes }, "a connection's deliveries not started yet reached a bound: its deliveries are answered 429, not stored");
+    throw backlogFull(full);
+  };
   // GitLab's and Azure DevOps' credentials are headers: checked before the body is read, so a caller
   // without one costs no parsing or buffering (what arrives of the body is read and thrown away).
   const headerOnly = HEADER_ONLY_CREDENTIALS.has(provider);
@@ -301,6 +338,8 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
       const again = await reloadedCredentials();
       if (again === undefined || !verifyDelivery(provider, headers, NO_BODY, again)) throw refused();
     }
+    // Verified by its headers: a full backlog refuses it before its body is read.
+    await refuseFullBacklog();
   }
   // GitHub's and Bitbucket's signatures need the whole body. A signature header that cannot match
   // is refused first (Bitbucket without X-Event-Key: the body says whether it is an unsigned ping).
@@ -392,6 +431,8 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
   if (read.kind === 'refused') throw refused();
   if (read.kind === 'busy') throw heldBusy();
   if (read.kind === 'pong') return pong();
+  // Bitbucket's signature covers the body: verified only now.
+  if (!headerOnly) await refuseFullBacklog();
   if (read.kind === 'invalid') throw badRequest(read.message);
   // JSON built to be costly once parsed (lib/parse-cost.ts): sent again it costs the same, so 413, not parsed, nothing stored.
   if (read.kind === 'tooCostly') {
@@ -460,7 +501,10 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     });
     const stored = await (deps.ackTrace ? deps.ackTrace.insert(incoming, insert) : insert());
     outcome(stored ? 'accepted' : 'redelivery');
-    if (stored) deps.intake.stored();
+    if (stored) {
+      deps.intake.stored();
+      if (connectionId !== undefined) caches.backlog.stored(connectionId, eventsJson.length);
+    }
   } catch (error) {
     if (error instanceof Problem) throw error;
     const sqlState = sqlStateOf(error);
@@ -495,7 +539,7 @@ async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: Caches, 
     return await receive(c, caches, provider, (o) => (outcome = o));
   } catch (error) {
     const status = (error as { status?: unknown }).status;
-    outcome = status === 400 || status === 401 || status === 413 || status === 503 ? (String(status) as WebhookOutcome) : typeof status === 'number' && status >= 400 && status < 500 ? '400' : '500';
+    outcome = status === 400 || status === 401 || status === 413 || status === 429 || status === 503 ? (String(status) as WebhookOutcome) : typeof status === 'number' && status >= 400 && status < 500 ? '400' : '500';
     throw error;
   } finally {
     metrics.webhookDelivery(provider, outcome, (performance.now() - started) / 1000);
@@ -520,6 +564,9 @@ export function webhookRoutes(options: {
   threadBodyBytes?: number;
   /** Threads large bodies are read on (default 1). */
   bodyThreads?: number;
+  /** A connection's deliveries stored and not started yet at which its deliveries are answered 429 (webhooks.maxBacklogDeliveries, maxBacklogBytes). */
+  maxBacklogDeliveries?: number;
+  maxBacklogBytes?: number;
   /** The pool of those threads, made by the caller (who closes it); by default the receivers make one of bodyThreads. */
   bodyPool?: BodyPool;
   metrics?: ApiMetrics;
@@ -532,6 +579,7 @@ export function webhookRoutes(options: {
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
     bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads, options.maxBodyBytes)),
     threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
+    backlog: createBacklogBound({ db: options.db, maxDeliveries: options.maxBacklogDeliveries ?? MAX_BACKLOG_DELIVERIES_DEFAULT, maxBytes: options.maxBacklogBytes ?? MAX_BACKLOG_BYTES_DEFAULT }),
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);
   options.metrics?.verifiedDeliveries(caches.held.held);
@@ -562,6 +610,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit, or its JSON would take more heap to parse than the bound derived from the size limit'),
+          429: problemResponse("A connection's own hook whose deliveries stored and not started yet are at webhooks.maxBacklogDeliveries or maxBacklogBytes (the detail names the bound; Retry-After): nothing stored; the provider should deliver it again later"),
           503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, or a large body's thread ended or ran past its deadline (Retry-After); the provider should deliver it again"),
         },
       }),

@@ -126,6 +126,30 @@ const LOAD_DELIVERY = {
   ofNoConnection: prepared((db, p: { provider: Provider; deliveryId: string }) => loadDeliveryRow(db, p).where('connection_id', 'is', null)),
 };
 
+/** A connection's deliveries stored and not started yet: how many, and the bytes their events take on disk. */
+export interface ConnectionBacklog {
+  rows: number;
+  bytes: number;
+}
+
+/**
+ * The receivers' bound on a connection's unstarted backlog (webhooks.maxBacklogDeliveries,
+ * maxBacklogBytes) is measured here: at most `cap` of its unstarted rows are read (a pre-relay
+ * pod's rows, `start` null, are none: no relay starts them, retention removes them; the index
+ * webhook_deliveries_connection_backlog, migration 2026-12-07T2300), so a backlog past the bound
+ * costs what the bound does, ~1 ms per 1,000 rows. Bytes are pg_column_size of the stored events
+ * (compressed, as on disk; read from the row's header, a large value never fetched whole).
+ */
+export async function connectionBacklog(db: Executor, connectionId: string, cap: number): Promise<ConnectionBacklog> {
+  const {
+    rows: [row],
+  } = await db.executeQuery<{ rows: number; bytes: string }>(CompiledQuery.raw(CONNECTION_BACKLOG, [connectionId, Math.max(1, Math.floor(cap))]));
+  return { rows: row?.rows ?? 0, bytes: Number(row?.bytes ?? 0) };
+}
+
+const CONNECTION_BACKLOG = `select count(*)::int as rows, coalesce(sum(pg_column_size(events)), 0)::bigint as bytes
+  from (select events from webhook_deliveries where connection_id = $1 and started_at is null and start is not null limit $2) backlog`;
+
 /**
  * Removes up to `limit` deliveries whose retention is over, oldest first; returns how many. The
  * retention (`retentionDays`, by the database's clock, so no worker's clock moves it) counts from
