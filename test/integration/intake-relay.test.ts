@@ -280,6 +280,27 @@ describe('intake relay: store first, start after', () => {
     }
   });
 
+  it("starts another organization's delivery in the relay's first round, however large one organization's backlog ahead of it", async () => {
+    for (const r of relays.splice(0)) await r.stop();
+    // 200 unstarted rows of another organization, acknowledged a minute ago (as its receivers store them), then this organization's push.
+    const flooding = randomUUID();
+    const backlog = Array.from({ length: 200 }, (_, i) => `flood-${randomUUID()}-${i}`);
+    await h.db
+      .insertInto('webhook_deliveries')
+      .values(backlog.map((deliveryId, i) => ({ provider: 'github' as const, delivery_id: deliveryId, events: JSON.stringify([]), received_at: new Date(Date.now() - 60_000 + i), start: JSON.stringify({ taskQueue: h.taskQueue, summary: { events: 0, kinds: {}, repositories: [] }, organizationId: flooding }) })))
+      .execute();
+    const [d] = pushes(1);
+    expect((await send(h, d!)).status).toBe(202);
+    const relayed = relay();
+    await relayed.whenStarted(runOf(d!));
+    // In turns: among the first round's starts (50 rows, half a turn each), not after the 200.
+    expect(relayed.started.indexOf(runOf(d!))).toBeLessThan(50);
+    // The backlog is started too, in full rounds once it is alone, oldest first.
+    await Promise.all(backlog.map((id) => relayed.whenStarted(workflowIds.event('github', id))));
+    const order = backlog.map((id) => relayed.started.indexOf(workflowIds.event('github', id)));
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+  });
+
   it('answers 503 when the database cannot take the delivery, and starts nothing', async () => {
     const unreachable = createDb('postgres://postgres@127.0.0.1:1/none', { max: 1 });
     try {
