@@ -134,10 +134,10 @@ export interface ConnectionBacklog {
 
 /**
  * The receivers' bound on a connection's unstarted backlog (webhooks.maxBacklogDeliveries,
- * maxBacklogBytes) is measured here: at most `cap` of its unstarted rows are read (a pre-relay
- * pod's rows, `start` null, are none: no relay starts them, retention removes them; the index
+ * maxBacklogBytes) is measured here: at most `cap` of its unstarted rows are read (the index
  * webhook_deliveries_connection_backlog, migration 2026-12-07T2300), so a backlog past the bound
- * costs what the bound does, ~1 ms per 1,000 rows. Bytes are pg_column_size of the stored events
+ * costs what the bound does, ~1 ms per 1,000 rows. A pre-relay pod's rows (`start` null) are not
+ * counted: no relay starts them, retention removes them from their receipt. Bytes are pg_column_size of the stored events
  * (compressed, as on disk; read from the row's header, a large value never fetched whole).
  */
 export async function connectionBacklog(db: Executor, connectionId: string, cap: number): Promise<ConnectionBacklog> {
