@@ -63,7 +63,7 @@ describe('intake retention and backlog', () => {
     await insertRow(own.db, 'late', { receivedAgoMs: 8 * DAY_MS });
     expect(await pruneDeliveries(own.db, 7)).toBe(0);
     // The cause fixed: the relay starts it; the worker's next prune comes before its run has read it.
-    expect(await round({ started: true })).toEqual({ locked: 1, started: 1 });
+    expect(await round({ started: true })).toEqual({ locked: 1, started: 1, more: false });
     expect(await pruneDeliveries(own.db, 7)).toBe(0);
     expect(await loadDelivery(own.db, { provider: 'github', deliveryId: 'late' })).toBeDefined();
   });
