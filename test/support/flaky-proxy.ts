@@ -26,8 +26,10 @@ export type ProxyFault =
    * waits, else dropped: a request the client abandoned before it arrived is never acted on.
    * `onReleased` says which, once the provider has answered a forwarded one. `onClientGone`, when
    * given, is called as soon as the client closes a held request (aborted it, or its socket closed).
+   * `forwardWhenClientGone`: forwarded on `release` even so, as a provider that had the whole
+   * request acts on it late (a real server does not undo work when the socket closes).
    */
-  | { kind: 'hold-request'; onHeld: () => void; release: Promise<void>; onReleased: (forwarded: boolean) => void; onClientGone?: () => void };
+  | { kind: 'hold-request'; onHeld: () => void; release: Promise<void>; onReleased: (forwarded: boolean) => void; onClientGone?: () => void; forwardWhenClientGone?: boolean };
 
 export interface FlakyProxy {
   url: string;
@@ -69,7 +71,7 @@ export async function startFlakyProxy(upstream: string): Promise<FlakyProxy> {
       });
       fault.onHeld();
       await fault.release;
-      if (clientGone) return fault.onReleased(false);
+      if (clientGone && !fault.forwardWhenClientGone) return fault.onReleased(false);
     }
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(req.headers)) {
@@ -144,8 +146,11 @@ export function manualHold(): { fault: ProxyFault; held: Promise<void>; release:
   return { fault: { kind: 'hold', onHeld, release: released }, held, release };
 }
 
-/** A request held before the provider sees it; `release` resolves whether it was forwarded (the client still waited), once the provider answered it. */
-export function heldRequest(): { fault: ProxyFault; held: Promise<void>; release: () => Promise<boolean> } {
+/**
+ * A request held before the provider sees it; `release` resolves whether it was forwarded (the
+ * client still waited, or `forwardWhenClientGone`), once the provider answered it.
+ */
+export function heldRequest(options: { forwardWhenClientGone?: boolean } = {}): { fault: ProxyFault; held: Promise<void>; release: () => Promise<boolean> } {
   let onHeld!: () => void;
   let release!: () => void;
   let onReleased!: (forwarded: boolean) => void;
@@ -153,7 +158,7 @@ export function heldRequest(): { fault: ProxyFault; held: Promise<void>; release
   const released = new Promise<void>((resolve) => (release = resolve));
   const outcome = new Promise<boolean>((resolve) => (onReleased = resolve));
   return {
-    fault: { kind: 'hold-request', onHeld, release: released, onReleased },
+    fault: { kind: 'hold-request', onHeld, release: released, onReleased, ...options },
     held,
     release: () => {
       release();
