@@ -10,13 +10,17 @@ import {
   attachmentOf,
   forgetHooks,
   forgetHooksExcept,
+  hookSweepDue,
+  hooksRecordedElsewhere,
   legacyHooksInUseElsewhere,
   listUndetachedRepositories,
   loadRepositoryTarget,
+  markHooksSwept,
   recordedCredentialVersions,
   recordedHookIds,
   recordHookHealth,
   setAttachmentStatus,
+  type UnattachedSweptStatus,
 } from '../lib/db/repositories/attachments.ts';
 import { markRepositoriesVanished } from '../lib/db/repositories/repository-cache.ts';
 import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarrying, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
@@ -46,6 +50,19 @@ export interface RepositoryKey {
   organizationId: string;
   repositoryId: string;
 }
+
+/** What the sweep of a repository that is not attached did (reconcileHooks). */
+export interface UnattachedSweep {
+  /** The attachment's status when swept (an `attaching` or `detaching` one is now `failed`). */
+  status: UnattachedSweptStatus;
+  /** Hooks at the delivery URL deleted. */
+  removed: string[];
+  /** Why the sweep could not be completed (it is not tried again until the status changes). */
+  failure?: string;
+}
+
+/** Attempts of the activity before a sweep that keeps failing transiently is given up (recorded as done). */
+const SWEEP_ATTEMPTS = 4;
 
 /** Failure types of attach and detach steps, as an operator reads them in the Temporal UI. */
 export const HookFailureTypes = {
@@ -485,6 +502,58 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     });
   }
 
+  /**
+   * The sweep of a repository that is not attached (reconcileHooks, asked by the hook-health pass),
+   * once per unattached status: when the attachment is due (hookSweepDue: `failed`, `attaching` or
+   * `detaching` for an hour, not swept since), every hook at the connection's delivery URL on the
+   * repository is deleted, and the sweep recorded. It runs in the repository's workflow, so no
+   * attach or detach of it is under way: an `attaching` or `detaching` seen here was left by a run
+   * an operator terminated, and becomes `failed`. A hook created at the provider after its attach
+   * gave up on it (cancelled, timed out: the undo listed before the provider stored it) is removed
+   * here; so are hooks a failed undo or detach left recorded.
+   *
+   * The repository is looked up first (Bitbucket by name, its id checked): a repository the provider
+   * no longer shows as this row's is not swept. A hook another attachment of the connection records
+   * is never deleted. Transient provider failures are retried by the activity a few times; after
+   * that, or after a permanent one, the sweep is recorded as done with its failure logged (once per
+   * status: a provider that keeps refusing costs one attempt, not one per night). Never throws a
+   * provider failure: the repository workflow would read the failed check as an attached repository's.
+   */
+  async function sweepUnattached(key: RepositoryKey, row: RepositoryRow): Promise<{ swept?: UnattachedSweep }> {
+    if (row.provider === 'github' || attachRefusal(row)) return {};
+    const due = await hookSweepDue(db, row.id);
+    if (!due) return {};
+    admitActivity(activitySlots, key);
+    const failWith =
+      due === 'failed'
+        ? undefined
+        : `the ${due === 'attaching' ? 'attach' : 'detach'} of this repository stopped half-way (its run was terminated); the hook-health pass removed forgelink's hooks from it: attach or detach it again`;
+    const removed: string[] = [];
+    let failure: string | undefined;
+    try {
+      const adapter = adapterFor(row);
+      const found = await classified(() => adapter.getRepository(refOf(row)));
+      if (found) {
+        const url = urlOf(row);
+        const atOurUrl = (await classified(() => adapter.listHooks(refOf(row, found.projectId)))).filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
+        const elsewhere = new Set(await hooksRecordedElsewhere(db, row.connection_id, row.id, atOurUrl));
+        removed.push(...atOurUrl.filter((id) => !elsewhere.has(id)));
+        await deleteHooks(row, adapter, removed);
+      }
+    } catch (error) {
+      const activityFailure = toActivityFailure(error);
+      const attempt = activityContext()?.info.attempt ?? SWEEP_ATTEMPTS;
+      const retryable = activityFailure instanceof ApplicationFailure ? !activityFailure.nonRetryable : true;
+      if (retryable && attempt < SWEEP_ATTEMPTS) throw activityFailure;
+      failure = activityFailure.message;
+    }
+    await markHooksSwept(db, row.id, due, failWith);
+    const swept: UnattachedSweep = { status: due, removed, ...(failure ? { failure } : {}) };
+    if (failure) logger.warn({ repositoryId: row.id, provider: row.provider, ...swept }, 'sweep of an unattached repository failed; not tried again until its status changes');
+    else logger.info({ repositoryId: row.id, provider: row.provider, ...swept }, 'unattached repository swept');
+    return { swept };
+  }
+
   async function markAttached(key: RepositoryKey): Promise<void> {
     await setAttachmentStatus(db, { organizationId: key.organizationId, repositoryId: key.repositoryId, status: 'attached' });
     logger.info({ repositoryId: key.repositoryId }, 'repository attached');
@@ -742,10 +811,11 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
      * no write at the provider. A repository the provider no longer shows is flagged vanished, never
      * detached. Returns no hookHealth when the repository is not attached (nothing to check).
      */
-    async reconcileHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
+    async reconcileHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ hookHealth?: HookHealth; hookIds: string[]; swept?: UnattachedSweep }> {
       const row = await repository(key, { requireActive: false });
       const attachment = await attachmentOf(db, row.id);
-      if (attachment?.status !== 'attached') return { hookIds: [] };
+      // Never a hookHealth here: the repository workflow reads one as "attached".
+      if (attachment?.status !== 'attached') return { hookIds: [], ...(attachment ? await sweepUnattached(key, row) : {}) };
       // Asked once there is a check to make, before any call to the provider (as deleteRecordedHook does).
       admitActivity(activitySlots, key);
       return counted(

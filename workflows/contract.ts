@@ -256,6 +256,11 @@ export interface ConnectionHookHealthResult {
   failing: number;
   /** The first failing repositories (each one's reason is also on its attachment's hookHealth). */
   failures: { repositoryId: string; reason: string }[];
+  /**
+   * Repositories not attached (failed, or left attaching/detaching by a terminated run) whose
+   * hooks at the delivery URL were swept by the nightly run; absent from runs before the sweep.
+   */
+  unattachedSwept?: number;
 }
 
 export interface WebhookCredentialRotationInput {

@@ -32,7 +32,7 @@ const { listHookHealthConnections } = proxyLocalActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
-const { listAttachedRepositories } = proxyActivities<Activities>({
+const { listAttachedRepositories, listPendingHookSweeps } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
@@ -43,6 +43,21 @@ const REPOSITORIES_PER_PAGE = 100;
 const CHECK_TIMEOUT = '1 hour';
 /** Failing repositories listed in a connection's result (every one's reason is on its attachment). */
 const MAX_LISTED_FAILURES = 20;
+
+/**
+ * Repositories not attached whose hooks one nightly run of a connection sweeps at most (the
+ * longest waiting first; the others on later nights). An organization has at most 50 connections
+ * (MAX_CONNECTIONS_PER_ORGANIZATION), so at most 500 sweeps a night, each a few provider calls that
+ * ask the worker's per-organization share of activity slots like every check.
+ */
+export const UNATTACHED_SWEEPS_PER_CONNECTION = 10;
+/**
+ * Later nightly runs of a connection, after checking its attached repositories, sweep the hooks at
+ * the delivery URL off its repositories that are not attached (reconcileHooks, hooks.ts): a hook a
+ * provider stored after its attach gave up on it, or one left by a run an operator terminated.
+ * Runs started before end after the check, and replay so.
+ */
+const SWEEP_UNATTACHED = 'hook-health-sweep-unattached';
 
 /** Connections read at once, and batches per run before it continues as new (bounded history and payloads). */
 const CONNECTIONS_PER_BATCH = 500;
@@ -113,7 +128,30 @@ async function checkConnections(connections: Connection[], atOnce: number, total
  * the connection). The findings themselves are on each attachment (hookHealth).
  */
 export async function connectionHookHealthWorkflow(input: ConnectionHookHealthInput): Promise<ConnectionHookHealthResult> {
-  return checkConnectionHooks(input, (after, counts) => continueAsNew<typeof connectionHookHealthWorkflow>({ ...input, after, counts }));
+  const counts = await checkConnectionHooks(input, (after, counts) => continueAsNew<typeof connectionHookHealthWorkflow>({ ...input, after, counts }));
+  if (patched(SWEEP_UNATTACHED)) counts.unattachedSwept = await sweepUnattachedRepositories(input);
+  return counts;
+}
+
+/**
+ * Asks each repository of the connection due for the sweep of unattached hooks (at most
+ * UNATTACHED_SWEEPS_PER_CONNECTION) for a reconcile through its repository workflow, one after
+ * another, as the check does: the sweep never interleaves with an attach or a detach, and decides
+ * there whether the repository is still due. Returns how many were swept; one not answered stays
+ * due for the next night.
+ */
+async function sweepUnattachedRepositories(input: ConnectionHookHealthInput): Promise<number> {
+  const settled = new Set<string>();
+  setHandler(attachmentSettled, (outcome) => {
+    if (outcome.action === 'reconcile') settled.add(outcome.repositoryId);
+  });
+  let swept = 0;
+  for (const repository of await listPendingHookSweeps({ connectionId: input.connectionId, limit: UNATTACHED_SWEEPS_PER_CONNECTION })) {
+    if (await requestRepositoryAction(input.organizationId, repository, 'reconcile', input.connectionId)) continue;
+    if (await condition(() => settled.has(repository.repositoryId), CHECK_TIMEOUT)) swept++;
+    settled.delete(repository.repositoryId);
+  }
+  return swept;
 }
 
 /**

@@ -102,6 +102,8 @@ export interface AttachmentsTable {
   hook_health_checked_at: Date | null;
   hook_health_status: HookHealthStatus | null;
   hook_health_reason: string | null;
+  /** When the hook-health pass last swept hooks at the delivery URL off this repository while not attached; null if never. */
+  hooks_swept_at: Date | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }

@@ -1,12 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { failEachRequestOnce, heldRequest, manualHold, type ProxiedRequest, type ProxyFault } from '../support/flaky-proxy.ts';
 import {
+  agePastSweepDelay,
   attachmentOf,
   expectExactHookSet,
   expectRecorded,
   HOOK_WORLDS,
   outcomeOf,
   requestAttachment,
+  runHookHealth,
   HOOK_PROVIDERS,
   useHookWorlds,
   type HookProvider,
@@ -240,30 +242,48 @@ describe('attach under faults', () => {
     expectRecorded(await attachmentOf(h, org, repo.repositoryId), hooks);
   });
 
-  it('GitLab: an attach cancelled while a hook creation is on its way undoes only once the step has ended, and leaves no hook', { timeout: 120_000 }, async () => {
-    const world = worlds.gitlab;
-    const repository = await world.newRepository();
-    const creation = heldRequest();
-    world.proxy.fault = onCreation(world, 1, creation.fault);
-    const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
-    await creation.held;
+  it.each([
+    ['never acts on it (the client had gone)', false],
+    ['stores it late, after the undo listed', true],
+  ] as const)(
+    'GitLab: an attach cancelled while a hook creation is on its way undoes once the step has ended; the provider %s: no hook stays (a late one swept by the nightly pass)',
+    { timeout: 120_000 },
+    async (_how, late) => {
+      const world = worlds.gitlab;
+      const repository = await world.newRepository();
+      const creation = heldRequest({ forwardWhenClientGone: late });
+      world.proxy.fault = onCreation(world, 1, creation.fault);
+      const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
+      await creation.held;
 
-    await h.client.workflow.getHandle(workflowId).cancel();
-    // The run ends (its undo done) without the creation released: the step stopped waiting for it.
-    expect((await outcomeOf(h, workflowId)).result).toBeUndefined();
-    // Whether the creation still reaches the provider or not, nothing of this attach stays there.
-    await creation.release();
-    expect(repository.hooks()).toEqual([]);
-    expect((await attachmentOf(h, org, repository.repositoryId)).status).not.toBe('attached');
+      await h.client.workflow.getHandle(workflowId).cancel();
+      // The run ends (its undo done) without the creation released: the step stopped waiting for it.
+      expect((await outcomeOf(h, workflowId)).result).toBeUndefined();
+      // The nightly pass below starts a later run of the repository's workflow: this one is named by its run id.
+      const { runId } = await h.client.workflow.getHandle(workflowId).describe();
+      // The provider had the whole request: it acts on it now, or not at all.
+      expect(await creation.release()).toBe(late);
+      const attachment = await attachmentOf(h, org, repository.repositoryId);
+      expect(attachment.status).toBe('failed');
+      expect(attachment.hooks).toEqual([]);
+      // The undo listed before the provider stored it: the late hook is there, unrecorded, until the
+      // nightly hook-health pass sweeps the repository (an hour after the failure).
+      expect(repository.hooks()).toHaveLength(late ? 1 : 0);
+      await agePastSweepDelay(h, repository.repositoryId);
+      await runHookHealth(h, org);
+      expect(repository.hooks()).toEqual([]);
+      expect((await attachmentOf(h, org, repository.repositoryId)).status).toBe('failed');
+      if (!late) await recordHistory(h.client, workflowId, 'repository-attach-gitlab-cancelled-mid-creation', runId);
 
-    // The undo (removeHook) was scheduled only after the step creating the hook had ended: the
-    // step runs inside the workflow task, and its marker is recorded once it has ended (cancelled).
-    const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
-    const removeScheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'removeHook');
-    const ensureEnded = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event;
-    expect(ensureEnded, 'the ensureHook step ended in the run').toBeDefined();
-    expect(ensureEnded!.markerRecordedEventAttributes?.failure?.canceledFailureInfo ?? ensureEnded!.markerRecordedEventAttributes?.failure?.cause?.canceledFailureInfo, 'the step ended cancelled').toBeDefined();
-    expect(removeScheduled, 'the undo ran').toBeDefined();
-    expect(Number(ensureEnded!.eventId)).toBeLessThan(Number(removeScheduled!.eventId));
-  });
+      // The undo (removeHook) was scheduled only after the step creating the hook had ended: the
+      // step runs inside the workflow task, and its marker is recorded once it has ended (cancelled).
+      const events = (await h.client.workflow.getHandle(workflowId, runId).fetchHistory()).events ?? [];
+      const removeScheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'removeHook');
+      const ensureEnded = localStepsOf(events).find((step) => step.activityType === 'ensureHook')?.event;
+      expect(ensureEnded, 'the ensureHook step ended in the run').toBeDefined();
+      expect(ensureEnded!.markerRecordedEventAttributes?.failure?.canceledFailureInfo ?? ensureEnded!.markerRecordedEventAttributes?.failure?.cause?.canceledFailureInfo, 'the step ended cancelled').toBeDefined();
+      expect(removeScheduled, 'the undo ran').toBeDefined();
+      expect(Number(ensureEnded!.eventId)).toBeLessThan(Number(removeScheduled!.eventId));
+    },
+  );
 });

@@ -81,9 +81,9 @@ describe('hook-health reconcile', () => {
 
     const { workflowId, result } = await reconcile();
     expect(result).toEqual({ connections: 3, alreadyRunning: 0, failed: 0, failures: [] });
-    expect(await connectionResult(worlds.gitlab)).toEqual({ healthy: 0, repaired: 2, failing: 0, failures: [] });
-    expect(await connectionResult(worlds.bitbucket)).toEqual({ healthy: 0, repaired: 1, failing: 0, failures: [] });
-    expect(await connectionResult(worlds['azure-devops'])).toEqual({ healthy: 1, repaired: 1, failing: 0, failures: [] });
+    expect(await connectionResult(worlds.gitlab)).toEqual({ healthy: 0, repaired: 2, failing: 0, failures: [], unattachedSwept: 0 });
+    expect(await connectionResult(worlds.bitbucket)).toEqual({ healthy: 0, repaired: 1, failing: 0, failures: [], unattachedSwept: 0 });
+    expect(await connectionResult(worlds['azure-devops'])).toEqual({ healthy: 1, repaired: 1, failing: 0, failures: [], unattachedSwept: 0 });
 
     // Every hook set is complete, enabled, on our URL, events and secret; the records follow the provider.
     for (const [world, repo] of [

@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import type { temporal } from '@temporalio/proto';
+import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { seal } from '../../lib/crypto.ts';
 import type { Provider } from '../../lib/domain.ts';
-import type { RepositoryWorkflowResult } from '../../workflows/contract.ts';
+import type { HookHealthResult, RepositoryWorkflowResult } from '../../workflows/contract.ts';
+import { HOOK_SWEEP_AFTER_SECONDS } from '../../lib/db/repositories/attachments.ts';
 import { startFakeAzureDevOps, vssError } from '../fakes/azure-devops.ts';
 import type { FakeHttpServer } from '../fakes/base.ts';
 import { bitbucketError, startFakeBitbucket } from '../fakes/bitbucket.ts';
@@ -84,6 +86,25 @@ export async function attachHeldAtCreate({ h, org, world }: { h: Harness; org: O
   const workflowId = await requestAttachment(h, org, repository.repositoryId, 'PUT');
   await hold.held;
   return { repository, hold, workflowId };
+}
+
+/**
+ * Moves the attachment's last status change back past HOOK_SWEEP_AFTER_SECONDS, as if it had stood
+ * that long: the hook-health pass sweeps only such unattached repositories.
+ */
+export async function agePastSweepDelay(h: Harness, repositoryId: string): Promise<void> {
+  await h.db
+    .updateTable('attachments')
+    .set({ updated_at: sql<Date>`updated_at - make_interval(secs => ${HOOK_SWEEP_AFTER_SECONDS + 60})` })
+    .where('repository_id', '=', repositoryId)
+    .execute();
+}
+
+/** Runs the nightly hook-health reconcile for the organization, as the Schedule's run does for all; returns its id and result. */
+export async function runHookHealth(h: Harness, org: Org): Promise<{ workflowId: string; result: HookHealthResult }> {
+  const workflowId = `hook-health:${org.id}:${randomUUID()}`;
+  const result = await h.client.workflow.execute('hookHealthWorkflow', { taskQueue: h.taskQueue, workflowId, args: [{ organizationId: org.id, connectionsAtOnce: 2 }] });
+  return { workflowId, result: result as HookHealthResult };
 }
 
 export interface AttachmentAnswer {

@@ -23,6 +23,7 @@ import * as repositoryConnectionKey from './2026-12-07T0720-repository-connectio
 import * as vanishedRepositoriesIndex from './2026-12-07T0830-vanished-repositories-index.ts';
 import * as dispatchAttemptRetryAfter from './2026-12-07T1300-dispatch-attempt-retry-after.ts';
 import * as intakeFairClaim from './2026-12-07T2300-intake-fair-claim.ts';
+import * as attachmentHooksSwept from './2026-12-07T2350-attachment-hooks-swept.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -53,4 +54,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-07T0830-vanished-repositories-index': vanishedRepositoriesIndex,
   '2026-12-07T1300-dispatch-attempt-retry-after': dispatchAttemptRetryAfter,
   '2026-12-07T2300-intake-fair-claim': intakeFairClaim,
+  '2026-12-07T2350-attachment-hooks-swept': attachmentHooksSwept,
 };

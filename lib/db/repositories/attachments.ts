@@ -162,6 +162,89 @@ export async function attachedRepositoriesPage(db: Executor, connectionId: strin
 }
 
 /**
+ * The statuses of an attachment that is not attached and whose hooks nobody is changing once no run
+ * of its repository workflow carries out an attach or a detach: `failed` (its attach or detach
+ * failed or was cancelled; a creation the provider completed after the undo listed may have left a
+ * hook) and `attaching` / `detaching` (the run was terminated half-way, which nothing else moves
+ * out of them). Hooks at forgelink's delivery URL on such a repository are never wanted.
+ */
+export const UNATTACHED_SWEPT_STATUSES = ['failed', 'attaching', 'detaching'] as const satisfies readonly AttachmentStatus[];
+export type UnattachedSweptStatus = (typeof UNATTACHED_SWEPT_STATUSES)[number];
+
+/**
+ * How long such a status must have stood before its repository is swept: well past any creation a
+ * provider could still be completing for a run that gave up on it (the steps' 2-minute timeout), so
+ * that the one sweep per status comes after it.
+ */
+export const HOOK_SWEEP_AFTER_SECONDS = 3600;
+
+/**
+ * Attachment `a` is due for its sweep: an unattached status (UNATTACHED_SWEPT_STATUSES), unchanged
+ * for HOOK_SWEEP_AFTER_SECONDS on the database's clock, and not swept since it was set.
+ */
+const DUE_FOR_SWEEP = sql<boolean>`a.status in (${sql.join([...UNATTACHED_SWEPT_STATUSES])}) and a.updated_at < now() - make_interval(secs => ${HOOK_SWEEP_AFTER_SECONDS}) and (a.hooks_swept_at is null or a.hooks_swept_at < a.updated_at)`;
+
+/**
+ * The repositories of a connection due for the hook-health pass's sweep of unattached hooks, the
+ * longest waiting first, at most `limit` (each run of the pass sweeps a bounded few per connection).
+ */
+export async function pendingHookSweepsPage(db: Executor, connectionId: string, limit: number): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
+  const rows = await db
+    .selectFrom('attachments as a')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select(['r.id', 'r.provider', 'r.full_name'])
+    .where('r.connection_id', '=', connectionId)
+    .where(DUE_FOR_SWEEP)
+    .orderBy('a.updated_at')
+    .orderBy('r.id')
+    .limit(limit)
+    .execute();
+  return rows.map((r) => ({ repositoryId: r.id, provider: r.provider, fullName: r.full_name }));
+}
+
+/** The attachment's status when it is due for its sweep (see pendingHookSweepsPage), else undefined. */
+export async function hookSweepDue(db: Executor, repositoryId: string): Promise<UnattachedSweptStatus | undefined> {
+  const row = await db.selectFrom('attachments as a').select('a.status').where('a.repository_id', '=', repositoryId).where(DUE_FOR_SWEEP).executeTakeFirst();
+  return row?.status as UnattachedSweptStatus | undefined;
+}
+
+/**
+ * Records the sweep of a repository that was `status`, if it still is: a status changed meanwhile
+ * is left as it is (the next change is due for a sweep of its own). `failWith` moves an `attaching`
+ * or `detaching` left by a terminated run to `failed`, with that reason, swept as of the same moment.
+ */
+export async function markHooksSwept(db: Executor, repositoryId: string, status: UnattachedSweptStatus, failWith?: string): Promise<boolean> {
+  const now = new Date();
+  const result = await db
+    .updateTable('attachments')
+    .set({ hooks_swept_at: now, ...(failWith !== undefined ? { status: 'failed' as const, reason: failWith, updated_at: now } : {}) })
+    .where('repository_id', '=', repositoryId)
+    .where('status', '=', status)
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
+}
+
+/**
+ * Of `providerHookIds`, those another attachment of a repository on the same connection records
+ * and has not detached: a sweep never deletes a hook a repository relies on.
+ */
+export async function hooksRecordedElsewhere(db: Executor, connectionId: string, repositoryId: string, providerHookIds: readonly string[]): Promise<string[]> {
+  if (providerHookIds.length === 0) return [];
+  const rows = await db
+    .selectFrom('hooks as h')
+    .innerJoin('attachments as a', 'a.id', 'h.attachment_id')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select('h.provider_hook_id')
+    .distinct()
+    .where('r.connection_id', '=', connectionId)
+    .where('r.id', '<>', repositoryId)
+    .where('a.status', '<>', 'detached')
+    .where('h.provider_hook_id', 'in', [...providerHookIds])
+    .execute();
+  return rows.map((r) => r.provider_hook_id);
+}
+
+/**
  * Sets the attachment's status (creating the row on first use) and returns its id. `keepAttached`
  * leaves an attached repository attached: re-attaching reconciles its hooks while events keep flowing.
  */
@@ -317,7 +400,10 @@ export async function listUndetachedRepositories(db: Executor, connectionId: str
   return rows.map((r) => ({ repositoryId: r.id, provider: r.provider, fullName: r.full_name }));
 }
 
-/** Active connections of providers with per-repository hooks that have an attached repository (the hook-health reconcile's). */
+/**
+ * Active connections of providers with per-repository hooks that have an attached repository, or
+ * one due for the sweep of unattached hooks (pendingHookSweepsPage): the hook-health reconcile's.
+ */
 export async function connectionsWithAttachedHooks(
   db: Executor,
   options: { organizationId?: string; after?: string; limit?: number },
@@ -335,7 +421,7 @@ export async function connectionsWithAttachedHooks(
           .innerJoin('attachments as a', 'a.repository_id', 'r.id')
           .select('a.id')
           .whereRef('r.connection_id', '=', 'c.id')
-          .where('a.status', '=', 'attached'),
+          .where((eb) => eb.or([eb('a.status', '=', 'attached'), DUE_FOR_SWEEP])),
       ),
     );
   if (options.organizationId) query = query.where('c.organization_id', '=', options.organizationId);
