@@ -524,10 +524,6 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const due = await hookSweepDue(db, row.id);
     if (!due) return {};
     admitActivity(activitySlots, key);
-    const failWith =
-      due === 'failed'
-        ? undefined
-        : `the ${due === 'attaching' ? 'attach' : 'detach'} of this repository stopped half-way (its run was terminated); the hook-health pass removed forgelink's hooks from it: attach or detach it again`;
     const removed: string[] = [];
     let failure: string | undefined;
     try {
@@ -550,6 +546,13 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       if (retryable && attempt < SWEEP_ATTEMPTS) throw activityFailure;
       failure = activityFailure.message;
     }
+    const stopped = `the ${due === 'attaching' ? 'attach' : 'detach'} of this repository stopped half-way (its run was terminated)`;
+    const failWith =
+      due === 'failed'
+        ? undefined
+        : failure
+          ? `${stopped}; the hook-health pass could not remove forgelink's hooks from it (${failure}): attach or detach it again`
+          : `${stopped}; the hook-health pass removed forgelink's hooks from it: attach or detach it again`;
     await markHooksSwept(db, row.id, due, failWith);
     const swept: UnattachedSweep = { status: due, removed, ...(failure ? { failure } : {}) };
     if (failure) logger.warn({ repositoryId: row.id, provider: row.provider, ...swept }, 'sweep of an unattached repository failed; not tried again until its status changes');
