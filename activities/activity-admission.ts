@@ -19,6 +19,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { ApplicationFailure, ApplicationFailureCategory } from '@temporalio/common';
 import { ACTIVITY_NOT_ADMITTED } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
+import { holdingAnswers } from './providers/answer-budget.ts';
 import { activityContext } from './outbound.ts';
 
 export { ACTIVITY_NOT_ADMITTED };
@@ -45,14 +46,19 @@ type ActivityFunctions = Record<string, (...args: never[]) => Promise<unknown>>;
 /** The places the running call of a holdingAdmission activity took. */
 const placesOfCall = new AsyncLocalStorage<(() => void)[]>();
 
-/** Activities that may ask for admission (admitActivity): each call gives back the place it took when it ends, however it ends. */
+/**
+ * Activities that may ask for admission (admitActivity): each call gives back the place it took when
+ * it ends, however it ends, and the provider answers it parsed (their reservations in the worker's
+ * answer budget, activities/providers/answer-budget.ts: what the call keeps of them, a hook listing
+ * across a hook's save, is kept until it ends).
+ */
 export function holdingAdmission<T extends ActivityFunctions>(activities: T): T {
   const wrapped = Object.entries(activities).map(([name, run]) => [
     name,
     async (...args: unknown[]) => {
       const places: (() => void)[] = [];
       try {
-        return await placesOfCall.run(places, () => run(...(args as never[])));
+        return await placesOfCall.run(places, () => holdingAnswers(() => run(...(args as never[]))));
       } finally {
         for (const release of places) release();
       }

@@ -50,7 +50,7 @@ export function createConnectionActivities({ db, keys, providers, logger, activi
       admitActivity(activitySlots, { organizationId: row.organization_id, askAdmission });
       const sealed = row.pending_credential ?? row.credential;
       const secret = sealed ? open(keys, sealed, row.id) : undefined;
-      const adapter = providers({ connectionId: row.id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
+      const adapter = providers({ connectionId: row.id, organizationId: row.organization_id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
       const outcome = await classified(() => adapter.validate());
       logger.info({ connectionId, provider: row.provider, ok: outcome.ok, reason: outcome.ok ? undefined : outcome.reason }, 'connection validated');
       return outcome;

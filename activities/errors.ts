@@ -4,7 +4,7 @@ import { HostLookupFailedError } from '../lib/dns.ts';
 import { redactSecrets } from '../lib/secret-redaction.ts';
 import { activityCancellations, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
 import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
-import { AnswerTooCostlyError } from './providers/answer.ts';
+import { AnswerBudgetFullError, AnswerTooCostlyError } from './providers/answer.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
 export const FailureTypes = {
@@ -24,6 +24,12 @@ export const FailureTypes = {
   answerTooLarge: 'ProviderAnswerTooLarge',
   secretUnreadable: 'SecretUnreadable',
   workerShutdown: 'WorkerShutdown',
+  /**
+   * The worker's answer budget (activities/providers/answer-budget.ts) could not take the provider's
+   * answer: it already holds as many parsed answers as it admits, or as the organization's share.
+   * Retried: the worker is busy, the tenant not wrong.
+   */
+  workerBusy: 'WorkerBusy',
 } as const;
 
 /**
@@ -78,6 +84,17 @@ export function toActivityFailure(error: unknown): Error {
       nonRetryable: false,
       nextRetryDelay: retryAfter !== undefined ? `${Math.min(retryAfter, MAX_RETRY_DELAY_SECONDS)}s` : undefined,
       details: [{ status: error.status }],
+    });
+  }
+  // Before the bounds below: a wrapped refusal of the worker's budget is its passing load, not the answer's size.
+  const busy = causeOfType(error, AnswerBudgetFullError);
+  if (busy) {
+    return ApplicationFailure.create({
+      type: FailureTypes.workerBusy,
+      message: excerpt(busy.message, 300),
+      nonRetryable: false,
+      // A local step's retry waits on a timer in its run, as after a worker's stop: the workflow task is not held while the budget drains.
+      ...(activityContext()?.info?.isLocal ? { nextRetryDelay: LOCAL_STEP_RETRY_AFTER_SHUTDOWN } : {}),
     });
   }
   const refused = refusalIn(error);

@@ -29,6 +29,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { HookOperation, HookOutcome, WorkerMetrics } from '../lib/metrics.ts';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import { callScope, ownActivityContext } from './call-scope.ts';
+import { AnswerHold, currentAnswerHold } from './providers/answer-budget.ts';
 import { withAdmission, type InlineAdmission, type InlineStep } from './inline-admission.ts';
 import { activityContext } from './outbound.ts';
 
@@ -249,7 +250,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     }
     const secret = row.credential ? open(keys, row.credential, row.connection_id) : undefined;
     try {
-      return providers({ connectionId: row.connection_id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
+      return providers({ connectionId: row.connection_id, organizationId: row.organization_id, provider: row.provider, baseUrl: row.base_url, externalKey: row.external_key, secret });
     } catch (error) {
       throw nonRetryable(HookFailureTypes.providerNotConfigured, (error as Error).message);
     }
@@ -349,6 +350,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     if (!release) return;
     // Under the activity's own context, not this step's scope: it outlives the step that starts it.
     const scope = callScope(activity);
+    // Its answers are held by a hold of its own, not this step's: given back when it is dropped, or with the step that takes it.
+    const held = new AnswerHold();
     const unclaimed = setTimeout(() => {
       if (entry.ahead === ahead) entry.ahead = undefined;
       ahead.end(READ_UNCLAIMED);
@@ -357,10 +360,13 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const ahead: ReadAhead = {
       step,
       producer,
-      answer: handled(scope.run(() => read(entry.row, entry.adapter))),
+      answer: handled(scope.run(() => held.run(() => read(entry.row, entry.adapter)))),
       claim() {
         clearTimeout(unclaimed);
         release();
+        const takenBy = currentAnswerHold();
+        if (takenBy) takenBy.adopt(held);
+        else held.release();
         const consumer = activityContext()?.cancellationSignal;
         if (consumer?.aborted) scope.end(consumer.reason);
         else consumer?.addEventListener('abort', () => scope.end(consumer.reason), { once: true });
@@ -369,6 +375,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         clearTimeout(unclaimed);
         scope.end(abortError(reason));
         release();
+        held.release();
       },
     };
     entry.ahead = ahead;

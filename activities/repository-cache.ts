@@ -21,6 +21,7 @@ import type { ActivityDeps } from './index.ts';
 import { classified, toActivityFailure } from './errors.ts';
 import { heartbeatProgress } from './outbound.ts';
 import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
+import { holdingAnswers } from './providers/answer-budget.ts';
 import { LISTING_CAPS_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT } from '../lib/config.ts';
 import { FIRST_LISTING_PAGE, LISTING_HEARTBEAT_MS, type ListingProgress } from '../workflows/contract.ts';
 import type { InlineAdmission } from './inline-admission.ts';
@@ -172,6 +173,7 @@ export function createRepositoryCacheActivities(
       admitActivity(activitySlots, { organizationId: row.organization_id, askAdmission });
       const adapter = providers({
         connectionId,
+        organizationId: row.organization_id,
         provider: row.provider,
         baseUrl: row.base_url,
         externalKey: row.external_key,
@@ -230,13 +232,16 @@ export function createRepositoryCacheActivities(
       /**
        * One page: the call (within both limits, the worker's taken as its organization's turn comes),
        * then its cursors join the queue at once so the next calls start while this page is written;
-       * the page counts as visited once it is written.
+       * the page counts as visited once it is written. Its answers' reservations in the worker's
+       * answer budget (activities/providers/answer-budget.ts) are held until then, not until the
+       * chunk ends: a chunk lists up to `maxPages` pages.
        */
       let fetching = 0;
       /** Rows of pages past the cap check whose write has not ended: not yet in `state.listed`. */
       let unwritten = 0;
       let pump = () => {};
-      const fetchPage = async (pageKey: string) => {
+      const fetchPage = (pageKey: string) => holdingAnswers(() => fetchAndRecord(pageKey));
+      const fetchAndRecord = async (pageKey: string) => {
         const previous = stored.get(pageKey);
         const cursor = pageKey === FIRST_LISTING_PAGE ? undefined : pageKey;
         let page: RepositoryPage;

@@ -2,6 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Provider } from '../../lib/domain.ts';
 import { parseCost } from '../../lib/parse-cost.ts';
 import { DEFAULT_MAX_BODY_BYTES } from '../outbound.ts';
+import { answerBudgetLimits, createAnswerBudget, currentAnswerCall, currentAnswerHold, type AnswerBudget } from './answer-budget.ts';
 
 const MiB = 1024 * 1024;
 
@@ -27,10 +28,14 @@ const MiB = 1024 * 1024;
  * attach's 3 hook steps side by side: 30 tenant-facing calls at once): a call parses and keeps at
  * most 40 MiB of answer at a time, a hook listing across its pages at most 16 MiB (cappedPages;
  * Azure DevOps' one-answer subscription query too, its subscriptions kept as strings only), and
- * JSON.parse runs one at a time. Not bounded: the sum over the worker's calls (no worker-wide
- * budget). Worst at once: 15 activities × 40 + 15 inline hook steps × 16 = 840 MiB (before the hook
- * bound applied to Azure DevOps: 30 × 40 = 1,200 MiB, over the heap), against 232 MiB for one answer
- * and 907 MiB (a crash) for one listing before any count.
+ * JSON.parse runs one at a time. The sum over the worker's calls (15 activities × 40 + 15 inline
+ * hook steps × 16 = 840 MiB at these bounds, against 232 MiB for one answer and 907 MiB, a crash, for
+ * one listing before any count) is bounded by the worker's answer budget
+ * (activities/providers/answer-budget.ts): every answer counted here also reserves its count there
+ * before it is parsed, held until what holds its value ends (the activity or inline step, a
+ * repository listing's page until written), 652 MiB for the worker under the chart's 1 GiB heap and
+ * 163 MiB for one organization. An answer that does not fit is not parsed: AnswerBudgetFullError,
+ * retried (`WorkerBusy`).
  */
 export const MAX_ANSWER_PARSE_COST = 5 * DEFAULT_MAX_BODY_BYTES;
 
@@ -51,6 +56,43 @@ export class AnswerTooCostlyError extends Error {
       `${origin} (${provider}) answered ${listing ? 'a listing whose pages' : 'JSON that'} would take more than ${Math.round(limit / MiB)} MiB of memory once parsed: refused unparsed`,
     );
   }
+}
+
+/**
+ * An answer the worker's answer budget (activities/providers/answer-budget.ts) could not take when it
+ * came: the worker (or the organization's share of it) already holds as many parsed answers as it
+ * admits, or the step that would have held it has ended. Refused before it is parsed, and retried:
+ * the worker is busy, the tenant not wrong (`WorkerBusy`). Its message names the provider's origin
+ * and the budget, nothing of the answer.
+ */
+export class AnswerBudgetFullError extends Error {
+  override name = 'AnswerBudgetFullError';
+  constructor(
+    readonly provider: Provider,
+    readonly origin: string,
+    readonly organizationId: string,
+    reason: 'worker' | 'organization' | 'ended',
+    budget: AnswerBudget,
+  ) {
+    super(
+      reason === 'ended'
+        ? `${origin} (${provider}) answered after the step that would hold its answer had ended: refused unparsed`
+        : reason === 'organization'
+          ? `this worker already holds ${Math.round(budget.perOrganization / MiB)} MiB of parsed provider answers for organization ${organizationId}, its share: ${origin} (${provider})'s answer refused unparsed, retried`
+          : `this worker already holds ${Math.round(budget.limit / MiB)} MiB of parsed provider answers, all it admits: ${origin} (${provider})'s answer refused unparsed, retried`,
+    );
+  }
+}
+
+/** Whether a provider's answer was refused before it was parsed (too costly, or no room in the worker's budget): an error answer's status then decides. */
+export const refusedUnparsed = (error: unknown): error is AnswerTooCostlyError | AnswerBudgetFullError =>
+  error instanceof AnswerTooCostlyError || error instanceof AnswerBudgetFullError;
+
+let processBudget: AnswerBudget | undefined;
+/** The worker's answer budget: the process's (its heap is), sized from its heap limit when first asked for (answerBudgetLimits). */
+export function workerAnswerBudget(): AnswerBudget {
+  processBudget ??= createAnswerBudget(answerBudgetLimits(MAX_ANSWER_PARSE_COST));
+  return processBudget;
 }
 
 /** What a listing's answers may still take, shared by its pages' parses (cappedPages). */
@@ -102,8 +144,29 @@ function parseCounted<T>(provider: Provider, origin: string, bytes: Uint8Array, 
     const byListing = budget !== undefined && budget.remaining < MAX_ANSWER_PARSE_COST;
     throw new AnswerTooCostlyError(provider, origin, byListing ? budget.limit : limit, byListing);
   }
+  reserve(provider, origin, cost);
   if (budget) budget.remaining -= cost;
   return parse();
+}
+
+/**
+ * Reserves an answer's count in its call's worker budget, held by the call's hold (set by the
+ * provider factory, activities/providers/index.ts); throws AnswerBudgetFullError, before the parse,
+ * when it does not fit. A call not made through the factory (the API's GitHub check, adapters built
+ * directly) has no worker budget: counted against its own bounds only, as before.
+ */
+function reserve(provider: Provider, origin: string, cost: number): void {
+  const call = currentAnswerCall();
+  if (!call) return;
+  const { budget, organizationId } = call;
+  const hold = currentAnswerHold();
+  if (!hold || hold.released) throw new AnswerBudgetFullError(provider, origin, organizationId, 'ended', budget);
+  const release = budget.tryReserve(organizationId, cost);
+  if (!release) {
+    const byOrganization = budget.held(organizationId) + cost > budget.perOrganization;
+    throw new AnswerBudgetFullError(provider, origin, organizationId, byOrganization ? 'organization' : 'worker', budget);
+  }
+  hold.take(release);
 }
 
 /** Characters of a provider's error message kept (messageExcerpt). */

@@ -1,5 +1,5 @@
 import type http from 'node:http';
-import { AnswerTooCostlyError, checkAnswerText, messageExcerpt } from './answer.ts';
+import { checkAnswerText, messageExcerpt, refusedUnparsed } from './answer.ts';
 import { activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
@@ -109,7 +109,7 @@ function errorBody(origin: string, text: string): string {
     checkAnswerText('azure-devops', origin, text);
     message = (JSON.parse(text) as { message?: unknown } | null)?.message;
   } catch (error) {
-    if (!(error instanceof AnswerTooCostlyError) && !(error instanceof SyntaxError)) throw error;
+    if (!refusedUnparsed(error) && !(error instanceof SyntaxError)) throw error;
     message = error instanceof SyntaxError ? text.trim() : undefined;
   }
   return message === undefined || message === null || message === '' ? '' : JSON.stringify({ message: messageExcerpt(message) });

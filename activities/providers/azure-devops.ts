@@ -19,7 +19,7 @@ import {
 } from './port.ts';
 import { unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
-import { AnswerTooCostlyError, listingBudget, messageExcerpt, parseAnswer, withinListingBudget } from './answer.ts';
+import { listingBudget, messageExcerpt, parseAnswer, refusedUnparsed, withinListingBudget } from './answer.ts';
 
 const API_VERSION = '7.1';
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -182,9 +182,9 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
     } catch (error) {
       // An error status wins over its body: one too costly to parse is left unparsed and the status
       // decides (a 429/503 stays throttled/unavailable and is retried), as the SDK's calls.
-      if (error instanceof AnswerTooCostlyError && response.ok) throw error;
+      if (refusedUnparsed(error) && response.ok) throw error;
       parsed = undefined;
-      if (error instanceof AnswerTooCostlyError) text = '';
+      if (refusedUnparsed(error)) text = '';
     }
     if (!response.ok) {
       const message = (parsed as { message?: unknown } | undefined)?.message;

@@ -1,5 +1,5 @@
 import { cancellableSleep, type Outbound } from '../outbound.ts';
-import { AnswerTooCostlyError, messageExcerpt, parseAnswer } from './answer.ts';
+import { messageExcerpt, parseAnswer, refusedUnparsed } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -104,7 +104,7 @@ async function readBody(response: Response, origin: string): Promise<unknown> {
   try {
     return parseAnswer('bitbucket', origin, bytes);
   } catch (error) {
-    if (error instanceof AnswerTooCostlyError) {
+    if (refusedUnparsed(error)) {
       if (response.ok) throw error;
       return undefined;
     }

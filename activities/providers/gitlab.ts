@@ -1,7 +1,7 @@
 import { createRequesterFn, type RequestOptions } from '@gitbeaker/requester-utils';
 import { PersonalAccessTokens, ProjectHooks, Projects, Users } from '@gitbeaker/rest';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
-import { AnswerTooCostlyError, messageExcerpt, parseAnswer } from './answer.ts';
+import { messageExcerpt, parseAnswer, refusedUnparsed } from './answer.ts';
 import {
   cappedPages,
   HOOK_LISTING_CAPS,
@@ -69,7 +69,7 @@ async function readBody(response: Response, origin: string): Promise<unknown> {
   try {
     return parseAnswer('gitlab', origin, new Uint8Array(await response.arrayBuffer())) ?? {};
   } catch (error) {
-    if (response.ok || !(error instanceof AnswerTooCostlyError)) throw error;
+    if (response.ok || !refusedUnparsed(error)) throw error;
     return undefined;
   }
 }

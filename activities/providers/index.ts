@@ -5,7 +5,9 @@ import { createGitlabAdapter } from './gitlab.ts';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
 import type { WorkerMetrics } from '../../lib/metrics.ts';
 import type { Provider } from '../../lib/domain.ts';
-import type { ProviderAdapter, ProviderFactory } from './port.ts';
+import type { ProviderAdapter, ProviderFactory, ProviderTarget } from './port.ts';
+import { withinAnswerBudget, type AnswerBudget } from './answer-budget.ts';
+import { workerAnswerBudget } from './answer.ts';
 
 export interface ProviderSettings {
   /** The worker's guarded HTTP layer: every adapter's calls go through it. */
@@ -14,6 +16,8 @@ export interface ProviderSettings {
   github?: { appId: string; privateKey: string };
   /** Counts the rate-limit pauses adapters take inside a call (their only sleeps). */
   metrics?: Pick<WorkerMetrics, 'rateLimitWait'>;
+  /** What the adapters' parsed answers may hold at once (default: the worker's, sized from its heap; activities/providers/answer-budget.ts). */
+  answerBudget?: AnswerBudget;
 }
 
 /** Builds the adapter for a connection's provider, pointed at the connection's base URL. */
@@ -28,7 +32,8 @@ export function createProviderFactory(settings: ProviderSettings): ProviderFacto
           },
         }
       : {};
-  return (target): ProviderAdapter => {
+  const answerBudget = settings.answerBudget ?? workerAnswerBudget();
+  const adapterFor = (target: ProviderTarget): ProviderAdapter => {
     switch (target.provider) {
       case 'gitlab':
         return createGitlabAdapter(target, { outbound, ...counted('gitlab') });
@@ -41,4 +46,21 @@ export function createProviderFactory(settings: ProviderSettings): ProviderFacto
         return createGithubAdapter(target, { ...settings.github, baseUrl: target.baseUrl }, { outbound, ...counted('github') });
     }
   };
+  return (target) => budgeted(adapterFor(target), { budget: answerBudget, organizationId: target.organizationId ?? `connection ${target.connectionId}` });
+}
+
+const ADAPTER_CALLS = ['validate', 'listRepositoriesPage', 'getRepository', 'listHooks', 'createHook', 'updateHook', 'deleteHook'] as const satisfies readonly (keyof ProviderAdapter)[];
+
+/**
+ * The adapter whose every call counts its parsed answers against `call`'s budget, held by the
+ * caller's hold (its activity or step) or, without one, by the call itself until it ends
+ * (withinAnswerBudget).
+ */
+function budgeted(adapter: ProviderAdapter, call: Parameters<typeof withinAnswerBudget>[0]): ProviderAdapter {
+  const wrapped: Record<string, unknown> = { provider: adapter.provider };
+  for (const name of ADAPTER_CALLS) {
+    const method = adapter[name] as (...args: unknown[]) => Promise<unknown>;
+    wrapped[name] = (...args: unknown[]) => withinAnswerBudget(call, () => method.apply(adapter, args));
+  }
+  return wrapped as unknown as ProviderAdapter;
 }

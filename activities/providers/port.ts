@@ -126,6 +126,11 @@ export type ValidationOutcome =
 /** What an adapter needs to reach one connection's provider. The secret lives only in activity memory. */
 export interface ProviderTarget {
   connectionId: string;
+  /**
+   * The connection's organization: its calls' parsed answers count against its share of the worker's
+   * answer budget (activities/providers/answer-budget.ts). Absent, the connection's own share.
+   */
+  organizationId?: string;
   provider: Provider;
   baseUrl: string;
   /** GitHub installation id, Azure DevOps organization URL: what the connection is bound to. */

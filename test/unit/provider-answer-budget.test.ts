@@ -1,0 +1,239 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createProviderFactory } from '../../activities/providers/index.ts';
+import { AnswerBudgetFullError, AnswerTooCostlyError, MAX_ANSWER_PARSE_COST } from '../../activities/providers/answer.ts';
+import { answerBudgetLimits, createAnswerBudget, type AnswerBudget } from '../../activities/providers/answer-budget.ts';
+import type { ProviderAdapter, ProviderTarget, RepositoryRef } from '../../activities/providers/port.ts';
+import { holdingAdmission } from '../../activities/activity-admission.ts';
+import { toActivityFailure } from '../../activities/errors.ts';
+import { parseCost } from '../../lib/parse-cost.ts';
+import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
+import { fillLargeOrganization, startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
+import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { testOutbound } from '../support/outbound.ts';
+
+/**
+ * The worker's budget for parsed provider answers (activities/providers/answer-budget.ts): every
+ * answer a call counts (activities/providers/answer.ts) is reserved before it is parsed and given
+ * back when what holds it ends (here the steps, wrapped as the activities are, by holdingAdmission).
+ * Real adapters through the provider factory, over HTTP, against the fake providers; the costly
+ * answers are each under the one-answer bound, and refused only because the worker (or the
+ * organization's share) already holds others.
+ */
+
+const MiB = 1024 * 1024;
+const json = { 'content-type': 'application/json' };
+/** `[[[…]]]`: 29 bytes of heap a byte once parsed. */
+const nested = (bytes: number) => `[${'['.repeat(bytes / 2 - 1)}${']'.repeat(bytes / 2 - 1)}]`;
+/** ~1.2 MiB of `[[[…]]]`, ~35 MiB counted: under the answer bound alone. */
+const PAD = nested(1.2 * MiB);
+
+/** Steps as the worker wraps its activities: each gives back what it held when it ends. */
+const steps = holdingAdmission({ run: async (fn: () => Promise<unknown>) => fn() });
+
+interface HeldStep {
+  /** What the step's call ended with (its value or its error), as soon as it did. */
+  outcome: Promise<{ value?: unknown; error?: unknown }>;
+  /** Ends the step: what it held is given back. */
+  end(): Promise<unknown>;
+}
+/** A step that makes `call` and keeps what it parsed until `end`. */
+function heldStep(call: () => Promise<unknown>): HeldStep {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  let answered!: (outcome: { value?: unknown; error?: unknown }) => void;
+  const outcome = new Promise<{ value?: unknown; error?: unknown }>((resolve) => (answered = resolve));
+  const step = steps.run(async () => {
+    answered(await call().then((value) => ({ value }), (error: unknown) => ({ error })));
+    await gate;
+  });
+  return { outcome, end: () => (open(), step) };
+}
+
+/** The most the heap grew above where it was while `fn` ran (sampled every millisecond and at its end), and what `fn` threw. */
+async function heapGrowth(fn: () => Promise<unknown>): Promise<{ error: unknown; growth: number }> {
+  const base = process.memoryUsage().heapUsed;
+  let peak = base;
+  const sample = () => (peak = Math.max(peak, process.memoryUsage().heapUsed));
+  const timer = setInterval(sample, 1);
+  try {
+    const error = await fn().then(() => undefined, (e: unknown) => e);
+    sample();
+    return { error, growth: peak - base };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+function expectBusy(error: unknown, why: 'worker' | 'organization') {
+  let cause = error;
+  while (cause instanceof Error && !(cause instanceof AnswerBudgetFullError) && cause.cause !== undefined) cause = cause.cause;
+  expect(cause).toBeInstanceOf(AnswerBudgetFullError);
+  expect((cause as Error).message).toMatch(why === 'worker' ? /all it admits/ : /its share/);
+  // Retried: the worker is busy, the tenant not wrong.
+  expect(toActivityFailure(error)).toMatchObject({ type: 'WorkerBusy', nonRetryable: false });
+}
+
+let closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.map((close) => close()));
+  closers = [];
+});
+
+interface Providers {
+  gitlab: FakeGitlab;
+  azure: FakeAzureDevOps;
+  github: FakeGithub;
+  /** The adapter of organization `org`'s connection to `provider`. */
+  adapter(provider: 'gitlab' | 'azure-devops' | 'github', org: string): ProviderAdapter;
+  gitlabRef: RepositoryRef;
+  azureProjectId: string;
+}
+async function providers(budget: AnswerBudget): Promise<Providers> {
+  const [gitlab, azure, github] = await Promise.all([startFakeGitlab(), startFakeAzureDevOps({ organization: 'contoso' }), startFakeGithub()]);
+  closers.push(() => gitlab.close(), () => azure.close(), () => github.close());
+  gitlab.addToken({ token: 'glpat-budget', username: 'ada', scopes: ['api', 'read_user', 'read_repository'] });
+  const project = gitlab.addProject({ pathWithNamespace: 'acme/app' });
+  azure.addPat({ pat: 'ado-budget', displayName: 'Ada' });
+  const alpha = azure.addProject({ name: 'Alpha' });
+  const installation = github.addInstallation({ account: { login: 'acme' } });
+  const factory = createProviderFactory({ outbound: testOutbound, github: { appId: github.appId, privateKey: github.privateKeyPem }, answerBudget: budget });
+  const targets: Record<string, Omit<ProviderTarget, 'organizationId'>> = {
+    gitlab: { connectionId: 'gitlab', provider: 'gitlab', baseUrl: gitlab.url, externalKey: null, secret: 'glpat-budget' },
+    'azure-devops': { connectionId: 'azure', provider: 'azure-devops', baseUrl: azure.url, externalKey: azure.url, secret: 'ado-budget' },
+    github: { connectionId: 'github', provider: 'github', baseUrl: github.url, externalKey: String(installation.id) },
+  };
+  return {
+    gitlab,
+    azure,
+    github,
+    adapter: (provider, org) => factory({ ...targets[provider]!, organizationId: org }),
+    gitlabRef: { externalId: String(project.id), fullName: project.pathWithNamespace },
+    azureProjectId: alpha.id,
+  };
+}
+
+describe("the worker's answer budget", () => {
+  it('refuses, unparsed and retryably, the answers past the worker budget or an organization share when several organizations hold costly answers at once; all given back after', async () => {
+    const gitlabAnswer = (id: string) => `{"id":${id},"path_with_namespace":"acme/app","default_branch":"main","web_url":"http://gitlab.example/acme/app","pad":${PAD}}`;
+    const cost = parseCost(Buffer.from(gitlabAnswer('1')));
+    expect(cost).toBeLessThan(MAX_ANSWER_PARSE_COST);
+    expect(cost).toBeGreaterThan(30 * MiB);
+    // Three such answers at once, one organization's one and a half.
+    const budget = createAnswerBudget({ limit: Math.floor(3.5 * cost), perOrganization: Math.floor(1.5 * cost) });
+    const p = await providers(budget);
+    const costly = (provider: 'gitlab' | 'azure-devops' | 'github') => {
+      if (provider === 'gitlab') p.gitlab.server.failNext('getProject', 1, { status: 200, headers: json, text: gitlabAnswer(p.gitlabRef.externalId) });
+      if (provider === 'azure-devops') p.azure.server.failNext('listRepositories', 1, { status: 200, headers: json, text: `{"count":0,"value":[],"pad":${PAD}}` });
+      if (provider === 'github') p.github.server.failNext('listInstallationRepos', 1, { status: 200, headers: json, text: `{"total_count":0,"repositories":[],"pad":${PAD}}` });
+    };
+    const call = (provider: 'gitlab' | 'azure-devops' | 'github', org: string) => {
+      costly(provider);
+      const adapter = p.adapter(provider, org);
+      if (provider === 'gitlab') return () => adapter.getRepository(p.gitlabRef);
+      if (provider === 'azure-devops') return () => adapter.listRepositoriesPage({ cursor: `repos:${p.azureProjectId}` });
+      return () => adapter.listRepositoriesPage({});
+    };
+
+    // Organization a holds one (its GitLab project, kept by its step).
+    const a1 = heldStep(call('gitlab', 'org-a'));
+    expect((await a1.outcome).value).toMatchObject({ fullName: 'acme/app' });
+    expect(budget.held()).toBe(cost);
+    expect(budget.held('org-a')).toBe(cost);
+
+    // Then at once: a's second (past its share), b's GitLab, c's Azure DevOps, d's GitHub (one of them past the worker's budget).
+    const a2 = heldStep(call('gitlab', 'org-a'));
+    const others = [heldStep(call('gitlab', 'org-b')), heldStep(call('azure-devops', 'org-c')), heldStep(call('github', 'org-d'))];
+    expectBusy((await a2.outcome).error, 'organization');
+    const outcomes = await Promise.all(others.map((step) => step.outcome));
+    const refused = outcomes.filter((outcome) => outcome.error !== undefined);
+    expect(refused).toHaveLength(1);
+    expectBusy(refused[0]!.error, 'worker');
+    for (const outcome of outcomes.filter((o) => o.error === undefined)) expect(outcome.value).toBeDefined();
+    expect(budget.held()).toBeGreaterThan(3 * cost - MiB);
+    expect(budget.held()).toBeLessThanOrEqual(budget.limit);
+    expect(budget.held('org-a')).toBe(cost);
+
+    // Refused unparsed: while the budget is full, another organization's costly answer leaves the heap as it was.
+    const e = await heapGrowth(call('gitlab', 'org-e'));
+    expectBusy(e.error, 'worker');
+    expect(e.growth).toBeLessThan(cost / 3);
+
+    // The steps end: everything is given back, and the refused calls' retries are taken.
+    await Promise.all([a1, a2, ...others].map((step) => step.end()));
+    expect(budget.held()).toBe(0);
+    expect(budget.held('org-a')).toBe(0);
+    const retried = [heldStep(call('gitlab', 'org-a')), heldStep(call('gitlab', 'org-e'))];
+    for (const step of retried) expect((await step.outcome).error).toBeUndefined();
+    expect(budget.held()).toBe(2 * cost);
+    await Promise.all(retried.map((step) => step.end()));
+    expect(budget.held()).toBe(0);
+  });
+
+  it('gives every reservation back however the calls end: answered, failed, dropped, refused, too costly, a step that throws, a call without a step', async () => {
+    const budget = createAnswerBudget({ limit: 200 * MiB, perOrganization: 80 * MiB });
+    const p = await providers(budget);
+    const padded = (id: string) => `{"id":${id},"path_with_namespace":"acme/app","pad":${nested(256 * 1024)}}`;
+    for (let round = 0; round < 4; round++) {
+      const org = `org-${round % 2}`;
+      const gitlab = p.adapter('gitlab', org);
+      const azure = p.adapter('azure-devops', org);
+      const github = p.adapter('github', org);
+      p.gitlab.server.failNext('getProject', 1, { status: 200, headers: json, text: padded(p.gitlabRef.externalId) });
+      p.gitlab.server.failNext('getProject', 1, { status: 500, headers: json, text: `{"message":${nested(256 * 1024)}}` });
+      p.gitlab.server.failNext('getProject', 1, { status: 200, headers: json, text: nested(3 * MiB) });
+      const calls: Promise<unknown>[] = [
+        // Answered, failed (500), too costly on its own, held by steps.
+        steps.run(() => gitlab.getRepository(p.gitlabRef)),
+        steps.run(() => gitlab.getRepository(p.gitlabRef)),
+        steps.run(() => gitlab.getRepository(p.gitlabRef)),
+        // A step that throws after its call parsed, and one that lists hooks and repositories.
+        steps.run(async () => {
+          await gitlab.getRepository(p.gitlabRef);
+          throw new Error('the step failed after its call');
+        }),
+        steps.run(() => Promise.all([gitlab.listHooks(p.gitlabRef), azure.listRepositoriesPage({}), github.listRepositoriesPage({}), github.validate()])),
+        // Calls outside any step: each holds its own answers until it ends.
+        gitlab.getRepository(p.gitlabRef),
+        azure.validate(),
+      ];
+      // Dropped without an answer.
+      p.azure.server.dropNext('listRepositories', 1);
+      calls.push(steps.run(() => azure.listRepositoriesPage({ cursor: `repos:${p.azureProjectId}` })));
+      // Refused by the organization's share: one step holding answers of ~7 MiB each, past 80 MiB by the 11th.
+      p.gitlab.server.failNext('getProject', 20, { status: 200, headers: json, text: padded(p.gitlabRef.externalId) });
+      calls.push(steps.run(async () => {
+        for (let i = 0; i < 12; i++) await gitlab.getRepository(p.gitlabRef);
+      }));
+      const settled = await Promise.allSettled(calls);
+      const reasons = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as unknown] : []));
+      expect(reasons.some((r) => r instanceof AnswerTooCostlyError)).toBe(true);
+      expect(reasons.some((r) => r instanceof AnswerBudgetFullError)).toBe(true);
+      expect(reasons.some((r) => r instanceof Error && r.message === 'the step failed after its call')).toBe(true);
+      expect(budget.held()).toBe(0);
+      expect(budget.held(org)).toBe(0);
+      p.gitlab.server.clearFaults();
+      p.azure.server.clearFaults();
+    }
+  });
+
+  it("sizes the budget from the heap limit, and takes the largest legitimate answers (an Azure DevOps project's 10,000 repositories) several at once", async () => {
+    // The chart's worker: --max-old-space-size=1024 --max-semi-space-size=4 (heap_size_limit 1,036 MiB).
+    const limits = answerBudgetLimits(MAX_ANSWER_PARSE_COST, 1036 * MiB);
+    expect(limits).toEqual({ limit: 652 * MiB, perOrganization: 163 * MiB });
+    // A small heap still admits an answer at its bound, and an organization one.
+    expect(answerBudgetLimits(MAX_ANSWER_PARSE_COST, 256 * MiB)).toEqual({ limit: 2 * MAX_ANSWER_PARSE_COST, perOrganization: MAX_ANSWER_PARSE_COST });
+
+    const budget = createAnswerBudget(limits);
+    const p = await providers(budget);
+    fillLargeOrganization(p.azure, { projects: 1, repositoriesPerProject: 10_000, subscriptions: 0 });
+    const { fanOut } = await p.adapter('azure-devops', 'org-a').listRepositoriesPage({});
+    const cursor = fanOut!.find((c) => c !== `repos:${p.azureProjectId}`)!;
+    // One organization's four listings of it at once, each held by its step.
+    const held = Array.from({ length: 4 }, () => heldStep(() => p.adapter('azure-devops', 'org-a').listRepositoriesPage({ cursor })));
+    for (const step of held) expect(((await step.outcome).value as { repositories: unknown[] }).repositories).toHaveLength(10_000);
+    expect(budget.held('org-a')).toBeGreaterThan(4 * 15 * MiB);
+    expect(budget.held('org-a')).toBeLessThan(budget.perOrganization);
+    await Promise.all(held.map((step) => step.end()));
+    expect(budget.held()).toBe(0);
+  });
+});
