@@ -9,6 +9,7 @@ import { parseCost } from '../../lib/parse-cost.ts';
 import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
+import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { testOutbound } from '../support/outbound.ts';
 
 /**
@@ -83,14 +84,19 @@ interface Providers {
   gitlab: FakeGitlab;
   azure: FakeAzureDevOps;
   github: FakeGithub;
+  bitbucket: FakeBitbucket;
   /** The adapter of organization `org`'s connection to `provider`. */
-  adapter(provider: 'gitlab' | 'azure-devops' | 'github', org: string): ProviderAdapter;
+  adapter(provider: 'gitlab' | 'azure-devops' | 'github' | 'bitbucket', org: string): ProviderAdapter;
   gitlabRef: RepositoryRef;
+  bitbucketRef: RepositoryRef;
   azureProjectId: string;
 }
 async function providers(budget: AnswerBudget): Promise<Providers> {
-  const [gitlab, azure, github] = await Promise.all([startFakeGitlab(), startFakeAzureDevOps({ organization: 'contoso' }), startFakeGithub()]);
-  closers.push(() => gitlab.close(), () => azure.close(), () => github.close());
+  const [gitlab, azure, github, bitbucket] = await Promise.all([startFakeGitlab(), startFakeAzureDevOps({ organization: 'contoso' }), startFakeGithub(), startFakeBitbucket()]);
+  closers.push(() => gitlab.close(), () => azure.close(), () => github.close(), () => bitbucket.close());
+  bitbucket.addToken({ token: 'BBDC-budget', username: 'ada' });
+  bitbucket.addProject({ key: 'PROJ', name: 'Project' });
+  const repo = bitbucket.addRepository({ projectKey: 'PROJ', slug: 'app', defaultBranch: 'main' });
   gitlab.addToken({ token: 'glpat-budget', username: 'ada', scopes: ['api', 'read_user', 'read_repository'] });
   const project = gitlab.addProject({ pathWithNamespace: 'acme/app' });
   azure.addPat({ pat: 'ado-budget', displayName: 'Ada' });
@@ -101,13 +107,16 @@ async function providers(budget: AnswerBudget): Promise<Providers> {
     gitlab: { connectionId: 'gitlab', provider: 'gitlab', baseUrl: gitlab.url, externalKey: null, secret: 'glpat-budget' },
     'azure-devops': { connectionId: 'azure', provider: 'azure-devops', baseUrl: azure.url, externalKey: azure.url, secret: 'ado-budget' },
     github: { connectionId: 'github', provider: 'github', baseUrl: github.url, externalKey: String(installation.id) },
+    bitbucket: { connectionId: 'bitbucket', provider: 'bitbucket', baseUrl: bitbucket.url, externalKey: null, secret: 'BBDC-budget' },
   };
   return {
     gitlab,
     azure,
     github,
+    bitbucket,
     adapter: (provider, org) => factory({ ...targets[provider]!, organizationId: org }),
     gitlabRef: { externalId: String(project.id), fullName: project.pathWithNamespace },
+    bitbucketRef: { externalId: String(repo.id), fullName: 'PROJ/app' },
     azureProjectId: alpha.id,
   };
 }
@@ -157,6 +166,19 @@ describe("the worker's answer budget", () => {
     const e = await heapGrowth(call('gitlab', 'org-e'));
     expectBusy(e.error, 'worker');
     expect(e.growth).toBeLessThan(cost / 3);
+    // So with every client: Bitbucket's reads, Azure DevOps' hooks REST calls, and with an error status the status decides, the body unparsed.
+    p.bitbucket.server.failNext('getRepo', 1, { status: 200, headers: json, text: `{"id":1,"slug":"app","pad":${PAD}}` });
+    expectBusy(await p.adapter('bitbucket', 'org-e').getRepository(p.bitbucketRef).then(() => undefined, (error: unknown) => error), 'worker');
+    p.azure.server.failNext('createSubscription', 1, { status: 200, headers: json, text: `{"id":"s1","pad":${PAD}}` });
+    const hook = { url: 'https://forgelink.example/hooks', events: ['git.push'] };
+    const azureRef = { externalId: 'r1', fullName: 'Alpha/r1', projectId: p.azureProjectId };
+    expectBusy(await p.adapter('azure-devops', 'org-e').createHook(azureRef, hook).then(() => undefined, (error: unknown) => error), 'worker');
+    p.gitlab.server.failNext('getProject', 1, { status: 503, headers: json, text: `{"message":${PAD}}` });
+    const unavailable = await p.adapter('gitlab', 'org-e').getRepository(p.gitlabRef).then(() => undefined, (error: unknown) => error);
+    expect(toActivityFailure(unavailable)).toMatchObject({ type: 'ProviderUnavailable', nonRetryable: false, message: 'gitlab answered 503: HTTP 503' });
+    p.azure.server.failNext('createSubscription', 1, { status: 400, headers: json, text: `{"message":${PAD}}` });
+    const rejected = await p.adapter('azure-devops', 'org-e').createHook(azureRef, hook).then(() => undefined, (error: unknown) => error);
+    expect(toActivityFailure(rejected)).toMatchObject({ type: 'ProviderRejectedRequest', nonRetryable: true });
 
     // The steps end: everything is given back, and the refused calls' retries are taken.
     await Promise.all([a1, a2, ...others].map((step) => step.end()));
