@@ -5,6 +5,7 @@ import { sql } from 'kysely';
 import { createHookActivities, deliveryUrl, READ_AHEAD_CLAIM_MS } from '../../activities/hooks.ts';
 import { createInlineAdmission, type InlineAdmission } from '../../activities/inline-admission.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
+import { createAnswerBudget } from '../../activities/providers/answer-budget.ts';
 import { seal } from '../../lib/crypto.ts';
 import { createDb, type Db } from '../../lib/db/index.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -42,11 +43,17 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     await h?.close();
   });
 
-  const activities = (inline?: InlineAdmission, db: Db = h.db) =>
+  /**
+   * The worker's answer budget (activities/providers/answer-budget.ts): a listing made ahead holds
+   * its answer there until the step that takes it ends, or until it is dropped, not until the step
+   * that started it ends.
+   */
+  const newAnswerBudget = () => createAnswerBudget({ limit: 64 * 1024 * 1024, perOrganization: 64 * 1024 * 1024 });
+  const activities = (inline?: InlineAdmission, db: Db = h.db, answerBudget = newAnswerBudget()) =>
     createHookActivities({
       db,
       keys: h.keys,
-      providers: createProviderFactory({ outbound: testOutbound }),
+      providers: createProviderFactory({ outbound: testOutbound, answerBudget }),
       logger: createLogger('test', 'error'),
       settings: { publicUrl: TEST_PUBLIC_URL },
       ...(inline ? { inline } : {}),
@@ -133,7 +140,8 @@ describe("an attach's local steps reuse the run's adapter only for the target th
   });
 
   it('unchanged, the steps make the calls they made before, each listing started by the step before, and the prune forgets the run', async () => {
-    const hooks = activities();
+    const answerBudget = newAnswerBudget();
+    const hooks = activities(undefined, h.db, answerBudget);
     const { key } = await repository();
     const step = run();
     await step(() => hooks.beginAttachment(key));
@@ -148,9 +156,12 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     expect(callsAt(afterLookup)).toEqual(['createHook 201', 'listHooks 200']);
     expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId], completeAttachment: true }))).toEqual({ removed: [], attachmentCompleted: true });
     expect(callsAt(before)).toEqual(['getProject 200', 'listHooks 200', 'createHook 201', 'listHooks 200']);
+    // Each listing made ahead was held by the step that took it, and given back when that step ended.
+    expect(answerBudget.held(org.id)).toBe(0);
     // The prune, the attach's last step, forgot the run's adapter: a later step of the run reads the row first.
     const other = run();
     expect(await other(() => hooks.pruneHooks({ ...key, keepHookIds: [providerHookId] }))).toEqual({ removed: [] });
+    expect(answerBudget.held(org.id)).toBe(0);
   });
 
   it("the ensure's listing made ahead is not taken by a later attach's ensure of the run once an ensure ran as an activity in between", async () => {
@@ -186,7 +197,8 @@ describe("an attach's local steps reuse the run's adapter only for the target th
   });
 
   it("an ensure failing after it started the prune's listing drops it: the next step of the run lists again", async () => {
-    const hooks = activities();
+    const answerBudget = newAnswerBudget();
+    const hooks = activities(undefined, h.db, answerBudget);
     const { token, connectionId, project, key } = await repository();
     const step = run();
     await beginAndLookUp(step, hooks, key);
@@ -207,10 +219,13 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     const stray = await strayHook(token, connectionId, project.id);
     // The activity the run schedules right after the ensure (here its prune) does not take the listing made before the failure.
     expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [String(saved!.id)] }))).toEqual({ removed: [stray] });
+    // The dropped listing gave back what it held.
+    expect(answerBudget.held(org.id)).toBe(0);
   });
 
   it("a run's entry older than RUN_TARGET_TTL_MS is not used, nor the listing made ahead with it: the next step lists again", async () => {
-    const hooks = activities();
+    const answerBudget = newAnswerBudget();
+    const hooks = activities(undefined, h.db, answerBudget);
     const { project, key } = await repository();
     const step = run();
     await beginAndLookUp(step, hooks, key);
@@ -226,6 +241,10 @@ describe("an attach's local steps reuse the run's adapter only for the target th
     await answered(fromEnsure, 'listHooks', 2);
     expect(callsAt(fromEnsure)).toEqual(['listHooks 200', 'createHook 201', 'listHooks 200']);
     expect(gitlab.hooks(project.id)).toHaveLength(1);
+    // The prune takes the listing the ensure made ahead; the stale one, dropped, gave back what it held, and so does the prune as it ends.
+    const [hook] = gitlab.hooks(project.id);
+    expect(await step(() => hooks.pruneHooks({ ...key, keepHookIds: [String(hook!.id)], completeAttachment: true }))).toMatchObject({ removed: [] });
+    expect(answerBudget.held(org.id)).toBe(0);
   });
 
   describe("a read made ahead counts within its organization's inline admission", () => {
