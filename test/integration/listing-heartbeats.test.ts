@@ -4,6 +4,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
+import { createAnswerBudget, type AnswerBudget } from '../../activities/providers/answer-budget.ts';
 import { createRepositoryCacheActivities } from '../../activities/repository-cache.ts';
 import { createKeyedLimiter } from '../../lib/limiter.ts';
 import { createLogger } from '../../lib/logger.ts';
@@ -39,13 +40,13 @@ describe('repository listing heartbeats', () => {
     await h?.close();
   });
 
-  const activities = (db = h.db) =>
+  const activities = (db = h.db, { answerBudget, callsPerConnection = 4 }: { answerBudget?: AnswerBudget; callsPerConnection?: number } = {}) =>
     createRepositoryCacheActivities(
-      { db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
-      { callsPerConnection: 4, limiter: createKeyedLimiter(8) },
+      { db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound, ...(answerBudget ? { answerBudget } : {}) }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
+      { callsPerConnection, limiter: createKeyedLimiter(8) },
     );
   /** Lists a new connection's repositories in one activity attempt, keeping every heartbeat it sent. */
-  async function list(db = h.db, onHeartbeat?: (details: ListingProgress) => void) {
+  async function list(db = h.db, onHeartbeat?: (details: ListingProgress) => void, options?: Parameters<typeof activities>[1]) {
     const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
     const env = new MockActivityEnvironment({ workflowExecution: { workflowId: `refresh:${randomUUID()}`, runId: randomUUID() } });
     const heartbeats: ListingProgress[] = [];
@@ -54,7 +55,7 @@ describe('repository listing heartbeats', () => {
       onHeartbeat?.(details);
     });
     const outcome = await env
-      .run(activities(db).listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 50, leaseHolder: `refresh:${connectionId}` })
+      .run(activities(db, options).listRepositoriesChunk, { connectionId, progress: newListingProgress(), maxPages: 50, leaseHolder: `refresh:${connectionId}` })
       .then((result: unknown) => ({ result, error: undefined as unknown }), (error: unknown) => ({ result: undefined as unknown, error }));
     const written = (await h.db.selectFrom('repository_listing_pages').select('page_key').where('connection_id', '=', connectionId).execute()).map((r) => r.page_key);
     return { ...outcome, heartbeats, written };
@@ -68,6 +69,40 @@ describe('repository listing heartbeats', () => {
     expect(heartbeats.length).toBeLessThan(written.length);
     // The last one, as the chunk stopped, holds every page.
     expect(heartbeats.at(-1)!.visitedPageKeys.sort()).toEqual([...written].sort());
+  });
+
+  /**
+   * A listing chunk is one activity of up to `maxPages` pages: each page's answer is held in the
+   * worker's answer budget (activities/providers/answer-budget.ts) until the page is written, not
+   * until the chunk ends, so a long listing does not take an organization's share page after page.
+   */
+  it("holds each page's answer in the worker's answer budget until the page is written: a listing needs its pages in flight, not all of them", async () => {
+    proxy.fault = () => undefined;
+    // The budget, counting what it is given: the most held at once, and every page's answer together.
+    const inner = createAnswerBudget({ limit: 1024 * 1024 * 1024, perOrganization: 1024 * 1024 * 1024 });
+    let total = 0;
+    let peak = 0;
+    const counting: AnswerBudget = {
+      ...inner,
+      held: inner.held,
+      tryReserve(organizationId, cost) {
+        const release = inner.tryReserve(organizationId, cost);
+        if (release) total += cost;
+        peak = Math.max(peak, inner.held());
+        return release;
+      },
+    };
+    const first = await list(h.db, undefined, { answerBudget: counting, callsPerConnection: 2 });
+    expect(first.result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+    expect(first.written.length).toBeGreaterThan(10);
+    expect(inner.held()).toBe(0);
+    expect(peak).toBeLessThan(total / 2);
+    // An organization share of three quarters of the listing's answers together lists it all the same.
+    const share = createAnswerBudget({ limit: 1024 * 1024 * 1024, perOrganization: Math.ceil(0.75 * total) });
+    const second = await list(h.db, undefined, { answerBudget: share, callsPerConnection: 2 });
+    expect(second.error).toBeUndefined();
+    expect(second.result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+    expect(share.held()).toBe(0);
   });
 
   it("a failed attempt's last heartbeat holds every page it wrote and the one that failed, still pending", async () => {
