@@ -117,7 +117,8 @@ export const listingBudget = (limit: number): ListingBudget => ({ remaining: lim
 /**
  * An answer's JSON value, once its count (parseCost) is within the bound: MAX_ANSWER_PARSE_COST, or
  * less inside a listing that has spent part of its budget. Throws AnswerTooCostlyError before
- * parsing otherwise, and JSON.parse's SyntaxError for text that is not JSON. `bytes` are the
+ * parsing otherwise, AnswerBudgetFullError before parsing when the worker's answer budget cannot
+ * take the count (reserve), and JSON.parse's SyntaxError for text that is not JSON. `bytes` are the
  * answer's as read (UTF-8).
  */
 export function parseAnswer(provider: Provider, origin: string, bytes: Uint8Array): unknown {
@@ -125,7 +126,7 @@ export function parseAnswer(provider: Provider, origin: string, bytes: Uint8Arra
   return parseCounted(provider, origin, bytes, () => JSON.parse(new TextDecoder().decode(bytes)));
 }
 
-/** The count alone, for an answer a client library parses itself (Octokit): throws AnswerTooCostlyError past the bound. */
+/** The count alone (and its reservation), for an answer a client library parses itself (Octokit): throws as parseAnswer does before it parses. */
 export function checkAnswer(provider: Provider, origin: string, bytes: Uint8Array): void {
   parseCounted(provider, origin, bytes, () => undefined);
 }
