@@ -50,6 +50,9 @@ export function createProviderFactory(settings: ProviderSettings): ProviderFacto
 }
 
 const ADAPTER_CALLS = ['validate', 'listRepositoriesPage', 'getRepository', 'listHooks', 'createHook', 'updateHook', 'deleteHook'] as const satisfies readonly (keyof ProviderAdapter)[];
+/** Every call of the port is in ADAPTER_CALLS (a new one left out fails to compile here, instead of escaping the budget). */
+const EVERY_CALL_BUDGETED: [Exclude<keyof ProviderAdapter, 'provider' | (typeof ADAPTER_CALLS)[number]>] extends [never] ? true : never = true;
+void EVERY_CALL_BUDGETED;
 
 /**
  * The adapter whose every call counts its parsed answers against `call`'s budget, held by the
