@@ -22,7 +22,7 @@ import {
   setAttachmentStatus,
   type UnattachedSweptStatus,
 } from '../lib/db/repositories/attachments.ts';
-import { markRepositoriesVanished } from '../lib/db/repositories/repository-cache.ts';
+import { markRepositoriesVanished, missedByLastListing } from '../lib/db/repositories/repository-cache.ts';
 import { dropUnusedWebhookCredentials, ensureWebhookCredential, recordHookCarrying, type WebhookCredential } from '../lib/db/repositories/webhook-credentials.ts';
 import type { HookHealth, Provider } from '../lib/domain.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -445,10 +445,16 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   /**
    * A 404 proves a hook gone only when the repository itself answers: providers answer 404, not
    * 403, for what the credential cannot see, so a token that lost access gets 404 for a hook that
-   * still delivers. The repository missing too is either gone or hidden from us: not counted as deleted.
+   * still delivers. The repository missing too is either gone or hidden from us: not counted as
+   * deleted. Addressed by name (Bitbucket DC), a name another repository took proves it too when
+   * the connection's last complete listing did not find this one (nameHolder: `gone`).
    */
   async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
-    if (await classified(() => adapter.getRepository(refOf(row)))) return;
+    if (ADDRESSED_BY_NAME.has(row.provider)) {
+      const at = await nameHolder(row, adapter);
+      if (at.holder === 'this' || at.holder === 'gone') return;
+      if (at.holder === 'other') throw nameTaken(row, at.id, `${row.provider} answered 404 for ${what}`);
+    } else if (await classified(() => adapter.getRepository(refOf(row)))) return;
     throw nonRetryable(
       HookFailureTypes.hookPresenceUnknown,
       `${row.provider} answered 404 for ${what} and for repository ${row.full_name} itself: the repository is gone, or connection ${row.connection_id} can no longer see it and the hook may still deliver; restore the connection's access and detach again, or delete the hook at the provider`,
@@ -456,19 +462,44 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   }
 
   /**
-   * Before deleting hooks a listing found by the repository's name (Bitbucket DC: /projects/K/repos/
-   * slug/webhooks), that the name is still this repository's, as getRepository checks it by id: a
-   * repository deleted or renamed leaves its name to another, whose hooks at our URL (the
-   * connection's, shared by all its repositories) are that one's. Listed first, checked after: the
-   * hook ids listed were that name's before the check, and a later delete of one under another
-   * repository's path finds nothing (webhook ids belong to their repository).
+   * Whom a repository addressed by its name (Bitbucket DC: /projects/K/repos/slug) finds at that
+   * name now, checked by id: itself (`this`), nobody (`none`: 404, gone or hidden from us), or
+   * another repository, which took the name when this one was deleted or renamed. Which of the two
+   * the connection's last complete listing tells: it did not find this one's id (the row vanished),
+   * so it was deleted, its hooks with it (`gone`: nothing at the name is its); renamed, the listing
+   * finds it by id and gives the row its new name. Not vanished yet (`other`): a refresh tells.
    */
-  async function confirmSameRepository(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
-    if (!ADDRESSED_BY_NAME.has(row.provider)) return;
-    if (await classified(() => adapter.getRepository(refOf(row)))) return;
+  async function nameHolder(row: RepositoryRow, adapter: ProviderAdapter): Promise<{ holder: 'this' | 'none' | 'gone' | 'other'; id?: string }> {
+    const id = await classified(() => adapter.repositoryIdAtName!(refOf(row)));
+    if (id === null) return { holder: 'none' };
+    if (id === row.external_id) return { holder: 'this' };
+    return { holder: (await missedByLastListing(db, row.id)) ? 'gone' : 'other', id };
+  }
+
+  /** The failure of a detach whose repository's name another repository has now (nameHolder `other`): its hooks there are that one's. */
+  const nameTaken = (row: RepositoryRow, otherId: string | undefined, what: string) =>
+    nonRetryable(
+      HookFailureTypes.hookPresenceUnknown,
+      `${row.provider} shows no repository ${row.full_name} with id ${row.external_id}: the name is repository ${otherId}'s now (this one renamed, or deleted, since connection ${row.connection_id}'s last complete listing); ${what}; refresh the repository list (a renamed repository is picked up), then detach again`,
+    );
+
+  /**
+   * Before deleting hooks a listing found by the repository's name (Bitbucket DC), whether the name
+   * is still this repository's (nameHolder): a repository deleted or renamed leaves its name to
+   * another, whose hooks at our URL (the connection's, shared by all its repositories) are that
+   * one's. False (delete nothing) when this one is gone; a failure while not known. Listed first,
+   * checked after: the hook ids listed were that name's before the check, and a later delete of one
+   * under another repository's path finds nothing (webhook ids belong to their repository).
+   */
+  async function isSameRepository(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<boolean> {
+    if (!ADDRESSED_BY_NAME.has(row.provider)) return true;
+    const at = await nameHolder(row, adapter);
+    if (at.holder === 'this') return true;
+    if (at.holder === 'gone') return false;
+    if (at.holder === 'other') throw nameTaken(row, at.id, `${what} listed under that name left alone`);
     throw nonRetryable(
       HookFailureTypes.hookPresenceUnknown,
-      `${row.provider} shows no repository ${row.full_name} with id ${row.external_id} (deleted, renamed with its name taken by another repository, or no longer visible to connection ${row.connection_id}): ${what} listed under that name left alone; refresh the repository list (a renamed repository's row takes its new name) and detach again, or delete the hook at the provider`,
+      `${row.provider} answered 404 for repository ${row.full_name} (deleted, renamed, or no longer visible to connection ${row.connection_id}): ${what} listed under that name left alone; refresh the repository list (a renamed repository is picked up) or restore the connection's access, then detach again`,
     );
   }
 
@@ -787,8 +818,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     /**
      * Deletes every other hook pointing at the connection's delivery URL: copies our records never
      * knew about. Found by a listing by name (Bitbucket DC), they are deleted only once the name is
-     * confirmed to be still this repository's (confirmSameRepository): a stale row's detach must not
-     * sweep the hook of the repository that took its name.
+     * confirmed to be still this repository's (isSameRepository): a stale row's detach must not
+     * sweep the hook of the repository that took its name, and deletes nothing once its repository
+     * is known deleted.
      */
     async sweepHooks(key: RepositoryKey & AsksActivitySlot): Promise<{ removed: string[] }> {
       admitActivity(activitySlots, key);
@@ -803,8 +835,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         await confirmGone(row, adapter, 'its hooks');
         throw toActivityFailure(error);
       }
-      const removed = hooks.filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
-      if (removed.length > 0) await confirmSameRepository(row, adapter, `hook ${removed.join(', ')} at the delivery URL`);
+      const atUrl = hooks.filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
+      // A name another repository took from this deleted one: what it lists there is that one's.
+      const removed = atUrl.length > 0 && !(await isSameRepository(row, adapter, `hook ${atUrl.join(', ')} at the delivery URL`)) ? [] : atUrl;
       await deleteHooks(row, adapter, removed);
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'unrecorded hooks at the delivery URL removed');
       return { removed };

@@ -227,6 +227,15 @@ function isStatus(error: unknown, status: number): boolean {
 export function createBitbucketAdapter(target: ProviderTarget, options: BitbucketClientOptions): ProviderAdapter {
   if (!target.secret) throw new Error('a Bitbucket connection needs an HTTP access token');
   const api = createBitbucketClient(target.baseUrl, target.secret, options);
+  /** The repository the name answers now (any id); null when it answers 404. */
+  const atName = async (ref: RepositoryRef): Promise<BitbucketRepository | null> => {
+    try {
+      return (await api.request<BitbucketRepository>('GET', repositoryPath(ref))).body;
+    } catch (error) {
+      if (isStatus(error, 404)) return null;
+      throw error;
+    }
+  };
 
   return {
     provider: 'bitbucket',
@@ -265,14 +274,14 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
     },
 
     async getRepository(ref) {
-      try {
-        const { body } = await api.request<BitbucketRepository>('GET', repositoryPath(ref));
-        // Another repository can take a deleted one's name: the id tells them apart.
-        return String(body.id) === ref.externalId ? (toRepository(body) ?? null) : null;
-      } catch (error) {
-        if (isStatus(error, 404)) return null;
-        throw error;
-      }
+      const body = await atName(ref);
+      // Another repository can take a deleted one's name: the id tells them apart.
+      return body && String(body.id) === ref.externalId ? (toRepository(body) ?? null) : null;
+    },
+
+    async repositoryIdAtName(ref) {
+      const body = await atName(ref);
+      return body ? String(body.id) : null;
     },
 
     async listHooks(ref) {

@@ -25,6 +25,11 @@ export interface ProviderAdapter {
   listRepositoriesPage(request: { cursor?: string; etag?: string }): Promise<RepositoryPage>;
   /** One repository by its provider external id, or null when it is gone or not visible. */
   getRepository(ref: RepositoryRef): Promise<ProviderRepository | null>;
+  /**
+   * Providers that address a repository by its name (Bitbucket DC): the id of the repository the
+   * name (`ref.fullName`) answers now, which may be another than `ref.externalId`'s; null when it answers 404.
+   */
+  repositoryIdAtName?(ref: RepositoryRef): Promise<string | null>;
   /** Every hook of the repository (all pages). GitHub (App-delivered) returns []. */
   listHooks(ref: RepositoryRef): Promise<ProviderHook[]>;
   /** Creates one hook; returns it as stored by the provider. */

@@ -178,7 +178,8 @@ export interface HookWorld {
   isCreate(request: ProxiedRequest): boolean;
   /** A permanent refusal of a hook creation, as the provider words it. */
   refusal: ProxyFault;
-  newRepository(): Promise<WorldRepository>;
+  /** A new repository; Bitbucket DC: at `slug` when given (a name a deleted repository had). */
+  newRepository(options?: { slug?: string }): Promise<WorldRepository>;
   /** What the provider does to a hook whose deliveries keep failing. */
   disableByProvider?(repository: WorldRepository, hookId: string, how?: string): void;
   /** The repository is deleted at the provider (its hooks with it). */
@@ -269,8 +270,8 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
       status: 400,
       body: JSON.stringify(bitbucketError(400, 'The webhook URL is not allowed by the administrator.', 'com.atlassian.bitbucket.validation.ArgumentValidationException', 'url').body),
     },
-    async newRepository() {
-      const repo = fake.addRepository({ projectKey: 'CI', slug: unique('app') });
+    async newRepository(options) {
+      const repo = fake.addRepository({ projectKey: 'CI', slug: options?.slug ?? unique('app') });
       const fullName = `CI/${repo.slug}`;
       const repositoryId = await seedRepository(h, { organizationId: org.id, connectionId, provider: 'bitbucket', externalId: String(repo.id), fullName, project: 'CI' });
       slugs.set(repositoryId, repo.slug);

@@ -476,6 +476,23 @@ export async function cachedRepositoryId(db: Executor, connectionId: string, ext
   return row?.id;
 }
 
+/**
+ * Whether the connection's last complete listing did not find the repository's id: the row is
+ * vanished and was marked no later than that listing ended (a listing that found it made it
+ * visible again). A mark by an event or a hook-health check alone, since the listing, does not count.
+ */
+export async function missedByLastListing(db: Executor, repositoryId: string): Promise<boolean> {
+  const row = await db
+    .selectFrom('repositories as r')
+    .innerJoin('repository_listings as l', 'l.connection_id', 'r.connection_id')
+    .select('r.id')
+    .where('r.id', '=', repositoryId)
+    .where('r.vanished_at', 'is not', null)
+    .whereRef('l.listed_at', '>=', 'r.vanished_at')
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
 /** Marks single repositories vanished (an access change event said so). */
 export async function markRepositoriesVanished(db: Executor, connectionId: string, externalIds: string[]): Promise<number> {
   if (externalIds.length === 0) return 0;
