@@ -552,7 +552,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    *
    * The repository is looked up first (Bitbucket by name, its id checked): a repository the provider
    * no longer shows as this row's is not swept; a listing by name is confirmed again after it
-   * (confirmSameRepository). A hook another attachment of the connection records is never deleted. Transient provider failures are retried by the activity a few times; after
+   * (isSameRepository). A hook another attachment of the connection records is never deleted.
+   * Transient provider failures are retried by the activity a few times; after
    * that, or after a permanent one, the sweep is recorded as done with its failure logged (once per
    * status: a provider that keeps refusing costs one attempt, not one per night). Never throws a
    * provider failure: the repository workflow would read the failed check as an attached repository's.
@@ -573,9 +574,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         const elsewhere = new Set(await hooksRecordedElsewhere(db, row.connection_id, row.id, atOurUrl));
         const unrecorded = atOurUrl.filter((id) => !elsewhere.has(id));
         // Listed by name (Bitbucket DC): the name must still be this repository's after the listing.
-        if (unrecorded.length > 0) await confirmSameRepository(row, adapter, `hook ${unrecorded.join(', ')} at the delivery URL`);
-        await deleteHooks(row, adapter, unrecorded);
-        removed.push(...unrecorded);
+        const ours = unrecorded.length > 0 && !(await isSameRepository(row, adapter, `hook ${unrecorded.join(', ')} at the delivery URL`)) ? [] : unrecorded;
+        await deleteHooks(row, adapter, ours);
+        removed.push(...ours);
       }
     } catch (error) {
       const activityFailure = toActivityFailure(error);

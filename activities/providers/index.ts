@@ -49,7 +49,7 @@ export function createProviderFactory(settings: ProviderSettings): ProviderFacto
   return (target) => budgeted(adapterFor(target), { budget: answerBudget, organizationId: target.organizationId ?? `connection ${target.connectionId}` });
 }
 
-const ADAPTER_CALLS = ['validate', 'listRepositoriesPage', 'getRepository', 'listHooks', 'createHook', 'updateHook', 'deleteHook'] as const satisfies readonly (keyof ProviderAdapter)[];
+const ADAPTER_CALLS = ['validate', 'listRepositoriesPage', 'getRepository', 'repositoryIdAtName', 'listHooks', 'createHook', 'updateHook', 'deleteHook'] as const satisfies readonly (keyof ProviderAdapter)[];
 /** Every call of the port is in ADAPTER_CALLS (a new one left out fails to compile here, instead of escaping the budget). */
 const EVERY_CALL_BUDGETED: [Exclude<keyof ProviderAdapter, 'provider' | (typeof ADAPTER_CALLS)[number]>] extends [never] ? true : never = true;
 void EVERY_CALL_BUDGETED;
@@ -62,7 +62,9 @@ void EVERY_CALL_BUDGETED;
 function budgeted(adapter: ProviderAdapter, call: Parameters<typeof withinAnswerBudget>[0]): ProviderAdapter {
   const wrapped: Record<string, unknown> = { provider: adapter.provider };
   for (const name of ADAPTER_CALLS) {
-    const method = adapter[name] as (...args: unknown[]) => Promise<unknown>;
+    const method = adapter[name] as ((...args: unknown[]) => Promise<unknown>) | undefined;
+    // An optional call (repositoryIdAtName) stays absent where the adapter has none.
+    if (!method) continue;
     wrapped[name] = (...args: unknown[]) => withinAnswerBudget(call, () => method.apply(adapter, args));
   }
   return wrapped as unknown as ProviderAdapter;
