@@ -25,6 +25,8 @@ interface RelayThreadData {
   temporal: Config['temporal'];
   address: string;
   databaseUrl: string;
+  /** database.serverDeadlines: whether the relay's claims may SET LOCAL their idle deadline. */
+  serverDeadlines?: boolean;
   tracing: Config['tracing'];
   logLevel: string;
   /** The relay's sweep without receipts (default, as the API runs it: api/intake-relay.ts's 5 s); tests lengthen it to see a receipt wake the thread. */
@@ -136,7 +138,7 @@ async function runRelayThread(data: RelayThreadData) {
       taskQueue: data.temporal.taskQueue,
       ...(data.metrics ? { metrics: { intakeStart: count } } : {}),
     },
-    { databaseUrl: data.databaseUrl, ...(data.sweepMs !== undefined ? { sweepMs: data.sweepMs } : {}) },
+    { databaseUrl: data.databaseUrl, ...(data.serverDeadlines === false ? { serverDeadlines: false } : {}), ...(data.sweepMs !== undefined ? { sweepMs: data.sweepMs } : {}) },
   );
   port.postMessage({ kind: 'ready' } satisfies FromThread);
   port.on('message', (message: ToThread) => {

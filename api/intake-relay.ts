@@ -69,12 +69,18 @@ export interface IntakeRelayOptions {
   /** The client's wait for an answer to one of the relay's statements before it gives the connection up (default 30 s). */
   statementTimeoutMs?: number;
   /**
-   * PostgreSQL's `idle_in_transaction_session_timeout` on the relay's connection: a claim whose
-   * client went silent mid-round (its process frozen, its network path dropping everything) is ended
-   * by the server after this long, and its rows' locks with it, instead of when TCP gives up (hours).
-   * Default: twice the longest a round's starts can legitimately take (longestRoundMs), at least 60 s.
+   * PostgreSQL's `idle_in_transaction_session_timeout` for each claim's transaction (`SET LOCAL`): a
+   * claim whose client went silent mid-round (its process frozen, its network path dropping
+   * everything) is ended by the server after this long, and its rows' locks with it, instead of when
+   * TCP gives up (hours). Default: twice the longest a round's starts can legitimately take
+   * (longestRoundMs), at least 60 s.
    */
   claimIdleTimeoutMs?: number;
+  /**
+   * database.serverDeadlines: false (a pooler that refuses SET): the claim sets no server deadline,
+   * and a silent relay's rows wait for TCP keepalive to end its connection instead.
+   */
+  serverDeadlines?: boolean;
   /** Remember every run started, for `started` and `whenStarted` (tests; it grows without bound). */
   track?: boolean;
 }
@@ -140,7 +146,7 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
   const rowRetryMs = options.rowRetryMs ?? 1000;
   const maxRowRetryMs = options.maxRowRetryMs ?? 10 * 60_000;
   const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;
-  const claimIdleTimeoutMs = Math.round(options.claimIdleTimeoutMs ?? Math.max(60_000, 2 * longestRoundMs({ batch, startConcurrency, maxDeferMs })));
+  const claimIdleTimeoutMs = options.serverDeadlines === false ? undefined : Math.round(options.claimIdleTimeoutMs ?? Math.max(60_000, 2 * longestRoundMs({ batch, startConcurrency, maxDeferMs })));
   const started: string[] = [];
   const waiters = new Map<string, (() => void)[]>();
   let stopping = false;
@@ -206,8 +212,6 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
     });
     try {
       await next.connect();
-      // A SET, not a startup parameter (a pooler may refuse those), before the session's first claim.
-      await next.query(`set idle_in_transaction_session_timeout = ${claimIdleTimeoutMs}`);
     } catch (error) {
       void next.end().catch(() => {});
       throw error;
@@ -286,7 +290,7 @@ export function startIntakeRelay(deps: RelayDeps, options: IntakeRelayOptions): 
         else deps.logger.error({ workflowId, attempts, reason: outcome.error, retryInMs }, 'intake relay: the event run of a stored delivery could not be started; retrying it on its own schedule');
         return { started: false, error: outcome.error, retryInMs };
       });
-    });
+    }, claimIdleTimeoutMs);
     // Told only once the round's rows are marked started (its transaction committed), so a test
     // that waits for a start also sees the row as started.
     if (options.track) {

@@ -50,7 +50,7 @@ export async function runApi(config: Config, options: { address?: string; databa
   const app = createApp(deps);
   // Starts the event runs of the deliveries the receivers store (several API replicas share the
   // work), on a thread of its own: its starts' CPU stays off the event loop that acknowledges.
-  const relay = startIntakeRelayThread(deps, { temporal: config.temporal, address: temporalAddress, databaseUrl, tracing: config.tracing, logLevel: config.logging.level });
+  const relay = startIntakeRelayThread(deps, { temporal: config.temporal, address: temporalAddress, databaseUrl, serverDeadlines: config.database.serverDeadlines, tracing: config.tracing, logLevel: config.logging.level });
   await relay.ready;
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const fetch: typeof app.fetch = ackTrace ? (request, env, ...rest) => (ackTrace.arrived((env as { incoming: object }).incoming), app.fetch(request, env, ...rest)) : app.fetch;

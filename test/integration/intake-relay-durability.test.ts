@@ -57,6 +57,41 @@ describe('intake retention and backlog', () => {
     }
   };
 
+  it("sets the claim's idle deadline for its own transaction only (SET LOCAL), so no other user of a pooled server connection inherits it; none without it", async () => {
+    await sql`delete from webhook_deliveries`.execute(own.db);
+    const client = new pg.Client({ connectionString: own.url });
+    await client.connect();
+    const setting = async () => ((await client.query('show idle_in_transaction_session_timeout')).rows[0] as { idle_in_transaction_session_timeout: string }).idle_in_transaction_session_timeout;
+    try {
+      const before = await setting();
+      await insertRow(own.db, 'local-1');
+      let during: string | undefined;
+      const outcome = await startPendingDeliveries(
+        client,
+        TASK_QUEUE,
+        50,
+        async (pending) => {
+          during = await setting(); // inside the claim's transaction, on its connection
+          return pending.map(() => ({ started: true }) as const);
+        },
+        4321,
+      );
+      expect(outcome.started).toBe(1);
+      expect(during).toBe('4321ms');
+      expect(await setting()).toBe(before); // gone with the transaction
+
+      await insertRow(own.db, 'local-2');
+      let unset: string | undefined;
+      await startPendingDeliveries(client, TASK_QUEUE, 50, async (pending) => {
+        unset = await setting();
+        return pending.map(() => ({ started: true }) as const);
+      });
+      expect(unset).toBe(before);
+    } finally {
+      await client.end();
+    }
+  });
+
   it('counts the retention from the start: a row that waited past it for its run keeps it in full once started', async () => {
     await sql`delete from webhook_deliveries`.execute(own.db);
     // Acknowledged 8 days ago, its start refused until now (never dropped while owed).

@@ -303,16 +303,25 @@ export function claimStatement(taskQueue: string, limit: number): string {
  * whole share, or organizations were left for the next round: rows may be due already, claim again
  * without waiting. Two round trips a round: the claim, then the outcomes with the commit (or the
  * commit alone when nothing was due).
+ *
+ * `claimIdleTimeoutMs`: PostgreSQL's `idle_in_transaction_session_timeout` for this claim's
+ * transaction alone (`SET LOCAL`, in the claim's round trip): a relay gone silent mid-round has its
+ * transaction, and the rows' locks, ended by the server after that long. Local to the transaction,
+ * so behind a transaction-pooling PgBouncer it is on the server connection that holds the claim and
+ * on no other (a session's `SET` stays on whichever server connection ran it, and is missing from
+ * the next). Omitted (database.serverDeadlines: false, a pooler that refuses SET): no SET at all.
  */
 export async function startPendingDeliveries(
   session: RelaySession,
   taskQueue: string,
   limit: number,
   startAll: (pending: PendingDelivery[]) => Promise<StartOutcome[]>,
+  claimIdleTimeoutMs?: number,
 ): Promise<{ locked: number; started: number; more: boolean }> {
   try {
-    const claim = resultsOf(await session.query(`begin;\n    ${claimStatement(session.escapeLiteral(taskQueue), Math.max(1, Math.floor(limit)))}`));
-    const rows = claim[1]!.rows as ClaimedRow[];
+    const idle = claimIdleTimeoutMs === undefined ? '' : `set local idle_in_transaction_session_timeout = ${Math.max(1, Math.round(claimIdleTimeoutMs))};\n    `;
+    const claim = resultsOf(await session.query(`begin;\n    ${idle}${claimStatement(session.escapeLiteral(taskQueue), Math.max(1, Math.floor(limit)))}`));
+    const rows = claim[claim.length - 1]!.rows as ClaimedRow[];
     if (rows.length === 0) {
       await session.query('commit');
       return { locked: 0, started: 0, more: false };
