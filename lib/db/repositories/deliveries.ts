@@ -29,7 +29,8 @@ export interface StoredDelivery {
  */
 const STORE_DELIVERY = `insert into "webhook_deliveries" ("provider", "delivery_id", "connection_id", "events", "installation_id", "instance_url", "start")
   values ($1, $2, $3, $4, $5, $6, $7)
-  on conflict on constraint "webhook_deliveries_key" do nothing`;
+  on conflict on constraint "webhook_deliveries_key" do update set "start" = excluded."start"
+    where "webhook_deliveries"."start" is null and "webhook_deliveries"."started_at" is null and excluded."start" is not null`;
 
 /**
  * The events as stored (JSON.stringify of the list), or undefined once they pass `maxBytes` bytes
@@ -74,7 +75,12 @@ export type DeliveryToStore = Omit<StoredDelivery, 'events' | 'eventsJson'> & ({
 
 /**
  * Stores a delivery once: a redelivery (same provider, connection and delivery id) keeps the row
- * already there. Returns whether this call stored it. PostgreSQL refusing the INSERT for the
+ * already there. Returns whether this call stored it. One exception: a row an API from before the
+ * intake relay stored (no `start`: it started the run itself, and answered 503 when that start
+ * failed) gains the redelivery's `start`, so a relay claims it (a run that did start is found
+ * there: marked started) and this call counts as storing it; otherwise nothing would ever start it
+ * (no relay claims a row without `start`). Only a redelivery reaches that conflict, and only such a
+ * row is written by it. PostgreSQL refusing the INSERT for the
  * delivery's content (lib/db/errors.ts: a value it cannot hold, the connection's row gone) is a
  * ContentRefusedError; the connection is taken from the pool first, so a failed connect (whatever
  * its SQLSTATE) is thrown as it is, never taken for the delivery's fault.
