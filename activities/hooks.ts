@@ -60,10 +60,21 @@ export interface UnattachedSweep {
   removed: string[];
   /** Why the sweep could not be completed (it is not tried again until the status changes). */
   failure?: string;
+  /** Hooks at the delivery URL left for a later night (SWEEP_MAX_DELETIONS, SWEEP_DELETE_UNTIL_MS): the sweep stays due. */
+  left?: number;
 }
 
 /** Attempts of the activity before a sweep that keeps failing transiently is given up (recorded as done). */
 const SWEEP_ATTEMPTS = 4;
+/**
+ * One sweep deletes at most this many hooks, and starts no deletion once this long has passed since
+ * the activity started: hooks at our delivery URL (which is not secret) are the tenant's to create,
+ * and each deletion is a call its server may answer slowly (up to the 30-second call timeout, plus
+ * as long again for the repository read of a 404's confirmation). 45 s + 30 s + 30 s stays under
+ * the step's 2-minute timeout (workflows/reconcile.ts). The rest is left for a later night.
+ */
+export const SWEEP_MAX_DELETIONS = 20;
+export const SWEEP_DELETE_UNTIL_MS = 45_000;
 
 /** Failure types of attach and detach steps, as an operator reads them in the Temporal UI. */
 export const HookFailureTypes = {
@@ -555,15 +566,21 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * (isSameRepository). A hook another attachment of the connection records is never deleted.
    * Transient provider failures are retried by the activity a few times; after
    * that, or after a permanent one, the sweep is recorded as done with its failure logged (once per
-   * status: a provider that keeps refusing costs one attempt, not one per night). Never throws a
-   * provider failure: the repository workflow would read the failed check as an attached repository's.
+   * status: a provider that keeps refusing costs one attempt, not one per night). At most
+   * SWEEP_MAX_DELETIONS hooks are deleted, none after SWEEP_DELETE_UNTIL_MS: hooks left stay for a
+   * later night (not recorded as swept; an `attaching` / `detaching` still becomes `failed`). Never
+   * throws a provider failure: the repository workflow would read the failed check as an attached
+   * repository's. A sweep that fails anyway (every attempt timed out) is not recorded either: the
+   * pick (pendingHookSweepsPage) puts it behind the connection's other due repositories.
    */
   async function sweepUnattached(key: RepositoryKey, row: RepositoryRow): Promise<{ swept?: UnattachedSweep }> {
     if (row.provider === 'github' || attachRefusal(row)) return {};
     const due = await hookSweepDue(db, row.id);
     if (!due) return {};
     admitActivity(activitySlots, key);
+    const startedAt = Date.now();
     const removed: string[] = [];
+    let left = 0;
     let failure: string | undefined;
     try {
       const adapter = adapterFor(row);
@@ -575,8 +592,13 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         const unrecorded = atOurUrl.filter((id) => !elsewhere.has(id));
         // Listed by name (Bitbucket DC): the name must still be this repository's after the listing.
         const ours = unrecorded.length > 0 && !(await isSameRepository(row, adapter, `hook ${unrecorded.join(', ')} at the delivery URL`)) ? [] : unrecorded;
-        await deleteHooks(row, adapter, ours);
-        removed.push(...ours);
+        // One by one, within the sweep's bounds: a tenant's many slow hooks cannot make the step overrun.
+        for (const hookId of ours) {
+          if (removed.length >= SWEEP_MAX_DELETIONS || Date.now() - startedAt >= SWEEP_DELETE_UNTIL_MS) break;
+          await deleteHooks(row, adapter, [hookId]);
+          removed.push(hookId);
+        }
+        left = ours.length - removed.length;
       }
     } catch (error) {
       const activityFailure = toActivityFailure(error);
@@ -586,15 +608,21 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       failure = activityFailure.message;
     }
     const stopped = `the ${due === 'attaching' ? 'attach' : 'detach'} of this repository stopped half-way (its run was terminated)`;
+    // Hooks left (and no failure): the sweep stays due, behind the connection's other due repositories (pendingHookSweepsPage).
+    const unfinished = !failure && left > 0;
     const failWith =
       due === 'failed'
         ? undefined
         : failure
           ? `${stopped}; the hook-health pass could not remove forgelink's hooks from it (${failure}): attach or detach it again`
-          : `${stopped}; the hook-health pass removed forgelink's hooks from it: attach or detach it again`;
-    await markHooksSwept(db, row.id, due, failWith);
-    const swept: UnattachedSweep = { status: due, removed, ...(failure ? { failure } : {}) };
+          : unfinished
+            ? `${stopped}; the hook-health pass is removing forgelink's hooks from it (${left} left for a later night): attach or detach it again`
+            : `${stopped}; the hook-health pass removed forgelink's hooks from it: attach or detach it again`;
+    if (!unfinished) await markHooksSwept(db, row.id, due, failWith);
+    else if (failWith !== undefined) await markHooksSwept(db, row.id, due, failWith, { done: false });
+    const swept: UnattachedSweep = { status: due, removed, ...(failure ? { failure } : {}), ...(unfinished ? { left } : {}) };
     if (failure) logger.warn({ repositoryId: row.id, provider: row.provider, ...swept }, 'sweep of an unattached repository failed; not tried again until its status changes');
+    else if (unfinished) logger.info({ repositoryId: row.id, provider: row.provider, ...swept }, 'unattached repository partly swept; the rest on a later night');
     else logger.info({ repositoryId: row.id, provider: row.provider, ...swept }, 'unattached repository swept');
     return { swept };
   }
