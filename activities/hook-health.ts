@@ -17,7 +17,7 @@ export function createHookHealthActivities({ db, logger }: { db: Db; logger: Log
       return attachedRepositoriesPage(db, input.connectionId, input);
     },
 
-    /** Picks the connection's repositories due for the sweep of unattached hooks (failed, or left attaching/detaching), at most `limit`: not yet picked for their status first (longest waiting first), then longest since picked; the pick is recorded. */
+    /** The connection's repositories due for the sweep of unattached hooks (failed, or left attaching/detaching), at most `limit`: not yet tried for their status first (longest waiting first), then the longest since tried. */
     async listPendingHookSweeps(input: { connectionId: string; limit: number }): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
       return pendingHookSweepsPage(db, input.connectionId, input.limit);
     },

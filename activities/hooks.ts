@@ -16,6 +16,7 @@ import {
   listUndetachedRepositories,
   loadRepositoryTarget,
   markHooksSwept,
+  markHookSweepTried,
   recordedCredentialVersions,
   recordedHookIds,
   recordHookHealth,
@@ -571,7 +572,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * later night (not recorded as swept; an `attaching` / `detaching` still becomes `failed`). Never
    * throws a provider failure: the repository workflow would read the failed check as an attached
    * repository's. A sweep that fails anyway (every attempt timed out) is not recorded either: the
-   * pick (pendingHookSweepsPage) puts it behind the connection's other due repositories.
+   * attempt recorded itself first (markHookSweepTried): the pick (pendingHookSweepsPage) puts it
+   * behind the connection's other due repositories.
    */
   async function sweepUnattached(key: RepositoryKey, row: RepositoryRow): Promise<{ swept?: UnattachedSweep }> {
     if (row.provider === 'github' || attachRefusal(row)) return {};
@@ -579,6 +581,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     if (!due) return {};
     admitActivity(activitySlots, key);
     const startedAt = Date.now();
+    // Before any provider call: an attempt that times out has put the repository behind the connection's other due ones.
+    await markHookSweepTried(db, row.id);
     const removed: string[] = [];
     let left = 0;
     let failure: string | undefined;

@@ -104,8 +104,8 @@ export interface AttachmentsTable {
   hook_health_reason: string | null;
   /** When the hook-health pass last swept hooks at the delivery URL off this repository while not attached; null if never. */
   hooks_swept_at: Date | null;
-  /** When the hook-health pass last picked this attachment for that sweep (picked ones go behind the others); null if never. */
-  hooks_sweep_picked_at: Date | null;
+  /** When the hook-health pass last started that sweep (tried ones go behind the others); null if never. */
+  hooks_sweep_tried_at: Date | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }

@@ -1,5 +1,9 @@
+import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { SWEEP_MAX_DELETIONS } from '../../activities/hooks.ts';
 import { workflowIds, type ConnectionHookHealthResult } from '../../workflows/contract.ts';
+import { UNATTACHED_SWEEPS_PER_CONNECTION } from '../../workflows/hook-health.ts';
+import { manualHold } from '../support/flaky-proxy.ts';
 import {
   agePastSweepDelay,
   attachHeldAtCreate,
@@ -15,6 +19,7 @@ import {
 } from '../support/attachments.ts';
 import type { Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
+import { sql } from 'kysely';
 
 /**
  * The nightly hook-health pass sweeps the hooks at forgelink's delivery URL off repositories that
@@ -85,5 +90,72 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     const row = await h.db.selectFrom('attachments').select(['status', 'hooks_swept_at']).where('repository_id', '=', stale).executeTakeFirstOrThrow();
     expect(row.status).toBe('failed');
     expect(row.hooks_swept_at).not.toBeNull();
+  });
+
+  /** A repository of the world whose attach failed, its status standing past the sweep delay (`extraAge` seconds more). */
+  const failedRepository = async (world: HookWorld, extraAge = 0) => {
+    const repository = await world.newRepository();
+    await h.db.insertInto('attachments').values({ organization_id: org.id, repository_id: repository.repositoryId, status: 'failed', reason: 'seeded' }).execute();
+    await agePastSweepDelay(h, repository.repositoryId);
+    if (extraAge > 0) await h.db.updateTable('attachments').set({ updated_at: sql<Date>`updated_at - make_interval(secs => ${extraAge})` }).where('repository_id', '=', repository.repositoryId).execute();
+    return repository;
+  };
+  const sweptAt = async (repositoryId: string) =>
+    (await h.db.selectFrom('attachments').select('hooks_swept_at').where('repository_id', '=', repositoryId).executeTakeFirstOrThrow()).hooks_swept_at;
+  const projectCalls = (world: HookWorld, from: number, externalId: string) => world.server.calls.slice(from).filter((c) => new RegExp(`^/api/v4/projects/${externalId}(/|$)`).test(c.path));
+
+  it('GitLab: a sweep that failed at workflow level is not picked first the next night: the other due repositories are swept, it comes after them', { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    // The longest waiting, so picked first on the first night.
+    const stuck = await failedRepository(world, 600);
+    const others = [];
+    for (let i = 0; i < UNATTACHED_SWEEPS_PER_CONNECTION; i++) others.push(await failedRepository(world));
+
+    // Night 1: its sweep never completes (the provider holds the answer; the run is then cut short).
+    const hold = manualHold();
+    let held = false;
+    world.proxy.fault = (request) =>
+      request.method === 'GET' && new RegExp(`^/api/v4/projects/${stuck.externalId}(\\?|$)`).test(request.url) && !held ? ((held = true), hold.fault) : undefined;
+    const night = await h.client.workflow.start('hookHealthWorkflow', { taskQueue: h.taskQueue, workflowId: `hook-health:${org.id}:${randomUUID()}`, args: [{ organizationId: org.id, connectionsAtOnce: 2 }] });
+    await hold.held;
+    await night.terminate('the pass was cut short');
+    await h.client.workflow.getHandle(workflowIds.repository(org.id, stuck.repositoryId)).terminate('the sweep failed at workflow level');
+    hold.release('drop');
+    world.proxy.fault = () => undefined;
+    expect(await sweptAt(stuck.repositoryId)).toBeNull();
+
+    // Night 2: the others, not the one that failed, take the night's sweeps.
+    const calls = world.server.calls.length;
+    await runHookHealth(h, org);
+    for (const other of others) expect(await sweptAt(other.repositoryId), other.fullName).not.toBeNull();
+    expect(projectCalls(world, calls, stuck.externalId)).toEqual([]);
+    expect(await sweptAt(stuck.repositoryId)).toBeNull();
+
+    // Night 3: it is still due, and swept.
+    await runHookHealth(h, org);
+    expect(await sweptAt(stuck.repositoryId)).not.toBeNull();
+  });
+
+  it("GitLab: a tenant's many slow hooks at our delivery URL cannot make one sweep overrun: it deletes a bounded number, the rest on a later night", { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await failedRepository(world, 1200);
+    const many = SWEEP_MAX_DELETIONS + 5;
+    for (let i = 0; i < many; i++) await repository.addCopyOfHookSet();
+    expect(repository.hooks()).toHaveLength(many);
+    world.server.latencyMs = 50;
+    try {
+      const deletes = world.server.count(world.ops.delete);
+      await runHookHealth(h, org);
+      expect(world.server.count(world.ops.delete) - deletes).toBe(SWEEP_MAX_DELETIONS);
+      expect(repository.hooks()).toHaveLength(many - SWEEP_MAX_DELETIONS);
+      // Not done: still due, for the hooks left.
+      expect(await sweptAt(repository.repositoryId)).toBeNull();
+
+      await runHookHealth(h, org);
+      expect(repository.hooks()).toEqual([]);
+      expect(await sweptAt(repository.repositoryId)).not.toBeNull();
+    } finally {
+      world.server.latencyMs = 0;
+    }
   });
 });

@@ -24,7 +24,7 @@ import * as vanishedRepositoriesIndex from './2026-12-07T0830-vanished-repositor
 import * as dispatchAttemptRetryAfter from './2026-12-07T1300-dispatch-attempt-retry-after.ts';
 import * as intakeFairClaim from './2026-12-07T2300-intake-fair-claim.ts';
 import * as attachmentHooksSwept from './2026-12-07T2350-attachment-hooks-swept.ts';
-import * as attachmentHooksSweepPicked from './2026-12-08T0000-attachment-hooks-sweep-picked.ts';
+import * as attachmentHooksSweepTried from './2026-12-08T0000-attachment-hooks-sweep-tried.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -56,5 +56,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-07T1300-dispatch-attempt-retry-after': dispatchAttemptRetryAfter,
   '2026-12-07T2300-intake-fair-claim': intakeFairClaim,
   '2026-12-07T2350-attachment-hooks-swept': attachmentHooksSwept,
-  '2026-12-08T0000-attachment-hooks-sweep-picked': attachmentHooksSweepPicked,
+  '2026-12-08T0000-attachment-hooks-sweep-tried': attachmentHooksSweepTried,
 };

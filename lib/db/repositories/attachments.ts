@@ -185,30 +185,31 @@ export const HOOK_SWEEP_AFTER_SECONDS = 3600;
 const DUE_FOR_SWEEP = sql<boolean>`a.status in (${sql.join([...UNATTACHED_SWEPT_STATUSES])}) and a.updated_at < now() - make_interval(secs => ${HOOK_SWEEP_AFTER_SECONDS}) and (a.hooks_swept_at is null or a.hooks_swept_at < a.updated_at)`;
 
 /**
- * Picks the repositories of a connection due for the hook-health pass's sweep of unattached hooks,
- * at most `limit` (each run of the pass sweeps a bounded few per connection), and records the pick
- * (`hooks_sweep_picked_at`): first the ones not picked since their status last changed, the longest
- * waiting first, then the ones longest since picked. A sweep that does not complete (its reconcile
- * failed at workflow level, the pass was cut short, or it left hooks for a later night) stays due
- * but goes behind every other due repository, so it never keeps the connection's others waiting.
+ * The repositories of a connection due for the hook-health pass's sweep of unattached hooks, at
+ * most `limit` (each run of the pass sweeps a bounded few per connection): first the ones whose sweep
+ * was not tried since their status last changed, the longest waiting first, then the ones longest
+ * since tried (`hooks_sweep_tried_at`, markHookSweepTried). A sweep that did not complete (its
+ * reconcile failed at workflow level, or it left hooks for a later night) stays due but goes behind
+ * every other due repository of the connection, so it never keeps them waiting.
  */
 export async function pendingHookSweepsPage(db: Executor, connectionId: string, limit: number): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
-  const { rows } = await sql<{ id: string; provider: Provider; full_name: string; ord: string }>`
-    with due as (
-      select a.id as attachment_id, r.id, r.provider, r.full_name,
-        row_number() over (
-          order by case when a.hooks_sweep_picked_at >= a.updated_at then a.hooks_sweep_picked_at end asc nulls first, a.updated_at, r.id
-        ) as ord
-      from attachments a
-      join repositories r on r.id = a.repository_id
-      where r.connection_id = ${connectionId} and ${DUE_FOR_SWEEP}
-    ), picked as (
-      select * from due where ord <= ${limit}
-    ), marked as (
-      update attachments set hooks_sweep_picked_at = now() from picked where attachments.id = picked.attachment_id returning attachments.id
-    )
-    select picked.id, picked.provider, picked.full_name, picked.ord from picked join marked on marked.id = picked.attachment_id order by picked.ord`.execute(db);
+  const rows = await db
+    .selectFrom('attachments as a')
+    .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .select(['r.id', 'r.provider', 'r.full_name'])
+    .where('r.connection_id', '=', connectionId)
+    .where(DUE_FOR_SWEEP)
+    .orderBy(sql`case when a.hooks_sweep_tried_at >= a.updated_at then a.hooks_sweep_tried_at end asc nulls first`)
+    .orderBy('a.updated_at')
+    .orderBy('r.id')
+    .limit(limit)
+    .execute();
   return rows.map((r) => ({ repositoryId: r.id, provider: r.provider, fullName: r.full_name }));
+}
+
+/** Records that a sweep of the repository starts (each attempt, before any provider call): a sweep that never completes goes behind the others (pendingHookSweepsPage). */
+export async function markHookSweepTried(db: Executor, repositoryId: string): Promise<void> {
+  await db.updateTable('attachments').set({ hooks_sweep_tried_at: new Date() }).where('repository_id', '=', repositoryId).execute();
 }
 
 /** The attachment's status when it is due for its sweep (see pendingHookSweepsPage), else undefined. */
