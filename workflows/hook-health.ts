@@ -45,8 +45,9 @@ const CHECK_TIMEOUT = '1 hour';
 const MAX_LISTED_FAILURES = 20;
 
 /**
- * Repositories not attached whose hooks one nightly run of a connection sweeps at most (the
- * longest waiting first; the others on later nights). An organization has at most 50 connections
+ * Repositories not attached whose hooks one nightly run of a connection sweeps at most (those not
+ * tried since their status changed first, the longest waiting first, then the longest since tried:
+ * pendingHookSweepsPage; the others on later nights). An organization has at most 50 connections
  * (MAX_CONNECTIONS_PER_ORGANIZATION), so at most 500 sweeps a night, each a few provider calls that
  * ask the worker's per-organization share of activity slots like every check.
  */
