@@ -18,7 +18,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { ApplicationFailure, ApplicationFailureCategory } from '@temporalio/common';
 import { ACTIVITY_NOT_ADMITTED } from '../workflows/contract.ts';
-import type { InlineAdmission } from './inline-admission.ts';
+import { curableBudgetRefusal } from './errors.ts';
+import { inlineNotAdmitted, type InlineAdmission } from './inline-admission.ts';
 import { holdingAnswers } from './providers/answer-budget.ts';
 import { activityContext } from './outbound.ts';
 
@@ -51,20 +52,50 @@ const placesOfCall = new AsyncLocalStorage<(() => void)[]>();
  * it ends, however it ends, and the provider answers it parsed (their reservations in the worker's
  * answer budget, activities/providers/answer-budget.ts: what the call keeps of them, a hook listing
  * across a hook's save, is kept until it ends).
+ *
+ * A call whose input asks admission and whose provider answer the budget refused while full of
+ * others' answers (curableBudgetRefusal) is refused as the admissions refuse one: inside a workflow
+ * task INLINE_NOT_ADMITTED (its run runs the step as an activity), as an activity
+ * ACTIVITY_NOT_ADMITTED with the attempts made before (its run asks again after its jittered wait,
+ * from the same attempt, and gives up after REFUSED_FOR_AT_MOST_MS, workflows/activity-slot.ts),
+ * never spending an attempt on the worker's load. Only workflow code that takes a refusal asks; the
+ * steps are safe to run again (as for a retry). With `budgetRefusals: 'retried'` (a repository
+ * listing, whose retry resumes from its heartbeat and whose run never gives up a refusal) the
+ * failure stays `WorkerBusy`.
  */
-export function holdingAdmission<T extends ActivityFunctions>(activities: T): T {
+export function holdingAdmission<T extends ActivityFunctions>(activities: T, { budgetRefusals = 'refused' }: { budgetRefusals?: 'refused' | 'retried' } = {}): T {
   const wrapped = Object.entries(activities).map(([name, run]) => [
     name,
     async (...args: unknown[]) => {
       const places: (() => void)[] = [];
       try {
         return await placesOfCall.run(places, () => holdingAnswers(() => run(...(args as never[]))));
+      } catch (error) {
+        throw (budgetRefusals === 'refused' && budgetRefusal(error, args[0])) || error;
       } finally {
         for (const release of places) release();
       }
     },
   ]);
   return Object.fromEntries(wrapped) as T;
+}
+
+/** The admission refusal a budget refusal of a step asking admission becomes (holdingAdmission), if it is one. */
+function budgetRefusal(error: unknown, input: unknown): ApplicationFailure | undefined {
+  const info = activityContext()?.info;
+  const asks = typeof input === 'object' && input !== null && (input as { askAdmission?: unknown }).askAdmission === true;
+  const why = info && asks ? curableBudgetRefusal(error) : undefined;
+  if (!info || why === undefined) return undefined;
+  const organizationId = String((input as { organizationId?: unknown }).organizationId);
+  if (info.isLocal) return inlineNotAdmitted(organizationId, `the worker's answer budget is full (${why})`);
+  const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1 };
+  return ApplicationFailure.create({
+    type: ACTIVITY_NOT_ADMITTED,
+    message: `the worker's answer budget is full (${why}): scheduled again after a timer`,
+    nonRetryable: true,
+    category: ApplicationFailureCategory.BENIGN,
+    details: [details],
+  });
 }
 
 /**

@@ -27,7 +27,10 @@ export const FailureTypes = {
   /**
    * The worker's answer budget (activities/providers/answer-budget.ts) could not take the provider's
    * answer: it already holds as many parsed answers as it admits, or as the organization's share.
-   * Retried: the worker is busy, the tenant not wrong.
+   * Retried: the worker is busy, the tenant not wrong. A step that asked admission (every provider
+   * step of a current run but a repository listing's) is refused instead, as by the admissions
+   * (ActivityNotAdmitted, InlineNotAdmitted: activities/activity-admission.ts), when the budget is
+   * full of others' answers: no attempt spent, asked again after its run's wait.
    */
   workerBusy: 'WorkerBusy',
 } as const;
@@ -95,6 +98,8 @@ export function toActivityFailure(error: unknown): Error {
       nonRetryable: false,
       // A local step's retry waits on a timer in its run, as after a worker's stop: the workflow task is not held while the budget drains.
       ...(activityContext()?.info?.isLocal ? { nextRetryDelay: LOCAL_STEP_RETRY_AFTER_SHUTDOWN } : {}),
+      // Read by holdingAdmission (activities/activity-admission.ts): a step that asked admission is refused instead, when waiting can cure it.
+      details: [{ waitCures: busy.waitCures }],
     });
   }
   const refused = refusalIn(error);
@@ -108,6 +113,18 @@ export function toActivityFailure(error: unknown): Error {
   const lookupFailed = causeOfType(error, HostLookupFailedError);
   const message = excerpt(redactSecrets(lookupFailed?.message ?? (error instanceof Error ? error.message : String(error))));
   return ApplicationFailure.create({ type: FailureTypes.unavailable, message, nonRetryable: false });
+}
+
+/**
+ * The message of a refusal of the worker's answer budget that waiting can cure (the budget full of
+ * others' answers: AnswerBudgetFullError's waitCures), thrown as it is or as its WorkerBusy failure.
+ */
+export function curableBudgetRefusal(error: unknown): string | undefined {
+  if (error instanceof ApplicationFailure) {
+    return error.type === FailureTypes.workerBusy && (error.details?.[0] as { waitCures?: unknown } | undefined)?.waitCures === true ? error.message : undefined;
+  }
+  const busy = causeOfType(error, AnswerBudgetFullError);
+  return busy?.waitCures ? excerpt(busy.message, 300) : undefined;
 }
 
 /** The error of class `type` behind an error, however a client library wrapped it. */

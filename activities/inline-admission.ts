@@ -95,10 +95,13 @@ export function createInlineAdmission({ perWorker, perOrganization }: InlineAdmi
   };
 }
 
-export function inlineNotAdmitted(organizationId: string): ApplicationFailure {
+/** The refusal of a step inside the workflow task: its place (or `why`, the worker's answer budget, holdingAdmission). */
+export function inlineNotAdmitted(organizationId: string, why?: string): ApplicationFailure {
   return ApplicationFailure.create({
     type: INLINE_NOT_ADMITTED,
-    message: `inside the workflow task, this worker already runs as many tenant-facing calls as it admits (organization ${organizationId}): run as an activity`,
+    message: why
+      ? `inside the workflow task, ${why} (organization ${organizationId}): run as an activity`
+      : `inside the workflow task, this worker already runs as many tenant-facing calls as it admits (organization ${organizationId}): run as an activity`,
     nonRetryable: true,
     // As ActivityNotAdmitted: logged at DEBUG by the SDK, counted and logged in one line by activities/not-admitted.ts.
     category: ApplicationFailureCategory.BENIGN,

@@ -381,5 +381,9 @@ export function createRepositoryCacheActivities(
       await recordRefreshOutcome(db, connectionId, reason, leaseHolder);
       logger.warn({ connectionId, reason }, 'repository refresh failed for a connection');
     },
-  });
+    // A listing refused by the answer budget stays WorkerBusy (retried): its retry resumes from the
+    // pages its heartbeat names, where a refusal would list the chunk again from its start, and one
+    // connection's pages in flight (up to 8 of an Azure DevOps project's 21-29 MiB) can hold its
+    // organization's share alone, so the refusal could repeat for as long as its run never gives up.
+  }, { budgetRefusals: 'retried' });
 }

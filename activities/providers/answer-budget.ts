@@ -9,7 +9,9 @@
  * tenant's work on it, out of memory. So every counted answer also reserves its count here before
  * it is parsed, and gives it back when what holds its value ends (an AnswerHold: the activity or
  * inline step, or a repository listing's page until it is written). An answer the budget cannot take
- * is not parsed: the call fails retryably (AnswerBudgetFullError, `WorkerBusy`), its slot freed.
+ * is not parsed: the call fails (AnswerBudgetFullError). A step that asked admission is then refused
+ * as the admissions refuse it (activities/activity-admission.ts, holdingAdmission): no attempt spent,
+ * asked again after its run's wait; others fail retryably (`WorkerBusy`).
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { getHeapStatistics } from 'node:v8';
@@ -90,21 +92,28 @@ export function answerBudgetLimits(maxAnswer: number, heapLimit = getHeapStatist
 export class AnswerHold {
   #releases: (() => void)[] = [];
   #released = false;
+  #cost = 0;
+  #adopted: AnswerHold[] = [];
   get released(): boolean {
     return this.#released;
   }
-  /** Keeps `release` until this hold is released; false (and released now) when it already is. */
-  take(release: () => void): boolean {
+  /** The counted cost this hold keeps now, the holds it adopted included. */
+  get held(): number {
+    return this.#cost + this.#adopted.reduce((sum, other) => sum + other.held, 0);
+  }
+  /** Keeps `release` (of a reservation of `cost`) until this hold is released; false (and released now) when it already is. */
+  take(release: () => void, cost = 0): boolean {
     if (this.#released) {
       release();
       return false;
     }
     this.#releases.push(release);
+    this.#cost += cost;
     return true;
   }
   /** Releases `other` with this hold (at once if this one already is). */
   adopt(other: AnswerHold): void {
-    this.take(() => other.release());
+    if (this.take(() => other.release())) this.#adopted.push(other);
   }
   /** Runs `fn` so that the answers parsed inside it (its async continuations included) are held by this hold. */
   run<T>(fn: () => T): T {
@@ -115,6 +124,8 @@ export class AnswerHold {
     this.#released = true;
     const releases = this.#releases;
     this.#releases = [];
+    this.#cost = 0;
+    this.#adopted = [];
     for (const release of releases) release();
   }
 }

@@ -34,8 +34,9 @@ const MiB = 1024 * 1024;
  * (activities/providers/answer-budget.ts): every answer counted here also reserves its count there
  * before it is parsed, held until what holds its value ends (the activity or inline step, a
  * repository listing's page until written), 652 MiB for the worker under the chart's 1 GiB heap and
- * 163 MiB for one organization. An answer that does not fit is not parsed: AnswerBudgetFullError,
- * retried (`WorkerBusy`).
+ * 163 MiB for one organization. An answer that does not fit is not parsed: AnswerBudgetFullError;
+ * the step that asked admission is refused as by the admissions (no attempt spent, asked again after
+ * a wait: activities/activity-admission.ts), others retried (`WorkerBusy`).
  */
 export const MAX_ANSWER_PARSE_COST = 5 * DEFAULT_MAX_BODY_BYTES;
 
@@ -73,6 +74,12 @@ export class AnswerBudgetFullError extends Error {
     readonly organizationId: string,
     reason: 'worker' | 'organization' | 'ended',
     budget: AnswerBudget,
+    /**
+     * Whether waiting can let the answer in: the budget is full of others' answers (what the step
+     * itself holds and this answer fit in its organization's share). False for a step that holds
+     * too much itself, or that has ended: asking again after a wait would be refused the same.
+     */
+    readonly waitCures = false,
   ) {
     super(
       reason === 'ended'
@@ -165,9 +172,9 @@ function reserve(provider: Provider, origin: string, cost: number): void {
   const release = budget.tryReserve(organizationId, cost);
   if (!release) {
     const byOrganization = budget.held(organizationId) + cost > budget.perOrganization;
-    throw new AnswerBudgetFullError(provider, origin, organizationId, byOrganization ? 'organization' : 'worker', budget);
+    throw new AnswerBudgetFullError(provider, origin, organizationId, byOrganization ? 'organization' : 'worker', budget, hold.held + cost <= budget.perOrganization);
   }
-  hold.take(release);
+  hold.take(release, cost);
 }
 
 /** Characters of a provider's error message kept (messageExcerpt). */

@@ -13,7 +13,7 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
-import { checkAnswer } from './answer.ts';
+import { checkAnswer, refusedUnparsed } from './answer.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { cancellableSleep, type Outbound } from '../outbound.ts';
 
@@ -118,7 +118,18 @@ function octokitFetch(outbound: Outbound) {
     const response = await outbound.fetch(input, { method: init.method, headers: init.headers, body: init.body as string | undefined, signal: init.signal, timeoutMs: REQUEST_TIMEOUT_MS });
     if (!response.body || !/json/i.test(response.headers.get('content-type') ?? '')) return response;
     const bytes = new Uint8Array(await response.arrayBuffer());
-    checkAnswer('github', new URL(input).origin, bytes);
+    try {
+      checkAnswer('github', new URL(input).origin, bytes);
+    } catch (error) {
+      // An error status wins over its body, as with the other clients: one refused unparsed (too
+      // costly, or no room in the worker's answer budget) is left out and the status decides (a 404
+      // stays not found, a 429 throttled with its Retry-After), not WorkerBusy or a size failure.
+      if (response.ok || !refusedUnparsed(error)) throw error;
+      const headers = new Headers(response.headers);
+      headers.set('content-type', 'text/plain');
+      headers.delete('content-length');
+      return new Response(`HTTP ${response.status} (its body refused unparsed)`, { status: response.status, statusText: response.statusText, headers });
+    }
     return new Response(bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
   };
 }
