@@ -1,3 +1,4 @@
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { AnswerBudgetFullError, AnswerTooCostlyError, MAX_ANSWER_PARSE_COST } from '../../activities/providers/answer.ts';
@@ -10,6 +11,7 @@ import { startFakeGitlab, type FakeGitlab } from '../fakes/gitlab.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { startFakeGithub, type FakeGithub } from '../fakes/github.ts';
 import { startFakeBitbucket, type FakeBitbucket } from '../fakes/bitbucket.ts';
+import { ACTIVITY_NOT_ADMITTED, INLINE_NOT_ADMITTED } from '../../workflows/contract.ts';
 import { testOutbound } from '../support/outbound.ts';
 
 /**
@@ -265,5 +267,80 @@ describe("the worker's answer budget", () => {
     expect(budget.held('org-a')).toBeLessThan(budget.perOrganization);
     await Promise.all(held.map((step) => step.end()));
     expect(budget.held()).toBe(0);
+  });
+
+  describe('a refusal of a step that asked admission', () => {
+    const padded = (id: string) => `{"id":${id},"path_with_namespace":"acme/app","default_branch":"main","web_url":"http://gitlab.example/acme/app","pad":${nested(256 * 1024)}}`;
+    /** Steps as the worker wraps its provider steps (activities/hooks.ts): input first, the call after. */
+    const asking = holdingAdmission({ step: async (_input: { organizationId: string; askAdmission?: boolean }, call: () => Promise<unknown>) => call() });
+    const listing = holdingAdmission({ step: async (_input: { organizationId: string; askAdmission?: boolean }, call: () => Promise<unknown>) => call() }, { budgetRefusals: 'retried' });
+    const failureOf = (promise: Promise<unknown>) => promise.then(() => undefined, (error: unknown) => error);
+
+    it('is refused as the admissions refuse one while the budget is full of others\' answers: ActivityNotAdmitted with its attempts made, InlineNotAdmitted inside a workflow task; the same step answered once the budget frees', async () => {
+      const budget = createAnswerBudget({ limit: 64 * MiB, perOrganization: 16 * MiB });
+      const p = await providers(budget);
+      const gitlab = p.adapter('gitlab', 'org-a');
+      const others = budget.tryReserve('org-a', 16 * MiB)!;
+      const input = { organizationId: 'org-a', askAdmission: true };
+      p.gitlab.server.failNext('getProject', 3, { status: 200, headers: json, text: padded(p.gitlabRef.externalId) });
+      // A regular activity's fourth attempt: its run asks again after its wait, from the same attempt.
+      const regular = await new MockActivityEnvironment({ isLocal: false, attempt: 4 }).run(() => failureOf(asking.step(input, () => gitlab.getRepository(p.gitlabRef))));
+      expect(regular).toMatchObject({ type: ACTIVITY_NOT_ADMITTED, nonRetryable: true, details: [{ attemptsMade: 3 }] });
+      expect((regular as Error).message).toMatch(/answer budget is full .*its share/);
+      // Inside a workflow task: its run runs it as an activity.
+      const inline = await new MockActivityEnvironment({ isLocal: true }).run(() => failureOf(asking.step(input, () => gitlab.getRepository(p.gitlabRef))));
+      expect(inline).toMatchObject({ type: INLINE_NOT_ADMITTED, nonRetryable: true });
+      // A step that did not ask (a run of earlier code), and a listing, stay retried as WorkerBusy.
+      for (const [wrapped, stepInput] of [[asking, { organizationId: 'org-a' }], [listing, input]] as const) {
+        const busy = await new MockActivityEnvironment({ isLocal: false }).run(() => failureOf(wrapped.step(stepInput, () => gitlab.getRepository(p.gitlabRef))));
+        expectBusy(busy, 'organization');
+      }
+      expect(budget.held('org-a')).toBe(16 * MiB);
+      others();
+      const answered = await new MockActivityEnvironment({ isLocal: false, attempt: 4 }).run(() => asking.step(input, () => gitlab.getRepository(p.gitlabRef)));
+      expect(answered).toMatchObject({ fullName: 'acme/app' });
+      expect(budget.held()).toBe(0);
+    });
+
+    it('stays WorkerBusy (retried, attempts spent) when the step itself holds too much for waiting to help', async () => {
+      const answer = padded('1');
+      const cost = parseCost(Buffer.from(answer));
+      const budget = createAnswerBudget({ limit: 64 * MiB, perOrganization: Math.floor(2.5 * cost) });
+      const p = await providers(budget);
+      const gitlab = p.adapter('gitlab', 'org-a');
+      p.gitlab.server.failNext('getProject', 3, { status: 200, headers: json, text: padded(p.gitlabRef.externalId) });
+      const input = { organizationId: 'org-a', askAdmission: true };
+      // Its own two answers and a third: past the share with nothing else held.
+      const busy = await new MockActivityEnvironment({ isLocal: false, attempt: 2 }).run(() =>
+        failureOf(asking.step(input, async () => {
+          for (let i = 0; i < 3; i++) await gitlab.getRepository(p.gitlabRef);
+        })),
+      );
+      expectBusy(busy, 'organization');
+      expect(budget.held()).toBe(0);
+    });
+  });
+
+  it("lets GitHub's error status decide under a full budget, as the other clients do: a 404 is not found, a 429 throttled with its Retry-After", async () => {
+    const budget = createAnswerBudget({ limit: 64 * MiB, perOrganization: 16 * MiB });
+    const p = await providers(budget);
+    const github = p.adapter('github', 'org-g');
+    // Its installation token minted while the budget is free (Octokit keeps it).
+    await github.listRepositoriesPage({});
+    const others = budget.tryReserve('org-g', 16 * MiB)!;
+    try {
+      p.github.server.failNext('listInstallationRepos', 1, { status: 429, headers: { ...json, 'retry-after': '7' }, text: '{"message":"slow down"}' });
+      const throttled = await github.listRepositoriesPage({}).then(() => undefined, (error: unknown) => error);
+      expect(toActivityFailure(throttled)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: '7s' });
+      p.github.server.failNext('getRepo', 1, { status: 404, headers: json, text: '{"message":"Not Found"}' });
+      expect(await github.getRepository({ externalId: '1', fullName: 'acme/gone' })).toBeNull();
+      p.github.server.failNext('getRepo', 1, { status: 403, headers: json, text: '{"message":"Resource not accessible by integration"}' });
+      const forbidden = await github.getRepository({ externalId: '1', fullName: 'acme/app' }).then(() => undefined, (error: unknown) => error);
+      expect(toActivityFailure(forbidden)).toMatchObject({ type: 'ProviderForbidden', nonRetryable: true });
+      // A success's answer is still refused.
+      expectBusy(await github.listRepositoriesPage({}).then(() => undefined, (error: unknown) => error), 'organization');
+    } finally {
+      others();
+    }
   });
 });
