@@ -79,7 +79,7 @@ export interface WebhookSecrets {
   verifiedDeliveryBytes?: number;
   /** Bodies of at least this many bytes are read on a thread (api/webhooks/body-thread.ts). */
   threadBodyBytes?: number;
-  /** A connection's deliveries stored and not started yet (count, bytes) past which its deliveries are answered 429 (api/webhooks/backlog-bound.ts; defaults in lib/config.ts). */
+  /** An organization's deliveries stored and not started yet (count, bytes, its connections' hooks) past which they are answered 503 (api/webhooks/backlog-bound.ts; defaults in lib/config.ts). */
   maxBacklogDeliveries?: number;
   maxBacklogBytes?: number;
   /** Threads large bodies are read on. */

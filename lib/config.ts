@@ -90,15 +90,17 @@ export const LISTING_CONCURRENCY_DEFAULTS = { callsPerConnection: 4, callsPerWor
 export const WEBHOOK_THREAD_BODY_BYTES_DEFAULT = 256 * 1024;
 
 /**
- * webhooks.maxBacklogDeliveries' and maxBacklogBytes' defaults: a connection's deliveries stored and
- * not started yet past which its deliveries are answered 429 (api/webhooks/backlog-bound.ts; README:
- * Webhook receivers, A connection's backlog). Far above a legitimate backlog: the relays start
- * hundreds of runs a second, and 100,000 is a GitLab system hook at 25 deliveries a second through
- * an hour-long Temporal outage; 2 GiB is ~80 deliveries of the largest body (25 MiB, its events
- * stored compressed), or a million of a few KiB.
+ * webhooks.maxBacklogDeliveries' and maxBacklogBytes' defaults: an organization's deliveries stored
+ * and not started yet (its connections' own hooks) past which they are answered 503
+ * (api/webhooks/backlog-bound.ts; README: Webhook receivers, An organization's backlog). Far above a
+ * legitimate backlog: the relays start hundreds of runs a second, and 1,000,000 is a GitLab system
+ * hook at 25 deliveries a second through an 11-hour Temporal outage; 4 GiB is ~160 deliveries of
+ * the largest body (25 MiB, its events stored compressed), or a million of a few KiB. Per
+ * organization, not per connection: a tenant may make 50 connections, and the bound is the intake
+ * table's disk one tenant may take.
  */
-export const MAX_BACKLOG_DELIVERIES_DEFAULT = 100_000;
-export const MAX_BACKLOG_BYTES_DEFAULT = 2 * 1024 * 1024 * 1024;
+export const MAX_BACKLOG_DELIVERIES_DEFAULT = 1_000_000;
+export const MAX_BACKLOG_BYTES_DEFAULT = 4 * 1024 * 1024 * 1024;
 
 /** webhooks.maxBodyBytes' largest value (100 MiB; see the schema). */
 export const MAX_WEBHOOK_BODY_BYTES = 100 * 1024 * 1024;
@@ -353,10 +355,10 @@ export const configSchema = z
         bodyThreads: z.number().int().min(1).max(16).optional(),
         // How long the receivers remember a repository found attached (0: look it up on every delivery).
         attachedCacheSeconds: z.number().int().min(0).max(3600).default(30),
-        // A connection's own hook whose deliveries stored and not started yet are this many, or take this
-        // many bytes (their events, as stored), is answered 429 with Retry-After, nothing stored, until
-        // the relays have started enough of them: one tenant sending faster than its runs start fills
-        // neither the disk nor the other tenants' turns. Not GitHub's App nor legacy hooks (one hook for all).
+        // An organization whose connections' own hooks' deliveries stored and not started yet are this
+        // many, or take this many bytes (their events, as stored), has them answered 503 with
+        // Retry-After, nothing stored, until the relays have started enough of them: one tenant sending
+        // faster than its runs start does not fill the disk. Not GitHub's App nor legacy hooks (one hook for all).
         maxBacklogDeliveries: z.number().int().min(1).default(MAX_BACKLOG_DELIVERIES_DEFAULT),
         maxBacklogBytes: z.number().int().min(1).default(MAX_BACKLOG_BYTES_DEFAULT),
         // How long a delivery's stored events (the intake table) are kept after its run was started (by the database's clock).

@@ -50,7 +50,7 @@ const OUTBOUND_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
  * signed delivery PostgreSQL refused to store for its content, answered 200 ignored (the provider
  * never sends it again, so it is lost): counted apart from `ignored` for operators to alert on.
  */
-export type WebhookOutcome = 'accepted' | 'redelivery' | 'ignored' | 'unstorable' | 'ping' | '400' | '401' | '413' | '429' | '503' | '500';
+export type WebhookOutcome = 'accepted' | 'redelivery' | 'ignored' | 'unstorable' | 'ping' | '400' | '401' | '413' | 'backlogFull' | '503' | '500';
 
 export interface ApiMetrics {
   readonly registry: Registry;

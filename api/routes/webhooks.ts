@@ -177,19 +177,22 @@ const BUSY_RETRY_AFTER_SECONDS = 1;
 /** Too many unverified bodies being read at once (api/webhooks/unverified-budget.ts): not the sender's fault, deliver again. */
 const busy = () => serviceUnavailable('too many unverified webhook bodies are being received at once; deliver it again', BUSY_RETRY_AFTER_SECONDS);
 
-/** How long a connection whose backlog is full is asked to wait: the relays start hundreds of runs a second, the bound is far above that. */
+/** How long an organization whose backlog is full is asked to wait: the relays start hundreds of runs a second, the bound is far above that. */
 const BACKLOG_RETRY_AFTER_SECONDS = 60;
 
 /**
- * The connection's deliveries stored and not started yet reached a bound (api/webhooks/backlog-bound.ts):
- * its sender sends faster than its runs start. 429, nothing stored: only this connection's hook is
- * refused (its provider retries it, or disables that hook), never another tenant's deliveries.
+ * The organization's deliveries stored and not started yet reached a bound
+ * (api/webhooks/backlog-bound.ts): its senders send faster than its runs start. 503, as for a
+ * database that cannot take the write (which it stands for: the intake table's space for this
+ * tenant), not a 4xx: a 5xx asks for a retry, and older GitLab (still on self-managed instances)
+ * disabled a hook for good after 4 consecutive 4xx. Nothing stored; only this organization's hooks are
+ * refused, never another tenant's deliveries.
  */
 const backlogFull = (full: BacklogFull) =>
   new Problem(
-    429,
-    'Too Many Requests',
-    `this connection has ${full.bound === 'webhooks.maxBacklogDeliveries' ? `${full.backlog.rows} deliveries` : `${full.backlog.bytes} bytes of deliveries`} stored and not started yet, at or past ${full.bound} (${full.limit}); deliver it again later`,
+    503,
+    'Service Unavailable',
+    `this organization has ${full.bound === 'webhooks.maxBacklogDeliveries' ? `${full.backlog.rows} deliveries` : `${full.backlog.bytes} bytes of deliveries`} stored and not started yet, at or past ${full.bound} (${full.limit}); deliver it again later`,
     'about:blank',
     { bound: full.bound, limit: full.limit },
     BACKLOG_RETRY_AFTER_SECONDS,
@@ -245,7 +248,7 @@ type Caches = {
   /** The threads large bodies are read on, and from how many bytes a body is large. */
   bodies: BodyPool;
   threadBodyBytes: number;
-  /** Each connection's stored deliveries not started yet, against webhooks.maxBacklogDeliveries and maxBacklogBytes. */
+  /** Each organization's stored deliveries not started yet (its connections' hooks), against webhooks.maxBacklogDeliveries and maxBacklogBytes. */
   backlog: BacklogBound;
 };
 
@@ -315,19 +318,20 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     return reloaded?.provider === provider ? credentialsOf(reloaded) : undefined;
   };
   /**
-   * A connection's own hook, verified: refused (429) while its backlog is at a bound (Caches.backlog).
-   * A failed measure refuses nothing: the INSERT that follows answers for the database.
+   * A connection's own hook, verified: refused (503) while its organization's backlog is at a bound
+   * (Caches.backlog). A failed measure refuses nothing: the INSERT that follows answers for the database.
    */
+  const organizationId = named?.connection?.organizationId;
   const refuseFullBacklog = async () => {
-    if (connectionId === undefined) return;
+    if (connectionId === undefined || organizationId === undefined) return;
     let full: BacklogFull | undefined;
     try {
-      full = await caches.backlog.full(connectionId);
+      full = await caches.backlog.full(organizationId);
     } catch (error) {
-      deps.logger.warn({ reason: (error as Error).message, provider, connectionId }, "could not measure the connection's intake backlog; the delivery is taken");
+      deps.logger.warn({ reason: (error as Error).message, provider, connectionId }, "could not measure the organization's intake backlog; the delivery is taken");
     }
     if (!full) return;
-    if (full.measured) deps.logger.warn({ provider, connectionId, bound: full.bound, limit: full.limit, rows: full.backlog.rows, bytes: full.backlog.bytes }, "a connection's deliveries not started yet reached a bound: its deliveries are answered 429, not stored");
+    if (full.measured) deps.logger.warn({ provider, connectionId, organizationId, bound: full.bound, limit: full.limit, rows: full.backlog.rows, bytes: full.backlog.bytes }, "an organization's deliveries not started yet reached a bound: its deliveries are answered 503, not stored");
     throw backlogFull(full);
   };
   // GitLab's and Azure DevOps' credentials are headers: checked before the body is read, so a caller
@@ -503,7 +507,7 @@ async function receiveHolding(c: Context<AppEnv>, caches: Caches, provider: Prov
     outcome(stored ? 'accepted' : 'redelivery');
     if (stored) {
       deps.intake.stored();
-      if (connectionId !== undefined) caches.backlog.stored(connectionId, eventsJson.length);
+      if (organizationId !== undefined) caches.backlog.stored(organizationId, eventsJson.length);
     }
   } catch (error) {
     if (error instanceof Problem) throw error;
@@ -539,7 +543,14 @@ async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: Caches, 
     return await receive(c, caches, provider, (o) => (outcome = o));
   } catch (error) {
     const status = (error as { status?: unknown }).status;
-    outcome = status === 400 || status === 401 || status === 413 || status === 429 || status === 503 ? (String(status) as WebhookOutcome) : typeof status === 'number' && status >= 400 && status < 500 ? '400' : '500';
+    outcome =
+      error instanceof Problem && error.extra.bound !== undefined
+        ? 'backlogFull'
+        : status === 400 || status === 401 || status === 413 || status === 503
+          ? (String(status) as WebhookOutcome)
+          : typeof status === 'number' && status >= 400 && status < 500
+            ? '400'
+            : '500';
     throw error;
   } finally {
     metrics.webhookDelivery(provider, outcome, (performance.now() - started) / 1000);
@@ -564,7 +575,7 @@ export function webhookRoutes(options: {
   threadBodyBytes?: number;
   /** Threads large bodies are read on (default 1). */
   bodyThreads?: number;
-  /** A connection's deliveries stored and not started yet at which its deliveries are answered 429 (webhooks.maxBacklogDeliveries, maxBacklogBytes). */
+  /** An organization's deliveries stored and not started yet at which its connections' deliveries are answered 503 (webhooks.maxBacklogDeliveries, maxBacklogBytes). */
   maxBacklogDeliveries?: number;
   maxBacklogBytes?: number;
   /** The pool of those threads, made by the caller (who closes it); by default the receivers make one of bodyThreads. */
@@ -610,8 +621,7 @@ export function webhookRoutes(options: {
           400: problemResponse("The body is not the provider's JSON"),
           401: problemResponse('Signature, token or Basic credentials do not match; nothing started'),
           413: problemResponse('The body is over the size limit, or its JSON would take more heap to parse than the bound derived from the size limit'),
-          429: problemResponse("A connection's own hook whose deliveries stored and not started yet are at webhooks.maxBacklogDeliveries or maxBacklogBytes (the detail names the bound; Retry-After): nothing stored; the provider should deliver it again later"),
-          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, or a large body's thread ended or ran past its deadline (Retry-After); the provider should deliver it again"),
+          503: problemResponse("The database is unavailable or busy (past a connect, statement or lock deadline), the connection's credentials cannot be read, too many unverified or large bodies are being read at once, too many bytes of verified deliveries (in all or of the connection) are in flight, a large body's thread ended or ran past its deadline, or the organization's deliveries stored and not started yet are at webhooks.maxBacklogDeliveries or maxBacklogBytes (`bound`, `limit`; nothing stored) (Retry-After); the provider should deliver it again"),
         },
       }),
       (c) => (options.metrics ? counted(options.metrics, c, caches, provider) : receive(c, caches, provider, () => {})),

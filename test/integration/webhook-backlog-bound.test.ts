@@ -8,13 +8,14 @@ import { createOrgWithToken, startHarness, type Harness } from '../support/harne
 import { serveApp } from '../support/served-app.ts';
 
 /**
- * A connection's stored deliveries not started yet are bounded (webhooks.maxBacklogDeliveries,
- * maxBacklogBytes; api/webhooks/backlog-bound.ts): one tenant sending signed deliveries faster than
- * the relays start them is answered 429 with Retry-After, nothing stored, while every other
- * tenant's deliveries are stored. No relay runs: every stored row stays in the backlog until the
+ * An organization's stored deliveries not started yet (its connections' own hooks) are bounded
+ * (webhooks.maxBacklogDeliveries, maxBacklogBytes; api/webhooks/backlog-bound.ts): one tenant
+ * sending signed deliveries faster than the relays start them is answered 503 with Retry-After
+ * (a provider retries a 5xx; GitLab disables a hook for good after 4 consecutive 4xx), nothing
+ * stored, on every connection of its organization, while every other tenant's deliveries are stored. No relay runs: every stored row stays in the backlog until the
  * test marks it started. Real PostgreSQL, behind a real HTTP server as the API runs.
  */
-describe("a connection's intake backlog bound (real PostgreSQL, real HTTP server)", () => {
+describe("an organization's intake backlog bound (real PostgreSQL, real HTTP server)", () => {
   let h: Harness;
   const served: Awaited<ReturnType<typeof serveApp>>[] = [];
   beforeAll(async () => {
@@ -25,12 +26,12 @@ describe("a connection's intake backlog bound (real PostgreSQL, real HTTP server
     await h?.close();
   });
 
-  /** An organization of its own with one attached repository of `provider` and its connection's hook. */
-  const tenant = async (provider: Provider) => {
-    const { org } = await createOrgWithToken(h);
+  /** An organization of its own (or `organizationId`'s, another connection of it) with one attached repository of `provider` and its connection's hook. */
+  const tenant = async (provider: Provider, organizationId?: string) => {
+    const org = organizationId ? { id: organizationId } : (await createOrgWithToken(h)).org;
     const repository = { externalId: uniqueExternalId(provider), fullName: provider === 'bitbucket' ? `PROJ/backlog-${randomUUID().slice(0, 8)}` : `group/backlog-${randomUUID().slice(0, 8)}` };
     const { connectionId, hook } = await seedAttachedRepository(h, { organizationId: org.id, provider, ...repository });
-    return { provider, repository, hook, connectionId };
+    return { provider, repository, hook, connectionId, organizationId: org.id };
   };
   type Tenant = Awaited<ReturnType<typeof tenant>>;
   /** A push of the tenant's repository, a body of its own (the same body again is a replay for Bitbucket). */
@@ -51,25 +52,31 @@ describe("a connection's intake backlog bound (real PostgreSQL, real HTTP server
   };
   const stored = async (d: Delivery) => (await h.db.selectFrom('webhook_deliveries').select('delivery_id').where('delivery_id', '=', d.deliveryId).execute()).length;
 
-  it("answers 429 naming the bound once a connection's unstarted deliveries reach webhooks.maxBacklogDeliveries, stores nothing, and takes other tenants' deliveries meanwhile; 202 again once they start", async () => {
+  it("answers 503 naming the bound once an organization's unstarted deliveries reach webhooks.maxBacklogDeliveries, on each of its connections, stores nothing, and takes other tenants' deliveries meanwhile; 202 again once they start", async () => {
     const post = await receivers({ maxBacklogDeliveries: 3 });
     const [flooding, other] = [await tenant('gitlab'), await tenant('gitlab')];
+    const sameOrganization = await tenant('gitlab', flooding.organizationId);
+    expect(sameOrganization.connectionId).not.toBe(flooding.connectionId);
     // Below the bound: stored, 202.
     for (let i = 0; i < 3; i++) {
       const d = push(flooding);
       expect((await post(d)).status).toBe(202);
       expect(await stored(d)).toBe(1);
     }
-    // At it: 429, problem+json, Retry-After, the bound named; not stored.
+    // At it: 503, problem+json, Retry-After, the bound named; not stored.
     const refused = push(flooding);
     const answer = await post(refused);
-    expect(answer.status).toBe(429);
+    expect(answer.status).toBe(503);
     expect(answer.headers['content-type']).toBe('application/problem+json');
     expect(answer.headers['retry-after']).toBe('60');
     const problem = JSON.parse(answer.body) as { status: number; detail: string; bound: string; limit: number };
-    expect(problem).toMatchObject({ status: 429, bound: 'webhooks.maxBacklogDeliveries', limit: 3 });
-    expect(problem.detail).toMatch(/3 deliveries stored and not started yet, at or past webhooks\.maxBacklogDeliveries \(3\)/);
+    expect(problem).toMatchObject({ status: 503, bound: 'webhooks.maxBacklogDeliveries', limit: 3 });
+    expect(problem.detail).toMatch(/this organization has 3 deliveries stored and not started yet, at or past webhooks\.maxBacklogDeliveries \(3\)/);
     expect(await stored(refused)).toBe(0);
+    // The organization's other connection is held to the same bound (a tenant may make 50 connections).
+    const viaOther = push(sameOrganization);
+    expect((await post(viaOther)).status).toBe(503);
+    expect(await stored(viaOther)).toBe(0);
     // Another tenant is not held to the flooding one's backlog.
     for (let i = 0; i < 3; i++) {
       const d = push(other);
@@ -82,14 +89,14 @@ describe("a connection's intake backlog bound (real PostgreSQL, real HTTP server
     expect(await stored(refused)).toBe(1);
   });
 
-  it('answers 429 at webhooks.maxBacklogBytes, for a body-signed provider (Bitbucket DC) too, after its signature is checked', async () => {
+  it('answers 503 at webhooks.maxBacklogBytes, for a body-signed provider (Bitbucket DC) too, after its signature is checked', async () => {
     const post = await receivers({ maxBacklogBytes: 1 });
     const flooding = await tenant('bitbucket');
     const first = push(flooding);
     expect((await post(first)).status).toBe(202);
     const refused = push(flooding);
     const answer = await post(refused);
-    expect(answer.status).toBe(429);
+    expect(answer.status).toBe(503);
     expect(answer.headers['retry-after']).toBe('60');
     expect(JSON.parse(answer.body)).toMatchObject({ bound: 'webhooks.maxBacklogBytes', limit: 1 });
     expect(await stored(refused)).toBe(0);

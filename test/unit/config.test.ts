@@ -85,8 +85,8 @@ describe('config', () => {
     expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBodyBytes: 1024, verifiedDeliveryBytes: 5 * 1024 - 1 } }))).toMatch(/webhooks\.verifiedDeliveryBytes: verifiedDeliveryBytes must be at least 5 times maxBodyBytes/);
   });
 
-  it("reads webhooks.maxBacklogDeliveries and maxBacklogBytes (a connection's unstarted deliveries past which it is answered 429): 100,000 and 2 GiB unless told, at least 1", () => {
-    expect(parseConfig(minimal).webhooks).toMatchObject({ maxBacklogDeliveries: 100_000, maxBacklogBytes: 2 * 1024 * 1024 * 1024 });
+  it("reads webhooks.maxBacklogDeliveries and maxBacklogBytes (an organization's unstarted deliveries past which they are answered 503): 1,000,000 and 4 GiB unless told, at least 1", () => {
+    expect(parseConfig(minimal).webhooks).toMatchObject({ maxBacklogDeliveries: 1_000_000, maxBacklogBytes: 4 * 1024 * 1024 * 1024 });
     expect(parseConfig({ ...minimal, webhooks: { maxBacklogDeliveries: 5, maxBacklogBytes: 1024 } }).webhooks).toMatchObject({ maxBacklogDeliveries: 5, maxBacklogBytes: 1024 });
     expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBacklogDeliveries: 0 } }))).toMatch(/webhooks\.maxBacklogDeliveries/);
     expect(errorOf(() => parseConfig({ ...minimal, webhooks: { maxBacklogBytes: 0.5 } }))).toMatch(/webhooks\.maxBacklogBytes/);

@@ -132,29 +132,31 @@ const LOAD_DELIVERY = {
   ofNoConnection: prepared((db, p: { provider: Provider; deliveryId: string }) => loadDeliveryRow(db, p).where('connection_id', 'is', null)),
 };
 
-/** A connection's deliveries stored and not started yet: how many, and the bytes their events take on disk. */
-export interface ConnectionBacklog {
+/** An organization's deliveries (its connections' own hooks') stored and not started yet: how many, and the bytes their events take on disk. */
+export interface OrganizationBacklog {
   rows: number;
   bytes: number;
 }
 
 /**
- * The receivers' bound on a connection's unstarted backlog (webhooks.maxBacklogDeliveries,
- * maxBacklogBytes) is measured here: at most `cap` of its unstarted rows are read (the index
- * webhook_deliveries_connection_backlog, migration 2026-12-07T2300), so a backlog past the bound
- * costs what the bound does, ~1 ms per 1,000 rows. A pre-relay pod's rows (`start` null) are not
+ * The receivers' bound on an organization's unstarted backlog (webhooks.maxBacklogDeliveries,
+ * maxBacklogBytes), over its connections' own hooks, is measured here: at most `cap` of its
+ * unstarted rows are read (the index webhook_deliveries_connection_backlog, migration
+ * 2026-12-07T2300, once per connection: at most 50), so a backlog past the bound costs what the
+ * bound does, ~1 ms per 1,000 rows. A pre-relay pod's rows (`start` null) are not
  * counted: no relay starts them, retention removes them from their receipt. Bytes are pg_column_size of the stored events
  * (compressed, as on disk; read from the row's header, a large value never fetched whole).
  */
-export async function connectionBacklog(db: Executor, connectionId: string, cap: number): Promise<ConnectionBacklog> {
+export async function organizationBacklog(db: Executor, organizationId: string, cap: number): Promise<OrganizationBacklog> {
   const {
     rows: [row],
-  } = await db.executeQuery<{ rows: number; bytes: string }>(CompiledQuery.raw(CONNECTION_BACKLOG, [connectionId, Math.max(1, Math.floor(cap))]));
+  } = await db.executeQuery<{ rows: number; bytes: string }>(CompiledQuery.raw(ORGANIZATION_BACKLOG, [organizationId, Math.max(1, Math.floor(cap))]));
   return { rows: row?.rows ?? 0, bytes: Number(row?.bytes ?? 0) };
 }
 
-const CONNECTION_BACKLOG = `select count(*)::int as rows, coalesce(sum(pg_column_size(events)), 0)::bigint as bytes
-  from (select events from webhook_deliveries where connection_id = $1 and started_at is null and start is not null limit $2) backlog`;
+const ORGANIZATION_BACKLOG = `select count(*)::int as rows, coalesce(sum(pg_column_size(events)), 0)::bigint as bytes
+  from (select events from webhook_deliveries
+    where connection_id in (select id from connections where organization_id = $1) and started_at is null and start is not null limit $2) backlog`;
 
 /**
  * Removes up to `limit` deliveries whose retention is over, oldest first; returns how many. The
