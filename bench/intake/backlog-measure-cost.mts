@@ -1,7 +1,9 @@
-// What the receivers' backlog measure of one connection costs PostgreSQL with N unstarted rows of it:
-// count and stored bytes (pg_column_size) of at most `cap` rows, through webhook_deliveries_connection_backlog.
-// Run: npx tsx scratch/intakefair/backlog-measure-cost.mts [N=100000] [cap=100001]
+// What the receivers' backlog measure of one organization costs PostgreSQL with N unstarted rows of
+// its connection: count and stored bytes (pg_column_size) of at most `cap` rows (organizationBacklog,
+// the receivers' own statement), through webhook_deliveries_connection_backlog.
+// Run: npx tsx bench/intake/backlog-measure-cost.mts [N=100000] [cap=100001]
 import { sql } from 'kysely';
+import { organizationBacklog } from '../../lib/db/repositories/deliveries.ts';
 import { ownDb } from './own-db.mts';
 
 const n = Number(process.argv[2] ?? 100_000);
@@ -18,11 +20,11 @@ try {
   const times: number[] = [];
   for (let i = 0; i < 5; i++) {
     const t = performance.now();
-    const { rows } = await sql<{ rows: number; bytes: string }>`select count(*)::int as rows, coalesce(sum(pg_column_size(events)), 0)::bigint as bytes from (select events from webhook_deliveries where connection_id = ${connectionId} and started_at is null limit ${cap}) s`.execute(db);
+    const measured = await organizationBacklog(db, org.rows[0]!.id, cap);
     times.push(performance.now() - t);
-    if (i === 0) console.log(rows[0]);
+    if (i === 0) console.log(measured);
   }
-  console.log(`${n} unstarted rows of one connection, measured up to ${cap}: ${times.map((t) => t.toFixed(1)).join(', ')} ms`);
+  console.log(`${n} unstarted rows of one organization's connection, measured up to ${cap}: ${times.map((t) => t.toFixed(1)).join(', ')} ms`);
 } finally {
   await drop();
 }

@@ -1,6 +1,6 @@
 // The fair claim's cost with many organizations waiting: `orgs` organizations with `per` due rows each
 // (its walk makes one index descent per organization), one claim of 50 timed 5 times, and its plan's execution time.
-// Run: npx tsx scratch/intakefair/claim-many-orgs.mts [orgs=1000] [per=200]
+// Run: npx tsx bench/intake/claim-many-orgs.mts [orgs=1000] [per=200]
 import { sql } from 'kysely';
 import pg from 'pg';
 import { claimStatement, startPendingDeliveries } from '../../lib/db/repositories/deliveries.ts';

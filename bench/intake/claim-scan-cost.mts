@@ -2,7 +2,7 @@
 // due (failing rows put off up to 10 min) or belong to another task queue are walked and skipped by
 // every round of every relay, heap fetch each (start->>'taskQueue', next_attempt_at). Measures one
 // claim with N such rows ahead of 50 due ones.
-// Run: npx tsx scratch/intakefair/claim-scan-cost.mts [N=200000]   (copied from branch rev-intake, 9360ef9; EXPLAINs the tree's own claim)
+// Run: npx tsx bench/intake/claim-scan-cost.mts [N=200000]   (copied from branch rev-intake, 9360ef9; EXPLAINs the tree's own claim)
 import { sql } from 'kysely';
 import pg from 'pg';
 import * as deliveries from '../../lib/db/repositories/deliveries.ts';
