@@ -49,6 +49,24 @@ describe('a pre-relay row redelivered', () => {
     }
   });
 
+  it('does not wait for a row a relay holds: a redelivery of it answers at once, storing nothing', async () => {
+    await storeDelivery(own.db, { provider: 'github', deliveryId: 'held', events: [], start: START });
+    const relay = new pg.Client({ connectionString: own.url });
+    await relay.connect();
+    try {
+      await relay.query("begin; select 1 from webhook_deliveries where delivery_id = 'held' for update");
+      // An INSERT whose conflict locks the row would wait here for the relay's transaction.
+      const outcome = await Promise.race([
+        storeDelivery(own.db, { provider: 'github', deliveryId: 'held', events: [], start: START }),
+        new Promise<'waited'>((resolve) => setTimeout(() => resolve('waited'), 3000).unref()),
+      ]);
+      expect(outcome).toBe(false);
+    } finally {
+      await relay.query('rollback').catch(() => {});
+      await relay.end();
+    }
+  });
+
   it('leaves a row that has its start, or has started, as it is: a redelivery stores nothing', async () => {
     const other = { ...START, taskQueue: 'another-queue' } as unknown as DeliveryStart;
     await storeDelivery(own.db, { provider: 'github', deliveryId: 'new', events: [], start: START });

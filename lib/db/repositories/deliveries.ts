@@ -29,8 +29,18 @@ export interface StoredDelivery {
  */
 const STORE_DELIVERY = `insert into "webhook_deliveries" ("provider", "delivery_id", "connection_id", "events", "installation_id", "instance_url", "start")
   values ($1, $2, $3, $4, $5, $6, $7)
-  on conflict on constraint "webhook_deliveries_key" do update set "start" = excluded."start"
-    where "webhook_deliveries"."start" is null and "webhook_deliveries"."started_at" is null and excluded."start" is not null`;
+  on conflict on constraint "webhook_deliveries_key" do nothing`;
+
+/**
+ * A redelivery of a row an API from before the intake relay stored (no `start`) gives it one
+ * (storeDelivery). An UPDATE, run only when the INSERT stored nothing: it tests its condition before
+ * it locks, so a row a relay's claim holds (which always has a `start`) is passed over at once. The
+ * INSERT's `do update … where` would lock the conflicting row whatever its condition, and wait for
+ * the claim (a redelivery answered 503 after the lock deadline, and the row locked on every
+ * redelivery).
+ */
+const GIVE_PRE_RELAY_ROW_ITS_START = `update "webhook_deliveries" set "start" = $4
+  where "provider" = $1 and "delivery_id" = $2 and "connection_id" is not distinct from $3::uuid and "start" is null and "started_at" is null`;
 
 /**
  * The events as stored (JSON.stringify of the list), or undefined once they pass `maxBytes` bytes
@@ -79,8 +89,8 @@ export type DeliveryToStore = Omit<StoredDelivery, 'events' | 'eventsJson'> & ({
  * intake relay stored (no `start`: it started the run itself, and answered 503 when that start
  * failed) gains the redelivery's `start`, so a relay claims it (a run that did start is found
  * there: marked started) and this call counts as storing it; otherwise nothing would ever start it
- * (no relay claims a row without `start`). Only a redelivery reaches that conflict, and only such a
- * row is written by it. PostgreSQL refusing the INSERT for the
+ * (no relay claims a row without `start`). Only a redelivery (the INSERT storing nothing) makes that
+ * second statement, and it writes only such a row, never waiting for a row a relay holds. PostgreSQL refusing the INSERT for the
  * delivery's content (lib/db/errors.ts: a value it cannot hold, the connection's row gone) is a
  * ContentRefusedError; the connection is taken from the pool first, so a failed connect (whatever
  * its SQLSTATE) is thrown as it is, never taken for the delivery's fault.
@@ -96,15 +106,22 @@ export async function storeDelivery(db: Executor, delivery: DeliveryToStore): Pr
     delivery.instanceUrl ?? null,
     delivery.start ? JSON.stringify(delivery.start) : null,
   ]);
+  let stored: boolean;
   if (db.isTransaction) {
     const result = await contentWrite(() => db.executeQuery(query), { foreignKey: true });
-    return Number(result.numAffectedRows ?? 0n) > 0;
+    stored = Number(result.numAffectedRows ?? 0n) > 0;
+  } else {
+    // Its time grows with the events' bytes (50 MiB at most by default: seconds): the API pool's
+    // statement deadline grows with them (runSizedWrite), or a large delivery would be cancelled on
+    // every redelivery. Counted only when it may matter (a character is 1 to 3 bytes of UTF-8).
+    const bytes = eventsJson.length * 3 < SIZED_WRITE_FROM_BYTES ? eventsJson.length : Buffer.byteLength(eventsJson, 'utf8');
+    stored = (await contentWrite(() => runSizedWrite(db, query, bytes), { foreignKey: true })) > 0;
   }
-  // Its time grows with the events' bytes (50 MiB at most by default: seconds): the API pool's
-  // statement deadline grows with them (runSizedWrite), or a large delivery would be cancelled on
-  // every redelivery. Counted only when it may matter (a character is 1 to 3 bytes of UTF-8).
-  const bytes = eventsJson.length * 3 < SIZED_WRITE_FROM_BYTES ? eventsJson.length : Buffer.byteLength(eventsJson, 'utf8');
-  return (await contentWrite(() => runSizedWrite(db, query, bytes), { foreignKey: true })) > 0;
+  if (stored || !delivery.start) return stored;
+  const given = await db.executeQuery(
+    CompiledQuery.raw(GIVE_PRE_RELAY_ROW_ITS_START, [delivery.provider, delivery.deliveryId, delivery.connectionId ?? null, JSON.stringify(delivery.start)]),
+  );
+  return Number(given.numAffectedRows ?? 0n) > 0;
 }
 
 export async function loadDelivery(db: Executor, key: { provider: Provider; deliveryId: string; connectionId?: string }): Promise<StoredDelivery | undefined> {
