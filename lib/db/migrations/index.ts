@@ -25,6 +25,7 @@ import * as dispatchAttemptRetryAfter from './2026-12-07T1300-dispatch-attempt-r
 import * as intakeFairClaim from './2026-12-07T2300-intake-fair-claim.ts';
 import * as attachmentHooksSwept from './2026-12-07T2350-attachment-hooks-swept.ts';
 import * as attachmentHooksSweepTried from './2026-12-08T0000-attachment-hooks-sweep-tried.ts';
+import * as connectionsOrganizationIndex from './2026-12-08T0010-connections-organization-index.ts';
 
 /**
  * Every migration, by name (ISO-dated; the Migrator applies them in name order). Listed statically
@@ -57,4 +58,5 @@ export const migrations: Record<string, Migration> = {
   '2026-12-07T2300-intake-fair-claim': intakeFairClaim,
   '2026-12-07T2350-attachment-hooks-swept': attachmentHooksSwept,
   '2026-12-08T0000-attachment-hooks-sweep-tried': attachmentHooksSweepTried,
+  '2026-12-08T0010-connections-organization-index': connectionsOrganizationIndex,
 };
