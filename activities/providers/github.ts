@@ -124,7 +124,10 @@ function octokitFetch(outbound: Outbound) {
       // An error status wins over its body, as with the other clients: one refused unparsed (too
       // costly, or no room in the worker's answer budget) is left out and the status decides (a 404
       // stays not found, a 429 throttled with its Retry-After), not WorkerBusy or a size failure.
+      // Except a 403 without Retry-After or x-ratelimit-remaining: 0: only its body can tell a
+      // secondary rate limit from a permission refusal, so it stays the (retried) refusal.
       if (response.ok || !refusedUnparsed(error)) throw error;
+      if (response.status === 403 && !response.headers.has('retry-after') && response.headers.get('x-ratelimit-remaining') !== '0') throw error;
       const headers = new Headers(response.headers);
       headers.set('content-type', 'text/plain');
       headers.delete('content-length');

@@ -321,7 +321,7 @@ describe("the worker's answer budget", () => {
     });
   });
 
-  it("lets GitHub's error status decide under a full budget, as the other clients do: a 404 is not found, a 429 throttled with its Retry-After", async () => {
+  it("lets GitHub's error status decide under a full budget, as the other clients do: a 404 is not found, a 429 throttled with its Retry-After, a 403 with rate-limit headers throttled; a 403 without stays the budget refusal", async () => {
     const budget = createAnswerBudget({ limit: 64 * MiB, perOrganization: 16 * MiB });
     const p = await providers(budget);
     const github = p.adapter('github', 'org-g');
@@ -334,9 +334,14 @@ describe("the worker's answer budget", () => {
       expect(toActivityFailure(throttled)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: '7s' });
       p.github.server.failNext('getRepo', 1, { status: 404, headers: json, text: '{"message":"Not Found"}' });
       expect(await github.getRepository({ externalId: '1', fullName: 'acme/gone' })).toBeNull();
-      p.github.server.failNext('getRepo', 1, { status: 403, headers: json, text: '{"message":"Resource not accessible by integration"}' });
-      const forbidden = await github.getRepository({ externalId: '1', fullName: 'acme/app' }).then(() => undefined, (error: unknown) => error);
-      expect(toActivityFailure(forbidden)).toMatchObject({ type: 'ProviderForbidden', nonRetryable: true });
+      // A 403 with rate-limit headers keeps its status: throttled.
+      p.github.server.failNext('getRepo', 1, { status: 403, headers: { ...json, 'x-ratelimit-remaining': '0', 'retry-after': '9' }, text: '{"message":"API rate limit exceeded"}' });
+      const limited = await github.getRepository({ externalId: '1', fullName: 'acme/app' }).then(() => undefined, (error: unknown) => error);
+      expect(toActivityFailure(limited)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: '9s' });
+      // One without stays the budget refusal (retried): only its body, refused, could tell a
+      // secondary rate limit from a permission refusal.
+      p.github.server.failNext('getRepo', 1, { status: 403, headers: json, text: '{"message":"You have exceeded a secondary rate limit"}' });
+      expectBusy(await github.getRepository({ externalId: '1', fullName: 'acme/app' }).then(() => undefined, (error: unknown) => error), 'organization');
       // A success's answer is still refused.
       expectBusy(await github.listRepositoriesPage({}).then(() => undefined, (error: unknown) => error), 'organization');
     } finally {
