@@ -20,6 +20,8 @@ import {
 import type { Harness } from '../support/harness.ts';
 import { recordHistory } from '../support/histories.ts';
 import { sql } from 'kysely';
+import { pendingHookSweepsPage, setAttachmentStatus } from '../../lib/db/repositories/attachments.ts';
+import type { Provider } from '../../lib/domain.ts';
 
 /**
  * The nightly hook-health pass sweeps the hooks at forgelink's delivery URL off repositories that
@@ -157,5 +159,27 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     } finally {
       world.server.latencyMs = 0;
     }
+  });
+
+  it('picks no repository the sweep would leave alone unrecorded (so picked every night): not GitHub\'s, not a disconnecting connection\'s', async () => {
+    const slug = `org-${randomUUID().slice(0, 8)}`;
+    const other = await h.db.insertInto('organizations').values({ slug, name: slug }).returning('id').executeTakeFirstOrThrow();
+    async function dueFailed(provider: Provider, connection: { disconnect_requested_at?: Date }) {
+      const { id: connectionId } = await h.db
+        .insertInto('connections')
+        .values({ organization_id: other.id, provider, base_url: `https://${provider}.example`, external_key: String(Math.floor(Math.random() * 1e9) + 1), credential: 'sealed', status: 'active', ...connection } as never)
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      const repositoryId = await seedRepository(h, { organizationId: other.id, connectionId, provider, externalId: randomUUID(), fullName: `g/${randomUUID()}` });
+      await setAttachmentStatus(h.db, { organizationId: other.id, repositoryId, status: 'failed', reason: 'test' });
+      await agePastSweepDelay(h, repositoryId);
+      return { connectionId, repositoryId };
+    }
+    const gitlab = await dueFailed('gitlab', {});
+    expect((await pendingHookSweepsPage(h.db, gitlab.connectionId, 10)).map((r) => r.repositoryId)).toEqual([gitlab.repositoryId]);
+    const github = await dueFailed('github', {});
+    expect(await pendingHookSweepsPage(h.db, github.connectionId, 10)).toEqual([]);
+    const disconnecting = await dueFailed('gitlab', { disconnect_requested_at: new Date() });
+    expect(await pendingHookSweepsPage(h.db, disconnecting.connectionId, 10)).toEqual([]);
   });
 });

@@ -190,14 +190,21 @@ const DUE_FOR_SWEEP = sql<boolean>`a.status in (${sql.join([...UNATTACHED_SWEPT_
  * was not tried since their status last changed, the longest waiting first, then the ones longest
  * since tried (`hooks_sweep_tried_at`, markHookSweepTried). A sweep that did not complete (its
  * reconcile failed at workflow level, or it left hooks for a later night) stays due but goes behind
- * every other due repository of the connection, so it never keeps them waiting.
+ * every other due repository of the connection, so it never keeps them waiting. Never a repository
+ * the sweep leaves alone without recording anything (sweepUnattached, activities/hooks.ts): GitHub's
+ * (no per-repository hooks) and a connection not active or being disconnected (attachRefusal);
+ * picked, it would be picked again every night for nothing.
  */
 export async function pendingHookSweepsPage(db: Executor, connectionId: string, limit: number): Promise<{ repositoryId: string; provider: Provider; fullName: string }[]> {
   const rows = await db
     .selectFrom('attachments as a')
     .innerJoin('repositories as r', 'r.id', 'a.repository_id')
+    .innerJoin('connections as c', 'c.id', 'r.connection_id')
     .select(['r.id', 'r.provider', 'r.full_name'])
     .where('r.connection_id', '=', connectionId)
+    .where('r.provider', '<>', 'github')
+    .where('c.status', '=', 'active')
+    .where('c.disconnect_requested_at', 'is', null)
     .where(DUE_FOR_SWEEP)
     .orderBy(sql`case when a.hooks_sweep_tried_at >= a.updated_at then a.hooks_sweep_tried_at end asc nulls first`)
     .orderBy('a.updated_at')
