@@ -4,6 +4,7 @@ import type { Context } from 'hono';
 import { createHash } from 'node:crypto';
 import type { EncryptionKeys } from '../../lib/crypto.ts';
 import { MAX_BACKLOG_BYTES_DEFAULT, MAX_BACKLOG_DELIVERIES_DEFAULT, WEBHOOK_THREAD_BODY_BYTES_DEFAULT } from '../../lib/config.ts';
+import type { Logger } from '../../lib/logger.ts';
 import type { Db } from '../../lib/db/index.ts';
 import { deliveryScope, findAttachedRepositories, findConnectionsByExternalKey, type DeliveryScope } from '../../lib/db/repositories/events.ts';
 import { PROVIDERS, type Provider } from '../../lib/domain.ts';
@@ -565,6 +566,8 @@ async function counted(metrics: ApiMetrics, c: Context<AppEnv>, caches: Caches, 
 export function webhookRoutes(options: {
   db: Db;
   keys: EncryptionKeys;
+  /** Where a backlog measure that failed in the background is reported. */
+  logger?: Pick<Logger, 'warn'>;
   maxBodyBytes: number;
   unverifiedBodyBytes?: number;
   /** Bytes verified deliveries hold in flight at once (heldBudgetSizes' default). */
@@ -590,7 +593,13 @@ export function webhookRoutes(options: {
     credentials: createCredentialCache({ db: options.db, keys: options.keys, ...(options.credentialCacheSeconds === undefined ? {} : { ttlMs: options.credentialCacheSeconds * 1000 }) }),
     bodies: options.bodyPool ?? createBodyPool(bodyPoolSizes(options.bodyThreads, options.maxBodyBytes)),
     threadBodyBytes: options.threadBodyBytes ?? WEBHOOK_THREAD_BODY_BYTES_DEFAULT,
-    backlog: createBacklogBound({ db: options.db, maxDeliveries: options.maxBacklogDeliveries ?? MAX_BACKLOG_DELIVERIES_DEFAULT, maxBytes: options.maxBacklogBytes ?? MAX_BACKLOG_BYTES_DEFAULT }),
+    backlog: createBacklogBound({
+      db: options.db,
+      maxDeliveries: options.maxBacklogDeliveries ?? MAX_BACKLOG_DELIVERIES_DEFAULT,
+      maxBytes: options.maxBacklogBytes ?? MAX_BACKLOG_BYTES_DEFAULT,
+      onMeasureError: (organizationId, error) =>
+        options.logger?.warn({ reason: (error as Error).message, organizationId }, "could not measure the organization's intake backlog: its deliveries are judged by the last measure until one succeeds"),
+    }),
   };
   options.metrics?.unverifiedBodies(caches.unverified.held);
   options.metrics?.verifiedDeliveries(caches.held.held);

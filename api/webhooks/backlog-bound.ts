@@ -7,7 +7,7 @@ export interface BacklogFull {
   bound: 'webhooks.maxBacklogDeliveries' | 'webhooks.maxBacklogBytes';
   limit: number;
   backlog: OrganizationBacklog;
-  /** Found so by a measure this call made (at most one per organization per refresh: worth a log line), not by an earlier one. */
+  /** The first answer from its measure found full (at most one per organization per measure: worth a log line). */
   measured: boolean;
 }
 
@@ -19,9 +19,12 @@ export interface BacklogBound {
 }
 
 interface Measure extends OrganizationBacklog {
-  /** performance.now() of the measure's answer; rows and bytes include what this process stored since. */
+  /** now() of the measure's answer; rows and bytes include what this process stored since. */
   at: number;
+  /** A measure under way (at most one per organization). */
   pending?: Promise<Measure>;
+  /** Whether a call has answered a full bound from this measure yet (one log line per measure). */
+  reported?: boolean;
 }
 
 /**
@@ -35,24 +38,42 @@ interface Measure extends OrganizationBacklog {
  * every 11 s: its ~60-100 ms read stays under 1 % of a core), with what this process stored since
  * counted on top; another replica's deliveries since the measure are not, nor the starts since,
  * so the bound holds within what the replicas store between two measures.
+ *
+ * Only an organization's first measure is waited for. Past its refresh a delivery is answered from
+ * the last measure while the next one runs beside it, so no acknowledgement waits on the measure's
+ * query (up to ~100 ms near the bound); a measure that fails keeps the last one (and what this
+ * process stored since) and is tried again by the next delivery, reported through `onMeasureError`.
  */
-export function createBacklogBound(options: { db: Db; maxDeliveries: number; maxBytes: number; refreshMs?: number; maxOrganizations?: number }): BacklogBound {
+export function createBacklogBound(options: {
+  db: Db;
+  maxDeliveries: number;
+  maxBytes: number;
+  refreshMs?: number;
+  maxOrganizations?: number;
+  /** A measure made in the background failed (the deliveries are judged by the last one meanwhile). */
+  onMeasureError?: (organizationId: string, error: unknown) => void;
+  /** For tests: the measure (organizationBacklog on `db` by default) and the clock (performance.now). */
+  measureBacklog?: (organizationId: string, cap: number) => Promise<OrganizationBacklog>;
+  now?: () => number;
+}): BacklogBound {
   const refreshMs = options.refreshMs ?? 1000;
   const maxOrganizations = options.maxOrganizations ?? 10_000;
+  const now = options.now ?? (() => performance.now());
+  const measureBacklog = options.measureBacklog ?? ((organizationId, cap) => organizationBacklog(options.db, organizationId, cap));
   const measures = new Map<string, Measure>();
   const measure = (organizationId: string): Promise<Measure> => {
-    const pending = organizationBacklog(options.db, organizationId, options.maxDeliveries).then(
+    const pending = measureBacklog(organizationId, options.maxDeliveries).then(
       (backlog) => {
-        const measured = { ...backlog, at: performance.now() };
+        const measured = { ...backlog, at: now() };
         // Re-inserted, so the map's first entries are the longest unmeasured (dropped first past maxOrganizations).
         measures.delete(organizationId);
         measures.set(organizationId, measured);
         if (measures.size > maxOrganizations) measures.delete(measures.keys().next().value!);
         return measured;
       },
-      (error) => {
+      (error: unknown) => {
         const last = measures.get(organizationId);
-        if (last) delete last.pending;
+        if (last?.pending === pending) delete last.pending;
         throw error;
       },
     );
@@ -64,19 +85,22 @@ export function createBacklogBound(options: { db: Db; maxDeliveries: number; max
   return {
     async full(organizationId) {
       let current = measures.get(organizationId);
-      let measured = false;
-      if (!current || performance.now() - current.at > refreshMs + current.rows / 10) {
-        measured = !current?.pending;
+      if (!current || current.at === -Infinity) {
+        // Never measured: the first answer waits for the first measure (failing, it throws to the caller).
         current = await (current?.pending ?? measure(organizationId));
+      } else if (!current.pending && now() - current.at > refreshMs + current.rows / 10) {
+        measure(organizationId).catch((error: unknown) => options.onMeasureError?.(organizationId, error));
       }
+      if (current.rows < options.maxDeliveries && current.bytes < options.maxBytes) return undefined;
+      const measured = !current.reported;
+      current.reported = true;
       const backlog = { rows: current.rows, bytes: current.bytes };
       if (current.rows >= options.maxDeliveries) return { bound: 'webhooks.maxBacklogDeliveries', limit: options.maxDeliveries, backlog, measured };
-      if (current.bytes >= options.maxBytes) return { bound: 'webhooks.maxBacklogBytes', limit: options.maxBytes, backlog, measured };
-      return undefined;
+      return { bound: 'webhooks.maxBacklogBytes', limit: options.maxBytes, backlog, measured };
     },
     stored(organizationId, bytes) {
       const current = measures.get(organizationId);
-      if (!current) return;
+      if (!current || current.at === -Infinity) return;
       current.rows += 1;
       current.bytes += bytes;
     },
