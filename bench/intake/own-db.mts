@@ -1,27 +1,9 @@
 // A throwaway database on the machine's PostgreSQL (127.0.0.1:5432, trust), migrated to the latest schema.
-import { randomBytes } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
-import { createDb } from '../../lib/db/index.ts';
-import { migrateToLatest } from '../../lib/db/migrate.ts';
+import { createDatabaseOn, type OwnDatabase } from '../../test/support/database-on.ts';
 
-export async function ownDb(prefix: string): Promise<{ db: Kysely<any>; url: string; drop(): Promise<void> }> {
-  const serverUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const name = `${prefix}_${randomBytes(5).toString('hex')}`;
-  const server = createDb(serverUrl, { max: 1 });
-  await sql`create database ${sql.id(name)}`.execute(server);
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  const db = createDb(url.toString(), { max: 4 });
-  await migrateToLatest(db);
-  return {
-    db,
-    url: url.toString(),
-    async drop() {
-      await db.destroy();
-      await sql`drop database if exists ${sql.id(name)} with (force)`.execute(server);
-      await server.destroy();
-    },
-  };
+export function ownDb(prefix: string): Promise<OwnDatabase> {
+  return createDatabaseOn(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres', prefix, { max: 4 });
 }
 
 export const TASK_QUEUE = 'rev-intake';
