@@ -168,6 +168,13 @@ export function activityCallsPerOrganization(sizing: ActivitySlots): number {
   return sizing.activityCallsPerOrganization !== undefined ? Math.min(sizing.activityCallsPerOrganization, perWorker) : Math.max(1, Math.min(quarterOfActivitySlots(sizing), perWorker - 1));
 }
 
+/**
+ * worker.answerBudgetBytes' least value: two provider answers at their bound (MAX_ANSWER_PARSE_COST,
+ * activities/providers/answer.ts, 40 MiB), the least the default sizing gives. Below one, an answer
+ * within its bound could never be parsed.
+ */
+export const ANSWER_BUDGET_MIN_BYTES = 80 * 1024 * 1024;
+
 const workerSizing = z
   .object({
     // Runs kept in memory between their workflow tasks (0: none; each task then replays its history).
@@ -188,6 +195,14 @@ const workerSizing = z
     // (default: a quarter of them); the others wait on a timer in their run (activities/activity-admission.ts).
     activityCallsPerWorker: z.number().int().min(1).max(1000).optional(),
     activityCallsPerOrganization: z.number().int().min(1).max(1000).optional(),
+    // Bytes of parsed provider answers the worker holds at once, all organizations together (a
+    // quarter each); default the lower of the V8 heap limit and the container's memory limit, less
+    // 384 MiB (activities/providers/answer-budget.ts).
+    answerBudgetBytes: z
+      .number()
+      .int()
+      .min(ANSWER_BUDGET_MIN_BYTES, { message: `must be at least ${ANSWER_BUDGET_MIN_BYTES} (80 MiB: two provider answers at their bound, 40 MiB once parsed)` })
+      .optional(),
   })
   .strict()
   .refine((w) => w.activityCallsPerWorker === undefined || w.activityCallsPerWorker < w.maxConcurrentActivityTaskExecutions, {

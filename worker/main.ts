@@ -3,6 +3,8 @@ import { NativeConnection } from '@temporalio/worker';
 import { settingsFromConfig } from '../activities/index.ts';
 import { createOutbound, stopLocalActivities, type Outbound } from '../activities/outbound.ts';
 import { createProviderFactory, type ProviderSettings } from '../activities/providers/index.ts';
+import { createAnswerBudget, type AnswerBudget } from '../activities/providers/answer-budget.ts';
+import { workerAnswerBudgetSizing } from '../activities/providers/answer.ts';
 import { type Config, legacyHookWindow, loadConfig } from '../lib/config.ts';
 import { keysFromConfig } from '../lib/crypto.ts';
 // The API's start-up notice: the worker records (or not) the same legacy deliveries, so it says the same.
@@ -47,6 +49,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
   logger.info({ ...config.hookHealth, scheduled: hookHealth }, 'hook-health reconcile schedule in place');
   await clientConnection.close();
   const outbound = createOutbound({ ...config.security, logger });
+  const answerBudget = answerBudgetFromConfig(config, logger);
   const worker = await createWorker({
     connection,
     namespace: config.temporal.namespace,
@@ -54,7 +57,7 @@ export async function runWorker(config: Config, options: { address?: string; dat
     tracing,
     shutdown: { graceSeconds: config.shutdown.workerGraceSeconds, forceSeconds: config.shutdown.workerForceSeconds },
     sizing: config.worker,
-    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics }), outbound, logger, settings: settingsFromConfig(config), metrics },
+    deps: { db, keys: keysFromConfig(config.encryption), providers: createProviderFactory({ ...providerSettings(config, outbound), metrics, answerBudget }), outbound, logger, settings: settingsFromConfig(config), metrics },
   });
   // Served before the worker polls, so that 'worker running' means its metrics can be scraped too
   // (and a metrics port that cannot be bound stops the process before it takes any task).
@@ -107,4 +110,22 @@ if (import.meta.url === `file://${process.argv[1]}`) {
 function providerSettings(config: Config, outbound: Outbound): ProviderSettings {
   const gh = config.gitProviders.github;
   return gh.enabled && gh.appId && gh.privateKey ? { outbound, github: { appId: gh.appId, privateKey: gh.privateKey } } : { outbound };
+}
+
+/**
+ * The worker's answer budget (activities/providers/answer-budget.ts): worker.answerBudgetBytes, or
+ * what the heap and the container allow. Logged with what sized it; a configured one larger than
+ * the memory allows is kept, with a warning: answers may then take the worker out of memory before
+ * the budget refuses them.
+ */
+function answerBudgetFromConfig(config: Config, logger: Logger): AnswerBudget {
+  const sizing = workerAnswerBudgetSizing(config.worker.answerBudgetBytes);
+  const MiB = 1024 * 1024;
+  const inMiB = { limitMiB: Math.round(sizing.limit / MiB), perOrganizationMiB: Math.round(sizing.perOrganization / MiB), allowedMiB: Math.round(sizing.allowed / MiB) };
+  if (sizing.limit > sizing.allowed) {
+    logger.warn({ ...inMiB, sizedBy: sizing.sizedBy }, 'worker.answerBudgetBytes is more than the heap and container limits allow (their lower less 384 MiB): provider answers may take the worker out of memory before the budget refuses them');
+  } else {
+    logger.info({ ...inMiB, sizedBy: sizing.sizedBy }, 'answer budget sized');
+  }
+  return createAnswerBudget(sizing);
 }

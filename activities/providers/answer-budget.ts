@@ -14,7 +14,6 @@
  * asked again after its run's wait; others fail retryably (`WorkerBusy`).
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { getHeapStatistics } from 'node:v8';
 
 const MiB = 1024 * 1024;
 
@@ -62,26 +61,43 @@ export function createAnswerBudget({ limit, perOrganization }: AnswerBudgetLimit
 }
 
 /**
- * What the worker keeps of its heap for everything but held answers: its own peak (267 MiB RSS in
+ * What the worker keeps of its memory for everything but held answers: its own peak (267 MiB RSS in
  * the ingest benchmark and 226-230 MiB in a 10,000-repository refresh, with the chart's Node flags;
  * RSS, so more than its heap), one parse's own peak above what it keeps (`[[[…]]]` counted at 299 MiB
  * kept 278 but peaked 515: ~40 MiB more for an answer at MAX_ANSWER_PARSE_COST, and only one parse
- * runs at a time), and room for V8 to collect in.
+ * runs at a time), and room for V8 to collect in. Kept of the V8 heap limit, and of the container's
+ * memory limit (its figures are RSS already).
  */
 export const WORKER_OWN_HEAP = 384 * MiB;
 
+/** The budget's sizes, and what set them. */
+export interface AnswerBudgetSizing extends AnswerBudgetLimits {
+  /** worker.answerBudgetBytes; else the V8 heap limit or the container's memory limit, whichever allows less. */
+  sizedBy: 'config' | 'heap' | 'container';
+  /** What the heap and the container allow (the limit when not configured). */
+  allowed: number;
+}
+
 /**
- * The budget's sizes from the V8 heap limit (`heap_size_limit`: 1,036 MiB under the chart's
- * `--max-old-space-size=1024 --max-semi-space-size=4`): the heap less WORKER_OWN_HEAP (652 MiB
- * there: 16 answers at the 40 MiB bound, 22 of the largest legitimate one, 29 MiB), at least two
- * answers at the bound; one organization a quarter of it (163 MiB), as it has a quarter of the
- * activity slots, and at least one answer at the bound, so any answer within its own bound can pass.
- * Legitimate calls hold far less: a page of repositories 0.4-2.6 MiB, a hook listing 1-2 MiB, an
- * Azure DevOps project's repositories 21-29 MiB at the byte cap.
+ * The budget's sizes: `configured` (worker.answerBudgetBytes) when set, else what the memory allows.
+ * That is the lower of the V8 heap limit (`heap_size_limit`: 1,036 MiB under the chart's
+ * `--max-old-space-size=1024 --max-semi-space-size=4`) and the container's memory limit (cgroup:
+ * the kernel kills the process there, whatever the heap's limit; 1,280 MiB in the chart), less
+ * WORKER_OWN_HEAP: 652 MiB under the chart (16 answers at the 40 MiB bound, 22 of the largest
+ * legitimate one, 29 MiB), at least two answers at the bound. A container limited below its heap
+ * (768 MiB with the chart's flags) gets 384 MiB. One organization a quarter of it (163 MiB under
+ * the chart), as it has a quarter of the activity slots, and at least one answer at the bound, so
+ * any answer within its own bound can pass. Legitimate calls hold far less: a page of repositories
+ * 0.4-2.6 MiB, a hook listing 1-2 MiB, an Azure DevOps project's repositories 21-29 MiB at the byte cap.
  */
-export function answerBudgetLimits(maxAnswer: number, heapLimit = getHeapStatistics().heap_size_limit): AnswerBudgetLimits {
-  const limit = Math.max(2 * maxAnswer, Math.floor(heapLimit - WORKER_OWN_HEAP));
-  return { limit, perOrganization: Math.min(limit, Math.max(maxAnswer, Math.floor(limit / 4))) };
+export function answerBudgetLimits(
+  maxAnswer: number,
+  { heapLimit, containerLimit, configured }: { heapLimit: number; containerLimit?: number | undefined; configured?: number | undefined },
+): AnswerBudgetSizing {
+  const byContainer = containerLimit !== undefined && containerLimit < heapLimit;
+  const allowed = Math.max(2 * maxAnswer, Math.floor((byContainer ? containerLimit : heapLimit) - WORKER_OWN_HEAP));
+  const limit = configured ?? allowed;
+  return { limit, perOrganization: Math.min(limit, Math.max(maxAnswer, Math.floor(limit / 4))), sizedBy: configured !== undefined ? 'config' : byContainer ? 'container' : 'heap', allowed };
 }
 
 /**

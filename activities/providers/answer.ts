@@ -2,7 +2,9 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Provider } from '../../lib/domain.ts';
 import { parseCost } from '../../lib/parse-cost.ts';
 import { DEFAULT_MAX_BODY_BYTES } from '../outbound.ts';
-import { answerBudgetLimits, createAnswerBudget, currentAnswerCall, currentAnswerHold, type AnswerBudget } from './answer-budget.ts';
+import { getHeapStatistics } from 'node:v8';
+import { containerMemoryLimit } from '../../lib/container-memory.ts';
+import { answerBudgetLimits, createAnswerBudget, currentAnswerCall, currentAnswerHold, type AnswerBudget, type AnswerBudgetSizing } from './answer-budget.ts';
 
 const MiB = 1024 * 1024;
 
@@ -34,7 +36,7 @@ const MiB = 1024 * 1024;
  * (activities/providers/answer-budget.ts): every answer counted here also reserves its count there
  * before it is parsed, held until what holds its value ends (the activity or inline step, a
  * repository listing's page until written), 652 MiB for the worker under the chart's 1 GiB heap and
- * 163 MiB for one organization. An answer that does not fit is not parsed: AnswerBudgetFullError;
+ * 163 MiB for one organization (less in a container limited below its heap; worker.answerBudgetBytes sets it). An answer that does not fit is not parsed: AnswerBudgetFullError;
  * the step that asked admission is refused as by the admissions (no attempt spent, asked again after
  * a wait: activities/activity-admission.ts), others retried (`WorkerBusy`).
  */
@@ -95,10 +97,18 @@ export class AnswerBudgetFullError extends Error {
 export const refusedUnparsed = (error: unknown): error is AnswerTooCostlyError | AnswerBudgetFullError =>
   error instanceof AnswerTooCostlyError || error instanceof AnswerBudgetFullError;
 
+/**
+ * The sizes of this process's answer budget (answerBudgetLimits): `configured` (worker.answerBudgetBytes)
+ * when set, else from its V8 heap limit and its container's memory limit.
+ */
+export function workerAnswerBudgetSizing(configured?: number): AnswerBudgetSizing {
+  return answerBudgetLimits(MAX_ANSWER_PARSE_COST, { heapLimit: getHeapStatistics().heap_size_limit, containerLimit: containerMemoryLimit(), configured });
+}
+
 let processBudget: AnswerBudget | undefined;
-/** The worker's answer budget: the process's (its heap is), sized from its heap limit when first asked for (answerBudgetLimits). */
+/** An answer budget for the process (its memory is), sized from its heap and container when first asked for: for a provider factory given none (worker/main.ts gives the configured one). */
 export function workerAnswerBudget(): AnswerBudget {
-  processBudget ??= createAnswerBudget(answerBudgetLimits(MAX_ANSWER_PARSE_COST));
+  processBudget ??= createAnswerBudget(workerAnswerBudgetSizing());
   return processBudget;
 }
 

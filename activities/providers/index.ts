@@ -16,7 +16,7 @@ export interface ProviderSettings {
   github?: { appId: string; privateKey: string };
   /** Counts the rate-limit pauses adapters take inside a call (their only sleeps). */
   metrics?: Pick<WorkerMetrics, 'rateLimitWait'>;
-  /** What the adapters' parsed answers may hold at once (default: the worker's, sized from its heap; activities/providers/answer-budget.ts). */
+  /** What the adapters' parsed answers may hold at once (default: the process's, sized from its heap and container; worker/main.ts gives the configured one; activities/providers/answer-budget.ts). */
   answerBudget?: AnswerBudget;
 }
 
