@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 
 /**
- * Indexes on tables that grow without bound in production (events), built with `create index
+ * Indexes on tables that grow without bound in production (events, webhook_deliveries), built with `create index
  * concurrently` after the migrations: a plain `create index` in a migration would block every write
  * to the table while it builds (the event runs' recordings, minutes on a large table), and
  * `concurrently` cannot run inside the migrations' transaction. Each is built once and is then left
@@ -17,6 +17,26 @@ export const CONCURRENT_INDEXES: readonly { name: string; table: string; definit
     name: 'events_repository',
     table: 'events',
     definition: 'events (repository_id) where repository_id is not null',
+  },
+  // The intake relay's claim and the receivers' backlog measure (migration 2026-12-07T2300 says
+  // what each serves). They index only unstarted rows, but their build reads the whole intake
+  // table (a week of deliveries): a plain `create index` holds every receiver's INSERT for that
+  // long, each answered 503 after its lock deadline (2 s), which GitLab counts towards disabling
+  // the hook. Built concurrently, deliveries are stored while they build.
+  {
+    name: 'webhook_deliveries_due',
+    table: 'webhook_deliveries',
+    definition: `webhook_deliveries ((start->>'taskQueue'), (coalesce(start->>'organizationId', connection_id::text, provider)), received_at) where started_at is null and next_attempt_at is null`,
+  },
+  {
+    name: 'webhook_deliveries_retry_due',
+    table: 'webhook_deliveries',
+    definition: `webhook_deliveries ((start->>'taskQueue'), next_attempt_at) where started_at is null and next_attempt_at is not null`,
+  },
+  {
+    name: 'webhook_deliveries_connection_backlog',
+    table: 'webhook_deliveries',
+    definition: 'webhook_deliveries (connection_id) where started_at is null and connection_id is not null',
   },
 ];
 

@@ -14,23 +14,20 @@ import { sql, type Kysely } from 'kysely';
  * - `webhook_deliveries_connection_backlog`: a connection's rows not started yet, which the
  *   receivers count against webhooks.maxBacklogDeliveries and maxBacklogBytes.
  * Only unstarted rows are in them (a small part of the table), so a delivery's INSERT writes two
- * entries more and the relay's UPDATE none. The build reads the table once under a lock that holds
- * the receivers' INSERTs; under a lock timeout a migration waiting behind an old pod's transaction
- * fails (and the deploy retries it) instead of queuing every delivery behind it.
+ * entries more and the relay's UPDATE none.
+ *
+ * They are built by lib/db/concurrent-indexes.ts (`create index concurrently`, after the
+ * migrations), no longer here: this migration first built them in its transaction, where the build
+ * read the whole table under a lock that held every receiver's INSERT (a week of deliveries: each
+ * answered 503 after its 2 s lock deadline while it lasted). A database that ran that version has
+ * them already, valid, and the concurrent pass leaves them; one that runs this gets them from it.
  */
-export async function up(db: Kysely<any>): Promise<void> {
-  await sql`set local lock_timeout = '5s'`.execute(db);
-  await sql`create index webhook_deliveries_due on webhook_deliveries ((start->>'taskQueue'), (coalesce(start->>'organizationId', connection_id::text, provider)), received_at)
-    where started_at is null and next_attempt_at is null`.execute(db);
-  await sql`create index webhook_deliveries_retry_due on webhook_deliveries ((start->>'taskQueue'), next_attempt_at)
-    where started_at is null and next_attempt_at is not null`.execute(db);
-  await sql`create index webhook_deliveries_connection_backlog on webhook_deliveries (connection_id)
-    where started_at is null and connection_id is not null`.execute(db);
-}
+export async function up(): Promise<void> {}
 
+/** Drops them (the concurrent pass builds them again on the next migration to the latest). */
 export async function down(db: Kysely<any>): Promise<void> {
   await sql`set local lock_timeout = '5s'`.execute(db);
-  await sql`drop index webhook_deliveries_connection_backlog`.execute(db);
-  await sql`drop index webhook_deliveries_retry_due`.execute(db);
-  await sql`drop index webhook_deliveries_due`.execute(db);
+  await sql`drop index if exists webhook_deliveries_connection_backlog`.execute(db);
+  await sql`drop index if exists webhook_deliveries_retry_due`.execute(db);
+  await sql`drop index if exists webhook_deliveries_due`.execute(db);
 }
