@@ -3,7 +3,7 @@ import { UnreadableSecretError } from '../lib/crypto.ts';
 import { HostLookupFailedError } from '../lib/dns.ts';
 import { redactSecrets } from '../lib/secret-redaction.ts';
 import { activityCancellations, activityContext, excerpt, OutboundRefusedError, ResponseTooLargeError, WORKER_SHUTDOWN } from './outbound.ts';
-import { ListingTooLongError, ProviderHttpError } from './providers/port.ts';
+import { ListingTooLongError, ProviderHttpError, RepositoryNameTakenError } from './providers/port.ts';
 import { AnswerBudgetFullError, AnswerTooCostlyError } from './providers/answer.ts';
 
 /** Failure types an operator sees in the Temporal UI. */
@@ -23,6 +23,11 @@ export const FailureTypes = {
    */
   answerTooLarge: 'ProviderAnswerTooLarge',
   secretUnreadable: 'SecretUnreadable',
+  /**
+   * Bitbucket DC: the repository's name answers another repository's id than the one recorded (this
+   * one deleted or renamed, its name taken): a deletion there was refused, nothing deleted.
+   */
+  repositoryNameTaken: 'RepositoryNameTaken',
   workerShutdown: 'WorkerShutdown',
   /**
    * The worker's answer budget (activities/providers/answer-budget.ts) could not take the provider's
@@ -102,6 +107,9 @@ export function toActivityFailure(error: unknown): Error {
       details: [{ waitCures: busy.waitCures }],
     });
   }
+  // Refused before any call: the same name answers the same other repository on a retry.
+  const nameTaken = causeOfType(error, RepositoryNameTakenError);
+  if (nameTaken) return ApplicationFailure.create({ type: FailureTypes.repositoryNameTaken, message: excerpt(nameTaken.message, 500), nonRetryable: true, details: [{ idAtName: nameTaken.idAtName }] });
   const refused = refusalIn(error);
   if (refused) return ApplicationFailure.create({ type: FailureTypes.refused, message: refused.message, nonRetryable: true });
   // Neither is the provider's passing trouble: a retry would list as much, or answer as long, again.

@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { ActivitySettings } from './index.ts';
 import { classified, toActivityFailure } from './errors.ts';
-import { ProviderHttpError, type HookSpec, type ProviderAdapter, type ProviderFactory, type ProviderHook, type RepositoryRef } from './providers/port.ts';
+import { ProviderHttpError, RepositoryNameTakenError, type HookSpec, type NameCheck, type ProviderAdapter, type ProviderFactory, type ProviderHook, type RepositoryRef } from './providers/port.ts';
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
 import {
@@ -459,11 +459,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * 403, for what the credential cannot see, so a token that lost access gets 404 for a hook that
    * still delivers. The repository missing too is either gone or hidden from us: not counted as
    * deleted. Addressed by name (Bitbucket DC), a name another repository took proves it too when
-   * the connection's last complete listing did not find this one (nameHolder: `gone`).
+   * the connection's last complete listing did not find this one (nameHolder: `gone`); `checked`,
+   * the name's lookup this step made already, spares another.
    */
-  async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
+  async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string, checked?: NameCheck): Promise<void> {
     if (ADDRESSED_BY_NAME.has(row.provider)) {
-      const at = await nameHolder(row, adapter);
+      const at = await nameHolder(row, adapter, checked);
       if (at.holder === 'this' || at.holder === 'gone') return;
       if (at.holder === 'other') throw nameTaken(row, at.id, `${row.provider} answered 404 for ${what}`);
     } else if (await classified(() => adapter.getRepository(refOf(row)))) return;
@@ -474,21 +475,34 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   }
 
   /**
-   * Whom a repository addressed by its name (Bitbucket DC: /projects/K/repos/slug) finds at that
-   * name now, checked by id: itself (`this`), nobody (`none`: 404, gone or hidden from us), or
+   * Addressed by name (Bitbucket DC: /projects/K/repos/slug), what the name answers now: the id the
+   * adapter compares with the row's before each DELETE (its guard: a repository deleted or renamed
+   * leaves its name to another, whose hooks at our URL, the connection's, are that one's). Made
+   * after the listing that found the hooks to delete, once for all of them: the ids listed were that
+   * name's before the lookup, and a DELETE of one under another repository's path finds nothing
+   * (webhook ids belong to their repository). None for the others.
+   */
+  async function lookUpName(row: RepositoryRow, adapter: ProviderAdapter): Promise<NameCheck | undefined> {
+    if (!ADDRESSED_BY_NAME.has(row.provider)) return undefined;
+    return { idAtName: await classified(() => adapter.repositoryIdAtName!(refOf(row))) };
+  }
+
+  /**
+   * Whom a repository addressed by its name (Bitbucket DC) finds at that name now (`checked`, or
+   * looked up), checked by id: itself (`this`), nobody (`none`: 404, gone or hidden from us), or
    * another repository, which took the name when this one was deleted or renamed. Which of the two
    * the connection's last complete listing tells: it did not find this one's id (the row vanished),
    * so it was deleted, its hooks with it (`gone`: nothing at the name is its); renamed, the listing
    * finds it by id and gives the row its new name. Not vanished yet (`other`): a refresh tells.
    */
-  async function nameHolder(row: RepositoryRow, adapter: ProviderAdapter): Promise<{ holder: 'this' | 'none' | 'gone' | 'other'; id?: string }> {
-    const id = await classified(() => adapter.repositoryIdAtName!(refOf(row)));
+  async function nameHolder(row: RepositoryRow, adapter: ProviderAdapter, checked?: NameCheck): Promise<{ holder: 'this' | 'none' | 'gone' | 'other'; id?: string }> {
+    const id = checked ? checked.idAtName : (await lookUpName(row, adapter))!.idAtName;
     if (id === null) return { holder: 'none' };
     if (id === row.external_id) return { holder: 'this' };
     return { holder: (await missedByLastListing(db, row.id)) ? 'gone' : 'other', id };
   }
 
-  /** The failure of a detach whose repository's name another repository has now (nameHolder `other`): its hooks there are that one's. */
+  /** The failure of a deletion whose repository's name another repository has now (nameHolder `other`): its hooks there are that one's. */
   const nameTaken = (row: RepositoryRow, otherId: string | undefined, what: string) =>
     nonRetryable(
       HookFailureTypes.hookPresenceUnknown,
@@ -496,46 +510,51 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     );
 
   /**
-   * Before deleting hooks a listing found by the repository's name (Bitbucket DC), whether the name
-   * is still this repository's (nameHolder): a repository deleted or renamed leaves its name to
-   * another, whose hooks at our URL (the connection's, shared by all its repositories) are that
-   * one's. False (delete nothing) when this one is gone; a failure while not known. Listed first,
-   * checked after: the hook ids listed were that name's before the check, and a later delete of one
-   * under another repository's path finds nothing (webhook ids belong to their repository).
+   * Deletes one hook through the adapter (for Bitbucket DC, its guard: no DELETE unless the name
+   * answers this repository's id). Refused there, the hook at the name is another repository's and
+   * stays: when this one is known deleted (nameHolder `gone`), the holder's id is returned (nothing
+   * at the name was this one's); otherwise the step fails advising a refresh.
    */
-  async function isSameRepository(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<boolean> {
-    if (!ADDRESSED_BY_NAME.has(row.provider)) return true;
-    const at = await nameHolder(row, adapter);
-    if (at.holder === 'this') return true;
-    if (at.holder === 'gone') return false;
-    if (at.holder === 'other') throw nameTaken(row, at.id, `${what} listed under that name left alone`);
-    throw nonRetryable(
-      HookFailureTypes.hookPresenceUnknown,
-      `${row.provider} answered 404 for repository ${row.full_name} (deleted, renamed, or no longer visible to connection ${row.connection_id}): ${what} listed under that name left alone; refresh the repository list (a renamed repository is picked up) or restore the connection's access, then detach again`,
-    );
+  async function deleteOneHook(row: RepositoryRow, adapter: ProviderAdapter, hookId: string, checked: NameCheck | undefined): Promise<'deleted' | 'gone' | { nameHolder: string }> {
+    let deleted: boolean;
+    try {
+      deleted = await adapter.deleteHook(refOf(row), hookId, checked);
+    } catch (error) {
+      if (!(error instanceof RepositoryNameTakenError)) throw toActivityFailure(error);
+      if (await missedByLastListing(db, row.id)) return { nameHolder: error.idAtName };
+      throw nameTaken(row, error.idAtName, `hook ${hookId} left alone`);
+    }
+    if (deleted) return 'deleted';
+    await confirmGone(row, adapter, `hook ${hookId}`, checked);
+    return 'gone';
   }
 
   /**
-   * Deletes hooks at the provider (one proven gone counts as deleted) and forgets them. A legacy
-   * hook (the global secret, from before per-connection hooks) may still serve another
-   * organization's attachment of the same repository: that one is only forgotten here.
+   * Deletes hooks at the provider (one proven gone counts as deleted) and forgets them; returns
+   * those deleted or proven gone. A legacy hook (the global secret, from before per-connection
+   * hooks) may still serve another organization's attachment of the same repository: that one is
+   * only forgotten here. Addressed by name (Bitbucket DC), the name is looked up once for them all
+   * (or `checked`, the lookup the caller's step made after its listing) and the adapter compares
+   * it before each DELETE: where another repository has the name and this one is known deleted,
+   * nothing is deleted and `nameHolder` names that repository.
    */
-  async function deleteHooks(row: RepositoryRow, adapter: ProviderAdapter, hookIds: string[]): Promise<void> {
+  async function deleteHooks(row: RepositoryRow, adapter: ProviderAdapter, hookIds: string[], checked?: NameCheck): Promise<{ deleted: string[]; nameHolder?: string }> {
     const inUse = new Set(await legacyHooksInUseElsewhere(db, row.id, hookIds));
     if (inUse.size > 0) logger.info({ repositoryId: row.id, provider: row.provider, hookIds: [...inUse] }, 'legacy hooks left in place: another attachment still relies on them');
-    for (const hookId of hookIds.filter((id) => !inUse.has(id))) {
-      await counted(
-        row.provider,
-        'delete',
-        async () => {
-          const deleted = await classified(() => adapter.deleteHook(refOf(row), hookId));
-          if (!deleted) await confirmGone(row, adapter, `hook ${hookId}`);
-          return deleted;
-        },
-        (deleted) => (deleted ? 'deleted' : 'gone'),
-      );
+    const toDelete = hookIds.filter((id) => !inUse.has(id));
+    const check = checked ?? (toDelete.length > 0 ? await lookUpName(row, adapter) : undefined);
+    const deleted: string[] = [];
+    let nameHolder: string | undefined;
+    for (const hookId of toDelete) {
+      const outcome = await counted(row.provider, 'delete', () => deleteOneHook(row, adapter, hookId, check), (outcome) => (outcome === 'deleted' ? 'deleted' : 'gone'));
+      if (typeof outcome === 'object') {
+        nameHolder = outcome.nameHolder;
+        break;
+      }
+      deleted.push(hookId);
     }
     await forgetHooks(db, row.id, hookIds);
+    return { deleted, ...(nameHolder !== undefined ? { nameHolder } : {}) };
   }
 
   /**
@@ -563,8 +582,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * here; so are hooks a failed undo or detach left recorded.
    *
    * The repository is looked up first (Bitbucket by name, its id checked): a repository the provider
-   * no longer shows as this row's is not swept; a listing by name is confirmed again after it
-   * (isSameRepository). A hook another attachment of the connection records is never deleted.
+   * no longer shows as this row's is not swept; a listing by name is looked up again after it, and
+   * each deletion compares that (deleteHooks). A hook another attachment of the connection records is never deleted.
    * Transient provider failures are retried by the activity a few times; after
    * that, or after a permanent one, the sweep is recorded as done with its failure logged (once per
    * status: a provider that keeps refusing costs one attempt, not one per night). At most
@@ -594,15 +613,23 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         const atOurUrl = (await classified(() => adapter.listHooks(refOf(row, found.projectId)))).filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
         const elsewhere = new Set(await hooksRecordedElsewhere(db, row.connection_id, row.id, atOurUrl));
         const unrecorded = atOurUrl.filter((id) => !elsewhere.has(id));
-        // Listed by name (Bitbucket DC): the name must still be this repository's after the listing.
-        const ours = unrecorded.length > 0 && !(await isSameRepository(row, adapter, `hook ${unrecorded.join(', ')} at the delivery URL`)) ? [] : unrecorded;
+        // Listed by name (Bitbucket DC): the name is looked up once after the listing, and each
+        // deletion compares it (the adapter's guard), instead of a lookup each.
+        const checked = unrecorded.length > 0 ? await lookUpName(row, adapter) : undefined;
         // One by one, within the sweep's bounds: a tenant's many slow hooks cannot make the step overrun.
-        for (const hookId of ours) {
-          if (removed.length >= SWEEP_MAX_DELETIONS || Date.now() - startedAt >= SWEEP_DELETE_UNTIL_MS) break;
-          await deleteHooks(row, adapter, [hookId]);
-          removed.push(hookId);
+        let tried = 0;
+        for (const hookId of unrecorded) {
+          if (tried >= SWEEP_MAX_DELETIONS || Date.now() - startedAt >= SWEEP_DELETE_UNTIL_MS) break;
+          tried += 1;
+          const { deleted, nameHolder } = await deleteHooks(row, adapter, [hookId], checked);
+          removed.push(...deleted);
+          if (nameHolder !== undefined) {
+            // A name another repository took from this deleted one: what it lists there is that one's, none left for later.
+            tried = unrecorded.length;
+            break;
+          }
         }
-        left = ours.length - removed.length;
+        left = unrecorded.length - tried;
       }
     } catch (error) {
       const activityFailure = toActivityFailure(error);
@@ -758,7 +785,10 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             if (duplicates.length === 0) readAhead(runKey, PRUNE_LISTING, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
             try {
               await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
-              for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id));
+              // Listed by name (Bitbucket DC): the name is looked up once after the listing, and the
+              // adapter compares it before each DELETE (RepositoryNameTaken, nothing deleted, when another repository has it).
+              const checked = duplicates.length > 0 ? await lookUpName(row, adapter) : undefined;
+              for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id, checked));
               await forgetHooks(db, row.id, duplicates.map((d) => d.id));
             } catch (error) {
               // Retried, this step saves the hook again: the prune's listing must come after that.
@@ -777,6 +807,12 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     /**
      * Compensation for ensureHook: deletes the hook of that key unless it was recorded before this
      * attach began. Found by listing, so it also undoes a creation whose answer never arrived.
+     * Bitbucket DC lists by name: where the name answers another repository now (this one deleted
+     * or renamed since the attach's lookup), what it lists is that one's and nothing is deleted
+     * (deleteHooks, the adapter's guard). This one known deleted (missed by the connection's last
+     * listing), its hook went with it: the undo ends, reporting the name's holder. Otherwise it
+     * fails for good (HookPresenceUnknown, naming both ids): a renamed repository keeps the hook
+     * under its new name until a refresh finds it and a detach (or the nightly sweep) removes it.
      */
     async removeHook(input: RepositoryKey & AsksActivitySlot & { hookKey: string; keepHookIds: string[] }): Promise<{ removed: string[] }> {
       admitActivity(activitySlots, input);
@@ -786,7 +822,14 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       const removed = (await classified(() => adapter.listHooks(refOf(row))))
         .filter((hook) => isHookFor(row.provider, input.hookKey, urlOf(row), hook) && !input.keepHookIds.includes(hook.id))
         .map((hook) => hook.id);
-      await deleteHooks(row, adapter, removed);
+      const { nameHolder } = await deleteHooks(row, adapter, removed);
+      if (nameHolder !== undefined) {
+        logger.warn(
+          { repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, externalId: row.external_id, nameHolder, leftAlone: removed },
+          "nothing removed (compensation): the repository was deleted, and its name is another repository's now, whose hooks these are",
+        );
+        return { removed: [] };
+      }
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, hookKey: input.hookKey, removed }, 'hook removed (compensation)');
       return { removed };
     },
@@ -850,8 +893,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
 
     /**
      * Deletes every other hook pointing at the connection's delivery URL: copies our records never
-     * knew about. Found by a listing by name (Bitbucket DC), they are deleted only once the name is
-     * confirmed to be still this repository's (isSameRepository): a stale row's detach must not
+     * knew about. Found by a listing by name (Bitbucket DC), they are deleted only while the name
+     * still answers this repository's id (deleteHooks, the adapter's guard): a stale row's detach must not
      * sweep the hook of the repository that took its name, and deletes nothing once its repository
      * is known deleted.
      */
@@ -869,9 +912,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         throw toActivityFailure(error);
       }
       const atUrl = hooks.filter((hook) => sameUrl(hook.url, url)).map((hook) => hook.id);
-      // A name another repository took from this deleted one: what it lists there is that one's.
-      const removed = atUrl.length > 0 && !(await isSameRepository(row, adapter, `hook ${atUrl.join(', ')} at the delivery URL`)) ? [] : atUrl;
-      await deleteHooks(row, adapter, removed);
+      // A name another repository took from this deleted one: what it lists there is that one's (none deleted).
+      const removed = (await deleteHooks(row, adapter, atUrl)).nameHolder === undefined ? atUrl : [];
       if (removed.length > 0) logger.info({ repositoryId: row.id, provider: row.provider, removed }, 'unrecorded hooks at the delivery URL removed');
       return { removed };
     },

@@ -13,6 +13,7 @@ import {
   type ProviderRepository,
   type ProviderTarget,
   type RepositoryRef,
+  RepositoryNameTakenError,
   type ValidationOutcome,
   storableRepositories,
   storableRepository,
@@ -237,6 +238,12 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
     }
   };
 
+  /** The id of the repository the name answers now; null when it answers 404. */
+  const idAt = async (ref: RepositoryRef): Promise<string | null> => {
+    const body = await atName(ref);
+    return body ? String(body.id) : null;
+  };
+
   return {
     provider: 'bitbucket',
 
@@ -279,10 +286,7 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
       return body && String(body.id) === ref.externalId ? (toRepository(body) ?? null) : null;
     },
 
-    async repositoryIdAtName(ref) {
-      const body = await atName(ref);
-      return body ? String(body.id) : null;
-    },
+    repositoryIdAtName: idAt,
 
     async listHooks(ref) {
       const hooks = await api.all<BitbucketWebhook>(`${repositoryPath(ref)}/webhooks`, HOOK_LISTING_CAPS);
@@ -299,7 +303,13 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
       return toHook(body);
     },
 
-    async deleteHook(ref, hookId) {
+    async deleteHook(ref, hookId, checked) {
+      // The path names the repository, and a deleted or renamed one leaves its name to another: a
+      // DELETE goes out only while the name answers the recorded id (the caller's lookup, made
+      // after its listing, or one here). The one guard of every deletion at Bitbucket DC.
+      const idAtName = checked ? checked.idAtName : await idAt(ref);
+      if (idAtName === null) return false;
+      if (idAtName !== ref.externalId) throw new RepositoryNameTakenError('bitbucket', ref, idAtName, `deleting hook ${hookId}`);
       try {
         await api.request('DELETE', `${repositoryPath(ref)}/webhooks/${encodeURIComponent(hookId)}`);
         return true;

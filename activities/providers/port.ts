@@ -36,8 +36,36 @@ export interface ProviderAdapter {
   createHook(ref: RepositoryRef, spec: HookSpec): Promise<ProviderHook>;
   /** Saves the whole spec over an existing hook: re-enables it and fixes URL, events, filters and secret. */
   updateHook(ref: RepositoryRef, hookId: string, spec: HookSpec): Promise<ProviderHook>;
-  /** Deletes a hook; a hook that is already gone is not an error (returns false). */
-  deleteHook(ref: RepositoryRef, hookId: string): Promise<boolean>;
+  /**
+   * Deletes a hook; a hook that is already gone is not an error (returns false). Addressed by name
+   * (Bitbucket DC), a DELETE goes out only while the name answers `ref.externalId`: the adapter
+   * looks the name up first, or takes `checked`, a lookup the caller's step made after the listing
+   * that found the hook; another id there fails RepositoryNameTakenError (nothing deleted), none
+   * (404) returns false without a DELETE.
+   */
+  deleteHook(ref: RepositoryRef, hookId: string, checked?: NameCheck): Promise<boolean>;
+}
+
+/** What the repository's name answered in the caller's step (repositoryIdAtName): the id, or null for 404. */
+export interface NameCheck {
+  idAtName: string | null;
+}
+
+/**
+ * A call refused before it went out: the repository's name (Bitbucket DC addresses repositories by
+ * name) answers another repository's id than the one recorded, so the recorded one was deleted or
+ * renamed and its name taken; what the call would reach is that other repository's. Permanent.
+ */
+export class RepositoryNameTakenError extends Error {
+  override name = 'RepositoryNameTakenError';
+  constructor(
+    readonly provider: Provider,
+    readonly ref: RepositoryRef,
+    readonly idAtName: string,
+    what: string,
+  ) {
+    super(`${provider} repository ${ref.fullName} is repository ${idAtName} now, not ${ref.externalId} as recorded (deleted or renamed, its name taken by another): ${what} refused, as it would reach that other repository`);
+  }
 }
 
 export interface ProviderRepository {

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BITBUCKET_HOOK_EVENTS, createBitbucketAdapter } from '../../activities/providers/bitbucket.ts';
-import { ListingTooLongError, MAX_HOOK_PAGES, MAX_HOOKS, ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
+import { ListingTooLongError, MAX_HOOK_PAGES, MAX_HOOKS, ProviderHttpError, RepositoryNameTakenError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { toActivityFailure } from '../../activities/errors.ts';
 import { bitbucketError, startFakeBitbucket, tooManyRequests, type FakeBitbucket } from '../fakes/bitbucket.ts';
 import { testOutbound } from '../support/outbound.ts';
@@ -263,6 +263,46 @@ describe('Bitbucket adapter: hooks', () => {
     f.deleteWebhookByHand('PROJ', 'app', Number(second.id));
     expect(await a.deleteHook(ref, second.id)).toBe(false);
     expect(f.webhooks('PROJ', 'app')).toEqual([]);
+  });
+
+  it('deletes only while the name answers the recorded id: after a delete-and-recreate under the same name it refuses, permanently, without a DELETE', async () => {
+    const f = await start();
+    const old = addRepo(f, 'app');
+    f.removeRepository(Number(old.externalId));
+    const current = addRepo(f, 'app');
+    const hook = await adapter().createHook(current, SPEC);
+    const from = f.server.calls.length;
+
+    const refused = await adapter().deleteHook(old, hook.id).then(() => undefined, (e: unknown) => e);
+    expect(refused).toBeInstanceOf(RepositoryNameTakenError);
+    expect(refused).toMatchObject({ idAtName: current.externalId });
+    const failure = toActivityFailure(refused);
+    expect(failure).toMatchObject({ type: 'RepositoryNameTaken', nonRetryable: true });
+    expect(failure.message).toContain(`PROJ/app is repository ${current.externalId} now, not ${old.externalId} as recorded`);
+    expect(failure.message).not.toContain(TOKEN);
+    // A lookup the caller's step made is compared the same, without a call.
+    await expect(adapter().deleteHook(old, hook.id, { idAtName: current.externalId })).rejects.toBeInstanceOf(RepositoryNameTakenError);
+    expect(f.server.calls.slice(from).map((c) => c.operation)).toEqual(['getRepo']);
+    expect(f.webhooks('PROJ', 'app').map((h) => String(h.id))).toEqual([hook.id]);
+
+    // The recorded repository answering its name: one lookup, then the DELETE; handed the lookup, the DELETE alone.
+    const second = await adapter().createHook(current, SPEC);
+    const before = f.server.calls.length;
+    expect(await adapter().deleteHook(current, hook.id)).toBe(true);
+    expect(await adapter().deleteHook(current, second.id, { idAtName: current.externalId })).toBe(true);
+    expect(f.server.calls.slice(before).map((c) => c.operation)).toEqual(['getRepo', 'deleteWebhook', 'deleteWebhook']);
+    expect(f.webhooks('PROJ', 'app')).toEqual([]);
+  });
+
+  it('a name answering nothing (404) deletes nothing and returns false, without a DELETE', async () => {
+    const f = await start();
+    const ref = addRepo(f, 'app');
+    const hook = await adapter().createHook(ref, SPEC);
+    const before = f.server.calls.length;
+    expect(await adapter().deleteHook(ref, hook.id, { idAtName: null })).toBe(false);
+    f.removeRepository(Number(ref.externalId));
+    expect(await adapter().deleteHook(ref, hook.id)).toBe(false);
+    expect(f.server.calls.slice(before).map((c) => c.operation)).toEqual(['getRepo']);
   });
 
   it('surfaces Bitbucket refusals as ProviderHttpError with the first error message', async () => {
