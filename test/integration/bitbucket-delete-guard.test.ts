@@ -1,0 +1,117 @@
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { describe, expect, it } from 'vitest';
+import { createHookActivities } from '../../activities/hooks.ts';
+import { createAnswerBudget } from '../../activities/providers/answer-budget.ts';
+import { createProviderFactory } from '../../activities/providers/index.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { heldRequest, type ProxiedRequest } from '../support/flaky-proxy.ts';
+import { attachmentOf, outcomeOf, requestAttachment, useHookWorlds, type HookProvider, type HookWorld, type Org, type WorldRepository } from '../support/attachments.ts';
+import { TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
+import { refreshOrganization } from '../support/listing.ts';
+import { testOutbound } from '../support/outbound.ts';
+
+/**
+ * Bitbucket DC addresses a repository by its name, which another repository takes once the first
+ * is deleted (or renamed), and the connection's delivery URL is shared by all its repositories: a
+ * listing under the name of a repository deleted and recreated lists the new one's hooks at our
+ * URL. Every deletion at Bitbucket goes through the adapter's guard (the name looked up, its id
+ * compared with the recorded one, before any DELETE): the attach's undo (removeHook) and the
+ * ensure's deletion of duplicates leave the new repository's hooks alone. Real adapter, fake
+ * Bitbucket over HTTP; the steps run as the worker runs them.
+ */
+describe('Bitbucket DC: no deletion reaches the repository that took a deleted one\'s name', () => {
+  let h: Harness;
+  let org: Org;
+  let worlds: Record<HookProvider, HookWorld>;
+  useHookWorlds((setup) => ({ h, org, worlds } = setup));
+
+  const hookActivities = () =>
+    createHookActivities({
+      db: h.db,
+      keys: h.keys,
+      providers: createProviderFactory({ outbound: testOutbound, answerBudget: createAnswerBudget({ limit: 64 * 1024 * 1024, perOrganization: 64 * 1024 * 1024 }) }),
+      logger: createLogger('test', 'error'),
+      settings: { publicUrl: TEST_PUBLIC_URL },
+    });
+  const asActivity = <T>(step: () => Promise<T>): Promise<T> => new MockActivityEnvironment().run(step) as Promise<T>;
+  const failureOf = (promise: Promise<unknown>) => promise.then(() => undefined, (error: unknown) => error as { type?: string; nonRetryable?: boolean; message: string });
+  const hookIds = (repository: WorldRepository) => repository.hooks().map((hook) => hook.id);
+
+  /** `deleted` attached, then deleted at Bitbucket; a new repository under its name, attached (its hook at our URL) with a copy beside it. */
+  async function nameTakenOver() {
+    const world = worlds.bitbucket;
+    const deleted = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, deleted.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    world.removeAtProvider(deleted);
+    const current = await world.newRepository({ slug: deleted.fullName.split('/')[1] });
+    expect(current.fullName).toBe(deleted.fullName);
+    expect(current.externalId).not.toBe(deleted.externalId);
+    expect((await outcomeOf(h, await requestAttachment(h, org, current.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    await current.addCopyOfHookSet();
+    const hooks = hookIds(current);
+    expect(hooks).toHaveLength(2);
+    return { world, deleted, current, hooks };
+  }
+
+  it("the attach's undo (removeHook) deletes nothing of the name's new repository: fails for good naming both ids; once the deleted one is known deleted, ends removing nothing", async () => {
+    const { deleted, current, hooks } = await nameTakenOver();
+    const activities = hookActivities();
+    const key = { organizationId: org.id, repositoryId: deleted.repositoryId };
+
+    // Not known deleted yet (no listing since): renamed or deleted, a refresh tells.
+    const failure = await failureOf(asActivity(() => activities.removeHook({ ...key, hookKey: 'repository-webhook', keepHookIds: [] })));
+    expect(failure).toMatchObject({ type: 'HookPresenceUnknown', nonRetryable: true });
+    expect(failure?.message).toContain(`shows no repository ${deleted.fullName} with id ${deleted.externalId}: the name is repository ${current.externalId}'s now`);
+    expect(failure?.message).toContain('left alone');
+    expect(hookIds(current)).toEqual(hooks);
+
+    // The refresh finds the name's repository by its new id: the deleted one's row vanishes.
+    await refreshOrganization(h, org);
+    expect(await asActivity(() => activities.removeHook({ ...key, hookKey: 'repository-webhook', keepHookIds: [] }))).toEqual({ removed: [] });
+    expect(hookIds(current)).toEqual(hooks);
+    const other = await attachmentOf(h, org, current.repositoryId);
+    expect(other.status).toBe('attached');
+    expect(hooks).toContain(other.hooks[0]?.providerHookId);
+  });
+
+  it("the ensure's deletion of duplicate hooks at our URL fails RepositoryNameTaken (permanent), deleting none of the name's new repository's hooks", async () => {
+    const { world, deleted, current, hooks } = await nameTakenOver();
+    const from = world.server.calls.length;
+    const failure = await failureOf(asActivity(() => hookActivities().ensureHook({ organizationId: org.id, repositoryId: deleted.repositoryId, hookKey: 'repository-webhook' })));
+    expect(failure).toMatchObject({ type: 'RepositoryNameTaken', nonRetryable: true });
+    expect(failure?.message).toContain(`${deleted.fullName} is repository ${current.externalId} now, not ${deleted.externalId} as recorded`);
+    expect(failure?.message).not.toContain(world.credential);
+    expect(hookIds(current)).toEqual(hooks);
+    // One lookup of the name for the duplicates, and no DELETE.
+    expect(world.server.calls.slice(from).filter((c) => c.operation === 'getRepo')).toHaveLength(1);
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete)).toEqual([]);
+  });
+
+  it("an attach cancelled while its hook's creation is held, the repository deleted and its name taken meanwhile: the undo leaves the new repository's hooks alone, and the attach's reason says the hook could not be removed", { timeout: 120_000 }, async () => {
+    const world = worlds.bitbucket;
+    const deleted = await world.newRepository();
+    const creation = heldRequest();
+    let creations = 0;
+    world.proxy.fault = (request: ProxiedRequest) => (world.isCreate(request) && ++creations === 1 ? creation.fault : undefined);
+    const workflowId = await requestAttachment(h, org, deleted.repositoryId, 'PUT');
+    await creation.held;
+
+    world.removeAtProvider(deleted);
+    const current = await world.newRepository({ slug: deleted.fullName.split('/')[1] });
+    expect((await outcomeOf(h, await requestAttachment(h, org, current.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = hookIds(current);
+    expect(hooks).toHaveLength(1);
+
+    await h.client.workflow.getHandle(workflowId).cancel();
+    expect((await outcomeOf(h, workflowId)).result).toBeUndefined();
+    expect(await creation.release()).toBe(false);
+    expect(hookIds(current)).toEqual(hooks);
+    const attachment = await attachmentOf(h, org, deleted.repositoryId);
+    expect(attachment.status).toBe('failed');
+    expect(attachment.reason).toContain('could not remove hook repository-webhook');
+    const events = (await h.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+    const undone = events.find((e) => e.activityTaskFailedEventAttributes)?.activityTaskFailedEventAttributes?.failure;
+    expect(undone?.message).toContain(`the name is repository ${current.externalId}'s now`);
+    expect((await attachmentOf(h, org, current.repositoryId)).status).toBe('attached');
+  });
+});
