@@ -19,7 +19,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { ApplicationFailure, ApplicationFailureCategory } from '@temporalio/common';
 import { ACTIVITY_NOT_ADMITTED } from '../workflows/contract.ts';
 import { curableBudgetRefusal } from './errors.ts';
-import { inlineNotAdmitted, type InlineAdmission } from './inline-admission.ts';
+import { inlineNotAdmitted, REFUSED_BY_ANSWER_BUDGET, type InlineAdmission } from './inline-admission.ts';
 import { holdingAnswers } from './providers/answer-budget.ts';
 import { activityContext } from './outbound.ts';
 
@@ -33,6 +33,8 @@ export interface ActivityNotAdmittedDetails {
    * the run gives the step up, and the refused activity, which said so, counted it.
    */
   last?: boolean;
+  /** Set when the worker's answer budget refused one of its provider answers, after the calls it made (REFUSED_BY_ANSWER_BUDGET); absent, it was refused a place before any call. */
+  refusedBy?: typeof REFUSED_BY_ANSWER_BUDGET;
 }
 
 /**
@@ -88,7 +90,7 @@ function budgetRefusal(error: unknown, input: unknown): ApplicationFailure | und
   if (!info || why === undefined) return undefined;
   const organizationId = String((input as { organizationId?: unknown }).organizationId);
   if (info.isLocal) return inlineNotAdmitted(organizationId, `the worker's answer budget is full (${why})`);
-  const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1 };
+  const details: ActivityNotAdmittedDetails = { attemptsMade: info.attempt - 1, refusedBy: REFUSED_BY_ANSWER_BUDGET };
   return ApplicationFailure.create({
     type: ACTIVITY_NOT_ADMITTED,
     message: `the worker's answer budget is full (${why}): scheduled again after a timer`,

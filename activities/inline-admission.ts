@@ -95,7 +95,14 @@ export function createInlineAdmission({ perWorker, perOrganization }: InlineAdmi
   };
 }
 
-/** The refusal of a step inside the workflow task: its place (or `why`, the worker's answer budget, holdingAdmission). */
+/**
+ * What refused a step that made its calls, in a refusal's details (`refusedBy`): the worker's
+ * answer budget refused one of its provider answers (activities/activity-admission.ts,
+ * holdingAdmission). A refusal without it was refused a place before any call.
+ */
+export const REFUSED_BY_ANSWER_BUDGET = 'answerBudget';
+
+/** The refusal of a step inside the workflow task: its place, or (`why` given) the worker's answer budget, after its calls (holdingAdmission). */
 export function inlineNotAdmitted(organizationId: string, why?: string): ApplicationFailure {
   return ApplicationFailure.create({
     type: INLINE_NOT_ADMITTED,
@@ -105,6 +112,7 @@ export function inlineNotAdmitted(organizationId: string, why?: string): Applica
     nonRetryable: true,
     // As ActivityNotAdmitted: logged at DEBUG by the SDK, counted and logged in one line by activities/not-admitted.ts.
     category: ApplicationFailureCategory.BENIGN,
+    ...(why ? { details: [{ refusedBy: REFUSED_BY_ANSWER_BUDGET }] } : {}),
   });
 }
 
