@@ -22,11 +22,17 @@ export function createHookHealthActivities({ db, logger }: { db: Db; logger: Log
       return pendingHookSweepsPage(db, input.connectionId, input.limit);
     },
 
-    /** Records a hook-health check that could not be carried out (the provider kept failing). */
-    async recordHookHealth(input: RepositoryKey & HookHealth): Promise<void> {
+    /**
+     * Records a hook-health check that could not be carried out (the provider kept failing) on an
+     * attached repository. On one that is not attached the failed step was its sweep: nothing is
+     * recorded (it stays due, behind the connection's other due repositories) and `recorded` says so.
+     */
+    async recordHookHealth(input: RepositoryKey & HookHealth): Promise<{ recorded: boolean }> {
       const { organizationId: _organizationId, repositoryId, ...hookHealth } = input;
-      await recordHookHealth(db, repositoryId, hookHealth);
-      logger.warn({ repositoryId, ...hookHealth }, 'hook health check failed');
+      const recorded = await recordHookHealth(db, repositoryId, hookHealth);
+      if (recorded) logger.warn({ repositoryId, ...hookHealth }, 'hook health check failed');
+      else logger.warn({ repositoryId, reason: hookHealth.reason }, 'sweep of an unattached repository failed as a whole; still due');
+      return { recorded };
     },
   };
 }

@@ -92,10 +92,16 @@ export interface RepositoryWorkflowResult {
   hookIds: string[];
   /** Requests carried out by this run. */
   requests: number;
+  /**
+   * Why the last request, a reconcile of the repository while it is not attached (the hook-health
+   * pass's sweep of its hooks), failed as a whole; `status` is then `detached` (it is not attached).
+   */
+  sweepFailed?: string;
 }
 export interface AttachmentSettled {
   repositoryId: string;
   action: AttachmentAction;
+  /** `failed`: the attach or detach failed, or (a reconcile) the sweep of a repository not attached failed; `reason` says why. */
   status: 'attached' | 'detached' | 'failed';
   reason?: string;
   /** A reconcile's finding; absent when the repository was not attached, so nothing was checked. */
@@ -261,6 +267,8 @@ export interface ConnectionHookHealthResult {
    * hooks at the delivery URL were swept by the nightly run; absent from runs before the sweep.
    */
   unattachedSwept?: number;
+  /** Of those asked, the ones whose sweep failed as a whole (still due: a later night tries again); absent when none. */
+  unattachedSweepsFailed?: number;
 }
 
 export interface WebhookCredentialRotationInput {

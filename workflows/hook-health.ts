@@ -130,7 +130,11 @@ async function checkConnections(connections: Connection[], atOnce: number, total
  */
 export async function connectionHookHealthWorkflow(input: ConnectionHookHealthInput): Promise<ConnectionHookHealthResult> {
   const counts = await checkConnectionHooks(input, (after, counts) => continueAsNew<typeof connectionHookHealthWorkflow>({ ...input, after, counts }));
-  if (patched(SWEEP_UNATTACHED)) counts.unattachedSwept = await sweepUnattachedRepositories(input);
+  if (patched(SWEEP_UNATTACHED)) {
+    const { swept, failed } = await sweepUnattachedRepositories(input);
+    counts.unattachedSwept = swept;
+    if (failed > 0) counts.unattachedSweepsFailed = failed;
+  }
   return counts;
 }
 
@@ -138,21 +142,26 @@ export async function connectionHookHealthWorkflow(input: ConnectionHookHealthIn
  * Asks each repository of the connection due for the sweep of unattached hooks (at most
  * UNATTACHED_SWEEPS_PER_CONNECTION) for a reconcile through its repository workflow, one after
  * another, as the check does: the sweep never interleaves with an attach or a detach, and decides
- * there whether the repository is still due. Returns how many were swept; one not answered stays
- * due for the next night.
+ * there whether the repository is still due. Returns how many were swept and how many answered that
+ * their sweep failed as a whole (runs of earlier code never answer so); one failed or not answered
+ * stays due for a later night.
  */
-async function sweepUnattachedRepositories(input: ConnectionHookHealthInput): Promise<number> {
-  const settled = new Set<string>();
+async function sweepUnattachedRepositories(input: ConnectionHookHealthInput): Promise<{ swept: number; failed: number }> {
+  const settled = new Map<string, AttachmentSettled>();
   setHandler(attachmentSettled, (outcome) => {
-    if (outcome.action === 'reconcile') settled.add(outcome.repositoryId);
+    if (outcome.action === 'reconcile') settled.set(outcome.repositoryId, outcome);
   });
   let swept = 0;
+  let failed = 0;
   for (const repository of await listPendingHookSweeps({ connectionId: input.connectionId, limit: UNATTACHED_SWEEPS_PER_CONNECTION })) {
     if (await requestRepositoryAction(input.organizationId, repository, 'reconcile', input.connectionId)) continue;
-    if (await condition(() => settled.has(repository.repositoryId), CHECK_TIMEOUT)) swept++;
+    if (await condition(() => settled.has(repository.repositoryId), CHECK_TIMEOUT)) {
+      if (settled.get(repository.repositoryId)!.status === 'failed') failed++;
+      else swept++;
+    }
     settled.delete(repository.repositoryId);
   }
-  return swept;
+  return { swept, failed };
 }
 
 /**

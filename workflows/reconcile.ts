@@ -28,16 +28,27 @@ const reconcileHooksAskingSlot = askingActivitySlot('reconcileHooks', checkOptio
 const RECONCILE_ACTIVITY_ADMISSION = 'reconcile-activity-admission';
 
 /**
- * The hook-health check of one repository, run by its repository workflow so it never interleaves
- * with an attach or a detach. A check that cannot be carried out is recorded as `failing`; it never
- * changes the attachment's status (the repository stays attached and its events keep flowing).
+ * A step that failed as a whole on a repository that is not attached (the hook-health pass's sweep
+ * of it) is answered as a failed sweep: later runs no longer read it as an attached repository's
+ * `failing` check (recordHookHealth records nothing on it). Runs started before answer as they did.
  */
-export async function reconcileRepository(key: RepositoryKey): Promise<{ hookHealth?: HookHealth; hookIds: string[] }> {
+const UNATTACHED_SWEEP_FAILURE = 'reconcile-unattached-sweep-failure';
+
+/**
+ * The hook-health check of one repository, run by its repository workflow so it never interleaves
+ * with an attach or a detach; on a repository that is not attached, the sweep of its hooks
+ * (reconcileHooks). A check that cannot be carried out is recorded as `failing`; it never changes
+ * the attachment's status (the repository stays attached and its events keep flowing). A sweep that
+ * cannot be carried out records no health and answers `sweepFailure` (it stays due).
+ */
+export async function reconcileRepository(key: RepositoryKey): Promise<{ hookHealth?: HookHealth; hookIds: string[]; sweepFailure?: string }> {
   try {
     return await (patched(RECONCILE_ACTIVITY_ADMISSION) ? reconcileHooksAskingSlot : reconcileHooks)(key);
   } catch (error) {
     const hookHealth: HookHealth = { status: 'failing', reason: failureReason(error) };
-    await recordHookHealth({ ...key, ...hookHealth });
+    const answer = await recordHookHealth({ ...key, ...hookHealth });
+    // Answered by a worker from before the answer (undefined): recorded, as it was.
+    if (patched(UNATTACHED_SWEEP_FAILURE) && answer?.recorded === false) return { hookIds: [], sweepFailure: hookHealth.reason! };
     return { hookHealth, hookIds: [] };
   }
 }

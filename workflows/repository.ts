@@ -41,8 +41,8 @@ import { LABELLED_CHILD_STARTS, runLabels } from './run-labels.ts';
  * running attach instead would not do: its in-flight activity would still finish on the worker.
  *
  * A detach that arrives during an attach runs after it and ends with no hooks. A reconcile (the
- * hook-health check) runs between them like any request and leaves the attachment's status as it
- * is. The run ends once no request is left: with the last request's state, or failing with the
+ * hook-health check, or on a repository not attached the sweep of its hooks) runs between them like
+ * any request and leaves the attachment's status as it is. The run ends once no request is left: with the last request's state, or failing with the
  * typed failure of the last attach or detach.
  */
 export async function repositoryWorkflow(input: RepositoryWorkflowInput): Promise<RepositoryWorkflowResult> {
@@ -63,12 +63,20 @@ export async function repositoryWorkflow(input: RepositoryWorkflowInput): Promis
   let result: RepositoryWorkflowResult = { status: 'detached', hookIds: [], requests: 0 };
   let failure: ApplicationFailure | undefined;
   for (let request = queue.shift(); request; request = queue.shift()) {
+    // It says why the last request failed: another request is the last now.
+    delete result.sweepFailed;
     let settled: AttachmentSettled;
     if (request.action === 'reconcile') {
       // Only runs that receive a reconcile request come here: recorded histories replay unchanged.
-      const { hookHealth, hookIds } = await reconcileRepository(key);
+      const { hookHealth, hookIds, sweepFailure } = await reconcileRepository(key);
       result = { ...result, ...(hookHealth ? { status: 'attached' as const, hookIds } : {}), requests: result.requests + 1 };
-      settled = { repositoryId: key.repositoryId, action: request.action, status: result.status, ...(hookHealth ? { hookHealth } : {}) };
+      if (sweepFailure === undefined) {
+        settled = { repositoryId: key.repositoryId, action: request.action, status: result.status, ...(hookHealth ? { hookHealth } : {}) };
+      } else {
+        // Not attached: the step was the sweep of its hooks, and it failed as a whole (the repository stays due for it).
+        result = { status: 'detached', hookIds: [], requests: result.requests, sweepFailed: sweepFailure };
+        settled = { repositoryId: key.repositoryId, action: request.action, status: 'failed', reason: `the sweep of the hooks of this repository, which is not attached, failed: ${sweepFailure}` };
+      }
     } else {
       try {
         if (request.action === 'attach') {

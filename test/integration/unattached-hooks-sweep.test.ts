@@ -1,9 +1,17 @@
 import { randomUUID } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { ApplicationFailure } from '@temporalio/common';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { describe, expect, inject, it } from 'vitest';
 import { SWEEP_MAX_DELETIONS } from '../../activities/hooks.ts';
-import { workflowIds, type ConnectionHookHealthResult } from '../../workflows/contract.ts';
+import { createActivities, type ActivitySettings } from '../../activities/index.ts';
+import { createProviderFactory } from '../../activities/providers/index.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { activityInterceptors, workflowSinks } from '../../worker/create-worker.ts';
+import { workflowIds, type ConnectionHookHealthResult, type RepositoryWorkflowResult } from '../../workflows/contract.ts';
 import { UNATTACHED_SWEEPS_PER_CONNECTION } from '../../workflows/hook-health.ts';
 import { manualHold } from '../support/flaky-proxy.ts';
+import { testOutbound } from '../support/outbound.ts';
 import {
   agePastSweepDelay,
   attachHeldAtCreate,
@@ -14,6 +22,7 @@ import {
   seedRepository,
   useHookWorlds,
   type HookProvider,
+  type AttachmentAnswer,
   type HookWorld,
   type Org,
 } from '../support/attachments.ts';
@@ -181,5 +190,71 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     expect(await pendingHookSweepsPage(h.db, github.connectionId, 10)).toEqual([]);
     const disconnecting = await dueFailed('gitlab', { disconnect_requested_at: new Date() });
     expect(await pendingHookSweepsPage(h.db, disconnecting.connectionId, 10)).toEqual([]);
+  });
+
+  type Activities = ReturnType<typeof createActivities>;
+  /**
+   * Runs `fn` with the harness's worker replaced by one of the test's own on its task queue: the
+   * same activities on the same database and fakes, with `settings` changed and `reconcileHooks`
+   * wrapped; the harness's worker runs again afterwards.
+   */
+  async function withOwnWorker(
+    { settings = {}, reconcileHooks }: { settings?: Partial<ActivitySettings>; reconcileHooks?: (real: Activities['reconcileHooks']) => Activities['reconcileHooks'] },
+    fn: () => Promise<void>,
+  ): Promise<void> {
+    const deps = { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('own-worker', 'silent'), settings: { ...h.settings, ...settings } };
+    const activities = createActivities(deps);
+    await h.stopWorker();
+    const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
+    try {
+      const worker = await Worker.create({
+        connection,
+        namespace: 'default',
+        taskQueue: h.taskQueue,
+        activities: { ...activities, ...(reconcileHooks ? { reconcileHooks: reconcileHooks(activities.reconcileHooks) } : {}) },
+        interceptors: { activity: activityInterceptors(deps) },
+        sinks: workflowSinks(),
+        workflowBundle: { code: readFileSync(inject('workflowBundlePath'), 'utf8') },
+      });
+      await worker.runUntil(fn);
+    } finally {
+      await connection.close();
+      await h.restartWorker();
+    }
+  }
+
+  it('GitLab: a sweep that fails as a whole records no hook health (the repository is not attached), its run answers the failure, and it stays due', { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await failedRepository(world);
+    await repository.addCopyOfHookSet();
+    const refusal = 'gitlab answered 503: every attempt of the sweep failed';
+    // Its step fails at workflow level, as after its last retry (the activity's own retries are not what is tested here).
+    const failing = (real: Activities['reconcileHooks']): Activities['reconcileHooks'] => async (input) => {
+      if (input.repositoryId === repository.repositoryId) throw ApplicationFailure.create({ type: 'ProviderUnavailable', message: refusal, nonRetryable: true });
+      return real(input);
+    };
+    await withOwnWorker({ reconcileHooks: failing }, async () => {
+      await runHookHealth(h, org);
+    });
+
+    const run = workflowIds.repository(org.id, repository.repositoryId);
+    const result = (await h.client.workflow.getHandle(run).result()) as RepositoryWorkflowResult;
+    expect(result).toEqual({ status: 'detached', hookIds: [], requests: 1, sweepFailed: `ProviderUnavailable: ${refusal}` });
+    const attachment = (await attachmentOf(h, org, repository.repositoryId)) as AttachmentAnswer & { hookHealth?: unknown };
+    expect(attachment.status).toBe('failed');
+    expect(attachment.hookHealth).toBeUndefined();
+    const row = await h.db.selectFrom('attachments').select(['hook_health_status', 'hooks_swept_at']).where('repository_id', '=', repository.repositoryId).executeTakeFirstOrThrow();
+    expect(row).toEqual({ hook_health_status: null, hooks_swept_at: null });
+    const connection = await connectionResult(world);
+    expect(connection).toMatchObject({ unattachedSwept: 0, unattachedSweepsFailed: 1, failing: 0 });
+    expect(repository.hooks()).toHaveLength(1);
+    await recordHistory(h.client, run, 'repository-reconcile-unattached-sweep-failed');
+    await recordHistory(h.client, workflowIds.hookHealthConnection(org.id, world.connectionId), 'hook-health-connection-unattached-sweep-failed');
+
+    // Still due: the next night sweeps it.
+    await runHookHealth(h, org);
+    expect(repository.hooks()).toEqual([]);
+    expect(await sweptAt(repository.repositoryId)).not.toBeNull();
+    expect(await connectionResult(world)).toMatchObject({ unattachedSwept: 1 });
   });
 });

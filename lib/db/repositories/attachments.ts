@@ -139,13 +139,19 @@ export async function findAttachment(db: Executor, repositoryId: string): Promis
   };
 }
 
-/** Records what a hook-health check found on the repository's attachment. */
-export async function recordHookHealth(db: Executor, repositoryId: string, health: HookHealth): Promise<void> {
-  await db
+/**
+ * Records what a hook-health check found on the repository's attachment if it is attached (health is an
+ * attached repository's: a sweep of one that is not attached records nothing here). Answers whether
+ * it was recorded.
+ */
+export async function recordHookHealth(db: Executor, repositoryId: string, health: HookHealth): Promise<boolean> {
+  const result = await db
     .updateTable('attachments')
     .set({ hook_health_checked_at: new Date(), hook_health_status: health.status, hook_health_reason: health.reason ?? null })
     .where('repository_id', '=', repositoryId)
-    .execute();
+    .where('status', '=', 'attached')
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
 }
 
 /** A page of a connection's attached repositories in id order, after `after` (the hook-health reconcile walks them). */
