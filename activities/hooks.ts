@@ -72,7 +72,8 @@ const SWEEP_ATTEMPTS = 4;
  * the activity started: hooks at our delivery URL (which is not secret) are the tenant's to create,
  * and each deletion is a call its server may answer slowly (up to the 30-second call timeout, plus
  * as long again for the repository read of a 404's confirmation). 45 s + 30 s + 30 s stays under
- * the step's 2-minute timeout (workflows/reconcile.ts). The rest is left for a later night.
+ * the step's 2-minute timeout (workflows/reconcile.ts). The rest is left for a later night. A test
+ * shortens the 45 s with the worker's settings.sweepDeletionWindowMs.
  */
 export const SWEEP_MAX_DELETIONS = 20;
 export const SWEEP_DELETE_UNTIL_MS = 45_000;
@@ -619,7 +620,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
         // One by one, within the sweep's bounds: a tenant's many slow hooks cannot make the step overrun.
         let tried = 0;
         for (const hookId of unrecorded) {
-          if (tried >= SWEEP_MAX_DELETIONS || Date.now() - startedAt >= SWEEP_DELETE_UNTIL_MS) break;
+          if (tried >= SWEEP_MAX_DELETIONS || Date.now() - startedAt >= (settings.sweepDeletionWindowMs ?? SWEEP_DELETE_UNTIL_MS)) break;
           tried += 1;
           const { deleted, nameHolder } = await deleteHooks(row, adapter, [hookId], checked);
           removed.push(...deleted);

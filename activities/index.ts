@@ -51,6 +51,8 @@ export interface ActivitySettings {
   activityCallsPerOrganization?: number;
   /** Providers whose legacy hooks' deliveries (no connection) are recorded: webhooks.acceptLegacyHooks with their global secret (lib/config.ts legacyHookWindow); none by default. */
   legacyHookProviders?: Provider[];
+  /** How long after it starts one sweep of an unattached repository may still start a hook deletion (default SWEEP_DELETE_UNTIL_MS, 45 s; not configured: a test shortens it). */
+  sweepDeletionWindowMs?: number;
 }
 
 export function settingsFromConfig(config: Config): ActivitySettings {

@@ -257,4 +257,22 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     expect(await sweptAt(repository.repositoryId)).not.toBeNull();
     expect(await connectionResult(world)).toMatchObject({ unattachedSwept: 1 });
   });
+
+  it('GitLab: a sweep starts no deletion once its time is up (the 45 s cut-off, here set to 0): the hooks wait for a later night, the repository still due', { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await failedRepository(world);
+    for (let i = 0; i < 3; i++) await repository.addCopyOfHookSet();
+    const deletes = world.server.count(world.ops.delete);
+    await withOwnWorker({ settings: { sweepDeletionWindowMs: 0 } }, async () => {
+      await runHookHealth(h, org);
+    });
+    expect(world.server.count(world.ops.delete)).toBe(deletes);
+    expect(repository.hooks()).toHaveLength(3);
+    expect(await sweptAt(repository.repositoryId)).toBeNull();
+
+    // The harness's worker (the default cut-off) deletes them the next night.
+    await runHookHealth(h, org);
+    expect(repository.hooks()).toEqual([]);
+    expect(await sweptAt(repository.repositoryId)).not.toBeNull();
+  });
 });
