@@ -61,6 +61,17 @@ const NON_RETRYABLE: Record<number, string> = {
 const MAX_RETRY_DELAY_SECONDS = 15 * 60;
 
 /**
+ * A provider's Retry-After as the failure's retry delay: whole milliseconds of whole seconds, at
+ * most MAX_RETRY_DELAY_SECONDS, none when absent or not a number. A value Temporal cannot read as a
+ * duration fails the worker itself (every tenant's steps), so whatever a constructor was handed is
+ * bounded here too.
+ */
+export function retryDelayMs(retryAfterSeconds: number | undefined): number | undefined {
+  if (retryAfterSeconds === undefined || !(retryAfterSeconds >= 0)) return undefined;
+  return Math.ceil(Math.min(retryAfterSeconds, MAX_RETRY_DELAY_SECONDS)) * 1000;
+}
+
+/**
  * Maps a provider error to the Temporal failure the retry policy acts on: 400/401/403/404/422 are
  * permanent (retrying cannot help), 429/5xx/network errors are retried, honouring Retry-After. An
  * address or redirect the outbound layer refused, a listing past its caps and an answer past the
@@ -90,7 +101,7 @@ export function toActivityFailure(error: unknown): Error {
       type: error.status === 429 ? FailureTypes.throttled : FailureTypes.unavailable,
       message,
       nonRetryable: false,
-      nextRetryDelay: retryAfter !== undefined ? `${Math.min(retryAfter, MAX_RETRY_DELAY_SECONDS)}s` : undefined,
+      nextRetryDelay: retryDelayMs(retryAfter),
       details: [{ status: error.status }],
     });
   }

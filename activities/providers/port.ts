@@ -268,11 +268,16 @@ export async function rateLimitPause(provider: Provider, ms: number, sleep: (ms:
   await sleep(ms);
 }
 
-/** Parses Retry-After (seconds or HTTP date) into seconds; undefined when absent or unparsable. */
+/**
+ * Parses Retry-After (seconds or HTTP date) into whole seconds, rounded up; undefined when absent
+ * or unparsable. The header is a tenant's server's: HTTP allows whole seconds only, but a server
+ * may say `1.5` or `1e-7`, and a fraction passed on to Temporal as a duration ("1e-7s") failed the
+ * whole worker.
+ */
 export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
   if (!value) return undefined;
   const seconds = Number(value);
-  if (Number.isFinite(seconds) && seconds >= 0) return seconds;
+  if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
   const date = Date.parse(value);
   if (!Number.isNaN(date)) return Math.max(0, Math.ceil((date - now) / 1000));
   return undefined;

@@ -167,6 +167,17 @@ describe('connect GitLab (real Temporal, real PostgreSQL, fake GitLab over HTTP)
     expect(elapsed).toBeGreaterThanOrEqual(3000);
   });
 
+  it.each(['0.0000001', '0.5'])('takes a Retry-After of %s s (not whole seconds) as the next whole second: the worker goes on and the connect succeeds', async (retryAfter) => {
+    const before = gitlab.server.count('tokenSelf');
+    // A tenant's server chooses this header. Passed on as "1e-7s", Temporal refused the failure's retry delay and the whole worker failed.
+    gitlab.server.failNext('tokenSelf', 1, { status: 429, text: 'Retry later', headers: { 'retry-after': retryAfter } });
+    const { workflowId, result } = await connect(newToken());
+    expect(result.status).toBe('active');
+    expect(gitlab.server.count('tokenSelf') - before).toBe(2);
+    const description = await h.client.workflow.getHandle(workflowId).describe();
+    expect(description.closeTime!.getTime() - description.startTime.getTime()).toBeGreaterThanOrEqual(1000);
+  });
+
   it("hides one organization's connections and runs from another", async () => {
     const { id, workflowId } = await connect(newToken());
     const other = await createOrgWithToken(h);

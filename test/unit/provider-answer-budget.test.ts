@@ -332,13 +332,13 @@ describe("the worker's answer budget", () => {
     try {
       p.github.server.failNext('listInstallationRepos', 1, { status: 429, headers: { ...json, 'retry-after': '7' }, text: '{"message":"slow down"}' });
       const throttled = await github.listRepositoriesPage({}).then(() => undefined, (error: unknown) => error);
-      expect(toActivityFailure(throttled)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: '7s' });
+      expect(toActivityFailure(throttled)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: 7000 });
       p.github.server.failNext('getRepo', 1, { status: 404, headers: json, text: '{"message":"Not Found"}' });
       expect(await github.getRepository({ externalId: '1', fullName: 'acme/gone' })).toBeNull();
       // A 403 with rate-limit headers keeps its status: throttled.
       p.github.server.failNext('getRepo', 1, { status: 403, headers: { ...json, 'x-ratelimit-remaining': '0', 'retry-after': '9' }, text: '{"message":"API rate limit exceeded"}' });
       const limited = await github.getRepository({ externalId: '1', fullName: 'acme/app' }).then(() => undefined, (error: unknown) => error);
-      expect(toActivityFailure(limited)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: '9s' });
+      expect(toActivityFailure(limited)).toMatchObject({ type: 'ProviderThrottled', nonRetryable: false, nextRetryDelay: 9000 });
       // One without stays the budget refusal (retried): only its body, refused, could tell a
       // secondary rate limit from a permission refusal.
       p.github.server.failNext('getRepo', 1, { status: 403, headers: json, text: '{"message":"You have exceeded a secondary rate limit"}' });
