@@ -15,10 +15,15 @@ interface SdkResponse {
   readBody(): Promise<string>;
 }
 
-/** A typed-rest-client HttpClient: every request goes through requestRaw, with the agent _getAgent picks. */
+/**
+ * A typed-rest-client HttpClient: every request goes through requestRaw, with the agent _getAgent
+ * picks; request() sends a read again on 502/503/504 or a network error while _allowRetries.
+ */
 interface SdkHttpClient {
   _getAgent(url: URL): http.Agent;
   requestRaw(info: RequestInfo, data: unknown): Promise<SdkResponse>;
+  _allowRetries: boolean;
+  _maxRetries: number;
 }
 
 /** The typed-rest-client clients inside an azure-devops-node-api client (WebApi has only `rest`). */
@@ -54,13 +59,23 @@ export interface SdkCallLimits {
  *   what it inflates (the read cap counts the compressed bytes); another answer's body is dropped;
  * - within `limits` (SdkCallLimits), and ended with the activity's cancellation: either destroys the
  *   socket. The SDK's socketTimeout counts only silence, so a server sending a byte now and then
- *   kept a call open for ever.
+ *   kept a call open for ever;
+ * - once: the activity's retry policy is the only one. The SDK makes its locations client with
+ *   5 retries of its own whatever the options say, each retry within the limits above: a server
+ *   answering its discovery 503 with a body trickling for just under 120 s held a step ~12 minutes.
  */
 export function guardSdkClient<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents'], limits: SdkCallLimits): T {
   const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
+  const origin = new URL(organizationUrl).origin;
   const { http: direct, rest } = client as SdkClients;
   for (const httpClient of [direct, rest?.client]) {
     if (!httpClient) continue;
+    // Fields request() reads on every call: a typed-rest-client without them retries in some other way.
+    if (typeof httpClient._allowRetries !== 'boolean' || typeof httpClient._maxRetries !== 'number') {
+      throw new Error("typed-rest-client's HttpClient no longer has _allowRetries/_maxRetries: turn its retries off another way");
+    }
+    httpClient._allowRetries = false;
+    httpClient._maxRetries = 0;
     httpClient._getAgent = () => agent;
     const requestRaw = httpClient.requestRaw.bind(httpClient);
     httpClient.requestRaw = (info, data) => boundedRequest(info, (bounded) => requestRaw(bounded, data), limits);
@@ -70,7 +85,6 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
   // is thrown instead. Every answer the SDK parses comes through here (RestClient.processResponse,
   // JSON.parse of the whole text): it is counted first, and one too costly to parse is refused
   // unparsed (activities/providers/answer.ts; an error status's own failure wins, its body unparsed).
-  const origin = new URL(organizationUrl).origin;
   const processResponse = rest?.processResponse?.bind(rest);
   if (rest && processResponse) {
     rest.processResponse = async (res, options) => {

@@ -142,8 +142,8 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   const { outbound } = options;
   const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, SDK_CALL_LIMITS);
-  // allowRetries stays off: the activity's retry policy decides, honouring Retry-After. A redirect
-  // is an answer, never followed: the PAT would go wherever it points.
+  // Retries are off in every SDK client (guardSdkClient): the activity's retry policy decides,
+  // honouring Retry-After. A redirect is an answer, never followed: the PAT would go wherever it points.
   const webApi = guarded(
     new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );

@@ -296,6 +296,27 @@ describe('Azure DevOps adapter: service hook subscriptions', () => {
   });
 });
 
+describe("Azure DevOps adapter: the SDK's discovery of its areas", () => {
+  const failure = (promise: Promise<unknown>) => promise.then((value) => ({ value }), (error: unknown) => error);
+
+  it("makes one request for a discovery answered 503 or cut: the activity's retry policy is the only one", async () => {
+    // The SDK's own locations client retried reads 5 times, each within a request's limits (120 s): one step held its worker slot ~12 minutes.
+    fake.server.failNext('discoverLocation', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
+    expect((await rejection(adapter().validate())).status).toBe(503);
+    expect(fake.server.count('discoverLocation')).toBe(1);
+    fake.server.clearFaults();
+    // A connection reset was retried as well.
+    fake.server.dropNext('discoverLocation', 10);
+    expect(await failure(adapter().listRepositoriesPage({}))).toBeInstanceOf(Error);
+    expect(fake.server.count('discoverLocation')).toBe(2);
+    fake.server.clearFaults();
+    // The areas' own clients retry nothing either.
+    fake.server.failNext('discoverGit', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
+    expect((await rejection(adapter().getRepository(ref))).status).toBe(503);
+    expect(fake.server.count('discoverGit')).toBe(1);
+  });
+});
+
 describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outbound call", () => {
   const listeners: Listener[] = [];
   afterEach(async () => {
