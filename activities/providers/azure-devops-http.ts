@@ -62,7 +62,9 @@ export interface SdkCallLimits {
  *   kept a call open for ever;
  * - once: the activity's retry policy is the only one. The SDK makes its locations client with
  *   5 retries of its own whatever the options say, each retry within the limits above: a server
- *   answering its discovery 503 with a body trickling for just under 120 s held a step ~12 minutes.
+ *   answering its discovery 503 with a body trickling for just under 120 s held a step ~12 minutes;
+ * - to the organization's origin only, the one whose address and protocol were checked and the
+ *   only one the PAT is for (the adapter refuses a resource area placed elsewhere, naming it).
  */
 export function guardSdkClient<T extends object>(client: T, organizationUrl: string, agents: Outbound['agents'], limits: SdkCallLimits): T {
   const agent = organizationUrl.startsWith('https:') ? agents.https : agents.http;
@@ -78,7 +80,10 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
     httpClient._maxRetries = 0;
     httpClient._getAgent = () => agent;
     const requestRaw = httpClient.requestRaw.bind(httpClient);
-    httpClient.requestRaw = (info, data) => boundedRequest(info, (bounded) => requestRaw(bounded, data), limits);
+    httpClient.requestRaw = (info, data) =>
+      info.parsedUrl.origin === origin
+        ? boundedRequest(info, (bounded) => requestRaw(bounded, data), limits)
+        : Promise.reject(new OutboundRefusedError(`an Azure DevOps SDK request to ${info.parsedUrl.origin} refused: the PAT goes to the organization's origin ${origin} only`));
   }
   // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
   // cut at the limit or the deadline made a project's repositories an empty list. The read's error

@@ -17,7 +17,7 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
-import { unlessCancelled, type Outbound } from '../outbound.ts';
+import { excerpt, OutboundRefusedError, unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
 import { listingBudget, messageExcerpt, parseAnswer, refusedUnparsed, withinListingBudget } from './answer.ts';
 
@@ -141,18 +141,34 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const organizationUrl = target.baseUrl.replace(/\/+$/, '');
   const projectsPerPage = options.projectsPerPage ?? DEFAULT_PROJECTS_PER_PAGE;
   const { outbound } = options;
+  const organizationOrigin = new URL(organizationUrl).origin;
   const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, SDK_CALL_LIMITS);
+  /**
+   * An area's client, unless the organization's resource areas placed it on another origin: the SDK
+   * builds it at the answer's locationUrl and would send the PAT there, unchecked for https. Azure
+   * DevOps answers the core and git areas at the origin asked (dev.azure.com or {org}.visualstudio.com;
+   * its other hosts, vssps.dev.azure.com and the like, serve areas forgelink does not use), Server
+   * at its own; the SDK's HTTP layer refuses any other origin as well (guardSdkClient).
+   */
+  function atOrganization<T extends { baseUrl: string }>(area: string, client: T): T {
+    const origin = URL.canParse(client.baseUrl) ? new URL(client.baseUrl).origin : excerpt(String(client.baseUrl), 200);
+    if (origin === organizationOrigin) return client;
+    throw new OutboundRefusedError(
+      `Azure DevOps at ${organizationUrl} placed its ${area} area at ${origin}, not the organization's origin ${organizationOrigin}: not called, the PAT goes to the organization's origin only`,
+    );
+  }
   // Retries are off in every SDK client (guardSdkClient): the activity's retry policy decides,
-  // honouring Retry-After. A redirect is an answer, never followed: the PAT would go wherever it points.
+  // honouring Retry-After. A redirect is an answer, never followed: the PAT would go wherever it
+  // points. The PAT handler may not authenticate to another host (its default does).
   const webApi = guarded(
-    new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
+    new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat, false), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );
   // The SDK makes a locations client of its own to discover resource areas: it is guarded too.
   const getLocationsApi = webApi.getLocationsApi.bind(webApi);
   webApi.getLocationsApi = async (...args) => guarded(await getLocationsApi(...args));
-  const coreApi = once<CoreApi>(async () => guarded(await sdk(() => webApi.getCoreApi())));
+  const coreApi = once<CoreApi>(async () => guarded(atOrganization('core', await sdk(() => webApi.getCoreApi()))));
   const gitApi = once<GitApi>(async () => {
-    const git = guarded(await sdk(() => webApi.getGitApi()));
+    const git = guarded(atOrganization('git', await sdk(() => webApi.getGitApi())));
     // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
     // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
     await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));

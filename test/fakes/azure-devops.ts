@@ -54,6 +54,8 @@ export interface FakeAzureDevOps {
    * then made-up ones, which have no repositories: 404) with a continuation token. false turns it off.
    */
   listEndlessly(on: boolean): void;
+  /** The `locationUrl` ResourceAreas names for an area (the organization's URL unless set): a server naming another host. */
+  locateArea(area: 'core' | 'git', locationUrl: string): void;
   close(): Promise<void>;
 }
 
@@ -155,6 +157,7 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
   const pats = new Map<string, Pat>();
   const projects: Project[] = [];
   let endless = false;
+  const areaLocations = new Map<string, string>();
   const repositories = new Map<string, Repository>();
   const subscriptions = new Map<string, StoredSubscription>();
 
@@ -326,7 +329,7 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     .route('OPTIONS', `${prefix}/_apis/git`, 'discoverGit', () => locations('git'))
     .route('GET', `${prefix}/_apis/ResourceAreas`, 'resourceAreas', api(() => ({
       status: 200,
-      body: { count: RESOURCE_AREAS.length, value: RESOURCE_AREAS.map((a) => ({ ...a, locationUrl: `${orgUrl}/` })) },
+      body: { count: RESOURCE_AREAS.length, value: RESOURCE_AREAS.map((a) => ({ ...a, locationUrl: areaLocations.get(a.name) ?? `${orgUrl}/` })) },
     })))
     // webApi.connect() sends no api-version; the service answers anyway.
     .route('GET', `${prefix}/_apis/connectionData`, 'connectionData', api((_req, pat) => {
@@ -449,6 +452,9 @@ export async function startFakeAzureDevOps(options: { organization?: string } = 
     server,
     listEndlessly(on) {
       endless = on;
+    },
+    locateArea(area, locationUrl) {
+      areaLocations.set(area, locationUrl);
     },
     addPat({ pat, displayName, canManageHooks = true, canReadCode = true }) {
       const id = randomUUID();

@@ -315,6 +315,32 @@ describe("Azure DevOps adapter: the SDK's discovery of its areas", () => {
     expect((await rejection(adapter().getRepository(ref))).status).toBe(503);
     expect(fake.server.count('discoverGit')).toBe(1);
   });
+
+  it('refuses an area the resource areas place on another origin: that host gets no request, hence no PAT', async () => {
+    const requests: string[] = [];
+    const other = await listen('127.0.0.1', (req, res) => {
+      requests.push(`${req.method} ${req.url} ${req.headers.authorization ?? '(no credential)'}`);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"count":0,"value":[]}');
+    });
+    try {
+      const organization = new URL(fake.url).origin;
+      // Another host name (the SDK's PAT handler sent the PAT to any), and the organization's host on another port (its check compares host names only).
+      for (const elsewhere of [other.url.replace('127.0.0.1', 'localhost'), other.url]) {
+        fake.locateArea('git', `${elsewhere}/contoso/`);
+        const error = await failure(adapter().validate());
+        expect(error).toBeInstanceOf(OutboundRefusedError);
+        expect((error as Error).message).toBe(
+          `Azure DevOps at ${fake.url} placed its git area at ${elsewhere}, not the organization's origin ${organization}: not called, the PAT goes to the organization's origin only`,
+        );
+      }
+      expect(requests).toEqual([]);
+      expect(other.connections).toBe(0);
+      // The core area, at the organization's origin, was used.
+      expect(fake.server.count('listProjects')).toBe(2);
+    } finally {
+      await other.close();
+    }
+  });
 });
 
 describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outbound call", () => {
@@ -442,6 +468,17 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     expect(busy).toMatchObject({ statusCode: 503, responseHeaders: { 'retry-after': '5' } });
     expect(await sdkRead(server.url, '/none')).toMatchObject({ statusCode: 204, result: null });
     expect(await failure(sdkRead(server.url, '/unchanged'))).toMatchObject({ statusCode: 304 });
+  });
+
+  it("sends an SDK request to the organization's origin only", async () => {
+    const other = await listen('127.0.0.1');
+    listeners.push(other);
+    const rest = new RestClient('forgelink-test', undefined, [], { keepAlive: true, allowRedirects: false });
+    guardSdkClient({ rest }, fake.url, testOutbound.agents, { answerMs: 300, completeMs: 1_500 });
+    const error = await failure(rest.get(`${other.url}/x`));
+    expect(error).toBeInstanceOf(OutboundRefusedError);
+    expect((error as Error).message).toBe(`an Azure DevOps SDK request to ${other.url} refused: the PAT goes to the organization's origin ${new URL(fake.url).origin} only`);
+    expect(other.connections).toBe(0);
   });
 
   it('never goes through a proxy from the environment: the guarded agent still checks every address', async () => {
