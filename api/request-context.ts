@@ -49,14 +49,19 @@ export function requestContext({ logger, accessLogLevel = 'info' }: Pick<ApiDeps
 }
 
 /**
- * With tracing on: a server span per request (continuing a caller's W3C traceparent), named by its
+ * With tracing on: a server span per request (continuing an API caller's W3C traceparent; a webhook's starts a trace), named by its
  * route template once routing is done, with the answer's status. Everything the request does (the
  * receipt's stored trace context, workflow starts, provider calls) happens inside it.
  */
+const WEBHOOK_PATH_PREFIX = '/api/events-handler/';
+
 export function traceRequests(): MiddlewareHandler<AppEnv> {
   const tracer = trace.getTracer('forgelink-api');
   return (c, next) => {
-    const parent = propagation.extract(ROOT_CONTEXT, c.req.header());
+    // A webhook's sender is not known until its delivery is verified (and providers send no trace
+    // context): continuing its traceparent would let anyone choose trace ids in the operators'
+    // tracing backend and force its sampling (ParentBasedSampler). Its trace starts here.
+    const parent = c.req.path.startsWith(WEBHOOK_PATH_PREFIX) ? ROOT_CONTEXT : propagation.extract(ROOT_CONTEXT, c.req.header());
     const attributes = { 'http.request.method': c.req.method, 'url.path': c.req.path };
     return tracer.startActiveSpan(c.req.method, { kind: SpanKind.SERVER, attributes }, parent, async (span) => {
       try {

@@ -37,7 +37,10 @@ describe('one trace from a delivery to its subscriber', () => {
     const repository = { externalId: uniqueExternalId('gitlab'), fullName: `traced/${randomUUID().slice(0, 8)}` };
     const { hook } = await seedAttachedRepository(h, { organizationId: org.id, provider: 'gitlab', ...repository });
     const payload = { ...withRepository('gitlab', fixture(PUSH_FIXTURES.gitlab), repository), test_push: randomUUID() };
-    const res = await send(h, delivery('gitlab', payload, { deliveryId: randomUUID(), secret: hook.secret, url: hook.url }));
+    // A sender's own trace context is not continued (anyone can send one before the delivery is verified).
+    const chosen = delivery('gitlab', payload, { deliveryId: randomUUID(), secret: hook.secret, url: hook.url });
+    const chosenTraceId = 'abcdef0123456789abcdef0123456789';
+    const res = await send(h, { ...chosen, headers: { ...chosen.headers, traceparent: `00-${chosenTraceId}-0123456789abcdef-01` } });
     expect(res.status).toBe(202);
     const { workflowId } = (await res.json()) as { workflowId: string };
     expect(await resultOf(h, workflowId)).toMatchObject({ delivered: 1 });
@@ -46,6 +49,8 @@ describe('one trace from a delivery to its subscriber', () => {
     const receipt = spans.find((s) => s.kind === SpanKind.SERVER && s.attributes['http.route'] === '/api/events-handler/v1/events/gitlab' && s.attributes['http.response.status_code'] === 202);
     expect(receipt, 'the receipt span').toBeDefined();
     const traceId = receipt!.spanContext().traceId;
+    expect(traceId).not.toBe(chosenTraceId);
+    expect(receipt!.parentSpanId).toBeUndefined();
     const trace = spans.filter((s) => s.spanContext().traceId === traceId);
     const post = trace.find((s) => s.kind === SpanKind.CLIENT && s.attributes['url.full'] === subscriber.url);
     expect(post, `the subscriber POST in the receipt's trace (spans in it: ${trace.map((s) => s.name).join(', ')})`).toMatchObject({ name: 'POST', attributes: { 'http.request.method': 'POST', 'http.response.status_code': 204 } });
