@@ -52,7 +52,7 @@ export interface RunSubject {
  */
 export function runLabels(action: string, subject: RunSubject): RunLabels {
   const { organization, provider, connectionId, repository } = subject;
-  const object = repository ? ` ${repository.fullName ?? `repository ${repository.id}`}` : connectionId ? ` connection ${connectionId}` : '';
+  const object = repository ? ` ${repository.fullName !== undefined ? markdownText(repository.fullName) : `repository ${repository.id}`}` : connectionId ? ` connection ${connectionId}` : '';
   const details = [
     `- **organization** ${organization.slug ?? ''} (\`${organization.id}\`)`,
     ...(provider ? [`- **provider** ${provider}`] : []),
@@ -125,9 +125,9 @@ export function deliveryRunLabels(run: DeliveryRun): RunLabels {
   const kinds = Object.entries(summary?.kinds ?? {}).map(([kind, n]) => (n === 1 ? kind : `${kind} ×${n}`));
   const who = slugs.length > 0 ? listed(slugs, targets?.moreOrganizations ?? 0, 3) : 'delivery';
   const what = kinds.length > 0 ? kinds.join(', ') : 'events';
-  const where = names.length > 0 ? ` on ${listed(names, moreNames, 3)}` : '';
+  const where = names.length > 0 ? ` on ${markdownText(listed(names, moreNames, 3))}` : '';
   const details = [
-    `- **delivery** \`${deliveryId}\` (${provider})`,
+    `- **delivery** ${codeText(deliveryId)} (${provider})`,
     ...(targets?.connectionId ? [`- **connection** \`${targets.connectionId}\``] : []),
     ...(slugs.length > 0 ? [`- **organizations** ${listed(slugs, targets?.moreOrganizations ?? 0, slugs.length)}`] : []),
     ...(names.length > 0 ? [`- **repositories** ${markdownText(listed(names, moreNames, names.length))}`] : []),
@@ -182,8 +182,24 @@ const listed = (values: readonly string[], more: number, shown: number) => {
   return `${values.slice(0, shown).join(', ')}${rest > 0 ? ` +${rest} more` : ''}`;
 };
 
-/** Repository names are the tenant's: in the details (markdown) they show as text, never as a link or markup. */
+/**
+ * Repository names are the tenant's: in the summary and the details (both Temporal markdown, which
+ * the operators' UI renders) they show as text, never as a link or markup.
+ */
 const markdownText = (text: string) => text.replace(/[\\`*_{}[\]()#+!|<>~]/g, (c) => `\\${c}`);
+
+/**
+ * A delivery id is the sender's (a header, or Azure DevOps' body): shown as code whatever it holds.
+ * A backslash does not escape inside a code span, so the fence is one backtick longer than the
+ * longest run of backticks in it (CommonMark), and whitespace is one space: an id cannot end the
+ * span early or start a line of its own.
+ */
+const codeText = (text: string) => {
+  const flat = text.replace(/\s+/g, ' ');
+  const fence = '`'.repeat(Math.max(0, ...(flat.match(/`+/g) ?? []).map((run) => run.length)) + 1);
+  const pad = flat.startsWith('`') || flat.endsWith('`') ? ' ' : '';
+  return `${fence}${pad}${flat}${pad}${fence}`;
+};
 
 /** The summary is single-line; a name cannot break it. */
 const oneLine = (text: string) => text.replace(/\s+/g, ' ').slice(0, SUMMARY_LENGTH);

@@ -19,8 +19,17 @@ describe('run labels (workflows/run-labels.ts)', () => {
 
   it('keeps a tenant\'s repository name from breaking the summary line or becoming markup in the details', () => {
     const labels = runLabels('attach', { organization: { id: 'o-1', slug: 'acme' }, provider: 'gitlab', repository: { id: 'r-1', fullName: 'g/[click](https://x.test)\nnext' } });
-    expect(labels.staticSummary).toBe('acme: attach g/[click](https://x.test) next (gitlab)');
+    expect(labels.staticSummary).toBe('acme: attach g/\\[click\\]\\(https://x.test\\) next (gitlab)');
     expect(labels.staticDetails).toContain('g/\\[click\\]\\(https://x.test\\)');
+  });
+
+  it("shows a sender's delivery id as code whatever it holds, and a delivery's repository names as text in its summary", () => {
+    // A GitLab Idempotency-Key chosen to close the code span and add a link for the operator.
+    const labels = deliveryRunLabels({ provider: 'gitlab', deliveryId: 'x` [Open the runbook](https://evil.example/login) `', summary: { events: 1, kinds: { push: 1 }, repositories: ['g/[a](https://evil.example)'] } });
+    expect(labels.staticDetails.split('\n')[0]).toBe('- **delivery** `` x` [Open the runbook](https://evil.example/login) ` `` (gitlab)');
+    expect(labels.staticSummary).toBe('delivery: push on g/\\[a\\]\\(https://evil.example\\) (gitlab)');
+    expect(deliveryRunLabels({ provider: 'azure-devops', deliveryId: 'a``b\n- **organization** other' }).staticDetails.split('\n')[0]).toBe('- **delivery** ```a``b - **organization** other``` (azure-devops)');
+    expect(deliveryRunLabels({ provider: 'github', deliveryId: 'd-1' }).staticDetails).toBe('- **delivery** `d-1` (github)');
   });
 
   it('falls back to ids where a slug or a name is unknown (lists recorded before they were read)', () => {
