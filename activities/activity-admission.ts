@@ -62,8 +62,8 @@ const placesOfCall = new AsyncLocalStorage<(() => void)[]>();
  * from the same attempt, and gives up after REFUSED_FOR_AT_MOST_MS, workflows/activity-slot.ts),
  * never spending an attempt on the worker's load. Only workflow code that takes a refusal asks; the
  * steps are safe to run again (as for a retry). With `budgetRefusals: 'retried'` (a repository
- * listing, whose retry resumes from its heartbeat and whose run never gives up a refusal) the
- * failure stays `WorkerBusy`.
+ * listing: a refusal would list its chunk again from its start; its pages so refused wait for room
+ * inside the chunk instead, activities/repository-cache.ts) what reaches here stays `WorkerBusy`.
  */
 export function holdingAdmission<T extends ActivityFunctions>(activities: T, { budgetRefusals = 'refused' }: { budgetRefusals?: 'refused' | 'retried' } = {}): T {
   const wrapped = Object.entries(activities).map(([name, run]) => [

@@ -35,7 +35,8 @@ export const FailureTypes = {
    * Retried: the worker is busy, the tenant not wrong. A step that asked admission (every provider
    * step of a current run but a repository listing's) is refused instead, as by the admissions
    * (ActivityNotAdmitted, InlineNotAdmitted: activities/activity-admission.ts), when the budget is
-   * full of others' answers: no attempt spent, asked again after its run's wait.
+   * full of others' answers: no attempt spent, asked again after its run's wait. A repository
+   * listing's page so refused waits for room inside its chunk (activities/repository-cache.ts).
    */
   workerBusy: 'WorkerBusy',
 } as const;

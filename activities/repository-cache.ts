@@ -18,8 +18,8 @@ import {
 } from '../lib/db/repositories/repository-cache.ts';
 import { admitActivity, holdingAdmission } from './activity-admission.ts';
 import type { ActivityDeps } from './index.ts';
-import { classified, toActivityFailure } from './errors.ts';
-import { heartbeatProgress } from './outbound.ts';
+import { classified, curableBudgetRefusal, toActivityFailure } from './errors.ts';
+import { cancellableSleep, heartbeatProgress } from './outbound.ts';
 import { ListingTooLongError, type RepositoryPage } from './providers/port.ts';
 import { holdingAnswers } from './providers/answer-budget.ts';
 import { LISTING_CAPS_DEFAULTS, VANISHED_RETENTION_DAYS_DEFAULT } from '../lib/config.ts';
@@ -47,7 +47,22 @@ export interface ListingConcurrency {
   caps?: Partial<ListingCaps>;
   /** repositoryCache.vanishedRetentionDays (default VANISHED_RETENTION_DAYS_DEFAULT): vanished rows older than this are purged. */
   vanishedRetentionDays?: number;
+  /** How a chunk waits for room in the worker's answer budget (default LISTING_BUDGET_WAIT_DEFAULTS). */
+  budgetWait?: Partial<ListingBudgetWait>;
 }
+
+/** How a listing chunk waits for room in the worker's answer budget (listRepositoriesChunk). */
+export interface ListingBudgetWait {
+  /** The first wait after a refusal, doubling while refused (each spread over its upper half)… */
+  firstMs: number;
+  /** …up to this. */
+  maxMs: number;
+  /** Waits past this end the chunk early, its pages left pending for the next chunk. */
+  perChunkMs: number;
+}
+export const LISTING_BUDGET_WAIT_DEFAULTS: ListingBudgetWait = { firstMs: 1000, maxMs: 30_000, perChunkMs: 5 * 60_000 };
+/** A wait for the budget heartbeats at least this often (the listing's heartbeat timeout is 30 s). */
+const BUDGET_WAIT_BEAT_MS = 5000;
 
 export interface ListingCaps {
   /** Repositories one listing's answers may hold; the page that would pass it is not written. */
@@ -68,6 +83,7 @@ export function createRepositoryCacheActivities(
     maxPages: concurrency.caps?.maxPages ?? LISTING_CAPS_DEFAULTS.maxPagesPerConnection,
   };
   const retentionDays = concurrency.vanishedRetentionDays ?? VANISHED_RETENTION_DAYS_DEFAULT;
+  const budgetWait: ListingBudgetWait = { ...LISTING_BUDGET_WAIT_DEFAULTS, ...concurrency.budgetWait };
   return holdingAdmission({
     /**
      * The active connections to refresh: all (runs started before batching), one batch after `after`
@@ -98,7 +114,9 @@ export function createRepositoryCacheActivities(
      * crash or a throttled call) resumes there instead of at the first page. GitHub
      * pages are fetched conditionally with the ETag stored for them: a 304 costs no rate limit and
      * the stored page (its repositories and the pages it led to) stands. When nothing is pending,
-     * the listing is complete: what no visited page holds is marked vanished.
+     * the listing is complete: what no visited page holds is marked vanished. A page the worker's
+     * answer budget refuses waits for room inside the chunk; the chunk ends early (not done) once it
+     * has waited `budgetWait.perChunkMs`.
      *
      * The provider is the tenant's (its base URL), which may answer as slowly as it likes: run by a
      * refresh that can take a refusal (`askAdmission`), the listing asks the worker's admission into
@@ -318,34 +336,86 @@ export function createRepositoryCacheActivities(
       // Pages fetched but not yet written, at most: bounds the memory a slow database can hold up.
       const maxUnwritten = concurrency.callsPerConnection * 2;
       let started = 0;
+      /*
+       * A page whose answer the worker's answer budget refused while full of others' answers (or of
+       * this listing's own pages in flight) goes back to the queue, and the chunk starts no page
+       * for a jittered wait (budgetWait: 1 s doubling to 30 s), heartbeating, while its pages in
+       * flight are written and give their part back; then it asks again. A failure instead
+       * (WorkerBusy) spent one of the listing's 10 attempts on the worker's load: a budget full for
+       * ~8 minutes failed the listing. Past `perChunkMs` of waits the chunk ends early with what it
+       * wrote and its pages pending, like a chunk at `maxPages`: no attempt spent, nothing listed
+       * again, and the activity slot is given back between chunks (the next one asks admission
+       * again). The wait holds the slot this listing already holds, within its organization's
+       * share, and none of the budget.
+       */
+      let waitingForBudget = false;
+      let budgetWaitedMs = 0;
+      let budgetRefusals = 0;
+      let outOfBudgetWait = false;
+      const waitHeartbeating = async (ms: number) => {
+        for (const until = Date.now() + ms; Date.now() < until; ) {
+          await cancellableSleep(Math.min(until - Date.now(), BUDGET_WAIT_BEAT_MS));
+          beat(false);
+        }
+      };
       const listed = new Promise<void>((resolve, reject) => {
         let failure: { error: unknown } | undefined;
+        const refusedByBudget = () => {
+          if (waitingForBudget || outOfBudgetWait) return;
+          const left = budgetWait.perChunkMs - budgetWaitedMs;
+          if (left <= 0) {
+            outOfBudgetWait = true;
+            logger.info({ connectionId, waitedMs: budgetWaitedMs, pages: state.pages }, "repository listing chunk ends early: the worker's answer budget stayed full; the next chunk goes on from its pending pages");
+            return;
+          }
+          const ceiling = Math.min(budgetWait.firstMs * 2 ** budgetRefusals++, budgetWait.maxMs);
+          const wait = Math.min(left, Math.round(ceiling / 2 + (ceiling / 2) * Math.random()));
+          waitingForBudget = true;
+          waitHeartbeating(wait)
+            .catch((error: unknown) => {
+              failure ??= { error };
+            })
+            .finally(() => {
+              budgetWaitedMs += wait;
+              waitingForBudget = false;
+              pump();
+            });
+        };
         pump = () => {
           // Pages done, being fetched and known to follow: past the cap the listing fails now, before
           // fetching them (a GitHub Link header may name a last page far beyond it).
           if (!failure && state.pages + inFlight.size + queue.length > caps.maxPages) {
             failure = { error: tooLong(ListingTooLongError.over(row.provider, caps.maxPages, 'pages of repositories for one connection (repositoryCache.maxPagesPerConnection)').message) };
           }
-          while (!failure && fetching < concurrency.callsPerConnection && inFlight.size < maxUnwritten && queue.length > 0 && started < maxPages) {
+          while (!failure && !waitingForBudget && !outOfBudgetWait && fetching < concurrency.callsPerConnection && inFlight.size < maxUnwritten && queue.length > 0 && started < maxPages) {
             const pageKey = queue.shift()!;
             started++;
             fetching++;
             inFlight.add(pageKey);
             fetchPage(pageKey)
-              .catch((error: unknown) => {
-                failure ??= { error };
-                // Still pending: the heartbeat keeps it for the retry.
-                queue.unshift(pageKey);
-              })
+              .then(
+                () => {
+                  budgetRefusals = 0;
+                },
+                (error: unknown) => {
+                  // Still pending: the heartbeat keeps it for the retry, or the next chunk (a budget refusal) lists it.
+                  queue.unshift(pageKey);
+                  if (!failure && curableBudgetRefusal(error) !== undefined) {
+                    // Not one of this chunk's pages: it is fetched again.
+                    started--;
+                    refusedByBudget();
+                  } else failure ??= { error };
+                },
+              )
               .finally(() => {
                 inFlight.delete(pageKey);
-                // With no page left in flight the chunk may be ending (done, or failed: its retry resumes from this).
+                // With no page left in flight the chunk may be ending (done, failed: its retry resumes from this, or waiting).
                 beat(inFlight.size === 0);
                 pump();
               });
           }
-          // Pages already in flight finish (and are recorded) before the chunk ends or fails.
-          if (inFlight.size === 0) (failure ? reject(failure.error) : resolve());
+          // Pages already in flight finish (and are recorded) before the chunk ends or fails; a wait for the budget ends first.
+          if (inFlight.size === 0 && !waitingForBudget) (failure ? reject(failure.error) : resolve());
         };
         pump();
       });
@@ -381,9 +451,10 @@ export function createRepositoryCacheActivities(
       await recordRefreshOutcome(db, connectionId, reason, leaseHolder);
       logger.warn({ connectionId, reason }, 'repository refresh failed for a connection');
     },
-    // A listing refused by the answer budget stays WorkerBusy (retried): its retry resumes from the
-    // pages its heartbeat names, where a refusal would list the chunk again from its start, and one
-    // connection's pages in flight (up to 8 of an Azure DevOps project's 21-29 MiB) can hold its
-    // organization's share alone, so the refusal could repeat for as long as its run never gives up.
+    // A page the answer budget refused while full of others' answers waits inside the chunk (above),
+    // and the chunk ends early with its progress past its waits: never an admission refusal, which
+    // would list the chunk again from its start (one connection's pages in flight, up to 8 of an
+    // Azure DevOps project's 21-29 MiB, can hold its organization's share alone). A refusal no wait
+    // cures (a page alone past the share) stays WorkerBusy, retried from the last heartbeat.
   }, { budgetRefusals: 'retried' });
 }

@@ -5,7 +5,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { createAnswerBudget, type AnswerBudget } from '../../activities/providers/answer-budget.ts';
-import { createRepositoryCacheActivities } from '../../activities/repository-cache.ts';
+import { createRepositoryCacheActivities, type ListingBudgetWait, type ListingChunkResult } from '../../activities/repository-cache.ts';
 import { createKeyedLimiter } from '../../lib/limiter.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { newListingProgress, type ListingProgress } from '../../workflows/contract.ts';
@@ -40,10 +40,10 @@ describe('repository listing heartbeats', () => {
     await h?.close();
   });
 
-  const activities = (db = h.db, { answerBudget, callsPerConnection = 4 }: { answerBudget?: AnswerBudget; callsPerConnection?: number } = {}) =>
+  const activities = (db = h.db, { answerBudget, callsPerConnection = 4, budgetWait }: { answerBudget?: AnswerBudget; callsPerConnection?: number; budgetWait?: Partial<ListingBudgetWait> } = {}) =>
     createRepositoryCacheActivities(
       { db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound, ...(answerBudget ? { answerBudget } : {}) }), outbound: testOutbound, logger: createLogger('test', 'error'), settings: { publicUrl: TEST_PUBLIC_URL } },
-      { callsPerConnection, limiter: createKeyedLimiter(8) },
+      { callsPerConnection, limiter: createKeyedLimiter(8), ...(budgetWait ? { budgetWait } : {}) },
     );
   /** Lists a new connection's repositories in one activity attempt, keeping every heartbeat it sent. */
   async function list(db = h.db, onHeartbeat?: (details: ListingProgress) => void, options?: Parameters<typeof activities>[1]) {
@@ -103,6 +103,113 @@ describe('repository listing heartbeats', () => {
     expect(second.error).toBeUndefined();
     expect(second.result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
     expect(share.held()).toBe(0);
+  });
+
+  /*
+   * A page whose answer the worker's answer budget refuses while it is full of others' answers
+   * waits inside its chunk for room (heartbeating), then is fetched again; the chunk's other pages
+   * are not listed again. Failing instead (WorkerBusy), it spent one of the listing's 10 attempts
+   * on the worker's load each time, and a budget full for ~8 minutes failed the listing.
+   */
+  describe("under a full answer budget", () => {
+    const MiB = 1024 * 1024;
+    /**
+     * A budget that others' answers fill from the `fillAfter`th answer reserved on, until `free`:
+     * it refuses every answer meanwhile (what the listing's own pages give back does not make room),
+     * counting its refusals.
+     */
+    function fullingBudget(fillAfter: number) {
+      const inner = createAnswerBudget({ limit: 256 * MiB, perOrganization: 64 * MiB });
+      let reserved = 0;
+      let freed = false;
+      const refusals: number[] = [];
+      const budget: AnswerBudget = {
+        limit: inner.limit,
+        perOrganization: inner.perOrganization,
+        held: (organizationId) => inner.held(organizationId),
+        tryReserve(organizationId, cost) {
+          if (!freed && reserved++ >= fillAfter) {
+            refusals.push(Date.now());
+            return undefined;
+          }
+          return inner.tryReserve(organizationId, cost);
+        },
+      };
+      return {
+        budget,
+        inner,
+        refusals,
+        free: () => {
+          freed = true;
+        },
+      };
+    }
+    /** Runs one chunk of `connectionId`'s listing from `progress`, keeping its heartbeats and the listing requests it made. */
+    async function chunk(connectionId: string, progress: ListingProgress, options: Parameters<typeof activities>[1]) {
+      const env = new MockActivityEnvironment({ workflowExecution: { workflowId: `refresh:${randomUUID()}`, runId: randomUUID() } });
+      const heartbeats: number[] = [];
+      env.on('heartbeat', () => heartbeats.push(Date.now()));
+      const before = proxy.requests.length;
+      const outcome = await env
+        .run(activities(h.db, options).listRepositoriesChunk, { connectionId, progress, maxPages: 50, leaseHolder: `refresh:${connectionId}` })
+        .then((result: unknown) => ({ result: result as ListingChunkResult, error: undefined as unknown }), (error: unknown) => ({ result: undefined, error }));
+      const requests = proxy.requests.slice(before).filter((r) => r.url.includes('/projects?')).map((r) => r.url);
+      return { ...outcome, heartbeats, requests };
+    }
+    const writtenPages = async (connectionId: string) => (await h.db.selectFrom('repository_listing_pages').select('page_key').where('connection_id', '=', connectionId).execute()).map((r) => r.page_key);
+
+    it('a refused page waits in its chunk, heartbeating, and is fetched again once the budget frees: the listing completes at its first attempt, no page listed twice', async () => {
+      proxy.fault = () => undefined;
+      const { budget, inner, refusals, free } = fullingBudget(3);
+      const FULL_FOR_MS = 2500;
+      const freeing = setInterval(() => {
+        if (refusals.length > 0 && Date.now() - refusals[0]! >= FULL_FOR_MS) free();
+      }, 50);
+      try {
+        const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+        const { result, error, heartbeats, requests } = await chunk(connectionId, newListingProgress(), { answerBudget: budget, callsPerConnection: 2, budgetWait: { firstMs: 200, maxMs: 800, perChunkMs: 60_000 } });
+        expect(error).toBeUndefined();
+        expect(result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+        expect(refusals.length).toBeGreaterThan(1);
+        expect(refusals.at(-1)! - refusals[0]!).toBeGreaterThanOrEqual(FULL_FOR_MS - 1000);
+        // Heartbeats went on while it waited.
+        expect(heartbeats.filter((t) => t > refusals[0]! && t < refusals.at(-1)!).length).toBeGreaterThan(0);
+        // Every page fetched once, and once more for each refusal of it: nothing listed again.
+        const written = await writtenPages(connectionId);
+        expect(requests.length).toBe(written.length + refusals.length);
+        expect(new Set(requests).size).toBe(written.length);
+        expect(inner.held()).toBe(0);
+      } finally {
+        clearInterval(freeing);
+        free();
+      }
+    });
+
+    it('a budget full past the waits a chunk allows ends the chunk early with its progress, not a failure; the next chunk goes on from it', async () => {
+      proxy.fault = () => undefined;
+      const { budget, inner, refusals, free } = fullingBudget(3);
+      const connectionId = await seedConnection(h, { organizationId: org.id, provider: 'gitlab', baseUrl: proxy.url, secret: token });
+      const options = { answerBudget: budget, callsPerConnection: 2, budgetWait: { firstMs: 200, maxMs: 400, perChunkMs: 1500 } };
+      const first = await chunk(connectionId, newListingProgress(), options);
+      expect(first.error).toBeUndefined();
+      expect(first.result).toMatchObject({ done: false });
+      const progress = first.result!.progress;
+      expect(progress.pages).toBeGreaterThanOrEqual(2);
+      expect(progress.pending.length).toBeGreaterThan(0);
+      expect(refusals.length).toBeGreaterThan(1);
+      const writtenFirst = await writtenPages(connectionId);
+      expect([...progress.visitedPageKeys].sort()).toEqual([...writtenFirst].sort());
+
+      free();
+      const second = await chunk(connectionId, progress, options);
+      expect(second.error).toBeUndefined();
+      expect(second.result).toMatchObject({ done: true, progress: { rowsWritten: 1000 } });
+      // The second chunk fetched only the pages the first had not written, each once.
+      const written = await writtenPages(connectionId);
+      expect(second.requests.length).toBe(written.length - writtenFirst.length);
+      expect(new Set([...first.requests, ...second.requests]).size).toBe(written.length);
+      expect(inner.held()).toBe(0);
+    });
   });
 
   it("a failed attempt's last heartbeat holds every page it wrote and the one that failed, still pending", async () => {
