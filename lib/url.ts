@@ -81,9 +81,15 @@ const zeros = (bytes: number[], from: number, to: number) => bytes.slice(from, t
 /** ::ffff:a.b.c.d: the IPv4 address itself, as a dual-stack socket sees it. */
 const isIpv4Mapped = (bytes: number[]) => bytes.length === 16 && zeros(bytes, 0, 10) && bytes[10] === 0xff && bytes[11] === 0xff;
 const NAT64 = parseNetwork('64:ff9b::/96')!;
+/**
+ * Local-use NAT64 (RFC 8215): private itself, so an operator may list it in allowPrivateNetworks,
+ * but a local translator maps its last 32 bits to IPv4 (a /96 inside it, the usual deployment):
+ * 64:ff9b:1::a9fe:a9fe would reach 169.254.169.254.
+ */
+const LOCAL_NAT64 = parseNetwork('64:ff9b:1::/48')!;
 const TEREDO = parseNetwork('2001::/32')!;
 
-/** IPv4 addresses an IPv6 address carries: mapped, translated (::ffff:0:…), compatible, NAT64, 6to4, Teredo. */
+/** IPv4 addresses an IPv6 address carries: mapped, translated (::ffff:0:…), compatible, NAT64 (well-known and local-use), 6to4, Teredo. */
 function embeddedIpv4(bytes: number[]): number[][] {
   if (bytes.length !== 16) return [];
   const last = bytes.slice(12);
@@ -91,7 +97,7 @@ function embeddedIpv4(bytes: number[]): number[][] {
   const translated = zeros(bytes, 0, 8) && bytes[8] === 0xff && bytes[9] === 0xff && zeros(bytes, 10, 12);
   // Compatible (::a.b.c.d) leaves out :: and ::1, which are addresses of their own.
   const compatible = zeros(bytes, 0, 12) && bytes[12] !== 0;
-  if (isIpv4Mapped(bytes) || translated || compatible || inNetwork(bytes, NAT64)) embedded.push(last);
+  if (isIpv4Mapped(bytes) || translated || compatible || inNetwork(bytes, NAT64) || inNetwork(bytes, LOCAL_NAT64)) embedded.push(last);
   if (bytes[0] === 0x20 && bytes[1] === 0x02) embedded.push(bytes.slice(2, 6));
   if (inNetwork(bytes, TEREDO)) embedded.push(bytes.slice(4, 8), last.map((b) => b ^ 0xff));
   return embedded;

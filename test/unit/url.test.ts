@@ -66,6 +66,21 @@ describe('provider URL checks', () => {
     expect(addressRefusal({ ...policy, allowPrivateNetworks: ['169.254.0.0/16'] }, 'a.test', '169.254.169.254')).toMatch(/metadata/);
   });
 
+  it('reads the last 32 bits of local-use NAT64 (64:ff9b:1::/48) as IPv4, even where allowPrivateNetworks lists the prefix', () => {
+    const policy = { allowHttpHosts: [], allowPrivateNetworks: ['64:ff9b:1::/48'] };
+    // A local translator would map these to 169.254.169.254 and 168.63.129.16.
+    for (const ip of ['64:ff9b:1::a9fe:a9fe', '64:ff9b:1::169.254.169.254', '64:ff9b:1:ffff::a83f:8110']) {
+      expect(addressClass(ip), ip).toBe('forbidden');
+      expect(addressRefusal(policy, 'nat64.lan', ip), ip).toBe('host nat64.lan resolves to a link-local or metadata address');
+    }
+    // The prefix stays private; listed, it is reachable where the IPv4 address inside it is not forbidden.
+    for (const ip of ['64:ff9b:1::a00:1', '64:ff9b:1::cb00:7105']) {
+      expect(addressClass(ip), ip).toBe('private');
+      expect(addressRefusal(policy, 'nat64.lan', ip), ip).toBeUndefined();
+    }
+    expect(addressRefusal({ allowHttpHosts: [] }, 'nat64.lan', '64:ff9b:1::cb00:7105')).toMatch(/loopback or private/);
+  });
+
   it('reads allowPrivateNetworks entries as addresses or CIDR ranges', () => {
     for (const entry of ['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8']) expect(isNetwork(entry), entry).toBe(true);
     for (const entry of ['10.0.0.0/33', '10.0.0.0/', 'intranet', '10.0.0.0/8/1']) expect(isNetwork(entry), entry).toBe(false);
