@@ -280,26 +280,53 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   }
   const agents = { http: guarded(http.Agent), https: guarded(https.Agent) as https.Agent };
 
-  /** One request: the answer, with its body's stream when it has one (the deadline ends when that closes). */
-  function send(url: URL, init: OutboundInit, method: string, signal: AbortSignal, maxBodyBytes: number): Promise<[Response, http.IncomingMessage | undefined]> {
+  /**
+   * Takes a request that has no socket yet out of its agent's queue. Node 20 keeps an aborted one
+   * there and later opens or hands it a connection only to drop it; a host holding every socket
+   * would also keep each ended call's request queued until one frees.
+   */
+  function withdrawQueued(agent: http.Agent, request: http.ClientRequest): void {
+    const queues = agent.requests as unknown as Record<string, unknown>;
+    for (const [name, queue] of Object.entries(queues)) {
+      const at = Array.isArray(queue) ? queue.indexOf(request) : -1;
+      if (at === -1) continue;
+      (queue as unknown[]).splice(at, 1);
+      if ((queue as unknown[]).length === 0) delete queues[name];
+      return;
+    }
+  }
+
+  /**
+   * One request: the answer, and its message, which the deadline outlives only once it closes. The
+   * promise settles at the deadline or cancellation itself, whatever the socket does: on Node 20 a
+   * request aborted while it waits in the agent's queue (all maxSockets of its host busy) emits
+   * nothing, so waiting for its 'error' waited for ever.
+   */
+  function send(url: URL, init: OutboundInit, method: string, signal: AbortSignal, maxBodyBytes: number): Promise<[Response, http.IncomingMessage]> {
     const transport = url.protocol === 'https:' ? https : url.protocol === 'http:' ? http : undefined;
     if (!transport) return Promise.reject(new OutboundRefusedError(`${url.protocol} URLs are not allowed`));
+    if (signal.aborted) return Promise.reject(signal.reason);
     const headers: Record<string, string> = Object.fromEntries(new Headers(init.headers ?? {}));
     const body = init.body == null ? undefined : typeof init.body === 'string' || init.body instanceof Uint8Array ? init.body : String(init.body);
     if (body !== undefined) headers['content-length'] = String(Buffer.byteLength(body));
+    const agent = url.protocol === 'https:' ? agents.https : agents.http;
     return new Promise((resolve, reject) => {
-      const request = transport.request(url, { method, headers, agent: url.protocol === 'https:' ? agents.https : agents.http, signal }, (answer) => {
+      const request = transport.request(url, { method, headers, agent, signal }, (answer) => {
+        signal.removeEventListener('abort', onWaitAborted);
         const status = answer.statusCode ?? 0;
         const responseHeaders = new Headers();
         for (let i = 0; i < answer.rawHeaders.length; i += 2) responseHeaders.append(answer.rawHeaders[i]!, answer.rawHeaders[i + 1]!);
-        if (NULL_BODY_STATUSES.has(status) || method === 'HEAD') {
-          answer.resume();
-          return resolve([new Response(null, { status, statusText: answer.statusMessage, headers: responseHeaders }), undefined]);
-        }
-        // The body fails as the call would have: with the timeout or the cancellation.
+        // The message fails as the call would have: with the timeout or the cancellation, its socket destroyed.
         const onAbort = () => answer.destroy(signal.reason);
         signal.addEventListener('abort', onAbort, { once: true });
         answer.once('close', () => signal.removeEventListener('abort', onAbort));
+        if (NULL_BODY_STATUSES.has(status) || method === 'HEAD') {
+          // The answer has no body, but Node's parser skips one only for 204, 304 and HEAD: a 205
+          // sent chunked (or with a length, or until close) is read on, and one that never ends held
+          // its socket for ever. Read and dropped under the deadline, which destroys what is left.
+          answer.resume();
+          return resolve([new Response(null, { status, statusText: answer.statusMessage, headers: responseHeaders }), answer]);
+        }
         let received = 0;
         answer.on('data', (chunk: Buffer) => {
           received += chunk.length;
@@ -307,7 +334,16 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
         });
         resolve([new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }), answer]);
       });
-      request.once('error', (error) => reject(signal.aborted ? signal.reason : error));
+      // Node destroys the request with the signal too (its `signal` option); a queued one also leaves the queue.
+      const onWaitAborted = () => {
+        withdrawQueued(agent, request);
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', onWaitAborted, { once: true });
+      request.on('error', (error) => {
+        signal.removeEventListener('abort', onWaitAborted);
+        reject(signal.aborted ? signal.reason : error);
+      });
       request.end(body);
     });
   }
@@ -350,7 +386,7 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
         const [response, answer] = await send(url, init, method, deadline.signal, init.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
         const location = response.headers.get('location');
         if (init.redirects === 'none' || response.status < 300 || response.status >= 400 || location === null) {
-          if (!answer || answer.closed) deadline.done();
+          if (answer.closed) deadline.done();
           else answer.once('close', deadline.done);
           return response;
         }

@@ -151,6 +151,23 @@ describe('outbound guard: what tenants point the worker at', () => {
     expect(await pushTo(other)).toMatchObject({ delivered: 1, undelivered: [] });
   });
 
+  it('closes the connection of a subscriber that answers 205 sent chunked and then stays silent, at the attempt\'s timeout', async () => {
+    // Node reads a 205's body (it skips only 204's and 304's): one that never ended kept its socket
+    // for ever after the attempt had succeeded, and 128 of them left every call to that host waiting.
+    let closed!: () => void;
+    const connectionClosed = new Promise<void>((resolve) => (closed = resolve));
+    const silent = await newListener('127.0.0.1', (_, res) => {
+      res.writeHead(205, { 'transfer-encoding': 'chunked' }).flushHeaders();
+      res.once('close', closed);
+    });
+    const o = await createOrgWithToken(h);
+    const { id: subscriberId } = await subscribe(o, `${silent.url}/events`);
+
+    expect(await pushTo(o)).toMatchObject({ delivered: 1, undelivered: [] });
+    expect(await attemptsOf(subscriberId)).toEqual([expect.objectContaining({ succeeded: true, status_code: 205 })]);
+    await connectionClosed;
+  }, 30_000);
+
   it("caps a Bitbucket pause of x-ratelimit-interval-seconds 400000: retried later, the worker's listing slot not held", async () => {
     const bitbucket = await startFakeBitbucket({ maxPageSize: 1 });
     closers.push(() => bitbucket.close());

@@ -207,6 +207,85 @@ describe('outbound: bounded answers', () => {
     expect(vi.getTimerCount()).toBe(0);
   });
 
+  it('ends a bodiless answer that goes on (a 205 sent chunked, then silent) at the deadline, its connection with it', async () => {
+    // Node's parser skips the body only for 204, 304 and HEAD: it reads a 205's, so one that never
+    // ends held its socket for ever once the call had returned.
+    let closed!: () => void;
+    const connectionClosed = new Promise<void>((resolve) => (closed = resolve));
+    const subscriber = await listen('127.0.0.1', (_, res) => {
+      res.writeHead(205, { 'transfer-encoding': 'chunked' }).write('a');
+      res.once('close', closed);
+    });
+    const response = await createOutbound(LOOPBACK_ONLY).fetch(`${subscriber.url}/`, { timeoutMs: 300 });
+    expect(response.status).toBe(205);
+    expect(response.body).toBeNull();
+    await connectionClosed;
+  }, 5_000);
+
+  it('keeps the connection of a bodiless answer that is complete (204, 205 with no length, HEAD)', async () => {
+    const provider = await listen('127.0.0.1', (req, res) => {
+      if (req.url === '/reset') res.writeHead(205, { 'content-length': '0' }).end();
+      else if (req.url === '/empty') res.writeHead(204).end();
+      else res.writeHead(200, { 'content-length': '2' }).end(req.method === 'HEAD' ? undefined : '{}');
+    });
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    // The call returns with the headers; its connection goes back to the pool once the parser is done with it.
+    const pooled = () =>
+      new Promise<void>((resolve) => {
+        const wait = () => (Object.values(outbound.agents.http.freeSockets).flat().length > 0 ? resolve() : setImmediate(wait));
+        wait();
+      });
+    for (const path of ['/empty', '/reset', '/head', '/empty', '/reset']) {
+      const response = await outbound.fetch(`${provider.url}${path}`, { method: path === '/head' ? 'HEAD' : 'GET' });
+      expect(response.body).toBeNull();
+      await pooled();
+    }
+    expect(provider.connections).toBe(1);
+  }, 5_000);
+
+  it("ends a call that waits for a connection (every socket to its host held) at its deadline or cancellation, and takes it out of the agent's queue", async () => {
+    const held: http.ServerResponse[] = [];
+    let allHeld!: () => void;
+    const full = new Promise<void>((resolve) => (allHeld = resolve));
+    const provider = await listen('127.0.0.1', (_, res) => {
+      if (held.push(res) === 128) allHeld();
+    });
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const queued = () => Object.values(outbound.agents.http.requests).flat().length;
+    const holding = Array.from({ length: 128 }, () => outbound.fetch(`${provider.url}/`, { timeoutMs: 60_000 }));
+    await full;
+
+    const late = refusal(outbound.fetch(`${provider.url}/`, { timeoutMs: 200 }));
+    expect(queued()).toBe(1);
+    expect(((await late) as Error).name).toBe('TimeoutError');
+    expect(queued()).toBe(0);
+    const caller = new AbortController();
+    const cancelled = refusal(outbound.fetch(`${provider.url}/`, { signal: caller.signal }));
+    expect(queued()).toBe(1);
+    caller.abort(new Error('activity cancelled'));
+    expect(((await cancelled) as Error).message).toBe('activity cancelled');
+    expect(queued()).toBe(0);
+
+    // The held calls answered, their connections go back to the pool; none was opened for the ended calls.
+    for (const res of held) res.end('{}');
+    for (const response of await Promise.all(holding)) expect(await response.text()).toBe('{}');
+    expect(provider.connections).toBe(128);
+  }, 10_000);
+
+  it('serves a host again once 128 answers of 205 sent chunked and left silent end at their deadline', async () => {
+    // The attack: each silent 205 kept its socket, and from the 129th on every call to the host waited for ever.
+    let answered = 0;
+    const subscriber = await listen('127.0.0.1', (_, res) => {
+      if (++answered <= 128) res.writeHead(205, { 'transfer-encoding': 'chunked' }).flushHeaders();
+      else res.end('{}');
+    });
+    const outbound = createOutbound(LOOPBACK_ONLY);
+    const silent = await Promise.all(Array.from({ length: 128 }, () => outbound.fetch(`${subscriber.url}/`, { timeoutMs: 300 })));
+    expect(silent.map((r) => r.status)).toEqual(Array(128).fill(205));
+    const next = await outbound.fetch(`${subscriber.url}/`, { timeoutMs: 5_000 });
+    expect(await next.text()).toBe('{}');
+  }, 10_000);
+
   it('caps what an SDK reads through the agents, per request', async () => {
     const provider = await listen('127.0.0.1', endlessAnswer);
     const outbound = createOutbound(LOOPBACK_ONLY);
