@@ -86,7 +86,7 @@ describe('Helm chart', () => {
         temporal: { address: 'temporal:7233', requestDeadlineSeconds: 3, tls: { enabled: true, ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM', serverName: 'temporal.internal' } },
         gitProviders: { gitlab: { enabled: true, webhookSecret: 'g'.repeat(32) }, azureDevOps: { enabled: true, webhookBasicAuthUser: 'forgelink', webhookBasicAuthPass: 'p'.repeat(32) } },
         config: { repositoryCache: { schedule: '30 1 * * *' }, webhooks: { acceptLegacyHooks: true } },
-        worker: { sizing: { maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 } },
+        worker: { sizing: { maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6, answerBudgetBytes: 512 * 1024 * 1024 } },
       }),
     );
     const manifests = render([values]);
@@ -100,7 +100,7 @@ describe('Helm chart', () => {
       expect(config.repositoryCache.schedule).toBe('30 1 * * *');
       expect(config.api.host).toBe('0.0.0.0');
       // The worker's sizing: the values given, the chart's defaults for the rest.
-      expect(config.worker).toEqual({ ...WORKER_SIZING_DEFAULTS, maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6 });
+      expect(config.worker).toEqual({ ...WORKER_SIZING_DEFAULTS, maxCachedWorkflows: 60, maxConcurrentWorkflowTaskExecutions: 6, answerBudgetBytes: 512 * 1024 * 1024 });
     }
     expect(find(manifests, 'Secret', 'forgelink-temporal-tls').data).toEqual({ 'ca.crt': btoa('CA PEM'), 'tls.crt': btoa('CERT PEM'), 'tls.key': btoa('KEY PEM') });
     // No secret in the ConfigMap.
@@ -171,5 +171,9 @@ describe('Helm chart', () => {
     const values = path.join(dir, 'typo.yaml');
     writeFileSync(values, toYaml({ gitProviders: { github: { webhookSecrett: 'x' } } }));
     expect(() => render([values])).toThrow(/webhookSecrett/);
+    // As forgelink's own loader: an answer budget below two answers at their bound (80 MiB).
+    const small = path.join(dir, 'small-budget.yaml');
+    writeFileSync(small, toYaml({ worker: { sizing: { answerBudgetBytes: 64 * 1024 * 1024 } } }));
+    expect(() => render([small])).toThrow(/answerBudgetBytes/);
   });
 });
