@@ -65,7 +65,7 @@ export interface UnattachedSweep {
   left?: number;
 }
 
-/** Attempts of the activity before a sweep that keeps failing transiently is given up (recorded as done). */
+/** Attempts of the step (across its schedules after refusals of an activity slot) before a sweep that keeps failing transiently is given up (recorded as done). */
 const SWEEP_ATTEMPTS = 4;
 /**
  * One sweep deletes at most this many hooks, and starts no deletion once this long has passed since
@@ -232,6 +232,12 @@ export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'cr
  */
 interface AsksActivitySlot {
   askAdmission?: boolean;
+  /**
+   * The attempt number this activity's first attempt has: set when the run scheduled the step again
+   * after a refusal that came after attempts of it (workflows/activity-slot.ts), whose attempts
+   * Temporal counts from 1 again. Absent, 1.
+   */
+  firstAttempt?: number;
 }
 
 export function createHookActivities({ db, keys, providers, logger, settings, metrics, inline, activitySlots }: HookActivityDeps) {
@@ -585,8 +591,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * The repository is looked up first (Bitbucket by name, its id checked): a repository the provider
    * no longer shows as this row's is not swept; a listing by name is looked up again after it, and
    * each deletion compares that (deleteHooks). A hook another attachment of the connection records is never deleted.
-   * Transient provider failures are retried by the activity a few times; after
-   * that, or after a permanent one, the sweep is recorded as done with its failure logged (once per
+   * Transient provider failures are retried by the activity a few times (SWEEP_ATTEMPTS of the step,
+   * counted from `firstAttempt` when the run scheduled it again after a refusal); after that, or
+   * after a permanent one, the sweep is recorded as done with its failure logged (once per
    * status: a provider that keeps refusing costs one attempt, not one per night). At most
    * SWEEP_MAX_DELETIONS hooks are deleted, none after SWEEP_DELETE_UNTIL_MS: hooks left stay for a
    * later night (not recorded as swept; an `attaching` / `detaching` still becomes `failed`). Never
@@ -595,7 +602,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * attempt recorded itself first (markHookSweepTried): the pick (pendingHookSweepsPage) puts it
    * behind the connection's other due repositories.
    */
-  async function sweepUnattached(key: RepositoryKey, row: RepositoryRow): Promise<{ swept?: UnattachedSweep }> {
+  async function sweepUnattached(key: RepositoryKey & AsksActivitySlot, row: RepositoryRow): Promise<{ swept?: UnattachedSweep }> {
     if (row.provider === 'github' || attachRefusal(row)) return {};
     const due = await hookSweepDue(db, row.id);
     if (!due) return {};
@@ -634,7 +641,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       }
     } catch (error) {
       const activityFailure = toActivityFailure(error);
-      const attempt = activityContext()?.info.attempt ?? SWEEP_ATTEMPTS;
+      // The step's attempt, not its schedule's: a run refused an activity slot schedules the step again, counted from 1 by Temporal.
+      const attempt = (activityContext()?.info.attempt ?? SWEEP_ATTEMPTS) + (key.firstAttempt ?? 1) - 1;
       const retryable = activityFailure instanceof ApplicationFailure ? !activityFailure.nonRetryable : true;
       if (retryable && attempt < SWEEP_ATTEMPTS) throw activityFailure;
       failure = activityFailure.message;

@@ -1,4 +1,4 @@
-import { ActivityFailure, ApplicationFailure, proxyActivities, sleep, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, patched, proxyActivities, sleep, type ActivityOptions } from '@temporalio/workflow';
 import type { ActivityNotAdmittedDetails } from '../activities/activity-admission.ts';
 import type { Activities } from '../activities/index.ts';
 import { ACTIVITY_NOT_ADMITTED } from './contract.ts';
@@ -123,12 +123,23 @@ export function retryAfterAttempts(retry: StepRetry, attemptsMade: number): Step
 type StepInput<K extends keyof Activities> = Parameters<Activities[K]>[0];
 
 /**
+ * A step scheduled again after a refusal that came after some of its attempts is told the attempt
+ * number its first attempt now has (`firstAttempt`, as a dispatch's): Temporal counts each schedule's
+ * attempts from 1, so an activity with a give-up rule of its own (the sweep of an unattached
+ * repository, activities/hooks.ts) counted from 1 again after each refusal, and a schedule with fewer
+ * attempts left than its rule needs failed the step without the give-up. Runs of earlier code, and
+ * steps refused before any attempt, schedule the step as before.
+ */
+const FIRST_ATTEMPT_CARRIED = 'activity-slot-first-attempt';
+
+/**
  * The activity `name` (its input takes `askAdmission`), scheduled with `options`, asking its worker
  * for an activity slot (activities/activity-admission.ts: a share of the slots per organization).
  * A refused attempt made no call: the step is scheduled again after a timer (refusedWaitMs: 1 s,
  * doubling while refused, at most 30 s, jittered) from the attempt it did not make, with the
  * attempts left and the backoff that attempt would have had, so a refusal costs the step none of
- * its `maximumAttempts` and does not lengthen its backoff. Refused for REFUSED_FOR_AT_MOST_MS, it
+ * its `maximumAttempts` and does not lengthen its backoff; the input then says which attempt comes
+ * first (`firstAttempt`, FIRST_ATTEMPT_CARRIED). Refused for REFUSED_FOR_AT_MOST_MS, it
  * fails with its last refusal (the run records that, as any failure of the step); with
  * `keepsWaiting` it is never given up for its refusals and asks again after keptWaitingMs. Any
  * other failure is the step's, as without admission.
@@ -143,8 +154,10 @@ export function askingActivitySlot<K extends keyof Activities>(
     let refusedSince: number | undefined;
     for (let refusals = 0; ; refusals++) {
       const step = proxyActivities<Activities>({ ...options, retry: retryAfterAttempts(options.retry, attemptsMade) })[name] as (input: unknown) => Promise<unknown>;
+      // Asked only once attempts were made before a refusal: only such runs record the marker.
+      const carried = attemptsMade > 0 && patched(FIRST_ATTEMPT_CARRIED) ? { firstAttempt: attemptsMade + 1 } : {};
       try {
-        return await step({ ...input, askAdmission: true });
+        return await step({ ...input, askAdmission: true, ...carried });
       } catch (error) {
         const before = refusedAfter(error);
         if (before === undefined) throw error;

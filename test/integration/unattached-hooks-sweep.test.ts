@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { describe, expect, inject, it } from 'vitest';
-import { SWEEP_MAX_DELETIONS } from '../../activities/hooks.ts';
-import { createActivities, type ActivitySettings } from '../../activities/index.ts';
+import { heartbeating } from '../../activities/heartbeat.ts';
+import { createHookActivities, SWEEP_MAX_DELETIONS } from '../../activities/hooks.ts';
+import { createActivities, type ActivityDeps, type ActivitySettings } from '../../activities/index.ts';
+import { createInlineAdmission } from '../../activities/inline-admission.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { activityInterceptors, workflowSinks } from '../../worker/create-worker.ts';
@@ -196,13 +199,13 @@ describe('hook-health pass: sweep of unattached repositories', () => {
   /**
    * Runs `fn` with the harness's worker replaced by one of the test's own on its task queue: the
    * same activities on the same database and fakes, with `settings` changed and `reconcileHooks`
-   * wrapped; the harness's worker runs again afterwards.
+   * wrapped (given the worker's dependencies); the harness's worker runs again afterwards.
    */
   async function withOwnWorker(
-    { settings = {}, reconcileHooks }: { settings?: Partial<ActivitySettings>; reconcileHooks?: (real: Activities['reconcileHooks']) => Activities['reconcileHooks'] },
+    { settings = {}, reconcileHooks }: { settings?: Partial<ActivitySettings>; reconcileHooks?: (real: Activities['reconcileHooks'], deps: ActivityDeps) => Activities['reconcileHooks'] },
     fn: () => Promise<void>,
   ): Promise<void> {
-    const deps = { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('own-worker', 'silent'), settings: { ...h.settings, ...settings } };
+    const deps: ActivityDeps = { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('own-worker', 'silent'), settings: { ...h.settings, ...settings } };
     const activities = createActivities(deps);
     await h.stopWorker();
     const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
@@ -211,7 +214,7 @@ describe('hook-health pass: sweep of unattached repositories', () => {
         connection,
         namespace: 'default',
         taskQueue: h.taskQueue,
-        activities: { ...activities, ...(reconcileHooks ? { reconcileHooks: reconcileHooks(activities.reconcileHooks) } : {}) },
+        activities: { ...activities, ...(reconcileHooks ? { reconcileHooks: reconcileHooks(activities.reconcileHooks, deps) } : {}) },
         interceptors: { activity: activityInterceptors(deps) },
         sinks: workflowSinks(),
         workflowBundle: { code: readFileSync(inject('workflowBundlePath'), 'utf8') },
@@ -274,5 +277,52 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     await runHookHealth(h, org);
     expect(repository.hooks()).toEqual([]);
     expect(await sweptAt(repository.repositoryId)).not.toBeNull();
+  });
+
+  it("GitLab: a sweep whose provider keeps answering 503 gives up on the step's 4th attempt and records it, though an activity slot was refused between its attempts", { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await failedRepository(world, 1800);
+    await repository.addCopyOfHookSet();
+    // Every call about it answered 503, Retry-After 1 s (its retries come a second apart, not on the 1 s doubling backoff).
+    const itsPath = new RegExp(`^/api/v4/projects/${repository.externalId}(/|\\?|$)`);
+    world.proxy.fault = (request) => (itsPath.test(request.url) ? { kind: 'answer', status: 503, headers: { 'retry-after': '1' } } : undefined);
+    // Its step is refused an activity slot after every 3 attempts, 3 times at most: the
+    // organization's share is taken then (one place, held by another of its activities). Refused
+    // so, the step counted from 1 again on each schedule, and its last schedule (1 attempt left of
+    // 10) failed the step at workflow level instead of giving the sweep up.
+    const attempts: { attempt: number; firstAttempt?: number }[] = [];
+    let refusals = 0;
+    const refusingEvery4th = (real: Activities['reconcileHooks'], deps: ActivityDeps): Activities['reconcileHooks'] => {
+      const slotsTaken = createInlineAdmission({ perWorker: 1, perOrganization: 1 });
+      slotsTaken.tryAdmit(org.id);
+      const refused = heartbeating(createHookActivities({ ...deps, inline: createInlineAdmission({ perWorker: 1, perOrganization: 1 }), activitySlots: slotsTaken }));
+      return async (input) => {
+        if (input.repositoryId !== repository.repositoryId) return real(input);
+        attempts.push({ attempt: Context.current().info.attempt, ...(input.firstAttempt !== undefined ? { firstAttempt: input.firstAttempt } : {}) });
+        if (attempts.length % 4 === 0 && refusals < 3) {
+          refusals++;
+          return refused.reconcileHooks(input);
+        }
+        return real(input);
+      };
+    };
+    const before = world.proxy.requests.length;
+    await withOwnWorker({ reconcileHooks: refusingEvery4th }, async () => {
+      await runHookHealth(h, org);
+    });
+
+    // Not a failed step (`sweepFailed`): the sweep gave up.
+    const run = workflowIds.repository(org.id, repository.repositoryId);
+    expect(await h.client.workflow.getHandle(run).result()).toEqual({ status: 'detached', hookIds: [], requests: 1 });
+    // Attempts 1-3 failed, the 4th was refused; scheduled again from attempt 4, it failed and gave up.
+    expect(attempts).toEqual([{ attempt: 1 }, { attempt: 2 }, { attempt: 3 }, { attempt: 4 }, { attempt: 1, firstAttempt: 4 }]);
+    expect(world.proxy.requests.slice(before).filter((r) => itsPath.test(r.url))).toHaveLength(4);
+    expect(await sweptAt(repository.repositoryId)).not.toBeNull();
+    const connection = await connectionResult(world);
+    expect(connection.unattachedSwept).toBeGreaterThanOrEqual(1);
+    expect(connection.unattachedSweepsFailed).toBeUndefined();
+    // Given up, as designed: recorded, not tried again until its status changes (its hook stays).
+    expect(repository.hooks()).toHaveLength(1);
+    await recordHistory(h.client, run, 'repository-reconcile-sweep-refused-between-attempts');
   });
 });
