@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { ActivitySettings } from './index.ts';
-import { classified, toActivityFailure } from './errors.ts';
+import { classified, curableBudgetRefusal, toActivityFailure } from './errors.ts';
 import { ProviderHttpError, RepositoryNameTakenError, type HookSpec, type NameCheck, type ProviderAdapter, type ProviderFactory, type ProviderHook, type RepositoryRef } from './providers/port.ts';
 import { open, type EncryptionKeys } from '../lib/crypto.ts';
 import type { Db } from '../lib/db/index.ts';
@@ -592,7 +592,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * no longer shows as this row's is not swept; a listing by name is looked up again after it, and
    * each deletion compares that (deleteHooks). A hook another attachment of the connection records is never deleted.
    * Transient provider failures are retried by the activity a few times (SWEEP_ATTEMPTS of the step,
-   * counted from `firstAttempt` when the run scheduled it again after a refusal); after that, or
+   * counted from `firstAttempt` when the run scheduled it again after a refusal; the worker's answer
+   * budget full of others' answers is never one: the step is refused and asks again); after that, or
    * after a permanent one, the sweep is recorded as done with its failure logged (once per
    * status: a provider that keeps refusing costs one attempt, not one per night). At most
    * SWEEP_MAX_DELETIONS hooks are deleted, none after SWEEP_DELETE_UNTIL_MS: hooks left stay for a
@@ -644,7 +645,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       // The step's attempt, not its schedule's: a run refused an activity slot schedules the step again, counted from 1 by Temporal.
       const attempt = (activityContext()?.info.attempt ?? SWEEP_ATTEMPTS) + (key.firstAttempt ?? 1) - 1;
       const retryable = activityFailure instanceof ApplicationFailure ? !activityFailure.nonRetryable : true;
-      if (retryable && attempt < SWEEP_ATTEMPTS) throw activityFailure;
+      // The worker's answer budget full of others' answers is its load, not the provider's failure:
+      // thrown on any attempt, so the step is refused (holdingAdmission) and asks again, never given up for it.
+      if (retryable && (attempt < SWEEP_ATTEMPTS || curableBudgetRefusal(activityFailure) !== undefined)) throw activityFailure;
       failure = activityFailure.message;
     }
     const stopped = `the ${due === 'attaching' ? 'attach' : 'detach'} of this repository stopped half-way (its run was terminated)`;

@@ -8,6 +8,7 @@ import { heartbeating } from '../../activities/heartbeat.ts';
 import { createHookActivities, SWEEP_MAX_DELETIONS } from '../../activities/hooks.ts';
 import { createActivities, type ActivityDeps, type ActivitySettings } from '../../activities/index.ts';
 import { createInlineAdmission } from '../../activities/inline-admission.ts';
+import { createAnswerBudget, type AnswerBudget } from '../../activities/providers/answer-budget.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { activityInterceptors, workflowSinks } from '../../worker/create-worker.ts';
@@ -202,10 +203,15 @@ describe('hook-health pass: sweep of unattached repositories', () => {
    * wrapped (given the worker's dependencies); the harness's worker runs again afterwards.
    */
   async function withOwnWorker(
-    { settings = {}, reconcileHooks }: { settings?: Partial<ActivitySettings>; reconcileHooks?: (real: Activities['reconcileHooks'], deps: ActivityDeps) => Activities['reconcileHooks'] },
+    {
+      settings = {},
+      answerBudget,
+      reconcileHooks,
+    }: { settings?: Partial<ActivitySettings>; answerBudget?: AnswerBudget; reconcileHooks?: (real: Activities['reconcileHooks'], deps: ActivityDeps) => Activities['reconcileHooks'] },
     fn: () => Promise<void>,
   ): Promise<void> {
-    const deps: ActivityDeps = { db: h.db, keys: h.keys, providers: createProviderFactory({ outbound: testOutbound }), outbound: testOutbound, logger: createLogger('own-worker', 'silent'), settings: { ...h.settings, ...settings } };
+    const providers = createProviderFactory({ outbound: testOutbound, ...(answerBudget ? { answerBudget } : {}) });
+    const deps: ActivityDeps = { db: h.db, keys: h.keys, providers, outbound: testOutbound, logger: createLogger('own-worker', 'silent'), settings: { ...h.settings, ...settings } };
     const activities = createActivities(deps);
     await h.stopWorker();
     const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
@@ -324,5 +330,40 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     // Given up, as designed: recorded, not tried again until its status changes (its hook stays).
     expect(repository.hooks()).toHaveLength(1);
     await recordHistory(h.client, run, 'repository-reconcile-sweep-refused-between-attempts');
+  });
+
+  it("GitLab: a sweep whose 4th attempt the worker's full answer budget refuses is not given up for it: refused as by admission, it asks again and sweeps", { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await failedRepository(world, 2400);
+    await repository.addCopyOfHookSet();
+    // Its first 3 calls answered 503 (Retry-After 1 s); the provider answers after that.
+    const itsPath = new RegExp(`^/api/v4/projects/${repository.externalId}(/|\\?|$)`);
+    let failed = 0;
+    world.proxy.fault = (request) => (itsPath.test(request.url) && failed < 3 ? (failed++, { kind: 'answer', status: 503, headers: { 'retry-after': '1' } }) : undefined);
+    // During its 4th attempt, the organization's share of the worker's answer budget is full of others' answers.
+    const answerBudget = createAnswerBudget({ limit: 64 * 1024 * 1024, perOrganization: 16 * 1024 * 1024 });
+    let others: (() => void) | undefined;
+    const attempts: { attempt: number; firstAttempt?: number }[] = [];
+    const budgetFullOn4th = (real: Activities['reconcileHooks']): Activities['reconcileHooks'] => async (input) => {
+      if (input.repositoryId !== repository.repositoryId) return real(input);
+      attempts.push({ attempt: Context.current().info.attempt, ...(input.firstAttempt !== undefined ? { firstAttempt: input.firstAttempt } : {}) });
+      if (attempts.length === 4) others = answerBudget.tryReserve(org.id, answerBudget.perOrganization);
+      else others?.();
+      return real(input);
+    };
+    try {
+      await withOwnWorker({ answerBudget, reconcileHooks: budgetFullOn4th }, async () => {
+        await runHookHealth(h, org);
+      });
+    } finally {
+      others?.();
+    }
+
+    // Not given up with the budget's refusal as its failure (recorded swept, its hook left): refused, then swept.
+    expect(repository.hooks()).toEqual([]);
+    expect(attempts).toEqual([{ attempt: 1 }, { attempt: 2 }, { attempt: 3 }, { attempt: 4 }, { attempt: 1, firstAttempt: 4 }]);
+    const run = workflowIds.repository(org.id, repository.repositoryId);
+    expect(await h.client.workflow.getHandle(run).result()).toEqual({ status: 'detached', hookIds: [], requests: 1 });
+    expect(await sweptAt(repository.repositoryId)).not.toBeNull();
   });
 });
