@@ -466,18 +466,21 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
    * 403, for what the credential cannot see, so a token that lost access gets 404 for a hook that
    * still delivers. The repository missing too is either gone or hidden from us: not counted as
    * deleted. Addressed by name (Bitbucket DC), a name another repository took proves it too when
-   * the connection's last complete listing did not find this one (nameHolder: `gone`); `checked`,
-   * the name's lookup this step made already, spares another.
+   * the connection's last complete listing did not find this one (nameHolder: `gone`). The name is
+   * looked up afresh, never taken from a lookup made before the 404: a repository renamed since
+   * answers 404 at its old name for a hook that still delivers under its new one.
    */
-  async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string, checked?: NameCheck): Promise<void> {
+  async function confirmGone(row: RepositoryRow, adapter: ProviderAdapter, what: string): Promise<void> {
     if (ADDRESSED_BY_NAME.has(row.provider)) {
-      const at = await nameHolder(row, adapter, checked);
+      const at = await nameHolder(row, adapter);
       if (at.holder === 'this' || at.holder === 'gone') return;
       if (at.holder === 'other') throw nameTaken(row, at.id, `${row.provider} answered 404 for ${what}`);
     } else if (await classified(() => adapter.getRepository(refOf(row)))) return;
+    // Addressed by name, a 404 there is also a repository renamed: its hooks deliver under the new name.
+    const renamed = ADDRESSED_BY_NAME.has(row.provider);
     throw nonRetryable(
       HookFailureTypes.hookPresenceUnknown,
-      `${row.provider} answered 404 for ${what} and for repository ${row.full_name} itself: the repository is gone, or connection ${row.connection_id} can no longer see it and the hook may still deliver; restore the connection's access and detach again, or delete the hook at the provider`,
+      `${row.provider} answered 404 for ${what} and for repository ${row.full_name} itself: the repository is gone${renamed ? ' or renamed' : ''}, or connection ${row.connection_id} can no longer see it and the hook may still deliver; ${renamed ? "refresh the repository list (a renamed repository is picked up) or restore the connection's access" : "restore the connection's access"} and detach again, or delete the hook at the provider`,
     );
   }
 
@@ -495,15 +498,15 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   }
 
   /**
-   * Whom a repository addressed by its name (Bitbucket DC) finds at that name now (`checked`, or
-   * looked up), checked by id: itself (`this`), nobody (`none`: 404, gone or hidden from us), or
+   * Whom a repository addressed by its name (Bitbucket DC) finds at that name now (looked up),
+   * checked by id: itself (`this`), nobody (`none`: 404, gone or hidden from us), or
    * another repository, which took the name when this one was deleted or renamed. Which of the two
    * the connection's last complete listing tells: it did not find this one's id (the row vanished),
    * so it was deleted, its hooks with it (`gone`: nothing at the name is its); renamed, the listing
    * finds it by id and gives the row its new name. Not vanished yet (`other`): a refresh tells.
    */
-  async function nameHolder(row: RepositoryRow, adapter: ProviderAdapter, checked?: NameCheck): Promise<{ holder: 'this' | 'none' | 'gone' | 'other'; id?: string }> {
-    const id = checked ? checked.idAtName : (await lookUpName(row, adapter))!.idAtName;
+  async function nameHolder(row: RepositoryRow, adapter: ProviderAdapter): Promise<{ holder: 'this' | 'none' | 'gone' | 'other'; id?: string }> {
+    const id = (await lookUpName(row, adapter))!.idAtName;
     if (id === null) return { holder: 'none' };
     if (id === row.external_id) return { holder: 'this' };
     return { holder: (await missedByLastListing(db, row.id)) ? 'gone' : 'other', id };
@@ -532,7 +535,8 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
       throw nameTaken(row, error.idAtName, `hook ${hookId} left alone`);
     }
     if (deleted) return 'deleted';
-    await confirmGone(row, adapter, `hook ${hookId}`, checked);
+    // `checked` may predate a rename: the 404 is weighed against the name as it answers now.
+    await confirmGone(row, adapter, `hook ${hookId}`);
     return 'gone';
   }
 

@@ -87,6 +87,42 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete)).toEqual([]);
   });
 
+  it("a repository renamed between the name's lookup and the DELETE: the DELETE's 404 is weighed against the name looked up again, so the hook still delivering under the new name is not counted gone (the undo fails, a detach keeps its record)", async () => {
+    const world = worlds.bitbucket;
+    const repo = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = hookIds(repo);
+    expect(hooks).toHaveLength(1);
+    const slug = repo.fullName.split('/')[1]!;
+    // The rename lands as the step's first DELETE reaches Bitbucket: after the name's lookup, before the DELETE (which then answers 404).
+    let renameOnDelete = true;
+    world.proxy.fault = (request: ProxiedRequest) => {
+      if (request.method === 'DELETE' && renameOnDelete) {
+        renameOnDelete = false;
+        world.renameAtProvider!(repo, `${slug}-renamed`);
+      }
+      return undefined;
+    };
+    const activities = hookActivities();
+    const key = { organizationId: org.id, repositoryId: repo.repositoryId };
+
+    const failure = await failureOf(asActivity(() => activities.removeHook({ ...key, hookKey: 'repository-webhook', keepHookIds: [] })));
+    expect(failure).toMatchObject({ type: 'HookPresenceUnknown', nonRetryable: true });
+    expect(failure?.message).toContain(`answered 404 for hook ${hooks[0]} and for repository ${repo.fullName} itself: the repository is gone or renamed`);
+    expect(failure?.message).toContain('refresh the repository list (a renamed repository is picked up)');
+    expect(renameOnDelete).toBe(false);
+    expect(hookIds(repo)).toEqual(hooks);
+
+    // Back under its old name, then renamed again during a detach's DELETE: the hook's record is kept.
+    world.renameAtProvider!(repo, slug);
+    renameOnDelete = true;
+    const { failure: detachFailure } = await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'DELETE'));
+    expect(detachFailure?.message).toContain('HookPresenceUnknown');
+    expect(renameOnDelete).toBe(false);
+    expect(hookIds(repo)).toEqual(hooks);
+    expect((await attachmentOf(h, org, repo.repositoryId)).hooks.map((r) => r.providerHookId)).toEqual(hooks);
+  });
+
   it("an attach cancelled while its hook's creation is held, the repository deleted and its name taken meanwhile: the undo leaves the new repository's hooks alone, and the attach's reason says the hook could not be removed", { timeout: 120_000 }, async () => {
     const world = worlds.bitbucket;
     const deleted = await world.newRepository();

@@ -184,6 +184,8 @@ export interface HookWorld {
   disableByProvider?(repository: WorldRepository, hookId: string, how?: string): void;
   /** The repository is deleted at the provider (its hooks with it). */
   removeAtProvider(repository: WorldRepository): void;
+  /** Bitbucket DC: the repository renamed at the provider (its hooks with it, under the new slug; `hooks()` follows it). */
+  renameAtProvider?(repository: WorldRepository, slug: string): void;
   /** Fault mode of the fake (paged hook lists only): its hook listing never ends (true) or is as stored (false). */
   listHooksEndlessly?(on: boolean): void;
   close(): Promise<void>;
@@ -280,7 +282,7 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
         externalId: String(repo.id),
         fullName,
         hooks: () =>
-          fake.webhooks('CI', repo.slug).map((hook) => ({
+          fake.webhooks('CI', slugs.get(repositoryId)!).map((hook) => ({
             id: String(hook.id),
             url: hook.url,
             events: hook.events,
@@ -303,6 +305,10 @@ export async function bitbucketWorld(h: Harness, org: Org): Promise<HookWorld> {
       fake.setWebhookActiveByHand('CI', slugs.get(repository.repositoryId)!, Number(hookId), false);
     },
     removeAtProvider: (repository) => fake.removeRepository(Number(repository.externalId)),
+    renameAtProvider(repository, slug) {
+      fake.renameRepository(Number(repository.externalId), slug);
+      slugs.set(repository.repositoryId, slug.toLowerCase());
+    },
     listHooksEndlessly: (on) => fake.listEndlessly(on ? 'listWebhooks' : null),
     close: async () => {
       await proxy.close();
