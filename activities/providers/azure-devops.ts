@@ -1,6 +1,7 @@
 import * as azdev from 'azure-devops-node-api';
-import type { CoreApi } from 'azure-devops-node-api/CoreApi.js';
-import type { GitApi } from 'azure-devops-node-api/GitApi.js';
+import { CoreApi, CoreApi as CoreApiClient } from 'azure-devops-node-api/CoreApi.js';
+import { GitApi, GitApi as GitApiClient } from 'azure-devops-node-api/GitApi.js';
+import type { IRequestHandler, IRequestOptions } from 'azure-devops-node-api/interfaces/common/VsoBaseInterfaces.js';
 import type { GitRepository } from 'azure-devops-node-api/interfaces/GitInterfaces.js';
 import {
   HOOK_LISTING_CAPS,
@@ -17,7 +18,7 @@ import {
   storableRepositories,
   storableRepository,
 } from './port.ts';
-import { excerpt, OutboundRefusedError, unlessCancelled, type Outbound } from '../outbound.ts';
+import { unlessCancelled, type Outbound } from '../outbound.ts';
 import { guardSdkClient } from './azure-devops-http.ts';
 import { listingBudget, messageExcerpt, parseAnswer, refusedUnparsed, withinListingBudget } from './answer.ts';
 
@@ -143,32 +144,31 @@ export function createAzureDevOpsAdapter(target: ProviderTarget, options: { outb
   const { outbound } = options;
   const organizationOrigin = new URL(organizationUrl).origin;
   const guarded = <T extends object>(client: T) => guardSdkClient(client, organizationUrl, outbound.agents, SDK_CALL_LIMITS);
-  /**
-   * An area's client, unless the organization's resource areas placed it on another origin: the SDK
-   * builds it at the answer's locationUrl and would send the PAT there, unchecked for https. Azure
-   * DevOps answers the core and git areas at the origin asked (dev.azure.com or {org}.visualstudio.com;
-   * its other hosts, vssps.dev.azure.com and the like, serve areas forgelink does not use), Server
-   * at its own; the SDK's HTTP layer refuses any other origin as well (guardSdkClient).
-   */
-  function atOrganization<T extends { baseUrl: string }>(area: string, client: T): T {
-    const origin = URL.canParse(client.baseUrl) ? new URL(client.baseUrl).origin : excerpt(String(client.baseUrl), 200);
-    if (origin === organizationOrigin) return client;
-    throw new OutboundRefusedError(
-      `Azure DevOps at ${organizationUrl} placed its ${area} area at ${origin}, not the organization's origin ${organizationOrigin}: not called, the PAT goes to the organization's origin only`,
-    );
-  }
   // Retries are off in every SDK client (guardSdkClient): the activity's retry policy decides,
   // honouring Retry-After. A redirect is an answer, never followed: the PAT would go wherever it
   // points. The PAT handler may not authenticate to another host (its default does).
   const webApi = guarded(
     new azdev.WebApi(organizationUrl, azdev.getPersonalAccessTokenHandler(pat, false), { socketTimeout: REQUEST_TIMEOUT_MS, keepAlive: true, allowRedirects: false }),
   );
-  // The SDK makes a locations client of its own to discover resource areas: it is guarded too.
+  // The SDK makes a locations client of its own (connect's connectionData): it is guarded too.
   const getLocationsApi = webApi.getLocationsApi.bind(webApi);
   webApi.getLocationsApi = async (...args) => guarded(await getLocationsApi(...args));
-  const coreApi = once<CoreApi>(async () => guarded(atOrganization('core', await sdk(() => webApi.getCoreApi()))));
+  /**
+   * The core and git clients are made at the organization's URL, not where its resource areas say
+   * (the SDK's getCoreApi/getGitApi ask ResourceAreas first and build the client at the answer's
+   * locationUrl): that answer is the tenant's server's, and it names the organization's *primary*
+   * URL (Services: {org}.visualstudio.com for an organization made before 2018-09 and reached as
+   * dev.azure.com/{org}, or the reverse; Server: its public access mapping), so following it sent
+   * the PAT to another host, and refusing another origin refused real organizations reached by
+   * their other URL. Azure DevOps serves organization-level REST at either URL; Server at the
+   * collection URL it was reached on. One discovery call less, and the SDK's HTTP layer still
+   * refuses any origin but the organization's (guardSdkClient).
+   */
+  const client = <T>(Api: new (baseUrl: string, handlers: IRequestHandler[], options?: IRequestOptions, userAgent?: string) => T) =>
+    guarded(new Api(organizationUrl, [webApi.authHandler], webApi.options) as T & object);
+  const coreApi = once<CoreApi>(async () => client(CoreApiClient));
   const gitApi = once<GitApi>(async () => {
-    const git = guarded(atOrganization('git', await sdk(() => webApi.getGitApi())));
+    const git = client(GitApiClient);
     // The SDK learns the git area's routes with one OPTIONS request, but caches it only once answered:
     // resolving it here, once, keeps parallel first calls (the projects' fan-out) from each sending it.
     await sdk(() => git.vsoClient.beginGetLocation('git', GIT_REPOSITORIES_LOCATION_ID));

@@ -179,8 +179,10 @@ describe('Azure DevOps adapter: repositories', () => {
     fake.addProject({ name: 'Gamma' });
     await walkListing(adapter());
     const calls = fake.server.calls.length;
-    // Discovery (3), the projects page, the git routes, three projects' repositories: one at a time.
-    expect(calls).toBe(8);
+    // The core routes, the projects page, the git routes, three projects' repositories: one at a time.
+    // No resource-area discovery: the clients are made at the organization's URL.
+    expect(fake.server.calls.map((c) => c.operation)).toEqual(['discoverCore', 'listProjects', 'discoverGit', 'listRepositories', 'listRepositories', 'listRepositories']);
+    expect(calls).toBe(6);
     expect(fake.server.connectionsAccepted).toBe(1);
     // The next activity's adapter for the same organization reuses the idle connection.
     await adapter().listRepositoriesPage({});
@@ -301,14 +303,18 @@ describe("Azure DevOps adapter: the SDK's discovery of its areas", () => {
 
   it("makes one request for a discovery answered 503 or cut: the activity's retry policy is the only one", async () => {
     // The SDK's own locations client retried reads 5 times, each within a request's limits (120 s): one step held its worker slot ~12 minutes.
-    fake.server.failNext('discoverLocation', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
+    fake.server.failNext('connectionData', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
     expect((await rejection(adapter().validate())).status).toBe(503);
-    expect(fake.server.count('discoverLocation')).toBe(1);
+    expect(fake.server.count('connectionData')).toBe(1);
+    fake.server.clearFaults();
+    fake.server.failNext('discoverCore', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
+    expect((await rejection(adapter().listRepositoriesPage({}))).status).toBe(503);
+    expect(fake.server.count('discoverCore')).toBe(1);
     fake.server.clearFaults();
     // A connection reset was retried as well.
-    fake.server.dropNext('discoverLocation', 10);
+    fake.server.dropNext('discoverCore', 10);
     expect(await failure(adapter().listRepositoriesPage({}))).toBeInstanceOf(Error);
-    expect(fake.server.count('discoverLocation')).toBe(2);
+    expect(fake.server.count('discoverCore')).toBe(2);
     fake.server.clearFaults();
     // The areas' own clients retry nothing either.
     fake.server.failNext('discoverGit', 10, vssError(503, 'Service Unavailable', 'VssServiceException'));
@@ -316,27 +322,25 @@ describe("Azure DevOps adapter: the SDK's discovery of its areas", () => {
     expect(fake.server.count('discoverGit')).toBe(1);
   });
 
-  it('refuses an area the resource areas place on another origin: that host gets no request, hence no PAT', async () => {
+  it("makes its core and git clients at the organization's URL whatever the resource areas name: that host gets no request, hence no PAT", async () => {
     const requests: string[] = [];
     const other = await listen('127.0.0.1', (req, res) => {
       requests.push(`${req.method} ${req.url} ${req.headers.authorization ?? '(no credential)'}`);
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"count":0,"value":[]}');
     });
     try {
-      const organization = new URL(fake.url).origin;
-      // Another host name (the SDK's PAT handler sent the PAT to any), and the organization's host on another port (its check compares host names only).
+      // Another host name (the SDK's PAT handler sent the PAT to any), and the organization's host on
+      // another port; real Azure DevOps names the organization's primary URL, which may be its other one.
       for (const elsewhere of [other.url.replace('127.0.0.1', 'localhost'), other.url]) {
+        fake.locateArea('core', `${elsewhere}/contoso/`);
         fake.locateArea('git', `${elsewhere}/contoso/`);
-        const error = await failure(adapter().validate());
-        expect(error).toBeInstanceOf(OutboundRefusedError);
-        expect((error as Error).message).toBe(
-          `Azure DevOps at ${fake.url} placed its git area at ${elsewhere}, not the organization's origin ${organization}: not called, the PAT goes to the organization's origin only`,
-        );
+        const ado = adapter();
+        expect(await ado.validate()).toMatchObject({ ok: true });
+        expect(await ado.getRepository(ref)).toMatchObject({ externalId: ref.externalId });
       }
       expect(requests).toEqual([]);
       expect(other.connections).toBe(0);
-      // The core area, at the organization's origin, was used.
-      expect(fake.server.count('listProjects')).toBe(2);
+      expect(fake.server.count('resourceAreas')).toBe(0);
     } finally {
       await other.close();
     }
