@@ -706,7 +706,10 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const listedIds = new Set(listed.map((hook) => hook.id));
     const recordedOutside = [...versions].filter(([id, version]) => !input.keepHookIds.includes(id) && (version === null || listedIds.has(id))).map(([id]) => id);
     const removed = [...new Set([...stray, ...recordedOutside])];
-    await deleteHooks(row, adapter, removed);
+    const { nameHolder } = await deleteHooks(row, adapter, removed);
+    // The repository known deleted and its name another's (deleteHooks deleted nothing): what this
+    // attach made went with it, and a deleted repository is never marked attached.
+    if (nameHolder !== undefined) throw toActivityFailure(new RepositoryNameTakenError(row.provider, refOf(row), nameHolder, 'completing the attach (the repository was deleted)'));
     // Only the repository's workflow records its hooks, and its ensures have all settled: when
     // every record read above is kept, there is nothing to forget and no query to make.
     if ([...versions.keys()].some((id) => !input.keepHookIds.includes(id))) await forgetHooksExcept(db, row.id, input.keepHookIds);

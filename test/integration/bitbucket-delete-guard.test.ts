@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { createHookActivities } from '../../activities/hooks.ts';
 import { createAnswerBudget } from '../../activities/providers/answer-budget.ts';
 import { createProviderFactory } from '../../activities/providers/index.ts';
+import { setAttachmentStatus } from '../../lib/db/repositories/attachments.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { heldRequest, type ProxiedRequest } from '../support/flaky-proxy.ts';
 import { attachmentOf, outcomeOf, requestAttachment, useHookWorlds, type HookProvider, type HookWorld, type Org, type WorldRepository } from '../support/attachments.ts';
@@ -85,6 +86,21 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     // One lookup of the name for the duplicates, and no DELETE.
     expect(world.server.calls.slice(from).filter((c) => c.operation === 'getRepo')).toHaveLength(1);
     expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete)).toEqual([]);
+  });
+
+  it("the attach's last step (prune) on a repository known deleted, its name another's: fails RepositoryNameTaken, deleting none of the new repository's hooks and never marking the deleted one attached", async () => {
+    const { deleted, current, hooks } = await nameTakenOver();
+    await refreshOrganization(h, org);
+    const key = { organizationId: org.id, repositoryId: deleted.repositoryId };
+    // Its attach under way (the repository deleted, the name taken and the list refreshed meanwhile).
+    await setAttachmentStatus(h.db, { ...key, status: 'attaching' });
+
+    const failure = await failureOf(asActivity(() => hookActivities().pruneHooks({ ...key, keepHookIds: [], completeAttachment: true })));
+    expect(failure).toMatchObject({ type: 'RepositoryNameTaken', nonRetryable: true });
+    expect(failure?.message).toContain(`${deleted.fullName} is repository ${current.externalId} now, not ${deleted.externalId} as recorded`);
+    expect(hookIds(current)).toEqual(hooks);
+    expect((await attachmentOf(h, org, deleted.repositoryId)).status).toBe('attaching');
+    expect((await attachmentOf(h, org, current.repositoryId)).status).toBe('attached');
   });
 
   it("a repository renamed between the name's lookup and the DELETE: the DELETE's 404 is weighed against the name looked up again, so the hook still delivering under the new name is not counted gone (the undo fails, a detach keeps its record)", async () => {
