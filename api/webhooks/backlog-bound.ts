@@ -35,14 +35,16 @@ interface Measure extends OrganizationBacklog {
  * past it its deliveries are answered 503 with Retry-After, nothing stored, and only its own hooks
  * are refused. Measured from the database (organizationBacklog: every replica's rows), at most once per
  * `refreshMs` plus 1 ms per 10 rows measured (a backlog near the default bound is measured about
- * every 11 s: its ~60-100 ms read stays under 1 % of a core), with what this process stored since
+ * every 100 s: its ~60-100 ms read stays under 0.1 % of a core), with what this process stored since
  * counted on top; another replica's deliveries since the measure are not, nor the starts since,
  * so the bound holds within what the replicas store between two measures.
  *
- * Only an organization's first measure is waited for. Past its refresh a delivery is answered from
- * the last measure while the next one runs beside it, so no acknowledgement waits on the measure's
- * query (up to ~100 ms near the bound); a measure that fails keeps the last one (and what this
- * process stored since) and is tried again by the next delivery, reported through `onMeasureError`.
+ * An organization's first measure is waited for, and so is a fresh one when the last, stale, says
+ * full (the relays may have drained it since: a refusal on an old count would be a needless 5xx).
+ * Otherwise, past its refresh, a delivery is answered from the last measure while the next one runs
+ * beside it, so no acknowledgement that is taken waits on the measure's query (up to ~100 ms near
+ * the bound); a measure that fails keeps the last one (and what this process stored since) and is
+ * tried again by the next delivery, reported through `onMeasureError`.
  */
 export function createBacklogBound(options: {
   db: Db;
@@ -61,6 +63,7 @@ export function createBacklogBound(options: {
   const now = options.now ?? (() => performance.now());
   const measureBacklog = options.measureBacklog ?? ((organizationId, cap) => organizationBacklog(options.db, organizationId, cap));
   const measures = new Map<string, Measure>();
+  const isFull = (backlog: OrganizationBacklog) => backlog.rows >= options.maxDeliveries || backlog.bytes >= options.maxBytes;
   const measure = (organizationId: string): Promise<Measure> => {
     const pending = measureBacklog(organizationId, options.maxDeliveries).then(
       (backlog) => {
@@ -88,10 +91,23 @@ export function createBacklogBound(options: {
       if (!current || current.at === -Infinity) {
         // Never measured: the first answer waits for the first measure (failing, it throws to the caller).
         current = await (current?.pending ?? measure(organizationId));
-      } else if (!current.pending && now() - current.at > refreshMs + current.rows / 10) {
-        measure(organizationId).catch((error: unknown) => options.onMeasureError?.(organizationId, error));
+      } else if (now() - current.at > refreshMs + current.rows / 10) {
+        const running = current.pending;
+        const next = running ?? measure(organizationId);
+        if (isFull(current)) {
+          // A stale measure that refuses waits for the next: the relays may have drained the backlog
+          // since (after a Temporal outage, ~100 s near the default bound), and a delivery refused on
+          // an old count is a 5xx the provider counts against its hook. One that takes does not wait.
+          try {
+            current = await next;
+          } catch (error) {
+            options.onMeasureError?.(organizationId, error);
+          }
+        } else if (!running) {
+          next.catch((error: unknown) => options.onMeasureError?.(organizationId, error));
+        }
       }
-      if (current.rows < options.maxDeliveries && current.bytes < options.maxBytes) return undefined;
+      if (!isFull(current)) return undefined;
       const measured = !current.reported;
       current.reported = true;
       const backlog = { rows: current.rows, bytes: current.bytes };

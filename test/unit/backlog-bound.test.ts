@@ -25,7 +25,7 @@ const settled = async (promise: Promise<unknown>) => {
 };
 
 describe("the receivers' organization backlog bound", () => {
-  it('waits only for an organization’s first measure; past its refresh it answers from the last measure while the next runs beside it', async () => {
+  it('waits for an organization’s first measure; past its refresh a measure that takes answers at once while the next runs beside it', async () => {
     let now = 0;
     const { asked, measureBacklog } = controlledMeasures();
     const bound = createBacklogBound({ db: NO_DB, maxDeliveries: 3, maxBytes: 1_000, refreshMs: 1000, measureBacklog, now: () => now });
@@ -33,28 +33,45 @@ describe("the receivers' organization backlog bound", () => {
     const first = bound.full('org-a');
     expect(await settled(first)).toBe(false);
     expect(asked).toHaveLength(1);
-    asked[0]!.answer({ rows: 3, bytes: 10 });
-    expect(await first).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries', limit: 3, backlog: { rows: 3, bytes: 10 }, measured: true });
-    // The same measure again: full, reported already (one log line per measure), no new query.
-    expect(await bound.full('org-a')).toMatchObject({ measured: false });
+    asked[0]!.answer({ rows: 2, bytes: 10 });
+    expect(await first).toBeUndefined();
+    expect(await bound.full('org-a')).toBeUndefined();
     expect(asked).toHaveLength(1);
 
-    // Stale: answered at once from the last measure (still full), one measure started.
+    // Stale, below the bound: answered at once, one measure started.
     now = 1001;
     const stale = bound.full('org-a');
     expect(await settled(stale)).toBe(true);
-    expect(await stale).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries', measured: false });
+    expect(await stale).toBeUndefined();
     expect(asked).toHaveLength(2);
     // Another delivery while it runs: no second measure.
-    expect(await bound.full('org-a')).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries' });
-    expect(asked).toHaveLength(2);
-    // The relays started rows: the next answer takes the new measure.
-    asked[1]!.answer({ rows: 0, bytes: 0 });
-    await Promise.resolve();
     expect(await bound.full('org-a')).toBeUndefined();
+    expect(asked).toHaveLength(2);
+    asked[1]!.answer({ rows: 3, bytes: 10 });
+    await Promise.resolve();
+    expect(await bound.full('org-a')).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries', limit: 3, backlog: { rows: 3, bytes: 10 }, measured: true });
+    // The same measure again: full, reported already (one log line per measure), no new query.
+    expect(await bound.full('org-a')).toMatchObject({ measured: false });
+    expect(asked).toHaveLength(2);
   });
 
-  it('counts what this process stored since the measure, and a measure failing in the background keeps the last one and is reported', async () => {
+  it('past its refresh, a measure that refuses waits for the next (the relays may have drained the backlog meanwhile)', async () => {
+    let now = 0;
+    const { asked, measureBacklog } = controlledMeasures();
+    const bound = createBacklogBound({ db: NO_DB, maxDeliveries: 3, maxBytes: 1_000, refreshMs: 1000, measureBacklog, now: () => now });
+    const first = bound.full('org-d');
+    asked[0]!.answer({ rows: 3, bytes: 10 });
+    expect(await first).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries' });
+    now = 2000;
+    const [one, two] = [bound.full('org-d'), bound.full('org-d')];
+    expect(await settled(one)).toBe(false);
+    expect(asked).toHaveLength(2);
+    asked[1]!.answer({ rows: 0, bytes: 0 });
+    expect(await one).toBeUndefined();
+    expect(await two).toBeUndefined();
+  });
+
+  it('counts what this process stored since the measure; a measure failing keeps the last one and is reported', async () => {
     let now = 0;
     const { asked, measureBacklog } = controlledMeasures();
     const failures: string[] = [];
@@ -63,18 +80,21 @@ describe("the receivers' organization backlog bound", () => {
     asked[0]!.answer({ rows: 1, bytes: 10 });
     expect(await first).toBeUndefined();
     bound.stored('org-b', 10);
-    expect(await bound.full('org-b')).toBeUndefined();
-    bound.stored('org-b', 10);
-    expect(await bound.full('org-b')).toMatchObject({ bound: 'webhooks.maxBacklogBytes', limit: 25, backlog: { rows: 3, bytes: 30 }, measured: true });
-
+    // Stale and below the bound: answered at once; the measure beside it fails, reported.
     now = 2000;
-    expect(await bound.full('org-b')).toMatchObject({ bound: 'webhooks.maxBacklogBytes' });
+    expect(await bound.full('org-b')).toBeUndefined();
     asked[1]!.fail(new Error('connection terminated'));
     for (let i = 0; i < 5; i++) await Promise.resolve();
     expect(failures).toEqual(['org-b: connection terminated']);
-    // Judged by the last measure meanwhile; the next delivery tries again.
-    expect(await bound.full('org-b')).toMatchObject({ bound: 'webhooks.maxBacklogBytes', backlog: { rows: 3, bytes: 30 } });
+    // Judged by the last measure and what was stored since; the next delivery measures again.
+    bound.stored('org-b', 10);
+    const next = bound.full('org-b');
     expect(asked).toHaveLength(3);
+    // Full and stale: the refusal waits for that measure; it fails too, so the last one answers.
+    expect(await settled(next)).toBe(false);
+    asked[2]!.fail(new Error('connection terminated'));
+    expect(await next).toMatchObject({ bound: 'webhooks.maxBacklogBytes', limit: 25, backlog: { rows: 3, bytes: 30 } });
+    expect(failures).toHaveLength(2);
   });
 
   it("an organization's first measure failing throws to every caller waiting for it; the next delivery measures again", async () => {
