@@ -25,7 +25,7 @@ export const FailureTypes = {
   secretUnreadable: 'SecretUnreadable',
   /**
    * Bitbucket DC: the repository's name answers another repository's id than the one recorded (this
-   * one deleted or renamed, its name taken): a deletion there was refused, nothing deleted.
+   * one deleted or renamed, its name taken): a save or deletion there was refused, nothing sent.
    */
   repositoryNameTaken: 'RepositoryNameTaken',
   workerShutdown: 'WorkerShutdown',

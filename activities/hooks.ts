@@ -214,16 +214,20 @@ function driftOf(hook: ProviderHook, spec: HookSpec): string[] {
   return drift;
 }
 
-/** Saves `spec` onto the listed hook `hookId`, or creates the hook when there is none or it was deleted since the listing (404). */
-export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'createHook'>, ref: RepositoryRef, hookId: string | undefined, spec: HookSpec): Promise<ProviderHook> {
+/**
+ * Saves `spec` onto the listed hook `hookId`, or creates the hook when there is none or it was
+ * deleted since the listing (404). `checked`: the name's lookup made after the listing (Bitbucket
+ * DC), which the adapter compares before either call.
+ */
+export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'createHook'>, ref: RepositoryRef, hookId: string | undefined, spec: HookSpec, checked?: NameCheck): Promise<ProviderHook> {
   if (hookId !== undefined) {
     try {
-      return await adapter.updateHook(ref, hookId, spec);
+      return await adapter.updateHook(ref, hookId, spec, checked);
     } catch (error) {
       if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
     }
   }
-  return adapter.createHook(ref, spec);
+  return adapter.createHook(ref, spec, checked);
 }
 
 /**
@@ -798,15 +802,17 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
             const shared = new Set(await legacyHooksInUseElsewhere(db, row.id, recordedElsewhere.map((hook) => hook.id)));
             const drifted = recordedElsewhere.find((hook) => !shared.has(hook.id));
             const [existing, ...duplicates] = drifted ? [drifted, ...matching] : matching;
-            const hook = await classified(() => saveHook(adapter, ref, existing?.id, spec));
+            // Listed by name (Bitbucket DC): the name is looked up once after the listing, and the
+            // adapter compares it before the save and before each DELETE of a duplicate
+            // (RepositoryNameTaken, nothing saved or deleted, when another repository has it: renamed
+            // or deleted since the repository was verified, our hook would be made on that one).
+            const checked = await lookUpName(row, adapter);
+            const hook = await classified(() => saveHook(adapter, ref, existing?.id, spec, checked));
             // The prune, next, lists the hooks: with nothing more to change at the provider, its
             // listing goes out now, beside this hook's record, instead of after the hand-over.
             if (duplicates.length === 0) readAhead(runKey, PRUNE_LISTING, (row, adapter) => classified(() => adapter.listHooks(refOf(row))));
             try {
               await recordSavedHook(row, attachmentId, { providerHookId: hook.id, events: spec.events }, credential);
-              // Listed by name (Bitbucket DC): the name is looked up once after the listing, and the
-              // adapter compares it before each DELETE (RepositoryNameTaken, nothing deleted, when another repository has it).
-              const checked = duplicates.length > 0 ? await lookUpName(row, adapter) : undefined;
               for (const duplicate of duplicates) await classified(() => adapter.deleteHook(ref, duplicate.id, checked));
               await forgetHooks(db, row.id, duplicates.map((d) => d.id));
             } catch (error) {

@@ -8,6 +8,7 @@ import {
   parseRetryAfter,
   rateLimitPause,
   type HookSpec,
+  type NameCheck,
   type ProviderAdapter,
   type ProviderHook,
   type ProviderRepository,
@@ -244,6 +245,18 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
     return body ? String(body.id) : null;
   };
 
+  /**
+   * A save (POST/PUT) goes out only while the name answers the recorded id (the caller's lookup,
+   * made after its listing, or one here): a repository renamed or deleted since its listing leaves
+   * its name to another, which would get our hook and secret while we record it on ours. Another id
+   * fails RepositoryNameTaken; none answers 404 as the save would, sending nothing.
+   */
+  const nameIsOurs = async (ref: RepositoryRef, checked: NameCheck | undefined, what: string): Promise<void> => {
+    const idAtName = checked ? checked.idAtName : await idAt(ref);
+    if (idAtName === null) throw new ProviderHttpError('bitbucket', 404, `Repository ${ref.fullName} does not exist (looked up before ${what}).`);
+    if (idAtName !== ref.externalId) throw new RepositoryNameTakenError('bitbucket', ref, idAtName, what);
+  };
+
   return {
     provider: 'bitbucket',
 
@@ -293,12 +306,14 @@ export function createBitbucketAdapter(target: ProviderTarget, options: Bitbucke
       return hooks.map(toHook);
     },
 
-    async createHook(ref, spec) {
+    async createHook(ref, spec, checked) {
+      await nameIsOurs(ref, checked, 'creating a hook');
       const { body } = await api.request<BitbucketWebhook>('POST', `${repositoryPath(ref)}/webhooks`, { body: webhookBody(spec) });
       return toHook(body);
     },
 
-    async updateHook(ref, hookId, spec) {
+    async updateHook(ref, hookId, spec, checked) {
+      await nameIsOurs(ref, checked, `saving hook ${hookId}`);
       const { body } = await api.request<BitbucketWebhook>('PUT', `${repositoryPath(ref)}/webhooks/${encodeURIComponent(hookId)}`, { body: webhookBody(spec) });
       return toHook(body);
     },

@@ -32,10 +32,14 @@ export interface ProviderAdapter {
   repositoryIdAtName?(ref: RepositoryRef): Promise<string | null>;
   /** Every hook of the repository (all pages). GitHub (App-delivered) returns []. */
   listHooks(ref: RepositoryRef): Promise<ProviderHook[]>;
-  /** Creates one hook; returns it as stored by the provider. */
-  createHook(ref: RepositoryRef, spec: HookSpec): Promise<ProviderHook>;
-  /** Saves the whole spec over an existing hook: re-enables it and fixes URL, events, filters and secret. */
-  updateHook(ref: RepositoryRef, hookId: string, spec: HookSpec): Promise<ProviderHook>;
+  /**
+   * Creates one hook; returns it as stored by the provider. Addressed by name (Bitbucket DC), as
+   * deleteHook: sent only while the name answers `ref.externalId` (`checked`, or looked up), else
+   * RepositoryNameTakenError (another id) or a 404 ProviderHttpError (none), nothing sent.
+   */
+  createHook(ref: RepositoryRef, spec: HookSpec, checked?: NameCheck): Promise<ProviderHook>;
+  /** Saves the whole spec over an existing hook: re-enables it and fixes URL, events, filters and secret. Guarded as createHook. */
+  updateHook(ref: RepositoryRef, hookId: string, spec: HookSpec, checked?: NameCheck): Promise<ProviderHook>;
   /**
    * Deletes a hook; a hook that is already gone is not an error (returns false). Addressed by name
    * (Bitbucket DC), a DELETE goes out only while the name answers `ref.externalId`: the adapter

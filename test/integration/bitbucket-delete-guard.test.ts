@@ -75,7 +75,7 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     expect(hooks).toContain(other.hooks[0]?.providerHookId);
   });
 
-  it("the ensure's deletion of duplicate hooks at our URL fails RepositoryNameTaken (permanent), deleting none of the name's new repository's hooks", async () => {
+  it("the ensure finding the name's new repository's hooks (a copy among them) fails RepositoryNameTaken (permanent) before its save, deleting none of them", async () => {
     const { world, deleted, current, hooks } = await nameTakenOver();
     const from = world.server.calls.length;
     const failure = await failureOf(asActivity(() => hookActivities().ensureHook({ organizationId: org.id, repositoryId: deleted.repositoryId, hookKey: 'repository-webhook' })));
@@ -83,9 +83,30 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     expect(failure?.message).toContain(`${deleted.fullName} is repository ${current.externalId} now, not ${deleted.externalId} as recorded`);
     expect(failure?.message).not.toContain(world.credential);
     expect(hookIds(current)).toEqual(hooks);
-    // One lookup of the name for the duplicates, and no DELETE.
+    // One lookup of the name for the save and the duplicates, and no save or DELETE.
     expect(world.server.calls.slice(from).filter((c) => c.operation === 'getRepo')).toHaveLength(1);
-    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete)).toEqual([]);
+    expect(world.server.calls.slice(from).filter((c) => [world.ops.create, world.ops.update, world.ops.delete].includes(c.operation))).toEqual([]);
+  });
+
+  it("a repository renamed after its attach verified it, another created under its old name: the ensure's save is refused RepositoryNameTaken (one lookup after the listing, no POST), nothing made on the other repository or recorded on ours", async () => {
+    const world = worlds.bitbucket;
+    const renamed = await world.newRepository();
+    const slug = renamed.fullName.split('/')[1]!;
+    const key = { organizationId: org.id, repositoryId: renamed.repositoryId };
+    await setAttachmentStatus(h.db, { ...key, status: 'attaching' });
+    const activities = hookActivities();
+    expect(await asActivity(() => activities.verifyRepository(key))).toEqual({});
+    world.renameAtProvider!(renamed, `${slug}-renamed`);
+    const other = await world.newRepository({ slug });
+    const from = world.server.calls.length;
+
+    const failure = await failureOf(asActivity(() => activities.ensureHook({ ...key, hookKey: 'repository-webhook' })));
+    expect(failure).toMatchObject({ type: 'RepositoryNameTaken', nonRetryable: true });
+    expect(failure?.message).toContain(`${renamed.fullName} is repository ${other.externalId} now, not ${renamed.externalId} as recorded`);
+    expect(hookIds(other)).toEqual([]);
+    expect(hookIds(renamed)).toEqual([]);
+    expect((await attachmentOf(h, org, renamed.repositoryId)).hooks).toEqual([]);
+    expect(world.server.calls.slice(from).map((c) => c.operation)).toEqual([world.ops.list, 'getRepo']);
   });
 
   it("the attach's last step (prune) on a repository known deleted, its name another's: fails RepositoryNameTaken, deleting none of the new repository's hooks and never marking the deleted one attached", async () => {

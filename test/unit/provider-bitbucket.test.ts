@@ -294,6 +294,29 @@ describe('Bitbucket adapter: hooks', () => {
     expect(f.webhooks('PROJ', 'app')).toEqual([]);
   });
 
+  it('creates and saves a hook only while the name answers the recorded id: another repository at the name is refused, permanently, nothing sent', async () => {
+    const f = await start();
+    const renamed = addRepo(f, 'app');
+    const hook = await adapter().createHook(renamed, SPEC);
+    f.renameRepository(Number(renamed.externalId), 'app-renamed');
+    const other = addRepo(f, 'app');
+    const from = f.server.calls.length;
+
+    await expect(adapter().createHook(renamed, SPEC)).rejects.toMatchObject({ name: 'RepositoryNameTakenError', idAtName: other.externalId });
+    await expect(adapter().updateHook(renamed, hook.id, SPEC)).rejects.toBeInstanceOf(RepositoryNameTakenError);
+    // A lookup the caller's step made is compared the same, without a call; none at the name answers 404, nothing sent.
+    await expect(adapter().createHook(renamed, SPEC, { idAtName: other.externalId })).rejects.toBeInstanceOf(RepositoryNameTakenError);
+    expect(await rejection(adapter().createHook(renamed, SPEC, { idAtName: null }))).toMatchObject({ status: 404 });
+    expect(f.server.calls.slice(from).map((c) => c.operation)).toEqual(['getRepo', 'getRepo']);
+    expect(f.webhooks('PROJ', 'app')).toEqual([]);
+
+    // The recorded repository at its name: the lookup, then the save; handed the lookup, the save alone.
+    const before = f.server.calls.length;
+    await adapter().createHook(other, SPEC);
+    await adapter().updateHook(other, String(f.webhooks('PROJ', 'app')[0]!.id), SPEC, { idAtName: other.externalId });
+    expect(f.server.calls.slice(before).map((c) => c.operation)).toEqual(['getRepo', 'createWebhook', 'updateWebhook']);
+  });
+
   it('a name answering nothing (404) deletes nothing and returns false, without a DELETE', async () => {
     const f = await start();
     const ref = addRepo(f, 'app');
