@@ -561,7 +561,7 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
     const deleted: string[] = [];
     let nameHolder: string | undefined;
     for (const hookId of toDelete) {
-      const outcome = await counted(row.provider, 'delete', () => deleteOneHook(row, adapter, hookId, check), (outcome) => (outcome === 'deleted' ? 'deleted' : 'gone'));
+      const outcome = await counted(row.provider, 'delete', () => deleteOneHook(row, adapter, hookId, check), (outcome) => (typeof outcome === 'object' ? 'name_taken' : outcome));
       if (typeof outcome === 'object') {
         nameHolder = outcome.nameHolder;
         break;

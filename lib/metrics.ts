@@ -224,7 +224,8 @@ export function createApiMetrics(options: { backlog?: () => Promise<IntakeBacklo
 }
 
 export type HookOperation = 'ensure' | 'delete' | 'health_check';
-export type HookOutcome = 'created' | 'adopted' | 'deleted' | 'gone' | 'healthy' | 'repaired' | 'failing' | 'failed';
+/** name_taken: a deletion refused (nothing deleted) because the repository, known deleted, left its name to another (Bitbucket DC), whose hooks those are. */
+export type HookOutcome = 'created' | 'adopted' | 'deleted' | 'gone' | 'name_taken' | 'healthy' | 'repaired' | 'failing' | 'failed';
 /** not_admitted: an attempt the worker did not admit, into a workflow task (made at once as an activity) or an activity slot (made again after a timer). */
 export type DispatchOutcome = 'delivered' | 'rejected' | 'unreachable' | 'refused' | 'skipped' | 'not_admitted';
 /**
@@ -261,7 +262,7 @@ export function createWorkerMetrics(options: { processMetrics?: boolean } = {}):
   if (options.processMetrics) collectProcessMetrics(registry);
   const hookOperations = new Counter({
     name: 'forgelink_hook_operations_total',
-    help: 'Hook operations at the providers: ensure (created, adopted, failed), delete (deleted, gone, failed), health_check (healthy, repaired, failing, failed)',
+    help: 'Hook operations at the providers: ensure (created, adopted, failed), delete (deleted, gone, name_taken, failed), health_check (healthy, repaired, failing, failed)',
     labelNames: ['provider', 'operation', 'outcome'] as const,
     registers: [registry],
   });

@@ -5,6 +5,7 @@ import { createAnswerBudget } from '../../activities/providers/answer-budget.ts'
 import { createProviderFactory } from '../../activities/providers/index.ts';
 import { setAttachmentStatus } from '../../lib/db/repositories/attachments.ts';
 import { createLogger } from '../../lib/logger.ts';
+import { createWorkerMetrics, type WorkerMetrics } from '../../lib/metrics.ts';
 import { heldRequest, type ProxiedRequest } from '../support/flaky-proxy.ts';
 import { attachmentOf, outcomeOf, requestAttachment, useHookWorlds, type HookProvider, type HookWorld, type Org, type WorldRepository } from '../support/attachments.ts';
 import { TEST_PUBLIC_URL, type Harness } from '../support/harness.ts';
@@ -26,8 +27,9 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
   let worlds: Record<HookProvider, HookWorld>;
   useHookWorlds((setup) => ({ h, org, worlds } = setup));
 
-  const hookActivities = () =>
+  const hookActivities = (metrics?: WorkerMetrics) =>
     createHookActivities({
+      metrics,
       db: h.db,
       keys: h.keys,
       providers: createProviderFactory({ outbound: testOutbound, answerBudget: createAnswerBudget({ limit: 64 * 1024 * 1024, perOrganization: 64 * 1024 * 1024 }) }),
@@ -56,8 +58,15 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
 
   it("the attach's undo (removeHook) deletes nothing of the name's new repository: fails for good naming both ids; once the deleted one is known deleted, ends removing nothing", async () => {
     const { deleted, current, hooks } = await nameTakenOver();
-    const activities = hookActivities();
+    const metrics = createWorkerMetrics();
+    const activities = hookActivities(metrics);
     const key = { organizationId: org.id, repositoryId: deleted.repositoryId };
+    const deletions = async () =>
+      Object.fromEntries(
+        (await metrics.registry.getSingleMetric('forgelink_hook_operations_total')!.get()).values
+          .filter((v) => v.labels.provider === 'bitbucket' && v.labels.operation === 'delete')
+          .map((v) => [v.labels.outcome, v.value]),
+      );
 
     // Not known deleted yet (no listing since): renamed or deleted, a refresh tells.
     const failure = await failureOf(asActivity(() => activities.removeHook({ ...key, hookKey: 'repository-webhook', keepHookIds: [] })));
@@ -70,6 +79,8 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     await refreshOrganization(h, org);
     expect(await asActivity(() => activities.removeHook({ ...key, hookKey: 'repository-webhook', keepHookIds: [] }))).toEqual({ removed: [] });
     expect(hookIds(current)).toEqual(hooks);
+    // The refused deletion has its own outcome: nothing was deleted or proven gone.
+    expect(await deletions()).toEqual({ failed: 1, name_taken: 1 });
     const other = await attachmentOf(h, org, current.repositoryId);
     expect(other.status).toBe('attached');
     expect(hooks).toContain(other.hooks[0]?.providerHookId);
