@@ -94,14 +94,14 @@ export interface RepositoryWorkflowResult {
   requests: number;
   /**
    * Why the last request, a reconcile of the repository while it is not attached (the hook-health
-   * pass's sweep of its hooks), failed as a whole; `status` is then `detached` (it is not attached).
+   * pass's sweep of its hooks, or its row gone), failed as a whole; `status` is then `detached` (it is not attached).
    */
   sweepFailed?: string;
 }
 export interface AttachmentSettled {
   repositoryId: string;
   action: AttachmentAction;
-  /** `failed`: the attach or detach failed, or (a reconcile) the sweep of a repository not attached failed; `reason` says why. */
+  /** `failed`: the attach or detach failed, or a reconcile failed while the repository was not attached (the sweep of its hooks, or its row gone), nothing recorded; `reason` says why. */
   status: 'attached' | 'detached' | 'failed';
   reason?: string;
   /** A reconcile's finding; absent when the repository was not attached, so nothing was checked. */

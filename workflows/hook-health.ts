@@ -59,6 +59,12 @@ export const UNATTACHED_SWEEPS_PER_CONNECTION = 10;
  * Runs started before end after the check, and replay so.
  */
 const SWEEP_UNATTACHED = 'hook-health-sweep-unattached';
+/**
+ * A listed attached repository whose reconcile failed as a whole while it was not attached (its
+ * attachment no longer `attached`, or its row gone: nothing recorded, answered `failed` with no
+ * finding) is counted `failing` with the run's reason; runs before it counted it nowhere.
+ */
+const FAILED_RECONCILE_COUNTED = 'hook-health-failed-reconcile-counted';
 
 /** Connections read at once, and batches per run before it continues as new (bounded history and payloads). */
 const CONNECTIONS_PER_BATCH = 500;
@@ -197,12 +203,15 @@ export async function checkConnectionHooks(
         fail(repository.repositoryId, `no answer from its repository workflow within ${CHECK_TIMEOUT}`);
         continue;
       }
-      const health = settled.get(repository.repositoryId)!.hookHealth;
+      const answer = settled.get(repository.repositoryId)!;
+      const health = answer.hookHealth;
       settled.delete(repository.repositoryId);
-      // No finding: it was detached meanwhile, so there was nothing to check.
       if (health?.status === 'healthy') counts.healthy++;
       else if (health?.status === 'repaired') counts.repaired++;
       else if (health?.status === 'failing') fail(repository.repositoryId, health.reason ?? 'failing');
+      // Failed with no finding: its step failed while it was not attached (nothing recorded).
+      else if (!health && answer.status === 'failed' && patched(FAILED_RECONCILE_COUNTED)) fail(repository.repositoryId, answer.reason ?? 'its reconcile failed');
+      // Otherwise no finding: it was detached meanwhile, so there was nothing to check.
     }
     after = page.at(-1)!.repositoryId;
     if (workflowInfo().continueAsNewSuggested) return continueWith(after, counts);

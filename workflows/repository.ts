@@ -73,9 +73,14 @@ export async function repositoryWorkflow(input: RepositoryWorkflowInput): Promis
       if (sweepFailure === undefined) {
         settled = { repositoryId: key.repositoryId, action: request.action, status: result.status, ...(hookHealth ? { hookHealth } : {}) };
       } else {
-        // Not attached: the step was the sweep of its hooks, and it failed as a whole (the repository stays due for it).
+        // Not attached (or its row gone): the step, the sweep of its hooks if it is due, failed as a whole (a due repository stays due).
         result = { status: 'detached', hookIds: [], requests: result.requests, sweepFailed: sweepFailure };
-        settled = { repositoryId: key.repositoryId, action: request.action, status: 'failed', reason: `the sweep of the hooks of this repository, which is not attached, failed: ${sweepFailure}` };
+        settled = {
+          repositoryId: key.repositoryId,
+          action: request.action,
+          status: 'failed',
+          reason: `the reconcile of this repository failed while it was not attached (its attachment not attached, or the repository gone from the repository cache), so no hook health was recorded: ${sweepFailure}`,
+        };
       }
     } else {
       try {

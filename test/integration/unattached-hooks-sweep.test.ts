@@ -366,4 +366,28 @@ describe('hook-health pass: sweep of unattached repositories', () => {
     expect(await h.client.workflow.getHandle(run).result()).toEqual({ status: 'detached', hookIds: [], requests: 1 });
     expect(await sweptAt(repository.repositoryId)).not.toBeNull();
   });
+
+  it("an attached repository whose check fails as a whole while it is not attached (its row gone: RepositoryNotFound) is counted failing by the connection's run, with a reason saying so", { timeout: 120_000 }, async () => {
+    const world = worlds.gitlab;
+    const repository = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repository.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    // Listed attached by the connection's run; its row removed (the repository gone from the cache) as its step starts.
+    const rowGone = (real: Activities['reconcileHooks']): Activities['reconcileHooks'] => async (input) => {
+      if (input.repositoryId === repository.repositoryId) await h.db.deleteFrom('repositories').where('id', '=', repository.repositoryId).execute();
+      return real(input);
+    };
+    await withOwnWorker({ reconcileHooks: rowGone }, async () => {
+      await runHookHealth(h, org);
+    });
+
+    const connection = await connectionResult(world);
+    // Other tests' repositories of this connection may be attached and healthy: this one is the only failure.
+    expect(connection).toMatchObject({ failing: 1 });
+    expect(connection.failures).toHaveLength(1);
+    expect(connection.failures[0]!.repositoryId).toBe(repository.repositoryId);
+    expect(connection.failures[0]!.reason).toContain('the reconcile of this repository failed while it was not attached');
+    expect(connection.failures[0]!.reason).toContain('RepositoryNotFound');
+    expect(connection.failures[0]!.reason).not.toContain('sweep');
+    await recordHistory(h.client, workflowIds.hookHealthConnection(org.id, world.connectionId), 'hook-health-connection-failed-reconcile-counted');
+  });
 });
