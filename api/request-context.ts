@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { isSpanContextValid, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { HttpBindings } from '@hono/node-server';
 import type { MiddlewareHandler } from 'hono';
 import { routePath } from 'hono/route';
@@ -49,7 +49,7 @@ export function requestContext({ logger, accessLogLevel = 'info' }: Pick<ApiDeps
 }
 
 /**
- * With tracing on: a server span per request (continuing an API caller's W3C traceparent; a webhook's starts a trace), named by its
+ * With tracing on: a server span per request, the root of its trace (an API caller's W3C traceparent a link to it), named by its
  * route template once routing is done, with the answer's status. Everything the request does (the
  * receipt's stored trace context, workflow starts, provider calls) happens inside it.
  */
@@ -58,12 +58,16 @@ const WEBHOOK_PATH_PREFIX = '/api/events-handler/';
 export function traceRequests(): MiddlewareHandler<AppEnv> {
   const tracer = trace.getTracer('forgelink-api');
   return (c, next) => {
-    // A webhook's sender is not known until its delivery is verified (and providers send no trace
-    // context): continuing its traceparent would let anyone choose trace ids in the operators'
-    // tracing backend and force its sampling (ParentBasedSampler). Its trace starts here.
-    const parent = c.req.path.startsWith(WEBHOOK_PATH_PREFIX) ? ROOT_CONTEXT : propagation.extract(ROOT_CONTEXT, c.req.header());
+    // Every request's trace starts here. A caller is not known when the span starts (a webhook's
+    // sender before its delivery is verified, an API caller before its token is checked), and a
+    // continued traceparent would let anyone choose trace ids in the operators' backend and force
+    // sampling: its sampled flag, or a trace id chosen to fall under any ratio (the ratio sampler
+    // reads the id's bits). An API caller's own trace is kept as a link, never as the parent;
+    // a webhook's is ignored (providers send none).
+    const callers = c.req.path.startsWith(WEBHOOK_PATH_PREFIX) ? undefined : trace.getSpanContext(propagation.extract(ROOT_CONTEXT, c.req.header()));
     const attributes = { 'http.request.method': c.req.method, 'url.path': c.req.path };
-    return tracer.startActiveSpan(c.req.method, { kind: SpanKind.SERVER, attributes }, parent, async (span) => {
+    const links = callers && isSpanContextValid(callers) ? [{ context: callers }] : [];
+    return tracer.startActiveSpan(c.req.method, { kind: SpanKind.SERVER, attributes, links, root: true }, ROOT_CONTEXT, async (span) => {
       try {
         await next();
         const route = routePath(c, -1);

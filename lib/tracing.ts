@@ -1,7 +1,7 @@
 import { context, propagation, ROOT_CONTEXT, trace, type Context } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { Resource } from '@opentelemetry/resources';
-import { BatchSpanProcessor, NoopSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, type Sampler, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { BatchSpanProcessor, NoopSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { addLogFields } from './logger.ts';
 
@@ -34,17 +34,6 @@ export const TRACING_OFF: Tracing = { enabled: false, spanProcessor: new NoopSpa
 
 let registered: Tracing | undefined;
 
-/**
- * `sampleRatio` of the traces, by trace id, a trace's spans together: a span with a parent of this
- * process follows its parent; one whose parent came from elsewhere (a request's `traceparent`, a
- * run's Temporal header) is decided by the same ratio on its trace id, not by the sender's sampled
- * flag, which any caller of the API may set before it is authenticated (forcing every trace it
- * sends into the backend). Decided by trace id, the worker keeps exactly the traces the API kept.
- */
-export function tracingSampler(sampleRatio: number): Sampler {
-  const ratio = new TraceIdRatioBasedSampler(sampleRatio);
-  return new ParentBasedSampler({ root: ratio, remoteParentSampled: ratio, remoteParentNotSampled: ratio });
-}
 
 /**
  * Registers the process's tracer provider (once: OpenTelemetry's globals are per process) with an
@@ -57,7 +46,8 @@ export function startTracing(config: TracingConfig, options: { serviceName: stri
   const spanProcessor = options.spanProcessor ?? new BatchSpanProcessor(new OTLPTraceExporter({ ...(config.endpoint ? { url: config.endpoint } : {}), headers: config.headers ?? {} }));
   const provider = new NodeTracerProvider({
     resource,
-    sampler: tracingSampler(config.sampleRatio ?? 1),
+    // A run's spans follow the sampled flag of the Temporal header our own code wrote; every API request starts its trace (api/request-context.ts).
+    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sampleRatio ?? 1) }),
     spanProcessors: [spanProcessor],
   });
   // W3C trace context and the AsyncLocalStorage context manager.

@@ -30,6 +30,22 @@ describe('one trace from a delivery to its subscriber', () => {
     await tracing.shutdown();
   });
 
+  it("starts an API request's trace at its server span: a caller's traceparent is a link, not the parent, whatever id or flag it chose", async () => {
+    const { org, token } = await createOrgWithToken(h);
+    // Trace id parts that XOR to 0: under any sampleRatio above 0 a ratio sampler keeps it.
+    const chosen = { traceId: '12345678123456780000000000000000', spanId: '0123456789abcdef' };
+    for (const headers of [{ authorization: `Bearer ${token}` }, {}]) {
+      const res = await h.request('GET', `/api/v1/orgs/${org.slug}/connections`, { headers: { ...headers, traceparent: `00-${chosen.traceId}-${chosen.spanId}-01` } });
+      expect(res.status).toBe('authorization' in headers ? 200 : 401);
+      const span = exporter.getFinishedSpans().findLast((s) => s.kind === SpanKind.SERVER && s.attributes['http.route'] === '/api/v1/orgs/:org/connections');
+      expect(span, 'the request span').toBeDefined();
+      expect(span!.spanContext().traceId).not.toBe(chosen.traceId);
+      expect(span!.parentSpanId).toBeUndefined();
+      expect(span!.links.map((link) => [link.context.traceId, link.context.spanId])).toEqual([[chosen.traceId, chosen.spanId]]);
+      exporter.reset();
+    }
+  });
+
   it('links the receipt, the run, its activities and the POST to the subscriber', async () => {
     const { org, token } = await createOrgWithToken(h);
     const registered = await h.request('POST', `/api/v1/orgs/${org.slug}/subscribers`, { token, body: { url: subscriber.url } });
