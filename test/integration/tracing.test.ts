@@ -34,7 +34,7 @@ describe('one trace from a delivery to its subscriber', () => {
     const { org, token } = await createOrgWithToken(h);
     // Trace id parts that XOR to 0: under any sampleRatio above 0 a ratio sampler keeps it.
     const chosen = { traceId: '12345678123456780000000000000000', spanId: '0123456789abcdef' };
-    for (const headers of [{ authorization: `Bearer ${token}` }, {}]) {
+    for (const headers of [{ authorization: `Bearer ${token}` }, {}] as Record<string, string>[]) {
       const res = await h.request('GET', `/api/v1/orgs/${org.slug}/connections`, { headers: { ...headers, traceparent: `00-${chosen.traceId}-${chosen.spanId}-01` } });
       expect(res.status).toBe('authorization' in headers ? 200 : 401);
       const span = exporter.getFinishedSpans().findLast((s) => s.kind === SpanKind.SERVER && s.attributes['http.route'] === '/api/v1/orgs/:org/connections');
