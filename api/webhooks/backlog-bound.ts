@@ -92,19 +92,18 @@ export function createBacklogBound(options: {
         // Never measured: the first answer waits for the first measure (failing, it throws to the caller).
         current = await (current?.pending ?? measure(organizationId));
       } else if (now() - current.at > refreshMs + current.rows / 10) {
-        const running = current.pending;
-        const next = running ?? measure(organizationId);
+        let next = current.pending;
+        if (!next) {
+          next = measure(organizationId);
+          // Reported once, by the delivery that started it, however many wait for it.
+          next.catch((error: unknown) => options.onMeasureError?.(organizationId, error));
+        }
         if (isFull(current)) {
           // A stale measure that refuses waits for the next: the relays may have drained the backlog
           // since (after a Temporal outage, ~100 s near the default bound), and a delivery refused on
           // an old count is a 5xx the provider counts against its hook. One that takes does not wait.
-          try {
-            current = await next;
-          } catch (error) {
-            options.onMeasureError?.(organizationId, error);
-          }
-        } else if (!running) {
-          next.catch((error: unknown) => options.onMeasureError?.(organizationId, error));
+          // A measure that fails leaves the last one to answer.
+          current = await next.catch(() => current!);
         }
       }
       if (!isFull(current)) return undefined;

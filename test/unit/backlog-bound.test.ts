@@ -71,6 +71,22 @@ describe("the receivers' organization backlog bound", () => {
     expect(await two).toBeUndefined();
   });
 
+  it('reports a failed measure once, however many deliveries waited for it', async () => {
+    let now = 0;
+    const { asked, measureBacklog } = controlledMeasures();
+    const failures: string[] = [];
+    const bound = createBacklogBound({ db: NO_DB, maxDeliveries: 1, maxBytes: 1_000, refreshMs: 1000, measureBacklog, now: () => now, onMeasureError: (organizationId) => failures.push(organizationId) });
+    const first = bound.full('org-e');
+    asked[0]!.answer({ rows: 1, bytes: 1 });
+    await first;
+    now = 5000;
+    const waiting = [bound.full('org-e'), bound.full('org-e'), bound.full('org-e')];
+    expect(asked).toHaveLength(2);
+    asked[1]!.fail(new Error('statement timeout'));
+    for (const answer of waiting) expect(await answer).toMatchObject({ bound: 'webhooks.maxBacklogDeliveries', backlog: { rows: 1 } });
+    expect(failures).toEqual(['org-e']);
+  });
+
   it('counts what this process stored since the measure; a measure failing keeps the last one and is reported', async () => {
     let now = 0;
     const { asked, measureBacklog } = controlledMeasures();
