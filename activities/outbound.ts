@@ -216,6 +216,26 @@ export function callDeadline(timeoutMs: number, sources: readonly (AbortSignal |
   return { signal: controller.signal, done };
 }
 
+/**
+ * Ends a request that has no answer yet: destroys it and, when it still waits in its agent's queue
+ * (every socket the agent may open to its host busy), takes it out. On Node 20 a queued request that
+ * is destroyed emits nothing and stays queued until a socket to its host frees (then is handed it
+ * only to drop it), so whoever waits for it settles at its deadline or cancellation itself rather
+ * than on its 'error' (Outbound.fetch and the Azure DevOps SDK's requests,
+ * activities/providers/azure-devops-http.ts).
+ */
+export function abandonRequest(agent: http.Agent, request: http.ClientRequest, reason: unknown): void {
+  request.destroy(reason as Error);
+  const queues = agent.requests as unknown as Record<string, unknown>;
+  for (const [name, queue] of Object.entries(queues)) {
+    const at = Array.isArray(queue) ? queue.indexOf(request) : -1;
+    if (at === -1) continue;
+    (queue as unknown[]).splice(at, 1);
+    if ((queue as unknown[]).length === 0) delete queues[name];
+    return;
+  }
+}
+
 /** A provider's or subscriber's text cut to a short, printable excerpt before it reaches an API answer or a run failure. */
 export function excerpt(text: string, max = 200): string {
   const printable = Array.from(text.replace(/[\p{C}\s]+/gu, ' ').trim());
@@ -281,22 +301,6 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
   const agents = { http: guarded(http.Agent), https: guarded(https.Agent) as https.Agent };
 
   /**
-   * Takes a request that has no socket yet out of its agent's queue. Node 20 keeps an aborted one
-   * there and later opens or hands it a connection only to drop it; a host holding every socket
-   * would also keep each ended call's request queued until one frees.
-   */
-  function withdrawQueued(agent: http.Agent, request: http.ClientRequest): void {
-    const queues = agent.requests as unknown as Record<string, unknown>;
-    for (const [name, queue] of Object.entries(queues)) {
-      const at = Array.isArray(queue) ? queue.indexOf(request) : -1;
-      if (at === -1) continue;
-      (queue as unknown[]).splice(at, 1);
-      if ((queue as unknown[]).length === 0) delete queues[name];
-      return;
-    }
-  }
-
-  /**
    * One request: the answer, and its message, which the deadline outlives only once it closes. The
    * promise settles at the deadline or cancellation itself, whatever the socket does: on Node 20 a
    * request aborted while it waits in the agent's queue (all maxSockets of its host busy) emits
@@ -334,9 +338,9 @@ export function createOutbound(policy: OutboundPolicy): Outbound {
         });
         resolve([new Response(Readable.toWeb(answer) as ReadableStream, { status, statusText: answer.statusMessage, headers: responseHeaders }), answer]);
       });
-      // Node destroys the request with the signal too (its `signal` option); a queued one also leaves the queue.
+      // Node destroys the request with the signal too (its `signal` option), but a queued one emits nothing.
       const onWaitAborted = () => {
-        withdrawQueued(agent, request);
+        abandonRequest(agent, request, signal.reason);
         reject(signal.reason);
       };
       signal.addEventListener('abort', onWaitAborted, { once: true });

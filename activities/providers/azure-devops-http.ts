@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import { checkAnswerText, messageExcerpt, refusedUnparsed } from './answer.ts';
-import { activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
+import { abandonRequest, activityCancellations, callDeadline, NULL_BODY_STATUSES, OutboundRefusedError, ResponseTooLargeError, type Outbound } from '../outbound.ts';
 
 /** What typed-rest-client hands its raw request: the options for http(s).request and the module it calls. */
 interface RequestInfo {
@@ -82,7 +82,7 @@ export function guardSdkClient<T extends object>(client: T, organizationUrl: str
     const requestRaw = httpClient.requestRaw.bind(httpClient);
     httpClient.requestRaw = (info, data) =>
       info.parsedUrl.origin === origin
-        ? boundedRequest(info, (bounded) => requestRaw(bounded, data), limits)
+        ? boundedRequest(info, agent, (bounded) => requestRaw(bounded, data), limits)
         : Promise.reject(new OutboundRefusedError(`an Azure DevOps SDK request to ${info.parsedUrl.origin} refused: the PAT goes to the organization's origin ${origin} only`));
   }
   // typed-rest-client drops an answer it failed to read and resolves null, as for a 404: an answer
@@ -134,17 +134,25 @@ function errorBody(origin: string, text: string): string {
   return message === undefined || message === null || message === '' ? '' : JSON.stringify({ message: messageExcerpt(message) });
 }
 
-function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {
+function boundedRequest(info: RequestInfo, agent: http.Agent, send: (info: RequestInfo) => Promise<SdkResponse>, { answerMs, completeMs }: SdkCallLimits): Promise<SdkResponse> {
   const deadline = callDeadline(completeMs, activityCancellations(), 'answer not complete');
   if (deadline.signal.aborted) return Promise.reject(deadline.signal.reason);
   let request: http.ClientRequest | undefined;
   let message: http.IncomingMessage | undefined;
   /** What ended the call early: its deadline, its cancellation, or its answer's wait or silence. */
   let endedBy: unknown;
+  /**
+   * Settles the call when it ends before its answer: typed-rest-client waits for the request's
+   * 'error', which a request still queued in the agent (every socket to its host busy) never emits
+   * on Node 20 until one frees, up to the longest deadline of the calls holding them.
+   */
+  let endedUnanswered!: (reason: unknown) => void;
+  const unanswered = new Promise<never>((_, reject) => (endedUnanswered = reject));
   const end = (reason: unknown) => {
     endedBy ??= reason;
     message?.destroy(reason as Error);
-    request?.destroy(reason as Error);
+    if (request) abandonRequest(agent, request, reason);
+    endedUnanswered(reason);
   };
   deadline.signal.addEventListener('abort', () => end(deadline.signal.reason), { once: true });
   // Until the answer's headers, then from one piece of its body to the next.
@@ -166,7 +174,7 @@ function boundedRequest(info: RequestInfo, send: (info: RequestInfo) => Promise<
     const cut = message?.socket?.errored;
     return cut instanceof ResponseTooLargeError ? cut : error;
   };
-  return send(bounded).then(
+  return Promise.race([send(bounded), unanswered]).then(
     (res) => {
       message = res.message;
       // Errors reach whoever reads the answer; one nobody reads, ended at its deadline, must not fail the process.

@@ -9,7 +9,7 @@ import { guardSdkClient } from '../../activities/providers/azure-devops-http.ts'
 import { ProviderHttpError, type HookSpec, type RepositoryRef } from '../../activities/providers/port.ts';
 import { fillLargeOrganization, startFakeAzureDevOps, tooManyRequests, vssError, type FakeAzureDevOps } from '../fakes/azure-devops.ts';
 import { walkListing } from '../support/listing.ts';
-import { listen, testOutbound, type Listener } from '../support/outbound.ts';
+import { listen, TEST_ADDRESS_POLICY, testOutbound, type Listener } from '../support/outbound.ts';
 import { createOutbound, OutboundRefusedError, ResponseTooLargeError } from '../../activities/outbound.ts';
 
 const PAT = 'ado-pat-5f1c2e9a7b';
@@ -456,6 +456,52 @@ describe("Azure DevOps adapter: the SDK's HTTP client is bounded like every outb
     expect(await outcome).toBeInstanceOf(Error);
     await server.closed;
   }, 5_000);
+
+  it("ends an SDK call that waits for a connection (every socket to its host held) at its deadline or cancellation, and takes it out of the agent's queue", async () => {
+    // On Node 20 a destroyed request still queued in the agent emits nothing until a socket to its
+    // host frees: the SDK waited for its 'error' until the longest deadline of the calls holding them.
+    const held: http.ServerResponse[] = [];
+    let allHeld!: () => void;
+    const full = new Promise<void>((resolve) => (allHeld = resolve));
+    const server = await listen('127.0.0.1', (_, res) => {
+      if (held.push(res) === 128) allHeld();
+    });
+    listeners.push(server);
+    const outbound = createOutbound(TEST_ADDRESS_POLICY);
+    const queued = () => Object.values(outbound.agents.http.requests).flat().length;
+    const inQueue = () =>
+      new Promise<void>((resolve) => {
+        const wait = () => (queued() === 1 ? resolve() : setImmediate(wait));
+        wait();
+      });
+    const read = (limits: { answerMs: number; completeMs: number }) => {
+      const rest = new RestClient('forgelink-test', undefined, [], { keepAlive: true, allowRedirects: false });
+      guardSdkClient({ rest }, server.url, outbound.agents, limits);
+      return failure(rest.get(`${server.url}/x`));
+    };
+    const holding = Array.from({ length: 128 }, () => outbound.fetch(`${server.url}/`, { timeoutMs: 60_000 }));
+    await full;
+
+    const unanswered = read({ answerMs: 200, completeMs: 60_000 });
+    await inQueue();
+    expect(await unanswered).toMatchObject({ name: 'TimeoutError', message: 'no answer within 200 ms' });
+    expect(queued()).toBe(0);
+    const incomplete = read({ answerMs: 60_000, completeMs: 200 });
+    await inQueue();
+    expect(await incomplete).toMatchObject({ name: 'TimeoutError', message: 'answer not complete within 200 ms' });
+    expect(queued()).toBe(0);
+    const env = new MockActivityEnvironment();
+    const cancelled = env.run(() => read({ answerMs: 60_000, completeMs: 60_000 }));
+    await inQueue();
+    env.cancel('CANCELLED');
+    expect(await cancelled).toBeInstanceOf(Error);
+    expect(queued()).toBe(0);
+
+    // The held calls answered, their connections go back to the pool; none was opened for the ended calls.
+    for (const res of held) res.end('{}');
+    for (const response of await Promise.all(holding)) expect(await response.text()).toBe('{}');
+    expect(server.connections).toBe(128);
+  }, 10_000);
 
   it("drops an error's or a bodiless answer's compressed body, keeping its status and Retry-After; an empty Content-Encoding is identity", async () => {
     const gzipped = zlib.gzipSync('{"message":"busy"}');
