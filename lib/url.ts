@@ -83,13 +83,24 @@ const isIpv4Mapped = (bytes: number[]) => bytes.length === 16 && zeros(bytes, 0,
 const NAT64 = parseNetwork('64:ff9b::/96')!;
 /**
  * Local-use NAT64 (RFC 8215): private itself, so an operator may list it in allowPrivateNetworks,
- * but a local translator maps its last 32 bits to IPv4 (a /96 inside it, the usual deployment):
- * 64:ff9b:1::a9fe:a9fe would reach 169.254.169.254.
+ * but a local translator maps part of the address to IPv4: 64:ff9b:1::a9fe:a9fe would reach
+ * 169.254.169.254. Which part depends on the prefix the translator uses inside the /48, which a
+ * check cannot know: RFC 6052 (2.2) places the IPv4 address after a /48, /56 or /64 prefix around
+ * bits 64-71 (left zero), with a free suffix, or in the last 32 bits after a /96. Every one of those
+ * positions is read: 64:ff9b:1:a9fe:a9:fe08:808:808 is 8.8.8.8 to a /96 translator and
+ * 169.254.169.254 to a /48 one. (A /32 or /40 prefix would reach outside the /48.)
  */
 const LOCAL_NAT64 = parseNetwork('64:ff9b:1::/48')!;
+/** The bytes of the IPv4 address after a /48, /56, /64 and /96 prefix (RFC 6052 2.2). */
+const LOCAL_NAT64_LAYOUTS = [
+  [6, 7, 9, 10],
+  [7, 9, 10, 11],
+  [9, 10, 11, 12],
+  [12, 13, 14, 15],
+];
 const TEREDO = parseNetwork('2001::/32')!;
 
-/** IPv4 addresses an IPv6 address carries: mapped, translated (::ffff:0:…), compatible, NAT64 (well-known and local-use), 6to4, Teredo. */
+/** IPv4 addresses an IPv6 address carries: mapped, translated (::ffff:0:…), compatible, NAT64 (well-known, and every layout of local-use), 6to4, Teredo. */
 function embeddedIpv4(bytes: number[]): number[][] {
   if (bytes.length !== 16) return [];
   const last = bytes.slice(12);
@@ -97,7 +108,15 @@ function embeddedIpv4(bytes: number[]): number[][] {
   const translated = zeros(bytes, 0, 8) && bytes[8] === 0xff && bytes[9] === 0xff && zeros(bytes, 10, 12);
   // Compatible (::a.b.c.d) leaves out :: and ::1, which are addresses of their own.
   const compatible = zeros(bytes, 0, 12) && bytes[12] !== 0;
-  if (isIpv4Mapped(bytes) || translated || compatible || inNetwork(bytes, NAT64) || inNetwork(bytes, LOCAL_NAT64)) embedded.push(last);
+  if (isIpv4Mapped(bytes) || translated || compatible || inNetwork(bytes, NAT64)) embedded.push(last);
+  if (inNetwork(bytes, LOCAL_NAT64)) {
+    // A reading in 0.0.0.0/8 is the zeros around another layout's address (64:ff9b:1::a00:1 reads
+    // 0.0.0.10 after a /64), not an address a translator forwards to.
+    for (const layout of LOCAL_NAT64_LAYOUTS) {
+      const ipv4 = layout.map((at) => bytes[at]!);
+      if (ipv4[0] !== 0) embedded.push(ipv4);
+    }
+  }
   if (bytes[0] === 0x20 && bytes[1] === 0x02) embedded.push(bytes.slice(2, 6));
   if (inNetwork(bytes, TEREDO)) embedded.push(bytes.slice(4, 8), last.map((b) => b ^ 0xff));
   return embedded;

@@ -81,6 +81,28 @@ describe('provider URL checks', () => {
     expect(addressRefusal({ allowHttpHosts: [] }, 'nat64.lan', '64:ff9b:1::cb00:7105')).toMatch(/loopback or private/);
   });
 
+  it('reads local-use NAT64 at every position RFC 6052 places IPv4 inside the /48 (after a /48, /56, /64 or /96 prefix), refusing any forbidden reading', () => {
+    const policy = { allowHttpHosts: [], allowPrivateNetworks: ['64:ff9b:1::/48'] };
+    // Each is 168.63.129.16 (or 169.254.169.254) to a translator using that prefix and a public address at every other layout.
+    const forbiddenAt = {
+      '/48': ['64:ff9b:1:a83f:81:1008:808:808', '64:ff9b:1:a9fe:a9:fe08:808:808'],
+      '/56': ['64:ff9b:1:a8:3f:8110:808:808'],
+      '/64': ['64:ff9b:1:0:a8:3f81:1008:808'],
+      '/96': ['64:ff9b:1:0:808:808:a83f:8110'],
+    };
+    for (const [layout, ips] of Object.entries(forbiddenAt)) {
+      for (const ip of ips) {
+        expect(addressClass(ip), `${layout} ${ip}`).toBe('forbidden');
+        expect(addressRefusal(policy, 'nat64.lan', ip), `${layout} ${ip}`).toBe('host nat64.lan resolves to a link-local or metadata address');
+      }
+    }
+    // 10.1.2.3 at each layout: the zeros around it read as 0.0.0.0/8 at the others, which is no address a translator reaches.
+    for (const ip of ['64:ff9b:1:a01:2:300::', '64:ff9b:1:a:1:203::', '64:ff9b:1:0:a:102:300:0', '64:ff9b:1::a01:203']) {
+      expect(addressClass(ip), ip).toBe('private');
+      expect(addressRefusal(policy, 'nat64.lan', ip), ip).toBeUndefined();
+    }
+  });
+
   it('reads allowPrivateNetworks entries as addresses or CIDR ranges', () => {
     for (const entry of ['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8']) expect(isNetwork(entry), entry).toBe(true);
     for (const entry of ['10.0.0.0/33', '10.0.0.0/', 'intranet', '10.0.0.0/8/1']) expect(isNetwork(entry), entry).toBe(false);
