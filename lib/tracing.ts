@@ -34,7 +34,6 @@ export const TRACING_OFF: Tracing = { enabled: false, spanProcessor: new NoopSpa
 
 let registered: Tracing | undefined;
 
-
 /**
  * Registers the process's tracer provider (once: OpenTelemetry's globals are per process) with an
  * OTLP/HTTP exporter, or with `spanProcessor` (tests: an in-memory exporter).
