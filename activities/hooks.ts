@@ -225,6 +225,9 @@ export async function saveHook(adapter: Pick<ProviderAdapter, 'updateHook' | 'cr
       return await adapter.updateHook(ref, hookId, spec, checked);
     } catch (error) {
       if (!(error instanceof ProviderHttpError && error.status === 404)) throw error;
+      // A 404 on our hook may mean the name moved since `checked` was made (renamed, another
+      // repository under it): the creation checks the name afresh, never on that lookup.
+      return adapter.createHook(ref, spec);
     }
   }
   return adapter.createHook(ref, spec, checked);
@@ -532,7 +535,9 @@ export function createHookActivities({ db, keys, providers, logger, settings, me
   async function deleteOneHook(row: RepositoryRow, adapter: ProviderAdapter, hookId: string, checked: NameCheck | undefined): Promise<'deleted' | 'gone' | { nameHolder: string }> {
     let deleted: boolean;
     try {
-      deleted = await adapter.deleteHook(refOf(row), hookId, checked);
+      // A lookup that found nothing at the name is not trusted to skip the DELETE: the adapter looks
+      // again (a 404 that flapped back to this repository) rather than count a hook gone unasked.
+      deleted = await adapter.deleteHook(refOf(row), hookId, checked?.idAtName === null ? undefined : checked);
     } catch (error) {
       if (!(error instanceof RepositoryNameTakenError)) throw toActivityFailure(error);
       if (await missedByLastListing(db, row.id)) return { nameHolder: error.idAtName };

@@ -171,6 +171,31 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
     expect((await attachmentOf(h, org, repo.repositoryId)).hooks.map((r) => r.providerHookId)).toEqual(hooks);
   });
 
+  it("a name that answered 404 to the step's lookup is looked up again before the DELETE, not taken for the hook being gone: a 404 that flapped back leaves no hook delivering unasked", async () => {
+    const world = worlds.bitbucket;
+    const repo = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = hookIds(repo);
+    expect(hooks).toHaveLength(1);
+    const slug = repo.fullName.split('/')[1]!;
+    // The step's lookup of the name answers 404 once (access removed and restored, a proxy's hiccup); every later one answers the repository.
+    let notFoundOnce = true;
+    world.proxy.fault = (request: ProxiedRequest) => {
+      if (request.method === 'GET' && notFoundOnce && new URL(request.url, 'http://x').pathname.endsWith(`/repos/${slug}`)) {
+        notFoundOnce = false;
+        return { kind: 'answer', status: 404, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ errors: [{ message: `Repository ${slug} does not exist.` }] }) };
+      }
+      return undefined;
+    };
+    const from = world.server.calls.length;
+    const removed = await asActivity(() => hookActivities().removeHook({ organizationId: org.id, repositoryId: repo.repositoryId, hookKey: 'repository-webhook', keepHookIds: [] }));
+    expect(notFoundOnce).toBe(false);
+    // Deleted for real (counted before without a DELETE, the hook left delivering).
+    expect(removed).toEqual({ removed: hooks });
+    expect(world.server.calls.slice(from).filter((c) => c.operation === world.ops.delete)).toHaveLength(1);
+    expect(hookIds(repo)).toEqual([]);
+  });
+
   it("an attach cancelled while its hook's creation is held, the repository deleted and its name taken meanwhile: the undo leaves the new repository's hooks alone, and the attach's reason says the hook could not be removed", { timeout: 120_000 }, async () => {
     const world = worlds.bitbucket;
     const deleted = await world.newRepository();

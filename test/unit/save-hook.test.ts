@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { saveHook } from '../../activities/hooks.ts';
-import { ProviderHttpError, type HookSpec, type ProviderHook, type RepositoryRef } from '../../activities/providers/port.ts';
+import { ProviderHttpError, type HookSpec, type NameCheck, type ProviderHook, type RepositoryRef } from '../../activities/providers/port.ts';
 
 const ref = { repositoryId: 'r1' } as unknown as RepositoryRef;
 const spec = { url: 'https://forgelink.example.com/hook' } as unknown as HookSpec;
@@ -11,7 +11,7 @@ function adapter(update: () => Promise<ProviderHook>) {
   return {
     calls,
     updateHook: async (_ref: RepositoryRef, hookId: string) => (calls.push(`update ${hookId}`), update()),
-    createHook: async () => (calls.push('create'), { id: 'new' } as ProviderHook),
+    createHook: async (_ref: RepositoryRef, _spec: HookSpec, checked?: NameCheck) => (calls.push(checked ? 'create (checked)' : 'create'), { id: 'new' } as ProviderHook),
   };
 }
 
@@ -30,6 +30,19 @@ describe('saveHook', () => {
     });
     expect((await saveHook(gone, ref, 'h1', spec)).id).toBe('new');
     expect(gone.calls).toEqual(['update h1', 'create']);
+  });
+
+  it("creates after an update's 404 without the step's earlier name lookup (Bitbucket DC): the name may have moved since, so the adapter checks it afresh", async () => {
+    const checked: NameCheck = { idAtName: '42' };
+    const moved = adapter(async () => {
+      throw new ProviderHttpError('bitbucket', 404, 'Not Found');
+    });
+    expect((await saveHook(moved, ref, 'h1', spec, checked)).id).toBe('new');
+    expect(moved.calls).toEqual(['update h1', 'create']);
+    // With no hook listed, the lookup made after the listing still serves the creation.
+    const none = adapter(async () => ({ id: 'never' }) as ProviderHook);
+    await saveHook(none, ref, undefined, spec, checked);
+    expect(none.calls).toEqual(['create (checked)']);
   });
 
   it('does not create a second hook when the update fails for another reason', async () => {
