@@ -40,6 +40,16 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
   const failureOf = (promise: Promise<unknown>) => promise.then(() => undefined, (error: unknown) => error as { type?: string; nonRetryable?: boolean; message: string });
   const hookIds = (repository: WorldRepository) => repository.hooks().map((hook) => hook.id);
 
+  /** A repository attached, its one hook at our URL. */
+  async function attachedWithOneHook() {
+    const world = worlds.bitbucket;
+    const repo = await world.newRepository();
+    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
+    const hooks = hookIds(repo);
+    expect(hooks).toHaveLength(1);
+    return { world, repo, hooks, slug: repo.fullName.split('/')[1]! };
+  }
+
   /** `deleted` attached, then deleted at Bitbucket; a new repository under its name, attached (its hook at our URL) with a copy beside it. */
   async function nameTakenOver() {
     const world = worlds.bitbucket;
@@ -136,12 +146,7 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
   });
 
   it("a repository renamed between the name's lookup and the DELETE: the DELETE's 404 is weighed against the name looked up again, so the hook still delivering under the new name is not counted gone (the undo fails, a detach keeps its record)", async () => {
-    const world = worlds.bitbucket;
-    const repo = await world.newRepository();
-    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
-    const hooks = hookIds(repo);
-    expect(hooks).toHaveLength(1);
-    const slug = repo.fullName.split('/')[1]!;
+    const { world, repo, hooks, slug } = await attachedWithOneHook();
     // The rename lands as the step's first DELETE reaches Bitbucket: after the name's lookup, before the DELETE (which then answers 404).
     let renameOnDelete = true;
     world.proxy.fault = (request: ProxiedRequest) => {
@@ -172,12 +177,7 @@ describe('Bitbucket DC: no deletion reaches the repository that took a deleted o
   });
 
   it("a name that answered 404 to the step's lookup is looked up again before the DELETE, not taken for the hook being gone: a 404 that flapped back leaves no hook delivering unasked", async () => {
-    const world = worlds.bitbucket;
-    const repo = await world.newRepository();
-    expect((await outcomeOf(h, await requestAttachment(h, org, repo.repositoryId, 'PUT'))).result?.status).toBe('attached');
-    const hooks = hookIds(repo);
-    expect(hooks).toHaveLength(1);
-    const slug = repo.fullName.split('/')[1]!;
+    const { world, repo, hooks, slug } = await attachedWithOneHook();
     // The step's lookup of the name answers 404 once (access removed and restored, a proxy's hiccup); every later one answers the repository.
     let notFoundOnce = true;
     world.proxy.fault = (request: ProxiedRequest) => {
