@@ -64,15 +64,19 @@ describe("the intake table's indexes are built without holding the receivers' IN
     });
     await holding;
     const build = ensureConcurrentIndexes(builder);
-    // The build waits for that transaction (a concurrent build waits for the table's writers to end).
-    await expect
-      .poll(async () => (await sql<{ waiting: number }>`select count(*)::int as waiting from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike 'create index%'`.execute(db)).rows[0]!.waiting, { timeout: 10_000 })
-      .toBe(1);
-    // Meanwhile a delivery is stored within the receivers' lock deadline: a plain build would hold it (55P03).
-    await receiverInsert(receiver);
-    await receiverInsert(receiver);
-    release();
-    await open;
+    try {
+      // The build waits for that transaction (a concurrent build waits for the table's writers to end).
+      await expect
+        .poll(async () => (await sql<{ waiting: number }>`select count(*)::int as waiting from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query ilike 'create index%'`.execute(db)).rows[0]!.waiting, { timeout: 10_000 })
+        .toBe(1);
+      // Meanwhile a delivery is stored within the receivers' lock deadline: a plain build would hold it (55P03).
+      await receiverInsert(receiver);
+      await receiverInsert(receiver);
+    } finally {
+      // Failing, the open transaction still ends, so the database can be dropped.
+      release();
+      await open;
+    }
     expect((await build).sort()).toEqual([...INTAKE_INDEXES].sort());
     expect((await indexes()).every((index) => index.valid)).toBe(true);
   });
