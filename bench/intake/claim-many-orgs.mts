@@ -3,8 +3,8 @@
 // Run: npx tsx bench/intake/claim-many-orgs.mts [orgs=1000] [per=200]
 import { sql } from 'kysely';
 import pg from 'pg';
-import { claimStatement, startPendingDeliveries } from '../../lib/db/repositories/deliveries.ts';
-import { ownDb, TASK_QUEUE } from './own-db.mts';
+import { claimStatement } from '../../lib/db/repositories/deliveries.ts';
+import { ownDb, TASK_QUEUE, timeClaims } from './own-db.mts';
 
 const orgs = Number(process.argv[2] ?? 1000);
 const per = Number(process.argv[3] ?? 200);
@@ -18,13 +18,7 @@ try {
   await sql`analyze webhook_deliveries`.execute(db);
   const client = new pg.Client({ connectionString: url });
   await client.connect();
-  const times: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    const t = performance.now();
-    const { locked } = await startPendingDeliveries(client, TASK_QUEUE, 50, async (p) => p.map(() => ({ started: true as const })));
-    times.push(performance.now() - t);
-    if (locked < 50) throw new Error(`claimed ${locked}`);
-  }
+  const times = await timeClaims(client, async (p) => p.map(() => ({ started: true as const })));
   const plan = await client.query(`explain (analyze) ${claimStatement(`'${TASK_QUEUE}'`, 50)}`);
   await client.end();
   console.log(`${orgs} organizations x ${per} due rows: one claim of 50 (and its outcomes) took ${times.map((t) => t.toFixed(0)).join(', ')} ms; ${plan.rows.map((r) => r['QUERY PLAN']).find((l: string) => /Execution/.test(l))}`);

@@ -6,8 +6,7 @@
 import { sql } from 'kysely';
 import pg from 'pg';
 import * as deliveries from '../../lib/db/repositories/deliveries.ts';
-const { startPendingDeliveries } = deliveries;
-import { ownDb, TASK_QUEUE } from './own-db.mts';
+import { ownDb, TASK_QUEUE, timeClaims } from './own-db.mts';
 
 const n = Number(process.argv[2] ?? 200_000);
 const { db, url, drop } = await ownDb('rev_scan');
@@ -21,14 +20,8 @@ try {
   await sql`analyze webhook_deliveries`.execute(db);
   const client = new pg.Client({ connectionString: url });
   await client.connect();
-  const times: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    const t = performance.now();
-    // Nothing started: every claimed row fails on its own (so the due rows stay due for the next round only after 1 s; fine for timing the claim).
-    const { locked } = await startPendingDeliveries({ query: (q: string) => client.query(q.replace(/^\s*update webhook_deliveries w[\s\S]*?;/, '')), escapeLiteral: (v) => client.escapeLiteral(v) }, TASK_QUEUE, 50, async (p) => p.map(() => ({ started: false as const, error: 'x', retryInMs: null })));
-    times.push(performance.now() - t);
-    if (locked !== 50) throw new Error(`claimed ${locked}`);
-  }
+  // Nothing started: every claimed row fails on its own (so the due rows stay due for the next round only after 1 s; fine for timing the claim).
+  const times = await timeClaims({ query: (q: string) => client.query(q.replace(/^\s*update webhook_deliveries w[\s\S]*?;/, '')), escapeLiteral: (v) => client.escapeLiteral(v) }, async (p) => p.map(() => ({ started: false as const, error: 'x', retryInMs: null })));
   // The claim as this tree writes it (before the fair claim: the global FIFO statement).
   const statement = 'claimStatement' in deliveries ? (deliveries as any).claimStatement(`'${TASK_QUEUE}'`, 50) : `select ctid from webhook_deliveries where started_at is null and start->>'taskQueue' = '${TASK_QUEUE}' and (next_attempt_at is null or next_attempt_at <= now()) order by received_at limit 50 for update skip locked`;
   const plan = await client.query(`explain (analyze, buffers) ${statement}`);
